@@ -1,0 +1,419 @@
+"""Random valid `.zt` programs for differential fuzzing (DESIGN.md section 10).
+
+A program is grown one statement at a time: each step picks an op kind, finds operands whose
+shapes and dtypes the op accepts (creating new parameters where an operand of the right shape
+is missing, e.g. a weight for `@`), and records the result's shape and dtype with the same
+rules the checker applies (numpy broadcasting, JAX promotion). The result is `.zt` text, so a
+failure is a file a person can read and rerun.
+
+Values stay finite: inputs are drawn from a standard normal, and operations that can overflow
+or leave their domain are wrapped (`exp(tanh(x))`, `log(abs(x) + 1.0)`, `x / (abs(y) + 1.0)`).
+
+Choices come from a `Chooser`, so the same generator serves hypothesis (which shrinks the
+choices to a minimal failing program) and the `zhenwu fuzz` campaign (a seeded `random`).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, field
+from typing import Protocol, Sequence, TypeVar
+
+T = TypeVar("T")
+
+# Dims drawn for new tensors: 1, primes, and sizes around the 16-wide MX granule.
+DIMS = (1, 2, 3, 5, 7, 13, 16, 17, 31, 33)
+FLOAT_DTYPES = ("f32", "bf16", "f16")
+
+# Elementwise unary builtins with the wrapper that keeps them in their domain and bounded.
+UNARY = {
+    "neg": "neg({x})",
+    "abs": "abs({x})",
+    "exp": "exp(tanh({x}))",
+    "log": "log(abs({x}) + 1.0)",
+    "sqrt": "sqrt(abs({x}))",
+    "rsqrt": "rsqrt(abs({x}) + 1.0)",
+    "reciprocal": "reciprocal(abs({x}) + 1.0)",
+    "tanh": "tanh({x})",
+    "sigmoid": "sigmoid({x})",
+    "relu": "relu({x})",
+    "gelu": "gelu({x})",
+    "silu": "silu({x})",
+    "erf": "erf({x})",
+    "sin": "sin({x})",
+    "cos": "cos({x})",
+    "floor": "floor({x})",
+    "ceil": "ceil({x})",
+    "sign": "sign({x})",
+    "square": "{x} * {x}",
+    "clip": "clip({x}, -1.0, 1.0)",
+}
+
+BINARY = {
+    "add": "{a} + {b}",
+    "sub": "{a} - {b}",
+    "mul": "{a} * {b}",
+    "div": "{a} / (abs({b}) + 1.0)",
+    "maximum": "maximum({a}, {b})",
+    "minimum": "minimum({a}, {b})",
+    "where": "where({a} > {b}, {a}, {b})",
+}
+
+REDUCE = ("sum", "mean", "max", "min")
+
+
+class Chooser(Protocol):
+    """Where the generator's decisions come from."""
+
+    def integer(self, lo: int, hi: int) -> int: ...  # inclusive bounds
+
+    def choice(self, options: Sequence[T]) -> T: ...
+
+
+@dataclass
+class RandomChooser:
+    """Decisions from a seeded `random.Random` (the `zhenwu fuzz` campaign)."""
+
+    rng: random.Random
+
+    def integer(self, lo: int, hi: int) -> int:
+        return self.rng.randint(lo, hi)
+
+    def choice(self, options: Sequence[T]) -> T:
+        return options[self.rng.randrange(len(options))]
+
+
+@dataclass
+class HypothesisChooser:
+    """Decisions drawn from hypothesis' `data` object, so failures shrink."""
+
+    data: object
+
+    def integer(self, lo: int, hi: int) -> int:
+        from hypothesis import strategies as st
+
+        return self.data.draw(st.integers(lo, hi))
+
+    def choice(self, options: Sequence[T]) -> T:
+        from hypothesis import strategies as st
+
+        return self.data.draw(st.sampled_from(list(options)))
+
+
+@dataclass(frozen=True)
+class Tensor:
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+
+    @property
+    def rank(self) -> int:
+        return len(self.shape)
+
+    def type_text(self) -> str:
+        return f"{self.dtype}[{', '.join(map(str, self.shape))}]"
+
+
+def promote(a: str, b: str) -> str:
+    """JAX promotion among the float dtypes the generator uses."""
+    if a == b:
+        return a
+    return "f32"
+
+
+def broadcast(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...]:
+    out = []
+    for i in range(1, max(len(a), len(b)) + 1):
+        da = a[-i] if i <= len(a) else 1
+        db = b[-i] if i <= len(b) else 1
+        assert da == db or da == 1 or db == 1
+        out.append(max(da, db) if 1 in (da, db) else da)
+    return tuple(reversed(out))
+
+
+@dataclass
+class ProgramBuilder:
+    """Grows a program; `text()` prints it as `.zt`."""
+
+    chooser: Chooser
+    max_rank: int = 4
+    params: list[Tensor] = field(default_factory=list)
+    values: list[Tensor] = field(default_factory=list)
+    lines: list[str] = field(default_factory=list)
+    counter: int = 0
+
+    # -- naming and parameters -------------------------------------------------------------
+    def fresh(self, prefix: str) -> str:
+        self.counter += 1
+        return f"{prefix}{self.counter}"
+
+    def new_param(self, shape: tuple[int, ...], dtype: str | None = None) -> Tensor:
+        dtype = dtype or self.chooser.choice(("f32", "f32", "bf16"))
+        tensor = Tensor(self.fresh("p"), dtype, shape)
+        self.params.append(tensor)
+        self.values.append(tensor)
+        return tensor
+
+    def new_shape(self, rank: int | None = None) -> tuple[int, ...]:
+        rank = self.chooser.integer(0, self.max_rank) if rank is None else rank
+        return tuple(self.chooser.choice(DIMS) for _ in range(rank))
+
+    def bind(self, expr: str, dtype: str, shape: tuple[int, ...]) -> Tensor:
+        tensor = Tensor(self.fresh("v"), dtype, tuple(shape))
+        self.lines.append(f"    {tensor.name} = {expr}")
+        self.values.append(tensor)
+        return tensor
+
+    def pick(self, min_rank: int = 0) -> Tensor:
+        candidates = [v for v in self.values if v.rank >= min_rank]
+        if not candidates:
+            return self.new_param(self.new_shape(self.chooser.integer(min_rank, self.max_rank)))
+        return self.chooser.choice(candidates)
+
+    # -- steps -----------------------------------------------------------------------------
+    def step(self) -> None:
+        kind = self.chooser.choice(
+            ("unary", "binary", "binary", "reduce", "matmul", "transpose", "reshape", "slice",
+             "concat", "softmax", "norm", "cast", "broadcast", "pad", "expand", "argmax",
+             "conv", "pool", "einsum")
+        )
+        getattr(self, f"step_{kind}")()
+
+    def step_unary(self) -> None:
+        x = self.pick()
+        op = self.chooser.choice(sorted(UNARY))
+        self.bind(UNARY[op].format(x=x.name), x.dtype, x.shape)
+
+    def compatible_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """A shape that broadcasts against `shape` without changing it."""
+        drop = self.chooser.integer(0, len(shape))
+        tail = shape[drop:]
+        return tuple(1 if self.chooser.integer(0, 3) == 0 else d for d in tail)
+
+    def step_binary(self) -> None:
+        a = self.pick()
+        same = [v for v in self.values if v is not a and self._broadcasts(v.shape, a.shape)]
+        if same and self.chooser.integer(0, 1):
+            b = self.chooser.choice(same)
+        else:
+            b = self.new_param(self.compatible_shape(a.shape))
+        if self.chooser.integer(0, 1):
+            a, b = b, a
+        op = self.chooser.choice(sorted(BINARY))
+        dtype = promote(a.dtype, b.dtype)
+        self.bind(BINARY[op].format(a=a.name, b=b.name), dtype, broadcast(a.shape, b.shape))
+
+    @staticmethod
+    def _broadcasts(small: tuple[int, ...], big: tuple[int, ...]) -> bool:
+        if len(small) > len(big):
+            return False
+        return all(s in (1, b) for s, b in zip(reversed(small), reversed(big)))
+
+    def step_reduce(self) -> None:
+        x = self.pick(min_rank=1)
+        op = self.chooser.choice(REDUCE)
+        keepdims = bool(self.chooser.integer(0, 1))
+        axes = sorted({self.chooser.integer(0, x.rank - 1) for _ in range(self.chooser.integer(1, 2))})
+        if self.chooser.integer(0, 1):
+            axes_text = ", ".join(str(a - x.rank) for a in axes)  # negative axes too
+        else:
+            axes_text = ", ".join(map(str, axes))
+        axis_arg = f"({axes_text})" if len(axes) > 1 else axes_text
+        shape = tuple(
+            (1 if keepdims else None) if i in axes else d for i, d in enumerate(x.shape)
+        )
+        shape = tuple(d for d in shape if d is not None)
+        kd = ", keepdims=true" if keepdims else ""
+        self.bind(f"{op}({x.name}, axis={axis_arg}{kd})", x.dtype, shape)
+
+    def step_matmul(self) -> None:
+        x = self.pick(min_rank=1)
+        n = self.chooser.choice(DIMS)
+        if x.rank == 1:
+            w = self.new_param((x.shape[0], n), x.dtype if x.dtype != "f16" else "f16")
+            out = (n,)
+        else:
+            w_batch = () if self.chooser.integer(0, 2) else x.shape[:-2][-1:]
+            w = self.new_param(w_batch + (x.shape[-1], n), x.dtype)
+            out = broadcast(x.shape[:-2], w_batch) + (x.shape[-2], n)
+        self.bind(f"{x.name} @ {w.name}", promote(x.dtype, w.dtype), out)
+
+    def step_einsum(self) -> None:
+        x = self.pick(min_rank=2)
+        if x.rank > 3:
+            return self.step_unary()
+        letters = "abc"[: x.rank]
+        n = self.chooser.choice(DIMS)
+        w = self.new_param((x.shape[-1], n), x.dtype)
+        spec = f"{letters},{letters[-1]}z->{letters[:-1]}z"
+        self.bind(f'einsum("{spec}", {x.name}, {w.name})', x.dtype, x.shape[:-1] + (n,))
+
+    def step_transpose(self) -> None:
+        x = self.pick(min_rank=2)
+        perm = list(range(x.rank))
+        for i in range(x.rank - 1, 0, -1):
+            j = self.chooser.integer(0, i)
+            perm[i], perm[j] = perm[j], perm[i]
+        if self.chooser.integer(0, 3) == 0:
+            self.bind(f"transpose({x.name})", x.dtype, tuple(reversed(x.shape)))
+        else:
+            self.bind(f"transpose({x.name}, {perm})", x.dtype, tuple(x.shape[p] for p in perm))
+
+    def step_reshape(self) -> None:
+        x = self.pick(min_rank=1)
+        size = math.prod(x.shape)
+        factors = [f for f in range(1, size + 1) if size % f == 0]
+        first = self.chooser.choice(factors)
+        shape = [first, size // first]
+        if self.chooser.integer(0, 1):
+            text = f"[{first}, -1]"
+        else:
+            text = f"[{first}, {size // first}]"
+        self.bind(f"reshape({x.name}, {text})", x.dtype, tuple(shape))
+
+    def step_slice(self) -> None:
+        x = self.pick(min_rank=1)
+        parts, shape = [], []
+        for d in x.shape:
+            mode = self.chooser.integer(0, 4)
+            if mode == 0:
+                parts.append(":")
+                shape.append(d)
+            elif mode == 1 and d > 1:
+                start = self.chooser.integer(0, d - 1)
+                stop = self.chooser.integer(start + 1, d)
+                step = self.chooser.integer(1, 3)
+                parts.append(f"{start}:{stop}:{step}" if step > 1 else f"{start}:{stop}")
+                shape.append(len(range(start, stop, step)))
+            elif mode == 2:
+                index = self.chooser.integer(-d, d - 1)
+                parts.append(str(index))
+            elif mode == 3 and d > 1:
+                start = self.chooser.integer(1, d - 1)
+                parts.append(f"-{start}:")
+                shape.append(start)
+            else:
+                parts.append(":")
+                shape.append(d)
+        self.bind(f"{x.name}[{', '.join(parts)}]", x.dtype, tuple(shape))
+
+    def step_concat(self) -> None:
+        x = self.pick(min_rank=1)
+        axis = self.chooser.integer(0, x.rank - 1)
+        extra = self.chooser.choice(DIMS)
+        other_shape = x.shape[:axis] + (extra,) + x.shape[axis + 1:]
+        y = self.new_param(other_shape, x.dtype)
+        shape = x.shape[:axis] + (x.shape[axis] + extra,) + x.shape[axis + 1:]
+        self.bind(f"concat([{x.name}, {y.name}], axis={axis})", x.dtype, shape)
+
+    def step_softmax(self) -> None:
+        x = self.pick(min_rank=1)
+        axis = self.chooser.integer(-x.rank, x.rank - 1)
+        op = self.chooser.choice(("softmax", "log_softmax"))
+        self.bind(f"{op}({x.name}, axis={axis})", x.dtype, x.shape)
+
+    def step_norm(self) -> None:
+        x = self.pick(min_rank=1)
+        g = self.new_param((x.shape[-1],), "f32")
+        if self.chooser.integer(0, 1):
+            b = self.new_param((x.shape[-1],), "f32")
+            self.bind(f"layernorm({x.name}, {g.name}, {b.name})", promote(x.dtype, "f32"), x.shape)
+        else:
+            self.bind(f"rmsnorm({x.name}, {g.name})", promote(x.dtype, "f32"), x.shape)
+
+    def step_cast(self) -> None:
+        x = self.pick()
+        dtype = self.chooser.choice(FLOAT_DTYPES)
+        self.bind(f"cast({x.name}, {dtype})", dtype, x.shape)
+
+    def step_broadcast(self) -> None:
+        x = self.pick()
+        shape = tuple(self.chooser.choice(DIMS) if d == 1 else d for d in x.shape)
+        if x.rank < self.max_rank and self.chooser.integer(0, 1):
+            shape = (self.chooser.choice(DIMS),) + shape
+        self.bind(f"broadcast_to({x.name}, {list(shape)})", x.dtype, shape)
+
+    def step_pad(self) -> None:
+        x = self.pick(min_rank=1)
+        pads = [[self.chooser.integer(0, 2), self.chooser.integer(0, 2)] for _ in x.shape]
+        shape = tuple(d + lo + hi for d, (lo, hi) in zip(x.shape, pads))
+        self.bind(f"pad({x.name}, {pads})", x.dtype, shape)
+
+    def step_expand(self) -> None:
+        x = self.pick()
+        if x.rank < self.max_rank and (x.rank == 0 or self.chooser.integer(0, 1)):
+            axis = self.chooser.integer(0, x.rank)
+            self.bind(f"expand_dims({x.name}, {axis})", x.dtype, x.shape[:axis] + (1,) + x.shape[axis:])
+        else:
+            ones = [i for i, d in enumerate(x.shape) if d == 1]
+            if not ones:
+                return self.step_unary()
+            axis = self.chooser.choice(ones)
+            self.bind(f"squeeze({x.name}, {axis})", x.dtype, x.shape[:axis] + x.shape[axis + 1:])
+
+    def step_argmax(self) -> None:
+        x = self.pick(min_rank=1)
+        axis = self.chooser.integer(0, x.rank - 1)
+        idx = self.bind(f"argmax({x.name}, axis={axis})", "i32",
+                        x.shape[:axis] + x.shape[axis + 1:])
+        # Bring the index back into float land so later steps can use it.
+        self.values.remove(idx)
+        self.bind(f"cast({idx.name}, f32)", "f32", idx.shape)
+
+    def step_conv(self) -> None:
+        n, c, h, w = (self.chooser.choice((1, 2)), self.chooser.choice((1, 3, 4)),
+                      self.chooser.choice((5, 7, 8)), self.chooser.choice((5, 6, 9)))
+        o, k = self.chooser.choice((2, 4, 16)), self.chooser.choice((1, 3))
+        stride, padding = self.chooser.integer(1, 2), self.chooser.integer(0, k // 2 + 1)
+        x = self.new_param((n, c, h, w))
+        wt = self.new_param((o, c, k, k), x.dtype)
+        oh = (h + 2 * padding - k) // stride + 1
+        ow = (w + 2 * padding - k) // stride + 1
+        self.bind(f"conv2d({x.name}, {wt.name}, stride={stride}, padding={padding})",
+                  x.dtype, (n, o, oh, ow))
+
+    def step_pool(self) -> None:
+        candidates = [v for v in self.values if v.rank == 4 and min(v.shape[2:]) >= 2]
+        if not candidates:
+            return self.step_conv()
+        x = self.chooser.choice(candidates)
+        kernel = self.chooser.integer(2, min(3, *x.shape[2:]))
+        stride = self.chooser.integer(1, kernel)
+        padding = self.chooser.integer(0, kernel // 2)
+        op = self.chooser.choice(("maxpool2d", "avgpool2d"))
+        oh = (x.shape[2] + 2 * padding - kernel) // stride + 1
+        ow = (x.shape[3] + 2 * padding - kernel) // stride + 1
+        self.bind(f"{op}({x.name}, {kernel}, stride={stride}, padding={padding})", x.dtype,
+                  x.shape[:2] + (oh, ow))
+
+    # -- the program -----------------------------------------------------------------------
+    def text(self, outputs: list[Tensor]) -> str:
+        params = ", ".join(f"{p.name}: {p.type_text()}" for p in self.params)
+        if len(outputs) == 1:
+            ret_type = outputs[0].type_text()
+        else:
+            ret_type = "(" + ", ".join(o.type_text() for o in outputs) + ")"
+        body = "\n".join(self.lines)
+        ret = ", ".join(o.name for o in outputs)
+        return f"fn main({params}) -> {ret_type} {{\n{body}\n    return {ret}\n}}\n"
+
+
+def generate_program(chooser: Chooser, max_steps: int = 6, max_rank: int = 4) -> str:
+    """A random valid `.zt` program: 1 to `max_steps` statements, 1 to 3 outputs."""
+    builder = ProgramBuilder(chooser, max_rank=max_rank)
+    builder.new_param(builder.new_shape())
+    for _ in range(chooser.integer(1, max_steps)):
+        builder.step()
+    computed = [v for v in builder.values if v not in builder.params] or builder.values
+    outputs = [computed[-1]]
+    for _ in range(chooser.integer(0, 2)):
+        extra = chooser.choice(computed)
+        if extra not in outputs:
+            outputs.append(extra)
+    return builder.text(outputs)
+
+
+def random_program(seed: int, max_steps: int = 6) -> str:
+    """The program a seed gives (the campaign's unit of work)."""
+    return generate_program(RandomChooser(random.Random(seed)), max_steps=max_steps)
