@@ -85,6 +85,47 @@ class RandomChooser:
 
 
 @dataclass
+class RecordingChooser:
+    """Decisions from a seeded `random.Random`, recorded as a list of integers.
+
+    Replaying a (possibly shortened or lowered) record with `ReplayChooser` regenerates a
+    program; shrinking a failure is shrinking this list, as hypothesis does internally.
+    """
+
+    rng: random.Random
+    record: list[int] = field(default_factory=list)
+
+    def integer(self, lo: int, hi: int) -> int:
+        value = self.rng.randint(lo, hi)
+        self.record.append(value - lo)
+        return value
+
+    def choice(self, options: Sequence[T]) -> T:
+        index = self.rng.randrange(len(options))
+        self.record.append(index)
+        return options[index]
+
+
+@dataclass
+class ReplayChooser:
+    """Replays a record; past its end, or where a value is out of range, takes the smallest."""
+
+    record: Sequence[int]
+    position: int = 0
+
+    def _next(self, count: int) -> int:
+        value = self.record[self.position] if self.position < len(self.record) else 0
+        self.position += 1
+        return value if 0 <= value < count else 0
+
+    def integer(self, lo: int, hi: int) -> int:
+        return lo + self._next(hi - lo + 1)
+
+    def choice(self, options: Sequence[T]) -> T:
+        return options[self._next(len(options))]
+
+
+@dataclass
 class HypothesisChooser:
     """Decisions drawn from hypothesis' `data` object, so failures shrink."""
 
@@ -417,3 +458,13 @@ def generate_program(chooser: Chooser, max_steps: int = 6, max_rank: int = 4) ->
 def random_program(seed: int, max_steps: int = 6) -> str:
     """The program a seed gives (the campaign's unit of work)."""
     return generate_program(RandomChooser(random.Random(seed)), max_steps=max_steps)
+
+
+def recorded_program(seed: int, max_steps: int = 6) -> tuple[str, list[int]]:
+    """The program a seed gives, with the record of choices that regenerates it."""
+    chooser = RecordingChooser(random.Random(seed))
+    return generate_program(chooser, max_steps=max_steps), chooser.record
+
+
+def replay_program(record: Sequence[int], max_steps: int = 6) -> str:
+    return generate_program(ReplayChooser(record), max_steps=max_steps)

@@ -1,0 +1,207 @@
+"""Differential checks of one program, and the `zhenwu fuzz` campaign around them.
+
+`check_program` is the property every generated program must have: compiled at each
+pipeline and run on the interpreter (with every trap check on), it gives the reference
+evaluator's numbers within the output dtype's tolerance, and its source prints back
+unchanged through the Graph IR. A failure is a `FuzzFailure` naming the pipeline and what
+went wrong; anything else that escapes (an internal error) is a failure too.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from isa.errors import ChipTrap, ZhenwuError
+
+# The pipelines every program is run through: -O0, -O2, and -O2 with one pass left out.
+PIPELINES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("O0", ()),
+    ("O2", ()),
+)
+
+
+class FuzzFailure(Exception):
+    """A program that miscompiles, traps, or crashes the compiler."""
+
+    def __init__(self, pipeline: str, message: str):
+        super().__init__(f"[{pipeline}] {message}")
+        self.pipeline = pipeline
+        self.message = message
+
+
+def random_inputs(fn, seed: int) -> dict[str, np.ndarray]:
+    """Standard-normal inputs (cast to each parameter's dtype), seeded."""
+    from compiler.graph.dtypes import np_dtype
+
+    rng = np.random.default_rng(seed)
+    inputs = {}
+    for param in fn.params:
+        shape = tuple(param.type.shape)
+        data = rng.standard_normal(shape).astype(np.float32)
+        inputs[param.name] = np.asarray(data).astype(np_dtype(param.type.dtype))
+    return inputs
+
+
+def relative_error(got: np.ndarray, want: np.ndarray) -> float:
+    """Largest error relative to the output's scale (the `--check` measure)."""
+    got64 = np.asarray(got, dtype=np.float64)
+    want64 = np.asarray(want, dtype=np.float64)
+    if got64.shape != want64.shape:
+        return float("inf")
+    if got64.size == 0:
+        return 0.0
+    if not np.array_equal(np.isfinite(got64), np.isfinite(want64)):
+        return float("inf")
+    finite = np.isfinite(want64)
+    scale = max(float(np.max(np.abs(want64[finite]), initial=0.0)), 1e-6)
+    diff = np.abs(got64[finite] - want64[finite])
+    return float(np.max(diff, initial=0.0)) / scale
+
+
+def check_program(text: str, *, seed: int = 0, machine_name: str = "m890",
+                  pipelines=PIPELINES) -> None:
+    """Raise FuzzFailure unless every pipeline matches the reference evaluator on `text`."""
+    from compiler.backend.pipeline import CompileOptions, compile_function
+    from compiler.frontend import load_program
+    from compiler.graph.dtypes import tolerance
+    from compiler.reference import evaluate
+    from isa.machine import load_machine
+    from runtime import run_program
+
+    try:
+        fn = load_program("fuzz.zt", text=text)
+    except ZhenwuError as err:  # the generator made an invalid program: a generator bug
+        raise FuzzFailure("frontend", f"rejected a valid program: {err.format()}") from err
+    machine = load_machine(machine_name)
+    inputs = random_inputs(fn, seed)
+    want = evaluate(fn, inputs)
+    for name, disabled in pipelines:
+        level = int(name[1])
+        try:
+            options = CompileOptions(opt_level=level, disabled_passes=disabled)
+            compiled = compile_function(fn, machine, options)
+            result = run_program(compiled.program, machine, inputs)
+        except ChipTrap as trap:
+            raise FuzzFailure(name, f"compiled code trapped: {trap.format()}") from trap
+        except ZhenwuError as err:
+            raise FuzzFailure(name, f"rejected: {err.format()}") from err
+        got = list(result.outputs.values())
+        if len(got) != len(want):
+            raise FuzzFailure(name, f"{len(got)} outputs, reference has {len(want)}")
+        for index, (g, w, out) in enumerate(zip(got, want, fn.outputs)):
+            err = relative_error(g, w)
+            tol = tolerance(out.type.dtype)
+            if not err <= tol:
+                raise FuzzFailure(name, f"out{index}: relative error {err:.3g} > {tol:g}")
+
+
+@dataclass
+class CampaignResult:
+    programs: int = 0
+    seconds: float = 0.0
+    failures: list[dict] = field(default_factory=list)
+
+
+def run_campaign(seconds: float, seed: int, out_dir: Path, *, bisect: bool = False,
+                 progress=None) -> CampaignResult:
+    """Generate and check programs until `seconds` run out; write each failure to out_dir."""
+    from compiler.fuzz.generator import recorded_program
+
+    result = CampaignResult()
+    rng = random.Random(seed)
+    start = time.monotonic()
+    while time.monotonic() - start < seconds:
+        program_seed = rng.randrange(2**31)
+        text, record = recorded_program(program_seed)
+        result.programs += 1
+        try:
+            check_program(text, seed=program_seed)
+        except FuzzFailure as failure:
+            result.failures.append(_record(out_dir, record, program_seed, failure, bisect))
+        except Exception as crash:  # noqa: BLE001 - an internal error is what we hunt
+            failure = FuzzFailure("crash", f"{type(crash).__name__}: {crash}")
+            result.failures.append(_record(out_dir, record, program_seed, failure, bisect))
+        if progress is not None:
+            progress(result, time.monotonic() - start)
+    result.seconds = time.monotonic() - start
+    return result
+
+
+def _record(out_dir: Path, record: list[int], seed: int, failure: FuzzFailure,
+            bisect: bool) -> dict:
+    text = shrink(record, seed)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"fail_{seed}.zt"
+    path.write_text(f"# {failure}\n{text}")
+    entry = {
+        "program": str(path),
+        "pipeline": failure.pipeline,
+        "message": failure.message,
+        "reproduce": f"zhenwu run {path} --seed {seed} --check -O{failure.pipeline[-1]}"
+        if failure.pipeline in ("O0", "O1", "O2") else f"zhenwu run {path} --seed {seed} --check",
+    }
+    if bisect:
+        entry["culprit_pass"] = bisect_passes(text, seed)
+    (out_dir / f"fail_{seed}.json").write_text(json.dumps(entry, indent=2))
+    return entry
+
+
+def _fails(text: str, seed: int) -> bool:
+    try:
+        check_program(text, seed=seed)
+    except Exception:  # noqa: BLE001 - FuzzFailure or an internal error
+        return True
+    return False
+
+
+def shrink(record: list[int], seed: int, budget: int = 200) -> str:
+    """Shrink the choice record (delete chunks, lower values) while the program still fails.
+
+    The generator only makes valid programs from any record, so every candidate is valid and
+    the search never wanders into programs that fail for a different reason than a bug.
+    """
+    from compiler.fuzz.generator import replay_program
+
+    best = list(record)
+    tries = 0
+    improved = True
+    while improved and tries < budget:
+        improved = False
+        for size in (8, 4, 2, 1):
+            i = 0
+            while i + size <= len(best) and tries < budget:
+                candidate = best[:i] + best[i + size:]
+                tries += 1
+                if _fails(replay_program(candidate), seed):
+                    best, improved = candidate, True
+                else:
+                    i += size
+        for i in range(len(best)):
+            if tries >= budget:
+                break
+            if best[i] > 0:
+                candidate = best[:i] + [0] + best[i + 1:]
+                tries += 1
+                if _fails(replay_program(candidate), seed):
+                    best, improved = candidate, True
+    return replay_program(best)
+
+
+def bisect_passes(text: str, seed: int) -> str | None:
+    """The graph pass whose removal makes the failure go away, or None."""
+    from compiler.passes import PASSES
+
+    for name in PASSES:
+        pipelines = (("O2", (name,)),)
+        try:
+            check_program(text, seed=seed, pipelines=pipelines)
+        except Exception:  # noqa: BLE001
+            continue
+        return name
+    return None
