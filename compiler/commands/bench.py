@@ -1,0 +1,91 @@
+"""`zhenwu bench`: the benchmark suite in samples/bench/ (DESIGN.md section 11).
+
+Each benchmark is compiled and run in timing-only mode (the chip's cycles without the math,
+so the suite's large shapes run on a small host). For each it prints cycles, the roofline
+bound, their ratio, HBM bytes moved against the compulsory bytes and, for programs made of
+matrix products, against the I/O lower bound 2·M·N·K/√S − 2·S, plus kernel count and compile
+time. `--json` prints a list of objects with the keys of `BENCH_KEYS`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from compiler.roofline import io_lower_bound_bytes, roofline
+from isa.errors import UsageError
+
+BENCH_DIR = Path(__file__).resolve().parents[2] / "samples" / "bench"
+BENCH_KEYS = ("name", "cycles", "roofline_cycles", "efficiency", "hbm_bytes", "compulsory_bytes",
+              "io_bound_ratio", "kernels", "compile_seconds")
+
+
+def available() -> dict[str, Path]:
+    return {path.stem: path for path in sorted(BENCH_DIR.glob("*.zt"))}
+
+
+def run_one(path: Path, machine, opt_level: int) -> dict:
+    """Compile and time one benchmark program; the row of the table."""
+    from compiler.backend.pipeline import CompileOptions, compile_function
+    from compiler.frontend import load_program
+    from runtime import run_program
+
+    fn = load_program(str(path))
+    start = time.perf_counter()
+    compiled = compile_function(fn, machine, CompileOptions(opt_level=opt_level))
+    compile_seconds = time.perf_counter() - start
+    result = run_program(compiled.program, machine, {}, timing_only=True)
+    report = result.report
+    bound = roofline(fn, machine)
+    hbm_bytes = report.hbm_read_bytes + report.hbm_write_bytes
+    io_bound = io_lower_bound_bytes(fn, machine)
+    return {
+        "name": path.stem,
+        "cycles": report.cycles,
+        "roofline_cycles": bound.cycles,
+        "efficiency": bound.cycles / report.cycles if report.cycles else 0.0,
+        "hbm_bytes": hbm_bytes,
+        "compulsory_bytes": bound.compulsory_bytes,
+        "io_bound_ratio": hbm_bytes / io_bound if io_bound else None,
+        "kernels": compiled.kernel_count,
+        "compile_seconds": round(compile_seconds, 3),
+    }
+
+
+def _table(rows: list[dict]) -> str:
+    head = (f"{'benchmark':<24} {'cycles':>12} {'roofline':>12} {'eff':>6} {'HBM MB':>10} "
+            f"{'compul MB':>10} {'io/LB':>6} {'kern':>5} {'compile s':>9}")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        io = f"{r['io_bound_ratio']:.2f}" if r["io_bound_ratio"] is not None else "-"
+        lines.append(
+            f"{r['name']:<24} {r['cycles']:>12,} {r['roofline_cycles']:>12,.0f} "
+            f"{r['efficiency']:>6.2f} {r['hbm_bytes'] / 1e6:>10.1f} "
+            f"{r['compulsory_bytes'] / 1e6:>10.1f} {io:>6} {r['kernels']:>5} "
+            f"{r['compile_seconds']:>9.2f}"
+        )
+    return "\n".join(lines)
+
+
+def run(args) -> int:
+    from isa.machine import load_machine
+
+    machine = load_machine(args.machine)
+    benches = available()
+    names = args.names or list(benches)
+    unknown = [n for n in names if n not in benches]
+    if unknown:
+        raise UsageError(f"unknown benchmark {unknown[0]!r}; available: {', '.join(benches)}")
+    rows = []
+    for index, name in enumerate(names, 1):
+        print(f"\r[{index}/{len(names)}] {name:<32}", end="", file=sys.stderr, flush=True)
+        rows.append(run_one(benches[name], machine, int(args.opt)))
+    print("\r" + " " * 48 + "\r", end="", file=sys.stderr, flush=True)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print(f"machine {machine.name}, -O{args.opt}, timing-only")
+        print(_table(rows))
+    return 0

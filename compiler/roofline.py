@@ -1,0 +1,78 @@
+"""Roofline bounds of a program on a machine (DESIGN.md section 11).
+
+The bound is the larger of two times: the matrix products' flops over the MX peak of their
+input dtype, and the compulsory HBM bytes (every input read once, every output written once)
+over the HBM bandwidth. Both come from the loaded machine description.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+CONTRACTIONS = ("matmul",)
+
+
+@dataclass(frozen=True)
+class Roofline:
+    flops: int                # all flops of the matrix products
+    compulsory_bytes: int     # inputs read once + outputs written once
+    compute_cycles: float
+    memory_cycles: float
+
+    @property
+    def cycles(self) -> float:
+        return max(self.compute_cycles, self.memory_cycles)
+
+
+def _matmul_dims(op) -> tuple[int, int, int, int]:
+    """(batch, M, N, K) of a numpy-semantics matmul op."""
+    a, b = (v.type.shape for v in op.inputs)
+    out = op.result.type.shape
+    k = a[-1]
+    m = a[-2] if len(a) >= 2 else 1
+    n = b[-1] if len(b) >= 2 else 1
+    batch = math.prod(out) // (m * n) if m * n else 0
+    return batch, m, n, k
+
+
+def compulsory_bytes(fn) -> int:
+    params = sum(p.type.nbytes for p in fn.params)
+    outputs = sum(o.type.nbytes for o in fn.outputs)
+    return params + outputs
+
+
+def roofline(fn, machine) -> Roofline:
+    """The roofline bound of `fn` (a Graph IR function, after decomposition or not)."""
+    flops = 0
+    compute_cycles = 0.0
+    for op in fn.ops:
+        if op.kind in CONTRACTIONS:
+            batch, m, n, k = _matmul_dims(op)
+            op_flops = 2 * batch * m * n * k
+            flops += op_flops
+            dtype = op.inputs[0].type.dtype
+            compute_cycles += op_flops / machine.peak_flops_per_cycle(dtype)
+    memory = compulsory_bytes(fn)
+    return Roofline(flops, memory, compute_cycles, memory / machine.hbm_bytes_per_cycle)
+
+
+def io_lower_bound_bytes(fn, machine) -> float | None:
+    """Σ over matrix products of 2·M·N·K/√S − 2·S words (Smith, Lowery, Langou, van de Geijn).
+
+    S is the number of words of on-chip memory one core's tile loop can use (its L1 in the
+    input dtype's words). None when the program has no matrix product, or when the bound is
+    not positive at these sizes.
+    """
+    total_words = 0.0
+    word_bytes = None
+    for op in fn.ops:
+        if op.kind not in CONTRACTIONS:
+            continue
+        batch, m, n, k = _matmul_dims(op)
+        word_bytes = op.inputs[0].type.nbytes // max(op.inputs[0].type.numel, 1)
+        s_words = machine.l1_bytes / word_bytes
+        total_words += max(batch * (2 * m * n * k / math.sqrt(s_words) - 2 * s_words), 0.0)
+    if word_bytes is None or total_words <= 0:
+        return None
+    return total_words * word_bytes
