@@ -1,0 +1,531 @@
+"""The discrete-event timing model of one chip (DESIGN.md section 8, internals.md section 3).
+
+Per core, the scalar engine `S` runs the instruction stream one instruction per cycle and
+dispatches engine instructions into in-order queues (LD, MX, VX, ST), each of bounded depth:
+the scalar stalls while the target queue is full. An engine instruction starts at the latest
+of its engine being free, its dispatch, and its `.wait`s being satisfied; it occupies the engine
+for its occupancy and completes `latency` cycles later (pipelined), when its `.sig`s fire. A
+wait that had to block for a signal adds `event_wake_latency`. DMA bytes to or from GM also
+pass the chip-wide HBM `BandwidthServer`: a DMA's transfer ends at the later of its port-limited
+and its HBM-limited finish.
+
+Everything happens in simulated time order: a global heap holds the next moments at which a
+scalar resumes, an engine tries to start, or an instruction completes and signals. The scalar
+runs ahead through pure scalar instructions without touching the heap and yields only when it
+must interact (dispatch, signal, wait, barrier) at a time later than the earliest pending
+event. Engine instructions execute their semantics when they start, with operands bound at
+dispatch; for race-free programs that equals program-order results. Races are detected with
+vector clocks (runtime/races.py), not inferred from timing.
+
+Checks that stop the run with a `ChipTrap`: out-of-bounds accesses, races, deadlock (nothing in
+flight, some core not halted), a non-zero event or a non-empty queue at HALT, and the
+instruction budget.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections import deque
+
+from isa.errors import ChipTrap
+
+from runtime.bandwidth import BandwidthServer
+from runtime.memory import OutOfBounds
+from runtime.ops import BAR_CHIP, BAR_CORE, ENGINE, HALT, SCALAR, SIG_S, WAIT_S, Op
+from runtime.races import CoreRaceDetector
+from runtime.trace import TraceRecorder
+
+# heap entry kinds
+_RESUME, _TRY, _COMPLETE = 0, 1, 2
+
+S_ENGINE = 0  # the scalar engine's index in every per-engine table
+
+
+class Timing:
+    """The machine numbers the timing model needs (all from the machine description)."""
+
+    def __init__(self, *, cores: int, clock_hz: float, queue_depth: int, event_wake_latency: int,
+                 hbm_bytes_per_cycle: float, events: int, barrier_latency: int = 0):
+        self.cores = cores
+        self.clock_hz = clock_hz
+        self.queue_depth = queue_depth
+        self.event_wake_latency = event_wake_latency
+        self.hbm_bytes_per_cycle = hbm_bytes_per_cycle
+        self.events = events
+        self.barrier_latency = barrier_latency
+
+
+class CoreState:
+    """One core: scalar state, engine queues, events, timing and statistics.
+
+    `regs`, `descs`, `pc` and `loops` are read and written by the scalar instructions' `step`;
+    `memories` maps a space name (L1, ACC, SMEM) to its LocalMemory, plus "GM" for the chip's.
+    """
+
+    def __init__(self, index: int, chip: int, n_engines: int, n_events: int, memories: dict,
+                 spaces: tuple[str, ...], race_check: bool):
+        self.index = index
+        self.chip = chip
+        self.regs = [0] * 32
+        self.descs: list = [None] * 32
+        self.pc = 0
+        self.loops: list = []  # scalar loop stack, managed by LOOP/ENDLOOP semantics
+        self.memories = memories
+        self.t = 0  # the scalar's local time (cycle of its next issue)
+        self.queues = [deque() for _ in range(n_engines)]
+        self.engine_free = [0] * n_engines
+        self.try_pending = [False] * n_engines
+        self.blocked_since = [-1] * n_engines  # engine blocked on an event since (or -1)
+        self.last_complete = [0] * n_engines
+        self.events = [0] * n_events
+        self.waiters: list[list[int]] = [[] for _ in range(n_events)]  # engine ids (0 = S)
+        self.busy = [0] * n_engines
+        self.stalls: dict[str, int] = {}
+        self.halted = False
+        self.halt_time = 0
+        self.resume_pending = False
+        self.s_blocked: str | None = None  # why the scalar is blocked, or None
+        self.s_block_engine = 0
+        self.s_block_since = 0
+        self.races = CoreRaceDetector(n_engines, spaces) if race_check else None
+        self.kernel: int | None = None  # index of the kernel region the scalar is in
+
+    def stall(self, cause: str, cycles: int) -> None:
+        if cycles > 0:
+            self.stalls[cause] = self.stalls.get(cause, 0) + cycles
+
+
+class Simulator:
+    """Runs decoded ops on every core of one chip; see the module docstring."""
+
+    def __init__(self, ops: list[Op], timing: Timing, engines: list[str], cores: list[CoreState],
+                 *, max_instructions: int, trace: TraceRecorder | None, kernels: list[str],
+                 on_access=None):
+        self.ops = ops
+        self.timing = timing
+        self.engine_names = engines
+        self.cores = cores
+        self.max_instructions = max_instructions
+        self.trace = trace
+        self.hbm = BandwidthServer("HBM", timing.hbm_bytes_per_cycle)
+        self.heap: list = []
+        self._seq = 0
+        self.now = 0
+        self.instructions = 0
+        self.engine_instructions = 0
+        self.flops = 0
+        self.hbm_read = 0
+        self.hbm_write = 0
+        self.chip_barrier: list[CoreState] = []
+        self.chip_barrier_time = 0
+        # kernel regions: name per kernel index; per kernel [first entry, last exit]
+        self.kernel_names = kernels
+        self.kernel_spans: list[list[int]] = [[-1, 0] for _ in kernels]
+        self.kernel_entered: dict[tuple[int, int], int] = {}
+
+    # -- heap ------------------------------------------------------------------------------
+
+    def _push(self, time: int, kind: int, core: CoreState, engine: int, payload=None) -> None:
+        self._seq += 1
+        heapq.heappush(self.heap, (time, self._seq, kind, core.index, engine, payload))
+
+    def _resume(self, core: CoreState, time: int) -> None:
+        if not core.resume_pending:
+            core.resume_pending = True
+            self._push(time, _RESUME, core, S_ENGINE)
+
+    def _try_later(self, core: CoreState, engine: int, time: int) -> None:
+        if not core.try_pending[engine]:
+            core.try_pending[engine] = True
+            self._push(time, _TRY, core, engine)
+
+    # -- the run ---------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Run to completion; return the cycle count. Raises ChipTrap on a check failure."""
+        for core in self.cores:
+            self._resume(core, 0)
+        heap = self.heap
+        heappop = heapq.heappop
+        cores = self.cores
+        while heap:
+            time, _, kind, core_index, engine, payload = heappop(heap)
+            self.now = time
+            core = cores[core_index]
+            if kind == _TRY:
+                core.try_pending[engine] = False
+                self._try_start(core, engine, time)
+            elif kind == _COMPLETE:
+                self._signal(core, payload, time, engine)
+            else:
+                core.resume_pending = False
+                self._run_scalar(core, time)
+        unfinished = [c for c in self.cores if not c.halted]
+        if unfinished:
+            self._deadlock(unfinished)
+        end = max(c.halt_time for c in self.cores)
+        self._close_kernels(end)
+        return end
+
+    # -- the scalar engine -----------------------------------------------------------------
+
+    def _run_scalar(self, core: CoreState, now: int) -> None:
+        ops = self.ops
+        heap = self.heap
+        t = core.t if core.t > now else now
+        regs = core.regs
+        budget = self.max_instructions
+        while True:
+            op = ops[core.pc]
+            if op.kernel is not None:
+                self._enter_kernel(core, op, t)
+            if op.pred is not None:
+                value = regs[op.pred[0]]
+                if (value == 0) != op.pred[1]:  # predicated off: one issue cycle
+                    self._count(core, op)
+                    core.pc += 1
+                    t += 1
+                    continue
+            kind = op.kind
+            if kind == SCALAR:
+                self._count(core, op)
+                core.pc = op.step(core)
+                t += 1
+                continue
+            # Everything below interacts with other engines: act only when no earlier event
+            # is pending, so that the world is in time order.
+            if heap and heap[0][0] < t:
+                core.t = t
+                self._resume(core, t)
+                return
+            self.now = t
+            if kind == ENGINE:
+                engine = op.engine
+                queue = core.queues[engine]
+                if len(queue) >= self.timing.queue_depth:
+                    self._block_scalar(core, "queue_full", engine, t)
+                    core.t = t
+                    return
+                self._unblock_scalar(core, t)
+                self._count(core, op)
+                bound = self._bind(core, op)
+                # the instruction inherits what the scalar has observed (its clock)
+                queue.append((op, bound, t + 1, list(core.races.clocks[S_ENGINE])
+                              if core.races is not None else None))
+                if len(queue) == 1:
+                    self._try_later(core, engine, max(t + 1, core.engine_free[engine]))
+                core.pc += 1
+                t += 1
+                continue
+            if kind == WAIT_S:
+                if not self._waits_ready(core, op.waits):
+                    self._block_scalar(core, "wait_event", S_ENGINE, t)
+                    for event, _ in op.waits:
+                        core.waiters[event].append(S_ENGINE)
+                    core.t = t
+                    return
+                self._unblock_scalar(core, t)
+                self._take_waits(core, S_ENGINE, op.waits)
+                self._count(core, op)
+                core.pc += 1
+                t += 1
+                continue
+            if kind == SIG_S:
+                self._count(core, op)
+                if core.races is not None:
+                    core.races.tick(S_ENGINE)
+                self._signal(core, op, t, S_ENGINE)
+                core.pc += 1
+                t += 1
+                continue
+            # BAR_CORE, BAR_CHIP, HALT: wait until this core's queues drain
+            drain = self._drain_time(core)
+            if drain is None or drain > t:
+                self._block_scalar(core, "drain" if kind == HALT else
+                                   ("bar_core" if kind == BAR_CORE else "bar_chip"), S_ENGINE, t)
+                core.t = t
+                if drain is not None:
+                    self._resume(core, drain)
+                return
+            arrival = core.s_block_since if core.s_blocked is not None else t
+            self._unblock_scalar(core, t)
+            if core.races is not None:
+                core.races.join_all_into(S_ENGINE)
+            if kind == BAR_CORE:
+                self._count(core, op)
+                core.pc += 1
+                t += 1
+                continue
+            if kind == BAR_CHIP:
+                self._count(core, op)
+                core.t = t
+                self._arrive_chip_barrier(core, t)
+                return
+            self._halt(core, op, t, max(arrival + 1, drain))
+            return
+
+    def _count(self, core: CoreState, op: Op) -> None:
+        self.instructions += 1
+        if self.instructions > self.max_instructions:
+            raise ChipTrap(
+                f"runaway program: more than {self.max_instructions} instructions executed "
+                "(raise the budget with --max-instructions)",
+                address=op.address, instruction=op.text, core=core.index, chip=None,
+                engines=("S",),
+            )
+
+    def _block_scalar(self, core: CoreState, cause: str, engine: int, t: int) -> None:
+        if core.s_blocked is None:
+            core.s_blocked = cause
+            core.s_block_engine = engine
+            core.s_block_since = t
+
+    def _unblock_scalar(self, core: CoreState, t: int) -> None:
+        if core.s_blocked is None:
+            return
+        cause = core.s_blocked
+        if cause == "queue_full":
+            cause = f"queue_full:{self.engine_names[core.s_block_engine]}"
+        elif cause == "wait_event":
+            cause = "wait_event:S"
+        cycles = t - core.s_block_since
+        core.stall(cause, cycles)
+        if self.trace is not None and cycles > 0:
+            self.trace.slice(core.index, S_ENGINE, f"stall {cause}", core.s_block_since, cycles)
+        core.s_blocked = None
+
+    def _drain_time(self, core: CoreState) -> int | None:
+        """When every instruction dispatched so far has completed, or None if some is queued."""
+        for queue in core.queues:
+            if queue:
+                return None
+        return max(core.last_complete)
+
+    def _arrive_chip_barrier(self, core: CoreState, t: int) -> None:
+        self.chip_barrier.append(core)
+        self.chip_barrier_time = max(self.chip_barrier_time, t)
+        if len(self.chip_barrier) < len(self.cores):
+            return
+        release = self.chip_barrier_time + 1 + self.timing.barrier_latency
+        for waiting in self.chip_barrier:
+            waiting.stall("bar_chip", release - 1 - waiting.t)
+            if self.trace is not None and release - 1 > waiting.t:
+                self.trace.slice(waiting.index, S_ENGINE, "stall bar_chip", waiting.t,
+                                 release - 1 - waiting.t)
+            waiting.pc += 1
+            waiting.t = release
+            self._resume(waiting, release)
+        self.chip_barrier = []
+        self.chip_barrier_time = 0
+
+    def _halt(self, core: CoreState, op: Op, t: int, end: int) -> None:
+        self._count(core, op)
+        leftover = [(k, v) for k, v in enumerate(core.events) if v != 0]
+        if leftover:
+            events = ", ".join(f"E{k} = {v}" for k, v in leftover)
+            raise ChipTrap(
+                f"event not zero at HALT: {events} (a signal nobody waited for)",
+                address=op.address, instruction=op.text, core=core.index,
+                engines=tuple(self._signallers(leftover)),
+            )
+        core.halted = True
+        core.halt_time = end
+
+    def _signallers(self, leftover) -> list[str]:
+        names = []
+        events = {k for k, _ in leftover}
+        for op in self.ops:
+            if any(k in events for k, _ in op.sigs):
+                name = "S" if op.kind == SIG_S else self.engine_names[op.engine]
+                if name not in names:
+                    names.append(name)
+        return names
+
+    # -- engines ---------------------------------------------------------------------------
+
+    def _bind(self, core: CoreState, op: Op):
+        try:
+            return op.bind(core)
+        except OutOfBounds as err:
+            self._trap_bounds(core, op, err)
+
+    def _waits_ready(self, core: CoreState, waits) -> bool:
+        events = core.events
+        for event, count in waits:
+            if events[event] < count:
+                return False
+        return True
+
+    def _take_waits(self, core: CoreState, engine: int, waits) -> None:
+        events = core.events
+        for event, count in waits:
+            events[event] -= count
+            if core.races is not None:
+                core.races.wait(engine, event, count)
+
+    def _try_start(self, core: CoreState, engine: int, now: int) -> None:
+        queue = core.queues[engine]
+        if not queue:
+            return
+        op, bound, dispatched, s_clock = queue[0]
+        ready = max(core.engine_free[engine], dispatched)
+        if ready > now:
+            self._try_later(core, engine, ready)
+            return
+        if op.waits and not self._waits_ready(core, op.waits):
+            if core.blocked_since[engine] < 0:
+                core.blocked_since[engine] = now
+            for event, _ in op.waits:
+                core.waiters[event].append(engine)
+            return
+        if core.blocked_since[engine] >= 0:
+            core.stall(f"wait_event:{self.engine_names[engine]}",
+                       now - core.blocked_since[engine])
+            core.blocked_since[engine] = -1
+        queue.popleft()
+        if core.s_blocked == "queue_full" and core.s_block_engine == engine:
+            self._resume(core, now)
+        races = core.races
+        if races is not None:
+            races.join(engine, s_clock)
+        if op.waits:
+            self._take_waits(core, engine, op.waits)
+        if races is not None:
+            clock = races.tick(engine)
+            for space, lo, hi, is_write in bound.accesses:
+                race = races.access(engine, space, lo, hi, is_write, op.address)
+                if race is not None:
+                    self._trap_race(core, op, engine, race)
+        if bound.execute is not None:
+            try:
+                bound.execute()
+            except OutOfBounds as err:
+                self._trap_bounds(core, op, err)
+        occupancy = bound.occupancy
+        hbm_bytes = bound.hbm_read + bound.hbm_write
+        if hbm_bytes:
+            self.hbm_read += bound.hbm_read
+            self.hbm_write += bound.hbm_write
+            hbm_end = math.ceil(self.hbm.reserve(now, hbm_bytes) - 1e-9)
+            if hbm_end - now > occupancy:
+                core.stall(f"hbm_bandwidth:{self.engine_names[engine]}",
+                           hbm_end - now - occupancy)
+                occupancy = hbm_end - now
+        self.flops += bound.flops
+        self.engine_instructions += 1
+        free = now + occupancy
+        core.engine_free[engine] = free
+        core.busy[engine] += occupancy
+        complete = free + bound.latency
+        if complete > core.last_complete[engine]:
+            core.last_complete[engine] = complete
+        if op.sigs:
+            self._push(complete, _COMPLETE, core, engine,
+                       (op, list(races.clocks[engine]) if races is not None else None))
+        if self.trace is not None:
+            self.trace.slice(core.index, engine, op.mnemonic, now, max(occupancy, 0),
+                             {"address": op.address, "latency": bound.latency})
+        if queue:
+            self._try_later(core, engine, max(free, now))
+        elif core.s_blocked in ("drain", "bar_core", "bar_chip"):
+            drain = self._drain_time(core)
+            if drain is not None:
+                self._resume(core, max(drain, now))
+
+    def _signal(self, core: CoreState, payload, time: int, engine: int) -> None:
+        """Fire the `.sig`s of a completed instruction (or a SIG.S) at `time`."""
+        if engine == S_ENGINE:
+            op, clock = payload, (list(core.races.clocks[S_ENGINE])
+                                  if core.races is not None else None)
+        else:
+            op, clock = payload
+        wake = time + self.timing.event_wake_latency
+        events = core.events
+        for event, count in op.sigs:
+            events[event] += count
+            if clock is not None:
+                core.races.signal(event, count, clock)
+            waiters = core.waiters[event]
+            if waiters:
+                core.waiters[event] = []
+                for waiter in waiters:
+                    if waiter == S_ENGINE:
+                        self._resume(core, wake)
+                    else:
+                        self._try_later(core, waiter, wake)
+
+    # -- kernels ---------------------------------------------------------------------------
+
+    def _enter_kernel(self, core: CoreState, op: Op, t: int) -> None:
+        index = self.kernel_names.index(op.kernel)
+        self._leave_kernel(core, t)
+        core.kernel = index
+        span = self.kernel_spans[index]
+        if span[0] < 0 or t < span[0]:
+            span[0] = t
+
+    def _leave_kernel(self, core: CoreState, t: int) -> None:
+        if core.kernel is not None:
+            span = self.kernel_spans[core.kernel]
+            span[1] = max(span[1], t)
+
+    def _close_kernels(self, end: int) -> None:
+        for core in self.cores:
+            self._leave_kernel(core, core.halt_time)
+
+    # -- traps -----------------------------------------------------------------------------
+
+    def _trap_bounds(self, core: CoreState, op: Op, err: OutOfBounds):
+        engine = "S" if op.kind != ENGINE else self.engine_names[op.engine]
+        raise ChipTrap(f"out-of-bounds access: {err}", address=op.address, instruction=op.text,
+                       core=core.index, engines=(engine,)) from None
+
+    def _trap_race(self, core: CoreState, op: Op, engine: int, race) -> None:
+        other = self.ops[race.other_address]
+        mine = "writes" if race.is_write else "reads"
+        theirs = "written" if race.other_is_write else "read"
+        raise ChipTrap(
+            f"race on {race.space}[{race.lo:#x}, {race.hi:#x}): "
+            f"{self.engine_names[engine]} {mine} it, {theirs} by "
+            f"{self.engine_names[race.other_engine]} with no event ordering them",
+            address=op.address, instruction=op.text, core=core.index,
+            engines=(self.engine_names[race.other_engine], self.engine_names[engine]),
+            notes=(f"the other access: @{other.address}: {other.text}",),
+        )
+
+    def _deadlock(self, unfinished: list[CoreState]) -> None:
+        core = unfinished[0]
+        op = self.ops[core.pc]
+        blocked = []
+        for engine, queue in enumerate(core.queues):
+            if queue:
+                blocked.append(engine)
+        names = tuple(["S"] + [self.engine_names[e] for e in blocked])
+        notes = []
+        for engine in blocked:
+            head = core.queues[engine][0][0]
+            waits = " ".join(f"E{k}:{n}" for k, n in head.waits)
+            notes.append(f"{self.engine_names[engine]} waits ({waits}) at "
+                         f"@{head.address}: {head.text}")
+        waiting_events = ", ".join(
+            f"E{k} = {v}" for k, v in enumerate(core.events) if v)
+        if waiting_events:
+            notes.append(f"events: {waiting_events}")
+        if len(unfinished) > 1:
+            notes.append(f"{len(unfinished)} cores did not halt")
+        if op.kind == HALT and blocked:
+            head = core.queues[blocked[0]][0][0]
+            raise ChipTrap(
+                "queue not empty at HALT: engine instructions can never start",
+                address=head.address, instruction=head.text, core=core.index, engines=names,
+                notes=notes,
+            )
+        if op.kind == BAR_CHIP and not blocked:
+            message = "deadlock: cores wait at BAR.CHIP for cores that halted"
+        elif op.kind == WAIT_S:
+            message = "deadlock: the scalar waits for an event that is never signalled"
+        else:
+            message = "deadlock: every engine is blocked and nothing is in flight"
+        raise ChipTrap(message, address=op.address, instruction=op.text, core=core.index,
+                       engines=names, notes=notes)

@@ -1,0 +1,157 @@
+"""The run report: what the chip did and where the time went (DESIGN.md section 8).
+
+`Report` is a plain dataclass built by the interpreter at the end of a run; `to_json()` gives
+the dict written by `--report FILE`, `to_text()` the summary the CLI prints. Every number is
+simulated (cycles, bytes, counts): nothing depends on the host, so two runs of the same program
+and inputs give equal reports.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass
+class KernelTime:
+    """One `.kernel` region: from its start to the next kernel marker, BAR.CHIP or the end."""
+
+    name: str
+    start_cycle: int
+    cycles: int
+
+
+@dataclass
+class Report:
+    """Totals of one run. Engine names index `busy_cycles[core][engine]` and friends."""
+
+    machine: str
+    clock_hz: float
+    chips: int
+    cores: int
+    engines: list[str]
+    cycles: int = 0
+    instructions: int = 0
+    engine_instructions: int = 0
+    flops: int = 0
+    hbm_read_bytes: int = 0
+    hbm_write_bytes: int = 0
+    l1_bytes: int = 0
+    timing_only: bool = False
+    # busy_cycles[core][engine_name]
+    busy_cycles: list[dict[str, int]] = field(default_factory=list)
+    # stall cycles by cause, summed over cores ("queue_full:LD", "wait_event:MX", ...)
+    stall_cycles: dict[str, int] = field(default_factory=dict)
+    kernels: list[KernelTime] = field(default_factory=list)
+    peak_flops_per_second: float = 0.0
+    hbm_bytes_per_second: float = 0.0
+
+    # -- derived ---------------------------------------------------------------------------
+
+    @property
+    def seconds(self) -> float:
+        return self.cycles / self.clock_hz if self.clock_hz else 0.0
+
+    @property
+    def busy_fraction(self) -> list[dict[str, float]]:
+        """Per core and engine: busy cycles over total cycles."""
+        total = max(self.cycles, 1)
+        return [{e: round(c / total, 6) for e, c in core.items()} for core in self.busy_cycles]
+
+    def mean_busy_fraction(self) -> dict[str, float]:
+        """Per engine: busy fraction averaged over the cores."""
+        if not self.busy_cycles:
+            return {}
+        total = max(self.cycles, 1) * len(self.busy_cycles)
+        return {
+            e: round(sum(core[e] for core in self.busy_cycles) / total, 6) for e in self.engines
+        }
+
+    @property
+    def roofline_seconds(self) -> float:
+        """The lower bound: the larger of flops over peak and HBM bytes over bandwidth."""
+        compute = self.flops / self.peak_flops_per_second if self.peak_flops_per_second else 0.0
+        hbm = self.hbm_read_bytes + self.hbm_write_bytes
+        memory = hbm / self.hbm_bytes_per_second if self.hbm_bytes_per_second else 0.0
+        return max(compute, memory)
+
+    @property
+    def efficiency(self) -> float:
+        """Roofline bound over simulated time (1.0 means at the bound)."""
+        return self.roofline_seconds / self.seconds if self.seconds else 0.0
+
+    # -- output ----------------------------------------------------------------------------
+
+    def to_json(self) -> dict:
+        """A JSON-ready dict (the `--report FILE` content)."""
+        return {
+            "machine": self.machine,
+            "chips": self.chips,
+            "cores": self.cores,
+            "clock_hz": self.clock_hz,
+            "timing_only": self.timing_only,
+            "cycles": self.cycles,
+            "seconds": self.seconds,
+            "instructions": self.instructions,
+            "engine_instructions": self.engine_instructions,
+            "flops": self.flops,
+            "hbm_read_bytes": self.hbm_read_bytes,
+            "hbm_write_bytes": self.hbm_write_bytes,
+            "hbm_bandwidth_fraction": self._hbm_fraction(),
+            "roofline_seconds": self.roofline_seconds,
+            "efficiency": self.efficiency,
+            "engines": list(self.engines),
+            "busy_cycles": self.busy_cycles,
+            "busy_fraction": self.busy_fraction,
+            "mean_busy_fraction": self.mean_busy_fraction(),
+            "stall_cycles": dict(sorted(self.stall_cycles.items())),
+            "kernels": len(self.kernels),
+            "kernel_cycles": [asdict(k) for k in self.kernels],
+        }
+
+    def dumps(self) -> str:
+        return json.dumps(self.to_json(), indent=2)
+
+    def _hbm_fraction(self) -> float:
+        if not self.seconds or not self.hbm_bytes_per_second:
+            return 0.0
+        return (self.hbm_read_bytes + self.hbm_write_bytes) / self.seconds / (
+            self.hbm_bytes_per_second
+        )
+
+    def to_text(self) -> str:
+        """A short human summary: time, throughput, engine utilisation, stalls, kernels."""
+        lines = [
+            f"machine {self.machine}: {self.chips} chip(s) x {self.cores} cores"
+            + (" (timing only)" if self.timing_only else ""),
+            f"cycles {self.cycles}  time {_fmt_seconds(self.seconds)}  "
+            f"instructions {self.instructions} ({self.engine_instructions} on engines)",
+        ]
+        tflops = self.flops / self.seconds / 1e12 if self.seconds else 0.0
+        lines.append(f"flops {self.flops} ({tflops:.2f} TFLOP/s)  "
+                     f"roofline {_fmt_seconds(self.roofline_seconds)}  "
+                     f"efficiency {100 * self.efficiency:.1f}%")
+        gbps = (self.hbm_read_bytes + self.hbm_write_bytes) / self.seconds / 1e9 if self.seconds \
+            else 0.0
+        lines.append(f"HBM read {self.hbm_read_bytes} B  write {self.hbm_write_bytes} B  "
+                     f"({gbps:.1f} GB/s, {100 * self._hbm_fraction():.1f}% of peak)")
+        busy = self.mean_busy_fraction()
+        lines.append("engine busy (mean over cores): "
+                     + "  ".join(f"{e} {100 * f:.1f}%" for e, f in busy.items()))
+        if self.stall_cycles:
+            stalls = sorted(self.stall_cycles.items(), key=lambda kv: -kv[1])
+            lines.append("stall cycles (all cores): "
+                         + "  ".join(f"{cause} {n}" for cause, n in stalls[:8]))
+        if self.kernels:
+            lines.append(f"kernels {len(self.kernels)}:")
+            for k in self.kernels:
+                lines.append(f"  {k.name}: {k.cycles} cycles from {k.start_cycle}")
+        return "\n".join(lines)
+
+
+def _fmt_seconds(seconds: float) -> str:
+    if seconds >= 1:
+        return f"{seconds:.3f} s"
+    if seconds >= 1e-3:
+        return f"{seconds * 1e3:.3f} ms"
+    return f"{seconds * 1e6:.3f} us"
