@@ -1,0 +1,666 @@
+"""The builtins of the `.zt` language (DESIGN.md section 3), one rule each.
+
+A rule turns checked arguments into Graph IR ops through the checker: primitives directly,
+`conv2d`/pools/`einsum` as single registry ops (lowered later by `decompose`), and a few
+composites that need shapes (`mean`, `expand_dims`, `squeeze`, `split`, indexing) as short
+sequences of primitives. Composites expressible in the language live in prelude.zt.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from math import prod
+
+from compiler.frontend import ast
+from compiler.frontend.checker import Checker, DType, Tensor, describe
+from compiler.graph.dtypes import DTYPES, is_float, limits
+from compiler.graph.ops import parse_einsum
+from isa.errors import Diagnostic, SourceSpan
+
+Args = dict[str, tuple[object, SourceSpan]]
+
+
+@dataclass(frozen=True)
+class Builtin:
+    """A builtin's parameters (a `*name` takes the rest of the positional arguments), their
+    defaults, and its rule `(checker, args, call) -> value`."""
+
+    params: list[str]
+    rule: Callable[[Checker, Args, ast.Call], object]
+    defaults: dict = field(default_factory=dict)
+
+
+BUILTINS: dict[str, Builtin] = {}
+
+
+def builtin(name: str, params: str, **defaults):
+    """Register a builtin: `params` is a space-separated parameter list."""
+
+    def register(rule):
+        BUILTINS[name] = Builtin(params.split(), rule, defaults)
+        return rule
+
+    return register
+
+
+# ------------------------------------------------------------------ argument helpers
+
+
+def tensor_arg(chk: Checker, args: Args, name: str) -> Tensor:
+    value, span = args[name]
+    if isinstance(value, Tensor):
+        return value
+    if isinstance(value, (bool, int, float)):
+        return chk.as_tensor(value, span)
+    raise Diagnostic(f"'{name}' must be a tensor, got {describe(value)}", span)
+
+
+def int_arg(args: Args, name: str, *, minimum: int | None = None) -> int:
+    value, span = args[name]
+    return as_int(value, span, name, minimum=minimum)
+
+
+def as_int(value, span, what: str, *, minimum: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise Diagnostic(f"'{what}' must be an integer, got {describe(value)}", span)
+    if minimum is not None and value < minimum:
+        raise Diagnostic(f"'{what}' must be at least {minimum}, got {value}", span)
+    return value
+
+
+def int_list(value, span, what: str) -> list[int]:
+    if isinstance(value, (list, tuple)):
+        return [as_int(v, span, what) for v in value]
+    raise Diagnostic(f"'{what}' must be a list of integers, got {describe(value)}", span)
+
+
+def bool_arg(args: Args, name: str) -> bool:
+    value, span = args[name]
+    if not isinstance(value, bool):
+        raise Diagnostic(f"'{name}' must be true or false, got {describe(value)}", span)
+    return value
+
+
+def dtype_arg(args: Args, name: str) -> str | None:
+    value, span = args[name]
+    if value is None:
+        return None
+    if isinstance(value, DType):
+        return value.name
+    if isinstance(value, str) and value in DTYPES:
+        return value
+    raise Diagnostic(f"'{name}' must be a dtype ({', '.join(DTYPES)}), got {describe(value)}",
+                     span)
+
+
+def norm_axis(axis, rank: int, span, t: Tensor | None = None) -> int:
+    axis = as_int(axis, span, "axis")
+    if not -rank <= axis < rank:
+        where = f" for {t.type}" if t is not None else ""
+        raise Diagnostic(f"axis {axis} is out of range{where} (rank {rank})", span)
+    return axis % rank
+
+
+def axes_arg(args: Args, name: str, t: Tensor) -> tuple[int, ...]:
+    """`axis=` as None (all axes), an int, or a tuple/list of ints; sorted and checked."""
+    value, span = args[name]
+    if value is None:
+        return tuple(range(t.type.rank))
+    items = list(value) if isinstance(value, (list, tuple)) else [value]
+    axes = [norm_axis(a, t.type.rank, span, t) for a in items]
+    if len(set(axes)) != len(axes):
+        raise Diagnostic(f"repeated axis in {list(items)}", span)
+    return tuple(sorted(axes))
+
+
+def shape_arg(args: Args, name: str) -> tuple[int, ...]:
+    value, span = args[name]
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = [value]
+    dims = int_list(value, span, name)
+    for d in dims:
+        if d < 1:
+            raise Diagnostic(f"'{name}' dims must be positive, got {dims}", span)
+    return tuple(dims)
+
+
+def pair_arg(args: Args, name: str, *, minimum: int) -> tuple[int, int]:
+    value, span = args[name]
+    if isinstance(value, (list, tuple)):
+        if len(value) != 2:
+            raise Diagnostic(f"'{name}' must be an integer or a pair, got {len(value)} values",
+                             span)
+        pair = tuple(as_int(v, span, name, minimum=minimum) for v in value)
+    else:
+        pair = (as_int(value, span, name, minimum=minimum),) * 2
+    return pair
+
+
+def padding_arg(args: Args, name: str = "padding") -> tuple[tuple[int, int], tuple[int, int]]:
+    """Padding for 2-D windows: p, (ph, pw) or ((top, bottom), (left, right))."""
+    value, span = args[name]
+    if isinstance(value, (list, tuple)) and value and isinstance(value[0], (list, tuple)):
+        if len(value) != 2 or any(len(v) != 2 for v in value):
+            raise Diagnostic(f"'{name}' must be p, [ph, pw] or [[top, bottom], [left, right]]",
+                             span)
+        return tuple(tuple(as_int(v, span, name, minimum=0) for v in pair) for pair in value)
+    ph, pw = pair_arg(args, name, minimum=0)
+    return (ph, ph), (pw, pw)
+
+
+# ------------------------------------------------------------------ elementwise
+
+_FLOAT_UNARY = ("exp", "log", "sqrt", "rsqrt", "reciprocal", "tanh", "sigmoid", "erf", "sin",
+                "cos")
+_ANY_UNARY = ("neg", "abs", "relu", "floor", "ceil", "sign")
+
+
+def unary(chk: Checker, kind: str, x: Tensor, span, attrs=None) -> Tensor:
+    if x.dtype == "bool":
+        raise Diagnostic(f"{kind}() is not defined on bool ({x.type})", span)
+    if kind in _FLOAT_UNARY + ("gelu",) and not is_float(x.dtype):
+        x = chk.cast(x, "f32", span)
+    return chk.emit(kind, [x], attrs, span)
+
+
+def _unary_rule(kind: str):
+    def rule(chk: Checker, args: Args, call: ast.Call):
+        return unary(chk, kind, tensor_arg(chk, args, "x"), call.span)
+
+    return rule
+
+
+for _kind in _FLOAT_UNARY + _ANY_UNARY:
+    builtin(_kind, "x")(_unary_rule(_kind))
+
+
+@builtin("gelu", "x approximate", approximate=True)
+def _gelu(chk: Checker, args: Args, call: ast.Call):
+    return unary(chk, "gelu", tensor_arg(chk, args, "x"), call.span,
+                 {"approximate": bool_arg(args, "approximate")})
+
+
+def _binary_rule(kind: str):
+    def rule(chk: Checker, args: Args, call: ast.Call):
+        (a, sa), (b, sb) = args["a"], args["b"]
+        for value, span in ((a, sa), (b, sb)):
+            if not isinstance(value, (Tensor, bool, int, float)):
+                raise Diagnostic(f"expected a tensor or a number, got {describe(value)}", span)
+        if not isinstance(a, Tensor) and not isinstance(b, Tensor):
+            a = chk.as_tensor(a, sa)
+        return chk.binary(kind, a, b, call.span, sa, sb)
+
+    return rule
+
+
+for _kind in ("maximum", "minimum", "pow"):
+    builtin(_kind, "a b")(_binary_rule(_kind))
+
+
+@builtin("where", "cond a b")
+def _where(chk: Checker, args: Args, call: ast.Call):
+    cond, cspan = args["cond"]
+    if isinstance(cond, bool):
+        cond = chk.as_tensor(cond, cspan)
+    if not isinstance(cond, Tensor) or cond.dtype != "bool":
+        raise Diagnostic(f"where() needs a bool condition, got {describe(cond)}", cspan)
+    (a, b), _ = chk.unify([args["a"][0], args["b"][0]], [args["a"][1], args["b"][1]])
+    return chk.emit("where", [cond, a, b], None, call.span)
+
+
+@builtin("cast", "x dtype")
+def _cast(chk: Checker, args: Args, call: ast.Call):
+    dtype = dtype_arg(args, "dtype")
+    if dtype is None:
+        raise Diagnostic("cast() needs a dtype", args["dtype"][1])
+    value, span = args["x"]
+    if isinstance(value, (bool, int, float)):
+        return chk.constant(value, dtype, call.span)
+    return chk.cast(tensor_arg(chk, args, "x"), dtype, call.span)
+
+
+# ------------------------------------------------------------------ reductions
+
+
+def reduce(chk: Checker, kind: str, x: Tensor, axes: tuple[int, ...], keepdims: bool,
+           span) -> Tensor:
+    if not axes:
+        return x
+    if x.dtype == "bool":
+        x = chk.cast(x, "i32", span)
+    return chk.emit(kind, [x], {"axes": axes, "keepdims": keepdims}, span)
+
+
+def _reduce_rule(kind: str):
+    def rule(chk: Checker, args: Args, call: ast.Call):
+        x = tensor_arg(chk, args, "x")
+        return reduce(chk, kind, x, axes_arg(args, "axis", x), bool_arg(args, "keepdims"),
+                      call.span)
+
+    return rule
+
+
+for _name, _kind in (("sum", "reduce_sum"), ("max", "reduce_max"), ("min", "reduce_min"),
+                     ("prod", "reduce_prod")):
+    builtin(_name, "x axis keepdims", axis=None, keepdims=False)(_reduce_rule(_kind))
+
+
+@builtin("mean", "x axis keepdims", axis=None, keepdims=False)
+def _mean(chk: Checker, args: Args, call: ast.Call):
+    x = tensor_arg(chk, args, "x")
+    axes = axes_arg(args, "axis", x)
+    if not is_float(x.dtype):
+        x = chk.cast(x, "f32", call.span)
+    if not axes:
+        return x
+    count = prod(x.shape[a] for a in axes)
+    total = reduce(chk, "reduce_sum", x, axes, bool_arg(args, "keepdims"), call.span)
+    return chk.binary("div", total, float(count), call.span)
+
+
+@builtin("argmax", "x axis keepdims", axis=None, keepdims=False)
+def _argmax(chk: Checker, args: Args, call: ast.Call):
+    x = tensor_arg(chk, args, "x")
+    keepdims = bool_arg(args, "keepdims")
+    value, span = args["axis"]
+    if isinstance(value, (list, tuple)):
+        raise Diagnostic("argmax() takes one axis, not a tuple", span)
+    if value is None:
+        flat = chk.reshape(x, (x.type.numel,), call.span)
+        out = chk.emit("argmax", [flat], {"axes": (0,), "keepdims": False}, call.span)
+        return chk.reshape(out, (1,) * x.type.rank, call.span) if keepdims else out
+    axis = norm_axis(value, x.type.rank, span, x)
+    return chk.emit("argmax", [x], {"axes": (axis,), "keepdims": keepdims}, call.span)
+
+
+# ------------------------------------------------------------------ linear algebra
+
+
+def matmul(chk: Checker, a, b, span, a_span=None, b_span=None) -> Tensor:
+    """numpy matmul: 1-D operands are promoted to matrices and the added axis removed."""
+    a_span, b_span = a_span or span, b_span or span
+    for value, vspan in ((a, a_span), (b, b_span)):
+        if not isinstance(value, Tensor):
+            raise Diagnostic(f"@ needs tensors, got {describe(value)}", vspan)
+        if value.type.rank == 0:
+            raise Diagnostic(f"@ needs operands of rank >= 1, got {value.type}", vspan)
+    ta, tb = a.type, b.type
+    k_a = ta.shape[-1]
+    k_b = tb.shape[0] if tb.rank == 1 else tb.shape[-2]
+    if k_a != k_b:
+        raise Diagnostic(f"cannot multiply (@) {ta} and {tb}: contracted dims differ "
+                         f"({k_a} vs {k_b})", span)
+    (a, b), dtype = chk.unify([a, b], [a_span, b_span])
+    if dtype == "bool":
+        a, b = chk.cast(a, "i32", span), chk.cast(b, "i32", span)
+    if ta.rank == 1:
+        a = chk.reshape(a, (1, ta.shape[0]), span)
+    if tb.rank == 1:
+        b = chk.reshape(b, (tb.shape[0], 1), span)
+    out = chk.emit("matmul", [a, b], None, span)
+    shape = out.shape
+    if ta.rank == 1:
+        shape = shape[:-2] + shape[-1:]
+    if tb.rank == 1:
+        shape = shape[:-1]
+    return chk.reshape(out, shape, span)
+
+
+@builtin("matmul", "a b")
+def _matmul(chk: Checker, args: Args, call: ast.Call):
+    return matmul(chk, args["a"][0], args["b"][0], call.span, args["a"][1], args["b"][1])
+
+
+@builtin("einsum", "spec *operands")
+def _einsum(chk: Checker, args: Args, call: ast.Call):
+    spec, spec_span = args["spec"]
+    operands, ospan = args["operands"]
+    if not isinstance(spec, str):
+        raise Diagnostic(f"einsum() needs a spec string first, got {describe(spec)}", spec_span)
+    if not operands:
+        raise Diagnostic("einsum() needs at least one operand", call.span)
+    for value in operands:
+        if not isinstance(value, Tensor):
+            raise Diagnostic(f"einsum() operands must be tensors, got {describe(value)}", ospan)
+    try:
+        inputs, output = parse_einsum(spec, [t.type.rank for t in operands])
+    except Diagnostic as err:
+        raise Diagnostic(err.message, spec_span) from None
+    operands, dtype = chk.unify(list(operands), [ospan] * len(operands))
+    if dtype == "bool":
+        operands = [chk.cast(t, "i32", call.span) for t in operands]
+    if len(operands) <= 2:
+        return chk.emit("einsum", operands, {"spec": ",".join(inputs) + "->" + output},
+                        call.span)
+    # More operands: contract left to right, keeping the letters still needed later.
+    current, letters = operands[0], inputs[0]
+    for index in range(1, len(operands)):
+        later = set(output).union(*inputs[index + 1:])
+        keep = "".join(ch for ch in dict.fromkeys(letters + inputs[index]) if ch in later)
+        step = f"{letters},{inputs[index]}->{keep}"
+        current = chk.emit("einsum", [current, operands[index]], {"spec": step}, call.span)
+        letters = keep
+    if letters != output:
+        current = chk.emit("einsum", [current], {"spec": f"{letters}->{output}"}, call.span)
+    return current
+
+
+# ------------------------------------------------------------------ shape
+
+
+@builtin("reshape", "x shape")
+def _reshape(chk: Checker, args: Args, call: ast.Call):
+    x = tensor_arg(chk, args, "x")
+    value, span = args["shape"]
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = [value]
+    dims = int_list(value, span, "shape")
+    if dims.count(-1) > 1:
+        raise Diagnostic(f"reshape(): only one dim may be -1, got {dims}", span)
+    if any(d < 1 and d != -1 for d in dims):
+        raise Diagnostic(f"reshape(): dims must be positive or -1, got {dims}", span)
+    known = prod(d for d in dims if d != -1)
+    numel = x.type.numel
+    if -1 in dims:
+        if numel % known:
+            raise Diagnostic(f"cannot reshape {x.type} ({numel} elements) to {dims}: {numel} "
+                             f"is not a multiple of {known}", call.span)
+        dims = [numel // known if d == -1 else d for d in dims]
+    elif known != numel:
+        raise Diagnostic(f"cannot reshape {x.type} ({numel} elements) to {dims} ({known} "
+                         "elements)", call.span)
+    return chk.reshape(x, tuple(dims), call.span)
+
+
+@builtin("transpose", "x perm", perm=None)
+def _transpose(chk: Checker, args: Args, call: ast.Call):
+    x = tensor_arg(chk, args, "x")
+    value, span = args["perm"]
+    rank = x.type.rank
+    if value is None:
+        perm = list(range(rank))[::-1]
+    else:
+        perm = int_list(value, span, "perm")
+        if sorted(p % rank if -rank <= p < rank else p for p in perm) != list(range(rank)):
+            raise Diagnostic(f"transpose(): {perm} is not a permutation of the {rank} axes of "
+                             f"{x.type}", span)
+        perm = [p % rank for p in perm]
+    if perm == list(range(rank)):
+        return x
+    return chk.emit("transpose", [x], {"perm": tuple(perm)}, call.span)
+
+
+@builtin("expand_dims", "x axis")
+def _expand_dims(chk: Checker, args: Args, call: ast.Call):
+    x = tensor_arg(chk, args, "x")
+    value, span = args["axis"]
+    items = list(value) if isinstance(value, (list, tuple)) else [value]
+    rank = x.type.rank + len(items)
+    axes = sorted(norm_axis(a, rank, span) for a in items)
+    if len(set(axes)) != len(axes):
+        raise Diagnostic(f"repeated axis in {items}", span)
+    dims = iter(x.shape)
+    shape = tuple(1 if i in axes else next(dims) for i in range(rank))
+    return chk.reshape(x, shape, call.span)
+
+
+@builtin("squeeze", "x axis", axis=None)
+def _squeeze(chk: Checker, args: Args, call: ast.Call):
+    x = tensor_arg(chk, args, "x")
+    value, span = args["axis"]
+    if value is None:
+        axes = [i for i, d in enumerate(x.shape) if d == 1]
+    else:
+        axes = list(axes_arg(args, "axis", x))
+        for axis in axes:
+            if x.shape[axis] != 1:
+                raise Diagnostic(f"cannot squeeze axis {axis} of {x.type}: its size is "
+                                 f"{x.shape[axis]}, not 1", span)
+    shape = tuple(d for i, d in enumerate(x.shape) if i not in axes)
+    return chk.reshape(x, shape, call.span)
+
+
+@builtin("broadcast_to", "x shape")
+def _broadcast_to(chk: Checker, args: Args, call: ast.Call):
+    x = tensor_arg(chk, args, "x")
+    shape = shape_arg(args, "shape")
+    if shape == x.shape:
+        return x
+    return chk.emit("broadcast_to", [x], {"shape": shape}, call.span)
+
+
+@builtin("concat", "xs axis", axis=0)
+def _concat(chk: Checker, args: Args, call: ast.Call):
+    values, span = args["xs"]
+    if not isinstance(values, (list, tuple)) or not values:
+        raise Diagnostic(f"concat() needs a non-empty list of tensors, got {describe(values)}",
+                         span)
+    for v in values:
+        if not isinstance(v, Tensor):
+            raise Diagnostic(f"concat() needs tensors, got {describe(v)}", span)
+    tensors, _ = chk.unify(list(values), [span] * len(values))
+    axis = norm_axis(args["axis"][0], tensors[0].type.rank, args["axis"][1], tensors[0])
+    if len(tensors) == 1:
+        return tensors[0]
+    return chk.emit("concat", tensors, {"axis": axis}, call.span)
+
+
+def slice_axis(chk: Checker, x: Tensor, axis: int, lo: int, hi: int, span) -> Tensor:
+    starts = [0] * x.type.rank
+    stops = list(x.shape)
+    starts[axis], stops[axis] = lo, hi
+    return chk.emit("slice", [x], {"starts": tuple(starts), "stops": tuple(stops),
+                                   "steps": (1,) * x.type.rank}, span)
+
+
+@builtin("split", "x n axis", axis=0)
+def _split(chk: Checker, args: Args, call: ast.Call):
+    x = tensor_arg(chk, args, "x")
+    axis = norm_axis(args["axis"][0], x.type.rank, args["axis"][1], x)
+    value, span = args["n"]
+    size = x.shape[axis]
+    if isinstance(value, (list, tuple)):
+        cuts = int_list(value, span, "n")
+        bounds = [0] + cuts + [size]
+        if any(b <= a for a, b in zip(bounds, bounds[1:])):
+            raise Diagnostic(f"split(): indices {cuts} must increase strictly within 1..{size - 1}",
+                             span)
+    else:
+        n = as_int(value, span, "n", minimum=1)
+        if size % n:
+            raise Diagnostic(f"split(): axis {axis} of {x.type} (size {size}) does not divide "
+                             f"into {n} equal parts", span)
+        bounds = [i * (size // n) for i in range(n + 1)]
+    return tuple(slice_axis(chk, x, axis, a, b, call.span) for a, b in zip(bounds, bounds[1:]))
+
+
+@builtin("pad", "x pads value", value=0)
+def _pad(chk: Checker, args: Args, call: ast.Call):
+    x = tensor_arg(chk, args, "x")
+    value, span = args["pads"]
+    rank = x.type.rank
+    if isinstance(value, int) and not isinstance(value, bool):
+        pads = [(value, value)] * rank
+    elif isinstance(value, (list, tuple)) and all(isinstance(p, (list, tuple)) for p in value):
+        pads = [tuple(int_list(p, span, "pads")) for p in value]
+        if len(pads) != rank or any(len(p) != 2 for p in pads):
+            raise Diagnostic(f"pad(): need one [lo, hi] pair per axis of {x.type} ({rank}), got "
+                             f"{[list(p) for p in pads]}", span)
+    else:
+        raise Diagnostic(f"pad(): 'pads' must be an integer or a list of [lo, hi] pairs, got "
+                         f"{describe(value)}", span)
+    if any(p < 0 for pair in pads for p in pair):
+        raise Diagnostic(f"pad(): padding must be non-negative, got {[list(p) for p in pads]}",
+                         span)
+    fill, fspan = args["value"]
+    if isinstance(fill, bool) or not isinstance(fill, (int, float)):
+        raise Diagnostic(f"pad(): 'value' must be a number, got {describe(fill)}", fspan)
+    if is_float(x.dtype):
+        fill = float(fill)
+    elif not math.isinf(fill):
+        if fill != int(fill):
+            raise Diagnostic(f"pad(): {fill} is not a value of {x.dtype}", fspan)
+        fill = int(fill)
+    if all(p == (0, 0) for p in pads):
+        return x
+    return chk.emit("pad", [x], {"pads": tuple(pads), "value": fill}, call.span)
+
+
+# ------------------------------------------------------------------ creation
+
+
+def _fill(chk: Checker, args: Args, call: ast.Call, value) -> Tensor:
+    shape = shape_arg(args, "shape")
+    dtype = dtype_arg(args, "dtype")
+    if dtype is None:
+        dtype = "bool" if isinstance(value, bool) else "i32" if isinstance(value, int) else "f32"
+    return chk.constant(value, dtype, call.span, shape)
+
+
+@builtin("zeros", "shape dtype", dtype=DType("f32"))
+def _zeros(chk: Checker, args: Args, call: ast.Call):
+    return _fill(chk, args, call, 0)
+
+
+@builtin("ones", "shape dtype", dtype=DType("f32"))
+def _ones(chk: Checker, args: Args, call: ast.Call):
+    return _fill(chk, args, call, 1)
+
+
+@builtin("full", "shape value dtype", dtype=None)
+def _full(chk: Checker, args: Args, call: ast.Call):
+    value, span = args["value"]
+    if not isinstance(value, (bool, int, float)):
+        raise Diagnostic(f"full(): 'value' must be a number, got {describe(value)}", span)
+    return _fill(chk, args, call, value)
+
+
+@builtin("arange", "start stop step dtype", stop=None, step=1, dtype=None)
+def _arange(chk: Checker, args: Args, call: ast.Call):
+    numbers = {}
+    for name in ("start", "stop", "step"):
+        value, span = args[name]
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise Diagnostic(f"arange(): '{name}' must be a number, got {describe(value)}", span)
+        numbers[name] = value
+    start, stop, step = numbers["start"], numbers["stop"], numbers["step"]
+    if stop is None:
+        start, stop = 0, start
+    if step == 0:
+        raise Diagnostic("arange(): 'step' must not be 0", args["step"][1])
+    count = math.ceil((stop - start) / step)
+    if count < 1:
+        raise Diagnostic(f"arange({start}, {stop}, {step}) is empty", call.span)
+    dtype = dtype_arg(args, "dtype")
+    if dtype is None:
+        dtype = "f32" if any(isinstance(v, float) for v in (start, stop, step)) else "i32"
+    if dtype == "bool":
+        raise Diagnostic("arange() cannot make bool", args["dtype"][1])
+    iota = chk.emit("iota", [], {"n": count, "dtype": dtype}, call.span)
+    if step != 1:
+        iota = chk.binary("mul", iota, step, call.span)
+    if start != 0:
+        iota = chk.binary("add", iota, start, call.span)
+    return chk.cast(iota, dtype, call.span)
+
+
+# ------------------------------------------------------------------ neural nets
+
+
+@builtin("conv2d", "x w stride padding dilation groups", stride=1, padding=0, dilation=1,
+         groups=1)
+def _conv2d(chk: Checker, args: Args, call: ast.Call):
+    x, w = tensor_arg(chk, args, "x"), tensor_arg(chk, args, "w")
+    (x, w), dtype = chk.unify([x, w], [args["x"][1], args["w"][1]])
+    if dtype == "bool":
+        raise Diagnostic("conv2d() is not defined on bool", call.span)
+    attrs = {"strides": pair_arg(args, "stride", minimum=1), "pads": padding_arg(args),
+             "dilation": pair_arg(args, "dilation", minimum=1),
+             "groups": int_arg(args, "groups", minimum=1)}
+    return chk.emit("conv2d", [x, w], attrs, call.span)
+
+
+def _pool_rule(kind: str):
+    def rule(chk: Checker, args: Args, call: ast.Call):
+        x = tensor_arg(chk, args, "x")
+        kernel = pair_arg(args, "kernel", minimum=1)
+        strides = kernel if args["stride"][0] is None else pair_arg(args, "stride", minimum=1)
+        if kind == "avgpool2d" and not is_float(x.dtype):
+            x = chk.cast(x, "f32", call.span)
+        attrs = {"kernel": kernel, "strides": strides, "pads": padding_arg(args)}
+        return chk.emit(kind, [x], attrs, call.span)
+
+    return rule
+
+
+for _kind in ("maxpool2d", "avgpool2d"):
+    builtin(_kind, "x kernel stride padding", stride=None, padding=0)(_pool_rule(_kind))
+
+
+# ------------------------------------------------------------------ indexing
+
+
+def index_tensor(chk: Checker, node: ast.Index, scope: dict) -> Tensor:
+    """Basic indexing `x[a:b:s, i, None]`: one slice op, then a reshape for the ints/None."""
+    base = chk.eval(node.base, scope)
+    if not isinstance(base, Tensor):
+        raise Diagnostic(f"only tensors can be indexed, got {describe(base)}", node.base.span)
+    rank = base.type.rank
+    used = sum(1 for s in node.subscripts if not isinstance(s, ast.NoneLit))
+    if used > rank:
+        raise Diagnostic(f"too many indices for {base.type}: {used} for rank {rank}", node.span)
+    starts, stops, steps, shape = [], [], [], []
+    axis = 0
+    for sub in node.subscripts:
+        if isinstance(sub, ast.NoneLit):
+            shape.append(1)
+            continue
+        dim = base.shape[axis]
+        if isinstance(sub, ast.Slice):
+            parts = []
+            for part in (sub.start, sub.stop, sub.step):
+                value = None if part is None else chk.eval(part, scope)
+                if value is not None:
+                    value = as_int(value, part.span, "a slice bound")
+                parts.append(value)
+            if parts[2] is not None and parts[2] <= 0:
+                raise Diagnostic(f"slice step must be positive, got {parts[2]}",
+                                 sub.step.span)
+            lo, hi, step = slice(*parts).indices(dim)
+            count = len(range(lo, hi, step))
+            if count == 0:
+                raise Diagnostic(f"slice selects no elements of axis {axis} of {base.type}",
+                                 sub.span or node.span)
+            starts.append(lo)
+            stops.append(lo + (count - 1) * step + 1)
+            steps.append(step)
+            shape.append(count)
+        else:
+            value = chk.eval(sub, scope)
+            if isinstance(value, Tensor):
+                raise Diagnostic("indexing with a tensor is not supported; indices must be "
+                                 "integers or slices", sub.span)
+            index = as_int(value, sub.span, "an index")
+            if not -dim <= index < dim:
+                raise Diagnostic(f"index {index} is out of bounds for axis {axis} of "
+                                 f"{base.type} (size {dim})", sub.span)
+            index %= dim
+            starts.append(index)
+            stops.append(index + 1)
+            steps.append(1)
+        axis += 1
+    for rest in range(axis, rank):
+        starts.append(0)
+        stops.append(base.shape[rest])
+        steps.append(1)
+        shape.append(base.shape[rest])
+    result = base
+    if tuple(stops) != base.shape or any(starts) or any(s != 1 for s in steps):
+        result = chk.emit("slice", [base], {"starts": tuple(starts), "stops": tuple(stops),
+                                            "steps": tuple(steps)}, node.span)
+    return chk.reshape(result, tuple(shape), node.span)
+
+
+__all__ = ["BUILTINS", "Builtin", "index_tensor", "matmul", "limits"]

@@ -1,0 +1,99 @@
+"""Element types of the Graph IR: names, numpy dtypes, promotion and tolerances.
+
+Dtypes are the strings `f32 bf16 f16 fp8 i32 i8 bool` (docs/internals.md section 2).
+Promotion follows JAX's lattice restricted to these types: bool < ints < floats, a wider int
+wins, and two floats of different families (bf16, f16) meet at f32; fp8 (e4m3fn) sits below
+both 16-bit floats.
+"""
+
+from __future__ import annotations
+
+import ml_dtypes
+import numpy as np
+
+DTYPES: tuple[str, ...] = ("f32", "bf16", "f16", "fp8", "i32", "i8", "bool")
+FLOAT_DTYPES: tuple[str, ...] = ("f32", "bf16", "f16", "fp8")
+INT_DTYPES: tuple[str, ...] = ("i32", "i8")
+
+_NUMPY = {
+    "f32": np.dtype(np.float32),
+    "bf16": np.dtype(ml_dtypes.bfloat16),
+    "f16": np.dtype(np.float16),
+    "fp8": np.dtype(ml_dtypes.float8_e4m3fn),
+    "i32": np.dtype(np.int32),
+    "i8": np.dtype(np.int8),
+    "bool": np.dtype(np.bool_),
+}
+_FROM_NUMPY = {dt: name for name, dt in _NUMPY.items()}
+
+# Relative tolerance of a result against the reference, relative to the output's scale.
+_TOLERANCE = {"f32": 1e-4, "f16": 1e-2, "bf16": 2e-2, "fp8": 1.5e-1}
+
+
+def np_dtype(name: str) -> np.dtype:
+    """The numpy dtype of a Graph IR dtype name (`fp8` is float8_e4m3fn, `bf16` bfloat16)."""
+    return _NUMPY[name]
+
+
+def from_np_dtype(dtype) -> str | None:
+    """The Graph IR name of a numpy dtype, or None when zhenwu has no such type."""
+    return _FROM_NUMPY.get(np.dtype(dtype))
+
+
+def itemsize(name: str) -> int:
+    """Bytes per element."""
+    return _NUMPY[name].itemsize
+
+
+def is_float(name: str) -> bool:
+    return name in FLOAT_DTYPES
+
+
+def is_int(name: str) -> bool:
+    return name in INT_DTYPES
+
+
+def compute_dtype(name: str) -> np.dtype:
+    """The numpy dtype arithmetic is done in: f32 for the narrow floats, i32 for i8."""
+    if name in ("bf16", "f16", "fp8"):
+        return np.dtype(np.float32)
+    return _NUMPY[name]
+
+
+def promote(a: str, b: str) -> str:
+    """The dtype of a binary operation between tensors of dtypes a and b (JAX promotion)."""
+    if a == b:
+        return a
+    if a == "bool":
+        return b
+    if b == "bool":
+        return a
+    if is_int(a) and is_int(b):
+        return "i32"
+    if is_int(a):
+        return b
+    if is_int(b):
+        return a
+    if "f32" in (a, b):
+        return "f32"
+    if "fp8" in (a, b):
+        return b if a == "fp8" else a
+    return "f32"  # bf16 with f16
+
+
+def tolerance(dtype: str) -> float:
+    """Largest acceptable relative error (to the output's scale) for results of this dtype.
+
+    Integer and bool results must match exactly (0.0).
+    """
+    return _TOLERANCE.get(dtype, 0.0)
+
+
+def limits(name: str) -> tuple[float, float]:
+    """The lowest and highest value of a dtype (-inf/inf for floats)."""
+    if is_float(name):
+        return float("-inf"), float("inf")
+    if name == "bool":
+        return 0, 1
+    info = np.iinfo(_NUMPY[name])
+    return int(info.min), int(info.max)

@@ -1,0 +1,712 @@
+"""The op registry: every Graph IR op kind, defined once (DESIGN.md section 4).
+
+Each `OpDef` holds the kind's shape/dtype rule (`infer`), its numpy reference
+(`reference`), its fusion class (TVM's op patterns: elementwise, broadcast, injective, reduce,
+contraction, opaque), its cost (`flops`, `bytes`) and whether the backend lowers it directly
+(`primitive`). Non-primitive kinds (`conv2d`, pools, `einsum`) are rewritten into primitives
+by the `decompose` pass, one rule each (compiler/passes/decompose.py).
+
+Rules raise `Diagnostic` without a span; whoever emits the op adds the span.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from math import prod
+
+import numpy as np
+
+from compiler.graph.dtypes import DTYPES, is_float, is_int, np_dtype, promote
+from compiler.graph.ir import TensorType
+from isa.errors import Diagnostic
+
+Types = tuple[TensorType, ...]
+
+
+@dataclass(frozen=True)
+class OpDef:
+    """One op kind.
+
+    `infer(types, attrs) -> TensorType` checks operands and attributes and gives the result
+    type. `reference(arrays, attrs) -> ndarray` computes the result from operands already
+    converted to their compute dtype (f32 for the narrow floats); the evaluator casts the
+    result to the result type. `attrs` names the attributes the kind requires.
+    """
+
+    name: str
+    fusion: str
+    infer: Callable[[Types, dict], TensorType]
+    reference: Callable[[list[np.ndarray], dict], np.ndarray]
+    attrs: tuple[str, ...] = ()
+    arity: int | None = 1  # None: any number of operands (concat)
+    primitive: bool = True
+    flop_rule: Callable[[Types, TensorType, dict], int] | None = None
+
+    def flops(self, types: Types, result: TensorType, attrs: dict) -> int:
+        """Floating-point (or integer) operations; shape ops cost none."""
+        if self.flop_rule is not None:
+            return self.flop_rule(types, result, attrs)
+        return result.numel if self.fusion == "elementwise" else 0
+
+    def bytes(self, types: Types, result: TensorType) -> int:
+        """Bytes read and written if the op runs on its own (no fusion)."""
+        return sum(t.nbytes for t in types) + result.nbytes
+
+
+OPS: dict[str, OpDef] = {}
+
+
+def _register(op: OpDef) -> None:
+    OPS[op.name] = op
+
+
+def fmt_type(t: TensorType) -> str:
+    return str(t)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def broadcast_shapes(a: tuple[int, ...], b: tuple[int, ...], what: str, ta=None, tb=None):
+    """numpy broadcasting of two shapes; the error names both types and the differing dim."""
+    rank = max(len(a), len(b))
+    pa = (1,) * (rank - len(a)) + tuple(a)
+    pb = (1,) * (rank - len(b)) + tuple(b)
+    out = []
+    for axis, (x, y) in enumerate(zip(pa, pb)):
+        if x != y and x != 1 and y != 1:
+            left = ta if ta is not None else f"[{','.join(map(str, a))}]"
+            right = tb if tb is not None else f"[{','.join(map(str, b))}]"
+            raise Diagnostic(f"cannot {what} {left} and {right}: dims {axis} differ ({x} vs {y})")
+        out.append(max(x, y) if x != 1 else y)
+    return tuple(out)
+
+
+def _norm_axis(axis: int, rank: int, t: TensorType | None = None) -> int:
+    if not isinstance(axis, int) or isinstance(axis, bool) or not -rank <= axis < max(rank, 1):
+        where = f" for {t}" if t is not None else ""
+        raise Diagnostic(f"axis {axis} is out of range{where} (rank {rank})")
+    return axis % rank if rank else 0
+
+
+def _same_dtype(kind: str, types: Types) -> str:
+    dtypes = {t.dtype for t in types}
+    if len(dtypes) != 1:
+        raise Diagnostic(f"{kind}: operands must have one dtype, got {', '.join(map(str, types))}")
+    return types[0].dtype
+
+
+def _check_arity(op: OpDef, types: Types) -> None:
+    if op.arity is not None and len(types) != op.arity:
+        raise Diagnostic(f"{op.name} takes {op.arity} operands, got {len(types)}")
+
+
+def infer_type(kind: str, types: Types, attrs: dict) -> TensorType:
+    """The result type of `kind` on operands `types` (raises Diagnostic without a span)."""
+    op = OPS.get(kind)
+    if op is None:
+        raise Diagnostic(f"unknown op kind '{kind}'")
+    _check_arity(op, types)
+    missing = [a for a in op.attrs if a not in attrs]
+    if missing:
+        raise Diagnostic(f"{kind}: missing attribute {', '.join(missing)}")
+    extra = [a for a in attrs if a not in op.attrs]
+    if extra:
+        raise Diagnostic(f"{kind}: unknown attribute {', '.join(extra)}")
+    return op.infer(types, attrs)
+
+
+# --------------------------------------------------------------------------- elementwise
+
+_FLOAT_ONLY = {"exp", "log", "sqrt", "rsqrt", "reciprocal", "tanh", "sigmoid", "gelu", "erf",
+               "sin", "cos"}
+
+_erf = np.vectorize(math.erf, otypes=[np.float64])
+
+
+def _gelu(x: np.ndarray, approximate: bool) -> np.ndarray:
+    if approximate:
+        inner = np.sqrt(2.0 / np.pi) * (x + 0.044715 * x**3)
+        return 0.5 * x * (1.0 + np.tanh(inner))
+    return 0.5 * x * (1.0 + _erf(x.astype(np.float64)).astype(x.dtype))
+
+
+_UNARY: dict[str, Callable] = {
+    "neg": np.negative,
+    "abs": np.abs,
+    "exp": np.exp,
+    "log": np.log,
+    "sqrt": np.sqrt,
+    "rsqrt": lambda x: 1.0 / np.sqrt(x),
+    "reciprocal": lambda x: 1.0 / x,
+    "tanh": np.tanh,
+    "sigmoid": lambda x: 1.0 / (1.0 + np.exp(-x)),
+    "relu": lambda x: np.maximum(x, np.zeros((), x.dtype)),
+    "erf": lambda x: _erf(x.astype(np.float64)).astype(x.dtype),
+    "sin": np.sin,
+    "cos": np.cos,
+    "floor": np.floor,
+    "ceil": np.ceil,
+    "sign": np.sign,
+}
+
+
+def _unary_rule(kind: str):
+    def infer(types: Types, attrs: dict) -> TensorType:
+        (t,) = types
+        if kind in _FLOAT_ONLY and not is_float(t.dtype):
+            raise Diagnostic(f"{kind} needs a floating-point operand, got {t}")
+        if t.dtype == "bool" and kind != "cast":
+            raise Diagnostic(f"{kind} is not defined on bool ({t})")
+        return t
+
+    return infer
+
+
+for _kind, _fn in _UNARY.items():
+    _register(OpDef(_kind, "elementwise", _unary_rule(_kind),
+                    (lambda f: lambda xs, attrs: f(xs[0]))(_fn)))
+
+_register(OpDef("gelu", "elementwise", _unary_rule("gelu"),
+                lambda xs, attrs: _gelu(xs[0], attrs["approximate"]), attrs=("approximate",)))
+
+
+def _cast_infer(types: Types, attrs: dict) -> TensorType:
+    if attrs["dtype"] not in DTYPES:
+        raise Diagnostic(f"cast: unknown dtype '{attrs['dtype']}'")
+    return TensorType(attrs["dtype"], types[0].shape)
+
+
+def _cast_ref(xs, attrs):
+    x = xs[0]
+    target = attrs["dtype"]
+    if is_int(target) and np.issubdtype(x.dtype, np.floating):
+        # float -> int truncates toward zero (as C, numpy and JAX); NaN/inf become 0/limits
+        info = np.iinfo(np_dtype(target))
+        x = np.nan_to_num(np.trunc(x), nan=0.0, posinf=info.max, neginf=info.min)
+        x = np.clip(x, info.min, info.max)
+    return x.astype(np_dtype(target))
+
+
+_register(OpDef("cast", "elementwise", _cast_infer, _cast_ref, attrs=("dtype",)))
+
+_VERBS = {"add": "add", "sub": "subtract", "mul": "multiply", "div": "divide", "pow": "raise",
+          "maximum": "take the maximum of", "minimum": "take the minimum of",
+          "lt": "compare", "le": "compare", "gt": "compare", "ge": "compare", "eq": "compare",
+          "ne": "compare"}
+
+
+def _div_ref(xs, attrs):
+    a, b = xs
+    if np.issubdtype(a.dtype, np.integer):
+        safe = np.where(b == 0, 1, b)
+        return np.where(b == 0, 0, np.floor_divide(a, safe))
+    return a / b
+
+
+def _pow_ref(xs, attrs):
+    a, b = xs
+    if np.issubdtype(a.dtype, np.integer):
+        return np.power(a, np.maximum(b, 0))
+    return np.power(a, b)
+
+
+_BINARY: dict[str, Callable] = {
+    "add": lambda xs, attrs: xs[0] + xs[1],
+    "sub": lambda xs, attrs: xs[0] - xs[1],
+    "mul": lambda xs, attrs: xs[0] * xs[1],
+    "div": _div_ref,
+    "pow": _pow_ref,
+    "maximum": lambda xs, attrs: np.maximum(xs[0], xs[1]),
+    "minimum": lambda xs, attrs: np.minimum(xs[0], xs[1]),
+    "lt": lambda xs, attrs: xs[0] < xs[1],
+    "le": lambda xs, attrs: xs[0] <= xs[1],
+    "gt": lambda xs, attrs: xs[0] > xs[1],
+    "ge": lambda xs, attrs: xs[0] >= xs[1],
+    "eq": lambda xs, attrs: xs[0] == xs[1],
+    "ne": lambda xs, attrs: xs[0] != xs[1],
+}
+COMPARISONS = ("lt", "le", "gt", "ge", "eq", "ne")
+
+
+def _binary_rule(kind: str):
+    def infer(types: Types, attrs: dict) -> TensorType:
+        a, b = types
+        shape = broadcast_shapes(a.shape, b.shape, _VERBS[kind], str(a), str(b))
+        if a.dtype != b.dtype:
+            raise Diagnostic(f"cannot {_VERBS[kind]} {a} and {b}: dtypes differ")
+        if a.dtype == "bool" and kind not in ("eq", "ne", "maximum", "minimum"):
+            raise Diagnostic(f"cannot {_VERBS[kind]} bool tensors ({a} and {b})")
+        return TensorType("bool" if kind in COMPARISONS else a.dtype, shape)
+
+    return infer
+
+
+for _kind, _fn in _BINARY.items():
+    _register(OpDef(_kind, "elementwise", _binary_rule(_kind), _fn, arity=2))
+
+
+def _where_infer(types: Types, attrs: dict) -> TensorType:
+    c, a, b = types
+    if c.dtype != "bool":
+        raise Diagnostic(f"where: the condition must be bool, got {c}")
+    if a.dtype != b.dtype:
+        raise Diagnostic(f"where: branches must have one dtype, got {a} and {b}")
+    shape = broadcast_shapes(c.shape, a.shape, "select with", str(c), str(a))
+    shape = broadcast_shapes(shape, b.shape, "select with", str(TensorType(a.dtype, shape)), str(b))
+    return TensorType(a.dtype, shape)
+
+
+_register(OpDef("where", "elementwise", _where_infer,
+                lambda xs, attrs: np.where(xs[0], xs[1], xs[2]), arity=3))
+
+# --------------------------------------------------------------------------- reductions
+
+
+def _reduce_rule(kind: str):
+    def infer(types: Types, attrs: dict) -> TensorType:
+        (t,) = types
+        axes = attrs["axes"]
+        if not isinstance(axes, tuple) or not axes:
+            raise Diagnostic(f"{kind}: axes must be a non-empty tuple")
+        norm = [_norm_axis(a, t.rank, t) for a in axes]
+        if len(set(norm)) != len(norm) or tuple(norm) != axes:
+            raise Diagnostic(f"{kind}: axes {axes} must be sorted, distinct and non-negative")
+        if kind == "argmax" and len(axes) != 1:
+            raise Diagnostic("argmax reduces exactly one axis")
+        if t.dtype == "bool" and kind != "argmax":
+            raise Diagnostic(f"{kind} is not defined on bool ({t})")
+        if attrs["keepdims"]:
+            shape = tuple(1 if i in axes else d for i, d in enumerate(t.shape))
+        else:
+            shape = tuple(d for i, d in enumerate(t.shape) if i not in axes)
+        return TensorType("i32" if kind == "argmax" else t.dtype, shape)
+
+    return infer
+
+
+def _argmax_ref(xs, attrs):
+    (axis,) = attrs["axes"]
+    out = np.argmax(xs[0], axis=axis)
+    if attrs["keepdims"]:
+        out = np.expand_dims(out, axis)
+    return out
+
+
+def _reduce_flops(types, result, attrs):
+    return types[0].numel
+
+
+_REDUCE = {"reduce_sum": np.sum, "reduce_max": np.max, "reduce_min": np.min,
+           "reduce_prod": np.prod}
+for _kind, _fn in _REDUCE.items():
+    _register(OpDef(
+        _kind, "reduce", _reduce_rule(_kind),
+        (lambda f: lambda xs, attrs: f(xs[0], axis=attrs["axes"], keepdims=attrs["keepdims"]))(_fn),
+        attrs=("axes", "keepdims"), flop_rule=_reduce_flops))
+_register(OpDef("argmax", "reduce", _reduce_rule("argmax"), _argmax_ref,
+                attrs=("axes", "keepdims"), flop_rule=_reduce_flops))
+
+# --------------------------------------------------------------------------- contraction
+
+
+def _matmul_infer(types: Types, attrs: dict) -> TensorType:
+    a, b = types
+    if a.rank < 2 or b.rank < 2:
+        raise Diagnostic(f"matmul operands must have rank >= 2, got {a} and {b}")
+    if a.dtype != b.dtype:
+        raise Diagnostic(f"cannot multiply (@) {a} and {b}: dtypes differ")
+    if a.dtype == "bool":
+        raise Diagnostic(f"cannot multiply (@) bool tensors ({a} and {b})")
+    if a.shape[-1] != b.shape[-2]:
+        raise Diagnostic(f"cannot multiply (@) {a} and {b}: contracted dims differ "
+                         f"({a.shape[-1]} vs {b.shape[-2]})")
+    batch = broadcast_shapes(a.shape[:-2], b.shape[:-2], "multiply (@)", str(a), str(b))
+    return TensorType(a.dtype, batch + (a.shape[-2], b.shape[-1]))
+
+
+def _matmul_ref(xs, attrs):
+    a, b = xs
+    if np.issubdtype(a.dtype, np.integer):
+        return np.matmul(a.astype(np.int32), b.astype(np.int32))
+    return np.matmul(a.astype(np.float32), b.astype(np.float32))
+
+
+def _matmul_flops(types, result, attrs):
+    return 2 * result.numel * types[0].shape[-1]
+
+
+_register(OpDef("matmul", "contraction", _matmul_infer, _matmul_ref, arity=2,
+                flop_rule=_matmul_flops))
+
+# --------------------------------------------------------------------------- shape
+
+
+def _reshape_infer(types: Types, attrs: dict) -> TensorType:
+    (t,) = types
+    shape = attrs["shape"]
+    if not all(isinstance(d, int) and d >= 1 for d in shape):
+        raise Diagnostic(f"reshape: bad target shape {list(shape)}")
+    if prod(shape) != t.numel:
+        raise Diagnostic(f"cannot reshape {t} ({t.numel} elements) to {list(shape)} "
+                         f"({prod(shape)} elements)")
+    return TensorType(t.dtype, tuple(shape))
+
+
+def _transpose_infer(types: Types, attrs: dict) -> TensorType:
+    (t,) = types
+    perm = attrs["perm"]
+    if sorted(perm) != list(range(t.rank)):
+        raise Diagnostic(f"transpose: {list(perm)} is not a permutation of the {t.rank} axes "
+                         f"of {t}")
+    return TensorType(t.dtype, tuple(t.shape[p] for p in perm))
+
+
+def _broadcast_to_infer(types: Types, attrs: dict) -> TensorType:
+    (t,) = types
+    shape = tuple(attrs["shape"])
+    if len(shape) < t.rank:
+        raise Diagnostic(f"cannot broadcast {t} to {list(shape)}: fewer dims")
+    padded = (1,) * (len(shape) - t.rank) + t.shape
+    for axis, (src, dst) in enumerate(zip(padded, shape)):
+        if src != dst and src != 1:
+            raise Diagnostic(f"cannot broadcast {t} to {list(shape)}: dims {axis} differ "
+                             f"({src} vs {dst})")
+    return TensorType(t.dtype, shape)
+
+
+def _slice_infer(types: Types, attrs: dict) -> TensorType:
+    (t,) = types
+    starts, stops, steps = attrs["starts"], attrs["stops"], attrs["steps"]
+    if not len(starts) == len(stops) == len(steps) == t.rank:
+        raise Diagnostic(f"slice: starts, stops and steps need {t.rank} entries for {t}")
+    shape = []
+    for axis, (lo, hi, step, dim) in enumerate(zip(starts, stops, steps, t.shape)):
+        if step < 1 or not 0 <= lo < hi <= dim:
+            raise Diagnostic(f"slice: bad range {lo}:{hi}:{step} for axis {axis} of {t}")
+        shape.append((hi - lo + step - 1) // step)
+    return TensorType(t.dtype, tuple(shape))
+
+
+def _slice_ref(xs, attrs):
+    index = tuple(slice(a, b, c) for a, b, c in
+                  zip(attrs["starts"], attrs["stops"], attrs["steps"]))
+    return xs[0][index]
+
+
+def _concat_infer(types: Types, attrs: dict) -> TensorType:
+    if not types:
+        raise Diagnostic("concat needs at least one tensor")
+    first = types[0]
+    axis = attrs["axis"]
+    if not isinstance(axis, int) or not 0 <= axis < first.rank:
+        raise Diagnostic(f"concat: axis {axis} is out of range for {first} (rank {first.rank})")
+    total = 0
+    for t in types:
+        if t.dtype != first.dtype:
+            raise Diagnostic(f"cannot concatenate {first} and {t}: dtypes differ")
+        if t.rank != first.rank:
+            raise Diagnostic(f"cannot concatenate {first} and {t}: ranks differ")
+        for i, (x, y) in enumerate(zip(first.shape, t.shape)):
+            if i != axis and x != y:
+                raise Diagnostic(f"cannot concatenate {first} and {t}: dims {i} differ "
+                                 f"({x} vs {y})")
+        total += t.shape[axis]
+    shape = list(first.shape)
+    shape[axis] = total
+    return TensorType(first.dtype, tuple(shape))
+
+
+def _pad_infer(types: Types, attrs: dict) -> TensorType:
+    (t,) = types
+    pads = attrs["pads"]
+    if len(pads) != t.rank or not all(len(p) == 2 and p[0] >= 0 and p[1] >= 0 for p in pads):
+        raise Diagnostic(f"pad: need one non-negative [lo, hi] pair per axis of {t}, "
+                         f"got {[list(p) for p in pads]}")
+    return TensorType(t.dtype, tuple(d + lo + hi for d, (lo, hi) in zip(t.shape, pads)))
+
+
+def _pad_ref(xs, attrs):
+    x = xs[0]
+    value = attrs["value"]
+    if np.issubdtype(x.dtype, np.integer) and isinstance(value, float) and math.isinf(value):
+        info = np.iinfo(x.dtype)
+        value = info.max if value > 0 else info.min
+    return np.pad(x, attrs["pads"], constant_values=value)
+
+
+_register(OpDef("reshape", "injective", _reshape_infer,
+                lambda xs, attrs: xs[0].reshape(attrs["shape"]), attrs=("shape",)))
+_register(OpDef("transpose", "injective", _transpose_infer,
+                lambda xs, attrs: np.transpose(xs[0], attrs["perm"]), attrs=("perm",)))
+_register(OpDef("broadcast_to", "broadcast", _broadcast_to_infer,
+                lambda xs, attrs: np.broadcast_to(xs[0], attrs["shape"]), attrs=("shape",)))
+_register(OpDef("slice", "injective", _slice_infer, _slice_ref,
+                attrs=("starts", "stops", "steps")))
+_register(OpDef("concat", "injective", _concat_infer,
+                lambda xs, attrs: np.concatenate(xs, axis=attrs["axis"]), attrs=("axis",),
+                arity=None))
+_register(OpDef("pad", "injective", _pad_infer, _pad_ref, attrs=("pads", "value")))
+
+# --------------------------------------------------------------------------- creation
+
+
+def _constant_infer(types: Types, attrs: dict) -> TensorType:
+    dtype, shape, value = attrs["dtype"], tuple(attrs["shape"]), attrs["value"]
+    if dtype not in DTYPES:
+        raise Diagnostic(f"constant: unknown dtype '{dtype}'")
+    if not isinstance(value, (int, float, bool)):
+        raise Diagnostic(f"constant: value must be a number, got {value!r}")
+    if not all(isinstance(d, int) and d >= 1 for d in shape):
+        raise Diagnostic(f"constant: bad shape {list(shape)}")
+    return TensorType(dtype, shape)
+
+
+def _constant_ref(xs, attrs):
+    value = attrs["value"]
+    dtype = np_dtype(attrs["dtype"])
+    if np.issubdtype(dtype, np.integer) and isinstance(value, float):
+        info = np.iinfo(dtype)
+        value = info.max if value == math.inf else info.min if value == -math.inf else int(value)
+    return np.full(attrs["shape"], value, dtype=dtype)
+
+
+def _iota_infer(types: Types, attrs: dict) -> TensorType:
+    n, dtype = attrs["n"], attrs["dtype"]
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise Diagnostic(f"iota: n must be a positive integer, got {n!r}")
+    if dtype not in DTYPES or dtype == "bool":
+        raise Diagnostic(f"iota: bad dtype '{dtype}'")
+    return TensorType(dtype, (n,))
+
+
+_register(OpDef("constant", "elementwise", _constant_infer, _constant_ref,
+                attrs=("value", "dtype", "shape"), arity=0, flop_rule=lambda *a: 0))
+_register(OpDef("iota", "elementwise", _iota_infer,
+                lambda xs, attrs: np.arange(attrs["n"]).astype(np_dtype(attrs["dtype"])),
+                attrs=("n", "dtype"), arity=0, flop_rule=lambda *a: 0))
+
+# --------------------------------------------------------------------------- composites
+# Kept as single ops until `decompose` so that the reference evaluator and the fuser see
+# them whole; each has one decomposition rule in compiler/passes/decompose.py.
+
+
+def _pair(value, what: str) -> tuple[int, int]:
+    if isinstance(value, int):
+        return value, value
+    if isinstance(value, tuple) and len(value) == 2 and all(isinstance(v, int) for v in value):
+        return value
+    raise Diagnostic(f"{what} must be an int or a pair of ints, got {value!r}")
+
+
+def conv_out_size(size: int, kernel: int, stride: int, lo: int, hi: int, dilation: int) -> int:
+    """Output length of a window sweep (floor mode)."""
+    span = dilation * (kernel - 1) + 1
+    return (size + lo + hi - span) // stride + 1
+
+
+def _window_check(kind, t: TensorType, kernel, strides, pads, dilation):
+    for name, pair, low in (("kernel", kernel, 1), ("stride", strides, 1),
+                            ("dilation", dilation, 1)):
+        if any(v < low for v in pair):
+            raise Diagnostic(f"{kind}: {name} must be positive, got {list(pair)}")
+    if any(p < 0 for pp in pads for p in pp):
+        raise Diagnostic(f"{kind}: padding must be non-negative, got {[list(p) for p in pads]}")
+    out = []
+    for axis in range(2):
+        size = conv_out_size(t.shape[2 + axis], kernel[axis], strides[axis], *pads[axis],
+                             dilation[axis])
+        if size < 1:
+            raise Diagnostic(f"{kind}: the window ({kernel[axis]}, dilation {dilation[axis]}) "
+                             f"does not fit axis {2 + axis} of {t} with padding "
+                             f"{list(pads[axis])}")
+        out.append(size)
+    return tuple(out)
+
+
+def _conv2d_infer(types: Types, attrs: dict) -> TensorType:
+    x, w = types
+    if x.rank != 4 or w.rank != 4:
+        raise Diagnostic(f"conv2d: expected x as NCHW and w as OIHW (rank 4), got {x} and {w}")
+    if x.dtype != w.dtype:
+        raise Diagnostic(f"conv2d: operands must have one dtype, got {x} and {w}")
+    groups = attrs["groups"]
+    n, c, _, _ = x.shape
+    o, cg, kh, kw = w.shape
+    if groups < 1 or c % groups or o % groups:
+        raise Diagnostic(f"conv2d: groups={groups} must divide the input channels ({c}) and "
+                         f"the output channels ({o})")
+    if c // groups != cg:
+        raise Diagnostic(f"conv2d: {x} with groups={groups} needs w with {c // groups} input "
+                         f"channels per group, got {w}: dims 1 differ ({cg} vs {c // groups})")
+    oh, ow = _window_check("conv2d", x, (kh, kw), attrs["strides"], attrs["pads"],
+                           attrs["dilation"])
+    return TensorType(x.dtype, (n, o, oh, ow))
+
+
+def _windows(x: np.ndarray, kernel, strides, dilation, out):
+    """Yield (kh, kw, view) for every kernel tap: x[..., kh*dh + sh*i, kw*dw + sw*j]."""
+    for i in range(kernel[0]):
+        for j in range(kernel[1]):
+            hs = i * dilation[0]
+            ws = j * dilation[1]
+            yield i, j, x[:, :, hs:hs + strides[0] * (out[0] - 1) + 1:strides[0],
+                          ws:ws + strides[1] * (out[1] - 1) + 1:strides[1]]
+
+
+def _conv2d_ref(xs, attrs):
+    x, w = xs
+    acc = np.float32 if np.issubdtype(x.dtype, np.floating) else np.int32
+    x = np.pad(x.astype(acc), ((0, 0), (0, 0)) + tuple(attrs["pads"]))
+    w = w.astype(acc)
+    groups = attrs["groups"]
+    o, cg, kh, kw = w.shape
+    n = x.shape[0]
+    out_hw = (conv_out_size(x.shape[2], kh, attrs["strides"][0], 0, 0, attrs["dilation"][0]),
+              conv_out_size(x.shape[3], kw, attrs["strides"][1], 0, 0, attrs["dilation"][1]))
+    og = o // groups
+    result = np.zeros((n, o) + out_hw, dtype=acc)
+    for i, j, view in _windows(x, (kh, kw), attrs["strides"], attrs["dilation"], out_hw):
+        for g in range(groups):
+            patch = view[:, g * cg:(g + 1) * cg]  # n, cg, oh, ow
+            weight = w[g * og:(g + 1) * og, :, i, j]  # og, cg
+            result[:, g * og:(g + 1) * og] += np.einsum("nchw,oc->nohw", patch, weight)
+    return result
+
+
+def _conv2d_flops(types, result, attrs):
+    _, cg, kh, kw = types[1].shape
+    return 2 * result.numel * cg * kh * kw
+
+
+def _pool_infer(kind):
+    def infer(types: Types, attrs: dict) -> TensorType:
+        (x,) = types
+        if x.rank != 4:
+            raise Diagnostic(f"{kind}: expected x as NCHW (rank 4), got {x}")
+        if x.dtype == "bool":
+            raise Diagnostic(f"{kind} is not defined on bool ({x})")
+        if kind == "avgpool2d" and not is_float(x.dtype):
+            raise Diagnostic(f"avgpool2d needs a floating-point operand, got {x}")
+        out = _window_check(kind, x, attrs["kernel"], attrs["strides"], attrs["pads"], (1, 1))
+        for axis in range(2):
+            if max(attrs["pads"][axis]) >= attrs["kernel"][axis]:
+                raise Diagnostic(f"{kind}: padding {list(attrs['pads'][axis])} must be smaller "
+                                 f"than the kernel ({attrs['kernel'][axis]})")
+        return TensorType(x.dtype, x.shape[:2] + out)
+
+    return infer
+
+
+def _pool_ref(kind):
+    def ref(xs, attrs):
+        x = xs[0]
+        kernel, strides, pads = attrs["kernel"], attrs["strides"], attrs["pads"]
+        out = tuple(conv_out_size(x.shape[2 + a], kernel[a], strides[a], *pads[a], 1)
+                    for a in range(2))
+        if kind == "maxpool2d":
+            low = -np.inf if np.issubdtype(x.dtype, np.floating) else np.iinfo(x.dtype).min
+            padded = np.pad(x, ((0, 0), (0, 0)) + tuple(pads), constant_values=low)
+            return np.max(np.stack([v for _, _, v in _windows(padded, kernel, strides, (1, 1),
+                                                              out)]), axis=0)
+        padded = np.pad(x, ((0, 0), (0, 0)) + tuple(pads))
+        ones = np.pad(np.ones((1, 1) + x.shape[2:], x.dtype), ((0, 0), (0, 0)) + tuple(pads))
+        total = sum(v for _, _, v in _windows(padded, kernel, strides, (1, 1), out))
+        count = sum(v for _, _, v in _windows(ones, kernel, strides, (1, 1), out))
+        return total / count
+
+    return ref
+
+
+def _pool_flops(types, result, attrs):
+    return result.numel * attrs["kernel"][0] * attrs["kernel"][1]
+
+
+def parse_einsum(spec: str, ranks: list[int]) -> tuple[list[str], str]:
+    """Split an einsum spec into operand subscripts and the output subscript (implicit mode:
+    the letters used once, sorted). Raises Diagnostic on a malformed spec."""
+    if not isinstance(spec, str):
+        raise Diagnostic(f"einsum: the spec must be a string, got {spec!r}")
+    text = spec.replace(" ", "")
+    lhs, arrow, rhs = text.partition("->")
+    inputs = lhs.split(",")
+    for part in inputs + ([rhs] if arrow else []):
+        bad = [ch for ch in part if not ch.isalpha()]
+        if bad:
+            raise Diagnostic(f"einsum: '{bad[0]}' in \"{spec}\" is not a subscript letter "
+                             "(ellipsis is not supported)")
+    if len(inputs) != len(ranks):
+        raise Diagnostic(f"einsum: \"{spec}\" names {len(inputs)} operands, got {len(ranks)}")
+    for part, rank in zip(inputs, ranks):
+        if len(part) != rank:
+            raise Diagnostic(f"einsum: subscripts '{part}' need an operand of rank {len(part)}, "
+                             f"got rank {rank}")
+    if not arrow:
+        letters = "".join(inputs)
+        rhs = "".join(sorted(ch for ch in set(letters) if letters.count(ch) == 1))
+    if len(set(rhs)) != len(rhs):
+        raise Diagnostic(f"einsum: output subscripts '{rhs}' repeat a letter")
+    used = set("".join(inputs))
+    for ch in rhs:
+        if ch not in used:
+            raise Diagnostic(f"einsum: output letter '{ch}' appears in no operand")
+    for part in inputs:
+        if len(set(part)) != len(part):
+            raise Diagnostic(f"einsum: repeated letters in one operand ('{part}', a diagonal) "
+                             "are not supported")
+    return inputs, rhs
+
+
+def einsum_sizes(inputs: list[str], types: Types) -> dict[str, int]:
+    sizes: dict[str, int] = {}
+    for part, t in zip(inputs, types):
+        for axis, (ch, dim) in enumerate(zip(part, t.shape)):
+            if sizes.setdefault(ch, dim) != dim:
+                raise Diagnostic(f"einsum: letter '{ch}' is {sizes[ch]} in one operand and "
+                                 f"{dim} in {t} (dim {axis})")
+    return sizes
+
+
+def _einsum_infer(types: Types, attrs: dict) -> TensorType:
+    if len(types) not in (1, 2):
+        raise Diagnostic(f"einsum op takes 1 or 2 operands, got {len(types)}")
+    inputs, out = parse_einsum(attrs["spec"], [t.rank for t in types])
+    if len({t.dtype for t in types}) != 1:
+        raise Diagnostic(f"einsum: operands must have one dtype, got {', '.join(map(str, types))}")
+    if types[0].dtype == "bool":
+        raise Diagnostic("einsum is not defined on bool")
+    sizes = einsum_sizes(inputs, types)
+    return TensorType(types[0].dtype, tuple(sizes[ch] for ch in out))
+
+
+def _einsum_ref(xs, attrs):
+    acc = np.float32 if np.issubdtype(xs[0].dtype, np.floating) else np.int32
+    return np.einsum(attrs["spec"], *[x.astype(acc) for x in xs])
+
+
+def _einsum_flops(types, result, attrs):
+    inputs, _ = parse_einsum(attrs["spec"], [t.rank for t in types])
+    sizes = einsum_sizes(inputs, types)
+    return 2 * prod(sizes.values()) if len(types) == 2 else types[0].numel
+
+
+_register(OpDef("conv2d", "contraction", _conv2d_infer, _conv2d_ref,
+                attrs=("strides", "pads", "dilation", "groups"), arity=2, primitive=False,
+                flop_rule=_conv2d_flops))
+for _kind in ("maxpool2d", "avgpool2d"):
+    _register(OpDef(_kind, "reduce", _pool_infer(_kind), _pool_ref(_kind),
+                    attrs=("kernel", "strides", "pads"), primitive=False, flop_rule=_pool_flops))
+_register(OpDef("einsum", "contraction", _einsum_infer, _einsum_ref, attrs=("spec",),
+                arity=None, primitive=False, flop_rule=_einsum_flops))
+
+PRIMITIVES: tuple[str, ...] = tuple(name for name, op in OPS.items() if op.primitive)
+
+
+def promote_types(*dtypes: str) -> str:
+    """Promotion over several dtypes (JAX lattice)."""
+    out = dtypes[0]
+    for dtype in dtypes[1:]:
+        out = promote(out, dtype)
+    return out

@@ -1,0 +1,60 @@
+"""The numpy reference evaluator of the Graph IR: the oracle for every test.
+
+Each op runs its registry reference (`OPS[kind].reference`) on operands converted to their
+compute dtype (f32 for bf16/f16/fp8, so that matrix products accumulate in f32), and the
+result is rounded once to the op's result dtype (through ml_dtypes for the narrow floats).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from compiler.graph.dtypes import compute_dtype, from_np_dtype, np_dtype
+from compiler.graph.ir import Function
+from compiler.graph.ops import OPS
+from isa.errors import InputError
+
+
+def _as_param(name: str, array, expected) -> np.ndarray:
+    array = np.asarray(array)
+    if array.shape != expected.shape:
+        raise InputError(f"input '{name}' has shape {list(array.shape)}, but the parameter is "
+                         f"{expected}")
+    got = from_np_dtype(array.dtype)
+    if got != expected.dtype and not (got == "f32" or array.dtype == np.float64):
+        raise InputError(f"input '{name}' has dtype {got or array.dtype}, but the parameter is "
+                         f"{expected}")
+    return array.astype(np_dtype(expected.dtype))
+
+
+def evaluate(fn: Function, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """Run `fn` on `inputs` (keyed by parameter name) and return its outputs, each an array
+    of the output's dtype (bf16/fp8 as ml_dtypes arrays).
+
+    Inputs given as f32 (or f64) arrays are cast to the parameter dtype; any other dtype or
+    shape mismatch, a missing or an unknown input raises InputError.
+    """
+    names = [p.name for p in fn.params]
+    missing = [n for n in names if n not in inputs]
+    if missing:
+        raise InputError(f"missing input{'s' if len(missing) > 1 else ''}: "
+                         f"{', '.join(repr(n) for n in missing)}")
+    extra = [n for n in inputs if n not in names]
+    if extra:
+        raise InputError(f"unknown input '{extra[0]}'; the parameters are {', '.join(names)}")
+    env: dict[int, np.ndarray] = {}
+    for param in fn.params:
+        env[param.id] = _as_param(param.name, inputs[param.name], param.type)
+    with np.errstate(all="ignore"):
+        for op in fn.ops:
+            operands = [env[v.id].astype(compute_dtype(v.type.dtype), copy=False)
+                        for v in op.inputs]
+            result = np.asarray(OPS[op.kind].reference(operands, op.attrs))
+            target = np_dtype(op.result.type.dtype)
+            if result.dtype != target:
+                result = result.astype(target)
+            if result.shape != op.result.type.shape:  # a rule/reference disagreement is a bug
+                raise AssertionError(f"%{op.id} = {op.kind}: reference gave shape "
+                                     f"{result.shape}, expected {op.result.type}")
+            env[op.id] = result
+    return [env[v.id] for v in fn.outputs]
