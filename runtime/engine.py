@@ -90,6 +90,7 @@ class CoreState:
         self.s_block_since = 0
         self.races = CoreRaceDetector(n_engines, spaces) if race_check else None
         self.kernel: int | None = None  # index of the kernel region the scalar is in
+        self.scalar_ctx = None  # the ScalarContext the scalar instructions run against
 
     def stall(self, cause: str, cycles: int) -> None:
         if cycles > 0:
@@ -182,16 +183,19 @@ class Simulator:
                 self._enter_kernel(core, op, t)
             if op.pred is not None:
                 value = regs[op.pred[0]]
-                if (value == 0) != op.pred[1]:  # predicated off: one issue cycle
+                if (value == 0) != op.pred[1]:  # predicated off: it still takes its issue
                     self._count(core, op)
                     core.pc += 1
-                    t += 1
+                    t += op.cycles
                     continue
             kind = op.kind
             if kind == SCALAR:
                 self._count(core, op)
-                core.pc = op.step(core)
-                t += 1
+                try:
+                    core.pc = op.step(core)
+                except ChipTrap as err:
+                    self._trap_from(core, op, err)
+                t += op.cycles
                 continue
             # Everything below interacts with other engines: act only when no earlier event
             # is pending, so that the world is in time order.
@@ -211,12 +215,12 @@ class Simulator:
                 self._count(core, op)
                 bound = self._bind(core, op)
                 # the instruction inherits what the scalar has observed (its clock)
-                queue.append((op, bound, t + 1, list(core.races.clocks[S_ENGINE])
+                t += op.cycles
+                queue.append((op, bound, t, list(core.races.clocks[S_ENGINE])
                               if core.races is not None else None))
                 if len(queue) == 1:
-                    self._try_later(core, engine, max(t + 1, core.engine_free[engine]))
+                    self._try_later(core, engine, max(t, core.engine_free[engine]))
                 core.pc += 1
-                t += 1
                 continue
             if kind == WAIT_S:
                 if not self._waits_ready(core, op.waits):
@@ -229,7 +233,7 @@ class Simulator:
                 self._take_waits(core, S_ENGINE, op.waits)
                 self._count(core, op)
                 core.pc += 1
-                t += 1
+                t += op.cycles
                 continue
             if kind == SIG_S:
                 self._count(core, op)
@@ -237,7 +241,7 @@ class Simulator:
                     core.races.tick(S_ENGINE)
                 self._signal(core, op, t, S_ENGINE)
                 core.pc += 1
-                t += 1
+                t += op.cycles
                 continue
             # BAR_CORE, BAR_CHIP, HALT: wait until this core's queues drain
             drain = self._drain_time(core)
@@ -255,18 +259,19 @@ class Simulator:
             if kind == BAR_CORE:
                 self._count(core, op)
                 core.pc += 1
-                t += 1
+                t += op.cycles
                 continue
             if kind == BAR_CHIP:
                 self._count(core, op)
                 core.t = t
                 self._arrive_chip_barrier(core, t)
                 return
-            self._halt(core, op, t, max(arrival + 1, drain))
+            self._halt(core, op, t, max(arrival + op.cycles, drain))
             return
 
     def _count(self, core: CoreState, op: Op) -> None:
         self.instructions += 1
+        core.busy[S_ENGINE] += op.cycles
         if self.instructions > self.max_instructions:
             raise ChipTrap(
                 f"runaway program: more than {self.max_instructions} instructions executed "
@@ -307,7 +312,7 @@ class Simulator:
         self.chip_barrier_time = max(self.chip_barrier_time, t)
         if len(self.chip_barrier) < len(self.cores):
             return
-        release = self.chip_barrier_time + 1 + self.timing.barrier_latency
+        release = self.chip_barrier_time + self.ops[core.pc].cycles + self.timing.barrier_latency
         for waiting in self.chip_barrier:
             waiting.stall("bar_chip", release - 1 - waiting.t)
             if self.trace is not None and release - 1 > waiting.t:
@@ -349,6 +354,8 @@ class Simulator:
             return op.bind(core)
         except OutOfBounds as err:
             self._trap_bounds(core, op, err)
+        except ChipTrap as err:
+            self._trap_from(core, op, err)
 
     def _waits_ready(self, core: CoreState, waits) -> bool:
         events = core.events
@@ -391,17 +398,19 @@ class Simulator:
             races.join(engine, s_clock)
         if op.waits:
             self._take_waits(core, engine, op.waits)
-        if races is not None:
-            clock = races.tick(engine)
-            for space, lo, hi, is_write in bound.accesses:
-                race = races.access(engine, space, lo, hi, is_write, op.address)
-                if race is not None:
-                    self._trap_race(core, op, engine, race)
         if bound.execute is not None:
             try:
                 bound.execute()
             except OutOfBounds as err:
                 self._trap_bounds(core, op, err)
+            except ChipTrap as err:
+                self._trap_from(core, op, err)
+        if races is not None:
+            races.tick(engine)
+            for space, lo, hi, is_write in bound.accesses:
+                race = races.access(engine, space, lo, hi, is_write, op.address)
+                if race is not None:
+                    self._trap_race(core, op, engine, race)
         occupancy = bound.occupancy
         hbm_bytes = bound.hbm_read + bound.hbm_write
         if hbm_bytes:
@@ -475,6 +484,14 @@ class Simulator:
             self._leave_kernel(core, core.halt_time)
 
     # -- traps -----------------------------------------------------------------------------
+
+    def _trap_from(self, core: CoreState, op: Op, err: ChipTrap):
+        """Re-raise a trap from an instruction's semantics with where it happened."""
+        if err.address is not None:
+            raise err
+        engine = "S" if op.kind != ENGINE else self.engine_names[op.engine]
+        raise ChipTrap(err.message, address=op.address, instruction=op.text, core=core.index,
+                       engines=(engine,), notes=err.notes) from None
 
     def _trap_bounds(self, core: CoreState, op: Op, err: OutOfBounds):
         engine = "S" if op.kind != ENGINE else self.engine_names[op.engine]

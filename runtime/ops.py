@@ -56,3 +56,4 @@ class Op:
     step: Callable | None = None  # SCALAR: step(core) -> next pc
     bind: Callable | None = None  # ENGINE: bind(core) -> Bound
     kernel: str | None = None  # a `.kernel` region starts at this address
+    cycles: int = 1  # scalar-unit issue cycles (from the instruction's cost formula)

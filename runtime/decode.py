@@ -1,0 +1,152 @@
+"""Decode an `isa.program.Program` once into the interpreter's `Op` list (runtime/ops.py).
+
+Every instruction's meaning and cost come from its one definition in `isa.instructions`
+(`InstrDef.execute` and `InstrDef.cost`); the decoder only prepares closures that call them
+with the right context, classifies each instruction for the scheduler (scalar, engine queue,
+or scalar synchronisation), and resolves `.wait`/`.sig` fields to (event, count) tuples.
+"""
+
+from __future__ import annotations
+
+from isa.errors import ChipTrap
+from isa.instructions import INSTRUCTIONS
+from isa.program import Event, Instruction, Program, Tile
+
+from runtime.context import EngineContext
+from runtime.ops import BAR_CHIP, BAR_CORE, ENGINE, HALT, SCALAR, SIG_S, WAIT_S, Bound, Op
+
+# Operand names (OperandSpec.name) of the tiles an instruction writes; every other tile
+# operand is read. Used to tell reads from writes for race detection. (MMA's accumulator is
+# named `c`; VFMA's `c` is a source.)
+DESTINATION_OPERANDS = frozenset({"dst", "dval", "didx"})
+MATRIX_DESTINATION = "c"
+
+
+def _sync_kind(instr: Instruction, engine: str) -> int | None:
+    name = instr.name
+    if name == "HALT":
+        return HALT
+    if name in ("BAR.CORE", "BAR.CHIP"):
+        return BAR_CORE if name == "BAR.CORE" else BAR_CHIP
+    if instr.mnemonic == "WAIT" and engine == "S":
+        return WAIT_S
+    if instr.mnemonic == "SIG" and engine == "S":
+        return SIG_S
+    return None
+
+
+def _events(events) -> tuple[tuple[int, int], ...]:
+    return tuple((e.index, e.count) for e in events)
+
+
+def decode_program(program: Program, machine, engines: tuple[str, ...], *, functional: bool,
+                   gm, chip: int = 0, chips: int = 1) -> list[Op]:
+    """One `Op` per instruction (index = address), plus a final HALT sentinel past the end.
+
+    Running off the end of the program is treated as a HALT at `len(instructions)`.
+    """
+    kernel_at = {index: name for name, index in program.kernels}
+    ops: list[Op] = []
+    for index, instr in enumerate(program.instructions):
+        defn = INSTRUCTIONS.get(instr.mnemonic)
+        if defn is None:  # the assembler and decoder only build known instructions
+            raise ChipTrap(f"unknown instruction '{instr.mnemonic}'", address=index,
+                           instruction=str(instr))
+        engine = defn.engine_of(instr)
+        text = _text(instr)
+        pred = None
+        if instr.predicate is not None:
+            pred = (instr.predicate.reg, instr.predicate.negate)
+        waits = _events(instr.waits)
+        sigs = _events(instr.sigs)
+        event_operands = _events(op for op in instr.operands if isinstance(op, Event))
+        kind = _sync_kind(instr, engine)
+        op = Op(index, SCALAR, text, instr.name, pred=pred, kernel=kernel_at.get(index))
+        op.cycles = _scalar_cycles(defn, instr, machine)
+        if kind is not None:
+            op.kind = kind
+            if kind == WAIT_S:
+                op.waits = waits + event_operands
+            elif kind == SIG_S:
+                op.sigs = sigs + event_operands
+        elif engine == "S":
+            op.step = _scalar_step(defn.execute, instr, index)
+        else:
+            if engine not in engines:
+                raise ChipTrap(f"{instr.name} runs on the {engine} engine, which is not "
+                               "supported yet", address=index, instruction=text)
+            op.kind = ENGINE
+            op.engine = engines.index(engine)
+            # WAIT.<eng> Ek: the event operand is a wait in that engine's queue
+            op.waits = waits + (event_operands if instr.mnemonic == "WAIT" else ())
+            op.sigs = sigs + (event_operands if instr.mnemonic == "SIG" else ())
+            op.bind = _engine_binder(defn, instr, index, machine, program, functional, gm,
+                                     chip, chips)
+        ops.append(op)
+    end = Op(len(ops), HALT, "HALT (end of program)", "HALT",
+             kernel=kernel_at.get(len(ops)))
+    end.cycles = machine.scalar_cycles
+    ops.append(end)
+    return ops
+
+
+def _text(instr: Instruction) -> str:
+    try:
+        return str(instr)
+    except ImportError:  # isa.asm not importable: the name is still informative
+        return instr.name
+
+
+def _scalar_cycles(defn, instr: Instruction, machine) -> int:
+    """A scalar-unit instruction's issue cycles, from its cost formula."""
+    if defn.engine != "S":
+        return machine.scalar_cycles
+    try:
+        return max(1, defn.cost(instr, machine, None).occupancy)
+    except Exception:  # a cost that needs operand values: fall back to the machine's number
+        return machine.scalar_cycles
+
+
+def _scalar_step(execute, instr: Instruction, index: int):
+    """A closure running one scalar instruction on a core; returns the next pc."""
+    following = index + 1
+
+    def step(core) -> int:
+        ctx = core.scalar_ctx
+        ctx.pc = index
+        ctx.next_pc = following
+        execute(instr, ctx)
+        return ctx.next_pc
+
+    return step
+
+
+def _engine_binder(defn, instr: Instruction, index: int, machine, program, functional: bool, gm,
+                   chip: int, chips: int):
+    """A closure binding an engine instruction at dispatch: snapshot, cost, semantics."""
+    execute = defn.execute
+    cost_fn = defn.cost
+    written = tuple(
+        operand for spec, operand in zip(defn.operands, instr.operands)
+        if isinstance(operand, Tile) and (
+            spec.name in DESTINATION_OPERANDS
+            or (defn.engine == "MX" and spec.name == MATRIX_DESTINATION))
+    )
+
+    def bind(core) -> Bound:
+        regs = core.regs
+        written_at = frozenset(
+            (tile.space, (0 if tile.base.reg is None else regs[tile.base.reg]) + tile.base.offset)
+            for tile in written
+        )
+        ctx = EngineContext(machine, program, index, list(regs), list(core.descs),
+                            core.memories, gm, core.index, chip, chips, written_at, functional)
+        cost = cost_fn(instr, machine, ctx)
+        run = None
+        if functional:
+            def run() -> None:
+                execute(instr, ctx)
+        return Bound(cost.occupancy, cost.latency, cost.hbm_read, cost.hbm_write, cost.flops,
+                     run, ctx.accesses)
+
+    return bind

@@ -1,0 +1,155 @@
+"""`run_program`: run an M890 program on a simulated chip (docs/internals.md section 4).
+
+Loads the inputs into lazily paged GM at their tensors' addresses, decodes the program once,
+runs every core of the chip (SPMD: each core runs the whole program, `GETID` tells them
+apart) in the discrete-event model of runtime/engine.py, then reads the outputs back and
+builds the report (and the trace when asked).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from isa.dtypes import convert, np_dtype
+from isa.errors import ChipTrap, InputError
+from isa.program import ENGINES, NUM_EVENTS, Program
+
+from runtime.context import ScalarContext
+from runtime.decode import decode_program
+from runtime.engine import CoreState, Simulator, Timing
+from runtime.memory import GlobalMemory, LocalMemory
+from runtime.report import KernelTime, Report
+from runtime.trace import TraceRecorder
+
+# the engines this interpreter models, in their table order (S first); NET comes with
+# multi-chip support
+MODELLED_ENGINES = tuple(e for e in ENGINES if e != "NET")
+DEFAULT_MAX_INSTRUCTIONS = 50_000_000
+
+
+@dataclass
+class RunResult:
+    """What a run gives back.
+
+    - `outputs`: the `out`/`inout` tensors by name, in directive order (empty with
+      `timing_only`, which computes no values);
+    - `report`: a `runtime.report.Report` (`.cycles`, `.seconds`, `.flops`, ... `.to_json()`);
+    - `trace`: the Chrome/Perfetto trace event dict when `trace=True`, else None.
+    """
+
+    outputs: dict[str, np.ndarray]
+    report: Report
+    trace: dict | None
+
+
+def run_program(program: Program, machine, inputs: dict[str, np.ndarray], *,
+                timing_only: bool = False, max_instructions: int | None = None,
+                trace: bool = False) -> RunResult:
+    """Run `program` on every core of one chip described by `machine`.
+
+    `inputs` maps each `in`/`inout` tensor name to an array of the tensor's shape (cast to
+    its dtype; an `inout` tensor may be omitted and starts as zeros). With `timing_only` no
+    instruction semantics run and no tensor data is allocated: the cycles are the same (costs
+    depend on operands and descriptors, never on data), the outputs are empty, and the
+    checks that need data (bounds of tile and GM accesses, races) are skipped.
+    `max_instructions` bounds the instructions executed over all cores (a runaway program
+    traps; default 50 million). Raises `ChipTrap` (exit status 3) when the chip traps and
+    `InputError` for inputs that do not fit the program.
+    """
+    functional = not timing_only
+    gm = GlobalMemory(machine.hbm_bytes) if functional else None
+    _check_tensors(program, machine)
+    _load_inputs(program, inputs, gm)
+    engines = MODELLED_ENGINES
+    ops = decode_program(program, machine, engines, functional=functional, gm=gm)
+    cores = []
+    for index in range(machine.cores):
+        memories = {
+            "L1": LocalMemory(machine.l1_bytes, "L1"),
+            "ACC": LocalMemory(machine.acc_bytes, "ACC"),
+        }
+        core = CoreState(index, 0, len(engines), NUM_EVENTS, memories, ("L1", "ACC"),
+                         race_check=functional)
+        core.scalar_ctx = ScalarContext(core, machine, program, chip=0, chips=1)
+        cores.append(core)
+    timing = Timing(cores=machine.cores, clock_hz=machine.clock_hz,
+                    queue_depth=machine.queue_depth,
+                    event_wake_latency=machine.event_wake_latency,
+                    hbm_bytes_per_cycle=machine.hbm_bytes_per_cycle, events=NUM_EVENTS)
+    recorder = TraceRecorder(machine.clock_hz, list(engines), machine.cores) if trace else None
+    kernel_names = [name for name, _ in program.kernels]
+    simulator = Simulator(
+        ops, timing, list(engines), cores,
+        max_instructions=max_instructions or DEFAULT_MAX_INSTRUCTIONS, trace=recorder,
+        kernels=kernel_names,
+    )
+    cycles = simulator.run()
+    outputs = _read_outputs(program, gm) if functional else {}
+    report = _report(program, machine, simulator, cycles, timing_only)
+    return RunResult(outputs, report, recorder.to_dict() if recorder is not None else None)
+
+
+def _check_tensors(program: Program, machine) -> None:
+    for tensor in program.tensors:
+        if tensor.address < 0 or tensor.address + tensor.nbytes > machine.hbm_bytes:
+            raise ChipTrap(
+                f"tensor '{tensor.name}' [{tensor.address:#x}, "
+                f"{tensor.address + tensor.nbytes:#x}) is outside GM "
+                f"({machine.hbm_bytes:#x} bytes on {machine.name})")
+
+
+def _load_inputs(program: Program, inputs: dict[str, np.ndarray], gm: GlobalMemory | None):
+    known = {t.name: t for t in program.inputs}
+    for name in inputs:
+        if name not in known:
+            raise InputError(f"'{name}' is not an input tensor of the program (inputs: "
+                             f"{', '.join(known) or 'none'})")
+    for tensor in program.inputs:
+        if tensor.name not in inputs:
+            if tensor.role == "inout":
+                continue
+            raise InputError(f"missing input '{tensor.name}' ({tensor.dtype}"
+                             f"{list(tensor.shape)})")
+        value = np.asarray(inputs[tensor.name])
+        if tuple(value.shape) != tuple(tensor.shape):
+            raise InputError(f"input '{tensor.name}' has shape {list(value.shape)}, the tensor "
+                             f"is {tensor.dtype}{list(tensor.shape)}")
+        if gm is None:
+            continue
+        data = np.ascontiguousarray(convert(value, tensor.dtype))
+        gm.write_bytes(tensor.address, data.view(np.uint8).reshape(-1))
+
+
+def _read_outputs(program: Program, gm: GlobalMemory) -> dict[str, np.ndarray]:
+    outputs = {}
+    for tensor in program.outputs:
+        raw = gm.read_bytes(tensor.address, tensor.nbytes)
+        outputs[tensor.name] = raw.view(np_dtype(tensor.dtype)).reshape(tensor.shape).copy()
+    return outputs
+
+
+def _report(program: Program, machine, sim: Simulator, cycles: int, timing_only: bool):
+    engines = list(MODELLED_ENGINES)
+    stalls: dict[str, int] = {}
+    for core in sim.cores:
+        for cause, n in core.stalls.items():
+            stalls[cause] = stalls.get(cause, 0) + n
+    kernels = [
+        KernelTime(name, span[0], span[1] - span[0])
+        for name, span in zip(sim.kernel_names, sim.kernel_spans) if span[0] >= 0
+    ]
+    peak = max((machine.peak_flops(dt) for dt, _ in machine.mx_rates
+                if dt in ("bf16", "f16")), default=0.0)
+    return Report(
+        machine=machine.name, clock_hz=machine.clock_hz, chips=1, cores=machine.cores,
+        engines=engines, cycles=cycles, instructions=sim.instructions,
+        engine_instructions=sim.engine_instructions, flops=sim.flops,
+        hbm_read_bytes=sim.hbm_read, hbm_write_bytes=sim.hbm_write, timing_only=timing_only,
+        busy_cycles=[dict(zip(engines, core.busy)) for core in sim.cores],
+        stall_cycles=stalls, kernels=kernels, peak_flops_per_second=peak,
+        hbm_bytes_per_second=machine.hbm_bandwidth,
+    )
+
+
+__all__ = ["run_program", "RunResult"]
