@@ -1,0 +1,265 @@
+"""Codegen: Kernel IR to M890 assembly text (docs/internals.md section 3).
+
+Each nest becomes one scalar loop over the parallel tiles this core owns (core c takes tiles
+c, c + cores, c + 2 cores, ...), with the reduction steps of a tile as an inner loop. The
+generated code is compact: tile coordinates are computed with register arithmetic, never
+unrolled.
+
+Engines are ordered by four counting events per nest, reused by the next nest once this
+one has drained:
+
+- `E_LD_FULL`: each load signals it; the first compute instruction of the step waits for
+  all the step's loads;
+- `E_LD_FREE`: credits for the two copies of the load buffers (two `SIG.S` at the start);
+  the first load of a step takes one, the last compute instruction of the step returns it;
+- `E_OUT_FULL`: the last compute instruction of the tile's last step signals the stores;
+- `E_OUT_FREE`: credits for the two copies of the output buffers; the first instruction
+  writing them in a tile takes one, the last store of the tile returns it.
+
+At the end of a nest the scalar takes both credits back (`WAIT.S`), so every event is 0
+again and every engine's work is ordered before what follows. A `BAR.CHIP` ends each kernel.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from compiler.backend.kernel_ir import (
+    Iota, Kernel, KernelProgram, Load, Mma, Nest, Reduce, Store, Vec, View,
+)
+from compiler.graph.dtypes import itemsize
+from isa.program import format_float
+
+E_LD_FULL, E_LD_FREE, E_OUT_FULL, E_OUT_FREE = 0, 1, 2, 3
+
+# scalar registers
+R_CORE, R_CORES, R_MINE, R_TILE_LOOP, R_TILE = 0, 1, 2, 3, 4
+R_COORD = 5            # r5.. : one coordinate register per nest axis (at most 7 axes)
+R_STEP_LOOP, R_STEP = 12, 13
+R_LD_COUNT, R_LD_OFF, R_OUT_COUNT, R_OUT_OFF = 14, 15, 16, 17
+MAX_AXES = R_STEP_LOOP - R_COORD
+
+
+class Emitter:
+    """Collects assembly lines."""
+
+    def __init__(self):
+        self.lines: list[str] = []
+
+    def __call__(self, text: str, waits=(), sigs=()) -> None:
+        sync = "".join(f" .wait {_event(e, n)}" for e, n in waits)
+        sync += "".join(f" .sig {_event(e, n)}" for e, n in sigs)
+        self.lines.append(f"    {text}{sync}")
+
+    def raw(self, text: str) -> None:
+        self.lines.append(text)
+
+
+def _event(index: int, count: int) -> str:
+    return f"E{index}" if count == 1 else f"E{index}:{count}"
+
+
+def _imm(value: float) -> str:
+    return "#" + format_float(float(value))
+
+
+def _addr(reg: int | None, offset: int) -> str:
+    if reg is None:
+        return str(offset)
+    if offset == 0:
+        return f"r{reg}"
+    return f"r{reg}{'+' if offset > 0 else '-'}{abs(offset)}"
+
+
+@dataclass
+class _NestContext:
+    nest: Nest
+    descs: dict[View, int]
+    ld_buffers: set[str]
+
+    def coord(self, axis: int) -> int | None:
+        """The register holding nest axis `axis`'s tile coordinate, None when it is 0."""
+        return None if self.nest.grid[axis] == 1 else R_COORD + axis
+
+    def tile(self, name: str) -> str:
+        buf = self.nest.buffer(name)
+        reg = R_LD_OFF if name in self.ld_buffers else R_OUT_OFF
+        return f"{buf.level}[{_addr(reg, buf.offset)}]"
+
+    def ref(self, view: View) -> str:
+        coords = []
+        for axis, shift in zip(view.axes, view.shifts):
+            coords.append(_addr(self.coord(axis), -shift) if self.coord(axis) is not None
+                          else str(-shift))
+        return f"d{self.descs[view]}[{', '.join(coords)}]"
+
+
+def _decompose(emit: Emitter, source: int, axes: list[int], nest: Nest) -> None:
+    """Coordinates of the tile with flat index in register `source` along `axes` (the
+    axes with more than one tile, outermost first): coord = (index / inner) % grid * tile."""
+    grid, tile = nest.grid, nest.tile
+    inner = 1
+    plan = []
+    for axis in reversed(axes):
+        plan.append((axis, inner))
+        inner *= grid[axis]
+    for position, (axis, below) in enumerate(reversed(plan)):
+        reg = R_COORD + axis
+        if below > 1:
+            emit(f"DIV r{reg}, r{source}, {below}")
+        else:
+            emit(f"MOV r{reg}, r{source}")
+        if position > 0:
+            emit(f"REM r{reg}, r{reg}, {grid[axis]}")
+        if tile[axis] > 1:
+            emit(f"MUL r{reg}, r{reg}, {tile[axis]}")
+
+
+def _compute(ctx: _NestContext, stmt, first_step: bool) -> str:
+    t = ctx.tile
+    if isinstance(stmt, Vec):
+        buf = ctx.nest.buffer(stmt.dst)
+        srcs = [_imm(s) if isinstance(s, (int, float)) else t(s) for s in stmt.srcs]
+        op, _, cmp = stmt.op.partition(".")
+        name = f"V{op}.{cmp}.{stmt.dtype}" if cmp else f"V{op}.{stmt.dtype}"
+        return f"{name} {', '.join([t(stmt.dst)] + srcs)}, {buf.rows}, {buf.cols}"
+    if isinstance(stmt, Iota):
+        buf = ctx.nest.buffer(stmt.dst)
+        base = ctx.coord(stmt.axis)
+        base_text = "0" if base is None else f"r{base}"
+        return f"VIOTA.{stmt.dtype} {t(stmt.dst)}, {buf.rows}, {buf.cols}, {base_text}"
+    if isinstance(stmt, Reduce):
+        src = ctx.nest.buffer(stmt.src)
+        if stmt.op == "ARGMAX":
+            base = ctx.coord(stmt.axis)
+            base_text = "0" if base is None else f"r{base}"
+            return (f"VRARGMAX.{stmt.dtype} {t(stmt.dst)}, {t(stmt.index)}, {t(stmt.src)}, "
+                    f"{src.rows}, {src.cols}, {base_text} .row .acc")
+        return f"VR{stmt.op}.{stmt.dtype} {t(stmt.dst)}, {t(stmt.src)}, {src.rows}, {src.cols} .row .acc"
+    if isinstance(stmt, Mma):
+        a, c = ctx.nest.buffer(stmt.a), ctx.nest.buffer(stmt.dst)
+        mode = ".init" if first_step else ".acc"
+        return (f"MMA.{stmt.in_dtype}.{stmt.acc_dtype} {t(stmt.dst)}, {t(stmt.a)}, {t(stmt.b)}, "
+                f"{c.rows}, {c.cols}, {a.cols} {mode}")
+    raise TypeError(stmt)
+
+
+def _emit_step(emit: Emitter, ctx: _NestContext, first: bool, last: bool,
+               out_written_in_step: bool) -> None:
+    loads = [s for s in ctx.nest.step if isinstance(s, Load)]
+    compute = [s for s in ctx.nest.step if not isinstance(s, Load)]
+    if loads:
+        stride = ctx.nest.buffer(loads[0].dst).stride
+        emit(f"AND r{R_LD_OFF}, r{R_LD_COUNT}, 1")
+        emit(f"MUL r{R_LD_OFF}, r{R_LD_OFF}, {stride}")
+        emit(f"ADD r{R_LD_COUNT}, r{R_LD_COUNT}, 1")
+    for index, load in enumerate(loads):
+        buf = ctx.nest.buffer(load.dst)
+        pad = f" .pad {_imm(load.pad)}" if load.pad != 0 else ""
+        emit(f"DMA.LD.{buf.dtype} {ctx.tile(load.dst)}, {ctx.ref(load.view)}{pad}",
+             waits=[(E_LD_FREE, 1)] if index == 0 else [],
+             sigs=[(E_LD_FULL, 1)])
+    for index, stmt in enumerate(compute):
+        waits, sigs = [], []
+        if index == 0:
+            if loads:
+                waits.append((E_LD_FULL, len(loads)))
+            if first and out_written_in_step:
+                waits.append((E_OUT_FREE, 1))
+        if index == len(compute) - 1:
+            if loads:
+                sigs.append((E_LD_FREE, 1))
+            if last:
+                sigs.append((E_OUT_FULL, 1))
+        emit(_compute(ctx, stmt, first), waits=waits, sigs=sigs)
+
+
+def emit_nest(emit: Emitter, nest: Nest, tensors) -> None:
+    """The code of one nest (see the module docstring for the protocol)."""
+    if len(nest.extents) > MAX_AXES:
+        raise ValueError(f"a nest with {len(nest.extents)} axes (at most {MAX_AXES})")
+    descs: dict[View, int] = {}
+    for stmt in nest.statements():
+        if isinstance(stmt, (Load, Store)) and stmt.view not in descs:
+            descs[stmt.view] = len(descs)
+    for view, index in descs.items():
+        box = [nest.tile[a] for a in view.axes]
+        byte_offset = view.offset * itemsize(view.dtype)
+        base = view.tensor if byte_offset == 0 else f"{view.tensor}+{byte_offset}"
+        emit(f"DESC d{index}, {base}, {view.dtype}, [{', '.join(map(str, view.dims))}], "
+             f"[{', '.join(map(str, view.strides))}], [{', '.join(map(str, box))}]")
+    ld_buffers = {s.dst for s in nest.step if isinstance(s, Load)}
+    ctx = _NestContext(nest, descs, ld_buffers)
+    grid = nest.grid
+    par_axes = [a for a, k in enumerate(nest.kinds) if k == "p" and grid[a] > 1]
+    red_axes = [a for a, k in enumerate(nest.kinds) if k == "r" and grid[a] > 1]
+    out_buffers = [b for b in nest.buffers if b.name not in ld_buffers]
+    out_stride = out_buffers[0].stride if out_buffers else 0
+    if ld_buffers:
+        emit(f"SIG.S {_event(E_LD_FREE, 2)}")
+    emit(f"SIG.S {_event(E_OUT_FREE, 2)}")
+    emit(f"LI r{R_MINE}, {nest.parallel_tiles}")
+    emit(f"SUB r{R_MINE}, r{R_MINE}, r{R_CORE}")
+    emit(f"ADD r{R_MINE}, r{R_MINE}, r{R_CORES}")
+    emit(f"SUB r{R_MINE}, r{R_MINE}, 1")
+    emit(f"DIV r{R_MINE}, r{R_MINE}, r{R_CORES}")
+    emit(f"LI r{R_LD_COUNT}, 0")
+    emit(f"LI r{R_OUT_COUNT}, 0")
+    emit(f"LOOP r{R_TILE_LOOP}, r{R_MINE}")
+    emit(f"MUL r{R_TILE}, r{R_TILE_LOOP}, r{R_CORES}")
+    emit(f"ADD r{R_TILE}, r{R_TILE}, r{R_CORE}")
+    _decompose(emit, R_TILE, par_axes, nest)
+    emit(f"AND r{R_OUT_OFF}, r{R_OUT_COUNT}, 1")
+    emit(f"MUL r{R_OUT_OFF}, r{R_OUT_OFF}, {out_stride}")
+    emit(f"ADD r{R_OUT_COUNT}, r{R_OUT_COUNT}, 1")
+    for index, stmt in enumerate(nest.init):
+        emit(_compute(ctx, stmt, True), waits=[(E_OUT_FREE, 1)] if index == 0 else [])
+    out_in_step = not nest.init
+    steps = nest.reduction_steps
+    for axis in red_axes:
+        emit(f"LI r{R_COORD + axis}, 0")
+    _emit_step(emit, ctx, True, steps == 1, out_in_step)
+    if steps > 2:
+        emit(f"LOOP r{R_STEP_LOOP}, {steps - 2}")
+        emit(f"ADD r{R_STEP}, r{R_STEP_LOOP}, 1")
+        _decompose(emit, R_STEP, red_axes, nest)
+        _emit_step(emit, ctx, False, False, out_in_step)
+        emit("ENDLOOP")
+    if steps > 1:
+        emit(f"LI r{R_STEP}, {steps - 1}")
+        _decompose(emit, R_STEP, red_axes, nest)
+        _emit_step(emit, ctx, False, True, out_in_step)
+    stores = [s for s in nest.final if isinstance(s, Store)]
+    for index, store in enumerate(stores):
+        buf = nest.buffer(store.src)
+        emit(f"DMA.ST.{buf.dtype} {ctx.ref(store.view)}, {ctx.tile(store.src)}",
+             waits=[(E_OUT_FULL, 1)] if index == 0 else [],
+             sigs=[(E_OUT_FREE, 1)] if index == len(stores) - 1 else [])
+    emit("ENDLOOP")
+    if ld_buffers:
+        emit(f"WAIT.S {_event(E_LD_FREE, 2)}")
+    emit(f"WAIT.S {_event(E_OUT_FREE, 2)}")
+
+
+def emit_kernel(emit: Emitter, kernel: Kernel, tensors) -> None:
+    emit.raw(f".kernel {kernel.name}")
+    for nest in kernel.nests:
+        emit_nest(emit, nest, tensors)
+    emit("BAR.CHIP")
+
+
+def generate(program: KernelProgram, machine_name: str | None = None) -> str:
+    """The assembly text of a planned kernel program (every tensor has an address)."""
+    emit = Emitter()
+    emit.raw("# generated by zhenwu")
+    if machine_name:
+        emit.raw(f".machine {machine_name}")
+    for t in program.tensors:
+        emit.raw(f".tensor {t.name}, {t.dtype}, [{', '.join(map(str, t.shape))}], "
+                 f"{t.address:#x}, {t.role}")
+    emit(f"GETID r{R_CORE}, core")
+    emit(f"GETID r{R_CORES}, cores")
+    for kernel in program.kernels:
+        emit_kernel(emit, kernel, program.tensors)
+    emit("HALT")
+    return "\n".join(emit.lines) + "\n"

@@ -1,0 +1,419 @@
+"""Kernel IR: kernels as tiled loop nests over GM tensors, with per-core L1/ACC buffers.
+
+A `KernelProgram` is the GM tensors (each with its HBM address once planned) and the kernels
+in execution order. A `Kernel` holds the ids of the graph ops it computes and one or more
+`Nest`s. A nest is a loop over an iteration space (`extents`), cut into tiles (`tile`); each
+axis is either parallel (`p`: its tiles are spread over the cores) or a reduction (`r`: its
+tiles are visited in order by one core, accumulating). Per parallel tile the nest runs its
+`init` statements, then its `step` statements once per reduction tile, then its `final`
+statements.
+
+GM tensors are seen through `View`s: a strided window of a tensor whose dims are axes of the
+nest (the DMA descriptor a load or store uses). Tiles live in `Buffer`s in L1 or ACC; a buffer
+with two copies is double-buffered (loads of the next tile overlap compute on this one).
+
+Text form (prints and parses back, `parse_kernels(print_kernels(p)) == p`):
+
+    tensor x bf16[4,784] in @0x0
+    kernel matmul_3 ops 3 {
+      nest [4 p 16, 256 p 128, 784 r 256] {
+        buffer a L1 bf16 16x256 @0 x2 +16384
+        step:
+          load a <- x+0[0:4:784:0, 2:784:1:0] pad 0.0
+          mma.bf16.f32 c <- a, b
+        final:
+          store t3+0[0:4:256:0, 1:256:1:0] <- c
+      }
+    }
+
+A view prints as `tensor+offset[axis:dim:stride:shift, ...]`: view dim i is nest axis
+`axis`, has `dim` elements (the bound outside which loads read the pad value and stores are
+dropped), `stride` elements between neighbours, and nest coordinate c reads element c - shift.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from math import prod
+
+from compiler.graph.dtypes import itemsize
+
+LEVELS = ("GM", "L1", "ACC")
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """A tensor in GM (HBM): `role` is in, out, temp or const; `address` once planned."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    role: str
+    address: int | None = None
+
+    @property
+    def nbytes(self) -> int:
+        return prod(self.shape) * itemsize(self.dtype)
+
+
+@dataclass(frozen=True)
+class View:
+    """A strided window of GM tensor `tensor` (element type `dtype`) over nest axes."""
+
+    tensor: str
+    dtype: str
+    offset: int                 # elements from the tensor's base
+    axes: tuple[int, ...]       # the nest axis each view dim follows
+    dims: tuple[int, ...]       # in-bounds elements per view dim
+    strides: tuple[int, ...]    # element strides per view dim (0 broadcasts)
+    shifts: tuple[int, ...]     # view coordinate = nest coordinate - shift
+
+    @property
+    def rank(self) -> int:
+        return len(self.axes)
+
+
+@dataclass(frozen=True)
+class Buffer:
+    """A tile buffer of `rows x cols` elements in L1 or ACC, `copies` of it `stride` bytes
+    apart starting at byte `offset` of the level (copies alternate by tile)."""
+
+    name: str
+    level: str
+    dtype: str
+    rows: int
+    cols: int
+    offset: int = 0
+    copies: int = 1
+    stride: int = 0
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of one copy."""
+        return self.rows * self.cols * itemsize(self.dtype)
+
+    @property
+    def footprint(self) -> int:
+        """Bytes of all copies (the extent from `offset`)."""
+        return self.nbytes if self.copies == 1 else (self.copies - 1) * self.stride + self.nbytes
+
+
+# ------------------------------------------------------------------ statements
+
+
+@dataclass(frozen=True)
+class Load:
+    """DMA a tile of `view` (the nest's current tile) into buffer `dst`, cast to its dtype;
+    elements outside the view's dims read as `pad`."""
+
+    dst: str
+    view: View
+    pad: float = 0.0
+
+
+@dataclass(frozen=True)
+class Store:
+    """DMA buffer `src` to the current tile of `view`, cast to the view's dtype."""
+
+    view: View
+    src: str
+
+
+@dataclass(frozen=True)
+class Vec:
+    """A vector-engine instruction on whole tiles: `op` is the mnemonic without the `V`
+    (`ADD`, `EXP`, `CMP.lt`, `SEL`, `DUP`, `COPY`, ...), `srcs` buffer names or float
+    immediates."""
+
+    op: str
+    dtype: str
+    dst: str
+    srcs: tuple[str | float, ...] = ()
+
+
+@dataclass(frozen=True)
+class Iota:
+    """dst[i, j] = (coordinate of nest axis `axis`) + i * cols + j."""
+
+    dtype: str
+    dst: str
+    axis: int
+
+
+@dataclass(frozen=True)
+class Reduce:
+    """Combine each row of `src` into `dst` (rows x 1): op in SUM MAX MIN PROD ARGMAX.
+    ARGMAX also keeps the index (`index` buffer), counting from the coordinate of `axis`."""
+
+    op: str
+    dtype: str
+    dst: str
+    src: str
+    index: str | None = None
+    axis: int | None = None
+
+
+@dataclass(frozen=True)
+class Mma:
+    """dst (ACC, M x N) (+)= a (M x K) @ b (K x N); the first reduction step initialises."""
+
+    in_dtype: str
+    acc_dtype: str
+    dst: str
+    a: str
+    b: str
+
+
+Stmt = Load | Store | Vec | Iota | Reduce | Mma
+
+
+@dataclass(frozen=True)
+class Nest:
+    """A tiled loop nest: see the module docstring."""
+
+    extents: tuple[int, ...]
+    tile: tuple[int, ...]
+    kinds: tuple[str, ...]          # 'p' or 'r' per axis
+    buffers: tuple[Buffer, ...] = ()
+    init: tuple[Stmt, ...] = ()
+    step: tuple[Stmt, ...] = ()
+    final: tuple[Stmt, ...] = ()
+
+    @property
+    def grid(self) -> tuple[int, ...]:
+        """Tiles per axis."""
+        return tuple(-(-e // t) for e, t in zip(self.extents, self.tile))
+
+    @property
+    def parallel_tiles(self) -> int:
+        return prod(g for g, k in zip(self.grid, self.kinds) if k == "p")
+
+    @property
+    def reduction_steps(self) -> int:
+        return prod(g for g, k in zip(self.grid, self.kinds) if k == "r")
+
+    def buffer(self, name: str) -> Buffer:
+        for buf in self.buffers:
+            if buf.name == name:
+                return buf
+        raise KeyError(name)
+
+    def statements(self) -> tuple[Stmt, ...]:
+        return self.init + self.step + self.final
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """One kernel: the graph ops it computes (`op_ids`) and its loop nests, run in order."""
+
+    name: str
+    op_ids: tuple[int, ...]
+    nests: tuple[Nest, ...]
+
+
+@dataclass(frozen=True)
+class KernelProgram:
+    """GM tensors (in directive order: inputs, outputs, the rest) and kernels in order."""
+
+    tensors: tuple[Tensor, ...]
+    kernels: tuple[Kernel, ...] = field(default_factory=tuple)
+
+    def tensor(self, name: str) -> Tensor:
+        for t in self.tensors:
+            if t.name == name:
+                return t
+        raise KeyError(name)
+
+
+# ------------------------------------------------------------------ printer
+
+
+def _num(value: float) -> str:
+    return repr(float(value))
+
+
+def print_view(view: View) -> str:
+    dims = ", ".join(f"{a}:{d}:{s}:{h}" for a, d, s, h in
+                     zip(view.axes, view.dims, view.strides, view.shifts))
+    return f"{view.tensor}:{view.dtype}+{view.offset}[{dims}]"
+
+
+def _operand(src: str | float) -> str:
+    return f"#{_num(src)}" if isinstance(src, (int, float)) else src
+
+
+def print_stmt(stmt: Stmt) -> str:
+    if isinstance(stmt, Load):
+        return f"load {stmt.dst} <- {print_view(stmt.view)} pad {_num(stmt.pad)}"
+    if isinstance(stmt, Store):
+        return f"store {print_view(stmt.view)} <- {stmt.src}"
+    if isinstance(stmt, Vec):
+        srcs = ", ".join(_operand(s) for s in stmt.srcs)
+        return f"vec {stmt.op}.{stmt.dtype} {stmt.dst} <- {srcs}".rstrip(" <-")
+    if isinstance(stmt, Iota):
+        return f"iota.{stmt.dtype} {stmt.dst} axis {stmt.axis}"
+    if isinstance(stmt, Reduce):
+        dst = stmt.dst if stmt.index is None else f"{stmt.dst}, {stmt.index}"
+        tail = "" if stmt.axis is None else f" axis {stmt.axis}"
+        return f"reduce {stmt.op}.{stmt.dtype} {dst} <- {stmt.src}{tail}"
+    if isinstance(stmt, Mma):
+        return f"mma.{stmt.in_dtype}.{stmt.acc_dtype} {stmt.dst} <- {stmt.a}, {stmt.b}"
+    raise TypeError(stmt)
+
+
+def print_buffer(buf: Buffer) -> str:
+    return (f"buffer {buf.name} {buf.level} {buf.dtype} {buf.rows}x{buf.cols} @{buf.offset} "
+            f"x{buf.copies} +{buf.stride}")
+
+
+def print_nest(nest: Nest, indent: str = "  ") -> list[str]:
+    axes = ", ".join(f"{e} {k} {t}" for e, k, t in zip(nest.extents, nest.kinds, nest.tile))
+    lines = [f"{indent}nest [{axes}] {{"]
+    lines += [f"{indent}  {print_buffer(b)}" for b in nest.buffers]
+    for phase in ("init", "step", "final"):
+        stmts = getattr(nest, phase)
+        if stmts:
+            lines.append(f"{indent}  {phase}:")
+            lines += [f"{indent}    {print_stmt(s)}" for s in stmts]
+    lines.append(f"{indent}}}")
+    return lines
+
+
+def print_kernels(program: KernelProgram) -> str:
+    """The text form of a kernel program (see the module docstring)."""
+    lines = []
+    for t in program.tensors:
+        addr = "" if t.address is None else f" @{t.address:#x}"
+        lines.append(f"tensor {t.name} {t.dtype}[{','.join(map(str, t.shape))}] {t.role}{addr}")
+    for kernel in program.kernels:
+        lines.append(f"kernel {kernel.name} ops {','.join(map(str, kernel.op_ids))} {{")
+        for nest in kernel.nests:
+            lines += print_nest(nest)
+        lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------ parser
+
+
+class KernelParseError(ValueError):
+    """Malformed Kernel IR text (an internal format: raised as ValueError with the line)."""
+
+
+_VIEW = re.compile(r"(\w+):(\w+)\+(-?\d+)\[([^\]]*)\]")
+_TENSOR = re.compile(r"tensor (\w+) (\w+)\[([\d,]*)\] (\w+)(?: @(0x[0-9a-f]+))?$")
+_BUFFER = re.compile(r"buffer (\w+) (L1|ACC) (\w+) (\d+)x(\d+) @(\d+) x(\d+) \+(\d+)$")
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(t) for t in text.split(",") if t.strip())
+
+
+def parse_view(text: str) -> View:
+    m = _VIEW.fullmatch(text.strip())
+    if not m:
+        raise KernelParseError(f"bad view {text!r}")
+    parts = [tuple(int(x) for x in p.split(":")) for p in m.group(4).split(",") if p.strip()]
+    axes, dims, strides, shifts = (tuple(p[i] for p in parts) for i in range(4))
+    return View(m.group(1), m.group(2), int(m.group(3)), axes, dims, strides, shifts)
+
+
+def _parse_operand(text: str) -> str | float:
+    text = text.strip()
+    return float(text[1:]) if text.startswith("#") else text
+
+
+def parse_stmt(line: str) -> Stmt:
+    word, _, rest = line.partition(" ")
+    if word == "load":
+        dst, _, rest = rest.partition(" <- ")
+        view, _, pad = rest.rpartition(" pad ")
+        return Load(dst, parse_view(view), float(pad))
+    if word == "store":
+        view, _, src = rest.rpartition(" <- ")
+        return Store(parse_view(view), src.strip())
+    if word == "vec":
+        head, _, srcs = rest.partition(" <- ")
+        opdt, dst = head.split()
+        op, _, dtype = opdt.rpartition(".")
+        operands = tuple(_parse_operand(s) for s in srcs.split(",") if s.strip())
+        return Vec(op, dtype, dst, operands)
+    if word.startswith("iota."):
+        dst, _, axis = rest.partition(" axis ")
+        return Iota(word[5:], dst.strip(), int(axis))
+    if word == "reduce":
+        head, _, tail = rest.partition(" <- ")
+        opdt, _, dsts = head.partition(" ")
+        op, _, dtype = opdt.rpartition(".")
+        names = [d.strip() for d in dsts.split(",")]
+        src, _, axis = tail.partition(" axis ")
+        return Reduce(op, dtype, names[0], src.strip(), names[1] if len(names) > 1 else None,
+                      int(axis) if axis else None)
+    if word.startswith("mma."):
+        _, in_dtype, acc_dtype = word.split(".")
+        dst, _, ops = rest.partition(" <- ")
+        a, b = (s.strip() for s in ops.split(","))
+        return Mma(in_dtype, acc_dtype, dst.strip(), a, b)
+    raise KernelParseError(f"unknown statement {line!r}")
+
+
+def parse_kernels(text: str) -> KernelProgram:
+    """Parse the text form back into a KernelProgram."""
+    tensors: list[Tensor] = []
+    kernels: list[Kernel] = []
+    kernel_head: tuple[str, tuple[int, ...]] | None = None
+    nests: list[Nest] = []
+    nest: dict | None = None
+    phase = None
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        try:
+            if nest is not None:
+                if line == "}":
+                    nests.append(Nest(**nest))
+                    nest, phase = None, None
+                elif line.startswith("buffer "):
+                    m = _BUFFER.match(line)
+                    if not m:
+                        raise KernelParseError(f"bad buffer {line!r}")
+                    name, level, dtype, rows, cols, off, copies, stride = m.groups()
+                    nest["buffers"] += (Buffer(name, level, dtype, int(rows), int(cols), int(off),
+                                               int(copies), int(stride)),)
+                elif line in ("init:", "step:", "final:"):
+                    phase = line[:-1]
+                else:
+                    if phase is None:
+                        raise KernelParseError("statement outside init/step/final")
+                    nest[phase] += (parse_stmt(line),)
+            elif kernel_head is not None:
+                if line == "}":
+                    kernels.append(Kernel(kernel_head[0], kernel_head[1], tuple(nests)))
+                    kernel_head, nests = None, []
+                elif line.startswith("nest [") and line.endswith("] {"):
+                    axes = [a.split() for a in line[6:-3].split(",") if a.strip()]
+                    nest = {"extents": tuple(int(a[0]) for a in axes),
+                            "kinds": tuple(a[1] for a in axes),
+                            "tile": tuple(int(a[2]) for a in axes),
+                            "buffers": (), "init": (), "step": (), "final": ()}
+                else:
+                    raise KernelParseError(f"expected a nest, got {line!r}")
+            elif line.startswith("tensor "):
+                m = _TENSOR.match(line)
+                if not m:
+                    raise KernelParseError(f"bad tensor {line!r}")
+                name, dtype, dims, role, addr = m.groups()
+                tensors.append(Tensor(name, dtype, _ints(dims), role,
+                                      int(addr, 16) if addr else None))
+            elif line.startswith("kernel ") and line.endswith("{"):
+                _, name, _, ids, _ = line.split()
+                kernel_head = (name, _ints(ids))
+            else:
+                raise KernelParseError(f"unexpected {line!r}")
+        except (ValueError, IndexError) as err:
+            raise KernelParseError(f"line {number}: {err}") from err
+    if nest is not None or kernel_head is not None:
+        raise KernelParseError("unterminated kernel")
+    return KernelProgram(tuple(tensors), tuple(kernels))

@@ -1,0 +1,568 @@
+"""Lowering: Graph IR ops to Kernel IR kernels, one kernel per op (`-O0`).
+
+Every graph value lives in GM as a `TensorView`: a strided view of a GM tensor. Shape ops
+that only re-index (transpose, slice, broadcast_to, reshape of contiguous data) make a new
+view and no kernel; a nest later reads that view through a DMA descriptor. Every other op
+becomes a kernel writing a fresh GM tensor:
+
+- elementwise ops (and cast, constant, iota, pad, copies): a *map* nest over the result's
+  index space; each operand is loaded through a view broadcast over that space, computed on
+  the vector engine in f32 (floats) or i32 (ints, bool), stored with a cast;
+- reductions and argmax: a *reduce* nest with the kept axes first (parallel) and the
+  reduced axes last (accumulated with VR* `.row .acc`);
+- matmul: a *matmul* nest over (batch..., m, n, k), MMA tiles accumulating in ACC;
+- concat: one map nest per operand into its slice of the result.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from math import prod
+
+from compiler.backend.kernel_ir import (
+    Buffer, Iota, Kernel, Load, Mma, Nest, Reduce, Store, Tensor, Vec, View,
+)
+from compiler.backend.tiling import map_tile, matmul_tile, reduce_tile
+from compiler.graph.dtypes import is_float, is_int, itemsize, limits
+from isa.errors import CompileError
+
+ALIGN = 64  # bytes: alignment of every L1/ACC buffer
+
+
+def row_major(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Element strides of a contiguous tensor of `shape`."""
+    strides, step = [], 1
+    for dim in reversed(shape):
+        strides.append(step)
+        step *= dim
+    return tuple(reversed(strides))
+
+
+@dataclass(frozen=True)
+class TensorView:
+    """Where a graph value lives: `shape` elements of GM tensor `tensor`, element
+    (i0, i1, ...) at `offset + sum(i * stride)`."""
+
+    tensor: str
+    dtype: str
+    offset: int
+    shape: tuple[int, ...]
+    strides: tuple[int, ...]
+
+    @property
+    def contiguous(self) -> bool:
+        want = row_major(self.shape)
+        return all(s == w for s, w, d in zip(self.strides, want, self.shape) if d != 1)
+
+    def transpose(self, perm) -> TensorView:
+        return replace(self, shape=tuple(self.shape[p] for p in perm),
+                       strides=tuple(self.strides[p] for p in perm))
+
+    def slice(self, starts, stops, steps) -> TensorView:
+        offset = self.offset + sum(a * s for a, s in zip(starts, self.strides))
+        shape = tuple((hi - lo + st - 1) // st for lo, hi, st in zip(starts, stops, steps))
+        return replace(self, offset=offset, shape=shape,
+                       strides=tuple(s * st for s, st in zip(self.strides, steps)))
+
+    def broadcast(self, shape: tuple[int, ...]) -> TensorView:
+        """numpy broadcasting to `shape` (stride 0 along new and stretched dims)."""
+        pad = len(shape) - len(self.shape)
+        old_shape = (1,) * pad + self.shape
+        old_strides = (0,) * pad + self.strides
+        strides = tuple(0 if o == 1 and n != 1 else s
+                        for o, n, s in zip(old_shape, shape, old_strides))
+        return replace(self, shape=tuple(shape), strides=strides)
+
+    def reshape(self, shape: tuple[int, ...]) -> TensorView | None:
+        """The same data seen with `shape`, or None when that needs a copy."""
+        if not self.contiguous:
+            return None
+        return replace(self, shape=tuple(shape), strides=row_major(shape))
+
+    def nest_view(self, axes: tuple[int, ...] | None = None,
+                  shifts: tuple[int, ...] | None = None) -> View:
+        """This view as a nest View following nest axes `axes` (default 0..rank-1)."""
+        axes = tuple(range(len(self.shape))) if axes is None else axes
+        shifts = (0,) * len(self.shape) if shifts is None else shifts
+        return View(self.tensor, self.dtype, self.offset, axes, self.shape, self.strides, shifts)
+
+
+def compute_dtype(dtype: str) -> str:
+    """The vector-engine dtype values of `dtype` are computed in."""
+    return "f32" if is_float(dtype) else "i32"
+
+
+def clamp_value(value, dtype: str) -> float:
+    """A fill value as the dtype sees it: integers saturate (so ±inf become the limits)."""
+    value = float(value)
+    if is_int(dtype) or dtype == "bool":
+        low, high = limits(dtype)
+        value = min(max(value, low), high)
+        if value not in (low, high):
+            value = float(int(value))
+    return value
+
+
+# ------------------------------------------------------------------ nest simplification
+
+
+def simplify(extents, kinds, tile_keep: set[int], views: list[View]):
+    """Drop size-1 axes and merge neighbouring axes every view walks contiguously.
+
+    Returns (extents, kinds, views, axis_map) with axes renumbered; `axis_map` maps old axes
+    that survive to new ones. Axes in `tile_keep` are never dropped or merged.
+    """
+    extents, kinds = list(extents), list(kinds)
+    views = list(views)
+
+    def dim_of(view: View, axis: int) -> int | None:
+        return view.axes.index(axis) if axis in view.axes else None
+
+    alive = list(range(len(extents)))
+    # Drop extent-1 axes nobody needs (a view keeps at least one dim).
+    for axis in list(alive):
+        if extents[axis] != 1 or axis in tile_keep:
+            continue
+        same_kind = [a for a in alive if kinds[a] == kinds[axis]]
+        if len(same_kind) <= 1:
+            continue
+        ok = True
+        for view in views:
+            d = dim_of(view, axis)
+            if d is not None and (view.shifts[d] != 0 or view.rank <= 1):
+                ok = False
+        if not ok:
+            continue
+        for i, view in enumerate(views):
+            d = dim_of(view, axis)
+            if d is not None:
+                views[i] = View(view.tensor, view.dtype, view.offset,
+                                view.axes[:d] + view.axes[d + 1:], view.dims[:d] + view.dims[d + 1:],
+                                view.strides[:d] + view.strides[d + 1:],
+                                view.shifts[:d] + view.shifts[d + 1:])
+        alive.remove(axis)
+    # Merge axis a into its next alive neighbour b (same kind) when every view allows.
+    changed = True
+    while changed:
+        changed = False
+        for a, b in zip(alive, alive[1:]):
+            if kinds[a] != kinds[b] or a in tile_keep or b in tile_keep:
+                continue
+            ok = True
+            for view in views:
+                da, db = dim_of(view, a), dim_of(view, b)
+                if da is None and db is None:
+                    continue
+                if da is None or db is None or db != da + 1:
+                    ok = False
+                    break
+                if (view.shifts[da] or view.shifts[db] or view.dims[da] != extents[a]
+                        or view.dims[db] != extents[b]
+                        or view.strides[da] != view.strides[db] * extents[b]):
+                    ok = False
+                    break
+            if not ok:
+                continue
+            for i, view in enumerate(views):
+                da = dim_of(view, a)
+                if da is None:
+                    continue
+                dims = view.dims[:da] + (view.dims[da] * view.dims[da + 1],) + view.dims[da + 2:]
+                views[i] = View(view.tensor, view.dtype, view.offset,
+                                view.axes[:da] + view.axes[da + 1:], dims,
+                                view.strides[:da] + view.strides[da + 1:],
+                                view.shifts[:da] + view.shifts[da + 1:])
+            extents[b] *= extents[a]
+            alive.remove(a)
+            changed = True
+            break
+    axis_map = {old: new for new, old in enumerate(alive)}
+    views = [replace(v, axes=tuple(axis_map[a] for a in v.axes)) for v in views]
+    return (tuple(extents[a] for a in alive), tuple(kinds[a] for a in alive), views, axis_map)
+
+
+# ------------------------------------------------------------------ buffer layout
+
+
+def _aligned(nbytes: int) -> int:
+    return -(-nbytes // ALIGN) * ALIGN
+
+
+def layout(specs: list[tuple[str, str, str, int, int]], level_base: dict[str, int] | None = None
+           ) -> tuple[list[Buffer], dict[str, int]]:
+    """Place double-buffered regions: `specs` are (name, level, dtype, rows, cols, region);
+    buffers of one region share a copy stride. Returns buffers and bytes used per level."""
+    used = dict(level_base or {"L1": 0, "ACC": 0})
+    regions: dict[tuple[str, str], list] = {}
+    for spec in specs:
+        regions.setdefault((spec[1], spec[5]), []).append(spec)
+    buffers = []
+    for (level, _region), members in regions.items():
+        base = used[level]
+        offset = 0
+        placed = []
+        for name, _, dtype, rows, cols, _ in members:
+            placed.append((name, dtype, rows, cols, offset))
+            offset += _aligned(rows * cols * itemsize(dtype))
+        stride = offset
+        for name, dtype, rows, cols, off in placed:
+            buffers.append(Buffer(name, level, dtype, rows, cols, base + off, 2, stride))
+        used[level] = base + 2 * stride
+    return buffers, used
+
+
+def _tile_shape(nest_tile: tuple[int, ...], axes: tuple[int, ...]) -> tuple[int, int]:
+    box = [nest_tile[a] for a in axes]
+    return prod(box[:-1]), box[-1]
+
+
+def check_fits(nest: Nest, machine, span) -> None:
+    """A nest whose buffers overflow L1/ACC (a tile the tiler could not shrink enough)."""
+    for level, capacity in (("L1", machine.l1_bytes), ("ACC", machine.acc_bytes)):
+        top = max((b.offset + b.footprint for b in nest.buffers if b.level == level), default=0)
+        if top > capacity:
+            raise CompileError(f"a tile needs {top} bytes of {level}, the machine has "
+                               f"{capacity}", span)
+
+
+# ------------------------------------------------------------------ the three nest shapes
+
+
+def map_nest(extents, loads: list[tuple[View, str, float]], compute, out: View, out_dtype: str,
+             machine) -> Nest:
+    """An elementwise nest over `extents`. `loads` are (view over all axes, load dtype, pad);
+    `compute(in_names, out_name)` gives the vector statements writing buffer `out`
+    (dtype `out_dtype`) from buffers `in0, in1, ...`."""
+    if not extents:
+        extents = (1,)
+        loads = [(_scalar_view(v), dt, pad) for v, dt, pad in loads]
+        out = _scalar_view(out)
+    views = [v for v, _, _ in loads] + [out]
+    extents, kinds, views, axis_map = simplify(extents, ("p",) * len(extents), set(), views)
+    bytes_per_elem = 2 * (sum(itemsize(dt) for _, dt, _ in loads) + itemsize(out_dtype))
+    tile = map_tile(extents, bytes_per_elem, machine)
+    rows, cols = prod(tile[:-1]), tile[-1]
+    specs = [(f"in{i}", "L1", dt, rows, cols, "ld") for i, (_, dt, _) in enumerate(loads)]
+    specs.append(("out", "L1", out_dtype, rows, cols, "out"))
+    buffers, _ = layout(specs)
+    step = tuple(Load(f"in{i}", views[i], pad) for i, (_, _, pad) in enumerate(loads))
+    body = tuple(compute([f"in{i}" for i in range(len(loads))], "out", axis_map))
+    return Nest(extents, tile, kinds, tuple(buffers), (), step + body,
+                (Store(views[-1], "out"),))
+
+
+def _scalar_view(view: View) -> View:
+    return View(view.tensor, view.dtype, view.offset, (0,), (1,), (0,), (0,))
+
+
+REDUCE_OPS = {"reduce_sum": "SUM", "reduce_max": "MAX", "reduce_min": "MIN",
+              "reduce_prod": "PROD", "argmax": "ARGMAX"}
+
+
+def reduce_identity(op: str, dtype: str) -> float:
+    if op == "SUM":
+        return 0.0
+    if op == "PROD":
+        return 1.0
+    low, high = limits(dtype) if dtype != "f32" else (float("-inf"), float("inf"))
+    return float(high) if op == "MIN" else float(low)
+
+
+def reduce_nest(src: TensorView, axes: tuple[int, ...], out: TensorView, op: str,
+                machine) -> Nest:
+    """A reduction of `src` over `axes` into `out` (kept axes in order, keepdims or not)."""
+    kept = [a for a in range(len(src.shape)) if a not in axes]
+    order = kept + list(axes)
+    nk = len(kept)
+    extents = tuple(src.shape[a] for a in order)
+    in_view = View(src.tensor, src.dtype, src.offset, tuple(range(len(order))), extents,
+                   tuple(src.strides[a] for a in order), (0,) * len(order))
+    # The output's strides along the kept axes (a keepdims output has 1s elsewhere).
+    out_strides = [s for s, d in zip(out.strides, out.shape)]
+    if len(out.shape) != nk:
+        out_strides = [s for i, s in enumerate(out.strides) if i not in axes]
+    if nk == 0:  # a full reduction: one dummy kept axis of extent 1
+        extents = (1,) + extents
+        in_view = replace(in_view, axes=tuple(a + 1 for a in in_view.axes))
+        out_view = View(out.tensor, out.dtype, out.offset, (0,), (1,), (0,), (0,))
+        nk = 1
+    else:
+        out_view = View(out.tensor, out.dtype, out.offset, tuple(range(nk)),
+                        extents[:nk], tuple(out_strides), (0,) * nk)
+    kinds = ("p",) * nk + ("r",) * (len(extents) - nk)
+    keep = {len(extents) - 1} if op == "ARGMAX" else set()
+    extents, kinds, (in_view, out_view), axis_map = simplify(extents, kinds, keep,
+                                                             [in_view, out_view])
+    nk = kinds.count("p")
+    cdt = compute_dtype(src.dtype)
+    n_acc = 2 if op == "ARGMAX" else 1
+    kept_tile, red_tile = reduce_tile(extents[:nk], extents[nk:], itemsize(cdt), 4 * n_acc,
+                                      machine)
+    tile = kept_tile + red_tile
+    rows, cols = kept_tile[-1], red_tile[-1]
+    specs = [("in", "L1", cdt, rows, cols, "ld"), ("acc", "L1", cdt, rows, 1, "out")]
+    if op == "ARGMAX":
+        specs.append(("idx", "L1", "i32", rows, 1, "out"))
+    buffers, _ = layout(specs)
+    identity = reduce_identity(op, cdt)
+    init = [Vec("DUP", cdt, "acc", (identity,))]
+    if op == "ARGMAX":
+        init.append(Vec("DUP", "i32", "idx", (0.0,)))
+        stmt = Reduce(op, cdt, "acc", "in", "idx", len(extents) - 1)
+        result = "idx"
+    else:
+        stmt = Reduce(op, cdt, "acc", "in")
+        result = "acc"
+    return Nest(extents, tile, kinds, tuple(buffers), tuple(init),
+                (Load("in", in_view, identity), stmt), (Store(out_view, result),))
+
+
+def mma_dtypes(dtype: str, machine) -> tuple[str, str]:
+    """(MMA input dtype, accumulator dtype) for a matmul with operands of `dtype`."""
+    if dtype == "i8" and machine.supports_mx("i8"):
+        return "i8", "i32"
+    if dtype in ("bf16", "f16", "fp8", "f32") and machine.supports_mx(dtype):
+        return dtype, "f32"
+    if dtype == "fp8" and machine.supports_mx("bf16"):
+        return "bf16", "f32"   # every e4m3 value is exact in bf16
+    return "f32", "f32"        # i32 (exact while sums stay below 2^24)
+
+
+def matmul_nest(a: TensorView, b: TensorView, out: TensorView, machine) -> Nest:
+    """out[..., m, n] = sum_k a[..., m, k] b[..., k, n] with numpy batch broadcasting."""
+    batch = out.shape[:-2]
+    m, k = a.shape[-2:]
+    n = b.shape[-1]
+    a = a.broadcast(batch + (m, k))
+    b = b.broadcast(batch + (k, n))
+    nb = len(batch)
+    ax_m, ax_n, ax_k = nb, nb + 1, nb + 2
+    bat = tuple(range(nb))
+    a_view = View(a.tensor, a.dtype, a.offset, bat + (ax_m, ax_k), a.shape, a.strides,
+                  (0,) * (nb + 2))
+    b_view = View(b.tensor, b.dtype, b.offset, bat + (ax_k, ax_n), b.shape, b.strides,
+                  (0,) * (nb + 2))
+    c_view = View(out.tensor, out.dtype, out.offset, bat + (ax_m, ax_n), out.shape,
+                  out.strides, (0,) * (nb + 2))
+    extents = batch + (m, n, k)
+    kinds = ("p",) * (nb + 2) + ("r",)
+    extents, kinds, (a_view, b_view, c_view), _ = simplify(
+        extents, kinds, {ax_m, ax_n, ax_k}, [a_view, b_view, c_view])
+    nb = len(extents) - 3
+    in_dtype, acc_dtype = mma_dtypes(a.dtype, machine)
+    tile_m, tile_n, tile_k = matmul_tile(prod(extents[:nb]), m, n, k, itemsize(in_dtype),
+                                         itemsize(acc_dtype), machine)
+    tile = (1,) * nb + (tile_m, tile_n, tile_k)
+    buffers, _ = layout([("a", "L1", in_dtype, tile_m, tile_k, "ld"),
+                         ("b", "L1", in_dtype, tile_k, tile_n, "ld"),
+                         ("c", "ACC", acc_dtype, tile_m, tile_n, "out")])
+    step = (Load("a", a_view), Load("b", b_view), Mma(in_dtype, acc_dtype, "c", "a", "b"))
+    return Nest(extents, tile, kinds, tuple(buffers), (), step, (Store(c_view, "c"),))
+
+
+# ------------------------------------------------------------------ elementwise bodies
+
+UNARY = {"neg": "NEG", "abs": "ABS", "exp": "EXP", "log": "LOG", "sqrt": "SQRT",
+         "rsqrt": "RSQRT", "reciprocal": "RCP", "tanh": "TANH", "sigmoid": "SIGM",
+         "relu": "RELU", "erf": "ERF", "sin": "SIN", "cos": "COS", "floor": "FLOOR",
+         "ceil": "CEIL", "sign": "SIGN"}
+BINARY = {"add": "ADD", "sub": "SUB", "mul": "MUL", "div": "DIV", "pow": "POW",
+          "maximum": "MAX", "minimum": "MIN"}
+COMPARE = ("lt", "le", "gt", "ge", "eq", "ne")
+ELEMENTWISE = set(UNARY) | set(BINARY) | set(COMPARE) | {"gelu", "cast", "where"}
+
+
+def elementwise_body(kind: str, attrs: dict, cdt: str):
+    """The vector statements of one elementwise op in compute dtype `cdt`."""
+
+    def body(ins, out, _axis_map):
+        if kind == "cast":
+            return [Vec("COPY", _vx_dtype(attrs["dtype"]), out, (ins[0],))]
+        if kind in UNARY:
+            if cdt == "i32" and kind in ("floor", "ceil"):
+                return [Vec("COPY", cdt, out, (ins[0],))]
+            return [Vec(UNARY[kind], cdt, out, (ins[0],))]
+        if kind == "gelu":
+            if attrs.get("approximate", True):
+                return [Vec("GELU", cdt, out, (ins[0],))]
+            # 0.5 x (1 + erf(x / sqrt 2))
+            return [Vec("MUL", cdt, out, (ins[0], 0.7071067811865476)),
+                    Vec("ERF", cdt, out, (out,)),
+                    Vec("ADD", cdt, out, (out, 1.0)),
+                    Vec("MUL", cdt, out, (out, ins[0])),
+                    Vec("MUL", cdt, out, (out, 0.5))]
+        if kind in BINARY:
+            return [Vec(BINARY[kind], cdt, out, (ins[0], ins[1]))]
+        if kind in COMPARE:
+            return [Vec(f"CMP.{kind}", cdt, out, (ins[0], ins[1]))]
+        if kind == "where":
+            return [Vec("SEL", cdt, out, (ins[0], ins[1], ins[2]))]
+        raise KeyError(kind)
+
+    return body
+
+
+def _vx_dtype(dtype: str) -> str:
+    """The vector dtype holding values of `dtype` unchanged (fp8 is not a vector type)."""
+    return "f32" if dtype == "fp8" else dtype
+
+
+def copy_body(dtype: str):
+    return lambda ins, out, _axis_map: [Vec("COPY", dtype, out, (ins[0],))]
+
+
+# ------------------------------------------------------------------ the lowering driver
+
+
+class Lowering:
+    """Walks a Graph IR function and builds GM tensors and one kernel per non-view op."""
+
+    def __init__(self, fn, machine):
+        self.fn = fn
+        self.machine = machine
+        self.tensors: dict[str, Tensor] = {}
+        self.spans: dict[str, object] = {}  # tensor name -> source span that creates it
+        self.kernels: list[Kernel] = []
+        self.views: dict[int, TensorView] = {}
+        self._names: set[str] = set()
+
+    def _fresh(self, base: str) -> str:
+        name, n = base, 1
+        while name in self._names:
+            name = f"{base}_{n}"
+            n += 1
+        self._names.add(name)
+        return name
+
+    def new_tensor(self, base: str, type_, role: str, span) -> TensorView:
+        name = self._fresh(base)
+        shape = tuple(type_.shape)
+        self.tensors[name] = Tensor(name, type_.dtype, shape, role)
+        self.spans[name] = span
+        return TensorView(name, type_.dtype, 0, shape, row_major(shape))
+
+    def kernel(self, name: str, op_ids, nests, span) -> None:
+        for nest in nests:
+            check_fits(nest, self.machine, span)
+        self.kernels.append(Kernel(f"{name}_{len(self.kernels)}", tuple(op_ids), tuple(nests)))
+
+    def copy_nest(self, src: TensorView, dst: TensorView) -> Nest:
+        dtype = _vx_dtype(src.dtype) if src.dtype == dst.dtype else compute_dtype(dst.dtype)
+        return map_nest(dst.shape, [(src.nest_view(), dtype, 0.0)], copy_body(dtype),
+                        dst.nest_view(), dtype, self.machine)
+
+    def run(self) -> tuple[list[Tensor], list[Kernel], dict[str, object]]:
+        fn = self.fn
+        for param in fn.params:
+            self.views[param.id] = self.new_tensor(param.name, param.type, "in",
+                                                   getattr(param, "span", None))
+        for op in fn.ops:
+            self.lower_op(op)
+        outputs = []
+        seen: set[str] = set()
+        producers = {op.result.id: op for op in fn.ops}
+        for index, value in enumerate(fn.outputs):
+            view = self.views[value.id]
+            tensor = self.tensors[view.tensor]
+            whole = (view.offset == 0 and view.shape == tensor.shape and view.contiguous)
+            if whole and tensor.role == "temp" and view.tensor not in seen:
+                self.tensors[view.tensor] = replace(tensor, role="out")
+                outputs.append(view.tensor)
+            else:
+                op = producers.get(value.id)
+                span = op.span if op is not None else None
+                dst = self.new_tensor(f"out{index}", value.type, "out", span)
+                self.kernel("copy", (op.id,) if op else (), [self.copy_nest(view, dst)], span)
+                outputs.append(dst.tensor)
+            seen.add(outputs[-1])
+        ins = [self.tensors[self.views[p.id].tensor] for p in fn.params]
+        outs = [self.tensors[name] for name in outputs]
+        rest = [t for t in self.tensors.values() if t.role == "temp"]
+        return ins + outs + rest, self.kernels, self.spans
+
+    # -------------------------------------------------------------- one op
+
+    def lower_op(self, op) -> None:
+        kind, attrs = op.kind, op.attrs
+        ins = [self.views[v.id] for v in op.inputs]
+        rtype = op.result.type
+        view_result = self.view_op(kind, attrs, ins, rtype)
+        if view_result is not None:
+            self.views[op.id] = view_result
+            return
+        out = self.new_tensor(f"t{op.id}", rtype, "temp", op.span)
+        self.views[op.id] = out
+        nests = self.compute_op(op, ins, out)
+        self.kernel(kind, (op.id,), nests, op.span)
+
+    def view_op(self, kind, attrs, ins, rtype) -> TensorView | None:
+        if kind == "transpose":
+            return ins[0].transpose(attrs["perm"])
+        if kind == "slice":
+            return ins[0].slice(attrs["starts"], attrs["stops"], attrs["steps"])
+        if kind == "broadcast_to":
+            return ins[0].broadcast(tuple(attrs["shape"]))
+        if kind == "reshape":
+            return ins[0].reshape(tuple(rtype.shape))
+        return None
+
+    def compute_op(self, op, ins: list[TensorView], out: TensorView) -> list[Nest]:
+        kind, attrs, machine = op.kind, op.attrs, self.machine
+        shape = out.shape
+        if kind in ELEMENTWISE:
+            if kind == "cast":
+                load_dtypes = [_vx_dtype(attrs["dtype"])]
+                out_dtype = load_dtypes[0]
+            elif kind == "where":
+                cdt = compute_dtype(out.dtype)
+                load_dtypes = ["bool", cdt, cdt]
+                out_dtype = cdt
+            else:
+                cdt = compute_dtype(ins[0].dtype)
+                load_dtypes = [cdt] * len(ins)
+                out_dtype = "bool" if kind in COMPARE else cdt
+            cdt = compute_dtype(ins[-1].dtype)
+            loads = [(v.broadcast(shape).nest_view(), dt, 0.0) for v, dt in zip(ins, load_dtypes)]
+            return [map_nest(shape, loads, elementwise_body(kind, attrs, cdt), out.nest_view(),
+                             out_dtype, machine)]
+        if kind == "constant":
+            cdt = compute_dtype(out.dtype)
+            value = clamp_value(attrs["value"], out.dtype)
+            return [map_nest(shape, [], lambda i, o, m: [Vec("DUP", cdt, o, (value,))],
+                             out.nest_view(), cdt, machine)]
+        if kind == "iota":
+            cdt = compute_dtype(out.dtype)
+            return [map_nest(shape, [], lambda i, o, m: [Iota(cdt, o, m[0])], out.nest_view(),
+                             cdt, machine)]
+        if kind == "pad":
+            src = ins[0]
+            cdt = compute_dtype(src.dtype)
+            value = clamp_value(attrs["value"], src.dtype)
+            lows = tuple(lo for lo, _ in attrs["pads"])
+            view = View(src.tensor, src.dtype, src.offset, tuple(range(len(shape))), src.shape,
+                        src.strides, lows)
+            return [map_nest(shape, [(view, cdt, value)], copy_body(cdt), out.nest_view(), cdt,
+                             machine)]
+        if kind == "concat":
+            axis = attrs["axis"]
+            nests, start = [], 0
+            for src in ins:
+                part = replace(out, offset=out.offset + start * out.strides[axis],
+                               shape=src.shape)
+                nests.append(self.copy_nest(src, part))
+                start += src.shape[axis]
+            return nests
+        if kind == "reshape":  # a non-contiguous source: materialise, then view
+            tmp = ins[0]
+            return [self.copy_nest(tmp, replace(out, shape=tmp.shape,
+                                                strides=row_major(tmp.shape)))]
+        if kind in REDUCE_OPS:
+            return [reduce_nest(ins[0], tuple(attrs["axes"]), out, REDUCE_OPS[kind], machine)]
+        if kind == "matmul":
+            return [matmul_nest(ins[0], ins[1], out, machine)]
+        raise CompileError(f"the backend cannot lower op '{kind}' yet", op.span)
+
+
+def lower_function(fn, machine):
+    """(tensors in directive order, kernels, tensor name -> span of its creator)."""
+    return Lowering(fn, machine).run()

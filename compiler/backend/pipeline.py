@@ -1,0 +1,69 @@
+"""The backend pipeline: Graph IR function -> Kernel IR -> M890 program.
+
+Stages, in order (each has a text form): graph passes (the frontend's default pipeline,
+including `decompose`), `lower` (one kernel per non-view op, tiled for the machine), `hbm`
+(addresses), `codegen` (assembly text), `assemble` (an `isa` Program).
+
+`-O1`/`-O2` currently compile as `-O0`; the option is plumbed for the fusion pass.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from compiler.backend.codegen import generate
+from compiler.backend.hbm import plan_hbm
+from compiler.backend.kernel_ir import KernelProgram, print_kernels
+from compiler.backend.lower import lower_function
+
+
+@dataclass(frozen=True)
+class CompileOptions:
+    """Everything that changes the compiled code (hashable: it can key a cache)."""
+
+    opt_level: int = 2
+    disabled_passes: tuple[str, ...] = ()
+    tune: bool = False
+
+
+@dataclass
+class CompiledProgram:
+    """The result of `compile_function`: every stage's output."""
+
+    graph: object                # the Graph IR after the graph passes
+    kernels: KernelProgram       # planned Kernel IR (tensors have addresses)
+    asm_text: str
+    program: object              # isa.program.Program
+    spans: dict = field(default_factory=dict)
+
+    @property
+    def kernel_count(self) -> int:
+        return len(self.kernels.kernels)
+
+    @property
+    def kernels_text(self) -> str:
+        return print_kernels(self.kernels)
+
+
+def graph_passes(fn, options: CompileOptions):
+    """The frontend's default graph pipeline (decompose and friends) for `options`."""
+    try:
+        from compiler.passes import default_pipeline, run_pipeline
+    except ImportError:
+        return fn
+    names = [name for name in default_pipeline(options.opt_level)
+             if name not in options.disabled_passes]
+    return run_pipeline(fn, names)
+
+
+def compile_function(fn, machine, options: CompileOptions = CompileOptions()
+                     ) -> CompiledProgram:
+    """Compile a Graph IR function for `machine`; CompileError when it cannot fit."""
+    from isa.asm import parse_assembly
+
+    graph = graph_passes(fn, options)
+    tensors, kernels, spans = lower_function(graph, machine)
+    planned = plan_hbm(KernelProgram(tuple(tensors), tuple(kernels)), machine.hbm_bytes, spans)
+    asm_text = generate(planned)
+    program = parse_assembly(asm_text, "<compiled>")
+    return CompiledProgram(graph, planned, asm_text, program, spans)

@@ -1,0 +1,171 @@
+"""`zhenwu run prog.zt`: compile for the machine, run on the interpreter (DESIGN.md section 9).
+
+Inputs come from `-i NAME=FILE.npy` / `--inputs IN.npz` (symbolic dims are bound from their
+shapes and `--shape`), missing ones from a seeded normal distribution. Prints each output's
+shape, the cycles and the simulated time. `--check` also runs the reference evaluator on the
+same inputs and prints, per output, the largest error relative to the output's scale; beyond
+the dtype's tolerance the command fails with exit status 1. `--report` writes the
+interpreter's report plus `kernels`, `roofline_cycles` and `efficiency`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+
+from isa.errors import Diagnostic, InputError, UsageError
+
+
+def parse_shapes(pairs: list[str]) -> dict[str, int]:
+    """`--shape B=64` options as a dict; a malformed one is an InputError."""
+    shapes: dict[str, int] = {}
+    for pair in pairs or []:
+        name, sep, value = pair.partition("=")
+        try:
+            shapes[name.strip()] = int(value)
+        except ValueError:
+            sep = ""
+        if not sep or not name.strip():
+            raise InputError(f"--shape '{pair}': expected SYM=N with an integer N")
+    return shapes
+
+
+def _given_inputs(args) -> dict[str, np.ndarray]:
+    from compiler.commands.run_asm import load_inputs  # noqa: F401  (same file formats)
+    import zipfile
+
+    given: dict[str, np.ndarray] = {}
+    if args.inputs:
+        try:
+            with np.load(args.inputs, allow_pickle=False) as archive:
+                given.update({key: archive[key] for key in archive.files})
+        except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
+            raise InputError(f"cannot read inputs '{args.inputs}': {err}") from None
+    for pair in args.input or []:
+        name, sep, file = pair.partition("=")
+        if not sep or not name or not file:
+            raise InputError(f"-i '{pair}': expected NAME=FILE.npy")
+        try:
+            given[name] = np.load(file, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as err:
+            raise InputError(f"-i {name}: cannot read '{file}': {err}") from None
+    return given
+
+
+def prepare(args):
+    """(function, inputs by parameter name) for the `run` options."""
+    from compiler.frontend import load_program
+
+    given = _given_inputs(args)
+    shapes = parse_shapes(args.shape)
+    fn = load_program(args.program, entry=args.entry, shapes=shapes,
+                      input_shapes={k: tuple(v.shape) for k, v in given.items()})
+    names = {p.name for p in fn.params}
+    for name in given:
+        if name not in names:
+            raise InputError(f"input '{name}' is not a parameter of '{fn.name}' "
+                             f"(parameters: {', '.join(sorted(names)) or 'none'})")
+    rng = np.random.default_rng(args.seed)
+    inputs: dict[str, np.ndarray] = {}
+    for param in fn.params:
+        if param.name in given:
+            inputs[param.name] = np.asarray(given[param.name])
+            continue
+        value = rng.standard_normal(param.type.shape, dtype=np.float32)
+        if param.type.dtype in ("i32", "i8"):
+            value = np.round(value * 4)
+        elif param.type.dtype == "bool":
+            value = value > 0
+        inputs[param.name] = value
+    from compiler.graph.dtypes import np_dtype
+
+    typed = {}
+    for param in fn.params:
+        value = np.asarray(inputs[param.name])
+        typed[param.name] = value.astype(np_dtype(param.type.dtype)) if value.dtype.kind in "fbiu" \
+            else value
+    return fn, typed
+
+
+def relative_error(got: np.ndarray, want: np.ndarray) -> float:
+    """max|got - want| / max(max|want|, tiny); inf when shapes or non-finite places differ."""
+    got64 = np.asarray(got, dtype=np.float64)
+    want64 = np.asarray(want, dtype=np.float64)
+    if got64.shape != want64.shape:
+        return float("inf")
+    if got64.size == 0:
+        return 0.0
+    same_nan = np.isnan(got64) & np.isnan(want64)
+    same_inf = np.isinf(got64) & (got64 == want64)
+    finite = np.isfinite(want64) & np.isfinite(got64)
+    if not np.all(finite | same_nan | same_inf):
+        return float("inf")
+    scale = max(float(np.max(np.abs(want64[finite]), initial=0.0)), 1e-30)
+    diff = np.abs(got64[finite] - want64[finite])
+    return float(np.max(diff, initial=0.0)) / scale
+
+
+def report_json(report, compiled, fn, machine) -> dict:
+    """The interpreter's report plus `kernels`, `roofline_cycles` and `efficiency`."""
+    from compiler.roofline import roofline
+
+    data = report.to_json()
+    bound = roofline(compiled.graph, machine)
+    if "kernels" in data:
+        data["kernel_times"] = data.pop("kernels")
+    data["kernels"] = compiled.kernel_count
+    data["roofline_cycles"] = bound.cycles
+    data["efficiency"] = bound.cycles / report.cycles if report.cycles else 0.0
+    return data
+
+
+def run_compiled(args) -> int:
+    from compiler.backend.pipeline import CompileOptions, compile_function
+    from compiler.commands.run_asm import _write_text, write_outputs
+    from isa.machine import load_machine
+    from runtime import run_program
+
+    if getattr(args, "chips", 1) != 1:
+        raise UsageError(f"--chips {args.chips}: multi-chip runs are not supported yet")
+    machine = load_machine(args.machine)
+    fn, inputs = prepare(args)
+    start = time.perf_counter()
+    compiled = compile_function(fn, machine, CompileOptions(opt_level=int(args.opt),
+                                                            tune=bool(args.tune)))
+    compile_seconds = time.perf_counter() - start
+    result = run_program(compiled.program, machine, inputs, timing_only=args.timing_only,
+                         max_instructions=args.max_instructions, trace=bool(args.trace))
+    outputs = list(result.outputs.values())
+    if args.output:
+        write_outputs(args.output, outputs)
+    report = result.report
+    if args.report:
+        data = report_json(report, compiled, fn, machine)
+        data["compile_seconds"] = round(compile_seconds, 6)
+        _write_text(args.report, json.dumps(data, indent=2) + "\n")
+    if args.trace and result.trace is not None:
+        _write_text(args.trace, json.dumps(result.trace))
+    for index, value in enumerate(outputs):
+        print(f"out{index}: {fn.outputs[index].type.dtype} {list(value.shape)}")
+    status = 0
+    if args.check:
+        if args.timing_only:
+            raise UsageError("--check needs the math: drop --timing-only")
+        from compiler.graph.dtypes import tolerance
+        from compiler.reference import evaluate
+
+        want = evaluate(fn, inputs)
+        for index, (got, ref, value) in enumerate(zip(outputs, want, fn.outputs)):
+            err = relative_error(got, ref)
+            tol = tolerance(value.type.dtype)
+            verdict = "ok" if err <= tol else "FAIL"
+            print(f"check out{index}: max relative error {err:.3g} (tolerance {tol:g}) {verdict}")
+            if err > tol:
+                status = 1
+    print(f"kernels {compiled.kernel_count}  compile {compile_seconds:.3f} s")
+    print(f"cycles {report.cycles}  simulated time {report.seconds * 1e6:.3f} us")
+    if status:
+        raise Diagnostic("the compiled program does not match the reference evaluator")
+    return status
