@@ -1,0 +1,55 @@
+"""`zhenwu ir prog.zt`: check a program, run graph passes, print the Graph IR.
+
+By default the default graph pipeline runs (the IR the backend receives); `--passes a,b`
+runs those instead (`--passes=` runs none: the IR straight from the checker).
+`--print-ir-after-all` / `--print-ir-after PASS` print the IR between passes,
+`--time-passes` prints the time of each pass to stderr, `--disable-pass P` skips a pass,
+`--dot FILE` writes the final graph for Graphviz.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from compiler.frontend import load_program
+from compiler.graph.ir import to_dot
+from compiler.graph.printer import print_function
+from compiler.inputs import parse_shape_options
+from compiler.passes import default_graph_pipeline, get_pass, parse_pipeline, run_pipeline
+from isa.errors import InputError
+
+
+def run(args) -> int:
+    fn = load_program(args.program, entry=args.entry, shapes=parse_shape_options(args.shape))
+    passes = default_graph_pipeline() if args.passes is None else parse_pipeline(args.passes)
+    for name in list(args.print_ir_after) + list(args.disable_pass):
+        get_pass(name)  # unknown names are usage errors
+    timings: list[tuple[str, float]] = []
+    out = sys.stdout
+
+    if args.print_ir_after_all:
+        out.write("// ----- IR after the frontend -----\n")
+        out.write(print_function(fn))
+
+    def after_pass(graph_pass, fn_after, seconds):
+        timings.append((graph_pass.name, seconds))
+        if args.print_ir_after_all or graph_pass.name in args.print_ir_after:
+            out.write(f"// ----- IR after {graph_pass.name} -----\n")
+            out.write(print_function(fn_after))
+
+    fn = run_pipeline(fn, passes, callback=after_pass, disabled=args.disable_pass)
+    if not (args.print_ir_after_all or args.print_ir_after):
+        out.write(print_function(fn))
+    if args.time_passes:
+        total = sum(seconds for _, seconds in timings)
+        lines = ["pass                 time (ms)"]
+        lines += [f"{name:<20} {seconds * 1e3:9.3f}" for name, seconds in timings]
+        lines.append(f"{'total':<20} {total * 1e3:9.3f}")
+        print("\n".join(lines), file=sys.stderr)
+    if args.dot:
+        try:
+            Path(args.dot).write_text(to_dot(fn))
+        except OSError as err:
+            raise InputError(f"{args.dot}: cannot write ({err})") from None
+    return 0

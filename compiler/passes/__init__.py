@@ -1,0 +1,38 @@
+"""Graph passes (DESIGN.md section 4), one module each, registered by kebab-case name.
+
+```python
+from compiler.passes import default_graph_pipeline, run_pipeline
+fn = run_pipeline(fn, default_graph_pipeline(), callback=lambda p, fn, seconds: ...)
+```
+After `default_graph_pipeline()` a function holds only primitive op kinds.
+"""
+
+from __future__ import annotations
+
+from compiler.passes.pass_base import (
+    PASSES,
+    GraphPass,
+    get_pass,
+    parse_pipeline,
+    register_pass,
+    run_pipeline,
+)
+
+
+def load_all() -> None:
+    """Import every pass module so that each registers itself."""
+    from compiler.passes import canonicalize, constant_fold, cse, dce, decompose  # noqa: F401
+
+
+def default_graph_pipeline() -> list[GraphPass]:
+    """The graph passes of a normal compile, in order; the result is primitives only."""
+    load_all()
+    names = ["canonicalize", "constant-fold", "decompose", "canonicalize", "constant-fold",
+             "cse", "dce"]
+    return [get_pass(name) for name in names]
+
+
+load_all()
+
+__all__ = ["PASSES", "GraphPass", "default_graph_pipeline", "get_pass", "load_all",
+           "parse_pipeline", "register_pass", "run_pipeline"]

@@ -1,0 +1,105 @@
+"""`canonicalize`: local algebraic simplifications, as rewrite rules.
+
+Each rule removes an op that does nothing (reshape/transpose/broadcast/cast/slice/pad to the
+same thing, x + 0, x * 1, x - 0, x / 1, --x) or merges a pair (reshape of reshape, transpose of
+transpose), and `x ** 2` becomes `x * x`. A rule only fires when the result type is unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from compiler.graph.ir import Op, Value
+from compiler.passes.pass_base import GraphPass, register_pass
+from compiler.passes.rewrite import Rewriter, rewrite
+
+
+def _same_type(op: Op, value: Value) -> Value | None:
+    return value if value.type == op.result.type else None
+
+
+def noop_shape(op: Op, rw: Rewriter) -> Value | None:
+    """reshape/broadcast_to/transpose/slice/pad/concat/cast that leave the value as it is."""
+    if op.kind in ("reshape", "broadcast_to", "cast", "slice", "pad", "concat", "transpose"):
+        if len(op.inputs) == 1 and op.inputs[0].type == op.result.type:
+            if op.kind == "transpose" and op.attrs["perm"] != tuple(range(op.result.type.rank)):
+                return None
+            if op.kind == "slice" and (any(op.attrs["starts"]) or
+                                       any(s != 1 for s in op.attrs["steps"])):
+                return None
+            if op.kind == "pad" and any(p != (0, 0) for p in op.attrs["pads"]):
+                return None
+            return op.inputs[0]
+    return None
+
+
+def reshape_of_reshape(op: Op, rw: Rewriter) -> Value | None:
+    if op.kind != "reshape":
+        return None
+    inner = rw.producer(op.inputs[0])
+    if inner is None or inner.kind != "reshape":
+        return None
+    return rw.emit("reshape", [inner.inputs[0]], {"shape": op.attrs["shape"]})
+
+
+def transpose_of_transpose(op: Op, rw: Rewriter) -> Value | None:
+    if op.kind != "transpose":
+        return None
+    inner = rw.producer(op.inputs[0])
+    if inner is None or inner.kind != "transpose":
+        return None
+    perm = tuple(inner.attrs["perm"][p] for p in op.attrs["perm"])
+    if perm == tuple(range(len(perm))):
+        return inner.inputs[0]
+    return rw.emit("transpose", [inner.inputs[0]], {"perm": perm})
+
+
+_IDENTITY = {"add": (0, 1), "sub": (0, None), "mul": (1, 1), "div": (1, None)}
+
+
+def identity_operand(op: Op, rw: Rewriter) -> Value | None:
+    """x + 0, 0 + x, x - 0, x * 1, 1 * x, x / 1 (when the result type is x's)."""
+    if op.kind not in _IDENTITY:
+        return None
+    unit, _ = _IDENTITY[op.kind]
+    a, b = op.inputs
+    if rw.constant_value(b) == unit and rw.constant_value(b) is not True:
+        return _same_type(op, a)
+    if op.kind in ("add", "mul") and rw.constant_value(a) == unit:
+        if rw.constant_value(a) is not True:
+            return _same_type(op, b)
+    return None
+
+
+def double_negation(op: Op, rw: Rewriter) -> Value | None:
+    if op.kind != "neg":
+        return None
+    inner = rw.producer(op.inputs[0])
+    if inner is not None and inner.kind == "neg":
+        return inner.inputs[0]
+    return None
+
+
+def square(op: Op, rw: Rewriter) -> Value | None:
+    """x ** 2 -> x * x (when the exponent broadcasts to nothing new)."""
+    if op.kind != "pow" or rw.constant_value(op.inputs[1]) != 2:
+        return None
+    x = op.inputs[0]
+    if x.type != op.result.type:
+        return None
+    return rw.emit("mul", [x, x])
+
+
+RULES = [noop_shape, reshape_of_reshape, transpose_of_transpose, identity_operand,
+         double_negation, square]
+
+
+@register_pass
+@dataclass(frozen=True)
+class Canonicalize(GraphPass):
+    """Local simplifications (see the module docstring); run before and after others."""
+
+    name = "canonicalize"
+
+    def apply(self, fn):
+        return rewrite(fn, RULES)

@@ -1,0 +1,41 @@
+"""`cse`: common subexpression elimination.
+
+Two ops of the same kind on the same operands with the same attributes compute the same
+value; the later one is replaced by the earlier (which keeps its span and origin).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from compiler.graph.ir import Op, Value
+from compiler.graph.printer import format_attr
+from compiler.passes.pass_base import GraphPass, register_pass
+from compiler.passes.rewrite import Rewriter, rewrite
+
+
+def op_key(op: Op) -> tuple:
+    """What makes two ops equal: kind, operands, attributes (by their printed form, so that
+    0.0 and -0.0 or 1 and 1.0 stay apart)."""
+    attrs = tuple(sorted((k, format_attr(v)) for k, v in op.attrs.items()))
+    return (op.kind, tuple(v.id for v in op.inputs), attrs, op.result.type)
+
+
+@register_pass
+@dataclass(frozen=True)
+class CSE(GraphPass):
+    """Replace repeated computations by the first one."""
+
+    name = "cse"
+
+    def apply(self, fn):
+        seen: dict[tuple, Value] = {}
+
+        def reuse(op: Op, rw: Rewriter) -> Value | None:
+            key = op_key(op)
+            if key in seen:
+                return seen[key]
+            seen[key] = op.result
+            return None
+
+        return rewrite(fn, [reuse])

@@ -1,0 +1,164 @@
+"""`decompose`: rewrite the non-primitive op kinds into primitives, one rule per kind.
+
+After this pass a function holds only the primitives of docs/internals.md section 2
+(`compiler.graph.ops.PRIMITIVES`). The new ops keep the span of the op they replace, and
+their origin is the replaced op's origin or `kind#n` (`conv2d#1`), so that fusion can find
+the group again.
+
+- `conv2d` (NCHW/OIHW, stride, padding, dilation, groups): im2col. Pad, one strided slice
+  per kernel tap, concat of the taps, reshape to [N, G, Cg*KH*KW, OH*OW], and one batched
+  matmul with the weights reshaped to [G, O/G, Cg*KH*KW].
+- `maxpool2d`: pad with the lowest value, one strided slice per tap, a `maximum` chain.
+- `avgpool2d`: pad with 0, a sum of the taps, divided by the number of non-padding elements
+  under each window (the same taps over a padded ones tensor; a constant without padding).
+- `einsum` (one or two operands): sum out letters used by one operand only, transpose each
+  operand to [batch, free, contracted], reshape to 3-D, one batched matmul, reshape and
+  transpose to the output order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from math import prod
+
+from compiler.graph.dtypes import is_float, limits
+from compiler.graph.ir import Function, Op, Value
+from compiler.graph.ops import parse_einsum
+from compiler.passes.pass_base import GraphPass, register_pass
+from compiler.passes.rewrite import Rewriter, rewrite
+
+
+def _reshape(rw: Rewriter, x: Value, shape) -> Value:
+    shape = tuple(shape)
+    return x if x.type.shape == shape else rw.emit("reshape", [x], {"shape": shape})
+
+
+def _transpose(rw: Rewriter, x: Value, perm) -> Value:
+    perm = tuple(perm)
+    return x if perm == tuple(range(len(perm))) else rw.emit("transpose", [x], {"perm": perm})
+
+
+def _pad_spatial(rw: Rewriter, x: Value, pads, value) -> Value:
+    if all(p == (0, 0) for p in pads):
+        return x
+    return rw.emit("pad", [x], {"pads": ((0, 0), (0, 0)) + tuple(pads), "value": value})
+
+
+def _taps(rw: Rewriter, x: Value, kernel, strides, dilation, out_hw):
+    """One strided slice of x (N, C, H, W) per kernel tap, each [N, C, OH, OW]."""
+    n, c = x.type.shape[:2]
+    for i in range(kernel[0]):
+        for j in range(kernel[1]):
+            hs, ws = i * dilation[0], j * dilation[1]
+            stops = (n, c, hs + strides[0] * (out_hw[0] - 1) + 1,
+                     ws + strides[1] * (out_hw[1] - 1) + 1)
+            yield rw.emit("slice", [x], {"starts": (0, 0, hs, ws), "stops": stops,
+                                         "steps": (1, 1) + tuple(strides)})
+
+
+def _conv2d(op: Op, rw: Rewriter) -> Value:
+    x, w = op.inputs
+    n, c, _, _ = x.type.shape
+    o, cg, kh, kw = w.type.shape
+    oh, ow = op.result.type.shape[2:]
+    groups = op.attrs["groups"]
+    padded = _pad_spatial(rw, x, op.attrs["pads"], 0.0 if is_float(x.type.dtype) else 0)
+    taps = [_reshape(rw, t, (n, groups, cg, 1, oh * ow))
+            for t in _taps(rw, padded, (kh, kw), op.attrs["strides"], op.attrs["dilation"],
+                           (oh, ow))]
+    patches = taps[0] if len(taps) == 1 else rw.emit("concat", taps, {"axis": 3})
+    patches = _reshape(rw, patches, (n, groups, cg * kh * kw, oh * ow))
+    weights = _reshape(rw, w, (groups, o // groups, cg * kh * kw))
+    out = rw.emit("matmul", [weights, patches])  # [N, G, O/G, OH*OW]
+    return _reshape(rw, out, (n, o, oh, ow))
+
+
+def _pool(op: Op, rw: Rewriter) -> Value:
+    (x,) = op.inputs
+    dtype = x.type.dtype
+    kernel, strides, pads = op.attrs["kernel"], op.attrs["strides"], op.attrs["pads"]
+    out_hw = op.result.type.shape[2:]
+    if op.kind == "maxpool2d":
+        lowest = limits(dtype)[0]
+        padded = _pad_spatial(rw, x, pads, lowest)
+        result = None
+        for tap in _taps(rw, padded, kernel, strides, (1, 1), out_hw):
+            result = tap if result is None else rw.emit("maximum", [result, tap])
+        return result
+    padded = _pad_spatial(rw, x, pads, 0.0)
+    total = None
+    for tap in _taps(rw, padded, kernel, strides, (1, 1), out_hw):
+        total = tap if total is None else rw.emit("add", [total, tap])
+    if all(p == (0, 0) for p in pads):
+        count = rw.emit("constant", [], {"value": float(kernel[0] * kernel[1]), "dtype": dtype,
+                                         "shape": ()})
+    else:
+        ones = rw.emit("constant", [], {"value": 1.0, "dtype": dtype,
+                                        "shape": (1, 1) + x.type.shape[2:]})
+        ones = _pad_spatial(rw, ones, pads, 0.0)
+        count = None
+        for tap in _taps(rw, ones, kernel, strides, (1, 1), out_hw):
+            count = tap if count is None else rw.emit("add", [count, tap])
+    return rw.emit("div", [total, count])
+
+
+def _einsum(op: Op, rw: Rewriter) -> Value:
+    operands = list(op.inputs)
+    inputs, output = parse_einsum(op.attrs["spec"], [v.type.rank for v in operands])
+    sizes = {}
+    for letters, value in zip(inputs, operands):
+        sizes.update(zip(letters, value.type.shape))
+    # Sum out the letters only one operand uses and the output drops.
+    for index, letters in enumerate(inputs):
+        others = set("".join(inputs[:index] + inputs[index + 1:])) | set(output)
+        axes = tuple(i for i, ch in enumerate(letters) if ch not in others)
+        if axes:
+            operands[index] = rw.emit("reduce_sum", [operands[index]],
+                                      {"axes": axes, "keepdims": False})
+            inputs[index] = "".join(ch for ch in letters if ch in others)
+    if len(operands) == 1:
+        (letters,) = inputs
+        return _transpose(rw, operands[0], [letters.index(ch) for ch in output])
+    a_letters, b_letters = inputs
+    batch = [ch for ch in output if ch in a_letters and ch in b_letters]
+    contract = [ch for ch in a_letters if ch in b_letters and ch not in output]
+    a_free = [ch for ch in a_letters if ch not in b_letters]
+    b_free = [ch for ch in b_letters if ch not in a_letters]
+
+    def size(letters):
+        return prod(sizes[ch] for ch in letters)
+
+    a = _transpose(rw, operands[0], [a_letters.index(ch) for ch in batch + a_free + contract])
+    a = _reshape(rw, a, (size(batch), size(a_free), size(contract)))
+    b = _transpose(rw, operands[1], [b_letters.index(ch) for ch in batch + contract + b_free])
+    b = _reshape(rw, b, (size(batch), size(contract), size(b_free)))
+    product = rw.emit("matmul", [a, b])
+    letters = batch + a_free + b_free
+    product = _reshape(rw, product, [sizes[ch] for ch in letters])
+    return _transpose(rw, product, [letters.index(ch) for ch in output])
+
+
+DECOMPOSITIONS = {"conv2d": _conv2d, "maxpool2d": _pool, "avgpool2d": _pool,
+                  "einsum": _einsum}
+
+
+@register_pass
+@dataclass(frozen=True)
+class Decompose(GraphPass):
+    """Rewrite conv2d, pools and einsum into primitive ops."""
+
+    name = "decompose"
+
+    def apply(self, fn: Function) -> Function:
+        counts: dict[str, int] = {}
+
+        def lower(op: Op, rw: Rewriter) -> Value | None:
+            rule = DECOMPOSITIONS.get(op.kind)
+            if rule is None:
+                return None
+            if op.origin is None:
+                counts[op.kind] = counts.get(op.kind, 0) + 1
+                op.origin = f"{op.kind}#{counts[op.kind]}"
+            return rule(op, rw)
+
+        return rewrite(fn, [lower])
