@@ -1,0 +1,451 @@
+"""M890 assembly text: `parse_assembly` (text -> Program) and `print_program` (Program -> text).
+
+The grammar is isa/asm.lark. Words are classified after parsing by the operand kinds of the
+instruction they belong to (`r3` is a register where a register is expected, an address
+`r3+16` in a tile, ...), so that every operand error names the instruction and its legal
+forms. Every error is an `AssemblyError` with the line and column of the offending token.
+
+The printer writes the canonical form: `.machine`, then the `.tensor` directives, then the
+instructions (indented four spaces) with their labels and `.kernel` markers; comments are
+not kept. `print_program(parse_assembly(print_program(p))) == print_program(p)`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import lark
+
+from isa.dtypes import DTYPES
+from isa.errors import AssemblyError, SourceSpan
+from isa.instructions import INSTRUCTIONS, InstrDef, InstrError, validate
+from isa.instructions.base import KIND_TEXT
+from isa.program import (
+    MAX_RANK,
+    TENSOR_ROLES,
+    Addr,
+    DescRef,
+    DReg,
+    Event,
+    FImm,
+    Imm,
+    Instruction,
+    IntList,
+    Keyword,
+    LabelRef,
+    Marker,
+    Option,
+    Predicate,
+    Program,
+    Reg,
+    Symbol,
+    TensorDecl,
+    Tile,
+)
+
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_REG = re.compile(r"r([0-9]+)")
+_DREG = re.compile(r"d([0-9]+)")
+_EVENT = re.compile(r"E([0-9]+)")
+_MAX_INT_DIGITS = 40
+DIRECTIVES = ("machine", "tensor", "kernel")
+
+
+@functools.cache
+def _parser() -> lark.Lark:
+    grammar = (Path(__file__).parent / "asm.lark").read_text()
+    return lark.Lark(grammar, parser="lalr", maybe_placeholders=True)
+
+
+@dataclass
+class _Arg:
+    """An operand as written, before it is classified (internal)."""
+
+    kind: str  # word word_offset word_count int float indexed list
+    span: SourceSpan
+    name: str = ""
+    value: int | float = 0
+    items: tuple[_Arg, ...] = ()
+
+    @property
+    def text(self) -> str:
+        line = self.span.source_line() or ""
+        if self.span.end_line in (None, self.span.line) and self.span.end_col is not None:
+            return line[self.span.col - 1:self.span.end_col - 1]
+        return line[self.span.col - 1:].rstrip()
+
+
+class _Reader:
+    """Turns one parse tree into a Program (internal)."""
+
+    def __init__(self, text: str, filename: str):
+        self.text = text
+        self.filename = filename
+
+    # ---- spans and errors ---------------------------------------------------------
+    def span(self, first, last=None) -> SourceSpan:
+        last = last or first
+        return SourceSpan(self.filename, first.line, first.column, last.end_line,
+                          last.end_column, self.text)
+
+    def error(self, message: str, span: SourceSpan, notes=()) -> AssemblyError:
+        return AssemblyError(message, span, notes=notes)
+
+    # ---- raw operands -------------------------------------------------------------
+    def tokens(self, tree) -> list[lark.Token]:
+        if isinstance(tree, lark.Token):
+            return [tree]
+        return [t for t in tree.scan_values(lambda v: isinstance(v, lark.Token))]
+
+    def int_value(self, token: lark.Token) -> int:
+        text = str(token)
+        if len(text) > _MAX_INT_DIGITS:
+            raise self.error(f"integer '{text[:20]}...' is too large", self.span(token))
+        return int(text, 16) if text[:2] in ("0x", "0X") else int(text, 10)
+
+    def arg(self, tree: lark.Tree) -> _Arg:
+        tokens = self.tokens(tree)
+        span = self.span(tokens[0], tokens[-1])
+        kind = tree.data
+        children = tree.children
+        if kind == "word":
+            return _Arg("word", span, name=str(children[0]))
+        if kind == "word_offset":
+            sign = -1 if children[1] == "-" else 1
+            return _Arg("word_offset", span, name=str(children[0]),
+                        value=sign * self.int_value(children[2]))
+        if kind == "word_count":
+            return _Arg("word_count", span, name=str(children[0]),
+                        value=self.int_value(children[1]))
+        if kind == "integer":
+            sign = -1 if children[0] is not None else 1
+            return _Arg("int", span, value=sign * self.int_value(children[1]))
+        if kind == "float":
+            return _Arg("float", span, value=float(str(children[0])[1:]))
+        if kind == "indexed":
+            return _Arg("indexed", span, name=str(children[0]),
+                        items=tuple(self.arg(c) for c in children[1].children))
+        if kind == "list":
+            items = () if children[0] is None else tuple(self.arg(c) for c in children[0].children)
+            return _Arg("list", span, items=items)
+        raise AssertionError(kind)
+
+    def args(self, tree) -> list[_Arg]:
+        return [] if tree is None else [self.arg(c) for c in tree.children]
+
+    # ---- classification -------------------------------------------------------------
+    def as_kind(self, arg: _Arg, kind: str):
+        """The operand `arg` as `kind`, or None when it is not of that kind."""
+        if kind == "reg" and arg.kind == "word" and (m := _REG.fullmatch(arg.name)):
+            return Reg(int(m[1]))
+        if kind == "dreg" and arg.kind == "word" and (m := _DREG.fullmatch(arg.name)):
+            return DReg(int(m[1]))
+        if kind == "imm" and arg.kind == "int":
+            return Imm(int(arg.value))
+        if kind == "fimm" and arg.kind == "float":
+            return FImm(float(arg.value))
+        if kind == "event" and arg.kind in ("word", "word_count") and (
+            m := _EVENT.fullmatch(arg.name)
+        ):
+            return Event(int(m[1]), int(arg.value) if arg.kind == "word_count" else 1)
+        if kind == "addr":
+            return self.as_addr(arg)
+        if kind == "tile" and arg.kind == "indexed" and arg.name in ("L1", "ACC"):
+            if not 1 <= len(arg.items) <= 3:
+                raise self.error(f"a tile is {arg.name}[base], {arg.name}[base, rs] or "
+                                 f"{arg.name}[base, rs, cs]", arg.span)
+            base = self.as_addr(arg.items[0])
+            if base is None:
+                raise self.error("a tile base is imm, rN or rN+imm (bytes)", arg.items[0].span)
+            strides = []
+            for item in arg.items[1:]:
+                if item.kind != "int" or int(item.value) < 0:
+                    raise self.error("a tile stride is a non-negative integer (elements)",
+                                     item.span)
+                strides.append(int(item.value))
+            strides += [None] * (2 - len(strides))
+            return Tile(arg.name, base, strides[0], strides[1])
+        if kind == "descref" and arg.kind == "indexed" and (m := _DREG.fullmatch(arg.name)):
+            coords = []
+            for item in arg.items:
+                coord = self.as_addr(item)
+                if coord is None:
+                    raise self.error("a coordinate is imm, rN or rN+imm", item.span)
+                coords.append(coord)
+            return DescRef(int(m[1]), tuple(coords))
+        if kind == "label" and arg.kind == "word" and _NAME.fullmatch(arg.name):
+            return LabelRef(arg.name)
+        if kind == "keyword" and arg.kind == "word":
+            return Keyword(arg.name)
+        if (kind == "symbol" and arg.kind in ("word", "word_offset")
+                and _NAME.fullmatch(arg.name) and not _REG.fullmatch(arg.name)):
+            return Symbol(arg.name, int(arg.value) if arg.kind == "word_offset" else 0)
+        if kind == "list" and arg.kind == "list":
+            values = []
+            for item in arg.items:
+                if item.kind != "int":
+                    raise self.error("a list holds integers", item.span)
+                values.append(int(item.value))
+            return IntList(tuple(values))
+        return None
+
+    def as_addr(self, arg: _Arg) -> Addr | None:
+        if arg.kind == "int":
+            return Addr(None, int(arg.value))
+        if arg.kind in ("word", "word_offset") and (m := _REG.fullmatch(arg.name)):
+            return Addr(int(m[1]), int(arg.value) if arg.kind == "word_offset" else 0)
+        return None
+
+    # ---- items ----------------------------------------------------------------------
+    def mnemonic(self, token: lark.Token) -> tuple[InstrDef, tuple[str, ...]]:
+        parts = str(token).split(".")
+        for cut in range(len(parts), 0, -1):
+            defn = INSTRUCTIONS.get(".".join(parts[:cut]))
+            if defn is not None:
+                return defn, tuple(parts[cut:])
+        word = str(token)
+        close = difflib.get_close_matches(word.upper(), list(INSTRUCTIONS), n=1, cutoff=0.5)
+        if not close:
+            close = difflib.get_close_matches(parts[0].upper(), list(INSTRUCTIONS), n=1,
+                                              cutoff=0.5)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise self.error(f"unknown mnemonic '{word}'{hint}", self.span(token))
+
+    def instruction(self, tree: lark.Tree) -> Instruction:
+        pred_tree, word, args_tree, *fields = tree.children
+        defn, suffixes = self.mnemonic(word)
+        name_span = self.span(word)
+        predicate = None
+        if pred_tree is not None:
+            bang, reg_token = pred_tree.children
+            m = _REG.fullmatch(str(reg_token))
+            if m is None:
+                raise self.error(f"a predicate is @rN or @!rN, got '{reg_token}'",
+                                 self.span(reg_token))
+            predicate = Predicate(int(m[1]), bang is not None)
+        args = self.args(args_tree)
+        if len(args) != len(defn.operands):
+            where = args[len(defn.operands)].span if len(args) > len(defn.operands) else name_span
+            raise self.error(
+                f"{word} takes {len(defn.operands)} operand"
+                f"{'' if len(defn.operands) == 1 else 's'}, got {len(args)}", where,
+                notes=[f"syntax: {defn.syntax()}"],
+            )
+        operands = []
+        for spec, arg in zip(defn.operands, args):
+            operand = None
+            for kind in spec.kinds:
+                operand = self.as_kind(arg, kind)
+                if operand is not None:
+                    break
+            if operand is None:
+                raise self.error(
+                    f"operand '{spec.name}' of {word}: expected "
+                    + " or ".join(KIND_TEXT[k] for k in spec.kinds) + f", got '{arg.text}'",
+                    arg.span, notes=[f"syntax: {defn.syntax()}"],
+                )
+            operands.append(operand)
+        options: dict[str, Option] = {}
+        waits: list[Event] = []
+        sigs: list[Event] = []
+        known = [opt.name for opt in defn.options]
+        for field in fields:
+            dot, value_tree = field.children
+            name = str(dot)[1:]
+            span = self.span(dot)
+            value = None if value_tree is None else self.arg(value_tree)
+            if name in ("wait", "sig"):
+                event = None if value is None else self.as_kind(value, "event")
+                if event is None:
+                    raise self.error(f".{name} takes an event Ek or Ek:n", span)
+                (waits if name == "wait" else sigs).append(event)
+                continue
+            if name not in known:
+                close = difflib.get_close_matches(name, known + ["wait", "sig"], n=1)
+                hint = f"; did you mean '.{close[0]}'?" if close else ""
+                takes = " ".join(f".{k}" for k in known) or "none"
+                raise self.error(f"unknown option '.{name}' for {defn.mnemonic}{hint}", span,
+                                 notes=[f"{defn.mnemonic} options: {takes}"])
+            if name in options:
+                raise self.error(f"option '.{name}' given twice", span)
+            takes_value = defn.options[known.index(name)].takes_value
+            if takes_value:
+                if value is None or value.kind != "float":
+                    raise self.error(f".{name} takes a float immediate (.{name} #0.0)", span)
+                options[name] = Option(name, FImm(float(value.value)))
+            else:
+                if value is not None:
+                    raise self.error(f".{name} takes no value", value.span)
+                options[name] = Option(name)
+        instr = Instruction(
+            defn.mnemonic, suffixes, tuple(operands),
+            tuple(options[k] for k in known if k in options), tuple(waits), tuple(sigs),
+            predicate, span=name_span,
+        )
+        try:
+            validate(defn, instr)
+        except InstrError as err:
+            where = name_span if err.operand is None else args[err.operand].span
+            raise self.error(err.message, where, notes=[f"syntax: {defn.syntax()}"]) from None
+        return instr
+
+    def tensor(self, args: list[_Arg], span: SourceSpan) -> TensorDecl:
+        if len(args) != 5:
+            raise self.error(".tensor takes name, dtype, [dims], address, role", span)
+        name, dtype, dims, address, role = args
+        if name.kind != "word" or not _NAME.fullmatch(name.name):
+            raise self.error("a tensor name is a word of letters, digits and '_'", name.span)
+        if dtype.kind != "word" or dtype.name not in DTYPES:
+            raise self.error(f"unknown dtype '{dtype.text}'; dtypes: {', '.join(DTYPES)}",
+                             dtype.span)
+        shape = self.as_kind(dims, "list")
+        if shape is None or len(shape.values) > MAX_RANK or any(d < 1 for d in shape.values):
+            raise self.error(f"tensor dims are a list of up to {MAX_RANK} positive integers",
+                             dims.span)
+        if address.kind != "int" or int(address.value) < 0 or int(address.value) >= 2**63:
+            raise self.error("a tensor address is a non-negative byte address", address.span)
+        if role.kind != "word" or role.name not in TENSOR_ROLES:
+            raise self.error(f"unknown tensor role '{role.text}'; roles: "
+                             + ", ".join(TENSOR_ROLES), role.span)
+        return TensorDecl(name.name, dtype.name, shape.values, int(address.value), role.name,
+                          span=name.span)
+
+    def program(self, tree: lark.Tree) -> Program:
+        machine = None
+        tensors: list[TensorDecl] = []
+        instructions: list[Instruction] = []
+        markers: list[Marker] = []
+        for item in tree.children:
+            if item.data == "label":
+                token = item.children[0]
+                if not _NAME.fullmatch(str(token)):
+                    raise self.error(f"a label is a word of letters, digits and '_', "
+                                     f"got '{token}'", self.span(token))
+                markers.append(Marker(len(instructions), "label", str(token), self.span(token)))
+            elif item.data == "directive":
+                dot, args_tree = item.children
+                name = str(dot)[1:]
+                span = self.span(dot)
+                args = self.args(args_tree)
+                if name == "tensor":
+                    tensors.append(self.tensor(args, span))
+                elif name in ("machine", "kernel"):
+                    if len(args) != 1 or args[0].kind != "word" or not re.fullmatch(
+                        r"[A-Za-z0-9_\-]+" if name == "machine" else _NAME.pattern, args[0].name
+                    ):
+                        raise self.error(f".{name} takes one name", span)
+                    if name == "machine":
+                        if machine is not None:
+                            raise self.error(".machine given twice", span)
+                        machine = args[0].name
+                    else:
+                        markers.append(Marker(len(instructions), "kernel", args[0].name, span))
+                else:
+                    close = difflib.get_close_matches(name, DIRECTIVES, n=1)
+                    hint = f"; did you mean '.{close[0]}'?" if close else ""
+                    raise self.error(f"unknown directive '.{name}'{hint}", span,
+                                     notes=["directives: .machine, .tensor, .kernel"])
+            else:
+                instructions.append(self.instruction(item))
+        return Program.build(machine, tensors, instructions, markers)
+
+
+_TERMINALS = {
+    "WORD": "a name", "DOTWORD": "a directive or option", "INT": "an integer",
+    "FLOAT": "a float immediate", "_NL": "end of line", "$END": "end of input",
+    "COMMA": "','", "COLON": "':'", "LSQB": "'['", "RSQB": "']'", "PLUS": "'+'",
+    "MINUS": "'-'", "AT": "'@'", "BANG": "'!'",
+}
+
+
+def _describe_token(token: lark.Token) -> str:
+    if token.type in ("$END",):
+        return "end of input"
+    if token.type == "_NL":
+        return "end of line"
+    return f"'{token}'"
+
+
+def parse_assembly(text: str, filename: str = "<asm>") -> Program:
+    """Parse M890 assembly text into a resolved Program; AssemblyError on any mistake."""
+    try:
+        tree = _parser().parse(text)
+    except lark.exceptions.UnexpectedCharacters as err:
+        char = text[err.pos_in_stream] if 0 <= err.pos_in_stream < len(text) else "?"
+        span = SourceSpan(filename, err.line, err.column, err.line, err.column + 1, text)
+        raise AssemblyError(f"unexpected character {char!r}", span) from None
+    except lark.exceptions.UnexpectedToken as err:
+        token = err.token
+        expected = sorted({_TERMINALS.get(t, t) for t in err.expected if not t.startswith("__")})
+        line = token.line if token.line is not None else max(text.count("\n"), 0) + 1
+        column = token.column if token.column is not None else 1
+        end = column + max(len(str(token)), 1) if token.type not in ("$END", "_NL") else column + 1
+        span = SourceSpan(filename, line, column, line, end, text)
+        raise AssemblyError(
+            f"unexpected {_describe_token(token)}; expected " + ", ".join(expected[:6]), span
+        ) from None
+    except lark.exceptions.UnexpectedEOF as err:
+        lines = text.splitlines() or [""]
+        span = SourceSpan(filename, len(lines), len(lines[-1]) + 1, text=text)
+        raise AssemblyError("unexpected end of input; expected "
+                            + ", ".join(sorted(err.expected)[:6]), span) from None
+    except lark.exceptions.LarkError as err:  # any other parser failure is still the user's
+        raise AssemblyError(f"cannot parse: {err}", SourceSpan(filename, 1, 1, text=text)) \
+            from None
+    return _Reader(text, filename).program(tree)
+
+
+def parse_instruction(text: str) -> Instruction:
+    """One instruction from its text (`VADD.f32 L1[0], L1[64], #1.0, 4, 16`)."""
+    program = parse_assembly(text, "<instruction>")
+    if len(program.instructions) != 1:
+        raise AssemblyError("expected exactly one instruction",
+                            SourceSpan("<instruction>", 1, 1, text=text))
+    return program.instructions[0]
+
+
+# ---- printing -------------------------------------------------------------------------
+
+
+def print_instruction(instr: Instruction) -> str:
+    """The canonical text of one instruction."""
+    parts = []
+    if instr.predicate is not None:
+        parts.append(str(instr.predicate))
+    parts.append(instr.name)
+    text = " ".join(parts)
+    if instr.operands:
+        text += " " + ", ".join(str(op) for op in instr.operands)
+    for opt in instr.options:
+        text += f" {opt}"
+    for event in instr.waits:
+        text += f" .wait {event}"
+    for event in instr.sigs:
+        text += f" .sig {event}"
+    return text
+
+
+def print_tensor(tensor: TensorDecl) -> str:
+    dims = ", ".join(map(str, tensor.shape))
+    return f".tensor {tensor.name}, {tensor.dtype}, [{dims}], {tensor.address:#x}, {tensor.role}"
+
+
+def print_program(program: Program) -> str:
+    """The canonical assembly text of a program (ends with a newline)."""
+    lines = []
+    if program.machine is not None:
+        lines.append(f".machine {program.machine}")
+    lines.extend(print_tensor(t) for t in program.tensors)
+    by_index: dict[int, list[Marker]] = {}
+    for marker in program.markers:
+        by_index.setdefault(marker.index, []).append(marker)
+    for index in range(len(program.instructions) + 1):
+        for marker in by_index.get(index, []):
+            lines.append(f"{marker.name}:" if marker.kind == "label" else f".kernel {marker.name}")
+        if index < len(program.instructions):
+            lines.append("    " + print_instruction(program.instructions[index]))
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,80 @@
+"""Element types of the M890 and the one conversion rule every instruction uses.
+
+The dtype names are the strings of docs/internals.md: `f32 bf16 f16 fp8 i32 i8 bool`
+(`fp8` is `ml_dtypes.float8_e4m3fn`, `bf16` is `ml_dtypes.bfloat16`). Each has a fixed
+4-bit code used by the binary encoding; the order below is that code and must not change.
+"""
+
+from __future__ import annotations
+
+import ml_dtypes
+import numpy as np
+
+# name -> numpy dtype; the position is the binary code (do not reorder)
+_NUMPY = {
+    "f32": np.dtype(np.float32),
+    "bf16": np.dtype(ml_dtypes.bfloat16),
+    "f16": np.dtype(np.float16),
+    "fp8": np.dtype(ml_dtypes.float8_e4m3fn),
+    "i32": np.dtype(np.int32),
+    "i8": np.dtype(np.int8),
+    "bool": np.dtype(np.bool_),
+}
+
+DTYPES: tuple[str, ...] = tuple(_NUMPY)
+FLOAT_DTYPES = ("f32", "bf16", "f16", "fp8")
+INT_DTYPES = ("i32", "i8")
+# the element types the vector engine computes on (docs/internals.md section 3)
+VECTOR_DTYPES = ("f32", "bf16", "f16", "i32", "i8", "bool")
+# the input element types of the matrix engine
+MX_DTYPES = ("bf16", "f16", "fp8", "f32", "i8")
+
+
+def np_dtype(name: str) -> np.dtype:
+    """The numpy dtype of an M890 dtype name (KeyError for an unknown name)."""
+    return _NUMPY[name]
+
+
+def itemsize(name: str) -> int:
+    """Bytes per element of an M890 dtype (`bool` is one byte)."""
+    return _NUMPY[name].itemsize
+
+
+def is_float(name: str) -> bool:
+    return name in FLOAT_DTYPES
+
+
+def compute_dtype(name: str) -> np.dtype:
+    """The dtype arithmetic is carried out in: f32 for floats, int64 for ints and bool.
+
+    bf16/f16/fp8 values are widened to f32, computed, and rounded once when stored.
+    """
+    return np.dtype(np.float32) if is_float(name) else np.dtype(np.int64)
+
+
+def convert(values: np.ndarray, name: str) -> np.ndarray:
+    """Convert an array to dtype `name` the way the chip does.
+
+    - to a float type: round to nearest even (ml_dtypes for bf16/fp8; fp8 e4m3fn has no
+      infinity, so an overflow becomes NaN, as in ml_dtypes);
+    - float to an integer type: truncate toward zero and saturate to the type's range,
+      NaN becomes 0;
+    - integer to a narrower integer type: wrap (two's complement);
+    - to bool: nonzero is true.
+    """
+    values = np.asarray(values)
+    target = _NUMPY[name]
+    if name == "bool":
+        return values != 0
+    source_is_float = values.dtype.kind == "f" or values.dtype in (_NUMPY["bf16"], _NUMPY["fp8"])
+    if name in INT_DTYPES and source_is_float:
+        info = np.iinfo(target)
+        wide = np.nan_to_num(values.astype(np.float64), nan=0.0, posinf=info.max, neginf=info.min)
+        return np.clip(np.trunc(wide), info.min, info.max).astype(target)
+    if values.dtype == np.bool_:
+        values = values.astype(np.int8)
+    if source_is_float and values.dtype != np.float64:
+        # widen first: exact, and ml_dtypes casts between its own types through f32 anyway
+        values = values.astype(np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):
+        return values.astype(target)

@@ -1,0 +1,207 @@
+"""DMA instructions: boxes between GM and L1/ACC (engines LD and ST), copies within a core.
+
+A box is read or written at element coordinates `coords` of a descriptor. Only the part of
+the box inside the tensor's dims touches GM: a load fills the rest with the pad value, a
+store drops it (clips). In L1/ACC a box is contiguous row-major (a 2-D tile of
+prod(box[:-1]) rows and box[-1] columns; a tile operand's row/column strides apply to it).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from isa.context import ExecContext
+from isa.dtypes import DTYPES, compute_dtype, convert, itemsize
+from isa.errors import ChipTrap
+from isa.instructions.base import (
+    Cost,
+    InstrDef,
+    OperandSpec,
+    OptionSpec,
+    SuffixSlot,
+    ceil_div,
+    positive_value,
+    scalar_value,
+    tile_view,
+)
+from isa.machine import Machine
+from isa.program import DescRef, Descriptor, Instruction, Tile
+
+GROUP = "descriptors and DMA"
+
+
+def box_coords(ref: DescRef, desc: Descriptor, ctx: ExecContext) -> tuple[int, ...]:
+    """The element coordinates of a descriptor reference; ChipTrap on a rank mismatch."""
+    if len(ref.coords) != len(desc.dims):
+        raise ChipTrap(
+            f"d{ref.index} has rank {len(desc.dims)} but {len(ref.coords)} coordinates were given"
+        )
+    return tuple(scalar_value(c, ctx) for c in ref.coords)
+
+
+def in_bounds(desc: Descriptor, coords: tuple[int, ...]) -> tuple[tuple[int, int], ...]:
+    """Per dim, the [lo, hi) element range of the box at `coords` inside the tensor."""
+    return tuple(
+        (min(max(c, 0), d), min(max(c + b, 0), d))
+        for c, b, d in zip(coords, desc.box, desc.dims)
+    )
+
+
+def in_bounds_elements(desc: Descriptor, coords: tuple[int, ...]) -> int:
+    return math.prod(max(hi - lo, 0) for lo, hi in in_bounds(desc, coords))
+
+
+def _address(desc: Descriptor, lows: tuple[int, ...]) -> int:
+    return desc.address + sum(lo * s for lo, s in zip(lows, desc.strides)) * itemsize(desc.dtype)
+
+
+def _flat2d(shape: tuple[int, ...]) -> tuple[int, int]:
+    return math.prod(shape[:-1]), shape[-1]
+
+
+def _box_shape(desc: Descriptor, transpose: bool) -> tuple[int, ...]:
+    shape = tuple(desc.box)
+    if transpose:
+        if len(shape) < 2:
+            raise ChipTrap("DMA .T needs a descriptor of rank 2 or more")
+        shape = (*shape[:-2], shape[-1], shape[-2])
+    return shape
+
+
+# ---- DMA.LD -------------------------------------------------------------------------
+
+
+def _ld_dtype(instr: Instruction, desc: Descriptor) -> str:
+    return instr.suffixes[0] if instr.suffixes else desc.dtype
+
+
+def _dma_ld(instr: Instruction, ctx: ExecContext) -> None:
+    dst, ref = instr.operands
+    desc = ctx.read_desc(ref.index)
+    coords = box_coords(ref, desc, ctx)
+    dtype = _ld_dtype(instr, desc)
+    pad = instr.option("pad")
+    pad_value = 0.0 if pad is None else pad.value.value
+    box = np.full(desc.box, convert(np.array(pad_value, dtype=np.float64), dtype))
+    ranges = in_bounds(desc, coords)
+    if all(hi > lo for lo, hi in ranges):
+        lows = tuple(lo for lo, _ in ranges)
+        part = ctx.gm_read(_address(desc, lows), desc.dtype,
+                           tuple(hi - lo for lo, hi in ranges), desc.strides)
+        inside = tuple(slice(lo - c, hi - c) for (lo, hi), c in zip(ranges, coords))
+        box[inside] = convert(part, dtype)
+    if instr.has("T"):
+        _box_shape(desc, True)
+        box = np.swapaxes(box, -1, -2)
+    rows, cols = _flat2d(box.shape)
+    tile_view(ctx, dst, rows, cols, dtype)[...] = box.reshape(rows, cols)
+
+
+def _dma_ld_cost(instr: Instruction, machine: Machine, ctx: ExecContext) -> Cost:
+    _, ref = instr.operands
+    desc = ctx.read_desc(ref.index)
+    nbytes = in_bounds_elements(desc, box_coords(ref, desc, ctx)) * itemsize(desc.dtype)
+    return Cost(max(1, ceil_div(nbytes, machine.ld_bytes_per_cycle)), machine.hbm_latency,
+                hbm_read=nbytes)
+
+
+# ---- DMA.ST -------------------------------------------------------------------------
+
+
+def _st_dtype(instr: Instruction, src: Tile, desc: Descriptor) -> str:
+    if instr.suffixes:
+        return instr.suffixes[0]
+    return "f32" if src.space == "ACC" else desc.dtype
+
+
+def _dma_st(instr: Instruction, ctx: ExecContext) -> None:
+    ref, src = instr.operands
+    desc = ctx.read_desc(ref.index)
+    coords = box_coords(ref, desc, ctx)
+    dtype = _st_dtype(instr, src, desc)
+    rows, cols = _flat2d(desc.box)
+    values = np.array(tile_view(ctx, src, rows, cols, dtype)).reshape(desc.box)
+    if instr.has("relu"):
+        values = np.maximum(values.astype(compute_dtype(dtype)), 0)
+    ranges = in_bounds(desc, coords)
+    if not all(hi > lo for lo, hi in ranges):
+        return
+    inside = tuple(slice(lo - c, hi - c) for (lo, hi), c in zip(ranges, coords))
+    lows = tuple(lo for lo, _ in ranges)
+    part = convert(values[inside], desc.dtype)
+    ctx.gm_write(_address(desc, lows), desc.dtype, part.shape, desc.strides, part)
+
+
+def _dma_st_cost(instr: Instruction, machine: Machine, ctx: ExecContext) -> Cost:
+    ref, _ = instr.operands
+    desc = ctx.read_desc(ref.index)
+    nbytes = in_bounds_elements(desc, box_coords(ref, desc, ctx)) * itemsize(desc.dtype)
+    return Cost(max(1, ceil_div(nbytes, machine.st_bytes_per_cycle)), machine.hbm_latency,
+                hbm_write=nbytes)
+
+
+# ---- DMA.MOV ------------------------------------------------------------------------
+
+
+def _mov_check(instr: Instruction) -> str | None:
+    for tile in instr.operands[:2]:
+        if tile.row_stride is not None:
+            return "DMA.MOV copies contiguous bytes: write L1[a] or ACC[a] without strides"
+    return None
+
+
+def _dma_mov(instr: Instruction, ctx: ExecContext) -> None:
+    dst, src, size = instr.operands
+    nbytes = positive_value(size, ctx, "DMA.MOV size")
+    ctx.copy_local(dst.space, scalar_value(dst.base, ctx), src.space,
+                   scalar_value(src.base, ctx), nbytes)
+
+
+def _dma_mov_cost(instr: Instruction, machine: Machine, ctx: ExecContext) -> Cost:
+    nbytes = positive_value(instr.operands[2], ctx, "DMA.MOV size")
+    return Cost(max(1, ceil_div(nbytes, machine.ld_bytes_per_cycle)), machine.sram_latency)
+
+
+DEFS: list[InstrDef] = [
+    InstrDef(
+        mnemonic="DMA.LD", opcode=0x21, engine="LD", group=GROUP,
+        summary="load the box of dK at coords into the tile, contiguous row-major over the box "
+        "dims (`.T` swaps the last two box dims), converted to `.dt` (default: the "
+        "descriptor's dtype). Elements outside the tensor's dims are not read and are filled "
+        "with the pad value (default 0)",
+        operands=(OperandSpec("dst", ("tile",), "destination tile"),
+                  OperandSpec("src", ("descref",), "descriptor and box coordinates")),
+        suffixes=(SuffixSlot("dt", DTYPES, optional=True),),
+        options=(OptionSpec("T", doc="transpose the last two box dims"),
+                 OptionSpec("pad", takes_value=True, doc="the value of out-of-bounds elements")),
+        sync=True, cost=_dma_ld_cost, execute=_dma_ld,
+        cost_doc="occupancy ceil(in-bounds bytes / `ld_bytes_per_cycle`) (at least 1), latency "
+        "`hbm_latency`; the in-bounds bytes (descriptor dtype) are HBM reads",
+    ),
+    InstrDef(
+        mnemonic="DMA.ST", opcode=0x22, engine="ST", group=GROUP,
+        summary="store a contiguous box-shaped tile of dtype `.dt` (default: the descriptor's "
+        "dtype from L1, f32 from ACC) to the box of dK at coords, converted to the "
+        "descriptor's dtype (`.relu` applies max(x, 0) first); elements outside the "
+        "tensor's dims are dropped (clipped)",
+        operands=(OperandSpec("dst", ("descref",), "descriptor and box coordinates"),
+                  OperandSpec("src", ("tile",), "source tile")),
+        suffixes=(SuffixSlot("dt", DTYPES, optional=True),),
+        options=(OptionSpec("relu", doc="fused ReLU"),),
+        sync=True, cost=_dma_st_cost, execute=_dma_st,
+        cost_doc="occupancy ceil(in-bounds bytes / `st_bytes_per_cycle`) (at least 1), latency "
+        "`hbm_latency`; the in-bounds bytes (descriptor dtype) are HBM writes",
+    ),
+    InstrDef(
+        mnemonic="DMA.MOV", opcode=0x23, engine="LD", group=GROUP,
+        summary="copy nbytes bytes within this core (L1 or ACC to L1 or ACC), as memmove",
+        operands=(OperandSpec("dst", ("tile",), "destination address, no strides"),
+                  OperandSpec("src", ("tile",), "source address, no strides"),
+                  OperandSpec("nbytes", ("imm", "reg"), "bytes", positive=True)),
+        sync=True, cost=_dma_mov_cost, execute=_dma_mov, check=_mov_check,
+        cost_doc="occupancy ceil(nbytes / `ld_bytes_per_cycle`) (at least 1), latency "
+        "`sram_latency`",
+    ),
+]

@@ -1,0 +1,378 @@
+"""Machine descriptions: the numbers every cost in the compiler and the interpreter comes from.
+
+A machine is a TOML file (`isa/machines/m890.toml`, `isa/machines/z810e.toml`, or a user's
+file). `load_machine` reads and validates it into a frozen `Machine`, whose derived
+properties give the peaks (FLOP/s per dtype, bandwidths) and the ridge points.
+
+Units: a key ending in `_bytes`, `_bytes_per_second`, `_hz`, `_seconds` or `_cycles` takes a
+plain number in that unit or a string with a unit of the same kind (`"144 GB"`, `"1 MiB"`,
+`"4.0 TB/s"`, `"1.5 GHz"`, `"2 us"`); every other key takes a plain number. A wrong unit,
+an unknown or missing key, a non-integer count, or a negative or zero size is a
+`MachineError` naming the key and the file (with its line when it can be found).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import re
+import tomllib
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from isa.dtypes import MX_DTYPES
+from isa.errors import MachineError, SourceSpan
+
+MACHINES_DIR = Path(__file__).parent / "machines"
+BUILTIN_MACHINES = ("m890", "z810e")
+
+# unit name -> factor, per kind of quantity
+_UNITS: dict[str, dict[str, float]] = {
+    "bytes": {
+        "B": 1, "KB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12,
+        "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40,
+    },
+    "bytes_per_second": {"B/s": 1, "KB/s": 1e3, "MB/s": 1e6, "GB/s": 1e9, "TB/s": 1e12},
+    "hz": {"Hz": 1, "kHz": 1e3, "MHz": 1e6, "GHz": 1e9},
+    "seconds": {"s": 1, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9},
+    "cycles": {"cycles": 1, "cycle": 1},
+}
+# key suffix -> unit kind (longest first, so `_bytes_per_second` wins over `_bytes`)
+_SUFFIX_KIND = (
+    ("_bytes_per_second", "bytes_per_second"),
+    ("bytes_per_second", "bytes_per_second"),
+    ("_bytes_per_cycle", None),
+    ("_bytes", "bytes"),
+    ("_hz", "hz"),
+    ("_seconds", "seconds"),
+    ("_cycles", "cycles"),
+)
+
+# (section, key) -> (Machine field, python type, may be zero)
+_SCHEMA: dict[tuple[str, str], tuple[str, type, bool]] = {
+    ("core", "count"): ("cores", int, False),
+    ("core", "clock_hz"): ("clock_hz", float, False),
+    ("core", "scalar_cycles"): ("scalar_cycles", int, False),
+    ("core", "queue_depth"): ("queue_depth", int, False),
+    ("mx", "m"): ("mx_m", int, False),
+    ("mx", "n"): ("mx_n", int, False),
+    ("mx", "k"): ("mx_k", int, False),
+    ("vx", "bytes_per_cycle"): ("vx_bytes_per_cycle", int, False),
+    ("vx", "sfu_elems_per_cycle"): ("sfu_elems_per_cycle", int, False),
+    ("vx", "sfu_trig_elems_per_cycle"): ("sfu_trig_elems_per_cycle", int, False),
+    ("memory", "l1_bytes"): ("l1_bytes", int, False),
+    ("memory", "acc_bytes"): ("acc_bytes", int, False),
+    ("memory", "smem_bytes"): ("smem_bytes", int, False),
+    ("memory", "l2_bytes"): ("l2_bytes", int, False),
+    ("memory", "hbm_bytes"): ("hbm_bytes", int, False),
+    ("memory", "hbm_bytes_per_second"): ("hbm_bandwidth", float, False),
+    ("dma", "ld_bytes_per_cycle"): ("ld_bytes_per_cycle", int, False),
+    ("dma", "st_bytes_per_cycle"): ("st_bytes_per_cycle", int, False),
+    ("latency", "hbm_cycles"): ("hbm_latency", int, True),
+    ("latency", "l2_cycles"): ("l2_latency", int, True),
+    ("latency", "mx_fill_cycles"): ("mx_fill_latency", int, True),
+    ("latency", "vx_cycles"): ("vx_latency", int, True),
+    ("latency", "sfu_cycles"): ("sfu_latency", int, True),
+    ("latency", "sram_cycles"): ("sram_latency", int, True),
+    ("latency", "event_wake_cycles"): ("event_wake_latency", int, True),
+    ("link", "count"): ("link_count", int, True),
+    ("link", "bytes_per_second"): ("link_bandwidth", float, False),
+    ("link", "alpha_seconds"): ("link_alpha", float, True),
+    ("nic", "bytes_per_second"): ("nic_bandwidth", float, False),
+    ("nic", "alpha_seconds"): ("nic_alpha", float, True),
+}
+_SECTIONS = ("core", "mx", "vx", "memory", "dma", "latency", "link", "nic")
+
+
+@dataclass(frozen=True)
+class Machine:
+    """One chip's description. Sizes in bytes, bandwidths in bytes/s, latencies in cycles,
+    alphas (per-message start-up times) in seconds, `clock_hz` in Hz.
+
+    `mx_rates` maps each matrix input dtype the chip supports to its MAC-rate multiplier
+    (bf16 1, fp8 2, f32 0.25, ...); a dtype missing from it has no matrix support here.
+    """
+
+    name: str
+    description: str
+    cores: int
+    clock_hz: float
+    scalar_cycles: int
+    queue_depth: int
+    mx_m: int
+    mx_n: int
+    mx_k: int
+    mx_rates: tuple[tuple[str, float], ...]
+    vx_bytes_per_cycle: int
+    sfu_elems_per_cycle: int
+    sfu_trig_elems_per_cycle: int
+    l1_bytes: int
+    acc_bytes: int
+    smem_bytes: int
+    l2_bytes: int
+    hbm_bytes: int
+    hbm_bandwidth: float
+    ld_bytes_per_cycle: int
+    st_bytes_per_cycle: int
+    hbm_latency: int
+    l2_latency: int
+    mx_fill_latency: int
+    vx_latency: int
+    sfu_latency: int
+    sram_latency: int
+    event_wake_latency: int
+    link_count: int
+    link_bandwidth: float
+    link_alpha: float
+    nic_bandwidth: float
+    nic_alpha: float
+    source: str = ""
+
+    # ---- matrix engine --------------------------------------------------------------
+    def mx_rate(self, dtype: str) -> float | None:
+        """The MAC-rate multiplier of matrix input `dtype`, or None when unsupported."""
+        return dict(self.mx_rates).get(dtype)
+
+    def supports_mx(self, dtype: str) -> bool:
+        return self.mx_rate(dtype) is not None
+
+    @property
+    def mx_macs_per_cycle(self) -> int:
+        """MACs per core per cycle at rate 1 (bf16): m * n * k."""
+        return self.mx_m * self.mx_n * self.mx_k
+
+    def peak_flops_per_cycle(self, dtype: str) -> float:
+        """Chip-wide dense matrix FLOPs per cycle for input `dtype` (a MAC is 2 FLOPs)."""
+        rate = self.mx_rate(dtype)
+        if rate is None:
+            raise MachineError(f"machine '{self.name}' has no matrix support for {dtype}")
+        return self.cores * self.mx_macs_per_cycle * 2 * rate
+
+    def peak_flops(self, dtype: str) -> float:
+        """Chip-wide dense matrix FLOP/s for input `dtype`."""
+        return self.peak_flops_per_cycle(dtype) * self.clock_hz
+
+    def ridge_point(self, dtype: str) -> float:
+        """FLOPs per HBM byte above which a kernel can be compute-bound (peak / bandwidth)."""
+        return self.peak_flops(dtype) / self.hbm_bandwidth
+
+    # ---- bandwidths -----------------------------------------------------------------
+    @property
+    def hbm_bytes_per_cycle(self) -> float:
+        """Chip-wide HBM bytes per core clock cycle."""
+        return self.hbm_bandwidth / self.clock_hz
+
+    @property
+    def vx_bandwidth(self) -> float:
+        """Chip-wide vector-engine bytes/s (all cores)."""
+        return self.cores * self.vx_bytes_per_cycle * self.clock_hz
+
+    @property
+    def ld_bandwidth(self) -> float:
+        """Chip-wide DMA-in port bytes/s (all cores)."""
+        return self.cores * self.ld_bytes_per_cycle * self.clock_hz
+
+    @property
+    def st_bandwidth(self) -> float:
+        """Chip-wide DMA-out port bytes/s (all cores)."""
+        return self.cores * self.st_bytes_per_cycle * self.clock_hz
+
+    @property
+    def link_total_bandwidth(self) -> float:
+        """All chip-to-chip links together, bytes/s."""
+        return self.link_count * self.link_bandwidth
+
+    def seconds(self, cycles: float) -> float:
+        return cycles / self.clock_hz
+
+    def cycles(self, seconds: float) -> float:
+        return seconds * self.clock_hz
+
+    # ---- printing -------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        """Every field, plus the derived peaks (FLOP/s, bytes/s) and ridge points."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "mx_rates"}
+        out["mx_rates"] = dict(self.mx_rates)
+        out["derived"] = {
+            "peak_flops": {dt: self.peak_flops(dt) for dt, _ in self.mx_rates},
+            "ridge_point_flops_per_byte": {dt: self.ridge_point(dt) for dt, _ in self.mx_rates},
+            "hbm_bytes_per_second": self.hbm_bandwidth,
+            "hbm_bytes_per_cycle": self.hbm_bytes_per_cycle,
+            "vx_bytes_per_second": self.vx_bandwidth,
+            "ld_bytes_per_second": self.ld_bandwidth,
+            "st_bytes_per_second": self.st_bandwidth,
+            "link_total_bytes_per_second": self.link_total_bandwidth,
+        }
+        return out
+
+
+# ---- loading ------------------------------------------------------------------------
+
+
+def load_machine(spec: str | Path) -> Machine:
+    """Load a machine: a built-in name (`m890`, `z810e`) or the path of a TOML file."""
+    text_spec = str(spec)
+    if text_spec in BUILTIN_MACHINES:
+        return _load_builtin(text_spec)
+    path = Path(text_spec)
+    if not path.is_file():
+        if path.suffix != ".toml" and "/" not in text_spec:
+            raise MachineError(
+                f"unknown machine '{text_spec}'",
+                notes=[f"built-in machines: {', '.join(BUILTIN_MACHINES)}; or a path to a .toml"],
+            )
+        raise MachineError(f"machine file '{text_spec}' not found")
+    return _load_file(path)
+
+
+@functools.cache
+def _load_builtin(name: str) -> Machine:
+    return _load_file(MACHINES_DIR / f"{name}.toml")
+
+
+def _load_file(path: Path) -> Machine:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise MachineError(f"cannot read machine file '{path}': {err}") from None
+    return parse_machine(text, str(path))
+
+
+def parse_machine(text: str, filename: str = "<machine>") -> Machine:
+    """Validate the TOML text of a machine description into a `Machine`."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        match = re.search(r"line (\d+), column (\d+)", str(err))
+        span = None
+        if match:
+            span = SourceSpan(filename, int(match[1]), int(match[2]), text=text)
+        raise MachineError(f"malformed TOML: {err}", span) from None
+
+    def where(section: str | None, key: str | None) -> SourceSpan:
+        return _locate(text, filename, section, key)
+
+    values: dict[str, object] = {}
+    for key in data:
+        if key not in ("name", "description", *_SECTIONS):
+            raise MachineError(f"unknown key '{key}' in machine file {filename}", where(None, key))
+    for key in ("name", "description"):
+        if key not in data:
+            raise MachineError(f"missing key '{key}' in machine file {filename}", where(None, None))
+        if not isinstance(data[key], str) or not data[key]:
+            raise MachineError(f"'{key}' must be a non-empty string in {filename}", where(None, key))
+        values[key] = data[key]
+    if not re.fullmatch(r"[A-Za-z0-9_\-]{1,64}", values["name"]):  # type: ignore[arg-type]
+        raise MachineError(
+            f"'name' must be letters, digits, '_' or '-' (at most 64) in {filename}",
+            where(None, "name"),
+        )
+    for section in _SECTIONS:
+        table = data.get(section)
+        if table is None:
+            raise MachineError(f"missing section [{section}] in machine file {filename}")
+        if not isinstance(table, dict):
+            raise MachineError(f"'{section}' must be a table in {filename}", where(None, section))
+        expected = {k for (s, k) in _SCHEMA if s == section}
+        if section == "mx":
+            expected.add("rate")
+        for key in table:
+            if key not in expected:
+                raise MachineError(
+                    f"unknown key '{section}.{key}' in machine file {filename}",
+                    where(section, key),
+                    notes=[f"[{section}] takes: {', '.join(sorted(expected))}"],
+                )
+        for key in sorted(expected):
+            if key not in table:
+                raise MachineError(
+                    f"missing key '{section}.{key}' in machine file {filename}",
+                    where(section, None),
+                )
+    for (section, key), (field_name, kind, may_be_zero) in _SCHEMA.items():
+        values[field_name] = _quantity(
+            data[section][key], f"{section}.{key}", kind, may_be_zero, filename, where(section, key)
+        )
+    rates = data["mx"]["rate"]
+    if not isinstance(rates, dict) or not rates:
+        raise MachineError(f"'mx.rate' must be a table of dtype = multiplier in {filename}",
+                           where("mx", "rate"))
+    mx_rates = []
+    for dtype, rate in rates.items():
+        span = where("mx.rate", dtype)
+        if dtype not in MX_DTYPES:
+            raise MachineError(
+                f"unknown key 'mx.rate.{dtype}' in machine file {filename}", span,
+                notes=[f"matrix dtypes: {', '.join(MX_DTYPES)}"],
+            )
+        mx_rates.append(
+            (dtype, _quantity(rate, f"mx.rate.{dtype}", float, False, filename, span))
+        )
+    values["mx_rates"] = tuple(sorted(mx_rates, key=lambda item: MX_DTYPES.index(item[0])))
+    values["source"] = filename
+    return Machine(**values)  # type: ignore[arg-type]
+
+
+def _unit_kind(key: str) -> str | None:
+    leaf = key.rsplit(".", 1)[-1]
+    for suffix, kind in _SUFFIX_KIND:
+        if leaf.endswith(suffix) or leaf == suffix.lstrip("_"):
+            return kind
+    return None
+
+
+def _quantity(raw, key: str, kind: type, may_be_zero: bool, filename: str,
+              span: SourceSpan) -> int | float:
+    """One numeric value, with its unit checked against the key's kind."""
+    unit_kind = _unit_kind(key)
+    if isinstance(raw, bool) or not isinstance(raw, int | float | str):
+        raise MachineError(f"'{key}' must be a number in {filename}", span)
+    if isinstance(raw, str):
+        if unit_kind is None:
+            raise MachineError(
+                f"'{key}' takes a plain number, not '{raw}' (wrong unit) in {filename}", span
+            )
+        match = re.fullmatch(r"\s*([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(\S+)\s*", raw)
+        units = _UNITS[unit_kind]
+        if match is None or match[2] not in units:
+            raise MachineError(
+                f"'{key}' = '{raw}': wrong unit for {unit_kind.replace('_', ' ')} in {filename}",
+                span, notes=[f"units: {', '.join(units)}"],
+            )
+        value = float(match[1]) * units[match[2]]
+    else:
+        value = raw
+    if isinstance(value, float) and not math.isfinite(value):
+        raise MachineError(f"'{key}' must be finite in {filename}", span)
+    if value < 0 or (value == 0 and not may_be_zero):
+        raise MachineError(
+            f"'{key}' must be {'non-negative' if may_be_zero else 'positive'}, "
+            f"got {raw} in {filename}", span,
+        )
+    if kind is int:
+        rounded = round(value)
+        if abs(value - rounded) > 1e-9 * max(1.0, abs(value)):
+            raise MachineError(f"'{key}' must be a whole number, got {raw} in {filename}", span)
+        return int(rounded)
+    return float(value)
+
+
+def _locate(text: str, filename: str, section: str | None, key: str | None) -> SourceSpan:
+    """The span of `key` in `[section]` of the TOML text (best effort: line 1 if not found)."""
+    lines = text.splitlines()
+    current: str | None = None
+    for number, line in enumerate(lines, start=1):
+        stripped = line.strip()
+        header = re.fullmatch(r"\[\s*([A-Za-z0-9_.\-]+)\s*\]\s*(#.*)?", stripped)
+        if header:
+            current = header[1]
+            if key is None and current == section:
+                return SourceSpan(filename, number, 1, text=text)
+            continue
+        if key is not None and current == section:
+            match = re.match(rf"\s*({re.escape(key)})\s*=", line)
+            if match:
+                return SourceSpan(
+                    filename, number, match.start(1) + 1, end_col=match.end(1) + 1, text=text
+                )
+    return SourceSpan(filename, 1, 1, text=text)
