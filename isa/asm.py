@@ -449,3 +449,14 @@ def print_program(program: Program) -> str:
         if index < len(program.instructions):
             lines.append("    " + print_instruction(program.instructions[index]))
     return "\n".join(lines) + "\n"
+
+
+def check_machine(program: Program, machine) -> None:
+    """AssemblyError for an instruction the machine cannot run at all (an fp8 MMA on z810e)."""
+    for instr in program.instructions:
+        if instr.mnemonic == "MMA" and not machine.supports_mx(instr.suffixes[0]):
+            supported = ", ".join(dtype for dtype, _ in machine.mx_rates)
+            raise AssemblyError(
+                f"{instr.name}: machine '{machine.name}' has no {instr.suffixes[0]} matrix unit",
+                instr.span, notes=[f"{machine.name} matrix dtypes: {supported}"],
+            )
