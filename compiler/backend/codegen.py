@@ -255,7 +255,8 @@ def generate(program: KernelProgram, machine_name: str | None = None) -> str:
     if machine_name:
         emit.raw(f".machine {machine_name}")
     for t in program.tensors:
-        emit.raw(f".tensor {t.name}, {t.dtype}, [{', '.join(map(str, t.shape))}], "
+        # A scalar is declared as [1]: the assembler reads no empty dims list.
+        emit.raw(f".tensor {t.name}, {t.dtype}, [{', '.join(map(str, t.shape or (1,)))}], "
                  f"{t.address:#x}, {t.role}")
     emit(f"GETID r{R_CORE}, core")
     emit(f"GETID r{R_CORES}, cores")

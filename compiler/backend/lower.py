@@ -229,21 +229,24 @@ def check_fits(nest: Nest, machine, span) -> None:
 
 
 def map_nest(extents, loads: list[tuple[View, str, float]], compute, out: View, out_dtype: str,
-             machine) -> Nest:
+             machine, temps: tuple[tuple[str, str], ...] = ()) -> Nest:
     """An elementwise nest over `extents`. `loads` are (view over all axes, load dtype, pad);
-    `compute(in_names, out_name)` gives the vector statements writing buffer `out`
-    (dtype `out_dtype`) from buffers `in0, in1, ...`."""
+    `compute(in_names, out_name, axis_map)` gives the vector statements writing buffer `out`
+    (dtype `out_dtype`) from buffers `in0, in1, ...` and scratch buffers `temps` (name,
+    dtype)."""
     if not extents:
         extents = (1,)
         loads = [(_scalar_view(v), dt, pad) for v, dt, pad in loads]
         out = _scalar_view(out)
     views = [v for v, _, _ in loads] + [out]
     extents, kinds, views, axis_map = simplify(extents, ("p",) * len(extents), set(), views)
-    bytes_per_elem = 2 * (sum(itemsize(dt) for _, dt, _ in loads) + itemsize(out_dtype))
+    bytes_per_elem = 2 * (sum(itemsize(dt) for _, dt, _ in loads) + itemsize(out_dtype)
+                          + sum(itemsize(dt) for _, dt in temps))
     tile = map_tile(extents, bytes_per_elem, machine)
     rows, cols = prod(tile[:-1]), tile[-1]
     specs = [(f"in{i}", "L1", dt, rows, cols, "ld") for i, (_, dt, _) in enumerate(loads)]
     specs.append(("out", "L1", out_dtype, rows, cols, "out"))
+    specs += [(name, "L1", dt, rows, cols, "out") for name, dt in temps]
     buffers, _ = layout(specs)
     step = tuple(Load(f"in{i}", views[i], pad) for i, (_, _, pad) in enumerate(loads))
     body = tuple(compute([f"in{i}" for i in range(len(loads))], "out", axis_map))
@@ -391,6 +394,16 @@ def elementwise_body(kind: str, attrs: dict, cdt: str):
                     Vec("ADD", cdt, out, (out, 1.0)),
                     Vec("MUL", cdt, out, (out, ins[0])),
                     Vec("MUL", cdt, out, (out, 0.5))]
+        if kind == "div" and cdt == "i32":
+            # floor division that gives 0 (not a trap) where the divisor is 0
+            return [Vec("CMP.eq", cdt, "zero", (ins[1], 0.0)),
+                    Vec("SEL", cdt, ins[1], ("zero", 1.0, ins[1])),
+                    Vec("DIV", cdt, out, (ins[0], ins[1])),
+                    Vec("SEL", cdt, out, ("zero", 0.0, out))]
+        if kind == "pow" and cdt == "i32":
+            # no integer VPOW: f32 (exact while results stay below 2^24), exponents >= 0
+            return [Vec("MAX", "f32", ins[1], (ins[1], 0.0)),
+                    Vec("POW", "f32", out, (ins[0], ins[1]))]
         if kind in BINARY:
             return [Vec(BINARY[kind], cdt, out, (ins[0], ins[1]))]
         if kind in COMPARE:
@@ -519,12 +532,15 @@ class Lowering:
                 out_dtype = cdt
             else:
                 cdt = compute_dtype(ins[0].dtype)
+                if kind == "pow" and cdt == "i32":
+                    cdt = "f32"
                 load_dtypes = [cdt] * len(ins)
                 out_dtype = "bool" if kind in COMPARE else cdt
             cdt = compute_dtype(ins[-1].dtype)
+            temps = (("zero", "bool"),) if kind == "div" and cdt == "i32" else ()
             loads = [(v.broadcast(shape).nest_view(), dt, 0.0) for v, dt in zip(ins, load_dtypes)]
             return [map_nest(shape, loads, elementwise_body(kind, attrs, cdt), out.nest_view(),
-                             out_dtype, machine)]
+                             out_dtype, machine, temps)]
         if kind == "constant":
             cdt = compute_dtype(out.dtype)
             value = clamp_value(attrs["value"], out.dtype)

@@ -44,16 +44,28 @@ class CompiledProgram:
     def kernels_text(self) -> str:
         return print_kernels(self.kernels)
 
+    def program_inputs(self, inputs: dict) -> dict:
+        """Graph inputs (by parameter name) shaped as the program's tensors (a scalar is a
+        one-element tensor in GM)."""
+        import numpy as np
+
+        shapes = {t.name: t.shape for t in self.program.tensors}
+        return {name: np.reshape(value, shapes[name]) if name in shapes else value
+                for name, value in inputs.items()}
+
+    def graph_outputs(self, result) -> list:
+        """The run's outputs in order, shaped as the graph's outputs."""
+        import numpy as np
+
+        values = list(result.outputs.values())
+        return [np.reshape(v, out.type.shape) for v, out in zip(values, self.graph.outputs)]
+
 
 def graph_passes(fn, options: CompileOptions):
     """The frontend's default graph pipeline (decompose and friends) for `options`."""
-    try:
-        from compiler.passes import default_pipeline, run_pipeline
-    except ImportError:
-        return fn
-    names = [name for name in default_pipeline(options.opt_level)
-             if name not in options.disabled_passes]
-    return run_pipeline(fn, names)
+    from compiler.passes import default_graph_pipeline, run_pipeline
+
+    return run_pipeline(fn, default_graph_pipeline(), disabled=options.disabled_passes)
 
 
 def compile_function(fn, machine, options: CompileOptions = CompileOptions()

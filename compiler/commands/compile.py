@@ -15,13 +15,13 @@ from isa.errors import InputError, UsageError
 
 def run(args) -> int:
     from compiler.backend.pipeline import CompileOptions, compile_function
-    from compiler.commands.run_compiled import parse_shapes
+    from compiler.inputs import parse_shape_options
     from compiler.frontend import load_program
     from compiler.graph.printer import print_function
     from isa.machine import load_machine
 
     machine = load_machine(args.machine)
-    fn = load_program(args.program, entry=args.entry, shapes=parse_shapes(args.shape))
+    fn = load_program(args.program, entry=args.entry, shapes=parse_shape_options(args.shape))
     compiled = compile_function(fn, machine, CompileOptions(opt_level=int(args.opt),
                                                             tune=bool(args.tune)))
     if args.emit == "bin":

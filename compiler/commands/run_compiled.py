@@ -15,78 +15,7 @@ import time
 
 import numpy as np
 
-from isa.errors import Diagnostic, InputError, UsageError
-
-
-def parse_shapes(pairs: list[str]) -> dict[str, int]:
-    """`--shape B=64` options as a dict; a malformed one is an InputError."""
-    shapes: dict[str, int] = {}
-    for pair in pairs or []:
-        name, sep, value = pair.partition("=")
-        try:
-            shapes[name.strip()] = int(value)
-        except ValueError:
-            sep = ""
-        if not sep or not name.strip():
-            raise InputError(f"--shape '{pair}': expected SYM=N with an integer N")
-    return shapes
-
-
-def _given_inputs(args) -> dict[str, np.ndarray]:
-    from compiler.commands.run_asm import load_inputs  # noqa: F401  (same file formats)
-    import zipfile
-
-    given: dict[str, np.ndarray] = {}
-    if args.inputs:
-        try:
-            with np.load(args.inputs, allow_pickle=False) as archive:
-                given.update({key: archive[key] for key in archive.files})
-        except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
-            raise InputError(f"cannot read inputs '{args.inputs}': {err}") from None
-    for pair in args.input or []:
-        name, sep, file = pair.partition("=")
-        if not sep or not name or not file:
-            raise InputError(f"-i '{pair}': expected NAME=FILE.npy")
-        try:
-            given[name] = np.load(file, allow_pickle=False)
-        except (OSError, ValueError, EOFError) as err:
-            raise InputError(f"-i {name}: cannot read '{file}': {err}") from None
-    return given
-
-
-def prepare(args):
-    """(function, inputs by parameter name) for the `run` options."""
-    from compiler.frontend import load_program
-
-    given = _given_inputs(args)
-    shapes = parse_shapes(args.shape)
-    fn = load_program(args.program, entry=args.entry, shapes=shapes,
-                      input_shapes={k: tuple(v.shape) for k, v in given.items()})
-    names = {p.name for p in fn.params}
-    for name in given:
-        if name not in names:
-            raise InputError(f"input '{name}' is not a parameter of '{fn.name}' "
-                             f"(parameters: {', '.join(sorted(names)) or 'none'})")
-    rng = np.random.default_rng(args.seed)
-    inputs: dict[str, np.ndarray] = {}
-    for param in fn.params:
-        if param.name in given:
-            inputs[param.name] = np.asarray(given[param.name])
-            continue
-        value = rng.standard_normal(param.type.shape, dtype=np.float32)
-        if param.type.dtype in ("i32", "i8"):
-            value = np.round(value * 4)
-        elif param.type.dtype == "bool":
-            value = value > 0
-        inputs[param.name] = value
-    from compiler.graph.dtypes import np_dtype
-
-    typed = {}
-    for param in fn.params:
-        value = np.asarray(inputs[param.name])
-        typed[param.name] = value.astype(np_dtype(param.type.dtype)) if value.dtype.kind in "fbiu" \
-            else value
-    return fn, typed
+from isa.errors import Diagnostic, UsageError
 
 
 def relative_error(got: np.ndarray, want: np.ndarray) -> float:
@@ -123,21 +52,23 @@ def report_json(report, compiled, fn, machine) -> dict:
 
 def run_compiled(args) -> int:
     from compiler.backend.pipeline import CompileOptions, compile_function
-    from compiler.commands.run_asm import _write_text, write_outputs
+    from compiler.commands.run_asm import _write_text
+    from compiler.inputs import load_program_and_inputs, write_outputs
     from isa.machine import load_machine
     from runtime import run_program
 
     if getattr(args, "chips", 1) != 1:
         raise UsageError(f"--chips {args.chips}: multi-chip runs are not supported yet")
     machine = load_machine(args.machine)
-    fn, inputs = prepare(args)
+    fn, inputs = load_program_and_inputs(args)
     start = time.perf_counter()
     compiled = compile_function(fn, machine, CompileOptions(opt_level=int(args.opt),
                                                             tune=bool(args.tune)))
     compile_seconds = time.perf_counter() - start
-    result = run_program(compiled.program, machine, inputs, timing_only=args.timing_only,
+    result = run_program(compiled.program, machine, compiled.program_inputs(inputs),
+                         timing_only=args.timing_only,
                          max_instructions=args.max_instructions, trace=bool(args.trace))
-    outputs = list(result.outputs.values())
+    outputs = compiled.graph_outputs(result) if not args.timing_only else []
     if args.output:
         write_outputs(args.output, outputs)
     report = result.report

@@ -1,0 +1,48 @@
+"""Helpers for the backend tests: compile a `.zt` text, run it on the interpreter (every
+trap check on), and compare each output with the reference evaluator."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+
+
+@functools.cache
+def machine(name: str = "m890"):
+    from isa.machine import load_machine
+
+    return load_machine(name)
+
+
+def compile_and_run(source: str, *, machine_name: str = "m890", opt_level: int = 0,
+                    seed: int = 0, shapes: dict[str, int] | None = None):
+    """(fn, compiled, result, reference outputs); asserts every output is within tolerance."""
+    from compiler.backend.pipeline import CompileOptions, compile_function
+    from compiler.commands.run_compiled import relative_error
+    from compiler.inputs import prepare_inputs
+    from compiler.frontend import load_program
+    from compiler.graph.dtypes import tolerance
+    from compiler.reference import evaluate
+    from runtime import run_program
+
+    fn = load_program("test.zt", text=source, shapes=shapes or {})
+    inputs = prepare_inputs(fn, {}, seed)
+    target = machine(machine_name)
+    compiled = compile_function(fn, target, CompileOptions(opt_level=opt_level))
+    result = run_program(compiled.program, target, compiled.program_inputs(inputs))
+    want = evaluate(fn, inputs)
+    got = compiled.graph_outputs(result)
+    assert len(got) == len(want)
+    for index, (g, w, value) in enumerate(zip(got, want, fn.outputs)):
+        assert g.shape == w.shape, f"out{index}: shape {g.shape} vs {w.shape}"
+        err = relative_error(g, w)
+        tol = tolerance(value.type.dtype)
+        assert err <= tol, (f"out{index} ({value.type}): relative error {err:.3g} > {tol:g}\n"
+                            f"got {g!r}\nwant {w!r}")
+    return fn, compiled, result, want
+
+
+@pytest.fixture
+def run_zt():
+    return compile_and_run
