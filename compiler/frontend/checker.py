@@ -375,8 +375,11 @@ class Checker:
                 scope[target.name] = item
             return
         if isinstance(stmt, ast.Return):
-            values = [self.eval(v, scope) for v in stmt.values]
-            for node, value in zip(stmt.values, values):
+            nodes = stmt.values
+            if len(nodes) == 1 and isinstance(nodes[0], ast.TupleLit):
+                nodes = nodes[0].items  # return (a, b)
+            values = [self.eval(v, scope) for v in nodes]
+            for node, value in zip(nodes, values):
                 if isinstance(value, tuple) and isinstance(node, ast.Call):
                     raise Diagnostic(f"'{node.func}' returns {len(value)} values; unpack them "
                                      "before returning", node.span)
@@ -473,7 +476,7 @@ class Checker:
 
         if node.id in BUILTINS or node.id in self.fns or node.id in self.prelude_fns:
             raise Diagnostic(f"'{node.id}' is a function; call it as {node.id}(...)", node.span)
-        names = list(scope) + list(self.consts) + list(GLOBAL_CONSTANTS)
+        names = list(scope) + list(self.consts) + list(GLOBAL_CONSTANTS) + list(DTYPES)
         raise Diagnostic(f"unknown name '{node.id}'{did_you_mean(node.id, names)}", node.span)
 
     def eval(self, node, scope: dict):
@@ -596,7 +599,7 @@ class Checker:
         for kw in node.kwargs:
             if kw.name in kwargs:
                 raise Diagnostic(f"keyword argument '{kw.name}' is given twice", kw.span)
-            kwargs[kw.name] = (self.eval(kw.value, scope), kw.value.span)
+            kwargs[kw.name] = (self.eval(kw.value, scope), kw.span)
         if node.func in self.fns:
             return self.call_function(self.fns[node.func], args, kwargs, node, prelude=False)
         if node.func in self.prelude_fns:

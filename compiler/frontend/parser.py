@@ -22,20 +22,29 @@ _FRIENDLY = {"NAME": "a name", "INT": "an integer", "FLOAT": "a number", "STRING
              "DTYPE": "a dtype", "_NL": "a newline", "$END": "end of file"}
 
 
+# A line ending in one of these continues on the next line.
+_CONTINUES = {",", "=", "+", "-", "*", "/", "//", "@", "**", "<", "<=", ">", ">=", "==", "!=",
+              "->"}
+
+
 class _NewlinesInBrackets:
-    """Post-lexer: inside ( ) and [ ] a newline is whitespace."""
+    """Post-lexer: inside ( ) and [ ], and after a comma or an operator, a newline is
+    whitespace."""
 
     always_accept = ("_NL",)
 
     def process(self, stream):
         depth = 0
+        previous = None
         for token in stream:
             if token.type in ("LPAR", "LSQB"):
                 depth += 1
             elif token.type in ("RPAR", "RSQB"):
                 depth = max(depth - 1, 0)
-            elif token.type == "_NL" and depth:
+            elif token.type == "_NL" and (depth or (previous is not None and
+                                                    previous.value in _CONTINUES)):
                 continue
+            previous = token
             yield token
 
 

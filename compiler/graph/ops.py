@@ -130,7 +130,7 @@ def _gelu(x: np.ndarray, approximate: bool) -> np.ndarray:
     if approximate:
         inner = np.sqrt(2.0 / np.pi) * (x + 0.044715 * x**3)
         return 0.5 * x * (1.0 + np.tanh(inner))
-    return 0.5 * x * (1.0 + _erf(x.astype(np.float64)).astype(x.dtype))
+    return 0.5 * x * (1.0 + _erf(x.astype(np.float64) / np.sqrt(2.0)).astype(x.dtype))
 
 
 _UNARY: dict[str, Callable] = {
