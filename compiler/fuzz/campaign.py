@@ -15,8 +15,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from isa.errors import ChipTrap, ZhenwuError
 
 # The pipelines every program is run through: -O0, -O2, and -O2 with one pass left out.
@@ -35,41 +33,14 @@ class FuzzFailure(Exception):
         self.message = message
 
 
-def random_inputs(fn, seed: int) -> dict[str, np.ndarray]:
-    """Standard-normal inputs (cast to each parameter's dtype), seeded."""
-    from compiler.graph.dtypes import np_dtype
-
-    rng = np.random.default_rng(seed)
-    inputs = {}
-    for param in fn.params:
-        shape = tuple(param.type.shape)
-        data = rng.standard_normal(shape).astype(np.float32)
-        inputs[param.name] = np.asarray(data).astype(np_dtype(param.type.dtype))
-    return inputs
-
-
-def relative_error(got: np.ndarray, want: np.ndarray) -> float:
-    """Largest error relative to the output's scale (the `--check` measure)."""
-    got64 = np.asarray(got, dtype=np.float64)
-    want64 = np.asarray(want, dtype=np.float64)
-    if got64.shape != want64.shape:
-        return float("inf")
-    if got64.size == 0:
-        return 0.0
-    if not np.array_equal(np.isfinite(got64), np.isfinite(want64)):
-        return float("inf")
-    finite = np.isfinite(want64)
-    scale = max(float(np.max(np.abs(want64[finite]), initial=0.0)), 1e-6)
-    diff = np.abs(got64[finite] - want64[finite])
-    return float(np.max(diff, initial=0.0)) / scale
-
-
 def check_program(text: str, *, seed: int = 0, machine_name: str = "m890",
                   pipelines=PIPELINES) -> None:
     """Raise FuzzFailure unless every pipeline matches the reference evaluator on `text`."""
     from compiler.backend.pipeline import CompileOptions, compile_function
+    from compiler.commands.run_compiled import relative_error
     from compiler.frontend import load_program
     from compiler.graph.dtypes import tolerance
+    from compiler.inputs import prepare_inputs
     from compiler.reference import evaluate
     from isa.machine import load_machine
     from runtime import run_program
@@ -79,19 +50,19 @@ def check_program(text: str, *, seed: int = 0, machine_name: str = "m890",
     except ZhenwuError as err:  # the generator made an invalid program: a generator bug
         raise FuzzFailure("frontend", f"rejected a valid program: {err.format()}") from err
     machine = load_machine(machine_name)
-    inputs = random_inputs(fn, seed)
+    inputs = prepare_inputs(fn, {}, seed)  # the inputs `zhenwu run --seed` draws
     want = evaluate(fn, inputs)
     for name, disabled in pipelines:
         level = int(name[1])
         try:
             options = CompileOptions(opt_level=level, disabled_passes=disabled)
             compiled = compile_function(fn, machine, options)
-            result = run_program(compiled.program, machine, inputs)
+            result = run_program(compiled.program, machine, compiled.program_inputs(inputs))
+            got = compiled.graph_outputs(result)
         except ChipTrap as trap:
             raise FuzzFailure(name, f"compiled code trapped: {trap.format()}") from trap
         except ZhenwuError as err:
             raise FuzzFailure(name, f"rejected: {err.format()}") from err
-        got = list(result.outputs.values())
         if len(got) != len(want):
             raise FuzzFailure(name, f"{len(got)} outputs, reference has {len(want)}")
         for index, (g, w, out) in enumerate(zip(got, want, fn.outputs)):
