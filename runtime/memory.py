@@ -82,7 +82,7 @@ class Memory:
         count = 1
         for n in shape:
             count *= n
-        if hi - lo > 8 * count * dtype.itemsize + PAGE_BYTES and len(shape) > 1:
+        if _too_sparse(hi - lo, count * dtype.itemsize) and len(shape) > 1:
             # A sparse view (say one column of a huge matrix): read it one outer slice at a
             # time rather than materialising the whole span.
             out = np.empty(shape, dtype)
@@ -111,7 +111,7 @@ class Memory:
         itemsize = values.dtype.itemsize
         lo, hi = span_of(shape, byte_strides, itemsize)
         self.check(base + lo, base + hi)
-        if hi - lo > 8 * values.nbytes + PAGE_BYTES and len(shape) > 1:
+        if _too_sparse(hi - lo, values.nbytes) and len(shape) > 1:
             for i in range(shape[0]):
                 self.scatter(base + i * byte_strides[0], byte_strides[1:], values[i])
             return
@@ -129,6 +129,12 @@ class Memory:
         )
         elem[...] = values.view(np.uint8).reshape(shape + (itemsize,))
         self.write_bytes(base + lo, raw)
+
+
+def _too_sparse(span: int, nbytes: int) -> bool:
+    """Whether a strided view touches so little of its span that it is cheaper to visit it
+    one outer slice at a time than to copy the whole span (one column of a huge matrix)."""
+    return span > (1 << 22) and span > 64 * nbytes
 
 
 def _is_contiguous(shape: tuple[int, ...], byte_strides: tuple[int, ...], itemsize: int) -> bool:
