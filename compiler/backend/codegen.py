@@ -16,8 +16,9 @@ one has drained:
 - `E_OUT_FREE`: credits for the two copies of the output buffers; the first instruction
   writing them in a tile takes one, the last store of the tile returns it.
 
-At the end of a nest the scalar takes both credits back (`WAIT.S`), so every event is 0
-again and every engine's work is ordered before what follows. A `BAR.CHIP` ends each kernel.
+At the end of a nest the scalar drains the core's queues (`BAR.CORE`), then takes both
+credits back (`WAIT.S`), so every event is 0 again and every engine's work is ordered before
+what follows. A `BAR.CHIP` ends each kernel.
 """
 
 from __future__ import annotations
@@ -236,6 +237,9 @@ def emit_nest(emit: Emitter, nest: Nest, tensors) -> None:
              waits=[(E_OUT_FULL, 1)] if index == 0 else [],
              sigs=[(E_OUT_FREE, 1)] if index == len(stores) - 1 else [])
     emit("ENDLOOP")
+    # Drain first: a WAIT.S on the credits before the engines are done would take the
+    # initial credits the engines still need (a deadlock).
+    emit("BAR.CORE")
     if ld_buffers:
         emit(f"WAIT.S {_event(E_LD_FREE, 2)}")
     emit(f"WAIT.S {_event(E_OUT_FREE, 2)}")
