@@ -47,8 +47,23 @@ def _check_array(array, where: str) -> np.ndarray:
     return array
 
 
+def _magic(path: str) -> bytes:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(6)
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except OSError as err:
+        raise InputError(f"{path}: cannot read ({err})") from None
+
+
 def load_npy(path: str) -> np.ndarray:
     """Read one .npy file (never unpickling); bad files are InputErrors naming the file."""
+    magic = _magic(path)
+    if magic.startswith(b"PK"):
+        raise InputError(f"{path}: is an .npz archive; pass it with --inputs")
+    if magic != b"\x93NUMPY":
+        raise InputError(f"{path}: not a .npy file (no NUMPY header)")
     try:
         data = np.load(path, allow_pickle=False)
     except FileNotFoundError:
@@ -68,6 +83,8 @@ def load_npy(path: str) -> np.ndarray:
 
 def load_npz(path: str) -> dict[str, np.ndarray]:
     """Read every array of an .npz archive, keyed by name (never unpickling)."""
+    if not _magic(path).startswith(b"PK"):
+        raise InputError(f"{path}: not an .npz archive")
     try:
         archive = np.load(path, allow_pickle=False)
     except FileNotFoundError:
