@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import pairwise
 from math import prod
 
 from compiler.frontend import ast
@@ -215,7 +216,7 @@ def _cast(chk: Checker, args: Args, call: ast.Call):
     dtype = dtype_arg(args, "dtype")
     if dtype is None:
         raise Diagnostic("cast() needs a dtype", args["dtype"][1])
-    value, span = args["x"]
+    value = args["x"][0]
     if isinstance(value, (bool, int, float)):
         return chk.constant(value, dtype, call.span)
     return chk.cast(tensor_arg(chk, args, "x"), dtype, call.span)
@@ -464,7 +465,7 @@ def _split(chk: Checker, args: Args, call: ast.Call):
     if isinstance(value, (list, tuple)):
         cuts = int_list(value, span, "n")
         bounds = [0] + cuts + [size]
-        if any(b <= a for a, b in zip(bounds, bounds[1:])):
+        if any(b <= a for a, b in pairwise(bounds)):
             raise Diagnostic(f"split(): indices {cuts} must increase strictly within 1..{size - 1}",
                              span)
     else:
@@ -473,7 +474,7 @@ def _split(chk: Checker, args: Args, call: ast.Call):
             raise Diagnostic(f"split(): axis {axis} of {x.type} (size {size}) does not divide "
                              f"into {n} equal parts", span)
         bounds = [i * (size // n) for i in range(n + 1)]
-    return tuple(slice_axis(chk, x, axis, a, b, call.span) for a, b in zip(bounds, bounds[1:]))
+    return tuple(slice_axis(chk, x, axis, a, b, call.span) for a, b in pairwise(bounds))
 
 
 @builtin("pad", "x pads value", value=0)
@@ -663,4 +664,4 @@ def index_tensor(chk: Checker, node: ast.Index, scope: dict) -> Tensor:
     return chk.reshape(result, tuple(shape), node.span)
 
 
-__all__ = ["BUILTINS", "Builtin", "index_tensor", "matmul", "limits"]
+__all__ = ["BUILTINS", "Builtin", "index_tensor", "limits", "matmul"]

@@ -682,4 +682,4 @@ def load_prelude() -> ast.Module:
     return _PRELUDE[0]
 
 
-__all__ = ["Checker", "DType", "Tensor", "check_module", "DTYPES"]
+__all__ = ["DTYPES", "Checker", "DType", "Tensor", "check_module"]

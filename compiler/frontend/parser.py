@@ -170,7 +170,7 @@ class _ToAst(Transformer):
         return ast.Return(self._span(meta), list(children))
 
     # ---- expressions
-    def _binop(op):  # noqa: N805 - a rule factory used in the class body
+    def _binop(op):
         @v_args(meta=True)
         def rule(self, meta, children):
             left, right = children

@@ -6,5 +6,16 @@ from compiler.graph.parser import parse_function
 from compiler.graph.printer import print_function
 from compiler.graph.verify import verify_function
 
-__all__ = ["Function", "Op", "TensorType", "Value", "to_dot", "OPS", "PRIMITIVES", "OpDef",
-           "parse_function", "print_function", "verify_function"]
+__all__ = [
+           "OPS",
+           "PRIMITIVES",
+           "Function",
+           "Op",
+           "OpDef",
+           "TensorType",
+           "Value",
+           "parse_function",
+           "print_function",
+           "to_dot",
+           "verify_function",
+]

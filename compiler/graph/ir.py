@@ -111,7 +111,8 @@ class Function:
         for value in self.params:
             graph.add_node(value.id, value=value, op=None, label=f"{value.name}: {value.type}")
         for op in self.ops:
-            graph.add_node(op.id, value=op.result, op=op, label=f"%{op.id} {op.kind}\n{op.result.type}")
+            label = f"%{op.id} {op.kind}\n{op.result.type}"
+            graph.add_node(op.id, value=op.result, op=op, label=label)
             for index, operand in enumerate(op.inputs):
                 graph.add_edge(operand.id, op.id, operand=index)
         for index, value in enumerate(self.outputs):

@@ -165,9 +165,12 @@ def _unary_rule(kind: str):
     return infer
 
 
+def _unary_ref(fn: Callable):
+    return lambda xs, attrs: fn(xs[0])
+
+
 for _kind, _fn in _UNARY.items():
-    _register(OpDef(_kind, "elementwise", _unary_rule(_kind),
-                    (lambda f: lambda xs, attrs: f(xs[0]))(_fn)))
+    _register(OpDef(_kind, "elementwise", _unary_rule(_kind), _unary_ref(_fn)))
 
 _register(OpDef("gelu", "elementwise", _unary_rule("gelu"),
                 lambda xs, attrs: _gelu(xs[0], attrs["approximate"]), attrs=("approximate",)))
@@ -301,11 +304,13 @@ def _reduce_flops(types, result, attrs):
 
 _REDUCE = {"reduce_sum": np.sum, "reduce_max": np.max, "reduce_min": np.min,
            "reduce_prod": np.prod}
+def _reduce_ref(fn: Callable):
+    return lambda xs, attrs: fn(xs[0], axis=attrs["axes"], keepdims=attrs["keepdims"])
+
+
 for _kind, _fn in _REDUCE.items():
-    _register(OpDef(
-        _kind, "reduce", _reduce_rule(_kind),
-        (lambda f: lambda xs, attrs: f(xs[0], axis=attrs["axes"], keepdims=attrs["keepdims"]))(_fn),
-        attrs=("axes", "keepdims"), flop_rule=_reduce_flops))
+    _register(OpDef(_kind, "reduce", _reduce_rule(_kind), _reduce_ref(_fn),
+                    attrs=("axes", "keepdims"), flop_rule=_reduce_flops))
 _register(OpDef("argmax", "reduce", _reduce_rule("argmax"), _argmax_ref,
                 attrs=("axes", "keepdims"), flop_rule=_reduce_flops))
 

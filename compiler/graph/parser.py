@@ -208,15 +208,14 @@ def parse_function(text: str, file: str = "<ir>") -> Function:
             while tokens.accept(","):
                 inputs.append(use())
         attrs = {}
-        if tokens.accept("{"):
-            if not tokens.accept("}"):
-                while True:
-                    attr = tokens.expect_kind("name", "an attribute name")
-                    tokens.expect("=")
-                    attrs[attr] = _parse_attr(tokens)
-                    if tokens.accept("}"):
-                        break
-                    tokens.expect(",")
+        if tokens.accept("{") and not tokens.accept("}"):
+            while True:
+                attr = tokens.expect_kind("name", "an attribute name")
+                tokens.expect("=")
+                attrs[attr] = _parse_attr(tokens)
+                if tokens.accept("}"):
+                    break
+                tokens.expect(",")
         tokens.expect(":")
         type_pos = tokens.peek()[2]
         declared = _parse_type(tokens)

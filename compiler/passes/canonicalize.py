@@ -20,17 +20,16 @@ def _same_type(op: Op, value: Value) -> Value | None:
 
 def noop_shape(op: Op, rw: Rewriter) -> Value | None:
     """reshape/broadcast_to/transpose/slice/pad/concat/cast that leave the value as it is."""
-    if op.kind in ("reshape", "broadcast_to", "cast", "slice", "pad", "concat", "transpose"):
-        if len(op.inputs) == 1 and op.inputs[0].type == op.result.type:
-            if op.kind == "transpose" and op.attrs["perm"] != tuple(range(op.result.type.rank)):
-                return None
-            if op.kind == "slice" and (any(op.attrs["starts"]) or
-                                       any(s != 1 for s in op.attrs["steps"])):
-                return None
-            if op.kind == "pad" and any(p != (0, 0) for p in op.attrs["pads"]):
-                return None
-            return op.inputs[0]
-    return None
+    kinds = ("reshape", "broadcast_to", "cast", "slice", "pad", "concat", "transpose")
+    if op.kind not in kinds or len(op.inputs) != 1 or op.inputs[0].type != op.result.type:
+        return None
+    if op.kind == "transpose" and op.attrs["perm"] != tuple(range(op.result.type.rank)):
+        return None
+    if op.kind == "slice" and (any(op.attrs["starts"]) or any(s != 1 for s in op.attrs["steps"])):
+        return None
+    if op.kind == "pad" and any(p != (0, 0) for p in op.attrs["pads"]):
+        return None
+    return op.inputs[0]
 
 
 def reshape_of_reshape(op: Op, rw: Rewriter) -> Value | None:
@@ -63,11 +62,12 @@ def identity_operand(op: Op, rw: Rewriter) -> Value | None:
         return None
     unit, _ = _IDENTITY[op.kind]
     a, b = op.inputs
+    # `is not True`: a bool constant equals 1 but is no numeric unit
     if rw.constant_value(b) == unit and rw.constant_value(b) is not True:
         return _same_type(op, a)
-    if op.kind in ("add", "mul") and rw.constant_value(a) == unit:
-        if rw.constant_value(a) is not True:
-            return _same_type(op, b)
+    commutes = op.kind in ("add", "mul")
+    if commutes and rw.constant_value(a) == unit and rw.constant_value(a) is not True:
+        return _same_type(op, b)
     return None
 
 

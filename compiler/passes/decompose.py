@@ -58,7 +58,7 @@ def _taps(rw: Rewriter, x: Value, kernel, strides, dilation, out_hw):
 
 def _conv2d(op: Op, rw: Rewriter) -> Value:
     x, w = op.inputs
-    n, c, _, _ = x.type.shape
+    n = x.type.shape[0]
     o, cg, kh, kw = w.type.shape
     oh, ow = op.result.type.shape[2:]
     groups = op.attrs["groups"]

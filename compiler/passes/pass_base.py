@@ -41,7 +41,7 @@ def get_pass(name: str) -> GraphPass:
     """A pass instance by name (default options); an unknown name is a UsageError."""
     import difflib
 
-    from compiler.passes import load_all  # noqa: F401 - fills PASSES
+    from compiler.passes import load_all
 
     load_all()
     if name not in PASSES:

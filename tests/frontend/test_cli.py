@@ -69,15 +69,16 @@ def test_integer_and_bool_outputs_keep_their_dtype(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("make, args, message", [
-    (None, ["--reference"], "samples/mlp.zt:4:17: error: symbolic dim 'B' is not bound; pass "
-     "--shape B=N"),
+    (None, ["--reference"], ("samples/mlp.zt:4:17: error: symbolic dim 'B' is not bound; pass "
+     "--shape B=N")),
     ("pickle", ["--shape", "B=2", "--reference", "-i", "x={f}"],
      "holds a pickled object array; zhenwu never loads pickles"),
-    ("garbage", ["--shape", "B=2", "--reference", "-i", "x={f}"], "x.npy: not a .npy file (no NUMPY header)"),
+    ("garbage", ["--shape", "B=2", "--reference", "-i", "x={f}"],
+     "x.npy: not a .npy file (no NUMPY header)"),
     ("int", ["--reference", "-i", "x={f}"], "input 'x' ("),
     ("wrong_shape", ["--reference", "-i", "x={f}"],
-     "mlp.zt:4:12: error: input 'x' has shape [2, 783], but parameter 'x' is bf16[2,784]: "
-     "dims 1 differ (783 vs 784)"),
+     ("mlp.zt:4:12: error: input 'x' has shape [2, 783], but parameter 'x' is bf16[2,784]: "
+     "dims 1 differ (783 vs 784)")),
     ("missing", ["--shape", "B=2", "--reference", "-i", "x={f}"], "no such file"),
     (None, ["--shape", "B=2", "--reference", "-i", "y={f}"], "unknown input 'y'"),
     (None, ["--shape", "B=2", "--shape", "Q=3", "--reference"],

@@ -22,8 +22,8 @@ def test_broadcast_mismatch_names_both_shapes_and_the_dim():
     ("fn main(x: f32[4]) { return x $ 2 }", "t.zt:1:31: error: unexpected character '$'"),
     ("fn main(x: f32[4]) { return x", "t.zt:1:30: error: unexpected end of file; expected "),
     ("fn main(x: f32[4] { return x }", "t.zt:1:19: error: unexpected '{'; expected "),
-    ("fn main(x: f32[4]) { return 'a' }", "t.zt:1:29: error: unexpected character \"'\"; "
-     "strings use double quotes"),
+    ("fn main(x: f32[4]) { return 'a' }", ("t.zt:1:29: error: unexpected character \"'\"; "
+     "strings use double quotes")),
     # names
     ("fn main(x: f32[4]) { return sofmax(x) }",
      "t.zt:1:29: error: unknown function 'sofmax'; did you mean 'softmax'?"),
@@ -44,8 +44,8 @@ def test_broadcast_mismatch_names_both_shapes_and_the_dim():
      "t.zt:1:44: error: keyword argument 'axis' is given twice"),
     # shapes
     ("fn main(x: f32[4, 5], w: f32[6, 3]) { return x @ w }",
-     "t.zt:1:46: error: cannot multiply (@) f32[4,5] and f32[6,3]: contracted dims differ "
-     "(5 vs 6)"),
+     ("t.zt:1:46: error: cannot multiply (@) f32[4,5] and f32[6,3]: contracted dims differ "
+     "(5 vs 6)")),
     ("fn main(x: f32[4, 5]) { return reshape(x, [3, 7]) }",
      "t.zt:1:32: error: cannot reshape f32[4,5] (20 elements) to [3, 7] (21 elements)"),
     ("fn main(x: f32[4, 5]) { return reshape(x, [-1, -1]) }",
@@ -65,8 +65,8 @@ def test_broadcast_mismatch_names_both_shapes_and_the_dim():
     ("fn main(x: f32[4, 5]) { a, b = split(x, 2, axis=1); return a }",
      "t.zt:1:41: error: split(): axis 1 of f32[4,5] (size 5) does not divide into 2 equal parts"),
     ("fn main(x: f32[1, 3, 8, 8], w: f32[4, 2, 3, 3]) { return conv2d(x, w) }",
-     "t.zt:1:58: error: conv2d: f32[1,3,8,8] with groups=1 needs w with 3 input channels per "
-     "group, got f32[4,2,3,3]: dims 1 differ (2 vs 3)"),
+     ("t.zt:1:58: error: conv2d: f32[1,3,8,8] with groups=1 needs w with 3 input channels per "
+     "group, got f32[4,2,3,3]: dims 1 differ (2 vs 3)")),
     # dtypes
     ("fn main(x: f32[4]) { return where(x, x, 0.0) }",
      "t.zt:1:35: error: where() needs a bool condition, got f32[4]"),
@@ -76,7 +76,8 @@ def test_broadcast_mismatch_names_both_shapes_and_the_dim():
     # symbolic dims and calls
     ("fn main(x: f32[B, 5]) { return x }",
      "t.zt:1:16: error: symbolic dim 'B' is not bound; pass --shape B=N"),
-    ("fn f(a: f32[N], b: f32[N]) { return a + b }\nfn main(x: f32[4], y: f32[5]) { return f(x, y) }",
+    (("fn f(a: f32[N], b: f32[N]) { return a + b }\n"
+      "fn main(x: f32[4], y: f32[5]) { return f(x, y) }"),
      "t.zt:2:45: error: symbolic dim 'N' of 'f' is bound to 4 and to 5 (argument 'b' is f32[5])"),
     ("fn f(a: bf16[N]) { return a }\nfn main(x: f32[4]) { return f(x) }",
      "t.zt:2:31: error: argument 'a' of 'f' is f32[4], but the parameter is bf16: dtypes differ"),
@@ -94,8 +95,8 @@ def test_broadcast_mismatch_names_both_shapes_and_the_dim():
     ("fn main(x: f32[4]) { return einsum(\"ij->i\", x) }",
      "t.zt:1:36: error: einsum: subscripts 'ij' need an operand of rank 2, got rank 1"),
     ("fn main(x: f32[4]) { return x[x] }",
-     "t.zt:1:31: error: indexing with a tensor is not supported; indices must be integers or "
-     "slices"),
+     ("t.zt:1:31: error: indexing with a tensor is not supported; indices must be integers or "
+     "slices")),
     ("fn main(x: f32[0]) { return x }", "t.zt:1:16: error: a dim must be positive, got 0"),
 ])
 def test_diagnostic(src, want):

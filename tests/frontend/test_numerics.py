@@ -210,7 +210,7 @@ def test_cast_rounds_and_truncates():
 
 
 def _conv_naive(x, w, stride, pad, dil, groups):
-    n, c, h, wd = x.shape
+    n, _, h, wd = x.shape
     o, cg, kh, kw = w.shape
     xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (pad, pad), (pad, pad)))
     oh = (h + 2 * pad - dil * (kh - 1) - 1) // stride + 1
