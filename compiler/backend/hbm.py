@@ -44,8 +44,10 @@ def plan_hbm(program: KernelProgram, hbm_bytes: int, spans: dict | None = None
 
     def too_big(name: str, needed: int):
         tensor = program.tensor(name)
+        what = {"in": f"input '{name}'", "out": "output", "temp": "result"}.get(tensor.role,
+                                                                              "tensor")
         return CompileError(
-            f"tensor {tensor.dtype}[{','.join(map(str, tensor.shape))}] ({tensor.nbytes:,} "
+            f"{what} {tensor.dtype}[{','.join(map(str, tensor.shape))}] ({tensor.nbytes:,} "
             f"bytes) does not fit in HBM: {needed:,} bytes needed, the machine has "
             f"{hbm_bytes:,}", spans.get(name))
 

