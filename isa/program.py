@@ -353,6 +353,9 @@ class Program:
         instructions = tuple(instructions)
         labels: dict[str, int] = {}
         for marker in markers:
+            if not 0 <= marker.index <= len(instructions):
+                raise AssemblyError(f"{marker.kind} '{marker.name}' at instruction "
+                                    f"{marker.index} of {len(instructions)}", marker.span)
             if marker.kind == "label":
                 if marker.name in labels:
                     raise AssemblyError(f"label '{marker.name}' defined twice", marker.span)

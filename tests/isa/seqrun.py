@@ -95,26 +95,42 @@ def run(program: Program, machine: Machine, inputs: dict[str, np.ndarray],
                 np.ascontiguousarray(data).tobytes(), dtype=np.uint8)
     cores = machine.cores if cores is None else cores
     for core in range(cores):
-        ctx = SeqContext(program, machine, gm, core, cores)
-        steps = 0
-        while ctx.pc < len(program.instructions):
-            instr = program.instructions[ctx.pc]
-            ctx.next_pc = ctx.pc + 1
-            if instr.mnemonic == "HALT":
-                break
-            run_it = True
-            if instr.predicate is not None:
-                run_it = (ctx.regs[instr.predicate.reg] != 0) != instr.predicate.negate
-            if run_it:
-                INSTRUCTIONS[instr.mnemonic].execute(instr, ctx)
-            ctx.pc = ctx.next_pc
-            steps += 1
-            if steps > max_steps:
-                raise ChipTrap("runaway")
+        execute(SeqContext(program, machine, gm, core, cores), max_steps)
     outputs = {}
     for tensor in program.outputs:
         raw = gm[tensor.address:tensor.address + tensor.nbytes].tobytes()
         outputs[tensor.name] = np.frombuffer(raw, dtype=np_dtype(tensor.dtype)).reshape(
             tensor.shape).copy()
-    assert math.prod((1,)) == 1 and itemsize("f32") == 4
     return outputs
+
+
+def execute(ctx: SeqContext, max_steps: int = 10_000_000) -> SeqContext:
+    """Run one core's stream to HALT or the end, every instruction at once, in order."""
+    program = ctx.program
+    steps = 0
+    while ctx.pc < len(program.instructions):
+        instr = program.instructions[ctx.pc]
+        ctx.next_pc = ctx.pc + 1
+        if instr.mnemonic == "HALT":
+            break
+        run_it = True
+        if instr.predicate is not None:
+            run_it = (ctx.regs[instr.predicate.reg] != 0) != instr.predicate.negate
+        if run_it:
+            INSTRUCTIONS[instr.mnemonic].execute(instr, ctx)
+        ctx.pc = ctx.next_pc
+        steps += 1
+        if steps > max_steps:
+            raise ChipTrap("runaway")
+    return ctx
+
+
+def write_gm(gm: np.ndarray, address: int, values: np.ndarray) -> None:
+    data = np.ascontiguousarray(values).tobytes()
+    gm[address:address + len(data)] = np.frombuffer(data, dtype=np.uint8)
+
+
+def read_gm(gm: np.ndarray, address: int, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
+    size = math.prod(shape) * itemsize(dtype)
+    return np.frombuffer(gm[address:address + size].tobytes(), dtype=np_dtype(dtype)).reshape(
+        shape).copy()
