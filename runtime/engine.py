@@ -176,7 +176,6 @@ class Simulator:
         heap = self.heap
         t = core.t if core.t > now else now
         regs = core.regs
-        budget = self.max_instructions
         while True:
             op = ops[core.pc]
             if op.kernel is not None:
@@ -434,7 +433,8 @@ class Simulator:
                        (op, list(races.clocks[engine]) if races is not None else None))
         if self.trace is not None:
             self.trace.slice(core.index, engine, op.mnemonic, now, max(occupancy, 0),
-                             {"address": op.address, "latency": bound.latency})
+                             {"address": op.address, "text": op.text,
+                              "latency": bound.latency})
         if queue:
             self._try_later(core, engine, max(free, now))
         elif core.s_blocked in ("drain", "bar_core", "bar_chip"):

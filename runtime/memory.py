@@ -164,16 +164,24 @@ class GlobalMemory(Memory):
     def read_bytes(self, start: int, nbytes: int) -> np.ndarray:
         """A fresh uint8 array of the bytes [start, start + nbytes) (zeros where unwritten)."""
         self.check(start, start + nbytes)
-        out = np.zeros(nbytes, np.uint8)
-        pos = 0
         pages = self.pages
+        offset = start & _PAGE_MASK
+        if offset + nbytes <= PAGE_BYTES:  # within one page: the common case
+            page = pages.get(start >> _PAGE_SHIFT)
+            if page is None:
+                return np.zeros(nbytes, np.uint8)
+            return page[offset : offset + nbytes].copy()
+        out = np.empty(nbytes, np.uint8)
+        pos = 0
         while pos < nbytes:
             addr = start + pos
             page_index = addr >> _PAGE_SHIFT
             offset = addr & _PAGE_MASK
             take = min(PAGE_BYTES - offset, nbytes - pos)
             page = pages.get(page_index)
-            if page is not None:
+            if page is None:
+                out[pos : pos + take] = 0
+            else:
                 out[pos : pos + take] = page[offset : offset + take]
             pos += take
         return out

@@ -39,7 +39,9 @@ def run_assembly(args) -> int:
     if machine_spec == "m890" and program.machine and program.machine != "m890":
         machine_spec = program.machine  # `.machine z810e` in the file, no --machine given
     machine = load_machine(machine_spec)
-    inputs = load_inputs(program, args.input, args.inputs, args.seed)
+    # a timing-only run computes no values: do not draw (possibly huge) random inputs
+    inputs = load_inputs(program, args.input, args.inputs, args.seed,
+                         draw_missing=not args.timing_only)
     result = run_program(program, machine, inputs, timing_only=args.timing_only,
                          max_instructions=args.max_instructions, trace=bool(args.trace))
     if args.output:
@@ -75,8 +77,10 @@ def _load_program(path: str):
     return parse_assembly(text, str(file))
 
 
-def load_inputs(program, pairs: list[str], npz: str | None, seed: int) -> dict[str, np.ndarray]:
-    """The kernel arguments by tensor name: from files, else seeded normal random values."""
+def load_inputs(program, pairs: list[str], npz: str | None, seed: int, *,
+                draw_missing: bool = True) -> dict[str, np.ndarray]:
+    """The kernel arguments by tensor name: from files, else (when `draw_missing`) seeded
+    normal random values, drawn in directive order and cast to the tensor's dtype."""
     from isa.dtypes import np_dtype
 
     by_name = {t.name: t for t in program.inputs}
@@ -113,6 +117,8 @@ def load_inputs(program, pairs: list[str], npz: str | None, seed: int) -> dict[s
                     f"tensor's {list(tensor.shape)}")
             if value.dtype.kind not in "biuf" and value.dtype != dtype:
                 raise InputError(f"input '{tensor.name}': dtype {value.dtype} is not numeric")
+        elif not draw_missing:
+            continue
         else:
             value = rng.standard_normal(tensor.shape, dtype=np.float32)
             if tensor.dtype in ("i32", "i8"):

@@ -3,21 +3,23 @@
 C[M, N] (f32) = A[M, K] @ B[K, N] (bf16), output tiles TM x TN dealt round-robin to the
 cores, K in steps of TK. Per k-step the LD queue loads an A and a B tile into one of `buffers` L1
 buffers (4 by default: enough to hide the HBM latency) while MX multiplies another; C tiles alternate between two ACC buffers so that a
-tile's store overlaps the next tile's products.
+tile's store overlaps the next tile's products (`acc_buffers=1` for 256 x 256 C tiles, which
+fill the ACC).
 
 Events (each balanced: what is signalled is waited for):
 - E0: a k-step's A and B tiles are in L1 (LD -> MX, one per step);
 - E1: an L1 buffer is free again (MX -> LD; `buffers` tokens primed by SIG.S, drained at the
   end);
 - E2: a C tile's products are done (MX -> ST, one per step, ST waits for K/TK of them);
-- E3: an ACC buffer is free again (ST -> MX; two primed, drained at the end).
+- E3: an ACC buffer is free again (ST -> MX; `acc_buffers` primed, drained at the end).
 """
 
 from __future__ import annotations
 
 
 def gemm_assembly(m: int, n: int, k: int, *, tile_m: int = 128, tile_n: int = 128,
-                  tile_k: int = 128, cores: int = 32, buffers: int = 4) -> str:
+                  tile_k: int = 128, cores: int = 32, buffers: int = 4,
+                  acc_buffers: int = 2) -> str:
     assert m % tile_m == 0 and n % tile_n == 0 and k % tile_k == 0
     tiles_n = n // tile_n
     tiles = (m // tile_m) * tiles_n
@@ -41,7 +43,7 @@ def gemm_assembly(m: int, n: int, k: int, *, tile_m: int = 128, tile_n: int = 12
     DESC d1, b, bf16, [{k}, {n}], [{n}, 1], [{tile_k}, {tile_n}]
     DESC d2, c, f32, [{m}, {n}], [{n}, 1], [{tile_m}, {tile_n}]
     SIG.S E1:{buffers}
-    SIG.S E3:2
+    SIG.S E3:{acc_buffers}
     LOOP r1, {per_core}
     MUL r2, r1, {cores}
     ADD r2, r2, r0
@@ -51,7 +53,7 @@ def gemm_assembly(m: int, n: int, k: int, *, tile_m: int = 128, tile_n: int = 12
     REM r5, r2, {tiles_n}
     MUL r4, r4, {tile_m}
     MUL r5, r5, {tile_n}
-    AND r10, r1, 1
+    REM r10, r1, {acc_buffers}
     MUL r10, r10, {c_bytes}
     REM r9, r11, {buffers}
     MUL r9, r9, {buffer}
@@ -73,6 +75,6 @@ def gemm_assembly(m: int, n: int, k: int, *, tile_m: int = 128, tile_n: int = 12
     ENDLOOP
 done:
     WAIT.S E1:{buffers}
-    WAIT.S E3:2
+    WAIT.S E3:{acc_buffers}
     HALT
 """
