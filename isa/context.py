@@ -68,11 +68,11 @@ class ExecContext(Protocol):
         ...
 
     def pop_loop(self) -> None:
-        """Leave the innermost LOOP."""
+        """Leave the innermost LOOP (at its end, or when a branch jumps out of it)."""
         ...
 
     def loop_trip_count(self) -> int:
-        """The trip count of the innermost LOOP."""
+        """The trip count of the innermost LOOP (ChipTrap when none is active)."""
         ...
 
     def tile(self, space: str, address: int, rows: int, cols: int, dtype: str,

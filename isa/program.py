@@ -4,7 +4,8 @@ A `Program` is a machine name (or None), the GM tensors it reads and writes (`Te
 a flat tuple of `Instruction`s, and the markers (labels and kernel starts) that sit between
 them. Control flow is resolved when the program is built: `program.targets[i]` is where
 instruction i may jump (a branch's label, the instruction after a LOOP's ENDLOOP, an
-ENDLOOP's LOOP), so that the interpreter jumps by index.
+ENDLOOP's LOOP), so that the interpreter jumps by index; `program.loop_exits[i]` is how many
+LOOPs a taken branch leaves (a branch may leave loops, never enter one).
 
 Operands are small frozen dataclasses whose `str()` is their assembly text; equality is
 structural everywhere (source spans are ignored), so round-trip tests compare programs with
@@ -331,7 +332,7 @@ class Descriptor:
 @dataclass(frozen=True)
 class Program:
     """A whole assembly program. Build one with `Program.build(...)` (checks labels and loop
-    nesting and fills `labels`, `targets`); `==` compares machine, tensors, instructions and
+    nesting and fills `labels`, `targets`, `loop_exits`); `==` compares machine, tensors, instructions and
     markers."""
 
     machine: str | None
@@ -340,6 +341,7 @@ class Program:
     markers: tuple[Marker, ...] = ()
     labels: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
     targets: tuple[int | None, ...] = field(default=(), compare=False, repr=False)
+    loop_exits: tuple[int, ...] = field(default=(), compare=False, repr=False)
 
     @staticmethod
     def build(
@@ -395,8 +397,27 @@ class Program:
                     )
         if open_loops:
             raise AssemblyError("LOOP without a matching ENDLOOP", instructions[open_loops[-1]].span)
+        # the LOOPs around each position (the instruction about to run): a branch may leave
+        # loops (it pops their trip counts) but never enter one
+        around: list[tuple[int, ...]] = []
+        stack: list[int] = []
+        for index in range(len(instructions) + 1):
+            around.append(tuple(stack))
+            if index < len(instructions):
+                if instructions[index].mnemonic == "LOOP":
+                    stack.append(index)
+                elif instructions[index].mnemonic == "ENDLOOP":
+                    stack.pop()
+        exits = [0] * len(instructions)
+        for index, instr in enumerate(instructions):
+            if any(isinstance(op, LabelRef) for op in instr.operands):
+                here, there = around[index], around[targets[index]]
+                if here[:len(there)] != there:
+                    raise AssemblyError(
+                        f"{instr.mnemonic} jumps into a LOOP body from outside it", instr.span)
+                exits[index] = len(here) - len(there)
         return Program(machine, tuple(tensors), instructions, tuple(markers), labels,
-                       tuple(targets))
+                       tuple(targets), tuple(exits))
 
     def tensor(self, name: str) -> TensorDecl:
         for tensor in self.tensors:

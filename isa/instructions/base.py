@@ -340,6 +340,16 @@ def positive_value(op, ctx: ExecContext, what: str) -> int:
     return value
 
 
+def check_elements(machine: Machine, count: int, what: str) -> None:
+    """ChipTrap when one operand would hold more elements than the largest per-core memory has
+    bytes (such a tile cannot exist; this also keeps a broadcast view from exhausting the
+    host)."""
+    limit = max(machine.l1_bytes, machine.acc_bytes)
+    if count > limit:
+        raise ChipTrap(f"{what} of {count} elements is larger than any per-core memory "
+                       f"({limit} bytes)")
+
+
 def tile_view(ctx: ExecContext, tile: Tile, rows: int, cols: int, dtype: str) -> np.ndarray:
     """The (rows, cols) view of a tile operand (default strides: rs = cols, cs = 1)."""
     row_stride = cols if tile.row_stride is None else tile.row_stride

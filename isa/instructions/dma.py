@@ -22,6 +22,7 @@ from isa.instructions.base import (
     OptionSpec,
     SuffixSlot,
     ceil_div,
+    check_elements,
     positive_value,
     scalar_value,
     tile_view,
@@ -33,11 +34,13 @@ GROUP = "descriptors and DMA"
 
 
 def box_coords(ref: DescRef, desc: Descriptor, ctx: ExecContext) -> tuple[int, ...]:
-    """The element coordinates of a descriptor reference; ChipTrap on a rank mismatch."""
+    """The element coordinates of a descriptor reference; ChipTrap on a rank mismatch or a
+    box larger than a per-core memory."""
     if len(ref.coords) != len(desc.dims):
         raise ChipTrap(
             f"d{ref.index} has rank {len(desc.dims)} but {len(ref.coords)} coordinates were given"
         )
+    check_elements(ctx.machine, math.prod(desc.box), f"the box of d{ref.index}")
     return tuple(scalar_value(c, ctx) for c in ref.coords)
 
 

@@ -14,6 +14,7 @@ from isa.instructions.base import (
     OptionSpec,
     SuffixSlot,
     ceil_div,
+    check_elements,
     positive_value,
     tile_view,
 )
@@ -34,6 +35,8 @@ def mma_dims(instr: Instruction, machine: Machine, ctx: ExecContext) -> tuple[in
                               (k, machine.mx_k, "K")):
         if value % unit:
             raise ChipTrap(f"MMA {name} = {value} is not a multiple of {unit}")
+    for rows, cols, name in ((m, k, "A"), (k, n, "B"), (m, n, "C")):
+        check_elements(machine, rows * cols, f"MMA {name} ({rows} x {cols})")
     return m, n, k
 
 

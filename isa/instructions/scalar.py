@@ -126,14 +126,20 @@ def _endloop(instr: Instruction, ctx: ExecContext) -> None:
         ctx.pop_loop()
 
 
-def _jmp(instr: Instruction, ctx: ExecContext) -> None:
+def _take_branch(ctx: ExecContext) -> None:
+    for _ in range(ctx.program.loop_exits[ctx.pc]):  # the LOOPs the branch leaves
+        ctx.pop_loop()
     ctx.jump(ctx.program.targets[ctx.pc])
+
+
+def _jmp(instr: Instruction, ctx: ExecContext) -> None:
+    _take_branch(ctx)
 
 
 def _branch(when_zero: bool):
     def execute(instr: Instruction, ctx: ExecContext) -> None:
         if (ctx.read_reg(instr.operands[0].index) == 0) == when_zero:
-            ctx.jump(ctx.program.targets[ctx.pc])
+            _take_branch(ctx)
 
     return execute
 
@@ -194,7 +200,8 @@ DEFS: list[InstrDef] = [
     ),
     _scalar("ENDLOOP", 0x15, "rc += 1; back to the top of the matching LOOP while rc < n", [],
             _endloop, predicable=False),
-    _scalar("JMP", 0x16, "continue at the label", [OperandSpec("target", ("label",), "label")],
+    _scalar("JMP", 0x16, "continue at the label (a branch may leave LOOP bodies, never enter "
+            "one)", [OperandSpec("target", ("label",), "label")],
             _jmp),
     _scalar("BEQZ", 0x17, "continue at the label when ra == 0",
             [RA, OperandSpec("target", ("label",), "label")], _branch(True)),

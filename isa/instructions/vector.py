@@ -24,6 +24,7 @@ from isa.instructions.base import (
     OptionSpec,
     SuffixSlot,
     ceil_div,
+    check_elements,
     positive_value,
     read_source,
     scalar_value,
@@ -53,9 +54,12 @@ VX_COST_DOC = ("occupancy ceil(rows·cols·{bytes} / `vx_bytes_per_cycle`) (at l
 
 
 def _shape(instr: Instruction, ctx: ExecContext, at: int) -> tuple[int, int]:
-    """(rows, cols) from the operands at positions at, at + 1; ChipTrap unless positive."""
-    return (positive_value(instr.operands[at], ctx, "rows"),
-            positive_value(instr.operands[at + 1], ctx, "cols"))
+    """(rows, cols) from the operands at positions at, at + 1; ChipTrap unless positive and
+    no larger than a per-core memory."""
+    rows = positive_value(instr.operands[at], ctx, "rows")
+    cols = positive_value(instr.operands[at + 1], ctx, "cols")
+    check_elements(ctx.machine, rows * cols, f"a {rows} x {cols} tile")
+    return rows, cols
 
 
 def _vx_cost(at: int, elem_bytes, flops_per_elem: int):

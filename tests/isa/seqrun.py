@@ -63,6 +63,8 @@ class SeqContext:
         self.loops.pop()
 
     def loop_trip_count(self) -> int:
+        if not self.loops:
+            raise ChipTrap("ENDLOOP with no active LOOP")
         return self.loops[-1]
 
     def _space(self, space: str) -> np.ndarray:

@@ -221,3 +221,25 @@ def test_random_text_gives_assembly_errors(text):
         err.format()
         return
     assert parse_assembly(print_program(program)) == program
+
+
+@settings(SETTINGS, max_examples=150)
+@given(st.lists(instructions(), min_size=1, max_size=6),
+       st.lists(st.one_of(st.integers(-4, 4096), int64), min_size=32, max_size=32))
+def test_random_instructions_execute_or_trap_cleanly(instrs, registers):
+    import numpy as np
+    import seqrun
+
+    from isa.errors import ChipTrap
+    from isa.machine import load_machine
+
+    program = _program(instrs)
+    machine = load_machine("m890")
+    ctx = seqrun.SeqContext(program, machine, np.zeros(4096, dtype=np.uint8), 1, 2)
+    ctx.regs = list(registers)
+    try:
+        for instr in program.instructions:
+            INSTRUCTIONS[instr.mnemonic].cost(instr, machine, ctx)
+        seqrun.execute(ctx, max_steps=200)
+    except ChipTrap:
+        pass

@@ -325,3 +325,29 @@ def test_argmax_keeps_the_first_maximum_across_calls():
 def test_tile_outside_l1_traps():
     with pytest.raises(ChipTrap, match="outside L1"):
         run_core("VDUP.f32 L1[1048572], #1.0, 1, 2")
+
+
+def test_branches_out_of_loops_pop_their_trip_counts():
+    ctx = run_core("""
+    LI r5, 0
+    LOOP r1, 5
+    LOOP r2, 4
+    ADD r5, r5, 1
+    SLT r3, r2, 1
+    BEQZ r3, inner_done
+    ENDLOOP
+inner_done:
+    SEQ r4, r1, 2
+    BNEZ r4, out
+    ENDLOOP
+out:
+    LOOP r6, 3
+    ADD r7, r7, 1
+    ENDLOOP
+    """)
+    # outer iterations 0, 1, 2 each run the inner body twice; the break at r1 = 2 leaves both
+    assert ctx.regs[5] == 6 and ctx.loops == [] and ctx.regs[7] == 3
+    program = ctx.program
+    assert program.loop_exits[5] == 1 and program.loop_exits[8] == 1
+    with pytest.raises(Exception, match="BEQZ jumps into a LOOP body from outside it"):
+        parse_assembly("BEQZ r1, inside\nLOOP r2, 3\ninside:\nNOP\nENDLOOP")
