@@ -8,6 +8,7 @@ import numpy as np
 
 from compiler.inputs import load_program_and_inputs, output_array, write_outputs
 from compiler.reference import evaluate
+from isa.errors import Diagnostic
 
 
 def summarize(index: int, array: np.ndarray, type_) -> str:
@@ -25,8 +26,16 @@ def summarize(index: int, array: np.ndarray, type_) -> str:
 
 
 def run_reference(args) -> int:
-    fn, inputs = load_program_and_inputs(args)
-    outputs = evaluate(fn, inputs)
+    try:
+        fn, inputs = load_program_and_inputs(args)
+        outputs = evaluate(fn, inputs)
+    except MemoryError:
+        raise Diagnostic(f"{args.program}: the tensors do not fit in this host's memory for "
+                         "the reference evaluator; use smaller --shape values") from None
+    except ValueError as err:
+        if "too big" not in str(err) and "maximum supported dimension" not in str(err):
+            raise
+        raise Diagnostic(f"{args.program}: a tensor is too large for numpy ({err})") from None
     if args.output:
         write_outputs(args.output, outputs)
     for index, (array, value) in enumerate(zip(outputs, fn.outputs)):

@@ -2,12 +2,31 @@
 
 from __future__ import annotations
 
+import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 from compiler.frontend.checker import check_module
 from compiler.frontend.parser import parse_source
 from compiler.graph.ir import Function
-from isa.errors import InputError
+from isa.errors import Diagnostic, InputError, SourceSpan
+
+# Parsing and checking recurse once per nesting level of an expression.
+_RECURSION_LIMIT = 12000
+
+
+@contextmanager
+def _deep_recursion(path: str):
+    """Allow deeply nested expressions; beyond the limit, a diagnostic (not a traceback)."""
+    old = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(old, _RECURSION_LIMIT))
+    try:
+        yield
+    except RecursionError:
+        raise Diagnostic("expressions are nested too deeply (or a chain of operators is too "
+                         "long) for the checker", SourceSpan(path, 1, 1)) from None
+    finally:
+        sys.setrecursionlimit(old)
 
 
 def read_source(path: str) -> str:
@@ -34,8 +53,9 @@ def load_program(path: str, *, text: str | None = None, entry: str | None = None
     """
     if text is None:
         text = read_source(path)
-    module = parse_source(text, path)
-    return check_module(module, entry=entry, shapes=shapes, input_shapes=input_shapes)
+    with _deep_recursion(path):
+        module = parse_source(text, path)
+        return check_module(module, entry=entry, shapes=shapes, input_shapes=input_shapes)
 
 
 __all__ = ["load_program", "parse_source", "read_source"]

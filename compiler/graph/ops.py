@@ -115,7 +115,12 @@ def infer_type(kind: str, types: Types, attrs: dict) -> TensorType:
     extra = [a for a in attrs if a not in op.attrs]
     if extra:
         raise Diagnostic(f"{kind}: unknown attribute {', '.join(extra)}")
-    return op.infer(types, attrs)
+    try:
+        return op.infer(types, attrs)
+    except (TypeError, ValueError, IndexError, KeyError, AttributeError):
+        # attributes of the wrong kind (only possible in hand-written Graph IR text)
+        shown = ", ".join(f"{k}={v!r}" for k, v in attrs.items())
+        raise Diagnostic(f"{kind}: malformed attributes {{{shown}}}") from None
 
 
 # --------------------------------------------------------------------------- elementwise
@@ -156,6 +161,8 @@ _UNARY: dict[str, Callable] = {
 def _unary_rule(kind: str):
     def infer(types: Types, attrs: dict) -> TensorType:
         (t,) = types
+        if kind == "gelu" and not isinstance(attrs.get("approximate"), bool):
+            raise Diagnostic("gelu: 'approximate' must be true or false")
         if kind in _FLOAT_ONLY and not is_float(t.dtype):
             raise Diagnostic(f"{kind} needs a floating-point operand, got {t}")
         if t.dtype == "bool" and kind != "cast":
@@ -430,6 +437,8 @@ def _pad_infer(types: Types, attrs: dict) -> TensorType:
     if len(pads) != t.rank or not all(len(p) == 2 and p[0] >= 0 and p[1] >= 0 for p in pads):
         raise Diagnostic(f"pad: need one non-negative [lo, hi] pair per axis of {t}, "
                          f"got {[list(p) for p in pads]}")
+    if isinstance(attrs["value"], bool) or not isinstance(attrs["value"], (int, float)):
+        raise Diagnostic(f"pad: the value must be a number, got {attrs['value']!r}")
     return TensorType(t.dtype, tuple(d + lo + hi for d, (lo, hi) in zip(t.shape, pads)))
 
 

@@ -144,3 +144,34 @@ def test_plausible_programs_lower_to_the_same_numbers(calls):
     fn = check(PREFIX + expr + "\n}\n")
     if fn is not None:
         _agree(fn)
+
+
+IR_SAMPLE = """func @main(%x: f32[2,3]) -> (f32[2,1]) {
+  %1 = exp %x : f32[2,3] loc("f.zt":1:2-1:5)
+  %2 = reduce_sum %1 {axes=[1], keepdims=true} : f32[2,1] origin("softmax#1")
+  return %2
+}
+"""
+
+
+@FUZZ
+@given(st.data())
+def test_mutated_graph_ir_text(data):
+    """Deleting, duplicating or replacing a piece of valid IR text: a Diagnostic or a function
+    that prints back to the same text, never another exception."""
+    from isa.errors import Diagnostic
+
+    text = IR_SAMPLE
+    for _ in range(data.draw(st.integers(1, 3))):
+        start = data.draw(st.integers(0, len(text)))
+        end = data.draw(st.integers(start, min(len(text), start + 8)))
+        piece = data.draw(st.sampled_from(["", "%", "[", "]", "{", "}", ",", "-", "1", "x",
+                                           "\"", "f16", "=", text[start:end] * 2]))
+        text = text[:start] + piece + text[end:]
+    try:
+        fn = parse_function(text)
+    except Diagnostic as err:
+        err.format()
+        return
+    printed = print_function(fn)
+    assert print_function(parse_function(printed)) == printed
