@@ -2,7 +2,7 @@
 
     python -m isa.docgen > docs/isa.md
 
-tests/isa/test_docgen.py fails when docs/isa.md differs from `generate()`, so the reference
+tests/isa/test_isa_docgen.py fails when docs/isa.md differs from `generate()`, so the reference
 can never go stale: every instruction's syntax, engine, operands, semantics and cost come
 from its `InstrDef`, the machine table from the built-in machine files.
 """

@@ -147,7 +147,11 @@ def _program(instrs: list[Instruction]) -> Program:
     tensors = [TensorDecl(name, "f32", (4, 4), 64 * i, "in") for i, name in enumerate(TENSORS)]
     markers = [Marker(0, "kernel", "k"), *(Marker(min(i, len(body)), "label", name)
                                            for i, name in enumerate(LABELS))]
-    return Program.build("m890", tensors, body, markers)
+    try:
+        return Program.build("m890", tensors, body, markers)
+    except AssemblyError:  # a branch into a loop body: put the labels at the end instead
+        markers = [Marker(0, "kernel", "k"), *(Marker(len(body), "label", n) for n in LABELS)]
+        return Program.build("m890", tensors, body, markers)
 
 
 @settings(SETTINGS, max_examples=150)
@@ -223,7 +227,7 @@ def test_random_text_gives_assembly_errors(text):
     assert parse_assembly(print_program(program)) == program
 
 
-@settings(SETTINGS, max_examples=150)
+@settings(SETTINGS, max_examples=100)
 @given(st.lists(instructions(), min_size=1, max_size=6),
        st.lists(st.one_of(st.integers(-4, 4096), int64), min_size=32, max_size=32))
 def test_random_instructions_execute_or_trap_cleanly(instrs, registers):
