@@ -45,8 +45,11 @@ def evaluate(fn: Function, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
     env: dict[int, np.ndarray] = {}
     for param in fn.params:
         env[param.id] = _as_param(param.name, inputs[param.name], param.type)
+    # Free each intermediate after its last use, so that peak memory follows liveness.
+    last_use = {v.id: index for index, op in enumerate(fn.ops) for v in op.inputs}
+    keep = {v.id for v in fn.outputs}
     with np.errstate(all="ignore"):
-        for op in fn.ops:
+        for index, op in enumerate(fn.ops):
             operands = [env[v.id].astype(compute_dtype(v.type.dtype), copy=False)
                         for v in op.inputs]
             result = np.asarray(OPS[op.kind].reference(operands, op.attrs))
@@ -57,4 +60,7 @@ def evaluate(fn: Function, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
                 raise AssertionError(f"%{op.id} = {op.kind}: reference gave shape "
                                      f"{result.shape}, expected {op.result.type}")
             env[op.id] = result
+            for value in set(op.inputs):
+                if last_use[value.id] == index and value.id not in keep:
+                    del env[value.id]
     return [env[v.id] for v in fn.outputs]

@@ -257,8 +257,13 @@ def _mean(chk: Checker, args: Args, call: ast.Call):
     if not axes:
         return x
     count = prod(x.shape[a] for a in axes)
-    total = reduce(chk, "reduce_sum", x, axes, bool_arg(args, "keepdims"), call.span)
-    return chk.binary("div", total, float(count), call.span)
+    saved = chk.origin
+    chk.enter_composite("mean")
+    try:
+        total = reduce(chk, "reduce_sum", x, axes, bool_arg(args, "keepdims"), call.span)
+        return chk.binary("div", total, float(count), call.span)
+    finally:
+        chk.origin = saved
 
 
 @builtin("argmax", "x axis keepdims", axis=None, keepdims=False)

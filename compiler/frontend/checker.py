@@ -400,10 +400,7 @@ class Checker:
         scope: dict = {}
         saved = (self.origin, self.span_override)
         if prelude:
-            if self.origin is None:
-                count = self.origin_counts.get(fn.name, 0) + 1
-                self.origin_counts[fn.name] = count
-                self.origin = f"{fn.name}#{count}"
+            self.enter_composite(fn.name)
             self.span_override = self.span_override or call.span
         self.call_stack.append(fn.name)
         try:
@@ -427,6 +424,14 @@ class Checker:
             self.call_stack.pop()
             self.origin, self.span_override = saved
         return results[0] if len(results) == 1 else tuple(results)
+
+    def enter_composite(self, name: str) -> None:
+        """Ops emitted from now on come from composite `name` (outermost one wins); the
+        caller restores `self.origin` afterwards."""
+        if self.origin is None:
+            count = self.origin_counts.get(name, 0) + 1
+            self.origin_counts[name] = count
+            self.origin = f"{name}#{count}"
 
     def bind_param(self, fn: ast.FnDef, param: ast.Param, value, span, scope: dict) -> Tensor:
         """Check an argument against a typed parameter, binding the callee's symbolic dims."""

@@ -330,4 +330,6 @@ def test_origins_of_composites():
     fn = compile_zt("fn main(x: f32[2, 3]) { return softmax(x) + softmax(layernorm(x, 1.0, 0.0)) }")
     origins = {op.origin for op in fn.ops}
     assert {"softmax#1", "softmax#2", "layernorm#1"} <= origins
+    fn = compile_zt("fn main(x: f32[2, 3]) { return mean(x, axis=1), rmsnorm(x, 1.0) }")
+    assert [op.origin for op in fn.ops if op.kind == "reduce_sum"] == ["mean#1", "rmsnorm#1"]
     assert all(op.span is not None and op.span.file == "t.zt" for op in fn.ops)
