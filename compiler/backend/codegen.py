@@ -32,6 +32,10 @@ from compiler.graph.dtypes import itemsize
 from isa.program import format_float
 
 E_LD_FULL, E_LD_FREE, E_OUT_FULL, E_OUT_FREE = 0, 1, 2, 3
+# Fused nests (compiler/backend/fusion.py) also use: setup loads (once per core, before the
+# tile loop; the scalar waits for them), epilogue loads in `final` (their own two credits),
+# and the hand-off from the last step to the epilogue's compute.
+E_SETUP, E_EPI_FULL, E_EPI_FREE, E_MID = 4, 5, 6, 7
 
 # scalar registers
 R_CORE, R_CORES, R_MINE, R_TILE_LOOP, R_TILE = 0, 1, 2, 3, 4
@@ -77,6 +81,7 @@ class _NestContext:
     nest: Nest
     descs: dict[View, int]
     ld_buffers: set[str]
+    setup_buffers: frozenset[str] = frozenset()
 
     def coord(self, axis: int) -> int | None:
         """The register holding nest axis `axis`'s tile coordinate, None when it is 0."""
@@ -84,8 +89,21 @@ class _NestContext:
 
     def tile(self, name: str) -> str:
         buf = self.nest.buffer(name)
+        if name in self.setup_buffers:
+            return f"{buf.level}[{buf.offset}]"
         reg = R_LD_OFF if name in self.ld_buffers else R_OUT_OFF
         return f"{buf.level}[{_addr(reg, buf.offset)}]"
+
+    def operand(self, name: str, dst) -> str:
+        """Tile operand `name` of an instruction writing buffer `dst`: a 1 x cols buffer
+        repeats its row (rs = 0), a rows x 1 buffer its column (cs = 0)."""
+        text = self.tile(name)
+        src = self.nest.buffer(name)
+        if (src.rows, src.cols) == (dst.rows, dst.cols) or src.rows * src.cols == dst.rows * dst.cols:
+            return text
+        row_stride = 0 if src.rows == 1 else src.cols
+        col_stride = 0 if src.cols == 1 else 1
+        return f"{text[:-1]}, {row_stride}, {col_stride}]"
 
     def ref(self, view: View) -> str:
         coords = []
@@ -120,7 +138,8 @@ def _compute(ctx: _NestContext, stmt, first_step: bool) -> str:
     t = ctx.tile
     if isinstance(stmt, Vec):
         buf = ctx.nest.buffer(stmt.dst)
-        srcs = [_imm(s) if isinstance(s, (int, float)) else t(s) for s in stmt.srcs]
+        srcs = [_imm(s) if isinstance(s, (int, float)) else ctx.operand(s, buf)
+                for s in stmt.srcs]
         op, _, cmp = stmt.op.partition(".")
         name = f"V{op}.{cmp}.{stmt.dtype}" if cmp else f"V{op}.{stmt.dtype}"
         return f"{name} {', '.join([t(stmt.dst)] + srcs)}, {buf.rows}, {buf.cols}"
@@ -146,7 +165,7 @@ def _compute(ctx: _NestContext, stmt, first_step: bool) -> str:
 
 
 def _emit_step(emit: Emitter, ctx: _NestContext, first: bool, last: bool,
-               out_written_in_step: bool) -> None:
+               out_written_in_step: bool, epilogue: bool = False) -> None:
     loads = [s for s in ctx.nest.step if isinstance(s, Load)]
     compute = [s for s in ctx.nest.step if not isinstance(s, Load)]
     if loads:
@@ -171,8 +190,31 @@ def _emit_step(emit: Emitter, ctx: _NestContext, first: bool, last: bool,
             if loads:
                 sigs.append((E_LD_FREE, 1))
             if last:
-                sigs.append((E_OUT_FULL, 1))
+                sigs.append((E_MID if epilogue else E_OUT_FULL, 1))
         emit(_compute(ctx, stmt, first), waits=waits, sigs=sigs)
+
+
+def _emit_load(emit: Emitter, ctx: _NestContext, load: Load, waits, sigs) -> None:
+    buf = ctx.nest.buffer(load.dst)
+    pad = f" .pad {_imm(load.pad)}" if load.pad != 0 else ""
+    emit(f"DMA.LD.{buf.dtype} {ctx.tile(load.dst)}, {ctx.ref(load.view)}{pad}",
+         waits=waits, sigs=sigs)
+
+
+def _emit_epilogue(emit: Emitter, ctx: _NestContext, compute: list, n_loads: int) -> None:
+    """The `final` compute of a tile: after the last step (E_MID) and the tile's epilogue
+    loads (E_EPI_FULL); it hands the output to the stores (E_OUT_FULL)."""
+    for index, stmt in enumerate(compute):
+        waits, sigs = [], []
+        if index == 0:
+            waits.append((E_MID, 1))
+            if n_loads:
+                waits.append((E_EPI_FULL, n_loads))
+        if index == len(compute) - 1:
+            sigs.append((E_OUT_FULL, 1))
+            if n_loads:
+                sigs.append((E_EPI_FREE, 1))
+        emit(_compute(ctx, stmt, False), waits=waits, sigs=sigs)
 
 
 def emit_nest(emit: Emitter, nest: Nest, tensors) -> None:
@@ -190,15 +232,27 @@ def emit_nest(emit: Emitter, nest: Nest, tensors) -> None:
         emit(f"DESC d{index}, {base}, {view.dtype}, [{', '.join(map(str, view.dims))}], "
              f"[{', '.join(map(str, view.strides))}], [{', '.join(map(str, box))}]")
     ld_buffers = {s.dst for s in nest.step if isinstance(s, Load)}
-    ctx = _NestContext(nest, descs, ld_buffers)
+    setup_loads = [s for s in nest.setup if isinstance(s, Load)]
+    ctx = _NestContext(nest, descs, ld_buffers, frozenset(s.dst for s in setup_loads))
+    final_loads = [s for s in nest.final if isinstance(s, Load)]
+    epilogue = [s for s in nest.final if not isinstance(s, (Load, Store))]
     grid = nest.grid
     par_axes = [a for a, k in enumerate(nest.kinds) if k == "p" and grid[a] > 1]
     red_axes = [a for a, k in enumerate(nest.kinds) if k == "r" and grid[a] > 1]
-    out_buffers = [b for b in nest.buffers if b.name not in ld_buffers]
+    out_buffers = [b for b in nest.buffers
+                   if b.name not in ld_buffers and b.name not in ctx.setup_buffers]
     out_stride = out_buffers[0].stride if out_buffers else 0
+    # one credit per copy of the output buffers (a single-copy ACC tile takes one)
+    out_credits = out_buffers[0].copies if out_buffers else 2
+    for index, load in enumerate(setup_loads):
+        _emit_load(emit, ctx, load, [], [(E_SETUP, 1)])
+    if setup_loads:
+        emit(f"WAIT.S {_event(E_SETUP, len(setup_loads))}")
     if ld_buffers:
         emit(f"SIG.S {_event(E_LD_FREE, 2)}")
-    emit(f"SIG.S {_event(E_OUT_FREE, 2)}")
+    emit(f"SIG.S {_event(E_OUT_FREE, out_credits)}")
+    if final_loads:
+        emit(f"SIG.S {_event(E_EPI_FREE, out_credits)}")
     emit(f"LI r{R_MINE}, {nest.parallel_tiles}")
     emit(f"SUB r{R_MINE}, r{R_MINE}, r{R_CORE}")
     emit(f"ADD r{R_MINE}, r{R_MINE}, r{R_CORES}")
@@ -213,13 +267,16 @@ def emit_nest(emit: Emitter, nest: Nest, tensors) -> None:
     emit(f"AND r{R_OUT_OFF}, r{R_OUT_COUNT}, 1")
     emit(f"MUL r{R_OUT_OFF}, r{R_OUT_OFF}, {out_stride}")
     emit(f"ADD r{R_OUT_COUNT}, r{R_OUT_COUNT}, 1")
+    for index, load in enumerate(final_loads):
+        _emit_load(emit, ctx, load, [(E_EPI_FREE, 1)] if index == 0 else [], [(E_EPI_FULL, 1)])
     for index, stmt in enumerate(nest.init):
         emit(_compute(ctx, stmt, True), waits=[(E_OUT_FREE, 1)] if index == 0 else [])
     out_in_step = not nest.init
     steps = nest.reduction_steps
     for axis in red_axes:
         emit(f"LI r{R_COORD + axis}, 0")
-    _emit_step(emit, ctx, True, steps == 1, out_in_step)
+    has_epi = bool(epilogue)
+    _emit_step(emit, ctx, True, steps == 1, out_in_step, has_epi)
     if steps > 2:
         emit(f"LOOP r{R_STEP_LOOP}, {steps - 2}")
         emit(f"ADD r{R_STEP}, r{R_STEP_LOOP}, 1")
@@ -229,7 +286,9 @@ def emit_nest(emit: Emitter, nest: Nest, tensors) -> None:
     if steps > 1:
         emit(f"LI r{R_STEP}, {steps - 1}")
         _decompose(emit, R_STEP, red_axes, nest)
-        _emit_step(emit, ctx, False, True, out_in_step)
+        _emit_step(emit, ctx, False, True, out_in_step, has_epi)
+    if epilogue:
+        _emit_epilogue(emit, ctx, epilogue, len(final_loads))
     stores = [s for s in nest.final if isinstance(s, Store)]
     for index, store in enumerate(stores):
         buf = nest.buffer(store.src)
@@ -242,12 +301,16 @@ def emit_nest(emit: Emitter, nest: Nest, tensors) -> None:
     emit("BAR.CORE")
     if ld_buffers:
         emit(f"WAIT.S {_event(E_LD_FREE, 2)}")
-    emit(f"WAIT.S {_event(E_OUT_FREE, 2)}")
+    emit(f"WAIT.S {_event(E_OUT_FREE, out_credits)}")
+    if final_loads:
+        emit(f"WAIT.S {_event(E_EPI_FREE, out_credits)}")
 
 
 def emit_kernel(emit: Emitter, kernel: Kernel, tensors) -> None:
     emit.raw(f".kernel {kernel.name}")
-    for nest in kernel.nests:
+    for index, nest in enumerate(kernel.nests):
+        if index:  # a nest may read what every core's previous nest wrote
+            emit("BAR.CHIP")
         emit_nest(emit, nest, tensors)
     emit("BAR.CHIP")
 

@@ -179,6 +179,9 @@ class Nest:
     init: tuple[Stmt, ...] = ()
     step: tuple[Stmt, ...] = ()
     final: tuple[Stmt, ...] = ()
+    # loads run once per core before its first tile, into single-copy buffers (operands
+    # that are the same for every tile, e.g. a bias row when a tile spans all columns)
+    setup: tuple[Stmt, ...] = ()
 
     @property
     def grid(self) -> tuple[int, ...]:
@@ -200,7 +203,7 @@ class Nest:
         raise KeyError(name)
 
     def statements(self) -> tuple[Stmt, ...]:
-        return self.init + self.step + self.final
+        return self.setup + self.init + self.step + self.final
 
 
 @dataclass(frozen=True)
@@ -271,7 +274,7 @@ def print_nest(nest: Nest, indent: str = "  ") -> list[str]:
     axes = ", ".join(f"{e} {k} {t}" for e, k, t in zip(nest.extents, nest.kinds, nest.tile))
     lines = [f"{indent}nest [{axes}] {{"]
     lines += [f"{indent}  {print_buffer(b)}" for b in nest.buffers]
-    for phase in ("init", "step", "final"):
+    for phase in ("setup", "init", "step", "final"):
         stmts = getattr(nest, phase)
         if stmts:
             lines.append(f"{indent}  {phase}:")
@@ -382,7 +385,7 @@ def parse_kernels(text: str) -> KernelProgram:
                     name, level, dtype, rows, cols, off, copies, stride = m.groups()
                     nest["buffers"] += (Buffer(name, level, dtype, int(rows), int(cols), int(off),
                                                int(copies), int(stride)),)
-                elif line in ("init:", "step:", "final:"):
+                elif line in ("setup:", "init:", "step:", "final:"):
                     phase = line[:-1]
                 else:
                     if phase is None:
@@ -397,7 +400,8 @@ def parse_kernels(text: str) -> KernelProgram:
                     nest = {"extents": tuple(int(a[0]) for a in axes),
                             "kinds": tuple(a[1] for a in axes),
                             "tile": tuple(int(a[2]) for a in axes),
-                            "buffers": (), "init": (), "step": (), "final": ()}
+                            "buffers": (), "init": (), "step": (), "final": (),
+                            "setup": ()}
                 else:
                     raise KernelParseError(f"expected a nest, got {line!r}")
             elif line.startswith("tensor "):

@@ -24,8 +24,9 @@ import numpy as np
 from compiler.backend.kernel_ir import (
     Buffer, Iota, Kernel, Load, Mma, Nest, Reduce, Store, Tensor, Vec, View,
 )
-from compiler.backend.tiling import map_tile, matmul_tile, reduce_tile
+from compiler.backend.tiling import MIN_TILE_ELEMS, map_tile, matmul_tile, reduce_tile
 from compiler.graph.dtypes import is_float, is_int, itemsize, limits, np_dtype
+from compiler.graph.ir import TensorType
 from isa.errors import CompileError
 
 ALIGN = 64  # bytes: alignment of every L1/ACC buffer
@@ -302,9 +303,14 @@ def reduce_identity(op: str, dtype: str) -> float:
     return float(high) if op == "MIN" else float(low)
 
 
-def reduce_nest(src: TensorView, axes: tuple[int, ...], out: TensorView, op: str,
-                machine) -> Nest:
-    """A reduction of `src` over `axes` into `out` (kept axes in order, keepdims or not)."""
+def reduce_nests(src: TensorView, axes: tuple[int, ...], out: TensorView, op: str, machine,
+                 scratch) -> list[Nest]:
+    """A reduction of `src` over `axes` into `out` (kept axes in order, keepdims or not).
+
+    When the kept axes give too few tiles to feed the cores, the last reduced axis is split
+    into chunks reduced in parallel into a scratch tensor (`scratch(dtype, shape)` makes one),
+    then a second nest reduces the chunks.
+    """
     kept = [a for a in range(len(src.shape)) if a not in axes]
     order = kept + list(axes)
     nk = len(kept)
@@ -312,7 +318,7 @@ def reduce_nest(src: TensorView, axes: tuple[int, ...], out: TensorView, op: str
     in_view = View(src.tensor, src.dtype, src.offset, tuple(range(len(order))), extents,
                    tuple(src.strides[a] for a in order), (0,) * len(order))
     # The output's strides along the kept axes (a keepdims output has 1s elsewhere).
-    out_strides = [s for s, d in zip(out.strides, out.shape)]
+    out_strides = list(out.strides)
     if len(out.shape) != nk:
         out_strides = [s for i, s in enumerate(out.strides) if i not in axes]
     if nk == 0:  # a full reduction: one dummy kept axis of extent 1
@@ -325,10 +331,62 @@ def reduce_nest(src: TensorView, axes: tuple[int, ...], out: TensorView, op: str
                         extents[:nk], tuple(out_strides), (0,) * nk)
     kinds = ("p",) * nk + ("r",) * (len(extents) - nk)
     keep = {len(extents) - 1} if op == "ARGMAX" else set()
-    extents, kinds, (in_view, out_view), axis_map = simplify(extents, kinds, keep,
-                                                             [in_view, out_view])
-    nk = kinds.count("p")
+    extents, kinds, (in_view, out_view), _ = simplify(extents, kinds, keep, [in_view, out_view])
     cdt = compute_dtype(src.dtype)
+    nest = reduce_tiled(extents, kinds, in_view, out_view, op, cdt, machine)
+    split = 1 if op == "ARGMAX" else _split_count(nest, machine)
+    if split == 1:
+        return [nest]
+    # Nest 1: (kept..., split) parallel, (reduced..., chunk) accumulated, into the scratch.
+    nk = kinds.count("p")
+    chunk = extents[-1] // split
+    last = len(extents) - 1
+    dims, strides, view_axes = [], [], []
+    for axis, dim, stride in zip(in_view.axes, in_view.dims, in_view.strides):
+        if axis == last:
+            continue
+        view_axes.append(axis if axis < nk else axis + 1)
+        dims.append(dim)
+        strides.append(stride)
+    stride = in_view.strides[in_view.axes.index(last)]
+    at = sum(1 for a in view_axes if a < nk)
+    view_axes[at:at] = [nk]
+    dims[at:at] = [split]
+    strides[at:at] = [chunk * stride]
+    view_axes.append(last + 1)
+    dims.append(chunk)
+    strides.append(stride)
+    split_view = View(in_view.tensor, in_view.dtype, in_view.offset, tuple(view_axes),
+                      tuple(dims), tuple(strides), (0,) * len(dims))
+    kept_extents = extents[:nk] + (split,)
+    partial = scratch(cdt, kept_extents)
+    first = reduce_tiled(kept_extents + extents[nk:-1] + (chunk,),
+                         ("p",) * (nk + 1) + ("r",) * (len(extents) - nk), split_view,
+                         partial.nest_view(), op, cdt, machine)
+    # Nest 2: the chunks' partial results.
+    second = reduce_tiled(kept_extents, ("p",) * nk + ("r",), partial.nest_view(), out_view, op,
+                          cdt, machine)
+    return [first, second]
+
+
+def _split_count(nest: Nest, machine) -> int:
+    """How many chunks to cut the last reduced axis into (1: no split): enough to feed the
+    cores, each chunk a whole number of elements and worth a DMA of its own."""
+    tiles = nest.parallel_tiles
+    extent = nest.extents[-1]
+    want = machine.cores // tiles
+    if want < 2 or extent < 2 * MIN_TILE_ELEMS:
+        return 1
+    for split in range(min(want, extent // MIN_TILE_ELEMS), 1, -1):
+        if extent % split == 0:
+            return split
+    return 1
+
+
+def reduce_tiled(extents, kinds, in_view: View, out_view: View, op: str, cdt: str,
+                 machine) -> Nest:
+    """A reduction nest over simplified axes: kept (parallel) axes first, reduced last."""
+    nk = kinds.count("p")
     n_acc = 2 if op == "ARGMAX" else 1
     kept_tile, red_tile = reduce_tile(extents[:nk], extents[nk:], itemsize(cdt), 4 * n_acc,
                                       machine, reserve=2 * ALIGN * (1 + n_acc))
@@ -646,7 +704,12 @@ class Lowering:
             return [self.copy_nest(tmp, replace(out, shape=tmp.shape,
                                                 strides=row_major(tmp.shape)))]
         if kind in REDUCE_OPS:
-            return [reduce_nest(ins[0], tuple(attrs["axes"]), out, REDUCE_OPS[kind], machine)]
+            def scratch(dtype, shape):
+                return self.new_tensor(f"t{op.id}_part", TensorType(dtype, shape), "temp",
+                                       op.span)
+
+            return reduce_nests(ins[0], tuple(attrs["axes"]), out, REDUCE_OPS[kind], machine,
+                                scratch)
         if kind == "matmul":
             return [matmul_nest(ins[0], ins[1], out, machine)]
         raise CompileError(f"the backend cannot lower op '{kind}' yet", op.span)

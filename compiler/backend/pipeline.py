@@ -4,7 +4,8 @@ Stages, in order (each has a text form): graph passes (the frontend's default pi
 including `decompose`), `lower` (one kernel per non-view op, tiled for the machine), `hbm`
 (addresses), `codegen` (assembly text), `assemble` (an `isa` Program).
 
-`-O1`/`-O2` currently compile as `-O0`; the option is plumbed for the fusion pass.
+At `-O1`/`-O2` the `fuse` pass (compiler/passes/fuse.py) groups the ops and `lower` builds
+one kernel per group (compiler/backend/fusion.py); `-O0` keeps one kernel per op.
 """
 
 from __future__ import annotations
@@ -74,7 +75,13 @@ def compile_function(fn, machine, options: CompileOptions = CompileOptions()
     from isa.asm import parse_assembly
 
     graph = graph_passes(fn, options)
-    tensors, kernels, spans = lower_function(graph, machine)
+    if options.opt_level >= 1 and "fuse" not in options.disabled_passes:
+        from compiler.backend.fusion import lower_fused
+        from compiler.passes.fuse import plan_fusion
+
+        tensors, kernels, spans = lower_fused(graph, machine, plan_fusion(graph))
+    else:
+        tensors, kernels, spans = lower_function(graph, machine)
     planned = plan_hbm(KernelProgram(tuple(tensors), tuple(kernels)), machine.hbm_bytes, spans)
     asm_text = generate(planned)
     program = parse_assembly(asm_text, "<compiled>")

@@ -86,8 +86,8 @@ def run_compiled(args) -> int:
         _write_text(args.report, json.dumps(data, indent=2) + "\n")
     if args.trace and result.trace is not None:
         _write_text(args.trace, json.dumps(result.trace))
-    for index, value in enumerate(outputs):
-        print(f"out{index}: {fn.outputs[index].type.dtype} {list(value.shape)}")
+    for index, value in enumerate(fn.outputs):
+        print(f"out{index}: {value.type.dtype} {list(value.type.shape)}")
     status = 0
     if args.check:
         if args.timing_only:

@@ -192,3 +192,15 @@ def test_conv2d_groups_dilation():
 def test_pools(name):
     compile_and_run(_fn("x: f32[2, 3, 9, 7]", "f32[2, 3, 5, 4]",
                         f"{name}(x, 3, stride=2, padding=1)"))
+
+
+@pytest.mark.parametrize("params,body,out", [
+    ("x: f32[3, 4096]", "sum(x)", "f32[]"),
+    ("x: f32[2, 6144]", "max(x, axis=1)", "f32[2]"),
+    ("x: i32[5000]", "sum(x, axis=0)", "i32[]"),
+    ("x: bf16[4, 3000]", "min(x, axis=-1, keepdims=true)", "bf16[4, 1]"),
+])
+def test_split_reductions(params, body, out):
+    """Few rows, long rows: the reduction is split over the cores, then combined."""
+    _, compiled, _, _ = compile_and_run(_fn(params, out, body))
+    assert len(compiled.kernels.kernels[-1].nests) == 2

@@ -1,0 +1,239 @@
+"""Matrix products with a fused epilogue, tiled by an analytic cost model (DESIGN.md section 5).
+
+A matmul group (compiler/passes/fuse.py) is one nest over (batch..., m, n, k): per output
+tile the k steps load an A and a B tile (double-buffered in L1) and accumulate with MMA into
+an ACC tile; after the last step the epilogue (bias, activation, residual add, scale) runs on
+the vector engine on the accumulator in place, with its operands loaded while the product
+runs, and the tile is stored once, cast to the output dtype on the way out.
+
+`choose_gemm_tile` picks (tile_m, tile_n, tile_k) from the machine description: every
+candidate that fits ACC (two accumulators when they fit, else one) and L1 (two copies of the
+operand tiles plus the epilogue's buffers) is costed as the slowest of MX time, the core's
+load port and its share of HBM bandwidth per k step, times the waves of tiles over the
+cores, plus what a single accumulator cannot overlap (the epilogue and the store).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from math import ceil
+
+from compiler.backend.kernel_ir import Buffer, Load, Mma, Nest, Store, Vec, View
+from compiler.backend.lower import ALIGN, elementwise_body, layout, mma_dtypes, simplify
+from compiler.graph.dtypes import itemsize
+
+NARROW = ("bf16", "f16", "fp8")
+MAX_TILE_K = 512
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+def _aligned(nbytes: int) -> int:
+    return _round_up(nbytes, ALIGN)
+
+
+@dataclass(frozen=True)
+class GemmTile:
+    """A tiling choice and the model's estimate of its cycles."""
+
+    tile_m: int
+    tile_n: int
+    tile_k: int
+    acc_copies: int
+    cycles: float
+
+
+def _candidates(extent: int, unit: int, cap: int) -> list[int]:
+    top = min(_round_up(extent, unit), cap)
+    out = {top}
+    size = unit
+    while size < top:
+        out.add(size)
+        size *= 2
+    return sorted(out)
+
+
+def gemm_cost(batch, m, n, k, tile_m, tile_n, tile_k, acc_copies, a_bytes, b_bytes, out_bytes,
+              rate, epilogue_ops, machine) -> float:
+    """Estimated cycles of the tiled product (see the module docstring)."""
+    mx = machine
+    tiles = batch * ceil(m / tile_m) * ceil(n / tile_n)
+    active = min(tiles, mx.cores)
+    waves = ceil(tiles / mx.cores)
+    steps = ceil(_round_up(k, mx.mx_k) / tile_k)
+    mx_cycles = (tile_m / mx.mx_m) * (tile_n / mx.mx_n) * (tile_k / mx.mx_k) / rate
+    # in-bounds bytes only: a tile hanging over the edge loads what is inside
+    in_m, in_n, in_k = min(tile_m, m), min(tile_n, n), min(tile_k, k)
+    step_bytes = in_m * in_k * a_bytes + in_k * in_n * b_bytes
+    port = step_bytes / mx.ld_bytes_per_cycle
+    hbm = active * step_bytes / mx.hbm_bytes_per_cycle
+    step = max(mx_cycles, port, hbm) + 12  # scalar issue per step
+    store = in_m * in_n * out_bytes
+    drain = max(store / mx.st_bytes_per_cycle, active * store / mx.hbm_bytes_per_cycle)
+    epilogue = epilogue_ops * tile_m * tile_n * 4 / mx.vx_bytes_per_cycle
+    exposed = drain + epilogue + mx.hbm_latency if acc_copies == 1 else 0.0
+    return waves * (steps * step + exposed) + 2 * mx.hbm_latency + drain + epilogue
+
+
+def choose_gemm_tile(batch, m, n, k, in_dtype, acc_dtype, a_bytes, b_bytes, out_bytes,
+                     epilogue_full_bytes, epilogue_row_bytes, epilogue_ops, machine,
+                     fixed: tuple[int, int, int] | None = None) -> GemmTile:
+    """The cheapest tiling that fits (see the module docstring); `fixed` forces one."""
+    in_bytes = itemsize(in_dtype)
+    acc_elem = itemsize(acc_dtype)
+    rate = machine.mx_rate(in_dtype) or 1.0
+    best = None
+    cands_m = _candidates(m, machine.mx_m, 16 * machine.mx_m)
+    cands_n = _candidates(n, machine.mx_n, 16 * machine.mx_n)
+    for tile_m in cands_m:
+        for tile_n in cands_n:
+            acc_tile = tile_m * tile_n * acc_elem
+            if acc_tile > machine.acc_bytes:
+                continue
+            l1_out = (_aligned(tile_m * tile_n * epilogue_full_bytes)
+                      + _aligned(tile_n * epilogue_row_bytes))
+            stride = _aligned(max(acc_tile, l1_out))
+            copies = 2 if stride + acc_tile <= machine.acc_bytes else 1
+            l1_out_total = l1_out + (stride if copies == 2 else 0)
+            budget = machine.l1_bytes - l1_out_total - 8 * ALIGN
+            tk_cap = budget // (2 * (tile_m + tile_n) * in_bytes) // machine.mx_k * machine.mx_k
+            if tk_cap < machine.mx_k:
+                continue
+            tile_k = min(_round_up(k, machine.mx_k), tk_cap, MAX_TILE_K)
+            if fixed is not None and (tile_m, tile_n) != fixed[:2]:
+                continue
+            if fixed is not None:
+                tile_k = min(fixed[2], tk_cap)
+            cycles = gemm_cost(batch, m, n, k, tile_m, tile_n, tile_k, copies, a_bytes,
+                               b_bytes, out_bytes, rate, epilogue_ops, machine)
+            if best is None or cycles < best.cycles:
+                best = GemmTile(tile_m, tile_n, tile_k, copies, cycles)
+    if best is None:  # the smallest MX tile always fits a real machine
+        best = GemmTile(machine.mx_m, machine.mx_n, machine.mx_k, 1, float("inf"))
+    return best
+
+
+def lower_matmul_group(low, ops) -> None:
+    """Lower a matmul group (the product, then its epilogue ops) as one kernel."""
+    machine = low.machine
+    mm, epilogue = ops[0], ops[1:]
+    last = ops[-1]
+    a, b = (low.view_of(v) for v in mm.inputs)
+    out = low.new_tensor(f"t{last.id}", last.result.type, "temp", last.span)
+    low.views[last.id] = out
+    batch = out.shape[:-2]
+    m, k = a.shape[-2:]
+    n = b.shape[-1]
+    a = a.broadcast(batch + (m, k))
+    b = b.broadcast(batch + (k, n))
+    nb = len(batch)
+    ax_m, ax_n, ax_k = nb, nb + 1, nb + 2
+    bat = tuple(range(nb))
+    zeros = (0,) * (nb + 2)
+    a_view = View(a.tensor, a.dtype, a.offset, bat + (ax_m, ax_k), a.shape, a.strides, zeros)
+    b_view = View(b.tensor, b.dtype, b.offset, bat + (ax_k, ax_n), b.shape, b.strides, zeros)
+    c_view = View(out.tensor, out.dtype, out.offset, bat + (ax_m, ax_n), out.shape,
+                  out.strides, zeros)
+
+    # epilogue operands from outside the group: immediates or views over (batch, m, n)
+    chain = {mm.id} | {op.id for op in epilogue}
+    operands: dict[tuple[int, int], object] = {}
+    epi_views: list[View] = []
+    epi_index: dict[int, int] = {}
+    for op in epilogue:
+        for index, value in enumerate(op.inputs):
+            if value.id in chain:
+                continue
+            where = low.operand(op, index, chain)
+            if isinstance(where, float):
+                operands[(op.id, index)] = where
+                continue
+            if value.id not in epi_index:
+                view = where.broadcast(out.shape)
+                epi_index[value.id] = len(epi_views)
+                epi_views.append(View(view.tensor, view.dtype, view.offset, bat + (ax_m, ax_n),
+                                      view.shape, view.strides, zeros))
+            operands[(op.id, index)] = value.id
+
+    extents = batch + (m, n, k)
+    kinds = ("p",) * (nb + 2) + ("r",)
+    extents, kinds, views, axis_map = simplify(extents, kinds, {ax_m, ax_n, ax_k},
+                                               [a_view, b_view, c_view] + epi_views)
+    a_view, b_view, c_view = views[:3]
+    epi_views = views[3:]
+    ax_m, ax_n = axis_map[ax_m], axis_map[ax_n]
+    nb = len(extents) - 3
+    in_dtype, acc_dtype = mma_dtypes(a.dtype, machine)
+
+    # compact epilogue operands: a bias row is 1 x tile_n, a scalar 1 x 1
+    compact, shapes = [], []
+    for view in epi_views:
+        keep = [d for d in range(view.rank) if view.strides[d] != 0] or [view.rank - 1]
+        view = View(view.tensor, view.dtype, view.offset, tuple(view.axes[d] for d in keep),
+                    tuple(view.dims[d] for d in keep), tuple(view.strides[d] for d in keep),
+                    tuple(view.shifts[d] for d in keep))
+        compact.append(view)
+        has_m, has_n = ax_m in view.axes, ax_n in view.axes
+        shapes.append("full" if has_m and has_n else "row" if has_n
+                      else "col" if has_m else "one")
+    narrow_result = mm.result.type.dtype in NARROW and bool(epilogue)
+    full_bytes = 4 * shapes.count("full") + 4 * shapes.count("col") + (
+        itemsize(mm.result.type.dtype) if narrow_result else 0)
+    row_bytes = 4 * (shapes.count("row") + shapes.count("one"))
+    n_vec = len(epilogue) + (2 if narrow_result else 0)
+    batch_count = 1
+    for e in extents[:nb]:
+        batch_count *= e
+    choice = getattr(low, "gemm_tiles", {}).get(mm.id)
+    tile = choose_gemm_tile(batch_count, m, n, k, in_dtype, acc_dtype, itemsize(a.dtype),
+                            itemsize(b.dtype), itemsize(out.dtype), full_bytes, row_bytes,
+                            n_vec, machine, fixed=choice)
+    tile_m, tile_n, tile_k = tile.tile_m, tile.tile_n, tile.tile_k
+    low.gemm_choices = getattr(low, "gemm_choices", {})
+    low.gemm_choices[mm.id] = tile
+
+    # buffers: operands double-buffered in L1; accumulator (and the epilogue's L1 tiles)
+    # with `acc_copies` copies sharing one stride
+    buffers, used = layout([("a", "L1", in_dtype, tile_m, tile_k, "ld"),
+                            ("b", "L1", in_dtype, tile_k, tile_n, "ld")])
+    dims = {"full": (tile_m, tile_n), "row": (1, tile_n), "col": (tile_m, 1), "one": (1, 1)}
+    l1_out = []
+    offset = used["L1"]
+    for index, kind in enumerate(shapes):
+        rows, cols = dims[kind]
+        l1_out.append(Buffer(f"e{index}", "L1", "f32", rows, cols, offset))
+        offset += _aligned(rows * cols * 4)
+    if narrow_result:
+        l1_out.append(Buffer("round", "L1", mm.result.type.dtype, tile_m, tile_n, offset))
+        offset += _aligned(tile_m * tile_n * itemsize(mm.result.type.dtype))
+    acc_tile = _aligned(tile_m * tile_n * itemsize(acc_dtype))
+    stride = _aligned(max(acc_tile, offset - used["L1"])) if tile.acc_copies == 2 else 0
+    copies = tile.acc_copies
+    buffers.append(Buffer("c", "ACC", acc_dtype, tile_m, tile_n, 0, copies, stride))
+    buffers += [Buffer(bf.name, bf.level, bf.dtype, bf.rows, bf.cols, bf.offset, copies, stride)
+                for bf in l1_out]
+
+    final: list = [Load(f"e{i}", view) for i, view in enumerate(compact)]
+    if narrow_result:
+        rd = mm.result.type.dtype
+        final += [Vec(f"CVT.{acc_dtype}", rd, "round", ("c",)),
+                  Vec(f"CVT.{rd}", acc_dtype, "c", ("round",))]
+    for op in epilogue:
+        if op.kind == "cast":
+            continue  # f32 stays f32; a final narrowing cast happens in the store
+        srcs = []
+        for index, value in enumerate(op.inputs):
+            if value.id in chain:
+                srcs.append("c")
+            else:
+                where = operands[(op.id, index)]
+                srcs.append(where if isinstance(where, float) else f"e{epi_index[where]}")
+        final += elementwise_body(op.kind, op.attrs, "f32")(srcs, "c", None)
+    final.append(Store(c_view, "c"))
+    nest_tile = (1,) * nb + (tile_m, tile_n, tile_k)
+    step = (Load("a", a_view), Load("b", b_view), Mma(in_dtype, acc_dtype, "c", "a", "b"))
+    nest = Nest(extents, nest_tile, kinds, tuple(buffers), (), step, tuple(final))
+    name = "matmul" if not epilogue else "matmul_fused"
+    low.kernel(name, [op.id for op in ops], [nest], last.span)
