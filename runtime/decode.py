@@ -20,6 +20,7 @@ from runtime.ops import BAR_CHIP, BAR_CORE, ENGINE, HALT, SCALAR, SIG_S, WAIT_S,
 # named `c`; VFMA's `c` is a source.)
 DESTINATION_OPERANDS = frozenset({"dst", "dval", "didx"})
 MATRIX_DESTINATION = "c"
+_COST_CACHE_SIZE = 1 << 14  # per instruction; cleared when full
 
 
 def _sync_kind(instr: Instruction, engine: str) -> int | None:
@@ -123,7 +124,13 @@ def _scalar_step(execute, instr: Instruction, index: int):
 
 def _engine_binder(defn, instr: Instruction, index: int, machine, program, functional: bool, gm,
                    chip: int, chips: int):
-    """A closure binding an engine instruction at dispatch: snapshot, cost, semantics."""
+    """A closure binding an engine instruction at dispatch: snapshot, cost, semantics.
+
+    A cost depends only on the instruction, the machine and the registers and descriptors
+    the instruction reads (`Instruction.reads_regs()`/`reads_descs()`, all an ExecContext
+    gives a cost function), so costs are memoised on those values: the cores of an SPMD
+    program mostly dispatch the same instruction with the same operands.
+    """
     execute = defn.execute
     cost_fn = defn.cost
     written = tuple(
@@ -132,20 +139,52 @@ def _engine_binder(defn, instr: Instruction, index: int, machine, program, funct
             spec.name in DESTINATION_OPERANDS
             or (defn.engine == "MX" and spec.name == MATRIX_DESTINATION))
     )
+    reg_reads = instr.reads_regs()
+    desc_reads = instr.reads_descs()
+    costs: dict = {}  # operand values -> Cost (functional) or Bound (timing only)
 
-    def bind(core) -> Bound:
+    def context(core) -> EngineContext:
         regs = core.regs
         written_at = frozenset(
             (tile.space, (0 if tile.base.reg is None else regs[tile.base.reg]) + tile.base.offset)
             for tile in written
         )
-        ctx = EngineContext(machine, program, index, list(regs), list(core.descs),
-                            core.memories, gm, core.index, chip, chips, written_at, functional)
-        cost = cost_fn(instr, machine, ctx)
-        run = None
+        return EngineContext(machine, program, index, list(regs), list(core.descs),
+                             core.memories, gm, core.index, chip, chips, written_at, functional)
+
+    def cost_of(core, key, ctx):
+        if len(costs) >= _COST_CACHE_SIZE:
+            costs.clear()
+        cost = cost_fn(instr, machine, ctx or context(core))
         if functional:
-            def run() -> None:
-                execute(instr, ctx)
+            costs[key] = cost
+            return cost
+        bound = costs[key] = Bound(cost.occupancy, cost.latency, cost.hbm_read, cost.hbm_write,
+                                   cost.flops)
+        return bound
+
+    if not functional:
+        def bind_timing(core) -> Bound:
+            regs = core.regs
+            descs = core.descs
+            key = (*(regs[i] for i in reg_reads), *(descs[i] for i in desc_reads))
+            bound = costs.get(key)
+            return bound if bound is not None else cost_of(core, key, None)
+
+        return bind_timing
+
+    def bind(core) -> Bound:
+        regs = core.regs
+        descs = core.descs
+        key = (*(regs[i] for i in reg_reads), *(descs[i] for i in desc_reads))
+        ctx = context(core)
+        cost = costs.get(key)
+        if cost is None:
+            cost = cost_of(core, key, ctx)
+
+        def run() -> None:
+            execute(instr, ctx)
+
         return Bound(cost.occupancy, cost.latency, cost.hbm_read, cost.hbm_write, cost.flops,
                      run, ctx.accesses)
 
