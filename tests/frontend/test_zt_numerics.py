@@ -7,7 +7,7 @@ import math
 import ml_dtypes
 import numpy as np
 import pytest
-from conftest import compile_zt, run_zt
+from frontend_helpers import compile_zt, run_zt
 
 from compiler.passes import default_graph_pipeline, run_pipeline
 from compiler.reference import evaluate

@@ -4,7 +4,7 @@ a caret under the span; these tests pin the exact text."""
 from __future__ import annotations
 
 import pytest
-from conftest import diag
+from frontend_helpers import diag
 
 
 def test_broadcast_mismatch_names_both_shapes_and_the_dim():
