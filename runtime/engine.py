@@ -183,13 +183,13 @@ class Simulator:
             if op.pred is not None:
                 value = regs[op.pred[0]]
                 if (value == 0) != op.pred[1]:  # predicated off: it still takes its issue
-                    self._count(core, op)
+                    self._count(core, op, t)
                     core.pc += 1
                     t += op.cycles
                     continue
             kind = op.kind
             if kind == SCALAR:
-                self._count(core, op)
+                self._count(core, op, t)
                 try:
                     core.pc = op.step(core)
                 except ChipTrap as err:
@@ -211,7 +211,7 @@ class Simulator:
                     core.t = t
                     return
                 self._unblock_scalar(core, t)
-                self._count(core, op)
+                self._count(core, op, t)
                 bound = self._bind(core, op)
                 # the instruction inherits what the scalar has observed (its clock)
                 t += op.cycles
@@ -230,12 +230,12 @@ class Simulator:
                     return
                 self._unblock_scalar(core, t)
                 self._take_waits(core, S_ENGINE, op.waits)
-                self._count(core, op)
+                self._count(core, op, t)
                 core.pc += 1
                 t += op.cycles
                 continue
             if kind == SIG_S:
-                self._count(core, op)
+                self._count(core, op, t)
                 if core.races is not None:
                     core.races.tick(S_ENGINE)
                 self._signal(core, op, t, S_ENGINE)
@@ -256,21 +256,25 @@ class Simulator:
             if core.races is not None:
                 core.races.join_all_into(S_ENGINE)
             if kind == BAR_CORE:
-                self._count(core, op)
+                self._count(core, op, t)
                 core.pc += 1
                 t += op.cycles
                 continue
             if kind == BAR_CHIP:
-                self._count(core, op)
+                self._count(core, op, t)
                 core.t = t
                 self._arrive_chip_barrier(core, t)
                 return
             self._halt(core, op, t, max(arrival + op.cycles, drain))
             return
 
-    def _count(self, core: CoreState, op: Op) -> None:
+    def _count(self, core: CoreState, op: Op, t: int) -> None:
+        """One more instruction issued by the scalar at cycle `t` (the budget check)."""
         self.instructions += 1
         core.busy[S_ENGINE] += op.cycles
+        if self.trace is not None:
+            name = op.mnemonic if op.kind != ENGINE else "issue " + op.mnemonic
+            self.trace.slice(core.index, S_ENGINE, name, t, op.cycles, {"address": op.address})
         if self.instructions > self.max_instructions:
             raise ChipTrap(
                 f"runaway program: more than {self.max_instructions} instructions executed "
@@ -311,12 +315,15 @@ class Simulator:
         self.chip_barrier_time = max(self.chip_barrier_time, t)
         if len(self.chip_barrier) < len(self.cores):
             return
-        release = self.chip_barrier_time + self.ops[core.pc].cycles + self.timing.barrier_latency
+        cycles = self.ops[core.pc].cycles
+        release = self.chip_barrier_time + cycles + self.timing.barrier_latency
         for waiting in self.chip_barrier:
-            waiting.stall("bar_chip", release - 1 - waiting.t)
-            if self.trace is not None and release - 1 > waiting.t:
-                self.trace.slice(waiting.index, S_ENGINE, "stall bar_chip", waiting.t,
-                                 release - 1 - waiting.t)
+            # each core issued its BAR.CHIP at waiting.t; it waits from then to the release
+            waited = release - (waiting.t + cycles)
+            waiting.stall("bar_chip", waited)
+            if self.trace is not None and waited > 0:
+                self.trace.slice(waiting.index, S_ENGINE, "stall bar_chip", waiting.t + cycles,
+                                 waited)
             waiting.pc += 1
             waiting.t = release
             self._resume(waiting, release)
@@ -324,7 +331,7 @@ class Simulator:
         self.chip_barrier_time = 0
 
     def _halt(self, core: CoreState, op: Op, t: int, end: int) -> None:
-        self._count(core, op)
+        self._count(core, op, t)
         leftover = [(k, v) for k, v in enumerate(core.events) if v != 0]
         if leftover:
             events = ", ".join(f"E{k} = {v}" for k, v in leftover)

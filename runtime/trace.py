@@ -2,8 +2,9 @@
 
 One process per (chip, core), named `core N` (`chip C core N` with several chips), and one
 thread per engine, named by the engine. Each engine instruction is an "X" (complete) event
-named by its mnemonic, with `ts`/`dur` in microseconds; scalar stalls are slices on the `S`
-track named by their cause. "M" metadata events name and order the processes and threads.
+named by its mnemonic, with `ts`/`dur` in microseconds (boundaries at whole nanoseconds);
+scalar instructions (an engine instruction's issue as `issue MNEMONIC`) and scalar stalls
+(`stall CAUSE`) are slices on the `S` track. "M" metadata events name and order the processes and threads.
 The file loads in ui.perfetto.dev and chrome://tracing.
 """
 
@@ -47,18 +48,23 @@ class TraceRecorder:
                                "args": {"name": engine}})
                 events.append({"ph": "M", "name": "thread_sort_index", "pid": pid, "tid": tid,
                                "args": {"sort_index": tid}})
-        scale = self.us_per_cycle
+        ns_per_cycle = self.us_per_cycle * 1000
         for core, engine, name, start, duration, args in sorted(
             self.slices, key=lambda s: (s[0], s[1], s[3])
         ):
+            # Each boundary is rounded to a whole nanosecond, the resolution trace viewers
+            # keep: a slice ending at cycle c and the next starting at c then share the same
+            # nanosecond and never overlap after the viewer's rounding.
+            begin_ns = round(start * ns_per_cycle)
+            end_ns = round((start + duration) * ns_per_cycle)
             event = {
                 "ph": "X",
                 "name": name,
                 "cat": self.engines[engine],
                 "pid": self._pid(core),
                 "tid": engine + 1,
-                "ts": round(start * scale, 6),
-                "dur": round(duration * scale, 6),
+                "ts": begin_ns / 1000,
+                "dur": (end_ns - begin_ns) / 1000,
             }
             if args:
                 event["args"] = args
