@@ -104,7 +104,9 @@ Operands:
 | label | a name defined by `name:` |
 
 Predication: a prefix `@rN` runs the instruction when rN != 0, `@!rN` when rN == 0 (not on
-LOOP/ENDLOOP). `print -> parse -> print` is the identity on the canonical form that
+LOOP/ENDLOOP); the scalar stream tests it at dispatch, and an instruction that does not run
+is not dispatched at all: its `.wait`/`.sig` fields do not happen either. A branch may jump
+out of LOOP bodies (leaving those loops), never into one. `print -> parse -> print` is the identity on the canonical form that
 `zhenwu disasm` and the compiler print.
 
 In the instruction reference below, a DMA's box is contiguous row-major in L1/ACC, a 2-D tile
@@ -152,12 +154,14 @@ def _instruction(defn: InstrDef) -> list[str]:
 def generate() -> str:
     """The text of docs/isa.md."""
     lines = [_INTRO]
-    lines += ["## Instructions", ""]
+    lines += ["## Instruction index", "", "| class | instructions |", "|---|---|"]
+    for group in GROUPS:
+        names = " ".join(f"`{d.mnemonic}`" for d in INSTRUCTIONS.values() if d.group == group)
+        lines.append(f"| {group} | {names} |")
+    lines.append("")
     for group in GROUPS:
         defs = [d for d in INSTRUCTIONS.values() if d.group == group]
         lines += [f"## {group[0].upper() + group[1:]}", ""]
-        summary = ", ".join(f"`{d.mnemonic}`" for d in defs)
-        lines += [summary, ""]
         for defn in defs:
             lines += _instruction(defn)
     lines += ["## Reserved: cluster instructions", "",

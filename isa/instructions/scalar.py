@@ -36,9 +36,10 @@ RA = OperandSpec("ra", ("reg",), "source register")
 RB_IMM = OperandSpec("rb", ("reg", "imm"), "source register or integer immediate")
 
 
-def _scalar(mnemonic: str, opcode: int, summary: str, operands, execute, **extra) -> InstrDef:
+def _scalar(mnemonic: str, opcode: int, summary: str, operands, execute, group: str = GROUP,
+            **extra) -> InstrDef:
     return InstrDef(
-        mnemonic=mnemonic, opcode=opcode, engine="S", group=GROUP, summary=summary,
+        mnemonic=mnemonic, opcode=opcode, engine="S", group=group, summary=summary,
         operands=tuple(operands), cost=_scalar_cost, execute=execute, cost_doc=SCALAR_COST_DOC,
         **extra,
     )
@@ -219,6 +220,6 @@ DEFS: list[InstrDef] = [
          OperandSpec("dims", ("list",), "tensor dims"),
          OperandSpec("strides", ("list",), "strides in elements"),
          OperandSpec("box", ("list",), "box dims")],
-        _desc, check=_desc_check,
+        _desc, check=_desc_check, group="descriptors and DMA",
     ),
 ]

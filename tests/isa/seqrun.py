@@ -81,8 +81,10 @@ class SeqContext:
         strided_view(self.gm, "GM", address, dtype, shape, strides)[...] = values
 
     def copy_local(self, dst_space, dst_address, src_space, src_address, nbytes):
-        src = self._space(src_space)[src_address:src_address + nbytes].copy()
-        self._space(dst_space)[dst_address:dst_address + nbytes] = src
+        src = np.array(strided_view(self._space(src_space), src_space, src_address, "i8",
+                                    (nbytes,), (1,)))
+        strided_view(self._space(dst_space), dst_space, dst_address, "i8", (nbytes,),
+                     (1,))[...] = src
 
 
 def run(program: Program, machine: Machine, inputs: dict[str, np.ndarray],
