@@ -241,6 +241,12 @@ class FusedLowering(Lowering):
                 srcs = [get(op, i, w, scratch) for i, w in enumerate(wants)]
                 out = tiles.new(out_dtype)
                 body.extend(elementwise_body(kind, attrs, cdt)(srcs, out, None))
+                if result_dtype in NARROW_FLOATS and not only_stored:
+                    # the reference rounds every bf16/f16/fp8 result (a store would too)
+                    narrow = tiles.new(result_dtype)
+                    scratch.append(narrow)
+                    body.append(Vec(f"CVT.{out_dtype}", result_dtype, narrow, (out,)))
+                    body.append(Vec(f"CVT.{result_dtype}", out_dtype, out, (narrow,)))
             value_buf[op.id] = out
             holders.setdefault(out, set()).add(op.id)
             for name in scratch:

@@ -178,11 +178,12 @@ def lower_matmul_group(low, ops) -> None:
         has_m, has_n = ax_m in view.axes, ax_n in view.axes
         shapes.append("full" if has_m and has_n else "row" if has_n
                       else "col" if has_m else "one")
-    narrow_result = mm.result.type.dtype in NARROW and bool(epilogue)
-    full_bytes = 4 * shapes.count("full") + 4 * shapes.count("col") + (
-        itemsize(mm.result.type.dtype) if narrow_result else 0)
+    # the reference rounds every bf16/f16/fp8 result; the store rounds the last one
+    rounded = [op for op in ops[:-1] if op.result.type.dtype in NARROW and op.kind != "cast"]
+    narrow_result = bool(rounded)
+    full_bytes = 4 * shapes.count("full") + 4 * shapes.count("col") + (2 if rounded else 0)
     row_bytes = 4 * (shapes.count("row") + shapes.count("one"))
-    n_vec = len(epilogue) + (2 if narrow_result else 0)
+    n_vec = len(epilogue) + 2 * len(rounded)
     batch_count = 1
     for e in extents[:nb]:
         batch_count *= e
@@ -206,8 +207,8 @@ def lower_matmul_group(low, ops) -> None:
         l1_out.append(Buffer(f"e{index}", "L1", "f32", rows, cols, offset))
         offset += _aligned(rows * cols * 4)
     if narrow_result:
-        l1_out.append(Buffer("round", "L1", mm.result.type.dtype, tile_m, tile_n, offset))
-        offset += _aligned(tile_m * tile_n * itemsize(mm.result.type.dtype))
+        l1_out.append(Buffer("round", "L1", "bf16", tile_m, tile_n, offset))
+        offset += _aligned(tile_m * tile_n * 2)
     acc_tile = _aligned(tile_m * tile_n * itemsize(acc_dtype))
     stride = _aligned(max(acc_tile, offset - used["L1"])) if tile.acc_copies == 2 else 0
     copies = tile.acc_copies
@@ -216,13 +217,19 @@ def lower_matmul_group(low, ops) -> None:
                 for bf in l1_out]
 
     final: list = [Load(f"e{i}", view) for i, view in enumerate(compact)]
-    if narrow_result:
-        rd = mm.result.type.dtype
-        final += [Vec(f"CVT.{acc_dtype}", rd, "round", ("c",)),
-                  Vec(f"CVT.{rd}", acc_dtype, "c", ("round",))]
+
+    def round_to(dtype: str) -> list:
+        # `round` is sized for 2-byte elements; fp8 needs fewer
+        return [Vec(f"CVT.{acc_dtype}", dtype, "round", ("c",)),
+                Vec(f"CVT.{dtype}", acc_dtype, "c", ("round",))]
+
+    if mm in rounded:
+        final += round_to(mm.result.type.dtype)
     for op in epilogue:
         if op.kind == "cast":
-            continue  # f32 stays f32; a final narrowing cast happens in the store
+            if op.attrs["dtype"] in NARROW and op is not last:
+                final += round_to(op.attrs["dtype"])
+            continue  # f32 stays f32; the last narrowing cast happens in the store
         srcs = []
         for index, value in enumerate(op.inputs):
             if value.id in chain:
@@ -231,6 +238,8 @@ def lower_matmul_group(low, ops) -> None:
                 where = operands[(op.id, index)]
                 srcs.append(where if isinstance(where, float) else f"e{epi_index[where]}")
         final += elementwise_body(op.kind, op.attrs, "f32")(srcs, "c", None)
+        if op in rounded:
+            final += round_to(op.result.type.dtype)
     final.append(Store(c_view, "c"))
     nest_tile = (1,) * nb + (tile_m, tile_n, tile_k)
     step = (Load("a", a_view), Load("b", b_view), Mma(in_dtype, acc_dtype, "c", "a", "b"))

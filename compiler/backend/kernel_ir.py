@@ -14,10 +14,10 @@ with two copies is double-buffered (loads of the next tile overlap compute on th
 
 Text form (prints and parses back, `parse_kernels(print_kernels(p)) == p`):
 
-    tensor x bf16[4,784] in @0x0
+    tensor x GM bf16[4,784] in @0x0  # 6272 bytes
     kernel matmul_3 ops 3 {
       nest [4 p 16, 256 p 128, 784 r 256] {
-        buffer a L1 bf16 16x256 @0 x2 +16384
+        buffer a L1 bf16 16x256 @0 x2 +16384  # 24576 bytes
         step:
           load a <- x+0[0:4:784:0, 2:784:1:0] pad 0.0
           mma.bf16.f32 c <- a, b
@@ -267,7 +267,7 @@ def print_stmt(stmt: Stmt) -> str:
 
 def print_buffer(buf: Buffer) -> str:
     return (f"buffer {buf.name} {buf.level} {buf.dtype} {buf.rows}x{buf.cols} @{buf.offset} "
-            f"x{buf.copies} +{buf.stride}")
+            f"x{buf.copies} +{buf.stride}  # {buf.footprint} bytes")
 
 
 def print_nest(nest: Nest, indent: str = "  ") -> list[str]:
@@ -288,7 +288,8 @@ def print_kernels(program: KernelProgram) -> str:
     lines = []
     for t in program.tensors:
         addr = "" if t.address is None else f" @{t.address:#x}"
-        lines.append(f"tensor {t.name} {t.dtype}[{','.join(map(str, t.shape))}] {t.role}{addr}")
+        lines.append(f"tensor {t.name} GM {t.dtype}[{','.join(map(str, t.shape))}] {t.role}{addr}"
+                     f"  # {t.nbytes} bytes")
     for kernel in program.kernels:
         lines.append(f"kernel {kernel.name} ops {','.join(map(str, kernel.op_ids))} {{")
         for nest in kernel.nests:
@@ -305,7 +306,8 @@ class KernelParseError(ValueError):
 
 
 _VIEW = re.compile(r"(\w+):(\w+)\+(-?\d+)\[([^\]]*)\]")
-_TENSOR = re.compile(r"tensor (\w+) (\w+)\[([\d,]*)\] (\w+)(?: @(0x[0-9a-f]+))?$")
+_TENSOR = re.compile(r"tensor (\w+) GM (\w+)\[([\d,]*)\] (\w+)(?: @(0x[0-9a-f]+))?$")
+_COMMENT = re.compile(r"(^|\s)# .*$")
 _BUFFER = re.compile(r"buffer (\w+) (L1|ACC) (\w+) (\d+)x(\d+) @(\d+) x(\d+) \+(\d+)$")
 
 
@@ -370,7 +372,7 @@ def parse_kernels(text: str) -> KernelProgram:
     nest: dict | None = None
     phase = None
     for number, raw in enumerate(text.splitlines(), 1):
-        line = raw.strip()
+        line = _COMMENT.sub("", raw).strip()  # `# ...` comments; `#1.5` is an immediate
         if not line or line.startswith("#"):
             continue
         try:

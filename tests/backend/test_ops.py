@@ -204,3 +204,18 @@ def test_split_reductions(params, body, out):
     """Few rows, long rows: the reduction is split over the cores, then combined."""
     _, compiled, _, _ = compile_and_run(_fn(params, out, body))
     assert len(compiled.kernels.kernels[-1].nests) == 2
+
+
+@pytest.mark.parametrize("params,body,out", [
+    ("a: fp8[5, 7], b: fp8[7]", "a * b + a", "fp8[5, 7]"),
+    ("a: f16[2, 1, 3, 1, 5], b: f16[4, 1, 6, 1]", "maximum(a, b) - b", "f16[2, 4, 3, 6, 5]"),
+    ("a: f16[6, 33]", "sum(a, axis=0, keepdims=true)", "f16[1, 33]"),
+    ("a: i8[3, 4, 5, 6, 7]", "transpose(a, [4, 2, 0, 3, 1])[1:6:2, ::3]", "i8[3, 2, 3, 6, 4]"),
+    ("a: f32[2, 3, 4, 5, 6]", "sum(a, axis=(0, 2, 4))", "f32[3, 5]"),
+    ("a: bf16[2, 1, 3, 4, 5], b: bf16[2, 1, 5, 3]", "a @ b", "bf16[2, 2, 3, 4, 3]"),
+    ("c: bool[4, 5]", "where(c, 1.5, -2.0)", "f32[4, 5]"),
+    ("a: i32[9]", "a * 3 - 7", "i32[9]"),
+    ("a: f32[17]", "a[16:17] * a[::4]", "f32[5]"),
+])
+def test_awkward(params, body, out):
+    compile_and_run(_fn(params, out, body))
