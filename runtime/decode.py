@@ -46,7 +46,7 @@ def decode_program(program: Program, machine, engines: tuple[str, ...], *, funct
 
     Running off the end of the program is treated as a HALT at `len(instructions)`.
     """
-    kernel_at = {index: name for name, index in program.kernels}
+    kernel_at = {index: k for k, (_, index) in enumerate(program.kernels)}
     ops: list[Op] = []
     for index, instr in enumerate(program.instructions):
         defn = INSTRUCTIONS.get(instr.mnemonic)

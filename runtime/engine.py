@@ -324,6 +324,9 @@ class Simulator:
             if self.trace is not None and waited > 0:
                 self.trace.slice(waiting.index, S_ENGINE, "stall bar_chip", waiting.t + cycles,
                                  waited)
+            # a BAR.CHIP ends the kernel region the cores were in
+            self._leave_kernel(waiting, release)
+            waiting.kernel = None
             waiting.pc += 1
             waiting.t = release
             self._resume(waiting, release)
@@ -474,7 +477,7 @@ class Simulator:
     # -- kernels ---------------------------------------------------------------------------
 
     def _enter_kernel(self, core: CoreState, op: Op, t: int) -> None:
-        index = self.kernel_names.index(op.kernel)
+        index = op.kernel
         self._leave_kernel(core, t)
         core.kernel = index
         span = self.kernel_spans[index]
@@ -489,6 +492,7 @@ class Simulator:
     def _close_kernels(self, end: int) -> None:
         for core in self.cores:
             self._leave_kernel(core, core.halt_time)
+            core.kernel = None
 
     # -- traps -----------------------------------------------------------------------------
 

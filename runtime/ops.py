@@ -55,5 +55,5 @@ class Op:
     pred: tuple[int, bool] | None = None  # (register, negated)
     step: Callable | None = None  # SCALAR: step(core) -> next pc
     bind: Callable | None = None  # ENGINE: bind(core) -> Bound
-    kernel: str | None = None  # a `.kernel` region starts at this address
+    kernel: int | None = None  # a `.kernel` region (its index) starts at this address
     cycles: int = 1  # scalar-unit issue cycles (from the instruction's cost formula)
