@@ -505,8 +505,11 @@ def _pad(chk: Checker, args: Args, call: ast.Call):
         raise Diagnostic(f"pad(): 'value' must be a number, got {describe(fill)}", fspan)
     if is_float(x.dtype):
         fill = float(fill)
-    elif not math.isinf(fill):
-        if fill != int(fill):
+    elif math.isinf(fill):  # -inf/inf pad an integer tensor with its lowest/highest value
+        fill = limits(x.dtype)[0 if fill < 0 else 1]
+    else:
+        low, high = limits(x.dtype)
+        if fill != int(fill) or not low <= fill <= high:
             raise Diagnostic(f"pad(): {fill} is not a value of {x.dtype}", fspan)
         fill = int(fill)
     if all(p == (0, 0) for p in pads):
@@ -669,4 +672,4 @@ def index_tensor(chk: Checker, node: ast.Index, scope: dict) -> Tensor:
     return chk.reshape(result, tuple(shape), node.span)
 
 
-__all__ = ["BUILTINS", "Builtin", "index_tensor", "limits", "matmul"]
+__all__ = ["BUILTINS", "Builtin", "index_tensor", "matmul"]

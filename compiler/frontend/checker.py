@@ -21,7 +21,7 @@ from pathlib import Path
 from compiler.frontend import ast
 from compiler.frontend.parser import parse_source
 from compiler.graph.builder import GraphBuilder
-from compiler.graph.dtypes import DTYPES, is_float, is_int, promote
+from compiler.graph.dtypes import DTYPES, is_float, is_int, limits, promote
 from compiler.graph.ir import Function, TensorType, Value
 from compiler.graph.ops import broadcast_shapes
 from isa.errors import Diagnostic, InputError, SourceSpan
@@ -284,8 +284,13 @@ class Checker:
         return Tensor(self.builder.emit(kind, values, attrs, span=span, origin=self.origin))
 
     def constant(self, value, dtype: str, span: SourceSpan, shape=()) -> Tensor:
+        """A splat constant; integer constants of a float value truncate (as `cast`) and
+        saturate."""
         if dtype == "bool":
             value = bool(value)
+        elif is_int(dtype) and isinstance(value, float):
+            low, high = limits(dtype)
+            value = 0 if math.isnan(value) else int(min(max(value, low), high))
         elif is_int(dtype) and isinstance(value, bool):
             value = int(value)
         elif is_float(dtype) and not isinstance(value, float):

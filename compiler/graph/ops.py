@@ -475,16 +475,15 @@ def _constant_infer(types: Types, attrs: dict) -> TensorType:
         raise Diagnostic(f"constant: value must be a number, got {value!r}")
     if not all(isinstance(d, int) and d >= 1 for d in shape):
         raise Diagnostic(f"constant: bad shape {list(shape)}")
+    if is_int(dtype) and not isinstance(value, bool):
+        info = np.iinfo(np_dtype(dtype))
+        if isinstance(value, float) or not info.min <= value <= info.max:
+            raise Diagnostic(f"{value} is not a value of {dtype} ({info.min}..{info.max})")
     return TensorType(dtype, shape)
 
 
 def _constant_ref(xs, attrs):
-    value = attrs["value"]
-    dtype = np_dtype(attrs["dtype"])
-    if np.issubdtype(dtype, np.integer) and isinstance(value, float):
-        info = np.iinfo(dtype)
-        value = info.max if value == math.inf else info.min if value == -math.inf else int(value)
-    return np.full(attrs["shape"], value, dtype=dtype)
+    return np.full(attrs["shape"], attrs["value"], dtype=np_dtype(attrs["dtype"]))
 
 
 def _iota_infer(types: Types, attrs: dict) -> TensorType:
