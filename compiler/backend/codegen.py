@@ -26,7 +26,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from compiler.backend.kernel_ir import (
-    Iota, Kernel, KernelProgram, Load, Mma, Nest, Reduce, Store, Vec, View,
+    Iota,
+    Kernel,
+    KernelProgram,
+    Load,
+    Mma,
+    Nest,
+    Reduce,
+    Store,
+    Vec,
+    View,
 )
 from compiler.graph.dtypes import itemsize
 from isa.program import format_float

@@ -17,12 +17,23 @@ becomes a kernel writing a fresh GM tensor:
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from itertools import pairwise
 from math import prod
 
 import numpy as np
 
 from compiler.backend.kernel_ir import (
-    Buffer, Iota, Kernel, Load, Mma, Nest, Reduce, Store, Tensor, Vec, View,
+    Buffer,
+    Iota,
+    Kernel,
+    Load,
+    Mma,
+    Nest,
+    Reduce,
+    Store,
+    Tensor,
+    Vec,
+    View,
 )
 from compiler.backend.tiling import MIN_TILE_ELEMS, map_tile, matmul_tile, reduce_tile
 from compiler.graph.dtypes import is_float, is_int, itemsize, limits, np_dtype
@@ -176,7 +187,7 @@ def simplify(extents, kinds, tile_keep: set[int], views: list[View]):
     changed = True
     while changed:
         changed = False
-        for a, b in zip(alive, alive[1:]):
+        for a, b in pairwise(alive):
             if kinds[a] != kinds[b] or a in tile_keep or b in tile_keep:
                 continue
             ok = True

@@ -15,9 +15,9 @@ from isa.errors import InputError, UsageError
 
 def run(args) -> int:
     from compiler.backend.pipeline import CompileOptions, compile_function
-    from compiler.inputs import parse_shape_options
     from compiler.frontend import load_program
     from compiler.graph.printer import print_function
+    from compiler.inputs import parse_shape_options
     from isa.machine import load_machine
 
     machine = load_machine(args.machine)

@@ -55,7 +55,10 @@ def run_compiled(args) -> int:
     from compiler.commands.run_asm import _write_text
     from compiler.frontend import load_program
     from compiler.inputs import (
-        parse_shape_options, prepare_inputs, read_inputs, write_outputs,
+        parse_shape_options,
+        prepare_inputs,
+        read_inputs,
+        write_outputs,
     )
     from isa.machine import load_machine
     from runtime import run_program

@@ -6,8 +6,20 @@ import pytest
 
 from compiler.backend.hbm import plan_hbm
 from compiler.backend.kernel_ir import (
-    Buffer, Iota, Kernel, KernelProgram, Load, Mma, Nest, Reduce, Store, Tensor, Vec, View,
-    parse_kernels, print_kernels,
+    Buffer,
+    Iota,
+    Kernel,
+    KernelProgram,
+    Load,
+    Mma,
+    Nest,
+    Reduce,
+    Store,
+    Tensor,
+    Vec,
+    View,
+    parse_kernels,
+    print_kernels,
 )
 from compiler.backend.lower import lower_function
 from compiler.frontend import load_program
@@ -38,12 +50,12 @@ def test_hand_built_round_trip():
 
 
 @pytest.mark.parametrize("source", [
-    "fn main(x: bf16[B, 784], w: bf16[784, 256], b: f32[256]) -> f32[B, 256] {\n"
-    "  return softmax(relu(x @ w + b), axis=-1)\n}\n",
-    "fn main(x: f32[3, 5, 7]) -> (f32[5], i32[3, 7]) {\n"
-    "  return sum(x, axis=(0, 2)), argmax(x, axis=1)\n}\n",
-    "fn main(x: f32[6, 4]) -> f32[4, 8] {\n"
-    "  return pad(transpose(x)[:, 1:5], [[0, 0], [2, 2]])\n}\n",
+    ("fn main(x: bf16[B, 784], w: bf16[784, 256], b: f32[256]) -> f32[B, 256] {\n"
+     "  return softmax(relu(x @ w + b), axis=-1)\n}\n"),
+    ("fn main(x: f32[3, 5, 7]) -> (f32[5], i32[3, 7]) {\n"
+     "  return sum(x, axis=(0, 2)), argmax(x, axis=1)\n}\n"),
+    ("fn main(x: f32[6, 4]) -> f32[4, 8] {\n"
+     "  return pad(transpose(x)[:, 1:5], [[0, 0], [2, 2]])\n}\n"),
 ])
 def test_lowered_round_trip(source):
     machine = load_machine("m890")

@@ -5,6 +5,7 @@ for big shapes, HBM reuse, compile-time diagnostics for programs that cannot fit
 from __future__ import annotations
 
 import json
+from itertools import pairwise
 
 import pytest
 
@@ -76,7 +77,7 @@ def test_hbm_reuses_dead_intermediates():
         by_address.setdefault(t.address, []).append(ranges[t.name])
     for spans in by_address.values():  # tensors sharing memory are never live together
         spans.sort()
-        assert all(a[1] < b[0] for a, b in zip(spans, spans[1:]))
+        assert all(a[1] < b[0] for a, b in pairwise(spans))
     assert peak_bytes(compiled.kernels) < 6 * 64 * 64 * 4
 
 
@@ -131,7 +132,7 @@ def test_cli_run_check_report_trace(tmp_path, capsys):
 
 
 def test_cli_check_failure_exits_1(tmp_path, monkeypatch, capsys):
-    import compiler.commands.run_compiled as run_compiled
+    from compiler.commands import run_compiled
 
     src = tmp_path / "p.zt"
     src.write_text("fn main(x: f32[6]) -> f32[6] {\n    return exp(x)\n}\n")
