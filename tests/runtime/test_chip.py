@@ -138,3 +138,24 @@ def test_kernels_are_reported():
     assert second.start_cycle == first.cycles
     assert second.cycles == 1 + 512 + m.mx_fill_latency + 1
     assert report.cycles == first.cycles + second.cycles + 1  # and HALT
+
+
+def test_timing_only_model_larger_than_the_host():
+    # a 100 GB weight: timing-only allocates nothing for it; the cycles are still exact
+    text = """\
+.tensor w, bf16, [200000, 250000], 0x0, in
+.tensor y, bf16, [128, 128], 0x1800000000, out
+    DESC d0, w, bf16, [200000, 250000], [250000, 1], [128, 128]
+    DESC d1, y, bf16, [128, 128], [128, 1], [128, 128]
+    LI r1, 199872
+    DMA.LD L1[0], d0[r1, 249872] .sig E0
+    DMA.ST d1[0, 0], L1[0] .wait E0
+    HALT
+"""
+    m = machine_with(1)
+    result = run_asm(text, {}, timing_only=True)
+    assert result.outputs == {}
+    tile = 128 * 128 * 2
+    load = 3 + 1 + tile // m.ld_bytes_per_cycle + m.hbm_latency  # DESC, DESC, LI, issue
+    assert result.report.cycles == load + m.event_wake_latency + tile // m.st_bytes_per_cycle \
+        + m.hbm_latency
