@@ -353,7 +353,10 @@ class Checker:
 
     def run_body(self, fn: ast.FnDef, scope: dict) -> list:
         try:
-            for stmt in fn.body:
+            for index, stmt in enumerate(fn.body):
+                if isinstance(stmt, ast.Return) and index + 1 < len(fn.body):
+                    raise Diagnostic("statement after 'return' is never run",
+                                     fn.body[index + 1].span)
                 self.exec(stmt, scope)
         except _ReturnSignal as ret:
             return ret.values
@@ -421,7 +424,8 @@ class Checker:
                 got = [self.as_tensor(v, call.span).type for v in results]
                 self.check_returns(fn, got, scope)
         except Diagnostic as err:
-            if prelude and err.span is not None and err.span.file == str(PRELUDE_PATH):
+            if prelude and not err.message.startswith(f"{fn.name}"):
+                # a mistake inside a composite is reported at the call, naming the composite
                 raise Diagnostic(f"{fn.name}: {err.message}", call.span, notes=err.notes) \
                     from None
             raise

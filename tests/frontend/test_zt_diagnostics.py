@@ -98,6 +98,13 @@ def test_broadcast_mismatch_names_both_shapes_and_the_dim():
      ("t.zt:1:31: error: indexing with a tensor is not supported; indices must be integers or "
      "slices")),
     ("fn main(x: f32[0]) { return x }", "t.zt:1:16: error: a dim must be positive, got 0"),
+    ("fn main(x: f32[2, 3], g: f32[5]) { return layernorm(x, g, 0.0) }",
+     "t.zt:1:43: error: layernorm: cannot multiply f32[2,3] and f32[5]: dims 1 differ (3 vs 5)"),
+    ("fn main(x: f32[2]) { return x; y = 1 }",
+     "t.zt:1:32: error: statement after 'return' is never run"),
+    ("fn main(x: i8[4]) { return x + 300 }", "t.zt:1:32: error: 300 is not a value of i8"),
+    ("const N = 3.5\nfn main(x: f32[N]) { return x }",
+     "t.zt:2:16: error: a dim must be an integer, got the number 3.5"),
 ])
 def test_diagnostic(src, want):
     assert diag(src).startswith(want), diag(src)
