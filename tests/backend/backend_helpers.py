@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import functools
 
-import pytest
-
 
 @functools.cache
 def machine(name: str = "m890"):
@@ -41,8 +39,3 @@ def compile_and_run(source: str, *, machine_name: str = "m890", opt_level: int =
         assert err <= tol, (f"out{index} ({value.type}): relative error {err:.3g} > {tol:g}\n"
                             f"got {g!r}\nwant {w!r}")
     return fn, compiled, result, want
-
-
-@pytest.fixture
-def run_zt():
-    return compile_and_run

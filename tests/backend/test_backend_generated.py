@@ -8,9 +8,9 @@ import re
 from pathlib import Path
 
 import pytest
+from backend_helpers import compile_and_run
 
 from isa.errors import InputError
-from tests.backend.conftest import compile_and_run
 
 SAMPLES = sorted((Path(__file__).resolve().parents[2] / "samples").glob("*.zt"))
 # small sizes for the symbolic dims of the samples

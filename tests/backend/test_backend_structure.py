@@ -8,13 +8,13 @@ import json
 from itertools import pairwise
 
 import pytest
+from backend_helpers import compile_and_run, machine
 
 from compiler.backend.hbm import live_ranges, peak_bytes
 from compiler.backend.pipeline import CompileOptions, compile_function
 from compiler.cli import main
 from compiler.frontend import load_program
 from isa.errors import CompileError
-from tests.backend.conftest import compile_and_run, machine
 
 # ops that make no kernel at -O0: DMA views, and scalar constants used as immediates
 VIEW_OPS = ("reshape", "transpose", "slice", "broadcast_to", "constant")

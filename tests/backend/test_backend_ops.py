@@ -5,8 +5,7 @@ slices and transposes, and every dtype where the op is defined."""
 from __future__ import annotations
 
 import pytest
-
-from tests.backend.conftest import compile_and_run
+from backend_helpers import compile_and_run
 
 
 def _fn(params: str, ret: str, body: str) -> str:

@@ -1,0 +1,87 @@
+"""-O2 fusion: kernel counts, HBM bytes against the compulsory bytes, fused epilogues, and the
+`fuse` pass's decisions (issue 6). Every program also matches the reference evaluator."""
+
+from __future__ import annotations
+
+from tests.backend.conftest import compile_and_run
+
+from compiler.backend.kernel_ir import Mma, Store, Vec
+from compiler.frontend import load_program
+from compiler.passes import default_graph_pipeline, run_pipeline
+from compiler.passes.fuse import plan_fusion
+from compiler.roofline import compulsory_bytes
+
+
+def _hbm(result) -> int:
+    return result.report.hbm_read_bytes + result.report.hbm_write_bytes
+
+
+def test_elementwise_chain_is_one_kernel_moving_compulsory_bytes():
+    fn, compiled, result, _ = compile_and_run(
+        "fn main(x: f32[96, 200], y: f32[96, 200]) -> f32[96, 200] {\n"
+        "    return gelu(exp(x) * y + x) - y\n}\n", opt_level=2)
+    assert compiled.kernel_count == 1
+    assert _hbm(result) == compulsory_bytes(fn)
+
+
+def test_broadcast_operands_load_compact_tiles():
+    fn, compiled, result, _ = compile_and_run(
+        "fn main(x: f32[64, 300], s: f32[300], t: f32[64, 1]) -> bf16[64, 300] {\n"
+        "    return cast(gelu(x * s + t) - x, bf16)\n}\n", opt_level=2)
+    assert compiled.kernel_count == 1
+    # the row operand once per core at most, the column operand once per row
+    extra = _hbm(result) - compulsory_bytes(fn)
+    assert 0 <= extra <= 32 * 300 * 4
+
+
+def test_narrow_intermediates_round_like_the_reference():
+    compile_and_run("fn main(x: bf16[33, 70], y: bf16[70]) -> f32[33, 70] {\n"
+                    "    z = exp(x) * y - x\n"
+                    "    return cast(z, f32) * 3.0\n}\n", opt_level=2)
+
+
+def test_matmul_bias_relu_is_one_kernel_with_an_accumulator_epilogue():
+    fn, compiled, result, _ = compile_and_run(
+        "fn main(x: bf16[200, 96], w: bf16[96, 130], b: f32[130], r: f32[200, 130])"
+        " -> f32[200, 130] {\n    return relu(x @ w + b) + r\n}\n", opt_level=2)
+    assert compiled.kernel_count == 1
+    nest = compiled.kernels.kernels[0].nests[0]
+    assert any(isinstance(s, Mma) for s in nest.step)
+    ops = [s.op for s in nest.final if isinstance(s, Vec)]
+    assert "RELU" in ops and ops.count("ADD") == 2
+    assert isinstance(nest.final[-1], Store) and nest.final[-1].src == "c"
+
+
+def test_matmul_bias_relu_cast_f32():
+    _, compiled, _, _ = compile_and_run(
+        "fn main(x: f32[40, 48], w: f32[48, 24], b: f32[24]) -> bf16[40, 24] {\n"
+        "    return cast(relu(x @ w + b), bf16)\n}\n", opt_level=2)
+    assert compiled.kernel_count == 1
+
+
+def test_a_reduction_between_two_elementwise_ops_is_not_a_cycle():
+    fn, compiled, _, _ = compile_and_run(
+        "fn main(x: f32[16, 40]) -> f32[16, 40] {\n"
+        "    a = exp(x)\n"
+        "    return a / sum(a, axis=1, keepdims=true) + a\n}\n", opt_level=2)
+    assert compiled.kernel_count == 3
+
+
+def test_an_intermediate_used_outside_is_stored_and_fused():
+    fn, compiled, result, _ = compile_and_run(
+        "fn main(x: f32[8, 64]) -> (f32[8, 64], f32[8, 64]) {\n"
+        "    a = exp(x) + 1.0\n"
+        "    return a, a * x\n}\n", opt_level=2)
+    assert compiled.kernel_count == 1
+    assert _hbm(result) == compulsory_bytes(fn)
+
+
+def test_fuse_decisions_have_reasons():
+    fn = load_program("t.zt", text="fn main(x: f32[8, 16], w: f32[16, 16], b: f32[8, 16])"
+                      " -> f32[8, 16] {\n    h = x @ w\n    return relu(h + b) + sum(h, axis=1,"
+                      " keepdims=true)\n}\n")
+    fn = run_pipeline(fn, default_graph_pipeline())
+    plan = plan_fusion(fn)
+    text = plan.format(fn)
+    assert "no-fuse" in text and "also used elsewhere" in text
+    assert "// kernel" in text
