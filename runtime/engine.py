@@ -523,7 +523,9 @@ class Simulator:
         )
 
     def _deadlock(self, unfinished: list[CoreState]) -> None:
-        core = unfinished[0]
+        # report a core that is stuck by itself, not one waiting at BAR.CHIP for it
+        stuck = [c for c in unfinished if c not in self.chip_barrier]
+        core = (stuck or unfinished)[0]
         op = self.ops[core.pc]
         blocked = []
         for engine, queue in enumerate(core.queues):

@@ -74,3 +74,14 @@ def test_chip_barrier_with_a_halted_core_deadlocks(tmp_path):
     assert proc.returncode == 3
     assert "deadlock: cores wait at BAR.CHIP for cores that halted" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_deadlock_names_the_stuck_core_not_the_waiting_ones(tmp_path):
+    program = tmp_path / "stuck.s"
+    program.write_text("    GETID r0, core\n    SEQ r1, r0, 5\n    BEQZ r1, bar\n    WAIT.S E7\n"
+                       "bar:\n    BAR.CHIP\n    HALT\n")
+    proc = _zhenwu("run", str(program))
+    assert proc.returncode == 3
+    assert proc.stderr.startswith(
+        "trap: deadlock: the scalar waits for an event that is never signalled (core 5;")
+    assert "at @3: WAIT.S E7" in proc.stderr
