@@ -23,6 +23,8 @@ from isa.errors import InputError
 def run(args) -> int:
     fn = load_program(args.program, entry=args.entry, shapes=parse_shape_options(args.shape))
     passes = default_graph_pipeline() if args.passes is None else parse_pipeline(args.passes)
+    if args.passes is None and "fuse" in args.print_ir_after:
+        passes.append(get_pass("fuse"))  # -O2's grouping into kernels, after the graph passes
     for name in list(args.print_ir_after) + list(args.disable_pass):
         get_pass(name)  # unknown names are usage errors
     timings: list[tuple[str, float]] = []
@@ -37,6 +39,8 @@ def run(args) -> int:
         if args.print_ir_after_all or graph_pass.name in args.print_ir_after:
             out.write(f"// ----- IR after {graph_pass.name} -----\n")
             out.write(print_function(fn_after))
+            if "fusion" in fn_after.attrs:
+                out.write(fn_after.attrs["fusion"].format(fn_after))
 
     fn = run_pipeline(fn, passes, callback=after_pass, disabled=args.disable_pass)
     if not (args.print_ir_after_all or args.print_ir_after):

@@ -175,3 +175,25 @@ def test_mutated_graph_ir_text(data):
         return
     printed = print_function(fn)
     assert print_function(parse_function(printed)) == printed
+
+
+@FUZZ
+@given(st.binary(max_size=200))
+def test_random_bytes_in_a_file(data):
+    """Bytes that are not UTF-8, or not a program, give an error message, never a crash."""
+    import os
+    import tempfile
+
+    from compiler.frontend import load_program as load
+
+    handle, path = tempfile.mkstemp(suffix=".zt")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(data)
+        try:
+            load(path)
+        except ZhenwuError as err:
+            assert err.exit_status == 1
+            err.format()
+    finally:
+        os.unlink(path)
