@@ -164,7 +164,7 @@ def _program(instrs: list[Instruction]) -> Program:
         return Program.build("m890", tensors, body, markers)
 
 
-@_settings(150)
+@_settings(100)
 @given(st.lists(instructions(), min_size=1, max_size=4))
 def test_print_parse_encode_decode_round_trip(instrs):
     program = _program(instrs)
@@ -237,7 +237,7 @@ def test_random_text_gives_assembly_errors(text):
     assert parse_assembly(print_program(program)) == program
 
 
-@_settings(100)
+@_settings(60)
 @given(st.lists(instructions(), min_size=1, max_size=6),
        st.lists(st.one_of(st.integers(-4, 4096), int64), min_size=32, max_size=32))
 def test_random_instructions_execute_or_trap_cleanly(instrs, registers):
