@@ -81,6 +81,7 @@ class CoreState:
         self.events = [0] * n_events
         self.waiters: list[list[int]] = [[] for _ in range(n_events)]  # engine ids (0 = S)
         self.busy = [0] * n_engines
+        self.intervals: list[list[tuple[int, int]]] = [[] for _ in range(n_engines)]
         self.stalls: dict[str, int] = {}
         self.halted = False
         self.halt_time = 0
@@ -97,6 +98,41 @@ class CoreState:
             self.stalls[cause] = self.stalls.get(cause, 0) + cycles
 
 
+def _union(*spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The union of interval lists, as sorted disjoint intervals."""
+    merged: list[list[int]] = []
+    for start, end in sorted(span for spans_ in spans for span in spans_):
+        if merged and start <= merged[-1][1]:
+            if end > merged[-1][1]:
+                merged[-1][1] = end
+        else:
+            merged.append([start, end])
+    return [(a, b) for a, b in merged]
+
+
+def overlap_cycles(first: list[tuple[int, int]], second: list[tuple[int, int]]) -> int:
+    """Cycles covered by both of two sorted disjoint interval lists."""
+    total = i = j = 0
+    while i < len(first) and j < len(second):
+        low = max(first[i][0], second[j][0])
+        high = min(first[i][1], second[j][1])
+        if high > low:
+            total += high - low
+        if first[i][1] < second[j][1]:
+            i += 1
+        else:
+            j += 1
+    return total
+
+
+def dma_compute_overlap(core: CoreState, engines: list[str]) -> int:
+    """Cycles in which a DMA (LD, ST) was in flight while a compute engine (MX, VX) was busy:
+    how much of the memory traffic, latency included, the program hides behind compute."""
+    def busy(names):
+        return _union(*(core.intervals[engines.index(n)] for n in names if n in engines))
+    return overlap_cycles(busy(("LD", "ST")), busy(("MX", "VX")))
+
+
 class Simulator:
     """Runs decoded ops on every core of one chip; see the module docstring."""
 
@@ -110,6 +146,7 @@ class Simulator:
         self.max_instructions = max_instructions
         self.trace = trace
         self.hbm = BandwidthServer("HBM", timing.hbm_bytes_per_cycle)
+        self.dma_engines = {i for i, name in enumerate(engines) if name in ("LD", "ST")}
         self.heap: list = []
         self._seq = 0
         self.now = 0
@@ -436,6 +473,9 @@ class Simulator:
         core.engine_free[engine] = free
         core.busy[engine] += occupancy
         complete = free + bound.latency
+        if occupancy > 0:
+            # DMAs count while in flight (transfer and latency), compute while busy
+            core.intervals[engine].append((now, complete if engine in self.dma_engines else free))
         if complete > core.last_complete[engine]:
             core.last_complete[engine] = complete
         if op.sigs:

@@ -17,7 +17,7 @@ from isa.program import ENGINES, NUM_EVENTS, Program
 
 from runtime.context import ScalarContext
 from runtime.decode import decode_program
-from runtime.engine import CoreState, Simulator, Timing
+from runtime.engine import CoreState, Simulator, Timing, dma_compute_overlap
 from runtime.memory import GlobalMemory, LocalMemory
 from runtime.report import KernelTime, Report
 from runtime.trace import TraceRecorder
@@ -149,6 +149,7 @@ def _report(program: Program, machine, sim: Simulator, cycles: int, timing_only:
         hbm_read_bytes=sim.hbm_read, hbm_write_bytes=sim.hbm_write, timing_only=timing_only,
         busy_cycles=[dict(zip(engines, core.busy)) for core in sim.cores],
         stall_cycles=stalls, kernels=kernels, peak_flops_per_second=peak,
+        overlap_cycles=[dma_compute_overlap(core, engines) for core in sim.cores],
         hbm_bytes_per_second=machine.hbm_bandwidth,
     )
 

@@ -43,6 +43,8 @@ class Report:
     # stall cycles by cause, summed over cores ("queue_full:LD", "wait_event:MX", ...)
     stall_cycles: dict[str, int] = field(default_factory=dict)
     kernels: list[KernelTime] = field(default_factory=list)
+    # per core: cycles in which a DMA (LD/ST) is in flight while MX or VX is busy
+    overlap_cycles: list[int] = field(default_factory=list)
     peak_flops_per_second: float = 0.0
     hbm_bytes_per_second: float = 0.0
 
@@ -66,6 +68,12 @@ class Report:
         return {
             e: round(sum(core[e] for core in self.busy_cycles) / total, 6) for e in self.engines
         }
+
+    def overlap_fraction(self) -> float:
+        """DMA/compute overlap cycles over total cycles, averaged over the cores."""
+        if not self.overlap_cycles or not self.cycles:
+            return 0.0
+        return round(sum(self.overlap_cycles) / len(self.overlap_cycles) / self.cycles, 6)
 
     @property
     def roofline_seconds(self) -> float:
@@ -105,6 +113,8 @@ class Report:
             "busy_fraction": self.busy_fraction,
             "mean_busy_fraction": self.mean_busy_fraction(),
             "stall_cycles": dict(sorted(self.stall_cycles.items())),
+            "dma_compute_overlap_cycles": self.overlap_cycles,
+            "dma_compute_overlap_fraction": self.overlap_fraction(),
             "kernels": len(self.kernels),
             "kernel_cycles": [asdict(k) for k in self.kernels],
         }
@@ -138,6 +148,8 @@ class Report:
         busy = self.mean_busy_fraction()
         lines.append("engine busy (mean over cores): "
                      + "  ".join(f"{e} {100 * f:.1f}%" for e, f in busy.items()))
+        lines.append(f"DMA/compute overlap: {100 * self.overlap_fraction():.1f}% of the run "
+                     "(a DMA in flight while MX/VX is busy; mean over cores)")
         if self.stall_cycles:
             stalls = sorted(self.stall_cycles.items(), key=lambda kv: -kv[1])
             lines.append("stall cycles (all cores): "

@@ -69,8 +69,10 @@ def test_gemm_result_overlap_and_mx_busy():
     np.testing.assert_allclose(result.outputs["c"], expected, rtol=1e-5, atol=1e-4)
     report = result.report
     assert report.flops == 2 * m * n * k
-    # DMA/compute overlap: LD and MX together are busy for more than the run lasts
+    # DMA/compute overlap: LD and MX together are busy for more than the run lasts, and
+    # loads are in flight during most of the products
     assert report.busy_cycles[0]["LD"] + report.busy_cycles[0]["MX"] > report.cycles
+    assert report.overlap_cycles[0] > 0.8 * report.busy_cycles[0]["MX"]
     slices = [e for e in result.trace["traceEvents"] if e["ph"] == "X"]
     mx = [(e["ts"], e["ts"] + e["dur"]) for e in slices if e["name"].startswith("MMA")]
     ld = [(e["ts"], e["ts"] + e["dur"]) for e in slices if e["name"].startswith("DMA.LD")]

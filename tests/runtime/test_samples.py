@@ -50,6 +50,8 @@ def test_gemm_db_sample():
     report = result.report
     assert report.flops == 2 * 512**3 and report.kernels[0].name == "gemm_relu"
     assert report.hbm_write_bytes == 512 * 512 * 2
+    # the report shows loads in flight while MX multiplies on every core
+    assert min(report.overlap_cycles) > 0 and report.to_json()["dma_compute_overlap_fraction"] > 0
     # the trace shows loads in flight (occupancy, then HBM latency) while MX multiplies
     us = 1e6 / load_machine("m890").clock_hz
     slices = [e for e in result.trace["traceEvents"] if e["ph"] == "X" and e["pid"] == 1]
