@@ -318,6 +318,7 @@ class _Reader:
         machine = None
         tensors: list[TensorDecl] = []
         instructions: list[Instruction] = []
+        operand_args: list[list[_Arg]] = []
         markers: list[Marker] = []
         for item in tree.children:
             if item.data == "label":
@@ -351,7 +352,26 @@ class _Reader:
                                      notes=["directives: .machine, .tensor, .kernel"])
             else:
                 instructions.append(self.instruction(item))
+                operand_args.append(self.args(item.children[2]))
+        self.check_names(instructions, operand_args, markers, tensors)
         return Program.build(machine, tensors, instructions, markers)
+
+    def check_names(self, instructions, operand_args, markers, tensors) -> None:
+        """Unknown labels and tensors, reported at the operand (Program.build would only
+        know the instruction)."""
+        labels = {m.name for m in markers if m.kind == "label"}
+        names = {t.name for t in tensors}
+        for instr, args in zip(instructions, operand_args):
+            for op, arg in zip(instr.operands, args):
+                if isinstance(op, LabelRef) and op.name not in labels:
+                    what, known = "label", labels
+                elif isinstance(op, Symbol) and op.name not in names:
+                    what, known = "tensor", names
+                else:
+                    continue
+                close = difflib.get_close_matches(op.name, sorted(known), n=1)
+                hint = f"; did you mean '{close[0]}'?" if close else ""
+                raise self.error(f"unknown {what} '{op.name}'{hint}", arg.span)
 
 
 _TERMINALS = {

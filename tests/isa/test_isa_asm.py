@@ -124,11 +124,13 @@ def diagnostic(text: str) -> str:
      ("bad.s:1:1: error: ADD takes 3 operands, got 2\nADD r1, r2\n^^^\n"
      "note: syntax: ADD rd, ra, rb")),
     ("  JMP nowhere\nhere:\n",
-     "bad.s:1:3: error: unknown label 'nowhere'; did you mean 'here'?\n  JMP nowhere\n  ^^^"),
+     ("bad.s:1:7: error: unknown label 'nowhere'; did you mean 'here'?\n  JMP nowhere\n"
+     "      ^^^^^^^")),
     ("JMP ther\nthere:",
-     "bad.s:1:1: error: unknown label 'ther'; did you mean 'there'?\nJMP ther\n^^^"),
+     "bad.s:1:5: error: unknown label 'ther'; did you mean 'there'?\nJMP ther\n    ^^^^"),
     (".tensor x, f32, [4], 0, in\nDESC d0, y, f32, [4], [1], [4]",
-     "bad.s:2:1: error: unknown tensor 'y'\nDESC d0, y, f32, [4], [1], [4]\n^^^^"),
+     ("bad.s:2:10: error: unknown tensor 'y'\nDESC d0, y, f32, [4], [1], [4]\n"
+     "         ^")),
     ("VADD.f64 L1[0], L1[0], L1[0], 4, 4",
      ("bad.s:1:1: error: bad dt suffix '.f64' for VADD; expected one of: f32, bf16, f16, i32, i8"
      "\nVADD.f64 L1[0], L1[0], L1[0], 4, 4\n^^^^^^^^\n"
