@@ -83,6 +83,6 @@ def compile_function(fn, machine, options: CompileOptions = CompileOptions()
     else:
         tensors, kernels, spans = lower_function(graph, machine)
     planned = plan_hbm(KernelProgram(tuple(tensors), tuple(kernels)), machine.hbm_bytes, spans)
-    asm_text = generate(planned)
+    asm_text = generate(planned, machine.name)
     program = parse_assembly(asm_text, "<compiled>")
     return CompiledProgram(graph, planned, asm_text, program, spans)
