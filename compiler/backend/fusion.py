@@ -19,10 +19,17 @@ from math import prod
 
 from compiler.backend.kernel_ir import Buffer, Load, Nest, Store, Vec, View
 from compiler.backend.lower import (
-    ALIGN, COMPARE, Lowering, _scalar_view, compute_dtype, elementwise_body, layout, simplify,
+    ALIGN,
+    COMPARE,
+    Lowering,
+    _scalar_view,
+    compute_dtype,
+    elementwise_body,
+    layout,
+    simplify,
 )
 from compiler.backend.tiling import map_tile
-from compiler.graph.dtypes import is_float, itemsize
+from compiler.graph.dtypes import itemsize
 from compiler.graph.ir import Function
 from compiler.passes.fuse import BINARY
 
@@ -65,7 +72,7 @@ class _Tiles:
         return name
 
     def release(self, name: str) -> None:
-        dtype, kind, role = self.specs[name]
+        _dtype, kind, role = self.specs[name]
         if role == "out" and kind == "full" and name not in self.free:
             self.free.append(name)
 

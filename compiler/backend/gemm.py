@@ -101,15 +101,20 @@ def choose_gemm_tile(batch, m, n, k, in_dtype, acc_dtype, a_bytes, b_bytes, out_
             tk_cap = budget // (2 * (tile_m + tile_n) * in_bytes) // machine.mx_k * machine.mx_k
             if tk_cap < machine.mx_k:
                 continue
-            tile_k = min(_round_up(k, machine.mx_k), tk_cap, MAX_TILE_K)
             if fixed is not None and (tile_m, tile_n) != fixed[:2]:
                 continue
+            # k tiles that split K evenly waste no MX work on padding
+            k_padded = _round_up(k, machine.mx_k)
+            tk_cap = min(tk_cap, MAX_TILE_K, k_padded)
+            least = -(-k_padded // tk_cap)
+            tiles_k = {_round_up(-(-k_padded // s), machine.mx_k) for s in range(least, least + 4)}
             if fixed is not None:
-                tile_k = min(fixed[2], tk_cap)
-            cycles = gemm_cost(batch, m, n, k, tile_m, tile_n, tile_k, copies, a_bytes,
-                               b_bytes, out_bytes, rate, epilogue_ops, machine)
-            if best is None or cycles < best.cycles:
-                best = GemmTile(tile_m, tile_n, tile_k, copies, cycles)
+                tiles_k = {min(fixed[2], tk_cap)}
+            for tile_k in sorted(tiles_k, reverse=True):
+                cycles = gemm_cost(batch, m, n, k, tile_m, tile_n, tile_k, copies, a_bytes,
+                                   b_bytes, out_bytes, rate, epilogue_ops, machine)
+                if best is None or cycles < best.cycles:
+                    best = GemmTile(tile_m, tile_n, tile_k, copies, cycles)
     if best is None:  # the smallest MX tile always fits a real machine
         best = GemmTile(machine.mx_m, machine.mx_n, machine.mx_k, 1, float("inf"))
     return best

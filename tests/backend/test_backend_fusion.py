@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from tests.backend.conftest import compile_and_run
+from backend_helpers import compile_and_run
 
 from compiler.backend.kernel_ir import Mma, Store, Vec
 from compiler.frontend import load_program
@@ -41,7 +41,7 @@ def test_narrow_intermediates_round_like_the_reference():
 
 
 def test_matmul_bias_relu_is_one_kernel_with_an_accumulator_epilogue():
-    fn, compiled, result, _ = compile_and_run(
+    _fn, compiled, _result, _ = compile_and_run(
         "fn main(x: bf16[200, 96], w: bf16[96, 130], b: f32[130], r: f32[200, 130])"
         " -> f32[200, 130] {\n    return relu(x @ w + b) + r\n}\n", opt_level=2)
     assert compiled.kernel_count == 1
@@ -60,7 +60,7 @@ def test_matmul_bias_relu_cast_f32():
 
 
 def test_a_reduction_between_two_elementwise_ops_is_not_a_cycle():
-    fn, compiled, _, _ = compile_and_run(
+    _fn, compiled, _, _ = compile_and_run(
         "fn main(x: f32[16, 40]) -> f32[16, 40] {\n"
         "    a = exp(x)\n"
         "    return a / sum(a, axis=1, keepdims=true) + a\n}\n", opt_level=2)

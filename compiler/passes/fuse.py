@@ -1,0 +1,232 @@
+"""`fuse`: group graph ops into kernels (DESIGN.md section 5).
+
+The pass leaves the ops as they are and attaches a `FusionPlan` to the function
+(`fn.attrs["fusion"]`): the kernels in execution order, each with the ids of the source ops
+it holds, and every fuse or no-fuse decision with its reason. The backend lowers each group
+as one kernel (`compiler/backend/fusion.py`).
+
+Groups (TVM's op patterns, on the primitives the `decompose` pass leaves):
+- `elementwise`: a chain of elementwise ops with one iteration space (the result shape);
+  operands from outside the group are read through broadcasting views, splat constants
+  become immediates, and only values used outside the group are written to HBM;
+- `matmul`: a matrix product with an elementwise epilogue applied on the accumulator before
+  the store (bias, activation, residual add, scale, a final cast);
+- `view`: shape ops that the backend turns into DMA views (no kernel);
+- `single`: an op lowered on its own (reductions, concat, pad, ...).
+
+Decisions are greedy in program order: an elementwise op joins the group of an operand's
+producer when the shapes agree and joining creates no cycle between kernels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from compiler.graph.dtypes import is_float
+from compiler.graph.ir import Function
+from compiler.passes.pass_base import GraphPass, register_pass
+
+UNARY = ("neg", "abs", "exp", "log", "sqrt", "rsqrt", "reciprocal", "tanh", "sigmoid", "relu",
+         "erf", "sin", "cos", "floor", "ceil", "sign", "gelu", "cast")
+BINARY = ("add", "sub", "mul", "div", "pow", "maximum", "minimum")
+COMPARE = ("lt", "le", "gt", "ge", "eq", "ne")
+ELEMENTWISE = frozenset(UNARY + BINARY + COMPARE + ("where",))
+VIEW_OPS = frozenset(("reshape", "transpose", "slice", "broadcast_to"))
+
+
+@dataclass(frozen=True)
+class FusionGroup:
+    """One kernel: `kind` (elementwise, matmul, view, single, constant) and its source ops
+    in program order (for `matmul`, the product first, then its epilogue)."""
+
+    kind: str
+    op_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class FusionPlan:
+    """Groups in execution order and the log of decisions (one line each)."""
+
+    groups: tuple[FusionGroup, ...]
+    decisions: tuple[str, ...] = field(default=())
+
+    def format(self, fn: Function) -> str:
+        """The kernels and the source ops each holds, then the decisions."""
+        ops = {op.id: op for op in fn.ops}
+        lines = []
+        number = 0
+        for group in self.groups:
+            if group.kind in ("view", "constant"):
+                continue
+            kinds = " ".join(f"%{i}:{ops[i].kind}" for i in group.op_ids)
+            lines.append(f"// kernel {number} {group.kind}: {kinds}")
+            number += 1
+        lines += [f"// fuse: {d}" for d in self.decisions]
+        return "\n".join(lines) + "\n"
+
+
+def fusable_elementwise(op) -> bool:
+    """An elementwise op the fused lowering handles (integer div/pow rewrite operands in
+    place at -O0 and stay on their own)."""
+    if op.kind not in ELEMENTWISE:
+        return False
+    return not (op.kind in ("div", "pow") and not is_float(op.inputs[0].type.dtype))
+
+
+def epilogue_ok(op) -> bool:
+    """An elementwise op that can run on a float accumulator tile in place."""
+    if not fusable_elementwise(op) or op.kind in COMPARE or op.kind == "where":
+        return False
+    if not is_float(op.result.type.dtype):
+        return False
+    if op.kind == "gelu" and not op.attrs.get("approximate", True):
+        return False  # the erf form reads its input after writing its result
+    return all(is_float(v.type.dtype) for v in op.inputs)
+
+
+def plan_fusion(fn: Function) -> FusionPlan:
+    """Group the ops of `fn` (primitives only) into kernels; see the module docstring."""
+    producers = fn.producers()
+    users = fn.users()
+    outputs = {v.id for v in fn.outputs}
+    group_of: dict[int, int] = {}          # op id -> group number
+    members: dict[int, list[int]] = {}     # group number -> op ids
+    kinds: dict[int, str] = {}
+    decisions: list[str] = []
+    closed: set[int] = set()
+
+    def group_preds(group: int) -> set[int]:
+        out = set()
+        for op_id in members[group]:
+            for v in producers[op_id].inputs:
+                g = group_of.get(v.id)
+                if g is not None and g != group:
+                    out.add(g)
+        return out
+
+    def reaches(start: set[int], target: int) -> bool:
+        """Whether `target` is among `start` or their transitive producers' groups."""
+        seen, todo = set(), list(start)
+        while todo:
+            g = todo.pop()
+            if g == target:
+                return True
+            if g not in seen:
+                seen.add(g)
+                todo.extend(group_preds(g))
+        return False
+
+    def new_group(op, kind: str) -> None:
+        number = len(members)
+        members[number] = [op.id]
+        kinds[number] = kind
+        group_of[op.id] = number
+
+    def external_groups(op, group: int) -> set[int]:
+        return {group_of[v.id] for v in op.inputs
+                if v.id in group_of and group_of[v.id] != group}
+
+    for op in fn.ops:
+        shape = op.result.type.shape
+        joined = None
+        if op.kind in VIEW_OPS:
+            new_group(op, "view")
+        elif op.kind == "constant":
+            new_group(op, "constant")
+        elif fusable_elementwise(op):
+            for v in op.inputs:
+                producer = producers.get(v.id)
+                if producer is None or producer.id not in group_of:
+                    continue
+                group = group_of[producer.id]
+                kind = kinds[group]
+                if kind not in ("elementwise", "matmul"):
+                    continue
+                where = f"%{op.id} {op.kind} into the {kind} kernel of %{members[group][0]}"
+                if producers[members[group][-1]].result.type.shape != shape:
+                    decisions.append(f"no-fuse {where}: shapes differ")
+                    continue
+                if kind == "matmul":
+                    last = members[group][-1]
+                    if v.id != last or not epilogue_ok(op):
+                        decisions.append(f"no-fuse {where}: not an accumulator epilogue")
+                        continue
+                    if last in closed:
+                        decisions.append(f"no-fuse {where}: the epilogue ends with a cast")
+                        continue
+                    if len(users[last]) != 1 or last in outputs:
+                        decisions.append(f"no-fuse {where}: %{last} is also used elsewhere")
+                        continue
+                    other = [u for u in op.inputs if u.id != last]
+                    if any(u.type.shape != shape and u.type.numel != shape[-1]
+                           and u.type.numel != 1 for u in other):
+                        decisions.append(f"no-fuse {where}: an operand broadcasts along rows")
+                        continue
+                if reaches(external_groups(op, group), group):
+                    decisions.append(f"no-fuse {where}: it would make a cycle")
+                    continue
+                joined = group
+                decisions.append(f"fuse {where}: same iteration space")
+                break
+            if joined is None:
+                new_group(op, "elementwise")
+            else:
+                members[joined].append(op.id)
+                group_of[op.id] = joined
+                if (kinds[joined] == "matmul" and op.kind == "cast"
+                        and op.attrs["dtype"] != "f32"):
+                    closed.add(op.id)  # the store casts; nothing may follow
+        elif op.kind == "matmul":
+            new_group(op, "matmul")
+        else:
+            new_group(op, "single")
+            decisions.append(f"no-fuse %{op.id} {op.kind}: no fused rule, its own kernel")
+
+    order = _group_order(fn, members, group_of)
+    groups = tuple(FusionGroup(kinds[g], tuple(members[g])) for g in order)
+    return FusionPlan(groups, tuple(decisions))
+
+
+def _group_order(fn: Function, members, group_of) -> list[int]:
+    """Groups in a topological order of the kernel graph, earliest first op first."""
+    import heapq
+
+    first = {g: min(fn.ops.index(op) for op in fn.ops if group_of[op.id] == g)
+             for g in members}
+    preds: dict[int, set[int]] = {g: set() for g in members}
+    for op in fn.ops:
+        g = group_of[op.id]
+        for v in op.inputs:
+            if v.id in group_of and group_of[v.id] != g:
+                preds[g].add(group_of[v.id])
+    succs: dict[int, set[int]] = {g: set() for g in members}
+    for g, ps in preds.items():
+        for p in ps:
+            succs[p].add(g)
+    waiting = {g: len(ps) for g, ps in preds.items()}
+    ready = [(first[g], g) for g, n in waiting.items() if n == 0]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        _, g = heapq.heappop(ready)
+        order.append(g)
+        for s in succs[g]:
+            waiting[s] -= 1
+            if waiting[s] == 0:
+                heapq.heappush(ready, (first[s], s))
+    if len(order) != len(members):  # pragma: no cover - merges are checked for cycles
+        raise AssertionError("fusion made a cycle between kernels")
+    return order
+
+
+@register_pass
+@dataclass(frozen=True)
+class Fuse(GraphPass):
+    """Attach a `FusionPlan` (`fn.attrs["fusion"]`); the ops are unchanged."""
+
+    name = "fuse"
+
+    def apply(self, fn: Function) -> Function:
+        attrs = dict(fn.attrs)
+        attrs["fusion"] = plan_fusion(fn)
+        return Function(fn.name, list(fn.params), list(fn.ops), list(fn.outputs), attrs)
