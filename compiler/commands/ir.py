@@ -4,7 +4,8 @@ By default the default graph pipeline runs (the IR the backend receives); `--pas
 runs those instead (`--passes=` runs none: the IR straight from the checker).
 `--print-ir-after-all` / `--print-ir-after PASS` print the IR between passes,
 `--time-passes` prints the time of each pass to stderr, `--disable-pass P` skips a pass,
-`--dot FILE` writes the final graph for Graphviz.
+`--dot FILE` writes the final graph for Graphviz. A `.ir` file (Graph IR text, as printed
+here) is read back instead of a `.zt` program, so any stage can be fed in again.
 """
 
 from __future__ import annotations
@@ -12,16 +13,24 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from compiler.frontend import load_program
-from compiler.graph.ir import to_dot
+from compiler.frontend import load_program, read_source
+from compiler.graph.ir import Function, to_dot
+from compiler.graph.parser import parse_function
 from compiler.graph.printer import print_function
 from compiler.inputs import parse_shape_options
 from compiler.passes import default_graph_pipeline, get_pass, parse_pipeline, run_pipeline
 from isa.errors import InputError
 
 
+def read_program(args) -> Function:
+    """A `.zt` program, or Graph IR text (`.ir`, as printed by this command) read back."""
+    if Path(args.program).suffix == ".ir":
+        return parse_function(read_source(args.program), args.program)
+    return load_program(args.program, entry=args.entry, shapes=parse_shape_options(args.shape))
+
+
 def run(args) -> int:
-    fn = load_program(args.program, entry=args.entry, shapes=parse_shape_options(args.shape))
+    fn = read_program(args)
     passes = default_graph_pipeline() if args.passes is None else parse_pipeline(args.passes)
     if args.passes is None and "fuse" in args.print_ir_after:
         passes.append(get_pass("fuse"))  # -O2's grouping into kernels, after the graph passes

@@ -13,12 +13,17 @@ from compiler.graph.printer import format_attr
 from compiler.passes.pass_base import GraphPass, register_pass
 from compiler.passes.rewrite import Rewriter, rewrite
 
+COMMUTATIVE = frozenset({"add", "mul", "maximum", "minimum", "eq", "ne"})
+
 
 def op_key(op: Op) -> tuple:
-    """What makes two ops equal: kind, operands, attributes (by their printed form, so that
-    0.0 and -0.0 or 1 and 1.0 stay apart)."""
+    """What makes two ops equal: kind, operands (in any order for commutative kinds),
+    attributes (by their printed form, so that 0.0 and -0.0 or 1 and 1.0 stay apart)."""
     attrs = tuple(sorted((k, format_attr(v)) for k, v in op.attrs.items()))
-    return (op.kind, tuple(v.id for v in op.inputs), attrs, op.result.type)
+    operands = tuple(v.id for v in op.inputs)
+    if op.kind in COMMUTATIVE:
+        operands = tuple(sorted(operands))
+    return (op.kind, operands, attrs, op.result.type)
 
 
 @register_pass

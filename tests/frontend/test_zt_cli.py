@@ -153,6 +153,17 @@ def test_ir_command(tmp_path, capsys):
     assert status == 0 and out.count("// ----- IR after decompose") == 1
 
 
+def test_ir_text_is_accepted_as_input(tmp_path, capsys):
+    status, checked, _ = zhenwu(capsys, "ir", MLP, "--shape", "B=2", "--passes=")
+    (tmp_path / "mlp.ir").write_text(checked)
+    status, lowered, _ = zhenwu(capsys, "ir", tmp_path / "mlp.ir")
+    _, direct, _ = zhenwu(capsys, "ir", MLP, "--shape", "B=2")
+    assert status == 0 and lowered == direct
+    (tmp_path / "bad.ir").write_text("func @f(%x: f32[2]) -> (f32[2]) {\n  return %y\n}\n")
+    status, _, err = zhenwu(capsys, "ir", tmp_path / "bad.ir")
+    assert status == 1 and "bad.ir:2:10: error: use of undefined value %y" in err
+
+
 def test_bf16_npy_inputs(tmp_path, capsys):
     prog = tmp_path / "p.zt"
     prog.write_text("fn main(x: bf16[2]) { return x * 2 }\n")

@@ -106,6 +106,29 @@ def test_cse_and_dce():
           return %3
         }
         """
+    commuted = """\
+        func @f(%x: f32[4], %y: f32[4]) -> (f32[4]) {
+          %2 = add %x, %y : f32[4]
+          %3 = add %y, %x : f32[4]
+          %4 = sub %x, %y : f32[4]
+          %5 = sub %y, %x : f32[4]
+          %6 = mul %2, %3 : f32[4]
+          %7 = mul %4, %5 : f32[4]
+          %8 = add %6, %7 : f32[4]
+          return %8
+        }
+        """
+    assert apply("cse", commuted) == same("""\
+        func @f(%x: f32[4], %y: f32[4]) -> (f32[4]) {
+          %2 = add %x, %y : f32[4]
+          %4 = sub %x, %y : f32[4]
+          %5 = sub %y, %x : f32[4]
+          %6 = mul %2, %2 : f32[4]
+          %7 = mul %4, %5 : f32[4]
+          %8 = add %6, %7 : f32[4]
+          return %8
+        }
+        """)
     assert apply("cse", text) == same("""\
         func @f(%x: f32[4]) -> (f32[4]) {
           %1 = exp %x : f32[4]
