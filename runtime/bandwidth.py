@@ -36,7 +36,7 @@ class BandwidthServer:
         if nbytes <= 0:
             return start
         duration = nbytes / self.bytes_per_cycle
-        begin = start if start > self.free_at else self.free_at
+        begin = max(self.free_at, start)
         self.free_at = begin + duration
         self.busy_cycles += duration
         self.bytes += nbytes

@@ -16,10 +16,10 @@ naming the instruction, core and engine.
 from __future__ import annotations
 
 import numpy as np
+
 from isa.context import byte_span
 from isa.dtypes import itemsize, np_dtype
 from isa.errors import ChipTrap
-
 from runtime.memory import GlobalMemory, LocalMemory, OutOfBounds
 
 _MASK64 = (1 << 64) - 1
@@ -98,8 +98,21 @@ class EngineContext:
     runtime/decode.py) is recorded as a write, any other as a read.
     """
 
-    __slots__ = ("machine", "program", "pc", "regs", "descs", "memories", "gm", "accesses",
-                 "chip", "chips", "core_index", "written_tiles", "functional")
+    __slots__ = (
+        "accesses",
+        "chip",
+        "chips",
+        "core_index",
+        "descs",
+        "functional",
+        "gm",
+        "machine",
+        "memories",
+        "pc",
+        "program",
+        "regs",
+        "written_tiles",
+    )
 
     def __init__(self, machine, program, pc: int, regs: list[int], descs: list,
                  memories: dict[str, LocalMemory], gm: GlobalMemory | None, core_index: int,

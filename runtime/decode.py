@@ -11,7 +11,6 @@ from __future__ import annotations
 from isa.errors import ChipTrap
 from isa.instructions import INSTRUCTIONS
 from isa.program import Event, Instruction, Program, Tile
-
 from runtime.context import EngineContext
 from runtime.ops import BAR_CHIP, BAR_CORE, ENGINE, HALT, SCALAR, SIG_S, WAIT_S, Bound, Op
 
@@ -104,7 +103,7 @@ def _scalar_cycles(defn, instr: Instruction, machine) -> int:
         return machine.scalar_cycles
     try:
         return max(1, defn.cost(instr, machine, None).occupancy)
-    except Exception:  # a cost that needs operand values: fall back to the machine's number
+    except (AttributeError, TypeError):  # a cost reading operands (ctx is None here)
         return machine.scalar_cycles
 
 

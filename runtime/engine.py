@@ -1,6 +1,6 @@
 """The discrete-event timing model of one chip (DESIGN.md section 8, internals.md section 3).
 
-Per core, the scalar engine `S` runs the instruction stream one instruction per cycle and
+Per core, the scalar engine `S` runs the instruction stream (`scalar_cycles` per instruction) and
 dispatches engine instructions into in-order queues (LD, MX, VX, ST), each of bounded depth:
 the scalar stalls while the target queue is full. An engine instruction starts at the latest
 of its engine being free, its dispatch, and its `.wait`s being satisfied; it occupies the engine
@@ -29,7 +29,7 @@ import math
 from collections import deque
 
 from isa.errors import ChipTrap
-
+from isa.program import NUM_DESCS, NUM_REGS
 from runtime.bandwidth import BandwidthServer
 from runtime.memory import OutOfBounds
 from runtime.ops import BAR_CHIP, BAR_CORE, ENGINE, HALT, SCALAR, SIG_S, WAIT_S, Op
@@ -43,32 +43,32 @@ S_ENGINE = 0  # the scalar engine's index in every per-engine table
 
 
 class Timing:
-    """The machine numbers the timing model needs (all from the machine description)."""
+    """The machine numbers the scheduler itself needs (all from the machine description;
+    each instruction's own cost comes from its definition in isa)."""
 
     def __init__(self, *, cores: int, clock_hz: float, queue_depth: int, event_wake_latency: int,
-                 hbm_bytes_per_cycle: float, events: int, barrier_latency: int = 0):
+                 hbm_bytes_per_cycle: float):
         self.cores = cores
         self.clock_hz = clock_hz
         self.queue_depth = queue_depth
         self.event_wake_latency = event_wake_latency
         self.hbm_bytes_per_cycle = hbm_bytes_per_cycle
-        self.events = events
-        self.barrier_latency = barrier_latency
 
 
 class CoreState:
     """One core: scalar state, engine queues, events, timing and statistics.
 
     `regs`, `descs`, `pc` and `loops` are read and written by the scalar instructions' `step`;
-    `memories` maps a space name (L1, ACC, SMEM) to its LocalMemory, plus "GM" for the chip's.
+    `memories` maps a per-core space name (L1, ACC) to its LocalMemory. `chip` is kept for
+    multi-chip runs (not supported yet: always 0).
     """
 
     def __init__(self, index: int, chip: int, n_engines: int, n_events: int, memories: dict,
                  spaces: tuple[str, ...], race_check: bool):
         self.index = index
         self.chip = chip
-        self.regs = [0] * 32
-        self.descs: list = [None] * 32
+        self.regs = [0] * NUM_REGS
+        self.descs: list = [None] * NUM_DESCS
         self.pc = 0
         self.loops: list = []  # scalar loop stack, managed by LOOP/ENDLOOP semantics
         self.memories = memories
@@ -103,8 +103,7 @@ def _union(*spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
     merged: list[list[int]] = []
     for start, end in sorted(span for spans_ in spans for span in spans_):
         if merged and start <= merged[-1][1]:
-            if end > merged[-1][1]:
-                merged[-1][1] = end
+            merged[-1][1] = max(merged[-1][1], end)
         else:
             merged.append([start, end])
     return [(a, b) for a, b in merged]
@@ -203,7 +202,7 @@ class Simulator:
         if unfinished:
             self._deadlock(unfinished)
         end = max(c.halt_time for c in self.cores)
-        self._close_kernels(end)
+        self._close_kernels()
         return end
 
     # -- the scalar engine -----------------------------------------------------------------
@@ -211,7 +210,7 @@ class Simulator:
     def _run_scalar(self, core: CoreState, now: int) -> None:
         ops = self.ops
         heap = self.heap
-        t = core.t if core.t > now else now
+        t = max(now, core.t)
         regs = core.regs
         while True:
             op = ops[core.pc]
@@ -353,7 +352,7 @@ class Simulator:
         if len(self.chip_barrier) < len(self.cores):
             return
         cycles = self.ops[core.pc].cycles
-        release = self.chip_barrier_time + cycles + self.timing.barrier_latency
+        release = self.chip_barrier_time + cycles
         for waiting in self.chip_barrier:
             # each core issued its BAR.CHIP at waiting.t; it waits from then to the release
             waited = release - (waiting.t + cycles)
@@ -476,8 +475,7 @@ class Simulator:
         if occupancy > 0:
             # DMAs count while in flight (transfer and latency), compute while busy
             core.intervals[engine].append((now, complete if engine in self.dma_engines else free))
-        if complete > core.last_complete[engine]:
-            core.last_complete[engine] = complete
+        core.last_complete[engine] = max(core.last_complete[engine], complete)
         if op.sigs:
             self._push(complete, _COMPLETE, core, engine,
                        (op, list(races.clocks[engine]) if races is not None else None))
@@ -529,7 +527,7 @@ class Simulator:
             span = self.kernel_spans[core.kernel]
             span[1] = max(span[1], t)
 
-    def _close_kernels(self, end: int) -> None:
+    def _close_kernels(self) -> None:
         for core in self.cores:
             self._leave_kernel(core, core.halt_time)
             core.kernel = None

@@ -11,10 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
 from isa.dtypes import convert, np_dtype
 from isa.errors import ChipTrap, InputError
 from isa.program import ENGINES, NUM_EVENTS, Program
-
 from runtime.context import ScalarContext
 from runtime.decode import decode_program
 from runtime.engine import CoreState, Simulator, Timing, dma_compute_overlap
@@ -77,7 +77,7 @@ def run_program(program: Program, machine, inputs: dict[str, np.ndarray], *,
     timing = Timing(cores=machine.cores, clock_hz=machine.clock_hz,
                     queue_depth=machine.queue_depth,
                     event_wake_latency=machine.event_wake_latency,
-                    hbm_bytes_per_cycle=machine.hbm_bytes_per_cycle, events=NUM_EVENTS)
+                    hbm_bytes_per_cycle=machine.hbm_bytes_per_cycle)
     recorder = TraceRecorder(machine.clock_hz, list(engines), machine.cores) if trace else None
     kernel_names = [name for name, _ in program.kernels]
     simulator = Simulator(
@@ -154,4 +154,4 @@ def _report(program: Program, machine, sim: Simulator, cycles: int, timing_only:
     )
 
 
-__all__ = ["run_program", "RunResult"]
+__all__ = ["RunResult", "run_program"]

@@ -228,7 +228,7 @@ class LocalMemory(Memory):
         self.check(start, start + data.size)
         self.data[start : start + data.size] = data
 
-    def gather(self, base, dtype, shape, byte_strides):  # noqa: D102 - see Memory.gather
+    def gather(self, base, dtype, shape, byte_strides):
         # Fast path: a view straight into the flat array, no intermediate span copy.
         dtype = np.dtype(dtype)
         shape = tuple(int(n) for n in shape)
@@ -243,7 +243,7 @@ class LocalMemory(Memory):
             return view.copy()
         return Memory.gather(self, base, dtype, shape, byte_strides)
 
-    def scatter(self, base, byte_strides, values):  # noqa: D102 - see Memory.scatter
+    def scatter(self, base, byte_strides, values):
         values = np.asarray(values)
         if values.size == 0:
             return

@@ -15,8 +15,8 @@ Kinds:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 SCALAR, ENGINE, WAIT_S, SIG_S, BAR_CORE, BAR_CHIP, HALT = range(7)
 KIND_NAMES = ("scalar", "engine", "wait.s", "sig.s", "bar.core", "bar.chip", "halt")

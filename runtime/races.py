@@ -72,8 +72,7 @@ class CoreRaceDetector:
     def join(self, engine: int, other: list[int]) -> None:
         clock = self.clocks[engine]
         for i in range(self.n):
-            if other[i] > clock[i]:
-                clock[i] = other[i]
+            clock[i] = max(clock[i], other[i])
 
     def join_all_into(self, engine: int) -> None:
         """`engine` (the scalar) has observed every engine drain."""

@@ -131,11 +131,11 @@ class Report:
 
     def to_text(self) -> str:
         """A short human summary: time, throughput, engine utilisation, stalls, kernels."""
+        mode = " (timing only)" if self.timing_only else ""
         lines = [
-            f"machine {self.machine}: {self.chips} chip(s) x {self.cores} cores"
-            + (" (timing only)" if self.timing_only else ""),
-            f"cycles {self.cycles}  time {_fmt_seconds(self.seconds)}  "
-            f"instructions {self.instructions} ({self.engine_instructions} on engines)",
+            f"machine {self.machine}: {self.chips} chip(s) x {self.cores} cores{mode}",
+            (f"cycles {self.cycles}  time {_fmt_seconds(self.seconds)}  "
+             f"instructions {self.instructions} ({self.engine_instructions} on engines)"),
         ]
         tflops = self.flops / self.seconds / 1e12 if self.seconds else 0.0
         lines.append(f"flops {self.flops} ({tflops:.2f} TFLOP/s)  "

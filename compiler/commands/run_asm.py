@@ -20,15 +20,14 @@ from pathlib import Path
 for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from isa.errors import InputError, UsageError  # noqa: E402
+from isa.errors import InputError, UsageError
 
 
 def run_assembly(args) -> int:
     """Run `args.program` (.s or .bin) with the `run` subcommand's options; return 0."""
     from isa.machine import load_machine
-
     from runtime import run_program
 
     if getattr(args, "chips", 1) != 1:

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import ml_dtypes
 import numpy as np
+
 from isa.asm import parse_assembly
 from isa.machine import load_machine
-
 from runtime import run_program
 from tests.runtime.gemm_asm import gemm_assembly
 

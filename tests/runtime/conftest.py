@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from isa.asm import parse_assembly
 from isa.machine import MACHINES_DIR, load_machine, parse_machine
-
 from runtime import run_program
 
 FIXTURES = Path(__file__).parent / "fixtures"

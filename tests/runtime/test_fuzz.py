@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from isa.asm import parse_assembly
 from isa.errors import AssemblyError, ChipTrap
-
 from runtime import run_program
 from tests.runtime.conftest import machine_with
 
