@@ -30,6 +30,7 @@ def read_program(args) -> Function:
 
 
 def run(args) -> int:
+    """`zhenwu ir`: print the Graph IR after the requested passes."""
     fn = read_program(args)
     passes = default_graph_pipeline() if args.passes is None else parse_pipeline(args.passes)
     if args.passes is None and "fuse" in args.print_ir_after:

@@ -26,6 +26,7 @@ def summarize(index: int, array: np.ndarray, type_) -> str:
 
 
 def run_reference(args) -> int:
+    """`zhenwu run prog.zt --reference`: evaluate, print a summary, write -o."""
     try:
         fn, inputs = load_program_and_inputs(args)
         outputs = evaluate(fn, inputs)

@@ -50,6 +50,7 @@ def builtin(name: str, params: str, **defaults):
 
 
 def tensor_arg(chk: Checker, args: Args, name: str) -> Tensor:
+    """Argument `name` as a tensor (a Python number becomes a constant)."""
     value, span = args[name]
     if isinstance(value, Tensor):
         return value
@@ -59,11 +60,13 @@ def tensor_arg(chk: Checker, args: Args, name: str) -> Tensor:
 
 
 def int_arg(args: Args, name: str, *, minimum: int | None = None) -> int:
+    """Argument `name` as an integer."""
     value, span = args[name]
     return as_int(value, span, name, minimum=minimum)
 
 
 def as_int(value, span, what: str, *, minimum: int | None = None) -> int:
+    """A value that must be an integer (not a bool), at least `minimum`."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise Diagnostic(f"'{what}' must be an integer, got {describe(value)}", span)
     if minimum is not None and value < minimum:
@@ -72,12 +75,14 @@ def as_int(value, span, what: str, *, minimum: int | None = None) -> int:
 
 
 def int_list(value, span, what: str) -> list[int]:
+    """A list or tuple of integers."""
     if isinstance(value, (list, tuple)):
         return [as_int(v, span, what) for v in value]
     raise Diagnostic(f"'{what}' must be a list of integers, got {describe(value)}", span)
 
 
 def bool_arg(args: Args, name: str) -> bool:
+    """Argument `name` as true/false."""
     value, span = args[name]
     if not isinstance(value, bool):
         raise Diagnostic(f"'{name}' must be true or false, got {describe(value)}", span)
@@ -85,6 +90,7 @@ def bool_arg(args: Args, name: str) -> bool:
 
 
 def dtype_arg(args: Args, name: str) -> str | None:
+    """Argument `name` as a dtype name, or None."""
     value, span = args[name]
     if value is None:
         return None
@@ -97,6 +103,7 @@ def dtype_arg(args: Args, name: str) -> str | None:
 
 
 def norm_axis(axis, rank: int, span, t: Tensor | None = None) -> int:
+    """An axis in range for `rank`, made non-negative."""
     axis = as_int(axis, span, "axis")
     if not -rank <= axis < rank:
         where = f" for {t.type}" if t is not None else ""
@@ -117,6 +124,7 @@ def axes_arg(args: Args, name: str, t: Tensor) -> tuple[int, ...]:
 
 
 def shape_arg(args: Args, name: str) -> tuple[int, ...]:
+    """A shape: an int or a list of positive ints."""
     value, span = args[name]
     if isinstance(value, int) and not isinstance(value, bool):
         value = [value]
@@ -128,6 +136,7 @@ def shape_arg(args: Args, name: str) -> tuple[int, ...]:
 
 
 def pair_arg(args: Args, name: str, *, minimum: int) -> tuple[int, int]:
+    """An int (used twice) or a pair of ints, each at least `minimum`."""
     value, span = args[name]
     if isinstance(value, (list, tuple)):
         if len(value) != 2:
@@ -159,6 +168,7 @@ _ANY_UNARY = ("neg", "abs", "relu", "floor", "ceil", "sign")
 
 
 def unary(chk: Checker, kind: str, x: Tensor, span, attrs=None) -> Tensor:
+    """An elementwise unary op; integer operands of float functions become f32."""
     if x.dtype == "bool":
         raise Diagnostic(f"{kind}() is not defined on bool ({x.type})", span)
     if kind in _FLOAT_UNARY + ("gelu",) and not is_float(x.dtype):
@@ -227,6 +237,7 @@ def _cast(chk: Checker, args: Args, call: ast.Call):
 
 def reduce(chk: Checker, kind: str, x: Tensor, axes: tuple[int, ...], keepdims: bool,
            span) -> Tensor:
+    """A reduction over `axes` (none: the value itself); bool counts as i32."""
     if not axes:
         return x
     if x.dtype == "bool":
@@ -454,6 +465,7 @@ def _concat(chk: Checker, args: Args, call: ast.Call):
 
 
 def slice_axis(chk: Checker, x: Tensor, axis: int, lo: int, hi: int, span) -> Tensor:
+    """x[..., lo:hi, ...] along one axis."""
     starts = [0] * x.type.rank
     stops = list(x.shape)
     starts[axis], stops[axis] = lo, hi

@@ -68,6 +68,7 @@ def nearest(name: str, candidates) -> str | None:
 
 
 def did_you_mean(name: str, candidates) -> str:
+    """`; did you mean 'x'?` for the nearest candidate, or ''."""
     match = nearest(name, candidates)
     return f"; did you mean '{match}'?" if match else ""
 
@@ -143,6 +144,7 @@ class Checker:
     # ------------------------------------------------------------------ entry
 
     def select_entry(self, entry: str | None) -> ast.FnDef:
+        """The entry function: --entry, else `main`, else the only function."""
         if entry is not None:
             if entry not in self.fns:
                 raise Diagnostic(f"no function '{entry}' in {self.module.file}"
@@ -161,6 +163,7 @@ class Checker:
 
     def check_entry(self, entry: str | None, shapes: dict[str, int],
                     input_shapes: dict[str, tuple[int, ...]] | None) -> Function:
+        """Bind the entry's dims, check its body, and build its Graph IR function."""
         fn = self.select_entry(entry)
         input_shapes = dict(input_shapes or {})
         param_names = [p.name for p in fn.params]
@@ -235,6 +238,7 @@ class Checker:
         return dict(bound)
 
     def check_input_shape(self, param: ast.Param, type_: TensorType, actual) -> None:
+        """An input array must have the parameter's concrete shape."""
         actual = tuple(actual)
         for axis, (want, got) in enumerate(zip(type_.shape, actual)):
             if want != got:
@@ -243,6 +247,7 @@ class Checker:
                                  f"{want})", param.type.span)
 
     def check_returns(self, fn: ast.FnDef, got: list[TensorType], scope: dict) -> None:
+        """The values returned must have the declared result types, if any."""
         if fn.returns is None:
             return
         want = [self.eval_type(t, scope) for t in fn.returns]
@@ -254,9 +259,11 @@ class Checker:
     # ------------------------------------------------------------------ names and types
 
     def is_known_name(self, name: str) -> bool:
+        """A const or a built-in constant (not a symbolic dim)."""
         return name in self.consts or name in GLOBAL_CONSTANTS
 
     def names_in(self, node) -> list[str]:
+        """The names a dim expression mentions."""
         if isinstance(node, ast.Name):
             return [node.id]
         if isinstance(node, ast.BinOp):
@@ -266,6 +273,7 @@ class Checker:
         return []
 
     def eval_dim(self, node, scope: dict) -> int:
+        """A dim expression as a positive integer."""
         value = self.eval(node, scope)
         if isinstance(value, bool) or not isinstance(value, int):
             raise Diagnostic(f"a dim must be an integer, got {describe(value)}", node.span)
@@ -274,11 +282,13 @@ class Checker:
         return value
 
     def eval_type(self, node: ast.TypeExpr, scope: dict) -> TensorType:
+        """A type expression with every dim evaluated."""
         return TensorType(node.dtype, tuple(self.eval_dim(d, scope) for d in node.dims))
 
     # ------------------------------------------------------------------ emitting
 
     def emit(self, kind: str, inputs, attrs: dict | None, span: SourceSpan) -> Tensor:
+        """Emit an op at `span` (the call site inside a composite), with the current origin."""
         span = self.span_override or span
         values = [t.value for t in inputs]
         return Tensor(self.builder.emit(kind, values, attrs, span=span, origin=self.origin))
@@ -298,11 +308,13 @@ class Checker:
         return self.emit("constant", [], {"value": value, "dtype": dtype, "shape": shape}, span)
 
     def cast(self, tensor: Tensor, dtype: str, span: SourceSpan) -> Tensor:
+        """The tensor in `dtype` (a cast op only when it differs)."""
         if tensor.dtype == dtype:
             return tensor
         return self.emit("cast", [tensor], {"dtype": dtype}, span)
 
     def reshape(self, tensor: Tensor, shape, span: SourceSpan) -> Tensor:
+        """The tensor with `shape` (a reshape op only when it differs)."""
         if tuple(shape) == tensor.shape:
             return tensor
         return self.emit("reshape", [tensor], {"shape": tuple(shape)}, span)
@@ -352,6 +364,7 @@ class Checker:
     # ------------------------------------------------------------------ functions
 
     def run_body(self, fn: ast.FnDef, scope: dict) -> list:
+        """Execute a function body in `scope`; returns the values of its `return`."""
         try:
             for index, stmt in enumerate(fn.body):
                 if isinstance(stmt, ast.Return) and index + 1 < len(fn.body):
@@ -363,6 +376,7 @@ class Checker:
         raise Diagnostic(f"function '{fn.name}' has no return statement", fn.name_span)
 
     def exec(self, stmt, scope: dict) -> None:
+        """Execute one statement."""
         if isinstance(stmt, ast.Assign):
             value = self.eval(stmt.value, scope)
             if len(stmt.targets) == 1:
@@ -480,6 +494,7 @@ class Checker:
     # ------------------------------------------------------------------ expressions
 
     def lookup(self, node: ast.Name, scope: dict):
+        """The value of a name: local, const, or built-in constant."""
         if node.id in scope:
             return scope[node.id]
         if node.id in self.consts:
@@ -494,6 +509,7 @@ class Checker:
         raise Diagnostic(f"unknown name '{node.id}'{did_you_mean(node.id, names)}", node.span)
 
     def eval(self, node, scope: dict):
+        """Evaluate an expression to a checker value (emitting ops for tensor work)."""
         if isinstance(node, ast.Num):
             return node.value
         if isinstance(node, ast.Bool):
@@ -529,10 +545,12 @@ class Checker:
         raise Diagnostic("unsupported expression", node.span)  # pragma: no cover
 
     def number_or_tensor(self, value, span):
+        """Reject values that are neither a tensor nor a number."""
         if isinstance(value, bool) or not isinstance(value, (Tensor, int, float)):
             raise Diagnostic(f"expected a tensor or a number, got {describe(value)}", span)
 
     def negate(self, value, node: ast.Unary):
+        """`-value`."""
         self.number_or_tensor(value, node.operand.span)
         if isinstance(value, Tensor):
             if value.dtype == "bool":
@@ -541,12 +559,14 @@ class Checker:
         return -value
 
     def binop(self, node: ast.BinOp, scope: dict):
+        """A binary operator expression."""
         left = self.eval(node.left, scope)
         right = self.eval(node.right, scope)
         return self.apply_binary(node.op, left, right, node.span, node.left.span,
                                  node.right.span)
 
     def apply_binary(self, op: str, left, right, span, left_span, right_span):
+        """A binary operator on two checker values (numbers fold at check time)."""
         python = (int, float)
         if isinstance(left, python) and isinstance(right, python):
             return self.python_binary(op, left, right, span)
@@ -582,6 +602,7 @@ class Checker:
         return self.emit(kind, [a, b], None, span)
 
     def python_binary(self, op: str, a, b, span):
+        """A binary operator on two Python numbers (consts, dims, literals)."""
         try:
             if op == "+":
                 return a + b
@@ -606,6 +627,7 @@ class Checker:
             raise Diagnostic("number too large", span) from None
 
     def call(self, node: ast.Call, scope: dict):
+        """A call: user function, prelude composite, or builtin (in that order)."""
         from compiler.frontend.builtins import BUILTINS
 
         args = [(self.eval(a, scope), a.span) for a in node.args]
@@ -691,6 +713,7 @@ _PRELUDE: list[ast.Module] = []
 
 
 def load_prelude() -> ast.Module:
+    """The parsed prelude (composites written in the language), parsed once."""
     if not _PRELUDE:
         _PRELUDE.append(parse_source(PRELUDE_PATH.read_text(), str(PRELUDE_PATH)))
     return _PRELUDE[0]

@@ -27,6 +27,7 @@ class GraphBuilder:
         self._next_id = start_id
 
     def fresh_id(self) -> int:
+        """A new value id."""
         self._next_id += 1
         return self._next_id - 1
 
@@ -59,4 +60,5 @@ class GraphBuilder:
         return result
 
     def finish(self, outputs: list[Value], attrs: dict | None = None) -> Function:
+        """The built function with these outputs."""
         return Function(self.name, self.params, self.ops, list(outputs), dict(attrs or {}))

@@ -46,10 +46,12 @@ def itemsize(name: str) -> int:
 
 
 def is_float(name: str) -> bool:
+    """f32, bf16, f16 or fp8."""
     return name in FLOAT_DTYPES
 
 
 def is_int(name: str) -> bool:
+    """i32 or i8."""
     return name in INT_DTYPES
 
 

@@ -673,6 +673,7 @@ def parse_einsum(spec: str, ranks: list[int]) -> tuple[list[str], str]:
 
 
 def einsum_sizes(inputs: list[str], types: Types) -> dict[str, int]:
+    """Letter -> size over the operands; a letter with two sizes is a Diagnostic."""
     sizes: dict[str, int] = {}
     for part, t in zip(inputs, types):
         for axis, (ch, dim) in enumerate(zip(part, t.shape)):

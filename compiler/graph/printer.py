@@ -19,6 +19,7 @@ from compiler.graph.ir import Function, Op, Value
 
 
 def format_attr(value) -> str:
+    """The text of one attribute value."""
     if value is True:
         return "true"
     if value is False:
@@ -35,10 +36,12 @@ def format_attr(value) -> str:
 
 
 def value_ref(value: Value) -> str:
+    """`%name` for a parameter, `%id` for an op result."""
     return f"%{value.name}" if value.name is not None else f"%{value.id}"
 
 
 def format_op(op: Op) -> str:
+    """One op as a line of text (without indentation)."""
     text = f"{value_ref(op.result)} = {op.kind}"
     if op.inputs:
         text += " " + ", ".join(value_ref(v) for v in op.inputs)

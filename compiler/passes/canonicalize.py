@@ -33,6 +33,7 @@ def noop_shape(op: Op, rw: Rewriter) -> Value | None:
 
 
 def reshape_of_reshape(op: Op, rw: Rewriter) -> Value | None:
+    """reshape(reshape(x)) -> reshape(x)."""
     if op.kind != "reshape":
         return None
     inner = rw.producer(op.inputs[0])
@@ -42,6 +43,7 @@ def reshape_of_reshape(op: Op, rw: Rewriter) -> Value | None:
 
 
 def transpose_of_transpose(op: Op, rw: Rewriter) -> Value | None:
+    """transpose(transpose(x)) -> one transpose (or x)."""
     if op.kind != "transpose":
         return None
     inner = rw.producer(op.inputs[0])
@@ -72,6 +74,7 @@ def identity_operand(op: Op, rw: Rewriter) -> Value | None:
 
 
 def double_negation(op: Op, rw: Rewriter) -> Value | None:
+    """--x -> x."""
     if op.kind != "neg":
         return None
     inner = rw.producer(op.inputs[0])

@@ -30,6 +30,7 @@ def _python_value(array: np.ndarray, dtype: str):
 
 
 def fold(op: Op, rw: Rewriter) -> Value | None:
+    """Replace an op on splat constants by the splat constant it computes."""
     if op.kind in ("constant", "iota") or not op.inputs:
         return None
     values = [rw.constant_value(v) for v in op.inputs]
