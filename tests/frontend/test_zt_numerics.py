@@ -333,3 +333,28 @@ def test_origins_of_composites():
     fn = compile_zt("fn main(x: f32[2, 3]) { return mean(x, axis=1), rmsnorm(x, 1.0) }")
     assert [op.origin for op in fn.ops if op.kind == "reduce_sum"] == ["mean#1", "rmsnorm#1"]
     assert all(op.span is not None and op.span.file == "t.zt" for op in fn.ops)
+
+
+def test_more_shapes_and_broadcasts(rng):
+    x, y, s = f32(rng, 2, 1, 3, 4), f32(rng, 5, 4, 6), f32(rng)
+    c = rng.random((3, 1)) < 0.5
+    src = ("fn main(x: f32[2, 1, 3, 4], y: f32[5, 4, 6], s: f32[], c: bool[3, 1]) {\n"
+           "  return x @ y, transpose(x, [-1, 0, 1, 2]), squeeze(x, (1,)),\n"
+           "    expand_dims(s, (0, -1)), s[None], where(c, x[0, 0], s), c == c,\n"
+           "    cast(c, i32) * -3, -cast(x, i8), pow(cast(y, i32) + 3, 2)\n}")
+    outs = run_zt(src, {"x": x, "y": y, "s": s, "c": c})
+    wants = [x @ y, x.transpose(3, 0, 1, 2), x[:, 0], s.reshape(1, 1), s[None],
+             np.where(c, x[0, 0], s), np.ones_like(c), c.astype(np.int32) * -3,
+             -np.trunc(x).astype(np.int8), (np.trunc(y).astype(np.int32) + 3) ** 2]
+    for got, want in zip(outs, wants):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+        assert got.shape == np.shape(want)
+
+
+def test_names_rebind_and_consts_fold():
+    src = ("const K = 3\nconst M = K * 2 + 1\n"
+           "fn main(x: f32[M]) {\n  x = x * K\n  x = x + M // 2\n  return x, M * 1.5\n}")
+    x = np.arange(7, dtype=np.float32)
+    out, m = run_zt(src, {"x": x})
+    np.testing.assert_array_equal(out, x * 3 + 3)
+    assert m.dtype == np.float32 and float(m) == 10.5
