@@ -10,7 +10,8 @@ the group again.
   matmul with the weights reshaped to [G, O/G, Cg*KH*KW].
 - `maxpool2d`: pad with the lowest value, one strided slice per tap, a `maximum` chain.
 - `avgpool2d`: pad with 0, a sum of the taps, divided by the number of non-padding elements
-  under each window (the same taps over a padded ones tensor; a constant without padding).
+  under each window (the same taps over a padded ones tensor; a constant without padding);
+  bf16/f16/fp8 are summed in f32 and rounded once.
 - `einsum` (one or two operands): sum out letters used by one operand only, transpose each
   operand to [batch, free, contracted], reshape to 3-D, one batched matmul, reshape and
   transpose to the output order.
@@ -85,6 +86,11 @@ def _pool(op: Op, rw: Rewriter) -> Value:
         for tap in _taps(rw, padded, kernel, strides, (1, 1), out_hw):
             result = tap if result is None else rw.emit("maximum", [result, tap])
         return result
+    # Sum narrow floats in f32 and round once, as the registry's reference does.
+    narrow = dtype in ("bf16", "f16", "fp8")
+    if narrow:
+        x = rw.emit("cast", [x], {"dtype": "f32"})
+        dtype = "f32"
     padded = _pad_spatial(rw, x, pads, 0.0)
     total = None
     for tap in _taps(rw, padded, kernel, strides, (1, 1), out_hw):
@@ -99,7 +105,8 @@ def _pool(op: Op, rw: Rewriter) -> Value:
         count = None
         for tap in _taps(rw, ones, kernel, strides, (1, 1), out_hw):
             count = tap if count is None else rw.emit("add", [count, tap])
-    return rw.emit("div", [total, count])
+    mean = rw.emit("div", [total, count])
+    return rw.emit("cast", [mean], {"dtype": op.result.type.dtype}) if narrow else mean
 
 
 def _einsum(op: Op, rw: Rewriter) -> Value:
