@@ -115,7 +115,20 @@ def _einsum(op: Op, rw: Rewriter) -> Value:
     sizes = {}
     for letters, value in zip(inputs, operands):
         sizes.update(zip(letters, value.type.shape))
-    # Sum out the letters only one operand uses and the output drops.
+    # Sum out the letters only one operand uses and the output drops (narrow floats in f32,
+    # rounded once at the end, as the reference computes einsum).
+    dtype = op.result.type.dtype
+    summed = any(ch not in "".join(inputs[:i] + inputs[i + 1:]) + output
+                 for i, letters in enumerate(inputs) for ch in letters)
+    widen = summed and len(operands) == 2 and dtype in ("bf16", "f16", "fp8")
+    if widen:
+        operands = [rw.emit("cast", [v], {"dtype": "f32"}) for v in operands]
+    result = _einsum_lowered(rw, operands, inputs, output, sizes)
+    return rw.emit("cast", [result], {"dtype": dtype}) if widen else result
+
+
+def _einsum_lowered(rw: Rewriter, operands, inputs, output, sizes) -> Value:
+    """Reduce, transpose, reshape, one batched matmul, reshape and transpose back."""
     for index, letters in enumerate(inputs):
         others = set("".join(inputs[:index] + inputs[index + 1:])) | set(output)
         axes = tuple(i for i, ch in enumerate(letters) if ch not in others)
