@@ -49,8 +49,8 @@ def run_program(program: Program, machine, inputs: dict[str, np.ndarray], *,
     """Run `program` on every core of one chip described by `machine`.
 
     `inputs` maps each `in`/`inout` tensor name to an array of the tensor's shape (cast to
-    its dtype; an `inout` tensor may be omitted and starts as zeros; with `timing_only` every
-    input may be omitted). With `timing_only` no
+    its dtype; `inout` and `const` tensors may be omitted and start as zeros; with
+    `timing_only` every input may be omitted). With `timing_only` no
     instruction semantics run and no tensor data is allocated: the cycles are the same (costs
     depend on operands and descriptors, never on data), the outputs are empty, and the
     checks that need data (bounds of tile and GM accesses, races) are skipped.
@@ -101,14 +101,16 @@ def _check_tensors(program: Program, machine) -> None:
 
 
 def _load_inputs(program: Program, inputs: dict[str, np.ndarray], gm: GlobalMemory | None):
-    known = {t.name: t for t in program.inputs}
+    """Write the given tensors into GM: every `in` tensor (required unless timing-only), and
+    `inout` and `const` tensors when given (else they start as zeros)."""
+    loadable = {t.name: t for t in program.tensors if t.role in ("in", "inout", "const")}
     for name in inputs:
-        if name not in known:
-            raise InputError(f"'{name}' is not an input tensor of the program (inputs: "
-                             f"{', '.join(known) or 'none'})")
-    for tensor in program.inputs:
+        if name not in loadable:
+            known = ", ".join(t.name for t in program.inputs) or "none"
+            raise InputError(f"'{name}' is not an input tensor of the program (inputs: {known})")
+    for tensor in loadable.values():
         if tensor.name not in inputs:
-            if tensor.role == "inout" or gm is None:  # timing-only runs need no data
+            if tensor.role != "in" or gm is None:  # timing-only runs need no data
                 continue
             raise InputError(f"missing input '{tensor.name}' ({tensor.dtype}"
                              f"{list(tensor.shape)})")

@@ -43,12 +43,16 @@ def run_assembly(args) -> int:
                          draw_missing=not args.timing_only)
     result = run_program(program, machine, inputs, timing_only=args.timing_only,
                          max_instructions=args.max_instructions, trace=bool(args.trace))
-    if args.output:
+    if args.output and not args.timing_only:
         write_outputs(args.output, list(result.outputs.values()))
     if args.report:
         _write_text(args.report, json.dumps(result.report.to_json(), indent=2) + "\n")
     if args.trace and result.trace is not None:
         _write_text(args.trace, json.dumps(result.trace))
+    if args.timing_only:
+        for index, tensor in enumerate(program.outputs):
+            print(f"out{index} ({tensor.name}): {tensor.dtype} {list(tensor.shape)} "
+                  "(timing only: not computed" + (", not written)" if args.output else ")"))
     for index, (name, value) in enumerate(result.outputs.items()):
         print(f"out{index} ({name}): {value.dtype} {list(value.shape)}")
     report = result.report
