@@ -1,9 +1,10 @@
 """`zhenwu ir prog.zt`: check a program, run graph passes, print the Graph IR.
 
-By default the default graph pipeline runs (the IR the backend receives); `--passes a,b`
-runs those instead (`--passes=` runs none: the IR straight from the checker).
-`--print-ir-after-all` / `--print-ir-after PASS` print the IR between passes,
-`--time-passes` prints the time of each pass to stderr, `--disable-pass P` skips a pass,
+Plain `zhenwu ir prog.zt` prints the IR straight from the checker. `--passes a,b` runs those
+passes (`--passes default`: the default graph pipeline, the IR the backend receives), and
+so do `--print-ir-after-all` / `--print-ir-after PASS` (print the IR between passes),
+`--time-passes` (the time of each pass, to stderr) and `--disable-pass P` (skip a pass),
+which imply the default pipeline when `--passes` is not given.
 `--dot FILE` writes the final graph for Graphviz. A `.ir` file (Graph IR text, as printed
 here) is read back instead of a `.zt` program, so any stage can be fed in again.
 """
@@ -32,9 +33,14 @@ def read_program(args) -> Function:
 def run(args) -> int:
     """`zhenwu ir`: print the Graph IR after the requested passes."""
     fn = read_program(args)
-    passes = default_graph_pipeline() if args.passes is None else parse_pipeline(args.passes)
-    if args.passes is None and "fuse" in args.print_ir_after:
-        passes.append(get_pass("fuse"))  # -O2's grouping into kernels, after the graph passes
+    wants_passes = (args.print_ir_after_all or args.print_ir_after or args.time_passes
+                    or args.disable_pass)
+    if args.passes is not None:
+        passes = parse_pipeline(args.passes)
+    else:
+        passes = default_graph_pipeline() if wants_passes else []
+        if "fuse" in args.print_ir_after:
+            passes.append(get_pass("fuse"))  # -O2's grouping into kernels, after the graph passes
     for name in list(args.print_ir_after) + list(args.disable_pass):
         get_pass(name)  # unknown names are usage errors
     timings: list[tuple[str, float]] = []

@@ -52,9 +52,17 @@ def get_pass(name: str) -> GraphPass:
 
 
 def parse_pipeline(text: str) -> list[GraphPass]:
-    """`"canonicalize,cse,dce"` -> pass instances."""
-    names = [part.strip() for part in text.split(",") if part.strip()]
-    return [get_pass(name) for name in names]
+    """`"canonicalize,cse,dce"` -> pass instances; `default` stands for the default graph
+    pipeline (`"default,fuse"` appends a pass to it)."""
+    from compiler.passes import default_graph_pipeline
+
+    passes: list[GraphPass] = []
+    for name in (part.strip() for part in text.split(",")):
+        if name == "default":
+            passes.extend(default_graph_pipeline())
+        elif name:
+            passes.append(get_pass(name))
+    return passes
 
 
 PassCallback = Callable[[GraphPass, Function, float], None]
