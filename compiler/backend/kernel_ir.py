@@ -291,7 +291,8 @@ def print_kernels(program: KernelProgram) -> str:
         lines.append(f"tensor {t.name} GM {t.dtype}[{','.join(map(str, t.shape))}] {t.role}{addr}"
                      f"  # {t.nbytes} bytes")
     for kernel in program.kernels:
-        lines.append(f"kernel {kernel.name} ops {','.join(map(str, kernel.op_ids))} {{")
+        ops = ",".join(map(str, kernel.op_ids)) or "-"
+        lines.append(f"kernel {kernel.name} ops {ops} {{")
         for nest in kernel.nests:
             lines += print_nest(nest)
         lines.append("}")
@@ -415,7 +416,7 @@ def parse_kernels(text: str) -> KernelProgram:
                                       int(addr, 16) if addr else None))
             elif line.startswith("kernel ") and line.endswith("{"):
                 _, name, _, ids, _ = line.split()
-                kernel_head = (name, _ints(ids))
+                kernel_head = (name, () if ids == "-" else _ints(ids))
             else:
                 raise KernelParseError(f"unexpected {line!r}")
         except (ValueError, IndexError) as err:

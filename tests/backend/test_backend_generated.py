@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from backend_helpers import compile_and_run
 
+from compiler.backend.kernel_ir import parse_kernels, print_kernels
 from isa.errors import InputError
 
 SAMPLES = sorted((Path(__file__).resolve().parents[2] / "samples").glob("*.zt"))
@@ -41,4 +42,7 @@ def test_sample(path, machine_name):
 def test_generated_program(seed):
     from compiler.fuzz.generator import random_program
 
-    compile_and_run(random_program(1000 + seed), seed=seed)
+    _, compiled, _, _ = compile_and_run(random_program(1000 + seed), seed=seed)
+    text = compiled.kernels_text  # the Kernel IR of every program prints and parses back
+    assert parse_kernels(text) == compiled.kernels
+    assert print_kernels(parse_kernels(text)) == text
