@@ -44,6 +44,11 @@ class NoneLit(Node):
 
 
 @dataclass
+class EllipsisLit(Node):
+    """`...` inside `[ ]`: as many full slices as the other subscripts leave."""
+
+
+@dataclass
 class DTypeLit(Node):
     """A dtype used as a value: `cast(x, bf16)`."""
 

@@ -629,12 +629,20 @@ def index_tensor(chk: Checker, node: ast.Index, scope: dict) -> Tensor:
     if not isinstance(base, Tensor):
         raise Diagnostic(f"only tensors can be indexed, got {describe(base)}", node.base.span)
     rank = base.type.rank
-    used = sum(1 for s in node.subscripts if not isinstance(s, ast.NoneLit))
+    subscripts = list(node.subscripts)
+    ellipses = [s for s in subscripts if isinstance(s, ast.EllipsisLit)]
+    if len(ellipses) > 1:
+        raise Diagnostic("an index can only have a single '...'", ellipses[1].span)
+    used = sum(1 for s in subscripts if not isinstance(s, (ast.NoneLit, ast.EllipsisLit)))
     if used > rank:
         raise Diagnostic(f"too many indices for {base.type}: {used} for rank {rank}", node.span)
+    if ellipses:
+        at = subscripts.index(ellipses[0])
+        full = ast.Slice(ellipses[0].span, None, None, None)
+        subscripts[at:at + 1] = [full] * (rank - used)
     starts, stops, steps, shape = [], [], [], []
     axis = 0
-    for sub in node.subscripts:
+    for sub in subscripts:
         if isinstance(sub, ast.NoneLit):
             shape.append(1)
             continue

@@ -540,8 +540,9 @@ class Checker:
             from compiler.frontend.builtins import index_tensor
 
             return index_tensor(self, node, scope)
-        if isinstance(node, (ast.Slice, ast.Keyword)):
-            raise Diagnostic("a slice is only allowed inside [ ]", node.span)
+        if isinstance(node, (ast.Slice, ast.Keyword, ast.EllipsisLit)):
+            what = "'...'" if isinstance(node, ast.EllipsisLit) else "a slice"
+            raise Diagnostic(f"{what} is only allowed inside [ ]", node.span)
         raise Diagnostic("unsupported expression", node.span)  # pragma: no cover
 
     def number_or_tensor(self, value, span):

@@ -70,8 +70,11 @@ def _describe_expected(expected) -> str:
         expected.discard("_NL")  # inside brackets, or mid-expression: a newline is no option
     items = []
     if {"NAME", "INT", "FLOAT"} <= expected:
-        expected -= {"NAME", "INT", "FLOAT", "STRING", "DTYPE", "LPAR", "LSQB", "MINUS", "PLUS",
-                     "TRUE", "FALSE", "NONE"}
+        # the tokens an expression can start with read better as one word
+        starters = {"'('", "'['", "'-'", "'+'", "'true'", "'false'", "'None'", "'...'"}
+        expected = {t for t in expected
+                    if t not in ("NAME", "INT", "FLOAT", "STRING", "DTYPE")
+                    and names.get(t, t) not in starters}
         items.append("an expression")
     items += sorted({names.get(t, t) for t in expected})
     if len(items) == 1:
@@ -249,6 +252,10 @@ class _ToAst(Transformer):
     @v_args(meta=True)
     def none_lit(self, meta, children):
         return ast.NoneLit(self._span(meta))
+
+    @v_args(meta=True)
+    def ellipsis_lit(self, meta, children):
+        return ast.EllipsisLit(self._span(meta))
 
     @v_args(meta=True)
     def dtype_lit(self, meta, children):

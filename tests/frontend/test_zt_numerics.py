@@ -158,11 +158,15 @@ def test_reductions(rng):
 
 def test_slicing(rng):
     x = f32(rng, 6, 7, 8)
-    src = "fn main(x: f32[6, 7, 8]) { return x[1:5:2, -1, None, ::3], x[-2], x[:, 2:, :4] }"
-    a, b, c = run_zt(src, {"x": x})
+    src = ("fn main(x: f32[6, 7, 8]) { return x[1:5:2, -1, None, ::3], x[-2], x[:, 2:, :4],"
+           " x[..., :4], x[1, ..., None, 2], x[...] }")
+    a, b, c, d, e, f = run_zt(src, {"x": x})
     np.testing.assert_array_equal(a, x[1:5:2, -1, None, ::3])
     np.testing.assert_array_equal(b, x[-2])
     np.testing.assert_array_equal(c, x[:, 2:, :4])
+    np.testing.assert_array_equal(d, x[..., :4])
+    np.testing.assert_array_equal(e, x[1, ..., None, 2])
+    np.testing.assert_array_equal(f, x)
 
 
 def test_shape_builtins(rng):
