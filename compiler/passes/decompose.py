@@ -27,6 +27,7 @@ from compiler.graph.ir import Function, Op, Value
 from compiler.graph.ops import parse_einsum
 from compiler.passes.pass_base import GraphPass, register_pass
 from compiler.passes.rewrite import Rewriter, rewrite
+from isa.errors import UsageError
 
 
 def _reshape(rw: Rewriter, x: Value, shape) -> Value:
@@ -165,15 +166,24 @@ DECOMPOSITIONS = {"conv2d": _conv2d, "maxpool2d": _pool, "avgpool2d": _pool,
 @register_pass
 @dataclass(frozen=True)
 class Decompose(GraphPass):
-    """Rewrite conv2d, pools and einsum into primitive ops."""
+    """Rewrite conv2d, pools and einsum into primitive ops.
+
+    `kinds` names the op kinds to rewrite (all by default); a backend with its own rule
+    for one of them can keep it whole: `decompose{kinds=einsum,maxpool2d,avgpool2d}`.
+    """
 
     name = "decompose"
+    kinds: tuple[str, ...] = tuple(DECOMPOSITIONS)
 
     def apply(self, fn: Function) -> Function:
         counts: dict[str, int] = {}
+        unknown = set(self.kinds) - set(DECOMPOSITIONS)
+        if unknown:
+            raise UsageError(f"decompose: no rule for {', '.join(sorted(unknown))} "
+                             f"(rules: {', '.join(DECOMPOSITIONS)})")
 
         def lower(op: Op, rw: Rewriter) -> Value | None:
-            rule = DECOMPOSITIONS.get(op.kind)
+            rule = DECOMPOSITIONS.get(op.kind) if op.kind in self.kinds else None
             if rule is None:
                 return None
             if op.origin is None:

@@ -185,6 +185,31 @@ def test_decompose_maxpool():
     ]
 
 
+def test_pass_options():
+    (decompose,) = parse_pipeline("decompose{kinds=einsum,maxpool2d}")
+    assert decompose.kinds == ("einsum", "maxpool2d")
+    text = """\
+        func @f(%x: f32[1,1,4,4], %w: f32[1,1,1,1]) -> (f32[1,1,4,4], f32[1,1,2,2]) {
+          %2 = conv2d %x, %w {strides=[1, 1], pads=[[0, 0], [0, 0]], dilation=[1, 1],
+            groups=1} : f32[1,1,4,4]
+          %3 = maxpool2d %x {kernel=[2, 2], strides=[2, 2], pads=[[0, 0], [0, 0]]}
+            : f32[1,1,2,2]
+          return %2, %3
+        }
+        """
+    fn = run_pipeline(parse_function(textwrap.dedent(text)), [decompose])
+    assert [op.kind for op in fn.ops].count("conv2d") == 1
+    assert "maxpool2d" not in [op.kind for op in fn.ops]
+    assert [p.name for p in parse_pipeline("default,cse")][-2:] == ["dce", "cse"]
+    for bad, message in [("decompose{kinds}", "must be key=value"),
+                         ("decompose{flavour=x}", "has no option 'flavour'"),
+                         ("decompose{kinds=x", "must end with '}'")]:
+        with pytest.raises(UsageError, match=message):
+            parse_pipeline(bad)
+    with pytest.raises(UsageError, match="no rule for x"):
+        run_pipeline(parse_function(textwrap.dedent(text)), parse_pipeline("decompose{kinds=x}"))
+
+
 def test_pass_registry_and_pipeline_options():
     assert {"canonicalize", "constant-fold", "cse", "dce", "decompose"} <= set(PASSES)
     assert [p.name for p in parse_pipeline("cse, dce")] == ["cse", "dce"]
