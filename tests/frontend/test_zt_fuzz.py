@@ -23,7 +23,7 @@ TOKENS = ["fn", "main", "f", "(", ")", "x", "y", ":", "f32", "bf16", "i32", "boo
           "//", "**", "<", ">=", "==", "!=", "softmax", "sum", "max", "axis", "keepdims", "true",
           "false", "reshape", "transpose", "None", ";", "\n", "const", "N", "B", '"ij->ji"',
           "einsum", "where", "arange", "->", "conv2d", "concat", "split", "pad", "cast",
-          "argmax", "mean", "layernorm", "inf", "pi", "#", "a", "b", "%", "$", "'", "."]
+          "argmax", "mean", "layernorm", "inf", "pi", "#", "a", "b", "%", "$", "'", ".", "..."]
 
 PREFIX = "fn main(x: f32[3, 4], y: i32[4], m: bool[3, 1]) {\n    return "
 
