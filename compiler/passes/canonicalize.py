@@ -1,8 +1,9 @@
 """`canonicalize`: local algebraic simplifications, as rewrite rules.
 
 Each rule removes an op that does nothing (reshape/transpose/broadcast/cast/slice/pad to the
-same thing, x + 0, x * 1, x - 0, x / 1, --x) or merges a pair (reshape of reshape, transpose of
-transpose), and `x ** 2` becomes `x * x`. A rule only fires when the result type is unchanged.
+same thing, x + 0, x * 1, x - 0, x / 1, --x, a cast to a wider type and back) or merges a
+pair (reshape of reshape, transpose of transpose), and `x ** 2` becomes `x * x`. A rule
+only fires when the result type is unchanged.
 """
 
 from __future__ import annotations
@@ -73,6 +74,26 @@ def identity_operand(op: Op, rw: Rewriter) -> Value | None:
     return None
 
 
+# dtype -> the dtypes that hold each of its values exactly
+_EXACT_IN = {"bool": ("i8", "i32", "f32", "bf16", "f16", "fp8"),
+             "i8": ("i32", "f32", "f16", "bf16"), "fp8": ("bf16", "f16", "f32"),
+             "bf16": ("f32",), "f16": ("f32",), "i32": (), "f32": ()}
+
+
+def cast_round_trip(op: Op, rw: Rewriter) -> Value | None:
+    """cast(cast(x, wide), dtype of x) -> x when `wide` holds every value of x exactly."""
+    if op.kind != "cast":
+        return None
+    inner = rw.producer(op.inputs[0])
+    if inner is None or inner.kind != "cast":
+        return None
+    source = inner.inputs[0]
+    if source.type.dtype == op.attrs["dtype"] and inner.attrs["dtype"] in _EXACT_IN[
+            source.type.dtype]:
+        return source
+    return None
+
+
 def double_negation(op: Op, rw: Rewriter) -> Value | None:
     """--x -> x."""
     if op.kind != "neg":
@@ -94,7 +115,7 @@ def square(op: Op, rw: Rewriter) -> Value | None:
 
 
 RULES = [noop_shape, reshape_of_reshape, transpose_of_transpose, identity_operand,
-         double_negation, square]
+         cast_round_trip, double_negation, square]
 
 
 @register_pass

@@ -52,6 +52,26 @@ def test_canonicalize():
         """)
 
 
+def test_canonicalize_cast_round_trips():
+    text = """\
+        func @f(%x: bf16[4], %y: f32[4]) -> (bf16[4], f32[4]) {
+          %2 = cast %x {dtype="f32"} : f32[4]
+          %3 = cast %2 {dtype="bf16"} : bf16[4]
+          %4 = cast %y {dtype="bf16"} : bf16[4]
+          %5 = cast %4 {dtype="f32"} : f32[4]
+          return %3, %5
+        }
+        """
+    assert apply("canonicalize", text) == same("""\
+        func @f(%x: bf16[4], %y: f32[4]) -> (bf16[4], f32[4]) {
+          %2 = cast %x {dtype="f32"} : f32[4]
+          %4 = cast %y {dtype="bf16"} : bf16[4]
+          %5 = cast %4 {dtype="f32"} : f32[4]
+          return %x, %5
+        }
+        """)
+
+
 def test_canonicalize_keeps_broadcasting_identities():
     text = """\
         func @f(%x: f32[3]) -> (f32[2,3]) {
