@@ -84,5 +84,20 @@ def compile_function(fn, machine, options: CompileOptions = CompileOptions()
         tensors, kernels, spans = lower_function(graph, machine)
     planned = plan_hbm(KernelProgram(tuple(tensors), tuple(kernels)), machine.hbm_bytes, spans)
     asm_text = generate(planned, machine.name)
-    program = parse_assembly(asm_text, "<compiled>")
+    program = _scalars_as_rank0(parse_assembly(asm_text, "<compiled>"), planned)
     return CompiledProgram(graph, planned, asm_text, program, spans)
+
+
+def _scalars_as_rank0(program, planned: KernelProgram):
+    """The assembly declares a scalar tensor as [1] (the assembler reads no empty dims
+    list); give the program's declaration the scalar's true shape () back, so that inputs
+    and outputs of rank 0 pass through run_program as they are."""
+    from dataclasses import replace as replace_field
+
+    from isa.program import Program
+
+    scalars = {t.name for t in planned.tensors if t.shape == ()}
+    if not scalars:
+        return program
+    tensors = [replace_field(t, shape=()) if t.name in scalars else t for t in program.tensors]
+    return Program.build(program.machine, tensors, program.instructions, program.markers)
