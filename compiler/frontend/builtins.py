@@ -271,8 +271,11 @@ def _mean(chk: Checker, args: Args, call: ast.Call):
     saved = chk.origin
     chk.enter_composite("mean")
     try:
+        # as JAX: narrow floats are summed and divided in f32, then rounded once
+        dtype = x.dtype
+        x = chk.cast(x, "f32", call.span)
         total = reduce(chk, "reduce_sum", x, axes, bool_arg(args, "keepdims"), call.span)
-        return chk.binary("div", total, float(count), call.span)
+        return chk.cast(chk.binary("div", total, float(count), call.span), dtype, call.span)
     finally:
         chk.origin = saved
 
