@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from math import prod
 
-from compiler.backend.kernel_ir import Buffer, Load, Nest, Store, Vec, View
+from compiler.backend.kernel_ir import Buffer, Load, Nest, Reduce, Store, Vec, View
 from compiler.backend.lower import (
     ALIGN,
     COMPARE,
@@ -26,19 +26,27 @@ from compiler.backend.lower import (
     compute_dtype,
     elementwise_body,
     layout,
+    reduce_identity,
     simplify,
 )
 from compiler.backend.tiling import map_tile
-from compiler.graph.dtypes import itemsize
+from compiler.graph.dtypes import is_float, itemsize
 from compiler.graph.ir import Function
 from compiler.passes.fuse import BINARY
 
 NARROW_FLOATS = ("bf16", "f16", "fp8")
+VECTOR_FLOATS = ("bf16", "f16")   # vector dtypes: an instruction rounds its result once
+ROUNDED = ("fp8", "i8")           # kept widened; rounded explicitly where used
+ROW_REDUCE = {"reduce_sum": "SUM", "reduce_max": "MAX", "reduce_min": "MIN"}
 
 
 def home_dtype(dtype: str) -> str:
-    """The vector dtype a value of `dtype` is kept in inside a fused kernel."""
-    return "bool" if dtype == "bool" else compute_dtype(dtype)
+    """The vector dtype a value of `dtype` is kept in inside a fused kernel: bf16 and f16
+    as themselves (an instruction of that dtype computes in f32 and rounds once, as the
+    reference does), bool as bool, other floats as f32 and integers as i32."""
+    if dtype in VECTOR_FLOATS or dtype == "bool":
+        return dtype
+    return compute_dtype(dtype)
 
 
 def may_be_immediate(op, index: int) -> bool:
@@ -52,7 +60,7 @@ class _Tiles:
     """Buffers of one fused map nest, allocated by liveness.
 
     A buffer is `full` (the tile), `row` (1 x cols), `col` (rows x 1) or `one` (1 x 1);
-    compute buffers are reused once every value they hold is dead.
+    compute buffers (role `out`) are reused once every value they hold is dead.
     """
 
     def __init__(self):
@@ -61,9 +69,9 @@ class _Tiles:
         self.count = 0
 
     def new(self, dtype: str, kind: str = "full", role: str = "out") -> str:
-        if role == "out" and kind == "full":
+        if role == "out":
             for name in self.free:
-                if self.specs[name][0] == dtype:
+                if self.specs[name][:2] == (dtype, kind):
                     self.free.remove(name)
                     return name
         name = f"b{self.count}"
@@ -72,9 +80,12 @@ class _Tiles:
         return name
 
     def release(self, name: str) -> None:
-        _dtype, kind, role = self.specs[name]
-        if role == "out" and kind == "full" and name not in self.free:
+        if self.specs[name][2] == "out" and name not in self.free:
             self.free.append(name)
+
+
+class RowTooLong(Exception):
+    """A row kernel whose rows do not fit L1: its ops are lowered one by one instead."""
 
 
 class FusedLowering(Lowering):
@@ -109,8 +120,15 @@ class FusedLowering(Lowering):
             from compiler.backend.gemm import lower_matmul_group
 
             lower_matmul_group(self, ops)
-        else:
+            return
+        try:
             self.lower_elementwise(ops)
+        except RowTooLong:
+            for member in ops:
+                if member.kind in ROW_REDUCE:
+                    super().lower_op(member)
+                else:
+                    self.lower_elementwise([member])
 
     # -------------------------------------------------------------- helpers
 
@@ -134,49 +152,71 @@ class FusedLowering(Lowering):
     # -------------------------------------------------------------- elementwise groups
 
     def lower_elementwise(self, ops) -> None:
-        shape = tuple(ops[-1].result.type.shape)
+        """One map nest for an elementwise group, or a row kernel when the group holds
+        reductions of the last axis (whole rows per tile)."""
+        reduces = [op for op in ops if op.kind in ROW_REDUCE]
+        row_mode = bool(reduces)
+        shape = tuple(reduces[0].inputs[0].type.shape if row_mode else ops[-1].result.type.shape)
         ids = {op.id for op in ops}
         stored = self.stored(ops)
-        outs = {}
-        for op in stored:
-            out = self.new_tensor(f"t{op.id}", op.result.type, "temp", op.span)
-            self.views[op.id] = out
-            outs[op.id] = out
         # operands from outside: immediates, or views loaded once per tile
-        ext: dict[int, object] = {}
+        ext: dict[tuple[int, int, int], object] = {}
         ext_values = {}
         for op in ops:
             for index, value in enumerate(op.inputs):
                 if value.id in ids or (value.id, index, op.id) in ext:
                     continue
-                ext[(value.id, index, op.id)] = self.operand(op, index, ids)
+                if op.kind in ROW_REDUCE:
+                    ext[(value.id, index, op.id)] = self.view_of(value)
+                else:
+                    ext[(value.id, index, op.id)] = self.operand(op, index, ids)
                 ext_values[value.id] = value
+        outs = {}
+        for op in stored:
+            out = self.new_tensor(f"t{op.id}", op.result.type, "temp", op.span)
+            outs[op.id] = out
         loads = {}
         for key, where in ext.items():
             if not isinstance(where, float) and key[0] not in loads:
                 loads[key[0]] = where.broadcast(shape).nest_view()
         load_ids = list(loads)
-        views = [loads[i] for i in load_ids] + [outs[op.id].nest_view() for op in stored]
+
+        def is_col(op) -> bool:
+            return row_mode and tuple(op.result.type.shape) != shape
+
+        store_views0 = []
+        for op in stored:
+            view = outs[op.id]
+            if is_col(op):  # a per-row value: its shape is the space's with a last dim of 1
+                view = view.broadcast(shape)
+            store_views0.append(view.nest_view())
+        views = [loads[i] for i in load_ids] + store_views0
         extents = shape
         if not extents:
             extents = (1,)
             views = [_scalar_view(v) for v in views]
-        extents, kinds, views, _ = simplify(extents, ("p",) * len(extents), set(), views)
-        load_views = dict(zip(load_ids, views[:len(load_ids)]))
-        store_views = dict(zip([op.id for op in stored], views[len(load_ids):]))
+        keep = {len(extents) - 1} if row_mode else set()
+        extents, kinds, views, _ = simplify(extents, ("p",) * len(extents), keep, views)
         n = len(extents)
+        load_views = dict(zip(load_ids, views[:len(load_ids)]))
+        store_views = {}
+        for op, view in zip(stored, views[len(load_ids):]):
+            if is_col(op):
+                view = _drop_axis(view, n - 1)
+            store_views[op.id] = view
 
         # compact views of broadcast operands: drop the axes they do not move along
         tiles = _Tiles()
         value_buf: dict[int, str] = {}
         compact: dict[int, View] = {}
         for vid, view in load_views.items():
-            keep = [d for d in range(view.rank) if view.strides[d] != 0]
-            if keep and len(keep) < view.rank:
+            keep_dims = [d for d in range(view.rank) if view.strides[d] != 0]
+            if keep_dims and len(keep_dims) < view.rank:
                 view = View(view.tensor, view.dtype, view.offset,
-                            tuple(view.axes[d] for d in keep), tuple(view.dims[d] for d in keep),
-                            tuple(view.strides[d] for d in keep),
-                            tuple(view.shifts[d] for d in keep))
+                            tuple(view.axes[d] for d in keep_dims),
+                            tuple(view.dims[d] for d in keep_dims),
+                            tuple(view.strides[d] for d in keep_dims),
+                            tuple(view.shifts[d] for d in keep_dims))
             compact[vid] = view
             axes = set(view.axes)
             if n - 1 in axes:
@@ -207,53 +247,68 @@ class FusedLowering(Lowering):
             have, kind, _ = tiles.specs[name]
             if have == dtype:
                 return name
-            tmp = tiles.new(dtype, kind, "out" if kind == "full" else "small")
+            tmp = tiles.new(dtype, kind, "out" if kind in ("full", "col") else "small")
             scratch.append(tmp)
             body.append(Vec(f"CVT.{have}", dtype, tmp, (name,)))
             return tmp
+
+        def round_trip(out: str, work: str, dtype: str, scratch: list) -> None:
+            narrow = tiles.new(dtype, tiles.specs[out][1])
+            scratch.append(narrow)
+            body.append(Vec(f"CVT.{work}", dtype, narrow, (out,)))
+            body.append(Vec(f"CVT.{dtype}", work, out, (narrow,)))
 
         for position, op in enumerate(ops):
             scratch: list[str] = []
             kind, attrs = op.kind, op.attrs
             result_dtype = op.result.type.dtype
+            shape_kind = "col" if is_col(op) else "full"
             only_stored = all(u.id not in ids for u in self.users[op.id])
-            if kind == "cast":
+            if kind in ROW_REDUCE:
+                cdt = home_dtype(result_dtype)
+                src = get(op, 0, cdt, scratch)
+                out = tiles.new(cdt, "col")
+                body.append(Vec("DUP", cdt, out, (reduce_identity(ROW_REDUCE[kind], cdt),)))
+                body.append(Reduce(ROW_REDUCE[kind], cdt, out, src))
+            elif kind == "cast":
                 target = attrs["dtype"]
-                source = value_buf.get(op.inputs[0].id)
-                src_dtype = tiles.specs[source][0] if source else None
-                if target in NARROW_FLOATS + ("i8",):
-                    if only_stored and src_dtype == home_dtype(target):
-                        out = source  # the store converts
-                    else:
-                        src = get(op, 0, src_dtype, scratch)
-                        narrow = tiles.new(target)
-                        scratch.append(narrow)
-                        out = tiles.new(home_dtype(target))
-                        body.append(Vec(f"CVT.{src_dtype}", target, narrow, (src,)))
-                        body.append(Vec(f"CVT.{target}", home_dtype(target), out, (narrow,)))
-                elif src_dtype == home_dtype(target):
+                source = value_buf[op.inputs[0].id]
+                src_dtype = tiles.specs[source][0]
+                if src_dtype == home_dtype(target):
                     out = source
+                elif only_stored and target in NARROW_FLOATS + ("i8",) and src_dtype in (
+                        "f32", "i32") and is_float(target) == (src_dtype == "f32"):
+                    out = source  # the store converts
+                elif target in ROUNDED:
+                    out = tiles.new(home_dtype(target), shape_kind)
+                    narrow = tiles.new(target, shape_kind)
+                    scratch.append(narrow)
+                    body.append(Vec(f"CVT.{src_dtype}", target, narrow, (source,)))
+                    body.append(Vec(f"CVT.{target}", home_dtype(target), out, (narrow,)))
                 else:
-                    out = tiles.new(home_dtype(target))
+                    out = tiles.new(home_dtype(target), shape_kind)
                     body.append(Vec(f"CVT.{src_dtype}", home_dtype(target), out, (source,)))
             else:
                 if kind == "where":
-                    cdt = compute_dtype(result_dtype)
+                    cdt = home_dtype(result_dtype)
+                    cdt = "i32" if cdt == "bool" else cdt
                     wants = ["bool", cdt, cdt]
                     out_dtype = cdt
-                else:
-                    cdt = compute_dtype(op.inputs[0].type.dtype)
+                elif kind in COMPARE:
+                    cdt = home_dtype(op.inputs[0].type.dtype)
+                    cdt = "i32" if cdt == "bool" else cdt
                     wants = [cdt] * len(op.inputs)
-                    out_dtype = "bool" if kind in COMPARE else cdt
+                    out_dtype = "bool"
+                else:
+                    cdt = home_dtype(result_dtype)
+                    cdt = "i32" if cdt == "bool" else cdt
+                    wants = [cdt] * len(op.inputs)
+                    out_dtype = cdt
                 srcs = [get(op, i, w, scratch) for i, w in enumerate(wants)]
-                out = tiles.new(out_dtype)
+                out = tiles.new(out_dtype, shape_kind)
                 body.extend(elementwise_body(kind, attrs, cdt)(srcs, out, None))
-                if result_dtype in NARROW_FLOATS and not only_stored:
-                    # the reference rounds every bf16/f16/fp8 result (a store would too)
-                    narrow = tiles.new(result_dtype)
-                    scratch.append(narrow)
-                    body.append(Vec(f"CVT.{out_dtype}", result_dtype, narrow, (out,)))
-                    body.append(Vec(f"CVT.{result_dtype}", out_dtype, out, (narrow,)))
+                if result_dtype in ROUNDED and not only_stored:
+                    round_trip(out, out_dtype, result_dtype, scratch)
             value_buf[op.id] = out
             holders.setdefault(out, set()).add(op.id)
             for name in scratch:
@@ -270,14 +325,19 @@ class FusedLowering(Lowering):
         for op in stored:
             name = value_buf[op.id]
             dtype, kind, role = tiles.specs[name]
-            if role != "out" or kind != "full":
-                value_buf[op.id] = tiles.new(dtype)
+            want = "col" if is_col(op) else "full"
+            if role != "out" or kind != want:
+                value_buf[op.id] = tiles.new(dtype, want)
                 body.append(Vec("COPY", dtype, value_buf[op.id], (name,)))
 
-        # tile: every full buffer costs an element per copy; small ones are budgeted as full
+        # tile: every buffer is budgeted as a full one (both copies)
         bytes_per_elem = 2 * sum(itemsize(dt) for dt, _, _ in tiles.specs.values())
         tile = map_tile(extents, bytes_per_elem, self.machine,
                         reserve=2 * ALIGN * (len(tiles.specs) + 1))
+        if row_mode and tile[-1] != extents[-1]:
+            raise RowTooLong()
+        for op in stored:
+            self.views[op.id] = outs[op.id]
         rows, cols = prod(tile[:-1]), tile[-1]
         grid = tuple(-(-e // t) for e, t in zip(extents, tile))
         shapes = {"full": (rows, cols), "row": (1, cols), "col": (rows, 1), "one": (1, 1)}
@@ -304,8 +364,19 @@ class FusedLowering(Lowering):
         final = tuple(Store(store_views[op.id], value_buf[op.id]) for op in stored)
         nest = Nest(extents, tile, kinds, tuple(buffers), (), step + tuple(body), final,
                     setup)
-        self.kernel("fused" if len(ops) > 1 else ops[0].kind, [op.id for op in ops], [nest],
-                    ops[-1].span)
+        name = ("row" if row_mode else "fused") if len(ops) > 1 else ops[0].kind
+        self.kernel(name, [op.id for op in ops], [nest], ops[-1].span)
+
+
+def _drop_axis(view: View, axis: int) -> View:
+    if axis not in view.axes:
+        return view
+    if view.rank == 1:  # a one-element result: the tile's first element is stored
+        return View(view.tensor, view.dtype, view.offset, view.axes, (1,), (1,), view.shifts)
+    d = view.axes.index(axis)
+    return View(view.tensor, view.dtype, view.offset, view.axes[:d] + view.axes[d + 1:],
+                view.dims[:d] + view.dims[d + 1:], view.strides[:d] + view.strides[d + 1:],
+                view.shifts[:d] + view.shifts[d + 1:])
 
 
 def lower_fused(fn, machine, plan):

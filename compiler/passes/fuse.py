@@ -73,6 +73,22 @@ def fusable_elementwise(op) -> bool:
     return not (op.kind in ("div", "pow") and not is_float(op.inputs[0].type.dtype))
 
 
+ROW_REDUCTIONS = ("reduce_sum", "reduce_max", "reduce_min")
+
+
+def _row_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(shape[:-1]) + (1,) if shape and shape[-1] != 1 else ("no row shape",)
+
+
+def row_reduction(op) -> bool:
+    """A reduction of the last axis with keepdims (the row statistics of a row kernel)."""
+    if op.kind not in ROW_REDUCTIONS or not op.attrs.get("keepdims"):
+        return False
+    shape = op.inputs[0].type.shape
+    return (len(shape) >= 1 and shape[-1] > 1 and tuple(op.attrs["axes"]) == (len(shape) - 1,)
+            and op.inputs[0].type.dtype != "bool")
+
+
 def epilogue_ok(op) -> bool:
     """An elementwise op that can run on a float accumulator tile in place."""
     if not fusable_elementwise(op) or op.kind in COMPARE or op.kind == "where":
@@ -116,11 +132,15 @@ def plan_fusion(fn: Function) -> FusionPlan:
                 todo.extend(group_preds(g))
         return False
 
+    space: dict[int, tuple[int, ...]] = {}  # elementwise/row group -> its full shape
+
     def new_group(op, kind: str) -> None:
         number = len(members)
         members[number] = [op.id]
         kinds[number] = kind
         group_of[op.id] = number
+        if kind == "elementwise":
+            space[number] = tuple(op.result.type.shape)
 
     def external_groups(op, group: int) -> set[int]:
         return {group_of[v.id] for v in op.inputs
@@ -143,7 +163,11 @@ def plan_fusion(fn: Function) -> FusionPlan:
                 if kind not in ("elementwise", "matmul"):
                     continue
                 where = f"%{op.id} {op.kind} into the {kind} kernel of %{members[group][0]}"
-                if producers[members[group][-1]].result.type.shape != shape:
+                if kind == "matmul" and producers[members[group][-1]].result.type.shape != shape:
+                    decisions.append(f"no-fuse {where}: shapes differ")
+                    continue
+                if kind == "elementwise" and shape not in (space[group],
+                                                           _row_shape(space[group])):
                     decisions.append(f"no-fuse {where}: shapes differ")
                     continue
                 if kind == "matmul":
@@ -166,7 +190,9 @@ def plan_fusion(fn: Function) -> FusionPlan:
                     decisions.append(f"no-fuse {where}: it would make a cycle")
                     continue
                 joined = group
-                decisions.append(f"fuse {where}: same iteration space")
+                why = ("same iteration space" if kind == "matmul" or shape == space[group]
+                       else "a per-row value of the row kernel")
+                decisions.append(f"fuse {where}: {why}")
                 break
             if joined is None:
                 new_group(op, "elementwise")
@@ -176,6 +202,24 @@ def plan_fusion(fn: Function) -> FusionPlan:
                 if (kinds[joined] == "matmul" and op.kind == "cast"
                         and op.attrs["dtype"] != "f32"):
                     closed.add(op.id)  # the store casts; nothing may follow
+        elif row_reduction(op):
+            # a reduction along the last axis joins the kernel producing its input (a row
+            # kernel: whole rows per tile, the per-row values as rows x 1 tiles)
+            v = op.inputs[0]
+            group = group_of.get(v.id)
+            where = f"%{op.id} {op.kind}"
+            if (group is not None and kinds[group] == "elementwise"
+                    and space[group] == tuple(v.type.shape)
+                    and not reaches(external_groups(op, group), group)):
+                members[group].append(op.id)
+                group_of[op.id] = group
+                decisions.append(f"fuse {where} into the row kernel of %{members[group][0]}: "
+                                 "reduces its rows")
+            else:
+                new_group(op, "elementwise")
+                space[group_of[op.id]] = tuple(v.type.shape)
+                decisions.append(f"fuse {where}: starts a row kernel over "
+                                 f"{list(v.type.shape)}")
         elif op.kind == "matmul":
             new_group(op, "matmul")
         else:

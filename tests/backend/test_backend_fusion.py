@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import pytest
 from backend_helpers import compile_and_run
 
 from compiler.backend.kernel_ir import Mma, Store, Vec
@@ -60,11 +61,36 @@ def test_matmul_bias_relu_cast_f32():
 
 
 def test_a_reduction_between_two_elementwise_ops_is_not_a_cycle():
-    _fn, compiled, _, _ = compile_and_run(
+    _, compiled, _, _ = compile_and_run(
         "fn main(x: f32[16, 40]) -> f32[16, 40] {\n"
         "    a = exp(x)\n"
-        "    return a / sum(a, axis=1, keepdims=true) + a\n}\n", opt_level=2)
+        "    return a / sum(a, axis=0, keepdims=true) + a\n}\n", opt_level=2)
     assert compiled.kernel_count == 3
+
+
+@pytest.mark.parametrize("body, dtype", [
+    ("softmax(x, axis=-1)", "f32"),
+    ("cast(layernorm(x, g, b, eps=1e-5), bf16)", "bf16"),
+    ("cast(rmsnorm(x, g), bf16)", "bf16"),
+    ("exp(x) / sum(exp(x), axis=1, keepdims=true) + max(exp(x), axis=1, keepdims=true)", "f32"),
+])
+def test_row_kernels_are_one_kernel_moving_compulsory_bytes(body, dtype):
+    source = (f"fn main(x: {dtype}[70, 300]) -> {dtype}[70, 300] {{\n    return {body}\n}}\n"
+              if "g" not in body else
+              f"fn main(x: {dtype}[70, 300], g: f32[300], b: f32[300]) -> {dtype}[70, 300] {{\n"
+              f"    return {body}\n}}\n")
+    fn, compiled, result, _ = compile_and_run(source, opt_level=2)
+    assert compiled.kernel_count == 1
+    # parameters used once per core at most (a bias row that spans every column)
+    extra = _hbm(result) - compulsory_bytes(fn)
+    assert 0 <= extra <= 32 * 2 * 300 * 4
+
+
+def test_a_row_longer_than_l1_falls_back_to_separate_kernels():
+    _, compiled, _, _ = compile_and_run(
+        "fn main(x: f32[2, 300000]) -> f32[2, 300000] {\n"
+        "    return softmax(x, axis=-1)\n}\n", opt_level=2)
+    assert compiled.kernel_count > 1
 
 
 def test_an_intermediate_used_outside_is_stored_and_fused():
