@@ -15,7 +15,7 @@ from itertools import pairwise
 from math import prod
 
 from compiler.frontend import ast
-from compiler.frontend.checker import Checker, DType, Tensor, describe
+from compiler.frontend.checker import Checker, DType, Tensor, check_dim, describe, to_float
 from compiler.graph.dtypes import DTYPES, is_float, limits
 from compiler.graph.ops import parse_einsum
 from isa.errors import Diagnostic, SourceSpan
@@ -132,6 +132,7 @@ def shape_arg(args: Args, name: str) -> tuple[int, ...]:
     for d in dims:
         if d < 1:
             raise Diagnostic(f"'{name}' dims must be positive, got {dims}", span)
+        check_dim(d, span)
     return tuple(dims)
 
 
@@ -381,6 +382,8 @@ def _reshape(chk: Checker, args: Args, call: ast.Call):
         raise Diagnostic(f"reshape(): only one dim may be -1, got {dims}", span)
     if any(d < 1 and d != -1 for d in dims):
         raise Diagnostic(f"reshape(): dims must be positive or -1, got {dims}", span)
+    for d in dims:
+        check_dim(max(d, 1), span)
     known = prod(d for d in dims if d != -1)
     numel = x.type.numel
     if -1 in dims:
@@ -515,11 +518,13 @@ def _pad(chk: Checker, args: Args, call: ast.Call):
     if any(p < 0 for pair in pads for p in pair):
         raise Diagnostic(f"pad(): padding must be non-negative, got {[list(p) for p in pads]}",
                          span)
+    for dim, (lo, hi) in zip(x.shape, pads):
+        check_dim(dim + lo + hi, span)
     fill, fspan = args["value"]
     if isinstance(fill, bool) or not isinstance(fill, (int, float)):
         raise Diagnostic(f"pad(): 'value' must be a number, got {describe(fill)}", fspan)
     if is_float(x.dtype):
-        fill = float(fill)
+        fill = to_float(fill)
     elif math.isinf(fill):  # -inf/inf pad an integer tensor with its lowest/highest value
         fill = limits(x.dtype)[0 if fill < 0 else 1]
     else:
@@ -574,7 +579,14 @@ def _arange(chk: Checker, args: Args, call: ast.Call):
         start, stop = 0, start
     if step == 0:
         raise Diagnostic("arange(): 'step' must not be 0", args["step"][1])
-    count = math.ceil((stop - start) / step)
+    if all(isinstance(v, int) for v in (start, stop, step)):
+        count = -((start - stop) // step)  # ceil((stop - start) / step), exactly
+    else:
+        quotient = (to_float(stop) - to_float(start)) / to_float(step)
+        if not math.isfinite(quotient):
+            raise Diagnostic("arange(): the bounds must be finite", call.span)
+        count = math.ceil(quotient)
+    check_dim(max(count, 1), call.span)
     if count < 1:
         raise Diagnostic(f"arange({start}, {stop}, {step}) is empty", call.span)
     dtype = dtype_arg(args, "dtype")

@@ -27,6 +27,7 @@ from compiler.graph.ops import broadcast_shapes
 from isa.errors import Diagnostic, InputError, SourceSpan
 
 PRELUDE_PATH = Path(__file__).with_name("prelude.zt")
+MAX_DIM = 2**62  # larger dims can never be allocated; they would overflow numpy's int64
 GLOBAL_CONSTANTS = {"inf": math.inf, "pi": math.pi}
 
 
@@ -65,6 +66,23 @@ def nearest(name: str, candidates) -> str | None:
     """The closest candidate to a misspelt name, if any is close."""
     matches = difflib.get_close_matches(name, sorted(set(candidates)), n=1, cutoff=0.6)
     return matches[0] if matches else None
+
+
+def to_float(value) -> float:
+    """A Python number as a float; integers beyond the float range become +-inf."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
+
+
+def check_dim(value: int, span) -> int:
+    """A dim must be positive and allocatable."""
+    if value < 1:
+        raise Diagnostic(f"a dim must be positive, got {value}", span)
+    if value > MAX_DIM:
+        raise Diagnostic(f"a dim must be at most 2**62, got {value}", span)
+    return value
 
 
 def did_you_mean(name: str, candidates) -> str:
@@ -277,9 +295,7 @@ class Checker:
         value = self.eval(node, scope)
         if isinstance(value, bool) or not isinstance(value, int):
             raise Diagnostic(f"a dim must be an integer, got {describe(value)}", node.span)
-        if value < 1:
-            raise Diagnostic(f"a dim must be positive, got {value}", node.span)
-        return value
+        return check_dim(value, node.span)
 
     def eval_type(self, node: ast.TypeExpr, scope: dict) -> TensorType:
         """A type expression with every dim evaluated."""
@@ -304,7 +320,7 @@ class Checker:
         elif is_int(dtype) and isinstance(value, bool):
             value = int(value)
         elif is_float(dtype) and not isinstance(value, float):
-            value = float(value)
+            value = to_float(value)
         return self.emit("constant", [], {"value": value, "dtype": dtype, "shape": shape}, span)
 
     def cast(self, tensor: Tensor, dtype: str, span: SourceSpan) -> Tensor:
@@ -616,6 +632,9 @@ class Checker:
             if op == "//":
                 return a // b
             if op == "**":
+                if (isinstance(a, int) and isinstance(b, int) and abs(a) > 1
+                        and a.bit_length() * b > 4096):
+                    raise Diagnostic(f"{a} ** {b} is too large", span)
                 result = a ** b
                 if isinstance(result, complex):
                     raise Diagnostic(f"{a} ** {b} is not a real number", span)

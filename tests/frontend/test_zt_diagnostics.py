@@ -103,6 +103,13 @@ def test_broadcast_mismatch_names_both_shapes_and_the_dim():
     ("fn main(x: f32[2]) { return x; y = 1 }",
      "t.zt:1:32: error: statement after 'return' is never run"),
     ("fn main(x: i8[4]) { return x + 300 }", "t.zt:1:32: error: 300 is not a value of i8"),
+    ("fn main(x: f32[10 ** 30]) { return x }", "t.zt:1:16: error: a dim must be at most 2**62"),
+    ("fn main(x: f32[2]) { return x * 10 ** 10 ** 10 }",
+     "t.zt:1:33: error: 10 ** 10000000000 is too large"),
+    ("fn main(x: f32[2]) { return arange(0.0, inf) }",
+     "t.zt:1:29: error: arange(): the bounds must be finite"),
+    ("fn main(x: f32[2]) { return arange(10 ** 400) }",
+     "t.zt:1:29: error: a dim must be at most 2**62"),
     ("const N = 3.5\nfn main(x: f32[N]) { return x }",
      "t.zt:2:16: error: a dim must be an integer, got the number 3.5"),
 ])
