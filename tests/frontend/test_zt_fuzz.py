@@ -30,7 +30,8 @@ PREFIX = "fn main(x: f32[3, 4], y: i32[4], m: bool[3, 1]) {\n    return "
 ARGS = ["x", "y", "m", "0", "1", "-1", "2", "2.5", "[4, 3]", "[-1]", "[1, 0]", "(0, 1)",
         "true", "false", "None", '"ij->ji"', '"ij,j->i"', "f32", "i32", "x[0]", "x[:, 1:3]",
         "x[None, ::2]", "axis=0", "axis=-1", "axis=(0, 1)", "keepdims=true", "dtype=bf16",
-        "[[0, 1], [1, 0]]", "[x, x]", "inf", "-inf", "x > 0", "x @ transpose(x)", "y * 2"]
+        "[[0, 1], [1, 0]]", "[x, x]", "inf", "-inf", "x > 0", "x @ transpose(x)", "y * 2",
+        "10 ** 20", "1e308", "-2 ** 40", "[10 ** 19]", "x[10 ** 20:]", "..."]
 
 BUILTINS = ["exp", "log", "sqrt", "rsqrt", "tanh", "sigmoid", "relu", "gelu", "silu", "erf",
             "abs", "neg", "sign", "floor", "maximum", "minimum", "pow", "where", "clip", "cast",
