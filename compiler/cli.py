@@ -60,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max-instructions", type=int, default=None,
                      help="stop a runaway program after this many instructions")
     run.add_argument("--tune", action="store_true", help="search tile sizes on the timing model")
+    run.add_argument("--disable-pass", action="append", default=[], metavar="PASS",
+                     help="leave a graph pass out (repeatable, or comma-separated)")
 
     comp = sub.add_parser("compile", help="compile a .zt program")
     comp.add_argument("program")
@@ -69,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_machine(comp)
     comp.add_argument("-O", dest="opt", choices=["0", "1", "2"], default="2")
     comp.add_argument("--tune", action="store_true")
+    comp.add_argument("--disable-pass", action="append", default=[], metavar="PASS",
+                      help="leave a graph pass out (repeatable, or comma-separated)")
 
     ir = sub.add_parser("ir", help="print the Graph IR of a .zt program")
     ir.add_argument("program")

@@ -17,11 +17,20 @@ from pathlib import Path
 
 from isa.errors import ChipTrap, ZhenwuError
 
-# The pipelines every program is run through: -O0, -O2, and -O2 with one pass left out.
+# The pipelines every program is run through: -O0 and -O2; `seeded_pipelines` adds -O2 with a
+# random subset of the optional graph passes left out.
 PIPELINES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("O0", ()),
     ("O2", ()),
 )
+OPTIONAL_PASSES = ("canonicalize", "constant-fold", "cse", "dce", "fuse")
+
+
+def seeded_pipelines(seed: int) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """-O0, -O2, and -O2 without a seed-chosen subset of the optional passes."""
+    rng = random.Random(seed)
+    disabled = tuple(p for p in OPTIONAL_PASSES if rng.random() < 0.4)
+    return PIPELINES + ((("O2", disabled),) if disabled else ())
 
 
 class FuzzFailure(Exception):
@@ -34,7 +43,7 @@ class FuzzFailure(Exception):
 
 
 def check_program(text: str, *, seed: int = 0, machine_name: str = "m890",
-                  pipelines=PIPELINES) -> None:
+                  pipelines=None) -> None:
     """Raise FuzzFailure unless every pipeline matches the reference evaluator on `text`."""
     from compiler.backend.pipeline import CompileOptions, compile_function
     from compiler.commands.run_compiled import relative_error
@@ -52,24 +61,25 @@ def check_program(text: str, *, seed: int = 0, machine_name: str = "m890",
     machine = load_machine(machine_name)
     inputs = prepare_inputs(fn, {}, seed)  # the inputs `zhenwu run --seed` draws
     want = evaluate(fn, inputs)
-    for name, disabled in pipelines:
+    for name, disabled in pipelines or seeded_pipelines(seed):
         level = int(name[1])
+        label = name + (f" --disable-pass {','.join(disabled)}" if disabled else "")
         try:
             options = CompileOptions(opt_level=level, disabled_passes=disabled)
             compiled = compile_function(fn, machine, options)
             result = run_program(compiled.program, machine, compiled.program_inputs(inputs))
             got = compiled.graph_outputs(result)
         except ChipTrap as trap:
-            raise FuzzFailure(name, f"compiled code trapped: {trap.format()}") from trap
+            raise FuzzFailure(label, f"compiled code trapped: {trap.format()}") from trap
         except ZhenwuError as err:
-            raise FuzzFailure(name, f"rejected: {err.format()}") from err
+            raise FuzzFailure(label, f"rejected: {err.format()}") from err
         if len(got) != len(want):
-            raise FuzzFailure(name, f"{len(got)} outputs, reference has {len(want)}")
+            raise FuzzFailure(label, f"{len(got)} outputs, reference has {len(want)}")
         for index, (g, w, out) in enumerate(zip(got, want, fn.outputs)):
             err = relative_error(g, w)
             tol = tolerance(out.type.dtype)
             if not err <= tol:
-                raise FuzzFailure(name, f"out{index}: relative error {err:.3g} > {tol:g}")
+                raise FuzzFailure(label, f"out{index}: relative error {err:.3g} > {tol:g}")
 
 
 @dataclass
@@ -114,8 +124,8 @@ def _record(out_dir: Path, record: list[int], seed: int, failure: FuzzFailure,
         "program": str(path),
         "pipeline": failure.pipeline,
         "message": failure.message,
-        "reproduce": f"zhenwu run {path} --seed {seed} --check -O{failure.pipeline[-1]}"
-        if failure.pipeline in ("O0", "O1", "O2") else f"zhenwu run {path} --seed {seed} --check",
+        "reproduce": f"zhenwu run {path} --seed {seed} --check"
+        + (f" -{failure.pipeline}" if failure.pipeline.startswith("O") else ""),
     }
     if bisect:
         entry["culprit_pass"] = bisect_passes(text, seed)
