@@ -14,7 +14,8 @@ from isa.errors import InputError, UsageError
 
 
 def run(args) -> int:
-    from compiler.backend.pipeline import CompileOptions, compile_function
+    from compiler.backend.pipeline import compile_function
+    from compiler.commands import compile_options
     from compiler.frontend import load_program
     from compiler.graph.printer import print_function
     from compiler.inputs import parse_shape_options
@@ -22,8 +23,7 @@ def run(args) -> int:
 
     machine = load_machine(args.machine)
     fn = load_program(args.program, entry=args.entry, shapes=parse_shape_options(args.shape))
-    compiled = compile_function(fn, machine, CompileOptions(opt_level=int(args.opt),
-                                                            tune=bool(args.tune)))
+    compiled = compile_function(fn, machine, compile_options(args))
     if args.emit == "bin":
         from isa.encoding import encode_program
 

@@ -51,7 +51,8 @@ def report_json(report, compiled, fn, machine) -> dict:
 
 
 def run_compiled(args) -> int:
-    from compiler.backend.pipeline import CompileOptions, compile_function
+    from compiler.backend.pipeline import compile_function
+    from compiler.commands import compile_options
     from compiler.commands.run_asm import _write_text
     from compiler.frontend import load_program
     from compiler.inputs import (
@@ -72,8 +73,7 @@ def run_compiled(args) -> int:
     # Compile before making inputs: a program too big for the chip is a diagnostic, not a
     # host that runs out of memory drawing its random inputs.
     start = time.perf_counter()
-    compiled = compile_function(fn, machine, CompileOptions(opt_level=int(args.opt),
-                                                            tune=bool(args.tune)))
+    compiled = compile_function(fn, machine, compile_options(args))
     compile_seconds = time.perf_counter() - start
     inputs = prepare_inputs(fn, given, args.seed, sources)
     result = run_program(compiled.program, machine, compiled.program_inputs(inputs),
