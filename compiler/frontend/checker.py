@@ -251,8 +251,8 @@ class Checker:
                     source.setdefault(dim.id, f"input '{param.name}'")
         for name, dim in symbols.items():
             if name not in bound:
-                raise Diagnostic(f"symbolic dim '{name}' is not bound; pass --shape {name}=N",
-                                 dim.span)
+                raise Diagnostic(f"symbolic dim '{name}' is not bound; pass --shape "
+                                 f"{name}=<size> or an input file", dim.span)
         return dict(bound)
 
     def check_input_shape(self, param: ast.Param, type_: TensorType, actual) -> None:

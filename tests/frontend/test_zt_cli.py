@@ -70,7 +70,7 @@ def test_integer_and_bool_outputs_keep_their_dtype(tmp_path, capsys):
 
 @pytest.mark.parametrize("make, args, message", [
     (None, ["--reference"], ("samples/mlp.zt:4:17: error: symbolic dim 'B' is not bound; pass "
-     "--shape B=N")),
+     "--shape B=<size> or an input file")),
     ("pickle", ["--shape", "B=2", "--reference", "-i", "x={f}"],
      "holds a pickled object array; zhenwu never loads pickles"),
     ("garbage", ["--shape", "B=2", "--reference", "-i", "x={f}"],
