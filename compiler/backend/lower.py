@@ -667,6 +667,8 @@ class Lowering:
                     cdt = "f32"
                 load_dtypes = [cdt] * len(ins)
                 out_dtype = "bool" if kind in COMPARE else cdt
+            # the body computes in the dtype of the last operand (where's branches; the
+            # operands otherwise); integer pow loads f32 but keeps its integer body
             cdt = compute_dtype(in_dtypes[-1])
             temps = (("zero", "bool"),) if kind == "div" and cdt == "i32" else ()
             loads, operands = [], []
