@@ -8,6 +8,8 @@ or scalar synchronisation), and resolves `.wait`/`.sig` fields to (event, count)
 
 from __future__ import annotations
 
+from operator import itemgetter
+
 from isa.errors import ChipTrap
 from isa.instructions import INSTRUCTIONS
 from isa.program import Event, Instruction, Program, Tile
@@ -121,6 +123,13 @@ def _scalar_step(execute, instr: Instruction, index: int):
     return step
 
 
+def _getter(indices: tuple[int, ...]):
+    """A fast function of a list giving its items at `indices` (hashable)."""
+    if not indices:
+        return lambda values: None
+    return itemgetter(*indices)
+
+
 def _engine_binder(defn, instr: Instruction, index: int, machine, program, functional: bool, gm,
                    chip: int, chips: int):
     """A closure binding an engine instruction at dispatch: snapshot, cost, semantics.
@@ -162,20 +171,19 @@ def _engine_binder(defn, instr: Instruction, index: int, machine, program, funct
                                    cost.flops)
         return bound
 
+    read_regs = _getter(reg_reads)
+    read_descs = _getter(desc_reads)
+
     if not functional:
         def bind_timing(core) -> Bound:
-            regs = core.regs
-            descs = core.descs
-            key = (*(regs[i] for i in reg_reads), *(descs[i] for i in desc_reads))
+            key = (read_regs(core.regs), read_descs(core.descs))
             bound = costs.get(key)
             return bound if bound is not None else cost_of(core, key, None)
 
         return bind_timing
 
     def bind(core) -> Bound:
-        regs = core.regs
-        descs = core.descs
-        key = (*(regs[i] for i in reg_reads), *(descs[i] for i in desc_reads))
+        key = (read_regs(core.regs), read_descs(core.descs))
         ctx = context(core)
         cost = costs.get(key)
         if cost is None:

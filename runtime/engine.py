@@ -146,6 +146,8 @@ class Simulator:
         self.trace = trace
         self.hbm = BandwidthServer("HBM", timing.hbm_bytes_per_cycle)
         self.dma_engines = {i for i, name in enumerate(engines) if name in ("LD", "ST")}
+        self._wait_cause = [f"wait_event:{name}" for name in engines]
+        self._hbm_cause = [f"hbm_bandwidth:{name}" for name in engines]
         self.heap: list = []
         self._seq = 0
         self.now = 0
@@ -440,12 +442,12 @@ class Simulator:
                 core.waiters[event].append(engine)
             return
         if core.blocked_since[engine] >= 0:
-            core.stall(f"wait_event:{self.engine_names[engine]}",
-                       now - core.blocked_since[engine])
+            core.stall(self._wait_cause[engine], now - core.blocked_since[engine])
             core.blocked_since[engine] = -1
         queue.popleft()
-        if core.s_blocked == "queue_full" and core.s_block_engine == engine:
-            self._resume(core, now)
+        # the scalar waiting for room in this queue continues now (below, once this engine's
+        # state is up to date)
+        resume_scalar = core.s_blocked == "queue_full" and core.s_block_engine == engine
         races = core.races
         if races is not None:
             races.join(engine, s_clock)
@@ -471,8 +473,7 @@ class Simulator:
             self.hbm_write += bound.hbm_write
             hbm_end = math.ceil(self.hbm.reserve(now, hbm_bytes) - 1e-9)
             if hbm_end - now > occupancy:
-                core.stall(f"hbm_bandwidth:{self.engine_names[engine]}",
-                           hbm_end - now - occupancy)
+                core.stall(self._hbm_cause[engine], hbm_end - now - occupancy)
                 occupancy = hbm_end - now
         self.flops += bound.flops
         self.engine_instructions += 1
@@ -497,6 +498,12 @@ class Simulator:
             drain = self._drain_time(core)
             if drain is not None:
                 self._resume(core, max(drain, now))
+        if resume_scalar:
+            heap = self.heap
+            if not core.resume_pending and (not heap or heap[0][0] > now):
+                self._run_scalar(core, now)  # nothing else is due first: no heap round trip
+            else:
+                self._resume(core, now)
 
     def _signal(self, core: CoreState, payload, time: int, engine: int) -> None:
         """Fire the `.sig`s of a completed instruction (or a SIG.S) at `time`."""
