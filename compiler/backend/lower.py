@@ -35,7 +35,7 @@ from compiler.backend.kernel_ir import (
     Vec,
     View,
 )
-from compiler.backend.tiling import MIN_TILE_ELEMS, map_tile, matmul_tile, reduce_tile
+from compiler.backend.tiling import MIN_TILE_ELEMS, map_tile, matmul_schedule, reduce_tile
 from compiler.graph.dtypes import is_float, is_int, itemsize, limits, np_dtype
 from compiler.graph.ir import TensorType
 from isa.errors import CompileError
@@ -230,26 +230,28 @@ def _aligned(nbytes: int) -> int:
     return -(-nbytes // ALIGN) * ALIGN
 
 
-def layout(specs: list[tuple[str, str, str, int, int]], level_base: dict[str, int] | None = None
-           ) -> tuple[list[Buffer], dict[str, int]]:
+def layout(specs: list[tuple], level_base: dict[str, int] | None = None,
+           copies: dict[str, int] | None = None) -> tuple[list[Buffer], dict[str, int]]:
     """Place double-buffered regions: `specs` are (name, level, dtype, rows, cols, region);
-    buffers of one region share a copy stride. Returns buffers and bytes used per level."""
+    buffers of one region share a copy stride. `copies` overrides the two copies of a
+    region (a single-copy accumulator). Returns buffers and bytes used per level."""
     used = dict(level_base or {"L1": 0, "ACC": 0})
     regions: dict[tuple[str, str], list] = {}
     for spec in specs:
         regions.setdefault((spec[1], spec[5]), []).append(spec)
     buffers = []
-    for (level, _region), members in regions.items():
+    for (level, region), members in regions.items():
+        count = (copies or {}).get(region, 2)
         base = used[level]
         offset = 0
         placed = []
         for name, _, dtype, rows, cols, _ in members:
             placed.append((name, dtype, rows, cols, offset))
             offset += _aligned(rows * cols * itemsize(dtype))
-        stride = offset
+        stride = offset if count > 1 else 0
         for name, dtype, rows, cols, off in placed:
-            buffers.append(Buffer(name, level, dtype, rows, cols, base + off, 2, stride))
-        used[level] = base + 2 * stride
+            buffers.append(Buffer(name, level, dtype, rows, cols, base + off, count, stride))
+        used[level] = base + max(count, 1) * offset
     return buffers, used
 
 
@@ -453,12 +455,14 @@ def matmul_nest(a: TensorView, b: TensorView, out: TensorView, machine) -> Nest:
         extents, kinds, {ax_m, ax_n, ax_k}, [a_view, b_view, c_view])
     nb = len(extents) - 3
     in_dtype, acc_dtype = mma_dtypes(a.dtype, machine)
-    tile_m, tile_n, tile_k = matmul_tile(prod(extents[:nb]), m, n, k, itemsize(in_dtype),
-                                         itemsize(acc_dtype), machine)
+    plan = matmul_schedule(prod(extents[:nb]), m, n, k, in_dtype, itemsize(in_dtype),
+                           itemsize(acc_dtype), itemsize(out.dtype), machine)
+    tile_m, tile_n, tile_k = plan.tile_m, plan.tile_n, plan.tile_k
     tile = (1,) * nb + (tile_m, tile_n, tile_k)
     buffers, _ = layout([("a", "L1", in_dtype, tile_m, tile_k, "ld"),
                          ("b", "L1", in_dtype, tile_k, tile_n, "ld"),
-                         ("c", "ACC", acc_dtype, tile_m, tile_n, "out")])
+                         ("c", "ACC", acc_dtype, tile_m, tile_n, "out")],
+                        copies={"out": plan.acc_copies})
     step = (Load("a", a_view), Load("b", b_view), Mma(in_dtype, acc_dtype, "c", "a", "b"))
     return Nest(extents, tile, kinds, tuple(buffers), (), step, (Store(c_view, "c"),))
 

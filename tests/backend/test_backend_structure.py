@@ -146,3 +146,28 @@ def test_same_program_twice_gives_the_same_asm_and_cycles():
     (_, first, r1, _), (_, second, r2, _) = compile_and_run(source), compile_and_run(source)
     assert first.asm_text == second.asm_text
     assert r1.report.cycles == r2.report.cycles
+
+
+def test_single_buffered_accumulator_is_race_free():
+    """On a machine with little HBM bandwidth the cost model takes one big accumulator tile
+    (stores no longer overlap the next tile); several tiles per core reuse it, in order."""
+    from dataclasses import replace
+
+    import numpy as np
+
+    from compiler.commands.run_compiled import relative_error
+    from compiler.inputs import prepare_inputs
+    from compiler.reference import evaluate
+    from runtime import run_program
+
+    target = replace(machine(), cores=2, acc_bytes=64 * 1024, hbm_bandwidth=1.5e9 * 64)
+    fn = load_program("t.zt", text="fn main(a: bf16[200, 300], b: bf16[300, 300]) -> "
+                                   "f32[200, 300] {\n    return cast(a @ b, f32)\n}\n")
+    compiled = compile_function(fn, target, CompileOptions(opt_level=0))
+    nest = compiled.kernels.kernels[0].nests[0]
+    assert nest.buffer("c").copies == 1 and nest.parallel_tiles > target.cores
+    inputs = prepare_inputs(fn, {}, 0)
+    result = run_program(compiled.program, target, compiled.program_inputs(inputs))
+    want = evaluate(fn, inputs)[0]
+    # a bf16 product (then cast): bf16 tolerance
+    assert relative_error(np.asarray(compiled.graph_outputs(result)[0]), want) <= 2e-2

@@ -57,3 +57,24 @@ def test_reduce_tile_fits(kept, reduced):
     rows, cols = kt[-1], rt[-1]
     assert rows <= kept[-1] and cols <= reduced[-1]
     assert 2 * rows * cols * 4 + 2 * rows * 4 <= machine.l1_bytes
+
+
+@pytest.mark.parametrize("name", MACHINES)
+@pytest.mark.parametrize("batch,m,n,k", [(1, 1, 1, 1), (1, 4096, 4096, 4096), (12, 77, 33, 129),
+                                         (1, 17, 4096, 4096)])
+def test_matmul_schedule_fits(name, batch, m, n, k):
+    from compiler.backend.tiling import matmul_schedule
+
+    machine = load_machine(name)
+    plan = matmul_schedule(batch, m, n, k, "bf16", 2, 4, 2, machine)
+    assert plan.tile_m % machine.mx_m == 0 and plan.tile_n % machine.mx_n == 0
+    assert plan.tile_k % machine.mx_k == 0 and plan.acc_copies in (1, 2)
+    assert plan.acc_copies * plan.tile_m * plan.tile_n * 4 <= machine.acc_bytes
+    assert 2 * (plan.tile_m + plan.tile_n) * plan.tile_k * 2 <= machine.l1_bytes
+
+
+def test_big_gemm_takes_the_intense_single_buffered_tile():
+    from compiler.backend.tiling import matmul_schedule
+
+    plan = matmul_schedule(1, 4096, 4096, 4096, "bf16", 2, 4, 2, load_machine("m890"))
+    assert (plan.tile_m, plan.tile_n, plan.acc_copies) == (256, 256, 1)
