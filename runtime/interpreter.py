@@ -15,6 +15,7 @@ import numpy as np
 from isa.dtypes import convert, np_dtype
 from isa.errors import ChipTrap, InputError
 from isa.program import ENGINES, NUM_EVENTS, Program
+from runtime.blas import single_blas_thread
 from runtime.context import ScalarContext
 from runtime.decode import decode_program
 from runtime.engine import CoreState, Simulator, Timing, dma_compute_overlap
@@ -85,7 +86,8 @@ def run_program(program: Program, machine, inputs: dict[str, np.ndarray], *,
         max_instructions=max_instructions or DEFAULT_MAX_INSTRUCTIONS, trace=recorder,
         kernels=kernel_names,
     )
-    cycles = simulator.run()
+    with single_blas_thread():
+        cycles = simulator.run()
     outputs = _read_outputs(program, gm) if functional else {}
     report = _report(program, machine, simulator, cycles, timing_only)
     return RunResult(outputs, report, recorder.to_dict() if recorder is not None else None)

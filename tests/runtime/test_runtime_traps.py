@@ -7,8 +7,7 @@ import subprocess
 import sys
 
 import pytest
-
-from tests.runtime.conftest import FIXTURES
+from runtime_helpers import FIXTURES
 
 CASES = {
     "race.s": ("race on L1[0x0, 0x400)", "@3: VADD.f32 L1[1024], L1[0], #1.0, 16, 16",

@@ -9,12 +9,12 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 import pytest
+from runtime_gemm_asm import gemm_assembly
+from runtime_helpers import run_asm
 
 from isa.asm import parse_assembly
 from isa.machine import load_machine
 from runtime import run_program
-from tests.runtime.conftest import run_asm
-from tests.runtime.gemm_asm import gemm_assembly
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples" / "asm"
 BF16 = ml_dtypes.bfloat16

@@ -9,8 +9,7 @@ import sys
 
 import ml_dtypes
 import numpy as np
-
-from tests.runtime.gemm_asm import gemm_assembly
+from runtime_gemm_asm import gemm_assembly
 
 
 def _zhenwu(*args: str, cwd=None) -> subprocess.CompletedProcess:

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import ml_dtypes
 import numpy as np
-
-from tests.runtime.conftest import machine_with, run_asm
-from tests.runtime.gemm_asm import gemm_assembly
+from runtime_gemm_asm import gemm_assembly
+from runtime_helpers import machine_with, run_asm
 
 STREAM = """\
 .tensor x, f32, [{rows}, 32768], 0x0, in

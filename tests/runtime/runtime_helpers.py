@@ -1,4 +1,5 @@
-"""Helpers for the interpreter's tests: run assembly text on a machine (optionally resized)."""
+"""Helpers for the interpreter's tests (imported as `runtime_helpers`): run assembly text on a
+machine, optionally with another core count."""
 
 from __future__ import annotations
 
@@ -6,7 +7,6 @@ import re
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from isa.asm import parse_assembly
 from isa.machine import MACHINES_DIR, load_machine, parse_machine
@@ -33,8 +33,3 @@ def run_asm(text: str, inputs: dict | None = None, *, cores: int | None = 1, mac
         inputs = {t.name: rng.standard_normal(t.shape).astype(np.float32)
                   for t in program.inputs}
     return run_program(program, machine, inputs, **options)
-
-
-@pytest.fixture
-def m890():
-    return load_machine("m890")

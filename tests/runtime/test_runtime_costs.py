@@ -12,8 +12,7 @@ from __future__ import annotations
 import math
 
 import pytest
-
-from tests.runtime.conftest import machine_with, run_asm
+from runtime_helpers import machine_with, run_asm
 
 M = machine_with(1)
 S = M.scalar_cycles
