@@ -45,6 +45,30 @@ E_LD_FULL, E_LD_FREE, E_OUT_FULL, E_OUT_FREE = 0, 1, 2, 3
 # tile loop; the scalar waits for them), epilogue loads in `final` (their own two credits),
 # and the hand-off from the last step to the epilogue's compute.
 E_SETUP, E_EPI_FULL, E_EPI_FREE, E_MID = 4, 5, 6, 7
+# A step whose compute moves between the matrix and vector engines (flash attention) hands
+# each result over with an event per switch.
+E_MX_TO_VX, E_VX_TO_MX = 8, 9
+
+
+def _engine(stmt) -> str:
+    return "MX" if isinstance(stmt, Mma) else "VX"
+
+
+def _with_switches(compute: list, waits: list[list], sigs: list[list]) -> None:
+    """Add an event at every change of engine between consecutive compute statements."""
+    for index in range(1, len(compute)):
+        before, after = _engine(compute[index - 1]), _engine(compute[index])
+        if before != after:
+            event = E_MX_TO_VX if before == "MX" else E_VX_TO_MX
+            sigs[index - 1].append((event, 1))
+            waits[index].append((event, 1))
+
+
+def _emit_engine(emit: Emitter, engine: str, text: str, waits: list, sigs: list) -> None:
+    """An engine instruction; waits past the two an instruction carries become WAITs."""
+    for event, count in waits[:-2]:
+        emit(f"WAIT.{engine} {_event(event, count)}")
+    emit(text, waits=waits[-2:], sigs=sigs)
 
 # scalar registers
 R_CORE, R_CORES, R_MINE, R_TILE_LOOP, R_TILE = 0, 1, 2, 3, 4
@@ -52,6 +76,7 @@ R_COORD = 5            # r5.. : one coordinate register per nest axis (at most 7
 R_STEP_LOOP, R_STEP = 12, 13
 R_LD_COUNT, R_LD_OFF, R_OUT_COUNT, R_OUT_OFF = 14, 15, 16, 17
 MAX_AXES = R_STEP_LOOP - R_COORD
+R_STEPS, R_MIDDLE = 18, 19   # causal nests: this tile's key steps, and that minus two
 
 
 class Emitter:
@@ -167,14 +192,15 @@ def _compute(ctx: _NestContext, stmt, first_step: bool) -> str:
         return f"VR{stmt.op}.{stmt.dtype} {t(stmt.dst)}, {t(stmt.src)}, {src.rows}, {src.cols} .row .acc"
     if isinstance(stmt, Mma):
         a, c = ctx.nest.buffer(stmt.a), ctx.nest.buffer(stmt.dst)
-        mode = ".init" if first_step else ".acc"
+        mode = f".{stmt.mode}" if stmt.mode else (".init" if first_step else ".acc")
         return (f"MMA.{stmt.in_dtype}.{stmt.acc_dtype} {t(stmt.dst)}, {t(stmt.a)}, {t(stmt.b)}, "
                 f"{c.rows}, {c.cols}, {a.cols} {mode}")
     raise TypeError(stmt)
 
 
 def _emit_step(emit: Emitter, ctx: _NestContext, first: bool, last: bool,
-               out_written_in_step: bool, epilogue: bool = False) -> None:
+               out_written_in_step: bool, epilogue: bool = False, tile_loads: int = 0
+               ) -> None:
     loads = [s for s in ctx.nest.step if isinstance(s, Load)]
     compute = [s for s in ctx.nest.step if not isinstance(s, Load)]
     if loads:
@@ -188,19 +214,25 @@ def _emit_step(emit: Emitter, ctx: _NestContext, first: bool, last: bool,
         emit(f"DMA.LD.{buf.dtype} {ctx.tile(load.dst)}, {ctx.ref(load.view)}{pad}",
              waits=[(E_LD_FREE, 1)] if index == 0 else [],
              sigs=[(E_LD_FULL, 1)])
+    all_waits: list[list] = [[] for _ in compute]
+    all_sigs: list[list] = [[] for _ in compute]
     for index, stmt in enumerate(compute):
-        waits, sigs = [], []
+        waits, sigs = all_waits[index], all_sigs[index]
         if index == 0:
             if loads:
                 waits.append((E_LD_FULL, len(loads)))
             if first and out_written_in_step:
                 waits.append((E_OUT_FREE, 1))
+            if first and tile_loads:
+                waits.append((E_EPI_FULL, tile_loads))
         if index == len(compute) - 1:
             if loads:
                 sigs.append((E_LD_FREE, 1))
             if last:
                 sigs.append((E_MID if epilogue else E_OUT_FULL, 1))
-        emit(_compute(ctx, stmt, first), waits=waits, sigs=sigs)
+    _with_switches(compute, all_waits, all_sigs)
+    for stmt, waits, sigs in zip(compute, all_waits, all_sigs):
+        _emit_engine(emit, _engine(stmt), _compute(ctx, stmt, first), waits, sigs)
 
 
 def _emit_load(emit: Emitter, ctx: _NestContext, load: Load, waits, sigs) -> None:
@@ -210,9 +242,11 @@ def _emit_load(emit: Emitter, ctx: _NestContext, load: Load, waits, sigs) -> Non
          waits=waits, sigs=sigs)
 
 
-def _emit_epilogue(emit: Emitter, ctx: _NestContext, compute: list, n_loads: int) -> None:
+def _emit_epilogue(emit: Emitter, ctx: _NestContext, compute: list, n_loads: int,
+                   release: bool = False) -> None:
     """The `final` compute of a tile: after the last step (E_MID) and the tile's epilogue
-    loads (E_EPI_FULL); it hands the output to the stores (E_OUT_FULL)."""
+    loads (E_EPI_FULL); it hands the output to the stores (E_OUT_FULL) and returns the
+    tile loads' credit (E_EPI_FREE)."""
     for index, stmt in enumerate(compute):
         waits, sigs = [], []
         if index == 0:
@@ -221,9 +255,65 @@ def _emit_epilogue(emit: Emitter, ctx: _NestContext, compute: list, n_loads: int
                 waits.append((E_EPI_FULL, n_loads))
         if index == len(compute) - 1:
             sigs.append((E_OUT_FULL, 1))
-            if n_loads:
+            if n_loads or release:
                 sigs.append((E_EPI_FREE, 1))
         emit(_compute(ctx, stmt, False), waits=waits, sigs=sigs)
+
+
+def _causal(nest: Nest) -> tuple[int, int] | None:
+    """(query axis, key axis) when the nest skips key tiles past the diagonal: the key
+    axis is the only reduction axis with more than one tile, and only the query axis and
+    one axis before it (heads) have several parallel tiles."""
+    if not nest.causal:
+        return None
+    q_axis, k_axis = nest.causal
+    grid = nest.grid
+    red = [a for a, k in enumerate(nest.kinds) if k == "r" and grid[a] > 1]
+    par = [a for a, k in enumerate(nest.kinds) if k == "p" and grid[a] > 1 and a != q_axis]
+    if red != [k_axis] or len(par) > 1 or (par and par[0] > q_axis):
+        return None
+    return q_axis, k_axis
+
+
+def _causal_tile(emit: Emitter, nest: Nest, causal: tuple[int, int]) -> None:
+    """Tile coordinates of a causal nest. Tiles are ranked longest first (last query
+    block first) and dealt to the cores in a snake (0..n-1, n-1..0, ...), so every core gets
+    about the same number of key steps; then this tile's step count n (at least 2; a step
+    past the diagonal is fully masked and harmless)."""
+    q_axis, k_axis = causal
+    grid, tile = nest.grid, nest.tile
+    heads = [a for a, k in enumerate(nest.kinds) if k == "p" and grid[a] > 1 and a != q_axis]
+    n_heads = grid[heads[0]] if heads else 1
+    # rank = loop * cores + (core if loop is even else cores - 1 - core)
+    emit(f"AND r{R_TILE}, r{R_TILE_LOOP}, 1")
+    emit(f"SUB r{R_STEP}, r{R_CORES}, 1")
+    emit(f"SUB r{R_STEP}, r{R_STEP}, r{R_CORE}")
+    emit(f"SUB r{R_STEP}, r{R_STEP}, r{R_CORE}")
+    emit(f"MUL r{R_STEP}, r{R_STEP}, r{R_TILE}")
+    # only whole rounds snake: a last partial round deals plainly (its ranks stay valid)
+    emit(f"LI r{R_MIDDLE}, {nest.parallel_tiles}")
+    emit(f"DIV r{R_MIDDLE}, r{R_MIDDLE}, r{R_CORES}")
+    emit(f"SLT r{R_MIDDLE}, r{R_TILE_LOOP}, r{R_MIDDLE}")
+    emit(f"MUL r{R_STEP}, r{R_STEP}, r{R_MIDDLE}")
+    emit(f"ADD r{R_STEP}, r{R_STEP}, r{R_CORE}")
+    emit(f"MUL r{R_TILE}, r{R_TILE_LOOP}, r{R_CORES}")
+    emit(f"ADD r{R_TILE}, r{R_TILE}, r{R_STEP}")
+    if heads:
+        emit(f"REM r{R_COORD + heads[0]}, r{R_TILE}, {n_heads}")
+        if tile[heads[0]] > 1:
+            emit(f"MUL r{R_COORD + heads[0]}, r{R_COORD + heads[0]}, {tile[heads[0]]}")
+    reg = R_COORD + q_axis
+    emit(f"DIV r{reg}, r{R_TILE}, {n_heads}")
+    emit(f"SUB r{reg}, r{reg}, {grid[q_axis] - 1}")
+    emit(f"MUL r{reg}, r{reg}, -1")
+    if tile[q_axis] > 1:
+        emit(f"MUL r{reg}, r{reg}, {tile[q_axis]}")
+    # n = clamp(ceil((q0 + tile_q) / tile_k), 2, key tiles)
+    emit(f"ADD r{R_STEPS}, r{reg}, {tile[q_axis] + tile[k_axis] - 1}")
+    emit(f"DIV r{R_STEPS}, r{R_STEPS}, {tile[k_axis]}")
+    emit(f"MAX r{R_STEPS}, r{R_STEPS}, 2")
+    emit(f"MIN r{R_STEPS}, r{R_STEPS}, {grid[k_axis]}")
+    emit(f"SUB r{R_MIDDLE}, r{R_STEPS}, 2")
 
 
 def emit_nest(emit: Emitter, nest: Nest, tensors) -> None:
@@ -244,7 +334,12 @@ def emit_nest(emit: Emitter, nest: Nest, tensors) -> None:
     setup_loads = [s for s in nest.setup if isinstance(s, Load)]
     ctx = _NestContext(nest, descs, ld_buffers, frozenset(s.dst for s in setup_loads))
     final_loads = [s for s in nest.final if isinstance(s, Load)]
+    init_loads = [s for s in nest.init if isinstance(s, Load)]   # once per tile
+    init_compute = [s for s in nest.init if not isinstance(s, Load)]
     epilogue = [s for s in nest.final if not isinstance(s, (Load, Store))]
+    if init_loads and not epilogue:
+        raise ValueError("a nest with tile loads in init needs an epilogue to release them")
+    tile_loads = init_loads + final_loads
     grid = nest.grid
     par_axes = [a for a, k in enumerate(nest.kinds) if k == "p" and grid[a] > 1]
     red_axes = [a for a, k in enumerate(nest.kinds) if k == "r" and grid[a] > 1]
@@ -260,7 +355,7 @@ def emit_nest(emit: Emitter, nest: Nest, tensors) -> None:
     if ld_buffers:
         emit(f"SIG.S {_event(E_LD_FREE, 2)}")
     emit(f"SIG.S {_event(E_OUT_FREE, out_credits)}")
-    if final_loads:
+    if tile_loads:
         emit(f"SIG.S {_event(E_EPI_FREE, out_credits)}")
     emit(f"LI r{R_MINE}, {nest.parallel_tiles}")
     emit(f"SUB r{R_MINE}, r{R_MINE}, r{R_CORE}")
@@ -270,22 +365,36 @@ def emit_nest(emit: Emitter, nest: Nest, tensors) -> None:
     emit(f"LI r{R_LD_COUNT}, 0")
     emit(f"LI r{R_OUT_COUNT}, 0")
     emit(f"LOOP r{R_TILE_LOOP}, r{R_MINE}")
-    emit(f"MUL r{R_TILE}, r{R_TILE_LOOP}, r{R_CORES}")
-    emit(f"ADD r{R_TILE}, r{R_TILE}, r{R_CORE}")
-    _decompose(emit, R_TILE, par_axes, nest)
+    causal = _causal(nest)
+    if causal:
+        _causal_tile(emit, nest, causal)
+    else:
+        emit(f"MUL r{R_TILE}, r{R_TILE_LOOP}, r{R_CORES}")
+        emit(f"ADD r{R_TILE}, r{R_TILE}, r{R_CORE}")
+        _decompose(emit, R_TILE, par_axes, nest)
     emit(f"AND r{R_OUT_OFF}, r{R_OUT_COUNT}, 1")
     emit(f"MUL r{R_OUT_OFF}, r{R_OUT_OFF}, {out_stride}")
     emit(f"ADD r{R_OUT_COUNT}, r{R_OUT_COUNT}, 1")
-    for index, load in enumerate(final_loads):
+    for index, load in enumerate(tile_loads):
         _emit_load(emit, ctx, load, [(E_EPI_FREE, 1)] if index == 0 else [], [(E_EPI_FULL, 1)])
-    for index, stmt in enumerate(nest.init):
+    for index, stmt in enumerate(init_compute):
         emit(_compute(ctx, stmt, True), waits=[(E_OUT_FREE, 1)] if index == 0 else [])
-    out_in_step = not nest.init
+    out_in_step = not init_compute
     steps = nest.reduction_steps
     for axis in red_axes:
         emit(f"LI r{R_COORD + axis}, 0")
     has_epi = bool(epilogue)
-    _emit_step(emit, ctx, True, steps == 1, out_in_step, has_epi)
+    _emit_step(emit, ctx, True, steps == 1, out_in_step, has_epi, len(init_loads))
+    if causal:  # steps 1 .. n-2 in a loop of this tile's length, then step n-1 (n >= 2)
+        emit(f"LOOP r{R_STEP_LOOP}, r{R_MIDDLE}")
+        emit(f"ADD r{R_STEP}, r{R_STEP_LOOP}, 1")
+        _decompose(emit, R_STEP, red_axes, nest)
+        _emit_step(emit, ctx, False, False, out_in_step)
+        emit("ENDLOOP")
+        emit(f"SUB r{R_STEP}, r{R_STEPS}, 1")
+        _decompose(emit, R_STEP, red_axes, nest)
+        _emit_step(emit, ctx, False, True, out_in_step, has_epi)
+        steps = 0
     if steps > 2:
         emit(f"LOOP r{R_STEP_LOOP}, {steps - 2}")
         emit(f"ADD r{R_STEP}, r{R_STEP_LOOP}, 1")
@@ -297,7 +406,7 @@ def emit_nest(emit: Emitter, nest: Nest, tensors) -> None:
         _decompose(emit, R_STEP, red_axes, nest)
         _emit_step(emit, ctx, False, True, out_in_step, has_epi)
     if epilogue:
-        _emit_epilogue(emit, ctx, epilogue, len(final_loads))
+        _emit_epilogue(emit, ctx, epilogue, len(final_loads), bool(init_loads))
     stores = [s for s in nest.final if isinstance(s, Store)]
     for index, store in enumerate(stores):
         buf = nest.buffer(store.src)
@@ -311,7 +420,7 @@ def emit_nest(emit: Emitter, nest: Nest, tensors) -> None:
     if ld_buffers:
         emit(f"WAIT.S {_event(E_LD_FREE, 2)}")
     emit(f"WAIT.S {_event(E_OUT_FREE, out_credits)}")
-    if final_loads:
+    if tile_loads:
         emit(f"WAIT.S {_event(E_EPI_FREE, out_credits)}")
 
 

@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from math import prod
 
 from compiler.backend.kernel_ir import Buffer, Load, Nest, Reduce, Store, Vec, View
@@ -104,18 +105,24 @@ class FusedLowering(Lowering):
         order = [self.op_by_id[i] for g in self.plan.groups for i in g.op_ids]
         self.fn = Function(fn.name, fn.params, order, fn.outputs, fn.attrs)
         try:
-            return super().run()
+            tensors, kernels, spans = super().run()
         finally:
             self.fn = fn
+        return _drop_reshape_copies(tensors, kernels, spans)
 
     def lower_op(self, op) -> None:
         group = self.group_of[op.id]
-        if group.kind not in ("elementwise", "matmul"):
+        if group.kind not in ("elementwise", "matmul", "attention"):
             super().lower_op(op)
             return
         if op.id != group.op_ids[0]:
             return  # lowered with its group
         ops = [self.op_by_id[i] for i in group.op_ids]
+        if group.kind == "attention":
+            from compiler.backend.flash import lower_attention_group
+
+            lower_attention_group(self, ops)
+            return
         if group.kind == "matmul":
             from compiler.backend.gemm import lower_matmul_group
 
@@ -159,6 +166,8 @@ class FusedLowering(Lowering):
         shape = tuple(reduces[0].inputs[0].type.shape if row_mode else ops[-1].result.type.shape)
         ids = {op.id for op in ops}
         stored = self.stored(ops)
+        if not stored:
+            return  # dead code (when `dce` is disabled): nothing to compute
         # operands from outside: immediates, or views loaded once per tile
         ext: dict[tuple[int, int, int], object] = {}
         ext_values = {}
@@ -366,6 +375,49 @@ class FusedLowering(Lowering):
                     setup)
         name = ("row" if row_mode else "fused") if len(ops) > 1 else ops[0].kind
         self.kernel(name, [op.id for op in ops], [nest], ops[-1].span)
+
+
+def _whole(view: View, tensor) -> bool:
+    """Whether `view` walks all of `tensor` in row-major order (one contiguous run)."""
+    numel = prod(tensor.shape)
+    if view.offset != 0 or any(view.shifts) or prod(view.dims) != numel:
+        return False
+    expect = 1
+    for dim, stride in reversed(list(zip(view.dims, view.strides))):
+        if dim != 1 and stride != expect:
+            return False
+        expect *= dim
+    return True
+
+
+def _drop_reshape_copies(tensors, kernels, spans):
+    """An output that is a reshape of a temporary is that temporary (the caller reshapes
+    outputs to the graph's shapes): drop the copy kernel and make the temporary the output."""
+    by_name = {t.name: t for t in tensors}
+    replaced: dict[str, str] = {}   # output tensor -> the temporary standing in for it
+    kept = []
+    for kernel in kernels:
+        nest = kernel.nests[0] if len(kernel.nests) == 1 else None
+        stmts = nest.statements() if nest is not None else ()
+        loads = [s for s in stmts if isinstance(s, Load)]
+        stores = [s for s in stmts if isinstance(s, Store)]
+        if (kernel.name.startswith("copy") and len(loads) == 1 and len(stores) == 1):
+            src, dst = by_name[loads[0].view.tensor], by_name[stores[0].view.tensor]
+            if (src.role == "temp" and dst.role == "out" and src.dtype == dst.dtype
+                    and src.name not in replaced.values() and _whole(loads[0].view, src)
+                    and _whole(stores[0].view, dst)):
+                replaced[dst.name] = src.name
+                continue
+        kept.append(kernel)
+    if not replaced:
+        return tensors, kernels, spans
+    out = []
+    for tensor in tensors:
+        if tensor.name in replaced:
+            out.append(replace(by_name[replaced[tensor.name]], role="out"))
+        elif tensor.name not in replaced.values():
+            out.append(tensor)
+    return out, kept, spans
 
 
 def _drop_axis(view: View, axis: int) -> View:

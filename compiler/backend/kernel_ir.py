@@ -163,6 +163,7 @@ class Mma:
     dst: str
     a: str
     b: str
+    mode: str = ""   # "init" or "acc" on every step; "" initialises on the first step only
 
 
 Stmt = Load | Store | Vec | Iota | Reduce | Mma
@@ -182,6 +183,9 @@ class Nest:
     # loads run once per core before its first tile, into single-copy buffers (operands
     # that are the same for every tile, e.g. a bias row when a tile spans all columns)
     setup: tuple[Stmt, ...] = ()
+    # (query axis, key axis) of a causal nest: a tile visits only the key tiles at or
+    # before its last query, and tiles are dealt to the cores longest first
+    causal: tuple[int, ...] = ()
 
     @property
     def grid(self) -> tuple[int, ...]:
@@ -261,7 +265,8 @@ def print_stmt(stmt: Stmt) -> str:
         tail = "" if stmt.axis is None else f" axis {stmt.axis}"
         return f"reduce {stmt.op}.{stmt.dtype} {dst} <- {stmt.src}{tail}"
     if isinstance(stmt, Mma):
-        return f"mma.{stmt.in_dtype}.{stmt.acc_dtype} {stmt.dst} <- {stmt.a}, {stmt.b}"
+        mode = f" {stmt.mode}" if stmt.mode else ""
+        return f"mma.{stmt.in_dtype}.{stmt.acc_dtype} {stmt.dst} <- {stmt.a}, {stmt.b}{mode}"
     raise TypeError(stmt)
 
 
@@ -273,6 +278,8 @@ def print_buffer(buf: Buffer) -> str:
 def print_nest(nest: Nest, indent: str = "  ") -> list[str]:
     axes = ", ".join(f"{e} {k} {t}" for e, k, t in zip(nest.extents, nest.kinds, nest.tile))
     lines = [f"{indent}nest [{axes}] {{"]
+    if nest.causal:
+        lines.append(f"{indent}  causal {' '.join(map(str, nest.causal))}")
     lines += [f"{indent}  {print_buffer(b)}" for b in nest.buffers]
     for phase in ("setup", "init", "step", "final"):
         stmts = getattr(nest, phase)
@@ -360,7 +367,8 @@ def parse_stmt(line: str) -> Stmt:
         _, in_dtype, acc_dtype = word.split(".")
         dst, _, ops = rest.partition(" <- ")
         a, b = (s.strip() for s in ops.split(","))
-        return Mma(in_dtype, acc_dtype, dst.strip(), a, b)
+        b, _, mode = b.partition(" ")
+        return Mma(in_dtype, acc_dtype, dst.strip(), a, b, mode.strip())
     raise KernelParseError(f"unknown statement {line!r}")
 
 
@@ -381,6 +389,8 @@ def parse_kernels(text: str) -> KernelProgram:
                 if line == "}":
                     nests.append(Nest(**nest))
                     nest, phase = None, None
+                elif line.startswith("causal "):
+                    nest["causal"] = _ints(line[7:].replace(" ", ","))
                 elif line.startswith("buffer "):
                     m = _BUFFER.match(line)
                     if not m:

@@ -45,9 +45,10 @@ def run_one(path: Path, machine, opt_level: int) -> dict:
     }
     result = run_program(compiled.program, machine, placeholders, timing_only=True)
     report = result.report
-    bound = roofline(fn, machine)
+    # after the graph passes: einsum and conv2d are matrix products there
+    bound = roofline(compiled.graph, machine)
     hbm_bytes = report.hbm_read_bytes + report.hbm_write_bytes
-    io_bound = io_lower_bound_bytes(fn, machine)
+    io_bound = io_lower_bound_bytes(compiled.graph, machine)
     return {
         "name": path.stem,
         "cycles": report.cycles,
@@ -85,14 +86,21 @@ def run(args) -> int:
     unknown = [n for n in names if n not in benches]
     if unknown:
         raise UsageError(f"unknown benchmark {unknown[0]!r}; available: {', '.join(benches)}")
-    rows = []
+    from isa.errors import ZhenwuError
+
+    rows, failures = [], []
     for index, name in enumerate(names, 1):
         print(f"\r[{index}/{len(names)}] {name:<32}", end="", file=sys.stderr, flush=True)
-        rows.append(run_one(benches[name], machine, int(args.opt)))
+        try:
+            rows.append(run_one(benches[name], machine, int(args.opt)))
+        except ZhenwuError as err:  # one broken benchmark does not hide the others
+            failures.append(f"{name}: {err.format()}")
     print("\r" + " " * 48 + "\r", end="", file=sys.stderr, flush=True)
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
         print(f"machine {machine.name}, -O{args.opt}, timing-only")
         print(_table(rows))
-    return 0
+    for failure in failures:
+        print(f"error: {failure}", file=sys.stderr)
+    return 1 if failures else 0

@@ -1,0 +1,169 @@
+"""Flash attention: `softmax(q @ kᵀ · s [+ causal mask]) @ v` as one kernel (DESIGN.md section 5).
+
+One nest over (batch·heads, query, head dim, key): per parallel tile (a block of `tile_q`
+queries of one head) the Q block is loaded once, and every key step loads a Kᵀ and a V
+block, computes the scores in ACC (MX), scales and masks them (the causal mask from VIOTA
+coordinates, never from HBM), and updates the online softmax on the vector engine:
+
+    m' = max(m, rowmax(S));  c = exp(m - m');  P = exp(S - m')
+    l = l·c + rowsum(P);     O = O·c + P @ V (MX);  m = m'
+
+After the last key step O / l is stored. The score matrix never leaves the core: the kernel
+reads q, k and v once per query block and writes the output once.
+"""
+
+from __future__ import annotations
+
+from math import prod
+
+from compiler.backend.gemm import _aligned, _round_up
+from compiler.backend.kernel_ir import Buffer, Iota, Load, Mma, Nest, Reduce, Store, Vec, View
+from compiler.backend.lower import mma_dtypes
+from compiler.graph.dtypes import itemsize
+
+MAX_TILE = 128
+
+
+class NotFlashable(Exception):
+    """The chain's views cannot be seen as [batch, rows, dim]: lower it op by op."""
+
+
+def _as_3d(view, batch: tuple[int, ...], rows: int, cols: int):
+    full = view.broadcast(batch + (rows, cols))
+    flat = full.reshape((prod(batch), rows, cols))
+    if flat is None:
+        raise NotFlashable()
+    return flat
+
+
+def _view(tv, axes: tuple[int, ...]) -> View:
+    return View(tv.tensor, tv.dtype, tv.offset, axes, tv.shape, tv.strides, (0,) * len(axes))
+
+
+def lower_attention_group(low, ops) -> None:
+    """Lower an attention group (compiler/passes/fuse.py `match_attention`) as one kernel."""
+    try:
+        _lower_flash(low, ops)
+    except NotFlashable:
+        _lower_each(low, ops)
+
+
+def _lower_each(low, ops) -> None:
+    from compiler.backend.fusion import ROW_REDUCE
+    from compiler.backend.gemm import lower_matmul_group
+    from compiler.backend.lower import Lowering
+
+    for op in ops:
+        if op.kind == "matmul":
+            lower_matmul_group(low, [op])
+        elif op.kind in ROW_REDUCE or op.kind in ("reshape", "iota", "constant"):
+            Lowering.lower_op(low, op)
+        else:
+            low.lower_elementwise([op])
+
+
+def _lower_flash(low, ops) -> None:
+    machine = low.machine
+    matmuls = [op for op in ops if op.kind == "matmul"]
+    m1, m2 = matmuls[0], matmuls[-1]
+    by_kind = {op.kind: op for op in ops if op.kind in ("mul", "where")}
+    scale = None
+    if "mul" in by_kind:
+        scale = low.immediate(by_kind["mul"].inputs[1])
+        if scale is None:
+            raise NotFlashable()
+    causal = "where" in by_kind
+    q_tv, kt_tv = (low.view_of(v) for v in m1.inputs)
+    v_tv = low.view_of(m2.inputs[1])
+    seq_q, seq_k = m1.result.type.shape[-2:]
+    dim = q_tv.shape[-1]
+    dim_v = v_tv.shape[-1]
+    batch1 = tuple(m1.result.type.shape[:-2])
+    batch2 = tuple(m2.result.type.shape[:-2])
+    if dim != dim_v or prod(batch1) != prod(batch2) or dim > MAX_TILE:
+        raise NotFlashable()
+    q3 = _as_3d(q_tv, batch1, seq_q, dim)
+    kt3 = _as_3d(kt_tv, batch1, dim, seq_k)
+    v3 = _as_3d(v_tv, batch2, seq_k, dim)
+    out = low.new_tensor(f"t{m2.id}", m2.result.type, "temp", m2.span)
+    o3 = out.reshape((prod(batch2), seq_q, dim))
+    if o3 is None:
+        raise NotFlashable()
+    low.views[m2.id] = out
+
+    in_dtype, acc_dtype = mma_dtypes(q3.dtype, machine)
+    unit = machine.mx_m
+    dim_p = _round_up(dim, machine.mx_k)
+    tile_q = min(MAX_TILE, _round_up(seq_q, unit))
+    tile_k = min(MAX_TILE, _round_up(seq_k, unit))
+    while 2 * (tile_q * tile_k + tile_q * dim_p) * 4 > machine.acc_bytes and tile_k > unit:
+        tile_k //= 2
+    while 2 * (tile_q * tile_k + tile_q * dim_p) * 4 > machine.acc_bytes and tile_q > unit:
+        tile_q //= 2
+    # axes: 0 batch·heads (p), 1 queries (p), 2 head dim (p, one tile), 3 keys (r)
+    extents = (prod(batch2), seq_q, dim, seq_k)
+    tile = (1, tile_q, dim_p, tile_k)
+    kinds = ("p", "p", "p", "r")
+    q_view = _view(q3, (0, 1, 2))
+    kt_view = _view(kt3, (0, 2, 3))
+    v_view = _view(v3, (0, 3, 2))
+    o_view = _view(o3, (0, 1, 2))
+
+    ld = [("kt", in_dtype, dim_p, tile_k), ("vt", in_dtype, tile_k, dim_p)]
+    acc = [("s", "f32", tile_q, tile_k), ("o", "f32", tile_q, dim_p)]
+    l1 = [("q", in_dtype, tile_q, dim_p), ("p", in_dtype, tile_q, tile_k),
+          ("mask", "bool", tile_q, tile_k), ("qi", "i32", tile_q, 1), ("kj", "i32", 1, tile_k)]
+    l1 += [(name, "f32", tile_q, 1) for name in ("m", "l", "mnew", "rmax", "rsum", "corr")]
+    buffers = []
+    offset = 0
+    for name, dtype, rows, cols in ld:
+        buffers.append((name, "L1", dtype, rows, cols, offset))
+        offset += _aligned(rows * cols * itemsize(dtype))
+    ld_stride = offset
+    buffers = [Buffer(n, lv, dt, r, c, off, 2, ld_stride) for n, lv, dt, r, c, off in buffers]
+    l1_base = 2 * ld_stride
+    placed = []
+    offset = 0
+    for name, dtype, rows, cols in l1:
+        placed.append((name, "L1", dtype, rows, cols, l1_base + offset))
+        offset += _aligned(rows * cols * itemsize(dtype))
+    l1_size = offset
+    offset = 0
+    for name, dtype, rows, cols in acc:
+        placed.append((name, "ACC", dtype, rows, cols, offset))
+        offset += _aligned(rows * cols * itemsize(dtype))
+    stride = _aligned(max(offset, l1_size))
+    copies = 2 if offset + stride <= machine.acc_bytes else 1
+    if l1_base + l1_size + (stride if copies == 2 else 0) > machine.l1_bytes:
+        raise NotFlashable()
+    buffers += [Buffer(n, lv, dt, r, c, off, copies, stride if copies == 2 else 0)
+                for n, lv, dt, r, c, off in placed]
+
+    init = (Load("q", q_view), Vec("DUP", "f32", "m", (float("-inf"),)),
+            Vec("DUP", "f32", "l", (0.0,)), Vec("DUP", "f32", "o", (0.0,)))
+    step: list = [Load("kt", kt_view), Load("vt", v_view),
+                  Mma(in_dtype, acc_dtype, "s", "q", "kt", "init")]
+    if scale is not None:
+        step.append(Vec("MUL", "f32", "s", ("s", scale)))
+    if causal or seq_k % tile_k:
+        step += [Iota("i32", "qi", 1), Iota("i32", "kj", 3)]
+    if causal:
+        step += [Vec("CMP.ge", "i32", "mask", ("qi", "kj")),
+                 Vec("SEL", "f32", "s", ("mask", "s", float("-inf")))]
+    if seq_k % tile_k:
+        step += [Vec("CMP.lt", "i32", "mask", ("kj", float(seq_k))),
+                 Vec("SEL", "f32", "s", ("mask", "s", float("-inf")))]
+    step += [Vec("DUP", "f32", "rmax", (float("-inf"),)), Reduce("MAX", "f32", "rmax", "s"),
+             Vec("MAX", "f32", "mnew", ("m", "rmax")),
+             Vec("SUB", "f32", "corr", ("m", "mnew")), Vec("EXP", "f32", "corr", ("corr",)),
+             Vec("SUB", "f32", "s", ("s", "mnew")), Vec("EXP", "f32", "s", ("s",)),
+             Vec("DUP", "f32", "rsum", (0.0,)), Reduce("SUM", "f32", "rsum", "s"),
+             Vec("MUL", "f32", "l", ("l", "corr")), Vec("ADD", "f32", "l", ("l", "rsum")),
+             Vec("MUL", "f32", "o", ("o", "corr")), Vec("COPY", "f32", "m", ("mnew",)),
+             (Vec("CVT.f32", in_dtype, "p", ("s",)) if in_dtype != "f32"
+              else Vec("COPY", "f32", "p", ("s",))),
+             Mma(in_dtype, acc_dtype, "o", "p", "vt", "acc")]
+    final = (Vec("DIV", "f32", "o", ("o", "l")), Store(o_view, "o"))
+    nest = Nest(extents, tile, kinds, tuple(buffers), init, tuple(step), final,
+                causal=(1, 3) if causal and seq_q <= seq_k else ())
+    low.kernel("flash_attention", [op.id for op in ops], [nest], m2.span)
