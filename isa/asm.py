@@ -58,7 +58,7 @@ DIRECTIVES = ("machine", "tensor", "kernel")
 @functools.cache
 def _parser() -> lark.Lark:
     grammar = (Path(__file__).parent / "asm.lark").read_text()
-    return lark.Lark(grammar, parser="lalr", maybe_placeholders=True)
+    return lark.Lark(grammar, parser="lalr", maybe_placeholders=True, propagate_positions=True)
 
 
 @dataclass
@@ -109,7 +109,8 @@ class _Reader:
 
     def arg(self, tree: lark.Tree) -> _Arg:
         tokens = self.tokens(tree)
-        span = self.span(tokens[0], tokens[-1])
+        # An empty list `[]` holds no value tokens: its brackets' positions are in the meta.
+        span = self.span(tokens[0], tokens[-1]) if tokens else self.span(tree.meta)
         kind = tree.data
         children = tree.children
         if kind == "word":

@@ -190,3 +190,10 @@ def test_fp8_float_comment_ambiguity():
     program = parse_assembly("#1 this line is a comment\nVDUP.f32 L1[0], #1, 1, 1 #2 also\n")
     assert program.instructions[0].operands[1] == FImm(1.0)
     assert len(program.instructions) == 1
+
+
+def test_scalar_tensor_directive_round_trips():
+    text = ".tensor x, f32, [], 0x0, in\n.tensor y, f32, [], 0x100, out\n    HALT\n"
+    program = parse_assembly(text, "scalar.s")
+    assert program.tensors[0].shape == ()
+    assert print_program(program) == text
