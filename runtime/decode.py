@@ -55,7 +55,7 @@ def decode_program(program: Program, machine, engines: tuple[str, ...], *, funct
             raise ChipTrap(f"unknown instruction '{instr.mnemonic}'", address=index,
                            instruction=str(instr))
         engine = defn.engine_of(instr)
-        text = _text(instr)
+        text = str(instr)  # the assembly text, for traps and traces
         pred = None
         if instr.predicate is not None:
             pred = (instr.predicate.reg, instr.predicate.negate)
@@ -90,13 +90,6 @@ def decode_program(program: Program, machine, engines: tuple[str, ...], *, funct
     end.cycles = machine.scalar_cycles
     ops.append(end)
     return ops
-
-
-def _text(instr: Instruction) -> str:
-    try:
-        return str(instr)
-    except ImportError:  # isa.asm not importable: the name is still informative
-        return instr.name
 
 
 def _scalar_cycles(defn, instr: Instruction, machine) -> int:
