@@ -28,6 +28,7 @@ from compiler.backend.lower import (
     elementwise_body,
     layout,
     reduce_identity,
+    row_major,
     simplify,
 )
 from compiler.backend.tiling import map_tile
@@ -85,6 +86,28 @@ class _Tiles:
             self.free.append(name)
 
 
+def fused_tile(extents: tuple[int, ...], bytes_per_elem: int, machine,
+               reserve: int = 0) -> tuple[int, ...]:
+    """A tile that may span several trailing axes (a DMA box is n-D; in L1 it is rows x
+    the last axis): whole trailing axes while they fit, then part of the next one. It aims at
+    one tile per core but not below `MIN_TILE_ELEMS`, and never over L1."""
+    from compiler.backend.tiling import MIN_TILE_ELEMS
+
+    capacity = max((machine.l1_bytes - reserve) // max(bytes_per_elem, 1), 1)
+    total = prod(extents)
+    want = min(capacity, max(-(-total // machine.cores), MIN_TILE_ELEMS))
+    tile = [1] * len(extents)
+    left = want
+    for axis in reversed(range(len(extents))):
+        tile[axis] = max(min(extents[axis], left), 1)
+        if tile[axis] < extents[axis]:
+            break
+        left //= extents[axis]
+        if left <= 1:
+            break
+    return tuple(tile)
+
+
 class RowTooLong(Exception):
     """A row kernel whose rows do not fit L1: its ops are lowered one by one instead."""
 
@@ -112,6 +135,10 @@ class FusedLowering(Lowering):
 
     def lower_op(self, op) -> None:
         group = self.group_of[op.id]
+        if group.kind == "view" and op.kind == "reshape" and self.view_of(
+                op.inputs[0]).reshape(tuple(op.result.type.shape)) is None:
+            self.reshape_copy(op)
+            return
         if group.kind not in ("elementwise", "matmul", "attention"):
             super().lower_op(op)
             return
@@ -138,6 +165,28 @@ class FusedLowering(Lowering):
                     self.lower_elementwise([member])
 
     # -------------------------------------------------------------- helpers
+
+    def reshape_copy(self, op) -> None:
+        """A reshape of a strided view (a transposed or broadcast tensor): copy it to a
+        contiguous tensor in the source's shape, with tiles spanning several axes."""
+        src = self.view_of(op.inputs[0])
+        out = self.new_tensor(f"t{op.id}", op.result.type, "temp", op.span)
+        self.views[op.id] = out
+        dst = replace(out, shape=src.shape, strides=row_major(src.shape))
+        dtype = home_dtype(src.dtype)
+        extents = src.shape or (1,)
+        views = [src.nest_view(), dst.nest_view()]
+        if not src.shape:
+            views = [_scalar_view(v) for v in views]
+        extents, kinds, views, _ = simplify(extents, ("p",) * len(extents), set(), views)
+        tile = fused_tile(extents, 4 * itemsize(dtype), self.machine, reserve=4 * ALIGN)
+        rows, cols = prod(tile[:-1]), tile[-1]
+        buffers, _ = layout([("in", "L1", dtype, rows, cols, "ld"),
+                             ("out", "L1", dtype, rows, cols, "out")])
+        nest = Nest(extents, tile, kinds, tuple(buffers), (),
+                    (Load("in", views[0]), Vec("COPY", dtype, "out", ("in",))),
+                    (Store(views[1], "out"),))
+        self.kernel("reshape", [op.id], [nest], op.span)
 
     def stored(self, ops) -> list:
         """The ops of a group whose results are needed outside it."""
@@ -218,9 +267,11 @@ class FusedLowering(Lowering):
         tiles = _Tiles()
         value_buf: dict[int, str] = {}
         compact: dict[int, View] = {}
+        dropped = False  # a view lost axes: only the last two axes may be tiled
         for vid, view in load_views.items():
             keep_dims = [d for d in range(view.rank) if view.strides[d] != 0]
             if keep_dims and len(keep_dims) < view.rank:
+                dropped = True
                 view = View(view.tensor, view.dtype, view.offset,
                             tuple(view.axes[d] for d in keep_dims),
                             tuple(view.dims[d] for d in keep_dims),
@@ -341,8 +392,9 @@ class FusedLowering(Lowering):
 
         # tile: every buffer is budgeted as a full one (both copies)
         bytes_per_elem = 2 * sum(itemsize(dt) for dt, _, _ in tiles.specs.values())
-        tile = map_tile(extents, bytes_per_elem, self.machine,
-                        reserve=2 * ALIGN * (len(tiles.specs) + 1))
+        tile_fn = map_tile if (row_mode or dropped) else fused_tile
+        tile = tile_fn(extents, bytes_per_elem, self.machine,
+                       reserve=2 * ALIGN * (len(tiles.specs) + 1))
         if row_mode and tile[-1] != extents[-1]:
             raise RowTooLong()
         for op in stored:
@@ -431,6 +483,9 @@ def _drop_axis(view: View, axis: int) -> View:
                 view.shifts[:d] + view.shifts[d + 1:])
 
 
-def lower_fused(fn, machine, plan):
-    """(tensors, kernels, spans) of `fn` lowered by the groups of `plan`."""
-    return FusedLowering(fn, machine, plan).run()
+def lower_fused(fn, machine, plan, gemm_tiles: dict | None = None):
+    """(tensors, kernels, spans) of `fn` lowered by the groups of `plan`; `gemm_tiles`
+    overrides the cost model's tiling of some matmuls (from `--tune`)."""
+    low = FusedLowering(fn, machine, plan)
+    low.gemm_tiles = dict(gemm_tiles or {})
+    return low.run()

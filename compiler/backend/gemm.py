@@ -79,8 +79,10 @@ def gemm_cost(batch, m, n, k, tile_m, tile_n, tile_k, acc_copies, a_bytes, b_byt
 
 def choose_gemm_tile(batch, m, n, k, in_dtype, acc_dtype, a_bytes, b_bytes, out_bytes,
                      epilogue_full_bytes, epilogue_row_bytes, epilogue_ops, machine,
-                     fixed: tuple[int, int, int] | None = None) -> GemmTile:
-    """The cheapest tiling that fits (see the module docstring); `fixed` forces one."""
+                     fixed: tuple[int, int, int] | None = None,
+                     ranked: list | None = None) -> GemmTile:
+    """The cheapest tiling that fits (see the module docstring); `fixed` forces one;
+    `ranked`, when given, receives every candidate that fits (for `--tune`)."""
     in_bytes = itemsize(in_dtype)
     acc_elem = itemsize(acc_dtype)
     rate = machine.mx_rate(in_dtype) or 1.0
@@ -113,6 +115,8 @@ def choose_gemm_tile(batch, m, n, k, in_dtype, acc_dtype, a_bytes, b_bytes, out_
             for tile_k in sorted(tiles_k, reverse=True):
                 cycles = gemm_cost(batch, m, n, k, tile_m, tile_n, tile_k, copies, a_bytes,
                                    b_bytes, out_bytes, rate, epilogue_ops, machine)
+                if ranked is not None:
+                    ranked.append(GemmTile(tile_m, tile_n, tile_k, copies, cycles))
                 if best is None or cycles < best.cycles:
                     best = GemmTile(tile_m, tile_n, tile_k, copies, cycles)
     if best is None:  # the smallest MX tile always fits a real machine
@@ -193,9 +197,12 @@ def lower_matmul_group(low, ops) -> None:
     for e in extents[:nb]:
         batch_count *= e
     choice = getattr(low, "gemm_tiles", {}).get(mm.id)
+    ranked: list = []
     tile = choose_gemm_tile(batch_count, m, n, k, in_dtype, acc_dtype, itemsize(a.dtype),
                             itemsize(b.dtype), itemsize(out.dtype), full_bytes, row_bytes,
-                            n_vec, machine, fixed=choice)
+                            n_vec, machine, fixed=choice, ranked=ranked)
+    low.gemm_ranked = getattr(low, "gemm_ranked", {})
+    low.gemm_ranked[mm.id] = sorted(ranked, key=lambda t: t.cycles)
     tile_m, tile_n, tile_k = tile.tile_m, tile.tile_n, tile.tile_k
     low.gemm_choices = getattr(low, "gemm_choices", {})
     low.gemm_choices[mm.id] = tile

@@ -79,7 +79,13 @@ def compile_function(fn, machine, options: CompileOptions = CompileOptions()
         from compiler.backend.fusion import lower_fused
         from compiler.passes.fuse import plan_fusion
 
-        tensors, kernels, spans = lower_fused(graph, machine, plan_fusion(graph))
+        plan = plan_fusion(graph)
+        tiles = {}
+        if options.tune:
+            from compiler.backend.tune import tune_gemm_tiles
+
+            tiles = tune_gemm_tiles(graph, machine, plan)
+        tensors, kernels, spans = lower_fused(graph, machine, plan, tiles)
     else:
         tensors, kernels, spans = lower_function(graph, machine)
     planned = plan_hbm(KernelProgram(tuple(tensors), tuple(kernels)), machine.hbm_bytes, spans)

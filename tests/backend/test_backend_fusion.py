@@ -152,3 +152,26 @@ def test_flash_attention_at_4096_writes_no_score_matrix():
     # score matrix alone would be 2 * 4096^2 * 2 bytes = 64 MiB
     assert report.hbm_read_bytes <= 3 * fn.outputs[0].type.nbytes + 2 * 32 * 2 * 4096 * 128 * 2
     assert report.hbm_read_bytes + report.hbm_write_bytes >= qkvo
+
+
+def test_tune_is_never_worse_than_the_cost_model_and_caches(tmp_path, monkeypatch):
+    from backend_helpers import machine
+
+    from compiler.backend.pipeline import CompileOptions, compile_function
+    from runtime import run_program
+
+    monkeypatch.setenv("ZHENWU_CACHE", str(tmp_path))
+    source = "fn main(a: bf16[256, 512], b: bf16[512, 384]) -> bf16[256, 384] {\n" \
+             "    return a @ b\n}\n"
+    fn = load_program("t.zt", text=source)
+
+    def cycles(tune: bool) -> int:
+        compiled = compile_function(fn, machine(), CompileOptions(opt_level=2, tune=tune))
+        inputs = {t.name: np.broadcast_to(np.zeros((), np.float32), tuple(t.shape))
+                  for t in compiled.program.inputs}
+        return run_program(compiled.program, machine(), inputs, timing_only=True).report.cycles
+
+    untuned = cycles(False)
+    assert cycles(True) <= untuned
+    assert len(list((tmp_path / "tune").glob("*.json"))) == 1
+    assert cycles(True) <= untuned  # from the cache
