@@ -88,6 +88,9 @@ def compile_function(fn, machine, options: CompileOptions = CompileOptions()
         tensors, kernels, spans = lower_fused(graph, machine, plan, tiles)
     else:
         tensors, kernels, spans = lower_function(graph, machine)
+    for param in graph.params:  # an input that does not fit points at its declaration
+        if param.span is not None:
+            spans.setdefault(param.name, param.span)
     planned = plan_hbm(KernelProgram(tuple(tensors), tuple(kernels)), machine.hbm_bytes, spans)
     asm_text = generate(planned, machine.name)
     program = _scalars_as_rank0(parse_assembly(asm_text, "<compiled>"), planned)

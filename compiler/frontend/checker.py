@@ -206,7 +206,7 @@ class Checker:
             if param.name in scope:
                 raise Diagnostic(f"parameter '{param.name}' has the name of a symbolic dim or "
                                  "another parameter", param.span)
-            scope[param.name] = Tensor(self.builder.param(param.name, type_))
+            scope[param.name] = Tensor(self.builder.param(param.name, type_, span=param.span))
         results = self.run_body(fn, scope)
         outputs = [self.as_tensor(value, fn.span) for value in results]
         self.check_returns(fn, [o.type for o in outputs], scope)

@@ -31,9 +31,10 @@ class GraphBuilder:
         self._next_id += 1
         return self._next_id - 1
 
-    def param(self, name: str, type: TensorType, value_id: int | None = None) -> Value:
-        """Add a named parameter."""
-        value = Value(self.fresh_id() if value_id is None else value_id, type, name)
+    def param(self, name: str, type: TensorType, value_id: int | None = None,
+              span: SourceSpan | None = None) -> Value:
+        """Add a named parameter (`span`: its declaration in the source)."""
+        value = Value(self.fresh_id() if value_id is None else value_id, type, name, span)
         if value_id is not None:
             self._next_id = max(self._next_id, value_id + 1)
         self.params.append(value)

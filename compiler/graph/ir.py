@@ -49,6 +49,7 @@ class Value:
     id: int
     type: TensorType
     name: str | None = None
+    span: SourceSpan | None = None  # a parameter's declaration (later errors point at it)
 
     def __repr__(self) -> str:
         return f"%{self.name if self.name is not None else self.id}: {self.type}"

@@ -92,8 +92,10 @@ def test_tensor_larger_than_hbm_is_a_diagnostic_at_its_op():
 
 def test_input_larger_than_hbm_is_a_diagnostic(capsys):
     source = "fn main(x: f32[300000, 300000]) -> f32[300000, 300000] {\n    return -x\n}\n"
-    with pytest.raises(CompileError, match="input 'x'"):
+    with pytest.raises(CompileError, match="input 'x'") as info:
         _compile(source)
+    span = info.value.span  # points at the parameter's declaration
+    assert (span.line, span.col) == (1, 9) and "^" in info.value.format()
 
 
 def test_cli_compile_emits_every_stage(tmp_path):
