@@ -427,22 +427,32 @@ class Simulator:
                 core.races.wait(engine, event, count)
 
     def _try_start(self, core: CoreState, engine: int, now: int) -> None:
+        """Start the head of `engine`'s queue at `now` if it can; else arrange a later try.
+
+        The hot path of the interpreter: attribute lookups are hoisted into locals.
+        """
         queue = core.queues[engine]
         if not queue:
             return
         op, bound, dispatched, s_clock = queue[0]
-        ready = max(core.engine_free[engine], dispatched)
+        free = core.engine_free[engine]
+        ready = max(dispatched, free)
         if ready > now:
             self._try_later(core, engine, ready)
             return
-        if op.waits and not self._waits_ready(core, op.waits):
-            if core.blocked_since[engine] < 0:
-                core.blocked_since[engine] = now
-            for event, _ in op.waits:
-                core.waiters[event].append(engine)
-            return
-        if core.blocked_since[engine] >= 0:
-            core.stall(self._wait_cause[engine], now - core.blocked_since[engine])
+        waits = op.waits
+        events = core.events
+        if waits:
+            for event, count in waits:
+                if events[event] < count:
+                    if core.blocked_since[engine] < 0:
+                        core.blocked_since[engine] = now
+                    for blocked_on, _ in waits:
+                        core.waiters[blocked_on].append(engine)
+                    return
+        blocked_since = core.blocked_since[engine]
+        if blocked_since >= 0:
+            core.stall(self._wait_cause[engine], now - blocked_since)
             core.blocked_since[engine] = -1
         queue.popleft()
         # the scalar waiting for room in this queue continues now (below, once this engine's
@@ -451,8 +461,10 @@ class Simulator:
         races = core.races
         if races is not None:
             races.join(engine, s_clock)
-        if op.waits:
-            self._take_waits(core, engine, op.waits)
+        for event, count in waits:
+            events[event] -= count
+            if races is not None:
+                races.wait(engine, event, count)
         if bound.execute is not None:
             try:
                 bound.execute()
@@ -467,11 +479,12 @@ class Simulator:
                 if race is not None:
                     self._trap_race(core, op, engine, race)
         occupancy = bound.occupancy
-        hbm_bytes = bound.hbm_read + bound.hbm_write
-        if hbm_bytes:
-            self.hbm_read += bound.hbm_read
-            self.hbm_write += bound.hbm_write
-            hbm_end = math.ceil(self.hbm.reserve(now, hbm_bytes) - 1e-9)
+        hbm_read = bound.hbm_read
+        hbm_write = bound.hbm_write
+        if hbm_read or hbm_write:
+            self.hbm_read += hbm_read
+            self.hbm_write += hbm_write
+            hbm_end = math.ceil(self.hbm.reserve(now, hbm_read + hbm_write) - 1e-9)
             if hbm_end - now > occupancy:
                 core.stall(self._hbm_cause[engine], hbm_end - now - occupancy)
                 occupancy = hbm_end - now
@@ -489,15 +502,16 @@ class Simulator:
             self._push(complete, _COMPLETE, core, engine,
                        (op, list(races.clocks[engine]) if races is not None else None))
         if self.trace is not None:
-            self.trace.slice(core.index, engine, op.mnemonic, now, max(occupancy, 0),
+            self.trace.slice(core.index, engine, op.mnemonic, now, occupancy,
                              {"address": op.address, "text": op.text,
                               "latency": bound.latency})
         if queue:
-            self._try_later(core, engine, max(free, now))
-        elif core.s_blocked in ("drain", "bar_core", "bar_chip"):
+            self._try_later(core, engine, max(now, free))
+        elif core.s_blocked is not None and core.s_blocked != "queue_full" \
+                and core.s_blocked != "wait_event":
             drain = self._drain_time(core)
             if drain is not None:
-                self._resume(core, max(drain, now))
+                self._resume(core, max(now, drain))
         if resume_scalar:
             heap = self.heap
             if not core.resume_pending and (not heap or heap[0][0] > now):
