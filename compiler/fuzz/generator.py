@@ -217,7 +217,7 @@ class ProgramBuilder:
         kind = self.chooser.choice(
             ("unary", "binary", "binary", "reduce", "matmul", "transpose", "reshape", "slice",
              "concat", "softmax", "norm", "cast", "broadcast", "pad", "expand", "argmax",
-             "conv", "pool", "einsum")
+             "conv", "pool", "einsum", "linear", "attention", "creation", "integer")
         )
         getattr(self, f"step_{kind}")()
 
@@ -427,6 +427,74 @@ class ProgramBuilder:
         ow = (x.shape[3] + 2 * padding - kernel) // stride + 1
         self.bind(f"{op}({x.name}, {kernel}, stride={stride}, padding={padding})", x.dtype,
                   x.shape[:2] + (oh, ow))
+
+    def step_linear(self) -> None:
+        """`act(x @ w + b)` (+ a residual): the contraction-with-epilogue fusion pattern."""
+        x = self.pick(min_rank=2)
+        n = self.chooser.choice(DIMS + (x.shape[-1],))
+        w = self.new_param((x.shape[-1], n), x.dtype)
+        b = self.new_param((n,), "f32")
+        act = self.chooser.choice(("relu", "gelu", "silu", "tanh", ""))
+        expr = f"{x.name} @ {w.name} + {b.name}"
+        expr = f"{act}({expr})" if act else expr
+        dtype = promote(x.dtype, "f32")
+        if n == x.shape[-1] and self.chooser.integer(0, 1):
+            expr = f"{x.name} + {expr}"
+        if self.chooser.integer(0, 1):
+            dtype = x.dtype
+            expr = f"cast({expr}, {dtype})"
+        self.bind(expr, dtype, x.shape[:-1] + (n,))
+
+    def step_attention(self) -> None:
+        """`softmax(q @ kᵀ · s [+ causal mask]) @ v`, the flash-attention fusion pattern."""
+        heads = self.chooser.choice((1, 2, 3))
+        seq_q = self.chooser.choice((1, 5, 16, 17, 33))
+        causal = bool(self.chooser.integer(0, 1))
+        seq_k = seq_q if causal else self.chooser.choice((1, 7, 16, 31))
+        dim = self.chooser.choice((4, 8, 16))
+        dtype = self.chooser.choice(("f32", "bf16"))
+        q = self.new_param((heads, seq_q, dim), dtype)
+        k = self.new_param((heads, seq_k, dim), dtype)
+        v = self.new_param((heads, seq_k, dim), dtype)
+        scale = 1.0 / math.sqrt(dim)
+        if self.chooser.integer(0, 1):
+            scores = f'einsum("hqd,hkd->hqk", {q.name}, {k.name}) * {scale!r}'
+        else:
+            scores = f"{q.name} @ transpose({k.name}, [0, 2, 1]) * {scale!r}"
+        if causal:
+            mask = f"arange({seq_q})[:, None] >= arange({seq_k})[None, :]"
+            scores = f"where({mask}, {scores}, -inf)"
+        probs = f"softmax({scores}, axis=-1)"
+        self.bind(f"{probs} @ {v.name}", dtype, (heads, seq_q, dim))
+
+    def step_creation(self) -> None:
+        x = self.pick(min_rank=1)
+        n = x.shape[-1]
+        kind = self.chooser.choice(("arange", "zeros", "ones", "full"))
+        if kind == "arange":
+            made = f"cast(arange({n}), {x.dtype})"
+        elif kind == "full":
+            made = f"full([{n}], 0.5, {x.dtype})"
+        else:
+            made = f"{kind}([{n}], {x.dtype})"
+        self.bind(f"{x.name} * {made}", x.dtype, x.shape)
+
+    def step_integer(self) -> None:
+        """Through i32 (or i8) and bool and back: integer arithmetic, comparisons, where."""
+        x = self.pick()
+        dtype = self.chooser.choice(("i32", "i32", "i8"))
+        i = self.bind(f"cast({x.name} * 4.0, {dtype})", dtype, x.shape)
+        self.values.remove(i)
+        op = self.chooser.choice(("+", "*", "//", "-"))
+        rhs = self.chooser.choice(("2", "3", "-1", i.name))
+        if op == "//" and rhs in ("-1", i.name):
+            rhs = "3"
+        j = self.bind(f"{i.name} {op} {rhs}", dtype, x.shape)
+        self.values.remove(j)
+        cond = self.bind(f"({j.name} > 0) != ({i.name} == 1)", "bool", x.shape)
+        self.values.remove(cond)
+        self.bind(f"where({cond.name}, cast({j.name}, f32), {x.name})", promote("f32", x.dtype),
+                  x.shape)
 
     # -- the program -----------------------------------------------------------------------
     def text(self, outputs: list[Tensor]) -> str:
