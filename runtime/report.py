@@ -36,7 +36,6 @@ class Report:
     flops: int = 0
     hbm_read_bytes: int = 0
     hbm_write_bytes: int = 0
-    l1_bytes: int = 0
     timing_only: bool = False
     # busy_cycles[core][engine_name]
     busy_cycles: list[dict[str, int]] = field(default_factory=list)
