@@ -121,3 +121,21 @@ def test_input_errors_are_diagnostics(tmp_path):
     assert proc.returncode == 1 and "cannot read" in proc.stderr
     proc = _zhenwu("run", str(program), "--chips", "2")
     assert proc.returncode == 2 and "not supported yet" in proc.stderr
+
+
+def test_identical_files_from_separate_processes(tmp_path):
+    import os
+
+    program = tmp_path / "gemm.s"
+    program.write_text(gemm_assembly(128, 256, 256, cores=4))
+    files = []
+    for seed in ("1", "2"):
+        out, report, trace = (tmp_path / f"{name}{seed}" for name in ("o.npz", "r.json", "t.json"))
+        proc = subprocess.run(
+            [sys.executable, "-m", "compiler", "run", str(program), "-o", str(out),
+             "--report", str(report), "--trace", str(trace)],
+            check=False, capture_output=True, text=True, timeout=120,
+            env={**os.environ, "PYTHONHASHSEED": seed})
+        assert proc.returncode == 0, proc.stderr
+        files.append((np.load(out)["out0"].tobytes(), report.read_bytes(), trace.read_bytes()))
+    assert files[0] == files[1]
