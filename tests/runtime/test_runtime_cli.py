@@ -130,7 +130,8 @@ def test_identical_files_from_separate_processes(tmp_path):
     program.write_text(gemm_assembly(128, 256, 256, cores=4))
     files = []
     for seed in ("1", "2"):
-        out, report, trace = (tmp_path / f"{name}{seed}" for name in ("o.npz", "r.json", "t.json"))
+        out, report, trace = (tmp_path / f"{name}{seed}.{ext}"
+                              for name, ext in (("o", "npz"), ("r", "json"), ("t", "json")))
         proc = subprocess.run(
             [sys.executable, "-m", "compiler", "run", str(program), "-o", str(out),
              "--report", str(report), "--trace", str(trace)],
