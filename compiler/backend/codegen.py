@@ -318,6 +318,11 @@ def _causal_tile(emit: Emitter, nest: Nest, causal: tuple[int, int]) -> None:
 
 def emit_nest(emit: Emitter, nest: Nest, tensors) -> None:
     """The code of one nest (see the module docstring for the protocol)."""
+    if nest.schedule == "flash":
+        from compiler.backend.flash_codegen import emit_flash_nest
+
+        emit_flash_nest(emit, nest)
+        return
     if len(nest.extents) > MAX_AXES:
         raise ValueError(f"a nest with {len(nest.extents)} axes (at most {MAX_AXES})")
     descs: dict[View, int] = {}

@@ -96,9 +96,14 @@ def _lower_flash(low, ops) -> None:
     dim_p = _round_up(dim, machine.mx_k)
     tile_q = min(MAX_TILE, _round_up(seq_q, unit))
     tile_k = min(MAX_TILE, _round_up(seq_k, unit))
-    while 2 * (tile_q * tile_k + tile_q * dim_p) * 4 > machine.acc_bytes and tile_k > unit:
+    def acc_need(tq: int, tk: int) -> int:  # two score tiles (at the L1 twin stride), O
+        twin = max(2 * dim_p * tk * isz + tq * tk * isz, tq * tk * 4)
+        return twin + tq * tk * 4 + tq * dim_p * 4
+
+    isz = itemsize(in_dtype)
+    while acc_need(tile_q, tile_k) > machine.acc_bytes and tile_k > unit:
         tile_k //= 2
-    while 2 * (tile_q * tile_k + tile_q * dim_p) * 4 > machine.acc_bytes and tile_q > unit:
+    while acc_need(tile_q, tile_k) > machine.acc_bytes and tile_q > unit:
         tile_q //= 2
     # axes: 0 batch·heads (p), 1 queries (p), 2 head dim (p, one tile), 3 keys (r)
     extents = (prod(batch2), seq_q, dim, seq_k)
@@ -109,41 +114,42 @@ def _lower_flash(low, ops) -> None:
     v_view = _view(v3, (0, 3, 2))
     o_view = _view(o3, (0, 1, 2))
 
-    ld = [("kt", in_dtype, dim_p, tile_k), ("vt", in_dtype, tile_k, dim_p)]
-    acc = [("s", "f32", tile_q, tile_k), ("o", "f32", tile_q, dim_p)]
-    l1 = [("q", in_dtype, tile_q, dim_p), ("p", in_dtype, tile_q, tile_k),
-          ("mask", "bool", tile_q, tile_k), ("qi", "i32", tile_q, 1), ("kj", "i32", 1, tile_k)]
-    l1 += [(name, "f32", tile_q, 1) for name in ("m", "l", "mnew", "rmax", "rsum", "corr")]
+    # K, V, P (L1) and S (ACC) alternate between two copies by key step; Q, O and the
+    # per-row values are one copy per tile (see compiler/backend/flash_codegen.py)
+    twin_l1 = [("kt", in_dtype, dim_p, tile_k), ("vt", in_dtype, tile_k, dim_p),
+               ("p", in_dtype, tile_q, tile_k)]
+    single_l1 = [("q", in_dtype, tile_q, dim_p), ("mask", "bool", tile_q, tile_k),
+                 ("qi", "i32", tile_q, 1), ("kj", "i32", 1, tile_k)]
+    single_l1 += [(name, "f32", tile_q, 1) for name in ("m", "l", "mnew", "rmax", "rsum", "corr")]
     buffers = []
     offset = 0
-    for name, dtype, rows, cols in ld:
+    for name, dtype, rows, cols in twin_l1:
         buffers.append((name, "L1", dtype, rows, cols, offset))
         offset += _aligned(rows * cols * itemsize(dtype))
-    ld_stride = offset
-    buffers = [Buffer(n, lv, dt, r, c, off, 2, ld_stride) for n, lv, dt, r, c, off in buffers]
-    l1_base = 2 * ld_stride
-    placed = []
-    offset = 0
-    for name, dtype, rows, cols in l1:
-        placed.append((name, "L1", dtype, rows, cols, l1_base + offset))
-        offset += _aligned(rows * cols * itemsize(dtype))
-    l1_size = offset
-    offset = 0
-    for name, dtype, rows, cols in acc:
-        placed.append((name, "ACC", dtype, rows, cols, offset))
-        offset += _aligned(rows * cols * itemsize(dtype))
-    stride = _aligned(max(offset, l1_size))
-    copies = 2 if offset + stride <= machine.acc_bytes else 1
-    if l1_base + l1_size + (stride if copies == 2 else 0) > machine.l1_bytes:
+    s_bytes = _aligned(tile_q * tile_k * 4)
+    stride = max(offset, s_bytes)
+    o_offset = stride + s_bytes
+    if o_offset + _aligned(tile_q * dim_p * 4) > machine.acc_bytes:
         raise NotFlashable()
-    buffers += [Buffer(n, lv, dt, r, c, off, copies, stride if copies == 2 else 0)
-                for n, lv, dt, r, c, off in placed]
+    twins = [Buffer(n, lv, dt, r, c, off, 2, stride) for n, lv, dt, r, c, off in buffers]
+    twins.append(Buffer("s", "ACC", "f32", tile_q, tile_k, 0, 2, stride))
+    singles = [Buffer("o", "ACC", "f32", tile_q, dim_p, o_offset)]
+    offset = 2 * stride
+    for name, dtype, rows, cols in single_l1:
+        singles.append(Buffer(name, "L1", dtype, rows, cols, offset))
+        offset += _aligned(rows * cols * itemsize(dtype))
+    if offset > machine.l1_bytes:
+        raise NotFlashable()
+    buffers = twins + singles
 
     init = (Load("q", q_view), Vec("DUP", "f32", "m", (float("-inf"),)),
             Vec("DUP", "f32", "l", (0.0,)), Vec("DUP", "f32", "o", (0.0,)))
     step: list = [Load("kt", kt_view), Load("vt", v_view),
                   Mma(in_dtype, acc_dtype, "s", "q", "kt", "init")]
-    if scale is not None:
+    # a positive scale commutes with the mask and the row max: it is applied in the FMA
+    # that subtracts the new max (one full-tile pass fewer)
+    folded = scale is not None and scale > 0
+    if scale is not None and not folded:
         step.append(Vec("MUL", "f32", "s", ("s", scale)))
     if causal or seq_k % tile_k:
         step += [Iota("i32", "qi", 1), Iota("i32", "kj", 3)]
@@ -153,10 +159,17 @@ def _lower_flash(low, ops) -> None:
     if seq_k % tile_k:
         step += [Vec("CMP.lt", "i32", "mask", ("kj", float(seq_k))),
                  Vec("SEL", "f32", "s", ("mask", "s", float("-inf")))]
-    step += [Vec("DUP", "f32", "rmax", (float("-inf"),)), Reduce("MAX", "f32", "rmax", "s"),
-             Vec("MAX", "f32", "mnew", ("m", "rmax")),
-             Vec("SUB", "f32", "corr", ("m", "mnew")), Vec("EXP", "f32", "corr", ("corr",)),
-             Vec("SUB", "f32", "s", ("s", "mnew")), Vec("EXP", "f32", "s", ("s",)),
+    step += [Vec("DUP", "f32", "rmax", (float("-inf"),)), Reduce("MAX", "f32", "rmax", "s")]
+    if folded:
+        step.append(Vec("MUL", "f32", "rmax", ("rmax", scale)))
+    step += [Vec("MAX", "f32", "mnew", ("m", "rmax")),
+             Vec("SUB", "f32", "corr", ("m", "mnew")), Vec("EXP", "f32", "corr", ("corr",))]
+    if folded:  # s * scale - m'
+        step += [Vec("MUL", "f32", "rsum", ("mnew", -1.0)),
+                 Vec("FMA", "f32", "s", ("s", scale, "rsum"))]
+    else:
+        step.append(Vec("SUB", "f32", "s", ("s", "mnew")))
+    step += [Vec("EXP", "f32", "s", ("s",)),
              Vec("DUP", "f32", "rsum", (0.0,)), Reduce("SUM", "f32", "rsum", "s"),
              Vec("MUL", "f32", "l", ("l", "corr")), Vec("ADD", "f32", "l", ("l", "rsum")),
              Vec("MUL", "f32", "o", ("o", "corr")), Vec("COPY", "f32", "m", ("mnew",)),
@@ -165,5 +178,5 @@ def _lower_flash(low, ops) -> None:
              Mma(in_dtype, acc_dtype, "o", "p", "vt", "acc")]
     final = (Vec("DIV", "f32", "o", ("o", "l")), Store(o_view, "o"))
     nest = Nest(extents, tile, kinds, tuple(buffers), init, tuple(step), final,
-                causal=(1, 3) if causal and seq_q <= seq_k else ())
+                causal=(1, 3) if causal and seq_q <= seq_k else (), schedule="flash")
     low.kernel("flash_attention", [op.id for op in ops], [nest], m2.span)

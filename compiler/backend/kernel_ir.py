@@ -186,6 +186,8 @@ class Nest:
     # (query axis, key axis) of a causal nest: a tile visits only the key tiles at or
     # before its last query, and tiles are dealt to the cores longest first
     causal: tuple[int, ...] = ()
+    # a nest with its own code generator ("flash": compiler/backend/flash_codegen.py)
+    schedule: str = ""
 
     @property
     def grid(self) -> tuple[int, ...]:
@@ -280,6 +282,8 @@ def print_nest(nest: Nest, indent: str = "  ") -> list[str]:
     lines = [f"{indent}nest [{axes}] {{"]
     if nest.causal:
         lines.append(f"{indent}  causal {' '.join(map(str, nest.causal))}")
+    if nest.schedule:
+        lines.append(f"{indent}  schedule {nest.schedule}")
     lines += [f"{indent}  {print_buffer(b)}" for b in nest.buffers]
     for phase in ("setup", "init", "step", "final"):
         stmts = getattr(nest, phase)
@@ -389,6 +393,8 @@ def parse_kernels(text: str) -> KernelProgram:
                 if line == "}":
                     nests.append(Nest(**nest))
                     nest, phase = None, None
+                elif line.startswith("schedule "):
+                    nest["schedule"] = line[9:].strip()
                 elif line.startswith("causal "):
                     nest["causal"] = _ints(line[7:].replace(" ", ","))
                 elif line.startswith("buffer "):

@@ -1,0 +1,190 @@
+"""Codegen of a flash-attention nest (schedule `flash`): MX and VX overlapped across steps.
+
+The generic protocol (codegen.py) runs a step's compute in statement order, so a step of
+flash attention would serialise MX (scores), VX (online softmax) and MX (P @ V). Here the
+scores S and the probabilities P alternate between two copies by step parity, and the MX
+stream of step t is `S(t) = Q K(t)` then `O += P(t-1) V(t-1)`: the matrix engine computes the
+next scores while the vector engine still works on this step's softmax. Events (this
+kernel only; all back to 0 when the nest ends):
+
+- E0 K/V loaded (2 per step) -> S(t);  E1 K/V credits (2 copies), returned by O(t-1);
+- E4 Q loaded -> S(0);  E3 / E12 the output tile is free (store done) -> Q load / O init;
+- E8 S(t) ready -> VX(t);  E9 VX(t) done (P(t), O scaled) -> O(t);
+- E10 O(t-1) accumulated -> VX(t) scales O;  E2 last O -> VX epilogue -> E11 -> store.
+
+Masks (causal, key bounds) run on the first and last key step of a tile only: with square
+tiles every other visited key tile lies wholly below the diagonal.
+"""
+
+from __future__ import annotations
+
+from compiler.backend.kernel_ir import Load, Nest, Store, Vec, View
+from compiler.graph.dtypes import itemsize
+
+E_KV_FULL, E_KV_FREE, E_O_DONE, E_Q_FREE, E_Q_FULL = 0, 1, 2, 3, 4
+E_S_READY, E_VX_DONE, E_O_ACC, E_O_FULL, E_O_FREE = 8, 9, 10, 11, 12
+
+
+def emit_flash_nest(emit, nest: Nest) -> None:
+    """The code of a flash nest (see the module docstring)."""
+    from compiler.backend import codegen as cg
+
+    descs: dict[View, int] = {}
+    for stmt in nest.statements():
+        if isinstance(stmt, (Load, Store)) and stmt.view not in descs:
+            descs[stmt.view] = len(descs)
+    for view, index in descs.items():
+        box = [nest.tile[a] for a in view.axes]
+        byte_offset = view.offset * itemsize(view.dtype)
+        base = view.tensor if byte_offset == 0 else f"{view.tensor}+{byte_offset}"
+        emit(f"DESC d{index}, {base}, {view.dtype}, [{', '.join(map(str, view.dims))}], "
+             f"[{', '.join(map(str, view.strides))}], [{', '.join(map(str, box))}]")
+    parity = {b.name for b in nest.buffers if b.copies == 2}
+    regs: dict[str, int | None] = {}
+
+    class Ctx(cg._NestContext):
+        def tile(self, name: str) -> str:
+            buf = self.nest.buffer(name)
+            reg = regs.get(name) if name in parity else None
+            return f"{buf.level}[{cg._addr(reg, buf.offset)}]"
+
+    ctx = Ctx(nest, descs, set())
+    q_load = next(s for s in nest.init if isinstance(s, Load))
+    init_vx = [s for s in nest.init if not isinstance(s, Load)]
+    kt_load, v_load = [s for s in nest.step if isinstance(s, Load)]
+    compute = [s for s in nest.step if not isinstance(s, Load)]
+    mma_s, mma_o = compute[0], compute[-1]
+    chain = compute[1:-1]
+    mask_end = next(i for i, s in enumerate(chain)
+                    if isinstance(s, Vec) and s.op == "DUP" and s.dst == "rmax")
+    masked, plain = chain, chain[mask_end:]
+    scale_first = [s for s in chain[:mask_end] if isinstance(s, Vec) and s.op == "MUL"
+                   and s.dst == "s"]
+    plain = scale_first + plain   # an unfolded scale applies on every step
+    epilogue = [s for s in nest.final if not isinstance(s, Store)]
+    store = next(s for s in nest.final if isinstance(s, Store))
+    stride = next(b.stride for b in nest.buffers if b.copies == 2)
+    grid = nest.grid
+    causal = cg._causal(nest)
+    k_axis = 3
+    R_CUR, R_PREV = cg.R_LD_OFF, cg.R_OUT_OFF
+
+    def parity_regs(step_reg: int) -> None:
+        """R_CUR = (t & 1) * stride, R_PREV = ((t - 1) & 1) * stride for step t in a reg."""
+        emit(f"AND r{R_CUR}, r{step_reg}, 1")
+        emit(f"MUL r{R_CUR}, r{R_CUR}, {stride}")
+        emit(f"SUB r{R_PREV}, r{cg.R_LD_COUNT}, r{R_CUR}")   # R_LD_COUNT holds `stride`
+
+    def loads(first: bool) -> None:
+        regs.update(kt=R_CUR, vt=R_CUR)
+        emit(f"DMA.LD.{nest.buffer('kt').dtype} {ctx.tile('kt')}, {ctx.ref(kt_load.view)}",
+             waits=[(E_KV_FREE, 1)], sigs=[(E_KV_FULL, 1)])
+        emit(f"DMA.LD.{nest.buffer('vt').dtype} {ctx.tile('vt')}, {ctx.ref(v_load.view)}",
+             sigs=[(E_KV_FULL, 1)])
+
+    def mx_scores(first: bool) -> None:
+        regs.update(s=R_CUR, kt=R_CUR)
+        waits = [(E_KV_FULL, 2)] + ([(E_Q_FULL, 1)] if first else [])
+        emit(cg._compute(ctx, mma_s, True), waits=waits, sigs=[(E_S_READY, 1)])
+
+    def mx_accumulate(last: bool) -> None:
+        regs.update(p=R_PREV, vt=R_PREV)
+        sigs = [(E_KV_FREE, 1), (E_O_DONE if last else E_O_ACC, 1)]
+        emit(cg._compute(ctx, mma_o, False), waits=[(E_VX_DONE, 1)], sigs=sigs)
+
+    def vx_chain(stmts: list, first: bool) -> None:
+        regs.update(s=R_CUR, p=R_CUR)
+        scale_o = [i for i, s in enumerate(stmts) if isinstance(s, Vec) and s.op == "MUL"
+                   and s.dst == "o"]
+        for index, stmt in enumerate(stmts):
+            waits, sigs = [], []
+            if index == 0:
+                waits.append((E_S_READY, 1))
+            if not first and scale_o and index == scale_o[0]:
+                waits.append((E_O_ACC, 1))
+            if index == len(stmts) - 1:
+                sigs.append((E_VX_DONE, 1))
+            emit(cg._compute(ctx, stmt, False), waits=waits, sigs=sigs)
+
+    # credits: two K/V copies; the output tile (and Q) free for the first tile
+    emit(f"SIG.S {cg._event(E_KV_FREE, 2)}")
+    emit(f"SIG.S {cg._event(E_Q_FREE, 1)}")
+    emit(f"SIG.S {cg._event(E_O_FREE, 1)}")
+    emit(f"LI r{cg.R_MINE}, {nest.parallel_tiles}")
+    emit(f"SUB r{cg.R_MINE}, r{cg.R_MINE}, r{cg.R_CORE}")
+    emit(f"ADD r{cg.R_MINE}, r{cg.R_MINE}, r{cg.R_CORES}")
+    emit(f"SUB r{cg.R_MINE}, r{cg.R_MINE}, 1")
+    emit(f"DIV r{cg.R_MINE}, r{cg.R_MINE}, r{cg.R_CORES}")
+    emit(f"LI r{cg.R_LD_COUNT}, {stride}")
+    emit(f"LOOP r{cg.R_TILE_LOOP}, r{cg.R_MINE}")
+    if causal:
+        cg._causal_tile(emit, nest, causal)
+    else:
+        emit(f"MUL r{cg.R_TILE}, r{cg.R_TILE_LOOP}, r{cg.R_CORES}")
+        emit(f"ADD r{cg.R_TILE}, r{cg.R_TILE}, r{cg.R_CORE}")
+        par_axes = [a for a, k in enumerate(nest.kinds) if k == "p" and grid[a] > 1]
+        cg._decompose(emit, cg.R_TILE, par_axes, nest)
+        emit(f"LI r{cg.R_STEPS}, {grid[k_axis]}")
+        emit(f"LI r{cg.R_MIDDLE}, {max(grid[k_axis] - 2, 0)}")
+    # the tile: Q, and the running max, sum and output
+    emit(f"DMA.LD.{nest.buffer('q').dtype} {ctx.tile('q')}, {ctx.ref(q_load.view)}",
+         waits=[(E_Q_FREE, 1)], sigs=[(E_Q_FULL, 1)])
+    for index, stmt in enumerate(init_vx):
+        emit(cg._compute(ctx, stmt, True), waits=[(E_O_FREE, 1)] if index == 0 else [])
+    k_reg = cg.R_COORD + k_axis if grid[k_axis] > 1 else None
+    single = grid[k_axis] == 1
+
+    def step_coord(value_reg: int | None, value: int | None = None) -> None:
+        if k_reg is None:
+            return
+        if value is not None:
+            emit(f"LI r{k_reg}, {value * nest.tile[k_axis]}")
+        else:
+            emit(f"MUL r{k_reg}, r{value_reg}, {nest.tile[k_axis]}")
+
+    # step 0
+    step_coord(None, 0)
+    emit(f"LI r{cg.R_STEP}, 0")
+    parity_regs(cg.R_STEP)
+    loads(True)
+    mx_scores(True)
+    vx_chain(masked, True)
+    if not single:
+        # steps 1 .. n-2 unmasked (S(t), then O(t-1) on MX; the softmax of t on VX)
+        emit(f"LOOP r{cg.R_STEP_LOOP}, r{cg.R_MIDDLE}")
+        emit(f"ADD r{cg.R_STEP}, r{cg.R_STEP_LOOP}, 1")
+        step_coord(cg.R_STEP)
+        parity_regs(cg.R_STEP)
+        loads(False)
+        mx_scores(False)
+        mx_accumulate(False)
+        vx_chain(plain, False)
+        emit("ENDLOOP")
+        # step n-1, masked
+        emit(f"SUB r{cg.R_STEP}, r{cg.R_STEPS}, 1")
+        step_coord(cg.R_STEP)
+        parity_regs(cg.R_STEP)
+        loads(False)
+        mx_scores(False)
+        mx_accumulate(False)
+        vx_chain(masked, False)
+        # the last step's P @ V
+        emit(f"ADD r{cg.R_STEP}, r{cg.R_STEPS}, 0")
+        parity_regs(cg.R_STEP)
+    else:
+        emit(f"LI r{cg.R_STEP}, 1")
+        parity_regs(cg.R_STEP)
+    mx_accumulate(True)
+    for index, stmt in enumerate(epilogue):
+        emit(cg._compute(ctx, stmt, False), waits=[(E_O_DONE, 1)] if index == 0 else [],
+             sigs=[(E_O_FULL, 1)] if index == len(epilogue) - 1 else [])
+    emit(f"DMA.ST.{nest.buffer(store.src).dtype} {ctx.ref(store.view)}, {ctx.tile(store.src)}",
+         waits=[(E_O_FULL, 1)], sigs=[(E_Q_FREE, 1), (E_O_FREE, 1)])
+    emit("ENDLOOP")
+    emit("BAR.CORE")
+    emit(f"WAIT.S {cg._event(E_KV_FREE, 2)}")
+    emit(f"WAIT.S {cg._event(E_Q_FREE, 1)}")
+    emit(f"WAIT.S {cg._event(E_O_FREE, 1)}")
+
+
+__all__ = ["Iota", "Mma", "Reduce", "emit_flash_nest"]
