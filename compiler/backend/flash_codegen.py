@@ -187,4 +187,4 @@ def emit_flash_nest(emit, nest: Nest) -> None:
     emit(f"WAIT.S {cg._event(E_O_FREE, 1)}")
 
 
-__all__ = ["Iota", "Mma", "Reduce", "emit_flash_nest"]
+__all__ = ["emit_flash_nest"]
