@@ -24,6 +24,7 @@ from compiler.backend.lower import (
     COMPARE,
     Lowering,
     _scalar_view,
+    clamp_value,
     compute_dtype,
     elementwise_body,
     layout,
@@ -139,6 +140,9 @@ class FusedLowering(Lowering):
                 op.inputs[0]).reshape(tuple(op.result.type.shape)) is None:
             self.reshape_copy(op)
             return
+        if op.kind == "pad" and group.kind == "single":
+            self.pad_copy(op)
+            return
         if group.kind not in ("elementwise", "matmul", "attention"):
             super().lower_op(op)
             return
@@ -166,17 +170,24 @@ class FusedLowering(Lowering):
 
     # -------------------------------------------------------------- helpers
 
-    def reshape_copy(self, op) -> None:
-        """A reshape of a strided view (a transposed or broadcast tensor): copy it to a
-        contiguous tensor in the source's shape, with tiles spanning several axes."""
+    def pad_copy(self, op) -> None:
+        """`pad`: a copy whose loads read the pad value outside the source, with tiles
+        spanning several axes (small images in many channels make short rows)."""
         src = self.view_of(op.inputs[0])
         out = self.new_tensor(f"t{op.id}", op.result.type, "temp", op.span)
         self.views[op.id] = out
-        dst = replace(out, shape=src.shape, strides=row_major(src.shape))
         dtype = home_dtype(src.dtype)
-        extents = src.shape or (1,)
-        views = [src.nest_view(), dst.nest_view()]
-        if not src.shape:
+        value = clamp_value(op.attrs["value"], src.dtype)
+        lows = tuple(lo for lo, _ in op.attrs["pads"])
+        shape = tuple(op.result.type.shape)
+        view = View(src.tensor, src.dtype, src.offset, tuple(range(len(shape))), src.shape,
+                    src.strides, lows)
+        self._copy_nest(op, shape, view, out.nest_view(), dtype, value, "pad")
+
+    def _copy_nest(self, op, extents, src_view, dst_view, dtype, pad, name) -> None:
+        views = [src_view, dst_view]
+        if not extents:
+            extents = (1,)
             views = [_scalar_view(v) for v in views]
         extents, kinds, views, _ = simplify(extents, ("p",) * len(extents), set(), views)
         tile = fused_tile(extents, 4 * itemsize(dtype), self.machine, reserve=4 * ALIGN)
@@ -184,9 +195,19 @@ class FusedLowering(Lowering):
         buffers, _ = layout([("in", "L1", dtype, rows, cols, "ld"),
                              ("out", "L1", dtype, rows, cols, "out")])
         nest = Nest(extents, tile, kinds, tuple(buffers), (),
-                    (Load("in", views[0]), Vec("COPY", dtype, "out", ("in",))),
+                    (Load("in", views[0], pad), Vec("COPY", dtype, "out", ("in",))),
                     (Store(views[1], "out"),))
-        self.kernel("reshape", [op.id], [nest], op.span)
+        self.kernel(name, [op.id], [nest], op.span)
+
+    def reshape_copy(self, op) -> None:
+        """A reshape of a strided view (a transposed or broadcast tensor): copy it to a
+        contiguous tensor in the source's shape, with tiles spanning several axes."""
+        src = self.view_of(op.inputs[0])
+        out = self.new_tensor(f"t{op.id}", op.result.type, "temp", op.span)
+        self.views[op.id] = out
+        dst = replace(out, shape=src.shape, strides=row_major(src.shape))
+        self._copy_nest(op, src.shape, src.nest_view(), dst.nest_view(),
+                        home_dtype(src.dtype), 0.0, "reshape")
 
     def stored(self, ops) -> list:
         """The ops of a group whose results are needed outside it."""
