@@ -175,3 +175,16 @@ def test_tune_is_never_worse_than_the_cost_model_and_caches(tmp_path, monkeypatc
     assert cycles(True) <= untuned
     assert len(list((tmp_path / "tune").glob("*.json"))) == 1
     assert cycles(True) <= untuned  # from the cache
+
+
+def test_ir_print_after_fuse_shows_kernels_and_decisions(tmp_path, capsys):
+    from compiler.cli import main
+
+    path = tmp_path / "p.zt"
+    path.write_text("fn main(x: f32[8, 16], w: f32[16, 4], b: f32[4]) -> f32[8, 4] {\n"
+                    "    return softmax(relu(x @ w + b), axis=-1)\n}\n")
+    assert main(["ir", str(path), "--print-ir-after", "fuse"]) == 0
+    out = capsys.readouterr().out
+    assert "// kernel 0 matmul: " in out and ":relu" in out
+    assert "// kernel 1 elementwise: " in out and ":reduce_max" in out
+    assert "// fuse: fuse" in out and "reduces its rows" in out
