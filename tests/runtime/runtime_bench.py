@@ -63,7 +63,7 @@ def main() -> None:
     args = parser.parse_args()
     sample = SAMPLES / "gemm_db.s"
     if sample.exists():
-        bench("samples/asm/gemm_db.s", sample.read_text(), 512, 512, 512, timing_only=False)
+        bench("samples/asm/gemm_db.s", sample.read_text(), 2048, 2048, 2048, timing_only=False)
     bench("gemm 1024x1024x2048", gemm_assembly(1024, 1024, 2048), 1024, 1024, 2048,
           timing_only=False)
     bench("gemm 4096^3, 128x128 tiles", gemm_assembly(4096, 4096, 4096), 4096, 4096, 4096,
