@@ -127,9 +127,12 @@ def choose_gemm_tile(batch, m, n, k, in_dtype, acc_dtype, a_bytes, b_bytes, out_
 def lower_matmul_group(low, ops) -> None:
     """Lower a matmul group (the product, then its epilogue ops) as one kernel."""
     machine = low.machine
-    mm, epilogue = ops[0], ops[1:]
+    at = next(i for i, op in enumerate(ops) if op.kind == "matmul")
+    mm, prologue, epilogue = ops[at], ops[:at], ops[at + 1:]
     last = ops[-1]
-    a, b = (low.view_of(v) for v in mm.inputs)
+    # operands produced by a cast in the group are loaded from the cast's source
+    casts = {op.result.id: op.inputs[0] for op in prologue}
+    a, b = (low.view_of(casts.get(v.id, v)) for v in mm.inputs)
     out = low.new_tensor(f"t{last.id}", last.result.type, "temp", last.span)
     low.views[last.id] = out
     batch = out.shape[:-2]
@@ -148,6 +151,8 @@ def lower_matmul_group(low, ops) -> None:
 
     # epilogue operands from outside the group: immediates or views over (batch, m, n)
     chain = {mm.id} | {op.id for op in epilogue}
+    group_ids = [op.id for op in ops]
+    ops = [mm] + epilogue
     operands: dict[tuple[int, int], object] = {}
     epi_views: list[View] = []
     epi_index: dict[int, int] = {}
@@ -174,7 +179,7 @@ def lower_matmul_group(low, ops) -> None:
     epi_views = views[3:]
     ax_m, ax_n = axis_map[ax_m], axis_map[ax_n]
     nb = len(extents) - 3
-    in_dtype, acc_dtype = mma_dtypes(a.dtype, machine)
+    in_dtype, acc_dtype = mma_dtypes(mm.inputs[0].type.dtype, machine)
 
     # compact epilogue operands: a bias row is 1 x tile_n, a scalar 1 x 1
     compact, shapes = [], []
@@ -257,4 +262,4 @@ def lower_matmul_group(low, ops) -> None:
     step = (Load("a", a_view), Load("b", b_view), Mma(in_dtype, acc_dtype, "c", "a", "b"))
     nest = Nest(extents, nest_tile, kinds, tuple(buffers), (), step, tuple(final))
     name = "matmul" if not epilogue else "matmul_fused"
-    low.kernel(name, [op.id for op in ops], [nest], last.span)
+    low.kernel(name, group_ids, [nest], last.span)

@@ -72,7 +72,7 @@ def tune_gemm_tiles(graph, machine, plan, budget_seconds: float = BUDGET_SECONDS
     ranked = getattr(low, "gemm_ranked", {})
     chosen: dict[int, tuple[int, int, int]] = {}
     for mm_id, candidates in ranked.items():
-        kernel_of = {k.op_ids[0]: k for k in kernels if k.op_ids}
+        kernel_of = {i: k for k in kernels for i in k.op_ids}
         if mm_id not in kernel_of:
             continue
         best_cycles = _kernel_cycles(kernel_of[mm_id], tensors, machine)
@@ -82,7 +82,7 @@ def tune_gemm_tiles(graph, machine, plan, budget_seconds: float = BUDGET_SECONDS
             trial = dict(chosen)
             trial[mm_id] = (cand.tile_m, cand.tile_n, cand.tile_k)
             _, trial_tensors, trial_kernels = lowered(trial)
-            kernel = next(k for k in trial_kernels if k.op_ids and k.op_ids[0] == mm_id)
+            kernel = next(k for k in trial_kernels if mm_id in k.op_ids)
             cycles = _kernel_cycles(kernel, trial_tensors, machine)
             if cycles < best_cycles:
                 best_cycles = cycles

@@ -216,7 +216,7 @@ def plan_fusion(fn: Function) -> FusionPlan:
     kinds: dict[int, str] = {}
     decisions: list[str] = []
     for ids, what in match_attention(fn, users, producers, outputs):
-        number = len(members)
+        number = max(members, default=-1) + 1
         members[number] = list(ids)
         kinds[number] = "attention"
         for i in ids:
@@ -249,7 +249,7 @@ def plan_fusion(fn: Function) -> FusionPlan:
     space: dict[int, tuple[int, ...]] = {}  # elementwise/row group -> its full shape
 
     def new_group(op, kind: str) -> None:
-        number = len(members)
+        number = max(members, default=-1) + 1  # groups may be deleted (absorbed casts)
         members[number] = [op.id]
         kinds[number] = kind
         group_of[op.id] = number
@@ -338,6 +338,21 @@ def plan_fusion(fn: Function) -> FusionPlan:
                                  f"{list(v.type.shape)}")
         elif op.kind == "matmul":
             new_group(op, "matmul")
+            # a cast feeding only this product is done by the operand's DMA (it converts)
+            for v in dict.fromkeys(op.inputs):
+                producer = producers.get(v.id)
+                if producer is None or producer.kind != "cast" or v.id in outputs:
+                    continue
+                g = group_of.get(producer.id)
+                if g is None or members[g] != [producer.id] or any(
+                        u is not op for u in users[v.id]):
+                    continue
+                del members[g], kinds[g]
+                group = group_of[op.id]
+                members[group].insert(0, producer.id)
+                group_of[producer.id] = group
+                decisions.append(f"fuse %{producer.id} cast into the operand loads of "
+                                 f"matmul %{op.id}: the DMA converts")
         else:
             new_group(op, "single")
             decisions.append(f"no-fuse %{op.id} {op.kind}: no fused rule, its own kernel")

@@ -188,3 +188,11 @@ def test_ir_print_after_fuse_shows_kernels_and_decisions(tmp_path, capsys):
     assert "// kernel 0 matmul: " in out and ":relu" in out
     assert "// kernel 1 elementwise: " in out and ":reduce_max" in out
     assert "// fuse: fuse" in out and "reduces its rows" in out
+
+
+def test_a_cast_operand_is_converted_by_the_matmul_loads():
+    fn, compiled, result, _ = compile_and_run(
+        "fn main(x: f32[40, 64], w: bf16[64, 48], b: f32[48]) -> bf16[40, 48] {\n"
+        "    return cast(relu(cast(x, bf16) @ w + b), bf16)\n}\n", opt_level=2)
+    assert compiled.kernel_count == 1
+    assert result.report.hbm_write_bytes == fn.outputs[0].type.nbytes  # no bf16 copy of x
