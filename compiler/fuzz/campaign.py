@@ -36,10 +36,13 @@ def seeded_pipelines(seed: int) -> tuple[tuple[str, tuple[str, ...]], ...]:
 class FuzzFailure(Exception):
     """A program that miscompiles, traps, or crashes the compiler."""
 
-    def __init__(self, pipeline: str, message: str):
+    def __init__(self, pipeline: str, message: str, level: str | None = None,
+                 disabled: tuple[str, ...] = ()):
         super().__init__(f"[{pipeline}] {message}")
         self.pipeline = pipeline
         self.message = message
+        self.level = level          # "O0" / "O2" when a compiled pipeline failed
+        self.disabled = disabled    # the graph passes that pipeline left out
 
 
 def check_program(text: str, *, seed: int = 0, machine_name: str = "m890",
@@ -64,22 +67,26 @@ def check_program(text: str, *, seed: int = 0, machine_name: str = "m890",
     for name, disabled in pipelines or seeded_pipelines(seed):
         level = int(name[1])
         label = name + (f" --disable-pass {','.join(disabled)}" if disabled else "")
+
+        def fail(message: str, label=label, name=name, disabled=disabled) -> FuzzFailure:
+            return FuzzFailure(label, message, name, disabled)
+
         try:
             options = CompileOptions(opt_level=level, disabled_passes=disabled)
             compiled = compile_function(fn, machine, options)
             result = run_program(compiled.program, machine, compiled.program_inputs(inputs))
             got = compiled.graph_outputs(result)
         except ChipTrap as trap:
-            raise FuzzFailure(label, f"compiled code trapped: {trap.format()}") from trap
+            raise fail(f"compiled code trapped: {trap.format()}") from trap
         except ZhenwuError as err:
-            raise FuzzFailure(label, f"rejected: {err.format()}") from err
+            raise fail(f"rejected: {err.format()}") from err
         if len(got) != len(want):
-            raise FuzzFailure(label, f"{len(got)} outputs, reference has {len(want)}")
+            raise fail(f"{len(got)} outputs, reference has {len(want)}")
         for index, (g, w, out) in enumerate(zip(got, want, fn.outputs)):
             err = relative_error(g, w)
             tol = tolerance(out.type.dtype)
             if not err <= tol:
-                raise FuzzFailure(label, f"out{index}: relative error {err:.3g} > {tol:g}")
+                raise fail(f"out{index}: relative error {err:.3g} > {tol:g}")
 
 
 @dataclass
@@ -99,33 +106,39 @@ def run_campaign(seconds: float, seed: int, out_dir: Path, *, bisect: bool = Fal
     start = time.monotonic()
     while time.monotonic() - start < seconds:
         program_seed = rng.randrange(2**31)
-        text, record = recorded_program(program_seed)
+        text, record, marks = recorded_program(program_seed)
         result.programs += 1
         try:
             check_program(text, seed=program_seed)
         except FuzzFailure as failure:
-            result.failures.append(_record(out_dir, record, program_seed, failure, bisect))
+            result.failures.append(_record(out_dir, record, marks, program_seed, failure,
+                                           bisect))
         except Exception as crash:  # noqa: BLE001 - an internal error is what we hunt
             failure = FuzzFailure("crash", f"{type(crash).__name__}: {crash}")
-            result.failures.append(_record(out_dir, record, program_seed, failure, bisect))
+            result.failures.append(_record(out_dir, record, marks, program_seed, failure,
+                                           bisect))
         if progress is not None:
             progress(result, time.monotonic() - start)
     result.seconds = time.monotonic() - start
     return result
 
 
-def _record(out_dir: Path, record: list[int], seed: int, failure: FuzzFailure,
-            bisect: bool) -> dict:
-    text = shrink(record, seed)
+def _record(out_dir: Path, record: list[int], marks: list[int], seed: int,
+            failure: FuzzFailure, bisect: bool) -> dict:
+    text = shrink(record, marks, seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"fail_{seed}.zt"
-    path.write_text(f"# {failure}\n{text}")
+    header = f"# {failure.pipeline}: {failure.message}".replace("\n", "\n# ")
+    if failure.level:
+        header += f"\n# pipeline: {failure.level} {' '.join(failure.disabled)}".rstrip()
+    path.write_text(f"{header}\n{text}")
     entry = {
         "program": str(path),
         "pipeline": failure.pipeline,
         "message": failure.message,
         "reproduce": f"zhenwu run {path} --seed {seed} --check"
-        + (f" -{failure.pipeline}" if failure.pipeline.startswith("O") else ""),
+        + (f" -{failure.level}" if failure.level else "")
+        + (f" --disable-pass {','.join(failure.disabled)}" if failure.disabled else ""),
     }
     if bisect:
         entry["culprit_pass"] = bisect_passes(text, seed)
@@ -133,16 +146,17 @@ def _record(out_dir: Path, record: list[int], seed: int, failure: FuzzFailure,
     return entry
 
 
-def _fails(text: str, seed: int) -> bool:
+def _fails(text: str, seed: int, pipelines=None) -> bool:
     try:
-        check_program(text, seed=seed)
+        check_program(text, seed=seed, pipelines=pipelines)
     except Exception:  # noqa: BLE001 - FuzzFailure or an internal error
         return True
     return False
 
 
-def shrink(record: list[int], seed: int, budget: int = 200) -> str:
-    """Shrink the choice record (delete chunks, lower values) while the program still fails.
+def shrink(record: list[int], marks: list[int], seed: int, budget: int = 200) -> str:
+    """Shrink the choice record while the program still fails: delete whole steps (the
+    blocks between `marks`, last first), then chunks, then lower values to 0.
 
     The generator only makes valid programs from any record, so every candidate is valid and
     the search never wanders into programs that fail for a different reason than a bug.
@@ -151,6 +165,16 @@ def shrink(record: list[int], seed: int, budget: int = 200) -> str:
 
     best = list(record)
     tries = 0
+    # Step i's choices run from marks[i] to the next step's "go on?" flag at marks[i+1] - 1.
+    # Deleting step i > 0 deletes its own flag (at marks[i] - 1) too; deleting step 0 deletes
+    # the flag after it, so that step 1 becomes the first step.
+    blocks = [(marks[0], marks[1])] if len(marks) > 2 else []
+    blocks += [(start - 1, end - 1) for start, end in zip(marks[1:], marks[2:])]
+    for start, end in reversed(blocks):
+        candidate = best[:start] + best[end:]
+        tries += 1
+        if _fails(replay_program(candidate), seed):
+            best = candidate
     improved = True
     while improved and tries < budget:
         improved = False
@@ -179,10 +203,6 @@ def bisect_passes(text: str, seed: int) -> str | None:
     from compiler.passes import PASSES
 
     for name in PASSES:
-        pipelines = (("O2", (name,)),)
-        try:
-            check_program(text, seed=seed, pipelines=pipelines)
-        except Exception:  # noqa: BLE001
-            continue
-        return name
+        if not _fails(text, seed, (("O2", (name,)),)):
+            return name
     return None

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, Sequence, TypeVar
+from typing import Protocol, TypeVar
 
 T = TypeVar("T")
 
@@ -94,6 +95,10 @@ class RecordingChooser:
 
     rng: random.Random
     record: list[int] = field(default_factory=list)
+    marks: list[int] = field(default_factory=list)  # where each step's choices start
+
+    def mark(self) -> None:
+        self.marks.append(len(self.record))
 
     def integer(self, lo: int, hi: int) -> int:
         value = self.rng.randint(lo, hi)
@@ -512,8 +517,14 @@ def generate_program(chooser: Chooser, max_steps: int = 6, max_rank: int = 4) ->
     """A random valid `.zt` program: 1 to `max_steps` statements, 1 to 3 outputs."""
     builder = ProgramBuilder(chooser, max_rank=max_rank)
     builder.new_param(builder.new_shape())
-    for _ in range(chooser.integer(1, max_steps)):
+    for index in range(max_steps):
+        # "Go on?" before each step (0 stops, so a shrunk record ends the program), and a mark
+        # at each step so that the shrinker can delete one step's choices as a block.
+        if index > 0 and chooser.integer(0, 3) == 0:
+            break
+        getattr(chooser, "mark", lambda: None)()
         builder.step()
+    getattr(chooser, "mark", lambda: None)()
     computed = [v for v in builder.values if v not in builder.params] or builder.values
     outputs = [computed[-1]]
     for _ in range(chooser.integer(0, 2)):
@@ -528,10 +539,11 @@ def random_program(seed: int, max_steps: int = 6) -> str:
     return generate_program(RandomChooser(random.Random(seed)), max_steps=max_steps)
 
 
-def recorded_program(seed: int, max_steps: int = 6) -> tuple[str, list[int]]:
-    """The program a seed gives, with the record of choices that regenerates it."""
+def recorded_program(seed: int, max_steps: int = 6) -> tuple[str, list[int], list[int]]:
+    """The program a seed gives, the record of choices that regenerates it, and where each
+    step's choices start in the record."""
     chooser = RecordingChooser(random.Random(seed))
-    return generate_program(chooser, max_steps=max_steps), chooser.record
+    return generate_program(chooser, max_steps=max_steps), chooser.record, chooser.marks
 
 
 def replay_program(record: Sequence[int], max_steps: int = 6) -> str:

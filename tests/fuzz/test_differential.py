@@ -45,8 +45,8 @@ def test_generated_programs_round_trip_through_graph_ir(seed):
 
 def test_a_choice_record_replays_to_the_same_program():
     for seed in range(10):
-        text, record = recorded_program(seed)
+        text, record, _ = recorded_program(seed)
         assert replay_program(record) == text
     # A shortened record is still a valid program (shrinking relies on it).
-    text, record = recorded_program(3)
+    text, record, _ = recorded_program(3)
     load_program("short.zt", text=replay_program(record[: len(record) // 2]))
