@@ -10,6 +10,7 @@ went wrong; anything else that escapes (an internal error) is a failure too.
 from __future__ import annotations
 
 import json
+from itertools import pairwise
 import random
 import time
 from dataclasses import dataclass, field
@@ -169,7 +170,7 @@ def shrink(record: list[int], marks: list[int], seed: int, budget: int = 200) ->
     # Deleting step i > 0 deletes its own flag (at marks[i] - 1) too; deleting step 0 deletes
     # the flag after it, so that step 1 becomes the first step.
     blocks = [(marks[0], marks[1])] if len(marks) > 2 else []
-    blocks += [(start - 1, end - 1) for start, end in zip(marks[1:], marks[2:])]
+    blocks += [(start - 1, end - 1) for start, end in pairwise(marks[1:])]
     for start, end in reversed(blocks):
         candidate = best[:start] + best[end:]
         tries += 1
