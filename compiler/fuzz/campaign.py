@@ -10,10 +10,10 @@ went wrong; anything else that escapes (an internal error) is a failure too.
 from __future__ import annotations
 
 import json
-from itertools import pairwise
 import random
 import time
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
 
 from isa.errors import ChipTrap, ZhenwuError

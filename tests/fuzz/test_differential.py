@@ -17,8 +17,8 @@ from compiler.fuzz.generator import (
     recorded_program,
     replay_program,
 )
-from compiler.graph.printer import print_function
 from compiler.graph.parser import parse_function
+from compiler.graph.printer import print_function
 
 CI_SETTINGS = settings(max_examples=40, deadline=None,
                        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
