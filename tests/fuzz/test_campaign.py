@@ -4,6 +4,7 @@ command to reproduce it, and the pass bisection names the culprit."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from compiler.fuzz import campaign
 from compiler.fuzz.campaign import FuzzFailure, run_campaign
@@ -21,7 +22,7 @@ def test_a_failure_is_shrunk_written_and_bisected(tmp_path, monkeypatch):
     result = run_campaign(3.0, seed=1, out_dir=tmp_path, bisect=True)
     assert result.programs > 0 and result.failures
     entry = result.failures[0]
-    text = open(entry["program"]).read()
+    text = Path(entry["program"]).read_text()
     body = [line for line in text.splitlines() if line.startswith("    ")]
     # shrunk to the one statement that matters, plus the return
     assert len(body) == 2 and "sigmoid(" in body[0], text
