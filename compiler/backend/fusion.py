@@ -318,6 +318,7 @@ class FusedLowering(Lowering):
 
         body: list = []
         holders: dict[str, set[int]] = {}
+        pending = None  # a mul waiting to become an FMA with the add after it
 
         def get(op, index: int, dtype: str, scratch: list):
             value = op.inputs[index]
@@ -385,9 +386,32 @@ class FusedLowering(Lowering):
                     cdt = "i32" if cdt == "bool" else cdt
                     wants = [cdt] * len(op.inputs)
                     out_dtype = cdt
-                srcs = [get(op, i, w, scratch) for i, w in enumerate(wants)]
-                out = tiles.new(out_dtype, shape_kind)
-                body.extend(elementwise_body(kind, attrs, cdt)(srcs, out, None))
+                if pending is not None and kind == "add":
+                    # mul then add: one VFMA (a * b + c) instead of two passes
+                    mul, product = pending
+                    other = 1 if op.inputs[0] is mul.result else 0
+                    addend = get(op, other, wants[other], scratch)
+                    out = tiles.new(out_dtype, shape_kind)
+                    body.append(Vec("FMA", cdt, out, (*product, addend)))
+                    pending = None
+                    for value in mul.inputs:  # released only now: the FMA reads them
+                        if last_use.get(value.id) == position - 1 and value.id in value_buf:
+                            name = value_buf[value.id]
+                            if all(last_use.get(v, 0) <= position
+                                   for v in holders.get(name, set())):
+                                tiles.release(name)
+                elif (kind == "mul" and position + 1 < len(ops) and _fma_pair(
+                        op, ops[position + 1], self.users, ids, stored)):
+                    srcs = [get(op, i, w, scratch) for i, w in enumerate(wants)]
+                    if not scratch:
+                        pending = (op, tuple(srcs))
+                        continue
+                    out = tiles.new(out_dtype, shape_kind)
+                    body.extend(elementwise_body(kind, attrs, cdt)(srcs, out, None))
+                else:
+                    srcs = [get(op, i, w, scratch) for i, w in enumerate(wants)]
+                    out = tiles.new(out_dtype, shape_kind)
+                    body.extend(elementwise_body(kind, attrs, cdt)(srcs, out, None))
                 if result_dtype in ROUNDED and not only_stored:
                     round_trip(out, out_dtype, result_dtype, scratch)
             value_buf[op.id] = out
@@ -491,6 +515,17 @@ def _drop_reshape_copies(tensors, kernels, spans):
         elif tensor.name not in replaced.values():
             out.append(tensor)
     return out, kept, spans
+
+
+def _fma_pair(mul, add, users, ids, stored) -> bool:
+    """`add(mul(a, b), c)` can be one VFMA: the product feeds only the add (the next op),
+    all f32 (a narrow product is rounded before the add in the reference), and c is not
+    the product."""
+    dtype = mul.result.type.dtype
+    return (add.kind == "add" and [u.id for u in users[mul.id]] == [add.id] and mul not in stored
+            and dtype == add.result.type.dtype and dtype == "f32"
+            and sum(v is mul.result for v in add.inputs) == 1
+            and all(v.type.dtype == dtype for v in mul.inputs + add.inputs))
 
 
 def _drop_axis(view: View, axis: int) -> View:

@@ -196,3 +196,11 @@ def test_a_cast_operand_is_converted_by_the_matmul_loads():
         "    return cast(relu(cast(x, bf16) @ w + b), bf16)\n}\n", opt_level=2)
     assert compiled.kernel_count == 1
     assert result.report.hbm_write_bytes == fn.outputs[0].type.nbytes  # no bf16 copy of x
+
+
+def test_a_multiply_add_becomes_one_fma():
+    _, compiled, _, _ = compile_and_run(
+        "fn main(x: f32[64, 300], s: f32[300], t: f32[64, 300]) -> f32[64, 300] {\n"
+        "    return exp(x * s + t)\n}\n", opt_level=2)
+    ops = [st.op for st in compiled.kernels.kernels[0].nests[0].step if isinstance(st, Vec)]
+    assert ops == ["FMA", "EXP"]
