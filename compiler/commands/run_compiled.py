@@ -75,7 +75,8 @@ def run_compiled(args) -> int:
     start = time.perf_counter()
     compiled = compile_function(fn, machine, compile_options(args))
     compile_seconds = time.perf_counter() - start
-    inputs = prepare_inputs(fn, given, args.seed, sources)
+    # Timing-only runs read no data: draw no inputs (a 70B-parameter layer would not fit here).
+    inputs = {} if args.timing_only else prepare_inputs(fn, given, args.seed, sources)
     result = run_program(compiled.program, machine, compiled.program_inputs(inputs),
                          timing_only=args.timing_only,
                          max_instructions=args.max_instructions, trace=bool(args.trace))
