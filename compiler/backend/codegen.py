@@ -183,13 +183,23 @@ def _compute(ctx: _NestContext, stmt, first_step: bool) -> str:
         base_text = "0" if base is None else f"r{base}"
         return f"VIOTA.{stmt.dtype} {t(stmt.dst)}, {buf.rows}, {buf.cols}, {base_text}"
     if isinstance(stmt, Reduce):
-        src = ctx.nest.buffer(stmt.src)
+        src, dst = ctx.nest.buffer(stmt.src), ctx.nest.buffer(stmt.dst)
+        # The rows are dst's; a row is the nest's last tile. A source hoisted as one row
+        # (1 x cols) or one column (rows x 1) is read through a broadcast operand, so that a
+        # sum over a repeated value counts every repeat.
+        rows = dst.rows
+        cols = src.cols if src.cols > 1 else ctx.nest.tile[-1]
+        src_text = t(stmt.src)
+        if (src.rows, src.cols) != (rows, cols):
+            row_stride = 0 if src.rows == 1 else src.cols
+            col_stride = 0 if src.cols == 1 else 1
+            src_text = f"{src_text[:-1]}, {row_stride}, {col_stride}]"
         if stmt.op == "ARGMAX":
             base = ctx.coord(stmt.axis)
             base_text = "0" if base is None else f"r{base}"
-            return (f"VRARGMAX.{stmt.dtype} {t(stmt.dst)}, {t(stmt.index)}, {t(stmt.src)}, "
-                    f"{src.rows}, {src.cols}, {base_text} .row .acc")
-        return f"VR{stmt.op}.{stmt.dtype} {t(stmt.dst)}, {t(stmt.src)}, {src.rows}, {src.cols} .row .acc"
+            return (f"VRARGMAX.{stmt.dtype} {t(stmt.dst)}, {t(stmt.index)}, {src_text}, "
+                    f"{rows}, {cols}, {base_text} .row .acc")
+        return f"VR{stmt.op}.{stmt.dtype} {t(stmt.dst)}, {src_text}, {rows}, {cols} .row .acc"
     if isinstance(stmt, Mma):
         a, c = ctx.nest.buffer(stmt.a), ctx.nest.buffer(stmt.dst)
         mode = f".{stmt.mode}" if stmt.mode else (".init" if first_step else ".acc")
