@@ -46,12 +46,18 @@ class GemmTile:
 
 
 def _candidates(extent: int, unit: int, cap: int) -> list[int]:
+    """Tile sizes to try: powers of two times the MX unit, and the sizes that cut the
+    extent into 1..8 nearly equal tiles (less padding than a power of two)."""
     top = min(_round_up(extent, unit), cap)
     out = {top}
     size = unit
     while size < top:
         out.add(size)
         size *= 2
+    for parts in range(1, 9):
+        size = _round_up(-(-extent // parts), unit)
+        if unit <= size <= cap:
+            out.add(size)
     return sorted(out)
 
 
