@@ -52,6 +52,8 @@ def roofline(fn, machine) -> Roofline:
             op_flops = 2 * batch * m * n * k
             flops += op_flops
             dtype = op.inputs[0].type.dtype
+            if not machine.supports_mx(dtype):  # the compiler widens it (fp8 -> bf16)
+                dtype = "bf16" if machine.supports_mx("bf16") else "f32"
             compute_cycles += op_flops / machine.peak_flops_per_cycle(dtype)
     memory = compulsory_bytes(fn)
     return Roofline(flops, memory, compute_cycles, memory / machine.hbm_bytes_per_cycle)
