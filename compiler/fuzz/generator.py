@@ -62,6 +62,7 @@ BINARY = {
 }
 
 REDUCE = ("sum", "mean", "max", "min")
+DISCONTINUOUS = ("floor", "ceil", "sign")
 
 
 class Chooser(Protocol):
@@ -211,8 +212,12 @@ class ProgramBuilder:
         self.values.append(tensor)
         return tensor
 
-    def pick(self, min_rank: int = 0) -> Tensor:
-        candidates = [v for v in self.values if v.rank >= min_rank]
+    def pick(self, min_rank: int = 0, inputs_only: bool = False) -> Tensor:
+        """An existing value of rank >= min_rank (or a new parameter). `inputs_only` keeps to
+        parameters: discontinuous ops (argmax, floor, casts to int) on computed values would
+        turn a rounding difference within tolerance into a different answer."""
+        pool = self.params if inputs_only else self.values
+        candidates = [v for v in pool if v.rank >= min_rank]
         if not candidates:
             return self.new_param(self.new_shape(self.chooser.integer(min_rank, self.max_rank)))
         return self.chooser.choice(candidates)
@@ -227,8 +232,8 @@ class ProgramBuilder:
         getattr(self, f"step_{kind}")()
 
     def step_unary(self) -> None:
-        x = self.pick()
         op = self.chooser.choice(sorted(UNARY))
+        x = self.pick(inputs_only=op in DISCONTINUOUS)
         self.bind(UNARY[op].format(x=x.name), x.dtype, x.shape)
 
     def compatible_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -399,7 +404,7 @@ class ProgramBuilder:
             self.bind(f"squeeze({x.name}, {axis})", x.dtype, x.shape[:axis] + x.shape[axis + 1:])
 
     def step_argmax(self) -> None:
-        x = self.pick(min_rank=1)
+        x = self.pick(min_rank=1, inputs_only=True)
         axis = self.chooser.integer(0, x.rank - 1)
         idx = self.bind(f"argmax({x.name}, axis={axis})", "i32",
                         x.shape[:axis] + x.shape[axis + 1:])
@@ -486,7 +491,7 @@ class ProgramBuilder:
 
     def step_integer(self) -> None:
         """Through i32 (or i8) and bool and back: integer arithmetic, comparisons, where."""
-        x = self.pick()
+        x = self.pick(inputs_only=True)
         dtype = self.chooser.choice(("i32", "i32", "i8"))
         i = self.bind(f"cast({x.name} * 4.0, {dtype})", dtype, x.shape)
         self.values.remove(i)
