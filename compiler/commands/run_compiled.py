@@ -13,27 +13,8 @@ from __future__ import annotations
 import json
 import time
 
-import numpy as np
-
+from compiler.check import output_tolerance, relative_error
 from isa.errors import Diagnostic, UsageError
-
-
-def relative_error(got: np.ndarray, want: np.ndarray) -> float:
-    """max|got - want| / max(max|want|, tiny); inf when shapes or non-finite places differ."""
-    got64 = np.asarray(got, dtype=np.float64)
-    want64 = np.asarray(want, dtype=np.float64)
-    if got64.shape != want64.shape:
-        return float("inf")
-    if got64.size == 0:
-        return 0.0
-    same_nan = np.isnan(got64) & np.isnan(want64)
-    same_inf = np.isinf(got64) & (got64 == want64)
-    finite = np.isfinite(want64) & np.isfinite(got64)
-    if not np.all(finite | same_nan | same_inf):
-        return float("inf")
-    scale = max(float(np.max(np.abs(want64[finite]), initial=0.0)), 1e-30)
-    diff = np.abs(got64[finite] - want64[finite])
-    return float(np.max(diff, initial=0.0)) / scale
 
 
 def report_json(report, compiled, fn, machine) -> dict:
@@ -96,13 +77,12 @@ def run_compiled(args) -> int:
     if args.check:
         if args.timing_only:
             raise UsageError("--check needs the math: drop --timing-only")
-        from compiler.graph.dtypes import tolerance
         from compiler.reference import evaluate
 
         want = evaluate(fn, inputs)
         for index, (got, ref, value) in enumerate(zip(outputs, want, fn.outputs)):
             err = relative_error(got, ref)
-            tol = tolerance(value.type.dtype)
+            tol = output_tolerance(fn, value)
             verdict = "ok" if err <= tol else "FAIL"
             print(f"check out{index}: max relative error {err:.3g} (tolerance {tol:g}) {verdict}")
             if err > tol:

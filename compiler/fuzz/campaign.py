@@ -2,7 +2,7 @@
 
 `check_program` is the property every generated program must have: compiled at each
 pipeline and run on the interpreter (with every trap check on), it gives the reference
-evaluator's numbers within the output dtype's tolerance, and its source prints back
+evaluator's numbers within the output's tolerance (compiler/check.py), and its source prints back
 unchanged through the Graph IR. A failure is a `FuzzFailure` naming the pipeline and what
 went wrong; anything else that escapes (an internal error) is a failure too.
 """
@@ -50,9 +50,8 @@ def check_program(text: str, *, seed: int = 0, machine_name: str = "m890",
                   pipelines=None) -> None:
     """Raise FuzzFailure unless every pipeline matches the reference evaluator on `text`."""
     from compiler.backend.pipeline import CompileOptions, compile_function
-    from compiler.commands.run_compiled import relative_error
+    from compiler.check import output_tolerance, relative_error
     from compiler.frontend import load_program
-    from compiler.graph.dtypes import tolerance
     from compiler.inputs import prepare_inputs
     from compiler.reference import evaluate
     from isa.machine import load_machine
@@ -85,7 +84,7 @@ def check_program(text: str, *, seed: int = 0, machine_name: str = "m890",
             raise fail(f"{len(got)} outputs, reference has {len(want)}")
         for index, (g, w, out) in enumerate(zip(got, want, fn.outputs)):
             err = relative_error(g, w)
-            tol = tolerance(out.type.dtype)
+            tol = output_tolerance(fn, out)
             if not err <= tol:
                 raise fail(f"out{index}: relative error {err:.3g} > {tol:g}")
 

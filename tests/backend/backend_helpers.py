@@ -17,7 +17,7 @@ def compile_and_run(source: str, *, machine_name: str = "m890", opt_level: int =
                     seed: int = 0, shapes: dict[str, int] | None = None):
     """(fn, compiled, result, reference outputs); asserts every output is within tolerance."""
     from compiler.backend.pipeline import CompileOptions, compile_function
-    from compiler.commands.run_compiled import relative_error
+    from compiler.check import relative_error
     from compiler.frontend import load_program
     from compiler.graph.dtypes import tolerance
     from compiler.inputs import prepare_inputs

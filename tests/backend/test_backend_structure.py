@@ -157,7 +157,7 @@ def test_single_buffered_accumulator_is_race_free():
 
     import numpy as np
 
-    from compiler.commands.run_compiled import relative_error
+    from compiler.check import relative_error
     from compiler.inputs import prepare_inputs
     from compiler.reference import evaluate
     from runtime import run_program

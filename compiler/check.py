@@ -1,0 +1,53 @@
+"""Comparing compiled results with the reference evaluator (`zhenwu run --check`, the tests,
+the fuzzer): one error measure and one tolerance rule.
+
+The error is relative to the output's scale: max|got - want| / max|want|. The tolerance is
+that of the least precise floating-point dtype the output is computed through, not only the
+output's own: a bf16 product cast to f32 carries bf16 rounding, and a fused kernel may round
+in a different order than the reference does. Integer and bool outputs must match exactly.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from compiler.graph.dtypes import is_float, tolerance
+
+
+def relative_error(got: np.ndarray, want: np.ndarray) -> float:
+    """max|got - want| / max(max|want|, tiny); inf when shapes or non-finite places differ."""
+    got64 = np.asarray(got, dtype=np.float64)
+    want64 = np.asarray(want, dtype=np.float64)
+    if got64.shape != want64.shape:
+        return float("inf")
+    if got64.size == 0:
+        return 0.0
+    same_nan = np.isnan(got64) & np.isnan(want64)
+    same_inf = np.isinf(got64) & (got64 == want64)
+    finite = np.isfinite(want64) & np.isfinite(got64)
+    if not np.all(finite | same_nan | same_inf):
+        return float("inf")
+    scale = max(float(np.max(np.abs(want64[finite]), initial=0.0)), 1e-30)
+    diff = np.abs(got64[finite] - want64[finite])
+    return float(np.max(diff, initial=0.0)) / scale
+
+
+def output_tolerance(fn, output) -> float:
+    """The tolerance for `output` (a Value of `fn`): the loosest of the floating-point dtypes
+    among the values it is computed from, or exact for an integer or bool output."""
+    if not is_float(output.type.dtype):
+        return tolerance(output.type.dtype)
+    producers = fn.producers()
+    loosest = tolerance(output.type.dtype)
+    seen, stack = set(), [output]
+    while stack:
+        value = stack.pop()
+        if value.id in seen:
+            continue
+        seen.add(value.id)
+        if is_float(value.type.dtype):
+            loosest = max(loosest, tolerance(value.type.dtype))
+        op = producers.get(value.id)
+        if op is not None:
+            stack.extend(op.inputs)
+    return loosest
