@@ -14,6 +14,8 @@ reads q, k and v once per query block and writes the output once.
 
 from __future__ import annotations
 
+from dataclasses import replace
+from itertools import product
 from math import prod
 
 from compiler.backend.gemm import _aligned, _round_up
@@ -28,12 +30,52 @@ class NotFlashable(Exception):
     """The chain's views cannot be seen as [batch, rows, dim]: lower it op by op."""
 
 
-def _as_3d(view, batch: tuple[int, ...], rows: int, cols: int):
-    full = view.broadcast(batch + (rows, cols))
-    flat = full.reshape((prod(batch), rows, cols))
-    if flat is None:
+def _operand(low, value, group: dict):
+    """The view of an operand; through a reshape of the group (merged batch dims) the view
+    of its source when the last two dims agree, so a strided q, k or v needs no copy."""
+    op = group.get(value.id)
+    if op is None:
+        return low.view_of(value)
+    src = low.view_of(op.inputs[0])
+    if len(src.shape) >= 2 and tuple(src.shape[-2:]) == tuple(value.type.shape[-2:]):
+        return src
+    view = src.reshape(tuple(value.type.shape))
+    if view is None:
         raise NotFlashable()
-    return flat
+    return view
+
+
+def _batch_split(views, batch: tuple[int, ...]):
+    """Views [outer..., inner, rows, cols] of (view, rows, cols) over `batch` with as few
+    outer batch dims as possible (each outer index is one nest), or NotFlashable."""
+    fulls = []
+    for tv, rows, cols in views:
+        if len(tv.shape) < 2 or tuple(tv.shape[-2:]) != (rows, cols):
+            raise NotFlashable()
+        full = tv if prod(tv.shape[:-2]) == prod(batch) else tv.broadcast(batch + (rows, cols))
+        fulls.append((full, rows, cols))
+        if len(full.shape) - 2 > len(batch) and prod(full.shape[:-2]) == prod(batch):
+            batch = tuple(full.shape[:-2])  # the finest split of the batch
+    if not batch:
+        batch = (1,)
+    for j in range(len(batch)):
+        outer, inner = batch[:j], prod(batch[j:])
+        out = []
+        for full, rows, cols in fulls:
+            flat = full.reshape(outer + (inner, rows, cols))
+            if flat is None:
+                break
+            out.append(flat)
+        else:
+            return outer, out
+    raise NotFlashable()
+
+
+def _pick(tv, index: tuple[int, ...]):
+    """The [inner, rows, cols] view at outer batch `index` of `tv`."""
+    offset = tv.offset + sum(i * s for i, s in zip(index, tv.strides))
+    n = len(index)
+    return replace(tv, offset=offset, shape=tv.shape[n:], strides=tv.strides[n:])
 
 
 def _view(tv, axes: tuple[int, ...]) -> View:
@@ -63,7 +105,6 @@ def _lower_each(low, ops) -> None:
 
 
 def _lower_flash(low, ops) -> None:
-    machine = low.machine
     matmuls = [op for op in ops if op.kind == "matmul"]
     m1, m2 = matmuls[0], matmuls[-1]
     by_kind = {op.kind: op for op in ops if op.kind in ("mul", "where")}
@@ -73,23 +114,46 @@ def _lower_flash(low, ops) -> None:
         if scale is None:
             raise NotFlashable()
     causal = "where" in by_kind
-    q_tv, kt_tv = (low.view_of(v) for v in m1.inputs)
-    v_tv = low.view_of(m2.inputs[1])
+    group = {op.id: op for op in ops if op.kind == "reshape"}
+    q_tv, kt_tv = (_operand(low, v, group) for v in m1.inputs)
+    v_tv = _operand(low, m2.inputs[1], group)
     seq_q, seq_k = m1.result.type.shape[-2:]
-    dim = q_tv.shape[-1]
-    dim_v = v_tv.shape[-1]
+    dim = m1.inputs[0].type.shape[-1]
+    dim_v = m2.inputs[1].type.shape[-1]
     batch1 = tuple(m1.result.type.shape[:-2])
     batch2 = tuple(m2.result.type.shape[:-2])
     if dim != dim_v or prod(batch1) != prod(batch2) or dim > MAX_TILE:
         raise NotFlashable()
-    q3 = _as_3d(q_tv, batch1, seq_q, dim)
-    kt3 = _as_3d(kt_tv, batch1, dim, seq_k)
-    v3 = _as_3d(v_tv, batch2, seq_k, dim)
-    out = low.new_tensor(f"t{m2.id}", m2.result.type, "temp", m2.span)
-    o3 = out.reshape((prod(batch2), seq_q, dim))
-    if o3 is None:
-        raise NotFlashable()
+    out = _output(low, m2)
+    outer, (q4, kt4, v4, o4) = _batch_split(
+        [(q_tv, seq_q, dim), (kt_tv, dim, seq_k), (v_tv, seq_k, dim), (out, seq_q, dim)],
+        batch2 if len(batch2) >= len(batch1) else batch1)
+    nests = [_flash_nest(low, _pick(q4, i), _pick(kt4, i), _pick(v4, i), _pick(o4, i),
+                         scale, causal) for i in product(*(range(n) for n in outer))]
     low.views[m2.id] = out
+    low.kernel("flash_attention", [op.id for op in ops], nests, m2.span)
+
+
+def _output(low, m2):
+    """The output tensor; when its one user is a transpose (heads merged back), laid out in
+    the transposed order so that view is contiguous (no copy before the next reshape)."""
+    users = getattr(low, "users", {}).get(m2.id, [])
+    rtype = m2.result.type
+    if (len(users) == 1 and users[0].kind == "transpose" and m2.id not in
+            getattr(low, "output_ids", ())):
+        perm = tuple(users[0].attrs["perm"])
+        shape = tuple(rtype.shape[p] for p in perm)
+        tensor = low.new_tensor(f"t{m2.id}", replace(rtype, shape=shape), "temp", m2.span)
+        inverse = tuple(perm.index(a) for a in range(len(perm)))
+        return tensor.transpose(inverse)
+    return low.new_tensor(f"t{m2.id}", rtype, "temp", m2.span)
+
+
+def _flash_nest(low, q3, kt3, v3, o3, scale, causal) -> Nest:
+    """One flash nest over [batch, rows, cols] views of q, kᵀ, v and the output."""
+    machine = low.machine
+    batch, seq_q, dim = q3.shape
+    seq_k = kt3.shape[-1]
 
     in_dtype, acc_dtype = mma_dtypes(q3.dtype, machine)
     unit = machine.mx_m
@@ -106,7 +170,7 @@ def _lower_flash(low, ops) -> None:
     while acc_need(tile_q, tile_k) > machine.acc_bytes and tile_q > unit:
         tile_q //= 2
     # axes: 0 batch·heads (p), 1 queries (p), 2 head dim (p, one tile), 3 keys (r)
-    extents = (prod(batch2), seq_q, dim, seq_k)
+    extents = (batch, seq_q, dim, seq_k)
     tile = (1, tile_q, dim_p, tile_k)
     kinds = ("p", "p", "p", "r")
     q_view = _view(q3, (0, 1, 2))
@@ -177,6 +241,5 @@ def _lower_flash(low, ops) -> None:
               else Vec("COPY", "f32", "p", ("s",))),
              Mma(in_dtype, acc_dtype, "o", "p", "vt", "acc")]
     final = (Vec("DIV", "f32", "o", ("o", "l")), Store(o_view, "o"))
-    nest = Nest(extents, tile, kinds, tuple(buffers), init, tuple(step), final,
+    return Nest(extents, tile, kinds, tuple(buffers), init, tuple(step), final,
                 causal=(1, 3) if causal and seq_q <= seq_k else (), schedule="flash")
-    low.kernel("flash_attention", [op.id for op in ops], [nest], m2.span)

@@ -183,6 +183,14 @@ def match_attention(fn: Function, users, producers, outputs) -> list[tuple[list[
             continue
         ops["m1"] = m1
         members = [m1] + chain + list(ops.values()) + [m2]
+        # reshapes merging the operands' batch dims (an einsum's batched matmul of q, k and
+        # v with [batch, heads] leading axes): the kernel reads their sources through views
+        for value in dict.fromkeys(list(m1.inputs) + [m2.inputs[1]]):
+            op = producers.get(value.id)
+            if (op is not None and op.kind == "reshape" and op.id not in taken
+                    and value.id not in outputs and op not in members
+                    and all(u is m1 or u is m2 for u in users[op.id])):
+                members.append(op)
         ids = {op.id for op in members}
         # every value but the product's result stays inside
         if any(op.id in outputs or any(u.id not in ids for u in users[op.id])

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from backend_helpers import compile_and_run
@@ -152,6 +154,35 @@ def test_flash_attention_at_4096_writes_no_score_matrix():
     # score matrix alone would be 2 * 4096^2 * 2 bytes = 64 MiB
     assert report.hbm_read_bytes <= 3 * fn.outputs[0].type.nbytes + 2 * 32 * 2 * 4096 * 128 * 2
     assert report.hbm_read_bytes + report.hbm_write_bytes >= qkvo
+
+
+SAMPLE_ATTENTION = (Path(__file__).resolve().parents[2] / "samples" / "attention.zt").read_text()
+
+
+def test_attention_sample_with_strided_heads_is_one_flash_kernel():
+    # q, k, v are transposed views of projections, the scores an einsum's batched matmul of
+    # reshapes and `p @ v` a 4-D matmul: still one flash kernel reading them through views
+    b, s, heads = 2, 256, 4
+    fn, compiled, result, _ = compile_and_run(SAMPLE_ATTENTION, opt_level=2,
+                                              shapes={"B": b, "S": s})
+    flash = [k for k in compiled.kernels.kernels if k.name.startswith("flash_attention")]
+    assert len(flash) == 1
+    # x cast, three projections, attention, output projection: no copies of q, k, v or out
+    assert compiled.kernel_count == 6
+    scores = b * heads * s * s * 4
+    assert result.report.hbm_write_bytes < scores
+    # each of the six kernels writes one [B, S, D] f32 tensor, nothing more
+    assert result.report.hbm_write_bytes == 6 * fn.outputs[0].type.nbytes
+
+
+@pytest.mark.parametrize("machine_name", ["m890", "z810e"])
+@pytest.mark.parametrize("b", [1, 2])
+@pytest.mark.parametrize("s", [1, 17, 64, 130])
+def test_attention_sample_matches_the_reference(machine_name, b, s):
+    _, compiled, _, _ = compile_and_run(SAMPLE_ATTENTION, opt_level=2, machine_name=machine_name,
+                                        shapes={"B": b, "S": s})
+    flash = [k for k in compiled.kernels.kernels if k.name.startswith("flash_attention")]
+    assert len(flash) == (1 if s > 1 else 0)  # a softmax of one key is no attention chain
 
 
 def test_tune_is_never_worse_than_the_cost_model_and_caches(tmp_path, monkeypatch):
