@@ -147,6 +147,22 @@ class _NestContext:
         return f"d{self.descs[view]}[{', '.join(coords)}]"
 
 
+def emit_descriptors(emit: Emitter, nest: Nest) -> dict[View, int]:
+    """One DESC per distinct GM view the nest loads or stores, numbered d0, d1, ...; the box
+    is the nest's tile along the view's axes."""
+    descs: dict[View, int] = {}
+    for stmt in nest.statements():
+        if isinstance(stmt, (Load, Store)) and stmt.view not in descs:
+            descs[stmt.view] = len(descs)
+    for view, index in descs.items():
+        box = [nest.tile[a] for a in view.axes]
+        byte_offset = view.offset * itemsize(view.dtype)
+        base = view.tensor if byte_offset == 0 else f"{view.tensor}+{byte_offset}"
+        emit(f"DESC d{index}, {base}, {view.dtype}, [{', '.join(map(str, view.dims))}], "
+             f"[{', '.join(map(str, view.strides))}], [{', '.join(map(str, box))}]")
+    return descs
+
+
 def _decompose(emit: Emitter, source: int, axes: list[int], nest: Nest) -> None:
     """Coordinates of the tile with flat index in register `source` along `axes` (the
     axes with more than one tile, outermost first): coord = (index / inner) % grid * tile."""
@@ -335,16 +351,7 @@ def emit_nest(emit: Emitter, nest: Nest, tensors) -> None:
         return
     if len(nest.extents) > MAX_AXES:
         raise ValueError(f"a nest with {len(nest.extents)} axes (at most {MAX_AXES})")
-    descs: dict[View, int] = {}
-    for stmt in nest.statements():
-        if isinstance(stmt, (Load, Store)) and stmt.view not in descs:
-            descs[stmt.view] = len(descs)
-    for view, index in descs.items():
-        box = [nest.tile[a] for a in view.axes]
-        byte_offset = view.offset * itemsize(view.dtype)
-        base = view.tensor if byte_offset == 0 else f"{view.tensor}+{byte_offset}"
-        emit(f"DESC d{index}, {base}, {view.dtype}, [{', '.join(map(str, view.dims))}], "
-             f"[{', '.join(map(str, view.strides))}], [{', '.join(map(str, box))}]")
+    descs = emit_descriptors(emit, nest)
     ld_buffers = {s.dst for s in nest.step if isinstance(s, Load)}
     setup_loads = [s for s in nest.setup if isinstance(s, Load)]
     ctx = _NestContext(nest, descs, ld_buffers, frozenset(s.dst for s in setup_loads))

@@ -18,8 +18,7 @@ tiles every other visited key tile lies wholly below the diagonal.
 
 from __future__ import annotations
 
-from compiler.backend.kernel_ir import Load, Nest, Store, Vec, View
-from compiler.graph.dtypes import itemsize
+from compiler.backend.kernel_ir import Load, Nest, Store, Vec
 
 E_KV_FULL, E_KV_FREE, E_O_DONE, E_Q_FREE, E_Q_FULL = 0, 1, 2, 3, 4
 E_S_READY, E_VX_DONE, E_O_ACC, E_O_FULL, E_O_FREE = 8, 9, 10, 11, 12
@@ -29,16 +28,7 @@ def emit_flash_nest(emit, nest: Nest) -> None:
     """The code of a flash nest (see the module docstring)."""
     from compiler.backend import codegen as cg
 
-    descs: dict[View, int] = {}
-    for stmt in nest.statements():
-        if isinstance(stmt, (Load, Store)) and stmt.view not in descs:
-            descs[stmt.view] = len(descs)
-    for view, index in descs.items():
-        box = [nest.tile[a] for a in view.axes]
-        byte_offset = view.offset * itemsize(view.dtype)
-        base = view.tensor if byte_offset == 0 else f"{view.tensor}+{byte_offset}"
-        emit(f"DESC d{index}, {base}, {view.dtype}, [{', '.join(map(str, view.dims))}], "
-             f"[{', '.join(map(str, view.strides))}], [{', '.join(map(str, box))}]")
+    descs = cg.emit_descriptors(emit, nest)
     parity = {b.name for b in nest.buffers if b.copies == 2}
     regs: dict[str, int | None] = {}
 
