@@ -19,7 +19,7 @@ from isa.errors import ZhenwuError
 class _Parser(argparse.ArgumentParser):
     """argparse that exits with status 2 and a one-line message on a bad command line."""
 
-    def error(self, message: str):  # noqa: D401 - argparse API
+    def error(self, message: str):
         self.print_usage(sys.stderr)
         print(f"zhenwu: error: {message}", file=sys.stderr)
         raise SystemExit(2)

@@ -75,8 +75,8 @@ def test_broadcast_mismatch_names_both_shapes_and_the_dim():
     ("fn main(x: bool[4]) { return -x }", "t.zt:1:30: error: cannot negate bool[4]"),
     # symbolic dims and calls
     ("fn main(x: f32[B, 5]) { return x }",
-     "t.zt:1:16: error: symbolic dim 'B' is not bound; pass --shape B=<size> or an input "
-     "file"),
+     ("t.zt:1:16: error: symbolic dim 'B' is not bound; pass --shape B=<size> or an input "
+      "file")),
     (("fn f(a: f32[N], b: f32[N]) { return a + b }\n"
       "fn main(x: f32[4], y: f32[5]) { return f(x, y) }"),
      "t.zt:2:45: error: symbolic dim 'N' of 'f' is bound to 4 and to 5 (argument 'b' is f32[5])"),
