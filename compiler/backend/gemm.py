@@ -19,7 +19,14 @@ from dataclasses import dataclass
 from math import ceil
 
 from compiler.backend.kernel_ir import Buffer, Load, Mma, Nest, Store, Vec, View
-from compiler.backend.lower import ALIGN, elementwise_body, layout, mma_dtypes, simplify
+from compiler.backend.lower import (
+    ALIGN,
+    elementwise_body,
+    layout,
+    matmul_views,
+    mma_dtypes,
+    simplify,
+)
 from compiler.graph.dtypes import itemsize
 
 NARROW = ("bf16", "f16", "fp8")
@@ -141,19 +148,10 @@ def lower_matmul_group(low, ops) -> None:
     a, b = (low.view_of(casts.get(v.id, v)) for v in mm.inputs)
     out = low.new_tensor(f"t{last.id}", last.result.type, "temp", last.span)
     low.views[last.id] = out
-    batch = out.shape[:-2]
-    m, k = a.shape[-2:]
-    n = b.shape[-1]
-    a = a.broadcast(batch + (m, k))
-    b = b.broadcast(batch + (k, n))
+    batch, m, n, k, a_view, b_view, c_view = matmul_views(a, b, out)
     nb = len(batch)
     ax_m, ax_n, ax_k = nb, nb + 1, nb + 2
-    bat = tuple(range(nb))
-    zeros = (0,) * (nb + 2)
-    a_view = View(a.tensor, a.dtype, a.offset, bat + (ax_m, ax_k), a.shape, a.strides, zeros)
-    b_view = View(b.tensor, b.dtype, b.offset, bat + (ax_k, ax_n), b.shape, b.strides, zeros)
-    c_view = View(out.tensor, out.dtype, out.offset, bat + (ax_m, ax_n), out.shape,
-                  out.strides, zeros)
+    bat, zeros = tuple(range(nb)), (0,) * (nb + 2)
 
     # epilogue operands from outside the group: immediates or views over (batch, m, n)
     chain = {mm.id} | {op.id for op in epilogue}

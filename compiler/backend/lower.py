@@ -433,8 +433,10 @@ def mma_dtypes(dtype: str, machine) -> tuple[str, str]:
     return "f32", "f32"        # i32 (exact while sums stay below 2^24)
 
 
-def matmul_nest(a: TensorView, b: TensorView, out: TensorView, machine) -> Nest:
-    """out[..., m, n] = sum_k a[..., m, k] b[..., k, n] with numpy batch broadcasting."""
+def matmul_views(a: TensorView, b: TensorView, out: TensorView
+                 ) -> tuple[tuple[int, ...], int, int, int, View, View, View]:
+    """(batch, m, n, k) of out[..., m, n] = sum_k a[..., m, k] b[..., k, n] (numpy batch
+    broadcasting), and the three operands as views over the nest axes (batch..., m, n, k)."""
     batch = out.shape[:-2]
     m, k = a.shape[-2:]
     n = b.shape[-1]
@@ -443,12 +445,19 @@ def matmul_nest(a: TensorView, b: TensorView, out: TensorView, machine) -> Nest:
     nb = len(batch)
     ax_m, ax_n, ax_k = nb, nb + 1, nb + 2
     bat = tuple(range(nb))
-    a_view = View(a.tensor, a.dtype, a.offset, bat + (ax_m, ax_k), a.shape, a.strides,
-                  (0,) * (nb + 2))
-    b_view = View(b.tensor, b.dtype, b.offset, bat + (ax_k, ax_n), b.shape, b.strides,
-                  (0,) * (nb + 2))
+    zeros = (0,) * (nb + 2)
+    a_view = View(a.tensor, a.dtype, a.offset, bat + (ax_m, ax_k), a.shape, a.strides, zeros)
+    b_view = View(b.tensor, b.dtype, b.offset, bat + (ax_k, ax_n), b.shape, b.strides, zeros)
     c_view = View(out.tensor, out.dtype, out.offset, bat + (ax_m, ax_n), out.shape,
-                  out.strides, (0,) * (nb + 2))
+                  out.strides, zeros)
+    return batch, m, n, k, a_view, b_view, c_view
+
+
+def matmul_nest(a: TensorView, b: TensorView, out: TensorView, machine) -> Nest:
+    """out[..., m, n] = sum_k a[..., m, k] b[..., k, n] with numpy batch broadcasting."""
+    batch, m, n, k, a_view, b_view, c_view = matmul_views(a, b, out)
+    nb = len(batch)
+    ax_m, ax_n, ax_k = nb, nb + 1, nb + 2
     extents = batch + (m, n, k)
     kinds = ("p",) * (nb + 2) + ("r",)
     extents, kinds, (a_view, b_view, c_view), _ = simplify(

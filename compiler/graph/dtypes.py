@@ -8,22 +8,14 @@ both 16-bit floats.
 
 from __future__ import annotations
 
-import ml_dtypes
 import numpy as np
 
-DTYPES: tuple[str, ...] = ("f32", "bf16", "f16", "fp8", "i32", "i8", "bool")
-FLOAT_DTYPES: tuple[str, ...] = ("f32", "bf16", "f16", "fp8")
-INT_DTYPES: tuple[str, ...] = ("i32", "i8")
+from isa.dtypes import DTYPES, FLOAT_DTYPES, INT_DTYPES
+from isa.dtypes import np_dtype as isa_np_dtype
 
-_NUMPY = {
-    "f32": np.dtype(np.float32),
-    "bf16": np.dtype(ml_dtypes.bfloat16),
-    "f16": np.dtype(np.float16),
-    "fp8": np.dtype(ml_dtypes.float8_e4m3fn),
-    "i32": np.dtype(np.int32),
-    "i8": np.dtype(np.int8),
-    "bool": np.dtype(np.bool_),
-}
+# The dtype table is isa's (the ground floor); the compiler adds promotion, tolerances and
+# limits on top of it.
+_NUMPY = {name: isa_np_dtype(name) for name in DTYPES}
 _FROM_NUMPY = {dt: name for name, dt in _NUMPY.items()}
 
 # Relative tolerance of a result against the reference, relative to the output's scale.
