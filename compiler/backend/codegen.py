@@ -147,13 +147,29 @@ class _NestContext:
         return f"d{self.descs[view]}[{', '.join(coords)}]"
 
 
+def desc_key(view: View) -> View:
+    """Views that differ only in their shifts share a descriptor (the shift is in the
+    coordinates): an implicit GEMM's taps of one phase."""
+    return View(view.tensor, view.dtype, view.offset, view.axes, view.dims, view.strides,
+                (0,) * view.rank)
+
+
+class _Descs(dict):
+    """Descriptor numbers by view (looked up by `desc_key`)."""
+
+    def __getitem__(self, view: View) -> int:
+        return dict.__getitem__(self, desc_key(view))
+
+
 def emit_descriptors(emit: Emitter, nest: Nest) -> dict[View, int]:
-    """One DESC per distinct GM view the nest loads or stores, numbered d0, d1, ...; the box
-    is the nest's tile along the view's axes."""
-    descs: dict[View, int] = {}
+    """One DESC per distinct GM view (up to shifts) the nest loads or stores, numbered d0,
+    d1, ...; the box is the nest's tile along the view's axes."""
+    descs: dict[View, int] = _Descs()
     for stmt in nest.statements():
-        if isinstance(stmt, (Load, Store)) and stmt.view not in descs:
-            descs[stmt.view] = len(descs)
+        if isinstance(stmt, (Load, Store)) and desc_key(stmt.view) not in descs:
+            dict.__setitem__(descs, desc_key(stmt.view), len(descs))
+    if len(descs) > 32:
+        raise ValueError(f"a nest with {len(descs)} descriptors (at most 32)")
     for view, index in descs.items():
         box = [nest.tile[a] for a in view.axes]
         byte_offset = view.offset * itemsize(view.dtype)
@@ -219,8 +235,10 @@ def _compute(ctx: _NestContext, stmt, first_step: bool) -> str:
     if isinstance(stmt, Mma):
         a, c = ctx.nest.buffer(stmt.a), ctx.nest.buffer(stmt.dst)
         mode = f".{stmt.mode}" if stmt.mode else (".init" if first_step else ".acc")
+        k = a.rows if stmt.trans_a else a.cols
+        mode += " .tA" if stmt.trans_a else ""
         return (f"MMA.{stmt.in_dtype}.{stmt.acc_dtype} {t(stmt.dst)}, {t(stmt.a)}, {t(stmt.b)}, "
-                f"{c.rows}, {c.cols}, {a.cols} {mode}")
+                f"{c.rows}, {c.cols}, {k} {mode}")
     raise TypeError(stmt)
 
 
@@ -354,7 +372,9 @@ def emit_nest(emit: Emitter, nest: Nest, tensors) -> None:
     descs = emit_descriptors(emit, nest)
     ld_buffers = {s.dst for s in nest.step if isinstance(s, Load)}
     setup_loads = [s for s in nest.setup if isinstance(s, Load)]
-    ctx = _NestContext(nest, descs, ld_buffers, frozenset(s.dst for s in setup_loads))
+    setup_compute = [s for s in nest.setup if isinstance(s, Vec)]  # once per core (zeroing)
+    ctx = _NestContext(nest, descs, ld_buffers,
+                       frozenset(s.dst for s in setup_loads + setup_compute))
     final_loads = [s for s in nest.final if isinstance(s, Load)]
     init_loads = [s for s in nest.init if isinstance(s, Load)]   # once per tile
     init_compute = [s for s in nest.init if not isinstance(s, Load)]
@@ -372,8 +392,10 @@ def emit_nest(emit: Emitter, nest: Nest, tensors) -> None:
     out_credits = out_buffers[0].copies if out_buffers else 2
     for index, load in enumerate(setup_loads):
         _emit_load(emit, ctx, load, [], [(E_SETUP, 1)])
-    if setup_loads:
-        emit(f"WAIT.S {_event(E_SETUP, len(setup_loads))}")
+    for stmt in setup_compute:
+        emit(_compute(ctx, stmt, True), sigs=[(E_SETUP, 1)])
+    if setup_loads or setup_compute:
+        emit(f"WAIT.S {_event(E_SETUP, len(setup_loads) + len(setup_compute))}")
     if ld_buffers:
         emit(f"SIG.S {_event(E_LD_FREE, 2)}")
     emit(f"SIG.S {_event(E_OUT_FREE, out_credits)}")

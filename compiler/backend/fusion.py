@@ -10,7 +10,8 @@
   vector engine tile by tile with buffers reused by liveness, and only values used outside
   the group are stored;
 - one *matmul* nest per matmul group (`compiler/backend/gemm.py`): the tiled product
-  accumulates in ACC and the epilogue runs on the accumulator tile before the store.
+  accumulates in ACC and the epilogue runs on the accumulator tile before the store;
+- one implicit-GEMM nest per conv group (`compiler/backend/conv.py`), epilogue likewise.
 """
 
 from __future__ import annotations
@@ -143,7 +144,7 @@ class FusedLowering(Lowering):
         if op.kind == "pad" and group.kind == "single":
             self.pad_copy(op)
             return
-        if group.kind not in ("elementwise", "matmul", "attention"):
+        if group.kind not in ("elementwise", "matmul", "attention", "conv"):
             super().lower_op(op)
             return
         if op.id != group.op_ids[0]:
@@ -153,6 +154,11 @@ class FusedLowering(Lowering):
             from compiler.backend.flash import lower_attention_group
 
             lower_attention_group(self, ops)
+            return
+        if group.kind == "conv":
+            from compiler.backend.conv import lower_conv_group
+
+            lower_conv_group(self, ops)
             return
         if group.kind == "matmul":
             from compiler.backend.gemm import lower_matmul_group

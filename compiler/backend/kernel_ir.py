@@ -164,6 +164,7 @@ class Mma:
     a: str
     b: str
     mode: str = ""   # "init" or "acc" on every step; "" initialises on the first step only
+    trans_a: bool = False   # a is stored K x M (an implicit GEMM's weights)
 
 
 Stmt = Load | Store | Vec | Iota | Reduce | Mma
@@ -268,6 +269,7 @@ def print_stmt(stmt: Stmt) -> str:
         return f"reduce {stmt.op}.{stmt.dtype} {dst} <- {stmt.src}{tail}"
     if isinstance(stmt, Mma):
         mode = f" {stmt.mode}" if stmt.mode else ""
+        mode += " tA" if stmt.trans_a else ""
         return f"mma.{stmt.in_dtype}.{stmt.acc_dtype} {stmt.dst} <- {stmt.a}, {stmt.b}{mode}"
     raise TypeError(stmt)
 
@@ -371,8 +373,11 @@ def parse_stmt(line: str) -> Stmt:
         _, in_dtype, acc_dtype = word.split(".")
         dst, _, ops = rest.partition(" <- ")
         a, b = (s.strip() for s in ops.split(","))
-        b, _, mode = b.partition(" ")
-        return Mma(in_dtype, acc_dtype, dst.strip(), a, b, mode.strip())
+        b, *flags = b.split()
+        mode = next((f for f in flags if f in ("init", "acc")), "")
+        if set(flags) - {"init", "acc", "tA"}:
+            raise KernelParseError(f"unknown mma flags {flags}")
+        return Mma(in_dtype, acc_dtype, dst.strip(), a, b, mode, "tA" in flags)
     raise KernelParseError(f"unknown statement {line!r}")
 
 

@@ -1,6 +1,6 @@
 """`fuse`: group graph ops into kernels (DESIGN.md section 5).
 
-The pass leaves the ops as they are and attaches a `FusionPlan` to the function
+The pass leaves the ops as they are (but for convs, see `conv` below) and attaches a `FusionPlan` to the function
 (`fn.attrs["fusion"]`): the kernels in execution order, each with the ids of the source ops
 it holds, and every fuse or no-fuse decision with its reason. The backend lowers each group
 as one kernel (`compiler/backend/fusion.py`).
@@ -11,6 +11,9 @@ Groups (TVM's op patterns, on the primitives the `decompose` pass leaves):
   become immediates, and only values used outside the group are written to HBM;
 - `matmul`: a matrix product with an elementwise epilogue applied on the accumulator before
   the store (bias, activation, residual add, scale, a final cast);
+- `conv`: a conv2d lowered as an implicit GEMM (compiler/backend/conv.py) with the same
+  epilogue as a matmul; `decompose` writes every conv2d as im2col, and this pass folds the
+  im2col ops of a conv it can lower that way back into one `conv2d` op (`refold_convs`);
 - `view`: shape ops that the backend turns into DMA views (no kernel);
 - `single`: an op lowered on its own (reductions, concat, pad, ...).
 
@@ -23,7 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from compiler.graph.dtypes import is_float
-from compiler.graph.ir import Function
+from compiler.graph.ir import Function, Op
 from compiler.passes.pass_base import GraphPass, register_pass
 
 UNARY = ("neg", "abs", "exp", "log", "sqrt", "rsqrt", "reciprocal", "tanh", "sigmoid", "relu",
@@ -32,12 +35,19 @@ BINARY = ("add", "sub", "mul", "div", "pow", "maximum", "minimum")
 COMPARE = ("lt", "le", "gt", "ge", "eq", "ne")
 ELEMENTWISE = frozenset(UNARY + BINARY + COMPARE + ("where",))
 VIEW_OPS = frozenset(("reshape", "transpose", "slice", "broadcast_to"))
+# An implicit-GEMM step waits for all its loads (one per tap and the weights) with one
+# event count, and a DMA descriptor register per distinct tap phase: ISA limits, not the
+# machine's (docs/internals.md section 3).
+MAX_STEP_LOADS = 64
+MAX_TAP_PHASES = 24
+CONV_DTYPES = ("bf16", "f16", "f32")
 
 
 @dataclass(frozen=True)
 class FusionGroup:
-    """One kernel: `kind` (elementwise, matmul, view, single, constant) and its source ops
-    in program order (for `matmul`, the product first, then its epilogue)."""
+    """One kernel: `kind` (elementwise, matmul, conv, attention, view, single, constant)
+    and its source ops in program order (for `matmul` and `conv`, the product first, then
+    its epilogue)."""
 
     kind: str
     op_ids: tuple[int, ...]
@@ -214,15 +224,182 @@ def match_attention(fn: Function, users, producers, outputs) -> list[tuple[list[
     return found
 
 
-def plan_fusion(fn: Function) -> FusionPlan:
-    """Group the ops of `fn` (primitives only) into kernels; see the module docstring."""
+def _through_reshapes(value, producers, chain: list):
+    """(value, its producer) past reshapes, which are appended to `chain`."""
+    op = producers.get(value.id)
+    while op is not None and op.kind == "reshape":
+        chain.append(op)
+        value = op.inputs[0]
+        op = producers.get(value.id)
+    return value, op
+
+
+def match_im2col(mm, producers, users) -> tuple | None:
+    """(x, w, attrs, ops) when matmul `mm` is the product of a conv2d's im2col (as
+    `decompose` writes it: pad, one strided slice per tap, concat, reshapes, matmul,
+    reshape), else None. `ops` are the im2col ops the conv replaces."""
+    if mm.kind != "matmul" or not (mm.origin or "").startswith("conv2d#"):
+        return None
+    after = users.get(mm.id, [])
+    if len(after) != 1 or after[0].kind != "reshape" or after[0].result.type.rank != 4:
+        return None
+    final = after[0]
+    n, o, oh, ow = final.result.type.shape
+    w_flat, patches = mm.inputs
+    w_op, p_op = producers.get(w_flat.id), producers.get(patches.id)
+    if w_op is None or p_op is None or w_op.kind != "reshape" or p_op.kind != "reshape":
+        return None
+    w = w_op.inputs[0]
+    if w.type.rank != 4 or w_flat.type.rank != 3 or w.type.shape[0] != o:
+        return None
+    _, cg, kh, kw = w.type.shape
+    groups = w_flat.type.shape[0]
+    if groups < 1 or o % groups or w_flat.type.shape != (groups, o // groups, cg * kh * kw):
+        return None
+    if patches.type.shape != (n, groups, cg * kh * kw, oh * ow):
+        return None
+    ops = [mm, final, w_op, p_op]
+    if kh * kw == 1:
+        taps = [p_op.inputs[0]]
+    else:
+        cat = producers.get(p_op.inputs[0].id)
+        if cat is None or cat.kind != "concat" or cat.attrs["axis"] != 3:
+            return None
+        taps = list(cat.inputs)
+        ops.append(cat)
+        if len(taps) != kh * kw:
+            return None
+    c = cg * groups
+    src, slices = None, []
+    for tap in taps:
+        value, op = _through_reshapes(tap, producers, ops)
+        if value.type.shape != (n, c, oh, ow):
+            return None
+        if op is not None and op.kind == "slice":
+            ops.append(op)
+            value = op.inputs[0]
+            slices.append((tuple(op.attrs["starts"]), tuple(op.attrs["stops"]),
+                           tuple(op.attrs["steps"])))
+        else:
+            slices.append(None)  # an identity slice, removed by canonicalize
+        if src is not None and value is not src:
+            return None
+        src = value
+    steps = {s[2] for s in slices if s is not None}
+    if len(steps) > 1:
+        return None
+    strides = tuple(steps.pop()[2:]) if steps else (1, 1)
+    h, w_in = src.type.shape[2:]
+    full = ((0, 0, 0, 0), (n, c, h, w_in), (1, 1, 1, 1))
+    slices = [full if s is None else s for s in slices]
+    dilation = (slices[kw][0][2] if kh > 1 else 1, slices[1][0][3] if kw > 1 else 1)
+    if min(dilation) < 1:
+        return None
+    for index, (starts, stops, _) in enumerate(slices):
+        i, j = divmod(index, kw)
+        want = (0, 0, i * dilation[0], j * dilation[1])
+        if starts != want or stops != (n, c, want[2] + strides[0] * (oh - 1) + 1,
+                                       want[3] + strides[1] * (ow - 1) + 1):
+            return None
+    pads = ((0, 0), (0, 0))
+    x = src
+    pad = producers.get(src.id)
+    if (pad is not None and pad.kind == "pad" and float(pad.attrs["value"]) == 0.0
+            and tuple(pad.attrs["pads"][:2]) == ((0, 0), (0, 0))
+            and all(p >= 0 for pair in pad.attrs["pads"] for p in pair)):
+        x = pad.inputs[0]
+        pads = tuple(tuple(p) for p in pad.attrs["pads"][2:])
+        ops.append(pad)
+    if x.type.dtype != w.type.dtype or final.result.type.dtype != x.type.dtype:
+        return None
+    for axis, out in ((0, oh), (1, ow)):
+        size = x.type.shape[2 + axis] + sum(pads[axis])
+        if (size - dilation[axis] * ((kh, kw)[axis] - 1) - 1) // strides[axis] + 1 != out:
+            return None
+    attrs = {"strides": strides, "pads": pads, "dilation": dilation, "groups": groups}
+    return x, w, attrs, ops
+
+
+def implicit_gemm_refusal(x, w, attrs, producers) -> str | None:
+    """Why the backend's implicit GEMM does not take this conv2d (None: it does)."""
+    if x.type.dtype not in CONV_DTYPES:
+        return f"{x.type.dtype} has no implicit GEMM"
+    _, _, kh, kw = w.type.shape
+    if kh * kw + 1 > MAX_STEP_LOADS:
+        return f"{kh * kw} taps are more loads per step than one event counts"
+    phases = set()
+    for i in range(kh):
+        for j in range(kw):
+            phases.add(((i * attrs["dilation"][0] - attrs["pads"][0][0]) % attrs["strides"][0],
+                        (j * attrs["dilation"][1] - attrs["pads"][1][0]) % attrs["strides"][1]))
+    if len(phases) > MAX_TAP_PHASES:
+        return f"{len(phases)} tap phases need more descriptors than there are"
+    op = producers.get(w.id)
+    if op is not None and op.kind in VIEW_OPS:
+        return "the weights are a view (the taps of a kernel must be one stride apart)"
+    return None
+
+
+def refold_convs(fn: Function) -> tuple[Function, list[str]]:
+    """Fold the im2col of every conv2d that the backend lowers as an implicit GEMM back
+    into one `conv2d` op (same result value); the others stay im2col. Returns the function
+    and one decision line per conv."""
+    producers = fn.producers()
+    users = fn.users()
+    outputs = {v.id for v in fn.outputs}
+    replace: dict[int, Op] = {}      # final reshape id -> the conv2d op
+    removable: set[int] = set()
+    decisions = []
+    for mm in fn.ops:
+        found = match_im2col(mm, producers, users)
+        if found is None:
+            continue
+        x, w, attrs, ops = found
+        if mm.id in outputs:
+            continue
+        why = implicit_gemm_refusal(x, w, attrs, producers)
+        if why is not None:
+            decisions.append(f"no-fuse {mm.origin} as one implicit-GEMM kernel: {why}; "
+                             "it stays im2col")
+            continue
+        final = ops[1]
+        replace[final.id] = Op(final.id, "conv2d", (x, w), attrs, final.result, mm.span,
+                               mm.origin)
+        removable |= {op.id for op in ops if op is not final}
+        decisions.append(f"fold the im2col of {mm.origin} (%{mm.id}) into %{final.id} conv2d: "
+                         "one implicit-GEMM kernel, no patches in HBM")
+    if not replace:
+        return fn, decisions
+    new_ops = [replace.get(op.id, op) for op in fn.ops]
+    # drop the im2col ops nothing reads any more (a pad or slice shared with other ops stays)
+    while True:
+        used = {v.id for op in new_ops for v in op.inputs} | outputs
+        dead = [op for op in new_ops if op.id in removable and op.id not in used]
+        if not dead:
+            break
+        dead_ids = {op.id for op in dead}
+        new_ops = [op for op in new_ops if op.id not in dead_ids]
+    # the conv2d sits where its last im2col op was: its inputs are defined before it
+    return Function(fn.name, list(fn.params), new_ops, list(fn.outputs), dict(fn.attrs)), decisions
+
+
+def conv_operand_ok(value, shape) -> bool:
+    """An epilogue operand of a conv kernel: along the output's pixels (its last two dims)
+    it is either whole or one value (its tile is rows of pixels, or a column per channel)."""
+    dims = (1,) * (len(shape) - value.type.rank) + tuple(value.type.shape)
+    return tuple(dims[-2:]) in (tuple(shape[-2:]), (1, 1))
+
+
+def plan_fusion(fn: Function, decisions: list[str] | None = None) -> FusionPlan:
+    """Group the ops of `fn` (primitives, and conv2d folded by `refold_convs`) into
+    kernels; see the module docstring. `decisions` starts the log."""
     producers = fn.producers()
     users = fn.users()
     outputs = {v.id for v in fn.outputs}
     group_of: dict[int, int] = {}          # op id -> group number
     members: dict[int, list[int]] = {}     # group number -> op ids
     kinds: dict[int, str] = {}
-    decisions: list[str] = []
+    decisions = list(decisions or [])
     for ids, what in match_attention(fn, users, producers, outputs):
         number = max(members, default=-1) + 1
         members[number] = list(ids)
@@ -284,17 +461,18 @@ def plan_fusion(fn: Function) -> FusionPlan:
                     continue
                 group = group_of[producer.id]
                 kind = kinds[group]
-                if kind not in ("elementwise", "matmul"):
+                if kind not in ("elementwise", "matmul", "conv"):
                     continue
                 where = f"%{op.id} {op.kind} into the {kind} kernel of %{members[group][0]}"
-                if kind == "matmul" and producers[members[group][-1]].result.type.shape != shape:
+                if kind in ("matmul", "conv") and (
+                        producers[members[group][-1]].result.type.shape != shape):
                     decisions.append(f"no-fuse {where}: shapes differ")
                     continue
                 if kind == "elementwise" and shape not in (space[group],
                                                            _row_shape(space[group])):
                     decisions.append(f"no-fuse {where}: shapes differ")
                     continue
-                if kind == "matmul":
+                if kind in ("matmul", "conv"):
                     last = members[group][-1]
                     if v.id != last or not epilogue_ok(op):
                         decisions.append(f"no-fuse {where}: not an accumulator epilogue")
@@ -306,15 +484,20 @@ def plan_fusion(fn: Function) -> FusionPlan:
                         decisions.append(f"no-fuse {where}: %{last} is also used elsewhere")
                         continue
                     other = [u for u in op.inputs if u.id != last]
-                    if any(u.type.shape != shape and u.type.numel != shape[-1]
-                           and u.type.numel != 1 for u in other):
+                    if kind == "conv" and not all(conv_operand_ok(u, shape) for u in other):
+                        decisions.append(f"no-fuse {where}: an operand broadcasts along "
+                                         "one pixel axis only")
+                        continue
+                    if kind == "matmul" and any(u.type.shape != shape
+                                                and u.type.numel != shape[-1]
+                                                and u.type.numel != 1 for u in other):
                         decisions.append(f"no-fuse {where}: an operand broadcasts along rows")
                         continue
                 if reaches(external_groups(op, group), group):
                     decisions.append(f"no-fuse {where}: it would make a cycle")
                     continue
                 joined = group
-                why = ("same iteration space" if kind == "matmul" or shape == space[group]
+                why = ("same iteration space" if kind != "elementwise" or shape == space[group]
                        else "a per-row value of the row kernel")
                 decisions.append(f"fuse {where}: {why}")
                 break
@@ -323,7 +506,7 @@ def plan_fusion(fn: Function) -> FusionPlan:
             else:
                 members[joined].append(op.id)
                 group_of[op.id] = joined
-                if (kinds[joined] == "matmul" and op.kind == "cast"
+                if (kinds[joined] in ("matmul", "conv") and op.kind == "cast"
                         and op.attrs["dtype"] != "f32"):
                     closed.add(op.id)  # the store casts; nothing may follow
         elif row_reduction(op):
@@ -344,6 +527,8 @@ def plan_fusion(fn: Function) -> FusionPlan:
                 space[group_of[op.id]] = tuple(v.type.shape)
                 decisions.append(f"fuse {where}: starts a row kernel over "
                                  f"{list(v.type.shape)}")
+        elif op.kind == "conv2d":
+            new_group(op, "conv")
         elif op.kind == "matmul":
             new_group(op, "matmul")
             # a cast feeding only this product is done by the operand's DMA (it converts)
@@ -405,11 +590,20 @@ def _group_order(fn: Function, members, group_of) -> list[int]:
 @register_pass
 @dataclass(frozen=True)
 class Fuse(GraphPass):
-    """Attach a `FusionPlan` (`fn.attrs["fusion"]`); the ops are unchanged."""
+    """Attach a `FusionPlan` (`fn.attrs["fusion"]`); the ops are unchanged but for the
+    im2col of convs lowered whole, folded back into `conv2d` ops."""
 
     name = "fuse"
 
     def apply(self, fn: Function) -> Function:
+        fn, plan = fuse_function(fn)
         attrs = dict(fn.attrs)
-        attrs["fusion"] = plan_fusion(fn)
+        attrs["fusion"] = plan
         return Function(fn.name, list(fn.params), list(fn.ops), list(fn.outputs), attrs)
+
+
+def fuse_function(fn: Function) -> tuple[Function, FusionPlan]:
+    """The function with the convs the backend takes whole folded back (`refold_convs`),
+    and its fusion plan."""
+    fn, decisions = refold_convs(fn)
+    return fn, plan_fusion(fn, decisions)

@@ -1,0 +1,342 @@
+"""conv2d as an implicit GEMM: one kernel per conv and its epilogue (DESIGN.md section 5).
+
+A `conv` group (compiler/passes/fuse.py) computes out[n, o, oh, ow] (NCHW, OIHW weights,
+stride, padding, dilation, groups) without writing patches to HBM. The nest's axes are
+
+    (n, g, o, oh, ow | c, tap)        parallel | reduction
+
+and one output tile is `tile_o` output channels x a block of `rows x cols` output pixels:
+in ACC it is tile_o rows of rows*cols pixels, so one DMA box [tile_o, rows, cols] stores it
+into the NCHW output. A reduction step covers `tile_c` input channels and every kernel tap,
+with K ordered (tap, channel):
+
+- the input operand B (K x pixels) gets one DMA per tap: a box [tile_c, rows, cols] of a
+  strided view of x chosen for the tap, which fills tile_c consecutive rows of B. With
+  ih = oh * s + kh * d - p = (oh + q) * s + r (0 <= r < s), the tap's view starts at row r,
+  steps s rows and holds ceil((H - r) / s) of them; the box sits at oh + q, which may be
+  negative or past the end, and the DMA fills what lies outside with 0 (the padding costs
+  no HBM traffic). Taps of one phase r share a descriptor;
+- the weights A are loaded transposed (K x tile_o, MMA `.tA`) as one box of the view
+  w[o, c, tap] permuted to [tap, c, o];
+- when taps * tile_c is not a multiple of the MX depth (3 input channels of a stem), K is
+  padded once, not per tap: the padding rows of both operands are zeroed once per core.
+
+Tile sizes come from `choose_conv_tile`, a cost model of MX time, the load port and the
+core's share of HBM bandwidth per step, over the candidates that fit L1 and ACC.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from math import ceil, gcd
+
+from compiler.backend.gemm import _candidates
+from compiler.backend.kernel_ir import Buffer, Load, Mma, Nest, Store, Vec, View
+from compiler.backend.lower import ALIGN, elementwise_body, mma_dtypes
+from compiler.graph.dtypes import itemsize
+from isa.errors import CompileError
+
+NARROW = ("bf16", "f16", "fp8")
+AX_N, AX_G, AX_O, AX_OH, AX_OW, AX_C, AX_TAP = range(7)
+MAX_PIXELS = 512   # pixels per tile considered (MX blocks along N per MMA)
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+def _aligned(nbytes: int) -> int:
+    return _round_up(nbytes, ALIGN)
+
+
+@dataclass(frozen=True)
+class ConvTile:
+    """A tiling of an implicit GEMM and the model's estimate of its cycles."""
+
+    tile_o: int
+    rows: int
+    cols: int
+    tile_c: int
+    acc_copies: int
+    cycles: float
+
+
+@dataclass(frozen=True)
+class ConvShape:
+    """The sizes the tiler needs."""
+
+    n: int
+    groups: int
+    og: int
+    oh: int
+    ow: int
+    cg: int
+    taps: int
+
+
+def _pixel_blocks(oh: int, ow: int, unit: int) -> list[tuple[int, int]]:
+    """(rows, cols) pixel blocks with rows * cols a multiple of the MX width: whole output
+    rows (cols = OW, or OW rounded up so that fewer rows make a multiple) or parts of one."""
+    cols_options = {ow} | {_round_up(ow, m) for m in (2, 4, 8, 16)}
+    cols_options |= {v for v in (16, 32, 64, 128, 256) if v < ow}
+    out = []
+    for cols in sorted(cols_options):
+        base = unit // gcd(cols, unit)
+        rows = base
+        while rows * cols <= MAX_PIXELS:
+            out.append((rows, cols))
+            if rows >= oh:
+                break
+            rows += base
+    return out
+
+
+def conv_cost(shape: ConvShape, tile_o, rows, cols, tile_c, acc_copies, in_bytes, out_bytes,
+              rate, epilogue_ops, machine) -> float:
+    """Estimated cycles of the nest (see the module docstring)."""
+    mx = machine
+    tiles = (shape.n * shape.groups * ceil(shape.og / tile_o) * ceil(shape.oh / rows)
+             * ceil(shape.ow / cols))
+    active = min(tiles, mx.cores)
+    waves = ceil(tiles / mx.cores)
+    steps = ceil(shape.cg / tile_c)
+    pixels = rows * cols
+    k_pad = _round_up(shape.taps * tile_c, mx.mx_k)
+    mx_cycles = (tile_o / mx.mx_m) * (pixels / mx.mx_n) * (k_pad / mx.mx_k) / rate
+    in_pixels = min(rows, shape.oh) * min(cols, shape.ow)
+    in_c = min(tile_c, shape.cg)
+    step_bytes = shape.taps * in_c * (in_pixels + min(tile_o, shape.og)) * in_bytes
+    port = step_bytes / mx.ld_bytes_per_cycle
+    hbm = active * step_bytes / mx.hbm_bytes_per_cycle
+    step = max(mx_cycles, port, hbm) + 4 * (shape.taps + 1) + 12  # scalar issue
+    store = min(tile_o, shape.og) * in_pixels * out_bytes
+    drain = max(store / mx.st_bytes_per_cycle, active * store / mx.hbm_bytes_per_cycle)
+    epilogue = epilogue_ops * tile_o * pixels * 4 / mx.vx_bytes_per_cycle
+    exposed = drain + epilogue + mx.hbm_latency if acc_copies == 1 else 0.0
+    return waves * (steps * step + exposed) + 2 * mx.hbm_latency + drain + epilogue
+
+
+def choose_conv_tile(shape: ConvShape, in_dtype: str, acc_dtype: str, out_bytes: int,
+                     epilogue_full_bytes: int, epilogue_row_bytes: int, epilogue_ops: int,
+                     machine) -> ConvTile:
+    """The cheapest tiling that fits L1 and ACC (both copies of every double buffer)."""
+    in_bytes = itemsize(in_dtype)
+    acc_elem = itemsize(acc_dtype)
+    rate = machine.mx_rate(in_dtype) or 1.0
+    unit_c = machine.mx_k
+    cands_c = {shape.cg} | {c for c in _candidates(shape.cg, unit_c, shape.cg)
+                            if c <= shape.cg}
+    best = None
+    for tile_o in _candidates(shape.og, machine.mx_m, 16 * machine.mx_m):
+        for rows, cols in _pixel_blocks(shape.oh, shape.ow, machine.mx_n):
+            pixels = rows * cols
+            acc_tile = tile_o * pixels * acc_elem
+            if acc_tile > machine.acc_bytes:
+                continue
+            l1_out = (_aligned(tile_o * pixels * epilogue_full_bytes)
+                      + _aligned(pixels * epilogue_row_bytes) + _aligned(tile_o * 4))
+            stride = _aligned(max(acc_tile, l1_out))
+            copies = 2 if stride + acc_tile <= machine.acc_bytes else 1
+            l1_out_total = l1_out + (stride if copies == 2 else 0)
+            for tile_c in sorted(cands_c):
+                k_pad = _round_up(shape.taps * tile_c, machine.mx_k)
+                l1 = 2 * (_aligned(k_pad * tile_o * in_bytes) + _aligned(k_pad * pixels * in_bytes))
+                if l1 + l1_out_total + 8 * ALIGN > machine.l1_bytes:
+                    continue
+                cycles = conv_cost(shape, tile_o, rows, cols, tile_c, copies, in_bytes,
+                                   out_bytes, rate, epilogue_ops, machine)
+                if best is None or cycles < best.cycles:
+                    best = ConvTile(tile_o, rows, cols, tile_c, copies, cycles)
+    if best is None:
+        raise CompileError("no implicit-GEMM tile of this conv2d fits the machine")
+    return best
+
+
+def _tap_view(x, kernel_index, attrs, out_hw, cg) -> View:
+    """The view of x (N, C, H, W) that tap (i, j) reads, over the nest axes: see the module
+    docstring; a tap that reads no element of x is a view the box never meets."""
+    n, c, h, w = x.shape
+    sn, sc, sh, sw = x.strides
+    offset = x.offset
+    dims, strides, shifts = [], [], []
+    for axis, (index, size, elem_stride) in enumerate(zip(kernel_index, (h, w), (sh, sw))):
+        step = attrs["strides"][axis]
+        start = index * attrs["dilation"][axis] - attrs["pads"][axis][0]
+        q, r = divmod(start, step)
+        count = -(-(size - r) // step) if size > r else 0
+        if count <= 0:  # every coordinate is out of bounds: the load fills zeros
+            return View(x.tensor, x.dtype, x.offset, (AX_N, AX_G, AX_C, AX_OH, AX_OW),
+                        (n, c // cg, cg, 1, 1), (sn, cg * sc, sc, sh, sw),
+                        (0, 0, 0, -(out_hw[0] + 1), -(out_hw[1] + 1)))
+        offset += r * elem_stride
+        dims.append(count)
+        strides.append(step * elem_stride)
+        shifts.append(-q)
+    return View(x.tensor, x.dtype, offset, (AX_N, AX_G, AX_C, AX_OH, AX_OW),
+                (n, c // cg, cg) + tuple(dims), (sn, cg * sc, sc) + tuple(strides),
+                (0, 0, 0) + tuple(shifts))
+
+
+def _weight_view(w, groups) -> View:
+    """w (O, Cg, KH, KW) as [g, tap, c, o] over the nest axes (K x tile_o in L1, `.tA`)."""
+    o, cg, kh, kw = w.shape
+    so, sc, skh, skw = w.strides
+    if kh > 1 and kw > 1 and skh != kw * skw:
+        raise CompileError("conv2d weights whose taps are not one stride apart")
+    tap_stride = skw if kw > 1 else skh
+    og = o // groups
+    return View(w.tensor, w.dtype, w.offset, (AX_G, AX_TAP, AX_C, AX_O),
+                (groups, kh * kw, cg, og), (og * so, tap_stride, sc, so), (0, 0, 0, 0))
+
+
+def _output_view(view, groups) -> View:
+    """A (N, O, OH, OW) tensor view over the nest axes (N, G, O, OH, OW)."""
+    n, o, oh, ow = view.shape
+    sn, so, sh, sw = view.strides
+    og = o // groups
+    return View(view.tensor, view.dtype, view.offset, (AX_N, AX_G, AX_O, AX_OH, AX_OW),
+                (n, groups, og, oh, ow), (sn, og * so, so, sh, sw), (0,) * 5)
+
+
+def _compact(view: View) -> tuple[View, str]:
+    """An epilogue operand without the axes it is broadcast along, and its tile's shape:
+    `full` (channels x pixels), `col` (a value per channel), `row` (per pixel), `one`."""
+    keep = [d for d in range(view.rank) if view.strides[d] != 0]
+    axes = {view.axes[d] for d in keep}
+    if axes & {AX_OH, AX_OW}:  # the pixel block is rows x cols: keep both or neither
+        keep = sorted(set(keep) | {d for d in range(view.rank)
+                                   if view.axes[d] in (AX_OH, AX_OW)})
+    if not keep:
+        keep = [0]
+    view = View(view.tensor, view.dtype, view.offset, tuple(view.axes[d] for d in keep),
+                tuple(view.dims[d] for d in keep), tuple(view.strides[d] for d in keep),
+                tuple(view.shifts[d] for d in keep))
+    has_o, has_px = AX_O in view.axes, AX_OH in view.axes
+    kind = "full" if has_o and has_px else "row" if has_px else "col" if has_o else "one"
+    return view, kind
+
+
+def lower_conv_group(low, ops) -> None:
+    """Lower a conv group (the conv2d, then its epilogue ops) as one kernel."""
+    machine = low.machine
+    conv, epilogue = ops[0], ops[1:]
+    last = ops[-1]
+    attrs = conv.attrs
+    x, w = (low.view_of(v) for v in conv.inputs)
+    out = low.new_tensor(f"t{last.id}", last.result.type, "temp", last.span)
+    low.views[last.id] = out
+    n = x.shape[0]
+    o, cg, kh, kw = w.shape
+    groups = attrs["groups"]
+    og = o // groups
+    oh, ow = out.shape[2:]
+    taps = kh * kw
+    shape = ConvShape(n, groups, og, oh, ow, cg, taps)
+    in_dtype, acc_dtype = mma_dtypes(conv.inputs[0].type.dtype, machine)
+
+    # epilogue operands from outside the group: immediates or views over the output
+    chain = {conv.id} | {op.id for op in epilogue}
+    operands: dict[tuple[int, int], object] = {}
+    epi_views: list[View] = []
+    epi_kinds: list[str] = []
+    epi_index: dict[int, int] = {}
+    for op in epilogue:
+        for index, value in enumerate(op.inputs):
+            if value.id in chain:
+                continue
+            where = low.operand(op, index, chain)
+            if isinstance(where, float):
+                operands[(op.id, index)] = where
+                continue
+            if value.id not in epi_index:
+                view, kind = _compact(_output_view(where.broadcast(out.shape), groups))
+                epi_index[value.id] = len(epi_views)
+                epi_views.append(view)
+                epi_kinds.append(kind)
+            operands[(op.id, index)] = value.id
+    rounded = [op for op in ops[:-1] if op.result.type.dtype in NARROW and op.kind != "cast"]
+    full_bytes = 4 * epi_kinds.count("full") + (2 if rounded else 0)
+    row_bytes = 4 * epi_kinds.count("row")
+    n_vec = len(epilogue) + 2 * len(rounded)
+    tile = choose_conv_tile(shape, in_dtype, acc_dtype, itemsize(out.dtype), full_bytes,
+                            row_bytes, n_vec, machine)
+    low.conv_choices = getattr(low, "conv_choices", {})
+    low.conv_choices[conv.id] = tile
+    tile_o, rows, cols, tile_c = tile.tile_o, tile.rows, tile.cols, tile.tile_c
+    pixels = rows * cols
+    k = taps * tile_c
+    k_pad = _round_up(k, machine.mx_k)
+    in_bytes = itemsize(in_dtype)
+
+    # L1: the weights (K x tile_o) and the patches (K x pixels), two copies; the tap loads
+    # fill tile_c rows of the patches each
+    w_bytes = _aligned(k_pad * tile_o * in_bytes)
+    x_bytes = _aligned(k_pad * pixels * in_bytes)
+    ld_stride = w_bytes + x_bytes
+    buffers = [Buffer("w", "L1", in_dtype, k_pad, tile_o, 0, 2, ld_stride),
+               Buffer("x0", "L1", in_dtype, k_pad, pixels, w_bytes, 2, ld_stride)]
+    for t in range(1, taps):
+        buffers.append(Buffer(f"x{t}", "L1", in_dtype, tile_c, pixels,
+                              w_bytes + t * tile_c * pixels * in_bytes, 2, ld_stride))
+    offset = 2 * ld_stride
+    setup = []
+    if k_pad > k:  # zero the padding rows of both copies, once per core
+        for copy in range(2):
+            base = copy * ld_stride
+            for name, start, cols_ in (("zw", 0, tile_o), ("zx", w_bytes, pixels)):
+                buffers.append(Buffer(f"{name}{copy}", "L1", in_dtype, k_pad - k, cols_,
+                                      base + start + k * cols_ * in_bytes))
+                setup.append(Vec("DUP", in_dtype, f"{name}{copy}", (0.0,)))
+    l1_base = offset
+    dims = {"full": (tile_o, pixels), "row": (1, pixels), "col": (tile_o, 1), "one": (1, 1)}
+    l1_out = []
+    for index, kind in enumerate(epi_kinds):
+        r, cc = dims[kind]
+        l1_out.append(Buffer(f"e{index}", "L1", "f32", r, cc, offset))
+        offset += _aligned(r * cc * 4)
+    if rounded:
+        l1_out.append(Buffer("round", "L1", "bf16", tile_o, pixels, offset))
+        offset += _aligned(tile_o * pixels * 2)
+    acc_tile = _aligned(tile_o * pixels * itemsize(acc_dtype))
+    copies = tile.acc_copies
+    stride = _aligned(max(acc_tile, offset - l1_base)) if copies == 2 else 0
+    buffers.append(Buffer("c", "ACC", acc_dtype, tile_o, pixels, 0, copies, stride))
+    buffers += [Buffer(b.name, b.level, b.dtype, b.rows, b.cols, b.offset, copies, stride)
+                for b in l1_out]
+
+    final: list = [Load(f"e{i}", view) for i, view in enumerate(epi_views)]
+
+    def round_to(dtype: str) -> list:
+        return [Vec(f"CVT.{acc_dtype}", dtype, "round", ("c",)),
+                Vec(f"CVT.{dtype}", acc_dtype, "c", ("round",))]
+
+    if conv in rounded:
+        final += round_to(conv.result.type.dtype)
+    for op in epilogue:
+        if op.kind == "cast":
+            if op.attrs["dtype"] in NARROW and op is not last:
+                final += round_to(op.attrs["dtype"])
+            continue  # the last narrowing cast happens in the store
+        srcs = []
+        for index, value in enumerate(op.inputs):
+            if value.id in chain:
+                srcs.append("c")
+            else:
+                where = operands[(op.id, index)]
+                srcs.append(where if isinstance(where, float) else f"e{epi_index[where]}")
+        final += elementwise_body(op.kind, op.attrs, "f32")(srcs, "c", None)
+        if op in rounded:
+            final += round_to(op.result.type.dtype)
+    final.append(Store(_output_view(out, groups), "c"))
+
+    step = [Load("w", _weight_view(w, groups))]
+    for t in range(taps):
+        step.append(Load(f"x{t}", _tap_view(x, divmod(t, kw), attrs, (oh, ow), cg)))
+    step.append(Mma(in_dtype, acc_dtype, "c", "w", "x0", trans_a=True))
+    extents = (n, groups, og, oh, ow, cg, taps)
+    nest_tile = (1, 1, tile_o, rows, cols, tile_c, taps)
+    kinds = ("p",) * 5 + ("r", "r")
+    nest = Nest(extents, nest_tile, kinds, tuple(buffers), (), tuple(step), tuple(final),
+                tuple(setup))
+    low.kernel("conv" if not epilogue else "conv_fused", [op.id for op in ops], [nest],
+               last.span)
