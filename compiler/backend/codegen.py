@@ -10,7 +10,8 @@ one has drained:
 
 - `E_LD_FULL`: each load signals it; the first compute instruction of the step waits for
   all the step's loads;
-- `E_LD_FREE`: credits for the two copies of the load buffers (two `SIG.S` at the start);
+- `E_LD_FREE`: credits for the copies of the load buffers (two, or more in an implicit
+  GEMM; one `SIG.S` of that count at the start);
   the first load of a step takes one, the last compute instruction of the step returns it;
 - `E_OUT_FULL`: the last compute instruction of the tile's last step signals the stores;
 - `E_OUT_FREE`: credits for the two copies of the output buffers; the first instruction
@@ -248,8 +249,12 @@ def _emit_step(emit: Emitter, ctx: _NestContext, first: bool, last: bool,
     loads = [s for s in ctx.nest.step if isinstance(s, Load)]
     compute = [s for s in ctx.nest.step if not isinstance(s, Load)]
     if loads:
-        stride = ctx.nest.buffer(loads[0].dst).stride
-        emit(f"AND r{R_LD_OFF}, r{R_LD_COUNT}, 1")
+        buffer = ctx.nest.buffer(loads[0].dst)
+        stride = buffer.stride
+        if buffer.copies == 2:
+            emit(f"AND r{R_LD_OFF}, r{R_LD_COUNT}, 1")
+        else:  # deeper buffering (an implicit GEMM's short steps hide the DMA latency)
+            emit(f"REM r{R_LD_OFF}, r{R_LD_COUNT}, {buffer.copies}")
         emit(f"MUL r{R_LD_OFF}, r{R_LD_OFF}, {stride}")
         emit(f"ADD r{R_LD_COUNT}, r{R_LD_COUNT}, 1")
     for index, load in enumerate(loads):
@@ -396,8 +401,10 @@ def emit_nest(emit: Emitter, nest: Nest, tensors) -> None:
         emit(_compute(ctx, stmt, True), sigs=[(E_SETUP, 1)])
     if setup_loads or setup_compute:
         emit(f"WAIT.S {_event(E_SETUP, len(setup_loads) + len(setup_compute))}")
+    # one credit per copy of the step's load buffers
+    ld_credits = max((b.copies for b in nest.buffers if b.name in ld_buffers), default=2)
     if ld_buffers:
-        emit(f"SIG.S {_event(E_LD_FREE, 2)}")
+        emit(f"SIG.S {_event(E_LD_FREE, ld_credits)}")
     emit(f"SIG.S {_event(E_OUT_FREE, out_credits)}")
     if tile_loads:
         emit(f"SIG.S {_event(E_EPI_FREE, out_credits)}")
@@ -462,7 +469,7 @@ def emit_nest(emit: Emitter, nest: Nest, tensors) -> None:
     # initial credits the engines still need (a deadlock).
     emit("BAR.CORE")
     if ld_buffers:
-        emit(f"WAIT.S {_event(E_LD_FREE, 2)}")
+        emit(f"WAIT.S {_event(E_LD_FREE, ld_credits)}")
     emit(f"WAIT.S {_event(E_OUT_FREE, out_credits)}")
     if tile_loads:
         emit(f"WAIT.S {_event(E_EPI_FREE, out_credits)}")

@@ -39,6 +39,7 @@ from isa.errors import CompileError
 NARROW = ("bf16", "f16", "fp8")
 AX_N, AX_G, AX_O, AX_OH, AX_OW, AX_C, AX_TAP = range(7)
 MAX_PIXELS = 512   # pixels per tile considered (MX blocks along N per MMA)
+LOAD_COPIES = (2, 3, 4)   # operand buffers in flight: more hide the DMA latency of short steps
 
 
 def _round_up(value: int, multiple: int) -> int:
@@ -58,6 +59,7 @@ class ConvTile:
     cols: int
     tile_c: int
     acc_copies: int
+    ld_copies: int
     cycles: float
 
 
@@ -72,6 +74,7 @@ class ConvShape:
     ow: int
     cg: int
     taps: int
+    stride_one: bool = True   # unit stride along the width (a box row is one run)
 
 
 def _pixel_blocks(oh: int, ow: int, unit: int) -> list[tuple[int, int]]:
@@ -91,9 +94,16 @@ def _pixel_blocks(oh: int, ow: int, unit: int) -> list[tuple[int, int]]:
     return out
 
 
-def conv_cost(shape: ConvShape, tile_o, rows, cols, tile_c, acc_copies, in_bytes, out_bytes,
-              rate, epilogue_ops, machine) -> float:
-    """Estimated cycles of the nest (see the module docstring)."""
+def conv_cost(shape: ConvShape, tile_o, rows, cols, tile_c, acc_copies, ld_copies, in_bytes,
+              out_bytes, rate, epilogue_ops, machine) -> float:
+    """Estimated cycles of the nest (see the module docstring).
+
+    A step lasts the longest of its MMA, its loads on the core's port, its share of HBM
+    bandwidth and the DMA latency the load buffers cannot hide: the load of step i + copies
+    starts when step i's MMA ends, so copies x period >= MMA + latency + transfer. The taps
+    re-read x and the tiles re-read w; when both fit the L2 those re-reads hit it, and HBM
+    carries each byte once.
+    """
     mx = machine
     tiles = (shape.n * shape.groups * ceil(shape.og / tile_o) * ceil(shape.oh / rows)
              * ceil(shape.ow / cols))
@@ -106,20 +116,40 @@ def conv_cost(shape: ConvShape, tile_o, rows, cols, tile_c, acc_copies, in_bytes
     in_pixels = min(rows, shape.oh) * min(cols, shape.ow)
     in_c = min(tile_c, shape.cg)
     step_bytes = shape.taps * in_c * (in_pixels + min(tile_o, shape.og)) * in_bytes
-    port = step_bytes / mx.ld_bytes_per_cycle
-    hbm = active * step_bytes / mx.hbm_bytes_per_cycle
-    step = max(mx_cycles, port, hbm) + 4 * (shape.taps + 1) + 12  # scalar issue
+    transfer = step_bytes / mx.ld_bytes_per_cycle
+    # the caches move whole lines: a box of x is runs of `cols` pixels (one run per channel
+    # when it spans whole rows of a stride-1 conv), each starting anywhere in a line
+    line = getattr(mx, "l2_line_bytes", 0) or 1
+    run = in_pixels if cols >= shape.ow and shape.stride_one else min(cols, shape.ow)
+    runs = shape.taps * in_c * in_pixels // run
+    line_bytes = runs * (_round_up(run * in_bytes, line) + line // 2)
+    step_lines = line_bytes + shape.taps * in_c * min(tile_o, shape.og) * in_bytes
+    x_bytes = shape.n * shape.groups * shape.cg * shape.oh * shape.ow * in_bytes
+    w_bytes = shape.groups * shape.og * shape.cg * shape.taps * in_bytes
+    out_total = shape.n * shape.groups * shape.og * shape.oh * shape.ow * out_bytes
+    # re-reads come from the L2 when x and w fit it (a machine without one: from HBM)
+    cached = 2 * (x_bytes + w_bytes) <= getattr(mx, "l2_bytes", 0)
+    reread = getattr(mx, "l2_bytes_per_cycle", 0) if cached else 0
+    reread = reread or mx.hbm_bytes_per_cycle
     store = min(tile_o, shape.og) * in_pixels * out_bytes
+    # every active core loads (and stores its last tile) through the L2 at once
+    shared = active * (step_lines + store / steps) / reread
+    written = active * store / steps / mx.hbm_bytes_per_cycle  # the L2 writes through
+    hidden = (mx_cycles + mx.hbm_latency + transfer) / ld_copies
+    step = max(mx_cycles, transfer, shared, written, hidden) + 2 * (shape.taps + 1) + 12
     drain = max(store / mx.st_bytes_per_cycle, active * store / mx.hbm_bytes_per_cycle)
     epilogue = epilogue_ops * tile_o * pixels * 4 / mx.vx_bytes_per_cycle
     exposed = drain + epilogue + mx.hbm_latency if acc_copies == 1 else 0.0
-    return waves * (steps * step + exposed) + 2 * mx.hbm_latency + drain + epilogue
+    total = waves * (steps * step + exposed) + mx.hbm_latency + transfer + drain + epilogue
+    read_total = tiles * steps * step_lines
+    return max(total, (x_bytes + w_bytes + out_total) / mx.hbm_bytes_per_cycle,
+               (read_total + out_total) / reread)
 
 
 def choose_conv_tile(shape: ConvShape, in_dtype: str, acc_dtype: str, out_bytes: int,
                      epilogue_full_bytes: int, epilogue_row_bytes: int, epilogue_ops: int,
                      machine) -> ConvTile:
-    """The cheapest tiling that fits L1 and ACC (both copies of every double buffer)."""
+    """The cheapest tiling that fits L1 and ACC (every copy of every buffer)."""
     in_bytes = itemsize(in_dtype)
     acc_elem = itemsize(acc_dtype)
     rate = machine.mx_rate(in_dtype) or 1.0
@@ -140,13 +170,14 @@ def choose_conv_tile(shape: ConvShape, in_dtype: str, acc_dtype: str, out_bytes:
             l1_out_total = l1_out + (stride if copies == 2 else 0)
             for tile_c in sorted(cands_c):
                 k_pad = _round_up(shape.taps * tile_c, machine.mx_k)
-                l1 = 2 * (_aligned(k_pad * tile_o * in_bytes) + _aligned(k_pad * pixels * in_bytes))
-                if l1 + l1_out_total + 8 * ALIGN > machine.l1_bytes:
-                    continue
-                cycles = conv_cost(shape, tile_o, rows, cols, tile_c, copies, in_bytes,
-                                   out_bytes, rate, epilogue_ops, machine)
-                if best is None or cycles < best.cycles:
-                    best = ConvTile(tile_o, rows, cols, tile_c, copies, cycles)
+                one = _aligned(k_pad * tile_o * in_bytes) + _aligned(k_pad * pixels * in_bytes)
+                for ld_copies in LOAD_COPIES:
+                    if ld_copies * one + l1_out_total + 8 * ALIGN > machine.l1_bytes:
+                        continue
+                    cycles = conv_cost(shape, tile_o, rows, cols, tile_c, copies, ld_copies,
+                                       in_bytes, out_bytes, rate, epilogue_ops, machine)
+                    if best is None or cycles < best.cycles * 0.999:
+                        best = ConvTile(tile_o, rows, cols, tile_c, copies, ld_copies, cycles)
     if best is None:
         raise CompileError("no implicit-GEMM tile of this conv2d fits the machine")
     return best
@@ -231,7 +262,7 @@ def lower_conv_group(low, ops) -> None:
     og = o // groups
     oh, ow = out.shape[2:]
     taps = kh * kw
-    shape = ConvShape(n, groups, og, oh, ow, cg, taps)
+    shape = ConvShape(n, groups, og, oh, ow, cg, taps, attrs["strides"][1] == 1)
     in_dtype, acc_dtype = mma_dtypes(conv.inputs[0].type.dtype, machine)
 
     # epilogue operands from outside the group: immediates or views over the output
@@ -273,15 +304,16 @@ def lower_conv_group(low, ops) -> None:
     w_bytes = _aligned(k_pad * tile_o * in_bytes)
     x_bytes = _aligned(k_pad * pixels * in_bytes)
     ld_stride = w_bytes + x_bytes
-    buffers = [Buffer("w", "L1", in_dtype, k_pad, tile_o, 0, 2, ld_stride),
-               Buffer("x0", "L1", in_dtype, k_pad, pixels, w_bytes, 2, ld_stride)]
+    ld_copies = tile.ld_copies
+    buffers = [Buffer("w", "L1", in_dtype, k_pad, tile_o, 0, ld_copies, ld_stride),
+               Buffer("x0", "L1", in_dtype, k_pad, pixels, w_bytes, ld_copies, ld_stride)]
     for t in range(1, taps):
         buffers.append(Buffer(f"x{t}", "L1", in_dtype, tile_c, pixels,
-                              w_bytes + t * tile_c * pixels * in_bytes, 2, ld_stride))
-    offset = 2 * ld_stride
+                              w_bytes + t * tile_c * pixels * in_bytes, ld_copies, ld_stride))
+    offset = ld_copies * ld_stride
     setup = []
-    if k_pad > k:  # zero the padding rows of both copies, once per core
-        for copy in range(2):
+    if k_pad > k:  # zero the padding rows of every copy, once per core
+        for copy in range(ld_copies):
             base = copy * ld_stride
             for name, start, cols_ in (("zw", 0, tile_o), ("zx", w_bytes, pixels)):
                 buffers.append(Buffer(f"{name}{copy}", "L1", in_dtype, k_pad - k, cols_,
