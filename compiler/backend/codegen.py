@@ -131,7 +131,17 @@ class _NestContext:
 
     def operand(self, name: str, dst) -> str:
         """Tile operand `name` of an instruction writing buffer `dst`: a 1 x cols buffer
-        repeats its row (rs = 0), a rows x 1 buffer its column (cs = 0)."""
+        repeats its row (rs = 0), a rows x 1 buffer its column (cs = 0); `name@off:rs:cs`
+        reads from element `off` with those strides."""
+        if "@" in name:
+            name, _, spec = name.partition("@")
+            offset, rs, cs = (int(v) for v in spec.split(":"))
+            buf = self.nest.buffer(name)
+            start = buf.offset + offset * itemsize(buf.dtype)
+            if name in self.setup_buffers:
+                return f"{buf.level}[{start}, {rs}, {cs}]"
+            reg = R_LD_OFF if name in self.ld_buffers else R_OUT_OFF
+            return f"{buf.level}[{_addr(reg, start)}, {rs}, {cs}]"
         text = self.tile(name)
         src = self.nest.buffer(name)
         if (src.rows, src.cols) == (dst.rows, dst.cols) or src.rows * src.cols == dst.rows * dst.cols:
@@ -140,39 +150,42 @@ class _NestContext:
         col_stride = 0 if src.cols == 1 else 1
         return f"{text[:-1]}, {row_stride}, {col_stride}]"
 
-    def ref(self, view: View) -> str:
+    def ref(self, view: View, box: tuple[int, ...] = ()) -> str:
         coords = []
         for axis, shift in zip(view.axes, view.shifts):
             coords.append(_addr(self.coord(axis), -shift) if self.coord(axis) is not None
                           else str(-shift))
-        return f"d{self.descs[view]}[{', '.join(coords)}]"
+        return f"d{self.descs[(view, box)]}[{', '.join(coords)}]"
 
 
-def desc_key(view: View) -> View:
+def desc_key(view: View, box: tuple[int, ...] = ()) -> tuple:
     """Views that differ only in their shifts share a descriptor (the shift is in the
     coordinates): an implicit GEMM's taps of one phase."""
-    return View(view.tensor, view.dtype, view.offset, view.axes, view.dims, view.strides,
-                (0,) * view.rank)
+    return (View(view.tensor, view.dtype, view.offset, view.axes, view.dims, view.strides,
+                 (0,) * view.rank), tuple(box))
 
 
 class _Descs(dict):
-    """Descriptor numbers by view (looked up by `desc_key`)."""
+    """Descriptor numbers by view, or by (view, box) (looked up by `desc_key`)."""
 
-    def __getitem__(self, view: View) -> int:
-        return dict.__getitem__(self, desc_key(view))
+    def __getitem__(self, view) -> int:
+        view, box = view if isinstance(view, tuple) else (view, ())
+        return dict.__getitem__(self, desc_key(view, box))
 
 
 def emit_descriptors(emit: Emitter, nest: Nest) -> dict[View, int]:
-    """One DESC per distinct GM view (up to shifts) the nest loads or stores, numbered d0,
-    d1, ...; the box is the nest's tile along the view's axes."""
+    """One DESC per distinct GM view (up to shifts) and box the nest loads or stores,
+    numbered d0, d1, ...; the box is the load's, else the nest's tile along the view's
+    axes."""
     descs: dict[View, int] = _Descs()
     for stmt in nest.statements():
-        if isinstance(stmt, (Load, Store)) and desc_key(stmt.view) not in descs:
-            dict.__setitem__(descs, desc_key(stmt.view), len(descs))
+        box = stmt.box if isinstance(stmt, Load) else ()
+        if isinstance(stmt, (Load, Store)) and desc_key(stmt.view, box) not in descs:
+            dict.__setitem__(descs, desc_key(stmt.view, box), len(descs))
     if len(descs) > 32:
         raise ValueError(f"a nest with {len(descs)} descriptors (at most 32)")
-    for view, index in descs.items():
-        box = [nest.tile[a] for a in view.axes]
+    for (view, given), index in descs.items():
+        box = list(given) or [nest.tile[a] for a in view.axes]
         byte_offset = view.offset * itemsize(view.dtype)
         base = view.tensor if byte_offset == 0 else f"{view.tensor}+{byte_offset}"
         emit(f"DESC d{index}, {base}, {view.dtype}, [{', '.join(map(str, view.dims))}], "
@@ -260,7 +273,7 @@ def _emit_step(emit: Emitter, ctx: _NestContext, first: bool, last: bool,
     for index, load in enumerate(loads):
         buf = ctx.nest.buffer(load.dst)
         pad = f" .pad {_imm(load.pad)}" if load.pad != 0 else ""
-        emit(f"DMA.LD.{buf.dtype} {ctx.tile(load.dst)}, {ctx.ref(load.view)}{pad}",
+        emit(f"DMA.LD.{buf.dtype} {ctx.tile(load.dst)}, {ctx.ref(load.view, load.box)}{pad}",
              waits=[(E_LD_FREE, 1)] if index == 0 else [],
              sigs=[(E_LD_FULL, 1)])
     all_waits: list[list] = [[] for _ in compute]
@@ -287,7 +300,7 @@ def _emit_step(emit: Emitter, ctx: _NestContext, first: bool, last: bool,
 def _emit_load(emit: Emitter, ctx: _NestContext, load: Load, waits, sigs) -> None:
     buf = ctx.nest.buffer(load.dst)
     pad = f" .pad {_imm(load.pad)}" if load.pad != 0 else ""
-    emit(f"DMA.LD.{buf.dtype} {ctx.tile(load.dst)}, {ctx.ref(load.view)}{pad}",
+    emit(f"DMA.LD.{buf.dtype} {ctx.tile(load.dst)}, {ctx.ref(load.view, load.box)}{pad}",
          waits=waits, sigs=sigs)
 
 

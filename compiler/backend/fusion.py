@@ -11,7 +11,9 @@
   the group are stored;
 - one *matmul* nest per matmul group (`compiler/backend/gemm.py`): the tiled product
   accumulates in ACC and the epilogue runs on the accumulator tile before the store;
-- one implicit-GEMM nest per conv group (`compiler/backend/conv.py`), epilogue likewise.
+- one implicit-GEMM nest per conv group (`compiler/backend/conv.py`), epilogue likewise;
+- one nest per max pool (`compiler/backend/pool.py`): its input rows once, taps as strided
+  vector operands.
 """
 
 from __future__ import annotations
@@ -144,7 +146,7 @@ class FusedLowering(Lowering):
         if op.kind == "pad" and group.kind == "single":
             self.pad_copy(op)
             return
-        if group.kind not in ("elementwise", "matmul", "attention", "conv"):
+        if group.kind not in ("elementwise", "matmul", "attention", "conv", "pool"):
             super().lower_op(op)
             return
         if op.id != group.op_ids[0]:
@@ -154,6 +156,11 @@ class FusedLowering(Lowering):
             from compiler.backend.flash import lower_attention_group
 
             lower_attention_group(self, ops)
+            return
+        if group.kind == "pool":
+            from compiler.backend.pool import lower_pool_group
+
+            lower_pool_group(self, ops)
             return
         if group.kind == "conv":
             from compiler.backend.conv import lower_conv_group

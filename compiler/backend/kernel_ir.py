@@ -110,6 +110,9 @@ class Load:
     dst: str
     view: View
     pad: float = 0.0
+    # the box, when it is not the nest's tile along the view's axes (a pool's input rows
+    # with their halo)
+    box: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -124,7 +127,8 @@ class Store:
 class Vec:
     """A vector-engine instruction on whole tiles: `op` is the mnemonic without the `V`
     (`ADD`, `EXP`, `CMP.lt`, `SEL`, `DUP`, `COPY`, ...), `srcs` buffer names or float
-    immediates."""
+    immediates. A source `name@offset:rs:cs` reads buffer `name` from element `offset` with
+    row and column strides in elements (a pool's window taps over its input rows)."""
 
     op: str
     dtype: str
@@ -255,7 +259,8 @@ def _operand(src: str | float) -> str:
 
 def print_stmt(stmt: Stmt) -> str:
     if isinstance(stmt, Load):
-        return f"load {stmt.dst} <- {print_view(stmt.view)} pad {_num(stmt.pad)}"
+        box = f" box [{', '.join(map(str, stmt.box))}]" if stmt.box else ""
+        return f"load {stmt.dst} <- {print_view(stmt.view)} pad {_num(stmt.pad)}{box}"
     if isinstance(stmt, Store):
         return f"store {print_view(stmt.view)} <- {stmt.src}"
     if isinstance(stmt, Vec):
@@ -347,8 +352,10 @@ def parse_stmt(line: str) -> Stmt:
     word, _, rest = line.partition(" ")
     if word == "load":
         dst, _, rest = rest.partition(" <- ")
+        rest, _, box = rest.partition(" box ")
         view, _, pad = rest.rpartition(" pad ")
-        return Load(dst, parse_view(view), float(pad))
+        return Load(dst, parse_view(view), float(pad),
+                    _ints(box.strip().strip("[]")) if box else ())
     if word == "store":
         view, _, src = rest.rpartition(" <- ")
         return Store(parse_view(view), src.strip())

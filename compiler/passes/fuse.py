@@ -14,6 +14,7 @@ Groups (TVM's op patterns, on the primitives the `decompose` pass leaves):
 - `conv`: a conv2d lowered as an implicit GEMM (compiler/backend/conv.py) with the same
   epilogue as a matmul; `decompose` writes every conv2d as im2col, and this pass folds the
   im2col ops of a conv it can lower that way back into one `conv2d` op (`refold_convs`);
+- `pool`: a maxpool2d as one kernel (compiler/backend/pool.py), folded back likewise;
 - `view`: shape ops that the backend turns into DMA views (no kernel);
 - `single`: an op lowered on its own (reductions, concat, pad, ...).
 
@@ -25,7 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from compiler.graph.dtypes import is_float
+from compiler.graph.dtypes import is_float, limits
 from compiler.graph.ir import Function, Op
 from compiler.passes.pass_base import GraphPass, register_pass
 
@@ -320,6 +321,81 @@ def match_im2col(mm, producers, users) -> tuple | None:
     return x, w, attrs, ops
 
 
+def match_maxpool(final, producers, users) -> tuple | None:
+    """(x, attrs, ops) when `final` ends the `maximum` chain of a maxpool2d's
+    decomposition (pad with the lowest value, one strided slice per tap), else None."""
+    if final.kind != "maximum" or not (final.origin or "").startswith("maxpool2d#"):
+        return None
+    chain, taps, op = [final], [], final
+    while True:
+        taps.append(op.inputs[1])
+        inner = producers.get(op.inputs[0].id)
+        if (inner is None or inner.kind != "maximum" or inner.origin != final.origin
+                or len(users.get(inner.id, [])) != 1):
+            taps.append(op.inputs[0])
+            break
+        chain.append(inner)
+        op = inner
+    taps.reverse()
+    n, c, oh, ow = final.result.type.shape if final.result.type.rank == 4 else (0,) * 4
+    if not n:
+        return None
+    src, slices = None, []
+    for tap in taps:
+        op = producers.get(tap.id)
+        if op is None or op.kind != "slice" or tap.type.shape != (n, c, oh, ow):
+            return None
+        if src is not None and op.inputs[0] is not src:
+            return None
+        src = op.inputs[0]
+        slices.append(op)
+    steps = {tuple(op.attrs["steps"]) for op in slices}
+    if len(steps) != 1:
+        return None
+    strides = tuple(steps.pop()[2:])
+    kw = sum(1 for op in slices if op.attrs["starts"][2] == 0)
+    if kw < 1 or len(slices) % kw:
+        return None
+    kh = len(slices) // kw
+    for index, op in enumerate(slices):
+        i, j = divmod(index, kw)
+        if tuple(op.attrs["starts"]) != (0, 0, i, j):
+            return None
+        if tuple(op.attrs["stops"]) != (n, c, i + strides[0] * (oh - 1) + 1,
+                                        j + strides[1] * (ow - 1) + 1):
+            return None
+    x, pads = src, ((0, 0), (0, 0))
+    pad = producers.get(src.id)
+    if (pad is not None and pad.kind == "pad"
+            and float(pad.attrs["value"]) == limits(src.type.dtype)[0]
+            and tuple(pad.attrs["pads"][:2]) == ((0, 0), (0, 0))):
+        x = pad.inputs[0]
+        pads = tuple(tuple(p) for p in pad.attrs["pads"][2:])
+        slices.append(pad)
+    for axis, out in ((0, oh), (1, ow)):
+        size = x.type.shape[2 + axis] + sum(pads[axis])
+        if (size - (kh, kw)[axis]) // strides[axis] + 1 != out:
+            return None
+        if max(pads[axis]) >= (kh, kw)[axis]:
+            return None
+    attrs = {"kernel": (kh, kw), "strides": strides, "pads": pads}
+    return x, attrs, chain + slices
+
+
+def pool_refusal(x, attrs, producers) -> str | None:
+    """Why the backend's one-kernel max pool does not take this window (None: it does)."""
+    if x.type.dtype not in CONV_DTYPES:
+        return f"{x.type.dtype} has no one-kernel max pool"
+    size, stride = x.type.shape[2], attrs["strides"][0]
+    if size % stride:
+        return (f"the input height ({size}) is not a multiple of the stride ({stride}): its "
+                "rows cannot be split into the stride's phases")
+    op = producers.get(x.id)
+    if op is not None and op.kind in VIEW_OPS:
+        return "the input is a view"
+    return None
+
+
 def implicit_gemm_refusal(x, w, attrs, producers) -> str | None:
     """Why the backend's implicit GEMM does not take this conv2d (None: it does)."""
     if x.type.dtype not in CONV_DTYPES:
@@ -342,8 +418,9 @@ def implicit_gemm_refusal(x, w, attrs, producers) -> str | None:
 
 def refold_convs(fn: Function) -> tuple[Function, list[str]]:
     """Fold the im2col of every conv2d that the backend lowers as an implicit GEMM back
-    into one `conv2d` op (same result value); the others stay im2col. Returns the function
-    and one decision line per conv."""
+    into one `conv2d` op (same result value), and the taps of every max pool it lowers as
+    one kernel into one `maxpool2d` op; the others stay as `decompose` wrote them. Returns
+    the function and one decision line per window op."""
     producers = fn.producers()
     users = fn.users()
     outputs = {v.id for v in fn.outputs}
@@ -368,6 +445,20 @@ def refold_convs(fn: Function) -> tuple[Function, list[str]]:
         removable |= {op.id for op in ops if op is not final}
         decisions.append(f"fold the im2col of {mm.origin} (%{mm.id}) into %{final.id} conv2d: "
                          "one implicit-GEMM kernel, no patches in HBM")
+    for op in fn.ops:
+        found = match_maxpool(op, producers, users)
+        if found is None:
+            continue
+        x, attrs, ops = found
+        why = pool_refusal(x, attrs, producers)
+        if why is not None:
+            decisions.append(f"no-fuse {op.origin} as one pool kernel: {why}; its taps stay "
+                             "slices")
+            continue
+        replace[op.id] = Op(op.id, "maxpool2d", (x,), attrs, op.result, op.span, op.origin)
+        removable |= {o.id for o in ops if o is not op}
+        decisions.append(f"fold the taps of {op.origin} into %{op.id} maxpool2d: one kernel "
+                         "reading its input rows once, the padding filled by the DMA")
     if not replace:
         return fn, decisions
     new_ops = [replace.get(op.id, op) for op in fn.ops]
@@ -529,6 +620,8 @@ def plan_fusion(fn: Function, decisions: list[str] | None = None) -> FusionPlan:
                                  f"{list(v.type.shape)}")
         elif op.kind == "conv2d":
             new_group(op, "conv")
+        elif op.kind == "maxpool2d":
+            new_group(op, "pool")
         elif op.kind == "matmul":
             new_group(op, "matmul")
             # a cast feeding only this product is done by the operand's DMA (it converts)

@@ -164,3 +164,43 @@ def test_samples_conv_block():
     source = (Path(__file__).parents[2] / "samples" / "conv.zt").read_text()
     _, compiled, _, _ = compile_and_run(source, opt_level=2, shapes={"B": 2})
     assert sum(k.name.startswith("conv") for k in compiled.kernels.kernels) == 3
+
+
+POOLS = [
+    # x, kernel, stride, padding, dtype
+    ((2, 3, 14, 13), 3, 2, 1, "bf16"),     # the stem's pool, odd width
+    ((1, 2, 6, 19), 3, 2, 1, "f16"),
+    ((3, 1, 16, 13), 2, 2, 1, "f32"),
+    ((1, 2, 2, 2), 4, 1, 3, "f32"),        # windows mostly in the padding
+    ((2, 5, 9, 9), 2, 3, 1, "f32"),
+    ((1, 16, 4, 8), 3, 1, 0, "bf16"),
+]
+
+
+@pytest.mark.parametrize("x, kernel, stride, padding, dtype", POOLS)
+def test_maxpool_is_one_kernel_that_matches_the_reference(x, kernel, stride, padding, dtype):
+    n, c, h, w = x
+    oh, ow = (h + 2 * padding - kernel) // stride + 1, (w + 2 * padding - kernel) // stride + 1
+    source = (f"fn main(x: {dtype}[{n}, {c}, {h}, {w}]) -> {dtype}[{n}, {c}, {oh}, {ow}] {{\n"
+              f"    return maxpool2d(x, {kernel}, stride={stride}, padding={padding})\n}}\n")
+    _, compiled, result, want = compile_and_run(source, opt_level=2)
+    assert [k.name for k in compiled.kernels.kernels] == ["maxpool_0"]
+    assert result.report.hbm_write_bytes == want[0].nbytes
+
+
+def test_a_pool_whose_rows_do_not_split_by_the_stride_stays_taps():
+    source = ("fn main(x: bf16[1, 2, 7, 3]) -> bf16[1, 2, 3, 2] {\n"
+              "    return maxpool2d(x, 4, stride=4, padding=3)\n}\n")
+    _, compiled, _, _ = compile_and_run(source, opt_level=2)
+    assert "maxpool_0" not in [k.name for k in compiled.kernels.kernels]
+
+
+def test_stem_is_two_kernels():
+    """7x7 stride-2 conv + relu, then a 3x3 stride-2 max pool: the conv's output is the only
+    intermediate in HBM."""
+    source = ("fn main(x: bf16[2, 3, 32, 32], w: bf16[16, 3, 7, 7]) -> bf16[2, 16, 8, 8] {\n"
+              "    y = relu(conv2d(x, w, stride=2, padding=3))\n"
+              "    return maxpool2d(y, 3, stride=2, padding=1)\n}\n")
+    _, compiled, result, want = compile_and_run(source, opt_level=2)
+    assert [k.name for k in compiled.kernels.kernels] == ["conv_fused_0", "maxpool_1"]
+    assert result.report.hbm_write_bytes == want[0].nbytes + 2 * 16 * 16 * 16 * 2

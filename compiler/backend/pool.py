@@ -1,0 +1,105 @@
+"""maxpool2d as one kernel (`pool` fusion groups, DESIGN.md section 5).
+
+`decompose` writes a max pool as a pad with the lowest value, one strided slice per window
+tap and a chain of `maximum`s; at -O0 the pad is a copy in HBM and every tap reads its input
+again. A `pool` group (folded back by compiler/passes/fuse.py) is one map nest over the output
+(n, c, oh, ow) whose tile is `rows x cols` output pixels of one channel:
+
+- one DMA loads the input rows under the tile's windows with their halo. A tile spans whole
+  output rows; the input's rows are viewed split into (row / stride, row % stride), so that
+  the box over output rows [oh0, oh0 + rows) starts at view coordinate oh0 + floor(-pad /
+  stride): no coordinate scaling, and what lies above, below, left and right of the image
+  (the padding) is filled with the lowest value by the DMA;
+- each tap is a vector operand over that tile with row stride `stride x input width` and
+  column stride `stride`, and VMAX folds the taps into the output tile.
+"""
+
+from __future__ import annotations
+
+from math import ceil
+
+from compiler.backend.kernel_ir import Buffer, Load, Nest, Store, Vec, View
+from compiler.backend.lower import ALIGN
+from compiler.graph.dtypes import itemsize, limits
+from isa.errors import CompileError
+
+AX_NC, AX_OH, AX_OW, AX_ONE = range(4)
+
+
+def _aligned(nbytes: int) -> int:
+    return -(-nbytes // ALIGN) * ALIGN
+
+
+def _halo(kernel: int, stride: int, pad: int) -> tuple[int, int]:
+    """(first block, extra blocks): output index o reads input blocks o + first ..
+    o + first + extra (a block is `stride` input rows)."""
+    first = (-pad) // stride
+    last = (kernel - 1 - pad) // stride
+    return first, last - first
+
+
+def pool_tile(shape, attrs, elem_bytes: int, machine) -> int:
+    """Output rows per tile (tiles span whole output rows): as many as L1 holds (two
+    copies of the input box and of the output tile) but enough tiles for every core."""
+    n, c, oh, ow = shape
+    (kh, kw), (sh, sw), pads = attrs["kernel"], attrs["strides"], attrs["pads"]
+    _, extra_h = _halo(kh, sh, pads[0][0])
+    box_cols = (ow - 1) * sw + kw
+    budget = machine.l1_bytes - 8 * ALIGN
+
+    def fits(rows: int) -> bool:
+        box = (rows + extra_h) * sh * box_cols * elem_bytes
+        return 2 * (_aligned(box) + _aligned(rows * ow * elem_bytes)) <= budget
+
+    if not fits(1):
+        raise CompileError(f"a max pool's input rows ({box_cols} elements) do not fit L1")
+    rows = oh
+    while rows > 1 and (not fits(rows) or n * c * ceil(oh / rows) < machine.cores):
+        rows = ceil(rows / 2)
+    return rows
+
+
+def lower_pool_group(low, ops) -> None:
+    """Lower a pool group (one maxpool2d) as one kernel."""
+    (op,) = ops
+    machine = low.machine
+    attrs = op.attrs
+    x = low.view_of(op.inputs[0])
+    out = low.new_tensor(f"t{op.id}", op.result.type, "temp", op.span)
+    low.views[op.id] = out
+    n, c, h, w = x.shape
+    oh, ow = out.shape[2:]
+    (kh, kw), (sh, sw), pads = attrs["kernel"], attrs["strides"], attrs["pads"]
+    xn, xc, xh, xw = x.strides
+    if n > 1 and xn != c * xc:
+        raise CompileError("a max pool over a strided view of its input", op.span)
+    dtype = x.dtype
+    rows = pool_tile(out.shape, attrs, itemsize(dtype), machine)
+    first_h, extra_h = _halo(kh, sh, pads[0][0])
+    box_rows, box_cols = (rows + extra_h) * sh, (ow - 1) * sw + kw
+    # rows split into (block, phase); the tile spans whole rows, so its column coordinate
+    # is the same for every tile (-left padding)
+    view = View(x.tensor, x.dtype, x.offset, (AX_NC, AX_OH, AX_ONE, AX_OW),
+                (n * c, h // sh, sh, w), (xc, sh * xh, xh, xw),
+                (0, -first_h, 0, pads[1][0]))
+    box = (1, rows + extra_h, sh, box_cols)
+    buffers = [Buffer("in", "L1", dtype, box_rows, box_cols, 0, 2,
+                      _aligned(box_rows * box_cols * itemsize(dtype)))]
+    base = 2 * buffers[0].stride
+    out_bytes = _aligned(rows * ow * itemsize(dtype))
+    buffers.append(Buffer("out", "L1", dtype, rows, ow, base, 2, out_bytes))
+    taps = []
+    for i in range(kh):
+        for j in range(kw):
+            offset = (i - pads[0][0] - sh * first_h) * box_cols + j
+            taps.append(f"in@{offset}:{sh * box_cols}:{sw}")
+    body = [Vec("COPY", dtype, "out", (taps[0],))] if len(taps) == 1 else [
+        Vec("MAX", dtype, "out", (taps[0], taps[1]))]
+    body += [Vec("MAX", dtype, "out", ("out", tap)) for tap in taps[2:]]
+    _, oc, ohs, ows = out.strides
+    store = View(out.tensor, out.dtype, out.offset, (AX_NC, AX_OH, AX_OW), (n * c, oh, ow),
+                 (oc, ohs, ows), (0, 0, 0))
+    step = (Load("in", view, limits(dtype)[0], box),) + tuple(body)
+    nest = Nest((n * c, oh, ow, 1), (1, rows, ow, 1), ("p",) * 4, tuple(buffers), (),
+                step, (Store(store, "out"),))
+    low.kernel("maxpool", [op.id], [nest], op.span)
