@@ -64,7 +64,10 @@ _SCHEMA: dict[tuple[str, str], tuple[str, type, bool]] = {
     ("memory", "l1_bytes"): ("l1_bytes", int, False),
     ("memory", "acc_bytes"): ("acc_bytes", int, False),
     ("memory", "smem_bytes"): ("smem_bytes", int, False),
-    ("memory", "l2_bytes"): ("l2_bytes", int, False),
+    ("memory", "l2_bytes"): ("l2_bytes", int, True),  # 0: no L2 modelled
+    ("memory", "l2_bytes_per_second"): ("l2_bandwidth", float, False),
+    ("memory", "l2_line_bytes"): ("l2_line_bytes", int, False),
+    ("memory", "l2_block_bytes"): ("l2_block_bytes", int, False),
     ("memory", "hbm_bytes"): ("hbm_bytes", int, False),
     ("memory", "hbm_bytes_per_second"): ("hbm_bandwidth", float, False),
     ("dma", "ld_bytes_per_cycle"): ("ld_bytes_per_cycle", int, False),
@@ -111,6 +114,9 @@ class Machine:
     acc_bytes: int
     smem_bytes: int
     l2_bytes: int
+    l2_bandwidth: float
+    l2_line_bytes: int
+    l2_block_bytes: int
     hbm_bytes: int
     hbm_bandwidth: float
     ld_bytes_per_cycle: int
@@ -164,6 +170,11 @@ class Machine:
         return self.hbm_bandwidth / self.clock_hz
 
     @property
+    def l2_bytes_per_cycle(self) -> float:
+        """Chip-wide L2 bytes per core clock cycle."""
+        return self.l2_bandwidth / self.clock_hz
+
+    @property
     def vx_bandwidth(self) -> float:
         """Chip-wide vector-engine bytes/s (all cores)."""
         return self.cores * self.vx_bytes_per_cycle * self.clock_hz
@@ -199,6 +210,7 @@ class Machine:
             "ridge_point_flops_per_byte": {dt: self.ridge_point(dt) for dt, _ in self.mx_rates},
             "hbm_bytes_per_second": self.hbm_bandwidth,
             "hbm_bytes_per_cycle": self.hbm_bytes_per_cycle,
+            "l2_bytes_per_cycle": self.l2_bytes_per_cycle,
             "vx_bytes_per_second": self.vx_bandwidth,
             "ld_bytes_per_second": self.ld_bandwidth,
             "st_bytes_per_second": self.st_bandwidth,
@@ -249,7 +261,9 @@ def machine_rows(machine: Machine) -> list[tuple[str, str]]:
                          f"(sin/cos {machine.sfu_trig_elems_per_cycle})")),
         ("L1 / ACC / SMEM per core", (f"{_binary(machine.l1_bytes)} / {_binary(machine.acc_bytes)}"
                                      f" / {_binary(machine.smem_bytes)}")),
-        ("L2 shared", _binary(machine.l2_bytes)),
+        ("L2 shared", "none modelled" if not machine.l2_bytes else
+         f"{_binary(machine.l2_bytes)}, {_si(machine.l2_bandwidth, 'B/s')}, "
+         f"{machine.l2_line_bytes} B lines in {_binary(machine.l2_block_bytes)} blocks"),
         ("HBM", _si(machine.hbm_bytes, "B")),
         ("HBM bandwidth", (f"{_si(machine.hbm_bandwidth, 'B/s')} "
                           f"({machine.hbm_bytes_per_cycle:.4g} B/cycle)")),
@@ -397,6 +411,11 @@ def parse_machine(text: str, filename: str = "<machine>") -> Machine:
             (dtype, _quantity(rate, f"mx.rate.{dtype}", float, False, filename, span))
         )
     values["mx_rates"] = tuple(sorted(mx_rates, key=lambda item: MX_DTYPES.index(item[0])))
+    line, block = values["l2_line_bytes"], values["l2_block_bytes"]
+    if line & (line - 1) or block & (block - 1) or block < line or block > 64 * line:
+        raise MachineError(
+            f"'memory.l2_block_bytes' ({block}) must be 1 to 64 times 'memory.l2_line_bytes' "
+            f"({line}), both powers of two, in {filename}", where("memory", "l2_block_bytes"))
     values["source"] = filename
     return Machine(**values)  # type: ignore[arg-type]
 

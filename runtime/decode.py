@@ -42,8 +42,10 @@ def _events(events) -> tuple[tuple[int, int], ...]:
 
 
 def decode_program(program: Program, machine, engines: tuple[str, ...], *, functional: bool,
-                   gm, chip: int = 0, chips: int = 1) -> list[Op]:
+                   gm, chip: int = 0, chips: int = 1, l2=None) -> list[Op]:
     """One `Op` per instruction (index = address), plus a final HALT sentinel past the end.
+
+    With an `l2` (runtime.l2.L2Cache), a DMA's bound operands carry the GM lines it touches.
 
     Running off the end of the program is treated as a HALT at `len(instructions)`.
     """
@@ -83,7 +85,7 @@ def decode_program(program: Program, machine, engines: tuple[str, ...], *, funct
             op.waits = waits + (event_operands if instr.mnemonic == "WAIT" else ())
             op.sigs = sigs + (event_operands if instr.mnemonic == "SIG" else ())
             op.bind = _engine_binder(defn, instr, index, machine, program, functional, gm,
-                                     chip, chips)
+                                     chip, chips, l2)
         ops.append(op)
     end = Op(len(ops), HALT, "HALT (end of program)", "HALT",
              kernel=kernel_at.get(len(ops)))
@@ -124,7 +126,7 @@ def _getter(indices: tuple[int, ...]):
 
 
 def _engine_binder(defn, instr: Instruction, index: int, machine, program, functional: bool, gm,
-                   chip: int, chips: int):
+                   chip: int, chips: int, l2):
     """A closure binding an engine instruction at dispatch: snapshot, cost, semantics.
 
     A cost depends only on the instruction, the machine and the registers and descriptors
@@ -142,7 +144,7 @@ def _engine_binder(defn, instr: Instruction, index: int, machine, program, funct
     )
     reg_reads = instr.reads_regs()
     desc_reads = instr.reads_descs()
-    costs: dict = {}  # operand values -> Cost (functional) or Bound (timing only)
+    costs: dict = {}  # operand values -> (Cost, GM lines) (functional) or Bound (timing only)
 
     def context(core) -> EngineContext:
         regs = core.regs
@@ -157,11 +159,14 @@ def _engine_binder(defn, instr: Instruction, index: int, machine, program, funct
         if len(costs) >= _COST_CACHE_SIZE:
             costs.clear()
         cost = cost_fn(instr, machine, ctx or context(core))
+        box = cost.gm
+        lines = None if l2 is None or box is None else \
+            l2.lines(box.address, box.shape, box.strides, box.itemsize)
         if functional:
-            costs[key] = cost
-            return cost
+            costs[key] = cost, lines
+            return costs[key]
         bound = costs[key] = Bound(cost.occupancy, cost.latency, cost.hbm_read, cost.hbm_write,
-                                   cost.flops)
+                                   cost.flops, gm_lines=lines)
         return bound
 
     read_regs = _getter(reg_reads)
@@ -178,14 +183,13 @@ def _engine_binder(defn, instr: Instruction, index: int, machine, program, funct
     def bind(core) -> Bound:
         key = (read_regs(core.regs), read_descs(core.descs))
         ctx = context(core)
-        cost = costs.get(key)
-        if cost is None:
-            cost = cost_of(core, key, ctx)
+        cached = costs.get(key)
+        cost, lines = cached if cached is not None else cost_of(core, key, ctx)
 
         def run() -> None:
             execute(instr, ctx)
 
         return Bound(cost.occupancy, cost.latency, cost.hbm_read, cost.hbm_write, cost.flops,
-                     run, ctx.accesses)
+                     run, ctx.accesses, lines)
 
     return bind

@@ -32,7 +32,7 @@ from isa.errors import ChipTrap
 from isa.program import NUM_DESCS, NUM_REGS
 from runtime.bandwidth import BandwidthServer
 from runtime.memory import OutOfBounds
-from runtime.ops import BAR_CHIP, BAR_CORE, ENGINE, HALT, SCALAR, SIG_S, WAIT_S, Op
+from runtime.ops import BAR_CHIP, BAR_CORE, ENGINE, HALT, SCALAR, SIG_S, WAIT_S, Bound, Op
 from runtime.races import CoreRaceDetector
 from runtime.trace import TraceRecorder
 
@@ -47,12 +47,16 @@ class Timing:
     each instruction's own cost comes from its definition in isa)."""
 
     def __init__(self, *, cores: int, clock_hz: float, queue_depth: int, event_wake_latency: int,
-                 hbm_bytes_per_cycle: float):
+                 hbm_bytes_per_cycle: float, l2=None, l2_bytes_per_cycle: float = 0.0,
+                 l2_latency: int = 0):
         self.cores = cores
         self.clock_hz = clock_hz
         self.queue_depth = queue_depth
         self.event_wake_latency = event_wake_latency
         self.hbm_bytes_per_cycle = hbm_bytes_per_cycle
+        self.l2 = l2  # a runtime.l2.L2Cache, or None: every GM byte is an HBM byte
+        self.l2_bytes_per_cycle = l2_bytes_per_cycle
+        self.l2_latency = l2_latency
 
 
 class CoreState:
@@ -145,9 +149,12 @@ class Simulator:
         self.max_instructions = max_instructions
         self.trace = trace
         self.hbm = BandwidthServer("HBM", timing.hbm_bytes_per_cycle)
+        self.l2 = timing.l2
+        self.l2_server = BandwidthServer("L2", timing.l2_bytes_per_cycle) if self.l2 else None
         self.dma_engines = {i for i, name in enumerate(engines) if name in ("LD", "ST")}
         self._wait_cause = [f"wait_event:{name}" for name in engines]
         self._hbm_cause = [f"hbm_bandwidth:{name}" for name in engines]
+        self._l2_cause = [f"l2_bandwidth:{name}" for name in engines]
         self.heap: list = []
         self._seq = 0
         self.now = 0
@@ -479,21 +486,19 @@ class Simulator:
                 if race is not None:
                     self._trap_race(core, op, engine, race)
         occupancy = bound.occupancy
-        hbm_read = bound.hbm_read
-        hbm_write = bound.hbm_write
-        if hbm_read or hbm_write:
-            self.hbm_read += hbm_read
-            self.hbm_write += hbm_write
-            hbm_end = math.ceil(self.hbm.reserve(now, hbm_read + hbm_write) - 1e-9)
-            if hbm_end - now > occupancy:
-                core.stall(self._hbm_cause[engine], hbm_end - now - occupancy)
-                occupancy = hbm_end - now
+        latency = bound.latency
+        if bound.hbm_read or bound.hbm_write:
+            if bound.gm_lines is not None:
+                occupancy, latency = self._gm_through_l2(core, engine, bound, now)
+            else:
+                occupancy = self._gm_from_hbm(core, engine, bound.hbm_read, bound.hbm_write,
+                                              now, occupancy)
         self.flops += bound.flops
         self.engine_instructions += 1
         free = now + occupancy
         core.engine_free[engine] = free
         core.busy[engine] += occupancy
-        complete = free + bound.latency
+        complete = free + latency
         if occupancy > 0:
             # DMAs count while in flight (transfer and latency), compute while busy
             core.intervals[engine].append((now, complete if engine in self.dma_engines else free))
@@ -504,7 +509,7 @@ class Simulator:
         if self.trace is not None:
             self.trace.slice(core.index, engine, op.mnemonic, now, occupancy,
                              {"address": op.address, "text": op.text,
-                              "latency": bound.latency})
+                              "latency": latency})
         if queue:
             self._try_later(core, engine, max(now, free))
         elif core.s_blocked is not None and core.s_blocked != "queue_full" \
@@ -518,6 +523,44 @@ class Simulator:
                 self._run_scalar(core, now)  # nothing else is due first: no heap round trip
             else:
                 self._resume(core, now)
+
+    def _gm_from_hbm(self, core: CoreState, engine: int, read: int, write: int, now: int,
+                     occupancy: int) -> int:
+        """Pass `read + write` bytes through the HBM server; the DMA's new occupancy."""
+        self.hbm_read += read
+        self.hbm_write += write
+        hbm_end = math.ceil(self.hbm.reserve(now, read + write) - 1e-9)
+        if hbm_end - now > occupancy:
+            core.stall(self._hbm_cause[engine], hbm_end - now - occupancy)
+            occupancy = hbm_end - now
+        return occupancy
+
+    def _gm_through_l2(self, core: CoreState, engine: int, bound: Bound,
+                       now: int) -> tuple[int, int]:
+        """A DMA's GM bytes through the L2 (runtime/l2.py): every byte passes the L2 server,
+        the bytes it misses (reads) or writes through also the HBM server. Returns the DMA's
+        occupancy and latency: `l2_latency` for a read the L2 serves whole, and never before
+        the lines it hit on have landed."""
+        lines = bound.gm_lines
+        occupancy = bound.occupancy
+        latency = bound.latency
+        l2_end = math.ceil(self.l2_server.reserve(now, lines.total) - 1e-9)
+        if l2_end - now > occupancy:
+            core.stall(self._l2_cause[engine], l2_end - now - occupancy)
+            occupancy = l2_end - now
+        if bound.hbm_read:
+            missed, hit_ready = self.l2.read(lines)
+            if missed:
+                occupancy = self._gm_from_hbm(core, engine, missed, 0, now, occupancy)
+            else:
+                latency = self.timing.l2_latency
+            self.l2.landed(now + occupancy + latency)
+            if hit_ready > now + occupancy + latency:  # a line it hit on is still filling
+                latency = math.ceil(hit_ready) - now - occupancy
+        else:
+            occupancy = self._gm_from_hbm(core, engine, 0, bound.hbm_write, now, occupancy)
+            self.l2.write(lines, now + occupancy + latency)
+        return occupancy, latency
 
     def _signal(self, core: CoreState, payload, time: int, engine: int) -> None:
         """Fire the `.sig`s of a completed instruction (or a SIG.S) at `time`."""

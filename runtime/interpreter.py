@@ -19,6 +19,7 @@ from runtime.blas import single_blas_thread
 from runtime.context import ScalarContext
 from runtime.decode import decode_program
 from runtime.engine import CoreState, Simulator, Timing, dma_compute_overlap
+from runtime.l2 import L2Cache
 from runtime.memory import GlobalMemory, LocalMemory
 from runtime.report import KernelTime, Report
 from runtime.trace import TraceRecorder
@@ -64,7 +65,9 @@ def run_program(program: Program, machine, inputs: dict[str, np.ndarray], *,
     _check_tensors(program, machine)
     _load_inputs(program, inputs, gm)
     engines = MODELLED_ENGINES
-    ops = decode_program(program, machine, engines, functional=functional, gm=gm)
+    l2 = L2Cache(machine.l2_bytes, machine.l2_line_bytes, machine.l2_block_bytes) \
+        if machine.l2_bytes else None
+    ops = decode_program(program, machine, engines, functional=functional, gm=gm, l2=l2)
     cores = []
     for index in range(machine.cores):
         memories = {
@@ -78,7 +81,8 @@ def run_program(program: Program, machine, inputs: dict[str, np.ndarray], *,
     timing = Timing(cores=machine.cores, clock_hz=machine.clock_hz,
                     queue_depth=machine.queue_depth,
                     event_wake_latency=machine.event_wake_latency,
-                    hbm_bytes_per_cycle=machine.hbm_bytes_per_cycle)
+                    hbm_bytes_per_cycle=machine.hbm_bytes_per_cycle, l2=l2,
+                    l2_bytes_per_cycle=machine.l2_bytes_per_cycle, l2_latency=machine.l2_latency)
     recorder = TraceRecorder(machine.clock_hz, list(engines), machine.cores) if trace else None
     kernel_names = [name for name, _ in program.kernels]
     simulator = Simulator(
@@ -156,6 +160,8 @@ def _report(program: Program, machine, sim: Simulator, cycles: int, timing_only:
         stall_cycles=stalls, kernels=kernels, peak_flops_per_second=peak,
         overlap_cycles=[dma_compute_overlap(core, engines) for core in sim.cores],
         hbm_bytes_per_second=machine.hbm_bandwidth,
+        l2_read_bytes=sim.l2.read_bytes if sim.l2 else 0,
+        l2_hit_bytes=sim.l2.hit_bytes if sim.l2 else 0,
     )
 
 

@@ -29,7 +29,8 @@ class Bound:
     `execute()` runs the instruction's reference semantics against the operands captured at
     dispatch; it is called when the instruction starts. `accesses` lists the per-core memory
     ranges it touches, (space, lo, hi, is_write), for race detection and bounds checks in
-    timing-only runs (functional runs check bounds while executing).
+    timing-only runs (functional runs check bounds while executing). `gm_lines` (a
+    runtime.l2.Lines) are the GM lines a DMA touches when the L2 is modelled.
     """
 
     occupancy: int
@@ -39,6 +40,7 @@ class Bound:
     flops: int = 0
     execute: Callable[[], None] | None = None
     accesses: tuple = ()
+    gm_lines: object = None
 
 
 @dataclass(slots=True)

@@ -46,6 +46,9 @@ class Report:
     overlap_cycles: list[int] = field(default_factory=list)
     peak_flops_per_second: float = 0.0
     hbm_bytes_per_second: float = 0.0
+    # GM reads through the L2 (all of them when it is modelled) and the part it served
+    l2_read_bytes: int = 0
+    l2_hit_bytes: int = 0
 
     # -- derived ---------------------------------------------------------------------------
 
@@ -105,6 +108,8 @@ class Report:
             "hbm_read_bytes": self.hbm_read_bytes,
             "hbm_write_bytes": self.hbm_write_bytes,
             "hbm_bandwidth_fraction": self._hbm_fraction(),
+            "l2_read_bytes": self.l2_read_bytes,
+            "l2_hit_bytes": self.l2_hit_bytes,
             "roofline_seconds": self.roofline_seconds,
             "efficiency": self.efficiency,
             "engines": list(self.engines),
@@ -144,6 +149,9 @@ class Report:
             else 0.0
         lines.append(f"HBM read {self.hbm_read_bytes} B  write {self.hbm_write_bytes} B  "
                      f"({gbps:.1f} GB/s, {100 * self._hbm_fraction():.1f}% of peak)")
+        if self.l2_read_bytes:
+            lines.append(f"L2 served {self.l2_hit_bytes} B of {self.l2_read_bytes} B read "
+                         f"({100 * self.l2_hit_bytes / self.l2_read_bytes:.1f}% hits)")
         busy = self.mean_busy_fraction()
         lines.append("engine busy (mean over cores): "
                      + "  ".join(f"{e} {100 * f:.1f}%" for e, f in busy.items()))

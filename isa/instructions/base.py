@@ -90,12 +90,25 @@ class OptionSpec:
 
 
 @dataclass(frozen=True)
+class GMBox:
+    """The GM bytes a DMA touches: `shape` elements of `itemsize` bytes from `address`, with
+    byte `strides` (the in-bounds part of its box). The runtime's L2 model reads it."""
+
+    address: int
+    shape: tuple[int, ...]
+    strides: tuple[int, ...]
+    itemsize: int
+
+
+@dataclass(frozen=True)
 class Cost:
     """What one instruction costs (cycles and bytes; see docs/internals.md section 3).
 
     The engine is busy `occupancy` cycles; the results are visible (and `.sig`s fire)
-    `latency` cycles after that. `hbm_read`/`hbm_write` bytes also draw on the chip-wide HBM
-    bandwidth server. `flops` counts arithmetic for reports (a MAC is 2).
+    `latency` cycles after that. `hbm_read`/`hbm_write` bytes are GM traffic: they draw on the
+    chip-wide HBM bandwidth server, or, where the runtime models the L2 and `gm` says which
+    bytes they are, on the L2 for the bytes it holds (with `l2_latency` for a read the L2
+    serves whole). `flops` counts arithmetic for reports (a MAC is 2).
     """
 
     occupancy: int
@@ -103,6 +116,7 @@ class Cost:
     hbm_read: int = 0
     hbm_write: int = 0
     flops: int = 0
+    gm: GMBox | None = None
 
 
 CostFn = Callable[[Instruction, Machine, ExecContext], Cost]

@@ -17,6 +17,7 @@ from isa.dtypes import DTYPES, compute_dtype, convert, itemsize
 from isa.errors import ChipTrap
 from isa.instructions.base import (
     Cost,
+    GMBox,
     InstrDef,
     OperandSpec,
     OptionSpec,
@@ -102,12 +103,23 @@ def _dma_ld(instr: Instruction, ctx: ExecContext) -> None:
     tile_view(ctx, dst, rows, cols, dtype)[...] = box.reshape(rows, cols)
 
 
+def gm_box(desc: Descriptor, coords: tuple[int, ...]) -> GMBox | None:
+    """The in-bounds GM part of the box at `coords` (None when it is empty)."""
+    ranges = in_bounds(desc, coords)
+    if not all(hi > lo for lo, hi in ranges):
+        return None
+    size = itemsize(desc.dtype)
+    return GMBox(_address(desc, tuple(lo for lo, _ in ranges)),
+                 tuple(hi - lo for lo, hi in ranges), tuple(s * size for s in desc.strides), size)
+
+
 def _dma_ld_cost(instr: Instruction, machine: Machine, ctx: ExecContext) -> Cost:
     _, ref = instr.operands
     desc = ctx.read_desc(ref.index)
-    nbytes = in_bounds_elements(desc, box_coords(ref, desc, ctx)) * itemsize(desc.dtype)
+    coords = box_coords(ref, desc, ctx)
+    nbytes = in_bounds_elements(desc, coords) * itemsize(desc.dtype)
     return Cost(max(1, ceil_div(nbytes, machine.ld_bytes_per_cycle)), machine.hbm_latency,
-                hbm_read=nbytes)
+                hbm_read=nbytes, gm=gm_box(desc, coords))
 
 
 # ---- DMA.ST -------------------------------------------------------------------------
@@ -140,9 +152,10 @@ def _dma_st(instr: Instruction, ctx: ExecContext) -> None:
 def _dma_st_cost(instr: Instruction, machine: Machine, ctx: ExecContext) -> Cost:
     ref, _ = instr.operands
     desc = ctx.read_desc(ref.index)
-    nbytes = in_bounds_elements(desc, box_coords(ref, desc, ctx)) * itemsize(desc.dtype)
+    coords = box_coords(ref, desc, ctx)
+    nbytes = in_bounds_elements(desc, coords) * itemsize(desc.dtype)
     return Cost(max(1, ceil_div(nbytes, machine.st_bytes_per_cycle)), machine.hbm_latency,
-                hbm_write=nbytes)
+                hbm_write=nbytes, gm=gm_box(desc, coords))
 
 
 # ---- DMA.MOV ------------------------------------------------------------------------
@@ -181,7 +194,8 @@ DEFS: list[InstrDef] = [
                  OptionSpec("pad", takes_value=True, doc="the value of out-of-bounds elements")),
         sync=True, cost=_dma_ld_cost, execute=_dma_ld,
         cost_doc="occupancy ceil(in-bounds bytes / `ld_bytes_per_cycle`) (at least 1), latency "
-        "`hbm_latency`; the in-bounds bytes (descriptor dtype) are HBM reads",
+        "`hbm_latency` (`l2_latency` when the L2 holds every byte); the in-bounds bytes "
+        "(descriptor dtype) are GM reads, from the L2 where it holds them, else from HBM",
     ),
     InstrDef(
         mnemonic="DMA.ST", opcode=0x22, engine="ST", group=GROUP,
@@ -195,7 +209,8 @@ DEFS: list[InstrDef] = [
         options=(OptionSpec("relu", doc="fused ReLU"),),
         sync=True, cost=_dma_st_cost, execute=_dma_st,
         cost_doc="occupancy ceil(in-bounds bytes / `st_bytes_per_cycle`) (at least 1), latency "
-        "`hbm_latency`; the in-bounds bytes (descriptor dtype) are HBM writes",
+        "`hbm_latency`; the in-bounds bytes (descriptor dtype) are GM writes, through the L2 to "
+        "HBM",
     ),
     InstrDef(
         mnemonic="DMA.MOV", opcode=0x23, engine="LD", group=GROUP,

@@ -80,8 +80,8 @@ def test_a_reduction_between_two_elementwise_ops_is_not_a_cycle():
 def test_row_kernels_are_one_kernel_moving_compulsory_bytes(body, dtype):
     source = (f"fn main(x: {dtype}[70, 300]) -> {dtype}[70, 300] {{\n    return {body}\n}}\n"
               if "g" not in body else
-              f"fn main(x: {dtype}[70, 300], g: f32[300], b: f32[300]) -> {dtype}[70, 300] {{\n"
-              f"    return {body}\n}}\n")
+              f"fn main(x: {dtype}[70, 300], g: f32[300]{', b: f32[300]' if 'g, b' in body else ''}) "
+              f"-> {dtype}[70, 300] {{\n    return {body}\n}}\n")
     fn, compiled, result, _ = compile_and_run(source, opt_level=2)
     assert compiled.kernel_count == 1
     # parameters used once per core at most (a bias row that spans every column)
@@ -150,10 +150,11 @@ def test_flash_attention_at_4096_writes_no_score_matrix():
     report = run_program(compiled.program, machine(), inputs, timing_only=True).report
     qkvo = 4 * fn.outputs[0].type.nbytes
     assert report.hbm_write_bytes == fn.outputs[0].type.nbytes
-    # K and V are re-read once per block of 128 queries (no L2 in the timing model); the
-    # score matrix alone would be 2 * 4096^2 * 2 bytes = 64 MiB
-    assert report.hbm_read_bytes <= 3 * fn.outputs[0].type.nbytes + 2 * 32 * 2 * 4096 * 128 * 2
-    assert report.hbm_read_bytes + report.hbm_write_bytes >= qkvo
+    # K and V are read once per block of queries, but the re-reads hit in the L2: HBM moves
+    # q, k, v and the output (the score matrix alone would be 2 * 4096^2 * 2 bytes = 64 MiB)
+    hbm = report.hbm_read_bytes + report.hbm_write_bytes
+    assert qkvo <= hbm <= 1.1 * qkvo
+    assert report.l2_hit_bytes > 5 * qkvo
 
 
 SAMPLE_ATTENTION = (Path(__file__).resolve().parents[2] / "samples" / "attention.zt").read_text()

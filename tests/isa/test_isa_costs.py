@@ -9,6 +9,7 @@ from seqrun import SeqContext
 from isa.asm import parse_assembly
 from isa.errors import ChipTrap
 from isa.instructions import INSTRUCTIONS, Cost
+from isa.instructions.base import GMBox
 from isa.machine import load_machine
 
 SETUP = """
@@ -34,16 +35,22 @@ def cost_of(line: str, machine: str = "m890", regs: dict[int, int] | None = None
 
 @pytest.mark.parametrize("line, expected", [
     # 16 x 32 bf16 = 1024 bytes in bounds / 256 per cycle; HBM latency 600
-    ("DMA.LD L1[0], d0[0, 0]", Cost(4, 600, hbm_read=1024)),
+    # (the GM box names the bytes, for the runtime's L2 model)
+    ("DMA.LD L1[0], d0[0, 0]", Cost(4, 600, hbm_read=1024, gm=GMBox(0, (16, 32), (64, 2), 2))),
     # rows 32..47 of 40: 8 rows in bounds = 512 bytes
-    ("DMA.LD L1[0], d0[r1, 0]", Cost(2, 600, hbm_read=512)),
+    ("DMA.LD L1[0], d0[r1, 0]", Cost(2, 600, hbm_read=512,
+                                      gm=GMBox(32 * 64, (8, 32), (64, 2), 2))),
     # a 64 x 128 box over a 40 x 32 tensor: only 40 x 32 x 2 = 2560 bytes move
-    ("DMA.LD L1[0], d1[0, 0] .pad #0.0", Cost(10, 600, hbm_read=2560)),
+    ("DMA.LD L1[0], d1[0, 0] .pad #0.0", Cost(10, 600, hbm_read=2560,
+                                               gm=GMBox(0, (40, 32), (64, 2), 2))),
     # entirely outside: nothing read, still one cycle
     ("DMA.LD L1[0], d0[100, 0]", Cost(1, 600, hbm_read=0)),
     # 16 x 16 f32 = 1024 bytes / 128 per cycle
-    ("DMA.ST d2[0, 0], ACC[0]", Cost(8, 600, hbm_write=1024)),
-    ("DMA.ST d2[56, 56], ACC[0] .relu", Cost(2, 600, hbm_write=256)),
+    ("DMA.ST d2[0, 0], ACC[0]", Cost(8, 600, hbm_write=1024,
+                                      gm=GMBox(0x1000, (16, 16), (256, 4), 4))),
+    ("DMA.ST d2[56, 56], ACC[0] .relu", Cost(2, 600, hbm_write=256,
+                                              gm=GMBox(0x1000 + (56 * 64 + 56) * 4, (8, 8),
+                                                       (256, 4), 4))),
     ("DMA.MOV L1[0], ACC[0], 1000", Cost(4, 8)),
     # (128/16)^3 = 512 MX blocks at rate 1; latency mx_fill 32; 2 M N K flops
     ("MMA.bf16.f32 ACC[0], L1[0], L1[0], 128, 128, 128 .init", Cost(512, 32, flops=4194304)),

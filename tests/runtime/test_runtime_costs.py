@@ -32,7 +32,10 @@ def test_dma_ld(rows, cols, dtype, nbytes):
     occupancy = max(1, math.ceil(rows * cols * nbytes / M.ld_bytes_per_cycle))
     assert report.cycles == S + 1 + occupancy + M.hbm_latency
     assert report.busy_cycles[0]["LD"] == occupancy
-    assert report.hbm_read_bytes == rows * cols * nbytes
+    # the DMA moves its bytes; HBM moves whole L2 lines (the tensor starts at a line)
+    assert report.l2_read_bytes == rows * cols * nbytes
+    line = M.l2_line_bytes
+    assert report.hbm_read_bytes == -(-rows * cols * nbytes // line) * line
 
 
 def test_dma_ld_counts_only_in_bounds_bytes():
@@ -40,7 +43,9 @@ def test_dma_ld_counts_only_in_bounds_bytes():
     text = (_tensor("x", "f32", (64, 64))
             + "DESC d0, x, f32, [64, 64], [64, 1], [64, 64]\nDMA.LD L1[0], d0[32, 48]\nHALT\n")
     report = run_asm(text).report
-    assert report.hbm_read_bytes == 32 * 16 * 4
+    assert report.l2_read_bytes == 32 * 16 * 4
+    # each 64-byte row piece is in its own L2 line, which HBM moves whole
+    assert report.hbm_read_bytes == 32 * max(64, M.l2_line_bytes)
     assert report.cycles == S + 1 + 32 * 16 * 4 // M.ld_bytes_per_cycle + M.hbm_latency
 
 
