@@ -436,7 +436,10 @@ def emit_nest(emit: Emitter, nest: Nest, tensors) -> None:
         emit(f"MUL r{R_TILE}, r{R_TILE_LOOP}, r{R_CORES}")
         emit(f"ADD r{R_TILE}, r{R_TILE}, r{R_CORE}")
         _decompose(emit, R_TILE, par_axes, nest)
-    emit(f"AND r{R_OUT_OFF}, r{R_OUT_COUNT}, 1")
+    if out_credits <= 2:
+        emit(f"AND r{R_OUT_OFF}, r{R_OUT_COUNT}, 1")
+    else:  # deeper buffering: a short tile's store latency is hidden by later tiles
+        emit(f"REM r{R_OUT_OFF}, r{R_OUT_COUNT}, {out_credits}")
     emit(f"MUL r{R_OUT_OFF}, r{R_OUT_OFF}, {out_stride}")
     emit(f"ADD r{R_OUT_COUNT}, r{R_OUT_COUNT}, 1")
     for index, load in enumerate(tile_loads):

@@ -37,9 +37,11 @@ from compiler.graph.dtypes import itemsize
 from isa.errors import CompileError
 
 NARROW = ("bf16", "f16", "fp8")
+EXACT = ("relu", "neg", "abs")   # f(round(x)) == round(f(x))
 AX_N, AX_G, AX_O, AX_OH, AX_OW, AX_C, AX_TAP = range(7)
 MAX_PIXELS = 512   # pixels per tile considered (MX blocks along N per MMA)
 LOAD_COPIES = (2, 3, 4)   # operand buffers in flight: more hide the DMA latency of short steps
+ACC_COPIES = (1, 2, 3, 4)  # accumulators in flight: more hide the store latency of short tiles
 
 
 def _round_up(value: int, multiple: int) -> int:
@@ -139,8 +141,10 @@ def conv_cost(shape: ConvShape, tile_o, rows, cols, tile_c, acc_copies, ld_copie
     step = max(mx_cycles, transfer, shared, written, hidden) + 2 * (shape.taps + 1) + 12
     drain = max(store / mx.st_bytes_per_cycle, active * store / mx.hbm_bytes_per_cycle)
     epilogue = epilogue_ops * tile_o * pixels * 4 / mx.vx_bytes_per_cycle
-    exposed = drain + epilogue + mx.hbm_latency if acc_copies == 1 else 0.0
-    total = waves * (steps * step + exposed) + mx.hbm_latency + transfer + drain + epilogue
+    # an accumulator copy is free again once its tile's store has landed
+    per_tile = steps * step
+    per_tile = max(per_tile, (per_tile + epilogue + drain + mx.hbm_latency) / acc_copies)
+    total = waves * per_tile + mx.hbm_latency + transfer + drain + epilogue
     read_total = tiles * steps * step_lines
     return max(total, (x_bytes + w_bytes + out_total) / mx.hbm_bytes_per_cycle,
                (read_total + out_total) / reread)
@@ -166,8 +170,9 @@ def choose_conv_tile(shape: ConvShape, in_dtype: str, acc_dtype: str, out_bytes:
             l1_out = (_aligned(tile_o * pixels * epilogue_full_bytes)
                       + _aligned(pixels * epilogue_row_bytes) + _aligned(tile_o * 4))
             stride = _aligned(max(acc_tile, l1_out))
-            copies = 2 if stride + acc_tile <= machine.acc_bytes else 1
-            l1_out_total = l1_out + (stride if copies == 2 else 0)
+            copies = max(c for c in ACC_COPIES
+                         if c == 1 or (c - 1) * stride + acc_tile <= machine.acc_bytes)
+            l1_out_total = l1_out + (copies - 1) * stride
             for tile_c in sorted(cands_c):
                 k_pad = _round_up(shape.taps * tile_c, machine.mx_k)
                 one = _aligned(k_pad * tile_o * in_bytes) + _aligned(k_pad * pixels * in_bytes)
@@ -286,6 +291,13 @@ def lower_conv_group(low, ops) -> None:
                 epi_kinds.append(kind)
             operands[(op.id, index)] = value.id
     rounded = [op for op in ops[:-1] if op.result.type.dtype in NARROW and op.kind != "cast"]
+    # rounding commutes with relu, neg and abs: a value rounded before a tail of them (in
+    # the same dtype) is rounded by the store all the same
+    tail = len(ops)
+    while tail > 1 and ops[tail - 1].kind in EXACT and (
+            ops[tail - 1].result.type.dtype == ops[tail - 2].result.type.dtype):
+        tail -= 1
+    rounded = [op for op in rounded if ops.index(op) < tail - 1]
     full_bytes = 4 * epi_kinds.count("full") + (2 if rounded else 0)
     row_bytes = 4 * epi_kinds.count("row")
     n_vec = len(epilogue) + 2 * len(rounded)
@@ -331,7 +343,7 @@ def lower_conv_group(low, ops) -> None:
         offset += _aligned(tile_o * pixels * 2)
     acc_tile = _aligned(tile_o * pixels * itemsize(acc_dtype))
     copies = tile.acc_copies
-    stride = _aligned(max(acc_tile, offset - l1_base)) if copies == 2 else 0
+    stride = _aligned(max(acc_tile, offset - l1_base)) if copies > 1 else 0
     buffers.append(Buffer("c", "ACC", acc_dtype, tile_o, pixels, 0, copies, stride))
     buffers += [Buffer(b.name, b.level, b.dtype, b.rows, b.cols, b.offset, copies, stride)
                 for b in l1_out]

@@ -24,6 +24,9 @@ from compiler.graph.dtypes import itemsize, limits
 from isa.errors import CompileError
 
 AX_NC, AX_OH, AX_OW, AX_ONE = range(4)
+# input boxes and output tiles in flight per core: a tile's vector work is short next to
+# the DMA latency, so two copies would leave the core waiting for every load and store
+LOAD_COPIES = 6
 
 
 def _aligned(nbytes: int) -> int:
@@ -39,8 +42,8 @@ def _halo(kernel: int, stride: int, pad: int) -> tuple[int, int]:
 
 
 def pool_tile(shape, attrs, elem_bytes: int, machine) -> int:
-    """Output rows per tile (tiles span whole output rows): as many as L1 holds (two
-    copies of the input box and of the output tile) but enough tiles for every core."""
+    """Output rows per tile (tiles span whole output rows): as many as L1 holds (every
+    copy of the input box, two of the output tile) but enough tiles for every core."""
     n, c, oh, ow = shape
     (kh, kw), (sh, sw), pads = attrs["kernel"], attrs["strides"], attrs["pads"]
     _, extra_h = _halo(kh, sh, pads[0][0])
@@ -49,7 +52,7 @@ def pool_tile(shape, attrs, elem_bytes: int, machine) -> int:
 
     def fits(rows: int) -> bool:
         box = (rows + extra_h) * sh * box_cols * elem_bytes
-        return 2 * (_aligned(box) + _aligned(rows * ow * elem_bytes)) <= budget
+        return LOAD_COPIES * (_aligned(box) + _aligned(rows * ow * elem_bytes)) <= budget
 
     if not fits(1):
         raise CompileError(f"a max pool's input rows ({box_cols} elements) do not fit L1")
@@ -83,11 +86,11 @@ def lower_pool_group(low, ops) -> None:
                 (n * c, h // sh, sh, w), (xc, sh * xh, xh, xw),
                 (0, -first_h, 0, pads[1][0]))
     box = (1, rows + extra_h, sh, box_cols)
-    buffers = [Buffer("in", "L1", dtype, box_rows, box_cols, 0, 2,
+    buffers = [Buffer("in", "L1", dtype, box_rows, box_cols, 0, LOAD_COPIES,
                       _aligned(box_rows * box_cols * itemsize(dtype)))]
-    base = 2 * buffers[0].stride
+    base = LOAD_COPIES * buffers[0].stride
     out_bytes = _aligned(rows * ow * itemsize(dtype))
-    buffers.append(Buffer("out", "L1", dtype, rows, ow, base, 2, out_bytes))
+    buffers.append(Buffer("out", "L1", dtype, rows, ow, base, LOAD_COPIES, out_bytes))
     taps = []
     for i in range(kh):
         for j in range(kw):
