@@ -378,6 +378,25 @@ def _causal_tile(emit: Emitter, nest: Nest, causal: tuple[int, int]) -> None:
     emit(f"SUB r{R_MIDDLE}, r{R_STEPS}, 2")
 
 
+def _read_only_by_mma(nest: Nest, names: frozenset[str]) -> bool:
+    """Whether the buffers `names` are read by MMAs only (never by the vector engine or
+    a store)."""
+    for stmt in nest.init + nest.step + nest.final:
+        if isinstance(stmt, Mma):
+            continue
+        if isinstance(stmt, Vec):
+            used = {s.partition("@")[0] for s in stmt.srcs if isinstance(s, str)}
+        elif isinstance(stmt, Store):
+            used = {stmt.src}
+        elif isinstance(stmt, Reduce):
+            used = {stmt.src, stmt.dst}
+        else:
+            used = set()
+        if used & names:
+            return False
+    return True
+
+
 def emit_nest(emit: Emitter, nest: Nest, tensors) -> None:
     """The code of one nest (see the module docstring for the protocol)."""
     if nest.schedule == "flash":
@@ -408,12 +427,20 @@ def emit_nest(emit: Emitter, nest: Nest, tensors) -> None:
     out_stride = out_buffers[0].stride if out_buffers else 0
     # one credit per copy of the output buffers (a single-copy ACC tile takes one)
     out_credits = out_buffers[0].copies if out_buffers else 2
+    for axis in nest.core_axes:  # this core's coordinate, the same for all its tiles
+        if nest.grid[axis] > 1:
+            emit(f"REM r{R_COORD + axis}, r{R_CORE}, {nest.grid[axis]}")
+            if nest.tile[axis] > 1:
+                emit(f"MUL r{R_COORD + axis}, r{R_COORD + axis}, {nest.tile[axis]}")
     for index, load in enumerate(setup_loads):
         _emit_load(emit, ctx, load, [], [(E_SETUP, 1)])
     for stmt in setup_compute:
         emit(_compute(ctx, stmt, True), sigs=[(E_SETUP, 1)])
     if setup_loads or setup_compute:
-        emit(f"WAIT.S {_event(E_SETUP, len(setup_loads) + len(setup_compute))}")
+        # only MMAs read them (resident weights): the matrix engine waits, and the scalar
+        # goes on issuing the first tile's loads meanwhile
+        engine = "MX" if _read_only_by_mma(nest, ctx.setup_buffers) else "S"
+        emit(f"WAIT.{engine} {_event(E_SETUP, len(setup_loads) + len(setup_compute))}")
     # one credit per copy of the step's load buffers
     ld_credits = max((b.copies for b in nest.buffers if b.name in ld_buffers), default=2)
     if ld_buffers:

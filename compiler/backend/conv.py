@@ -38,7 +38,9 @@ from isa.errors import CompileError
 
 NARROW = ("bf16", "f16", "fp8")
 EXACT = ("relu", "neg", "abs")   # f(round(x)) == round(f(x))
-AX_N, AX_G, AX_O, AX_OH, AX_OW, AX_C, AX_TAP = range(7)
+# the output channels are the innermost parallel axis: when their tile count divides the
+# cores, every tile of a core has the same channels, and its weights stay in L1
+AX_N, AX_G, AX_OH, AX_OW, AX_O, AX_C, AX_TAP = range(7)
 MAX_PIXELS = 512   # pixels per tile considered (MX blocks along N per MMA)
 LOAD_COPIES = (2, 3, 4)   # operand buffers in flight: more hide the DMA latency of short steps
 ACC_COPIES = (1, 2, 3, 4)  # accumulators in flight: more hide the store latency of short tiles
@@ -63,6 +65,7 @@ class ConvTile:
     acc_copies: int
     ld_copies: int
     cycles: float
+    stationary: bool = False   # the core's weights loaded once, before its first tile
 
 
 @dataclass(frozen=True)
@@ -97,7 +100,7 @@ def _pixel_blocks(oh: int, ow: int, unit: int) -> list[tuple[int, int]]:
 
 
 def conv_cost(shape: ConvShape, tile_o, rows, cols, tile_c, acc_copies, ld_copies, in_bytes,
-              out_bytes, rate, epilogue_ops, machine) -> float:
+              out_bytes, rate, epilogue_ops, machine, stationary: bool = False) -> float:
     """Estimated cycles of the nest (see the module docstring).
 
     A step lasts the longest of its MMA, its loads on the core's port, its share of HBM
@@ -117,7 +120,8 @@ def conv_cost(shape: ConvShape, tile_o, rows, cols, tile_c, acc_copies, ld_copie
     mx_cycles = (tile_o / mx.mx_m) * (pixels / mx.mx_n) * (k_pad / mx.mx_k) / rate
     in_pixels = min(rows, shape.oh) * min(cols, shape.ow)
     in_c = min(tile_c, shape.cg)
-    step_bytes = shape.taps * in_c * (in_pixels + min(tile_o, shape.og)) * in_bytes
+    w_step = 0 if stationary else shape.taps * in_c * min(tile_o, shape.og) * in_bytes
+    step_bytes = shape.taps * in_c * in_pixels * in_bytes + w_step
     transfer = step_bytes / mx.ld_bytes_per_cycle
     # the caches move whole lines: a box of x is runs of `cols` pixels (one run per channel
     # when it spans whole rows of a stride-1 conv), each starting anywhere in a line
@@ -125,7 +129,7 @@ def conv_cost(shape: ConvShape, tile_o, rows, cols, tile_c, acc_copies, ld_copie
     run = in_pixels if cols >= shape.ow and shape.stride_one else min(cols, shape.ow)
     runs = shape.taps * in_c * in_pixels // run
     line_bytes = runs * (_round_up(run * in_bytes, line) + line // 2)
-    step_lines = line_bytes + shape.taps * in_c * min(tile_o, shape.og) * in_bytes
+    step_lines = line_bytes + w_step
     x_bytes = shape.n * shape.groups * shape.cg * shape.oh * shape.ow * in_bytes
     w_bytes = shape.groups * shape.og * shape.cg * shape.taps * in_bytes
     out_total = shape.n * shape.groups * shape.og * shape.oh * shape.ow * out_bytes
@@ -146,8 +150,21 @@ def conv_cost(shape: ConvShape, tile_o, rows, cols, tile_c, acc_copies, ld_copie
     per_tile = max(per_tile, (per_tile + epilogue + drain + mx.hbm_latency) / acc_copies)
     total = waves * per_tile + mx.hbm_latency + transfer + drain + epilogue
     read_total = tiles * steps * step_lines
+    if stationary:  # each core's weights, once, before its first tile
+        resident = shape.taps * in_c * min(tile_o, shape.og) * in_bytes
+        total += resident / mx.ld_bytes_per_cycle
+        read_total += active * resident
     return max(total, (x_bytes + w_bytes + out_total) / mx.hbm_bytes_per_cycle,
                (read_total + out_total) / reread)
+
+
+def stationary_weights(shape: ConvShape, tile_o: int, tile_c: int, machine) -> bool:
+    """Whether every tile of a core uses the same weights: one reduction step (all input
+    channels), one group, and output-channel tiles that divide the cores (the innermost
+    parallel axis: tile t goes to core t % cores)."""
+    blocks = ceil(shape.og / tile_o)
+    return (tile_c == shape.cg and shape.groups == 1
+            and (blocks == 1 or machine.cores % blocks == 0))
 
 
 def choose_conv_tile(shape: ConvShape, in_dtype: str, acc_dtype: str, out_bytes: int,
@@ -175,14 +192,20 @@ def choose_conv_tile(shape: ConvShape, in_dtype: str, acc_dtype: str, out_bytes:
             l1_out_total = l1_out + (copies - 1) * stride
             for tile_c in sorted(cands_c):
                 k_pad = _round_up(shape.taps * tile_c, machine.mx_k)
-                one = _aligned(k_pad * tile_o * in_bytes) + _aligned(k_pad * pixels * in_bytes)
+                stationary = stationary_weights(shape, tile_o, tile_c, machine)
+                w_one = _aligned(k_pad * tile_o * in_bytes)
+                x_one = _aligned(k_pad * pixels * in_bytes)
                 for ld_copies in LOAD_COPIES:
-                    if ld_copies * one + l1_out_total + 8 * ALIGN > machine.l1_bytes:
+                    l1 = (w_one + ld_copies * x_one if stationary
+                          else ld_copies * (w_one + x_one))
+                    if l1 + l1_out_total + 8 * ALIGN > machine.l1_bytes:
                         continue
                     cycles = conv_cost(shape, tile_o, rows, cols, tile_c, copies, ld_copies,
-                                       in_bytes, out_bytes, rate, epilogue_ops, machine)
+                                       in_bytes, out_bytes, rate, epilogue_ops, machine,
+                                       stationary)
                     if best is None or cycles < best.cycles * 0.999:
-                        best = ConvTile(tile_o, rows, cols, tile_c, copies, ld_copies, cycles)
+                        best = ConvTile(tile_o, rows, cols, tile_c, copies, ld_copies, cycles,
+                                        stationary)
     if best is None:
         raise CompileError("no implicit-GEMM tile of this conv2d fits the machine")
     return best
@@ -315,19 +338,33 @@ def lower_conv_group(low, ops) -> None:
     # fill tile_c rows of the patches each
     w_bytes = _aligned(k_pad * tile_o * in_bytes)
     x_bytes = _aligned(k_pad * pixels * in_bytes)
+    # stationary weights: one copy, loaded once per core before its first tile
+    stationary = tile.stationary
+    resident = w_bytes if stationary else 0
+    w_bytes -= resident
     ld_stride = w_bytes + x_bytes
     ld_copies = tile.ld_copies
-    buffers = [Buffer("w", "L1", in_dtype, k_pad, tile_o, 0, ld_copies, ld_stride),
-               Buffer("x0", "L1", in_dtype, k_pad, pixels, w_bytes, ld_copies, ld_stride)]
+    buffers = [Buffer("x0", "L1", in_dtype, k_pad, pixels, w_bytes, ld_copies, ld_stride)]
     for t in range(1, taps):
         buffers.append(Buffer(f"x{t}", "L1", in_dtype, tile_c, pixels,
                               w_bytes + t * tile_c * pixels * in_bytes, ld_copies, ld_stride))
     offset = ld_copies * ld_stride
     setup = []
+    if stationary:
+        buffers.append(Buffer("w", "L1", in_dtype, k_pad, tile_o, offset))
+        setup.append(Load("w", _weight_view(w, groups)))
+        if k_pad > k:
+            buffers.append(Buffer("zw", "L1", in_dtype, k_pad - k, tile_o,
+                                  offset + k * tile_o * in_bytes))
+            setup.append(Vec("DUP", in_dtype, "zw", (0.0,)))
+        offset += resident
+    else:
+        buffers.insert(0, Buffer("w", "L1", in_dtype, k_pad, tile_o, 0, ld_copies, ld_stride))
     if k_pad > k:  # zero the padding rows of every copy, once per core
         for copy in range(ld_copies):
             base = copy * ld_stride
-            for name, start, cols_ in (("zw", 0, tile_o), ("zx", w_bytes, pixels)):
+            pads = [("zx", w_bytes, pixels)] + ([] if stationary else [("zw", 0, tile_o)])
+            for name, start, cols_ in pads:
                 buffers.append(Buffer(f"{name}{copy}", "L1", in_dtype, k_pad - k, cols_,
                                       base + start + k * cols_ * in_bytes))
                 setup.append(Vec("DUP", in_dtype, f"{name}{copy}", (0.0,)))
@@ -373,14 +410,14 @@ def lower_conv_group(low, ops) -> None:
             final += round_to(op.result.type.dtype)
     final.append(Store(_output_view(out, groups), "c"))
 
-    step = [Load("w", _weight_view(w, groups))]
+    step = [] if stationary else [Load("w", _weight_view(w, groups))]
     for t in range(taps):
         step.append(Load(f"x{t}", _tap_view(x, divmod(t, kw), attrs, (oh, ow), cg)))
     step.append(Mma(in_dtype, acc_dtype, "c", "w", "x0", trans_a=True))
-    extents = (n, groups, og, oh, ow, cg, taps)
-    nest_tile = (1, 1, tile_o, rows, cols, tile_c, taps)
+    extents = (n, groups, oh, ow, og, cg, taps)
+    nest_tile = (1, 1, rows, cols, tile_o, tile_c, taps)
     kinds = ("p",) * 5 + ("r", "r")
     nest = Nest(extents, nest_tile, kinds, tuple(buffers), (), tuple(step), tuple(final),
-                tuple(setup))
+                tuple(setup), core_axes=(AX_O,) if stationary else ())
     low.kernel("conv" if not epilogue else "conv_fused", [op.id for op in ops], [nest],
                last.span)

@@ -191,6 +191,9 @@ class Nest:
     # (query axis, key axis) of a causal nest: a tile visits only the key tiles at or
     # before its last query, and tiles are dealt to the cores longest first
     causal: tuple[int, ...] = ()
+    # axes whose tile coordinate is the same for every tile of a core (the innermost
+    # parallel axis, when its tile count divides the cores): setup loads may follow them
+    core_axes: tuple[int, ...] = ()
     # a nest with its own code generator ("flash": compiler/backend/flash_codegen.py)
     schedule: str = ""
 
@@ -289,6 +292,8 @@ def print_nest(nest: Nest, indent: str = "  ") -> list[str]:
     lines = [f"{indent}nest [{axes}] {{"]
     if nest.causal:
         lines.append(f"{indent}  causal {' '.join(map(str, nest.causal))}")
+    if nest.core_axes:
+        lines.append(f"{indent}  core_axes {' '.join(map(str, nest.core_axes))}")
     if nest.schedule:
         lines.append(f"{indent}  schedule {nest.schedule}")
     lines += [f"{indent}  {print_buffer(b)}" for b in nest.buffers]
@@ -409,6 +414,8 @@ def parse_kernels(text: str) -> KernelProgram:
                     nest["schedule"] = line[9:].strip()
                 elif line.startswith("causal "):
                     nest["causal"] = _ints(line[7:].replace(" ", ","))
+                elif line.startswith("core_axes "):
+                    nest["core_axes"] = _ints(line[10:].replace(" ", ","))
                 elif line.startswith("buffer "):
                     m = _BUFFER.match(line)
                     if not m:

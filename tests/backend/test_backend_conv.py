@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from backend_helpers import compile_and_run
 
-from compiler.backend.kernel_ir import parse_kernels, print_kernels
+from compiler.backend.kernel_ir import Load, Vec, parse_kernels, print_kernels
 
 
 def _out(size: int, kernel: int, stride: int, pads: tuple[int, int], dilation: int) -> int:
@@ -84,9 +84,22 @@ def test_stem_pads_k_once_and_zeroes_the_padding_rows():
     _, compiled, _, _ = compile_and_run(source, opt_level=2)
     (nest,) = compiled.kernels.kernels[0].nests
     assert nest.buffer("w").rows == 160 and nest.buffer("x0").rows == 160
-    zeroed = [s for s in nest.setup if s.op == "DUP"]
-    assert len(zeroed) == 2 * nest.buffer("w").copies
+    zeroed = [s for s in nest.setup if isinstance(s, Vec) and s.op == "DUP"]
+    # the padding rows of every copy of x0, and of the weights (here one resident copy)
+    assert len(zeroed) == nest.buffer("x0").copies + nest.buffer("w").copies
     assert "MMA.bf16.f32" in compiled.asm_text and ".tA" in compiled.asm_text
+
+
+def test_weights_stay_in_l1_when_every_tile_of_a_core_has_the_same_channels():
+    """Output channels are the innermost parallel axis: with 4 channel tiles on 32 cores,
+    core c always gets channel tile c % 4 and loads its weights once."""
+    source = conv_program((2, 64, 14, 14), (256, 64, 3, 3), dtype="bf16", padding=1)
+    _, compiled, _, _ = compile_and_run(source, opt_level=2)
+    (nest,) = compiled.kernels.kernels[0].nests
+    assert [s.dst for s in nest.setup if isinstance(s, Load)] == ["w"]
+    assert not [s for s in nest.step if isinstance(s, Load) and s.dst == "w"]
+    assert nest.core_axes and nest.grid[nest.core_axes[0]] > 1
+    assert "WAIT.MX" in compiled.asm_text   # the scalar does not wait for the weights
 
 
 def test_taps_of_one_phase_share_a_descriptor():
