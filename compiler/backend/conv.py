@@ -21,8 +21,14 @@ with K ordered (tap, channel):
 - when taps * tile_c is not a multiple of the MX depth (3 input channels of a stem), K is
   padded once, not per tap: the padding rows of both operands are zeroed once per core.
 
-Tile sizes come from `choose_conv_tile`, a cost model of MX time, the load port and the
-core's share of HBM bandwidth per step, over the candidates that fit L1 and ACC.
+The output channels are the innermost parallel axis: when their tile count divides the
+cores, tile t goes to core t % cores and every tile of a core has the same channels, so with
+one reduction step (all input channels) the core's weights are loaded once, before its first
+tile (`Nest.core_axes`), and only the matrix engine waits for them.
+
+Tile sizes come from `choose_conv_tile`, a cost model of MX time, the load port, the core's
+share of L2 (re-reads) and HBM bandwidth per step, and the DMA and store latencies that the
+operand (2-4) and accumulator (1-4) copies hide, over the candidates that fit L1 and ACC.
 """
 
 from __future__ import annotations
