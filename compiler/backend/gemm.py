@@ -81,13 +81,20 @@ def gemm_cost(batch, m, n, k, tile_m, tile_n, tile_k, acc_copies, a_bytes, b_byt
     in_m, in_n, in_k = min(tile_m, m), min(tile_n, n), min(tile_k, k)
     step_bytes = in_m * in_k * a_bytes + in_k * in_n * b_bytes
     port = step_bytes / mx.ld_bytes_per_cycle
-    hbm = active * step_bytes / mx.hbm_bytes_per_cycle
-    step = max(mx_cycles, port, hbm) + 12  # scalar issue per step
+    # operand panels are re-read by every tile of their row or column: with an L2, the
+    # re-reads come from it and HBM moves each operand about once (the floor below)
+    shared = mx.l2_bytes_per_cycle if mx.l2_bytes else mx.hbm_bytes_per_cycle
+    gm = active * step_bytes / shared
+    step = max(mx_cycles, port, gm) + 12  # scalar issue per step
     store = in_m * in_n * out_bytes
     drain = max(store / mx.st_bytes_per_cycle, active * store / mx.hbm_bytes_per_cycle)
     epilogue = epilogue_ops * tile_m * tile_n * 4 / mx.vx_bytes_per_cycle
     exposed = drain + epilogue + mx.hbm_latency if acc_copies == 1 else 0.0
-    return waves * (steps * step + exposed) + 2 * mx.hbm_latency + drain + epilogue
+    total = waves * (steps * step + exposed) + 2 * mx.hbm_latency + drain + epilogue
+    if mx.l2_bytes:
+        compulsory = batch * (m * k * a_bytes + k * n * b_bytes + m * n * out_bytes)
+        total = max(total, compulsory / mx.hbm_bytes_per_cycle)
+    return total
 
 
 def choose_gemm_tile(batch, m, n, k, in_dtype, acc_dtype, a_bytes, b_bytes, out_bytes,
@@ -153,8 +160,14 @@ def lower_matmul_group(low, ops) -> None:
     ax_m, ax_n, ax_k = nb, nb + 1, nb + 2
     bat, zeros = tuple(range(nb)), (0,) * (nb + 2)
 
-    # epilogue operands from outside the group: immediates or views over (batch, m, n)
-    chain = {mm.id} | {op.id for op in epilogue}
+    # the epilogue: the accumulator chain (ops reading the product, in place on `c`) and
+    # side ops (values only the chain reads, computed from outside operands in L1 tiles)
+    chain = {mm.id}
+    for op in epilogue:
+        if any(v.id in chain for v in op.inputs):
+            chain.add(op.id)
+    side = [op for op in epilogue if op.id not in chain]
+    in_group = chain | {op.id for op in side}
     group_ids = [op.id for op in ops]
     ops = [mm] + epilogue
     operands: dict[tuple[int, int], object] = {}
@@ -162,9 +175,9 @@ def lower_matmul_group(low, ops) -> None:
     epi_index: dict[int, int] = {}
     for op in epilogue:
         for index, value in enumerate(op.inputs):
-            if value.id in chain:
+            if value.id in in_group:
                 continue
-            where = low.operand(op, index, chain)
+            where = low.operand(op, index, in_group)
             if isinstance(where, float):
                 operands[(op.id, index)] = where
                 continue
@@ -199,9 +212,11 @@ def lower_matmul_group(low, ops) -> None:
     # the reference rounds every bf16/f16/fp8 result; the store rounds the last one
     rounded = [op for op in ops[:-1] if op.result.type.dtype in NARROW and op.kind != "cast"]
     narrow_result = bool(rounded)
-    full_bytes = 4 * shapes.count("full") + 4 * shapes.count("col") + (2 if rounded else 0)
+    side_buffers = _side_buffers(side, epilogue, shapes, epi_index)
+    n_side = len(set(side_buffers.values()) - {f"e{i}" for i in range(len(shapes))})
+    full_bytes = 4 * (shapes.count("full") + shapes.count("col") + n_side) + (2 if rounded else 0)
     row_bytes = 4 * (shapes.count("row") + shapes.count("one"))
-    n_vec = len(epilogue) + 2 * len(rounded)
+    n_vec = sum(_vx_passes(op.kind, machine) for op in epilogue) + 2 * len(rounded)
     batch_count = 1
     for e in extents[:nb]:
         batch_count *= e
@@ -227,6 +242,9 @@ def lower_matmul_group(low, ops) -> None:
         rows, cols = dims[kind]
         l1_out.append(Buffer(f"e{index}", "L1", "f32", rows, cols, offset))
         offset += _aligned(rows * cols * 4)
+    for name in sorted(set(side_buffers.values()) - {f"e{i}" for i in range(len(shapes))}):
+        l1_out.append(Buffer(name, "L1", "f32", tile_m, tile_n, offset))
+        offset += _aligned(tile_m * tile_n * 4)
     if narrow_result:
         l1_out.append(Buffer("round", "L1", "bf16", tile_m, tile_n, offset))
         offset += _aligned(tile_m * tile_n * 2)
@@ -239,31 +257,94 @@ def lower_matmul_group(low, ops) -> None:
 
     final: list = [Load(f"e{i}", view) for i, view in enumerate(compact)]
 
-    def round_to(dtype: str) -> list:
+    def round_to(dtype: str, buf: str = "c") -> list:
         # `round` is sized for 2-byte elements; fp8 needs fewer
-        return [Vec(f"CVT.{acc_dtype}", dtype, "round", ("c",)),
-                Vec(f"CVT.{dtype}", acc_dtype, "c", ("round",))]
+        return [Vec(f"CVT.{acc_dtype if buf == 'c' else 'f32'}", dtype, "round", (buf,)),
+                Vec(f"CVT.{dtype}", acc_dtype if buf == "c" else "f32", buf, ("round",))]
 
     if mm in rounded:
         final += round_to(mm.result.type.dtype)
     for op in epilogue:
+        dst = "c" if op.id in chain else side_buffers[op.id]
         if op.kind == "cast":
+            src = "c" if op.id in chain else _source(op, 0, chain, side_buffers, operands,
+                                                      epi_index)
+            if src != dst:
+                final.append(Vec("COPY", "f32", dst, (src,)))
             if op.attrs["dtype"] in NARROW and op is not last:
-                final += round_to(op.attrs["dtype"])
+                final += round_to(op.attrs["dtype"], dst)
             continue  # f32 stays f32; the last narrowing cast happens in the store
-        srcs = []
-        for index, value in enumerate(op.inputs):
-            if value.id in chain:
-                srcs.append("c")
-            else:
-                where = operands[(op.id, index)]
-                srcs.append(where if isinstance(where, float) else f"e{epi_index[where]}")
-        final += elementwise_body(op.kind, op.attrs, "f32")(srcs, "c", None)
+        srcs = [_source(op, index, chain, side_buffers, operands, epi_index)
+                for index in range(len(op.inputs))]
+        final += elementwise_body(op.kind, op.attrs, "f32")(srcs, dst, None)
         if op in rounded:
-            final += round_to(op.result.type.dtype)
+            final += round_to(op.result.type.dtype, dst)
     final.append(Store(c_view, "c"))
     nest_tile = (1,) * nb + (tile_m, tile_n, tile_k)
     step = (Load("a", a_view), Load("b", b_view), Mma(in_dtype, acc_dtype, "c", "a", "b"))
     nest = Nest(extents, nest_tile, kinds, tuple(buffers), (), step, tuple(final))
     name = "matmul" if not epilogue else "matmul_fused"
     low.kernel(name, group_ids, [nest], last.span)
+
+
+def _source(op, index: int, chain: set[int], side_buffers: dict[int, str], operands: dict,
+            epi_index: dict[int, int]):
+    """The epilogue operand `index` of `op`: the accumulator, a side value's tile, an
+    outside operand's tile or an immediate."""
+    value = op.inputs[index]
+    if value.id in chain:
+        return "c"
+    if value.id in side_buffers:
+        return side_buffers[value.id]
+    where = operands[(op.id, index)]
+    return where if isinstance(where, float) else f"e{epi_index[where]}"
+
+
+def _side_buffers(side: list, epilogue: list, shapes: list[str],
+                  epi_index: dict[int, int]) -> dict[int, str]:
+    """An L1 tile for each side value of a matmul epilogue: the tile of an operand whose last
+    reader it is when that is a full tile (an outside operand loaded for the epilogue, or an
+    earlier side value), else a new one (`t0`, `t1`, ...), reused once its value is dead."""
+    last_use: dict[int, int] = {}
+    for position, op in enumerate(epilogue):
+        for value in op.inputs:
+            last_use[value.id] = position
+    side_ids = {op.id for op in side}
+    where: dict[int, str] = {}
+    free: list[str] = []
+    count = 0
+    for position, op in enumerate(epilogue):
+        if op.id not in side_ids:
+            for value in op.inputs:  # the chain reads side values; their tiles free up
+                if value.id in where and last_use[value.id] == position:
+                    free.append(where[value.id])
+            continue
+        dying = []
+        for value in dict.fromkeys(op.inputs):
+            if last_use.get(value.id) != position:
+                continue
+            if value.id in where:
+                dying.append(where[value.id])
+            elif value.id in epi_index and shapes[epi_index[value.id]] == "full":
+                dying.append(f"e{epi_index[value.id]}")
+        if dying:
+            where[op.id] = dying[0]
+            free.extend(dying[1:])
+        elif free:
+            where[op.id] = free.pop()
+        else:
+            where[op.id] = f"t{count}"
+            count += 1
+    return where
+
+
+SFU_KINDS = frozenset(("exp", "log", "sqrt", "rsqrt", "reciprocal", "tanh", "sigmoid", "erf",
+                       "gelu", "sin", "cos"))
+
+
+def _vx_passes(kind: str, machine) -> float:
+    """An epilogue op's cost in full-tile f32 vector passes: the special functions run at
+    the SFU's element rate, the rest at the vector engine's bytes per cycle."""
+    if kind in SFU_KINDS:
+        return machine.vx_bytes_per_cycle / (4 * machine.sfu_elems_per_cycle)
+    return 1.0

@@ -536,6 +536,54 @@ def plan_fusion(fn: Function, decisions: list[str] | None = None) -> FusionPlan:
         return {group_of[v.id] for v in op.inputs
                 if v.id in group_of and group_of[v.id] != group}
 
+    def merge_side_groups(op) -> int | None:
+        """Join `op` to the matmul group whose accumulator chain ends at one of its inputs,
+        with the elementwise groups computing its other inputs when nothing else uses their
+        values (SwiGLU's silu(x @ w_gate) * (x @ w_up): the silu runs on the up product's
+        tiles instead of in a kernel of its own). Returns the matmul group, or None."""
+        if not epilogue_ok(op):
+            return None
+        shape = tuple(op.result.type.shape)
+        for v in op.inputs:
+            m = group_of.get(v.id)
+            if m is None or kinds[m] != "matmul" or members[m][-1] != v.id:
+                continue
+            if v.id in closed or len(users[v.id]) != 1 or v.id in outputs \
+                    or tuple(v.type.shape) != shape:
+                return None
+            sides = [group_of[u.id] for u in op.inputs if u.id != v.id and u.id in group_of
+                     and kinds[group_of[u.id]] == "elementwise"]
+            sides = list(dict.fromkeys(sides))
+            if not sides:
+                return None
+            merged = {m, *sides}
+            for g in sides:
+                if space[g] != shape:
+                    return None
+                ids = set(members[g])
+                for i in members[g]:
+                    o = producers[i]
+                    if i in outputs or not epilogue_ok(o) or any(
+                            w.id not in ids and w is not op for w in users[i]):
+                        return None
+            # no cycle: nothing outside the merged groups that they read depends on them
+            outside = set().union(*(group_preds(g) for g in merged)) | external_groups(op, m)
+            outside -= merged
+            if any(reaches({e}, g) for e in outside for g in merged):
+                return None
+            side_ids = [i for g in sides for i in members[g]]
+            for g in sides:
+                for i in members[g]:
+                    group_of[i] = m
+                members[m].extend(members[g])
+                del members[g], kinds[g], space[g]
+            decisions.append(
+                f"fuse %{op.id} {op.kind} into the matmul kernel of %{members[m][0]} with "
+                f"{' '.join(f'%{i}' for i in side_ids)}: values only this epilogue reads, "
+                "computed on its tiles")
+            return m
+        return None
+
     for op in fn.ops:
         shape = op.result.type.shape
         joined = None
@@ -545,6 +593,11 @@ def plan_fusion(fn: Function, decisions: list[str] | None = None) -> FusionPlan:
             new_group(op, "view")
         elif op.kind == "constant":
             new_group(op, "constant")
+        elif fusable_elementwise(op) and (joined := merge_side_groups(op)) is not None:
+            members[joined].append(op.id)
+            group_of[op.id] = joined
+            if op.kind == "cast" and op.attrs["dtype"] != "f32":
+                closed.add(op.id)
         elif fusable_elementwise(op):
             for v in op.inputs:
                 producer = producers.get(v.id)

@@ -236,3 +236,38 @@ def test_a_multiply_add_becomes_one_fma():
         "    return exp(x * s + t)\n}\n", opt_level=2)
     ops = [st.op for st in compiled.kernels.kernels[0].nests[0].step if isinstance(st, Vec)]
     assert ops == ["FMA", "EXP"]
+
+
+@pytest.mark.parametrize("dtype, m, k, n", [("bf16", 64, 64, 64), ("bf16", 37, 50, 130),
+                                            ("f32", 300, 96, 257), ("f16", 33, 17, 40)])
+def test_swiglu_runs_its_silu_on_the_up_products_tiles(dtype, m, k, n):
+    # silu(x @ wg) * (x @ wu): the silu only feeds the product with the up projection, so it
+    # runs in that matmul's epilogue on the gate tiles; two kernels, the numbers unchanged
+    fn, compiled, result, _ = compile_and_run(
+        f"fn main(x: {dtype}[{m}, {k}], wg: {dtype}[{k}, {n}], wu: {dtype}[{k}, {n}]) "
+        f"-> {dtype}[{m}, {n}] {{\n    return silu(x @ wg) * (x @ wu)\n}}\n", opt_level=2)
+    assert compiled.kernel_count == 2
+    names = [k.name for k in compiled.kernels.kernels]
+    assert names[-1].startswith("matmul_fused")
+    out = fn.outputs[0].type.nbytes
+    # written: the gate product and the output; no silu tensor
+    assert result.report.hbm_write_bytes == 2 * out
+
+
+def test_side_values_used_elsewhere_stay_in_their_kernel():
+    source = ("fn main(x: f32[64, 32], w: f32[32, 48], a: f32[64, 48], b: f32[48]) "
+              "-> f32[64, 48] {\n    t = exp(a) + b\n"
+              "    return relu(x @ w) * t - tanh(t) + t * a\n}\n")
+    _, compiled, _, _ = compile_and_run(source, opt_level=2)
+    fused = next(k for k in compiled.kernels.kernels if k.name.startswith("matmul"))
+    # t is read three times: computed once in its own kernel, not inside the matmul
+    assert compiled.kernel_count == 2 and len(fused.op_ids) > 1
+    source = ("fn main(x: bf16[40, 32], w: bf16[32, 48], a: bf16[40, 48], b: f32[48], "
+              "c: f32[40, 1]) -> bf16[40, 48] {\n"
+              "    return cast(relu(x @ w) * (exp(cast(a, f32)) + b) - sigmoid(c * 2.0), bf16)\n}\n")
+    _, compiled, _, _ = compile_and_run(source, opt_level=2)
+    kinds = {op.id: op.kind for op in compiled.graph.ops}
+    fused = next(k for k in compiled.kernels.kernels if k.name.startswith("matmul"))
+    # exp(a) + b joins the epilogue; the [40, 1] sigmoid column keeps its own kernel
+    assert {"exp", "add", "relu", "mul"} <= {kinds[i] for i in fused.op_ids}
+    assert "sigmoid" not in {kinds[i] for i in fused.op_ids}
