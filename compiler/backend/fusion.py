@@ -289,6 +289,7 @@ class FusedLowering(Lowering):
             views = [_scalar_view(v) for v in views]
         keep = {len(extents) - 1} if row_mode else set()
         extents, kinds, views, _ = simplify(extents, ("p",) * len(extents), keep, views)
+        extents, kinds, views = broadcast_axes_outermost(extents, kinds, views)
         n = len(extents)
         load_views = dict(zip(load_ids, views[:len(load_ids)]))
         store_views = {}
@@ -539,6 +540,30 @@ def _fma_pair(mul, add, users, ids, stored) -> bool:
             and dtype == add.result.type.dtype and dtype == "f32"
             and sum(v is mul.result for v in add.inputs) == 1
             and all(v.type.dtype == dtype for v in mul.inputs + add.inputs))
+
+
+def broadcast_axes_outermost(extents, kinds, views):
+    """Reorder a map nest's axes (all but the last) so that those some operand broadcasts
+    along come first: the tile spans only the last two axes, and a broadcast axis there would
+    keep it small (rope's cos[s, d] over x[s, h, d]: tiles of [1, h, d] become [1, s, d]).
+    Every view's dims follow the new order, so each box stays row-major in nest order."""
+    n = len(extents)
+    if n < 3:
+        return extents, kinds, views
+    def broadcast(axis: int) -> bool:
+        return any(axis not in v.axes or v.strides[v.axes.index(axis)] == 0 for v in views)
+    inner = [a for a in range(n - 1) if not broadcast(a)]
+    order = [a for a in range(n - 1) if broadcast(a)] + inner + [n - 1]
+    if order == list(range(n)) or not inner:
+        return extents, kinds, views
+    new_of = {old: new for new, old in enumerate(order)}
+    moved = []
+    for v in views:
+        dims = sorted(range(v.rank), key=lambda d: new_of[v.axes[d]])
+        moved.append(View(v.tensor, v.dtype, v.offset, tuple(new_of[v.axes[d]] for d in dims),
+                          tuple(v.dims[d] for d in dims), tuple(v.strides[d] for d in dims),
+                          tuple(v.shifts[d] for d in dims)))
+    return (tuple(extents[a] for a in order), tuple(kinds[a] for a in order), moved)
 
 
 def _drop_axis(view: View, axis: int) -> View:

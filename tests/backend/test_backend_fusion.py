@@ -271,3 +271,21 @@ def test_side_values_used_elsewhere_stay_in_their_kernel():
     # exp(a) + b joins the epilogue; the [40, 1] sigmoid column keeps its own kernel
     assert {"exp", "add", "relu", "mul"} <= {kinds[i] for i in fused.op_ids}
     assert "sigmoid" not in {kinds[i] for i in fused.op_ids}
+
+
+@pytest.mark.parametrize("shape, cshape", [((64, 8, 32), (64, 1, 32)), ((5, 3, 7, 9), (5, 1, 7, 9)),
+                                          ((4, 6, 10, 16), (1, 6, 1, 16))])
+def test_broadcast_axes_go_outermost_so_tiles_stay_large(shape, cshape):
+    # rope's x[s, h, d] * cos[s, 1, d]: a tile must not stop at the broadcast axis h
+    dims = ", ".join(map(str, shape))
+    cdims = ", ".join(map(str, cshape))
+    source = (f"fn main(x: f32[{dims}], c: f32[{cdims}]) -> f32[{dims}] {{\n"
+              f"    return exp(x) * c + c\n}}\n")
+    _, compiled, _, _ = compile_and_run(source, opt_level=2)
+    (kernel,) = compiled.kernels.kernels
+    (nest,) = kernel.nests
+    # the axes c broadcasts along come first, and the tile spans more than one of them
+    first = [n for n, m in zip(shape, cshape) if m == 1 and n > 1]
+    assert list(nest.extents[:len(first)]) == first
+    dense = [n for n, m in zip(shape[:-1], cshape[:-1]) if m == n]
+    assert nest.extents[-2] in dense and nest.tile[-2] > 1
