@@ -161,7 +161,7 @@ def _flash_nest(low, q3, kt3, v3, o3, scale, causal) -> Nest:
     tile_q = min(MAX_TILE, _round_up(seq_q, unit))
     tile_k = min(MAX_TILE, _round_up(seq_k, unit))
     def acc_need(tq: int, tk: int) -> int:  # two score tiles (at the L1 twin stride), O
-        twin = max(2 * dim_p * tk * isz + tq * tk * isz, tq * tk * 4)
+        twin = max(tq * tk * isz, tq * tk * 4)
         return twin + tq * tk * 4 + tq * dim_p * 4
 
     isz = itemsize(in_dtype)
@@ -178,10 +178,11 @@ def _flash_nest(low, q3, kt3, v3, o3, scale, causal) -> Nest:
     v_view = _view(v3, (0, 3, 2))
     o_view = _view(o3, (0, 1, 2))
 
-    # K, V, P (L1) and S (ACC) alternate between two copies by key step; Q, O and the
-    # per-row values are one copy per tile (see compiler/backend/flash_codegen.py)
-    twin_l1 = [("kt", in_dtype, dim_p, tile_k), ("vt", in_dtype, tile_k, dim_p),
-               ("p", in_dtype, tile_q, tile_k)]
+    # P (L1) and S (ACC) alternate between two copies by key step, K and V rotate through
+    # three (the next step's are loaded while this step's P @ V still reads the previous
+    # ones); Q, O and the per-row values are one copy per tile (flash_codegen.py)
+    twin_l1 = [("p", in_dtype, tile_q, tile_k)]
+    ring_l1 = [("kt", in_dtype, dim_p, tile_k), ("vt", in_dtype, tile_k, dim_p)]
     single_l1 = [("q", in_dtype, tile_q, dim_p), ("mask", "bool", tile_q, tile_k),
                  ("qi", "i32", tile_q, 1), ("kj", "i32", 1, tile_k)]
     single_l1 += [(name, "f32", tile_q, 1) for name in ("m", "l", "mnew", "rmax", "rsum", "corr")]
@@ -199,6 +200,11 @@ def _flash_nest(low, q3, kt3, v3, o3, scale, causal) -> Nest:
     twins.append(Buffer("s", "ACC", "f32", tile_q, tile_k, 0, 2, stride))
     singles = [Buffer("o", "ACC", "f32", tile_q, dim_p, o_offset)]
     offset = 2 * stride
+    ring_stride = sum(_aligned(r * c * itemsize(dt)) for _, dt, r, c in ring_l1)
+    for name, dtype, rows, cols in ring_l1:
+        twins.append(Buffer(name, "L1", dtype, rows, cols, offset, 3, ring_stride))
+        offset += _aligned(rows * cols * itemsize(dtype))
+    offset += 2 * ring_stride
     for name, dtype, rows, cols in single_l1:
         singles.append(Buffer(name, "L1", dtype, rows, cols, offset))
         offset += _aligned(rows * cols * itemsize(dtype))
@@ -236,9 +242,12 @@ def _flash_nest(low, q3, kt3, v3, o3, scale, causal) -> Nest:
     step += [Vec("EXP", "f32", "s", ("s",)),
              Vec("DUP", "f32", "rsum", (0.0,)), Reduce("SUM", "f32", "rsum", "s"),
              Vec("MUL", "f32", "l", ("l", "corr")), Vec("ADD", "f32", "l", ("l", "rsum")),
-             Vec("MUL", "f32", "o", ("o", "corr")), Vec("COPY", "f32", "m", ("mnew",)),
+             Vec("COPY", "f32", "m", ("mnew",)),
              (Vec("CVT.f32", in_dtype, "p", ("s",)) if in_dtype != "f32"
               else Vec("COPY", "f32", "p", ("s",))),
+             # last: the only statement that waits for the previous step's P @ V, so the
+             # softmax above overlaps it on the matrix engine
+             Vec("MUL", "f32", "o", ("o", "corr")),
              Mma(in_dtype, acc_dtype, "o", "p", "vt", "acc")]
     final = (Vec("DIV", "f32", "o", ("o", "l")), Store(o_view, "o"))
     return Nest(extents, tile, kinds, tuple(buffers), init, tuple(step), final,

@@ -4,10 +4,13 @@ The generic protocol (codegen.py) runs a step's compute in statement order, so a
 flash attention would serialise MX (scores), VX (online softmax) and MX (P @ V). Here the
 scores S and the probabilities P alternate between two copies by step parity, and the MX
 stream of step t is `S(t) = Q K(t)` then `O += P(t-1) V(t-1)`: the matrix engine computes the
-next scores while the vector engine still works on this step's softmax. Events (this
-kernel only; all back to 0 when the nest ends):
+next scores while the vector engine still works on this step's softmax. K and V rotate
+through three copies, and step t issues the loads of step t + 1 before its own work: they
+wait only for the P @ V of step t - 2, so their HBM/L2 latency hides behind this step's
+softmax instead of delaying the next step's scores. Events (this kernel only; all back to 0
+when the nest ends):
 
-- E0 K/V loaded (2 per step) -> S(t);  E1 K/V credits (2 copies), returned by O(t-1);
+- E0 K/V loaded (2 per step) -> S(t);  E1 K/V credits (3 copies), returned by O(t-1);
 - E4 Q loaded -> S(0);  E3 / E12 the output tile is free (store done) -> Q load / O init;
 - E8 S(t) ready -> VX(t);  E9 VX(t) done (P(t), O scaled) -> O(t);
 - E10 O(t-1) accumulated -> VX(t) scales O;  E2 last O -> VX epilogue -> E11 -> store.
@@ -29,7 +32,7 @@ def emit_flash_nest(emit, nest: Nest) -> None:
     from compiler.backend import codegen as cg
 
     descs = cg.emit_descriptors(emit, nest)
-    parity = {b.name for b in nest.buffers if b.copies == 2}
+    parity = {b.name for b in nest.buffers if b.copies in (2, 3)}
     regs: dict[str, int | None] = {}
 
     class Ctx(cg._NestContext):
@@ -54,31 +57,46 @@ def emit_flash_nest(emit, nest: Nest) -> None:
     epilogue = [s for s in nest.final if not isinstance(s, Store)]
     store = next(s for s in nest.final if isinstance(s, Store))
     stride = next(b.stride for b in nest.buffers if b.copies == 2)
+    ring = next(b.stride for b in nest.buffers if b.copies == 3)
     grid = nest.grid
     causal = cg._causal(nest)
     k_axis = 3
     R_CUR, R_PREV = cg.R_LD_OFF, cg.R_OUT_OFF
+    R_KV_CUR, R_KV_PREV, R_KV_NEXT = 20, 21, 22  # K/V copy of steps t, t - 1, t + 1
 
     def parity_regs(step_reg: int) -> None:
-        """R_CUR = (t & 1) * stride, R_PREV = ((t - 1) & 1) * stride for step t in a reg."""
+        """R_CUR = (t & 1) * stride, R_PREV = ((t - 1) & 1) * stride for step t in a reg;
+        R_KV_CUR/PREV/NEXT = (t mod 3, t - 1 mod 3, t + 1 mod 3) * the ring stride."""
         emit(f"AND r{R_CUR}, r{step_reg}, 1")
         emit(f"MUL r{R_CUR}, r{R_CUR}, {stride}")
         emit(f"SUB r{R_PREV}, r{cg.R_LD_COUNT}, r{R_CUR}")   # R_LD_COUNT holds `stride`
+        for reg, shift in ((R_KV_CUR, 0), (R_KV_PREV, 2), (R_KV_NEXT, 1)):
+            emit(f"ADD r{reg}, r{step_reg}, {shift}")
+            emit(f"REM r{reg}, r{reg}, 3")
+            emit(f"MUL r{reg}, r{reg}, {ring}")
 
-    def loads(first: bool) -> None:
-        regs.update(kt=R_CUR, vt=R_CUR)
+    def loads(slot: int) -> None:
+        regs.update(kt=slot, vt=slot)
         emit(f"DMA.LD.{nest.buffer('kt').dtype} {ctx.tile('kt')}, {ctx.ref(kt_load.view)}",
              waits=[(E_KV_FREE, 1)], sigs=[(E_KV_FULL, 1)])
         emit(f"DMA.LD.{nest.buffer('vt').dtype} {ctx.tile('vt')}, {ctx.ref(v_load.view)}",
              sigs=[(E_KV_FULL, 1)])
 
+    def prefetch(step_reg: int) -> None:
+        """The loads of step t + 1 (t in `step_reg`); the k coordinate is t's again after."""
+        if k_reg is not None:
+            emit(f"ADD r{k_reg}, r{k_reg}, {nest.tile[k_axis]}")
+        loads(R_KV_NEXT)
+        if k_reg is not None:
+            emit(f"SUB r{k_reg}, r{k_reg}, {nest.tile[k_axis]}")
+
     def mx_scores(first: bool) -> None:
-        regs.update(s=R_CUR, kt=R_CUR)
+        regs.update(s=R_CUR, kt=R_KV_CUR)
         waits = [(E_KV_FULL, 2)] + ([(E_Q_FULL, 1)] if first else [])
         emit(cg._compute(ctx, mma_s, True), waits=waits, sigs=[(E_S_READY, 1)])
 
     def mx_accumulate(last: bool) -> None:
-        regs.update(p=R_PREV, vt=R_PREV)
+        regs.update(p=R_PREV, vt=R_KV_PREV)
         sigs = [(E_KV_FREE, 1), (E_O_DONE if last else E_O_ACC, 1)]
         emit(cg._compute(ctx, mma_o, False), waits=[(E_VX_DONE, 1)], sigs=sigs)
 
@@ -96,8 +114,8 @@ def emit_flash_nest(emit, nest: Nest) -> None:
                 sigs.append((E_VX_DONE, 1))
             emit(cg._compute(ctx, stmt, False), waits=waits, sigs=sigs)
 
-    # credits: two K/V copies; the output tile (and Q) free for the first tile
-    emit(f"SIG.S {cg._event(E_KV_FREE, 2)}")
+    # credits: three K/V copies; the output tile (and Q) free for the first tile
+    emit(f"SIG.S {cg._event(E_KV_FREE, 3)}")
     emit(f"SIG.S {cg._event(E_Q_FREE, 1)}")
     emit(f"SIG.S {cg._event(E_O_FREE, 1)}")
     emit(f"LI r{cg.R_MINE}, {nest.parallel_tiles}")
@@ -132,11 +150,13 @@ def emit_flash_nest(emit, nest: Nest) -> None:
         else:
             emit(f"MUL r{k_reg}, r{value_reg}, {nest.tile[k_axis]}")
 
-    # step 0
+    # step 0 (its K/V, and those of step 1)
     step_coord(None, 0)
     emit(f"LI r{cg.R_STEP}, 0")
     parity_regs(cg.R_STEP)
-    loads(True)
+    loads(R_KV_CUR)
+    if not single:
+        prefetch(cg.R_STEP)
     mx_scores(True)
     vx_chain(masked, True)
     if not single:
@@ -145,16 +165,15 @@ def emit_flash_nest(emit, nest: Nest) -> None:
         emit(f"ADD r{cg.R_STEP}, r{cg.R_STEP_LOOP}, 1")
         step_coord(cg.R_STEP)
         parity_regs(cg.R_STEP)
-        loads(False)
+        prefetch(cg.R_STEP)
         mx_scores(False)
         mx_accumulate(False)
         vx_chain(plain, False)
         emit("ENDLOOP")
-        # step n-1, masked
+        # step n-1, masked (its K/V are loaded)
         emit(f"SUB r{cg.R_STEP}, r{cg.R_STEPS}, 1")
         step_coord(cg.R_STEP)
         parity_regs(cg.R_STEP)
-        loads(False)
         mx_scores(False)
         mx_accumulate(False)
         vx_chain(masked, False)
@@ -172,7 +191,7 @@ def emit_flash_nest(emit, nest: Nest) -> None:
          waits=[(E_O_FULL, 1)], sigs=[(E_Q_FREE, 1), (E_O_FREE, 1)])
     emit("ENDLOOP")
     emit("BAR.CORE")
-    emit(f"WAIT.S {cg._event(E_KV_FREE, 2)}")
+    emit(f"WAIT.S {cg._event(E_KV_FREE, 3)}")
     emit(f"WAIT.S {cg._event(E_Q_FREE, 1)}")
     emit(f"WAIT.S {cg._event(E_O_FREE, 1)}")
 
