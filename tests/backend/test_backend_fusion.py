@@ -289,3 +289,19 @@ def test_broadcast_axes_go_outermost_so_tiles_stay_large(shape, cshape):
     assert list(nest.extents[:len(first)]) == first
     dense = [n for n, m in zip(shape[:-1], cshape[:-1]) if m == n]
     assert nest.extents[-2] in dense and nest.tile[-2] > 1
+
+
+def test_causal_attention_roofline_counts_the_kept_scores():
+    from backend_helpers import machine
+
+    from compiler.roofline import roofline
+
+    b, h, d, s = 1, 2, 64, 256
+    fn = run_pipeline(load_program("t.zt", text=ATTENTION.format(seq=s, b=b, h=h, d=d)),
+                      default_graph_pipeline())
+    kept = s * (s + 1) // 2  # scores with key <= query
+    assert roofline(fn, machine()).flops == 2 * (2 * b * h * kept * d)
+    dense = ATTENTION.format(seq=s, b=b, h=h, d=d).replace("p = softmax(where(mask, scores, -inf)",
+                                                            "p = softmax(scores")
+    fn = run_pipeline(load_program("t.zt", text=dense), default_graph_pipeline())
+    assert roofline(fn, machine()).flops == 2 * (2 * b * h * s * s * d)
