@@ -198,7 +198,12 @@ def _flash_nest(low, q3, kt3, v3, o3, scale, causal) -> Nest:
         raise NotFlashable()
     twins = [Buffer(n, lv, dt, r, c, off, 2, stride) for n, lv, dt, r, c, off in buffers]
     twins.append(Buffer("s", "ACC", "f32", tile_q, tile_k, 0, 2, stride))
-    singles = [Buffer("o", "ACC", "f32", tile_q, dim_p, o_offset)]
+    # O (and Q) in two copies by tile parity where the ACC has room: the next tile starts
+    # while this one's output is still being divided and stored
+    o_bytes = _aligned(tile_q * dim_p * 4)
+    tile_copies = 2 if o_offset + 2 * o_bytes <= machine.acc_bytes else 1
+    singles = [Buffer("o", "ACC", "f32", tile_q, dim_p, o_offset, tile_copies,
+                      o_bytes if tile_copies == 2 else 0)]
     offset = 2 * stride
     ring_stride = sum(_aligned(r * c * itemsize(dt)) for _, dt, r, c in ring_l1)
     for name, dtype, rows, cols in ring_l1:
@@ -206,8 +211,11 @@ def _flash_nest(low, q3, kt3, v3, o3, scale, causal) -> Nest:
         offset += _aligned(rows * cols * itemsize(dtype))
     offset += 2 * ring_stride
     for name, dtype, rows, cols in single_l1:
-        singles.append(Buffer(name, "L1", dtype, rows, cols, offset))
-        offset += _aligned(rows * cols * itemsize(dtype))
+        nbytes = _aligned(rows * cols * itemsize(dtype))
+        copies = tile_copies if name == "q" else 1
+        singles.append(Buffer(name, "L1", dtype, rows, cols, offset, copies,
+                              nbytes if copies == 2 else 0))
+        offset += copies * nbytes
     if offset > machine.l1_bytes:
         raise NotFlashable()
     buffers = twins + singles

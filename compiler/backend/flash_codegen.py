@@ -11,7 +11,8 @@ softmax instead of delaying the next step's scores. Events (this kernel only; al
 when the nest ends):
 
 - E0 K/V loaded (2 per step) -> S(t);  E1 K/V credits (3 copies), returned by O(t-1);
-- E4 Q loaded -> S(0);  E3 / E12 the output tile is free (store done) -> Q load / O init;
+- E4 Q loaded -> S(0);  E3 / E12 the output tile is free (store done) -> Q load / O init
+  (Q and O have two copies by tile parity where the ACC has room: two credits);
 - E8 S(t) ready -> VX(t);  E9 VX(t) done (P(t), O scaled) -> O(t);
 - E10 O(t-1) accumulated -> VX(t) scales O;  E2 last O -> VX epilogue -> E11 -> store.
 
@@ -33,6 +34,7 @@ def emit_flash_nest(emit, nest: Nest) -> None:
 
     descs = cg.emit_descriptors(emit, nest)
     parity = {b.name for b in nest.buffers if b.copies in (2, 3)}
+    tile_copies = nest.buffer("o").copies  # Q and O: one copy per tile, or two by parity
     regs: dict[str, int | None] = {}
 
     class Ctx(cg._NestContext):
@@ -56,13 +58,14 @@ def emit_flash_nest(emit, nest: Nest) -> None:
     plain = scale_first + plain   # an unfolded scale applies on every step
     epilogue = [s for s in nest.final if not isinstance(s, Store)]
     store = next(s for s in nest.final if isinstance(s, Store))
-    stride = next(b.stride for b in nest.buffers if b.copies == 2)
-    ring = next(b.stride for b in nest.buffers if b.copies == 3)
+    stride = nest.buffer("p").stride
+    ring = nest.buffer("kt").stride
     grid = nest.grid
     causal = cg._causal(nest)
     k_axis = 3
     R_CUR, R_PREV = cg.R_LD_OFF, cg.R_OUT_OFF
     R_KV_CUR, R_KV_PREV, R_KV_NEXT = 20, 21, 22  # K/V copy of steps t, t - 1, t + 1
+    R_Q, R_O = 23, 24  # this tile's copies of Q and O
 
     def parity_regs(step_reg: int) -> None:
         """R_CUR = (t & 1) * stride, R_PREV = ((t - 1) & 1) * stride for step t in a reg;
@@ -114,10 +117,10 @@ def emit_flash_nest(emit, nest: Nest) -> None:
                 sigs.append((E_VX_DONE, 1))
             emit(cg._compute(ctx, stmt, False), waits=waits, sigs=sigs)
 
-    # credits: three K/V copies; the output tile (and Q) free for the first tile
+    # credits: three K/V copies; the output tiles (and Q) free for the first tiles
     emit(f"SIG.S {cg._event(E_KV_FREE, 3)}")
-    emit(f"SIG.S {cg._event(E_Q_FREE, 1)}")
-    emit(f"SIG.S {cg._event(E_O_FREE, 1)}")
+    emit(f"SIG.S {cg._event(E_Q_FREE, tile_copies)}")
+    emit(f"SIG.S {cg._event(E_O_FREE, tile_copies)}")
     emit(f"LI r{cg.R_MINE}, {nest.parallel_tiles}")
     emit(f"SUB r{cg.R_MINE}, r{cg.R_MINE}, r{cg.R_CORE}")
     emit(f"ADD r{cg.R_MINE}, r{cg.R_MINE}, r{cg.R_CORES}")
@@ -134,6 +137,11 @@ def emit_flash_nest(emit, nest: Nest) -> None:
         cg._decompose(emit, cg.R_TILE, par_axes, nest)
         emit(f"LI r{cg.R_STEPS}, {grid[k_axis]}")
         emit(f"LI r{cg.R_MIDDLE}, {max(grid[k_axis] - 2, 0)}")
+    if tile_copies == 2:
+        for reg, name in ((R_Q, "q"), (R_O, "o")):
+            emit(f"AND r{reg}, r{cg.R_TILE_LOOP}, 1")
+            emit(f"MUL r{reg}, r{reg}, {nest.buffer(name).stride}")
+        regs.update(q=R_Q, o=R_O)
     # the tile: Q, and the running max, sum and output
     emit(f"DMA.LD.{nest.buffer('q').dtype} {ctx.tile('q')}, {ctx.ref(q_load.view)}",
          waits=[(E_Q_FREE, 1)], sigs=[(E_Q_FULL, 1)])
@@ -192,8 +200,8 @@ def emit_flash_nest(emit, nest: Nest) -> None:
     emit("ENDLOOP")
     emit("BAR.CORE")
     emit(f"WAIT.S {cg._event(E_KV_FREE, 3)}")
-    emit(f"WAIT.S {cg._event(E_Q_FREE, 1)}")
-    emit(f"WAIT.S {cg._event(E_O_FREE, 1)}")
+    emit(f"WAIT.S {cg._event(E_Q_FREE, tile_copies)}")
+    emit(f"WAIT.S {cg._event(E_O_FREE, tile_copies)}")
 
 
 __all__ = ["emit_flash_nest"]
