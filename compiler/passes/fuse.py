@@ -40,6 +40,9 @@ VIEW_OPS = frozenset(("reshape", "transpose", "slice", "broadcast_to"))
 # event count, and a DMA descriptor register per distinct tap phase: ISA limits, not the
 # machine's (docs/internals.md section 3).
 MAX_STEP_LOADS = 64
+# GM tensors one fused kernel may read and write: a nest has 32 DMA descriptors (an ISA
+# limit); the rest are for the views a lowering adds (split tiles, epilogue operands)
+MAX_KERNEL_TENSORS = 24
 MAX_TAP_PHASES = 24
 CONV_DTYPES = ("bf16", "f16", "f32")
 
@@ -536,6 +539,18 @@ def plan_fusion(fn: Function, decisions: list[str] | None = None) -> FusionPlan:
         return {group_of[v.id] for v in op.inputs
                 if v.id in group_of and group_of[v.id] != group}
 
+    def too_many_tensors(ids: set[int]) -> bool:
+        """Whether a kernel of the ops `ids` would read and write more GM tensors than one
+        nest has DMA descriptors for (splat constants are immediates)."""
+        inputs = set()
+        for i in ids:
+            for v in producers[i].inputs:
+                source = producers.get(v.id)
+                if v.id not in ids and (source is None or source.kind != "constant"):
+                    inputs.add(v.id)
+        stored = sum(1 for i in ids if i in outputs or any(u.id not in ids for u in users[i]))
+        return len(inputs) + stored > MAX_KERNEL_TENSORS
+
     def merge_side_groups(op) -> int | None:
         """Join `op` to the matmul group whose accumulator chain ends at one of its inputs,
         with the elementwise groups computing its other inputs when nothing else uses their
@@ -566,6 +581,8 @@ def plan_fusion(fn: Function, decisions: list[str] | None = None) -> FusionPlan:
                     if i in outputs or not epilogue_ok(o) or any(
                             w.id not in ids and w is not op for w in users[i]):
                         return None
+            if too_many_tensors({i for g in merged for i in members[g]} | {op.id}):
+                return None
             # no cycle: nothing outside the merged groups that they read depends on them
             outside = set().union(*(group_preds(g) for g in merged)) | external_groups(op, m)
             outside -= merged
@@ -640,6 +657,10 @@ def plan_fusion(fn: Function, decisions: list[str] | None = None) -> FusionPlan:
                 if reaches(external_groups(op, group), group):
                     decisions.append(f"no-fuse {where}: it would make a cycle")
                     continue
+                if too_many_tensors(set(members[group]) | {op.id}):
+                    decisions.append(f"no-fuse {where}: the kernel would move more than "
+                                     f"{MAX_KERNEL_TENSORS} tensors")
+                    continue
                 joined = group
                 why = ("same iteration space" if kind != "elementwise" or shape == space[group]
                        else "a per-row value of the row kernel")
@@ -661,7 +682,8 @@ def plan_fusion(fn: Function, decisions: list[str] | None = None) -> FusionPlan:
             where = f"%{op.id} {op.kind}"
             if (group is not None and kinds[group] == "elementwise"
                     and space[group] == tuple(v.type.shape)
-                    and not reaches(external_groups(op, group), group)):
+                    and not reaches(external_groups(op, group), group)
+                    and not too_many_tensors(set(members[group]) | {op.id})):
                 members[group].append(op.id)
                 group_of[op.id] = group
                 decisions.append(f"fuse {where} into the row kernel of %{members[group][0]}: "

@@ -305,3 +305,15 @@ def test_causal_attention_roofline_counts_the_kept_scores():
                                                             "p = softmax(scores")
     fn = run_pipeline(load_program("t.zt", text=dense), default_graph_pipeline())
     assert roofline(fn, machine()).flops == 2 * (2 * b * h * s * s * d)
+
+
+@pytest.mark.parametrize("body", ["{terms}", "relu(x @ w + {terms})",
+                                  "softmax(x @ w + {terms}, axis=-1)"])
+def test_a_group_stops_growing_at_the_descriptors_a_nest_has(body):
+    # 40 operands cannot be one nest (32 DMA descriptors): the chain is cut, not a crash
+    params = ", ".join(f"a{i}: f32[8, 16]" for i in range(40))
+    terms = " + ".join(f"a{i}" for i in range(40))
+    source = (f"fn main(x: f32[8, 16], w: f32[16, 16], {params}) -> f32[8, 16] {{\n"
+              f"    return {body.format(terms=terms)}\n}}\n")
+    _, compiled, _, _ = compile_and_run(source, opt_level=2)
+    assert compiled.kernel_count >= 2
