@@ -16,13 +16,14 @@ when the nest ends):
 - E8 S(t) ready -> VX(t);  E9 VX(t) done (P(t), O scaled) -> O(t);
 - E10 O(t-1) accumulated -> VX(t) scales O;  E2 last O -> VX epilogue -> E11 -> store.
 
-Masks (causal, key bounds) run on the first and last key step of a tile only: with square
-tiles every other visited key tile lies wholly below the diagonal.
+Masks (causal, key bounds) run on the last key step of a tile, and the causal one on its
+first step where that key tile meets the diagonal (predicated): with square tiles every
+other visited key tile lies wholly below it.
 """
 
 from __future__ import annotations
 
-from compiler.backend.kernel_ir import Load, Nest, Store, Vec
+from compiler.backend.kernel_ir import Iota, Load, Nest, Store, Vec
 
 E_KV_FULL, E_KV_FREE, E_O_DONE, E_Q_FREE, E_Q_FULL = 0, 1, 2, 3, 4
 E_S_READY, E_VX_DONE, E_O_ACC, E_O_FULL, E_O_FREE = 8, 9, 10, 11, 12
@@ -56,6 +57,18 @@ def emit_flash_nest(emit, nest: Nest) -> None:
     scale_first = [s for s in chain[:mask_end] if isinstance(s, Vec) and s.op == "MUL"
                    and s.dst == "s"]
     plain = scale_first + plain   # an unfolded scale applies on every step
+    # the first of several steps needs no key-bound mask (only a last key tile is partial),
+    # and the causal mask only on a tile whose first key tile meets the diagonal (its
+    # queries start before tile_k): those statements are predicated on R_DIAG
+    causal_mask, key_mask = [], []
+    for index, stmt in enumerate(chain[:mask_end]):
+        if isinstance(stmt, Vec) and stmt.op in ("CMP.ge", "CMP.lt"):
+            (causal_mask if stmt.op == "CMP.ge" else key_mask).extend(
+                (stmt, chain[index + 1]))
+    iotas = [st for st in chain[:mask_end] if isinstance(st, Iota)]
+    dropped = {id(st) for st in key_mask + ([] if causal_mask else iotas)}
+    first_chain = [st for st in masked if id(st) not in dropped]
+    first_predicated = {id(st) for st in iotas + causal_mask} if causal_mask else set()
     epilogue = [s for s in nest.final if not isinstance(s, Store)]
     store = next(s for s in nest.final if isinstance(s, Store))
     stride = nest.buffer("p").stride
@@ -66,6 +79,7 @@ def emit_flash_nest(emit, nest: Nest) -> None:
     R_CUR, R_PREV = cg.R_LD_OFF, cg.R_OUT_OFF
     R_KV_CUR, R_KV_PREV, R_KV_NEXT = 20, 21, 22  # K/V copy of steps t, t - 1, t + 1
     R_Q, R_O = 23, 24  # this tile's copies of Q and O
+    R_DIAG = 25        # this tile's first key tile meets the causal diagonal
 
     def parity_regs(step_reg: int) -> None:
         """R_CUR = (t & 1) * stride, R_PREV = ((t - 1) & 1) * stride for step t in a reg;
@@ -103,19 +117,28 @@ def emit_flash_nest(emit, nest: Nest) -> None:
         sigs = [(E_KV_FREE, 1), (E_O_DONE if last else E_O_ACC, 1)]
         emit(cg._compute(ctx, mma_o, False), waits=[(E_VX_DONE, 1)], sigs=sigs)
 
-    def vx_chain(stmts: list, first: bool) -> None:
+    def vx_chain(stmts: list, first: bool, predicated: set[int] = frozenset()) -> None:
+        """The softmax of one step on VX; statements whose id is in `predicated` run only
+        where R_DIAG is set (they carry no events: a predicated-off one has none)."""
         regs.update(s=R_CUR, p=R_CUR)
         scale_o = [i for i, s in enumerate(stmts) if isinstance(s, Vec) and s.op == "MUL"
                    and s.dst == "o"]
+        ready_waited = bool(stmts) and id(stmts[0]) in predicated
+        if ready_waited:
+            emit(f"WAIT.VX {cg._event(E_S_READY, 1)}")
         for index, stmt in enumerate(stmts):
             waits, sigs = [], []
-            if index == 0:
+            if index == 0 and not ready_waited:
                 waits.append((E_S_READY, 1))
             if not first and scale_o and index == scale_o[0]:
                 waits.append((E_O_ACC, 1))
             if index == len(stmts) - 1:
                 sigs.append((E_VX_DONE, 1))
-            emit(cg._compute(ctx, stmt, False), waits=waits, sigs=sigs)
+            text = cg._compute(ctx, stmt, False)
+            if id(stmt) in predicated:
+                assert not waits and not sigs
+                text = f"@r{R_DIAG} {text}"
+            emit(text, waits=waits, sigs=sigs)
 
     # credits: three K/V copies; the output tiles (and Q) free for the first tiles
     emit(f"SIG.S {cg._event(E_KV_FREE, 3)}")
@@ -166,7 +189,16 @@ def emit_flash_nest(emit, nest: Nest) -> None:
     if not single:
         prefetch(cg.R_STEP)
     mx_scores(True)
-    vx_chain(masked, True)
+    if single:
+        vx_chain(masked, True)
+    else:
+        if first_predicated:
+            q_reg = cg.R_COORD + 1
+            if grid[1] > 1:
+                emit(f"SLT r{R_DIAG}, r{q_reg}, {nest.tile[k_axis]}")
+            else:
+                emit(f"LI r{R_DIAG}, 1")
+        vx_chain(first_chain, True, first_predicated)
     if not single:
         # steps 1 .. n-2 unmasked (S(t), then O(t-1) on MX; the softmax of t on VX)
         emit(f"LOOP r{cg.R_STEP_LOOP}, r{cg.R_MIDDLE}")
