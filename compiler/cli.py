@@ -104,6 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_machine(bench)
     bench.add_argument("--json", action="store_true")
     bench.add_argument("-O", dest="opt", choices=["0", "1", "2"], default="2")
+    bench.add_argument("-j", "--jobs", type=int, default=0,
+                       help="benchmarks run at once (default: one per host CPU)")
 
     fuzz = sub.add_parser("fuzz", help="a differential fuzzing campaign")
     fuzz.add_argument("--seconds", type=float, default=60)

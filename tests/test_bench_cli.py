@@ -15,7 +15,7 @@ def _bench(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_bench_json_rows_have_every_key():
-    run = _bench("gemm_4096_bf16", "eltwise_chain", "--json")
+    run = _bench("gemm_4096_bf16", "eltwise_chain", "--json", "-j", "1")
     assert run.returncode == 0, run.stderr
     rows = json.loads(run.stdout)
     assert [r["name"] for r in rows] == ["gemm_4096_bf16", "eltwise_chain"]
@@ -32,6 +32,17 @@ def test_bench_json_rows_have_every_key():
     # an elementwise chain streams its operands once: exactly its compulsory bytes
     assert chain["hbm_bytes"] == chain["compulsory_bytes"]
     assert "[1/2] gemm_4096_bf16" in run.stderr  # the progress display
+
+
+def test_parallel_bench_gives_the_same_rows_in_the_same_order():
+    one = _bench("softmax_rows", "gemm_skinny_bf16", "--json", "-j", "1")
+    two = _bench("softmax_rows", "gemm_skinny_bf16", "--json", "-j", "2")
+    assert one.returncode == two.returncode == 0, one.stderr + two.stderr
+    strip = [{k: v for k, v in r.items() if k != "compile_seconds"}
+             for r in json.loads(one.stdout)]
+    assert strip == [{k: v for k, v in r.items() if k != "compile_seconds"}
+                     for r in json.loads(two.stdout)]
+    assert "2/2] " in two.stderr
 
 
 def test_bench_table_and_unknown_names():

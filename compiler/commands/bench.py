@@ -16,8 +16,10 @@ constrains, not over HBM bytes, which the L2 can take below it. Without an L2 th
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
@@ -72,6 +74,16 @@ def run_one(path: Path, machine, opt_level: int) -> dict:
     }
 
 
+def _run_or_error(path: Path, machine, opt_level: int) -> dict | str:
+    """A benchmark's row, or its diagnostic (one broken benchmark does not hide the rest)."""
+    from isa.errors import ZhenwuError
+
+    try:
+        return run_one(path, machine, opt_level)
+    except ZhenwuError as err:
+        return err.format()
+
+
 def _table(rows: list[dict]) -> str:
     head = (f"{'benchmark':<24} {'cycles':>12} {'roofline':>12} {'eff':>6} {'HBM MB':>10} "
             f"{'compul MB':>10} {'L2 hit':>6} {'io/LB':>6} {'kern':>5} {'compile s':>9}")
@@ -97,16 +109,32 @@ def run(args) -> int:
     unknown = [n for n in names if n not in benches]
     if unknown:
         raise UsageError(f"unknown benchmark {unknown[0]!r}; available: {', '.join(benches)}")
-    from isa.errors import ZhenwuError
+    jobs = args.jobs if args.jobs > 0 else (os.cpu_count() or 1)
+    jobs = max(1, min(jobs, len(names)))
+    results: dict[str, dict | str] = {}
+    done = 0
 
-    rows, failures = [], []
-    for index, name in enumerate(names, 1):
-        print(f"\r[{index}/{len(names)}] {name:<32}", end="", file=sys.stderr, flush=True)
-        try:
-            rows.append(run_one(benches[name], machine, int(args.opt)))
-        except ZhenwuError as err:  # one broken benchmark does not hide the others
-            failures.append(f"{name}: {err.format()}")
-    print("\r" + " " * 48 + "\r", end="", file=sys.stderr, flush=True)
+    def progress(count: int, text: str) -> None:
+        print(f"\r[{count}/{len(names)}] {text:<40}", end="", file=sys.stderr, flush=True)
+
+    if jobs == 1:
+        for name in names:
+            progress(done + 1, name)
+            results[name] = _run_or_error(benches[name], machine, int(args.opt))
+            done += 1
+    else:
+        # one process per benchmark at a time: the simulator is single-threaded Python
+        with ProcessPoolExecutor(max_workers=jobs) as pool:
+            futures = {pool.submit(_run_or_error, benches[name], machine, int(args.opt)): name
+                       for name in names}
+            for future in as_completed(futures):
+                name = futures[future]
+                results[name] = future.result()
+                done += 1
+                progress(done, f"{name} done")
+    print("\r" + " " * 56 + "\r", end="", file=sys.stderr, flush=True)
+    rows = [results[n] for n in names if isinstance(results[n], dict)]
+    failures = [f"{n}: {results[n]}" for n in names if isinstance(results[n], str)]
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
