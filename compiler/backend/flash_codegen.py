@@ -10,7 +10,8 @@ wait only for the P @ V of step t - 2, so their HBM/L2 latency hides behind this
 softmax instead of delaying the next step's scores. Events (this kernel only; all back to 0
 when the nest ends):
 
-- E0 K/V loaded (2 per step) -> S(t);  E1 K/V credits (3 copies), returned by O(t-1);
+- E0 K/V loaded (2 per step) -> S(t);  E1 K/V credits (3 copies, taken in turn by every
+  step of every tile of the core), returned by O(t-1);
 - E4 Q loaded -> S(0);  E3 / E12 the output tile is free (store done) -> Q load / O init
   (Q and O have two copies by tile parity where the ACC has room: two credits);
 - E8 S(t) ready -> VX(t);  E9 VX(t) done (P(t), O scaled) -> O(t);
@@ -80,6 +81,7 @@ def emit_flash_nest(emit, nest: Nest) -> None:
     R_KV_CUR, R_KV_PREV, R_KV_NEXT = 20, 21, 22  # K/V copy of steps t, t - 1, t + 1
     R_Q, R_O = 23, 24  # this tile's copies of Q and O
     R_DIAG = 25        # this tile's first key tile meets the causal diagonal
+    R_KV_BASE, R_KV_T = 26, 27  # K/V steps of this core's earlier tiles; base + t
 
     def parity_regs(step_reg: int) -> None:
         """R_CUR = (t & 1) * stride, R_PREV = ((t - 1) & 1) * stride for step t in a reg;
@@ -87,8 +89,11 @@ def emit_flash_nest(emit, nest: Nest) -> None:
         emit(f"AND r{R_CUR}, r{step_reg}, 1")
         emit(f"MUL r{R_CUR}, r{R_CUR}, {stride}")
         emit(f"SUB r{R_PREV}, r{cg.R_LD_COUNT}, r{R_CUR}")   # R_LD_COUNT holds `stride`
+        # the ring turns per core, not per tile: a tile's first loads go to the slot after
+        # the previous tile's last, so a credit (returned in load order) frees that slot
+        emit(f"ADD r{R_KV_T}, r{step_reg}, r{R_KV_BASE}")
         for reg, shift in ((R_KV_CUR, 0), (R_KV_PREV, 2), (R_KV_NEXT, 1)):
-            emit(f"ADD r{reg}, r{step_reg}, {shift}")
+            emit(f"ADD r{reg}, r{R_KV_T}, {shift}")
             emit(f"REM r{reg}, r{reg}, 3")
             emit(f"MUL r{reg}, r{reg}, {ring}")
 
@@ -150,6 +155,7 @@ def emit_flash_nest(emit, nest: Nest) -> None:
     emit(f"SUB r{cg.R_MINE}, r{cg.R_MINE}, 1")
     emit(f"DIV r{cg.R_MINE}, r{cg.R_MINE}, r{cg.R_CORES}")
     emit(f"LI r{cg.R_LD_COUNT}, {stride}")
+    emit(f"LI r{R_KV_BASE}, 0")
     emit(f"LOOP r{cg.R_TILE_LOOP}, r{cg.R_MINE}")
     if causal:
         cg._causal_tile(emit, nest, causal)
@@ -229,6 +235,7 @@ def emit_flash_nest(emit, nest: Nest) -> None:
              sigs=[(E_O_FULL, 1)] if index == len(epilogue) - 1 else [])
     emit(f"DMA.ST.{nest.buffer(store.src).dtype} {ctx.ref(store.view)}, {ctx.tile(store.src)}",
          waits=[(E_O_FULL, 1)], sigs=[(E_Q_FREE, 1), (E_O_FREE, 1)])
+    emit(f"ADD r{R_KV_BASE}, r{R_KV_BASE}, " + ("1" if single else f"r{cg.R_STEPS}"))
     emit("ENDLOOP")
     emit("BAR.CORE")
     emit(f"WAIT.S {cg._event(E_KV_FREE, 3)}")

@@ -317,3 +317,25 @@ def test_a_group_stops_growing_at_the_descriptors_a_nest_has(body):
               f"    return {body.format(terms=terms)}\n}}\n")
     _, compiled, _, _ = compile_and_run(source, opt_level=2)
     assert compiled.kernel_count >= 2
+
+
+NONCAUSAL = """
+fn main(q: bf16[1, {h}, {s}, 64], k: bf16[1, {h}, {t}, 64],
+        v: bf16[1, {h}, {t}, 64]) -> bf16[1, {h}, {s}, 64] {{
+    p = softmax(einsum("bhqd,bhkd->bhqk", q, k) * 0.125, axis=-1)
+    return cast(einsum("bhqk,bhkd->bhqd", cast(p, bf16), v), bf16)
+}}
+"""
+
+
+@pytest.mark.parametrize("source", [
+    ATTENTION.format(seq=640, b=1, h=8, d=64),          # 40 causal tiles: cores run two
+    ATTENTION.format(seq=700, b=1, h=8, d=64),          # and a partial last key tile
+    NONCAUSAL.format(h=8, s=640, t=300),                # three key steps per tile
+    NONCAUSAL.format(h=8, s=640, t=100),                # one key step per tile
+])
+def test_flash_attention_with_several_tiles_per_core(source):
+    # functional runs check races: K/V, Q and O buffers are reused across a core's tiles
+    fn, compiled, result, _ = compile_and_run(source, opt_level=2)
+    assert compiled.kernel_count == 1
+    assert result.report.hbm_write_bytes == fn.outputs[0].type.nbytes
