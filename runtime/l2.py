@@ -98,7 +98,8 @@ class Lines:
     """What one transfer touches, per block: `blocks` (block numbers), `masks` (the lines it
     touches, bit i = line i of the block), `full` (the lines it covers whole), `nbytes` (its
     bytes in the block) and `offsets` (where the block's entries start in `line_nbytes`, its
-    bytes per touched line in line order); `total` bytes in all."""
+    bytes per touched line in line order; both None when every line is whole); `total` bytes
+    in all."""
 
     __slots__ = ("blocks", "full", "line_nbytes", "masks", "nbytes", "offsets", "total")
 
@@ -112,8 +113,10 @@ class Lines:
         full = np.where(nbytes == line_bytes, bits, 0)
         self.full = np.bitwise_or.reduceat(full, starts).tolist() if lines.size else []
         self.nbytes = np.add.reduceat(nbytes, starts).tolist() if lines.size else []
-        self.offsets = starts.tolist()
-        self.line_nbytes = nbytes.tolist()
+        # per-line bytes only where some line is partial (a whole-line box needs none)
+        whole = bool((nbytes == line_bytes).all())
+        self.offsets = None if whole else starts.tolist()
+        self.line_nbytes = None if whole else nbytes.tolist()
         self.total = int(nbytes.sum())
 
 
@@ -164,8 +167,10 @@ class L2Cache:
             if missing:
                 entry[0] |= missing
                 missed_lines += missing.bit_count()
-                missed_bytes += _masked_bytes(wanted, missing, box.line_nbytes,
-                                              box.offsets[index])
+                missed_bytes += (missing.bit_count() * self.line_bytes
+                                 if box.line_nbytes is None else
+                                 _masked_bytes(wanted, missing, box.line_nbytes,
+                                               box.offsets[index]))
                 filled.append(entry)
         self.hit_bytes += box.total - missed_bytes
         if missed_lines:
