@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from math import prod
 from pathlib import Path
 
 import numpy as np
@@ -339,3 +340,20 @@ def test_flash_attention_with_several_tiles_per_core(source):
     fn, compiled, result, _ = compile_and_run(source, opt_level=2)
     assert compiled.kernel_count == 1
     assert result.report.hbm_write_bytes == fn.outputs[0].type.nbytes
+
+
+@pytest.mark.parametrize("signature, body", [
+    ("x: bf16[1024, 128], wg: bf16[128, 2048], wu: bf16[128, 2048]) -> bf16[1024, 2048]",
+     "silu(x @ wg) * (x @ wu)"),
+    ("x: f32[4096, 300], g: f32[300]) -> f32[4096, 300]", "rmsnorm(x, g) * 2.0"),
+    ("x: bf16[8, 16, 30, 30], w: bf16[32, 16, 3, 3]) -> bf16[8, 32, 15, 15]",
+     "relu(conv2d(x, w, stride=2, padding=1))"),
+    ("x: f32[8, 16, 56, 56]) -> f32[8, 16, 28, 28]", "maxpool2d(x, 3, stride=2, padding=1)"),
+])
+def test_kernels_with_several_tiles_per_core_run_race_free(signature, body):
+    # benchmarks run timing-only (no race check): these run each kernel kind functionally
+    # with more tiles than cores, so buffers are reused across a core's tiles
+    source = f"fn main({signature} {{\n    return {body}\n}}\n"
+    _, compiled, _, _ = compile_and_run(source, opt_level=2)
+    for kernel in compiled.kernels.kernels:
+        assert any(prod(nest.grid) > 32 for nest in kernel.nests)
