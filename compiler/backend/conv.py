@@ -36,13 +36,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from math import ceil, gcd
 
-from compiler.backend.gemm import _candidates
+from compiler.backend.gemm import NARROW, _candidates
 from compiler.backend.kernel_ir import Buffer, Load, Mma, Nest, Store, Vec, View
-from compiler.backend.lower import ALIGN, elementwise_body, mma_dtypes
+from compiler.backend.lower import ALIGN, aligned, elementwise_body, mma_dtypes
+from compiler.backend.tiling import round_up
 from compiler.graph.dtypes import itemsize
 from isa.errors import CompileError
 
-NARROW = ("bf16", "f16", "fp8")
 EXACT = ("relu", "neg", "abs")   # f(round(x)) == round(f(x))
 # the output channels are the innermost parallel axis: when their tile count divides the
 # cores, every tile of a core has the same channels, and its weights stay in L1
@@ -52,12 +52,6 @@ LOAD_COPIES = (2, 3, 4)   # operand buffers in flight: more hide the DMA latency
 ACC_COPIES = (1, 2, 3, 4)  # accumulators in flight: more hide the store latency of short tiles
 
 
-def _round_up(value: int, multiple: int) -> int:
-    return -(-value // multiple) * multiple
-
-
-def _aligned(nbytes: int) -> int:
-    return _round_up(nbytes, ALIGN)
 
 
 @dataclass(frozen=True)
@@ -91,7 +85,7 @@ class ConvShape:
 def _pixel_blocks(oh: int, ow: int, unit: int) -> list[tuple[int, int]]:
     """(rows, cols) pixel blocks with rows * cols a multiple of the MX width: whole output
     rows (cols = OW, or OW rounded up so that fewer rows make a multiple) or parts of one."""
-    cols_options = {ow} | {_round_up(ow, m) for m in (2, 4, 8, 16)}
+    cols_options = {ow} | {round_up(ow, m) for m in (2, 4, 8, 16)}
     cols_options |= {v for v in (16, 32, 64, 128, 256) if v < ow}
     out = []
     for cols in sorted(cols_options):
@@ -122,7 +116,7 @@ def conv_cost(shape: ConvShape, tile_o, rows, cols, tile_c, acc_copies, ld_copie
     waves = ceil(tiles / mx.cores)
     steps = ceil(shape.cg / tile_c)
     pixels = rows * cols
-    k_pad = _round_up(shape.taps * tile_c, mx.mx_k)
+    k_pad = round_up(shape.taps * tile_c, mx.mx_k)
     mx_cycles = (tile_o / mx.mx_m) * (pixels / mx.mx_n) * (k_pad / mx.mx_k) / rate
     in_pixels = min(rows, shape.oh) * min(cols, shape.ow)
     in_c = min(tile_c, shape.cg)
@@ -134,7 +128,7 @@ def conv_cost(shape: ConvShape, tile_o, rows, cols, tile_c, acc_copies, ld_copie
     line = getattr(mx, "l2_line_bytes", 0) or 1
     run = in_pixels if cols >= shape.ow and shape.stride_one else min(cols, shape.ow)
     runs = shape.taps * in_c * in_pixels // run
-    line_bytes = runs * (_round_up(run * in_bytes, line) + line // 2)
+    line_bytes = runs * (round_up(run * in_bytes, line) + line // 2)
     step_lines = line_bytes + w_step
     x_bytes = shape.n * shape.groups * shape.cg * shape.oh * shape.ow * in_bytes
     w_bytes = shape.groups * shape.og * shape.cg * shape.taps * in_bytes
@@ -190,17 +184,17 @@ def choose_conv_tile(shape: ConvShape, in_dtype: str, acc_dtype: str, out_bytes:
             acc_tile = tile_o * pixels * acc_elem
             if acc_tile > machine.acc_bytes:
                 continue
-            l1_out = (_aligned(tile_o * pixels * epilogue_full_bytes)
-                      + _aligned(pixels * epilogue_row_bytes) + _aligned(tile_o * 4))
-            stride = _aligned(max(acc_tile, l1_out))
+            l1_out = (aligned(tile_o * pixels * epilogue_full_bytes)
+                      + aligned(pixels * epilogue_row_bytes) + aligned(tile_o * 4))
+            stride = aligned(max(acc_tile, l1_out))
             copies = max(c for c in ACC_COPIES
                          if c == 1 or (c - 1) * stride + acc_tile <= machine.acc_bytes)
             l1_out_total = l1_out + (copies - 1) * stride
             for tile_c in sorted(cands_c):
-                k_pad = _round_up(shape.taps * tile_c, machine.mx_k)
+                k_pad = round_up(shape.taps * tile_c, machine.mx_k)
                 stationary = stationary_weights(shape, tile_o, tile_c, machine)
-                w_one = _aligned(k_pad * tile_o * in_bytes)
-                x_one = _aligned(k_pad * pixels * in_bytes)
+                w_one = aligned(k_pad * tile_o * in_bytes)
+                x_one = aligned(k_pad * pixels * in_bytes)
                 for ld_copies in LOAD_COPIES:
                     l1 = (w_one + ld_copies * x_one if stationary
                           else ld_copies * (w_one + x_one))
@@ -337,13 +331,13 @@ def lower_conv_group(low, ops) -> None:
     tile_o, rows, cols, tile_c = tile.tile_o, tile.rows, tile.cols, tile.tile_c
     pixels = rows * cols
     k = taps * tile_c
-    k_pad = _round_up(k, machine.mx_k)
+    k_pad = round_up(k, machine.mx_k)
     in_bytes = itemsize(in_dtype)
 
     # L1: the weights (K x tile_o) and the patches (K x pixels), two copies; the tap loads
     # fill tile_c rows of the patches each
-    w_bytes = _aligned(k_pad * tile_o * in_bytes)
-    x_bytes = _aligned(k_pad * pixels * in_bytes)
+    w_bytes = aligned(k_pad * tile_o * in_bytes)
+    x_bytes = aligned(k_pad * pixels * in_bytes)
     # stationary weights: one copy, loaded once per core before its first tile
     stationary = tile.stationary
     resident = w_bytes if stationary else 0
@@ -380,13 +374,13 @@ def lower_conv_group(low, ops) -> None:
     for index, kind in enumerate(epi_kinds):
         r, cc = dims[kind]
         l1_out.append(Buffer(f"e{index}", "L1", "f32", r, cc, offset))
-        offset += _aligned(r * cc * 4)
+        offset += aligned(r * cc * 4)
     if rounded:
         l1_out.append(Buffer("round", "L1", "bf16", tile_o, pixels, offset))
-        offset += _aligned(tile_o * pixels * 2)
-    acc_tile = _aligned(tile_o * pixels * itemsize(acc_dtype))
+        offset += aligned(tile_o * pixels * 2)
+    acc_tile = aligned(tile_o * pixels * itemsize(acc_dtype))
     copies = tile.acc_copies
-    stride = _aligned(max(acc_tile, offset - l1_base)) if copies > 1 else 0
+    stride = aligned(max(acc_tile, offset - l1_base)) if copies > 1 else 0
     buffers.append(Buffer("c", "ACC", acc_dtype, tile_o, pixels, 0, copies, stride))
     buffers += [Buffer(b.name, b.level, b.dtype, b.rows, b.cols, b.offset, copies, stride)
                 for b in l1_out]

@@ -18,9 +18,9 @@ from dataclasses import replace
 from itertools import product
 from math import prod
 
-from compiler.backend.gemm import _aligned, _round_up
 from compiler.backend.kernel_ir import Buffer, Iota, Load, Mma, Nest, Reduce, Store, Vec, View
-from compiler.backend.lower import mma_dtypes
+from compiler.backend.lower import aligned, mma_dtypes
+from compiler.backend.tiling import round_up
 from compiler.graph.dtypes import itemsize
 
 MAX_TILE = 128
@@ -157,9 +157,9 @@ def _flash_nest(low, q3, kt3, v3, o3, scale, causal) -> Nest:
 
     in_dtype, acc_dtype = mma_dtypes(q3.dtype, machine)
     unit = machine.mx_m
-    dim_p = _round_up(dim, machine.mx_k)
-    tile_q = min(MAX_TILE, _round_up(seq_q, unit))
-    tile_k = min(MAX_TILE, _round_up(seq_k, unit))
+    dim_p = round_up(dim, machine.mx_k)
+    tile_q = min(MAX_TILE, round_up(seq_q, unit))
+    tile_k = min(MAX_TILE, round_up(seq_k, unit))
     def acc_need(tq: int, tk: int) -> int:  # two score tiles (at the L1 twin stride), O
         twin = max(tq * tk * isz, tq * tk * 4)
         return twin + tq * tk * 4 + tq * dim_p * 4
@@ -190,28 +190,28 @@ def _flash_nest(low, q3, kt3, v3, o3, scale, causal) -> Nest:
     offset = 0
     for name, dtype, rows, cols in twin_l1:
         buffers.append((name, "L1", dtype, rows, cols, offset))
-        offset += _aligned(rows * cols * itemsize(dtype))
-    s_bytes = _aligned(tile_q * tile_k * 4)
+        offset += aligned(rows * cols * itemsize(dtype))
+    s_bytes = aligned(tile_q * tile_k * 4)
     stride = max(offset, s_bytes)
     o_offset = stride + s_bytes
-    if o_offset + _aligned(tile_q * dim_p * 4) > machine.acc_bytes:
+    if o_offset + aligned(tile_q * dim_p * 4) > machine.acc_bytes:
         raise NotFlashable()
     twins = [Buffer(n, lv, dt, r, c, off, 2, stride) for n, lv, dt, r, c, off in buffers]
     twins.append(Buffer("s", "ACC", "f32", tile_q, tile_k, 0, 2, stride))
     # O (and Q) in two copies by tile parity where the ACC has room: the next tile starts
     # while this one's output is still being divided and stored
-    o_bytes = _aligned(tile_q * dim_p * 4)
+    o_bytes = aligned(tile_q * dim_p * 4)
     tile_copies = 2 if o_offset + 2 * o_bytes <= machine.acc_bytes else 1
     singles = [Buffer("o", "ACC", "f32", tile_q, dim_p, o_offset, tile_copies,
                       o_bytes if tile_copies == 2 else 0)]
     offset = 2 * stride
-    ring_stride = sum(_aligned(r * c * itemsize(dt)) for _, dt, r, c in ring_l1)
+    ring_stride = sum(aligned(r * c * itemsize(dt)) for _, dt, r, c in ring_l1)
     for name, dtype, rows, cols in ring_l1:
         twins.append(Buffer(name, "L1", dtype, rows, cols, offset, 3, ring_stride))
-        offset += _aligned(rows * cols * itemsize(dtype))
+        offset += aligned(rows * cols * itemsize(dtype))
     offset += 2 * ring_stride
     for name, dtype, rows, cols in single_l1:
-        nbytes = _aligned(rows * cols * itemsize(dtype))
+        nbytes = aligned(rows * cols * itemsize(dtype))
         copies = tile_copies if name == "q" else 1
         singles.append(Buffer(name, "L1", dtype, rows, cols, offset, copies,
                               nbytes if copies == 2 else 0))

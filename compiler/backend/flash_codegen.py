@@ -104,7 +104,7 @@ def emit_flash_nest(emit, nest: Nest) -> None:
         emit(f"DMA.LD.{nest.buffer('vt').dtype} {ctx.tile('vt')}, {ctx.ref(v_load.view)}",
              sigs=[(E_KV_FULL, 1)])
 
-    def prefetch(step_reg: int) -> None:
+    def prefetch() -> None:
         """The loads of step t + 1 (t in `step_reg`); the k coordinate is t's again after."""
         if k_reg is not None:
             emit(f"ADD r{k_reg}, r{k_reg}, {nest.tile[k_axis]}")
@@ -193,7 +193,7 @@ def emit_flash_nest(emit, nest: Nest) -> None:
     parity_regs(cg.R_STEP)
     loads(R_KV_CUR)
     if not single:
-        prefetch(cg.R_STEP)
+        prefetch()
     mx_scores(True)
     if single:
         vx_chain(masked, True)
@@ -211,7 +211,7 @@ def emit_flash_nest(emit, nest: Nest) -> None:
         emit(f"ADD r{cg.R_STEP}, r{cg.R_STEP_LOOP}, 1")
         step_coord(cg.R_STEP)
         parity_regs(cg.R_STEP)
-        prefetch(cg.R_STEP)
+        prefetch()
         mx_scores(False)
         mx_accumulate(False)
         vx_chain(plain, False)

@@ -21,24 +21,22 @@ from math import ceil
 from compiler.backend.kernel_ir import Buffer, Load, Mma, Nest, Store, Vec, View
 from compiler.backend.lower import (
     ALIGN,
+    UNARY,
+    aligned,
     elementwise_body,
     layout,
     matmul_views,
     mma_dtypes,
     simplify,
 )
+from compiler.backend.tiling import round_up
 from compiler.graph.dtypes import itemsize
+from isa.instructions import INSTRUCTIONS
 
 NARROW = ("bf16", "f16", "fp8")
 MAX_TILE_K = 512
 
 
-def _round_up(value: int, multiple: int) -> int:
-    return -(-value // multiple) * multiple
-
-
-def _aligned(nbytes: int) -> int:
-    return _round_up(nbytes, ALIGN)
 
 
 @dataclass(frozen=True)
@@ -55,14 +53,14 @@ class GemmTile:
 def _candidates(extent: int, unit: int, cap: int) -> list[int]:
     """Tile sizes to try: powers of two times the MX unit, and the sizes that cut the
     extent into 1..8 nearly equal tiles (less padding than a power of two)."""
-    top = min(_round_up(extent, unit), cap)
+    top = min(round_up(extent, unit), cap)
     out = {top}
     size = unit
     while size < top:
         out.add(size)
         size *= 2
     for parts in range(1, 9):
-        size = _round_up(-(-extent // parts), unit)
+        size = round_up(-(-extent // parts), unit)
         if unit <= size <= cap:
             out.add(size)
     return sorted(out)
@@ -75,7 +73,7 @@ def gemm_cost(batch, m, n, k, tile_m, tile_n, tile_k, acc_copies, a_bytes, b_byt
     tiles = batch * ceil(m / tile_m) * ceil(n / tile_n)
     active = min(tiles, mx.cores)
     waves = ceil(tiles / mx.cores)
-    steps = ceil(_round_up(k, mx.mx_k) / tile_k)
+    steps = ceil(round_up(k, mx.mx_k) / tile_k)
     mx_cycles = (tile_m / mx.mx_m) * (tile_n / mx.mx_n) * (tile_k / mx.mx_k) / rate
     # in-bounds bytes only: a tile hanging over the edge loads what is inside
     in_m, in_n, in_k = min(tile_m, m), min(tile_n, n), min(tile_k, k)
@@ -114,9 +112,9 @@ def choose_gemm_tile(batch, m, n, k, in_dtype, acc_dtype, a_bytes, b_bytes, out_
             acc_tile = tile_m * tile_n * acc_elem
             if acc_tile > machine.acc_bytes:
                 continue
-            l1_out = (_aligned(tile_m * tile_n * epilogue_full_bytes)
-                      + _aligned(tile_n * epilogue_row_bytes))
-            stride = _aligned(max(acc_tile, l1_out))
+            l1_out = (aligned(tile_m * tile_n * epilogue_full_bytes)
+                      + aligned(tile_n * epilogue_row_bytes))
+            stride = aligned(max(acc_tile, l1_out))
             copies = 2 if stride + acc_tile <= machine.acc_bytes else 1
             l1_out_total = l1_out + (stride if copies == 2 else 0)
             budget = machine.l1_bytes - l1_out_total - 8 * ALIGN
@@ -126,10 +124,10 @@ def choose_gemm_tile(batch, m, n, k, in_dtype, acc_dtype, a_bytes, b_bytes, out_
             if fixed is not None and (tile_m, tile_n) != fixed[:2]:
                 continue
             # k tiles that split K evenly waste no MX work on padding
-            k_padded = _round_up(k, machine.mx_k)
+            k_padded = round_up(k, machine.mx_k)
             tk_cap = min(tk_cap, MAX_TILE_K, k_padded)
             least = -(-k_padded // tk_cap)
-            tiles_k = {_round_up(-(-k_padded // s), machine.mx_k) for s in range(least, least + 4)}
+            tiles_k = {round_up(-(-k_padded // s), machine.mx_k) for s in range(least, least + 4)}
             if fixed is not None:
                 tiles_k = {min(fixed[2], tk_cap)}
             for tile_k in sorted(tiles_k, reverse=True):
@@ -241,15 +239,15 @@ def lower_matmul_group(low, ops) -> None:
     for index, kind in enumerate(shapes):
         rows, cols = dims[kind]
         l1_out.append(Buffer(f"e{index}", "L1", "f32", rows, cols, offset))
-        offset += _aligned(rows * cols * 4)
+        offset += aligned(rows * cols * 4)
     for name in sorted(set(side_buffers.values()) - {f"e{i}" for i in range(len(shapes))}):
         l1_out.append(Buffer(name, "L1", "f32", tile_m, tile_n, offset))
-        offset += _aligned(tile_m * tile_n * 4)
+        offset += aligned(tile_m * tile_n * 4)
     if narrow_result:
         l1_out.append(Buffer("round", "L1", "bf16", tile_m, tile_n, offset))
-        offset += _aligned(tile_m * tile_n * 2)
-    acc_tile = _aligned(tile_m * tile_n * itemsize(acc_dtype))
-    stride = _aligned(max(acc_tile, offset - used["L1"])) if tile.acc_copies == 2 else 0
+        offset += aligned(tile_m * tile_n * 2)
+    acc_tile = aligned(tile_m * tile_n * itemsize(acc_dtype))
+    stride = aligned(max(acc_tile, offset - used["L1"])) if tile.acc_copies == 2 else 0
     copies = tile.acc_copies
     buffers.append(Buffer("c", "ACC", acc_dtype, tile_m, tile_n, 0, copies, stride))
     buffers += [Buffer(bf.name, bf.level, bf.dtype, bf.rows, bf.cols, bf.offset, copies, stride)
@@ -338,13 +336,12 @@ def _side_buffers(side: list, epilogue: list, shapes: list[str],
     return where
 
 
-SFU_KINDS = frozenset(("exp", "log", "sqrt", "rsqrt", "reciprocal", "tanh", "sigmoid", "erf",
-                       "gelu", "sin", "cos"))
-
-
 def _vx_passes(kind: str, machine) -> float:
-    """An epilogue op's cost in full-tile f32 vector passes: the special functions run at
-    the SFU's element rate, the rest at the vector engine's bytes per cycle."""
-    if kind in SFU_KINDS:
+    """An epilogue op's cost in full-tile f32 vector passes: an op its vector instruction
+    runs on the special-function unit (isa's `unit`) at the SFU's element rate, the rest at
+    the vector engine's bytes per cycle."""
+    mnemonic = "GELU" if kind == "gelu" else UNARY.get(kind)
+    defn = INSTRUCTIONS.get(f"V{mnemonic}") if mnemonic else None
+    if defn is not None and defn.unit == "SFU":
         return machine.vx_bytes_per_cycle / (4 * machine.sfu_elems_per_cycle)
     return 1.0

@@ -226,7 +226,8 @@ def simplify(extents, kinds, tile_keep: set[int], views: list[View]):
 # ------------------------------------------------------------------ buffer layout
 
 
-def _aligned(nbytes: int) -> int:
+def aligned(nbytes: int) -> int:
+    """`nbytes` rounded up to the L1/ACC buffer alignment."""
     return -(-nbytes // ALIGN) * ALIGN
 
 
@@ -247,7 +248,7 @@ def layout(specs: list[tuple], level_base: dict[str, int] | None = None,
         placed = []
         for name, _, dtype, rows, cols, _ in members:
             placed.append((name, dtype, rows, cols, offset))
-            offset += _aligned(rows * cols * itemsize(dtype))
+            offset += aligned(rows * cols * itemsize(dtype))
         stride = offset if count > 1 else 0
         for name, dtype, rows, cols, off in placed:
             buffers.append(Buffer(name, level, dtype, rows, cols, base + off, count, stride))

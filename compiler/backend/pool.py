@@ -19,7 +19,7 @@ from __future__ import annotations
 from math import ceil
 
 from compiler.backend.kernel_ir import Buffer, Load, Nest, Store, Vec, View
-from compiler.backend.lower import ALIGN
+from compiler.backend.lower import ALIGN, aligned
 from compiler.graph.dtypes import itemsize, limits
 from isa.errors import CompileError
 
@@ -28,9 +28,6 @@ AX_NC, AX_OH, AX_OW, AX_ONE = range(4)
 # the DMA latency, so two copies would leave the core waiting for every load and store
 LOAD_COPIES = 6
 
-
-def _aligned(nbytes: int) -> int:
-    return -(-nbytes // ALIGN) * ALIGN
 
 
 def _halo(kernel: int, stride: int, pad: int) -> tuple[int, int]:
@@ -52,7 +49,7 @@ def pool_tile(shape, attrs, elem_bytes: int, machine) -> int:
 
     def fits(rows: int) -> bool:
         box = (rows + extra_h) * sh * box_cols * elem_bytes
-        return LOAD_COPIES * (_aligned(box) + _aligned(rows * ow * elem_bytes)) <= budget
+        return LOAD_COPIES * (aligned(box) + aligned(rows * ow * elem_bytes)) <= budget
 
     if not fits(1):
         raise CompileError(f"a max pool's input rows ({box_cols} elements) do not fit L1")
@@ -87,9 +84,9 @@ def lower_pool_group(low, ops) -> None:
                 (0, -first_h, 0, pads[1][0]))
     box = (1, rows + extra_h, sh, box_cols)
     buffers = [Buffer("in", "L1", dtype, box_rows, box_cols, 0, LOAD_COPIES,
-                      _aligned(box_rows * box_cols * itemsize(dtype)))]
+                      aligned(box_rows * box_cols * itemsize(dtype)))]
     base = LOAD_COPIES * buffers[0].stride
-    out_bytes = _aligned(rows * ow * itemsize(dtype))
+    out_bytes = aligned(rows * ow * itemsize(dtype))
     buffers.append(Buffer("out", "L1", dtype, rows, ow, base, LOAD_COPIES, out_bytes))
     taps = []
     for i in range(kh):

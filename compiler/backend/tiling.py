@@ -16,7 +16,7 @@ from math import ceil, prod
 MIN_TILE_ELEMS = 1024
 
 
-def _round_up(value: int, multiple: int) -> int:
+def round_up(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
 
 
@@ -65,12 +65,12 @@ def matmul_tile(batch: int, m: int, n: int, k: int, in_bytes: int, acc_elem_byte
     """(tile_m, tile_n, tile_k), multiples of the MX shape: the ACC holds two tile_m x
     tile_n accumulators, L1 two copies of the tile_m x tile_k and tile_k x tile_n operands."""
     mx_m, mx_n, mx_k = machine.mx_m, machine.mx_n, machine.mx_k
-    tile_m = min(_round_up(m, mx_m), 8 * mx_m)
-    tile_n = min(_round_up(n, mx_n), 16 * mx_n)
+    tile_m = min(round_up(m, mx_m), 8 * mx_m)
+    tile_n = min(round_up(n, mx_n), 16 * mx_n)
     while 2 * tile_m * tile_n * acc_elem_bytes > machine.acc_bytes and tile_n > mx_n:
-        tile_n = max(_round_up(tile_n // 2, mx_n), mx_n)
+        tile_n = max(round_up(tile_n // 2, mx_n), mx_n)
     while 2 * tile_m * tile_n * acc_elem_bytes > machine.acc_bytes and tile_m > mx_m:
-        tile_m = max(_round_up(tile_m // 2, mx_m), mx_m)
+        tile_m = max(round_up(tile_m // 2, mx_m), mx_m)
 
     def tiles() -> int:
         return batch * ceil(m / tile_m) * ceil(n / tile_n)
@@ -78,14 +78,14 @@ def matmul_tile(batch: int, m: int, n: int, k: int, in_bytes: int, acc_elem_byte
     # Feed every core, but keep tiles at least 2 x 2 MX blocks where they can be.
     while tiles() < machine.cores:
         if tile_n >= tile_m and tile_n > 2 * mx_n:
-            tile_n = _round_up(tile_n // 2, mx_n)
+            tile_n = round_up(tile_n // 2, mx_n)
         elif tile_m > 2 * mx_m:
-            tile_m = _round_up(tile_m // 2, mx_m)
+            tile_m = round_up(tile_m // 2, mx_m)
         else:
             break
     k_cap = machine.l1_bytes // (2 * (tile_m + tile_n) * in_bytes)
     k_cap = max(k_cap // mx_k * mx_k, mx_k)
-    tile_k = min(_round_up(k, mx_k), k_cap, 32 * mx_k)
+    tile_k = min(round_up(k, mx_k), k_cap, 32 * mx_k)
     return tile_m, tile_n, tile_k
 
 
@@ -115,11 +115,11 @@ def matmul_schedule(batch: int, m: int, n: int, k: int, in_dtype: str, in_bytes:
     best: MatmulTile | None = None
     for blocks_m in (1, 2, 4, 8, 16):
         tile_m = blocks_m * mx_m
-        if tile_m > _round_up(m, mx_m) and blocks_m > 1:
+        if tile_m > round_up(m, mx_m) and blocks_m > 1:
             break
         for blocks_n in (1, 2, 4, 8, 16):
             tile_n = blocks_n * mx_n
-            if tile_n > _round_up(n, mx_n) and blocks_n > 1:
+            if tile_n > round_up(n, mx_n) and blocks_n > 1:
                 break
             for copies in (2, 1):
                 if copies * tile_m * tile_n * acc_elem_bytes > machine.acc_bytes:
@@ -127,7 +127,7 @@ def matmul_schedule(batch: int, m: int, n: int, k: int, in_dtype: str, in_bytes:
                 k_cap = machine.l1_bytes // (2 * (tile_m + tile_n) * in_bytes) // mx_k * mx_k
                 if k_cap < mx_k:
                     continue
-                tile_k = min(_round_up(k, mx_k), k_cap, 32 * mx_k)
+                tile_k = min(round_up(k, mx_k), k_cap, 32 * mx_k)
                 tiles = batch * ceil(m / tile_m) * ceil(n / tile_n)
                 active = min(tiles, machine.cores)
                 steps = ceil(k / tile_k)
