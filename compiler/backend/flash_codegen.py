@@ -105,7 +105,7 @@ def emit_flash_nest(emit, nest: Nest) -> None:
              sigs=[(E_KV_FULL, 1)])
 
     def prefetch() -> None:
-        """The loads of step t + 1 (t in `step_reg`); the k coordinate is t's again after."""
+        """The loads of step t + 1 (t in R_STEP); the k coordinate is t's again after."""
         if k_reg is not None:
             emit(f"ADD r{k_reg}, r{k_reg}, {nest.tile[k_axis]}")
         loads(R_KV_NEXT)
