@@ -1,7 +1,7 @@
 """M890 assembly text: `parse_assembly` (text -> Program) and `print_program` (Program -> text).
 
-The grammar is isa/asm.lark. Words are classified after parsing by the operand kinds of the
-instruction they belong to (`r3` is a register where a register is expected, an address
+The syntax is read by isa/asm_syntax.py (by hand, line by line). Words are classified after
+reading by the operand kinds of the instruction they belong to (`r3` is a register where a register is expected, an address
 `r3+16` in a tile, ...), so that every operand error names the instruction and its legal
 forms. Every error is an `AssemblyError` with the line and column of the offending token.
 
@@ -13,14 +13,10 @@ not kept. `print_program(parse_assembly(print_program(p))) == print_program(p)`.
 from __future__ import annotations
 
 import difflib
-import functools
 import re
-from dataclasses import dataclass
-from pathlib import Path
-
-import lark
 
 from isa.dtypes import DTYPES
+from isa.asm_syntax import Arg, Directive, InstrItem, Label, Token, read_items
 from isa.errors import AssemblyError, SourceSpan
 from isa.instructions import INSTRUCTIONS, InstrDef, InstrError, validate
 from isa.instructions.base import KIND_TEXT
@@ -51,95 +47,27 @@ _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _REG = re.compile(r"r([0-9]+)")
 _DREG = re.compile(r"d([0-9]+)")
 _EVENT = re.compile(r"E([0-9]+)")
-_MAX_INT_DIGITS = 40
 DIRECTIVES = ("machine", "tensor", "kernel")
 
 
-@functools.cache
-def _parser() -> lark.Lark:
-    grammar = (Path(__file__).parent / "asm.lark").read_text()
-    return lark.Lark(grammar, parser="lalr", maybe_placeholders=True, propagate_positions=True)
-
-
-@dataclass
-class _Arg:
-    """An operand as written, before it is classified (internal)."""
-
-    kind: str  # word word_offset word_count int float indexed list
-    span: SourceSpan
-    name: str = ""
-    value: int | float = 0
-    items: tuple[_Arg, ...] = ()
-
-    @property
-    def text(self) -> str:
-        line = self.span.source_line() or ""
-        if self.span.end_line in (None, self.span.line) and self.span.end_col is not None:
-            return line[self.span.col - 1:self.span.end_col - 1]
-        return line[self.span.col - 1:].rstrip()
-
-
 class _Reader:
-    """Turns one parse tree into a Program (internal)."""
+    """Turns the items read from a text into a Program (internal)."""
 
     def __init__(self, text: str, filename: str):
         self.text = text
         self.filename = filename
 
     # ---- spans and errors ---------------------------------------------------------
-    def span(self, first, last=None) -> SourceSpan:
+    def span(self, first: Token, last: Token | None = None) -> SourceSpan:
         last = last or first
-        return SourceSpan(self.filename, first.line, first.column, last.end_line,
-                          last.end_column, self.text)
+        return SourceSpan(self.filename, first.line, first.col, last.line, last.end_col,
+                          self.text)
 
     def error(self, message: str, span: SourceSpan, notes=()) -> AssemblyError:
         return AssemblyError(message, span, notes=notes)
 
-    # ---- raw operands -------------------------------------------------------------
-    def tokens(self, tree) -> list[lark.Token]:
-        if isinstance(tree, lark.Token):
-            return [tree]
-        return [t for t in tree.scan_values(lambda v: isinstance(v, lark.Token))]
-
-    def int_value(self, token: lark.Token) -> int:
-        text = str(token)
-        if len(text) > _MAX_INT_DIGITS:
-            raise self.error(f"integer '{text[:20]}...' is too large", self.span(token))
-        return int(text, 16) if text[:2] in ("0x", "0X") else int(text, 10)
-
-    def arg(self, tree: lark.Tree) -> _Arg:
-        tokens = self.tokens(tree)
-        # An empty list `[]` holds no value tokens: its brackets' positions are in the meta.
-        span = self.span(tokens[0], tokens[-1]) if tokens else self.span(tree.meta)
-        kind = tree.data
-        children = tree.children
-        if kind == "word":
-            return _Arg("word", span, name=str(children[0]))
-        if kind == "word_offset":
-            sign = -1 if children[1] == "-" else 1
-            return _Arg("word_offset", span, name=str(children[0]),
-                        value=sign * self.int_value(children[2]))
-        if kind == "word_count":
-            return _Arg("word_count", span, name=str(children[0]),
-                        value=self.int_value(children[1]))
-        if kind == "integer":
-            sign = -1 if children[0] is not None else 1
-            return _Arg("int", span, value=sign * self.int_value(children[1]))
-        if kind == "float":
-            return _Arg("float", span, value=float(str(children[0])[1:]))
-        if kind == "indexed":
-            return _Arg("indexed", span, name=str(children[0]),
-                        items=tuple(self.arg(c) for c in children[1].children))
-        if kind == "list":
-            items = () if children[0] is None else tuple(self.arg(c) for c in children[0].children)
-            return _Arg("list", span, items=items)
-        raise AssertionError(kind)
-
-    def args(self, tree) -> list[_Arg]:
-        return [] if tree is None else [self.arg(c) for c in tree.children]
-
     # ---- classification -------------------------------------------------------------
-    def as_kind(self, arg: _Arg, kind: str):
+    def as_kind(self, arg: Arg, kind: str):
         """The operand `arg` as `kind`, or None when it is not of that kind."""
         if kind == "reg" and arg.kind == "word" and (m := _REG.fullmatch(arg.name)):
             return Reg(int(m[1]))
@@ -194,7 +122,7 @@ class _Reader:
             return IntList(tuple(values))
         return None
 
-    def as_addr(self, arg: _Arg) -> Addr | None:
+    def as_addr(self, arg: Arg) -> Addr | None:
         if arg.kind == "int":
             return Addr(None, int(arg.value))
         if arg.kind in ("word", "word_offset") and (m := _REG.fullmatch(arg.name)):
@@ -202,13 +130,13 @@ class _Reader:
         return None
 
     # ---- items ----------------------------------------------------------------------
-    def mnemonic(self, token: lark.Token) -> tuple[InstrDef, tuple[str, ...]]:
-        parts = str(token).split(".")
+    def mnemonic(self, token: Token) -> tuple[InstrDef, tuple[str, ...]]:
+        parts = token.text.split(".")
         for cut in range(len(parts), 0, -1):
             defn = INSTRUCTIONS.get(".".join(parts[:cut]))
             if defn is not None:
                 return defn, tuple(parts[cut:])
-        word = str(token)
+        word = token.text
         close = difflib.get_close_matches(word.upper(), list(INSTRUCTIONS), n=1, cutoff=0.5)
         if not close:
             close = difflib.get_close_matches(parts[0].upper(), list(INSTRUCTIONS), n=1,
@@ -216,19 +144,19 @@ class _Reader:
         hint = f"; did you mean '{close[0]}'?" if close else ""
         raise self.error(f"unknown mnemonic '{word}'{hint}", self.span(token))
 
-    def instruction(self, tree: lark.Tree) -> Instruction:
-        pred_tree, word, args_tree, *fields = tree.children
-        defn, suffixes = self.mnemonic(word)
-        name_span = self.span(word)
+    def instruction(self, item: InstrItem) -> Instruction:
+        word = item.word.text
+        defn, suffixes = self.mnemonic(item.word)
+        name_span = item.span
         predicate = None
-        if pred_tree is not None:
-            bang, reg_token = pred_tree.children
-            m = _REG.fullmatch(str(reg_token))
+        if item.predicate is not None:
+            negated, reg_token = item.predicate
+            m = _REG.fullmatch(reg_token.text)
             if m is None:
-                raise self.error(f"a predicate is @rN or @!rN, got '{reg_token}'",
+                raise self.error(f"a predicate is @rN or @!rN, got '{reg_token.text}'",
                                  self.span(reg_token))
-            predicate = Predicate(int(m[1]), bang is not None)
-        args = self.args(args_tree)
+            predicate = Predicate(int(m[1]), negated)
+        args = list(item.args)
         if len(args) != len(defn.operands):
             where = args[len(defn.operands)].span if len(args) > len(defn.operands) else name_span
             raise self.error(
@@ -254,11 +182,8 @@ class _Reader:
         waits: list[Event] = []
         sigs: list[Event] = []
         known = [opt.name for opt in defn.options]
-        for field in fields:
-            dot, value_tree = field.children
-            name = str(dot)[1:]
-            span = self.span(dot)
-            value = None if value_tree is None else self.arg(value_tree)
+        for field in item.fields:
+            name, span, value = field.name, field.span, field.value
             if name in ("wait", "sig"):
                 event = None if value is None else self.as_kind(value, "event")
                 if event is None:
@@ -294,7 +219,7 @@ class _Reader:
             raise self.error(err.message, where, notes=[f"syntax: {defn.syntax()}"]) from None
         return instr
 
-    def tensor(self, args: list[_Arg], span: SourceSpan) -> TensorDecl:
+    def tensor(self, args: tuple[Arg, ...], span: SourceSpan) -> TensorDecl:
         if len(args) != 5:
             raise self.error(".tensor takes name, dtype, [dims], address, role", span)
         name, dtype, dims, address, role = args
@@ -315,24 +240,20 @@ class _Reader:
         return TensorDecl(name.name, dtype.name, shape.values, int(address.value), role.name,
                           span=name.span)
 
-    def program(self, tree: lark.Tree) -> Program:
+    def program(self, items) -> Program:
         machine = None
         tensors: list[TensorDecl] = []
         instructions: list[Instruction] = []
-        operand_args: list[list[_Arg]] = []
+        operand_args: list[tuple[Arg, ...]] = []
         markers: list[Marker] = []
-        for item in tree.children:
-            if item.data == "label":
-                token = item.children[0]
-                if not _NAME.fullmatch(str(token)):
+        for item in items:
+            if isinstance(item, Label):
+                if not _NAME.fullmatch(item.name):
                     raise self.error(f"a label is a word of letters, digits and '_', "
-                                     f"got '{token}'", self.span(token))
-                markers.append(Marker(len(instructions), "label", str(token), self.span(token)))
-            elif item.data == "directive":
-                dot, args_tree = item.children
-                name = str(dot)[1:]
-                span = self.span(dot)
-                args = self.args(args_tree)
+                                     f"got '{item.name}'", item.span)
+                markers.append(Marker(len(instructions), "label", item.name, item.span))
+            elif isinstance(item, Directive):
+                name, span, args = item.name, item.span, item.args
                 if name == "tensor":
                     tensors.append(self.tensor(args, span))
                 elif name in ("machine", "kernel"):
@@ -353,7 +274,7 @@ class _Reader:
                                      notes=["directives: .machine, .tensor, .kernel"])
             else:
                 instructions.append(self.instruction(item))
-                operand_args.append(self.args(item.children[2]))
+                operand_args.append(item.args)
         self.check_names(instructions, operand_args, markers, tensors)
         return Program.build(machine, tensors, instructions, markers)
 
@@ -375,49 +296,9 @@ class _Reader:
                 raise self.error(f"unknown {what} '{op.name}'{hint}", arg.span)
 
 
-_TERMINALS = {
-    "WORD": "a name", "DOTWORD": "a directive or option", "INT": "an integer",
-    "FLOAT": "a float immediate", "_NL": "end of line", "$END": "end of input",
-    "COMMA": "','", "COLON": "':'", "LSQB": "'['", "RSQB": "']'", "PLUS": "'+'",
-    "MINUS": "'-'", "AT": "'@'", "BANG": "'!'",
-}
-
-
-def _describe_token(token: lark.Token) -> str:
-    if token.type in ("$END",):
-        return "end of input"
-    if token.type == "_NL":
-        return "end of line"
-    return f"'{token}'"
-
-
 def parse_assembly(text: str, filename: str = "<asm>") -> Program:
     """Parse M890 assembly text into a resolved Program; AssemblyError on any mistake."""
-    try:
-        tree = _parser().parse(text)
-    except lark.exceptions.UnexpectedCharacters as err:
-        char = text[err.pos_in_stream] if 0 <= err.pos_in_stream < len(text) else "?"
-        span = SourceSpan(filename, err.line, err.column, err.line, err.column + 1, text)
-        raise AssemblyError(f"unexpected character {char!r}", span) from None
-    except lark.exceptions.UnexpectedToken as err:
-        token = err.token
-        expected = sorted({_TERMINALS.get(t, t) for t in err.expected if not t.startswith("__")})
-        line = token.line if token.line is not None else max(text.count("\n"), 0) + 1
-        column = token.column if token.column is not None else 1
-        end = column + max(len(str(token)), 1) if token.type not in ("$END", "_NL") else column + 1
-        span = SourceSpan(filename, line, column, line, end, text)
-        raise AssemblyError(
-            f"unexpected {_describe_token(token)}; expected " + ", ".join(expected[:6]), span
-        ) from None
-    except lark.exceptions.UnexpectedEOF as err:
-        lines = text.splitlines() or [""]
-        span = SourceSpan(filename, len(lines), len(lines[-1]) + 1, text=text)
-        raise AssemblyError("unexpected end of input; expected "
-                            + ", ".join(sorted(err.expected)[:6]), span) from None
-    except lark.exceptions.LarkError as err:  # any other parser failure is still the user's
-        raise AssemblyError(f"cannot parse: {err}", SourceSpan(filename, 1, 1, text=text)) \
-            from None
-    return _Reader(text, filename).program(tree)
+    return _Reader(text, filename).program(read_items(text, filename))
 
 
 def parse_instruction(text: str) -> Instruction:

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from math import prod
-
-import networkx as nx
+from typing import TYPE_CHECKING
 
 from compiler.graph.dtypes import itemsize
 from isa.errors import SourceSpan
+
+if TYPE_CHECKING:
+    import networkx as nx
 
 
 @dataclass(frozen=True)
@@ -108,6 +110,8 @@ class Function:
         `label` (for DOT output). Topological order, dominators and liveness come from
         networkx on this graph.
         """
+        import networkx as nx  # imported here: it costs a fresh compile 0.2 s it rarely needs
+
         graph = nx.MultiDiGraph(name=self.name)
         for value in self.params:
             graph.add_node(value.id, value=value, op=None, label=f"{value.name}: {value.type}")

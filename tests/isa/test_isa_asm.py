@@ -140,7 +140,7 @@ def diagnostic(text: str) -> str:
     ("NOP\nENDLOOP",
      "bad.s:2:1: error: ENDLOOP without a matching LOOP\nENDLOOP\n^^^^^^^"),
     ("ADD r1 r2",
-     ("bad.s:1:8: error: unexpected 'r2'; expected '+', ',', '-', ':', '[', ']'\n"
+     ("bad.s:1:8: error: unexpected 'r2'; expected ',', an option (.name) or end of line\n"
      "ADD r1 r2\n       ^^")),
     ("NOP\n  x €", "bad.s:2:5: error: unexpected character '€'\n  x €\n    ^"),
     ("VADD.f32 L1[0], L1[0], L1[0], 4, 4 .T",
