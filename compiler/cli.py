@@ -106,6 +106,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("-O", dest="opt", choices=["0", "1", "2"], default="2")
     bench.add_argument("-j", "--jobs", type=int, default=0,
                        help="benchmarks run at once (default: one per host CPU)")
+    bench.add_argument("--compile", action="store_true",
+                       help="time fresh-process compiles instead of simulating (median of "
+                            "--repeat runs; adds a 512-wide MLP and a 1,000-op chain)")
+    bench.add_argument("--repeat", type=int, default=5,
+                       help="with --compile: compiles per program (default: 5)")
 
     fuzz = sub.add_parser("fuzz", help="a differential fuzzing campaign")
     fuzz.add_argument("--seconds", type=float, default=60)

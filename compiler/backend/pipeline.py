@@ -25,6 +25,7 @@ class CompileOptions:
     opt_level: int = 2
     disabled_passes: tuple[str, ...] = ()
     tune: bool = False
+    tune_candidates: int = 4     # tilings tried per matrix product: the model's and 3 more
 
 
 @dataclass
@@ -69,9 +70,12 @@ def graph_passes(fn, options: CompileOptions):
     return run_pipeline(fn, default_graph_pipeline(), disabled=options.disabled_passes)
 
 
-def compile_function(fn, machine, options: CompileOptions = CompileOptions()
+def compile_function(fn, machine, options: CompileOptions = CompileOptions(), measure=None
                      ) -> CompiledProgram:
-    """Compile a Graph IR function for `machine`; CompileError when it cannot fit."""
+    """Compile a Graph IR function for `machine`; CompileError when it cannot fit.
+
+    `measure(program, machine) -> cycles` is the timing model `options.tune` searches with
+    (the backend does not import the runtime: the caller injects it)."""
     from isa.asm import parse_assembly
 
     graph = graph_passes(fn, options)
@@ -86,7 +90,9 @@ def compile_function(fn, machine, options: CompileOptions = CompileOptions()
         if options.tune:
             from compiler.backend.tune import tune_gemm_tiles
 
-            tiles = tune_gemm_tiles(fused, machine, plan)
+            if measure is None:
+                raise ValueError("compile_function: tune=True needs a measure callable")
+            tiles = tune_gemm_tiles(fused, machine, plan, options, measure)
         tensors, kernels, spans = lower_fused(fused, machine, plan, tiles)
     else:
         tensors, kernels, spans = lower_function(graph, machine)

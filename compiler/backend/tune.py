@@ -1,10 +1,15 @@
-"""`--tune`: a bounded search of matmul tilings on the timing model (DESIGN.md section 5).
+"""`--tune`: a bounded search of matmul tilings on the timing model.
 
 The cost model ranks every tiling of each matrix product (compiler/backend/gemm.py). The
-search times the model's choice and the next candidates of each product on the interpreter
-(timing-only, that kernel alone), within a time budget, and keeps a candidate only when it
-is faster than the model's choice, so the result is never worse than no tuning. Results
-are cached on disk by program and machine (`$ZHENWU_CACHE`, default ~/.cache/zhenwu/tune).
+search times the model's choice and the next candidates of each product (timing-only, that
+kernel alone), and keeps a candidate only when it is faster than the model's choice, so the
+result is never worse than no tuning.
+
+The budget is a number of candidates per product (`CompileOptions.tune_candidates`), not
+seconds, so the compiled code does not depend on the host's speed. The timing model is
+injected as `measure(program, machine) -> cycles` by the caller (the CLI passes the
+interpreter's), so the backend does not import the runtime. Results are cached on disk by
+program, machine and every compile option (`$ZHENWU_CACHE`, default ~/.cache/zhenwu/tune).
 """
 
 from __future__ import annotations
@@ -12,55 +17,48 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-CANDIDATES = 4          # per product: the model's choice and the next three
-BUDGET_SECONDS = 30.0
+Measure = Callable[[object, object], int]   # (isa Program, machine) -> cycles
 
 
 def cache_dir() -> Path:
     return Path(os.environ.get("ZHENWU_CACHE", Path.home() / ".cache" / "zhenwu")) / "tune"
 
 
-def cache_key(graph, machine) -> str:
+def cache_key(graph, machine, options) -> str:
     from compiler.graph.printer import print_function
 
-    text = print_function(graph) + "\n" + repr(machine) + "\nv1"
+    text = print_function(graph) + "\n" + repr(machine) + "\n" + repr(options) + "\nv2"
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
-def _kernel_cycles(kernel, tensors, machine) -> int:
-    """Cycles of one kernel alone on the timing model (placeholder inputs)."""
-    import numpy as np
-
+def _kernel_cycles(kernel, tensors, machine, measure: Measure) -> int:
+    """Cycles of one kernel alone on the timing model."""
     from compiler.backend.codegen import generate
     from compiler.backend.hbm import plan_hbm
     from compiler.backend.kernel_ir import KernelProgram
     from isa.asm import parse_assembly
-    from runtime import run_program
 
     roles = [replace(t, role="in") if t.role == "temp" else t for t in tensors]
     planned = plan_hbm(KernelProgram(tuple(roles), (kernel,)), machine.hbm_bytes)
-    program = parse_assembly(generate(planned, machine.name), "<tune>")
-    inputs = {t.name: np.broadcast_to(np.zeros((), np.float32), tuple(t.shape) or (1,))
-              for t in program.inputs}
-    return run_program(program, machine, inputs, timing_only=True).report.cycles
+    return measure(parse_assembly(generate(planned, machine.name), "<tune>"), machine)
 
 
-def tune_gemm_tiles(graph, machine, plan, budget_seconds: float = BUDGET_SECONDS
+def tune_gemm_tiles(graph, machine, plan, options, measure: Measure
                     ) -> dict[int, tuple[int, int, int]]:
     """Matmul op id -> (tile_m, tile_n, tile_k) that beat the cost model on the timing
-    model; empty when the model's choices stand."""
+    model; empty when the model's choices stand. Tries `options.tune_candidates` tilings
+    of each product (the model's choice first)."""
     from compiler.backend.fusion import FusedLowering
 
-    path = cache_dir() / f"{cache_key(graph, machine)}.json"
+    path = cache_dir() / f"{cache_key(graph, machine, options)}.json"
     try:
         return {int(k): tuple(v) for k, v in json.loads(path.read_text()).items()}
     except (OSError, ValueError):
         pass
-    start = time.perf_counter()
 
     def lowered(overrides):
         low = FusedLowering(graph, machine, plan)
@@ -75,15 +73,13 @@ def tune_gemm_tiles(graph, machine, plan, budget_seconds: float = BUDGET_SECONDS
         kernel_of = {i: k for k in kernels for i in k.op_ids}
         if mm_id not in kernel_of:
             continue
-        best_cycles = _kernel_cycles(kernel_of[mm_id], tensors, machine)
-        for cand in candidates[1:CANDIDATES]:
-            if time.perf_counter() - start > budget_seconds:
-                break
+        best_cycles = _kernel_cycles(kernel_of[mm_id], tensors, machine, measure)
+        for cand in candidates[1:options.tune_candidates]:
             trial = dict(chosen)
             trial[mm_id] = (cand.tile_m, cand.tile_n, cand.tile_k)
             _, trial_tensors, trial_kernels = lowered(trial)
             kernel = next(k for k in trial_kernels if mm_id in k.op_ids)
-            cycles = _kernel_cycles(kernel, trial_tensors, machine)
+            cycles = _kernel_cycles(kernel, trial_tensors, machine, measure)
             if cycles < best_cycles:
                 best_cycles = cycles
                 chosen[mm_id] = trial[mm_id]

@@ -103,6 +103,10 @@ def _table(rows: list[dict]) -> str:
 def run(args) -> int:
     from isa.machine import load_machine
 
+    if args.compile:
+        from compiler.commands import bench_compile
+
+        return bench_compile.run(args, BENCH_DIR)
     machine = load_machine(args.machine)
     benches = available()
     names = args.names or list(benches)

@@ -15,7 +15,7 @@ from isa.errors import InputError, UsageError
 
 def run(args) -> int:
     from compiler.backend.pipeline import compile_function
-    from compiler.commands import compile_options
+    from compiler.commands import compile_options, timing_measure
     from compiler.frontend import load_program
     from compiler.graph.printer import print_function
     from compiler.inputs import parse_shape_options
@@ -23,7 +23,7 @@ def run(args) -> int:
 
     machine = load_machine(args.machine)
     fn = load_program(args.program, entry=args.entry, shapes=parse_shape_options(args.shape))
-    compiled = compile_function(fn, machine, compile_options(args))
+    compiled = compile_function(fn, machine, compile_options(args), measure=timing_measure)
     if args.emit == "bin":
         from isa.encoding import encode_program
 

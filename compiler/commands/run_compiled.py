@@ -33,7 +33,7 @@ def report_json(report, compiled, fn, machine) -> dict:
 
 def run_compiled(args) -> int:
     from compiler.backend.pipeline import compile_function
-    from compiler.commands import compile_options
+    from compiler.commands import compile_options, timing_measure
     from compiler.commands.run_asm import _write_text
     from compiler.frontend import load_program
     from compiler.inputs import (
@@ -54,7 +54,7 @@ def run_compiled(args) -> int:
     # Compile before making inputs: a program too big for the chip is a diagnostic, not a
     # host that runs out of memory drawing its random inputs.
     start = time.perf_counter()
-    compiled = compile_function(fn, machine, compile_options(args))
+    compiled = compile_function(fn, machine, compile_options(args), measure=timing_measure)
     compile_seconds = time.perf_counter() - start
     # Timing-only runs read no data: draw no inputs (a 70B-parameter layer would not fit here).
     inputs = {} if args.timing_only else prepare_inputs(fn, given, args.seed, sources)

@@ -198,16 +198,35 @@ def test_tune_is_never_worse_than_the_cost_model_and_caches(tmp_path, monkeypatc
              "    return a @ b\n}\n"
     fn = load_program("t.zt", text=source)
 
-    def cycles(tune: bool) -> int:
-        compiled = compile_function(fn, machine(), CompileOptions(opt_level=2, tune=tune))
-        inputs = {t.name: np.broadcast_to(np.zeros((), np.float32), tuple(t.shape))
-                  for t in compiled.program.inputs}
-        return run_program(compiled.program, machine(), inputs, timing_only=True).report.cycles
+    from compiler.commands import timing_measure
 
-    untuned = cycles(False)
-    assert cycles(True) <= untuned
+    measured = []
+
+    def measure(program, machine):
+        measured.append(program)
+        return timing_measure(program, machine)
+
+    def compiled(tune: bool, candidates: int = 4):
+        options = CompileOptions(opt_level=2, tune=tune, tune_candidates=candidates)
+        return compile_function(fn, machine(), options, measure=measure)
+
+    def cycles(program) -> int:
+        inputs = {t.name: np.broadcast_to(np.zeros((), np.float32), tuple(t.shape))
+                  for t in program.program.inputs}
+        return run_program(program.program, machine(), inputs, timing_only=True).report.cycles
+
+    untuned = cycles(compiled(False))
+    assert not measured
+    first = compiled(True)
+    assert cycles(first) <= untuned
+    # the budget is candidates, not seconds: the model's choice and three more, one product
+    assert len(measured) == 4
     assert len(list((tmp_path / "tune").glob("*.json"))) == 1
-    assert cycles(True) <= untuned  # from the cache
+    again = compiled(True)  # from the cache: the same code, nothing measured
+    assert again.asm_text == first.asm_text and len(measured) == 4
+    compiled(True, candidates=2)  # another option is another cache entry
+    assert len(measured) == 6
+    assert len(list((tmp_path / "tune").glob("*.json"))) == 2
 
 
 def test_ir_print_after_fuse_shows_kernels_and_decisions(tmp_path, capsys):
