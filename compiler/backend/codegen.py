@@ -39,7 +39,7 @@ from compiler.backend.kernel_ir import (
     View,
 )
 from compiler.graph.dtypes import itemsize
-from isa.program import format_float
+from isa.program import NUM_DESCS, format_float
 
 E_LD_FULL, E_LD_FREE, E_OUT_FULL, E_OUT_FREE = 0, 1, 2, 3
 # Fused nests (compiler/backend/fusion.py) also use: setup loads (once per core, before the
@@ -182,8 +182,8 @@ def emit_descriptors(emit: Emitter, nest: Nest) -> dict[View, int]:
         box = stmt.box if isinstance(stmt, Load) else ()
         if isinstance(stmt, (Load, Store)) and desc_key(stmt.view, box) not in descs:
             dict.__setitem__(descs, desc_key(stmt.view, box), len(descs))
-    if len(descs) > 32:
-        raise ValueError(f"a nest with {len(descs)} descriptors (at most 32)")
+    if len(descs) > NUM_DESCS:
+        raise ValueError(f"a nest with {len(descs)} descriptors (at most {NUM_DESCS})")
     for (view, given), index in descs.items():
         box = list(given) or [nest.tile[a] for a in view.axes]
         byte_offset = view.offset * itemsize(view.dtype)

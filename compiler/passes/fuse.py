@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from compiler.graph.dtypes import is_float, limits
 from compiler.graph.ir import Function, Op
 from compiler.passes.pass_base import GraphPass, register_pass
+from isa.program import MAX_EVENT_COUNT, NUM_DESCS
 
 UNARY = ("neg", "abs", "exp", "log", "sqrt", "rsqrt", "reciprocal", "tanh", "sigmoid", "relu",
          "erf", "sin", "cos", "floor", "ceil", "sign", "gelu", "cast")
@@ -39,11 +40,12 @@ VIEW_OPS = frozenset(("reshape", "transpose", "slice", "broadcast_to"))
 # An implicit-GEMM step waits for all its loads (one per tap and the weights) with one
 # event count, and a DMA descriptor register per distinct tap phase: ISA limits, not the
 # machine's (docs/internals.md section 3).
-MAX_STEP_LOADS = 64
-# GM tensors one fused kernel may read and write: a nest has 32 DMA descriptors (an ISA
-# limit); the rest are for the views a lowering adds (split tiles, epilogue operands)
-MAX_KERNEL_TENSORS = 24
-MAX_TAP_PHASES = 24
+MAX_STEP_LOADS = MAX_EVENT_COUNT
+# GM tensors one fused kernel may read and write: a nest has NUM_DESCS DMA descriptors (an
+# ISA limit); 8 are kept for the views a lowering adds (split tiles, epilogue operands)
+DESCS_KEPT_FOR_LOWERING = 8
+MAX_KERNEL_TENSORS = NUM_DESCS - DESCS_KEPT_FOR_LOWERING
+MAX_TAP_PHASES = NUM_DESCS - DESCS_KEPT_FOR_LOWERING
 CONV_DTYPES = ("bf16", "f16", "f32")
 
 
