@@ -21,7 +21,7 @@ from pathlib import Path
 import lark
 
 from isa.dtypes import DTYPES
-from isa.errors import AssemblyError, SourceSpan
+from isa.errors import AssemblyError, SourceSpan, normalize_newlines, source_lines
 from isa.instructions import INSTRUCTIONS, InstrDef, InstrError, validate
 from isa.instructions.base import KIND_TEXT
 from isa.program import (
@@ -392,7 +392,11 @@ def _describe_token(token: lark.Token) -> str:
 
 
 def parse_assembly(text: str, filename: str = "<asm>") -> Program:
-    """Parse M890 assembly text into a resolved Program; AssemblyError on any mistake."""
+    """Parse M890 assembly text into a resolved Program; AssemblyError on any mistake.
+
+    Line endings may be LF, CRLF or CR (an old Mac file is not an empty program)."""
+    text = normalize_newlines(text)
+    _check_nesting(text, filename)
     try:
         tree = _parser().parse(text)
     except lark.exceptions.UnexpectedCharacters as err:
@@ -410,7 +414,7 @@ def parse_assembly(text: str, filename: str = "<asm>") -> Program:
             f"unexpected {_describe_token(token)}; expected " + ", ".join(expected[:6]), span
         ) from None
     except lark.exceptions.UnexpectedEOF as err:
-        lines = text.splitlines() or [""]
+        lines = source_lines(text)
         span = SourceSpan(filename, len(lines), len(lines[-1]) + 1, text=text)
         raise AssemblyError("unexpected end of input; expected "
                             + ", ".join(sorted(err.expected)[:6]), span) from None
@@ -418,6 +422,29 @@ def parse_assembly(text: str, filename: str = "<asm>") -> Program:
         raise AssemblyError(f"cannot parse: {err}", SourceSpan(filename, 1, 1, text=text)) \
             from None
     return _Reader(text, filename).program(tree)
+
+
+# Brackets nest at most two deep in valid assembly (`d0[r1, 2]`, a list in a list operand);
+# deeper nesting is refused before parsing, so a pathological file cannot exhaust the stack.
+_MAX_NESTING = 8
+
+
+def _check_nesting(text: str, filename: str) -> None:
+    depth, line, col, comment = 0, 1, 0, False
+    for char in text:
+        col += 1
+        if char == "\n":
+            # an unclosed bracket is the parser's to report
+            line, col, depth, comment = line + 1, 0, 0, False
+        elif comment or char in "#;":
+            comment = True
+        elif char == "[":
+            depth += 1
+            if depth > _MAX_NESTING:
+                raise AssemblyError(f"brackets nested more than {_MAX_NESTING} deep",
+                                    SourceSpan(filename, line, col, line, col + 1, text))
+        elif char == "]":
+            depth = max(depth - 1, 0)
 
 
 def parse_instruction(text: str) -> Instruction:

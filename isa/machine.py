@@ -22,7 +22,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from isa.dtypes import MX_DTYPES
-from isa.errors import MachineError, SourceSpan
+from isa.errors import MachineError, SourceSpan, source_lines
 
 MACHINES_DIR = Path(__file__).parent / "machines"
 BUILTIN_MACHINES = ("m890", "z810e")
@@ -466,7 +466,7 @@ def _quantity(raw, key: str, kind: type, may_be_zero: bool, filename: str,
 
 def _locate(text: str, filename: str, section: str | None, key: str | None) -> SourceSpan:
     """The span of `key` in `[section]` of the TOML text (best effort: line 1 if not found)."""
-    lines = text.splitlines()
+    lines = source_lines(text)
     current: str | None = None
     for number, line in enumerate(lines, start=1):
         stripped = line.strip()

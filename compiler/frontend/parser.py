@@ -13,7 +13,7 @@ import lark
 from lark import Token, Transformer, v_args
 
 from compiler.frontend import ast
-from isa.errors import Diagnostic, SourceSpan
+from isa.errors import Diagnostic, SourceSpan, normalize_newlines, source_lines
 
 _GRAMMAR = Path(__file__).with_name("grammar.lark")
 
@@ -101,7 +101,7 @@ def _syntax_error(err: lark.exceptions.UnexpectedInput, file: str, text: str) ->
     if isinstance(err, lark.exceptions.UnexpectedToken):
         token = err.token
         if token.type == "$END":
-            lines = text.splitlines() or [""]
+            lines = source_lines(text)
             line, col = len(lines), len(lines[-1]) + 1
             width = 1
         else:
@@ -275,7 +275,10 @@ class _ToAst(Transformer):
 
 
 def parse_source(text: str, file: str = "<input>") -> ast.Module:
-    """Parse `.zt` text into an ast.Module; syntax errors raise Diagnostic."""
+    """Parse `.zt` text into an ast.Module; syntax errors raise Diagnostic.
+
+    Line endings may be LF, CRLF or CR; lines are counted as diagnostics count them."""
+    text = normalize_newlines(text)
     try:
         tree = _lark().parse(text)
     except lark.exceptions.UnexpectedInput as err:
