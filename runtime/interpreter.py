@@ -68,7 +68,7 @@ def run_program(program: Program, machine, inputs: dict[str, np.ndarray], *,
     """
     functional = not timing_only
     gm = GlobalMemory(machine.hbm_bytes) if functional else None
-    _check_tensors(program, machine)
+    check_tensors(program, machine)
     _load_inputs(program, inputs, gm)
     engines = MODELLED_ENGINES
     l2 = L2Cache(machine.l2_bytes, machine.l2_line_bytes, machine.l2_block_bytes) \
@@ -105,7 +105,8 @@ def run_program(program: Program, machine, inputs: dict[str, np.ndarray], *,
     return RunResult(outputs, report, recorder.to_dict() if recorder is not None else None)
 
 
-def _check_tensors(program: Program, machine) -> None:
+def check_tensors(program: Program, machine) -> None:
+    """ChipTrap when a tensor of `program` lies outside the machine's GM."""
     for tensor in program.tensors:
         if tensor.address < 0 or tensor.address + tensor.nbytes > machine.hbm_bytes:
             raise ChipTrap(
