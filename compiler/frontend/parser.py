@@ -111,6 +111,10 @@ def _syntax_error(err: lark.exceptions.UnexpectedInput, file: str, text: str) ->
     return Diagnostic("syntax error", SourceSpan(file, line, col, None, None, text))
 
 
+# Past 400 digits an integer exceeds even f32/f64 (and Python's int() refuses 4300).
+_MAX_INT_DIGITS = 400
+
+
 class _ToAst(Transformer):
     """Lark tree -> ast nodes, with spans from lark's position metadata."""
 
@@ -231,7 +235,11 @@ class _ToAst(Transformer):
 
     @v_args(meta=True)
     def int_lit(self, meta, children):
-        return ast.Num(self._span(meta), int(children[0]))
+        text = str(children[0])
+        if len(text.lstrip("0")) > _MAX_INT_DIGITS:
+            raise Diagnostic(f"integer literal of {len(text)} digits is too large (it exceeds "
+                             "every dtype, floats included)", self._span(meta))
+        return ast.Num(self._span(meta), int(text))
 
     @v_args(meta=True)
     def float_lit(self, meta, children):
