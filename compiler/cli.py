@@ -47,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-i", dest="input", action="append", default=[], metavar="NAME=FILE.npy")
     run.add_argument("--inputs", metavar="IN.npz", help="inputs keyed by parameter name")
     run.add_argument("--seed", type=int, default=0, help="seed for random inputs")
+    run.add_argument("--require-inputs", action="store_true",
+                     help="a missing input is an error (default: drawn at random, a warning)")
     run.add_argument("-o", dest="output", metavar="OUT.npz", help="write outputs out0, out1, ...")
     _add_program_options(run)
     _add_machine(run)

@@ -7,12 +7,33 @@ result is rounded once to the op's result dtype (through ml_dtypes for the narro
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from compiler.graph.dtypes import compute_dtype, from_np_dtype, np_dtype
 from compiler.graph.ir import Function
 from compiler.graph.ops import OPS
-from isa.errors import InputError
+from isa.errors import Diagnostic, InputError
+
+
+def host_memory_bytes() -> int:
+    """This host's physical memory (2**40 where the system does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return 1 << 40
+
+
+def _check_size(op, limit: int) -> None:
+    """An op whose operands or result hold more bytes than the host has (numpy would
+    allocate them, or walk a broadcast view of them for hours) is a diagnostic at the op."""
+    values = [*op.inputs, op.result]
+    nbytes = max(v.type.numel * np.dtype(compute_dtype(v.type.dtype)).itemsize for v in values)
+    if nbytes > limit:
+        raise Diagnostic(f"{op.kind} works on {nbytes:,} bytes, more than this host's memory "
+                         f"({limit:,} bytes) for the reference evaluator; use smaller tensors",
+                         op.span)
 
 
 def _as_param(name: str, array, expected) -> np.ndarray:
@@ -48,11 +69,17 @@ def evaluate(fn: Function, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
     # Free each intermediate after its last use, so that peak memory follows liveness.
     last_use = {v.id: index for index, op in enumerate(fn.ops) for v in op.inputs}
     keep = {v.id for v in fn.outputs}
+    limit = host_memory_bytes()
     with np.errstate(all="ignore"):
         for index, op in enumerate(fn.ops):
+            _check_size(op, limit)
             operands = [env[v.id].astype(compute_dtype(v.type.dtype), copy=False)
                         for v in op.inputs]
-            result = np.asarray(OPS[op.kind].reference(operands, op.attrs))
+            try:
+                result = np.asarray(OPS[op.kind].reference(operands, op.attrs))
+            except MemoryError:
+                raise Diagnostic(f"{op.kind}: this host has not the memory for the reference "
+                                 "evaluator; use smaller tensors", op.span) from None
             target = np_dtype(op.result.type.dtype)
             if result.dtype != target:
                 result = result.astype(target)

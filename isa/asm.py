@@ -17,7 +17,7 @@ import re
 
 from isa.dtypes import DTYPES
 from isa.asm_syntax import Arg, Directive, InstrItem, Label, Token, read_items
-from isa.errors import AssemblyError, SourceSpan
+from isa.errors import AssemblyError, SourceSpan, normalize_newlines
 from isa.instructions import INSTRUCTIONS, InstrDef, InstrError, validate
 from isa.instructions.base import KIND_TEXT
 from isa.program import (
@@ -297,7 +297,10 @@ class _Reader:
 
 
 def parse_assembly(text: str, filename: str = "<asm>") -> Program:
-    """Parse M890 assembly text into a resolved Program; AssemblyError on any mistake."""
+    """Parse M890 assembly text into a resolved Program; AssemblyError on any mistake.
+
+    Line endings may be LF, CRLF or CR (an old Mac file is not an empty program)."""
+    text = normalize_newlines(text)
     return _Reader(text, filename).program(read_items(text, filename))
 
 

@@ -17,9 +17,10 @@ number where an operand may start is a float immediate):
     arg         := WORD | WORD ('+'|'-') INT | WORD ':' INT | ['-'] INT | FLOAT
                  | WORD '[' args ']' | '[' [args] ']'
 
-Lines are the ones `str.splitlines` gives (LF, CRLF, CR, form feed, ...), which is how every
-diagnostic counts them, so a caret is always under the line that was read. Nesting is read
-with an explicit depth limit, never Python recursion past it.
+Lines are split at LF only, after `normalize_newlines` (CRLF and CR become LF), which is how
+every diagnostic counts them (`isa.errors.source_lines`), so a caret is always under the line
+that was read; a form feed is whitespace. Brackets nest at most MAX_NESTING deep: a
+pathological file gets a diagnostic, never a RecursionError.
 """
 
 from __future__ import annotations
@@ -29,10 +30,10 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import NamedTuple
 
-from isa.errors import AssemblyError, SourceSpan
+from isa.errors import AssemblyError, SourceSpan, source_lines
 
 MAX_INT_DIGITS = 40
-MAX_NESTING = 16
+MAX_NESTING = 8    # brackets: valid assembly nests two deep (`d0[r1, 2]`, `[[..]]`)
 
 _TOKEN = re.compile(
     r"(?P<ws>[ \t\x0b\x0c\r]+)"
@@ -129,7 +130,7 @@ def read_items(text: str, filename: str) -> list[Item]:
     """Every item of an assembly text, in order; AssemblyError at the first bad line."""
     items = []
     source = Source(filename, text)
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate(source_lines(text), start=1):
         if not line or line.isspace():
             continue
         item = _LineReader(line, number, source).item()
@@ -274,10 +275,13 @@ class _LineReader:
             items.append(self.arg(depth))
         return tuple(items)
 
+    def nest(self, bracket: Token, depth: int) -> int:
+        if depth >= MAX_NESTING:
+            raise AssemblyError(f"brackets nested more than {MAX_NESTING} deep",
+                                self.span(bracket))
+        return depth + 1
+
     def arg(self, depth: int) -> Arg:
-        if depth > MAX_NESTING:
-            raise AssemblyError(f"operands nest more than {MAX_NESTING} brackets deep",
-                                self.span(self.peek()))
         token = self.take(operand_may_start=True)
         if token.kind == "FLOAT":
             return self.new_arg("float", token, value=float(token.text[1:]))
@@ -289,7 +293,8 @@ class _LineReader:
                 raise self.unexpected(number, ["an integer"])
             return self.new_arg("int", token, number, value=-self.int_value(number))
         if token.kind == "PUNCT" and token.text == "[":
-            items = () if self.at("]") else self.args(depth + 1)
+            inner = self.nest(token, depth)
+            items = () if self.at("]") else self.args(inner)
             close = self.expect("]")
             return self.new_arg("list", token, close, items=items)
         if token.kind != "WORD":
@@ -311,8 +316,9 @@ class _LineReader:
             return self.new_arg("word_count", token, number, name=token.text,
                        value=self.int_value(number))
         if follow.kind == "PUNCT" and follow.text == "[":
+            inner = self.nest(follow, depth)
             self.take()
-            items = self.args(depth + 1)
+            items = self.args(inner)
             close = self.expect("]")
             return self.new_arg("indexed", token, close, name=token.text, items=items)
         return self.new_arg("word", token, name=token.text)

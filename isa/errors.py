@@ -11,7 +11,26 @@ runtime/ can all raise these.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+
+
+def normalize_newlines(text: str) -> str:
+    """`text` with every line ending (CRLF, CR or LF) written as LF.
+
+    The parsers read normalised text and count lines by LF only, as `source_lines` does; a
+    form feed or U+2028 is not a line break anywhere (it is whitespace or an unexpected
+    character), so a diagnostic's line number and its caret line always agree.
+    """
+    return _LINE_BREAK.sub("\n", text)
+
+
+def source_lines(text: str) -> list[str]:
+    """The lines of a source text as the parsers and diagnostics count them: split at CRLF,
+    CR or LF only (not at the form feeds and Unicode separators `str.splitlines` takes)."""
+    return _LINE_BREAK.split(text)
 
 
 @dataclass(frozen=True)
@@ -39,7 +58,7 @@ class SourceSpan:
         """The text of the span's first line, or None when the source is unknown."""
         if self.text is None:
             return None
-        lines = self.text.splitlines()
+        lines = source_lines(self.text)
         if 1 <= self.line <= len(lines):
             return lines[self.line - 1]
         return None

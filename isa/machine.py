@@ -22,7 +22,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from isa.dtypes import MX_DTYPES
-from isa.errors import MachineError, SourceSpan
+from isa.errors import MachineError, SourceSpan, source_lines
 
 MACHINES_DIR = Path(__file__).parent / "machines"
 BUILTIN_MACHINES = ("m890", "z810e")
@@ -49,42 +49,62 @@ _SUFFIX_KIND = (
     ("_cycles", "cycles"),
 )
 
-# (section, key) -> (Machine field, python type, may be zero)
-_SCHEMA: dict[tuple[str, str], tuple[str, type, bool]] = {
-    ("core", "count"): ("cores", int, False),
-    ("core", "clock_hz"): ("clock_hz", float, False),
-    ("core", "scalar_cycles"): ("scalar_cycles", int, False),
-    ("core", "queue_depth"): ("queue_depth", int, False),
-    ("mx", "m"): ("mx_m", int, False),
-    ("mx", "n"): ("mx_n", int, False),
-    ("mx", "k"): ("mx_k", int, False),
-    ("vx", "bytes_per_cycle"): ("vx_bytes_per_cycle", int, False),
-    ("vx", "sfu_elems_per_cycle"): ("sfu_elems_per_cycle", int, False),
-    ("vx", "sfu_trig_elems_per_cycle"): ("sfu_trig_elems_per_cycle", int, False),
-    ("memory", "l1_bytes"): ("l1_bytes", int, False),
-    ("memory", "acc_bytes"): ("acc_bytes", int, False),
-    ("memory", "smem_bytes"): ("smem_bytes", int, False),
-    ("memory", "l2_bytes"): ("l2_bytes", int, True),  # 0: no L2 modelled
-    ("memory", "l2_bytes_per_second"): ("l2_bandwidth", float, False),
-    ("memory", "l2_line_bytes"): ("l2_line_bytes", int, False),
-    ("memory", "l2_block_bytes"): ("l2_block_bytes", int, False),
-    ("memory", "hbm_bytes"): ("hbm_bytes", int, False),
-    ("memory", "hbm_bytes_per_second"): ("hbm_bandwidth", float, False),
-    ("dma", "ld_bytes_per_cycle"): ("ld_bytes_per_cycle", int, False),
-    ("dma", "st_bytes_per_cycle"): ("st_bytes_per_cycle", int, False),
-    ("latency", "hbm_cycles"): ("hbm_latency", int, True),
-    ("latency", "l2_cycles"): ("l2_latency", int, True),
-    ("latency", "mx_fill_cycles"): ("mx_fill_latency", int, True),
-    ("latency", "vx_cycles"): ("vx_latency", int, True),
-    ("latency", "sfu_cycles"): ("sfu_latency", int, True),
-    ("latency", "sram_cycles"): ("sram_latency", int, True),
-    ("latency", "event_wake_cycles"): ("event_wake_latency", int, True),
-    ("link", "count"): ("link_count", int, True),
-    ("link", "bytes_per_second"): ("link_bandwidth", float, False),
-    ("link", "alpha_seconds"): ("link_alpha", float, True),
-    ("nic", "bytes_per_second"): ("nic_bandwidth", float, False),
-    ("nic", "alpha_seconds"): ("nic_alpha", float, True),
+@dataclass(frozen=True)
+class Key:
+    """How one machine-file key is read: the `Machine` field it fills, its Python type and
+    its inclusive range (in the key's unit: bytes, bytes/s, Hz, seconds or cycles, see the
+    module docstring). The ranges are wide enough for any plausible chip and narrow enough
+    that every derived number stays finite and every simulated memory fits a host: a value
+    outside is a `MachineError` at the key's line, never a failure later."""
+
+    field: str
+    kind: type
+    low: float
+    high: float
+
+
+_KiB, _MiB, _GiB = 2**10, 2**20, 2**30
+_BANDWIDTH = (1e6, 1e16)  # 1 MB/s .. 10 PB/s
+_LATENCY = (0, 1_000_000)  # cycles
+
+# (section, key) -> Key: adding a key to the machine file is one entry here (and a field)
+_SCHEMA: dict[tuple[str, str], Key] = {
+    ("core", "count"): Key("cores", int, 1, 1024),
+    ("core", "clock_hz"): Key("clock_hz", float, 1e6, 1e11),
+    ("core", "scalar_cycles"): Key("scalar_cycles", int, 1, 1000),
+    ("core", "queue_depth"): Key("queue_depth", int, 1, 1024),
+    ("mx", "m"): Key("mx_m", int, 1, 256),
+    ("mx", "n"): Key("mx_n", int, 1, 256),
+    ("mx", "k"): Key("mx_k", int, 1, 256),
+    ("vx", "bytes_per_cycle"): Key("vx_bytes_per_cycle", int, 1, _MiB),
+    ("vx", "sfu_elems_per_cycle"): Key("sfu_elems_per_cycle", int, 1, _MiB),
+    ("vx", "sfu_trig_elems_per_cycle"): Key("sfu_trig_elems_per_cycle", int, 1, _MiB),
+    ("memory", "l1_bytes"): Key("l1_bytes", int, _KiB, 64 * _MiB),
+    ("memory", "acc_bytes"): Key("acc_bytes", int, _KiB, 64 * _MiB),
+    ("memory", "smem_bytes"): Key("smem_bytes", int, 64, _MiB),
+    ("memory", "l2_bytes"): Key("l2_bytes", int, 0, 16 * _GiB),  # 0: no L2 modelled
+    ("memory", "l2_bytes_per_second"): Key("l2_bandwidth", float, *_BANDWIDTH),
+    ("memory", "l2_line_bytes"): Key("l2_line_bytes", int, 16, 4 * _KiB),
+    ("memory", "l2_block_bytes"): Key("l2_block_bytes", int, 16, 256 * _KiB),
+    ("memory", "hbm_bytes"): Key("hbm_bytes", int, _MiB, 2**50),
+    ("memory", "hbm_bytes_per_second"): Key("hbm_bandwidth", float, *_BANDWIDTH),
+    ("dma", "ld_bytes_per_cycle"): Key("ld_bytes_per_cycle", int, 1, _MiB),
+    ("dma", "st_bytes_per_cycle"): Key("st_bytes_per_cycle", int, 1, _MiB),
+    ("latency", "hbm_cycles"): Key("hbm_latency", int, *_LATENCY),
+    ("latency", "l2_cycles"): Key("l2_latency", int, *_LATENCY),
+    ("latency", "mx_fill_cycles"): Key("mx_fill_latency", int, *_LATENCY),
+    ("latency", "vx_cycles"): Key("vx_latency", int, *_LATENCY),
+    ("latency", "sfu_cycles"): Key("sfu_latency", int, *_LATENCY),
+    ("latency", "sram_cycles"): Key("sram_latency", int, *_LATENCY),
+    ("latency", "event_wake_cycles"): Key("event_wake_latency", int, *_LATENCY),
+    ("link", "count"): Key("link_count", int, 0, 1024),
+    ("link", "bytes_per_second"): Key("link_bandwidth", float, *_BANDWIDTH),
+    ("link", "alpha_seconds"): Key("link_alpha", float, 0, 1),
+    ("nic", "bytes_per_second"): Key("nic_bandwidth", float, *_BANDWIDTH),
+    ("nic", "alpha_seconds"): Key("nic_alpha", float, 0, 1),
 }
+# each `[mx.rate]` entry: the MAC-rate multiplier of one matrix dtype
+_RATE = Key("mx_rates", float, 1 / 64, 64)
 _SECTIONS = ("core", "mx", "vx", "memory", "dma", "latency", "link", "nic")
 
 
@@ -316,7 +336,9 @@ def load_machine(spec: str | Path) -> Machine:
     if text_spec in BUILTIN_MACHINES:
         return _load_builtin(text_spec)
     path = Path(text_spec)
-    if not path.is_file():
+    if path.is_dir():
+        raise MachineError(f"machine file '{text_spec}' is a directory")
+    if not path.exists():
         if path.suffix != ".toml" and "/" not in text_spec:
             raise MachineError(
                 f"unknown machine '{text_spec}'",
@@ -337,6 +359,9 @@ def _load_file(path: Path) -> Machine:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
         raise MachineError(f"cannot read machine file '{path}': {err}") from None
+    if not text.strip():
+        raise MachineError(f"machine file '{path}' is empty (it needs name, description and "
+                           f"the sections {', '.join(f'[{s}]' for s in _SECTIONS)})")
     return parse_machine(text, str(path))
 
 
@@ -391,9 +416,9 @@ def parse_machine(text: str, filename: str = "<machine>") -> Machine:
                     f"missing key '{section}.{key}' in machine file {filename}",
                     where(section, None),
                 )
-    for (section, key), (field_name, kind, may_be_zero) in _SCHEMA.items():
-        values[field_name] = _quantity(
-            data[section][key], f"{section}.{key}", kind, may_be_zero, filename, where(section, key)
+    for (section, key), spec in _SCHEMA.items():
+        values[spec.field] = _quantity(
+            data[section][key], f"{section}.{key}", spec, filename, where(section, key)
         )
     rates = data["mx"]["rate"]
     if not isinstance(rates, dict) or not rates:
@@ -408,7 +433,7 @@ def parse_machine(text: str, filename: str = "<machine>") -> Machine:
                 notes=[f"matrix dtypes: {', '.join(MX_DTYPES)}"],
             )
         mx_rates.append(
-            (dtype, _quantity(rate, f"mx.rate.{dtype}", float, False, filename, span))
+            (dtype, _quantity(rate, f"mx.rate.{dtype}", _RATE, filename, span))
         )
     values["mx_rates"] = tuple(sorted(mx_rates, key=lambda item: MX_DTYPES.index(item[0])))
     line, block = values["l2_line_bytes"], values["l2_block_bytes"]
@@ -428,9 +453,9 @@ def _unit_kind(key: str) -> str | None:
     return None
 
 
-def _quantity(raw, key: str, kind: type, may_be_zero: bool, filename: str,
-              span: SourceSpan) -> int | float:
-    """One numeric value, with its unit checked against the key's kind."""
+def _quantity(raw, key: str, spec: Key, filename: str, span: SourceSpan) -> int | float:
+    """One numeric value, with its unit checked against the key's kind and its value
+    against the key's type and range."""
     unit_kind = _unit_kind(key)
     if isinstance(raw, bool) or not isinstance(raw, int | float | str):
         raise MachineError(f"'{key}' must be a number in {filename}", span)
@@ -451,22 +476,40 @@ def _quantity(raw, key: str, kind: type, may_be_zero: bool, filename: str,
         value = raw
     if isinstance(value, float) and not math.isfinite(value):
         raise MachineError(f"'{key}' must be finite in {filename}", span)
-    if value < 0 or (value == 0 and not may_be_zero):
-        raise MachineError(
-            f"'{key}' must be {'non-negative' if may_be_zero else 'positive'}, "
-            f"got {raw} in {filename}", span,
-        )
-    if kind is int:
+    if spec.kind is int:
         rounded = round(value)
         if abs(value - rounded) > 1e-9 * max(1.0, abs(value)):
             raise MachineError(f"'{key}' must be a whole number, got {raw} in {filename}", span)
-        return int(rounded)
-    return float(value)
+        value = int(rounded)
+    if value < 0 or (value == 0 and spec.low > 0):
+        raise MachineError(
+            f"'{key}' must be {'non-negative' if spec.low == 0 else 'positive'}, "
+            f"got {raw} in {filename}", span,
+        )
+    if not spec.low <= value <= spec.high:
+        unit = "" if unit_kind is None else f" {_UNIT_NAMES[unit_kind]}"
+        raise MachineError(
+            f"'{key}' must be between {_plain(spec.low)} and {_plain(spec.high)}{unit}, got "
+            f"{raw} in "
+            f"{filename}", span,
+        )
+    return float(value) if spec.kind is float else value
+
+
+def _plain(number: float) -> str:
+    """`67108864`, `1e+06`, `0.015625`: whole numbers in full, others short."""
+    if number == int(number) and abs(number) < 1e12:
+        return str(int(number))
+    return f"{number:g}"
+
+
+_UNIT_NAMES = {"bytes": "bytes", "bytes_per_second": "bytes/s", "hz": "Hz",
+               "seconds": "s", "cycles": "cycles"}
 
 
 def _locate(text: str, filename: str, section: str | None, key: str | None) -> SourceSpan:
     """The span of `key` in `[section]` of the TOML text (best effort: line 1 if not found)."""
-    lines = text.splitlines()
+    lines = source_lines(text)
     current: str | None = None
     for number, line in enumerate(lines, start=1):
         stripped = line.strip()

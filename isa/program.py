@@ -329,6 +329,22 @@ class Descriptor:
     box: tuple[int, ...]
 
 
+def _check_overlaps(tensors) -> None:
+    """Tensors the caller sees (every role but `temp`) must not share GM bytes with another
+    tensor: writing one would silently change the other. Temporaries may share addresses
+    with each other (the compiler reuses the space of dead intermediates)."""
+    placed = sorted((t for t in tensors if t.nbytes), key=lambda t: t.address)
+    for index, tensor in enumerate(placed):
+        for other in placed[index + 1:]:
+            if other.address >= tensor.address + tensor.nbytes:
+                break
+            if tensor.role != "temp" or other.role != "temp":
+                raise AssemblyError(
+                    f"tensor '{other.name}' [{other.address:#x}, "
+                    f"{other.address + other.nbytes:#x}) overlaps tensor '{tensor.name}' "
+                    f"[{tensor.address:#x}, {tensor.address + tensor.nbytes:#x})", other.span)
+
+
 @dataclass(frozen=True)
 class Program:
     """A whole assembly program. Build one with `Program.build(...)` (checks labels and loop
@@ -367,6 +383,7 @@ class Program:
             if tensor.name in names:
                 raise AssemblyError(f"tensor '{tensor.name}' declared twice", tensor.span)
             names.add(tensor.name)
+        _check_overlaps(tensors)
         targets: list[int | None] = [None] * len(instructions)
         open_loops: list[int] = []
         for index, instr in enumerate(instructions):

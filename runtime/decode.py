@@ -8,12 +8,14 @@ or scalar synchronisation), and resolves `.wait`/`.sig` fields to (event, count)
 
 from __future__ import annotations
 
+import math
 from operator import itemgetter
 
 from isa.errors import ChipTrap
 from isa.instructions import INSTRUCTIONS
 from isa.program import Event, Instruction, Program, Tile
 from runtime.context import EngineContext
+from runtime.memory import OutOfBounds, span_of
 from runtime.ops import BAR_CHIP, BAR_CORE, ENGINE, HALT, SCALAR, SIG_S, WAIT_S, Bound, Op
 
 # Operand names (OperandSpec.name) of the tiles an instruction writes; every other tile
@@ -125,6 +127,18 @@ def _getter(indices: tuple[int, ...]):
     return itemgetter(*indices)
 
 
+def _check_box(box, machine) -> None:
+    """A DMA box must lie in GM and fit a core's local memory: checked before the L2 model
+    walks its lines (a huge stride or box would otherwise overflow or take hours there)."""
+    low, high = span_of(box.shape, box.strides, box.itemsize)
+    if box.address + low < 0 or box.address + high > machine.hbm_bytes:
+        raise OutOfBounds("GM", box.address + low, box.address + high, machine.hbm_bytes)
+    local = max(machine.l1_bytes, machine.acc_bytes)
+    nbytes = math.prod(box.shape) * box.itemsize
+    if nbytes > local:
+        raise OutOfBounds("L1", 0, nbytes, local)
+
+
 def _engine_binder(defn, instr: Instruction, index: int, machine, program, functional: bool, gm,
                    chip: int, chips: int, l2):
     """A closure binding an engine instruction at dispatch: snapshot, cost, semantics.
@@ -160,6 +174,8 @@ def _engine_binder(defn, instr: Instruction, index: int, machine, program, funct
             costs.clear()
         cost = cost_fn(instr, machine, ctx or context(core))
         box = cost.gm
+        if box is not None:
+            _check_box(box, machine)
         lines = None if l2 is None or box is None else \
             l2.lines(box.address, box.shape, box.strides, box.itemsize)
         if functional:

@@ -141,12 +141,15 @@ class Simulator:
 
     def __init__(self, ops: list[Op], timing: Timing, engines: list[str], cores: list[CoreState],
                  *, max_instructions: int, trace: TraceRecorder | None, kernels: list[str],
-                 on_access=None):
+                 on_access=None, max_idle_instructions: int | None = None):
         self.ops = ops
         self.timing = timing
         self.engine_names = engines
         self.cores = cores
         self.max_instructions = max_instructions
+        # instructions issued on the chip since the last engine dispatch (a spin detector)
+        self.max_idle_instructions = max_idle_instructions or max_instructions
+        self.idle_instructions = 0
         self.trace = trace
         self.hbm = BandwidthServer("HBM", timing.hbm_bytes_per_cycle)
         self.l2 = timing.l2
@@ -257,6 +260,7 @@ class Simulator:
                     return
                 self._unblock_scalar(core, t)
                 self._count(core, op, t)
+                self.idle_instructions = 0
                 bound = self._bind(core, op)
                 # the instruction inherits what the scalar has observed (its clock)
                 t += op.cycles
@@ -324,6 +328,7 @@ class Simulator:
     def _count(self, core: CoreState, op: Op, t: int) -> None:
         """One more instruction issued by the scalar at cycle `t` (the budget check)."""
         self.instructions += 1
+        self.idle_instructions += 1
         core.busy[S_ENGINE] += op.cycles
         if self.trace is not None:
             name = op.mnemonic if op.kind != ENGINE else "issue " + op.mnemonic
@@ -332,6 +337,14 @@ class Simulator:
             raise ChipTrap(
                 f"runaway program: more than {self.max_instructions} instructions executed "
                 "(raise the budget with --max-instructions)",
+                address=op.address, instruction=op.text, core=core.index, chip=None,
+                engines=("S",),
+            )
+        if self.idle_instructions > self.max_idle_instructions:
+            raise ChipTrap(
+                f"runaway program: {self.max_idle_instructions} instructions in a row with no "
+                "engine instruction dispatched on the chip (a spinning loop; raise the budget "
+                "with --max-instructions)",
                 address=op.address, instruction=op.text, core=core.index, chip=None,
                 engines=("S",),
             )

@@ -28,6 +28,10 @@ from runtime.trace import TraceRecorder
 # multi-chip support
 MODELLED_ENGINES = tuple(e for e in ENGINES if e != "NET")
 DEFAULT_MAX_INSTRUCTIONS = 50_000_000
+# A chip that issues this many instructions in a row without dispatching any engine
+# instruction is spinning (an empty loop, a loop of SIG.S): stopped in seconds, before its
+# pending event tokens fill the host's memory. An explicit budget sets this limit too.
+DEFAULT_MAX_IDLE_INSTRUCTIONS = 1 << 18
 
 
 @dataclass
@@ -57,12 +61,14 @@ def run_program(program: Program, machine, inputs: dict[str, np.ndarray], *,
     depend on operands and descriptors, never on data), the outputs are empty, and the
     checks that need data (bounds of tile and GM accesses, races) are skipped.
     `max_instructions` bounds the instructions executed over all cores (a runaway program
-    traps; default 50 million). Raises `ChipTrap` (exit status 3) when the chip traps and
+    traps; default 50 million) and, by default, 2**18 instructions in a row with no engine
+    instruction dispatched (a spinning loop traps in seconds); an explicit `max_instructions`
+    sets both. Raises `ChipTrap` (exit status 3) when the chip traps and
     `InputError` for inputs that do not fit the program.
     """
     functional = not timing_only
     gm = GlobalMemory(machine.hbm_bytes) if functional else None
-    _check_tensors(program, machine)
+    check_tensors(program, machine)
     _load_inputs(program, inputs, gm)
     engines = MODELLED_ENGINES
     l2 = L2Cache(machine.l2_bytes, machine.l2_line_bytes, machine.l2_block_bytes) \
@@ -87,7 +93,8 @@ def run_program(program: Program, machine, inputs: dict[str, np.ndarray], *,
     kernel_names = [name for name, _ in program.kernels]
     simulator = Simulator(
         ops, timing, list(engines), cores,
-        max_instructions=max_instructions or DEFAULT_MAX_INSTRUCTIONS, trace=recorder,
+        max_instructions=max_instructions or DEFAULT_MAX_INSTRUCTIONS,
+        max_idle_instructions=max_instructions or DEFAULT_MAX_IDLE_INSTRUCTIONS, trace=recorder,
         kernels=kernel_names,
     )
     # IEEE results (inf, NaN) are the chip's arithmetic, not host warnings
@@ -98,7 +105,8 @@ def run_program(program: Program, machine, inputs: dict[str, np.ndarray], *,
     return RunResult(outputs, report, recorder.to_dict() if recorder is not None else None)
 
 
-def _check_tensors(program: Program, machine) -> None:
+def check_tensors(program: Program, machine) -> None:
+    """ChipTrap when a tensor of `program` lies outside the machine's GM."""
     for tensor in program.tensors:
         if tensor.address < 0 or tensor.address + tensor.nbytes > machine.hbm_bytes:
             raise ChipTrap(

@@ -64,7 +64,10 @@ def box_lines(address: int, shape: tuple[int, ...], strides: tuple[int, ...], it
     if math.prod(shape) == 0:
         empty = np.zeros(0, dtype=np.int64)
         return empty, empty
-    dims, dim_strides = collapse(tuple(shape), tuple(strides), itemsize)
+    # a zero-stride dim reads the same bytes again: walk them once, count them `repeat` times
+    repeat = math.prod(n for n, s in zip(shape, strides) if s == 0)
+    kept = [(n, s) for n, s in zip(shape, strides) if s != 0]
+    dims, dim_strides = collapse(tuple(n for n, _ in kept), tuple(s for _, s in kept), itemsize)
     run = dims[-1] * dim_strides[-1]
     starts = np.array([address], dtype=np.int64)
     for n, s in zip(dims[:-1], dim_strides[:-1]):
@@ -91,7 +94,10 @@ def box_lines(address: int, shape: tuple[int, ...], strides: tuple[int, ...], it
         unique, inverse = np.unique(lines, return_inverse=True)
         counts = np.bincount(inverse, weights=(hi - lo)).astype(np.int64)
     # a zero stride reads the same bytes again: a line still holds at most line_bytes
-    return unique, np.minimum(counts, line_bytes)
+    counts = np.minimum(counts, line_bytes)
+    if repeat > 1:
+        counts = np.minimum(counts * min(repeat, line_bytes), line_bytes)
+    return unique, counts
 
 
 class Lines:
@@ -105,7 +111,8 @@ class Lines:
 
     def __init__(self, lines: np.ndarray, nbytes: np.ndarray, line_bytes: int, shift: int):
         blocks = lines >> shift
-        bits = np.left_shift(1, lines - (blocks << shift)).astype(np.int64)
+        # unsigned: a block of 64 lines uses bit 63
+        bits = np.left_shift(np.uint64(1), (lines - (blocks << shift)).astype(np.uint64))
         cuts = np.flatnonzero(np.diff(blocks)) + 1
         starts = np.concatenate(([0], cuts)) if lines.size else cuts
         self.blocks = blocks[starts].tolist()

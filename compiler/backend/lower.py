@@ -515,8 +515,12 @@ def elementwise_body(kind: str, attrs: dict, cdt: str):
                     Vec("DIV", cdt, out, (ins[0], ins[1])),
                     Vec("SEL", cdt, out, ("zero", 0.0, out))]
         if kind == "pow" and cdt == "i32":
-            # no integer VPOW: f32 (exact while results stay below 2^24), exponents >= 0
-            return [Vec("MAX", "f32", ins[1], (ins[1], 0.0)),
+            # no integer VPOW: f32 (exact while results stay below 2^24); the store's cast
+            # truncates a negative power toward zero (2 ** -1 -> 0, (-1) ** -3 -> -1); a zero
+            # base takes the exponent n * n (0 ** n is 1 for n = 0, else 0, never inf)
+            return [Vec("CMP.eq", "f32", "zero", (ins[0], 0.0)),
+                    Vec("MUL", "f32", out, (ins[1], ins[1])),
+                    Vec("SEL", "f32", ins[1], ("zero", out, ins[1])),
                     Vec("POW", "f32", out, (ins[0], ins[1]))]
         if kind in BINARY:
             return [Vec(BINARY[kind], cdt, out, (ins[0], ins[1]))]
@@ -684,7 +688,7 @@ class Lowering:
             # the body computes in the dtype of the last operand (where's branches; the
             # operands otherwise); integer pow loads f32 but keeps its integer body
             cdt = compute_dtype(in_dtypes[-1])
-            temps = (("zero", "bool"),) if kind == "div" and cdt == "i32" else ()
+            temps = (("zero", "bool"),) if kind in ("div", "pow") and cdt == "i32" else ()
             loads, operands = [], []
             for v, dt in zip(ins, load_dtypes):
                 if isinstance(v, float):

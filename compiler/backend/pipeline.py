@@ -96,6 +96,7 @@ def compile_function(fn, machine, options: CompileOptions = CompileOptions(), me
         tensors, kernels, spans = lower_fused(fused, machine, plan, tiles)
     else:
         tensors, kernels, spans = lower_function(graph, machine)
+    _check_tile_steps(kernels, graph)
     for param in graph.params:  # an input that does not fit points at its declaration
         if param.span is not None:
             spans.setdefault(param.name, param.span)
@@ -103,6 +104,27 @@ def compile_function(fn, machine, options: CompileOptions = CompileOptions(), me
     asm_text = generate(planned, machine.name)
     program = _scalars_as_rank0(parse_assembly(asm_text, "<compiled>"), planned)
     return CompiledProgram(graph, planned, asm_text, program, spans)
+
+
+# More tile steps than any simulation runs (the interpreter stops a program after 50 million
+# instructions by default, and a tile step takes several): such a kernel is refused at its
+# source op instead of running for hours (`sum(broadcast_to(x, [2**62]))`).
+MAX_TILE_STEPS = 1 << 31
+
+
+def _check_tile_steps(kernels, graph) -> None:
+    from math import prod
+
+    from isa.errors import CompileError
+
+    spans = {op.id: op.span for op in graph.ops}
+    for kernel in kernels:
+        steps = sum(prod(nest.grid) for nest in kernel.nests)
+        if steps > MAX_TILE_STEPS:
+            span = next((spans[i] for i in kernel.op_ids if spans.get(i) is not None), None)
+            raise CompileError(
+                f"kernel '{kernel.name}' needs {steps:,} tile steps, more than the "
+                f"{MAX_TILE_STEPS:,} a simulation can run: make the tensors smaller", span)
 
 
 def _scalars_as_rank0(program, planned: KernelProgram):

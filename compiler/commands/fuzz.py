@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
 from compiler.fuzz.campaign import run_campaign
+from isa.errors import UsageError
+
+
+def check_seconds(seconds: float) -> float:
+    """A campaign runs for a positive, finite number of seconds."""
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise UsageError(f"--seconds {seconds:g}: a campaign runs for a positive, finite number "
+                         "of seconds")
+    return seconds
 
 
 def run(args) -> int:
+    check_seconds(args.seconds)
     out_dir = Path(args.out)
 
     def progress(result, elapsed: float) -> None:

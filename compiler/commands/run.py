@@ -13,6 +13,9 @@ from isa.errors import UsageError
 
 
 def run(args) -> int:
+    from compiler.commands.run_options import check_run_options
+
+    check_run_options(args)
     suffix = Path(args.program).suffix
     if suffix in (".s", ".bin"):
         from compiler.commands.run_asm import run_assembly

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-import zipfile
+import sys
 from pathlib import Path
 
 # The interpreter multiplies many small tiles: BLAS worker threads only add wake-up latency
@@ -27,8 +27,10 @@ from isa.errors import InputError, UsageError
 
 def run_assembly(args) -> int:
     """Run `args.program` (.s or .bin) with the `run` subcommand's options; return 0."""
+    from compiler.inputs import assembly_inputs, missing_inputs_message
     from isa.machine import load_machine
     from runtime import run_program
+    from runtime.interpreter import check_tensors
 
     if getattr(args, "chips", 1) != 1:
         raise UsageError(f"--chips {args.chips}: multi-chip runs are not supported yet "
@@ -38,9 +40,13 @@ def run_assembly(args) -> int:
     if machine_spec == "m890" and program.machine and program.machine != "m890":
         machine_spec = program.machine  # `.machine z810e` in the file, no --machine given
     machine = load_machine(machine_spec)
+    check_tensors(program, machine)  # before drawing inputs for a tensor that cannot exist
     # a timing-only run computes no values: do not draw (possibly huge) random inputs
-    inputs = load_inputs(program, args.input, args.inputs, args.seed,
-                         draw_missing=not args.timing_only)
+    inputs, drawn = assembly_inputs(program, args.input, args.inputs, args.seed,
+                                    draw_missing=not args.timing_only)
+    warning = missing_inputs_message(drawn, getattr(args, "require_inputs", False))
+    if warning:
+        print(warning, file=sys.stderr)
     result = run_program(program, machine, inputs, timing_only=args.timing_only,
                          max_instructions=args.max_instructions, trace=bool(args.trace))
     if args.output and not args.timing_only:
@@ -82,67 +88,17 @@ def _load_program(path: str):
 
 def load_inputs(program, pairs: list[str], npz: str | None, seed: int, *,
                 draw_missing: bool = True) -> dict[str, np.ndarray]:
-    """The kernel arguments by tensor name: from files, else (when `draw_missing`) seeded
-    normal random values, drawn in directive order and cast to the tensor's dtype."""
-    from isa.dtypes import np_dtype
+    """The kernel arguments by tensor name (compiler.inputs.assembly_inputs)."""
+    from compiler.inputs import assembly_inputs
 
-    by_name = {t.name: t for t in program.inputs}
-    given: dict[str, np.ndarray] = {}
-    if npz:
-        try:
-            with np.load(npz, allow_pickle=False) as archive:
-                for key in archive.files:
-                    given[key] = archive[key]
-        except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
-            raise InputError(f"cannot read inputs '{npz}': {err}") from None
-    for pair in pairs or []:
-        name, sep, file = pair.partition("=")
-        if not sep or not name or not file:
-            raise InputError(f"-i '{pair}': expected NAME=FILE.npy")
-        try:
-            given[name] = np.load(file, allow_pickle=False)
-        except (OSError, ValueError, EOFError) as err:
-            raise InputError(f"-i {name}: cannot read '{file}': {err}") from None
-    for name in given:
-        if name not in by_name:
-            known = ", ".join(by_name) or "none"
-            raise InputError(f"input '{name}' is not an input tensor of the program "
-                             f"(inputs: {known})")
-    rng = np.random.default_rng(seed)
-    inputs: dict[str, np.ndarray] = {}
-    for tensor in program.inputs:
-        dtype = np_dtype(tensor.dtype)
-        if tensor.name in given:
-            value = np.asarray(given[tensor.name])
-            if tuple(value.shape) != tuple(tensor.shape):
-                raise InputError(
-                    f"input '{tensor.name}': shape {list(value.shape)} does not match the "
-                    f"tensor's {list(tensor.shape)}")
-            if value.dtype.kind not in "biuf" and value.dtype != dtype:
-                raise InputError(f"input '{tensor.name}': dtype {value.dtype} is not numeric")
-        elif not draw_missing:
-            continue
-        else:
-            value = rng.standard_normal(tensor.shape, dtype=np.float32)
-            if tensor.dtype in ("i32", "i8"):
-                value = np.round(value * 4)
-            elif tensor.dtype == "bool":
-                value = value > 0
-        inputs[tensor.name] = value
-    return inputs
+    return assembly_inputs(program, pairs, npz, seed, draw_missing=draw_missing)[0]
 
 
 def write_outputs(path: str, outputs: list[np.ndarray]) -> None:
-    """Write outputs as out0, out1, ... (float dtypes as f32, others as they are)."""
-    arrays = {}
-    for index, value in enumerate(outputs):
-        if value.dtype.kind == "f" or value.dtype.name in ("bfloat16", "float8_e4m3fn"):
-            value = value.astype(np.float32)
-        arrays[f"out{index}"] = value
-    try:
-        np.savez(path, **arrays)
-    except OSError as err:
-        raise InputError(f"cannot write '{path}': {err.strerror or err}") from None
+    """Write outputs as out0, out1, ... to exactly `path` (compiler.inputs.write_outputs)."""
+    from compiler.inputs import write_outputs as write
+
+    write(path, outputs)
 
 
 def _write_text(path: str, text: str) -> None:

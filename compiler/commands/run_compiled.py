@@ -40,6 +40,7 @@ def run_compiled(args) -> int:
         parse_shape_options,
         prepare_inputs,
         read_inputs,
+        warn_on_stderr,
         write_outputs,
     )
     from isa.machine import load_machine
@@ -57,7 +58,9 @@ def run_compiled(args) -> int:
     compiled = compile_function(fn, machine, compile_options(args), measure=timing_measure)
     compile_seconds = time.perf_counter() - start
     # Timing-only runs read no data: draw no inputs (a 70B-parameter layer would not fit here).
-    inputs = {} if args.timing_only else prepare_inputs(fn, given, args.seed, sources)
+    inputs = {} if args.timing_only else prepare_inputs(
+        fn, given, args.seed, sources, require=getattr(args, "require_inputs", False),
+        warn=warn_on_stderr)
     result = run_program(compiled.program, machine, compiled.program_inputs(inputs),
                          timing_only=args.timing_only,
                          max_instructions=args.max_instructions, trace=bool(args.trace))

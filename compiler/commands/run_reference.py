@@ -6,7 +6,12 @@ import sys
 
 import numpy as np
 
-from compiler.inputs import load_program_and_inputs, output_array, write_outputs
+from compiler.inputs import (
+    load_program_and_inputs,
+    output_array,
+    warn_on_stderr,
+    write_outputs,
+)
 from compiler.reference import evaluate
 from isa.errors import Diagnostic
 
@@ -28,7 +33,7 @@ def summarize(index: int, array: np.ndarray, type_) -> str:
 def run_reference(args) -> int:
     """`zhenwu run prog.zt --reference`: evaluate, print a summary, write -o."""
     try:
-        fn, inputs = load_program_and_inputs(args)
+        fn, inputs = load_program_and_inputs(args, warn=warn_on_stderr)
         outputs = evaluate(fn, inputs)
     except MemoryError:
         raise Diagnostic(f"{args.program}: the tensors do not fit in this host's memory for "

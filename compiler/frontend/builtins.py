@@ -679,7 +679,7 @@ def index_tensor(chk: Checker, node: ast.Index, scope: dict) -> Tensor:
                                  sub.span or node.span)
             starts.append(lo)
             stops.append(lo + (count - 1) * step + 1)
-            steps.append(step)
+            steps.append(step if count > 1 else 1)  # one element: the step does not matter
             shape.append(count)
         else:
             value = chk.eval(sub, scope)

@@ -25,6 +25,7 @@ from compiler.graph.dtypes import DTYPES, is_float, is_int, limits, promote
 from compiler.graph.ir import Function, TensorType, Value
 from compiler.graph.ops import broadcast_shapes
 from isa.errors import Diagnostic, InputError, SourceSpan
+from isa.program import MAX_RANK
 
 PRELUDE_PATH = Path(__file__).with_name("prelude.zt")
 MAX_DIM = 2**62  # larger dims can never be allocated; they would overflow numpy's int64
@@ -83,6 +84,13 @@ def check_dim(value: int, span) -> int:
     if value > MAX_DIM:
         raise Diagnostic(f"a dim must be at most 2**62, got {value}", span)
     return value
+
+
+def check_rank(type_: TensorType, span) -> None:
+    """A tensor has at most MAX_RANK dims (the chip's descriptors have that many)."""
+    if type_.rank > MAX_RANK:
+        raise Diagnostic(f"{type_} has {type_.rank} dims; tensors have at most {MAX_RANK}",
+                         span)
 
 
 def did_you_mean(name: str, candidates) -> str:
@@ -201,6 +209,7 @@ class Checker:
         self.builder = GraphBuilder(fn.name)
         for param in fn.params:
             type_ = self.eval_type(param.type, scope)
+            check_rank(type_, param.span)
             if param.name in input_shapes:
                 self.check_input_shape(param, type_, input_shapes[param.name])
             if param.name in scope:
@@ -307,7 +316,9 @@ class Checker:
         """Emit an op at `span` (the call site inside a composite), with the current origin."""
         span = self.span_override or span
         values = [t.value for t in inputs]
-        return Tensor(self.builder.emit(kind, values, attrs, span=span, origin=self.origin))
+        result = Tensor(self.builder.emit(kind, values, attrs, span=span, origin=self.origin))
+        check_rank(result.type, span)
+        return result
 
     def constant(self, value, dtype: str, span: SourceSpan, shape=()) -> Tensor:
         """A splat constant; integer constants of a float value truncate (as `cast`) and

@@ -13,7 +13,7 @@ import lark
 from lark import Token, Transformer, v_args
 
 from compiler.frontend import ast
-from isa.errors import Diagnostic, SourceSpan
+from isa.errors import Diagnostic, SourceSpan, normalize_newlines, source_lines
 
 _GRAMMAR = Path(__file__).with_name("grammar.lark")
 
@@ -104,7 +104,7 @@ def _syntax_error(err: lark.exceptions.UnexpectedInput, file: str, text: str) ->
     if isinstance(err, lark.exceptions.UnexpectedToken):
         token = err.token
         if token.type == "$END":
-            lines = text.splitlines() or [""]
+            lines = source_lines(text)
             line, col = len(lines), len(lines[-1]) + 1
             width = 1
         else:
@@ -112,6 +112,10 @@ def _syntax_error(err: lark.exceptions.UnexpectedInput, file: str, text: str) ->
         message = f"unexpected {_token_text(token)}; expected {_describe_expected(err.expected)}"
         return Diagnostic(message, SourceSpan(file, line, col, line, col + width, text))
     return Diagnostic("syntax error", SourceSpan(file, line, col, None, None, text))
+
+
+# Past 400 digits an integer exceeds even f32/f64 (and Python's int() refuses 4300).
+_MAX_INT_DIGITS = 400
 
 
 class _ToAst(Transformer):
@@ -234,7 +238,11 @@ class _ToAst(Transformer):
 
     @v_args(meta=True)
     def int_lit(self, meta, children):
-        return ast.Num(self._span(meta), int(children[0]))
+        text = str(children[0])
+        if len(text.lstrip("0")) > _MAX_INT_DIGITS:
+            raise Diagnostic(f"integer literal of {len(text)} digits is too large (it exceeds "
+                             "every dtype, floats included)", self._span(meta))
+        return ast.Num(self._span(meta), int(text))
 
     @v_args(meta=True)
     def float_lit(self, meta, children):
@@ -278,7 +286,10 @@ class _ToAst(Transformer):
 
 
 def parse_source(text: str, file: str = "<input>") -> ast.Module:
-    """Parse `.zt` text into an ast.Module; syntax errors raise Diagnostic."""
+    """Parse `.zt` text into an ast.Module; syntax errors raise Diagnostic.
+
+    Line endings may be LF, CRLF or CR; lines are counted as diagnostics count them."""
+    text = normalize_newlines(text)
     try:
         tree = _lark().parse(text)
     except lark.exceptions.UnexpectedInput as err:

@@ -194,9 +194,11 @@ def _cast_ref(xs, attrs):
     target = attrs["dtype"]
     if is_int(target) and np.issubdtype(x.dtype, np.floating):
         # float -> int truncates toward zero (as C, numpy and JAX); NaN/inf become 0/limits
+        # (in f64, where every i32 limit is exact: f32 would round 2147483647 up to 2**31)
         info = np.iinfo(np_dtype(target))
-        x = np.nan_to_num(np.trunc(x), nan=0.0, posinf=info.max, neginf=info.min)
-        x = np.clip(x, info.min, info.max)
+        x = np.trunc(x.astype(np.float64))
+        x = np.clip(np.nan_to_num(x, nan=0.0, posinf=info.max, neginf=info.min),
+                    info.min, info.max)
     return x.astype(np_dtype(target))
 
 
@@ -219,7 +221,12 @@ def _div_ref(xs, attrs):
 def _pow_ref(xs, attrs):
     a, b = xs
     if np.issubdtype(a.dtype, np.integer):
-        return np.power(a, np.maximum(b, 0))
+        # a negative power is 1 / a**-b truncated toward zero: 1 for a = 1, +-1 for a = -1,
+        # and 0 otherwise (0 for a = 0 too: integer division by zero gives 0)
+        a, b = np.broadcast_arrays(a, b)
+        negative = b < 0
+        inverse = np.where(a == 1, 1, np.where(a == -1, np.where(b % 2 == 0, 1, -1), 0))
+        return np.where(negative, inverse, np.power(a, np.where(negative, 0, b))).astype(a.dtype)
     return np.power(a, b)
 
 

@@ -18,6 +18,9 @@ from compiler.passes.pass_base import GraphPass, register_pass
 from compiler.passes.rewrite import Rewriter, rewrite
 
 _SHAPE_KINDS = ("reshape", "broadcast_to", "transpose", "slice", "concat")
+# A reduction of a splat is evaluated on this many elements at most (folding must not
+# allocate the tensor it folds away); beyond it only the exact cases fold.
+FOLD_ELEMENTS = 1 << 16
 
 
 def _python_value(array: np.ndarray, dtype: str):
@@ -51,6 +54,15 @@ def fold(op: Op, rw: Rewriter) -> Value | None:
         attrs = op.attrs
         if kind.startswith("reduce_"):
             n = op.inputs[0].type.numel // max(result.numel, 1)
+            if n > FOLD_ELEMENTS:
+                # max/min of copies of v is v; a sum of zeros is 0; a product of 0s or 1s
+                # is itself: exact whatever the order of evaluation; anything else stays
+                exact = (kind in ("reduce_max", "reduce_min")
+                         or (kind == "reduce_sum" and values[0] == 0)
+                         or (kind == "reduce_prod" and values[0] in (0, 1)))
+                if not exact:
+                    return None
+                n = 1
             scalars = [np.full((n,), scalars[0])]
             attrs = {"axes": (0,), "keepdims": False}
         with np.errstate(all="ignore"):

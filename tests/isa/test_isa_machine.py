@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -126,3 +127,47 @@ def test_zhenwu_machines_bad_file_exit_1(capsys, tmp_path):
     assert main(["machines", "--machine", str(path)]) == 1
     err = capsys.readouterr().err
     assert "error: 'core.count' must be positive, got -1" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("old, new, message", [
+    # values that used to pass and break later (issue 18 item 6)
+    ("count = 32", "count = 1e-300", "'core.count' must be positive, got 1e-300"),
+    ("m = 16", "m = 1e-300", "'mx.m' must be positive, got 1e-300"),
+    ('hbm_bytes_per_second = "4.0 TB/s"', "hbm_bytes_per_second = 1e-300",
+     "'memory.hbm_bytes_per_second' must be between 1000000 and 1e+16 bytes/s, got 1e-300"),
+    ('l1_bytes = "1 MiB"', "l1_bytes = 1e26",
+     "'memory.l1_bytes' must be between 1024 and 67108864 bytes, got 1e+26"),
+    ('l1_bytes = "1 MiB"', 'l1_bytes = "1 TiB"',
+     "'memory.l1_bytes' must be between 1024 and 67108864 bytes, got 1 TiB"),
+    ("count = 32", "count = 1000003", "'core.count' must be between 1 and 1024, got 1000003"),
+    ("bf16 = 1.0", "bf16 = 1e-300", "'mx.rate.bf16' must be between 0.015625 and 64"),
+    ('alpha_seconds = "2 us"', "alpha_seconds = 1e300", "'link.alpha_seconds' must be between"),
+])
+def test_every_key_is_range_checked_at_its_line(old, new, message):
+    text = M890_TEXT.replace(old, new, 1)
+    line = next(i for i, t in enumerate(text.splitlines(), 1) if t.startswith(new))
+    error = _error(text)
+    assert error.startswith(f"m.toml:{line}:1: error: {message}"), error
+
+
+def test_every_schema_key_has_a_range():
+    from isa.machine import _SCHEMA
+
+    for (section, key), spec in _SCHEMA.items():
+        assert spec.low <= spec.high and spec.kind in (int, float), (section, key)
+        assert spec.field in {f.name for f in dataclasses.fields(load_machine("m890"))}
+
+
+def test_l2_blocks_of_64_lines_run(tmp_path):
+    """8192-byte blocks of 128-byte lines (64 lines: mask bit 63) used to raise IndexError."""
+    path = tmp_path / "wide.toml"
+    path.write_text(M890_TEXT.replace("l2_block_bytes = 4096", "l2_block_bytes = 8192"))
+    sample = MACHINES_DIR.parents[1] / "samples" / "mlp.zt"
+    assert main(["run", str(sample), "--shape", "B=3", "--machine", str(path)]) == 0
+
+
+def test_machines_on_a_device_or_directory_says_what_is_wrong(capsys, tmp_path):
+    assert main(["machines", "--machine", "/dev/null"]) == 1
+    assert "machine file '/dev/null' is empty" in capsys.readouterr().err
+    assert main(["machines", "--machine", str(tmp_path)]) == 1
+    assert "is a directory" in capsys.readouterr().err
