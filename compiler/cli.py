@@ -114,6 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
     fuzz.add_argument("--seed", type=int, default=0)
     fuzz.add_argument("--out", default="fuzz-out")
     fuzz.add_argument("--bisect", action="store_true")
+    fuzz.add_argument("--bad-inputs", action="store_true",
+                      help="run mutated assembly, binaries, machine files, input files, .zt "
+                           "programs and odd flags through zhenwu instead: every one must end "
+                           "with exit status 0-3, no traceback, in bounded time")
     return parser
 
 
