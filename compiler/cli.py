@@ -60,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--trace", metavar="TRACE.json", help="Chrome/Perfetto trace")
     run.add_argument("--timing-only", action="store_true", help="cycles without the math")
     run.add_argument("--max-instructions", type=int, default=None,
-                     help="stop a runaway program after this many instructions")
+                     help="stop a runaway program after this many instructions (default: 50 "
+                          "million in all and 2**18 in a row with no engine work; N sets both)")
     run.add_argument("--tune", action="store_true", help="search tile sizes on the timing model")
     run.add_argument("--disable-pass", action="append", default=[], metavar="PASS",
                      help="leave a graph pass out (repeatable, or comma-separated)")
