@@ -60,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--trace", metavar="TRACE.json", help="Chrome/Perfetto trace")
     run.add_argument("--timing-only", action="store_true", help="cycles without the math")
     run.add_argument("--max-instructions", type=int, default=None,
-                     help="stop a runaway program after this many instructions")
+                     help="stop a runaway program after this many instructions (default: 50 "
+                          "million in all and 2**18 in a row with no engine work; N sets both)")
     run.add_argument("--tune", action="store_true", help="search tile sizes on the timing model")
     run.add_argument("--disable-pass", action="append", default=[], metavar="PASS",
                      help="leave a graph pass out (repeatable, or comma-separated)")
@@ -119,6 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
     fuzz.add_argument("--seed", type=int, default=0)
     fuzz.add_argument("--out", default="fuzz-out")
     fuzz.add_argument("--bisect", action="store_true")
+    fuzz.add_argument("--bad-inputs", action="store_true",
+                      help="run mutated assembly, binaries, machine files, input files, .zt "
+                           "programs and odd flags through zhenwu instead: every one must end "
+                           "with exit status 0-3, no traceback, in bounded time")
     return parser
 
 

@@ -42,8 +42,8 @@ def parse_shape_options(options: list[str]) -> dict[str, int]:
 
 
 def _declared_bytes(handle, where: str) -> tuple[int, int] | None:
-    """(bytes the .npy header at `handle` declares, the header's length), or None when
-    the header is not one numpy can read (np.load then reports it)."""
+    """(bytes the .npy header at `handle` declares, the header's length), or None for an
+    object array (np.load refuses its pickle); an unreadable header is an InputError."""
     from numpy.lib import format as npy_format
 
     start = handle.tell()
@@ -52,8 +52,9 @@ def _declared_bytes(handle, where: str) -> tuple[int, int] | None:
         read = (npy_format.read_array_header_1_0 if version == (1, 0)
                 else npy_format.read_array_header_2_0)
         shape, _, dtype = read(handle)
-    except (ValueError, OSError, EOFError, SyntaxError, TypeError):
-        return None
+    except Exception as err:  # numpy parses the header with ast/tokenize: many errors
+        raise InputError(f"{where}: not a readable .npy header ({type(err).__name__}: "
+                         f"{str(err)[:200]})") from None
     if dtype.hasobject:
         return None  # a pickled array: np.load refuses it with its own message
     return math.prod(shape) * dtype.itemsize, handle.tell() - start
@@ -145,7 +146,7 @@ def load_npz(path: str) -> dict[str, np.ndarray]:
         for info in archive.zip.infolist():
             if info.filename.endswith(".npy"):
                 with archive.zip.open(info) as member:
-                    header = _declared_bytes(member, path)
+                    header = _declared_bytes(member, f"{path}[{info.filename[:-4]}]")
                 if header is not None:
                     _check_declared(header[0], info.file_size - header[1],
                                     f"{path}[{info.filename[:-4]}]")

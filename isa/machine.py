@@ -375,6 +375,10 @@ def parse_machine(text: str, filename: str = "<machine>") -> Machine:
         if match:
             span = SourceSpan(filename, int(match[1]), int(match[2]), text=text)
         raise MachineError(f"malformed TOML: {err}", span) from None
+    except ValueError as err:  # tomllib's own limits (an integer of 5000 digits)
+        raise MachineError(f"malformed TOML in {filename}: {err}") from None
+    except RecursionError:  # tomllib recurses once per nested array
+        raise MachineError(f"malformed TOML in {filename}: arrays nested too deeply") from None
 
     def where(section: str | None, key: str | None) -> SourceSpan:
         return _locate(text, filename, section, key)

@@ -21,6 +21,8 @@ def check_seconds(seconds: float) -> float:
 def run(args) -> int:
     check_seconds(args.seconds)
     out_dir = Path(args.out)
+    if getattr(args, "bad_inputs", False):
+        return run_bad_inputs(args, out_dir)
 
     def progress(result, elapsed: float) -> None:
         print(f"\rfuzz: {result.programs} programs, {len(result.failures)} failures, "
@@ -38,4 +40,28 @@ def run(args) -> int:
         print(f"  reproduce: {failure['reproduce']}")
         if "culprit_pass" in failure:
             print(f"  culprit pass: {failure['culprit_pass']}")
+    return 1 if result.failures else 0
+
+
+def run_bad_inputs(args, out_dir: Path) -> int:
+    """`zhenwu fuzz --bad-inputs`: the bad-input campaign (compiler/fuzz/bad_inputs.py)."""
+    from compiler.fuzz.bad_inputs import run_bad_input_campaign
+
+    tty = sys.stderr.isatty()
+
+    def progress(result, elapsed: float) -> None:
+        if tty:
+            print(f"\rbad inputs: {result.cases} cases, {len(result.failures)} failures, "
+                  f"{elapsed:.0f}/{args.seconds:.0f} s", end="", file=sys.stderr, flush=True)
+
+    result = run_bad_input_campaign(args.seconds, args.seed, out_dir, progress=progress)
+    if tty:
+        print(file=sys.stderr)
+    statuses = ", ".join(f"exit {k}: {v}" for k, v in sorted(result.statuses.items()))
+    print(f"{result.cases} bad inputs in {result.seconds:.0f} s ({statuses}), "
+          f"{len(result.failures)} failures")
+    for failure in result.failures:
+        print(f"FAIL {failure['problem']}")
+        print(f"  zhenwu {' '.join(failure['argv'])}")
+        print(f"  files: {failure['files']}")
     return 1 if result.failures else 0

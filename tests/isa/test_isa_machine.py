@@ -171,3 +171,9 @@ def test_machines_on_a_device_or_directory_says_what_is_wrong(capsys, tmp_path):
     assert "machine file '/dev/null' is empty" in capsys.readouterr().err
     assert main(["machines", "--machine", str(tmp_path)]) == 1
     assert "is a directory" in capsys.readouterr().err
+
+
+def test_toml_that_breaks_the_toml_parser_is_a_machine_error():
+    """Found by `zhenwu fuzz --bad-inputs`: tomllib's own ValueError and RecursionError."""
+    assert "malformed TOML" in _error(M890_TEXT.replace("count = 32", "count = 1" + "0" * 5000))
+    assert "arrays nested too deeply" in _error(M890_TEXT.replace("m = 16", "m = " + "[" * 3000))
