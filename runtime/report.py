@@ -164,7 +164,7 @@ class Report:
         mode = " (timing only)" if self.timing_only else ""
         lines = [
             f"machine {self.machine}: {self.chips} chip(s) x {self.cores} cores{mode}",
-            (f"cycles {self.cycles}  time {_fmt_seconds(self.seconds)}  "
+            (f"cycles {self.cycles}  simulated time {_fmt_seconds(self.seconds)}  "
              f"instructions {self.instructions} ({self.engine_instructions} on engines)"),
         ]
         tflops = self.flops / self.seconds / 1e12 if self.seconds else 0.0
@@ -179,8 +179,12 @@ class Report:
             lines.append(f"L2 served {self.l2_hit_bytes} B of {self.l2_read_bytes} B read "
                          f"({100 * self.l2_hit_bytes / self.l2_read_bytes:.1f}% hits)")
         busy = self.mean_busy_fraction()
-        lines.append("engine busy (mean over cores): "
-                     + "  ".join(f"{e} {100 * f:.1f}%" for e, f in busy.items()))
+        line = "engine busy (mean over cores): " + "  ".join(
+            f"{e} {100 * f:.1f}%" for e, f in busy.items())
+        if busy:
+            top = max(busy, key=lambda e: busy[e])
+            line += f"; busiest {top}"
+        lines.append(line)
         lines.append(f"DMA/compute overlap: {100 * self.overlap_fraction():.1f}% of the run "
                      "(a DMA in flight while MX/VX is busy; mean over cores)")
         if self.stall_cycles:

@@ -251,7 +251,7 @@ class Program:
         (or give a callable `progress(cycle, instructions)`).
         """
         from runtime import run_program
-        from zhenwu.hostmem import check_functional_run, out_of_memory
+        from zhenwu.hostmem import out_of_memory
         from zhenwu.progress import TerminalProgress
 
         given = _given(inputs, named)
@@ -264,12 +264,7 @@ class Program:
                                      f"{', '.join(p.name for p in self.function.params)}")
             arrays = {}
         else:
-            # before allocating: inputs drawn for a program bigger than the host would kill it
-            check_functional_run(compiled.program, self.name)
-            try:
-                arrays = _prepare(self.function, given, seed, sources)
-            except MemoryError:
-                raise out_of_memory(self.name) from None
+            arrays = self.prepare_inputs(given, seed=seed, sources=sources)
         bound = self.roofline()
         reporter = None
         if progress is True:
@@ -291,6 +286,21 @@ class Program:
         report.trace = result.trace
         outputs = [] if timing_only else compiled.graph_outputs(result)
         return outputs, report
+
+    def prepare_inputs(self, inputs: dict | None = None, /, *, seed: int | None = None,
+                       sources: dict[str, str] | None = None, **named) -> dict:
+        """Every parameter's array as `run()` would make it (given ones converted to the
+        parameter's dtype; missing ones seeded random when `seed` is given, else an
+        InputError). First checks that a functional run fits in the host's memory: a
+        Diagnostic with the size needed, before anything is allocated."""
+        from zhenwu.hostmem import check_functional_run, out_of_memory
+
+        given = _given(inputs, named)
+        check_functional_run(self.compiled.program, self.name)
+        try:
+            return _prepare(self.function, given, seed, sources)
+        except MemoryError:
+            raise out_of_memory(self.name) from None
 
     def report_json(self, report) -> dict:
         """The `--report` content of a run: the runtime's report (its `kernels`, the count of
@@ -346,5 +356,16 @@ def reference(source_or_path, inputs: dict | None = None, /, *,
     given = _given(inputs, named)
     fn = load_function(source_or_path, shapes=shapes, entry=entry,
                        input_shapes={name: array.shape for name, array in given.items()})
-    arrays = _prepare(fn, given, seed, None)
-    return _evaluate(fn, arrays, _source(source_or_path)[0])
+    return reference_outputs(fn, given, seed, None, _source(source_or_path)[0])
+
+
+def reference_outputs(fn, given: dict, seed: int | None, sources: dict[str, str] | None,
+                      where: str) -> list[np.ndarray]:
+    """The reference evaluator's outputs of a checked function on the given arrays (the
+    missing ones seeded random when `seed` is given); `where` names it in diagnostics."""
+    try:
+        arrays = _prepare(fn, given, seed, sources)
+    except MemoryError:
+        raise Diagnostic(f"{where}: the tensors do not fit in this host's memory for the "
+                         "reference evaluator; use smaller shapes") from None
+    return _evaluate(fn, arrays, where)
