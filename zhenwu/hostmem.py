@@ -16,8 +16,34 @@ from isa.errors import Diagnostic
 
 
 def available_bytes() -> int | None:
-    """The host memory available to a new allocation (Linux MemAvailable, else the free
-    physical pages), or None when the host does not say."""
+    """The memory available to a new allocation of this process, or None when the host does
+    not say: the host's (Linux MemAvailable, else the free physical pages), and no more than
+    the address space an rlimit (`ulimit -v`) leaves."""
+    host = _host_available()
+    limit = _address_space_left()
+    if host is None:
+        return limit
+    return host if limit is None else min(host, limit)
+
+
+def _address_space_left() -> int | None:
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    except (ImportError, OSError, ValueError):
+        return None
+    if soft == resource.RLIM_INFINITY:
+        return None
+    try:
+        with open("/proc/self/statm", encoding="ascii") as handle:
+            used = int(handle.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        used = 0
+    return max(soft - used, 0)
+
+
+def _host_available() -> int | None:
     try:
         with open("/proc/meminfo", encoding="ascii") as handle:
             for line in handle:

@@ -74,11 +74,37 @@ class TerminalProgress:
             self.width = 0
 
 
-def log_progress_line(stream, text: str) -> None:
-    """One progress update: rewritten in place on a terminal, a whole line elsewhere."""
-    isatty = getattr(stream, "isatty", None)
-    if isatty and isatty():
-        stream.write(f"\r{text:<60}")
-    else:
-        stream.write(text + "\n")
-    stream.flush()
+class StatusLine:
+    """Progress of a command that reports it itself (fuzz, bench): on a terminal one line
+    rewritten in place; elsewhere (logs, CI) a whole line at most every `log_interval`
+    seconds, never a `\r`."""
+
+    def __init__(self, stream=None, *, log_interval: float = 30.0, clock=time.monotonic):
+        self.stream = stream if stream is not None else sys.stderr
+        isatty = getattr(self.stream, "isatty", None)
+        self.terminal = bool(isatty and isatty())
+        self.log_interval = log_interval
+        self.clock = clock
+        self.last = None
+        self.width = 0
+
+    def update(self, text: str, *, force: bool = False) -> None:
+        """Show `text`; off a terminal only when `force` or the interval has passed."""
+        if self.terminal:
+            pad = " " * max(self.width - len(text), 0)
+            self.width = len(text)
+            self.stream.write("\r" + text + pad)
+        else:
+            now = self.clock()
+            if not force and self.last is not None and now - self.last < self.log_interval:
+                return
+            self.last = now
+            self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        """Erase the terminal line (off a terminal there is nothing to erase)."""
+        if self.terminal and self.width:
+            self.stream.write("\r" + " " * self.width + "\r")
+            self.stream.flush()
+            self.width = 0

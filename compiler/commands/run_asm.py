@@ -80,7 +80,7 @@ def _load_program(path: str):
     if file.suffix == ".bin":
         from isa.encoding import decode_program
 
-        return decode_program(data)
+        return decode_program(data, path)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
