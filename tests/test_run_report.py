@@ -184,3 +184,24 @@ def test_fuzz_progress_writes_no_carriage_returns_into_logs(tmp_path):
                          capture_output=True, timeout=300, check=False)  # bytes: keep \r
     assert b"\r" not in run.stderr and b"Traceback" not in run.stderr
     assert b"fuzz: " in run.stderr and b"programs in" in run.stdout
+
+
+def test_status_line_on_a_terminal_and_in_a_log():
+    from zhenwu.progress import StatusLine
+
+    now = [0.0]
+    log = _Stream(False)
+    status = StatusLine(log, log_interval=30, clock=lambda: now[0])
+    status.update("[1/3] a")
+    status.update("[1/3] a still")  # within the interval: not logged
+    status.update("[1/3] a done", force=True)
+    now[0] = 31.0
+    status.update("[2/3] b")
+    status.close()
+    assert log.getvalue() == "[1/3] a\n[1/3] a done\n[2/3] b\n"
+    tty = _Stream(True)
+    status = StatusLine(tty)
+    status.update("[1/3] long name")
+    status.update("[2/3] b")
+    status.close()
+    assert tty.getvalue() == "\r[1/3] long name\r[2/3] b        \r" + " " * 15 + "\r"

@@ -62,7 +62,7 @@ class TerminalProgress:
         self.last = now
         text = self.line(cycle, instructions, elapsed)
         pad = " " * max(self.width - len(text), 0)
-        self.width = len(text)
+        self.width = len(text + pad)  # what the terminal shows
         self.stream.write("\r" + text + pad)
         self.stream.flush()
 
@@ -92,7 +92,7 @@ class StatusLine:
         """Show `text`; off a terminal only when `force` or the interval has passed."""
         if self.terminal:
             pad = " " * max(self.width - len(text), 0)
-            self.width = len(text)
+            self.width = len(text + pad)  # what the terminal shows
             self.stream.write("\r" + text + pad)
         else:
             now = self.clock()
