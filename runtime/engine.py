@@ -137,7 +137,7 @@ def dma_compute_overlap(core: CoreState, engines: list[str]) -> int:
 
 
 # events between calls of a run's progress callback (cheap next to the events themselves)
-PROGRESS_EVERY = 1 << 14
+PROGRESS_EVERY = 1 << 10
 
 
 class Simulator:

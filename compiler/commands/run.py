@@ -2,7 +2,8 @@
 
 - `prog.s` / `prog.bin`: assembly or a binary, run on the interpreter (compiler/commands/run_asm.py);
 - `prog.zt --reference`: the numpy reference evaluator (compiler/commands/run_reference.py);
-- `prog.zt`: compile, then run on the interpreter (compiler/commands/run_compiled.py).
+- `prog.zt` (or `prog.ir`, Graph IR text): compile, then run on the interpreter
+  (compiler/commands/run_compiled.py).
 
 Options that contradict each other are refused before anything runs (exit status 2).
 """
@@ -41,8 +42,9 @@ def run(args) -> int:
         from compiler.commands.run_asm import run_assembly
 
         return run_assembly(args)
-    if suffix != ".zt":
-        raise UsageError(f"'{args.program}': expected a .zt program, .s assembly or .bin binary")
+    if suffix not in (".zt", ".ir"):
+        raise UsageError(f"'{args.program}': expected a .zt program, .ir Graph IR, .s assembly "
+                         "or .bin binary")
     if args.reference:
         from compiler.commands.run_reference import run_reference
 
