@@ -269,7 +269,7 @@ class Program:
         reporter = None
         if progress is True:
             reporter = TerminalProgress(self.machine.clock_hz, bound.cycles)
-            callback = reporter
+            callback = reporter if reporter.enabled else None
         else:
             callback = progress or None
         try:
@@ -296,7 +296,8 @@ class Program:
         from zhenwu.hostmem import check_functional_run, out_of_memory
 
         given = _given(inputs, named)
-        check_functional_run(self.compiled.program, self.name)
+        held = sum(array.nbytes for array in given.values())
+        check_functional_run(self.compiled.program, self.name, held)
         try:
             return _prepare(self.function, given, seed, sources)
         except MemoryError:

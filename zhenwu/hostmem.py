@@ -69,10 +69,12 @@ def _gib(nbytes: float) -> str:
     return f"{nbytes / 2**30:.1f} GiB"
 
 
-def check_functional_run(program, where: str) -> None:
+def check_functional_run(program, where: str, held: int = 0) -> None:
     """Raise a Diagnostic when a functional run of `program` needs more host memory than is
-    available. `where` names the program (its file) in the message."""
-    needed = functional_run_bytes(program)
+    available. `where` names the program (its file) in the message; `held` is the bytes of
+    input arrays the caller already holds (they count as the inputs' host copies, and are
+    no longer available)."""
+    needed = max(functional_run_bytes(program) - held, 0)
     available = available_bytes()
     if available is None or needed <= available:
         return

@@ -4,7 +4,7 @@ A thin layer over `zhenwu.compile` (zhenwu/api.py). The program is a `.zt` file 
 text (`.ir`, as `zhenwu ir` prints it).
 `graph` is the Graph IR after the graph passes, `kernels` the planned Kernel IR, `asm` the
 M890 assembly (runnable with `zhenwu run prog.s`), `bin` its binary encoding. Without `-o`
-the text forms go to standard output.
+(or with `-o -`) the text forms go to standard output; `bin` needs `-o` (`-o -`: stdout).
 """
 
 from __future__ import annotations
@@ -26,6 +26,11 @@ def run(args) -> int:
                           tune=bool(args.tune), disable_passes=args.disable_pass)
     if args.emit == "bin":
         data = prog.binary
+        if args.output == "-":
+            sys.stdout.flush()
+            sys.stdout.buffer.write(data)
+            sys.stdout.buffer.flush()
+            return 0
         try:
             Path(args.output).write_bytes(data)
         except OSError as err:

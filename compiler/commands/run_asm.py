@@ -51,7 +51,7 @@ def run_assembly(args) -> int:
     try:
         result = run_program(program, machine, inputs, timing_only=args.timing_only,
                              max_instructions=args.max_instructions, trace=bool(args.trace),
-                             progress=reporter)
+                             progress=reporter if reporter.enabled else None)
     except MemoryError:
         raise out_of_memory(args.program) from None
     finally:
