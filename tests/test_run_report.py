@@ -205,3 +205,14 @@ def test_status_line_on_a_terminal_and_in_a_log():
     status.update("[2/3] b")
     status.close()
     assert tty.getvalue() == "\r[1/3] long name\r[2/3] b        \r" + " " * 15 + "\r"
+
+
+def test_reference_larger_than_the_host_is_a_diagnostic(tmp_path):
+    program = tmp_path / "big.zt"
+    program.write_text("fn main(x: f32[1073741824]) -> f32[1073741824] {\n"
+                       "    return relu(x)\n}\n")
+    run = subprocess.run([sys.executable, "-m", "compiler", "run", str(program), "--reference"],
+                         capture_output=True, text=True, preexec_fn=_limit_memory, timeout=300,
+                         check=False)
+    assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr
+    assert "the reference evaluator needs at least" in run.stderr

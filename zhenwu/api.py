@@ -319,8 +319,8 @@ class Program:
     def reference(self, inputs: dict | None = None, /, *, seed: int | None = None,
                   sources: dict[str, str] | None = None, **named) -> list[np.ndarray]:
         """The numpy reference evaluator's outputs on the same inputs as `run()` takes."""
-        arrays = _prepare(self.function, _given(inputs, named), seed, sources)
-        return _evaluate(self.function, arrays, self.name)
+        return reference_outputs(self.function, _given(inputs, named), seed, sources,
+                                 self.name)
 
 
 def compile(source_or_path, *, shapes: dict[str, int] | None = None, machine="m890",
@@ -364,6 +364,9 @@ def reference_outputs(fn, given: dict, seed: int | None, sources: dict[str, str]
                       where: str) -> list[np.ndarray]:
     """The reference evaluator's outputs of a checked function on the given arrays (the
     missing ones seeded random when `seed` is given); `where` names it in diagnostics."""
+    from zhenwu.hostmem import check_reference
+
+    check_reference(fn, where, sum(array.nbytes for array in given.values()))
     try:
         arrays = _prepare(fn, given, seed, sources)
     except MemoryError:

@@ -10,6 +10,7 @@ allocates no tensor data).
 
 from __future__ import annotations
 
+import math
 import os
 
 from isa.errors import Diagnostic
@@ -84,6 +85,28 @@ def check_functional_run(program, where: str, held: int = 0) -> None:
         f"{_gib(available)} available",
         notes=["--timing-only simulates the cycles without the math and allocates no tensor "
                "data (in Python: prog.run(timing_only=True))"])
+
+
+def reference_bytes(fn) -> int:
+    """A lower bound on the host bytes the reference evaluator needs for `fn` (a Graph IR
+    function): its inputs and outputs, and the largest op's result twice (computed in f32,
+    then stored in its dtype); it frees intermediates after their last use."""
+    params = sum(p.type.nbytes for p in fn.params)
+    outputs = sum(v.type.nbytes for v in fn.outputs)
+    largest = max((4 * math.prod(op.result.type.shape) + op.result.type.nbytes
+                   for op in fn.ops), default=0)
+    return params + outputs + largest
+
+
+def check_reference(fn, where: str, held: int = 0) -> None:
+    """Raise a Diagnostic when the reference evaluator surely needs more host memory than is
+    available (`held`: bytes of input arrays the caller already holds)."""
+    needed = max(reference_bytes(fn) - held, 0)
+    available = available_bytes()
+    if available is None or needed <= available:
+        return
+    raise Diagnostic(f"{where}: the reference evaluator needs at least {_gib(needed)} of host "
+                     f"memory, more than the {_gib(available)} available; use smaller shapes")
 
 
 def out_of_memory(where: str) -> Diagnostic:
