@@ -5,8 +5,9 @@ passes (`--passes default`: the default graph pipeline, the IR the backend recei
 so do `--print-ir-after-all` / `--print-ir-after PASS` (print the IR between passes),
 `--time-passes` (the time of each pass, to stderr) and `--disable-pass P` (skip a pass),
 which imply the default pipeline when `--passes` is not given.
-`--dot FILE` writes the final graph for Graphviz (`--dot -`: to standard output, instead of the IR). A `.ir` file (Graph IR text, as printed
-here) is read back instead of a `.zt` program, so any stage can be fed in again.
+`--dot FILE` writes the final graph for Graphviz (`--dot -`: to standard output, instead of
+the IR). A `.ir` file (Graph IR text, as printed here) is read back instead of a `.zt`
+program, so any stage can be fed in again.
 """
 
 from __future__ import annotations
