@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import math
 import sys
 
 from isa.errors import ZhenwuError
@@ -26,87 +27,147 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _add_machine(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--machine", default="m890", help="m890, z810e, or a machine .toml file")
+    p.add_argument("--machine", default="m890",
+                   help="the machine: m890, z810e, or a machine .toml file (default: m890)")
 
 
 def _add_program_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--entry", help="the function to run (default: main, or the only fn)")
     p.add_argument(
         "--shape", action="append", default=[], metavar="SYM=N",
-        help="bind a symbolic dim, e.g. --shape B=64 (repeatable)",
+        help="bind a symbolic dim, e.g. --shape B=64 (repeatable; default: dims bound from "
+             "the input files)",
     )
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("zhenwu")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _positive_seconds(text: str) -> float:
+    """argparse type of `fuzz --seconds`: a finite number of seconds above zero."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number of seconds") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"'{text}': expected a positive, finite number of "
+                                         "seconds")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="zhenwu", description="tensor compiler and simulator for the M890")
+    parser.add_argument("--version", action="version", version=f"zhenwu {_version()}",
+                        help="print the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
     run = sub.add_parser("run", help="compile and run a .zt program, or run .s/.bin assembly")
     run.add_argument("program", help="prog.zt, prog.s or prog.bin")
-    run.add_argument("-i", dest="input", action="append", default=[], metavar="NAME=FILE.npy")
-    run.add_argument("--inputs", metavar="IN.npz", help="inputs keyed by parameter name")
-    run.add_argument("--seed", type=int, default=0, help="seed for random inputs")
+    run.add_argument("-i", dest="input", action="append", default=[], metavar="NAME=FILE.npy",
+                     help="an input from a .npy file (repeatable; default: inputs not given "
+                          "are seeded random)")
+    run.add_argument("--inputs", metavar="IN.npz",
+                     help="inputs keyed by parameter name (default: none)")
+    run.add_argument("--seed", type=int, default=0,
+                     help="seed for the random inputs (default: 0)")
     run.add_argument("--require-inputs", action="store_true",
                      help="a missing input is an error (default: drawn at random, a warning)")
-    run.add_argument("-o", dest="output", metavar="OUT.npz", help="write outputs out0, out1, ...")
+    run.add_argument("-o", dest="output", metavar="OUT.npz",
+                     help="write outputs out0, out1, ... (default: not written)")
     _add_program_options(run)
     _add_machine(run)
-    run.add_argument("--chips", type=int, default=1)
-    run.add_argument("-O", dest="opt", choices=["0", "1", "2"], default="2", help="-O0, -O1, -O2")
-    run.add_argument("--reference", action="store_true", help="run the numpy reference evaluator")
-    run.add_argument("--check", action="store_true", help="compare with the reference evaluator")
-    run.add_argument("--report", metavar="REPORT.json")
-    run.add_argument("--trace", metavar="TRACE.json", help="Chrome/Perfetto trace")
-    run.add_argument("--timing-only", action="store_true", help="cycles without the math")
+    run.add_argument("--chips", type=int, default=1,
+                     help="chips to run on (only 1 is supported yet; default: 1)")
+    run.add_argument("-O", dest="opt", choices=["0", "1", "2"], default="2",
+                     help="optimisation level: -O0 one kernel per op, -O1/-O2 fused "
+                          "(default: -O2)")
+    run.add_argument("--reference", action="store_true",
+                     help="run the numpy reference evaluator instead of the chip (default: off)")
+    run.add_argument("--check", action="store_true",
+                     help="compare the outputs with the reference evaluator; exit 1 beyond "
+                          "the tolerance (default: off)")
+    run.add_argument("--report", metavar="REPORT.json",
+                     help="write the run's report as JSON, '-' for stdout (default: none)")
+    run.add_argument("--trace", metavar="TRACE.json",
+                     help="write a Chrome/Perfetto trace, '-' for stdout (default: none)")
+    run.add_argument("--timing-only", action="store_true",
+                     help="simulate the cycles without the math: no inputs, no outputs "
+                          "(default: off)")
     run.add_argument("--max-instructions", type=int, default=None,
                      help="stop a runaway program after this many instructions (default: 50 "
                           "million in all and 2**18 in a row with no engine work; N sets both)")
-    run.add_argument("--tune", action="store_true", help="search tile sizes on the timing model")
+    run.add_argument("--tune", action="store_true",
+                     help="search tile sizes on the timing model (default: off)")
     run.add_argument("--disable-pass", action="append", default=[], metavar="PASS",
-                     help="leave a graph pass out (repeatable, or comma-separated)")
+                     help="leave a graph pass out (repeatable, or comma-separated; default: "
+                          "none)")
 
-    comp = sub.add_parser("compile", help="compile a .zt program")
-    comp.add_argument("program")
-    comp.add_argument("-o", dest="output", metavar="OUT")
-    comp.add_argument("--emit", choices=["graph", "kernels", "asm", "bin"], default="asm")
+    comp = sub.add_parser("compile", help="compile a .zt program (or .ir Graph IR text)")
+    comp.add_argument("program", help="prog.zt, or Graph IR text as `zhenwu ir` prints (.ir)")
+    comp.add_argument("-o", dest="output", metavar="OUT",
+                      help="the output file, '-' for stdout (default: stdout)")
+    comp.add_argument("--emit", choices=["graph", "kernels", "asm", "bin"], default="asm",
+                      help="what to write: the Graph IR after the passes, the Kernel IR, M890 "
+                           "assembly or its binary (default: asm)")
     _add_program_options(comp)
     _add_machine(comp)
-    comp.add_argument("-O", dest="opt", choices=["0", "1", "2"], default="2")
-    comp.add_argument("--tune", action="store_true")
+    comp.add_argument("-O", dest="opt", choices=["0", "1", "2"], default="2",
+                      help="optimisation level: -O0 one kernel per op, -O1/-O2 fused "
+                           "(default: -O2)")
+    comp.add_argument("--tune", action="store_true",
+                      help="search tile sizes on the timing model (default: off)")
     comp.add_argument("--disable-pass", action="append", default=[], metavar="PASS",
-                      help="leave a graph pass out (repeatable, or comma-separated)")
+                      help="leave a graph pass out (repeatable, or comma-separated; default: "
+                           "none)")
 
     ir = sub.add_parser("ir", help="print the Graph IR of a .zt program")
-    ir.add_argument("program")
+    ir.add_argument("program", help="prog.zt, or Graph IR text (.ir)")
     _add_program_options(ir)
-    ir.add_argument("--print-ir-after-all", action="store_true")
-    ir.add_argument("--print-ir-after", action="append", default=[], metavar="PASS")
-    ir.add_argument("--passes", help="comma-separated pass pipeline")
-    ir.add_argument("--disable-pass", action="append", default=[], metavar="PASS")
-    ir.add_argument("--time-passes", action="store_true")
-    ir.add_argument("--dot", metavar="GRAPH.dot", help="write the graph for Graphviz")
+    ir.add_argument("--print-ir-after-all", action="store_true",
+                    help="print the IR after the frontend and after every pass (default: off)")
+    ir.add_argument("--print-ir-after", action="append", default=[], metavar="PASS",
+                    help="print the IR after this pass (repeatable; default: none)")
+    ir.add_argument("--passes",
+                    help="comma-separated pass pipeline, or 'default' (default: no passes, "
+                         "or the default pipeline with the options above)")
+    ir.add_argument("--disable-pass", action="append", default=[], metavar="PASS",
+                    help="leave a graph pass out (repeatable, or comma-separated; default: "
+                         "none)")
+    ir.add_argument("--time-passes", action="store_true",
+                    help="print each pass's time to stderr (default: off)")
+    ir.add_argument("--dot", metavar="GRAPH.dot",
+                    help="write the graph for Graphviz, '-' for stdout (default: none)")
     _add_machine(ir)
 
     asm = sub.add_parser("asm", help="assemble M890 assembly to a binary")
-    asm.add_argument("program")
-    asm.add_argument("-o", dest="output", required=True)
+    asm.add_argument("program", help="M890 assembly (.s)")
+    asm.add_argument("-o", dest="output", required=True, help="the binary to write (required)")
     _add_machine(asm)
 
     disasm = sub.add_parser("disasm", help="disassemble an M890 binary")
-    disasm.add_argument("program")
-    disasm.add_argument("-o", dest="output")
+    disasm.add_argument("program", help="an M890 binary (.bin)")
+    disasm.add_argument("-o", dest="output", help="the assembly to write (default: stdout)")
 
     machines = sub.add_parser("machines", help="print the machine descriptions")
     machines.add_argument("--machine", action="append", default=[],
                           help="a built-in name or a .toml file (default: all built-in)")
-    machines.add_argument("--json", action="store_true")
+    machines.add_argument("--json", action="store_true",
+                          help="print JSON instead of a table (default: off)")
 
     bench = sub.add_parser("bench", help="run the benchmark suite in samples/bench/")
-    bench.add_argument("names", nargs="*")
+    bench.add_argument("names", nargs="*", help="benchmarks to run (default: all)")
     _add_machine(bench)
-    bench.add_argument("--json", action="store_true")
-    bench.add_argument("-O", dest="opt", choices=["0", "1", "2"], default="2")
+    bench.add_argument("--json", action="store_true",
+                       help="print JSON instead of a table (default: off)")
+    bench.add_argument("-O", dest="opt", choices=["0", "1", "2"], default="2",
+                       help="optimisation level (default: -O2)")
     bench.add_argument("-j", "--jobs", type=int, default=0,
                        help="benchmarks run at once (default: one per host CPU)")
     bench.add_argument("--compile", action="store_true",
@@ -116,14 +177,18 @@ def build_parser() -> argparse.ArgumentParser:
                        help="with --compile: compiles per program (default: 5)")
 
     fuzz = sub.add_parser("fuzz", help="a differential fuzzing campaign")
-    fuzz.add_argument("--seconds", type=float, default=60)
-    fuzz.add_argument("--seed", type=int, default=0)
-    fuzz.add_argument("--out", default="fuzz-out")
-    fuzz.add_argument("--bisect", action="store_true")
+    fuzz.add_argument("--seconds", type=_positive_seconds, default=60,
+                      help="how long the campaign runs (default: 60)")
+    fuzz.add_argument("--seed", type=int, default=0,
+                      help="seed of the program generator (default: 0)")
+    fuzz.add_argument("--out", default="fuzz-out",
+                      help="directory for the failing programs (default: fuzz-out)")
+    fuzz.add_argument("--bisect", action="store_true",
+                      help="find the pass that breaks each failing program (default: off)")
     fuzz.add_argument("--bad-inputs", action="store_true",
                       help="run mutated assembly, binaries, machine files, input files, .zt "
                            "programs and odd flags through zhenwu instead: every one must end "
-                           "with exit status 0-3, no traceback, in bounded time")
+                           "with exit status 0-3, no traceback, in bounded time (default: off)")
     return parser
 
 

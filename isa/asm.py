@@ -15,8 +15,8 @@ from __future__ import annotations
 import difflib
 import re
 
-from isa.dtypes import DTYPES
 from isa.asm_syntax import Arg, Directive, InstrItem, Label, Token, read_items
+from isa.dtypes import DTYPES
 from isa.errors import AssemblyError, SourceSpan, normalize_newlines
 from isa.instructions import INSTRUCTIONS, InstrDef, InstrError, validate
 from isa.instructions.base import KIND_TEXT

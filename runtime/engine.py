@@ -136,13 +136,19 @@ def dma_compute_overlap(core: CoreState, engines: list[str]) -> int:
     return overlap_cycles(busy(("LD", "ST")), busy(("MX", "VX")))
 
 
+# events between calls of a run's progress callback (cheap next to the events themselves)
+PROGRESS_EVERY = 1 << 10
+
+
 class Simulator:
     """Runs decoded ops on every core of one chip; see the module docstring."""
 
     def __init__(self, ops: list[Op], timing: Timing, engines: list[str], cores: list[CoreState],
                  *, max_instructions: int, trace: TraceRecorder | None, kernels: list[str],
-                 on_access=None, max_idle_instructions: int | None = None):
+                 on_access=None, max_idle_instructions: int | None = None, progress=None):
         self.ops = ops
+        # progress(cycle, instructions): called every `PROGRESS_EVERY` events of a long run
+        self.progress = progress
         self.timing = timing
         self.engine_names = engines
         self.cores = cores
@@ -164,6 +170,8 @@ class Simulator:
         self.instructions = 0
         self.engine_instructions = 0
         self.flops = 0
+        # flops by the MX input dtype that did them (None: the other engines)
+        self.flops_by_dtype: dict[str | None, int] = {}
         self.hbm_read = 0
         self.hbm_write = 0
         self.chip_barrier: list[CoreState] = []
@@ -198,8 +206,15 @@ class Simulator:
         heap = self.heap
         heappop = heapq.heappop
         cores = self.cores
+        progress = self.progress
+        countdown = PROGRESS_EVERY
         while heap:
             time, _, kind, core_index, engine, payload = heappop(heap)
+            if progress is not None:
+                countdown -= 1
+                if not countdown:
+                    countdown = PROGRESS_EVERY
+                    progress(time, self.instructions)
             self.now = time
             core = cores[core_index]
             if kind == _TRY:
@@ -506,7 +521,10 @@ class Simulator:
             else:
                 occupancy = self._gm_from_hbm(core, engine, bound.hbm_read, bound.hbm_write,
                                               now, occupancy)
-        self.flops += bound.flops
+        if bound.flops:
+            self.flops += bound.flops
+            key = op.flop_dtype
+            self.flops_by_dtype[key] = self.flops_by_dtype.get(key, 0) + bound.flops
         self.engine_instructions += 1
         free = now + occupancy
         core.engine_free[engine] = free

@@ -51,7 +51,7 @@ class RunResult:
 
 def run_program(program: Program, machine, inputs: dict[str, np.ndarray], *,
                 timing_only: bool = False, max_instructions: int | None = None,
-                trace: bool = False) -> RunResult:
+                trace: bool = False, progress=None) -> RunResult:
     """Run `program` on every core of one chip described by `machine`.
 
     `inputs` maps each `in`/`inout` tensor name to an array of the tensor's shape (cast to
@@ -63,7 +63,9 @@ def run_program(program: Program, machine, inputs: dict[str, np.ndarray], *,
     `max_instructions` bounds the instructions executed over all cores (a runaway program
     traps; default 50 million) and, by default, 2**18 instructions in a row with no engine
     instruction dispatched (a spinning loop traps in seconds); an explicit `max_instructions`
-    sets both. Raises `ChipTrap` (exit status 3) when the chip traps and
+    sets both. `progress(cycle, instructions)`, when given, is called every few thousand
+    events of the run (the simulated cycle reached and instructions executed so far), for a
+    progress display. Raises `ChipTrap` (exit status 3) when the chip traps and
     `InputError` for inputs that do not fit the program.
     """
     functional = not timing_only
@@ -95,7 +97,7 @@ def run_program(program: Program, machine, inputs: dict[str, np.ndarray], *,
         ops, timing, list(engines), cores,
         max_instructions=max_instructions or DEFAULT_MAX_INSTRUCTIONS,
         max_idle_instructions=max_instructions or DEFAULT_MAX_IDLE_INSTRUCTIONS, trace=recorder,
-        kernels=kernel_names,
+        kernels=kernel_names, progress=progress,
     )
     # IEEE results (inf, NaN) are the chip's arithmetic, not host warnings
     with single_blas_thread(), np.errstate(all="ignore"):
@@ -170,6 +172,9 @@ def _report(program: Program, machine, sim: Simulator, cycles: int, timing_only:
         hbm_bytes_per_second=machine.hbm_bandwidth,
         l2_read_bytes=sim.l2.read_bytes if sim.l2 else 0,
         l2_hit_bytes=sim.l2.hit_bytes if sim.l2 else 0,
+        flops_by_dtype={("other" if dt is None else dt): n
+                        for dt, n in sim.flops_by_dtype.items()},
+        peak_flops_by_dtype={dt: machine.peak_flops(dt) for dt, _ in machine.mx_rates},
     )
 
 

@@ -59,3 +59,5 @@ class Op:
     bind: Callable | None = None  # ENGINE: bind(core) -> Bound
     kernel: int | None = None  # a `.kernel` region (its index) starts at this address
     cycles: int = 1  # scalar-unit issue cycles (from the instruction's cost formula)
+    # the MX input dtype of a matrix instruction (its flops count against that dtype's peak)
+    flop_dtype: str | None = None

@@ -49,6 +49,15 @@ class Report:
     # GM reads through the L2 (all of them when it is modelled) and the part it served
     l2_read_bytes: int = 0
     l2_hit_bytes: int = 0
+    # flops by the MX input dtype that did them ("other": the vector and scalar engines) and
+    # each MX dtype's chip-wide peak FLOP/s: the roofline counts each at its own peak
+    flops_by_dtype: dict[str, int] = field(default_factory=dict)
+    peak_flops_by_dtype: dict[str, float] = field(default_factory=dict)
+    # the roofline bound of the program when the compiler knows it (a compiled `.zt`: the
+    # bound of its Graph IR); None: the bound of what ran, from the counts above
+    bound_seconds: float | None = None
+    # the Chrome/Perfetto trace of the run when one was asked for (not part of to_json())
+    trace: dict | None = field(default=None, repr=False, compare=False)
 
     # -- derived ---------------------------------------------------------------------------
 
@@ -78,9 +87,25 @@ class Report:
         return round(sum(self.overlap_cycles) / len(self.overlap_cycles) / self.cycles, 6)
 
     @property
+    def compute_seconds(self) -> float:
+        """The flops at peak: each MX dtype's flops over that dtype's peak, the others' over
+        `peak_flops_per_second` (the bf16 peak)."""
+        if not self.flops_by_dtype:  # a report built by hand: everything at the bf16 peak
+            return self.flops / self.peak_flops_per_second if self.peak_flops_per_second \
+                else 0.0
+        seconds = 0.0
+        for dtype, flops in self.flops_by_dtype.items():
+            peak = self.peak_flops_by_dtype.get(dtype) or self.peak_flops_per_second
+            seconds += flops / peak if peak else 0.0
+        return seconds
+
+    @property
     def roofline_seconds(self) -> float:
-        """The lower bound: the larger of flops over peak and HBM bytes over bandwidth."""
-        compute = self.flops / self.peak_flops_per_second if self.peak_flops_per_second else 0.0
+        """The lower bound: the compiler's bound when given, else the larger of the flops at
+        their dtypes' peaks and HBM bytes over bandwidth."""
+        if self.bound_seconds is not None:
+            return self.bound_seconds
+        compute = self.compute_seconds
         hbm = self.hbm_read_bytes + self.hbm_write_bytes
         memory = hbm / self.hbm_bytes_per_second if self.hbm_bytes_per_second else 0.0
         return max(compute, memory)
@@ -105,6 +130,7 @@ class Report:
             "instructions": self.instructions,
             "engine_instructions": self.engine_instructions,
             "flops": self.flops,
+            "flops_by_dtype": dict(sorted(self.flops_by_dtype.items())),
             "hbm_read_bytes": self.hbm_read_bytes,
             "hbm_write_bytes": self.hbm_write_bytes,
             "hbm_bandwidth_fraction": self._hbm_fraction(),
@@ -138,7 +164,7 @@ class Report:
         mode = " (timing only)" if self.timing_only else ""
         lines = [
             f"machine {self.machine}: {self.chips} chip(s) x {self.cores} cores{mode}",
-            (f"cycles {self.cycles}  time {_fmt_seconds(self.seconds)}  "
+            (f"cycles {self.cycles}  simulated time {_fmt_seconds(self.seconds)}  "
              f"instructions {self.instructions} ({self.engine_instructions} on engines)"),
         ]
         tflops = self.flops / self.seconds / 1e12 if self.seconds else 0.0
@@ -153,8 +179,12 @@ class Report:
             lines.append(f"L2 served {self.l2_hit_bytes} B of {self.l2_read_bytes} B read "
                          f"({100 * self.l2_hit_bytes / self.l2_read_bytes:.1f}% hits)")
         busy = self.mean_busy_fraction()
-        lines.append("engine busy (mean over cores): "
-                     + "  ".join(f"{e} {100 * f:.1f}%" for e, f in busy.items()))
+        line = "engine busy (mean over cores): " + "  ".join(
+            f"{e} {100 * f:.1f}%" for e, f in busy.items())
+        if busy:
+            top = max(busy, key=lambda e: busy[e])
+            line += f"; busiest {top}"
+        lines.append(line)
         lines.append(f"DMA/compute overlap: {100 * self.overlap_fraction():.1f}% of the run "
                      "(a DMA in flight while MX/VX is busy; mean over cores)")
         if self.stall_cycles:

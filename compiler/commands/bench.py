@@ -118,14 +118,20 @@ def run(args) -> int:
     results: dict[str, dict | str] = {}
     done = 0
 
+    from zhenwu.progress import StatusLine
+
+    status = StatusLine(sys.stderr)
+
     def progress(count: int, text: str) -> None:
-        print(f"\r[{count}/{len(names)}] {text:<40}", end="", file=sys.stderr, flush=True)
+        # off a terminal, one line per finished benchmark (a log of what ran)
+        status.update(f"[{count}/{len(names)}] {text}", force=text.endswith(" done"))
 
     if jobs == 1:
         for name in names:
             progress(done + 1, name)
             results[name] = _run_or_error(benches[name], machine, int(args.opt))
             done += 1
+            progress(done, f"{name} done")
     else:
         # one process per benchmark at a time: the simulator is single-threaded Python
         with ProcessPoolExecutor(max_workers=jobs) as pool:
@@ -136,7 +142,7 @@ def run(args) -> int:
                 results[name] = future.result()
                 done += 1
                 progress(done, f"{name} done")
-    print("\r" + " " * 56 + "\r", end="", file=sys.stderr, flush=True)
+    status.close()
     rows = [results[n] for n in names if isinstance(results[n], dict)]
     failures = [f"{n}: {results[n]}" for n in names if isinstance(results[n], str)]
     if args.json:

@@ -19,18 +19,23 @@ def check_seconds(seconds: float) -> float:
 
 
 def run(args) -> int:
+    from zhenwu.progress import StatusLine
+
     check_seconds(args.seconds)
     out_dir = Path(args.out)
     if getattr(args, "bad_inputs", False):
         return run_bad_inputs(args, out_dir)
+    status = StatusLine(sys.stderr)
 
     def progress(result, elapsed: float) -> None:
-        print(f"\rfuzz: {result.programs} programs, {len(result.failures)} failures, "
-              f"{elapsed:.0f}/{args.seconds:.0f} s", end="", file=sys.stderr, flush=True)
+        status.update(f"fuzz: {result.programs} programs, {len(result.failures)} failures, "
+                      f"{elapsed:.0f}/{args.seconds:.0f} s")
 
-    result = run_campaign(args.seconds, args.seed, out_dir, bisect=args.bisect,
-                          progress=progress)
-    print(file=sys.stderr)
+    try:
+        result = run_campaign(args.seconds, args.seed, out_dir, bisect=args.bisect,
+                              progress=progress)
+    finally:
+        status.close()
     rate = result.programs / max(result.seconds, 1e-9) * 60
     print(f"{result.programs} programs in {result.seconds:.0f} s ({rate:.0f} per minute), "
           f"{len(result.failures)} failures")

@@ -5,8 +5,9 @@ passes (`--passes default`: the default graph pipeline, the IR the backend recei
 so do `--print-ir-after-all` / `--print-ir-after PASS` (print the IR between passes),
 `--time-passes` (the time of each pass, to stderr) and `--disable-pass P` (skip a pass),
 which imply the default pipeline when `--passes` is not given.
-`--dot FILE` writes the final graph for Graphviz. A `.ir` file (Graph IR text, as printed
-here) is read back instead of a `.zt` program, so any stage can be fed in again.
+`--dot FILE` writes the final graph for Graphviz (`--dot -`: to standard output, instead of
+the IR). A `.ir` file (Graph IR text, as printed here) is read back instead of a `.zt`
+program, so any stage can be fed in again.
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ def read_program(args) -> Function:
 def run(args) -> int:
     """`zhenwu ir`: print the Graph IR after the requested passes."""
     fn = read_program(args)
+    # `--disable-pass cse,dce` as `zhenwu run` takes it
+    args.disable_pass = [name.strip() for option in args.disable_pass
+                         for name in option.split(",") if name.strip()]
     wants_passes = (args.print_ir_after_all or args.print_ir_after or args.time_passes
                     or args.disable_pass)
     if args.passes is not None:
@@ -59,7 +63,7 @@ def run(args) -> int:
                 out.write(fn_after.attrs["fusion"].format(fn_after))
 
     fn = run_pipeline(fn, passes, callback=after_pass, disabled=args.disable_pass)
-    if not (args.print_ir_after_all or args.print_ir_after):
+    if not (args.print_ir_after_all or args.print_ir_after or args.dot == "-"):
         out.write(print_function(fn))
     if args.time_passes:
         total = sum(seconds for _, seconds in timings)
@@ -67,7 +71,9 @@ def run(args) -> int:
         lines += [f"{name:<20} {seconds * 1e3:9.3f}" for name, seconds in timings]
         lines.append(f"{'total':<20} {total * 1e3:9.3f}")
         print("\n".join(lines), file=sys.stderr)
-    if args.dot:
+    if args.dot == "-":
+        out.write(to_dot(fn))
+    elif args.dot:
         try:
             Path(args.dot).write_text(to_dot(fn))
         except OSError as err:

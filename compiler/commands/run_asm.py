@@ -4,7 +4,7 @@ The program's `in`/`inout` tensors are the kernel arguments: `-i NAME=FILE.npy` 
 `--inputs IN.npz` fill them by name; any missing input is drawn from a normal distribution
 seeded by `--seed` and cast to the tensor's dtype. Outputs (`out`/`inout` tensors, in
 directive order) are written as `out0`, `out1`, ... to `-o OUT.npz` (float dtypes as f32).
-Prints a short summary (output shapes, cycles, simulated time) and the report.
+Prints each output's dtype and shape and the run's summary (compiler/commands/summary.py).
 """
 
 from __future__ import annotations
@@ -27,10 +27,13 @@ from isa.errors import InputError, UsageError
 
 def run_assembly(args) -> int:
     """Run `args.program` (.s or .bin) with the `run` subcommand's options; return 0."""
+    from compiler.commands.summary import output_line, run_summary, write_text
     from compiler.inputs import assembly_inputs, missing_inputs_message
     from isa.machine import load_machine
     from runtime import run_program
     from runtime.interpreter import check_tensors
+    from zhenwu.hostmem import check_functional_run, out_of_memory
+    from zhenwu.progress import TerminalProgress
 
     if getattr(args, "chips", 1) != 1:
         raise UsageError(f"--chips {args.chips}: multi-chip runs are not supported yet "
@@ -41,29 +44,34 @@ def run_assembly(args) -> int:
         machine_spec = program.machine  # `.machine z810e` in the file, no --machine given
     machine = load_machine(machine_spec)
     check_tensors(program, machine)  # before drawing inputs for a tensor that cannot exist
+    if not args.timing_only:
+        # before drawing inputs: a program bigger than the host would die in the allocator
+        check_functional_run(program, args.program)
     # a timing-only run computes no values: do not draw (possibly huge) random inputs
     inputs, drawn = assembly_inputs(program, args.input, args.inputs, args.seed,
                                     draw_missing=not args.timing_only)
     warning = missing_inputs_message(drawn, getattr(args, "require_inputs", False))
     if warning:
         print(warning, file=sys.stderr)
-    result = run_program(program, machine, inputs, timing_only=args.timing_only,
-                         max_instructions=args.max_instructions, trace=bool(args.trace))
+    reporter = TerminalProgress(machine.clock_hz)
+    try:
+        result = run_program(program, machine, inputs, timing_only=args.timing_only,
+                             max_instructions=args.max_instructions, trace=bool(args.trace),
+                             progress=reporter if reporter.enabled else None)
+    except MemoryError:
+        raise out_of_memory(args.program) from None
+    finally:
+        reporter.close()
     if args.output and not args.timing_only:
         write_outputs(args.output, list(result.outputs.values()))
     if args.report:
-        _write_text(args.report, json.dumps(result.report.to_json(), indent=2) + "\n")
+        write_text(args.report, json.dumps(result.report.to_json(), indent=2) + "\n")
     if args.trace and result.trace is not None:
-        _write_text(args.trace, json.dumps(result.trace))
-    if args.timing_only:
-        for index, tensor in enumerate(program.outputs):
-            print(f"out{index} ({tensor.name}): {tensor.dtype} {list(tensor.shape)} "
-                  "(timing only: not computed" + (", not written)" if args.output else ")"))
-    for index, (name, value) in enumerate(result.outputs.items()):
-        print(f"out{index} ({name}): {value.dtype} {list(value.shape)}")
-    report = result.report
-    print(f"cycles {report.cycles}  simulated time {report.seconds * 1e6:.3f} us")
-    print(report.to_text())
+        write_text(args.trace, json.dumps(result.trace))
+    note = "timing only: not computed" if args.timing_only else ""
+    for index, tensor in enumerate(program.outputs):
+        print(output_line(index, tensor.dtype, tensor.shape, tensor.name, note))
+    print(run_summary(result.report))
     return 0
 
 
@@ -78,7 +86,7 @@ def _load_program(path: str):
     if file.suffix == ".bin":
         from isa.encoding import decode_program
 
-        return decode_program(data)
+        return decode_program(data, path)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
@@ -99,10 +107,3 @@ def write_outputs(path: str, outputs: list[np.ndarray]) -> None:
     from compiler.inputs import write_outputs as write
 
     write(path, outputs)
-
-
-def _write_text(path: str, text: str) -> None:
-    try:
-        Path(path).write_text(text)
-    except OSError as err:
-        raise InputError(f"cannot write '{path}': {err.strerror or err}") from None

@@ -1,4 +1,9 @@
-"""`zhenwu run prog.zt --reference`: run the numpy reference evaluator on the Graph IR."""
+"""`zhenwu run prog.zt --reference`: run the numpy reference evaluator on the Graph IR.
+
+A thin layer over `Program.reference`'s evaluator (zhenwu/api.py). Prints one line per
+output (compiler/commands/summary.py), with the min, max and mean of its finite values and
+how many are NaN, +inf or -inf.
+"""
 
 from __future__ import annotations
 
@@ -6,42 +11,29 @@ import sys
 
 import numpy as np
 
-from compiler.inputs import (
-    load_program_and_inputs,
-    output_array,
-    warn_on_stderr,
-    write_outputs,
-)
-from compiler.reference import evaluate
-from isa.errors import Diagnostic
+from compiler.commands.summary import output_line, value_stats
+from compiler.inputs import output_array, warn_on_stderr, write_outputs
 
 
 def summarize(index: int, array: np.ndarray, type_) -> str:
-    """One line per output: name, type, and a few statistics."""
-    data = output_array(array)
-    line = f"out{index}: {type_}"
-    if data.size and data.dtype.kind == "f":
-        finite = data[np.isfinite(data)]
-        if finite.size:
-            line += (f"  min {finite.min():.6g}  max {finite.max():.6g}  "
-                     f"mean {finite.mean():.6g}")
-    elif data.size:
-        line += f"  min {data.min()}  max {data.max()}"
-    return line
+    """One line per output: name, type, and statistics of its values."""
+    line = output_line(index, type_.dtype, type_.shape)
+    stats = value_stats(output_array(array))
+    return f"{line}  {stats}" if stats else line
 
 
 def run_reference(args) -> int:
     """`zhenwu run prog.zt --reference`: evaluate, print a summary, write -o."""
-    try:
-        fn, inputs = load_program_and_inputs(args, warn=warn_on_stderr)
-        outputs = evaluate(fn, inputs)
-    except MemoryError:
-        raise Diagnostic(f"{args.program}: the tensors do not fit in this host's memory for "
-                         "the reference evaluator; use smaller --shape values") from None
-    except ValueError as err:
-        if "too big" not in str(err) and "maximum supported dimension" not in str(err):
-            raise
-        raise Diagnostic(f"{args.program}: a tensor is too large for numpy ({err})") from None
+    from compiler.inputs import parse_shape_options, read_inputs
+    from zhenwu.api import load_function, reference_outputs
+
+    given, sources = read_inputs(args.input or [], args.inputs)
+    fn = load_function(args.program, shapes=parse_shape_options(args.shape or []),
+                       entry=args.entry,
+                       input_shapes={name: array.shape for name, array in given.items()})
+    outputs = reference_outputs(fn, given, args.seed, sources, args.program,
+                                require=getattr(args, "require_inputs", False),
+                                warn=warn_on_stderr)
     if args.output:
         write_outputs(args.output, outputs)
     for index, (array, value) in enumerate(zip(outputs, fn.outputs)):

@@ -29,6 +29,16 @@ from isa.program import MAX_RANK
 
 PRELUDE_PATH = Path(__file__).with_name("prelude.zt")
 MAX_DIM = 2**62  # larger dims can never be allocated; they would overflow numpy's int64
+
+
+def _span_text(span: SourceSpan | None) -> str:
+    """The source text a one-line span covers (for messages)."""
+    line = span.source_line() if span is not None else None
+    if line is None or span.end_col is None or span.end_line not in (None, span.line):
+        return "?"
+    return line[span.col - 1:span.end_col - 1]
+
+
 GLOBAL_CONSTANTS = {"inf": math.inf, "pi": math.pi}
 
 
@@ -258,11 +268,76 @@ class Checker:
                                          f"'{param.name}'", dim.span)
                     bound[dim.id] = size
                     source.setdefault(dim.id, f"input '{param.name}'")
+        self.infer_dim_expressions(fn, symbols, input_shapes, bound, source)
         for name, dim in symbols.items():
             if name not in bound:
                 raise Diagnostic(f"symbolic dim '{name}' is not bound; pass --shape "
                                  f"{name}=<size> or an input file", dim.span)
         return dict(bound)
+
+    def infer_dim_expressions(self, fn: ast.FnDef, symbols: dict, input_shapes: dict,
+                              bound: dict[str, int], source: dict[str, str]) -> None:
+        """Bind the symbols of dims written as expressions (`x: f32[2 * N]`) from the input
+        arrays' sizes, where an expression has one unbound symbol and can be inverted
+        (`+`, `-`, `*` and unary minus; `//` and `**` are not). Repeats until nothing new is
+        bound, so that `N + M` binds M once N is known. The shapes are checked against the
+        evaluated types afterwards (check_input_shape)."""
+        changed = True
+        while changed:
+            changed = False
+            for param in fn.params:
+                if param.name not in input_shapes:
+                    continue
+                for dim, size in zip(param.type.dims, tuple(input_shapes[param.name])):
+                    unbound = {n for n in self.names_in(dim) if n in symbols and n not in bound}
+                    if len(unbound) != 1:
+                        continue
+                    solved = self.solve_dim(dim, int(size), bound, f"input '{param.name}'")
+                    if solved is None:
+                        continue
+                    name, value = solved
+                    if value < 1:
+                        raise InputError(f"input '{param.name}' has {size} where its type says "
+                                         f"'{_span_text(dim.span)}': that makes '{name}' "
+                                         f"{value}, not a positive dim", dim.span)
+                    bound[name] = value
+                    source.setdefault(name, f"input '{param.name}'")
+                    changed = True
+
+    def solve_dim(self, node, value: int, bound: dict[str, int],
+                  who: str) -> tuple[str, int] | None:
+        """(symbol, size) making dim expression `node` equal `value`, or None when the
+        expression cannot be inverted; an InputError when no integer size gives `value`."""
+        if isinstance(node, ast.Name):
+            return None if node.id in bound or self.is_known_name(node.id) else (node.id, value)
+        if isinstance(node, ast.Unary) and node.op in "+-":
+            return self.solve_dim(node.operand, -value if node.op == "-" else value, bound,
+                                  who)
+        if not isinstance(node, ast.BinOp) or node.op not in ("+", "-", "*"):
+            return None
+
+        def known(side) -> int | None:
+            if any(n not in bound and not self.is_known_name(n) for n in self.names_in(side)):
+                return None
+            result = self.eval(side, dict(bound))
+            return result if isinstance(result, int) and not isinstance(result, bool) else None
+
+        left, right = known(node.left), known(node.right)
+        if left is None and right is None:
+            return None
+        if node.op == "+":
+            return self.solve_dim(node.right, value - left, bound, who) if left is not None \
+                else self.solve_dim(node.left, value - right, bound, who)
+        if node.op == "-":
+            return self.solve_dim(node.right, left - value, bound, who) if left is not None \
+                else self.solve_dim(node.left, value + right, bound, who)
+        factor = left if left is not None else right
+        other = node.right if left is not None else node.left
+        if factor == 0 or value % factor:
+            raise InputError(f"{who} has {value} where its type says "
+                             f"'{_span_text(node.span)}', which no integer size gives",
+                             node.span)
+        return self.solve_dim(other, value // factor, bound, who)
 
     def check_input_shape(self, param: ast.Param, type_: TensorType, actual) -> None:
         """An input array must have the parameter's concrete shape."""

@@ -110,12 +110,78 @@ def _syntax_error(err: lark.exceptions.UnexpectedInput, file: str, text: str) ->
         else:
             width = max(len(str(token.value).split("\n")[0]), 1)
         message = f"unexpected {_token_text(token)}; expected {_describe_expected(err.expected)}"
-        return Diagnostic(message, SourceSpan(file, line, col, line, col + width, text))
+        notes = []
+        where = len(text) if token.type == "$END" else token.start_pos
+        opened = unclosed_brackets(text, where or 0)
+        if opened and opened[-1][0] in "([" and {"RPAR", "RSQB"} & set(err.expected):
+            char, pos = opened[-1]
+            at = position(text, pos)
+            span = SourceSpan(file, at[0], at[1], at[0], at[1] + 1, text)
+            notes.append(f"{span}: the '{char}' opened here is not closed\n{span.caret()}")
+        return Diagnostic(message, SourceSpan(file, line, col, line, col + width, text),
+                          notes=notes)
     return Diagnostic("syntax error", SourceSpan(file, line, col, None, None, text))
 
 
 # Past 400 digits an integer exceeds even f32/f64 (and Python's int() refuses 4300).
 _MAX_INT_DIGITS = 400
+
+_CLOSING = {"(": ")", "[": "]", "{": "}"}
+
+
+def unclosed_brackets(text: str, end: int) -> list[tuple[str, int]]:
+    """The brackets open at offset `end` of `text`, outermost first, as (char, offset);
+    strings and comments are skipped."""
+    stack: list[tuple[str, int]] = []
+    i = 0
+    while i < end:
+        ch = text[i]
+        if ch == "#":
+            newline = text.find("\n", i)
+            i = end if newline < 0 else newline
+            continue
+        if ch == '"':
+            close = text.find('"', i + 1)
+            i = end if close < 0 else close + 1
+            continue
+        if ch in _CLOSING:
+            stack.append((ch, i))
+        elif ch in ")]}" and stack and _CLOSING[stack[-1][0]] == ch:
+            stack.pop()
+        i += 1
+    return stack
+
+
+def deepest_expression(text: str) -> tuple[int, int]:
+    """(offset, depth): where the most deeply bracketed expression of `text` starts (the
+    outermost bracket around its deepest point, and the name called there, if any: `relu(`),
+    and how deep its brackets go."""
+    depth, best, start, outer = 0, 0, 0, 0
+    for i, ch in enumerate(text):
+        if ch in "([":
+            if depth == 0:
+                outer = i
+            depth += 1
+            if depth > best:
+                best, start = depth, outer
+        elif ch in ")]" and depth:
+            depth -= 1
+        elif ch == "\n" and depth == 0:
+            outer = i
+    while start > 0 and (text[start - 1].isalnum() or text[start - 1] == "_"):
+        start -= 1
+    return start, best
+
+
+def position(text: str, offset: int) -> tuple[int, int]:
+    """1-based (line, column) of a character offset."""
+    line = text.count("\n", 0, offset) + 1
+    return line, offset - (text.rfind("\n", 0, offset) + 1) + 1
+
+
+# Words a program cannot bind (as a parameter, a variable, a const or a function): the
+# grammar's keywords and the global constants (compiler/frontend/checker.py).
+RESERVED = frozenset({"fn", "return", "const", "true", "false", "None", "inf", "pi"})
 
 
 class _ToAst(Transformer):
@@ -133,6 +199,14 @@ class _ToAst(Transformer):
         return SourceSpan(self.file, token.line, token.column, token.end_line,
                           token.end_column, self.text)
 
+    def _binding(self, token: Token, what: str) -> str:
+        """The name of something the program binds; a reserved word is a Diagnostic there."""
+        name = str(token)
+        if name in RESERVED:
+            raise Diagnostic(f"'{name}' is a reserved word and cannot name a {what}",
+                             self._tok(token))
+        return name
+
     # ---- items
     @v_args(meta=True)
     def start(self, meta, items):
@@ -141,13 +215,13 @@ class _ToAst(Transformer):
     @v_args(meta=True)
     def const_def(self, meta, children):
         name, value = children
-        return ast.ConstDef(self._span(meta), str(name), value)
+        return ast.ConstDef(self._span(meta), self._binding(name, "const"), value)
 
     @v_args(meta=True)
     def fn_def(self, meta, children):
         name, params, returns, body = children
-        return ast.FnDef(self._span(meta), str(name), self._tok(name), params or [], returns,
-                         body)
+        return ast.FnDef(self._span(meta), self._binding(name, "function"), self._tok(name),
+                         params or [], returns, body)
 
     def params(self, children):
         return [c for c in children if c is not None]
@@ -155,7 +229,7 @@ class _ToAst(Transformer):
     @v_args(meta=True)
     def param(self, meta, children):
         name, type_, default = children
-        return ast.Param(self._span(meta), str(name), type_, default)
+        return ast.Param(self._span(meta), self._binding(name, "parameter"), type_, default)
 
     def ret_types(self, children):
         return [c for c in children if c is not None]
@@ -172,7 +246,7 @@ class _ToAst(Transformer):
     @v_args(meta=True)
     def assign(self, meta, children):
         *names, value = children
-        targets = [ast.Target(self._tok(n), str(n)) for n in names]
+        targets = [ast.Target(self._tok(n), self._binding(n, "variable")) for n in names]
         return ast.Assign(self._span(meta), targets, value)
 
     @v_args(meta=True)

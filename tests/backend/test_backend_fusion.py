@@ -198,7 +198,7 @@ def test_tune_is_never_worse_than_the_cost_model_and_caches(tmp_path, monkeypatc
              "    return a @ b\n}\n"
     fn = load_program("t.zt", text=source)
 
-    from compiler.commands import timing_measure
+    from zhenwu.api import timing_measure
 
     measured = []
 

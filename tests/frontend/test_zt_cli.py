@@ -27,7 +27,7 @@ def zhenwu(capsys, *argv):
 def test_run_reference_writes_outputs(tmp_path, capsys):
     out = tmp_path / "o.npz"
     status, stdout, _ = zhenwu(capsys, "run", MLP, "--shape", "B=4", "--reference", "-o", out)
-    assert status == 0 and stdout.startswith("out0: f32[4,10]")
+    assert status == 0 and stdout.startswith("out0: f32 [4, 10]")
     data = np.load(out)
     assert list(data.files) == ["out0"] and data["out0"].dtype == np.float32
     np.testing.assert_allclose(data["out0"].sum(axis=1), 1.0, rtol=1e-5)

@@ -28,7 +28,7 @@ def test_run_assembly_with_inputs_outputs_report_and_trace(tmp_path):
                    "-o", str(tmp_path / "out.npz"), "--report", str(tmp_path / "r.json"),
                    "--trace", str(tmp_path / "t.json"), "--machine", "m890")
     assert proc.returncode == 0, proc.stderr
-    assert "out0 (c): float32 [128, 256]" in proc.stdout
+    assert "out0 (c): f32 [128, 256]" in proc.stdout
     assert "cycles" in proc.stdout and "simulated time" in proc.stdout
     out = np.load(tmp_path / "out.npz")
     assert list(out.files) == ["out0"] and out["out0"].dtype == np.float32
