@@ -10,7 +10,6 @@ allocates no tensor data).
 
 from __future__ import annotations
 
-import math
 import os
 
 from isa.errors import Diagnostic
@@ -89,13 +88,12 @@ def check_functional_run(program, where: str, held: int = 0) -> None:
 
 def reference_bytes(fn) -> int:
     """A lower bound on the host bytes the reference evaluator needs for `fn` (a Graph IR
-    function): its inputs and outputs, and the largest op's result twice (computed in f32,
-    then stored in its dtype); it frees intermediates after their last use."""
+    function): its inputs and outputs. An intermediate too large for the host is refused by
+    the evaluator itself, at the op that makes it (compiler/reference.py), so that the
+    diagnostic points at the source."""
     params = sum(p.type.nbytes for p in fn.params)
     outputs = sum(v.type.nbytes for v in fn.outputs)
-    largest = max((4 * math.prod(op.result.type.shape) + op.result.type.nbytes
-                   for op in fn.ops), default=0)
-    return params + outputs + largest
+    return params + outputs
 
 
 def check_reference(fn, where: str, held: int = 0) -> None:
