@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import time
 
-from compiler.check import output_tolerance, relative_error
+from compiler.check import check_output
 from isa.errors import Diagnostic, UsageError
 
 
@@ -81,11 +81,9 @@ def run_compiled(args) -> int:
 
         want = evaluate(fn, inputs)
         for index, (got, ref, value) in enumerate(zip(outputs, want, fn.outputs)):
-            err = relative_error(got, ref)
-            tol = output_tolerance(fn, value)
-            verdict = "ok" if err <= tol else "FAIL"
-            print(f"check out{index}: max relative error {err:.3g} (tolerance {tol:g}) {verdict}")
-            if err > tol:
+            passes, summary = check_output(fn, value, got, ref)
+            print(f"check out{index}: {summary} {'ok' if passes else 'FAIL'}")
+            if not passes:
                 status = 1
     print(f"kernels {compiled.kernel_count}  compile {compile_seconds:.3f} s")
     print(f"cycles {report.cycles}  simulated time {report.seconds * 1e6:.3f} us")
