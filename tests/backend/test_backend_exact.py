@@ -62,3 +62,103 @@ def test_softmax_rows_with_nan_are_nan_and_the_others_are_not():
     fn main(x: f32[8, 96]) -> (f32[8, 96], i32[8]) {
         return softmax(x, axis=-1), argmax(log_softmax(x, axis=-1), axis=-1)
     }""", {"x": x})
+
+
+# ------------------------------------------------------------------ integer products
+
+
+def ints(shape, low, high, dtype, seed=0):
+    return np.random.default_rng(seed).integers(low, high, shape).astype(dtype)
+
+
+def test_float_to_int_cast_operands_truncate_before_the_product():
+    # issue 11 item 0f: the casts were folded into the operand loads, which skipped the
+    # truncation (trunc(x @ w) instead of trunc(x) @ trunc(w))
+    rng = np.random.default_rng(1)
+    inputs = {"x": rng.normal(0, 4, (16, 16)).astype(np.float32),
+              "w": rng.normal(0, 4, (16, 16)).astype(np.float32)}
+    run_both("""
+    fn main(x: f32[16, 16], w: f32[16, 16]) -> i32[16, 16] {
+        return cast(x, i32) @ cast(w, i32)
+    }""", inputs)
+
+
+def test_a_cast_to_i8_folded_into_the_loads_truncates_and_saturates():
+    rng = np.random.default_rng(2)
+    inputs = {"x": rng.normal(0, 150, (32, 48)).astype(np.float32),
+              "w": rng.normal(0, 150, (48, 16)).astype(np.float32)}
+    asm = run_both("""
+    fn main(x: f32[32, 48], w: f32[48, 16]) -> i32[32, 16] {
+        return matmul(cast(x, i8), cast(w, i8), acc=i32)
+    }""", inputs)
+    assert "MMA.i8.i32" in asm[1] and "DMA.LD.i8" in asm[1]  # -O2 folds: the DMA casts
+
+
+def test_i8_products_widened_to_i32_are_exact_at_k_4096_and_use_the_i8_rate():
+    # issue 11 item 1: this was MMA.f32.f32, off by up to 7
+    inputs = {"a": ints((32, 4096), -128, 128, np.int8), "b": ints((4096, 32), -128, 128,
+                                                                     np.int8, seed=1)}
+    asm = run_both("""
+    fn main(a: i8[32, 4096], b: i8[4096, 32]) -> (i32[32, 32], i32[32, 32]) {
+        return cast(a, i32) @ cast(b, i32), matmul(a, b, acc=i32)
+    }""", inputs)
+    for text in asm:
+        assert "MMA.i8.i32" in text and "MMA.f32" not in text
+
+
+def test_i32_products_are_exact_and_wrap_as_numpy_int32():
+    inputs = {"a": ints((32, 96), -2**31, 2**31, np.int32),
+              "b": ints((96, 16), -2**31, 2**31, np.int32, seed=1),
+              "c": ints((2, 16, 32), -2**31, 2**31, np.int32, seed=2)}
+    asm = run_both("""
+    fn main(a: i32[32, 96], b: i32[96, 16], c: i32[2, 16, 32]) -> (i32[32, 16], i32[2, 16, 16],
+                                                                    i32[32, 16]) {
+        return a @ b, c @ a[:32, :16], einsum("mk,kn->mn", a, b)
+    }""", inputs)
+    want = (inputs["a"].astype(np.int64) @ inputs["b"]).astype(np.int32)
+    assert np.count_nonzero(want != np.matmul(inputs["a"], inputs["b"])) == 0  # numpy wraps
+    for text in asm:
+        assert "MMA.i8.i32" in text and "MMA.f32" not in text
+
+
+def test_acc_runs_narrow_products_on_their_own_rate_with_a_wide_result():
+    rng = np.random.default_rng(3)
+    inputs = {"x": rng.normal(size=(64, 64)).astype(np.float32),
+              "a": ints((4, 32, 64), -128, 128, np.int8), "b": ints((64, 48), -128, 128,
+                                                                      np.int8, seed=1)}
+    asm = run_both("""
+    fn main(x: f32[64, 64], a: i8[4, 32, 64], b: i8[64, 48]) -> (f32[64, 64], i32[4, 32, 48],
+            i32[4, 48], f32[64, 64]) {
+        xb = cast(x, bf16)
+        return matmul(xb, xb, acc=f32), einsum("bmk,kn->bmn", a, b, acc=i32),
+               einsum("bmk,kn->bn", a, b, acc=i32), einsum("ij,jk->ik", cast(x, fp8), cast(x, fp8), acc=f32)
+    }""", inputs)
+    for text in asm:
+        assert "MMA.bf16.f32" in text and "MMA.i8.i32" in text and "MMA.f32" not in text
+
+
+def test_an_i32_matmul_left_to_the_backend_is_refused_with_its_place():
+    from compiler.backend.pipeline import CompileOptions, compile_function
+    from compiler.frontend import load_program
+    from isa.errors import CompileError
+
+    fn = load_program("p.zt", text="fn main(a: i32[16, 16]) -> i32[16, 16] {\n"
+                                   "    return a @ a\n}\n")
+    for level in (0, 2):
+        options = CompileOptions(opt_level=level, disabled_passes=("split-int-matmul",))
+        with pytest.raises(CompileError, match="i32 matmul") as err:
+            compile_function(fn, machine(), options)
+        assert str(err.value).startswith("p.zt:2:12: error:")
+
+
+def test_casts_in_a_fused_kernel_wrap_and_round_where_their_value_is_used():
+    # found while splitting i32 products: inside a fused kernel an i8 (fp8) value lives in
+    # i32 (f32), and a cast to it from i32 (f32) was skipped when the kernel read it again
+    inputs = {"a": ints((16, 32), -2**31, 2**31, np.int32),
+              "x": np.random.default_rng(4).normal(size=(16, 32)).astype(np.float32)}
+    run_both("""
+    fn main(a: i32[16, 32], x: f32[16, 32]) -> (i8[16, 32], i32[16, 32], fp8[16, 32], f32[16, 32]) {
+        d = cast(a, i8)
+        y = cast(x * 3.0, fp8)
+        return d, cast(d, i32) + 1, y, cast(y, f32) + 1.0
+    }""", inputs)
