@@ -324,13 +324,30 @@ def _mean(chk: Checker, args: Args, call: ast.Call):
         chk.origin = saved
 
 
+def order_reversed(chk: Checker, x: Tensor, span) -> Tensor:
+    """A tensor whose argmax is x's argmin, exactly: -x for floats (NaN stays NaN, so the
+    first NaN still wins, as in numpy's argmin), -x - 1 (= ~x, which never overflows) for
+    integers, `x == false` for bool."""
+    if x.dtype == "bool":
+        return chk.binary("eq", x, False, span)
+    negated = chk.emit("neg", [x], None, span)
+    return negated if is_float(x.dtype) else chk.binary("sub", negated, 1, span)
+
+
+@builtin("argmin", "x axis keepdims", axis=None, keepdims=False)
+def _argmin(chk: Checker, args: Args, call: ast.Call):
+    x = tensor_arg(chk, args, "x")
+    args = {**args, "x": (order_reversed(chk, x, call.span), args["x"][1])}
+    return _argmax(chk, args, call, "argmin")
+
+
 @builtin("argmax", "x axis keepdims", axis=None, keepdims=False)
-def _argmax(chk: Checker, args: Args, call: ast.Call):
+def _argmax(chk: Checker, args: Args, call: ast.Call, name: str = "argmax"):
     x = tensor_arg(chk, args, "x")
     keepdims = bool_arg(args, "keepdims")
     value, span = args["axis"]
     if isinstance(value, (list, tuple)):
-        raise Diagnostic("argmax() takes one axis, not a tuple", span)
+        raise Diagnostic(f"{name}() takes one axis, not a tuple", span)
     if value is None:
         flat = chk.reshape(x, (x.type.numel,), call.span)
         out = chk.emit("argmax", [flat], {"axes": (0,), "keepdims": False}, call.span)

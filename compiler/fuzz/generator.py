@@ -553,19 +553,19 @@ class ProgramBuilder:
         self.checked.append(product)
 
     def step_nan_reduce(self) -> None:
-        """max/min/argmax/softmax of values with NaN in some rows (numpy semantics: NaN
-        propagates through max/min, argmax gives the first NaN)."""
+        """max/min/argmax/argmin/softmax of values with NaN in some rows (numpy semantics:
+        NaN propagates through max/min, argmax and argmin give the first NaN)."""
         x = self.pick(min_rank=1, inputs_only=True)
         nan = self.chooser.choice(("sqrt({x} - 10.0)", "{x} * (inf - inf)"))
         y = self.bind(f"where({x.name} > 1.0, {nan.format(x=x.name)}, {x.name})", x.dtype,
                       x.shape)
         self.values.remove(y)
-        op = self.chooser.choice(("max", "min", "argmax", "softmax"))
+        op = self.chooser.choice(("max", "min", "argmax", "argmin", "softmax"))
         axis = self.chooser.integer(0, x.rank - 1)
         if op == "softmax":
             result = self.bind(f"softmax({y.name}, axis={axis})", x.dtype, x.shape)
         else:
-            dtype = "i32" if op == "argmax" else x.dtype
+            dtype = "i32" if op.startswith("arg") else x.dtype
             result = self.bind(f"{op}({y.name}, axis={axis})", dtype,
                                x.shape[:axis] + x.shape[axis + 1:])
         self.values.remove(result)

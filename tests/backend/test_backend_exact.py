@@ -56,6 +56,29 @@ def test_argmax_max_min_with_nan_follow_numpy(shape):
     }}""", {"x": x})
 
 
+def test_argmin_follows_numpy_with_nan_and_integer_extremes():
+    rng = np.random.default_rng(5)
+    i = rng.integers(-128, 128, (6, 40)).astype(np.int8)
+    i[0, [5, 9]] = -128
+    j = rng.integers(-2**31, 2**31, (6, 40)).astype(np.int32)
+    j[1, 3] = -2**31
+    run_both("""
+    fn main(x: f32[6, 40], i: i8[6, 40], j: i32[6, 40], b: bool[6, 40]) -> (i32[6], i32[40],
+            i32[], i32[6], i32[6], i32[6, 1]) {
+        return argmin(x, axis=-1), argmin(x, axis=0), argmin(x), argmin(i, axis=1),
+               argmin(j, axis=1), argmin(b, axis=1, keepdims=true)
+    }""", {"x": nan_rows((6, 40)), "i": i, "j": j, "b": rng.random((6, 40)) > 0.3})
+
+
+def test_max_pool_and_row_kernels_carry_nan():
+    x = nan_rows((2, 3, 8, 8))
+    run_both("""
+    fn main(x: f32[2, 3, 8, 8]) -> (f32[2, 3, 4, 4], f32[2, 3, 8, 1], f32[2, 3, 8, 8]) {
+        return maxpool2d(x, 2), max(x, axis=-1, keepdims=true),
+               x - max(x, axis=-1, keepdims=true)
+    }""", {"x": x})
+
+
 def test_softmax_rows_with_nan_are_nan_and_the_others_are_not():
     x = nan_rows((8, 96))
     run_both("""

@@ -170,3 +170,19 @@ def test_maximum_of_a_nan_number_is_nan():
     fn = compile_zt("fn main(x: f32[2]) -> f32[2] { return x + maximum(sqrt(-1.0), 2.0) }")
     (const,) = [op for op in fn.ops if op.kind == "constant"]
     assert np.isnan(const.attrs["value"])
+
+
+def test_argmin_is_numpys_with_nan_ties_and_integer_extremes():
+    x = np.array([[3.0, 1.0, np.nan, 1.0, np.nan], [2.0, -0.0, 0.0, 5.0, 7.0]], np.float32)
+    i = np.array([[5, -128, 3, -128, 0], [127, 127, 0, 1, 0]], np.int8)
+    j = np.array([[-2**31, 0, -2**31, 5, 2**31 - 1]] * 2, np.int32)
+    b = np.array([[True, True, False, False, True], [True] * 5])
+    got = run_zt("""
+    fn main(x: f32[2, 5], i: i8[2, 5], j: i32[2, 5], b: bool[2, 5]) -> (i32[2], i32[2],
+            i32[2], i32[2], i32[]) {
+        return argmin(x, axis=1), argmin(i, axis=1), argmin(j, axis=-1), argmin(b, axis=1),
+               argmin(x)
+    }""", {"x": x, "i": i, "j": j, "b": b})
+    for g, want in zip(got, (np.argmin(x, 1), np.argmin(i, 1), np.argmin(j, -1),
+                             np.argmin(b, 1), np.argmin(x))):
+        assert (g == want).all(), (g, want)

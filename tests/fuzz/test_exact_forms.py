@@ -31,7 +31,8 @@ def test_the_generator_reaches_every_integer_product_form():
 
 def test_the_generator_reaches_nan_into_every_reduction():
     texts = "\n".join(_drawn("step_nan_reduce", seed) for seed in range(60))
-    for form in ("max(v", "min(v", "argmax(v", "softmax(v", "inf - inf", "- 10.0)"):
+    for form in ("max(v", "min(v", "argmax(v", "argmin(v", "softmax(v", "inf - inf",
+                 "- 10.0)"):
         assert form in texts, form
 
 
