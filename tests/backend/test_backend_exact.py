@@ -185,3 +185,28 @@ def test_casts_in_a_fused_kernel_wrap_and_round_where_their_value_is_used():
         y = cast(x * 3.0, fp8)
         return d, cast(d, i32) + 1, y, cast(y, f32) + 1.0
     }""", inputs)
+
+
+def test_a_machine_without_f16_or_i8_products_refuses_what_it_cannot_do_exactly(tmp_path):
+    from pathlib import Path
+
+    from compiler.backend.pipeline import CompileOptions, compile_function
+    from compiler.frontend import load_program
+    from isa.errors import CompileError
+    from isa.machine import load_machine
+
+    text = (Path(__file__).parents[2] / "isa/machines/m890.toml").read_text()
+    text = text.replace("\nf16 = 1.0", "").replace("\ni8 = 2.0", "").replace(
+        'name = "m890"', 'name = "no16"')
+    (tmp_path / "no16.toml").write_text(text)
+    target = load_machine(str(tmp_path / "no16.toml"))
+    assert not target.supports_mx("f16") and not target.supports_mx("i8")
+    for source, where in (
+            ("fn main(x: f32[16, 16]) -> f16[16, 16] {\n    return cast(x, f16) @ cast(x, f16)\n}",
+             "p.zt:2:12: error: machine"),
+            ("fn main(a: i8[16, 16]) -> i32[16, 16] {\n    return matmul(a, a, acc=i32)\n}",
+             "p.zt:2:12: error: machine")):
+        fn = load_program("p.zt", text=source)
+        with pytest.raises(CompileError) as err:
+            compile_function(fn, target, CompileOptions(opt_level=2))
+        assert str(err.value).startswith(where), str(err.value)
