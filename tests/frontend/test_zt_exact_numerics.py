@@ -186,3 +186,64 @@ def test_argmin_is_numpys_with_nan_ties_and_integer_extremes():
     for g, want in zip(got, (np.argmin(x, 1), np.argmin(i, 1), np.argmin(j, -1),
                              np.argmin(b, 1), np.argmin(x))):
         assert (g == want).all(), (g, want)
+
+
+SPLIT_INPUT = """\
+func @f(%a: i8[2,3], %b: i32[3,4]) -> (i32[2,4]) {
+  %3 = cast %a {dtype="i32"} : i32[2,3]
+  %4 = matmul %3, %b : i32[2,4]
+  return %4
+}
+"""
+
+SPLIT_OUTPUT = """\
+func @f(%a: i8[2,3], %b: i32[3,4]) -> (i32[2,4]) {
+  %3 = cast %a {dtype="i32"} : i32[2,3]
+  %5 = constant {value=0.00390625, dtype="f32", shape=[]} : f32[]
+  %6 = cast %b {dtype="i8"} : i8[3,4]
+  %7 = cast %6 {dtype="i32"} : i32[3,4]
+  %8 = sub %b, %7 : i32[3,4]
+  %9 = cast %8 {dtype="f32"} : f32[3,4]
+  %10 = mul %9, %5 : f32[3,4]
+  %11 = cast %10 {dtype="i32"} : i32[3,4]
+  %12 = cast %11 {dtype="i8"} : i8[3,4]
+  %13 = cast %12 {dtype="i32"} : i32[3,4]
+  %14 = sub %11, %13 : i32[3,4]
+  %15 = cast %14 {dtype="f32"} : f32[3,4]
+  %16 = mul %15, %5 : f32[3,4]
+  %17 = cast %16 {dtype="i32"} : i32[3,4]
+  %18 = cast %17 {dtype="i8"} : i8[3,4]
+  %19 = cast %18 {dtype="i32"} : i32[3,4]
+  %20 = sub %17, %19 : i32[3,4]
+  %21 = cast %20 {dtype="f32"} : f32[3,4]
+  %22 = mul %21, %5 : f32[3,4]
+  %23 = cast %22 {dtype="i32"} : i32[3,4]
+  %24 = cast %23 {dtype="i8"} : i8[3,4]
+  %25 = matmul %a, %6 {acc="i32"} : i32[2,4]
+  %26 = matmul %a, %12 {acc="i32"} : i32[2,4]
+  %27 = constant {value=256, dtype="i32", shape=[]} : i32[]
+  %28 = mul %26, %27 : i32[2,4]
+  %29 = add %25, %28 : i32[2,4]
+  %30 = matmul %a, %18 {acc="i32"} : i32[2,4]
+  %31 = constant {value=65536, dtype="i32", shape=[]} : i32[]
+  %32 = mul %30, %31 : i32[2,4]
+  %33 = add %29, %32 : i32[2,4]
+  %34 = matmul %a, %24 {acc="i32"} : i32[2,4]
+  %35 = constant {value=16777216, dtype="i32", shape=[]} : i32[]
+  %36 = mul %34, %35 : i32[2,4]
+  %37 = add %33, %36 : i32[2,4]
+  return %37
+}
+"""
+
+
+def test_split_int_matmul_ir():
+    """The pass on IR text: the cast of i8 values is one digit (its source), b four; the
+    digit products with `acc` print and parse back."""
+    from compiler.graph import parse_function, print_function
+    from compiler.passes import get_pass
+
+    got = print_function(run_pipeline(parse_function(SPLIT_INPUT),
+                                      [get_pass("split-int-matmul")]))
+    assert got == SPLIT_OUTPUT
+    assert print_function(parse_function(got)) == got
