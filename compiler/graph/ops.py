@@ -361,17 +361,24 @@ def result_dtype(in_dtype: str, acc: str | None, kind: str) -> str:
     return acc
 
 
-def _product_ref(compute, *xs):
+def _product_ref(compute, *xs, terms: int = 1):
     """A product exactly as the chip's MX computes it: integers in wrapping 32-bit arithmetic
     (int64 here, wrapped when the evaluator casts to the result dtype: the same residues),
-    floats accumulated in f32."""
+    floats accumulated in f32. Integer sums that stay below 2^53 (`terms` products of the
+    largest magnitudes: any i8 product) are exact in f64, where numpy uses BLAS."""
     if np.issubdtype(xs[0].dtype, np.integer):
-        return compute(*[x.astype(np.int64) for x in xs])
+        wide = [x.astype(np.int64) for x in xs]
+        bound = float(terms)
+        for x in wide:
+            bound *= float(np.max(np.abs(x), initial=0))
+        if bound < 2.0 ** 53:
+            return compute(*[x.astype(np.float64) for x in wide]).astype(np.int64)
+        return compute(*wide)
     return compute(*[x.astype(np.float32) for x in xs])
 
 
 def _matmul_ref(xs, attrs):
-    return _product_ref(np.matmul, *xs)
+    return _product_ref(np.matmul, *xs, terms=xs[0].shape[-1])
 
 
 def _matmul_flops(types, result, attrs):
@@ -725,7 +732,10 @@ def _einsum_infer(types: Types, attrs: dict) -> TensorType:
 
 
 def _einsum_ref(xs, attrs):
-    return _product_ref(lambda *ys: np.einsum(attrs["spec"], *ys), *xs)
+    inputs, _ = parse_einsum(attrs["spec"], [x.ndim for x in xs])
+    summed = einsum_sizes(inputs, tuple(TensorType("f32", x.shape) for x in xs))
+    return _product_ref(lambda *ys: np.einsum(attrs["spec"], *ys), *xs,
+                        terms=prod(summed.values()))
 
 
 def _einsum_flops(types, result, attrs):
