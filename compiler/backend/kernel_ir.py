@@ -135,6 +135,16 @@ class Vec:
     dst: str
     srcs: tuple[str | float, ...] = ()
 
+    def __post_init__(self):
+        # one NaN object for every NaN immediate, so that equal programs compare equal
+        # (NaN != NaN; tuples compare items by identity first) and a parsed one matches
+        if any(isinstance(s, float) and s != s for s in self.srcs):
+            object.__setattr__(self, "srcs", tuple(
+                NAN if isinstance(s, float) and s != s else s for s in self.srcs))
+
+
+NAN = float("nan")
+
 
 @dataclass(frozen=True)
 class Iota:

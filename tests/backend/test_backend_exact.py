@@ -210,3 +210,17 @@ def test_a_machine_without_f16_or_i8_products_refuses_what_it_cannot_do_exactly(
         with pytest.raises(CompileError) as err:
             compile_function(fn, target, CompileOptions(opt_level=2))
         assert str(err.value).startswith(where), str(err.value)
+
+
+def test_kernel_ir_with_a_nan_immediate_prints_and_parses_back():
+    from compiler.backend.kernel_ir import parse_kernels, print_kernels
+    from compiler.backend.pipeline import CompileOptions, compile_function
+    from compiler.frontend import load_program
+
+    fn = load_program("p.zt", text="fn main(x: f32[4, 8]) -> f32[4, 8] {\n"
+                                   "    return where(x > 1.0, x * (inf - inf), x)\n}\n")
+    for level in (0, 2):
+        kernels = compile_function(fn, machine(), CompileOptions(opt_level=level)).kernels
+        text = print_kernels(kernels)
+        assert "nan" in text
+        assert parse_kernels(text) == kernels and print_kernels(parse_kernels(text)) == text
