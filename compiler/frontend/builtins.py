@@ -188,7 +188,7 @@ _INT_UNARY = {"neg": lambda v: -v, "abs": abs, "relu": lambda v: max(v, 0),
               "sign": lambda v: (v > 0) - (v < 0), "floor": lambda v: v, "ceil": lambda v: v}
 
 
-def number_math(kind: str, value: int | float, attrs: dict | None = None) -> int | float:
+def number_math(kind: str, value: float, attrs: dict | None = None) -> float:
     """An elementwise builtin of a number, done at check time. The result is a number again:
     weakly typed, as JAX's math on Python scalars, so `x_bf16 * rsqrt(128.0)` stays bf16.
     Integer-valued functions of an integer give an integer; the rest is computed in f32 by
@@ -239,7 +239,7 @@ def _binary_rule(kind: str):
     return rule
 
 
-def _number_binary(chk: Checker, kind: str, a, b, span) -> int | float:
+def _number_binary(chk: Checker, kind: str, a, b, span) -> float:
     """maximum/minimum/pow of two numbers at check time: a weakly typed number (NaN
     propagates through maximum and minimum, as numpy's do)."""
     if kind == "pow":

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from backend_helpers import machine
 
 
@@ -154,7 +153,8 @@ def test_acc_runs_narrow_products_on_their_own_rate_with_a_wide_result():
             i32[4, 48], f32[64, 64]) {
         xb = cast(x, bf16)
         return matmul(xb, xb, acc=f32), einsum("bmk,kn->bmn", a, b, acc=i32),
-               einsum("bmk,kn->bn", a, b, acc=i32), einsum("ij,jk->ik", cast(x, fp8), cast(x, fp8), acc=f32)
+               einsum("bmk,kn->bn", a, b, acc=i32),
+               einsum("ij,jk->ik", cast(x, fp8), cast(x, fp8), acc=f32)
     }""", inputs)
     for text in asm:
         assert "MMA.bf16.f32" in text and "MMA.i8.i32" in text and "MMA.f32" not in text

@@ -50,20 +50,20 @@ def test_acc_on_einsums_with_summed_letters_and_several_operands():
 
 @pytest.mark.parametrize("src, want", [
     ("fn main(a: f32[2, 2]) { return matmul(a, a, acc=i32) }",
-     "t.zt:1:45: error: matmul: acc=i32 is not an accumulation dtype for f32 operands "
-     "(allowed: f32)"),
+     ("t.zt:1:45: error: matmul: acc=i32 is not an accumulation dtype for f32 operands "
+      "(allowed: f32)")),
     ("fn main(a: f32[2, 2]) { return matmul(a, a, acc=bf16) }",
-     "t.zt:1:45: error: matmul: acc=bf16 is not an accumulation dtype for f32 operands "
-     "(allowed: f32)"),
+     ("t.zt:1:45: error: matmul: acc=bf16 is not an accumulation dtype for f32 operands "
+      "(allowed: f32)")),
     ("fn main(a: i8[2, 2]) { return einsum(\"ij,jk->ik\", a, a, acc=f32) }",
-     "t.zt:1:57: error: einsum: acc=f32 is not an accumulation dtype for i8 operands "
-     "(allowed: one of i8, i32)"),
+     ("t.zt:1:57: error: einsum: acc=f32 is not an accumulation dtype for i8 operands "
+      "(allowed: one of i8, i32)")),
     ("fn main(a: bf16[2, 2]) { return matmul(a, a, acc=f16) }",
-     "t.zt:1:46: error: matmul: acc=f16 is not an accumulation dtype for bf16 operands "
-     "(allowed: one of bf16, f32)"),
+     ("t.zt:1:46: error: matmul: acc=f16 is not an accumulation dtype for bf16 operands "
+      "(allowed: one of bf16, f32)")),
     ("fn main(a: i8[2, 2]) { return matmul(a, a, acc=3) }",
-     "t.zt:1:44: error: 'acc' must be a dtype (f32, bf16, f16, fp8, i32, i8, bool), got the "
-     "integer 3"),
+     ("t.zt:1:44: error: 'acc' must be a dtype (f32, bf16, f16, fp8, i32, i8, bool), got the "
+      "integer 3")),
 ])
 def test_bad_acc_dtypes_are_diagnosed_at_the_argument(src, want):
     assert diag(src).splitlines()[0] == want
