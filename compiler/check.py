@@ -4,7 +4,9 @@ the fuzzer): one error measure and one tolerance rule.
 The error is relative to the output's scale: max|got - want| / max|want|. The tolerance is
 that of the least precise floating-point dtype the output is computed through, not only the
 output's own: a bf16 product cast to f32 carries bf16 rounding, and a fused kernel may round
-in a different order than the reference does. Integer and bool outputs must match exactly.
+in a different order than the reference does. Integer and bool outputs must match exactly,
+and `check_output` reports how many of their elements differ and the first one (a relative
+error says little about a wrong index).
 """
 
 from __future__ import annotations
