@@ -4,7 +4,9 @@ the fuzzer): one error measure and one tolerance rule.
 The error is relative to the output's scale: max|got - want| / max|want|. The tolerance is
 that of the least precise floating-point dtype the output is computed through, not only the
 output's own: a bf16 product cast to f32 carries bf16 rounding, and a fused kernel may round
-in a different order than the reference does. Integer and bool outputs must match exactly.
+in a different order than the reference does. Integer and bool outputs must match exactly,
+and `check_output` reports how many of their elements differ and the first one (a relative
+error says little about a wrong index).
 """
 
 from __future__ import annotations
@@ -51,3 +53,34 @@ def output_tolerance(fn, output) -> float:
         if op is not None:
             stack.extend(op.inputs)
     return loosest
+
+
+def mismatch_summary(got: np.ndarray, want: np.ndarray) -> str | None:
+    """For outputs that must match exactly (integer, bool): None when they do, else how many
+    elements differ and the first one, with both values (`3 of 300 elements differ; first
+    at [2, 7]: got 0, want 3`)."""
+    got, want = np.asarray(got), np.asarray(want)
+    if got.shape != want.shape:
+        return f"shape {list(got.shape)} differs from the reference's {list(want.shape)}"
+    differ = got != want
+    count = int(np.count_nonzero(differ))
+    if count == 0:
+        return None
+    first = tuple(int(i) for i in np.argwhere(differ)[0])
+    where = f"[{', '.join(map(str, first))}]"
+    return (f"{count} of {want.size} elements differ; first at {where}: "
+            f"got {got[first].item()}, want {want[first].item()}")
+
+
+def check_output(fn, output, got: np.ndarray, want: np.ndarray) -> tuple[bool, str]:
+    """(passes, one-line summary) of a compiled output against the reference: an integer or
+    bool output by exact comparison (how many elements differ and the first), a float one by
+    its relative error against the tolerance `output_tolerance` gives."""
+    if not is_float(output.type.dtype):
+        mismatch = mismatch_summary(got, want)
+        if mismatch is None:
+            return True, f"exact ({np.asarray(want).size} elements equal)"
+        return False, mismatch
+    err = relative_error(got, want)
+    tol = output_tolerance(fn, output)
+    return err <= tol, f"max relative error {err:.3g} (tolerance {tol:g})"

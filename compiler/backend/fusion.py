@@ -36,7 +36,7 @@ from compiler.backend.lower import (
     simplify,
 )
 from compiler.backend.tiling import map_tile
-from compiler.graph.dtypes import is_float, itemsize
+from compiler.graph.dtypes import is_float, itemsize, value_preserving
 from compiler.graph.ir import Function
 from compiler.passes.fuse import BINARY
 
@@ -370,7 +370,10 @@ class FusedLowering(Lowering):
                 target = attrs["dtype"]
                 source = value_buf[op.inputs[0].id]
                 src_dtype = tiles.specs[source][0]
-                if src_dtype == home_dtype(target):
+                # i8 and fp8 live widened (i32, f32): a cast to them from a wider source
+                # must still wrap or round, even though the buffer dtype stays the same
+                if src_dtype == home_dtype(target) and (
+                        target not in ROUNDED or value_preserving(op.inputs[0].type.dtype, target)):
                     out = source
                 elif only_stored and target in NARROW_FLOATS + ("i8",) and src_dtype in (
                         "f32", "i32") and is_float(target) == (src_dtype == "f32"):

@@ -30,7 +30,8 @@ from compiler.backend.lower import (
     simplify,
 )
 from compiler.backend.tiling import round_up
-from compiler.graph.dtypes import itemsize
+from compiler.graph.dtypes import itemsize, value_preserving
+from isa.errors import CompileError
 from isa.instructions import INSTRUCTIONS
 
 NARROW = ("bf16", "f16", "fp8")
@@ -195,6 +196,11 @@ def lower_matmul_group(low, ops) -> None:
     ax_m, ax_n = axis_map[ax_m], axis_map[ax_n]
     nb = len(extents) - 3
     in_dtype, acc_dtype = mma_dtypes(mm.inputs[0].type.dtype, machine)
+    for cast in prologue:  # fuse folds only casts that are exact on every shipped machine
+        source, target = cast.inputs[0].type.dtype, cast.attrs["dtype"]
+        if not value_preserving(source, target) and target != in_dtype:
+            raise CompileError(f"machine '{machine.name}' multiplies {target} as {in_dtype}: "
+                               f"the operand load cannot do this cast from {source}", cast.span)
 
     # compact epilogue operands: a bias row is 1 x tile_n, a scalar 1 x 1
     compact, shapes = [], []

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from math import prod
+from math import isnan, prod
 
 from compiler.graph.dtypes import itemsize
 
@@ -134,6 +134,16 @@ class Vec:
     dtype: str
     dst: str
     srcs: tuple[str | float, ...] = ()
+
+    def __post_init__(self):
+        # one NaN object for every NaN immediate, so that equal programs compare equal
+        # (NaN != NaN; tuples compare items by identity first) and a parsed one matches
+        if any(isinstance(s, float) and isnan(s) for s in self.srcs):
+            object.__setattr__(self, "srcs", tuple(
+                NAN if isinstance(s, float) and isnan(s) else s for s in self.srcs))
+
+
+NAN = float("nan")
 
 
 @dataclass(frozen=True)

@@ -424,14 +424,24 @@ def reduce_tiled(extents, kinds, in_view: View, out_view: View, op: str, cdt: st
 
 
 def mma_dtypes(dtype: str, machine) -> tuple[str, str]:
-    """(MMA input dtype, accumulator dtype) for a matmul with operands of `dtype`."""
+    """(MMA input dtype, accumulator dtype) for a matmul with operands of `dtype`.
+
+    Integer products are exact or refused, never computed in f32: i8 runs as MMA.i8.i32; an
+    i32 product is split into i8 ones by the `split-int-matmul` graph pass before it gets
+    here. CompileError for an integer product the machine cannot do exactly."""
     if dtype == "i8" and machine.supports_mx("i8"):
         return "i8", "i32"
     if dtype in ("bf16", "f16", "fp8", "f32") and machine.supports_mx(dtype):
         return dtype, "f32"
     if dtype == "fp8" and machine.supports_mx("bf16"):
         return "bf16", "f32"   # every e4m3 value is exact in bf16
-    return "f32", "f32"        # i32 (exact while sums stay below 2^24)
+    if dtype == "i32":
+        raise CompileError("an i32 matmul reaches the backend: the MX has no exact i32 "
+                           "product; the 'split-int-matmul' graph pass writes it as i8 ones")
+    if dtype == "i8":
+        raise CompileError(f"machine '{machine.name}' has no i8 matrix unit: an i8 product "
+                           "cannot be computed exactly")
+    return "f32", "f32"
 
 
 def matmul_views(a: TensorView, b: TensorView, out: TensorView
@@ -589,7 +599,12 @@ class Lowering:
             self.views[param.id] = self.new_tensor(param.name, param.type, "in",
                                                    getattr(param, "span", None))
         for op in fn.ops:
-            self.lower_op(op)
+            try:
+                self.lower_op(op)
+            except CompileError as err:  # one without a place points at the op's source
+                if err.span is not None or op.span is None:
+                    raise
+                raise CompileError(err.message, op.span, notes=err.notes) from None
         outputs = []
         seen: set[str] = set()
         producers = {op.result.id: op for op in fn.ops}

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 
-from compiler.check import output_tolerance, relative_error
+from compiler.check import check_output
 from isa.errors import Diagnostic, UsageError
 
 
@@ -61,11 +61,9 @@ def run_compiled(args) -> int:
     if args.check:
         want = prog.reference(inputs)
         for index, (got, ref, value) in enumerate(zip(outputs, want, fn.outputs)):
-            err = relative_error(got, ref)
-            tol = output_tolerance(fn, value)
-            verdict = "ok" if err <= tol else "FAIL"
-            print(f"check out{index}: max relative error {err:.3g} (tolerance {tol:g}) {verdict}")
-            if err > tol:
+            passes, summary = check_output(fn, value, got, ref)
+            print(f"check out{index}: {summary} {'ok' if passes else 'FAIL'}")
+            if not passes:
                 status = 1
     print(run_summary(report, kernels=prog.kernel_count, compile_seconds=prog.compile_seconds))
     if status:

@@ -14,10 +14,12 @@ from dataclasses import dataclass, field
 from itertools import pairwise
 from math import prod
 
+import numpy as np
+
 from compiler.frontend import ast
 from compiler.frontend.checker import Checker, DType, Tensor, check_dim, describe, to_float
 from compiler.graph.dtypes import DTYPES, is_float, limits
-from compiler.graph.ops import parse_einsum
+from compiler.graph.ops import parse_einsum, result_dtype
 from isa.errors import Diagnostic, SourceSpan
 
 Args = dict[str, tuple[object, SourceSpan]]
@@ -177,8 +179,33 @@ def unary(chk: Checker, kind: str, x: Tensor, span, attrs=None) -> Tensor:
     return chk.emit(kind, [x], attrs, span)
 
 
+def is_number(value) -> bool:
+    """A weakly typed Python number (a literal, const or bound symbol; not a bool)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+_INT_UNARY = {"neg": lambda v: -v, "abs": abs, "relu": lambda v: max(v, 0),
+              "sign": lambda v: (v > 0) - (v < 0), "floor": lambda v: v, "ceil": lambda v: v}
+
+
+def number_math(kind: str, value: float, attrs: dict | None = None) -> float:
+    """An elementwise builtin of a number, done at check time. The result is a number again:
+    weakly typed, as JAX's math on Python scalars, so `x_bf16 * rsqrt(128.0)` stays bf16.
+    Integer-valued functions of an integer give an integer; the rest is computed in f32 by
+    the op's own reference (as `jnp.rsqrt(128.0)` is), then held as that f32 value."""
+    if isinstance(value, int) and kind in _INT_UNARY:
+        return _INT_UNARY[kind](value)
+    from compiler.graph.ops import OPS
+
+    with np.errstate(all="ignore"):
+        result = OPS[kind].reference([np.asarray(value, np.float32)], attrs or {})
+    return float(np.float32(result))
+
+
 def _unary_rule(kind: str):
     def rule(chk: Checker, args: Args, call: ast.Call):
+        if is_number(args["x"][0]):
+            return number_math(kind, args["x"][0])
         return unary(chk, kind, tensor_arg(chk, args, "x"), call.span)
 
     return rule
@@ -190,6 +217,9 @@ for _kind in _FLOAT_UNARY + _ANY_UNARY:
 
 @builtin("gelu", "x approximate", approximate=True)
 def _gelu(chk: Checker, args: Args, call: ast.Call):
+    if is_number(args["x"][0]):
+        return number_math("gelu", args["x"][0],
+                           {"approximate": bool_arg(args, "approximate")})
     return unary(chk, "gelu", tensor_arg(chk, args, "x"), call.span,
                  {"approximate": bool_arg(args, "approximate")})
 
@@ -200,11 +230,24 @@ def _binary_rule(kind: str):
         for value, span in ((a, sa), (b, sb)):
             if not isinstance(value, (Tensor, bool, int, float)):
                 raise Diagnostic(f"expected a tensor or a number, got {describe(value)}", span)
+        if is_number(a) and is_number(b):
+            return _number_binary(chk, kind, a, b, call.span)
         if not isinstance(a, Tensor) and not isinstance(b, Tensor):
             a = chk.as_tensor(a, sa)
         return chk.binary(kind, a, b, call.span, sa, sb)
 
     return rule
+
+
+def _number_binary(chk: Checker, kind: str, a, b, span) -> float:
+    """maximum/minimum/pow of two numbers at check time: a weakly typed number (NaN
+    propagates through maximum and minimum, as numpy's do)."""
+    if kind == "pow":
+        return chk.python_binary("**", a, b, span)
+    if any(isinstance(v, float) and math.isnan(v) for v in (a, b)):
+        return math.nan
+    result = max(a, b) if kind == "maximum" else min(a, b)
+    return float(result) if isinstance(a, float) or isinstance(b, float) else result
 
 
 for _kind in ("maximum", "minimum", "pow"):
@@ -281,13 +324,30 @@ def _mean(chk: Checker, args: Args, call: ast.Call):
         chk.origin = saved
 
 
+def order_reversed(chk: Checker, x: Tensor, span) -> Tensor:
+    """A tensor whose argmax is x's argmin, exactly: -x for floats (NaN stays NaN, so the
+    first NaN still wins, as in numpy's argmin), -x - 1 (= ~x, which never overflows) for
+    integers, `x == false` for bool."""
+    if x.dtype == "bool":
+        return chk.binary("eq", x, False, span)
+    negated = chk.emit("neg", [x], None, span)
+    return negated if is_float(x.dtype) else chk.binary("sub", negated, 1, span)
+
+
+@builtin("argmin", "x axis keepdims", axis=None, keepdims=False)
+def _argmin(chk: Checker, args: Args, call: ast.Call):
+    x = tensor_arg(chk, args, "x")
+    args = {**args, "x": (order_reversed(chk, x, call.span), args["x"][1])}
+    return _argmax(chk, args, call, "argmin")
+
+
 @builtin("argmax", "x axis keepdims", axis=None, keepdims=False)
-def _argmax(chk: Checker, args: Args, call: ast.Call):
+def _argmax(chk: Checker, args: Args, call: ast.Call, name: str = "argmax"):
     x = tensor_arg(chk, args, "x")
     keepdims = bool_arg(args, "keepdims")
     value, span = args["axis"]
     if isinstance(value, (list, tuple)):
-        raise Diagnostic("argmax() takes one axis, not a tuple", span)
+        raise Diagnostic(f"{name}() takes one axis, not a tuple", span)
     if value is None:
         flat = chk.reshape(x, (x.type.numel,), call.span)
         out = chk.emit("argmax", [flat], {"axes": (0,), "keepdims": False}, call.span)
@@ -299,8 +359,20 @@ def _argmax(chk: Checker, args: Args, call: ast.Call):
 # ------------------------------------------------------------------ linear algebra
 
 
-def matmul(chk: Checker, a, b, span, a_span=None, b_span=None) -> Tensor:
-    """numpy matmul: 1-D operands are promoted to matrices and the added axis removed."""
+def acc_attrs(kind: str, in_dtype: str, acc: str | None, acc_span) -> dict:
+    """The `acc` attribute of a product of `in_dtype` operands (none when `acc` is absent or
+    the operands' own dtype); a Diagnostic at `acc_span` for a dtype it cannot be."""
+    try:
+        result_dtype(in_dtype, acc, kind)
+    except Diagnostic as err:
+        raise Diagnostic(err.message, acc_span) from None
+    return {} if acc is None or acc == in_dtype else {"acc": acc}
+
+
+def matmul(chk: Checker, a, b, span, a_span=None, b_span=None, acc: str | None = None,
+           acc_span=None) -> Tensor:
+    """numpy matmul: 1-D operands are promoted to matrices and the added axis removed.
+    `acc` is the accumulation and result dtype (JAX's preferred_element_type)."""
     a_span, b_span = a_span or span, b_span or span
     for value, vspan in ((a, a_span), (b, b_span)):
         if not isinstance(value, Tensor):
@@ -320,7 +392,8 @@ def matmul(chk: Checker, a, b, span, a_span=None, b_span=None) -> Tensor:
         a = chk.reshape(a, (1, ta.shape[0]), span)
     if tb.rank == 1:
         b = chk.reshape(b, (tb.shape[0], 1), span)
-    out = chk.emit("matmul", [a, b], None, span)
+    attrs = acc_attrs("matmul", a.type.dtype, acc, acc_span or span)
+    out = chk.emit("matmul", [a, b], attrs or None, span)
     shape = out.shape
     if ta.rank == 1:
         shape = shape[:-2] + shape[-1:]
@@ -329,12 +402,13 @@ def matmul(chk: Checker, a, b, span, a_span=None, b_span=None) -> Tensor:
     return chk.reshape(out, shape, span)
 
 
-@builtin("matmul", "a b")
+@builtin("matmul", "a b acc", acc=None)
 def _matmul(chk: Checker, args: Args, call: ast.Call):
-    return matmul(chk, args["a"][0], args["b"][0], call.span, args["a"][1], args["b"][1])
+    return matmul(chk, args["a"][0], args["b"][0], call.span, args["a"][1], args["b"][1],
+                  dtype_arg(args, "acc"), args["acc"][1])
 
 
-@builtin("einsum", "spec *operands")
+@builtin("einsum", "spec *operands acc", acc=None)
 def _einsum(chk: Checker, args: Args, call: ast.Call):
     spec, spec_span = args["spec"]
     operands, ospan = args["operands"]
@@ -352,16 +426,22 @@ def _einsum(chk: Checker, args: Args, call: ast.Call):
     operands, dtype = chk.unify(list(operands), [ospan] * len(operands))
     if dtype == "bool":
         operands = [chk.cast(t, "i32", call.span) for t in operands]
+    acc = acc_attrs("einsum", operands[0].type.dtype, dtype_arg(args, "acc"), args["acc"][1])
     if len(operands) <= 2:
-        return chk.emit("einsum", operands, {"spec": ",".join(inputs) + "->" + output},
-                        call.span)
+        return chk.emit("einsum", operands,
+                        {"spec": ",".join(inputs) + "->" + output, **acc}, call.span)
     # More operands: contract left to right, keeping the letters still needed later.
     current, letters = operands[0], inputs[0]
     for index in range(1, len(operands)):
         later = set(output).union(*inputs[index + 1:])
         keep = "".join(ch for ch in dict.fromkeys(letters + inputs[index]) if ch in later)
         step = f"{letters},{inputs[index]}->{keep}"
-        current = chk.emit("einsum", [current, operands[index]], {"spec": step}, call.span)
+        # with `acc`, the first step widens and the later ones multiply acc-typed operands
+        step_acc = acc if index == 1 else {}
+        if index > 1 and acc:
+            operands[index] = chk.cast(operands[index], acc["acc"], call.span)
+        current = chk.emit("einsum", [current, operands[index]], {"spec": step, **step_acc},
+                           call.span)
         letters = keep
     if letters != output:
         current = chk.emit("einsum", [current], {"spec": f"{letters}->{output}"}, call.span)

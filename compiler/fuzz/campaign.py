@@ -50,7 +50,7 @@ def check_program(text: str, *, seed: int = 0, machine_name: str = "m890",
                   pipelines=None) -> None:
     """Raise FuzzFailure unless every pipeline matches the reference evaluator on `text`."""
     from compiler.backend.pipeline import CompileOptions, compile_function
-    from compiler.check import output_tolerance, relative_error
+    from compiler.check import check_output
     from compiler.frontend import load_program
     from compiler.inputs import prepare_inputs
     from compiler.reference import evaluate
@@ -83,10 +83,9 @@ def check_program(text: str, *, seed: int = 0, machine_name: str = "m890",
         if len(got) != len(want):
             raise fail(f"{len(got)} outputs, reference has {len(want)}")
         for index, (g, w, out) in enumerate(zip(got, want, fn.outputs)):
-            err = relative_error(g, w)
-            tol = output_tolerance(fn, out)
-            if not err <= tol:
-                raise fail(f"out{index}: relative error {err:.3g} > {tol:g}")
+            passes, summary = check_output(fn, out, g, w)
+            if not passes:
+                raise fail(f"out{index}: {summary}")
 
 
 @dataclass

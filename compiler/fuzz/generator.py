@@ -189,6 +189,9 @@ class ProgramBuilder:
     values: list[Tensor] = field(default_factory=list)
     lines: list[str] = field(default_factory=list)
     counter: int = 0
+    # results that are always outputs and never operands of later steps: integer products
+    # (compared exactly) and reductions of NaN-bearing values
+    checked: list[Tensor] = field(default_factory=list)
 
     # -- naming and parameters -------------------------------------------------------------
     def fresh(self, prefix: str) -> str:
@@ -227,7 +230,8 @@ class ProgramBuilder:
         kind = self.chooser.choice(
             ("unary", "binary", "binary", "reduce", "matmul", "transpose", "reshape", "slice",
              "concat", "softmax", "norm", "cast", "broadcast", "pad", "expand", "argmax",
-             "conv", "pool", "einsum", "linear", "attention", "creation", "integer")
+             "conv", "pool", "einsum", "linear", "attention", "creation", "integer",
+             "int_matmul", "nan_reduce", "weak_math")
         )
         getattr(self, f"step_{kind}")()
 
@@ -512,6 +516,70 @@ class ProgramBuilder:
         self.bind(f"where({cond.name}, cast({j.name}, f32), {x.name})", promote("f32", x.dtype),
                   x.shape)
 
+    def int_operand(self, shape: tuple[int, ...], dtype: str) -> str:
+        """An integer operand made from a float parameter: i8 over its whole range (with
+        saturation), i32 times a large odd factor so that products wrap around 2^32."""
+        x = self.new_param(shape, "f32")
+        if dtype == "i8":
+            return f"cast({x.name} * 60.0, i8)"
+        return f"(cast({x.name} * 300.0, i32) * 7654321)"
+
+    def step_int_matmul(self) -> None:
+        """An integer product, checked exactly: i8 or i32 operands, `acc=`, einsum, casts of
+        floats (truncated before the product) and of i8 values (one MX product)."""
+        m, k, n = (self.chooser.choice(DIMS + (48, 64)) for _ in range(3))
+        batch = () if self.chooser.integer(0, 2) else (self.chooser.choice((2, 3)),)
+        form = self.chooser.choice(("i8", "i8_acc", "i32", "einsum", "widened", "truncated"))
+        if form == "truncated":  # issue 11 item 0f: float -> int casts as operands
+            x, w = self.new_param(batch + (m, k), "f32"), self.new_param((k, n), "f32")
+            expr = f"cast({x.name} * 50.0, i32) @ cast({w.name} * 50.0, i32)"
+            dtype = "i32"
+        elif form == "widened":  # i8 values as i32: one i8 product, wide result
+            a, b = self.int_operand(batch + (m, k), "i8"), self.int_operand((k, n), "i8")
+            expr, dtype = f"cast({a}, i32) @ cast({b}, i32)", "i32"
+        elif form == "einsum":
+            a, b = self.int_operand(batch + (m, k), "i8"), self.int_operand((k, n), "i8")
+            spec = "bmk,kn->bmn" if batch else "mk,kn->mn"
+            expr, dtype = f'einsum("{spec}", {a}, {b}, acc=i32)', "i32"
+        else:
+            dtype = "i32" if form == "i32" else "i8"
+            a, b = self.int_operand(batch + (m, k), dtype), self.int_operand((k, n), dtype)
+            if form == "i8_acc":
+                expr, dtype = f"matmul({a}, {b}, acc=i32)", "i32"
+            else:
+                expr = f"{a} @ {b}"
+        product = self.bind(expr, dtype, batch + (m, n))
+        self.values.remove(product)
+        self.checked.append(product)
+
+    def step_nan_reduce(self) -> None:
+        """max/min/argmax/argmin/softmax of values with NaN in some rows (numpy semantics:
+        NaN propagates through max/min, argmax and argmin give the first NaN)."""
+        x = self.pick(min_rank=1, inputs_only=True)
+        nan = self.chooser.choice(("sqrt({x} - 10.0)", "{x} * (inf - inf)"))
+        y = self.bind(f"where({x.name} > 1.0, {nan.format(x=x.name)}, {x.name})", x.dtype,
+                      x.shape)
+        self.values.remove(y)
+        op = self.chooser.choice(("max", "min", "argmax", "argmin", "softmax"))
+        axis = self.chooser.integer(0, x.rank - 1)
+        if op == "softmax":
+            result = self.bind(f"softmax({y.name}, axis={axis})", x.dtype, x.shape)
+        else:
+            dtype = "i32" if op.startswith("arg") else x.dtype
+            result = self.bind(f"{op}({y.name}, axis={axis})", dtype,
+                               x.shape[:axis] + x.shape[axis + 1:])
+        self.values.remove(result)
+        self.checked.append(result)
+
+    def step_weak_math(self) -> None:
+        """Math on Python numbers stays weakly typed: the tensor keeps its dtype."""
+        x = self.pick()
+        number = self.chooser.choice(("rsqrt(128.0)", "1.0 / sqrt(7)", "exp(0.5)",
+                                      "maximum(2, 0.5)", "abs(-3)", "clip(9.0, 0.0, 6.0)",
+                                      "tanh(1) * 2", "pow(2, -3)"))
+        op = self.chooser.choice(("*", "+", "-"))
+        self.bind(f"{x.name} {op} {number}", x.dtype, x.shape)
+
     # -- the program -----------------------------------------------------------------------
     def text(self, outputs: list[Tensor]) -> str:
         params = ", ".join(f"{p.name}: {p.type_text()}" for p in self.params)
@@ -542,6 +610,7 @@ def generate_program(chooser: Chooser, max_steps: int = 6, max_rank: int = 4) ->
         extra = chooser.choice(computed)
         if extra not in outputs:
             outputs.append(extra)
+    outputs += builder.checked
     return builder.text(outputs)
 
 

@@ -91,3 +91,21 @@ def limits(name: str) -> tuple[float, float]:
         return 0, 1
     info = np.iinfo(_NUMPY[name])
     return int(info.min), int(info.max)
+
+
+# Which dtypes hold every value of which (besides themselves): bool is 0/1; an i8 is exact
+# in bf16/f16 (8 and 11 significand bits) but not in fp8 (e4m3 has 4); fp8 is exact in the
+# 16-bit floats; an i32 only in itself.
+_HOLDS = {
+    "bool": ("i8", "i32", "fp8", "bf16", "f16", "f32"),
+    "i8": ("i32", "bf16", "f16", "f32"),
+    "fp8": ("bf16", "f16", "f32"),
+    "bf16": ("f32",),
+    "f16": ("f32",),
+}
+
+
+def value_preserving(source: str, target: str) -> bool:
+    """Whether casting `source` to `target` keeps every value (no truncation, rounding,
+    wrapping or saturation), so that the cast may be skipped or merged with a later one."""
+    return source == target or target in _HOLDS.get(source, ())

@@ -41,6 +41,7 @@ class OpDef:
     reference: Callable[[list[np.ndarray], dict], np.ndarray]
     attrs: tuple[str, ...] = ()
     arity: int | None = 1  # None: any number of operands (concat)
+    optional_attrs: tuple[str, ...] = ()  # attributes the kind may carry (matmul's `acc`)
     primitive: bool = True
     flop_rule: Callable[[Types, TensorType, dict], int] | None = None
 
@@ -112,7 +113,7 @@ def infer_type(kind: str, types: Types, attrs: dict) -> TensorType:
     missing = [a for a in op.attrs if a not in attrs]
     if missing:
         raise Diagnostic(f"{kind}: missing attribute {', '.join(missing)}")
-    extra = [a for a in attrs if a not in op.attrs]
+    extra = [a for a in attrs if a not in op.attrs + op.optional_attrs]
     if extra:
         raise Diagnostic(f"{kind}: unknown attribute {', '.join(extra)}")
     try:
@@ -343,14 +344,48 @@ def _matmul_infer(types: Types, attrs: dict) -> TensorType:
         raise Diagnostic(f"cannot multiply (@) {a} and {b}: contracted dims differ "
                          f"({a.shape[-1]} vs {b.shape[-2]})")
     batch = broadcast_shapes(a.shape[:-2], b.shape[:-2], "multiply (@)", str(a), str(b))
-    return TensorType(a.dtype, batch + (a.shape[-2], b.shape[-1]))
+    return TensorType(result_dtype(a.dtype, attrs.get("acc"), "matmul"),
+                      batch + (a.shape[-2], b.shape[-1]))
+
+
+# The accumulation/result dtypes a product of each operand dtype may ask for with `acc`
+# (JAX's preferred_element_type): the operands' own dtype or a wider one of the same kind.
+ACC_DTYPES = {"i8": ("i8", "i32"), "i32": ("i32",), "fp8": ("fp8", "bf16", "f16", "f32"),
+              "bf16": ("bf16", "f32"), "f16": ("f16", "f32"), "f32": ("f32",)}
+
+
+def result_dtype(in_dtype: str, acc: str | None, kind: str) -> str:
+    """The result dtype of a product of `in_dtype` operands with accumulation dtype `acc`
+    (None: the operands' dtype); Diagnostic for a combination it cannot be."""
+    if acc is None:
+        return in_dtype
+    allowed = ACC_DTYPES.get(in_dtype, ())
+    if acc not in allowed:
+        wanted = (f"one of {', '.join(allowed)}" if len(allowed) > 1 else allowed[0]
+                  if allowed else "none")
+        raise Diagnostic(f"{kind}: acc={acc} is not an accumulation dtype for {in_dtype} "
+                         f"operands (allowed: {wanted})")
+    return acc
+
+
+def _product_ref(compute, *xs, terms: int = 1):
+    """A product exactly as the chip's MX computes it: integers in wrapping 32-bit arithmetic
+    (int64 here, wrapped when the evaluator casts to the result dtype: the same residues),
+    floats accumulated in f32. Integer sums that stay below 2^53 (`terms` products of the
+    largest magnitudes: any i8 product) are exact in f64, where numpy uses BLAS."""
+    if np.issubdtype(xs[0].dtype, np.integer):
+        wide = [x.astype(np.int64) for x in xs]
+        bound = float(terms)
+        for x in wide:
+            bound *= float(np.max(np.abs(x), initial=0))
+        if bound < 2.0 ** 53:
+            return compute(*[x.astype(np.float64) for x in wide]).astype(np.int64)
+        return compute(*wide)
+    return compute(*[x.astype(np.float32) for x in xs])
 
 
 def _matmul_ref(xs, attrs):
-    a, b = xs
-    if np.issubdtype(a.dtype, np.integer):
-        return np.matmul(a.astype(np.int32), b.astype(np.int32))
-    return np.matmul(a.astype(np.float32), b.astype(np.float32))
+    return _product_ref(np.matmul, *xs, terms=xs[0].shape[-1])
 
 
 def _matmul_flops(types, result, attrs):
@@ -358,7 +393,7 @@ def _matmul_flops(types, result, attrs):
 
 
 _register(OpDef("matmul", "contraction", _matmul_infer, _matmul_ref, arity=2,
-                flop_rule=_matmul_flops))
+                optional_attrs=("acc",), flop_rule=_matmul_flops))
 
 # --------------------------------------------------------------------------- shape
 
@@ -699,12 +734,15 @@ def _einsum_infer(types: Types, attrs: dict) -> TensorType:
     if types[0].dtype == "bool":
         raise Diagnostic("einsum is not defined on bool")
     sizes = einsum_sizes(inputs, types)
-    return TensorType(types[0].dtype, tuple(sizes[ch] for ch in out))
+    return TensorType(result_dtype(types[0].dtype, attrs.get("acc"), "einsum"),
+                      tuple(sizes[ch] for ch in out))
 
 
 def _einsum_ref(xs, attrs):
-    acc = np.float32 if np.issubdtype(xs[0].dtype, np.floating) else np.int32
-    return np.einsum(attrs["spec"], *[x.astype(acc) for x in xs])
+    inputs, _ = parse_einsum(attrs["spec"], [x.ndim for x in xs])
+    summed = einsum_sizes(inputs, tuple(TensorType("f32", x.shape) for x in xs))
+    return _product_ref(lambda *ys: np.einsum(attrs["spec"], *ys), *xs,
+                        terms=prod(summed.values()))
 
 
 def _einsum_flops(types, result, attrs):
@@ -720,7 +758,8 @@ for _kind in ("maxpool2d", "avgpool2d"):
     _register(OpDef(_kind, "reduce", _pool_infer(_kind), _pool_ref(_kind),
                     attrs=("kernel", "strides", "pads"), primitive=False, flop_rule=_pool_flops))
 _register(OpDef("einsum", "contraction", _einsum_infer, _einsum_ref, attrs=("spec",),
-                arity=None, primitive=False, flop_rule=_einsum_flops))
+                optional_attrs=("acc",), arity=None, primitive=False,
+                flop_rule=_einsum_flops))
 
 PRIMITIVES: tuple[str, ...] = tuple(name for name, op in OPS.items() if op.primitive)
 

@@ -117,19 +117,28 @@ def _einsum(op: Op, rw: Rewriter) -> Value:
     for letters, value in zip(inputs, operands):
         sizes.update(zip(letters, value.type.shape))
     # Sum out the letters only one operand uses and the output drops (narrow floats in f32,
-    # rounded once at the end, as the reference computes einsum).
+    # rounded once at the end, as the reference computes einsum; with `acc`, in the
+    # accumulation dtype's family: f32 or wrapping i32).
     dtype = op.result.type.dtype
+    in_dtype = operands[0].type.dtype
+    acc = op.attrs.get("acc")
     summed = any(ch not in "".join(inputs[:i] + inputs[i + 1:]) + output
                  for i, letters in enumerate(inputs) for ch in letters)
-    widen = summed and len(operands) == 2 and dtype in ("bf16", "f16", "fp8")
+    widen = summed and (len(operands) == 2 and dtype in ("bf16", "f16", "fp8")
+                        or acc is not None)
     if widen:
-        operands = [rw.emit("cast", [v], {"dtype": "f32"}) for v in operands]
-    result = _einsum_lowered(rw, operands, inputs, output, sizes)
-    return rw.emit("cast", [result], {"dtype": dtype}) if widen else result
+        wide = "f32" if is_float(in_dtype) else "i32"
+        operands = [rw.emit("cast", [v], {"dtype": wide}) for v in operands]
+        acc = None
+    result = _einsum_lowered(rw, operands, inputs, output, sizes, acc)
+    if result.type.dtype == dtype:
+        return result
+    return rw.emit("cast", [result], {"dtype": dtype})  # rounds once (or widens a transpose)
 
 
-def _einsum_lowered(rw: Rewriter, operands, inputs, output, sizes) -> Value:
-    """Reduce, transpose, reshape, one batched matmul, reshape and transpose back."""
+def _einsum_lowered(rw: Rewriter, operands, inputs, output, sizes, acc=None) -> Value:
+    """Reduce, transpose, reshape, one batched matmul (accumulating in `acc`), reshape and
+    transpose back."""
     for index, letters in enumerate(inputs):
         others = set("".join(inputs[:index] + inputs[index + 1:])) | set(output)
         axes = tuple(i for i, ch in enumerate(letters) if ch not in others)
@@ -153,7 +162,7 @@ def _einsum_lowered(rw: Rewriter, operands, inputs, output, sizes) -> Value:
     a = _reshape(rw, a, (size(batch), size(a_free), size(contract)))
     b = _transpose(rw, operands[1], [b_letters.index(ch) for ch in batch + contract + b_free])
     b = _reshape(rw, b, (size(batch), size(contract), size(b_free)))
-    product = rw.emit("matmul", [a, b])
+    product = rw.emit("matmul", [a, b], {"acc": acc} if acc else None)
     letters = batch + a_free + b_free
     product = _reshape(rw, product, [sizes[ch] for ch in letters])
     return _transpose(rw, product, [letters.index(ch) for ch in output])

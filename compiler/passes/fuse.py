@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from compiler.graph.dtypes import is_float, limits
+from compiler.graph.dtypes import is_float, limits, value_preserving
 from compiler.graph.ir import Function, Op
 from compiler.passes.pass_base import GraphPass, register_pass
 from isa.program import MAX_EVENT_COUNT, NUM_DESCS
@@ -154,8 +154,8 @@ def match_attention(fn: Function, users, producers, outputs) -> list[tuple[list[
     found = []
     taken: set[int] = set()
     for m2 in fn.ops:
-        if m2.kind != "matmul" or m2.id in taken:
-            continue
+        if m2.kind != "matmul" or m2.id in taken or "acc" in m2.attrs:
+            continue  # (a product with its own accumulation dtype is not the kernel's)
         chain: list = []
         div = _through_views(m2.inputs[0], producers, chain)
         if div is None or div.kind != "div":
@@ -195,7 +195,7 @@ def match_attention(fn: Function, users, producers, outputs) -> list[tuple[list[
             m1 = _through_views(score.result, producers, chain)
         else:
             m1 = score
-        if m1 is None or m1.kind != "matmul" or m1.id in taken:
+        if m1 is None or m1.kind != "matmul" or m1.id in taken or "acc" in m1.attrs:
             continue
         ops["m1"] = m1
         members = [m1] + chain + list(ops.values()) + [m2]
@@ -486,6 +486,27 @@ def conv_operand_ok(value, shape) -> bool:
     return tuple(dims[-2:]) in (tuple(shape[-2:]), (1, 1))
 
 
+# Dtypes every machine's MX multiplies as they are (fp8 is not: a machine without fp8
+# multiplies it as bf16), so that a DMA converting to one of them does just what a cast to it
+# does (docs/isa.md: DMA.LD converts as VCVT and the `cast` op do).
+MX_NATIVE = ("bf16", "f16", "f32", "i8")
+
+
+def operand_cast_refusal(cast) -> str | None:
+    """Why a cast feeding a matmul operand may not be done by the operand's DMA, or None.
+
+    The DMA converts the cast's source straight to the MX input dtype. That gives the cast's
+    values only when the cast keeps every value of its source (a widening: the MX then sees
+    the source's values, converted once), or when the cast's dtype is the MX input dtype (the
+    DMA does the cast itself). Otherwise the cast's rounding, truncation or wrapping would be
+    lost: `cast(x, i32) @ cast(w, i32)` of floats must multiply trunc(x), not x."""
+    source, target = cast.inputs[0].type.dtype, cast.attrs["dtype"]
+    if value_preserving(source, target) or target in MX_NATIVE:
+        return None
+    return (f"the cast {source} -> {target} changes values and {target} is not an MX input "
+            "dtype on every machine")
+
+
 def plan_fusion(fn: Function, decisions: list[str] | None = None) -> FusionPlan:
     """Group the ops of `fn` (primitives, and conv2d folded by `refold_convs`) into
     kernels; see the module docstring. `decisions` starts the log."""
@@ -709,6 +730,11 @@ def plan_fusion(fn: Function, decisions: list[str] | None = None) -> FusionPlan:
                 g = group_of.get(producer.id)
                 if g is None or members[g] != [producer.id] or any(
                         u is not op for u in users[v.id]):
+                    continue
+                refusal = operand_cast_refusal(producer)
+                if refusal is not None:
+                    decisions.append(f"no-fuse %{producer.id} cast into the operand loads of "
+                                     f"matmul %{op.id}: {refusal}")
                     continue
                 del members[g], kinds[g]
                 group = group_of[op.id]

@@ -306,7 +306,9 @@ def _argmax(instr: Instruction, ctx: ExecContext) -> None:
     if instr.has("acc"):
         old_best = read_source(ctx, dval, rows, 1, dtype)
         old_index = read_source(ctx, didx, rows, 1, "i32")
-        take = best > old_best  # ties keep the earlier (first) maximum
+        # ties keep the earlier (first) maximum; NaN is the largest (numpy's argmax): a
+        # first NaN is taken over any number and kept against everything after it
+        take = (best > old_best) | (np.isnan(best) & ~np.isnan(old_best))
         best = np.where(take, best, old_best)
         index = np.where(take, index, old_index)
     write_tile(ctx, dval, dtype, best)
@@ -330,8 +332,10 @@ def _reduce_defs() -> list[InstrDef]:
     defs.append(_vx(
         "VRARGMAX", 0x84,
         "per row of src (rows x cols): dval = the maximum, didx (i32) = base + the column of "
-        "its first occurrence (dval, didx rows x 1); `.acc` replaces dval/didx only where the "
-        "new maximum is strictly greater (the first maximum across calls wins)",
+        "its first occurrence (dval, didx rows x 1); NaN counts as larger than every number, "
+        "so the first NaN wins, as in numpy's argmax; `.acc` replaces dval/didx only where "
+        "the new maximum is strictly greater or a NaN over a number (the first maximum "
+        "across calls wins)",
         [OperandSpec("dval", ("tile",), "maxima"),
          OperandSpec("didx", ("tile",), "indices (i32)"), SRC, ROWS, COLS,
          OperandSpec("base", ("imm", "reg"), "index of column 0")],

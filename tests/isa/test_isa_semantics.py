@@ -351,3 +351,20 @@ out:
     assert program.loop_exits[5] == 1 and program.loop_exits[8] == 1
     with pytest.raises(Exception, match="BEQZ jumps into a LOOP body from outside it"):
         parse_assembly("BEQZ r1, inside\nLOOP r2, 3\ninside:\nNOP\nENDLOOP")
+
+
+def test_vrargmax_takes_the_first_nan_as_numpy_argmax_does():
+    nan = float("nan")
+
+    def setup(ctx):
+        l1(ctx, 0, 3, 4, "f32")[...] = [[1, 2, 3, 4], [nan, 1, nan, 0], [1, 1, 1, 1]]
+        l1(ctx, 64, 3, 4, "f32")[...] = [[0, nan, 9, nan], [5, nan, 0, 0], [nan, 2, 0, 0]]
+
+    ctx = run_core("""
+    VRARGMAX.f32 L1[256], L1[512], L1[0], 3, 4, 0 .row
+    LI r1, 4
+    VRARGMAX.f32 L1[256], L1[512], L1[64], 3, 4, r1 .row .acc
+    """, setup=setup)
+    # a NaN in a later call beats a number; an earlier NaN is kept against a later one
+    assert l1(ctx, 512, 3, 1, "i32").ravel().tolist() == [5, 0, 4]
+    assert np.isnan(l1(ctx, 256, 3, 1, "f32")).ravel().tolist() == [True, True, True]
