@@ -31,44 +31,69 @@ class NotFlashable(Exception):
 
 
 def _operand(low, value, group: dict):
-    """The view of an operand; through a reshape of the group (merged batch dims) the view
-    of its source when the last two dims agree, so a strided q, k or v needs no copy."""
+    """The view of an operand, with the operand's own shape; through a reshape of the group
+    (merged batch dims) the view of its source when only the batch dims regroup (the same
+    row-major batch order), so a strided q, k or v needs no copy."""
     op = group.get(value.id)
     if op is None:
         return low.view_of(value)
     src = low.view_of(op.inputs[0])
-    if len(src.shape) >= 2 and tuple(src.shape[-2:]) == tuple(value.type.shape[-2:]):
+    shape = tuple(value.type.shape)
+    if (len(src.shape) >= 2 and tuple(src.shape[-2:]) == shape[-2:]
+            and prod(src.shape[:-2]) == prod(shape[:-2])):
         return src
-    view = src.reshape(tuple(value.type.shape))
+    view = src.reshape(shape)
     if view is None:
         raise NotFlashable()
     return view
 
 
-def _batch_split(views, batch: tuple[int, ...]):
-    """Views [outer..., inner, rows, cols] of (view, rows, cols) over `batch` with as few
-    outer batch dims as possible (each outer index is one nest), or NotFlashable."""
-    fulls = []
-    for tv, rows, cols in views:
-        if len(tv.shape) < 2 or tuple(tv.shape[-2:]) != (rows, cols):
-            raise NotFlashable()
-        full = tv if prod(tv.shape[:-2]) == prod(batch) else tv.broadcast(batch + (rows, cols))
-        fulls.append((full, rows, cols))
-        if len(full.shape) - 2 > len(batch) and prod(full.shape[:-2]) == prod(batch):
-            batch = tuple(full.shape[:-2])  # the finest split of the batch
-    if not batch:
-        batch = (1,)
-    for j in range(len(batch)):
-        outer, inner = batch[:j], prod(batch[j:])
-        out = []
-        for full, rows, cols in fulls:
-            flat = full.reshape(outer + (inner, rows, cols))
-            if flat is None:
+def _batched(tv, batch: tuple[int, ...], rows: int, cols: int):
+    """`tv` (an operand of a product with batch dims `batch`) broadcast to them: a view of
+    prod(batch) matrices in the product's row-major batch order."""
+    if tuple(tv.shape[-2:]) != (rows, cols):
+        raise NotFlashable()
+    if prod(tv.shape[:-2]) == prod(batch):
+        return tv  # the product's batch dims, maybe regrouped (`_operand`)
+    return tv.broadcast(batch + (rows, cols))
+
+
+def _split_rows(tv, seq_q: int):
+    """[..., groups·seq_q, cols] -> [..., groups, seq_q, cols]: each query block a batch."""
+    *batch, rows, cols = tv.shape
+    view = tv.reshape(tuple(batch) + (rows // seq_q, seq_q, cols))
+    if view is None:
+        raise NotFlashable()
+    return view
+
+
+def _repeat(tv, groups: int):
+    """[..., rows, cols] -> [..., groups, rows, cols] through stride 0 (grouped-query K/V
+    read by every query block of a group, never copied)."""
+    *batch, rows, cols = tv.shape
+    return replace(tv, shape=tuple(batch) + (groups, rows, cols),
+                   strides=tuple(tv.strides[:-2]) + (0,) + tuple(tv.strides[-2:]))
+
+
+def _batch_split(views):
+    """The views [batch..., rows, cols] (each batch dims a factoring of the same flat batch
+    index) as [outer..., inner, rows, cols] with one shared `outer` (each outer index is one
+    nest), as few nests as possible; or NotFlashable."""
+    total = prod(views[0].shape[:-2])
+    candidates = [tuple(d for d in tv.shape[:-2] if d != 1) for tv in views] + [(total,)]
+    best = None
+    for batch in dict.fromkeys(candidates):
+        for j in range(len(batch) + 1):
+            outer, inner = batch[:j], prod(batch[j:])
+            if best is not None and prod(outer) >= prod(best[0]):
                 break
-            out.append(flat)
-        else:
-            return outer, out
-    raise NotFlashable()
+            split = [tv.reshape(outer + (inner,) + tuple(tv.shape[-2:])) for tv in views]
+            if all(view is not None for view in split):
+                best = (outer, split)
+                break
+    if best is None:
+        raise NotFlashable()
+    return best
 
 
 def _pick(tv, index: tuple[int, ...]):
@@ -105,31 +130,41 @@ def _lower_each(low, ops) -> None:
 
 
 def _lower_flash(low, ops) -> None:
-    matmuls = [op for op in ops if op.kind == "matmul"]
-    m1, m2 = matmuls[0], matmuls[-1]
-    by_kind = {op.kind: op for op in ops if op.kind in ("mul", "where")}
+    from compiler.passes.attention_match import match_chain
+
+    matched = match_chain(ops[-1] if ops[-1].kind == "matmul" else
+                          [op for op in ops if op.kind == "matmul"][-1], low.fn.producers())
+    if matched is None:  # pragma: no cover - the group is the matcher's
+        raise NotFlashable()
+    named, _, shape = matched
+    m1, m2 = named["m1"], named["m2"]
     scale = None
-    if "mul" in by_kind:
-        scale = low.immediate(by_kind["mul"].inputs[1])
+    if "scale" in named:
+        scale = low.immediate(named["scale"].inputs[1])
         if scale is None:
             raise NotFlashable()
-    causal = "where" in by_kind
     group = {op.id: op for op in ops if op.kind == "reshape"}
-    q_tv, kt_tv = (_operand(low, v, group) for v in m1.inputs)
-    v_tv = _operand(low, m2.inputs[1], group)
-    seq_q, seq_k = m1.result.type.shape[-2:]
     dim = m1.inputs[0].type.shape[-1]
     dim_v = m2.inputs[1].type.shape[-1]
+    if dim != dim_v or dim > MAX_TILE:
+        raise NotFlashable()
+    seq_q, seq_k = shape.seq_q, shape.seq_k
     batch1 = tuple(m1.result.type.shape[:-2])
     batch2 = tuple(m2.result.type.shape[:-2])
-    if dim != dim_v or prod(batch1) != prod(batch2) or dim > MAX_TILE:
-        raise NotFlashable()
+    rows1, rows2 = m1.result.type.shape[-2], m2.result.type.shape[-2]
+    # each operand against its own product's batch dims, then the query blocks of a
+    # product's rows as one more batch dim (K and V repeated through stride 0)
+    q_tv = _split_rows(_batched(_operand(low, m1.inputs[0], group), batch1, rows1, dim),
+                       seq_q)
+    kt_tv = _repeat(_batched(_operand(low, m1.inputs[1], group), batch1, dim, seq_k),
+                    shape.groups1)
+    v_tv = _repeat(_batched(_operand(low, m2.inputs[1], group), batch2, seq_k, dim),
+                   shape.groups2)
     out = _output(low, m2)
-    outer, (q4, kt4, v4, o4) = _batch_split(
-        [(q_tv, seq_q, dim), (kt_tv, dim, seq_k), (v_tv, seq_k, dim), (out, seq_q, dim)],
-        batch2 if len(batch2) >= len(batch1) else batch1)
+    o_tv = _split_rows(out, seq_q)
+    outer, (q4, kt4, v4, o4) = _batch_split([q_tv, kt_tv, v_tv, o_tv])
     nests = [_flash_nest(low, _pick(q4, i), _pick(kt4, i), _pick(v4, i), _pick(o4, i),
-                         scale, causal) for i in product(*(range(n) for n in outer))]
+                         scale, shape.causal) for i in product(*(range(n) for n in outer))]
     low.views[m2.id] = out
     low.kernel("flash_attention", [op.id for op in ops], nests, m2.span)
 

@@ -1,0 +1,244 @@
+"""The attention matcher of `fuse`: `softmax(q @ kᵀ · s [masked]) @ v` chains.
+
+A match is what the flash-attention kernel (compiler/backend/flash.py) computes, and the
+matcher owns the proof that the program computes the same thing. It checks every condition
+the kernel relies on and refuses the rest (the ops are then fused by the other rules):
+
+- the softmax normalises the scores' rows: every reshape between the first product and the
+  softmax, and between the softmax and the second product, keeps the last dim (the keys),
+  so a row of the product is a row of the softmax and a row of the second product's
+  left operand, in the same row-major order;
+- the rows of both products split into whole query blocks of the softmax's second-to-last
+  dim (a grouped-query einsum merges [group, query] into the product's rows: the kernel
+  sees the group as a batch dim, and the causal mask compares the query index within the
+  block, never the merged row index);
+- the mask, when there is one, is exactly `i >= j` over the softmax's last two dims and
+  broadcasts over its leading dims only: `arange(n)` in a dtype that holds 0..n-1 exactly
+  (fp8 rounds, i8 wraps), row index first, filled with a scalar `-inf` constant;
+- the scores are f32, bf16 or f16 and both products keep the input dtype: fp8 has no
+  infinity (a `-inf` fill is NaN there, docs/language.md) and saturates at 448, which the
+  kernel's f32 scores would not reproduce;
+- every intermediate value is used only inside the chain.
+
+Batch dims may broadcast in either product (numpy rules); the kernel broadcasts each
+operand against its own product's batch shape and sees all of them through one flat batch
+index (the softmax's rows in row-major order).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from math import gcd
+
+# The scores' dtypes the kernel reproduces: those with an infinity, whose products it
+# computes in f32 without overflowing where the program would not
+SCORE_DTYPES = ("f32", "bf16", "f16")
+# the largest n such that every integer 0..n-1 is exact in the dtype (arange's values)
+_EXACT_COUNT = {"i32": 2 ** 31, "f32": 2 ** 24 + 1, "f16": 2049, "bf16": 257, "i8": 128,
+                "fp8": 17}
+
+
+@dataclass(frozen=True)
+class AttentionShape:
+    """How the kernel sees a matched chain: `batch` query blocks of `seq_q` queries (a
+    flat index over the softmax's rows in row-major order) against `seq_k` keys; `groups1`
+    and `groups2` are the query blocks in one batch of the first and second product's
+    rows (grouped-query attention)."""
+
+    seq_q: int
+    seq_k: int
+    groups1: int
+    groups2: int
+    causal: bool
+
+
+def row_reduction(op) -> bool:
+    """A reduction of the last axis with keepdims."""
+    if op.kind not in ("reduce_sum", "reduce_max") or not op.attrs.get("keepdims"):
+        return False
+    shape = op.inputs[0].type.shape
+    return (len(shape) >= 1 and shape[-1] > 1 and tuple(op.attrs["axes"]) == (len(shape) - 1,)
+            and op.inputs[0].type.dtype != "bool")
+
+
+def _row_reshapes(value, producers, chain: list):
+    """The op behind `value` past reshapes that keep the last dim (appended to `chain`);
+    None when a reshape changes it (the softmax would normalise another set)."""
+    op = producers.get(value.id)
+    while op is not None and op.kind == "reshape":
+        before, after = op.inputs[0].type.shape, op.result.type.shape
+        if not before or not after or before[-1] != after[-1]:
+            return None
+        chain.append(op)
+        op = producers.get(op.inputs[0].id)
+    return op
+
+
+def scalar_constant(value, producers) -> float | None:
+    """The value of a rank-0 constant, else None."""
+    op = producers.get(value.id)
+    if op is not None and op.kind == "constant" and not op.result.type.shape:
+        return float(op.attrs["value"])
+    return None
+
+
+def _iota_through_reshapes(value, producers, shape: tuple[int, ...]):
+    """The exact `arange(n)` behind `value` (a reshape of it to `shape`), else None."""
+    if tuple(value.type.shape) != shape:
+        return None
+    op = producers.get(value.id)
+    while op is not None and op.kind == "reshape":
+        op = producers.get(op.inputs[0].id)
+    if op is None or op.kind != "iota":
+        return None
+    if op.attrs["n"] > _EXACT_COUNT.get(op.attrs["dtype"], 0):
+        return None  # arange's values round or wrap: the mask is not i >= j
+    return op
+
+
+def is_causal_mask(value, producers, seq_q: int, seq_k: int) -> bool:
+    """Whether `value` is exactly `arange(seq_q)[:, None] >= arange(seq_k)[None, :]`
+    (query i sees keys j <= i), possibly with leading dims of 1."""
+    op = producers.get(value.id)
+    if op is None or op.kind != "ge" or value.type.dtype != "bool":
+        return False
+    shape = tuple(value.type.shape)
+    if len(shape) < 2 or shape[-2:] != (seq_q, seq_k) or any(d != 1 for d in shape[:-2]):
+        return False
+    rows, cols = op.inputs
+    row_iota = _iota_through_reshapes(rows, producers, (seq_q, 1))
+    col_iota = _iota_through_reshapes(cols, producers, (1, seq_k))
+    if row_iota is None or col_iota is None:
+        return False
+    return row_iota.attrs["n"] == seq_q and col_iota.attrs["n"] == seq_k and seq_q == seq_k
+
+
+def _softmax(value, producers) -> dict | None:
+    """The ops of `softmax(x)` over the last axis ending at `value` (a div), or None."""
+    div = producers.get(value.id)
+    if div is None or div.kind != "div":
+        return None
+    exp, total = (producers.get(v.id) for v in div.inputs)
+    if exp is None or total is None or exp.kind != "exp" or total.kind != "reduce_sum":
+        return None
+    if total.inputs[0] is not exp.result or not row_reduction(total):
+        return None
+    sub = producers.get(exp.inputs[0].id)
+    if sub is None or sub.kind != "sub":
+        return None
+    peak = producers.get(sub.inputs[1].id)
+    if peak is None or peak.kind != "reduce_max" or not row_reduction(peak):
+        return None
+    x = sub.inputs[0]
+    if peak.inputs[0] is not x:
+        return None
+    shape = tuple(x.type.shape)
+    if any(tuple(v.type.shape) != shape for v in (sub.result, exp.result, div.result)):
+        return None
+    return {"div": div, "exp": exp, "sum": total, "sub": sub, "max": peak}
+
+
+def _plain_matmul(op) -> bool:
+    """A product whose operands and result share one dtype (no accumulation type)."""
+    if op is None or op.kind != "matmul" or len(op.inputs) != 2:
+        return False
+    dtype = op.result.type.dtype
+    return all(v.type.dtype == dtype and v.type.rank >= 2 for v in op.inputs)
+
+
+def match_chain(m2, producers) -> tuple[dict, list, AttentionShape] | None:
+    """(named ops, reshapes, shape) when matmul `m2` ends an attention chain the kernel
+    computes exactly, else None. See the module docstring for the conditions."""
+    if not _plain_matmul(m2):
+        return None
+    chain: list = []
+    after = _row_reshapes(m2.inputs[0], producers, chain)
+    if after is None:
+        return None
+    ops = _softmax(after.result, producers)
+    if ops is None:
+        return None
+    shape = tuple(ops["sub"].result.type.shape)
+    dtype = ops["sub"].result.type.dtype
+    if dtype not in SCORE_DTYPES or m2.result.type.dtype != dtype:
+        return None
+    seq_k = shape[-1]
+    seq_q = shape[-2] if len(shape) >= 2 else 1
+    score = producers.get(ops["sub"].inputs[0].id)
+    causal = False
+    if score is not None and score.kind == "where":
+        mask, kept, fill = score.inputs
+        if (scalar_constant(fill, producers) != float("-inf")
+                or tuple(kept.type.shape) != shape
+                or not is_causal_mask(mask, producers, seq_q, seq_k)):
+            return None
+        ops["where"] = score
+        causal = True
+        score = producers.get(kept.id)
+    if (score is not None and score.kind == "mul"
+            and scalar_constant(score.inputs[1], producers) is not None
+            and tuple(score.inputs[0].type.shape) == shape):
+        ops["scale"] = score
+        score = producers.get(score.inputs[0].id)
+    if score is None:
+        return None
+    m1 = _row_reshapes(score.result, producers, chain)
+    if not _plain_matmul(m1) or m1.result.type.dtype != dtype:
+        return None
+    rows1 = m1.result.type.shape[-2]
+    rows2 = m2.inputs[0].type.shape[-2]
+    if m1.result.type.shape[-1] != seq_k or m2.inputs[0].type.shape[-1] != seq_k:
+        return None
+    if not causal:
+        seq_q = gcd(rows1, rows2)  # rows are independent: any common block will do
+    if rows1 % seq_q or rows2 % seq_q:
+        return None  # a query block would straddle two batches of a product
+    ops["m1"] = m1
+    ops["m2"] = m2
+    return ops, chain, AttentionShape(seq_q, seq_k, rows1 // seq_q, rows2 // seq_q, causal)
+
+
+def match_attention(fn, users, producers, outputs) -> list[tuple[list[int], str]]:
+    """Every attention chain of `fn`: (op ids in program order, description) for each."""
+    found = []
+    taken: set[int] = set()
+    for m2 in fn.ops:
+        if m2.kind != "matmul" or m2.id in taken:
+            continue
+        matched = match_chain(m2, producers)
+        if matched is None:
+            continue
+        ops, chain, shape = matched
+        m1 = ops["m1"]
+        if m1.id in taken:
+            continue
+        members = [m1] + chain + [op for name, op in ops.items() if name not in ("m1", "m2")]
+        members.append(m2)
+        # reshapes merging the operands' batch dims (an einsum's batched matmul of q, k and
+        # v with [batch, heads] leading axes): the kernel reads their sources through views
+        for value in dict.fromkeys(list(m1.inputs) + [m2.inputs[1]]):
+            op = producers.get(value.id)
+            if (op is not None and op.kind == "reshape" and op.id not in taken
+                    and value.id not in outputs and op not in members
+                    and all(u is m1 or u is m2 for u in users[op.id])):
+                members.append(op)
+        ids = {op.id for op in members}
+        # every value but the product's result stays inside
+        if any(op.id in outputs or any(u.id not in ids for u in users[op.id])
+               for op in members if op is not m2):
+            continue
+        # the causal mask is made in the kernel: its ops go too when nothing else reads them
+        if "where" in ops:
+            todo = [producers.get(ops["where"].inputs[0].id)]
+            while todo:
+                op = todo.pop()
+                if op is None or op.id in ids or op.id in outputs:
+                    continue
+                if all(u.id in ids for u in users[op.id]):
+                    ids.add(op.id)
+                    todo += [producers.get(v.id) for v in op.inputs]
+        order = [op.id for op in fn.ops if op.id in ids]
+        taken |= ids
+        masked = "causal" if shape.causal else "unmasked"
+        found.append((order, f"{masked} attention, scores {list(m1.result.type.shape)}"))
+    return found
