@@ -30,32 +30,34 @@ class NotFlashable(Exception):
     """The chain's views cannot be seen as [batch, rows, dim]: lower it op by op."""
 
 
-def _operand(low, value, group: dict):
-    """The view of an operand, with the operand's own shape; through a reshape of the group
-    (merged batch dims) the view of its source when only the batch dims regroup (the same
-    row-major batch order), so a strided q, k or v needs no copy."""
+def _operand(low, value, group: dict, batch: tuple[int, ...], seq_q: int | None):
+    """A view of a product's operand `value` as [*b, rows, cols] over the product's batch
+    dims `batch` (broadcast where the operand is), its rows split into query blocks
+    [*b, rows / seq_q, seq_q, cols] when `seq_q` is given. `b` is the batch in row-major
+    order, regrouped as the operand's source allows: through a reshape of the group
+    (merged batch dims of an einsum) the kernel reads the source, so a strided q, k or v
+    needs no copy."""
     op = group.get(value.id)
-    if op is None:
-        return low.view_of(value)
-    src = low.view_of(op.inputs[0])
+    src = low.view_of(op.inputs[0] if op is not None else value)
     shape = tuple(value.type.shape)
-    if (len(src.shape) >= 2 and tuple(src.shape[-2:]) == shape[-2:]
-            and prod(src.shape[:-2]) == prod(shape[:-2])):
-        return src
-    view = src.reshape(shape)
-    if view is None:
-        raise NotFlashable()
-    return view
-
-
-def _batched(tv, batch: tuple[int, ...], rows: int, cols: int):
-    """`tv` (an operand of a product with batch dims `batch`) broadcast to them: a view of
-    prod(batch) matrices in the product's row-major batch order."""
-    if tuple(tv.shape[-2:]) != (rows, cols):
-        raise NotFlashable()
-    if prod(tv.shape[:-2]) == prod(batch):
-        return tv  # the product's batch dims, maybe regrouped (`_operand`)
-    return tv.broadcast(batch + (rows, cols))
+    rows, cols = shape[-2:]
+    tail = (rows // seq_q, seq_q, cols) if seq_q else (rows, cols)
+    if prod(shape[:-2]) != prod(batch):  # broadcast along the product's batch dims
+        view = src.reshape(shape)
+        if view is None:
+            raise NotFlashable()
+        view = view.broadcast(batch + (rows, cols))
+        view = view.reshape(batch + tail)
+        if view is None:
+            raise NotFlashable()
+        return view
+    tries = [tuple(src.shape[:cut]) + tail for cut in range(len(src.shape) + 1)
+             if prod(src.shape[:cut]) == prod(batch) and prod(src.shape[cut:]) == rows * cols]
+    for target in tries + [tuple(shape[:-2]) + tail]:
+        view = src.reshape(target)
+        if view is not None:
+            return view
+    raise NotFlashable()
 
 
 def _split_rows(tv, seq_q: int):
@@ -132,17 +134,13 @@ def _lower_each(low, ops) -> None:
 def _lower_flash(low, ops) -> None:
     from compiler.passes.attention_match import match_chain
 
-    matched = match_chain(ops[-1] if ops[-1].kind == "matmul" else
-                          [op for op in ops if op.kind == "matmul"][-1], low.fn.producers())
+    m2 = [op for op in ops if op.kind == "matmul"][-1]
+    matched = match_chain(m2, low.fn.producers())
     if matched is None:  # pragma: no cover - the group is the matcher's
         raise NotFlashable()
     named, _, shape = matched
     m1, m2 = named["m1"], named["m2"]
-    scale = None
-    if "scale" in named:
-        scale = low.immediate(named["scale"].inputs[1])
-        if scale is None:
-            raise NotFlashable()
+    scale = shape.scale
     group = {op.id: op for op in ops if op.kind == "reshape"}
     dim = m1.inputs[0].type.shape[-1]
     dim_v = m2.inputs[1].type.shape[-1]
@@ -151,20 +149,17 @@ def _lower_flash(low, ops) -> None:
     seq_q, seq_k = shape.seq_q, shape.seq_k
     batch1 = tuple(m1.result.type.shape[:-2])
     batch2 = tuple(m2.result.type.shape[:-2])
-    rows1, rows2 = m1.result.type.shape[-2], m2.result.type.shape[-2]
     # each operand against its own product's batch dims, then the query blocks of a
     # product's rows as one more batch dim (K and V repeated through stride 0)
-    q_tv = _split_rows(_batched(_operand(low, m1.inputs[0], group), batch1, rows1, dim),
-                       seq_q)
-    kt_tv = _repeat(_batched(_operand(low, m1.inputs[1], group), batch1, dim, seq_k),
-                    shape.groups1)
-    v_tv = _repeat(_batched(_operand(low, m2.inputs[1], group), batch2, seq_k, dim),
-                   shape.groups2)
+    q_tv = _operand(low, m1.inputs[0], group, batch1, seq_q)
+    kt_tv = _repeat(_operand(low, m1.inputs[1], group, batch1, None), shape.groups1)
+    v_tv = _repeat(_operand(low, m2.inputs[1], group, batch2, None), shape.groups2)
     out = _output(low, m2)
     o_tv = _split_rows(out, seq_q)
     outer, (q4, kt4, v4, o4) = _batch_split([q_tv, kt_tv, v_tv, o_tv])
     nests = [_flash_nest(low, _pick(q4, i), _pick(kt4, i), _pick(v4, i), _pick(o4, i),
-                         scale, shape.causal) for i in product(*(range(n) for n in outer))]
+                         scale, shape.causal, shape.additive)
+             for i in product(*(range(n) for n in outer))]
     low.views[m2.id] = out
     low.kernel("flash_attention", [op.id for op in ops], nests, m2.span)
 
@@ -184,8 +179,9 @@ def _output(low, m2):
     return low.new_tensor(f"t{m2.id}", rtype, "temp", m2.span)
 
 
-def _flash_nest(low, q3, kt3, v3, o3, scale, causal) -> Nest:
-    """One flash nest over [batch, rows, cols] views of q, kᵀ, v and the output."""
+def _flash_nest(low, q3, kt3, v3, o3, scale, causal, additive=False) -> Nest:
+    """One flash nest over [batch, rows, cols] views of q, kᵀ, v and the output; an
+    `additive` causal mask adds -inf where it drops a score (a NaN score stays NaN)."""
     machine = low.machine
     batch, seq_q, dim = q3.shape
     seq_k = kt3.shape[-1]
@@ -221,6 +217,8 @@ def _flash_nest(low, q3, kt3, v3, o3, scale, causal) -> Nest:
     single_l1 = [("q", in_dtype, tile_q, dim_p), ("mask", "bool", tile_q, tile_k),
                  ("qi", "i32", tile_q, 1), ("kj", "i32", 1, tile_k)]
     single_l1 += [(name, "f32", tile_q, 1) for name in ("m", "l", "mnew", "rmax", "rsum", "corr")]
+    if causal and additive:
+        single_l1.append(("sneg", "f32", tile_q, tile_k))
     buffers = []
     offset = 0
     for name, dtype, rows, cols in twin_l1:
@@ -266,7 +264,11 @@ def _flash_nest(low, q3, kt3, v3, o3, scale, causal) -> Nest:
         step.append(Vec("MUL", "f32", "s", ("s", scale)))
     if causal or seq_k % tile_k:
         step += [Iota("i32", "qi", 1), Iota("i32", "kj", 3)]
-    if causal:
+    if causal and additive:  # s + where(mask, 0, -inf): -inf, or NaN for a NaN score
+        step += [Vec("CMP.ge", "i32", "mask", ("qi", "kj")),
+                 Vec("ADD", "f32", "sneg", ("s", float("-inf"))),
+                 Vec("SEL", "f32", "s", ("mask", "s", "sneg"))]
+    elif causal:
         step += [Vec("CMP.ge", "i32", "mask", ("qi", "kj")),
                  Vec("SEL", "f32", "s", ("mask", "s", float("-inf")))]
     if seq_k % tile_k:

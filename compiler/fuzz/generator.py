@@ -227,7 +227,8 @@ class ProgramBuilder:
         kind = self.chooser.choice(
             ("unary", "binary", "binary", "reduce", "matmul", "transpose", "reshape", "slice",
              "concat", "softmax", "norm", "cast", "broadcast", "pad", "expand", "argmax",
-             "conv", "pool", "einsum", "linear", "attention", "creation", "integer")
+             "conv", "pool", "einsum", "linear", "attention", "creation", "integer",
+             "attention_form")
         )
         getattr(self, f"step_{kind}")()
 
@@ -482,6 +483,12 @@ class ProgramBuilder:
             scores = f"where({mask}, {scores}, -inf)"
         probs = f"softmax({scores}, axis=-1)"
         self.bind(f"{probs} @ {v.name}", dtype, (heads, seq_q, dim))
+
+    def step_attention_form(self) -> None:
+        """Attention in one of the spellings compiler/fuzz/attention_forms.py draws."""
+        from compiler.fuzz.attention_forms import draw_attention
+
+        draw_attention(self)
 
     def step_creation(self) -> None:
         x = self.pick(min_rank=1)

@@ -18,6 +18,13 @@ the kernel relies on and refuses the rest (the ops are then fused by the other r
 - the scores are f32, bf16 or f16 and both products keep the input dtype: fp8 has no
   infinity (a `-inf` fill is NaN there, docs/language.md) and saturates at 448, which the
   kernel's f32 scores would not reproduce;
+- between the first product and the softmax only these, in any order: reshapes that keep
+  the rows, casts that keep the range (bf16/f16 -> f32, f32 -> bf16: the kernel's f32
+  scores), scalar scales (`s * c`, `c * s`, `s / c`; the kernel scales before it masks, so a
+  scale after the mask must be positive) and one mask: `where(mask, s, -inf)` or an additive
+  `s + where(mask, 0, -inf)` (the kernel adds -inf, so a NaN score stays NaN); between the
+  softmax and the second product, reshapes that keep the rows and casts between f32, bf16
+  and f16 (the kernel rounds P to the product's dtype);
 - every intermediate value is used only inside the chain.
 
 Batch dims may broadcast in either product (numpy rules); the kernel broadcasts each
@@ -29,6 +36,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from math import gcd
+
+import numpy as np
+
+from compiler.graph.dtypes import np_dtype
 
 # The scores' dtypes the kernel reproduces: those with an infinity, whose products it
 # computes in f32 without overflowing where the program would not
@@ -43,13 +54,17 @@ class AttentionShape:
     """How the kernel sees a matched chain: `batch` query blocks of `seq_q` queries (a
     flat index over the softmax's rows in row-major order) against `seq_k` keys; `groups1`
     and `groups2` are the query blocks in one batch of the first and second product's
-    rows (grouped-query attention)."""
+    rows (grouped-query attention). The scores are scaled by `scale` (None: 1), then
+    masked (`causal`), by a select or, when `additive`, by adding a 0/-inf bias (a NaN
+    score then stays NaN where the mask drops it)."""
 
     seq_q: int
     seq_k: int
     groups1: int
     groups2: int
     causal: bool
+    scale: float | None = None
+    additive: bool = False
 
 
 def row_reduction(op) -> bool:
@@ -75,11 +90,58 @@ def _row_reshapes(value, producers, chain: list):
 
 
 def scalar_constant(value, producers) -> float | None:
-    """The value of a rank-0 constant, else None."""
+    """The value of a rank-0 constant as its dtype rounds it, else None."""
     op = producers.get(value.id)
     if op is not None and op.kind == "constant" and not op.result.type.shape:
-        return float(op.attrs["value"])
+        dtype = op.result.type.dtype
+        if dtype not in SCORE_DTYPES:
+            return None
+        return float(np.asarray(float(op.attrs["value"])).astype(np_dtype(dtype)))
     return None
+
+
+def _scale_of(op, producers) -> tuple[object, float] | None:
+    """(scores, factor) when `op` is `scores * c`, `c * scores` or `scores / c` with a
+    scalar constant c and the scores' shape, else None."""
+    if op.kind not in ("mul", "div"):
+        return None
+    a, b = op.inputs
+    for scores, const in ((a, b), (b, a)) if op.kind == "mul" else ((a, b),):
+        c = scalar_constant(const, producers)
+        if c is None or scores.type.shape != op.result.type.shape:
+            continue
+        if op.kind == "div":
+            if c == 0 or not np.isfinite(c):
+                return None
+            c = 1.0 / c
+        return scores, c
+    return None
+
+
+def _bias_mask(op, producers) -> tuple[object, object] | None:
+    """(scores, mask) when `op` is `scores + where(mask, 0, -inf)` (either order) with the
+    scores' shape, else None."""
+    if op.kind != "add":
+        return None
+    for scores, bias in (op.inputs, op.inputs[::-1]):
+        where = producers.get(bias.id)
+        if (where is None or where.kind != "where" or scores.type.shape != op.result.type.shape
+                or scalar_constant(where.inputs[1], producers) != 0.0
+                or scalar_constant(where.inputs[2], producers) != float("-inf")):
+            continue
+        return scores, where
+    return None
+
+
+# casts the kernel's f32 scores reproduce: none narrows the range (to f16 it would overflow)
+_RANGE = {"f16": 0, "bf16": 1, "f32": 1}
+
+
+def _range_keeping_cast(op) -> bool:
+    if op.kind != "cast":
+        return False
+    src, dst = op.inputs[0].type.dtype, op.result.type.dtype
+    return src in _RANGE and dst in _RANGE and _RANGE[dst] >= _RANGE[src]
 
 
 def _iota_through_reshapes(value, producers, shape: tuple[int, ...]):
@@ -146,43 +208,86 @@ def _plain_matmul(op) -> bool:
     return all(v.type.dtype == dtype and v.type.rank >= 2 for v in op.inputs)
 
 
+def _scores_chain(x, producers, chain: list, ops: dict):
+    """Walk back from the softmax's input `x` to the first product: reshapes that keep the
+    rows, range-keeping casts, scalar scales and one mask (a select or an additive bias).
+    Returns (m1, scale, mask, where-op, additive) or None; the ops walked go to `chain`
+    (reshapes and casts) and `ops`."""
+    scale, mask, masker, additive, after_mask = 1.0, None, None, False, []
+    while True:
+        op = producers.get(x.id)
+        if op is None:
+            return None
+        if op.kind == "matmul":
+            break
+        if op.kind == "reshape":
+            before, now = op.inputs[0].type.shape, op.result.type.shape
+            if not before or not now or before[-1] != now[-1]:
+                return None
+            chain.append(op)
+            x = op.inputs[0]
+        elif _range_keeping_cast(op):
+            chain.append(op)
+            x = op.inputs[0]
+        elif (scaled := _scale_of(op, producers)) is not None:
+            ops.setdefault("scales", []).append(op)
+            x, factor = scaled
+            scale *= factor
+            if mask is None:
+                after_mask.append(factor)
+        elif op.kind == "where" and mask is None:
+            mask, kept, fill = op.inputs
+            if (scalar_constant(fill, producers) != float("-inf")
+                    or kept.type.shape != op.result.type.shape):
+                return None
+            masker = op
+            x = kept
+        elif mask is None and (biased := _bias_mask(op, producers)) is not None:
+            x, bias = biased
+            masker, mask, additive = op, bias.inputs[0], True
+            ops["bias"] = bias
+        else:
+            return None
+    # the kernel scales, then masks: a scale after the mask must keep -inf as -inf
+    if mask is not None and any(f <= 0 for f in after_mask):
+        return None
+    return op, (None if scale == 1.0 else scale), mask, masker, additive
+
+
 def match_chain(m2, producers) -> tuple[dict, list, AttentionShape] | None:
-    """(named ops, reshapes, shape) when matmul `m2` ends an attention chain the kernel
-    computes exactly, else None. See the module docstring for the conditions."""
+    """(named ops, reshapes and casts, shape) when matmul `m2` ends an attention chain the
+    kernel computes exactly, else None. See the module docstring for the conditions."""
     if not _plain_matmul(m2):
         return None
     chain: list = []
-    after = _row_reshapes(m2.inputs[0], producers, chain)
+    after = producers.get(m2.inputs[0].id)
+    while after is not None and (after.kind == "reshape" or _range_keeping_cast(after)
+                                 or (after.kind == "cast" and after.result.type.dtype
+                                     in SCORE_DTYPES)):
+        if after.kind == "reshape":
+            before, now = after.inputs[0].type.shape, after.result.type.shape
+            if not before or not now or before[-1] != now[-1]:
+                return None
+        chain.append(after)
+        after = producers.get(after.inputs[0].id)
     if after is None:
         return None
     ops = _softmax(after.result, producers)
     if ops is None:
         return None
     shape = tuple(ops["sub"].result.type.shape)
-    dtype = ops["sub"].result.type.dtype
-    if dtype not in SCORE_DTYPES or m2.result.type.dtype != dtype:
+    dtype = m2.result.type.dtype
+    if dtype not in SCORE_DTYPES or ops["sub"].result.type.dtype not in SCORE_DTYPES:
         return None
     seq_k = shape[-1]
-    seq_q = shape[-2] if len(shape) >= 2 else 1
-    score = producers.get(ops["sub"].inputs[0].id)
-    causal = False
-    if score is not None and score.kind == "where":
-        mask, kept, fill = score.inputs
-        if (scalar_constant(fill, producers) != float("-inf")
-                or tuple(kept.type.shape) != shape
-                or not is_causal_mask(mask, producers, seq_q, seq_k)):
-            return None
-        ops["where"] = score
-        causal = True
-        score = producers.get(kept.id)
-    if (score is not None and score.kind == "mul"
-            and scalar_constant(score.inputs[1], producers) is not None
-            and tuple(score.inputs[0].type.shape) == shape):
-        ops["scale"] = score
-        score = producers.get(score.inputs[0].id)
-    if score is None:
+    walked = _scores_chain(ops["sub"].inputs[0], producers, chain, ops)
+    if walked is None:
         return None
-    m1 = _row_reshapes(score.result, producers, chain)
+    m1, scale, mask, masker, additive = walked
+    causal = mask is not None
+    seq_q = masker.result.type.shape[-2] if causal and masker.result.type.rank >= 2 else 1
+    if causal and not is_causal_mask(mask, producers, seq_q, seq_k):
+        return None
     if not _plain_matmul(m1) or m1.result.type.dtype != dtype:
         return None
     rows1 = m1.result.type.shape[-2]
@@ -193,9 +298,12 @@ def match_chain(m2, producers) -> tuple[dict, list, AttentionShape] | None:
         seq_q = gcd(rows1, rows2)  # rows are independent: any common block will do
     if rows1 % seq_q or rows2 % seq_q:
         return None  # a query block would straddle two batches of a product
+    if causal:
+        ops["where" if not additive else "masked"] = masker
     ops["m1"] = m1
     ops["m2"] = m2
-    return ops, chain, AttentionShape(seq_q, seq_k, rows1 // seq_q, rows2 // seq_q, causal)
+    return ops, chain, AttentionShape(seq_q, seq_k, rows1 // seq_q, rows2 // seq_q, causal,
+                                      scale, additive)
 
 
 def match_attention(fn, users, producers, outputs) -> list[tuple[list[int], str]]:
@@ -212,7 +320,9 @@ def match_attention(fn, users, producers, outputs) -> list[tuple[list[int], str]
         m1 = ops["m1"]
         if m1.id in taken:
             continue
-        members = [m1] + chain + [op for name, op in ops.items() if name not in ("m1", "m2")]
+        members = [m1] + chain + [op for name, op in ops.items()
+                                  if name not in ("m1", "m2", "scales", "bias")]
+        members += ops.get("scales", []) + ([ops["bias"]] if "bias" in ops else [])
         members.append(m2)
         # reshapes merging the operands' batch dims (an einsum's batched matmul of q, k and
         # v with [batch, heads] leading axes): the kernel reads their sources through views
@@ -228,8 +338,9 @@ def match_attention(fn, users, producers, outputs) -> list[tuple[list[int], str]
                for op in members if op is not m2):
             continue
         # the causal mask is made in the kernel: its ops go too when nothing else reads them
-        if "where" in ops:
-            todo = [producers.get(ops["where"].inputs[0].id)]
+        if "where" in ops or "bias" in ops:
+            masker = ops["where"] if "where" in ops else ops["bias"]
+            todo = [producers.get(masker.inputs[0].id)]
             while todo:
                 op = todo.pop()
                 if op is None or op.id in ids or op.id in outputs:
