@@ -33,8 +33,8 @@ def load_all() -> None:
 def default_graph_pipeline() -> list[GraphPass]:
     """The graph passes of a normal compile, in order; the result is primitives only."""
     load_all()
-    names = ["canonicalize", "constant-fold", "decompose", "canonicalize", "constant-fold",
-             "cse", "dce"]
+    names = ["canonicalize", "constant-fold", "decompose", "canonicalize", "hoist-scales",
+             "constant-fold", "cse", "dce"]
     return [get_pass(name) for name in names]
 
 
