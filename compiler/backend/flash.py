@@ -51,22 +51,21 @@ def _operand(low, value, group: dict, batch: tuple[int, ...], seq_q: int | None)
         if view is None:
             raise NotFlashable()
         return view
+    return _regrouped(src, shape, tail)
+
+
+def _regrouped(src, shape: tuple[int, ...], tail: tuple[int, ...]):
+    """`src` (the data of a [*batch, rows, cols] value `shape` in row-major order, maybe
+    shaped otherwise) as [*b, *tail]: b the batch regrouped as src's own leading dims
+    allow, else as the value's."""
+    batch, (rows, cols) = prod(shape[:-2]), shape[-2:]
     tries = [tuple(src.shape[:cut]) + tail for cut in range(len(src.shape) + 1)
-             if prod(src.shape[:cut]) == prod(batch) and prod(src.shape[cut:]) == rows * cols]
+             if prod(src.shape[:cut]) == batch and prod(src.shape[cut:]) == rows * cols]
     for target in tries + [tuple(shape[:-2]) + tail]:
         view = src.reshape(target)
         if view is not None:
             return view
     raise NotFlashable()
-
-
-def _split_rows(tv, seq_q: int):
-    """[..., groups·seq_q, cols] -> [..., groups, seq_q, cols]: each query block a batch."""
-    *batch, rows, cols = tv.shape
-    view = tv.reshape(tuple(batch) + (rows // seq_q, seq_q, cols))
-    if view is None:
-        raise NotFlashable()
-    return view
 
 
 def _repeat(tv, groups: int):
@@ -154,19 +153,23 @@ def _lower_flash(low, ops) -> None:
     q_tv = _operand(low, m1.inputs[0], group, batch1, seq_q)
     kt_tv = _repeat(_operand(low, m1.inputs[1], group, batch1, None), shape.groups1)
     v_tv = _repeat(_operand(low, m2.inputs[1], group, batch2, None), shape.groups2)
-    out = _output(low, m2)
-    o_tv = _split_rows(out, seq_q)
+    # the output, or the reshape of it the group ends with (stored in that layout)
+    last = next((op for op in ops if op.kind == "reshape" and op.inputs[0] is m2.result), m2)
+    out = _output(low, last)
+    m2_shape = tuple(m2.result.type.shape)
+    o_tv = _regrouped(out, m2_shape, (m2_shape[-2] // seq_q, seq_q, m2_shape[-1]))
     outer, (q4, kt4, v4, o4) = _batch_split([q_tv, kt_tv, v_tv, o_tv])
     nests = [_flash_nest(low, _pick(q4, i), _pick(kt4, i), _pick(v4, i), _pick(o4, i),
                          scale, shape.causal, shape.additive)
              for i in product(*(range(n) for n in outer))]
-    low.views[m2.id] = out
+    low.views[last.id] = out
     low.kernel("flash_attention", [op.id for op in ops], nests, m2.span)
 
 
 def _output(low, m2):
-    """The output tensor; when its one user is a transpose (heads merged back), laid out in
-    the transposed order so that view is contiguous (no copy before the next reshape)."""
+    """The output tensor of `m2` (the product, or the group's reshape of it); when its one
+    user is a transpose (heads merged back), laid out in the transposed order so that view
+    is contiguous (no copy before the next reshape)."""
     users = getattr(low, "users", {}).get(m2.id, [])
     rtype = m2.result.type
     if (len(users) == 1 and users[0].kind == "transpose" and m2.id not in

@@ -332,10 +332,17 @@ def match_attention(fn, users, producers, outputs) -> list[tuple[list[int], str]
                     and value.id not in outputs and op not in members
                     and all(u is m1 or u is m2 for u in users[op.id])):
                 members.append(op)
+        # a reshape of the result (heads merged back): the kernel stores in its layout
+        last = m2
+        after = users[m2.id]
+        if (len(after) == 1 and after[0].kind == "reshape" and m2.id not in outputs
+                and after[0].id not in taken):
+            last = after[0]
+            members.append(last)
         ids = {op.id for op in members}
-        # every value but the product's result stays inside
+        # every value but the group's result stays inside
         if any(op.id in outputs or any(u.id not in ids for u in users[op.id])
-               for op in members if op is not m2):
+               for op in members if op is not last):
             continue
         # the causal mask is made in the kernel: its ops go too when nothing else reads them
         if "where" in ops or "bias" in ops:

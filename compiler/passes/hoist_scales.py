@@ -91,10 +91,21 @@ class HoistScales(GraphPass):
     name = "hoist-scales"
 
     def apply(self, fn):
-        users = fn.users()
         outputs = {v.id for v in fn.outputs}
-        single_use = {op.id for op in fn.ops
-                      if len(users.get(op.id, [])) == 1 and op.id not in outputs}
+        # users among the live ops (an earlier pass may leave dead ones for dce)
+        producers = fn.producers()
+        live, todo = set(), list(outputs)
+        while todo:
+            op = producers.get(todo.pop())
+            if op is not None and op.id not in live:
+                live.add(op.id)
+                todo += [v.id for v in op.inputs]
+        uses: dict[int, int] = {}
+        for op in fn.ops:
+            if op.id in live:
+                for v in op.inputs:
+                    uses[v.id] = uses.get(v.id, 0) + 1
+        single_use = {i for i, n in uses.items() if n == 1 and i not in outputs}
 
         def bind(rule):
             def bound(op, rw):
