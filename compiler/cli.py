@@ -99,7 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help="a built-in name or a .toml file (default: all built-in)")
     machines.add_argument("--json", action="store_true")
 
-    bench = sub.add_parser("bench", help="run the benchmark suite in samples/bench/")
+    bench = sub.add_parser("bench", help="run the benchmark suite in samples/bench/ (a name "
+                           "may be a group: a subdirectory, e.g. attention_forms)")
     bench.add_argument("names", nargs="*")
     _add_machine(bench)
     bench.add_argument("--json", action="store_true")

@@ -24,6 +24,8 @@ from compiler.backend.tiling import round_up
 from compiler.graph.dtypes import itemsize
 
 MAX_TILE = 128
+# the head dims one kernel takes whole (Q, K, V and O tiles span the head dim): 64, 128, 256
+MAX_HEAD_DIM = 256
 
 
 class NotFlashable(Exception):
@@ -143,7 +145,7 @@ def _lower_flash(low, ops) -> None:
     group = {op.id: op for op in ops if op.kind == "reshape"}
     dim = m1.inputs[0].type.shape[-1]
     dim_v = m2.inputs[1].type.shape[-1]
-    if dim != dim_v or dim > MAX_TILE:
+    if dim != dim_v or dim > MAX_HEAD_DIM:
         raise NotFlashable()
     seq_q, seq_k = shape.seq_q, shape.seq_k
     batch1 = tuple(m1.result.type.shape[:-2])
@@ -268,8 +270,9 @@ def _flash_nest(low, q3, kt3, v3, o3, scale, causal, additive=False) -> Nest:
     if causal or seq_k % tile_k:
         step += [Iota("i32", "qi", 1), Iota("i32", "kj", 3)]
     if causal and additive:  # s + where(mask, 0, -inf): -inf, or NaN for a NaN score
-        step += [Vec("CMP.ge", "i32", "mask", ("qi", "kj")),
-                 Vec("ADD", "f32", "sneg", ("s", float("-inf"))),
+        # (the select right after the compare: flash_codegen predicates the pair)
+        step += [Vec("ADD", "f32", "sneg", ("s", float("-inf"))),
+                 Vec("CMP.ge", "i32", "mask", ("qi", "kj")),
                  Vec("SEL", "f32", "s", ("mask", "s", "sneg"))]
     elif causal:
         step += [Vec("CMP.ge", "i32", "mask", ("qi", "kj")),
