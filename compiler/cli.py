@@ -161,8 +161,10 @@ def build_parser() -> argparse.ArgumentParser:
     machines.add_argument("--json", action="store_true",
                           help="print JSON instead of a table (default: off)")
 
-    bench = sub.add_parser("bench", help="run the benchmark suite in samples/bench/")
-    bench.add_argument("names", nargs="*", help="benchmarks to run (default: all)")
+    bench = sub.add_parser("bench", help="run the benchmark suite in samples/bench/ (a name "
+                           "may be a group: a subdirectory, e.g. attention_forms)")
+    bench.add_argument("names", nargs="*",
+                       help="benchmarks or groups to run (default: the main suite)")
     _add_machine(bench)
     bench.add_argument("--json", action="store_true",
                        help="print JSON instead of a table (default: off)")

@@ -76,7 +76,9 @@ def causal_fractions(fn) -> dict[int, float]:
         if not what.startswith("causal"):
             continue
         products = [op for op in fn.ops if op.id in ids and op.kind in CONTRACTIONS]
-        sq, sk = products[0].result.type.shape[-2:]
+        # the mask's query and key dims (a grouped product merges heads into its rows)
+        where = next(op for op in fn.ops if op.id in ids and op.kind == "where")
+        sq, sk = where.result.type.shape[-2:]
         if sq <= sk:
             kept = sq * (sq + 1) // 2
         else:

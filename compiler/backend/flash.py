@@ -24,51 +24,79 @@ from compiler.backend.tiling import round_up
 from compiler.graph.dtypes import itemsize
 
 MAX_TILE = 128
+# the head dims one kernel takes whole (Q, K, V and O tiles span the head dim): 64, 128, 256
+MAX_HEAD_DIM = 256
 
 
 class NotFlashable(Exception):
     """The chain's views cannot be seen as [batch, rows, dim]: lower it op by op."""
 
 
-def _operand(low, value, group: dict):
-    """The view of an operand; through a reshape of the group (merged batch dims) the view
-    of its source when the last two dims agree, so a strided q, k or v needs no copy."""
+def _operand(low, value, group: dict, batch: tuple[int, ...], seq_q: int | None):
+    """A view of a product's operand `value` as [*b, rows, cols] over the product's batch
+    dims `batch` (broadcast where the operand is), its rows split into query blocks
+    [*b, rows / seq_q, seq_q, cols] when `seq_q` is given. `b` is the batch in row-major
+    order, regrouped as the operand's source allows: through a reshape of the group
+    (merged batch dims of an einsum) the kernel reads the source, so a strided q, k or v
+    needs no copy."""
     op = group.get(value.id)
-    if op is None:
-        return low.view_of(value)
-    src = low.view_of(op.inputs[0])
-    if len(src.shape) >= 2 and tuple(src.shape[-2:]) == tuple(value.type.shape[-2:]):
-        return src
-    view = src.reshape(tuple(value.type.shape))
-    if view is None:
-        raise NotFlashable()
-    return view
-
-
-def _batch_split(views, batch: tuple[int, ...]):
-    """Views [outer..., inner, rows, cols] of (view, rows, cols) over `batch` with as few
-    outer batch dims as possible (each outer index is one nest), or NotFlashable."""
-    fulls = []
-    for tv, rows, cols in views:
-        if len(tv.shape) < 2 or tuple(tv.shape[-2:]) != (rows, cols):
+    src = low.view_of(op.inputs[0] if op is not None else value)
+    shape = tuple(value.type.shape)
+    rows, cols = shape[-2:]
+    tail = (rows // seq_q, seq_q, cols) if seq_q else (rows, cols)
+    if prod(shape[:-2]) != prod(batch):  # broadcast along the product's batch dims
+        view = src.reshape(shape)
+        if view is None:
             raise NotFlashable()
-        full = tv if prod(tv.shape[:-2]) == prod(batch) else tv.broadcast(batch + (rows, cols))
-        fulls.append((full, rows, cols))
-        if len(full.shape) - 2 > len(batch) and prod(full.shape[:-2]) == prod(batch):
-            batch = tuple(full.shape[:-2])  # the finest split of the batch
-    if not batch:
-        batch = (1,)
-    for j in range(len(batch)):
-        outer, inner = batch[:j], prod(batch[j:])
-        out = []
-        for full, rows, cols in fulls:
-            flat = full.reshape(outer + (inner, rows, cols))
-            if flat is None:
-                break
-            out.append(flat)
-        else:
-            return outer, out
+        view = view.broadcast(batch + (rows, cols))
+        view = view.reshape(batch + tail)
+        if view is None:
+            raise NotFlashable()
+        return view
+    return _regrouped(src, shape, tail)
+
+
+def _regrouped(src, shape: tuple[int, ...], tail: tuple[int, ...]):
+    """`src` (the data of a [*batch, rows, cols] value `shape` in row-major order, maybe
+    shaped otherwise) as [*b, *tail]: b the batch regrouped as src's own leading dims
+    allow, else as the value's."""
+    batch, (rows, cols) = prod(shape[:-2]), shape[-2:]
+    tries = [tuple(src.shape[:cut]) + tail for cut in range(len(src.shape) + 1)
+             if prod(src.shape[:cut]) == batch and prod(src.shape[cut:]) == rows * cols]
+    for target in tries + [tuple(shape[:-2]) + tail]:
+        view = src.reshape(target)
+        if view is not None:
+            return view
     raise NotFlashable()
+
+
+def _repeat(tv, groups: int):
+    """[..., rows, cols] -> [..., groups, rows, cols] through stride 0 (grouped-query K/V
+    read by every query block of a group, never copied)."""
+    *batch, rows, cols = tv.shape
+    return replace(tv, shape=tuple(batch) + (groups, rows, cols),
+                   strides=tuple(tv.strides[:-2]) + (0,) + tuple(tv.strides[-2:]))
+
+
+def _batch_split(views):
+    """The views [batch..., rows, cols] (each batch dims a factoring of the same flat batch
+    index) as [outer..., inner, rows, cols] with one shared `outer` (each outer index is one
+    nest), as few nests as possible; or NotFlashable."""
+    total = prod(views[0].shape[:-2])
+    candidates = [tuple(d for d in tv.shape[:-2] if d != 1) for tv in views] + [(total,)]
+    best = None
+    for batch in dict.fromkeys(candidates):
+        for j in range(len(batch) + 1):
+            outer, inner = batch[:j], prod(batch[j:])
+            if best is not None and prod(outer) >= prod(best[0]):
+                break
+            split = [tv.reshape(outer + (inner,) + tuple(tv.shape[-2:])) for tv in views]
+            if all(view is not None for view in split):
+                best = (outer, split)
+                break
+    if best is None:
+        raise NotFlashable()
+    return best
 
 
 def _pick(tv, index: tuple[int, ...]):
@@ -105,38 +133,45 @@ def _lower_each(low, ops) -> None:
 
 
 def _lower_flash(low, ops) -> None:
-    matmuls = [op for op in ops if op.kind == "matmul"]
-    m1, m2 = matmuls[0], matmuls[-1]
-    by_kind = {op.kind: op for op in ops if op.kind in ("mul", "where")}
-    scale = None
-    if "mul" in by_kind:
-        scale = low.immediate(by_kind["mul"].inputs[1])
-        if scale is None:
-            raise NotFlashable()
-    causal = "where" in by_kind
+    from compiler.passes.attention_match import match_chain
+
+    m2 = [op for op in ops if op.kind == "matmul"][-1]
+    matched = match_chain(m2, low.fn.producers())
+    if matched is None:  # pragma: no cover - the group is the matcher's
+        raise NotFlashable()
+    named, _, shape = matched
+    m1, m2 = named["m1"], named["m2"]
+    scale = shape.scale
     group = {op.id: op for op in ops if op.kind == "reshape"}
-    q_tv, kt_tv = (_operand(low, v, group) for v in m1.inputs)
-    v_tv = _operand(low, m2.inputs[1], group)
-    seq_q, seq_k = m1.result.type.shape[-2:]
     dim = m1.inputs[0].type.shape[-1]
     dim_v = m2.inputs[1].type.shape[-1]
+    if dim != dim_v or dim > MAX_HEAD_DIM:
+        raise NotFlashable()
+    seq_q, seq_k = shape.seq_q, shape.seq_k
     batch1 = tuple(m1.result.type.shape[:-2])
     batch2 = tuple(m2.result.type.shape[:-2])
-    if dim != dim_v or prod(batch1) != prod(batch2) or dim > MAX_TILE:
-        raise NotFlashable()
-    out = _output(low, m2)
-    outer, (q4, kt4, v4, o4) = _batch_split(
-        [(q_tv, seq_q, dim), (kt_tv, dim, seq_k), (v_tv, seq_k, dim), (out, seq_q, dim)],
-        batch2 if len(batch2) >= len(batch1) else batch1)
+    # each operand against its own product's batch dims, then the query blocks of a
+    # product's rows as one more batch dim (K and V repeated through stride 0)
+    q_tv = _operand(low, m1.inputs[0], group, batch1, seq_q)
+    kt_tv = _repeat(_operand(low, m1.inputs[1], group, batch1, None), shape.groups1)
+    v_tv = _repeat(_operand(low, m2.inputs[1], group, batch2, None), shape.groups2)
+    # the output, or the reshape of it the group ends with (stored in that layout)
+    last = next((op for op in ops if op.kind == "reshape" and op.inputs[0] is m2.result), m2)
+    out = _output(low, last)
+    m2_shape = tuple(m2.result.type.shape)
+    o_tv = _regrouped(out, m2_shape, (m2_shape[-2] // seq_q, seq_q, m2_shape[-1]))
+    outer, (q4, kt4, v4, o4) = _batch_split([q_tv, kt_tv, v_tv, o_tv])
     nests = [_flash_nest(low, _pick(q4, i), _pick(kt4, i), _pick(v4, i), _pick(o4, i),
-                         scale, causal) for i in product(*(range(n) for n in outer))]
-    low.views[m2.id] = out
+                         scale, shape.causal, shape.additive)
+             for i in product(*(range(n) for n in outer))]
+    low.views[last.id] = out
     low.kernel("flash_attention", [op.id for op in ops], nests, m2.span)
 
 
 def _output(low, m2):
-    """The output tensor; when its one user is a transpose (heads merged back), laid out in
-    the transposed order so that view is contiguous (no copy before the next reshape)."""
+    """The output tensor of `m2` (the product, or the group's reshape of it); when its one
+    user is a transpose (heads merged back), laid out in the transposed order so that view
+    is contiguous (no copy before the next reshape)."""
     users = getattr(low, "users", {}).get(m2.id, [])
     rtype = m2.result.type
     if (len(users) == 1 and users[0].kind == "transpose" and m2.id not in
@@ -149,8 +184,9 @@ def _output(low, m2):
     return low.new_tensor(f"t{m2.id}", rtype, "temp", m2.span)
 
 
-def _flash_nest(low, q3, kt3, v3, o3, scale, causal) -> Nest:
-    """One flash nest over [batch, rows, cols] views of q, kᵀ, v and the output."""
+def _flash_nest(low, q3, kt3, v3, o3, scale, causal, additive=False) -> Nest:
+    """One flash nest over [batch, rows, cols] views of q, kᵀ, v and the output; an
+    `additive` causal mask adds -inf where it drops a score (a NaN score stays NaN)."""
     machine = low.machine
     batch, seq_q, dim = q3.shape
     seq_k = kt3.shape[-1]
@@ -186,6 +222,8 @@ def _flash_nest(low, q3, kt3, v3, o3, scale, causal) -> Nest:
     single_l1 = [("q", in_dtype, tile_q, dim_p), ("mask", "bool", tile_q, tile_k),
                  ("qi", "i32", tile_q, 1), ("kj", "i32", 1, tile_k)]
     single_l1 += [(name, "f32", tile_q, 1) for name in ("m", "l", "mnew", "rmax", "rsum", "corr")]
+    if causal and additive:
+        single_l1.append(("sneg", "f32", tile_q, tile_k))
     buffers = []
     offset = 0
     for name, dtype, rows, cols in twin_l1:
@@ -231,7 +269,12 @@ def _flash_nest(low, q3, kt3, v3, o3, scale, causal) -> Nest:
         step.append(Vec("MUL", "f32", "s", ("s", scale)))
     if causal or seq_k % tile_k:
         step += [Iota("i32", "qi", 1), Iota("i32", "kj", 3)]
-    if causal:
+    if causal and additive:  # s + where(mask, 0, -inf): -inf, or NaN for a NaN score
+        # (the select right after the compare: flash_codegen predicates the pair)
+        step += [Vec("ADD", "f32", "sneg", ("s", float("-inf"))),
+                 Vec("CMP.ge", "i32", "mask", ("qi", "kj")),
+                 Vec("SEL", "f32", "s", ("mask", "s", "sneg"))]
+    elif causal:
         step += [Vec("CMP.ge", "i32", "mask", ("qi", "kj")),
                  Vec("SEL", "f32", "s", ("mask", "s", float("-inf")))]
     if seq_k % tile_k:

@@ -11,6 +11,10 @@ modelled, a re-read that hits it is still such traffic but no HBM traffic, so th
 taken over the DMA bytes (`gm_bytes`: reads through the L2 plus writes), which the bound
 constrains, not over HBM bytes, which the L2 can take below it. Without an L2 the two agree.
 `--json` prints a list of objects with the keys of `BENCH_KEYS`.
+
+A subdirectory of samples/bench/ is a group (`zhenwu bench attention_forms`): the same
+computation spelled several ways; each program's `# kind:` names what it computes, and the
+table adds its cycles over the best spelling's of that kind (`vs_best`, `kind` in JSON).
 """
 
 from __future__ import annotations
@@ -34,6 +38,31 @@ BENCH_KEYS = ("name", "cycles", "roofline_cycles", "efficiency", "hbm_bytes", "c
 
 def available() -> dict[str, Path]:
     return {path.stem: path for path in sorted(BENCH_DIR.glob("*.zt"))}
+
+
+def groups() -> dict[str, dict[str, Path]]:
+    """Benchmark groups: each subdirectory of samples/bench/ (`attention_forms`), its
+    programs by name. A program's `# kind: NAME` line says which others compute the same
+    thing; `zhenwu bench GROUP` compares each with the best of its kind."""
+    return {d.name: {p.stem: p for p in sorted(d.glob("*.zt"))}
+            for d in sorted(BENCH_DIR.iterdir()) if d.is_dir() and any(d.glob("*.zt"))}
+
+
+def kind_of(path: Path) -> str:
+    """The `# kind:` of a group's program (its own name when it has none)."""
+    for line in path.read_text().splitlines():
+        if line.startswith("# kind:"):
+            return line.split(":", 1)[1].strip()
+    return path.stem
+
+
+def versus_best(rows: list[dict], kinds: dict[str, str]) -> dict[str, float]:
+    """name -> its cycles over the fewest cycles of a program of its kind."""
+    best: dict[str, int] = {}
+    for r in rows:
+        kind = kinds[r["name"]]
+        best[kind] = min(best.get(kind, r["cycles"]), r["cycles"])
+    return {r["name"]: r["cycles"] / best[kinds[r["name"]]] for r in rows if r["cycles"]}
 
 
 def run_one(path: Path, machine, opt_level: int) -> dict:
@@ -100,6 +129,16 @@ def _table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _versus_table(rows: list[dict], kinds: dict[str, str]) -> str:
+    """Each grouped program's cycles against the best program of its kind."""
+    head = f"{'spelling':<32} {'kind':<10} {'cycles':>12} {'vs best':>8}"
+    lines = ["", head, "-" * len(head)]
+    for r in sorted((r for r in rows if "vs_best" in r), key=lambda r: (r["kind"], r["name"])):
+        lines.append(f"{r['name']:<32} {r['kind']:<10} {r['cycles']:>12,} "
+                     f"{r['vs_best']:>7.2f}x")
+    return "\n".join(lines)
+
+
 def run(args) -> int:
     from isa.machine import load_machine
 
@@ -109,10 +148,20 @@ def run(args) -> int:
         return bench_compile.run(args, BENCH_DIR)
     machine = load_machine(args.machine)
     benches = available()
-    names = args.names or list(benches)
+    grouped = groups()
+    names = []
+    kinds: dict[str, str] = {}
+    for name in args.names or list(benches):
+        if name in grouped:
+            benches.update(grouped[name])
+            names += list(grouped[name])
+            kinds.update({n: kind_of(p) for n, p in grouped[name].items()})
+        else:
+            names.append(name)
     unknown = [n for n in names if n not in benches]
     if unknown:
-        raise UsageError(f"unknown benchmark {unknown[0]!r}; available: {', '.join(benches)}")
+        raise UsageError(f"unknown benchmark {unknown[0]!r}; available: {', '.join(benches)}; "
+                         f"groups: {', '.join(grouped)}")
     jobs = args.jobs if args.jobs > 0 else (os.cpu_count() or 1)
     jobs = max(1, min(jobs, len(names)))
     results: dict[str, dict | str] = {}
@@ -145,11 +194,17 @@ def run(args) -> int:
     status.close()
     rows = [results[n] for n in names if isinstance(results[n], dict)]
     failures = [f"{n}: {results[n]}" for n in names if isinstance(results[n], str)]
+    ratios = versus_best([r for r in rows if r["name"] in kinds], kinds)
+    for r in rows:
+        if r["name"] in ratios:
+            r["kind"], r["vs_best"] = kinds[r["name"]], round(ratios[r["name"]], 3)
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
         print(f"machine {machine.name}, -O{args.opt}, timing-only")
         print(_table(rows))
+        if ratios:
+            print(_versus_table(rows, kinds))
         print("L2 hit: the share of the DMAs' GM bytes the L2 served; io/LB: those bytes over "
               "the I/O lower bound of one core's L1 (matrix products)")
     for failure in failures:

@@ -24,7 +24,7 @@ PIPELINES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("O0", ()),
     ("O2", ()),
 )
-OPTIONAL_PASSES = ("canonicalize", "constant-fold", "cse", "dce", "fuse")
+OPTIONAL_PASSES = ("canonicalize", "constant-fold", "cse", "dce", "fuse", "hoist-scales")
 
 
 def seeded_pipelines(seed: int) -> tuple[tuple[str, tuple[str, ...]], ...]:

@@ -231,7 +231,7 @@ class ProgramBuilder:
             ("unary", "binary", "binary", "reduce", "matmul", "transpose", "reshape", "slice",
              "concat", "softmax", "norm", "cast", "broadcast", "pad", "expand", "argmax",
              "conv", "pool", "einsum", "linear", "attention", "creation", "integer",
-             "int_matmul", "nan_reduce", "weak_math")
+             "int_matmul", "nan_reduce", "weak_math", "attention_form")
         )
         getattr(self, f"step_{kind}")()
 
@@ -486,6 +486,12 @@ class ProgramBuilder:
             scores = f"where({mask}, {scores}, -inf)"
         probs = f"softmax({scores}, axis=-1)"
         self.bind(f"{probs} @ {v.name}", dtype, (heads, seq_q, dim))
+
+    def step_attention_form(self) -> None:
+        """Attention in one of the spellings compiler/fuzz/attention_forms.py draws."""
+        from compiler.fuzz.attention_forms import draw_attention
+
+        draw_attention(self)
 
     def step_creation(self) -> None:
         x = self.pick(min_rank=1)

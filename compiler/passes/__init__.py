@@ -34,6 +34,7 @@ def default_graph_pipeline() -> list[GraphPass]:
     """The graph passes of a normal compile, in order; the result is primitives only."""
     load_all()
     names = ["canonicalize", "constant-fold", "decompose", "split-int-matmul", "canonicalize",
+             "hoist-scales",
              "constant-fold", "cse", "dce"]
     return [get_pass(name) for name in names]
 

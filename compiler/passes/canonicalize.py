@@ -2,7 +2,8 @@
 
 Each rule removes an op that does nothing (reshape/transpose/broadcast/cast/slice/pad to the
 same thing, x + 0, x * 1, x - 0, x / 1, --x, a cast to a wider type and back) or merges a
-pair (reshape of reshape, transpose of transpose), and `x ** 2` becomes `x * x`. A rule
+pair (reshape of reshape, transpose of transpose), `x ** 2` becomes `x * x`, and a
+transpose of the last two dims moves before a reshape of the batch dims. A rule
 only fires when the result type is unchanged.
 """
 
@@ -54,6 +55,27 @@ def transpose_of_transpose(op: Op, rw: Rewriter) -> Value | None:
     if perm == tuple(range(len(perm))):
         return inner.inputs[0]
     return rw.emit("transpose", [inner.inputs[0]], {"perm": perm})
+
+
+def batch_reshape_before_transpose(op: Op, rw: Rewriter) -> Value | None:
+    """transpose(reshape(x), swap of the last two) -> reshape(transpose(x)) when the reshape
+    only regroups the batch dims (x and the reshape share their last two dims): the reshape
+    then feeds the product that reads the transpose (K broadcast to the query heads and
+    merged into [heads, S, HD] stays a view of K instead of a copy)."""
+    if op.kind != "transpose":
+        return None
+    inner = rw.producer(op.inputs[0])
+    if inner is None or inner.kind != "reshape":
+        return None
+    x = inner.inputs[0]
+    rank, x_rank = op.result.type.rank, x.type.rank
+    perm = tuple(op.attrs["perm"])
+    if (rank < 2 or x_rank < 2 or perm != tuple(range(rank - 2)) + (rank - 1, rank - 2)
+            or tuple(x.type.shape[-2:]) != tuple(inner.result.type.shape[-2:])):
+        return None
+    swapped = rw.emit("transpose", [x], {"perm": tuple(range(x_rank - 2))
+                                         + (x_rank - 1, x_rank - 2)})
+    return rw.emit("reshape", [swapped], {"shape": tuple(op.result.type.shape)})
 
 
 _IDENTITY = {"add": (0, 1), "sub": (0, None), "mul": (1, 1), "div": (1, None)}
@@ -115,7 +137,7 @@ def square(op: Op, rw: Rewriter) -> Value | None:
 
 
 RULES = [noop_shape, reshape_of_reshape, transpose_of_transpose, identity_operand,
-         cast_round_trip, double_negation, square]
+         cast_round_trip, double_negation, square, batch_reshape_before_transpose]
 
 
 @register_pass

@@ -154,6 +154,13 @@ def _einsum_lowered(rw: Rewriter, operands, inputs, output, sizes, acc=None) -> 
     contract = [ch for ch in a_letters if ch in b_letters and ch not in output]
     a_free = [ch for ch in a_letters if ch not in b_letters]
     b_free = [ch for ch in b_letters if ch not in a_letters]
+    # when the output is [batch, a's free, b's free] in some order of the free letters, take
+    # the output's order: the operands are transposed (views) and the product is the result
+    # as it is, with nothing to transpose after it (`skgd,tkd->kgst` scores stay rows of
+    # [k, g, s] for the softmax and its attention kernel)
+    in_output_order = ([ch for ch in output if ch in a_free], [ch for ch in output if ch in b_free])
+    if output == "".join(batch + in_output_order[0] + in_output_order[1]):
+        a_free, b_free = in_output_order
 
     def size(letters):
         return prod(sizes[ch] for ch in letters)

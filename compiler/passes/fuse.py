@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 from compiler.graph.dtypes import is_float, limits, value_preserving
 from compiler.graph.ir import Function, Op
+from compiler.passes.attention_match import match_attention
 from compiler.passes.pass_base import GraphPass, register_pass
 from isa.program import MAX_EVENT_COUNT, NUM_DESCS
 
@@ -114,120 +115,6 @@ def epilogue_ok(op) -> bool:
     if op.kind == "gelu" and not op.attrs.get("approximate", True):
         return False  # the erf form reads its input after writing its result
     return all(is_float(v.type.dtype) for v in op.inputs)
-
-
-def _through_views(value, producers, chain: list) -> object:
-    """The op behind `value` past reshapes (appended to `chain`), or None."""
-    op = producers.get(value.id)
-    while op is not None and op.kind == "reshape":
-        chain.append(op)
-        op = producers.get(op.inputs[0].id)
-    return op
-
-
-def _constant(value, producers) -> float | None:
-    op = producers.get(value.id)
-    if op is not None and op.kind == "constant" and not op.result.type.shape:
-        return float(op.attrs["value"])
-    return None
-
-
-def _is_causal_mask(value, producers) -> bool:
-    """`arange(S)[:, None] >= arange(S)[None, :]`: query i sees keys j <= i."""
-    op = producers.get(value.id)
-    if op is None or op.kind != "ge":
-        return False
-    rows, cols = (_through_views(v, producers, []) for v in op.inputs)
-    a, b = (v.type.shape for v in op.inputs)
-    return (rows is not None and cols is not None and rows.kind == "iota"
-            and cols.kind == "iota" and len(a) == 2 and len(b) == 2 and a[1] == 1
-            and b[0] == 1 and a[0] == b[1])
-
-
-def match_attention(fn: Function, users, producers, outputs) -> list[tuple[list[int], str]]:
-    """`softmax(q @ kᵀ · s [masked]) @ v` chains: (op ids, description) for each.
-
-    The scores may pass through reshapes (heads merged into one batch dim), be scaled by a
-    scalar constant and masked with `where(causal, scores, -inf)`; every intermediate must
-    be used only inside the chain.
-    """
-    found = []
-    taken: set[int] = set()
-    for m2 in fn.ops:
-        if m2.kind != "matmul" or m2.id in taken or "acc" in m2.attrs:
-            continue  # (a product with its own accumulation dtype is not the kernel's)
-        chain: list = []
-        div = _through_views(m2.inputs[0], producers, chain)
-        if div is None or div.kind != "div":
-            continue
-        ops = {"div": div}
-        exp = producers.get(div.inputs[0].id)
-        total = producers.get(div.inputs[1].id)
-        if exp is None or total is None or exp.kind != "exp" or total.kind != "reduce_sum":
-            continue
-        if total.inputs[0] is not exp.result or not row_reduction(total):
-            continue
-        sub = producers.get(exp.inputs[0].id)
-        if sub is None or sub.kind != "sub":
-            continue
-        peak = producers.get(sub.inputs[1].id)
-        if peak is None or peak.kind != "reduce_max" or not row_reduction(peak):
-            continue
-        if peak.inputs[0] is not sub.inputs[0]:
-            continue
-        ops.update(exp=exp, sum=total, sub=sub, max=peak)
-        score = producers.get(sub.inputs[0].id)
-        masked = "unmasked"
-        if score is not None and score.kind == "where":
-            fill = _constant(score.inputs[2], producers)
-            if fill != float("-inf") or not _is_causal_mask(score.inputs[0], producers):
-                continue
-            ops["where"] = score
-            masked = "causal"
-            score = producers.get(score.inputs[1].id)
-        if score is not None and score.kind == "mul" and _constant(score.inputs[1],
-                                                                     producers) is not None:
-            ops["scale"] = score
-            score = producers.get(score.inputs[0].id)
-        if score is None:
-            continue
-        if score.kind == "reshape":
-            m1 = _through_views(score.result, producers, chain)
-        else:
-            m1 = score
-        if m1 is None or m1.kind != "matmul" or m1.id in taken or "acc" in m1.attrs:
-            continue
-        ops["m1"] = m1
-        members = [m1] + chain + list(ops.values()) + [m2]
-        # reshapes merging the operands' batch dims (an einsum's batched matmul of q, k and
-        # v with [batch, heads] leading axes): the kernel reads their sources through views
-        for value in dict.fromkeys(list(m1.inputs) + [m2.inputs[1]]):
-            op = producers.get(value.id)
-            if (op is not None and op.kind == "reshape" and op.id not in taken
-                    and value.id not in outputs and op not in members
-                    and all(u is m1 or u is m2 for u in users[op.id])):
-                members.append(op)
-        ids = {op.id for op in members}
-        # every value but the product's result stays inside
-        if any(op.id in outputs or any(u.id not in ids for u in users[op.id])
-               for op in members if op is not m2):
-            continue
-        if len(m1.result.type.shape) < 2 or m1.result.type.shape[-1] != m2.inputs[0].type.shape[-1]:
-            continue
-        # the causal mask is made in the kernel: its ops go too when nothing else reads them
-        if "where" in ops:
-            todo = [producers.get(ops["where"].inputs[0].id)]
-            while todo:
-                op = todo.pop()
-                if op is None or op.id in ids or op.id in outputs:
-                    continue
-                if all(u.id in ids for u in users[op.id]):
-                    ids.add(op.id)
-                    todo += [producers.get(v.id) for v in op.inputs]
-        order = [op.id for op in fn.ops if op.id in ids]
-        taken |= ids
-        found.append((order, f"{masked} attention, scores {list(m1.result.type.shape)}"))
-    return found
 
 
 def _through_reshapes(value, producers, chain: list):

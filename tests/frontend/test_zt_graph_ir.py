@@ -46,7 +46,7 @@ def test_sample_round_trips_and_lowers(name):
 
     lowered = run_pipeline(fn, default_graph_pipeline(), callback=check)
     assert seen == ["canonicalize", "constant-fold", "decompose", "split-int-matmul",
-                    "canonicalize", "constant-fold", "cse", "dce"]
+                    "canonicalize", "hoist-scales", "constant-fold", "cse", "dce"]
     assert {op.kind for op in lowered.ops} <= set(PRIMITIVES)
     verify_function(lowered, primitives_only=True)
     rng = np.random.default_rng(0)

@@ -248,3 +248,62 @@ def test_pass_registry_and_pipeline_options():
     assert "dce" not in [c[0] for c in calls] and len(out.ops) == 2
     passes = default_graph_pipeline()
     assert all(hash(p) == hash(type(p)()) for p in passes)  # frozen, hashable options
+
+
+def test_hoist_scales_moves_operand_scales_onto_the_product():
+    fn = parse_function(textwrap.dedent("""\
+        func @f(%q: bf16[2,8,4], %k: bf16[2,8,4]) -> (bf16[2,8,8]) {
+          %2 = constant {value=0.5, dtype="bf16", shape=[]} : bf16[]
+          %3 = mul %k, %2 : bf16[2,8,4]
+          %4 = transpose %3 {perm=[0, 2, 1]} : bf16[2,4,8]
+          %5 = matmul %q, %4 : bf16[2,8,8]
+          return %5
+        }
+        """))
+    got = print_function(run_pipeline(fn, [get_pass("hoist-scales"), get_pass("dce")]))
+    assert got == same("""\
+        func @f(%q: bf16[2,8,4], %k: bf16[2,8,4]) -> (bf16[2,8,8]) {
+          %2 = constant {value=0.5, dtype="bf16", shape=[]} : bf16[]
+          %6 = transpose %k {perm=[0, 2, 1]} : bf16[2,4,8]
+          %8 = matmul %q, %6 : bf16[2,8,8]
+          %9 = mul %8, %2 : bf16[2,8,8]
+          return %9
+        }
+        """)
+
+
+@pytest.mark.parametrize("why, text", [
+    ("integers wrap", """\
+        func @f(%a: i32[4,4], %b: i32[4,4]) -> (i32[4,4]) {
+          %2 = constant {value=3, dtype="i32", shape=[]} : i32[]
+          %3 = mul %a, %2 : i32[4,4]
+          %4 = matmul %3, %b : i32[4,4]
+          return %4
+        }
+        """),
+    ("fp8 saturates", """\
+        func @f(%a: fp8[4,4], %b: fp8[4,4]) -> (fp8[4,4]) {
+          %2 = constant {value=3.0, dtype="fp8", shape=[]} : fp8[]
+          %3 = mul %a, %2 : fp8[4,4]
+          %4 = matmul %3, %b : fp8[4,4]
+          return %4
+        }
+        """),
+    ("the scaled value has another user", """\
+        func @f(%a: f32[4,4], %b: f32[4,4]) -> (f32[4,4], f32[4,4]) {
+          %2 = constant {value=3.0, dtype="f32", shape=[]} : f32[]
+          %3 = mul %a, %2 : f32[4,4]
+          %4 = matmul %3, %b : f32[4,4]
+          return %4, %3
+        }
+        """),
+    ("the scale is a tensor", """\
+        func @f(%a: f32[4,4], %b: f32[4,4], %s: f32[4]) -> (f32[4,4]) {
+          %3 = mul %a, %s : f32[4,4]
+          %4 = matmul %3, %b : f32[4,4]
+          return %4
+        }
+        """),
+])
+def test_hoist_scales_refuses(why, text):
+    assert apply("hoist-scales", text) == same(text), why

@@ -1,0 +1,136 @@
+"""The attention matcher (compiler/passes/attention_match.py): the forms it accepts become one
+flash kernel with the reference's numbers; the forms it must refuse (issue 11 item 0) are
+left to the other fusion rules and still match the reference."""
+
+from __future__ import annotations
+
+import pytest
+from backend_helpers import compile_and_run
+
+from compiler.frontend import load_program
+from compiler.passes import default_graph_pipeline, run_pipeline
+from compiler.passes.attention_match import match_attention
+
+
+def _matches(source: str) -> list[str]:
+    fn = run_pipeline(load_program("t.zt", text=source), default_graph_pipeline())
+    outputs = {v.id for v in fn.outputs}
+    return [what for _, what in match_attention(fn, fn.users(), fn.producers(), outputs)]
+
+
+def _flash_kernels(compiled) -> int:
+    return sum(k.name.startswith("flash_attention") for k in compiled.kernels.kernels)
+
+
+CAUSAL = "arange({s})[:, None] >= arange({s})[None, :]"
+
+ACCEPTED = {
+    # grouped-query attention: the einsum merges (group, query) into the product's rows
+    "gqa_einsum": f"""
+fn main(q: bf16[8, 24, 32], k: bf16[2, 24, 32], v: bf16[2, 24, 32]) -> bf16[8, 24, 32] {{
+    causal = {CAUSAL.format(s=24)}
+    qg = reshape(q, [2, 4, 24, 32])
+    s = einsum("kgsd,ktd->kgst", qg, k) * 0.17677669529663687
+    p = softmax(where(causal, s, -inf), axis=-1)
+    return reshape(einsum("kgst,ktd->kgsd", p, v), [8, 24, 32])
+}}""",
+    "mqa_einsum": f"""
+fn main(q: f32[4, 24, 16], k: f32[24, 16], v: f32[24, 16]) -> f32[4, 24, 16] {{
+    causal = {CAUSAL.format(s=24)}
+    p = softmax(where(causal, einsum("hqd,kd->hqk", q, k) * 0.25, -inf), axis=-1)
+    return einsum("hqk,kd->hqd", p, v)
+}}""",
+    "batch_kv_einsum": f"""
+fn main(q: f32[2, 3, 20, 16], k: f32[2, 20, 16], v: f32[2, 20, 16]) -> f32[2, 3, 20, 16] {{
+    causal = {CAUSAL.format(s=20)}
+    p = softmax(where(causal, einsum("bhqd,bkd->bhqk", q, k), -inf), axis=-1)
+    return einsum("bhqk,bkd->bhqd", p, v)
+}}""",
+    "broadcast_batch_regrouped": """
+fn main(q: f32[2, 3, 8, 8], k: f32[2, 1, 8, 8], v: f32[3, 2, 8, 8]) -> f32[3, 2, 8, 8] {
+    p = softmax(q @ transpose(k, [0, 1, 3, 2]), axis=-1)
+    return reshape(p, [3, 2, 8, 8]) @ v
+}""",
+    "cross_attention": """
+fn main(q: f32[3, 10, 16], k: f32[3, 40, 16], v: f32[3, 40, 16]) -> f32[3, 10, 16] {
+    return softmax(q @ transpose(k, [0, 2, 1]) * 0.25, axis=-1) @ v
+}""",
+}
+
+REFUSED = {
+    # the softmax normalises another set than the product's rows
+    "reshape_splits_rows": """
+fn main(q: f32[4, 8], k: f32[8, 8], v: f32[8, 8]) -> f32[4, 8] {
+    p = softmax(reshape(q @ transpose(k), [4, 2, 4]), axis=-1)
+    return reshape(p, [4, 8]) @ v
+}""",
+    "reshape_merges_rows": """
+fn main(q: f32[8, 8], k: f32[4, 8], v: f32[4, 8]) -> f32[8, 8] {
+    p = softmax(reshape(q @ transpose(k), [4, 8]), axis=-1)
+    return reshape(p, [8, 4]) @ v
+}""",
+    "softmax_not_over_keys": """
+fn main(q: f32[16, 8], k: f32[16, 8], v: f32[16, 8]) -> f32[16, 8] {
+    return softmax(q @ transpose(k), axis=0) @ v
+}""",
+    # masks that are not exactly i >= j
+    "mask_fp8_arange": """
+fn main(q: f32[40, 16], k: f32[40, 16], v: f32[40, 16]) -> f32[40, 16] {
+    causal = arange(40, dtype=fp8)[:, None] >= arange(40, dtype=fp8)[None, :]
+    return softmax(where(causal, q @ transpose(k), -inf), axis=-1) @ v
+}""",
+    "mask_i8_arange": """
+fn main(q: f32[130, 16], k: f32[130, 16], v: f32[130, 16]) -> f32[130, 16] {
+    causal = arange(130, dtype=i8)[:, None] >= arange(130, dtype=i8)[None, :]
+    return softmax(where(causal, q @ transpose(k), -inf), axis=-1) @ v
+}""",
+    "mask_upper_triangle": """
+fn main(q: f32[24, 16], k: f32[24, 16], v: f32[24, 16]) -> f32[24, 16] {
+    mask = arange(24)[None, :] >= arange(24)[:, None]
+    return softmax(where(mask, q @ transpose(k), -inf), axis=-1) @ v
+}""",
+    "mask_strict": """
+fn main(q: f32[24, 16], k: f32[24, 16], v: f32[24, 16]) -> f32[24, 16] {
+    mask = arange(24)[:, None] > arange(24)[None, :]
+    return softmax(where(mask, q @ transpose(k), -inf), axis=-1) @ v
+}""",
+    "mask_finite_fill": """
+fn main(q: f32[24, 16], k: f32[24, 16], v: f32[24, 16]) -> f32[24, 16] {
+    mask = arange(24)[:, None] >= arange(24)[None, :]
+    return softmax(where(mask, q @ transpose(k), -30000.0), axis=-1) @ v
+}""",
+    # fp8 has no infinity: the -inf fill is NaN (docs/language.md)
+    "fp8_scores": f"""
+fn main(q: fp8[40, 16], k: fp8[40, 16], v: fp8[40, 16]) -> fp8[40, 16] {{
+    causal = {CAUSAL.format(s=40)}
+    return softmax(where(causal, q @ transpose(k), -inf), axis=-1) @ v
+}}""",
+}
+
+
+@pytest.mark.parametrize("name", sorted(ACCEPTED))
+def test_accepted_forms_are_one_flash_kernel(name):
+    assert len(_matches(ACCEPTED[name])) == 1
+    fn, compiled, result, _ = compile_and_run(ACCEPTED[name], opt_level=2)
+    assert _flash_kernels(compiled) == 1
+    assert compiled.kernel_count == 1
+    # no score matrix and no repeated K/V in HBM: only the output is written
+    assert result.report.hbm_write_bytes == fn.outputs[0].type.nbytes
+
+
+@pytest.mark.parametrize("name", sorted(REFUSED))
+def test_refused_forms_are_not_attention_and_stay_correct(name):
+    assert _matches(REFUSED[name]) == []
+    _, compiled, _, _ = compile_and_run(REFUSED[name], opt_level=2)
+    assert _flash_kernels(compiled) == 0
+
+
+def test_fp8_minus_inf_is_nan_in_every_pipeline():
+    import numpy as np
+
+    for level in (0, 2):
+        # compile_and_run asserts that NaN sits where the reference has it
+        _, _, _, reference = compile_and_run(REFUSED["fp8_scores"], opt_level=level)
+        want = np.asarray(reference[0], np.float32)
+        assert np.isnan(want[:-1]).all()  # every row but the last has a masked (NaN) score
+        assert np.isfinite(want[-1]).all()
