@@ -15,10 +15,12 @@ import numpy as np
 from isa.dtypes import convert, np_dtype
 from isa.errors import ChipTrap, InputError
 from isa.program import ENGINES, NUM_EVENTS, Program
+from runtime.bandwidth import HbmServer
 from runtime.blas import single_blas_thread
 from runtime.context import ScalarContext
 from runtime.decode import decode_program
 from runtime.engine import CoreState, Simulator, Timing, dma_compute_overlap
+from runtime.fastforward import FastForward
 from runtime.l2 import L2Cache
 from runtime.memory import GlobalMemory, LocalMemory
 from runtime.report import KernelTime, Report
@@ -47,7 +49,7 @@ class RunResult:
 
 def run_program(program: Program, machine, inputs: dict[str, np.ndarray], *,
                 timing_only: bool = False, max_instructions: int | None = None,
-                trace: bool = False) -> RunResult:
+                trace: bool = False, fast_forward: bool = True) -> RunResult:
     """Run `program` on every core of one chip described by `machine`.
 
     `inputs` maps each `in`/`inout` tensor name to an array of the tensor's shape (cast to
@@ -65,8 +67,8 @@ def run_program(program: Program, machine, inputs: dict[str, np.ndarray], *,
     _check_tensors(program, machine)
     _load_inputs(program, inputs, gm)
     engines = MODELLED_ENGINES
-    l2 = L2Cache(machine.l2_bytes, machine.l2_line_bytes, machine.l2_block_bytes) \
-        if machine.l2_bytes else None
+    l2 = L2Cache(machine.l2_bytes, machine.l2_line_bytes, machine.l2_block_bytes,
+                 machine.hbm_row_bytes) if machine.l2_bytes else None
     ops = decode_program(program, machine, engines, functional=functional, gm=gm, l2=l2)
     cores = []
     for index in range(machine.cores):
@@ -82,7 +84,11 @@ def run_program(program: Program, machine, inputs: dict[str, np.ndarray], *,
                     queue_depth=machine.queue_depth,
                     event_wake_latency=machine.event_wake_latency,
                     hbm_bytes_per_cycle=machine.hbm_bytes_per_cycle, l2=l2,
-                    l2_bytes_per_cycle=machine.l2_bytes_per_cycle, l2_latency=machine.l2_latency)
+                    l2_bytes_per_cycle=machine.l2_bytes_per_cycle, l2_latency=machine.l2_latency,
+                    hbm=HbmServer.for_machine(machine),
+                    dma_window_bytes=machine.dma_window_bytes,
+                    barrier_cycles=machine.barrier_cycles,
+                    kernel_launch_cycles=machine.kernel_launch_cycles)
     recorder = TraceRecorder(machine.clock_hz, list(engines), machine.cores) if trace else None
     kernel_names = [name for name, _ in program.kernels]
     simulator = Simulator(
@@ -90,6 +96,8 @@ def run_program(program: Program, machine, inputs: dict[str, np.ndarray], *,
         max_instructions=max_instructions or DEFAULT_MAX_INSTRUCTIONS, trace=recorder,
         kernels=kernel_names,
     )
+    if timing_only and fast_forward and recorder is None:
+        simulator.fast_forward = FastForward(simulator, program)
     # IEEE results (inf, NaN) are the chip's arithmetic, not host warnings
     with single_blas_thread(), np.errstate(all="ignore"):
         cycles = simulator.run()
