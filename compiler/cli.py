@@ -107,6 +107,16 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("-j", "--jobs", type=int, default=0,
                        help="benchmarks run at once (default: one per host CPU)")
 
+    validate = sub.add_parser("validate",
+                              help="simulate operators measured on a real chip and compare")
+    validate.add_argument("--machine", default="a100",
+                          help="a machine with measurements in isa/machines/validation/")
+    validate.add_argument("--json", action="store_true")
+    validate.add_argument("-j", "--jobs", type=int, default=0,
+                          help="points simulated at once (default: one per host CPU)")
+    validate.add_argument("--fit", action="store_true",
+                          help="print the host time per operator that fits best")
+
     fuzz = sub.add_parser("fuzz", help="a differential fuzzing campaign")
     fuzz.add_argument("--seconds", type=float, default=60)
     fuzz.add_argument("--seed", type=int, default=0)
@@ -118,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
 # command name -> module under compiler/commands/ holding `run(args) -> int`
 _COMMANDS = {
     "run": "run", "compile": "compile", "ir": "ir", "asm": "isa_tools", "disasm": "isa_tools",
-    "machines": "isa_tools", "bench": "bench", "fuzz": "fuzz",
+    "machines": "isa_tools", "bench": "bench", "fuzz": "fuzz", "validate": "validate",
 }
 
 

@@ -25,7 +25,7 @@ from isa.dtypes import MX_DTYPES
 from isa.errors import MachineError, SourceSpan
 
 MACHINES_DIR = Path(__file__).parent / "machines"
-BUILTIN_MACHINES = ("m890", "z810e")
+BUILTIN_MACHINES = ("m890", "z810e", "a100")
 
 # unit name -> factor, per kind of quantity
 _UNITS: dict[str, dict[str, float]] = {
