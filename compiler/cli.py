@@ -57,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--report", metavar="REPORT.json")
     run.add_argument("--trace", metavar="TRACE.json", help="Chrome/Perfetto trace")
     run.add_argument("--timing-only", action="store_true", help="cycles without the math")
+    run.add_argument("--no-fast-forward", action="store_true",
+                     help="with --timing-only, simulate every loop iteration (no skipping of "
+                     "steady states)")
     run.add_argument("--max-instructions", type=int, default=None,
                      help="stop a runaway program after this many instructions")
     run.add_argument("--tune", action="store_true", help="search tile sizes on the timing model")

@@ -55,11 +55,14 @@ def run_program(program: Program, machine, inputs: dict[str, np.ndarray], *,
     `inputs` maps each `in`/`inout` tensor name to an array of the tensor's shape (cast to
     its dtype; `inout` and `const` tensors may be omitted and start as zeros; with
     `timing_only` every input may be omitted). With `timing_only` no
-    instruction semantics run and no tensor data is allocated: the cycles are the same (costs
+    instruction computes on data and no tensor data is allocated: the cycles are the same (costs
     depend on operands and descriptors, never on data), the outputs are empty, and the
-    checks that need data (bounds of tile and GM accesses, races) are skipped.
+    race check is skipped (it needs the order of real accesses); bounds are checked from the
+    addresses alone, once per distinct operand set.
     `max_instructions` bounds the instructions executed over all cores (a runaway program
-    traps; default 50 million). Raises `ChipTrap` (exit status 3) when the chip traps and
+    traps; default 50 million). With `timing_only` and `fast_forward` (the default, off when
+    a trace is recorded), the steady state of loop nests is skipped ahead
+    (runtime/fastforward.py). Raises `ChipTrap` (exit status 3) when the chip traps and
     `InputError` for inputs that do not fit the program.
     """
     functional = not timing_only

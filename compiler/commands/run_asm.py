@@ -42,7 +42,8 @@ def run_assembly(args) -> int:
     inputs = load_inputs(program, args.input, args.inputs, args.seed,
                          draw_missing=not args.timing_only)
     result = run_program(program, machine, inputs, timing_only=args.timing_only,
-                         max_instructions=args.max_instructions, trace=bool(args.trace))
+                         max_instructions=args.max_instructions, trace=bool(args.trace),
+                         fast_forward=not getattr(args, "no_fast_forward", False))
     if args.output and not args.timing_only:
         write_outputs(args.output, list(result.outputs.values()))
     if args.report:

@@ -60,7 +60,8 @@ def run_compiled(args) -> int:
     inputs = {} if args.timing_only else prepare_inputs(fn, given, args.seed, sources)
     result = run_program(compiled.program, machine, compiled.program_inputs(inputs),
                          timing_only=args.timing_only,
-                         max_instructions=args.max_instructions, trace=bool(args.trace))
+                         max_instructions=args.max_instructions, trace=bool(args.trace),
+                         fast_forward=not getattr(args, "no_fast_forward", False))
     outputs = compiled.graph_outputs(result) if not args.timing_only else []
     if args.output:
         write_outputs(args.output, outputs)
