@@ -100,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--timing-only", action="store_true",
                      help="simulate the cycles without the math: no inputs, no outputs "
                           "(default: off)")
+    run.add_argument("--no-fast-forward", action="store_true",
+                     help="with --timing-only, simulate every loop iteration instead of "
+                          "skipping ahead over steady states (default: off)")
     run.add_argument("--max-instructions", type=int, default=None,
                      help="stop a runaway program after this many instructions (default: 50 "
                           "million in all and 2**18 in a row with no engine work; N sets both)")
@@ -178,6 +181,16 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--repeat", type=int, default=5,
                        help="with --compile: compiles per program (default: 5)")
 
+    validate = sub.add_parser("validate",
+                              help="simulate operators measured on a real chip and compare")
+    validate.add_argument("--machine", default="a100",
+                          help="a machine with measurements in isa/machines/validation/")
+    validate.add_argument("--json", action="store_true")
+    validate.add_argument("-j", "--jobs", type=int, default=0,
+                          help="points simulated at once (default: one per host CPU)")
+    validate.add_argument("--fit", action="store_true",
+                          help="print the host time per operator that fits best")
+
     fuzz = sub.add_parser("fuzz", help="a differential fuzzing campaign")
     fuzz.add_argument("--seconds", type=_positive_seconds, default=60,
                       help="how long the campaign runs (default: 60)")
@@ -197,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
 # command name -> module under compiler/commands/ holding `run(args) -> int`
 _COMMANDS = {
     "run": "run", "compile": "compile", "ir": "ir", "asm": "isa_tools", "disasm": "isa_tools",
-    "machines": "isa_tools", "bench": "bench", "fuzz": "fuzz",
+    "machines": "isa_tools", "bench": "bench", "fuzz": "fuzz", "validate": "validate",
 }
 
 

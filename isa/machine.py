@@ -25,7 +25,7 @@ from isa.dtypes import MX_DTYPES
 from isa.errors import MachineError, SourceSpan, source_lines
 
 MACHINES_DIR = Path(__file__).parent / "machines"
-BUILTIN_MACHINES = ("m890", "z810e")
+BUILTIN_MACHINES = ("m890", "z810e", "a100")
 
 # unit name -> factor, per kind of quantity
 _UNITS: dict[str, dict[str, float]] = {
@@ -107,6 +107,39 @@ _SCHEMA: dict[tuple[str, str], Key] = {
 _RATE = Key("mx_rates", float, 1 / 64, 64)
 _SECTIONS = ("core", "mx", "vx", "memory", "dma", "latency", "link", "nic")
 
+# ---- [fidelity]: the physical effects that keep a chip below its peaks ---------------------
+# (docs/internals.md section 3.4). An optional section: each key has a default, stated here
+# with where it comes from, and a range. key -> (Machine field, python type, default, low,
+# high); a value must lie in [low, high].
+_FIDELITY: dict[str, tuple[str, type, object, float, float]] = {
+    # DMA requests (bursts) one core keeps in flight: per-core GM bandwidth is at most
+    # requests x burst bytes / latency (Little's law). 1024 is a GPU SM's order (its L1 miss
+    # queues hold about a thousand sectors).
+    "dma_requests_in_flight": ("dma_requests_in_flight", int, 1024, 1, 1 << 20),
+    # GM moves in aligned bursts: a DMA row pays for every burst it touches, so 16-byte
+    # rows cost a whole burst each (64 B: an HBM2/HBM3 pseudo-channel's burst, BL4 x 128 bit).
+    "dma_burst_bytes": ("dma_burst_bytes", int, 64, 1, 1 << 16),
+    # the fraction of the HBM peak that long streams (whole DRAM rows) sustain: refresh,
+    # activations and bank conflicts (vendors' STREAM results are 85-92 % of the datasheet).
+    "hbm_streaming_efficiency": ("hbm_streaming_efficiency", float, 0.90, 0.05, 1.0),
+    # the fraction of the peak that scattered accesses of one burst each sustain (every one
+    # opens a DRAM row; typical measured random-access efficiency of HBM is 30-50 %)
+    "hbm_scattered_efficiency": ("hbm_scattered_efficiency", float, 0.40, 0.01, 1.0),
+    # a DRAM row (page) of one pseudo-channel: 1 KiB in HBM2/2e/3 (JEDEC)
+    "hbm_row_bytes": ("hbm_row_bytes", int, 1024, 32, 1 << 20),
+    # the HBM bus idles this long on every switch between reads and writes (tWTR + tRTW),
+    # once per write batch of hbm_write_batch_bytes that the controllers gather (a write
+    # queue of 64 entries of 32 B per channel, 32 channels)
+    "hbm_turnaround_seconds": ("hbm_turnaround_seconds", float, 5e-9, 0.0, 1e-6),
+    "hbm_write_batch_bytes": ("hbm_write_batch_bytes", int, 65536, 64, 1 << 30),
+    # a chip-wide barrier releases this long after the last core arrives (a reduction tree
+    # over the on-chip network and back: ~100 cycles on a 32-core mesh)
+    "barrier_cycles": ("barrier_cycles", int, 100, 0, 1 << 24),
+    # a kernel starts this long after its launch (the command processor reads the launch
+    # packet and starts the cores: 2-5 us on GPUs; 2 us assumed)
+    "kernel_launch_seconds": ("kernel_launch_seconds", float, 2e-6, 0.0, 1e-3),
+}
+
 
 @dataclass(frozen=True)
 class Machine:
@@ -153,6 +186,16 @@ class Machine:
     link_alpha: float
     nic_bandwidth: float
     nic_alpha: float
+    # [fidelity] (see _FIDELITY for the meaning, defaults and sources)
+    dma_requests_in_flight: int = 1024
+    dma_burst_bytes: int = 64
+    hbm_streaming_efficiency: float = 0.90
+    hbm_scattered_efficiency: float = 0.40
+    hbm_row_bytes: int = 1024
+    hbm_turnaround_seconds: float = 5e-9
+    hbm_write_batch_bytes: int = 65536
+    barrier_cycles: int = 100
+    kernel_launch_seconds: float = 2e-6
     source: str = ""
 
     # ---- matrix engine --------------------------------------------------------------
@@ -188,6 +231,19 @@ class Machine:
     def hbm_bytes_per_cycle(self) -> float:
         """Chip-wide HBM bytes per core clock cycle."""
         return self.hbm_bandwidth / self.clock_hz
+
+    @property
+    def dma_window_bytes(self) -> int:
+        """Bytes one core keeps in flight to GM at most (requests x burst)."""
+        return self.dma_requests_in_flight * self.dma_burst_bytes
+
+    @property
+    def kernel_launch_cycles(self) -> int:
+        return math.ceil(self.kernel_launch_seconds * self.clock_hz - 1e-9)
+
+    @property
+    def hbm_turnaround_cycles(self) -> float:
+        return self.hbm_turnaround_seconds * self.clock_hz
 
     @property
     def l2_bytes_per_cycle(self) -> float:
@@ -297,6 +353,16 @@ def machine_rows(machine: Machine) -> list[tuple[str, str]]:
         ("latency SRAM / event wake", (f"{machine.sram_latency} / "
                                       f"{machine.event_wake_latency} cycles")),
         ("queue depth", str(machine.queue_depth)),
+        ("DMA in flight per core", (f"{machine.dma_requests_in_flight} x "
+                                   f"{machine.dma_burst_bytes} B bursts = "
+                                   f"{_binary(machine.dma_window_bytes)}")),
+        ("HBM efficiency", (f"streaming {machine.hbm_streaming_efficiency:g}, scattered "
+                           f"{machine.hbm_scattered_efficiency:g}, "
+                           f"{_binary(machine.hbm_row_bytes)} rows")),
+        ("HBM read/write turnaround", (f"{machine.hbm_turnaround_seconds * 1e9:.3g} ns per "
+                                      f"{_binary(machine.hbm_write_batch_bytes)} written")),
+        ("barrier / kernel launch", (f"{machine.barrier_cycles} cycles / "
+                                    f"{_seconds(machine.kernel_launch_seconds)}")),
         ("chip links", (f"{machine.link_count} x {_si(machine.link_bandwidth, 'B/s')} = "
                        f"{_si(machine.link_total_bandwidth, 'B/s')}, alpha "
                        f"{_seconds(machine.link_alpha)}")),
@@ -385,7 +451,7 @@ def parse_machine(text: str, filename: str = "<machine>") -> Machine:
 
     values: dict[str, object] = {}
     for key in data:
-        if key not in ("name", "description", *_SECTIONS):
+        if key not in ("name", "description", "fidelity", *_SECTIONS):
             raise MachineError(f"unknown key '{key}' in machine file {filename}", where(None, key))
     for key in ("name", "description"):
         if key not in data:
@@ -440,6 +506,7 @@ def parse_machine(text: str, filename: str = "<machine>") -> Machine:
             (dtype, _quantity(rate, f"mx.rate.{dtype}", _RATE, filename, span))
         )
     values["mx_rates"] = tuple(sorted(mx_rates, key=lambda item: MX_DTYPES.index(item[0])))
+    values.update(_fidelity(data, filename, where))
     line, block = values["l2_line_bytes"], values["l2_block_bytes"]
     if line & (line - 1) or block & (block - 1) or block < line or block > 64 * line:
         raise MachineError(
@@ -447,6 +514,30 @@ def parse_machine(text: str, filename: str = "<machine>") -> Machine:
             f"({line}), both powers of two, in {filename}", where("memory", "l2_block_bytes"))
     values["source"] = filename
     return Machine(**values)  # type: ignore[arg-type]
+
+
+def _fidelity(data: dict, filename: str, where) -> dict[str, object]:
+    """The optional [fidelity] section: each key's value (range-checked) or its default."""
+    table = data.get("fidelity", {})
+    if not isinstance(table, dict):
+        raise MachineError(f"'fidelity' must be a table in {filename}", where(None, "fidelity"))
+    for key in table:
+        if key not in _FIDELITY:
+            raise MachineError(
+                f"unknown key 'fidelity.{key}' in machine file {filename}", where("fidelity", key),
+                notes=[f"[fidelity] takes: {', '.join(sorted(_FIDELITY))}"])
+    values: dict[str, object] = {}
+    for key, (field_name, kind, default, low, high) in _FIDELITY.items():
+        if key not in table:
+            values[field_name] = default
+            continue
+        span = where("fidelity", key)
+        value = _quantity(table[key], f"fidelity.{key}", kind, low == 0, filename, span)
+        if not low <= value <= high:
+            raise MachineError(f"'fidelity.{key}' must be in [{low:g}, {high:g}], got "
+                               f"{table[key]} in {filename}", span)
+        values[field_name] = value
+    return values
 
 
 def _unit_kind(key: str) -> str | None:

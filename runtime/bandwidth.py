@@ -41,3 +41,63 @@ class BandwidthServer:
         self.busy_cycles += duration
         self.bytes += nbytes
         return self.free_at
+
+
+class HbmServer(BandwidthServer):
+    """The chip's HBM: a `BandwidthServer` whose transfers cost more than their bytes at peak
+    (docs/internals.md section 3.4).
+
+    - Sustained rate: `bytes_per_cycle` is the peak times `streaming` efficiency (what long
+      streams of whole DRAM rows reach).
+    - Row hits: a transfer that covers a DRAM row whole streams it; every row it touches only
+      partly is an activation the bus idles for, `row_penalty` cycles (derived from the
+      scattered efficiency: one burst per row then sustains exactly that fraction of peak).
+    - Read/write turnaround: the controllers gather writes and drain them in batches of
+      `write_batch` bytes; each drain while reads are also flowing idles the bus for two
+      turnarounds (read to write and back), `turnaround` cycles each.
+    """
+
+    row_penalty: float = 0.0
+    turnaround: float = 0.0
+    write_batch: int = 0
+    _pending_writes: int = 0
+    _reads_since_drain: bool = False
+    turnarounds: int = 0
+    partial_rows: int = 0
+
+    @classmethod
+    def for_machine(cls, machine) -> HbmServer:
+        peak = machine.hbm_bytes_per_cycle
+        streaming = machine.hbm_streaming_efficiency
+        burst = machine.dma_burst_bytes
+        server = cls("HBM", peak * streaming)
+        server.row_penalty = max(0.0, burst / peak * (1 / machine.hbm_scattered_efficiency
+                                                      - 1 / streaming))
+        server.turnaround = machine.hbm_turnaround_cycles
+        server.write_batch = machine.hbm_write_batch_bytes
+        return server
+
+    def transfer(self, start: float, read: int, write: int, partial_rows: int = 0) -> float:
+        """Reserve a transfer of `read` + `write` bytes touching `partial_rows` DRAM rows
+        partly, no earlier than `start`; return its end."""
+        nbytes = read + write
+        if nbytes <= 0:
+            return start
+        extra = partial_rows * self.row_penalty
+        self.partial_rows += partial_rows
+        if read:
+            self._reads_since_drain = True
+        if write and self.write_batch:
+            self._pending_writes += write
+            while self._pending_writes >= self.write_batch:
+                self._pending_writes -= self.write_batch
+                if self._reads_since_drain:
+                    extra += 2 * self.turnaround
+                    self.turnarounds += 1
+                self._reads_since_drain = bool(read)
+        end = self.reserve(start, nbytes)
+        if extra:
+            self.free_at += extra
+            self.busy_cycles += extra
+            end = self.free_at
+        return end

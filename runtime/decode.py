@@ -194,7 +194,13 @@ def _engine_binder(defn, instr: Instruction, index: int, machine, program, funct
         def bind_timing(core) -> Bound:
             key = (read_regs(core.regs), read_descs(core.descs))
             bound = costs.get(key)
-            return bound if bound is not None else cost_of(core, key, None)
+            if bound is not None:
+                return bound
+            # a new operand set: check its bounds from the addresses alone (the semantics
+            # run on a context that hands out zeros and checks every range it is asked for)
+            ctx = context(core)
+            execute(instr, ctx)
+            return cost_of(core, key, ctx)
 
         return bind_timing
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import heapq
 import math
+from bisect import insort
 from collections import deque
 
 from isa.errors import ChipTrap
@@ -48,7 +49,8 @@ class Timing:
 
     def __init__(self, *, cores: int, clock_hz: float, queue_depth: int, event_wake_latency: int,
                  hbm_bytes_per_cycle: float, l2=None, l2_bytes_per_cycle: float = 0.0,
-                 l2_latency: int = 0):
+                 l2_latency: int = 0, hbm=None, dma_window_bytes: int = 0,
+                 barrier_cycles: int = 0, kernel_launch_cycles: int = 0):
         self.cores = cores
         self.clock_hz = clock_hz
         self.queue_depth = queue_depth
@@ -57,6 +59,11 @@ class Timing:
         self.l2 = l2  # a runtime.l2.L2Cache, or None: every GM byte is an HBM byte
         self.l2_bytes_per_cycle = l2_bytes_per_cycle
         self.l2_latency = l2_latency
+        # the physical effects (docs/internals.md section 3.4); 0 / None: not modelled
+        self.hbm = hbm  # a runtime.bandwidth.HbmServer, or None: an ideal server
+        self.dma_window_bytes = dma_window_bytes
+        self.barrier_cycles = barrier_cycles
+        self.kernel_launch_cycles = kernel_launch_cycles
 
 
 class CoreState:
@@ -95,6 +102,8 @@ class CoreState:
         self.s_block_since = 0
         self.races = CoreRaceDetector(n_engines, spaces) if race_check else None
         self.kernel: int | None = None  # index of the kernel region the scalar is in
+        self.in_flight: list[tuple[int, int]] = []  # GM DMAs: (completion, bytes), sorted
+        self.skipped_overlap = 0  # DMA/compute overlap of fast-forwarded periods
         self.scalar_ctx = None  # the ScalarContext the scalar instructions run against
 
     def stall(self, cause: str, cycles: int) -> None:
@@ -133,7 +142,11 @@ def dma_compute_overlap(core: CoreState, engines: list[str]) -> int:
     how much of the memory traffic, latency included, the program hides behind compute."""
     def busy(names):
         return _union(*(core.intervals[engines.index(n)] for n in names if n in engines))
-    return overlap_cycles(busy(("LD", "ST")), busy(("MX", "VX")))
+    return overlap_cycles(busy(("LD", "ST")), busy(("MX", "VX"))) + core.skipped_overlap
+
+
+def _clip(spans: list[tuple[int, int]], lo: int, hi: int) -> list[tuple[int, int]]:
+    return [(max(a, lo), min(b, hi)) for a, b in spans if b > lo and a < hi]
 
 
 # events between calls of a run's progress callback (cheap next to the events themselves)
@@ -157,7 +170,8 @@ class Simulator:
         self.max_idle_instructions = max_idle_instructions or max_instructions
         self.idle_instructions = 0
         self.trace = trace
-        self.hbm = BandwidthServer("HBM", timing.hbm_bytes_per_cycle)
+        self.hbm = timing.hbm or BandwidthServer("HBM", timing.hbm_bytes_per_cycle)
+        self._hbm_transfer = getattr(self.hbm, "transfer", None)
         self.l2 = timing.l2
         self.l2_server = BandwidthServer("L2", timing.l2_bytes_per_cycle) if self.l2 else None
         self.dma_engines = {i for i, name in enumerate(engines) if name in ("LD", "ST")}
@@ -168,6 +182,8 @@ class Simulator:
         self._seq = 0
         self.now = 0
         self.instructions = 0
+        self.executed = 0  # instructions actually run (the budget; fast-forward skips some)
+        self.fast_forward = None  # a runtime.fastforward.FastForward when enabled
         self.engine_instructions = 0
         self.flops = 0
         # flops by the MX input dtype that did them (None: the other engines)
@@ -241,8 +257,8 @@ class Simulator:
         regs = core.regs
         while True:
             op = ops[core.pc]
-            if op.kernel is not None:
-                self._enter_kernel(core, op, t)
+            if op.kernel is not None and core.kernel != op.kernel:
+                t = self._enter_kernel(core, op, t)
             if op.pred is not None:
                 value = regs[op.pred[0]]
                 if (value == 0) != op.pred[1]:  # predicated off: it still takes its issue
@@ -258,6 +274,10 @@ class Simulator:
                 except ChipTrap as err:
                     self._trap_from(core, op, err)
                 t += op.cycles
+                if core.pc <= op.address and core.index == 0 and \
+                        self.fast_forward is not None and op.mnemonic == "ENDLOOP":
+                    core.t = t
+                    t = self.fast_forward.back_edge(core, op.address, t)
                 continue
             # Everything below interacts with other engines: act only when no earlier event
             # is pending, so that the world is in time order.
@@ -344,11 +364,12 @@ class Simulator:
         """One more instruction issued by the scalar at cycle `t` (the budget check)."""
         self.instructions += 1
         self.idle_instructions += 1
+        self.executed += 1
         core.busy[S_ENGINE] += op.cycles
         if self.trace is not None:
             name = op.mnemonic if op.kind != ENGINE else "issue " + op.mnemonic
             self.trace.slice(core.index, S_ENGINE, name, t, op.cycles, {"address": op.address})
-        if self.instructions > self.max_instructions:
+        if self.executed > self.max_instructions:
             raise ChipTrap(
                 f"runaway program: more than {self.max_instructions} instructions executed "
                 "(raise the budget with --max-instructions)",
@@ -397,7 +418,7 @@ class Simulator:
         if len(self.chip_barrier) < len(self.cores):
             return
         cycles = self.ops[core.pc].cycles
-        release = self.chip_barrier_time + cycles
+        release = self.chip_barrier_time + cycles + self.timing.barrier_cycles
         for waiting in self.chip_barrier:
             # each core issued its BAR.CHIP at waiting.t; it waits from then to the release
             waited = release - (waiting.t + cycles)
@@ -521,6 +542,9 @@ class Simulator:
             else:
                 occupancy = self._gm_from_hbm(core, engine, bound.hbm_read, bound.hbm_write,
                                               now, occupancy)
+            if self.timing.dma_window_bytes:
+                occupancy = self._in_flight(core, engine, bound.hbm_read + bound.hbm_write,
+                                            now, occupancy, latency)
         if bound.flops:
             self.flops += bound.flops
             key = op.flop_dtype
@@ -555,12 +579,46 @@ class Simulator:
             else:
                 self._resume(core, now)
 
+    def _in_flight(self, core: CoreState, engine: int, nbytes: int, now: int, occupancy: int,
+                   latency: int) -> int:
+        """Little's law: a core keeps at most `dma_window_bytes` of GM requests in flight.
+        A DMA's bytes beyond the free part of the window issue only as earlier requests
+        complete (and, beyond a whole window, one window per latency); returns its new
+        occupancy and records it in flight until it completes."""
+        window = self.timing.dma_window_bytes
+        flight = core.in_flight
+        while flight and flight[0][0] <= now:
+            flight.pop(0)
+        used = 0
+        for _, size in flight:
+            used += size
+        need = used + nbytes - window  # bytes that must wait for a completion
+        if need > 0:
+            last = now  # when the DMA's last request can issue
+            freed = 0
+            for done, size in flight:
+                freed += size
+                last = done
+                if freed >= need:
+                    break
+            if need > used:  # more than the window alone: one window per round trip
+                last += latency * math.ceil((need - used) / window)
+            waited = last - now + 1
+            if waited > occupancy:
+                core.stall(f"dma_in_flight:{self.engine_names[engine]}", waited - occupancy)
+                occupancy = waited
+        insort(flight, (now + occupancy + latency, min(nbytes, window)))
+        return occupancy
+
     def _gm_from_hbm(self, core: CoreState, engine: int, read: int, write: int, now: int,
-                     occupancy: int) -> int:
+                     occupancy: int, partial_rows: int = 0) -> int:
         """Pass `read + write` bytes through the HBM server; the DMA's new occupancy."""
         self.hbm_read += read
         self.hbm_write += write
-        hbm_end = math.ceil(self.hbm.reserve(now, read + write) - 1e-9)
+        transfer = self._hbm_transfer
+        end = transfer(now, read, write, partial_rows) if transfer is not None else \
+            self.hbm.reserve(now, read + write)
+        hbm_end = math.ceil(end - 1e-9)
         if hbm_end - now > occupancy:
             core.stall(self._hbm_cause[engine], hbm_end - now - occupancy)
             occupancy = hbm_end - now
@@ -575,21 +633,25 @@ class Simulator:
         lines = bound.gm_lines
         occupancy = bound.occupancy
         latency = bound.latency
-        l2_end = math.ceil(self.l2_server.reserve(now, lines.total) - 1e-9)
+        # the L2 moves whole lines: charged by the lines touched, not the bytes asked for
+        l2_end = math.ceil(self.l2_server.reserve(now, lines.lines * self.l2.line_bytes)
+                           - 1e-9)
         if l2_end - now > occupancy:
             core.stall(self._l2_cause[engine], l2_end - now - occupancy)
             occupancy = l2_end - now
         if bound.hbm_read:
             missed, hit_ready = self.l2.read(lines)
             if missed:
-                occupancy = self._gm_from_hbm(core, engine, missed, 0, now, occupancy)
+                occupancy = self._gm_from_hbm(core, engine, missed, 0, now, occupancy,
+                                              self.l2.partial_rows)
             else:
                 latency = self.timing.l2_latency
             self.l2.landed(now + occupancy + latency)
             if hit_ready > now + occupancy + latency:  # a line it hit on is still filling
                 latency = math.ceil(hit_ready) - now - occupancy
         else:
-            occupancy = self._gm_from_hbm(core, engine, 0, bound.hbm_write, now, occupancy)
+            occupancy = self._gm_from_hbm(core, engine, 0, bound.hbm_write, now, occupancy,
+                                          self.l2.partly_written_rows(lines))
             self.l2.write(lines, now + occupancy + latency)
         return occupancy, latency
 
@@ -615,15 +677,78 @@ class Simulator:
                     else:
                         self._try_later(core, waiter, wake)
 
+    # -- fast-forward (runtime/fastforward.py) ----------------------------------------------
+
+    def servers(self) -> list[BandwidthServer]:
+        return [self.hbm] + ([self.l2_server] if self.l2_server is not None else [])
+
+    def counters(self) -> dict:
+        """Everything that accumulates over a run (fast-forward adds n periods' growth)."""
+        l2 = self.l2
+        return {
+            "instructions": self.instructions, "engine_instructions": self.engine_instructions,
+            "flops": self.flops, "hbm_read": self.hbm_read, "hbm_write": self.hbm_write,
+            "flops_by_dtype": dict(self.flops_by_dtype),
+            "l2": (l2.read_bytes, l2.hit_bytes, l2.write_bytes) if l2 is not None else None,
+            "servers": [(s.busy_cycles, s.bytes) for s in self.servers()],
+            "busy": [list(c.busy) for c in self.cores],
+            "stalls": [dict(c.stalls) for c in self.cores],
+        }
+
+    def add_counters(self, before: dict, after: dict, n: int, window: tuple[int, int],
+                     periods: int = 1) -> None:
+        """Add `n` periods' growth of every counter: from `before` to `after` is `periods`
+        periods (the cycles `window`)."""
+        def scaled(x):
+            return round(n * x / periods)
+
+        def grow(key):
+            return scaled(after[key] - before[key])
+        self.instructions += grow("instructions")
+        self.engine_instructions += grow("engine_instructions")
+        self.flops += grow("flops")
+        for key, value in after["flops_by_dtype"].items():
+            growth = scaled(value - before["flops_by_dtype"].get(key, 0))
+            self.flops_by_dtype[key] = self.flops_by_dtype.get(key, 0) + growth
+        self.hbm_read += grow("hbm_read")
+        self.hbm_write += grow("hbm_write")
+        if self.l2 is not None:
+            (r0, h0, w0), (r1, h1, w1) = before["l2"], after["l2"]
+            self.l2.read_bytes += scaled(r1 - r0)
+            self.l2.hit_bytes += scaled(h1 - h0)
+            self.l2.write_bytes += scaled(w1 - w0)
+        for server, (b0, y0), (b1, y1) in zip(self.servers(), before["servers"],
+                                             after["servers"]):
+            server.busy_cycles += n * (b1 - b0) / periods
+            server.bytes += scaled(y1 - y0)
+        for core, busy0, busy1, st0, st1 in zip(self.cores, before["busy"], after["busy"],
+                                                before["stalls"], after["stalls"]):
+            core.busy = [b + scaled(y - x) for b, x, y in zip(core.busy, busy0, busy1)]
+            for cause, value in st1.items():
+                core.stalls[cause] = core.stalls.get(cause, 0) + scaled(value - st0.get(cause, 0))
+            lo, hi = window
+            names = self.engine_names
+            dma = _union(*(_clip(core.intervals[names.index(e)], lo, hi)
+                           for e in ("LD", "ST") if e in names))
+            compute = _union(*(_clip(core.intervals[names.index(e)], lo, hi)
+                               for e in ("MX", "VX") if e in names))
+            core.skipped_overlap += scaled(overlap_cycles(dma, compute))
+
     # -- kernels ---------------------------------------------------------------------------
 
-    def _enter_kernel(self, core: CoreState, op: Op, t: int) -> None:
+    def _enter_kernel(self, core: CoreState, op: Op, t: int) -> int:
+        """The core enters kernel `op.kernel` at `t`; its first instruction issues after the
+        launch cost (returned: the new scalar time)."""
         index = op.kernel
         self._leave_kernel(core, t)
         core.kernel = index
         span = self.kernel_spans[index]
         if span[0] < 0 or t < span[0]:
             span[0] = t
+        launch = self.timing.kernel_launch_cycles
+        if launch:
+            core.stall("kernel_launch", launch)
+        return t + launch
 
     def _leave_kernel(self, core: CoreState, t: int) -> None:
         if core.kernel is not None:

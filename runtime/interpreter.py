@@ -15,10 +15,12 @@ import numpy as np
 from isa.dtypes import convert, np_dtype
 from isa.errors import ChipTrap, InputError
 from isa.program import ENGINES, NUM_EVENTS, Program
+from runtime.bandwidth import HbmServer
 from runtime.blas import single_blas_thread
 from runtime.context import ScalarContext
 from runtime.decode import decode_program
 from runtime.engine import CoreState, Simulator, Timing, dma_compute_overlap
+from runtime.fastforward import FastForward
 from runtime.l2 import L2Cache
 from runtime.memory import GlobalMemory, LocalMemory
 from runtime.report import KernelTime, Report
@@ -51,21 +53,24 @@ class RunResult:
 
 def run_program(program: Program, machine, inputs: dict[str, np.ndarray], *,
                 timing_only: bool = False, max_instructions: int | None = None,
-                trace: bool = False, progress=None) -> RunResult:
+                trace: bool = False, progress=None, fast_forward: bool = True) -> RunResult:
     """Run `program` on every core of one chip described by `machine`.
 
     `inputs` maps each `in`/`inout` tensor name to an array of the tensor's shape (cast to
     its dtype; `inout` and `const` tensors may be omitted and start as zeros; with
     `timing_only` every input may be omitted). With `timing_only` no
-    instruction semantics run and no tensor data is allocated: the cycles are the same (costs
+    instruction computes on data and no tensor data is allocated: the cycles are the same (costs
     depend on operands and descriptors, never on data), the outputs are empty, and the
-    checks that need data (bounds of tile and GM accesses, races) are skipped.
+    race check is skipped (it needs the order of real accesses); bounds are checked from the
+    addresses alone, once per distinct operand set.
     `max_instructions` bounds the instructions executed over all cores (a runaway program
     traps; default 50 million) and, by default, 2**18 instructions in a row with no engine
     instruction dispatched (a spinning loop traps in seconds); an explicit `max_instructions`
     sets both. `progress(cycle, instructions)`, when given, is called every few thousand
     events of the run (the simulated cycle reached and instructions executed so far), for a
-    progress display. Raises `ChipTrap` (exit status 3) when the chip traps and
+    progress display. With `timing_only` and `fast_forward` (the default, off when a trace is
+    recorded), the steady state of loop nests is skipped ahead (runtime/fastforward.py).
+    Raises `ChipTrap` (exit status 3) when the chip traps and
     `InputError` for inputs that do not fit the program.
     """
     functional = not timing_only
@@ -73,8 +78,8 @@ def run_program(program: Program, machine, inputs: dict[str, np.ndarray], *,
     check_tensors(program, machine)
     _load_inputs(program, inputs, gm)
     engines = MODELLED_ENGINES
-    l2 = L2Cache(machine.l2_bytes, machine.l2_line_bytes, machine.l2_block_bytes) \
-        if machine.l2_bytes else None
+    l2 = L2Cache(machine.l2_bytes, machine.l2_line_bytes, machine.l2_block_bytes,
+                 machine.hbm_row_bytes) if machine.l2_bytes else None
     ops = decode_program(program, machine, engines, functional=functional, gm=gm, l2=l2)
     cores = []
     for index in range(machine.cores):
@@ -90,7 +95,11 @@ def run_program(program: Program, machine, inputs: dict[str, np.ndarray], *,
                     queue_depth=machine.queue_depth,
                     event_wake_latency=machine.event_wake_latency,
                     hbm_bytes_per_cycle=machine.hbm_bytes_per_cycle, l2=l2,
-                    l2_bytes_per_cycle=machine.l2_bytes_per_cycle, l2_latency=machine.l2_latency)
+                    l2_bytes_per_cycle=machine.l2_bytes_per_cycle, l2_latency=machine.l2_latency,
+                    hbm=HbmServer.for_machine(machine),
+                    dma_window_bytes=machine.dma_window_bytes,
+                    barrier_cycles=machine.barrier_cycles,
+                    kernel_launch_cycles=machine.kernel_launch_cycles)
     recorder = TraceRecorder(machine.clock_hz, list(engines), machine.cores) if trace else None
     kernel_names = [name for name, _ in program.kernels]
     simulator = Simulator(
@@ -99,6 +108,8 @@ def run_program(program: Program, machine, inputs: dict[str, np.ndarray], *,
         max_idle_instructions=max_instructions or DEFAULT_MAX_IDLE_INSTRUCTIONS, trace=recorder,
         kernels=kernel_names, progress=progress,
     )
+    if timing_only and fast_forward and recorder is None:
+        simulator.fast_forward = FastForward(simulator, program)
     # IEEE results (inf, NaN) are the chip's arithmetic, not host warnings
     with single_blas_thread(), np.errstate(all="ignore"):
         cycles = simulator.run()

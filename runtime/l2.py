@@ -107,7 +107,8 @@ class Lines:
     bytes per touched line in line order; both None when every line is whole); `total` bytes
     in all."""
 
-    __slots__ = ("blocks", "full", "line_nbytes", "masks", "nbytes", "offsets", "total")
+    __slots__ = ("blocks", "full", "line_nbytes", "lines", "masks", "nbytes", "offsets",
+                 "total")
 
     def __init__(self, lines: np.ndarray, nbytes: np.ndarray, line_bytes: int, shift: int):
         blocks = lines >> shift
@@ -125,14 +126,22 @@ class Lines:
         self.offsets = None if whole else starts.tolist()
         self.line_nbytes = None if whole else nbytes.tolist()
         self.total = int(nbytes.sum())
+        self.lines = int(lines.size)  # lines touched: what the L2's bandwidth is charged by
 
 
 class L2Cache:
     """The tags of a `size_bytes` cache of `line_bytes` lines in `block_bytes` blocks (both
     powers of two, at most 64 lines a block: the machine loader checks)."""
 
-    def __init__(self, size_bytes: int, line_bytes: int, block_bytes: int):
+    def __init__(self, size_bytes: int, line_bytes: int, block_bytes: int,
+                 row_bytes: int | None = None):
         self.line_bytes = line_bytes
+        # DRAM rows as masks of a block's lines (a row of a block or more: the block)
+        per_block = block_bytes // line_bytes
+        per_row = min(per_block, max(1, (row_bytes or block_bytes) // line_bytes))
+        ones = (1 << per_row) - 1
+        self.row_masks = tuple(ones << i for i in range(0, per_block, per_row))
+        self.partial_rows = 0  # DRAM rows the last read touched only partly
         self.shift = (block_bytes // line_bytes).bit_length() - 1  # line -> block
         self.capacity = size_bytes // line_bytes  # in lines
         self.resident = 0  # valid lines
@@ -157,6 +166,7 @@ class L2Cache:
         filled = self._filled
         missed_lines = 0
         missed_bytes = 0
+        partial = 0
         hit_ready = 0.0
         for index, block in enumerate(box.blocks):
             wanted = box.masks[index]
@@ -165,6 +175,7 @@ class L2Cache:
                 entry = blocks[block] = [wanted, 0.0]
                 missed_lines += wanted.bit_count()
                 missed_bytes += box.nbytes[index]
+                partial += self._partial(wanted, wanted)
                 filled.append(entry)
                 continue
             blocks.move_to_end(block)
@@ -172,6 +183,7 @@ class L2Cache:
             if missing != wanted and entry[1] > hit_ready:
                 hit_ready = entry[1]
             if missing:
+                partial += self._partial(missing, missing)
                 entry[0] |= missing
                 missed_lines += missing.bit_count()
                 missed_bytes += (missing.bit_count() * self.line_bytes
@@ -180,6 +192,7 @@ class L2Cache:
                                                box.offsets[index]))
                 filled.append(entry)
         self.hit_bytes += box.total - missed_bytes
+        self.partial_rows = partial
         if missed_lines:
             self.resident += missed_lines
             self._evict()
@@ -212,6 +225,22 @@ class L2Cache:
         if added:
             self.resident += added
             self._evict()
+
+    def partly_written_rows(self, box: Lines) -> int:
+        """The DRAM rows a write of `box` touches but does not cover whole."""
+        partial = 0
+        for index, mask in enumerate(box.masks):
+            partial += self._partial(mask, box.full[index])
+        return partial
+
+    def _partial(self, touched: int, whole: int) -> int:
+        """DRAM rows of a block that `touched` (a line mask) touches but `whole` does not
+        cover completely."""
+        count = 0
+        for row in self.row_masks:
+            if touched & row and whole & row != row:
+                count += 1
+        return count
 
     def _evict(self) -> None:
         """Drop least recently used blocks until the valid lines fit."""

@@ -239,7 +239,8 @@ class Program:
 
     def run(self, inputs: dict | None = None, /, *, timing_only: bool = False,
             seed: int | None = None, max_instructions: int | None = None, trace: bool = False,
-            progress=False, sources: dict[str, str] | None = None, **named):
+            progress=False, sources: dict[str, str] | None = None, fast_forward: bool = True,
+            **named):
         """Run on the simulated chip: `(outputs, report)`.
 
         Inputs are numpy arrays (or anything `np.asarray` takes) by parameter name, as
@@ -251,7 +252,8 @@ class Program:
         `.to_json()`; `.trace` with `trace=True`). With `timing_only` nothing is computed:
         no inputs are needed, `outputs` is empty and the cycles are the same.
         `progress=True` shows the progress of a long run on stderr when it is a terminal
-        (or give a callable `progress(cycle, instructions)`).
+        (or give a callable `progress(cycle, instructions)`). `fast_forward=False` makes a
+        timing-only run simulate every loop iteration instead of skipping steady states.
         """
         from runtime import run_program
         from zhenwu.hostmem import out_of_memory
@@ -278,7 +280,7 @@ class Program:
         try:
             result = run_program(compiled.program, self.machine, compiled.program_inputs(arrays),
                                  timing_only=timing_only, max_instructions=max_instructions,
-                                 trace=trace, progress=callback)
+                                 trace=trace, progress=callback, fast_forward=fast_forward)
         except MemoryError:
             raise out_of_memory(self.name) from None
         finally:

@@ -57,7 +57,8 @@ def run_assembly(args) -> int:
     try:
         result = run_program(program, machine, inputs, timing_only=args.timing_only,
                              max_instructions=args.max_instructions, trace=bool(args.trace),
-                             progress=reporter if reporter.enabled else None)
+                             progress=reporter if reporter.enabled else None,
+                             fast_forward=not getattr(args, "no_fast_forward", False))
     except MemoryError:
         raise out_of_memory(args.program) from None
     finally:

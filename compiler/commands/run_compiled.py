@@ -47,7 +47,8 @@ def run_compiled(args) -> int:
         warn=warn_on_stderr)
     outputs, report = prog.run(inputs, timing_only=args.timing_only,
                                max_instructions=args.max_instructions, trace=bool(args.trace),
-                               progress=True)
+                               progress=True,
+                               fast_forward=not getattr(args, "no_fast_forward", False))
     if args.output:
         write_outputs(args.output, outputs)
     if args.report:

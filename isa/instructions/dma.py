@@ -113,13 +113,51 @@ def gm_box(desc: Descriptor, coords: tuple[int, ...]) -> GMBox | None:
                  tuple(hi - lo for lo, hi in ranges), tuple(s * size for s in desc.strides), size)
 
 
+_EXACT_RUNS = 1 << 14  # runs whose alignment is worked out one by one, at most
+
+
+def burst_bytes(box: GMBox | None, burst: int) -> int:
+    """The bytes a DMA port moves for `box`: every contiguous run of the box (its innermost
+    contiguous dims merged) pays for each aligned burst of `burst` bytes it touches, so a
+    narrow row costs a whole burst (docs/internals.md section 3.4)."""
+    if box is None:
+        return 0
+    dims = sorted(((n, s) for n, s in zip(box.shape, box.strides) if n != 1),
+                  key=lambda d: -abs(d[1]))
+    run, outer = box.itemsize, []
+    for n, s in reversed(dims):
+        if not outer and s == run:
+            run *= n  # still contiguous with what is inside it
+        else:
+            outer.append((n, s))
+    runs = math.prod(n for n, _ in outer)
+    if burst <= 1:
+        return runs * run
+    if all(s % burst == 0 for _, s in outer):  # every run starts at the same offset
+        return runs * _bursts(box.address, run, burst) * burst
+    if runs <= _EXACT_RUNS:
+        starts = np.array([box.address], dtype=np.int64)
+        for n, s in outer:
+            starts = (starts[:, None] + np.arange(n, dtype=np.int64)[None, :] * s).reshape(-1)
+        counts = (starts + run - 1) // burst - starts // burst + 1
+        return int(counts.sum()) * burst
+    # very many runs at mixed offsets: at most one burst more than a run's length each
+    return runs * (ceil_div(run, burst) + 1) * burst
+
+
+def _bursts(address: int, run: int, burst: int) -> int:
+    return (address + run - 1) // burst - address // burst + 1
+
+
 def _dma_ld_cost(instr: Instruction, machine: Machine, ctx: ExecContext) -> Cost:
     _, ref = instr.operands
     desc = ctx.read_desc(ref.index)
     coords = box_coords(ref, desc, ctx)
     nbytes = in_bounds_elements(desc, coords) * itemsize(desc.dtype)
-    return Cost(max(1, ceil_div(nbytes, machine.ld_bytes_per_cycle)), machine.hbm_latency,
-                hbm_read=nbytes, gm=gm_box(desc, coords))
+    box = gm_box(desc, coords)
+    moved = max(nbytes, burst_bytes(box, machine.dma_burst_bytes))
+    return Cost(max(1, ceil_div(moved, machine.ld_bytes_per_cycle)), machine.hbm_latency,
+                hbm_read=nbytes, gm=box)
 
 
 # ---- DMA.ST -------------------------------------------------------------------------
@@ -154,8 +192,10 @@ def _dma_st_cost(instr: Instruction, machine: Machine, ctx: ExecContext) -> Cost
     desc = ctx.read_desc(ref.index)
     coords = box_coords(ref, desc, ctx)
     nbytes = in_bounds_elements(desc, coords) * itemsize(desc.dtype)
-    return Cost(max(1, ceil_div(nbytes, machine.st_bytes_per_cycle)), machine.hbm_latency,
-                hbm_write=nbytes, gm=gm_box(desc, coords))
+    box = gm_box(desc, coords)
+    moved = max(nbytes, burst_bytes(box, machine.dma_burst_bytes))
+    return Cost(max(1, ceil_div(moved, machine.st_bytes_per_cycle)), machine.hbm_latency,
+                hbm_write=nbytes, gm=box)
 
 
 # ---- DMA.MOV ------------------------------------------------------------------------
@@ -193,7 +233,9 @@ DEFS: list[InstrDef] = [
         options=(OptionSpec("T", doc="transpose the last two box dims"),
                  OptionSpec("pad", takes_value=True, doc="the value of out-of-bounds elements")),
         sync=True, cost=_dma_ld_cost, execute=_dma_ld,
-        cost_doc="occupancy ceil(in-bounds bytes / `ld_bytes_per_cycle`) (at least 1), latency "
+        cost_doc="occupancy ceil(burst bytes / `ld_bytes_per_cycle`) (at least 1), where the "
+        "burst bytes are the in-bounds bytes rounded up to the aligned `dma_burst_bytes` bursts "
+        "each contiguous GM row touches; latency "
         "`hbm_latency` (`l2_latency` when the L2 holds every byte); the in-bounds bytes "
         "(descriptor dtype) are GM reads, from the L2 where it holds them, else from HBM",
     ),
@@ -208,7 +250,8 @@ DEFS: list[InstrDef] = [
         suffixes=(SuffixSlot("dt", DTYPES, optional=True),),
         options=(OptionSpec("relu", doc="fused ReLU"),),
         sync=True, cost=_dma_st_cost, execute=_dma_st,
-        cost_doc="occupancy ceil(in-bounds bytes / `st_bytes_per_cycle`) (at least 1), latency "
+        cost_doc="occupancy ceil(burst bytes / `st_bytes_per_cycle`) (at least 1; burst bytes as "
+        "for DMA.LD), latency "
         "`hbm_latency`; the in-bounds bytes (descriptor dtype) are GM writes, through the L2 to "
         "HBM",
     ),

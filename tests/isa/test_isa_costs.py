@@ -48,7 +48,8 @@ def cost_of(line: str, machine: str = "m890", regs: dict[int, int] | None = None
     # 16 x 16 f32 = 1024 bytes / 128 per cycle
     ("DMA.ST d2[0, 0], ACC[0]", Cost(8, 600, hbm_write=1024,
                                       gm=GMBox(0x1000, (16, 16), (256, 4), 4))),
-    ("DMA.ST d2[56, 56], ACC[0] .relu", Cost(2, 600, hbm_write=256,
+    # 8 rows of 32 B, each inside its own 64 B burst: 512 burst bytes / 128 per cycle
+    ("DMA.ST d2[56, 56], ACC[0] .relu", Cost(4, 600, hbm_write=256,
                                               gm=GMBox(0x1000 + (56 * 64 + 56) * 4, (8, 8),
                                                        (256, 4), 4))),
     ("DMA.MOV L1[0], ACC[0], 1000", Cost(4, 8)),

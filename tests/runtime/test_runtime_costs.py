@@ -29,7 +29,11 @@ def test_dma_ld(rows, cols, dtype, nbytes):
             + f"DESC d0, x, {dtype}, [{rows}, {cols}], [{cols}, 1], [{rows}, {cols}]\n"
             + "DMA.LD L1[0], d0[0, 0]\nHALT\n")
     report = run_asm(text).report
-    occupancy = max(1, math.ceil(rows * cols * nbytes / M.ld_bytes_per_cycle))
+    size = rows * cols * nbytes
+    occupancy = max(1, math.ceil(size / M.ld_bytes_per_cycle))
+    if size > M.dma_window_bytes:  # Little's law: one window of requests per round trip
+        occupancy = max(occupancy, M.hbm_latency * (math.ceil(size / M.dma_window_bytes) - 1)
+                        + 1)
     assert report.cycles == S + 1 + occupancy + M.hbm_latency
     assert report.busy_cycles[0]["LD"] == occupancy
     # the DMA moves its bytes; HBM moves whole L2 lines (the tensor starts at a line)

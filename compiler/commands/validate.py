@@ -1,0 +1,162 @@
+"""`zhenwu validate`: the simulator against operators measured on a real chip.
+
+`isa/machines/validation/<machine>/measured.csv` holds measured operator times (its README
+says where they come from); `host.toml` beside it the host-side time of one call of each
+operator type in those measurements (framework dispatch, Python, the launch: the measurements
+time a whole call), fitted once to the data and saying so. For every point the operator is
+written as a `.zt` program, compiled for the machine like any program (the compiler does not
+know it is being validated), and run timing-only; its simulated time plus the operator's host
+time is compared with the measured time. Printed: every point, the mean absolute error per
+operator and overall, and the wall time of it all.
+
+`--fit` prints, per operator type, the host time that minimises that operator's mean absolute
+error given the simulated times (how host.toml's constants were obtained).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import time
+import tomllib
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+from isa.errors import UsageError
+
+VALIDATION_DIR = Path(__file__).resolve().parents[2] / "isa" / "machines" / "validation"
+
+
+def source(op: str, m: int, n: int, k: int, dtype: str) -> str:
+    """The `.zt` program of one measured operator."""
+    if op == "matmul":
+        return (f"fn main(a: {dtype}[{m}, {k}], b: {dtype}[{k}, {n}]) -> {dtype}[{m}, {n}] "
+                "{\n    return a @ b\n}\n")
+    if op == "softmax":
+        return (f"fn main(x: {dtype}[{m}, {n}]) -> {dtype}[{m}, {n}] {{\n"
+                f"    return cast(softmax(x, axis=-1), {dtype})\n}}\n")
+    if op == "layernorm":
+        return (f"fn main(x: {dtype}[{m}, {n}], g: {dtype}[{n}], b: {dtype}[{n}]) -> "
+                f"{dtype}[{m}, {n}] {{\n"
+                f"    return cast(layernorm(x, g, b, eps=1e-5), {dtype})\n}}\n")
+    if op == "gelu":
+        return (f"fn main(x: {dtype}[{m}]) -> {dtype}[{m}] {{\n"
+                f"    return cast(gelu(x), {dtype})\n}}\n")
+    raise UsageError(f"unknown operator '{op}' in the measurements")
+
+
+def load_points(directory: Path) -> list[dict]:
+    points = []
+    with open(directory / "measured.csv", newline="") as handle:
+        for row in csv.DictReader(handle):
+            dims = [int(row[d]) if row[d] else 0 for d in ("M", "N", "K")]
+            dtype = {"f16": "f16", "bf16": "bf16", "f32": "f32"}[row["dtype"]]
+            points.append({"op": row["op"], "M": dims[0], "N": dims[1], "K": dims[2],
+                           "dtype": dtype, "measured": float(row["seconds"])})
+    return points
+
+
+def simulate(point: dict, machine_spec: str) -> float:
+    """Seconds of one point on the simulated chip (timing-only)."""
+    import numpy as np
+
+    from compiler.backend.pipeline import CompileOptions, compile_function
+    from compiler.frontend import load_program
+    from isa.machine import load_machine
+    from runtime import run_program
+
+    machine = load_machine(machine_spec)
+    text = source(point["op"], point["M"], point["N"], point["K"], point["dtype"])
+    fn = load_program(f"<{point['op']}>", text=text)
+    compiled = compile_function(fn, machine, CompileOptions())
+    placeholders = {t.name: np.broadcast_to(np.zeros((), np.float32), tuple(t.shape))
+                    for t in compiled.program.inputs}
+    report = run_program(compiled.program, machine, placeholders, timing_only=True).report
+    return report.seconds
+
+
+def _label(point: dict) -> str:
+    if point["op"] == "matmul":
+        return f"{point['M']}x{point['N']}x{point['K']}"
+    if point["op"] == "gelu":
+        return f"{point['M']}"
+    return f"{point['M']}x{point['N']}"
+
+
+def _best_host(sims: list[float], measured: list[float]) -> float:
+    # minimise sum |s + c - m| / m over c: a weighted median of (m - s) with weights 1/m
+    pairs = sorted((m - s, 1 / m) for s, m in zip(sims, measured))
+    half = sum(w for _, w in pairs) / 2
+    running = 0.0
+    for value, weight in pairs:
+        running += weight
+        if running >= half:
+            return max(0.0, value)
+    return 0.0
+
+
+def run(args) -> int:
+    from isa.machine import load_machine
+
+    machine = load_machine(args.machine)
+    directory = VALIDATION_DIR / machine.name
+    if not (directory / "measured.csv").is_file():
+        raise UsageError(f"no measurements for machine '{machine.name}' (looked in "
+                         f"{directory})")
+    points = load_points(directory)
+    host = tomllib.loads((directory / "host.toml").read_text()) \
+        if (directory / "host.toml").is_file() else {}
+    spec = args.machine if args.machine.endswith(".toml") else machine.name
+    jobs = args.jobs if args.jobs > 0 else (os.cpu_count() or 1)
+    start = time.perf_counter()
+    if jobs == 1:
+        sims = [simulate(p, spec) for p in points]
+    else:
+        with ProcessPoolExecutor(max_workers=jobs) as pool:
+            # the big points first: they set the wall time
+            order = sorted(range(len(points)), key=lambda i: -_work(points[i]))
+            futures = {i: pool.submit(simulate, points[i], spec) for i in order}
+            sims = [futures[i].result() for i in range(len(points))]
+    wall = time.perf_counter() - start
+    ops = list(dict.fromkeys(p["op"] for p in points))
+    if args.fit:
+        for op in ops:
+            chosen = [(s, p["measured"]) for s, p in zip(sims, points) if p["op"] == op]
+            best = _best_host([s for s, _ in chosen], [m for _, m in chosen])
+            print(f"{op}_seconds = {best:.3e}")
+        return 0
+    rows = []
+    for point, sim in zip(points, sims):
+        overhead = float(host.get(f"{point['op']}_seconds", 0.0))
+        total = sim + overhead
+        rows.append({**point, "simulated": sim, "host": overhead, "predicted": total,
+                     "error": (total - point["measured"]) / point["measured"]})
+    per_op = {op: sum(abs(r["error"]) for r in rows if r["op"] == op)
+              / sum(1 for r in rows if r["op"] == op) for op in ops}
+    overall = sum(abs(r["error"]) for r in rows) / len(rows)
+    if args.json:
+        print(json.dumps({"machine": machine.name, "points": rows, "mean_abs_error": per_op,
+                          "overall_mean_abs_error": overall, "wall_seconds": wall}, indent=2))
+        return 0
+    print(f"machine {machine.name}: {len(rows)} measured operators "
+          f"({directory.relative_to(VALIDATION_DIR.parents[1])}/measured.csv)")
+    print(f"{'op':<10} {'shape':<22} {'measured us':>12} {'sim us':>10} {'host us':>8} "
+          f"{'pred us':>10} {'error':>8}")
+    for r in rows:
+        print(f"{r['op']:<10} {_label(r):<22} {r['measured'] * 1e6:>12.1f} "
+              f"{r['simulated'] * 1e6:>10.1f} {r['host'] * 1e6:>8.1f} "
+              f"{r['predicted'] * 1e6:>10.1f} {r['error'] * 100:>+7.1f}%")
+    print()
+    for op in ops:
+        count = sum(1 for r in rows if r["op"] == op)
+        print(f"mean absolute error {op:<10} {per_op[op] * 100:5.1f}%  ({count} points)")
+    print(f"mean absolute error overall    {overall * 100:5.1f}%  ({len(rows)} points)")
+    print(f"simulation wall time {wall:.1f} s ({jobs} at a time)")
+    return 0
+
+
+def _work(point: dict) -> float:
+    if point["op"] == "matmul":
+        return point["M"] * point["N"] * point["K"] / 1e3
+    return max(point["M"], 1) * max(point["N"], 1)

@@ -1,0 +1,283 @@
+"""Fast-forward of steady-state loop nests in timing-only runs (docs/internals.md section 3.5).
+
+A large tiled kernel repeats the same work tile after tile: once the whole chip has settled
+into a rhythm, every further iteration of the loop is the previous one shifted in time. The
+simulator then need not play them all. Each time core 0 takes the back edge of a loop, a
+snapshot of the chip's *timing state* is taken relative to that moment T:
+
+- per core: the program counter and loop stack, the scalar's time and why it is blocked, each
+  engine's free time, its queue (instruction addresses, dispatch times, costs), events and
+  waiters, the DMAs in flight, and the registers;
+- the pending events of the simulation (their times, kinds, cores, engines, instructions);
+- the shared servers' free times (HBM, L2).
+
+Times in the past are clamped to "now" (a past time only ever enters a max with the present).
+Two snapshots `p` back-edges apart (p = 1, 2, 4 or 8, so that double buffering and tile
+indices that wrap every few iterations are recognised) are *the same pattern* when everything
+but the registers and T is equal, and *the same timing deltas* when T moved by the same period
+P and every register by the same amount over the two periods before (registers that are
+recomputed before they are read in the loop body may do anything). Then the following periods
+would repeat too, and the simulator jumps ahead n periods at once: every time moves by n·P,
+registers by n times their delta, and every counter (instructions, flops, bytes, busy and
+stall cycles, DMA/compute overlap) by n times its growth over the last period. n stops two
+periods short of the end of any core's loop, so the end of the nest is simulated in full.
+
+What is not replayed: the L2's tags (the skipped iterations' lines are not entered: the first
+iterations after a jump may miss where they would have hit, a small pessimism), and the
+per-instruction trace (fast-forward is off when a trace is recorded).
+"""
+
+from __future__ import annotations
+
+PERIODS = tuple(range(1, 17))  # back-edges per period tried
+MARGIN = 2               # periods left to simulate at the end of a loop
+MIN_SKIP = 2             # periods worth jumping over at least
+_TOLERANCE = 1e-6        # cycles: servers' float free times compare within this
+REL_TOLERANCE = 0.002    # two periods this close (relative) count as the same timing
+WORK_TOLERANCE = 0.02    # ... when the work and traffic in them are this close
+
+
+def _rel(x, now, t0):
+    return (x if x > now else now) - t0
+
+
+class LoopInfo:
+    """Static facts about the program's loops: for each ENDLOOP the LOOP it closes, and for
+    every address the counter registers of the loops around it (outermost first)."""
+
+    def __init__(self, program):
+        instrs = program.instructions
+        targets = program.targets
+        self.loop_of_end: dict[int, int] = {}
+        self.counters_at: list[tuple[int, ...]] = []
+        stack: list[int] = []
+        for index, instr in enumerate(instrs):
+            if instr.mnemonic == "ENDLOOP":
+                stack.pop()
+                self.loop_of_end[index] = targets[index]
+            self.counters_at.append(tuple(instrs[s].operands[0].index for s in stack))
+            if instr.mnemonic == "LOOP":
+                stack.append(index)
+        self.counters_at.append(())
+        self._dead: dict[int, frozenset[int]] = {}
+        self._program = program
+
+    def dead_at_head(self, end: int) -> frozenset[int]:
+        """Registers the body of the loop closed at `end` writes before it reads them (in a
+        straight line from the top, outside inner loops and before any branch): their values
+        at the back edge do not matter."""
+        if end in self._dead:
+            return self._dead[end]
+        from isa.instructions import INSTRUCTIONS
+
+        instrs = self._program.instructions
+        start = self.loop_of_end[end]
+        seen: set[int] = set()
+        dead: set[int] = set()
+        depth = 0
+        for index in range(start + 1, end):
+            instr = instrs[index]
+            name = instr.mnemonic
+            if name in ("JMP", "BEQZ", "BNEZ") or depth < 0:
+                break
+            defn = INSTRUCTIONS.get(name)
+            writes = None
+            if (defn is not None and defn.engine == "S" and defn.operands
+                    and defn.operands[0].name == "rd" and instr.predicate is None
+                    and depth == 0):
+                writes = instr.operands[0].index
+            reads = set(instr.reads_regs())
+            if writes is not None:
+                reads.discard(writes)
+                # rd = f(rd, ...) reads it too
+                if any(getattr(op, "index", None) == writes for op in instr.operands[1:]):
+                    reads.add(writes)
+            seen.update(reads)
+            if writes is not None and writes not in seen:
+                dead.add(writes)
+            if writes is not None:
+                seen.add(writes)
+            if name == "LOOP":
+                seen.add(instr.operands[0].index)
+                depth += 1
+            elif name == "ENDLOOP":
+                depth -= 1
+        self._dead[end] = frozenset(dead)
+        return self._dead[end]
+
+
+class FastForward:
+    """The history of snapshots per loop back-edge of core 0, and the jump (see the module
+    docstring). `skipped_periods` and `skipped_cycles` say what it did."""
+
+    def __init__(self, sim, program):
+        self.sim = sim
+        self.loops = LoopInfo(program)
+        self.history: dict[int, list] = {}
+        self.skipped_cycles = 0
+        self.jumps = 0
+        self._misses: dict[int, int] = {}
+        self._countdown: dict[int, int] = {}
+
+    # -- the hook ---------------------------------------------------------------------------
+
+    def back_edge(self, core, end: int, t: int) -> int:
+        """Core 0 took the back edge of the loop closed at `end` at time `t` (its scalar
+        clock). Returns the scalar clock to continue from (`t`, or later after a jump)."""
+        countdown = self._countdown.get(end, 0)
+        if countdown > 0:  # backing off a loop that has not settled
+            self._countdown[end] = countdown - 1
+            return t
+        snap = self._snapshot(t)
+        if snap is None:
+            self.history.pop(end, None)
+            return t
+        history = self.history.setdefault(end, [])
+        history.append(snap)
+        limit = 2 * PERIODS[-1] + 1
+        if len(history) > limit:
+            del history[0]
+        for p in PERIODS:
+            if len(history) < 2 * p + 1:
+                break
+            jumped = self._try(history, p, end, t)
+            if jumped is not None:
+                self.history[end] = []
+                self._misses[end] = 0
+                return jumped
+        if len(history) >= limit:
+            misses = self._misses.get(end, 0) + 1
+            self._misses[end] = misses
+            if misses > 4:
+                # keep watching, but snapshot less often (every other back edge, then more
+                # spaced): a loop that never settles costs little
+                self._countdown[end] = min(64, 1 << (misses - 4))
+                self.history[end] = []
+        return t
+
+    # -- snapshots --------------------------------------------------------------------------
+
+    def _snapshot(self, t0: int):
+        sim = self.sim
+        now = sim.now
+        if sim.chip_barrier:
+            return None
+        cores = []
+        regs = []
+        for core in sim.cores:
+            if core.halted:
+                return None
+            queues = tuple(
+                tuple((op.address, _rel(dispatched, now, t0), bound.occupancy, bound.latency,
+                       bound.hbm_read, bound.hbm_write) for op, bound, dispatched, _ in queue)
+                for queue in core.queues)
+            flight = tuple((_rel(done, now, t0), size) for done, size in core.in_flight
+                           if done > now)
+            cores.append((
+                core.pc, tuple(core.loops), core.kernel, core.s_blocked, core.s_block_engine,
+                _rel(core.t, now, t0), core.resume_pending,
+                tuple(_rel(x, now, t0) for x in core.engine_free),
+                tuple(_rel(x, now, t0) for x in core.last_complete),
+                tuple(core.try_pending), tuple(b >= 0 for b in core.blocked_since),
+                tuple(core.events), tuple(tuple(w) for w in core.waiters),
+                queues, flight, tuple(core.descs),
+            ))
+            regs.append(tuple(core.regs))
+        heap = tuple(sorted(
+            (time - t0, kind, core_index, engine,
+             None if payload is None else (payload[0].address if isinstance(payload, tuple)
+                                           else payload.address))
+            for time, _, kind, core_index, engine, payload in sim.heap))
+        servers = tuple(_rel(s.free_at, now, t0) for s in sim.servers())
+        pattern = (tuple(core.loops for core in sim.cores[:1]),
+                   tuple(core.kernel for core in sim.cores))
+        return {"t": t0, "now": now, "state": (tuple(cores), heap, regs[1:]),
+                "pattern": pattern, "servers": servers, "regs0": regs[0],
+                "counters": sim.counters()}
+
+    def _try(self, history, p: int, end: int, t: int) -> int | None:
+        a, b, c = history[-1 - 2 * p], history[-1 - p], history[-1]
+        if c["pattern"] != b["pattern"] or b["pattern"] != a["pattern"]:
+            return None
+        first, second = b["t"] - a["t"], c["t"] - b["t"]
+        if first <= 0 or second <= 0:
+            return None
+        exact = c["state"] == b["state"] == a["state"] and first == second and all(
+            abs(x - y) <= _TOLERANCE for x, y in zip(c["servers"], b["servers"]))
+        if not exact and not self._steady(a, b, c, first, second):
+            return None
+        # core 0's registers: the same delta over both periods, or dead at the top of the
+        # loop (recomputed before they are read); every core advances by core 0's deltas
+        # (an SPMD program: the loop-carried registers step alike on every core)
+        dead = self.loops.dead_at_head(end)
+        delta = []
+        for r, (x, y, z) in enumerate(zip(a["regs0"], b["regs0"], c["regs0"])):
+            if z - y == y - x:
+                delta.append(z - y)
+            elif r in dead:
+                delta.append(0)
+            else:
+                return None
+        # how many periods: every core's loop counters must stay inside their trip counts
+        sim = self.sim
+        n = None
+        for core in sim.cores:
+            counters = self.loops.counters_at[core.pc]
+            if len(counters) != len(core.loops):
+                return None
+            for reg, trips in zip(counters, core.loops):
+                step = delta[reg]
+                if step < 0:
+                    return None
+                if step == 0:
+                    continue
+                left = (trips - 1 - core.regs[reg]) // step - MARGIN
+                n = left if n is None else min(n, left)
+        if n is None or n < MIN_SKIP:
+            return None
+        if exact:
+            period, before, window = second, b["counters"], (b["t"], c["t"])
+        else:  # the average of the two periods (their growth halved below)
+            period, before, window = (c["t"] - a["t"]) / 2, a["counters"], (a["t"], c["t"])
+        shift = round(n * period)
+        self._jump(n, shift, delta, before, c["counters"], window, 1 if exact else 2)
+        self.skipped_cycles += shift
+        self.jumps += 1
+        return t + shift
+
+    def _steady(self, a, b, c, first: int, second: int) -> bool:
+        """Not the same state to the cycle (many cores sharing HBM jitter by a few cycles),
+        but the same rhythm: only for the outermost loop, with the two periods and the work
+        and HBM traffic done in them within REL_TOLERANCE of each other."""
+        if len(self.sim.cores[0].loops) != 1:
+            return False
+        if abs(second - first) > REL_TOLERANCE * second:
+            return False
+        for key in ("engine_instructions", "flops", "hbm_read", "hbm_write"):
+            x = b["counters"][key] - a["counters"][key]
+            y = c["counters"][key] - b["counters"][key]
+            if abs(y - x) > WORK_TOLERANCE * max(x, y):
+                return False
+        return c["counters"]["engine_instructions"] > b["counters"]["engine_instructions"]
+
+    def _jump(self, n: int, shift: int, delta, before, after, window, periods: int) -> None:
+        sim = self.sim
+        for core in sim.cores:
+            core.regs[:] = [r + n * d for r, d in zip(core.regs, delta)]
+            core.t += shift
+            core.engine_free = [x + shift for x in core.engine_free]
+            core.last_complete = [x + shift for x in core.last_complete]
+            core.blocked_since = [x + shift if x >= 0 else x for x in core.blocked_since]
+            core.s_block_since += shift
+            for queue in core.queues:
+                for i, (op, bound, dispatched, clock) in enumerate(queue):
+                    queue[i] = (op, bound, dispatched + shift, clock)
+            core.in_flight = [(done + shift, size) for done, size in core.in_flight]
+        sim.heap[:] = [(time + shift, *rest) for time, *rest in sim.heap]
+        for server in sim.servers():
+            server.free_at += shift
+        sim.now += shift
+        sim.add_counters(before, after, n, window, periods)
+
+
+__all__ = ["FastForward", "LoopInfo"]

@@ -1,0 +1,199 @@
+"""The physical effects that keep a chip below its peaks (docs/internals.md section 3.4), each
+pinned by a cycle count computed here by hand from the machine's [fidelity] numbers; and
+fast-forward (section 3.5) against the full simulation."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import numpy as np
+import pytest
+from runtime_helpers import machine_with, run_asm
+
+from isa.errors import ChipTrap
+from isa.machine import MACHINES_DIR, parse_machine
+from runtime.bandwidth import HbmServer
+
+M = machine_with(1)
+
+
+def _machine(cores: int = 1, **fidelity):
+    text = (MACHINES_DIR / "m890.toml").read_text()
+    text = re.sub(r"(\[core\][^\[]*?count\s*=\s*)\d+", rf"\g<1>{cores}", text, count=1)
+    text = re.sub(r"\n\[fidelity\][^\[]*", "\n", text)
+    text += "\n[fidelity]\n" + "".join(f"{k} = {v}\n" for k, v in fidelity.items())
+    return parse_machine(text, "fidelity-test")
+
+
+def _load(rows, cols, box_rows, box_cols, dtype="f32"):
+    return (f".tensor x, {dtype}, [{rows}, {cols}], 0x0, in\n"
+            f"DESC d0, x, {dtype}, [{rows}, {cols}], [{cols}, 1], [{box_rows}, {box_cols}]\n"
+            "DMA.LD L1[0], d0[0, 0]\nHALT\n")
+
+
+def test_defaults_are_printed_and_range_checked():
+    assert M.dma_requests_in_flight == 1024 and M.dma_burst_bytes == 64
+    assert M.dma_window_bytes == 64 * 1024
+    from isa.errors import MachineError
+    from isa.machine import machine_rows
+
+    labels = dict(machine_rows(M))
+    assert labels["DMA in flight per core"] == "1024 x 64 B bursts = 64 KiB"
+    with pytest.raises(MachineError, match="fidelity.hbm_streaming_efficiency"):
+        _machine(hbm_streaming_efficiency=1.5)
+    with pytest.raises(MachineError, match="fidelity.no_such_key"):
+        _machine(no_such_key=1)
+
+
+def test_littles_law_caps_one_dma():
+    # 256 KiB from HBM with 64 KiB in flight: the port would take 1024 cycles; each further
+    # 64 KiB waits one round trip for the first requests to return: 3 x 600 + 1
+    report = run_asm(_load(256, 256, 256, 256), timing_only=True).report
+    assert 256 * 256 * 4 // M.ld_bytes_per_cycle == 1024
+    occupancy = 3 * M.hbm_latency + 1
+    assert report.cycles == 1 + 1 + occupancy + M.hbm_latency
+    assert report.stall_cycles["dma_in_flight:LD"] == occupancy - 1024
+
+
+def test_a_bigger_window_gives_the_port_rate_back():
+    machine = _machine(dma_requests_in_flight=4096)  # 256 KiB in flight
+    report = run_asm(_load(256, 256, 256, 256), machine=machine, timing_only=True).report
+    assert report.cycles == 1 + 1 + 1024 + M.hbm_latency
+
+
+def test_narrow_rows_pay_whole_bursts():
+    # 16-byte rows over 4096 lines (64 KiB) cost 4096 bursts of 64 B at the port, four times
+    # one contiguous 64 KiB load
+    narrow = run_asm(_load(4096, 1024, 4096, 4), timing_only=True).report
+    contiguous = run_asm(_load(16, 1024, 16, 1024), timing_only=True).report
+    assert narrow.l2_read_bytes == contiguous.l2_read_bytes == 65536
+    assert contiguous.cycles == 1 + 1 + 65536 // 256 + M.hbm_latency
+    assert narrow.cycles == 1 + 1 + 4096 * 64 // 256 + M.hbm_latency
+    # HBM moves whole L2 lines: one 128 B line per 16 B row
+    assert narrow.hbm_read_bytes == 4096 * 128
+
+
+def test_hbm_streaming_scattered_and_turnaround():
+    machine = _machine(hbm_streaming_efficiency=0.8, hbm_scattered_efficiency=0.4,
+                       hbm_turnaround_seconds='"10 ns"', hbm_write_batch_bytes=65536)
+    peak = machine.hbm_bytes_per_cycle  # 2666.67 B/cycle
+    server = HbmServer.for_machine(machine)
+    # whole rows stream at 80 % of peak
+    assert server.transfer(0, 1 << 20, 0) == pytest.approx((1 << 20) / (0.8 * peak))
+    # a burst that opens a row of its own runs at the scattered efficiency
+    start = server.free_at
+    end = server.transfer(start, 64, 0, partial_rows=1)
+    assert end - start == pytest.approx(64 / (0.4 * peak))
+    # 64 KiB of writes after reads: one write batch drains, with two turnarounds of 15 cycles
+    start = server.free_at
+    end = server.transfer(start, 0, 65536)
+    assert machine.hbm_turnaround_cycles == pytest.approx(15)
+    assert end - start == pytest.approx(65536 / (0.8 * peak) + 2 * 15)
+    assert server.turnarounds == 1
+    # writes alone: no turnaround
+    start = server.free_at
+    assert server.transfer(start, 0, 65536) - start == pytest.approx(65536 / (0.8 * peak))
+
+
+def test_scattered_reads_are_slower_than_streaming_on_the_whole_chip():
+    # 32 cores each read 256 B pieces 32 KiB apart: every piece opens a DRAM row of its own
+    text = """\
+.tensor x, bf16, [4096, 16384], 0x0, in
+    GETID r0, core
+    DESC d0, x, bf16, [4096, 16384], [16384, 1], [128, 128]
+    MUL r1, r0, 128
+    LOOP r2, 8
+    MUL r3, r2, 128
+    DMA.LD L1[0], d0[r1, r3] .sig E0
+    WAIT.LD E0
+    ENDLOOP
+    HALT
+"""
+    scattered = run_asm(text, cores=32, timing_only=True).report
+    bytes_ = 32 * 8 * 128 * 256
+    sustained = bytes_ / (scattered.cycles - M.hbm_latency)
+    peak = M.hbm_bytes_per_cycle
+    assert sustained < 0.75 * peak  # far below the 90 % a stream sustains
+
+
+def test_chip_barrier_costs_barrier_cycles():
+    report = run_asm("BAR.CHIP\nHALT\n", cores=2).report
+    assert M.barrier_cycles == 100
+    # issue (1), release 100 cycles after the last arrival, then HALT (1)
+    assert report.cycles == 1 + 100 + 1
+
+
+def test_kernel_launch_cost():
+    report = run_asm(".kernel k\nNOP\nHALT\n", cores=2).report
+    launch = math.ceil(2e-6 * M.clock_hz)
+    assert M.kernel_launch_cycles == launch == 3000
+    assert report.cycles == launch + 1 + 1
+    assert report.kernels[0].cycles == launch + 2
+    assert report.stall_cycles["kernel_launch"] == 2 * launch
+
+
+def test_timing_only_traps_out_of_bounds_from_addresses():
+    text = "VADD.f32 L1[1048000], L1[0], L1[0], 16, 16\nHALT\n"
+    with pytest.raises(ChipTrap, match="out-of-bounds"):
+        run_asm(text, timing_only=True)
+    gm = (".tensor x, f32, [16, 16], 0x0, in\n"
+          "DESC d0, 0x23FFFFFFF00, f32, [16, 16], [16, 1], [16, 16]\n"
+          "DMA.LD L1[0], d0[0, 0]\nHALT\n")
+    with pytest.raises(ChipTrap, match="out-of-bounds"):
+        run_asm(gm, {}, timing_only=True)
+
+
+# ---- fast-forward -----------------------------------------------------------------------
+
+
+def _compiled_gemm(m, n, k, machine):
+    from compiler.backend.pipeline import CompileOptions, compile_function
+    from compiler.frontend import load_program
+
+    text = (f"fn main(a: bf16[{m}, {k}], b: bf16[{k}, {n}]) -> bf16[{m}, {n}] "
+            "{\n    return a @ b\n}\n")
+    return compile_function(load_program("<gemm>", text=text), machine,
+                            CompileOptions()).program
+
+
+@pytest.mark.parametrize("m, n, k", [(2048, 2048, 512), (1024, 2048, 2048)])
+def test_fast_forward_agrees_with_the_full_simulation(m, n, k):
+    from runtime import run_program
+
+    machine = machine_with(2)
+    program = _compiled_gemm(m, n, k, machine)
+    inputs = {t.name: np.broadcast_to(np.zeros((), np.float32), tuple(t.shape))
+              for t in program.inputs}
+    fast = run_program(program, machine, inputs, timing_only=True).report
+    full = run_program(program, machine, inputs, timing_only=True, fast_forward=False).report
+    assert abs(fast.cycles - full.cycles) <= 0.01 * full.cycles
+    assert fast.flops == full.flops == 2 * m * n * k
+    assert fast.instructions == full.instructions
+    assert fast.busy_cycles[0]["MX"] == full.busy_cycles[0]["MX"]
+
+
+def test_fast_forward_skips_and_is_off_with_a_trace():
+    from runtime import run_program
+    from runtime.engine import Simulator
+
+    machine = machine_with(2)
+    program = _compiled_gemm(2048, 2048, 512, machine)
+    inputs = {t.name: np.broadcast_to(np.zeros((), np.float32), tuple(t.shape))
+              for t in program.inputs}
+    seen = []
+    original = Simulator.run
+
+    def spy(self):
+        cycles = original(self)
+        seen.append(self.fast_forward)
+        return cycles
+
+    Simulator.run = spy
+    try:
+        run_program(program, machine, inputs, timing_only=True)
+        run_program(program, machine, inputs, timing_only=True, trace=True)
+    finally:
+        Simulator.run = original
+    assert seen[0] is not None and seen[0].jumps >= 1 and seen[0].skipped_cycles > 0
+    assert seen[1] is None
