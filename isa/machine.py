@@ -531,12 +531,9 @@ def _fidelity(data: dict, filename: str, where) -> dict[str, object]:
         if key not in table:
             values[field_name] = default
             continue
-        span = where("fidelity", key)
-        value = _quantity(table[key], f"fidelity.{key}", kind, low == 0, filename, span)
-        if not low <= value <= high:
-            raise MachineError(f"'fidelity.{key}' must be in [{low:g}, {high:g}], got "
-                               f"{table[key]} in {filename}", span)
-        values[field_name] = value
+        values[field_name] = _quantity(table[key], f"fidelity.{key}",
+                                       Key(field_name, kind, low, high), filename,
+                                       where("fidelity", key))
     return values
 
 
