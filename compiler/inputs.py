@@ -224,10 +224,13 @@ def check_host_memory(nbytes: int, what: str) -> None:
                          f"({host_memory_bytes():,} bytes); --timing-only runs without them")
 
 
-def missing_inputs_message(missing: list[str], require: bool) -> str | None:
-    """The one-line warning for inputs drawn at random (None when there are none); with
-    `require` (`--require-inputs`) a missing input is an InputError instead."""
-    if not missing:
+def missing_inputs_message(missing: list[str], require: bool, some_given: bool = True
+                           ) -> str | None:
+    """The one-line warning for inputs drawn at random when others were given (None when
+    none is missing, or none was given: a run without input files is random on purpose, as
+    in the quick start); with `require` (`--require-inputs`) a missing input is an
+    InputError instead."""
+    if not missing or not (require or some_given):
         return None
     names = ", ".join(missing)
     if require:
@@ -290,7 +293,8 @@ def prepare_inputs(fn: Function, given: dict[str, np.ndarray], seed: int = 0,
     for name in given:
         if name not in names:
             raise InputError(f"unknown input '{name}'; the parameters are {', '.join(names)}")
-    message = missing_inputs_message([n for n in names if n not in given], require)
+    message = missing_inputs_message([n for n in names if n not in given], require,
+                                     bool(given))
     if message and warn is not None:
         warn(message)
     check_host_memory(sum(p.type.numel * itemsize(p.type.dtype) for p in fn.params),
@@ -307,8 +311,8 @@ def prepare_inputs(fn: Function, given: dict[str, np.ndarray], seed: int = 0,
 
 def assembly_inputs(program, pairs: list[str], npz: str | None, seed: int, *,
                     draw_missing: bool = True) -> tuple[dict[str, np.ndarray], list[str]]:
-    """The kernel arguments of an assembly program by tensor name, and the names drawn at
-    random: files are read and checked as for a `.zt` program (same dtype rule); a missing
+    """The kernel arguments of an assembly program by tensor name, and the names of those
+    not given (drawn at random when `draw_missing`): files are read and checked as for a `.zt` program (same dtype rule); a missing
     tensor is (when `draw_missing`) seeded normal values in directive order, cast to its
     dtype. Call after checking that the tensors fit GM."""
     check_seed(seed)
@@ -335,7 +339,7 @@ def assembly_inputs(program, pairs: list[str], npz: str | None, seed: int, *,
             elif tensor.dtype == "bool":
                 value = value > 0
             inputs[tensor.name] = value
-    return inputs, [t.name for t in drawn] if draw_missing else []
+    return inputs, [t.name for t in drawn]
 
 
 def load_program_and_inputs(args, warn=None) -> tuple[Function, dict[str, np.ndarray]]:

@@ -305,6 +305,10 @@ def test_missing_inputs_are_named_and_can_be_required(tmp_path):
     assert outcome.status == 1 and "missing inputs w1, b1, w2, b2" in outcome.stderr
     outcome = zhenwu("run", AXPY, "--require-inputs")
     assert outcome.status == 1 and "missing inputs x, y" in outcome.stderr
+    # no input files at all: random on purpose (the quick start), no warning
+    for argv in ([AXPY], [S / "mlp.zt", "--shape", "B=2"]):
+        outcome = zhenwu("run", *argv)
+        assert outcome.status == 0 and "warning" not in outcome.stderr
 
 
 def test_bf16_saved_from_ml_dtypes_is_accepted(tmp_path):

@@ -48,9 +48,11 @@ def run_assembly(args) -> int:
         # before drawing inputs: a program bigger than the host would die in the allocator
         check_functional_run(program, args.program)
     # a timing-only run computes no values: do not draw (possibly huge) random inputs
-    inputs, drawn = assembly_inputs(program, args.input, args.inputs, args.seed,
-                                    draw_missing=not args.timing_only)
-    warning = missing_inputs_message(drawn, getattr(args, "require_inputs", False))
+    inputs, missing = assembly_inputs(program, args.input, args.inputs, args.seed,
+                                      draw_missing=not args.timing_only)
+    require = getattr(args, "require_inputs", False)
+    warning = missing_inputs_message(missing if require or not args.timing_only else [],
+                                     require, bool(args.input or args.inputs))
     if warning:
         print(warning, file=sys.stderr)
     reporter = TerminalProgress(machine.clock_hz)
