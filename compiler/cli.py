@@ -184,12 +184,14 @@ def build_parser() -> argparse.ArgumentParser:
     validate = sub.add_parser("validate",
                               help="simulate operators measured on a real chip and compare")
     validate.add_argument("--machine", default="a100",
-                          help="a machine with measurements in isa/machines/validation/")
-    validate.add_argument("--json", action="store_true")
+                          help="a machine with measurements in isa/machines/validation/ "
+                               "(default: a100)")
+    validate.add_argument("--json", action="store_true",
+                          help="print JSON instead of a table (default: off)")
     validate.add_argument("-j", "--jobs", type=int, default=0,
                           help="points simulated at once (default: one per host CPU)")
     validate.add_argument("--fit", action="store_true",
-                          help="print the host time per operator that fits best")
+                          help="print the host time per operator that fits best (default: off)")
 
     fuzz = sub.add_parser("fuzz", help="a differential fuzzing campaign")
     fuzz.add_argument("--seconds", type=_positive_seconds, default=60,

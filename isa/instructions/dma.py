@@ -135,7 +135,8 @@ def burst_bytes(box: GMBox | None, burst: int) -> int:
         return runs * run
     if all(s % burst == 0 for _, s in outer):  # every run starts at the same offset
         return runs * _bursts(box.address, run, burst) * burst
-    if runs <= _EXACT_RUNS:
+    reach = abs(box.address) + run + sum((n - 1) * abs(s) for n, s in outer)
+    if runs <= _EXACT_RUNS and reach < 1 << 62:  # (a box past 2**62 bytes traps out of GM)
         starts = np.array([box.address], dtype=np.int64)
         for n, s in outer:
             starts = (starts[:, None] + np.arange(n, dtype=np.int64)[None, :] * s).reshape(-1)
