@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
 
     run = sub.add_parser("run", help="compile and run a .zt program, or run .s/.bin assembly")
-    run.add_argument("program", help="prog.zt, prog.s or prog.bin")
+    run.add_argument("program", help="prog.zt, model.onnx, prog.s or prog.bin")
     run.add_argument("-i", dest="input", action="append", default=[], metavar="NAME=FILE.npy")
     run.add_argument("--inputs", metavar="IN.npz", help="inputs keyed by parameter name")
     run.add_argument("--seed", type=int, default=0, help="seed for random inputs")
@@ -107,6 +107,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("-j", "--jobs", type=int, default=0,
                        help="benchmarks run at once (default: one per host CPU)")
 
+    imp = sub.add_parser("import", help="write an ONNX model as a .zt program")
+    imp.add_argument("model", help="model.onnx")
+    imp.add_argument("-o", dest="output", metavar="OUT.zt",
+                     help="the program (default: standard output)")
+    imp.add_argument("--weights", metavar="WEIGHTS.npz",
+                     help="where the initializers go (default: beside the program)")
+
     fuzz = sub.add_parser("fuzz", help="a differential fuzzing campaign")
     fuzz.add_argument("--seconds", type=float, default=60)
     fuzz.add_argument("--seed", type=int, default=0)
@@ -119,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
 _COMMANDS = {
     "run": "run", "compile": "compile", "ir": "ir", "asm": "isa_tools", "disasm": "isa_tools",
     "machines": "isa_tools", "bench": "bench", "fuzz": "fuzz",
+    "import": "import_model",
 }
 
 

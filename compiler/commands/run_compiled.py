@@ -48,7 +48,7 @@ def run_compiled(args) -> int:
     if getattr(args, "chips", 1) != 1:
         raise UsageError(f"--chips {args.chips}: multi-chip runs are not supported yet")
     machine = load_machine(args.machine)
-    given, sources = read_inputs(args.input or [], args.inputs)
+    given, sources = read_inputs(args.input or [], args.inputs, args.program)
     fn = load_program(args.program, entry=args.entry, shapes=parse_shape_options(args.shape or []),
                       input_shapes={name: array.shape for name, array in given.items()})
     # Compile before making inputs: a program too big for the chip is a diagnostic, not a
