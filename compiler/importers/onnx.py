@@ -515,7 +515,10 @@ def literal(value, dtype) -> str:
         raise NotFoldable("NaN")
     if np.isinf(number):
         return "inf" if number > 0 else "-inf"
-    text = repr(number)
+    # the shortest text that reads back to the same value at the constant's precision
+    text = str(np.float32(number)) if dtype.itemsize <= 4 else repr(number)
+    if float(text) != float(np.float32(number)) and dtype.itemsize <= 4:
+        text = repr(number)
     return text if ("." in text or "e" in text) else text + ".0"
 
 

@@ -412,7 +412,9 @@ def _norm(kind: str):
     """LayerNormalization, RMSNormalization and SimplifiedLayerNormalization."""
 
     def rule(imp, node, ins, attrs):
-        _only_first_output(imp, node, "the mean / inverse deviation outputs are not supported")
+        if kind == "layer" and any(node.output[1:]):
+            return _layernorm_stats(imp, node, ins, attrs)
+        _only_first_output(imp, node, "the inverse deviation output is not supported")
         x, scale = ins[0], ins[1]
         bias = ins[2] if len(ins) > 2 and kind == "layer" else None
         eps = literal(float(attrs.get("epsilon", 1e-5)), np.float32)
@@ -442,6 +444,39 @@ def _norm(kind: str):
         return [imp.emit(text, dtype, x.shape)]
 
     return rule
+
+
+def _layernorm_stats(imp, node, ins, attrs):
+    """LayerNormalization whose Mean / InvStdDev outputs are used: three statements."""
+    x, scale = ins[0], ins[1]
+    bias = ins[2] if len(ins) > 2 else None
+    eps = literal(float(attrs.get("epsilon", 1e-5)), np.float32)
+    axis = normalize_axes(imp, [attrs.get("axis", -1)], x.rank, "axis")[0]
+    axes = axis_tuple(list(range(axis, x.rank)))
+    dtype = value_dtype(x)
+    xt = imp.tensor(x) if dtype == "f32" else f"cast({imp.tensor(x)}, f32)"
+    stat_shape = tuple(d if i < axis else 1 for i, d in enumerate(x.shape))
+    names = list(node.output) + ["", ""]
+    mean = imp.emit(f"mean({xt}, axis={axes}, keepdims=true)", "f32", stat_shape,
+                    names[1] or f"{node.output[0]}_mean")
+    inv = imp.emit(f"rsqrt(mean(({xt} - {mean.name}) * ({xt} - {mean.name}), axis={axes}, "
+                   f"keepdims=true) + {eps})", "f32", stat_shape,
+                   names[2] or f"{node.output[0]}_invstd")
+    g = imp.tensor(scale, Like(x.rank))
+    text = f"({xt} - {mean.name}) * {inv.name} * {g}"
+    if bias is not None:
+        text += f" + {imp.tensor(bias, Like(x.rank))}"
+    if dtype != "f32":
+        text = f"cast({text}, {dtype})"
+    y = imp.emit(text, dtype, x.shape)
+    return [y, mean if names[1] else None, inv if names[2] else None]
+
+
+def _sum(imp, node, ins, attrs):
+    values = [v for v in ins if v is not None]
+    texts = operands(imp, values)
+    shape = broadcast(imp, *[v.shape for v in values])
+    return [imp.emit(" + ".join(texts), value_dtype(values[0]), shape)]
 
 
 def _batchnorm(imp, node, ins, attrs):
@@ -932,7 +967,7 @@ OPS = {
     "Sigmoid": _float_unary("sigmoid"), "Erf": _float_unary("erf"),
     "Sin": _float_unary("sin"), "Cos": _float_unary("cos"),
     "Gelu": _gelu, "LeakyRelu": _leaky_relu, "Clip": _clip,
-    "Max": _variadic("maximum"), "Min": _variadic("minimum"),
+    "Max": _variadic("maximum"), "Min": _variadic("minimum"), "Sum": _sum,
     "Where": _where, "Cast": _cast, "CastLike": _cast,
     # linear algebra
     "MatMul": _matmul, "Gemm": _gemm, "Einsum": _einsum,
