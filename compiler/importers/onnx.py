@@ -332,12 +332,22 @@ class Importer:
     def emit(self, expr: str, dtype: str, shape, out: str | None = None) -> Tensor:
         """`name = expr` for the current node's output `out` (default: its first)."""
         out = out if out is not None else self.node.output[0]
+        self.check_rank(shape)
         name = self.fresh(out, self.node.op_type.lower())
         self.lines.append(self._with_comment(f"{name} = {expr}"))
         return Tensor(name, dtype, tuple(_as_dim(d) for d in shape))
 
+    def check_rank(self, shape) -> None:
+        from isa.program import MAX_RANK
+
+        if len(shape) > MAX_RANK:
+            raise self.fail(f"a rank-{len(shape)} tensor is not supported (zhenwu's tensors "
+                            f"have at most {MAX_RANK} dims)")
+
     def emit_many(self, expr: str, results: list[tuple[str, str, tuple]]) -> list[Tensor]:
         """`a, b = expr` for several outputs: results are (onnx name, dtype, shape)."""
+        for _, _, shape in results:
+            self.check_rank(shape)
         names = [self.fresh(out, self.node.op_type.lower()) for out, _, _ in results]
         self.lines.append(self._with_comment(f"{', '.join(names)} = {expr}"))
         return [Tensor(n, dtype, tuple(shape)) for n, (_, dtype, shape) in zip(names, results)]

@@ -290,7 +290,11 @@ def _cast(imp, node, ins, attrs):
         dtype = value_dtype(ins[1])
     else:
         dtype = zt_dtype(imp, attrs["to"], "to")
-    return [imp.emit(f"cast({imp.tensor(x)}, {dtype})", dtype, x.shape)]
+    text = imp.tensor(x)
+    if dtype == "fp8" and attrs.get("saturate", 1) and value_dtype(x) != "fp8":
+        # ONNX saturates out-of-range values (infinities included) to e4m3fn's largest, 448
+        text = f"clip({text}, -448.0, 448.0)"
+    return [imp.emit(f"cast({text}, {dtype})", dtype, x.shape)]
 
 
 # ------------------------------------------------------------------ linear algebra
