@@ -385,8 +385,8 @@ def reduction(fn: str):
         shape = tuple(1 if i in axes else d for i, d in enumerate(x.shape) if keep or i not in axes)
         text = f"{fn}({imp.tensor(x)}, axis={axis_tuple(sorted(set(axes)))}, " \
                f"keepdims={'true' if keep else 'false'})"
-        if fn == "mean" and dtype in ("i32", "i8"):
-            text = f"cast({text}, {dtype})"
+        if fn == "mean" and dtype in ("i32", "i8") or dtype == "bool":
+            text = f"cast({text}, {dtype})"  # zt reduces these to f32 / i32
         return [imp.emit(text, dtype, shape)]
 
     return rule
