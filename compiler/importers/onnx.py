@@ -189,6 +189,11 @@ class Const:
     """A value known at import: a numpy array (object dtype when it holds Syms)."""
 
     array: np.ndarray
+    # How to compute it on the chip instead of shipping it as a weight: (node, inputs,
+    # attrs, output index) of a generator (Range, ConstantOfShape) or of a node computing
+    # only from such values and a few numbers (an iota-based causal mask, positions).
+    recipe: tuple | None = None
+    label: str | None = None
 
     @property
     def symbolic(self) -> bool:
@@ -271,6 +276,7 @@ class Importer:
         self.params: list[tuple[str, str]] = []  # (name, type text), inputs then weights
         self.weights: dict[str, np.ndarray] = {}
         self.materialized: dict[int, str] = {}  # id(Const) -> parameter name
+        self.replayed: dict[tuple[int, int], Tensor] = {}  # (id(node), output) -> Tensor
         self.symbols: list[str] = []
         self.node = None
 
@@ -378,6 +384,10 @@ class Importer:
         finite = array.dtype.kind != "f" or bool(np.isfinite(np.float32(first)))
         if one and (finite or not np.isnan(np.float32(first))):
             return literal(first, array.dtype)
+        if value.recipe is not None:
+            replayed = self.replay(value)
+            if replayed is not None:
+                return replayed.name
         dtype = zt_dtype_of_np(array.dtype)
         if finite and dtype is not None and self._splat(array) and (
                 dtype not in ("i32", "i8") or -2**31 <= int(first) < 2**31):
@@ -389,6 +399,31 @@ class Importer:
         flat = array.reshape(-1)
         return bool(np.all(flat == flat[0]))
 
+    def replay(self, value: Const) -> Tensor | None:
+        """Emit the statement computing a Const from its recipe (once), or None when its
+        rule refuses (the Const then becomes a weight)."""
+        node, inputs, attrs, index = value.recipe
+        key = (id(node), index)
+        if key in self.replayed:
+            return self.replayed[key]
+        from compiler.importers.onnx_ops import OPS
+
+        saved, mark = self.node, len(self.lines)
+        taken = set(self.taken)
+        self.node = node
+        try:
+            outputs = OPS[node.op_type](self, node, inputs, attrs)
+        except (OnnxImportError, NotFoldable):
+            del self.lines[mark:]
+            self.taken = taken
+            return None
+        finally:
+            self.node = saved
+        for i, out in enumerate(outputs):
+            if isinstance(out, Tensor):
+                self.replayed[(id(node), i)] = out
+        return self.replayed.get(key)
+
     def weight(self, value: Const, onnx_name: str | None = None) -> str:
         """A parameter holding a Const's array (once per Const)."""
         key = id(value)
@@ -397,7 +432,7 @@ class Importer:
         from compiler.importers.onnx_ops import to_runtime_array
 
         array = to_runtime_array(self, value.array)
-        label = onnx_name or getattr(value, "label", None) or "const"
+        label = onnx_name or value.label or "const"
         name = self.fresh(label, "w")
         dtype = zt_dtype_of_np(array.dtype)
         self.params.append((name, f"{dtype}{shape_text(array.shape)}"))
@@ -471,6 +506,10 @@ class Importer:
         outputs = None
         if all(v is None or isinstance(v, Const) for v in inputs) and node.op_type != "Constant":
             outputs = fold(self, node, inputs, attrs)
+            if outputs is not None and self.recomputable(node, inputs):
+                for index, out in enumerate(outputs):
+                    if isinstance(out, Const) and not out.symbolic:
+                        out.recipe = (node, inputs, attrs, index)
         if outputs is None:
             outputs = rule(self, node, inputs, attrs)
         for name, value in zip(node.output, outputs):
@@ -479,6 +518,18 @@ class Importer:
         for name in node.output[len(outputs):]:
             if name:
                 raise self.fail(f"output '{name}' is not supported")
+
+    GENERATORS = ("Range", "ConstantOfShape")
+    SMALL = 16  # elements: a constant input this small is written inline when recomputing
+
+    def recomputable(self, node, inputs) -> bool:
+        """Whether a folded node's outputs keep a recipe: a generator, or a node of values
+        with recipes and small constants (never of weights)."""
+        if node.op_type in self.GENERATORS:
+            return True
+        consts = [v for v in inputs if v is not None]
+        return any(v.recipe is not None for v in consts) and all(
+            v.recipe is not None or v.array.size <= self.SMALL for v in consts)
 
     def attributes(self, node) -> dict:
         from onnx import helper

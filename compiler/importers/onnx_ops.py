@@ -158,9 +158,11 @@ class Like:
 def operands(imp, values) -> list[str]:
     """Texts of operands that broadcast together: Consts of one element become literals
     when a run-time operand has at least their rank."""
-    rank = max((rank_of(v) for v in values if isinstance(v, Tensor)), default=0)
-    return [imp.tensor(v, Like(rank)) if isinstance(v, Const) and any(
-        isinstance(w, Tensor) for w in values) else imp.tensor(v) for v in values]
+    live = [v for v in values if isinstance(v, Tensor) or v.recipe is not None and v.array.size > 1]
+    if not live:
+        return [imp.tensor(v) for v in values]
+    rank = max(rank_of(v) for v in live)
+    return [imp.tensor(v, Like(rank)) if isinstance(v, Const) else v.name for v in values]
 
 
 def zero_literal(dtype: str) -> str:
@@ -497,9 +499,8 @@ def _batchnorm(imp, node, ins, attrs):
     add = bias - mean * mul
     shape = (-1,) + (1,) * (x.rank - 2)
     dtype = value_dtype(x)
-    np_type = np.float32 if dtype == "f32" else np.float32
-    wm = imp.tensor(Const(mul.reshape(shape).astype(np_type)), Like(x.rank))
-    wa = imp.tensor(Const(add.reshape(shape).astype(np_type)), Like(x.rank))
+    wm = imp.tensor(Const(mul.reshape(shape)), Like(x.rank))
+    wa = imp.tensor(Const(add.reshape(shape)), Like(x.rank))
     text = f"{imp.tensor(x)} * {wm} + {wa}"
     if dtype != "f32":
         text = f"cast({text}, {dtype})"
@@ -541,11 +542,6 @@ def _window_out(imp, dim, k, s, d, pad, ceil=False):
     if span < 0:
         raise imp.fail("the window is larger than the padded input")
     return (-(-span // s) if ceil else span // s) + 1
-
-
-def _lift_1d(nd: int, text: str, values):
-    """1-D windows run as 2-D ones over a height of 1."""
-    return text if nd == 2 else text
 
 
 def _conv(imp, node, ins, attrs):
@@ -748,7 +744,6 @@ def _concat(imp, node, ins, attrs):
     rank = rank_of(values[0])
     axis = normalize_axes(imp, [attrs["axis"]], rank, "axis")[0]
     texts = [imp.tensor(v) for v in values]
-    size = dims_product([])
     size = 0
     for v in values:
         size = dim_op("+", size, v.shape[axis])
@@ -772,8 +767,6 @@ def _slice_bounds(imp, dim, start, end, step):
         text = f"{lo if lo else ''}:{hi if hi != dim else ''}" + (f":{step}" if step != 1 else "")
         return text, size
     big = end >= INT64_MAX // 2
-    if start < 0 or (not big and end < 0) and start >= 0 and False:
-        pass
     lo_text = str(start) if start else ""
     hi_text = "" if big else str(end)
     if step != 1:
@@ -817,7 +810,7 @@ def _slice(imp, node, ins, attrs):
 def _split(imp, node, ins, attrs):
     x = ins[0]
     axis = normalize_axes(imp, [attrs.get("axis", 0)], x.rank, "axis")[0]
-    outs = [o for o in node.output]
+    outs = list(node.output)
     dim = x.shape[axis]
     if "split" in attrs:
         sizes = list(attrs["split"])
@@ -827,7 +820,6 @@ def _split(imp, node, ins, attrs):
         n = int(attrs.get("num_outputs", len(outs)))
         if isinstance(dim, Sym):
             sizes = [dim_op("//", dim, n)] * n
-            arg = str(n)
         else:
             chunk = -(-dim // n)
             sizes = [min(chunk, dim - i * chunk) for i in range(n)]
@@ -835,18 +827,18 @@ def _split(imp, node, ins, attrs):
                 raise imp.fail(f"splitting {dim} into {n} parts leaves an empty part")
     if len(sizes) != len(outs):
         raise imp.fail(f"{len(sizes)} split sizes for {len(outs)} outputs")
-    if isinstance(dim, Sym) and not all(s == sizes[0] for s in sizes):
-        raise imp.fail("uneven splits of a symbolic dim are not supported")
-    if not isinstance(dim, Sym):
+    if isinstance(dim, Sym):
+        if not all(s == sizes[0] for s in sizes):
+            raise imp.fail("uneven splits of a symbolic dim are not supported")
+        arg = str(len(sizes))
+    else:
+        if sum(sizes) != dim or any(s <= 0 for s in sizes):
+            raise imp.fail(f"split sizes {sizes} do not add up to {dim} in positive parts")
         cuts, total = [], 0
         for s in sizes[:-1]:
             total += s
             cuts.append(total)
-        arg = str(cuts) if len(set(sizes)) > 1 or sum(sizes) != dim else str(len(sizes))
-        if sum(sizes) != dim:
-            raise imp.fail(f"split sizes {sizes} do not add up to {dim}")
-    elif "arg" not in locals():
-        arg = str(len(sizes))
+        arg = str(cuts) if len(set(sizes)) > 1 else str(len(sizes))
     dtype = value_dtype(x)
     results = []
     for out, size in zip(outs, sizes):
@@ -907,17 +899,35 @@ def _constant_of_shape(imp, node, ins, attrs):
 
 
 def _range(imp, node, ins, attrs):
-    start, limit, delta = (const_ints(imp, v, "range bounds") if isinstance(v, Const) and
-                           v.array.dtype.kind in "iuO" else None for v in ins)
-    if start is None or limit is None or delta is None:
-        raise imp.fail("a run-time or floating-point range of symbolic length is not supported")
-    start, limit, delta = start[0], limit[0], delta[0]
-    if isinstance(start, Sym) or isinstance(delta, Sym) or delta != 1:
-        raise imp.fail("a range of symbolic length needs a numeric start and a step of 1")
-    size = dim_op("-", limit, start)
-    text = f"arange({dim_text(limit)})" if start == 0 else \
-        f"arange({start}, {dim_text(limit)})"
-    return [imp.emit(text, "i32", (size,))]
+    """`arange`: of numbers (when recomputed on the chip) or up to a symbolic dim."""
+    bounds = []
+    for v in ins:
+        if not isinstance(v, Const):
+            raise imp.fail("a range whose bounds are computed at run time (a data-dependent "
+                           "shape) is not supported")
+        bounds.append(v.array.reshape(-1)[0])
+    start, limit, delta = bounds
+    floating = any(isinstance(b, (float, np.floating)) for b in bounds)
+    if isinstance(start, Sym) or isinstance(delta, Sym):
+        raise imp.fail("a range with a symbolic start or step is not supported")
+    if isinstance(limit, Sym):
+        if delta != 1 or floating:
+            raise imp.fail("a range of symbolic length needs an integer step of 1")
+        size = dim_op("-", limit, int(start))
+    else:
+        size = int(max(np.ceil((float(limit) - float(start)) / float(delta)), 0))
+        if size == 0:
+            raise imp.fail("the range is empty (zhenwu has no empty tensors)")
+
+    def text(b):
+        return literal(b, np.float32 if floating else np.int64)
+
+    if not floating and start == 0 and delta == 1:
+        call = f"arange({text(limit)})"
+    else:
+        call = f"arange({text(start)}, {text(limit)}" + (f", {text(delta)})" if delta != 1
+                                                          else ")")
+    return [imp.emit(call, "f32" if floating else "i32", (size,))]
 
 
 def _trilu(imp, node, ins, attrs):

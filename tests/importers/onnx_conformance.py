@@ -165,8 +165,8 @@ def run_case(case, tmp: Path) -> Outcome:
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(stderr):
             try:
                 status = main(["run", str(model_path), "--inputs", str(npz), "-o", str(out)])
-            except ZhenwuError as err:  # pragma: no cover - main catches these
-                status, _ = 1, stderr.write(err.format())
+            except ZhenwuError as err:  # main catches these; a leak would be a bug
+                return Outcome(case.name, "failed", f"uncaught {err.format()}")
         if status != 0:
             return Outcome(case.name, "failed", f"zhenwu run exited {status}: "
                            f"{stderr.getvalue().strip()[:400]}")

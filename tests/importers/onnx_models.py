@@ -6,14 +6,15 @@ import numpy as np
 
 
 def decoder_block(d=64, heads=4, kv_heads=2, head_dim=16, ffn=128, eps=1e-6, seed=0,
-                  additive_mask=False):
+                  additive_mask=False, static=None):
     """A Llama/Qwen2-style decoder block as torch.onnx exports it: dynamic batch_size and
     sequence_length, RMSNorm as Pow/ReduceMean/Add/Sqrt/Div/Mul, rotary embedding from
     position_ids (MatMul of inv_freq and positions, Cos/Sin, rotate_half with Slice/Neg/
     Concat), grouped-query attention (repeat_kv as Unsqueeze/Expand/Reshape), every reshape
     target computed by Shape -> Gather -> Unsqueeze -> Concat, a causal mask from Range, and
     a SwiGLU MLP. `additive_mask` adds a 0/-inf mask to the scores (as torch's
-    scaled_dot_product_attention does) instead of selecting with Where."""
+    scaled_dot_product_attention does) instead of selecting with Where. `static=(B, S)`
+    exports fixed sizes instead of dynamic axes."""
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(seed)
@@ -147,11 +148,11 @@ def decoder_block(d=64, heads=4, kv_heads=2, head_dim=16, ffn=128, eps=1e-6, see
                 "mlp/down_proj/MatMul")
     nodes.append(helper.make_node("Add", [h, down], ["last_hidden_state"],
                                   name="/model/layers.0/Add_1"))
+    dims = list(static) if static else ["batch_size", "sequence_length"]
     graph = helper.make_graph(
         nodes, "decoder_block",
-        [helper.make_tensor_value_info(x, TensorProto.FLOAT, ["batch_size", "sequence_length", d]),
-         helper.make_tensor_value_info(pos, TensorProto.INT64, ["batch_size", "sequence_length"])],
-        [helper.make_tensor_value_info("last_hidden_state", TensorProto.FLOAT,
-                                       ["batch_size", "sequence_length", d])],
+        [helper.make_tensor_value_info(x, TensorProto.FLOAT, dims + [d]),
+         helper.make_tensor_value_info(pos, TensorProto.INT64, dims)],
+        [helper.make_tensor_value_info("last_hidden_state", TensorProto.FLOAT, dims + [d])],
         inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])

@@ -134,6 +134,27 @@ def test_decoder_block_matches_onnx_reference_and_fuses():
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
 
 
+def test_static_export_recomputes_the_mask_and_reaches_flash():
+    """With fixed sizes every shape chain folds, and the causal mask (Range, Unsqueeze,
+    GreaterOrEqual of constants) is recomputed on the chip from `arange`, not shipped as a
+    weight, so the attention matcher still sees it."""
+    from onnx.reference import ReferenceEvaluator
+
+    from runtime import run_program
+
+    model = decoder_block(static=(1, 32))
+    source, weights = import_onnx(model)
+    assert "arange(32)" in source and all(w.dtype != np.bool_ for w in weights.values())
+    x, pos = _decoder_inputs(seq=32)
+    compiled, machine = _compile(source, {})
+    assert _kernel_kinds(compiled).count("flash_attention") == 1
+    want = ReferenceEvaluator(model).run(None, {"hidden_states": x, "position_ids": pos})[0]
+    inputs = dict(weights, hidden_states=x, position_ids=pos.astype(np.int32))
+    got = compiled.graph_outputs(run_program(compiled.program, machine,
+                                             compiled.program_inputs(inputs)))[0]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+
+
 def test_decoder_block_additive_mask_form_is_not_flash_yet():
     """torch's scaled_dot_product_attention adds a 0/-inf mask (`scores + where(causal, 0,
     -inf)`) instead of selecting; the attention matcher takes only `where(causal, scores,
