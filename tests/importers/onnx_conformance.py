@@ -58,9 +58,10 @@ def collect_cases(slow: bool = True) -> list:
 
 
 def _bind_shape_inputs(case):
-    """The model with its integer graph inputs made initializers (their values are the
-    same in every data set): node tests pass axes, shapes and slice bounds as inputs, which
-    zhenwu needs at import. Returns (model, data sets without those inputs), or None."""
+    """The model with its integer and scalar graph inputs made initializers (their values
+    are the same in every data set): node tests pass axes, shapes, slice bounds and range
+    bounds as inputs, which zhenwu needs at import. Returns (model, data sets without those
+    inputs), or None."""
     import onnx
     from onnx import TensorProto, numpy_helper
 
@@ -69,7 +70,8 @@ def _bind_shape_inputs(case):
     graph = model.graph
     bound = []
     for index, info in enumerate(graph.input):
-        if info.type.tensor_type.elem_type != TensorProto.INT64:
+        scalar = not info.type.tensor_type.shape.dim
+        if info.type.tensor_type.elem_type != TensorProto.INT64 and not scalar:
             continue
         values = [np.asarray(inputs[index]) for inputs, _ in case.data_sets]
         if any(not np.array_equal(v, values[0]) for v in values[1:]):
@@ -96,11 +98,11 @@ def _save(case, tmp: Path):
     try:
         source, _ = import_onnx(model, where=f"{case.name}.onnx")
     except OnnxImportError as err:
-        rebound = _bind_shape_inputs(case) if "data-dependent" in err.message else None
+        rebound = _bind_shape_inputs(case)
         if rebound is None:
             return None, err.message
         model, data_sets = rebound
-        note = "integer inputs bound as initializers"
+        note = "integer and scalar inputs bound as initializers"
         try:
             source, _ = import_onnx(model, where=f"{case.name}.onnx")
         except OnnxImportError as err2:
