@@ -486,6 +486,7 @@ class Importer:
         return Tensor(out, dtype, tuple(array.shape))
 
     def import_node(self, node, ops, fold) -> None:
+        """Fold the node when its inputs are known, else write it with its rule."""
         domain = node.domain or "ai.onnx"
         if domain not in ("ai.onnx", "com.microsoft"):
             raise self.fail(f"operators of domain '{domain}' are not supported")
@@ -503,6 +504,11 @@ class Importer:
             raise self.fail("this operator is not supported (docs/onnx.md lists the "
                             "supported ones)")
         attrs = self.attributes(node)
+        from compiler.importers.onnx_ops import ATTRS
+
+        for name in attrs:
+            if name not in ATTRS.get(node.op_type, ()):
+                raise self.fail(f"attribute '{name}' is not supported")
         outputs = None
         if all(v is None or isinstance(v, Const) for v in inputs) and node.op_type != "Constant":
             outputs = fold(self, node, inputs, attrs)

@@ -261,6 +261,10 @@ def _clip(imp, node, ins, attrs):
     text = imp.tensor(x)
     lo = ins[1] if len(ins) > 1 else None
     hi = ins[2] if len(ins) > 2 else None
+    if "min" in attrs:  # opsets before 11
+        lo = Const(np.array(attrs["min"], dtype=np.float32))
+    if "max" in attrs:
+        hi = Const(np.array(attrs["max"], dtype=np.float32))
     like = Like(x.rank)
     if lo is not None:
         text = f"maximum({text}, {imp.tensor(lo, like)})"
@@ -1001,6 +1005,34 @@ OPS = {
     "Shape": _shape, "Size": _size, "Constant": _constant,
     "ConstantOfShape": _constant_of_shape, "Range": _range, "Trilu": _trilu,
     "Gather": _gather,
+}
+
+
+# The attributes each rule reads; any other (an older opset's form, a new option) is refused
+# rather than ignored. Operators not listed take none.
+ATTRS = {
+    "Gelu": ("approximate",), "LeakyRelu": ("alpha",), "Clip": ("min", "max"),
+    "Cast": ("to", "saturate"), "CastLike": ("saturate",),
+    "Gemm": ("alpha", "beta", "transA", "transB"), "Einsum": ("equation",),
+    **{op: ("axes", "keepdims", "noop_with_empty_axes")
+       for op in ("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd")},
+    "Softmax": ("axis",), "LogSoftmax": ("axis",),
+    "LayerNormalization": ("axis", "epsilon", "stash_type"),
+    "RMSNormalization": ("axis", "epsilon", "stash_type"),
+    "SimplifiedLayerNormalization": ("axis", "epsilon", "stash_type"),
+    "BatchNormalization": ("epsilon", "momentum", "training_mode"),
+    "Conv": ("kernel_shape", "strides", "pads", "dilations", "group", "auto_pad"),
+    "MaxPool": ("kernel_shape", "strides", "pads", "dilations", "auto_pad", "ceil_mode",
+                "storage_order"),
+    "AveragePool": ("kernel_shape", "strides", "pads", "dilations", "auto_pad", "ceil_mode",
+                    "count_include_pad"),
+    "Dropout": ("seed",), "Transpose": ("perm",), "Reshape": ("allowzero",),
+    "Flatten": ("axis",), "Squeeze": ("axes",), "Unsqueeze": ("axes",), "Concat": ("axis",),
+    "Slice": ("starts", "ends", "axes"), "Split": ("axis", "split", "num_outputs"),
+    "Shape": ("start", "end"),
+    "Constant": ("value", "value_float", "value_floats", "value_int", "value_ints",
+                 "value_string", "value_strings", "sparse_value"),
+    "ConstantOfShape": ("value",), "Trilu": ("upper",), "Gather": ("axis",),
 }
 
 

@@ -231,6 +231,10 @@ def test_unsupported_op_attribute_dtype_and_dynamic_shape_are_diagnostics():
         import_onnx(_single("HardSwish", [x], [y]))
     with pytest.raises(OnnxImportError, match=r"\(Gelu\): approximate='fast' is not supported"):
         import_onnx(_single("Gelu", [x], [y], approximate="fast"))
+    with pytest.raises(OnnxImportError, match=r"\(Add\): attribute 'broadcast' is not "
+                                              "supported"):
+        x2 = helper.make_tensor_value_info("x2", TensorProto.FLOAT, [3])
+        import_onnx(_single("Add", [x, x2], [y], broadcast=1))  # opset 6's form
     c = helper.make_tensor_value_info("x", TensorProto.COMPLEX64, [2, 3])
     with pytest.raises(OnnxImportError, match="dtype COMPLEX64 is not supported"):
         import_onnx(_single("Relu", [c], [y]))
