@@ -275,8 +275,10 @@ class Importer:
         self.lines: list[str] = []
         self.params: list[tuple[str, str]] = []  # (name, type text), inputs then weights
         self.weights: dict[str, np.ndarray] = {}
-        self.materialized: dict[int, str] = {}  # id(Const) -> parameter name
-        self.replayed: dict[tuple[int, int], Tensor] = {}  # (id(node), output) -> Tensor
+        # id(Const) -> (the Const, its parameter name); holding the Const keeps its id from
+        # being reused by a later temporary Const
+        self.materialized: dict[int, tuple[Const, str]] = {}
+        self.replayed: dict[str, Tensor] = {}  # ONNX output name -> its recomputed Tensor
         self.symbols: list[str] = []
         self.node = None
 
@@ -403,7 +405,7 @@ class Importer:
         """Emit the statement computing a Const from its recipe (once), or None when its
         rule refuses (the Const then becomes a weight)."""
         node, inputs, attrs, index = value.recipe
-        key = (id(node), index)
+        key = node.output[index]
         if key in self.replayed:
             return self.replayed[key]
         from compiler.importers.onnx_ops import OPS
@@ -421,14 +423,14 @@ class Importer:
             self.node = saved
         for i, out in enumerate(outputs):
             if isinstance(out, Tensor):
-                self.replayed[(id(node), i)] = out
+                self.replayed[node.output[i]] = out
         return self.replayed.get(key)
 
     def weight(self, value: Const, onnx_name: str | None = None) -> str:
         """A parameter holding a Const's array (once per Const)."""
         key = id(value)
         if key in self.materialized:
-            return self.materialized[key]
+            return self.materialized[key][1]
         from compiler.importers.onnx_ops import to_runtime_array
 
         array = to_runtime_array(self, value.array)
@@ -437,7 +439,7 @@ class Importer:
         dtype = zt_dtype_of_np(array.dtype)
         self.params.append((name, f"{dtype}{shape_text(array.shape)}"))
         self.weights[name] = array
-        self.materialized[key] = name
+        self.materialized[key] = (value, name)
         return name
 
     # ---- the walk

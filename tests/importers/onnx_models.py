@@ -156,3 +156,49 @@ def decoder_block(d=64, heads=4, kv_heads=2, head_dim=16, ffn=128, eps=1e-6, see
         [helper.make_tensor_value_info("last_hidden_state", TensorProto.FLOAT, dims + [d])],
         inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+def small_cnn(seed=0):
+    """A ResNet-style stem and block as exporters write a CNN: Conv (+bias), BatchNormalization,
+    Relu, MaxPool with padding, a residual Add, GlobalAveragePool, Flatten and Gemm (transB)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    inits = []
+
+    def init(name, array):
+        inits.append(numpy_helper.from_array(np.asarray(array, dtype=np.float32), name))
+        return name
+
+    def bn(tag, c):
+        return [init(f"{tag}.weight", 1 + 0.1 * rng.standard_normal(c)),
+                init(f"{tag}.bias", 0.1 * rng.standard_normal(c)),
+                init(f"{tag}.running_mean", 0.1 * rng.standard_normal(c)),
+                init(f"{tag}.running_var", 1 + 0.1 * rng.random(c))]
+
+    n = helper.make_node
+    nodes = [
+        n("Conv", ["input", init("conv1.weight", 0.2 * rng.standard_normal((8, 3, 3, 3))),
+                   init("conv1.bias", 0.1 * rng.standard_normal(8))], ["c1"], name="/conv1/Conv",
+          kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]),
+        n("BatchNormalization", ["c1", *bn("bn1", 8)], ["b1"], name="/bn1/BatchNormalization",
+          epsilon=1e-5),
+        n("Relu", ["b1"], ["r1"], name="/relu/Relu"),
+        n("MaxPool", ["r1"], ["p1"], name="/maxpool/MaxPool", kernel_shape=[3, 3],
+          strides=[2, 2], pads=[1, 1, 1, 1]),
+        n("Conv", ["p1", init("layer1.conv.weight", 0.2 * rng.standard_normal((8, 8, 3, 3)))],
+          ["c2"], name="/layer1/conv/Conv", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        n("BatchNormalization", ["c2", *bn("layer1.bn", 8)], ["b2"],
+          name="/layer1/bn/BatchNormalization"),
+        n("Add", ["b2", "p1"], ["a2"], name="/layer1/Add"),
+        n("Relu", ["a2"], ["r2"], name="/layer1/relu/Relu"),
+        n("GlobalAveragePool", ["r2"], ["g"], name="/avgpool/GlobalAveragePool"),
+        n("Flatten", ["g"], ["f"], name="/Flatten", axis=1),
+        n("Gemm", ["f", init("fc.weight", 0.3 * rng.standard_normal((10, 8))),
+                   init("fc.bias", 0.1 * rng.standard_normal(10))], ["logits"], name="/fc/Gemm",
+          alpha=1.0, beta=1.0, transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes, "cnn", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 16, 16])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])

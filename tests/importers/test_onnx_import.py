@@ -22,7 +22,7 @@ from compiler.cli import main  # noqa: E402
 from compiler.importers.onnx import OnnxImportError, import_onnx  # noqa: E402
 
 import onnx_conformance  # noqa: E402
-from onnx_models import decoder_block  # noqa: E402
+from onnx_models import decoder_block, small_cnn  # noqa: E402
 
 REPRESENTATIVE = [
     "test_add_bcast", "test_sub_example", "test_mul_bcast", "test_div_example", "test_pow",
@@ -191,6 +191,53 @@ def test_qwen_sample_kernels_are_reached_by_the_import():
     imported = set(_kernel_kinds(compiled))
     fused = {"matmul_fused", "row", "flash_attention", "fused"}
     assert sample & fused <= imported
+
+
+def test_cnn_matches_onnx_reference(tmp_path):
+    """Conv + BatchNormalization + Relu + MaxPool + residual + GlobalAveragePool + Gemm,
+    through `zhenwu run model.onnx` with a dynamic batch."""
+    from onnx.reference import ReferenceEvaluator
+
+    model = small_cnn()
+    path = tmp_path / "cnn.onnx"
+    onnx.save(model, str(path))
+    x = np.random.default_rng(1).standard_normal((2, 3, 16, 16)).astype(np.float32)
+    np.savez(tmp_path / "in.npz", input=x)
+    assert main(["run", str(path), "--inputs", str(tmp_path / "in.npz"), "--check",
+                 "-o", str(tmp_path / "out.npz")]) == 0
+    want = ReferenceEvaluator(model).run(None, {"input": x})[0]
+    with np.load(tmp_path / "out.npz") as out:
+        np.testing.assert_allclose(out["out0"], want, rtol=1e-4, atol=1e-4)
+
+
+def test_constants_made_at_import_keep_their_own_weights():
+    """Twenty BatchNormalizations, each folded into two new constants: every one must get
+    its own weight (a cache keyed by the id of a freed constant once handed out another's)."""
+    from onnx import TensorProto, helper, numpy_helper
+    from onnx.reference import ReferenceEvaluator
+
+    from compiler.frontend import load_program
+    from compiler.reference import evaluate
+
+    rng = np.random.default_rng(3)
+    nodes, inits, previous = [], [], "x"
+    for i in range(20):
+        names = [f"bn{i}.{p}" for p in ("scale", "bias", "mean", "var")]
+        for name in names:
+            values = rng.random(4) + (0.5 if name.endswith(("scale", "var")) else -0.5)
+            inits.append(numpy_helper.from_array(values.astype(np.float32), name))
+        nodes.append(helper.make_node("BatchNormalization", [previous, *names], [f"y{i}"]))
+        previous = f"y{i}"
+    graph = helper.make_graph(
+        nodes, "bns", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 2, 2])],
+        [helper.make_tensor_value_info(previous, TensorProto.FLOAT, [1, 4, 2, 2])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    source, weights = import_onnx(model)
+    assert len(weights) == 40
+    x = rng.standard_normal((1, 4, 2, 2)).astype(np.float32)
+    got = evaluate(load_program("bns.onnx", text=source), dict(weights, x=x))[0]
+    want = ReferenceEvaluator(model).run(None, {"x": x})[0]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
 def test_cli_import_then_run_and_run_onnx_directly(tmp_path, capsys):
