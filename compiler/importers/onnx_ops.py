@@ -378,7 +378,9 @@ def _axes_input(imp, node, ins, attrs, rank: int):
     return normalize_axes(imp, axes, rank)
 
 
-def reduction(fn: str):
+def reduction(fn: str, pre: str = "{x}", post: str = "{r}"):
+    """A reduction `post(fn(pre(x)))` over the axes of the attribute or the second input."""
+
     def rule(imp, node, ins, attrs):
         x = ins[0]
         axes = _axes_input(imp, node, ins, attrs, x.rank)
@@ -389,13 +391,124 @@ def reduction(fn: str):
             axes = list(range(x.rank))
         dtype = value_dtype(x)
         shape = tuple(1 if i in axes else d for i, d in enumerate(x.shape) if keep or i not in axes)
-        text = f"{fn}({imp.tensor(x)}, axis={axis_tuple(sorted(set(axes)))}, " \
-               f"keepdims={'true' if keep else 'false'})"
-        if fn == "mean" and dtype in ("i32", "i8") or dtype == "bool":
+        operand = pre.format(x=imp.tensor(x))
+        text = post.format(r=f"{fn}({operand}, axis={axis_tuple(sorted(set(axes)))}, "
+                             f"keepdims={'true' if keep else 'false'})")
+        if (fn == "mean" or post != "{r}") and dtype in ("i32", "i8") or dtype == "bool":
             text = f"cast({text}, {dtype})"  # zt reduces these to f32 / i32
         return [imp.emit(text, dtype, shape)]
 
     return rule
+
+
+def _arg_reduction(negate: bool):
+    def rule(imp, node, ins, attrs):
+        x = ins[0]
+        if attrs.get("select_last_index", 0):
+            raise imp.fail("select_last_index=1 is not supported")
+        axis = normalize_axes(imp, [attrs.get("axis", 0)], x.rank, "axis")[0]
+        keep = bool(attrs.get("keepdims", 1))
+        shape = tuple(1 if i == axis else d for i, d in enumerate(x.shape)
+                      if keep or i != axis)
+        operand = f"-{imp.tensor(x)}" if negate else imp.tensor(x)
+        return [imp.emit(f"argmax({operand}, axis={axis}, keepdims={'true' if keep else 'false'})",
+                         "i32", shape)]
+
+    return rule
+
+
+def template(text: str, dtype: str | None = None, **defaults):
+    """An elementwise rule written as a `.zt` expression of `{x}` and float attributes
+    (`{alpha}`), for floating-point inputs; `dtype` is the result's (default: x's)."""
+
+    def rule(imp, node, ins, attrs):
+        x = ins[0]
+        if value_dtype(x) not in ("f32", "bf16", "f16", "fp8"):
+            raise imp.fail(f"{node.op_type} of {value_dtype(x)} input is not supported")
+        values = {k: literal(float(attrs.get(k, v)), np.float32) for k, v in defaults.items()}
+        values = {k: f"({v})" if v.startswith("-") else v for k, v in values.items()}
+        return [imp.emit(text.format(x=imp.tensor(x), **values), dtype or value_dtype(x),
+                         x.shape)]
+
+    return rule
+
+
+def _isinf(imp, node, ins, attrs):
+    x = ins[0]
+    t = imp.tensor(x)
+    text = {(1, 1): f"abs({t}) == inf", (1, 0): f"{t} == inf", (0, 1): f"{t} == -inf",
+            (0, 0): f"abs({t}) < 0.0"}[(attrs.get("detect_positive", 1) != 0,
+                                          attrs.get("detect_negative", 1) != 0)]
+    return [imp.emit(text, "bool", x.shape)]
+
+
+def _prelu(imp, node, ins, attrs):
+    x, slope = ins
+    tx, ts = operands(imp, [x, slope])
+    return [imp.emit(f"where({tx} < 0.0, {ts} * {tx}, {tx})", value_dtype(x),
+                     broadcast(imp, x.shape, slope.shape))]
+
+
+def _mean(imp, node, ins, attrs):
+    values = [v for v in ins if v is not None]
+    texts = operands(imp, values)
+    shape = broadcast(imp, *[v.shape for v in values])
+    return [imp.emit(f"({' + '.join(texts)}) / {float(len(values))}", value_dtype(values[0]),
+                     shape)]
+
+
+def _pad(imp, node, ins, attrs):
+    x = ins[0]
+    mode = attrs.get("mode", "constant")
+    if mode != "constant":
+        raise imp.fail(f"mode='{mode}' is not supported (constant is)")
+    pads = concrete_ints(imp, ins[1], "pads") if len(ins) > 1 and ins[1] is not None \
+        else list(attrs.get("pads", []))
+    axes = concrete_ints(imp, ins[3], "axes") if len(ins) > 3 and ins[3] is not None \
+        else list(range(x.rank))
+    axes = normalize_axes(imp, axes, x.rank)
+    if len(pads) != 2 * len(axes):
+        raise imp.fail(f"{len(pads)} pads for {len(axes)} axes")
+    if any(p < 0 for p in pads):
+        raise imp.fail(f"negative pads {pads} (cropping) are not supported")
+    pairs = [[0, 0] for _ in range(x.rank)]
+    for i, a in enumerate(axes):
+        pairs[a] = [pads[i], pads[i + len(axes)]]
+    value = ins[2] if len(ins) > 2 and ins[2] is not None else None
+    if value is not None and not isinstance(value, Const):
+        raise imp.fail("a run-time pad value is not supported")
+    dtype = value_dtype(x)
+    fill = literal(value.array.reshape(-1)[0], value.array.dtype) if value is not None \
+        else zero_literal(dtype)
+    shape = tuple(dim_op("+", d, p[0] + p[1]) for d, p in zip(x.shape, pairs))
+    return [imp.emit(f"pad({imp.tensor(x)}, {pairs}, value={fill})", dtype, shape)]
+
+
+def _tile(imp, node, ins, attrs):
+    x = ins[0]
+    repeats = concrete_ints(imp, ins[1], "repeats")
+    if len(repeats) != x.rank or any(r < 1 for r in repeats):
+        raise imp.fail(f"repeats {repeats} must be one positive count per axis")
+    text, shape = imp.tensor(x), list(x.shape)
+    for axis, r in enumerate(repeats):
+        if r > 1:
+            text = f"concat([{', '.join([text] * r)}], axis={axis})"
+            shape[axis] = dim_op("*", shape[axis], r)
+    return [imp.emit(text, value_dtype(x), tuple(shape))]
+
+
+def _instance_norm(imp, node, ins, attrs):
+    x, scale, bias = ins
+    eps = literal(float(attrs.get("epsilon", 1e-5)), np.float32)
+    axes = axis_tuple(list(range(2, x.rank)))
+    more = ", ".join(["None"] * (x.rank - 2))
+    xt = imp.tensor(x)
+    center = imp.fresh(f"{node.output[0]}_centered")
+    imp.lines.append(imp._with_comment(f"{center} = {xt} - mean({xt}, axis={axes}, "
+                                       "keepdims=true)"))
+    text = (f"{center} * rsqrt(mean({center} * {center}, axis={axes}, keepdims=true) + {eps})"
+            f" * {imp.tensor(scale)}[:, {more}] + {imp.tensor(bias)}[:, {more}]")
+    return [imp.emit(text, value_dtype(x), x.shape)]
 
 
 def _softmax(fn: str):
@@ -1005,6 +1118,27 @@ OPS = {
     "Shape": _shape, "Size": _size, "Constant": _constant,
     "ConstantOfShape": _constant_of_shape, "Range": _range, "Trilu": _trilu,
     "Gather": _gather,
+    # more activations, written as expressions
+    "Softplus": template("log(exp({x}) + 1.0)"),
+    "Softsign": template("{x} / (abs({x}) + 1.0)"),
+    "Elu": template("where({x} > 0.0, {x}, {alpha} * (exp({x}) - 1.0))", alpha=1.0),
+    "Celu": template("maximum({x}, 0.0) + minimum({alpha} * (exp({x} / {alpha}) - 1.0), 0.0)",
+                     alpha=1.0),
+    "Selu": template("where({x} > 0.0, {gamma} * {x}, {gamma} * ({alpha} * exp({x}) - {alpha}))",
+                     alpha=1.67326319217681884765625, gamma=1.05070102214813232421875),
+    "HardSigmoid": template("clip({alpha} * {x} + {beta}, 0.0, 1.0)", alpha=0.2, beta=0.5),
+    "HardSwish": template("{x} * clip({x} / 6.0 + 0.5, 0.0, 1.0)"),
+    "Mish": template("{x} * tanh(log(exp({x}) + 1.0))"),
+    "ThresholdedRelu": template("where({x} > {alpha}, {x}, 0.0)", alpha=1.0),
+    "Tan": template("sin({x}) / cos({x})"),
+    "IsNaN": template("{x} != {x}", dtype="bool"), "IsInf": _isinf, "PRelu": _prelu,
+    "Mean": _mean, "Pad": _pad, "Tile": _tile, "InstanceNormalization": _instance_norm,
+    "ArgMax": _arg_reduction(False), "ArgMin": _arg_reduction(True),
+    "ReduceSumSquare": reduction("sum", pre="{x} * {x}"),
+    "ReduceL1": reduction("sum", pre="abs({x})"),
+    "ReduceL2": reduction("sum", pre="{x} * {x}", post="sqrt({r})"),
+    "ReduceLogSum": reduction("sum", post="log({r})"),
+    "ReduceLogSumExp": reduction("sum", pre="exp({x})", post="log({r})"),
 }
 
 
@@ -1033,6 +1167,14 @@ ATTRS = {
     "Constant": ("value", "value_float", "value_floats", "value_int", "value_ints",
                  "value_string", "value_strings", "sparse_value"),
     "ConstantOfShape": ("value",), "Trilu": ("upper",), "Gather": ("axis",),
+    "Elu": ("alpha",), "Celu": ("alpha",), "Selu": ("alpha", "gamma"),
+    "HardSigmoid": ("alpha", "beta"), "ThresholdedRelu": ("alpha",),
+    "IsInf": ("detect_positive", "detect_negative"), "Pad": ("mode", "pads"),
+    "InstanceNormalization": ("epsilon",),
+    "ArgMax": ("axis", "keepdims", "select_last_index"),
+    "ArgMin": ("axis", "keepdims", "select_last_index"),
+    **{op: ("axes", "keepdims", "noop_with_empty_axes")
+       for op in ("ReduceSumSquare", "ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp")},
 }
 
 
