@@ -150,20 +150,25 @@ def dim_op(op: str, a, b) -> Dim:
         return b
     if op == "//" and b == 1:
         return a
-    if op == "//" and isinstance(a, Sym) and not a.atomic and a.expr.endswith(f" * {b}") \
-            and isinstance(b, int):
-        return Sym(a.expr[: -len(f" * {b}")], "*" not in a.expr[: -len(f" * {b}")]
-                   and " " not in a.expr[: -len(f" * {b}")])
+    if op == "//" and isinstance(a, Sym) and isinstance(b, int) and _is_product(a.expr) \
+            and a.expr.endswith(f" * {b}"):
+        rest = a.expr[: -len(f" * {b}")]  # (X * b) // b is X
+        return Sym(rest, " " not in rest)
 
     def text(d, tight: bool) -> str:
         if isinstance(d, Sym):
             return d._wrapped() if tight or op in ("-", "//") else d.expr
         return f"({d})" if d < 0 else str(d)
 
-    if op == "*" and isinstance(a, Sym) and not a.atomic and "+" not in a.expr \
-            and "-" not in a.expr and "//" not in a.expr:
+    if op == "*" and isinstance(a, Sym) and _is_product(a.expr):
         return Sym(f"{a.expr} * {text(b, True)}", False)
     return Sym(f"{text(a, op != '+')} {op} {text(b, op != '+')}", False)
+
+
+def _is_product(expr: str) -> bool:
+    """Whether a dim expression is a plain product of names and numbers (`S * 8`)."""
+    return all(part.strip().isidentifier() or part.strip().isdigit()
+               for part in expr.split(" * "))
 
 
 def dim_text(d: Dim) -> str:
