@@ -608,10 +608,16 @@ def _batchnorm(imp, node, ins, attrs):
         raise imp.fail("training_mode=1 is not supported")
     x = ins[0]
     params = ins[1:5]
-    if any(not isinstance(p, Const) for p in params):
-        raise imp.fail("scale, bias, mean and variance must be initializers")
-    scale, bias, mean, var = (p.array.astype(np.float32) for p in params)
     eps = float(attrs.get("epsilon", 1e-5))
+    if any(not isinstance(p, Const) for p in params):
+        # run-time statistics: (x - mean) * rsqrt(var + eps) * scale + bias per channel
+        more = ", ".join(["None"] * (x.rank - 2))
+        scale, bias, mean, var = (f"{imp.tensor(p)}[:, {more}]" if more else imp.tensor(p)
+                                  for p in params)
+        text = (f"({imp.tensor(x)} - {mean}) * rsqrt({var} + {literal(eps, np.float32)}) "
+                f"* {scale} + {bias}")
+        return [imp.emit(text, value_dtype(x), x.shape)]
+    scale, bias, mean, var = (p.array.astype(np.float32) for p in params)
     mul = scale / np.sqrt(var + eps)
     add = bias - mean * mul
     shape = (-1,) + (1,) * (x.rank - 2)
@@ -1160,7 +1166,7 @@ ATTRS = {
                 "storage_order"),
     "AveragePool": ("kernel_shape", "strides", "pads", "dilations", "auto_pad", "ceil_mode",
                     "count_include_pad"),
-    "Dropout": ("seed",), "Transpose": ("perm",), "Reshape": ("allowzero",),
+    "Dropout": ("seed", "ratio"), "Transpose": ("perm",), "Reshape": ("allowzero",),
     "Flatten": ("axis",), "Squeeze": ("axes",), "Unsqueeze": ("axes",), "Concat": ("axis",),
     "Slice": ("starts", "ends", "axes"), "Split": ("axis", "split", "num_outputs"),
     "Shape": ("start", "end"),
