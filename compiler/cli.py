@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
 
     run = sub.add_parser("run", help="compile and run a .zt program, or run .s/.bin assembly")
-    run.add_argument("program", help="prog.zt, prog.s or prog.bin")
+    run.add_argument("program", help="prog.zt, model.onnx, prog.ir, prog.s or prog.bin")
     run.add_argument("-i", dest="input", action="append", default=[], metavar="NAME=FILE.npy",
                      help="an input from a .npy file (repeatable; default: inputs not given "
                           "are seeded random)")
@@ -193,6 +193,13 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("--fit", action="store_true",
                           help="print the host time per operator that fits best (default: off)")
 
+    imp = sub.add_parser("import", help="write an ONNX model as a .zt program")
+    imp.add_argument("model", help="model.onnx")
+    imp.add_argument("-o", dest="output", metavar="OUT.zt",
+                     help="the program (default: standard output)")
+    imp.add_argument("--weights", metavar="WEIGHTS.npz",
+                     help="where the initializers go (default: beside the program)")
+
     fuzz = sub.add_parser("fuzz", help="a differential fuzzing campaign")
     fuzz.add_argument("--seconds", type=_positive_seconds, default=60,
                       help="how long the campaign runs (default: 60)")
@@ -213,6 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
 _COMMANDS = {
     "run": "run", "compile": "compile", "ir": "ir", "asm": "isa_tools", "disasm": "isa_tools",
     "machines": "isa_tools", "bench": "bench", "fuzz": "fuzz", "validate": "validate",
+    "import": "import_model",
 }
 
 

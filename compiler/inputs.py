@@ -171,12 +171,40 @@ def load_npz(path: str) -> dict[str, np.ndarray]:
     return arrays
 
 
-def read_inputs(options: list[str], npz: str | None) -> tuple[dict[str, np.ndarray],
-                                                              dict[str, str]]:
-    """Arrays from `--inputs in.npz` and `-i name=file.npy` (later wins), and where each came
-    from (for messages)."""
-    arrays: dict[str, np.ndarray] = {}
-    sources: dict[str, str] = {}
+def program_weights(program: str | None) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """The arrays a program brings with it: an `.onnx` model's initializers, or the .npz that
+    a `.zt` program names in a `# weights: FILE.npz` line among the comments at its top
+    (relative to the program's directory; `zhenwu import` writes one)."""
+    if not program:
+        return {}, {}
+    path = Path(program)
+    if path.suffix == ".onnx":
+        from compiler.importers.onnx import import_file
+
+        _, weights = import_file(program)
+        return dict(weights), {key: f"{program}[{key}]" for key in weights}
+    if path.suffix != ".zt" or not path.is_file():
+        return {}, {}
+    try:
+        with open(path, encoding="utf-8") as handle:
+            head = [handle.readline() for _ in range(8)]
+    except (OSError, UnicodeDecodeError):
+        return {}, {}  # the frontend reports an unreadable program
+    for line in head:
+        if not line.startswith("#"):
+            break
+        if line.startswith("# weights:"):
+            npz = str(path.parent / line.split(":", 1)[1].strip())
+            arrays = load_npz(npz)
+            return arrays, {key: f"{npz}[{key}]" for key in arrays}
+    return {}, {}
+
+
+def read_inputs(options: list[str], npz: str | None, program: str | None = None
+                ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Arrays from the program's weights (`program_weights`), `--inputs in.npz` and
+    `-i name=file.npy` (later wins), and where each came from (for messages)."""
+    arrays, sources = program_weights(program)
     if npz:
         for key, array in load_npz(npz).items():
             arrays[key], sources[key] = array, f"{npz}[{key}]"
@@ -346,7 +374,8 @@ def load_program_and_inputs(args, warn=None) -> tuple[Function, dict[str, np.nda
     """For `zhenwu run`: read the input files, bind the shapes, check the program, and make
     every input (given or random). `args` has program, input, inputs, shape, seed, entry."""
     shapes = parse_shape_options(getattr(args, "shape", []) or [])
-    given, sources = read_inputs(getattr(args, "input", []) or [], getattr(args, "inputs", None))
+    given, sources = read_inputs(getattr(args, "input", []) or [], getattr(args, "inputs", None),
+                                 args.program)
     fn = load_program(args.program, entry=getattr(args, "entry", None), shapes=shapes,
                       input_shapes={name: array.shape for name, array in given.items()})
     return fn, prepare_inputs(fn, given, getattr(args, "seed", 0) or 0, sources,

@@ -3,7 +3,8 @@
 - `prog.s` / `prog.bin`: assembly or a binary, run on the interpreter (compiler/commands/run_asm.py);
 - `prog.zt --reference`: the numpy reference evaluator (compiler/commands/run_reference.py);
 - `prog.zt` (or `prog.ir`, Graph IR text): compile, then run on the interpreter
-  (compiler/commands/run_compiled.py).
+  (compiler/commands/run_compiled.py);
+- `model.onnx`: the same, on the program `zhenwu import` writes (compiler/importers/onnx.py).
 
 Options that contradict each other are refused before anything runs (exit status 2).
 """
@@ -45,9 +46,9 @@ def run(args) -> int:
         from compiler.commands.run_asm import run_assembly
 
         return run_assembly(args)
-    if suffix not in (".zt", ".ir"):
-        raise UsageError(f"'{args.program}': expected a .zt program, .ir Graph IR, .s assembly "
-                         "or .bin binary")
+    if suffix not in (".zt", ".ir", ".onnx"):
+        raise UsageError(f"'{args.program}': expected a .zt program, an .onnx model, .ir Graph "
+                         "IR, .s assembly or .bin binary")
     if args.reference:
         from compiler.commands.run_reference import run_reference
 

@@ -36,7 +36,7 @@ def run_compiled(args) -> int:
 
     if getattr(args, "chips", 1) != 1:
         raise UsageError(f"--chips {args.chips}: multi-chip runs are not supported yet")
-    given, sources = read_inputs(args.input or [], args.inputs)
+    given, sources = read_inputs(args.input or [], args.inputs, args.program)
     # Compile before making inputs: a program too big for the chip is a diagnostic, not a
     # host that runs out of memory drawing its random inputs.
     prog = compile_for_run(args, given)

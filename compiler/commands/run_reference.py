@@ -27,7 +27,7 @@ def run_reference(args) -> int:
     from compiler.inputs import parse_shape_options, read_inputs
     from zhenwu.api import load_function, reference_outputs
 
-    given, sources = read_inputs(args.input or [], args.inputs)
+    given, sources = read_inputs(args.input or [], args.inputs, args.program)
     fn = load_function(args.program, shapes=parse_shape_options(args.shape or []),
                        entry=args.entry,
                        input_shapes={name: array.shape for name, array in given.items()})

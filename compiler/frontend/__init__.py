@@ -80,11 +80,16 @@ def load_program(path: str, *, text: str | None = None, entry: str | None = None
                  input_shapes: dict[str, tuple[int, ...]] | None = None) -> Function:
     """Parse and check a `.zt` program and return the Graph IR of its entry function.
 
-    `text` overrides reading `path` (which then only names the file in diagnostics).
+    `text` overrides reading `path` (which then only names the file in diagnostics). An
+    `.onnx` path is imported first (compiler/importers/onnx.py).
     Symbolic dims of the entry are bound from `shapes` (`--shape B=64`) and from
     `input_shapes` (parameter name -> the shape of the array given for it). Every dim of the
     result is concrete. User mistakes raise `Diagnostic` / `InputError`.
     """
+    if text is None and Path(path).suffix == ".onnx":
+        from compiler.importers.onnx import import_file
+
+        text, _ = import_file(path)  # its weights come with the inputs (compiler/inputs.py)
     if text is None:
         text = read_source(path)
     with _deep_recursion(path, text):

@@ -715,6 +715,19 @@ for _kind in ("maxpool2d", "avgpool2d"):
     builtin(_kind, "x kernel stride padding", stride=None, padding=0)(_pool_rule(_kind))
 
 
+@builtin("gather", "x indices axis", axis=0)
+def _gather(chk: Checker, args: Args, call: ast.Call):
+    """x.take(indices, axis): integer indices, negative from the end, out of range -> 0."""
+    x, indices = tensor_arg(chk, args, "x"), tensor_arg(chk, args, "indices")
+    if not is_float(x.dtype):
+        raise Diagnostic(f"gather() needs floating-point data, got {x.type}", args["x"][1])
+    if indices.dtype not in ("i32", "i8"):
+        raise Diagnostic(f"gather() needs integer indices, got {indices.type}",
+                         args["indices"][1])
+    axis = norm_axis(int_arg(args, "axis"), x.type.rank, args["axis"][1], x)
+    return chk.emit("gather", [x, indices], {"axis": axis}, call.span)
+
+
 # ------------------------------------------------------------------ indexing
 
 

@@ -231,7 +231,7 @@ class ProgramBuilder:
             ("unary", "binary", "binary", "reduce", "matmul", "transpose", "reshape", "slice",
              "concat", "softmax", "norm", "cast", "broadcast", "pad", "expand", "argmax",
              "conv", "pool", "einsum", "linear", "attention", "creation", "integer",
-             "int_matmul", "nan_reduce", "weak_math", "attention_form")
+             "int_matmul", "nan_reduce", "weak_math", "attention_form", "gather")
         )
         getattr(self, f"step_{kind}")()
 
@@ -585,6 +585,17 @@ class ProgramBuilder:
                                       "tanh(1) * 2", "pow(2, -3)"))
         op = self.chooser.choice(("*", "+", "-"))
         self.bind(f"{x.name} {op} {number}", x.dtype, x.shape)
+
+    def step_gather(self) -> None:
+        """gather along a random axis with i32 indices from a parameter (random ones are in
+        -4..4: negative indices and, on short axes, out-of-range ones that give zeros)."""
+        x = self.pick(min_rank=1)
+        axis = self.chooser.integer(0, x.rank - 1)
+        rank = self.chooser.integer(0, min(2, self.max_rank - x.rank + 1))
+        indices = self.new_param(self.new_shape(rank), "i32")
+        self.values.remove(indices)
+        shape = x.shape[:axis] + indices.shape + x.shape[axis + 1:]
+        self.bind(f"gather({x.name}, {indices.name}, axis={axis})", x.dtype, shape)
 
     # -- the program -----------------------------------------------------------------------
     def text(self, outputs: list[Tensor]) -> str:

@@ -761,6 +761,41 @@ _register(OpDef("einsum", "contraction", _einsum_infer, _einsum_ref, attrs=("spe
                 optional_attrs=("acc",), arity=None, primitive=False,
                 flop_rule=_einsum_flops))
 
+def _gather_infer(types: Types, attrs: dict) -> TensorType:
+    data, indices = types
+    if data.rank < 1:
+        raise Diagnostic(f"gather: data must have rank >= 1, got {data}")
+    if not is_int(indices.dtype):
+        raise Diagnostic(f"gather: indices must be integers, got {indices}")
+    if not is_float(data.dtype):
+        raise Diagnostic(f"gather: data must be floating-point, got {data} (gather "
+                         "multiplies by a one-hot matrix)")
+    axis = _norm_axis(attrs["axis"], data.rank, data)
+    return TensorType(data.dtype, data.shape[:axis] + indices.shape + data.shape[axis + 1:])
+
+
+def _gather_ref(xs, attrs):
+    data, indices = xs
+    axis = attrs["axis"] % data.ndim
+    size = data.shape[axis]
+    indices = indices.astype(np.int64)
+    indices = np.where(indices < 0, indices + size, indices)
+    valid = (indices >= 0) & (indices < size)
+    taken = np.take(data, np.where(valid, indices, 0), axis=axis)
+    mask = valid.reshape((1,) * axis + indices.shape + (1,) * (data.ndim - axis - 1))
+    return np.where(mask, taken, np.zeros((), data.dtype))
+
+
+def _gather_flops(types, result, attrs):
+    data = types[0]
+    return 2 * result.numel * data.shape[attrs["axis"] % data.rank]
+
+
+# gather(data, indices, axis): numpy's take; a negative index counts from the end and an
+# index out of range gives zeros. `decompose` writes it as a one-hot matrix times the data.
+_register(OpDef("gather", "contraction", _gather_infer, _gather_ref, attrs=("axis",), arity=2,
+                primitive=False, flop_rule=_gather_flops))
+
 PRIMITIVES: tuple[str, ...] = tuple(name for name, op in OPS.items() if op.primitive)
 
 

@@ -15,6 +15,8 @@ the group again.
 - `einsum` (one or two operands): sum out letters used by one operand only, transpose each
   operand to [batch, free, contracted], reshape to 3-D, one batched matmul, reshape and
   transpose to the output order.
+- `gather` (take along an axis): a one-hot matrix of the indices (iota == index) times the
+  data with that axis moved to the front, reshaped and transposed back.
 """
 
 from __future__ import annotations
@@ -175,14 +177,42 @@ def _einsum_lowered(rw: Rewriter, operands, inputs, output, sizes, acc=None) -> 
     return _transpose(rw, product, [letters.index(ch) for ch in output])
 
 
+def _gather(op: Op, rw: Rewriter) -> Value:
+    """data.take(indices, axis) as one-hot(indices) @ data, with the gathered axis moved to
+    the front and the other axes flattened; exactly one product per output element is
+    non-zero, so the result is exact (an index out of range selects nothing: zeros)."""
+    data, indices = op.inputs
+    axis = op.attrs["axis"] % data.type.rank
+    size = data.type.shape[axis]
+    others = [d for i, d in enumerate(data.type.shape) if i != axis]
+    count = prod(indices.type.shape)
+    index = indices if indices.type.dtype == "i32" else rw.emit("cast", [indices],
+                                                                 {"dtype": "i32"})
+    index = _reshape(rw, index, (count, 1))
+    zero = rw.emit("constant", [], {"value": 0, "dtype": "i32", "shape": ()})
+    wrapped = rw.emit("add", [index, rw.emit("constant", [], {"value": size, "dtype": "i32",
+                                                             "shape": ()})])
+    index = rw.emit("where", [rw.emit("lt", [index, zero]), wrapped, index])
+    iota = _reshape(rw, rw.emit("iota", [], {"n": size, "dtype": "i32"}), (1, size))
+    onehot = rw.emit("cast", [rw.emit("eq", [index, iota])], {"dtype": data.type.dtype})
+    rows = _transpose(rw, data, [axis] + [i for i in range(data.type.rank) if i != axis])
+    rows = _reshape(rw, rows, (size, prod(others)))
+    taken = rw.emit("matmul", [onehot, rows])  # [count, prod(others)]
+    taken = _reshape(rw, taken, tuple(indices.type.shape) + tuple(others))
+    k = indices.type.rank
+    perm = ([k + i for i in range(axis)] + list(range(k))
+            + [k + i for i in range(axis, len(others))])
+    return _transpose(rw, taken, perm)
+
+
 DECOMPOSITIONS = {"conv2d": _conv2d, "maxpool2d": _pool, "avgpool2d": _pool,
-                  "einsum": _einsum}
+                  "einsum": _einsum, "gather": _gather}
 
 
 @register_pass
 @dataclass(frozen=True)
 class Decompose(GraphPass):
-    """Rewrite conv2d, pools and einsum into primitive ops.
+    """Rewrite conv2d, pools, einsum and gather into primitive ops.
 
     `kinds` names the op kinds to rewrite (all by default); a backend with its own rule
     for one of them can keep it whole: `decompose{kinds=einsum,maxpool2d,avgpool2d}`.

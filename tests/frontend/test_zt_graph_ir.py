@@ -144,7 +144,7 @@ PRIMITIVE_NAMES = [
 def test_registry_is_complete_and_consistent():
     expected = set(PRIMITIVE_NAMES)
     assert set(PRIMITIVES) == expected
-    assert set(OPS) - expected == {"conv2d", "maxpool2d", "avgpool2d", "einsum"}
+    assert set(OPS) - expected == {"conv2d", "maxpool2d", "avgpool2d", "einsum", "gather"}
     fusion = {op.fusion for op in OPS.values()}
     assert fusion <= {"elementwise", "broadcast", "injective", "reduce", "contraction", "opaque"}
 
