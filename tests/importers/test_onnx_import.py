@@ -157,10 +157,10 @@ def test_static_export_recomputes_the_mask_and_reaches_flash():
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
 
 
-def test_decoder_block_additive_mask_form_is_not_flash_yet():
+def test_decoder_block_additive_mask_form_reaches_flash_attention():
     """torch's scaled_dot_product_attention adds a 0/-inf mask (`scores + where(causal, 0,
-    -inf)`) instead of selecting; the attention matcher takes only `where(causal, scores,
-    -inf)`, so this spelling compiles to separate kernels (and still matches)."""
+    -inf)`) instead of selecting; the attention matcher takes that spelling too, and the
+    kernel matches onnx.reference."""
     from onnx.reference import ReferenceEvaluator
 
     from runtime import run_program
@@ -169,7 +169,7 @@ def test_decoder_block_additive_mask_form_is_not_flash_yet():
     source, weights = import_onnx(model)
     x, pos = _decoder_inputs(seq=32)
     compiled, machine = _compile(source, {"hidden_states": x.shape, "position_ids": pos.shape})
-    assert "flash_attention" not in _kernel_kinds(compiled)
+    assert "flash_attention" in _kernel_kinds(compiled)
     want = ReferenceEvaluator(model).run(None, {"hidden_states": x, "position_ids": pos})[0]
     inputs = dict(weights, hidden_states=x, position_ids=pos.astype(np.int32))
     got = compiled.graph_outputs(run_program(compiled.program, machine,
