@@ -145,7 +145,7 @@ def test_ir_command(tmp_path, capsys):
                               "--time-passes", "--disable-pass", "cse",
                               "--dot", tmp_path / "g.dot")
     assert status == 0
-    assert out.count("// ----- IR after") == 8 and "IR after cse" not in out
+    assert out.count("// ----- IR after") == 9 and "IR after cse" not in out
     assert "canonicalize" in err and "total" in err
     assert (tmp_path / "g.dot").read_text().startswith('digraph "main"')
     status, out, _ = zhenwu(capsys, "ir", MLP, "--shape", "B=1", "--print-ir-after",
