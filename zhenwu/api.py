@@ -7,7 +7,10 @@ line prints.
 
 A program is given as a path (a `str` without `{` or a newline, or any `os.PathLike`) or as
 its text. A `.zt` file or text is the DSL; a `.ir` file, or text starting with `func`, is
-Graph IR text as `zhenwu ir` prints it (its shapes are concrete).
+Graph IR text as `zhenwu ir` prints it (its shapes are concrete). An ONNX model comes as an
+`.onnx` path or an `onnx.ModelProto` (imported by compiler/importers/onnx.py); its
+initializers, like the `.npz` a `.zt` program names in a `# weights: FILE.npz` header, are
+inputs the program brings with it: `run()` and `reference()` use them unless given others.
 """
 
 from __future__ import annotations
@@ -67,11 +70,34 @@ def _check_shapes(shapes) -> dict[str, int]:
     return {name: int(size) for name, size in shapes.items()}
 
 
+def _is_onnx_model(value) -> bool:
+    return hasattr(value, "graph") and hasattr(value, "SerializeToString")
+
+
+def program_weights(source_or_path) -> dict[str, np.ndarray]:
+    """The arrays a program brings with it: an ONNX model's initializers, or the `.npz` a
+    `.zt` file names in its `# weights:` header; empty for anything else."""
+    if _is_onnx_model(source_or_path):
+        from compiler.importers.onnx import import_onnx
+
+        return dict(import_onnx(source_or_path)[1])
+    from compiler.inputs import program_weights as weights_of
+
+    name, text = _source(source_or_path)
+    return weights_of(name)[0] if text is None else {}
+
+
 def load_function(source_or_path, *, shapes=None, entry=None, input_shapes=None):
     """The checked Graph IR function of a program (see the module docstring for what
     `source_or_path` may be); symbolic dims bound from `shapes` and `input_shapes`."""
     from compiler.frontend import load_program, read_source
 
+    if _is_onnx_model(source_or_path):
+        from compiler.importers.onnx import import_onnx
+
+        text, _ = import_onnx(source_or_path)
+        return load_program("<onnx model>", text=text, entry=entry, shapes=_check_shapes(shapes),
+                            input_shapes=input_shapes)
     name, text = _source(source_or_path)
     shapes = _check_shapes(shapes)
     if is_graph_ir(name, text):
@@ -170,8 +196,11 @@ class Program:
     - `machine`, `options`, `compile_seconds`.
     """
 
-    def __init__(self, name: str, function, compiled, machine, options, compile_seconds: float):
+    def __init__(self, name: str, function, compiled, machine, options, compile_seconds: float,
+                 weights: dict[str, np.ndarray] | None = None):
         self.name = name
+        # arrays the program brought (an ONNX model's initializers): inputs unless given
+        self.weights = weights or {}
         self.function = function
         self.compiled = compiled
         self.machine = machine
@@ -259,7 +288,7 @@ class Program:
         from zhenwu.hostmem import out_of_memory
         from zhenwu.progress import TerminalProgress
 
-        given = _given(inputs, named)
+        given = {**self.weights, **_given(inputs, named)}
         compiled = self.compiled
         if timing_only:
             known = {p.name for p in self.function.params}
@@ -301,7 +330,7 @@ class Program:
         Diagnostic with the size needed, before anything is allocated."""
         from zhenwu.hostmem import check_functional_run, out_of_memory
 
-        given = _given(inputs, named)
+        given = {**self.weights, **_given(inputs, named)}
         held = sum(array.nbytes for array in given.values())
         check_functional_run(self.compiled.program, self.name, held)
         try:
@@ -325,8 +354,8 @@ class Program:
     def reference(self, inputs: dict | None = None, /, *, seed: int | None = None,
                   sources: dict[str, str] | None = None, **named) -> list[np.ndarray]:
         """The numpy reference evaluator's outputs on the same inputs as `run()` takes."""
-        return reference_outputs(self.function, _given(inputs, named), seed, sources,
-                                 self.name)
+        return reference_outputs(self.function, {**self.weights, **_given(inputs, named)}, seed,
+                                 sources, self.name)
 
 
 def compile(source_or_path, *, shapes: dict[str, int] | None = None, machine="m890",
@@ -345,11 +374,15 @@ def compile(source_or_path, *, shapes: dict[str, int] | None = None, machine="m8
 
     options = compile_options(opt, tune, disable_passes)
     machine = load_machine(machine)
-    fn = load_function(source_or_path, shapes=shapes, entry=entry, input_shapes=input_shapes)
+    weights = program_weights(source_or_path)
+    shapes_given = {name: array.shape for name, array in weights.items()}
+    shapes_given.update(input_shapes or {})
+    fn = load_function(source_or_path, shapes=shapes, entry=entry, input_shapes=shapes_given)
     start = time.perf_counter()
     compiled = compile_function(fn, machine, options, measure=timing_measure)
     seconds = time.perf_counter() - start
-    return Program(_source(source_or_path)[0], fn, compiled, machine, options, seconds)
+    name = "<onnx model>" if _is_onnx_model(source_or_path) else _source(source_or_path)[0]
+    return Program(name, fn, compiled, machine, options, seconds, weights)
 
 
 def timing_measure(program, machine) -> int:
@@ -371,10 +404,11 @@ def reference(source_or_path, inputs: dict | None = None, /, *,
     Inputs as for `Program.run`; symbolic dims are bound from `shapes` and from the inputs'
     shapes.
     """
-    given = _given(inputs, named)
+    given = {**program_weights(source_or_path), **_given(inputs, named)}
     fn = load_function(source_or_path, shapes=shapes, entry=entry,
                        input_shapes={name: array.shape for name, array in given.items()})
-    return reference_outputs(fn, given, seed, None, _source(source_or_path)[0])
+    name = "<onnx model>" if _is_onnx_model(source_or_path) else _source(source_or_path)[0]
+    return reference_outputs(fn, given, seed, None, name)
 
 
 def reference_outputs(fn, given: dict, seed: int | None, sources: dict[str, str] | None,
