@@ -79,6 +79,33 @@ def _repeat(tv, groups: int):
                    strides=tuple(tv.strides[:-2]) + (0,) + tuple(tv.strides[-2:]))
 
 
+def _fold_shared_kv(views):
+    """Without a mask rows are independent: a batch dim along which K and V do not move
+    (stride 0: query heads sharing a KV head) joins the rows of q and the output when they
+    merge, so a group's K/V tiles are loaded once for all its heads (decode: a query per
+    head) instead of once per head."""
+    q, kt, v, o = views
+    batch = kt.shape[:-2]
+    if v.shape[:-2] != batch:
+        return views
+    regrouped = [tv.reshape(batch + tv.shape[-2:]) for tv in (q, o)]
+    if any(tv is None for tv in regrouped):
+        return views
+    q, o = regrouped
+    while len(q.shape) > 2:
+        size = q.shape[-3]
+        if size != 1 and (kt.strides[-3] != 0 or v.strides[-3] != 0):
+            break
+        merged = [tv.reshape(tv.shape[:-3] + (size * tv.shape[-2], tv.shape[-1]))
+                  for tv in (q, o)]
+        if any(tv is None for tv in merged) or merged[0].shape[-2] > MAX_TILE:
+            break
+        q, o = merged
+        kt, v = (replace(tv, shape=tv.shape[:-3] + tv.shape[-2:],
+                         strides=tv.strides[:-3] + tv.strides[-2:]) for tv in (kt, v))
+    return [q, kt, v, o]
+
+
 def _batch_split(views):
     """The views [batch..., rows, cols] (each batch dims a factoring of the same flat batch
     index) as [outer..., inner, rows, cols] with one shared `outer` (each outer index is one
@@ -161,6 +188,8 @@ def _lower_flash(low, ops) -> None:
     out = _output(low, last)
     m2_shape = tuple(m2.result.type.shape)
     o_tv = _regrouped(out, m2_shape, (m2_shape[-2] // seq_q, seq_q, m2_shape[-1]))
+    if not shape.causal:
+        q_tv, kt_tv, v_tv, o_tv = _fold_shared_kv([q_tv, kt_tv, v_tv, o_tv])
     outer, (q4, kt4, v4, o4) = _batch_split([q_tv, kt_tv, v_tv, o_tv])
     splits = 1 if shape.causal else _key_splits(low.machine, q4.shape[-3], seq_q, seq_k)
     if splits > 1:

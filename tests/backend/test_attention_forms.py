@@ -16,6 +16,7 @@ from compiler.roofline import compulsory_bytes
 
 FORMS = Path(__file__).resolve().parents[2] / "samples" / "bench" / "attention_forms"
 ATTENTION = sorted(p for p in FORMS.glob("attn_*.zt"))
+DECODES = sorted(p for p in FORMS.glob("decode_*.zt"))
 BLOCKS = sorted(p for p in FORMS.glob("block_*.zt"))
 
 
@@ -119,3 +120,11 @@ def test_decode_attention_splits_the_keys_across_cores(b, monkeypatch):
     _, unsplit, unsplit_result = _run(DECODE.format(b=b, l=2048))
     assert len(unsplit.kernels.kernels[0].nests) == 1
     assert result.report.cycles < 0.8 * unsplit_result.report.cycles
+
+
+@pytest.mark.parametrize("path", DECODES, ids=[p.stem for p in DECODES])
+def test_decode_spelling_reads_the_cache_once(path):
+    fn, compiled, result = _run(_small(path, {"L": 2048}))
+    assert compiled.kernel_count == 1
+    kv = fn.params[1].type.nbytes + fn.params[2].type.nbytes
+    assert kv <= result.report.hbm_read_bytes <= 1.1 * kv
