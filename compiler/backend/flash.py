@@ -22,6 +22,7 @@ from compiler.backend.kernel_ir import Buffer, Iota, Load, Mma, Nest, Reduce, St
 from compiler.backend.lower import aligned, mma_dtypes
 from compiler.backend.tiling import round_up
 from compiler.graph.dtypes import itemsize
+from compiler.graph.ir import TensorType
 
 MAX_TILE = 128
 # the head dims one kernel takes whole (Q, K, V and O tiles span the head dim): 64, 128, 256
@@ -76,6 +77,33 @@ def _repeat(tv, groups: int):
     *batch, rows, cols = tv.shape
     return replace(tv, shape=tuple(batch) + (groups, rows, cols),
                    strides=tuple(tv.strides[:-2]) + (0,) + tuple(tv.strides[-2:]))
+
+
+def _fold_shared_kv(views):
+    """Without a mask rows are independent: a batch dim along which K and V do not move
+    (stride 0: query heads sharing a KV head) joins the rows of q and the output when they
+    merge, so a group's K/V tiles are loaded once for all its heads (decode: a query per
+    head) instead of once per head."""
+    q, kt, v, o = views
+    batch = kt.shape[:-2]
+    if v.shape[:-2] != batch:
+        return views
+    regrouped = [tv.reshape(batch + tv.shape[-2:]) for tv in (q, o)]
+    if any(tv is None for tv in regrouped):
+        return views
+    q, o = regrouped
+    while len(q.shape) > 2:
+        size = q.shape[-3]
+        if size != 1 and (kt.strides[-3] != 0 or v.strides[-3] != 0):
+            break
+        merged = [tv.reshape(tv.shape[:-3] + (size * tv.shape[-2], tv.shape[-1]))
+                  for tv in (q, o)]
+        if any(tv is None for tv in merged) or merged[0].shape[-2] > MAX_TILE:
+            break
+        q, o = merged
+        kt, v = (replace(tv, shape=tv.shape[:-3] + tv.shape[-2:],
+                         strides=tv.strides[:-3] + tv.strides[-2:]) for tv in (kt, v))
+    return [q, kt, v, o]
 
 
 def _batch_split(views):
@@ -160,12 +188,99 @@ def _lower_flash(low, ops) -> None:
     out = _output(low, last)
     m2_shape = tuple(m2.result.type.shape)
     o_tv = _regrouped(out, m2_shape, (m2_shape[-2] // seq_q, seq_q, m2_shape[-1]))
+    if not shape.causal:
+        q_tv, kt_tv, v_tv, o_tv = _fold_shared_kv([q_tv, kt_tv, v_tv, o_tv])
     outer, (q4, kt4, v4, o4) = _batch_split([q_tv, kt_tv, v_tv, o_tv])
-    nests = [_flash_nest(low, _pick(q4, i), _pick(kt4, i), _pick(v4, i), _pick(o4, i),
-                         scale, shape.causal, shape.additive)
-             for i in product(*(range(n) for n in outer))]
+    splits = 1 if shape.causal else _key_splits(low.machine, q4.shape[-3], seq_q, seq_k)
+    if splits > 1:
+        nests = _split_nests(low, m2, outer, q4, kt4, v4, o4, scale, splits)
+    else:
+        nests = [_flash_nest(low, _pick(q4, i), _pick(kt4, i), _pick(v4, i), _pick(o4, i),
+                             scale, shape.causal, shape.additive)
+                 for i in product(*(range(n) for n in outer))]
     low.views[last.id] = out
     low.kernel("flash_attention", [op.id for op in ops], nests, m2.span)
+
+
+def _key_splits(machine, batch: int, seq_q: int, seq_k: int) -> int:
+    """Into how many key ranges to split each query block so that every core streams
+    keys (flash-decoding): 1 when the query tiles alone fill the cores or the keys are
+    short; else a divisor of seq_k leaving each range at least two key tiles."""
+    tiles = batch * -(-seq_q // MAX_TILE)
+    if tiles * 2 > machine.cores:
+        return 1
+    best = 1
+    for count in range(2, machine.cores // tiles + 1):
+        if seq_k % count == 0 and seq_k // count >= 2 * MAX_TILE:
+            best = count
+    return best
+
+
+def _split_nests(low, m2, outer, q4, kt4, v4, o4, scale, splits: int) -> list[Nest]:
+    """Flash-decoding: each query block's keys in `splits` ranges, one more batch dim of
+    the flash nests (all cores stream K and V); each range's output (normalised by its own
+    sum) and log-sum-exp go to f32 temporaries, and a combine nest per outer batch index
+    weighs the ranges: out = Σ exp(lse_r - max) · O_r / Σ exp(lse_r - max)."""
+    inner, seq_q, dim = q4.shape[-3:]
+    seq_k = kt4.shape[-1]
+    chunk = seq_k // splits
+    total = prod(outer) * inner
+    part = low.new_tensor(f"t{m2.id}_part", TensorType("f32", (total, splits, seq_q, dim)),
+                          "temp", m2.span)
+    # per row one value: [.., rows] views whose box is the rows x 1 buffer's bytes
+    lse = low.new_tensor(f"t{m2.id}_lse", TensorType("f32", (total, splits, seq_q)),
+                         "temp", m2.span)
+    batch = tuple(outer) + (inner,)
+    part_b = part.reshape(batch + (splits, seq_q, dim))
+    lse_b = lse.reshape(batch + (splits, seq_q))
+    nests = []
+    for i in product(*(range(n) for n in outer)):
+        q3, kt3, v3 = _pick(q4, i), _pick(kt4, i), _pick(v4, i)
+        # two batch dims [inner, splits] (q repeated through stride 0)
+        q_s = _repeat(q3, splits)
+        kt_s = kt3.reshape((inner, dim, splits, chunk))
+        kt_s = kt_s.transpose((0, 2, 1, 3)) if kt_s is not None else None
+        v_s = v3.reshape((inner, splits, chunk, dim))
+        part_s, lse_s = _pick(part_b, i), _pick(lse_b, i)
+        if any(view is None for view in (q_s, kt_s, v_s, part_s, lse_s)):
+            raise NotFlashable()
+        nests.append(_flash_nest(low, q_s, kt_s, v_s, part_s, scale, False, lse=lse_s))
+        nests.append(_combine_nest(low, _pick(part_b, i), _pick(lse_b, i), _pick(o4, i)))
+    return nests
+
+
+def _combine_nest(low, part, lse, out) -> Nest:
+    """The flash-decoding combine over views part [batch, splits, rows, dim], lse [batch,
+    splits, rows] and out [batch, rows, dim]: the ranges as reduction steps."""
+    batch, splits, rows, dim = part.shape
+    tile_q = min(MAX_TILE, round_up(rows, low.machine.mx_m))
+    loads = [("part", tile_q, dim), ("lse", tile_q, 1)]
+    outs = [("o", tile_q, dim)] + [(n, tile_q, 1) for n in ("m", "l", "mnew", "corr", "w")]
+    load_stride = sum(aligned(r * c * 4) for _, r, c in loads)
+    out_stride = sum(aligned(r * c * 4) for _, r, c in outs)
+    buffers, offset = [], 0
+    for name, r, c in loads:
+        buffers.append(Buffer(name, "L1", "f32", r, c, offset, 2, load_stride))
+        offset += aligned(r * c * 4)
+    offset = 2 * load_stride
+    for name, r, c in outs:
+        buffers.append(Buffer(name, "L1", "f32", r, c, offset, 2, out_stride))
+        offset += aligned(r * c * 4)
+    if 2 * load_stride + 2 * out_stride > low.machine.l1_bytes:
+        raise NotFlashable()
+    # axes: 0 batch (p), 1 rows (p), 2 head dim (p, one tile), 3 ranges (r)
+    init = (Vec("DUP", "f32", "m", (float("-inf"),)), Vec("DUP", "f32", "l", (0.0,)),
+            Vec("DUP", "f32", "o", (0.0,)))
+    step = (Load("part", _view(part, (0, 3, 1, 2))), Load("lse", _view(lse, (0, 3, 1))),
+            Vec("MAX", "f32", "mnew", ("m", "lse")),
+            Vec("SUB", "f32", "corr", ("m", "mnew")), Vec("EXP", "f32", "corr", ("corr",)),
+            Vec("SUB", "f32", "w", ("lse", "mnew")), Vec("EXP", "f32", "w", ("w",)),
+            Vec("MUL", "f32", "l", ("l", "corr")), Vec("ADD", "f32", "l", ("l", "w")),
+            Vec("MUL", "f32", "o", ("o", "corr")), Vec("FMA", "f32", "o", ("part", "w", "o")),
+            Vec("COPY", "f32", "m", ("mnew",)))
+    final = (Vec("DIV", "f32", "o", ("o", "l")), Store(_view(out, (0, 1, 2)), "o"))
+    return Nest((batch, rows, dim, splits), (1, tile_q, dim, 1), ("p", "p", "p", "r"),
+                tuple(buffers), init, step, final)
 
 
 def _output(low, m2):
@@ -184,12 +299,15 @@ def _output(low, m2):
     return low.new_tensor(f"t{m2.id}", rtype, "temp", m2.span)
 
 
-def _flash_nest(low, q3, kt3, v3, o3, scale, causal, additive=False) -> Nest:
+def _flash_nest(low, q3, kt3, v3, o3, scale, causal, additive=False, lse=None) -> Nest:
     """One flash nest over [batch, rows, cols] views of q, kᵀ, v and the output; an
-    `additive` causal mask adds -inf where it drops a score (a NaN score stays NaN)."""
+    `additive` causal mask adds -inf where it drops a score (a NaN score stays NaN); with
+    an `lse` view the rows' log-sum-exp (m + log l) is stored there too (flash-decoding)."""
     machine = low.machine
-    batch, seq_q, dim = q3.shape
+    *batch, seq_q, dim = q3.shape
     seq_k = kt3.shape[-1]
+    lead = tuple(range(len(batch)))  # batch axes; then queries, head dim, keys
+    qa, da, ka = len(batch), len(batch) + 1, len(batch) + 2
 
     in_dtype, acc_dtype = mma_dtypes(q3.dtype, machine)
     unit = machine.mx_m
@@ -205,14 +323,14 @@ def _flash_nest(low, q3, kt3, v3, o3, scale, causal, additive=False) -> Nest:
         tile_k //= 2
     while acc_need(tile_q, tile_k) > machine.acc_bytes and tile_q > unit:
         tile_q //= 2
-    # axes: 0 batch·heads (p), 1 queries (p), 2 head dim (p, one tile), 3 keys (r)
-    extents = (batch, seq_q, dim, seq_k)
-    tile = (1, tile_q, dim_p, tile_k)
-    kinds = ("p", "p", "p", "r")
-    q_view = _view(q3, (0, 1, 2))
-    kt_view = _view(kt3, (0, 2, 3))
-    v_view = _view(v3, (0, 3, 2))
-    o_view = _view(o3, (0, 1, 2))
+    # axes: batch·heads (p, one or more), queries (p), head dim (p, one tile), keys (r)
+    extents = tuple(batch) + (seq_q, dim, seq_k)
+    tile = (1,) * len(batch) + (tile_q, dim_p, tile_k)
+    kinds = ("p",) * len(batch) + ("p", "p", "r")
+    q_view = _view(q3, lead + (qa, da))
+    kt_view = _view(kt3, lead + (da, ka))
+    v_view = _view(v3, lead + (ka, da))
+    o_view = _view(o3, lead + (qa, da))
 
     # P (L1) and S (ACC) alternate between two copies by key step, K and V rotate through
     # three (the next step's are loaded while this step's P @ V still reads the previous
@@ -224,6 +342,8 @@ def _flash_nest(low, q3, kt3, v3, o3, scale, causal, additive=False) -> Nest:
     single_l1 += [(name, "f32", tile_q, 1) for name in ("m", "l", "mnew", "rmax", "rsum", "corr")]
     if causal and additive:
         single_l1.append(("sneg", "f32", tile_q, tile_k))
+    if lse is not None:
+        single_l1.append(("lse", "f32", tile_q, 1))
     buffers = []
     offset = 0
     for name, dtype, rows, cols in twin_l1:
@@ -268,7 +388,7 @@ def _flash_nest(low, q3, kt3, v3, o3, scale, causal, additive=False) -> Nest:
     if scale is not None and not folded:
         step.append(Vec("MUL", "f32", "s", ("s", scale)))
     if causal or seq_k % tile_k:
-        step += [Iota("i32", "qi", 1), Iota("i32", "kj", 3)]
+        step += [Iota("i32", "qi", qa), Iota("i32", "kj", ka)]
     if causal and additive:  # s + where(mask, 0, -inf): -inf, or NaN for a NaN score
         # (the select right after the compare: flash_codegen predicates the pair)
         step += [Vec("ADD", "f32", "sneg", ("s", float("-inf"))),
@@ -301,5 +421,8 @@ def _flash_nest(low, q3, kt3, v3, o3, scale, causal, additive=False) -> Nest:
              Vec("MUL", "f32", "o", ("o", "corr")),
              Mma(in_dtype, acc_dtype, "o", "p", "vt", "acc")]
     final = (Vec("DIV", "f32", "o", ("o", "l")), Store(o_view, "o"))
+    if lse is not None:
+        final = (Vec("LOG", "f32", "lse", ("l",)), Vec("ADD", "f32", "lse", ("lse", "m")),
+                 final[0], Store(_view(lse, lead + (qa,)), "lse"), final[1])
     return Nest(extents, tile, kinds, tuple(buffers), init, tuple(step), final,
-                causal=(1, 3) if causal and seq_q <= seq_k else (), schedule="flash")
+                causal=(qa, ka) if causal and seq_q <= seq_k else (), schedule="flash")

@@ -71,12 +71,13 @@ def emit_flash_nest(emit, nest: Nest) -> None:
     first_chain = [st for st in masked if id(st) not in dropped]
     first_predicated = {id(st) for st in iotas + causal_mask} if causal_mask else set()
     epilogue = [s for s in nest.final if not isinstance(s, Store)]
-    store = next(s for s in nest.final if isinstance(s, Store))
+    stores = [s for s in nest.final if isinstance(s, Store)]  # O last (a split's lse first)
     stride = nest.buffer("p").stride
     ring = nest.buffer("kt").stride
     grid = nest.grid
     causal = cg._causal(nest)
-    k_axis = 3
+    k_axis = len(nest.extents) - 1       # [batch..., queries, head dim, keys]
+    q_axis = k_axis - 2
     R_CUR, R_PREV = cg.R_LD_OFF, cg.R_OUT_OFF
     R_KV_CUR, R_KV_PREV, R_KV_NEXT = 20, 21, 22  # K/V copy of steps t, t - 1, t + 1
     R_Q, R_O = 23, 24  # this tile's copies of Q and O
@@ -199,8 +200,8 @@ def emit_flash_nest(emit, nest: Nest) -> None:
         vx_chain(masked, True)
     else:
         if first_predicated:
-            q_reg = cg.R_COORD + 1
-            if grid[1] > 1:
+            q_reg = cg.R_COORD + q_axis
+            if grid[q_axis] > 1:
                 emit(f"SLT r{R_DIAG}, r{q_reg}, {nest.tile[k_axis]}")
             else:
                 emit(f"LI r{R_DIAG}, 1")
@@ -233,8 +234,11 @@ def emit_flash_nest(emit, nest: Nest) -> None:
     for index, stmt in enumerate(epilogue):
         emit(cg._compute(ctx, stmt, False), waits=[(E_O_DONE, 1)] if index == 0 else [],
              sigs=[(E_O_FULL, 1)] if index == len(epilogue) - 1 else [])
-    emit(f"DMA.ST.{nest.buffer(store.src).dtype} {ctx.ref(store.view)}, {ctx.tile(store.src)}",
-         waits=[(E_O_FULL, 1)], sigs=[(E_Q_FREE, 1), (E_O_FREE, 1)])
+    for index, store in enumerate(stores):
+        last = index == len(stores) - 1
+        emit(f"DMA.ST.{nest.buffer(store.src).dtype} {ctx.ref(store.view)}, "
+             f"{ctx.tile(store.src)}", waits=[(E_O_FULL, 1)] if index == 0 else [],
+             sigs=[(E_Q_FREE, 1), (E_O_FREE, 1)] if last else [])
     emit(f"ADD r{R_KV_BASE}, r{R_KV_BASE}, " + ("1" if single else f"r{cg.R_STEPS}"))
     emit("ENDLOOP")
     emit("BAR.CORE")

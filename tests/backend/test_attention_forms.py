@@ -16,6 +16,7 @@ from compiler.roofline import compulsory_bytes
 
 FORMS = Path(__file__).resolve().parents[2] / "samples" / "bench" / "attention_forms"
 ATTENTION = sorted(p for p in FORMS.glob("attn_*.zt"))
+DECODES = sorted(p for p in FORMS.glob("decode_*.zt"))
 BLOCKS = sorted(p for p in FORMS.glob("block_*.zt"))
 
 
@@ -90,3 +91,40 @@ fn main(q: bf16[12, 40, {dim}], k: bf16[12, 300, {dim}], v: bf16[12, 300, {dim}]
 }}""")
         assert compiled.kernel_count == 1
         assert result.report.hbm_write_bytes == fn.outputs[0].type.nbytes
+
+
+DECODE = """
+fn main(q: bf16[{b}, 16, 128], k: bf16[{b}, 2, {l}, 128], v: bf16[{b}, 2, {l}, 128]) -> bf16[{b}, 16, 128] {{
+    qg = reshape(q, [{b}, 2, 8, 128])
+    scores = einsum("bkgd,bktd->bkgt", qg, k) * 0.08838834764831845
+    p = softmax(scores, axis=-1)
+    return reshape(einsum("bkgt,bktd->bkgd", p, v), [{b}, 16, 128])
+}}"""
+
+
+@pytest.mark.parametrize("b", [1, 3])
+def test_decode_attention_splits_the_keys_across_cores(b, monkeypatch):
+    # one query per sequence, 8 query heads per KV head: b * 2 query tiles on 16 cores
+    fn, compiled, result = _run(DECODE.format(b=b, l=2048))
+    assert compiled.kernel_count == 1
+    nests = compiled.kernels.kernels[0].nests
+    assert len(nests) == 2  # the key ranges, then their combination
+    assert nests[0].parallel_tiles > 16 // 2  # more than half the cores stream keys
+    # K and V are read once; the partial outputs are the only other traffic
+    kv = 2 * fn.params[1].type.nbytes
+    assert kv <= result.report.hbm_read_bytes <= 1.1 * kv
+    # against one tile per query block (a core per KV head streams all its keys)
+    import compiler.backend.flash as flash
+
+    monkeypatch.setattr(flash, "_key_splits", lambda *args: 1)
+    _, unsplit, unsplit_result = _run(DECODE.format(b=b, l=2048))
+    assert len(unsplit.kernels.kernels[0].nests) == 1
+    assert result.report.cycles < 0.8 * unsplit_result.report.cycles
+
+
+@pytest.mark.parametrize("path", DECODES, ids=[p.stem for p in DECODES])
+def test_decode_spelling_reads_the_cache_once(path):
+    fn, compiled, result = _run(_small(path, {"L": 2048}))
+    assert compiled.kernel_count == 1
+    kv = fn.params[1].type.nbytes + fn.params[2].type.nbytes
+    assert kv <= result.report.hbm_read_bytes <= 1.1 * kv
