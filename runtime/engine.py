@@ -493,6 +493,8 @@ class Simulator:
             else:
                 occupancy = self._gm_from_hbm(core, engine, bound.hbm_read, bound.hbm_write,
                                               now, occupancy)
+        if bound.net is not None:
+            occupancy, latency = self.network(core, engine, bound.net, now, occupancy, latency)
         self.flops += bound.flops
         self.engine_instructions += 1
         free = now + occupancy
@@ -561,6 +563,12 @@ class Simulator:
             occupancy = self._gm_from_hbm(core, engine, 0, bound.hbm_write, now, occupancy)
             self.l2.write(lines, now + occupancy + latency)
         return occupancy, latency
+
+    def network(self, core: CoreState, engine: int, net, now: int, occupancy: int,
+                latency: int) -> tuple[int, int]:
+        """Time a cluster instruction's transfer to another chip (runtime/cluster.py's
+        `ChipSimulator` does; a one-chip run has no NET engine to dispatch it to)."""
+        raise ChipTrap("a chip-to-chip transfer needs a many-chip run (--chips N)")
 
     def _signal(self, core: CoreState, payload, time: int, engine: int) -> None:
         """Fire the `.sig`s of a completed instruction (or a SIG.S) at `time`."""

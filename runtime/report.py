@@ -49,6 +49,8 @@ class Report:
     # GM reads through the L2 (all of them when it is modelled) and the part it served
     l2_read_bytes: int = 0
     l2_hit_bytes: int = 0
+    # many-chip runs: bytes this chip sent to other chips (DMA.PUT)
+    net_bytes: int = 0
 
     # -- derived ---------------------------------------------------------------------------
 
@@ -110,6 +112,7 @@ class Report:
             "hbm_bandwidth_fraction": self._hbm_fraction(),
             "l2_read_bytes": self.l2_read_bytes,
             "l2_hit_bytes": self.l2_hit_bytes,
+            "net_bytes": self.net_bytes,
             "roofline_seconds": self.roofline_seconds,
             "efficiency": self.efficiency,
             "engines": list(self.engines),
