@@ -106,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("-O", dest="opt", choices=["0", "1", "2"], default="2")
     bench.add_argument("-j", "--jobs", type=int, default=0,
                        help="benchmarks run at once (default: one per host CPU)")
+    bench.add_argument("--chips", type=int, default=0,
+                       help="chips for 'bench collectives' (default: one node)")
 
     fuzz = sub.add_parser("fuzz", help="a differential fuzzing campaign")
     fuzz.add_argument("--seconds", type=float, default=60)

@@ -71,6 +71,12 @@ class Topology:
             if self.kind == "switch" and node_chips > 1:
                 self._add(f"chip{chip}.tx", machine.link_total_bandwidth)
                 self._add(f"chip{chip}.rx", machine.link_total_bandwidth)
+        if self.kind != "switch":  # the link bundles: every route inside a node uses them
+            for chip in range(chips):
+                first = self.node_of(chip) * self.per_node
+                for peer in range(first, min(first + self.per_node, chips)):
+                    if peer != chip:
+                        self.route(chip, peer)
 
     def _add(self, name: str, bandwidth: float) -> None:
         self.channels[name] = Channel(name, bandwidth)

@@ -32,6 +32,16 @@ BENCH_KEYS = ("name", "cycles", "roofline_cycles", "efficiency", "hbm_bytes", "c
               "io_bound_ratio", "kernels", "compile_seconds", "gm_bytes", "l2_hit_bytes")
 
 
+def _collectives(args, machine) -> int:
+    from compiler.commands.bench_collectives import run_collectives
+
+    return run_collectives(args, machine)
+
+
+# benchmarks of many chips, by name (not in the default suite: they simulate whole clusters)
+MANY_CHIP_BENCHES = {"collectives": _collectives}
+
+
 def available() -> dict[str, Path]:
     return {path.stem: path for path in sorted(BENCH_DIR.glob("*.zt"))}
 
@@ -104,6 +114,8 @@ def run(args) -> int:
     from isa.machine import load_machine
 
     machine = load_machine(args.machine)
+    if args.names and args.names[0] in MANY_CHIP_BENCHES:
+        return MANY_CHIP_BENCHES[args.names[0]](args, machine)
     benches = available()
     names = args.names or list(benches)
     unknown = [n for n in names if n not in benches]
