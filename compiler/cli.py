@@ -109,6 +109,16 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--chips", type=int, default=0,
                        help="chips for 'bench collectives' (default: one node)")
 
+    coll = sub.add_parser("collective", help="the alpha-beta time of a collective on N chips")
+    coll.add_argument("kind", help="allreduce, allgather, reducescatter or alltoall")
+    coll.add_argument("--chips", type=int, required=True)
+    coll.add_argument("--size", required=True, help="bytes, e.g. 1GiB, 64MiB, 4KiB")
+    coll.add_argument("--algorithm", help="direct, ring; across nodes ring or rhd")
+    coll.add_argument("--simulate", action="store_true",
+                      help="also lower it and simulate it (at most 64 chips)")
+    coll.add_argument("--json", action="store_true")
+    _add_machine(coll)
+
     fuzz = sub.add_parser("fuzz", help="a differential fuzzing campaign")
     fuzz.add_argument("--seconds", type=float, default=60)
     fuzz.add_argument("--seed", type=int, default=0)
@@ -120,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
 # command name -> module under compiler/commands/ holding `run(args) -> int`
 _COMMANDS = {
     "run": "run", "compile": "compile", "ir": "ir", "asm": "isa_tools", "disasm": "isa_tools",
-    "machines": "isa_tools", "bench": "bench", "fuzz": "fuzz",
+    "machines": "isa_tools", "bench": "bench", "fuzz": "fuzz", "collective": "collective",
 }
 
 

@@ -218,6 +218,9 @@ def collective_asm(spec: CollectiveSpec, chip: int) -> list[str]:
     if chip not in group:
         raise UsageError(f"chip {chip} is not in the collective's group {list(group)}")
     rank = group.index(chip)
+    if spec.kind == "alltoall" and (spec.src.nbytes // itemsize(spec.src.dtype)) % len(group):
+        raise UsageError(f"all-to-all of {spec.src.nbytes // itemsize(spec.src.dtype)} "
+                         f"elements: not a whole number of blocks for {len(group)} chips")
     em = _Emitter(spec, chip)
     if len(group) == 1:
         if spec.kind == "alltoall":
