@@ -1,0 +1,65 @@
+"""Sharding annotations in `.zt` types: `w1: bf16[D, F@tp]` splits dim F over mesh axis tp.
+
+`extract_shardings(module)` runs between parsing and checking: it records, for every fn, the
+mesh axis of each parameter and result dim written `DIM@AXIS` (with its source span), and
+rewrites the dim to plain `DIM`, so that the checker and a one-chip compile see an ordinary
+program. An unannotated dim is replicated. `@` never means a matrix product inside a type.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from compiler.frontend import ast
+from isa.errors import Diagnostic, SourceSpan
+
+
+@dataclass(frozen=True)
+class DimAxis:
+    """Dim `dim` of a parameter or result is split over mesh axis `axis` (written at span)."""
+
+    dim: int
+    axis: str
+    span: SourceSpan
+
+
+@dataclass(frozen=True)
+class FnShardings:
+    """The annotations of one fn: per parameter name and per result index."""
+
+    params: dict[str, tuple[DimAxis, ...]]
+    results: tuple[tuple[DimAxis, ...], ...]
+    param_types: dict[str, SourceSpan]
+
+
+def _strip(type_: ast.TypeExpr | None) -> tuple[DimAxis, ...]:
+    if type_ is None:
+        return ()
+    found = []
+    for index, dim in enumerate(type_.dims):
+        if isinstance(dim, ast.BinOp) and dim.op == "@":
+            if not isinstance(dim.right, ast.Name):
+                raise Diagnostic("after '@' in a type comes a mesh axis name (e.g. F@tp)",
+                                 dim.right.span)
+            found.append(DimAxis(index, dim.right.id, dim.span))
+            type_.dims[index] = dim.left
+    axes = [f.axis for f in found]
+    for item in found:
+        if axes.count(item.axis) > 1:
+            raise Diagnostic(f"mesh axis '{item.axis}' splits two dims of one type: a dim "
+                             "can be split over an axis only once", item.span)
+    return tuple(found)
+
+
+def extract_shardings(module: ast.Module) -> dict[str, FnShardings]:
+    """Per fn name, its annotations; the module's types are left without them."""
+    out = {}
+    for item in module.items:
+        if not isinstance(item, ast.FnDef):
+            continue
+        params = {p.name: _strip(p.type) for p in item.params}
+        results = tuple(_strip(t) for t in (item.returns or []))
+        out[item.name] = FnShardings({k: v for k, v in params.items() if v}, results,
+                                     {p.name: p.type.span for p in item.params
+                                      if p.type is not None})
+    return out
