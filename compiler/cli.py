@@ -51,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_program_options(run)
     _add_machine(run)
     run.add_argument("--chips", type=int, default=1)
+    run.add_argument("--mesh", help="shard a .zt program over named axes, e.g. tp=8 or "
+                     "dp=2,tp=4 (their product: the chips)")
     run.add_argument("-O", dest="opt", choices=["0", "1", "2"], default="2", help="-O0, -O1, -O2")
     run.add_argument("--reference", action="store_true", help="run the numpy reference evaluator")
     run.add_argument("--check", action="store_true", help="compare with the reference evaluator")
@@ -83,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     ir.add_argument("--disable-pass", action="append", default=[], metavar="PASS")
     ir.add_argument("--time-passes", action="store_true")
     ir.add_argument("--dot", metavar="GRAPH.dot", help="write the graph for Graphviz")
+    ir.add_argument("--chips", type=int, default=1,
+                    help="print the per-chip SPMD IR for this many chips (with --mesh)")
+    ir.add_argument("--mesh", help="the mesh for --chips, e.g. tp=8 or dp=2,tp=4")
     _add_machine(ir)
 
     asm = sub.add_parser("asm", help="assemble M890 assembly to a binary")

@@ -45,8 +45,10 @@ def run_compiled(args) -> int:
     from isa.machine import load_machine
     from runtime import run_program
 
-    if getattr(args, "chips", 1) != 1:
-        raise UsageError(f"--chips {args.chips}: multi-chip runs are not supported yet")
+    if getattr(args, "chips", 1) != 1 or getattr(args, "mesh", None):
+        from compiler.commands.run_sharded import run_sharded
+
+        return run_sharded(args)
     machine = load_machine(args.machine)
     given, sources = read_inputs(args.input or [], args.inputs)
     fn = load_program(args.program, entry=args.entry, shapes=parse_shape_options(args.shape or []),
