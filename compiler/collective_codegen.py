@@ -65,7 +65,8 @@ class Region:
 @dataclass(frozen=True)
 class CollectiveSpec:
     """One collective on one group: `src` is the buffer (in place: `dst` is None) or, for
-    all-to-all, the send buffer and `dst` the receive buffer."""
+    all-to-all, the send buffer and `dst` the receive buffer; for an all-gather out of place
+    (direct only), `src` is this chip's piece and `dst` the gathered buffer."""
 
     kind: str
     algorithm: str
@@ -157,8 +158,12 @@ def _direct(em: _Emitter, kind: str, group: tuple[int, ...], rank: int, src: Reg
             ready_event, arrive, gathered, _ = em.events()
     if kind in ("allreduce", "allgather"):
         mine = src.piece(rank, p)
+        target = mine
+        if kind == "allgather" and dst is not None:  # out of place: src is this chip's piece
+            mine, target = src, dst.piece(rank, p)
+            lanes[0] = [_put(group[rank], target, mine, gathered), f"    WAIT.S E{gathered}"]
         for k in range(1, p):
-            lanes[k] += [_put(group[(rank + k) % p], mine, mine, gathered, waits=waits),
+            lanes[k] += [_put(group[(rank + k) % p], target, mine, gathered, waits=waits),
                          f"    WAIT.S E{gathered}"]
     if kind == "alltoall":
         assert dst is not None
@@ -233,7 +238,13 @@ def collective_asm(spec: CollectiveSpec, chip: int) -> list[str]:
     elif spec.algorithm == "ring":
         if spec.kind == "alltoall":
             raise UsageError("all-to-all has no ring schedule: use direct")
-        _ring(em, spec.kind, group, rank, spec.src)
+        buffer = spec.src
+        if spec.kind == "allgather" and spec.dst is not None:  # this chip's piece in first
+            buffer = spec.dst
+            copied = em.events()[2]
+            em.add_phase({0: [_put(chip, buffer.piece(rank, len(group)), spec.src, copied),
+                              f"    WAIT.S E{copied}"]})
+        _ring(em, spec.kind, group, rank, buffer)
     elif spec.algorithm == "hierarchical(ring)":
         _hierarchical(em, spec, rank)
     else:

@@ -7,12 +7,13 @@ Parameters and results take their shardings from the annotations (`F@tp`); every
 is propagated forward, op by op, by the rules below. An op whose inputs disagree gets them
 resharded first, inserting collectives:
 
-- elementwise ops, `where`, `cast`, `broadcast_to`: a dim keeps an axis when every operand
-  that is not broadcast along it has that axis; otherwise operands split there are gathered;
-- `matmul`/`einsum`: free and batch dims keep their axes; a contracted dim split over the
-  same axis in both operands gives partial sums (a local product, then an all-reduce, or a
-  reduce-scatter where the consumer wants the result split: the Megatron pattern, column-
-  then row-parallel, is one all-reduce); split one-sidedly, it is gathered;
+- elementwise ops, `where`, `cast`, `broadcast_to`: a dim keeps the axis of the operands
+  that are split along it (replicated operands are sliced to match: a local view, no
+  traffic); operands split over two different axes there are gathered;
+- `matmul`/`einsum`: free and batch dims keep their axes; a contracted dim split over an
+  axis (in one operand or both; a replicated one is sliced) gives partial sums (a local
+  product, then an all-reduce, or a reduce-scatter where the consumer wants the result
+  split: the Megatron pattern, column- then row-parallel, is one all-reduce);
 - `reduce_sum` over a split dim: partial sums; other reductions gather the dim first;
 - `transpose` permutes the axes; `reshape` keeps an axis when the split dim is the outermost
   of its group and the new outermost dim divides (heads `[T, H*HD]` -> `[T, H, HD]`);
@@ -76,6 +77,8 @@ class _Builder:
         self.env: dict[int, tuple[Value, Spec, TensorType]] = {}
         # (local value id, target spec) -> resharded local value (one collective per need)
         self.cache: dict[tuple[int, Spec], Value] = {}
+        # partial value id -> (its sums, their spec)
+        self.resolved: dict[int, tuple[Value, Spec]] = {}
         self.collectives = 0
 
     def fresh(self, type_: TensorType, name: str | None = None) -> Value:
@@ -106,7 +109,11 @@ class _Builder:
         if key in self.cache:
             return self.cache[key]
         current = spec
-        if current.partial is not None:
+        if current.partial is not None and value.id in self.resolved:
+            # partial sums are added up once (an all-reduce works in place)
+            value, current = self.resolved[value.id]
+        elif current.partial is not None:
+            partial_id = value.id
             axis = current.partial
             dims = current.dims
             scatter = next((d for d, a in enumerate(target.dims) if a == axis
@@ -118,6 +125,7 @@ class _Builder:
             else:
                 value = self.emit("all_reduce", [value], {"axis": axis}, value.type, span)
                 current = Spec(dims)
+            self.resolved[partial_id] = (value, current)
         dims = list(current.dims)
         for d, axis in enumerate(current.dims):
             if axis is None or target.dims[d] == axis:
@@ -197,7 +205,10 @@ def _combine(specs: list[Spec], types: list[TensorType], out: TensorType,
             if d < 0 or (t.shape[d] == 1 and out.shape[j] != 1):
                 continue
             axes.add(spec.dims[d])
-        axis = axes.pop() if len(axes) == 1 else None
+        split = axes - {None}
+        # one axis among the operands: replicated ones are sliced to it (a local view, no
+        # traffic); two different axes: gathered
+        axis = split.pop() if len(split) == 1 else None
         if skip and j in skip:
             axis = None
         out_dims.append(axis)
@@ -278,10 +289,11 @@ def _einsum_rule(spec_text: str, specs: list[Spec], types: list[TensorType]):
     letter_axis: dict[str, str | None] = {}
     for sub, spec in zip(subs, specs):
         for letter, axis in zip(sub, spec.dims):
-            if letter in letter_axis and letter_axis[letter] != axis:
-                letter_axis[letter] = None
-            else:
-                letter_axis.setdefault(letter, axis)
+            known = letter_axis.get(letter)
+            if letter not in letter_axis or known is None:
+                letter_axis[letter] = axis
+            elif axis is not None and axis != known:
+                letter_axis[letter] = None  # two axes: gathered
     contracted = [c for c in letter_axis if c not in output]
     partial = None
     for letter in contracted:
@@ -301,7 +313,9 @@ def _einsum_rule(spec_text: str, specs: list[Spec], types: list[TensorType]):
 def _matmul_rule(specs: list[Spec], types: list[TensorType], out: TensorType):
     a, b = specs
     ta, tb = types
-    k_axis = a.dims[-1] if a.dims[-1] is not None and a.dims[-1] == b.dims[-2] else None
+    # the contracted dim split in one operand: the other is sliced to match (partial sums)
+    k_axes = {a.dims[-1], b.dims[-2]} - {None}
+    k_axis = k_axes.pop() if len(k_axes) == 1 else None
     batch_specs = [Spec(a.dims[:-2]), Spec(b.dims[:-2])]
     batch_types = [TensorType(ta.dtype, ta.shape[:-2]), TensorType(tb.dtype, tb.shape[:-2])]
     batch_out = TensorType(out.dtype, out.shape[:-2])

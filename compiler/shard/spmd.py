@@ -165,8 +165,6 @@ def compile_spmd(spmd: SpmdFunction, machine, options, chips: int) -> SpmdProgra
             source = item.inputs[0]
             if item.kind == "all_reduce":
                 alias[item.id] = (source.id, False)
-            elif item.kind == "all_gather":
-                alias[source.id] = (item.id, True)
             elif item.kind in ("reduce_scatter", "shard_slice"):
                 alias[item.id] = (source.id, True)
 
@@ -276,16 +274,16 @@ def _collective(op: Op, index: int, chip: int, mesh, machine, chips: int,
     kind = _COLLECTIVE_OF[op.kind]
     source = op.inputs[0]
     dtype = source.type.dtype
-    if op.kind == "all_gather":  # the operand is this chip's piece of the result
-        buffer = Region(boundary[op.id], 0, op.result.type.nbytes, dtype)
-        dst = None
+    if op.kind == "all_gather":  # out of place: the operand is this chip's piece
+        buffer = Region(boundary[source.id], 0, source.type.nbytes, dtype)
+        dst = Region(boundary[op.id], 0, op.result.type.nbytes, dtype)
     elif op.kind == "all_to_all":
         buffer = Region(boundary[source.id], 0, source.type.nbytes, dtype)
         dst = Region(boundary[op.id], 0, op.result.type.nbytes, dtype)
     else:
         buffer = Region(boundary[source.id], 0, source.type.nbytes, dtype)
         dst = None
-    nbytes = buffer.nbytes
+    nbytes = dst.nbytes if op.kind == "all_gather" else buffer.nbytes
     cost = collective_cost(kind, nbytes, chips, machine, group=group, lowered_only=True)
     spec = CollectiveSpec(kind, cost.algorithm if len(group) > 1 else "direct", group, buffer,
                           dst, machine.chips_per_node, label=f"c{index}")
