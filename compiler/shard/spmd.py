@@ -123,6 +123,7 @@ def compile_spmd(spmd: SpmdFunction, machine, options, chips: int) -> SpmdProgra
 
     mesh = spmd.mesh
     fn = spmd.fn
+    _check_fits(spmd, machine)
     steps = _segments(fn)
     live = _live_after(steps, fn)
     params = {v.id for v in fn.params}
@@ -232,6 +233,22 @@ def compile_spmd(spmd: SpmdFunction, machine, options, chips: int) -> SpmdProgra
         programs.append(parse_assembly(text, f"chip{chip}.s"))
     return SpmdProgram(spmd, programs, texts, [s for s in segments if isinstance(s, Segment)],
                        collectives, total, chips, kernel_count)
+
+
+def _check_fits(spmd: SpmdFunction, machine) -> None:
+    """Each chip holds its shard of every parameter and result at least: a diagnostic at
+    the largest parameter when that alone is more than the chip's HBM."""
+    shards = list(zip(spmd.fn.params, spmd.global_fn.params))
+    needed = sum(local.type.nbytes for local, _ in shards) + sum(
+        v.type.nbytes for v in spmd.fn.outputs)
+    if needed <= machine.hbm_bytes:
+        return
+    local, param = max(shards, key=lambda pair: pair[0].type.nbytes)
+    raise Diagnostic(
+        f"each chip needs {needed / 1e9:.4g} GB for its shards of the parameters and results "
+        f"but {machine.name} has {machine.hbm_bytes / 1e9:.4g} GB (the largest: '{param.name}' "
+        f"{param.type}, {local.type.nbytes / 1e9:.4g} GB per chip as {local.type}); split it "
+        f"over more chips", param.span)
 
 
 def _segment_body(segment: Segment, index: int, temp_base: int, header: list[str]) -> list[str]:
