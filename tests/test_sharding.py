@@ -182,3 +182,26 @@ def test_random_shardings_match_the_reference(tmp_path, marks, mesh):
     _, _, outputs, want, _ = _run(fn, mesh, seed=3)
     for got, ref in zip(outputs, want):
         np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
+
+
+@settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_fuzzer_random_programs_with_random_shardings(data):
+    """The fuzzer's random programs, with random dims split over a 2-chip mesh, match the
+    one-chip reference evaluator."""
+    import tempfile
+    from pathlib import Path
+
+    from compiler.check import output_tolerance, relative_error
+    from compiler.fuzz.generator import HypothesisChooser, add_shardings, generate_program
+
+    chooser = HypothesisChooser(data)
+    text = add_shardings(generate_program(chooser, max_steps=3, max_rank=3), chooser,
+                         {"tp": 2})
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "fuzz.zt"
+        path.write_text(text)
+        fn = load_program(str(path))
+    _, _, outputs, want, _ = _run(fn, "tp=2", seed=1)
+    for got, ref, value in zip(outputs, want, fn.outputs):
+        assert relative_error(got, ref) <= output_tolerance(fn, value), text
