@@ -205,3 +205,29 @@ def test_fuzzer_random_programs_with_random_shardings(data):
     _, _, outputs, want, _ = _run(fn, "tp=2", seed=1)
     for got, ref, value in zip(outputs, want, fn.outputs):
         assert relative_error(got, ref) <= output_tolerance(fn, value), text
+
+
+def test_pinned_sharding_makes_a_reduce_scatter(tmp_path):
+    text = """
+fn main(x: f32[B, D], w1: f32[D, F@tp], w2: f32[F@tp, D]) -> f32[B, D] {
+    y = shard(relu(x @ w1) @ w2, "tp, _")
+    return y * 2.0
+}
+"""
+    fn = _load(text, tmp_path, B=16, D=32, F=64)
+    spmd, _, outputs, want, _ = _run(fn, "tp=4")
+    assert _kinds(spmd) == ["reduce_scatter", "all_gather"]
+    np.testing.assert_allclose(outputs[0], want[0], rtol=1e-5, atol=1e-5)
+    # one chip: the pin changes nothing
+    from compiler.backend.pipeline import compile_function
+    from runtime import run_program
+
+    compiled = compile_function(fn, M890)
+    inputs = prepare_inputs(fn, {}, 0, {})
+    result = run_program(compiled.program, M890, compiled.program_inputs(inputs))
+    np.testing.assert_allclose(compiled.graph_outputs(result)[0], want[0], rtol=1e-5)
+    with pytest.raises(Diagnostic, match=r"shard\(\): 1 entries for f32\[16,32\], which has 2"):
+        _load(text.replace('"tp, _"', '"tp"'), tmp_path, B=16, D=32, F=64)
+    with pytest.raises(Diagnostic, match="'tq' is not an axis of the mesh"):
+        shard_function(_load(text.replace('"tp, _"', '"tq, _"'), tmp_path, B=16, D=32, F=64),
+                       parse_mesh("tp=4"))

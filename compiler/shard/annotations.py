@@ -63,3 +63,22 @@ def extract_shardings(module: ast.Module) -> dict[str, FnShardings]:
                                      {p.name: p.type.span for p in item.params
                                       if p.type is not None})
     return out
+
+
+def strip_pins(fn):
+    """`fn` without its `shard` ops (a one-chip compile: a pin changes nothing there)."""
+    from compiler.graph.ir import Function, Op
+
+    if not any(op.kind == "shard" for op in fn.ops):
+        return fn
+    replace: dict[int, object] = {}
+    ops = []
+    for op in fn.ops:
+        inputs = tuple(replace.get(v.id, v) for v in op.inputs)
+        if op.kind == "shard":
+            replace[op.id] = inputs[0]
+            continue
+        ops.append(op if inputs == op.inputs else
+                   Op(op.id, op.kind, inputs, op.attrs, op.result, op.span, op.origin))
+    outputs = [replace.get(v.id, v) for v in fn.outputs]
+    return Function(fn.name, fn.params, ops, outputs, dict(fn.attrs))

@@ -3,8 +3,9 @@ function every chip runs (local shapes, with the collectives it needs).
 
 A value's sharding (`Spec`) names, per dim, the mesh axis it is split over (None:
 replicated), and `partial`: the axis over which chips hold partial sums still to be added.
-Parameters and results take their shardings from the annotations (`F@tp`); everything else
-is propagated forward, op by op, by the rules below. An op whose inputs disagree gets them
+Parameters and results take their shardings from the annotations (`F@tp`), and a value
+pinned with `shard(x, "_, tp")` takes the pinned one; everything else is propagated
+forward, op by op, by the rules below. An op whose inputs disagree gets them
 resharded first, inserting collectives:
 
 - elementwise ops, `where`, `cast`, `broadcast_to`: a dim keeps the axis of the operands
@@ -33,6 +34,7 @@ from dataclasses import dataclass
 
 from compiler.graph.ir import Function, Op, TensorType, Value
 from compiler.graph.ops import OPS
+from compiler.shard.annotations import DimAxis
 from compiler.shard.mesh import Mesh
 from isa.errors import Diagnostic, SourceSpan
 
@@ -446,6 +448,14 @@ def shard_function(fn: Function, mesh: Mesh) -> SpmdFunction:
         builder.env[param.id] = (local, spec, param.type)
         param_specs.append(spec)
     for op in fn.ops:
+        if op.kind == "shard":  # a pin: reshard to it (partial sums: a reduce-scatter)
+            local, spec, type_ = builder.env[op.inputs[0].id]
+            items = [DimAxis(d, a, op.span) for d, a in enumerate(op.attrs["axes"]) if a != "_"]
+            want = _annotation_spec(items, type_, mesh, f"the pinned value {type_}")
+            if spec != want:
+                local = builder.reshard(local, spec, want, op.span)
+            builder.env[op.id] = (local, want, type_)
+            continue
         entries = [builder.env[v.id] for v in op.inputs]
         specs = [e[1] for e in entries]
         types = [e[2] for e in entries]
