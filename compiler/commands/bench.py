@@ -38,8 +38,14 @@ def _collectives(args, machine) -> int:
     return run_collectives(args, machine)
 
 
+def _scaling(args, machine) -> int:
+    from compiler.commands.bench_collectives import run_scaling
+
+    return run_scaling(args, machine)
+
+
 # benchmarks of many chips, by name (not in the default suite: they simulate whole clusters)
-MANY_CHIP_BENCHES = {"collectives": _collectives}
+MANY_CHIP_BENCHES = {"collectives": _collectives, "scaling": _scaling}
 
 
 def available() -> dict[str, Path]:

@@ -1,4 +1,5 @@
-"""`zhenwu bench collectives`: an nccl-tests-like table of simulated collectives.
+"""`zhenwu bench collectives` (an nccl-tests-like table of simulated collectives) and
+`zhenwu bench scaling` (programs on 1 to 8 chips, tensor parallel).
 
 For all-reduce, all-gather, reduce-scatter and all-to-all from 4 KiB to 1 GiB on one node of
 `--chips` chips (default: the machine's `[system] chips_per_node`): the collective is lowered
@@ -8,6 +9,10 @@ time), bus bandwidth (nccl-tests' factor: 2(n-1)/n for all-reduce, (n-1)/n other
 algorithm, the alpha-beta model's time (compiler/collectives.py) and the simulation's
 difference from it. Bus bandwidth is compared with the per-chip link peak (the chip's
 injection bandwidth into its node).
+
+`scaling` compiles each program of `SCALING` for 1, 2, 4 or 8 chips (mesh `tp=N`) and
+simulates it timing-only: cycles, speedup over one chip, the share of chip 0's time in
+collective kernels, and the host seconds the simulation took.
 """
 
 from __future__ import annotations
@@ -62,4 +67,63 @@ def run_collectives(args, machine) -> int:
                   f"{row['algbw'] / 1e9:>11.2f} {row['busbw'] / 1e9:>11.2f} "
                   f"{row['busbw'] / peak:>10.1%}  {row['algorithm']:<18} "
                   f"{row['model_seconds'] * 1e6:>10.2f} {row['model_error']:>+9.2%}")
+    return 0
+
+
+# ---- zhenwu bench scaling ---------------------------------------------------------------
+
+SCALING = (
+    # (name, program, shapes, chip counts)
+    ("FFN GEMM 8192x8192x28672 bf16", "samples/sharded/ffn_gemm.zt", {}, (1, 8)),
+    ("Qwen-style block T=4096, TP", "samples/sharded/qwen_block_4096_tp.zt", {}, (1, 2, 4, 8)),
+)
+_COLLECTIVE_KERNELS = ("all_reduce_", "all_gather_", "reduce_scatter_", "all_to_all_")
+
+
+def scaling_row(path: str, shapes: dict, chips: int, machine) -> dict:
+    """Compile `path` for `chips` chips (mesh tp=chips), simulate it timing-only."""
+    import time
+    from pathlib import Path
+
+    from compiler.backend.pipeline import CompileOptions
+    from compiler.frontend import load_program
+    from compiler.shard import compile_spmd, parse_mesh, run_spmd, shard_function
+
+    root = Path(__file__).resolve().parents[2]
+    fn = load_program(str(root / path), shapes=shapes)
+    mesh = parse_mesh(f"tp={chips}")
+    start = time.perf_counter()
+    compiled = compile_spmd(shard_function(fn, mesh), machine, CompileOptions(), chips)
+    compile_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    _, result = run_spmd(compiled, machine, {}, timing_only=True)
+    host_seconds = time.perf_counter() - start
+    chip0 = result.report.chips[0]
+    comm = sum(k.cycles for k in chip0.kernels if k.name.startswith(_COLLECTIVE_KERNELS))
+    return {"chips": chips, "cycles": result.report.cycles, "seconds": result.report.seconds,
+            "communication_cycles": comm, "communication_share": comm / chip0.cycles,
+            "collectives": len(compiled.collectives), "compile_seconds": compile_seconds,
+            "host_seconds": host_seconds}
+
+
+def run_scaling(args, machine) -> int:
+    results = []
+    for name, path, shapes, counts in SCALING:
+        rows = [scaling_row(path, shapes, chips, machine) for chips in counts]
+        for row in rows:
+            row["speedup"] = rows[0]["cycles"] / row["cycles"]
+        results.append({"name": name, "program": path, "rows": rows})
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return 0
+    print(f"machine {machine.name}: tensor parallel over one node ({machine.topology}), "
+          "simulated timing-only")
+    for entry in results:
+        print(f"\n{entry['name']} ({entry['program']})")
+        print(f"{'chips':>5} {'cycles':>12} {'time ms':>9} {'speedup':>8} {'comm share':>10} "
+              f"{'collectives':>11} {'host s':>8}")
+        for row in entry["rows"]:
+            print(f"{row['chips']:>5} {row['cycles']:>12} {row['seconds'] * 1e3:>9.3f} "
+                  f"{row['speedup']:>7.2f}x {row['communication_share']:>10.1%} "
+                  f"{row['collectives']:>11} {row['host_seconds']:>8.1f}")
     return 0
