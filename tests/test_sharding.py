@@ -166,8 +166,8 @@ fn main(x: f32[B{x0}, D{x1}], w: f32[D{w0}, F{w1}], v: f32[F{v0}, D{v1}],
 """
 
 
-@settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.too_slow,
-                                                                 HealthCheck.function_scoped_fixture])
+@settings(max_examples=4, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(st.lists(st.sampled_from(["", "@a", "@b"]), min_size=9, max_size=9),
        st.sampled_from(["a=2", "a=2,b=2", "b=2,a=2"]))
 def test_random_shardings_match_the_reference(tmp_path, marks, mesh):
