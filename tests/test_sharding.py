@@ -231,3 +231,23 @@ fn main(x: f32[B, D], w1: f32[D, F@tp], w2: f32[F@tp, D]) -> f32[B, D] {
     with pytest.raises(Diagnostic, match="'tq' is not an axis of the mesh"):
         shard_function(_load(text.replace('"tp, _"', '"tq, _"'), tmp_path, B=16, D=32, F=64),
                        parse_mesh("tp=4"))
+
+
+def test_mesh_declared_in_the_file(tmp_path, capsys):
+    path = tmp_path / "decl.zt"
+    path.write_text("""mesh dp = 2, tp = 2
+
+fn main(x: f32[B@dp, D], w1: f32[D, F@tp], w2: f32[F@tp, D]) -> f32[B@dp, D] {
+    return relu(x @ w1) @ w2
+}
+""")
+    shapes = ["--shape", "B=8", "--shape", "D=16", "--shape", "F=32"]
+    assert main(["run", str(path), "--check", *shapes]) == 0
+    out = capsys.readouterr().out
+    assert "mesh dp=2,tp=2 on 4 chips: collectives all_reduce(tp" in out and " ok" in out
+    assert main(["run", str(path), "--chips", "8", *shapes]) == 1
+    assert "decl.zt:1:1: error: the program's mesh dp=2,tp=2 has 4 chips, but --chips is 8" \
+        in capsys.readouterr().err
+    path.write_text("mesh tp = 0\nfn main(x: f32[4]) -> f32[4] {\n    return x\n}\n")
+    assert main(["run", str(path)]) == 1
+    assert "mesh axis 'tp' needs a positive integer size" in capsys.readouterr().err

@@ -33,7 +33,7 @@ def read_program(args) -> Function:
 def run(args) -> int:
     """`zhenwu ir`: print the Graph IR after the requested passes."""
     fn = read_program(args)
-    if getattr(args, "chips", 1) != 1 or getattr(args, "mesh", None):
+    if getattr(args, "chips", 1) != 1 or getattr(args, "mesh", None) or "mesh" in fn.attrs:
         return _print_spmd(fn, args)
     wants_passes = (args.print_ir_after_all or args.print_ir_after or args.time_passes
                     or args.disable_pass)

@@ -53,6 +53,10 @@ def run_compiled(args) -> int:
     given, sources = read_inputs(args.input or [], args.inputs)
     fn = load_program(args.program, entry=args.entry, shapes=parse_shape_options(args.shape or []),
                       input_shapes={name: array.shape for name, array in given.items()})
+    if "mesh" in fn.attrs:  # `mesh tp = 8` in the file: a many-chip run
+        from compiler.commands.run_sharded import run_sharded
+
+        return run_sharded(args)
     # Compile before making inputs: a program too big for the chip is a diagnostic, not a
     # host that runs out of memory drawing its random inputs.
     start = time.perf_counter()

@@ -53,16 +53,19 @@ def load_program(path: str, *, text: str | None = None, entry: str | None = None
     """
     if text is None:
         text = read_source(path)
-    from compiler.shard.annotations import extract_shardings
+    from compiler.shard.annotations import extract_mesh, extract_shardings
 
     with _deep_recursion(path):
         module = parse_source(text, path)
         # `F@tp` in a type: a many-chip sharding, recorded in fn.attrs["shardings"] (a
         # one-chip compile ignores it)
         shardings = extract_shardings(module)
+        mesh = extract_mesh(module)
         fn = check_module(module, entry=entry, shapes=shapes, input_shapes=input_shapes)
         if fn.name in shardings:
             fn.attrs["shardings"] = shardings[fn.name]
+        if mesh is not None:
+            fn.attrs["mesh"] = mesh
         return fn
 
 

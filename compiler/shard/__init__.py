@@ -15,16 +15,21 @@ from __future__ import annotations
 from compiler.shard.mesh import Mesh, parse_mesh
 from compiler.shard.propagate import SpmdFunction, shard_function
 from compiler.shard.spmd import SpmdProgram, compile_spmd, run_spmd
-from isa.errors import UsageError
+from isa.errors import Diagnostic, UsageError
 
 
 def resolve_mesh(fn, mesh_text: str | None, chips: int) -> Mesh:
-    """The mesh of a run: `--mesh`, or (without it) the one axis the program's annotations
-    name, over all `chips`. The mesh must cover exactly the chips of the run."""
-    if mesh_text:
-        mesh = parse_mesh(mesh_text)
+    """The mesh of a run: `--mesh`, else the file's `mesh` declaration, else the one axis
+    the program's annotations name, over all `chips`. The mesh must cover exactly the chips
+    of the run (`chips` 1: the mesh's own size)."""
+    declared = fn.attrs.get("mesh")
+    if mesh_text or declared is not None:
+        mesh = parse_mesh(mesh_text) if mesh_text else Mesh(declared.axes)
         if chips == 1:
             chips = mesh.chips
+        if declared is not None and not mesh_text and mesh.chips != chips:
+            raise Diagnostic(f"the program's mesh {mesh} has {mesh.chips} chips, but --chips "
+                             f"is {chips}", declared.span)
     else:
         shardings = fn.attrs.get("shardings")
         axes = sorted({item.axis for items in (shardings.params.values() if shardings else ())

@@ -51,6 +51,33 @@ def _strip(type_: ast.TypeExpr | None) -> tuple[DimAxis, ...]:
     return tuple(found)
 
 
+@dataclass(frozen=True)
+class DeclaredMesh:
+    """A `mesh tp = 8` declaration: axes (name, size) in order, and where it is."""
+
+    axes: tuple[tuple[str, int], ...]
+    span: SourceSpan
+
+
+def extract_mesh(module: ast.Module) -> DeclaredMesh | None:
+    """The module's `mesh` declaration (at most one; sizes are integer literals), removed
+    from its items so that the checker sees only fns and consts."""
+    found = [item for item in module.items if isinstance(item, ast.MeshDef)]
+    module.items = [item for item in module.items if not isinstance(item, ast.MeshDef)]
+    if not found:
+        return None
+    if len(found) > 1:
+        raise Diagnostic("the mesh is declared twice", found[1].span)
+    axes = []
+    for name, size in found[0].axes:
+        if not isinstance(size, ast.Num) or not isinstance(size.value, int) or size.value < 1:
+            raise Diagnostic(f"mesh axis '{name}' needs a positive integer size", size.span)
+        if name in (n for n, _ in axes):
+            raise Diagnostic(f"mesh axis '{name}' is declared twice", size.span)
+        axes.append((name, size.value))
+    return DeclaredMesh(tuple(axes), found[0].span)
+
+
 def extract_shardings(module: ast.Module) -> dict[str, FnShardings]:
     """Per fn name, its annotations; the module's types are left without them."""
     out = {}
