@@ -251,3 +251,16 @@ fn main(x: f32[B@dp, D], w1: f32[D, F@tp], w2: f32[F@tp, D]) -> f32[B@dp, D] {
     path.write_text("mesh tp = 0\nfn main(x: f32[4]) -> f32[4] {\n    return x\n}\n")
     assert main(["run", str(path)]) == 1
     assert "mesh axis 'tp' needs a positive integer size" in capsys.readouterr().err
+
+
+def test_parameters_returned_as_results(tmp_path):
+    text = """
+fn main(x: f32[8@tp, 4], y: f32[8, 4]) -> (f32[8@tp, 4], f32[8, 4], f32[8, 4]) {
+    return x, x, y
+}
+"""
+    fn = _load(text, tmp_path)
+    spmd, _, outputs, want, _ = _run(fn, "tp=2")
+    assert _kinds(spmd) == ["all_gather"]
+    for got, ref in zip(outputs, want):
+        np.testing.assert_array_equal(got, ref)

@@ -80,7 +80,7 @@ def _segments(fn: Function) -> list[list[Op] | Op]:
     return steps
 
 
-def _segment_function(ops: list[Op], index: int, live_after: set[int], params: set[int],
+def _segment_function(ops: list[Op], index: int, live_after: set[int],
                       fn: Function) -> tuple[Function, dict[int, Value]]:
     """A Function of `ops`: parameters are the values they read from outside, outputs the
     values they define that later steps (or the results) read."""
@@ -133,7 +133,7 @@ def compile_spmd(spmd: SpmdFunction, machine, options, chips: int) -> SpmdProgra
         if isinstance(step, Op):
             segments.append(step)
             continue
-        seg_fn, _ = _segment_function(step, index, after, params, fn)
+        seg_fn, _ = _segment_function(step, index, after, fn)
         if not seg_fn.outputs:
             continue  # nothing it computes is used (dead code the passes would drop)
         compiled = compile_function(seg_fn, machine, options)
@@ -214,7 +214,8 @@ def compile_spmd(spmd: SpmdFunction, machine, options, chips: int) -> SpmdProgra
         out_ids = {v.id for v in fn.outputs}
         for vid, name in boundary.items():
             t = values[vid].type
-            role = "in" if vid in params else ("out" if vid in out_ids else "temp")
+            role = ("inout" if vid in out_ids else "in") if vid in params else \
+                ("out" if vid in out_ids else "temp")
             shape = list(t.shape) or [1]
             lines.append(f".tensor {name}, {t.dtype}, {shape}, {where(vid):#x}, {role}")
         body: list[str] = []
