@@ -84,7 +84,9 @@ class _Emitter:
     def __init__(self, spec: CollectiveSpec, chip: int):
         self.spec = spec
         self.chip = chip
-        self.lines: list[str] = [f"    GETID r0, core  # {spec.kind} ({spec.algorithm}) over "
+        # each phase is a `.kernel` region of its own (reports time them)
+        self.lines: list[str] = [f".kernel {spec.label}_p0",
+                                 f"    GETID r0, core  # {spec.kind} ({spec.algorithm}) over "
                                  f"chips {list(spec.group)}"]
         self.phase = 0
 
@@ -103,6 +105,7 @@ class _Emitter:
                            f"{label}_c{core}:"]
         self.lines.append("    BAR.CHIP")
         self.phase += 1
+        self.lines.append(f".kernel {self.spec.label}_p{self.phase}")
 
 
 def _put(peer: int, dst: Region, src: Region, event: int, *, add: bool = False,
@@ -232,7 +235,7 @@ def collective_asm(spec: CollectiveSpec, chip: int) -> list[str]:
             assert spec.dst is not None
             em.add_phase({0: [_put(chip, spec.dst, spec.src, em.events()[2]),
                               f"    WAIT.S E{em.events()[2]}"]})
-        return em.lines
+        return em.lines[:-1]
     if spec.algorithm == "direct":
         _direct(em, spec.kind, group, rank, spec.src, spec.dst, ready=True)
     elif spec.algorithm == "ring":
@@ -249,7 +252,7 @@ def collective_asm(spec: CollectiveSpec, chip: int) -> list[str]:
         _hierarchical(em, spec, rank)
     else:
         raise UsageError(f"no schedule for algorithm '{spec.algorithm}'")
-    return em.lines
+    return em.lines[:-1]  # no region after the last phase
 
 
 def _hierarchical(em: _Emitter, spec: CollectiveSpec, rank: int) -> None:
@@ -287,9 +290,9 @@ def collective_programs(kind: str, nbytes: int, chips: int, machine: Machine,
         dst = Region("out", 0, elements * size, dtype)
     spec = CollectiveSpec(kind, cost.algorithm, tuple(range(chips)),
                           Region("buf", 0, elements * size, dtype), dst,
-                          machine.chips_per_node)
+                          machine.chips_per_node, label=kind)
     programs = []
     for chip in range(chips):
-        lines = header + [f".kernel {kind}"] + collective_asm(spec, chip) + ["    HALT"]
+        lines = header + collective_asm(spec, chip) + ["    HALT"]
         programs.append(parse_assembly("\n".join(lines) + "\n", f"{kind}-chip{chip}.s"))
     return programs, cost

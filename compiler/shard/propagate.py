@@ -240,8 +240,14 @@ def _unique(dims: list[str | None], taken: set[str] | None = None) -> list[str |
 
 
 def _divisible(spec: Spec, type_: TensorType, mesh: Mesh) -> Spec:
-    return Spec(tuple(a if a is not None and n % mesh.size(a) == 0 else None
-                      for n, a in zip(type_.shape, spec.dims)), spec.partial)
+    """`spec` where it can hold: dims split only where the axis divides them, and an axis
+    of one chip splits nothing (and leaves no partial sums)."""
+    def splits(axis: str | None, n: int) -> bool:
+        return axis is not None and mesh.size(axis) > 1 and n % mesh.size(axis) == 0
+
+    partial = spec.partial if spec.partial and mesh.size(spec.partial) > 1 else None
+    return Spec(tuple(a if splits(a, n) else None for n, a in zip(type_.shape, spec.dims)),
+                partial)
 
 
 def _reshape_groups(src: tuple[int, ...], dst: tuple[int, ...]):
@@ -428,7 +434,7 @@ def _annotation_spec(items, type_: TensorType, mesh: Mesh, what: str) -> Spec:
         if type_.shape[item.dim] % size:
             raise Diagnostic(f"dim {item.dim} of {what} ({type_.shape[item.dim]}) is not "
                              f"divisible by mesh axis '{item.axis}' ({size} chips)", item.span)
-        dims[item.dim] = item.axis
+        dims[item.dim] = item.axis if size > 1 else None
     return Spec(tuple(dims))
 
 

@@ -227,7 +227,7 @@ def compile_spmd(spmd: SpmdFunction, machine, options, chips: int) -> SpmdProgra
                                                      boundary)
                 if chip == 0:
                     collectives.append((item, algorithm, nbytes))
-                body += [f".kernel {item.kind}_{index}", *asm]
+                body += asm
         lines += body + ["    HALT"]
         text = "\n".join(lines) + "\n"
         texts.append(text)
@@ -304,7 +304,7 @@ def _collective(op: Op, index: int, chip: int, mesh, machine, chips: int,
     nbytes = dst.nbytes if op.kind == "all_gather" else buffer.nbytes
     cost = collective_cost(kind, nbytes, chips, machine, group=group, lowered_only=True)
     spec = CollectiveSpec(kind, cost.algorithm if len(group) > 1 else "direct", group, buffer,
-                          dst, machine.chips_per_node, label=f"c{index}")
+                          dst, machine.chips_per_node, label=f"{op.kind}_{index}")
     return cost.algorithm, nbytes, collective_asm(spec, chip)
 
 
