@@ -84,7 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_program_options(run)
     _add_machine(run)
     run.add_argument("--chips", type=int, default=1,
-                     help="chips to run on (only 1 is supported yet; default: 1)")
+                     help="chips to run on (default: 1; with --mesh, the mesh's product)")
+    run.add_argument("--mesh", help="shard a .zt program over named axes, e.g. tp=8 or "
+                     "dp=2,tp=4 (their product: the chips; default: none)")
     run.add_argument("-O", dest="opt", choices=["0", "1", "2"], default="2",
                      help="optimisation level: -O0 one kernel per op, -O1/-O2 fused "
                           "(default: -O2)")
@@ -147,6 +149,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="print each pass's time to stderr (default: off)")
     ir.add_argument("--dot", metavar="GRAPH.dot",
                     help="write the graph for Graphviz, '-' for stdout (default: none)")
+    ir.add_argument("--chips", type=int, default=1,
+                    help="print the per-chip SPMD IR for this many chips (with --mesh; "
+                         "default: 1)")
+    ir.add_argument("--mesh", help="the mesh for --chips, e.g. tp=8 or dp=2,tp=4 (default: none)")
     _add_machine(ir)
 
     asm = sub.add_parser("asm", help="assemble M890 assembly to a binary")
@@ -175,6 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="optimisation level (default: -O2)")
     bench.add_argument("-j", "--jobs", type=int, default=0,
                        help="benchmarks run at once (default: one per host CPU)")
+    bench.add_argument("--chips", type=int, default=0,
+                       help="chips for 'bench collectives' (default: one node)")
     bench.add_argument("--compile", action="store_true",
                        help="time fresh-process compiles instead of simulating (median of "
                             "--repeat runs; adds a 512-wide MLP and a 1,000-op chain)")
@@ -200,6 +208,19 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--weights", metavar="WEIGHTS.npz",
                      help="where the initializers go (default: beside the program)")
 
+    coll = sub.add_parser("collective", help="the alpha-beta time of a collective on N chips")
+    coll.add_argument("kind", help="allreduce, allgather, reducescatter or alltoall")
+    coll.add_argument("--chips", type=int, required=True, help="how many chips (required)")
+    coll.add_argument("--size", required=True,
+                      help="bytes, e.g. 1GiB, 64MiB, 4KiB (required)")
+    coll.add_argument("--algorithm",
+                      help="direct, ring; across nodes ring or rhd (default: the fastest)")
+    coll.add_argument("--simulate", action="store_true",
+                      help="also lower it and simulate it (at most 64 chips; default: off)")
+    coll.add_argument("--json", action="store_true",
+                      help="print JSON instead of a table (default: off)")
+    _add_machine(coll)
+
     fuzz = sub.add_parser("fuzz", help="a differential fuzzing campaign")
     fuzz.add_argument("--seconds", type=_positive_seconds, default=60,
                       help="how long the campaign runs (default: 60)")
@@ -220,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
 _COMMANDS = {
     "run": "run", "compile": "compile", "ir": "ir", "asm": "isa_tools", "disasm": "isa_tools",
     "machines": "isa_tools", "bench": "bench", "fuzz": "fuzz", "validate": "validate",
-    "import": "import_model",
+    "import": "import_model", "collective": "collective",
 }
 
 

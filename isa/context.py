@@ -97,6 +97,15 @@ class ExecContext(Protocol):
         """Copy `nbytes` bytes within this core's L1/ACC (DMA.MOV); overlapping is memmove."""
         ...
 
+    def chip_read(self, chip: int, address: int, nbytes: int) -> np.ndarray:
+        """`nbytes` bytes (a uint8 copy) of the GM of chip `chip` of the run (this chip or a
+        peer) from byte `address`; ChipTrap when there is no such chip or range."""
+        ...
+
+    def chip_write(self, chip: int, address: int, data: np.ndarray) -> None:
+        """Write the bytes `data` (uint8) to the GM of chip `chip` at byte `address`."""
+        ...
+
 
 # ---- helpers for the interpreter --------------------------------------------------------
 

@@ -41,7 +41,7 @@ program order, into the in-order queue of its engine:
 | `MX` | `MMA` (the 16x16x16 matrix array), `WAIT.MX` |
 | `VX` | vector, special functions (its SFU) and reductions, `WAIT.VX` |
 | `ST` | `DMA.ST` (L1/ACC to GM), `WAIT.ST` |
-| `NET` | reserved: `DMA.PUT` and `COLL.*` (the multi-chip work) |
+| `NET` | chip-to-chip transfers and cross-chip events: `DMA.PUT`, `RSIG` (runs with `--chips N`) |
 
 Queues hold `queue_depth` instructions; the scalar stream stalls when the target queue is
 full. An engine instruction's register operands and descriptors are read when it is

@@ -140,6 +140,16 @@ _FIDELITY: dict[str, tuple[str, type, object, float, float]] = {
     "kernel_launch_seconds": ("kernel_launch_seconds", float, 2e-6, 0.0, 1e-3),
 }
 
+# ---- [system]: the chips around this one (many-chip runs and the collective cost model) ----
+# Its own block so that its rules stay together: key -> (Machine field, type, allowed range or
+# choices). `chips_per_node` chips share a node's `topology` (links from [link]); nodes talk
+# through each chip's NIC ([nic]).
+TOPOLOGIES = ("switch", "ring", "full", "torus2d")
+_SYSTEM_SCHEMA: dict[str, tuple[str, type, object]] = {
+    "chips_per_node": ("chips_per_node", int, (1, 4096)),
+    "topology": ("topology", str, TOPOLOGIES),
+}
+
 
 @dataclass(frozen=True)
 class Machine:
@@ -196,6 +206,8 @@ class Machine:
     hbm_write_batch_bytes: int = 65536
     barrier_cycles: int = 100
     kernel_launch_seconds: float = 2e-6
+    chips_per_node: int = 1
+    topology: str = "switch"
     source: str = ""
 
     # ---- matrix engine --------------------------------------------------------------
@@ -291,8 +303,16 @@ class Machine:
             "ld_bytes_per_second": self.ld_bandwidth,
             "st_bytes_per_second": self.st_bandwidth,
             "link_total_bytes_per_second": self.link_total_bandwidth,
+            **self._system_derived(),
         }
         return out
+
+    def _system_derived(self) -> dict[str, float]:
+        from isa.topology import Topology  # isa.topology builds on this module
+
+        node = Topology(self, self.chips_per_node)
+        return {"injection_bytes_per_second": node.injection_bandwidth(),
+                "bisection_bytes_per_second": node.bisection_bandwidth()}
 
 
 # ---- the table `zhenwu machines` prints -------------------------------------------------
@@ -368,8 +388,24 @@ def machine_rows(machine: Machine) -> list[tuple[str, str]]:
                        f"{_seconds(machine.link_alpha)}")),
         ("scale-out NIC", (f"{_si(machine.nic_bandwidth, 'B/s')}, alpha "
                           f"{_seconds(machine.nic_alpha)}")),
+        *system_rows(machine),
     ]
     return rows
+
+
+def system_rows(machine: Machine) -> list[tuple[str, str]]:
+    """The `[system]` rows: the node, and the per-chip and bisection bandwidth it gives."""
+    from isa.topology import Topology  # isa.topology builds on this module
+
+    node = Topology(machine, machine.chips_per_node)
+    return [
+        ("node", f"{machine.chips_per_node} chips, {machine.topology}"
+         + (f" ({node.links_per_neighbour} links per neighbour)"
+            if machine.topology != "switch" and machine.chips_per_node > 1 else "")),
+        ("per-chip injection (node)", _si(node.injection_bandwidth(), "B/s")),
+        ("node bisection", _si(node.bisection_bandwidth(), "B/s")),
+        ("alpha link / NIC", f"{_seconds(machine.link_alpha)} / {_seconds(machine.nic_alpha)}"),
+    ]
 
 
 def format_machines(machines: list[Machine]) -> str:
@@ -451,7 +487,7 @@ def parse_machine(text: str, filename: str = "<machine>") -> Machine:
 
     values: dict[str, object] = {}
     for key in data:
-        if key not in ("name", "description", "fidelity", *_SECTIONS):
+        if key not in ("name", "description", "fidelity", "system", *_SECTIONS):
             raise MachineError(f"unknown key '{key}' in machine file {filename}", where(None, key))
     for key in ("name", "description"):
         if key not in data:
@@ -512,6 +548,7 @@ def parse_machine(text: str, filename: str = "<machine>") -> Machine:
         raise MachineError(
             f"'memory.l2_block_bytes' ({block}) must be 1 to 64 times 'memory.l2_line_bytes' "
             f"({line}), both powers of two, in {filename}", where("memory", "l2_block_bytes"))
+    values.update(_parse_system(data.get("system"), values, filename, where))
     values["source"] = filename
     return Machine(**values)  # type: ignore[arg-type]
 
@@ -535,6 +572,68 @@ def _fidelity(data: dict, filename: str, where) -> dict[str, object]:
                                        Key(field_name, kind, low, high), filename,
                                        where("fidelity", key))
     return values
+
+def _parse_system(table, values: dict, filename: str, where) -> dict[str, object]:
+    """The `[system]` section (required): chips per node and the node's topology, checked
+    against the chip's link count (each chip's links must reach its neighbours)."""
+    if table is None:
+        raise MachineError(f"missing section [system] in machine file {filename}",
+                           notes=["[system] takes: chips_per_node, topology"])
+    if not isinstance(table, dict):
+        raise MachineError(f"'system' must be a table in {filename}", where(None, "system"))
+    for key in table:
+        if key not in _SYSTEM_SCHEMA:
+            raise MachineError(f"unknown key 'system.{key}' in machine file {filename}",
+                               where("system", key),
+                               notes=[f"[system] takes: {', '.join(_SYSTEM_SCHEMA)}"])
+    out: dict[str, object] = {}
+    for key, (field_name, kind, allowed) in _SYSTEM_SCHEMA.items():
+        if key not in table:
+            raise MachineError(f"missing key 'system.{key}' in machine file {filename}",
+                               where("system", None))
+        raw, span = table[key], where("system", key)
+        if kind is str:
+            if raw not in allowed:  # type: ignore[operator]
+                raise MachineError(f"'system.{key}' = {raw!r} in {filename}: expected one of "
+                                   f"{', '.join(allowed)}", span)  # type: ignore[arg-type]
+            out[field_name] = raw
+            continue
+        low, high = allowed  # type: ignore[misc]
+        out[field_name] = _quantity(raw, f"system.{key}", Key(field_name, int, low, high),
+                                    filename, span)
+    chips, topology, links = out["chips_per_node"], out["topology"], values["link_count"]
+    needed = links_needed(topology, chips)  # type: ignore[arg-type]
+    if links < needed:
+        raise MachineError(
+            f"'system.topology' = '{topology}' with {chips} chips per node needs at least "
+            f"{needed} links per chip, 'link.count' is {links} in {filename}",
+            where("system", "topology"))
+    return out
+
+
+def torus_shape(chips: int) -> tuple[int, int]:
+    """The rows x columns of a 2-D torus of `chips` chips: the most nearly square factors."""
+    rows = max(r for r in range(1, math.isqrt(chips) + 1) if chips % r == 0)
+    return rows, chips // rows
+
+
+def neighbours(topology: str, chips: int) -> int:
+    """How many distinct peers each chip of a node of `chips` chips has a direct link to."""
+    if chips <= 1:
+        return 0
+    if topology == "switch":
+        return 1  # the switch itself
+    if topology == "full":
+        return chips - 1
+    if topology == "ring":
+        return 1 if chips == 2 else 2
+    rows, cols = torus_shape(chips)
+    return sum(0 if n == 1 else 1 if n == 2 else 2 for n in (rows, cols))
+
+
+def links_needed(topology: str, chips: int) -> int:
+    """The fewest links per chip the topology needs: one per distinct neighbour."""
+    return neighbours(topology, chips)
 
 
 def _unit_kind(key: str) -> str | None:

@@ -210,6 +210,26 @@ class EngineContext:
             data = src.data[src_address:src_address + nbytes].copy()
             dst.data[dst_address:dst_address + nbytes] = data
 
+    def chip_read(self, chip: int, address: int, nbytes: int) -> np.ndarray:
+        gm = self._chip_gm(chip, address, nbytes)
+        return np.zeros(nbytes, np.uint8) if gm is None else gm.read_bytes(address, nbytes)
+
+    def chip_write(self, chip: int, address: int, data: np.ndarray) -> None:
+        gm = self._chip_gm(chip, address, data.size)
+        if gm is not None:
+            gm.write_bytes(address, data)
+
+    def _chip_gm(self, chip: int, address: int, nbytes: int) -> GlobalMemory | None:
+        """The GM of `chip` (None in timing-only runs, after the bounds check)."""
+        if not 0 <= chip < self.chips:
+            raise ChipTrap(f"chip {chip} is not in this run of {self.chips} chips")
+        if self.gm is None:
+            self._check_gm(address, address + nbytes)
+            return None
+        gm = self.gm if self.gm.peers is None else self.gm.peers[chip]
+        gm.check(address, address + nbytes)
+        return gm
+
     def _local(self, space: str) -> LocalMemory:
         memory = self.memories.get(space)
         if memory is None:

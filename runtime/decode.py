@@ -184,7 +184,7 @@ def _engine_binder(defn, instr: Instruction, index: int, machine, program, funct
             costs[key] = cost, lines
             return costs[key]
         bound = costs[key] = Bound(cost.occupancy, cost.latency, cost.hbm_read, cost.hbm_write,
-                                   cost.flops, gm_lines=lines)
+                                   cost.flops, gm_lines=lines, net=cost.net)
         return bound
 
     read_regs = _getter(reg_reads)
@@ -214,6 +214,6 @@ def _engine_binder(defn, instr: Instruction, index: int, machine, program, funct
             execute(instr, ctx)
 
         return Bound(cost.occupancy, cost.latency, cost.hbm_read, cost.hbm_write, cost.flops,
-                     run, ctx.accesses, lines)
+                     run, ctx.accesses, lines, cost.net)
 
     return bind

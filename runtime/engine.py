@@ -545,6 +545,8 @@ class Simulator:
             if self.timing.dma_window_bytes:
                 occupancy = self._in_flight(core, engine, bound.hbm_read + bound.hbm_write,
                                             now, occupancy, latency)
+        if bound.net is not None:
+            occupancy, latency = self.network(core, engine, bound.net, now, occupancy, latency)
         if bound.flops:
             self.flops += bound.flops
             key = op.flop_dtype
@@ -654,6 +656,12 @@ class Simulator:
                                           self.l2.partly_written_rows(lines))
             self.l2.write(lines, now + occupancy + latency)
         return occupancy, latency
+
+    def network(self, core: CoreState, engine: int, net, now: int, occupancy: int,
+                latency: int) -> tuple[int, int]:
+        """Time a cluster instruction's transfer to another chip (runtime/cluster.py's
+        `ChipSimulator` does; a one-chip run has no NET engine to dispatch it to)."""
+        raise ChipTrap("a chip-to-chip transfer needs a many-chip run (--chips N)")
 
     def _signal(self, core: CoreState, payload, time: int, engine: int) -> None:
         """Fire the `.sig`s of a completed instruction (or a SIG.S) at `time`."""

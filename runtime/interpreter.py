@@ -76,7 +76,7 @@ def run_program(program: Program, machine, inputs: dict[str, np.ndarray], *,
     functional = not timing_only
     gm = GlobalMemory(machine.hbm_bytes) if functional else None
     check_tensors(program, machine)
-    _load_inputs(program, inputs, gm)
+    load_inputs(program, inputs, gm)
     engines = MODELLED_ENGINES
     l2 = L2Cache(machine.l2_bytes, machine.l2_line_bytes, machine.l2_block_bytes,
                  machine.hbm_row_bytes) if machine.l2_bytes else None
@@ -113,13 +113,13 @@ def run_program(program: Program, machine, inputs: dict[str, np.ndarray], *,
     # IEEE results (inf, NaN) are the chip's arithmetic, not host warnings
     with single_blas_thread(), np.errstate(all="ignore"):
         cycles = simulator.run()
-    outputs = _read_outputs(program, gm) if functional else {}
-    report = _report(program, machine, simulator, cycles, timing_only)
+    outputs = read_outputs(program, gm) if functional else {}
+    report = build_report(program, machine, simulator, cycles, timing_only)
     return RunResult(outputs, report, recorder.to_dict() if recorder is not None else None)
 
 
 def check_tensors(program: Program, machine) -> None:
-    """ChipTrap when a tensor of `program` lies outside the machine's GM."""
+    """ChipTrap when a tensor of the program lies outside the chip's GM."""
     for tensor in program.tensors:
         if tensor.address < 0 or tensor.address + tensor.nbytes > machine.hbm_bytes:
             raise ChipTrap(
@@ -128,7 +128,7 @@ def check_tensors(program: Program, machine) -> None:
                 f"({machine.hbm_bytes:#x} bytes on {machine.name})")
 
 
-def _load_inputs(program: Program, inputs: dict[str, np.ndarray], gm: GlobalMemory | None):
+def load_inputs(program: Program, inputs: dict[str, np.ndarray], gm: GlobalMemory | None):
     """Write the given tensors into GM: every `in` tensor (required unless timing-only), and
     `inout` and `const` tensors when given (else they start as zeros)."""
     loadable = {t.name: t for t in program.tensors if t.role in ("in", "inout", "const")}
@@ -152,7 +152,8 @@ def _load_inputs(program: Program, inputs: dict[str, np.ndarray], gm: GlobalMemo
         gm.write_bytes(tensor.address, data.view(np.uint8).reshape(-1))
 
 
-def _read_outputs(program: Program, gm: GlobalMemory) -> dict[str, np.ndarray]:
+def read_outputs(program: Program, gm: GlobalMemory) -> dict[str, np.ndarray]:
+    """The `out`/`inout` tensors of the program, read back from GM."""
     outputs = {}
     for tensor in program.outputs:
         raw = gm.read_bytes(tensor.address, tensor.nbytes)
@@ -160,8 +161,10 @@ def _read_outputs(program: Program, gm: GlobalMemory) -> dict[str, np.ndarray]:
     return outputs
 
 
-def _report(program: Program, machine, sim: Simulator, cycles: int, timing_only: bool):
-    engines = list(MODELLED_ENGINES)
+def build_report(program: Program, machine, sim: Simulator, cycles: int, timing_only: bool,
+                 engines: tuple[str, ...] = MODELLED_ENGINES):
+    """The `Report` of one chip's simulator after its run."""
+    engines = list(engines)
     stalls: dict[str, int] = {}
     for core in sim.cores:
         for cause, n in core.stalls.items():

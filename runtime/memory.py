@@ -156,6 +156,8 @@ class GlobalMemory(Memory):
         self.name = name
         self.size = int(size)
         self.pages: dict[int, np.ndarray] = {}
+        # in a many-chip run (runtime/cluster.py): every chip's GM, indexed by chip
+        self.peers: list[GlobalMemory] | None = None
 
     @property
     def resident_bytes(self) -> int:

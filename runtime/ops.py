@@ -30,7 +30,8 @@ class Bound:
     dispatch; it is called when the instruction starts. `accesses` lists the per-core memory
     ranges it touches, (space, lo, hi, is_write), for race detection and bounds checks in
     timing-only runs (functional runs check bounds while executing). `gm_lines` (a
-    runtime.l2.Lines) are the GM lines a DMA touches when the L2 is modelled.
+    runtime.l2.Lines) are the GM lines a DMA touches when the L2 is modelled. `net` is what a
+    cluster instruction (DMA.PUT, RSIG) sends to another chip (runtime/cluster.py times it).
     """
 
     occupancy: int
@@ -41,6 +42,7 @@ class Bound:
     execute: Callable[[], None] | None = None
     accesses: tuple = ()
     gm_lines: object = None
+    net: object = None  # a cluster instruction's isa.instructions.base.NetTransfer
 
 
 @dataclass(slots=True)

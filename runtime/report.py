@@ -58,6 +58,8 @@ class Report:
     bound_seconds: float | None = None
     # the Chrome/Perfetto trace of the run when one was asked for (not part of to_json())
     trace: dict | None = field(default=None, repr=False, compare=False)
+    # many-chip runs: bytes this chip sent to other chips (DMA.PUT)
+    net_bytes: int = 0
 
     # -- derived ---------------------------------------------------------------------------
 
@@ -136,6 +138,7 @@ class Report:
             "hbm_bandwidth_fraction": self._hbm_fraction(),
             "l2_read_bytes": self.l2_read_bytes,
             "l2_hit_bytes": self.l2_hit_bytes,
+            "net_bytes": self.net_bytes,
             "roofline_seconds": self.roofline_seconds,
             "efficiency": self.efficiency,
             "engines": list(self.engines),

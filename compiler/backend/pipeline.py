@@ -78,7 +78,9 @@ def compile_function(fn, machine, options: CompileOptions = CompileOptions(), me
     (the backend does not import the runtime: the caller injects it)."""
     from isa.asm import parse_assembly
 
-    graph = graph_passes(fn, options)
+    from compiler.shard.annotations import strip_pins
+
+    graph = graph_passes(strip_pins(fn), options)
     if options.opt_level >= 1 and "fuse" not in options.disabled_passes:
         from compiler.backend.fusion import lower_fused
         from compiler.passes.fuse import fuse_function

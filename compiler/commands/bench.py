@@ -36,6 +36,22 @@ BENCH_KEYS = ("name", "cycles", "roofline_cycles", "efficiency", "hbm_bytes", "c
               "io_bound_ratio", "kernels", "compile_seconds", "gm_bytes", "l2_hit_bytes")
 
 
+def _collectives(args, machine) -> int:
+    from compiler.commands.bench_collectives import run_collectives
+
+    return run_collectives(args, machine)
+
+
+def _scaling(args, machine) -> int:
+    from compiler.commands.bench_collectives import run_scaling
+
+    return run_scaling(args, machine)
+
+
+# benchmarks of many chips, by name (not in the default suite: they simulate whole clusters)
+MANY_CHIP_BENCHES = {"collectives": _collectives, "scaling": _scaling}
+
+
 def available() -> dict[str, Path]:
     return {path.stem: path for path in sorted(BENCH_DIR.glob("*.zt"))}
 
@@ -147,6 +163,8 @@ def run(args) -> int:
 
         return bench_compile.run(args, BENCH_DIR)
     machine = load_machine(args.machine)
+    if args.names and args.names[0] in MANY_CHIP_BENCHES:
+        return MANY_CHIP_BENCHES[args.names[0]](args, machine)
     benches = available()
     grouped = groups()
     names = []

@@ -37,6 +37,8 @@ def run(args) -> int:
     # `--disable-pass cse,dce` as `zhenwu run` takes it
     args.disable_pass = [name.strip() for option in args.disable_pass
                          for name in option.split(",") if name.strip()]
+    if getattr(args, "chips", 1) != 1 or getattr(args, "mesh", None) or "mesh" in fn.attrs:
+        return _print_spmd(fn, args)
     wants_passes = (args.print_ir_after_all or args.print_ir_after or args.time_passes
                     or args.disable_pass)
     if args.passes is not None:
@@ -78,4 +80,23 @@ def run(args) -> int:
             Path(args.dot).write_text(to_dot(fn))
         except OSError as err:
             raise InputError(f"{args.dot}: cannot write ({err})") from None
+    return 0
+
+
+def _print_spmd(fn: Function, args) -> int:
+    """`zhenwu ir --chips N [--mesh ...]`: the SPMD Graph IR every chip runs (local shapes,
+    collectives as ops) and the sharding of each parameter and result."""
+    from compiler.shard import resolve_mesh, shard_function
+
+    mesh = resolve_mesh(fn, args.mesh, args.chips)
+    spmd = shard_function(fn, mesh)
+    out = sys.stdout
+    out.write(f"// SPMD IR on each of {mesh.chips} chips, mesh {mesh}\n")
+    for param, spec in zip(fn.params, spmd.param_specs):
+        out.write(f"// param {param.name}: {param.type} sharded {spec}\n")
+    for index, (value, spec) in enumerate(zip(fn.outputs, spmd.result_specs)):
+        out.write(f"// result {index}: {value.type} sharded {spec}\n")
+    out.write(print_function(spmd.fn))
+    kinds = [f"{op.kind}({op.attrs['axis']})" for op in spmd.collectives]
+    out.write(f"// collectives: {', '.join(kinds) or 'none'}\n")
     return 0

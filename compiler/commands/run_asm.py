@@ -35,9 +35,9 @@ def run_assembly(args) -> int:
     from zhenwu.hostmem import check_functional_run, out_of_memory
     from zhenwu.progress import TerminalProgress
 
-    if getattr(args, "chips", 1) != 1:
-        raise UsageError(f"--chips {args.chips}: multi-chip runs are not supported yet "
-                         "(only --chips 1)")
+    if getattr(args, "mesh", None):
+        raise UsageError("--mesh shards a .zt program; assembly runs as written (SPMD: the "
+                         "same program on every chip of --chips N)")
     program = _load_program(args.program)
     machine_spec = args.machine
     if machine_spec == "m890" and program.machine and program.machine != "m890":
@@ -55,6 +55,8 @@ def run_assembly(args) -> int:
                                      require, bool(args.input or args.inputs))
     if warning:
         print(warning, file=sys.stderr)
+    if getattr(args, "chips", 1) != 1:
+        return _run_cluster(args, program, machine, inputs)
     reporter = TerminalProgress(machine.clock_hz)
     try:
         result = run_program(program, machine, inputs, timing_only=args.timing_only,
@@ -75,6 +77,26 @@ def run_assembly(args) -> int:
     for index, tensor in enumerate(program.outputs):
         print(output_line(index, tensor.dtype, tensor.shape, tensor.name, note))
     print(run_summary(result.report))
+    return 0
+
+
+def _run_cluster(args, program, machine, inputs) -> int:
+    """The same program on every chip of --chips N (GETID chip tells them apart); every
+    chip gets the same inputs; the outputs written are chip 0's."""
+    from runtime.cluster import run_cluster
+
+    if args.chips < 1:
+        raise UsageError(f"--chips {args.chips}: at least one chip")
+    result = run_cluster([program] * args.chips, machine, [inputs] * args.chips,
+                         timing_only=args.timing_only, max_instructions=args.max_instructions,
+                         trace=bool(args.trace))
+    if args.output and not args.timing_only:
+        write_outputs(args.output, list(result.outputs[0].values()))
+    if args.report:
+        _write_text(args.report, json.dumps(result.report.to_json(), indent=2) + "\n")
+    if args.trace and result.trace is not None:
+        _write_text(args.trace, json.dumps(result.trace))
+    print(result.report.to_text())
     return 0
 
 

@@ -30,13 +30,29 @@ def compile_for_run(args, given):
                           disable_passes=getattr(args, "disable_pass", []) or [])
 
 
+def _function(args, given):
+    """The checked program (to see whether it declares a mesh), before compiling it."""
+    from compiler.inputs import parse_shape_options
+    from zhenwu.api import load_function
+
+    return load_function(args.program, shapes=parse_shape_options(args.shape or []),
+                         entry=args.entry,
+                         input_shapes={name: array.shape for name, array in given.items()})
+
+
 def run_compiled(args) -> int:
     from compiler.commands.summary import output_line, run_summary, write_text
     from compiler.inputs import read_inputs, warn_on_stderr, write_outputs
 
-    if getattr(args, "chips", 1) != 1:
-        raise UsageError(f"--chips {args.chips}: multi-chip runs are not supported yet")
+    if getattr(args, "chips", 1) != 1 or getattr(args, "mesh", None):
+        from compiler.commands.run_sharded import run_sharded
+
+        return run_sharded(args)
     given, sources = read_inputs(args.input or [], args.inputs, args.program)
+    if "mesh" in _function(args, given).attrs:  # `mesh tp = 8` in the file: many chips
+        from compiler.commands.run_sharded import run_sharded
+
+        return run_sharded(args)
     # Compile before making inputs: a program too big for the chip is a diagnostic, not a
     # host that runs out of memory drawing its random inputs.
     prog = compile_for_run(args, given)

@@ -92,9 +92,20 @@ def load_program(path: str, *, text: str | None = None, entry: str | None = None
         text, _ = import_file(path)  # its weights come with the inputs (compiler/inputs.py)
     if text is None:
         text = read_source(path)
+    from compiler.shard.annotations import extract_mesh, extract_shardings
+
     with _deep_recursion(path, text):
         module = parse_source(text, path)
-        return check_module(module, entry=entry, shapes=shapes, input_shapes=input_shapes)
+        # `F@tp` in a type: a many-chip sharding, recorded in fn.attrs["shardings"] (a
+        # one-chip compile ignores it)
+        shardings = extract_shardings(module)
+        mesh = extract_mesh(module)
+        fn = check_module(module, entry=entry, shapes=shapes, input_shapes=input_shapes)
+        if fn.name in shardings:
+            fn.attrs["shardings"] = shardings[fn.name]
+        if mesh is not None:
+            fn.attrs["mesh"] = mesh
+        return fn
 
 
 __all__ = ["load_program", "parse_source", "read_source"]

@@ -182,6 +182,13 @@ class FnDef(Node):
 
 
 @dataclass
+class MeshDef(Node):
+    """`mesh tp = 8` or `mesh dp = 2, tp = 4`: the chips' mesh (many-chip runs)."""
+
+    axes: list[tuple[str, Node]]
+
+
+@dataclass
 class ConstDef(Node):
     """`const NAME = EXPR`."""
 

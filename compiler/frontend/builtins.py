@@ -477,6 +477,27 @@ def _reshape(chk: Checker, args: Args, call: ast.Call):
     return chk.reshape(x, tuple(dims), call.span)
 
 
+@builtin("shard", "x spec")
+def _shard(chk: Checker, args: Args, call: ast.Call):
+    """Pin a value's sharding: one entry per dim, a mesh axis or `_` (replicated)."""
+    x = tensor_arg(chk, args, "x")
+    spec, span = args["spec"]
+    if not isinstance(spec, str):
+        raise Diagnostic(f"shard() needs a string like \"_, tp\" (one entry per dim: a mesh "
+                         f"axis or _), got {describe(spec)}", span)
+    axes = tuple(part.strip() for part in spec.split(",")) if spec.strip() else ()
+    if len(axes) != x.type.rank:
+        raise Diagnostic(f"shard(): {len(axes)} entries for {x.type}, which has "
+                         f"{x.type.rank} dims", span)
+    for axis in axes:
+        if not (axis == "_" or axis.isidentifier()):
+            raise Diagnostic(f"shard(): '{axis}' is neither a mesh axis name nor _", span)
+    named = [a for a in axes if a != "_"]
+    if len(set(named)) != len(named):
+        raise Diagnostic("shard(): a mesh axis can split only one dim", span)
+    return chk.emit("shard", [x], {"axes": axes}, call.span)
+
+
 @builtin("transpose", "x perm", perm=None)
 def _transpose(chk: Checker, args: Args, call: ast.Call):
     x = tensor_arg(chk, args, "x")

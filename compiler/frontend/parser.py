@@ -218,6 +218,14 @@ class _ToAst(Transformer):
         return ast.ConstDef(self._span(meta), self._binding(name, "const"), value)
 
     @v_args(meta=True)
+    def mesh_def(self, meta, children):
+        return ast.MeshDef(self._span(meta), list(children))
+
+    def mesh_axis(self, children):
+        name, size = children
+        return str(name), size
+
+    @v_args(meta=True)
     def fn_def(self, meta, children):
         name, params, returns, body = children
         return ast.FnDef(self._span(meta), self._binding(name, "function"), self._tok(name),

@@ -645,3 +645,30 @@ def recorded_program(seed: int, max_steps: int = 6) -> tuple[str, list[int], lis
 
 def replay_program(record: Sequence[int], max_steps: int = 6) -> str:
     return generate_program(ReplayChooser(record), max_steps=max_steps)
+
+
+def add_shardings(text: str, chooser: Chooser, axes: dict[str, int]) -> str:
+    """`text` with random dims of the entry's parameters split over mesh axes (`F@tp`): a dim
+    gets an axis whose size divides it, each axis at most once per type. Many-chip fuzzing
+    runs the result on the mesh `axes` and compares it with the one-chip reference."""
+    import re
+
+    head, _, rest = text.partition(") ->")
+    params = []
+    for match in re.finditer(r"(\w+): (\w+)\[([^\]]*)\]", head):
+        name, dtype, dims_text = match.groups()
+        dims = [d.strip() for d in dims_text.split(",") if d.strip()]
+        used: set[str] = set()
+        annotated = []
+        for dim in dims:
+            options = [a for a, size in axes.items() if a not in used and dim.isdigit()
+                       and int(dim) % size == 0]
+            if options and chooser.integer(0, 1):
+                axis = chooser.choice(options)
+                used.add(axis)
+                dim = f"{dim}@{axis}"
+            annotated.append(dim)
+        params.append((match.span(), f"{name}: {dtype}[{', '.join(annotated)}]"))
+    for (start, end), replacement in reversed(params):
+        head = head[:start] + replacement + head[end:]
+    return head + ") ->" + rest if rest else head

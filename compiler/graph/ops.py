@@ -506,6 +506,18 @@ _register(OpDef("concat", "injective", _concat_infer,
                 arity=None))
 _register(OpDef("pad", "injective", _pad_infer, _pad_ref, attrs=("pads", "value")))
 
+
+def _shard_infer(types: Types, attrs: dict) -> TensorType:
+    (t,) = types
+    if len(attrs["axes"]) != t.rank:
+        raise Diagnostic(f"shard: {len(attrs['axes'])} entries for {t}, which has rank {t.rank}")
+    return t
+
+
+# `shard(x, "_, tp")`: pins a value's sharding over the mesh (compiler/shard/); the value
+# itself is unchanged (a one-chip compile drops it)
+_register(OpDef("shard", "injective", _shard_infer, lambda xs, attrs: xs[0], attrs=("axes",)))
+
 # --------------------------------------------------------------------------- creation
 
 

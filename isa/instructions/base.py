@@ -101,6 +101,20 @@ class GMBox:
 
 
 @dataclass(frozen=True)
+class NetTransfer:
+    """What a cluster instruction (engine NET) sends to another chip: `nbytes` from this
+    chip's GM to chip `peer` (0 for a bare signal), added there element-wise when `reduce`,
+    and the events `(index, count)` it signals on the peer (on the core of the same index)
+    when it has landed. The interpreter passes it through the network's bandwidth servers
+    (isa/topology.py) and the peer's HBM."""
+
+    peer: int
+    nbytes: int
+    events: tuple[tuple[int, int], ...]
+    reduce: bool = False
+
+
+@dataclass(frozen=True)
 class Cost:
     """What one instruction costs (cycles and bytes; see docs/internals.md section 3).
 
@@ -108,7 +122,8 @@ class Cost:
     `latency` cycles after that. `hbm_read`/`hbm_write` bytes are GM traffic: they draw on the
     chip-wide HBM bandwidth server, or, where the runtime models the L2 and `gm` says which
     bytes they are, on the L2 for the bytes it holds (with `l2_latency` for a read the L2
-    serves whole). `flops` counts arithmetic for reports (a MAC is 2).
+    serves whole). `flops` counts arithmetic for reports (a MAC is 2). `net` is the
+    chip-to-chip part of a cluster instruction (None for every other instruction).
     """
 
     occupancy: int
@@ -117,6 +132,7 @@ class Cost:
     hbm_write: int = 0
     flops: int = 0
     gm: GMBox | None = None
+    net: NetTransfer | None = None
 
 
 CostFn = Callable[[Instruction, Machine, ExecContext], Cost]

@@ -35,7 +35,7 @@ DEFS: list[InstrDef] = [
         mnemonic="WAIT", opcode=0x90, engine="<suffix>", group=GROUP,
         summary="in the queue of engine <eng> (the scalar stream itself for S): wait until "
         "Ek >= n, then subtract n; later instructions of that queue start after it",
-        operands=(EVENT,), suffixes=(SuffixSlot("eng", ("LD", "MX", "VX", "ST", "S")),),
+        operands=(EVENT,), suffixes=(SuffixSlot("eng", ("LD", "MX", "VX", "ST", "S", "NET")),),
         cost=_wait_cost, execute=_nothing,
         cost_doc="WAIT.S: occupancy `scalar_cycles`; on an engine: occupancy 0; a wait "
         "satisfied by a signal adds `event_wake_latency`",

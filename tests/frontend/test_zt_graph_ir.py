@@ -137,7 +137,7 @@ PRIMITIVE_NAMES = [
     "gelu", "erf", "sin", "cos", "floor", "ceil", "sign", "cast", "add", "sub", "mul", "div",
     "pow", "maximum", "minimum", "lt", "le", "gt", "ge", "eq", "ne", "where", "reduce_sum",
     "reduce_max", "reduce_min", "reduce_prod", "argmax", "matmul", "reshape", "transpose",
-    "broadcast_to", "slice", "concat", "pad", "constant", "iota",
+    "broadcast_to", "slice", "concat", "pad", "constant", "iota", "shard",
 ]
 
 

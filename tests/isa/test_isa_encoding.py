@@ -121,8 +121,8 @@ def test_bad_fields():
     (word,) = _words(data, 1)
     with pytest.raises(EncodingError, match="instruction 0: unknown opcode 0xff"):
         decode_program(_with_word(data, word | 0xFF))
-    with pytest.raises(EncodingError, match=r"opcode 0xa0 \(DMA.PUT\) is reserved"):
-        decode_program(_with_word(data, (word & ~0xFF) | 0xA0))
+    with pytest.raises(EncodingError, match=r"opcode 0xa8 \(COLL.ALLREDUCE\) is reserved"):
+        decode_program(_with_word(data, (word & ~0xFF) | 0xA8))
     with pytest.raises(EncodingError, match="VADD suffix field 0 = 15 out of range"):
         decode_program(_with_word(data, word | 0xF << 8))
     with pytest.raises(EncodingError, match="option bits 0x1 out of range for VADD"):

@@ -120,8 +120,11 @@ def test_input_errors_are_diagnostics(tmp_path):
         assert message in proc.stderr and "Traceback" not in proc.stderr
     proc = _zhenwu("run", str(tmp_path / "missing.s"))
     assert proc.returncode == 1 and "cannot read" in proc.stderr
+    # assembly runs on several chips as written (the same program on each)
     proc = _zhenwu("run", str(program), "--chips", "2")
-    assert proc.returncode == 2 and "not supported yet" in proc.stderr
+    assert proc.returncode == 0 and "2 chips (switch) on m890" in proc.stdout
+    proc = _zhenwu("run", str(program), "--chips", "2", "--mesh", "tp=2")
+    assert proc.returncode == 2 and "--mesh shards a .zt program" in proc.stderr
 
 
 def test_identical_files_from_separate_processes(tmp_path):

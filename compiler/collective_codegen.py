@@ -1,0 +1,298 @@
+"""Collectives lowered to chip-to-chip DMAs (DMA.PUT, RSIG) and cross-chip events.
+
+    lines = collective_asm(spec, chip)       # the assembly lines of one chip's kernel body
+    programs, cost = collective_programs("allreduce", 64 << 20, 8, machine)   # a benchmark
+
+A `CollectiveSpec` says what to do: the kind, the algorithm (compiler/collectives.py chooses
+it by its alpha-beta cost), the group of chips, and the GM regions (a tensor name, a byte
+offset and size, a dtype). The code is the same on every chip but for the peers it names
+and the pieces it sends (one program per chip). Every algorithm here is race-free by its
+events, whatever the timing (the functional simulator executes a transfer when it starts):
+
+- readiness: before a chip writes into a peer's buffer, the peer says the buffer holds its
+  data (`RSIG`, event `ready`); a chip's own contribution is never overwritten before it
+  has been read (the arguments are in the comments of each emitter);
+- `direct` (core k of every chip is "lane" k, 1 <= k < p): lane k sends to rank r+k and
+  receives from rank r-k; phases are separated by `BAR.CHIP`;
+- `ring` (core 0): p-1 steps to the right neighbour per phase, each waiting for the left
+  neighbour's previous piece; before the all-gather half of an all-reduce the right
+  neighbour says that its reduce-scatter has read all its pieces (`rsdone`);
+- `hierarchical(ring)` across nodes (all-reduce only): direct reduce-scatter in each node, a
+  ring all-reduce of each chip's share among the chips of the same local rank in every
+  node, a direct all-gather in each node.
+
+Events: each phase of a collective uses its own events from `event_base` (4 per phase), so a
+fast peer's signals for a later phase never meet a slower chip's earlier phase; every event
+is back to 0 when the collective ends (the interpreter checks it at HALT).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from isa.asm import parse_assembly
+from isa.dtypes import itemsize
+from isa.errors import UsageError
+from isa.machine import Machine
+from isa.program import Program
+
+from compiler.collectives import CollectiveCost, collective_cost
+
+EVENTS_PER_PHASE = 4  # ready, arrivals (RS or A2A), arrivals (AG), rsdone
+
+
+@dataclass(frozen=True)
+class Region:
+    """Bytes [offset, offset + nbytes) of GM tensor `tensor`, holding `dtype` elements."""
+
+    tensor: str
+    offset: int
+    nbytes: int
+    dtype: str
+
+    def piece(self, index: int, parts: int) -> Region:
+        """The `index`-th of `parts` near-equal pieces (whole elements; maybe empty)."""
+        size = itemsize(self.dtype)
+        elements = self.nbytes // size
+        lo = index * elements // parts
+        hi = (index + 1) * elements // parts
+        return Region(self.tensor, self.offset + lo * size, (hi - lo) * size, self.dtype)
+
+    def address(self) -> str:
+        return f"{self.tensor}+{self.offset}" if self.offset else self.tensor
+
+
+@dataclass(frozen=True)
+class CollectiveSpec:
+    """One collective on one group: `src` is the buffer (in place: `dst` is None) or, for
+    all-to-all, the send buffer and `dst` the receive buffer; for an all-gather out of place
+    (direct only), `src` is this chip's piece and `dst` the gathered buffer."""
+
+    kind: str
+    algorithm: str
+    group: tuple[int, ...]
+    src: Region
+    dst: Region | None = None
+    chips_per_node: int = 1
+    event_base: int = 0
+    label: str = "coll"
+
+
+class _Emitter:
+    """Builds one chip's lines: per phase, a block per lane (core), then BAR.CHIP."""
+
+    def __init__(self, spec: CollectiveSpec, chip: int):
+        self.spec = spec
+        self.chip = chip
+        # each phase is a `.kernel` region of its own (reports time them)
+        self.lines: list[str] = [f".kernel {spec.label}_p0",
+                                 f"    GETID r0, core  # {spec.kind} ({spec.algorithm}) over "
+                                 f"chips {list(spec.group)}"]
+        self.phase = 0
+
+    def events(self) -> tuple[int, int, int, int]:
+        base = self.spec.event_base + EVENTS_PER_PHASE * self.phase
+        if base + EVENTS_PER_PHASE > 32:
+            raise UsageError("a collective needs more events than the chip has")
+        return base, base + 1, base + 2, base + 3
+
+    def add_phase(self, lanes: dict[int, list[str]]) -> None:
+        label = f"{self.spec.label}_p{self.phase}"
+        for core, body in sorted(lanes.items()):
+            if not body:
+                continue
+            self.lines += [f"    SUB r1, r0, {core}", f"    BNEZ r1, {label}_c{core}", *body,
+                           f"{label}_c{core}:"]
+        self.lines.append("    BAR.CHIP")
+        self.phase += 1
+        self.lines.append(f".kernel {self.spec.label}_p{self.phase}")
+
+
+def _put(peer: int, dst: Region, src: Region, event: int, *, add: bool = False,
+         waits: tuple[int, ...] = ()) -> str:
+    """A DMA.PUT of a piece (a bare RSIG when the piece is empty: the event still counts)."""
+    wait = "".join(f" .wait E{w}" for w in waits)
+    if src.nbytes == 0:
+        return f"    RSIG {peer}, E{event}{wait}"
+    suffix = f".{src.dtype}" if add else ""
+    option = " .add" if add else ""
+    return (f"    DMA.PUT{suffix} {peer}, {dst.address()}, {src.address()}, {src.nbytes}, "
+            f"E{event}{option}{wait}")
+
+
+# ---- direct -----------------------------------------------------------------------------
+
+
+def _direct_ready(em: _Emitter, group: tuple[int, ...], rank: int) -> dict[int, list[str]]:
+    """Lane k tells rank r-k (whose lane k writes into this chip) that this buffer is ready."""
+    ready = em.events()[0]
+    p = len(group)
+    return {k: [f"    RSIG {group[(rank - k) % p]}, E{ready}"] for k in range(1, p)}
+
+
+def _direct(em: _Emitter, kind: str, group: tuple[int, ...], rank: int, src: Region,
+            dst: Region | None, ready: bool) -> None:
+    """One direct phase (or two for all-reduce), lanes 1..p-1.
+
+    Reduce-scatter: lane k adds piece r+k into rank r+k (after its readiness); piece r here is
+    complete when the p-1 adds have landed. All-gather: lane k writes piece r into rank r+k;
+    a piece there is overwritten only after it was read: in an all-reduce, rank r+k's add of
+    piece r into this chip has landed (this chip's lanes waited for every add before the
+    BAR.CHIP that ends the reduce-scatter). All-to-all: block r+k of src to block r of dst at
+    rank r+k.
+    """
+    p = len(group)
+    ready_event, arrive, gathered, _ = em.events()
+    waits = (ready_event,) if ready else ()
+    lanes: dict[int, list[str]] = {k: [] for k in range(1, p)}
+    if ready:
+        for k, body in _direct_ready(em, group, rank).items():
+            lanes[k] += body
+    if kind in ("allreduce", "reducescatter"):
+        for k in range(1, p):
+            piece = src.piece((rank + k) % p, p)
+            lanes[k] += [_put(group[(rank + k) % p], piece, piece, arrive, add=True,
+                              waits=waits),
+                         f"    WAIT.S E{arrive}"]
+        if kind == "allreduce":
+            em.add_phase(lanes)
+            lanes = {k: [] for k in range(1, p)}
+            waits = ()
+            ready_event, arrive, gathered, _ = em.events()
+    if kind in ("allreduce", "allgather"):
+        mine = src.piece(rank, p)
+        target = mine
+        if kind == "allgather" and dst is not None:  # out of place: src is this chip's piece
+            mine, target = src, dst.piece(rank, p)
+            lanes[0] = [_put(group[rank], target, mine, gathered), f"    WAIT.S E{gathered}"]
+        for k in range(1, p):
+            lanes[k] += [_put(group[(rank + k) % p], target, mine, gathered, waits=waits),
+                         f"    WAIT.S E{gathered}"]
+    if kind == "alltoall":
+        assert dst is not None
+        for k in range(1, p):
+            peer = (rank + k) % p
+            lanes[k] += [_put(group[peer], dst.piece(rank, p), src.piece(peer, p), gathered,
+                              waits=waits), f"    WAIT.S E{gathered}"]
+        own = src.piece(rank, p)
+        lanes[0] = [_put(group[rank], dst.piece(rank, p), own, gathered),
+                    f"    WAIT.S E{gathered}"]
+    em.add_phase(lanes)
+
+
+# ---- ring -------------------------------------------------------------------------------
+
+
+def _ring(em: _Emitter, kind: str, group: tuple[int, ...], rank: int, src: Region,
+          core: int = 0) -> None:
+    """One ring phase on one core. Reduce-scatter step s adds piece r-1-s into the right
+    neighbour (rank r ends with piece r); all-gather step s writes piece r-s there. Step s+1
+    waits for the left neighbour's step s. In an all-reduce the first all-gather write waits
+    also for the right neighbour's `rsdone`, sent after its last reduce-scatter put has read
+    its piece: every piece the all-gather overwrites there has been read."""
+    p = len(group)
+    ready, arrive, gathered, rsdone = em.events()
+    left, right = group[(rank - 1) % p], group[(rank + 1) % p]
+    body = [f"    RSIG {left}, E{ready}"]
+    if kind in ("allreduce", "reducescatter"):
+        for step in range(p - 1):
+            piece = src.piece((rank - 1 - step) % p, p)
+            body.append(_put(right, piece, piece, arrive, add=True,
+                             waits=(ready,) if step == 0 else (arrive,)))
+        if kind == "reducescatter":  # in the NET queue: its puts consume E(arrive) too
+            body.append(f"    WAIT.NET E{arrive}")
+        else:
+            body.append(f"    RSIG {left}, E{rsdone}")
+    if kind in ("allreduce", "allgather"):
+        for step in range(p - 1):
+            piece = src.piece((rank - step) % p, p)
+            if step:
+                waits: tuple[int, ...] = (gathered,)
+            elif kind == "allreduce":
+                waits = (arrive, rsdone)
+            else:
+                waits = (ready,)
+            body.append(_put(right, piece, piece, gathered, waits=waits))
+        body.append(f"    WAIT.NET E{gathered}")
+    em.add_phase({core: body})
+
+
+# ---- the driver -------------------------------------------------------------------------
+
+
+def collective_asm(spec: CollectiveSpec, chip: int) -> list[str]:
+    """The assembly lines (a kernel body, ending with BAR.CHIP) of `spec` on `chip`."""
+    group = spec.group
+    if chip not in group:
+        raise UsageError(f"chip {chip} is not in the collective's group {list(group)}")
+    rank = group.index(chip)
+    if spec.kind == "alltoall" and (spec.src.nbytes // itemsize(spec.src.dtype)) % len(group):
+        raise UsageError(f"all-to-all of {spec.src.nbytes // itemsize(spec.src.dtype)} "
+                         f"elements: not a whole number of blocks for {len(group)} chips")
+    em = _Emitter(spec, chip)
+    if len(group) == 1:
+        if spec.kind == "alltoall":
+            assert spec.dst is not None
+            em.add_phase({0: [_put(chip, spec.dst, spec.src, em.events()[2]),
+                              f"    WAIT.S E{em.events()[2]}"]})
+        return em.lines[:-1]
+    if spec.algorithm == "direct":
+        _direct(em, spec.kind, group, rank, spec.src, spec.dst, ready=True)
+    elif spec.algorithm == "ring":
+        if spec.kind == "alltoall":
+            raise UsageError("all-to-all has no ring schedule: use direct")
+        buffer = spec.src
+        if spec.kind == "allgather" and spec.dst is not None:  # this chip's piece in first
+            buffer = spec.dst
+            copied = em.events()[2]
+            em.add_phase({0: [_put(chip, buffer.piece(rank, len(group)), spec.src, copied),
+                              f"    WAIT.S E{copied}"]})
+        _ring(em, spec.kind, group, rank, buffer)
+    elif spec.algorithm == "hierarchical(ring)":
+        _hierarchical(em, spec, rank)
+    else:
+        raise UsageError(f"no schedule for algorithm '{spec.algorithm}'")
+    return em.lines[:-1]  # no region after the last phase
+
+
+def _hierarchical(em: _Emitter, spec: CollectiveSpec, rank: int) -> None:
+    """Direct inside the node, ring across nodes (whole nodes of consecutive chips)."""
+    per_node = spec.chips_per_node
+    group = spec.group
+    node, local = divmod(rank, per_node)
+    node_group = group[node * per_node:(node + 1) * per_node]
+    cross = tuple(group[n * per_node + local] for n in range(len(group) // per_node))
+    share = spec.src.piece(local, per_node)
+    if spec.kind == "allreduce":
+        _direct(em, "reducescatter", node_group, local, spec.src, None, ready=True)
+        _ring(em, "allreduce", cross, node, share)
+        _direct(em, "allgather", node_group, local, spec.src, None, ready=False)
+    else:
+        # the pieces a chip ends with would not be in rank order (node-major): not lowered
+        raise UsageError(f"{spec.kind} across nodes has no schedule yet (all-reduce has)")
+
+
+def collective_programs(kind: str, nbytes: int, chips: int, machine: Machine,
+                        dtype: str = "f32", algorithm: str | None = None
+                        ) -> tuple[list[Program], CollectiveCost]:
+    """One program per chip running collective `kind` on a buffer of `nbytes` (`buf`, and
+    `out` for all-to-all), with the algorithm the alpha-beta model picks (or the one named);
+    and that model's estimate."""
+    cost = collective_cost(kind, nbytes, chips, machine, algorithm=algorithm,
+                           lowered_only=True)
+    size = itemsize(dtype)
+    elements = max(1, nbytes // size)
+    header = [f".tensor buf, {dtype}, [{elements}], 0x0, inout"]
+    dst = None
+    if kind == "alltoall":
+        out_at = -(-elements * size // 4096) * 4096
+        header.append(f".tensor out, {dtype}, [{elements}], {out_at:#x}, out")
+        dst = Region("out", 0, elements * size, dtype)
+    spec = CollectiveSpec(kind, cost.algorithm, tuple(range(chips)),
+                          Region("buf", 0, elements * size, dtype), dst,
+                          machine.chips_per_node, label=kind)
+    programs = []
+    for chip in range(chips):
+        lines = header + collective_asm(spec, chip) + ["    HALT"]
+        programs.append(parse_assembly("\n".join(lines) + "\n", f"{kind}-chip{chip}.s"))
+    return programs, cost

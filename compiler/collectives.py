@@ -1,0 +1,277 @@
+"""The alpha-beta cost of collectives, from the machine file alone (no simulation).
+
+    from compiler.collectives import collective_seconds, collective_cost
+    seconds, algorithm = collective_seconds("allreduce", 1 << 30, 10_000, machine)
+    cost = collective_cost("allgather", 64 << 20, 8, machine)   # .seconds .algorithm
+                                                                 # .phases .algbw .busbw
+
+Kinds: `allreduce`, `allgather`, `reducescatter`, `alltoall`. `nbytes` is the buffer as
+nccl-tests counts it: the vector every chip reduces (all-reduce), the whole gathered output
+(all-gather), the whole input that is scattered (reduce-scatter), and each chip's whole send
+buffer (all-to-all).
+
+Algorithms, exactly as compiler/collective_codegen.py lowers them to DMA.PUT and RSIG, so
+that simulation and this model agree:
+
+- `direct`: every chip sends its p-1 pieces of `nbytes / p` to all peers at once (one core per
+  peer: "lanes"); all-reduce is a direct reduce-scatter (puts with `.add`) then a direct
+  all-gather. Time: a readiness signal (alpha), then per phase the busiest channel's bytes
+  over its bandwidth (switch port, link bundle, NIC, or a chip's HBM) plus the largest alpha.
+- `ring`: p-1 steps to the next chip (2(p-1) for all-reduce), each waiting for the previous
+  step's piece: per step alpha + piece / bandwidth; plus the readiness alpha.
+- between nodes (more chips than `[system] chips_per_node`): `hierarchical`: a direct
+  reduce-scatter inside each node, an all-reduce of each chip's 1/c share across the nodes
+  over the NICs (`ring`, or recursive halving-doubling `rhd` in this model only), then a
+  direct all-gather inside each node.
+
+Each phase's time is alpha + beta terms: alpha from `link.alpha_seconds` per hop or
+`nic.alpha_seconds`, beta from the channels' bandwidths (isa/topology.py). The choice is the
+cheapest algorithm for the size: direct for everything on a switch or a full mesh (fewest
+alphas, every link busy), ring for large messages on a ring.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from isa.errors import UsageError
+from isa.machine import Machine
+from isa.topology import Topology
+
+KINDS = ("allreduce", "allgather", "reducescatter", "alltoall")
+# algorithms the compiler can lower (and the simulator run); "hierarchical" is the composite
+# across nodes
+LOWERED = ("direct", "ring")
+INTER_NODE = ("ring", "rhd")
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One step of a collective's schedule: what runs, among how many chips, and its time."""
+
+    name: str
+    algorithm: str
+    chips: int
+    nbytes: int
+    seconds: float
+    alpha_seconds: float
+
+
+@dataclass(frozen=True)
+class CollectiveCost:
+    """The alpha-beta estimate of one collective."""
+
+    kind: str
+    nbytes: int
+    chips: int
+    algorithm: str
+    phases: tuple[Phase, ...]
+
+    @property
+    def seconds(self) -> float:
+        return sum(phase.seconds for phase in self.phases)
+
+    @property
+    def algbw(self) -> float:
+        """Algorithm bandwidth: bytes over time (nccl-tests)."""
+        return self.nbytes / self.seconds if self.seconds else 0.0
+
+    @property
+    def busbw(self) -> float:
+        """Bus bandwidth: algbw times the kind's factor (nccl-tests)."""
+        return self.algbw * bus_factor(self.kind, self.chips)
+
+
+def bus_factor(kind: str, chips: int) -> float:
+    """nccl-tests' bus-bandwidth factor: 2(n-1)/n for all-reduce, (n-1)/n otherwise."""
+    if chips <= 1:
+        return 0.0
+    share = (chips - 1) / chips
+    return 2 * share if kind == "allreduce" else share
+
+
+def collective_seconds(kind: str, nbytes: int, chips: int, machine: Machine) -> tuple[float,
+                                                                                       str]:
+    """The alpha-beta time of collective `kind` of `nbytes` over `chips` chips of `machine`,
+    and the algorithm that gives it (the cheapest)."""
+    cost = collective_cost(kind, nbytes, chips, machine)
+    return cost.seconds, cost.algorithm
+
+
+def collective_cost(kind: str, nbytes: int, chips: int, machine: Machine,
+                    algorithm: str | None = None, group: tuple[int, ...] | None = None,
+                    lowered_only: bool = False) -> CollectiveCost:
+    """The estimate of `kind` over `chips` chips (or the chips `group` of a run of `chips`),
+    with the cheapest algorithm or the one named (`lowered_only`: the cheapest the compiler
+    can lower, for a simulated run)."""
+    _check(kind, nbytes, chips)
+    group = tuple(range(chips)) if group is None else group
+    if len(group) == 1:
+        return CollectiveCost(kind, nbytes, 1, "none", ())
+    per_node = machine.chips_per_node
+    nodes = {chip // per_node for chip in group}
+    if len(nodes) > 1:
+        if lowered_only and algorithm is None:
+            algorithm = "ring"
+        if algorithm is not None and algorithm.startswith("hierarchical("):
+            algorithm = algorithm[len("hierarchical("):-1]
+        return _hierarchical(kind, nbytes, group, machine, algorithm)
+    candidates = LOWERED if algorithm is None else (algorithm,)
+    best = None
+    for name in candidates:
+        if name not in LOWERED:
+            raise UsageError(f"unknown algorithm '{name}' inside a node (one of: "
+                             f"{', '.join(LOWERED)})")
+        phases = _node_phases(kind, nbytes, group, machine, name)
+        cost = CollectiveCost(kind, nbytes, len(group), name, phases)
+        if best is None or cost.seconds < best.seconds:
+            best = cost
+    assert best is not None
+    return best
+
+
+def _check(kind: str, nbytes: int, chips: int) -> None:
+    if kind not in KINDS:
+        raise UsageError(f"unknown collective '{kind}' (one of: {', '.join(KINDS)})")
+    if nbytes < 0:
+        raise UsageError(f"a collective of {nbytes} bytes")
+    if chips < 1:
+        raise UsageError(f"a collective over {chips} chips")
+
+
+# ---- inside a node ----------------------------------------------------------------------
+
+
+def _topology(machine: Machine, group: tuple[int, ...]) -> Topology:
+    return Topology(machine, max(group) + 1)
+
+
+def _flows_seconds(topology: Topology, flows: list[tuple[int, int, float]],
+                   reduce: bool) -> tuple[float, float]:
+    """All `flows` (src, dst, bytes) at once: (seconds, alpha seconds). The beta part is the
+    busiest channel's (or HBM's) bytes over its bandwidth; the alpha the largest route's."""
+    machine = topology.machine
+    load: dict[str, float] = {}
+    hbm: dict[int, float] = {}
+    alpha = 0.0
+    for src, dst, nbytes in flows:
+        route = topology.route(src, dst)
+        alpha = max(alpha, route.alpha_seconds)
+        for name in route.channels:
+            load[name] = load.get(name, 0.0) + nbytes
+        hbm[src] = hbm.get(src, 0.0) + nbytes
+        hbm[dst] = hbm.get(dst, 0.0) + nbytes * (2 if reduce else 1)
+    beta = max([load[name] / topology.channels[name].bytes_per_second for name in load]
+               + [bytes_ / machine.hbm_bandwidth for bytes_ in hbm.values()] + [0.0])
+    return beta + alpha, alpha
+
+
+def _node_phases(kind: str, nbytes: int, group: tuple[int, ...], machine: Machine,
+                 algorithm: str) -> tuple[Phase, ...]:
+    topology = _topology(machine, group)
+    p = len(group)
+    piece = nbytes / p
+    if algorithm == "direct":
+        def phase(name: str, reduce: bool) -> Phase:
+            flows = [(group[r], group[(r + k) % p], piece) for r in range(p) for k in range(1, p)]
+            seconds, alpha = _flows_seconds(topology, flows, reduce)
+            return Phase(name, "direct", p, round(piece * (p - 1)), seconds, alpha)
+    else:
+        def phase(name: str, reduce: bool) -> Phase:
+            flows = [(group[r], group[(r + 1) % p], piece) for r in range(p)]
+            step, alpha = _flows_seconds(topology, flows, reduce)
+            return Phase(name, "ring", p, round(piece * (p - 1)), step * (p - 1),
+                         alpha * (p - 1))
+    ready_flows = [(group[r], group[(r - 1) % p], 0.0) for r in range(p)]
+    if algorithm == "direct":
+        ready_flows = [(group[r], group[(r - k) % p], 0.0) for r in range(p)
+                       for k in range(1, p)]
+    ready, _ = _flows_seconds(topology, ready_flows, False)
+    phases = [Phase("ready", "signal", p, 0, ready, ready)]
+    if kind in ("allreduce", "reducescatter"):
+        phases.append(phase("reduce-scatter", True))
+    if kind in ("allreduce", "allgather"):
+        phases.append(phase("all-gather", False))
+    if kind == "alltoall":
+        phases.append(phase("all-to-all", False))
+    return tuple(phases)
+
+
+# ---- across nodes -----------------------------------------------------------------------
+
+
+def _hierarchical(kind: str, nbytes: int, group: tuple[int, ...], machine: Machine,
+                  algorithm: str | None) -> CollectiveCost:
+    """Inside each node directly, across nodes over the NICs (see the module docstring).
+    The group must be whole nodes of consecutive chips."""
+    per_node = machine.chips_per_node
+    chips = len(group)
+    if group != tuple(range(group[0], group[0] + chips)) or group[0] % per_node \
+            or chips % per_node:
+        raise UsageError(f"a collective across nodes needs whole nodes of {per_node} "
+                         f"consecutive chips, got {chips} chips from chip {group[0]}")
+    if kind == "alltoall":
+        raise UsageError("all-to-all across nodes is not modelled yet")
+    nodes = chips // per_node
+    local = tuple(range(group[0], group[0] + per_node))
+    share = nbytes / per_node  # each chip's piece after the node's reduce-scatter
+    inner = _node_phases("reducescatter" if kind != "allgather" else "allgather", nbytes,
+                         local, machine, "direct")
+    choices = INTER_NODE if algorithm is None else (algorithm,)
+    best = None
+    for name in choices:
+        if name not in INTER_NODE:
+            raise UsageError(f"unknown algorithm '{name}' across nodes (one of: "
+                             f"{', '.join(INTER_NODE)})")
+        cross = _inter_node(kind, share, nodes, machine, name)
+        phases = list(inner[:2]) if kind != "allgather" else []
+        phases += list(cross)
+        if kind == "allreduce":
+            phases.append(_node_phases("allgather", nbytes, local, machine, "direct")[1])
+        elif kind == "allgather":
+            phases += list(inner)
+        cost = CollectiveCost(kind, nbytes, chips, f"hierarchical({name})", tuple(phases))
+        if best is None or cost.seconds < best.seconds:
+            best = cost
+    assert best is not None
+    return best
+
+
+def _inter_node(kind: str, nbytes: float, nodes: int, machine: Machine,
+                algorithm: str) -> list[Phase]:
+    """The cross-node part over each chip's NIC: all-reduce (or reduce-scatter/all-gather)
+    of `nbytes` among `nodes` chips (one per node)."""
+    alpha, bandwidth = machine.nic_alpha, machine.nic_bandwidth
+    halves = 2 if kind == "allreduce" else 1
+    name = {"allreduce": "all-reduce", "reducescatter": "reduce-scatter",
+            "allgather": "all-gather"}[kind] + " across nodes"
+    ready = Phase("ready across nodes", "signal", nodes, 0, alpha, alpha)
+    if algorithm == "ring":
+        steps = halves * (nodes - 1)
+        seconds = steps * (alpha + nbytes / nodes / bandwidth)
+        return [ready, Phase(name, "ring", nodes, round(nbytes * (nodes - 1) / nodes), seconds,
+                             steps * alpha)]
+    # recursive halving (reduce-scatter) then doubling (all-gather); a node count that is
+    # not a power of two first folds the extra nodes in (one exchange of the whole message
+    # each way)
+    power = 1 << (nodes.bit_length() - 1)
+    steps = halves * int(math.log2(power))
+    seconds = steps * alpha + halves * (power - 1) / power * nbytes / bandwidth
+    if power != nodes:
+        seconds += 2 * (alpha + nbytes / bandwidth)
+        steps += 2
+    return [ready, Phase(name, "rhd", nodes, round(nbytes), seconds, steps * alpha)]
+
+
+def parse_size(text: str) -> int:
+    """`1GiB`, `64 MiB`, `4KiB`, `1e6`, `512` (bytes) as an integer number of bytes."""
+    import re
+
+    units = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+             "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40, "K": 2**10, "M": 2**20,
+             "G": 2**30}
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([A-Za-z]*)\s*", text)
+    if match is None or match[2] not in units:
+        raise UsageError(f"bad size '{text}' (e.g. 4KiB, 64MiB, 1GiB, 1e6)")
+    return int(float(match[1]) * units[match[2]])

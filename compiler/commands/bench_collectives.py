@@ -1,0 +1,137 @@
+"""`zhenwu bench collectives` (an nccl-tests-like table of simulated collectives) and
+`zhenwu bench scaling` (programs on 1 to 8 chips, tensor parallel).
+
+For all-reduce, all-gather, reduce-scatter and all-to-all from 4 KiB to 1 GiB on one node of
+`--chips` chips (default: the machine's `[system] chips_per_node`): the collective is lowered
+to DMA.PUT/RSIG programs (compiler/collective_codegen.py) and simulated timing-only on the
+cluster (runtime/cluster.py). Columns: size, simulated time, algorithm bandwidth (size over
+time), bus bandwidth (nccl-tests' factor: 2(n-1)/n for all-reduce, (n-1)/n otherwise), the
+algorithm, the alpha-beta model's time (compiler/collectives.py) and the simulation's
+difference from it. Bus bandwidth is compared with the per-chip link peak (the chip's
+injection bandwidth into its node).
+
+`scaling` compiles each program of `SCALING` for 1, 2, 4 or 8 chips (mesh `tp=N`) and
+simulates it timing-only: cycles, speedup over one chip, the share of chip 0's time in
+collective kernels, and the host seconds the simulation took.
+"""
+
+from __future__ import annotations
+
+import json
+
+from compiler.collective_codegen import collective_programs
+from compiler.collectives import KINDS
+from isa.topology import Topology
+from isa.errors import UsageError
+from runtime.cluster import run_cluster
+
+SIZES = tuple(4096 * 4**i for i in range(11) if 4096 * 4**i <= 1 << 30)
+
+
+def measure(kind: str, nbytes: int, chips: int, machine) -> dict:
+    """One row: simulate `kind` of `nbytes` on `chips` chips; compare with the model."""
+    programs, cost = collective_programs(kind, nbytes, chips, machine)
+    report = run_cluster(programs, machine, timing_only=True).report
+    seconds = report.seconds
+    algbw = nbytes / seconds
+    factor = cost.busbw / cost.algbw if cost.algbw else 0.0
+    return {"kind": kind, "bytes": nbytes, "chips": chips, "algorithm": cost.algorithm,
+            "cycles": report.cycles, "seconds": seconds, "algbw": algbw,
+            "busbw": algbw * factor, "model_seconds": cost.seconds,
+            "model_error": seconds / cost.seconds - 1}
+
+
+def _size(nbytes: int) -> str:
+    for unit, factor in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if nbytes >= factor:
+            return f"{nbytes // factor} {unit}"
+    return f"{nbytes} B"
+
+
+def run_collectives(args, machine) -> int:
+    chips = args.chips or machine.chips_per_node
+    peak = Topology(machine, chips).injection_bandwidth()
+    rows, skipped = [], []
+    for kind in KINDS:
+        try:
+            rows += [measure(kind, size, chips, machine) for size in SIZES]
+        except UsageError as err:  # e.g. all-to-all across nodes: no schedule
+            skipped.append(f"{kind}: {err.message}")
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"machine {machine.name}: {chips} chips, {machine.topology}; per-chip link peak "
+          f"{peak / 1e9:.0f} GB/s; simulated timing-only")
+    for note in skipped:
+        print(f"skipped {note}")
+    for kind in sorted({row["kind"] for row in rows}, key=KINDS.index):
+        print(f"\n{kind}")
+        print(f"{'size':>9} {'time us':>10} {'algbw GB/s':>11} {'busbw GB/s':>11} "
+              f"{'busbw/peak':>10}  {'algorithm':<18} {'model us':>10} {'sim/model':>9}")
+        for row in rows:
+            if row["kind"] != kind:
+                continue
+            print(f"{_size(row['bytes']):>9} {row['seconds'] * 1e6:>10.2f} "
+                  f"{row['algbw'] / 1e9:>11.2f} {row['busbw'] / 1e9:>11.2f} "
+                  f"{row['busbw'] / peak:>10.1%}  {row['algorithm']:<18} "
+                  f"{row['model_seconds'] * 1e6:>10.2f} {row['model_error']:>+9.2%}")
+    return 0
+
+
+# ---- zhenwu bench scaling ---------------------------------------------------------------
+
+SCALING = (
+    # (name, program, shapes, chip counts)
+    ("FFN GEMM 8192x8192x28672 bf16", "samples/sharded/ffn_gemm.zt", {}, (1, 8)),
+    ("Qwen-style block T=4096, TP", "samples/sharded/qwen_block_4096_tp.zt", {}, (1, 2, 4, 8)),
+)
+_COLLECTIVE_KERNELS = ("all_reduce_", "all_gather_", "reduce_scatter_", "all_to_all_")
+
+
+def scaling_row(path: str, shapes: dict, chips: int, machine) -> dict:
+    """Compile `path` for `chips` chips (mesh tp=chips), simulate it timing-only."""
+    import time
+    from pathlib import Path
+
+    from compiler.backend.pipeline import CompileOptions
+    from compiler.frontend import load_program
+    from compiler.shard import compile_spmd, parse_mesh, run_spmd, shard_function
+
+    root = Path(__file__).resolve().parents[2]
+    fn = load_program(str(root / path), shapes=shapes)
+    mesh = parse_mesh(f"tp={chips}")
+    start = time.perf_counter()
+    compiled = compile_spmd(shard_function(fn, mesh), machine, CompileOptions(), chips)
+    compile_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    _, result = run_spmd(compiled, machine, {}, timing_only=True)
+    host_seconds = time.perf_counter() - start
+    chip0 = result.report.chips[0]
+    comm = sum(k.cycles for k in chip0.kernels if k.name.startswith(_COLLECTIVE_KERNELS))
+    return {"chips": chips, "cycles": result.report.cycles, "seconds": result.report.seconds,
+            "communication_cycles": comm, "communication_share": comm / chip0.cycles,
+            "collectives": len(compiled.collectives), "compile_seconds": compile_seconds,
+            "host_seconds": host_seconds}
+
+
+def run_scaling(args, machine) -> int:
+    results = []
+    for name, path, shapes, counts in SCALING:
+        rows = [scaling_row(path, shapes, chips, machine) for chips in counts]
+        for row in rows:
+            row["speedup"] = rows[0]["cycles"] / row["cycles"]
+        results.append({"name": name, "program": path, "rows": rows})
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return 0
+    print(f"machine {machine.name}: tensor parallel over one node ({machine.topology}), "
+          "simulated timing-only")
+    for entry in results:
+        print(f"\n{entry['name']} ({entry['program']})")
+        print(f"{'chips':>5} {'cycles':>12} {'time ms':>9} {'speedup':>8} {'comm share':>10} "
+              f"{'collectives':>11} {'host s':>8}")
+        for row in entry["rows"]:
+            print(f"{row['chips']:>5} {row['cycles']:>12} {row['seconds'] * 1e3:>9.3f} "
+                  f"{row['speedup']:>7.2f}x {row['communication_share']:>10.1%} "
+                  f"{row['collectives']:>11} {row['host_seconds']:>8.1f}")
+    return 0

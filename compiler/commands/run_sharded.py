@@ -1,0 +1,78 @@
+"""`zhenwu run prog.zt --chips N [--mesh tp=N]`: compile for N chips, run the cluster.
+
+The program is sharded over the mesh (compiler/shard/), each chip's program is simulated
+on the cluster (runtime/cluster.py), and the chips' result shards are joined into the
+program's results. `--check` compares them with the one-chip reference evaluator; the
+report (`--report`) has one entry per chip and one per link.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+from compiler.check import output_tolerance, relative_error
+from isa.errors import Diagnostic, UsageError
+
+
+def run_sharded(args) -> int:
+    from compiler.commands import compile_options
+    from compiler.commands.run_asm import _write_text
+    from compiler.frontend import load_program
+    from compiler.inputs import parse_shape_options, prepare_inputs, read_inputs, write_outputs
+    from compiler.shard import compile_spmd, resolve_mesh, run_spmd, shard_function
+    from isa.machine import load_machine
+
+    if args.chips < 1:
+        raise UsageError(f"--chips {args.chips}: at least one chip")
+    machine = load_machine(args.machine)
+    given, sources = read_inputs(args.input or [], args.inputs)
+    fn = load_program(args.program, entry=args.entry,
+                      shapes=parse_shape_options(args.shape or []),
+                      input_shapes={name: array.shape for name, array in given.items()})
+    mesh = resolve_mesh(fn, args.mesh, args.chips)
+    start = time.perf_counter()
+    spmd = shard_function(fn, mesh)
+    compiled = compile_spmd(spmd, machine, compile_options(args), mesh.chips)
+    compile_seconds = time.perf_counter() - start
+    inputs = {} if args.timing_only else prepare_inputs(fn, given, args.seed, sources)
+    outputs, result = run_spmd(compiled, machine, inputs, timing_only=args.timing_only,
+                               trace=bool(args.trace), max_instructions=args.max_instructions)
+    if args.output and outputs:
+        write_outputs(args.output, outputs)
+    report = result.report
+    if args.report:
+        data = report.to_json()
+        data["compile_seconds"] = round(compile_seconds, 6)
+        data["mesh"] = str(mesh)
+        data["collectives"] = [{"kind": op.kind, "axis": op.attrs["axis"], "bytes": nbytes,
+                                "algorithm": algorithm}
+                               for op, algorithm, nbytes in compiled.collectives]
+        _write_text(args.report, json.dumps(data, indent=2) + "\n")
+    if args.trace and result.trace is not None:
+        _write_text(args.trace, json.dumps(result.trace))
+    for index, value in enumerate(fn.outputs):
+        print(f"out{index}: {value.type.dtype} {list(value.type.shape)}")
+    status = 0
+    if args.check:
+        if args.timing_only:
+            raise UsageError("--check needs the math: drop --timing-only")
+        from compiler.reference import evaluate
+
+        want = evaluate(fn, inputs)
+        for index, (got, ref, value) in enumerate(zip(outputs, want, fn.outputs)):
+            err = relative_error(got, ref)
+            tol = output_tolerance(fn, value)
+            verdict = "ok" if err <= tol else "FAIL"
+            print(f"check out{index}: max relative error {err:.3g} (tolerance {tol:g}) {verdict}")
+            if err > tol:
+                status = 1
+    kinds = ", ".join(f"{op.kind}({op.attrs['axis']}, {nbytes} B, {algorithm})"
+                      for op, algorithm, nbytes in compiled.collectives) or "none"
+    print(f"mesh {mesh} on {mesh.chips} chips: collectives {kinds}")
+    print(f"kernels {compiled.kernel_count} per chip  compile {compile_seconds:.3f} s")
+    print(f"cycles {report.cycles}  simulated time {report.seconds * 1e6:.3f} us")
+    print(report.to_text())
+    if status:
+        raise Diagnostic("the compiled program does not match the reference evaluator")
+    return status

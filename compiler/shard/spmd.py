@@ -1,0 +1,345 @@
+"""Compile an SPMD function for N chips and run it on the simulated cluster.
+
+    compiled = compile_spmd(spmd, machine, options)     # spmd: compiler.shard.propagate
+    outputs, report = run_spmd(compiled, inputs, timing_only=False)
+
+The SPMD function (local shapes, collectives as ops) is cut at its collectives into
+segments: each segment is an ordinary Graph IR function, compiled once by the one-chip
+pipeline (compiler/backend/pipeline.py) and shared by every chip. Each chip's program is
+then the segments' code in order with, between them, that chip's collective kernels
+(compiler/collective_codegen.py: DMA.PUT and RSIG to the peers of its group along the
+collective's mesh axis, algorithm chosen by the alpha-beta cost).
+
+GM layout, per chip: the values that cross a segment boundary ("boundary" tensors, named
+`v<id>`, parameters by their name) get addresses of their own, never reused; a collective's
+buffer aliases them where the collective works in place (an all-reduce on its operand; an
+all-gather's operand is the chip's piece of the gathered buffer, at an address that depends
+on the chip's rank: the one difference between the chips' tensor tables; a reduce-scatter's
+or shard_slice's result is the chip's piece of its operand). Each segment's own temporaries
+follow, all segments sharing that region (they run one after another, each kernel ending
+with a chip barrier).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from compiler.collective_codegen import CollectiveSpec, Region, collective_asm
+from compiler.collectives import collective_cost
+from compiler.graph.ir import Function, Op, Value
+from compiler.shard.propagate import COLLECTIVE_KINDS, SpmdFunction, join_output, split_input
+from isa.asm import parse_assembly
+from isa.errors import CompileError, Diagnostic
+
+ALIGN = 4096  # bytes: boundary tensors start on their own page
+_COLLECTIVE_OF = {"all_reduce": "allreduce", "all_gather": "allgather",
+                  "reduce_scatter": "reducescatter", "all_to_all": "alltoall"}
+
+
+@dataclass
+class Segment:
+    """A run of compute ops between collectives, compiled as one function."""
+
+    fn: Function
+    compiled: object  # compiler.backend.pipeline.CompiledProgram
+    names: dict[int, str]  # value id -> its tensor name in the merged program
+
+
+@dataclass
+class SpmdProgram:
+    """What `compile_spmd` returns: the per-chip programs and how they were made."""
+
+    spmd: SpmdFunction
+    programs: list
+    asm: list[str]
+    segments: list[Segment]
+    collectives: list[tuple[Op, str, int]]  # (op, algorithm, bytes)
+    bytes_per_chip: int
+    chips: int
+    kernel_count: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+def _tensor_name(value: Value) -> str:
+    return value.name if value.name else f"v{value.id}"
+
+
+def _segments(fn: Function) -> list[list[Op] | Op]:
+    """The ops in order, compute runs grouped, each collective on its own."""
+    steps: list[list[Op] | Op] = []
+    for op in fn.ops:
+        if op.kind in COLLECTIVE_KINDS:
+            steps.append(op)
+        elif steps and isinstance(steps[-1], list):
+            steps[-1].append(op)
+        else:
+            steps.append([op])
+    return steps
+
+
+def _segment_function(ops: list[Op], index: int, live_after: set[int],
+                      fn: Function) -> tuple[Function, dict[int, Value]]:
+    """A Function of `ops`: parameters are the values they read from outside, outputs the
+    values they define that later steps (or the results) read."""
+    defined = {op.result.id for op in ops}
+    inputs: dict[int, Value] = {}
+    for op in ops:
+        for value in op.inputs:
+            if value.id not in defined and value.id not in inputs:
+                inputs[value.id] = Value(value.id, value.type, _tensor_name(value), value.span)
+    mapping = dict(inputs)
+    new_ops = []
+    for op in ops:
+        result = Value(op.result.id, op.result.type, None, op.result.span)
+        mapping[op.id] = result
+        new_ops.append(Op(op.id, op.kind, tuple(mapping[v.id] for v in op.inputs),
+                          dict(op.attrs), result, op.span, op.origin))
+    outputs = [mapping[op.id] for op in ops if op.id in live_after]
+    return Function(f"{fn.name}_s{index}", list(inputs.values()), new_ops, outputs), mapping
+
+
+def _live_after(steps, fn: Function) -> list[set[int]]:
+    """Per step, the value ids read by later steps or returned."""
+    later: set[int] = {v.id for v in fn.outputs}
+    out = []
+    for step in reversed(steps):
+        out.append(set(later))
+        ops = step if isinstance(step, list) else [step]
+        for op in ops:
+            later.update(v.id for v in op.inputs)
+    return list(reversed(out))
+
+
+_TENSOR = re.compile(r"^\.tensor (\w+), (\w+), \[([^\]]*)\], (0x[0-9a-f]+|\d+), (\w+)$")
+_DESC = re.compile(r"^(\s*DESC d\d+, )([A-Za-z_]\w*)(.*)$")
+
+
+def compile_spmd(spmd: SpmdFunction, machine, options, chips: int) -> SpmdProgram:
+    """The per-chip programs of `spmd` on `chips` chips of `machine`."""
+    from compiler.backend.pipeline import compile_function
+
+    mesh = spmd.mesh
+    fn = spmd.fn
+    _check_fits(spmd, machine)
+    steps = _segments(fn)
+    live = _live_after(steps, fn)
+    params = {v.id for v in fn.params}
+    segments: list[Segment | Op] = []
+    kernel_count = 0
+    for index, (step, after) in enumerate(zip(steps, live)):
+        if isinstance(step, Op):
+            segments.append(step)
+            continue
+        seg_fn, _ = _segment_function(step, index, after, fn)
+        if not seg_fn.outputs:
+            continue  # nothing it computes is used (dead code the passes would drop)
+        compiled = compile_function(seg_fn, machine, options)
+        if len(compiled.program.outputs) != len(seg_fn.outputs):
+            raise CompileError(f"segment {index}: {len(seg_fn.outputs)} outputs but "
+                               f"{len(compiled.program.outputs)} output tensors")
+        names = {v.id: f"v{v.id}" for v in seg_fn.outputs}
+        names.update({v.id: _tensor_name(v) for v in seg_fn.params})
+        kernel_count += compiled.kernel_count
+        segments.append(Segment(seg_fn, compiled, names))
+
+    # boundary tensors: every segment parameter and output, the results, the params
+    values: dict[int, Value] = {v.id: v for v in fn.params}
+    for op in fn.ops:
+        values[op.id] = op.result
+    boundary: dict[int, str] = {v.id: _tensor_name(v) for v in fn.params}
+    for item in segments:
+        if isinstance(item, Segment):
+            boundary.update(item.names)
+        else:
+            boundary[item.inputs[0].id] = _tensor_name(item.inputs[0]) if \
+                item.inputs[0].id in params else f"v{item.inputs[0].id}"
+            boundary[item.id] = f"v{item.id}"
+    for v in fn.outputs:
+        boundary.setdefault(v.id, _tensor_name(v) if v.id in params else f"v{v.id}")
+    # aliases: child value id -> (parent value id, offset in pieces of the child's size)
+    alias: dict[int, tuple[int, bool]] = {}
+    for item in segments:
+        if isinstance(item, Op):
+            source = item.inputs[0]
+            if item.kind == "all_reduce":
+                alias[item.id] = (source.id, False)
+            elif item.kind in ("reduce_scatter", "shard_slice"):
+                alias[item.id] = (source.id, True)
+
+    def root(vid: int) -> int:
+        while vid in alias:
+            vid = alias[vid][0]
+        return vid
+
+    roots = sorted({root(v) for v in boundary}, key=lambda v: list(boundary).index(v)
+                   if v in boundary else 0)
+    address: dict[int, int] = {}
+    cursor = 0
+    for vid in roots:
+        address[vid] = cursor
+        cursor += -(-max(values[vid].type.nbytes, 1) // ALIGN) * ALIGN
+    temp_base = cursor
+    temp_extent = 0
+    for item in segments:
+        if isinstance(item, Segment):
+            for t in item.compiled.program.tensors:
+                if t.role == "temp":
+                    temp_extent = max(temp_extent, t.address + t.nbytes)
+    total = temp_base + temp_extent
+    if total > machine.hbm_bytes:
+        biggest = max(spmd.global_fn.params, key=lambda v: v.type.nbytes, default=None)
+        raise Diagnostic(
+            f"each chip needs {total / 1e9:.3g} GB of HBM ({len(fn.params)} parameter shards, "
+            f"results and temporaries) but {machine.name} has {machine.hbm_bytes / 1e9:.3g} "
+            f"GB: split more dims or use more chips", biggest.span if biggest else None)
+
+    collectives: list[tuple[Op, str, int]] = []
+    programs, texts = [], []
+    for chip in range(chips):
+        def where(vid: int) -> int:
+            if vid not in alias:
+                return address[vid]
+            parent, by_rank = alias[vid]
+            base = where(parent)
+            if not by_rank:
+                return base
+            op = next(o for o in fn.ops if o.id in (vid, parent) and o.kind in COLLECTIVE_KINDS)
+            return base + mesh.rank(chip, op.attrs["axis"]) * values[vid].type.nbytes
+
+        lines = [f"# generated by zhenwu for chip {chip} of {chips} (mesh {mesh})",
+                 f".machine {machine.name}"]
+        out_ids = {v.id for v in fn.outputs}
+        for vid, name in boundary.items():
+            t = values[vid].type
+            role = ("inout" if vid in out_ids else "in") if vid in params else \
+                ("out" if vid in out_ids else "temp")
+            shape = list(t.shape) or [1]
+            lines.append(f".tensor {name}, {t.dtype}, {shape}, {where(vid):#x}, {role}")
+        body: list[str] = []
+        for index, item in enumerate(segments):
+            if isinstance(item, Segment):
+                body += _segment_body(item, index, temp_base, lines)
+            elif item.kind != "shard_slice":
+                algorithm, nbytes, asm = _collective(item, index, chip, mesh, machine, chips,
+                                                     boundary)
+                if chip == 0:
+                    collectives.append((item, algorithm, nbytes))
+                body += asm
+        lines += body + ["    HALT"]
+        text = "\n".join(lines) + "\n"
+        texts.append(text)
+        programs.append(parse_assembly(text, f"chip{chip}.s"))
+    return SpmdProgram(spmd, programs, texts, [s for s in segments if isinstance(s, Segment)],
+                       collectives, total, chips, kernel_count)
+
+
+def _check_fits(spmd: SpmdFunction, machine) -> None:
+    """Each chip holds its shard of every parameter and result at least: a diagnostic at
+    the largest parameter when that alone is more than the chip's HBM."""
+    shards = list(zip(spmd.fn.params, spmd.global_fn.params))
+    needed = sum(local.type.nbytes for local, _ in shards) + sum(
+        v.type.nbytes for v in spmd.fn.outputs)
+    if needed <= machine.hbm_bytes:
+        return
+    local, param = max(shards, key=lambda pair: pair[0].type.nbytes)
+    raise Diagnostic(
+        f"each chip needs {needed / 1e9:.4g} GB for its shards of the parameters and results "
+        f"but {machine.name} has {machine.hbm_bytes / 1e9:.4g} GB (the largest: '{param.name}' "
+        f"{param.type}, {local.type.nbytes / 1e9:.4g} GB per chip as {local.type}); split it "
+        f"over more chips", param.span)
+
+
+def _segment_body(segment: Segment, index: int, temp_base: int, header: list[str]) -> list[str]:
+    """The segment's instructions with its tensors renamed (boundary names, or `s<i>_name`
+    for its temporaries, declared in `header` at the shared temporary region)."""
+    program = segment.compiled.program
+    rename = {}
+    outputs = iter(segment.fn.outputs)
+    for t in program.tensors:
+        if t.role == "in":
+            param = next(p for p in segment.fn.params if p.name == t.name)
+            rename[t.name] = segment.names[param.id]
+        elif t.role in ("out", "inout"):
+            rename[t.name] = segment.names[next(outputs).id]
+        else:
+            rename[t.name] = f"s{index}_{t.name}"
+            shape = list(t.shape) or [1]
+            header.append(f".tensor {rename[t.name]}, {t.dtype}, {shape}, "
+                          f"{temp_base + t.address:#x}, temp")
+    body = []
+    for line in segment.compiled.asm_text.splitlines():
+        stripped = line.strip()
+        if not stripped or stripped.startswith(("#", ".machine", ".tensor")) or stripped == "HALT":
+            continue
+        if stripped.startswith(".kernel "):
+            body.append(f".kernel s{index}_{stripped.split()[1]}")
+            continue
+        match = _DESC.match(line)
+        if match:
+            name = match[2]
+            line = f"{match[1]}{rename.get(name, name)}{match[3]}"
+        body.append(line)
+    return body
+
+
+def _collective(op: Op, index: int, chip: int, mesh, machine, chips: int,
+                boundary: dict[int, str]) -> tuple[str, int, list[str]]:
+    axis = op.attrs["axis"]
+    group = mesh.group(chip, axis)
+    kind = _COLLECTIVE_OF[op.kind]
+    source = op.inputs[0]
+    dtype = source.type.dtype
+    if op.kind == "all_gather":  # out of place: the operand is this chip's piece
+        buffer = Region(boundary[source.id], 0, source.type.nbytes, dtype)
+        dst = Region(boundary[op.id], 0, op.result.type.nbytes, dtype)
+    elif op.kind == "all_to_all":
+        buffer = Region(boundary[source.id], 0, source.type.nbytes, dtype)
+        dst = Region(boundary[op.id], 0, op.result.type.nbytes, dtype)
+    else:
+        buffer = Region(boundary[source.id], 0, source.type.nbytes, dtype)
+        dst = None
+    nbytes = dst.nbytes if op.kind == "all_gather" else buffer.nbytes
+    cost = collective_cost(kind, nbytes, chips, machine, group=group, lowered_only=True)
+    spec = CollectiveSpec(kind, cost.algorithm if len(group) > 1 else "direct", group, buffer,
+                          dst, machine.chips_per_node, label=f"{op.kind}_{index}")
+    return cost.algorithm, nbytes, collective_asm(spec, chip)
+
+
+def chip_inputs(compiled: SpmdProgram, inputs: dict[str, np.ndarray]) -> list[dict]:
+    """Each chip's parameter shards from the global inputs."""
+    spmd = compiled.spmd
+    out = []
+    for chip in range(compiled.chips):
+        mine = {}
+        for param, spec in zip(spmd.global_fn.params, spmd.param_specs):
+            if param.name in inputs:
+                value = np.asarray(inputs[param.name])
+                part = split_input(value, spec, spmd.mesh, chip)
+                mine[param.name] = part.reshape(part.shape or (1,))
+        out.append(mine)
+    return out
+
+
+def run_spmd(compiled: SpmdProgram, machine, inputs: dict[str, np.ndarray], *,
+             timing_only: bool = False, trace: bool = False, max_instructions=None):
+    """Run the per-chip programs; return (global outputs, the cluster result)."""
+    from runtime.cluster import run_cluster
+
+    per_chip = [{} for _ in range(compiled.chips)] if timing_only else \
+        chip_inputs(compiled, inputs)
+    result = run_cluster(compiled.programs, machine, per_chip, timing_only=timing_only,
+                         trace=trace, max_instructions=max_instructions)
+    if timing_only:
+        return [], result
+    spmd = compiled.spmd
+    names = [_tensor_name(v) if v in spmd.fn.params else f"v{v.id}" for v in spmd.fn.outputs]
+    outputs = []
+    for name, value, spec in zip(names, spmd.global_fn.outputs, spmd.result_specs):
+        local = spmd.fn.outputs[names.index(name)].type.shape
+        parts = [np.reshape(result.outputs[chip][name], local)
+                 for chip in range(compiled.chips)]
+        outputs.append(np.reshape(join_output(parts, spec, spmd.mesh), value.type.shape))
+    return outputs, result

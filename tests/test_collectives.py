@@ -1,0 +1,176 @@
+"""Collectives: the alpha-beta model, their lowering to DMA.PUT/RSIG, and the simulation."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+from compiler.cli import main
+from compiler.collective_codegen import collective_programs
+from compiler.collectives import bus_factor, collective_cost, collective_seconds, parse_size
+from isa.errors import MachineError, UsageError
+from isa.machine import MACHINES_DIR, load_machine, parse_machine
+from isa.topology import Topology
+from runtime.cluster import run_cluster
+
+M890 = load_machine("m890")
+Z810E = load_machine("z810e")
+
+
+def _machine(topology: str, links: int = 8, per_node: int = 8):
+    text = (MACHINES_DIR / "m890.toml").read_text()
+    text = re.sub(r'topology = "\w+"', f'topology = "{topology}"', text)
+    text = re.sub(r"chips_per_node = \d+", f"chips_per_node = {per_node}", text)
+    text = re.sub(r"(\[link\][^\[]*?count\s*=\s*)\d+", rf"\g<1>{links}", text)
+    return parse_machine(text, f"{topology}.toml")
+
+
+def test_small_allreduce_cycles_by_hand():
+    """All-reduce of 1000 f32 (4000 B) on 2 M890 chips, direct, lane 1 = core 1.
+
+    Core 1: GETID, SUB, BNEZ; RSIG issues at 3, starts at 4, lands at 4 + 1 + 3000 (alpha
+    2 us) = 3005. The PUT.add (2000 B: ceil(2000 / 533.3 B/cycle) = 4 cycles) waits for the
+    peer's RSIG: 3005 + 4 (wake) = 3009, lands 3009 + 4 + 3000 = 6013. WAIT.S wakes at 6017,
+    BAR.CHIP at 6018 releases at 6019. SUB, BNEZ; the all-gather PUT starts at 6022 and lands
+    at 6022 + 4 + 3000 = 9026; WAIT.S wakes at 9030; BAR.CHIP 9031 -> 9032; HALT ends at 9033.
+    """
+    programs, cost = collective_programs("allreduce", 4000, 2, M890)
+    assert cost.algorithm == "direct"
+    rng = np.random.default_rng(1)
+    xs = [rng.standard_normal(1000).astype(np.float32) for _ in range(2)]
+    result = run_cluster(programs, M890, [{"buf": x} for x in xs])
+    assert result.report.cycles == 9033
+    for out in result.outputs:
+        np.testing.assert_allclose(out["buf"], xs[0] + xs[1], rtol=1e-6)
+    # the model: 3 alphas and 2 pieces of 2000 B through an 800 GB/s port (+ HBM in parallel)
+    assert cost.seconds == pytest.approx(3 * 2e-6 + 2 * 2000 / 800e9)
+    assert run_cluster(programs, M890, timing_only=True).report.cycles == 9033
+
+
+def _expected(kind: str, xs: list[np.ndarray], rank: int, p: int):
+    n = xs[0].size
+    piece = [slice(j * n // p, (j + 1) * n // p) for j in range(p)]
+    if kind == "allreduce":
+        return "buf", slice(None), sum(xs)
+    if kind == "allgather":
+        return "buf", slice(None), np.concatenate([xs[j][piece[j]] for j in range(p)])
+    if kind == "reducescatter":
+        return "buf", piece[rank], sum(xs)[piece[rank]]
+    return "out", slice(None), np.concatenate([xs[j][piece[rank]] for j in range(p)])
+
+
+@pytest.mark.parametrize("kind, chips, machine, algorithm", [
+    ("allreduce", 8, M890, None), ("allgather", 8, M890, None),
+    ("reducescatter", 8, M890, None), ("alltoall", 8, M890, None),
+    ("allreduce", 3, M890, "ring"), ("allgather", 5, M890, "ring"),
+    ("reducescatter", 4, M890, "ring"), ("alltoall", 7, Z810E, None),
+    ("allreduce", 16, M890, None),
+])
+def test_collectives_compute_what_they_say(kind, chips, machine, algorithm):
+    n = 203 if kind != "alltoall" else 224  # unequal pieces; all-to-all needs equal blocks
+    programs, cost = collective_programs(kind, n * 4, chips, machine, algorithm=algorithm)
+    rng = np.random.default_rng(chips)
+    xs = [rng.standard_normal(n).astype(np.float32) for _ in range(chips)]
+    result = run_cluster(programs, machine, [{"buf": x} for x in xs])
+    for rank, outputs in enumerate(result.outputs):
+        name, part, expected = _expected(kind, xs, rank, chips)
+        np.testing.assert_allclose(outputs[name][part], expected, rtol=1e-5, atol=1e-5)
+    # simulation and the alpha-beta model agree (a few cycles of issue and wake-up apart)
+    assert result.report.seconds == pytest.approx(cost.seconds, rel=0.02)
+
+
+def test_alltoall_needs_whole_blocks():
+    with pytest.raises(UsageError, match="not a whole number of blocks for 8 chips"):
+        collective_programs("alltoall", 203 * 4, 8, M890)
+
+
+def test_tiny_buffers_with_empty_pieces():
+    programs, _ = collective_programs("allreduce", 3 * 4, 8, M890)
+    xs = [np.full(3, float(i + 1), np.float32) for i in range(8)]
+    result = run_cluster(programs, M890, [{"buf": x} for x in xs])
+    for outputs in result.outputs:
+        np.testing.assert_array_equal(outputs["buf"], np.full(3, 36.0, np.float32))
+
+
+@pytest.mark.parametrize("machine", [M890, Z810E], ids=["m890", "z810e"])
+def test_bus_bandwidth_and_model_agreement(machine):
+    """>= 90% of the per-chip link peak at 64 MiB, small messages within 10% of the model."""
+    peak = Topology(machine, 8).injection_bandwidth()
+    for kind in ("allreduce", "allgather", "reducescatter", "alltoall"):
+        for nbytes in (4096, 64 << 20):
+            programs, cost = collective_programs(kind, nbytes, 8, machine)
+            seconds = run_cluster(programs, machine, timing_only=True).report.seconds
+            assert seconds == pytest.approx(cost.seconds, rel=0.10)
+            if nbytes >= 64 << 20:
+                busbw = nbytes / seconds * bus_factor(kind, 8)
+                assert busbw >= 0.9 * peak
+
+
+def test_across_nodes_simulation_agrees_with_model():
+    programs, cost = collective_programs("allreduce", 16 << 20, 16, M890)
+    assert cost.algorithm == "hierarchical(ring)"
+    seconds = run_cluster(programs, M890, timing_only=True).report.seconds
+    assert seconds == pytest.approx(cost.seconds, rel=0.05)
+
+
+def test_model_numbers():
+    # 10000 chips, 1 GiB: node reduce-scatter and all-gather, recursive halving-doubling
+    # over 1250 nodes' NICs (not a power of two: the fold adds two whole exchanges)
+    seconds, algorithm = collective_seconds("allreduce", 1 << 30, 10_000, M890)
+    assert algorithm == "hierarchical(rhd)"
+    share = (1 << 30) / 8
+    inner = 2e-6 + 7 / 8 * (1 << 30) / 800e9
+    cross = 8e-6 + 2 * 10 * 8e-6 + 2 * 1023 / 1024 * share / 50e9 + 2 * (8e-6 + share / 50e9)
+    assert seconds == pytest.approx(2e-6 + 2 * inner + cross)
+    # a ring topology: ring beats direct for big messages, not for small ones
+    ring = _machine("ring")
+    assert collective_cost("allreduce", 1 << 30, 8, ring).algorithm == "ring"
+    assert collective_cost("allreduce", 4096, 8, ring).algorithm == "direct"
+    assert collective_cost("allreduce", 100, 1, M890).seconds == 0.0
+    with pytest.raises(UsageError, match="unknown collective"):
+        collective_cost("allsum", 1, 8, M890)
+    with pytest.raises(UsageError, match="unknown algorithm"):
+        collective_cost("allreduce", 1, 8, M890, algorithm="tree")
+    assert parse_size("1GiB") == 1 << 30 and parse_size("4 KiB") == 4096
+    with pytest.raises(UsageError, match="bad size"):
+        parse_size("12 parsecs")
+
+
+def test_topologies_routes_and_bisection():
+    torus = Topology(_machine("torus2d", links=8), 8)  # 2 x 4: 3 distinct neighbours
+    assert torus.links_per_neighbour == 2
+    assert torus.route(0, 6).channels == ("0>1", "1>2", "2>6")
+    ring = Topology(_machine("ring"), 8)
+    assert ring.route(0, 6).channels == ("0>7", "7>6")
+    assert ring.route(0, 6).alpha_seconds == pytest.approx(4e-6)
+    assert ring.bisection_bandwidth() == 2 * 4 * 100e9
+    assert Topology(M890, 8).bisection_bandwidth() == 4 * 800e9
+    assert Topology(Z810E, 8).bisection_bandwidth() == 16 * 100e9
+    assert Topology(M890, 16).route(3, 12).channels == ("nic3.tx", "nic12.rx")
+
+
+def test_system_section_is_validated():
+    text = (MACHINES_DIR / "m890.toml").read_text()
+    with pytest.raises(MachineError, match="expected one of switch, ring, full, torus2d"):
+        parse_machine(text.replace('topology = "switch"', 'topology = "mesh"'), "m.toml")
+    with pytest.raises(MachineError, match="'system.chips_per_node' must be 1 to 4096"):
+        parse_machine(text.replace("chips_per_node = 8", "chips_per_node = 5000"), "m.toml")
+    with pytest.raises(MachineError, match="needs at least 7 links per chip, 'link.count' is 4"):
+        _machine("full", links=4)
+    with pytest.raises(MachineError, match="missing section \\[system\\]"):
+        parse_machine(text[:text.index("[system]")], "m.toml")
+
+
+def test_cli_collective_and_machines(capsys):
+    assert main(["collective", "allreduce", "--chips", "10000", "--size", "1GiB"]) == 0
+    out = capsys.readouterr().out
+    assert "1250 nodes of 8" in out and "hierarchical(rhd)" in out
+    assert main(["collective", "all-gather", "--chips", "8", "--size", "1MiB",
+                 "--simulate"]) == 0
+    assert "simulated (direct)" in capsys.readouterr().out
+    assert main(["collective", "allreduce", "--chips", "8", "--size", "lots"]) == 2
+    assert main(["machines"]) == 0
+    out = capsys.readouterr().out
+    assert "per-chip injection (node)" in out and "3.2 TB/s" in out
