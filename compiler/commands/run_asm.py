@@ -83,6 +83,7 @@ def run_assembly(args) -> int:
 def _run_cluster(args, program, machine, inputs) -> int:
     """The same program on every chip of --chips N (GETID chip tells them apart); every
     chip gets the same inputs; the outputs written are chip 0's."""
+    from compiler.commands.summary import write_text
     from runtime.cluster import run_cluster
 
     if args.chips < 1:
@@ -93,9 +94,9 @@ def _run_cluster(args, program, machine, inputs) -> int:
     if args.output and not args.timing_only:
         write_outputs(args.output, list(result.outputs[0].values()))
     if args.report:
-        _write_text(args.report, json.dumps(result.report.to_json(), indent=2) + "\n")
+        write_text(args.report, json.dumps(result.report.to_json(), indent=2) + "\n")
     if args.trace and result.trace is not None:
-        _write_text(args.trace, json.dumps(result.trace))
+        write_text(args.trace, json.dumps(result.trace))
     print(result.report.to_text())
     return 0
 

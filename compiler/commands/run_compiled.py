@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 
 from compiler.check import check_output
-from isa.errors import Diagnostic, UsageError
+from isa.errors import Diagnostic
 
 
 def compile_for_run(args, given):

@@ -17,23 +17,25 @@ from isa.errors import Diagnostic, UsageError
 
 def run_sharded(args) -> int:
     from compiler.commands import compile_options
-    from compiler.commands.run_asm import _write_text
+    from compiler.commands.summary import write_text as _write_text
     from compiler.frontend import load_program
     from compiler.inputs import parse_shape_options, prepare_inputs, read_inputs, write_outputs
     from compiler.shard import compile_spmd, resolve_mesh, run_spmd, shard_function
     from isa.machine import load_machine
+    from zhenwu.api import timing_measure
 
     if args.chips < 1:
         raise UsageError(f"--chips {args.chips}: at least one chip")
     machine = load_machine(args.machine)
-    given, sources = read_inputs(args.input or [], args.inputs)
+    given, sources = read_inputs(args.input or [], args.inputs, args.program)
     fn = load_program(args.program, entry=args.entry,
                       shapes=parse_shape_options(args.shape or []),
                       input_shapes={name: array.shape for name, array in given.items()})
     mesh = resolve_mesh(fn, args.mesh, args.chips)
     start = time.perf_counter()
     spmd = shard_function(fn, mesh)
-    compiled = compile_spmd(spmd, machine, compile_options(args), mesh.chips)
+    compiled = compile_spmd(spmd, machine, compile_options(args), mesh.chips,
+                            measure=timing_measure)
     compile_seconds = time.perf_counter() - start
     inputs = {} if args.timing_only else prepare_inputs(fn, given, args.seed, sources)
     outputs, result = run_spmd(compiled, machine, inputs, timing_only=args.timing_only,

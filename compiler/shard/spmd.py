@@ -117,8 +117,10 @@ _TENSOR = re.compile(r"^\.tensor (\w+), (\w+), \[([^\]]*)\], (0x[0-9a-f]+|\d+), 
 _DESC = re.compile(r"^(\s*DESC d\d+, )([A-Za-z_]\w*)(.*)$")
 
 
-def compile_spmd(spmd: SpmdFunction, machine, options, chips: int) -> SpmdProgram:
-    """The per-chip programs of `spmd` on `chips` chips of `machine`."""
+def compile_spmd(spmd: SpmdFunction, machine, options, chips: int, measure=None
+                 ) -> SpmdProgram:
+    """The per-chip programs of `spmd` on `chips` chips of `machine` (`measure`: the timing
+    model `options.tune` searches with, as for `compile_function`)."""
     from compiler.backend.pipeline import compile_function
 
     mesh = spmd.mesh
@@ -136,7 +138,7 @@ def compile_spmd(spmd: SpmdFunction, machine, options, chips: int) -> SpmdProgra
         seg_fn, _ = _segment_function(step, index, after, fn)
         if not seg_fn.outputs:
             continue  # nothing it computes is used (dead code the passes would drop)
-        compiled = compile_function(seg_fn, machine, options)
+        compiled = compile_function(seg_fn, machine, options, measure=measure)
         if len(compiled.program.outputs) != len(seg_fn.outputs):
             raise CompileError(f"segment {index}: {len(seg_fn.outputs)} outputs but "
                                f"{len(compiled.program.outputs)} output tensors")
