@@ -330,15 +330,16 @@ class Descriptor:
 
 
 def _check_overlaps(tensors) -> None:
-    """Tensors the caller sees (every role but `temp`) must not share GM bytes with another
-    tensor: writing one would silently change the other. Temporaries may share addresses
-    with each other (the compiler reuses the space of dead intermediates)."""
+    """Tensors the caller sees (every role but `temp`) must not share GM bytes with each
+    other: writing one would silently change the other. A temporary may share addresses with
+    any tensor (the compiler reuses the space of dead values, and a many-chip program reduces
+    a partial sum in place into the result it becomes)."""
     placed = sorted((t for t in tensors if t.nbytes), key=lambda t: t.address)
     for index, tensor in enumerate(placed):
         for other in placed[index + 1:]:
             if other.address >= tensor.address + tensor.nbytes:
                 break
-            if tensor.role != "temp" or other.role != "temp":
+            if tensor.role != "temp" and other.role != "temp":
                 raise AssemblyError(
                     f"tensor '{other.name}' [{other.address:#x}, "
                     f"{other.address + other.nbytes:#x}) overlaps tensor '{tensor.name}' "

@@ -155,7 +155,7 @@ def test_system_section_is_validated():
     text = (MACHINES_DIR / "m890.toml").read_text()
     with pytest.raises(MachineError, match="expected one of switch, ring, full, torus2d"):
         parse_machine(text.replace('topology = "switch"', 'topology = "mesh"'), "m.toml")
-    with pytest.raises(MachineError, match="'system.chips_per_node' must be 1 to 4096"):
+    with pytest.raises(MachineError, match="'system.chips_per_node' must be between 1 and 4096"):
         parse_machine(text.replace("chips_per_node = 8", "chips_per_node = 5000"), "m.toml")
     with pytest.raises(MachineError, match="needs at least 7 links per chip, 'link.count' is 4"):
         _machine("full", links=4)

@@ -264,3 +264,16 @@ fn main(x: f32[8@tp, 4], y: f32[8, 4]) -> (f32[8@tp, 4], f32[8, 4], f32[8, 4]) {
     assert _kinds(spmd) == ["all_gather"]
     for got, ref in zip(outputs, want):
         np.testing.assert_array_equal(got, ref)
+
+
+def test_an_op_whose_split_does_not_hold_runs_replicated(tmp_path, capsys):
+    """A batch dim broadcast from 1 against a split one (the fuzzer's attention forms): the
+    product cannot keep the split, so it runs on gathered inputs and still matches."""
+    path = tmp_path / "bcast.zt"
+    path.write_text("fn main(p4: f32[1, 8@tp], p5: f32[1, 4]) -> f32[1, 2, 1, 1] {\n"
+                    "    k = broadcast_to(reshape(p5, [1, 1, 1, 4]), [1, 2, 1, 4])\n"
+                    "    return reshape(p4, [1, 2, 1, 4]) @ transpose(k, [0, 1, 3, 2]) * 0.5\n"
+                    "}\n")
+    assert main(["run", str(path), "--mesh", "tp=2", "--check"]) == 0
+    out = capsys.readouterr().out
+    assert "all_gather(tp" in out and " ok" in out

@@ -438,6 +438,14 @@ def _annotation_spec(items, type_: TensorType, mesh: Mesh, what: str) -> Spec:
     return Spec(tuple(dims))
 
 
+def _local_op_fits(kind: str, inputs: list[Value], attrs: dict, shape: tuple[int, ...]) -> bool:
+    """Whether `kind` of these local inputs gives a result of the local `shape`."""
+    try:
+        return OPS[kind].infer(tuple(v.type for v in inputs), attrs).shape == tuple(shape)
+    except Diagnostic:
+        return False
+
+
 def shard_function(fn: Function, mesh: Mesh) -> SpmdFunction:
     """Propagate the annotated shardings of `fn` over `mesh` (see the module docstring)."""
     annotations = fn.attrs.get("shardings")
@@ -478,6 +486,14 @@ def shard_function(fn: Function, mesh: Mesh) -> SpmdFunction:
             result = Spec(result.dims, None)  # cannot happen by the rules; stay safe
         local_out = local_shape(op.result.type.shape, result, mesh)
         attrs = _local_attrs(op, local_out, [v.type.shape for v in inputs])
+        if not _local_op_fits(op.kind, inputs, attrs, local_out):
+            # the rule's split does not hold at these shapes (a batch dim broadcast from 1
+            # against a split one): the op runs replicated, on gathered inputs
+            result = replicated(op.result.type.rank)
+            inputs = [builder.reshard(local, spec, replicated(type_.rank), op.span)
+                      for local, spec, type_ in entries]
+            local_out = op.result.type.shape
+            attrs = _local_attrs(op, local_out, [v.type.shape for v in inputs])
         value = builder.emit(op.kind, inputs, attrs, None, op.span, op.origin)
         if value.type.shape != local_out:
             raise Diagnostic(f"sharding {op.kind} gave {value.type}, expected shape "
