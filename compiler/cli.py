@@ -112,13 +112,17 @@ def build_parser() -> argparse.ArgumentParser:
     fuzz.add_argument("--seed", type=int, default=0)
     fuzz.add_argument("--out", default="fuzz-out")
     fuzz.add_argument("--bisect", action="store_true")
+
+    from compiler.commands.serve import add_parser as add_serve_parser
+
+    add_serve_parser(sub, _add_machine)
     return parser
 
 
 # command name -> module under compiler/commands/ holding `run(args) -> int`
 _COMMANDS = {
     "run": "run", "compile": "compile", "ir": "ir", "asm": "isa_tools", "disasm": "isa_tools",
-    "machines": "isa_tools", "bench": "bench", "fuzz": "fuzz",
+    "machines": "isa_tools", "bench": "bench", "fuzz": "fuzz", "serve": "serve",
 }
 
 

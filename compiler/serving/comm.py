@@ -1,0 +1,41 @@
+"""ANALYTIC cost of the collectives between chips in a serving estimate (an alpha-beta model).
+
+The layer programs are simulated one chip at a time; what passes between the chips is costed
+here, by formula, from the machine file's `[link]` (inside a node) and `[nic]` (between
+nodes) numbers. Every figure this gives is labelled "analytic" in `zhenwu serve`'s output.
+This is the one function to replace when the simulated many-chip collectives land.
+
+Ring algorithms over p chips, n bytes per chip, per-message start-up alpha and per-chip
+bandwidth beta (inside a node: all `link.count` links of a chip, `count x bytes_per_second`;
+between nodes: the NIC):
+
+    all_reduce      2 (p-1) alpha + 2 (p-1)/p n / beta
+    all_gather      (p-1) alpha + (p-1)/p n / beta          (n: the gathered result)
+    reduce_scatter  (p-1) alpha + (p-1)/p n / beta          (n: the input)
+    all_to_all      (p-1) alpha + (p-1)/p n / beta          (n: what one chip sends in all)
+    send            alpha + n / beta                        (pipeline stage to stage)
+"""
+
+from __future__ import annotations
+
+COLLECTIVES = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all", "send")
+
+
+def collective_seconds(kind: str, nbytes: float, chips: int, machine, *,
+                       across_nodes: bool = False) -> float:
+    """Seconds for one collective of `kind` over `chips` chips moving `nbytes` per chip
+    (analytic: an alpha-beta ring model on `machine`'s link or NIC numbers)."""
+    if kind not in COLLECTIVES:
+        raise ValueError(f"unknown collective {kind!r}")
+    if kind != "send" and chips <= 1:
+        return 0.0
+    if across_nodes:
+        alpha, beta = machine.nic_alpha, machine.nic_bandwidth
+    else:
+        alpha, beta = machine.link_alpha, machine.link_count * machine.link_bandwidth
+    if kind == "send":
+        return alpha + nbytes / beta
+    share = (chips - 1) / chips * nbytes / beta
+    if kind == "all_reduce":
+        return 2 * (chips - 1) * alpha + 2 * share
+    return (chips - 1) * alpha + share
