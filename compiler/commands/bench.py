@@ -84,6 +84,20 @@ def _run_or_error(path: Path, machine, opt_level: int) -> dict | str:
         return err.format()
 
 
+def _serving(args) -> int:
+    """`zhenwu bench serving`: Qwen3-32B decode and prefill against their bounds, on the M890
+    and the 810E (compiler/serving/bench.py)."""
+    from compiler.serving.bench import format_rows, measure
+    from isa.machine import load_machine
+
+    machines = [load_machine(args.machine)]
+    if args.machine != "z810e":
+        machines.append(load_machine("z810e"))
+    rows = measure(machines, processes=args.jobs)
+    print(json.dumps(rows, indent=2) if args.json else format_rows(rows))
+    return 0
+
+
 def _table(rows: list[dict]) -> str:
     head = (f"{'benchmark':<24} {'cycles':>12} {'roofline':>12} {'eff':>6} {'HBM MB':>10} "
             f"{'compul MB':>10} {'L2 hit':>6} {'io/LB':>6} {'kern':>5} {'compile s':>9}")
@@ -104,6 +118,8 @@ def run(args) -> int:
     from isa.machine import load_machine
 
     machine = load_machine(args.machine)
+    if args.names == ["serving"]:
+        return _serving(args)
     benches = available()
     names = args.names or list(benches)
     unknown = [n for n in names if n not in benches]

@@ -5,14 +5,15 @@ here, by formula, from the machine file's `[link]` (inside a node) and `[nic]` (
 nodes) numbers. Every figure this gives is labelled "analytic" in `zhenwu serve`'s output.
 This is the one function to replace when the simulated many-chip collectives land.
 
-Ring algorithms over p chips, n bytes per chip, per-message start-up alpha and per-chip
-bandwidth beta (inside a node: all `link.count` links of a chip, `count x bytes_per_second`;
-between nodes: the NIC):
+Over p chips, n bytes per chip, per-message start-up alpha and per-chip bandwidth beta
+(inside a node: all `link.count` links of a chip, `count x bytes_per_second`; between
+nodes: the NIC), with a direct schedule (every chip sends its p-1 pieces at once over the
+node switch, paying one alpha; a ring moves the same bytes but pays p-1 alphas):
 
-    all_reduce      2 (p-1) alpha + 2 (p-1)/p n / beta
-    all_gather      (p-1) alpha + (p-1)/p n / beta          (n: the gathered result)
-    reduce_scatter  (p-1) alpha + (p-1)/p n / beta          (n: the input)
-    all_to_all      (p-1) alpha + (p-1)/p n / beta          (n: what one chip sends in all)
+    all_reduce      2 alpha + 2 (p-1)/p n / beta            (a reduce-scatter + all-gather)
+    all_gather      alpha + (p-1)/p n / beta                (n: the gathered result)
+    reduce_scatter  alpha + (p-1)/p n / beta                (n: the input)
+    all_to_all      alpha + (p-1)/p n / beta                (n: what one chip sends in all)
     send            alpha + n / beta                        (pipeline stage to stage)
 """
 
@@ -24,7 +25,8 @@ COLLECTIVES = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all", "send
 def collective_seconds(kind: str, nbytes: float, chips: int, machine, *,
                        across_nodes: bool = False) -> float:
     """Seconds for one collective of `kind` over `chips` chips moving `nbytes` per chip
-    (analytic: an alpha-beta ring model on `machine`'s link or NIC numbers)."""
+    (analytic: an alpha-beta model of a direct schedule on `machine`'s link or NIC
+    numbers)."""
     if kind not in COLLECTIVES:
         raise ValueError(f"unknown collective {kind!r}")
     if kind != "send" and chips <= 1:
@@ -37,5 +39,5 @@ def collective_seconds(kind: str, nbytes: float, chips: int, machine, *,
         return alpha + nbytes / beta
     share = (chips - 1) / chips * nbytes / beta
     if kind == "all_reduce":
-        return 2 * (chips - 1) * alpha + 2 * share
-    return (chips - 1) * alpha + share
+        return 2 * alpha + 2 * share
+    return alpha + share

@@ -228,6 +228,4 @@ def _locate(text: str, filename: str, section: str | None, key: str | None) -> S
             if match:
                 return SourceSpan(filename, number, match.start(1) + 1,
                                   end_col=match.end(1) + 1, text=text)
-    if key is not None and section is None:  # a table given as `moe = {...}` or similar
-        return fallback
     return fallback

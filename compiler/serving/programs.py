@@ -6,7 +6,9 @@ as one chip runs it under tensor parallelism (its heads / TP, its FFN columns / 
 
 Decode (one step for B sequences at context L), per layer:
 
-- `decode_qkv`: RMSNorm, the q/k/v projections, qk-norm, rotary embedding at position L.
+- `decode_qkv`: RMSNorm, the q/k/v projections, qk-norm, rotary embedding at position L
+  (the rotary cos/sin rows of that position are inputs, as a server reads them from its
+  rope cache; `rope_tables` makes them).
   Its outputs `k_new`, `v_new` are the step's new KV-cache entries: writing them to HBM is the
   cache append (the same bytes a cache-slice update writes; the DSL has no in-place update,
   so the append is this program's output write, and the next program reads the cache with
@@ -100,15 +102,15 @@ fn rope(x: f32[R, N, HD], cos_t: f32[R, HD], sin_t: f32[R, HD]) -> f32[R, N, HD]
 """
 
 
-def _angles(model: ModelConfig, positions: str) -> str:
-    """Statements binding cos_t, sin_t [rows, HD] for the positions expression [rows]."""
-    return (
-        f"    inv_freq = pow({model.rope_theta!r}, -(arange(0, HD, 2, dtype=f32) / HD))\n"
-        f"    angles = {positions}[:, None] * inv_freq[None, :]\n"
-        f"    angles = concat([angles, angles], axis=-1)\n"
-        f"    cos_t = cos(angles)\n"
-        f"    sin_t = sin(angles)\n"
-    )
+def rope_tables(head_dim: int, theta: float, positions) -> tuple:
+    """The rotary tables [rows, head_dim] (cos, sin) for `positions` (numpy, f32): the rows
+    of the rope cache a server keeps, which the q/k/v programs take as inputs."""
+    import numpy as np
+
+    inv_freq = theta ** -(np.arange(0, head_dim, 2, dtype=np.float32) / head_dim)
+    angles = np.asarray(positions, np.float32)[:, None] * inv_freq[None, :]
+    angles = np.concatenate([angles, angles], axis=-1)
+    return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
 
 
 def _qkv_body(model: ModelConfig, rows: str, wdt: str, kvdt: str) -> str:
@@ -118,7 +120,7 @@ def _qkv_body(model: ModelConfig, rows: str, wdt: str, kvdt: str) -> str:
     q_norm = f"rmsnorm(q, q_norm, eps={eps!r})" if model.qk_norm else "q"
     k_norm = f"rmsnorm(k, k_norm, eps={eps!r})" if model.qk_norm else "k"
     return (
-        f"    a = cast(rmsnorm(x, attn_norm, eps={eps!r}), {wdt})\n"
+        f"    a = cast(rmsnorm(cast(x, f32), attn_norm, eps={eps!r}), {wdt})\n"
         f"    q = reshape(a @ wq, [{rows}, HL, HD])\n"
         f"    k = reshape(a @ wk, [{rows}, KL, HD])\n"
         f"    v = reshape(a @ wv, [{rows}, KL, HD])\n"
@@ -129,7 +131,8 @@ def _qkv_body(model: ModelConfig, rows: str, wdt: str, kvdt: str) -> str:
 
 
 def _qkv_params(model: ModelConfig, rows: str, wdt: str) -> tuple[str, tuple[str, ...]]:
-    params = (f"x: bf16[{rows}, D], attn_norm: f32[D], wq: {wdt}[D, HL * HD], "
+    params = (f"x: bf16[{rows}, D], cos_t: f32[{rows}, HD], sin_t: f32[{rows}, HD], "
+              f"attn_norm: f32[D], wq: {wdt}[D, HL * HD], "
               f"wk: {wdt}[D, KL * HD], wv: {wdt}[D, KL * HD]")
     weights = ("attn_norm", "wq", "wk", "wv")
     if model.qk_norm:
@@ -195,13 +198,13 @@ def _tail(model: ModelConfig, wdt: str) -> tuple[str, str, str]:
 
 def decode_qkv(model: ModelConfig, shard: Shard, batch: int, position: int,
                wdt: str, kvdt: str) -> ProgramSpec:
-    """Step 1 of a decode layer: q, and the new K/V entries at `position`."""
+    """Step 1 of a decode layer: q, and the new K/V entries at `position` (the rotary
+    tables `cos_t`, `sin_t` are that position's rows of the rope cache)."""
     params, weights = _qkv_params(model, "B", wdt)
     source = (
-        f"# decode step, {model.name}: q/k/v of B sequences at position {position}\n"
-        + _header(model, shard, {"B": batch, "POS": position}) + _ROPE
+        f"# decode step, {model.name}: q/k/v of B sequences at one position each\n"
+        + _header(model, shard, {"B": batch}) + _ROPE
         + f"fn main({params}) -> (bf16[B, KL, G, HD], {kvdt}[B, KL, HD], {kvdt}[B, KL, HD]) {{\n"
-        + _angles(model, "full([B], POS, f32)")
         + _qkv_body(model, "B", wdt, kvdt)
         + "    return cast(reshape(q, [B, KL, G, HD]), bf16), k, v\n}\n"
     )
@@ -232,6 +235,22 @@ def decode_attn(model: ModelConfig, shard: Shard, batch: int, context: int,
                        ("wo",) + weights, ("k_cache", "v_cache"))
 
 
+def decode_attention(model: ModelConfig, shard: Shard, batch: int, context: int,
+                     kvdt: str) -> ProgramSpec:
+    """The KV-cache attention of a decode step alone (what `zhenwu bench serving` holds
+    against the bytes of the cache it reads)."""
+    scale = 1.0 / math.sqrt(model.head_dim)
+    source = (
+        f"# decode step, {model.name}: attention of B queries over {context} cached positions\n"
+        + _header(model, shard, {"B": batch, "L": context})
+        + f"fn main(q: bf16[B, KL, G, HD], k_cache: {kvdt}[B, KL, L, HD], "
+          f"v_cache: {kvdt}[B, KL, L, HD]) -> bf16[B, KL, G, HD] {{\n"
+          f"    p = softmax(einsum(\"bkgd,bktd->bkgt\", q, k_cache) * {scale!r}, axis=-1)\n"
+          f"    return cast(einsum(\"bkgt,bktd->bkgd\", p, v_cache), bf16)\n}}\n"
+    )
+    return ProgramSpec("decode_attention", source, (), ("k_cache", "v_cache"))
+
+
 def prefill_qkv(model: ModelConfig, shard: Shard, tokens: int, wdt: str,
                 kvdt: str) -> ProgramSpec:
     """Step 1 of a prefill layer: q, and the prompt's K/V (the cache) at positions 0..T-1."""
@@ -240,7 +259,6 @@ def prefill_qkv(model: ModelConfig, shard: Shard, tokens: int, wdt: str,
         f"# prefill, {model.name}: q/k/v of a prompt of T tokens\n"
         + _header(model, shard, {"T": tokens}) + _ROPE
         + f"fn main({params}) -> (bf16[T, KL, G, HD], {kvdt}[T, KL, HD], {kvdt}[T, KL, HD]) {{\n"
-        + _angles(model, "cast(arange(T), f32)")
         + _qkv_body(model, "T", wdt, kvdt)
         + "    return cast(reshape(q, [T, KL, G, HD]), bf16), k, v\n}\n"
     )
@@ -292,7 +310,7 @@ def moe_combine(model: ModelConfig, rows: int) -> ProgramSpec:
         f"# {model.name}: the residual plus the gated outputs of each token's experts\n"
         f"const R = {rows}\nconst D = {model.hidden}\nconst K = {model.moe.top_k}\n"
         f"fn main(h: bf16[R, D], gates: f32[R, K], ye: bf16[R, K, D]) -> bf16[R, D] {{\n"
-        f"    y = einsum(\"rk,rkd->rd\", gates, cast(ye, f32))\n"
+        f"    y = sum(gates[:, :, None] * cast(ye, f32), axis=1)\n"
         f"    return cast(cast(h, f32) + y, bf16)\n}}\n"
     )
     return ProgramSpec("moe_combine", source)

@@ -83,6 +83,8 @@ def simulate_source(source: str, name: str, machine, opt_level: int = 2) -> dict
         "hbm_write_bytes": report.hbm_write_bytes,
         "kernels": compiled.kernel_count,
         "roofline_cycles": bound.cycles,
+        "compute_cycles": bound.compute_cycles,
+        "compulsory_bytes": bound.compulsory_bytes,
         "instructions": report.instructions,
         "param_bytes": {p.name: nbytes(p) for p in fn.params},
         "output_bytes": [nbytes(v) for v in fn.outputs],
