@@ -86,8 +86,8 @@ def _run_or_error(path: Path, machine, opt_level: int) -> dict | str:
 
 def _serving(args) -> int:
     """`zhenwu bench serving`: Qwen3-32B decode and prefill against their bounds, on the M890
-    and the 810E (compiler/serving/bench.py)."""
-    from compiler.serving.bench import format_rows, measure
+    and the 810E (compiler/commands/bench_serving.py)."""
+    from compiler.commands.bench_serving import format_rows, measure
     from isa.machine import load_machine
 
     machines = [load_machine(args.machine)]

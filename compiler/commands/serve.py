@@ -96,7 +96,7 @@ def run(args) -> int:
         layer_programs,
     )
     from compiler.serving.model import load_model
-    from compiler.serving.runner import simulate_all
+    from compiler.commands.serve_simulate import simulate_all
     from isa.machine import load_machine
 
     model = load_model(args.model)

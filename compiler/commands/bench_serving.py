@@ -11,8 +11,8 @@ On Qwen3-32B (samples/models/qwen3-32b.toml), one chip, bf16 weights and cache:
 - the same on the 810E, and the M890 / 810E ratios (the announced 3x for compute-bound
   prefill, the HBM bandwidth ratio for memory-bound decode).
 
-Each program is simulated once, timing-only, through the serving cache (compiler/serving/
-simulate.py): a run after `zhenwu serve` of the same shapes costs nothing.
+Each program is simulated once, timing-only, through the serving cache (compiler/commands/
+serve_simulate.py): a run after `zhenwu serve` of the same shapes costs nothing.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from __future__ import annotations
 from compiler.serving import programs as gen
 from compiler.serving.estimate import Plan, Request, memory_per_chip, shard_of
 from compiler.serving.model import load_model
-from compiler.serving.runner import simulate_all
+from compiler.commands.serve_simulate import simulate_all
 
 CONTEXT = 4096
 PROMPT = 4096

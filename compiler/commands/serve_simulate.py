@@ -1,4 +1,8 @@
-"""Compile and simulate a generated program once, timing-only, with results cached on disk.
+"""`zhenwu serve`'s simulations: each generated program compiled and run once, timing-only,
+with results cached on disk, many at a time in local processes or on Ray.
+
+This module joins the compiler and the runtime, so it lives with the CLI commands
+(compiler/serving/ itself only writes programs and composes numbers).
 
 The cache key is the SHA-256 of the program's source, the machine's numbers, the compile
 options and a fingerprint of the compiler's and simulator's own source files (a change to
@@ -15,7 +19,10 @@ import hashlib
 import json
 import os
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+
+from isa.errors import UsageError
 
 _ROOT = Path(__file__).resolve().parents[2]
 # what the simulated cycles depend on besides the program and the machine
@@ -116,3 +123,73 @@ def simulate_cached(source: str, name: str, machine, opt_level: int = 2) -> dict
 
 def is_cached(source: str, machine, opt_level: int = 2) -> bool:
     return (cache_dir() / f"{cache_key(source, machine, opt_level)}.json").is_file()
+
+
+# ---- many programs: local processes or Ray ------------------------------------------
+# The unit of work is one distinct program (same source, same machine): every sweep point
+# and every layer that shares it shares its simulation. Programs not in the disk cache run
+# in local processes (concurrent.futures), or as Ray tasks when asked (`ray` is an optional
+# extra; no address starts or joins a local Ray, an address joins a cluster). There is no
+# scheduler of our own.
+
+
+def _simulate_job(job):
+    source, name, machine, opt_level = job
+    return simulate_cached(source, name, machine, opt_level)
+
+
+def simulate_all(jobs: list[tuple[str, str, object]], *, processes: int = 0,
+                 ray_address: str | None | bool = False, opt_level: int = 2,
+                 progress=None) -> dict[tuple[str, str], dict]:
+    """Records keyed by (source, machine name) for `jobs` of (source, name, machine).
+
+    `processes`: local worker processes (0: one per CPU). `ray_address`: False for local
+    processes, None for a local Ray, or a cluster address.
+    """
+    unique: dict[tuple[str, str], tuple[str, str, object, int]] = {}
+    for source, name, machine in jobs:
+        unique.setdefault((source, machine.name), (source, name, machine, opt_level))
+    results: dict[tuple[str, str], dict] = {}
+    todo = []
+    for key, job in unique.items():
+        if is_cached(job[0], job[2], opt_level):
+            results[key] = _simulate_job(job)
+        else:
+            todo.append((key, job))
+    if not todo:
+        return results
+    if ray_address is not False:
+        return {**results, **_on_ray(todo, ray_address, progress)}
+    workers = processes if processes > 0 else (os.cpu_count() or 1)
+    workers = max(1, min(workers, len(todo)))
+    if workers == 1:
+        for done, (key, job) in enumerate(todo, start=1):
+            results[key] = _simulate_job(job)
+            if progress:
+                progress(done, len(todo), job[1])
+        return results
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        futures = {key: pool.submit(_simulate_job, job) for key, job in todo}
+        for done, (key, future) in enumerate(futures.items(), start=1):
+            results[key] = future.result()
+            if progress:
+                progress(done, len(todo), unique[key][1])
+    return results
+
+
+def _on_ray(todo, address, progress) -> dict:
+    try:
+        import ray
+    except ImportError:
+        raise UsageError("--ray needs Ray: pip install 'zhenwu[ray]' (or drop --ray to use "
+                         "local processes)") from None
+    if not ray.is_initialized():
+        ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
+    remote = ray.remote(_simulate_job)
+    refs = {key: remote.remote(job) for key, job in todo}
+    results = {}
+    for done, (key, ref) in enumerate(refs.items(), start=1):
+        results[key] = ray.get(ref)
+        if progress:
+            progress(done, len(todo), todo[done - 1][1][1])
+    return results
