@@ -171,13 +171,18 @@ def test_moe_decode_step_matches_numpy():
     x, k_old, v_old = decode_inputs(rng, MOE, batch, pos)
     q, _, _, k_cache, v_cache = attention_half(MOE, w, x, k_old, v_old, pos)
     attn = gen.decode_attn(MOE, SHARD, batch, pos + 1, "bf16", "bf16")
-    h, m, gates, index = run(attn, {"x": x, "q": bf16(q), "k_cache": k_cache,
-                                    "v_cache": v_cache, **{n: w[n] for n in attn.weights}})
+    h, m, dense_gates = run(attn, {"x": x, "q": bf16(q), "k_cache": k_cache,
+                                   "v_cache": v_cache, **{n: w[n] for n in attn.weights}})
     h_want, _, _ = numpy_attention_step(MOE, w, x, k_old, v_old, pos)
     assert relative_error(h, h_want) < 2e-2
     probs = np.exp(rmsnorm(h_want, w["mlp_norm"]) @ w["w_router"])
     probs /= probs.sum(-1, keepdims=True)
-    np.testing.assert_array_equal(np.sort(index, -1), np.sort(np.argsort(-probs, -1)[:, :top_k], -1))
+    # the router keeps exactly the k most likely experts, renormalised
+    index = np.sort(np.argsort(-probs, -1)[:, :top_k], -1)
+    np.testing.assert_array_equal(np.sort(np.nonzero(dense_gates)[1].reshape(batch, top_k), -1),
+                                  index)
+    gates = np.take_along_axis(dense_gates, index, -1)
+    np.testing.assert_allclose(gates.sum(-1), 1.0, rtol=1e-5)
     # the host's permutation (the all-to-all's addressing): token rows to their experts
     hit = sorted(set(index.ravel().tolist()))
     slots = {e: [(b, j) for b in range(batch) for j in range(top_k) if index[b, j] == e]

@@ -17,7 +17,8 @@ Decode (one step for B sequences at context L), per layer:
   (GQA: each KV head serves `group` query heads), the output projection and residual, then
   RMSNorm and the SwiGLU FFN and residual.
 - `decode_attn_router` (MoE): the attention as above, then RMSNorm and the router: softmax
-  over the experts and the top-k as k rounds of argmax and mask, renormalised.
+  over the experts, the top-k (a rank count: kept when fewer than k experts are more
+  likely) renormalised, as dense gates [B, E] that are zero for the experts not chosen.
 - `experts`: the SwiGLU FFNs of the experts the tokens chose, each over its tokens
   (`[experts_hit, tokens_per_expert, hidden]`); only the hit experts' weights are inputs.
 - `moe_combine`: the residual plus each token's k expert outputs weighted by its gates.
@@ -150,27 +151,20 @@ def _ffn_body(model: ModelConfig, wdt: str) -> str:
 
 
 def _router_body(model: ModelConfig, wdt: str) -> str:
-    """Statements from `h` f32 [rows, D] to the normed `m` and, per row, the top-k experts'
-    renormalised gates [rows, K] and indices [rows, K] (k rounds of argmax and mask: a
-    chosen expert's probability becomes -1, below every probability)."""
-    k = model.moe.top_k
-    lines = [
-        f"    m32 = rmsnorm(h, mlp_norm, eps={model.norm_eps!r})",
-        "    m = cast(m32, bf16)",
-        "    p = softmax(m32 @ w_router, axis=-1)",
-        "    experts = arange(E)",
-    ]
-    for i in range(k):
-        lines.append(f"    i{i} = argmax(p, axis=-1)")
-        lines.append(f"    g{i} = max(p, axis=-1, keepdims=true)")
-        if i + 1 < k:
-            lines.append(f"    p = where(experts[None, :] == i{i}[:, None], -1.0, p)")
-    gates = ", ".join(f"g{i}" for i in range(k))
-    index = ", ".join(f"i{i}[:, None]" for i in range(k))
-    lines.append(f"    top = concat([{gates}], axis=-1)")
-    lines.append("    gates = top / sum(top, axis=-1, keepdims=true)")
-    lines.append(f"    index = concat([{index}], axis=-1)")
-    return "\n".join(lines) + "\n"
+    """Statements from `h` f32 [rows, D] to the normed `m` and the router's gates [rows, E]:
+    the softmax over the experts kept for the top k and renormalised, zero elsewhere.
+
+    The top-k is a rank count: an expert is kept when fewer than k experts have a larger
+    probability (three kernels; k rounds of argmax and mask would take 2k). It keeps more
+    than k only on an exact tie at the k-th place."""
+    return (
+        f"    m32 = rmsnorm(h, mlp_norm, eps={model.norm_eps!r})\n"
+        "    m = cast(m32, bf16)\n"
+        "    p = softmax(m32 @ w_router, axis=-1)\n"
+        "    rank = sum(cast(p[:, None, :] > p[:, :, None], f32), axis=-1)\n"
+        "    top = where(rank < K, p, 0.0)\n"
+        "    gates = top / sum(top, axis=-1, keepdims=true)\n"
+    )
 
 
 def _shard_consts(model: ModelConfig, shard: Shard) -> dict[str, int]:
@@ -192,8 +186,8 @@ def _tail(model: ModelConfig, wdt: str) -> tuple[str, str, str]:
     """(result types, body, return) after the attention's residual `h`."""
     if model.moe is None:
         return "bf16[R, D]", _ffn_body(model, wdt), "    return out\n"
-    return ("(bf16[R, D], bf16[R, D], f32[R, K], i32[R, K])", _router_body(model, wdt),
-            "    return cast(h, bf16), m, gates, index\n")
+    return ("(bf16[R, D], bf16[R, D], f32[R, E])", _router_body(model, wdt),
+            "    return cast(h, bf16), m, gates\n")
 
 
 def decode_qkv(model: ModelConfig, shard: Shard, batch: int, position: int,
