@@ -238,3 +238,29 @@ def test_decode_experts_program_reads_only_the_hit_experts():
     uses = {u.spec.name: u for u in layer_programs(model, plan, Request(batch=64))
             if u.phase == "decode"}
     assert "const EH = 16" in uses["experts"].spec.source
+
+
+def test_sweep_with_compare_gives_one_estimate_per_point(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("ZHENWU_CACHE", str(tmp_path))
+    path = tmp_path / "tiny.toml"
+    path.write_text(TINY)
+    assert main(["serve", str(path), "--prompt", "16", "--output", "4", "--sweep",
+                 "batch=1,2", "--compare", "z810e", "--json", "-j", "1"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["machine"], r["batch"]) for r in rows] == [
+        ("m890", 1), ("m890", 2), ("z810e", 1), ("z810e", 2)]
+    # the prefill programs are shared by the batch points; the 810E is slower
+    assert rows[0]["ttft_s"] == rows[1]["ttft_s"]
+    assert rows[2]["tpot_s"] > rows[0]["tpot_s"]
+    assert main(["serve", str(path), "--sweep", "chips=1,2"]) == 2
+
+
+def test_ray_asked_but_missing_is_a_usage_error(tmp_path, monkeypatch, capsys):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "ray", None)   # `import ray` raises ImportError
+    monkeypatch.setenv("ZHENWU_CACHE", str(tmp_path))
+    path = tmp_path / "tiny.toml"
+    path.write_text(TINY)
+    assert main(["serve", str(path), "--prompt", "16", "--output", "4", "--ray"]) == 2
+    assert "--ray needs Ray" in capsys.readouterr().err

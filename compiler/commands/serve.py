@@ -156,7 +156,8 @@ def _summary(estimates) -> str:
     m, r, plan = first.model, first.request, first.plan
     head = (f"{m.name}{' (ASSUMED configuration)' if m.assumed else ''}: "
             f"{m.parameters() / 1e9:.1f}B parameters, {m.active_parameters() / 1e9:.1f}B active; "
-            f"tp={plan.tp} pp={plan.pp} ep={plan.ep} ({plan.chips} chips); batch {r.batch}, "
+            f"tp={plan.tp} pp={plan.pp} ep={plan.ep} ({plan.chips} chip"
+            f"{'s' if plan.chips > 1 else ''}); batch {r.batch}, "
             f"prompt {r.prompt}, output {r.output}; weights {r.weight_dtype}, KV {r.kv_dtype}")
     rows = [
         ("TTFT", lambda e: f"{e.ttft_s * 1e3:.2f} ms"),

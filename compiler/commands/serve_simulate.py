@@ -146,6 +146,8 @@ def simulate_all(jobs: list[tuple[str, str, object]], *, processes: int = 0,
     `processes`: local worker processes (0: one per CPU). `ray_address`: False for local
     processes, None for a local Ray, or a cluster address.
     """
+    if ray_address is not False:
+        _import_ray()  # asked for Ray: say so now if it is missing, cached or not
     unique: dict[tuple[str, str], tuple[str, str, object, int]] = {}
     for source, name, machine in jobs:
         unique.setdefault((source, machine.name), (source, name, machine, opt_level))
@@ -177,12 +179,17 @@ def simulate_all(jobs: list[tuple[str, str, object]], *, processes: int = 0,
     return results
 
 
-def _on_ray(todo, address, progress) -> dict:
+def _import_ray():
     try:
         import ray
     except ImportError:
         raise UsageError("--ray needs Ray: pip install 'zhenwu[ray]' (or drop --ray to use "
                          "local processes)") from None
+    return ray
+
+
+def _on_ray(todo, address, progress) -> dict:
+    ray = _import_ray()
     if not ray.is_initialized():
         ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
     remote = ray.remote(_simulate_job)
