@@ -8,8 +8,10 @@ What is simulated and what is analytic:
   `layers / pp` times.
 - ANALYTIC (alpha-beta formulas, comm.py): the collectives between chips (all-reduce after
   the attention and after the FFN under TP; all-to-all to and from the experts and an
-  all-gather under EP; sends between pipeline stages), and the embedding lookup (a gather of
-  rows: its bytes over the HBM bandwidth plus one HBM latency).
+  all-gather under EP; sends between pipeline stages), the permutation of tokens to their
+  experts and back when there is no EP (a local copy: its bytes, read and written, over the
+  HBM bandwidth), and the embedding lookup (a gather of rows: its bytes over the HBM
+  bandwidth plus one HBM latency).
 
 Composition (`compose`):
 
@@ -241,6 +243,10 @@ def analytic_pieces(model: ModelConfig, plan: Plan, request: Request, machine
             add("all-to-all to the experts (ep)", "all_to_all", sent, ep)
             add("all-to-all from the experts (ep)", "all_to_all", sent, ep)
             add("all-gather of the tokens (tp)", "all_gather", rows * d * act, tp)
+            if ep == 1:  # the permutation to the experts and back is a local copy
+                moved = 2 * 2 * rows * model.moe.top_k * d * act / tp
+                pieces.append(AnalyticUse(phase, "expert permutation (local copy)",
+                                          moved / machine.hbm_bandwidth, count))
         if pp > 1:
             sends = pp - 1 if phase == "prefill" else pp
             add("send to the next stage (pp)", "send", rows * d * act, 2, sends, True)

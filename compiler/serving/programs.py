@@ -24,13 +24,13 @@ Decode (one step for B sequences at context L), per layer:
 - `moe_combine`: the residual plus each token's k expert outputs weighted by its gates.
 
 Between `decode_attn_router` and `experts` the tokens are permuted to their experts, and back
-after: under expert parallelism this is the all-to-all (costed in comm.py); on one chip it
-is the same permutation done by the DMA that feeds the experts (the host does it in a
-functional run).
+after: under expert parallelism this is the all-to-all (costed in comm.py); without it, a
+local copy of the same rows (costed by its bytes in estimate.py). In a functional run the
+host does it.
 
-Prefill (one prompt of T tokens): `prefill_attn` (dense: the whole layer with causal flash
-attention, returning the layer output and the prompt's K and V for the cache) or
-`prefill_attn_router` + `experts` + `moe_combine` (MoE). `lm_head`: the final norm and the
+Prefill (one prompt of T tokens): `prefill_qkv` (as decode_qkv, at positions 0..T-1; its K
+and V outputs are the prompt's cache) and `prefill_attn` (causal flash attention, the output
+projection and the FFN) or `prefill_attn_router` + `experts` + `moe_combine` (MoE). `lm_head`: the final norm and the
 vocabulary projection of the rows that need logits.
 """
 
