@@ -183,6 +183,14 @@ def _summary(estimates) -> str:
                      f"{b.ttft_s / a.ttft_s:.2f}x faster, decode (TPOT) "
                      f"{b.tpot_s / a.tpot_s:.2f}x faster, tokens/s per chip "
                      f"{a.tokens_per_s_per_chip / b.tokens_per_s_per_chip:.2f}x")
+    for e in estimates:
+        shares = []
+        for phase, total in (("prefill", e.ttft_s), ("decode", e.tpot_s)):
+            analytic = sum(a.seconds * a.count for a in e.analytic if a.phase == phase)
+            shares.append(f"{'TTFT' if phase == 'prefill' else 'TPOT'} "
+                          f"{analytic / total:.0%}" if total else "-")
+        lines.append(f"{e.machine.name}: analytic share (collectives, embedding gather): "
+                     f"{', '.join(shares)}; the rest is simulated")
     for note in first.notes:
         lines.append(f"note: {note}")
     return "\n".join(lines)
