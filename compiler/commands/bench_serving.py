@@ -27,7 +27,7 @@ PROMPT = 4096
 WIDE_BATCH = 64
 
 
-def bench_programs(model, machine):
+def bench_programs(model):
     """(name, [(spec, count)]) of each measured quantity."""
     shard = shard_of(model, Plan())
     layers = model.layers
@@ -45,7 +45,7 @@ def bench_programs(model, machine):
 def measure(machines, processes: int = 0, progress=None) -> list[dict]:
     """One row per machine: seconds and bounds of the three measurements."""
     model = load_model("qwen3-32b")
-    programs = {m.name: bench_programs(model, m) for m in machines}
+    programs = {m.name: bench_programs(model) for m in machines}
     jobs = [(spec.source, spec.name, m) for m in machines
             for uses in programs[m.name].values() for spec, _ in uses]
     records = simulate_all(jobs, processes=processes, progress=progress)

@@ -30,8 +30,8 @@ host does it.
 
 Prefill (one prompt of T tokens): `prefill_qkv` (as decode_qkv, at positions 0..T-1; its K
 and V outputs are the prompt's cache) and `prefill_attn` (causal flash attention, the output
-projection and the FFN) or `prefill_attn_router` + `experts` + `moe_combine` (MoE). `lm_head`: the final norm and the
-vocabulary projection of the rows that need logits.
+projection and the FFN) or `prefill_attn_router` + `experts` + `moe_combine` (MoE).
+`lm_head`: the final norm and the vocabulary projection of the rows that need logits.
 """
 
 from __future__ import annotations
