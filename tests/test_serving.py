@@ -226,6 +226,13 @@ def test_serve_json_is_the_sum_of_its_programs(tmp_path, monkeypatch, capsys):
     assert main(args) == 0
     assert json.loads(capsys.readouterr().out)["tpot_s"] == data["tpot_s"]
     assert len(list((tmp_path / "serve").glob("*.json"))) == len(data["programs"])
+    # the table: every program and analytic piece with its source
+    assert main(args[:-3]) == 0
+    table = capsys.readouterr().out
+    assert "analytic share" in table and "decode   experts" in table
+    rows = [line for line in table.splitlines() if line.startswith(("prefill ", "decode "))]
+    assert sum(" simulated " in row for row in rows) == len(data["programs"])
+    assert sum(" analytic " in row for row in rows) == len(data["analytic"])
 
 
 def test_decode_experts_program_reads_only_the_hit_experts():
