@@ -232,13 +232,23 @@ def test_prefill_and_head_programs_match_reference(kind):
     run(spec, inputs)
 
 
-def test_fp8_cache_and_weights_compile_and_match():
+@pytest.mark.parametrize("wdt, kvdt", [("fp8", "bf16"), ("f16", "f16"), ("bf16", "f16")])
+def test_other_dtypes_match_and_read_the_cache_once(wdt, kvdt):
+    """fp8 or f16 weights, an f16 cache: the attention takes q in the cache's dtype, so no
+    kernel converts the cache (its bytes are read once)."""
+    from compiler.roofline import compulsory_bytes
+
     rng = np.random.default_rng(3)
-    spec = gen.decode_attn(DENSE, SHARD, 2, 16, "fp8", "fp8")
+    spec = gen.decode_attn(DENSE, SHARD, 2, 64, wdt, kvdt)
     fn = load_program("<p>", text=spec.source)
     inputs = {p.name: np.asarray(rng.standard_normal(p.type.shape) / 4, np.float32)
               for p in fn.params}
     run(spec, inputs)
+    compiled = compile_function(fn, MACHINE)
+    report = run_program(compiled.program, MACHINE, {}, timing_only=True).report
+    cache = sum(inputs[name].size * (1 if kvdt == "fp8" else 2) for name in spec.cache)
+    # a conversion kernel would read the cache twice and write it once more
+    assert report.hbm_read_bytes < compulsory_bytes(fn) + cache // 2
 
 
 def test_expected_experts_hit():

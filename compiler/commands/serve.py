@@ -31,7 +31,7 @@ def add_parser(sub, add_machine) -> None:
     p.add_argument("--prompt", type=int, default=1024, help="prompt tokens per sequence")
     p.add_argument("--output", type=int, default=256, help="generated tokens per sequence")
     p.add_argument("--weight-dtype", choices=["bf16", "f16", "fp8"])
-    p.add_argument("--kv-dtype", choices=["bf16", "f16", "fp8"])
+    p.add_argument("--kv-dtype", choices=["bf16", "f16"])
     p.add_argument("--price-per-chip-hour", type=float, default=2.0, metavar="USD")
     p.add_argument("--compare", metavar="MACHINE", help="a second machine, side by side")
     p.add_argument("--sweep", metavar="KEY=V1,V2,..",

@@ -116,7 +116,9 @@ def rope_tables(head_dim: int, theta: float, positions) -> tuple:
 
 def _qkv_body(model: ModelConfig, rows: str, wdt: str, kvdt: str) -> str:
     """Statements from the residual `x` [rows, D] to q f32 [rows, HL, HD] and k, v in the
-    cache dtype [rows, KL, HD] (q and k normed per head and rotated)."""
+    cache dtype [rows, KL, HD] (q and k normed per head and rotated). q is returned in the
+    cache dtype too, so that the attention's products take both operands as they are (a
+    dtype mismatch would convert the whole cache in a kernel of its own)."""
     eps = model.norm_eps
     q_norm = f"rmsnorm(q, q_norm, eps={eps!r})" if model.qk_norm else "q"
     k_norm = f"rmsnorm(k, k_norm, eps={eps!r})" if model.qk_norm else "k"
@@ -198,9 +200,9 @@ def decode_qkv(model: ModelConfig, shard: Shard, batch: int, position: int,
     source = (
         f"# decode step, {model.name}: q/k/v of B sequences at one position each\n"
         + _header(model, shard, {"B": batch}) + _ROPE
-        + f"fn main({params}) -> (bf16[B, KL, G, HD], {kvdt}[B, KL, HD], {kvdt}[B, KL, HD]) {{\n"
+        + f"fn main({params}) -> ({kvdt}[B, KL, G, HD], {kvdt}[B, KL, HD], {kvdt}[B, KL, HD]) {{\n"
         + _qkv_body(model, "B", wdt, kvdt)
-        + "    return cast(reshape(q, [B, KL, G, HD]), bf16), k, v\n}\n"
+        + f"    return cast(reshape(q, [B, KL, G, HD]), {kvdt}), k, v\n}}\n"
     )
     return ProgramSpec("decode_qkv", source, weights)
 
@@ -217,7 +219,7 @@ def decode_attn(model: ModelConfig, shard: Shard, batch: int, context: int,
         f"{'the FFN' if model.moe is None else 'the router'}\n"
         + _header(model, shard, {"B": batch, "L": context, "R": batch,
                                  **_shard_consts(model, shard)})
-        + f"fn main(x: bf16[B, D], q: bf16[B, KL, G, HD], k_cache: {kvdt}[B, KL, L, HD], "
+        + f"fn main(x: bf16[B, D], q: {kvdt}[B, KL, G, HD], k_cache: {kvdt}[B, KL, L, HD], "
           f"v_cache: {kvdt}[B, KL, L, HD], wo: {wdt}[HL * HD, D], {params}) -> {results} {{\n"
           f"    scores = einsum(\"bkgd,bktd->bkgt\", q, k_cache) * {scale!r}\n"
           f"    p = softmax(scores, axis=-1)\n"
@@ -237,7 +239,7 @@ def decode_attention(model: ModelConfig, shard: Shard, batch: int, context: int,
     source = (
         f"# decode step, {model.name}: attention of B queries over {context} cached positions\n"
         + _header(model, shard, {"B": batch, "L": context})
-        + f"fn main(q: bf16[B, KL, G, HD], k_cache: {kvdt}[B, KL, L, HD], "
+        + f"fn main(q: {kvdt}[B, KL, G, HD], k_cache: {kvdt}[B, KL, L, HD], "
           f"v_cache: {kvdt}[B, KL, L, HD]) -> bf16[B, KL, G, HD] {{\n"
           f"    p = softmax(einsum(\"bkgd,bktd->bkgt\", q, k_cache) * {scale!r}, axis=-1)\n"
           f"    return cast(einsum(\"bkgt,bktd->bkgd\", p, v_cache), bf16)\n}}\n"
@@ -252,9 +254,9 @@ def prefill_qkv(model: ModelConfig, shard: Shard, tokens: int, wdt: str,
     source = (
         f"# prefill, {model.name}: q/k/v of a prompt of T tokens\n"
         + _header(model, shard, {"T": tokens}) + _ROPE
-        + f"fn main({params}) -> (bf16[T, KL, G, HD], {kvdt}[T, KL, HD], {kvdt}[T, KL, HD]) {{\n"
+        + f"fn main({params}) -> ({kvdt}[T, KL, G, HD], {kvdt}[T, KL, HD], {kvdt}[T, KL, HD]) {{\n"
         + _qkv_body(model, "T", wdt, kvdt)
-        + "    return cast(reshape(q, [T, KL, G, HD]), bf16), k, v\n}\n"
+        + f"    return cast(reshape(q, [T, KL, G, HD]), {kvdt}), k, v\n}}\n"
     )
     return ProgramSpec("prefill_qkv", source, weights)
 
@@ -270,7 +272,7 @@ def prefill_attn(model: ModelConfig, shard: Shard, tokens: int, wdt: str,
         f"# prefill, {model.name}: causal attention over T tokens, then "
         f"{'the FFN' if model.moe is None else 'the router'}\n"
         + _header(model, shard, {"T": tokens, "R": tokens, **_shard_consts(model, shard)})
-        + f"fn main(x: bf16[T, D], q: bf16[T, KL, G, HD], k: {kvdt}[T, KL, HD], "
+        + f"fn main(x: bf16[T, D], q: {kvdt}[T, KL, G, HD], k: {kvdt}[T, KL, HD], "
           f"v: {kvdt}[T, KL, HD], wo: {wdt}[HL * HD, D], {params}) -> {results} {{\n"
           f"    scores = einsum(\"skgd,tkd->kgst\", q, k) * {scale!r}\n"
           f"    causal = arange(T)[:, None] >= arange(T)[None, :]\n"
