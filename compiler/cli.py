@@ -234,6 +234,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="run mutated assembly, binaries, machine files, input files, .zt "
                            "programs and odd flags through zhenwu instead: every one must end "
                            "with exit status 0-3, no traceback, in bounded time (default: off)")
+
+    from compiler.commands.serve import add_parser as add_serve_parser
+
+    add_serve_parser(sub, _add_machine)
     return parser
 
 
@@ -241,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
 _COMMANDS = {
     "run": "run", "compile": "compile", "ir": "ir", "asm": "isa_tools", "disasm": "isa_tools",
     "machines": "isa_tools", "bench": "bench", "fuzz": "fuzz", "validate": "validate",
-    "import": "import_model", "collective": "collective",
+    "import": "import_model", "collective": "collective", "serve": "serve",
 }
 
 

@@ -458,7 +458,12 @@ class FusedLowering(Lowering):
         tile = tile_fn(extents, bytes_per_elem, self.machine,
                        reserve=2 * ALIGN * (len(tiles.specs) + 1))
         if row_mode and tile[-1] != extents[-1]:
-            raise RowTooLong()
+            # few rows: the per-core share is under a row, but a whole row still fits L1
+            capacity = (self.machine.l1_bytes - 2 * ALIGN * (len(tiles.specs) + 1)) \
+                // max(bytes_per_elem, 1)
+            if extents[-1] > capacity:
+                raise RowTooLong()
+            tile = (1,) * (len(extents) - 1) + (extents[-1],)
         for op in stored:
             self.views[op.id] = outs[op.id]
         rows, cols = prod(tile[:-1]), tile[-1]

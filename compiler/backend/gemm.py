@@ -84,7 +84,10 @@ def gemm_cost(batch, m, n, k, tile_m, tile_n, tile_k, acc_copies, a_bytes, b_byt
     # re-reads come from it and HBM moves each operand about once (the floor below)
     shared = mx.l2_bytes_per_cycle if mx.l2_bytes else mx.hbm_bytes_per_cycle
     gm = active * step_bytes / shared
-    step = max(mx_cycles, port, gm) + 12  # scalar issue per step
+    # two operand buffers in flight: a step's loads cannot arrive faster than one HBM
+    # round trip per two steps (Little's law on the double buffer)
+    latency = (mx.hbm_latency + port) / 2
+    step = max(mx_cycles, port, gm, latency) + 12  # scalar issue per step
     store = in_m * in_n * out_bytes
     drain = max(store / mx.st_bytes_per_cycle, active * store / mx.hbm_bytes_per_cycle)
     epilogue = epilogue_ops * tile_m * tile_n * 4 / mx.vx_bytes_per_cycle

@@ -129,6 +129,20 @@ def _run_or_error(path: Path, machine, opt_level: int) -> dict | str:
         return err.format()
 
 
+def _serving(args) -> int:
+    """`zhenwu bench serving`: Qwen3-32B decode and prefill against their bounds, on the M890
+    and the 810E (compiler/commands/bench_serving.py)."""
+    from compiler.commands.bench_serving import format_rows, measure
+    from isa.machine import load_machine
+
+    machines = [load_machine(args.machine)]
+    if args.machine != "z810e":
+        machines.append(load_machine("z810e"))
+    rows = measure(machines, processes=args.jobs)
+    print(json.dumps(rows, indent=2) if args.json else format_rows(rows))
+    return 0
+
+
 def _table(rows: list[dict]) -> str:
     head = (f"{'benchmark':<24} {'cycles':>12} {'roofline':>12} {'eff':>6} {'HBM MB':>10} "
             f"{'compul MB':>10} {'L2 hit':>6} {'io/LB':>6} {'kern':>5} {'compile s':>9}")
@@ -163,6 +177,8 @@ def run(args) -> int:
 
         return bench_compile.run(args, BENCH_DIR)
     machine = load_machine(args.machine)
+    if args.names == ["serving"]:
+        return _serving(args)
     if args.names and args.names[0] in MANY_CHIP_BENCHES:
         return MANY_CHIP_BENCHES[args.names[0]](args, machine)
     benches = available()

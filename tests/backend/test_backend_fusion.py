@@ -90,6 +90,17 @@ def test_row_kernels_are_one_kernel_moving_compulsory_bytes(body, dtype):
     assert 0 <= extra <= 32 * 2 * 300 * 4
 
 
+@pytest.mark.parametrize("rows", [1, 3, 40])
+def test_rows_fewer_than_cores_still_make_one_row_kernel(rows):
+    """A core's share is under one row (a decode token's norm), but a whole row fits L1: one
+    row kernel, tiled by whole rows (40 rows: several tiles on some cores, race-checked)."""
+    fn, compiled, result, _ = compile_and_run(
+        f"fn main(x: f32[{rows}, 4096], g: f32[4096]) -> bf16[{rows}, 4096] {{\n"
+        "    return cast(rmsnorm(x, g), bf16)\n}\n", opt_level=2)
+    assert compiled.kernel_count == 1
+    assert _hbm(result) == compulsory_bytes(fn)
+
+
 def test_a_row_longer_than_l1_falls_back_to_separate_kernels():
     _, compiled, _, _ = compile_and_run(
         "fn main(x: f32[2, 300000]) -> f32[2, 300000] {\n"

@@ -1,0 +1,104 @@
+"""`zhenwu bench serving`: the serving estimate's programs against their bounds.
+
+On Qwen3-32B (samples/models/qwen3-32b.toml), one chip, bf16 weights and cache:
+
+- decode, B=1 at context 4096: one step (64 layers of decode_qkv + decode_attn, and the LM
+  head) against (weight bytes + KV-cache bytes) / HBM bandwidth (target: within 1.15x);
+- decode, B=64 at context 4096: the KV-cache attention alone against the bytes of the cache
+  it reads (target: within 1.2x);
+- prefill of T=4096 tokens: 64 layers of prefill_qkv + prefill_attn against the compute
+  roofline (the products' FLOPs over the peak; target: at least 0.8);
+- the same on the 810E, and the M890 / 810E ratios (the announced 3x for compute-bound
+  prefill, the HBM bandwidth ratio for memory-bound decode).
+
+Each program is simulated once, timing-only, through the serving cache (compiler/commands/
+serve_simulate.py): a run after `zhenwu serve` of the same shapes costs nothing.
+"""
+
+from __future__ import annotations
+
+from compiler.serving import programs as gen
+from compiler.serving.estimate import Plan, Request, memory_per_chip, shard_of
+from compiler.serving.model import load_model
+from compiler.commands.serve_simulate import simulate_all
+
+CONTEXT = 4096
+PROMPT = 4096
+WIDE_BATCH = 64
+
+
+def bench_programs(model):
+    """(name, [(spec, count)]) of each measured quantity."""
+    shard = shard_of(model, Plan())
+    layers = model.layers
+    return {
+        "decode_b1": [(gen.decode_qkv(model, shard, 1, CONTEXT - 1, "bf16", "bf16"), layers),
+                      (gen.decode_attn(model, shard, 1, CONTEXT, "bf16", "bf16"), layers),
+                      (gen.lm_head(model, shard, 1, "bf16"), 1)],
+        "attention_b64": [(gen.decode_attention(model, shard, WIDE_BATCH, CONTEXT, "bf16"), 1)],
+        "prefill": [(gen.prefill_qkv(model, shard, PROMPT, "bf16", "bf16"), layers),
+                    (gen.prefill_attn(model, shard, PROMPT, "bf16", "bf16"), layers),
+                    (gen.lm_head(model, shard, 1, "bf16"), 1)],
+    }
+
+
+def measure(machines, processes: int = 0, progress=None) -> list[dict]:
+    """One row per machine: seconds and bounds of the three measurements."""
+    model = load_model("qwen3-32b")
+    programs = {m.name: bench_programs(model) for m in machines}
+    jobs = [(spec.source, spec.name, m) for m in machines
+            for uses in programs[m.name].values() for spec, _ in uses]
+    records = simulate_all(jobs, processes=processes, progress=progress)
+    rows = []
+    for m in machines:
+        seconds = {}
+        detail = {}
+        for key, uses in programs[m.name].items():
+            recs = [(records[(spec.source, m.name)], count) for spec, count in uses]
+            seconds[key] = sum(r["seconds"] * c for r, c in recs)
+            detail[key] = recs
+        memory = memory_per_chip(model, Plan(), Request(batch=1, prompt=CONTEXT, output=0))
+        decode_bytes = memory.weights + memory.kv_cache
+        decode_bound = decode_bytes / m.hbm_bandwidth
+        cache_bytes = 2 * WIDE_BATCH * model.kv_heads * CONTEXT * model.head_dim * 2
+        attention_bound = cache_bytes / m.hbm_bandwidth
+        flops = sum(r["compute_cycles"] * c for r, c in detail["prefill"])
+        compute_bound = m.seconds(flops)
+        rows.append({
+            "machine": m.name,
+            "decode_b1_s": seconds["decode_b1"], "decode_b1_bound_s": decode_bound,
+            "decode_b1_ratio": seconds["decode_b1"] / decode_bound,
+            "attention_b64_s": seconds["attention_b64"],
+            "attention_b64_bound_s": attention_bound,
+            "attention_b64_ratio": seconds["attention_b64"] / attention_bound,
+            "prefill_s": seconds["prefill"], "prefill_compute_bound_s": compute_bound,
+            "prefill_efficiency": compute_bound / seconds["prefill"],
+            "programs": {key: [{"name": r["name"], "cycles": r["cycles"], "count": c,
+                                "roofline_cycles": r["roofline_cycles"]} for r, c in recs]
+                         for key, recs in detail.items()},
+        })
+    return rows
+
+
+def format_rows(rows: list[dict]) -> str:
+    lines = ["Qwen3-32B on one chip, bf16 (simulated, timing-only)",
+             f"{'machine':<8} {'decode B=1 L=4096':>30} {'KV attention B=64 L=4096':>30} "
+             f"{'prefill T=4096':>30}"]
+    for r in rows:
+        lines.append(
+            f"{r['machine']:<8} "
+            f"{r['decode_b1_s'] * 1e3:>9.2f} ms / bound {r['decode_b1_bound_s'] * 1e3:>6.2f} "
+            f"= {r['decode_b1_ratio']:.2f}x "
+            f"{r['attention_b64_s'] * 1e3:>7.3f} ms / bound "
+            f"{r['attention_b64_bound_s'] * 1e3:>6.3f} = {r['attention_b64_ratio']:.2f}x "
+            f"{r['prefill_s'] * 1e3:>8.1f} ms, eff {r['prefill_efficiency']:.2f}")
+    lines.append("targets: decode within 1.15x of (weights + KV bytes) / HBM bandwidth; "
+                 "attention within 1.2x of its bytes; prefill >= 0.8 of the compute roofline")
+    if len(rows) == 2:
+        a, b = rows
+        lines.append(
+            f"{a['machine']} / {b['machine']}: prefill {b['prefill_s'] / a['prefill_s']:.2f}x "
+            f"faster, decode B=1 {b['decode_b1_s'] / a['decode_b1_s']:.2f}x "
+            f"(HBM bandwidth ratio {b['decode_b1_bound_s'] / a['decode_b1_bound_s']:.2f}x), "
+            f"KV attention {b['attention_b64_s'] / a['attention_b64_s']:.2f}x")
+    return "\n".join(lines)
