@@ -25,7 +25,9 @@ from isa.dtypes import MX_DTYPES
 from isa.errors import MachineError, SourceSpan, source_lines
 
 MACHINES_DIR = Path(__file__).parent / "machines"
-BUILTIN_MACHINES = ("m890", "z810e", "a100")
+BUILTIN_MACHINES = ("m890", "z810e")
+# measured chips described for `zhenwu validate`: loadable by name, not listed by default
+VALIDATION_MACHINES = ("a100",)
 
 # unit name -> factor, per kind of quantity
 _UNITS: dict[str, dict[str, float]] = {
@@ -435,7 +437,7 @@ def format_machines(machines: list[Machine]) -> str:
 def load_machine(spec: str | Path) -> Machine:
     """Load a machine: a built-in name (`m890`, `z810e`) or the path of a TOML file."""
     text_spec = str(spec)
-    if text_spec in BUILTIN_MACHINES:
+    if text_spec in BUILTIN_MACHINES or text_spec in VALIDATION_MACHINES:
         return _load_builtin(text_spec)
     path = Path(text_spec)
     if path.is_dir():
@@ -444,7 +446,8 @@ def load_machine(spec: str | Path) -> Machine:
         if path.suffix != ".toml" and "/" not in text_spec:
             raise MachineError(
                 f"unknown machine '{text_spec}'",
-                notes=[f"built-in machines: {', '.join(BUILTIN_MACHINES)}; or a path to a .toml"],
+                notes=[f"built-in machines: {', '.join(BUILTIN_MACHINES + VALIDATION_MACHINES)}; "
+                       "or a path to a .toml"],
             )
         raise MachineError(f"machine file '{text_spec}' not found")
     return _load_file(path)
