@@ -202,7 +202,7 @@ def _softmax(value, producers) -> dict | None:
 
 def _plain_matmul(op) -> bool:
     """A product whose operands and result share one dtype (no accumulation type)."""
-    if op is None or op.kind != "matmul" or len(op.inputs) != 2:
+    if op is None or op.kind != "matmul" or len(op.inputs) != 2 or op.attrs.get("acc"):
         return False
     dtype = op.result.type.dtype
     return all(v.type.dtype == dtype and v.type.rank >= 2 for v in op.inputs)
