@@ -1,4 +1,4 @@
-"""The `zhenwu` command line (DESIGN.md section 9).
+"""The `zhenwu` command line (docs/design.md section 9).
 
 This module only parses arguments and turns errors into messages and exit statuses; each
 subcommand lives in its own module under compiler/commands/ as `run(args) -> int`.

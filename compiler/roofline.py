@@ -1,4 +1,4 @@
-"""Roofline bounds of a program on a machine (DESIGN.md section 11).
+"""Roofline bounds of a program on a machine (docs/design.md section 11).
 
 The bound is the larger of two times: the matrix products' flops over the MX peak of their
 input dtype, and the compulsory HBM bytes (every input read once, every output written once)

@@ -3,7 +3,7 @@
 Every error a user can cause is a `ZhenwuError`. Each carries where it happened: a source
 span (in a `.zt` program, an assembly file, a machine file or an input file) or an
 instruction address (in a running program). The CLI turns any of them into a message and an
-exit status (DESIGN.md section 9): `exit_status` is 1 for user errors and 3 for chip traps.
+exit status (docs/design.md section 9): `exit_status` is 1 for user errors and 3 for chip traps.
 
 This module is on the ground floor: it imports nothing of ours, so isa/, compiler/ and
 runtime/ can all raise these.

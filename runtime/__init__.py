@@ -1,4 +1,4 @@
-"""The cycle-approximate interpreter of M890 programs (DESIGN.md section 8).
+"""The cycle-approximate interpreter of M890 programs (docs/design.md section 8).
 
     from runtime import run_program, RunResult
     result = run_program(program, machine, inputs, timing_only=False, max_instructions=None,

@@ -1,4 +1,4 @@
-"""The discrete-event timing model of one chip (DESIGN.md section 8, internals.md section 3).
+"""The discrete-event timing model of one chip (docs/design.md section 8, internals.md section 3).
 
 Per core, the scalar engine `S` runs the instruction stream (`scalar_cycles` per instruction) and
 dispatches engine instructions into in-order queues (LD, MX, VX, ST), each of bounded depth:

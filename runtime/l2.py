@@ -1,6 +1,6 @@
 """The chip's shared L2: a sector cache of GM lines in front of HBM (timing only).
 
-Every DMA between GM and a core passes the L2 (DESIGN.md sections 7 and 8). The model keeps
+Every DMA between GM and a core passes the L2 (docs/design.md sections 7 and 8). The model keeps
 tags, not data: GM always holds the current bytes (the L2 is write-through), so the cache only
 decides where a transfer's bytes come from, what it costs, and how much HBM traffic it makes.
 

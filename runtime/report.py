@@ -1,4 +1,4 @@
-"""The run report: what the chip did and where the time went (DESIGN.md section 8).
+"""The run report: what the chip did and where the time went (docs/design.md section 8).
 
 `Report` is a plain dataclass built by the interpreter at the end of a run; `to_json()` gives
 the dict written by `--report FILE`, `to_text()` the summary the CLI prints. Every number is

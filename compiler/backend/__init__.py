@@ -1,4 +1,4 @@
-"""The compiler backend: Graph IR -> Kernel IR -> M890 assembly (DESIGN.md section 5).
+"""The compiler backend: Graph IR -> Kernel IR -> M890 assembly (docs/design.md section 5).
 
 ```python
 from compiler.backend.pipeline import CompileOptions, compile_function

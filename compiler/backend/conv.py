@@ -1,4 +1,4 @@
-"""conv2d as an implicit GEMM: one kernel per conv and its epilogue (DESIGN.md section 5).
+"""conv2d as an implicit GEMM: one kernel per conv and its epilogue (docs/design.md section 5).
 
 A `conv` group (compiler/passes/fuse.py) computes out[n, o, oh, ow] (NCHW, OIHW weights,
 stride, padding, dilation, groups) without writing patches to HBM. The nest's axes are

@@ -1,4 +1,4 @@
-"""Flash attention: `softmax(q @ kᵀ · s [+ causal mask]) @ v` as one kernel (DESIGN.md section 5).
+"""Flash attention: `softmax(q @ kᵀ · s [+ causal mask]) @ v` as one kernel (docs/design.md section 5).
 
 One nest over (batch·heads, query, head dim, key): per parallel tile (a block of `tile_q`
 queries of one head) the Q block is loaded once, and every key step loads a Kᵀ and a V

@@ -366,6 +366,8 @@ class FusedLowering(Lowering):
                 out = tiles.new(cdt, "col")
                 body.append(Vec("DUP", cdt, out, (reduce_identity(ROW_REDUCE[kind], cdt),)))
                 body.append(Reduce(ROW_REDUCE[kind], cdt, out, src))
+                if result_dtype in ROUNDED and not only_stored:
+                    round_trip(out, cdt, result_dtype, scratch)  # as the reference rounds it
             elif kind == "cast":
                 target = attrs["dtype"]
                 source = value_buf[op.inputs[0].id]

@@ -1,4 +1,4 @@
-"""Matrix products with a fused epilogue, tiled by an analytic cost model (DESIGN.md section 5).
+"""Matrix products with a fused epilogue, tiled by an analytic cost model (docs/design.md section 5).
 
 A matmul group (compiler/passes/fuse.py) is one nest over (batch..., m, n, k): per output
 tile the k steps load an A and a B tile (double-buffered in L1) and accumulate with MMA into

@@ -1,4 +1,4 @@
-"""HBM planning: a byte address for every GM tensor (DESIGN.md section 5).
+"""HBM planning: a byte address for every GM tensor (docs/design.md section 5).
 
 Inputs and outputs live for the whole program and get their own ranges. Every intermediate
 is live from the first kernel that touches it to the last; intermediates whose live ranges

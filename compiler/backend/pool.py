@@ -1,4 +1,4 @@
-"""maxpool2d as one kernel (`pool` fusion groups, DESIGN.md section 5).
+"""maxpool2d as one kernel (`pool` fusion groups, docs/design.md section 5).
 
 `decompose` writes a max pool as a pad with the lowest value, one strided slice per window
 tap and a chain of `maximum`s; at -O0 the pad is a copy in HBM and every tap reads its input

@@ -1,4 +1,4 @@
-"""Tile sizes for the three nest shapes, from the loaded machine (DESIGN.md section 5).
+"""Tile sizes for the three nest shapes, from the loaded machine (docs/design.md section 5).
 
 Pure functions of the iteration extents, the bytes each tile element costs in L1/ACC, and a
 `Machine` (`l1_bytes`, `acc_bytes`, `cores`, `mx_m/n/k`). Every tile they return fits L1 and

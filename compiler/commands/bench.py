@@ -1,4 +1,4 @@
-"""`zhenwu bench`: the benchmark suite in samples/bench/ (DESIGN.md section 11).
+"""`zhenwu bench`: the benchmark suite in samples/bench/ (docs/design.md section 11).
 
 Each benchmark is compiled and run in timing-only mode (the chip's cycles without the math,
 so the suite's large shapes run on a small host). For each it prints cycles, the roofline

@@ -1,4 +1,4 @@
-"""`zhenwu run prog.zt`: compile for the machine, run on the interpreter (DESIGN.md section 9).
+"""`zhenwu run prog.zt`: compile for the machine, run on the interpreter (docs/design.md section 9).
 
 A thin layer over the Python API (zhenwu/api.py): `zhenwu.compile`, then `Program.run`.
 Inputs come from `-i NAME=FILE.npy` / `--inputs IN.npz` (symbolic dims are bound from their

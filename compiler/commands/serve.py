@@ -20,7 +20,8 @@ GB = 1e9
 def add_parser(sub, add_machine) -> None:
     """The `serve` subcommand's options (called from compiler/cli.py)."""
     p = sub.add_parser("serve", help="estimate serving a model: TTFT, TPOT, tokens/s, cost")
-    p.add_argument("model", help="a model .toml (samples/models/) or a sample's name")
+    p.add_argument("model", help="a model .toml (samples/models/) or a sample's name "
+                   "(required)")
     add_machine(p)
     p.add_argument("--chips", type=int, default=None, help="chips (default: tp x pp, or 1)")
     p.add_argument("--tp", type=int, help="tensor-parallel chips (default: chips in a node)")
@@ -28,20 +29,32 @@ def add_parser(sub, add_machine) -> None:
     p.add_argument("--ep", type=int, help="expert-parallel chips among the tp (default: tp)")
     p.add_argument("--chips-per-node", type=int, default=None,
                    help="chips that share a node's links (default: the machine's [system])")
-    p.add_argument("--batch", type=int, default=1, help="sequences decoded together")
-    p.add_argument("--prompt", type=int, default=1024, help="prompt tokens per sequence")
-    p.add_argument("--output", type=int, default=256, help="generated tokens per sequence")
-    p.add_argument("--weight-dtype", choices=["bf16", "f16", "fp8"])
-    p.add_argument("--kv-dtype", choices=["bf16", "f16"])
-    p.add_argument("--price-per-chip-hour", type=float, default=2.0, metavar="USD")
-    p.add_argument("--compare", metavar="MACHINE", help="a second machine, side by side")
+    p.add_argument("--batch", type=int, default=1,
+                   help="sequences decoded together (default: 1)")
+    p.add_argument("--prompt", type=int, default=1024,
+                   help="prompt tokens per sequence (default: 1024)")
+    p.add_argument("--output", type=int, default=256,
+                   help="generated tokens per sequence (default: 256)")
+    p.add_argument("--weight-dtype", choices=["bf16", "f16", "fp8"],
+                   help="weight dtype (default: the model file's)")
+    p.add_argument("--kv-dtype", choices=["bf16", "f16"],
+                   help="KV-cache dtype (default: the model file's)")
+    p.add_argument("--price-per-chip-hour", type=float, default=2.0, metavar="USD",
+                   help="what a chip-hour costs, an assumption (default: 2.0)")
+    p.add_argument("--compare", metavar="MACHINE",
+                   help="a second machine, side by side (default: none)")
     p.add_argument("--sweep", metavar="KEY=V1,V2,..",
-                   help="sweep batch, prompt or output: a throughput-latency table")
-    p.add_argument("--plot", metavar="OUT.png", help="with --sweep: the curve (matplotlib)")
+                   help="sweep batch, prompt or output: a throughput-latency table "
+                        "(default: none)")
+    p.add_argument("--plot", metavar="OUT.png",
+                   help="with --sweep: the curve, with matplotlib (default: none)")
     p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
-                   help="simulate on Ray (a local one, or the cluster at ADDRESS)")
-    p.add_argument("-j", "--jobs", type=int, default=0, help="local simulation processes")
-    p.add_argument("--json", action="store_true")
+                   help="simulate on Ray, a local one or the cluster at ADDRESS (default: "
+                        "local processes)")
+    p.add_argument("-j", "--jobs", type=int, default=0,
+                   help="local simulation processes (default: one per host CPU)")
+    p.add_argument("--json", action="store_true",
+                   help="print JSON instead of a table (default: off)")
 
 
 def _positive(name: str, value: int | None) -> None:

@@ -1,4 +1,4 @@
-"""The builtins of the `.zt` language (DESIGN.md section 3), one rule each.
+"""The builtins of the `.zt` language (docs/design.md section 3), one rule each.
 
 A rule turns checked arguments into Graph IR ops through the checker: primitives directly,
 `conv2d`/pools/`einsum` as single registry ops (lowered later by `decompose`), and a few

@@ -1,4 +1,4 @@
-"""Random valid `.zt` programs for differential fuzzing (DESIGN.md section 10).
+"""Random valid `.zt` programs for differential fuzzing (docs/design.md section 10).
 
 A program is grown one statement at a time: each step picks an op kind, finds operands whose
 shapes and dtypes the op accepts (creating new parameters where an operand of the right shape

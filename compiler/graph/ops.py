@@ -1,4 +1,4 @@
-"""The op registry: every Graph IR op kind, defined once (DESIGN.md section 4).
+"""The op registry: every Graph IR op kind, defined once (docs/design.md section 4).
 
 Each `OpDef` holds the kind's shape/dtype rule (`infer`), its numpy reference
 (`reference`), its fusion class (TVM's op patterns: elementwise, broadcast, injective, reduce,

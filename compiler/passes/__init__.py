@@ -1,4 +1,4 @@
-"""Graph passes (DESIGN.md section 4), one module each, registered by kebab-case name.
+"""Graph passes (docs/design.md section 4), one module each, registered by kebab-case name.
 
 ```python
 from compiler.passes import default_graph_pipeline, run_pipeline

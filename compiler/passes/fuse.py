@@ -1,4 +1,4 @@
-"""`fuse`: group graph ops into kernels (DESIGN.md section 5).
+"""`fuse`: group graph ops into kernels (docs/design.md section 5).
 
 The pass leaves the ops as they are (but for convs, see `conv` below) and attaches a `FusionPlan` to the function
 (`fn.attrs["fusion"]`): the kernels in execution order, each with the ids of the source ops

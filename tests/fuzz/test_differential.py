@@ -1,4 +1,4 @@
-"""Differential fuzzing (DESIGN.md section 10): generated programs at every pipeline must match
+"""Differential fuzzing (docs/design.md section 10): generated programs at every pipeline must match
 the reference evaluator, never trap, and never crash the compiler. Bounded for CI; longer
 campaigns run with `zhenwu fuzz --seconds N`."""
 

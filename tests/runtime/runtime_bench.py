@@ -1,4 +1,4 @@
-"""Interpreter speed: a benchmark, not a test (DESIGN.md section 11).
+"""Interpreter speed: a benchmark, not a test (docs/design.md section 11).
 
     python tests/runtime/runtime_bench.py [--big]
 
