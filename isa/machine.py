@@ -17,12 +17,12 @@ import dataclasses
 import functools
 import math
 import re
-import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
 
 from isa.dtypes import MX_DTYPES
-from isa.errors import MachineError, SourceSpan, source_lines
+from isa.errors import MachineError, SourceSpan
+from isa.tomlfile import locate, read_toml
 
 MACHINES_DIR = Path(__file__).parent / "machines"
 BUILTIN_MACHINES = ("m890", "z810e")
@@ -472,18 +472,7 @@ def _load_file(path: Path) -> Machine:
 
 def parse_machine(text: str, filename: str = "<machine>") -> Machine:
     """Validate the TOML text of a machine description into a `Machine`."""
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as err:
-        match = re.search(r"line (\d+), column (\d+)", str(err))
-        span = None
-        if match:
-            span = SourceSpan(filename, int(match[1]), int(match[2]), text=text)
-        raise MachineError(f"malformed TOML: {err}", span) from None
-    except ValueError as err:  # tomllib's own limits (an integer of 5000 digits)
-        raise MachineError(f"malformed TOML in {filename}: {err}") from None
-    except RecursionError:  # tomllib recurses once per nested array
-        raise MachineError(f"malformed TOML in {filename}: arrays nested too deeply") from None
+    data = read_toml(text, filename, MachineError)
 
     def where(section: str | None, key: str | None) -> SourceSpan:
         return _locate(text, filename, section, key)
@@ -701,22 +690,4 @@ _UNIT_NAMES = {"bytes": "bytes", "bytes_per_second": "bytes/s", "hz": "Hz",
                "seconds": "s", "cycles": "cycles"}
 
 
-def _locate(text: str, filename: str, section: str | None, key: str | None) -> SourceSpan:
-    """The span of `key` in `[section]` of the TOML text (best effort: line 1 if not found)."""
-    lines = source_lines(text)
-    current: str | None = None
-    for number, line in enumerate(lines, start=1):
-        stripped = line.strip()
-        header = re.fullmatch(r"\[\s*([A-Za-z0-9_.\-]+)\s*\]\s*(#.*)?", stripped)
-        if header:
-            current = header[1]
-            if key is None and current == section:
-                return SourceSpan(filename, number, 1, text=text)
-            continue
-        if key is not None and current == section:
-            match = re.match(rf"\s*({re.escape(key)})\s*=", line)
-            if match:
-                return SourceSpan(
-                    filename, number, match.start(1) + 1, end_col=match.end(1) + 1, text=text
-                )
-    return SourceSpan(filename, 1, 1, text=text)
+_locate = locate

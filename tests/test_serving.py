@@ -275,3 +275,10 @@ def test_ray_asked_but_missing_is_a_usage_error(tmp_path, monkeypatch, capsys):
     path.write_text(TINY)
     assert main(["serve", str(path), "--prompt", "16", "--output", "4", "--ray"]) == 2
     assert "--ray needs Ray" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text", ["x = " + "[" * 5000 + "]" * 5000, "x = 1" + "0" * 5000],
+                         ids=["nested_arrays", "huge_integer"])
+def test_tomllib_limits_in_a_model_file_are_diagnostics(text):
+    with pytest.raises(ModelError, match="malformed TOML"):
+        parse_model(text, "bad.toml")

@@ -28,12 +28,11 @@ is a `ModelError` pointing at the file, line and key. Example (samples/models/qw
 
 from __future__ import annotations
 
-import re
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
 from isa.errors import SourceSpan, ZhenwuError
+from isa.tomlfile import locate, read_toml
 
 MODELS_DIR = Path(__file__).resolve().parents[2] / "samples" / "models"
 WEIGHT_DTYPES = ("bf16", "f16", "fp8")
@@ -134,12 +133,7 @@ def load_model(spec: str | Path) -> ModelConfig:
 
 def parse_model(text: str, filename: str = "<model>") -> ModelConfig:
     """Validate the TOML text of a model description into a `ModelConfig`."""
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as err:
-        match = re.search(r"line (\d+), column (\d+)", str(err))
-        span = SourceSpan(filename, int(match[1]), int(match[2]), text=text) if match else None
-        raise ModelError(f"malformed TOML: {err}", span) from None
+    data = read_toml(text, filename, ModelError)
 
     def where(key: str | None, section: str | None = None) -> SourceSpan:
         return _locate(text, filename, section, key)
@@ -213,21 +207,4 @@ _KIND_NAMES = {str: "a string", int: "a positive integer", float: "a positive nu
                bool: "true or false", dict: "a table"}
 
 
-def _locate(text: str, filename: str, section: str | None, key: str | None) -> SourceSpan:
-    """The span of `key` in `[section]` (top level when None) of the TOML text; the section
-    header (or line 1) when the key is absent."""
-    current: str | None = None
-    fallback = SourceSpan(filename, 1, 1, text=text)
-    for number, line in enumerate(text.splitlines(), start=1):
-        header = re.fullmatch(r"\s*\[\s*([A-Za-z0-9_.\-]+)\s*\]\s*(#.*)?", line)
-        if header:
-            current = header[1]
-            if key is None and current == section:
-                return SourceSpan(filename, number, 1, text=text)
-            continue
-        if key is not None and current == section:
-            match = re.match(rf"\s*({re.escape(key)})\s*=", line)
-            if match:
-                return SourceSpan(filename, number, match.start(1) + 1,
-                                  end_col=match.end(1) + 1, text=text)
-    return fallback
+_locate = locate
