@@ -192,6 +192,8 @@ class ProgramBuilder:
     # results that are always outputs and never operands of later steps: integer products
     # (compared exactly) and reductions of NaN-bearing values
     checked: list[Tensor] = field(default_factory=list)
+    # parameters that are only operands of their own step (gather's indices): never picked
+    reserved: list[Tensor] = field(default_factory=list)
 
     # -- naming and parameters -------------------------------------------------------------
     def fresh(self, prefix: str) -> str:
@@ -220,7 +222,7 @@ class ProgramBuilder:
         parameters: discontinuous ops (argmax, floor, casts to int) on computed values would
         turn a rounding difference within tolerance into a different answer."""
         pool = self.params if inputs_only else self.values
-        candidates = [v for v in pool if v.rank >= min_rank]
+        candidates = [v for v in pool if v.rank >= min_rank and v not in self.reserved]
         if not candidates:
             return self.new_param(self.new_shape(self.chooser.integer(min_rank, self.max_rank)))
         return self.chooser.choice(candidates)
@@ -594,6 +596,7 @@ class ProgramBuilder:
         rank = self.chooser.integer(0, min(2, self.max_rank - x.rank + 1))
         indices = self.new_param(self.new_shape(rank), "i32")
         self.values.remove(indices)
+        self.reserved.append(indices)
         shape = x.shape[:axis] + indices.shape + x.shape[axis + 1:]
         self.bind(f"gather({x.name}, {indices.name}, axis={axis})", x.dtype, shape)
 

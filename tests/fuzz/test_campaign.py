@@ -32,3 +32,12 @@ def test_a_failure_is_shrunk_written_and_bisected(tmp_path, monkeypatch):
     assert entry["culprit_pass"] == "fuse"
     saved = json.loads((tmp_path / (entry["program"].rsplit("/", 1)[1][:-3] + ".json")).read_text())
     assert saved == entry
+
+
+def test_gather_indices_are_never_picked_by_later_steps():
+    """A program of the 10-minute campaign of 2026-12-05: a NaN step picked gather's i32
+    index parameter and the generator typed the result wrongly (a generator bug)."""
+    from compiler.fuzz.campaign import check_program
+    from compiler.fuzz.generator import random_program
+
+    check_program(random_program(1558962707), seed=1558962707)
