@@ -156,6 +156,7 @@ def draw_attention(builder) -> None:
     elif mask_form == "input":
         mask = builder.new_param((seq_q, seq_k), "bool")
         builder.values.remove(mask)
+        builder.reserved.append(mask)
         scores = f"where({mask.name}, {s.name}, -inf)"
     else:
         scores = s.name

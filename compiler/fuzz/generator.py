@@ -192,7 +192,8 @@ class ProgramBuilder:
     # results that are always outputs and never operands of later steps: integer products
     # (compared exactly) and reductions of NaN-bearing values
     checked: list[Tensor] = field(default_factory=list)
-    # parameters that are only operands of their own step (gather's indices): never picked
+    # parameters that are only operands of their own step (gather's indices, an attention's
+    # boolean mask): never picked by another step
     reserved: list[Tensor] = field(default_factory=list)
 
     # -- naming and parameters -------------------------------------------------------------

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from compiler.fuzz import campaign
 from compiler.fuzz.campaign import FuzzFailure, run_campaign
 
@@ -34,10 +36,12 @@ def test_a_failure_is_shrunk_written_and_bisected(tmp_path, monkeypatch):
     assert saved == entry
 
 
-def test_gather_indices_are_never_picked_by_later_steps():
-    """A program of the 10-minute campaign of 2026-12-05: a NaN step picked gather's i32
-    index parameter and the generator typed the result wrongly (a generator bug)."""
+@pytest.mark.parametrize("seed", [1558962707, 1264563150])
+def test_reserved_parameters_are_never_picked_by_later_steps(seed):
+    """Programs of the 10-minute campaigns of 2026-12-05: a NaN step picked gather's i32
+    indices, or an attention's bool mask, and the generator typed the result wrongly (a
+    generator bug)."""
     from compiler.fuzz.campaign import check_program
     from compiler.fuzz.generator import random_program
 
-    check_program(random_program(1558962707), seed=1558962707)
+    check_program(random_program(seed), seed=seed)
