@@ -30,13 +30,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from compiler.collectives import CollectiveCost, collective_cost
 from isa.asm import parse_assembly
 from isa.dtypes import itemsize
 from isa.errors import UsageError
 from isa.machine import Machine
 from isa.program import Program
-
-from compiler.collectives import CollectiveCost, collective_cost
 
 EVENTS_PER_PHASE = 4  # ready, arrivals (RS or A2A), arrivals (AG), rsdone
 
@@ -86,8 +85,8 @@ class _Emitter:
         self.chip = chip
         # each phase is a `.kernel` region of its own (reports time them)
         self.lines: list[str] = [f".kernel {spec.label}_p0",
-                                 f"    GETID r0, core  # {spec.kind} ({spec.algorithm}) over "
-                                 f"chips {list(spec.group)}"]
+                                 (f"    GETID r0, core  # {spec.kind} ({spec.algorithm}) over "
+                                 f"chips {list(spec.group)}")]
         self.phase = 0
 
     def events(self) -> tuple[int, int, int, int]:

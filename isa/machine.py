@@ -446,8 +446,8 @@ def load_machine(spec: str | Path) -> Machine:
         if path.suffix != ".toml" and "/" not in text_spec:
             raise MachineError(
                 f"unknown machine '{text_spec}'",
-                notes=[f"built-in machines: {', '.join(BUILTIN_MACHINES + VALIDATION_MACHINES)}; "
-                       "or a path to a .toml"],
+                notes=[(f"built-in machines: {', '.join(BUILTIN_MACHINES + VALIDATION_MACHINES)}; "
+                       "or a path to a .toml")],
             )
         raise MachineError(f"machine file '{text_spec}' not found")
     return _load_file(path)

@@ -109,8 +109,8 @@ class ClusterReport:
         }
 
     def to_text(self) -> str:
-        lines = [f"{len(self.chips)} chips ({self.topology}) on {self.machine}: "
-                 f"{self.cycles} cycles = {self.seconds * 1e6:.3f} us"]
+        lines = [(f"{len(self.chips)} chips ({self.topology}) on {self.machine}: "
+                 f"{self.cycles} cycles = {self.seconds * 1e6:.3f} us")]
         for index, chip in enumerate(self.chips):
             lines.append(f"  chip {index}: {chip.cycles} cycles, {chip.flops / 1e9:.3g} GFLOP, "
                          f"HBM {chip.hbm_read_bytes + chip.hbm_write_bytes} B, "

@@ -82,8 +82,8 @@ def check_functional_run(program, where: str, held: int = 0) -> None:
         f"{where}: a functional run needs about {_gib(needed)} of host memory (the chip's "
         f"tensors plus host copies of the inputs and outputs), more than the "
         f"{_gib(available)} available",
-        notes=["--timing-only simulates the cycles without the math and allocates no tensor "
-               "data (in Python: prog.run(timing_only=True))"])
+        notes=[("--timing-only simulates the cycles without the math and allocates no tensor "
+               "data (in Python: prog.run(timing_only=True))")])
 
 
 def reference_bytes(fn) -> int:
@@ -110,5 +110,5 @@ def check_reference(fn, where: str, held: int = 0) -> None:
 def out_of_memory(where: str) -> Diagnostic:
     """The diagnostic for a MemoryError that the estimate above did not foresee."""
     return Diagnostic(f"{where}: this host ran out of memory during the functional run",
-                      notes=["--timing-only simulates the cycles without the math and "
-                             "allocates no tensor data"])
+                      notes=[("--timing-only simulates the cycles without the math and "
+                             "allocates no tensor data")])

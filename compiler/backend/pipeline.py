@@ -76,9 +76,8 @@ def compile_function(fn, machine, options: CompileOptions = CompileOptions(), me
 
     `measure(program, machine) -> cycles` is the timing model `options.tune` searches with
     (the backend does not import the runtime: the caller injects it)."""
-    from isa.asm import parse_assembly
-
     from compiler.shard.annotations import strip_pins
+    from isa.asm import parse_assembly
 
     graph = graph_passes(strip_pins(fn), options)
     if options.opt_level >= 1 and "fuse" not in options.disabled_passes:

@@ -21,8 +21,8 @@ import json
 
 from compiler.collective_codegen import collective_programs
 from compiler.collectives import KINDS
-from isa.topology import Topology
 from isa.errors import UsageError
+from isa.topology import Topology
 from runtime.cluster import run_cluster
 
 SIZES = tuple(4096 * 4**i for i in range(11) if 4096 * 4**i <= 1 << 30)

@@ -17,10 +17,10 @@ serve_simulate.py): a run after `zhenwu serve` of the same shapes costs nothing.
 
 from __future__ import annotations
 
+from compiler.commands.serve_simulate import simulate_all
 from compiler.serving import programs as gen
 from compiler.serving.estimate import Plan, Request, memory_per_chip, shard_of
 from compiler.serving.model import load_model
-from compiler.commands.serve_simulate import simulate_all
 
 CONTEXT = 4096
 PROMPT = 4096
@@ -82,8 +82,8 @@ def measure(machines, processes: int = 0, progress=None) -> list[dict]:
 
 def format_rows(rows: list[dict]) -> str:
     lines = ["Qwen3-32B on one chip, bf16 (simulated, timing-only)",
-             f"{'machine':<8} {'decode B=1 L=4096':>30} {'KV attention B=64 L=4096':>30} "
-             f"{'prefill T=4096':>30}"]
+             (f"{'machine':<8} {'decode B=1 L=4096':>30} {'KV attention B=64 L=4096':>30} "
+             f"{'prefill T=4096':>30}")]
     for r in rows:
         lines.append(
             f"{r['machine']:<8} "

@@ -102,6 +102,7 @@ def _sweep_points(spec: str | None) -> tuple[str | None, list[int]]:
 def run(args) -> int:
     from dataclasses import replace
 
+    from compiler.commands.serve_simulate import simulate_all
     from compiler.serving.estimate import (
         Request,
         analytic_pieces,
@@ -110,7 +111,6 @@ def run(args) -> int:
         layer_programs,
     )
     from compiler.serving.model import load_model
-    from compiler.commands.serve_simulate import simulate_all
     from isa.machine import load_machine
 
     model = load_model(args.model)
@@ -215,8 +215,8 @@ def _summary(estimates) -> str:
 def _programs_table(estimate) -> str:
     """Every figure's source: simulated programs and analytic pieces, with counts."""
     lines = [f"where the time goes on {estimate.machine.name} (per prefill / per decode step):",
-             f"{'phase':<8} {'program':<32} {'source':<10} {'cycles':>12} {'seconds':>11} "
-             f"{'count':>6} {'total s':>10} {'eff':>5}"]
+             (f"{'phase':<8} {'program':<32} {'source':<10} {'cycles':>12} {'seconds':>11} "
+             f"{'count':>6} {'total s':>10} {'eff':>5}")]
     for use, rec in estimate.programs:
         eff = rec["roofline_cycles"] / rec["cycles"] if rec["cycles"] else 0.0
         lines.append(f"{use.phase:<8} {use.spec.name:<32} {'simulated':<10} "
@@ -233,8 +233,8 @@ def _programs_table(estimate) -> str:
 
 
 def _sweep_table(estimates, key: str) -> str:
-    lines = [f"{'machine':<8} {key:>7} {'TTFT ms':>10} {'TPOT ms':>10} {'tok/s':>11} "
-             f"{'tok/s/chip':>11} {'USD/M tok':>10} {'mem/chip GB':>12}"]
+    lines = [(f"{'machine':<8} {key:>7} {'TTFT ms':>10} {'TPOT ms':>10} {'tok/s':>11} "
+             f"{'tok/s/chip':>11} {'USD/M tok':>10} {'mem/chip GB':>12}")]
     for e in estimates:
         value = getattr(e.request, key)
         lines.append(f"{e.machine.name:<8} {value:>7} {e.ttft_s * 1e3:>10.2f} "

@@ -119,8 +119,8 @@ _BINARY = {
     "VADD": (0x40, "dst = a + b", np.add, None, ARITH_DTYPES),
     "VSUB": (0x41, "dst = a - b", np.subtract, None, ARITH_DTYPES),
     "VMUL": (0x42, "dst = a * b", np.multiply, None, ARITH_DTYPES),
-    "VDIV": (0x43, "dst = a / b (integers: floor division, a trap on a zero divisor; "
-             "compiled `.zt` code selects 0 there instead, as `a // 0` is 0 in the language)",
+    "VDIV": (0x43, ("dst = a / b (integers: floor division, a trap on a zero divisor; "
+             "compiled `.zt` code selects 0 there instead, as `a // 0` is 0 in the language)"),
              np.divide,
              _int_floor_div, ARITH_DTYPES),
     "VMAX": (0x44, "dst = max(a, b)", np.maximum, None, ARITH_DTYPES),

@@ -96,6 +96,7 @@ def _save(case, tmp: Path):
     """Import the case (binding integer inputs as initializers when the importer needs them
     at import); returns ((path, source, model, data sets, note), None) or (None, reason)."""
     import onnx
+
     from compiler.importers.onnx import OnnxImportError, import_onnx
 
     model, data_sets, note = case.model, case.data_sets, ""

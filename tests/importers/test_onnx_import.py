@@ -18,11 +18,11 @@ import pytest
 
 onnx = pytest.importorskip("onnx")
 
-from compiler.cli import main  # noqa: E402
-from compiler.importers.onnx import OnnxImportError, import_onnx  # noqa: E402
-
 import onnx_conformance  # noqa: E402
 from onnx_models import decoder_block, small_cnn  # noqa: E402
+
+from compiler.cli import main  # noqa: E402
+from compiler.importers.onnx import OnnxImportError, import_onnx  # noqa: E402
 
 REPRESENTATIVE = [
     "test_add_bcast", "test_sub_example", "test_mul_bcast", "test_div_example", "test_pow",
