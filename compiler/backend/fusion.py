@@ -24,13 +24,13 @@ from math import prod
 from compiler.backend.kernel_ir import Buffer, Load, Nest, Reduce, Store, Vec, View
 from compiler.backend.lower import (
     ALIGN,
-    COMPARE,
     Lowering,
     _scalar_view,
     clamp_value,
     compute_dtype,
     elementwise_body,
     layout,
+    may_be_immediate,
     reduce_identity,
     row_major,
     simplify,
@@ -38,12 +38,13 @@ from compiler.backend.lower import (
 from compiler.backend.tiling import map_tile
 from compiler.graph.dtypes import is_float, itemsize, value_preserving
 from compiler.graph.ir import Function
-from compiler.passes.fuse import BINARY
+from compiler.graph.ops import OPS
 
 NARROW_FLOATS = ("bf16", "f16", "fp8")
 VECTOR_FLOATS = ("bf16", "f16")   # vector dtypes: an instruction rounds its result once
 ROUNDED = ("fp8", "i8")           # kept widened; rounded explicitly where used
-ROW_REDUCE = {"reduce_sum": "SUM", "reduce_max": "MAX", "reduce_min": "MIN"}
+# the reductions a row kernel computes -> their Kernel IR `Reduce` op
+ROW_REDUCE = {name: op.reduce_instr[2:] for name, op in OPS.items() if op.row_kernel}
 
 
 def home_dtype(dtype: str) -> str:
@@ -53,13 +54,6 @@ def home_dtype(dtype: str) -> str:
     if dtype in VECTOR_FLOATS or dtype == "bool":
         return dtype
     return compute_dtype(dtype)
-
-
-def may_be_immediate(op, index: int) -> bool:
-    """Operand `index` of `op` can be a float immediate of its instruction."""
-    if op.kind in BINARY or op.kind in COMPARE:
-        return True
-    return op.kind == "where" and index > 0
 
 
 class _Tiles:
@@ -395,7 +389,7 @@ class FusedLowering(Lowering):
                     cdt = "i32" if cdt == "bool" else cdt
                     wants = ["bool", cdt, cdt]
                     out_dtype = cdt
-                elif kind in COMPARE:
+                elif OPS[kind].vector.result == "bool":  # a comparison
                     cdt = home_dtype(op.inputs[0].type.dtype)
                     cdt = "i32" if cdt == "bool" else cdt
                     wants = [cdt] * len(op.inputs)

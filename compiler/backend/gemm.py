@@ -21,7 +21,6 @@ from math import ceil
 from compiler.backend.kernel_ir import Buffer, Load, Mma, Nest, Store, Vec, View
 from compiler.backend.lower import (
     ALIGN,
-    UNARY,
     aligned,
     elementwise_body,
     layout,
@@ -31,6 +30,7 @@ from compiler.backend.lower import (
 )
 from compiler.backend.tiling import round_up
 from compiler.graph.dtypes import itemsize, value_preserving
+from compiler.graph.ops import OPS
 from isa.errors import CompileError
 from isa.instructions import INSTRUCTIONS
 
@@ -349,8 +349,8 @@ def _vx_passes(kind: str, machine) -> float:
     """An epilogue op's cost in full-tile f32 vector passes: an op its vector instruction
     runs on the special-function unit (isa's `unit`) at the SFU's element rate, the rest at
     the vector engine's bytes per cycle."""
-    mnemonic = "GELU" if kind == "gelu" else UNARY.get(kind)
-    defn = INSTRUCTIONS.get(f"V{mnemonic}") if mnemonic else None
+    vector = OPS[kind].vector
+    defn = INSTRUCTIONS[vector.steps[0].instr] if vector is not None else None
     if defn is not None and defn.unit == "SFU":
         return machine.vx_bytes_per_cycle / (4 * machine.sfu_elems_per_cycle)
     return 1.0

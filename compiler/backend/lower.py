@@ -38,7 +38,10 @@ from compiler.backend.kernel_ir import (
 from compiler.backend.tiling import MIN_TILE_ELEMS, map_tile, matmul_schedule, reduce_tile
 from compiler.graph.dtypes import is_float, is_int, itemsize, limits, np_dtype
 from compiler.graph.ir import TensorType
+from compiler.graph.opfacets import OUT
+from compiler.graph.ops import COMPARISONS, OPS
 from isa.errors import CompileError
+from isa.instructions import INSTRUCTIONS
 
 ALIGN = 64  # bytes: alignment of every L1/ACC buffer
 
@@ -304,8 +307,8 @@ def _scalar_view(view: View) -> View:
     return View(view.tensor, view.dtype, view.offset, (0,), (1,), (0,), (0,))
 
 
-REDUCE_OPS = {"reduce_sum": "SUM", "reduce_max": "MAX", "reduce_min": "MIN",
-              "reduce_prod": "PROD", "argmax": "ARGMAX"}
+# reduction kind -> the Kernel IR `Reduce` op (its VR* instruction without the `VR`)
+REDUCE_OPS = {name: op.reduce_instr[2:] for name, op in OPS.items() if op.reduce_instr}
 
 
 def reduce_identity(op: str, dtype: str) -> float:
@@ -489,56 +492,38 @@ def matmul_nest(a: TensorView, b: TensorView, out: TensorView, machine) -> Nest:
 
 # ------------------------------------------------------------------ elementwise bodies
 
-UNARY = {"neg": "NEG", "abs": "ABS", "exp": "EXP", "log": "LOG", "sqrt": "SQRT",
-         "rsqrt": "RSQRT", "reciprocal": "RCP", "tanh": "TANH", "sigmoid": "SIGM",
-         "relu": "RELU", "erf": "ERF", "sin": "SIN", "cos": "COS", "floor": "FLOOR",
-         "ceil": "CEIL", "sign": "SIGN"}
-BINARY = {"add": "ADD", "sub": "SUB", "mul": "MUL", "div": "DIV", "pow": "POW",
-          "maximum": "MAX", "minimum": "MIN"}
-COMPARE = ("lt", "le", "gt", "ge", "eq", "ne")
-ELEMENTWISE = set(UNARY) | set(BINARY) | set(COMPARE) | {"gelu", "cast", "where"}
+# The op table answers what the lowering needs (compiler/graph/ops.py): which ops are
+# elementwise on the vector engine and with which instructions, which are reductions.
+ELEMENTWISE = frozenset(name for name, op in OPS.items() if op.vector is not None)
+COMPARE = COMPARISONS
+
+
+def integer_steps(cdt: str) -> bool:
+    """Whether an op computing in vector dtype `cdt` takes its integer steps."""
+    return cdt == "i32"
 
 
 def elementwise_body(kind: str, attrs: dict, cdt: str):
-    """The vector statements of one elementwise op in compute dtype `cdt`."""
+    """The vector statements of one elementwise op in compute dtype `cdt`: the steps of its
+    table entry (`OpDef.vector`) with operand names bound to buffers."""
+    vector = OPS[kind].vector
+    if vector is None:
+        raise KeyError(kind)
+    steps = vector.select(attrs, integer_steps(cdt))
+
+    def dtype_of(step) -> str:
+        if step.dtype is None:
+            return cdt
+        return _vx_dtype(attrs["dtype"]) if step.dtype == "target" else step.dtype
 
     def body(ins, out, _axis_map):
-        if kind == "cast":
-            return [Vec("COPY", _vx_dtype(attrs["dtype"]), out, (ins[0],))]
-        if kind in UNARY:
-            if cdt == "i32" and kind in ("floor", "ceil"):
-                return [Vec("COPY", cdt, out, (ins[0],))]
-            return [Vec(UNARY[kind], cdt, out, (ins[0],))]
-        if kind == "gelu":
-            if attrs.get("approximate", True):
-                return [Vec("GELU", cdt, out, (ins[0],))]
-            # 0.5 x (1 + erf(x / sqrt 2))
-            return [Vec("MUL", cdt, out, (ins[0], 0.7071067811865476)),
-                    Vec("ERF", cdt, out, (out,)),
-                    Vec("ADD", cdt, out, (out, 1.0)),
-                    Vec("MUL", cdt, out, (out, ins[0])),
-                    Vec("MUL", cdt, out, (out, 0.5))]
-        if kind == "div" and cdt == "i32":
-            # floor division that gives 0 (not a trap) where the divisor is 0
-            return [Vec("CMP.eq", cdt, "zero", (ins[1], 0.0)),
-                    Vec("SEL", cdt, ins[1], ("zero", 1.0, ins[1])),
-                    Vec("DIV", cdt, out, (ins[0], ins[1])),
-                    Vec("SEL", cdt, out, ("zero", 0.0, out))]
-        if kind == "pow" and cdt == "i32":
-            # no integer VPOW: f32 (exact while results stay below 2^24); the store's cast
-            # truncates a negative power toward zero (2 ** -1 -> 0, (-1) ** -3 -> -1); a zero
-            # base takes the exponent n * n (0 ** n is 1 for n = 0, else 0, never inf)
-            return [Vec("CMP.eq", "f32", "zero", (ins[0], 0.0)),
-                    Vec("MUL", "f32", out, (ins[1], ins[1])),
-                    Vec("SEL", "f32", ins[1], ("zero", out, ins[1])),
-                    Vec("POW", "f32", out, (ins[0], ins[1]))]
-        if kind in BINARY:
-            return [Vec(BINARY[kind], cdt, out, (ins[0], ins[1]))]
-        if kind in COMPARE:
-            return [Vec(f"CMP.{kind}", cdt, out, (ins[0], ins[1]))]
-        if kind == "where":
-            return [Vec("SEL", cdt, out, (ins[0], ins[1], ins[2]))]
-        raise KeyError(kind)
+        names = {OUT: out, **{f"in{i}": name for i, name in enumerate(ins)}}
+
+        def bound(operand):
+            return names.get(operand, operand) if isinstance(operand, str) else operand
+
+        return [Vec(step.op, dtype_of(step), bound(step.dst),
+                    tuple(bound(src) for src in step.srcs)) for step in steps]
 
     return body
 
@@ -655,7 +640,7 @@ class Lowering:
             self.constants[op.id] = op
             return
         if kind in ELEMENTWISE:
-            immediates = [self.immediate(v) if _may_be_immediate(op, i) else None
+            immediates = [self.immediate(v) if may_be_immediate(op, i) else None
                           for i, v in enumerate(op.inputs)]
         else:
             immediates = [None] * len(op.inputs)
@@ -696,14 +681,15 @@ class Lowering:
                 out_dtype = cdt
             else:
                 cdt = compute_dtype(in_dtypes[0])
-                if kind == "pow" and cdt == "i32":
-                    cdt = "f32"
+                fixed = {s.dtype for s in OPS[kind].vector.select(attrs, integer_steps(cdt))}
+                if len(fixed) == 1 and None not in fixed:
+                    cdt = fixed.pop()  # steps in a fixed dtype (integer pow: f32) load it
                 load_dtypes = [cdt] * len(ins)
-                out_dtype = "bool" if kind in COMPARE else cdt
+                out_dtype = "bool" if OPS[kind].vector.result == "bool" else cdt
             # the body computes in the dtype of the last operand (where's branches; the
             # operands otherwise); integer pow loads f32 but keeps its integer body
             cdt = compute_dtype(in_dtypes[-1])
-            temps = (("zero", "bool"),) if kind in ("div", "pow") and cdt == "i32" else ()
+            temps = OPS[kind].vector.temps(integer_steps(cdt))
             loads, operands = [], []
             for v, dt in zip(ins, load_dtypes):
                 if isinstance(v, float):
@@ -761,15 +747,24 @@ class Lowering:
         raise CompileError(f"the backend cannot lower op '{kind}' yet", op.span)
 
 
-def _may_be_immediate(op, index: int) -> bool:
-    """Whether operand `index` of elementwise `op` can be a float immediate of its VX
-    instruction (binary arithmetic and comparisons, the branches of `where`); integer
-    div/pow rewrite their divisor/exponent in place, so it must be a tile."""
-    if op.kind in ("div", "pow") and not is_float(op.inputs[0].type.dtype):
+def may_be_immediate(op, index: int) -> bool:
+    """Whether operand `index` of elementwise `op` can be a float immediate of its vector
+    instructions: every step reading it takes an immediate in that position (the operand
+    kinds of the step's `InstrDef`), and no step rewrites an operand in place (integer
+    div/pow rewrite their divisor/exponent, which must then be a tile). An op of one
+    operand takes none (a unary op of a constant is folded before lowering)."""
+    vector = OPS[op.kind].vector
+    if vector is None or len(op.inputs) < 2:
         return False
-    if op.kind in BINARY or op.kind in COMPARE:
-        return True
-    return op.kind == "where" and index > 0
+    integer = integer_steps(compute_dtype(op.inputs[-1].type.dtype))
+    if vector.writes_operand(op.attrs, integer):
+        return False
+    name = f"in{index}"
+    for step in vector.select(op.attrs, integer):
+        specs = INSTRUCTIONS[step.instr].operands[1:]  # after the destination
+        if any(src == name and "fimm" not in spec.kinds for spec, src in zip(specs, step.srcs)):
+            return False
+    return True
 
 
 def lower_function(fn, machine):

@@ -20,6 +20,7 @@ import numpy as np
 
 from compiler.graph.dtypes import DTYPES, is_float, is_int, np_dtype, promote
 from compiler.graph.ir import TensorType
+from compiler.graph.opfacets import OUT, Frontend, Fuzz, Step, VectorLowering
 from isa.errors import Diagnostic
 
 Types = tuple[TensorType, ...]
@@ -44,6 +45,15 @@ class OpDef:
     optional_attrs: tuple[str, ...] = ()  # attributes the kind may carry (matmul's `acc`)
     primitive: bool = True
     flop_rule: Callable[[Types, TensorType, dict], int] | None = None
+    # the facets every other layer reads (compiler/graph/opfacets.py)
+    frontend: Frontend | None = None  # how .zt spells it
+    float_only: bool = False  # takes floats (the frontend makes integer arguments f32)
+    vector: VectorLowering | None = None  # an elementwise op's vector instructions
+    reduce_instr: str | None = None  # a reduction's VR* instruction
+    row_kernel: bool = False  # a last-axis reduction a fused row kernel computes
+    kernel: str = ""  # how the backend lowers an op that has no vector steps
+    fuzz: Fuzz | None = None  # how the fuzz generator draws it
+    doc: str = ""  # its line in docs/language.md
 
     def flops(self, types: Types, result: TensorType, attrs: dict) -> int:
         """Floating-point (or integer) operations; shape ops cost none."""
@@ -126,9 +136,6 @@ def infer_type(kind: str, types: Types, attrs: dict) -> TensorType:
 
 # --------------------------------------------------------------------------- elementwise
 
-_FLOAT_ONLY = {"exp", "log", "sqrt", "rsqrt", "reciprocal", "tanh", "sigmoid", "gelu", "erf",
-               "sin", "cos"}
-
 _erf = np.vectorize(math.erf, otypes=[np.float64])
 
 
@@ -139,32 +146,12 @@ def _gelu(x: np.ndarray, approximate: bool) -> np.ndarray:
     return 0.5 * x * (1.0 + _erf(x.astype(np.float64) / np.sqrt(2.0)).astype(x.dtype))
 
 
-_UNARY: dict[str, Callable] = {
-    "neg": np.negative,
-    "abs": np.abs,
-    "exp": np.exp,
-    "log": np.log,
-    "sqrt": np.sqrt,
-    "rsqrt": lambda x: 1.0 / np.sqrt(x),
-    "reciprocal": lambda x: 1.0 / x,
-    "tanh": np.tanh,
-    "sigmoid": lambda x: 1.0 / (1.0 + np.exp(-x)),
-    "relu": lambda x: np.maximum(x, np.zeros((), x.dtype)),
-    "erf": lambda x: _erf(x.astype(np.float64)).astype(x.dtype),
-    "sin": np.sin,
-    "cos": np.cos,
-    "floor": np.floor,
-    "ceil": np.ceil,
-    "sign": np.sign,
-}
-
-
 def _unary_rule(kind: str):
     def infer(types: Types, attrs: dict) -> TensorType:
         (t,) = types
         if kind == "gelu" and not isinstance(attrs.get("approximate"), bool):
             raise Diagnostic("gelu: 'approximate' must be true or false")
-        if kind in _FLOAT_ONLY and not is_float(t.dtype):
+        if OPS[kind].float_only and not is_float(t.dtype):
             raise Diagnostic(f"{kind} needs a floating-point operand, got {t}")
         if t.dtype == "bool" and kind != "cast":
             raise Diagnostic(f"{kind} is not defined on bool ({t})")
@@ -177,11 +164,63 @@ def _unary_ref(fn: Callable):
     return lambda xs, attrs: fn(xs[0])
 
 
-for _kind, _fn in _UNARY.items():
-    _register(OpDef(_kind, "elementwise", _unary_rule(_kind), _unary_ref(_fn)))
+def unary_op(name: str, fn: Callable, instr: str | tuple[Step, ...], doc: str, *,
+             fuzz: str | Fuzz, float_only: bool = False, int_steps=None, attrs=(),
+             attr_steps=(), params: str = "x", defaults=(),
+             reference: Callable | None = None) -> OpDef:
+    """An elementwise unary op's entry: numpy `fn` (or `reference(xs, attrs)`) is its
+    semantics, `instr` the vector instruction computing it (or the steps of an expansion),
+    `fuzz` the generator's template (`{x}`: an existing value), `doc` its line in the docs.
+    `float_only`: integer arguments become f32 in the frontend, the op itself takes floats."""
+    steps = (Step(instr),) if isinstance(instr, str) else instr
+    return OpDef(name, "elementwise", _unary_rule(name),
+                 reference or _unary_ref(fn), attrs=attrs, float_only=float_only,
+                 frontend=Frontend(name, "unary", params, defaults),
+                 vector=VectorLowering(steps, int_steps, attr_steps),
+                 fuzz=fuzz if isinstance(fuzz, Fuzz) else Fuzz(fuzz), doc=doc)
 
-_register(OpDef("gelu", "elementwise", _unary_rule("gelu"),
-                lambda xs, attrs: _gelu(xs[0], attrs["approximate"]), attrs=("approximate",)))
+
+_INT_IDENTITY = (Step("VCOPY"),)  # floor/ceil of an integer is the integer
+# 0.5 x (1 + erf(x / sqrt 2)): gelu's erf form (it reads x after writing the result)
+_GELU_ERF = (Step("VMUL", ("in0", 0.7071067811865476)), Step("VERF", (OUT,)),
+             Step("VADD", (OUT, 1.0)), Step("VMUL", (OUT, "in0")), Step("VMUL", (OUT, 0.5)))
+
+for _op in (
+    unary_op("neg", np.negative, "VNEG", "-x", fuzz="neg({x})"),
+    unary_op("abs", np.abs, "VABS", "|x|", fuzz="abs({x})"),
+    unary_op("exp", np.exp, "VEXP", "e to the x", fuzz="exp(tanh({x}))", float_only=True),
+    unary_op("log", np.log, "VLOG", "natural logarithm", fuzz="log(abs({x}) + 1.0)",
+             float_only=True),
+    unary_op("sqrt", np.sqrt, "VSQRT", "square root", fuzz="sqrt(abs({x}))", float_only=True),
+    unary_op("rsqrt", lambda x: 1.0 / np.sqrt(x), "VRSQRT", "1 / sqrt(x)",
+             fuzz="rsqrt(abs({x}) + 1.0)", float_only=True),
+    unary_op("reciprocal", lambda x: 1.0 / x, "VRCP", "1 / x",
+             fuzz="reciprocal(abs({x}) + 1.0)", float_only=True),
+    unary_op("tanh", np.tanh, "VTANH", "hyperbolic tangent", fuzz="tanh({x})",
+             float_only=True),
+    unary_op("sigmoid", lambda x: 1.0 / (1.0 + np.exp(-x)), "VSIGM", "1 / (1 + exp(-x))",
+             fuzz="sigmoid({x})", float_only=True),
+    unary_op("relu", lambda x: np.maximum(x, np.zeros((), x.dtype)), "VRELU", "max(x, 0)",
+             fuzz="relu({x})"),
+    unary_op("erf", lambda x: _erf(x.astype(np.float64)).astype(x.dtype), "VERF",
+             "the error function", fuzz="erf({x})", float_only=True),
+    unary_op("sin", np.sin, "VSIN", "sine", fuzz="sin({x})", float_only=True),
+    unary_op("cos", np.cos, "VCOS", "cosine", fuzz="cos({x})", float_only=True),
+    unary_op("floor", np.floor, "VFLOOR", "round down (integers unchanged)",
+             fuzz=Fuzz("floor({x})", inputs_only=True), int_steps=_INT_IDENTITY),
+    unary_op("ceil", np.ceil, "VCEIL", "round up (integers unchanged)",
+             fuzz=Fuzz("ceil({x})", inputs_only=True), int_steps=_INT_IDENTITY),
+    unary_op("sign", np.sign, "VSIGN", "-1, 0 or 1 by the sign of x",
+             fuzz=Fuzz("sign({x})", inputs_only=True)),
+    unary_op("gelu", None, "VGELU",
+             "0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))); `approximate=false`: "
+             "0.5 x (1 + erf(x / sqrt 2))",
+             fuzz="gelu({x})", float_only=True, attrs=("approximate",),
+             attr_steps=(("approximate", False, _GELU_ERF),), params="x approximate",
+             defaults=(("approximate", True),),
+             reference=lambda xs, attrs: _gelu(xs[0], attrs["approximate"])),
+):
+    _register(_op)
 
 
 def _cast_infer(types: Types, attrs: dict) -> TensorType:
@@ -203,7 +242,12 @@ def _cast_ref(xs, attrs):
     return x.astype(np_dtype(target))
 
 
-_register(OpDef("cast", "elementwise", _cast_infer, _cast_ref, attrs=("dtype",)))
+_register(OpDef("cast", "elementwise", _cast_infer, _cast_ref, attrs=("dtype",),
+                frontend=Frontend("cast", "special", "x dtype"),
+                vector=VectorLowering((Step("VCOPY", dtype="target"),)),
+                fuzz=Fuzz(step="cast"),
+                doc="convert to `dtype` (float to int truncates toward zero and saturates, "
+                    "NaN to 0; int to a narrower int wraps)"))
 
 _VERBS = {"add": "add", "sub": "subtract", "mul": "multiply", "div": "divide", "pow": "raise",
           "maximum": "take the maximum of", "minimum": "take the minimum of",
@@ -231,24 +275,6 @@ def _pow_ref(xs, attrs):
     return np.power(a, b)
 
 
-_BINARY: dict[str, Callable] = {
-    "add": lambda xs, attrs: xs[0] + xs[1],
-    "sub": lambda xs, attrs: xs[0] - xs[1],
-    "mul": lambda xs, attrs: xs[0] * xs[1],
-    "div": _div_ref,
-    "pow": _pow_ref,
-    "maximum": lambda xs, attrs: np.maximum(xs[0], xs[1]),
-    "minimum": lambda xs, attrs: np.minimum(xs[0], xs[1]),
-    "lt": lambda xs, attrs: xs[0] < xs[1],
-    "le": lambda xs, attrs: xs[0] <= xs[1],
-    "gt": lambda xs, attrs: xs[0] > xs[1],
-    "ge": lambda xs, attrs: xs[0] >= xs[1],
-    "eq": lambda xs, attrs: xs[0] == xs[1],
-    "ne": lambda xs, attrs: xs[0] != xs[1],
-}
-COMPARISONS = ("lt", "le", "gt", "ge", "eq", "ne")
-
-
 def _binary_rule(kind: str):
     def infer(types: Types, attrs: dict) -> TensorType:
         a, b = types
@@ -262,8 +288,73 @@ def _binary_rule(kind: str):
     return infer
 
 
-for _kind, _fn in _BINARY.items():
-    _register(OpDef(_kind, "elementwise", _binary_rule(_kind), _fn, arity=2))
+def binary_op(name: str, reference: Callable, instr: str, doc: str, *, fuzz: str | Fuzz,
+              builtin: str | None = None, operator: str | None = None, cond=None,
+              int_steps=None, int_temps=()) -> OpDef:
+    """An elementwise binary op's entry (numpy broadcasting; operands of one dtype):
+    `reference(xs, attrs)`, its vector instruction `instr` (VCMP with condition `cond` for a
+    comparison, whose result is bool), the integer expansion when it differs, the builtin
+    name and/or infix operator, the fuzz template (`{a}`, `{b}`) and the doc line."""
+    step = Step(instr, ("in0", "in1"), cond=cond)
+    form = "binary" if builtin else "operator"
+    return OpDef(name, "elementwise", _binary_rule(name), reference, arity=2,
+                 frontend=Frontend(builtin, form, "a b" if builtin else "", (), operator),
+                 vector=VectorLowering((step,), int_steps, (), int_temps,
+                                       "bool" if cond else "value"),
+                 fuzz=fuzz if isinstance(fuzz, Fuzz) else Fuzz(fuzz), doc=doc)
+
+
+# integer division: floor division giving 0 (not a trap) where the divisor is 0; it rewrites
+# the divisor in place (a tile, never an immediate)
+_INT_DIV = (Step("VCMP", ("in1", 0.0), "zero", cond="eq"),
+            Step("VSEL", ("zero", 1.0, "in1"), "in1"),
+            Step("VDIV", ("in0", "in1")),
+            Step("VSEL", ("zero", 0.0, OUT)))
+# no integer VPOW: f32 (exact while results stay below 2^24); the store's cast truncates a
+# negative power toward zero (2 ** -1 -> 0, (-1) ** -3 -> -1); a zero base takes the
+# exponent n * n (0 ** n is 1 for n = 0, else 0, never inf)
+_INT_POW = (Step("VCMP", ("in0", 0.0), "zero", cond="eq", dtype="f32"),
+            Step("VMUL", ("in1", "in1"), dtype="f32"),
+            Step("VSEL", ("zero", OUT, "in1"), "in1", dtype="f32"),
+            Step("VPOW", ("in0", "in1"), dtype="f32"))
+_ZERO_MASK = (("zero", "bool"),)
+_INT_BINARY = "drawn with integers by the fuzzer's `integer` step"
+
+for _op in (
+    binary_op("add", lambda xs, attrs: xs[0] + xs[1], "VADD", "a + b", operator="+",
+              fuzz="{a} + {b}"),
+    binary_op("sub", lambda xs, attrs: xs[0] - xs[1], "VSUB", "a - b", operator="-",
+              fuzz="{a} - {b}"),
+    binary_op("mul", lambda xs, attrs: xs[0] * xs[1], "VMUL", "a * b", operator="*",
+              fuzz="{a} * {b}"),
+    binary_op("div", _div_ref, "VDIV", "a / b (integers: floor division, 0 where b is 0)",
+              operator="/", fuzz="{a} / (abs({b}) + 1.0)", int_steps=_INT_DIV,
+              int_temps=_ZERO_MASK),
+    binary_op("pow", _pow_ref, "VPOW", "a to the power b (integers: a negative power "
+              "truncates toward zero)", builtin="pow", operator="**",
+              fuzz=Fuzz(step="weak_math"), int_steps=_INT_POW, int_temps=_ZERO_MASK),
+    binary_op("maximum", lambda xs, attrs: np.maximum(xs[0], xs[1]), "VMAX",
+              "the larger of a and b (NaN propagates)", builtin="maximum",
+              fuzz="maximum({a}, {b})"),
+    binary_op("minimum", lambda xs, attrs: np.minimum(xs[0], xs[1]), "VMIN",
+              "the smaller of a and b (NaN propagates)", builtin="minimum",
+              fuzz="minimum({a}, {b})"),
+    binary_op("lt", lambda xs, attrs: xs[0] < xs[1], "VCMP", "a < b (bool)", operator="<",
+              cond="lt", fuzz=Fuzz(step="integer")),
+    binary_op("le", lambda xs, attrs: xs[0] <= xs[1], "VCMP", "a <= b (bool)", operator="<=",
+              cond="le", fuzz=Fuzz(step="attention_form")),
+    binary_op("gt", lambda xs, attrs: xs[0] > xs[1], "VCMP", "a > b (bool)", operator=">",
+              cond="gt", fuzz=Fuzz(step="integer")),
+    binary_op("ge", lambda xs, attrs: xs[0] >= xs[1], "VCMP", "a >= b (bool)", operator=">=",
+              cond="ge", fuzz=Fuzz(step="attention")),
+    binary_op("eq", lambda xs, attrs: xs[0] == xs[1], "VCMP", "a == b (bool)", operator="==",
+              cond="eq", fuzz=Fuzz(step="integer")),
+    binary_op("ne", lambda xs, attrs: xs[0] != xs[1], "VCMP", "a != b (bool)", operator="!=",
+              cond="ne", fuzz=Fuzz(step="integer")),
+):
+    _register(_op)
+COMPARISONS = tuple(name for name, op in OPS.items()
+                    if op.vector is not None and op.vector.result == "bool")
 
 
 def _where_infer(types: Types, attrs: dict) -> TensorType:
@@ -278,7 +369,11 @@ def _where_infer(types: Types, attrs: dict) -> TensorType:
 
 
 _register(OpDef("where", "elementwise", _where_infer,
-                lambda xs, attrs: np.where(xs[0], xs[1], xs[2]), arity=3))
+                lambda xs, attrs: np.where(xs[0], xs[1], xs[2]), arity=3,
+                frontend=Frontend("where", "special", "cond a b"),
+                vector=VectorLowering((Step("VSEL", ("in0", "in1", "in2")),)),
+                fuzz=Fuzz("where({a} > {b}, {a}, {b})"),
+                doc="a where cond else b (cond bool, all three broadcast)"))
 
 # --------------------------------------------------------------------------- reductions
 
@@ -317,17 +412,38 @@ def _reduce_flops(types, result, attrs):
     return types[0].numel
 
 
-_REDUCE = {"reduce_sum": np.sum, "reduce_max": np.max, "reduce_min": np.min,
-           "reduce_prod": np.prod}
 def _reduce_ref(fn: Callable):
     return lambda xs, attrs: fn(xs[0], axis=attrs["axes"], keepdims=attrs["keepdims"])
 
 
-for _kind, _fn in _REDUCE.items():
-    _register(OpDef(_kind, "reduce", _reduce_rule(_kind), _reduce_ref(_fn),
-                    attrs=("axes", "keepdims"), flop_rule=_reduce_flops))
-_register(OpDef("argmax", "reduce", _reduce_rule("argmax"), _argmax_ref,
-                attrs=("axes", "keepdims"), flop_rule=_reduce_flops))
+def reduce_op(name: str, builtin: str, reference: Callable, instr: str, doc: str, *,
+              row_kernel: bool, fuzz: Fuzz) -> OpDef:
+    """A reduction's entry: `reference(xs, attrs)`, the `.zt` builtin, the VR* instruction
+    of its reduce nests, whether a fused row kernel computes it (a last-axis reduction with
+    keepdims joins the kernel producing its input), the fuzz step and the doc line."""
+    return OpDef(name, "reduce", _reduce_rule(name), reference, attrs=("axes", "keepdims"),
+                 flop_rule=_reduce_flops, reduce_instr=instr, row_kernel=row_kernel,
+                 frontend=Frontend(builtin, "reduce" if name != "argmax" else "special",
+                                   "x axis keepdims", (("axis", None), ("keepdims", False))),
+                 fuzz=fuzz, doc=doc)
+
+
+for _op in (
+    reduce_op("reduce_sum", "sum", _reduce_ref(np.sum), "VRSUM", "the sum over `axis`",
+              row_kernel=True, fuzz=Fuzz(step="reduce")),
+    reduce_op("reduce_max", "max", _reduce_ref(np.max), "VRMAX",
+              "the maximum over `axis` (NaN propagates)", row_kernel=True,
+              fuzz=Fuzz(step="reduce")),
+    reduce_op("reduce_min", "min", _reduce_ref(np.min), "VRMIN",
+              "the minimum over `axis` (NaN propagates)", row_kernel=True,
+              fuzz=Fuzz(step="reduce")),
+    reduce_op("reduce_prod", "prod", _reduce_ref(np.prod), "VRPROD", "the product over `axis`",
+              row_kernel=False, fuzz=Fuzz(step="reduce")),
+    reduce_op("argmax", "argmax", _argmax_ref, "VRARGMAX",
+              "the index (i32) of the first maximum along one axis (the first NaN wins)",
+              row_kernel=False, fuzz=Fuzz(step="argmax")),
+):
+    _register(_op)
 
 # --------------------------------------------------------------------------- contraction
 
@@ -393,7 +509,12 @@ def _matmul_flops(types, result, attrs):
 
 
 _register(OpDef("matmul", "contraction", _matmul_infer, _matmul_ref, arity=2,
-                optional_attrs=("acc",), flop_rule=_matmul_flops))
+                optional_attrs=("acc",), flop_rule=_matmul_flops,
+                frontend=Frontend("matmul", "special", "a b acc", (("acc", None),), "@"),
+                kernel="a matmul nest: MMA tiles accumulating in ACC (compiler/backend/gemm.py)",
+                fuzz=Fuzz(step="matmul"),
+                doc="the matrix product, batched with numpy broadcasting (`a @ b`); `acc`: "
+                    "the accumulation and result dtype"))
 
 # --------------------------------------------------------------------------- shape
 
@@ -493,18 +614,32 @@ def _pad_ref(xs, attrs):
     return np.pad(x, attrs["pads"], constant_values=value)
 
 
+_VIEW = "a view: a strided DMA descriptor, no kernel (a copy when it cannot be one)"
 _register(OpDef("reshape", "injective", _reshape_infer,
-                lambda xs, attrs: xs[0].reshape(attrs["shape"]), attrs=("shape",)))
+                lambda xs, attrs: xs[0].reshape(attrs["shape"]), attrs=("shape",),
+                frontend=Frontend("reshape", "special", "x shape"), kernel=_VIEW,
+                fuzz=Fuzz(step="reshape"), doc="the same elements in `shape`"))
 _register(OpDef("transpose", "injective", _transpose_infer,
-                lambda xs, attrs: np.transpose(xs[0], attrs["perm"]), attrs=("perm",)))
+                lambda xs, attrs: np.transpose(xs[0], attrs["perm"]), attrs=("perm",),
+                frontend=Frontend("transpose", "special", "x perm"), kernel=_VIEW,
+                fuzz=Fuzz(step="transpose"), doc="the axes permuted by `perm`"))
 _register(OpDef("broadcast_to", "broadcast", _broadcast_to_infer,
-                lambda xs, attrs: np.broadcast_to(xs[0], attrs["shape"]), attrs=("shape",)))
+                lambda xs, attrs: np.broadcast_to(xs[0], attrs["shape"]), attrs=("shape",),
+                frontend=Frontend("broadcast_to", "special", "x shape"), kernel=_VIEW,
+                fuzz=Fuzz(step="broadcast"), doc="numpy broadcasting to `shape`"))
 _register(OpDef("slice", "injective", _slice_infer, _slice_ref,
-                attrs=("starts", "stops", "steps")))
+                attrs=("starts", "stops", "steps"),
+                frontend=Frontend(None, "special", operator="x[a:b:c]"), kernel=_VIEW,
+                fuzz=Fuzz(step="slice"), doc="`x[a:b:c, ...]`, positive steps"))
 _register(OpDef("concat", "injective", _concat_infer,
                 lambda xs, attrs: np.concatenate(xs, axis=attrs["axis"]), attrs=("axis",),
-                arity=None))
-_register(OpDef("pad", "injective", _pad_infer, _pad_ref, attrs=("pads", "value")))
+                arity=None, frontend=Frontend("concat", "special", "xs axis"),
+                kernel="one copy nest per operand into its slice of the result",
+                fuzz=Fuzz(step="concat"), doc="the operands joined along `axis`"))
+_register(OpDef("pad", "injective", _pad_infer, _pad_ref, attrs=("pads", "value"),
+                frontend=Frontend("pad", "special", "x pads value"),
+                kernel="a copy nest whose loads read `value` outside the source",
+                fuzz=Fuzz(step="pad"), doc="`value` added before and after each axis"))
 
 
 def _shard_infer(types: Types, attrs: dict) -> TensorType:
@@ -516,7 +651,11 @@ def _shard_infer(types: Types, attrs: dict) -> TensorType:
 
 # `shard(x, "_, tp")`: pins a value's sharding over the mesh (compiler/shard/); the value
 # itself is unchanged (a one-chip compile drops it)
-_register(OpDef("shard", "injective", _shard_infer, lambda xs, attrs: xs[0], attrs=("axes",)))
+_register(OpDef("shard", "injective", _shard_infer, lambda xs, attrs: xs[0], attrs=("axes",),
+                frontend=Frontend("shard", "special", "x spec"),
+                kernel="none: the sharding pass consumes it (a one-chip compile drops it)",
+                fuzz=Fuzz(step="shardings"),
+                doc="pins a value's sharding over the mesh; the value is unchanged"))
 
 # --------------------------------------------------------------------------- creation
 
@@ -550,10 +689,17 @@ def _iota_infer(types: Types, attrs: dict) -> TensorType:
 
 
 _register(OpDef("constant", "elementwise", _constant_infer, _constant_ref,
-                attrs=("value", "dtype", "shape"), arity=0, flop_rule=lambda *a: 0))
+                attrs=("value", "dtype", "shape"), arity=0, flop_rule=lambda *a: 0,
+                frontend=Frontend("full", "special", "shape value dtype"),
+                kernel="an immediate of its users' instructions, else a VDUP map nest",
+                fuzz=Fuzz(step="creation"),
+                doc="a splat of `value` (numbers, `zeros`, `ones`, `full`)"))
 _register(OpDef("iota", "elementwise", _iota_infer,
                 lambda xs, attrs: np.arange(attrs["n"]).astype(np_dtype(attrs["dtype"])),
-                attrs=("n", "dtype"), arity=0, flop_rule=lambda *a: 0))
+                attrs=("n", "dtype"), arity=0, flop_rule=lambda *a: 0,
+                frontend=Frontend("arange", "special", "start stop step dtype"),
+                kernel="a VIOTA map nest", fuzz=Fuzz(step="creation"),
+                doc="0, 1, ..., n - 1 (`arange`)"))
 
 # --------------------------------------------------------------------------- composites
 # Kept as single ops until `decompose` so that the reference evaluator and the fuser see
@@ -763,15 +909,25 @@ def _einsum_flops(types, result, attrs):
     return 2 * prod(sizes.values()) if len(types) == 2 else types[0].numel
 
 
+_DECOMPOSED = "decomposed into primitives by compiler/passes/decompose.py"
 _register(OpDef("conv2d", "contraction", _conv2d_infer, _conv2d_ref,
                 attrs=("strides", "pads", "dilation", "groups"), arity=2, primitive=False,
-                flop_rule=_conv2d_flops))
-for _kind in ("maxpool2d", "avgpool2d"):
+                flop_rule=_conv2d_flops,
+                frontend=Frontend("conv2d", "special", "x w stride padding dilation groups"),
+                kernel=_DECOMPOSED + " (im2col); fuse folds it back into an implicit GEMM",
+                fuzz=Fuzz(step="conv"), doc="2-D convolution, x NCHW, w OIHW"))
+for _kind, _doc in (("maxpool2d", "the maximum over each window (padding never wins)"),
+                    ("avgpool2d", "the mean over each window (padding not counted)")):
     _register(OpDef(_kind, "reduce", _pool_infer(_kind), _pool_ref(_kind),
-                    attrs=("kernel", "strides", "pads"), primitive=False, flop_rule=_pool_flops))
+                    attrs=("kernel", "strides", "pads"), primitive=False, flop_rule=_pool_flops,
+                    frontend=Frontend(_kind, "special", "x kernel stride padding"),
+                    kernel=_DECOMPOSED, fuzz=Fuzz(step="pool"), doc=_doc))
 _register(OpDef("einsum", "contraction", _einsum_infer, _einsum_ref, attrs=("spec",),
                 optional_attrs=("acc",), arity=None, primitive=False,
-                flop_rule=_einsum_flops))
+                flop_rule=_einsum_flops,
+                frontend=Frontend("einsum", "special", "spec *operands acc"),
+                kernel=_DECOMPOSED + " (transposes, reshapes and a matmul)",
+                fuzz=Fuzz(step="einsum"), doc="numpy's einsum (letters only)"))
 
 def _gather_infer(types: Types, attrs: dict) -> TensorType:
     data, indices = types
@@ -806,7 +962,11 @@ def _gather_flops(types, result, attrs):
 # gather(data, indices, axis): numpy's take; a negative index counts from the end and an
 # index out of range gives zeros. `decompose` writes it as a one-hot matrix times the data.
 _register(OpDef("gather", "contraction", _gather_infer, _gather_ref, attrs=("axis",), arity=2,
-                primitive=False, flop_rule=_gather_flops))
+                primitive=False, flop_rule=_gather_flops,
+                frontend=Frontend("gather", "special", "x indices axis"),
+                kernel=_DECOMPOSED + " (a one-hot matrix times the data)",
+                fuzz=Fuzz(step="gather"),
+                doc="numpy's take (negative indices count from the end, out of range gives 0)"))
 
 PRIMITIVES: tuple[str, ...] = tuple(name for name, op in OPS.items() if op.primitive)
 

@@ -28,15 +28,15 @@ from dataclasses import dataclass, field
 
 from compiler.graph.dtypes import is_float, limits, value_preserving
 from compiler.graph.ir import Function, Op
+from compiler.graph.ops import OPS
 from compiler.passes.attention_match import match_attention
 from compiler.passes.pass_base import GraphPass, register_pass
 from isa.program import MAX_EVENT_COUNT, NUM_DESCS
 
-UNARY = ("neg", "abs", "exp", "log", "sqrt", "rsqrt", "reciprocal", "tanh", "sigmoid", "relu",
-         "erf", "sin", "cos", "floor", "ceil", "sign", "gelu", "cast")
-BINARY = ("add", "sub", "mul", "div", "pow", "maximum", "minimum")
-COMPARE = ("lt", "le", "gt", "ge", "eq", "ne")
-ELEMENTWISE = frozenset(UNARY + BINARY + COMPARE + ("where",))
+# The op table (compiler/graph/ops.py) says which ops a fused kernel computes: the
+# elementwise ones with vector instructions, and the reductions a row kernel computes.
+ELEMENTWISE = frozenset(name for name, op in OPS.items()
+                        if op.fusion == "elementwise" and op.vector is not None)
 VIEW_OPS = frozenset(("reshape", "transpose", "slice", "broadcast_to"))
 # An implicit-GEMM step waits for all its loads (one per tap and the weights) with one
 # event count, and a DMA descriptor register per distinct tap phase: ISA limits, not the
@@ -83,14 +83,15 @@ class FusionPlan:
 
 
 def fusable_elementwise(op) -> bool:
-    """An elementwise op the fused lowering handles (integer div/pow rewrite operands in
-    place at -O0 and stay on their own)."""
+    """An elementwise op the fused lowering handles (one whose vector steps rewrite an
+    operand in place, integer div/pow, runs on its own)."""
     if op.kind not in ELEMENTWISE:
         return False
-    return not (op.kind in ("div", "pow") and not is_float(op.inputs[0].type.dtype))
+    integer = not is_float(op.inputs[-1].type.dtype)
+    return not OPS[op.kind].vector.writes_operand(op.attrs, integer)
 
 
-ROW_REDUCTIONS = ("reduce_sum", "reduce_max", "reduce_min")
+ROW_REDUCTIONS = tuple(name for name, op in OPS.items() if op.row_kernel)
 
 
 def _row_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -108,13 +109,11 @@ def row_reduction(op) -> bool:
 
 def epilogue_ok(op) -> bool:
     """An elementwise op that can run on a float accumulator tile in place."""
-    if not fusable_elementwise(op) or op.kind in COMPARE or op.kind == "where":
-        return False
-    if not is_float(op.result.type.dtype):
-        return False
-    if op.kind == "gelu" and not op.attrs.get("approximate", True):
-        return False  # the erf form reads its input after writing its result
-    return all(is_float(v.type.dtype) for v in op.inputs)
+    if not fusable_elementwise(op) or not is_float(op.result.type.dtype):
+        return False  # a comparison's result is a mask
+    if OPS[op.kind].vector.reads_operand_after_result(op.attrs, False):
+        return False  # gelu's erf form reads its input after writing its result
+    return all(is_float(v.type.dtype) for v in op.inputs)  # where's condition is a mask
 
 
 def _through_reshapes(value, producers, chain: list):
