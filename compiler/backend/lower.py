@@ -311,6 +311,12 @@ def _scalar_view(view: View) -> View:
 REDUCE_OPS = {name: op.reduce_instr[2:] for name, op in OPS.items() if op.reduce_instr}
 
 
+def reduce_op(kind: str) -> str | None:
+    """The Kernel IR `Reduce` op of a reduction kind (its VR* instruction without `VR`)."""
+    instr = OPS[kind].reduce_instr
+    return instr[2:] if instr else None
+
+
 def reduce_identity(op: str, dtype: str) -> float:
     if op == "SUM":
         return 0.0
@@ -493,7 +499,8 @@ def matmul_nest(a: TensorView, b: TensorView, out: TensorView, machine) -> Nest:
 # ------------------------------------------------------------------ elementwise bodies
 
 # The op table answers what the lowering needs (compiler/graph/ops.py): which ops are
-# elementwise on the vector engine and with which instructions, which are reductions.
+# elementwise on the vector engine (`OpDef.vector`) and with which instructions, which are
+# reductions (`OpDef.reduce_instr`). These sets are the table's ops at import, for readers.
 ELEMENTWISE = frozenset(name for name, op in OPS.items() if op.vector is not None)
 COMPARE = COMPARISONS
 
@@ -639,7 +646,7 @@ class Lowering:
         if kind == "constant":  # an immediate operand where it can be, else made on demand
             self.constants[op.id] = op
             return
-        if kind in ELEMENTWISE:
+        if OPS[kind].vector is not None:
             immediates = [self.immediate(v) if may_be_immediate(op, i) else None
                           for i, v in enumerate(op.inputs)]
         else:
@@ -670,7 +677,7 @@ class Lowering:
         """The nests of a non-view op; `ins` are views, or floats for immediate operands."""
         kind, attrs, machine = op.kind, op.attrs, self.machine
         shape = out.shape
-        if kind in ELEMENTWISE:
+        if OPS[kind].vector is not None:
             in_dtypes = [v.type.dtype for v in op.inputs]
             if kind == "cast":
                 load_dtypes = [_vx_dtype(attrs["dtype"])]
@@ -735,12 +742,12 @@ class Lowering:
             tmp = ins[0]
             return [self.copy_nest(tmp, replace(out, shape=tmp.shape,
                                                 strides=row_major(tmp.shape)))]
-        if kind in REDUCE_OPS:
+        if reduce_op(kind) is not None:
             def scratch(dtype, shape):
                 return self.new_tensor(f"t{op.id}_part", TensorType(dtype, shape), "temp",
                                        op.span)
 
-            return reduce_nests(ins[0], tuple(attrs["axes"]), out, REDUCE_OPS[kind], machine,
+            return reduce_nests(ins[0], tuple(attrs["axes"]), out, reduce_op(kind), machine,
                                 scratch)
         if kind == "matmul":
             return [matmul_nest(ins[0], ins[1], out, machine)]

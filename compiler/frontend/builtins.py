@@ -19,7 +19,7 @@ import numpy as np
 from compiler.frontend import ast
 from compiler.frontend.checker import Checker, DType, Tensor, check_dim, describe, to_float
 from compiler.graph.dtypes import DTYPES, is_float, limits
-from compiler.graph.ops import parse_einsum, result_dtype
+from compiler.graph.ops import OPS, OpDef, on_register, parse_einsum, result_dtype
 from isa.errors import Diagnostic, SourceSpan
 
 Args = dict[str, tuple[object, SourceSpan]]
@@ -165,16 +165,16 @@ def padding_arg(args: Args, name: str = "padding") -> tuple[tuple[int, int], tup
 
 # ------------------------------------------------------------------ elementwise
 
-_FLOAT_UNARY = ("exp", "log", "sqrt", "rsqrt", "reciprocal", "tanh", "sigmoid", "erf", "sin",
-                "cos")
-_ANY_UNARY = ("neg", "abs", "relu", "floor", "ceil", "sign")
+# The elementwise and reduction builtins come from the op table (compiler/graph/ops.py):
+# each op whose entry's `Frontend` has the form `unary`, `binary` or `reduce` gets the rule
+# of that form below (`_table_builtin`); the others have rules of their own in this file.
 
 
 def unary(chk: Checker, kind: str, x: Tensor, span, attrs=None) -> Tensor:
     """An elementwise unary op; integer operands of float functions become f32."""
     if x.dtype == "bool":
         raise Diagnostic(f"{kind}() is not defined on bool ({x.type})", span)
-    if kind in _FLOAT_UNARY + ("gelu",) and not is_float(x.dtype):
+    if OPS[kind].float_only and not is_float(x.dtype):
         x = chk.cast(x, "f32", span)
     return chk.emit(kind, [x], attrs, span)
 
@@ -195,33 +195,22 @@ def number_math(kind: str, value: float, attrs: dict | None = None) -> float:
     the op's own reference (as `jnp.rsqrt(128.0)` is), then held as that f32 value."""
     if isinstance(value, int) and kind in _INT_UNARY:
         return _INT_UNARY[kind](value)
-    from compiler.graph.ops import OPS
-
     with np.errstate(all="ignore"):
         result = OPS[kind].reference([np.asarray(value, np.float32)], attrs or {})
     return float(np.float32(result))
 
 
 def _unary_rule(kind: str):
+    """`name(x, flag=...)`: the parameters after `x` are the op's attributes, true/false
+    flags (gelu's `approximate`)."""
+
     def rule(chk: Checker, args: Args, call: ast.Call):
+        attrs = {name: bool_arg(args, name) for name in args if name != "x"} or None
         if is_number(args["x"][0]):
-            return number_math(kind, args["x"][0])
-        return unary(chk, kind, tensor_arg(chk, args, "x"), call.span)
+            return number_math(kind, args["x"][0], attrs)
+        return unary(chk, kind, tensor_arg(chk, args, "x"), call.span, attrs)
 
     return rule
-
-
-for _kind in _FLOAT_UNARY + _ANY_UNARY:
-    builtin(_kind, "x")(_unary_rule(_kind))
-
-
-@builtin("gelu", "x approximate", approximate=True)
-def _gelu(chk: Checker, args: Args, call: ast.Call):
-    if is_number(args["x"][0]):
-        return number_math("gelu", args["x"][0],
-                           {"approximate": bool_arg(args, "approximate")})
-    return unary(chk, "gelu", tensor_arg(chk, args, "x"), call.span,
-                 {"approximate": bool_arg(args, "approximate")})
 
 
 def _binary_rule(kind: str):
@@ -250,8 +239,6 @@ def _number_binary(chk: Checker, kind: str, a, b, span) -> float:
     return float(result) if isinstance(a, float) or isinstance(b, float) else result
 
 
-for _kind in ("maximum", "minimum", "pow"):
-    builtin(_kind, "a b")(_binary_rule(_kind))
 
 
 @builtin("where", "cond a b")
@@ -298,9 +285,23 @@ def _reduce_rule(kind: str):
     return rule
 
 
-for _name, _kind in (("sum", "reduce_sum"), ("max", "reduce_max"), ("min", "reduce_min"),
-                     ("prod", "reduce_prod")):
-    builtin(_name, "x axis keepdims", axis=None, keepdims=False)(_reduce_rule(_kind))
+_TABLE_RULES = {"unary": _unary_rule, "binary": _binary_rule, "reduce": _reduce_rule}
+
+
+def _table_builtin(op: OpDef, present: bool) -> None:
+    """The builtin of a table op spelt by a generic form (`on_register` calls it for every
+    op, and for ops registered later)."""
+    spelling = op.frontend
+    if spelling is None or spelling.name is None or spelling.form not in _TABLE_RULES:
+        return
+    if not present:
+        BUILTINS.pop(spelling.name, None)
+        return
+    builtin(spelling.name, spelling.params, **dict(spelling.defaults))(
+        _TABLE_RULES[spelling.form](op.name))
+
+
+on_register(_table_builtin)
 
 
 @builtin("mean", "x axis keepdims", axis=None, keepdims=False)

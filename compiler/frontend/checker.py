@@ -23,7 +23,7 @@ from compiler.frontend.parser import parse_source
 from compiler.graph.builder import GraphBuilder
 from compiler.graph.dtypes import DTYPES, is_float, is_int, limits, promote
 from compiler.graph.ir import Function, TensorType, Value
-from compiler.graph.ops import broadcast_shapes
+from compiler.graph.ops import OPS, broadcast_shapes
 from isa.errors import Diagnostic, InputError, SourceSpan
 from isa.program import MAX_RANK
 
@@ -136,8 +136,10 @@ def _fmt_dims(dims) -> str:
     return "[" + ", ".join(str(d) for d in dims) + "]"
 
 
-_BINOP_KINDS = {"+": "add", "-": "sub", "*": "mul", "/": "div", "**": "pow", "<": "lt",
-                "<=": "le", ">": "gt", ">=": "ge", "==": "eq", "!=": "ne"}
+# infix operator -> the elementwise binary op the table spells with it (`+` -> add)
+_BINOP_KINDS = {op.frontend.operator: name for name, op in OPS.items()
+                if op.frontend is not None and op.frontend.operator and op.arity == 2
+                and op.vector is not None}
 _VERBS = {"add": "add", "sub": "subtract", "mul": "multiply", "div": "divide", "pow": "raise",
           "lt": "compare", "le": "compare", "gt": "compare", "ge": "compare", "eq": "compare",
           "ne": "compare", "maximum": "take the maximum of", "minimum": "take the minimum of",

@@ -27,42 +27,42 @@ T = TypeVar("T")
 DIMS = (1, 2, 3, 5, 7, 13, 16, 17, 31, 33)
 FLOAT_DTYPES = ("f32", "bf16", "f16")
 
-# Elementwise unary builtins with the wrapper that keeps them in their domain and bounded.
-UNARY = {
-    "neg": "neg({x})",
-    "abs": "abs({x})",
-    "exp": "exp(tanh({x}))",
-    "log": "log(abs({x}) + 1.0)",
-    "sqrt": "sqrt(abs({x}))",
-    "rsqrt": "rsqrt(abs({x}) + 1.0)",
-    "reciprocal": "reciprocal(abs({x}) + 1.0)",
-    "tanh": "tanh({x})",
-    "sigmoid": "sigmoid({x})",
-    "relu": "relu({x})",
-    "gelu": "gelu({x})",
+# Elementwise ops come from the op table (compiler/graph/ops.py): every op whose entry has a
+# fuzz template is drawn by the unary (`{x}`) or binary (`{a}`, `{b}`) step, wrapped to stay
+# in its domain and bounded. These composites of the prelude are drawn with them.
+COMPOSITE_UNARY = {
     "silu": "silu({x})",
-    "erf": "erf({x})",
-    "sin": "sin({x})",
-    "cos": "cos({x})",
-    "floor": "floor({x})",
-    "ceil": "ceil({x})",
-    "sign": "sign({x})",
     "square": "{x} * {x}",
     "clip": "clip({x}, -1.0, 1.0)",
 }
 
-BINARY = {
-    "add": "{a} + {b}",
-    "sub": "{a} - {b}",
-    "mul": "{a} * {b}",
-    "div": "{a} / (abs({b}) + 1.0)",
-    "maximum": "maximum({a}, {b})",
-    "minimum": "minimum({a}, {b})",
-    "where": "where({a} > {b}, {a}, {b})",
-}
+
+def _table_forms(operand: str) -> dict[str, str]:
+    from compiler.graph.ops import OPS
+
+    return {name: op.fuzz.template for name, op in OPS.items()
+            if op.fuzz is not None and op.fuzz.template and "{" + operand + "}" in op.fuzz.template}
+
+
+def unary_forms() -> dict[str, str]:
+    """Name -> template of every unary form the generator draws (the table's at call time,
+    so an op registered later is drawn too)."""
+    return {**_table_forms("x"), **COMPOSITE_UNARY}
+
+
+def binary_forms() -> dict[str, str]:
+    """Name -> template of every binary form the generator draws."""
+    return _table_forms("a")
+
+
+def discontinuous() -> tuple[str, ...]:
+    """Ops drawn on parameters only (their entry's `Fuzz.inputs_only`)."""
+    from compiler.graph.ops import OPS
+
+    return tuple(name for name, op in OPS.items() if op.fuzz is not None and op.fuzz.inputs_only)
+
 
 REDUCE = ("sum", "mean", "max", "min")
-DISCONTINUOUS = ("floor", "ceil", "sign")
 
 
 class Chooser(Protocol):
@@ -239,9 +239,10 @@ class ProgramBuilder:
         getattr(self, f"step_{kind}")()
 
     def step_unary(self) -> None:
-        op = self.chooser.choice(sorted(UNARY))
-        x = self.pick(inputs_only=op in DISCONTINUOUS)
-        self.bind(UNARY[op].format(x=x.name), x.dtype, x.shape)
+        forms = unary_forms()
+        op = self.chooser.choice(sorted(forms))
+        x = self.pick(inputs_only=op in discontinuous())
+        self.bind(forms[op].format(x=x.name), x.dtype, x.shape)
 
     def compatible_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
         """A shape that broadcasts against `shape` without changing it."""
@@ -258,9 +259,10 @@ class ProgramBuilder:
             b = self.new_param(self.compatible_shape(a.shape))
         if self.chooser.integer(0, 1):
             a, b = b, a
-        op = self.chooser.choice(sorted(BINARY))
+        forms = binary_forms()
+        op = self.chooser.choice(sorted(forms))
         dtype = promote(a.dtype, b.dtype)
-        self.bind(BINARY[op].format(a=a.name, b=b.name), dtype, broadcast(a.shape, b.shape))
+        self.bind(forms[op].format(a=a.name, b=b.name), dtype, broadcast(a.shape, b.shape))
 
     @staticmethod
     def _broadcasts(small: tuple[int, ...], big: tuple[int, ...]) -> bool:

@@ -67,10 +67,38 @@ class OpDef:
 
 
 OPS: dict[str, OpDef] = {}
+# `hook(op, present)` for every op registered (present) or removed: the frontend makes a
+# builtin of each op its entry spells (compiler/frontend/builtins.py)
+_REGISTER_HOOKS: list[Callable[[OpDef, bool], None]] = []
 
 
 def _register(op: OpDef) -> None:
     OPS[op.name] = op
+    for hook in _REGISTER_HOOKS:
+        hook(op, True)
+
+
+def register_op(op: OpDef) -> None:
+    """Add an op to the table (how a new op is added: docs/internals.md, "How to add an
+    op"); every layer that reads the table sees it, the frontend's builtins included."""
+    if op.name in OPS:
+        raise ValueError(f"op '{op.name}' is already defined")
+    _register(op)
+
+
+def unregister_op(name: str) -> None:
+    """Remove an op `register_op` added (tests that define an op of their own)."""
+    op = OPS.pop(name)
+    for hook in _REGISTER_HOOKS:
+        hook(op, False)
+
+
+def on_register(hook: Callable[[OpDef, bool], None]) -> None:
+    """Call `hook(op, True)` for every op in the table now and every one registered later,
+    `hook(op, False)` for every one removed."""
+    _REGISTER_HOOKS.append(hook)
+    for op in list(OPS.values()):
+        hook(op, True)
 
 
 def fmt_type(t: TensorType) -> str:

@@ -85,7 +85,8 @@ class FusionPlan:
 def fusable_elementwise(op) -> bool:
     """An elementwise op the fused lowering handles (one whose vector steps rewrite an
     operand in place, integer div/pow, runs on its own)."""
-    if op.kind not in ELEMENTWISE:
+    definition = OPS[op.kind]
+    if definition.fusion != "elementwise" or definition.vector is None:
         return False
     integer = not is_float(op.inputs[-1].type.dtype)
     return not OPS[op.kind].vector.writes_operand(op.attrs, integer)
