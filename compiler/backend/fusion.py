@@ -476,7 +476,7 @@ class FusedLowering(Lowering):
             specs.append((name, "L1", dtype, r, c, "ld" if role == "ld" else "out"))
         buffers, used = layout(specs)
         base = used["L1"]
-        for name in setup_names:
+        for name in (n for n in tiles.specs if n in setup_names):  # in allocation order
             dtype, kind, _ = tiles.specs[name]
             r, c = shapes[kind]
             buffers.append(Buffer(name, "L1", dtype, r, c, base, 1, 0))
