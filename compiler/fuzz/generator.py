@@ -41,7 +41,18 @@ def _table_forms(operand: str) -> dict[str, str]:
     from compiler.graph.ops import OPS
 
     return {name: op.fuzz.template for name, op in OPS.items()
-            if op.fuzz is not None and op.fuzz.template and "{" + operand + "}" in op.fuzz.template}
+            if op.fusion == "elementwise" and op.fuzz is not None and op.fuzz.template
+            and "{" + operand + "}" in op.fuzz.template}
+
+
+def reduce_forms() -> dict[str, str]:
+    """Builtin -> operand wrapper of every reduction the reduce step draws (the table's, in
+    its order, then `mean`, a composite of the prelude)."""
+    from compiler.graph.ops import OPS
+
+    forms = {op.frontend.name: op.fuzz.operand for op in OPS.values()
+             if op.fuzz is not None and op.fuzz.step == "reduce"}
+    return {**forms, "mean": "{x}"}
 
 
 def unary_forms() -> dict[str, str]:
@@ -62,7 +73,6 @@ def discontinuous() -> tuple[str, ...]:
     return tuple(name for name, op in OPS.items() if op.fuzz is not None and op.fuzz.inputs_only)
 
 
-REDUCE = ("sum", "mean", "max", "min")
 
 
 class Chooser(Protocol):
@@ -272,7 +282,8 @@ class ProgramBuilder:
 
     def step_reduce(self) -> None:
         x = self.pick(min_rank=1)
-        op = self.chooser.choice(REDUCE)
+        forms = reduce_forms()
+        op = self.chooser.choice(tuple(forms))
         keepdims = bool(self.chooser.integer(0, 1))
         axes = sorted({self.chooser.integer(0, x.rank - 1) for _ in range(self.chooser.integer(1, 2))})
         if self.chooser.integer(0, 1):
@@ -285,7 +296,8 @@ class ProgramBuilder:
         )
         shape = tuple(d for d in shape if d is not None)
         kd = ", keepdims=true" if keepdims else ""
-        self.bind(f"{op}({x.name}, axis={axis_arg}{kd})", x.dtype, shape)
+        operand = forms[op].format(x=x.name)
+        self.bind(f"{op}({operand}, axis={axis_arg}{kd})", x.dtype, shape)
 
     def step_matmul(self) -> None:
         x = self.pick(min_rank=1)

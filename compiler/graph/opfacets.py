@@ -107,10 +107,12 @@ class Fuzz:
     """How the fuzz generator (compiler/fuzz/generator.py) draws an op: `template` is an
     expression for the unary (`{x}`) or binary (`{a}`, `{b}`) step, wrapped to keep values
     finite and in the op's domain; otherwise `step` names the generator step that draws it
-    (`reduce`, `matmul`, ...). `inputs_only` draws the operand from the parameters only (a
+    (`reduce`, `matmul`, ...; a method `step_<step>` of its ProgramBuilder). `inputs_only` draws the operand from the parameters only (a
     discontinuous op on a computed value would turn a rounding difference into a different
     answer)."""
 
     template: str | None = None
     step: str | None = None
     inputs_only: bool = False
+    operand: str = "{x}"  # how `step` wraps the operand (a product of bounded factors)
+    not_drawn: str = ""  # why the fuzzer does not draw the op (none but `shard`)

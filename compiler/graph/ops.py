@@ -215,7 +215,7 @@ _GELU_ERF = (Step("VMUL", ("in0", 0.7071067811865476)), Step("VERF", (OUT,)),
 
 for _op in (
     unary_op("neg", np.negative, "VNEG", "-x", fuzz="neg({x})"),
-    unary_op("abs", np.abs, "VABS", "|x|", fuzz="abs({x})"),
+    unary_op("abs", np.abs, "VABS", "absolute value", fuzz="abs({x})"),
     unary_op("exp", np.exp, "VEXP", "e to the x", fuzz="exp(tanh({x}))", float_only=True),
     unary_op("log", np.log, "VLOG", "natural logarithm", fuzz="log(abs({x}) + 1.0)",
              float_only=True),
@@ -360,7 +360,7 @@ for _op in (
               int_temps=_ZERO_MASK),
     binary_op("pow", _pow_ref, "VPOW", "a to the power b (integers: a negative power "
               "truncates toward zero)", builtin="pow", operator="**",
-              fuzz=Fuzz(step="weak_math"), int_steps=_INT_POW, int_temps=_ZERO_MASK),
+              fuzz="pow(abs({a}) + 0.5, tanh({b}))", int_steps=_INT_POW, int_temps=_ZERO_MASK),
     binary_op("maximum", lambda xs, attrs: np.maximum(xs[0], xs[1]), "VMAX",
               "the larger of a and b (NaN propagates)", builtin="maximum",
               fuzz="maximum({a}, {b})"),
@@ -368,9 +368,9 @@ for _op in (
               "the smaller of a and b (NaN propagates)", builtin="minimum",
               fuzz="minimum({a}, {b})"),
     binary_op("lt", lambda xs, attrs: xs[0] < xs[1], "VCMP", "a < b (bool)", operator="<",
-              cond="lt", fuzz=Fuzz(step="integer")),
+              cond="lt", fuzz="where({a} < {b}, {b}, {a})"),
     binary_op("le", lambda xs, attrs: xs[0] <= xs[1], "VCMP", "a <= b (bool)", operator="<=",
-              cond="le", fuzz=Fuzz(step="attention_form")),
+              cond="le", fuzz="where({a} <= {b}, {b}, {a})"),
     binary_op("gt", lambda xs, attrs: xs[0] > xs[1], "VCMP", "a > b (bool)", operator=">",
               cond="gt", fuzz=Fuzz(step="integer")),
     binary_op("ge", lambda xs, attrs: xs[0] >= xs[1], "VCMP", "a >= b (bool)", operator=">=",
@@ -466,7 +466,7 @@ for _op in (
               "the minimum over `axis` (NaN propagates)", row_kernel=True,
               fuzz=Fuzz(step="reduce")),
     reduce_op("reduce_prod", "prod", _reduce_ref(np.prod), "VRPROD", "the product over `axis`",
-              row_kernel=False, fuzz=Fuzz(step="reduce")),
+              row_kernel=False, fuzz=Fuzz(step="reduce", operand="1.0 + 0.01 * tanh({x})")),
     reduce_op("argmax", "argmax", _argmax_ref, "VRARGMAX",
               "the index (i32) of the first maximum along one axis (the first NaN wins)",
               row_kernel=False, fuzz=Fuzz(step="argmax")),
@@ -682,7 +682,8 @@ def _shard_infer(types: Types, attrs: dict) -> TensorType:
 _register(OpDef("shard", "injective", _shard_infer, lambda xs, attrs: xs[0], attrs=("axes",),
                 frontend=Frontend("shard", "special", "x spec"),
                 kernel="none: the sharding pass consumes it (a one-chip compile drops it)",
-                fuzz=Fuzz(step="shardings"),
+                fuzz=Fuzz(not_drawn="a one-chip program drops it; many-chip fuzzing splits "
+                          "parameters instead (compiler/fuzz/generator.py, add_shardings)"),
                 doc="pins a value's sharding over the mesh; the value is unchanged"))
 
 # --------------------------------------------------------------------------- creation
@@ -949,7 +950,9 @@ for _kind, _doc in (("maxpool2d", "the maximum over each window (padding never w
     _register(OpDef(_kind, "reduce", _pool_infer(_kind), _pool_ref(_kind),
                     attrs=("kernel", "strides", "pads"), primitive=False, flop_rule=_pool_flops,
                     frontend=Frontend(_kind, "special", "x kernel stride padding"),
-                    kernel=_DECOMPOSED, fuzz=Fuzz(step="pool"), doc=_doc))
+                    kernel=_DECOMPOSED + " (pad, a strided slice per tap); fuse folds a max "
+                    "pool back into one kernel (compiler/backend/pool.py)",
+                    fuzz=Fuzz(step="pool"), doc=_doc))
 _register(OpDef("einsum", "contraction", _einsum_infer, _einsum_ref, attrs=("spec",),
                 optional_attrs=("acc",), arity=None, primitive=False,
                 flop_rule=_einsum_flops,

@@ -1,0 +1,182 @@
+"""The op table (compiler/graph/ops.py): every op has every facet, the layers read them, and
+an op added through the table alone compiles, fuses, matches the reference and is fuzzed
+(the walk-through "How to add an op" in docs/internals.md)."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import numpy as np
+import pytest
+from backend_helpers import compile_and_run
+
+from compiler.backend.kernel_ir import Vec
+from compiler.backend.lower import may_be_immediate
+from compiler.frontend import load_program
+from compiler.frontend.builtins import BUILTINS
+from compiler.fuzz import generator
+from compiler.fuzz.campaign import check_program
+from compiler.graph import opdocs
+from compiler.graph.ir import Op, TensorType, Value
+from compiler.graph.opfacets import OUT, Step
+from compiler.graph.ops import OPS, register_op, unary_op, unregister_op
+from compiler.passes.fuse import epilogue_ok, fusable_elementwise
+from isa.instructions import INSTRUCTIONS
+
+FRONTEND_FORMS = ("unary", "binary", "operator", "reduce", "special")
+
+
+@pytest.mark.parametrize("name", list(OPS))
+def test_every_op_has_every_facet(name):
+    op = OPS[name]
+    assert op.frontend is not None and op.frontend.form in FRONTEND_FORMS
+    assert op.frontend.name or op.frontend.operator, "an op .zt spells somehow"
+    assert op.doc and "|" not in op.doc  # one cell of the generated table
+    assert op.fuzz is not None
+    assert op.fuzz.template or op.fuzz.step or op.fuzz.not_drawn
+    lowerings = [op.vector is not None, op.reduce_instr is not None, bool(op.kernel)]
+    assert sum(lowerings) == 1, "one way to lower it"
+    if op.vector is not None:
+        vector = op.vector
+        variants = [vector.steps, vector.int_steps or ()] + [s for _, _, s in vector.attr_steps]
+        for step in (step for steps in variants for step in steps):
+            definition = INSTRUCTIONS[step.instr]  # a real instruction of the ISA
+            assert definition.engine == "VX"
+            if step.cond is not None:
+                assert step.cond in definition.suffixes[0].values
+            assert len(step.srcs) == len(definition.operands) - 3  # dst ... rows, cols
+    if op.reduce_instr is not None:
+        assert INSTRUCTIONS[op.reduce_instr].group == "reductions"
+    if op.fusion == "elementwise" and op.arity:
+        assert op.vector is not None, "an elementwise op with operands runs on the VX"
+
+
+def test_the_frontend_spells_every_op_its_entry_names():
+    for name, op in OPS.items():
+        if op.frontend.name is not None:
+            assert op.frontend.name in BUILTINS, name
+    # the generic forms take the entry's parameters and defaults
+    assert BUILTINS["gelu"].params == ["x", "approximate"]
+    assert BUILTINS["gelu"].defaults == {"approximate": True}
+    assert BUILTINS["sum"].params == ["x", "axis", "keepdims"]
+
+
+def test_the_docs_list_every_op_as_the_table_says():
+    text = opdocs.DOC.read_text()
+    assert opdocs.updated(text) == text, "run `python -m compiler.graph.opdocs`"
+    for name in OPS:
+        assert f"| `{name}` |" in text
+
+
+def test_the_fuzzer_draws_every_op_of_the_table():
+    unary, binary = generator.unary_forms(), generator.binary_forms()
+    by_step = {}
+    for name, op in OPS.items():
+        if op.fuzz.template:
+            assert name in (unary if op.arity == 1 else binary), name
+        elif op.fuzz.step:
+            assert hasattr(generator.ProgramBuilder, f"step_{op.fuzz.step}"), name
+            by_step[name] = op.fuzz.step
+    assert [name for name, op in OPS.items() if op.fuzz.not_drawn] == ["shard"]
+    # the steps named really produce their ops
+    seen = Counter()
+    for seed in range(150):
+        fn = load_program("fuzz.zt", text=generator.random_program(seed))
+        seen.update(op.kind for op in fn.ops)
+    assert {name for name in by_step if not seen[name]} == set()
+
+
+def _op(kind: str, dtypes: tuple[str, ...], attrs=None) -> Op:
+    values = tuple(Value(i, TensorType(dt, (4, 4))) for i, dt in enumerate(dtypes))
+    result = OPS[kind].infer(tuple(v.type for v in values), attrs or {})
+    return Op(9, kind, values, attrs or {}, Value(9, result), None, None)
+
+
+def test_immediates_follow_the_instructions_operand_kinds():
+    # a float immediate where the step's InstrDef operand takes one
+    assert may_be_immediate(_op("add", ("f32", "f32")), 0)
+    assert may_be_immediate(_op("lt", ("f32", "f32")), 1)
+    assert may_be_immediate(_op("pow", ("f32", "f32")), 1)
+    assert may_be_immediate(_op("where", ("bool", "f32", "f32")), 2)
+    # refused: VSEL's condition is a tile, a unary op's source is a tile, and integer
+    # division rewrites its divisor in place
+    assert not may_be_immediate(_op("where", ("bool", "f32", "f32")), 0)
+    assert not may_be_immediate(_op("exp", ("f32",)), 0)
+    assert not may_be_immediate(_op("div", ("i32", "i32")), 0)
+    assert not may_be_immediate(_op("div", ("i32", "i32")), 1)
+    assert not may_be_immediate(_op("pow", ("i32", "i32")), 1)
+
+
+def test_fusion_asks_the_table():
+    assert fusable_elementwise(_op("div", ("f32", "f32")))
+    assert not fusable_elementwise(_op("div", ("i32", "i32")))  # rewrites an operand
+    assert not fusable_elementwise(_op("iota", (), {"n": 4, "dtype": "i32"}))
+    assert epilogue_ok(_op("gelu", ("f32",), {"approximate": True}))
+    assert not epilogue_ok(_op("gelu", ("f32",), {"approximate": False}))  # reads x late
+    assert not epilogue_ok(_op("lt", ("f32", "f32")))
+    assert not epilogue_ok(_op("where", ("bool", "f32", "f32")))
+
+
+# ---------------------------------------------------------------- "How to add an op"
+
+def _softsign() -> None:
+    """The walk-through's op: softsign(x) = x / (1 + |x|), one entry, three VX steps."""
+    register_op(unary_op(
+        "softsign", lambda x: x / (1.0 + np.abs(x)),
+        (Step("VABS"), Step("VADD", (OUT, 1.0)), Step("VDIV", ("in0", OUT))),
+        "x / (1 + |x|)", fuzz="softsign({x})", float_only=True))
+
+
+@pytest.fixture
+def softsign():
+    _softsign()
+    try:
+        yield OPS["softsign"]
+    finally:
+        unregister_op("softsign")
+    assert "softsign" not in BUILTINS and "softsign" not in generator.unary_forms()
+
+
+def test_an_op_added_through_the_table_compiles_fuses_and_matches(softsign):
+    source = ("fn main(x: f32[96, 200], y: f32[96, 200]) -> f32[96, 200] {\n"
+              "    return softsign(x * y) + y\n}\n")
+    for level in (0, 2):
+        _, compiled, _, _ = compile_and_run(source, opt_level=level)
+        assert compiled.kernel_count == (3 if level == 0 else 1)  # fused with mul and add
+    kernels = compiled.kernels.kernels
+    ops = [s.op for nest in kernels[0].nests for s in nest.statements() if isinstance(s, Vec)]
+    assert ops == ["MUL", "ABS", "ADD", "DIV", "ADD"]
+    # integer arguments become f32 (float_only), numbers are computed at check time
+    compile_and_run("fn main(x: i32[8, 16]) -> f32[8, 16] { return softsign(x) * softsign(1.0) }",
+                    opt_level=2)
+    # it reads x after writing its result: not run in place on a matmul's accumulator
+    _, compiled, _, _ = compile_and_run(
+        "fn main(x: f32[32, 48], w: f32[48, 64]) -> f32[32, 64] { return softsign(x @ w) }",
+        opt_level=2)
+    assert compiled.kernel_count == 2
+
+
+def test_an_op_added_through_the_table_is_fuzzed(softsign):
+    assert generator.unary_forms()["softsign"] == "softsign({x})"
+    # the unary step draws it among the table's forms: one program of such steps checked
+    for seed in range(200):
+        builder = generator.ProgramBuilder(generator.RandomChooser(random.Random(seed)))
+        builder.new_param((7, 33))
+        builder.step_unary()
+        if "softsign(" in builder.lines[-1]:
+            break
+    else:
+        raise AssertionError("the unary step never drew softsign")
+    text = builder.text([builder.values[-1]])
+    assert "softsign(" in text
+    check_program(text, seed=seed)
+
+
+def test_an_unknown_builtin_is_a_diagnostic_again_once_removed():
+    _softsign()
+    unregister_op("softsign")
+    from isa.errors import ZhenwuError
+
+    with pytest.raises(ZhenwuError, match="unknown function 'softsign'"):
+        load_program("t.zt", text="fn main(x: f32[4]) -> f32[4] { return softsign(x) }")
