@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import replace
 from math import prod
 
+from compiler.backend.groups import group_lowering
 from compiler.backend.kernel_ir import Buffer, Load, Nest, Reduce, Store, Vec, View
 from compiler.backend.lower import (
     ALIGN,
@@ -140,31 +141,15 @@ class FusedLowering(Lowering):
         if op.kind == "pad" and group.kind == "single":
             self.pad_copy(op)
             return
-        if group.kind not in ("elementwise", "matmul", "attention", "conv", "pool"):
+        lowering = group_lowering(group.kind)  # attention, pool, conv, matmul, ...
+        if group.kind != "elementwise" and lowering is None:
             super().lower_op(op)
             return
         if op.id != group.op_ids[0]:
             return  # lowered with its group
         ops = [self.op_by_id[i] for i in group.op_ids]
-        if group.kind == "attention":
-            from compiler.backend.flash import lower_attention_group
-
-            lower_attention_group(self, ops)
-            return
-        if group.kind == "pool":
-            from compiler.backend.pool import lower_pool_group
-
-            lower_pool_group(self, ops)
-            return
-        if group.kind == "conv":
-            from compiler.backend.conv import lower_conv_group
-
-            lower_conv_group(self, ops)
-            return
-        if group.kind == "matmul":
-            from compiler.backend.gemm import lower_matmul_group
-
-            lower_matmul_group(self, ops)
+        if lowering is not None:
+            lowering(self, ops)
             return
         try:
             self.lower_elementwise(ops)

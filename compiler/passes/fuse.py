@@ -394,6 +394,16 @@ def operand_cast_refusal(cast) -> str | None:
             "dtype on every machine")
 
 
+# Kernels matched whole before the greedy grouping below: kind -> (matcher, what the kernel
+# is called in decisions, why it is one kernel). `matcher(fn, users, producers, outputs)`
+# yields (op ids in program order, a description) for every set of ops one kernel of its
+# kind computes; the backend lowers the group with the function registered for the kind
+# (compiler/backend/groups.py). Adding one: docs/internals.md, "How to add a fused kernel".
+KERNEL_MATCHERS: dict[str, tuple] = {
+    "attention": (match_attention, "flash-attention", "the score matrix never leaves the core"),
+}
+
+
 def plan_fusion(fn: Function, decisions: list[str] | None = None) -> FusionPlan:
     """Group the ops of `fn` (primitives, and conv2d folded by `refold_convs`) into
     kernels; see the module docstring. `decisions` starts the log."""
@@ -404,14 +414,16 @@ def plan_fusion(fn: Function, decisions: list[str] | None = None) -> FusionPlan:
     members: dict[int, list[int]] = {}     # group number -> op ids
     kinds: dict[int, str] = {}
     decisions = list(decisions or [])
-    for ids, what in match_attention(fn, users, producers, outputs):
-        number = max(members, default=-1) + 1
-        members[number] = list(ids)
-        kinds[number] = "attention"
-        for i in ids:
-            group_of[i] = number
-        decisions.append(f"fuse %{ids[0]}..%{ids[-1]} as one flash-attention kernel ({what}): "
-                         "the score matrix never leaves the core")
+    for kind, (matcher, name, why) in KERNEL_MATCHERS.items():
+        for ids, what in matcher(fn, users, producers, outputs):
+            if any(i in group_of for i in ids):
+                continue  # an earlier matcher's kernel holds some of them
+            number = max(members, default=-1) + 1
+            members[number] = list(ids)
+            kinds[number] = kind
+            for i in ids:
+                group_of[i] = number
+            decisions.append(f"fuse %{ids[0]}..%{ids[-1]} as one {name} kernel ({what}): {why}")
     closed: set[int] = set()
 
     def group_preds(group: int) -> set[int]:
@@ -515,7 +527,7 @@ def plan_fusion(fn: Function, decisions: list[str] | None = None) -> FusionPlan:
         shape = op.result.type.shape
         joined = None
         if op.id in group_of:
-            continue  # in an attention kernel
+            continue  # in a kernel a matcher claimed (attention)
         if op.kind in VIEW_OPS:
             new_group(op, "view")
         elif op.kind == "constant":

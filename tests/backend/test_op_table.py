@@ -180,3 +180,97 @@ def test_an_unknown_builtin_is_a_diagnostic_again_once_removed():
 
     with pytest.raises(ZhenwuError, match="unknown function 'softsign'"):
         load_program("t.zt", text="fn main(x: f32[4]) -> f32[4] { return softsign(x) }")
+
+
+# ---------------------------------------------------------- "How to add an instruction"
+
+@pytest.fixture
+def vsoftsign(monkeypatch):
+    """The walk-through's instruction: VSOFTSIGN, one `InstrDef` on the special-function
+    unit (as an entry of isa/instructions/vector.py's `_SFU` table would make it), and an op
+    whose table entry computes with it."""
+    from isa.instructions import BY_OPCODE, INSTRUCTIONS, vector
+
+    opcode = 0x7B
+    assert opcode not in BY_OPCODE  # the next free opcode of the SFU range
+    definition = vector._vx(
+        "VSOFTSIGN", opcode, "dst = src / (1 + |src|) (computed in f32)",
+        [vector.DST, vector.SRC, vector.ROWS, vector.COLS],
+        vector._unary(lambda x: x / (1 + np.abs(x))), vector._sfu_cost(False),
+        group=vector.GROUP_SFU, dtypes=vector.FLOAT_VX_DTYPES, unit="SFU")
+    monkeypatch.setitem(INSTRUCTIONS, "VSOFTSIGN", definition)
+    monkeypatch.setitem(BY_OPCODE, opcode, definition)
+    register_op(unary_op("softsign", lambda x: x / (1.0 + np.abs(x)), "VSOFTSIGN",
+                         "x / (1 + |x|)", fuzz="softsign({x})", float_only=True))
+    try:
+        yield definition
+    finally:
+        unregister_op("softsign")
+
+
+def test_an_instruction_added_as_one_instrdef_assembles_encodes_and_runs(vsoftsign):
+    from isa.encoding import decode_program, encode_program
+
+    _, compiled, _, _ = compile_and_run(
+        "fn main(x: bf16[96, 200], y: bf16[96, 200]) -> bf16[96, 200] {\n"
+        "    return softsign(x) * y\n}\n", opt_level=2)
+    assert compiled.kernel_count == 1
+    assert "VSOFTSIGN.bf16" in compiled.asm_text
+    assert decode_program(encode_program(compiled.program)) == compiled.program
+    nest = compiled.kernels.kernels[0].nests[0]
+    assert [s.op for s in nest.statements() if isinstance(s, Vec)] == ["SOFTSIGN", "MUL"]
+
+
+# ---------------------------------------------------------- "How to add a fused kernel"
+
+def match_silu(fn, users, producers, outputs):
+    """The walk-through's matcher: `x * sigmoid(x)` where only the product reads the
+    sigmoid (it refuses a sigmoid used elsewhere or stored: that value must reach HBM)."""
+    for op in fn.ops:
+        if op.kind != "mul":
+            continue
+        for gate, other in (op.inputs, op.inputs[::-1]):
+            sig = producers.get(gate.id)
+            if (sig is not None and sig.kind == "sigmoid" and sig.inputs[0] is other
+                    and [u.id for u in users[sig.id]] == [op.id] and sig.id not in outputs):
+                yield (sig.id, op.id), "x * sigmoid(x)"
+                break
+
+
+def lower_silu(low, ops):
+    """The walk-through's lowering: the fused map nest, as a kernel named `silu`."""
+    from dataclasses import replace
+
+    low.lower_elementwise(ops)
+    low.kernels[-1] = replace(low.kernels[-1], name=f"silu_{len(low.kernels) - 1}")
+
+
+@pytest.fixture
+def silu_kernel(monkeypatch):
+    from compiler.backend.groups import register_group_lowering, unregister_group_lowering
+    from compiler.passes import fuse
+
+    monkeypatch.setitem(fuse.KERNEL_MATCHERS, "silu", (match_silu, "SiLU", "one pass"))
+    register_group_lowering("silu", lower_silu)
+    try:
+        yield
+    finally:
+        unregister_group_lowering("silu")
+
+
+def test_a_fused_kernel_added_by_a_matcher_and_a_lowering(silu_kernel):
+    from compiler.passes.fuse import fuse_function
+
+    source = ("fn main(x: f32[96, 200], y: f32[96, 200]) -> f32[96, 200] {\n"
+              "    return silu(x + y) * y\n}\n")
+    _, compiled, _, _ = compile_and_run(source, opt_level=2)
+    # a matched kernel is closed: the add before it and the mul after it are kernels of
+    # their own (without the matcher the three are one fused kernel)
+    assert [k.name for k in compiled.kernels.kernels] == ["add_0", "silu_1", "mul_2"]
+    _, plan = fuse_function(compiled.graph)
+    assert any("as one SiLU kernel (x * sigmoid(x)): one pass" in d for d in plan.decisions)
+    # refused: the sigmoid is an output too, so the greedy grouping fuses it (one kernel)
+    _, compiled, _, _ = compile_and_run(
+        "fn main(x: f32[96, 200]) -> (f32[96, 200], f32[96, 200]) {\n"
+        "    s = sigmoid(x)\n    return x * s, s\n}\n", opt_level=2)
+    assert [k.name for k in compiled.kernels.kernels] == ["fused_0"]
