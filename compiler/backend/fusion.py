@@ -155,7 +155,7 @@ class FusedLowering(Lowering):
             self.lower_elementwise(ops)
         except RowTooLong:
             for member in ops:
-                if member.kind in ROW_REDUCE:
+                if OPS[member.kind].row_kernel:
                     super().lower_op(member)
                 else:
                     self.lower_elementwise([member])
@@ -223,7 +223,7 @@ class FusedLowering(Lowering):
     def lower_elementwise(self, ops) -> None:
         """One map nest for an elementwise group, or a row kernel when the group holds
         reductions of the last axis (whole rows per tile)."""
-        reduces = [op for op in ops if op.kind in ROW_REDUCE]
+        reduces = [op for op in ops if OPS[op.kind].row_kernel]
         row_mode = bool(reduces)
         shape = tuple(reduces[0].inputs[0].type.shape if row_mode else ops[-1].result.type.shape)
         ids = {op.id for op in ops}
@@ -237,7 +237,7 @@ class FusedLowering(Lowering):
             for index, value in enumerate(op.inputs):
                 if value.id in ids or (value.id, index, op.id) in ext:
                     continue
-                if op.kind in ROW_REDUCE:
+                if OPS[op.kind].row_kernel:
                     ext[(value.id, index, op.id)] = self.view_of(value)
                 else:
                     ext[(value.id, index, op.id)] = self.operand(op, index, ids)
@@ -339,7 +339,7 @@ class FusedLowering(Lowering):
             result_dtype = op.result.type.dtype
             shape_kind = "col" if is_col(op) else "full"
             only_stored = all(u.id not in ids for u in self.users[op.id])
-            if kind in ROW_REDUCE:
+            if OPS[kind].row_kernel:
                 cdt = home_dtype(result_dtype)
                 src = get(op, 0, cdt, scratch)
                 out = tiles.new(cdt, "col")

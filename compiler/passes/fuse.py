@@ -101,7 +101,7 @@ def _row_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
 
 def row_reduction(op) -> bool:
     """A reduction of the last axis with keepdims (the row statistics of a row kernel)."""
-    if op.kind not in ROW_REDUCTIONS or not op.attrs.get("keepdims"):
+    if not OPS[op.kind].row_kernel or not op.attrs.get("keepdims"):
         return False
     shape = op.inputs[0].type.shape
     return (len(shape) >= 1 and shape[-1] > 1 and tuple(op.attrs["axes"]) == (len(shape) - 1,)
