@@ -35,6 +35,7 @@ from compiler.backend.kernel_ir import (
     Nest,
     Reduce,
     Store,
+    Strided,
     Vec,
     View,
 )
@@ -129,15 +130,15 @@ class _NestContext:
         reg = R_LD_OFF if name in self.ld_buffers else R_OUT_OFF
         return f"{buf.level}[{_addr(reg, buf.offset)}]"
 
-    def operand(self, name: str, dst) -> str:
+    def operand(self, name: str | Strided, dst) -> str:
         """Tile operand `name` of an instruction writing buffer `dst`: a 1 x cols buffer
-        repeats its row (rs = 0), a rows x 1 buffer its column (cs = 0); `name@off:rs:cs`
-        reads from element `off` with those strides."""
-        if "@" in name:
-            name, _, spec = name.partition("@")
-            offset, rs, cs = (int(v) for v in spec.split(":"))
-            buf = self.nest.buffer(name)
-            start = buf.offset + offset * itemsize(buf.dtype)
+        repeats its row (rs = 0), a rows x 1 buffer its column (cs = 0); a `Strided` one
+        reads from its element offset with its strides."""
+        if isinstance(name, Strided):
+            rs, cs = name.row_stride, name.col_stride
+            buf = self.nest.buffer(name.buffer)
+            start = buf.offset + name.offset * itemsize(buf.dtype)
+            name = name.buffer
             if name in self.setup_buffers:
                 return f"{buf.level}[{start}, {rs}, {cs}]"
             reg = R_LD_OFF if name in self.ld_buffers else R_OUT_OFF
@@ -385,7 +386,7 @@ def _read_only_by_mma(nest: Nest, names: frozenset[str]) -> bool:
         if isinstance(stmt, Mma):
             continue
         if isinstance(stmt, Vec):
-            used = {s.partition("@")[0] for s in stmt.srcs if isinstance(s, str)}
+            used = stmt.buffers_read()
         elif isinstance(stmt, Store):
             used = {stmt.src}
         elif isinstance(stmt, Reduce):

@@ -124,16 +124,42 @@ class Store:
 
 
 @dataclass(frozen=True)
+class Strided:
+    """A vector source reading buffer `buffer` from element `offset` with row and column
+    strides in elements (a pool's window taps over its input rows). Its text form is
+    `buffer@offset:row_stride:col_stride`."""
+
+    buffer: str
+    offset: int
+    row_stride: int
+    col_stride: int
+
+    def __str__(self) -> str:
+        return f"{self.buffer}@{self.offset}:{self.row_stride}:{self.col_stride}"
+
+    @staticmethod
+    def parse(text: str) -> Strided:
+        """The operand `buffer@offset:rs:cs` prints as."""
+        buffer, _, spec = text.partition("@")
+        offset, row_stride, col_stride = (int(v) for v in spec.split(":"))
+        return Strided(buffer, offset, row_stride, col_stride)
+
+
+@dataclass(frozen=True)
 class Vec:
     """A vector-engine instruction on whole tiles: `op` is the mnemonic without the `V`
-    (`ADD`, `EXP`, `CMP.lt`, `SEL`, `DUP`, `COPY`, ...), `srcs` buffer names or float
-    immediates. A source `name@offset:rs:cs` reads buffer `name` from element `offset` with
-    row and column strides in elements (a pool's window taps over its input rows)."""
+    (`ADD`, `EXP`, `CMP.lt`, `SEL`, `DUP`, `COPY`, ...), `srcs` buffer names, float
+    immediates or `Strided` reads of a buffer."""
 
     op: str
     dtype: str
     dst: str
-    srcs: tuple[str | float, ...] = ()
+    srcs: tuple[str | float | Strided, ...] = ()
+
+    def buffers_read(self) -> set[str]:
+        """The buffers the sources read."""
+        return {s.buffer if isinstance(s, Strided) else s for s in self.srcs
+                if isinstance(s, (str, Strided))}
 
     def __post_init__(self):
         # one NaN object for every NaN immediate, so that equal programs compare equal
@@ -266,8 +292,8 @@ def print_view(view: View) -> str:
     return f"{view.tensor}:{view.dtype}+{view.offset}[{dims}]"
 
 
-def _operand(src: str | float) -> str:
-    return f"#{_num(src)}" if isinstance(src, (int, float)) else src
+def _operand(src: str | float | Strided) -> str:
+    return f"#{_num(src)}" if isinstance(src, (int, float)) else str(src)
 
 
 def print_stmt(stmt: Stmt) -> str:
@@ -358,9 +384,11 @@ def parse_view(text: str) -> View:
     return View(m.group(1), m.group(2), int(m.group(3)), axes, dims, strides, shifts)
 
 
-def _parse_operand(text: str) -> str | float:
+def _parse_operand(text: str) -> str | float | Strided:
     text = text.strip()
-    return float(text[1:]) if text.startswith("#") else text
+    if text.startswith("#"):
+        return float(text[1:])
+    return Strided.parse(text) if "@" in text else text
 
 
 def parse_stmt(line: str) -> Stmt:

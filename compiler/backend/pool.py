@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from math import ceil
 
-from compiler.backend.kernel_ir import Buffer, Load, Nest, Store, Vec, View
+from compiler.backend.kernel_ir import Buffer, Load, Nest, Store, Strided, Vec, View
 from compiler.backend.lower import ALIGN, aligned
 from compiler.graph.dtypes import itemsize, limits
 from isa.errors import CompileError
@@ -92,7 +92,7 @@ def lower_pool_group(low, ops) -> None:
     for i in range(kh):
         for j in range(kw):
             offset = (i - pads[0][0] - sh * first_h) * box_cols + j
-            taps.append(f"in@{offset}:{sh * box_cols}:{sw}")
+            taps.append(Strided("in", offset, sh * box_cols, sw))
     body = [Vec("COPY", dtype, "out", (taps[0],))] if len(taps) == 1 else [
         Vec("MAX", dtype, "out", (taps[0], taps[1]))]
     body += [Vec("MAX", dtype, "out", ("out", tap)) for tap in taps[2:]]

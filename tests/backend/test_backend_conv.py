@@ -218,3 +218,18 @@ def test_stem_is_two_kernels():
     _, compiled, result, want = compile_and_run(source, opt_level=2)
     assert [k.name for k in compiled.kernels.kernels] == ["conv_fused_0", "maxpool_1"]
     assert result.report.hbm_write_bytes == want[0].nbytes + 2 * 16 * 16 * 16 * 2
+
+
+def test_maxpool_taps_are_typed_strided_operands_that_print_and_parse_back():
+    from compiler.backend.kernel_ir import Strided, Vec
+
+    _, compiled, _, _ = compile_and_run(
+        "fn main(x: f32[2, 3, 12, 12]) -> f32[2, 3, 6, 6] {\n"
+        "    return maxpool2d(x, 3, stride=2, padding=1)\n}\n", opt_level=2)
+    nest = compiled.kernels.kernels[0].nests[0]
+    taps = [s for stmt in nest.statements() if isinstance(stmt, Vec) for s in stmt.srcs
+            if isinstance(s, Strided)]
+    assert len(taps) == 9 and {t.buffer for t in taps} == {"in"}
+    text = print_kernels(compiled.kernels)
+    assert str(taps[0]) in text and f"{taps[0].buffer}@{taps[0].offset}:" in text
+    assert parse_kernels(text) == compiled.kernels
