@@ -221,8 +221,8 @@ def _compute(ctx: _NestContext, stmt, first_step: bool) -> str:
         buf = ctx.nest.buffer(stmt.dst)
         srcs = [_imm(s) if isinstance(s, (int, float)) else ctx.operand(s, buf)
                 for s in stmt.srcs]
-        op, _, cmp = stmt.op.partition(".")
-        name = f"V{op}.{cmp}.{stmt.dtype}" if cmp else f"V{op}.{stmt.dtype}"
+        suffixes = (stmt.cond, stmt.dtype) if stmt.cond else (stmt.dtype,)
+        name = ".".join((stmt.instr.mnemonic, *suffixes))
         return f"{name} {', '.join([t(stmt.dst)] + srcs)}, {buf.rows}, {buf.cols}"
     if isinstance(stmt, Iota):
         buf = ctx.nest.buffer(stmt.dst)

@@ -156,12 +156,28 @@ class Vec:
     dst: str
     srcs: tuple[str | float | Strided, ...] = ()
 
+    @property
+    def instr(self):
+        """The `InstrDef` of the instruction (`VADD` for `ADD`, `VCMP` for `CMP.lt`)."""
+        from isa.instructions import INSTRUCTIONS
+
+        return INSTRUCTIONS["V" + self.op.partition(".")[0]]
+
+    @property
+    def cond(self) -> str | None:
+        """VCMP's condition suffix (`lt` of `CMP.lt`), else None."""
+        return self.op.partition(".")[2] or None
+
     def buffers_read(self) -> set[str]:
         """The buffers the sources read."""
         return {s.buffer if isinstance(s, Strided) else s for s in self.srcs
                 if isinstance(s, (str, Strided))}
 
     def __post_init__(self):
+        from isa.instructions import INSTRUCTIONS
+
+        if "V" + self.op.partition(".")[0] not in INSTRUCTIONS:
+            raise ValueError(f"vec {self.op}: V{self.op.partition('.')[0]} is no instruction")
         # one NaN object for every NaN immediate, so that equal programs compare equal
         # (NaN != NaN; tuples compare items by identity first) and a parsed one matches
         if any(isinstance(s, float) and isnan(s) for s in self.srcs):

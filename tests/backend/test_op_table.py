@@ -274,3 +274,11 @@ def test_a_fused_kernel_added_by_a_matcher_and_a_lowering(silu_kernel):
         "fn main(x: f32[96, 200]) -> (f32[96, 200], f32[96, 200]) {\n"
         "    s = sigmoid(x)\n    return x * s, s\n}\n", opt_level=2)
     assert [k.name for k in compiled.kernels.kernels] == ["fused_0"]
+
+
+def test_a_vec_statement_names_an_instruction_of_the_isa():
+    assert Vec("CMP.lt", "f32", "out", ("a", "b")).instr is INSTRUCTIONS["VCMP"]
+    assert Vec("CMP.lt", "f32", "out", ("a", "b")).cond == "lt"
+    assert Vec("EXP", "f32", "out", ("a",)).cond is None
+    with pytest.raises(ValueError, match="VEPX is no instruction"):
+        Vec("EPX", "f32", "out", ("a",))
