@@ -140,10 +140,7 @@ def _fmt_dims(dims) -> str:
 _BINOP_KINDS = {op.frontend.operator: name for name, op in OPS.items()
                 if op.frontend is not None and op.frontend.operator and op.arity == 2
                 and op.vector is not None}
-_VERBS = {"add": "add", "sub": "subtract", "mul": "multiply", "div": "divide", "pow": "raise",
-          "lt": "compare", "le": "compare", "gt": "compare", "ge": "compare", "eq": "compare",
-          "ne": "compare", "maximum": "take the maximum of", "minimum": "take the minimum of",
-          "floordiv": "divide"}
+_VERBS = {**{name: op.verb for name, op in OPS.items() if op.verb}, "floordiv": "divide"}
 
 
 class Checker:

@@ -54,6 +54,7 @@ class OpDef:
     kernel: str = ""  # how the backend lowers an op that has no vector steps
     fuzz: Fuzz | None = None  # how the fuzz generator draws it
     doc: str = ""  # its line in docs/language.md
+    verb: str = ""  # a binary op's verb in diagnostics ("cannot multiply ...")
 
     def flops(self, types: Types, result: TensorType, attrs: dict) -> int:
         """Floating-point (or integer) operations; shape ops cost none."""
@@ -277,10 +278,6 @@ _register(OpDef("cast", "elementwise", _cast_infer, _cast_ref, attrs=("dtype",),
                 doc="convert to `dtype` (float to int truncates toward zero and saturates, "
                     "NaN to 0; int to a narrower int wraps)"))
 
-_VERBS = {"add": "add", "sub": "subtract", "mul": "multiply", "div": "divide", "pow": "raise",
-          "maximum": "take the maximum of", "minimum": "take the minimum of",
-          "lt": "compare", "le": "compare", "gt": "compare", "ge": "compare", "eq": "compare",
-          "ne": "compare"}
 
 
 def _div_ref(xs, attrs):
@@ -306,26 +303,29 @@ def _pow_ref(xs, attrs):
 def _binary_rule(kind: str):
     def infer(types: Types, attrs: dict) -> TensorType:
         a, b = types
-        shape = broadcast_shapes(a.shape, b.shape, _VERBS[kind], str(a), str(b))
+        verb = OPS[kind].verb
+        shape = broadcast_shapes(a.shape, b.shape, verb, str(a), str(b))
         if a.dtype != b.dtype:
-            raise Diagnostic(f"cannot {_VERBS[kind]} {a} and {b}: dtypes differ")
+            raise Diagnostic(f"cannot {verb} {a} and {b}: dtypes differ")
         if a.dtype == "bool" and kind not in ("eq", "ne", "maximum", "minimum"):
-            raise Diagnostic(f"cannot {_VERBS[kind]} bool tensors ({a} and {b})")
+            raise Diagnostic(f"cannot {verb} bool tensors ({a} and {b})")
         return TensorType("bool" if kind in COMPARISONS else a.dtype, shape)
 
     return infer
 
 
-def binary_op(name: str, reference: Callable, instr: str, doc: str, *, fuzz: str | Fuzz,
+def binary_op(name: str, verb: str, reference: Callable, instr: str, doc: str, *,
+              fuzz: str | Fuzz,
               builtin: str | None = None, operator: str | None = None, cond=None,
               int_steps=None, int_temps=()) -> OpDef:
-    """An elementwise binary op's entry (numpy broadcasting; operands of one dtype):
-    `reference(xs, attrs)`, its vector instruction `instr` (VCMP with condition `cond` for a
-    comparison, whose result is bool), the integer expansion when it differs, the builtin
-    name and/or infix operator, the fuzz template (`{a}`, `{b}`) and the doc line."""
+    """An elementwise binary op's entry (numpy broadcasting; operands of one dtype): the
+    verb of its diagnostics ("cannot multiply f32[2] and f32[3]"), `reference(xs, attrs)`,
+    its vector instruction `instr` (VCMP with condition `cond` for a comparison, whose
+    result is bool), the integer expansion when it differs, the builtin name and/or infix
+    operator, the fuzz template (`{a}`, `{b}`) and the doc line."""
     step = Step(instr, ("in0", "in1"), cond=cond)
     form = "binary" if builtin else "operator"
-    return OpDef(name, "elementwise", _binary_rule(name), reference, arity=2,
+    return OpDef(name, "elementwise", _binary_rule(name), reference, arity=2, verb=verb,
                  frontend=Frontend(builtin, form, "a b" if builtin else "", (), operator),
                  vector=VectorLowering((step,), int_steps, (), int_temps,
                                        "bool" if cond else "value"),
@@ -346,39 +346,39 @@ _INT_POW = (Step("VCMP", ("in0", 0.0), "zero", cond="eq", dtype="f32"),
             Step("VSEL", ("zero", OUT, "in1"), "in1", dtype="f32"),
             Step("VPOW", ("in0", "in1"), dtype="f32"))
 _ZERO_MASK = (("zero", "bool"),)
-_INT_BINARY = "drawn with integers by the fuzzer's `integer` step"
 
 for _op in (
-    binary_op("add", lambda xs, attrs: xs[0] + xs[1], "VADD", "a + b", operator="+",
+    binary_op("add", "add", lambda xs, attrs: xs[0] + xs[1], "VADD", "a + b", operator="+",
               fuzz="{a} + {b}"),
-    binary_op("sub", lambda xs, attrs: xs[0] - xs[1], "VSUB", "a - b", operator="-",
-              fuzz="{a} - {b}"),
-    binary_op("mul", lambda xs, attrs: xs[0] * xs[1], "VMUL", "a * b", operator="*",
-              fuzz="{a} * {b}"),
-    binary_op("div", _div_ref, "VDIV", "a / b (integers: floor division, 0 where b is 0)",
-              operator="/", fuzz="{a} / (abs({b}) + 1.0)", int_steps=_INT_DIV,
-              int_temps=_ZERO_MASK),
-    binary_op("pow", _pow_ref, "VPOW", "a to the power b (integers: a negative power "
-              "truncates toward zero)", builtin="pow", operator="**",
-              fuzz="pow(abs({a}) + 0.5, tanh({b}))", int_steps=_INT_POW, int_temps=_ZERO_MASK),
-    binary_op("maximum", lambda xs, attrs: np.maximum(xs[0], xs[1]), "VMAX",
-              "the larger of a and b (NaN propagates)", builtin="maximum",
+    binary_op("sub", "subtract", lambda xs, attrs: xs[0] - xs[1], "VSUB", "a - b",
+              operator="-", fuzz="{a} - {b}"),
+    binary_op("mul", "multiply", lambda xs, attrs: xs[0] * xs[1], "VMUL", "a * b",
+              operator="*", fuzz="{a} * {b}"),
+    binary_op("div", "divide", _div_ref, "VDIV",
+              "a / b (integers: floor division, 0 where b is 0)", operator="/",
+              fuzz="{a} / (abs({b}) + 1.0)", int_steps=_INT_DIV, int_temps=_ZERO_MASK),
+    binary_op("pow", "raise", _pow_ref, "VPOW",
+              "a to the power b (integers: a negative power truncates toward zero)",
+              builtin="pow", operator="**", fuzz="pow(abs({a}) + 0.5, tanh({b}))",
+              int_steps=_INT_POW, int_temps=_ZERO_MASK),
+    binary_op("maximum", "take the maximum of", lambda xs, attrs: np.maximum(xs[0], xs[1]),
+              "VMAX", "the larger of a and b (NaN propagates)", builtin="maximum",
               fuzz="maximum({a}, {b})"),
-    binary_op("minimum", lambda xs, attrs: np.minimum(xs[0], xs[1]), "VMIN",
-              "the smaller of a and b (NaN propagates)", builtin="minimum",
+    binary_op("minimum", "take the minimum of", lambda xs, attrs: np.minimum(xs[0], xs[1]),
+              "VMIN", "the smaller of a and b (NaN propagates)", builtin="minimum",
               fuzz="minimum({a}, {b})"),
-    binary_op("lt", lambda xs, attrs: xs[0] < xs[1], "VCMP", "a < b (bool)", operator="<",
-              cond="lt", fuzz="where({a} < {b}, {b}, {a})"),
-    binary_op("le", lambda xs, attrs: xs[0] <= xs[1], "VCMP", "a <= b (bool)", operator="<=",
-              cond="le", fuzz="where({a} <= {b}, {b}, {a})"),
-    binary_op("gt", lambda xs, attrs: xs[0] > xs[1], "VCMP", "a > b (bool)", operator=">",
-              cond="gt", fuzz=Fuzz(step="integer")),
-    binary_op("ge", lambda xs, attrs: xs[0] >= xs[1], "VCMP", "a >= b (bool)", operator=">=",
-              cond="ge", fuzz=Fuzz(step="attention")),
-    binary_op("eq", lambda xs, attrs: xs[0] == xs[1], "VCMP", "a == b (bool)", operator="==",
-              cond="eq", fuzz=Fuzz(step="integer")),
-    binary_op("ne", lambda xs, attrs: xs[0] != xs[1], "VCMP", "a != b (bool)", operator="!=",
-              cond="ne", fuzz=Fuzz(step="integer")),
+    binary_op("lt", "compare", lambda xs, attrs: xs[0] < xs[1], "VCMP", "a < b (bool)",
+              operator="<", cond="lt", fuzz="where({a} < {b}, {b}, {a})"),
+    binary_op("le", "compare", lambda xs, attrs: xs[0] <= xs[1], "VCMP", "a <= b (bool)",
+              operator="<=", cond="le", fuzz="where({a} <= {b}, {b}, {a})"),
+    binary_op("gt", "compare", lambda xs, attrs: xs[0] > xs[1], "VCMP", "a > b (bool)",
+              operator=">", cond="gt", fuzz=Fuzz(step="integer")),
+    binary_op("ge", "compare", lambda xs, attrs: xs[0] >= xs[1], "VCMP", "a >= b (bool)",
+              operator=">=", cond="ge", fuzz=Fuzz(step="attention")),
+    binary_op("eq", "compare", lambda xs, attrs: xs[0] == xs[1], "VCMP", "a == b (bool)",
+              operator="==", cond="eq", fuzz=Fuzz(step="integer")),
+    binary_op("ne", "compare", lambda xs, attrs: xs[0] != xs[1], "VCMP", "a != b (bool)",
+              operator="!=", cond="ne", fuzz=Fuzz(step="integer")),
 ):
     _register(_op)
 COMPARISONS = tuple(name for name, op in OPS.items()

@@ -50,6 +50,8 @@ def test_every_op_has_every_facet(name):
         assert INSTRUCTIONS[op.reduce_instr].group == "reductions"
     if op.fusion == "elementwise" and op.arity:
         assert op.vector is not None, "an elementwise op with operands runs on the VX"
+    if op.fusion == "elementwise" and op.arity == 2:
+        assert op.verb, "a binary op names its verb in diagnostics"
 
 
 def test_the_frontend_spells_every_op_its_entry_names():
