@@ -55,6 +55,7 @@ class OpDef:
     fuzz: Fuzz | None = None  # how the fuzz generator draws it
     doc: str = ""  # its line in docs/language.md
     verb: str = ""  # a binary op's verb in diagnostics ("cannot multiply ...")
+    commutative: bool = False  # op(a, b) == op(b, a): CSE matches both orders
 
     def flops(self, types: Types, result: TensorType, attrs: dict) -> int:
         """Floating-point (or integer) operations; shape ops cost none."""
@@ -317,15 +318,16 @@ def _binary_rule(kind: str):
 def binary_op(name: str, verb: str, reference: Callable, instr: str, doc: str, *,
               fuzz: str | Fuzz,
               builtin: str | None = None, operator: str | None = None, cond=None,
-              int_steps=None, int_temps=()) -> OpDef:
+              int_steps=None, int_temps=(), commutative: bool = False) -> OpDef:
     """An elementwise binary op's entry (numpy broadcasting; operands of one dtype): the
     verb of its diagnostics ("cannot multiply f32[2] and f32[3]"), `reference(xs, attrs)`,
     its vector instruction `instr` (VCMP with condition `cond` for a comparison, whose
     result is bool), the integer expansion when it differs, the builtin name and/or infix
-    operator, the fuzz template (`{a}`, `{b}`) and the doc line."""
+    operator, the fuzz template (`{a}`, `{b}`), the doc line and whether it commutes."""
     step = Step(instr, ("in0", "in1"), cond=cond)
     form = "binary" if builtin else "operator"
     return OpDef(name, "elementwise", _binary_rule(name), reference, arity=2, verb=verb,
+                 commutative=commutative,
                  frontend=Frontend(builtin, form, "a b" if builtin else "", (), operator),
                  vector=VectorLowering((step,), int_steps, (), int_temps,
                                        "bool" if cond else "value"),
@@ -349,11 +351,11 @@ _ZERO_MASK = (("zero", "bool"),)
 
 for _op in (
     binary_op("add", "add", lambda xs, attrs: xs[0] + xs[1], "VADD", "a + b", operator="+",
-              fuzz="{a} + {b}"),
+              fuzz="{a} + {b}", commutative=True),
     binary_op("sub", "subtract", lambda xs, attrs: xs[0] - xs[1], "VSUB", "a - b",
               operator="-", fuzz="{a} - {b}"),
     binary_op("mul", "multiply", lambda xs, attrs: xs[0] * xs[1], "VMUL", "a * b",
-              operator="*", fuzz="{a} * {b}"),
+              operator="*", fuzz="{a} * {b}", commutative=True),
     binary_op("div", "divide", _div_ref, "VDIV",
               "a / b (integers: floor division, 0 where b is 0)", operator="/",
               fuzz="{a} / (abs({b}) + 1.0)", int_steps=_INT_DIV, int_temps=_ZERO_MASK),
@@ -363,10 +365,10 @@ for _op in (
               int_steps=_INT_POW, int_temps=_ZERO_MASK),
     binary_op("maximum", "take the maximum of", lambda xs, attrs: np.maximum(xs[0], xs[1]),
               "VMAX", "the larger of a and b (NaN propagates)", builtin="maximum",
-              fuzz="maximum({a}, {b})"),
+              fuzz="maximum({a}, {b})", commutative=True),
     binary_op("minimum", "take the minimum of", lambda xs, attrs: np.minimum(xs[0], xs[1]),
               "VMIN", "the smaller of a and b (NaN propagates)", builtin="minimum",
-              fuzz="minimum({a}, {b})"),
+              fuzz="minimum({a}, {b})", commutative=True),
     binary_op("lt", "compare", lambda xs, attrs: xs[0] < xs[1], "VCMP", "a < b (bool)",
               operator="<", cond="lt", fuzz="where({a} < {b}, {b}, {a})"),
     binary_op("le", "compare", lambda xs, attrs: xs[0] <= xs[1], "VCMP", "a <= b (bool)",
@@ -376,9 +378,9 @@ for _op in (
     binary_op("ge", "compare", lambda xs, attrs: xs[0] >= xs[1], "VCMP", "a >= b (bool)",
               operator=">=", cond="ge", fuzz=Fuzz(step="attention")),
     binary_op("eq", "compare", lambda xs, attrs: xs[0] == xs[1], "VCMP", "a == b (bool)",
-              operator="==", cond="eq", fuzz=Fuzz(step="integer")),
+              operator="==", cond="eq", fuzz=Fuzz(step="integer"), commutative=True),
     binary_op("ne", "compare", lambda xs, attrs: xs[0] != xs[1], "VCMP", "a != b (bool)",
-              operator="!=", cond="ne", fuzz=Fuzz(step="integer")),
+              operator="!=", cond="ne", fuzz=Fuzz(step="integer"), commutative=True),
 ):
     _register(_op)
 COMPARISONS = tuple(name for name, op in OPS.items()

@@ -9,11 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from compiler.graph.ir import Op, Value
+from compiler.graph.ops import OPS
 from compiler.graph.printer import format_attr
 from compiler.passes.pass_base import GraphPass, register_pass
 from compiler.passes.rewrite import Rewriter, rewrite
 
-COMMUTATIVE = frozenset({"add", "mul", "maximum", "minimum", "eq", "ne"})
+# op(a, b) == op(b, a): the op table's `commutative` facet
+COMMUTATIVE = frozenset(name for name, op in OPS.items() if op.commutative)
 
 
 def op_key(op: Op) -> tuple:
@@ -21,7 +23,7 @@ def op_key(op: Op) -> tuple:
     attributes (by their printed form, so that 0.0 and -0.0 or 1 and 1.0 stay apart)."""
     attrs = tuple(sorted((k, format_attr(v)) for k, v in op.attrs.items()))
     operands = tuple(v.id for v in op.inputs)
-    if op.kind in COMMUTATIVE:
+    if OPS[op.kind].commutative:
         operands = tuple(sorted(operands))
     return (op.kind, operands, attrs, op.result.type)
 
