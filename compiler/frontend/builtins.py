@@ -184,17 +184,13 @@ def is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-_INT_UNARY = {"neg": lambda v: -v, "abs": abs, "relu": lambda v: max(v, 0),
-              "sign": lambda v: (v > 0) - (v < 0), "floor": lambda v: v, "ceil": lambda v: v}
-
-
 def number_math(kind: str, value: float, attrs: dict | None = None) -> float:
     """An elementwise builtin of a number, done at check time. The result is a number again:
     weakly typed, as JAX's math on Python scalars, so `x_bf16 * rsqrt(128.0)` stays bf16.
     Integer-valued functions of an integer give an integer; the rest is computed in f32 by
     the op's own reference (as `jnp.rsqrt(128.0)` is), then held as that f32 value."""
-    if isinstance(value, int) and kind in _INT_UNARY:
-        return _INT_UNARY[kind](value)
+    if isinstance(value, int) and OPS[kind].int_math is not None:
+        return OPS[kind].int_math(value)
     with np.errstate(all="ignore"):
         result = OPS[kind].reference([np.asarray(value, np.float32)], attrs or {})
     return float(np.float32(result))

@@ -56,6 +56,7 @@ class OpDef:
     doc: str = ""  # its line in docs/language.md
     verb: str = ""  # a binary op's verb in diagnostics ("cannot multiply ...")
     commutative: bool = False  # op(a, b) == op(b, a): CSE matches both orders
+    int_math: Callable[[int], int] | None = None  # its value on a Python integer, exactly
 
     def flops(self, types: Types, result: TensorType, attrs: dict) -> int:
         """Floating-point (or integer) operations; shape ops cost none."""
@@ -197,14 +198,16 @@ def _unary_ref(fn: Callable):
 def unary_op(name: str, fn: Callable, instr: str | tuple[Step, ...], doc: str, *,
              fuzz: str | Fuzz, float_only: bool = False, int_steps=None, attrs=(),
              attr_steps=(), params: str = "x", defaults=(),
-             reference: Callable | None = None) -> OpDef:
+             reference: Callable | None = None, int_math: Callable | None = None) -> OpDef:
     """An elementwise unary op's entry: numpy `fn` (or `reference(xs, attrs)`) is its
     semantics, `instr` the vector instruction computing it (or the steps of an expansion),
     `fuzz` the generator's template (`{x}`: an existing value), `doc` its line in the docs.
-    `float_only`: integer arguments become f32 in the frontend, the op itself takes floats."""
+    `float_only`: integer arguments become f32 in the frontend, the op itself takes floats;
+    `int_math`: its value on a Python integer (check-time math keeps an integer exact)."""
     steps = (Step(instr),) if isinstance(instr, str) else instr
     return OpDef(name, "elementwise", _unary_rule(name),
                  reference or _unary_ref(fn), attrs=attrs, float_only=float_only,
+                 int_math=int_math,
                  frontend=Frontend(name, "unary", params, defaults),
                  vector=VectorLowering(steps, int_steps, attr_steps),
                  fuzz=fuzz if isinstance(fuzz, Fuzz) else Fuzz(fuzz), doc=doc)
@@ -216,8 +219,8 @@ _GELU_ERF = (Step("VMUL", ("in0", 0.7071067811865476)), Step("VERF", (OUT,)),
              Step("VADD", (OUT, 1.0)), Step("VMUL", (OUT, "in0")), Step("VMUL", (OUT, 0.5)))
 
 for _op in (
-    unary_op("neg", np.negative, "VNEG", "-x", fuzz="neg({x})"),
-    unary_op("abs", np.abs, "VABS", "absolute value", fuzz="abs({x})"),
+    unary_op("neg", np.negative, "VNEG", "-x", fuzz="neg({x})", int_math=lambda v: -v),
+    unary_op("abs", np.abs, "VABS", "absolute value", fuzz="abs({x})", int_math=abs),
     unary_op("exp", np.exp, "VEXP", "e to the x", fuzz="exp(tanh({x}))", float_only=True),
     unary_op("log", np.log, "VLOG", "natural logarithm", fuzz="log(abs({x}) + 1.0)",
              float_only=True),
@@ -231,17 +234,19 @@ for _op in (
     unary_op("sigmoid", lambda x: 1.0 / (1.0 + np.exp(-x)), "VSIGM", "1 / (1 + exp(-x))",
              fuzz="sigmoid({x})", float_only=True),
     unary_op("relu", lambda x: np.maximum(x, np.zeros((), x.dtype)), "VRELU", "max(x, 0)",
-             fuzz="relu({x})"),
+             fuzz="relu({x})", int_math=lambda v: max(v, 0)),
     unary_op("erf", lambda x: _erf(x.astype(np.float64)).astype(x.dtype), "VERF",
              "the error function", fuzz="erf({x})", float_only=True),
     unary_op("sin", np.sin, "VSIN", "sine", fuzz="sin({x})", float_only=True),
     unary_op("cos", np.cos, "VCOS", "cosine", fuzz="cos({x})", float_only=True),
     unary_op("floor", np.floor, "VFLOOR", "round down (integers unchanged)",
-             fuzz=Fuzz("floor({x})", inputs_only=True), int_steps=_INT_IDENTITY),
+             fuzz=Fuzz("floor({x})", inputs_only=True), int_steps=_INT_IDENTITY,
+             int_math=lambda v: v),
     unary_op("ceil", np.ceil, "VCEIL", "round up (integers unchanged)",
-             fuzz=Fuzz("ceil({x})", inputs_only=True), int_steps=_INT_IDENTITY),
+             fuzz=Fuzz("ceil({x})", inputs_only=True), int_steps=_INT_IDENTITY,
+             int_math=lambda v: v),
     unary_op("sign", np.sign, "VSIGN", "-1, 0 or 1 by the sign of x",
-             fuzz=Fuzz("sign({x})", inputs_only=True)),
+             fuzz=Fuzz("sign({x})", inputs_only=True), int_math=lambda v: (v > 0) - (v < 0)),
     unary_op("gelu", None, "VGELU",
              "0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))); `approximate=false`: "
              "0.5 x (1 + erf(x / sqrt 2))",

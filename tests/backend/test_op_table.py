@@ -52,6 +52,10 @@ def test_every_op_has_every_facet(name):
         assert op.vector is not None, "an elementwise op with operands runs on the VX"
     if op.fusion == "elementwise" and op.arity == 2:
         assert op.verb, "a binary op names its verb in diagnostics"
+    if op.frontend.form == "unary" and not op.float_only:  # integer-valued on integers
+        for value in (-3, 0, 5):
+            want = op.reference([np.asarray(value, np.int32)], {})
+            assert op.int_math(value) == int(want)
 
 
 def test_the_frontend_spells_every_op_its_entry_names():
