@@ -3,14 +3,18 @@
 Each rule removes an op that does nothing (reshape/transpose/broadcast/cast/slice/pad to the
 same thing, x + 0, x * 1, x - 0, x / 1, --x, a cast to a wider type and back) or merges a
 pair (reshape of reshape, transpose of transpose), `x ** 2` becomes `x * x`, and a
-transpose of the last two dims moves before a reshape of the batch dims. A rule
-only fires when the result type is unchanged.
+transpose of the last two dims moves before a reshape of the batch dims. Comparisons take one
+direction (`a <= b` is `b >= a`, `a < b` is `b > a`), and a select on `a > b` of integers
+swaps its branches to select on `b >= a`, so that however a causal mask is written
+(`j <= i`, or an upper-triangle bias `where(i < j, -inf, 0)`), the attention matcher reads
+`i >= j`. A rule only fires when the result type is unchanged.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from compiler.graph.dtypes import is_float
 from compiler.graph.ir import Op, Value
 from compiler.passes.pass_base import GraphPass, register_pass
 from compiler.passes.rewrite import Rewriter, rewrite
@@ -136,7 +140,31 @@ def square(op: Op, rw: Rewriter) -> Value | None:
     return rw.emit("mul", [x, x])
 
 
-RULES = [noop_shape, reshape_of_reshape, transpose_of_transpose, identity_operand,
+_FLIPPED = {"le": "ge", "lt": "gt"}
+
+
+def comparison_direction(op: Op, rw: Rewriter) -> Value | None:
+    """a <= b -> b >= a, a < b -> b > a: exact for every value, NaN included."""
+    if op.kind not in _FLIPPED:
+        return None
+    a, b = op.inputs
+    return rw.emit(_FLIPPED[op.kind], [b, a])
+
+
+def negated_select(op: Op, rw: Rewriter) -> Value | None:
+    """where(a > b, x, y) -> where(b >= a, y, x) when a and b are integers or bools: with no
+    NaN, `not (a > b)` is `b >= a`."""
+    if op.kind != "where":
+        return None
+    cond = rw.producer(op.inputs[0])
+    if cond is None or cond.kind != "gt" or any(is_float(v.type.dtype) for v in cond.inputs):
+        return None
+    a, b = cond.inputs
+    return _same_type(op, rw.emit("where", [rw.emit("ge", [b, a]), op.inputs[2],
+                                            op.inputs[1]]))
+
+
+RULES = [comparison_direction, negated_select, noop_shape, reshape_of_reshape, transpose_of_transpose, identity_operand,
          cast_round_trip, double_negation, square, batch_reshape_before_transpose]
 
 

@@ -51,6 +51,17 @@ fn main(q: f32[2, 3, 8, 8], k: f32[2, 1, 8, 8], v: f32[3, 2, 8, 8]) -> f32[3, 2,
     p = softmax(q @ transpose(k, [0, 1, 3, 2]), axis=-1)
     return reshape(p, [3, 2, 8, 8]) @ v
 }""",
+    # the mask spelt j <= i, and as an upper-triangle bias: canonicalize turns both into i >= j
+    "mask_flipped": """
+fn main(q: f32[24, 16], k: f32[24, 16], v: f32[24, 16]) -> f32[24, 16] {
+    mask = arange(24)[None, :] <= arange(24)[:, None]
+    return softmax(where(mask, q @ transpose(k), -inf), axis=-1) @ v
+}""",
+    "upper_triangle_bias": """
+fn main(q: f32[24, 16], k: f32[24, 16], v: f32[24, 16]) -> f32[24, 16] {
+    bias = where(arange(24)[:, None] < arange(24)[None, :], -inf, 0.0)
+    return softmax(q @ transpose(k) * 0.25 + bias, axis=-1) @ v
+}""",
     "cross_attention": """
 fn main(q: f32[3, 10, 16], k: f32[3, 40, 16], v: f32[3, 40, 16]) -> f32[3, 10, 16] {
     return softmax(q @ transpose(k, [0, 2, 1]) * 0.25, axis=-1) @ v
@@ -94,6 +105,17 @@ fn main(q: f32[24, 16], k: f32[24, 16], v: f32[24, 16]) -> f32[24, 16] {
     mask = arange(24)[:, None] > arange(24)[None, :]
     return softmax(where(mask, q @ transpose(k), -inf), axis=-1) @ v
 }""",
+    # -inf on the diagonal too: the first query sees no key
+    "upper_triangle_bias_with_diagonal": """
+fn main(q: f32[24, 16], k: f32[24, 16], v: f32[24, 16]) -> f32[24, 16] {
+    bias = where(arange(24)[:, None] <= arange(24)[None, :], -inf, 0.0)
+    return softmax(q @ transpose(k) + bias, axis=-1) @ v
+}""",
+    "mask_strict_flipped": """
+fn main(q: f32[24, 16], k: f32[24, 16], v: f32[24, 16]) -> f32[24, 16] {
+    mask = arange(24)[None, :] < arange(24)[:, None]
+    return softmax(where(mask, q @ transpose(k), -inf), axis=-1) @ v
+}""",
     "mask_finite_fill": """
 fn main(q: f32[24, 16], k: f32[24, 16], v: f32[24, 16]) -> f32[24, 16] {
     mask = arange(24)[:, None] >= arange(24)[None, :]
@@ -134,3 +156,28 @@ def test_fp8_minus_inf_is_nan_in_every_pipeline():
         want = np.asarray(reference[0], np.float32)
         assert np.isnan(want[:-1]).all()  # every row but the last has a masked (NaN) score
         assert np.isfinite(want[-1]).all()
+
+
+def test_canonical_comparisons_are_exact_for_every_value():
+    """a <= b is b >= a (NaN included); a select on an integer a > b swaps to b >= a."""
+    import numpy as np
+
+    import zhenwu
+
+    source = """
+fn main(a: f32[6], b: f32[6], i: i32[6], j: i32[6], x: f32[6],
+        y: f32[6]) -> (bool[6], bool[6], f32[6], f32[6]) {
+    return a <= b, a < b, where(i > j, x, y), where(i < j, x, y)
+}"""
+    fn = run_pipeline(load_program("t.zt", text=source), default_graph_pipeline())
+    kinds = [op.kind for op in fn.ops]
+    assert "le" not in kinds and "lt" not in kinds and kinds.count("gt") == 1  # a < b
+    inputs = {"a": np.array([1, 2, np.nan, 3, -1, 0], np.float32),
+              "b": np.array([1, 1, 0, np.nan, 0, -0.0], np.float32),
+              "i": np.array([0, 1, 2, -3, 5, 5], np.int32),
+              "j": np.array([0, 2, 1, -3, 4, 6], np.int32),
+              "x": np.arange(6, dtype=np.float32), "y": -np.arange(6, dtype=np.float32)}
+    for opt in (0, 2):
+        got, _ = zhenwu.compile(source, opt=opt).run(inputs)
+        for have, want in zip(got, zhenwu.reference(source, inputs)):
+            assert np.array_equal(have, want)
