@@ -15,7 +15,8 @@ One draw picks, independently:
   boolean input; built from `arange` in i32, i8, f32, bf16 or fp8 (fp8 rounds beyond 16,
   i8 wraps beyond 127, so some of these masks are not causal);
 - the dtypes: f32, bf16, f16 or fp8 inputs, and the softmax in the inputs' dtype or in f32
-  (a cast before the mask and one after the softmax).
+  (a cast before the mask and one after the softmax), or q, k and v each cast up to f32
+  before the products.
 
 The old generator drew one layout only (`[H, S, D]` per-head K/V, an i32 mask, no reshape,
 cast or broadcast), so none of the matcher's row, batch, mask or dtype conditions was ever
@@ -59,9 +60,13 @@ def draw_attention(builder) -> None:
     softmax_dtype = choose((dtype, "f32")) if dtype in ("bf16", "f16") else dtype
     heads = choose((1, 2, 3, 40)) if seq_q <= 64 else 1
 
+    # now and then q, k and v are cast up to f32 first (the products and softmax in f32)
+    upcast = dtype in ("bf16", "f16", "fp8") and builder.chooser.integer(0, 3) == 0
+    in_dtype = dtype
+
     def param(shape):
-        tensor = builder.new_param(tuple(shape), dtype)
-        return tensor.name
+        tensor = builder.new_param(tuple(shape), in_dtype)
+        return f"cast({tensor.name}, f32)" if upcast else tensor.name
 
     scale = 1.0 / math.sqrt(dim)
     scale_at = choose(("scores", "scores_left", "divide", "q", "none"))
@@ -149,6 +154,8 @@ def draw_attention(builder) -> None:
         scores = f"{scale!r} * {scores}"
     elif scale_at == "divide":
         scores = f"{scores} / {1.0 / scale!r}"
+    if upcast:
+        dtype = softmax_dtype = "f32"
     if softmax_dtype != dtype:
         scores = f"cast({scores}, {softmax_dtype})"
     s = builder.bind(scores, softmax_dtype, batch + (seq_q, seq_k))

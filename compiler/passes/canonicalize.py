@@ -7,14 +7,16 @@ transpose of the last two dims moves before a reshape of the batch dims. Compari
 direction (`a <= b` is `b >= a`, `a < b` is `b > a`), and a select on `a > b` of integers
 swaps its branches to select on `b >= a`, so that however a causal mask is written
 (`j <= i`, or an upper-triangle bias `where(i < j, -inf, 0)`), the attention matcher reads
-`i >= j`. A rule only fires when the result type is unchanged.
+`i >= j`. A widening cast moves below the view ops that follow it (`transpose(cast(k, f32))`
+is `cast(transpose(k), f32)`), so that it meets the product it feeds, whose operand DMA does
+it. A rule only fires when the result type is unchanged.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from compiler.graph.dtypes import is_float
+from compiler.graph.dtypes import is_float, value_preserving
 from compiler.graph.ir import Op, Value
 from compiler.passes.pass_base import GraphPass, register_pass
 from compiler.passes.rewrite import Rewriter, rewrite
@@ -164,7 +166,27 @@ def negated_select(op: Op, rw: Rewriter) -> Value | None:
                                             op.inputs[1]]))
 
 
-RULES = [comparison_direction, negated_select, noop_shape, reshape_of_reshape, transpose_of_transpose, identity_operand,
+_VIEWS = ("reshape", "transpose", "broadcast_to", "slice")
+
+
+def cast_below_view(op: Op, rw: Rewriter) -> Value | None:
+    """view(cast(x)) -> cast(view(x)) for a widening cast used only by the view: a cast that
+    keeps every value commutes with re-indexing, and below the views it feeds a product
+    directly (its operand DMA converts) or joins the elementwise kernel that reads it."""
+    if op.kind not in _VIEWS:
+        return None
+    cast = rw.producer(op.inputs[0])
+    if cast is None or cast.kind != "cast" or not rw.single_use(cast.result):
+        return None
+    source = cast.inputs[0]
+    if not value_preserving(source.type.dtype, cast.attrs["dtype"]):
+        return None
+    viewed = rw.emit(op.kind, [source], dict(op.attrs))
+    return _same_type(op, rw.emit("cast", [viewed], {"dtype": cast.attrs["dtype"]},
+                                  origin=cast.origin))
+
+
+RULES = [comparison_direction, negated_select, cast_below_view, noop_shape, reshape_of_reshape, transpose_of_transpose, identity_operand,
          cast_round_trip, double_negation, square, batch_reshape_before_transpose]
 
 

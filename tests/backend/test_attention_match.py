@@ -62,6 +62,19 @@ fn main(q: f32[24, 16], k: f32[24, 16], v: f32[24, 16]) -> f32[24, 16] {
     bias = where(arange(24)[:, None] < arange(24)[None, :], -inf, 0.0)
     return softmax(q @ transpose(k) * 0.25 + bias, axis=-1) @ v
 }""",
+    # q, k and v cast up to f32 before the products (the DMAs convert; q @ kᵀ multiplies
+    # bf16 at its rate, exact), K/V broadcast to the heads through stride 0
+    "f32_casts_of_bf16_inputs": """
+fn main(q: bf16[20, 4, 32], k: bf16[20, 2, 32], v: bf16[20, 2, 32]) -> f32[20, 4, 32] {
+    qh = transpose(cast(q, f32), [1, 0, 2])
+    kh = reshape(broadcast_to(transpose(cast(k, f32), [1, 0, 2])[:, None], [2, 2, 20, 32]),
+                 [4, 20, 32])
+    vh = reshape(broadcast_to(transpose(cast(v, f32), [1, 0, 2])[:, None], [2, 2, 20, 32]),
+                 [4, 20, 32])
+    mask = arange(20)[None, :] <= arange(20)[:, None]
+    p = softmax(where(mask, qh @ transpose(kh, [0, 2, 1]) / sqrt(32), -inf))
+    return transpose(p @ vh, [1, 0, 2])
+}""",
     "cross_attention": """
 fn main(q: f32[3, 10, 16], k: f32[3, 40, 16], v: f32[3, 40, 16]) -> f32[3, 10, 16] {
     return softmax(q @ transpose(k, [0, 2, 1]) * 0.25, axis=-1) @ v
@@ -181,3 +194,37 @@ fn main(a: f32[6], b: f32[6], i: i32[6], j: i32[6], x: f32[6],
         got, _ = zhenwu.compile(source, opt=opt).run(inputs)
         for have, want in zip(got, zhenwu.reference(source, inputs)):
             assert np.array_equal(have, want)
+
+
+def test_cast_operands_run_race_free_with_several_tiles_per_core():
+    """The f32-cast spelling on a 2-core machine: every core runs several query tiles, and
+    the functional run (race detector on) gives the reference's values."""
+    from dataclasses import replace
+
+    import numpy as np
+
+    import zhenwu
+    from compiler.check import relative_error
+    from isa.machine import load_machine
+
+    source = ACCEPTED["f32_casts_of_bf16_inputs"].replace("20", "300")
+    target = replace(load_machine("m890"), cores=2)
+    prog = zhenwu.compile(source, machine=target)
+    assert prog.kernel_count == 1
+    nest = prog.kernel_ir.kernels[0].nests[0]
+    assert nest.parallel_tiles >= 3 * target.cores
+    rng = np.random.default_rng(1)
+    inputs = {p.name: rng.standard_normal(p.type.shape).astype(np.float32)
+              for p in prog.function.params}
+    (got,), _ = prog.run(inputs)
+    assert relative_error(got, zhenwu.reference(source, inputs)[0]) < 1e-4
+
+
+def test_a_narrowing_cast_of_q_stays_its_own_kernel():
+    """f32 -> bf16 rounds q: the flash kernel's DMA cannot do that cast, so it is not taken."""
+    source = """
+fn main(q: f32[24, 16], k: bf16[24, 16], v: bf16[24, 16]) -> bf16[24, 16] {
+    return softmax(cast(q, bf16) @ transpose(k), axis=-1) @ v
+}"""
+    fn, compiled, _, _ = compile_and_run(source, opt_level=2)
+    assert _flash_kernels(compiled) == 1 and compiled.kernel_count == 2
