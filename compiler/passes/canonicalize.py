@@ -9,7 +9,10 @@ swaps its branches to select on `b >= a`, so that however a causal mask is writt
 (`j <= i`, or an upper-triangle bias `where(i < j, -inf, 0)`), the attention matcher reads
 `i >= j`. A widening cast moves below the view ops that follow it (`transpose(cast(k, f32))`
 is `cast(transpose(k), f32)`), so that it meets the product it feeds, whose operand DMA does
-it. A rule only fires when the result type is unchanged.
+it; a cast that rounds moves above the views before it (`cast(reshape(broadcast_to(k)),
+bf16)` is `reshape(broadcast_to(cast(k, bf16)))`), so that it works on the smaller tensor,
+joins the kernel that makes it, and leaves the views to be read through. A rule only fires
+when the result type is unchanged.
 """
 
 from __future__ import annotations
@@ -82,6 +85,49 @@ def batch_reshape_before_transpose(op: Op, rw: Rewriter) -> Value | None:
     swapped = rw.emit("transpose", [x], {"perm": tuple(range(x_rank - 2))
                                          + (x_rank - 1, x_rank - 2)})
     return rw.emit("reshape", [swapped], {"shape": tuple(op.result.type.shape)})
+
+
+def _merge_groups(source: tuple[int, ...], target: tuple[int, ...]) -> list[list[int]] | None:
+    """The runs of `source` dims each `target` dim merges (a reshape that only merges
+    adjacent dims), or None when the reshape splits a dim or the runs are ambiguous."""
+    groups, at = [], 0
+    for size in target:
+        group, total = [], 1
+        while at < len(source) and (total < size or not group):
+            group.append(at)
+            total *= source[at]
+            at += 1
+        if total != size or (size == 1 and len(group) != 1):
+            return None
+        groups.append(group)
+    if at != len(source) or 1 in source:  # leftover or size-1 dims: no single reading
+        return None
+    return groups
+
+
+def transpose_above_broadcast_merge(op: Op, rw: Rewriter) -> Value | None:
+    """transpose(reshape(broadcast_to(x))) -> reshape(transpose(broadcast_to(x))) when the
+    reshape merges adjacent dims and the transpose moves whole merged groups. Merging a
+    broadcast dim with another is no strided view (a copy either way), but below the
+    transpose the merging reshape meets the product that reads it, and the flash kernel
+    reads the broadcast through stride 0 (K/V broadcast to the query heads, then
+    `einsum("qhd,khd->hqk", ...)`, whose transpose moves the heads first)."""
+    if op.kind != "transpose":
+        return None
+    inner = rw.producer(op.inputs[0])
+    if inner is None or inner.kind != "reshape":
+        return None
+    source = rw.producer(inner.inputs[0])
+    if source is None or source.kind != "broadcast_to":
+        return None
+    x = inner.inputs[0]
+    groups = _merge_groups(tuple(x.type.shape), tuple(inner.result.type.shape))
+    if groups is None or all(len(group) == 1 for group in groups):
+        return None
+    perm = tuple(axis for index in op.attrs["perm"] for axis in groups[index])
+    moved = rw.emit("transpose", [x], {"perm": perm})
+    return _same_type(op, rw.emit("reshape", [moved],
+                                  {"shape": tuple(op.result.type.shape)}))
 
 
 _IDENTITY = {"add": (0, 1), "sub": (0, None), "mul": (1, 1), "div": (1, None)}
@@ -186,8 +232,32 @@ def cast_below_view(op: Op, rw: Rewriter) -> Value | None:
                                   origin=cast.origin))
 
 
-RULES = [comparison_direction, negated_select, cast_below_view, noop_shape, reshape_of_reshape, transpose_of_transpose, identity_operand,
-         cast_round_trip, double_negation, square, batch_reshape_before_transpose]
+def cast_above_views(op: Op, rw: Rewriter) -> Value | None:
+    """cast(view(...view(x))) -> view(...view(cast(x))) for a cast that changes values (a
+    narrowing), through views each used only by the next: an elementwise cast commutes with
+    re-indexing, and on the views' source it is done once per source element."""
+    if op.kind != "cast" or value_preserving(op.inputs[0].type.dtype, op.attrs["dtype"]):
+        return None
+    views = []
+    value = op.inputs[0]
+    while True:
+        view = rw.producer(value)
+        if view is None or view.kind not in _VIEWS or not rw.single_use(value):
+            break
+        views.append(view)
+        value = view.inputs[0]
+    if not views:
+        return None
+    result = rw.emit("cast", [value], dict(op.attrs))
+    for view in reversed(views):
+        result = rw.emit(view.kind, [result], dict(view.attrs))
+    return _same_type(op, result)
+
+
+RULES = [comparison_direction, negated_select, cast_below_view, cast_above_views, noop_shape,
+         reshape_of_reshape, transpose_of_transpose, identity_operand, cast_round_trip,
+         double_negation, square, batch_reshape_before_transpose,
+         transpose_above_broadcast_merge]
 
 
 @register_pass
