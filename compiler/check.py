@@ -7,6 +7,16 @@ output's own: a bf16 product cast to f32 carries bf16 rounding, and a fused kern
 in a different order than the reference does. Integer and bool outputs must match exactly,
 and `check_output` reports how many of their elements differ and the first one (a relative
 error says little about a wrong index).
+
+Some programs are ill-conditioned in their narrow dtypes: with unit-normal weights, bf16
+attention scores reach hundreds, their rounding moves the softmax's winners, and the reference
+evaluator itself (which rounds after every op) is several percent from the same program
+computed without narrow rounding. A fused kernel that keeps f32 inside then differs from the
+reference by more than the tolerance while being closer to the exact result. So when a float
+output misses its tolerance, `check_output` asks for the program evaluated without narrow
+rounding (`evaluate(..., widen=True)`) and accepts the output only if the reference is itself
+beyond the tolerance from it and the output is at most twice as far from it as the reference
+(`ILL_CONDITIONED_FACTOR`). Both distances are printed, so the verdict can be audited.
 """
 
 from __future__ import annotations
@@ -72,10 +82,18 @@ def mismatch_summary(got: np.ndarray, want: np.ndarray) -> str | None:
             f"got {got[first].item()}, want {want[first].item()}")
 
 
-def check_output(fn, output, got: np.ndarray, want: np.ndarray) -> tuple[bool, str]:
+# an ill-conditioned program's output may be this many times farther than the reference
+# evaluator from the program computed without narrow rounding
+ILL_CONDITIONED_FACTOR = 2.0
+
+
+def check_output(fn, output, got: np.ndarray, want: np.ndarray, wide=None
+                 ) -> tuple[bool, str]:
     """(passes, one-line summary) of a compiled output against the reference: an integer or
     bool output by exact comparison (how many elements differ and the first), a float one by
-    its relative error against the tolerance `output_tolerance` gives."""
+    its relative error against the tolerance `output_tolerance` gives. `wide`, when given, is
+    a callable returning this output evaluated without narrow rounding; it is called only for
+    a float output beyond its tolerance (see the module's docstring)."""
     if not is_float(output.type.dtype):
         mismatch = mismatch_summary(got, want)
         if mismatch is None:
@@ -83,4 +101,12 @@ def check_output(fn, output, got: np.ndarray, want: np.ndarray) -> tuple[bool, s
         return False, mismatch
     err = relative_error(got, want)
     tol = output_tolerance(fn, output)
-    return err <= tol, f"max relative error {err:.3g} (tolerance {tol:g})"
+    summary = f"max relative error {err:.3g} (tolerance {tol:g})"
+    if err <= tol or wide is None or tol <= tolerance("f32"):
+        return err <= tol, summary
+    exact = wide()
+    ref_err, got_err = relative_error(want, exact), relative_error(got, exact)
+    passes = tol < ref_err < float("inf") and got_err <= ILL_CONDITIONED_FACTOR * ref_err
+    return passes, (f"{summary}; without narrow rounding the program gives values "
+                    f"{ref_err:.3g} from the reference's and {got_err:.3g} from this output's"
+                    + (": ill-conditioned in its narrow dtypes, accepted" if passes else ""))

@@ -49,6 +49,17 @@ def _version() -> str:
         return "unknown"
 
 
+class _VersionAction(argparse.Action):
+    """`--version`: reads the installed version only when asked (importlib.metadata is slow)."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"zhenwu {_version()}")
+        parser.exit()
+
+
 def _positive_seconds(text: str) -> float:
     """argparse type of `fuzz --seconds`: a finite number of seconds above zero."""
     try:
@@ -63,7 +74,7 @@ def _positive_seconds(text: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="zhenwu", description="tensor compiler and simulator for the M890")
-    parser.add_argument("--version", action="version", version=f"zhenwu {_version()}",
+    parser.add_argument("--version", action=_VersionAction,
                         help="print the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True

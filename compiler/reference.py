@@ -48,9 +48,15 @@ def _as_param(name: str, array, expected) -> np.ndarray:
     return array.astype(np_dtype(expected.dtype))
 
 
-def evaluate(fn: Function, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+def evaluate(fn: Function, inputs: dict[str, np.ndarray], *, widen: bool = False
+             ) -> list[np.ndarray]:
     """Run `fn` on `inputs` (keyed by parameter name) and return its outputs, each an array
     of the output's dtype (bf16/fp8 as ml_dtypes arrays).
+
+    `widen`: the narrow floats (bf16, f16, fp8) are not rounded after each op; every value
+    of those dtypes stays f32 (the inputs keep the values given, rounded to their parameter
+    dtype). This is the program as it would compute without narrow rounding, which
+    `--check` uses to tell an ill-conditioned program from a wrong one (compiler/check.py).
 
     Inputs given as f32 (or f64) arrays are cast to the parameter dtype; any other dtype or
     shape mismatch, a missing or an unknown input raises InputError.
@@ -80,7 +86,8 @@ def evaluate(fn: Function, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
             except MemoryError:
                 raise Diagnostic(f"{op.kind}: this host has not the memory for the reference "
                                  "evaluator; use smaller tensors", op.span) from None
-            target = np_dtype(op.result.type.dtype)
+            target = (compute_dtype(op.result.type.dtype) if widen
+                      else np_dtype(op.result.type.dtype))
             if result.dtype != target:
                 result = result.astype(target)
             if result.shape != op.result.type.shape:  # a rule/reference disagreement is a bug

@@ -59,3 +59,74 @@ def test_run_check_of_a_wrong_index_names_the_element(tmp_path, capsys):
     assert main(["run", str(src), "--inputs", str(tmp_path / "in.npz"), "--check"]) == 0
     out = capsys.readouterr().out
     assert "check out0: exact (4 elements equal) ok" in out
+
+
+# Unit-normal q/k weights in bf16: scores in the hundreds, whose bf16 rounding moves the
+# softmax's winners. The reference rounds after every op; the flash kernel keeps f32 inside.
+ILL_CONDITIONED = """
+fn main(x: bf16[S, D], wq: bf16[D, D], wk: bf16[D, D], wv: bf16[D, D]) -> bf16[S, D] {
+    q = reshape(x @ wq, [S, 3, D // 3])
+    k = reshape(x @ wk, [S, 3, D // 3])
+    v = reshape(x @ wv, [S, 3, D // 3])
+    s = einsum("qhd,khd->hqk", q, k) / sqrt(D // 3)
+    mask = arange(S)[:, None] >= arange(S)[None, :]
+    o = einsum("hqk,khd->qhd", softmax(where(mask, s, -inf), axis=-1), v)
+    return reshape(o, [S, D])
+}
+"""
+
+
+def _ill_conditioned_run(scale: float):
+    import zhenwu
+    from compiler.reference import evaluate
+
+    prog = zhenwu.compile(ILL_CONDITIONED, shapes={"S": 37, "D": 48})
+    rng = np.random.default_rng(0)
+    inputs = {name: (rng.standard_normal(p.type.shape) * (scale if name != "x" else 1.0))
+              .astype(np.float32) for name, p in ((p.name, p) for p in prog.function.params)}
+    outputs, _ = prog.run(inputs)
+    want = prog.reference(inputs)[0]
+    wide = evaluate(prog.function, inputs, widen=True)[0]
+    return prog.function, outputs[0], want, wide
+
+
+def test_widened_evaluation_keeps_narrow_values_in_f32():
+    from compiler.reference import evaluate
+
+    fn = load_program("t.zt", text="fn main(a: bf16[3]) -> bf16[3] { return a / 3.0 }")
+    a = np.array([1.0, 2.0, 4.0], np.float32)
+    (narrow,), (wide,) = evaluate(fn, {"a": a}), evaluate(fn, {"a": a}, widen=True)
+    assert str(narrow.dtype) == "bfloat16" and wide.dtype == np.float32
+    assert np.array_equal(wide, a / np.float32(3.0))
+    assert not np.array_equal(narrow.astype(np.float32), wide)
+
+
+def test_an_ill_conditioned_bf16_program_is_judged_against_its_unrounded_values():
+    fn, got, want, wide = _ill_conditioned_run(scale=1.0)
+    output = fn.outputs[0]
+    plain, _ = check_output(fn, output, got, want)
+    passes, summary = check_output(fn, output, got, want, wide=lambda: wide)
+    assert not plain                      # beyond bf16's tolerance of the reference...
+    assert passes and "ill-conditioned" in summary   # ...but no farther from the exact values
+    # a wrong output is still wrong: zeros, or the right values in the wrong rows
+    assert not check_output(fn, output, np.zeros_like(got), want, wide=lambda: wide)[0]
+    assert not check_output(fn, output, got[::-1].copy(), want, wide=lambda: wide)[0]
+
+
+def test_a_well_conditioned_program_gets_no_second_chance():
+    fn, got, want, wide = _ill_conditioned_run(scale=0.05)
+    output = fn.outputs[0]
+    assert check_output(fn, output, got, want, wide=lambda: wide)[0]
+    off = got.astype(np.float32) * 1.05   # 5% off: beyond bf16's 2%, and the reference is near
+    passes, summary = check_output(fn, output, off, want, wide=lambda: wide)
+    assert not passes and "accepted" not in summary
+
+
+def test_cli_check_accepts_an_ill_conditioned_program_and_says_so(tmp_path, capsys):
+    from compiler.cli import main
+
+    src = tmp_path / "attn.zt"
+    src.write_text(ILL_CONDITIONED)
+    assert main(["run", str(src), "--shape", "S=37", "--shape", "D=48", "--check"]) == 0
+    out = capsys.readouterr().out
+    assert "ill-conditioned in its narrow dtypes, accepted ok" in out

@@ -19,8 +19,6 @@ command line prints (`str(err)`: `file:line:col: error: ...` with the source lin
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
-
 from isa.errors import (
     AssemblyError,
     ChipTrap,
@@ -34,10 +32,21 @@ from isa.errors import (
 )
 from zhenwu.api import Program, compile, load_machine, reference
 
-try:
-    __version__ = version("zhenwu")
-except PackageNotFoundError:  # running from a checkout that is not installed
-    __version__ = "0+unknown"
+
+
+def __getattr__(name: str):
+    # `zhenwu.__version__` reads the installed metadata on first use: importlib.metadata
+    # costs a fresh `zhenwu compile` more than the compile of a small program
+    if name != "__version__":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        value = version("zhenwu")
+    except PackageNotFoundError:  # running from a checkout that is not installed
+        value = "0+unknown"
+    globals()["__version__"] = value
+    return value
 
 __all__ = [
     "AssemblyError", "ChipTrap", "CompileError", "Diagnostic", "EncodingError", "InputError",

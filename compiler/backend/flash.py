@@ -180,9 +180,13 @@ def _lower_flash(low, ops) -> None:
     batch2 = tuple(m2.result.type.shape[:-2])
     # each operand against its own product's batch dims, then the query blocks of a
     # product's rows as one more batch dim (K and V repeated through stride 0)
-    q_tv = _operand(low, m1.inputs[0], group, batch1, seq_q)
-    kt_tv = _repeat(_operand(low, m1.inputs[1], group, batch1, None), shape.groups1)
-    v_tv = _repeat(_operand(low, m2.inputs[1], group, batch2, None), shape.groups2)
+    # a widening cast in the group (fuse.py) is done by the operand's DMA: read its source
+    casts = {op.id: op.inputs[0] for op in ops if op.kind == "cast"}
+    q, k, v = (casts.get(x.id, x) for x in (m1.inputs[0], m1.inputs[1], m2.inputs[1]))
+    dtype = m1.inputs[0].type.dtype
+    q_tv = _operand(low, q, group, batch1, seq_q)
+    kt_tv = _repeat(_operand(low, k, group, batch1, None), shape.groups1)
+    v_tv = _repeat(_operand(low, v, group, batch2, None), shape.groups2)
     # the output, or the reshape of it the group ends with (stored in that layout)
     last = next((op for op in ops if op.kind == "reshape" and op.inputs[0] is m2.result), m2)
     out = _output(low, last)
@@ -193,10 +197,10 @@ def _lower_flash(low, ops) -> None:
     outer, (q4, kt4, v4, o4) = _batch_split([q_tv, kt_tv, v_tv, o_tv])
     splits = 1 if shape.causal else _key_splits(low.machine, q4.shape[-3], seq_q, seq_k)
     if splits > 1:
-        nests = _split_nests(low, m2, outer, q4, kt4, v4, o4, scale, splits)
+        nests = _split_nests(low, m2, outer, q4, kt4, v4, o4, scale, splits, dtype)
     else:
         nests = [_flash_nest(low, _pick(q4, i), _pick(kt4, i), _pick(v4, i), _pick(o4, i),
-                             scale, shape.causal, shape.additive)
+                             scale, shape.causal, shape.additive, dtype=dtype)
                  for i in product(*(range(n) for n in outer))]
     low.views[last.id] = out
     low.kernel("flash_attention", [op.id for op in ops], nests, m2.span)
@@ -216,7 +220,8 @@ def _key_splits(machine, batch: int, seq_q: int, seq_k: int) -> int:
     return best
 
 
-def _split_nests(low, m2, outer, q4, kt4, v4, o4, scale, splits: int) -> list[Nest]:
+def _split_nests(low, m2, outer, q4, kt4, v4, o4, scale, splits: int, dtype: str
+                 ) -> list[Nest]:
     """Flash-decoding: each query block's keys in `splits` ranges, one more batch dim of
     the flash nests (all cores stream K and V); each range's output (normalised by its own
     sum) and log-sum-exp go to f32 temporaries, and a combine nest per outer batch index
@@ -244,7 +249,8 @@ def _split_nests(low, m2, outer, q4, kt4, v4, o4, scale, splits: int) -> list[Ne
         part_s, lse_s = _pick(part_b, i), _pick(lse_b, i)
         if any(view is None for view in (q_s, kt_s, v_s, part_s, lse_s)):
             raise NotFlashable()
-        nests.append(_flash_nest(low, q_s, kt_s, v_s, part_s, scale, False, lse=lse_s))
+        nests.append(_flash_nest(low, q_s, kt_s, v_s, part_s, scale, False, lse=lse_s,
+                                 dtype=dtype))
         nests.append(_combine_nest(low, _pick(part_b, i), _pick(lse_b, i), _pick(o4, i)))
     return nests
 
@@ -299,7 +305,12 @@ def _output(low, m2):
     return low.new_tensor(f"t{m2.id}", rtype, "temp", m2.span)
 
 
-def _flash_nest(low, q3, kt3, v3, o3, scale, causal, additive=False, lse=None) -> Nest:
+# float dtypes whose products of two values are exact in f32 (mantissas of 8, 11, 4 bits)
+_EXACT_IN_F32 = ("bf16", "f16", "fp8")
+
+
+def _flash_nest(low, q3, kt3, v3, o3, scale, causal, additive=False, lse=None,
+                dtype: str | None = None) -> Nest:
     """One flash nest over [batch, rows, cols] views of q, kᵀ, v and the output; an
     `additive` causal mask adds -inf where it drops a score (a NaN score stays NaN); with
     an `lse` view the rows' log-sum-exp (m + log l) is stored there too (flash-decoding)."""
@@ -309,7 +320,14 @@ def _flash_nest(low, q3, kt3, v3, o3, scale, causal, additive=False, lse=None) -
     lead = tuple(range(len(batch)))  # batch axes; then queries, head dim, keys
     qa, da, ka = len(batch), len(batch) + 1, len(batch) + 2
 
-    in_dtype, acc_dtype = mma_dtypes(q3.dtype, machine)
+    # the products' dtype (q, k and v may be the sources of casts their DMAs do)
+    in_dtype, acc_dtype = mma_dtypes(dtype or q3.dtype, machine)
+    # q @ kᵀ in f32 of q and k loaded from one narrow float (casts the DMAs do): each
+    # product of two bf16, f16 or fp8 values is exact in f32, so the MX multiplies them in
+    # their own dtype (accumulating in f32) at its faster rate, with the same sums
+    qk_dtype = in_dtype
+    if in_dtype == "f32" and q3.dtype == kt3.dtype and q3.dtype in _EXACT_IN_F32:
+        qk_dtype = mma_dtypes(q3.dtype, machine)[0]
     unit = machine.mx_m
     dim_p = round_up(dim, machine.mx_k)
     tile_q = min(MAX_TILE, round_up(seq_q, unit))
@@ -336,8 +354,8 @@ def _flash_nest(low, q3, kt3, v3, o3, scale, causal, additive=False, lse=None) -
     # three (the next step's are loaded while this step's P @ V still reads the previous
     # ones); Q, O and the per-row values are one copy per tile (flash_codegen.py)
     twin_l1 = [("p", in_dtype, tile_q, tile_k)]
-    ring_l1 = [("kt", in_dtype, dim_p, tile_k), ("vt", in_dtype, tile_k, dim_p)]
-    single_l1 = [("q", in_dtype, tile_q, dim_p), ("mask", "bool", tile_q, tile_k),
+    ring_l1 = [("kt", qk_dtype, dim_p, tile_k), ("vt", in_dtype, tile_k, dim_p)]
+    single_l1 = [("q", qk_dtype, tile_q, dim_p), ("mask", "bool", tile_q, tile_k),
                  ("qi", "i32", tile_q, 1), ("kj", "i32", 1, tile_k)]
     single_l1 += [(name, "f32", tile_q, 1) for name in ("m", "l", "mnew", "rmax", "rsum", "corr")]
     if causal and additive:
@@ -381,7 +399,7 @@ def _flash_nest(low, q3, kt3, v3, o3, scale, causal, additive=False, lse=None) -
     init = (Load("q", q_view), Vec("DUP", "f32", "m", (float("-inf"),)),
             Vec("DUP", "f32", "l", (0.0,)), Vec("DUP", "f32", "o", (0.0,)))
     step: list = [Load("kt", kt_view), Load("vt", v_view),
-                  Mma(in_dtype, acc_dtype, "s", "q", "kt", "init")]
+                  Mma(qk_dtype, acc_dtype, "s", "q", "kt", "init")]
     # a positive scale commutes with the mask and the row max: it is applied in the FMA
     # that subtracts the new max (one full-tile pass fewer)
     folded = scale is not None and scale > 0

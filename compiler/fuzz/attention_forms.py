@@ -9,11 +9,14 @@ One draw picks, independently:
 - how the products are written: einsum, `@` with a transpose, or `@` of a broadcast;
 - a reshape around the softmax that keeps its rows (heads merged) or changes them;
 - the scale: on the scores (`* c`, `c *`, `/ c`), on q, or none;
-- the mask: none, `where(mask, s, -inf)`, an additive `where(mask, 0.0, -inf)` bias, or a
+- the mask: none, `where(mask, s, -inf)`, an additive `where(mask, 0.0, -inf)` bias or
+  upper-triangle `where(i < j, -inf, 0.0)` bias (the mask spelt `i >= j`, `j <= i`, or the
+  strict `i > j` that must be refused), or a
   boolean input; built from `arange` in i32, i8, f32, bf16 or fp8 (fp8 rounds beyond 16,
   i8 wraps beyond 127, so some of these masks are not causal);
 - the dtypes: f32, bf16, f16 or fp8 inputs, and the softmax in the inputs' dtype or in f32
-  (a cast before the mask and one after the softmax).
+  (a cast before the mask and one after the softmax), or q, k and v each cast up to f32
+  before the products.
 
 The old generator drew one layout only (`[H, S, D]` per-head K/V, an i32 mask, no reshape,
 cast or broadcast), so none of the matcher's row, batch, mask or dtype conditions was ever
@@ -29,11 +32,16 @@ KEYS = (1, 7, 16, 31)
 DIMS = (4, 8, 16)
 
 
-def _causal_mask(builder, seq: int) -> str:
-    """An `arange(seq)[:, None] >= arange(seq)[None, :]` in a drawn dtype (maybe inexact)."""
+def _causal_mask(builder, seq: int, spelling: str | None = None) -> str:
+    """`i >= j` over arange(seq) in a drawn dtype (maybe inexact), spelt `i >= j` or
+    `j <= i`, and now and then the strict `i > j`, which is no causal mask (the first
+    query sees no key) and must be refused."""
     dtype = builder.chooser.choice(("", "", "i8", "fp8", "bf16", "f32"))
     arg = f"{seq}, dtype={dtype}" if dtype else f"{seq}"
-    return f"arange({arg})[:, None] >= arange({arg})[None, :]"
+    i, j = f"arange({arg})[:, None]", f"arange({arg})[None, :]"
+    spelling = spelling or builder.chooser.choice(("ge", "ge", "le", "gt"))
+    return {"ge": f"{i} >= {j}", "le": f"{j} <= {i}", "gt": f"{i} > {j}",
+            "lt": f"{i} < {j}"}[spelling]
 
 
 def draw_attention(builder) -> None:
@@ -52,9 +60,13 @@ def draw_attention(builder) -> None:
     softmax_dtype = choose((dtype, "f32")) if dtype in ("bf16", "f16") else dtype
     heads = choose((1, 2, 3, 40)) if seq_q <= 64 else 1
 
+    # now and then q, k and v are cast up to f32 first (the products and softmax in f32)
+    upcast = dtype in ("bf16", "f16", "fp8") and builder.chooser.integer(0, 3) == 0
+    in_dtype = dtype
+
     def param(shape):
-        tensor = builder.new_param(tuple(shape), dtype)
-        return tensor.name
+        tensor = builder.new_param(tuple(shape), in_dtype)
+        return f"cast({tensor.name}, f32)" if upcast else tensor.name
 
     scale = 1.0 / math.sqrt(dim)
     scale_at = choose(("scores", "scores_left", "divide", "q", "none"))
@@ -142,16 +154,21 @@ def draw_attention(builder) -> None:
         scores = f"{scale!r} * {scores}"
     elif scale_at == "divide":
         scores = f"{scores} / {1.0 / scale!r}"
+    if upcast:
+        dtype = softmax_dtype = "f32"
     if softmax_dtype != dtype:
         scores = f"cast({scores}, {softmax_dtype})"
     s = builder.bind(scores, softmax_dtype, batch + (seq_q, seq_k))
     builder.values.remove(s)
 
-    mask_form = choose(("where", "where", "bias", "input")) if causal else "none"
+    mask_form = choose(("where", "where", "bias", "upper_bias", "input")) if causal else "none"
     if mask_form == "where":
         scores = f"where({_causal_mask(builder, seq_q)}, {s.name}, -inf)"
     elif mask_form == "bias":  # an f32 bias, as a precomputed one would be
         scores = f"{s.name} + where({_causal_mask(builder, seq_q)}, 0.0, -inf)"
+        softmax_dtype = "f32"
+    elif mask_form == "upper_bias":  # -inf above the diagonal: where(i < j, -inf, 0.0)
+        scores = f"{s.name} + where({_causal_mask(builder, seq_q, 'lt')}, -inf, 0.0)"
         softmax_dtype = "f32"
     elif mask_form == "input":
         mask = builder.new_param((seq_q, seq_k), "bool")

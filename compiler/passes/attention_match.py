@@ -25,7 +25,10 @@ the kernel relies on and refuses the rest (the ops are then fused by the other r
   `s + where(mask, 0, -inf)` (the kernel adds -inf, so a NaN score stays NaN); between the
   softmax and the second product, reshapes that keep the rows and casts between f32, bf16
   and f16 (the kernel rounds P to the product's dtype);
-- every intermediate value is used only inside the chain.
+- every intermediate value is used only inside the chain;
+- q, k and v may each be a widening cast (bf16 -> f32: every value kept) read only by the
+  products: the kernel's DMAs load the cast's source and convert, and multiply in the
+  products' dtype.
 
 Batch dims may broadcast in either product (numpy rules); the kernel broadcasts each
 operand against its own product's batch shape and sees all of them through one flat batch
@@ -39,7 +42,7 @@ from math import gcd
 
 import numpy as np
 
-from compiler.graph.dtypes import np_dtype
+from compiler.graph.dtypes import np_dtype, value_preserving
 
 # The scores' dtypes the kernel reproduces: those with an infinity, whose products it
 # computes in f32 without overflowing where the program would not
@@ -327,11 +330,22 @@ def match_attention(fn, users, producers, outputs) -> list[tuple[list[int], str]
         members.append(m2)
         # reshapes merging the operands' batch dims (an einsum's batched matmul of q, k and
         # v with [batch, heads] leading axes): the kernel reads their sources through views
+        # A widening cast of q, k or v (bf16 -> f32) goes too: the kernel's DMAs load its
+        # source and convert, and a reshape behind the cast is read through as above
         for value in dict.fromkeys(list(m1.inputs) + [m2.inputs[1]]):
             op = producers.get(value.id)
+            readers = (m1, m2)
+            if (op is not None and op.kind == "cast" and op.id not in taken
+                    and value.id not in outputs and op not in members
+                    and all(any(u is r for r in readers) for u in users[op.id])
+                    and value_preserving(op.inputs[0].type.dtype, op.attrs["dtype"])):
+                members.append(op)
+                readers = (op,)
+                value = op.inputs[0]
+                op = producers.get(value.id)
             if (op is not None and op.kind == "reshape" and op.id not in taken
                     and value.id not in outputs and op not in members
-                    and all(u is m1 or u is m2 for u in users[op.id])):
+                    and all(any(u is r for r in readers) for u in users[op.id])):
                 members.append(op)
         # a reshape of the result (heads merged back): the kernel stores in its layout
         last = m2

@@ -3,14 +3,23 @@
 Each rule removes an op that does nothing (reshape/transpose/broadcast/cast/slice/pad to the
 same thing, x + 0, x * 1, x - 0, x / 1, --x, a cast to a wider type and back) or merges a
 pair (reshape of reshape, transpose of transpose), `x ** 2` becomes `x * x`, and a
-transpose of the last two dims moves before a reshape of the batch dims. A rule
-only fires when the result type is unchanged.
+transpose of the last two dims moves before a reshape of the batch dims. Comparisons take one
+direction (`a <= b` is `b >= a`, `a < b` is `b > a`), and a select on `a > b` of integers
+swaps its branches to select on `b >= a`, so that however a causal mask is written
+(`j <= i`, or an upper-triangle bias `where(i < j, -inf, 0)`), the attention matcher reads
+`i >= j`. A widening cast moves below the view ops that follow it (`transpose(cast(k, f32))`
+is `cast(transpose(k), f32)`), so that it meets the product it feeds, whose operand DMA does
+it; a cast that rounds moves above the views before it (`cast(reshape(broadcast_to(k)),
+bf16)` is `reshape(broadcast_to(cast(k, bf16)))`), so that it works on the smaller tensor,
+joins the kernel that makes it, and leaves the views to be read through. A rule only fires
+when the result type is unchanged.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from compiler.graph.dtypes import is_float, value_preserving
 from compiler.graph.ir import Op, Value
 from compiler.passes.pass_base import GraphPass, register_pass
 from compiler.passes.rewrite import Rewriter, rewrite
@@ -78,6 +87,49 @@ def batch_reshape_before_transpose(op: Op, rw: Rewriter) -> Value | None:
     return rw.emit("reshape", [swapped], {"shape": tuple(op.result.type.shape)})
 
 
+def _merge_groups(source: tuple[int, ...], target: tuple[int, ...]) -> list[list[int]] | None:
+    """The runs of `source` dims each `target` dim merges (a reshape that only merges
+    adjacent dims), or None when the reshape splits a dim or the runs are ambiguous."""
+    groups, at = [], 0
+    for size in target:
+        group, total = [], 1
+        while at < len(source) and (total < size or not group):
+            group.append(at)
+            total *= source[at]
+            at += 1
+        if total != size or (size == 1 and len(group) != 1):
+            return None
+        groups.append(group)
+    if at != len(source) or 1 in source:  # leftover or size-1 dims: no single reading
+        return None
+    return groups
+
+
+def transpose_above_broadcast_merge(op: Op, rw: Rewriter) -> Value | None:
+    """transpose(reshape(broadcast_to(x))) -> reshape(transpose(broadcast_to(x))) when the
+    reshape merges adjacent dims and the transpose moves whole merged groups. Merging a
+    broadcast dim with another is no strided view (a copy either way), but below the
+    transpose the merging reshape meets the product that reads it, and the flash kernel
+    reads the broadcast through stride 0 (K/V broadcast to the query heads, then
+    `einsum("qhd,khd->hqk", ...)`, whose transpose moves the heads first)."""
+    if op.kind != "transpose":
+        return None
+    inner = rw.producer(op.inputs[0])
+    if inner is None or inner.kind != "reshape":
+        return None
+    source = rw.producer(inner.inputs[0])
+    if source is None or source.kind != "broadcast_to":
+        return None
+    x = inner.inputs[0]
+    groups = _merge_groups(tuple(x.type.shape), tuple(inner.result.type.shape))
+    if groups is None or all(len(group) == 1 for group in groups):
+        return None
+    perm = tuple(axis for index in op.attrs["perm"] for axis in groups[index])
+    moved = rw.emit("transpose", [x], {"perm": perm})
+    return _same_type(op, rw.emit("reshape", [moved],
+                                  {"shape": tuple(op.result.type.shape)}))
+
+
 _IDENTITY = {"add": (0, 1), "sub": (0, None), "mul": (1, 1), "div": (1, None)}
 
 
@@ -136,8 +188,76 @@ def square(op: Op, rw: Rewriter) -> Value | None:
     return rw.emit("mul", [x, x])
 
 
-RULES = [noop_shape, reshape_of_reshape, transpose_of_transpose, identity_operand,
-         cast_round_trip, double_negation, square, batch_reshape_before_transpose]
+_FLIPPED = {"le": "ge", "lt": "gt"}
+
+
+def comparison_direction(op: Op, rw: Rewriter) -> Value | None:
+    """a <= b -> b >= a, a < b -> b > a: exact for every value, NaN included."""
+    if op.kind not in _FLIPPED:
+        return None
+    a, b = op.inputs
+    return rw.emit(_FLIPPED[op.kind], [b, a])
+
+
+def negated_select(op: Op, rw: Rewriter) -> Value | None:
+    """where(a > b, x, y) -> where(b >= a, y, x) when a and b are integers or bools: with no
+    NaN, `not (a > b)` is `b >= a`."""
+    if op.kind != "where":
+        return None
+    cond = rw.producer(op.inputs[0])
+    if cond is None or cond.kind != "gt" or any(is_float(v.type.dtype) for v in cond.inputs):
+        return None
+    a, b = cond.inputs
+    return _same_type(op, rw.emit("where", [rw.emit("ge", [b, a]), op.inputs[2],
+                                            op.inputs[1]]))
+
+
+_VIEWS = ("reshape", "transpose", "broadcast_to", "slice")
+
+
+def cast_below_view(op: Op, rw: Rewriter) -> Value | None:
+    """view(cast(x)) -> cast(view(x)) for a widening cast used only by the view: a cast that
+    keeps every value commutes with re-indexing, and below the views it feeds a product
+    directly (its operand DMA converts) or joins the elementwise kernel that reads it."""
+    if op.kind not in _VIEWS:
+        return None
+    cast = rw.producer(op.inputs[0])
+    if cast is None or cast.kind != "cast" or not rw.single_use(cast.result):
+        return None
+    source = cast.inputs[0]
+    if not value_preserving(source.type.dtype, cast.attrs["dtype"]):
+        return None
+    viewed = rw.emit(op.kind, [source], dict(op.attrs))
+    return _same_type(op, rw.emit("cast", [viewed], {"dtype": cast.attrs["dtype"]},
+                                  origin=cast.origin))
+
+
+def cast_above_views(op: Op, rw: Rewriter) -> Value | None:
+    """cast(view(...view(x))) -> view(...view(cast(x))) for a cast that changes values (a
+    narrowing), through views each used only by the next: an elementwise cast commutes with
+    re-indexing, and on the views' source it is done once per source element."""
+    if op.kind != "cast" or value_preserving(op.inputs[0].type.dtype, op.attrs["dtype"]):
+        return None
+    views = []
+    value = op.inputs[0]
+    while True:
+        view = rw.producer(value)
+        if view is None or view.kind not in _VIEWS or not rw.single_use(value):
+            break
+        views.append(view)
+        value = view.inputs[0]
+    if not views:
+        return None
+    result = rw.emit("cast", [value], dict(op.attrs))
+    for view in reversed(views):
+        result = rw.emit(view.kind, [result], dict(view.attrs))
+    return _same_type(op, result)
+
+
+RULES = [comparison_direction, negated_select, cast_below_view, cast_above_views, noop_shape,
+         reshape_of_reshape, transpose_of_transpose, identity_operand, cast_round_trip,
+         double_negation, square, batch_reshape_before_transpose,
+         transpose_above_broadcast_merge]
 
 
 @register_pass

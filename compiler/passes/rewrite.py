@@ -27,6 +27,15 @@ class Rewriter:
         self.producers: dict[int, Op] = {}
         self.current: Op | None = None
         self.log: list[str] = []
+        # reads of each value (an output counts as one), carried to the values that
+        # replace them: what `single_use` answers for the rewritten graph
+        self.uses = {value_id: len(ops) for value_id, ops in fn.users().items()}
+        for value in fn.outputs:
+            self.uses[value.id] = self.uses.get(value.id, 0) + 1
+
+    def single_use(self, value: Value) -> bool:
+        """Whether one op reads `value` and it is no output of the function."""
+        return self.uses.get(value.id, 0) == 1
 
     def producer(self, value: Value) -> Op | None:
         """The (rewritten) op defining a value, None for a parameter."""
@@ -71,5 +80,7 @@ def rewrite(fn: Function, rules: list[Rule], *, log: list[str] | None = None) ->
         elif replacement.type != op.result.type:  # a rule broke the types: a compiler bug
             raise AssertionError(f"rule changed %{op.id} from {op.result.type} to "
                                  f"{replacement.type}")
+        if replacement is not candidate.result:
+            rw.uses[replacement.id] = rw.uses.get(replacement.id, 0) + rw.uses.get(op.id, 0)
         mapping[op.id] = replacement
     return rw.builder.finish([mapping[v.id] for v in fn.outputs], fn.attrs)

@@ -13,9 +13,22 @@ spmd.py (segments, per-chip programs, runs).
 from __future__ import annotations
 
 from compiler.shard.mesh import Mesh, parse_mesh
-from compiler.shard.propagate import SpmdFunction, shard_function
-from compiler.shard.spmd import SpmdProgram, compile_spmd, run_spmd
 from isa.errors import Diagnostic, UsageError
+
+# propagate.py and spmd.py (and the collective codegen they pull in) load on first use: a
+# one-chip compile reads only annotations.py and must not pay for them.
+_LAZY = {"SpmdFunction": "propagate", "shard_function": "propagate", "SpmdProgram": "spmd",
+         "compile_spmd": "spmd", "run_spmd": "spmd"}
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    globals()[name] = value
+    return value
 
 
 def resolve_mesh(fn, mesh_text: str | None, chips: int) -> Mesh:

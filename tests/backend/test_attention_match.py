@@ -51,6 +51,30 @@ fn main(q: f32[2, 3, 8, 8], k: f32[2, 1, 8, 8], v: f32[3, 2, 8, 8]) -> f32[3, 2,
     p = softmax(q @ transpose(k, [0, 1, 3, 2]), axis=-1)
     return reshape(p, [3, 2, 8, 8]) @ v
 }""",
+    # the mask spelt j <= i, and as an upper-triangle bias: canonicalize turns both into i >= j
+    "mask_flipped": """
+fn main(q: f32[24, 16], k: f32[24, 16], v: f32[24, 16]) -> f32[24, 16] {
+    mask = arange(24)[None, :] <= arange(24)[:, None]
+    return softmax(where(mask, q @ transpose(k), -inf), axis=-1) @ v
+}""",
+    "upper_triangle_bias": """
+fn main(q: f32[24, 16], k: f32[24, 16], v: f32[24, 16]) -> f32[24, 16] {
+    bias = where(arange(24)[:, None] < arange(24)[None, :], -inf, 0.0)
+    return softmax(q @ transpose(k) * 0.25 + bias, axis=-1) @ v
+}""",
+    # q, k and v cast up to f32 before the products (the DMAs convert; q @ kᵀ multiplies
+    # bf16 at its rate, exact), K/V broadcast to the heads through stride 0
+    "f32_casts_of_bf16_inputs": """
+fn main(q: bf16[20, 4, 32], k: bf16[20, 2, 32], v: bf16[20, 2, 32]) -> f32[20, 4, 32] {
+    qh = transpose(cast(q, f32), [1, 0, 2])
+    kh = reshape(broadcast_to(transpose(cast(k, f32), [1, 0, 2])[:, None], [2, 2, 20, 32]),
+                 [4, 20, 32])
+    vh = reshape(broadcast_to(transpose(cast(v, f32), [1, 0, 2])[:, None], [2, 2, 20, 32]),
+                 [4, 20, 32])
+    mask = arange(20)[None, :] <= arange(20)[:, None]
+    p = softmax(where(mask, qh @ transpose(kh, [0, 2, 1]) / sqrt(32), -inf))
+    return transpose(p @ vh, [1, 0, 2])
+}""",
     "cross_attention": """
 fn main(q: f32[3, 10, 16], k: f32[3, 40, 16], v: f32[3, 40, 16]) -> f32[3, 10, 16] {
     return softmax(q @ transpose(k, [0, 2, 1]) * 0.25, axis=-1) @ v
@@ -94,6 +118,17 @@ fn main(q: f32[24, 16], k: f32[24, 16], v: f32[24, 16]) -> f32[24, 16] {
     mask = arange(24)[:, None] > arange(24)[None, :]
     return softmax(where(mask, q @ transpose(k), -inf), axis=-1) @ v
 }""",
+    # -inf on the diagonal too: the first query sees no key
+    "upper_triangle_bias_with_diagonal": """
+fn main(q: f32[24, 16], k: f32[24, 16], v: f32[24, 16]) -> f32[24, 16] {
+    bias = where(arange(24)[:, None] <= arange(24)[None, :], -inf, 0.0)
+    return softmax(q @ transpose(k) + bias, axis=-1) @ v
+}""",
+    "mask_strict_flipped": """
+fn main(q: f32[24, 16], k: f32[24, 16], v: f32[24, 16]) -> f32[24, 16] {
+    mask = arange(24)[None, :] < arange(24)[:, None]
+    return softmax(where(mask, q @ transpose(k), -inf), axis=-1) @ v
+}""",
     "mask_finite_fill": """
 fn main(q: f32[24, 16], k: f32[24, 16], v: f32[24, 16]) -> f32[24, 16] {
     mask = arange(24)[:, None] >= arange(24)[None, :]
@@ -134,3 +169,62 @@ def test_fp8_minus_inf_is_nan_in_every_pipeline():
         want = np.asarray(reference[0], np.float32)
         assert np.isnan(want[:-1]).all()  # every row but the last has a masked (NaN) score
         assert np.isfinite(want[-1]).all()
+
+
+def test_canonical_comparisons_are_exact_for_every_value():
+    """a <= b is b >= a (NaN included); a select on an integer a > b swaps to b >= a."""
+    import numpy as np
+
+    import zhenwu
+
+    source = """
+fn main(a: f32[6], b: f32[6], i: i32[6], j: i32[6], x: f32[6],
+        y: f32[6]) -> (bool[6], bool[6], f32[6], f32[6]) {
+    return a <= b, a < b, where(i > j, x, y), where(i < j, x, y)
+}"""
+    fn = run_pipeline(load_program("t.zt", text=source), default_graph_pipeline())
+    kinds = [op.kind for op in fn.ops]
+    assert "le" not in kinds and "lt" not in kinds and kinds.count("gt") == 1  # a < b
+    inputs = {"a": np.array([1, 2, np.nan, 3, -1, 0], np.float32),
+              "b": np.array([1, 1, 0, np.nan, 0, -0.0], np.float32),
+              "i": np.array([0, 1, 2, -3, 5, 5], np.int32),
+              "j": np.array([0, 2, 1, -3, 4, 6], np.int32),
+              "x": np.arange(6, dtype=np.float32), "y": -np.arange(6, dtype=np.float32)}
+    for opt in (0, 2):
+        got, _ = zhenwu.compile(source, opt=opt).run(inputs)
+        for have, want in zip(got, zhenwu.reference(source, inputs)):
+            assert np.array_equal(have, want)
+
+
+def test_cast_operands_run_race_free_with_several_tiles_per_core():
+    """The f32-cast spelling on a 2-core machine: every core runs several query tiles, and
+    the functional run (race detector on) gives the reference's values."""
+    from dataclasses import replace
+
+    import numpy as np
+
+    import zhenwu
+    from compiler.check import relative_error
+    from isa.machine import load_machine
+
+    source = ACCEPTED["f32_casts_of_bf16_inputs"].replace("20", "300")
+    target = replace(load_machine("m890"), cores=2)
+    prog = zhenwu.compile(source, machine=target)
+    assert prog.kernel_count == 1
+    nest = prog.kernel_ir.kernels[0].nests[0]
+    assert nest.parallel_tiles >= 3 * target.cores
+    rng = np.random.default_rng(1)
+    inputs = {p.name: rng.standard_normal(p.type.shape).astype(np.float32)
+              for p in prog.function.params}
+    (got,), _ = prog.run(inputs)
+    assert relative_error(got, zhenwu.reference(source, inputs)[0]) < 1e-4
+
+
+def test_a_narrowing_cast_of_q_stays_its_own_kernel():
+    """f32 -> bf16 rounds q: the flash kernel's DMA cannot do that cast, so it is not taken."""
+    source = """
+fn main(q: f32[24, 16], k: bf16[24, 16], v: bf16[24, 16]) -> bf16[24, 16] {
+    return softmax(cast(q, bf16) @ transpose(k), axis=-1) @ v
+}"""
+    fn, compiled, _, _ = compile_and_run(source, opt_level=2)
+    assert _flash_kernels(compiled) == 1 and compiled.kernel_count == 2
