@@ -17,17 +17,27 @@ that simulation and this model agree:
   peer: "lanes"); all-reduce is a direct reduce-scatter (puts with `.add`) then a direct
   all-gather. Time: a readiness signal (alpha), then per phase the busiest channel's bytes
   over its bandwidth (switch port, link bundle, NIC, or a chip's HBM) plus the largest alpha.
+- `oneshot` (all-reduce only): every chip copies its buffer to a scratch buffer in its own
+  HBM (HBM read and write), says it is ready, and adds the whole scratch into every peer's
+  buffer at once: one alpha fewer than `direct` for p-1 times the bytes, so it wins for small
+  (latency-bound) messages.
 - `ring`: p-1 steps to the next chip (2(p-1) for all-reduce), each waiting for the previous
   step's piece: per step alpha + piece / bandwidth; plus the readiness alpha.
+- `rhd` (recursive halving-doubling; a power-of-two group; not all-to-all): a readiness
+  signal to the log2(p) partners, then log2(p) halving steps (reduce-scatter: step k adds
+  half of the current block into the partner at distance p / 2^k) and log2(p) doubling steps
+  (all-gather), each waiting for the previous: per step alpha + its bytes / bandwidth.
 - between nodes (more chips than `[system] chips_per_node`): `hierarchical`: a direct
   reduce-scatter inside each node, an all-reduce of each chip's 1/c share across the nodes
-  over the NICs (`ring`, or recursive halving-doubling `rhd` in this model only), then a
-  direct all-gather inside each node.
+  over the NICs (`ring`, or recursive halving-doubling `rhd`, lowered for a power-of-two
+  number of nodes; the model also folds other counts), then a direct all-gather inside
+  each node.
 
 Each phase's time is alpha + beta terms: alpha from `link.alpha_seconds` per hop or
 `nic.alpha_seconds`, beta from the channels' bandwidths (isa/topology.py). The choice is the
-cheapest algorithm for the size: direct for everything on a switch or a full mesh (fewest
-alphas, every link busy), ring for large messages on a ring.
+cheapest algorithm for the size, among those that apply to the kind and the group: on a
+switch, oneshot for small all-reduces and direct otherwise; ring for large messages on a
+ring topology.
 """
 
 from __future__ import annotations
@@ -42,7 +52,7 @@ from isa.topology import Topology
 KINDS = ("allreduce", "allgather", "reducescatter", "alltoall")
 # algorithms the compiler can lower (and the simulator run); "hierarchical" is the composite
 # across nodes
-LOWERED = ("direct", "ring")
+LOWERED = ("direct", "oneshot", "ring", "rhd")
 INTER_NODE = ("ring", "rhd")
 
 
@@ -112,23 +122,40 @@ def collective_cost(kind: str, nbytes: int, chips: int, machine: Machine,
     per_node = machine.chips_per_node
     nodes = {chip // per_node for chip in group}
     if len(nodes) > 1:
-        if lowered_only and algorithm is None:
-            algorithm = "ring"
         if algorithm is not None and algorithm.startswith("hierarchical("):
             algorithm = algorithm[len("hierarchical("):-1]
-        return _hierarchical(kind, nbytes, group, machine, algorithm)
-    candidates = LOWERED if algorithm is None else (algorithm,)
+        return _hierarchical(kind, nbytes, group, machine, algorithm, lowered_only)
+    if algorithm is None:
+        candidates = tuple(name for name in LOWERED
+                           if applies(name, kind, len(group)) is None)
+    else:
+        if algorithm not in LOWERED:
+            raise UsageError(f"unknown algorithm '{algorithm}' inside a node (one of: "
+                             f"{', '.join(LOWERED)})")
+        reason = applies(algorithm, kind, len(group))
+        if reason is not None:
+            raise UsageError(f"no {algorithm} schedule for {kind} over {len(group)} chips: "
+                             f"{reason}")
+        candidates = (algorithm,)
     best = None
     for name in candidates:
-        if name not in LOWERED:
-            raise UsageError(f"unknown algorithm '{name}' inside a node (one of: "
-                             f"{', '.join(LOWERED)})")
         phases = _node_phases(kind, nbytes, group, machine, name)
         cost = CollectiveCost(kind, nbytes, len(group), name, phases)
         if best is None or cost.seconds < best.seconds:
             best = cost
     assert best is not None
     return best
+
+
+def applies(algorithm: str, kind: str, chips: int) -> str | None:
+    """Why `algorithm` has no schedule for `kind` over `chips` chips (None: it has one)."""
+    if algorithm == "oneshot" and kind != "allreduce":
+        return "oneshot is an all-reduce (direct is the one-shot form of the others)"
+    if algorithm in ("ring", "rhd") and kind == "alltoall":
+        return "all-to-all is direct"
+    if algorithm == "rhd" and chips & (chips - 1):
+        return "recursive halving-doubling needs a power-of-two group"
+    return None
 
 
 def _check(kind: str, nbytes: int, chips: int) -> None:
@@ -171,6 +198,10 @@ def _node_phases(kind: str, nbytes: int, group: tuple[int, ...], machine: Machin
                  algorithm: str) -> tuple[Phase, ...]:
     topology = _topology(machine, group)
     p = len(group)
+    if algorithm == "oneshot":
+        return _oneshot_phases(nbytes, group, topology)
+    if algorithm == "rhd":
+        return _rhd_phases(kind, nbytes, group, topology)
     piece = nbytes / p
     if algorithm == "direct":
         def phase(name: str, reduce: bool) -> Phase:
@@ -198,13 +229,61 @@ def _node_phases(kind: str, nbytes: int, group: tuple[int, ...], machine: Machin
     return tuple(phases)
 
 
+def _oneshot_phases(nbytes: int, group: tuple[int, ...], topology: Topology
+                    ) -> tuple[Phase, ...]:
+    """All-reduce in one shot: copy to scratch (HBM read and write), readiness, then every
+    chip adds its whole buffer into all p-1 peers at once."""
+    p = len(group)
+    copy = 2 * nbytes / topology.machine.hbm_bandwidth
+    ready_flows = [(group[r], group[(r - k) % p], 0.0) for r in range(p) for k in range(1, p)]
+    ready, _ = _flows_seconds(topology, ready_flows, False)
+    flows = [(group[r], group[(r + k) % p], float(nbytes)) for r in range(p)
+             for k in range(1, p)]
+    seconds, alpha = _flows_seconds(topology, flows, True)
+    return (Phase("copy to scratch", "local", p, nbytes, copy, 0.0),
+            Phase("ready", "signal", p, 0, ready, ready),
+            Phase("all-reduce", "oneshot", p, nbytes * (p - 1), seconds, alpha))
+
+
+def rhd_distances(chips: int) -> tuple[int, ...]:
+    """The partner distances of recursive halving (p/2, p/4, ..., 1) for a power of two."""
+    return tuple(chips >> k for k in range(1, chips.bit_length()))
+
+
+def _rhd_phases(kind: str, nbytes: int, group: tuple[int, ...], topology: Topology
+                ) -> tuple[Phase, ...]:
+    """Readiness to every partner at once, then one step per distance, each waiting for the
+    previous: halving (reduce-scatter, distances p/2 .. 1, 1/2 .. 1/p of the buffer) and
+    doubling (all-gather, distances 1 .. p/2)."""
+    p = len(group)
+    distances = rhd_distances(p)
+    ready_flows = [(group[r], group[r ^ d], 0.0) for r in range(p) for d in distances]
+    ready, _ = _flows_seconds(topology, ready_flows, False)
+    phases = [Phase("ready", "signal", p, 0, ready, ready)]
+
+    def steps(name: str, order: tuple[int, ...], reduce: bool) -> Phase:
+        seconds = alphas = 0.0
+        for d in order:
+            flows = [(group[r], group[r ^ d], nbytes * d / p) for r in range(p)]
+            step, alpha = _flows_seconds(topology, flows, reduce)
+            seconds, alphas = seconds + step, alphas + alpha
+        return Phase(name, "rhd", p, round(nbytes * (p - 1) / p), seconds, alphas)
+
+    if kind in ("allreduce", "reducescatter"):
+        phases.append(steps("reduce-scatter (halving)", distances, True))
+    if kind in ("allreduce", "allgather"):
+        phases.append(steps("all-gather (doubling)", distances[::-1], False))
+    return tuple(phases)
+
+
 # ---- across nodes -----------------------------------------------------------------------
 
 
 def _hierarchical(kind: str, nbytes: int, group: tuple[int, ...], machine: Machine,
-                  algorithm: str | None) -> CollectiveCost:
+                  algorithm: str | None, lowered_only: bool = False) -> CollectiveCost:
     """Inside each node directly, across nodes over the NICs (see the module docstring).
-    The group must be whole nodes of consecutive chips."""
+    The group must be whole nodes of consecutive chips. `lowered_only`: rhd across nodes
+    only for a power-of-two number of nodes (the fold is not lowered)."""
     per_node = machine.chips_per_node
     chips = len(group)
     if group != tuple(range(group[0], group[0] + chips)) or group[0] % per_node \
@@ -219,6 +298,8 @@ def _hierarchical(kind: str, nbytes: int, group: tuple[int, ...], machine: Machi
     inner = _node_phases("reducescatter" if kind != "allgather" else "allgather", nbytes,
                          local, machine, "direct")
     choices = INTER_NODE if algorithm is None else (algorithm,)
+    if lowered_only and algorithm is None and nodes & (nodes - 1):
+        choices = ("ring",)
     best = None
     for name in choices:
         if name not in INTER_NODE:

@@ -36,7 +36,7 @@ def test_small_allreduce_cycles_by_hand():
     BAR.CHIP at 6018 releases at 6019. SUB, BNEZ; the all-gather PUT starts at 6022 and lands
     at 6022 + 4 + 3000 = 9026; WAIT.S wakes at 9030; BAR.CHIP 9031 -> 9032; HALT ends at 9033.
     """
-    programs, cost = collective_programs("allreduce", 4000, 2, M890)
+    programs, cost = collective_programs("allreduce", 4000, 2, M890, algorithm="direct")
     assert cost.algorithm == "direct"
     rng = np.random.default_rng(1)
     xs = [rng.standard_normal(1000).astype(np.float32) for _ in range(2)]
@@ -47,6 +47,73 @@ def test_small_allreduce_cycles_by_hand():
     # the model: 3 alphas and 2 pieces of 2000 B through an 800 GB/s port (+ HBM in parallel)
     assert cost.seconds == pytest.approx(3 * 2e-6 + 2 * 2000 / 800e9)
     assert run_cluster(programs, M890, timing_only=True).report.cycles == 9033
+
+
+def test_oneshot_allreduce_cycles_by_hand():
+    """The same all-reduce, chosen as oneshot by the model (one alpha fewer than direct).
+
+    Core 0: GETID, SUB, BNEZ; the copy to scratch (a DMA.PUT to this chip: no alpha; 4000 B
+    read and 4000 B written through HBM at 4 TB/s = 2666.7 B/cycle: 3 cycles) starts at 4
+    and lands at 7; WAIT.S wakes at 11, BAR.CHIP at 12 releases at 13. Lane 1: SUB, BNEZ;
+    RSIG starts at 16, lands at 16 + 1 + 3000 = 3017; the PUT.add of the whole 4000 B
+    (ceil(4000 / 533.3) = 8 cycles) wakes at 3021, lands at 3021 + 8 + 3000 = 6029;
+    WAIT.S wakes at 6033, BAR.CHIP 6034 -> 6035, HALT ends at 6036.
+    """
+    programs, cost = collective_programs("allreduce", 4000, 2, M890)
+    assert cost.algorithm == "oneshot"
+    rng = np.random.default_rng(2)
+    xs = [rng.standard_normal(1000).astype(np.float32) for _ in range(2)]
+    result = run_cluster(programs, M890, [{"buf": x} for x in xs])
+    assert result.report.cycles == 6036
+    for out in result.outputs:
+        np.testing.assert_allclose(out["buf"], xs[0] + xs[1], rtol=1e-6)
+    # the model: the copy (8000 B of HBM), 2 alphas, 4000 B through an 800 GB/s port
+    assert cost.seconds == pytest.approx(8000 / 4e12 + 2 * 2e-6 + 4000 / 800e9)
+
+
+def test_rhd_allreduce_cycles_by_hand():
+    """Recursive halving-doubling on 2 chips (one step each way), 4000 B, core 0.
+
+    RSIG to the partner starts at 4 and lands at 3005; the halving PUT.add (2000 B, 4
+    cycles) waits for it: wakes at 3009, lands at 3009 + 4 + 3000 = 6013; the doubling PUT
+    waits for that: wakes at 6017, lands at 6021 + 3000 = 9021; WAIT.NET wakes at 9025,
+    BAR.CHIP releases at 9026, HALT ends at 9027. Model: 3 alphas, 2 x 2000 B at 800 GB/s.
+    """
+    programs, cost = collective_programs("allreduce", 4000, 2, M890, algorithm="rhd")
+    assert run_cluster(programs, M890, timing_only=True).report.cycles == 9027
+    assert cost.seconds == pytest.approx(3 * 2e-6 + 2 * 2000 / 800e9)
+
+
+def test_algorithm_chosen_by_size_from_the_machine():
+    """On the M890 switch: oneshot below the size where its extra (p-2) x n bytes cost more
+    than the alpha it saves, direct above; both from the machine's link numbers."""
+    alpha = M890.link_alpha
+    port = M890.link_total_bandwidth
+    # oneshot: copy + 2 alpha + 7n/port; direct: 3 alpha + 2 (7/8) n / port
+    crossover = alpha / ((7 - 2 * 7 / 8) / port + 2 / M890.hbm_bandwidth)
+    below, above = int(crossover * 0.9) // 32 * 32, int(crossover * 1.1) // 32 * 32
+    assert collective_cost("allreduce", below, 8, M890).algorithm == "oneshot"
+    assert collective_cost("allreduce", above, 8, M890).algorithm == "direct"
+    # simulated at 4 KiB: oneshot beats direct, rhd and ring (latency-bound: fewer alphas)
+    times = {}
+    for algorithm in ("oneshot", "direct", "rhd", "ring"):
+        programs, cost = collective_programs("allreduce", 4096, 8, M890, algorithm=algorithm)
+        times[algorithm] = run_cluster(programs, M890, timing_only=True).report.seconds
+        assert times[algorithm] == pytest.approx(cost.seconds, rel=0.01)
+    assert times["oneshot"] < times["direct"] < times["rhd"] < times["ring"]
+    assert times["oneshot"] == pytest.approx(2 * alpha, rel=0.02)
+    assert times["ring"] == pytest.approx(15 * alpha, rel=0.02)
+
+
+def test_algorithms_refuse_what_they_do_not_handle():
+    with pytest.raises(UsageError, match="needs a power-of-two group"):
+        collective_cost("allreduce", 4096, 6, M890, algorithm="rhd")
+    with pytest.raises(UsageError, match="oneshot is an all-reduce"):
+        collective_cost("allgather", 4096, 8, M890, algorithm="oneshot")
+    with pytest.raises(UsageError, match="all-to-all is direct"):
+        collective_cost("alltoall", 4096, 8, M890, algorithm="rhd")
+    # not a candidate where it does not apply: 6 chips never pick rhd
+    assert collective_cost("allreduce", 1 << 30, 6, M890).algorithm == "direct"
 
 
 def _expected(kind: str, xs: list[np.ndarray], rank: int, p: int):
@@ -66,7 +133,10 @@ def _expected(kind: str, xs: list[np.ndarray], rank: int, p: int):
     ("reducescatter", 8, M890, None), ("alltoall", 8, M890, None),
     ("allreduce", 3, M890, "ring"), ("allgather", 5, M890, "ring"),
     ("reducescatter", 4, M890, "ring"), ("alltoall", 7, Z810E, None),
-    ("allreduce", 16, M890, None),
+    ("allreduce", 16, M890, None), ("allreduce", 8, M890, "oneshot"),
+    ("allreduce", 8, M890, "rhd"), ("reducescatter", 8, M890, "rhd"),
+    ("allgather", 4, Z810E, "rhd"), ("allreduce", 2, M890, "oneshot"),
+    ("allreduce", 32, M890, None),
 ])
 def test_collectives_compute_what_they_say(kind, chips, machine, algorithm):
     n = 203 if kind != "alltoall" else 224  # unequal pieces; all-to-all needs equal blocks
@@ -115,6 +185,17 @@ def test_across_nodes_simulation_agrees_with_model():
     assert seconds == pytest.approx(cost.seconds, rel=0.05)
 
 
+def test_rhd_across_nodes_agrees_with_model():
+    """32 chips in 4 nodes: recursive halving-doubling across the NICs (2 steps each way,
+    not the ring's 3), lowered and simulated, within 5% of the model."""
+    programs, cost = collective_programs("allreduce", 4 << 20, 32, M890)
+    assert cost.algorithm == "hierarchical(rhd)"
+    ring = collective_cost("allreduce", 4 << 20, 32, M890, algorithm="ring")
+    assert ring.seconds - cost.seconds == pytest.approx(2 * M890.nic_alpha)
+    seconds = run_cluster(programs, M890, timing_only=True).report.seconds
+    assert seconds == pytest.approx(cost.seconds, rel=0.05)
+
+
 def test_model_numbers():
     # 10000 chips, 1 GiB: node reduce-scatter and all-gather, recursive halving-doubling
     # over 1250 nodes' NICs (not a power of two: the fold adds two whole exchanges)
@@ -127,7 +208,7 @@ def test_model_numbers():
     # a ring topology: ring beats direct for big messages, not for small ones
     ring = _machine("ring")
     assert collective_cost("allreduce", 1 << 30, 8, ring).algorithm == "ring"
-    assert collective_cost("allreduce", 4096, 8, ring).algorithm == "direct"
+    assert collective_cost("allreduce", 4096, 8, ring).algorithm == "oneshot"
     assert collective_cost("allreduce", 100, 1, M890).seconds == 0.0
     with pytest.raises(UsageError, match="unknown collective"):
         collective_cost("allsum", 1, 8, M890)
