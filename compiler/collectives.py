@@ -31,7 +31,8 @@ that simulation and this model agree:
   reduce-scatter inside each node, an all-reduce of each chip's 1/c share across the nodes
   over the NICs (`ring`, or recursive halving-doubling `rhd`, lowered for a power-of-two
   number of nodes; the model also folds other counts), then a direct all-gather inside
-  each node.
+  each node. All-to-all across nodes is `direct` over all the chips (NIC routes between
+  nodes; lowered up to `cores` + 1 chips, one core per peer).
 
 Each phase's time is alpha + beta terms: alpha from `link.alpha_seconds` per hop or
 `nic.alpha_seconds`, beta from the channels' bandwidths (isa/topology.py). The choice is the
@@ -54,6 +55,8 @@ KINDS = ("allreduce", "allgather", "reducescatter", "alltoall")
 # across nodes
 LOWERED = ("direct", "oneshot", "ring", "rhd")
 INTER_NODE = ("ring", "rhd")
+LANES = ("direct", "oneshot")  # one core per peer: at most `cores` + 1 chips when lowered
+FLOW_LIMIT = 64  # chips: above, all-to-all across nodes is costed per channel class
 
 
 @dataclass(frozen=True)
@@ -121,13 +124,17 @@ def collective_cost(kind: str, nbytes: int, chips: int, machine: Machine,
         return CollectiveCost(kind, nbytes, 1, "none", ())
     per_node = machine.chips_per_node
     nodes = {chip // per_node for chip in group}
+    if len(nodes) > 1 and kind == "alltoall":
+        return _alltoall_across(nbytes, group, machine, algorithm, lowered_only)
     if len(nodes) > 1:
         if algorithm is not None and algorithm.startswith("hierarchical("):
             algorithm = algorithm[len("hierarchical("):-1]
         return _hierarchical(kind, nbytes, group, machine, algorithm, lowered_only)
     if algorithm is None:
         candidates = tuple(name for name in LOWERED
-                           if applies(name, kind, len(group)) is None)
+                           if applies(name, kind, len(group)) is None
+                           and not (lowered_only and name in LANES
+                                    and len(group) > machine.cores))
     else:
         if algorithm not in LOWERED:
             raise UsageError(f"unknown algorithm '{algorithm}' inside a node (one of: "
@@ -290,8 +297,6 @@ def _hierarchical(kind: str, nbytes: int, group: tuple[int, ...], machine: Machi
             or chips % per_node:
         raise UsageError(f"a collective across nodes needs whole nodes of {per_node} "
                          f"consecutive chips, got {chips} chips from chip {group[0]}")
-    if kind == "alltoall":
-        raise UsageError("all-to-all across nodes is not modelled yet")
     nodes = chips // per_node
     local = tuple(range(group[0], group[0] + per_node))
     share = nbytes / per_node  # each chip's piece after the node's reduce-scatter
@@ -317,6 +322,39 @@ def _hierarchical(kind: str, nbytes: int, group: tuple[int, ...], machine: Machi
             best = cost
     assert best is not None
     return best
+
+
+def _alltoall_across(nbytes: int, group: tuple[int, ...], machine: Machine,
+                     algorithm: str | None, lowered_only: bool) -> CollectiveCost:
+    """All-to-all across nodes: direct, every chip sending its p-1 blocks at once, inside
+    its node over the links and to the other nodes over its NIC. Up to FLOW_LIMIT chips
+    every flow is routed (as inside a node); above, by symmetry, one node's flows give the
+    links' time and each chip's NIC carries its (p - c) blocks each way (whole nodes)."""
+    p = len(group)
+    if algorithm not in (None, "direct"):
+        raise UsageError(f"all-to-all across nodes is direct, not '{algorithm}'")
+    if lowered_only and p > machine.cores:
+        raise UsageError(f"a direct all-to-all over {p} chips needs {p - 1} cores (one per "
+                         f"peer); {machine.name} has {machine.cores}")
+    if p <= FLOW_LIMIT:
+        return CollectiveCost("alltoall", nbytes, p, "direct",
+                              _node_phases("alltoall", nbytes, group, machine, "direct"))
+    per_node = machine.chips_per_node
+    if p % per_node or group != tuple(range(group[0], group[0] + p)) or group[0] % per_node:
+        raise UsageError(f"an all-to-all across nodes needs whole nodes of {per_node} "
+                         f"consecutive chips, got {p} chips from chip {group[0]}")
+    piece = nbytes / p
+    local = tuple(range(per_node))
+    topology = _topology(machine, local)
+    flows = [(a, b, piece) for a in local for b in local if a != b]
+    node_seconds, node_alpha = _flows_seconds(topology, flows, False) if per_node > 1 \
+        else (0.0, 0.0)
+    beta = max(node_seconds - node_alpha, (p - per_node) * piece / machine.nic_bandwidth,
+               2 * (p - 1) * piece / machine.hbm_bandwidth)
+    alpha = machine.nic_alpha
+    return CollectiveCost("alltoall", nbytes, p, "direct", (
+        Phase("ready", "signal", p, 0, alpha, alpha),
+        Phase("all-to-all", "direct", p, round(piece * (p - 1)), alpha + beta, alpha)))
 
 
 def _inter_node(kind: str, nbytes: float, nodes: int, machine: Machine,

@@ -196,6 +196,38 @@ def test_rhd_across_nodes_agrees_with_model():
     assert seconds == pytest.approx(cost.seconds, rel=0.05)
 
 
+def test_alltoall_across_nodes(monkeypatch):
+    """16 chips in 2 nodes: direct, 8 blocks each way over each NIC; the simulation
+    computes it and agrees with the model within 5%; above FLOW_LIMIT chips the model
+    costs channel classes, which gives the routed flows' numbers where both apply."""
+    import compiler.collectives as model
+
+    n = 16 * 14
+    programs, cost = collective_programs("alltoall", n * 4, 16, M890)
+    assert cost.algorithm == "direct"
+    rng = np.random.default_rng(16)
+    xs = [rng.standard_normal(n).astype(np.float32) for _ in range(16)]
+    result = run_cluster(programs, M890, [{"buf": x} for x in xs])
+    for rank, outputs in enumerate(result.outputs):
+        name, part, expected = _expected("alltoall", xs, rank, 16)
+        np.testing.assert_array_equal(outputs[name][part], expected)
+    for nbytes in (4096, 16 << 20):
+        programs, cost = collective_programs("alltoall", nbytes, 16, M890)
+        seconds = run_cluster(programs, M890, timing_only=True).report.seconds
+        assert seconds == pytest.approx(cost.seconds, rel=0.05)
+    # 16 MiB: each NIC sends 8 blocks of 1 MiB at 50 GB/s after two NIC alphas
+    big = collective_cost("alltoall", 16 << 20, 16, M890)
+    assert big.seconds == pytest.approx(2 * 8e-6 + 8 * (1 << 20) / 50e9)
+    flows = collective_cost("alltoall", 1 << 20, 32, M890).seconds
+    monkeypatch.setattr(model, "FLOW_LIMIT", 0)
+    assert collective_cost("alltoall", 1 << 20, 32, M890).seconds == pytest.approx(flows)
+    monkeypatch.undo()
+    assert collective_cost("alltoall", 1 << 30, 10_000, M890).seconds == pytest.approx(
+        2 * 8e-6 + 9992 * ((1 << 30) / 10_000) / 50e9)
+    with pytest.raises(UsageError, match="needs 39 cores"):
+        collective_programs("alltoall", 40 * 64, 40, M890)
+
+
 def test_model_numbers():
     # 10000 chips, 1 GiB: node reduce-scatter and all-gather, recursive halving-doubling
     # over 1250 nodes' NICs (not a power of two: the fold adds two whole exchanges)
