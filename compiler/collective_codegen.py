@@ -15,7 +15,8 @@ events, whatever the timing (the functional simulator executes a transfer when i
 - `direct` (core k of every chip is "lane" k, 1 <= k < p): lane k sends to rank r+k and
   receives from rank r-k; phases are separated by `BAR.CHIP`;
 - `ring` (core 0): p-1 steps to the right neighbour per phase, each waiting for the left
-  neighbour's previous piece; before the all-gather half of an all-reduce the right
+  neighbour's previous piece (pipelined: each piece in chunks, chunk j waiting only for the
+  left neighbour's chunk j); before the all-gather half of an all-reduce the right
   neighbour says that its reduce-scatter has read all its pieces (`rsdone`);
 - `oneshot` (all-reduce, lanes 1..p-1): copy the buffer to a scratch buffer, then add the
   whole scratch into every peer at once (small messages: one alpha fewer than direct);
@@ -89,6 +90,7 @@ class CollectiveSpec:
     event_base: int = 0
     label: str = "coll"
     scratch: Region | None = None
+    chunks: int = 1  # ring: each piece in this many pipelined chunks
 
 
 class _Emitter:
@@ -207,12 +209,14 @@ def _direct(em: _Emitter, kind: str, group: tuple[int, ...], rank: int, src: Reg
 
 
 def _ring(em: _Emitter, kind: str, group: tuple[int, ...], rank: int, src: Region,
-          core: int = 0) -> None:
+          core: int = 0, chunks: int = 1) -> None:
     """One ring phase on one core. Reduce-scatter step s adds piece r-1-s into the right
-    neighbour (rank r ends with piece r); all-gather step s writes piece r-s there. Step s+1
-    waits for the left neighbour's step s. In an all-reduce the first all-gather write waits
-    also for the right neighbour's `rsdone`, sent after its last reduce-scatter put has read
-    its piece: every piece the all-gather overwrites there has been read."""
+    neighbour (rank r ends with piece r); all-gather step s writes piece r-s there. Each
+    piece goes in `chunks` chunks back to back; chunk j of step s+1 waits for chunk j of
+    the left neighbour's step s (its arrivals land in order: one NET queue, one route, so
+    the n-th wait takes chunk n). In an all-reduce the first all-gather write waits also
+    for the right neighbour's `rsdone`, sent after its last reduce-scatter put has read its
+    piece: every piece the all-gather overwrites there has been read."""
     p = len(group)
     ready, arrive, gathered, rsdone = em.events()
     left, right = group[(rank - 1) % p], group[(rank + 1) % p]
@@ -220,23 +224,32 @@ def _ring(em: _Emitter, kind: str, group: tuple[int, ...], rank: int, src: Regio
     if kind in ("allreduce", "reducescatter"):
         for step in range(p - 1):
             piece = src.piece((rank - 1 - step) % p, p)
-            body.append(_put(right, piece, piece, arrive, add=True,
-                             waits=(ready,) if step == 0 else (arrive,)))
+            for chunk in range(chunks):
+                part = piece.piece(chunk, chunks)
+                if step:
+                    waits: tuple[int | str, ...] = (arrive,)
+                else:
+                    waits = (ready,) if chunk == 0 else ()
+                body.append(_put(right, part, part, arrive, add=True, waits=waits))
         if kind == "reducescatter":  # in the NET queue: its puts consume E(arrive) too
-            body.append(f"    WAIT.NET E{arrive}")
+            body.append(f"    WAIT.NET E{arrive}:{chunks}" if chunks > 1
+                        else f"    WAIT.NET E{arrive}")
         else:
             body.append(f"    RSIG {left}, E{rsdone}")
     if kind in ("allreduce", "allgather"):
         for step in range(p - 1):
             piece = src.piece((rank - step) % p, p)
-            if step:
-                waits: tuple[int, ...] = (gathered,)
-            elif kind == "allreduce":
-                waits = (arrive, rsdone)
-            else:
-                waits = (ready,)
-            body.append(_put(right, piece, piece, gathered, waits=waits))
-        body.append(f"    WAIT.NET E{gathered}")
+            for chunk in range(chunks):
+                part = piece.piece(chunk, chunks)
+                if step:
+                    waits = (gathered,)
+                elif kind == "allreduce":
+                    waits = (arrive, rsdone) if chunk == 0 else (arrive,)
+                else:
+                    waits = (ready,) if chunk == 0 else ()
+                body.append(_put(right, part, part, gathered, waits=waits))
+        body.append(f"    WAIT.NET E{gathered}:{chunks}" if chunks > 1
+                    else f"    WAIT.NET E{gathered}")
     em.add_phase({core: body})
 
 
@@ -347,7 +360,7 @@ def collective_asm(spec: CollectiveSpec, chip: int) -> list[str]:
             em.add_phase({0: [_put(chip, buffer.piece(rank, len(group)), spec.src, copied),
                               f"    WAIT.S E{copied}"]})
         if spec.algorithm == "ring":
-            _ring(em, spec.kind, group, rank, buffer)
+            _ring(em, spec.kind, group, rank, buffer, chunks=spec.chunks)
         else:
             _rhd(em, spec.kind, group, rank, buffer)
     elif spec.algorithm in ("hierarchical(ring)", "hierarchical(rhd)"):
@@ -373,7 +386,7 @@ def _hierarchical(em: _Emitter, spec: CollectiveSpec, rank: int) -> None:
                                  "needs a power of two")
             _rhd(em, "allreduce", cross, node, share)
         else:
-            _ring(em, "allreduce", cross, node, share)
+            _ring(em, "allreduce", cross, node, share, chunks=spec.chunks)
         _direct(em, "allgather", node_group, local, spec.src, None, ready=False)
     else:
         # the pieces a chip ends with would not be in rank order (node-major): not lowered
@@ -403,7 +416,8 @@ def collective_programs(kind: str, nbytes: int, chips: int, machine: Machine,
         scratch = Region("scratch", 0, elements * size, dtype)
     spec = CollectiveSpec(kind, cost.algorithm, tuple(range(chips)),
                           Region("buf", 0, elements * size, dtype), dst,
-                          machine.chips_per_node, label=kind, scratch=scratch)
+                          machine.chips_per_node, label=kind, scratch=scratch,
+                          chunks=cost.chunks)
     programs = []
     for chip in range(chips):
         lines = header + collective_asm(spec, chip) + ["    HALT"]

@@ -22,7 +22,9 @@ that simulation and this model agree:
   buffer at once: one alpha fewer than `direct` for p-1 times the bytes, so it wins for small
   (latency-bound) messages.
 - `ring`: p-1 steps to the next chip (2(p-1) for all-reduce), each waiting for the previous
-  step's piece: per step alpha + piece / bandwidth; plus the readiness alpha.
+  step's piece: per step alpha + piece / bandwidth; plus the readiness alpha. Pipelined:
+  a piece goes in chunks, and chunk j of a step waits only for chunk j of the previous
+  step, so the alphas hide behind the transfers (`ring_pipeline` picks the count).
 - `rhd` (recursive halving-doubling; a power-of-two group; not all-to-all): a readiness
   signal to the log2(p) partners, then log2(p) halving steps (reduce-scatter: step k adds
   half of the current block into the partner at distance p / 2^k) and log2(p) doubling steps
@@ -69,6 +71,7 @@ class Phase:
     nbytes: int
     seconds: float
     alpha_seconds: float
+    chunks: int = 1  # a ring's pieces are sent in this many chunks (pipelined steps)
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,11 @@ class CollectiveCost:
     @property
     def seconds(self) -> float:
         return sum(phase.seconds for phase in self.phases)
+
+    @property
+    def chunks(self) -> int:
+        """The chunks a ring phase sends each piece in (1: whole pieces)."""
+        return max((phase.chunks for phase in self.phases), default=1)
 
     @property
     def algbw(self) -> float:
@@ -219,8 +227,9 @@ def _node_phases(kind: str, nbytes: int, group: tuple[int, ...], machine: Machin
         def phase(name: str, reduce: bool) -> Phase:
             flows = [(group[r], group[(r + 1) % p], piece) for r in range(p)]
             step, alpha = _flows_seconds(topology, flows, reduce)
-            return Phase(name, "ring", p, round(piece * (p - 1)), step * (p - 1),
-                         alpha * (p - 1))
+            chunks, seconds = ring_pipeline(p - 1, step - alpha, alpha, machine)
+            return Phase(name, "ring", p, round(piece * (p - 1)), seconds, alpha * (p - 1),
+                         chunks)
     ready_flows = [(group[r], group[(r - 1) % p], 0.0) for r in range(p)]
     if algorithm == "direct":
         ready_flows = [(group[r], group[(r - k) % p], 0.0) for r in range(p)
@@ -234,6 +243,24 @@ def _node_phases(kind: str, nbytes: int, group: tuple[int, ...], machine: Machin
     if kind == "alltoall":
         phases.append(phase("all-to-all", False))
     return tuple(phases)
+
+
+def ring_pipeline(steps: int, beta: float, alpha: float, machine: Machine
+                  ) -> tuple[int, float]:
+    """The chunk count (1 .. the NET queue's depth) that makes `steps` ring steps of `beta`
+    seconds of bytes and `alpha` start-up fastest, and that time. The chunks of a piece go
+    back to back on one NET queue; chunk j of step s waits only for chunk j of step s-1
+    from the left: step s starts max(beta, beta / chunks + alpha) after step s-1, and the
+    last lands beta + alpha after it starts (one chunk: steps x (alpha + beta), the
+    unpipelined ring). Each chunk's wait costs an event wake-up, which the choice counts
+    (so latency-bound pieces are not cut up for nothing)."""
+    wake = machine.event_wake_latency / machine.clock_hz
+    best, best_score = (1, steps * (alpha + beta)), steps * (alpha + beta + wake)
+    for chunks in range(2, machine.queue_depth + 1):
+        seconds = (steps - 1) * max(beta, beta / chunks + alpha) + beta + alpha
+        if seconds + steps * chunks * wake < best_score:
+            best, best_score = (chunks, seconds), seconds + steps * chunks * wake
+    return best
 
 
 def _oneshot_phases(nbytes: int, group: tuple[int, ...], topology: Topology
@@ -368,9 +395,11 @@ def _inter_node(kind: str, nbytes: float, nodes: int, machine: Machine,
     ready = Phase("ready across nodes", "signal", nodes, 0, alpha, alpha)
     if algorithm == "ring":
         steps = halves * (nodes - 1)
-        seconds = steps * (alpha + nbytes / nodes / bandwidth)
-        return [ready, Phase(name, "ring", nodes, round(nbytes * (nodes - 1) / nodes), seconds,
-                             steps * alpha)]
+        # each half pipelined on its own (the all-gather's first step waits for the last
+        # reduce-scatter chunk)
+        chunks, half = ring_pipeline(nodes - 1, nbytes / nodes / bandwidth, alpha, machine)
+        return [ready, Phase(name, "ring", nodes, round(nbytes * (nodes - 1) / nodes),
+                             halves * half, steps * alpha, chunks)]
     # recursive halving (reduce-scatter) then doubling (all-gather); a node count that is
     # not a power of two first folds the extra nodes in (one exchange of the whole message
     # each way)
