@@ -37,14 +37,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from compiler.collectives import CollectiveCost, collective_cost, rhd_distances
+from compiler.collectives import (
+    EVENTS_PER_PHASE,
+    CollectiveCost,
+    collective_cost,
+    rhd_distances,
+)
 from isa.asm import parse_assembly
 from isa.dtypes import itemsize
 from isa.errors import UsageError
 from isa.machine import Machine
 from isa.program import Program
 
-EVENTS_PER_PHASE = 4  # ready, arrivals (RS or A2A), arrivals (AG), rsdone
 
 
 @dataclass(frozen=True)
@@ -91,6 +95,7 @@ class CollectiveSpec:
     label: str = "coll"
     scratch: Region | None = None
     chunks: int = 1  # ring: each piece in this many pipelined chunks
+    pipeline: int = 1  # hierarchical all-reduce: chunks in flight through node and NICs
 
 
 class _Emitter:
@@ -217,8 +222,14 @@ def _ring(em: _Emitter, kind: str, group: tuple[int, ...], rank: int, src: Regio
     the n-th wait takes chunk n). In an all-reduce the first all-gather write waits also
     for the right neighbour's `rsdone`, sent after its last reduce-scatter put has read its
     piece: every piece the all-gather overwrites there has been read."""
+    em.add_phase({core: _ring_body(em.events(), kind, group, rank, src, chunks)})
+
+
+def _ring_body(events: tuple[int, int, int, int], kind: str, group: tuple[int, ...],
+               rank: int, src: Region, chunks: int = 1) -> list[str]:
+    """The lines of `_ring` on its core, with these 4 events."""
     p = len(group)
-    ready, arrive, gathered, rsdone = em.events()
+    ready, arrive, gathered, rsdone = events
     left, right = group[(rank - 1) % p], group[(rank + 1) % p]
     body = [f"    RSIG {left}, E{ready}"]
     if kind in ("allreduce", "reducescatter"):
@@ -250,7 +261,7 @@ def _ring(em: _Emitter, kind: str, group: tuple[int, ...], rank: int, src: Regio
                 body.append(_put(right, part, part, gathered, waits=waits))
         body.append(f"    WAIT.NET E{gathered}:{chunks}" if chunks > 1
                     else f"    WAIT.NET E{gathered}")
-    em.add_phase({core: body})
+    return body
 
 
 # ---- one shot ---------------------------------------------------------------------------
@@ -378,7 +389,11 @@ def _hierarchical(em: _Emitter, spec: CollectiveSpec, rank: int) -> None:
     node_group = group[node * per_node:(node + 1) * per_node]
     cross = tuple(group[n * per_node + local] for n in range(len(group) // per_node))
     share = spec.src.piece(local, per_node)
-    if spec.kind == "allreduce":
+    if spec.kind == "allreduce" and spec.pipeline > 1:
+        if spec.algorithm != "hierarchical(ring)":
+            raise UsageError("only hierarchical(ring) is pipelined")
+        _pipelined(em, spec, node_group, local, cross, node)
+    elif spec.kind == "allreduce":
         _direct(em, "reducescatter", node_group, local, spec.src, None, ready=True)
         if spec.algorithm == "hierarchical(rhd)":
             if len(cross) & (len(cross) - 1):
@@ -391,6 +406,39 @@ def _hierarchical(em: _Emitter, spec: CollectiveSpec, rank: int) -> None:
     else:
         # the pieces a chip ends with would not be in rank order (node-major): not lowered
         raise UsageError(f"{spec.kind} across nodes has no schedule yet (all-reduce has)")
+
+
+def _pipelined(em: _Emitter, spec: CollectiveSpec, node_group: tuple[int, ...], local: int,
+               cross: tuple[int, ...], node: int) -> None:
+    """A hierarchical(ring) all-reduce in `spec.pipeline` chunks, in c + 2 stages (phases):
+    stage t reduce-scatters chunk t in the node (lanes k = 1 .. c-1, as `_direct`: readiness
+    to rank r-k, an add into rank r+k), all-reduces chunk t-1's share over the NICs (core 0,
+    `_ring`) and all-gathers chunk t-2 in the node (lanes c-1+k write this chip's piece into
+    rank r+k). The parts of a stage touch different chunks; a stage's barrier orders one
+    chunk's parts. An all-gather write lands where the peer's reduce-scatter add read this
+    chip's piece two stages earlier, after that add had landed here (this chip's lanes
+    waited for it)."""
+    c = len(node_group)
+    chunks = [spec.src.piece(j, spec.pipeline) for j in range(spec.pipeline)]
+    for stage in range(spec.pipeline + 2):
+        ready, arrive, gathered, _ = events = em.events()
+        lanes: dict[int, list[str]] = {}
+        if stage < spec.pipeline:
+            for k in range(1, c):
+                piece = chunks[stage].piece((local + k) % c, c)
+                lanes[k] = [f"    RSIG {node_group[(local - k) % c]}, E{ready}",
+                            _put(node_group[(local + k) % c], piece, piece, arrive, add=True,
+                                 waits=(ready,)),
+                            f"    WAIT.S E{arrive}"]
+        if 1 <= stage <= spec.pipeline:
+            share = chunks[stage - 1].piece(local, c)
+            lanes[0] = _ring_body(events, "allreduce", cross, node, share)
+        if stage >= 2:
+            mine = chunks[stage - 2].piece(local, c)
+            for k in range(1, c):
+                lanes[c - 1 + k] = [_put(node_group[(local + k) % c], mine, mine, gathered),
+                                    f"    WAIT.S E{gathered}"]
+        em.add_phase(lanes)
 
 
 def collective_programs(kind: str, nbytes: int, chips: int, machine: Machine,
@@ -417,7 +465,7 @@ def collective_programs(kind: str, nbytes: int, chips: int, machine: Machine,
     spec = CollectiveSpec(kind, cost.algorithm, tuple(range(chips)),
                           Region("buf", 0, elements * size, dtype), dst,
                           machine.chips_per_node, label=kind, scratch=scratch,
-                          chunks=cost.chunks)
+                          chunks=cost.chunks, pipeline=cost.pipeline)
     programs = []
     for chip in range(chips):
         lines = header + collective_asm(spec, chip) + ["    HALT"]

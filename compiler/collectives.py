@@ -33,7 +33,9 @@ that simulation and this model agree:
   reduce-scatter inside each node, an all-reduce of each chip's 1/c share across the nodes
   over the NICs (`ring`, or recursive halving-doubling `rhd`, lowered for a power-of-two
   number of nodes; the model also folds other counts), then a direct all-gather inside
-  each node. All-to-all across nodes is `direct` over all the chips (NIC routes between
+  each node. With the ring, large messages are pipelined: cut into chunks, the node's
+  reduce-scatter of one chunk runs while the NICs carry the one before and the node
+  all-gathers the one before that (`_pipelined`; the count from the model). All-to-all across nodes is `direct` over all the chips (NIC routes between
   nodes; lowered up to `cores` + 1 chips, one core per peer).
 
 Each phase's time is alpha + beta terms: alpha from `link.alpha_seconds` per hop or
@@ -50,6 +52,7 @@ from dataclasses import dataclass
 
 from isa.errors import UsageError
 from isa.machine import Machine
+from isa.program import NUM_EVENTS
 from isa.topology import Topology
 
 KINDS = ("allreduce", "allgather", "reducescatter", "alltoall")
@@ -57,6 +60,7 @@ KINDS = ("allreduce", "allgather", "reducescatter", "alltoall")
 # across nodes
 LOWERED = ("direct", "oneshot", "ring", "rhd")
 INTER_NODE = ("ring", "rhd")
+EVENTS_PER_PHASE = 4  # a lowered phase's events: ready, arrivals (two kinds), rsdone
 LANES = ("direct", "oneshot")  # one core per peer: at most `cores` + 1 chips when lowered
 FLOW_LIMIT = 64  # chips: above, all-to-all across nodes is costed per channel class
 
@@ -83,6 +87,7 @@ class CollectiveCost:
     chips: int
     algorithm: str
     phases: tuple[Phase, ...]
+    pipeline: int = 1  # hierarchical all-reduce: chunks in flight through node and NIC
 
     @property
     def seconds(self) -> float:
@@ -189,21 +194,24 @@ def _topology(machine: Machine, group: tuple[int, ...]) -> Topology:
     return Topology(machine, max(group) + 1)
 
 
-def _flows_seconds(topology: Topology, flows: list[tuple[int, int, float]],
-                   reduce: bool) -> tuple[float, float]:
-    """All `flows` (src, dst, bytes) at once: (seconds, alpha seconds). The beta part is the
-    busiest channel's (or HBM's) bytes over its bandwidth; the alpha the largest route's."""
+def _flows_seconds(topology: Topology, flows: list[tuple], reduce: bool
+                   ) -> tuple[float, float]:
+    """All `flows` (src, dst, bytes[, adds]) at once: (seconds, alpha seconds). The beta part
+    is the busiest channel's (or HBM's) bytes over its bandwidth (a flow that adds reads
+    the destination too: `adds`, default `reduce`); the alpha the largest route's."""
     machine = topology.machine
     load: dict[str, float] = {}
     hbm: dict[int, float] = {}
     alpha = 0.0
-    for src, dst, nbytes in flows:
+    for flow in flows:
+        src, dst, nbytes = flow[:3]
+        adds = flow[3] if len(flow) > 3 else reduce  # type: ignore[misc]
         route = topology.route(src, dst)
         alpha = max(alpha, route.alpha_seconds)
         for name in route.channels:
             load[name] = load.get(name, 0.0) + nbytes
         hbm[src] = hbm.get(src, 0.0) + nbytes
-        hbm[dst] = hbm.get(dst, 0.0) + nbytes * (2 if reduce else 1)
+        hbm[dst] = hbm.get(dst, 0.0) + nbytes * (2 if adds else 1)
     beta = max([load[name] / topology.channels[name].bytes_per_second for name in load]
                + [bytes_ / machine.hbm_bandwidth for bytes_ in hbm.values()] + [0.0])
     return beta + alpha, alpha
@@ -347,8 +355,55 @@ def _hierarchical(kind: str, nbytes: int, group: tuple[int, ...], machine: Machi
         cost = CollectiveCost(kind, nbytes, chips, f"hierarchical({name})", tuple(phases))
         if best is None or cost.seconds < best.seconds:
             best = cost
+        if kind == "allreduce" and name == "ring":
+            for chunks in range(2, max_pipeline(machine) + 1):
+                cost = _pipelined(nbytes, group, machine, chunks)
+                if cost.seconds < best.seconds:
+                    best = cost
     assert best is not None
     return best
+
+
+def max_pipeline(machine: Machine) -> int:
+    """The most chunks a pipelined hierarchical all-reduce can have in flight: its chunks +
+    2 stages take a phase's events each, and a stage runs the node's reduce-scatter and
+    all-gather lanes at once (2 (p - 1) cores besides core 0, p chips per node)."""
+    if 2 * (machine.chips_per_node - 1) >= machine.cores:
+        return 1
+    return max(1, NUM_EVENTS // EVENTS_PER_PHASE - 2)
+
+
+def _pipelined(nbytes: int, group: tuple[int, ...], machine: Machine, chunks: int
+               ) -> CollectiveCost:
+    """A hierarchical(ring) all-reduce in `chunks` chunks, software-pipelined in chunks + 2
+    stages: in stage t the node reduce-scatters chunk t (lanes 1 .. p-1 of a node of p), the
+    NICs all-reduce chunk t-1's shares (core 0, an unchunked ring) and the node all-gathers
+    chunk t-2 (lanes p .. 2p-2), each stage ending with a chip barrier. A stage takes its slowest part: the
+    node's (readiness, then the reduce-scatter and all-gather flows sharing the ports) or
+    the NICs'."""
+    per_node = machine.chips_per_node
+    nodes = len(group) // per_node
+    local = tuple(range(group[0], group[0] + per_node))
+    topology = _topology(machine, local)
+    piece = nbytes / chunks / per_node
+    cross = sum(phase.seconds for phase in _inter_node(
+        "allreduce", nbytes / chunks / per_node, nodes, machine, "ring", pipelined=False))
+    phases = []
+    for stage in range(chunks + 2):
+        flows: list[tuple] = []
+        if stage < chunks:
+            flows += [(a, b, piece, True) for a in local for b in local if a != b]
+        if stage >= 2:
+            flows += [(a, b, piece, False) for a in local for b in local if a != b]
+        node, alpha = _flows_seconds(topology, flows, False) if flows else (0.0, 0.0)
+        if stage < chunks:
+            node += machine.link_alpha  # the readiness signal before the adds
+        seconds = max(node, cross if 1 <= stage <= chunks else 0.0)
+        phases.append(Phase(f"stage {stage}", "pipeline", len(group),
+                            round(piece * (per_node - 1) * (2 if flows else 0)), seconds,
+                            alpha))
+    return CollectiveCost("allreduce", nbytes, len(group), "hierarchical(ring)",
+                          tuple(phases), chunks)
 
 
 def _alltoall_across(nbytes: int, group: tuple[int, ...], machine: Machine,
@@ -385,7 +440,7 @@ def _alltoall_across(nbytes: int, group: tuple[int, ...], machine: Machine,
 
 
 def _inter_node(kind: str, nbytes: float, nodes: int, machine: Machine,
-                algorithm: str) -> list[Phase]:
+                algorithm: str, pipelined: bool = True) -> list[Phase]:
     """The cross-node part over each chip's NIC: all-reduce (or reduce-scatter/all-gather)
     of `nbytes` among `nodes` chips (one per node)."""
     alpha, bandwidth = machine.nic_alpha, machine.nic_bandwidth
@@ -398,6 +453,8 @@ def _inter_node(kind: str, nbytes: float, nodes: int, machine: Machine,
         # each half pipelined on its own (the all-gather's first step waits for the last
         # reduce-scatter chunk)
         chunks, half = ring_pipeline(nodes - 1, nbytes / nodes / bandwidth, alpha, machine)
+        if not pipelined:
+            chunks, half = 1, (nodes - 1) * (alpha + nbytes / nodes / bandwidth)
         return [ready, Phase(name, "ring", nodes, round(nbytes * (nodes - 1) / nodes),
                              halves * half, steps * alpha, chunks)]
     # recursive halving (reduce-scatter) then doubling (all-gather); a node count that is

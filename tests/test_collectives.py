@@ -267,6 +267,37 @@ def test_pipelined_ring():
             np.testing.assert_allclose(outputs[name][part], expected, rtol=1e-5, atol=1e-5)
 
 
+def test_pipelined_hierarchical_allreduce():
+    """16 chips in 2 nodes, 64 MiB: three chunks in flight (the node's reduce-scatter of one
+    overlapping the NICs' all-reduce of the one before and the all-gather of the one before
+    that), simulated within 1% of the model and 10% faster than the phases one after
+    another; computed right with 2, 3 and 6 chunks."""
+    from compiler.collective_codegen import CollectiveSpec, Region, collective_asm
+    from isa.asm import parse_assembly
+
+    nbytes = 64 << 20
+    programs, cost = collective_programs("allreduce", nbytes, 16, M890)
+    assert (cost.algorithm, cost.pipeline) == ("hierarchical(ring)", 3)
+    node = 2e-6 + 7 / 8 * nbytes / 800e9
+    one_by_one = 2e-6 + node + 8e-6 + 2 * (8e-6 + nbytes / 16 / 50e9) + node
+    assert cost.seconds < 0.9 * one_by_one
+    seconds = run_cluster(programs, M890, timing_only=True).report.seconds
+    assert seconds == pytest.approx(cost.seconds, rel=0.01)
+    n = 1000
+    for pipeline in (2, 3, 6):
+        spec = CollectiveSpec("allreduce", "hierarchical(ring)", tuple(range(16)),
+                              Region("buf", 0, n * 4, "f32"), None, 8, label="ar",
+                              pipeline=pipeline)
+        programs = [parse_assembly("\n".join([f".tensor buf, f32, [{n}], 0x0, inout"]
+                                             + collective_asm(spec, chip) + ["    HALT"])
+                                   + "\n", f"chip{chip}.s") for chip in range(16)]
+        rng = np.random.default_rng(pipeline)
+        xs = [rng.standard_normal(n).astype(np.float32) for _ in range(16)]
+        result = run_cluster(programs, M890, [{"buf": x} for x in xs])
+        for outputs in result.outputs:
+            np.testing.assert_allclose(outputs["buf"], sum(xs), rtol=1e-4, atol=1e-4)
+
+
 def test_model_numbers():
     # 10000 chips, 1 GiB: node reduce-scatter and all-gather, recursive halving-doubling
     # over 1250 nodes' NICs (not a power of two: the fold adds two whole exchanges)

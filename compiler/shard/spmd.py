@@ -333,7 +333,7 @@ def _collective(op: Op, index: int, chip: int, mesh, machine, chips: int,
         else None
     spec = CollectiveSpec(kind, cost.algorithm if len(group) > 1 else "direct", group, buffer,
                           dst, machine.chips_per_node, label=f"{op.kind}_{index}",
-                          scratch=scratch, chunks=cost.chunks)
+                          scratch=scratch, chunks=cost.chunks, pipeline=cost.pipeline)
     return cost.algorithm, nbytes, collective_asm(spec, chip)
 
 
