@@ -386,8 +386,10 @@ def _pipelined(nbytes: int, group: tuple[int, ...], machine: Machine, chunks: in
     local = tuple(range(group[0], group[0] + per_node))
     topology = _topology(machine, local)
     piece = nbytes / chunks / per_node
-    cross = sum(phase.seconds for phase in _inter_node(
-        "allreduce", nbytes / chunks / per_node, nodes, machine, "ring", pipelined=False))
+    nic = _inter_node("allreduce", nbytes / chunks / per_node, nodes, machine, "ring",
+                      pipelined=False)
+    cross = sum(phase.seconds for phase in nic)
+    cross_alpha = sum(phase.alpha_seconds for phase in nic)
     phases = []
     for stage in range(chunks + 2):
         flows: list[tuple] = []
@@ -398,7 +400,10 @@ def _pipelined(nbytes: int, group: tuple[int, ...], machine: Machine, chunks: in
         node, alpha = _flows_seconds(topology, flows, False) if flows else (0.0, 0.0)
         if stage < chunks:
             node += machine.link_alpha  # the readiness signal before the adds
-        seconds = max(node, cross if 1 <= stage <= chunks else 0.0)
+            alpha += machine.link_alpha
+        seconds = node
+        if 1 <= stage <= chunks and cross > node:
+            seconds, alpha = cross, cross_alpha
         phases.append(Phase(f"stage {stage}", "pipeline", len(group),
                             round(piece * (per_node - 1) * (2 if flows else 0)), seconds,
                             alpha))
