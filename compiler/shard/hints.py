@@ -38,10 +38,10 @@ def _aligned(hint: Hint, operand: TensorType, out: TensorType) -> Hint:
 
 
 def _reshape(hint: Hint, src: TensorType, dst: TensorType) -> Hint:
-    from compiler.shard.propagate import _reshape_groups
+    from compiler.shard.propagate import reshape_groups
 
     dims: list[str | None] = [None] * src.rank
-    for gi, gj in _reshape_groups(src.shape, dst.shape):
+    for gi, gj in reshape_groups(src.shape, dst.shape):
         lead_in = next((d for d in gi if src.shape[d] > 1), None)
         lead_out = next((d for d in gj if dst.shape[d] > 1), None)
         if lead_in is not None and lead_out is not None:

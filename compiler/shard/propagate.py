@@ -254,7 +254,7 @@ def _divisible(spec: Spec, type_: TensorType, mesh: Mesh) -> Spec:
                 partial)
 
 
-def _reshape_groups(src: tuple[int, ...], dst: tuple[int, ...]):
+def reshape_groups(src: tuple[int, ...], dst: tuple[int, ...]):
     """Pairs of (source dims, destination dims) whose products match, in order."""
     groups, i, j = [], 0, 0
     while i < len(src) or j < len(dst):
@@ -280,7 +280,7 @@ def _reshape_groups(src: tuple[int, ...], dst: tuple[int, ...]):
 def _reshape_rule(spec: Spec, src: TensorType, dst: TensorType, mesh: Mesh):
     in_dims = list(spec.dims)
     out_dims: list[str | None] = [None] * dst.rank
-    for gi, gj in _reshape_groups(src.shape, dst.shape):
+    for gi, gj in reshape_groups(src.shape, dst.shape):
         lead_in = next((d for d in gi if src.shape[d] > 1), None)
         lead_out = next((d for d in gj if dst.shape[d] > 1), None)
         for d in gi:
