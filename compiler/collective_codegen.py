@@ -28,9 +28,9 @@ events, whatever the timing (the functional simulator executes a transfer when i
   all-gather in each node.
 
 Events: each phase of a collective uses its own events from `event_base` (4 per phase, or a
-block of more for rhd's steps), so a
-fast peer's signals for a later phase never meet a slower chip's earlier phase; every event
-is back to 0 when the collective ends (the interpreter checks it at HALT).
+block of more for rhd's steps), so a fast peer's signals for a later phase never meet a
+slower chip's earlier phase; every event is back to 0 when the collective ends (the
+interpreter checks it at HALT).
 """
 
 from __future__ import annotations
@@ -47,8 +47,7 @@ from isa.asm import parse_assembly
 from isa.dtypes import itemsize
 from isa.errors import UsageError
 from isa.machine import Machine
-from isa.program import Program
-
+from isa.program import NUM_EVENTS, Program
 
 
 @dataclass(frozen=True)
@@ -112,7 +111,7 @@ class _Emitter:
 
     def events(self) -> tuple[int, int, int, int]:
         base = self.spec.event_base + EVENTS_PER_PHASE * self.phase
-        if base + EVENTS_PER_PHASE > 32:
+        if base + EVENTS_PER_PHASE > NUM_EVENTS:
             raise UsageError("a collective needs more events than the chip has")
         return base, base + 1, base + 2, base + 3
 
@@ -120,7 +119,7 @@ class _Emitter:
         """`count` events for one phase that needs more than EVENTS_PER_PHASE (the phases
         after it start past them)."""
         base = self.spec.event_base + EVENTS_PER_PHASE * self.phase
-        if base + count > 32:
+        if base + count > NUM_EVENTS:
             raise UsageError("a collective needs more events than the chip has")
         self.phase += -(-count // EVENTS_PER_PHASE) - 1
         return list(range(base, base + count))

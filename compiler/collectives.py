@@ -35,8 +35,9 @@ that simulation and this model agree:
   number of nodes; the model also folds other counts), then a direct all-gather inside
   each node. With the ring, large messages are pipelined: cut into chunks, the node's
   reduce-scatter of one chunk runs while the NICs carry the one before and the node
-  all-gathers the one before that (`_pipelined`; the count from the model). All-to-all across nodes is `direct` over all the chips (NIC routes between
-  nodes; lowered up to `cores` + 1 chips, one core per peer).
+  all-gathers the one before that (`_pipelined`; the count from the model). All-to-all
+  across nodes is `direct` over all the chips (NIC routes between nodes; lowered up to
+  `cores` + 1 chips, one core per peer).
 
 Each phase's time is alpha + beta terms: alpha from `link.alpha_seconds` per hop or
 `nic.alpha_seconds`, beta from the channels' bandwidths (isa/topology.py). The choice is the
@@ -378,9 +379,9 @@ def _pipelined(nbytes: int, group: tuple[int, ...], machine: Machine, chunks: in
     """A hierarchical(ring) all-reduce in `chunks` chunks, software-pipelined in chunks + 2
     stages: in stage t the node reduce-scatters chunk t (lanes 1 .. p-1 of a node of p), the
     NICs all-reduce chunk t-1's shares (core 0, an unchunked ring) and the node all-gathers
-    chunk t-2 (lanes p .. 2p-2), each stage ending with a chip barrier. A stage takes its slowest part: the
-    node's (readiness, then the reduce-scatter and all-gather flows sharing the ports) or
-    the NICs'."""
+    chunk t-2 (lanes p .. 2p-2), each stage ending with a chip barrier. A stage takes its
+    slowest part: the node's (readiness, then the reduce-scatter and all-gather flows
+    sharing the ports) or the NICs'."""
     per_node = machine.chips_per_node
     nodes = len(group) // per_node
     local = tuple(range(group[0], group[0] + per_node))
