@@ -225,7 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     coll.add_argument("--size", required=True,
                       help="bytes, e.g. 1GiB, 64MiB, 4KiB (required)")
     coll.add_argument("--algorithm",
-                      help="direct, ring; across nodes ring or rhd (default: the fastest)")
+                      help="direct, oneshot, ring, rhd; across nodes ring or rhd (default: "
+                      "the fastest)")
     coll.add_argument("--simulate", action="store_true",
                       help="also lower it and simulate it (at most 64 chips; default: off)")
     coll.add_argument("--json", action="store_true",

@@ -15,29 +15,39 @@ events, whatever the timing (the functional simulator executes a transfer when i
 - `direct` (core k of every chip is "lane" k, 1 <= k < p): lane k sends to rank r+k and
   receives from rank r-k; phases are separated by `BAR.CHIP`;
 - `ring` (core 0): p-1 steps to the right neighbour per phase, each waiting for the left
-  neighbour's previous piece; before the all-gather half of an all-reduce the right
+  neighbour's previous piece (pipelined: each piece in chunks, chunk j waiting only for the
+  left neighbour's chunk j); before the all-gather half of an all-reduce the right
   neighbour says that its reduce-scatter has read all its pieces (`rsdone`);
-- `hierarchical(ring)` across nodes (all-reduce only): direct reduce-scatter in each node, a
-  ring all-reduce of each chip's share among the chips of the same local rank in every
-  node, a direct all-gather in each node.
+- `oneshot` (all-reduce, lanes 1..p-1): copy the buffer to a scratch buffer, then add the
+  whole scratch into every peer at once (small messages: one alpha fewer than direct);
+- `rhd` (core 0, a power-of-two group): recursive halving (reduce-scatter) then doubling
+  (all-gather), one event per step;
+- `hierarchical(ring)` / `hierarchical(rhd)` across nodes (all-reduce only): direct
+  reduce-scatter in each node, a ring (or rhd, a power-of-two number of nodes) all-reduce of
+  each chip's share among the chips of the same local rank in every node, a direct
+  all-gather in each node.
 
-Events: each phase of a collective uses its own events from `event_base` (4 per phase), so a
-fast peer's signals for a later phase never meet a slower chip's earlier phase; every event
-is back to 0 when the collective ends (the interpreter checks it at HALT).
+Events: each phase of a collective uses its own events from `event_base` (4 per phase, or a
+block of more for rhd's steps), so a fast peer's signals for a later phase never meet a
+slower chip's earlier phase; every event is back to 0 when the collective ends (the
+interpreter checks it at HALT).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from compiler.collectives import CollectiveCost, collective_cost
+from compiler.collectives import (
+    EVENTS_PER_PHASE,
+    CollectiveCost,
+    collective_cost,
+    rhd_distances,
+)
 from isa.asm import parse_assembly
 from isa.dtypes import itemsize
 from isa.errors import UsageError
 from isa.machine import Machine
-from isa.program import Program
-
-EVENTS_PER_PHASE = 4  # ready, arrivals (RS or A2A), arrivals (AG), rsdone
+from isa.program import NUM_EVENTS, Program
 
 
 @dataclass(frozen=True)
@@ -57,6 +67,12 @@ class Region:
         hi = (index + 1) * elements // parts
         return Region(self.tensor, self.offset + lo * size, (hi - lo) * size, self.dtype)
 
+    def pieces(self, lo: int, hi: int, parts: int) -> Region:
+        """Pieces `lo` .. `hi - 1` of `parts` as one region."""
+        first, last = self.piece(lo, parts), self.piece(hi - 1, parts)
+        return Region(self.tensor, first.offset, last.offset + last.nbytes - first.offset,
+                      self.dtype)
+
     def address(self) -> str:
         return f"{self.tensor}+{self.offset}" if self.offset else self.tensor
 
@@ -65,7 +81,8 @@ class Region:
 class CollectiveSpec:
     """One collective on one group: `src` is the buffer (in place: `dst` is None) or, for
     all-to-all, the send buffer and `dst` the receive buffer; for an all-gather out of place
-    (direct only), `src` is this chip's piece and `dst` the gathered buffer."""
+    (direct only), `src` is this chip's piece and `dst` the gathered buffer. `scratch` is a
+    buffer of `src`'s size for `oneshot` (this chip's contribution, copied away)."""
 
     kind: str
     algorithm: str
@@ -75,6 +92,9 @@ class CollectiveSpec:
     chips_per_node: int = 1
     event_base: int = 0
     label: str = "coll"
+    scratch: Region | None = None
+    chunks: int = 1  # ring: each piece in this many pipelined chunks
+    pipeline: int = 1  # hierarchical all-reduce: chunks in flight through node and NICs
 
 
 class _Emitter:
@@ -91,9 +111,18 @@ class _Emitter:
 
     def events(self) -> tuple[int, int, int, int]:
         base = self.spec.event_base + EVENTS_PER_PHASE * self.phase
-        if base + EVENTS_PER_PHASE > 32:
+        if base + EVENTS_PER_PHASE > NUM_EVENTS:
             raise UsageError("a collective needs more events than the chip has")
         return base, base + 1, base + 2, base + 3
+
+    def event_block(self, count: int) -> list[int]:
+        """`count` events for one phase that needs more than EVENTS_PER_PHASE (the phases
+        after it start past them)."""
+        base = self.spec.event_base + EVENTS_PER_PHASE * self.phase
+        if base + count > NUM_EVENTS:
+            raise UsageError("a collective needs more events than the chip has")
+        self.phase += -(-count // EVENTS_PER_PHASE) - 1
+        return list(range(base, base + count))
 
     def add_phase(self, lanes: dict[int, list[str]]) -> None:
         label = f"{self.spec.label}_p{self.phase}"
@@ -108,8 +137,9 @@ class _Emitter:
 
 
 def _put(peer: int, dst: Region, src: Region, event: int, *, add: bool = False,
-         waits: tuple[int, ...] = ()) -> str:
-    """A DMA.PUT of a piece (a bare RSIG when the piece is empty: the event still counts)."""
+         waits: tuple[int | str, ...] = ()) -> str:
+    """A DMA.PUT of a piece (a bare RSIG when the piece is empty: the event still counts).
+    A wait is an event index or `"k:n"` (event k reaching n)."""
     wait = "".join(f" .wait E{w}" for w in waits)
     if src.nbytes == 0:
         return f"    RSIG {peer}, E{event}{wait}"
@@ -183,36 +213,122 @@ def _direct(em: _Emitter, kind: str, group: tuple[int, ...], rank: int, src: Reg
 
 
 def _ring(em: _Emitter, kind: str, group: tuple[int, ...], rank: int, src: Region,
-          core: int = 0) -> None:
+          core: int = 0, chunks: int = 1) -> None:
     """One ring phase on one core. Reduce-scatter step s adds piece r-1-s into the right
-    neighbour (rank r ends with piece r); all-gather step s writes piece r-s there. Step s+1
-    waits for the left neighbour's step s. In an all-reduce the first all-gather write waits
-    also for the right neighbour's `rsdone`, sent after its last reduce-scatter put has read
-    its piece: every piece the all-gather overwrites there has been read."""
+    neighbour (rank r ends with piece r); all-gather step s writes piece r-s there. Each
+    piece goes in `chunks` chunks back to back; chunk j of step s+1 waits for chunk j of
+    the left neighbour's step s (its arrivals land in order: one NET queue, one route, so
+    the n-th wait takes chunk n). In an all-reduce the first all-gather write waits also
+    for the right neighbour's `rsdone`, sent after its last reduce-scatter put has read its
+    piece: every piece the all-gather overwrites there has been read."""
+    em.add_phase({core: _ring_body(em.events(), kind, group, rank, src, chunks)})
+
+
+def _ring_body(events: tuple[int, int, int, int], kind: str, group: tuple[int, ...],
+               rank: int, src: Region, chunks: int = 1) -> list[str]:
+    """The lines of `_ring` on its core, with these 4 events."""
     p = len(group)
-    ready, arrive, gathered, rsdone = em.events()
+    ready, arrive, gathered, rsdone = events
     left, right = group[(rank - 1) % p], group[(rank + 1) % p]
     body = [f"    RSIG {left}, E{ready}"]
     if kind in ("allreduce", "reducescatter"):
         for step in range(p - 1):
             piece = src.piece((rank - 1 - step) % p, p)
-            body.append(_put(right, piece, piece, arrive, add=True,
-                             waits=(ready,) if step == 0 else (arrive,)))
+            for chunk in range(chunks):
+                part = piece.piece(chunk, chunks)
+                if step:
+                    waits: tuple[int | str, ...] = (arrive,)
+                else:
+                    waits = (ready,) if chunk == 0 else ()
+                body.append(_put(right, part, part, arrive, add=True, waits=waits))
         if kind == "reducescatter":  # in the NET queue: its puts consume E(arrive) too
-            body.append(f"    WAIT.NET E{arrive}")
+            body.append(f"    WAIT.NET E{arrive}:{chunks}" if chunks > 1
+                        else f"    WAIT.NET E{arrive}")
         else:
             body.append(f"    RSIG {left}, E{rsdone}")
     if kind in ("allreduce", "allgather"):
         for step in range(p - 1):
             piece = src.piece((rank - step) % p, p)
+            for chunk in range(chunks):
+                part = piece.piece(chunk, chunks)
+                if step:
+                    waits = (gathered,)
+                elif kind == "allreduce":
+                    waits = (arrive, rsdone) if chunk == 0 else (arrive,)
+                else:
+                    waits = (ready,) if chunk == 0 else ()
+                body.append(_put(right, part, part, gathered, waits=waits))
+        body.append(f"    WAIT.NET E{gathered}:{chunks}" if chunks > 1
+                    else f"    WAIT.NET E{gathered}")
+    return body
+
+
+# ---- one shot ---------------------------------------------------------------------------
+
+
+def _oneshot(em: _Emitter, group: tuple[int, ...], rank: int, buf: Region,
+             scratch: Region) -> None:
+    """All-reduce in one shot. Core 0 copies this chip's buffer to its scratch; after the
+    barrier lane k says to rank r-k that this buffer may receive adds (its own data is
+    safe in scratch) and adds the whole scratch into rank r+k's buffer. Nothing reads the
+    buffer while the adds land; the result is there when the p-1 adds have landed."""
+    p = len(group)
+    copied = em.events()[2]
+    em.add_phase({0: [_put(group[rank], scratch, buf, copied), f"    WAIT.S E{copied}"]})
+    ready, arrive, _, _ = em.events()
+    lanes = {}
+    for k in range(1, p):
+        lanes[k] = [f"    RSIG {group[(rank - k) % p]}, E{ready}",
+                    _put(group[(rank + k) % p], buf, scratch, arrive, add=True,
+                         waits=(ready,)),
+                    f"    WAIT.S E{arrive}"]
+    em.add_phase(lanes)
+
+
+# ---- recursive halving-doubling -------------------------------------------------------
+
+
+def _rhd(em: _Emitter, kind: str, group: tuple[int, ...], rank: int, buf: Region,
+         core: int = 0) -> None:
+    """Recursive halving-doubling on one core (a power-of-two group of p chips, pieces in
+    rank order). Readiness: this chip tells each of its log2(p) partners that its buffer
+    may be written, and waits for all of theirs before its first put. Halving step at
+    distance d (p/2 .. 1) adds the d pieces of the current block that partner r^d keeps
+    into it, after the previous step's add into this chip has landed (what it sends holds
+    that contribution); rank r ends with piece r. Doubling step at distance d (1 .. p/2)
+    writes this chip's d pieces into partner r^d, after the previous step's block has
+    landed here. A piece is overwritten only after the partner's halving put that read it
+    has landed: this chip waited for that add before its doubling steps began, and the
+    partner's doubling puts follow its own wait for this chip's halving add. Each step has
+    its own event, so a fast partner's later step is never counted as an earlier one."""
+    p = len(group)
+    distances = rhd_distances(p)
+    steps = len(distances)
+    events = em.event_block(1 + 2 * steps)
+    ready, halving, doubling = events[0], events[1:1 + steps], events[1 + steps:]
+    all_ready = f"{ready}:{steps}"
+    body = [f"    RSIG {group[rank ^ d]}, E{ready}" for d in distances]
+    if kind in ("allreduce", "reducescatter"):
+        for step, d in enumerate(distances):
+            partner = rank ^ d
+            lo = partner // d * d
+            region = buf.pieces(lo, lo + d, p)
+            waits = (all_ready,) if step == 0 else (halving[step - 1],)
+            body.append(_put(group[partner], region, region, halving[step], add=True,
+                             waits=waits))
+        if kind == "reducescatter":
+            body.append(f"    WAIT.NET E{halving[-1]}")
+    if kind in ("allreduce", "allgather"):
+        for step, d in enumerate(distances[::-1]):
+            partner = rank ^ d
+            lo = rank // d * d
+            region = buf.pieces(lo, lo + d, p)
             if step:
-                waits: tuple[int, ...] = (gathered,)
-            elif kind == "allreduce":
-                waits = (arrive, rsdone)
+                waits: tuple[int | str, ...] = (doubling[step - 1],)
             else:
-                waits = (ready,)
-            body.append(_put(right, piece, piece, gathered, waits=waits))
-        body.append(f"    WAIT.NET E{gathered}")
+                waits = (halving[-1],) if kind == "allreduce" else (all_ready,)
+            body.append(_put(group[partner], region, region, doubling[step], waits=waits))
+        body.append(f"    WAIT.NET E{doubling[-1]}")
     em.add_phase({core: body})
 
 
@@ -237,17 +353,27 @@ def collective_asm(spec: CollectiveSpec, chip: int) -> list[str]:
         return em.lines[:-1]
     if spec.algorithm == "direct":
         _direct(em, spec.kind, group, rank, spec.src, spec.dst, ready=True)
-    elif spec.algorithm == "ring":
+    elif spec.algorithm == "oneshot":
+        if spec.kind != "allreduce" or spec.scratch is None:
+            raise UsageError("oneshot is an all-reduce with a scratch buffer")
+        _oneshot(em, group, rank, spec.src, spec.scratch)
+    elif spec.algorithm in ("ring", "rhd"):
         if spec.kind == "alltoall":
-            raise UsageError("all-to-all has no ring schedule: use direct")
+            raise UsageError(f"all-to-all has no {spec.algorithm} schedule: use direct")
+        if spec.algorithm == "rhd" and len(group) & (len(group) - 1):
+            raise UsageError(f"recursive halving-doubling over {len(group)} chips: needs a "
+                             "power of two")
         buffer = spec.src
         if spec.kind == "allgather" and spec.dst is not None:  # this chip's piece in first
             buffer = spec.dst
             copied = em.events()[2]
             em.add_phase({0: [_put(chip, buffer.piece(rank, len(group)), spec.src, copied),
                               f"    WAIT.S E{copied}"]})
-        _ring(em, spec.kind, group, rank, buffer)
-    elif spec.algorithm == "hierarchical(ring)":
+        if spec.algorithm == "ring":
+            _ring(em, spec.kind, group, rank, buffer, chunks=spec.chunks)
+        else:
+            _rhd(em, spec.kind, group, rank, buffer)
+    elif spec.algorithm in ("hierarchical(ring)", "hierarchical(rhd)"):
         _hierarchical(em, spec, rank)
     else:
         raise UsageError(f"no schedule for algorithm '{spec.algorithm}'")
@@ -262,13 +388,56 @@ def _hierarchical(em: _Emitter, spec: CollectiveSpec, rank: int) -> None:
     node_group = group[node * per_node:(node + 1) * per_node]
     cross = tuple(group[n * per_node + local] for n in range(len(group) // per_node))
     share = spec.src.piece(local, per_node)
-    if spec.kind == "allreduce":
+    if spec.kind == "allreduce" and spec.pipeline > 1:
+        if spec.algorithm != "hierarchical(ring)":
+            raise UsageError("only hierarchical(ring) is pipelined")
+        _pipelined(em, spec, node_group, local, cross, node)
+    elif spec.kind == "allreduce":
         _direct(em, "reducescatter", node_group, local, spec.src, None, ready=True)
-        _ring(em, "allreduce", cross, node, share)
+        if spec.algorithm == "hierarchical(rhd)":
+            if len(cross) & (len(cross) - 1):
+                raise UsageError(f"recursive halving-doubling across {len(cross)} nodes: "
+                                 "needs a power of two")
+            _rhd(em, "allreduce", cross, node, share)
+        else:
+            _ring(em, "allreduce", cross, node, share, chunks=spec.chunks)
         _direct(em, "allgather", node_group, local, spec.src, None, ready=False)
     else:
         # the pieces a chip ends with would not be in rank order (node-major): not lowered
         raise UsageError(f"{spec.kind} across nodes has no schedule yet (all-reduce has)")
+
+
+def _pipelined(em: _Emitter, spec: CollectiveSpec, node_group: tuple[int, ...], local: int,
+               cross: tuple[int, ...], node: int) -> None:
+    """A hierarchical(ring) all-reduce in `spec.pipeline` chunks, in c + 2 stages (phases):
+    stage t reduce-scatters chunk t in the node (lanes k = 1 .. c-1, as `_direct`: readiness
+    to rank r-k, an add into rank r+k), all-reduces chunk t-1's share over the NICs (core 0,
+    `_ring`) and all-gathers chunk t-2 in the node (lanes c-1+k write this chip's piece into
+    rank r+k). The parts of a stage touch different chunks; a stage's barrier orders one
+    chunk's parts. An all-gather write lands where the peer's reduce-scatter add read this
+    chip's piece two stages earlier, after that add had landed here (this chip's lanes
+    waited for it)."""
+    c = len(node_group)
+    chunks = [spec.src.piece(j, spec.pipeline) for j in range(spec.pipeline)]
+    for stage in range(spec.pipeline + 2):
+        ready, arrive, gathered, _ = events = em.events()
+        lanes: dict[int, list[str]] = {}
+        if stage < spec.pipeline:
+            for k in range(1, c):
+                piece = chunks[stage].piece((local + k) % c, c)
+                lanes[k] = [f"    RSIG {node_group[(local - k) % c]}, E{ready}",
+                            _put(node_group[(local + k) % c], piece, piece, arrive, add=True,
+                                 waits=(ready,)),
+                            f"    WAIT.S E{arrive}"]
+        if 1 <= stage <= spec.pipeline:
+            share = chunks[stage - 1].piece(local, c)
+            lanes[0] = _ring_body(events, "allreduce", cross, node, share)
+        if stage >= 2:
+            mine = chunks[stage - 2].piece(local, c)
+            for k in range(1, c):
+                lanes[c - 1 + k] = [_put(node_group[(local + k) % c], mine, mine, gathered),
+                                    f"    WAIT.S E{gathered}"]
+        em.add_phase(lanes)
 
 
 def collective_programs(kind: str, nbytes: int, chips: int, machine: Machine,
@@ -287,9 +456,15 @@ def collective_programs(kind: str, nbytes: int, chips: int, machine: Machine,
         out_at = -(-elements * size // 4096) * 4096
         header.append(f".tensor out, {dtype}, [{elements}], {out_at:#x}, out")
         dst = Region("out", 0, elements * size, dtype)
+    scratch = None
+    if cost.algorithm == "oneshot":
+        at = -(-elements * size // 4096) * 4096
+        header.append(f".tensor scratch, {dtype}, [{elements}], {at:#x}, temp")
+        scratch = Region("scratch", 0, elements * size, dtype)
     spec = CollectiveSpec(kind, cost.algorithm, tuple(range(chips)),
                           Region("buf", 0, elements * size, dtype), dst,
-                          machine.chips_per_node, label=kind)
+                          machine.chips_per_node, label=kind, scratch=scratch,
+                          chunks=cost.chunks, pipeline=cost.pipeline)
     programs = []
     for chip in range(chips):
         lines = header + collective_asm(spec, chip) + ["    HALT"]

@@ -56,7 +56,7 @@ def test_megatron_mlp_is_one_all_reduce_and_matches(tmp_path):
     # each chip holds its 128/8 columns of w1
     assert spmd.fn.params[1].type.shape == (64, 16)
     np.testing.assert_allclose(outputs[0], want[0], rtol=2e-2, atol=2e-2)
-    assert compiled.collectives[0][1:] == ("direct", 32 * 64 * 4)
+    assert compiled.collectives[0][1:] == ("oneshot", 32 * 64 * 4)  # 8 KiB: latency-bound
     assert len(result.report.chips) == 8 and result.report.link_bytes > 0
 
 
@@ -277,3 +277,86 @@ def test_an_op_whose_split_does_not_hold_runs_replicated(tmp_path, capsys):
     assert main(["run", str(path), "--mesh", "tp=2", "--check"]) == 0
     out = capsys.readouterr().out
     assert "all_gather(tp" in out and " ok" in out
+
+
+# ---- backward hints --------------------------------------------------------------------
+
+
+def test_backward_hint_turns_an_all_reduce_into_a_reduce_scatter(tmp_path, capsys):
+    """gelu(x @ w1) with x split on the contracted dim and the result split on F: forward
+    alone adds the partial sums up everywhere (all-reduce) and runs gelu on every chip; the
+    result's sharding, carried back, makes it a reduce-scatter and gelu runs on 1/4."""
+    from compiler.shard.propagate import _propagate, traffic
+
+    text = """
+fn main(x: f32[T, D@tp], w1: f32[D, F]) -> f32[T, F@tp] {
+    return gelu(x @ w1)
+}
+"""
+    fn = _load(text, tmp_path, T=16, D=32, F=64)
+    mesh = parse_mesh("tp=4")
+    forward = _propagate(fn, mesh, {})
+    assert _kinds(forward) == ["shard_slice", "all_reduce", "shard_slice"]
+    spmd, _, outputs, want, _ = _run(fn, "tp=4")
+    assert _kinds(spmd) == ["shard_slice", "reduce_scatter"]
+    gelu = next(op for op in spmd.fn.ops if op.kind == "gelu")
+    assert gelu.result.type.shape == (16, 16)
+    # bytes each chip sends: all-reduce 2 x 3/4 of 4 KiB, reduce-scatter 3/4 of it
+    assert traffic(forward) == (2 * 3 / 4 * 16 * 64 * 4, 1)
+    assert traffic(spmd) == (3 / 4 * 16 * 64 * 4, 1)
+    np.testing.assert_allclose(outputs[0], want[0], rtol=1e-5, atol=1e-5)
+    path = tmp_path / "prog.zt"
+    assert main(["ir", str(path), "--chips", "4", "--mesh", "tp=4", "--shape", "T=16",
+                 "--shape", "D=32", "--shape", "F=64"]) == 0
+    assert "// collectives: shard_slice(tp), reduce_scatter(tp)" in capsys.readouterr().out
+
+
+def test_backward_hint_splits_the_work_of_unannotated_parameters(tmp_path):
+    """Only the result is split: the matmul, bias and relu run on each chip's columns (a
+    local slice of the replicated weights), no collective moves data."""
+    text = """
+fn main(x: f32[T, D], w: f32[D, F], b: f32[F]) -> f32[T, F@tp] {
+    return relu(x @ w + b)
+}
+"""
+    fn = _load(text, tmp_path, T=16, D=32, F=64)
+    spmd, _, outputs, want, _ = _run(fn, "tp=4")
+    assert set(_kinds(spmd)) == {"shard_slice"}
+    matmul = next(op for op in spmd.fn.ops if op.kind == "matmul")
+    assert matmul.result.type.shape == (16, 16)
+    np.testing.assert_allclose(outputs[0], want[0], rtol=1e-5, atol=1e-5)
+
+
+def test_backward_hints_refused_where_they_cost_traffic_or_uses_disagree(tmp_path):
+    """A hint that would make an operand split across its other operand's axis costs an
+    all-to-all more than forward: forward wins. A value also returned replicated gets no
+    hint (its uses disagree)."""
+    from compiler.shard.propagate import _hints, _propagate, traffic
+
+    text = """
+fn main(x: f32[T, F], w: f32[T@tp, F]) -> f32[T, F@tp] {
+    v = x * 2.0
+    return v + w
+}
+"""
+    fn = _load(text, tmp_path, T=16, F=64)
+    mesh = parse_mesh("tp=4")
+    hinted = _propagate(fn, mesh, _hints(fn, mesh))
+    forward = _propagate(fn, mesh, {})
+    assert traffic(hinted) > traffic(forward)
+    spmd, _, outputs, want, _ = _run(fn, "tp=4")
+    assert [k for k in _kinds(spmd) if k != "shard_slice"] == ["all_to_all"]
+    np.testing.assert_allclose(outputs[0], want[0], rtol=1e-6)
+    text = """
+fn main(x: f32[T, F], w: f32[F, F]) -> (f32[T, F@tp], f32[T, F]) {
+    v = x @ w
+    return relu(v), v
+}
+"""
+    fn = _load(text, tmp_path, T=16, F=64)
+    hints = _hints(fn, mesh)
+    v = next(op for op in fn.ops if op.kind == "matmul")
+    assert v.id not in hints
+    spmd, _, outputs, want, _ = _run(fn, "tp=4")
+    for got, ref in zip(outputs, want):
+        np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)

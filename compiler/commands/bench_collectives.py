@@ -20,17 +20,30 @@ from __future__ import annotations
 import json
 
 from compiler.collective_codegen import collective_programs
-from compiler.collectives import KINDS
+from compiler.collectives import KINDS, LOWERED, applies
 from isa.errors import UsageError
 from isa.topology import Topology
 from runtime.cluster import run_cluster
 
 SIZES = tuple(4096 * 4**i for i in range(11) if 4096 * 4**i <= 1 << 30)
+COMPARED_SIZES = (4096, 1 << 20, 64 << 20, 1 << 30)  # every algorithm, side by side
 
 
-def measure(kind: str, nbytes: int, chips: int, machine) -> dict:
-    """One row: simulate `kind` of `nbytes` on `chips` chips; compare with the model."""
-    programs, cost = collective_programs(kind, nbytes, chips, machine)
+def compare_algorithms(chips: int, machine) -> list[dict]:
+    """Each lowered algorithm that applies to each kind, simulated at `COMPARED_SIZES`."""
+    rows = []
+    for kind in KINDS:
+        for algorithm in LOWERED:
+            if applies(algorithm, kind, chips) is not None:
+                continue
+            rows += [measure(kind, size, chips, machine, algorithm) for size in COMPARED_SIZES]
+    return rows
+
+
+def measure(kind: str, nbytes: int, chips: int, machine, algorithm: str | None = None) -> dict:
+    """One row: simulate `kind` of `nbytes` on `chips` chips (with the model's choice of
+    algorithm, or the one named); compare with the model."""
+    programs, cost = collective_programs(kind, nbytes, chips, machine, algorithm=algorithm)
     report = run_cluster(programs, machine, timing_only=True).report
     seconds = report.seconds
     algbw = nbytes / seconds
@@ -57,8 +70,9 @@ def run_collectives(args, machine) -> int:
             rows += [measure(kind, size, chips, machine) for size in SIZES]
         except UsageError as err:  # e.g. all-to-all across nodes: no schedule
             skipped.append(f"{kind}: {err.message}")
+    compared = compare_algorithms(chips, machine) if chips <= machine.chips_per_node else []
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps({"chosen": rows, "compared": compared}, indent=2))
         return 0
     print(f"machine {machine.name}: {chips} chips, {machine.topology}; per-chip link peak "
           f"{peak / 1e9:.0f} GB/s; simulated timing-only")
@@ -75,7 +89,27 @@ def run_collectives(args, machine) -> int:
                   f"{row['algbw'] / 1e9:>11.2f} {row['busbw'] / 1e9:>11.2f} "
                   f"{row['busbw'] / peak:>10.1%}  {row['algorithm']:<18} "
                   f"{row['model_seconds'] * 1e6:>10.2f} {row['model_error']:>+9.2%}")
+    if compared:
+        _print_compared(compared)
     return 0
+
+
+def _print_compared(rows: list[dict]) -> None:
+    """Simulated time (and sim/model) of every algorithm at a few sizes, per kind."""
+    print("\nevery algorithm, simulated: time us (sim/model)")
+    for kind in KINDS:
+        mine = [row for row in rows if row["kind"] == kind]
+        algorithms = list(dict.fromkeys(row["algorithm"] for row in mine))
+        if not algorithms:
+            continue
+        print(f"\n{kind}")
+        print(f"{'size':>9} " + " ".join(f"{name:>20}" for name in algorithms))
+        for size in COMPARED_SIZES:
+            cells = []
+            for name in algorithms:
+                row = next(r for r in mine if r["algorithm"] == name and r["bytes"] == size)
+                cells.append(f"{row['seconds'] * 1e6:>10.2f} ({row['model_error']:>+6.2%})")
+            print(f"{_size(size):>9} " + " ".join(f"{cell:>20}" for cell in cells))
 
 
 # ---- zhenwu bench scaling ---------------------------------------------------------------

@@ -666,15 +666,13 @@ def replay_program(record: Sequence[int], max_steps: int = 6) -> str:
 
 
 def add_shardings(text: str, chooser: Chooser, axes: dict[str, int]) -> str:
-    """`text` with random dims of the entry's parameters split over mesh axes (`F@tp`): a dim
-    gets an axis whose size divides it, each axis at most once per type. Many-chip fuzzing
-    runs the result on the mesh `axes` and compares it with the one-chip reference."""
+    """`text` with random dims of the entry's parameters and results split over mesh axes
+    (`F@tp`): a dim gets an axis whose size divides it, each axis at most once per type.
+    Many-chip fuzzing runs the result on the mesh `axes` and compares it with the one-chip
+    reference (split results exercise the backward sharding hints)."""
     import re
 
-    head, _, rest = text.partition(") ->")
-    params = []
-    for match in re.finditer(r"(\w+): (\w+)\[([^\]]*)\]", head):
-        name, dtype, dims_text = match.groups()
+    def annotate(dims_text: str) -> str:
         dims = [d.strip() for d in dims_text.split(",") if d.strip()]
         used: set[str] = set()
         annotated = []
@@ -686,7 +684,17 @@ def add_shardings(text: str, chooser: Chooser, axes: dict[str, int]) -> str:
                 used.add(axis)
                 dim = f"{dim}@{axis}"
             annotated.append(dim)
-        params.append((match.span(), f"{name}: {dtype}[{', '.join(annotated)}]"))
+        return ", ".join(annotated)
+
+    head, _, rest = text.partition(") ->")
+    params = []
+    for match in re.finditer(r"(\w+): (\w+)\[([^\]]*)\]", head):
+        name, dtype, dims_text = match.groups()
+        params.append((match.span(), f"{name}: {dtype}[{annotate(dims_text)}]"))
     for (start, end), replacement in reversed(params):
         head = head[:start] + replacement + head[end:]
-    return head + ") ->" + rest if rest else head
+    if not rest:
+        return head
+    results, brace, body = rest.partition("{")
+    results = re.sub(r"(\w+)\[([^\]]*)\]", lambda m: f"{m[1]}[{annotate(m[2])}]", results)
+    return head + ") ->" + results + brace + body

@@ -5,8 +5,12 @@ A value's sharding (`Spec`) names, per dim, the mesh axis it is split over (None
 replicated), and `partial`: the axis over which chips hold partial sums still to be added.
 Parameters and results take their shardings from the annotations (`F@tp`), and a value
 pinned with `shard(x, "_, tp")` takes the pinned one; everything else is propagated
-forward, op by op, by the rules below. An op whose inputs disagree gets them
-resharded first, inserting collectives:
+forward, op by op, by the rules below. Backward hints (compiler/shard/hints.py) carry the
+results' and pins' shardings back to the ops that feed them: where an op's result is
+hinted, its replicated operands count as split (a local slice), so the op computes only its
+share; of the two passes (plain forward, forward with hints) the one that moves fewer bytes
+between chips wins. An op whose inputs disagree gets them resharded first, inserting
+collectives:
 
 - elementwise ops, `where`, `cast`, `broadcast_to`: a dim keeps the axis of the operands
   that are split along it (replicated operands are sliced to match: a local view, no
@@ -250,7 +254,7 @@ def _divisible(spec: Spec, type_: TensorType, mesh: Mesh) -> Spec:
                 partial)
 
 
-def _reshape_groups(src: tuple[int, ...], dst: tuple[int, ...]):
+def reshape_groups(src: tuple[int, ...], dst: tuple[int, ...]):
     """Pairs of (source dims, destination dims) whose products match, in order."""
     groups, i, j = [], 0, 0
     while i < len(src) or j < len(dst):
@@ -276,7 +280,7 @@ def _reshape_groups(src: tuple[int, ...], dst: tuple[int, ...]):
 def _reshape_rule(spec: Spec, src: TensorType, dst: TensorType, mesh: Mesh):
     in_dims = list(spec.dims)
     out_dims: list[str | None] = [None] * dst.rank
-    for gi, gj in _reshape_groups(src.shape, dst.shape):
+    for gi, gj in reshape_groups(src.shape, dst.shape):
         lead_in = next((d for d in gi if src.shape[d] > 1), None)
         lead_out = next((d for d in gj if dst.shape[d] > 1), None)
         for d in gi:
@@ -447,7 +451,69 @@ def _local_op_fits(kind: str, inputs: list[Value], attrs: dict, shape: tuple[int
 
 
 def shard_function(fn: Function, mesh: Mesh) -> SpmdFunction:
-    """Propagate the annotated shardings of `fn` over `mesh` (see the module docstring)."""
+    """Propagate the annotated shardings of `fn` over `mesh` (see the module docstring):
+    forward, and forward with the backward hints (compiler/shard/hints.py); the hinted
+    one unless it moves more bytes between chips."""
+    forward = _propagate(fn, mesh, {})
+    hints = _hints(fn, mesh)
+    if not hints:
+        return forward
+    hinted = _propagate(fn, mesh, hints)
+    return hinted if traffic(hinted) <= traffic(forward) else forward
+
+
+def traffic(spmd: SpmdFunction) -> tuple[float, int]:
+    """Bytes each chip sends in the collectives of `spmd` (ring-optimal counts: all-reduce
+    2(p-1)/p of its buffer, the others (p-1)/p of the whole), and how many there are."""
+    sent = 0.0
+    count = 0
+    for op in spmd.collectives:
+        if op.kind == "shard_slice":
+            continue
+        p = spmd.mesh.size(op.attrs["axis"])
+        whole = max(op.inputs[0].type.nbytes, op.result.type.nbytes)
+        sent += (2 if op.kind == "all_reduce" else 1) * (p - 1) / p * whole
+        count += 1
+    return sent, count
+
+
+def _hints(fn: Function, mesh: Mesh) -> dict:
+    """The backward hints of `fn`: from its annotated results and its pins."""
+    from compiler.shard.hints import backward_hints
+
+    annotations = fn.attrs.get("shardings")
+    result_dims = []
+    for index, out in enumerate(fn.outputs):
+        items = annotations.results[index] if annotations and index < len(
+            annotations.results) else ()
+        spec = _annotation_spec(items, out.type, mesh, f"result {index} {out.type}")
+        result_dims.append(spec.dims)
+    pins = {}
+    for op in fn.ops:
+        if op.kind == "shard":
+            type_ = op.inputs[0].type
+            items = [DimAxis(d, a, op.span) for d, a in enumerate(op.attrs["axes"]) if a != "_"]
+            pins[op.id] = _annotation_spec(items, type_, mesh,
+                                           f"the pinned value {type_}").dims
+    return backward_hints(fn, mesh, result_dims, pins)
+
+
+def _with_hint(spec: Spec, hint, type_: TensorType, mesh: Mesh) -> Spec:
+    """`spec` (no partial) with its replicated dims split as `hint` asks, where the axis
+    divides the dim and is not used on another dim (a local slice)."""
+    dims = list(spec.dims)
+    for d, axis in enumerate(hint):
+        if axis is not None and dims[d] is None and axis not in dims and \
+                mesh.size(axis) > 1 and type_.shape[d] % mesh.size(axis) == 0:
+            dims[d] = axis
+    return Spec(tuple(dims))
+
+
+def _propagate(fn: Function, mesh: Mesh, hints: dict) -> SpmdFunction:
+    """One forward pass; `hints` (value id -> axes) split replicated operands of an op whose
+    result is hinted."""
+    from compiler.shard.hints import operand_hints
+
     annotations = fn.attrs.get("shardings")
     builder = _Builder(fn, mesh)
     param_specs = []
@@ -474,7 +540,11 @@ def shard_function(fn: Function, mesh: Mesh) -> SpmdFunction:
         specs = [e[1] for e in entries]
         types = [e[2] for e in entries]
         # partial sums are added up before any use (the rules see them resolved)
-        wanted, result = _rule(op, [s.without_partial() for s in specs], types, mesh)
+        rule_specs = [s.without_partial() for s in specs]
+        below = operand_hints(op, hints[op.id]) if op.id in hints else None
+        if below is not None:
+            rule_specs = [_with_hint(s, h, t, mesh) for s, h, t in zip(rule_specs, below, types)]
+        wanted, result = _rule(op, rule_specs, types, mesh)
         inputs = []
         for (local, spec, type_), want in zip(entries, wanted):
             want = _divisible(want, type_, mesh)
@@ -556,4 +626,4 @@ def bytes_per_chip(spmd: SpmdFunction) -> int:
 
 
 __all__ = ["COLLECTIVE_KINDS", "Spec", "SpmdFunction", "bytes_per_chip", "join_output",
-           "shard_function", "split_input"]
+           "shard_function", "split_input", "traffic"]

@@ -17,7 +17,8 @@ all-gather's operand is the chip's piece of the gathered buffer, at an address t
 on the chip's rank: the one difference between the chips' tensor tables; a reduce-scatter's
 or shard_slice's result is the chip's piece of its operand). Each segment's own temporaries
 follow, all segments sharing that region (they run one after another, each kernel ending
-with a chip barrier).
+with a chip barrier); then one scratch buffer for the collectives that need one (a oneshot
+all-reduce copies its contribution there), as large as the largest of them.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from isa.asm import parse_assembly
 from isa.errors import CompileError, Diagnostic
 
 ALIGN = 4096  # bytes: boundary tensors start on their own page
+SCRATCH = "coll_scratch"  # the collectives' scratch buffer (after the temporaries)
 _COLLECTIVE_OF = {"all_reduce": "allreduce", "all_gather": "allgather",
                   "reduce_scatter": "reducescatter", "all_to_all": "alltoall"}
 
@@ -191,6 +193,12 @@ def compile_spmd(spmd: SpmdFunction, machine, options, chips: int, measure=None
                 if t.role == "temp":
                     temp_extent = max(temp_extent, t.address + t.nbytes)
     total = temp_base + temp_extent
+    # one scratch buffer, shared by the collectives that copy their contribution away
+    # (oneshot all-reduce), after everything else
+    scratch_base = -(-total // ALIGN) * ALIGN
+    scratch_bytes = max([_scratch_bytes(item, mesh, machine, chips) for item in segments
+                         if isinstance(item, Op)] + [0])
+    total = scratch_base + scratch_bytes
     if total > machine.hbm_bytes:
         biggest = max(spmd.global_fn.params, key=lambda v: v.type.nbytes, default=None)
         raise Diagnostic(
@@ -220,6 +228,8 @@ def compile_spmd(spmd: SpmdFunction, machine, options, chips: int, measure=None
                 ("out" if vid in out_ids else "temp")
             shape = list(t.shape) or [1]
             lines.append(f".tensor {name}, {t.dtype}, {shape}, {where(vid):#x}, {role}")
+        if scratch_bytes:
+            lines.append(f".tensor {SCRATCH}, i8, [{scratch_bytes}], {scratch_base:#x}, temp")
         body: list[str] = []
         for index, item in enumerate(segments):
             if isinstance(item, Segment):
@@ -287,6 +297,20 @@ def _segment_body(segment: Segment, index: int, temp_base: int, header: list[str
     return body
 
 
+def _scratch_bytes(op: Op, mesh, machine, chips: int) -> int:
+    """The scratch a collective op needs (its buffer, for a oneshot all-reduce)."""
+    if op.kind != "all_reduce":
+        return 0
+    nbytes = op.inputs[0].type.nbytes
+    groups = {mesh.group(chip, op.attrs["axis"]) for chip in range(chips)}
+    for group in groups:
+        cost = collective_cost("allreduce", nbytes, chips, machine, group=group,
+                               lowered_only=True)
+        if cost.algorithm == "oneshot":
+            return nbytes
+    return 0
+
+
 def _collective(op: Op, index: int, chip: int, mesh, machine, chips: int,
                 boundary: dict[int, str]) -> tuple[str, int, list[str]]:
     axis = op.attrs["axis"]
@@ -305,8 +329,11 @@ def _collective(op: Op, index: int, chip: int, mesh, machine, chips: int,
         dst = None
     nbytes = dst.nbytes if op.kind == "all_gather" else buffer.nbytes
     cost = collective_cost(kind, nbytes, chips, machine, group=group, lowered_only=True)
+    scratch = Region(SCRATCH, 0, buffer.nbytes, dtype) if cost.algorithm == "oneshot" \
+        else None
     spec = CollectiveSpec(kind, cost.algorithm if len(group) > 1 else "direct", group, buffer,
-                          dst, machine.chips_per_node, label=f"{op.kind}_{index}")
+                          dst, machine.chips_per_node, label=f"{op.kind}_{index}",
+                          scratch=scratch, chunks=cost.chunks, pipeline=cost.pipeline)
     return cost.algorithm, nbytes, collective_asm(spec, chip)
 
 
