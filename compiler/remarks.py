@@ -30,6 +30,8 @@ from compiler.graph.dtypes import itemsize
 KINDS = ("passed", "missed", "analysis", "warning")
 # a kernel whose HBM bytes exceed its compulsory bytes by more than this gets a remark
 EXCESS_BYTES_RATIO = 1.25
+# ... and when moving the excess at the HBM bandwidth takes at least this share of its cycles
+EXCESS_TIME_SHARE = 0.01
 _OP_REF = re.compile(r"%(\d+)")
 
 
@@ -116,7 +118,8 @@ class Explanation:
         lines = []
         if not remarks_only:
             ran = f", {self.cycles:,} cycles (timing-only)" if self.cycles is not None else ""
-            lines.append(f"{self.program}: {len(self.kernels)} kernels at -O{self.opt_level} "
+            count = f"{len(self.kernels)} kernel{'s' if len(self.kernels) != 1 else ''}"
+            lines.append(f"{self.program}: {count} at -O{self.opt_level} "
                          f"on {self.machine}{ran}")
             lines.append("kernels:")
             for k in self.kernels:
@@ -188,7 +191,8 @@ def explain(prog, report=None) -> Explanation:
     remarks += lint_remarks(fused, prog.machine, kernel_of)
     remarks += strided_load_remarks(compiled.kernels, ops)
     if report is not None:
-        remarks += memory_remarks(compiled.kernels, summaries, ops)
+        remarks += memory_remarks(compiled.kernels, summaries, ops, prog.machine)
+    remarks = list(dict.fromkeys(remarks))  # one line per remark (an op may read a value twice)
     remarks.sort(key=lambda r: (r.span is None, r.span.line if r.span else 0,
                                 r.span.col if r.span else 0))
     return Explanation(prog.name, prog.machine.name, prog.options.opt_level,
@@ -336,8 +340,8 @@ def lint_remarks(fn, machine, kernel_of: dict) -> list[Remark]:
         name = source_name(other, producers)
         product = source_name(op.result, producers)
         source = producers[narrow[0].id].inputs[0]
-        because = (f"because {source_name(cause[0], producers)} is f32"
-                   if cause else "and not a narrow float")
+        because = (f"because {source_name(cause[0], producers)} is f32" if cause else
+                   f"while {source_name(source, producers)} is {source.type.dtype}")
         out.append(Remark(
             "warning", "lint",
             f"{name} is f32 {because}, so {product} runs at the f32 rate (1/{ratio:g} of "
@@ -430,8 +434,9 @@ def load_bytes(kernel, program) -> dict[str, int]:
     return out
 
 
-def memory_remarks(program, summaries, ops: dict) -> list[Remark]:
-    """Per kernel that moved more than `EXCESS_BYTES_RATIO` times its compulsory HBM bytes:
+def memory_remarks(program, summaries, ops: dict, machine) -> list[Remark]:
+    """Per kernel that moved more than `EXCESS_BYTES_RATIO` times its compulsory HBM bytes,
+    with the excess worth at least `EXCESS_TIME_SHARE` of its cycles at the HBM bandwidth:
     how much more and, from its loads, the tensor its tiling re-reads the most."""
     from compiler.backend.kernel_ir import Load
 
@@ -440,7 +445,9 @@ def memory_remarks(program, summaries, ops: dict) -> list[Remark]:
         if summary.hbm_bytes is None or not summary.compulsory_bytes:
             continue
         ratio = summary.hbm_bytes / summary.compulsory_bytes
-        if ratio <= EXCESS_BYTES_RATIO:
+        excess_cycles = (summary.hbm_bytes - summary.compulsory_bytes) / \
+            machine.hbm_bytes_per_cycle
+        if ratio <= EXCESS_BYTES_RATIO or excess_cycles < EXCESS_TIME_SHARE * summary.cycles:
             continue
         footprint = _tensor_footprints(kernel, program, Load)
         loaded = load_bytes(kernel, program)
@@ -448,12 +455,13 @@ def memory_remarks(program, summaries, ops: dict) -> list[Remark]:
                    if footprint.get(name)}
         message = (f"kernel {summary.index} ({kernel.name}) moves {ratio:.1f}x its compulsory "
                    f"bytes ({summary.hbm_bytes:,} of {summary.compulsory_bytes:,} B)")
-        if rereads:
-            worst = max(rereads, key=lambda name: rereads[name])
+        reread = sorted((name for name in rereads if rereads[name] > 1.01),
+                        key=lambda name: -rereads[name])
+        if reread:
             nest = kernel.nests[0]
             tile = "x".join(str(t) for t, k in zip(nest.tile, nest.kinds) if k == "p")
-            if rereads[worst] > 1.01:
-                message += f": tile {tile} re-reads {worst} {rereads[worst]:.1f}x"
+            message += f": tile {tile} re-reads " + " and ".join(
+                f"{name} {rereads[name]:.1f}x" for name in reread)
         op = ops.get(kernel.op_ids[0])
         out.append(Remark("analysis", "memory", message, op.span if op else None,
                           op.id if op else None, summary.index))

@@ -86,7 +86,7 @@ def mask_refusal(value, producers, seq_q: int, seq_k: int) -> str:
     """Why `value` is not the causal mask `is_causal_mask` accepts, in words."""
     op = producers.get(value.id)
     if op is None:
-        return f"the mask is the input '{value.name}', not i >= j computed in the program"
+        return f"the mask is the boolean input '{value.name}', not i >= j"
     if op.kind != "ge":
         symbol = {"gt": ">", "le": "<=", "lt": "<", "eq": "==", "ne": "!="}.get(op.kind)
         what = f"a '{symbol}' comparison" if symbol else f"computed by {op.kind}"
@@ -97,6 +97,9 @@ def mask_refusal(value, producers, seq_q: int, seq_k: int) -> str:
     if seq_q != seq_k or shape[-2:] != (seq_q, seq_k):
         return (f"the mask is [{shape[-2]}, {shape[-1]}] against {seq_q} queries and {seq_k} "
                 "keys: the kernel's causal mask is i >= j over equal lengths")
+    rows, cols = (tuple(v.type.shape)[-2:] for v in op.inputs)
+    if rows == (1, seq_k) and cols == (seq_q, 1):
+        return "the mask is j >= i (the upper triangle), not i >= j"
     for side, want in ((op.inputs[0], (seq_q, 1)), (op.inputs[1], (1, seq_k))):
         source = producers.get(side.id)
         while source is not None and source.kind == "reshape":
@@ -302,6 +305,14 @@ def _scores_chain(x, producers, chain: list, ops: dict, why: list | None = None)
     return op, (None if scale == 1.0 else scale), mask, masker, additive
 
 
+def _origin_softmax(value, producers) -> bool:
+    """Whether `value` (past reshapes and casts) is the result of a `softmax` builtin."""
+    op = producers.get(value.id)
+    while op is not None and op.kind in ("reshape", "cast"):
+        op = producers.get(op.inputs[0].id)
+    return op is not None and (op.origin or "").startswith("softmax#")
+
+
 def _step_refusal(op, masked: bool) -> str:
     """Why `op`, between the first product and the softmax, stops the chain."""
     if op.kind == "cast":
@@ -334,13 +345,16 @@ def match_chain(m2, producers, why: list | None = None
             before, now = after.inputs[0].type.shape, after.result.type.shape
             if not before or not now or before[-1] != now[-1]:
                 return _refuse(why, "a reshape between the softmax and the second product "
-                               "changes the keys' dim", softmax=False)
+                               "changes the keys' dim",
+                               softmax=_origin_softmax(after.inputs[0], producers))
         chain.append(after)
         after = producers.get(after.inputs[0].id)
     if after is None:
         return _refuse(why, "no softmax feeds the product", softmax=False)
     ops = _softmax(after.result, producers)
     if ops is None:
+        if _origin_softmax(after.result, producers):
+            return _refuse(why, "the softmax does not normalise the last axis (the keys)")
         return _refuse(why, "no softmax feeds the product", softmax=False)
     if not plain:
         return _refuse(why, "the second product has its own accumulation dtype or mixes "
