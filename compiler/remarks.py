@@ -193,8 +193,8 @@ def explain(prog, report=None) -> Explanation:
     if report is not None:
         remarks += memory_remarks(compiled.kernels, summaries, ops, prog.machine)
     remarks = list(dict.fromkeys(remarks))  # one line per remark (an op may read a value twice)
-    remarks.sort(key=lambda r: (r.span is None, r.span.line if r.span else 0,
-                                r.span.col if r.span else 0))
+    # by source line; on one line, in the order the passes decided
+    remarks.sort(key=lambda r: (r.span is None, r.span.line if r.span else 0))
     return Explanation(prog.name, prog.machine.name, prog.options.opt_level,
                        tuple(placements), tuple(summaries), tuple(remarks),
                        report.cycles if report is not None else None)
