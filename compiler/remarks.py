@@ -189,7 +189,7 @@ def explain(prog, report=None) -> Explanation:
         remarks += fusion_remarks(plan, ops, kernel_of)
         remarks += attention_remarks(fused, kernel_of)
     remarks += lint_remarks(fused, prog.machine, kernel_of)
-    remarks += strided_load_remarks(compiled.kernels, ops)
+    remarks += strided_load_remarks(compiled.kernels, ops, prog.machine)
     if report is not None:
         remarks += memory_remarks(compiled.kernels, summaries, ops, prog.machine)
     remarks = list(dict.fromkeys(remarks))  # one line per remark (an op may read a value twice)
@@ -351,9 +351,10 @@ def lint_remarks(fn, machine, kernel_of: dict) -> list[Remark]:
     return out
 
 
-def strided_load_remarks(kernels, ops: dict) -> list[Remark]:
-    """A load of a tensor through a view with no contiguous dim (a transpose or a strided
-    slice read element by element): every element is its own DMA burst."""
+def strided_load_remarks(kernels, ops: dict, machine) -> list[Remark]:
+    """A load of a tensor through a view with no contiguous dim (a strided slice or conv, a
+    transpose of one, read element by element): every element is its own DMA burst."""
+    burst_bytes = machine.dma_burst_bytes
     out = []
     for index, kernel in enumerate(kernels.kernels):
         seen = set()
@@ -370,9 +371,9 @@ def strided_load_remarks(kernels, ops: dict) -> list[Remark]:
                 out.append(Remark(
                     "warning", "lint",
                     f"kernel {index} ({kernel.name}) reads {view.tensor} with no contiguous "
-                    f"dim (strides {list(view.strides)}): one DMA burst per element; "
-                    "materialise it in the layout the kernel reads, or transpose the other "
-                    "operand", op.span if op else None, op.id if op else None, index))
+                    f"dim (element strides {list(view.strides)}): every element costs a "
+                    f"DMA burst of {burst_bytes} B", op.span if op else None,
+                    op.id if op else None, index))
     return out
 
 
