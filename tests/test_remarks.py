@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -256,20 +254,27 @@ def test_kernel_bytes_sum_to_the_run_total():
 
 # -- the command line ------------------------------------------------------------------------
 
-def _zhenwu(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "compiler", *args], capture_output=True,
-                          text=True, timeout=600, check=False, cwd=ROOT)
+def _zhenwu(capsys, *args: str) -> tuple[int, str, str]:
+    """`zhenwu ARGS` in this process: (exit status, stdout, stderr)."""
+    from compiler.cli import main
+
+    try:
+        status = main(list(args))
+    except SystemExit as err:  # a usage error
+        status = err.code
+    out = capsys.readouterr()
+    return status, out.out, out.err
 
 
-def test_explain_text_and_json(tmp_path):
+def test_explain_text_and_json(tmp_path, capsys):
     path = tmp_path / "mlp.zt"
     path.write_text(MLP)
-    text = _zhenwu("explain", str(path))
-    assert text.returncode == 0, text.stderr
-    assert f"{path}: 2 kernels at -O2 on m890" in text.stdout
-    assert f"{path}:4:12: %9 matmul -> kernel 1 (matmul_1)" in text.stdout
-    assert f"{path}:4:12: warning [lint]: h is f32 because b1 is f32" in text.stdout
-    data = json.loads(_zhenwu("explain", str(path), "--json").stdout)
+    status, out, err = _zhenwu(capsys, "explain", str(path))
+    assert status == 0, err
+    assert f"{path}: 2 kernels at -O2 on m890" in out
+    assert f"{path}:4:12: %9 matmul -> kernel 1 (matmul_1)" in out
+    assert f"{path}:4:12: warning [lint]: h is f32 because b1 is f32" in out
+    data = json.loads(_zhenwu(capsys, "explain", str(path), "--json")[1])
     assert data["cycles"] > 0 and len(data["kernels"]) == 2
     assert all(k["hbm_bytes"] is not None for k in data["kernels"])
     assert {r["kind"] for r in data["remarks"]} == {"passed", "warning"}
@@ -277,17 +282,18 @@ def test_explain_text_and_json(tmp_path):
     assert lint["location"] == f"{path}:4:12" and lint["pass"] == "lint"
 
 
-def test_remarks_flag_on_compile_and_run(tmp_path):
+def test_remarks_flag_on_compile_and_run(tmp_path, capsys):
     path = tmp_path / "mlp.zt"
     path.write_text(MLP)
-    compiled = _zhenwu("compile", str(path), "--remarks", "-o", str(tmp_path / "out.s"))
-    assert compiled.returncode == 0, compiled.stderr
-    assert "warning [lint]: h is f32" in compiled.stderr
-    ran = _zhenwu("run", str(path), "--timing-only", "--remarks")
-    assert ran.returncode == 0, ran.stderr
-    assert "warning [lint]: h is f32" in ran.stderr and "cycles" in ran.stdout
-    bad = _zhenwu("run", str(path), "--reference", "--remarks")
-    assert bad.returncode == 2 and "--remarks" in bad.stderr
+    status, _, err = _zhenwu(capsys, "compile", str(path), "--remarks", "-o",
+                             str(tmp_path / "out.s"))
+    assert status == 0, err
+    assert "warning [lint]: h is f32" in err
+    status, out, err = _zhenwu(capsys, "run", str(path), "--timing-only", "--remarks")
+    assert status == 0, err
+    assert "warning [lint]: h is f32" in err and "cycles" in out
+    status, _, err = _zhenwu(capsys, "run", str(path), "--reference", "--remarks")
+    assert status == 2 and "--remarks" in err
 
 
 # -- the latency-aware bound -----------------------------------------------------------------
