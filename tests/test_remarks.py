@@ -92,7 +92,8 @@ fn main(q: f32[24, 16], k: f32[24, 16], v: f32[24, 16]) -> f32[24, 16] {{
     "tensor scale": ("""
 fn main(q: f32[24, 16], k: f32[24, 16], v: f32[24, 16], t: f32[24, 24]) -> f32[24, 16] {
     return softmax(q @ transpose(k) * t, axis=-1) @ v
-}""", "the scores are scaled (mul) by a tensor, not a scalar constant"),
+}""", ("the scores are scaled (mul) by something other than a finite "
+                      "scalar constant")),
     "accumulation dtype": ("""
 fn main(q: bf16[24, 16], k: bf16[24, 16], v: bf16[24, 16]) -> f32[24, 16] {
     p = softmax(matmul(q, transpose(k), acc=f32), axis=-1)

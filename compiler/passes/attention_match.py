@@ -318,10 +318,11 @@ def _step_refusal(op, masked: bool) -> str:
     if op.kind == "cast":
         return (f"the scores are cast {op.inputs[0].type.dtype} -> {op.result.type.dtype} "
                 "before the softmax, which narrows their range")
-    if op.kind == "where" and masked or masked and op.kind == "add":
+    if masked and op.kind in ("where", "add"):
         return "the scores are masked twice"
     if op.kind in ("mul", "div"):
-        return (f"the scores are scaled ({op.kind}) by a tensor, not a scalar constant")
+        return (f"the scores are scaled ({op.kind}) by something other than a finite scalar "
+                "constant")
     if op.kind == "add":
         return "the scores get an additive bias that is not where(mask, 0, -inf)"
     return (f"a {op.kind} (%{op.id}) between the first product and the softmax is not a "
