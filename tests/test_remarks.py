@@ -330,3 +330,19 @@ def test_a_kernel_reading_what_an_earlier_one_wrote_waits_for_the_l2_only():
     assert first.first_load_cycles == machine.hbm_latency
     assert second.first_load_cycles == third.first_load_cycles == machine.l2_latency
     assert {k.last_store_cycles for k in (first, second, third)} == {machine.hbm_latency}
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_fuzz_programs_explain_every_kernel(seed):
+    """The fuzzer's programs (compiler/fuzz/generator.py): every op of every kernel is
+    placed in it, and every remark is of a known kind."""
+    from compiler.fuzz.generator import random_program
+    from compiler.remarks import KINDS
+
+    prog = zhenwu.compile(random_program(seed))
+    explained = explain(prog)
+    placed = {p.op_id: p.kernel for p in explained.ops}
+    for index, kernel in enumerate(prog.kernel_ir.kernels):
+        assert all(placed[i] == index for i in kernel.op_ids)
+    assert all(r.kind in KINDS for r in explained.remarks)
+    json.dumps(explained.to_json())
