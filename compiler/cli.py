@@ -124,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--disable-pass", action="append", default=[], metavar="PASS",
                      help="leave a graph pass out (repeatable, or comma-separated; default: "
                           "none)")
+    run.add_argument("--remarks", action="store_true",
+                     help="print the optimisation remarks (as `zhenwu explain`) on stderr "
+                          "(default: off)")
 
     comp = sub.add_parser("compile", help="compile a .zt program (or .ir Graph IR text)")
     comp.add_argument("program", help="prog.zt, or Graph IR text as `zhenwu ir` prints (.ir)")
@@ -142,6 +145,24 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--disable-pass", action="append", default=[], metavar="PASS",
                       help="leave a graph pass out (repeatable, or comma-separated; default: "
                            "none)")
+    comp.add_argument("--remarks", action="store_true",
+                      help="print the optimisation remarks (without the per-kernel bytes of "
+                           "a run) on stderr (default: off)")
+
+    explain = sub.add_parser("explain", help="where each op went and why a fusion did not "
+                             "happen (optimisation remarks)")
+    explain.add_argument("program", help="prog.zt, or Graph IR text (.ir)")
+    _add_program_options(explain)
+    _add_machine(explain)
+    explain.add_argument("-O", dest="opt", choices=["0", "1", "2"], default="2",
+                         help="optimisation level (default: -O2)")
+    explain.add_argument("--disable-pass", action="append", default=[], metavar="PASS",
+                         help="leave a graph pass out (repeatable; default: none)")
+    explain.add_argument("--json", action="store_true",
+                         help="print JSON instead of text (default: off)")
+    explain.add_argument("--no-run", action="store_true",
+                         help="do not simulate: no per-kernel cycles and bytes (default: run "
+                              "timing-only)")
 
     ir = sub.add_parser("ir", help="print the Graph IR of a .zt program")
     ir.add_argument("program", help="prog.zt, or Graph IR text (.ir)")
@@ -258,6 +279,7 @@ _COMMANDS = {
     "run": "run", "compile": "compile", "ir": "ir", "asm": "isa_tools", "disasm": "isa_tools",
     "machines": "isa_tools", "bench": "bench", "fuzz": "fuzz", "validate": "validate",
     "import": "import_model", "collective": "collective", "serve": "serve",
+    "explain": "explain",
 }
 
 

@@ -106,3 +106,54 @@ def io_lower_bound_bytes(fn, machine) -> float | None:
     if word_bytes is None or total_words <= 0:
         return None
     return total_words * word_bytes
+
+
+@dataclass(frozen=True)
+class KernelLatency:
+    """The latencies no schedule of one kernel hides: its launch, the round trip of its
+    first load (nothing computes before the first data lands) and the latency of its last
+    store (the kernel ends when it is written)."""
+
+    name: str
+    launch_cycles: int
+    first_load_cycles: int
+    last_store_cycles: int
+
+    @property
+    def cycles(self) -> int:
+        return self.launch_cycles + self.first_load_cycles + self.last_store_cycles
+
+
+def kernel_latencies(kernels, machine) -> list[KernelLatency]:
+    """Per kernel of a Kernel IR program, the latencies of `KernelLatency`, from the machine
+    file: the launch (`kernel_launch_seconds`), a load's round trip (`hbm_cycles`; `l2_cycles`
+    when the L2 may already hold a tensor the kernel reads: one an earlier kernel touched)
+    and a store's (`hbm_cycles`: stores write through to HBM)."""
+    from compiler.backend.kernel_ir import Load, Store
+
+    touched: set[str] = set()
+    out = []
+    for kernel in kernels.kernels:
+        statements = [s for nest in kernel.nests for s in nest.statements()]
+        loaded = {s.view.tensor for s in statements if isinstance(s, Load)}
+        stored = {s.view.tensor for s in statements if isinstance(s, Store)}
+        if not loaded:
+            first_load = 0
+        elif machine.l2_bytes and loaded & touched:
+            first_load = machine.l2_latency
+        else:
+            first_load = machine.hbm_latency
+        last_store = machine.hbm_latency if stored else 0
+        out.append(KernelLatency(kernel.name, machine.kernel_launch_cycles, first_load,
+                                 last_store))
+        touched |= loaded | stored
+    return out
+
+
+def latency_bound_cycles(fn, kernels, machine) -> float:
+    """The latency-aware bound: the roofline of `fn` plus every kernel's latencies
+    (`kernel_latencies`). A kernel takes at least its latencies plus its own compute or
+    traffic at peak, and the kernels' compute and traffic sum to at least the program's
+    roofline, so this is a lower bound too, and the fair one for small programs."""
+    return roofline(fn, machine).cycles + sum(k.cycles for k in kernel_latencies(kernels,
+                                                                                  machine))

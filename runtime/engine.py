@@ -196,6 +196,13 @@ class Simulator:
         self.kernel_names = kernels
         self.kernel_spans: list[list[int]] = [[-1, 0] for _ in kernels]
         self.kernel_entered: dict[tuple[int, int], int] = {}
+        # HBM bytes [read, write] per kernel region, by the region of the DMA's address
+        self.kernel_hbm: list[list[int]] = [[0, 0] for _ in kernels]
+        self.kernel_of: list[int | None] = []
+        region = None
+        for op in ops:
+            region = op.kernel if op.kernel is not None else region
+            self.kernel_of.append(region)
 
     # -- heap ------------------------------------------------------------------------------
 
@@ -537,6 +544,7 @@ class Simulator:
         occupancy = bound.occupancy
         latency = bound.latency
         if bound.hbm_read or bound.hbm_write:
+            read, written = self.hbm_read, self.hbm_write
             if bound.gm_lines is not None:
                 occupancy, latency = self._gm_through_l2(core, engine, bound, now)
             else:
@@ -545,6 +553,10 @@ class Simulator:
             if self.timing.dma_window_bytes:
                 occupancy = self._in_flight(core, engine, bound.hbm_read + bound.hbm_write,
                                             now, occupancy, latency)
+            region = self.kernel_of[op.address]
+            if region is not None:
+                self.kernel_hbm[region][0] += self.hbm_read - read
+                self.kernel_hbm[region][1] += self.hbm_write - written
         if bound.net is not None:
             occupancy, latency = self.network(core, engine, bound.net, now, occupancy, latency)
         if bound.flops:
@@ -696,6 +708,7 @@ class Simulator:
         return {
             "instructions": self.instructions, "engine_instructions": self.engine_instructions,
             "flops": self.flops, "hbm_read": self.hbm_read, "hbm_write": self.hbm_write,
+            "kernel_hbm": [list(moved) for moved in self.kernel_hbm],
             "flops_by_dtype": dict(self.flops_by_dtype),
             "l2": (l2.read_bytes, l2.hit_bytes, l2.write_bytes) if l2 is not None else None,
             "servers": [(s.busy_cycles, s.bytes) for s in self.servers()],
@@ -720,6 +733,9 @@ class Simulator:
             self.flops_by_dtype[key] = self.flops_by_dtype.get(key, 0) + growth
         self.hbm_read += grow("hbm_read")
         self.hbm_write += grow("hbm_write")
+        for moved, old, new in zip(self.kernel_hbm, before["kernel_hbm"], after["kernel_hbm"]):
+            moved[0] += scaled(new[0] - old[0])
+            moved[1] += scaled(new[1] - old[1])
         if self.l2 is not None:
             (r0, h0, w0), (r1, h1, w1) = before["l2"], after["l2"]
             self.l2.read_bytes += scaled(r1 - r0)

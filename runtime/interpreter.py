@@ -170,8 +170,9 @@ def build_report(program: Program, machine, sim: Simulator, cycles: int, timing_
         for cause, n in core.stalls.items():
             stalls[cause] = stalls.get(cause, 0) + n
     kernels = [
-        KernelTime(name, span[0], span[1] - span[0])
-        for name, span in zip(sim.kernel_names, sim.kernel_spans) if span[0] >= 0
+        KernelTime(name, span[0], span[1] - span[0], moved[0], moved[1])
+        for name, span, moved in zip(sim.kernel_names, sim.kernel_spans, sim.kernel_hbm)
+        if span[0] >= 0
     ]
     peak = max((machine.peak_flops(dt) for dt, _ in machine.mx_rates
                 if dt in ("bf16", "f16")), default=0.0)

@@ -19,6 +19,9 @@ class KernelTime:
     name: str
     start_cycle: int
     cycles: int
+    # HBM bytes the kernel's DMAs moved (reads that missed the L2, writes)
+    hbm_read_bytes: int = 0
+    hbm_write_bytes: int = 0
 
 
 @dataclass

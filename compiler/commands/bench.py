@@ -12,6 +12,12 @@ taken over the DMA bytes (`gm_bytes`: reads through the L2 plus writes), which t
 constrains, not over HBM bytes, which the L2 can take below it. Without an L2 the two agree.
 `--json` prints a list of objects with the keys of `BENCH_KEYS`.
 
+Beside the roofline, a latency-aware bound (`compiler.roofline.latency_bound_cycles`): the
+roofline plus, per kernel, its launch, its first load's round trip and its last store's
+latency, from the machine file. A program shorter than a round trip (a small GEMM) is judged
+against what any schedule must wait for (`latency_bound_cycles`, `latency_efficiency`); the
+table ends with the geometric mean efficiency against both bounds.
+
 A subdirectory of samples/bench/ is a group (`zhenwu bench attention_forms`): the same
 computation spelled several ways; each program's `# kind:` names what it computes, and the
 table adds its cycles over the best spelling's of that kind (`vs_best`, `kind` in JSON).
@@ -28,12 +34,13 @@ from pathlib import Path
 
 import numpy as np
 
-from compiler.roofline import io_lower_bound_bytes, roofline
+from compiler.roofline import io_lower_bound_bytes, latency_bound_cycles, roofline
 from isa.errors import UsageError
 
 BENCH_DIR = Path(__file__).resolve().parents[2] / "samples" / "bench"
 BENCH_KEYS = ("name", "cycles", "roofline_cycles", "efficiency", "hbm_bytes", "compulsory_bytes",
-              "io_bound_ratio", "kernels", "compile_seconds", "gm_bytes", "l2_hit_bytes")
+              "io_bound_ratio", "kernels", "compile_seconds", "gm_bytes", "l2_hit_bytes",
+              "latency_bound_cycles", "latency_efficiency")
 
 
 def _collectives(args, machine) -> int:
@@ -104,6 +111,7 @@ def run_one(path: Path, machine, opt_level: int) -> dict:
     gm_bytes = (report.l2_read_bytes if report.l2_read_bytes else report.hbm_read_bytes) \
         + report.hbm_write_bytes
     io_bound = io_lower_bound_bytes(compiled.graph, machine)
+    latency_bound = latency_bound_cycles(compiled.graph, compiled.kernels, machine)
     return {
         "name": path.stem,
         "cycles": report.cycles,
@@ -116,6 +124,8 @@ def run_one(path: Path, machine, opt_level: int) -> dict:
         "compile_seconds": round(compile_seconds, 3),
         "gm_bytes": gm_bytes,
         "l2_hit_bytes": report.l2_hit_bytes,
+        "latency_bound_cycles": latency_bound,
+        "latency_efficiency": latency_bound / report.cycles if report.cycles else 0.0,
     }
 
 
@@ -145,7 +155,8 @@ def _serving(args) -> int:
 
 def _table(rows: list[dict]) -> str:
     head = (f"{'benchmark':<24} {'cycles':>12} {'roofline':>12} {'eff':>6} {'HBM MB':>10} "
-            f"{'compul MB':>10} {'L2 hit':>6} {'io/LB':>6} {'kern':>5} {'compile s':>9}")
+            f"{'compul MB':>10} {'L2 hit':>6} {'io/LB':>6} {'kern':>5} {'compile s':>9} "
+            f"{'lat bound':>12} {'eff lat':>7}")
     lines = [head, "-" * len(head)]
     for r in rows:
         io = f"{r['io_bound_ratio']:.2f}" if r["io_bound_ratio"] is not None else "-"
@@ -154,9 +165,22 @@ def _table(rows: list[dict]) -> str:
             f"{r['name']:<24} {r['cycles']:>12,} {r['roofline_cycles']:>12,.0f} "
             f"{r['efficiency']:>6.2f} {r['hbm_bytes'] / 1e6:>10.1f} "
             f"{r['compulsory_bytes'] / 1e6:>10.1f} {served:>6} {io:>6} {r['kernels']:>5} "
-            f"{r['compile_seconds']:>9.2f}"
+            f"{r['compile_seconds']:>9.2f} {r['latency_bound_cycles']:>12,.0f} "
+            f"{r['latency_efficiency']:>7.2f}"
         )
+    if rows:
+        lines.append(f"{'geomean':<24} {'':>12} {'':>12} "
+                     f"{geomean([r['efficiency'] for r in rows]):>6.2f} {'':>10} {'':>10} "
+                     f"{'':>6} {'':>6} {'':>5} {'':>9} {'':>12} "
+                     f"{geomean([r['latency_efficiency'] for r in rows]):>7.2f}")
     return "\n".join(lines)
+
+
+def geomean(values: list[float]) -> float:
+    """The geometric mean of positive numbers (0.0 when one is not positive, or none)."""
+    if not values or min(values) <= 0:
+        return 0.0
+    return float(np.exp(np.mean(np.log(values))))
 
 
 def _versus_table(rows: list[dict], kinds: dict[str, str]) -> str:
@@ -240,7 +264,8 @@ def run(args) -> int:
         if ratios:
             print(_versus_table(rows, kinds))
         print("L2 hit: the share of the DMAs' GM bytes the L2 served; io/LB: those bytes over "
-              "the I/O lower bound of one core's L1 (matrix products)")
+              "the I/O lower bound of one core's L1 (matrix products); lat bound: the roofline "
+              "plus each kernel's launch, first load round trip and last store latency")
     for failure in failures:
         print(f"error: {failure}", file=sys.stderr)
     return 1 if failures else 0

@@ -24,6 +24,10 @@ def run(args) -> int:
     prog = zhenwu.compile(args.program, shapes=parse_shape_options(args.shape),
                           machine=args.machine, opt=int(args.opt), entry=args.entry,
                           tune=bool(args.tune), disable_passes=args.disable_pass)
+    if getattr(args, "remarks", False):
+        from compiler.commands.explain import print_remarks
+
+        print_remarks(prog)
     if args.emit == "bin":
         data = prog.binary
         if args.output == "-":

@@ -26,7 +26,8 @@ def check_conflicts(args) -> None:
             raise UsageError("--check needs the math: drop --timing-only")
     if args.reference:
         for flag, given in (("--check", args.check), ("--trace", args.trace),
-                            ("--timing-only", args.timing_only), ("--report", args.report)):
+                            ("--timing-only", args.timing_only), ("--report", args.report),
+                            ("--remarks", getattr(args, "remarks", False))):
             if given:
                 raise UsageError(f"--reference runs the numpy evaluator, not the chip: "
                                  f"{flag} does not apply to it")

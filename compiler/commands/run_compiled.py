@@ -13,6 +13,7 @@ status 1. `--report` writes the interpreter's report plus `kernels`, `roofline_c
 from __future__ import annotations
 
 import json
+import sys
 
 from compiler.check import check_output
 from isa.errors import Diagnostic
@@ -57,6 +58,14 @@ def _function(args, given):
                          input_shapes={name: array.shape for name, array in given.items()})
 
 
+def _no_sharded_remarks(args) -> None:
+    if getattr(args, "remarks", False):
+        from isa.errors import UsageError
+
+        raise UsageError("--remarks explains a one-chip program: drop --chips/--mesh (or "
+                         "run `zhenwu explain` on the unsharded program)")
+
+
 def run_compiled(args) -> int:
     from compiler.commands.summary import output_line, run_summary, write_text
     from compiler.inputs import read_inputs, warn_on_stderr, write_outputs
@@ -64,10 +73,14 @@ def run_compiled(args) -> int:
     if getattr(args, "chips", 1) != 1 or getattr(args, "mesh", None):
         from compiler.commands.run_sharded import run_sharded
 
+        _no_sharded_remarks(args)
+
         return run_sharded(args)
     given, sources = read_inputs(args.input or [], args.inputs, args.program)
     if "mesh" in _function(args, given).attrs:  # `mesh tp = 8` in the file: many chips
         from compiler.commands.run_sharded import run_sharded
+
+        _no_sharded_remarks(args)
 
         return run_sharded(args)
     # Compile before making inputs: a program too big for the chip is a diagnostic, not a
@@ -101,6 +114,11 @@ def run_compiled(args) -> int:
             if not passes:
                 status = 1
     print(run_summary(report, kernels=prog.kernel_count, compile_seconds=prog.compile_seconds))
+    if getattr(args, "remarks", False):
+        from compiler.commands.explain import print_remarks
+
+        sys.stdout.flush()
+        print_remarks(prog, report)
     if status:
         raise Diagnostic("the compiled program does not match the reference evaluator")
     return status

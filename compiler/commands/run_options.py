@@ -16,6 +16,7 @@ _ZT_ONLY = (
     ("shape", "--shape", []),
     ("entry", "--entry", None),
     ("disable_pass", "--disable-pass", []),
+    ("remarks", "--remarks", False),
 )
 _PATHS = (("output", "-o"), ("trace", "--trace"), ("report", "--report"))
 

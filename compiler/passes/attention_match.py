@@ -70,6 +70,52 @@ class AttentionShape:
     additive: bool = False
 
 
+@dataclass(frozen=True)
+class Refusal:
+    """Why `match_chain` refused a product (`zhenwu explain` prints it): `reason` in words,
+    and `softmax`: whether a softmax feeds the product (a chain that looks like attention)."""
+
+    reason: str
+    softmax: bool = True
+
+
+def _refuse(why: list | None, reason: str, softmax: bool = True) -> None:
+    """Record why a match failed in `why` (when the caller asks) and return None."""
+    if why is not None:
+        why.append(Refusal(reason, softmax))
+
+
+def mask_refusal(value, producers, seq_q: int, seq_k: int) -> str:
+    """Why `value` is not the causal mask `is_causal_mask` accepts, in words."""
+    op = producers.get(value.id)
+    if op is None:
+        return f"the mask is the boolean input '{value.name}', not i >= j"
+    if op.kind != "ge":
+        symbol = {"gt": ">", "le": "<=", "lt": "<", "eq": "==", "ne": "!="}.get(op.kind)
+        what = f"a '{symbol}' comparison" if symbol else f"computed by {op.kind}"
+        return f"the mask is {what}, not i >= j (query index >= key index)"
+    shape = tuple(value.type.shape)
+    if len(shape) < 2 or any(d != 1 for d in shape[:-2]):
+        return "the mask is not one [queries, keys] matrix broadcast over the heads"
+    if seq_q != seq_k or shape[-2:] != (seq_q, seq_k):
+        return (f"the mask is [{shape[-2]}, {shape[-1]}] against {seq_q} queries and {seq_k} "
+                "keys: the kernel's causal mask is i >= j over equal lengths")
+    rows, cols = (tuple(v.type.shape)[-2:] for v in op.inputs)
+    if rows == (1, seq_k) and cols == (seq_q, 1):
+        return "the mask is j >= i (the upper triangle), not i >= j"
+    for side, want in ((op.inputs[0], (seq_q, 1)), (op.inputs[1], (1, seq_k))):
+        source = producers.get(side.id)
+        while source is not None and source.kind == "reshape":
+            source = producers.get(source.inputs[0].id)
+        if source is not None and source.kind == "iota" and tuple(side.type.shape) == want:
+            n, dtype = source.attrs["n"], source.attrs["dtype"]
+            if n > _EXACT_COUNT.get(dtype, 0):
+                return f"the mask's arange({n}) is {dtype}, which does not hold 0..{n - 1} exactly"
+            continue
+        return "the mask compares other values than arange(queries)[:, None] and arange(keys)"
+    return "the mask is not i >= j"
+
+
 def row_reduction(op) -> bool:
     """A reduction of the last axis with keepdims."""
     if op.kind not in ("reduce_sum", "reduce_max") or not op.attrs.get("keepdims"):
@@ -212,7 +258,7 @@ def _plain_matmul(op) -> bool:
     return all(v.type.dtype == dtype and v.type.rank >= 2 for v in op.inputs)
 
 
-def _scores_chain(x, producers, chain: list, ops: dict):
+def _scores_chain(x, producers, chain: list, ops: dict, why: list | None = None):
     """Walk back from the softmax's input `x` to the first product: reshapes that keep the
     rows, range-keeping casts, scalar scales and one mask (a select or an additive bias).
     Returns (m1, scale, mask, where-op, additive) or None; the ops walked go to `chain`
@@ -221,13 +267,14 @@ def _scores_chain(x, producers, chain: list, ops: dict):
     while True:
         op = producers.get(x.id)
         if op is None:
-            return None
+            return _refuse(why, f"the scores come from the input '{x.name}', not a product")
         if op.kind == "matmul":
             break
         if op.kind == "reshape":
             before, now = op.inputs[0].type.shape, op.result.type.shape
             if not before or not now or before[-1] != now[-1]:
-                return None
+                return _refuse(why, f"the reshape %{op.id} before the softmax changes the keys' "
+                               "dim")
             chain.append(op)
             x = op.inputs[0]
         elif _range_keeping_cast(op):
@@ -241,9 +288,11 @@ def _scores_chain(x, producers, chain: list, ops: dict):
                 after_mask.append(factor)
         elif op.kind == "where" and mask is None:
             mask, kept, fill = op.inputs
-            if (scalar_constant(fill, producers) != float("-inf")
-                    or kept.type.shape != op.result.type.shape):
-                return None
+            if scalar_constant(fill, producers) != float("-inf"):
+                return _refuse(why, "the mask fills the scores with something other than a "
+                               "scalar -inf")
+            if kept.type.shape != op.result.type.shape:
+                return _refuse(why, "the masked scores are broadcast by the mask")
             masker = op
             x = kept
         elif mask is None and (biased := _bias_mask(op, producers)) is not None:
@@ -251,17 +300,45 @@ def _scores_chain(x, producers, chain: list, ops: dict):
             masker, mask, additive = op, bias.inputs[0], True
             ops["bias"] = bias
         else:
-            return None
+            return _refuse(why, _step_refusal(op, mask is not None))
     # the kernel scales, then masks: a scale after the mask must keep -inf as -inf
     if mask is not None and any(f <= 0 for f in after_mask):
-        return None
+        return _refuse(why, "a scale after the mask is not positive (the kernel scales "
+                       "before it masks)")
     return op, (None if scale == 1.0 else scale), mask, masker, additive
 
 
-def match_chain(m2, producers) -> tuple[dict, list, AttentionShape] | None:
+def _origin_softmax(value, producers) -> bool:
+    """Whether `value` (past reshapes and casts) is the result of a `softmax` builtin."""
+    op = producers.get(value.id)
+    while op is not None and op.kind in ("reshape", "cast"):
+        op = producers.get(op.inputs[0].id)
+    return op is not None and (op.origin or "").startswith("softmax#")
+
+
+def _step_refusal(op, masked: bool) -> str:
+    """Why `op`, between the first product and the softmax, stops the chain."""
+    if op.kind == "cast":
+        return (f"the scores are cast {op.inputs[0].type.dtype} -> {op.result.type.dtype} "
+                "before the softmax, which narrows their range")
+    if masked and op.kind in ("where", "add"):
+        return "the scores are masked twice"
+    if op.kind in ("mul", "div"):
+        return (f"the scores are scaled ({op.kind}) by something other than a finite scalar "
+                "constant")
+    if op.kind == "add":
+        return "the scores get an additive bias that is not where(mask, 0, -inf)"
+    return (f"a {op.kind} (%{op.id}) between the first product and the softmax is not a "
+            "reshape, cast, scalar scale or mask")
+
+
+def match_chain(m2, producers, why: list | None = None
+                ) -> tuple[dict, list, AttentionShape] | None:
     """(named ops, reshapes and casts, shape) when matmul `m2` ends an attention chain the
-    kernel computes exactly, else None. See the module docstring for the conditions."""
-    if not _plain_matmul(m2):
+    kernel computes exactly, else None. See the module docstring for the conditions; `why`,
+    when given, gets a `Refusal` saying which one failed."""
+    plain = _plain_matmul(m2)
+    if not plain and why is None:
         return None
     chain: list = []
     after = producers.get(m2.inputs[0].id)
@@ -271,37 +348,50 @@ def match_chain(m2, producers) -> tuple[dict, list, AttentionShape] | None:
         if after.kind == "reshape":
             before, now = after.inputs[0].type.shape, after.result.type.shape
             if not before or not now or before[-1] != now[-1]:
-                return None
+                return _refuse(why, "a reshape between the softmax and the second product "
+                               "changes the keys' dim",
+                               softmax=_origin_softmax(after.inputs[0], producers))
         chain.append(after)
         after = producers.get(after.inputs[0].id)
     if after is None:
-        return None
+        return _refuse(why, "no softmax feeds the product", softmax=False)
     ops = _softmax(after.result, producers)
     if ops is None:
-        return None
+        if _origin_softmax(after.result, producers):
+            return _refuse(why, "the softmax does not normalise the last axis (the keys)")
+        return _refuse(why, "no softmax feeds the product", softmax=False)
+    if not plain:
+        return _refuse(why, "the second product has its own accumulation dtype or mixes "
+                       "dtypes")
     shape = tuple(ops["sub"].result.type.shape)
     dtype = m2.result.type.dtype
     if dtype not in SCORE_DTYPES or ops["sub"].result.type.dtype not in SCORE_DTYPES:
-        return None
+        bad = dtype if dtype not in SCORE_DTYPES else ops["sub"].result.type.dtype
+        return _refuse(why, f"the softmax or the product is {bad}: only f32, bf16 and f16 "
+                       "have the -inf and range the kernel's f32 scores reproduce")
     seq_k = shape[-1]
-    walked = _scores_chain(ops["sub"].inputs[0], producers, chain, ops)
+    walked = _scores_chain(ops["sub"].inputs[0], producers, chain, ops, why)
     if walked is None:
         return None
     m1, scale, mask, masker, additive = walked
     causal = mask is not None
     seq_q = masker.result.type.shape[-2] if causal and masker.result.type.rank >= 2 else 1
     if causal and not is_causal_mask(mask, producers, seq_q, seq_k):
-        return None
-    if not _plain_matmul(m1) or m1.result.type.dtype != dtype:
-        return None
+        return _refuse(why, mask_refusal(mask, producers, seq_q, seq_k))
+    if not _plain_matmul(m1):
+        return _refuse(why, "the first product has its own accumulation dtype or mixes dtypes")
+    if m1.result.type.dtype != dtype:
+        return _refuse(why, f"the first product is {m1.result.type.dtype} and the second "
+                       f"{dtype}: the kernel computes both in one dtype")
     rows1 = m1.result.type.shape[-2]
     rows2 = m2.inputs[0].type.shape[-2]
     if m1.result.type.shape[-1] != seq_k or m2.inputs[0].type.shape[-1] != seq_k:
-        return None
+        return _refuse(why, "the products' key dims do not match the softmax's rows")
     if not causal:
         seq_q = gcd(rows1, rows2)  # rows are independent: any common block will do
     if rows1 % seq_q or rows2 % seq_q:
-        return None  # a query block would straddle two batches of a product
+        # a query block would straddle two batches of a product
+        return _refuse(why, "a block of queries would straddle two batches of a product")
     if causal:
         ops["where" if not additive else "masked"] = masker
     ops["m1"] = m1
