@@ -289,6 +289,14 @@ def _scores_chain(x, producers, chain: list, ops: dict, why: list | None = None)
         elif op.kind == "where" and mask is None:
             mask, kept, fill = op.inputs
             if scalar_constant(fill, producers) != float("-inf"):
+                if scalar_constant(kept, producers) == float("-inf"):
+                    # canonicalize turns where(i > j, s, -inf) into where(j >= i, -inf, s)
+                    return _refuse(why, "the mask drops the diagonal (i > j: the first query "
+                                   "sees no key), not i >= j (query index >= key index)")
+                value = scalar_constant(fill, producers)
+                if value is not None:
+                    return _refuse(why, f"the mask fills {value:g}, not -inf: the kernel skips "
+                                   "the masked keys, which is exact only when they weigh 0")
                 return _refuse(why, "the mask fills the scores with something other than a "
                                "scalar -inf")
             if kept.type.shape != op.result.type.shape:
