@@ -96,11 +96,15 @@ def weights(rng, model, moe: bool) -> dict:
         w["ew_gate"] = bf16(rng.standard_normal((e, d, fe)) / 8)
         w["ew_up"] = bf16(rng.standard_normal((e, d, fe)) / 8)
         w["ew_down"] = bf16(rng.standard_normal((e, fe, d)) / 6)
+        w["ew_gate_up"] = np.concatenate([w["ew_gate"], w["ew_up"]], axis=-1)
     else:
         f = model.ffn
         w["w_gate"] = bf16(rng.standard_normal((d, f)) / 8)
         w["w_up"] = bf16(rng.standard_normal((d, f)) / 8)
         w["w_down"] = bf16(rng.standard_normal((f, d)) / 10)
+        w["w_gate_up"] = np.concatenate([w["w_gate"], w["w_up"]], axis=-1)
+    # the programs' fused projections: the weights side by side
+    w["w_qkv"] = np.concatenate([w["wq"], w["wk"], w["wv"]], axis=-1)
     return w
 
 
@@ -137,7 +141,7 @@ def decode_inputs(rng, model, batch, pos):
 def attention_half(model, w, x, k_old, v_old, pos):
     """Run decode_qkv, append its K/V to the cache (the host's view of the HBM write), and
     return the inputs decode_attn takes."""
-    qkv = gen.decode_qkv(model, SHARD, x.shape[0], pos, "bf16", "bf16")
+    qkv = gen.qkv(model, SHARD, gen.decode(x.shape[0], pos + 1), "bf16", "bf16")
     cos_t, sin_t = gen.rope_tables(model.head_dim, model.rope_theta, [pos] * x.shape[0])
     q, k_new, v_new = run(qkv, {"x": x, "cos_t": cos_t, "sin_t": sin_t,
                                 **{n: w[n] for n in qkv.weights}})
@@ -152,7 +156,7 @@ def test_dense_decode_step_matches_numpy():
     w = weights(rng, DENSE, moe=False)
     x, k_old, v_old = decode_inputs(rng, DENSE, batch, pos)
     q, k_new, v_new, k_cache, v_cache = attention_half(DENSE, w, x, k_old, v_old, pos)
-    attn = gen.decode_attn(DENSE, SHARD, batch, pos + 1, "bf16", "bf16")
+    attn = gen.layer_attention(DENSE, SHARD, gen.decode(batch, pos + 1), "bf16", "bf16")
     (out,) = run(attn, {"x": x, "q": bf16(q), "k_cache": k_cache, "v_cache": v_cache,
                         **{n: w[n] for n in attn.weights}})
     h, k_want, v_want = numpy_attention_step(DENSE, w, x, k_old, v_old, pos)
@@ -170,7 +174,7 @@ def test_moe_decode_step_matches_numpy():
     w = weights(rng, MOE, moe=True)
     x, k_old, v_old = decode_inputs(rng, MOE, batch, pos)
     q, _, _, k_cache, v_cache = attention_half(MOE, w, x, k_old, v_old, pos)
-    attn = gen.decode_attn(MOE, SHARD, batch, pos + 1, "bf16", "bf16")
+    attn = gen.layer_attention(MOE, SHARD, gen.decode(batch, pos + 1), "bf16", "bf16")
     h, m, dense_gates = run(attn, {"x": x, "q": bf16(q), "k_cache": k_cache,
                                    "v_cache": v_cache, **{n: w[n] for n in attn.weights}})
     h_want, _, _ = numpy_attention_step(MOE, w, x, k_old, v_old, pos)
@@ -193,7 +197,7 @@ def test_moe_decode_step_matches_numpy():
         for c, (b, _) in enumerate(slots[e]):
             xe[i, c] = m[b]
     ex = gen.experts(MOE, SHARD, len(hit), per_expert, "bf16")
-    (ye,) = run(ex, {"xe": bf16(xe), "w_gate": w["ew_gate"][hit], "w_up": w["ew_up"][hit],
+    (ye,) = run(ex, {"xe": bf16(xe), "w_gate_up": w["ew_gate_up"][hit],
                      "w_down": w["ew_down"][hit]})
     back = np.zeros((batch, top_k, MOE.hidden), np.float32)
     for i, e in enumerate(hit):
@@ -218,8 +222,9 @@ def test_prefill_and_head_programs_match_reference(kind):
     rng = np.random.default_rng(2)
     w = weights(rng, DENSE, moe=False)
     tokens = 40
-    spec = {"prefill_qkv": lambda: gen.prefill_qkv(DENSE, SHARD, tokens, "bf16", "bf16"),
-            "prefill_attn": lambda: gen.prefill_attn(DENSE, SHARD, tokens, "bf16", "bf16"),
+    step = gen.prefill(tokens)
+    spec = {"prefill_qkv": lambda: gen.qkv(DENSE, SHARD, step, "bf16", "bf16"),
+            "prefill_attn": lambda: gen.layer_attention(DENSE, SHARD, step, "bf16", "bf16"),
             "lm_head": lambda: gen.lm_head(DENSE, SHARD, 3, "bf16")}[kind]()
     fn = load_program("<p>", text=spec.source)
     inputs = {p.name: (w[p.name] if p.name in w else
@@ -239,7 +244,7 @@ def test_other_dtypes_match_and_read_the_cache_once(wdt, kvdt):
     from compiler.roofline import compulsory_bytes
 
     rng = np.random.default_rng(3)
-    spec = gen.decode_attn(DENSE, SHARD, 2, 64, wdt, kvdt)
+    spec = gen.layer_attention(DENSE, SHARD, gen.decode(2, 64), wdt, kvdt)
     fn = load_program("<p>", text=spec.source)
     inputs = {p.name: np.asarray(rng.standard_normal(p.type.shape) / 4, np.float32)
               for p in fn.params}
