@@ -290,3 +290,41 @@ def test_fused_projections_are_one_product_each():
         compiled = compile_function(load_program("<p>", text=spec.source), MACHINE)
         counts[spec.name] = sum(k.name.startswith("matmul") for k in compiled.kernels.kernels)
     assert counts == {"prefill_qkv": 1, "prefill_attn": 3}
+
+
+SMALL = parse_model("""
+name = "small-dense"
+layers = 1
+hidden = 256
+heads = 8
+kv_heads = 2
+head_dim = 32
+ffn = 512
+vocab = 64
+""")
+
+
+def test_prefill_layer_matches_the_reference_with_several_tiles_per_core():
+    """A prefill layer at 1024 tokens on the 16-core 810E: every product, the flash attention
+    and the norm kernels have two or more tiles per core, so the race detector sees buffers
+    reused across a core's tiles."""
+    machine = load_machine("z810e")
+    shard = gen.Shard(heads=8, kv_heads=2, ffn=512, experts=None, expert_ffn=None, vocab=64)
+    rng = np.random.default_rng(5)
+    step = gen.prefill(1024)
+    cos_t, sin_t = gen.rope_tables(32, 1e6, np.arange(1024))
+    for spec in (gen.qkv(SMALL, shard, step, "bf16", "bf16"),
+                 gen.layer_attention(SMALL, shard, step, "bf16", "bf16")):
+        fn = load_program(f"<{spec.name}>", text=spec.source)
+        inputs = {p.name: bf16(rng.standard_normal(p.type.shape)
+                               / (np.sqrt(p.type.shape[0]) if p.name.startswith("w") else 1))
+                  for p in fn.params}
+        inputs.update({n: (1 + 0.1 * rng.standard_normal(inputs[n].shape)).astype(np.float32)
+                       for n in spec.weights if n.endswith("norm")})
+        if "cos_t" in inputs:
+            inputs.update(cos_t=cos_t, sin_t=sin_t)
+        compiled = compile_function(fn, machine)
+        result = run_program(compiled.program, machine, compiled.program_inputs(inputs))
+        for got, want, value in zip(compiled.graph_outputs(result), evaluate(fn, inputs),
+                                    fn.outputs):
+            assert relative_error(got, want) <= output_tolerance(fn, value), spec.name
