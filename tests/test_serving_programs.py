@@ -96,16 +96,30 @@ def weights(rng, model, moe: bool) -> dict:
         w["ew_gate"] = bf16(rng.standard_normal((e, d, fe)) / 8)
         w["ew_up"] = bf16(rng.standard_normal((e, d, fe)) / 8)
         w["ew_down"] = bf16(rng.standard_normal((e, fe, d)) / 6)
-        w["ew_gate_up"] = np.concatenate([w["ew_gate"], w["ew_up"]], axis=-1)
+        # the program's layout: [expert, out, in], gate and up side by side
+        w["ew_gate_up"] = np.ascontiguousarray(
+            np.concatenate([w["ew_gate"], w["ew_up"]], axis=-1).transpose(0, 2, 1))
+        w["ew_down_t"] = np.ascontiguousarray(w["ew_down"].transpose(0, 2, 1))
     else:
         f = model.ffn
         w["w_gate"] = bf16(rng.standard_normal((d, f)) / 8)
         w["w_up"] = bf16(rng.standard_normal((d, f)) / 8)
         w["w_down"] = bf16(rng.standard_normal((f, d)) / 10)
-        w["w_gate_up"] = np.concatenate([w["w_gate"], w["w_up"]], axis=-1)
-    # the programs' fused projections: the weights side by side
-    w["w_qkv"] = np.concatenate([w["wq"], w["wk"], w["wv"]], axis=-1)
     return w
+
+
+def program_weights(w: dict) -> dict:
+    """The programs' weights from the numpy step's: every matrix [out, in] (a checkpoint's
+    layout), the fused projections' weights side by side."""
+    p = {n: w[n] for n in ("attn_norm", "q_norm", "k_norm", "mlp_norm")}
+    p["w_qkv"] = np.concatenate([w["wq"], w["wk"], w["wv"]], axis=-1).T
+    p["wo"] = w["wo"].T
+    if "w_router" in w:
+        p["w_router"] = w["w_router"].T
+    else:
+        p["w_gate_up"] = np.concatenate([w["w_gate"], w["w_up"]], axis=-1).T
+        p["w_down"] = w["w_down"].T
+    return {n: np.ascontiguousarray(a) for n, a in p.items()}
 
 
 def numpy_attention_step(model, w, x, k_old, v_old, pos):
@@ -144,7 +158,7 @@ def attention_half(model, w, x, k_old, v_old, pos):
     qkv = gen.qkv(model, SHARD, gen.decode(x.shape[0], pos + 1), "bf16", "bf16")
     cos_t, sin_t = gen.rope_tables(model.head_dim, model.rope_theta, [pos] * x.shape[0])
     q, k_new, v_new = run(qkv, {"x": x, "cos_t": cos_t, "sin_t": sin_t,
-                                **{n: w[n] for n in qkv.weights}})
+                                **{n: program_weights(w)[n] for n in qkv.weights}})
     k_cache = np.concatenate([np.asarray(k_old, np.float32), k_new[:, :, None]], axis=2)
     v_cache = np.concatenate([np.asarray(v_old, np.float32), v_new[:, :, None]], axis=2)
     return q, k_new, v_new, bf16(k_cache), bf16(v_cache)
@@ -158,7 +172,7 @@ def test_dense_decode_step_matches_numpy():
     q, k_new, v_new, k_cache, v_cache = attention_half(DENSE, w, x, k_old, v_old, pos)
     attn = gen.layer_attention(DENSE, SHARD, gen.decode(batch, pos + 1), "bf16", "bf16")
     (out,) = run(attn, {"x": x, "q": bf16(q), "k_cache": k_cache, "v_cache": v_cache,
-                        **{n: w[n] for n in attn.weights}})
+                        **{n: program_weights(w)[n] for n in attn.weights}})
     h, k_want, v_want = numpy_attention_step(DENSE, w, x, k_old, v_old, pos)
     f = lambda a: np.asarray(a, np.float32)  # noqa: E731
     m = rmsnorm(h, w["mlp_norm"])
@@ -176,7 +190,8 @@ def test_moe_decode_step_matches_numpy():
     q, _, _, k_cache, v_cache = attention_half(MOE, w, x, k_old, v_old, pos)
     attn = gen.layer_attention(MOE, SHARD, gen.decode(batch, pos + 1), "bf16", "bf16")
     h, m, dense_gates = run(attn, {"x": x, "q": bf16(q), "k_cache": k_cache,
-                                   "v_cache": v_cache, **{n: w[n] for n in attn.weights}})
+                                   "v_cache": v_cache,
+                                   **{n: program_weights(w)[n] for n in attn.weights}})
     h_want, _, _ = numpy_attention_step(MOE, w, x, k_old, v_old, pos)
     assert relative_error(h, h_want) < 2e-2
     probs = np.exp(rmsnorm(h_want, w["mlp_norm"]) @ w["w_router"])
@@ -198,7 +213,7 @@ def test_moe_decode_step_matches_numpy():
             xe[i, c] = m[b]
     ex = gen.experts(MOE, SHARD, len(hit), per_expert, "bf16")
     (ye,) = run(ex, {"xe": bf16(xe), "w_gate_up": w["ew_gate_up"][hit],
-                     "w_down": w["ew_down"][hit]})
+                     "w_down": w["ew_down_t"][hit]})
     back = np.zeros((batch, top_k, MOE.hidden), np.float32)
     for i, e in enumerate(hit):
         for c, (b, j) in enumerate(slots[e]):
@@ -227,13 +242,14 @@ def test_prefill_and_head_programs_match_reference(kind):
             "prefill_attn": lambda: gen.layer_attention(DENSE, SHARD, step, "bf16", "bf16"),
             "lm_head": lambda: gen.lm_head(DENSE, SHARD, 3, "bf16")}[kind]()
     fn = load_program("<p>", text=spec.source)
+    w = program_weights(w)
     inputs = {p.name: (w[p.name] if p.name in w else
                        bf16(rng.standard_normal(p.type.shape))) for p in fn.params}
     if kind == "prefill_qkv":
         inputs["cos_t"], inputs["sin_t"] = gen.rope_tables(16, 1e6, np.arange(tokens))
     if kind == "lm_head":
         inputs["final_norm"] = np.ones(DENSE.hidden, np.float32)
-        inputs["w_lm"] = bf16(rng.standard_normal((DENSE.hidden, 64)) / 8)
+        inputs["w_lm"] = bf16(rng.standard_normal((64, DENSE.hidden)) / 8)
     run(spec, inputs)
 
 
@@ -317,7 +333,7 @@ def test_prefill_layer_matches_the_reference_with_several_tiles_per_core():
                  gen.layer_attention(SMALL, shard, step, "bf16", "bf16")):
         fn = load_program(f"<{spec.name}>", text=spec.source)
         inputs = {p.name: bf16(rng.standard_normal(p.type.shape)
-                               / (np.sqrt(p.type.shape[0]) if p.name.startswith("w") else 1))
+                               / (np.sqrt(p.type.shape[-1]) if p.name.startswith("w") else 1))
                   for p in fn.params}
         inputs.update({n: (1 + 0.1 * rng.standard_normal(inputs[n].shape)).astype(np.float32)
                        for n in spec.weights if n.endswith("norm")})

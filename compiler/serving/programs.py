@@ -4,6 +4,12 @@ Each function here writes an ordinary `.zt` program (text) for one phase of one 
 as one chip runs it under tensor parallelism (its heads / TP, its FFN columns / TP, its experts
 / EP). The programs are compiled with the normal pipeline and simulated like any other.
 
+Every weight matrix is stored [out features, in features], as checkpoints store a linear
+layer (PyTorch's `nn.Linear.weight`), and the products read it through `transpose`: a tile
+of it is then rows contiguous along the reduction, whole DRAM rows, which is what keeps a
+decode step's matrix-vector products near the HBM bandwidth (an [in, out] layout reads each
+weight row in 64-byte pieces, half a DRAM row or less, at the scattered-access efficiency).
+
 One builder serves both phases: a `Step` is a prompt's prefill (T tokens attending causally
 to each other) or a decode step (B sequences, one new token each, attending to L cached
 positions). Per layer:
@@ -164,7 +170,7 @@ def qkv(model: ModelConfig, shard: Shard, step: Step, wdt: str, kvdt: str) -> Pr
     q_norm = f"cast(rmsnorm(q, q_norm, eps={eps!r}), {kvdt})" if model.qk_norm else "q"
     k_norm = f"cast(rmsnorm(k, k_norm, eps={eps!r}), {kvdt})" if model.qk_norm else "k"
     params = ("x: bf16[R, D], cos_t: f32[R, HD], sin_t: f32[R, HD], attn_norm: f32[D], "
-              f"w_qkv: {wdt}[D, (HL + 2 * KL) * HD]")
+              f"w_qkv: {wdt}[(HL + 2 * KL) * HD, D]")
     weights = ("attn_norm", "w_qkv")
     if model.qk_norm:
         params += ", q_norm: f32[HD], k_norm: f32[HD]"
@@ -177,7 +183,7 @@ def qkv(model: ModelConfig, shard: Shard, step: Step, wdt: str, kvdt: str) -> Pr
         + f"fn main({params}) -> ({kvdt}[R, KL, G, HD], {kvdt}[R, KL, HD], "
           f"{kvdt}[R, KL, HD]) {{\n"
           f"    a = cast(rmsnorm(cast(x, f32), attn_norm, eps={eps!r}), {wdt})\n"
-          f"    qkv = a @ w_qkv\n"
+          f"    qkv = a @ transpose(w_qkv)\n"
           f"    q = reshape(qkv[:, :HL * HD], [R, HL, HD])\n"
           f"    k = reshape(qkv[:, HL * HD:(HL + KL) * HD], [R, KL, HD])\n"
           f"    v = reshape(qkv[:, (HL + KL) * HD:], [R, KL, HD])\n"
@@ -206,8 +212,8 @@ def _ffn_body(model: ModelConfig, wdt: str) -> str:
     gate_up_proj), residual."""
     return (
         f"    m = cast(rmsnorm(h, mlp_norm, eps={model.norm_eps!r}), {wdt})\n"
-        f"    gu = m @ w_gate_up\n"
-        f"    out = cast(h + (silu(gu[:, :F]) * gu[:, F:]) @ w_down, bf16)\n"
+        f"    gu = m @ transpose(w_gate_up)\n"
+        f"    out = cast(h + (silu(gu[:, :F]) * gu[:, F:]) @ transpose(w_down), bf16)\n"
     )
 
 
@@ -221,7 +227,7 @@ def _router_body(model: ModelConfig, wdt: str) -> str:
     return (
         f"    m32 = rmsnorm(h, mlp_norm, eps={model.norm_eps!r})\n"
         "    m = cast(m32, bf16)\n"
-        "    p = softmax(m32 @ w_router, axis=-1)\n"
+        "    p = softmax(m32 @ transpose(w_router), axis=-1)\n"
         "    rank = sum(cast(p[:, None, :] > p[:, :, None], f32), axis=-1)\n"
         "    top = where(rank < K, p, 0.0)\n"
         "    gates = top / sum(top, axis=-1, keepdims=true)\n"
@@ -236,11 +242,11 @@ def _shard_consts(model: ModelConfig, shard: Shard) -> dict[str, int]:
 
 def _tail_params(model: ModelConfig, wdt: str) -> tuple[str, tuple[str, ...]]:
     if model.moe is None:
-        return (f"mlp_norm: f32[D], w_gate_up: {wdt}[D, 2 * F], w_down: {wdt}[F, D]",
+        return (f"mlp_norm: f32[D], w_gate_up: {wdt}[2 * F, D], w_down: {wdt}[D, F]",
                 ("mlp_norm", "w_gate_up", "w_down"))
     # the router stays in f32 (as Qwen3's reference code computes it): bf16 logits would
     # flip near-tied top-k choices
-    return "mlp_norm: f32[D], w_router: f32[D, E]", ("mlp_norm", "w_router")
+    return "mlp_norm: f32[D], w_router: f32[E, D]", ("mlp_norm", "w_router")
 
 
 def _tail(model: ModelConfig, wdt: str) -> tuple[str, str, str]:
@@ -271,10 +277,10 @@ def layer_attention(model: ModelConfig, shard: Shard, step: Step, wdt: str,
     source = (
         f"# {step.phase}, {model.name}: {what}, then {tail}\n"
         + _header(model, shard, {**consts, **_shard_consts(model, shard)})
-        + f"fn main(x: bf16[R, D], q: {kvdt}[R, KL, G, HD], {keys}, wo: {wdt}[HL * HD, D], "
+        + f"fn main(x: bf16[R, D], q: {kvdt}[R, KL, G, HD], {keys}, wo: {wdt}[D, HL * HD], "
           f"{params}) -> {results} {{\n"
         + _attention(step, scale, wdt)
-        + "    h = cast(x, f32) + reshape(attn, [R, HL * HD]) @ wo\n"
+        + "    h = cast(x, f32) + reshape(attn, [R, HL * HD]) @ transpose(wo)\n"
         + body + ret + "}\n"
     )
     name = f"{step.phase}_attn" + ("" if model.moe is None else "_router")
@@ -305,10 +311,11 @@ def experts(model: ModelConfig, shard: Shard, hit: int, per_expert: int,
         f"# {model.name}: {hit} experts' SwiGLU FFNs, {per_expert} tokens each\n"
         f"const D = {model.hidden}\nconst EH = {hit}\nconst C = {per_expert}\n"
         f"const FE = {shard.expert_ffn}\n"
-        f"fn main(xe: bf16[EH, C, D], w_gate_up: {wdt}[EH, D, 2 * FE], "
-        f"w_down: {wdt}[EH, FE, D]) -> bf16[EH, C, D] {{\n"
-        f"    gu = cast(xe, {wdt}) @ w_gate_up\n"
-        f"    return cast((silu(gu[:, :, :FE]) * gu[:, :, FE:]) @ w_down, bf16)\n}}\n"
+        f"fn main(xe: bf16[EH, C, D], w_gate_up: {wdt}[EH, 2 * FE, D], "
+        f"w_down: {wdt}[EH, D, FE]) -> bf16[EH, C, D] {{\n"
+        f"    gu = cast(xe, {wdt}) @ transpose(w_gate_up, [0, 2, 1])\n"
+        f"    return cast((silu(gu[:, :, :FE]) * gu[:, :, FE:]) @ transpose(w_down, [0, 2, 1]), "
+        f"bf16)\n}}\n"
     )
     return ProgramSpec("experts", source, ("w_gate_up", "w_down"))
 
@@ -330,8 +337,8 @@ def lm_head(model: ModelConfig, shard: Shard, rows: int, wdt: str) -> ProgramSpe
     source = (
         f"# {model.name}: final norm and LM head ({shard.vocab} vocabulary columns)\n"
         f"const R = {rows}\nconst D = {model.hidden}\nconst V = {shard.vocab}\n"
-        f"fn main(x: bf16[R, D], final_norm: f32[D], w_lm: {wdt}[D, V]) -> bf16[R, V] {{\n"
-        f"    return cast(cast(rmsnorm(x, final_norm, eps={model.norm_eps!r}), {wdt}) @ w_lm, "
-        f"bf16)\n}}\n"
+        f"fn main(x: bf16[R, D], final_norm: f32[D], w_lm: {wdt}[V, D]) -> bf16[R, V] {{\n"
+        f"    return cast(cast(rmsnorm(x, final_norm, eps={model.norm_eps!r}), {wdt}) "
+        f"@ transpose(w_lm), bf16)\n}}\n"
     )
     return ProgramSpec("lm_head", source, ("final_norm", "w_lm"))
