@@ -344,3 +344,18 @@ def test_prefill_layer_matches_the_reference_with_several_tiles_per_core():
         for got, want, value in zip(compiled.graph_outputs(result), evaluate(fn, inputs),
                                     fn.outputs):
             assert relative_error(got, want) <= output_tolerance(fn, value), spec.name
+
+
+@pytest.mark.parametrize("wdt, kvdt", [("fp8", "bf16"), ("bf16", "f16")])
+def test_qkv_without_qk_norm_matches_the_reference(wdt, kvdt):
+    """A model file with `qk_norm = false`: q and k go to the rotation in the cache dtype
+    straight from the product (in the weights' dtype)."""
+    model = parse_model("name = \"no-qk-norm\"\nlayers = 1\nhidden = 64\nheads = 4\n"
+                        "kv_heads = 2\nhead_dim = 16\nffn = 96\nvocab = 64\nqk_norm = false\n")
+    spec = gen.qkv(model, SHARD, gen.prefill(24), wdt, kvdt)
+    fn = load_program("<p>", text=spec.source)
+    rng = np.random.default_rng(4)
+    inputs = {p.name: np.asarray(rng.standard_normal(p.type.shape) / 4, np.float32)
+              for p in fn.params}
+    inputs["cos_t"], inputs["sin_t"] = gen.rope_tables(16, 1e6, np.arange(24))
+    run(spec, inputs)

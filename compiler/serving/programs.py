@@ -167,8 +167,8 @@ def qkv(model: ModelConfig, shard: Shard, step: Step, wdt: str, kvdt: str) -> Pr
     computed in f32 and their results rounded to the cache dtype before the rotation, as
     Qwen3's reference code does (RMSNorm returns its input's dtype)."""
     eps = model.norm_eps
-    q_norm = f"cast(rmsnorm(q, q_norm, eps={eps!r}), {kvdt})" if model.qk_norm else "q"
-    k_norm = f"cast(rmsnorm(k, k_norm, eps={eps!r}), {kvdt})" if model.qk_norm else "k"
+    q_norm = f"rmsnorm(q, q_norm, eps={eps!r})" if model.qk_norm else "q"
+    k_norm = f"rmsnorm(k, k_norm, eps={eps!r})" if model.qk_norm else "k"
     params = ("x: bf16[R, D], cos_t: f32[R, HD], sin_t: f32[R, HD], attn_norm: f32[D], "
               f"w_qkv: {wdt}[(HL + 2 * KL) * HD, D]")
     weights = ("attn_norm", "w_qkv")
@@ -187,8 +187,8 @@ def qkv(model: ModelConfig, shard: Shard, step: Step, wdt: str, kvdt: str) -> Pr
           f"    q = reshape(qkv[:, :HL * HD], [R, HL, HD])\n"
           f"    k = reshape(qkv[:, HL * HD:(HL + KL) * HD], [R, KL, HD])\n"
           f"    v = reshape(qkv[:, (HL + KL) * HD:], [R, KL, HD])\n"
-          f"    q = cast(rope({q_norm}, cos_t, sin_t), {kvdt})\n"
-          f"    k = cast(rope({k_norm}, cos_t, sin_t), {kvdt})\n"
+          f"    q = cast(rope(cast({q_norm}, {kvdt}), cos_t, sin_t), {kvdt})\n"
+          f"    k = cast(rope(cast({k_norm}, {kvdt}), cos_t, sin_t), {kvdt})\n"
           f"    return reshape(q, [R, KL, G, HD]), k, cast(v, {kvdt})\n}}\n"
     )
     return ProgramSpec(f"{step.phase}_qkv", source, weights)
