@@ -31,13 +31,14 @@ def bench_programs(model):
     """(name, [(spec, count)]) of each measured quantity."""
     shard = shard_of(model, Plan())
     layers = model.layers
+    decode, prefill = gen.decode(1, CONTEXT), gen.prefill(PROMPT)
     return {
-        "decode_b1": [(gen.decode_qkv(model, shard, 1, CONTEXT - 1, "bf16", "bf16"), layers),
-                      (gen.decode_attn(model, shard, 1, CONTEXT, "bf16", "bf16"), layers),
+        "decode_b1": [(gen.qkv(model, shard, decode, "bf16", "bf16"), layers),
+                      (gen.layer_attention(model, shard, decode, "bf16", "bf16"), layers),
                       (gen.lm_head(model, shard, 1, "bf16"), 1)],
         "attention_b64": [(gen.decode_attention(model, shard, WIDE_BATCH, CONTEXT, "bf16"), 1)],
-        "prefill": [(gen.prefill_qkv(model, shard, PROMPT, "bf16", "bf16"), layers),
-                    (gen.prefill_attn(model, shard, PROMPT, "bf16", "bf16"), layers),
+        "prefill": [(gen.qkv(model, shard, prefill, "bf16", "bf16"), layers),
+                    (gen.layer_attention(model, shard, prefill, "bf16", "bf16"), layers),
                     (gen.lm_head(model, shard, 1, "bf16"), 1)],
     }
 

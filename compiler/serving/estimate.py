@@ -194,22 +194,19 @@ def layer_programs(model: ModelConfig, plan: Plan, request: Request) -> list[Pro
     layers = model.layers // plan.pp
     micro = math.ceil(request.batch / plan.pp)     # decode micro-batch of one stage
     prompt = request.prompt
-    uses = [
-        ProgramUse("prefill", gen.prefill_qkv(model, shard, prompt, wdt, kvdt), model.layers),
-        ProgramUse("prefill", gen.prefill_attn(model, shard, prompt, wdt, kvdt), model.layers),
-        ProgramUse("prefill", gen.lm_head(model, shard, 1, wdt), 1),
-        ProgramUse("decode", gen.decode_qkv(model, shard, micro, request.decode_context - 1,
-                                            wdt, kvdt), layers * plan.pp),
-        ProgramUse("decode", gen.decode_attn(model, shard, micro, request.decode_context,
-                                             wdt, kvdt), layers * plan.pp),
-        ProgramUse("decode", gen.lm_head(model, shard, micro, wdt), plan.pp),
-    ]
-    if model.moe is not None:
-        for phase, tokens, count in (("prefill", prompt, model.layers),
-                                     ("decode", micro, layers * plan.pp)):
-            hit, per_expert = moe_routing(model, plan, shard, tokens)
-            uses.append(ProgramUse(phase, gen.experts(model, shard, hit, per_expert, wdt), count))
-            uses.append(ProgramUse(phase, gen.moe_combine(model, tokens), count))
+    uses = []
+    for step, count in ((gen.prefill(prompt), model.layers),
+                        (gen.decode(micro, request.decode_context), layers * plan.pp)):
+        head_rows, heads = (1, 1) if step.prefill else (micro, plan.pp)
+        uses += [ProgramUse(step.phase, gen.qkv(model, shard, step, wdt, kvdt), count),
+                 ProgramUse(step.phase, gen.layer_attention(model, shard, step, wdt, kvdt),
+                            count)]
+        if model.moe is not None:
+            hit, per_expert = moe_routing(model, plan, shard, step.rows)
+            uses += [ProgramUse(step.phase, gen.experts(model, shard, hit, per_expert, wdt),
+                                count),
+                     ProgramUse(step.phase, gen.moe_combine(model, step.rows), count)]
+        uses.append(ProgramUse(step.phase, gen.lm_head(model, shard, head_rows, wdt), heads))
     return uses
 
 
