@@ -181,7 +181,23 @@ class Mma:
     trans_a: bool = False   # a is stored K x M (an implicit GEMM's weights)
 
 
-Stmt = Load | Store | Vec | Iota | Reduce | Mma
+@dataclass(frozen=True)
+class ColumnCopy:
+    """Copy `cols` columns of buffer `src` from column `src_col` into buffer `dst` from
+    column `dst_col`, every row (negated when `negate`): a concat along the last axis built
+    in a tile of whole rows. A source of one column or one row (a broadcast value) is read
+    with a zero stride."""
+
+    dtype: str
+    dst: str
+    dst_col: int
+    src: str
+    src_col: int
+    cols: int
+    negate: bool = False
+
+
+Stmt = Load | Store | Vec | Iota | Reduce | Mma | ColumnCopy
 
 
 @dataclass(frozen=True)
@@ -285,6 +301,10 @@ def print_stmt(stmt: Stmt) -> str:
         dst = stmt.dst if stmt.index is None else f"{stmt.dst}, {stmt.index}"
         tail = "" if stmt.axis is None else f" axis {stmt.axis}"
         return f"reduce {stmt.op}.{stmt.dtype} {dst} <- {stmt.src}{tail}"
+    if isinstance(stmt, ColumnCopy):
+        neg = " neg" if stmt.negate else ""
+        return (f"colcopy.{stmt.dtype} {stmt.dst}[{stmt.dst_col}:] <- "
+                f"{stmt.src}[{stmt.src_col}:] cols {stmt.cols}{neg}")
     if isinstance(stmt, Mma):
         mode = f" {stmt.mode}" if stmt.mode else ""
         mode += " tA" if stmt.trans_a else ""
@@ -342,6 +362,7 @@ class KernelParseError(ValueError):
 _VIEW = re.compile(r"(\w+):(\w+)\+(-?\d+)\[([^\]]*)\]")
 _TENSOR = re.compile(r"tensor (\w+) GM (\w+)\[([\d,]*)\] (\w+)(?: @(0x[0-9a-f]+))?$")
 _COMMENT = re.compile(r"(^|\s)# .*$")
+_COLCOPY = re.compile(r"(\w+)\[(\d+):\] <- (\w+)\[(\d+):\] cols (\d+)( neg)?")
 _BUFFER = re.compile(r"buffer (\w+) (L1|ACC) (\w+) (\d+)x(\d+) @(\d+) x(\d+) \+(\d+)$")
 
 
@@ -391,6 +412,12 @@ def parse_stmt(line: str) -> Stmt:
         src, _, axis = tail.partition(" axis ")
         return Reduce(op, dtype, names[0], src.strip(), names[1] if len(names) > 1 else None,
                       int(axis) if axis else None)
+    if word.startswith("colcopy."):
+        m = _COLCOPY.fullmatch(rest.strip())
+        if not m:
+            raise KernelParseError(f"bad colcopy {line!r}")
+        dst, dst_col, src, src_col, cols, neg = m.groups()
+        return ColumnCopy(word[8:], dst, int(dst_col), src, int(src_col), int(cols), bool(neg))
     if word.startswith("mma."):
         _, in_dtype, acc_dtype = word.split(".")
         dst, _, ops = rest.partition(" <- ")
