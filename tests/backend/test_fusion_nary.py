@@ -164,11 +164,12 @@ def test_a_concat_used_outside_its_kernel_is_stored_and_pieces_load_from_gm():
 
 @pytest.mark.parametrize("source, reason", [
     # along another axis: its own kernel
-    ("fn main(a: f32[8, 16], b: f32[4, 16]) -> f32[12, 16] {\n"
-     "    return concat([a, b], axis=0) * 2.0\n}\n", "not along the last axis"),
+    (("fn main(a: f32[8, 16], b: f32[4, 16]) -> f32[12, 16] {\n"
+      "    return concat([a, b], axis=0) * 2.0\n}\n"), "not along the last axis"),
     # a splat constant piece has no tensor to load
-    ("fn main(a: f32[8, 16]) -> f32[8, 32] {\n"
-     "    return concat([a, zeros([8, 16], f32)], axis=1) * 2.0\n}\n", "a piece is a constant"),
+    (("fn main(a: f32[8, 16]) -> f32[8, 32] {\n"
+      "    return concat([a, zeros([8, 16], f32)], axis=1) * 2.0\n}\n"),
+     "a piece is a constant"),
 ])
 def test_concats_the_map_kernel_refuses(source, reason):
     groups, plan = _plan(source)
@@ -181,7 +182,7 @@ def test_a_neg_or_slice_used_elsewhere_is_not_absorbed():
     source = ("fn main(x: f32[64, 32]) -> (f32[64, 32], f32[64, 16]) {\n"
               "    n = -x[:, 16:32]\n"
               "    return concat([n, x[:, 0:16]], axis=-1) * 3.0, n\n}\n")
-    groups, plan = _plan(source)
+    _, plan = _plan(source)
     assert not any("neg into concat" in d for d in plan.decisions)
     compile_and_run(source, opt_level=2)
 
