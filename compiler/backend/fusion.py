@@ -310,12 +310,29 @@ class FusedLowering(Lowering):
         pieces, absorbed = self.concat_pieces(ops, ids)
         # a concat is built in a tile of whole rows, as a row kernel's rows are
         whole_rows = row_mode or bool(pieces)
+        # a widening cast of an operand from outside that nothing else in the kernel reads is
+        # a load of it in the wider dtype (the DMA converts as VCVT does), not a conversion
+        # on the vector engine (a second load of an operand also read narrow costs more)
+        readers: dict[int, int] = {}
+        for op in ops:
+            for value in set(op.inputs):
+                readers[value.id] = readers.get(value.id, 0) + 1
+        loaded_casts = {op.id for op in ops if op.kind == "cast" and op.inputs[0].id not in ids
+                        and readers[op.inputs[0].id] == 1
+                        and tuple(op.result.type.shape) == shape
+                        and is_float(op.attrs["dtype"])
+                        and home_dtype(op.attrs["dtype"]) != home_dtype(op.inputs[0].type.dtype)
+                        and value_preserving(op.inputs[0].type.dtype, op.attrs["dtype"])}
         # operands from outside: immediates, or views loaded once per tile
         ext: dict[tuple[int, int, int], object] = {}
         ext_values = {}
         for op in ops:
             if op.id in pieces or op.id in absorbed:
                 continue  # their operands are the concat's pieces
+            if op.id in loaded_casts:
+                ext[(op.id, 0, op.id)] = self.view_of(op.inputs[0])
+                ext_values[op.id] = op.result
+                continue
             for index, value in enumerate(op.inputs):
                 if value.id in ids or (value.id, index, op.id) in ext:
                     continue
@@ -435,8 +452,8 @@ class FusedLowering(Lowering):
             body.append(Vec(f"CVT.{dtype}", work, out, (narrow,)))
 
         for position, op in enumerate(ops):
-            if op.id in absorbed:
-                continue  # computed by its concat's column copies
+            if op.id in absorbed or op.id in loaded_casts:
+                continue  # computed by its concat's column copies, or by its load
             scratch: list[str] = []
             kind, attrs = op.kind, op.attrs
             result_dtype = op.result.type.dtype

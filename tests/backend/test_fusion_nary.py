@@ -201,3 +201,14 @@ def test_column_copies_print_and_parse_back():
     text = print_kernels(compiled.kernels)
     assert "colcopy.bf16" in text and " neg" in text
     assert parse_kernels(text) == compiled.kernels
+
+
+def test_a_widening_cast_of_an_operand_is_its_load():
+    # x is read only by its cast: the DMA loads it as f32, no conversion on the vector engine
+    fn, compiled, result, _ = compile_and_run(
+        "fn main(x: bf16[256, 300], y: f32[256, 300]) -> f32[256, 300] {\n"
+        "    return cast(x, f32) * 0.5 + y * 1.5\n}\n", opt_level=2)
+    nest = compiled.kernels.kernels[0].nests[0]
+    assert compiled.kernel_count == 1
+    assert not any(getattr(s, "op", "").startswith("CVT") for s in nest.step)
+    assert _hbm(result) == compulsory_bytes(fn)
