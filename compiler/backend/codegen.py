@@ -525,7 +525,8 @@ def emit_nest(emit: Emitter, nest: Nest, tensors) -> None:
     stores = [s for s in nest.final if isinstance(s, Store)]
     for index, store in enumerate(stores):
         buf = nest.buffer(store.src)
-        emit(f"DMA.ST.{buf.dtype} {ctx.ref(store.view)}, {ctx.tile(store.src)}",
+        relu = " .relu" if store.relu else ""
+        emit(f"DMA.ST.{buf.dtype} {ctx.ref(store.view)}, {ctx.tile(store.src)}{relu}",
              waits=[(E_OUT_FULL, 1)] if index == 0 else [],
              sigs=[(E_OUT_FREE, 1)] if index == len(stores) - 1 else [])
     emit("ENDLOOP")

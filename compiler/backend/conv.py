@@ -221,7 +221,7 @@ def im2col_in_l1(shape: ConvShape, attrs, x_height: int, tile: ConvTile) -> bool
             and tile.cols >= shape.ow and x_height % attrs["strides"][0] == 0)
 
 
-def im2col_rows(shape: ConvShape, attrs, in_bytes: int, acc_bytes: int,
+def im2col_rows(shape: ConvShape, attrs, in_bytes: int, acc_bytes: int, out_bytes: int,
                 epilogue_full_bytes: int, epilogue_row_bytes: int, machine) -> ConvTile | None:
     """Whole output rows per tile for an im2col in L1: the rows whose tiles take the fewest
     cycles (waves of MX or VX work), fitting L1 and ACC. The patches sit in the accumulator
@@ -237,22 +237,32 @@ def im2col_rows(shape: ConvShape, attrs, in_bytes: int, acc_bytes: int,
         acc_tile = aligned(tile_o * pixels * acc_bytes)
         if acc_tile > machine.acc_bytes:
             break
-        l1_out = (aligned(k_pad * pixels * in_bytes) + aligned(tile_o * pixels * 4)
+        l1_out = (aligned(k_pad * pixels * in_bytes)
                   + aligned(tile_o * pixels * epilogue_full_bytes)
                   + aligned(pixels * epilogue_row_bytes) + aligned(tile_o * 4))
         stride = aligned(max(acc_tile, l1_out))
-        copies = 2 if stride + acc_tile <= machine.acc_bytes else 1
         box = _im2col_box(rows, shape, attrs)
-        l1 = (LOAD_COPIES[0] * aligned(shape.cg * box[2] * box[3] * box[4] * in_bytes)
-              + aligned(k_pad * tile_o * in_bytes) + (copies - 1) * stride + l1_out
-              + 8 * ALIGN)
-        if l1 > machine.l1_bytes:
+        l1_in = (LOAD_COPIES[0] * aligned(shape.cg * box[2] * box[3] * box[4] * in_bytes)
+                 + aligned(k_pad * tile_o * in_bytes) + 8 * ALIGN)
+        fitting = [c for c in ACC_COPIES if (c - 1) * stride + acc_tile <= machine.acc_bytes
+                   and l1_in + (c - 1) * stride + l1_out <= machine.l1_bytes]
+        if not fitting:
             continue
+        copies = max(fitting)
         tiles = shape.n * ceil(shape.og / tile_o) * ceil(shape.oh / rows)
         waves = ceil(tiles / machine.cores)
         mx = tile_o * pixels * k_pad / (machine.mx_m * machine.mx_n * machine.mx_k)
-        vx = shape.taps * shape.cg * (ceil(pixels * in_bytes / machine.vx_bytes_per_cycle) + 2)
-        cycles = waves * max(mx, vx) + machine.hbm_latency
+        gathers = shape.taps * shape.cg
+        vx = gathers * (ceil(pixels * in_bytes / machine.vx_bytes_per_cycle) + 2)
+        if gathers > machine.queue_depth:
+            # the scalar waits for room in the vector queue: the next tile's load is issued
+            # only once this tile's gathers run, and its latency shows
+            vx += machine.hbm_latency
+        # a copy of the patches and accumulator is free again once its tile's store has
+        # landed: gathers, MMA, store and its latency over the copies in flight
+        store = tile_o * pixels * out_bytes / machine.st_bytes_per_cycle
+        turn = (mx + vx + store + machine.hbm_latency) / copies
+        cycles = waves * max(mx, vx, turn) + machine.hbm_latency
         if best is None or cycles < best.cycles:
             best = ConvTile(tile_o, rows, shape.ow, shape.cg, copies, LOAD_COPIES[0], cycles,
                             True)
@@ -424,7 +434,7 @@ def lower_conv_group(low, ops) -> None:
     im2col = None
     if attrs["strides"][1] > 1 and groups == 1 and x.shape[2] % attrs["strides"][0] == 0:
         im2col = im2col_rows(shape, iattrs, itemsize(in_dtype), itemsize(acc_dtype),
-                             full_bytes, row_bytes, machine)
+                             itemsize(out.dtype), full_bytes, row_bytes, machine)
         if im2col is not None and im2col_in_l1(shape, attrs, x.shape[2], im2col):
             tile = im2col
         else:
@@ -530,7 +540,12 @@ def lower_conv_group(low, ops) -> None:
         final += elementwise_body(op.kind, op.attrs, "f32")(srcs, "c", None)
         if op in rounded:
             final += round_to(op.result.type.dtype)
-    final.append(Store(_output_view(out, groups), "c"))
+    # a ReLU ending the epilogue is the store's fused activation: the vector engine is then
+    # free for the next tile's work (an im2col's gathers) while this tile's MMA runs
+    relu = bool(final) and final[-1] == Vec("RELU", "f32", "c", ("c",))
+    if relu:
+        final.pop()
+    final.append(Store(_output_view(out, groups), "c", relu))
 
     step = [] if stationary else [Load("w", _weight_view(w, groups))]
     if im2col is not None:

@@ -406,6 +406,8 @@ class FusedLowering(Lowering):
             if n == 1 and kind == "row":
                 kind = "full"
             value_buf[vid] = tiles.new(home_dtype(ext_values[vid].type.dtype), kind, "ld")
+        # the buffer each load fills (a loaded cast's value may move to an output buffer)
+        load_buf = {vid: value_buf[vid] for vid in load_views}
         # a piece loaded from GM: a tile of its own columns, copied into the concat's
         piece_buf: dict[tuple[int, int], str] = {}
         for cat, index, piece in piece_list:
@@ -589,9 +591,9 @@ class FusedLowering(Lowering):
         shapes = {"full": (rows, cols), "row": (1, cols), "col": (rows, 1), "one": (1, 1)}
         shapes.update({kind: (rows, int(kind[4:])) for _, kind, _ in tiles.specs.values()
                        if kind.startswith("cols")})
-        setup_names = {value_buf[vid] for vid, view in compact.items()
+        setup_names = {load_buf[vid] for vid, view in compact.items()
                        if all(grid[a] == 1 for a in view.axes)
-                       and tiles.specs[value_buf[vid]][1] != "full"}
+                       and tiles.specs[load_buf[vid]][1] != "full"}
         specs = []
         for name, (dtype, kind, role) in tiles.specs.items():
             if name in setup_names:
@@ -605,10 +607,10 @@ class FusedLowering(Lowering):
             r, c = shapes[kind]
             buffers.append(Buffer(name, "L1", dtype, r, c, base, 1, 0))
             base += -(-r * c * itemsize(dtype) // ALIGN) * ALIGN
-        setup = tuple(Load(value_buf[vid], compact[vid]) for vid in load_ids
-                      if value_buf[vid] in setup_names)
-        step = tuple(Load(value_buf[vid], compact[vid]) for vid in load_ids
-                     if value_buf[vid] not in setup_names)
+        setup = tuple(Load(load_buf[vid], compact[vid]) for vid in load_ids
+                      if load_buf[vid] in setup_names)
+        step = tuple(Load(load_buf[vid], compact[vid]) for vid in load_ids
+                     if load_buf[vid] not in setup_names)
         for (cat, index, piece), view in zip(piece_list, piece_views):
             if view.axes[-1] != n - 1:
                 raise CompileError("internal: a concat piece's view lost its last axis")

@@ -117,10 +117,12 @@ class Load:
 
 @dataclass(frozen=True)
 class Store:
-    """DMA buffer `src` to the current tile of `view`, cast to the view's dtype."""
+    """DMA buffer `src` to the current tile of `view`, cast to the view's dtype (after
+    max(x, 0) when `relu`: the DMA's fused activation)."""
 
     view: View
     src: str
+    relu: bool = False
 
 
 @dataclass(frozen=True)
@@ -291,7 +293,7 @@ def print_stmt(stmt: Stmt) -> str:
         box = f" box [{', '.join(map(str, stmt.box))}]" if stmt.box else ""
         return f"load {stmt.dst} <- {print_view(stmt.view)} pad {_num(stmt.pad)}{box}"
     if isinstance(stmt, Store):
-        return f"store {print_view(stmt.view)} <- {stmt.src}"
+        return f"store {print_view(stmt.view)} <- {stmt.src}" + (" relu" if stmt.relu else "")
     if isinstance(stmt, Vec):
         srcs = ", ".join(_operand(s) for s in stmt.srcs)
         return f"vec {stmt.op}.{stmt.dtype} {stmt.dst} <- {srcs}".rstrip(" <-")
@@ -394,7 +396,10 @@ def parse_stmt(line: str) -> Stmt:
                     _ints(box.strip().strip("[]")) if box else ())
     if word == "store":
         view, _, src = rest.rpartition(" <- ")
-        return Store(parse_view(view), src.strip())
+        src, _, relu = src.strip().partition(" ")
+        if relu not in ("", "relu"):
+            raise KernelParseError(f"unknown store flag {relu!r}")
+        return Store(parse_view(view), src, relu == "relu")
     if word == "vec":
         head, _, srcs = rest.partition(" <- ")
         opdt, dst = head.split()
