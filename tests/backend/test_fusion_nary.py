@@ -217,8 +217,8 @@ def test_a_widening_cast_of_an_operand_is_its_load():
 @pytest.mark.parametrize("source", [
     "fn main(x: bf16[4]) -> f32[] {\n    return cast(sum(x), f32)\n}\n",
     "fn main(x: bf16[96, 40]) -> f32[96, 40] {\n    return cast(x, f32)\n}\n",
-    "fn main(x: f16[96, 40]) -> (f32[96, 40], f32[96, 40]) {\n"
-    "    y = cast(x, f32)\n    return y, y * 2.0\n}\n",
+    ("fn main(x: f16[96, 40]) -> (f32[96, 40], f32[96, 40]) {\n"
+     "    y = cast(x, f32)\n    return y, y * 2.0\n}\n"),
 ])
 def test_a_loaded_cast_that_is_also_stored(source):
     # the cast's value is its load's buffer and is copied to an output buffer for the store
