@@ -223,3 +223,13 @@ def test_a_widening_cast_of_an_operand_is_its_load():
 def test_a_loaded_cast_that_is_also_stored(source):
     # the cast's value is its load's buffer and is copied to an output buffer for the store
     compile_and_run(source, opt_level=2)
+
+
+def test_a_concat_whose_rows_do_not_fit_l1_falls_back_to_one_kernel_per_op():
+    # rows of 24000 f32 values (96 KB) on a 64 KiB L1: the concat and its consumer are
+    # lowered op by op, still right
+    _, compiled, _, _ = compile_and_run(
+        "fn main(x: f32[4, 24000]) -> f32[4, 24000] {\n"
+        "    return concat([-x[:, 12000:24000], x[:, 0:12000]], axis=-1) * 2.0\n}\n",
+        opt_level=2)
+    assert compiled.kernel_count >= 2
