@@ -16,10 +16,14 @@ Groups (TVM's op patterns, on the primitives the `decompose` pass leaves):
   im2col ops of a conv it can lower that way back into one `conv2d` op (`refold_convs`);
 - `pool`: a maxpool2d as one kernel (compiler/backend/pool.py), folded back likewise;
 - `view`: shape ops that the backend turns into DMA views (no kernel);
-- `single`: an op lowered on its own (reductions, concat, pad, ...).
+- `single`: an op lowered on its own (reductions, a concat along another axis, pad, ...).
 
 Decisions are greedy in program order: an elementwise op joins the group of an operand's
-producer when the shapes agree and joining creates no cycle between kernels.
+producer when the shapes agree and joining creates no cycle between kernels, and the other
+elementwise groups over the same iteration space computing its operands merge into it (a
+sum of N scaled tensors is one kernel). A concat along the last axis starts an elementwise
+group whose tiles span whole rows, absorbing the `neg` and column slice of each piece
+(rotary embeddings' rotate-half).
 """
 
 from __future__ import annotations
