@@ -27,6 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from compiler.backend.kernel_ir import (
+    ColumnCopy,
     Iota,
     Kernel,
     KernelProgram,
@@ -151,6 +152,19 @@ class _NestContext:
         col_stride = 0 if src.cols == 1 else 1
         return f"{text[:-1]}, {row_stride}, {col_stride}]"
 
+    def columns(self, name: str, col: int) -> str:
+        """Buffer `name` from column `col`, each row a whole row of the buffer apart; a
+        buffer of one row or one column (a broadcast value) repeats it (zero stride)."""
+        buf = self.nest.buffer(name)
+        col = 0 if buf.cols == 1 else col
+        start = buf.offset + col * itemsize(buf.dtype)
+        row_stride = 0 if buf.rows == 1 else buf.cols
+        col_stride = 0 if buf.cols == 1 else 1
+        if name in self.setup_buffers:
+            return f"{buf.level}[{start}, {row_stride}, {col_stride}]"
+        reg = R_LD_OFF if name in self.ld_buffers else R_OUT_OFF
+        return f"{buf.level}[{_addr(reg, start)}, {row_stride}, {col_stride}]"
+
     def ref(self, view: View, box: tuple[int, ...] = ()) -> str:
         coords = []
         for axis, shift in zip(view.axes, view.shifts):
@@ -224,6 +238,11 @@ def _compute(ctx: _NestContext, stmt, first_step: bool) -> str:
         suffixes = (stmt.cond, stmt.dtype) if stmt.cond else (stmt.dtype,)
         name = ".".join((stmt.instr.mnemonic, *suffixes))
         return f"{name} {', '.join([t(stmt.dst)] + srcs)}, {buf.rows}, {buf.cols}"
+    if isinstance(stmt, ColumnCopy):
+        rows = ctx.nest.buffer(stmt.dst).rows
+        name = "VNEG" if stmt.negate else "VCOPY"
+        return (f"{name}.{stmt.dtype} {ctx.columns(stmt.dst, stmt.dst_col)}, "
+                f"{ctx.columns(stmt.src, stmt.src_col)}, {rows}, {stmt.cols}")
     if isinstance(stmt, Iota):
         buf = ctx.nest.buffer(stmt.dst)
         base = ctx.coord(stmt.axis)
@@ -391,6 +410,8 @@ def _read_only_by_mma(nest: Nest, names: frozenset[str]) -> bool:
             used = {stmt.src}
         elif isinstance(stmt, Reduce):
             used = {stmt.src, stmt.dst}
+        elif isinstance(stmt, ColumnCopy):
+            used = {stmt.src}
         else:
             used = set()
         if used & names:
@@ -505,7 +526,8 @@ def emit_nest(emit: Emitter, nest: Nest, tensors) -> None:
     stores = [s for s in nest.final if isinstance(s, Store)]
     for index, store in enumerate(stores):
         buf = nest.buffer(store.src)
-        emit(f"DMA.ST.{buf.dtype} {ctx.ref(store.view)}, {ctx.tile(store.src)}",
+        relu = " .relu" if store.relu else ""
+        emit(f"DMA.ST.{buf.dtype} {ctx.ref(store.view)}, {ctx.tile(store.src)}{relu}",
              waits=[(E_OUT_FULL, 1)] if index == 0 else [],
              sigs=[(E_OUT_FREE, 1)] if index == len(stores) - 1 else [])
     emit("ENDLOOP")

@@ -211,6 +211,110 @@ def choose_conv_tile(shape: ConvShape, in_dtype: str, acc_dtype: str, out_bytes:
     return best
 
 
+def im2col_in_l1(shape: ConvShape, attrs, x_height: int, tile: ConvTile) -> bool:
+    """Whether the patches are gathered in L1 from the input rows under the tile instead of
+    loaded one tap at a time: a conv strided along the width (each element of a tap's box
+    would be a DMA run and a burst of its own, the ResNet stem's 7x7 stride-2 taps), with
+    one reduction step (all input channels, the weights stationary), whole output rows per
+    tile, and an input height the row stride divides (rows are viewed as (block, phase))."""
+    return (attrs["strides"][1] > 1 and shape.groups == 1 and tile.stationary
+            and tile.cols >= shape.ow and x_height % attrs["strides"][0] == 0)
+
+
+def im2col_rows(shape: ConvShape, attrs, in_bytes: int, acc_bytes: int, out_bytes: int,
+                epilogue_full_bytes: int, epilogue_row_bytes: int, machine) -> ConvTile | None:
+    """Whole output rows per tile for an im2col in L1: the rows whose tiles take the fewest
+    cycles (waves of MX or VX work), fitting L1 and ACC. The patches sit in the accumulator
+    copies' L1 region (their copies share its stride)."""
+    unit = machine.mx_n
+    k_pad = round_up(shape.taps * shape.cg, machine.mx_k)
+    tile_o = min(round_up(shape.og, machine.mx_m), 16 * machine.mx_m)
+    best = None
+    for rows in range(1, shape.oh + 1):
+        pixels = rows * shape.ow
+        if pixels % unit or pixels > 2 * MAX_PIXELS:
+            continue
+        acc_tile = aligned(tile_o * pixels * acc_bytes)
+        if acc_tile > machine.acc_bytes:
+            break
+        l1_out = (aligned(k_pad * pixels * in_bytes)
+                  + aligned(tile_o * pixels * epilogue_full_bytes)
+                  + aligned(pixels * epilogue_row_bytes) + aligned(tile_o * 4))
+        stride = aligned(max(acc_tile, l1_out))
+        box = _im2col_box(rows, shape, attrs)
+        l1_in = (LOAD_COPIES[0] * aligned(shape.cg * box[2] * box[3] * box[4] * in_bytes)
+                 + aligned(k_pad * tile_o * in_bytes) + 8 * ALIGN)
+        fitting = [c for c in ACC_COPIES if (c - 1) * stride + acc_tile <= machine.acc_bytes
+                   and l1_in + (c - 1) * stride + l1_out <= machine.l1_bytes]
+        if not fitting:
+            continue
+        copies = max(fitting)
+        tiles = shape.n * ceil(shape.og / tile_o) * ceil(shape.oh / rows)
+        waves = ceil(tiles / machine.cores)
+        mx = tile_o * pixels * k_pad / (machine.mx_m * machine.mx_n * machine.mx_k)
+        gathers = shape.taps * shape.cg
+        vx = gathers * (ceil(pixels * in_bytes / machine.vx_bytes_per_cycle) + 2)
+        if gathers > machine.queue_depth:
+            # the scalar waits for room in the vector queue: the next tile's load is issued
+            # only once this tile's gathers run, and its latency shows
+            vx += machine.hbm_latency
+        # a copy of the patches and accumulator is free again once its tile's store has
+        # landed: gathers, MMA, store and its latency over the copies in flight
+        store = tile_o * pixels * out_bytes / machine.st_bytes_per_cycle
+        turn = (mx + vx + store + machine.hbm_latency) / copies
+        cycles = waves * max(mx, vx, turn) + machine.hbm_latency
+        if best is None or cycles < best.cycles:
+            best = ConvTile(tile_o, rows, shape.ow, shape.cg, copies, LOAD_COPIES[0], cycles,
+                            True)
+    return best
+
+
+def _kernel_size(shape: ConvShape, attrs) -> tuple[int, int]:
+    """(kh, kw) of the dilated window."""
+    kh, kw = attrs["kernel_hw"]
+    return ((kh - 1) * attrs["dilation"][0] + 1, (kw - 1) * attrs["dilation"][1] + 1)
+
+
+def _im2col_box(rows: int, shape: ConvShape, attrs) -> tuple[int, ...]:
+    """The input box under `rows` output rows: (n, channels, row blocks, stride phases,
+    columns), the rows viewed as (block, phase) so that no coordinate is scaled."""
+    (ekh, ekw), (sh, sw) = _kernel_size(shape, attrs), attrs["strides"]
+    first = -attrs["pads"][0][0] // sh
+    last = (ekh - 1 - attrs["pads"][0][0]) // sh
+    return (1, shape.cg, rows + last - first, sh, (shape.ow - 1) * sw + ekw)
+
+
+def _im2col_input_view(x, attrs) -> View:
+    """x (N, C, H, W) as (n, c, row block, phase, column) over the nest axes: the block
+    follows the output rows, the phase the taps' axis (one step: coordinate 0) and the
+    columns the output columns (whole rows: coordinate 0, shifted by the left padding)."""
+    n, c, h, w = x.shape
+    sn, sc, sr, sw_ = x.strides
+    sh = attrs["strides"][0]
+    first = -attrs["pads"][0][0] // sh
+    return View(x.tensor, x.dtype, x.offset, (AX_N, AX_C, AX_OH, AX_TAP, AX_OW),
+                (n, c, h // sh, sh, w), (sn, sc, sh * sr, sr, sw_),
+                (0, 0, -first, 0, attrs["pads"][1][0]))
+
+
+def _im2col_gathers(shape: ConvShape, attrs, box, tile: ConvTile, dtype: str) -> list:
+    """One strided vector copy per (tap, channel) from the input box into its row of the
+    patches (K ordered (tap, channel), each row `rows x ow` pixels)."""
+    kh, kw = attrs["kernel_hw"]
+    (dh, dw), (sh, sw) = attrs["dilation"], attrs["strides"]
+    first = -attrs["pads"][0][0] // sh
+    _, _, blocks, phases, cols = box
+    out = []
+    for tap in range(kh * kw):
+        i, j = divmod(tap, kw)
+        row0 = i * dh - attrs["pads"][0][0] - first * sh   # the box row of output row 0
+        for c in range(shape.cg):
+            offset = (c * blocks * phases + row0) * cols + j * dw
+            out.append(Vec("COPY", dtype, f"p{tap * shape.cg + c}",
+                           (f"xin@{offset}:{sh * cols}:{sw}",)))
+    return out
+
+
 def _tap_view(x, kernel_index, attrs, out_hw, cg) -> View:
     """The view of x (N, C, H, W) that tap (i, j) reads, over the nest axes: see the module
     docstring; a tap that reads no element of x is a view the box never meets."""
@@ -326,6 +430,15 @@ def lower_conv_group(low, ops) -> None:
     n_vec = len(epilogue) + 2 * len(rounded)
     tile = choose_conv_tile(shape, in_dtype, acc_dtype, itemsize(out.dtype), full_bytes,
                             row_bytes, n_vec, machine)
+    iattrs = dict(attrs, kernel_hw=(kh, kw))
+    im2col = None
+    if attrs["strides"][1] > 1 and groups == 1 and x.shape[2] % attrs["strides"][0] == 0:
+        im2col = im2col_rows(shape, iattrs, itemsize(in_dtype), itemsize(acc_dtype),
+                             itemsize(out.dtype), full_bytes, row_bytes, machine)
+        if im2col is not None and im2col_in_l1(shape, attrs, x.shape[2], im2col):
+            tile = im2col
+        else:
+            im2col = None
     low.conv_choices = getattr(low, "conv_choices", {})
     low.conv_choices[conv.id] = tile
     tile_o, rows, cols, tile_c = tile.tile_o, tile.rows, tile.cols, tile.tile_c
@@ -344,8 +457,16 @@ def lower_conv_group(low, ops) -> None:
     w_bytes -= resident
     ld_stride = w_bytes + x_bytes
     ld_copies = tile.ld_copies
-    buffers = [Buffer("x0", "L1", in_dtype, k_pad, pixels, w_bytes, ld_copies, ld_stride)]
-    for t in range(1, taps):
+    if im2col is not None:
+        # the input rows under the tile, loaded once a step; the patches are gathered from
+        # them into the output region (one copy per accumulator)
+        box = _im2col_box(rows, shape, iattrs)
+        box_rows = box[1] * box[2] * box[3]
+        ld_stride = aligned(box_rows * box[4] * in_bytes)
+        buffers = [Buffer("xin", "L1", in_dtype, box_rows, box[4], 0, ld_copies, ld_stride)]
+    else:
+        buffers = [Buffer("x0", "L1", in_dtype, k_pad, pixels, w_bytes, ld_copies, ld_stride)]
+    for t in range(1, taps if im2col is None else 1):
         buffers.append(Buffer(f"x{t}", "L1", in_dtype, tile_c, pixels,
                               w_bytes + t * tile_c * pixels * in_bytes, ld_copies, ld_stride))
     offset = ld_copies * ld_stride
@@ -360,7 +481,7 @@ def lower_conv_group(low, ops) -> None:
         offset += resident
     else:
         buffers.insert(0, Buffer("w", "L1", in_dtype, k_pad, tile_o, 0, ld_copies, ld_stride))
-    if k_pad > k:  # zero the padding rows of every copy, once per core
+    if k_pad > k and im2col is None:  # zero the padding rows of every copy, once per core
         for copy in range(ld_copies):
             base = copy * ld_stride
             pads = [("zx", w_bytes, pixels)] + ([] if stationary else [("zw", 0, tile_o)])
@@ -371,6 +492,12 @@ def lower_conv_group(low, ops) -> None:
     l1_base = offset
     dims = {"full": (tile_o, pixels), "row": (1, pixels), "col": (tile_o, 1), "one": (1, 1)}
     l1_out = []
+    if im2col is not None:  # the patches, K x pixels, a row of rows x cols per (tap, channel)
+        l1_out.append(Buffer("x0", "L1", in_dtype, k_pad, pixels, offset))
+        for row in range(k):
+            l1_out.append(Buffer(f"p{row}", "L1", in_dtype, rows, cols,
+                                 offset + row * pixels * in_bytes))
+        offset += aligned(k_pad * pixels * in_bytes)
     for index, kind in enumerate(epi_kinds):
         r, cc = dims[kind]
         l1_out.append(Buffer(f"e{index}", "L1", "f32", r, cc, offset))
@@ -384,6 +511,11 @@ def lower_conv_group(low, ops) -> None:
     buffers.append(Buffer("c", "ACC", acc_dtype, tile_o, pixels, 0, copies, stride))
     buffers += [Buffer(b.name, b.level, b.dtype, b.rows, b.cols, b.offset, copies, stride)
                 for b in l1_out]
+    if im2col is not None and k_pad > k:  # the patches' padding rows, once per core
+        for copy in range(copies):
+            buffers.append(Buffer(f"zx{copy}", "L1", in_dtype, k_pad - k, pixels,
+                                  l1_base + copy * stride + k * pixels * in_bytes))
+            setup.append(Vec("DUP", in_dtype, f"zx{copy}", (0.0,)))
 
     final: list = [Load(f"e{i}", view) for i, view in enumerate(epi_views)]
 
@@ -408,10 +540,18 @@ def lower_conv_group(low, ops) -> None:
         final += elementwise_body(op.kind, op.attrs, "f32")(srcs, "c", None)
         if op in rounded:
             final += round_to(op.result.type.dtype)
-    final.append(Store(_output_view(out, groups), "c"))
+    # a ReLU ending the epilogue is the store's fused activation: the vector engine is then
+    # free for the next tile's work (an im2col's gathers) while this tile's MMA runs
+    relu = bool(final) and final[-1] == Vec("RELU", "f32", "c", ("c",))
+    if relu:
+        final.pop()
+    final.append(Store(_output_view(out, groups), "c", relu))
 
     step = [] if stationary else [Load("w", _weight_view(w, groups))]
-    for t in range(taps):
+    if im2col is not None:
+        step.append(Load("xin", _im2col_input_view(x, attrs), 0.0, box))
+        step += _im2col_gathers(shape, iattrs, box, tile, in_dtype)
+    for t in range(taps if im2col is None else 0):
         step.append(Load(f"x{t}", _tap_view(x, divmod(t, kw), attrs, (oh, ow), cg)))
     step.append(Mma(in_dtype, acc_dtype, "c", "w", "x0", trans_a=True))
     extents = (n, groups, oh, ow, og, cg, taps)

@@ -18,11 +18,11 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from math import prod
 
 from compiler.backend.groups import group_lowering
-from compiler.backend.kernel_ir import Buffer, Load, Nest, Reduce, Store, Vec, View
+from compiler.backend.kernel_ir import Buffer, ColumnCopy, Load, Nest, Reduce, Store, Vec, View
 from compiler.backend.lower import (
     ALIGN,
     Lowering,
@@ -40,6 +40,7 @@ from compiler.backend.tiling import map_tile
 from compiler.graph.dtypes import is_float, itemsize, value_preserving
 from compiler.graph.ir import Function
 from compiler.graph.ops import OPS
+from isa.errors import CompileError
 
 NARROW_FLOATS = ("bf16", "f16", "fp8")
 VECTOR_FLOATS = ("bf16", "f16")   # vector dtypes: an instruction rounds its result once
@@ -107,6 +108,21 @@ def fused_tile(extents: tuple[int, ...], bytes_per_elem: int, machine,
     return tuple(tile)
 
 
+@dataclass(frozen=True)
+class ConcatPiece:
+    """One input of a concat built in a map kernel: columns `col` .. `col + cols` of the
+    concat's tile, copied (negated when `negate`) from the tile of value `value` (computed
+    or loaded by the kernel) from its column `value_col`, else loaded from GM through
+    `view` (a TensorView) into a tile of its own."""
+
+    col: int
+    cols: int
+    negate: bool
+    value: int | None = None
+    value_col: int = 0
+    view: object = None
+
+
 class RowTooLong(Exception):
     """A row kernel whose rows do not fit L1: its ops are lowered one by one instead."""
 
@@ -155,7 +171,7 @@ class FusedLowering(Lowering):
             self.lower_elementwise(ops)
         except RowTooLong:
             for member in ops:
-                if OPS[member.kind].row_kernel:
+                if OPS[member.kind].row_kernel or member.kind in ("concat", "slice"):
                     super().lower_op(member)
                 else:
                     self.lower_elementwise([member])
@@ -220,6 +236,46 @@ class FusedLowering(Lowering):
 
     # -------------------------------------------------------------- elementwise groups
 
+    def concat_pieces(self, ops, ids) -> tuple[dict[int, list[ConcatPiece]], dict[int, int]]:
+        """The pieces of each concat of a map group (fuse.py lets a concat along the last
+        axis absorb a `neg` and a column slice per piece), and for each absorbed op the
+        concat that computes it."""
+        pieces: dict[int, list[ConcatPiece]] = {}
+        absorbed: dict[int, int] = {}
+        for op in ops:
+            if op.kind != "concat":
+                continue
+            col, found = 0, []
+            for value in op.inputs:
+                width = value.type.shape[-1]
+                negate = False
+                inner = self.op_by_id.get(value.id) if value.id in ids else None
+                if inner is not None and inner.kind == "neg":
+                    negate, absorbed[inner.id] = True, op.id
+                    value = inner.inputs[0]
+                    inner = self.op_by_id.get(value.id) if value.id in ids else None
+                if inner is not None and inner.kind == "slice":
+                    absorbed[inner.id] = op.id
+                    source = inner.inputs[0]
+                    if source.id in ids:
+                        found.append(ConcatPiece(col, width, negate, source.id,
+                                                 inner.attrs["starts"][-1]))
+                    else:
+                        # copied from the source's tile when the kernel loads it anyway
+                        view = self.view_of(source).slice(inner.attrs["starts"],
+                                                          inner.attrs["stops"],
+                                                          inner.attrs["steps"])
+                        found.append(ConcatPiece(col, width, negate, source.id,
+                                                 inner.attrs["starts"][-1], view))
+                elif inner is None:
+                    found.append(ConcatPiece(col, width, negate, view=self.view_of(value)))
+                else:
+                    raise CompileError(f"internal: a concat piece computed by {inner.kind} "
+                                       "in a map kernel", op.span)
+                col += width
+            pieces[op.id] = found
+        return pieces, absorbed
+
     def lower_elementwise(self, ops) -> None:
         """One map nest for an elementwise group, or a row kernel when the group holds
         reductions of the last axis (whole rows per tile)."""
@@ -230,10 +286,32 @@ class FusedLowering(Lowering):
         stored = self.stored(ops)
         if not stored:
             return  # dead code (when `dce` is disabled): nothing to compute
+        pieces, absorbed = self.concat_pieces(ops, ids)
+        # a concat is built in a tile of whole rows, as a row kernel's rows are
+        whole_rows = row_mode or bool(pieces)
+        # a widening cast of an operand from outside that nothing else in the kernel reads is
+        # a load of it in the wider dtype (the DMA converts as VCVT does), not a conversion
+        # on the vector engine (a second load of an operand also read narrow costs more)
+        readers: dict[int, int] = {}
+        for op in ops:
+            for value in set(op.inputs):
+                readers[value.id] = readers.get(value.id, 0) + 1
+        loaded_casts = {op.id for op in ops if op.kind == "cast" and op.inputs[0].id not in ids
+                        and readers[op.inputs[0].id] == 1
+                        and tuple(op.result.type.shape) == shape
+                        and is_float(op.attrs["dtype"])
+                        and home_dtype(op.attrs["dtype"]) != home_dtype(op.inputs[0].type.dtype)
+                        and value_preserving(op.inputs[0].type.dtype, op.attrs["dtype"])}
         # operands from outside: immediates, or views loaded once per tile
         ext: dict[tuple[int, int, int], object] = {}
         ext_values = {}
         for op in ops:
+            if op.id in pieces or op.id in absorbed:
+                continue  # their operands are the concat's pieces
+            if op.id in loaded_casts:
+                ext[(op.id, 0, op.id)] = self.view_of(op.inputs[0])
+                ext_values[op.id] = op.result
+                continue
             for index, value in enumerate(op.inputs):
                 if value.id in ids or (value.id, index, op.id) in ext:
                     continue
@@ -261,16 +339,23 @@ class FusedLowering(Lowering):
             if is_col(op):  # a per-row value: its shape is the space's with a last dim of 1
                 view = view.broadcast(shape)
             store_views0.append(view.nest_view())
-        views = [loads[i] for i in load_ids] + store_views0
+        piece_list = [(cat, index, piece) for cat, found in pieces.items()
+                      for index, piece in enumerate(found)
+                      if piece.value not in ids and piece.value not in loads]
+        piece_views0 = [piece.view.broadcast(shape[:-1] + (piece.cols,)).nest_view()
+                        for _, _, piece in piece_list]
+        views = [loads[i] for i in load_ids] + store_views0 + piece_views0
         extents = shape
         if not extents:
             extents = (1,)
             views = [_scalar_view(v) for v in views]
-        keep = {len(extents) - 1} if row_mode else set()
+        keep = {len(extents) - 1} if whole_rows else set()
         extents, kinds, views, _ = simplify(extents, ("p",) * len(extents), keep, views)
         extents, kinds, views = broadcast_axes_outermost(extents, kinds, views)
         n = len(extents)
         load_views = dict(zip(load_ids, views[:len(load_ids)]))
+        piece_views = views[len(load_ids) + len(stored):]
+        views = views[:len(load_ids) + len(stored)]
         store_views = {}
         for op, view in zip(stored, views[len(load_ids):]):
             if is_col(op):
@@ -300,12 +385,26 @@ class FusedLowering(Lowering):
             if n == 1 and kind == "row":
                 kind = "full"
             value_buf[vid] = tiles.new(home_dtype(ext_values[vid].type.dtype), kind, "ld")
+        # the buffer each load fills (a loaded cast's value may move to an output buffer)
+        load_buf = {vid: value_buf[vid] for vid in load_views}
+        # a piece loaded from GM: a tile of its own columns, copied into the concat's
+        piece_buf: dict[tuple[int, int], str] = {}
+        for cat, index, piece in piece_list:
+            dtype = home_dtype(self.op_by_id[cat].result.type.dtype)
+            piece_buf[(cat, index)] = tiles.new(dtype, f"cols{piece.cols}", "ld")
+
+        def inputs_of(op) -> list[int]:
+            """The ids of the values `op` reads in the kernel: a concat reads its pieces'
+            sources."""
+            if op.id in pieces:
+                return [p.value for p in pieces[op.id] if p.value in ids or p.value in loads]
+            return [v.id for v in op.inputs]
 
         # last use of every value inside the group (stored values live to the end)
         last_use: dict[int, int] = {}
         for position, op in enumerate(ops):
-            for value in op.inputs:
-                last_use[value.id] = position
+            for value_id in inputs_of(op):
+                last_use[value_id] = position
         for op in stored:
             last_use[op.id] = len(ops)
 
@@ -334,12 +433,31 @@ class FusedLowering(Lowering):
             body.append(Vec(f"CVT.{dtype}", work, out, (narrow,)))
 
         for position, op in enumerate(ops):
+            if op.id in absorbed or op.id in loaded_casts:
+                continue  # computed by its concat's column copies, or by its load
             scratch: list[str] = []
             kind, attrs = op.kind, op.attrs
             result_dtype = op.result.type.dtype
             shape_kind = "col" if is_col(op) else "full"
             only_stored = all(u.id not in ids for u in self.users[op.id])
-            if OPS[kind].row_kernel:
+            if kind == "concat":
+                cdt = home_dtype(result_dtype)
+                out = tiles.new(cdt, shape_kind)
+                for index, piece in enumerate(pieces[op.id]):
+                    if (op.id, index) in piece_buf:
+                        src, src_col = piece_buf[(op.id, index)], 0
+                    else:
+                        src, src_col = value_buf[piece.value], piece.value_col
+                    have, src_kind, _ = tiles.specs[src]
+                    if have != cdt:
+                        tmp = tiles.new(cdt, src_kind, "out" if src_kind in ("full", "col")
+                                        else "small")
+                        scratch.append(tmp)
+                        body.append(Vec(f"CVT.{have}", cdt, tmp, (src,)))
+                        src = tmp
+                    body.append(ColumnCopy(cdt, out, piece.col, src, src_col, piece.cols,
+                                           piece.negate))
+            elif OPS[kind].row_kernel:
                 cdt = home_dtype(result_dtype)
                 src = get(op, 0, cdt, scratch)
                 out = tiles.new(cdt, "col")
@@ -417,9 +535,9 @@ class FusedLowering(Lowering):
             for name in scratch:
                 tiles.release(name)
             # free buffers whose values are all dead
-            for value in op.inputs:
-                if last_use.get(value.id) == position and value.id in value_buf:
-                    name = value_buf[value.id]
+            for value_id in inputs_of(op):
+                if last_use.get(value_id) == position and value_id in value_buf:
+                    name = value_buf[value_id]
                     held = holders.get(name, set())
                     if all(last_use.get(v, 0) <= position for v in held):
                         tiles.release(name)
@@ -435,10 +553,10 @@ class FusedLowering(Lowering):
 
         # tile: every buffer is budgeted as a full one (both copies)
         bytes_per_elem = 2 * sum(itemsize(dt) for dt, _, _ in tiles.specs.values())
-        tile_fn = map_tile if (row_mode or dropped) else fused_tile
+        tile_fn = map_tile if (whole_rows or dropped) else fused_tile
         tile = tile_fn(extents, bytes_per_elem, self.machine,
                        reserve=2 * ALIGN * (len(tiles.specs) + 1))
-        if row_mode and tile[-1] != extents[-1]:
+        if whole_rows and tile[-1] != extents[-1]:
             # few rows: the per-core share is under a row, but a whole row still fits L1
             capacity = (self.machine.l1_bytes - 2 * ALIGN * (len(tiles.specs) + 1)) \
                 // max(bytes_per_elem, 1)
@@ -450,9 +568,11 @@ class FusedLowering(Lowering):
         rows, cols = prod(tile[:-1]), tile[-1]
         grid = tuple(-(-e // t) for e, t in zip(extents, tile))
         shapes = {"full": (rows, cols), "row": (1, cols), "col": (rows, 1), "one": (1, 1)}
-        setup_names = {value_buf[vid] for vid, view in compact.items()
+        shapes.update({kind: (rows, int(kind[4:])) for _, kind, _ in tiles.specs.values()
+                       if kind.startswith("cols")})
+        setup_names = {load_buf[vid] for vid, view in compact.items()
                        if all(grid[a] == 1 for a in view.axes)
-                       and tiles.specs[value_buf[vid]][1] != "full"}
+                       and tiles.specs[load_buf[vid]][1] != "full"}
         specs = []
         for name, (dtype, kind, role) in tiles.specs.items():
             if name in setup_names:
@@ -466,10 +586,15 @@ class FusedLowering(Lowering):
             r, c = shapes[kind]
             buffers.append(Buffer(name, "L1", dtype, r, c, base, 1, 0))
             base += -(-r * c * itemsize(dtype) // ALIGN) * ALIGN
-        setup = tuple(Load(value_buf[vid], compact[vid]) for vid in load_ids
-                      if value_buf[vid] in setup_names)
-        step = tuple(Load(value_buf[vid], compact[vid]) for vid in load_ids
-                     if value_buf[vid] not in setup_names)
+        setup = tuple(Load(load_buf[vid], compact[vid]) for vid in load_ids
+                      if load_buf[vid] in setup_names)
+        step = tuple(Load(load_buf[vid], compact[vid]) for vid in load_ids
+                     if load_buf[vid] not in setup_names)
+        for (cat, index, piece), view in zip(piece_list, piece_views):
+            if view.axes[-1] != n - 1:
+                raise CompileError("internal: a concat piece's view lost its last axis")
+            box = tuple(tile[a] for a in view.axes[:-1]) + (piece.cols,)
+            step += (Load(piece_buf[(cat, index)], view, 0.0, box),)
         final = tuple(Store(store_views[op.id], value_buf[op.id]) for op in stored)
         nest = Nest(extents, tile, kinds, tuple(buffers), (), step + tuple(body), final,
                     setup)

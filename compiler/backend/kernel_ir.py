@@ -117,10 +117,12 @@ class Load:
 
 @dataclass(frozen=True)
 class Store:
-    """DMA buffer `src` to the current tile of `view`, cast to the view's dtype."""
+    """DMA buffer `src` to the current tile of `view`, cast to the view's dtype (after
+    max(x, 0) when `relu`: the DMA's fused activation)."""
 
     view: View
     src: str
+    relu: bool = False
 
 
 @dataclass(frozen=True)
@@ -223,7 +225,23 @@ class Mma:
     trans_a: bool = False   # a is stored K x M (an implicit GEMM's weights)
 
 
-Stmt = Load | Store | Vec | Iota | Reduce | Mma
+@dataclass(frozen=True)
+class ColumnCopy:
+    """Copy `cols` columns of buffer `src` from column `src_col` into buffer `dst` from
+    column `dst_col`, every row (negated when `negate`): a concat along the last axis built
+    in a tile of whole rows. A source of one column or one row (a broadcast value) is read
+    with a zero stride."""
+
+    dtype: str
+    dst: str
+    dst_col: int
+    src: str
+    src_col: int
+    cols: int
+    negate: bool = False
+
+
+Stmt = Load | Store | Vec | Iota | Reduce | Mma | ColumnCopy
 
 
 @dataclass(frozen=True)
@@ -317,7 +335,7 @@ def print_stmt(stmt: Stmt) -> str:
         box = f" box [{', '.join(map(str, stmt.box))}]" if stmt.box else ""
         return f"load {stmt.dst} <- {print_view(stmt.view)} pad {_num(stmt.pad)}{box}"
     if isinstance(stmt, Store):
-        return f"store {print_view(stmt.view)} <- {stmt.src}"
+        return f"store {print_view(stmt.view)} <- {stmt.src}" + (" relu" if stmt.relu else "")
     if isinstance(stmt, Vec):
         srcs = ", ".join(_operand(s) for s in stmt.srcs)
         return f"vec {stmt.op}.{stmt.dtype} {stmt.dst} <- {srcs}".rstrip(" <-")
@@ -327,6 +345,10 @@ def print_stmt(stmt: Stmt) -> str:
         dst = stmt.dst if stmt.index is None else f"{stmt.dst}, {stmt.index}"
         tail = "" if stmt.axis is None else f" axis {stmt.axis}"
         return f"reduce {stmt.op}.{stmt.dtype} {dst} <- {stmt.src}{tail}"
+    if isinstance(stmt, ColumnCopy):
+        neg = " neg" if stmt.negate else ""
+        return (f"colcopy.{stmt.dtype} {stmt.dst}[{stmt.dst_col}:] <- "
+                f"{stmt.src}[{stmt.src_col}:] cols {stmt.cols}{neg}")
     if isinstance(stmt, Mma):
         mode = f" {stmt.mode}" if stmt.mode else ""
         mode += " tA" if stmt.trans_a else ""
@@ -384,6 +406,7 @@ class KernelParseError(ValueError):
 _VIEW = re.compile(r"(\w+):(\w+)\+(-?\d+)\[([^\]]*)\]")
 _TENSOR = re.compile(r"tensor (\w+) GM (\w+)\[([\d,]*)\] (\w+)(?: @(0x[0-9a-f]+))?$")
 _COMMENT = re.compile(r"(^|\s)# .*$")
+_COLCOPY = re.compile(r"(\w+)\[(\d+):\] <- (\w+)\[(\d+):\] cols (\d+)( neg)?")
 _BUFFER = re.compile(r"buffer (\w+) (L1|ACC) (\w+) (\d+)x(\d+) @(\d+) x(\d+) \+(\d+)$")
 
 
@@ -417,7 +440,10 @@ def parse_stmt(line: str) -> Stmt:
                     _ints(box.strip().strip("[]")) if box else ())
     if word == "store":
         view, _, src = rest.rpartition(" <- ")
-        return Store(parse_view(view), src.strip())
+        src, _, relu = src.strip().partition(" ")
+        if relu not in ("", "relu"):
+            raise KernelParseError(f"unknown store flag {relu!r}")
+        return Store(parse_view(view), src, relu == "relu")
     if word == "vec":
         head, _, srcs = rest.partition(" <- ")
         opdt, dst = head.split()
@@ -435,6 +461,12 @@ def parse_stmt(line: str) -> Stmt:
         src, _, axis = tail.partition(" axis ")
         return Reduce(op, dtype, names[0], src.strip(), names[1] if len(names) > 1 else None,
                       int(axis) if axis else None)
+    if word.startswith("colcopy."):
+        m = _COLCOPY.fullmatch(rest.strip())
+        if not m:
+            raise KernelParseError(f"bad colcopy {line!r}")
+        dst, dst_col, src, src_col, cols, neg = m.groups()
+        return ColumnCopy(word[8:], dst, int(dst_col), src, int(src_col), int(cols), bool(neg))
     if word.startswith("mma."):
         _, in_dtype, acc_dtype = word.split(".")
         dst, _, ops = rest.partition(" <- ")

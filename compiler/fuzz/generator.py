@@ -244,7 +244,8 @@ class ProgramBuilder:
             ("unary", "binary", "binary", "reduce", "matmul", "transpose", "reshape", "slice",
              "concat", "softmax", "norm", "cast", "broadcast", "pad", "expand", "argmax",
              "conv", "pool", "einsum", "linear", "attention", "creation", "integer",
-             "int_matmul", "nan_reduce", "weak_math", "attention_form", "gather")
+             "int_matmul", "nan_reduce", "weak_math", "attention_form", "gather",
+             "linear_combination", "rotary")
         )
         getattr(self, f"step_{kind}")()
 
@@ -614,6 +615,61 @@ class ProgramBuilder:
         self.reserved.append(indices)
         shape = x.shape[:axis] + indices.shape + x.shape[axis + 1:]
         self.bind(f"gather({x.name}, {indices.name}, axis={axis})", x.dtype, shape)
+
+    def step_linear_combination(self) -> None:
+        """`x0 * c0 + x1 * c1 + ...` over 2-6 tensors of one shape (some bf16, some
+        broadcast): the map kernel with N operands that `fuse` merges its terms into."""
+        x = self.pick()
+        terms = []
+        for index in range(self.chooser.integer(2, 6)):
+            if index == 0:
+                term = x
+            elif self.chooser.integer(0, 2) == 0:
+                term = self.new_param(self.compatible_shape(x.shape))
+            else:
+                term = self.new_param(x.shape)
+            coefficient = self.chooser.choice(("0.5", "1.5", "-2.0", "0.1", "3.0"))
+            terms.append((term, coefficient))
+        dtype = terms[0][0].dtype
+        for term, _ in terms[1:]:
+            dtype = promote(dtype, term.dtype)
+        sign = self.chooser.choice((" + ", " - "))
+        expr = sign.join(f"{t.name} * {c}" for t, c in terms).lstrip(" +")
+        self.bind(expr, dtype, x.shape)
+
+    def step_rotary(self) -> None:
+        """Rotary embedding's `x * cos + concat([-x2, x1], axis=-1) * sin`, a concat of
+        three column ranges, or a form the map kernel must refuse (a concat along another
+        axis, a constant piece), each feeding an elementwise consumer."""
+        x = self.pick(min_rank=1)
+        if x.shape[-1] < 2:
+            x = self.new_param(x.shape[:-1] + (self.chooser.choice((4, 16, 34)),))
+        width = x.shape[-1]
+        lead = ", ".join(":" for _ in x.shape[:-1])
+        lead = lead + ", " if lead else ""
+        cut = self.chooser.integer(1, width - 1)
+        first, second = f"{x.name}[{lead}{cut}:]", f"{x.name}[{lead}:{cut}]"
+        form = self.chooser.choice(("rope", "rope", "three", "other_axis", "constant"))
+        if form == "rope":
+            cos = self.new_param(x.shape[-min(x.rank, 2):], x.dtype)
+            sin = self.new_param(cos.shape, x.dtype)
+            rotated = f"concat([-{first}, {second}], axis=-1)"
+            self.bind(f"{x.name} * {cos.name} + {rotated} * {sin.name}", x.dtype, x.shape)
+        elif form == "three" and width >= 3:
+            mid = self.chooser.integer(cut, width - 1)
+            parts = [f"{x.name}[{lead}{mid}:]", f"-{x.name}[{lead}:{cut}]",
+                     f"{x.name}[{lead}{cut}:{mid}]"]
+            pieces = ", ".join(p for p, n in zip(parts, (width - mid, cut, mid - cut)) if n)
+            self.bind(f"exp(tanh(concat([{pieces}], axis=-1))) * 2.0", x.dtype, x.shape)
+        elif form == "constant":
+            extra = self.chooser.choice((1, 3))
+            shape = x.shape[:-1] + (width + extra,)
+            zeros = f"zeros([{', '.join(map(str, x.shape[:-1] + (extra,)))}], {x.dtype})"
+            self.bind(f"concat([-{x.name}, {zeros}], axis=-1) + 1.0", x.dtype, shape)
+        else:
+            y = self.new_param((self.chooser.choice((1, 2)),) + x.shape[1:], x.dtype)
+            shape = (x.shape[0] + y.shape[0],) + x.shape[1:]
+            self.bind(f"concat([{x.name}, -{y.name}], axis=0) * 0.5", x.dtype, shape)
 
     # -- the program -----------------------------------------------------------------------
     def text(self, outputs: list[Tensor]) -> str:

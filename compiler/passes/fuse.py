@@ -16,10 +16,14 @@ Groups (TVM's op patterns, on the primitives the `decompose` pass leaves):
   im2col ops of a conv it can lower that way back into one `conv2d` op (`refold_convs`);
 - `pool`: a maxpool2d as one kernel (compiler/backend/pool.py), folded back likewise;
 - `view`: shape ops that the backend turns into DMA views (no kernel);
-- `single`: an op lowered on its own (reductions, concat, pad, ...).
+- `single`: an op lowered on its own (reductions, a concat along another axis, pad, ...).
 
 Decisions are greedy in program order: an elementwise op joins the group of an operand's
-producer when the shapes agree and joining creates no cycle between kernels.
+producer when the shapes agree and joining creates no cycle between kernels, and the other
+elementwise groups over the same iteration space computing its operands merge into it (a
+sum of N scaled tensors is one kernel). A concat along the last axis starts an elementwise
+group whose tiles span whole rows, absorbing the `neg` and column slice of each piece
+(rotary embeddings' rotate-half).
 """
 
 from __future__ import annotations
@@ -106,6 +110,42 @@ def row_reduction(op) -> bool:
     shape = op.inputs[0].type.shape
     return (len(shape) >= 1 and shape[-1] > 1 and tuple(op.attrs["axes"]) == (len(shape) - 1,)
             and op.inputs[0].type.dtype != "bool")
+
+
+def concat_refusal(op, producers) -> str | None:
+    """Why a concat cannot be a member of a map kernel (None: it can). A concat along the
+    last axis is one buffer per tile whose pieces the DMA loads into their column ranges,
+    so the tile spans whole rows; a piece must be in GM (a splat constant is not)."""
+    if op.result.type.rank < 1 or op.attrs["axis"] != op.result.type.rank - 1:
+        return "not along the last axis"
+    if any(v.type.shape[-1] == 0 for v in op.inputs):
+        return "a piece is empty"
+    for v in op.inputs:
+        source = producers.get(v.id)
+        if source is not None and source.kind == "constant":
+            return "a piece is a constant, not a tensor the DMA can read"
+    return None
+
+
+def column_slice(op) -> bool:
+    """A slice of the last axis only, step 1: a concat piece taken from a column range of a
+    tile of whole rows."""
+    if op.kind != "slice" or op.inputs[0].type.rank < 1:
+        return False
+    shape = op.inputs[0].type.shape
+    starts, stops, steps = op.attrs["starts"], op.attrs["stops"], op.attrs["steps"]
+    leading = all(starts[i] == 0 and stops[i] == shape[i] and steps[i] == 1
+                  for i in range(len(shape) - 1))
+    return leading and steps[-1] == 1 and stops[-1] > starts[-1]
+
+
+def negated_piece(value, concat, producers, users, outputs) -> bool:
+    """Whether concat piece `value` is `neg` of a float tensor read only by this concat
+    (rotary embeddings' `concat([-x2, x1])`): the map kernel loads the tensor and negates
+    its columns, multiplying by a row of -1 and 1 (exact in every float dtype)."""
+    op = producers.get(value.id)
+    return (op is not None and op.kind == "neg" and is_float(value.type.dtype)
+            and value.id not in outputs and all(u is concat for u in users[value.id]))
 
 
 def epilogue_ok(op) -> bool:
@@ -469,7 +509,8 @@ def plan_fusion(fn: Function, decisions: list[str] | None = None) -> FusionPlan:
             for v in producers[i].inputs:
                 source = producers.get(v.id)
                 if v.id not in ids and (source is None or source.kind != "constant"):
-                    inputs.add(v.id)
+                    # each column slice a concat absorbed is a view of its own
+                    inputs.add((v.id, i) if producers[i].kind == "slice" else v.id)
         stored = sum(1 for i in ids if i in outputs or any(u.id not in ids for u in users[i]))
         return len(inputs) + stored > MAX_KERNEL_TENSORS
 
@@ -522,6 +563,83 @@ def plan_fusion(fn: Function, decisions: list[str] | None = None) -> FusionPlan:
                 "computed on its tiles")
             return m
         return None
+
+    position = {op.id: index for index, op in enumerate(fn.ops)}
+
+    def merge_siblings(op) -> None:
+        """Merge into the elementwise group of `op` the other elementwise groups over the
+        same iteration space that compute its operands (at most one of the two a row
+        kernel): a linear combination of N tensors, each term scaled in a group of its own,
+        is one kernel, and so is rotary embedding's `x * cos + rotated * sin`."""
+        group = group_of[op.id]
+        if kinds[group] != "elementwise":
+            return
+
+        def rows(g: int) -> bool:
+            return any(producers[i].kind in ROW_REDUCTIONS for i in members[g])
+
+        for v in op.inputs:
+            other = group_of.get(v.id)
+            if other is None or other == group or kinds[other] != "elementwise":
+                continue
+            where = (f"the elementwise kernel of %{members[other][0]} into that of "
+                     f"%{members[group][0]} (operands of %{op.id} {op.kind})")
+            if space[other] != space[group]:
+                decisions.append(f"no-fuse {where}: not the same iteration space")
+                continue
+            if rows(other) and rows(group):
+                decisions.append(f"no-fuse {where}: both are row kernels")
+                continue
+            if (any(reaches({g}, group) for g in group_preds(other) - {group})
+                    or any(reaches({g}, other) for g in group_preds(group) - {other})):
+                decisions.append(f"no-fuse {where}: it would make a cycle")
+                continue
+            if too_many_tensors(set(members[group]) | set(members[other])):
+                decisions.append(f"no-fuse {where}: the kernel would move more than "
+                                 f"{MAX_KERNEL_TENSORS} tensors")
+                continue
+            for i in members[other]:
+                group_of[i] = group
+            members[group] = sorted(members[group] + members[other], key=position.__getitem__)
+            del members[other], kinds[other], space[other]
+            decisions.append(f"fuse {where}: same iteration space")
+
+    def start_concat_group(op) -> bool:
+        """A map kernel for a concat along the last axis (its consumers join it), with the
+        `neg` of a piece read only by it; False when the kernel would move too many
+        tensors."""
+        if too_many_tensors({op.id}):
+            return False
+        new_group(op, "elementwise")
+        group = group_of[op.id]
+        def absorb(value, kind: str, readers: set[int]) -> bool:
+            """Move the op computing `value`, alone in a group of `kind` and read only by
+            `readers`, into the concat's group."""
+            g = group_of.get(value.id)
+            if (g is None or members[g] != [value.id] or kinds[g] != kind
+                    or value.id in outputs or any(u.id not in readers for u in users[value.id])):
+                return False
+            del members[g], kinds[g]
+            space.pop(g, None)
+            members[group].append(value.id)
+            group_of[value.id] = group
+            return True
+
+        for v in dict.fromkeys(op.inputs):
+            readers = {op.id}
+            if negated_piece(v, op, producers, users, outputs) and absorb(v, "elementwise",
+                                                                         readers):
+                decisions.append(f"fuse %{v.id} neg into concat %{op.id}: the map kernel "
+                                 "negates its columns")
+                readers, v = {v.id}, producers[v.id].inputs[0]
+            source = producers.get(v.id)
+            if source is not None and column_slice(source) and absorb(v, "view", readers):
+                decisions.append(f"fuse %{v.id} slice into concat %{op.id}: a column range "
+                                 "of its source's tile (or of its load)")
+        members[group].sort(key=position.__getitem__)
+        decisions.append(f"fuse %{op.id} concat into a map kernel: its pieces are loaded "
+                         "into their column ranges of a tile of whole rows")
+        return True
 
     for op in fn.ops:
         shape = op.result.type.shape
@@ -596,6 +714,7 @@ def plan_fusion(fn: Function, decisions: list[str] | None = None) -> FusionPlan:
                 if (kinds[joined] in ("matmul", "conv") and op.kind == "cast"
                         and op.attrs["dtype"] != "f32"):
                     closed.add(op.id)  # the store casts; nothing may follow
+            merge_siblings(op)
         elif row_reduction(op):
             # a reduction along the last axis joins the kernel producing its input (a row
             # kernel: whole rows per tile, the per-row values as rows x 1 tiles)
@@ -641,9 +760,14 @@ def plan_fusion(fn: Function, decisions: list[str] | None = None) -> FusionPlan:
                 group_of[producer.id] = group
                 decisions.append(f"fuse %{producer.id} cast into the operand loads of "
                                  f"matmul %{op.id}: the DMA converts")
+        elif (op.kind == "concat" and concat_refusal(op, producers) is None
+              and start_concat_group(op)):
+            pass
         else:
             new_group(op, "single")
-            decisions.append(f"no-fuse %{op.id} {op.kind}: no fused rule, its own kernel")
+            why = concat_refusal(op, producers) if op.kind == "concat" else None
+            decisions.append(f"no-fuse %{op.id} {op.kind}: {why or 'no fused rule'}, its own "
+                             "kernel")
 
     order = _group_order(fn, members, group_of)
     groups = tuple(FusionGroup(kinds[g], tuple(members[g])) for g in order)

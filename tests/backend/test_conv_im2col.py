@@ -1,0 +1,81 @@
+"""A conv strided along the width gathers its patches in L1 from the input rows under the tile
+(issue 14 item 6: the ResNet stem), instead of one DMA per tap whose every element is a burst
+of its own. Checked against the reference evaluator with several tiles per core."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from compiler.backend.kernel_ir import Load
+from compiler.frontend import load_program
+
+
+def _run(source: str, cores: int = 2):
+    from compiler.backend.pipeline import CompileOptions, compile_function
+    from compiler.check import relative_error
+    from compiler.graph.dtypes import tolerance
+    from compiler.inputs import prepare_inputs
+    from compiler.reference import evaluate
+    from isa.machine import load_machine
+    from runtime import run_program
+
+    fn = load_program("test.zt", text=source)
+    inputs = prepare_inputs(fn, {}, 0)
+    target = replace(load_machine("m890"), cores=cores)
+    compiled = compile_function(fn, target, CompileOptions(opt_level=2))
+    result = run_program(compiled.program, target, compiled.program_inputs(inputs))
+    for got, want, value in zip(compiled.graph_outputs(result), evaluate(fn, inputs),
+                                fn.outputs):
+        assert relative_error(got, want) <= tolerance(value.type.dtype)
+    return compiled, result
+
+
+def _conv_nest(compiled):
+    kernel = next(k for k in compiled.kernels.kernels if k.name.startswith("conv"))
+    return kernel.nests[0]
+
+
+@pytest.mark.parametrize("shape, weights, args", [
+    # the ResNet stem's 7x7 stride 2 over 3 channels, then ReLU
+    ("bf16[2, 3, 64, 64]", "bf16[32, 3, 7, 7]", "stride=2, padding=3"),
+    # dilated 3x3 stride 2 over 4 channels
+    ("bf16[2, 4, 30, 24]", "bf16[16, 4, 3, 3]", "stride=2, padding=2, dilation=2"),
+    # 1x1 stride 2 (a ResNet downsampling shortcut), f32
+    ("f32[4, 8, 32, 32]", "f32[16, 8, 1, 1]", "stride=2"),
+])
+def test_width_strided_conv_gathers_patches_in_l1(shape, weights, args):
+    dtype = shape.split("[")[0]
+    compiled, _ = _run(f"fn main(x: {shape}, w: {weights}, b: {dtype}[1, 1, 1]) -> f32[] {{\n"
+                       f"    return cast(sum(relu(conv2d(x, w, {args}) + b)), f32)\n}}\n")
+    nest = _conv_nest(compiled)
+    loads = [s for s in nest.step if isinstance(s, Load)]
+    assert [s.dst for s in loads] == ["xin"]  # one load a step: the rows under the tile
+    assert nest.parallel_tiles >= 2 * 2
+
+
+def test_stem_conv_output_matches_with_several_tiles_per_core():
+    compiled, _ = _run(
+        "fn main(x: bf16[2, 3, 64, 64], w: bf16[64, 3, 7, 7]) -> bf16[2, 64, 16, 16] {\n"
+        "    y = relu(conv2d(x, w, stride=2, padding=3))\n"
+        "    return maxpool2d(y, 3, stride=2, padding=1)\n}\n")
+    nest = _conv_nest(compiled)
+    assert nest.buffer("xin") is not None
+    assert nest.parallel_tiles >= 2 * 2
+
+
+def test_an_input_height_the_stride_does_not_divide_loads_taps():
+    compiled, _ = _run(
+        "fn main(x: bf16[2, 3, 33, 32], w: bf16[16, 3, 3, 3]) -> bf16[2, 16, 16, 15] {\n"
+        "    return conv2d(x, w, stride=2)\n}\n")
+    loads = [s.dst for s in _conv_nest(compiled).step if isinstance(s, Load)]
+    assert "xin" not in loads and len(loads) == 9
+
+
+def test_stride_one_convs_keep_their_tap_loads():
+    compiled, _ = _run(
+        "fn main(x: bf16[2, 16, 12, 12], w: bf16[16, 16, 3, 3]) -> bf16[2, 16, 12, 12] {\n"
+        "    return conv2d(x, w, padding=1)\n}\n")
+    loads = [s.dst for s in _conv_nest(compiled).step if isinstance(s, Load)]
+    assert "xin" not in loads
