@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from math import ceil, gcd
 
 from compiler.backend.gemm import NARROW, _candidates
-from compiler.backend.kernel_ir import Buffer, Load, Mma, Nest, Store, Vec, View
+from compiler.backend.kernel_ir import Buffer, Load, Mma, Nest, Store, Strided, Vec, View
 from compiler.backend.lower import ALIGN, aligned, elementwise_body, mma_dtypes
 from compiler.backend.tiling import round_up
 from compiler.graph.dtypes import itemsize
@@ -311,7 +311,7 @@ def _im2col_gathers(shape: ConvShape, attrs, box, tile: ConvTile, dtype: str) ->
         for c in range(shape.cg):
             offset = (c * blocks * phases + row0) * cols + j * dw
             out.append(Vec("COPY", dtype, f"p{tap * shape.cg + c}",
-                           (f"xin@{offset}:{sh * cols}:{sw}",)))
+                           (Strided("xin", offset, sh * cols, sw),)))
     return out
 
 
