@@ -142,15 +142,25 @@ def gemm_cost(batch, m, n, k, tile_m, tile_n, tile_k, acc_copies, a_bytes, b_byt
     # two operand buffers in flight: a step's loads cannot arrive faster than one HBM
     # round trip per two steps (Little's law on the double buffer)
     latency = (mx.hbm_latency + port) / 2
-    step = max(mx_cycles, port, gm, latency) + 12  # scalar issue per step
+    # and a core keeps at most its DMA window in flight: when two steps' loads do not fit
+    # in it, a step's loads wait for the last step's to land (a round trip per step)
+    window = mx.dma_window_bytes
+    if traffic is None:
+        traffic = hbm_traffic(batch, m, n, k, tile_m, tile_n, a_bytes, b_bytes, out_bytes, 1,
+                              machine)
+    # the share of a step's bytes that come from HBM, at the active cores' share of it
+    requested = tiles * steps * step_bytes
+    from_hbm = min(1.0, traffic / requested) if requested else 1.0
+    hbm_share = active * step_bytes * from_hbm / (mx.hbm_bytes_per_cycle
+                                                  * mx.hbm_streaming_efficiency)
+    serial = (mx.hbm_latency + max(port, gm, hbm_share)
+              if window and 2 * step_bytes > window else 0.0)
+    step = max(mx_cycles, port, gm, latency, serial) + 12  # scalar issue per step
     store = in_m * in_n * out_bytes
     drain = max(store / mx.st_bytes_per_cycle, active * store / mx.hbm_bytes_per_cycle)
     epilogue = epilogue_ops * tile_m * tile_n * 4 / mx.vx_bytes_per_cycle
     exposed = drain + epilogue + mx.hbm_latency if acc_copies == 1 else 0.0
     total = waves * (steps * step + exposed) + 2 * mx.hbm_latency + drain + epilogue
-    if traffic is None:
-        traffic = hbm_traffic(batch, m, n, k, tile_m, tile_n, a_bytes, b_bytes, out_bytes, 1,
-                              machine)
     # the runs HBM serves: A's rows of a k tile, B's rows of an n tile, C's rows of an n tile;
     # one that is not whole DRAM rows ends in a partly used row
     row = machine.hbm_row_bytes
