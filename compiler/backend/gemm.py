@@ -153,7 +153,9 @@ def gemm_cost(batch, m, n, k, tile_m, tile_n, tile_k, acc_copies, a_bytes, b_byt
     from_hbm = min(1.0, traffic / requested) if requested else 1.0
     hbm_share = active * step_bytes * from_hbm / (mx.hbm_bytes_per_cycle
                                                   * mx.hbm_streaming_efficiency)
-    serial = (mx.hbm_latency + max(port, gm, hbm_share)
+    # (and stream at most a window per round trip)
+    serial = (max(mx.hbm_latency + max(port, gm, hbm_share),
+                  step_bytes * mx.hbm_latency / window)
               if window and 2 * step_bytes > window else 0.0)
     step = max(mx_cycles, port, gm, latency, serial) + 12  # scalar issue per step
     store = in_m * in_n * out_bytes
