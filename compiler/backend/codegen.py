@@ -229,6 +229,47 @@ def _decompose(emit: Emitter, source: int, axes: list[int], nest: Nest) -> None:
             emit(f"MUL r{reg}, r{reg}, {tile[axis]}")
 
 
+def _grouped(nest: Nest, axes: list[int]) -> bool:
+    """The nest's grouped order applies: its last two parallel axes have several tiles
+    each and the group divides the first one's tiles."""
+    parallel = [a for a, k in enumerate(nest.kinds) if k == "p"]
+    if nest.group <= 1 or len(parallel) < 2 or axes[-2:] != parallel[-2:]:
+        return False
+    return nest.grid[parallel[-2]] % nest.group == 0 and not nest.causal
+
+
+def _decompose_grouped(emit: Emitter, source: int, axes: list[int], nest: Nest) -> None:
+    """`_decompose` with the last two axes (m, n) in grouped order: of the flat index t,
+    the outer axes take t / (gm * gn) row-major; r = t % (gm * gn) is tile
+    (r / (G * gn) * G + r % G, r % (G * gn) / G) of m and n."""
+    grid, tile = nest.grid, nest.tile
+    m_axis, n_axis = axes[-2], axes[-1]
+    gm, gn, group = grid[m_axis], grid[n_axis], nest.group
+    below = gm * gn
+    plan = []
+    for axis in reversed(axes[:-2]):
+        plan.append((axis, below))
+        below *= grid[axis]
+    for position, (axis, below) in enumerate(reversed(plan)):
+        reg = R_COORD + axis
+        emit(f"DIV r{reg}, r{source}, {below}")
+        if position > 0:
+            emit(f"REM r{reg}, r{reg}, {grid[axis]}")
+        if tile[axis] > 1:
+            emit(f"MUL r{reg}, r{reg}, {tile[axis]}")
+    rm, rn, scratch = R_COORD + m_axis, R_COORD + n_axis, R_STEPS  # R_STEPS: causal only
+    emit(f"REM r{rn}, r{source}, {gm * gn}")
+    emit(f"DIV r{rm}, r{rn}, {group * gn}")
+    emit(f"MUL r{rm}, r{rm}, {group}")
+    emit(f"REM r{scratch}, r{rn}, {group}")
+    emit(f"ADD r{rm}, r{rm}, r{scratch}")
+    emit(f"REM r{rn}, r{rn}, {group * gn}")
+    emit(f"DIV r{rn}, r{rn}, {group}")
+    for reg, axis in ((rm, m_axis), (rn, n_axis)):
+        if tile[axis] > 1:
+            emit(f"MUL r{reg}, r{reg}, {tile[axis]}")
+
+
 def _compute(ctx: _NestContext, stmt, first_step: bool) -> str:
     t = ctx.tile
     if isinstance(stmt, Vec):
@@ -484,7 +525,10 @@ def emit_nest(emit: Emitter, nest: Nest, tensors) -> None:
     else:
         emit(f"MUL r{R_TILE}, r{R_TILE_LOOP}, r{R_CORES}")
         emit(f"ADD r{R_TILE}, r{R_TILE}, r{R_CORE}")
-        _decompose(emit, R_TILE, par_axes, nest)
+        if _grouped(nest, par_axes):
+            _decompose_grouped(emit, R_TILE, par_axes, nest)
+        else:
+            _decompose(emit, R_TILE, par_axes, nest)
     if out_credits <= 2:
         emit(f"AND r{R_OUT_OFF}, r{R_OUT_COUNT}, 1")
     else:  # deeper buffering: a short tile's store latency is hidden by later tiles

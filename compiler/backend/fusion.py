@@ -69,6 +69,7 @@ class _Tiles:
         self.specs: dict[str, tuple[str, str, str]] = {}   # name -> (dtype, shape kind, role)
         self.free: list[str] = []
         self.count = 0
+        self.pinned: set[str] = set()   # never reused (a chunked reduction's accumulator)
 
     def new(self, dtype: str, kind: str = "full", role: str = "out") -> str:
         if role == "out":
@@ -82,7 +83,8 @@ class _Tiles:
         return name
 
     def release(self, name: str) -> None:
-        if self.specs[name][2] == "out" and name not in self.free:
+        if self.specs[name][2] == "out" and name not in self.free \
+                and name not in self.pinned:
             self.free.append(name)
 
 
@@ -121,6 +123,11 @@ class ConcatPiece:
     value: int | None = None
     value_col: int = 0
     view: object = None
+
+
+# Tiles per core a row kernel aims for: with one, a core's load, compute and store run one
+# after the other; from a few on, the double buffers overlap them.
+ROW_TILES_PER_CORE = 4
 
 
 class RowTooLong(Exception):
@@ -167,14 +174,74 @@ class FusedLowering(Lowering):
         if lowering is not None:
             lowering(self, ops)
             return
+        made = set(self.tensors)
         try:
             self.lower_elementwise(ops)
         except RowTooLong:
+            for name in set(self.tensors) - made:  # the attempt's outputs, never written
+                del self.tensors[name]
+            if self.lower_wide_rows(ops):
+                return
             for member in ops:
                 if OPS[member.kind].row_kernel or member.kind in ("concat", "slice"):
                     super().lower_op(member)
                 else:
                     self.lower_elementwise([member])
+
+    def lower_wide_rows(self, ops) -> bool:
+        """A row group whose rows do not fit L1, as one kernel of several nests: per
+        reduction, a nest that streams each row in chunks through the ops the reduction
+        needs and accumulates it across the chunks (stored per row to GM), then one map
+        nest that recomputes the row's values from its inputs and the stored per-row
+        results. Each pass re-reads the rows (from L2 while they are still there). False
+        (nothing lowered) when the group has a form this does not handle: a per-row value
+        used outside the group that is not a reduction, or a row length with no divisor
+        that fits L1 (a padded chunk would feed the pad value into the reduction)."""
+        by_id = {op.id: op for op in ops}
+        reduces = [op for op in ops if op.kind in ROW_REDUCE]
+        shape = tuple(reduces[0].inputs[0].type.shape)
+        if any(tuple(r.inputs[0].type.shape) != shape for r in reduces):
+            return False
+        stored = self.stored(ops)
+        if any(tuple(op.result.type.shape) != shape and op.kind not in ROW_REDUCE
+               for op in stored):
+            return False
+
+        def ancestors(roots) -> list:
+            seen: set[int] = set()
+            todo = [r.id for r in roots]
+            while todo:
+                oid = todo.pop()
+                if oid in seen:
+                    continue
+                seen.add(oid)
+                if by_id[oid].kind in ROW_REDUCE and oid not in {r.id for r in roots}:
+                    continue  # an earlier reduction: loaded, not recomputed
+                todo += [v.id for v in by_id[oid].inputs if v.id in by_id]
+            return [op for op in ops if op.id in seen and (
+                op.kind not in ROW_REDUCE or op in roots)]
+
+        final_roots = [op for op in stored if op.kind not in ROW_REDUCE]
+        final_ops = ancestors(final_roots) if final_roots else []
+        final_ops = [op for op in final_ops if op.kind not in ROW_REDUCE]
+        if final_ops and tuple(final_ops[-1].result.type.shape) != shape:
+            return False
+        first, made = len(self.kernels), set(self.tensors)
+        try:
+            for red in reduces:
+                self.lower_elementwise(ancestors([red]), chunked=True, only_store={red.id})
+            if final_ops:
+                self.lower_elementwise(final_ops, only_store={op.id for op in final_roots})
+        except RowTooLong:
+            del self.kernels[first:]
+            for name in set(self.tensors) - made:
+                del self.tensors[name]
+            return False
+        made = self.kernels[first:]
+        del self.kernels[first:]
+        self.kernel("row_wide", [op.id for op in ops], [n for k in made for n in k.nests],
+                    ops[-1].span)
+        return True
 
     # -------------------------------------------------------------- helpers
 
@@ -280,10 +347,21 @@ class FusedLowering(Lowering):
         """One map nest for an elementwise group, or a row kernel when the group holds
         reductions of the last axis (whole rows per tile)."""
         reduces = [op for op in ops if OPS[op.kind].row_kernel]
+
+
+    def lower_elementwise(self, ops, chunked: bool = False,
+                          only_store: set[int] | None = None) -> None:
+        """One map nest for an elementwise group, or a row kernel when the group holds
+        reductions of the last axis (whole rows per tile). `chunked`: the row kernel of one
+        pass of `lower_wide_rows`, the last axis a reduction walked in chunks (its
+        reductions accumulate across them); `only_store`: the ops whose results are stored
+        (default: those used outside `ops`)."""
+        reduces = [op for op in ops if op.kind in ROW_REDUCE]
         row_mode = bool(reduces)
         shape = tuple(reduces[0].inputs[0].type.shape if row_mode else ops[-1].result.type.shape)
         ids = {op.id for op in ops}
-        stored = self.stored(ops)
+        stored = self.stored(ops) if only_store is None else [
+            op for op in ops if op.id in only_store]
         if not stored:
             return  # dead code (when `dce` is disabled): nothing to compute
         pieces, absorbed = self.concat_pieces(ops, ids)
@@ -409,7 +487,13 @@ class FusedLowering(Lowering):
             last_use[op.id] = len(ops)
 
         body: list = []
+        init: list = []
         holders: dict[str, set[int]] = {}
+        accumulators: dict[int, str] = {}
+        if chunked:  # live across every chunk of the row: allocated first, never reused
+            for op in reduces:
+                accumulators[op.id] = tiles.new(home_dtype(op.result.type.dtype), "col")
+                tiles.pinned.add(accumulators[op.id])
         pending = None  # a mul waiting to become an FMA with the add after it
 
         def get(op, index: int, dtype: str, scratch: list):
@@ -460,8 +544,10 @@ class FusedLowering(Lowering):
             elif OPS[kind].row_kernel:
                 cdt = home_dtype(result_dtype)
                 src = get(op, 0, cdt, scratch)
-                out = tiles.new(cdt, "col")
-                body.append(Vec("DUP", cdt, out, (reduce_identity(ROW_REDUCE[kind], cdt),)))
+                out = accumulators.get(op.id) or tiles.new(cdt, "col")
+                # chunked: the accumulator starts once per row and lives across the chunks
+                (init if chunked else body).append(
+                    Vec("DUP", cdt, out, (reduce_identity(ROW_REDUCE[kind], cdt),)))
                 body.append(Reduce(ROW_REDUCE[kind], cdt, out, src))
                 if result_dtype in ROUNDED and not only_stored:
                     round_trip(out, cdt, result_dtype, scratch)  # as the reference rounds it
@@ -563,6 +649,18 @@ class FusedLowering(Lowering):
             if extents[-1] > capacity:
                 raise RowTooLong()
             tile = (1,) * (len(extents) - 1) + (extents[-1],)
+
+
+        if row_mode:
+            tile = _row_tile(extents, tiles.specs, self.machine, chunked)
+            if chunked:
+                kinds = kinds[:-1] + ("r",)
+        else:
+            # tile: every buffer is budgeted as a full one (both copies)
+            bytes_per_elem = 2 * sum(itemsize(dt) for dt, _, _ in tiles.specs.values())
+            tile_fn = map_tile if dropped else fused_tile
+            tile = tile_fn(extents, bytes_per_elem, self.machine,
+                           reserve=2 * ALIGN * (len(tiles.specs) + 1))
         for op in stored:
             self.views[op.id] = outs[op.id]
         rows, cols = prod(tile[:-1]), tile[-1]
@@ -596,10 +694,60 @@ class FusedLowering(Lowering):
             box = tuple(tile[a] for a in view.axes[:-1]) + (piece.cols,)
             step += (Load(piece_buf[(cat, index)], view, 0.0, box),)
         final = tuple(Store(store_views[op.id], value_buf[op.id]) for op in stored)
-        nest = Nest(extents, tile, kinds, tuple(buffers), (), step + tuple(body), final,
-                    setup)
+        nest = Nest(extents, tile, kinds, tuple(buffers), tuple(init), step + tuple(body),
+                    final, setup)
         name = ("row" if row_mode else "fused") if len(ops) > 1 else ops[0].kind
         self.kernel(name, [op.id for op in ops], [nest], ops[-1].span)
+
+
+def _row_footprint(specs: dict, rows: int, cols: int) -> int:
+    """L1 bytes of a row kernel's buffers for a rows x cols tile, as `layout` places them
+    (every buffer double-buffered, a row or one buffer once per copy, not per row)."""
+    shapes = {"full": (rows, cols), "row": (1, cols), "col": (rows, 1), "one": (1, 1)}
+    _, used = layout([(name, "L1", dtype, *shapes[kind], "ld" if role == "ld" else "out")
+                      for name, (dtype, kind, role) in specs.items()])
+    return used["L1"]
+
+
+def _row_tile(extents: tuple[int, ...], specs: dict, machine, chunked: bool
+              ) -> tuple[int, ...]:
+    """The tile of a row kernel: whole rows (`chunked`: a chunk of the row that divides
+    it, as wide as fits with one row), as many rows as give each core ROW_TILES_PER_CORE
+    tiles (not under
+    `MIN_TILE_ELEMS` elements) and fit L1 by the buffers' real sizes. RowTooLong when not
+    even one whole row (or, chunked, one chunk of at least 64 elements) fits."""
+    from compiler.backend.tiling import MIN_TILE_ELEMS
+
+    budget = machine.l1_bytes
+    width = extents[-1]
+    tile = [1] * len(extents)
+    if chunked:
+        cols = 0
+        for parts in range(1, width + 1):
+            if width % parts == 0 and _row_footprint(specs, 1, width // parts) <= budget:
+                cols = width // parts
+                break
+            if width // parts < 64:
+                break
+        if cols == 0:
+            raise RowTooLong()
+        tile[-1] = cols
+        return tuple(tile)
+    if _row_footprint(specs, 1, width) > budget:
+        raise RowTooLong()
+    tile[-1] = width
+    if len(extents) >= 2:
+        total_rows = prod(extents[:-1])
+        # a few tiles per core, so that loads, compute and stores of consecutive tiles
+        # overlap through the double buffers
+        want = max(-(-total_rows // (ROW_TILES_PER_CORE * machine.cores)),
+                   -(-MIN_TILE_ELEMS // width), 1)
+        rows = min(extents[-2], want)
+        while rows > 1 and _row_footprint(specs, rows, width) > budget:
+            rows = max(rows * budget // _row_footprint(specs, rows, width), rows // 2)
+            rows = min(rows, extents[-2]) if rows > 1 else 1
+        tile[-2] = rows
+    return tuple(tile)
 
 
 def _whole(view: View, tensor) -> bool:

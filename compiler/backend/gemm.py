@@ -36,6 +36,7 @@ from isa.instructions import INSTRUCTIONS
 
 NARROW = ("bf16", "f16", "fp8")
 MAX_TILE_K = 512
+TIE = 1e-3   # relative: costs this close are a tie
 
 
 
@@ -49,6 +50,7 @@ class GemmTile:
     tile_k: int
     acc_copies: int
     cycles: float
+    group: int = 1   # m tiles per group of the grouped tile order (1: row-major)
 
 
 def _candidates(extent: int, unit: int, cap: int) -> list[int]:
@@ -67,8 +69,61 @@ def _candidates(extent: int, unit: int, cap: int) -> list[int]:
     return sorted(out)
 
 
+def hbm_traffic(batch, m, n, k, tile_m, tile_n, a_bytes, b_bytes, out_bytes, group,
+                machine) -> float:
+    """HBM bytes of the product in grouped tile order (`group` m tiles share each B panel
+    while they are loaded together; 1 is row-major). With an L2 (half of it counted: the
+    rest holds what streams through), an operand is read once when it fits, else B once per
+    group of m tiles, and A once when a group's A panels stay in L2 while the group walks
+    the n tiles, else once per wave of the cores over them. Without an L2 every tile reads
+    its panels from HBM."""
+    num_m, num_n = ceil(m / tile_m), ceil(n / tile_n)
+    a_total, b_total = batch * m * k * a_bytes, batch * k * n * b_bytes
+    c_total = batch * m * n * out_bytes
+    if not machine.l2_bytes:
+        return a_total * num_n + b_total * num_m + c_total
+    cap = machine.l2_bytes / 2
+    if (a_total + b_total) / batch <= cap:
+        return a_total + b_total + c_total
+    b_reads = b_total if b_total / batch <= cap else b_total * ceil(num_m / group)
+    columns = max(1, machine.cores // group)   # n tiles loaded at once
+    live = group * tile_m * k * a_bytes + min(columns, num_n) * k * tile_n * b_bytes
+    a_reads = a_total if live <= cap else a_total * ceil(num_n / columns)
+    return a_reads + b_reads + c_total
+
+
+def hbm_cycles(traffic: float, runs: float, machine) -> float:
+    """Cycles of `traffic` HBM bytes in `runs` contiguous runs that each end in a DRAM
+    row they cover only partly: the sustained (streaming) rate plus a row activation per
+    such run, as the simulator's HBM charges them (runtime/bandwidth.py)."""
+    peak = machine.hbm_bytes_per_cycle
+    streaming = machine.hbm_streaming_efficiency
+    penalty = max(0.0, machine.dma_burst_bytes / peak
+                  * (1 / machine.hbm_scattered_efficiency - 1 / streaming))
+    return traffic / (peak * streaming) + runs * penalty
+
+
+def choose_group(batch, m, n, k, tile_m, tile_n, a_bytes, b_bytes, out_bytes, machine
+                 ) -> tuple[int, float]:
+    """(group, HBM bytes): the grouped order with the least HBM traffic, among groups that
+    divide the m tiles; of equal ones, the wave closest to square."""
+    num_m = ceil(m / tile_m)
+    best = None
+    for group in range(1, num_m + 1):
+        if num_m % group:
+            continue
+        traffic = hbm_traffic(batch, m, n, k, tile_m, tile_n, a_bytes, b_bytes, out_bytes,
+                              group, machine)
+        columns = max(1, machine.cores // group)
+        shape = abs((group * tile_m) / (columns * tile_n) - 1)
+        key = (traffic, shape)
+        if best is None or key < best[0]:
+            best = (key, group)
+    return best[1], best[0][0]
+
+
 def gemm_cost(batch, m, n, k, tile_m, tile_n, tile_k, acc_copies, a_bytes, b_bytes, out_bytes,
-              rate, epilogue_ops, machine) -> float:
+              rate, epilogue_ops, machine, traffic: float | None = None) -> float:
     """Estimated cycles of the tiled product (see the module docstring)."""
     mx = machine
     tiles = batch * ceil(m / tile_m) * ceil(n / tile_n)
@@ -87,15 +142,37 @@ def gemm_cost(batch, m, n, k, tile_m, tile_n, tile_k, acc_copies, a_bytes, b_byt
     # two operand buffers in flight: a step's loads cannot arrive faster than one HBM
     # round trip per two steps (Little's law on the double buffer)
     latency = (mx.hbm_latency + port) / 2
-    step = max(mx_cycles, port, gm, latency) + 12  # scalar issue per step
+    # and a core keeps at most its DMA window in flight: when two steps' loads do not fit
+    # in it, a step's loads wait for the last step's to land (a round trip per step)
+    window = mx.dma_window_bytes
+    if traffic is None:
+        traffic = hbm_traffic(batch, m, n, k, tile_m, tile_n, a_bytes, b_bytes, out_bytes, 1,
+                              machine)
+    # the share of a step's bytes that come from HBM, at the active cores' share of it
+    requested = tiles * steps * step_bytes
+    from_hbm = min(1.0, traffic / requested) if requested else 1.0
+    hbm_share = active * step_bytes * from_hbm / (mx.hbm_bytes_per_cycle
+                                                  * mx.hbm_streaming_efficiency)
+    # (and stream at most a window per round trip)
+    serial = (max(mx.hbm_latency + max(port, gm, hbm_share),
+                  step_bytes * mx.hbm_latency / window)
+              if window and 2 * step_bytes > window else 0.0)
+    step = max(mx_cycles, port, gm, latency, serial) + 12  # scalar issue per step
     store = in_m * in_n * out_bytes
     drain = max(store / mx.st_bytes_per_cycle, active * store / mx.hbm_bytes_per_cycle)
     epilogue = epilogue_ops * tile_m * tile_n * 4 / mx.vx_bytes_per_cycle
     exposed = drain + epilogue + mx.hbm_latency if acc_copies == 1 else 0.0
     total = waves * (steps * step + exposed) + 2 * mx.hbm_latency + drain + epilogue
-    if mx.l2_bytes:
-        compulsory = batch * (m * k * a_bytes + k * n * b_bytes + m * n * out_bytes)
-        total = max(total, compulsory / mx.hbm_bytes_per_cycle)
+    # the runs HBM serves: A's rows of a k tile, B's rows of an n tile, C's rows of an n tile;
+    # one that is not whole DRAM rows ends in a partly used row
+    row = machine.hbm_row_bytes
+    runs = 0.0
+    for run_bytes, count in ((in_k * a_bytes, batch * m * k * a_bytes / max(in_k * a_bytes, 1)),
+                             (in_n * b_bytes, batch * k * n * b_bytes / max(in_n * b_bytes, 1)),
+                             (in_n * out_bytes, batch * m * n * out_bytes / max(in_n * out_bytes, 1))):
+        if run_bytes % row:
+            runs += count
+    total = max(total, hbm_cycles(traffic, runs, machine))
     return total
 
 
@@ -134,13 +211,19 @@ def choose_gemm_tile(batch, m, n, k, in_dtype, acc_dtype, a_bytes, b_bytes, out_
             tiles_k = {round_up(-(-k_padded // s), machine.mx_k) for s in range(least, least + 4)}
             if fixed is not None:
                 tiles_k = {min(fixed[2], tk_cap)}
+            group, traffic = choose_group(batch, m, n, k, tile_m, tile_n, a_bytes, b_bytes,
+                                          out_bytes, machine)
             for tile_k in sorted(tiles_k, reverse=True):
                 cycles = gemm_cost(batch, m, n, k, tile_m, tile_n, tile_k, copies, a_bytes,
-                                   b_bytes, out_bytes, rate, epilogue_ops, machine)
+                                   b_bytes, out_bytes, rate, epilogue_ops, machine, traffic)
+                cand = GemmTile(tile_m, tile_n, tile_k, copies, cycles, group)
                 if ranked is not None:
-                    ranked.append(GemmTile(tile_m, tile_n, tile_k, copies, cycles))
-                if best is None or cycles < best.cycles:
-                    best = GemmTile(tile_m, tile_n, tile_k, copies, cycles)
+                    ranked.append(cand)
+                # of nearly equal costs, the bigger tile (fewer tiles, less operand traffic)
+                if best is None or cycles < best.cycles * (1 - TIE) or (
+                        cycles <= best.cycles * (1 + TIE)
+                        and tile_m * tile_n > best.tile_m * best.tile_n):
+                    best = cand
     if best is None:  # the smallest MX tile always fits a real machine
         best = GemmTile(machine.mx_m, machine.mx_n, machine.mx_k, 1, float("inf"))
     return best
@@ -289,7 +372,8 @@ def lower_matmul_group(low, ops) -> None:
     final.append(Store(c_view, "c"))
     nest_tile = (1,) * nb + (tile_m, tile_n, tile_k)
     step = (Load("a", a_view), Load("b", b_view), Mma(in_dtype, acc_dtype, "c", "a", "b"))
-    nest = Nest(extents, nest_tile, kinds, tuple(buffers), (), step, tuple(final))
+    nest = Nest(extents, nest_tile, kinds, tuple(buffers), (), step, tuple(final),
+                group=tile.group if tile.group > 1 else 0)
     name = "matmul" if not epilogue else "matmul_fused"
     low.kernel(name, group_ids, [nest], last.span)
 

@@ -266,6 +266,10 @@ class Nest:
     core_axes: tuple[int, ...] = ()
     # a nest with its own code generator ("flash": compiler/backend/flash_codegen.py)
     schedule: str = ""
+    # grouped tile order over the last two parallel axes (m, n) with more than one tile:
+    # consecutive tiles walk `group` m tiles down a column of n before moving to the next
+    # column, so the cores working at once share operand panels in L2 (0: row-major)
+    group: int = 0
 
     @property
     def grid(self) -> tuple[int, ...]:
@@ -370,6 +374,8 @@ def print_nest(nest: Nest, indent: str = "  ") -> list[str]:
         lines.append(f"{indent}  core_axes {' '.join(map(str, nest.core_axes))}")
     if nest.schedule:
         lines.append(f"{indent}  schedule {nest.schedule}")
+    if nest.group:
+        lines.append(f"{indent}  group {nest.group}")
     lines += [f"{indent}  {print_buffer(b)}" for b in nest.buffers]
     for phase in ("setup", "init", "step", "final"):
         stmts = getattr(nest, phase)
@@ -498,6 +504,8 @@ def parse_kernels(text: str) -> KernelProgram:
                     nest, phase = None, None
                 elif line.startswith("schedule "):
                     nest["schedule"] = line[9:].strip()
+                elif line.startswith("group "):
+                    nest["group"] = int(line[6:])
                 elif line.startswith("causal "):
                     nest["causal"] = _ints(line[7:].replace(" ", ","))
                 elif line.startswith("core_axes "):

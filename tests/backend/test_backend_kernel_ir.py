@@ -37,6 +37,7 @@ def _hand_built() -> KernelProgram:
          Reduce("ARGMAX", "f32", "c", "a", "c", 2), Reduce("SUM", "f32", "c", "a"),
          Vec("CMP.lt", "f32", "c", ("a", 0.5))),
         (Store(y, "c"),),
+        group=4,
     )
     tensors = (Tensor("x", "bf16", (4, 784), "in", 0), Tensor("y", "f32", (4, 256), "out"))
     return KernelProgram(tensors, (Kernel("k_0", (3, 4), (nest,)),))
@@ -45,6 +46,7 @@ def _hand_built() -> KernelProgram:
 def test_hand_built_round_trip():
     program = _hand_built()
     text = print_kernels(program)
+    assert "group 4" in text
     assert parse_kernels(text) == program
     assert print_kernels(parse_kernels(text)) == text
 
