@@ -199,6 +199,8 @@ class FusedLowering(Lowering):
         that fits L1 (a padded chunk would feed the pad value into the reduction)."""
         by_id = {op.id: op for op in ops}
         reduces = [op for op in ops if op.kind in ROW_REDUCE]
+        if not reduces:  # a concat's whole rows, no reduction to chunk
+            return False
         shape = tuple(reduces[0].inputs[0].type.shape)
         if any(tuple(r.inputs[0].type.shape) != shape for r in reduces):
             return False
@@ -343,12 +345,6 @@ class FusedLowering(Lowering):
             pieces[op.id] = found
         return pieces, absorbed
 
-    def lower_elementwise(self, ops) -> None:
-        """One map nest for an elementwise group, or a row kernel when the group holds
-        reductions of the last axis (whole rows per tile)."""
-        reduces = [op for op in ops if OPS[op.kind].row_kernel]
-
-
     def lower_elementwise(self, ops, chunked: bool = False,
                           only_store: set[int] | None = None) -> None:
         """One map nest for an elementwise group, or a row kernel when the group holds
@@ -365,6 +361,8 @@ class FusedLowering(Lowering):
         if not stored:
             return  # dead code (when `dce` is disabled): nothing to compute
         pieces, absorbed = self.concat_pieces(ops, ids)
+        if chunked and pieces:  # a concat's columns are placed in whole rows
+            raise RowTooLong()
         # a concat is built in a tile of whole rows, as a row kernel's rows are
         whole_rows = row_mode or bool(pieces)
         # a widening cast of an operand from outside that nothing else in the kernel reads is
@@ -637,20 +635,6 @@ class FusedLowering(Lowering):
                 value_buf[op.id] = tiles.new(dtype, want)
                 body.append(Vec("COPY", dtype, value_buf[op.id], (name,)))
 
-        # tile: every buffer is budgeted as a full one (both copies)
-        bytes_per_elem = 2 * sum(itemsize(dt) for dt, _, _ in tiles.specs.values())
-        tile_fn = map_tile if (whole_rows or dropped) else fused_tile
-        tile = tile_fn(extents, bytes_per_elem, self.machine,
-                       reserve=2 * ALIGN * (len(tiles.specs) + 1))
-        if whole_rows and tile[-1] != extents[-1]:
-            # few rows: the per-core share is under a row, but a whole row still fits L1
-            capacity = (self.machine.l1_bytes - 2 * ALIGN * (len(tiles.specs) + 1)) \
-                // max(bytes_per_elem, 1)
-            if extents[-1] > capacity:
-                raise RowTooLong()
-            tile = (1,) * (len(extents) - 1) + (extents[-1],)
-
-
         if row_mode:
             tile = _row_tile(extents, tiles.specs, self.machine, chunked)
             if chunked:
@@ -658,9 +642,17 @@ class FusedLowering(Lowering):
         else:
             # tile: every buffer is budgeted as a full one (both copies)
             bytes_per_elem = 2 * sum(itemsize(dt) for dt, _, _ in tiles.specs.values())
-            tile_fn = map_tile if dropped else fused_tile
+            tile_fn = map_tile if (whole_rows or dropped) else fused_tile
             tile = tile_fn(extents, bytes_per_elem, self.machine,
                            reserve=2 * ALIGN * (len(tiles.specs) + 1))
+            if whole_rows and tile[-1] != extents[-1]:
+                # a concat's tiles span whole rows: the per-core share may be under a row,
+                # but a whole row must still fit L1
+                capacity = (self.machine.l1_bytes - 2 * ALIGN * (len(tiles.specs) + 1)) \
+                    // max(bytes_per_elem, 1)
+                if extents[-1] > capacity:
+                    raise RowTooLong()
+                tile = (1,) * (len(extents) - 1) + (extents[-1],)
         for op in stored:
             self.views[op.id] = outs[op.id]
         rows, cols = prod(tile[:-1]), tile[-1]
@@ -704,6 +696,8 @@ def _row_footprint(specs: dict, rows: int, cols: int) -> int:
     """L1 bytes of a row kernel's buffers for a rows x cols tile, as `layout` places them
     (every buffer double-buffered, a row or one buffer once per copy, not per row)."""
     shapes = {"full": (rows, cols), "row": (1, cols), "col": (rows, 1), "one": (1, 1)}
+    shapes.update({kind: (rows, int(kind[4:])) for _, kind, _ in specs.values()
+                   if kind.startswith("cols")})   # a concat piece's own columns
     _, used = layout([(name, "L1", dtype, *shapes[kind], "ld" if role == "ld" else "out")
                       for name, (dtype, kind, role) in specs.items()])
     return used["L1"]
