@@ -183,7 +183,9 @@ def _lower_flash(low, ops) -> None:
     # a widening cast in the group (fuse.py) is done by the operand's DMA: read its source
     casts = {op.id: op.inputs[0] for op in ops if op.kind == "cast"}
     q, k, v = (casts.get(x.id, x) for x in (m1.inputs[0], m1.inputs[1], m2.inputs[1]))
-    dtype = m1.inputs[0].type.dtype
+    # the products' dtypes: P @ V's for P and V, q @ kᵀ's for q and k (they may differ: an
+    # f32 bias promotes the softmax and P @ V of bf16 scores)
+    dtype = (m2.inputs[0].type.dtype, m1.inputs[0].type.dtype)
     q_tv = _operand(low, q, group, batch1, seq_q)
     kt_tv = _repeat(_operand(low, k, group, batch1, None), shape.groups1)
     v_tv = _repeat(_operand(low, v, group, batch2, None), shape.groups2)
@@ -310,7 +312,7 @@ _EXACT_IN_F32 = ("bf16", "f16", "fp8")
 
 
 def _flash_nest(low, q3, kt3, v3, o3, scale, causal, additive=False, lse=None,
-                dtype: str | None = None) -> Nest:
+                dtype: tuple[str, str] | None = None) -> Nest:
     """One flash nest over [batch, rows, cols] views of q, kᵀ, v and the output; an
     `additive` causal mask adds -inf where it drops a score (a NaN score stays NaN); with
     an `lse` view the rows' log-sum-exp (m + log l) is stored there too (flash-decoding)."""
@@ -321,12 +323,13 @@ def _flash_nest(low, q3, kt3, v3, o3, scale, causal, additive=False, lse=None,
     qa, da, ka = len(batch), len(batch) + 1, len(batch) + 2
 
     # the products' dtype (q, k and v may be the sources of casts their DMAs do)
-    in_dtype, acc_dtype = mma_dtypes(dtype or q3.dtype, machine)
+    pv_prog, qk_prog = dtype or (q3.dtype, q3.dtype)
+    in_dtype, acc_dtype = mma_dtypes(pv_prog, machine)
     # q @ kᵀ in f32 of q and k loaded from one narrow float (casts the DMAs do): each
     # product of two bf16, f16 or fp8 values is exact in f32, so the MX multiplies them in
     # their own dtype (accumulating in f32) at its faster rate, with the same sums
-    qk_dtype = in_dtype
-    if in_dtype == "f32" and q3.dtype == kt3.dtype and q3.dtype in _EXACT_IN_F32:
+    qk_dtype = mma_dtypes(qk_prog, machine)[0]
+    if qk_dtype == "f32" and q3.dtype == kt3.dtype and q3.dtype in _EXACT_IN_F32:
         qk_dtype = mma_dtypes(q3.dtype, machine)[0]
     unit = machine.mx_m
     dim_p = round_up(dim, machine.mx_k)

@@ -15,7 +15,8 @@ the kernel relies on and refuses the rest (the ops are then fused by the other r
 - the mask, when there is one, is exactly `i >= j` over the softmax's last two dims and
   broadcasts over its leading dims only: `arange(n)` in a dtype that holds 0..n-1 exactly
   (fp8 rounds, i8 wraps), row index first, filled with a scalar `-inf` constant;
-- the scores are f32, bf16 or f16 and both products keep the input dtype: fp8 has no
+- the scores are f32, bf16 or f16 and each product keeps its inputs' dtype (the two may
+  differ: bf16 scores, an f32 bias, then an f32 P @ V): fp8 has no
   infinity (a `-inf` fill is NaN there, docs/language.md) and saturates at 448, which the
   kernel's f32 scores would not reproduce;
 - between the first product and the softmax only these, in any order: reshapes that keep
@@ -388,9 +389,9 @@ def match_chain(m2, producers, why: list | None = None
         return _refuse(why, mask_refusal(mask, producers, seq_q, seq_k))
     if not _plain_matmul(m1):
         return _refuse(why, "the first product has its own accumulation dtype or mixes dtypes")
-    if m1.result.type.dtype != dtype:
-        return _refuse(why, f"the first product is {m1.result.type.dtype} and the second "
-                       f"{dtype}: the kernel computes both in one dtype")
+    if m1.result.type.dtype not in SCORE_DTYPES:
+        return _refuse(why, f"the first product is {m1.result.type.dtype}: the kernel's "
+                       "scores are f32, bf16 or f16")
     rows1 = m1.result.type.shape[-2]
     rows2 = m2.inputs[0].type.shape[-2]
     if m1.result.type.shape[-1] != seq_k or m2.inputs[0].type.shape[-1] != seq_k:

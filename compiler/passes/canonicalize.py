@@ -236,8 +236,9 @@ def cast_above_views(op: Op, rw: Rewriter) -> Value | None:
     """cast(view(...view(x))) -> view(...view(cast(x))) for a cast that changes values (a
     narrowing), through views each used only by the next: an elementwise cast commutes with
     re-indexing, and on the views' source it is done once per source element."""
-    if op.kind != "cast" or value_preserving(op.inputs[0].type.dtype, op.attrs["dtype"]):
-        return None
+    if (op.kind != "cast" or value_preserving(op.inputs[0].type.dtype, op.attrs["dtype"])
+            or op.id in rw.output_ids):
+        return None  # an output is written in its own layout: the cast's kernel stores it
     views = []
     value = op.inputs[0]
     while True:

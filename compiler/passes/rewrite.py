@@ -30,6 +30,7 @@ class Rewriter:
         # reads of each value (an output counts as one), carried to the values that
         # replace them: what `single_use` answers for the rewritten graph
         self.uses = {value_id: len(ops) for value_id, ops in fn.users().items()}
+        self.output_ids = {value.id for value in fn.outputs}
         for value in fn.outputs:
             self.uses[value.id] = self.uses.get(value.id, 0) + 1
 

@@ -228,3 +228,36 @@ fn main(q: f32[24, 16], k: bf16[24, 16], v: bf16[24, 16]) -> bf16[24, 16] {
 }"""
     fn, compiled, _, _ = compile_and_run(source, opt_level=2)
     assert _flash_kernels(compiled) == 1 and compiled.kernel_count == 2
+
+
+def test_bf16_scores_with_an_f32_bias_multiply_each_product_in_its_dtype():
+    """bf16 scores plus an f32 bias promote the softmax and P @ V to f32: one flash kernel,
+    q @ kT in bf16 and P @ V in f32, within bf16's tolerance (the scores' dtype), on a
+    2-core machine with several query tiles per core."""
+    from dataclasses import replace
+
+    import numpy as np
+
+    import zhenwu
+    from compiler.check import check_output
+    from isa.machine import load_machine
+
+    source = """
+fn main(q: bf16[2, 300, 16], k: bf16[2, 300, 16], v: bf16[2, 300, 16]) -> f32[2, 300, 16] {
+    bias = where(arange(300)[:, None] < arange(300)[None, :], -inf, 0.0)
+    s = q @ transpose(k, [0, 2, 1]) / 4.0 + bias
+    return softmax(s, axis=-1) @ cast(v, f32)
+}"""
+    assert len(_matches(source)) == 1
+    prog = zhenwu.compile(source, machine=replace(load_machine("m890"), cores=2))
+    assert prog.kernel_count == 1
+    (nest,) = prog.kernel_ir.kernels[0].nests
+    assert {b.name: b.dtype for b in nest.buffers if b.name in ("q", "kt", "p", "vt")} == {
+        "q": "bf16", "kt": "bf16", "p": "f32", "vt": "f32"}
+    rng = np.random.default_rng(2)
+    inputs = {p.name: rng.standard_normal(p.type.shape).astype(np.float32)
+              for p in prog.function.params}
+    (got,), _ = prog.run(inputs)
+    passes, summary = check_output(prog.function, prog.function.outputs[0], got,
+                                   zhenwu.reference(source, inputs)[0])
+    assert passes, summary
