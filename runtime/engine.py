@@ -102,6 +102,7 @@ class CoreState:
         self.s_block_since = 0
         self.races = CoreRaceDetector(n_engines, spaces) if race_check else None
         self.kernel: int | None = None  # index of the kernel region the scalar is in
+        self.last_kernel: int | None = None  # the region the last BAR.CHIP closed
         self.in_flight: list[tuple[int, int]] = []  # GM DMAs: (completion, bytes), sorted
         self.skipped_overlap = 0  # DMA/compute overlap of fast-forwarded periods
         self.scalar_ctx = None  # the ScalarContext the scalar instructions run against
@@ -266,6 +267,9 @@ class Simulator:
             op = ops[core.pc]
             if op.kernel is not None and core.kernel != op.kernel:
                 t = self._enter_kernel(core, op, t)
+            elif core.kernel is None and core.last_kernel is not None and op.kind != HALT:
+                # a later nest of the kernel whose barrier closed the region: no new launch
+                core.kernel = core.last_kernel
             if op.pred is not None:
                 value = regs[op.pred[0]]
                 if (value == 0) != op.pred[1]:  # predicated off: it still takes its issue
@@ -435,7 +439,7 @@ class Simulator:
                                  waited)
             # a BAR.CHIP ends the kernel region the cores were in
             self._leave_kernel(waiting, release)
-            waiting.kernel = None
+            waiting.last_kernel, waiting.kernel = waiting.kernel, None
             waiting.pc += 1
             waiting.t = release
             self._resume(waiting, release)

@@ -179,3 +179,28 @@ def test_timing_only_model_larger_than_the_host():
     load = 3 + 1 + bursts * 64 // m.ld_bytes_per_cycle + m.hbm_latency  # DESC, DESC, LI, issue
     assert result.report.cycles == load + m.event_wake_latency + tile // m.st_bytes_per_cycle \
         + m.hbm_latency
+
+
+def test_a_kernel_of_two_nests_is_one_region_and_one_launch():
+    """A BAR.CHIP between two nests of one kernel is no kernel boundary: the kernel's span
+    runs to the release of its last barrier, and it pays one launch."""
+    text = """\
+.kernel first
+    MMA.bf16.f32 ACC[0], L1[0], L1[65536], 64, 64, 64 .init
+    BAR.CHIP
+    MMA.bf16.f32 ACC[0], L1[0], L1[65536], 128, 128, 128 .init
+    BAR.CHIP
+.kernel second
+    MMA.bf16.f32 ACC[0], L1[0], L1[65536], 64, 64, 64 .init
+    BAR.CHIP
+    HALT
+"""
+    report = run_asm(text, cores=2).report
+    first, second = report.kernels
+    m = machine_with(2)
+    launch, barrier = m.kernel_launch_cycles, m.barrier_cycles
+    nest1 = 1 + 64 + m.mx_fill_latency + 1 + barrier
+    nest2 = 1 + 512 + m.mx_fill_latency + 1 + barrier
+    assert (first.start_cycle, first.cycles) == (0, launch + nest1 + nest2)
+    assert second.start_cycle == first.cycles
+    assert report.cycles == first.cycles + second.cycles + 1  # and HALT
