@@ -22,8 +22,7 @@ beyond the tolerance from it and the output is at most twice as far from it as t
 from __future__ import annotations
 
 import numpy as np
-
-from compiler.graph.dtypes import is_float, tolerance
+from zhenwu.compiler.graph.dtypes import is_float, tolerance
 
 
 def relative_error(got: np.ndarray, want: np.ndarray) -> float:

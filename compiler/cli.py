@@ -14,7 +14,7 @@ import importlib
 import math
 import sys
 
-from isa.errors import ZhenwuError
+from zhenwu.isa.errors import ZhenwuError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -268,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
                            "programs and odd flags through zhenwu instead: every one must end "
                            "with exit status 0-3, no traceback, in bounded time (default: off)")
 
-    from compiler.commands.serve import add_parser as add_serve_parser
+    from zhenwu.compiler.commands.serve import add_parser as add_serve_parser
 
     add_serve_parser(sub, _add_machine)
     return parser
@@ -286,9 +286,9 @@ _COMMANDS = {
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        module = importlib.import_module(f"compiler.commands.{_COMMANDS[args.command]}")
+        module = importlib.import_module(f"zhenwu.compiler.commands.{_COMMANDS[args.command]}")
     except ModuleNotFoundError as err:
-        if not (err.name or "").startswith("compiler.commands"):
+        if not (err.name or "").startswith("zhenwu.compiler.commands"):
             raise
         print(f"zhenwu: error: '{args.command}' is not implemented yet", file=sys.stderr)
         return 2

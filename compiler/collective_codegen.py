@@ -37,17 +37,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from compiler.collectives import (
+from zhenwu.compiler.collectives import (
     EVENTS_PER_PHASE,
     CollectiveCost,
     collective_cost,
     rhd_distances,
 )
-from isa.asm import parse_assembly
-from isa.dtypes import itemsize
-from isa.errors import UsageError
-from isa.machine import Machine
-from isa.program import NUM_EVENTS, Program
+from zhenwu.isa.asm import parse_assembly
+from zhenwu.isa.dtypes import itemsize
+from zhenwu.isa.errors import UsageError
+from zhenwu.isa.machine import Machine
+from zhenwu.isa.program import NUM_EVENTS, Program
 
 
 @dataclass(frozen=True)

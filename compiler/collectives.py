@@ -1,6 +1,6 @@
 """The alpha-beta cost of collectives, from the machine file alone (no simulation).
 
-    from compiler.collectives import collective_seconds, collective_cost
+    from zhenwu.compiler.collectives import collective_seconds, collective_cost
     seconds, algorithm = collective_seconds("allreduce", 1 << 30, 10_000, machine)
     cost = collective_cost("allgather", 64 << 20, 8, machine)   # .seconds .algorithm
                                                                  # .phases .algbw .busbw
@@ -51,10 +51,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from isa.errors import UsageError
-from isa.machine import Machine
-from isa.program import NUM_EVENTS
-from isa.topology import Topology
+from zhenwu.isa.errors import UsageError
+from zhenwu.isa.machine import Machine
+from zhenwu.isa.program import NUM_EVENTS
+from zhenwu.isa.topology import Topology
 
 KINDS = ("allreduce", "allgather", "reducescatter", "alltoall")
 # algorithms the compiler can lower (and the simulator run); "hierarchical" is the composite

@@ -14,11 +14,10 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
-
-from compiler.frontend import load_program
-from compiler.graph.dtypes import from_np_dtype, is_float, is_int, itemsize, np_dtype
-from compiler.graph.ir import Function, TensorType
-from isa.errors import InputError, UsageError
+from zhenwu.compiler.frontend import load_program
+from zhenwu.compiler.graph.dtypes import from_np_dtype, is_float, is_int, itemsize, np_dtype
+from zhenwu.compiler.graph.ir import Function, TensorType
+from zhenwu.isa.errors import InputError, UsageError
 
 
 def parse_shape_options(options: list[str]) -> dict[str, int]:
@@ -63,7 +62,7 @@ def _declared_bytes(handle, where: str) -> tuple[int, int] | None:
 def _check_declared(declared: int, available: int, where: str) -> None:
     """Refuse an array whose header declares more bytes than its file holds (a truncated or
     forged file) or than this host has, before numpy allocates them."""
-    from compiler.reference import host_memory_bytes
+    from zhenwu.compiler.reference import host_memory_bytes
 
     if declared > available:
         raise InputError(f"{where}: the header declares {declared:,} bytes of data but the file "
@@ -179,7 +178,7 @@ def program_weights(program: str | None) -> tuple[dict[str, np.ndarray], dict[st
         return {}, {}
     path = Path(program)
     if path.suffix == ".onnx":
-        from compiler.importers.onnx import import_file
+        from zhenwu.compiler.importers.onnx import import_file
 
         _, weights = import_file(program)
         return dict(weights), {key: f"{program}[{key}]" for key in weights}
@@ -245,7 +244,7 @@ def check_seed(seed: int) -> int:
 
 def check_host_memory(nbytes: int, what: str) -> None:
     """Refuse to draw or load `nbytes` of data this host cannot hold (before allocating)."""
-    from compiler.reference import host_memory_bytes
+    from zhenwu.compiler.reference import host_memory_bytes
 
     if nbytes > host_memory_bytes():
         raise InputError(f"{what} need {nbytes:,} bytes, more than this host's memory "

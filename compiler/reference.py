@@ -10,11 +10,10 @@ from __future__ import annotations
 import os
 
 import numpy as np
-
-from compiler.graph.dtypes import compute_dtype, from_np_dtype, np_dtype
-from compiler.graph.ir import Function
-from compiler.graph.ops import OPS
-from isa.errors import Diagnostic, InputError
+from zhenwu.compiler.graph.dtypes import compute_dtype, from_np_dtype, np_dtype
+from zhenwu.compiler.graph.ir import Function
+from zhenwu.compiler.graph.ops import OPS
+from zhenwu.isa.errors import Diagnostic, InputError
 
 
 def host_memory_bytes() -> int:

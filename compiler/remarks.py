@@ -25,7 +25,7 @@ import re
 from dataclasses import dataclass, field
 from math import prod
 
-from compiler.graph.dtypes import itemsize
+from zhenwu.compiler.graph.dtypes import itemsize
 
 KINDS = ("passed", "missed", "analysis", "warning")
 # a kernel whose HBM bytes exceed its compulsory bytes by more than this gets a remark
@@ -152,7 +152,7 @@ def _location(span) -> str | None:
 def explain(prog, report=None) -> Explanation:
     """The `Explanation` of a compiled `zhenwu.Program`; `report` (a run's
     `runtime.Report`) adds the per-kernel cycles, bytes and memory remarks."""
-    from compiler.passes.fuse import fuse_function
+    from zhenwu.compiler.passes.fuse import fuse_function
 
     compiled = prog.compiled
     fused = compiled.graph
@@ -224,7 +224,7 @@ def fusion_remarks(plan, ops: dict, kernel_of: dict) -> list[Remark]:
 def attention_remarks(fn, kernel_of: dict) -> list[Remark]:
     """For every matrix product fed by a softmax that is not in a flash-attention kernel,
     why: the matcher's `Refusal`, or the intermediate value used outside the chain."""
-    from compiler.passes.attention_match import match_attention, match_chain
+    from zhenwu.compiler.passes.attention_match import match_attention, match_chain
 
     producers, users = fn.producers(), fn.users()
     outputs = {v.id for v in fn.outputs}
@@ -406,7 +406,7 @@ def _tensor_footprints(kernel, program, statement_type) -> dict[str, int]:
 def kernel_compulsory_bytes(kernel, program) -> int:
     """The bytes a kernel must move: every element of its inputs it reads once, every
     element it writes once (from its loads' and stores' views)."""
-    from compiler.backend.kernel_ir import Load, Store
+    from zhenwu.compiler.backend.kernel_ir import Load, Store
 
     return (sum(_tensor_footprints(kernel, program, Load).values())
             + sum(_tensor_footprints(kernel, program, Store).values()))
@@ -415,7 +415,7 @@ def kernel_compulsory_bytes(kernel, program) -> int:
 def load_bytes(kernel, program) -> dict[str, int]:
     """Per GM tensor, the bytes the kernel's loads move (tile boxes in bounds, times the
     tiles that run each load)."""
-    from compiler.backend.kernel_ir import Load
+    from zhenwu.compiler.backend.kernel_ir import Load
 
     out: dict[str, int] = {}
     for nest in kernel.nests:
@@ -439,7 +439,7 @@ def memory_remarks(program, summaries, ops: dict, machine) -> list[Remark]:
     """Per kernel that moved more than `EXCESS_BYTES_RATIO` times its compulsory HBM bytes,
     with the excess worth at least `EXCESS_TIME_SHARE` of its cycles at the HBM bandwidth:
     how much more and, from its loads, the tensor its tiling re-reads the most."""
-    from compiler.backend.kernel_ir import Load
+    from zhenwu.compiler.backend.kernel_ir import Load
 
     out = []
     for summary, kernel in zip(summaries, program.kernels):

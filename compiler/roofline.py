@@ -68,7 +68,7 @@ def roofline(fn, machine) -> Roofline:
 def causal_fractions(fn) -> dict[int, float]:
     """Matmul op id -> the share of its products a causal mask keeps, for the two products
     of every causally masked attention chain of `fn` (mask key <= query)."""
-    from compiler.passes.fuse import match_attention
+    from zhenwu.compiler.passes.fuse import match_attention
 
     out: dict[int, float] = {}
     outputs = {v.id for v in fn.outputs}
@@ -129,7 +129,7 @@ def kernel_latencies(kernels, machine) -> list[KernelLatency]:
     file: the launch (`kernel_launch_seconds`), a load's round trip (`hbm_cycles`; `l2_cycles`
     when the L2 may already hold a tensor the kernel reads: one an earlier kernel touched)
     and a store's (`hbm_cycles`: stores write through to HBM)."""
-    from compiler.backend.kernel_ir import Load, Store
+    from zhenwu.compiler.backend.kernel_ir import Load, Store
 
     touched: set[str] = set()
     out = []

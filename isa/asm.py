@@ -15,12 +15,12 @@ from __future__ import annotations
 import difflib
 import re
 
-from isa.asm_syntax import Arg, Directive, InstrItem, Label, Token, read_items
-from isa.dtypes import DTYPES
-from isa.errors import AssemblyError, SourceSpan, normalize_newlines
-from isa.instructions import INSTRUCTIONS, InstrDef, InstrError, validate
-from isa.instructions.base import KIND_TEXT
-from isa.program import (
+from zhenwu.isa.asm_syntax import Arg, Directive, InstrItem, Label, Token, read_items
+from zhenwu.isa.dtypes import DTYPES
+from zhenwu.isa.errors import AssemblyError, SourceSpan, normalize_newlines
+from zhenwu.isa.instructions import INSTRUCTIONS, InstrDef, InstrError, validate
+from zhenwu.isa.instructions.base import KIND_TEXT
+from zhenwu.isa.program import (
     MAX_RANK,
     TENSOR_ROLES,
     Addr,

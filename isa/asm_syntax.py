@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import NamedTuple
 
-from isa.errors import AssemblyError, SourceSpan, source_lines
+from zhenwu.isa.errors import AssemblyError, SourceSpan, source_lines
 
 MAX_INT_DIGITS = 40
 MAX_NESTING = 8    # brackets: valid assembly nests two deep (`d0[r1, 2]`, `[[..]]`)

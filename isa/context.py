@@ -20,13 +20,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
-
-from isa.dtypes import itemsize, np_dtype
-from isa.errors import ChipTrap
+from zhenwu.isa.dtypes import itemsize, np_dtype
+from zhenwu.isa.errors import ChipTrap
 
 if TYPE_CHECKING:
-    from isa.machine import Machine
-    from isa.program import Descriptor, Program
+    from zhenwu.isa.machine import Machine
+    from zhenwu.isa.program import Descriptor, Program
 
 
 class ExecContext(Protocol):

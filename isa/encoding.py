@@ -1,6 +1,6 @@
 """The M890 binary: fixed 128-bit instruction words after a small header with tables.
 
-    from isa.encoding import encode_program, decode_program
+    from zhenwu.isa.encoding import encode_program, decode_program
 
 `decode_program(encode_program(p)) == p` for every valid program, and the decoder turns any
 other byte string (truncated, corrupt, wrong magic or version, unknown opcode, out-of-range
@@ -49,11 +49,11 @@ import struct
 import zlib
 from dataclasses import dataclass
 
-from isa.dtypes import DTYPES
-from isa.errors import AssemblyError, EncodingError
-from isa.instructions import BY_OPCODE, INSTRUCTIONS, RESERVED_OPCODES, InstrError, validate
-from isa.instructions.base import InstrDef, OperandSpec
-from isa.program import (
+from zhenwu.isa.dtypes import DTYPES
+from zhenwu.isa.errors import AssemblyError, EncodingError
+from zhenwu.isa.instructions import BY_OPCODE, INSTRUCTIONS, RESERVED_OPCODES, InstrError, validate
+from zhenwu.isa.instructions.base import InstrDef, OperandSpec
+from zhenwu.isa.program import (
     MAX_RANK,
     SPACES,
     TENSOR_ROLES,

@@ -20,9 +20,9 @@ import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from isa.dtypes import MX_DTYPES
-from isa.errors import MachineError, SourceSpan
-from isa.tomlfile import locate, read_toml
+from zhenwu.isa.dtypes import MX_DTYPES
+from zhenwu.isa.errors import MachineError, SourceSpan
+from zhenwu.isa.tomlfile import locate, read_toml
 
 MACHINES_DIR = Path(__file__).parent / "machines"
 BUILTIN_MACHINES = ("m890", "z810e")
@@ -310,7 +310,7 @@ class Machine:
         return out
 
     def _system_derived(self) -> dict[str, float]:
-        from isa.topology import Topology  # isa.topology builds on this module
+        from zhenwu.isa.topology import Topology  # isa.topology builds on this module
 
         node = Topology(self, self.chips_per_node)
         return {"injection_bytes_per_second": node.injection_bandwidth(),
@@ -397,7 +397,7 @@ def machine_rows(machine: Machine) -> list[tuple[str, str]]:
 
 def system_rows(machine: Machine) -> list[tuple[str, str]]:
     """The `[system]` rows: the node, and the per-chip and bisection bandwidth it gives."""
-    from isa.topology import Topology  # isa.topology builds on this module
+    from zhenwu.isa.topology import Topology  # isa.topology builds on this module
 
     node = Topology(machine, machine.chips_per_node)
     return [

@@ -18,7 +18,7 @@ import math
 import struct
 from dataclasses import dataclass, field
 
-from isa.errors import AssemblyError, SourceSpan
+from zhenwu.isa.errors import AssemblyError, SourceSpan
 
 NUM_REGS = 32
 NUM_DESCS = 32
@@ -269,7 +269,7 @@ class Instruction:
         return tuple(sorted({op.index for op in self.operands if isinstance(op, DescRef)}))
 
     def __str__(self) -> str:
-        from isa.asm import print_instruction
+        from zhenwu.isa.asm import print_instruction
 
         return print_instruction(self)
 
@@ -299,7 +299,7 @@ class TensorDecl:
 
     @property
     def nbytes(self) -> int:
-        from isa.dtypes import itemsize
+        from zhenwu.isa.dtypes import itemsize
 
         return math.prod(self.shape) * itemsize(self.dtype)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 import tomllib
 
-from isa.errors import SourceSpan, source_lines
+from zhenwu.isa.errors import SourceSpan, source_lines
 
 
 def read_toml(text: str, filename: str, error) -> dict:

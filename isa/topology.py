@@ -26,8 +26,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from isa.errors import MachineError
-from isa.machine import Machine, neighbours, torus_shape
+from zhenwu.isa.errors import MachineError
+from zhenwu.isa.machine import Machine, neighbours, torus_shape
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """The cycle-approximate interpreter of M890 programs (docs/design.md section 8).
 
-    from runtime import run_program, RunResult
+    from zhenwu.runtime import run_program, RunResult
     result = run_program(program, machine, inputs, timing_only=False, max_instructions=None,
                          trace=False)
     result.outputs   # dict[str, np.ndarray]: `out`/`inout` tensors by name, directive order
@@ -21,7 +21,7 @@ timing model and checks), context.py (isa's ExecContext), memory.py (lazy GM, L1
 bandwidth.py (shared servers), races.py (vector clocks), report.py, trace.py, blas.py.
 """
 
-from runtime.interpreter import RunResult, run_program
-from runtime.report import Report
+from zhenwu.runtime.interpreter import RunResult, run_program
+from zhenwu.runtime.report import Report
 
 __all__ = ["Report", "RunResult", "run_program"]

@@ -1,6 +1,6 @@
 """Many chips: N whole chips, each with its own HBM, joined by a timed network.
 
-    from runtime.cluster import run_cluster
+    from zhenwu.runtime.cluster import run_cluster
     result = run_cluster(programs, machine, inputs, timing_only=False, trace=False)
     result.outputs[chip]   # dict[str, np.ndarray] per chip (empty with timing_only)
     result.report          # ClusterReport: .cycles .seconds .chips[i] (a Report per chip)
@@ -35,26 +35,25 @@ import math
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-
-from isa.errors import ChipTrap, InputError
-from isa.instructions.net import topology as network_of
-from isa.program import ENGINES, NUM_EVENTS, Program
-from runtime.bandwidth import BandwidthServer
-from runtime.blas import single_blas_thread
-from runtime.context import ScalarContext
-from runtime.decode import decode_program
-from runtime.engine import _COMPLETE, _TRY, CoreState, Simulator, Timing
-from runtime.interpreter import (
+from zhenwu.isa.errors import ChipTrap, InputError
+from zhenwu.isa.instructions.net import topology as network_of
+from zhenwu.isa.program import ENGINES, NUM_EVENTS, Program
+from zhenwu.runtime.bandwidth import BandwidthServer
+from zhenwu.runtime.blas import single_blas_thread
+from zhenwu.runtime.context import ScalarContext
+from zhenwu.runtime.decode import decode_program
+from zhenwu.runtime.engine import _COMPLETE, _TRY, CoreState, Simulator, Timing
+from zhenwu.runtime.interpreter import (
     DEFAULT_MAX_INSTRUCTIONS,
     build_report,
     check_tensors,
     load_inputs,
     read_outputs,
 )
-from runtime.l2 import L2Cache
-from runtime.memory import GlobalMemory, LocalMemory
-from runtime.report import Report
-from runtime.trace import TraceRecorder
+from zhenwu.runtime.l2 import L2Cache
+from zhenwu.runtime.memory import GlobalMemory, LocalMemory
+from zhenwu.runtime.report import Report
+from zhenwu.runtime.trace import TraceRecorder
 
 CLUSTER_ENGINES = ENGINES  # S LD MX VX ST NET
 NET = CLUSTER_ENGINES.index("NET")

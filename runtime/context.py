@@ -16,11 +16,10 @@ naming the instruction, core and engine.
 from __future__ import annotations
 
 import numpy as np
-
-from isa.context import byte_span
-from isa.dtypes import itemsize, np_dtype
-from isa.errors import ChipTrap
-from runtime.memory import GlobalMemory, LocalMemory, OutOfBounds
+from zhenwu.isa.context import byte_span
+from zhenwu.isa.dtypes import itemsize, np_dtype
+from zhenwu.isa.errors import ChipTrap
+from zhenwu.runtime.memory import GlobalMemory, LocalMemory, OutOfBounds
 
 _MASK64 = (1 << 64) - 1
 

@@ -11,12 +11,12 @@ from __future__ import annotations
 import math
 from operator import itemgetter
 
-from isa.errors import ChipTrap
-from isa.instructions import INSTRUCTIONS
-from isa.program import Event, Instruction, Program, Tile
-from runtime.context import EngineContext
-from runtime.memory import OutOfBounds, span_of
-from runtime.ops import BAR_CHIP, BAR_CORE, ENGINE, HALT, SCALAR, SIG_S, WAIT_S, Bound, Op
+from zhenwu.isa.errors import ChipTrap
+from zhenwu.isa.instructions import INSTRUCTIONS
+from zhenwu.isa.program import Event, Instruction, Program, Tile
+from zhenwu.runtime.context import EngineContext
+from zhenwu.runtime.memory import OutOfBounds, span_of
+from zhenwu.runtime.ops import BAR_CHIP, BAR_CORE, ENGINE, HALT, SCALAR, SIG_S, WAIT_S, Bound, Op
 
 # Operand names (OperandSpec.name) of the tiles an instruction writes; every other tile
 # operand is read. Used to tell reads from writes for race detection. (MMA's accumulator is

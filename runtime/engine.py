@@ -29,13 +29,13 @@ import math
 from bisect import insort
 from collections import deque
 
-from isa.errors import ChipTrap
-from isa.program import NUM_DESCS, NUM_REGS
-from runtime.bandwidth import BandwidthServer
-from runtime.memory import OutOfBounds
-from runtime.ops import BAR_CHIP, BAR_CORE, ENGINE, HALT, SCALAR, SIG_S, WAIT_S, Bound, Op
-from runtime.races import CoreRaceDetector
-from runtime.trace import TraceRecorder
+from zhenwu.isa.errors import ChipTrap
+from zhenwu.isa.program import NUM_DESCS, NUM_REGS
+from zhenwu.runtime.bandwidth import BandwidthServer
+from zhenwu.runtime.memory import OutOfBounds
+from zhenwu.runtime.ops import BAR_CHIP, BAR_CORE, ENGINE, HALT, SCALAR, SIG_S, WAIT_S, Bound, Op
+from zhenwu.runtime.races import CoreRaceDetector
+from zhenwu.runtime.trace import TraceRecorder
 
 # heap entry kinds
 _RESUME, _TRY, _COMPLETE = 0, 1, 2

@@ -68,7 +68,7 @@ class LoopInfo:
         at the back edge do not matter."""
         if end in self._dead:
             return self._dead[end]
-        from isa.instructions import INSTRUCTIONS
+        from zhenwu.isa.instructions import INSTRUCTIONS
 
         instrs = self._program.instructions
         start = self.loop_of_end[end]

@@ -11,20 +11,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-
-from isa.dtypes import convert, np_dtype
-from isa.errors import ChipTrap, InputError
-from isa.program import ENGINES, NUM_EVENTS, Program
-from runtime.bandwidth import HbmServer
-from runtime.blas import single_blas_thread
-from runtime.context import ScalarContext
-from runtime.decode import decode_program
-from runtime.engine import CoreState, Simulator, Timing, dma_compute_overlap
-from runtime.fastforward import FastForward
-from runtime.l2 import L2Cache
-from runtime.memory import GlobalMemory, LocalMemory
-from runtime.report import KernelTime, Report
-from runtime.trace import TraceRecorder
+from zhenwu.isa.dtypes import convert, np_dtype
+from zhenwu.isa.errors import ChipTrap, InputError
+from zhenwu.isa.program import ENGINES, NUM_EVENTS, Program
+from zhenwu.runtime.bandwidth import HbmServer
+from zhenwu.runtime.blas import single_blas_thread
+from zhenwu.runtime.context import ScalarContext
+from zhenwu.runtime.decode import decode_program
+from zhenwu.runtime.engine import CoreState, Simulator, Timing, dma_compute_overlap
+from zhenwu.runtime.fastforward import FastForward
+from zhenwu.runtime.l2 import L2Cache
+from zhenwu.runtime.memory import GlobalMemory, LocalMemory
+from zhenwu.runtime.report import KernelTime, Report
+from zhenwu.runtime.trace import TraceRecorder
 
 # the engines this interpreter models, in their table order (S first); NET comes with
 # multi-chip support

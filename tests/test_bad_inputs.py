@@ -14,8 +14,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from compiler.fuzz.bad_inputs import SAMPLES, make_case, run_case
+from zhenwu.compiler.fuzz.bad_inputs import SAMPLES, make_case, run_case
 
 S = SAMPLES
 AXPY = str(S / "asm" / "axpy.s")
@@ -132,7 +131,7 @@ def test_10_huge_broadcast_reduction_is_refused_at_the_op(tmp_path):
 
 
 def test_10_zero_stride_boxes_walk_their_lines_once():
-    from runtime.l2 import box_lines
+    from zhenwu.runtime.l2 import box_lines
 
     lines, counts = box_lines(0, (4611686018427387904, 64), (0, 4), 4, 128)
     assert lines.tolist() == [0, 1] and counts.tolist() == [128, 128]
@@ -317,8 +316,8 @@ def test_bf16_saved_from_ml_dtypes_is_accepted(tmp_path):
     assert np.load(tmp_path / "in.npz")["x"].dtype == np.dtype("V2")
     outcome = zhenwu("run", S / "mlp.zt", "--inputs", tmp_path / "in.npz", "--check")
     assert outcome.status == 0 and "check out0: max relative error" in outcome.stdout
-    from compiler.graph.ir import TensorType
-    from compiler.inputs import convert_input
+    from zhenwu.compiler.graph.ir import TensorType
+    from zhenwu.compiler.inputs import convert_input
 
     got = convert_input("x", np.load(tmp_path / "in.npz")["x"], TensorType("bf16", (4, 784)),
                         "in.npz[x]")

@@ -6,11 +6,11 @@ import json
 import subprocess
 import sys
 
-from compiler.commands.bench import BENCH_KEYS, available
+from zhenwu.compiler.commands.bench import BENCH_KEYS, available
 
 
 def _bench(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "compiler", "bench", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "zhenwu", "bench", *args], capture_output=True,
                           text=True, timeout=600, check=False)
 
 

@@ -2,8 +2,8 @@
 
 import json
 
-from compiler.cli import main
-from compiler.commands.bench_compile import chain_program, op_count
+from zhenwu.compiler.cli import main
+from zhenwu.compiler.commands.bench_compile import chain_program, op_count
 
 
 def test_chain_program_has_the_ops_it_names(tmp_path):

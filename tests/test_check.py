@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
-
-from compiler.check import check_output, mismatch_summary, output_tolerance, relative_error
-from compiler.frontend import load_program
+from zhenwu.compiler.check import check_output, mismatch_summary, output_tolerance, relative_error
+from zhenwu.compiler.frontend import load_program
 
 PROGRAM = """
 fn main(a: bf16[4, 8], b: bf16[8, 4], x: f32[4]) -> (f32[4, 4], f32[4], i32[4]) {
@@ -48,7 +47,7 @@ def test_a_float_output_reports_its_relative_error():
 
 
 def test_run_check_of_a_wrong_index_names_the_element(tmp_path, capsys):
-    from compiler.cli import main
+    from zhenwu.compiler.cli import main
 
     src = tmp_path / "a.zt"
     src.write_text("fn main(x: f32[4, 6]) -> i32[4] { return argmax(x, axis=-1) }\n")
@@ -77,8 +76,9 @@ fn main(x: bf16[S, D], wq: bf16[D, D], wk: bf16[D, D], wv: bf16[D, D]) -> bf16[S
 
 
 def _ill_conditioned_run(scale: float):
+    from zhenwu.compiler.reference import evaluate
+
     import zhenwu
-    from compiler.reference import evaluate
 
     prog = zhenwu.compile(ILL_CONDITIONED, shapes={"S": 37, "D": 48})
     rng = np.random.default_rng(0)
@@ -91,7 +91,7 @@ def _ill_conditioned_run(scale: float):
 
 
 def test_widened_evaluation_keeps_narrow_values_in_f32():
-    from compiler.reference import evaluate
+    from zhenwu.compiler.reference import evaluate
 
     fn = load_program("t.zt", text="fn main(a: bf16[3]) -> bf16[3] { return a / 3.0 }")
     a = np.array([1.0, 2.0, 4.0], np.float32)
@@ -123,7 +123,7 @@ def test_a_well_conditioned_program_gets_no_second_chance():
 
 
 def test_cli_check_accepts_an_ill_conditioned_program_and_says_so(tmp_path, capsys):
-    from compiler.cli import main
+    from zhenwu.compiler.cli import main
 
     src = tmp_path / "attn.zt"
     src.write_text(ILL_CONDITIONED)

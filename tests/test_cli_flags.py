@@ -7,8 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-
-from compiler.cli import build_parser, main
+from zhenwu.compiler.cli import build_parser, main
 
 ROOT = Path(__file__).resolve().parents[1]
 MLP = str(ROOT / "samples" / "mlp.zt")
@@ -31,8 +30,8 @@ def zhenwu(capsys, *argv):
 ])
 def test_conflicting_run_flags_are_usage_errors_before_anything_runs(tmp_path, capsys,
                                                                      monkeypatch, flags, words):
-    import compiler.commands.run_compiled as run_compiled
-    import compiler.commands.run_reference as run_reference
+    import zhenwu.compiler.commands.run_compiled as run_compiled
+    import zhenwu.compiler.commands.run_reference as run_reference
 
     def never(args):
         raise AssertionError("ran before refusing the flags")

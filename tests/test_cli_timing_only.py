@@ -7,7 +7,7 @@ import resource
 import subprocess
 import sys
 
-from isa.machine import load_machine
+from zhenwu.isa.machine import load_machine
 
 
 def _limit_memory():
@@ -19,7 +19,7 @@ def test_timing_only_runs_a_program_larger_than_the_host_allows(tmp_path):
     program = tmp_path / "big.zt"
     program.write_text("fn main(x: f32[1073741824]) -> f32[1073741824] {\n"
                        "    return relu(x)\n}\n")
-    run = subprocess.run([sys.executable, "-m", "compiler", "run", str(program), "--timing-only"],
+    run = subprocess.run([sys.executable, "-m", "zhenwu", "run", str(program), "--timing-only"],
                          capture_output=True, text=True, preexec_fn=_limit_memory, timeout=300,
                          check=False)
     assert run.returncode == 0, run.stderr

@@ -6,14 +6,13 @@ import re
 
 import numpy as np
 import pytest
-
-from compiler.cli import main
-from compiler.collective_codegen import collective_programs
-from compiler.collectives import bus_factor, collective_cost, collective_seconds, parse_size
-from isa.errors import MachineError, UsageError
-from isa.machine import MACHINES_DIR, load_machine, parse_machine
-from isa.topology import Topology
-from runtime.cluster import run_cluster
+from zhenwu.compiler.cli import main
+from zhenwu.compiler.collective_codegen import collective_programs
+from zhenwu.compiler.collectives import bus_factor, collective_cost, collective_seconds, parse_size
+from zhenwu.isa.errors import MachineError, UsageError
+from zhenwu.isa.machine import MACHINES_DIR, load_machine, parse_machine
+from zhenwu.isa.topology import Topology
+from zhenwu.runtime.cluster import run_cluster
 
 M890 = load_machine("m890")
 Z810E = load_machine("z810e")
@@ -204,7 +203,7 @@ def test_alltoall_across_nodes(monkeypatch):
     """16 chips in 2 nodes: direct, 8 blocks each way over each NIC; the simulation
     computes it and agrees with the model within 5%; above FLOW_LIMIT chips the model
     costs channel classes, which gives the routed flows' numbers where both apply."""
-    import compiler.collectives as model
+    import zhenwu.compiler.collectives as model
 
     n = 16 * 14
     programs, cost = collective_programs("alltoall", n * 4, 16, M890)
@@ -272,8 +271,8 @@ def test_pipelined_hierarchical_allreduce():
     overlapping the NICs' all-reduce of the one before and the all-gather of the one before
     that), simulated within 1% of the model and 10% faster than the phases one after
     another; computed right with 2, 3 and 6 chunks."""
-    from compiler.collective_codegen import CollectiveSpec, Region, collective_asm
-    from isa.asm import parse_assembly
+    from zhenwu.compiler.collective_codegen import CollectiveSpec, Region, collective_asm
+    from zhenwu.isa.asm import parse_assembly
 
     nbytes = 64 << 20
     programs, cost = collective_programs("allreduce", nbytes, 16, M890)

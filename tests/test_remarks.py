@@ -8,9 +8,9 @@ import re
 from pathlib import Path
 
 import pytest
+from zhenwu.compiler.remarks import explain, kernel_compulsory_bytes, load_bytes
 
 import zhenwu
-from compiler.remarks import explain, kernel_compulsory_bytes, load_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 M890 = ROOT / "isa" / "machines" / "m890.toml"
@@ -259,7 +259,7 @@ def test_kernel_bytes_sum_to_the_run_total():
 
 def _zhenwu(capsys, *args: str) -> tuple[int, str, str]:
     """`zhenwu ARGS` in this process: (exit status, stdout, stderr)."""
-    from compiler.cli import main
+    from zhenwu.compiler.cli import main
 
     try:
         status = main(list(args))
@@ -306,9 +306,9 @@ def test_latency_bound_of_gemm_small_by_hand():
     kernel_launch_seconds 2 us. 256 x 512 x 256 bf16: 2*256*512*256 flops over 2*32*4096
     per cycle = 256 cycles (memory: 655,360 B over 2,666.7 B/cycle = 245.8); one kernel:
     launch 3,000 cycles + its first load's round trip 600 + its last store 600."""
-    from compiler.commands.bench import BENCH_DIR, run_one
-    from compiler.roofline import kernel_latencies, latency_bound_cycles
-    from isa.machine import load_machine
+    from zhenwu.compiler.commands.bench import BENCH_DIR, run_one
+    from zhenwu.compiler.roofline import kernel_latencies, latency_bound_cycles
+    from zhenwu.isa.machine import load_machine
 
     machine = load_machine("m890")
     prog = zhenwu.compile(BENCH_DIR / "gemm_small_bf16.zt")
@@ -323,8 +323,8 @@ def test_latency_bound_of_gemm_small_by_hand():
 
 
 def test_a_kernel_reading_what_an_earlier_one_wrote_waits_for_the_l2_only():
-    from compiler.roofline import kernel_latencies
-    from isa.machine import load_machine
+    from zhenwu.compiler.roofline import kernel_latencies
+    from zhenwu.isa.machine import load_machine
 
     machine = load_machine("m890")
     prog = zhenwu.compile(ROOT / "samples" / "mlp.zt", shapes={"B": 4})
@@ -338,8 +338,8 @@ def test_a_kernel_reading_what_an_earlier_one_wrote_waits_for_the_l2_only():
 def test_fuzz_programs_explain_every_kernel(seed):
     """The fuzzer's programs (compiler/fuzz/generator.py): every op of every kernel is
     placed in it, and every remark is of a known kind."""
-    from compiler.fuzz.generator import random_program
-    from compiler.remarks import KINDS
+    from zhenwu.compiler.fuzz.generator import random_program
+    from zhenwu.compiler.remarks import KINDS
 
     prog = zhenwu.compile(random_program(seed))
     explained = explain(prog)

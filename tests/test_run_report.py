@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from zhenwu.compiler.cli import main
+from zhenwu.runtime import run_program
 
 import zhenwu
-from compiler.cli import main
-from runtime import run_program
 
 ROOT = Path(__file__).resolve().parents[1]
 MLP = str(ROOT / "samples" / "mlp.zt")
@@ -76,9 +76,9 @@ def fp8_program():
 
 
 def test_runtime_efficiency_uses_the_peak_of_the_dtype_that_ran():
-    from compiler.backend.pipeline import compile_function
-    from compiler.frontend import load_program
-    from isa.machine import load_machine
+    from zhenwu.compiler.backend.pipeline import compile_function
+    from zhenwu.compiler.frontend import load_program
+    from zhenwu.isa.machine import load_machine
 
     machine = load_machine("m890")
     compiled = compile_function(load_program("fp8.zt", text=FP8_MATMUL), machine)
@@ -115,7 +115,7 @@ def test_functional_run_larger_than_the_host_is_a_diagnostic(tmp_path):
     program = tmp_path / "big.zt"
     program.write_text("fn main(x: f32[1073741824]) -> f32[1073741824] {\n"
                        "    return relu(x)\n}\n")
-    run = subprocess.run([sys.executable, "-m", "compiler", "run", str(program)],
+    run = subprocess.run([sys.executable, "-m", "zhenwu", "run", str(program)],
                          capture_output=True, text=True, preexec_fn=_limit_memory, timeout=300,
                          check=False)
     assert run.returncode == 1, run.stderr
@@ -168,9 +168,9 @@ def test_progress_shows_on_a_terminal_after_the_delay_only():
 
 
 def test_run_program_calls_progress(monkeypatch):
-    import runtime.engine
+    import zhenwu.runtime.engine
 
-    monkeypatch.setattr(runtime.engine, "PROGRESS_EVERY", 8)
+    monkeypatch.setattr(zhenwu.runtime.engine, "PROGRESS_EVERY", 8)
     prog = zhenwu.compile(MLP, shapes={"B": 2})
     calls = []
     _, report = prog.run(timing_only=True, progress=lambda c, i: calls.append((c, i)))
@@ -179,7 +179,7 @@ def test_run_program_calls_progress(monkeypatch):
 
 
 def test_fuzz_progress_writes_no_carriage_returns_into_logs(tmp_path):
-    run = subprocess.run([sys.executable, "-m", "compiler", "fuzz", "--seconds", "1",
+    run = subprocess.run([sys.executable, "-m", "zhenwu", "fuzz", "--seconds", "1",
                           "--out", str(tmp_path / "out")],
                          capture_output=True, timeout=300, check=False)  # bytes: keep \r
     assert b"\r" not in run.stderr and b"Traceback" not in run.stderr
@@ -211,7 +211,7 @@ def test_reference_larger_than_the_host_is_a_diagnostic(tmp_path):
     program = tmp_path / "big.zt"
     program.write_text("fn main(x: f32[1073741824]) -> f32[1073741824] {\n"
                        "    return relu(x)\n}\n")
-    run = subprocess.run([sys.executable, "-m", "compiler", "run", str(program), "--reference"],
+    run = subprocess.run([sys.executable, "-m", "zhenwu", "run", str(program), "--reference"],
                          capture_output=True, text=True, preexec_fn=_limit_memory, timeout=300,
                          check=False)
     assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr

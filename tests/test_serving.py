@@ -6,11 +6,10 @@ from __future__ import annotations
 import json
 
 import pytest
-
-from compiler.cli import main
-from compiler.serving import programs as gen
-from compiler.serving.comm import collective_seconds
-from compiler.serving.estimate import (
+from zhenwu.compiler.cli import main
+from zhenwu.compiler.serving import programs as gen
+from zhenwu.compiler.serving.comm import collective_seconds
+from zhenwu.compiler.serving.estimate import (
     Plan,
     Request,
     ServeError,
@@ -21,8 +20,8 @@ from compiler.serving.estimate import (
     layer_programs,
     memory_per_chip,
 )
-from compiler.serving.model import MODELS_DIR, ModelError, load_model, parse_model
-from isa.machine import load_machine
+from zhenwu.compiler.serving.model import MODELS_DIR, ModelError, load_model, parse_model
+from zhenwu.isa.machine import load_machine
 
 M890 = load_machine("m890")
 TINY = """\
@@ -121,8 +120,8 @@ def test_moe_kv_heads_are_copied_when_tp_exceeds_them():
 
 def test_program_parameters_match_the_memory_arithmetic():
     """The generated programs' weight parameters are the bytes memory_per_chip counts."""
-    from compiler.frontend import load_program
-    from compiler.graph.dtypes import itemsize
+    from zhenwu.compiler.frontend import load_program
+    from zhenwu.compiler.graph.dtypes import itemsize
 
     model = parse_model(TINY.replace("ffn = 96\n", "") + "[moe]\nexperts = 8\ntop_k = 2\n"
                         "expert_ffn = 32\n")

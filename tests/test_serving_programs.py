@@ -6,15 +6,14 @@ from __future__ import annotations
 import ml_dtypes
 import numpy as np
 import pytest
-
-from compiler.backend.pipeline import compile_function
-from compiler.check import output_tolerance, relative_error
-from compiler.frontend import load_program
-from compiler.reference import evaluate
-from compiler.serving import programs as gen
-from compiler.serving.model import parse_model
-from isa.machine import load_machine
-from runtime import run_program
+from zhenwu.compiler.backend.pipeline import compile_function
+from zhenwu.compiler.check import output_tolerance, relative_error
+from zhenwu.compiler.frontend import load_program
+from zhenwu.compiler.reference import evaluate
+from zhenwu.compiler.serving import programs as gen
+from zhenwu.compiler.serving.model import parse_model
+from zhenwu.isa.machine import load_machine
+from zhenwu.runtime import run_program
 
 BF16 = ml_dtypes.bfloat16
 DENSE = parse_model("""
@@ -257,7 +256,7 @@ def test_prefill_and_head_programs_match_reference(kind):
 def test_other_dtypes_match_and_read_the_cache_once(wdt, kvdt):
     """fp8 or f16 weights, an f16 cache: the attention takes q in the cache's dtype, so no
     kernel converts the cache (its bytes are read once)."""
-    from compiler.roofline import compulsory_bytes
+    from zhenwu.compiler.roofline import compulsory_bytes
 
     rng = np.random.default_rng(3)
     spec = gen.layer_attention(DENSE, SHARD, gen.decode(2, 64), wdt, kvdt)
@@ -286,7 +285,7 @@ def test_cli_check_runs_the_tiny_layer_programs(phase, tmp_path, capsys):
     router is left to test_moe_decode_step_matches_numpy: with the CLI's N(0, 1) random
     weights its softmax over 64-wide logits is so sharp that the gates amplify bf16 rounding
     differences of h beyond the tolerance."""
-    from compiler.cli import main
+    from zhenwu.compiler.cli import main
 
     step = gen.prefill(48) if phase == "prefill" else gen.decode(3, 40)
     for spec in (gen.qkv(DENSE, SHARD, step, "bf16", "bf16"),

@@ -7,15 +7,14 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from compiler.backend.pipeline import CompileOptions
-from compiler.cli import main
-from compiler.frontend import load_program
-from compiler.inputs import prepare_inputs
-from compiler.reference import evaluate
-from compiler.shard import compile_spmd, parse_mesh, resolve_mesh, run_spmd, shard_function
-from isa.errors import Diagnostic, UsageError
-from isa.machine import load_machine
+from zhenwu.compiler.backend.pipeline import CompileOptions
+from zhenwu.compiler.cli import main
+from zhenwu.compiler.frontend import load_program
+from zhenwu.compiler.inputs import prepare_inputs
+from zhenwu.compiler.reference import evaluate
+from zhenwu.compiler.shard import compile_spmd, parse_mesh, resolve_mesh, run_spmd, shard_function
+from zhenwu.isa.errors import Diagnostic, UsageError
+from zhenwu.isa.machine import load_machine
 
 M890 = load_machine("m890")
 
@@ -192,8 +191,8 @@ def test_fuzzer_random_programs_with_random_shardings(data):
     import tempfile
     from pathlib import Path
 
-    from compiler.check import output_tolerance, relative_error
-    from compiler.fuzz.generator import HypothesisChooser, add_shardings, generate_program
+    from zhenwu.compiler.check import output_tolerance, relative_error
+    from zhenwu.compiler.fuzz.generator import HypothesisChooser, add_shardings, generate_program
 
     chooser = HypothesisChooser(data)
     text = add_shardings(generate_program(chooser, max_steps=3, max_rank=3), chooser,
@@ -219,8 +218,8 @@ fn main(x: f32[B, D], w1: f32[D, F@tp], w2: f32[F@tp, D]) -> f32[B, D] {
     assert _kinds(spmd) == ["reduce_scatter", "all_gather"]
     np.testing.assert_allclose(outputs[0], want[0], rtol=1e-5, atol=1e-5)
     # one chip: the pin changes nothing
-    from compiler.backend.pipeline import compile_function
-    from runtime import run_program
+    from zhenwu.compiler.backend.pipeline import compile_function
+    from zhenwu.runtime import run_program
 
     compiled = compile_function(fn, M890)
     inputs = prepare_inputs(fn, {}, 0, {})
@@ -286,7 +285,7 @@ def test_backward_hint_turns_an_all_reduce_into_a_reduce_scatter(tmp_path, capsy
     """gelu(x @ w1) with x split on the contracted dim and the result split on F: forward
     alone adds the partial sums up everywhere (all-reduce) and runs gelu on every chip; the
     result's sharding, carried back, makes it a reduce-scatter and gelu runs on 1/4."""
-    from compiler.shard.propagate import _propagate, traffic
+    from zhenwu.compiler.shard.propagate import _propagate, traffic
 
     text = """
 fn main(x: f32[T, D@tp], w1: f32[D, F]) -> f32[T, F@tp] {
@@ -331,7 +330,7 @@ def test_backward_hints_refused_where_they_cost_traffic_or_uses_disagree(tmp_pat
     """A hint that would make an operand split across its other operand's axis costs an
     all-to-all more than forward: forward wins. A value also returned replicated gets no
     hint (its uses disagree)."""
-    from compiler.shard.propagate import _hints, _propagate, traffic
+    from zhenwu.compiler.shard.propagate import _hints, _propagate, traffic
 
     text = """
 fn main(x: f32[T, F], w: f32[T@tp, F]) -> f32[T, F@tp] {

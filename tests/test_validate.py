@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import pytest
-
-from compiler.commands.validate import VALIDATION_DIR, _best_host, load_points, simulate, source
+from zhenwu.compiler.commands.validate import (
+    VALIDATION_DIR,
+    _best_host,
+    load_points,
+    simulate,
+    source,
+)
 
 
 def test_the_measurements_ship_with_the_project():

@@ -19,7 +19,8 @@ command line prints (`str(err)`: `file:line:col: error: ...` with the source lin
 
 from __future__ import annotations
 
-from isa.errors import (
+from zhenwu.api import Program, compile, load_machine, reference
+from zhenwu.isa.errors import (
     AssemblyError,
     ChipTrap,
     CompileError,
@@ -30,8 +31,6 @@ from isa.errors import (
     UsageError,
     ZhenwuError,
 )
-from zhenwu.api import Program, compile, load_machine, reference
-
 
 
 def __getattr__(name: str):

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from isa.errors import Diagnostic, InputError, UsageError
+from zhenwu.isa.errors import Diagnostic, InputError, UsageError
 
 _OPT_LEVELS = (0, 1, 2)
 
@@ -29,8 +29,8 @@ _OPT_LEVELS = (0, 1, 2)
 def load_machine(machine):
     """A machine description: a built-in name (`m890`, `z810e`), a `.toml` path, or an
     already loaded `isa.machine.Machine` (returned as it is)."""
-    from isa.machine import Machine
-    from isa.machine import load_machine as load
+    from zhenwu.isa.machine import Machine
+    from zhenwu.isa.machine import load_machine as load
 
     if isinstance(machine, Machine):
         return machine
@@ -78,10 +78,10 @@ def program_weights(source_or_path) -> dict[str, np.ndarray]:
     """The arrays a program brings with it: an ONNX model's initializers, or the `.npz` a
     `.zt` file names in its `# weights:` header; empty for anything else."""
     if _is_onnx_model(source_or_path):
-        from compiler.importers.onnx import import_onnx
+        from zhenwu.compiler.importers.onnx import import_onnx
 
         return dict(import_onnx(source_or_path)[1])
-    from compiler.inputs import program_weights as weights_of
+    from zhenwu.compiler.inputs import program_weights as weights_of
 
     name, text = _source(source_or_path)
     return weights_of(name)[0] if text is None else {}
@@ -90,10 +90,10 @@ def program_weights(source_or_path) -> dict[str, np.ndarray]:
 def load_function(source_or_path, *, shapes=None, entry=None, input_shapes=None):
     """The checked Graph IR function of a program (see the module docstring for what
     `source_or_path` may be); symbolic dims bound from `shapes` and `input_shapes`."""
-    from compiler.frontend import load_program, read_source
+    from zhenwu.compiler.frontend import load_program, read_source
 
     if _is_onnx_model(source_or_path):
-        from compiler.importers.onnx import import_onnx
+        from zhenwu.compiler.importers.onnx import import_onnx
 
         text, _ = import_onnx(source_or_path)
         return load_program("<onnx model>", text=text, entry=entry, shapes=_check_shapes(shapes),
@@ -101,7 +101,7 @@ def load_function(source_or_path, *, shapes=None, entry=None, input_shapes=None)
     name, text = _source(source_or_path)
     shapes = _check_shapes(shapes)
     if is_graph_ir(name, text):
-        from compiler.graph.parser import parse_function
+        from zhenwu.compiler.graph.parser import parse_function
 
         return parse_function(read_source(name) if text is None else text, name)
     return load_program(name, text=text, entry=entry, shapes=shapes,
@@ -111,8 +111,8 @@ def load_function(source_or_path, *, shapes=None, entry=None, input_shapes=None)
 def compile_options(opt=2, tune=False, disable_passes=()):
     """The backend's CompileOptions, checked: `opt` 0, 1 or 2; `disable_passes` pass names
     (an iterable, or comma-separated strings)."""
-    from compiler.backend.pipeline import CompileOptions
-    from compiler.passes import PASSES
+    from zhenwu.compiler.backend.pipeline import CompileOptions
+    from zhenwu.compiler.passes import PASSES
 
     try:
         level = int(opt)
@@ -157,7 +157,7 @@ def _prepare(fn, given, seed, sources, require: bool = False, warn=None
     """Every parameter's array: the given ones converted; the others seeded random when
     `seed` is given (`warn` gets the line naming them; with `require` they are an
     InputError), else an InputError naming them."""
-    from compiler.inputs import prepare_inputs
+    from zhenwu.compiler.inputs import prepare_inputs
 
     if seed is None:
         missing = [f"{p.name} ({p.type})" for p in fn.params if p.name not in given]
@@ -171,7 +171,7 @@ def _prepare(fn, given, seed, sources, require: bool = False, warn=None
 
 
 def _evaluate(fn, inputs, where: str) -> list[np.ndarray]:
-    from compiler.reference import evaluate
+    from zhenwu.compiler.reference import evaluate
 
     try:
         return evaluate(fn, inputs)
@@ -223,7 +223,7 @@ class Program:
 
     @property
     def graph(self) -> str:
-        from compiler.graph.printer import print_function
+        from zhenwu.compiler.graph.printer import print_function
 
         return print_function(self.compiled.graph)
 
@@ -242,7 +242,7 @@ class Program:
     @property
     def binary(self) -> bytes:
         """The assembly's binary encoding (`zhenwu run prog.bin` runs it)."""
-        from isa.encoding import encode_program
+        from zhenwu.isa.encoding import encode_program
 
         return encode_program(self.compiled.program)
 
@@ -256,7 +256,7 @@ class Program:
 
     def roofline(self):
         """The roofline bound of the program on its machine (compiler/roofline.py)."""
-        from compiler.roofline import roofline
+        from zhenwu.compiler.roofline import roofline
 
         return roofline(self.compiled.graph, self.machine)
 
@@ -284,9 +284,9 @@ class Program:
         (or give a callable `progress(cycle, instructions)`). `fast_forward=False` makes a
         timing-only run simulate every loop iteration instead of skipping steady states.
         """
-        from runtime import run_program
         from zhenwu.hostmem import out_of_memory
         from zhenwu.progress import TerminalProgress
+        from zhenwu.runtime import run_program
 
         given = {**self.weights, **_given(inputs, named)}
         compiled = self.compiled
@@ -370,7 +370,7 @@ def compile(source_or_path, *, shapes: dict[str, int] | None = None, machine="m8
     the function to compile (default `main`, or the only one); `tune` searches tile sizes on
     the timing model; `disable_passes` leaves graph passes out.
     """
-    from compiler.backend.pipeline import compile_function
+    from zhenwu.compiler.backend.pipeline import compile_function
 
     options = compile_options(opt, tune, disable_passes)
     machine = load_machine(machine)
@@ -389,7 +389,7 @@ def timing_measure(program, machine) -> int:
     """The interpreter's cycles for an isa Program (timing-only, placeholder inputs): the
     timing model `tune=True` searches with, injected into the backend (which does not import
     the runtime)."""
-    from runtime import run_program
+    from zhenwu.runtime import run_program
 
     inputs = {t.name: np.broadcast_to(np.zeros((), np.float32), tuple(t.shape) or (1,))
               for t in program.inputs}

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 
-from isa.errors import Diagnostic
+from zhenwu.isa.errors import Diagnostic
 
 
 def available_bytes() -> int | None:

@@ -1,7 +1,7 @@
 """The compiler backend: Graph IR -> Kernel IR -> M890 assembly (docs/design.md section 5).
 
 ```python
-from compiler.backend.pipeline import CompileOptions, compile_function
+from zhenwu.compiler.backend.pipeline import CompileOptions, compile_function
 compiled = compile_function(fn, machine, CompileOptions(opt_level=0))
 compiled.program      # an isa Program, ready for runtime.run_program
 compiled.asm_text     # the same as assembly text

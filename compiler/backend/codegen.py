@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from compiler.backend.kernel_ir import (
+from zhenwu.compiler.backend.kernel_ir import (
     ColumnCopy,
     Iota,
     Kernel,
@@ -40,8 +40,8 @@ from compiler.backend.kernel_ir import (
     Vec,
     View,
 )
-from compiler.graph.dtypes import itemsize
-from isa.program import NUM_DESCS, format_float
+from zhenwu.compiler.graph.dtypes import itemsize
+from zhenwu.isa.program import NUM_DESCS, format_float
 
 E_LD_FULL, E_LD_FREE, E_OUT_FULL, E_OUT_FREE = 0, 1, 2, 3
 # Fused nests (compiler/backend/fusion.py) also use: setup loads (once per core, before the
@@ -463,7 +463,7 @@ def _read_only_by_mma(nest: Nest, names: frozenset[str]) -> bool:
 def emit_nest(emit: Emitter, nest: Nest, tensors) -> None:
     """The code of one nest (see the module docstring for the protocol)."""
     if nest.schedule == "flash":
-        from compiler.backend.flash_codegen import emit_flash_nest
+        from zhenwu.compiler.backend.flash_codegen import emit_flash_nest
 
         emit_flash_nest(emit, nest)
         return

@@ -36,12 +36,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from math import ceil, gcd
 
-from compiler.backend.gemm import NARROW, _candidates
-from compiler.backend.kernel_ir import Buffer, Load, Mma, Nest, Store, Strided, Vec, View
-from compiler.backend.lower import ALIGN, aligned, elementwise_body, mma_dtypes
-from compiler.backend.tiling import round_up
-from compiler.graph.dtypes import itemsize
-from isa.errors import CompileError
+from zhenwu.compiler.backend.gemm import NARROW, _candidates
+from zhenwu.compiler.backend.kernel_ir import Buffer, Load, Mma, Nest, Store, Strided, Vec, View
+from zhenwu.compiler.backend.lower import ALIGN, aligned, elementwise_body, mma_dtypes
+from zhenwu.compiler.backend.tiling import round_up
+from zhenwu.compiler.graph.dtypes import itemsize
+from zhenwu.isa.errors import CompileError
 
 EXACT = ("relu", "neg", "abs")   # f(round(x)) == round(f(x))
 # the output channels are the innermost parallel axis: when their tile count divides the

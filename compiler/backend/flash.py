@@ -18,11 +18,21 @@ from dataclasses import replace
 from itertools import product
 from math import prod
 
-from compiler.backend.kernel_ir import Buffer, Iota, Load, Mma, Nest, Reduce, Store, Vec, View
-from compiler.backend.lower import aligned, mma_dtypes
-from compiler.backend.tiling import round_up
-from compiler.graph.dtypes import itemsize
-from compiler.graph.ir import TensorType
+from zhenwu.compiler.backend.kernel_ir import (
+    Buffer,
+    Iota,
+    Load,
+    Mma,
+    Nest,
+    Reduce,
+    Store,
+    Vec,
+    View,
+)
+from zhenwu.compiler.backend.lower import aligned, mma_dtypes
+from zhenwu.compiler.backend.tiling import round_up
+from zhenwu.compiler.graph.dtypes import itemsize
+from zhenwu.compiler.graph.ir import TensorType
 
 MAX_TILE = 128
 # the head dims one kernel takes whole (Q, K, V and O tiles span the head dim): 64, 128, 256
@@ -147,9 +157,9 @@ def lower_attention_group(low, ops) -> None:
 
 
 def _lower_each(low, ops) -> None:
-    from compiler.backend.fusion import ROW_REDUCE
-    from compiler.backend.gemm import lower_matmul_group
-    from compiler.backend.lower import Lowering
+    from zhenwu.compiler.backend.fusion import ROW_REDUCE
+    from zhenwu.compiler.backend.gemm import lower_matmul_group
+    from zhenwu.compiler.backend.lower import Lowering
 
     for op in ops:
         if op.kind == "matmul":
@@ -161,7 +171,7 @@ def _lower_each(low, ops) -> None:
 
 
 def _lower_flash(low, ops) -> None:
-    from compiler.passes.attention_match import match_chain
+    from zhenwu.compiler.passes.attention_match import match_chain
 
     m2 = [op for op in ops if op.kind == "matmul"][-1]
     matched = match_chain(m2, low.fn.producers())

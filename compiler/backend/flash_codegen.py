@@ -24,7 +24,7 @@ other visited key tile lies wholly below it.
 
 from __future__ import annotations
 
-from compiler.backend.kernel_ir import Iota, Load, Nest, Store, Vec
+from zhenwu.compiler.backend.kernel_ir import Iota, Load, Nest, Store, Vec
 
 E_KV_FULL, E_KV_FREE, E_O_DONE, E_Q_FREE, E_Q_FULL = 0, 1, 2, 3, 4
 E_S_READY, E_VX_DONE, E_O_ACC, E_O_FULL, E_O_FREE = 8, 9, 10, 11, 12
@@ -32,7 +32,7 @@ E_S_READY, E_VX_DONE, E_O_ACC, E_O_FULL, E_O_FREE = 8, 9, 10, 11, 12
 
 def emit_flash_nest(emit, nest: Nest) -> None:
     """The code of a flash nest (see the module docstring)."""
-    from compiler.backend import codegen as cg
+    from zhenwu.compiler.backend import codegen as cg
 
     descs = cg.emit_descriptors(emit, nest)
     parity = {b.name for b in nest.buffers if b.copies in (2, 3)}

@@ -21,9 +21,18 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from math import prod
 
-from compiler.backend.groups import group_lowering
-from compiler.backend.kernel_ir import Buffer, ColumnCopy, Load, Nest, Reduce, Store, Vec, View
-from compiler.backend.lower import (
+from zhenwu.compiler.backend.groups import group_lowering
+from zhenwu.compiler.backend.kernel_ir import (
+    Buffer,
+    ColumnCopy,
+    Load,
+    Nest,
+    Reduce,
+    Store,
+    Vec,
+    View,
+)
+from zhenwu.compiler.backend.lower import (
     ALIGN,
     Lowering,
     _scalar_view,
@@ -36,11 +45,11 @@ from compiler.backend.lower import (
     row_major,
     simplify,
 )
-from compiler.backend.tiling import map_tile
-from compiler.graph.dtypes import is_float, itemsize, value_preserving
-from compiler.graph.ir import Function
-from compiler.graph.ops import OPS
-from isa.errors import CompileError
+from zhenwu.compiler.backend.tiling import map_tile
+from zhenwu.compiler.graph.dtypes import is_float, itemsize, value_preserving
+from zhenwu.compiler.graph.ir import Function
+from zhenwu.compiler.graph.ops import OPS
+from zhenwu.isa.errors import CompileError
 
 NARROW_FLOATS = ("bf16", "f16", "fp8")
 VECTOR_FLOATS = ("bf16", "f16")   # vector dtypes: an instruction rounds its result once
@@ -93,7 +102,7 @@ def fused_tile(extents: tuple[int, ...], bytes_per_elem: int, machine,
     """A tile that may span several trailing axes (a DMA box is n-D; in L1 it is rows x
     the last axis): whole trailing axes while they fit, then part of the next one. It aims at
     one tile per core but not below `MIN_TILE_ELEMS`, and never over L1."""
-    from compiler.backend.tiling import MIN_TILE_ELEMS
+    from zhenwu.compiler.backend.tiling import MIN_TILE_ELEMS
 
     capacity = max((machine.l1_bytes - reserve) // max(bytes_per_elem, 1), 1)
     total = prod(extents)
@@ -710,7 +719,7 @@ def _row_tile(extents: tuple[int, ...], specs: dict, machine, chunked: bool
     tiles (not under
     `MIN_TILE_ELEMS` elements) and fit L1 by the buffers' real sizes. RowTooLong when not
     even one whole row (or, chunked, one chunk of at least 64 elements) fits."""
-    from compiler.backend.tiling import MIN_TILE_ELEMS
+    from zhenwu.compiler.backend.tiling import MIN_TILE_ELEMS
 
     budget = machine.l1_bytes
     width = extents[-1]

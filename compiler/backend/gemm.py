@@ -18,8 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from math import ceil
 
-from compiler.backend.kernel_ir import Buffer, Load, Mma, Nest, Store, Vec, View
-from compiler.backend.lower import (
+from zhenwu.compiler.backend.kernel_ir import Buffer, Load, Mma, Nest, Store, Vec, View
+from zhenwu.compiler.backend.lower import (
     ALIGN,
     aligned,
     elementwise_body,
@@ -28,11 +28,11 @@ from compiler.backend.lower import (
     mma_dtypes,
     simplify,
 )
-from compiler.backend.tiling import round_up
-from compiler.graph.dtypes import itemsize, value_preserving
-from compiler.graph.ops import OPS
-from isa.errors import CompileError
-from isa.instructions import INSTRUCTIONS
+from zhenwu.compiler.backend.tiling import round_up
+from zhenwu.compiler.graph.dtypes import itemsize, value_preserving
+from zhenwu.compiler.graph.ops import OPS
+from zhenwu.isa.errors import CompileError
+from zhenwu.isa.instructions import INSTRUCTIONS
 
 NARROW = ("bf16", "f16", "fp8")
 MAX_TILE_K = 512

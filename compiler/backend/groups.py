@@ -16,10 +16,10 @@ from collections.abc import Callable
 from importlib import import_module
 
 GROUP_LOWERINGS: dict[str, str | Callable] = {
-    "attention": "compiler.backend.flash:lower_attention_group",
-    "pool": "compiler.backend.pool:lower_pool_group",
-    "conv": "compiler.backend.conv:lower_conv_group",
-    "matmul": "compiler.backend.gemm:lower_matmul_group",
+    "attention": "zhenwu.compiler.backend.flash:lower_attention_group",
+    "pool": "zhenwu.compiler.backend.pool:lower_pool_group",
+    "conv": "zhenwu.compiler.backend.conv:lower_conv_group",
+    "matmul": "zhenwu.compiler.backend.gemm:lower_matmul_group",
 }
 
 

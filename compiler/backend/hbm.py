@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from compiler.backend.kernel_ir import KernelProgram, Load, Store
-from isa.errors import CompileError
+from zhenwu.compiler.backend.kernel_ir import KernelProgram, Load, Store
+from zhenwu.isa.errors import CompileError
 
 ALIGNMENT = 256  # bytes; every tensor starts on a DMA-friendly boundary
 

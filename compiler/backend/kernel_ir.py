@@ -37,7 +37,7 @@ import re
 from dataclasses import dataclass, field
 from math import isnan, prod
 
-from compiler.graph.dtypes import itemsize
+from zhenwu.compiler.graph.dtypes import itemsize
 
 LEVELS = ("GM", "L1", "ACC")
 
@@ -161,7 +161,7 @@ class Vec:
     @property
     def instr(self):
         """The `InstrDef` of the instruction (`VADD` for `ADD`, `VCMP` for `CMP.lt`)."""
-        from isa.instructions import INSTRUCTIONS
+        from zhenwu.isa.instructions import INSTRUCTIONS
 
         return INSTRUCTIONS["V" + self.op.partition(".")[0]]
 
@@ -176,7 +176,7 @@ class Vec:
                 if isinstance(s, (str, Strided))}
 
     def __post_init__(self):
-        from isa.instructions import INSTRUCTIONS
+        from zhenwu.isa.instructions import INSTRUCTIONS
 
         if "V" + self.op.partition(".")[0] not in INSTRUCTIONS:
             raise ValueError(f"vec {self.op}: V{self.op.partition('.')[0]} is no instruction")

@@ -21,8 +21,7 @@ from itertools import pairwise
 from math import prod
 
 import numpy as np
-
-from compiler.backend.kernel_ir import (
+from zhenwu.compiler.backend.kernel_ir import (
     Buffer,
     Iota,
     Kernel,
@@ -35,13 +34,13 @@ from compiler.backend.kernel_ir import (
     Vec,
     View,
 )
-from compiler.backend.tiling import MIN_TILE_ELEMS, map_tile, matmul_schedule, reduce_tile
-from compiler.graph.dtypes import is_float, is_int, itemsize, limits, np_dtype
-from compiler.graph.ir import TensorType
-from compiler.graph.opfacets import OUT
-from compiler.graph.ops import COMPARISONS, OPS
-from isa.errors import CompileError
-from isa.instructions import INSTRUCTIONS
+from zhenwu.compiler.backend.tiling import MIN_TILE_ELEMS, map_tile, matmul_schedule, reduce_tile
+from zhenwu.compiler.graph.dtypes import is_float, is_int, itemsize, limits, np_dtype
+from zhenwu.compiler.graph.ir import TensorType
+from zhenwu.compiler.graph.opfacets import OUT
+from zhenwu.compiler.graph.ops import COMPARISONS, OPS
+from zhenwu.isa.errors import CompileError
+from zhenwu.isa.instructions import INSTRUCTIONS
 
 ALIGN = 64  # bytes: alignment of every L1/ACC buffer
 

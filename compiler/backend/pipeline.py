@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from compiler.backend.codegen import generate
-from compiler.backend.hbm import plan_hbm
-from compiler.backend.kernel_ir import KernelProgram, print_kernels
-from compiler.backend.lower import lower_function
+from zhenwu.compiler.backend.codegen import generate
+from zhenwu.compiler.backend.hbm import plan_hbm
+from zhenwu.compiler.backend.kernel_ir import KernelProgram, print_kernels
+from zhenwu.compiler.backend.lower import lower_function
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ class CompiledProgram:
 
 def graph_passes(fn, options: CompileOptions):
     """The frontend's default graph pipeline (decompose and friends) for `options`."""
-    from compiler.passes import default_graph_pipeline, run_pipeline
+    from zhenwu.compiler.passes import default_graph_pipeline, run_pipeline
 
     return run_pipeline(fn, default_graph_pipeline(), disabled=options.disabled_passes)
 
@@ -76,20 +76,20 @@ def compile_function(fn, machine, options: CompileOptions = CompileOptions(), me
 
     `measure(program, machine) -> cycles` is the timing model `options.tune` searches with
     (the backend does not import the runtime: the caller injects it)."""
-    from compiler.shard.annotations import strip_pins
-    from isa.asm import parse_assembly
+    from zhenwu.compiler.shard.annotations import strip_pins
+    from zhenwu.isa.asm import parse_assembly
 
     graph = graph_passes(strip_pins(fn), options)
     if options.opt_level >= 1 and "fuse" not in options.disabled_passes:
-        from compiler.backend.fusion import lower_fused
-        from compiler.passes.fuse import fuse_function
+        from zhenwu.compiler.backend.fusion import lower_fused
+        from zhenwu.compiler.passes.fuse import fuse_function
 
         # `graph` stays the primitives (the roofline counts its matmuls); the lowering
         # reads it with the im2col of the convs it takes whole folded back into conv2d
         fused, plan = fuse_function(graph)
         tiles = {}
         if options.tune:
-            from compiler.backend.tune import tune_gemm_tiles
+            from zhenwu.compiler.backend.tune import tune_gemm_tiles
 
             if measure is None:
                 raise ValueError("compile_function: tune=True needs a measure callable")
@@ -116,7 +116,7 @@ MAX_TILE_STEPS = 1 << 31
 def _check_tile_steps(kernels, graph) -> None:
     from math import prod
 
-    from isa.errors import CompileError
+    from zhenwu.isa.errors import CompileError
 
     spans = {op.id: op.span for op in graph.ops}
     for kernel in kernels:
@@ -134,7 +134,7 @@ def _scalars_as_rank0(program, planned: KernelProgram):
     and outputs of rank 0 pass through run_program as they are."""
     from dataclasses import replace as replace_field
 
-    from isa.program import Program
+    from zhenwu.isa.program import Program
 
     scalars = {t.name for t in planned.tensors if t.shape == ()}
     if not scalars:

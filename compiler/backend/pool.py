@@ -18,10 +18,10 @@ from __future__ import annotations
 
 from math import ceil
 
-from compiler.backend.kernel_ir import Buffer, Load, Nest, Store, Strided, Vec, View
-from compiler.backend.lower import ALIGN, aligned
-from compiler.graph.dtypes import itemsize, limits
-from isa.errors import CompileError
+from zhenwu.compiler.backend.kernel_ir import Buffer, Load, Nest, Store, Strided, Vec, View
+from zhenwu.compiler.backend.lower import ALIGN, aligned
+from zhenwu.compiler.graph.dtypes import itemsize, limits
+from zhenwu.isa.errors import CompileError
 
 AX_NC, AX_OH, AX_OW, AX_ONE = range(4)
 # input boxes and output tiles in flight per core: a tile's vector work is short next to

@@ -29,7 +29,7 @@ def cache_dir() -> Path:
 
 
 def cache_key(graph, machine, options) -> str:
-    from compiler.graph.printer import print_function
+    from zhenwu.compiler.graph.printer import print_function
 
     text = print_function(graph) + "\n" + repr(machine) + "\n" + repr(options) + "\nv2"
     return hashlib.sha256(text.encode()).hexdigest()[:32]
@@ -37,10 +37,10 @@ def cache_key(graph, machine, options) -> str:
 
 def _kernel_cycles(kernel, tensors, machine, measure: Measure) -> int:
     """Cycles of one kernel alone on the timing model."""
-    from compiler.backend.codegen import generate
-    from compiler.backend.hbm import plan_hbm
-    from compiler.backend.kernel_ir import KernelProgram
-    from isa.asm import parse_assembly
+    from zhenwu.compiler.backend.codegen import generate
+    from zhenwu.compiler.backend.hbm import plan_hbm
+    from zhenwu.compiler.backend.kernel_ir import KernelProgram
+    from zhenwu.isa.asm import parse_assembly
 
     roles = [replace(t, role="in") if t.role == "temp" else t for t in tensors]
     planned = plan_hbm(KernelProgram(tuple(roles), (kernel,)), machine.hbm_bytes)
@@ -52,7 +52,7 @@ def tune_gemm_tiles(graph, machine, plan, options, measure: Measure
     """Matmul op id -> (tile_m, tile_n, tile_k) that beat the cost model on the timing
     model; empty when the model's choices stand. Tries `options.tune_candidates` tilings
     of each product (the model's choice first)."""
-    from compiler.backend.fusion import FusedLowering
+    from zhenwu.compiler.backend.fusion import FusedLowering
 
     path = cache_dir() / f"{cache_key(graph, machine, options)}.json"
     try:

@@ -33,9 +33,8 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
-
-from compiler.roofline import io_lower_bound_bytes, latency_bound_cycles, roofline
-from isa.errors import UsageError
+from zhenwu.compiler.roofline import io_lower_bound_bytes, latency_bound_cycles, roofline
+from zhenwu.isa.errors import UsageError
 
 BENCH_DIR = Path(__file__).resolve().parents[2] / "samples" / "bench"
 BENCH_KEYS = ("name", "cycles", "roofline_cycles", "efficiency", "hbm_bytes", "compulsory_bytes",
@@ -44,13 +43,13 @@ BENCH_KEYS = ("name", "cycles", "roofline_cycles", "efficiency", "hbm_bytes", "c
 
 
 def _collectives(args, machine) -> int:
-    from compiler.commands.bench_collectives import run_collectives
+    from zhenwu.compiler.commands.bench_collectives import run_collectives
 
     return run_collectives(args, machine)
 
 
 def _scaling(args, machine) -> int:
-    from compiler.commands.bench_collectives import run_scaling
+    from zhenwu.compiler.commands.bench_collectives import run_scaling
 
     return run_scaling(args, machine)
 
@@ -90,9 +89,9 @@ def versus_best(rows: list[dict], kinds: dict[str, str]) -> dict[str, float]:
 
 def run_one(path: Path, machine, opt_level: int) -> dict:
     """Compile and time one benchmark program; the row of the table."""
-    from compiler.backend.pipeline import CompileOptions, compile_function
-    from compiler.frontend import load_program
-    from runtime import run_program
+    from zhenwu.compiler.backend.pipeline import CompileOptions, compile_function
+    from zhenwu.compiler.frontend import load_program
+    from zhenwu.runtime import run_program
 
     fn = load_program(str(path))
     start = time.perf_counter()
@@ -131,7 +130,7 @@ def run_one(path: Path, machine, opt_level: int) -> dict:
 
 def _run_or_error(path: Path, machine, opt_level: int) -> dict | str:
     """A benchmark's row, or its diagnostic (one broken benchmark does not hide the rest)."""
-    from isa.errors import ZhenwuError
+    from zhenwu.isa.errors import ZhenwuError
 
     try:
         return run_one(path, machine, opt_level)
@@ -142,8 +141,8 @@ def _run_or_error(path: Path, machine, opt_level: int) -> dict | str:
 def _serving(args) -> int:
     """`zhenwu bench serving`: Qwen3-32B decode and prefill against their bounds, on the M890
     and the 810E (compiler/commands/bench_serving.py)."""
-    from compiler.commands.bench_serving import format_rows, measure
-    from isa.machine import load_machine
+    from zhenwu.compiler.commands.bench_serving import format_rows, measure
+    from zhenwu.isa.machine import load_machine
 
     machines = [load_machine(args.machine)]
     if args.machine != "z810e":
@@ -194,10 +193,10 @@ def _versus_table(rows: list[dict], kinds: dict[str, str]) -> str:
 
 
 def run(args) -> int:
-    from isa.machine import load_machine
+    from zhenwu.isa.machine import load_machine
 
     if args.compile:
-        from compiler.commands import bench_compile
+        from zhenwu.compiler.commands import bench_compile
 
         return bench_compile.run(args, BENCH_DIR)
     machine = load_machine(args.machine)

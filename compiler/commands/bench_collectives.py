@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import json
 
-from compiler.collective_codegen import collective_programs
-from compiler.collectives import KINDS, LOWERED, applies
-from isa.errors import UsageError
-from isa.topology import Topology
-from runtime.cluster import run_cluster
+from zhenwu.compiler.collective_codegen import collective_programs
+from zhenwu.compiler.collectives import KINDS, LOWERED, applies
+from zhenwu.isa.errors import UsageError
+from zhenwu.isa.topology import Topology
+from zhenwu.runtime.cluster import run_cluster
 
 SIZES = tuple(4096 * 4**i for i in range(11) if 4096 * 4**i <= 1 << 30)
 COMPARED_SIZES = (4096, 1 << 20, 64 << 20, 1 << 30)  # every algorithm, side by side
@@ -127,9 +127,9 @@ def scaling_row(path: str, shapes: dict, chips: int, machine) -> dict:
     import time
     from pathlib import Path
 
-    from compiler.backend.pipeline import CompileOptions
-    from compiler.frontend import load_program
-    from compiler.shard import compile_spmd, parse_mesh, run_spmd, shard_function
+    from zhenwu.compiler.backend.pipeline import CompileOptions
+    from zhenwu.compiler.frontend import load_program
+    from zhenwu.compiler.shard import compile_spmd, parse_mesh, run_spmd, shard_function
 
     root = Path(__file__).resolve().parents[2]
     fn = load_program(str(root / path), shapes=shapes)

@@ -2,7 +2,7 @@
 
 What a user waits for is a new process: interpreter start, imports, parser tables, the
 passes and codegen. Each program is compiled `--repeat` times in a fresh process
-(`python -m compiler.cli compile PROG -o <tmp>.s`) and the median wall time is reported,
+(`python -m zhenwu.compiler.cli compile PROG -o <tmp>.s`) and the median wall time is reported,
 with the program's op count. The timed runs are preceded by one untimed run, and all of them
 may write Python's bytecode cache (`PYTHONDONTWRITEBYTECODE` is cleared for the child): a user's
 second compile loads cached bytecode, and that is what is measured. The programs are the benchmark suite (samples/bench/), the
@@ -45,14 +45,14 @@ def programs(bench_dir: Path, names: list[str], workdir: Path) -> dict[str, Path
 
 
 def op_count(path: Path) -> int:
-    from compiler.frontend import load_program
+    from zhenwu.compiler.frontend import load_program
 
     return len(load_program(str(path)).ops)
 
 
 def time_compile(path: Path, repeat: int, workdir: Path) -> list[float]:
     """Wall seconds of `repeat` fresh-process compiles of `path`."""
-    command = [sys.executable, "-m", "compiler.cli", "compile", str(path),
+    command = [sys.executable, "-m", "zhenwu.compiler.cli", "compile", str(path),
                "-o", str(workdir / "out.s")]
     env = {key: value for key, value in os.environ.items() if key != "PYTHONDONTWRITEBYTECODE"}
     seconds = []
@@ -67,7 +67,7 @@ def time_compile(path: Path, repeat: int, workdir: Path) -> list[float]:
 
 
 def run(args, bench_dir: Path) -> int:
-    from isa.errors import UsageError
+    from zhenwu.isa.errors import UsageError
 
     if args.repeat < 1:
         raise UsageError("--repeat takes a positive number of runs")

@@ -17,10 +17,10 @@ serve_simulate.py): a run after `zhenwu serve` of the same shapes costs nothing.
 
 from __future__ import annotations
 
-from compiler.commands.serve_simulate import simulate_all
-from compiler.serving import programs as gen
-from compiler.serving.estimate import Plan, Request, memory_per_chip, shard_of
-from compiler.serving.model import load_model
+from zhenwu.compiler.commands.serve_simulate import simulate_all
+from zhenwu.compiler.serving import programs as gen
+from zhenwu.compiler.serving.estimate import Plan, Request, memory_per_chip, shard_of
+from zhenwu.compiler.serving.model import load_model
 
 CONTEXT = 4096
 PROMPT = 4096

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import json
 
-from compiler.collectives import collective_cost, parse_size
-from isa.errors import UsageError
+from zhenwu.compiler.collectives import collective_cost, parse_size
+from zhenwu.isa.errors import UsageError
 
 ALIASES = {"all-reduce": "allreduce", "all-gather": "allgather",
            "reduce-scatter": "reducescatter", "all-to-all": "alltoall"}
@@ -19,7 +19,7 @@ SIMULATE_LIMIT = 64  # chips: larger systems are estimated only
 
 
 def run(args) -> int:
-    from isa.machine import load_machine
+    from zhenwu.isa.machine import load_machine
 
     machine = load_machine(args.machine)
     kind = ALIASES.get(args.kind, args.kind)
@@ -34,8 +34,8 @@ def run(args) -> int:
     if args.simulate:
         if args.chips > SIMULATE_LIMIT:
             raise UsageError(f"--simulate runs at most {SIMULATE_LIMIT} chips")
-        from compiler.collective_codegen import collective_programs
-        from runtime.cluster import run_cluster
+        from zhenwu.compiler.collective_codegen import collective_programs
+        from zhenwu.runtime.cluster import run_cluster
 
         programs, lowered = collective_programs(kind, nbytes, args.chips, machine,
                                                 algorithm=args.algorithm)

@@ -12,12 +12,13 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from isa.errors import InputError, UsageError
+from zhenwu.isa.errors import InputError, UsageError
 
 
 def run(args) -> int:
+    from zhenwu.compiler.inputs import parse_shape_options
+
     import zhenwu
-    from compiler.inputs import parse_shape_options
 
     if args.emit == "bin" and not args.output:
         raise UsageError("--emit bin needs -o FILE")
@@ -25,7 +26,7 @@ def run(args) -> int:
                           machine=args.machine, opt=int(args.opt), entry=args.entry,
                           tune=bool(args.tune), disable_passes=args.disable_pass)
     if getattr(args, "remarks", False):
-        from compiler.commands.explain import print_remarks
+        from zhenwu.compiler.commands.explain import print_remarks
 
         print_remarks(prog)
     if args.emit == "bin":

@@ -16,7 +16,7 @@ import sys
 
 
 def explanation(prog, report=None):
-    from compiler.remarks import explain
+    from zhenwu.compiler.remarks import explain
 
     return explain(prog, report)
 
@@ -29,8 +29,9 @@ def print_remarks(prog, report=None) -> None:
 
 
 def run(args) -> int:
+    from zhenwu.compiler.inputs import parse_shape_options
+
     import zhenwu
-    from compiler.inputs import parse_shape_options
 
     prog = zhenwu.compile(args.program, shapes=parse_shape_options(args.shape),
                           machine=args.machine, opt=int(args.opt), entry=args.entry,

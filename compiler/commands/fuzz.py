@@ -6,8 +6,8 @@ import math
 import sys
 from pathlib import Path
 
-from compiler.fuzz.campaign import run_campaign
-from isa.errors import UsageError
+from zhenwu.compiler.fuzz.campaign import run_campaign
+from zhenwu.isa.errors import UsageError
 
 
 def check_seconds(seconds: float) -> float:
@@ -50,7 +50,7 @@ def run(args) -> int:
 
 def run_bad_inputs(args, out_dir: Path) -> int:
     """`zhenwu fuzz --bad-inputs`: the bad-input campaign (compiler/fuzz/bad_inputs.py)."""
-    from compiler.fuzz.bad_inputs import run_bad_input_campaign
+    from zhenwu.compiler.fuzz.bad_inputs import run_bad_input_campaign
 
     tty = sys.stderr.isatty()
 

@@ -13,12 +13,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
-
-from isa.errors import InputError, UsageError
+from zhenwu.isa.errors import InputError, UsageError
 
 
 def run(args) -> int:
-    from compiler.importers.onnx import import_onnx
+    from zhenwu.compiler.importers.onnx import import_onnx
 
     model = Path(args.model)
     if model.suffix != ".onnx":

@@ -15,13 +15,13 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from compiler.frontend import load_program, read_source
-from compiler.graph.ir import Function, to_dot
-from compiler.graph.parser import parse_function
-from compiler.graph.printer import print_function
-from compiler.inputs import parse_shape_options
-from compiler.passes import default_graph_pipeline, get_pass, parse_pipeline, run_pipeline
-from isa.errors import InputError
+from zhenwu.compiler.frontend import load_program, read_source
+from zhenwu.compiler.graph.ir import Function, to_dot
+from zhenwu.compiler.graph.parser import parse_function
+from zhenwu.compiler.graph.printer import print_function
+from zhenwu.compiler.inputs import parse_shape_options
+from zhenwu.compiler.passes import default_graph_pipeline, get_pass, parse_pipeline, run_pipeline
+from zhenwu.isa.errors import InputError
 
 
 def read_program(args) -> Function:
@@ -86,7 +86,7 @@ def run(args) -> int:
 def _print_spmd(fn: Function, args) -> int:
     """`zhenwu ir --chips N [--mesh ...]`: the SPMD Graph IR every chip runs (local shapes,
     collectives as ops) and the sharding of each parameter and result."""
-    from compiler.shard import resolve_mesh, shard_function
+    from zhenwu.compiler.shard import resolve_mesh, shard_function
 
     mesh = resolve_mesh(fn, args.mesh, args.chips)
     spmd = shard_function(fn, mesh)

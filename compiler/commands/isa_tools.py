@@ -6,10 +6,10 @@ import json
 import sys
 from pathlib import Path
 
-from isa.asm import check_machine, parse_assembly, print_program
-from isa.encoding import decode_program, encode_program
-from isa.errors import AssemblyError, EncodingError, ZhenwuError
-from isa.machine import BUILTIN_MACHINES, format_machines, load_machine
+from zhenwu.isa.asm import check_machine, parse_assembly, print_program
+from zhenwu.isa.encoding import decode_program, encode_program
+from zhenwu.isa.errors import AssemblyError, EncodingError, ZhenwuError
+from zhenwu.isa.machine import BUILTIN_MACHINES, format_machines, load_machine
 
 
 def run(args) -> int:

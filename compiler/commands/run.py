@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from isa.errors import UsageError
+from zhenwu.isa.errors import UsageError
 
 
 def check_conflicts(args) -> None:
@@ -34,7 +34,7 @@ def check_conflicts(args) -> None:
 
 
 def run(args) -> int:
-    from compiler.commands.run_options import check_run_options
+    from zhenwu.compiler.commands.run_options import check_run_options
 
     check_run_options(args)
     check_conflicts(args)
@@ -44,16 +44,16 @@ def run(args) -> int:
             flag = "--reference" if args.reference else "--check"
             raise UsageError(f"{flag} needs a .zt program (assembly has no reference "
                              "evaluator)")
-        from compiler.commands.run_asm import run_assembly
+        from zhenwu.compiler.commands.run_asm import run_assembly
 
         return run_assembly(args)
     if suffix not in (".zt", ".ir", ".onnx"):
         raise UsageError(f"'{args.program}': expected a .zt program, an .onnx model, .ir Graph "
                          "IR, .s assembly or .bin binary")
     if args.reference:
-        from compiler.commands.run_reference import run_reference
+        from zhenwu.compiler.commands.run_reference import run_reference
 
         return run_reference(args)
-    from compiler.commands.run_compiled import run_compiled
+    from zhenwu.compiler.commands.run_compiled import run_compiled
 
     return run_compiled(args)

@@ -21,17 +21,17 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
 import numpy as np
-
-from isa.errors import InputError, UsageError
+from zhenwu.isa.errors import InputError, UsageError
 
 
 def run_assembly(args) -> int:
     """Run `args.program` (.s or .bin) with the `run` subcommand's options; return 0."""
-    from compiler.commands.summary import output_line, run_summary, write_text
-    from compiler.inputs import assembly_inputs, missing_inputs_message
-    from isa.machine import load_machine
-    from runtime import run_program
-    from runtime.interpreter import check_tensors
+    from zhenwu.compiler.commands.summary import output_line, run_summary, write_text
+    from zhenwu.compiler.inputs import assembly_inputs, missing_inputs_message
+    from zhenwu.isa.machine import load_machine
+    from zhenwu.runtime import run_program
+    from zhenwu.runtime.interpreter import check_tensors
+
     from zhenwu.hostmem import check_functional_run, out_of_memory
     from zhenwu.progress import TerminalProgress
 
@@ -83,8 +83,8 @@ def run_assembly(args) -> int:
 def _run_cluster(args, program, machine, inputs) -> int:
     """The same program on every chip of --chips N (GETID chip tells them apart); every
     chip gets the same inputs; the outputs written are chip 0's."""
-    from compiler.commands.summary import write_text
-    from runtime.cluster import run_cluster
+    from zhenwu.compiler.commands.summary import write_text
+    from zhenwu.runtime.cluster import run_cluster
 
     if args.chips < 1:
         raise UsageError(f"--chips {args.chips}: at least one chip")
@@ -102,7 +102,7 @@ def _run_cluster(args, program, machine, inputs) -> int:
 
 
 def _load_program(path: str):
-    from isa.asm import parse_assembly
+    from zhenwu.isa.asm import parse_assembly
 
     file = Path(path)
     try:
@@ -110,7 +110,7 @@ def _load_program(path: str):
     except OSError as err:
         raise InputError(f"cannot read '{path}': {err.strerror or err}") from None
     if file.suffix == ".bin":
-        from isa.encoding import decode_program
+        from zhenwu.isa.encoding import decode_program
 
         return decode_program(data, path)
     try:
@@ -123,13 +123,13 @@ def _load_program(path: str):
 def load_inputs(program, pairs: list[str], npz: str | None, seed: int, *,
                 draw_missing: bool = True) -> dict[str, np.ndarray]:
     """The kernel arguments by tensor name (compiler.inputs.assembly_inputs)."""
-    from compiler.inputs import assembly_inputs
+    from zhenwu.compiler.inputs import assembly_inputs
 
     return assembly_inputs(program, pairs, npz, seed, draw_missing=draw_missing)[0]
 
 
 def write_outputs(path: str, outputs: list[np.ndarray]) -> None:
     """Write outputs as out0, out1, ... to exactly `path` (compiler.inputs.write_outputs)."""
-    from compiler.inputs import write_outputs as write
+    from zhenwu.compiler.inputs import write_outputs as write
 
     write(path, outputs)

@@ -15,8 +15,8 @@ from __future__ import annotations
 import json
 import sys
 
-from compiler.check import check_output
-from isa.errors import Diagnostic
+from zhenwu.compiler.check import check_output
+from zhenwu.isa.errors import Diagnostic
 
 
 class _Widened:
@@ -28,7 +28,7 @@ class _Widened:
     def output(self, index: int):
         def get():
             if self.outputs is None:
-                from compiler.reference import evaluate
+                from zhenwu.compiler.reference import evaluate
 
                 self.outputs = evaluate(self.prog.function, {**self.prog.weights, **self.inputs},
                                         widen=True)
@@ -38,8 +38,9 @@ class _Widened:
 
 def compile_for_run(args, given):
     """`zhenwu.compile` with the command line's options; symbolic dims bound from `given`."""
+    from zhenwu.compiler.inputs import parse_shape_options
+
     import zhenwu
-    from compiler.inputs import parse_shape_options
 
     return zhenwu.compile(args.program, shapes=parse_shape_options(args.shape or []),
                           machine=args.machine, opt=int(args.opt), entry=args.entry,
@@ -50,7 +51,8 @@ def compile_for_run(args, given):
 
 def _function(args, given):
     """The checked program (to see whether it declares a mesh), before compiling it."""
-    from compiler.inputs import parse_shape_options
+    from zhenwu.compiler.inputs import parse_shape_options
+
     from zhenwu.api import load_function
 
     return load_function(args.program, shapes=parse_shape_options(args.shape or []),
@@ -60,25 +62,25 @@ def _function(args, given):
 
 def _no_sharded_remarks(args) -> None:
     if getattr(args, "remarks", False):
-        from isa.errors import UsageError
+        from zhenwu.isa.errors import UsageError
 
         raise UsageError("--remarks explains a one-chip program: drop --chips/--mesh (or "
                          "run `zhenwu explain` on the unsharded program)")
 
 
 def run_compiled(args) -> int:
-    from compiler.commands.summary import output_line, run_summary, write_text
-    from compiler.inputs import read_inputs, warn_on_stderr, write_outputs
+    from zhenwu.compiler.commands.summary import output_line, run_summary, write_text
+    from zhenwu.compiler.inputs import read_inputs, warn_on_stderr, write_outputs
 
     if getattr(args, "chips", 1) != 1 or getattr(args, "mesh", None):
-        from compiler.commands.run_sharded import run_sharded
+        from zhenwu.compiler.commands.run_sharded import run_sharded
 
         _no_sharded_remarks(args)
 
         return run_sharded(args)
     given, sources = read_inputs(args.input or [], args.inputs, args.program)
     if "mesh" in _function(args, given).attrs:  # `mesh tp = 8` in the file: many chips
-        from compiler.commands.run_sharded import run_sharded
+        from zhenwu.compiler.commands.run_sharded import run_sharded
 
         _no_sharded_remarks(args)
 
@@ -115,7 +117,7 @@ def run_compiled(args) -> int:
                 status = 1
     print(run_summary(report, kernels=prog.kernel_count, compile_seconds=prog.compile_seconds))
     if getattr(args, "remarks", False):
-        from compiler.commands.explain import print_remarks
+        from zhenwu.compiler.commands.explain import print_remarks
 
         sys.stdout.flush()
         print_remarks(prog, report)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from isa.errors import UsageError
+from zhenwu.isa.errors import UsageError
 
 # options that only a .zt program uses: (attribute, flag, the value it has when not given)
 _ZT_ONLY = (
@@ -32,6 +32,6 @@ def check_run_options(args) -> None:
                 raise UsageError(f"{flag} does not apply to assembly ('{args.program}'): it "
                                  "only applies to a .zt program")
     elif getattr(args, "reference", False):
-        from isa.machine import load_machine
+        from zhenwu.isa.machine import load_machine
 
         load_machine(args.machine)  # the reference uses no machine, but a wrong name is wrong

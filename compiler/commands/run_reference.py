@@ -10,9 +10,8 @@ from __future__ import annotations
 import sys
 
 import numpy as np
-
-from compiler.commands.summary import output_line, value_stats
-from compiler.inputs import output_array, warn_on_stderr, write_outputs
+from zhenwu.compiler.commands.summary import output_line, value_stats
+from zhenwu.compiler.inputs import output_array, warn_on_stderr, write_outputs
 
 
 def summarize(index: int, array: np.ndarray, type_) -> str:
@@ -24,7 +23,8 @@ def summarize(index: int, array: np.ndarray, type_) -> str:
 
 def run_reference(args) -> int:
     """`zhenwu run prog.zt --reference`: evaluate, print a summary, write -o."""
-    from compiler.inputs import parse_shape_options, read_inputs
+    from zhenwu.compiler.inputs import parse_shape_options, read_inputs
+
     from zhenwu.api import load_function, reference_outputs
 
     given, sources = read_inputs(args.input or [], args.inputs, args.program)

@@ -11,17 +11,23 @@ from __future__ import annotations
 import json
 import time
 
-from compiler.check import check_output
-from isa.errors import Diagnostic, UsageError
+from zhenwu.compiler.check import check_output
+from zhenwu.isa.errors import Diagnostic, UsageError
 
 
 def run_sharded(args) -> int:
-    from compiler.commands import compile_options
-    from compiler.commands.summary import write_text as _write_text
-    from compiler.frontend import load_program
-    from compiler.inputs import parse_shape_options, prepare_inputs, read_inputs, write_outputs
-    from compiler.shard import compile_spmd, resolve_mesh, run_spmd, shard_function
-    from isa.machine import load_machine
+    from zhenwu.compiler.commands import compile_options
+    from zhenwu.compiler.commands.summary import write_text as _write_text
+    from zhenwu.compiler.frontend import load_program
+    from zhenwu.compiler.inputs import (
+        parse_shape_options,
+        prepare_inputs,
+        read_inputs,
+        write_outputs,
+    )
+    from zhenwu.compiler.shard import compile_spmd, resolve_mesh, run_spmd, shard_function
+    from zhenwu.isa.machine import load_machine
+
     from zhenwu.api import timing_measure
 
     if args.chips < 1:
@@ -59,7 +65,7 @@ def run_sharded(args) -> int:
     if args.check:
         if args.timing_only:
             raise UsageError("--check needs the math: drop --timing-only")
-        from compiler.reference import evaluate
+        from zhenwu.compiler.reference import evaluate
 
         want = evaluate(fn, inputs)
         widened = []

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import sys
 
-from isa.errors import UsageError
+from zhenwu.isa.errors import UsageError
 
 GB = 1e9
 
@@ -63,7 +63,7 @@ def _positive(name: str, value: int | None) -> None:
 
 
 def _plan(args, model):
-    from compiler.serving.estimate import Plan, default_plan
+    from zhenwu.compiler.serving.estimate import Plan, default_plan
 
     for name in ("chips", "tp", "pp", "ep", "chips_per_node", "batch", "prompt", "output"):
         _positive(name.replace("_", "-"), getattr(args, name))
@@ -102,16 +102,16 @@ def _sweep_points(spec: str | None) -> tuple[str | None, list[int]]:
 def run(args) -> int:
     from dataclasses import replace
 
-    from compiler.commands.serve_simulate import simulate_all
-    from compiler.serving.estimate import (
+    from zhenwu.compiler.commands.serve_simulate import simulate_all
+    from zhenwu.compiler.serving.estimate import (
         Request,
         analytic_pieces,
         check_fits,
         compose,
         layer_programs,
     )
-    from compiler.serving.model import load_model
-    from isa.machine import load_machine
+    from zhenwu.compiler.serving.model import load_model
+    from zhenwu.isa.machine import load_machine
 
     model = load_model(args.model)
     machines = [load_machine(args.machine)]

@@ -22,7 +22,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from isa.errors import UsageError
+from zhenwu.isa.errors import UsageError
 
 _ROOT = Path(__file__).resolve().parents[2]
 # what the simulated cycles depend on besides the program and the machine
@@ -58,11 +58,11 @@ def cache_key(source: str, machine, opt_level: int) -> str:
 
 def simulate_source(source: str, name: str, machine, opt_level: int = 2) -> dict:
     """Compile `source` for `machine` and run it timing-only: the record described above."""
-    from compiler.backend.pipeline import CompileOptions, compile_function
-    from compiler.frontend import load_program
-    from compiler.graph.dtypes import itemsize
-    from compiler.roofline import roofline
-    from runtime import run_program
+    from zhenwu.compiler.backend.pipeline import CompileOptions, compile_function
+    from zhenwu.compiler.frontend import load_program
+    from zhenwu.compiler.graph.dtypes import itemsize
+    from zhenwu.compiler.roofline import roofline
+    from zhenwu.runtime import run_program
 
     fn = load_program(f"<serve:{name}>", text=source)
     start = time.perf_counter()

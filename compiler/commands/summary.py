@@ -13,8 +13,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
-
-from isa.errors import InputError
+from zhenwu.isa.errors import InputError
 
 
 def output_line(index: int, dtype: str, shape, name: str | None = None, note: str = "") -> str:

@@ -23,7 +23,7 @@ import tomllib
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from isa.errors import UsageError
+from zhenwu.isa.errors import UsageError
 
 VALIDATION_DIR = Path(__file__).resolve().parents[2] / "isa" / "machines" / "validation"
 
@@ -60,11 +60,10 @@ def load_points(directory: Path) -> list[dict]:
 def simulate(point: dict, machine_spec: str) -> float:
     """Seconds of one point on the simulated chip (timing-only)."""
     import numpy as np
-
-    from compiler.backend.pipeline import CompileOptions, compile_function
-    from compiler.frontend import load_program
-    from isa.machine import load_machine
-    from runtime import run_program
+    from zhenwu.compiler.backend.pipeline import CompileOptions, compile_function
+    from zhenwu.compiler.frontend import load_program
+    from zhenwu.isa.machine import load_machine
+    from zhenwu.runtime import run_program
 
     machine = load_machine(machine_spec)
     text = source(point["op"], point["M"], point["N"], point["K"], point["dtype"])
@@ -97,7 +96,7 @@ def _best_host(sims: list[float], measured: list[float]) -> float:
 
 
 def run(args) -> int:
-    from isa.machine import load_machine
+    from zhenwu.isa.machine import load_machine
 
     machine = load_machine(args.machine)
     directory = VALIDATION_DIR / machine.name

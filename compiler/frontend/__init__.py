@@ -6,10 +6,10 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
-from compiler.frontend.checker import check_module
-from compiler.frontend.parser import parse_source
-from compiler.graph.ir import Function
-from isa.errors import Diagnostic, InputError, SourceSpan
+from zhenwu.compiler.frontend.checker import check_module
+from zhenwu.compiler.frontend.parser import parse_source
+from zhenwu.compiler.graph.ir import Function
+from zhenwu.isa.errors import Diagnostic, InputError, SourceSpan
 
 # Parsing and checking recurse once per nesting level of an expression.
 _RECURSION_LIMIT = 12000
@@ -34,7 +34,7 @@ def _deep_recursion(path: str, text: str):
 
 
 def _deepest_span(path: str, text: str) -> SourceSpan:
-    from compiler.frontend.parser import deepest_expression, position
+    from zhenwu.compiler.frontend.parser import deepest_expression, position
 
     start, depth = deepest_expression(text)
     if depth < _DEEP_BRACKETS:  # not deep in brackets: a long chain, on the longest line
@@ -87,12 +87,12 @@ def load_program(path: str, *, text: str | None = None, entry: str | None = None
     result is concrete. User mistakes raise `Diagnostic` / `InputError`.
     """
     if text is None and Path(path).suffix == ".onnx":
-        from compiler.importers.onnx import import_file
+        from zhenwu.compiler.importers.onnx import import_file
 
         text, _ = import_file(path)  # its weights come with the inputs (compiler/inputs.py)
     if text is None:
         text = read_source(path)
-    from compiler.shard.annotations import extract_mesh, extract_shardings
+    from zhenwu.compiler.shard.annotations import extract_mesh, extract_shardings
 
     with _deep_recursion(path, text):
         module = parse_source(text, path)

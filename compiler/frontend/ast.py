@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from isa.errors import SourceSpan
+from zhenwu.isa.errors import SourceSpan
 
 
 @dataclass

@@ -15,12 +15,11 @@ from itertools import pairwise
 from math import prod
 
 import numpy as np
-
-from compiler.frontend import ast
-from compiler.frontend.checker import Checker, DType, Tensor, check_dim, describe, to_float
-from compiler.graph.dtypes import DTYPES, is_float, limits
-from compiler.graph.ops import OPS, OpDef, on_register, parse_einsum, result_dtype
-from isa.errors import Diagnostic, SourceSpan
+from zhenwu.compiler.frontend import ast
+from zhenwu.compiler.frontend.checker import Checker, DType, Tensor, check_dim, describe, to_float
+from zhenwu.compiler.graph.dtypes import DTYPES, is_float, limits
+from zhenwu.compiler.graph.ops import OPS, OpDef, on_register, parse_einsum, result_dtype
+from zhenwu.isa.errors import Diagnostic, SourceSpan
 
 Args = dict[str, tuple[object, SourceSpan]]
 

@@ -18,14 +18,14 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from compiler.frontend import ast
-from compiler.frontend.parser import parse_source
-from compiler.graph.builder import GraphBuilder
-from compiler.graph.dtypes import DTYPES, is_float, is_int, limits, promote
-from compiler.graph.ir import Function, TensorType, Value
-from compiler.graph.ops import OPS, broadcast_shapes
-from isa.errors import Diagnostic, InputError, SourceSpan
-from isa.program import MAX_RANK
+from zhenwu.compiler.frontend import ast
+from zhenwu.compiler.frontend.parser import parse_source
+from zhenwu.compiler.graph.builder import GraphBuilder
+from zhenwu.compiler.graph.dtypes import DTYPES, is_float, is_int, limits, promote
+from zhenwu.compiler.graph.ir import Function, TensorType, Value
+from zhenwu.compiler.graph.ops import OPS, broadcast_shapes
+from zhenwu.isa.errors import Diagnostic, InputError, SourceSpan
+from zhenwu.isa.program import MAX_RANK
 
 PRELUDE_PATH = Path(__file__).with_name("prelude.zt")
 MAX_DIM = 2**62  # larger dims can never be allocated; they would overflow numpy's int64
@@ -602,7 +602,7 @@ class Checker:
             return self.consts[node.id]
         if node.id in GLOBAL_CONSTANTS:
             return GLOBAL_CONSTANTS[node.id]
-        from compiler.frontend.builtins import BUILTINS
+        from zhenwu.compiler.frontend.builtins import BUILTINS
 
         if node.id in BUILTINS or node.id in self.fns or node.id in self.prelude_fns:
             raise Diagnostic(f"'{node.id}' is a function; call it as {node.id}(...)", node.span)
@@ -638,7 +638,7 @@ class Checker:
         if isinstance(node, ast.Call):
             return self.call(node, scope)
         if isinstance(node, ast.Index):
-            from compiler.frontend.builtins import index_tensor
+            from zhenwu.compiler.frontend.builtins import index_tensor
 
             return index_tensor(self, node, scope)
         if isinstance(node, (ast.Slice, ast.Keyword, ast.EllipsisLit)):
@@ -673,7 +673,7 @@ class Checker:
         if isinstance(left, python) and isinstance(right, python):
             return self.python_binary(op, left, right, span)
         if op == "@":
-            from compiler.frontend.builtins import matmul
+            from zhenwu.compiler.frontend.builtins import matmul
 
             return matmul(self, left, right, span, left_span, right_span)
         for value, vspan in ((left, left_span), (right, right_span)):
@@ -733,7 +733,7 @@ class Checker:
 
     def call(self, node: ast.Call, scope: dict):
         """A call: user function, prelude composite, or builtin (in that order)."""
-        from compiler.frontend.builtins import BUILTINS
+        from zhenwu.compiler.frontend.builtins import BUILTINS
 
         args = [(self.eval(a, scope), a.span) for a in node.args]
         kwargs = {}

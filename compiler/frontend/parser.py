@@ -11,9 +11,8 @@ from pathlib import Path
 
 import lark
 from lark import Token, Transformer, v_args
-
-from compiler.frontend import ast
-from isa.errors import Diagnostic, SourceSpan, normalize_newlines, source_lines
+from zhenwu.compiler.frontend import ast
+from zhenwu.isa.errors import Diagnostic, SourceSpan, normalize_newlines, source_lines
 
 _GRAMMAR = Path(__file__).with_name("grammar.lark")
 

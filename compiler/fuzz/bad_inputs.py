@@ -189,8 +189,8 @@ def _odd_flags(rng: random.Random) -> list[str]:
 
 def make_case(rng: random.Random, workdir: Path, kind: str | None = None) -> list[str]:
     """Write one bad input under `workdir` and return the `zhenwu` command line to run."""
-    from isa.asm import parse_assembly
-    from isa.encoding import encode_program
+    from zhenwu.isa.asm import parse_assembly
+    from zhenwu.isa.encoding import encode_program
 
     kinds = ("asm", "bin", "machine", "inputs", "zt", "flags")
     kind = kind or rng.choice(kinds)
@@ -261,7 +261,7 @@ def _alarm(seconds: float):
 
 def run_case(argv: list[str], seconds: float = 60.0) -> Outcome:
     """Run `zhenwu argv` in-process (compiler.cli.main) with stdout and stderr captured."""
-    from compiler.cli import main
+    from zhenwu.compiler.cli import main
 
     out, err = io.StringIO(), io.StringIO()
     start = time.perf_counter()

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
 
-from isa.errors import ChipTrap, ZhenwuError
+from zhenwu.isa.errors import ChipTrap, ZhenwuError
 
 # The pipelines every program is run through: -O0 and -O2; `seeded_pipelines` adds -O2 with a
 # random subset of the optional graph passes left out.
@@ -49,13 +49,13 @@ class FuzzFailure(Exception):
 def check_program(text: str, *, seed: int = 0, machine_name: str = "m890",
                   pipelines=None) -> None:
     """Raise FuzzFailure unless every pipeline matches the reference evaluator on `text`."""
-    from compiler.backend.pipeline import CompileOptions, compile_function
-    from compiler.check import check_output
-    from compiler.frontend import load_program
-    from compiler.inputs import prepare_inputs
-    from compiler.reference import evaluate
-    from isa.machine import load_machine
-    from runtime import run_program
+    from zhenwu.compiler.backend.pipeline import CompileOptions, compile_function
+    from zhenwu.compiler.check import check_output
+    from zhenwu.compiler.frontend import load_program
+    from zhenwu.compiler.inputs import prepare_inputs
+    from zhenwu.compiler.reference import evaluate
+    from zhenwu.isa.machine import load_machine
+    from zhenwu.runtime import run_program
 
     try:
         fn = load_program("fuzz.zt", text=text)
@@ -98,7 +98,7 @@ class CampaignResult:
 def run_campaign(seconds: float, seed: int, out_dir: Path, *, bisect: bool = False,
                  progress=None) -> CampaignResult:
     """Generate and check programs until `seconds` run out; write each failure to out_dir."""
-    from compiler.fuzz.generator import recorded_program
+    from zhenwu.compiler.fuzz.generator import recorded_program
 
     result = CampaignResult()
     rng = random.Random(seed)
@@ -160,7 +160,7 @@ def shrink(record: list[int], marks: list[int], seed: int, budget: int = 200) ->
     The generator only makes valid programs from any record, so every candidate is valid and
     the search never wanders into programs that fail for a different reason than a bug.
     """
-    from compiler.fuzz.generator import replay_program
+    from zhenwu.compiler.fuzz.generator import replay_program
 
     best = list(record)
     tries = 0
@@ -199,7 +199,7 @@ def shrink(record: list[int], marks: list[int], seed: int, budget: int = 200) ->
 
 def bisect_passes(text: str, seed: int) -> str | None:
     """The graph pass whose removal makes the failure go away, or None."""
-    from compiler.passes import PASSES
+    from zhenwu.compiler.passes import PASSES
 
     for name in PASSES:
         if not _fails(text, seed, (("O2", (name,)),)):

@@ -38,7 +38,7 @@ COMPOSITE_UNARY = {
 
 
 def _table_forms(operand: str) -> dict[str, str]:
-    from compiler.graph.ops import OPS
+    from zhenwu.compiler.graph.ops import OPS
 
     return {name: op.fuzz.template for name, op in OPS.items()
             if op.fusion == "elementwise" and op.fuzz is not None and op.fuzz.template
@@ -48,7 +48,7 @@ def _table_forms(operand: str) -> dict[str, str]:
 def reduce_forms() -> dict[str, str]:
     """Builtin -> operand wrapper of every reduction the reduce step draws (the table's, in
     its order, then `mean`, a composite of the prelude)."""
-    from compiler.graph.ops import OPS
+    from zhenwu.compiler.graph.ops import OPS
 
     forms = {op.frontend.name: op.fuzz.operand for op in OPS.values()
              if op.fuzz is not None and op.fuzz.step == "reduce"}
@@ -68,7 +68,7 @@ def binary_forms() -> dict[str, str]:
 
 def discontinuous() -> tuple[str, ...]:
     """Ops drawn on parameters only (their entry's `Fuzz.inputs_only`)."""
-    from compiler.graph.ops import OPS
+    from zhenwu.compiler.graph.ops import OPS
 
     return tuple(name for name, op in OPS.items() if op.fuzz is not None and op.fuzz.inputs_only)
 
@@ -507,7 +507,7 @@ class ProgramBuilder:
 
     def step_attention_form(self) -> None:
         """Attention in one of the spellings compiler/fuzz/attention_forms.py draws."""
-        from compiler.fuzz.attention_forms import draw_attention
+        from zhenwu.compiler.fuzz.attention_forms import draw_attention
 
         draw_attention(self)
 

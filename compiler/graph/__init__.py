@@ -1,10 +1,10 @@
 """The Graph IR: types, values, ops, functions, the op registry, text form and verifier."""
 
-from compiler.graph.ir import Function, Op, TensorType, Value, to_dot
-from compiler.graph.ops import OPS, PRIMITIVES, OpDef
-from compiler.graph.parser import parse_function
-from compiler.graph.printer import print_function
-from compiler.graph.verify import verify_function
+from zhenwu.compiler.graph.ir import Function, Op, TensorType, Value, to_dot
+from zhenwu.compiler.graph.ops import OPS, PRIMITIVES, OpDef
+from zhenwu.compiler.graph.parser import parse_function
+from zhenwu.compiler.graph.printer import print_function
+from zhenwu.compiler.graph.verify import verify_function
 
 __all__ = [
            "OPS",

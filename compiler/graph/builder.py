@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from compiler.graph.ir import Function, Op, TensorType, Value
-from compiler.graph.ops import infer_type
-from isa.errors import Diagnostic, SourceSpan
+from zhenwu.compiler.graph.ir import Function, Op, TensorType, Value
+from zhenwu.compiler.graph.ops import infer_type
+from zhenwu.isa.errors import Diagnostic, SourceSpan
 
 
 def freeze(value):

@@ -9,9 +9,8 @@ both 16-bit floats.
 from __future__ import annotations
 
 import numpy as np
-
-from isa.dtypes import DTYPES, FLOAT_DTYPES, INT_DTYPES
-from isa.dtypes import np_dtype as isa_np_dtype
+from zhenwu.isa.dtypes import DTYPES, FLOAT_DTYPES, INT_DTYPES
+from zhenwu.isa.dtypes import np_dtype as isa_np_dtype
 
 # The dtype table is isa's (the ground floor); the compiler adds promotion, tolerances and
 # limits on top of it.

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from math import prod
 from typing import TYPE_CHECKING
 
-from compiler.graph.dtypes import itemsize
-from isa.errors import SourceSpan
+from zhenwu.compiler.graph.dtypes import itemsize
+from zhenwu.isa.errors import SourceSpan
 
 if TYPE_CHECKING:
     import networkx as nx
@@ -125,7 +125,7 @@ class Function:
         return graph
 
     def __str__(self) -> str:
-        from compiler.graph.printer import print_function
+        from zhenwu.compiler.graph.printer import print_function
 
         return print_function(self)
 

@@ -17,11 +17,10 @@ from dataclasses import dataclass
 from math import prod
 
 import numpy as np
-
-from compiler.graph.dtypes import DTYPES, is_float, is_int, np_dtype, promote
-from compiler.graph.ir import TensorType
-from compiler.graph.opfacets import OUT, Frontend, Fuzz, Step, VectorLowering
-from isa.errors import Diagnostic
+from zhenwu.compiler.graph.dtypes import DTYPES, is_float, is_int, np_dtype, promote
+from zhenwu.compiler.graph.ir import TensorType
+from zhenwu.compiler.graph.opfacets import OUT, Frontend, Fuzz, Step, VectorLowering
+from zhenwu.isa.errors import Diagnostic
 
 Types = tuple[TensorType, ...]
 

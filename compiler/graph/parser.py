@@ -9,10 +9,10 @@ from __future__ import annotations
 import json
 import re
 
-from compiler.graph.builder import GraphBuilder
-from compiler.graph.dtypes import DTYPES
-from compiler.graph.ir import Function, TensorType, Value
-from isa.errors import Diagnostic, SourceSpan
+from zhenwu.compiler.graph.builder import GraphBuilder
+from zhenwu.compiler.graph.dtypes import DTYPES
+from zhenwu.compiler.graph.ir import Function, TensorType, Value
+from zhenwu.isa.errors import Diagnostic, SourceSpan
 
 _TOKEN = re.compile(r"""
     (?P<ws>[ \t\r\n]+)

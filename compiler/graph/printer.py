@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 
-from compiler.graph.ir import Function, Op, Value
+from zhenwu.compiler.graph.ir import Function, Op, Value
 
 
 def format_attr(value) -> str:

@@ -6,9 +6,9 @@ the op and the pass.
 
 from __future__ import annotations
 
-from compiler.graph.ir import Function
-from compiler.graph.ops import OPS, infer_type
-from isa.errors import CompileError, Diagnostic
+from zhenwu.compiler.graph.ir import Function
+from zhenwu.compiler.graph.ops import OPS, infer_type
+from zhenwu.isa.errors import CompileError, Diagnostic
 
 
 def verify_function(fn: Function, *, after: str | None = None,

@@ -33,8 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
-from isa.errors import Diagnostic, InputError
+from zhenwu.isa.errors import Diagnostic, InputError
 
 # zt element types of ONNX's TensorProto data types; int64 narrows to i32 and double to f32.
 # Filled lazily (the onnx package is imported only when a model is read).
@@ -267,8 +266,8 @@ class Importer:
     """Walks one ONNX graph and writes the `.zt` program (see the module docstring)."""
 
     def __init__(self, model, where: str):
-        from compiler.frontend.builtins import BUILTINS
-        from compiler.frontend.checker import GLOBAL_CONSTANTS
+        from zhenwu.compiler.frontend.builtins import BUILTINS
+        from zhenwu.compiler.frontend.checker import GLOBAL_CONSTANTS
 
         self.model = model
         self.where = where
@@ -316,7 +315,7 @@ class Importer:
         return Sym(name)
 
     def input_tensor(self, info) -> Tensor:
-        from compiler.importers.onnx_ops import zt_dtype
+        from zhenwu.compiler.importers.onnx_ops import zt_dtype
 
         tt = info.type.tensor_type
         if not info.type.HasField("tensor_type"):
@@ -351,7 +350,7 @@ class Importer:
         return Tensor(name, dtype, tuple(_as_dim(d) for d in shape))
 
     def check_rank(self, shape) -> None:
-        from isa.program import MAX_RANK
+        from zhenwu.isa.program import MAX_RANK
 
         if len(shape) > MAX_RANK:
             raise self.fail(f"a rank-{len(shape)} tensor is not supported (zhenwu's tensors "
@@ -413,7 +412,7 @@ class Importer:
         key = node.output[index]
         if key in self.replayed:
             return self.replayed[key]
-        from compiler.importers.onnx_ops import OPS
+        from zhenwu.compiler.importers.onnx_ops import OPS
 
         saved, mark = self.node, len(self.lines)
         taken = set(self.taken)
@@ -436,7 +435,7 @@ class Importer:
         key = id(value)
         if key in self.materialized:
             return self.materialized[key][1]
-        from compiler.importers.onnx_ops import to_runtime_array
+        from zhenwu.compiler.importers.onnx_ops import to_runtime_array
 
         array = to_runtime_array(self, value.array)
         label = onnx_name or value.label or "const"
@@ -450,7 +449,7 @@ class Importer:
     # ---- the walk
 
     def run(self):
-        from compiler.importers.onnx_ops import OPS, const_from_tensor, fold
+        from zhenwu.compiler.importers.onnx_ops import OPS, const_from_tensor, fold
 
         graph = self.model.graph
         self.dim_symbols: dict[str, Sym] = {}
@@ -481,7 +480,7 @@ class Importer:
 
     def const_output(self, name: str, value: Const) -> Tensor:
         """A graph output known at import still has to be computed by the program."""
-        from compiler.importers.onnx_ops import to_runtime_array
+        from zhenwu.compiler.importers.onnx_ops import to_runtime_array
 
         if value.symbolic:
             raise self.fail(f"graph output '{name}' is computed from symbolic dims only")
@@ -511,7 +510,7 @@ class Importer:
             raise self.fail("this operator is not supported (docs/onnx.md lists the "
                             "supported ones)")
         attrs = self.attributes(node)
-        from compiler.importers.onnx_ops import ATTRS
+        from zhenwu.compiler.importers.onnx_ops import ATTRS
 
         for name in attrs:
             if name not in ATTRS.get(node.op_type, ()):

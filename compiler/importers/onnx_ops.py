@@ -14,8 +14,7 @@ from __future__ import annotations
 from math import prod
 
 import numpy as np
-
-from compiler.importers.onnx import (
+from zhenwu.compiler.importers.onnx import (
     Const,
     Dim,
     NotFoldable,

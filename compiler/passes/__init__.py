@@ -1,7 +1,7 @@
 """Graph passes (docs/design.md section 4), one module each, registered by kebab-case name.
 
 ```python
-from compiler.passes import default_graph_pipeline, run_pipeline
+from zhenwu.compiler.passes import default_graph_pipeline, run_pipeline
 fn = run_pipeline(fn, default_graph_pipeline(), callback=lambda p, fn, seconds: ...)
 ```
 After `default_graph_pipeline()` a function holds only primitive op kinds.
@@ -9,7 +9,7 @@ After `default_graph_pipeline()` a function holds only primitive op kinds.
 
 from __future__ import annotations
 
-from compiler.passes.pass_base import (
+from zhenwu.compiler.passes.pass_base import (
     PASSES,
     GraphPass,
     get_pass,
@@ -27,7 +27,7 @@ def load_all() -> None:
 
     for module in pkgutil.iter_modules(__path__):
         importlib.import_module(f"{__name__}.{module.name}")
-    from compiler.passes import fuse  # noqa: F401
+    from zhenwu.compiler.passes import fuse  # noqa: F401
 
 
 def default_graph_pipeline() -> list[GraphPass]:

@@ -42,8 +42,7 @@ from dataclasses import dataclass
 from math import gcd
 
 import numpy as np
-
-from compiler.graph.dtypes import np_dtype, value_preserving
+from zhenwu.compiler.graph.dtypes import np_dtype, value_preserving
 
 # The scores' dtypes the kernel reproduces: those with an infinity, whose products it
 # computes in f32 without overflowing where the program would not

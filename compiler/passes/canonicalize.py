@@ -19,10 +19,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from compiler.graph.dtypes import is_float, value_preserving
-from compiler.graph.ir import Op, Value
-from compiler.passes.pass_base import GraphPass, register_pass
-from compiler.passes.rewrite import Rewriter, rewrite
+from zhenwu.compiler.graph.dtypes import is_float, value_preserving
+from zhenwu.compiler.graph.ir import Op, Value
+from zhenwu.compiler.passes.pass_base import GraphPass, register_pass
+from zhenwu.compiler.passes.rewrite import Rewriter, rewrite
 
 
 def _same_type(op: Op, value: Value) -> Value | None:

@@ -10,12 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-
-from compiler.graph.dtypes import compute_dtype, np_dtype
-from compiler.graph.ir import Op, Value
-from compiler.graph.ops import OPS
-from compiler.passes.pass_base import GraphPass, register_pass
-from compiler.passes.rewrite import Rewriter, rewrite
+from zhenwu.compiler.graph.dtypes import compute_dtype, np_dtype
+from zhenwu.compiler.graph.ir import Op, Value
+from zhenwu.compiler.graph.ops import OPS
+from zhenwu.compiler.passes.pass_base import GraphPass, register_pass
+from zhenwu.compiler.passes.rewrite import Rewriter, rewrite
 
 _SHAPE_KINDS = ("reshape", "broadcast_to", "transpose", "slice", "concat")
 # A reduction of a splat is evaluated on this many elements at most (folding must not

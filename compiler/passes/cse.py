@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from compiler.graph.ir import Op, Value
-from compiler.graph.ops import OPS
-from compiler.graph.printer import format_attr
-from compiler.passes.pass_base import GraphPass, register_pass
-from compiler.passes.rewrite import Rewriter, rewrite
+from zhenwu.compiler.graph.ir import Op, Value
+from zhenwu.compiler.graph.ops import OPS
+from zhenwu.compiler.graph.printer import format_attr
+from zhenwu.compiler.passes.pass_base import GraphPass, register_pass
+from zhenwu.compiler.passes.rewrite import Rewriter, rewrite
 
 # op(a, b) == op(b, a): the op table's `commutative` facet
 COMMUTATIVE = frozenset(name for name, op in OPS.items() if op.commutative)

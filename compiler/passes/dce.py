@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from compiler.graph.ir import Function
-from compiler.passes.pass_base import GraphPass, register_pass
+from zhenwu.compiler.graph.ir import Function
+from zhenwu.compiler.passes.pass_base import GraphPass, register_pass
 
 
 @register_pass

@@ -24,12 +24,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from math import prod
 
-from compiler.graph.dtypes import is_float, limits
-from compiler.graph.ir import Function, Op, Value
-from compiler.graph.ops import parse_einsum
-from compiler.passes.pass_base import GraphPass, register_pass
-from compiler.passes.rewrite import Rewriter, rewrite
-from isa.errors import UsageError
+from zhenwu.compiler.graph.dtypes import is_float, limits
+from zhenwu.compiler.graph.ir import Function, Op, Value
+from zhenwu.compiler.graph.ops import parse_einsum
+from zhenwu.compiler.passes.pass_base import GraphPass, register_pass
+from zhenwu.compiler.passes.rewrite import Rewriter, rewrite
+from zhenwu.isa.errors import UsageError
 
 
 def _reshape(rw: Rewriter, x: Value, shape) -> Value:

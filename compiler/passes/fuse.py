@@ -30,12 +30,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from compiler.graph.dtypes import is_float, limits, value_preserving
-from compiler.graph.ir import Function, Op
-from compiler.graph.ops import OPS
-from compiler.passes.attention_match import match_attention
-from compiler.passes.pass_base import GraphPass, register_pass
-from isa.program import MAX_EVENT_COUNT, NUM_DESCS
+from zhenwu.compiler.graph.dtypes import is_float, limits, value_preserving
+from zhenwu.compiler.graph.ir import Function, Op
+from zhenwu.compiler.graph.ops import OPS
+from zhenwu.compiler.passes.attention_match import match_attention
+from zhenwu.compiler.passes.pass_base import GraphPass, register_pass
+from zhenwu.isa.program import MAX_EVENT_COUNT, NUM_DESCS
 
 # The op table (compiler/graph/ops.py) says which ops a fused kernel computes: the
 # elementwise ones with vector instructions, and the reductions a row kernel computes.

@@ -21,9 +21,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from compiler.graph.ir import Op, Value
-from compiler.passes.pass_base import GraphPass, register_pass
-from compiler.passes.rewrite import Rewriter, rewrite
+from zhenwu.compiler.graph.ir import Op, Value
+from zhenwu.compiler.passes.pass_base import GraphPass, register_pass
+from zhenwu.compiler.passes.rewrite import Rewriter, rewrite
 
 SCALED_DTYPES = ("f32", "bf16", "f16")
 VIEWS = ("reshape", "transpose", "broadcast_to")

@@ -22,9 +22,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from compiler.graph.ir import Function, Op, Value
-from compiler.passes.pass_base import GraphPass, register_pass
-from compiler.passes.rewrite import Rewriter, rewrite
+from zhenwu.compiler.graph.ir import Function, Op, Value
+from zhenwu.compiler.passes.pass_base import GraphPass, register_pass
+from zhenwu.compiler.passes.rewrite import Rewriter, rewrite
 
 DIGITS = 4       # bytes of an i32
 DIGIT_BITS = 8

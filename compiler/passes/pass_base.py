@@ -14,9 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
-from compiler.graph.ir import Function
-from compiler.graph.verify import verify_function
-from isa.errors import UsageError
+from zhenwu.compiler.graph.ir import Function
+from zhenwu.compiler.graph.verify import verify_function
+from zhenwu.isa.errors import UsageError
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ def get_pass(name: str, options: dict[str, str] | None = None) -> GraphPass:
     converted to the types of the pass's fields. Unknown names are UsageErrors."""
     import difflib
 
-    from compiler.passes import load_all
+    from zhenwu.compiler.passes import load_all
 
     load_all()
     if name not in PASSES:
@@ -95,7 +95,7 @@ def parse_pipeline(text: str) -> list[GraphPass]:
     """Pass instances from pipeline text, xDSL style: `canonicalize,cse,dce`, with options
     `decompose{kinds=conv2d,einsum}` (`{key=value key2=value}`); `default` stands for the
     default graph pipeline (`default,fuse` appends a pass to it)."""
-    from compiler.passes import default_graph_pipeline
+    from zhenwu.compiler.passes import default_graph_pipeline
 
     passes: list[GraphPass] = []
     for item in _split_top_level(text):

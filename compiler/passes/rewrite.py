@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import replace
 
-from compiler.graph.builder import GraphBuilder
-from compiler.graph.ir import Function, Op, Value
+from zhenwu.compiler.graph.builder import GraphBuilder
+from zhenwu.compiler.graph.ir import Function, Op, Value
 
 Rule = Callable[[Op, "Rewriter"], Value | None]
 

@@ -35,7 +35,7 @@ def collective_seconds(kind: str, nbytes: float, chips: int, machine, *,
     if kind != "send" and chips <= 1:
         return 0.0
     if kind != "send" and not across_nodes and chips <= machine.chips_per_node:
-        from compiler.collectives import collective_seconds as node_collective
+        from zhenwu.compiler.collectives import collective_seconds as node_collective
 
         return node_collective(kind.replace("_", ""), max(int(round(nbytes)), 1), chips,
                                machine)[0]

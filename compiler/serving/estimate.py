@@ -38,10 +38,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from compiler.serving import programs as gen
-from compiler.serving.comm import collective_seconds
-from compiler.serving.model import DTYPE_BYTES, ModelConfig
-from isa.errors import ZhenwuError
+from zhenwu.compiler.serving import programs as gen
+from zhenwu.compiler.serving.comm import collective_seconds
+from zhenwu.compiler.serving.model import DTYPE_BYTES, ModelConfig
+from zhenwu.isa.errors import ZhenwuError
 
 
 class ServeError(ZhenwuError):

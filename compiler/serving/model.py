@@ -31,8 +31,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from isa.errors import SourceSpan, ZhenwuError
-from isa.tomlfile import locate, read_toml
+from zhenwu.isa.errors import SourceSpan, ZhenwuError
+from zhenwu.isa.tomlfile import locate, read_toml
 
 MODELS_DIR = Path(__file__).resolve().parents[2] / "samples" / "models"
 WEIGHT_DTYPES = ("bf16", "f16", "fp8")

@@ -46,7 +46,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from compiler.serving.model import ModelConfig
+from zhenwu.compiler.serving.model import ModelConfig
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Many chips from one program: a mesh, sharding annotations, propagation, SPMD compile.
 
-    from compiler.shard import resolve_mesh, shard_function, compile_spmd, run_spmd
+    from zhenwu.compiler.shard import resolve_mesh, shard_function, compile_spmd, run_spmd
     mesh = resolve_mesh(fn, "tp=8", chips=8)       # the mesh (or the one the file implies)
     spmd = shard_function(fn, mesh)                # SPMD Graph IR with collectives
     compiled = compile_spmd(spmd, machine, options, chips=8)
@@ -12,8 +12,8 @@ spmd.py (segments, per-chip programs, runs).
 
 from __future__ import annotations
 
-from compiler.shard.mesh import Mesh, parse_mesh
-from isa.errors import Diagnostic, UsageError
+from zhenwu.compiler.shard.mesh import Mesh, parse_mesh
+from zhenwu.isa.errors import Diagnostic, UsageError
 
 # propagate.py and spmd.py (and the collective codegen they pull in) load on first use: a
 # one-chip compile reads only annotations.py and must not pay for them.

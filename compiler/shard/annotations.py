@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from compiler.frontend import ast
-from isa.errors import Diagnostic, SourceSpan
+from zhenwu.compiler.frontend import ast
+from zhenwu.isa.errors import Diagnostic, SourceSpan
 
 
 @dataclass(frozen=True)
@@ -94,7 +94,7 @@ def extract_shardings(module: ast.Module) -> dict[str, FnShardings]:
 
 def strip_pins(fn):
     """`fn` without its `shard` ops (a one-chip compile: a pin changes nothing there)."""
-    from compiler.graph.ir import Function, Op
+    from zhenwu.compiler.graph.ir import Function, Op
 
     if not any(op.kind == "shard" for op in fn.ops):
         return fn

@@ -24,9 +24,9 @@ dims broadcast from 1, get None):
 
 from __future__ import annotations
 
-from compiler.graph.ir import Function, Op, TensorType
-from compiler.graph.ops import OPS
-from compiler.shard.mesh import Mesh
+from zhenwu.compiler.graph.ir import Function, Op, TensorType
+from zhenwu.compiler.graph.ops import OPS
+from zhenwu.compiler.shard.mesh import Mesh
 
 Hint = tuple[str | None, ...]
 
@@ -38,7 +38,7 @@ def _aligned(hint: Hint, operand: TensorType, out: TensorType) -> Hint:
 
 
 def _reshape(hint: Hint, src: TensorType, dst: TensorType) -> Hint:
-    from compiler.shard.propagate import reshape_groups
+    from zhenwu.compiler.shard.propagate import reshape_groups
 
     dims: list[str | None] = [None] * src.rank
     for gi, gj in reshape_groups(src.shape, dst.shape):

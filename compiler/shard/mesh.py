@@ -11,7 +11,7 @@ import math
 import re
 from dataclasses import dataclass
 
-from isa.errors import UsageError
+from zhenwu.isa.errors import UsageError
 
 
 @dataclass(frozen=True)

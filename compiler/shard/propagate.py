@@ -36,11 +36,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from compiler.graph.ir import Function, Op, TensorType, Value
-from compiler.graph.ops import OPS
-from compiler.shard.annotations import DimAxis
-from compiler.shard.mesh import Mesh
-from isa.errors import Diagnostic, SourceSpan
+from zhenwu.compiler.graph.ir import Function, Op, TensorType, Value
+from zhenwu.compiler.graph.ops import OPS
+from zhenwu.compiler.shard.annotations import DimAxis
+from zhenwu.compiler.shard.mesh import Mesh
+from zhenwu.isa.errors import Diagnostic, SourceSpan
 
 COLLECTIVE_KINDS = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all", "shard_slice")
 # the reductions a partial sum survives (a local reduce_sum of partial sums is partial)
@@ -479,7 +479,7 @@ def traffic(spmd: SpmdFunction) -> tuple[float, int]:
 
 def _hints(fn: Function, mesh: Mesh) -> dict:
     """The backward hints of `fn`: from its annotated results and its pins."""
-    from compiler.shard.hints import backward_hints
+    from zhenwu.compiler.shard.hints import backward_hints
 
     annotations = fn.attrs.get("shardings")
     result_dims = []
@@ -512,7 +512,7 @@ def _with_hint(spec: Spec, hint, type_: TensorType, mesh: Mesh) -> Spec:
 def _propagate(fn: Function, mesh: Mesh, hints: dict) -> SpmdFunction:
     """One forward pass; `hints` (value id -> axes) split replicated operands of an op whose
     result is hinted."""
-    from compiler.shard.hints import operand_hints
+    from zhenwu.compiler.shard.hints import operand_hints
 
     annotations = fn.attrs.get("shardings")
     builder = _Builder(fn, mesh)

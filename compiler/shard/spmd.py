@@ -27,13 +27,12 @@ import re
 from dataclasses import dataclass, field
 
 import numpy as np
-
-from compiler.collective_codegen import CollectiveSpec, Region, collective_asm
-from compiler.collectives import collective_cost
-from compiler.graph.ir import Function, Op, Value
-from compiler.shard.propagate import COLLECTIVE_KINDS, SpmdFunction, join_output, split_input
-from isa.asm import parse_assembly
-from isa.errors import CompileError, Diagnostic
+from zhenwu.compiler.collective_codegen import CollectiveSpec, Region, collective_asm
+from zhenwu.compiler.collectives import collective_cost
+from zhenwu.compiler.graph.ir import Function, Op, Value
+from zhenwu.compiler.shard.propagate import COLLECTIVE_KINDS, SpmdFunction, join_output, split_input
+from zhenwu.isa.asm import parse_assembly
+from zhenwu.isa.errors import CompileError, Diagnostic
 
 ALIGN = 4096  # bytes: boundary tensors start on their own page
 SCRATCH = "coll_scratch"  # the collectives' scratch buffer (after the temporaries)
@@ -123,7 +122,7 @@ def compile_spmd(spmd: SpmdFunction, machine, options, chips: int, measure=None
                  ) -> SpmdProgram:
     """The per-chip programs of `spmd` on `chips` chips of `machine` (`measure`: the timing
     model `options.tune` searches with, as for `compile_function`)."""
-    from compiler.backend.pipeline import compile_function
+    from zhenwu.compiler.backend.pipeline import compile_function
 
     mesh = spmd.mesh
     fn = spmd.fn
@@ -355,7 +354,7 @@ def chip_inputs(compiled: SpmdProgram, inputs: dict[str, np.ndarray]) -> list[di
 def run_spmd(compiled: SpmdProgram, machine, inputs: dict[str, np.ndarray], *,
              timing_only: bool = False, trace: bool = False, max_instructions=None):
     """Run the per-chip programs; return (global outputs, the cluster result)."""
-    from runtime.cluster import run_cluster
+    from zhenwu.runtime.cluster import run_cluster
 
     per_chip = [{} for _ in range(compiled.chips)] if timing_only else \
         chip_inputs(compiled, inputs)

@@ -1,6 +1,6 @@
 """The M890 instruction set: every instruction defined once (see `InstrDef`).
 
-    from isa.instructions import INSTRUCTIONS, BY_OPCODE, Cost, InstrDef
+    from zhenwu.isa.instructions import INSTRUCTIONS, BY_OPCODE, Cost, InstrDef
 
 `INSTRUCTIONS` maps the base mnemonic (`MMA`, `DMA.LD`, `VADD`, `WAIT`) to its definition;
 `BY_OPCODE` maps the 8-bit opcode to it. `RESERVED_OPCODES` keeps room for collective
@@ -13,8 +13,8 @@ Opcode map: 0x01-0x1F scalar and control, 0x20-0x2F DESC and DMA, 0x30-0x3F matr
 
 from __future__ import annotations
 
-from isa.instructions import dma, matrix, net, scalar, sync, vector
-from isa.instructions.base import (
+from zhenwu.isa.instructions import dma, matrix, net, scalar, sync, vector
+from zhenwu.isa.instructions.base import (
     Cost,
     InstrDef,
     InstrError,

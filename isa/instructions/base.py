@@ -14,12 +14,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-
-from isa.context import ExecContext
-from isa.dtypes import compute_dtype, convert
-from isa.errors import ChipTrap
-from isa.machine import Machine
-from isa.program import (
+from zhenwu.isa.context import ExecContext
+from zhenwu.isa.dtypes import compute_dtype, convert
+from zhenwu.isa.errors import ChipTrap
+from zhenwu.isa.machine import Machine
+from zhenwu.isa.program import (
     MAX_EVENT_COUNT,
     MAX_RANK,
     NUM_DESCS,

@@ -11,11 +11,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
-
-from isa.context import ExecContext
-from isa.dtypes import DTYPES, compute_dtype, convert, itemsize
-from isa.errors import ChipTrap
-from isa.instructions.base import (
+from zhenwu.isa.context import ExecContext
+from zhenwu.isa.dtypes import DTYPES, compute_dtype, convert, itemsize
+from zhenwu.isa.errors import ChipTrap
+from zhenwu.isa.instructions.base import (
     Cost,
     GMBox,
     InstrDef,
@@ -28,8 +27,8 @@ from isa.instructions.base import (
     scalar_value,
     tile_view,
 )
-from isa.machine import Machine
-from isa.program import DescRef, Descriptor, Instruction, Tile
+from zhenwu.isa.machine import Machine
+from zhenwu.isa.program import DescRef, Descriptor, Instruction, Tile
 
 GROUP = "descriptors and DMA"
 

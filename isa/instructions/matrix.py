@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
-
-from isa.context import ExecContext
-from isa.dtypes import MX_DTYPES
-from isa.errors import ChipTrap
-from isa.instructions.base import (
+from zhenwu.isa.context import ExecContext
+from zhenwu.isa.dtypes import MX_DTYPES
+from zhenwu.isa.errors import ChipTrap
+from zhenwu.isa.instructions.base import (
     Cost,
     InstrDef,
     OperandSpec,
@@ -18,8 +17,8 @@ from isa.instructions.base import (
     positive_value,
     tile_view,
 )
-from isa.machine import Machine
-from isa.program import Instruction
+from zhenwu.isa.machine import Machine
+from zhenwu.isa.program import Instruction
 
 GROUP = "matrix"
 

@@ -20,11 +20,10 @@ from __future__ import annotations
 import functools
 
 import numpy as np
-
-from isa.context import ExecContext
-from isa.dtypes import DTYPES, compute_dtype, convert, itemsize, np_dtype
-from isa.errors import ChipTrap
-from isa.instructions.base import (
+from zhenwu.isa.context import ExecContext
+from zhenwu.isa.dtypes import DTYPES, compute_dtype, convert, itemsize, np_dtype
+from zhenwu.isa.errors import ChipTrap
+from zhenwu.isa.instructions.base import (
     Cost,
     InstrDef,
     NetTransfer,
@@ -35,9 +34,9 @@ from isa.instructions.base import (
     positive_value,
     scalar_value,
 )
-from isa.machine import Machine
-from isa.program import Event, Instruction, Symbol
-from isa.topology import Route, Topology
+from zhenwu.isa.machine import Machine
+from zhenwu.isa.program import Event, Instruction, Symbol
+from zhenwu.isa.topology import Route, Topology
 
 GROUP = "cluster"
 

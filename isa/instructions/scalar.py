@@ -6,18 +6,18 @@ instruction costs `scalar_cycles` (1) on the scalar unit.
 
 from __future__ import annotations
 
-from isa.context import ExecContext
-from isa.dtypes import DTYPES
-from isa.errors import ChipTrap
-from isa.instructions.base import (
+from zhenwu.isa.context import ExecContext
+from zhenwu.isa.dtypes import DTYPES
+from zhenwu.isa.errors import ChipTrap
+from zhenwu.isa.instructions.base import (
     Cost,
     InstrDef,
     OperandSpec,
     scalar_value,
     wrap64,
 )
-from isa.machine import Machine
-from isa.program import MAX_RANK, Descriptor, Instruction, IntList, Symbol
+from zhenwu.isa.machine import Machine
+from zhenwu.isa.program import MAX_RANK, Descriptor, Instruction, IntList, Symbol
 
 GROUP = "scalar and control"
 SCALAR_COST_DOC = "occupancy `scalar_cycles` (1), latency 0"

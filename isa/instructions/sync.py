@@ -7,10 +7,10 @@ subtract n) and `.sig Ek[:n]` (add n on completion), at most two of each.
 
 from __future__ import annotations
 
-from isa.context import ExecContext
-from isa.instructions.base import Cost, InstrDef, OperandSpec, SuffixSlot
-from isa.machine import Machine
-from isa.program import Instruction
+from zhenwu.isa.context import ExecContext
+from zhenwu.isa.instructions.base import Cost, InstrDef, OperandSpec, SuffixSlot
+from zhenwu.isa.machine import Machine
+from zhenwu.isa.program import Instruction
 
 GROUP = "sync"
 EVENT = OperandSpec("event", ("event",), "event Ek with a count n (default 1)")

@@ -13,11 +13,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
-
-from isa.context import ExecContext
-from isa.dtypes import DTYPES, VECTOR_DTYPES, is_float, itemsize
-from isa.errors import ChipTrap
-from isa.instructions.base import (
+from zhenwu.isa.context import ExecContext
+from zhenwu.isa.dtypes import DTYPES, VECTOR_DTYPES, is_float, itemsize
+from zhenwu.isa.errors import ChipTrap
+from zhenwu.isa.instructions.base import (
     Cost,
     InstrDef,
     OperandSpec,
@@ -31,8 +30,8 @@ from isa.instructions.base import (
     tile_view,
     write_tile,
 )
-from isa.machine import Machine
-from isa.program import Instruction
+from zhenwu.isa.machine import Machine
+from zhenwu.isa.program import Instruction
 
 GROUP_VX = "vector"
 GROUP_SFU = "special functions"

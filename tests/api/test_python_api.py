@@ -77,7 +77,7 @@ def test_timing_only_needs_no_inputs_and_gives_the_same_cycles():
 
 
 def test_graph_ir_text_compiles(tmp_path):
-    from compiler.graph.printer import print_function
+    from zhenwu.compiler.graph.printer import print_function
 
     prog = zhenwu.compile(MLP, shapes={"B": 2})
     ir = tmp_path / "mlp.ir"
@@ -110,7 +110,7 @@ def test_errors_are_the_zhenwu_family_with_the_cli_messages(call, error, text):
 
 
 def test_error_message_is_the_one_the_cli_prints(tmp_path, capsys):
-    from compiler.cli import main
+    from zhenwu.compiler.cli import main
 
     bad = tmp_path / "bad.zt"
     bad.write_text("fn main(x: f32[4]) -> f32[4] {\n    return rleu(x)\n}\n")

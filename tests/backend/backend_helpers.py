@@ -8,7 +8,7 @@ import functools
 
 @functools.cache
 def machine(name: str = "m890"):
-    from isa.machine import load_machine
+    from zhenwu.isa.machine import load_machine
 
     return load_machine(name)
 
@@ -16,13 +16,13 @@ def machine(name: str = "m890"):
 def compile_and_run(source: str, *, machine_name: str = "m890", opt_level: int = 0,
                     seed: int = 0, shapes: dict[str, int] | None = None):
     """(fn, compiled, result, reference outputs); asserts every output is within tolerance."""
-    from compiler.backend.pipeline import CompileOptions, compile_function
-    from compiler.check import relative_error
-    from compiler.frontend import load_program
-    from compiler.graph.dtypes import tolerance
-    from compiler.inputs import prepare_inputs
-    from compiler.reference import evaluate
-    from runtime import run_program
+    from zhenwu.compiler.backend.pipeline import CompileOptions, compile_function
+    from zhenwu.compiler.check import relative_error
+    from zhenwu.compiler.frontend import load_program
+    from zhenwu.compiler.graph.dtypes import tolerance
+    from zhenwu.compiler.inputs import prepare_inputs
+    from zhenwu.compiler.reference import evaluate
+    from zhenwu.runtime import run_program
 
     fn = load_program("test.zt", text=source, shapes=shapes or {})
     inputs = prepare_inputs(fn, {}, seed)

@@ -11,8 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from compiler.roofline import compulsory_bytes
+from zhenwu.compiler.roofline import compulsory_bytes
 
 FORMS = Path(__file__).resolve().parents[2] / "samples" / "bench" / "attention_forms"
 ATTENTION = sorted(p for p in FORMS.glob("attn_*.zt"))
@@ -30,13 +29,12 @@ def _small(path: Path, sizes: dict[str, int]) -> str:
 def _run(text: str, inputs_scale: bool = False):
     """Compile at -O2 for the 16-core z810e, run functionally, compare with the reference."""
     from backend_helpers import machine
-
-    from compiler.backend.pipeline import CompileOptions, compile_function
-    from compiler.check import output_tolerance, relative_error
-    from compiler.frontend import load_program
-    from compiler.inputs import prepare_inputs
-    from compiler.reference import evaluate
-    from runtime import run_program
+    from zhenwu.compiler.backend.pipeline import CompileOptions, compile_function
+    from zhenwu.compiler.check import output_tolerance, relative_error
+    from zhenwu.compiler.frontend import load_program
+    from zhenwu.compiler.inputs import prepare_inputs
+    from zhenwu.compiler.reference import evaluate
+    from zhenwu.runtime import run_program
 
     fn = load_program("t.zt", text=text)
     inputs = prepare_inputs(fn, {}, 0)
@@ -85,7 +83,7 @@ def test_block_spellings_get_the_same_kernels():
 
 
 def test_every_spelling_has_a_kind():
-    from compiler.commands.bench import groups, kind_of
+    from zhenwu.compiler.commands.bench import groups, kind_of
 
     group = groups()["attention_forms"]
     kinds = [kind_of(p) for p in group.values()]
@@ -123,7 +121,7 @@ def test_decode_attention_splits_the_keys_across_cores(b, monkeypatch):
     kv = 2 * fn.params[1].type.nbytes
     assert kv <= result.report.hbm_read_bytes <= 1.1 * kv
     # against one tile per query block (a core per KV head streams all its keys)
-    import compiler.backend.flash as flash
+    import zhenwu.compiler.backend.flash as flash
 
     monkeypatch.setattr(flash, "_key_splits", lambda *args: 1)
     _, unsplit, unsplit_result = _run(DECODE.format(b=b, l=2048))

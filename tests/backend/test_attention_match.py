@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import pytest
 from backend_helpers import compile_and_run
-
-from compiler.frontend import load_program
-from compiler.passes import default_graph_pipeline, run_pipeline
-from compiler.passes.attention_match import match_attention
+from zhenwu.compiler.frontend import load_program
+from zhenwu.compiler.passes import default_graph_pipeline, run_pipeline
+from zhenwu.compiler.passes.attention_match import match_attention
 
 
 def _matches(source: str) -> list[str]:
@@ -202,10 +201,10 @@ def test_cast_operands_run_race_free_with_several_tiles_per_core():
     from dataclasses import replace
 
     import numpy as np
+    from zhenwu.compiler.check import relative_error
+    from zhenwu.isa.machine import load_machine
 
     import zhenwu
-    from compiler.check import relative_error
-    from isa.machine import load_machine
 
     source = ACCEPTED["f32_casts_of_bf16_inputs"].replace("20", "300")
     target = replace(load_machine("m890"), cores=2)
@@ -237,10 +236,10 @@ def test_bf16_scores_with_an_f32_bias_multiply_each_product_in_its_dtype():
     from dataclasses import replace
 
     import numpy as np
+    from zhenwu.compiler.check import check_output
+    from zhenwu.isa.machine import load_machine
 
     import zhenwu
-    from compiler.check import check_output
-    from isa.machine import load_machine
 
     source = """
 fn main(q: bf16[2, 300, 16], k: bf16[2, 300, 16], v: bf16[2, 300, 16]) -> f32[2, 300, 16] {

@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import pytest
 from backend_helpers import compile_and_run
-
-from compiler.backend.kernel_ir import Load, Vec, parse_kernels, print_kernels
+from zhenwu.compiler.backend.kernel_ir import Load, Vec, parse_kernels, print_kernels
 
 
 def _out(size: int, kernel: int, stride: int, pads: tuple[int, int], dilation: int) -> int:
@@ -126,8 +125,8 @@ def test_an_operand_along_one_pixel_axis_stays_outside():
 
 
 def test_fuse_folds_im2col_back_and_logs_it():
-    from compiler.frontend import load_program
-    from compiler.passes import default_graph_pipeline, get_pass, run_pipeline
+    from zhenwu.compiler.frontend import load_program
+    from zhenwu.compiler.passes import default_graph_pipeline, get_pass, run_pipeline
 
     source = conv_program((1, 3, 8, 8), (4, 3, 3, 3), padding=1, bias=True, relu=True)
     fn = load_program("test.zt", text=source)
@@ -150,8 +149,8 @@ def test_fuse_folds_im2col_back_and_logs_it():
      "    return conv2d(x, w)\n}\n"), "i8 has no implicit GEMM"),
 ])
 def test_convs_the_implicit_gemm_does_not_take_stay_im2col(source, reason):
-    from compiler.frontend import load_program
-    from compiler.passes import default_graph_pipeline, get_pass, run_pipeline
+    from zhenwu.compiler.frontend import load_program
+    from zhenwu.compiler.passes import default_graph_pipeline, get_pass, run_pipeline
 
     fn = load_program("test.zt", text=source)
     fused = run_pipeline(fn, default_graph_pipeline() + [get_pass("fuse")])
@@ -221,7 +220,7 @@ def test_stem_is_two_kernels():
 
 
 def test_maxpool_taps_are_typed_strided_operands_that_print_and_parse_back():
-    from compiler.backend.kernel_ir import Strided, Vec
+    from zhenwu.compiler.backend.kernel_ir import Strided, Vec
 
     _, compiled, _, _ = compile_and_run(
         "fn main(x: f32[2, 3, 12, 12]) -> f32[2, 3, 6, 6] {\n"

@@ -13,11 +13,11 @@ from backend_helpers import machine
 def run_both(source: str, inputs: dict, machine_name: str = "m890") -> list:
     """Compile at -O0 and -O2, run, and assert each output matches the reference (exactly for
     integer and bool outputs); the compiled programs' assembly, by opt level."""
-    from compiler.backend.pipeline import CompileOptions, compile_function
-    from compiler.check import check_output
-    from compiler.frontend import load_program
-    from compiler.reference import evaluate
-    from runtime import run_program
+    from zhenwu.compiler.backend.pipeline import CompileOptions, compile_function
+    from zhenwu.compiler.check import check_output
+    from zhenwu.compiler.frontend import load_program
+    from zhenwu.compiler.reference import evaluate
+    from zhenwu.runtime import run_program
 
     fn = load_program("test.zt", text=source)
     want = evaluate(fn, inputs)
@@ -161,9 +161,9 @@ def test_acc_runs_narrow_products_on_their_own_rate_with_a_wide_result():
 
 
 def test_an_i32_matmul_left_to_the_backend_is_refused_with_its_place():
-    from compiler.backend.pipeline import CompileOptions, compile_function
-    from compiler.frontend import load_program
-    from isa.errors import CompileError
+    from zhenwu.compiler.backend.pipeline import CompileOptions, compile_function
+    from zhenwu.compiler.frontend import load_program
+    from zhenwu.isa.errors import CompileError
 
     fn = load_program("p.zt", text="fn main(a: i32[16, 16]) -> i32[16, 16] {\n"
                                    "    return a @ a\n}\n")
@@ -190,10 +190,10 @@ def test_casts_in_a_fused_kernel_wrap_and_round_where_their_value_is_used():
 def test_a_machine_without_f16_or_i8_products_refuses_what_it_cannot_do_exactly(tmp_path):
     from pathlib import Path
 
-    from compiler.backend.pipeline import CompileOptions, compile_function
-    from compiler.frontend import load_program
-    from isa.errors import CompileError
-    from isa.machine import load_machine
+    from zhenwu.compiler.backend.pipeline import CompileOptions, compile_function
+    from zhenwu.compiler.frontend import load_program
+    from zhenwu.isa.errors import CompileError
+    from zhenwu.isa.machine import load_machine
 
     text = (Path(__file__).parents[2] / "isa/machines/m890.toml").read_text()
     text = text.replace("\nf16 = 1.0", "").replace("\ni8 = 2.0", "").replace(
@@ -213,9 +213,9 @@ def test_a_machine_without_f16_or_i8_products_refuses_what_it_cannot_do_exactly(
 
 
 def test_kernel_ir_with_a_nan_immediate_prints_and_parses_back():
-    from compiler.backend.kernel_ir import parse_kernels, print_kernels
-    from compiler.backend.pipeline import CompileOptions, compile_function
-    from compiler.frontend import load_program
+    from zhenwu.compiler.backend.kernel_ir import parse_kernels, print_kernels
+    from zhenwu.compiler.backend.pipeline import CompileOptions, compile_function
+    from zhenwu.compiler.frontend import load_program
 
     fn = load_program("p.zt", text="fn main(x: f32[4, 8]) -> f32[4, 8] {\n"
                                    "    return where(x > 1.0, x * (inf - inf), x)\n}\n")

@@ -10,12 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from backend_helpers import compile_and_run
-
-from compiler.backend.kernel_ir import Mma, Store, Vec
-from compiler.frontend import load_program
-from compiler.passes import default_graph_pipeline, run_pipeline
-from compiler.passes.fuse import plan_fusion
-from compiler.roofline import compulsory_bytes
+from zhenwu.compiler.backend.kernel_ir import Mma, Store, Vec
+from zhenwu.compiler.frontend import load_program
+from zhenwu.compiler.passes import default_graph_pipeline, run_pipeline
+from zhenwu.compiler.passes.fuse import plan_fusion
+from zhenwu.compiler.roofline import compulsory_bytes
 
 
 def _hbm(result) -> int:
@@ -198,9 +197,8 @@ def test_causal_attention_is_one_flash_kernel():
 
 def test_flash_attention_at_4096_writes_no_score_matrix():
     from backend_helpers import machine
-
-    from compiler.backend.pipeline import CompileOptions, compile_function
-    from runtime import run_program
+    from zhenwu.compiler.backend.pipeline import CompileOptions, compile_function
+    from zhenwu.runtime import run_program
 
     fn = load_program("t.zt", text=ATTENTION.format(seq=4096, b=1, h=2, d=128))
     compiled = compile_function(fn, machine(), CompileOptions(opt_level=2))
@@ -248,9 +246,8 @@ def test_attention_sample_matches_the_reference(machine_name, b, s):
 
 def test_tune_is_never_worse_than_the_cost_model_and_caches(tmp_path, monkeypatch):
     from backend_helpers import machine
-
-    from compiler.backend.pipeline import CompileOptions, compile_function
-    from runtime import run_program
+    from zhenwu.compiler.backend.pipeline import CompileOptions, compile_function
+    from zhenwu.runtime import run_program
 
     monkeypatch.setenv("ZHENWU_CACHE", str(tmp_path))
     source = "fn main(a: bf16[256, 512], b: bf16[512, 384]) -> bf16[256, 384] {\n" \
@@ -289,7 +286,7 @@ def test_tune_is_never_worse_than_the_cost_model_and_caches(tmp_path, monkeypatc
 
 
 def test_ir_print_after_fuse_shows_kernels_and_decisions(tmp_path, capsys):
-    from compiler.cli import main
+    from zhenwu.compiler.cli import main
 
     path = tmp_path / "p.zt"
     path.write_text("fn main(x: f32[8, 16], w: f32[16, 4], b: f32[4]) -> f32[8, 4] {\n"
@@ -372,8 +369,7 @@ def test_broadcast_axes_go_outermost_so_tiles_stay_large(shape, cshape):
 
 def test_causal_attention_roofline_counts_the_kept_scores():
     from backend_helpers import machine
-
-    from compiler.roofline import roofline
+    from zhenwu.compiler.roofline import roofline
 
     b, h, d, s = 1, 2, 64, 256
     fn = run_pipeline(load_program("t.zt", text=ATTENTION.format(seq=s, b=b, h=h, d=d)),

@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 from backend_helpers import compile_and_run
-
-from compiler.backend.kernel_ir import parse_kernels, print_kernels
-from isa.errors import InputError
+from zhenwu.compiler.backend.kernel_ir import parse_kernels, print_kernels
+from zhenwu.isa.errors import InputError
 
 SAMPLES = sorted((Path(__file__).resolve().parents[2] / "samples").glob("*.zt"))
 # small sizes for the symbolic dims of the samples
@@ -20,7 +19,7 @@ SIZES = {"B": 2, "S": 8, "N": 5, "C": 37}
 
 def sample_shapes(path: Path) -> dict[str, int]:
     """Small sizes for every symbolic dim of a sample's entry."""
-    from compiler.frontend import load_program
+    from zhenwu.compiler.frontend import load_program
 
     try:
         load_program(str(path), shapes={"ZZ_PROBE": 1})
@@ -40,7 +39,7 @@ def test_sample(path, machine_name):
 
 @pytest.mark.parametrize("seed", range(40))
 def test_generated_program(seed):
-    from compiler.fuzz.generator import random_program
+    from zhenwu.compiler.fuzz.generator import random_program
 
     _, compiled, _, _ = compile_and_run(random_program(1000 + seed), seed=seed)
     text = compiled.kernels_text  # the Kernel IR of every program prints and parses back

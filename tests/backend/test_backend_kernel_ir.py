@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
-from compiler.backend.hbm import plan_hbm
-from compiler.backend.kernel_ir import (
+from zhenwu.compiler.backend.hbm import plan_hbm
+from zhenwu.compiler.backend.kernel_ir import (
     Buffer,
     Iota,
     Kernel,
@@ -21,9 +20,9 @@ from compiler.backend.kernel_ir import (
     parse_kernels,
     print_kernels,
 )
-from compiler.backend.lower import lower_function
-from compiler.frontend import load_program
-from isa.machine import load_machine
+from zhenwu.compiler.backend.lower import lower_function
+from zhenwu.compiler.frontend import load_program
+from zhenwu.isa.machine import load_machine
 
 
 def _hand_built() -> KernelProgram:

@@ -9,12 +9,11 @@ from itertools import pairwise
 
 import pytest
 from backend_helpers import compile_and_run, machine
-
-from compiler.backend.hbm import live_ranges, peak_bytes
-from compiler.backend.pipeline import CompileOptions, compile_function
-from compiler.cli import main
-from compiler.frontend import load_program
-from isa.errors import CompileError
+from zhenwu.compiler.backend.hbm import live_ranges, peak_bytes
+from zhenwu.compiler.backend.pipeline import CompileOptions, compile_function
+from zhenwu.compiler.cli import main
+from zhenwu.compiler.frontend import load_program
+from zhenwu.isa.errors import CompileError
 
 # ops that make no kernel at -O0: DMA views, and scalar constants used as immediates
 VIEW_OPS = ("reshape", "transpose", "slice", "broadcast_to", "constant")
@@ -134,7 +133,7 @@ def test_cli_run_check_report_trace(tmp_path, capsys):
 
 
 def test_cli_check_failure_exits_1(tmp_path, monkeypatch, capsys):
-    from compiler.commands import run_compiled
+    from zhenwu.compiler.commands import run_compiled
 
     src = tmp_path / "p.zt"
     src.write_text("fn main(x: f32[6]) -> f32[6] {\n    return exp(x)\n}\n")
@@ -157,11 +156,10 @@ def test_single_buffered_accumulator_is_race_free():
     from dataclasses import replace
 
     import numpy as np
-
-    from compiler.check import relative_error
-    from compiler.inputs import prepare_inputs
-    from compiler.reference import evaluate
-    from runtime import run_program
+    from zhenwu.compiler.check import relative_error
+    from zhenwu.compiler.inputs import prepare_inputs
+    from zhenwu.compiler.reference import evaluate
+    from zhenwu.runtime import run_program
 
     target = replace(machine(), cores=2, acc_bytes=64 * 1024, hbm_bandwidth=1.5e9 * 64)
     fn = load_program("t.zt", text="fn main(a: bf16[200, 300], b: bf16[300, 300]) -> "
@@ -182,8 +180,7 @@ def test_qwen_block_at_o2_takes_under_half_the_cycles_of_o0():
     from pathlib import Path
 
     import numpy as np
-
-    from runtime import run_program
+    from zhenwu.runtime import run_program
 
     path = Path(__file__).resolve().parents[2] / "samples" / "qwen_block.zt"
     fn = load_program(str(path), shapes={"S": 256})

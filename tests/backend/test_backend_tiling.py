@@ -6,9 +6,8 @@ from dataclasses import replace
 from math import ceil
 
 import pytest
-
-from compiler.backend.tiling import map_tile, matmul_tile, reduce_tile
-from isa.machine import load_machine
+from zhenwu.compiler.backend.tiling import map_tile, matmul_tile, reduce_tile
+from zhenwu.isa.machine import load_machine
 
 MACHINES = ["m890", "z810e"]
 
@@ -63,7 +62,7 @@ def test_reduce_tile_fits(kept, reduced):
 @pytest.mark.parametrize("batch,m,n,k", [(1, 1, 1, 1), (1, 4096, 4096, 4096), (12, 77, 33, 129),
                                          (1, 17, 4096, 4096)])
 def test_matmul_schedule_fits(name, batch, m, n, k):
-    from compiler.backend.tiling import matmul_schedule
+    from zhenwu.compiler.backend.tiling import matmul_schedule
 
     machine = load_machine(name)
     plan = matmul_schedule(batch, m, n, k, "bf16", 2, 4, 2, machine)
@@ -74,7 +73,7 @@ def test_matmul_schedule_fits(name, batch, m, n, k):
 
 
 def test_big_gemm_takes_the_intense_single_buffered_tile():
-    from compiler.backend.tiling import matmul_schedule
+    from zhenwu.compiler.backend.tiling import matmul_schedule
 
     plan = matmul_schedule(1, 4096, 4096, 4096, "bf16", 2, 4, 2, load_machine("m890"))
     assert (plan.tile_m, plan.tile_n, plan.acc_copies) == (256, 256, 1)
@@ -98,7 +97,7 @@ def test_skinny_gemm_reads_its_big_operand_once():
     of M (or a group does), so B streams from HBM once, not once per m tile."""
     from math import ceil
 
-    from compiler.backend.gemm import choose_gemm_tile, hbm_traffic
+    from zhenwu.compiler.backend.gemm import choose_gemm_tile, hbm_traffic
 
     target = load_machine("a100")
     tile = choose_gemm_tile(1, 64, 12288, 12288, "f16", "f32", 2, 2, 2, 0, 0, 0, target)
@@ -111,7 +110,7 @@ def test_skinny_gemm_reads_its_big_operand_once():
 def test_grouped_order_cuts_hbm_traffic_of_a_big_square_gemm():
     """8192^3 f16 on the A100 (A and B 128 MiB each, L2 40 MiB): row-major order re-reads B
     once per m tile; the chosen group shares B panels and reads far less."""
-    from compiler.backend.gemm import choose_gemm_tile, hbm_traffic
+    from zhenwu.compiler.backend.gemm import choose_gemm_tile, hbm_traffic
 
     target = load_machine("a100")
     tile = choose_gemm_tile(1, 8192, 8192, 8192, "f16", "f32", 2, 2, 2, 0, 0, 0, target)

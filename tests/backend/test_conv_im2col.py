@@ -7,19 +7,18 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
-
-from compiler.backend.kernel_ir import Load
-from compiler.frontend import load_program
+from zhenwu.compiler.backend.kernel_ir import Load
+from zhenwu.compiler.frontend import load_program
 
 
 def _run(source: str, cores: int = 2):
-    from compiler.backend.pipeline import CompileOptions, compile_function
-    from compiler.check import relative_error
-    from compiler.graph.dtypes import tolerance
-    from compiler.inputs import prepare_inputs
-    from compiler.reference import evaluate
-    from isa.machine import load_machine
-    from runtime import run_program
+    from zhenwu.compiler.backend.pipeline import CompileOptions, compile_function
+    from zhenwu.compiler.check import relative_error
+    from zhenwu.compiler.graph.dtypes import tolerance
+    from zhenwu.compiler.inputs import prepare_inputs
+    from zhenwu.compiler.reference import evaluate
+    from zhenwu.isa.machine import load_machine
+    from zhenwu.runtime import run_program
 
     fn = load_program("test.zt", text=source)
     inputs = prepare_inputs(fn, {}, 0)

@@ -8,17 +8,16 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
-
-from compiler.backend.kernel_ir import ColumnCopy, Load, parse_kernels, print_kernels
-from compiler.frontend import load_program
-from compiler.passes import default_graph_pipeline, run_pipeline
-from compiler.passes.fuse import MAX_KERNEL_TENSORS, plan_fusion
-from compiler.roofline import compulsory_bytes
+from zhenwu.compiler.backend.kernel_ir import ColumnCopy, Load, parse_kernels, print_kernels
+from zhenwu.compiler.frontend import load_program
+from zhenwu.compiler.passes import default_graph_pipeline, run_pipeline
+from zhenwu.compiler.passes.fuse import MAX_KERNEL_TENSORS, plan_fusion
+from zhenwu.compiler.roofline import compulsory_bytes
 
 
 def _small_machine():
     """Four cores with 64 KiB of L1: small programs make several tiles per core."""
-    from isa.machine import load_machine
+    from zhenwu.isa.machine import load_machine
 
     return replace(load_machine("m890"), l1_bytes=64 * 1024, cores=4)
 
@@ -26,12 +25,12 @@ def _small_machine():
 def compile_and_run(source: str, opt_level: int = 2):
     """(fn, compiled, result, reference outputs) on the small machine; asserts every output
     is within tolerance of the reference evaluator."""
-    from compiler.backend.pipeline import CompileOptions, compile_function
-    from compiler.check import relative_error
-    from compiler.graph.dtypes import tolerance
-    from compiler.inputs import prepare_inputs
-    from compiler.reference import evaluate
-    from runtime import run_program
+    from zhenwu.compiler.backend.pipeline import CompileOptions, compile_function
+    from zhenwu.compiler.check import relative_error
+    from zhenwu.compiler.graph.dtypes import tolerance
+    from zhenwu.compiler.inputs import prepare_inputs
+    from zhenwu.compiler.reference import evaluate
+    from zhenwu.runtime import run_program
 
     fn = load_program("test.zt", text=source)
     inputs = prepare_inputs(fn, {}, 0)

@@ -10,19 +10,18 @@ from collections import Counter
 import numpy as np
 import pytest
 from backend_helpers import compile_and_run
-
-from compiler.backend.kernel_ir import Vec
-from compiler.backend.lower import may_be_immediate
-from compiler.frontend import load_program
-from compiler.frontend.builtins import BUILTINS
-from compiler.fuzz import generator
-from compiler.fuzz.campaign import check_program
-from compiler.graph import opdocs
-from compiler.graph.ir import Op, TensorType, Value
-from compiler.graph.opfacets import OUT, Step
-from compiler.graph.ops import OPS, register_op, unary_op, unregister_op
-from compiler.passes.fuse import epilogue_ok, fusable_elementwise
-from isa.instructions import INSTRUCTIONS
+from zhenwu.compiler.backend.kernel_ir import Vec
+from zhenwu.compiler.backend.lower import may_be_immediate
+from zhenwu.compiler.frontend import load_program
+from zhenwu.compiler.frontend.builtins import BUILTINS
+from zhenwu.compiler.fuzz import generator
+from zhenwu.compiler.fuzz.campaign import check_program
+from zhenwu.compiler.graph import opdocs
+from zhenwu.compiler.graph.ir import Op, TensorType, Value
+from zhenwu.compiler.graph.opfacets import OUT, Step
+from zhenwu.compiler.graph.ops import OPS, register_op, unary_op, unregister_op
+from zhenwu.compiler.passes.fuse import epilogue_ok, fusable_elementwise
+from zhenwu.isa.instructions import INSTRUCTIONS
 
 FRONTEND_FORMS = ("unary", "binary", "operator", "reduce", "special")
 
@@ -70,7 +69,7 @@ def test_the_frontend_spells_every_op_its_entry_names():
 
 def test_the_docs_list_every_op_as_the_table_says():
     text = opdocs.DOC.read_text()
-    assert opdocs.updated(text) == text, "run `python -m compiler.graph.opdocs`"
+    assert opdocs.updated(text) == text, "run `python -m zhenwu.compiler.graph.opdocs`"
     for name in OPS:
         assert f"| `{name}` |" in text
 
@@ -182,7 +181,7 @@ def test_an_op_added_through_the_table_is_fuzzed(softsign):
 def test_an_unknown_builtin_is_a_diagnostic_again_once_removed():
     _softsign()
     unregister_op("softsign")
-    from isa.errors import ZhenwuError
+    from zhenwu.isa.errors import ZhenwuError
 
     with pytest.raises(ZhenwuError, match="unknown function 'softsign'"):
         load_program("t.zt", text="fn main(x: f32[4]) -> f32[4] { return softsign(x) }")
@@ -195,7 +194,7 @@ def vsoftsign(monkeypatch):
     """The walk-through's instruction: VSOFTSIGN, one `InstrDef` on the special-function
     unit (as an entry of isa/instructions/vector.py's `_SFU` table would make it), and an op
     whose table entry computes with it."""
-    from isa.instructions import BY_OPCODE, INSTRUCTIONS, vector
+    from zhenwu.isa.instructions import BY_OPCODE, INSTRUCTIONS, vector
 
     opcode = 0x7B
     assert opcode not in BY_OPCODE  # the next free opcode of the SFU range
@@ -215,7 +214,7 @@ def vsoftsign(monkeypatch):
 
 
 def test_an_instruction_added_as_one_instrdef_assembles_encodes_and_runs(vsoftsign):
-    from isa.encoding import decode_program, encode_program
+    from zhenwu.isa.encoding import decode_program, encode_program
 
     _, compiled, _, _ = compile_and_run(
         "fn main(x: bf16[96, 200], y: bf16[96, 200]) -> bf16[96, 200] {\n"
@@ -253,8 +252,8 @@ def lower_silu(low, ops):
 
 @pytest.fixture
 def silu_kernel(monkeypatch):
-    from compiler.backend.groups import register_group_lowering, unregister_group_lowering
-    from compiler.passes import fuse
+    from zhenwu.compiler.backend.groups import register_group_lowering, unregister_group_lowering
+    from zhenwu.compiler.passes import fuse
 
     monkeypatch.setitem(fuse.KERNEL_MATCHERS, "silu", (match_silu, "SiLU", "one pass"))
     register_group_lowering("silu", lower_silu)
@@ -265,7 +264,7 @@ def silu_kernel(monkeypatch):
 
 
 def test_a_fused_kernel_added_by_a_matcher_and_a_lowering(silu_kernel):
-    from compiler.passes.fuse import fuse_function
+    from zhenwu.compiler.passes.fuse import fuse_function
 
     source = ("fn main(x: f32[96, 200], y: f32[96, 200]) -> f32[96, 200] {\n"
               "    return silu(x + y) * y\n}\n")

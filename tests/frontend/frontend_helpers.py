@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from compiler.frontend import load_program
-from compiler.reference import evaluate
+from zhenwu.compiler.frontend import load_program
+from zhenwu.compiler.reference import evaluate
 
 
 def compile_zt(src: str, **shapes):
@@ -25,7 +24,7 @@ def run_zt(src: str, inputs: dict, **shapes):
 
 def diag(src: str, **shapes) -> str:
     """The formatted diagnostic a snippet produces (fails if it checks fine)."""
-    from isa.errors import ZhenwuError
+    from zhenwu.isa.errors import ZhenwuError
 
     with pytest.raises(ZhenwuError) as info:
         load_program("t.zt", text=src, shapes=shapes)

@@ -8,10 +8,9 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 import pytest
-
-from compiler.cli import main
-from compiler.frontend import load_program
-from compiler.reference import evaluate
+from zhenwu.compiler.cli import main
+from zhenwu.compiler.frontend import load_program
+from zhenwu.compiler.reference import evaluate
 
 ROOT = Path(__file__).resolve().parents[2]
 MLP = str(ROOT / "samples/mlp.zt")

@@ -131,8 +131,8 @@ def test_shape_option_naming_an_unknown_symbol():
 
 
 def test_input_shape_conflicts():
-    from compiler.frontend import load_program
-    from isa.errors import InputError
+    from zhenwu.compiler.frontend import load_program
+    from zhenwu.isa.errors import InputError
 
     src = "fn main(x: f32[B, 4], y: f32[B]) { return x }"
     with pytest.raises(InputError) as info:

@@ -7,8 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from frontend_helpers import compile_zt, diag, run_zt
-
-from compiler.passes import default_graph_pipeline, run_pipeline
+from zhenwu.compiler.passes import default_graph_pipeline, run_pipeline
 
 
 def test_acc_sets_the_result_dtype_and_the_reference_accumulates_in_it():
@@ -96,7 +95,7 @@ def test_split_int_matmul_is_exact_through_the_reference():
     a[0, :] = [2**31 - 1, -2**31, -1, 0, 2**31 - 129, 127, -128]
     src = "fn main(a: i32[5, 7], b: i32[7, 3]) -> i32[5, 3] { return a @ b }"
     fn = compile_zt(src)
-    from compiler.reference import evaluate
+    from zhenwu.compiler.reference import evaluate
 
     want = (a.astype(np.int64) @ b.astype(np.int64)).astype(np.int32)
     split = evaluate(run_pipeline(fn, default_graph_pipeline()), {"a": a, "b": b})[0]
@@ -117,7 +116,7 @@ def test_split_int_matmul_is_exact_through_the_reference():
     ("bool", "i32", True),
 ])
 def test_which_operand_casts_the_dma_may_do(source, target, folds):
-    from compiler.passes.fuse import plan_fusion
+    from zhenwu.compiler.passes.fuse import plan_fusion
 
     fn = compile_zt(f"""
     fn main(x: {source}[16, 16], w: {target}[16, 16]) -> {target}[16, 16] {{
@@ -159,7 +158,7 @@ def test_math_on_numbers_stays_weakly_typed():
     ("gelu(0.0)", 0.0), ("clip(9, 0, 6)", 6), ("tanh(0.0) + 1", 1.0),
 ])
 def test_builtins_of_numbers_give_numbers(expr, want):
-    from compiler.frontend.builtins import number_math  # noqa: F401 (the rule under test)
+    from zhenwu.compiler.frontend.builtins import number_math  # noqa: F401 (the rule under test)
 
     fn = compile_zt(f"const C = {expr}\nfn main(x: f32[2]) -> f32[2] {{ return x + C }}")
     (const,) = [op for op in fn.ops if op.kind == "constant"]
@@ -240,8 +239,8 @@ func @f(%a: i8[2,3], %b: i32[3,4]) -> (i32[2,4]) {
 def test_split_int_matmul_ir():
     """The pass on IR text: the cast of i8 values is one digit (its source), b four; the
     digit products with `acc` print and parse back."""
-    from compiler.graph import parse_function, print_function
-    from compiler.passes import get_pass
+    from zhenwu.compiler.graph import parse_function, print_function
+    from zhenwu.compiler.passes import get_pass
 
     got = print_function(run_pipeline(parse_function(SPLIT_INPUT),
                                       [get_pass("split-int-matmul")]))

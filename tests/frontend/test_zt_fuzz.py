@@ -6,14 +6,13 @@ from __future__ import annotations
 import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from compiler.frontend import load_program
-from compiler.graph import PRIMITIVES, parse_function, print_function
-from compiler.graph.dtypes import tolerance
-from compiler.inputs import random_input
-from compiler.passes import default_graph_pipeline, run_pipeline
-from compiler.reference import evaluate
-from isa.errors import ZhenwuError
+from zhenwu.compiler.frontend import load_program
+from zhenwu.compiler.graph import PRIMITIVES, parse_function, print_function
+from zhenwu.compiler.graph.dtypes import tolerance
+from zhenwu.compiler.inputs import random_input
+from zhenwu.compiler.passes import default_graph_pipeline, run_pipeline
+from zhenwu.compiler.reference import evaluate
+from zhenwu.isa.errors import ZhenwuError
 
 FUZZ = settings(max_examples=150, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow])
@@ -160,7 +159,7 @@ IR_SAMPLE = """func @main(%x: f32[2,3]) -> (f32[2,1]) {
 def test_mutated_graph_ir_text(data):
     """Deleting, duplicating or replacing a piece of valid IR text: a Diagnostic or a function
     that prints back to the same text, never another exception."""
-    from isa.errors import Diagnostic
+    from zhenwu.isa.errors import Diagnostic
 
     text = IR_SAMPLE
     for _ in range(data.draw(st.integers(1, 3))):
@@ -185,7 +184,7 @@ def test_random_bytes_in_a_file(data):
     import os
     import tempfile
 
-    from compiler.frontend import load_program as load
+    from zhenwu.compiler.frontend import load_program as load
 
     handle, path = tempfile.mkstemp(suffix=".zt")
     try:

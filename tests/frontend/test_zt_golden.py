@@ -10,10 +10,9 @@ import os
 from pathlib import Path
 
 import pytest
-
-from compiler.frontend import load_program
-from compiler.graph import print_function
-from compiler.passes import default_graph_pipeline, run_pipeline
+from zhenwu.compiler.frontend import load_program
+from zhenwu.compiler.graph import print_function
+from zhenwu.compiler.passes import default_graph_pipeline, run_pipeline
 
 ROOT = Path(__file__).resolve().parents[2]
 GOLDEN = Path(__file__).with_name("golden")

@@ -8,14 +8,13 @@ from pathlib import Path
 import networkx as nx
 import numpy as np
 import pytest
-
-from compiler.frontend import load_program
-from compiler.graph import OPS, PRIMITIVES, parse_function, print_function, verify_function
-from compiler.graph.dtypes import promote, tolerance
-from compiler.graph.ir import to_dot
-from compiler.passes import default_graph_pipeline, run_pipeline
-from compiler.reference import evaluate
-from isa.errors import CompileError, Diagnostic
+from zhenwu.compiler.frontend import load_program
+from zhenwu.compiler.graph import OPS, PRIMITIVES, parse_function, print_function, verify_function
+from zhenwu.compiler.graph.dtypes import promote, tolerance
+from zhenwu.compiler.graph.ir import to_dot
+from zhenwu.compiler.passes import default_graph_pipeline, run_pipeline
+from zhenwu.compiler.reference import evaluate
+from zhenwu.isa.errors import CompileError, Diagnostic
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = {

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from zhenwu.compiler.frontend import load_program
+from zhenwu.isa.errors import Diagnostic, InputError
 
 import zhenwu
-from compiler.frontend import load_program
-from isa.errors import Diagnostic, InputError
 
 
 def diagnose(text: str, **kwargs) -> Diagnostic:
@@ -83,7 +83,7 @@ def test_non_utf8_is_a_diagnostic_at_line_and_column(tmp_path):
 
 
 def test_bad_binary_names_its_file(tmp_path, capsys):
-    from compiler.cli import main
+    from zhenwu.compiler.cli import main
 
     path = tmp_path / "bad.bin"
     path.write_bytes(b"\x00" * 64)

@@ -8,9 +8,8 @@ import ml_dtypes
 import numpy as np
 import pytest
 from frontend_helpers import compile_zt, run_zt
-
-from compiler.passes import default_graph_pipeline, run_pipeline
-from compiler.reference import evaluate
+from zhenwu.compiler.passes import default_graph_pipeline, run_pipeline
+from zhenwu.compiler.reference import evaluate
 
 
 def f32(rng, *shape):
@@ -296,7 +295,7 @@ def test_einsum(rng, spec, shapes):
 def test_attention_sample_matches_numpy(rng):
     from pathlib import Path
 
-    from compiler.frontend import load_program
+    from zhenwu.compiler.frontend import load_program
 
     root = Path(__file__).resolve().parents[2]
     fn = load_program(str(root / "samples/attention.zt"), shapes={"B": 2, "S": 5})

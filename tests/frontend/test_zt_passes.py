@@ -5,10 +5,15 @@ from __future__ import annotations
 import textwrap
 
 import pytest
-
-from compiler.graph import parse_function, print_function
-from compiler.passes import PASSES, default_graph_pipeline, get_pass, parse_pipeline, run_pipeline
-from isa.errors import UsageError
+from zhenwu.compiler.graph import parse_function, print_function
+from zhenwu.compiler.passes import (
+    PASSES,
+    default_graph_pipeline,
+    get_pass,
+    parse_pipeline,
+    run_pipeline,
+)
+from zhenwu.isa.errors import UsageError
 
 
 def apply(pass_name: str, text: str) -> str:

@@ -7,9 +7,8 @@ import json
 from pathlib import Path
 
 import pytest
-
-from compiler.fuzz import campaign
-from compiler.fuzz.campaign import FuzzFailure, run_campaign
+from zhenwu.compiler.fuzz import campaign
+from zhenwu.compiler.fuzz.campaign import FuzzFailure, run_campaign
 
 
 def _fake_check(text, *, seed=0, machine_name="m890", pipelines=None):
@@ -41,7 +40,7 @@ def test_reserved_parameters_are_never_picked_by_later_steps(seed):
     """Programs of the 10-minute campaigns of 2026-12-05: a NaN step picked gather's i32
     indices, or an attention's bool mask, and the generator typed the result wrongly (a
     generator bug)."""
-    from compiler.fuzz.campaign import check_program
-    from compiler.fuzz.generator import random_program
+    from zhenwu.compiler.fuzz.campaign import check_program
+    from zhenwu.compiler.fuzz.generator import random_program
 
     check_program(random_program(seed), seed=seed)

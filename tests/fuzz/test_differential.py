@@ -7,18 +7,17 @@ from __future__ import annotations
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from compiler.frontend import load_program
-from compiler.fuzz.campaign import check_program
-from compiler.fuzz.generator import (
+from zhenwu.compiler.frontend import load_program
+from zhenwu.compiler.fuzz.campaign import check_program
+from zhenwu.compiler.fuzz.generator import (
     HypothesisChooser,
     generate_program,
     random_program,
     recorded_program,
     replay_program,
 )
-from compiler.graph.parser import parse_function
-from compiler.graph.printer import print_function
+from zhenwu.compiler.graph.parser import parse_function
+from zhenwu.compiler.graph.printer import print_function
 
 # derandomize: CI draws the same 40 programs every run (a new draw that fails would fail an
 # unrelated change); `zhenwu fuzz` campaigns explore new ones

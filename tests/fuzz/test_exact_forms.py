@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import random
 
-from compiler.fuzz.campaign import check_program
-from compiler.fuzz.generator import ProgramBuilder, RandomChooser, random_program
+from zhenwu.compiler.fuzz.campaign import check_program
+from zhenwu.compiler.fuzz.generator import ProgramBuilder, RandomChooser, random_program
 
 
 def _drawn(step: str, seed: int) -> str:

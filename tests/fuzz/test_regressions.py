@@ -6,8 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from compiler.fuzz.campaign import PIPELINES, check_program
+from zhenwu.compiler.fuzz.campaign import PIPELINES, check_program
 
 REGRESSIONS = sorted((Path(__file__).parent / "regressions").glob("*.zt"))
 

@@ -96,8 +96,7 @@ def _save(case, tmp: Path):
     """Import the case (binding integer inputs as initializers when the importer needs them
     at import); returns ((path, source, model, data sets, note), None) or (None, reason)."""
     import onnx
-
-    from compiler.importers.onnx import OnnxImportError, import_onnx
+    from zhenwu.compiler.importers.onnx import OnnxImportError, import_onnx
 
     model, data_sets, note = case.model, case.data_sets, ""
     try:
@@ -153,8 +152,8 @@ def _compare(got: np.ndarray, want: np.ndarray, rtol: float, atol: float) -> str
 
 def run_case(case, tmp: Path) -> Outcome:
     """Import, compile, simulate and compare one node test case."""
-    from compiler.cli import main
-    from isa.errors import ZhenwuError
+    from zhenwu.compiler.cli import main
+    from zhenwu.isa.errors import ZhenwuError
 
     saved, reason = _save(case, tmp)
     if saved is None:

@@ -20,9 +20,8 @@ onnx = pytest.importorskip("onnx")
 
 import onnx_conformance  # noqa: E402
 from onnx_models import decoder_block, small_cnn  # noqa: E402
-
-from compiler.cli import main  # noqa: E402
-from compiler.importers.onnx import OnnxImportError, import_onnx  # noqa: E402
+from zhenwu.compiler.cli import main  # noqa: E402
+from zhenwu.compiler.importers.onnx import OnnxImportError, import_onnx  # noqa: E402
 
 REPRESENTATIVE = [
     "test_add_bcast", "test_sub_example", "test_mul_bcast", "test_div_example", "test_pow",
@@ -98,9 +97,9 @@ def _decoder_inputs(batch=1, seq=64, d=64):
 
 
 def _compile(source, input_shapes):
-    from compiler.backend.pipeline import CompileOptions, compile_function
-    from compiler.frontend import load_program
-    from isa.machine import load_machine
+    from zhenwu.compiler.backend.pipeline import CompileOptions, compile_function
+    from zhenwu.compiler.frontend import load_program
+    from zhenwu.isa.machine import load_machine
 
     fn = load_program("decoder.onnx", text=source, input_shapes=input_shapes)
     machine = load_machine("m890")
@@ -115,8 +114,7 @@ def test_decoder_block_matches_onnx_reference_and_fuses():
     """GQA, RMSNorm, rotary, SwiGLU and Shape/Gather/Concat/Reshape chains, imported,
     compiled at -O2, simulated, compared with onnx.reference."""
     from onnx.reference import ReferenceEvaluator
-
-    from runtime import run_program
+    from zhenwu.runtime import run_program
 
     model = decoder_block()
     source, weights = import_onnx(model)
@@ -141,8 +139,7 @@ def test_static_export_recomputes_the_mask_and_reaches_flash():
     GreaterOrEqual of constants) is recomputed on the chip from `arange`, not shipped as a
     weight, so the attention matcher still sees it."""
     from onnx.reference import ReferenceEvaluator
-
-    from runtime import run_program
+    from zhenwu.runtime import run_program
 
     model = decoder_block(static=(1, 32))
     source, weights = import_onnx(model)
@@ -162,8 +159,7 @@ def test_decoder_block_additive_mask_form_reaches_flash_attention():
     -inf)`) instead of selecting; the attention matcher takes that spelling too, and the
     kernel matches onnx.reference."""
     from onnx.reference import ReferenceEvaluator
-
-    from runtime import run_program
+    from zhenwu.runtime import run_program
 
     model = decoder_block(additive_mask=True)
     source, weights = import_onnx(model)
@@ -180,9 +176,9 @@ def test_decoder_block_additive_mask_form_reaches_flash_attention():
 def test_qwen_sample_kernels_are_reached_by_the_import():
     """The imported block reaches every fused kernel kind the hand-written Qwen sample does
     (the sample's GQA einsum spelling does not reach flash attention on this branch)."""
-    from compiler.backend.pipeline import CompileOptions, compile_function
-    from compiler.frontend import load_program
-    from isa.machine import load_machine
+    from zhenwu.compiler.backend.pipeline import CompileOptions, compile_function
+    from zhenwu.compiler.frontend import load_program
+    from zhenwu.isa.machine import load_machine
 
     fn = load_program("samples/qwen_block.zt", shapes={"S": 64})
     sample = set(_kernel_kinds(compile_function(fn, load_machine("m890"),
@@ -217,9 +213,8 @@ def test_constants_made_at_import_keep_their_own_weights():
     its own weight (a cache keyed by the id of a freed constant once handed out another's)."""
     from onnx import TensorProto, helper, numpy_helper
     from onnx.reference import ReferenceEvaluator
-
-    from compiler.frontend import load_program
-    from compiler.reference import evaluate
+    from zhenwu.compiler.frontend import load_program
+    from zhenwu.compiler.reference import evaluate
 
     rng = np.random.default_rng(3)
     nodes, inits, previous = [], [], "x"
@@ -374,7 +369,7 @@ def test_symbolic_dim_arithmetic_reads_back_to_the_same_numbers():
     integer arithmetic), agree with the same arithmetic on numbers."""
     import random
 
-    from compiler.importers.onnx import Sym, dim_op
+    from zhenwu.compiler.importers.onnx import Sym, dim_op
 
     rng = random.Random(0)
     values = {"S": 12, "B": 3}

@@ -11,13 +11,12 @@ from __future__ import annotations
 import math
 
 import numpy as np
-
-from isa.context import strided_view
-from isa.dtypes import convert, itemsize, np_dtype
-from isa.errors import ChipTrap
-from isa.instructions import INSTRUCTIONS
-from isa.machine import Machine
-from isa.program import Descriptor, Program
+from zhenwu.isa.context import strided_view
+from zhenwu.isa.dtypes import convert, itemsize, np_dtype
+from zhenwu.isa.errors import ChipTrap
+from zhenwu.isa.instructions import INSTRUCTIONS
+from zhenwu.isa.machine import Machine
+from zhenwu.isa.program import Descriptor, Program
 
 
 class SeqContext:

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import pytest
-
-from isa.asm import parse_assembly, parse_instruction, print_program
-from isa.errors import AssemblyError
-from isa.program import (
+from zhenwu.isa.asm import parse_assembly, parse_instruction, print_program
+from zhenwu.isa.errors import AssemblyError
+from zhenwu.isa.program import (
     Addr,
     DescRef,
     Event,

@@ -5,12 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from seqrun import SeqContext
-
-from isa.asm import parse_assembly
-from isa.errors import ChipTrap
-from isa.instructions import INSTRUCTIONS, Cost
-from isa.instructions.base import GMBox
-from isa.machine import load_machine
+from zhenwu.isa.asm import parse_assembly
+from zhenwu.isa.errors import ChipTrap
+from zhenwu.isa.instructions import INSTRUCTIONS, Cost
+from zhenwu.isa.instructions.base import GMBox
+from zhenwu.isa.machine import load_machine
 
 SETUP = """
 .tensor a, bf16, [40, 32], 0x0, in

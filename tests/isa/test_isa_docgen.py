@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from isa.docgen import generate
-from isa.instructions import INSTRUCTIONS
+from zhenwu.isa.docgen import generate
+from zhenwu.isa.instructions import INSTRUCTIONS
 
 DOC = Path(__file__).parents[2] / "docs" / "isa.md"
 
 
 def test_docs_isa_md_is_up_to_date():
-    assert DOC.read_text() == generate(), "docs/isa.md is stale: python -m isa.docgen > docs/isa.md"
+    assert DOC.read_text() == generate(), "docs/isa.md is stale: python -m zhenwu.isa.docgen > docs/isa.md"
 
 
 def test_docs_cover_every_instruction_with_syntax_and_cost():

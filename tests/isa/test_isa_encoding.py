@@ -10,13 +10,12 @@ import ml_dtypes
 import numpy as np
 import pytest
 import seqrun
-
-from compiler.cli import main
-from isa.asm import parse_assembly, print_program
-from isa.encoding import MAGIC, decode_program, encode_program
-from isa.errors import EncodingError
-from isa.machine import load_machine
-from runtime.blas import single_blas_thread
+from zhenwu.compiler.cli import main
+from zhenwu.isa.asm import parse_assembly, print_program
+from zhenwu.isa.encoding import MAGIC, decode_program, encode_program
+from zhenwu.isa.errors import EncodingError
+from zhenwu.isa.machine import load_machine
+from zhenwu.runtime.blas import single_blas_thread
 
 SAMPLES = sorted((Path(__file__).parents[2] / "samples" / "asm").glob("*.s"))
 HEADER = 12
@@ -140,7 +139,7 @@ def test_bad_fields():
 
 
 def test_encode_rejects_invalid_instruction():
-    from isa.program import Imm, Instruction, Program, Reg
+    from zhenwu.isa.program import Imm, Instruction, Program, Reg
 
     program = Program.build(None, [], [Instruction("ADD", (), (Reg(1), Reg(40), Imm(1)))])
     with pytest.raises(EncodingError, match="register r40 out of range"):

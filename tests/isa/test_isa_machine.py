@@ -6,10 +6,9 @@ import dataclasses
 import json
 
 import pytest
-
-from compiler.cli import main
-from isa.errors import MachineError
-from isa.machine import MACHINES_DIR, load_machine, parse_machine
+from zhenwu.compiler.cli import main
+from zhenwu.isa.errors import MachineError
+from zhenwu.isa.machine import MACHINES_DIR, load_machine, parse_machine
 
 M890_TEXT = (MACHINES_DIR / "m890.toml").read_text()
 
@@ -152,7 +151,7 @@ def test_every_key_is_range_checked_at_its_line(old, new, message):
 
 
 def test_every_schema_key_has_a_range():
-    from isa.machine import _SCHEMA
+    from zhenwu.isa.machine import _SCHEMA
 
     for (section, key), spec in _SCHEMA.items():
         assert spec.low <= spec.high and spec.kind in (int, float), (section, key)

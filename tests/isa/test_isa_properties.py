@@ -10,12 +10,11 @@ from pathlib import Path
 
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
-
-from isa.asm import parse_assembly, print_instruction, print_program
-from isa.encoding import decode_program, encode_program
-from isa.errors import AssemblyError, EncodingError
-from isa.instructions import INSTRUCTIONS, InstrError, validate
-from isa.program import (
+from zhenwu.isa.asm import parse_assembly, print_instruction, print_program
+from zhenwu.isa.encoding import decode_program, encode_program
+from zhenwu.isa.errors import AssemblyError, EncodingError
+from zhenwu.isa.instructions import INSTRUCTIONS, InstrError, validate
+from zhenwu.isa.program import (
     MAX_EVENT_COUNT,
     Addr,
     DescRef,
@@ -243,9 +242,8 @@ def test_random_text_gives_assembly_errors(text):
 def test_random_instructions_execute_or_trap_cleanly(instrs, registers):
     import numpy as np
     import seqrun
-
-    from isa.errors import ChipTrap
-    from isa.machine import load_machine
+    from zhenwu.isa.errors import ChipTrap
+    from zhenwu.isa.machine import load_machine
 
     program = _program(instrs)
     machine = load_machine("m890")

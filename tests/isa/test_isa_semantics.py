@@ -6,10 +6,9 @@ import ml_dtypes
 import numpy as np
 import pytest
 from seqrun import SeqContext, execute, read_gm, write_gm
-
-from isa.asm import parse_assembly
-from isa.errors import ChipTrap
-from isa.machine import load_machine
+from zhenwu.isa.asm import parse_assembly
+from zhenwu.isa.errors import ChipTrap
+from zhenwu.isa.machine import load_machine
 
 BF16 = ml_dtypes.bfloat16
 

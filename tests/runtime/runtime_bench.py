@@ -17,11 +17,10 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 from runtime_gemm_asm import gemm_assembly
-
-from isa.asm import parse_assembly
-from isa.machine import load_machine
-from runtime import run_program
-from runtime.blas import single_blas_thread
+from zhenwu.isa.asm import parse_assembly
+from zhenwu.isa.machine import load_machine
+from zhenwu.runtime import run_program
+from zhenwu.runtime.blas import single_blas_thread
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples" / "asm"
 BF16 = ml_dtypes.bfloat16

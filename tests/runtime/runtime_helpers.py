@@ -7,10 +7,9 @@ import re
 from pathlib import Path
 
 import numpy as np
-
-from isa.asm import parse_assembly
-from isa.machine import MACHINES_DIR, load_machine, parse_machine
-from runtime import run_program
+from zhenwu.isa.asm import parse_assembly
+from zhenwu.isa.machine import MACHINES_DIR, load_machine, parse_machine
+from zhenwu.runtime import run_program
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

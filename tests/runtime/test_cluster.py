@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from isa.asm import parse_assembly
-from isa.errors import ChipTrap
-from isa.machine import load_machine
-from runtime.cluster import run_cluster
+from zhenwu.isa.asm import parse_assembly
+from zhenwu.isa.errors import ChipTrap
+from zhenwu.isa.machine import load_machine
+from zhenwu.runtime.cluster import run_cluster
 
 PUT = """
 .tensor buf, f32, [1024], 0x0, inout

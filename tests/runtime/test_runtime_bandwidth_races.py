@@ -1,7 +1,7 @@
 """The shared bandwidth server and the happens-before race detector."""
 
-from runtime.bandwidth import BandwidthServer
-from runtime.races import CoreRaceDetector
+from zhenwu.runtime.bandwidth import BandwidthServer
+from zhenwu.runtime.races import CoreRaceDetector
 
 S, LD, MX, VX, ST = range(5)
 

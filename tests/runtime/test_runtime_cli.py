@@ -13,7 +13,7 @@ from runtime_gemm_asm import gemm_assembly
 
 
 def _zhenwu(*args: str, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "compiler", *args], check=False,
+    return subprocess.run([sys.executable, "-m", "zhenwu", *args], check=False,
                           capture_output=True,
                           text=True, timeout=120, cwd=cwd)
 
@@ -137,7 +137,7 @@ def test_identical_files_from_separate_processes(tmp_path):
         out, report, trace = (tmp_path / f"{name}{seed}.{ext}"
                               for name, ext in (("o", "npz"), ("r", "json"), ("t", "json")))
         proc = subprocess.run(
-            [sys.executable, "-m", "compiler", "run", str(program), "-o", str(out),
+            [sys.executable, "-m", "zhenwu", "run", str(program), "-o", str(out),
              "--report", str(report), "--trace", str(trace)],
             check=False, capture_output=True, text=True, timeout=120,
             env={**os.environ, "PYTHONHASHSEED": seed})

@@ -10,10 +10,9 @@ import re
 import numpy as np
 import pytest
 from runtime_helpers import machine_with, run_asm
-
-from isa.errors import ChipTrap
-from isa.machine import MACHINES_DIR, parse_machine
-from runtime.bandwidth import HbmServer
+from zhenwu.isa.errors import ChipTrap
+from zhenwu.isa.machine import MACHINES_DIR, parse_machine
+from zhenwu.runtime.bandwidth import HbmServer
 
 M = machine_with(1)
 
@@ -35,8 +34,8 @@ def _load(rows, cols, box_rows, box_cols, dtype="f32"):
 def test_defaults_are_printed_and_range_checked():
     assert M.dma_requests_in_flight == 1024 and M.dma_burst_bytes == 64
     assert M.dma_window_bytes == 64 * 1024
-    from isa.errors import MachineError
-    from isa.machine import machine_rows
+    from zhenwu.isa.errors import MachineError
+    from zhenwu.isa.machine import machine_rows
 
     labels = dict(machine_rows(M))
     assert labels["DMA in flight per core"] == "1024 x 64 B bursts = 64 KiB"
@@ -148,8 +147,8 @@ def test_timing_only_traps_out_of_bounds_from_addresses():
 
 
 def _compiled_gemm(m, n, k, machine):
-    from compiler.backend.pipeline import CompileOptions, compile_function
-    from compiler.frontend import load_program
+    from zhenwu.compiler.backend.pipeline import CompileOptions, compile_function
+    from zhenwu.compiler.frontend import load_program
 
     text = (f"fn main(a: bf16[{m}, {k}], b: bf16[{k}, {n}]) -> bf16[{m}, {n}] "
             "{\n    return a @ b\n}\n")
@@ -159,7 +158,7 @@ def _compiled_gemm(m, n, k, machine):
 
 @pytest.mark.parametrize("m, n, k", [(2048, 2048, 512), (1024, 2048, 2048)])
 def test_fast_forward_agrees_with_the_full_simulation(m, n, k):
-    from runtime import run_program
+    from zhenwu.runtime import run_program
 
     machine = machine_with(2)
     program = _compiled_gemm(m, n, k, machine)
@@ -174,8 +173,8 @@ def test_fast_forward_agrees_with_the_full_simulation(m, n, k):
 
 
 def test_fast_forward_skips_and_is_off_with_a_trace():
-    from runtime import run_program
-    from runtime.engine import Simulator
+    from zhenwu.runtime import run_program
+    from zhenwu.runtime.engine import Simulator
 
     machine = machine_with(2)
     program = _compiled_gemm(2048, 2048, 512, machine)

@@ -7,10 +7,9 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from runtime_helpers import machine_with
-
-from isa.asm import parse_assembly
-from isa.errors import AssemblyError, ChipTrap
-from runtime import run_program
+from zhenwu.isa.asm import parse_assembly
+from zhenwu.isa.errors import AssemblyError, ChipTrap
+from zhenwu.runtime import run_program
 
 MACHINE = machine_with(2)
 HEADER = (".tensor x, f32, [32, 32], 0x0, in\n"

@@ -7,9 +7,8 @@ import re
 import numpy as np
 import pytest
 from runtime_helpers import run_asm
-
-from isa.machine import MACHINES_DIR, parse_machine
-from runtime.l2 import L2Cache, box_lines
+from zhenwu.isa.machine import MACHINES_DIR, parse_machine
+from zhenwu.runtime.l2 import L2Cache, box_lines
 
 
 def machine(l2: str | None = None, cores: int = 1):
@@ -105,7 +104,7 @@ def test_a_hit_waits_for_its_fill_to_land():
 
 
 def test_bad_l2_geometry_is_a_machine_error():
-    from isa.errors import MachineError
+    from zhenwu.isa.errors import MachineError
 
     text = (MACHINES_DIR / "m890.toml").read_text().replace("l2_block_bytes = 4096",
                                                              "l2_block_bytes = 100")

@@ -2,8 +2,7 @@
 
 import numpy as np
 import pytest
-
-from runtime.memory import PAGE_BYTES, GlobalMemory, LocalMemory, OutOfBounds
+from zhenwu.runtime.memory import PAGE_BYTES, GlobalMemory, LocalMemory, OutOfBounds
 
 
 def test_gm_is_lazy_and_reads_zeros():

@@ -11,10 +11,9 @@ import numpy as np
 import pytest
 from runtime_gemm_asm import gemm_assembly
 from runtime_helpers import run_asm
-
-from isa.asm import parse_assembly
-from isa.machine import load_machine
-from runtime import run_program
+from zhenwu.isa.asm import parse_assembly
+from zhenwu.isa.machine import load_machine
+from zhenwu.runtime import run_program
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples" / "asm"
 BF16 = ml_dtypes.bfloat16

@@ -25,7 +25,7 @@ CASES = {
 
 
 def _zhenwu(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "compiler", *args], check=False,
+    return subprocess.run([sys.executable, "-m", "zhenwu", *args], check=False,
                           capture_output=True,
                           text=True, timeout=120)
 
