@@ -173,10 +173,12 @@ class Tensor:
 
 
 def promote(a: str, b: str) -> str:
-    """JAX promotion among the float dtypes the generator uses."""
-    if a == b:
-        return a
-    return "f32"
+    """The language's promotion (JAX's): fp8 with bf16 is bf16, bf16 with f16 is f32. The
+    generator asked "f32" of every mixed pair, so a step adding an attention's fp8 input to a
+    bf16 value declared a result the checker refuses."""
+    from zhenwu.compiler.graph.dtypes import promote as language_promote
+
+    return language_promote(a, b)
 
 
 def broadcast(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...]:
