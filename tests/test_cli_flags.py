@@ -30,8 +30,7 @@ def zhenwu(capsys, *argv):
 ])
 def test_conflicting_run_flags_are_usage_errors_before_anything_runs(tmp_path, capsys,
                                                                      monkeypatch, flags, words):
-    import zhenwu.compiler.commands.run_compiled as run_compiled
-    import zhenwu.compiler.commands.run_reference as run_reference
+    from zhenwu.compiler.commands import run_compiled, run_reference
 
     def never(args):
         raise AssertionError("ran before refusing the flags")

@@ -50,8 +50,8 @@ fn main(q: bf16[2, 32, 16], k: bf16[2, 32, 16], v: bf16[2, 32, 16],
 fn main(q: f32[24, 16], k: f32[24, 16], v: f32[24, 16]) -> f32[24, 16] {
     mask = arange(24)[:, None] > arange(24)[None, :]
     return softmax(where(mask, q @ transpose(k), -inf), axis=-1) @ v
-}""", "the mask drops the diagonal (i > j: the first query sees no key), not i >= j (query "
-        "index >= key index)"),
+}""", ("the mask drops the diagonal (i > j: the first query sees no key), not i >= j "
+         "(query index >= key index)")),
     "upper triangle": ("""
 fn main(q: f32[24, 16], k: f32[24, 16], v: f32[24, 16]) -> f32[24, 16] {
     mask = arange(24)[None, :] >= arange(24)[:, None]
@@ -72,8 +72,8 @@ fn main(q: f32[16, 16], k: f32[24, 16], v: f32[24, 16]) -> f32[16, 16] {
 fn main(q: f32[24, 16], k: f32[24, 16], v: f32[24, 16]) -> f32[24, 16] {{
     mask = {CAUSAL.format(s=24)}
     return softmax(where(mask, q @ transpose(k), -30000.0), axis=-1) @ v
-}}""", "the mask fills -30000, not -inf: the kernel skips the masked keys, which is exact "
-        "only when they weigh 0"),
+}}""", ("the mask fills -30000, not -inf: the kernel skips the masked keys, which is "
+          "exact only when they weigh 0")),
     "fp8 scores": (f"""
 fn main(q: fp8[40, 16], k: fp8[40, 16], v: fp8[40, 16]) -> fp8[40, 16] {{
     causal = {CAUSAL.format(s=40)}

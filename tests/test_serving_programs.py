@@ -124,7 +124,7 @@ def program_weights(w: dict) -> dict:
 def numpy_attention_step(model, w, x, k_old, v_old, pos):
     """One decode step's attention half in numpy (f32): the new token at `pos` attends to
     the `pos` cached positions and itself. Returns (h, k_new, v_new)."""
-    f = lambda a: np.asarray(a, np.float32)  # noqa: E731
+    f = lambda a: np.asarray(a, np.float32)
     b = x.shape[0]
     hd, h, kv = model.head_dim, model.heads, model.kv_heads
     a = rmsnorm(f(x), w["attn_norm"])
@@ -173,7 +173,7 @@ def test_dense_decode_step_matches_numpy():
     (out,) = run(attn, {"x": x, "q": bf16(q), "k_cache": k_cache, "v_cache": v_cache,
                         **{n: program_weights(w)[n] for n in attn.weights}})
     h, k_want, v_want = numpy_attention_step(DENSE, w, x, k_old, v_old, pos)
-    f = lambda a: np.asarray(a, np.float32)  # noqa: E731
+    f = lambda a: np.asarray(a, np.float32)
     m = rmsnorm(h, w["mlp_norm"])
     want = h + (silu(m @ f(w["w_gate"])) * (m @ f(w["w_up"]))) @ f(w["w_down"])
     assert relative_error(k_new, k_want) < 2e-2
@@ -218,7 +218,7 @@ def test_moe_decode_step_matches_numpy():
         for c, (b, j) in enumerate(slots[e]):
             back[b, j] = ye[i, c]
     (out,) = run(gen.moe_combine(MOE, batch), {"h": bf16(h), "gates": gates, "ye": bf16(back)})
-    f = lambda a: np.asarray(a, np.float32)  # noqa: E731
+    f = lambda a: np.asarray(a, np.float32)
     mm = rmsnorm(h_want, w["mlp_norm"])
     want = h_want.copy()
     for b in range(batch):

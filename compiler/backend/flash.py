@@ -195,7 +195,7 @@ def _lower_flash(low, ops) -> None:
     q, k, v = (casts.get(x.id, x) for x in (m1.inputs[0], m1.inputs[1], m2.inputs[1]))
     # the products' dtypes: P @ V's for P and V, q @ kᵀ's for q and k (they may differ: an
     # f32 bias promotes the softmax and P @ V of bf16 scores)
-    dtype = (m2.inputs[0].type.dtype, m1.inputs[0].type.dtype)
+    dtypes = (m2.inputs[0].type.dtype, m1.inputs[0].type.dtype)
     q_tv = _operand(low, q, group, batch1, seq_q)
     kt_tv = _repeat(_operand(low, k, group, batch1, None), shape.groups1)
     v_tv = _repeat(_operand(low, v, group, batch2, None), shape.groups2)
@@ -209,10 +209,10 @@ def _lower_flash(low, ops) -> None:
     outer, (q4, kt4, v4, o4) = _batch_split([q_tv, kt_tv, v_tv, o_tv])
     splits = 1 if shape.causal else _key_splits(low.machine, q4.shape[-3], seq_q, seq_k)
     if splits > 1:
-        nests = _split_nests(low, m2, outer, q4, kt4, v4, o4, scale, splits, dtype)
+        nests = _split_nests(low, m2, outer, q4, kt4, v4, o4, scale, splits, dtypes)
     else:
         nests = [_flash_nest(low, _pick(q4, i), _pick(kt4, i), _pick(v4, i), _pick(o4, i),
-                             scale, shape.causal, shape.additive, dtype=dtype)
+                             scale, shape.causal, shape.additive, dtypes=dtypes)
                  for i in product(*(range(n) for n in outer))]
     low.views[last.id] = out
     low.kernel("flash_attention", [op.id for op in ops], nests, m2.span)
@@ -232,8 +232,8 @@ def _key_splits(machine, batch: int, seq_q: int, seq_k: int) -> int:
     return best
 
 
-def _split_nests(low, m2, outer, q4, kt4, v4, o4, scale, splits: int, dtype: str
-                 ) -> list[Nest]:
+def _split_nests(low, m2, outer, q4, kt4, v4, o4, scale, splits: int,
+                 dtypes: tuple[str, str]) -> list[Nest]:
     """Flash-decoding: each query block's keys in `splits` ranges, one more batch dim of
     the flash nests (all cores stream K and V); each range's output (normalised by its own
     sum) and log-sum-exp go to f32 temporaries, and a combine nest per outer batch index
@@ -262,7 +262,7 @@ def _split_nests(low, m2, outer, q4, kt4, v4, o4, scale, splits: int, dtype: str
         if any(view is None for view in (q_s, kt_s, v_s, part_s, lse_s)):
             raise NotFlashable()
         nests.append(_flash_nest(low, q_s, kt_s, v_s, part_s, scale, False, lse=lse_s,
-                                 dtype=dtype))
+                                 dtypes=dtypes))
         nests.append(_combine_nest(low, _pick(part_b, i), _pick(lse_b, i), _pick(o4, i)))
     return nests
 
@@ -322,7 +322,7 @@ _EXACT_IN_F32 = ("bf16", "f16", "fp8")
 
 
 def _flash_nest(low, q3, kt3, v3, o3, scale, causal, additive=False, lse=None,
-                dtype: tuple[str, str] | None = None) -> Nest:
+                dtypes: tuple[str, str] | None = None) -> Nest:
     """One flash nest over [batch, rows, cols] views of q, kᵀ, v and the output; an
     `additive` causal mask adds -inf where it drops a score (a NaN score stays NaN); with
     an `lse` view the rows' log-sum-exp (m + log l) is stored there too (flash-decoding)."""
@@ -333,7 +333,7 @@ def _flash_nest(low, q3, kt3, v3, o3, scale, causal, additive=False, lse=None,
     qa, da, ka = len(batch), len(batch) + 1, len(batch) + 2
 
     # the products' dtype (q, k and v may be the sources of casts their DMAs do)
-    pv_prog, qk_prog = dtype or (q3.dtype, q3.dtype)
+    pv_prog, qk_prog = dtypes or (q3.dtype, q3.dtype)
     in_dtype, acc_dtype = mma_dtypes(pv_prog, machine)
     # q @ kᵀ in f32 of q and k loaded from one narrow float (casts the DMAs do): each
     # product of two bf16, f16 or fp8 values is exact in f32, so the MX multiplies them in

@@ -365,7 +365,7 @@ def _rule(op: Op, specs: list[Spec], types: list[TensorType], mesh: Mesh):
         if kind in _LINEAR_REDUCE:
             split = [dims[d] for d in axes if dims[d] is not None]
             partial = split[0] if split else None
-        dims = [None if d in axes and dims[d] != partial else a for d, a in enumerate(dims)]
+        dims = [None if d in axes and a != partial else a for d, a in enumerate(dims)]
         kept = [a for d, a in enumerate(dims) if d not in axes]
         if op.attrs["keepdims"]:
             kept = [None if d in axes else a for d, a in enumerate(dims)]

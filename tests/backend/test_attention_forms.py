@@ -22,7 +22,8 @@ BLOCKS = sorted(p for p in FORMS.glob("block_*.zt"))
 def _small(path: Path, sizes: dict[str, int]) -> str:
     text = path.read_text()
     for name, value in sizes.items():
-        text = re.sub(rf"^const {name} = \d+$", f"const {name} = {value}", text, flags=re.M)
+        text = re.sub(rf"^const {name} = \d+$", f"const {name} = {value}", text,
+                      flags=re.MULTILINE)
     return text
 
 
@@ -68,7 +69,7 @@ def test_attention_spelling_is_one_flash_kernel(path):
 
 @pytest.mark.parametrize("path", BLOCKS, ids=[p.stem for p in BLOCKS])
 def test_block_spelling_matches_the_reference(path):
-    fn, compiled, _ = _run(_small(path, {"S": 136, "D": 128, "F": 256}), inputs_scale=True)
+    _, compiled, _ = _run(_small(path, {"S": 136, "D": 128, "F": 256}), inputs_scale=True)
     flash = [k for k in compiled.kernels.kernels if k.name.startswith("flash_attention")]
     assert len(flash) == 1
     # K and V reach the flash kernel through views: no kernel copies them to the heads
@@ -121,7 +122,7 @@ def test_decode_attention_splits_the_keys_across_cores(b, monkeypatch):
     kv = 2 * fn.params[1].type.nbytes
     assert kv <= result.report.hbm_read_bytes <= 1.1 * kv
     # against one tile per query block (a core per KV head streams all its keys)
-    import zhenwu.compiler.backend.flash as flash
+    from zhenwu.compiler.backend import flash
 
     monkeypatch.setattr(flash, "_key_splits", lambda *args: 1)
     _, unsplit, unsplit_result = _run(DECODE.format(b=b, l=2048))

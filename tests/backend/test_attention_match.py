@@ -225,7 +225,7 @@ def test_a_narrowing_cast_of_q_stays_its_own_kernel():
 fn main(q: f32[24, 16], k: bf16[24, 16], v: bf16[24, 16]) -> bf16[24, 16] {
     return softmax(cast(q, bf16) @ transpose(k), axis=-1) @ v
 }"""
-    fn, compiled, _, _ = compile_and_run(source, opt_level=2)
+    _, compiled, _, _ = compile_and_run(source, opt_level=2)
     assert _flash_kernels(compiled) == 1 and compiled.kernel_count == 2
 
 

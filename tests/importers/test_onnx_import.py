@@ -18,10 +18,10 @@ import pytest
 
 onnx = pytest.importorskip("onnx")
 
-import onnx_conformance  # noqa: E402
-from onnx_models import decoder_block, small_cnn  # noqa: E402
-from zhenwu.compiler.cli import main  # noqa: E402
-from zhenwu.compiler.importers.onnx import OnnxImportError, import_onnx  # noqa: E402
+import onnx_conformance
+from onnx_models import decoder_block, small_cnn
+from zhenwu.compiler.cli import main
+from zhenwu.compiler.importers.onnx import OnnxImportError, import_onnx
 
 REPRESENTATIVE = [
     "test_add_bcast", "test_sub_example", "test_mul_bcast", "test_div_example", "test_pow",

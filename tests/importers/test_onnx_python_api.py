@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 onnx = pytest.importorskip("onnx")
-from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+from onnx import TensorProto, helper, numpy_helper
 
-import zhenwu  # noqa: E402
+import zhenwu
 
 
 def _linear_relu() -> "onnx.ModelProto":
