@@ -125,6 +125,29 @@ def broadcast_shapes(a: tuple[int, ...], b: tuple[int, ...], what: str, ta=None,
     return tuple(out)
 
 
+def reshape_groups(src: tuple[int, ...], dst: tuple[int, ...]):
+    """Pairs of (source dims, destination dims) whose products match, in order."""
+    groups, i, j = [], 0, 0
+    while i < len(src) or j < len(dst):
+        gi, gj = [], []
+        a = b = 1
+        while True:
+            if a <= b and i < len(src):
+                a *= src[i]
+                gi.append(i)
+                i += 1
+            elif j < len(dst):
+                b *= dst[j]
+                gj.append(j)
+                j += 1
+            else:
+                break
+            if a == b and (i == len(src) or src[i] != 1) and (j == len(dst) or dst[j] != 1):
+                break
+        groups.append((gi, gj))
+    return groups
+
+
 def _norm_axis(axis: int, rank: int, t: TensorType | None = None) -> int:
     if not isinstance(axis, int) or isinstance(axis, bool) or not -rank <= axis < max(rank, 1):
         where = f" for {t}" if t is not None else ""

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from zhenwu.compiler.graph.dtypes import is_float, value_preserving
 from zhenwu.compiler.graph.ir import Op, Value
+from zhenwu.compiler.graph.ops import reshape_groups
 from zhenwu.compiler.passes.pass_base import GraphPass, register_pass
 from zhenwu.compiler.passes.rewrite import Rewriter, rewrite
 
@@ -89,20 +90,12 @@ def batch_reshape_before_transpose(op: Op, rw: Rewriter) -> Value | None:
 
 def _merge_groups(source: tuple[int, ...], target: tuple[int, ...]) -> list[list[int]] | None:
     """The runs of `source` dims each `target` dim merges (a reshape that only merges
-    adjacent dims), or None when the reshape splits a dim or the runs are ambiguous."""
-    groups, at = [], 0
-    for size in target:
-        group, total = [], 1
-        while at < len(source) and (total < size or not group):
-            group.append(at)
-            total *= source[at]
-            at += 1
-        if total != size or (size == 1 and len(group) != 1):
-            return None
-        groups.append(group)
-    if at != len(source) or 1 in source:  # leftover or size-1 dims: no single reading
+    adjacent dims), or None when the reshape splits a dim or size-1 dims make the runs
+    ambiguous."""
+    pairs = reshape_groups(source, target)
+    if 1 in source or 1 in target or any(len(gj) != 1 or not gi for gi, gj in pairs):
         return None
-    return groups
+    return [gi for gi, _ in pairs]
 
 
 def transpose_above_broadcast_merge(op: Op, rw: Rewriter) -> Value | None:

@@ -25,7 +25,7 @@ dims broadcast from 1, get None):
 from __future__ import annotations
 
 from zhenwu.compiler.graph.ir import Function, Op, TensorType
-from zhenwu.compiler.graph.ops import OPS
+from zhenwu.compiler.graph.ops import OPS, reshape_groups
 from zhenwu.compiler.shard.mesh import Mesh
 
 Hint = tuple[str | None, ...]
@@ -38,8 +38,6 @@ def _aligned(hint: Hint, operand: TensorType, out: TensorType) -> Hint:
 
 
 def _reshape(hint: Hint, src: TensorType, dst: TensorType) -> Hint:
-    from zhenwu.compiler.shard.propagate import reshape_groups
-
     dims: list[str | None] = [None] * src.rank
     for gi, gj in reshape_groups(src.shape, dst.shape):
         lead_in = next((d for d in gi if src.shape[d] > 1), None)

@@ -37,7 +37,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from zhenwu.compiler.graph.ir import Function, Op, TensorType, Value
-from zhenwu.compiler.graph.ops import OPS
+from zhenwu.compiler.graph.ops import OPS, reshape_groups
 from zhenwu.compiler.shard.annotations import DimAxis
 from zhenwu.compiler.shard.mesh import Mesh
 from zhenwu.isa.errors import Diagnostic, SourceSpan
@@ -252,29 +252,6 @@ def _divisible(spec: Spec, type_: TensorType, mesh: Mesh) -> Spec:
     partial = spec.partial if spec.partial and mesh.size(spec.partial) > 1 else None
     return Spec(tuple(a if splits(a, n) else None for n, a in zip(type_.shape, spec.dims)),
                 partial)
-
-
-def reshape_groups(src: tuple[int, ...], dst: tuple[int, ...]):
-    """Pairs of (source dims, destination dims) whose products match, in order."""
-    groups, i, j = [], 0, 0
-    while i < len(src) or j < len(dst):
-        gi, gj = [], []
-        a = b = 1
-        while True:
-            if a <= b and i < len(src):
-                a *= src[i]
-                gi.append(i)
-                i += 1
-            elif j < len(dst):
-                b *= dst[j]
-                gj.append(j)
-                j += 1
-            else:
-                break
-            if a == b and (i == len(src) or src[i] != 1) and (j == len(dst) or dst[j] != 1):
-                break
-        groups.append((gi, gj))
-    return groups
 
 
 def _reshape_rule(spec: Spec, src: TensorType, dst: TensorType, mesh: Mesh):
