@@ -81,6 +81,23 @@ def mismatch_summary(got: np.ndarray, want: np.ndarray) -> str | None:
             f"got {got[first].item()}, want {want[first].item()}")
 
 
+def check_outputs(fn, got: list, want: list, inputs: dict) -> list[tuple[bool, str]]:
+    """`check_output` for every output of `fn` (`got` compiled, `want` the reference's, on
+    `inputs`); the program without narrow rounding is evaluated once, and only when a float
+    output misses its tolerance."""
+    widened: list = []
+
+    def wide(index: int):
+        if not widened:
+            from zhenwu.compiler.reference import evaluate
+
+            widened.extend(evaluate(fn, inputs, widen=True))
+        return widened[index]
+
+    return [check_output(fn, value, g, w, wide=lambda index=index: wide(index))
+            for index, (g, w, value) in enumerate(zip(got, want, fn.outputs))]
+
+
 # an ill-conditioned program's output may be this many times farther than the reference
 # evaluator from the program computed without narrow rounding
 ILL_CONDITIONED_FACTOR = 2.0

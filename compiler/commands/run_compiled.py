@@ -15,25 +15,8 @@ from __future__ import annotations
 import json
 import sys
 
-from zhenwu.compiler.check import check_output
+from zhenwu.compiler.check import check_outputs
 from zhenwu.isa.errors import Diagnostic
-
-
-class _Widened:
-    """The reference evaluator's outputs without narrow rounding, computed once when asked."""
-
-    def __init__(self, prog, inputs):
-        self.prog, self.inputs, self.outputs = prog, inputs, None
-
-    def output(self, index: int):
-        def get():
-            if self.outputs is None:
-                from zhenwu.compiler.reference import evaluate
-
-                self.outputs = evaluate(self.prog.function, {**self.prog.weights, **self.inputs},
-                                        widen=True)
-            return self.outputs[index]
-        return get
 
 
 def compile_for_run(args, given):
@@ -109,9 +92,8 @@ def run_compiled(args) -> int:
     status = 0
     if args.check:
         want = prog.reference(inputs)
-        wide = _Widened(prog, inputs)
-        for index, (got, ref, value) in enumerate(zip(outputs, want, fn.outputs)):
-            passes, summary = check_output(fn, value, got, ref, wide=wide.output(index))
+        checks = check_outputs(fn, outputs, want, {**prog.weights, **inputs})
+        for index, (passes, summary) in enumerate(checks):
             print(f"check out{index}: {summary} {'ok' if passes else 'FAIL'}")
             if not passes:
                 status = 1

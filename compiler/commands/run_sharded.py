@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import time
 
-from zhenwu.compiler.check import check_output
+from zhenwu.compiler.check import check_outputs
 from zhenwu.isa.errors import Diagnostic, UsageError
 
 
@@ -68,16 +68,7 @@ def run_sharded(args) -> int:
         from zhenwu.compiler.reference import evaluate
 
         want = evaluate(fn, inputs)
-        widened = []
-
-        def wide(index):
-            if not widened:
-                widened.extend(evaluate(fn, inputs, widen=True))
-            return widened[index]
-
-        for index, (got, ref, value) in enumerate(zip(outputs, want, fn.outputs)):
-            passes, summary = check_output(fn, value, got, ref,
-                                           wide=lambda index=index: wide(index))
+        for index, (passes, summary) in enumerate(check_outputs(fn, outputs, want, inputs)):
             print(f"check out{index}: {summary} {'ok' if passes else 'FAIL'}")
             if not passes:
                 status = 1

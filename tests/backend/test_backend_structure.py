@@ -137,8 +137,8 @@ def test_cli_check_failure_exits_1(tmp_path, monkeypatch, capsys):
 
     src = tmp_path / "p.zt"
     src.write_text("fn main(x: f32[6]) -> f32[6] {\n    return exp(x)\n}\n")
-    monkeypatch.setattr(run_compiled, "check_output",
-                        lambda fn, value, got, want, wide=None: (False, "max relative error 1"))
+    monkeypatch.setattr(run_compiled, "check_outputs",
+                        lambda fn, got, want, inputs: [(False, "max relative error 1")])
     assert main(["run", str(src), "--check"]) == 1
     assert "FAIL" in capsys.readouterr().out
 
