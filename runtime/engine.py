@@ -102,7 +102,6 @@ class CoreState:
         self.s_block_since = 0
         self.races = CoreRaceDetector(n_engines, spaces) if race_check else None
         self.kernel: int | None = None  # index of the kernel region the scalar is in
-        self.last_kernel: int | None = None  # the region the last BAR.CHIP closed
         self.in_flight: list[tuple[int, int]] = []  # GM DMAs: (completion, bytes), sorted
         self.skipped_overlap = 0  # DMA/compute overlap of fast-forwarded periods
         self.scalar_ctx = None  # the ScalarContext the scalar instructions run against
@@ -267,9 +266,6 @@ class Simulator:
             op = ops[core.pc]
             if op.kernel is not None and core.kernel != op.kernel:
                 t = self._enter_kernel(core, op, t)
-            elif core.kernel is None and core.last_kernel is not None and op.kind != HALT:
-                # a later nest of the kernel whose barrier closed the region: no new launch
-                core.kernel = core.last_kernel
             if op.pred is not None:
                 value = regs[op.pred[0]]
                 if (value == 0) != op.pred[1]:  # predicated off: it still takes its issue
@@ -437,10 +433,12 @@ class Simulator:
             if self.trace is not None and waited > 0:
                 self.trace.slice(waiting.index, S_ENGINE, "stall bar_chip", waiting.t + cycles,
                                  waited)
-            # a BAR.CHIP ends the kernel region the cores were in
+            # the kernel the cores are in runs at least to the release
             self._leave_kernel(waiting, release)
-            waiting.last_kernel, waiting.kernel = waiting.kernel, None
             waiting.pc += 1
+            after = self.ops[waiting.pc] if waiting.pc < len(self.ops) else None
+            if after is None or after.kernel is not None or after.kind == HALT:
+                waiting.kernel = None   # the region ends here; else a later nest follows
             waiting.t = release
             self._resume(waiting, release)
         self.chip_barrier = []
