@@ -6,7 +6,8 @@ One draw picks, independently:
   broadcast to the query heads), multi-query (one K/V for all heads), one K/V per batch
   (`bhqd,bkd->bhqk`), and batch dims broadcast in the product (k `[B, 1, T, D]`) or
   regrouped between the two products;
-- how the products are written: einsum, `@` with a transpose, or `@` of a broadcast;
+- how the products are written: einsum, `@` with a transpose, or `@` of a broadcast (K/V
+  also broadcast to the query heads and merged into them, then an einsum);
 - a reshape around the softmax that keeps its rows (heads merged) or changes them;
 - the scale: on the scores (`* c`, `c *`, `/ c`), on q, or none;
 - the mask: none, `where(mask, s, -inf)`, an additive `where(mask, 0.0, -inf)` bias or
@@ -48,8 +49,8 @@ def _causal_mask(builder, seq: int, spelling: str | None = None) -> str:
 def draw_attention(builder) -> None:
     """Bind one attention computation in `builder` (a fuzz ProgramBuilder)."""
     choose = builder.chooser.choice
-    layout = choose(("heads", "gqa", "gqa_seq_major", "gqa_broadcast", "mqa", "batch_kv",
-                     "broadcast_batch"))
+    layout = choose(("heads", "gqa", "gqa_seq_major", "gqa_broadcast", "gqa_merged_broadcast",
+                     "mqa", "batch_kv", "broadcast_batch"))
     causal = bool(builder.chooser.integer(0, 1))
     seq_q = choose(SEQS)
     # i8 masks wrap beyond 127: now and then a sequence that long (with a small head dim)
@@ -81,6 +82,20 @@ def draw_attention(builder) -> None:
         else:
             scores = f"{qs} @ transpose({k}, [0, 2, 1])"
             pv = "{p} @ " + v
+        finish = "{o}"
+    elif layout == "gqa_merged_broadcast":  # K/V broadcast to the heads, merged, einsum
+        kv, group = choose((1, 2)), choose((2, 4))
+        heads = kv * group
+        q, k, v = param((seq_q, heads, dim)), param((seq_k, kv, dim)), param((seq_k, kv, dim))
+
+        def to_heads(x: str) -> str:
+            return (f"reshape(broadcast_to(reshape({x}, [{seq_k}, {kv}, 1, {dim}]), "
+                    f"[{seq_k}, {kv}, {group}, {dim}]), [{seq_k}, {heads}, {dim}])")
+
+        qs = f"{q} * {scale!r}" if scale_at == "q" else q
+        scores = f'einsum("qhd,khd->hqk", {qs}, {to_heads(k)})'
+        pv = 'einsum("hqk,khd->qhd", {p}, ' + to_heads(v) + ")"
+        batch, out_shape = (heads,), (seq_q, heads, dim)
         finish = "{o}"
     elif layout in ("gqa", "gqa_seq_major", "gqa_broadcast"):
         kv, group = choose((1, 2)), choose((2, 4))
