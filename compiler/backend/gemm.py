@@ -301,10 +301,15 @@ def lower_matmul_group(low, ops) -> None:
                       else "col" if has_m else "one")
     # the reference rounds every bf16/f16/fp8 result; the store rounds the last one
     rounded = [op for op in ops[:-1] if op.result.type.dtype in NARROW and op.kind != "cast"]
-    narrow_result = bool(rounded)
+    # the `round` tile: a narrow result of an epilogue op, or a narrowing cast the store
+    # does not do (a side value cast to f16 and then added, say)
+    narrow_result = bool(rounded) or any(
+        op.kind == "cast" and op.attrs["dtype"] in NARROW and op is not ops[-1]
+        for op in epilogue)
     side_buffers = _side_buffers(side, epilogue, shapes, epi_index)
     n_side = len(set(side_buffers.values()) - {f"e{i}" for i in range(len(shapes))})
-    full_bytes = 4 * (shapes.count("full") + shapes.count("col") + n_side) + (2 if rounded else 0)
+    full_bytes = (4 * (shapes.count("full") + shapes.count("col") + n_side)
+                  + (2 if narrow_result else 0))
     row_bytes = 4 * (shapes.count("row") + shapes.count("one"))
     n_vec = sum(_vx_passes(op.kind, machine) for op in epilogue) + 2 * len(rounded)
     batch_count = 1
