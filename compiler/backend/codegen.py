@@ -1,4 +1,4 @@
-"""Codegen: Kernel IR to M890 assembly text (docs/internals.md section 3).
+"""Codegen: Kernel IR to an M890 program (docs/internals.md section 3).
 
 Each nest becomes one scalar loop over the parallel tiles this core owns (core c takes tiles
 c, c + cores, c + 2 cores, ...), with the reduction steps of a tile as an inner loop. The
@@ -40,8 +40,26 @@ from zhenwu.compiler.backend.kernel_ir import (
     Vec,
     View,
 )
+from zhenwu.compiler.backend.emitter import Emitter, instruction
 from zhenwu.compiler.graph.dtypes import itemsize
-from zhenwu.isa.program import NUM_DESCS, format_float
+from zhenwu.isa.program import (
+    NUM_DESCS,
+    Addr,
+    DescRef,
+    DReg,
+    Event,
+    FImm,
+    IntList,
+    Keyword,
+    Instruction,
+    Option,
+    Program,
+    Reg,
+    Symbol,
+    TensorDecl,
+    Tile,
+    format_float,
+)
 
 E_LD_FULL, E_LD_FREE, E_OUT_FULL, E_OUT_FREE = 0, 1, 2, 3
 # Fused nests (compiler/backend/fusion.py) also use: setup loads (once per core, before the
@@ -67,10 +85,10 @@ def _with_switches(compute: list, waits: list[list], sigs: list[list]) -> None:
             waits[index].append((event, 1))
 
 
-def _emit_engine(emit: Emitter, engine: str, text: str, waits: list, sigs: list) -> None:
+def _emit_engine(emit: Emitter, engine: str, text, waits: list, sigs: list) -> None:
     """An engine instruction; waits past the two an instruction carries become WAITs."""
     for event, count in waits[:-2]:
-        emit(f"WAIT.{engine} {_event(event, count)}")
+        emit.op(f"WAIT.{engine}", Event(event, count))
     emit(text, waits=waits[-2:], sigs=sigs)
 
 # scalar registers
@@ -80,21 +98,6 @@ R_STEP_LOOP, R_STEP = 12, 13
 R_LD_COUNT, R_LD_OFF, R_OUT_COUNT, R_OUT_OFF = 14, 15, 16, 17
 MAX_AXES = R_STEP_LOOP - R_COORD
 R_STEPS, R_MIDDLE = 18, 19   # causal nests: this tile's key steps, and that minus two
-
-
-class Emitter:
-    """Collects assembly lines."""
-
-    def __init__(self):
-        self.lines: list[str] = []
-
-    def __call__(self, text: str, waits=(), sigs=()) -> None:
-        sync = "".join(f" .wait {_event(e, n)}" for e, n in waits)
-        sync += "".join(f" .sig {_event(e, n)}" for e, n in sigs)
-        self.lines.append(f"    {text}{sync}")
-
-    def raw(self, text: str) -> None:
-        self.lines.append(text)
 
 
 def _event(index: int, count: int) -> str:
@@ -124,14 +127,14 @@ class _NestContext:
         """The register holding nest axis `axis`'s tile coordinate, None when it is 0."""
         return None if self.nest.grid[axis] == 1 else R_COORD + axis
 
-    def tile(self, name: str) -> str:
+    def tile(self, name: str) -> Tile:
         buf = self.nest.buffer(name)
         if name in self.setup_buffers:
-            return f"{buf.level}[{buf.offset}]"
+            return Tile(buf.level, Addr(None, buf.offset))
         reg = R_LD_OFF if name in self.ld_buffers else R_OUT_OFF
-        return f"{buf.level}[{_addr(reg, buf.offset)}]"
+        return Tile(buf.level, Addr(reg, buf.offset))
 
-    def operand(self, name: str | Strided, dst) -> str:
+    def operand(self, name: str | Strided, dst) -> Tile:
         """Tile operand `name` of an instruction writing buffer `dst`: a 1 x cols buffer
         repeats its row (rs = 0), a rows x 1 buffer its column (cs = 0); a `Strided` one
         reads from its element offset with its strides."""
@@ -141,18 +144,18 @@ class _NestContext:
             start = buf.offset + name.offset * itemsize(buf.dtype)
             name = name.buffer
             if name in self.setup_buffers:
-                return f"{buf.level}[{start}, {rs}, {cs}]"
+                return Tile(buf.level, Addr(None, start), rs, cs)
             reg = R_LD_OFF if name in self.ld_buffers else R_OUT_OFF
-            return f"{buf.level}[{_addr(reg, start)}, {rs}, {cs}]"
-        text = self.tile(name)
+            return Tile(buf.level, Addr(reg, start), rs, cs)
+        text = _as_tile(self.tile(name))
         src = self.nest.buffer(name)
         if (src.rows, src.cols) == (dst.rows, dst.cols) or src.rows * src.cols == dst.rows * dst.cols:
             return text
         row_stride = 0 if src.rows == 1 else src.cols
         col_stride = 0 if src.cols == 1 else 1
-        return f"{text[:-1]}, {row_stride}, {col_stride}]"
+        return Tile(text.space, text.base, row_stride, col_stride)
 
-    def columns(self, name: str, col: int) -> str:
+    def columns(self, name: str, col: int) -> Tile:
         """Buffer `name` from column `col`, each row a whole row of the buffer apart; a
         buffer of one row or one column (a broadcast value) repeats it (zero stride)."""
         buf = self.nest.buffer(name)
@@ -161,16 +164,24 @@ class _NestContext:
         row_stride = 0 if buf.rows == 1 else buf.cols
         col_stride = 0 if buf.cols == 1 else 1
         if name in self.setup_buffers:
-            return f"{buf.level}[{start}, {row_stride}, {col_stride}]"
+            return Tile(buf.level, Addr(None, start), row_stride, col_stride)
         reg = R_LD_OFF if name in self.ld_buffers else R_OUT_OFF
-        return f"{buf.level}[{_addr(reg, start)}, {row_stride}, {col_stride}]"
+        return Tile(buf.level, Addr(reg, start), row_stride, col_stride)
 
-    def ref(self, view: View, box: tuple[int, ...] = ()) -> str:
+    def ref(self, view: View, box: tuple[int, ...] = ()) -> DescRef:
         coords = []
         for axis, shift in zip(view.axes, view.shifts):
-            coords.append(_addr(self.coord(axis), -shift) if self.coord(axis) is not None
-                          else str(-shift))
-        return f"d{self.descs[(view, box)]}[{', '.join(coords)}]"
+            coords.append(Addr(self.coord(axis), -shift))
+        return DescRef(self.descs[(view, box)], tuple(coords))
+
+
+def _as_tile(tile) -> Tile:
+    """A tile operand (a context that still writes its tiles as text gives a str)."""
+    if isinstance(tile, Tile):
+        return tile
+    from zhenwu.compiler.backend.emitter import read_operand
+
+    return read_operand(tile, ("tile",))
 
 
 def desc_key(view: View, box: tuple[int, ...] = ()) -> tuple:
@@ -202,9 +213,9 @@ def emit_descriptors(emit: Emitter, nest: Nest) -> dict[View, int]:
     for (view, given), index in descs.items():
         box = list(given) or [nest.tile[a] for a in view.axes]
         byte_offset = view.offset * itemsize(view.dtype)
-        base = view.tensor if byte_offset == 0 else f"{view.tensor}+{byte_offset}"
-        emit(f"DESC d{index}, {base}, {view.dtype}, [{', '.join(map(str, view.dims))}], "
-             f"[{', '.join(map(str, view.strides))}], [{', '.join(map(str, box))}]")
+        base = Symbol(view.tensor, byte_offset)
+        emit.op("DESC", DReg(index), base, Keyword(view.dtype), IntList(tuple(view.dims)),
+                IntList(tuple(view.strides)), IntList(tuple(box)))
     return descs
 
 
@@ -220,13 +231,13 @@ def _decompose(emit: Emitter, source: int, axes: list[int], nest: Nest) -> None:
     for position, (axis, below) in enumerate(reversed(plan)):
         reg = R_COORD + axis
         if below > 1:
-            emit(f"DIV r{reg}, r{source}, {below}")
+            emit.op("DIV", Reg(reg), Reg(source), below)
         else:
-            emit(f"MOV r{reg}, r{source}")
+            emit.op("MOV", Reg(reg), Reg(source))
         if position > 0:
-            emit(f"REM r{reg}, r{reg}, {grid[axis]}")
+            emit.op("REM", Reg(reg), Reg(reg), grid[axis])
         if tile[axis] > 1:
-            emit(f"MUL r{reg}, r{reg}, {tile[axis]}")
+            emit.op("MUL", Reg(reg), Reg(reg), tile[axis])
 
 
 def _grouped(nest: Nest, axes: list[int]) -> bool:
@@ -252,43 +263,44 @@ def _decompose_grouped(emit: Emitter, source: int, axes: list[int], nest: Nest) 
         below *= grid[axis]
     for position, (axis, below) in enumerate(reversed(plan)):
         reg = R_COORD + axis
-        emit(f"DIV r{reg}, r{source}, {below}")
+        emit.op("DIV", Reg(reg), Reg(source), below)
         if position > 0:
-            emit(f"REM r{reg}, r{reg}, {grid[axis]}")
+            emit.op("REM", Reg(reg), Reg(reg), grid[axis])
         if tile[axis] > 1:
-            emit(f"MUL r{reg}, r{reg}, {tile[axis]}")
+            emit.op("MUL", Reg(reg), Reg(reg), tile[axis])
     rm, rn, scratch = R_COORD + m_axis, R_COORD + n_axis, R_STEPS  # R_STEPS: causal only
-    emit(f"REM r{rn}, r{source}, {gm * gn}")
-    emit(f"DIV r{rm}, r{rn}, {group * gn}")
-    emit(f"MUL r{rm}, r{rm}, {group}")
-    emit(f"REM r{scratch}, r{rn}, {group}")
-    emit(f"ADD r{rm}, r{rm}, r{scratch}")
-    emit(f"REM r{rn}, r{rn}, {group * gn}")
-    emit(f"DIV r{rn}, r{rn}, {group}")
+    emit.op("REM", Reg(rn), Reg(source), gm * gn)
+    emit.op("DIV", Reg(rm), Reg(rn), group * gn)
+    emit.op("MUL", Reg(rm), Reg(rm), group)
+    emit.op("REM", Reg(scratch), Reg(rn), group)
+    emit.op("ADD", Reg(rm), Reg(rm), Reg(scratch))
+    emit.op("REM", Reg(rn), Reg(rn), group * gn)
+    emit.op("DIV", Reg(rn), Reg(rn), group)
     for reg, axis in ((rm, m_axis), (rn, n_axis)):
         if tile[axis] > 1:
-            emit(f"MUL r{reg}, r{reg}, {tile[axis]}")
+            emit.op("MUL", Reg(reg), Reg(reg), tile[axis])
 
 
-def _compute(ctx: _NestContext, stmt, first_step: bool) -> str:
-    t = ctx.tile
+def _compute(ctx: _NestContext, stmt, first_step: bool) -> Instruction:
+    def t(name):
+        return _as_tile(ctx.tile(name))
     if isinstance(stmt, Vec):
         buf = ctx.nest.buffer(stmt.dst)
-        srcs = [_imm(s) if isinstance(s, (int, float)) else ctx.operand(s, buf)
+        srcs = [FImm(float(s)) if isinstance(s, (int, float)) else ctx.operand(s, buf)
                 for s in stmt.srcs]
         suffixes = (stmt.cond, stmt.dtype) if stmt.cond else (stmt.dtype,)
         name = ".".join((stmt.instr.mnemonic, *suffixes))
-        return f"{name} {', '.join([t(stmt.dst)] + srcs)}, {buf.rows}, {buf.cols}"
+        return instruction(name, t(stmt.dst), *srcs, buf.rows, buf.cols)
     if isinstance(stmt, ColumnCopy):
         rows = ctx.nest.buffer(stmt.dst).rows
         name = "VNEG" if stmt.negate else "VCOPY"
-        return (f"{name}.{stmt.dtype} {ctx.columns(stmt.dst, stmt.dst_col)}, "
-                f"{ctx.columns(stmt.src, stmt.src_col)}, {rows}, {stmt.cols}")
+        return instruction(f"{name}.{stmt.dtype}", ctx.columns(stmt.dst, stmt.dst_col),
+                           ctx.columns(stmt.src, stmt.src_col), rows, stmt.cols)
     if isinstance(stmt, Iota):
         buf = ctx.nest.buffer(stmt.dst)
         base = ctx.coord(stmt.axis)
-        base_text = "0" if base is None else f"r{base}"
-        return f"VIOTA.{stmt.dtype} {t(stmt.dst)}, {buf.rows}, {buf.cols}, {base_text}"
+        base_text = 0 if base is None else Reg(base)
+        return instruction(f"VIOTA.{stmt.dtype}", t(stmt.dst), buf.rows, buf.cols, base_text)
     if isinstance(stmt, Reduce):
         src, dst = ctx.nest.buffer(stmt.src), ctx.nest.buffer(stmt.dst)
         # The rows are dst's; a row is the nest's last tile. A source hoisted as one row
@@ -300,20 +312,21 @@ def _compute(ctx: _NestContext, stmt, first_step: bool) -> str:
         if (src.rows, src.cols) != (rows, cols):
             row_stride = 0 if src.rows == 1 else src.cols
             col_stride = 0 if src.cols == 1 else 1
-            src_text = f"{src_text[:-1]}, {row_stride}, {col_stride}]"
+            src_text = Tile(src_text.space, src_text.base, row_stride, col_stride)
         if stmt.op == "ARGMAX":
             base = ctx.coord(stmt.axis)
-            base_text = "0" if base is None else f"r{base}"
-            return (f"VRARGMAX.{stmt.dtype} {t(stmt.dst)}, {t(stmt.index)}, {src_text}, "
-                    f"{rows}, {cols}, {base_text} .row .acc")
-        return f"VR{stmt.op}.{stmt.dtype} {t(stmt.dst)}, {src_text}, {rows}, {cols} .row .acc"
+            base_text = 0 if base is None else Reg(base)
+            return instruction(f"VRARGMAX.{stmt.dtype}", t(stmt.dst), t(stmt.index), src_text,
+                               rows, cols, base_text, options=("row", "acc"))
+        return instruction(f"VR{stmt.op}.{stmt.dtype}", t(stmt.dst), src_text, rows, cols,
+                           options=("row", "acc"))
     if isinstance(stmt, Mma):
         a, c = ctx.nest.buffer(stmt.a), ctx.nest.buffer(stmt.dst)
-        mode = f".{stmt.mode}" if stmt.mode else (".init" if first_step else ".acc")
+        mode = [stmt.mode if stmt.mode else ("init" if first_step else "acc")]
         k = a.rows if stmt.trans_a else a.cols
-        mode += " .tA" if stmt.trans_a else ""
-        return (f"MMA.{stmt.in_dtype}.{stmt.acc_dtype} {t(stmt.dst)}, {t(stmt.a)}, {t(stmt.b)}, "
-                f"{c.rows}, {c.cols}, {k} {mode}")
+        mode += ["tA"] if stmt.trans_a else []
+        return instruction(f"MMA.{stmt.in_dtype}.{stmt.acc_dtype}", t(stmt.dst), t(stmt.a),
+                           t(stmt.b), c.rows, c.cols, k, options=mode)
     raise TypeError(stmt)
 
 
@@ -326,17 +339,17 @@ def _emit_step(emit: Emitter, ctx: _NestContext, first: bool, last: bool,
         buffer = ctx.nest.buffer(loads[0].dst)
         stride = buffer.stride
         if buffer.copies == 2:
-            emit(f"AND r{R_LD_OFF}, r{R_LD_COUNT}, 1")
+            emit.op("AND", Reg(R_LD_OFF), Reg(R_LD_COUNT), 1)
         else:  # deeper buffering (an implicit GEMM's short steps hide the DMA latency)
-            emit(f"REM r{R_LD_OFF}, r{R_LD_COUNT}, {buffer.copies}")
-        emit(f"MUL r{R_LD_OFF}, r{R_LD_OFF}, {stride}")
-        emit(f"ADD r{R_LD_COUNT}, r{R_LD_COUNT}, 1")
+            emit.op("REM", Reg(R_LD_OFF), Reg(R_LD_COUNT), buffer.copies)
+        emit.op("MUL", Reg(R_LD_OFF), Reg(R_LD_OFF), stride)
+        emit.op("ADD", Reg(R_LD_COUNT), Reg(R_LD_COUNT), 1)
     for index, load in enumerate(loads):
         buf = ctx.nest.buffer(load.dst)
-        pad = f" .pad {_imm(load.pad)}" if load.pad != 0 else ""
-        emit(f"DMA.LD.{buf.dtype} {ctx.tile(load.dst)}, {ctx.ref(load.view, load.box)}{pad}",
-             waits=[(E_LD_FREE, 1)] if index == 0 else [],
-             sigs=[(E_LD_FULL, 1)])
+        pad = [Option("pad", FImm(float(load.pad)))] if load.pad != 0 else []
+        emit.op(f"DMA.LD.{buf.dtype}", ctx.tile(load.dst), ctx.ref(load.view, load.box),
+                options=pad, waits=[(E_LD_FREE, 1)] if index == 0 else [],
+                sigs=[(E_LD_FULL, 1)])
     all_waits: list[list] = [[] for _ in compute]
     all_sigs: list[list] = [[] for _ in compute]
     for index, stmt in enumerate(compute):
@@ -360,9 +373,9 @@ def _emit_step(emit: Emitter, ctx: _NestContext, first: bool, last: bool,
 
 def _emit_load(emit: Emitter, ctx: _NestContext, load: Load, waits, sigs) -> None:
     buf = ctx.nest.buffer(load.dst)
-    pad = f" .pad {_imm(load.pad)}" if load.pad != 0 else ""
-    emit(f"DMA.LD.{buf.dtype} {ctx.tile(load.dst)}, {ctx.ref(load.view, load.box)}{pad}",
-         waits=waits, sigs=sigs)
+    pad = [Option("pad", FImm(float(load.pad)))] if load.pad != 0 else []
+    emit.op(f"DMA.LD.{buf.dtype}", ctx.tile(load.dst), ctx.ref(load.view, load.box),
+            options=pad, waits=waits, sigs=sigs)
 
 
 def _emit_epilogue(emit: Emitter, ctx: _NestContext, compute: list, n_loads: int,
@@ -408,35 +421,35 @@ def _causal_tile(emit: Emitter, nest: Nest, causal: tuple[int, int]) -> None:
     heads = [a for a, k in enumerate(nest.kinds) if k == "p" and grid[a] > 1 and a != q_axis]
     n_heads = grid[heads[0]] if heads else 1
     # rank = loop * cores + (core if loop is even else cores - 1 - core)
-    emit(f"AND r{R_TILE}, r{R_TILE_LOOP}, 1")
-    emit(f"SUB r{R_STEP}, r{R_CORES}, 1")
-    emit(f"SUB r{R_STEP}, r{R_STEP}, r{R_CORE}")
-    emit(f"SUB r{R_STEP}, r{R_STEP}, r{R_CORE}")
-    emit(f"MUL r{R_STEP}, r{R_STEP}, r{R_TILE}")
+    emit.op("AND", Reg(R_TILE), Reg(R_TILE_LOOP), 1)
+    emit.op("SUB", Reg(R_STEP), Reg(R_CORES), 1)
+    emit.op("SUB", Reg(R_STEP), Reg(R_STEP), Reg(R_CORE))
+    emit.op("SUB", Reg(R_STEP), Reg(R_STEP), Reg(R_CORE))
+    emit.op("MUL", Reg(R_STEP), Reg(R_STEP), Reg(R_TILE))
     # only whole rounds snake: a last partial round deals plainly (its ranks stay valid)
-    emit(f"LI r{R_MIDDLE}, {nest.parallel_tiles}")
-    emit(f"DIV r{R_MIDDLE}, r{R_MIDDLE}, r{R_CORES}")
-    emit(f"SLT r{R_MIDDLE}, r{R_TILE_LOOP}, r{R_MIDDLE}")
-    emit(f"MUL r{R_STEP}, r{R_STEP}, r{R_MIDDLE}")
-    emit(f"ADD r{R_STEP}, r{R_STEP}, r{R_CORE}")
-    emit(f"MUL r{R_TILE}, r{R_TILE_LOOP}, r{R_CORES}")
-    emit(f"ADD r{R_TILE}, r{R_TILE}, r{R_STEP}")
+    emit.op("LI", Reg(R_MIDDLE), nest.parallel_tiles)
+    emit.op("DIV", Reg(R_MIDDLE), Reg(R_MIDDLE), Reg(R_CORES))
+    emit.op("SLT", Reg(R_MIDDLE), Reg(R_TILE_LOOP), Reg(R_MIDDLE))
+    emit.op("MUL", Reg(R_STEP), Reg(R_STEP), Reg(R_MIDDLE))
+    emit.op("ADD", Reg(R_STEP), Reg(R_STEP), Reg(R_CORE))
+    emit.op("MUL", Reg(R_TILE), Reg(R_TILE_LOOP), Reg(R_CORES))
+    emit.op("ADD", Reg(R_TILE), Reg(R_TILE), Reg(R_STEP))
     if heads:
-        emit(f"REM r{R_COORD + heads[0]}, r{R_TILE}, {n_heads}")
+        emit.op("REM", Reg(R_COORD + heads[0]), Reg(R_TILE), n_heads)
         if tile[heads[0]] > 1:
-            emit(f"MUL r{R_COORD + heads[0]}, r{R_COORD + heads[0]}, {tile[heads[0]]}")
+            emit.op("MUL", Reg(R_COORD + heads[0]), Reg(R_COORD + heads[0]), tile[heads[0]])
     reg = R_COORD + q_axis
-    emit(f"DIV r{reg}, r{R_TILE}, {n_heads}")
-    emit(f"SUB r{reg}, r{reg}, {grid[q_axis] - 1}")
-    emit(f"MUL r{reg}, r{reg}, -1")
+    emit.op("DIV", Reg(reg), Reg(R_TILE), n_heads)
+    emit.op("SUB", Reg(reg), Reg(reg), grid[q_axis] - 1)
+    emit.op("MUL", Reg(reg), Reg(reg), -1)
     if tile[q_axis] > 1:
-        emit(f"MUL r{reg}, r{reg}, {tile[q_axis]}")
+        emit.op("MUL", Reg(reg), Reg(reg), tile[q_axis])
     # n = clamp(ceil((q0 + tile_q) / tile_k), 2, key tiles)
-    emit(f"ADD r{R_STEPS}, r{reg}, {tile[q_axis] + tile[k_axis] - 1}")
-    emit(f"DIV r{R_STEPS}, r{R_STEPS}, {tile[k_axis]}")
-    emit(f"MAX r{R_STEPS}, r{R_STEPS}, 2")
-    emit(f"MIN r{R_STEPS}, r{R_STEPS}, {grid[k_axis]}")
-    emit(f"SUB r{R_MIDDLE}, r{R_STEPS}, 2")
+    emit.op("ADD", Reg(R_STEPS), Reg(reg), tile[q_axis] + tile[k_axis] - 1)
+    emit.op("DIV", Reg(R_STEPS), Reg(R_STEPS), tile[k_axis])
+    emit.op("MAX", Reg(R_STEPS), Reg(R_STEPS), 2)
+    emit.op("MIN", Reg(R_STEPS), Reg(R_STEPS), grid[k_axis])
+    emit.op("SUB", Reg(R_MIDDLE), Reg(R_STEPS), 2)
 
 
 def _read_only_by_mma(nest: Nest, names: frozenset[str]) -> bool:
@@ -492,9 +505,9 @@ def emit_nest(emit: Emitter, nest: Nest, tensors) -> None:
     out_credits = out_buffers[0].copies if out_buffers else 2
     for axis in nest.core_axes:  # this core's coordinate, the same for all its tiles
         if nest.grid[axis] > 1:
-            emit(f"REM r{R_COORD + axis}, r{R_CORE}, {nest.grid[axis]}")
+            emit.op("REM", Reg(R_COORD + axis), Reg(R_CORE), nest.grid[axis])
             if nest.tile[axis] > 1:
-                emit(f"MUL r{R_COORD + axis}, r{R_COORD + axis}, {nest.tile[axis]}")
+                emit.op("MUL", Reg(R_COORD + axis), Reg(R_COORD + axis), nest.tile[axis])
     for index, load in enumerate(setup_loads):
         _emit_load(emit, ctx, load, [], [(E_SETUP, 1)])
     for stmt in setup_compute:
@@ -503,38 +516,38 @@ def emit_nest(emit: Emitter, nest: Nest, tensors) -> None:
         # only MMAs read them (resident weights): the matrix engine waits, and the scalar
         # goes on issuing the first tile's loads meanwhile
         engine = "MX" if _read_only_by_mma(nest, ctx.setup_buffers) else "S"
-        emit(f"WAIT.{engine} {_event(E_SETUP, len(setup_loads) + len(setup_compute))}")
+        emit.op(f"WAIT.{engine}", Event(E_SETUP, len(setup_loads) + len(setup_compute)))
     # one credit per copy of the step's load buffers
     ld_credits = max((b.copies for b in nest.buffers if b.name in ld_buffers), default=2)
     if ld_buffers:
-        emit(f"SIG.S {_event(E_LD_FREE, ld_credits)}")
-    emit(f"SIG.S {_event(E_OUT_FREE, out_credits)}")
+        emit.op("SIG.S", Event(E_LD_FREE, ld_credits))
+    emit.op("SIG.S", Event(E_OUT_FREE, out_credits))
     if tile_loads:
-        emit(f"SIG.S {_event(E_EPI_FREE, out_credits)}")
-    emit(f"LI r{R_MINE}, {nest.parallel_tiles}")
-    emit(f"SUB r{R_MINE}, r{R_MINE}, r{R_CORE}")
-    emit(f"ADD r{R_MINE}, r{R_MINE}, r{R_CORES}")
-    emit(f"SUB r{R_MINE}, r{R_MINE}, 1")
-    emit(f"DIV r{R_MINE}, r{R_MINE}, r{R_CORES}")
-    emit(f"LI r{R_LD_COUNT}, 0")
-    emit(f"LI r{R_OUT_COUNT}, 0")
-    emit(f"LOOP r{R_TILE_LOOP}, r{R_MINE}")
+        emit.op("SIG.S", Event(E_EPI_FREE, out_credits))
+    emit.op("LI", Reg(R_MINE), nest.parallel_tiles)
+    emit.op("SUB", Reg(R_MINE), Reg(R_MINE), Reg(R_CORE))
+    emit.op("ADD", Reg(R_MINE), Reg(R_MINE), Reg(R_CORES))
+    emit.op("SUB", Reg(R_MINE), Reg(R_MINE), 1)
+    emit.op("DIV", Reg(R_MINE), Reg(R_MINE), Reg(R_CORES))
+    emit.op("LI", Reg(R_LD_COUNT), 0)
+    emit.op("LI", Reg(R_OUT_COUNT), 0)
+    emit.op("LOOP", Reg(R_TILE_LOOP), Reg(R_MINE))
     causal = _causal(nest)
     if causal:
         _causal_tile(emit, nest, causal)
     else:
-        emit(f"MUL r{R_TILE}, r{R_TILE_LOOP}, r{R_CORES}")
-        emit(f"ADD r{R_TILE}, r{R_TILE}, r{R_CORE}")
+        emit.op("MUL", Reg(R_TILE), Reg(R_TILE_LOOP), Reg(R_CORES))
+        emit.op("ADD", Reg(R_TILE), Reg(R_TILE), Reg(R_CORE))
         if _grouped(nest, par_axes):
             _decompose_grouped(emit, R_TILE, par_axes, nest)
         else:
             _decompose(emit, R_TILE, par_axes, nest)
     if out_credits <= 2:
-        emit(f"AND r{R_OUT_OFF}, r{R_OUT_COUNT}, 1")
+        emit.op("AND", Reg(R_OUT_OFF), Reg(R_OUT_COUNT), 1)
     else:  # deeper buffering: a short tile's store latency is hidden by later tiles
-        emit(f"REM r{R_OUT_OFF}, r{R_OUT_COUNT}, {out_credits}")
-    emit(f"MUL r{R_OUT_OFF}, r{R_OUT_OFF}, {out_stride}")
-    emit(f"ADD r{R_OUT_COUNT}, r{R_OUT_COUNT}, 1")
+        emit.op("REM", Reg(R_OUT_OFF), Reg(R_OUT_COUNT), out_credits)
+    emit.op("MUL", Reg(R_OUT_OFF), Reg(R_OUT_OFF), out_stride)
+    emit.op("ADD", Reg(R_OUT_COUNT), Reg(R_OUT_COUNT), 1)
     for index, load in enumerate(tile_loads):
         _emit_load(emit, ctx, load, [(E_EPI_FREE, 1)] if index == 0 else [], [(E_EPI_FULL, 1)])
     for index, stmt in enumerate(init_compute):
@@ -542,27 +555,27 @@ def emit_nest(emit: Emitter, nest: Nest, tensors) -> None:
     out_in_step = not init_compute
     steps = nest.reduction_steps
     for axis in red_axes:
-        emit(f"LI r{R_COORD + axis}, 0")
+        emit.op("LI", Reg(R_COORD + axis), 0)
     has_epi = bool(epilogue)
     _emit_step(emit, ctx, True, steps == 1, out_in_step, has_epi, len(init_loads))
     if causal:  # steps 1 .. n-2 in a loop of this tile's length, then step n-1 (n >= 2)
-        emit(f"LOOP r{R_STEP_LOOP}, r{R_MIDDLE}")
-        emit(f"ADD r{R_STEP}, r{R_STEP_LOOP}, 1")
+        emit.op("LOOP", Reg(R_STEP_LOOP), Reg(R_MIDDLE))
+        emit.op("ADD", Reg(R_STEP), Reg(R_STEP_LOOP), 1)
         _decompose(emit, R_STEP, red_axes, nest)
         _emit_step(emit, ctx, False, False, out_in_step)
-        emit("ENDLOOP")
-        emit(f"SUB r{R_STEP}, r{R_STEPS}, 1")
+        emit.op("ENDLOOP")
+        emit.op("SUB", Reg(R_STEP), Reg(R_STEPS), 1)
         _decompose(emit, R_STEP, red_axes, nest)
         _emit_step(emit, ctx, False, True, out_in_step, has_epi)
         steps = 0
     if steps > 2:
-        emit(f"LOOP r{R_STEP_LOOP}, {steps - 2}")
-        emit(f"ADD r{R_STEP}, r{R_STEP_LOOP}, 1")
+        emit.op("LOOP", Reg(R_STEP_LOOP), steps - 2)
+        emit.op("ADD", Reg(R_STEP), Reg(R_STEP_LOOP), 1)
         _decompose(emit, R_STEP, red_axes, nest)
         _emit_step(emit, ctx, False, False, out_in_step)
-        emit("ENDLOOP")
+        emit.op("ENDLOOP")
     if steps > 1:
-        emit(f"LI r{R_STEP}, {steps - 1}")
+        emit.op("LI", Reg(R_STEP), steps - 1)
         _decompose(emit, R_STEP, red_axes, nest)
         _emit_step(emit, ctx, False, True, out_in_step, has_epi)
     if epilogue:
@@ -570,43 +583,46 @@ def emit_nest(emit: Emitter, nest: Nest, tensors) -> None:
     stores = [s for s in nest.final if isinstance(s, Store)]
     for index, store in enumerate(stores):
         buf = nest.buffer(store.src)
-        relu = " .relu" if store.relu else ""
-        emit(f"DMA.ST.{buf.dtype} {ctx.ref(store.view)}, {ctx.tile(store.src)}{relu}",
-             waits=[(E_OUT_FULL, 1)] if index == 0 else [],
-             sigs=[(E_OUT_FREE, 1)] if index == len(stores) - 1 else [])
-    emit("ENDLOOP")
+        relu = ["relu"] if store.relu else []
+        emit.op(f"DMA.ST.{buf.dtype}", ctx.ref(store.view), ctx.tile(store.src), options=relu,
+                waits=[(E_OUT_FULL, 1)] if index == 0 else [],
+                sigs=[(E_OUT_FREE, 1)] if index == len(stores) - 1 else [])
+    emit.op("ENDLOOP")
     # Drain first: a WAIT.S on the credits before the engines are done would take the
     # initial credits the engines still need (a deadlock).
-    emit("BAR.CORE")
+    emit.op("BAR.CORE")
     if ld_buffers:
-        emit(f"WAIT.S {_event(E_LD_FREE, ld_credits)}")
-    emit(f"WAIT.S {_event(E_OUT_FREE, out_credits)}")
+        emit.op("WAIT.S", Event(E_LD_FREE, ld_credits))
+    emit.op("WAIT.S", Event(E_OUT_FREE, out_credits))
     if tile_loads:
-        emit(f"WAIT.S {_event(E_EPI_FREE, out_credits)}")
+        emit.op("WAIT.S", Event(E_EPI_FREE, out_credits))
 
 
 def emit_kernel(emit: Emitter, kernel: Kernel, tensors) -> None:
-    emit.raw(f".kernel {kernel.name}")
+    emit.kernel(kernel.name)
     for index, nest in enumerate(kernel.nests):
         if index:  # a nest may read what every core's previous nest wrote
-            emit("BAR.CHIP")
+            emit.op("BAR.CHIP")
         emit_nest(emit, nest, tensors)
-    emit("BAR.CHIP")
+    emit.op("BAR.CHIP")
+
+
+def generate_program(program: KernelProgram, machine_name: str | None = None) -> Program:
+    """The isa Program of a planned kernel program (every tensor has an address), built
+    directly (no assembly text; a scalar tensor is declared with shape ())."""
+    emit = Emitter(machine_name or None)
+    for t in program.tensors:
+        emit.tensor(TensorDecl(t.name, t.dtype, tuple(t.shape), int(t.address), t.role))
+    emit.op("GETID", Reg(R_CORE), Keyword("core"))
+    emit.op("GETID", Reg(R_CORES), Keyword("cores"))
+    for kernel in program.kernels:
+        emit_kernel(emit, kernel, program.tensors)
+    emit.op("HALT")
+    return emit.program()
 
 
 def generate(program: KernelProgram, machine_name: str | None = None) -> str:
-    """The assembly text of a planned kernel program (every tensor has an address)."""
-    emit = Emitter()
-    emit.raw("# generated by zhenwu")
-    if machine_name:
-        emit.raw(f".machine {machine_name}")
-    for t in program.tensors:
-        # A scalar is declared as [1]: the assembler reads no empty dims list.
-        emit.raw(f".tensor {t.name}, {t.dtype}, [{', '.join(map(str, t.shape or (1,)))}], "
-                 f"{t.address:#x}, {t.role}")
-    emit(f"GETID r{R_CORE}, core")
-    emit(f"GETID r{R_CORES}, cores")
-    for kernel in program.kernels:
-        emit_kernel(emit, kernel, program.tensors)
-    emit("HALT")
-    return "\n".join(emit.lines) + "\n"
+    """The assembly text of a planned kernel program (`generate_program`, printed)."""
+    from zhenwu.isa.asm import print_program
+
+    return print_program(generate_program(program, machine_name))

@@ -2,7 +2,8 @@
 
 Stages, in order (each has a text form): graph passes (the frontend's default pipeline,
 including `decompose`), `lower` (one kernel per non-view op, tiled for the machine), `hbm`
-(addresses), `codegen` (assembly text), `assemble` (an `isa` Program).
+(addresses), `codegen` (an `isa` Program, built directly: its assembly text is printed
+from it only when asked for, `CompiledProgram.asm_text`).
 
 At `-O1`/`-O2` the `fuse` pass (compiler/passes/fuse.py) groups the ops and `lower` builds
 one kernel per group (compiler/backend/fusion.py); `-O0` keeps one kernel per op.
@@ -11,8 +12,9 @@ one kernel per group (compiler/backend/fusion.py); `-O0` keeps one kernel per op
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
-from zhenwu.compiler.backend.codegen import generate
+from zhenwu.compiler.backend.codegen import generate_program
 from zhenwu.compiler.backend.hbm import plan_hbm
 from zhenwu.compiler.backend.kernel_ir import KernelProgram, print_kernels
 from zhenwu.compiler.backend.lower import lower_function
@@ -34,9 +36,15 @@ class CompiledProgram:
 
     graph: object                # the Graph IR after the graph passes
     kernels: KernelProgram       # planned Kernel IR (tensors have addresses)
-    asm_text: str
     program: object              # isa.program.Program
     spans: dict = field(default_factory=dict)
+
+    @cached_property
+    def asm_text(self) -> str:
+        """The program's assembly text (`isa.asm.print_program`; parses back to it)."""
+        from zhenwu.isa.asm import print_program
+
+        return print_program(self.program)
 
     @property
     def kernel_count(self) -> int:
@@ -77,7 +85,6 @@ def compile_function(fn, machine, options: CompileOptions = CompileOptions(), me
     `measure(program, machine) -> cycles` is the timing model `options.tune` searches with
     (the backend does not import the runtime: the caller injects it)."""
     from zhenwu.compiler.shard.annotations import strip_pins
-    from zhenwu.isa.asm import parse_assembly
 
     graph = graph_passes(strip_pins(fn), options)
     if options.opt_level >= 1 and "fuse" not in options.disabled_passes:
@@ -102,9 +109,8 @@ def compile_function(fn, machine, options: CompileOptions = CompileOptions(), me
         if param.span is not None:
             spans.setdefault(param.name, param.span)
     planned = plan_hbm(KernelProgram(tuple(tensors), tuple(kernels)), machine.hbm_bytes, spans)
-    asm_text = generate(planned, machine.name)
-    program = _scalars_as_rank0(parse_assembly(asm_text, "<compiled>"), planned)
-    return CompiledProgram(graph, planned, asm_text, program, spans)
+    program = generate_program(planned, machine.name)
+    return CompiledProgram(graph, planned, program, spans)
 
 
 # More tile steps than any simulation runs (the interpreter stops a program after 50 million
@@ -127,17 +133,3 @@ def _check_tile_steps(kernels, graph) -> None:
                 f"kernel '{kernel.name}' needs {steps:,} tile steps, more than the "
                 f"{MAX_TILE_STEPS:,} a simulation can run: make the tensors smaller", span)
 
-
-def _scalars_as_rank0(program, planned: KernelProgram):
-    """The assembly declares a scalar tensor as [1] (the assembler reads no empty dims
-    list); give the program's declaration the scalar's true shape () back, so that inputs
-    and outputs of rank 0 pass through run_program as they are."""
-    from dataclasses import replace as replace_field
-
-    from zhenwu.isa.program import Program
-
-    scalars = {t.name for t in planned.tensors if t.shape == ()}
-    if not scalars:
-        return program
-    tensors = [replace_field(t, shape=()) if t.name in scalars else t for t in program.tensors]
-    return Program.build(program.machine, tensors, program.instructions, program.markers)

@@ -37,14 +37,13 @@ def cache_key(graph, machine, options) -> str:
 
 def _kernel_cycles(kernel, tensors, machine, measure: Measure) -> int:
     """Cycles of one kernel alone on the timing model."""
-    from zhenwu.compiler.backend.codegen import generate
+    from zhenwu.compiler.backend.codegen import generate_program
     from zhenwu.compiler.backend.hbm import plan_hbm
     from zhenwu.compiler.backend.kernel_ir import KernelProgram
-    from zhenwu.isa.asm import parse_assembly
 
     roles = [replace(t, role="in") if t.role == "temp" else t for t in tensors]
     planned = plan_hbm(KernelProgram(tuple(roles), (kernel,)), machine.hbm_bytes)
-    return measure(parse_assembly(generate(planned, machine.name), "<tune>"), machine)
+    return measure(generate_program(planned, machine.name), machine)
 
 
 def tune_gemm_tiles(graph, machine, plan, options, measure: Measure
