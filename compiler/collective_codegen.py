@@ -37,13 +37,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from zhenwu.compiler.backend.emitter import assemble_lines
 from zhenwu.compiler.collectives import (
     EVENTS_PER_PHASE,
     CollectiveCost,
     collective_cost,
     rhd_distances,
 )
-from zhenwu.isa.asm import parse_assembly
 from zhenwu.isa.dtypes import itemsize
 from zhenwu.isa.errors import UsageError
 from zhenwu.isa.machine import Machine
@@ -468,5 +468,5 @@ def collective_programs(kind: str, nbytes: int, chips: int, machine: Machine,
     programs = []
     for chip in range(chips):
         lines = header + collective_asm(spec, chip) + ["    HALT"]
-        programs.append(parse_assembly("\n".join(lines) + "\n", f"{kind}-chip{chip}.s"))
+        programs.append(assemble_lines(lines, f"{kind}-chip{chip}.s"))
     return programs, cost

@@ -313,6 +313,24 @@ def parse_instruction(text: str) -> Instruction:
     return program.instructions[0]
 
 
+def read_one_instruction(text: str, filename: str = "<instruction>") -> Instruction:
+    """One instruction from its text, unresolved: the labels and tensors it names are not
+    looked up (so a branch, a LOOP or a DESC reads alone). AssemblyError for a bad line."""
+    text = normalize_newlines(text)
+    items = read_items(text, filename)
+    if len(items) != 1 or not isinstance(items[0], InstrItem):
+        raise AssemblyError("expected exactly one instruction",
+                            SourceSpan(filename, 1, 1, text=text))
+    return _Reader(text, filename).instruction(items[0])
+
+
+def operand_of_kind(arg, kind: str):
+    """The operand read from `arg` (an `asm_syntax.Arg`, or an object with its `kind`,
+    `name`, `value` and `items`) as operand kind `kind`, or None when it is not one: the
+    rule by which the assembler decides what a word means (`r3` a register, ...)."""
+    return _Reader("", "<operand>").as_kind(arg, kind)
+
+
 # ---- printing -------------------------------------------------------------------------
 
 

@@ -40,7 +40,7 @@ from zhenwu.compiler.backend.kernel_ir import (
     Vec,
     View,
 )
-from zhenwu.compiler.backend.emitter import Emitter, instruction
+from zhenwu.compiler.backend.emitter import Emitter, fimm, instruction
 from zhenwu.compiler.graph.dtypes import itemsize
 from zhenwu.isa.program import (
     NUM_DESCS,
@@ -48,10 +48,9 @@ from zhenwu.isa.program import (
     DescRef,
     DReg,
     Event,
-    FImm,
+    Instruction,
     IntList,
     Keyword,
-    Instruction,
     Option,
     Program,
     Reg,
@@ -100,6 +99,8 @@ MAX_AXES = R_STEP_LOOP - R_COORD
 R_STEPS, R_MIDDLE = 18, 19   # causal nests: this tile's key steps, and that minus two
 
 
+# Text forms of operands, for emitters that still write instructions as text (the Emitter
+# reads them, emitter.read_instruction); the ones here build typed operands.
 def _event(index: int, count: int) -> str:
     return f"E{index}" if count == 1 else f"E{index}:{count}"
 
@@ -286,7 +287,7 @@ def _compute(ctx: _NestContext, stmt, first_step: bool) -> Instruction:
         return _as_tile(ctx.tile(name))
     if isinstance(stmt, Vec):
         buf = ctx.nest.buffer(stmt.dst)
-        srcs = [FImm(float(s)) if isinstance(s, (int, float)) else ctx.operand(s, buf)
+        srcs = [fimm(s) if isinstance(s, (int, float)) else ctx.operand(s, buf)
                 for s in stmt.srcs]
         suffixes = (stmt.cond, stmt.dtype) if stmt.cond else (stmt.dtype,)
         name = ".".join((stmt.instr.mnemonic, *suffixes))
@@ -346,7 +347,7 @@ def _emit_step(emit: Emitter, ctx: _NestContext, first: bool, last: bool,
         emit.op("ADD", Reg(R_LD_COUNT), Reg(R_LD_COUNT), 1)
     for index, load in enumerate(loads):
         buf = ctx.nest.buffer(load.dst)
-        pad = [Option("pad", FImm(float(load.pad)))] if load.pad != 0 else []
+        pad = [Option("pad", fimm(load.pad))] if load.pad != 0 else []
         emit.op(f"DMA.LD.{buf.dtype}", ctx.tile(load.dst), ctx.ref(load.view, load.box),
                 options=pad, waits=[(E_LD_FREE, 1)] if index == 0 else [],
                 sigs=[(E_LD_FULL, 1)])
@@ -373,7 +374,7 @@ def _emit_step(emit: Emitter, ctx: _NestContext, first: bool, last: bool,
 
 def _emit_load(emit: Emitter, ctx: _NestContext, load: Load, waits, sigs) -> None:
     buf = ctx.nest.buffer(load.dst)
-    pad = [Option("pad", FImm(float(load.pad)))] if load.pad != 0 else []
+    pad = [Option("pad", fimm(load.pad))] if load.pad != 0 else []
     emit.op(f"DMA.LD.{buf.dtype}", ctx.tile(load.dst), ctx.ref(load.view, load.box),
             options=pad, waits=waits, sigs=sigs)
 

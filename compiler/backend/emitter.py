@@ -43,7 +43,7 @@ from zhenwu.isa.program import (
     TensorDecl,
 )
 
-__all__ = ["Emitter", "assemble_lines", "instruction", "read_instruction"]
+__all__ = ["Emitter", "assemble_lines", "fimm", "instruction", "read_instruction"]
 
 
 class Emitter:
@@ -156,10 +156,17 @@ def _operand(op, kinds: tuple[str, ...], name: str):
     if isinstance(op, int):
         return Imm(op) if "imm" in kinds or "addr" not in kinds else Addr(None, op)
     if isinstance(op, float):
-        return FImm(op)
+        return fimm(op)
     if isinstance(op, str):
         return read_operand(op, kinds)
     return op
+
+
+def fimm(value: float) -> FImm:
+    """A float immediate as the assembler reads its printed text: any NaN is the one NaN
+    (`#nan`), so that the binary does not depend on how a NaN was computed."""
+    value = float(value)
+    return FImm(float("nan") if value != value else value)
 
 
 def _events(events) -> tuple[Event, ...]:
@@ -183,8 +190,8 @@ def check(instr: Instruction) -> None:
 # ---- reading generated text -----------------------------------------------------------
 #
 # The text is the compiler's own, in the canonical form the printer writes; the reader
-# splits it with string operations and classifies each operand with the assembler's own
-# `as_kind` (isa/asm.py), so a word means here exactly what it means there.
+# splits it with string operations and classifies each operand by the assembler's own rule
+# (`isa.asm.operand_of_kind`), so a word means here exactly what it means there.
 
 _SOURCE_NAME = "<codegen>"
 _FIELD = re.compile(r"\s\.(?=[A-Za-z_])")
@@ -196,7 +203,6 @@ _FLOAT = re.compile(r"#[-+]?(?:inf|nan|[0-9]+\.?[0-9]*(?:[eE][-+]?[0-9]+)?"
 _WORD_OFFSET = re.compile(r"([A-Za-z_][A-Za-z0-9_.]*)([+-])(0[xX][0-9a-fA-F]+|[0-9]+)")
 _WORD_COUNT = re.compile(r"([A-Za-z_][A-Za-z0-9_.]*):(0[xX][0-9a-fA-F]+|[0-9]+)")
 _INSTRUCTIONS: dict[str, Instruction] = {}
-_READER = None
 
 
 class _Unread(Exception):
@@ -205,15 +211,16 @@ class _Unread(Exception):
 
 def read_instruction(text: str) -> Instruction:
     """One instruction from its text (`VADD.f32 L1[r15], L1[64], #1.0, 4, 16 .wait E0`),
-    equal to what `isa.asm.parse_instruction` reads; AssemblyError for a bad line."""
+    equal to what the assembler reads (`isa.asm.read_one_instruction`); AssemblyError for a
+    bad line."""
     found = _INSTRUCTIONS.get(text)
     if found is None:
         try:
             found = _read(text.strip())
         except _Unread:
-            from zhenwu.isa.asm import parse_instruction
+            from zhenwu.isa.asm import read_one_instruction
 
-            found = parse_instruction(text)
+            found = read_one_instruction(text, _SOURCE_NAME)
         if len(_INSTRUCTIONS) > 100_000:
             _INSTRUCTIONS.clear()
         _INSTRUCTIONS[text] = found
@@ -359,13 +366,10 @@ def _arg(text: str) -> _Arg:
 
 
 def _as_kind(arg: _Arg, kind: str):
-    global _READER
-    if _READER is None:
-        from zhenwu.isa.asm import _Reader
+    from zhenwu.isa.asm import operand_of_kind
 
-        _READER = _Reader("", _SOURCE_NAME)
     try:
-        return _READER.as_kind(arg, kind)
+        return operand_of_kind(arg, kind)
     except AssemblyError:
         raise _Unread from None
 

@@ -27,11 +27,11 @@ import re
 from dataclasses import dataclass, field
 
 import numpy as np
+from zhenwu.compiler.backend.emitter import assemble_lines
 from zhenwu.compiler.collective_codegen import CollectiveSpec, Region, collective_asm
 from zhenwu.compiler.collectives import collective_cost
 from zhenwu.compiler.graph.ir import Function, Op, Value
 from zhenwu.compiler.shard.propagate import COLLECTIVE_KINDS, SpmdFunction, join_output, split_input
-from zhenwu.isa.asm import parse_assembly
 from zhenwu.isa.errors import CompileError, Diagnostic
 
 ALIGN = 4096  # bytes: boundary tensors start on their own page
@@ -242,7 +242,7 @@ def compile_spmd(spmd: SpmdFunction, machine, options, chips: int, measure=None
         lines += body + ["    HALT"]
         text = "\n".join(lines) + "\n"
         texts.append(text)
-        programs.append(parse_assembly(text, f"chip{chip}.s"))
+        programs.append(assemble_lines(lines, f"chip{chip}.s"))
     return SpmdProgram(spmd, programs, texts, [s for s in segments if isinstance(s, Segment)],
                        collectives, total, chips, kernel_count)
 
