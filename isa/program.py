@@ -334,7 +334,10 @@ def _check_overlaps(tensors) -> None:
     other: writing one would silently change the other. A temporary may share addresses with
     any tensor (the compiler reuses the space of dead values, and a many-chip program reduces
     a partial sum in place into the result it becomes)."""
-    placed = sorted((t for t in tensors if t.nbytes), key=lambda t: t.address)
+    # only pairs of non-temporaries can conflict: leaving the temporaries out keeps the
+    # scan linear when many of them share addresses
+    placed = sorted((t for t in tensors if t.role != "temp" and t.nbytes),
+                    key=lambda t: t.address)
     for index, tensor in enumerate(placed):
         for other in placed[index + 1:]:
             if other.address >= tensor.address + tensor.nbytes:

@@ -9,6 +9,7 @@ diagnostics count them (`isa.errors.source_lines`).
 
 from __future__ import annotations
 
+import functools
 import re
 import tomllib
 
@@ -32,17 +33,34 @@ def read_toml(text: str, filename: str, error) -> dict:
 def locate(text: str, filename: str, section: str | None, key: str | None) -> SourceSpan:
     """The span of `key` in `[section]` (the top level when None) of the TOML text; the
     section's header when `key` is None; line 1 when neither is found."""
+    found = _places(text).get((section, key))
+    if found is None:
+        return SourceSpan(filename, 1, 1, text=text)
+    number, start, end = found
+    if end is None:
+        return SourceSpan(filename, number, start, text=text)
+    return SourceSpan(filename, number, start, end_col=end, text=text)
+
+
+_HEADER = re.compile(r"\s*\[\s*([A-Za-z0-9_.\-]+)\s*\]\s*(#.*)?")
+_KEY = re.compile(r"\s*([^=]*?)\s*=")
+
+
+@functools.lru_cache(maxsize=8)
+def _places(text: str) -> dict:
+    """(section, key) -> (line, first column, end column) of the first place each key is
+    given, and (section, None) -> (line, 1, None) of each section's first header: one pass
+    over the text, so that a reader asking where every key is does not scan it per key."""
+    places: dict = {}
     current: str | None = None
     for number, line in enumerate(source_lines(text), start=1):
-        header = re.fullmatch(r"\s*\[\s*([A-Za-z0-9_.\-]+)\s*\]\s*(#.*)?", line)
+        header = _HEADER.fullmatch(line)
         if header:
             current = header[1]
-            if key is None and current == section:
-                return SourceSpan(filename, number, 1, text=text)
+            places.setdefault((current, None), (number, 1, None))
             continue
-        if key is not None and current == section:
-            match = re.match(rf"\s*({re.escape(key)})\s*=", line)
-            if match:
-                return SourceSpan(filename, number, match.start(1) + 1,
-                                  end_col=match.end(1) + 1, text=text)
-    return SourceSpan(filename, 1, 1, text=text)
+        match = _KEY.match(line)
+        if match:
+            places.setdefault((current, match[1]), (number, match.start(1) + 1,
+                                                     match.end(1) + 1))
+    return places
