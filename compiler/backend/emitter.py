@@ -151,13 +151,12 @@ def instruction(name: str, *operands, options=(),
 
 
 def _operand(op, kinds: tuple[str, ...], name: str):
-    if isinstance(op, bool):
-        raise TypeError(f"{name}: a bool operand ({op})")
-    if isinstance(op, int):
+    kind = type(op)    # (a bool is no int here: it stays as it is, and validate refuses it)
+    if kind is int:
         return Imm(op) if "imm" in kinds or "addr" not in kinds else Addr(None, op)
-    if isinstance(op, float):
+    if kind is float:
         return fimm(op)
-    if isinstance(op, str):
+    if kind is str:
         return read_operand(op, kinds)
     return op
 
