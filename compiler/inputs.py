@@ -13,11 +13,11 @@ import sys
 import zipfile
 from pathlib import Path
 
-import numpy as np
 from zhenwu.compiler.frontend import load_program
 from zhenwu.compiler.graph.dtypes import from_np_dtype, is_float, is_int, itemsize, np_dtype
 from zhenwu.compiler.graph.ir import Function, TensorType
 from zhenwu.isa.errors import InputError, UsageError
+from zhenwu.isa.lazy import numpy as np
 
 
 def parse_shape_options(options: list[str]) -> dict[str, int]:

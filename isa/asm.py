@@ -7,7 +7,8 @@ forms. Every error is an `AssemblyError` with the line and column of the offendi
 
 The printer writes the canonical form: `.machine`, then the `.tensor` directives, then the
 instructions (indented four spaces) with their labels and `.kernel` markers; comments are
-not kept. `print_program(parse_assembly(print_program(p))) == print_program(p)`.
+not kept. `print_program(parse_assembly(print_program(p))) == print_program(p)`. The printer
+lives in isa/asm_print.py (what prints a program needs none of the reader).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import difflib
 import re
 
+from zhenwu.isa.asm_print import print_instruction, print_program, print_tensor
 from zhenwu.isa.asm_syntax import Arg, Directive, InstrItem, Label, Token, read_items
 from zhenwu.isa.dtypes import DTYPES
 from zhenwu.isa.errors import AssemblyError, SourceSpan, normalize_newlines
@@ -331,49 +333,6 @@ def operand_of_kind(arg, kind: str):
     return _Reader("", "<operand>").as_kind(arg, kind)
 
 
-# ---- printing -------------------------------------------------------------------------
-
-
-def print_instruction(instr: Instruction) -> str:
-    """The canonical text of one instruction."""
-    parts = []
-    if instr.predicate is not None:
-        parts.append(str(instr.predicate))
-    parts.append(instr.name)
-    text = " ".join(parts)
-    if instr.operands:
-        text += " " + ", ".join(str(op) for op in instr.operands)
-    for opt in instr.options:
-        text += f" {opt}"
-    for event in instr.waits:
-        text += f" .wait {event}"
-    for event in instr.sigs:
-        text += f" .sig {event}"
-    return text
-
-
-def print_tensor(tensor: TensorDecl) -> str:
-    dims = ", ".join(map(str, tensor.shape))
-    return f".tensor {tensor.name}, {tensor.dtype}, [{dims}], {tensor.address:#x}, {tensor.role}"
-
-
-def print_program(program: Program) -> str:
-    """The canonical assembly text of a program (ends with a newline)."""
-    lines = []
-    if program.machine is not None:
-        lines.append(f".machine {program.machine}")
-    lines.extend(print_tensor(t) for t in program.tensors)
-    by_index: dict[int, list[Marker]] = {}
-    for marker in program.markers:
-        by_index.setdefault(marker.index, []).append(marker)
-    for index in range(len(program.instructions) + 1):
-        for marker in by_index.get(index, []):
-            lines.append(f"{marker.name}:" if marker.kind == "label" else f".kernel {marker.name}")
-        if index < len(program.instructions):
-            lines.append("    " + print_instruction(program.instructions[index]))
-    return "\n".join(lines) + "\n"
-
-
 def check_machine(program: Program, machine) -> None:
     """AssemblyError for an instruction the machine cannot run at all (an fp8 MMA on z810e)."""
     for instr in program.instructions:
@@ -383,3 +342,7 @@ def check_machine(program: Program, machine) -> None:
                 f"{instr.name}: machine '{machine.name}' has no {instr.suffixes[0]} matrix unit",
                 instr.span, notes=[f"{machine.name} matrix dtypes: {supported}"],
             )
+
+
+__all__ = ["check_machine", "operand_of_kind", "parse_assembly", "parse_instruction",
+           "print_instruction", "print_program", "print_tensor", "read_one_instruction"]

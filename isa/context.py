@@ -19,9 +19,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Protocol
 
-import numpy as np
 from zhenwu.isa.dtypes import itemsize, np_dtype
 from zhenwu.isa.errors import ChipTrap
+from zhenwu.isa.lazy import numpy as np
 
 if TYPE_CHECKING:
     from zhenwu.isa.machine import Machine

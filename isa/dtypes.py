@@ -7,21 +7,30 @@ The dtype names are the strings of docs/internals.md: `f32 bf16 f16 fp8 i32 i8 b
 
 from __future__ import annotations
 
-import ml_dtypes
-import numpy as np
+from functools import cache
 
-# name -> numpy dtype; the position is the binary code (do not reorder)
-_NUMPY = {
-    "f32": np.dtype(np.float32),
-    "bf16": np.dtype(ml_dtypes.bfloat16),
-    "f16": np.dtype(np.float16),
-    "fp8": np.dtype(ml_dtypes.float8_e4m3fn),
-    "i32": np.dtype(np.int32),
-    "i8": np.dtype(np.int8),
-    "bool": np.dtype(np.bool_),
-}
+from zhenwu.isa.lazy import ml_dtypes
+from zhenwu.isa.lazy import numpy as np
 
-DTYPES: tuple[str, ...] = tuple(_NUMPY)
+# name -> bytes per element; the position is the binary code (do not reorder)
+_ITEMSIZE = {"f32": 4, "bf16": 2, "f16": 2, "fp8": 1, "i32": 4, "i8": 1, "bool": 1}
+
+
+@cache
+def _numpy_dtypes() -> dict:
+    """name -> numpy dtype (built at first use: numpy is imported lazily, isa/lazy.py)."""
+    return {
+        "f32": np.dtype(np.float32),
+        "bf16": np.dtype(ml_dtypes.bfloat16),
+        "f16": np.dtype(np.float16),
+        "fp8": np.dtype(ml_dtypes.float8_e4m3fn),
+        "i32": np.dtype(np.int32),
+        "i8": np.dtype(np.int8),
+        "bool": np.dtype(np.bool_),
+    }
+
+
+DTYPES: tuple[str, ...] = tuple(_ITEMSIZE)
 FLOAT_DTYPES = ("f32", "bf16", "f16", "fp8")
 INT_DTYPES = ("i32", "i8")
 # the element types the vector engine computes on (docs/internals.md section 3)
@@ -32,12 +41,12 @@ MX_DTYPES = ("bf16", "f16", "fp8", "f32", "i8")
 
 def np_dtype(name: str) -> np.dtype:
     """The numpy dtype of an M890 dtype name (KeyError for an unknown name)."""
-    return _NUMPY[name]
+    return _numpy_dtypes()[name]
 
 
 def itemsize(name: str) -> int:
     """Bytes per element of an M890 dtype (`bool` is one byte)."""
-    return _NUMPY[name].itemsize
+    return _ITEMSIZE[name]
 
 
 def is_float(name: str) -> bool:
@@ -63,10 +72,11 @@ def convert(values: np.ndarray, name: str) -> np.ndarray:
     - to bool: nonzero is true.
     """
     values = np.asarray(values)
-    target = _NUMPY[name]
+    target = _numpy_dtypes()[name]
     if name == "bool":
         return values != 0
-    source_is_float = values.dtype.kind == "f" or values.dtype in (_NUMPY["bf16"], _NUMPY["fp8"])
+    narrow = _numpy_dtypes()
+    source_is_float = values.dtype.kind == "f" or values.dtype in (narrow["bf16"], narrow["fp8"])
     if name in INT_DTYPES and source_is_float:
         info = np.iinfo(target)
         wide = np.nan_to_num(values.astype(np.float64), nan=0.0, posinf=info.max, neginf=info.min)

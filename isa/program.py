@@ -269,7 +269,7 @@ class Instruction:
         return tuple(sorted({op.index for op in self.operands if isinstance(op, DescRef)}))
 
     def __str__(self) -> str:
-        from zhenwu.isa.asm import print_instruction
+        from zhenwu.isa.asm_print import print_instruction
 
         return print_instruction(self)
 

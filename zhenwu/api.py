@@ -19,9 +19,8 @@ import os
 import time
 from pathlib import Path
 
-import numpy as np
-
 from zhenwu.isa.errors import Diagnostic, InputError, UsageError
+from zhenwu.isa.lazy import numpy as np
 
 _OPT_LEVELS = (0, 1, 2)
 

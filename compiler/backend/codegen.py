@@ -624,6 +624,6 @@ def generate_program(program: KernelProgram, machine_name: str | None = None) ->
 
 def generate(program: KernelProgram, machine_name: str | None = None) -> str:
     """The assembly text of a planned kernel program (`generate_program`, printed)."""
-    from zhenwu.isa.asm import print_program
+    from zhenwu.isa.asm_print import print_program
 
     return print_program(generate_program(program, machine_name))

@@ -103,7 +103,7 @@ class Emitter:
     @property
     def lines(self) -> list[str]:
         """The program so far as assembly lines (what the text Emitter used to collect)."""
-        from zhenwu.isa.asm import print_program
+        from zhenwu.isa.asm_print import print_program
 
         return print_program(self.program()).splitlines()
 

@@ -20,7 +20,6 @@ from dataclasses import dataclass, replace
 from itertools import pairwise
 from math import prod
 
-import numpy as np
 from zhenwu.compiler.backend.kernel_ir import (
     Buffer,
     Iota,
@@ -41,6 +40,7 @@ from zhenwu.compiler.graph.opfacets import OUT
 from zhenwu.compiler.graph.ops import COMPARISONS, OPS
 from zhenwu.isa.errors import CompileError
 from zhenwu.isa.instructions import INSTRUCTIONS
+from zhenwu.isa.lazy import numpy as np
 
 ALIGN = 64  # bytes: alignment of every L1/ACC buffer
 

@@ -42,7 +42,7 @@ class CompiledProgram:
     @cached_property
     def asm_text(self) -> str:
         """The program's assembly text (`isa.asm.print_program`; parses back to it)."""
-        from zhenwu.isa.asm import print_program
+        from zhenwu.isa.asm_print import print_program
 
         return print_program(self.program)
 

@@ -14,12 +14,12 @@ from dataclasses import dataclass, field
 from itertools import pairwise
 from math import prod
 
-import numpy as np
 from zhenwu.compiler.frontend import ast
 from zhenwu.compiler.frontend.checker import Checker, DType, Tensor, check_dim, describe, to_float
 from zhenwu.compiler.graph.dtypes import DTYPES, is_float, limits
 from zhenwu.compiler.graph.ops import OPS, OpDef, on_register, parse_einsum, result_dtype
 from zhenwu.isa.errors import Diagnostic, SourceSpan
+from zhenwu.isa.lazy import numpy as np
 
 Args = dict[str, tuple[object, SourceSpan]]
 

@@ -8,14 +8,20 @@ both 16-bit floats.
 
 from __future__ import annotations
 
-import numpy as np
+from functools import cache
+
 from zhenwu.isa.dtypes import DTYPES, FLOAT_DTYPES, INT_DTYPES
+from zhenwu.isa.dtypes import itemsize as isa_itemsize
 from zhenwu.isa.dtypes import np_dtype as isa_np_dtype
+from zhenwu.isa.lazy import numpy as np
+
 
 # The dtype table is isa's (the ground floor); the compiler adds promotion, tolerances and
-# limits on top of it.
-_NUMPY = {name: isa_np_dtype(name) for name in DTYPES}
-_FROM_NUMPY = {dt: name for name, dt in _NUMPY.items()}
+# limits on top of it. (Built at first use: numpy is imported lazily, isa/lazy.py.)
+@cache
+def _from_numpy() -> dict:
+    return {isa_np_dtype(name): name for name in DTYPES}
+
 
 # Relative tolerance of a result against the reference, relative to the output's scale.
 _TOLERANCE = {"f32": 1e-4, "f16": 1e-2, "bf16": 2e-2, "fp8": 1.5e-1}
@@ -23,17 +29,17 @@ _TOLERANCE = {"f32": 1e-4, "f16": 1e-2, "bf16": 2e-2, "fp8": 1.5e-1}
 
 def np_dtype(name: str) -> np.dtype:
     """The numpy dtype of a Graph IR dtype name (`fp8` is float8_e4m3fn, `bf16` bfloat16)."""
-    return _NUMPY[name]
+    return isa_np_dtype(name)
 
 
 def from_np_dtype(dtype) -> str | None:
     """The Graph IR name of a numpy dtype, or None when zhenwu has no such type."""
-    return _FROM_NUMPY.get(np.dtype(dtype))
+    return _from_numpy().get(np.dtype(dtype))
 
 
 def itemsize(name: str) -> int:
     """Bytes per element."""
-    return _NUMPY[name].itemsize
+    return isa_itemsize(name)
 
 
 def is_float(name: str) -> bool:
@@ -50,7 +56,7 @@ def compute_dtype(name: str) -> np.dtype:
     """The numpy dtype arithmetic is done in: f32 for the narrow floats, i32 for i8."""
     if name in ("bf16", "f16", "fp8"):
         return np.dtype(np.float32)
-    return _NUMPY[name]
+    return isa_np_dtype(name)
 
 
 def promote(a: str, b: str) -> str:
@@ -88,7 +94,7 @@ def limits(name: str) -> tuple[float, float]:
         return float("-inf"), float("inf")
     if name == "bool":
         return 0, 1
-    info = np.iinfo(_NUMPY[name])
+    info = np.iinfo(isa_np_dtype(name))
     return int(info.min), int(info.max)
 
 

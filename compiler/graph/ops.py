@@ -14,13 +14,15 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
 from math import prod
 
-import numpy as np
 from zhenwu.compiler.graph.dtypes import DTYPES, is_float, is_int, np_dtype, promote
 from zhenwu.compiler.graph.ir import TensorType
 from zhenwu.compiler.graph.opfacets import OUT, Frontend, Fuzz, Step, VectorLowering
 from zhenwu.isa.errors import Diagnostic
+from zhenwu.isa.lazy import numpy as np
+from zhenwu.isa.lazy import numpy_function as _np
 
 Types = tuple[TensorType, ...]
 
@@ -189,7 +191,13 @@ def infer_type(kind: str, types: Types, attrs: dict) -> TensorType:
 
 # --------------------------------------------------------------------------- elementwise
 
-_erf = np.vectorize(math.erf, otypes=[np.float64])
+@cache
+def _erf_vectorized():
+    return np.vectorize(math.erf, otypes=[np.float64])   # at first use: numpy is lazy
+
+
+def _erf(x):
+    return _erf_vectorized()(x)
 
 
 def _gelu(x: np.ndarray, approximate: bool) -> np.ndarray:
@@ -241,17 +249,17 @@ _GELU_ERF = (Step("VMUL", ("in0", 0.7071067811865476)), Step("VERF", (OUT,)),
              Step("VADD", (OUT, 1.0)), Step("VMUL", (OUT, "in0")), Step("VMUL", (OUT, 0.5)))
 
 for _op in (
-    unary_op("neg", np.negative, "VNEG", "-x", fuzz="neg({x})", int_math=lambda v: -v),
-    unary_op("abs", np.abs, "VABS", "absolute value", fuzz="abs({x})", int_math=abs),
-    unary_op("exp", np.exp, "VEXP", "e to the x", fuzz="exp(tanh({x}))", float_only=True),
-    unary_op("log", np.log, "VLOG", "natural logarithm", fuzz="log(abs({x}) + 1.0)",
+    unary_op("neg", _np("negative"), "VNEG", "-x", fuzz="neg({x})", int_math=lambda v: -v),
+    unary_op("abs", _np("abs"), "VABS", "absolute value", fuzz="abs({x})", int_math=abs),
+    unary_op("exp", _np("exp"), "VEXP", "e to the x", fuzz="exp(tanh({x}))", float_only=True),
+    unary_op("log", _np("log"), "VLOG", "natural logarithm", fuzz="log(abs({x}) + 1.0)",
              float_only=True),
-    unary_op("sqrt", np.sqrt, "VSQRT", "square root", fuzz="sqrt(abs({x}))", float_only=True),
+    unary_op("sqrt", _np("sqrt"), "VSQRT", "square root", fuzz="sqrt(abs({x}))", float_only=True),
     unary_op("rsqrt", lambda x: 1.0 / np.sqrt(x), "VRSQRT", "1 / sqrt(x)",
              fuzz="rsqrt(abs({x}) + 1.0)", float_only=True),
     unary_op("reciprocal", lambda x: 1.0 / x, "VRCP", "1 / x",
              fuzz="reciprocal(abs({x}) + 1.0)", float_only=True),
-    unary_op("tanh", np.tanh, "VTANH", "hyperbolic tangent", fuzz="tanh({x})",
+    unary_op("tanh", _np("tanh"), "VTANH", "hyperbolic tangent", fuzz="tanh({x})",
              float_only=True),
     unary_op("sigmoid", lambda x: 1.0 / (1.0 + np.exp(-x)), "VSIGM", "1 / (1 + exp(-x))",
              fuzz="sigmoid({x})", float_only=True),
@@ -259,15 +267,15 @@ for _op in (
              fuzz="relu({x})", int_math=lambda v: max(v, 0)),
     unary_op("erf", lambda x: _erf(x.astype(np.float64)).astype(x.dtype), "VERF",
              "the error function", fuzz="erf({x})", float_only=True),
-    unary_op("sin", np.sin, "VSIN", "sine", fuzz="sin({x})", float_only=True),
-    unary_op("cos", np.cos, "VCOS", "cosine", fuzz="cos({x})", float_only=True),
-    unary_op("floor", np.floor, "VFLOOR", "round down (integers unchanged)",
+    unary_op("sin", _np("sin"), "VSIN", "sine", fuzz="sin({x})", float_only=True),
+    unary_op("cos", _np("cos"), "VCOS", "cosine", fuzz="cos({x})", float_only=True),
+    unary_op("floor", _np("floor"), "VFLOOR", "round down (integers unchanged)",
              fuzz=Fuzz("floor({x})", inputs_only=True), int_steps=_INT_IDENTITY,
              int_math=lambda v: v),
-    unary_op("ceil", np.ceil, "VCEIL", "round up (integers unchanged)",
+    unary_op("ceil", _np("ceil"), "VCEIL", "round up (integers unchanged)",
              fuzz=Fuzz("ceil({x})", inputs_only=True), int_steps=_INT_IDENTITY,
              int_math=lambda v: v),
-    unary_op("sign", np.sign, "VSIGN", "-1, 0 or 1 by the sign of x",
+    unary_op("sign", _np("sign"), "VSIGN", "-1, 0 or 1 by the sign of x",
              fuzz=Fuzz("sign({x})", inputs_only=True), int_math=lambda v: (v > 0) - (v < 0)),
     unary_op("gelu", None, "VGELU",
              "0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))); `approximate=false`: "
@@ -486,15 +494,15 @@ def reduce_op(name: str, builtin: str, reference: Callable, instr: str, doc: str
 
 
 for _op in (
-    reduce_op("reduce_sum", "sum", _reduce_ref(np.sum), "VRSUM", "the sum over `axis`",
+    reduce_op("reduce_sum", "sum", _reduce_ref(_np("sum")), "VRSUM", "the sum over `axis`",
               row_kernel=True, fuzz=Fuzz(step="reduce")),
-    reduce_op("reduce_max", "max", _reduce_ref(np.max), "VRMAX",
+    reduce_op("reduce_max", "max", _reduce_ref(_np("max")), "VRMAX",
               "the maximum over `axis` (NaN propagates)", row_kernel=True,
               fuzz=Fuzz(step="reduce")),
-    reduce_op("reduce_min", "min", _reduce_ref(np.min), "VRMIN",
+    reduce_op("reduce_min", "min", _reduce_ref(_np("min")), "VRMIN",
               "the minimum over `axis` (NaN propagates)", row_kernel=True,
               fuzz=Fuzz(step="reduce")),
-    reduce_op("reduce_prod", "prod", _reduce_ref(np.prod), "VRPROD", "the product over `axis`",
+    reduce_op("reduce_prod", "prod", _reduce_ref(_np("prod")), "VRPROD", "the product over `axis`",
               row_kernel=False, fuzz=Fuzz(step="reduce", operand="1.0 + 0.01 * tanh({x})")),
     reduce_op("argmax", "argmax", _argmax_ref, "VRARGMAX",
               "the index (i32) of the first maximum along one axis (the first NaN wins)",

@@ -41,8 +41,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from math import gcd
 
-import numpy as np
 from zhenwu.compiler.graph.dtypes import np_dtype, value_preserving
+from zhenwu.isa.lazy import numpy as np
 
 # The scores' dtypes the kernel reproduces: those with an infinity, whose products it
 # computes in f32 without overflowing where the program would not

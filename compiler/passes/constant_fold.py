@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 from zhenwu.compiler.graph.dtypes import compute_dtype, np_dtype
 from zhenwu.compiler.graph.ir import Op, Value
 from zhenwu.compiler.graph.ops import OPS
 from zhenwu.compiler.passes.pass_base import GraphPass, register_pass
 from zhenwu.compiler.passes.rewrite import Rewriter, rewrite
+from zhenwu.isa.lazy import numpy as np
 
 _SHAPE_KINDS = ("reshape", "broadcast_to", "transpose", "slice", "concat")
 # A reduction of a splat is evaluated on this many elements at most (folding must not

@@ -13,10 +13,10 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import numpy as np
 from zhenwu.isa.context import ExecContext
 from zhenwu.isa.dtypes import compute_dtype, convert
 from zhenwu.isa.errors import ChipTrap
+from zhenwu.isa.lazy import numpy as np
 from zhenwu.isa.machine import Machine
 from zhenwu.isa.program import (
     MAX_EVENT_COUNT,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 from zhenwu.isa.context import ExecContext
 from zhenwu.isa.dtypes import DTYPES, compute_dtype, convert, itemsize
 from zhenwu.isa.errors import ChipTrap
@@ -27,6 +26,7 @@ from zhenwu.isa.instructions.base import (
     scalar_value,
     tile_view,
 )
+from zhenwu.isa.lazy import numpy as np
 from zhenwu.isa.machine import Machine
 from zhenwu.isa.program import DescRef, Descriptor, Instruction, Tile
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 from zhenwu.isa.context import ExecContext
 from zhenwu.isa.dtypes import MX_DTYPES
 from zhenwu.isa.errors import ChipTrap
@@ -17,6 +16,7 @@ from zhenwu.isa.instructions.base import (
     positive_value,
     tile_view,
 )
+from zhenwu.isa.lazy import numpy as np
 from zhenwu.isa.machine import Machine
 from zhenwu.isa.program import Instruction
 

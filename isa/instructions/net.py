@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import functools
 
-import numpy as np
 from zhenwu.isa.context import ExecContext
 from zhenwu.isa.dtypes import DTYPES, compute_dtype, convert, itemsize, np_dtype
 from zhenwu.isa.errors import ChipTrap
@@ -34,6 +33,7 @@ from zhenwu.isa.instructions.base import (
     positive_value,
     scalar_value,
 )
+from zhenwu.isa.lazy import numpy as np
 from zhenwu.isa.machine import Machine
 from zhenwu.isa.program import Event, Instruction, Symbol
 from zhenwu.isa.topology import Route, Topology

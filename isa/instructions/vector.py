@@ -11,8 +11,8 @@ before the destination is written, so a destination may alias a source.
 from __future__ import annotations
 
 import math
+from functools import cache
 
-import numpy as np
 from zhenwu.isa.context import ExecContext
 from zhenwu.isa.dtypes import DTYPES, VECTOR_DTYPES, is_float, itemsize
 from zhenwu.isa.errors import ChipTrap
@@ -30,6 +30,8 @@ from zhenwu.isa.instructions.base import (
     tile_view,
     write_tile,
 )
+from zhenwu.isa.lazy import numpy as np
+from zhenwu.isa.lazy import numpy_function as _np
 from zhenwu.isa.machine import Machine
 from zhenwu.isa.program import Instruction
 
@@ -115,16 +117,16 @@ def _binary(function_float, function_int=None):
 
 
 _BINARY = {
-    "VADD": (0x40, "dst = a + b", np.add, None, ARITH_DTYPES),
-    "VSUB": (0x41, "dst = a - b", np.subtract, None, ARITH_DTYPES),
-    "VMUL": (0x42, "dst = a * b", np.multiply, None, ARITH_DTYPES),
+    "VADD": (0x40, "dst = a + b", _np("add"), None, ARITH_DTYPES),
+    "VSUB": (0x41, "dst = a - b", _np("subtract"), None, ARITH_DTYPES),
+    "VMUL": (0x42, "dst = a * b", _np("multiply"), None, ARITH_DTYPES),
     "VDIV": (0x43, ("dst = a / b (integers: floor division, a trap on a zero divisor; "
              "compiled `.zt` code selects 0 there instead, as `a // 0` is 0 in the language)"),
-             np.divide,
+             _np("divide"),
              _int_floor_div, ARITH_DTYPES),
-    "VMAX": (0x44, "dst = max(a, b)", np.maximum, None, ARITH_DTYPES),
-    "VMIN": (0x45, "dst = min(a, b)", np.minimum, None, ARITH_DTYPES),
-    "VPOW": (0x46, "dst = a ** b", np.power, None, FLOAT_VX_DTYPES),
+    "VMAX": (0x44, "dst = max(a, b)", _np("maximum"), None, ARITH_DTYPES),
+    "VMIN": (0x45, "dst = min(a, b)", _np("minimum"), None, ARITH_DTYPES),
+    "VPOW": (0x46, "dst = a ** b", _np("power"), None, FLOAT_VX_DTYPES),
 }
 
 
@@ -137,8 +139,8 @@ def _fma(instr: Instruction, ctx: ExecContext) -> None:
         write_tile(ctx, dst, dtype, a * b + c)
 
 
-_COMPARE = {"lt": np.less, "le": np.less_equal, "gt": np.greater, "ge": np.greater_equal,
-            "eq": np.equal, "ne": np.not_equal}
+_COMPARE = {"lt": _np("less"), "le": _np("less_equal"), "gt": _np("greater"),
+            "ge": _np("greater_equal"), "eq": _np("equal"), "ne": _np("not_equal")}
 
 
 def _cmp(instr: Instruction, ctx: ExecContext) -> None:
@@ -202,7 +204,15 @@ def _trans(instr: Instruction, ctx: ExecContext) -> None:
 # ---- unary and special functions -------------------------------------------------------
 
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
-_erf = np.frompyfunc(math.erf, 1, 1)
+
+
+@cache
+def _erf_ufunc():
+    return np.frompyfunc(math.erf, 1, 1)   # made at first use: numpy is imported lazily
+
+
+def _erf(x):
+    return _erf_ufunc()(x)
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -217,28 +227,28 @@ def _gelu_tanh(x: np.ndarray) -> np.ndarray:
 
 _UNARY = {
     # name: (opcode, summary, function, dtypes)
-    "VNEG": (0x50, "dst = -src", np.negative, ARITH_DTYPES),
-    "VABS": (0x51, "dst = |src|", np.abs, ARITH_DTYPES),
+    "VNEG": (0x50, "dst = -src", _np("negative"), ARITH_DTYPES),
+    "VABS": (0x51, "dst = |src|", _np("abs"), ARITH_DTYPES),
     "VRELU": (0x52, "dst = max(src, 0)", lambda x: np.maximum(x, 0), ARITH_DTYPES),
-    "VFLOOR": (0x53, "dst = floor(src) (integers unchanged)", np.floor, ARITH_DTYPES),
-    "VCEIL": (0x54, "dst = ceil(src) (integers unchanged)", np.ceil, ARITH_DTYPES),
-    "VSIGN": (0x55, "dst = -1, 0 or 1 by the sign of src (NaN stays NaN)", np.sign,
+    "VFLOOR": (0x53, "dst = floor(src) (integers unchanged)", _np("floor"), ARITH_DTYPES),
+    "VCEIL": (0x54, "dst = ceil(src) (integers unchanged)", _np("ceil"), ARITH_DTYPES),
+    "VSIGN": (0x55, "dst = -1, 0 or 1 by the sign of src (NaN stays NaN)", _np("sign"),
               ARITH_DTYPES),
 }
 _SFU = {
-    "VEXP": (0x70, "dst = exp(src)", np.exp),
-    "VLOG": (0x71, "dst = log(src)", np.log),
-    "VSQRT": (0x72, "dst = sqrt(src)", np.sqrt),
+    "VEXP": (0x70, "dst = exp(src)", _np("exp")),
+    "VLOG": (0x71, "dst = log(src)", _np("log")),
+    "VSQRT": (0x72, "dst = sqrt(src)", _np("sqrt")),
     "VRSQRT": (0x73, "dst = 1 / sqrt(src)", lambda x: 1 / np.sqrt(x)),
     "VRCP": (0x74, "dst = 1 / src", lambda x: 1 / x),
-    "VTANH": (0x75, "dst = tanh(src)", np.tanh),
+    "VTANH": (0x75, "dst = tanh(src)", _np("tanh")),
     "VSIGM": (0x76, "dst = 1 / (1 + exp(-src))", _sigmoid),
     "VGELU": (0x77, "dst = 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))) (the tanh form)",
               _gelu_tanh),
     "VERF": (0x78, "dst = erf(src)",
              lambda x: _erf(x.astype(np.float64)).astype(np.float64).astype(np.float32)),
-    "VSIN": (0x79, "dst = sin(src)", np.sin),
-    "VCOS": (0x7A, "dst = cos(src)", np.cos),
+    "VSIN": (0x79, "dst = sin(src)", _np("sin")),
+    "VCOS": (0x7A, "dst = cos(src)", _np("cos")),
 }
 _TRIG = ("VSIN", "VCOS")
 
@@ -269,10 +279,10 @@ def _sfu_cost(trig: bool):
 
 _REDUCE = {
     # name: (opcode, word, reduce, combine)
-    "VRSUM": (0x80, "sum", np.sum, np.add),
-    "VRMAX": (0x81, "maximum", np.max, np.maximum),
-    "VRMIN": (0x82, "minimum", np.min, np.minimum),
-    "VRPROD": (0x83, "product", np.prod, np.multiply),
+    "VRSUM": (0x80, "sum", _np("sum"), _np("add")),
+    "VRMAX": (0x81, "maximum", _np("max"), _np("maximum")),
+    "VRMIN": (0x82, "minimum", _np("min"), _np("minimum")),
+    "VRPROD": (0x83, "product", _np("prod"), _np("multiply")),
 }
 
 
