@@ -101,11 +101,56 @@ class Emitter:
         return Program.build(self.machine, self.tensors, self.instructions, self.markers)
 
     @property
-    def lines(self) -> list[str]:
-        """The program so far as assembly lines (what the text Emitter used to collect)."""
-        from zhenwu.isa.asm_print import print_program
+    def lines(self) -> _Lines:
+        """The program so far as assembly lines, as the text Emitter collected them: its
+        length grows with every line (`len(emit.lines)` makes unique label names), a line
+        appended is placed as `emit.raw` or `emit(...)` would place it, and reading one
+        prints the program so far (labels need not be resolved yet)."""
+        return _Lines(self)
 
-        return print_program(self.program()).splitlines()
+
+class _Lines:
+    """`Emitter.lines`: the lines of the program so far, printed when read."""
+
+    def __init__(self, emit: Emitter):
+        self._emit = emit
+
+    def __len__(self) -> int:
+        emit = self._emit
+        return (emit.machine is not None) + len(emit.tensors) + len(emit.markers) \
+            + len(emit.instructions)
+
+    def _text(self) -> list[str]:
+        from zhenwu.isa.asm_print import print_instruction, print_tensor
+
+        emit = self._emit
+        lines = [f".machine {emit.machine}"] if emit.machine is not None else []
+        lines += [print_tensor(t) for t in emit.tensors]
+        markers = sorted(enumerate(emit.markers), key=lambda m: (m[1].index, m[0]))
+        position = 0
+        for index, instr in enumerate(emit.instructions + [None]):
+            while position < len(markers) and markers[position][1].index == index:
+                marker = markers[position][1]
+                lines.append(f"{marker.name}:" if marker.kind == "label"
+                             else f".kernel {marker.name}")
+                position += 1
+            if instr is not None:
+                lines.append("    " + print_instruction(instr))
+        return lines
+
+    def __iter__(self):
+        return iter(self._text())
+
+    def __getitem__(self, index):
+        return self._text()[index]
+
+    def append(self, line: str) -> None:
+        if not _place_line(self._emit, line):
+            self._emit(line)
+
+    def extend(self, lines) -> None:
+        for line in lines:
+            self.append(line)
 
 
 # ---- building one instruction ---------------------------------------------------------

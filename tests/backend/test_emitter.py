@@ -211,3 +211,25 @@ def test_typed_operands_match_the_text():
     assert built.operands[2] == FImm(float("nan"))
     iota = instruction("VIOTA.i32", Tile("L1", Addr(None, 0)), 4, 16, Reg(5))
     assert iota == parse_instruction("VIOTA.i32 L1[0], 4, 16, r5")
+
+
+def test_lines_view_for_text_emitters():
+    """`len(emit.lines)` grows with every line (text emitters name labels by it), appended
+    lines are placed, and the lines print the program so far, labels not yet resolved."""
+    from zhenwu.compiler.backend.emitter import Emitter
+    from zhenwu.isa.asm import parse_assembly
+    from zhenwu.isa.program import Reg
+
+    emit = Emitter("m890")
+    emit.op("GETID", Reg(0), "core")
+    label = f"skip_{len(emit.lines)}"
+    emit(f"BEQZ r0, {label}")
+    assert len(emit.lines) == 3
+    emit.lines.append("    ADD r1, r1, 1")
+    emit.raw(f"{label}:")
+    emit.lines.extend([".kernel tail", "    HALT"])
+    assert len(emit.lines) == 7
+    text = "\n".join(emit.lines) + "\n"
+    assert text == (".machine m890\n    GETID r0, core\n    BEQZ r0, skip_2\n"
+                    "    ADD r1, r1, 1\nskip_2:\n.kernel tail\n    HALT\n")
+    assert parse_assembly(text) == emit.program()
