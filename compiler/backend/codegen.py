@@ -148,13 +148,13 @@ class _NestContext:
                 return Tile(buf.level, Addr(None, start), rs, cs)
             reg = R_LD_OFF if name in self.ld_buffers else R_OUT_OFF
             return Tile(buf.level, Addr(reg, start), rs, cs)
-        text = _as_tile(self.tile(name))
+        tile = _as_tile(self.tile(name))
         src = self.nest.buffer(name)
         if (src.rows, src.cols) == (dst.rows, dst.cols) or src.rows * src.cols == dst.rows * dst.cols:
-            return text
+            return tile
         row_stride = 0 if src.rows == 1 else src.cols
         col_stride = 0 if src.cols == 1 else 1
-        return Tile(text.space, text.base, row_stride, col_stride)
+        return Tile(tile.space, tile.base, row_stride, col_stride)
 
     def columns(self, name: str, col: int) -> Tile:
         """Buffer `name` from column `col`, each row a whole row of the buffer apart; a
@@ -283,8 +283,9 @@ def _decompose_grouped(emit: Emitter, source: int, axes: list[int], nest: Nest) 
 
 
 def _compute(ctx: _NestContext, stmt, first_step: bool) -> Instruction:
-    def t(name):
+    def t(name: str) -> Tile:
         return _as_tile(ctx.tile(name))
+
     if isinstance(stmt, Vec):
         buf = ctx.nest.buffer(stmt.dst)
         srcs = [fimm(s) if isinstance(s, (int, float)) else ctx.operand(s, buf)
@@ -300,8 +301,8 @@ def _compute(ctx: _NestContext, stmt, first_step: bool) -> Instruction:
     if isinstance(stmt, Iota):
         buf = ctx.nest.buffer(stmt.dst)
         base = ctx.coord(stmt.axis)
-        base_text = 0 if base is None else Reg(base)
-        return instruction(f"VIOTA.{stmt.dtype}", t(stmt.dst), buf.rows, buf.cols, base_text)
+        base = 0 if base is None else Reg(base)
+        return instruction(f"VIOTA.{stmt.dtype}", t(stmt.dst), buf.rows, buf.cols, base)
     if isinstance(stmt, Reduce):
         src, dst = ctx.nest.buffer(stmt.src), ctx.nest.buffer(stmt.dst)
         # The rows are dst's; a row is the nest's last tile. A source hoisted as one row
@@ -309,17 +310,17 @@ def _compute(ctx: _NestContext, stmt, first_step: bool) -> Instruction:
         # sum over a repeated value counts every repeat.
         rows = dst.rows
         cols = src.cols if src.cols > 1 else ctx.nest.tile[-1]
-        src_text = t(stmt.src)
+        src_tile = t(stmt.src)
         if (src.rows, src.cols) != (rows, cols):
             row_stride = 0 if src.rows == 1 else src.cols
             col_stride = 0 if src.cols == 1 else 1
-            src_text = Tile(src_text.space, src_text.base, row_stride, col_stride)
+            src_tile = Tile(src_tile.space, src_tile.base, row_stride, col_stride)
         if stmt.op == "ARGMAX":
             base = ctx.coord(stmt.axis)
-            base_text = 0 if base is None else Reg(base)
-            return instruction(f"VRARGMAX.{stmt.dtype}", t(stmt.dst), t(stmt.index), src_text,
-                               rows, cols, base_text, options=("row", "acc"))
-        return instruction(f"VR{stmt.op}.{stmt.dtype}", t(stmt.dst), src_text, rows, cols,
+            base = 0 if base is None else Reg(base)
+            return instruction(f"VRARGMAX.{stmt.dtype}", t(stmt.dst), t(stmt.index), src_tile,
+                               rows, cols, base, options=("row", "acc"))
+        return instruction(f"VR{stmt.op}.{stmt.dtype}", t(stmt.dst), src_tile, rows, cols,
                            options=("row", "acc"))
     if isinstance(stmt, Mma):
         a, c = ctx.nest.buffer(stmt.a), ctx.nest.buffer(stmt.dst)
