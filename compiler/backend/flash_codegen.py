@@ -24,10 +24,7 @@ other visited key tile lies wholly below it.
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from zhenwu.compiler.backend.kernel_ir import Iota, Load, Nest, Store, Vec
-from zhenwu.isa.program import Addr, Event, Predicate, Reg, Tile
 
 E_KV_FULL, E_KV_FREE, E_O_DONE, E_Q_FREE, E_Q_FULL = 0, 1, 2, 3, 4
 E_S_READY, E_VX_DONE, E_O_ACC, E_O_FULL, E_O_FREE = 8, 9, 10, 11, 12
@@ -43,10 +40,10 @@ def emit_flash_nest(emit, nest: Nest) -> None:
     regs: dict[str, int | None] = {}
 
     class Ctx(cg._NestContext):
-        def tile(self, name: str) -> Tile:
+        def tile(self, name: str) -> str:
             buf = self.nest.buffer(name)
             reg = regs.get(name) if name in parity else None
-            return Tile(buf.level, Addr(reg, buf.offset))
+            return f"{buf.level}[{cg._addr(reg, buf.offset)}]"
 
     ctx = Ctx(nest, descs, set())
     q_load = next(s for s in nest.init if isinstance(s, Load))
@@ -90,31 +87,31 @@ def emit_flash_nest(emit, nest: Nest) -> None:
     def parity_regs(step_reg: int) -> None:
         """R_CUR = (t & 1) * stride, R_PREV = ((t - 1) & 1) * stride for step t in a reg;
         R_KV_CUR/PREV/NEXT = (t mod 3, t - 1 mod 3, t + 1 mod 3) * the ring stride."""
-        emit.op("AND", Reg(R_CUR), Reg(step_reg), 1)
-        emit.op("MUL", Reg(R_CUR), Reg(R_CUR), stride)
-        emit.op("SUB", Reg(R_PREV), Reg(cg.R_LD_COUNT), Reg(R_CUR))   # R_LD_COUNT holds `stride`
+        emit(f"AND r{R_CUR}, r{step_reg}, 1")
+        emit(f"MUL r{R_CUR}, r{R_CUR}, {stride}")
+        emit(f"SUB r{R_PREV}, r{cg.R_LD_COUNT}, r{R_CUR}")   # R_LD_COUNT holds `stride`
         # the ring turns per core, not per tile: a tile's first loads go to the slot after
         # the previous tile's last, so a credit (returned in load order) frees that slot
-        emit.op("ADD", Reg(R_KV_T), Reg(step_reg), Reg(R_KV_BASE))
+        emit(f"ADD r{R_KV_T}, r{step_reg}, r{R_KV_BASE}")
         for reg, shift in ((R_KV_CUR, 0), (R_KV_PREV, 2), (R_KV_NEXT, 1)):
-            emit.op("ADD", Reg(reg), Reg(R_KV_T), shift)
-            emit.op("REM", Reg(reg), Reg(reg), 3)
-            emit.op("MUL", Reg(reg), Reg(reg), ring)
+            emit(f"ADD r{reg}, r{R_KV_T}, {shift}")
+            emit(f"REM r{reg}, r{reg}, 3")
+            emit(f"MUL r{reg}, r{reg}, {ring}")
 
     def loads(slot: int) -> None:
         regs.update(kt=slot, vt=slot)
-        emit.op(f"DMA.LD.{nest.buffer('kt').dtype}", ctx.tile('kt'), ctx.ref(kt_load.view),
-                waits=[(E_KV_FREE, 1)], sigs=[(E_KV_FULL, 1)])
-        emit.op(f"DMA.LD.{nest.buffer('vt').dtype}", ctx.tile('vt'), ctx.ref(v_load.view),
-                sigs=[(E_KV_FULL, 1)])
+        emit(f"DMA.LD.{nest.buffer('kt').dtype} {ctx.tile('kt')}, {ctx.ref(kt_load.view)}",
+             waits=[(E_KV_FREE, 1)], sigs=[(E_KV_FULL, 1)])
+        emit(f"DMA.LD.{nest.buffer('vt').dtype} {ctx.tile('vt')}, {ctx.ref(v_load.view)}",
+             sigs=[(E_KV_FULL, 1)])
 
     def prefetch() -> None:
         """The loads of step t + 1 (t in R_STEP); the k coordinate is t's again after."""
         if k_reg is not None:
-            emit.op("ADD", Reg(k_reg), Reg(k_reg), nest.tile[k_axis])
+            emit(f"ADD r{k_reg}, r{k_reg}, {nest.tile[k_axis]}")
         loads(R_KV_NEXT)
         if k_reg is not None:
-            emit.op("SUB", Reg(k_reg), Reg(k_reg), nest.tile[k_axis])
+            emit(f"SUB r{k_reg}, r{k_reg}, {nest.tile[k_axis]}")
 
     def mx_scores(first: bool) -> None:
         regs.update(s=R_CUR, kt=R_KV_CUR)
@@ -134,7 +131,7 @@ def emit_flash_nest(emit, nest: Nest) -> None:
                    and s.dst == "o"]
         ready_waited = bool(stmts) and id(stmts[0]) in predicated
         if ready_waited:
-            emit.op("WAIT.VX", Event(E_S_READY, 1))
+            emit(f"WAIT.VX {cg._event(E_S_READY, 1)}")
         for index, stmt in enumerate(stmts):
             waits, sigs = [], []
             if index == 0 and not ready_waited:
@@ -146,38 +143,38 @@ def emit_flash_nest(emit, nest: Nest) -> None:
             text = cg._compute(ctx, stmt, False)
             if id(stmt) in predicated:
                 assert not waits and not sigs
-                text = replace(text, predicate=Predicate(R_DIAG))
+                text = f"@r{R_DIAG} {text}"
             emit(text, waits=waits, sigs=sigs)
 
     # credits: three K/V copies; the output tiles (and Q) free for the first tiles
-    emit.op("SIG.S", Event(E_KV_FREE, 3))
-    emit.op("SIG.S", Event(E_Q_FREE, tile_copies))
-    emit.op("SIG.S", Event(E_O_FREE, tile_copies))
-    emit.op("LI", Reg(cg.R_MINE), nest.parallel_tiles)
-    emit.op("SUB", Reg(cg.R_MINE), Reg(cg.R_MINE), Reg(cg.R_CORE))
-    emit.op("ADD", Reg(cg.R_MINE), Reg(cg.R_MINE), Reg(cg.R_CORES))
-    emit.op("SUB", Reg(cg.R_MINE), Reg(cg.R_MINE), 1)
-    emit.op("DIV", Reg(cg.R_MINE), Reg(cg.R_MINE), Reg(cg.R_CORES))
-    emit.op("LI", Reg(cg.R_LD_COUNT), stride)
-    emit.op("LI", Reg(R_KV_BASE), 0)
-    emit.op("LOOP", Reg(cg.R_TILE_LOOP), Reg(cg.R_MINE))
+    emit(f"SIG.S {cg._event(E_KV_FREE, 3)}")
+    emit(f"SIG.S {cg._event(E_Q_FREE, tile_copies)}")
+    emit(f"SIG.S {cg._event(E_O_FREE, tile_copies)}")
+    emit(f"LI r{cg.R_MINE}, {nest.parallel_tiles}")
+    emit(f"SUB r{cg.R_MINE}, r{cg.R_MINE}, r{cg.R_CORE}")
+    emit(f"ADD r{cg.R_MINE}, r{cg.R_MINE}, r{cg.R_CORES}")
+    emit(f"SUB r{cg.R_MINE}, r{cg.R_MINE}, 1")
+    emit(f"DIV r{cg.R_MINE}, r{cg.R_MINE}, r{cg.R_CORES}")
+    emit(f"LI r{cg.R_LD_COUNT}, {stride}")
+    emit(f"LI r{R_KV_BASE}, 0")
+    emit(f"LOOP r{cg.R_TILE_LOOP}, r{cg.R_MINE}")
     if causal:
         cg._causal_tile(emit, nest, causal)
     else:
-        emit.op("MUL", Reg(cg.R_TILE), Reg(cg.R_TILE_LOOP), Reg(cg.R_CORES))
-        emit.op("ADD", Reg(cg.R_TILE), Reg(cg.R_TILE), Reg(cg.R_CORE))
+        emit(f"MUL r{cg.R_TILE}, r{cg.R_TILE_LOOP}, r{cg.R_CORES}")
+        emit(f"ADD r{cg.R_TILE}, r{cg.R_TILE}, r{cg.R_CORE}")
         par_axes = [a for a, k in enumerate(nest.kinds) if k == "p" and grid[a] > 1]
         cg._decompose(emit, cg.R_TILE, par_axes, nest)
-        emit.op("LI", Reg(cg.R_STEPS), grid[k_axis])
-        emit.op("LI", Reg(cg.R_MIDDLE), max(grid[k_axis] - 2, 0))
+        emit(f"LI r{cg.R_STEPS}, {grid[k_axis]}")
+        emit(f"LI r{cg.R_MIDDLE}, {max(grid[k_axis] - 2, 0)}")
     if tile_copies == 2:
         for reg, name in ((R_Q, "q"), (R_O, "o")):
-            emit.op("AND", Reg(reg), Reg(cg.R_TILE_LOOP), 1)
-            emit.op("MUL", Reg(reg), Reg(reg), nest.buffer(name).stride)
+            emit(f"AND r{reg}, r{cg.R_TILE_LOOP}, 1")
+            emit(f"MUL r{reg}, r{reg}, {nest.buffer(name).stride}")
         regs.update(q=R_Q, o=R_O)
     # the tile: Q, and the running max, sum and output
-    emit.op(f"DMA.LD.{nest.buffer('q').dtype}", ctx.tile('q'), ctx.ref(q_load.view),
-            waits=[(E_Q_FREE, 1)], sigs=[(E_Q_FULL, 1)])
+    emit(f"DMA.LD.{nest.buffer('q').dtype} {ctx.tile('q')}, {ctx.ref(q_load.view)}",
+         waits=[(E_Q_FREE, 1)], sigs=[(E_Q_FULL, 1)])
     for index, stmt in enumerate(init_vx):
         emit(cg._compute(ctx, stmt, True), waits=[(E_O_FREE, 1)] if index == 0 else [])
     k_reg = cg.R_COORD + k_axis if grid[k_axis] > 1 else None
@@ -187,13 +184,13 @@ def emit_flash_nest(emit, nest: Nest) -> None:
         if k_reg is None:
             return
         if value is not None:
-            emit.op("LI", Reg(k_reg), value * nest.tile[k_axis])
+            emit(f"LI r{k_reg}, {value * nest.tile[k_axis]}")
         else:
-            emit.op("MUL", Reg(k_reg), Reg(value_reg), nest.tile[k_axis])
+            emit(f"MUL r{k_reg}, r{value_reg}, {nest.tile[k_axis]}")
 
     # step 0 (its K/V, and those of step 1)
     step_coord(None, 0)
-    emit.op("LI", Reg(cg.R_STEP), 0)
+    emit(f"LI r{cg.R_STEP}, 0")
     parity_regs(cg.R_STEP)
     loads(R_KV_CUR)
     if not single:
@@ -205,33 +202,33 @@ def emit_flash_nest(emit, nest: Nest) -> None:
         if first_predicated:
             q_reg = cg.R_COORD + q_axis
             if grid[q_axis] > 1:
-                emit.op("SLT", Reg(R_DIAG), Reg(q_reg), nest.tile[k_axis])
+                emit(f"SLT r{R_DIAG}, r{q_reg}, {nest.tile[k_axis]}")
             else:
-                emit.op("LI", Reg(R_DIAG), 1)
+                emit(f"LI r{R_DIAG}, 1")
         vx_chain(first_chain, True, first_predicated)
     if not single:
         # steps 1 .. n-2 unmasked (S(t), then O(t-1) on MX; the softmax of t on VX)
-        emit.op("LOOP", Reg(cg.R_STEP_LOOP), Reg(cg.R_MIDDLE))
-        emit.op("ADD", Reg(cg.R_STEP), Reg(cg.R_STEP_LOOP), 1)
+        emit(f"LOOP r{cg.R_STEP_LOOP}, r{cg.R_MIDDLE}")
+        emit(f"ADD r{cg.R_STEP}, r{cg.R_STEP_LOOP}, 1")
         step_coord(cg.R_STEP)
         parity_regs(cg.R_STEP)
         prefetch()
         mx_scores(False)
         mx_accumulate(False)
         vx_chain(plain, False)
-        emit.op("ENDLOOP")
+        emit("ENDLOOP")
         # step n-1, masked (its K/V are loaded)
-        emit.op("SUB", Reg(cg.R_STEP), Reg(cg.R_STEPS), 1)
+        emit(f"SUB r{cg.R_STEP}, r{cg.R_STEPS}, 1")
         step_coord(cg.R_STEP)
         parity_regs(cg.R_STEP)
         mx_scores(False)
         mx_accumulate(False)
         vx_chain(masked, False)
         # the last step's P @ V
-        emit.op("ADD", Reg(cg.R_STEP), Reg(cg.R_STEPS), 0)
+        emit(f"ADD r{cg.R_STEP}, r{cg.R_STEPS}, 0")
         parity_regs(cg.R_STEP)
     else:
-        emit.op("LI", Reg(cg.R_STEP), 1)
+        emit(f"LI r{cg.R_STEP}, 1")
         parity_regs(cg.R_STEP)
     mx_accumulate(True)
     for index, stmt in enumerate(epilogue):
@@ -239,15 +236,15 @@ def emit_flash_nest(emit, nest: Nest) -> None:
              sigs=[(E_O_FULL, 1)] if index == len(epilogue) - 1 else [])
     for index, store in enumerate(stores):
         last = index == len(stores) - 1
-        emit.op(f"DMA.ST.{nest.buffer(store.src).dtype}", ctx.ref(store.view),
-                ctx.tile(store.src), waits=[(E_O_FULL, 1)] if index == 0 else [],
-                sigs=[(E_Q_FREE, 1), (E_O_FREE, 1)] if last else [])
-    emit.op("ADD", Reg(R_KV_BASE), Reg(R_KV_BASE), 1 if single else Reg(cg.R_STEPS))
-    emit.op("ENDLOOP")
-    emit.op("BAR.CORE")
-    emit.op("WAIT.S", Event(E_KV_FREE, 3))
-    emit.op("WAIT.S", Event(E_Q_FREE, tile_copies))
-    emit.op("WAIT.S", Event(E_O_FREE, tile_copies))
+        emit(f"DMA.ST.{nest.buffer(store.src).dtype} {ctx.ref(store.view)}, "
+             f"{ctx.tile(store.src)}", waits=[(E_O_FULL, 1)] if index == 0 else [],
+             sigs=[(E_Q_FREE, 1), (E_O_FREE, 1)] if last else [])
+    emit(f"ADD r{R_KV_BASE}, r{R_KV_BASE}, " + ("1" if single else f"r{cg.R_STEPS}"))
+    emit("ENDLOOP")
+    emit("BAR.CORE")
+    emit(f"WAIT.S {cg._event(E_KV_FREE, 3)}")
+    emit(f"WAIT.S {cg._event(E_Q_FREE, tile_copies)}")
+    emit(f"WAIT.S {cg._event(E_O_FREE, tile_copies)}")
 
 
 __all__ = ["emit_flash_nest"]
