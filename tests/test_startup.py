@@ -1,0 +1,43 @@
+"""A fresh `zhenwu compile` imports no numpy (isa/lazy.py): that import was about a third of
+compiling a small program in a new process. When this fails, the message names the module
+whose import read a numpy attribute (a table of `np.exp` at import time: use
+`numpy_function("exp")`, or build the table at first use)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+PROBE = r"""
+import sys, traceback
+culprit = []
+
+class Watch:
+    def find_spec(self, name, path=None, target=None):
+        if name in ("numpy", "ml_dtypes") and not culprit:
+            stack = [f for f in traceback.extract_stack() if "zhenwu" in f.filename
+                     or "/compiler/" in f.filename or "/isa/" in f.filename]
+            culprit.append("".join(traceback.format_list(stack[-4:])))
+        return None
+
+sys.meta_path.insert(0, Watch())
+from zhenwu.compiler import cli
+status = cli.main(["compile", sys.argv[1], "-o", sys.argv[2]])
+print("STATUS", status)
+print("LOADED", "numpy" in sys.modules, "ml_dtypes" in sys.modules)
+print(culprit[0] if culprit else "")
+"""
+
+
+def test_compile_imports_no_numpy(tmp_path):
+    source = tmp_path / "mlp.zt"
+    source.write_text("fn main(x: f32[64, 64], w: f32[64, 64], b: f32[64]) -> f32[64, 64] "
+                      "{ return relu(x @ w + b) @ w }\n")
+    done = subprocess.run([sys.executable, "-c", PROBE, str(source), str(tmp_path / "out.s")],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert "STATUS 0" in done.stdout, done.stdout + done.stderr
+    assert "LOADED False False" in done.stdout, done.stdout
+    assert (tmp_path / "out.s").read_text().count("MMA.f32.f32") == 2
