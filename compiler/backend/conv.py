@@ -195,7 +195,9 @@ def choose_conv_tile(shape: ConvShape, in_dtype: str, acc_dtype: str, out_bytes:
                 stationary = stationary_weights(shape, tile_o, tile_c, machine)
                 w_one = aligned(k_pad * tile_o * in_bytes)
                 x_one = aligned(k_pad * pixels * in_bytes)
-                for ld_copies in LOAD_COPIES:
+                # deepest first: of equal estimates, the most loads in flight (latency the
+                # estimate does not see, HBM and L2 contention, stays hidden)
+                for ld_copies in sorted(LOAD_COPIES, reverse=True):
                     l1 = (w_one + ld_copies * x_one if stationary
                           else ld_copies * (w_one + x_one))
                     if l1 + l1_out_total + 8 * ALIGN > machine.l1_bytes:
