@@ -176,8 +176,11 @@ def gemm_cost(batch, m, n, k, tile_m, tile_n, tile_k, acc_copies, a_bytes, b_byt
     if serial and steps * waves > 2:
         # a long stream of big steps: the next step's loads are in flight while this
         # step's land, so a step lasts its transfer (the window's rate, the HBM share
-        # with the DRAM rows its runs use partly), not a round trip more
-        serial = max(port, gm, step_bytes * mx.hbm_latency / window,
+        # with the DRAM rows its runs use partly), not a round trip more; but a buffer is
+        # loaded again only once its product has run: two steps cover one product, one
+        # transfer and one round trip
+        transfer = max(port, step_bytes * mx.hbm_latency / window)
+        serial = max(gm, transfer, (mx_cycles + transfer + mx.hbm_latency) / 2,
                      hbm_share + _partial_runs(in_m, in_n, in_k, a_bytes, b_bytes, machine)
                      * active * _row_penalty(machine))
     step = max(mx_cycles, port, gm, latency, serial) + 12  # scalar issue per step
