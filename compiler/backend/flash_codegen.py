@@ -83,16 +83,19 @@ def emit_flash_nest(emit, nest: Nest) -> None:
     R_Q, R_O = 23, 24  # this tile's copies of Q and O
     R_DIAG = 25        # this tile's first key tile meets the causal diagonal
     R_KV_BASE, R_KV_T = 26, 27  # K/V steps of this core's earlier tiles; base + t
+    R_O_LAST = 28      # the previous tile's copy of O (its deferred last P @ V)
 
     def parity_regs(step_reg: int) -> None:
         """R_CUR = (t & 1) * stride, R_PREV = ((t - 1) & 1) * stride for step t in a reg;
         R_KV_CUR/PREV/NEXT = (t mod 3, t - 1 mod 3, t + 1 mod 3) * the ring stride."""
-        emit(f"AND r{R_CUR}, r{step_reg}, 1")
-        emit(f"MUL r{R_CUR}, r{R_CUR}, {stride}")
-        emit(f"SUB r{R_PREV}, r{cg.R_LD_COUNT}, r{R_CUR}")   # R_LD_COUNT holds `stride`
+        # S and P alternate by the core's step count, not the tile's: the next tile's S(0)
+        # runs while the softmax still reads this tile's last S
         # the ring turns per core, not per tile: a tile's first loads go to the slot after
         # the previous tile's last, so a credit (returned in load order) frees that slot
         emit(f"ADD r{R_KV_T}, r{step_reg}, r{R_KV_BASE}")
+        emit(f"AND r{R_CUR}, r{R_KV_T}, 1")
+        emit(f"MUL r{R_CUR}, r{R_CUR}, {stride}")
+        emit(f"SUB r{R_PREV}, r{cg.R_LD_COUNT}, r{R_CUR}")   # R_LD_COUNT holds `stride`
         for reg, shift in ((R_KV_CUR, 0), (R_KV_PREV, 2), (R_KV_NEXT, 1)):
             emit(f"ADD r{reg}, r{R_KV_T}, {shift}")
             emit(f"REM r{reg}, r{reg}, 3")
@@ -122,6 +125,25 @@ def emit_flash_nest(emit, nest: Nest) -> None:
         regs.update(p=R_PREV, vt=R_KV_PREV)
         sigs = [(E_KV_FREE, 1), (E_O_DONE if last else E_O_ACC, 1)]
         emit(cg._compute(ctx, mma_o, False), waits=[(E_VX_DONE, 1)], sigs=sigs)
+
+    def previous_tile_output(tile_count: int) -> None:
+        """The last P @ V of the core's previous tile (`tile_count` - 1): P and V of the
+        core's step R_KV_BASE - 1, O of that tile's copy. Issued after the next tile's S(0)
+        (deferred), so the matrix engine computes those scores while the vector engine
+        still runs the previous tile's last softmax, instead of waiting for it."""
+        emit(f"SUB r{R_KV_T}, r{R_KV_BASE}, 1")
+        emit(f"AND r{R_PREV}, r{R_KV_T}, 1")
+        emit(f"MUL r{R_PREV}, r{R_PREV}, {stride}")
+        emit(f"REM r{R_KV_PREV}, r{R_KV_T}, 3")
+        emit(f"MUL r{R_KV_PREV}, r{R_KV_PREV}, {ring}")
+        if tile_copies == 2:
+            emit(f"SUB r{R_O_LAST}, r{tile_count}, 1")
+            emit(f"AND r{R_O_LAST}, r{R_O_LAST}, 1")
+            emit(f"MUL r{R_O_LAST}, r{R_O_LAST}, {nest.buffer('o').stride}")
+            regs["o"] = R_O_LAST
+        mx_accumulate(True)
+        if tile_copies == 2:
+            regs["o"] = R_O
 
     def vx_chain(stmts: list, first: bool, predicated: set[int] = frozenset()) -> None:
         """The softmax of one step on VX; statements whose id is in `predicated` run only
@@ -196,6 +218,10 @@ def emit_flash_nest(emit, nest: Nest) -> None:
     if not single:
         prefetch()
     mx_scores(True)
+    label = f"flash_first_tile_{len(emit.lines)}"
+    emit(f"BEQZ r{cg.R_TILE_LOOP}, {label}")
+    previous_tile_output(cg.R_TILE_LOOP)
+    emit.raw(f"{label}:")
     if single:
         vx_chain(masked, True)
     else:
@@ -224,13 +250,8 @@ def emit_flash_nest(emit, nest: Nest) -> None:
         mx_scores(False)
         mx_accumulate(False)
         vx_chain(masked, False)
-        # the last step's P @ V
-        emit(f"ADD r{cg.R_STEP}, r{cg.R_STEPS}, 0")
-        parity_regs(cg.R_STEP)
-    else:
-        emit(f"LI r{cg.R_STEP}, 1")
-        parity_regs(cg.R_STEP)
-    mx_accumulate(True)
+    # the last step's P @ V: in the next tile's iteration (or after the loop), and the
+    # epilogue waits for it
     for index, stmt in enumerate(epilogue):
         emit(cg._compute(ctx, stmt, False), waits=[(E_O_DONE, 1)] if index == 0 else [],
              sigs=[(E_O_FULL, 1)] if index == len(epilogue) - 1 else [])
@@ -241,6 +262,10 @@ def emit_flash_nest(emit, nest: Nest) -> None:
              sigs=[(E_Q_FREE, 1), (E_O_FREE, 1)] if last else [])
     emit(f"ADD r{R_KV_BASE}, r{R_KV_BASE}, " + ("1" if single else f"r{cg.R_STEPS}"))
     emit("ENDLOOP")
+    label = f"flash_no_tile_{len(emit.lines)}"
+    emit(f"BEQZ r{cg.R_MINE}, {label}")
+    previous_tile_output(cg.R_MINE)
+    emit.raw(f"{label}:")
     emit("BAR.CORE")
     emit(f"WAIT.S {cg._event(E_KV_FREE, 3)}")
     emit(f"WAIT.S {cg._event(E_Q_FREE, tile_copies)}")
