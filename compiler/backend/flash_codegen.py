@@ -24,6 +24,8 @@ other visited key tile lies wholly below it.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from zhenwu.compiler.backend.kernel_ir import Iota, Load, Nest, Store, Vec
 
 E_KV_FULL, E_KV_FREE, E_O_DONE, E_Q_FREE, E_Q_FULL = 0, 1, 2, 3, 4
@@ -84,6 +86,9 @@ def emit_flash_nest(emit, nest: Nest) -> None:
     R_DIAG = 25        # this tile's first key tile meets the causal diagonal
     R_KV_BASE, R_KV_T = 26, 27  # K/V steps of this core's earlier tiles; base + t
     R_O_LAST = 28      # the previous tile's copy of O (its deferred last P @ V)
+    # the previous tile's store coordinates (r12, the step loop's counter, is free from a
+    # tile's last step to the next tile's step loop)
+    R_SAVED = (29, 30, cg.R_STEP_LOOP)
 
     def parity_regs(step_reg: int) -> None:
         """R_CUR = (t & 1) * stride, R_PREV = ((t - 1) & 1) * stride for step t in a reg;
@@ -145,6 +150,43 @@ def emit_flash_nest(emit, nest: Nest) -> None:
         if tile_copies == 2:
             regs["o"] = R_O
 
+    def tile_output(o_reg: int | None = None) -> None:
+        """The epilogue (O / l) and the stores of a tile whose last P @ V is issued; with
+        `o_reg`, the previous tile's (deferred): its O copy, its sum copied to `lprev`."""
+        if o_reg is not None:
+            regs["o"] = o_reg
+        for index, stmt in enumerate(epilogue):
+            if o_reg is not None:
+                stmt = replace(stmt, srcs=tuple("lprev" if src == "l" else src
+                                                for src in stmt.srcs))
+            emit(cg._compute(ctx, stmt, False), waits=[(E_O_DONE, 1)] if index == 0 else [],
+                 sigs=[(E_O_FULL, 1)] if index == len(epilogue) - 1 else [])
+        for index, store in enumerate(stores):
+            last = index == len(stores) - 1
+            emit(f"DMA.ST.{nest.buffer(store.src).dtype} {ctx.ref(store.view)}, "
+                 f"{ctx.tile(store.src)}", waits=[(E_O_FULL, 1)] if index == 0 else [],
+                 sigs=[(E_Q_FREE, 1), (E_O_FREE, 1)] if last else [])
+        if tile_copies == 2:
+            regs["o"] = R_O
+
+    def swap_coords() -> None:
+        """Exchange the store coordinates with the saved ones (R_STEP as scratch: step 0
+        is done and the step loop sets it again)."""
+        for reg, save in zip(store_coords, R_SAVED):
+            emit(f"MOV r{cg.R_STEP}, r{reg}")
+            emit(f"MOV r{reg}, r{save}")
+            emit(f"MOV r{save}, r{cg.R_STEP}")
+
+    # The epilogue of a tile is deferred into the next tile's iteration (after its first
+    # softmax) when O has a copy per tile parity, the only store is O's and its
+    # coordinates fit the spare registers: the vector engine then never waits for a
+    # tile's last P @ V
+    store_coords = sorted({cg.R_COORD + a for st in stores for a in st.view.axes
+                           if grid[a] > 1})
+    deferred = (tile_copies == 2 and len(stores) == 1 and len(store_coords) <= len(R_SAVED)
+                and any(b.name == "lprev" for b in nest.buffers)
+                and all(isinstance(st, Vec) for st in epilogue))
+
     def vx_chain(stmts: list, first: bool, predicated: set[int] = frozenset()) -> None:
         """The softmax of one step on VX; statements whose id is in `predicated` run only
         where R_DIAG is set (they carry no events: a predicated-off one has none)."""
@@ -197,8 +239,12 @@ def emit_flash_nest(emit, nest: Nest) -> None:
     # the tile: Q, and the running max, sum and output
     emit(f"DMA.LD.{nest.buffer('q').dtype} {ctx.tile('q')}, {ctx.ref(q_load.view)}",
          waits=[(E_Q_FREE, 1)], sigs=[(E_Q_FULL, 1)])
-    for index, stmt in enumerate(init_vx):
-        emit(cg._compute(ctx, stmt, True), waits=[(E_O_FREE, 1)] if index == 0 else [])
+
+    def init_running() -> None:
+        """m, l and O of the tile, on VX after the previous tile's softmax; issued after
+        S(0), which must not wait with the scalar for room in the vector queue."""
+        for index, stmt in enumerate(init_vx):
+            emit(cg._compute(ctx, stmt, True), waits=[(E_O_FREE, 1)] if index == 0 else [])
     k_reg = cg.R_COORD + k_axis if grid[k_axis] > 1 else None
     single = grid[k_axis] == 1
 
@@ -222,6 +268,7 @@ def emit_flash_nest(emit, nest: Nest) -> None:
     emit(f"BEQZ r{cg.R_TILE_LOOP}, {label}")
     previous_tile_output(cg.R_TILE_LOOP)
     emit.raw(f"{label}:")
+    init_running()
     if single:
         vx_chain(masked, True)
     else:
@@ -232,6 +279,15 @@ def emit_flash_nest(emit, nest: Nest) -> None:
             else:
                 emit(f"LI r{R_DIAG}, 1")
         vx_chain(first_chain, True, first_predicated)
+    if deferred:
+        # the previous tile's O / l and store, on VX after this tile's first softmax (which
+        # its last P @ V overlaps), with that tile's coordinates swapped in
+        label = f"flash_first_epilogue_{len(emit.lines)}"
+        emit(f"BEQZ r{cg.R_TILE_LOOP}, {label}")
+        swap_coords()
+        tile_output(R_O_LAST)
+        swap_coords()
+        emit.raw(f"{label}:")
     if not single:
         # steps 1 .. n-2 unmasked (S(t), then O(t-1) on MX; the softmax of t on VX)
         emit(f"LOOP r{cg.R_STEP_LOOP}, r{cg.R_MIDDLE}")
@@ -252,19 +308,22 @@ def emit_flash_nest(emit, nest: Nest) -> None:
         vx_chain(masked, False)
     # the last step's P @ V: in the next tile's iteration (or after the loop), and the
     # epilogue waits for it
-    for index, stmt in enumerate(epilogue):
-        emit(cg._compute(ctx, stmt, False), waits=[(E_O_DONE, 1)] if index == 0 else [],
-             sigs=[(E_O_FULL, 1)] if index == len(epilogue) - 1 else [])
-    for index, store in enumerate(stores):
-        last = index == len(stores) - 1
-        emit(f"DMA.ST.{nest.buffer(store.src).dtype} {ctx.ref(store.view)}, "
-             f"{ctx.tile(store.src)}", waits=[(E_O_FULL, 1)] if index == 0 else [],
-             sigs=[(E_Q_FREE, 1), (E_O_FREE, 1)] if last else [])
+    if deferred:
+        # this tile's sum and store coordinates, for its epilogue in the next iteration
+        emit(cg._compute(ctx, Vec("COPY", "f32", "lprev", ("l",)), False))
+        for reg, save in zip(store_coords, R_SAVED):
+            emit(f"MOV r{save}, r{reg}")
+    else:
+        tile_output()
     emit(f"ADD r{R_KV_BASE}, r{R_KV_BASE}, " + ("1" if single else f"r{cg.R_STEPS}"))
     emit("ENDLOOP")
     label = f"flash_no_tile_{len(emit.lines)}"
     emit(f"BEQZ r{cg.R_MINE}, {label}")
     previous_tile_output(cg.R_MINE)
+    if deferred:
+        for reg, save in zip(store_coords, R_SAVED):
+            emit(f"MOV r{reg}, r{save}")
+        tile_output(R_O_LAST)
     emit.raw(f"{label}:")
     emit("BAR.CORE")
     emit(f"WAIT.S {cg._event(E_KV_FREE, 3)}")
