@@ -49,7 +49,12 @@ def emit_flash_nest(emit, nest: Nest) -> None:
 
     ctx = Ctx(nest, descs, set())
     q_load = next(s for s in nest.init if isinstance(s, Load))
-    init_vx = [s for s in nest.init if not isinstance(s, Load)]
+    # a tile's first P @ V initialises O (mx_accumulate): no zeroing, and its first
+    # softmax does not rescale O
+    def rescales_o(st) -> bool:
+        return isinstance(st, Vec) and st.dst == "o" and st.op in ("MUL", "DUP")
+
+    init_vx = [s for s in nest.init if not isinstance(s, Load) and not rescales_o(s)]
     kt_load, v_load = [s for s in nest.step if isinstance(s, Load)]
     compute = [s for s in nest.step if not isinstance(s, Load)]
     mma_s, mma_o = compute[0], compute[-1]
@@ -70,7 +75,7 @@ def emit_flash_nest(emit, nest: Nest) -> None:
                 (stmt, chain[index + 1]))
     iotas = [st for st in chain[:mask_end] if isinstance(st, Iota)]
     dropped = {id(st) for st in key_mask + ([] if causal_mask else iotas)}
-    first_chain = [st for st in masked if id(st) not in dropped]
+    first_chain = [st for st in masked if id(st) not in dropped and not rescales_o(st)]
     first_predicated = {id(st) for st in iotas + causal_mask} if causal_mask else set()
     epilogue = [s for s in nest.final if not isinstance(s, Store)]
     stores = [s for s in nest.final if isinstance(s, Store)]  # O last (a split's lse first)
@@ -86,6 +91,7 @@ def emit_flash_nest(emit, nest: Nest) -> None:
     R_DIAG = 25        # this tile's first key tile meets the causal diagonal
     R_KV_BASE, R_KV_T = 26, 27  # K/V steps of this core's earlier tiles; base + t
     R_O_LAST = 28      # the previous tile's copy of O (its deferred last P @ V)
+    R_FIRST_O = 31     # this step's P @ V is the tile's first (it initialises O)
     # the previous tile's store coordinates (r12, the step loop's counter, is free from a
     # tile's last step to the next tile's step loop)
     R_SAVED = (29, 30, cg.R_STEP_LOOP)
@@ -126,10 +132,19 @@ def emit_flash_nest(emit, nest: Nest) -> None:
         waits = [(E_KV_FULL, 2)] + ([(E_Q_FULL, 1)] if first else [])
         emit(cg._compute(ctx, mma_s, True), waits=waits, sigs=[(E_S_READY, 1)])
 
-    def mx_accumulate(last: bool) -> None:
+    def mx_accumulate(last: bool, first: bool | None = False) -> None:
+        """O(t-1) += P(t-1) V(t-1); the tile's first P @ V initialises O (`first`: True,
+        or None when step t in R_STEP decides: t == 1, a predicated pair)."""
         regs.update(p=R_PREV, vt=R_KV_PREV)
         sigs = [(E_KV_FREE, 1), (E_O_DONE if last else E_O_ACC, 1)]
-        emit(cg._compute(ctx, mma_o, False), waits=[(E_VX_DONE, 1)], sigs=sigs)
+        init = cg._compute(ctx, replace(mma_o, mode="init"), False)
+        acc = cg._compute(ctx, mma_o, False)
+        if first is None:
+            emit(f"SEQ r{R_FIRST_O}, r{cg.R_STEP}, 1")
+            emit(f"@r{R_FIRST_O} {init}", waits=[(E_VX_DONE, 1)], sigs=sigs)
+            emit(f"@!r{R_FIRST_O} {acc}", waits=[(E_VX_DONE, 1)], sigs=sigs)
+        else:
+            emit(init if first else acc, waits=[(E_VX_DONE, 1)], sigs=sigs)
 
     def previous_tile_output(tile_count: int) -> None:
         """The last P @ V of the core's previous tile (`tile_count` - 1): P and V of the
@@ -146,7 +161,7 @@ def emit_flash_nest(emit, nest: Nest) -> None:
             emit(f"AND r{R_O_LAST}, r{R_O_LAST}, 1")
             emit(f"MUL r{R_O_LAST}, r{R_O_LAST}, {nest.buffer('o').stride}")
             regs["o"] = R_O_LAST
-        mx_accumulate(True)
+        mx_accumulate(True, first=single)
         if tile_copies == 2:
             regs["o"] = R_O
 
@@ -270,7 +285,7 @@ def emit_flash_nest(emit, nest: Nest) -> None:
     emit.raw(f"{label}:")
     init_running()
     if single:
-        vx_chain(masked, True)
+        vx_chain([st for st in masked if not rescales_o(st)], True)
     else:
         if first_predicated:
             q_reg = cg.R_COORD + q_axis
@@ -296,7 +311,7 @@ def emit_flash_nest(emit, nest: Nest) -> None:
         parity_regs(cg.R_STEP)
         prefetch()
         mx_scores(False)
-        mx_accumulate(False)
+        mx_accumulate(False, first=None)
         vx_chain(plain, False)
         emit("ENDLOOP")
         # step n-1, masked (its K/V are loaded)
@@ -304,7 +319,7 @@ def emit_flash_nest(emit, nest: Nest) -> None:
         step_coord(cg.R_STEP)
         parity_regs(cg.R_STEP)
         mx_scores(False)
-        mx_accumulate(False)
+        mx_accumulate(False, first=None)
         vx_chain(masked, False)
     # the last step's P @ V: in the next tile's iteration (or after the loop), and the
     # epilogue waits for it
