@@ -128,9 +128,13 @@ def split_nests(extents, tile, splits: int, a_view: View, b_view: View, part,
         narrow //= 2
     kept = [replace(b, cols=narrow if b.cols == tile_n else b.cols)
             for b in buffers if b.name not in ("a", "b")]
-    pt_bytes = aligned(tile_m * tile_n * 4)
-    base = min(b.offset for b in buffers if b.name in ("a", "b"))
-    kept.append(Buffer("pt", "L1", "f32", tile_m, narrow, base, 2, pt_bytes))
+    # a copy per range where they fit (all of a tile's partial loads in flight at once)
+    pt_bytes = aligned(tile_m * narrow * 4)
+    operands = [b for b in buffers if b.name in ("a", "b")]
+    base = min(b.offset for b in operands)
+    region = max(b.offset + b.footprint for b in operands) - base
+    copies = max(c for c in (2, 3, 4) if c == 2 or (c <= splits and c * pt_bytes <= region))
+    kept.append(Buffer("pt", "L1", "f32", tile_m, narrow, base, copies, pt_bytes))
     tile = tuple(tile[:nb]) + (tile_m, narrow, tile[-1])
     part2 = View(part.tensor, part.dtype, part.offset, (nb + 2,) + tuple(range(nb + 2)),
                  part.shape, part.strides, (0,) * len(part_axes))
