@@ -333,11 +333,17 @@ def _compute(ctx: _NestContext, stmt, first_step: bool) -> Instruction:
 
 
 def _emit_step(emit: Emitter, ctx: _NestContext, first: bool, last: bool,
-               out_written_in_step: bool, epilogue: bool = False, tile_loads: int = 0
-               ) -> None:
+               out_written_in_step: bool, epilogue: bool = False, tile_loads: int = 0,
+               preloaded: bool = False) -> None:
+    """One reduction step: its loads, then its compute. `preloaded`: the loads were issued
+    a tile ahead (`_prefetch_next`); the compute reads the copy of this tile's index."""
     loads = [s for s in ctx.nest.step if isinstance(s, Load)]
     compute = [s for s in ctx.nest.step if not isinstance(s, Load)]
-    if loads:
+    if loads and preloaded:
+        buffer = ctx.nest.buffer(loads[0].dst)
+        emit(f"REM r{R_LD_OFF}, r{R_TILE_LOOP}, {buffer.copies}")
+        emit(f"MUL r{R_LD_OFF}, r{R_LD_OFF}, {buffer.stride}")
+    if loads and not preloaded:
         buffer = ctx.nest.buffer(loads[0].dst)
         stride = buffer.stride
         if buffer.copies == 2:
@@ -346,7 +352,7 @@ def _emit_step(emit: Emitter, ctx: _NestContext, first: bool, last: bool,
             emit.op("REM", Reg(R_LD_OFF), Reg(R_LD_COUNT), buffer.copies)
         emit.op("MUL", Reg(R_LD_OFF), Reg(R_LD_OFF), stride)
         emit.op("ADD", Reg(R_LD_COUNT), Reg(R_LD_COUNT), 1)
-    for index, load in enumerate(loads):
+    for index, load in enumerate([] if preloaded else loads):
         buf = ctx.nest.buffer(load.dst)
         pad = [Option("pad", fimm(load.pad))] if load.pad != 0 else []
         emit.op(f"DMA.LD.{buf.dtype}", ctx.tile(load.dst), ctx.ref(load.view, load.box),
@@ -371,6 +377,50 @@ def _emit_step(emit: Emitter, ctx: _NestContext, first: bool, last: bool,
     _with_switches(compute, all_waits, all_sigs)
     for stmt, waits, sigs in zip(compute, all_waits, all_sigs):
         _emit_engine(emit, _engine(stmt), _compute(ctx, stmt, first), waits, sigs)
+
+
+def _prefetch_loads(emit: Emitter, ctx: _NestContext, red_axes: list[int]) -> None:
+    """The step loads of the tile whose coordinates are in the registers, into the next
+    copy (R_LD_COUNT counts the tiles loaded)."""
+    loads = [s for s in ctx.nest.step if isinstance(s, Load)]
+    buffer = ctx.nest.buffer(loads[0].dst)
+    for axis in red_axes:
+        emit(f"LI r{R_COORD + axis}, 0")
+    emit(f"REM r{R_LD_OFF}, r{R_LD_COUNT}, {buffer.copies}")
+    emit(f"MUL r{R_LD_OFF}, r{R_LD_OFF}, {buffer.stride}")
+    emit(f"ADD r{R_LD_COUNT}, r{R_LD_COUNT}, 1")
+    for index, load in enumerate(loads):
+        _emit_load(emit, ctx, load, [(E_LD_FREE, 1)] if index == 0 else [],
+                   [(E_LD_FULL, 1)])
+
+
+def _prefetch_first(emit: Emitter, ctx: _NestContext, par_axes: list[int],
+                    red_axes: list[int]) -> None:
+    """Schedule `prefetch` (a nest of one reduction step whose compute is many vector
+    instructions, an im2col's gathers: the scalar waits for room in the vector queue and
+    would issue the next tile's loads only once this tile's gathers run): the first tile's
+    loads before the tile loop (when the core has a tile)."""
+    label = f"prefetched_{len(emit.lines)}"
+    emit(f"BEQZ r{R_MINE}, {label}")
+    emit(f"MOV r{R_TILE}, r{R_CORE}")
+    _decompose(emit, R_TILE, par_axes, ctx.nest)
+    _prefetch_loads(emit, ctx, red_axes)
+    emit.raw(f"{label}:")
+
+
+def _prefetch_next(emit: Emitter, ctx: _NestContext, par_axes: list[int],
+                   red_axes: list[int]) -> None:
+    """At the top of tile i's iteration: the loads of tile i + 1 (when the core has one),
+    before tile i's compute fills the vector queue. R_STEP is free: one reduction step."""
+    label = f"prefetched_{len(emit.lines)}"
+    emit(f"ADD r{R_TILE}, r{R_TILE_LOOP}, 1")
+    emit(f"SLT r{R_STEP}, r{R_TILE}, r{R_MINE}")
+    emit(f"BEQZ r{R_STEP}, {label}")
+    emit(f"MUL r{R_TILE}, r{R_TILE}, r{R_CORES}")
+    emit(f"ADD r{R_TILE}, r{R_TILE}, r{R_CORE}")
+    _decompose(emit, R_TILE, par_axes, ctx.nest)
+    _prefetch_loads(emit, ctx, red_axes)
+    emit.raw(f"{label}:")
 
 
 def _emit_load(emit: Emitter, ctx: _NestContext, load: Load, waits, sigs) -> None:
@@ -533,7 +583,13 @@ def emit_nest(emit: Emitter, nest: Nest, tensors) -> None:
     emit.op("DIV", Reg(R_MINE), Reg(R_MINE), Reg(R_CORES))
     emit.op("LI", Reg(R_LD_COUNT), 0)
     emit.op("LI", Reg(R_OUT_COUNT), 0)
+    prefetch = (nest.schedule == "prefetch" and nest.reduction_steps == 1 and ld_buffers
+                and not nest.causal)
+    if prefetch:
+        _prefetch_first(emit, ctx, par_axes, red_axes)
     emit.op("LOOP", Reg(R_TILE_LOOP), Reg(R_MINE))
+    if prefetch:
+        _prefetch_next(emit, ctx, par_axes, red_axes)
     causal = _causal(nest)
     if causal:
         _causal_tile(emit, nest, causal)
@@ -559,7 +615,8 @@ def emit_nest(emit: Emitter, nest: Nest, tensors) -> None:
     for axis in red_axes:
         emit.op("LI", Reg(R_COORD + axis), 0)
     has_epi = bool(epilogue)
-    _emit_step(emit, ctx, True, steps == 1, out_in_step, has_epi, len(init_loads))
+    _emit_step(emit, ctx, True, steps == 1, out_in_step, has_epi, len(init_loads),
+               preloaded=bool(prefetch))
     if causal:  # steps 1 .. n-2 in a loop of this tile's length, then step n-1 (n >= 2)
         emit.op("LOOP", Reg(R_STEP_LOOP), Reg(R_MIDDLE))
         emit.op("ADD", Reg(R_STEP), Reg(R_STEP_LOOP), 1)

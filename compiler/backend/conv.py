@@ -195,7 +195,9 @@ def choose_conv_tile(shape: ConvShape, in_dtype: str, acc_dtype: str, out_bytes:
                 stationary = stationary_weights(shape, tile_o, tile_c, machine)
                 w_one = aligned(k_pad * tile_o * in_bytes)
                 x_one = aligned(k_pad * pixels * in_bytes)
-                for ld_copies in LOAD_COPIES:
+                # deepest first: of equal estimates, the most loads in flight (latency the
+                # estimate does not see, HBM and L2 contention, stays hidden)
+                for ld_copies in sorted(LOAD_COPIES, reverse=True):
                     l1 = (w_one + ld_copies * x_one if stationary
                           else ld_copies * (w_one + x_one))
                     if l1 + l1_out_total + 8 * ALIGN > machine.l1_bytes:
@@ -222,10 +224,13 @@ def im2col_in_l1(shape: ConvShape, attrs, x_height: int, tile: ConvTile) -> bool
 
 
 def im2col_rows(shape: ConvShape, attrs, in_bytes: int, acc_bytes: int, out_bytes: int,
-                epilogue_full_bytes: int, epilogue_row_bytes: int, machine) -> ConvTile | None:
+                epilogue_full_bytes: int, epilogue_row_bytes: int, machine,
+                consumed: bool = False) -> ConvTile | None:
     """Whole output rows per tile for an im2col in L1: the rows whose tiles take the fewest
     cycles (waves of MX or VX work), fitting L1 and ACC. The patches sit in the accumulator
-    copies' L1 region (their copies share its stride)."""
+    copies' L1 region (their copies share its stride). When a later kernel reads the output
+    (`consumed`), a tile whose stores are not whole L2 lines leaves it to HBM (the L2
+    keeps only the lines a store covers): that reader's extra time counts too."""
     unit = machine.mx_n
     k_pad = round_up(shape.taps * shape.cg, machine.mx_k)
     tile_o = min(round_up(shape.og, machine.mx_m), 16 * machine.mx_m)
@@ -242,10 +247,16 @@ def im2col_rows(shape: ConvShape, attrs, in_bytes: int, acc_bytes: int, out_byte
                   + aligned(pixels * epilogue_row_bytes) + aligned(tile_o * 4))
         stride = aligned(max(acc_tile, l1_out))
         box = _im2col_box(rows, shape, attrs)
-        l1_in = (LOAD_COPIES[0] * aligned(shape.cg * box[2] * box[3] * box[4] * in_bytes)
-                 + aligned(k_pad * tile_o * in_bytes) + 8 * ALIGN)
-        fitting = [c for c in ACC_COPIES if (c - 1) * stride + acc_tile <= machine.acc_bytes
-                   and l1_in + (c - 1) * stride + l1_out <= machine.l1_bytes]
+        in_one = aligned(shape.cg * box[2] * box[3] * box[4] * in_bytes)
+        # the most input copies that fit beside the most accumulator copies: a tile's
+        # input rows are loaded (a round trip) while the copies before it are gathered
+        for ld_copies in sorted(LOAD_COPIES, reverse=True):
+            l1_in = ld_copies * in_one + aligned(k_pad * tile_o * in_bytes) + 8 * ALIGN
+            fitting = [c for c in ACC_COPIES
+                       if (c - 1) * stride + acc_tile <= machine.acc_bytes
+                       and l1_in + (c - 1) * stride + l1_out <= machine.l1_bytes]
+            if fitting:
+                break
         if not fitting:
             continue
         copies = max(fitting)
@@ -254,18 +265,24 @@ def im2col_rows(shape: ConvShape, attrs, in_bytes: int, acc_bytes: int, out_byte
         mx = tile_o * pixels * k_pad / (machine.mx_m * machine.mx_n * machine.mx_k)
         gathers = shape.taps * shape.cg
         vx = gathers * (ceil(pixels * in_bytes / machine.vx_bytes_per_cycle) + 2)
-        if gathers > machine.queue_depth:
-            # the scalar waits for room in the vector queue: the next tile's load is issued
-            # only once this tile's gathers run, and its latency shows
-            vx += machine.hbm_latency
+        # (more gathers than the vector queue holds: the next tile's load is issued before
+        # this tile's gathers, codegen's `prefetch` schedule, so its latency stays hidden)
         # a copy of the patches and accumulator is free again once its tile's store has
         # landed: gathers, MMA, store and its latency over the copies in flight
         store = tile_o * pixels * out_bytes / machine.st_bytes_per_cycle
         turn = (mx + vx + store + machine.hbm_latency) / copies
-        cycles = waves * max(mx, vx, turn) + machine.hbm_latency
+        # an input copy is free again once its tile's MMA has run: load, its round trip,
+        # gathers and MMA over the input copies in flight
+        feed = (in_one / machine.ld_bytes_per_cycle + machine.hbm_latency + vx + mx) / ld_copies
+        cycles = waves * max(mx, vx, turn, feed) + machine.hbm_latency
+        line = machine.l2_line_bytes if machine.l2_bytes else 0
+        if consumed and line and (rows * shape.ow * out_bytes) % line:
+            out_total = shape.n * shape.og * shape.oh * shape.ow * out_bytes
+            cycles += out_total * (1 / (machine.hbm_bytes_per_cycle
+                                        * machine.hbm_streaming_efficiency)
+                                   - 1 / machine.l2_bytes_per_cycle)
         if best is None or cycles < best.cycles:
-            best = ConvTile(tile_o, rows, shape.ow, shape.cg, copies, LOAD_COPIES[0], cycles,
-                            True)
+            best = ConvTile(tile_o, rows, shape.ow, shape.cg, copies, ld_copies, cycles, True)
     return best
 
 
@@ -434,7 +451,8 @@ def lower_conv_group(low, ops) -> None:
     im2col = None
     if attrs["strides"][1] > 1 and groups == 1 and x.shape[2] % attrs["strides"][0] == 0:
         im2col = im2col_rows(shape, iattrs, itemsize(in_dtype), itemsize(acc_dtype),
-                             itemsize(out.dtype), full_bytes, row_bytes, machine)
+                             itemsize(out.dtype), full_bytes, row_bytes, machine,
+                             consumed=last.result.id not in getattr(low, "output_ids", ()))
         if im2col is not None and im2col_in_l1(shape, attrs, x.shape[2], im2col):
             tile = im2col
         else:
@@ -557,7 +575,11 @@ def lower_conv_group(low, ops) -> None:
     extents = (n, groups, oh, ow, og, cg, taps)
     nest_tile = (1, 1, rows, cols, tile_o, tile_c, taps)
     kinds = ("p",) * 5 + ("r", "r")
+    # many gathers a tile: the next tile's input rows are loaded before this tile's
+    # gathers fill the vector queue (codegen's `prefetch` schedule)
+    gathers = sum(isinstance(s, Vec) for s in step)
+    schedule = "prefetch" if im2col is not None and gathers > machine.queue_depth else ""
     nest = Nest(extents, nest_tile, kinds, tuple(buffers), (), tuple(step), tuple(final),
-                tuple(setup), core_axes=(AX_O,) if stationary else ())
+                tuple(setup), core_axes=(AX_O,) if stationary else (), schedule=schedule)
     low.kernel("conv" if not epilogue else "conv_fused", [op.id for op in ops], [nest],
                last.span)

@@ -370,7 +370,9 @@ def _flash_nest(low, q3, kt3, v3, o3, scale, causal, additive=False, lse=None,
     ring_l1 = [("kt", qk_dtype, dim_p, tile_k), ("vt", in_dtype, tile_k, dim_p)]
     single_l1 = [("q", qk_dtype, tile_q, dim_p), ("mask", "bool", tile_q, tile_k),
                  ("qi", "i32", tile_q, 1), ("kj", "i32", 1, tile_k)]
-    single_l1 += [(name, "f32", tile_q, 1) for name in ("m", "l", "mnew", "rmax", "rsum", "corr")]
+    # (`lprev`: the last tile's sum, for its epilogue deferred into the next tile)
+    single_l1 += [(name, "f32", tile_q, 1)
+                  for name in ("m", "l", "mnew", "rmax", "rsum", "corr", "lprev")]
     if causal and additive:
         single_l1.append(("sneg", "f32", tile_q, tile_k))
     if lse is not None:

@@ -24,6 +24,8 @@ other visited key tile lies wholly below it.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from zhenwu.compiler.backend.kernel_ir import Iota, Load, Nest, Store, Vec
 
 E_KV_FULL, E_KV_FREE, E_O_DONE, E_Q_FREE, E_Q_FULL = 0, 1, 2, 3, 4
@@ -47,7 +49,12 @@ def emit_flash_nest(emit, nest: Nest) -> None:
 
     ctx = Ctx(nest, descs, set())
     q_load = next(s for s in nest.init if isinstance(s, Load))
-    init_vx = [s for s in nest.init if not isinstance(s, Load)]
+    # a tile's first P @ V initialises O (mx_accumulate): no zeroing, and its first
+    # softmax does not rescale O
+    def rescales_o(st) -> bool:
+        return isinstance(st, Vec) and st.dst == "o" and st.op in ("MUL", "DUP")
+
+    init_vx = [s for s in nest.init if not isinstance(s, Load) and not rescales_o(s)]
     kt_load, v_load = [s for s in nest.step if isinstance(s, Load)]
     compute = [s for s in nest.step if not isinstance(s, Load)]
     mma_s, mma_o = compute[0], compute[-1]
@@ -68,7 +75,7 @@ def emit_flash_nest(emit, nest: Nest) -> None:
                 (stmt, chain[index + 1]))
     iotas = [st for st in chain[:mask_end] if isinstance(st, Iota)]
     dropped = {id(st) for st in key_mask + ([] if causal_mask else iotas)}
-    first_chain = [st for st in masked if id(st) not in dropped]
+    first_chain = [st for st in masked if id(st) not in dropped and not rescales_o(st)]
     first_predicated = {id(st) for st in iotas + causal_mask} if causal_mask else set()
     epilogue = [s for s in nest.final if not isinstance(s, Store)]
     stores = [s for s in nest.final if isinstance(s, Store)]  # O last (a split's lse first)
@@ -83,16 +90,23 @@ def emit_flash_nest(emit, nest: Nest) -> None:
     R_Q, R_O = 23, 24  # this tile's copies of Q and O
     R_DIAG = 25        # this tile's first key tile meets the causal diagonal
     R_KV_BASE, R_KV_T = 26, 27  # K/V steps of this core's earlier tiles; base + t
+    R_O_LAST = 28      # the previous tile's copy of O (its deferred last P @ V)
+    R_FIRST_O = 31     # this step's P @ V is the tile's first (it initialises O)
+    # the previous tile's store coordinates (r12, the step loop's counter, is free from a
+    # tile's last step to the next tile's step loop)
+    R_SAVED = (29, 30, cg.R_STEP_LOOP)
 
     def parity_regs(step_reg: int) -> None:
         """R_CUR = (t & 1) * stride, R_PREV = ((t - 1) & 1) * stride for step t in a reg;
         R_KV_CUR/PREV/NEXT = (t mod 3, t - 1 mod 3, t + 1 mod 3) * the ring stride."""
-        emit(f"AND r{R_CUR}, r{step_reg}, 1")
-        emit(f"MUL r{R_CUR}, r{R_CUR}, {stride}")
-        emit(f"SUB r{R_PREV}, r{cg.R_LD_COUNT}, r{R_CUR}")   # R_LD_COUNT holds `stride`
+        # S and P alternate by the core's step count, not the tile's: the next tile's S(0)
+        # runs while the softmax still reads this tile's last S
         # the ring turns per core, not per tile: a tile's first loads go to the slot after
         # the previous tile's last, so a credit (returned in load order) frees that slot
         emit(f"ADD r{R_KV_T}, r{step_reg}, r{R_KV_BASE}")
+        emit(f"AND r{R_CUR}, r{R_KV_T}, 1")
+        emit(f"MUL r{R_CUR}, r{R_CUR}, {stride}")
+        emit(f"SUB r{R_PREV}, r{cg.R_LD_COUNT}, r{R_CUR}")   # R_LD_COUNT holds `stride`
         for reg, shift in ((R_KV_CUR, 0), (R_KV_PREV, 2), (R_KV_NEXT, 1)):
             emit(f"ADD r{reg}, r{R_KV_T}, {shift}")
             emit(f"REM r{reg}, r{reg}, 3")
@@ -118,10 +132,75 @@ def emit_flash_nest(emit, nest: Nest) -> None:
         waits = [(E_KV_FULL, 2)] + ([(E_Q_FULL, 1)] if first else [])
         emit(cg._compute(ctx, mma_s, True), waits=waits, sigs=[(E_S_READY, 1)])
 
-    def mx_accumulate(last: bool) -> None:
+    def mx_accumulate(last: bool, first: bool | None = False) -> None:
+        """O(t-1) += P(t-1) V(t-1); the tile's first P @ V initialises O (`first`: True,
+        or None when step t in R_STEP decides: t == 1, a predicated pair)."""
         regs.update(p=R_PREV, vt=R_KV_PREV)
         sigs = [(E_KV_FREE, 1), (E_O_DONE if last else E_O_ACC, 1)]
-        emit(cg._compute(ctx, mma_o, False), waits=[(E_VX_DONE, 1)], sigs=sigs)
+        init = cg._compute(ctx, replace(mma_o, mode="init"), False)
+        acc = cg._compute(ctx, mma_o, False)
+        if first is None:
+            emit(f"SEQ r{R_FIRST_O}, r{cg.R_STEP}, 1")
+            emit(f"@r{R_FIRST_O} {init}", waits=[(E_VX_DONE, 1)], sigs=sigs)
+            emit(f"@!r{R_FIRST_O} {acc}", waits=[(E_VX_DONE, 1)], sigs=sigs)
+        else:
+            emit(init if first else acc, waits=[(E_VX_DONE, 1)], sigs=sigs)
+
+    def previous_tile_output(tile_count: int) -> None:
+        """The last P @ V of the core's previous tile (`tile_count` - 1): P and V of the
+        core's step R_KV_BASE - 1, O of that tile's copy. Issued after the next tile's S(0)
+        (deferred), so the matrix engine computes those scores while the vector engine
+        still runs the previous tile's last softmax, instead of waiting for it."""
+        emit(f"SUB r{R_KV_T}, r{R_KV_BASE}, 1")
+        emit(f"AND r{R_PREV}, r{R_KV_T}, 1")
+        emit(f"MUL r{R_PREV}, r{R_PREV}, {stride}")
+        emit(f"REM r{R_KV_PREV}, r{R_KV_T}, 3")
+        emit(f"MUL r{R_KV_PREV}, r{R_KV_PREV}, {ring}")
+        if tile_copies == 2:
+            emit(f"SUB r{R_O_LAST}, r{tile_count}, 1")
+            emit(f"AND r{R_O_LAST}, r{R_O_LAST}, 1")
+            emit(f"MUL r{R_O_LAST}, r{R_O_LAST}, {nest.buffer('o').stride}")
+            regs["o"] = R_O_LAST
+        mx_accumulate(True, first=single)
+        if tile_copies == 2:
+            regs["o"] = R_O
+
+    def tile_output(o_reg: int | None = None) -> None:
+        """The epilogue (O / l) and the stores of a tile whose last P @ V is issued; with
+        `o_reg`, the previous tile's (deferred): its O copy, its sum copied to `lprev`."""
+        if o_reg is not None:
+            regs["o"] = o_reg
+        for index, stmt in enumerate(epilogue):
+            if o_reg is not None:
+                stmt = replace(stmt, srcs=tuple("lprev" if src == "l" else src
+                                                for src in stmt.srcs))
+            emit(cg._compute(ctx, stmt, False), waits=[(E_O_DONE, 1)] if index == 0 else [],
+                 sigs=[(E_O_FULL, 1)] if index == len(epilogue) - 1 else [])
+        for index, store in enumerate(stores):
+            last = index == len(stores) - 1
+            emit(f"DMA.ST.{nest.buffer(store.src).dtype} {ctx.ref(store.view)}, "
+                 f"{ctx.tile(store.src)}", waits=[(E_O_FULL, 1)] if index == 0 else [],
+                 sigs=[(E_Q_FREE, 1), (E_O_FREE, 1)] if last else [])
+        if tile_copies == 2:
+            regs["o"] = R_O
+
+    def swap_coords() -> None:
+        """Exchange the store coordinates with the saved ones (R_STEP as scratch: step 0
+        is done and the step loop sets it again)."""
+        for reg, save in zip(store_coords, R_SAVED):
+            emit(f"MOV r{cg.R_STEP}, r{reg}")
+            emit(f"MOV r{reg}, r{save}")
+            emit(f"MOV r{save}, r{cg.R_STEP}")
+
+    # The epilogue of a tile is deferred into the next tile's iteration (after its first
+    # softmax) when O has a copy per tile parity, the only store is O's and its
+    # coordinates fit the spare registers: the vector engine then never waits for a
+    # tile's last P @ V
+    store_coords = sorted({cg.R_COORD + a for st in stores for a in st.view.axes
+                           if grid[a] > 1})
+    deferred = (tile_copies == 2 and len(stores) == 1 and len(store_coords) <= len(R_SAVED)
+                and any(b.name == "lprev" for b in nest.buffers)
+                and all(isinstance(st, Vec) for st in epilogue))
 
     def vx_chain(stmts: list, first: bool, predicated: set[int] = frozenset()) -> None:
         """The softmax of one step on VX; statements whose id is in `predicated` run only
@@ -175,8 +254,12 @@ def emit_flash_nest(emit, nest: Nest) -> None:
     # the tile: Q, and the running max, sum and output
     emit(f"DMA.LD.{nest.buffer('q').dtype} {ctx.tile('q')}, {ctx.ref(q_load.view)}",
          waits=[(E_Q_FREE, 1)], sigs=[(E_Q_FULL, 1)])
-    for index, stmt in enumerate(init_vx):
-        emit(cg._compute(ctx, stmt, True), waits=[(E_O_FREE, 1)] if index == 0 else [])
+
+    def init_running() -> None:
+        """m, l and O of the tile, on VX after the previous tile's softmax; issued after
+        S(0), which must not wait with the scalar for room in the vector queue."""
+        for index, stmt in enumerate(init_vx):
+            emit(cg._compute(ctx, stmt, True), waits=[(E_O_FREE, 1)] if index == 0 else [])
     k_reg = cg.R_COORD + k_axis if grid[k_axis] > 1 else None
     single = grid[k_axis] == 1
 
@@ -196,8 +279,13 @@ def emit_flash_nest(emit, nest: Nest) -> None:
     if not single:
         prefetch()
     mx_scores(True)
+    label = f"flash_first_tile_{len(emit.lines)}"
+    emit(f"BEQZ r{cg.R_TILE_LOOP}, {label}")
+    previous_tile_output(cg.R_TILE_LOOP)
+    emit.raw(f"{label}:")
+    init_running()
     if single:
-        vx_chain(masked, True)
+        vx_chain([st for st in masked if not rescales_o(st)], True)
     else:
         if first_predicated:
             q_reg = cg.R_COORD + q_axis
@@ -206,6 +294,15 @@ def emit_flash_nest(emit, nest: Nest) -> None:
             else:
                 emit(f"LI r{R_DIAG}, 1")
         vx_chain(first_chain, True, first_predicated)
+    if deferred:
+        # the previous tile's O / l and store, on VX after this tile's first softmax (which
+        # its last P @ V overlaps), with that tile's coordinates swapped in
+        label = f"flash_first_epilogue_{len(emit.lines)}"
+        emit(f"BEQZ r{cg.R_TILE_LOOP}, {label}")
+        swap_coords()
+        tile_output(R_O_LAST)
+        swap_coords()
+        emit.raw(f"{label}:")
     if not single:
         # steps 1 .. n-2 unmasked (S(t), then O(t-1) on MX; the softmax of t on VX)
         emit(f"LOOP r{cg.R_STEP_LOOP}, r{cg.R_MIDDLE}")
@@ -214,7 +311,7 @@ def emit_flash_nest(emit, nest: Nest) -> None:
         parity_regs(cg.R_STEP)
         prefetch()
         mx_scores(False)
-        mx_accumulate(False)
+        mx_accumulate(False, first=None)
         vx_chain(plain, False)
         emit("ENDLOOP")
         # step n-1, masked (its K/V are loaded)
@@ -222,25 +319,27 @@ def emit_flash_nest(emit, nest: Nest) -> None:
         step_coord(cg.R_STEP)
         parity_regs(cg.R_STEP)
         mx_scores(False)
-        mx_accumulate(False)
+        mx_accumulate(False, first=None)
         vx_chain(masked, False)
-        # the last step's P @ V
-        emit(f"ADD r{cg.R_STEP}, r{cg.R_STEPS}, 0")
-        parity_regs(cg.R_STEP)
+    # the last step's P @ V: in the next tile's iteration (or after the loop), and the
+    # epilogue waits for it
+    if deferred:
+        # this tile's sum and store coordinates, for its epilogue in the next iteration
+        emit(cg._compute(ctx, Vec("COPY", "f32", "lprev", ("l",)), False))
+        for reg, save in zip(store_coords, R_SAVED):
+            emit(f"MOV r{save}, r{reg}")
     else:
-        emit(f"LI r{cg.R_STEP}, 1")
-        parity_regs(cg.R_STEP)
-    mx_accumulate(True)
-    for index, stmt in enumerate(epilogue):
-        emit(cg._compute(ctx, stmt, False), waits=[(E_O_DONE, 1)] if index == 0 else [],
-             sigs=[(E_O_FULL, 1)] if index == len(epilogue) - 1 else [])
-    for index, store in enumerate(stores):
-        last = index == len(stores) - 1
-        emit(f"DMA.ST.{nest.buffer(store.src).dtype} {ctx.ref(store.view)}, "
-             f"{ctx.tile(store.src)}", waits=[(E_O_FULL, 1)] if index == 0 else [],
-             sigs=[(E_Q_FREE, 1), (E_O_FREE, 1)] if last else [])
+        tile_output()
     emit(f"ADD r{R_KV_BASE}, r{R_KV_BASE}, " + ("1" if single else f"r{cg.R_STEPS}"))
     emit("ENDLOOP")
+    label = f"flash_no_tile_{len(emit.lines)}"
+    emit(f"BEQZ r{cg.R_MINE}, {label}")
+    previous_tile_output(cg.R_MINE)
+    if deferred:
+        for reg, save in zip(store_coords, R_SAVED):
+            emit(f"MOV r{reg}, r{save}")
+        tile_output(R_O_LAST)
+    emit.raw(f"{label}:")
     emit("BAR.CORE")
     emit(f"WAIT.S {cg._event(E_KV_FREE, 3)}")
     emit(f"WAIT.S {cg._event(E_Q_FREE, tile_copies)}")

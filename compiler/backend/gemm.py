@@ -28,8 +28,10 @@ from zhenwu.compiler.backend.lower import (
     mma_dtypes,
     simplify,
 )
+from zhenwu.compiler.backend.split_k import choose_split, split_nests
 from zhenwu.compiler.backend.tiling import round_up
 from zhenwu.compiler.graph.dtypes import itemsize, value_preserving
+from zhenwu.compiler.graph.ir import TensorType
 from zhenwu.compiler.graph.ops import OPS
 from zhenwu.isa.errors import CompileError
 from zhenwu.isa.instructions import INSTRUCTIONS
@@ -90,6 +92,20 @@ def hbm_traffic(batch, m, n, k, tile_m, tile_n, a_bytes, b_bytes, out_bytes, gro
     live = group * tile_m * k * a_bytes + min(columns, num_n) * k * tile_n * b_bytes
     a_reads = a_total if live <= cap else a_total * ceil(num_n / columns)
     return a_reads + b_reads + c_total
+
+
+def _row_penalty(machine) -> float:
+    """Cycles the HBM idles per DRAM row a transfer uses only partly (runtime/bandwidth.py)."""
+    return max(0.0, machine.dma_burst_bytes / machine.hbm_bytes_per_cycle
+               * (1 / machine.hbm_scattered_efficiency - 1 / machine.hbm_streaming_efficiency))
+
+
+def _partial_runs(rows_a, cols_b, depth, a_bytes, b_bytes, machine) -> int:
+    """DRAM rows one k step's operand tiles use partly: one per row of a tile whose rows
+    are not whole DRAM rows (A's rows are `depth` long, B's `cols_b`)."""
+    row = machine.hbm_row_bytes
+    return ((rows_a if (depth * a_bytes) % row else 0)
+            + (depth if (cols_b * b_bytes) % row else 0))
 
 
 def hbm_cycles(traffic: float, runs: float, machine) -> float:
@@ -157,6 +173,16 @@ def gemm_cost(batch, m, n, k, tile_m, tile_n, tile_k, acc_copies, a_bytes, b_byt
     serial = (max(mx.hbm_latency + max(port, gm, hbm_share),
                   step_bytes * mx.hbm_latency / window)
               if window and 2 * step_bytes > window else 0.0)
+    if serial and steps * waves > 2:
+        # a long stream of big steps: the next step's loads are in flight while this
+        # step's land, so a step lasts its transfer (the window's rate, the HBM share
+        # with the DRAM rows its runs use partly), not a round trip more; but a buffer is
+        # loaded again only once its product has run: two steps cover one product, one
+        # transfer and one round trip
+        transfer = max(port, step_bytes * mx.hbm_latency / window)
+        serial = max(gm, transfer, (mx_cycles + transfer + mx.hbm_latency) / 2,
+                     hbm_share + _partial_runs(in_m, in_n, in_k, a_bytes, b_bytes, machine)
+                     * active * _row_penalty(machine))
     step = max(mx_cycles, port, gm, latency, serial) + 12  # scalar issue per step
     store = in_m * in_n * out_bytes
     drain = max(store / mx.st_bytes_per_cycle, active * store / mx.hbm_bytes_per_cycle)
@@ -179,15 +205,19 @@ def gemm_cost(batch, m, n, k, tile_m, tile_n, tile_k, acc_copies, a_bytes, b_byt
 def choose_gemm_tile(batch, m, n, k, in_dtype, acc_dtype, a_bytes, b_bytes, out_bytes,
                      epilogue_full_bytes, epilogue_row_bytes, epilogue_ops, machine,
                      fixed: tuple[int, int, int] | None = None,
-                     ranked: list | None = None) -> GemmTile:
+                     ranked: list | None = None, whole_rows: bool = False) -> GemmTile:
     """The cheapest tiling that fits (see the module docstring); `fixed` forces one;
-    `ranked`, when given, receives every candidate that fits (for `--tune`)."""
+    `ranked`, when given, receives every candidate that fits (for `--tune`); `whole_rows`
+    also tries B tiles as wide as a DRAM row (a split-K product's few, wide tiles)."""
     in_bytes = itemsize(in_dtype)
     acc_elem = itemsize(acc_dtype)
     rate = machine.mx_rate(in_dtype) or 1.0
     best = None
     cands_m = _candidates(m, machine.mx_m, 16 * machine.mx_m)
-    cands_n = _candidates(n, machine.mx_n, 16 * machine.mx_n)
+    cap_n = 16 * machine.mx_n
+    if whole_rows:
+        cap_n = max(cap_n, machine.hbm_row_bytes // b_bytes // machine.mx_n * machine.mx_n)
+    cands_n = _candidates(n, machine.mx_n, cap_n)
     for tile_m in cands_m:
         for tile_n in cands_n:
             acc_tile = tile_m * tile_n * acc_elem
@@ -320,6 +350,13 @@ def lower_matmul_group(low, ops) -> None:
     tile = choose_gemm_tile(batch_count, m, n, k, in_dtype, acc_dtype, itemsize(a.dtype),
                             itemsize(b.dtype), itemsize(out.dtype), full_bytes, row_bytes,
                             n_vec, machine, fixed=choice, ranked=ranked)
+    # too few output tiles: split K across the cores, the partial sums added in a second
+    # nest of the kernel (compiler/backend/split_k.py)
+    split = None if choice is not None else choose_split(
+        batch_count, m, n, k, in_dtype, acc_dtype, itemsize(a.dtype), itemsize(b.dtype),
+        itemsize(out.dtype), full_bytes, row_bytes, n_vec, machine, tile)
+    if split is not None:
+        splits, tile = split
     low.gemm_ranked = getattr(low, "gemm_ranked", {})
     low.gemm_ranked[mm.id] = sorted(ranked, key=lambda t: t.cycles)
     tile_m, tile_n, tile_k = tile.tile_m, tile.tile_n, tile.tile_k
@@ -377,9 +414,17 @@ def lower_matmul_group(low, ops) -> None:
     final.append(Store(c_view, "c"))
     nest_tile = (1,) * nb + (tile_m, tile_n, tile_k)
     step = (Load("a", a_view), Load("b", b_view), Mma(in_dtype, acc_dtype, "c", "a", "b"))
+    name = "matmul" if not epilogue else "matmul_fused"
+    if split is not None:
+        part = low.new_tensor(f"t{mm.id}_part",
+                              TensorType("f32", (splits,) + tuple(extents[:-1])), "temp",
+                              mm.span)
+        low.kernel(name, group_ids, split_nests(extents, nest_tile, splits, a_view, b_view,
+                                                part, buffers, step, tuple(final), machine.cores,
+                                                machine.mx_n), last.span)
+        return
     nest = Nest(extents, nest_tile, kinds, tuple(buffers), (), step, tuple(final),
                 group=tile.group if tile.group > 1 else 0)
-    name = "matmul" if not epilogue else "matmul_fused"
     low.kernel(name, group_ids, [nest], last.span)
 
 

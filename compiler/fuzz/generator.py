@@ -247,7 +247,7 @@ class ProgramBuilder:
              "concat", "softmax", "norm", "cast", "broadcast", "pad", "expand", "argmax",
              "conv", "pool", "einsum", "linear", "attention", "creation", "integer",
              "int_matmul", "nan_reduce", "weak_math", "attention_form", "gather",
-             "linear_combination", "rotary")
+             "linear_combination", "rotary", "thin_linear")
         )
         getattr(self, f"step_{kind}")()
 
@@ -638,6 +638,26 @@ class ProgramBuilder:
         sign = self.chooser.choice((" + ", " - "))
         expr = sign.join(f"{t.name} * {c}" for t, c in terms).lstrip(" +")
         self.bind(expr, dtype, x.shape)
+
+    def step_thin_linear(self) -> None:
+        """A decode-shaped product: a few rows, a long K, few columns (`x @ w`, maybe with
+        a bias, an activation and a cast). On the M890 K = 4096 splits across the cores
+        (compiler/backend/split_k.py); 2048 and 4112 (not a multiple of 32) do not."""
+        rows = self.chooser.choice((1, 5, 16))
+        depth = self.chooser.choice((4096, 4096, 2048, 4112))
+        cols = self.chooser.choice((16, 33, 64))
+        dtype = self.chooser.choice(("bf16", "bf16", "f32"))
+        x = self.new_param((rows, depth), dtype)
+        w = self.new_param((depth, cols), dtype)
+        expr, out = f"{x.name} @ {w.name}", dtype
+        if self.chooser.integer(0, 1):
+            b = self.new_param((cols,), "f32")
+            expr, out = f"{expr} + {b.name}", "f32"
+        act = self.chooser.choice(("relu", "gelu", ""))
+        expr = f"{act}({expr})" if act else expr
+        if out != dtype and self.chooser.integer(0, 1):
+            expr, out = f"cast({expr}, {dtype})", dtype
+        self.bind(expr, out, (rows, cols))
 
     def step_rotary(self) -> None:
         """Rotary embedding's `x * cos + concat([-x2, x1], axis=-1) * sin`, a concat of

@@ -62,6 +62,21 @@ def test_stem_conv_output_matches_with_several_tiles_per_core():
     nest = _conv_nest(compiled)
     assert nest.buffer("xin") is not None
     assert nest.parallel_tiles >= 2 * 2
+    # 147 gathers a tile, more than the vector queue holds: the next tile's rows are
+    # loaded a tile ahead (codegen's prefetch schedule), into one of several copies
+    assert nest.schedule == "prefetch" and nest.buffer("xin").copies > 2
+
+
+@pytest.mark.parametrize("channels, schedule", [(1, ""), (3, "prefetch")])
+def test_the_prefetch_schedule_takes_nests_with_more_gathers_than_the_queue(channels,
+                                                                            schedule):
+    """3x3 stride 2: 9 gathers a tile for one channel (the queue holds them), 27 for three;
+    an odd tile count per core (the last tile has none to prefetch)."""
+    compiled, _ = _run(
+        f"fn main(x: bf16[3, {channels}, 32, 32], w: bf16[16, {channels}, 3, 3]) "
+        f"-> bf16[3, 16, 16, 16] {{\n    return relu(conv2d(x, w, stride=2, padding=1))\n}}\n")
+    nest = _conv_nest(compiled)
+    assert nest.buffer("xin") is not None and nest.schedule == schedule
 
 
 def test_an_input_height_the_stride_does_not_divide_loads_taps():
