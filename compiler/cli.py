@@ -98,6 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="chips to run on (default: 1; with --mesh, the mesh's product)")
     run.add_argument("--mesh", help="shard a .zt program over named axes, e.g. tp=8 or "
                      "dp=2,tp=4 (their product: the chips; default: none)")
+    run.add_argument("--overlap-chunks", type=int, metavar="N",
+                     help="with --mesh: compute and all-reduce each all-reduce's row-wise "
+                          "region in N row chunks, overlapped (1: no overlap; default: "
+                          "as many as the alpha-beta cost prefers)")
     run.add_argument("-O", dest="opt", choices=["0", "1", "2"], default="2",
                      help="optimisation level: -O0 one kernel per op, -O1/-O2 fused "
                           "(default: -O2)")
