@@ -276,3 +276,16 @@ def test_fuzzer_random_programs_overlapped(data):
     outputs, _ = run_spmd(compiled, M890, inputs)
     for got, want, value in zip(outputs, evaluate(fn, inputs), fn.outputs):
         assert relative_error(got, want) <= output_tolerance(fn, value), text
+
+
+def test_all_reduce_of_an_operand_from_outside_the_region(tmp_path):
+    """A batched product is not row-wise: the all-reduce alone is chunked, in place on the
+    row chunks of the product's buffer, and the joined value is that buffer."""
+    text = """
+fn main(x: f32[4, 16, 8@tp], w: f32[4, 8@tp, 8]) -> f32[64, 8] {
+    return reshape(x @ w, [64, 8])
+}
+"""
+    compiled, _ = _check(tmp_path, text, 2, mesh="tp=2")
+    [region] = compiled.overlap
+    assert [op.kind for op in region.ops] == ["all_reduce"] and region.rows == 4

@@ -193,12 +193,18 @@ def compile_spmd(spmd: SpmdFunction, machine, options, chips: int, measure=None,
         return vid
 
     # a row_join's chunks are computed in place: each chunk's buffer (its alias root) sits
-    # at its rows of the joined value
+    # at its rows of the joined value; chunks that already are the row chunks of one buffer
+    # (all-reduced in place on the row_chunks of an operand from outside the region) make
+    # the joined value that buffer
     for item in segments:
         if isinstance(item, Op) and item.kind == ROW_JOIN:
+            parts = [root(part.id) for part in item.inputs]
+            if len(set(parts)) == 1:
+                alias[item.id] = (parts[0], 0)
+                continue
             offset = 0
-            for part in item.inputs:
-                alias[root(part.id)] = (item.id, offset)
+            for part, part_root in zip(item.inputs, parts):
+                alias[part_root] = (item.id, offset)
                 offset += part.type.nbytes
 
     roots = sorted({root(v) for v in boundary}, key=lambda v: list(boundary).index(v)
