@@ -308,16 +308,13 @@ def chunk_region(fn: Function, ops: list[Op], rows: int, chunks: int) -> Functio
                 elif pos in positions:
                     inputs.append(sliced[value.id][index])
                 elif _is_constant(producers.get(value.id)):
-                    # an immediate: each chunk's kernels keep it an immediate (a parameter
-                    # of the chunk's segment would be a tensor loaded per tile)
-                    if value.id not in mapped[index]:
-                        source = producers[value.id]
-                        copy = emit(source.kind, [], dict(source.attrs), value.type,
-                                    source.span, source.origin)
-                        mapped[index][value.id] = copy.result
-                        clones.append(((index + stage[op.id], stage[op.id], order - 0.5),
-                                       copy))
-                    inputs.append(mapped[index][value.id])
+                    # an immediate: copied next to each use, so the use's kernels keep it an
+                    # immediate (from another segment it would be a tensor loaded per tile)
+                    source = producers[value.id]
+                    copy = emit(source.kind, [], dict(source.attrs), value.type,
+                                source.span, source.origin)
+                    clones.append(((index + stage[op.id], stage[op.id], order - 0.5), copy))
+                    inputs.append(copy.result)
                 else:
                     inputs.append(value)
             attrs = dict(op.attrs)
