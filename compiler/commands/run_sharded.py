@@ -58,6 +58,8 @@ def run_sharded(args) -> int:
         data["collectives"] = [{"kind": op.kind, "axis": op.attrs["axis"], "bytes": nbytes,
                                 "algorithm": algorithm}
                                for op, algorithm, nbytes in compiled.collectives]
+        data["overlap"] = [{"rows": region.rows, "chunks": region.chunks, "ops": len(region.ops),
+                            "all_reduces": region.all_reduces} for region in compiled.overlap]
         _write_text(args.report, json.dumps(data, indent=2) + "\n")
     if args.trace and result.trace is not None:
         _write_text(args.trace, json.dumps(result.trace))
