@@ -526,9 +526,8 @@ def async_allreduce_start(group: tuple[int, ...], chip: int, buf: Region, core: 
         body.append(_async_put(group[(rank + k) % p], mine, mine, gathered,
                                waits=(f"{arrive}:{p - 1}",) if k == 1 else (),
                                sig=sent if k == p - 1 else None))
-    return [f".kernel {label}",
-            f"    GETID r0, core  # allreduce (async, direct on core {core}) over chips "
-            f"{list(group)}",
+    comment = f"allreduce (async, direct on core {core}) over chips {list(group)}"
+    return [f".kernel {label}", f"    GETID r0, core  # {comment}",
             f"    SUB r1, r0, {core}", f"    BNEZ r1, {label}_c{core}", *body,
             f"{label}_c{core}:"]
 
@@ -538,7 +537,7 @@ def async_allreduce_done(started: list[tuple[int, int]], label: str) -> list[str
     core, every peer's piece has landed and this chip's last write has landed (so its NET
     queue is past every wait on the collective's events); then `BAR.CHIP`, after which
     every core may read the results."""
-    ready, arrive, gathered, sent = ASYNC_EVENTS
+    _, _, gathered, sent = ASYNC_EVENTS
     lines = [f".kernel {label}", "    GETID r0, core  # wait for asynchronous all-reduces"]
     for core, p in started:
         lines += [f"    SUB r1, r0, {core}", f"    BNEZ r1, {label}_c{core}",

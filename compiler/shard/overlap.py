@@ -79,7 +79,7 @@ def row_inputs(op: Op, rows: int) -> list[int] | None:
     if op.kind == "reshape":
         source = op.inputs[0]
         if source.type.rank >= 1 and source.type.shape[0] == rows and \
-                tuple(op.attrs["shape"])[0] == rows:
+                next(iter(op.attrs["shape"])) == rows:
             return [0]
         return None
     fusion = OPS[op.kind].fusion if op.kind in OPS else None
