@@ -189,6 +189,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="print the per-chip SPMD IR for this many chips (with --mesh; "
                          "default: 1)")
     ir.add_argument("--mesh", help="the mesh for --chips, e.g. tp=8 or dp=2,tp=4 (default: none)")
+    ir.add_argument("--overlap-chunks", type=int, metavar="N",
+                    help="with --chips: print the SPMD IR with each all-reduce's row-wise "
+                         "region in N row chunks, as `run` overlaps them (default: as printed "
+                         "before the overlap)")
     _add_machine(ir)
 
     asm = sub.add_parser("asm", help="assemble M890 assembly to a binary")

@@ -289,3 +289,11 @@ fn main(x: f32[4, 16, 8@tp], w: f32[4, 8@tp, 8]) -> f32[64, 8] {
     compiled, _ = _check(tmp_path, text, 2, mesh="tp=2")
     [region] = compiled.overlap
     assert [op.kind for op in region.ops] == ["all_reduce"] and region.rows == 4
+
+
+def test_ir_prints_the_chunked_spmd_function(capsys):
+    status = main(["ir", "samples/sharded/qwen_block_tp.zt", "--chips", "8", "--shape",
+                   "S=32", "--shape", "D=64", "--shape", "F=128", "--overlap-chunks", "2"])
+    out = capsys.readouterr().out
+    assert status == 0 and "// overlap: 2 all-reduce(s)" in out
+    assert out.count(" = row_join ") == 1 and out.count("chunks=2} : f32[16,64]") == 2
