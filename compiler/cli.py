@@ -98,6 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="chips to run on (default: 1; with --mesh, the mesh's product)")
     run.add_argument("--mesh", help="shard a .zt program over named axes, e.g. tp=8 or "
                      "dp=2,tp=4 (their product: the chips; default: none)")
+    run.add_argument("--overlap-chunks", type=int, metavar="N",
+                     help="with --mesh: compute and all-reduce each all-reduce's row-wise "
+                          "region in N row chunks, overlapped (1: no overlap; default: "
+                          "as many as the alpha-beta cost prefers)")
     run.add_argument("-O", dest="opt", choices=["0", "1", "2"], default="2",
                      help="optimisation level: -O0 one kernel per op, -O1/-O2 fused "
                           "(default: -O2)")
@@ -185,6 +189,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="print the per-chip SPMD IR for this many chips (with --mesh; "
                          "default: 1)")
     ir.add_argument("--mesh", help="the mesh for --chips, e.g. tp=8 or dp=2,tp=4 (default: none)")
+    ir.add_argument("--overlap-chunks", type=int, metavar="N",
+                    help="with --chips: print the SPMD IR with each all-reduce's row-wise "
+                         "region in N row chunks, as `run` overlaps them (default: as printed "
+                         "before the overlap)")
     _add_machine(ir)
 
     asm = sub.add_parser("asm", help="assemble M890 assembly to a binary")

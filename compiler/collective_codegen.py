@@ -470,3 +470,77 @@ def collective_programs(kind: str, nbytes: int, chips: int, machine: Machine,
         lines = header + collective_asm(spec, chip) + ["    HALT"]
         programs.append(assemble_lines(lines, f"{kind}-chip{chip}.s"))
     return programs, cost
+
+
+# ---- asynchronous all-reduce (overlapped with compute) ----------------------------------
+
+# the top events of every core: an asynchronous all-reduce runs on one core's NET queue while
+# that core's engines run later kernels, whose events (compiler/backend) start at E0
+ASYNC_EVENTS = tuple(range(NUM_EVENTS - 4, NUM_EVENTS))  # ready, arrive, gathered, sent
+
+
+def _async_put(peer: int, dst: Region, src: Region, event: int, *, add: bool = False,
+               waits: tuple[str, ...] = (), sig: int | None = None) -> str:
+    """A `.async` DMA.PUT (a bare `.async` RSIG when the piece is empty)."""
+    sync = "".join(f" .wait E{w}" for w in waits) + (f" .sig E{sig}" if sig is not None
+                                                     else "")
+    if src.nbytes == 0:
+        return f"    RSIG {peer}, E{event} .async{sync}"
+    suffix = f".{src.dtype}" if add else ""
+    option = " .add" if add else ""
+    return (f"    DMA.PUT{suffix} {peer}, {dst.address()}, {src.address()}, {src.nbytes}, "
+            f"E{event}{option} .async{sync}")
+
+
+def async_allreduce_start(group: tuple[int, ...], chip: int, buf: Region, core: int,
+                          label: str) -> list[str]:
+    """The start of an all-reduce of `buf` over `group` that runs on core `core`'s NET
+    queue while the chip goes on (a direct reduce-scatter then all-gather, every transfer
+    `.async`, ordered only by events, so no barrier waits for it):
+
+    - `RSIG .async` "ready" to every peer: this chip's buffer holds its contribution (the
+      kernels that wrote it ended with the BAR.CHIP before this region);
+    - after all p-1 readies (`.wait ready:p-1`), `.add` piece r+k into rank r+k for
+      k = 1..p-1 (they land on core `core` there: event "arrive");
+    - after all p-1 adds into this chip's piece r have landed (`.wait arrive:p-1`), write
+      piece r into every peer ("gathered" there); the last write also signals "sent" here.
+
+    A piece is overwritten only after it was read: rank q's write of its piece q lands here
+    after q's arrivals, which include this chip's add that read its piece q. Every chip
+    runs the same code, so all of a collective's transfers use the same core index and
+    its events (`ASYNC_EVENTS`); a core hosts one collective at a time (the caller ends the
+    previous one first), so a later collective's signals never meet an earlier one's waits.
+    `async_allreduce_done` waits for it."""
+    if chip not in group:
+        raise UsageError(f"chip {chip} is not in the collective's group {list(group)}")
+    p = len(group)
+    rank = group.index(chip)
+    ready, arrive, gathered, sent = ASYNC_EVENTS
+    body = [f"    RSIG {group[(rank - k) % p]}, E{ready} .async" for k in range(1, p)]
+    for k in range(1, p):
+        piece = buf.piece((rank + k) % p, p)
+        body.append(_async_put(group[(rank + k) % p], piece, piece, arrive, add=True,
+                               waits=(f"{ready}:{p - 1}",) if k == 1 else ()))
+    mine = buf.piece(rank, p)
+    for k in range(1, p):
+        body.append(_async_put(group[(rank + k) % p], mine, mine, gathered,
+                               waits=(f"{arrive}:{p - 1}",) if k == 1 else (),
+                               sig=sent if k == p - 1 else None))
+    comment = f"allreduce (async, direct on core {core}) over chips {list(group)}"
+    return [f".kernel {label}", f"    GETID r0, core  # {comment}",
+            f"    SUB r1, r0, {core}", f"    BNEZ r1, {label}_c{core}", *body,
+            f"{label}_c{core}:"]
+
+
+def async_allreduce_done(started: list[tuple[int, int]], label: str) -> list[str]:
+    """Wait for the asynchronous all-reduces `started` ((core, group size) each): on its
+    core, every peer's piece has landed and this chip's last write has landed (so its NET
+    queue is past every wait on the collective's events); then `BAR.CHIP`, after which
+    every core may read the results."""
+    _, _, gathered, sent = ASYNC_EVENTS
+    lines = [f".kernel {label}", "    GETID r0, core  # wait for asynchronous all-reduces"]
+    for core, p in started:
+        lines += [f"    SUB r1, r0, {core}", f"    BNEZ r1, {label}_c{core}",
+                  f"    WAIT.S E{gathered}:{p - 1}", f"    WAIT.S E{sent}",
+                  f"{label}_c{core}:"]
+    return lines + ["    BAR.CHIP"]

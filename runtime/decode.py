@@ -86,6 +86,7 @@ def decode_program(program: Program, machine, engines: tuple[str, ...], *, funct
             # WAIT.<eng> Ek: the event operand is a wait in that engine's queue
             op.waits = waits + (event_operands if instr.mnemonic == "WAIT" else ())
             op.sigs = sigs + (event_operands if instr.mnemonic == "SIG" else ())
+            op.detached = engine == "NET" and instr.has("async")
             if engine == "MX" and instr.suffixes and machine.supports_mx(instr.suffixes[0]):
                 op.flop_dtype = instr.suffixes[0]
             op.bind = _engine_binder(defn, instr, index, machine, program, functional, gm,

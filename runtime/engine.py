@@ -89,6 +89,7 @@ class CoreState:
         self.try_pending = [False] * n_engines
         self.blocked_since = [-1] * n_engines  # engine blocked on an event since (or -1)
         self.last_complete = [0] * n_engines
+        self.detached_complete = 0  # the last completion of a `.async` (detached) instruction
         self.events = [0] * n_events
         self.waiters: list[list[int]] = [[] for _ in range(n_events)]  # engine ids (0 = S)
         self.busy = [0] * n_engines
@@ -342,7 +343,7 @@ class Simulator:
                 t += op.cycles
                 continue
             # BAR_CORE, BAR_CHIP, HALT: wait until this core's queues drain
-            drain = self._drain_time(core)
+            drain = self._drain_time(core, kind == HALT)
             if drain is None or drain > t:
                 self._block_scalar(core, "drain" if kind == HALT else
                                    ("bar_core" if kind == BAR_CORE else "bar_chip"), S_ENGINE, t)
@@ -412,11 +413,15 @@ class Simulator:
             self.trace.slice(core.index, S_ENGINE, f"stall {cause}", core.s_block_since, cycles)
         core.s_blocked = None
 
-    def _drain_time(self, core: CoreState) -> int | None:
-        """When every instruction dispatched so far has completed, or None if some is queued."""
+    def _drain_time(self, core: CoreState, halting: bool = False) -> int | None:
+        """When every instruction dispatched so far has completed, or None if some is queued.
+        A barrier (not `halting`) waits for no `.async` instruction: a queue holding only
+        those counts as empty, and their completions do not count."""
         for queue in core.queues:
-            if queue:
+            if queue and (halting or not all(entry[0].detached for entry in queue)):
                 return None
+        if halting:
+            return max(max(core.last_complete), core.detached_complete)
         return max(core.last_complete)
 
     def _arrive_chip_barrier(self, core: CoreState, t: int) -> None:
@@ -573,7 +578,10 @@ class Simulator:
         if occupancy > 0:
             # DMAs count while in flight (transfer and latency), compute while busy
             core.intervals[engine].append((now, complete if engine in self.dma_engines else free))
-        core.last_complete[engine] = max(core.last_complete[engine], complete)
+        if op.detached:
+            core.detached_complete = max(core.detached_complete, complete)
+        else:
+            core.last_complete[engine] = max(core.last_complete[engine], complete)
         if op.sigs:
             self._push(complete, _COMPLETE, core, engine,
                        (op, list(races.clocks[engine]) if races is not None else None))
@@ -585,7 +593,7 @@ class Simulator:
             self._try_later(core, engine, max(now, free))
         elif core.s_blocked is not None and core.s_blocked != "queue_full" \
                 and core.s_blocked != "wait_event":
-            drain = self._drain_time(core)
+            drain = self._drain_time(core, core.s_blocked == "drain")
             if drain is not None:
                 self._resume(core, max(now, drain))
         if resume_scalar:

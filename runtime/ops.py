@@ -63,3 +63,5 @@ class Op:
     cycles: int = 1  # scalar-unit issue cycles (from the instruction's cost formula)
     # the MX input dtype of a matrix instruction (its flops count against that dtype's peak)
     flop_dtype: str | None = None
+    # a `.async` cluster instruction: barriers do not wait for it, HALT does (isa net.py)
+    detached: bool = False

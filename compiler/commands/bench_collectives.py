@@ -12,7 +12,9 @@ injection bandwidth into its node).
 
 `scaling` compiles each program of `SCALING` for 1, 2, 4 or 8 chips (mesh `tp=N`) and
 simulates it timing-only: cycles, speedup over one chip, the share of chip 0's time in
-collective kernels, and the host seconds the simulation took.
+collective kernels (communication not hidden behind compute: an overlapped all-reduce's
+kernels are only its start and its wait), the row chunks of each overlapped region
+(compiler/shard/overlap.py), and the host seconds the simulation took.
 """
 
 from __future__ import annotations
@@ -145,7 +147,8 @@ def scaling_row(path: str, shapes: dict, chips: int, machine) -> dict:
     return {"chips": chips, "cycles": result.report.cycles, "seconds": result.report.seconds,
             "communication_cycles": comm, "communication_share": comm / chip0.cycles,
             "collectives": len(compiled.collectives), "compile_seconds": compile_seconds,
-            "host_seconds": host_seconds}
+            "host_seconds": host_seconds,
+            "overlap_chunks": [region.chunks for region in compiled.overlap]}
 
 
 def run_scaling(args, machine) -> int:
@@ -163,9 +166,13 @@ def run_scaling(args, machine) -> int:
     for entry in results:
         print(f"\n{entry['name']} ({entry['program']})")
         print(f"{'chips':>5} {'cycles':>12} {'time ms':>9} {'speedup':>8} {'comm share':>10} "
-              f"{'collectives':>11} {'host s':>8}")
+              f"{'collectives':>11} {'chunks':>6} {'host s':>8}")
         for row in entry["rows"]:
+            chunks = ",".join(str(c) for c in row["overlap_chunks"]) or "-"
             print(f"{row['chips']:>5} {row['cycles']:>12} {row['seconds'] * 1e3:>9.3f} "
                   f"{row['speedup']:>7.2f}x {row['communication_share']:>10.1%} "
-                  f"{row['collectives']:>11} {row['host_seconds']:>8.1f}")
+                  f"{row['collectives']:>11} {chunks:>6} {row['host_seconds']:>8.1f}")
+    print("\ncomm share: the time chip 0 spends in collective regions, i.e. communication not "
+          "hidden\nbehind compute (an overlapped all-reduce counts only its start and its wait); "
+          "chunks:\nthe row chunks of each overlapped region (compiler/shard/overlap.py)")
     return 0

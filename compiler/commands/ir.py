@@ -21,7 +21,7 @@ from zhenwu.compiler.graph.parser import parse_function
 from zhenwu.compiler.graph.printer import print_function
 from zhenwu.compiler.inputs import parse_shape_options
 from zhenwu.compiler.passes import default_graph_pipeline, get_pass, parse_pipeline, run_pipeline
-from zhenwu.isa.errors import InputError
+from zhenwu.isa.errors import InputError, UsageError
 
 
 def read_program(args) -> Function:
@@ -96,7 +96,20 @@ def _print_spmd(fn: Function, args) -> int:
         out.write(f"// param {param.name}: {param.type} sharded {spec}\n")
     for index, (value, spec) in enumerate(zip(fn.outputs, spmd.result_specs)):
         out.write(f"// result {index}: {value.type} sharded {spec}\n")
-    out.write(print_function(spmd.fn))
+    shown = spmd.fn
+    if args.overlap_chunks is not None:
+        from zhenwu.compiler.shard.overlap import overlap_function
+        from zhenwu.isa.machine import load_machine
+
+        if args.overlap_chunks < 1:
+            raise UsageError(f"--overlap-chunks {args.overlap_chunks}: at least 1")
+        machine = load_machine(getattr(args, "machine", None) or "m890")
+        shown, regions = overlap_function(spmd.fn, mesh, machine, mesh.chips,
+                                          chunks=args.overlap_chunks)
+        for region in regions:
+            out.write(f"// overlap: {region.all_reduces} all-reduce(s) with "
+                      f"{len(region.ops)} ops in {region.chunks} row chunks\n")
+    out.write(print_function(shown))
     kinds = [f"{op.kind}({op.attrs['axis']})" for op in spmd.collectives]
     out.write(f"// collectives: {', '.join(kinds) or 'none'}\n")
     return 0

@@ -40,8 +40,10 @@ def run_sharded(args) -> int:
     mesh = resolve_mesh(fn, args.mesh, args.chips)
     start = time.perf_counter()
     spmd = shard_function(fn, mesh)
+    if args.overlap_chunks is not None and args.overlap_chunks < 1:
+        raise UsageError(f"--overlap-chunks {args.overlap_chunks}: at least 1")
     compiled = compile_spmd(spmd, machine, compile_options(args), mesh.chips,
-                            measure=timing_measure)
+                            measure=timing_measure, overlap_chunks=args.overlap_chunks)
     compile_seconds = time.perf_counter() - start
     inputs = {} if args.timing_only else prepare_inputs(fn, given, args.seed, sources)
     outputs, result = run_spmd(compiled, machine, inputs, timing_only=args.timing_only,
@@ -56,6 +58,8 @@ def run_sharded(args) -> int:
         data["collectives"] = [{"kind": op.kind, "axis": op.attrs["axis"], "bytes": nbytes,
                                 "algorithm": algorithm}
                                for op, algorithm, nbytes in compiled.collectives]
+        data["overlap"] = [{"rows": region.rows, "chunks": region.chunks, "ops": len(region.ops),
+                            "all_reduces": region.all_reduces} for region in compiled.overlap]
         _write_text(args.report, json.dumps(data, indent=2) + "\n")
     if args.trace and result.trace is not None:
         _write_text(args.trace, json.dumps(result.trace))
@@ -75,6 +79,9 @@ def run_sharded(args) -> int:
     kinds = ", ".join(f"{op.kind}({op.attrs['axis']}, {nbytes} B, {algorithm})"
                       for op, algorithm, nbytes in compiled.collectives) or "none"
     print(f"mesh {mesh} on {mesh.chips} chips: collectives {kinds}")
+    for region in compiled.overlap:
+        print(f"overlap: {region.all_reduces} all-reduce(s) with {len(region.ops)} ops in "
+              f"{region.chunks} row chunks of {region.rows // region.chunks}")
     print(f"kernels {compiled.kernel_count} per chip  compile {compile_seconds:.3f} s")
     print(f"cycles {report.cycles}  simulated time {report.seconds * 1e6:.3f} us")
     print(report.to_text())

@@ -776,3 +776,37 @@ def add_shardings(text: str, chooser: Chooser, axes: dict[str, int]) -> str:
     results, brace, body = rest.partition("{")
     results = re.sub(r"(\w+)\[([^\]]*)\]", lambda m: f"{m[1]}[{annotate(m[2])}]", results)
     return head + ") ->" + results + brace + body
+
+
+# row-wise epilogues after a row-parallel product (the overlap rewrite chunks them with the
+# all-reduce) and forms it must leave whole (a reduction over the rows, the rows as a
+# product's right operand)
+_ROW_EPILOGUES = (
+    "{y} + b",
+    "softmax({y} + b, axis=-1)",
+    "{y} * rsqrt(mean({y} * {y}, axis=-1, keepdims=true) + 1e-6) * b",
+    "tanh({y}) @ wo",
+    "sum({y}, axis=0, keepdims=true) + {y}",
+    "transpose({y}, [1, 0]) @ {y}",
+)
+
+
+def overlap_program(chooser: Chooser, tp: int) -> tuple[str, int]:
+    """A Megatron-style program for the overlap rewrite (compiler/shard/overlap.py): a
+    column-parallel product with a random activation, a row-parallel product (an all-reduce
+    over `tp`) and a random epilogue, some row-wise, some not; and a chunk count to force.
+    Returns (program text, chunks)."""
+    rows = chooser.choice((4, 8, 16, 32))
+    d = chooser.choice((8, 16))
+    f = chooser.choice((8, 16)) * tp
+    act = chooser.choice(("relu", "gelu", "silu", ""))
+    epilogue = chooser.choice(_ROW_EPILOGUES).format(y="y")
+    if "transpose" in epilogue:
+        rows = d  # the rows of y are also its columns here
+    head = (f"fn main(x: f32[{rows}, {d}], w1: f32[{d}, {f}@tp], w2: f32[{f}@tp, {d}], "
+            f"b: f32[{d}], wo: f32[{d}, {d}]) -> f32[{d if 'transpose' in epilogue else rows}"
+            f", {d}] {{\n")
+    body = f"    h = {act}(x @ w1)\n" if act else "    h = x @ w1\n"
+    text = head + body + f"    y = h @ w2\n    return {epilogue}\n}}\n"
+    chunks = chooser.choice([c for c in (2, 4, 8) if rows % c == 0] or [1])
+    return text, chunks

@@ -27,9 +27,16 @@ import re
 from dataclasses import dataclass, field
 
 import numpy as np
-from zhenwu.compiler.collective_codegen import CollectiveSpec, Region, collective_asm
+from zhenwu.compiler.collective_codegen import (
+    CollectiveSpec,
+    Region,
+    async_allreduce_done,
+    async_allreduce_start,
+    collective_asm,
+)
 from zhenwu.compiler.collectives import collective_cost
 from zhenwu.compiler.graph.ir import Function, Op, Value
+from zhenwu.compiler.shard.overlap import ALIAS_KINDS, ROW_CHUNK, ROW_JOIN, overlap_function
 from zhenwu.compiler.shard.propagate import COLLECTIVE_KINDS, SpmdFunction, join_output, split_input
 from zhenwu.compiler.backend.emitter import assemble_lines
 from zhenwu.isa.errors import CompileError, Diagnostic
@@ -62,6 +69,8 @@ class SpmdProgram:
     chips: int
     kernel_count: int = 0
     notes: list[str] = field(default_factory=list)
+    fn: Function | None = None  # the function compiled: spmd.fn with overlap's chunks
+    overlap: list = field(default_factory=list)  # compiler.shard.overlap.Region per region
 
 
 def _tensor_name(value: Value) -> str:
@@ -72,7 +81,7 @@ def _segments(fn: Function) -> list[list[Op] | Op]:
     """The ops in order, compute runs grouped, each collective on its own."""
     steps: list[list[Op] | Op] = []
     for op in fn.ops:
-        if op.kind in COLLECTIVE_KINDS:
+        if op.kind in COLLECTIVE_KINDS or op.kind in ALIAS_KINDS:
             steps.append(op)
         elif steps and isinstance(steps[-1], list):
             steps[-1].append(op)
@@ -118,15 +127,17 @@ _TENSOR = re.compile(r"^\.tensor (\w+), (\w+), \[([^\]]*)\], (0x[0-9a-f]+|\d+), 
 _DESC = re.compile(r"^(\s*DESC d\d+, )([A-Za-z_]\w*)(.*)$")
 
 
-def compile_spmd(spmd: SpmdFunction, machine, options, chips: int, measure=None
-                 ) -> SpmdProgram:
+def compile_spmd(spmd: SpmdFunction, machine, options, chips: int, measure=None,
+                 overlap_chunks: int | None = None) -> SpmdProgram:
     """The per-chip programs of `spmd` on `chips` chips of `machine` (`measure`: the timing
-    model `options.tune` searches with, as for `compile_function`)."""
+    model `options.tune` searches with, as for `compile_function`). All-reduces are
+    overlapped with the compute around them in row chunks (compiler/shard/overlap.py): as
+    many as its cost model prefers, or `overlap_chunks` (1: no overlap)."""
     from zhenwu.compiler.backend.pipeline import compile_function
 
     mesh = spmd.mesh
-    fn = spmd.fn
     _check_fits(spmd, machine)
+    fn, regions = overlap_function(spmd.fn, mesh, machine, chips, chunks=overlap_chunks)
     steps = _segments(fn)
     live = _live_after(steps, fn)
     params = {v.id for v in fn.params}
@@ -157,25 +168,44 @@ def compile_spmd(spmd: SpmdFunction, machine, options, chips: int, measure=None
         if isinstance(item, Segment):
             boundary.update(item.names)
         else:
-            boundary[item.inputs[0].id] = _tensor_name(item.inputs[0]) if \
-                item.inputs[0].id in params else f"v{item.inputs[0].id}"
+            for source in item.inputs:
+                boundary[source.id] = _tensor_name(source) if source.id in params \
+                    else f"v{source.id}"
             boundary[item.id] = f"v{item.id}"
     for v in fn.outputs:
         boundary.setdefault(v.id, _tensor_name(v) if v.id in params else f"v{v.id}")
-    # aliases: child value id -> (parent value id, offset in pieces of the child's size)
-    alias: dict[int, tuple[int, bool]] = {}
+    # aliases: child value id -> (parent value id, where in it): "rank" (the child's size
+    # times the chip's rank along the op's axis) or a byte offset
+    alias: dict[int, tuple[int, str | int]] = {}
     for item in segments:
         if isinstance(item, Op):
             source = item.inputs[0]
             if item.kind == "all_reduce":
-                alias[item.id] = (source.id, False)
+                alias[item.id] = (source.id, 0)
             elif item.kind in ("reduce_scatter", "shard_slice"):
-                alias[item.id] = (source.id, True)
+                alias[item.id] = (source.id, "rank")
+            elif item.kind == ROW_CHUNK:
+                alias[item.id] = (source.id, item.attrs["index"] * item.result.type.nbytes)
 
     def root(vid: int) -> int:
         while vid in alias:
             vid = alias[vid][0]
         return vid
+
+    # a row_join's chunks are computed in place: each chunk's buffer (its alias root) sits
+    # at its rows of the joined value; chunks that already are the row chunks of one buffer
+    # (all-reduced in place on the row_chunks of an operand from outside the region) make
+    # the joined value that buffer
+    for item in segments:
+        if isinstance(item, Op) and item.kind == ROW_JOIN:
+            parts = [root(part.id) for part in item.inputs]
+            if len(set(parts)) == 1:
+                alias[item.id] = (parts[0], 0)
+                continue
+            offset = 0
+            for part, part_root in zip(item.inputs, parts):
+                alias[part_root] = (item.id, offset)
+                offset += part.type.nbytes
 
     roots = sorted({root(v) for v in boundary}, key=lambda v: list(boundary).index(v)
                    if v in boundary else 0)
@@ -211,10 +241,10 @@ def compile_spmd(spmd: SpmdFunction, machine, options, chips: int, measure=None
         def where(vid: int) -> int:
             if vid not in alias:
                 return address[vid]
-            parent, by_rank = alias[vid]
+            parent, at = alias[vid]
             base = where(parent)
-            if not by_rank:
-                return base
+            if at != "rank":
+                return base + at
             op = next(o for o in fn.ops if o.id in (vid, parent) and o.kind in COLLECTIVE_KINDS)
             return base + mesh.rank(chip, op.attrs["axis"]) * values[vid].type.nbytes
 
@@ -230,21 +260,33 @@ def compile_spmd(spmd: SpmdFunction, machine, options, chips: int, measure=None
         if scratch_bytes:
             lines.append(f".tensor {SCRATCH}, i8, [{scratch_bytes}], {scratch_base:#x}, temp")
         body: list[str] = []
+        pending = _Pending(machine)
         for index, item in enumerate(segments):
             if isinstance(item, Segment):
+                body += pending.done_for({v.id for v in item.fn.params}, index)
                 body += _segment_body(item, index, temp_base, lines)
-            elif item.kind != "shard_slice":
+            elif item.kind == ROW_JOIN:
+                body += pending.done_for({v.id for v in item.inputs}, index)
+            elif item.kind == "all_reduce" and "chunks" in item.attrs and \
+                    len(mesh.group(chip, item.attrs["axis"])) > 1:
+                algorithm, nbytes, asm = pending.start(item, index, chip, mesh, boundary)
+                if chip == 0:
+                    collectives.append((item, algorithm, nbytes))
+                body += asm
+            elif item.kind not in ("shard_slice", ROW_CHUNK):
+                body += pending.done_for(None, index)  # a synchronous collective: all done
                 algorithm, nbytes, asm = _collective(item, index, chip, mesh, machine, chips,
                                                      boundary)
                 if chip == 0:
                     collectives.append((item, algorithm, nbytes))
                 body += asm
+        body += pending.done_for(None, len(segments))
         lines += body + ["    HALT"]
         text = "\n".join(lines) + "\n"
         texts.append(text)
         programs.append(assemble_lines(lines, f"chip{chip}.s"))
     return SpmdProgram(spmd, programs, texts, [s for s in segments if isinstance(s, Segment)],
-                       collectives, total, chips, kernel_count)
+                       collectives, total, chips, kernel_count, fn=fn, overlap=regions)
 
 
 def _check_fits(spmd: SpmdFunction, machine) -> None:
@@ -363,11 +405,49 @@ def run_spmd(compiled: SpmdProgram, machine, inputs: dict[str, np.ndarray], *,
     if timing_only:
         return [], result
     spmd = compiled.spmd
-    names = [_tensor_name(v) if v in spmd.fn.params else f"v{v.id}" for v in spmd.fn.outputs]
+    fn = compiled.fn if compiled.fn is not None else spmd.fn
+    names = [_tensor_name(v) if v in fn.params else f"v{v.id}" for v in fn.outputs]
     outputs = []
     for name, value, spec in zip(names, spmd.global_fn.outputs, spmd.result_specs):
-        local = spmd.fn.outputs[names.index(name)].type.shape
+        local = fn.outputs[names.index(name)].type.shape
         parts = [np.reshape(result.outputs[chip][name], local)
                  for chip in range(compiled.chips)]
         outputs.append(np.reshape(join_output(parts, spec, spmd.mesh), value.type.shape))
     return outputs, result
+
+
+class _Pending:
+    """The asynchronous all-reduces of one chip's program that have started and not yet
+    been waited for: each on a core of its own (the last cores first), ended by a `done`
+    region just before the first segment that reads its result."""
+
+    def __init__(self, machine):
+        self.machine = machine
+        self.started: dict[int, tuple[int, int]] = {}  # all-reduce id -> (core, group size)
+        self.next_core = 0
+
+    def start(self, op: Op, index: int, chip: int, mesh, boundary: dict[int, str]
+              ) -> tuple[str, int, list[str]]:
+        cores = self.machine.cores
+        core = cores - 1 - self.next_core % cores
+        self.next_core += 1
+        lines: list[str] = []
+        busy = [vid for vid, (c, _) in self.started.items() if c == core]
+        if busy:  # more chunks in flight than cores: the core's previous one ends first
+            lines += self._done(busy, index)
+        source = op.inputs[0]
+        buffer = Region(boundary[source.id], 0, source.type.nbytes, source.type.dtype)
+        group = mesh.group(chip, op.attrs["axis"])
+        lines += async_allreduce_start(group, chip, buffer, core,
+                                       label=f"all_reduce_{index}_start")
+        self.started[op.id] = (core, len(group))
+        return "async", source.type.nbytes, lines
+
+    def done_for(self, reads: set[int] | None, index: int) -> list[str]:
+        """The done region for the started all-reduces among `reads` (None: all)."""
+        ready = [vid for vid in self.started if reads is None or vid in reads]
+        return self._done(ready, index) if ready else []
+
+    def _done(self, ids: list[int], index: int) -> list[str]:
+        return async_allreduce_done([self.started.pop(vid) for vid in ids],
+                                    label=f"all_reduce_{index}_done")

@@ -13,6 +13,16 @@ nodes through both chips' NICs. The interpreter passes the bytes through each ch
 route and through both chips' HBM as shared bandwidth servers, so transfers that share a link
 share its bandwidth. Collectives (all-reduce, all-gather, ...) are not instructions: the
 compiler builds them from these (compiler/collective_codegen.py).
+
+Asynchronous transfers: with `.async` a cluster instruction is detached from the chip's
+barriers: `BAR.CORE` and `BAR.CHIP` wait for every other queued or running instruction of the
+core but not for it (nor for the NET queue behind it while the queue holds only `.async`
+instructions); `HALT` still waits for it. Its completion is known only through its events.
+This is how a collective runs on the links while the cores go on with later kernels (each
+kernel ends with a `BAR.CHIP`): the compiler enqueues a whole collective on one core's NET
+queue, ordered by `.wait`s on cross-chip events, and waits for its last event (`WAIT.S`)
+before the first kernel that reads the result (compiler/collective_codegen.py,
+`async_allreduce`).
 """
 
 from __future__ import annotations
@@ -39,6 +49,8 @@ from zhenwu.isa.program import Event, Instruction, Symbol
 from zhenwu.isa.topology import Route, Topology
 
 GROUP = "cluster"
+ASYNC = OptionSpec("async", doc="detached from barriers: BAR.CORE/BAR.CHIP do not wait for it "
+                   "(HALT does); its events say when it is done")
 
 PEER = OperandSpec("peer", ("imm", "reg"), "the peer chip (0 .. chips-1)")
 EVENT = OperandSpec("event", ("event",), "event Ek[:n] signalled on the peer when it lands")
@@ -155,7 +167,7 @@ DEFS: list[InstrDef] = [
                   OperandSpec("nbytes", ("imm", "reg"), "bytes", positive=True),
                   EVENT),
         suffixes=(SuffixSlot("dt", DTYPES, optional=True),),
-        options=(OptionSpec("add", doc="reduce into the destination (needs `.dt`)"),),
+        options=(OptionSpec("add", doc="reduce into the destination (needs `.dt`)"), ASYNC),
         sync=True, cost=_put_cost, execute=_put, check=_put_check,
         cost_doc="occupancy ceil(nbytes / the slowest channel of the route, in bytes per "
         "cycle) (at least 1; HBM bandwidth to this chip itself), latency the route's alpha "
@@ -167,7 +179,7 @@ DEFS: list[InstrDef] = [
         mnemonic="RSIG", opcode=0xA1, engine="NET", group=GROUP,
         summary="signal the event on chip peer (on the core of this core's index) after the "
         "route's alpha: a cross-chip event with no data (\"my buffer is ready\")",
-        operands=(PEER, EVENT),
+        operands=(PEER, EVENT), options=(ASYNC,),
         sync=True, cost=_rsig_cost, execute=_rsig,
         cost_doc="occupancy 1, latency the route's alpha in cycles (as DMA.PUT)",
     ),

@@ -49,7 +49,8 @@ DEFS: list[InstrDef] = [
     InstrDef(
         mnemonic="BAR.CORE", opcode=0x92, engine="S", group=GROUP,
         summary="the scalar stream waits until every engine queue of this core is empty and "
-        "every dispatched instruction has completed",
+        "every dispatched instruction has completed (but `.async` cluster transfers: a NET "
+        "queue holding only those counts as empty; HALT waits for them)",
         operands=(), cost=_scalar_cost, execute=_nothing,
         cost_doc="occupancy `scalar_cycles`, plus the wait",
     ),
