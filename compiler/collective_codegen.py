@@ -37,13 +37,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from zhenwu.compiler.backend.emitter import assemble_lines
 from zhenwu.compiler.collectives import (
     EVENTS_PER_PHASE,
     CollectiveCost,
     collective_cost,
     rhd_distances,
 )
-from zhenwu.compiler.backend.emitter import assemble_lines
 from zhenwu.isa.dtypes import itemsize
 from zhenwu.isa.errors import UsageError
 from zhenwu.isa.machine import Machine

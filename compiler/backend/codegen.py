@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from zhenwu.compiler.backend.emitter import Emitter, fimm, instruction
 from zhenwu.compiler.backend.kernel_ir import (
     ColumnCopy,
     Iota,
@@ -40,7 +41,6 @@ from zhenwu.compiler.backend.kernel_ir import (
     Vec,
     View,
 )
-from zhenwu.compiler.backend.emitter import Emitter, fimm, instruction
 from zhenwu.compiler.graph.dtypes import itemsize
 from zhenwu.isa.program import (
     NUM_DESCS,

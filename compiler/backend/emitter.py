@@ -25,6 +25,7 @@ is appended, as the assembler checks what it reads.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import replace
 
@@ -210,7 +211,7 @@ def fimm(value: float) -> FImm:
     """A float immediate as the assembler reads its printed text: any NaN is the one NaN
     (`#nan`), so that the binary does not depend on how a NaN was computed."""
     value = float(value)
-    return FImm(float("nan") if value != value else value)
+    return FImm(float("nan") if math.isnan(value) else value)
 
 
 def _events(events) -> tuple[Event, ...]:
@@ -365,7 +366,7 @@ def _split_top(text: str) -> list[str]:
 class _Arg:
     """What isa/asm_syntax.py's `Arg` holds, for the assembler's `as_kind`."""
 
-    __slots__ = ("kind", "name", "value", "items")
+    __slots__ = ("items", "kind", "name", "value")
 
     def __init__(self, kind: str, name: str = "", value=0, items=()):
         self.kind, self.name, self.value, self.items = kind, name, value, items

@@ -27,6 +27,7 @@ import re
 from dataclasses import dataclass, field
 
 import numpy as np
+from zhenwu.compiler.backend.emitter import assemble_lines
 from zhenwu.compiler.collective_codegen import (
     CollectiveSpec,
     Region,
@@ -38,7 +39,6 @@ from zhenwu.compiler.collectives import collective_cost
 from zhenwu.compiler.graph.ir import Function, Op, Value
 from zhenwu.compiler.shard.overlap import ALIAS_KINDS, ROW_CHUNK, ROW_JOIN, overlap_function
 from zhenwu.compiler.shard.propagate import COLLECTIVE_KINDS, SpmdFunction, join_output, split_input
-from zhenwu.compiler.backend.emitter import assemble_lines
 from zhenwu.isa.errors import CompileError, Diagnostic
 
 ALIGN = 4096  # bytes: boundary tensors start on their own page
