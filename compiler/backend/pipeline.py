@@ -26,6 +26,7 @@ class CompileOptions:
     disabled_passes: tuple[str, ...] = ()
     tune: bool = False
     tune_candidates: int = 4     # tilings tried per matrix product: the model's and 3 more
+    persistent: bool = False     # every kernel as one (compiler/backend/merge.py)
 
 
 @dataclass
@@ -95,6 +96,9 @@ def compile_function(fn, machine, options: CompileOptions = CompileOptions(), me
                 raise ValueError("compile_function: tune=True needs a measure callable")
             tiles = tune_gemm_tiles(fused, machine, plan, options, measure)
         tensors, kernels, spans = lower_fused(fused, machine, plan, tiles)
+        from zhenwu.compiler.backend.merge import merge_all, merge_independent
+
+        kernels = merge_all(kernels) if options.persistent else merge_independent(kernels)
     else:
         tensors, kernels, spans = lower_function(graph, machine)
     _check_tile_steps(kernels, graph)
