@@ -19,6 +19,14 @@ from dataclasses import dataclass
 import math
 from math import ceil
 
+from zhenwu.compiler.backend.gemm_prologue import (
+    g_view,
+    setup_statements,
+    prologue_bytes,
+    row_norm,
+    setup_bytes,
+    step_statements,
+)
 from zhenwu.compiler.backend.kernel_ir import Buffer, Load, Mma, Nest, Store, Vec, View
 from zhenwu.compiler.backend.lower import (
     ALIGN,
@@ -38,6 +46,11 @@ from zhenwu.isa.instructions import INSTRUCTIONS
 NARROW = ("bf16", "f16", "fp8")
 MAX_TILE_K = 512
 TIE = 1e-3   # relative: costs this close are a tie
+# operand copies of a kernel with an RMSNorm prologue: its steps hand A through the vector
+# engine before the MMA, a longer chain per step that more copies keep off the loads' path
+# (a power of two: the copy index is then an AND, which timing-only fast-forward
+# extrapolates; with 3 copies it trapped out of bounds there, not in a full simulation)
+LD_COPIES_PROLOGUE = 4
 
 
 
@@ -187,9 +200,13 @@ def gemm_cost(batch, m, n, k, tile_m, tile_n, tile_k, acc_copies, a_bytes, b_byt
 def choose_gemm_tile(batch, m, n, k, in_dtype, acc_dtype, a_bytes, b_bytes, out_bytes,
                      epilogue_full_bytes, epilogue_row_bytes, epilogue_ops, machine,
                      fixed: tuple[int, int, int] | None = None,
-                     ranked: list | None = None, b_k_major: bool = False) -> GemmTile:
+                     ranked: list | None = None, b_k_major: bool = False,
+                     prologue_bytes: int = 0, setup_bytes: int = 0) -> GemmTile:
     """The cheapest tiling that fits (see the module docstring); `fixed` forces one;
-    `ranked`, when given, receives every candidate that fits (for `--tune`)."""
+    `ranked`, when given, receives every candidate that fits (for `--tune`); `b_k_major`:
+    B is read along k; `prologue_bytes`: L1 bytes per A element an RMSNorm prologue adds
+    (its operands then have LD_COPIES_PROLOGUE copies), whose A rows must be one m tile and
+    whose whole rows take `setup_bytes` more."""
     in_bytes = itemsize(in_dtype)
     acc_elem = itemsize(acc_dtype)
     rate = machine.mx_rate(in_dtype) or 1.0
@@ -197,6 +214,8 @@ def choose_gemm_tile(batch, m, n, k, in_dtype, acc_dtype, a_bytes, b_bytes, out_
     cands_m = _candidates(m, machine.mx_m, 16 * machine.mx_m)
     cands_n = _candidates(n, machine.mx_n, 16 * machine.mx_n, machine.cores)
     for tile_m in cands_m:
+        if prologue_bytes and tile_m < m:
+            continue   # a prologue's rows are one m tile (gemm_prologue.py)
         for tile_n in cands_n:
             acc_tile = tile_m * tile_n * acc_elem
             if acc_tile > machine.acc_bytes:
@@ -206,8 +225,12 @@ def choose_gemm_tile(batch, m, n, k, in_dtype, acc_dtype, a_bytes, b_bytes, out_
             stride = aligned(max(acc_tile, l1_out))
             copies = 2 if stride + acc_tile <= machine.acc_bytes else 1
             l1_out_total = l1_out + (stride if copies == 2 else 0)
-            budget = machine.l1_bytes - l1_out_total - 8 * ALIGN
-            tk_cap = budget // (2 * (tile_m + tile_n) * in_bytes) // machine.mx_k * machine.mx_k
+            budget = machine.l1_bytes - l1_out_total - 8 * ALIGN - setup_bytes
+            # per k: two copies of the operand tiles (and of a prologue's row tiles)
+            copies_ld = LD_COPIES_PROLOGUE if prologue_bytes else 2
+            per_k = copies_ld * (tile_m + tile_n) * in_bytes + (
+                tile_m * prologue_bytes + 4 * copies_ld if prologue_bytes else 0)
+            tk_cap = budget // per_k // machine.mx_k * machine.mx_k
             if tk_cap < machine.mx_k:
                 continue
             if fixed is not None and (tile_m, tile_n) != fixed[:2]:
@@ -252,9 +275,16 @@ def lower_matmul_group(low, ops) -> None:
     at = next(i for i, op in enumerate(ops) if op.kind == "matmul")
     mm, prologue, epilogue = ops[at], ops[:at], ops[at + 1:]
     last = ops[-1]
+    norm = row_norm(low, prologue)   # an RMSNorm prologue (gemm_prologue.py), or None
+    if norm is not None and not _prologue_fits(norm, mm, machine):
+        # the row kernel, then the plain product of its stored result
+        low.lower_elementwise(prologue)
+        lower_matmul_group(low, [mm] + epilogue)
+        return
     # operands produced by a cast in the group are loaded from the cast's source
-    casts = {op.result.id: op.inputs[0] for op in prologue}
-    a, b = (low.view_of(casts.get(v.id, v)) for v in mm.inputs)
+    casts = {} if norm else {op.result.id: op.inputs[0] for op in prologue}
+    a, b = (low.view_of(norm.x if norm and index == 0 else casts.get(v.id, v))
+            for index, v in enumerate(mm.inputs))
     out = low.new_tensor(f"t{last.id}", last.result.type, "temp", last.span)
     low.views[last.id] = out
     batch, m, n, k, a_view, b_view, c_view = matmul_views(a, b, out)
@@ -292,14 +322,16 @@ def lower_matmul_group(low, ops) -> None:
 
     extents = batch + (m, n, k)
     kinds = ("p",) * (nb + 2) + ("r",)
+    pro_views = [g_view(low, norm, ax_k, k)] if norm and norm.g is not None else []
     extents, kinds, views, axis_map = simplify(extents, kinds, {ax_m, ax_n, ax_k},
-                                               [a_view, b_view, c_view] + epi_views)
+                                               [a_view, b_view, c_view] + epi_views + pro_views)
     a_view, b_view, c_view = views[:3]
-    epi_views = views[3:]
+    epi_views = views[3:len(views) - len(pro_views)]
+    pro_views = views[len(views) - len(pro_views):]
     ax_m, ax_n = axis_map[ax_m], axis_map[ax_n]
     nb = len(extents) - 3
     in_dtype, acc_dtype = mma_dtypes(mm.inputs[0].type.dtype, machine)
-    for cast in prologue:  # fuse folds only casts that are exact on every shipped machine
+    for cast in ([] if norm else prologue):  # fuse folds only exact casts
         source, target = cast.inputs[0].type.dtype, cast.attrs["dtype"]
         if not value_preserving(source, target) and target != in_dtype:
             raise CompileError(f"machine '{machine.name}' multiplies {target} as {in_dtype}: "
@@ -337,7 +369,9 @@ def lower_matmul_group(low, ops) -> None:
     tile = choose_gemm_tile(batch_count, m, n, k, in_dtype, acc_dtype, itemsize(a.dtype),
                             itemsize(b.dtype), itemsize(out.dtype), full_bytes, row_bytes,
                             n_vec, machine, fixed=choice, ranked=ranked,
-                            b_k_major=_k_contiguous(b_view, ax_k))
+                            b_k_major=_k_contiguous(b_view, axis_map[ax_k]),
+                            prologue_bytes=prologue_bytes(LD_COPIES_PROLOGUE) if norm else 0,
+                            setup_bytes=setup_bytes(_prologue_rows(m, machine), k) if norm else 0)
     low.gemm_ranked = getattr(low, "gemm_ranked", {})
     low.gemm_ranked[mm.id] = sorted(ranked, key=lambda t: t.cycles)
     tile_m, tile_n, tile_k = tile.tile_m, tile.tile_n, tile.tile_k
@@ -346,8 +380,15 @@ def lower_matmul_group(low, ops) -> None:
 
     # buffers: operands double-buffered in L1; accumulator (and the epilogue's L1 tiles)
     # with `acc_copies` copies sharing one stride
+    # a prologue's vector work on one row when A has one (decode at batch 1), not on the MX
+    # tile's padding; else on whole tiles (a rows x 1 operand of a tile_m-row instruction
+    # must have tile_m rows)
+    pro_rows = 1 if m == 1 else tile_m
     buffers, used = layout([("a", "L1", in_dtype, tile_m, tile_k, "ld"),
-                            ("b", "L1", in_dtype, tile_k, tile_n, "ld")])
+                            ("b", "L1", in_dtype, tile_k, tile_n, "ld")]
+                           + ([("px", "L1", "f32", pro_rows, tile_k, "ld"),
+                               ("pg", "L1", "f32", 1, tile_k, "ld")] if norm else []),
+                           copies={"ld": LD_COPIES_PROLOGUE} if norm else None)
     dims = {"full": (tile_m, tile_n), "row": (1, tile_n), "col": (tile_m, 1), "one": (1, 1)}
     l1_out = []
     offset = used["L1"]
@@ -361,6 +402,9 @@ def lower_matmul_group(low, ops) -> None:
     if narrow_result:
         l1_out.append(Buffer("round", "L1", "bf16", tile_m, tile_n, offset))
         offset += aligned(tile_m * tile_n * 2)
+    if norm:   # the prologue's scratch tile
+        l1_out.append(Buffer("pt", "L1", "f32", pro_rows, tile_k, offset))
+        offset += aligned(pro_rows * tile_k * 4)
     acc_tile = aligned(tile_m * tile_n * itemsize(acc_dtype))
     stride = aligned(max(acc_tile, offset - used["L1"])) if tile.acc_copies == 2 else 0
     copies = tile.acc_copies
@@ -395,10 +439,48 @@ def lower_matmul_group(low, ops) -> None:
     final.append(Store(c_view, "c"))
     nest_tile = (1,) * nb + (tile_m, tile_n, tile_k)
     step = (Load("a", a_view), Load("b", b_view), Mma(in_dtype, acc_dtype, "c", "a", "b"))
+    if norm:
+        box = (() if pro_rows == tile_m else
+               tuple(pro_rows if axis == ax_m else nest_tile[axis] for axis in a_view.axes))
+        loads = [Load("a", a_view), Load("b", b_view), Load("px", a_view, 0.0, box)]
+        loads += [Load("pg", view) for view in pro_views]
+        step = (*loads, *step_statements(norm, in_dtype),
+                Mma(in_dtype, acc_dtype, "c", "a", "b"))
+        # once per core (the rows are one m tile: both dims at coordinate 0): X, the whole
+        # rows, their squares and the rows' scale
+        for name, cols in (("X", k), ("sq", k), ("ss", 1)):
+            buffers.append(Buffer(name, "L1", "f32", pro_rows, cols, _l1_end(buffers), 1, 0))
+        rows_view = View(a_view.tensor, a_view.dtype, a_view.offset, (ax_m, ax_m),
+                         a_view.dims, a_view.strides, (0, 0))
+        setup = (Load("X", rows_view, 0.0, (pro_rows, k)), *setup_statements(norm))
     nest = Nest(extents, nest_tile, kinds, tuple(buffers), (), step, tuple(final),
-                group=tile.group if tile.group > 1 else 0)
+                setup=setup if norm else (), group=tile.group if tile.group > 1 else 0)
     name = "matmul" if not epilogue else "matmul_fused"
     low.kernel(name, group_ids, [nest], last.span)
+
+
+def _prologue_fits(norm, mm, machine) -> bool:
+    """Whether an RMSNorm prologue's form and whole rows suit the fused kernel: A and B of
+    rank 2 (one m tile of A rows, read whole once per core) whose rows leave half of L1."""
+    (rows, k), b_rank = mm.inputs[0].type.shape, len(mm.inputs[1].type.shape)
+    return b_rank == 2 and setup_bytes(_prologue_rows(rows, machine), k) <= machine.l1_bytes // 2
+
+
+def _prologue_rows(m: int, machine) -> int:
+    """Rows of a prologue's vector work: one when A has one (decode at batch 1), not the MX
+    tile's padding; else whole tiles (a rows x 1 operand of a tile_m-row instruction must
+    have tile_m rows), at most m rounded up to the MX rows (the tile covers all of m)."""
+    return 1 if m == 1 else round_up(m, machine.mx_m)
+
+
+def _l1_end(buffers) -> int:
+    """The first aligned L1 byte after every copy of `buffers`."""
+    end = 0
+    for bf in buffers:
+        if bf.level == "L1":
+            last = bf.offset + (bf.copies - 1) * bf.stride if bf.copies > 1 else bf.offset
+            end = max(end, last + bf.rows * bf.cols * itemsize(bf.dtype))
+    return aligned(end)
 
 
 def _k_contiguous(view: View, ax_k: int) -> bool:
