@@ -214,8 +214,8 @@ def choose_gemm_tile(batch, m, n, k, in_dtype, acc_dtype, a_bytes, b_bytes, out_
     cands_m = _candidates(m, machine.mx_m, 16 * machine.mx_m)
     cands_n = _candidates(n, machine.mx_n, 16 * machine.mx_n, machine.cores)
     for tile_m in cands_m:
-        if prologue_bytes and tile_m < m:
-            continue   # a prologue's rows are one m tile (gemm_prologue.py)
+        if prologue_bytes and not m <= tile_m <= round_up(m, machine.mx_m):
+            continue   # a prologue's rows are one m tile, no wider (gemm_prologue.py)
         for tile_n in cands_n:
             acc_tile = tile_m * tile_n * acc_elem
             if acc_tile > machine.acc_bytes:
