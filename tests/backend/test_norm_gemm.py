@@ -45,7 +45,7 @@ def test_the_norm_is_the_products_prologue(source):
     nest = compiled.kernels.kernels[0].nests[0]
     if source is not NO_WEIGHT:
         assert nest.parallel_tiles >= 2 * 32, nest.grid   # several tiles per core
-    assert any(getattr(s, "op", None) == "SUM" for s in nest.init)   # the rows' scale
+    assert any(getattr(s, "op", None) == "SUM" for s in nest.setup)   # the rows' scale
     assert len(result.report.kernels) == 1
 
 
