@@ -123,6 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max-instructions", type=int, default=None,
                      help="stop a runaway program after this many instructions (default: 50 "
                           "million in all and 2**18 in a row with no engine work; N sets both)")
+    run.add_argument("--persistent", action="store_true",
+                     help="run every kernel as one persistent kernel, chip-wide barriers between "
+                          "its phases: one launch (default: off; docs/internals.md)")
     run.add_argument("--tune", action="store_true",
                      help="search tile sizes on the timing model (default: off)")
     run.add_argument("--disable-pass", action="append", default=[], metavar="PASS",
@@ -144,6 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("-O", dest="opt", choices=["0", "1", "2"], default="2",
                       help="optimisation level: -O0 one kernel per op, -O1/-O2 fused "
                            "(default: -O2)")
+    comp.add_argument("--persistent", action="store_true",
+                      help="run every kernel as one persistent kernel, chip-wide barriers between "
+                           "its phases: one launch (default: off; docs/internals.md)")
     comp.add_argument("--tune", action="store_true",
                       help="search tile sizes on the timing model (default: off)")
     comp.add_argument("--disable-pass", action="append", default=[], metavar="PASS",

@@ -107,9 +107,9 @@ def load_function(source_or_path, *, shapes=None, entry=None, input_shapes=None)
                         input_shapes=input_shapes)
 
 
-def compile_options(opt=2, tune=False, disable_passes=()):
+def compile_options(opt=2, tune=False, disable_passes=(), persistent=False):
     """The backend's CompileOptions, checked: `opt` 0, 1 or 2; `disable_passes` pass names
-    (an iterable, or comma-separated strings)."""
+    (an iterable, or comma-separated strings); `persistent` runs every kernel as one."""
     from zhenwu.compiler.backend.pipeline import CompileOptions
     from zhenwu.compiler.passes import PASSES
 
@@ -127,7 +127,8 @@ def compile_options(opt=2, tune=False, disable_passes=()):
         if name not in PASSES:
             raise UsageError(f"--disable-pass {name}: no such pass (passes: "
                              f"{', '.join(PASSES)})")
-    return CompileOptions(opt_level=level, tune=bool(tune), disabled_passes=disabled)
+    return CompileOptions(opt_level=level, tune=bool(tune), disabled_passes=disabled,
+                          persistent=bool(persistent))
 
 
 def _given(inputs, named) -> dict[str, np.ndarray]:
@@ -360,18 +361,19 @@ class Program:
 def compile(source_or_path, *, shapes: dict[str, int] | None = None, machine="m890",
             opt: int = 2, entry: str | None = None,
             input_shapes: dict[str, tuple[int, ...]] | None = None, tune: bool = False,
-            disable_passes=()) -> Program:
+            disable_passes=(), persistent: bool = False) -> Program:
     """Compile a program for a machine: a `Program` to `run()` or inspect.
 
     `shapes` binds symbolic dims (`{"B": 64}`), as `--shape B=64` does; `input_shapes` (a
     parameter name -> the shape of the array to come) binds them as input files do.
     `machine` is `m890`, `z810e`, a `.toml` path or a loaded Machine; `opt` 0, 1 or 2; `entry`
     the function to compile (default `main`, or the only one); `tune` searches tile sizes on
-    the timing model; `disable_passes` leaves graph passes out.
+    the timing model; `disable_passes` leaves graph passes out; `persistent` runs every
+    kernel as one persistent kernel (chip-wide barriers between its phases, one launch).
     """
     from zhenwu.compiler.backend.pipeline import compile_function
 
-    options = compile_options(opt, tune, disable_passes)
+    options = compile_options(opt, tune, disable_passes, persistent)
     machine = load_machine(machine)
     weights = program_weights(source_or_path)
     shapes_given = {name: array.shape for name, array in weights.items()}

@@ -84,6 +84,14 @@ def _with_switches(compute: list, waits: list[list], sigs: list[list]) -> None:
             waits[index].append((event, 1))
 
 
+def _reads(stmt) -> list[str]:
+    """The buffers a Vec or Reduce statement reads."""
+    if isinstance(stmt, Reduce):
+        return [stmt.src]
+    return [src.buffer if isinstance(src, Strided) else src for src in stmt.srcs
+            if isinstance(src, (str, Strided))]
+
+
 def _emit_engine(emit: Emitter, engine: str, text, waits: list, sigs: list) -> None:
     """An engine instruction; waits past the two an instruction carries become WAITs."""
     for event, count in waits[:-2]:
@@ -537,7 +545,8 @@ def emit_nest(emit: Emitter, nest: Nest, tensors) -> None:
     descs = emit_descriptors(emit, nest)
     ld_buffers = {s.dst for s in nest.step if isinstance(s, Load)}
     setup_loads = [s for s in nest.setup if isinstance(s, Load)]
-    setup_compute = [s for s in nest.setup if isinstance(s, Vec)]  # once per core (zeroing)
+    # once per core: zeroing, or values of the setup loads (a GEMM prologue's row scale)
+    setup_compute = [s for s in nest.setup if isinstance(s, (Vec, Reduce))]
     ctx = _NestContext(nest, descs, ld_buffers,
                        frozenset(s.dst for s in setup_loads + setup_compute))
     final_loads = [s for s in nest.final if isinstance(s, Load)]
@@ -562,13 +571,18 @@ def emit_nest(emit: Emitter, nest: Nest, tensors) -> None:
                 emit.op("MUL", Reg(R_COORD + axis), Reg(R_COORD + axis), nest.tile[axis])
     for index, load in enumerate(setup_loads):
         _emit_load(emit, ctx, load, [], [(E_SETUP, 1)])
-    for stmt in setup_compute:
-        emit(_compute(ctx, stmt, True), sigs=[(E_SETUP, 1)])
+    # compute reading a setup load waits for the loads first (one engine: the first waits)
+    loaded = {s.dst for s in setup_loads}
+    after_loads = any(name in loaded for stmt in setup_compute for name in _reads(stmt))
+    for index, stmt in enumerate(setup_compute):
+        waits = [(E_SETUP, len(setup_loads))] if index == 0 and after_loads else []
+        emit(_compute(ctx, stmt, True), waits=waits, sigs=[(E_SETUP, 1)])
     if setup_loads or setup_compute:
         # only MMAs read them (resident weights): the matrix engine waits, and the scalar
         # goes on issuing the first tile's loads meanwhile
         engine = "MX" if _read_only_by_mma(nest, ctx.setup_buffers) else "S"
-        emit.op(f"WAIT.{engine}", Event(E_SETUP, len(setup_loads) + len(setup_compute)))
+        pending = len(setup_compute) + (0 if after_loads else len(setup_loads))
+        emit.op(f"WAIT.{engine}", Event(E_SETUP, pending))
     # one credit per copy of the step's load buffers
     ld_credits = max((b.copies for b in nest.buffers if b.name in ld_buffers), default=2)
     if ld_buffers:

@@ -16,8 +16,17 @@ cores, plus what a single accumulator cannot overlap (the epilogue and the store
 from __future__ import annotations
 
 from dataclasses import dataclass
+import math
 from math import ceil
 
+from zhenwu.compiler.backend.gemm_prologue import (
+    g_view,
+    setup_statements,
+    prologue_bytes,
+    row_norm,
+    setup_bytes,
+    step_statements,
+)
 from zhenwu.compiler.backend.kernel_ir import Buffer, Load, Mma, Nest, Store, Vec, View
 from zhenwu.compiler.backend.lower import (
     ALIGN,
@@ -39,6 +48,11 @@ from zhenwu.isa.instructions import INSTRUCTIONS
 NARROW = ("bf16", "f16", "fp8")
 MAX_TILE_K = 512
 TIE = 1e-3   # relative: costs this close are a tie
+# operand copies of a kernel with an RMSNorm prologue: its steps hand A through the vector
+# engine before the MMA, a longer chain per step that more copies keep off the loads' path
+# (a power of two: the copy index is then an AND, which timing-only fast-forward
+# extrapolates; with 3 copies it trapped out of bounds there, not in a full simulation)
+LD_COPIES_PROLOGUE = 4
 
 
 
@@ -55,16 +69,18 @@ class GemmTile:
     group: int = 1   # m tiles per group of the grouped tile order (1: row-major)
 
 
-def _candidates(extent: int, unit: int, cap: int) -> list[int]:
+def _candidates(extent: int, unit: int, cap: int, cores: int = 0) -> list[int]:
     """Tile sizes to try: powers of two times the MX unit, and the sizes that cut the
-    extent into 1..8 nearly equal tiles (less padding than a power of two)."""
+    extent into 1..8 nearly equal tiles (less padding than a power of two), or into one or
+    two waves of `cores` tiles (a matrix-vector product has one row of tiles: without
+    these, 5120 columns in 256-wide tiles keep 12 of 32 cores idle)."""
     top = min(round_up(extent, unit), cap)
     out = {top}
     size = unit
     while size < top:
         out.add(size)
         size *= 2
-    for parts in range(1, 9):
+    for parts in list(range(1, 9)) + ([cores, 2 * cores] if cores else []):
         size = round_up(-(-extent // parts), unit)
         if unit <= size <= cap:
             out.add(size)
@@ -139,7 +155,8 @@ def choose_group(batch, m, n, k, tile_m, tile_n, a_bytes, b_bytes, out_bytes, ma
 
 
 def gemm_cost(batch, m, n, k, tile_m, tile_n, tile_k, acc_copies, a_bytes, b_bytes, out_bytes,
-              rate, epilogue_ops, machine, traffic: float | None = None) -> float:
+              rate, epilogue_ops, machine, traffic: float | None = None,
+              b_k_major: bool = False) -> float:
     """Estimated cycles of the tiled product (see the module docstring)."""
     mx = machine
     tiles = batch * ceil(m / tile_m) * ceil(n / tile_n)
@@ -169,10 +186,12 @@ def gemm_cost(batch, m, n, k, tile_m, tile_n, tile_k, acc_copies, a_bytes, b_byt
     from_hbm = min(1.0, traffic / requested) if requested else 1.0
     hbm_share = active * step_bytes * from_hbm / (mx.hbm_bytes_per_cycle
                                                   * mx.hbm_streaming_efficiency)
-    # (and stream at most a window per round trip)
-    serial = (max(mx.hbm_latency + max(port, gm, hbm_share),
+    # (and stream at most a window per round trip); the wait is for the bytes over the
+    # window only, so two steps that just miss it wait a fraction of a round trip
+    over = 2 * step_bytes - window if window else 0
+    serial = (max(mx.hbm_latency * min(1.0, over / step_bytes) + max(port, gm, hbm_share),
                   step_bytes * mx.hbm_latency / window)
-              if window and 2 * step_bytes > window else 0.0)
+              if over > 0 else 0.0)
     if serial and steps * waves > 2:
         # a long stream of big steps: the next step's loads are in flight while this
         # step's land, so a step lasts its transfer (the window's rate, the HBM share
@@ -189,12 +208,14 @@ def gemm_cost(batch, m, n, k, tile_m, tile_n, tile_k, acc_copies, a_bytes, b_byt
     epilogue = epilogue_ops * tile_m * tile_n * 4 / mx.vx_bytes_per_cycle
     exposed = drain + epilogue + mx.hbm_latency if acc_copies == 1 else 0.0
     total = waves * (steps * step + exposed) + 2 * mx.hbm_latency + drain + epilogue
-    # the runs HBM serves: A's rows of a k tile, B's rows of an n tile, C's rows of an n tile;
+    # the runs HBM serves: A's rows of a k tile, B's rows of an n tile (of a k tile when B
+    # is stored k-contiguous, [n, k] read through a transpose), C's rows of an n tile;
     # one that is not whole DRAM rows ends in a partly used row
     row = machine.hbm_row_bytes
     runs = 0.0
+    b_run = (in_k if b_k_major else in_n) * b_bytes
     for run_bytes, count in ((in_k * a_bytes, batch * m * k * a_bytes / max(in_k * a_bytes, 1)),
-                             (in_n * b_bytes, batch * k * n * b_bytes / max(in_n * b_bytes, 1)),
+                             (b_run, batch * k * n * b_bytes / max(b_run, 1)),
                              (in_n * out_bytes, batch * m * n * out_bytes / max(in_n * out_bytes, 1))):
         if run_bytes % row:
             runs += count
@@ -205,10 +226,15 @@ def gemm_cost(batch, m, n, k, tile_m, tile_n, tile_k, acc_copies, a_bytes, b_byt
 def choose_gemm_tile(batch, m, n, k, in_dtype, acc_dtype, a_bytes, b_bytes, out_bytes,
                      epilogue_full_bytes, epilogue_row_bytes, epilogue_ops, machine,
                      fixed: tuple[int, int, int] | None = None,
-                     ranked: list | None = None, whole_rows: bool = False) -> GemmTile:
+                     ranked: list | None = None, b_k_major: bool = False,
+                     prologue_bytes: int = 0, setup_bytes: int = 0,
+                     _prologue_whole_rows: bool = True, whole_rows: bool = False) -> GemmTile:
     """The cheapest tiling that fits (see the module docstring); `fixed` forces one;
-    `ranked`, when given, receives every candidate that fits (for `--tune`); `whole_rows`
-    also tries B tiles as wide as a DRAM row (a split-K product's few, wide tiles)."""
+    `ranked`, when given, receives every candidate that fits (for `--tune`); `b_k_major`:
+    B is read along k; `prologue_bytes`: L1 bytes per A element an RMSNorm prologue adds
+    (its operands then have LD_COPIES_PROLOGUE copies), whose A rows must be one m tile and
+    whose whole rows take `setup_bytes` more; `whole_rows` also tries B tiles as wide as a
+    DRAM row (a split-K product's few, wide tiles)."""
     in_bytes = itemsize(in_dtype)
     acc_elem = itemsize(acc_dtype)
     rate = machine.mx_rate(in_dtype) or 1.0
@@ -217,8 +243,10 @@ def choose_gemm_tile(batch, m, n, k, in_dtype, acc_dtype, a_bytes, b_bytes, out_
     cap_n = 16 * machine.mx_n
     if whole_rows:
         cap_n = max(cap_n, machine.hbm_row_bytes // b_bytes // machine.mx_n * machine.mx_n)
-    cands_n = _candidates(n, machine.mx_n, cap_n)
+    cands_n = _candidates(n, machine.mx_n, cap_n, machine.cores)
     for tile_m in cands_m:
+        if prologue_bytes and not m <= tile_m <= round_up(m, machine.mx_m):
+            continue   # a prologue's rows are one m tile, no wider (gemm_prologue.py)
         for tile_n in cands_n:
             acc_tile = tile_m * tile_n * acc_elem
             if acc_tile > machine.acc_bytes:
@@ -228,8 +256,12 @@ def choose_gemm_tile(batch, m, n, k, in_dtype, acc_dtype, a_bytes, b_bytes, out_
             stride = aligned(max(acc_tile, l1_out))
             copies = 2 if stride + acc_tile <= machine.acc_bytes else 1
             l1_out_total = l1_out + (stride if copies == 2 else 0)
-            budget = machine.l1_bytes - l1_out_total - 8 * ALIGN
-            tk_cap = budget // (2 * (tile_m + tile_n) * in_bytes) // machine.mx_k * machine.mx_k
+            budget = machine.l1_bytes - l1_out_total - 8 * ALIGN - setup_bytes
+            # per k: two copies of the operand tiles (and of a prologue's row tiles)
+            copies_ld = LD_COPIES_PROLOGUE if prologue_bytes else 2
+            per_k = copies_ld * (tile_m + tile_n) * in_bytes + (
+                tile_m * prologue_bytes + 4 * copies_ld if prologue_bytes else 0)
+            tk_cap = budget // per_k // machine.mx_k * machine.mx_k
             if tk_cap < machine.mx_k:
                 continue
             if fixed is not None and (tile_m, tile_n) != fixed[:2]:
@@ -239,13 +271,28 @@ def choose_gemm_tile(batch, m, n, k, in_dtype, acc_dtype, a_bytes, b_bytes, out_
             tk_cap = min(tk_cap, MAX_TILE_K, k_padded)
             least = -(-k_padded // tk_cap)
             tiles_k = {round_up(-(-k_padded // s), machine.mx_k) for s in range(least, least + 4)}
+            unit = machine.hbm_row_bytes // math.gcd(machine.hbm_row_bytes, b_bytes)
+            if (prologue_bytes and _prologue_whole_rows and b_k_major and k >= unit
+                    and min(tk_cap, MAX_TILE_K) < unit):
+                # the model does not see a prologue's extra loads and copies: keep its
+                # weight rows whole (on the 810E a 368-wide k tile chosen otherwise made
+                # Qwen3-32B's gate/up product 14% slower than the plain one)
+                continue
+            if b_k_major and k > tk_cap:
+                # B read along k: k tiles of whole DRAM rows, when one fits, keep every run
+                # of B whole rows (a 480-wide one ends each weight row's piece in a partly
+                # read DRAM row: 12% slower at 1 x 5120 x 51200 on the M890)
+                whole = tk_cap // unit * unit
+                if whole >= machine.mx_k and whole % machine.mx_k == 0:
+                    tiles_k = {whole}
             if fixed is not None:
                 tiles_k = {min(fixed[2], tk_cap)}
             group, traffic = choose_group(batch, m, n, k, tile_m, tile_n, a_bytes, b_bytes,
                                           out_bytes, machine)
             for tile_k in sorted(tiles_k, reverse=True):
                 cycles = gemm_cost(batch, m, n, k, tile_m, tile_n, tile_k, copies, a_bytes,
-                                   b_bytes, out_bytes, rate, epilogue_ops, machine, traffic)
+                                   b_bytes, out_bytes, rate, epilogue_ops, machine, traffic,
+                                   b_k_major)
                 cand = GemmTile(tile_m, tile_n, tile_k, copies, cycles, group)
                 if ranked is not None:
                     ranked.append(cand)
@@ -254,6 +301,12 @@ def choose_gemm_tile(batch, m, n, k, in_dtype, acc_dtype, a_bytes, b_bytes, out_
                         cycles <= best.cycles * (1 + TIE)
                         and tile_m * tile_n > best.tile_m * best.tile_n):
                     best = cand
+    if best is None and prologue_bytes and _prologue_whole_rows:
+        return choose_gemm_tile(batch, m, n, k, in_dtype, acc_dtype, a_bytes, b_bytes,
+                                out_bytes, epilogue_full_bytes, epilogue_row_bytes,
+                                epilogue_ops, machine, fixed, ranked, b_k_major,
+                                prologue_bytes, setup_bytes, _prologue_whole_rows=False,
+                                whole_rows=whole_rows)
     if best is None:  # the smallest MX tile always fits a real machine
         best = GemmTile(machine.mx_m, machine.mx_n, machine.mx_k, 1, float("inf"))
     return best
@@ -265,9 +318,16 @@ def lower_matmul_group(low, ops) -> None:
     at = next(i for i, op in enumerate(ops) if op.kind == "matmul")
     mm, prologue, epilogue = ops[at], ops[:at], ops[at + 1:]
     last = ops[-1]
+    norm = row_norm(low, prologue)   # an RMSNorm prologue (gemm_prologue.py), or None
+    if norm is not None and not _prologue_fits(norm, mm, machine):
+        # the row kernel, then the plain product of its stored result
+        low.lower_elementwise(prologue)
+        lower_matmul_group(low, [mm] + epilogue)
+        return
     # operands produced by a cast in the group are loaded from the cast's source
-    casts = {op.result.id: op.inputs[0] for op in prologue}
-    a, b = (low.view_of(casts.get(v.id, v)) for v in mm.inputs)
+    casts = {} if norm else {op.result.id: op.inputs[0] for op in prologue}
+    a, b = (low.view_of(norm.x if norm and index == 0 else casts.get(v.id, v))
+            for index, v in enumerate(mm.inputs))
     out = low.new_tensor(f"t{last.id}", last.result.type, "temp", last.span)
     low.views[last.id] = out
     batch, m, n, k, a_view, b_view, c_view = matmul_views(a, b, out)
@@ -305,14 +365,16 @@ def lower_matmul_group(low, ops) -> None:
 
     extents = batch + (m, n, k)
     kinds = ("p",) * (nb + 2) + ("r",)
+    pro_views = [g_view(low, norm, ax_k, k)] if norm and norm.g is not None else []
     extents, kinds, views, axis_map = simplify(extents, kinds, {ax_m, ax_n, ax_k},
-                                               [a_view, b_view, c_view] + epi_views)
+                                               [a_view, b_view, c_view] + epi_views + pro_views)
     a_view, b_view, c_view = views[:3]
-    epi_views = views[3:]
+    epi_views = views[3:len(views) - len(pro_views)]
+    pro_views = views[len(views) - len(pro_views):]
     ax_m, ax_n = axis_map[ax_m], axis_map[ax_n]
     nb = len(extents) - 3
     in_dtype, acc_dtype = mma_dtypes(mm.inputs[0].type.dtype, machine)
-    for cast in prologue:  # fuse folds only casts that are exact on every shipped machine
+    for cast in ([] if norm else prologue):  # fuse folds only exact casts
         source, target = cast.inputs[0].type.dtype, cast.attrs["dtype"]
         if not value_preserving(source, target) and target != in_dtype:
             raise CompileError(f"machine '{machine.name}' multiplies {target} as {in_dtype}: "
@@ -349,10 +411,13 @@ def lower_matmul_group(low, ops) -> None:
     ranked: list = []
     tile = choose_gemm_tile(batch_count, m, n, k, in_dtype, acc_dtype, itemsize(a.dtype),
                             itemsize(b.dtype), itemsize(out.dtype), full_bytes, row_bytes,
-                            n_vec, machine, fixed=choice, ranked=ranked)
+                            n_vec, machine, fixed=choice, ranked=ranked,
+                            b_k_major=_k_contiguous(b_view, axis_map[ax_k]),
+                            prologue_bytes=prologue_bytes(LD_COPIES_PROLOGUE) if norm else 0,
+                            setup_bytes=setup_bytes(_prologue_rows(m, machine), k) if norm else 0)
     # too few output tiles: split K across the cores, the partial sums added in a second
-    # nest of the kernel (compiler/backend/split_k.py)
-    split = None if choice is not None else choose_split(
+    # nest of the kernel (compiler/backend/split_k.py); not under an RMSNorm prologue
+    split = None if choice is not None or norm else choose_split(
         batch_count, m, n, k, in_dtype, acc_dtype, itemsize(a.dtype), itemsize(b.dtype),
         itemsize(out.dtype), full_bytes, row_bytes, n_vec, machine, tile)
     if split is not None:
@@ -365,8 +430,15 @@ def lower_matmul_group(low, ops) -> None:
 
     # buffers: operands double-buffered in L1; accumulator (and the epilogue's L1 tiles)
     # with `acc_copies` copies sharing one stride
+    # a prologue's vector work on one row when A has one (decode at batch 1), not on the MX
+    # tile's padding; else on whole tiles (a rows x 1 operand of a tile_m-row instruction
+    # must have tile_m rows)
+    pro_rows = 1 if m == 1 else tile_m
     buffers, used = layout([("a", "L1", in_dtype, tile_m, tile_k, "ld"),
-                            ("b", "L1", in_dtype, tile_k, tile_n, "ld")])
+                            ("b", "L1", in_dtype, tile_k, tile_n, "ld")]
+                           + ([("px", "L1", "f32", pro_rows, tile_k, "ld"),
+                               ("pg", "L1", "f32", 1, tile_k, "ld")] if norm else []),
+                           copies={"ld": LD_COPIES_PROLOGUE} if norm else None)
     dims = {"full": (tile_m, tile_n), "row": (1, tile_n), "col": (tile_m, 1), "one": (1, 1)}
     l1_out = []
     offset = used["L1"]
@@ -380,6 +452,9 @@ def lower_matmul_group(low, ops) -> None:
     if narrow_result:
         l1_out.append(Buffer("round", "L1", "bf16", tile_m, tile_n, offset))
         offset += aligned(tile_m * tile_n * 2)
+    if norm:   # the prologue's scratch tile
+        l1_out.append(Buffer("pt", "L1", "f32", pro_rows, tile_k, offset))
+        offset += aligned(pro_rows * tile_k * 4)
     acc_tile = aligned(tile_m * tile_n * itemsize(acc_dtype))
     stride = aligned(max(acc_tile, offset - used["L1"])) if tile.acc_copies == 2 else 0
     copies = tile.acc_copies
@@ -423,9 +498,53 @@ def lower_matmul_group(low, ops) -> None:
                                                 part, buffers, step, tuple(final), machine.cores,
                                                 machine.mx_n), last.span)
         return
+    if norm:
+        box = (() if pro_rows == tile_m else
+               tuple(pro_rows if axis == ax_m else nest_tile[axis] for axis in a_view.axes))
+        loads = [Load("a", a_view), Load("b", b_view), Load("px", a_view, 0.0, box)]
+        loads += [Load("pg", view) for view in pro_views]
+        step = (*loads, *step_statements(norm, in_dtype),
+                Mma(in_dtype, acc_dtype, "c", "a", "b"))
+        # once per core (the rows are one m tile: both dims at coordinate 0): X, the whole
+        # rows, their squares and the rows' scale
+        for buf_name, cols in (("X", k), ("sq", k), ("ss", 1)):
+            buffers.append(Buffer(buf_name, "L1", "f32", pro_rows, cols, _l1_end(buffers), 1, 0))
+        rows_view = View(a_view.tensor, a_view.dtype, a_view.offset, (ax_m, ax_m),
+                         a_view.dims, a_view.strides, (0, 0))
+        setup = (Load("X", rows_view, 0.0, (pro_rows, k)), *setup_statements(norm))
     nest = Nest(extents, nest_tile, kinds, tuple(buffers), (), step, tuple(final),
-                group=tile.group if tile.group > 1 else 0)
+                setup=setup if norm else (), group=tile.group if tile.group > 1 else 0)
     low.kernel(name, group_ids, [nest], last.span)
+
+
+def _prologue_fits(norm, mm, machine) -> bool:
+    """Whether an RMSNorm prologue's form and whole rows suit the fused kernel: A and B of
+    rank 2 (one m tile of A rows, read whole once per core) whose rows leave half of L1."""
+    (rows, k), b_rank = mm.inputs[0].type.shape, len(mm.inputs[1].type.shape)
+    return b_rank == 2 and setup_bytes(_prologue_rows(rows, machine), k) <= machine.l1_bytes // 2
+
+
+def _prologue_rows(m: int, machine) -> int:
+    """Rows of a prologue's vector work: one when A has one (decode at batch 1), not the MX
+    tile's padding; else whole tiles (a rows x 1 operand of a tile_m-row instruction must
+    have tile_m rows), at most m rounded up to the MX rows (the tile covers all of m)."""
+    return 1 if m == 1 else round_up(m, machine.mx_m)
+
+
+def _l1_end(buffers) -> int:
+    """The first aligned L1 byte after every copy of `buffers`."""
+    end = 0
+    for bf in buffers:
+        if bf.level == "L1":
+            last = bf.offset + (bf.copies - 1) * bf.stride if bf.copies > 1 else bf.offset
+            end = max(end, last + bf.rows * bf.cols * itemsize(bf.dtype))
+    return aligned(end)
+
+
+def _k_contiguous(view: View, ax_k: int) -> bool:
+    """Whether a B operand's view runs contiguously along k (a weight stored [n, k] and read
+    through a transpose): its DMA rows are then k tiles, not n tiles."""
+    return ax_k in view.axes and view.strides[view.axes.index(ax_k)] == 1
 
 
 def _source(op, index: int, chain: set[int], side_buffers: dict[int, str], operands: dict,

@@ -18,6 +18,7 @@ from zhenwu.compiler.backend.codegen import generate_program
 from zhenwu.compiler.backend.hbm import plan_hbm
 from zhenwu.compiler.backend.kernel_ir import KernelProgram, print_kernels
 from zhenwu.compiler.backend.lower import lower_function
+from zhenwu.compiler.backend.merge import merge_all, merge_independent
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,7 @@ class CompileOptions:
     disabled_passes: tuple[str, ...] = ()
     tune: bool = False
     tune_candidates: int = 4     # tilings tried per matrix product: the model's and 3 more
+    persistent: bool = False     # every kernel as one (compiler/backend/merge.py)
 
 
 @dataclass
@@ -102,8 +104,11 @@ def compile_function(fn, machine, options: CompileOptions = CompileOptions(), me
                 raise ValueError("compile_function: tune=True needs a measure callable")
             tiles = tune_gemm_tiles(fused, machine, plan, options, measure)
         tensors, kernels, spans = lower_fused(fused, machine, plan, tiles)
+        kernels = merge_independent(kernels)   # horizontal fusion
     else:
         tensors, kernels, spans = lower_function(graph, machine)
+    if options.persistent:
+        kernels = merge_all(kernels)
     _check_tile_steps(kernels, graph)
     for param in graph.params:  # an input that does not fit points at its declaration
         if param.span is not None:

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 
 def compile_options(args):
-    """The CompileOptions a command line asks for (-O, --tune, --disable-pass)."""
+    """The CompileOptions a command line asks for (-O, --tune, --disable-pass, --persistent)."""
     from zhenwu.api import compile_options as options
 
-    return options(int(args.opt), bool(getattr(args, "tune", False)),
-                   getattr(args, "disable_pass", []) or [])
+    from dataclasses import replace
+
+    chosen = options(int(args.opt), bool(getattr(args, "tune", False)),
+                     getattr(args, "disable_pass", []) or [])
+    return replace(chosen, persistent=bool(getattr(args, "persistent", False)))

@@ -8,6 +8,8 @@ On Qwen3-32B (samples/models/qwen3-32b.toml), one chip, bf16 weights and cache:
   it reads (target: within 1.2x);
 - prefill of T=4096 tokens: 64 layers of prefill_qkv + prefill_attn against the compute
   roofline (the products' FLOPs over the peak; target: at least 0.8);
+- decode B=1 again compiled with `persistent=True` (every kernel of a program as one
+  persistent kernel: one launch per program; compiler/backend/merge.py), reported beside;
 - the same on the 810E, and the M890 / 810E ratios (the announced 3x for compute-bound
   prefill, the HBM bandwidth ratio for memory-bound decode).
 
@@ -50,6 +52,11 @@ def measure(machines, processes: int = 0, progress=None) -> list[dict]:
     jobs = [(spec.source, spec.name, m) for m in machines
             for uses in programs[m.name].values() for spec, _ in uses]
     records = simulate_all(jobs, processes=processes, progress=progress)
+    # decode B=1 again as persistent kernels (one launch per program; an explicit option)
+    persistent_jobs = [(spec.source, spec.name, m) for m in machines
+                       for spec, _ in programs[m.name]["decode_b1"]]
+    persistent = simulate_all(persistent_jobs, processes=processes, progress=progress,
+                              persistent=True)
     rows = []
     for m in machines:
         seconds = {}
@@ -58,6 +65,8 @@ def measure(machines, processes: int = 0, progress=None) -> list[dict]:
             recs = [(records[(spec.source, m.name)], count) for spec, count in uses]
             seconds[key] = sum(r["seconds"] * c for r, c in recs)
             detail[key] = recs
+        decode_persistent = sum(persistent[(spec.source, m.name)]["seconds"] * count
+                                for spec, count in programs[m.name]["decode_b1"])
         memory = memory_per_chip(model, Plan(), Request(batch=1, prompt=CONTEXT, output=0))
         decode_bytes = memory.weights + memory.kv_cache
         decode_bound = decode_bytes / m.hbm_bandwidth
@@ -69,6 +78,10 @@ def measure(machines, processes: int = 0, progress=None) -> list[dict]:
             "machine": m.name,
             "decode_b1_s": seconds["decode_b1"], "decode_b1_bound_s": decode_bound,
             "decode_b1_ratio": seconds["decode_b1"] / decode_bound,
+            "decode_b1_kernels_per_layer": sum(r["kernels"] for r, c in detail["decode_b1"]
+                                               if c == model.layers),
+            "decode_b1_persistent_s": decode_persistent,
+            "decode_b1_persistent_ratio": decode_persistent / decode_bound,
             "attention_b64_s": seconds["attention_b64"],
             "attention_b64_bound_s": attention_bound,
             "attention_b64_ratio": seconds["attention_b64"] / attention_bound,
@@ -93,6 +106,11 @@ def format_rows(rows: list[dict]) -> str:
             f"{r['attention_b64_s'] * 1e3:>7.3f} ms / bound "
             f"{r['attention_b64_bound_s'] * 1e3:>6.3f} = {r['attention_b64_ratio']:.2f}x "
             f"{r['prefill_s'] * 1e3:>8.1f} ms, eff {r['prefill_efficiency']:.2f}")
+    for r in rows:
+        lines.append(f"{r['machine']:<8} decode B=1 with --persistent (one kernel per program): "
+                     f"{r['decode_b1_persistent_s'] * 1e3:.2f} ms = "
+                     f"{r['decode_b1_persistent_ratio']:.2f}x; "
+                     f"{r['decode_b1_kernels_per_layer']} kernels per layer without")
     lines.append("targets: decode within 1.15x of (weights + KV bytes) / HBM bandwidth; "
                  "attention within 1.2x of its bytes; prefill >= 0.8 of the compute roofline")
     if len(rows) == 2:

@@ -24,7 +24,8 @@ def run(args) -> int:
         raise UsageError("--emit bin needs -o FILE")
     prog = zhenwu.compile(args.program, shapes=parse_shape_options(args.shape),
                           machine=args.machine, opt=int(args.opt), entry=args.entry,
-                          tune=bool(args.tune), disable_passes=args.disable_pass)
+                          tune=bool(args.tune), disable_passes=args.disable_pass,
+                          persistent=bool(getattr(args, "persistent", False)))
     if getattr(args, "remarks", False):
         from zhenwu.compiler.commands.explain import print_remarks
 

@@ -29,7 +29,8 @@ def compile_for_run(args, given):
                           machine=args.machine, opt=int(args.opt), entry=args.entry,
                           input_shapes={name: array.shape for name, array in given.items()},
                           tune=bool(getattr(args, "tune", False)),
-                          disable_passes=getattr(args, "disable_pass", []) or [])
+                          disable_passes=getattr(args, "disable_pass", []) or [],
+                          persistent=bool(getattr(args, "persistent", False)))
 
 
 def _function(args, given):

@@ -13,6 +13,7 @@ _ZT_ONLY = (
     ("check", "--check", False),
     ("reference", "--reference", False),
     ("tune", "--tune", False),
+    ("persistent", "--persistent", False),
     ("shape", "--shape", []),
     ("entry", "--entry", None),
     ("disable_pass", "--disable-pass", []),

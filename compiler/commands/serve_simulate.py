@@ -49,15 +49,19 @@ def code_fingerprint() -> str:
     return digest.hexdigest()
 
 
-def cache_key(source: str, machine, opt_level: int) -> str:
-    payload = json.dumps({"source": source, "machine": machine.to_dict(), "opt": opt_level,
-                          "code": code_fingerprint(), "version": RECORD_VERSION},
-                         sort_keys=True, default=str)
+def cache_key(source: str, machine, opt_level: int, persistent: bool = False) -> str:
+    fields = {"source": source, "machine": machine.to_dict(), "opt": opt_level,
+              "code": code_fingerprint(), "version": RECORD_VERSION}
+    if persistent:
+        fields["persistent"] = True
+    payload = json.dumps(fields, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
-def simulate_source(source: str, name: str, machine, opt_level: int = 2) -> dict:
-    """Compile `source` for `machine` and run it timing-only: the record described above."""
+def simulate_source(source: str, name: str, machine, opt_level: int = 2,
+                    persistent: bool = False) -> dict:
+    """Compile `source` for `machine` and run it timing-only: the record described above
+    (`persistent`: compiled as one persistent kernel, compiler/backend/merge.py)."""
     from zhenwu.compiler.backend.pipeline import CompileOptions, compile_function
     from zhenwu.compiler.frontend import load_program
     from zhenwu.compiler.graph.dtypes import itemsize
@@ -66,7 +70,8 @@ def simulate_source(source: str, name: str, machine, opt_level: int = 2) -> dict
 
     fn = load_program(f"<serve:{name}>", text=source)
     start = time.perf_counter()
-    compiled = compile_function(fn, machine, CompileOptions(opt_level=opt_level))
+    compiled = compile_function(fn, machine, CompileOptions(opt_level=opt_level,
+                                                            persistent=persistent))
     compile_seconds = time.perf_counter() - start
     start = time.perf_counter()
     result = run_program(compiled.program, machine, {}, timing_only=True,
@@ -100,9 +105,10 @@ def simulate_source(source: str, name: str, machine, opt_level: int = 2) -> dict
     }
 
 
-def simulate_cached(source: str, name: str, machine, opt_level: int = 2) -> dict:
+def simulate_cached(source: str, name: str, machine, opt_level: int = 2,
+                    persistent: bool = False) -> dict:
     """`simulate_source`, or its record from the disk cache (with `cached: true`)."""
-    key = cache_key(source, machine, opt_level)
+    key = cache_key(source, machine, opt_level, persistent)
     path = cache_dir() / f"{key}.json"
     if path.is_file():
         try:
@@ -110,7 +116,7 @@ def simulate_cached(source: str, name: str, machine, opt_level: int = 2) -> dict
             return {**record, "cached": True}
         except (OSError, ValueError):
             pass  # a damaged record is recomputed
-    record = simulate_source(source, name, machine, opt_level)
+    record = simulate_source(source, name, machine, opt_level, persistent)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
@@ -121,8 +127,8 @@ def simulate_cached(source: str, name: str, machine, opt_level: int = 2) -> dict
     return {**record, "cached": False}
 
 
-def is_cached(source: str, machine, opt_level: int = 2) -> bool:
-    return (cache_dir() / f"{cache_key(source, machine, opt_level)}.json").is_file()
+def is_cached(source: str, machine, opt_level: int = 2, persistent: bool = False) -> bool:
+    return (cache_dir() / f"{cache_key(source, machine, opt_level, persistent)}.json").is_file()
 
 
 # ---- many programs: local processes or Ray ------------------------------------------
@@ -134,13 +140,13 @@ def is_cached(source: str, machine, opt_level: int = 2) -> bool:
 
 
 def _simulate_job(job):
-    source, name, machine, opt_level = job
-    return simulate_cached(source, name, machine, opt_level)
+    source, name, machine, opt_level, *persistent = job
+    return simulate_cached(source, name, machine, opt_level, bool(persistent and persistent[0]))
 
 
 def simulate_all(jobs: list[tuple[str, str, object]], *, processes: int = 0,
                  ray_address: str | None | bool = False, opt_level: int = 2,
-                 progress=None) -> dict[tuple[str, str], dict]:
+                 progress=None, persistent: bool = False) -> dict[tuple[str, str], dict]:
     """Records keyed by (source, machine name) for `jobs` of (source, name, machine).
 
     `processes`: local worker processes (0: one per CPU). `ray_address`: False for local
@@ -150,11 +156,12 @@ def simulate_all(jobs: list[tuple[str, str, object]], *, processes: int = 0,
         _import_ray()  # asked for Ray: say so now if it is missing, cached or not
     unique: dict[tuple[str, str], tuple[str, str, object, int]] = {}
     for source, name, machine in jobs:
-        unique.setdefault((source, machine.name), (source, name, machine, opt_level))
+        unique.setdefault((source, machine.name),
+                          (source, name, machine, opt_level, persistent))
     results: dict[tuple[str, str], dict] = {}
     todo = []
     for key, job in unique.items():
-        if is_cached(job[0], job[2], opt_level):
+        if is_cached(job[0], job[2], opt_level, persistent):
             results[key] = _simulate_job(job)
         else:
             todo.append((key, job))

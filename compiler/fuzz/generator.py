@@ -247,7 +247,7 @@ class ProgramBuilder:
              "concat", "softmax", "norm", "cast", "broadcast", "pad", "expand", "argmax",
              "conv", "pool", "einsum", "linear", "attention", "creation", "integer",
              "int_matmul", "nan_reduce", "weak_math", "attention_form", "gather",
-             "linear_combination", "rotary", "thin_linear")
+             "linear_combination", "rotary", "thin_linear", "norm_linear")
         )
         getattr(self, f"step_{kind}")()
 
@@ -692,6 +692,26 @@ class ProgramBuilder:
             y = self.new_param((self.chooser.choice((1, 2)),) + x.shape[1:], x.dtype)
             shape = (x.shape[0] + y.shape[0],) + x.shape[1:]
             self.bind(f"concat([{x.name}, -{y.name}], axis=0) * 0.5", x.dtype, shape)
+
+    def step_norm_linear(self) -> None:
+        """An RMSNorm of a few rows feeding a product through a cast (decode's normalised
+        projections: the RMSNorm-prologue matmul, compiler/passes/norm_gemm_match.py), or a
+        form that kernel refuses: many rows, a norm computed in bf16, the normalised value
+        used again."""
+        rows = self.chooser.choice((1, 1, 2, 3, 40))
+        k = self.chooser.choice((16, 48, 64))
+        n = self.chooser.choice((16, 40, 96))
+        x = self.new_param((rows, k), self.chooser.choice(("f32", "bf16")))
+        g = self.new_param((k,), "f32")
+        w = self.new_param((n, k), "bf16")
+        form = self.chooser.choice(("widened", "widened", "narrow", "reused"))
+        source = f"cast({x.name}, f32)" if form != "narrow" else x.name
+        operand = f"cast(rmsnorm({source}, {g.name}), bf16)"
+        if form == "reused":
+            a = self.bind(operand, "bf16", (rows, k))
+            operand = a.name
+            self.bind(f"{a.name} * 2.0", "bf16", (rows, k))
+        self.bind(f"{operand} @ transpose({w.name})", "bf16", (rows, n))
 
     # -- the program -----------------------------------------------------------------------
     def text(self, outputs: list[Tensor]) -> str:

@@ -34,6 +34,7 @@ from zhenwu.compiler.graph.dtypes import is_float, limits, value_preserving
 from zhenwu.compiler.graph.ir import Function, Op
 from zhenwu.compiler.graph.ops import OPS
 from zhenwu.compiler.passes.attention_match import match_attention
+from zhenwu.compiler.passes.norm_gemm_match import match_norm_gemm
 from zhenwu.compiler.passes.pass_base import GraphPass, register_pass
 from zhenwu.isa.program import MAX_EVENT_COUNT, NUM_DESCS
 
@@ -441,6 +442,10 @@ def operand_cast_refusal(cast) -> str | None:
 # (compiler/backend/groups.py). Adding one: docs/internals.md, "How to add a fused kernel".
 KERNEL_MATCHERS: dict[str, tuple] = {
     "attention": (match_attention, "flash-attention", "the score matrix never leaves the core"),
+    # kind "matmul": the greedy pass below then adds the product's epilogue as usual
+    "matmul": (match_norm_gemm, "RMSNorm-prologue matmul",
+               "each core sums the squares of the A rows it loads and scales the "
+               "accumulator's rows (compiler/passes/norm_gemm_match.py)"),
 }
 
 
