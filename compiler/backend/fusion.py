@@ -538,8 +538,15 @@ class FusedLowering(Lowering):
             body.append(Vec(f"CVT.{work}", dtype, narrow, (out,)))
             body.append(Vec(f"CVT.{dtype}", work, out, (narrow,)))
 
+        # values that end up in a store's tile: the stored ones and, through chains of casts
+        # that may keep their operand's tile (a narrowing the store does), their sources
+        stored_ids = {op.id for op in stored}
+        for op in reversed(ops):
+            if op.kind == "cast" and op.id in stored_ids and op.inputs[0].id in ids:
+                stored_ids.add(op.inputs[0].id)
+
         def in_place(op, position: int, srcs: list, dtype: str, shape_kind: str,
-                     compute: str, scratch: list):
+                     compute: str, scratch: list, result_id: int):
             """A compute buffer among `srcs` that `op` may overwrite with its result: it
             holds only values dead after `op`, has the result's dtype and shape, and the op's
             steps read every operand before they write the result (one vector instruction
@@ -550,14 +557,19 @@ class FusedLowering(Lowering):
             if vector.reads_operand_after_result(op.attrs, integer) \
                     or vector.writes_operand(op.attrs, integer) or vector.temps(integer):
                 return None
+            stored_result = result_id in stored_ids
             for name in srcs:
                 if not isinstance(name, str):
                     continue
                 have, kind_, role = tiles.specs[name]
-                if role != "out" or (have, kind_) != (dtype, shape_kind) \
+                # a step's load tile is the vector engine's until the step ends: it may hold
+                # values computed from it, but not a stored one (the store reads out tiles)
+                if role not in ("out", "ld") or (have, kind_) != (dtype, shape_kind) \
+                        or (role == "ld" and (kind_ != "full" or stored_result)) \
                         or name in tiles.pinned or name in tiles.free:
                     continue
-                if all(last_use.get(v, 0) <= position for v in holders.get(name, set())):
+                if all(last_use.get(v, 0) <= position
+                       for v, held in value_buf.items() if held == name):
                     if name in scratch:  # a conversion's scratch tile: now the result's
                         scratch.remove(name)
                     return name
@@ -641,7 +653,7 @@ class FusedLowering(Lowering):
                     other = 1 if op.inputs[0] is mul.result else 0
                     addend = get(op, other, wants[other], scratch)
                     out = in_place(mul, position, [*product, addend], out_dtype, shape_kind,
-                                   cdt, scratch) or tiles.new(out_dtype, shape_kind)
+                                   cdt, scratch, op.id) or tiles.new(out_dtype, shape_kind)
                     body.append(Vec("FMA", cdt, out, (*product, addend)))
                     pending = None
                     for value in mul.inputs:  # released only now: the FMA reads them
@@ -660,8 +672,8 @@ class FusedLowering(Lowering):
                     body.extend(elementwise_body(kind, attrs, cdt)(srcs, out, None))
                 else:
                     srcs = [get(op, i, w, scratch) for i, w in enumerate(wants)]
-                    out = in_place(op, position, srcs, out_dtype, shape_kind, cdt, scratch) \
-                        or tiles.new(out_dtype, shape_kind)
+                    out = in_place(op, position, srcs, out_dtype, shape_kind, cdt, scratch,
+                                   op.id) or tiles.new(out_dtype, shape_kind)
                     body.extend(elementwise_body(kind, attrs, cdt)(srcs, out, None))
                 if result_dtype in ROUNDED and not only_stored:
                     round_trip(out, out_dtype, result_dtype, scratch)
