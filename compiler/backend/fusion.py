@@ -364,14 +364,16 @@ class FusedLowering(Lowering):
         (default: those used outside `ops`)."""
         reduces = [op for op in ops if op.kind in ROW_REDUCE]
         row_mode = bool(reduces)
+        widen = row_mode and not any(_discontinuous_on_narrow(op) for op in ops)
 
         def home(dtype: str) -> str:
             """A value's vector dtype in this kernel: a row kernel keeps bf16/f16 values in
             f32 (its reductions accumulate in f32: converting whole tiles between the narrow
             dtype and f32 around each of them would cost more vector time than the f32
             arithmetic saves), loading them widened by the DMA and narrowing them at the
-            stores; only an explicit cast to a narrow dtype rounds on the way."""
-            if row_mode and dtype in VECTOR_FLOATS:
+            stores; only an explicit cast to a narrow dtype rounds on the way. Not when an
+            op would turn the rounding it skips into a different answer (`widen`)."""
+            if widen and dtype in VECTOR_FLOATS:
                 return "f32"
             return home_dtype(dtype)
 
@@ -764,6 +766,20 @@ class FusedLowering(Lowering):
                     final, setup)
         name = ("row" if row_mode else "fused") if len(ops) > 1 else ops[0].kind
         self.kernel(name, [op.id for op in ops], [nest], ops[-1].span)
+
+
+def _discontinuous_on_narrow(op) -> bool:
+    """Whether `op` is a step function of a bf16/f16 operand (a comparison, floor, ceil,
+    sign, a cast to an integer): on a value a row kernel keeps unrounded in f32 it could
+    answer differently from the reference, which rounds that value first."""
+    if not any(v.type.dtype in VECTOR_FLOATS for v in op.inputs):
+        return False
+    entry = OPS[op.kind]
+    if op.kind == "cast":
+        return not is_float(op.attrs["dtype"])
+    if entry.fuzz is not None and entry.fuzz.inputs_only:
+        return True
+    return entry.vector is not None and entry.vector.result == "bool"
 
 
 def _map_budget(specs: dict, width: int, row_copies: int = 2) -> tuple[int, int]:

@@ -115,3 +115,16 @@ def test_an_explicit_narrowing_cast_in_a_row_kernel_still_rounds():
         "    return r * 3.0, sum(r, axis=-1, keepdims=true)\n}\n")
     assert np.abs(want[0]).max() > 0
     np.testing.assert_array_equal(got[0], want[0])
+
+
+@pytest.mark.parametrize("step", ["where(y > 0.25, y, 0.0)", "floor(y)"])
+def test_a_step_function_of_a_narrow_value_keeps_the_row_kernel_narrow(step):
+    # widened, y would not be rounded before the comparison (or floor) and could land on the
+    # other side of it than in the reference: the kernel computes in bf16 as the reference
+    _, compiled, _, _ = _run(
+        "fn main(x: bf16[96, 256]) -> bf16[96, 256] {\n"
+        f"    y = x * 1.37\n    m = {step}\n"
+        "    return m - max(m, axis=-1, keepdims=true)\n}\n")
+    nest = _nest(compiled)
+    assert "bf16" in {b.dtype for b in _tile_buffers(nest)}
+    assert "f32" not in {b.dtype for b in _tile_buffers(nest)}
