@@ -735,13 +735,17 @@ class FusedLowering(Lowering):
                 kinds = kinds[:-1] + ("r",)
         else:
             tile_fn = map_tile if (whole_rows or dropped) else fused_tile
-            # broadcast rows are loaded once per core when a tile spans whole rows (their
-            # `setup`): try that, and budget two copies of them if the tile then overflows
-            for row_copies in (1, 2):
-                bytes_per_elem, reserve = _map_budget(tiles.specs, extents[-1], row_copies)
-                tile = tile_fn(extents, bytes_per_elem, self.machine, reserve=reserve)
-                if row_copies == 2 or fits(tile):
-                    break
+            # the largest tile of three budgets that fits: broadcast rows of the whole width
+            # once per core (their `setup`, when a tile spans whole rows) or in two copies,
+            # or every buffer as a full one (always an upper bound: a tile of part of a very
+            # long row has broadcast rows of its own width only)
+            budgets = [_map_budget(tiles.specs, extents[-1], copies) for copies in (1, 2)]
+            budgets.append((2 * sum(itemsize(dt) for dt, _, _ in tiles.specs.values()),
+                            2 * ALIGN * (len(tiles.specs) + 1)))
+            candidates = [tile_fn(extents, per_elem, self.machine, reserve=reserve)
+                          for per_elem, reserve in budgets]
+            tile = max((t for t in candidates if fits(t)), key=prod, default=candidates[-1])
+            bytes_per_elem, reserve = budgets[-1]
             if whole_rows and tile[-1] != extents[-1]:
                 # a concat's tiles span whole rows: the per-core share may be under a row,
                 # but a whole row must still fit L1

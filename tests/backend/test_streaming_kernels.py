@@ -128,3 +128,13 @@ def test_a_step_function_of_a_narrow_value_keeps_the_row_kernel_narrow(step):
     nest = _nest(compiled)
     assert "bf16" in {b.dtype for b in _tile_buffers(nest)}
     assert "f32" not in {b.dtype for b in _tile_buffers(nest)}
+
+
+def test_a_row_too_long_for_l1_keeps_a_real_tile_in_its_map_pass():
+    # the last pass reads g and b in pieces of its tile's width, not whole rows of 32768
+    _, compiled, _, _ = _run(
+        "fn main(x: bf16[8, 32768], g: f32[32768], b: f32[32768]) -> bf16[8, 32768] {\n"
+        "    return cast(layernorm(x, g, b), bf16)\n}\n")
+    nests = compiled.kernels.kernels[0].nests
+    assert len(nests) == 3
+    assert nests[-1].tile[-1] >= 1024
