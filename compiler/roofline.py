@@ -157,3 +157,16 @@ def latency_bound_cycles(fn, kernels, machine) -> float:
     roofline, so this is a lower bound too, and the fair one for small programs."""
     return roofline(fn, machine).cycles + sum(k.cycles for k in kernel_latencies(kernels,
                                                                                   machine))
+
+
+def sustained_bound_cycles(fn, kernels, machine) -> float:
+    """The latency-aware bound with the compulsory HBM traffic at the HBM's sustained rate
+    (`hbm_streaming_efficiency` of the peak: what long streams of whole DRAM rows reach)
+    instead of its peak: what a streaming kernel can reach on this machine, so the distance
+    to it is the schedule's. An extra column of `zhenwu bench`: the latency-aware bound (at
+    peak) stays the one efficiency is judged by."""
+    bound = roofline(fn, machine)
+    memory = bound.memory_cycles / machine.hbm_streaming_efficiency
+    return max(bound.compute_cycles, memory) + sum(
+        k.cycles for k in kernel_latencies(kernels, machine))
+

@@ -39,6 +39,7 @@ from zhenwu.compiler.backend.lower import (
     clamp_value,
     compute_dtype,
     elementwise_body,
+    integer_steps,
     layout,
     may_be_immediate,
     reduce_identity,
@@ -363,6 +364,22 @@ class FusedLowering(Lowering):
         (default: those used outside `ops`)."""
         reduces = [op for op in ops if op.kind in ROW_REDUCE]
         row_mode = bool(reduces)
+        widen = row_mode and not any(_discontinuous_on_narrow(op) for op in ops)
+
+        def home(dtype: str) -> str:
+            """A value's vector dtype in this kernel: a row kernel keeps bf16/f16 values in
+            f32 (its reductions accumulate in f32: converting whole tiles between the narrow
+            dtype and f32 around each of them would cost more vector time than the f32
+            arithmetic saves), loading them widened by the DMA and narrowing them at the
+            stores; only an explicit cast to a narrow dtype rounds on the way. Not when an
+            op would turn the rounding it skips into a different answer (`widen`)."""
+            if widen and dtype in VECTOR_FLOATS:
+                return "f32"
+            return home_dtype(dtype)
+
+        def rounds(target: str) -> bool:
+            """Whether a cast to `target` must round a value held in `home(target)`."""
+            return target in ROUNDED or home(target) != home_dtype(target)
         shape = tuple(reduces[0].inputs[0].type.shape if row_mode else ops[-1].result.type.shape)
         ids = {op.id for op in ops}
         stored = self.stored(ops) if only_store is None else [
@@ -385,7 +402,7 @@ class FusedLowering(Lowering):
                         and readers[op.inputs[0].id] == 1
                         and tuple(op.result.type.shape) == shape
                         and is_float(op.attrs["dtype"])
-                        and home_dtype(op.attrs["dtype"]) != home_dtype(op.inputs[0].type.dtype)
+                        and home(op.attrs["dtype"]) != home(op.inputs[0].type.dtype)
                         and value_preserving(op.inputs[0].type.dtype, op.attrs["dtype"])}
         # operands from outside: immediates, or views loaded once per tile
         ext: dict[tuple[int, int, int], object] = {}
@@ -469,13 +486,13 @@ class FusedLowering(Lowering):
                 kind = "col" if n >= 2 and n - 2 in axes else "one"
             if n == 1 and kind == "row":
                 kind = "full"
-            value_buf[vid] = tiles.new(home_dtype(ext_values[vid].type.dtype), kind, "ld")
+            value_buf[vid] = tiles.new(home(ext_values[vid].type.dtype), kind, "ld")
         # the buffer each load fills (a loaded cast's value may move to an output buffer)
         load_buf = {vid: value_buf[vid] for vid in load_views}
         # a piece loaded from GM: a tile of its own columns, copied into the concat's
         piece_buf: dict[tuple[int, int], str] = {}
         for cat, index, piece in piece_list:
-            dtype = home_dtype(self.op_by_id[cat].result.type.dtype)
+            dtype = home(self.op_by_id[cat].result.type.dtype)
             piece_buf[(cat, index)] = tiles.new(dtype, f"cols{piece.cols}", "ld")
 
         def inputs_of(op) -> list[int]:
@@ -499,7 +516,7 @@ class FusedLowering(Lowering):
         accumulators: dict[int, str] = {}
         if chunked:  # live across every chunk of the row: allocated first, never reused
             for op in reduces:
-                accumulators[op.id] = tiles.new(home_dtype(op.result.type.dtype), "col")
+                accumulators[op.id] = tiles.new(home(op.result.type.dtype), "col")
                 tiles.pinned.add(accumulators[op.id])
         pending = None  # a mul waiting to become an FMA with the add after it
 
@@ -523,6 +540,43 @@ class FusedLowering(Lowering):
             body.append(Vec(f"CVT.{work}", dtype, narrow, (out,)))
             body.append(Vec(f"CVT.{dtype}", work, out, (narrow,)))
 
+        # values that end up in a store's tile: the stored ones and, through chains of casts
+        # that may keep their operand's tile (a narrowing the store does), their sources
+        stored_ids = {op.id for op in stored}
+        for op in reversed(ops):
+            if op.kind == "cast" and op.id in stored_ids and op.inputs[0].id in ids:
+                stored_ids.add(op.inputs[0].id)
+
+        def in_place(op, position: int, srcs: list, dtype: str, shape_kind: str,
+                     compute: str, scratch: list, result_id: int):
+            """A compute buffer among `srcs` that `op` may overwrite with its result: it
+            holds only values dead after `op`, has the result's dtype and shape, and the op's
+            steps read every operand before they write the result (one vector instruction
+            reads all its sources first). Reusing it keeps a tile's L1 footprint at the
+            buffers really live at once, so tiles (and their DMAs) can be larger."""
+            vector = OPS[op.kind].vector
+            integer = integer_steps(compute)
+            if vector.reads_operand_after_result(op.attrs, integer) \
+                    or vector.writes_operand(op.attrs, integer) or vector.temps(integer):
+                return None
+            stored_result = result_id in stored_ids
+            for name in srcs:
+                if not isinstance(name, str):
+                    continue
+                have, kind_, role = tiles.specs[name]
+                # a step's load tile is the vector engine's until the step ends: it may hold
+                # values computed from it, but not a stored one (the store reads out tiles)
+                if role not in ("out", "ld") or (have, kind_) != (dtype, shape_kind) \
+                        or (role == "ld" and (kind_ != "full" or stored_result)) \
+                        or name in tiles.pinned or name in tiles.free:
+                    continue
+                if all(last_use.get(v, 0) <= position
+                       for v, held in value_buf.items() if held == name):
+                    if name in scratch:  # a conversion's scratch tile: now the result's
+                        scratch.remove(name)
+                    return name
+            return None
+
         for position, op in enumerate(ops):
             if op.id in absorbed or op.id in loaded_casts:
                 continue  # computed by its concat's column copies, or by its load
@@ -532,7 +586,7 @@ class FusedLowering(Lowering):
             shape_kind = "col" if is_col(op) else "full"
             only_stored = all(u.id not in ids for u in self.users[op.id])
             if kind == "concat":
-                cdt = home_dtype(result_dtype)
+                cdt = home(result_dtype)
                 out = tiles.new(cdt, shape_kind)
                 for index, piece in enumerate(pieces[op.id]):
                     if (op.id, index) in piece_buf:
@@ -549,7 +603,7 @@ class FusedLowering(Lowering):
                     body.append(ColumnCopy(cdt, out, piece.col, src, src_col, piece.cols,
                                            piece.negate))
             elif OPS[kind].row_kernel:
-                cdt = home_dtype(result_dtype)
+                cdt = home(result_dtype)
                 src = get(op, 0, cdt, scratch)
                 out = accumulators.get(op.id) or tiles.new(cdt, "col")
                 # chunked: the accumulator starts once per row and lives across the chunks
@@ -564,34 +618,34 @@ class FusedLowering(Lowering):
                 src_dtype = tiles.specs[source][0]
                 # i8 and fp8 live widened (i32, f32): a cast to them from a wider source
                 # must still wrap or round, even though the buffer dtype stays the same
-                if src_dtype == home_dtype(target) and (
-                        target not in ROUNDED or value_preserving(op.inputs[0].type.dtype, target)):
+                if src_dtype == home(target) and (
+                        not rounds(target) or value_preserving(op.inputs[0].type.dtype, target)):
                     out = source
                 elif only_stored and target in NARROW_FLOATS + ("i8",) and src_dtype in (
                         "f32", "i32") and is_float(target) == (src_dtype == "f32"):
                     out = source  # the store converts
-                elif target in ROUNDED:
-                    out = tiles.new(home_dtype(target), shape_kind)
+                elif rounds(target):
+                    out = tiles.new(home(target), shape_kind)
                     narrow = tiles.new(target, shape_kind)
                     scratch.append(narrow)
                     body.append(Vec(f"CVT.{src_dtype}", target, narrow, (source,)))
-                    body.append(Vec(f"CVT.{target}", home_dtype(target), out, (narrow,)))
+                    body.append(Vec(f"CVT.{target}", home(target), out, (narrow,)))
                 else:
-                    out = tiles.new(home_dtype(target), shape_kind)
-                    body.append(Vec(f"CVT.{src_dtype}", home_dtype(target), out, (source,)))
+                    out = tiles.new(home(target), shape_kind)
+                    body.append(Vec(f"CVT.{src_dtype}", home(target), out, (source,)))
             else:
                 if kind == "where":
-                    cdt = home_dtype(result_dtype)
+                    cdt = home(result_dtype)
                     cdt = "i32" if cdt == "bool" else cdt
                     wants = ["bool", cdt, cdt]
                     out_dtype = cdt
                 elif OPS[kind].vector.result == "bool":  # a comparison
-                    cdt = home_dtype(op.inputs[0].type.dtype)
+                    cdt = home(op.inputs[0].type.dtype)
                     cdt = "i32" if cdt == "bool" else cdt
                     wants = [cdt] * len(op.inputs)
                     out_dtype = "bool"
                 else:
-                    cdt = home_dtype(result_dtype)
+                    cdt = home(result_dtype)
                     cdt = "i32" if cdt == "bool" else cdt
                     wants = [cdt] * len(op.inputs)
                     out_dtype = cdt
@@ -600,14 +654,15 @@ class FusedLowering(Lowering):
                     mul, product = pending
                     other = 1 if op.inputs[0] is mul.result else 0
                     addend = get(op, other, wants[other], scratch)
-                    out = tiles.new(out_dtype, shape_kind)
+                    out = in_place(mul, position, [*product, addend], out_dtype, shape_kind,
+                                   cdt, scratch, op.id) or tiles.new(out_dtype, shape_kind)
                     body.append(Vec("FMA", cdt, out, (*product, addend)))
                     pending = None
                     for value in mul.inputs:  # released only now: the FMA reads them
                         if last_use.get(value.id) == position - 1 and value.id in value_buf:
                             name = value_buf[value.id]
-                            if all(last_use.get(v, 0) <= position
-                                   for v in holders.get(name, set())):
+                            if name != out and all(last_use.get(v, 0) <= position
+                                                   for v in holders.get(name, set())):
                                 tiles.release(name)
                 elif (kind == "mul" and position + 1 < len(ops) and _fma_pair(
                         op, ops[position + 1], self.users, ids, stored)):
@@ -619,7 +674,8 @@ class FusedLowering(Lowering):
                     body.extend(elementwise_body(kind, attrs, cdt)(srcs, out, None))
                 else:
                     srcs = [get(op, i, w, scratch) for i, w in enumerate(wants)]
-                    out = tiles.new(out_dtype, shape_kind)
+                    out = in_place(op, position, srcs, out_dtype, shape_kind, cdt, scratch,
+                                   op.id) or tiles.new(out_dtype, shape_kind)
                     body.extend(elementwise_body(kind, attrs, cdt)(srcs, out, None))
                 if result_dtype in ROUNDED and not only_stored:
                     round_trip(out, out_dtype, result_dtype, scratch)
@@ -644,47 +700,62 @@ class FusedLowering(Lowering):
                 value_buf[op.id] = tiles.new(dtype, want)
                 body.append(Vec("COPY", dtype, value_buf[op.id], (name,)))
 
+        def place(tile) -> tuple[list[Buffer], set[str], int]:
+            """The buffers of a nest with `tile`, the setup ones (loaded once per core),
+            and the L1 bytes they take."""
+            rows, cols = prod(tile[:-1]), tile[-1]
+            grid = tuple(-(-e // t) for e, t in zip(extents, tile))
+            shapes = {"full": (rows, cols), "row": (1, cols), "col": (rows, 1), "one": (1, 1)}
+            shapes.update({kind: (rows, int(kind[4:])) for _, kind, _ in tiles.specs.values()
+                           if kind.startswith("cols")})
+            setup_names = {load_buf[vid] for vid, view in compact.items()
+                           if all(grid[a] == 1 for a in view.axes)
+                           and tiles.specs[load_buf[vid]][1] != "full"}
+            specs = []
+            for name, (dtype, kind, role) in tiles.specs.items():
+                if name in setup_names:
+                    continue
+                r, c = shapes[kind]
+                specs.append((name, "L1", dtype, r, c, "ld" if role == "ld" else "out"))
+            buffers, used = layout(specs)
+            base = used["L1"]
+            for name in (n for n in tiles.specs if n in setup_names):  # in allocation order
+                dtype, kind, _ = tiles.specs[name]
+                r, c = shapes[kind]
+                buffers.append(Buffer(name, "L1", dtype, r, c, base, 1, 0))
+                base += -(-r * c * itemsize(dtype) // ALIGN) * ALIGN
+            return buffers, setup_names, base
+
+        def fits(tile) -> bool:
+            return place(tile)[2] <= self.machine.l1_bytes
+
         if row_mode:
             tile = _row_tile(extents, tiles.specs, self.machine, chunked)
             if chunked:
                 kinds = kinds[:-1] + ("r",)
         else:
-            # tile: every buffer is budgeted as a full one (both copies)
-            bytes_per_elem = 2 * sum(itemsize(dt) for dt, _, _ in tiles.specs.values())
             tile_fn = map_tile if (whole_rows or dropped) else fused_tile
-            tile = tile_fn(extents, bytes_per_elem, self.machine,
-                           reserve=2 * ALIGN * (len(tiles.specs) + 1))
+            # the largest tile of three budgets that fits: broadcast rows of the whole width
+            # once per core (their `setup`, when a tile spans whole rows) or in two copies,
+            # or every buffer as a full one (always an upper bound: a tile of part of a very
+            # long row has broadcast rows of its own width only)
+            budgets = [_map_budget(tiles.specs, extents[-1], copies) for copies in (1, 2)]
+            budgets.append((2 * sum(itemsize(dt) for dt, _, _ in tiles.specs.values()),
+                            2 * ALIGN * (len(tiles.specs) + 1)))
+            candidates = [tile_fn(extents, per_elem, self.machine, reserve=reserve)
+                          for per_elem, reserve in budgets]
+            tile = max((t for t in candidates if fits(t)), key=prod, default=candidates[-1])
+            bytes_per_elem, reserve = budgets[-1]
             if whole_rows and tile[-1] != extents[-1]:
                 # a concat's tiles span whole rows: the per-core share may be under a row,
                 # but a whole row must still fit L1
-                capacity = (self.machine.l1_bytes - 2 * ALIGN * (len(tiles.specs) + 1)) \
-                    // max(bytes_per_elem, 1)
+                capacity = (self.machine.l1_bytes - reserve) // max(bytes_per_elem, 1)
                 if extents[-1] > capacity:
                     raise RowTooLong()
                 tile = (1,) * (len(extents) - 1) + (extents[-1],)
         for op in stored:
             self.views[op.id] = outs[op.id]
-        rows, cols = prod(tile[:-1]), tile[-1]
-        grid = tuple(-(-e // t) for e, t in zip(extents, tile))
-        shapes = {"full": (rows, cols), "row": (1, cols), "col": (rows, 1), "one": (1, 1)}
-        shapes.update({kind: (rows, int(kind[4:])) for _, kind, _ in tiles.specs.values()
-                       if kind.startswith("cols")})
-        setup_names = {load_buf[vid] for vid, view in compact.items()
-                       if all(grid[a] == 1 for a in view.axes)
-                       and tiles.specs[load_buf[vid]][1] != "full"}
-        specs = []
-        for name, (dtype, kind, role) in tiles.specs.items():
-            if name in setup_names:
-                continue
-            r, c = shapes[kind]
-            specs.append((name, "L1", dtype, r, c, "ld" if role == "ld" else "out"))
-        buffers, used = layout(specs)
-        base = used["L1"]
-        for name in (n for n in tiles.specs if n in setup_names):  # in allocation order
-            dtype, kind, _ = tiles.specs[name]
-            r, c = shapes[kind]
-            buffers.append(Buffer(name, "L1", dtype, r, c, base, 1, 0))
-            base += -(-r * c * itemsize(dtype) // ALIGN) * ALIGN
+        buffers, setup_names, _ = place(tile)
         setup = tuple(Load(load_buf[vid], compact[vid]) for vid in load_ids
                       if load_buf[vid] in setup_names)
         step = tuple(Load(load_buf[vid], compact[vid]) for vid in load_ids
@@ -699,6 +770,39 @@ class FusedLowering(Lowering):
                     final, setup)
         name = ("row" if row_mode else "fused") if len(ops) > 1 else ops[0].kind
         self.kernel(name, [op.id for op in ops], [nest], ops[-1].span)
+
+
+def _discontinuous_on_narrow(op) -> bool:
+    """Whether `op` is a step function of a bf16/f16 operand (a comparison, floor, ceil,
+    sign, a cast to an integer): on a value a row kernel keeps unrounded in f32 it could
+    answer differently from the reference, which rounds that value first."""
+    if not any(v.type.dtype in VECTOR_FLOATS for v in op.inputs):
+        return False
+    entry = OPS[op.kind]
+    if op.kind == "cast":
+        return not is_float(op.attrs["dtype"])
+    if entry.fuzz is not None and entry.fuzz.inputs_only:
+        return True
+    return entry.vector is not None and entry.vector.result == "bool"
+
+
+def _map_budget(specs: dict, width: int, row_copies: int = 2) -> tuple[int, int]:
+    """(L1 bytes per tile element, fixed L1 bytes) of a map nest's buffers, both copies:
+    a tile-shaped buffer costs its elements; a broadcast row (1 x cols) at most one row of
+    `width` in `row_copies` copies and a 1 x 1 buffer one element, whatever the tile (a
+    rows x 1 buffer is counted as a full one: an upper bound); plus the alignment of every
+    buffer. Buffers reused in place are one buffer, so only the values live at once take
+    L1."""
+    per_elem = 0
+    fixed = 2 * ALIGN * (len(specs) + 1)
+    for dtype, kind, _ in specs.values():
+        if kind == "row":
+            fixed += row_copies * width * itemsize(dtype)
+        elif kind == "one":
+            fixed += 2 * itemsize(dtype)
+        else:
+            per_elem += 2 * itemsize(dtype)
+    return per_elem, fixed
 
 
 def _row_footprint(specs: dict, rows: int, cols: int) -> int:
