@@ -116,12 +116,17 @@ def _row_penalty(machine) -> float:
                * (1 / machine.hbm_scattered_efficiency - 1 / machine.hbm_streaming_efficiency))
 
 
-def _partial_runs(rows_a, cols_b, depth, a_bytes, b_bytes, machine) -> int:
+def _partial_runs(rows_a, cols_b, depth, a_bytes, b_bytes, machine,
+                  b_k_major: bool = False) -> int:
     """DRAM rows one k step's operand tiles use partly: one per row of a tile whose rows
-    are not whole DRAM rows (A's rows are `depth` long, B's `cols_b`)."""
+    are not whole DRAM rows (A's rows are `depth` long; B's `cols_b`, or `depth` when B is
+    stored k-contiguous and read through a transpose)."""
     row = machine.hbm_row_bytes
-    return ((rows_a if (depth * a_bytes) % row else 0)
-            + (depth if (cols_b * b_bytes) % row else 0))
+    if b_k_major:
+        b_runs = cols_b if (depth * b_bytes) % row else 0
+    else:
+        b_runs = depth if (cols_b * b_bytes) % row else 0
+    return (rows_a if (depth * a_bytes) % row else 0) + b_runs
 
 
 def hbm_cycles(traffic: float, runs: float, machine) -> float:
@@ -192,7 +197,7 @@ def gemm_cost(batch, m, n, k, tile_m, tile_n, tile_k, acc_copies, a_bytes, b_byt
     serial = (max(mx.hbm_latency * min(1.0, over / step_bytes) + max(port, gm, hbm_share),
                   step_bytes * mx.hbm_latency / window)
               if over > 0 else 0.0)
-    if serial and steps * waves > 2:
+    if serial and steps * waves > 2 and not b_k_major:
         # a long stream of big steps: the next step's loads are in flight while this
         # step's land, so a step lasts its transfer (the window's rate, the HBM share
         # with the DRAM rows its runs use partly), not a round trip more; but a buffer is
@@ -200,8 +205,8 @@ def gemm_cost(batch, m, n, k, tile_m, tile_n, tile_k, acc_copies, a_bytes, b_byt
         # transfer and one round trip
         transfer = max(port, step_bytes * mx.hbm_latency / window)
         serial = max(gm, transfer, (mx_cycles + transfer + mx.hbm_latency) / 2,
-                     hbm_share + _partial_runs(in_m, in_n, in_k, a_bytes, b_bytes, machine)
-                     * active * _row_penalty(machine))
+                     hbm_share + _partial_runs(in_m, in_n, in_k, a_bytes, b_bytes, machine,
+                                               b_k_major) * active * _row_penalty(machine))
     step = max(mx_cycles, port, gm, latency, serial) + 12  # scalar issue per step
     store = in_m * in_n * out_bytes
     drain = max(store / mx.st_bytes_per_cycle, active * store / mx.hbm_bytes_per_cycle)
@@ -409,17 +414,17 @@ def lower_matmul_group(low, ops) -> None:
         batch_count *= e
     choice = getattr(low, "gemm_tiles", {}).get(mm.id)
     ranked: list = []
+    b_k_major = _k_contiguous(b_view, axis_map[ax_k])
     tile = choose_gemm_tile(batch_count, m, n, k, in_dtype, acc_dtype, itemsize(a.dtype),
                             itemsize(b.dtype), itemsize(out.dtype), full_bytes, row_bytes,
-                            n_vec, machine, fixed=choice, ranked=ranked,
-                            b_k_major=_k_contiguous(b_view, axis_map[ax_k]),
+                            n_vec, machine, fixed=choice, ranked=ranked, b_k_major=b_k_major,
                             prologue_bytes=prologue_bytes(LD_COPIES_PROLOGUE) if norm else 0,
                             setup_bytes=setup_bytes(_prologue_rows(m, machine), k) if norm else 0)
     # too few output tiles: split K across the cores, the partial sums added in a second
     # nest of the kernel (compiler/backend/split_k.py); not under an RMSNorm prologue
     split = None if choice is not None or norm else choose_split(
         batch_count, m, n, k, in_dtype, acc_dtype, itemsize(a.dtype), itemsize(b.dtype),
-        itemsize(out.dtype), full_bytes, row_bytes, n_vec, machine, tile)
+        itemsize(out.dtype), full_bytes, row_bytes, n_vec, machine, tile, b_k_major)
     if split is not None:
         splits, tile = split
     low.gemm_ranked = getattr(low, "gemm_ranked", {})
