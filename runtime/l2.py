@@ -144,6 +144,8 @@ class L2Cache:
     replacement as a list that moves each touched block to its end, at numpy speed per
     transfer instead of Python speed per block."""
 
+    queue_slack = 65536  # stale LRU queue entries kept before the stamps are renumbered
+
     def __init__(self, size_bytes: int, line_bytes: int, block_bytes: int,
                  row_bytes: int | None = None):
         self.line_bytes = line_bytes
@@ -161,6 +163,14 @@ class L2Cache:
         self.ready = np.zeros(0, np.float64)
         self.stamp = np.zeros(0, np.int64)
         self.clock = 0  # stamps handed out so far
+        # the blocks in stamp order from stamp `_base` (the LRU queue; an entry whose block
+        # has a later stamp since is stale), appended in `_pending` chunks, scanned from
+        # `_head` by evictions: an eviction costs the entries it passes, not the cache size
+        self._order = np.zeros(0, np.int64)
+        self._pending: list[np.ndarray] = []
+        self._base = 0
+        self._head = 0
+        self._queued = 0  # entries in `_order[_head:]` and `_pending`
         self.read_bytes = 0
         self.hit_bytes = 0
         self.write_bytes = 0
@@ -186,10 +196,8 @@ class L2Cache:
         that hit)."""
         self.read_bytes += box.total
         blocks = box.blocks
-        count = blocks.size
         at, found = self._find(blocks)
-        stamps = np.arange(self.clock, self.clock + count, dtype=np.int64)
-        self.clock += count
+        stamps = self._stamps(blocks)
         hit_ready = 0.0
         if found.all():
             wanted = box.masks
@@ -251,10 +259,8 @@ class L2Cache:
         valid; the others keep their state."""
         self.write_bytes += box.total
         blocks = box.blocks
-        count = blocks.size
         at, found = self._find(blocks)
-        stamps = np.arange(self.clock, self.clock + count, dtype=np.int64)
-        self.clock += count
+        stamps = self._stamps(blocks)
         added = 0
         if found.any():
             old = at[found]
@@ -283,27 +289,66 @@ class L2Cache:
             box._written_rows = _partial(box.masks, box.full, self.row_masks)
         return box._written_rows
 
+    def _stamps(self, blocks: np.ndarray) -> np.ndarray:
+        """The next stamps, for a transfer's blocks in order, queued in the LRU queue. When
+        stale entries would outnumber the resident blocks, the stamps are first renumbered
+        0, 1, ... in their order (nothing changes but the numbers) and the queue rebuilt."""
+        if self._queued + blocks.size > 8 * self.keys.size + self.queue_slack:
+            order = np.argsort(self.stamp, kind="stable")
+            self.stamp[order] = np.arange(order.size, dtype=np.int64)
+            self.clock = order.size
+            self._order = self.keys[order]
+            self._pending = []
+            self._base = self._head = 0
+            self._queued = order.size
+        stamps = np.arange(self.clock, self.clock + blocks.size, dtype=np.int64)
+        self.clock += blocks.size
+        self._pending.append(blocks)
+        self._queued += blocks.size
+        return stamps
+
     def _evict(self) -> None:
-        """Drop least recently used blocks (smallest stamps) until the valid lines fit."""
+        """Drop least recently used blocks (smallest stamps) until the valid lines fit: walk
+        the LRU queue from its head, skipping stale entries."""
         excess = self.resident - self.capacity
         if excess <= 0:
             return
-        stamp = self.stamp
-        # every resident block holds a line at least: the `excess` oldest are enough
-        if excess < stamp.size:
-            oldest = np.argpartition(stamp, excess - 1)[:excess]
-        else:
-            oldest = np.arange(stamp.size)
-        oldest = oldest[np.argsort(stamp[oldest])]
-        lines = np.cumsum(np.bitwise_count(self.valid[oldest]).astype(np.int64))
-        cut = int(np.searchsorted(lines, excess)) + 1  # the fewest oldest blocks that do
-        self.resident -= int(lines[cut - 1])
-        keep = np.ones(stamp.size, dtype=bool)
-        keep[oldest[:cut]] = False
+        if self._pending:
+            self._order = np.concatenate([self._order[self._head:], *self._pending])
+            self._base += self._head
+            self._head = 0
+            self._pending = []
+            self._queued = self._order.size
+        order = self._order
+        position = self._head
+        chunk = max(64, excess)
+        dropped = []
+        while excess > 0:  # the resident blocks' entries are ahead: it ends
+            blocks = order[position:position + chunk]
+            at, found = self._find(blocks)
+            live = np.flatnonzero(found)
+            live = live[self.stamp[at[live]] == self._base + position + live]
+            lines = np.cumsum(np.bitwise_count(self.valid[at[live]]).astype(np.int64))
+            if lines.size and lines[-1] >= excess:
+                cut = int(np.searchsorted(lines, excess)) + 1  # the fewest oldest that do
+                dropped.append(at[live[:cut]])
+                self.resident -= int(lines[cut - 1])
+                position += int(live[cut - 1]) + 1
+                break
+            dropped.append(at[live])
+            if lines.size:
+                excess -= int(lines[-1])
+                self.resident -= int(lines[-1])
+            position += blocks.size
+            chunk *= 2
+        self._queued -= position - self._head
+        self._head = position
+        keep = np.ones(self.keys.size, dtype=bool)
+        keep[np.concatenate(dropped)] = False
         self.keys = self.keys[keep]
         self.valid = self.valid[keep]
         self.ready = self.ready[keep]
-        self.stamp = stamp[keep]
+        self.stamp = self.stamp[keep]
 
 
 def _partial(touched: np.ndarray, whole: np.ndarray, row_masks) -> int:

@@ -186,13 +186,14 @@ def test_vectorised_cache_agrees_with_the_per_block_reference():
     import random
 
     import l2_reference
-    for seed in range(40):
+    for seed in range(24):
         rng = random.Random(seed)
         line = rng.choice([64, 128])
         block = line * rng.choice([1, 4, 8, 64])
         size = line * rng.choice([16, 64, 200, 1000])
         row = rng.choice([None, line, 2 * line, 1024])
         new, old = L2Cache(size, line, block, row), l2_reference.L2Cache(size, line, block, row)
+        new.queue_slack = 0 if seed % 2 else 8  # renumber the LRU stamps often, or now and then
         clock = 0.0
         for _ in range(150):
             rows, cols, item = rng.randrange(1, 20), rng.randrange(1, 300), rng.choice([1, 2, 4])
