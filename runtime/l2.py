@@ -23,7 +23,8 @@ least recently used first, over the whole cache (fully associative: no set confl
 
 `L2Cache.lines` turns a strided box into the blocks it touches, with per block the mask of the
 lines it reads and its bytes in each; the simulator caches that per decoded operand set, so a
-loop that revisits a tile pays for the geometry once and for a dict lookup per block after.
+loop that revisits a tile pays for the geometry once and for one vectorised lookup of its
+blocks after (`L2Cache` keeps its tags in sorted numpy arrays).
 """
 
 from __future__ import annotations
