@@ -138,12 +138,12 @@ class L2Cache:
     """The tags of a `size_bytes` cache of `line_bytes` lines in `block_bytes` blocks (both
     powers of two, at most 64 lines a block: the machine loader checks).
 
-    The resident blocks are four numpy arrays sorted by block number (`keys`; `valid`, the
-    mask of valid lines; `ready`, when the last fill landed; `stamp`, the last use). A
-    transfer is looked up all at once (a binary search of its blocks), its blocks stamped in
-    the order they are touched, and least recently used means smallest stamp: the same
-    replacement as a list that moves each touched block to its end, at numpy speed per
-    transfer instead of Python speed per block."""
+    The tags are numpy arrays indexed by block number, grown to the highest block touched:
+    `valid` (the mask of valid lines; 0: not resident), `ready` (when the last fill landed)
+    and `stamp` (the last use). A transfer is looked up all at once (one gather of its
+    blocks), its blocks stamped in the order they are touched, and least recently used means
+    smallest stamp: the same replacement as a list that moves each touched block to its end,
+    at numpy speed per transfer instead of Python speed per block."""
 
     queue_slack = 65536  # stale LRU queue entries kept before the stamps are renumbered
 
@@ -159,14 +159,13 @@ class L2Cache:
         self.shift = (block_bytes // line_bytes).bit_length() - 1  # line -> block
         self.capacity = size_bytes // line_bytes  # in lines
         self.resident = 0  # valid lines
-        self.keys = np.zeros(0, np.int64)
         self.valid = np.zeros(0, np.uint64)
         self.ready = np.zeros(0, np.float64)
         self.stamp = np.zeros(0, np.int64)
         self.clock = 0  # stamps handed out so far
         # the blocks in stamp order from stamp `_base` (the LRU queue; an entry whose block
-        # has a later stamp since is stale), appended in `_pending` chunks, scanned from
-        # `_head` by evictions: an eviction costs the entries it passes, not the cache size
+        # has a later stamp since, or is gone, is stale), appended in `_pending` chunks,
+        # scanned from `_head` by evictions: an eviction costs the entries it passes
         self._order = np.zeros(0, np.int64)
         self._pending: list[np.ndarray] = []
         self._base = 0
@@ -183,13 +182,19 @@ class L2Cache:
         lines, nbytes = box_lines(address, shape, strides, itemsize, self.line_bytes)
         return Lines(lines, nbytes, self.line_bytes, self.shift)
 
-    def _find(self, blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Where `blocks` are or would go in `keys`, and which of them are resident."""
-        keys = self.keys
-        at = np.searchsorted(keys, blocks)
-        if not keys.size:
-            return at, np.zeros(blocks.size, dtype=bool)
-        return at, keys[np.minimum(at, keys.size - 1)] == blocks
+    def resident_blocks(self) -> np.ndarray:
+        """The block numbers with a valid line, ascending."""
+        return np.flatnonzero(self.valid)
+
+    def _grow(self, blocks: np.ndarray) -> None:
+        """Make the tables reach the highest of `blocks` (ascending)."""
+        if not blocks.size or int(blocks[-1]) < self.valid.size:
+            return
+        size = max(int(blocks[-1]) + 1, 2 * self.valid.size, 1024)
+        grow = size - self.valid.size
+        self.valid = np.concatenate([self.valid, np.zeros(grow, np.uint64)])
+        self.ready = np.concatenate([self.ready, np.zeros(grow, np.float64)])
+        self.stamp = np.concatenate([self.stamp, np.zeros(grow, np.int64)])
 
     def read(self, box: Lines) -> tuple[int, float]:
         """Look up a read of `box` and fill the lines it misses (`landed` then says when their
@@ -197,41 +202,21 @@ class L2Cache:
         that hit)."""
         self.read_bytes += box.total
         blocks = box.blocks
-        at, found = self._find(blocks)
-        stamps = self._stamps(blocks)
-        hit_ready = 0.0
-        if found.all():
-            wanted = box.masks
-            have = self.valid[at]
-            missing = wanted & ~have
-            self.stamp[at] = stamps
-            hit = missing != wanted
-            if hit.any():
-                hit_ready = max(hit_ready, float(self.ready[at[hit]].max()))
-            if not missing.any():  # every line hit
-                self.hit_bytes += box.total
-                self.partial_rows = 0
-                self._filled = None
-                return 0, hit_ready
-            self.valid[at] = have | missing
-        else:
-            missing = box.masks.copy()
-            if found.any():
-                old = at[found]
-                wanted = missing[found]
-                have = self.valid[old]
-                missing[found] = wanted & ~have
-                self.valid[old] = have | wanted
-                self.stamp[old] = stamps[found]
-                hit = missing[found] != wanted
-                if hit.any():
-                    hit_ready = max(hit_ready, float(self.ready[old[hit]].max()))
-            new = ~found
-            where = at[new]
-            self.keys = np.insert(self.keys, where, blocks[new])
-            self.valid = np.insert(self.valid, where, box.masks[new])
-            self.ready = np.insert(self.ready, where, 0.0)
-            self.stamp = np.insert(self.stamp, where, stamps[new])
+        self._grow(blocks)
+        have = self.valid[blocks]
+        self.stamp[blocks] = self._stamps(blocks)
+        wanted = box.masks
+        missing = wanted & ~have
+        hit = (have != 0) & (missing != wanted)
+        hit_ready = float(self.ready[blocks[hit]].max()) if hit.any() else 0.0
+        hit_ready = max(hit_ready, 0.0)
+        if not missing.any():  # every line hit
+            self.hit_bytes += box.total
+            self.partial_rows = 0
+            self._filled = None
+            return 0, hit_ready
+        self.ready[blocks[have == 0]] = 0.0  # a new block: nothing has landed yet
+        self.valid[blocks] = have | wanted
         missed_lines = int(np.bitwise_count(missing).sum())
         if box.line_nbytes is None:
             missed_bytes = missed_lines * self.line_bytes
@@ -241,9 +226,8 @@ class L2Cache:
         self.hit_bytes += box.total - missed_bytes
         self.partial_rows = _partial(missing, missing, self.row_masks)
         self._filled = blocks[missing != 0]
-        if missed_lines:
-            self.resident += missed_lines
-            self._evict()
+        self.resident += missed_lines
+        self._evict()
         return missed_lines * self.line_bytes, hit_ready
 
     def landed(self, time: float) -> None:
@@ -252,34 +236,26 @@ class L2Cache:
         self._filled = None
         if filled is None or not filled.size:
             return
-        at, found = self._find(filled)  # a block the read itself evicted is gone
-        self.ready[at[found]] = time
+        filled = filled[self.valid[filled] != 0]  # a block the read itself evicted is gone
+        self.ready[filled] = time
 
     def write(self, box: Lines, ready: float) -> None:
         """A write-through store of `box`, landed at `ready`: the lines it covers whole become
         valid; the others keep their state."""
         self.write_bytes += box.total
         blocks = box.blocks
-        at, found = self._find(blocks)
+        self._grow(blocks)
+        have = self.valid[blocks]
+        full = box.full
         stamps = self._stamps(blocks)
-        added = 0
-        if found.any():
-            old = at[found]
-            full = box.full[found]
-            have = self.valid[old]
-            added += int(np.bitwise_count(full & ~have).sum())
-            self.valid[old] = have | full
-            self.ready[old] = np.maximum(self.ready[old], ready)
-            self.stamp[old] = stamps[found]
-        new = ~found & (box.full != 0)  # a block it covers no line of whole stays out
-        if new.any():
-            where = at[new]
-            full = box.full[new]
-            added += int(np.bitwise_count(full).sum())
-            self.keys = np.insert(self.keys, where, blocks[new])
-            self.valid = np.insert(self.valid, where, full)
-            self.ready = np.insert(self.ready, where, float(ready))
-            self.stamp = np.insert(self.stamp, where, stamps[new])
+        found = have != 0
+        touched = found | (full != 0)  # a block it covers no line of whole stays out
+        self.stamp[blocks[touched]] = stamps[touched]
+        old = blocks[found]
+        self.ready[old] = np.maximum(self.ready[old], ready)
+        self.ready[blocks[~found & touched]] = ready
+        self.valid[blocks] = have | full
+        added = int(np.bitwise_count(full & ~have).sum())
         if added:
             self.resident += added
             self._evict()
@@ -292,16 +268,18 @@ class L2Cache:
 
     def _stamps(self, blocks: np.ndarray) -> np.ndarray:
         """The next stamps, for a transfer's blocks in order, queued in the LRU queue. When
-        stale entries would outnumber the resident blocks, the stamps are first renumbered
-        0, 1, ... in their order (nothing changes but the numbers) and the queue rebuilt."""
-        if self._queued + blocks.size > 8 * self.keys.size + self.queue_slack:
-            order = np.argsort(self.stamp, kind="stable")
-            self.stamp[order] = np.arange(order.size, dtype=np.int64)
-            self.clock = order.size
-            self._order = self.keys[order]
+        stale entries would far outnumber the resident lines, the resident blocks' stamps are
+        first renumbered 0, 1, ... in their order (nothing changes but the numbers) and the
+        queue rebuilt from them."""
+        if self._queued + blocks.size > 8 * self.resident + self.queue_slack:
+            live = np.flatnonzero(self.valid)
+            live = live[np.argsort(self.stamp[live], kind="stable")]
+            self.stamp[live] = np.arange(live.size, dtype=np.int64)
+            self.clock = live.size
+            self._order = live
             self._pending = []
             self._base = self._head = 0
-            self._queued = order.size
+            self._queued = live.size
         stamps = np.arange(self.clock, self.clock + blocks.size, dtype=np.int64)
         self.clock += blocks.size
         self._pending.append(blocks)
@@ -323,20 +301,19 @@ class L2Cache:
         order = self._order
         position = self._head
         chunk = max(64, excess)
-        dropped = []
         while excess > 0:  # the resident blocks' entries are ahead: it ends
             blocks = order[position:position + chunk]
-            at, found = self._find(blocks)
-            live = np.flatnonzero(found)
-            live = live[self.stamp[at[live]] == self._base + position + live]
-            lines = np.cumsum(np.bitwise_count(self.valid[at[live]]).astype(np.int64))
+            valid = self.valid[blocks]
+            live = np.flatnonzero((valid != 0) & (self.stamp[blocks] == self._base + position
+                                                  + np.arange(blocks.size)))
+            lines = np.cumsum(np.bitwise_count(valid[live]).astype(np.int64))
             if lines.size and lines[-1] >= excess:
                 cut = int(np.searchsorted(lines, excess)) + 1  # the fewest oldest that do
-                dropped.append(at[live[:cut]])
+                self.valid[blocks[live[:cut]]] = 0
                 self.resident -= int(lines[cut - 1])
                 position += int(live[cut - 1]) + 1
                 break
-            dropped.append(at[live])
+            self.valid[blocks[live]] = 0
             if lines.size:
                 excess -= int(lines[-1])
                 self.resident -= int(lines[-1])
@@ -344,12 +321,6 @@ class L2Cache:
             chunk *= 2
         self._queued -= position - self._head
         self._head = position
-        keep = np.ones(self.keys.size, dtype=bool)
-        keep[np.concatenate(dropped)] = False
-        self.keys = self.keys[keep]
-        self.valid = self.valid[keep]
-        self.ready = self.ready[keep]
-        self.stamp = self.stamp[keep]
 
 
 def _partial(touched: np.ndarray, whole: np.ndarray, row_masks) -> int:

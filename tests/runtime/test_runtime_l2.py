@@ -211,4 +211,4 @@ def test_vectorised_cache_agrees_with_the_per_block_reference():
                 new.write(a, clock)
                 old.write(b, clock)
             assert (new.resident, new.hit_bytes) == (old.resident, old.hit_bytes)
-        assert sorted(new.keys.tolist()) == sorted(old.blocks)
+        assert new.resident_blocks().tolist() == sorted(old.blocks)
