@@ -292,16 +292,16 @@ class L2Cache:
         excess = self.resident - self.capacity
         if excess <= 0:
             return
-        if self._pending:
-            self._order = np.concatenate([self._order[self._head:], *self._pending])
-            self._base += self._head
-            self._head = 0
-            self._pending = []
-            self._queued = self._order.size
         order = self._order
         position = self._head
+        consumed = 0
         chunk = max(64, excess)
         while excess > 0:  # the resident blocks' entries are ahead: it ends
+            if position + chunk > order.size and self._pending:  # (only then: copies once)
+                order = self._order = np.concatenate([order[position:], *self._pending])
+                self._base += position
+                position = 0
+                self._pending = []
             blocks = order[position:position + chunk]
             valid = self.valid[blocks]
             live = np.flatnonzero((valid != 0) & (self.stamp[blocks] == self._base + position
@@ -312,14 +312,16 @@ class L2Cache:
                 self.valid[blocks[live[:cut]]] = 0
                 self.resident -= int(lines[cut - 1])
                 position += int(live[cut - 1]) + 1
+                consumed += int(live[cut - 1]) + 1
                 break
             self.valid[blocks[live]] = 0
             if lines.size:
                 excess -= int(lines[-1])
                 self.resident -= int(lines[-1])
             position += blocks.size
+            consumed += blocks.size
             chunk *= 2
-        self._queued -= position - self._head
+        self._queued -= consumed
         self._head = position
 
 
