@@ -83,6 +83,8 @@ def convert(values: np.ndarray, name: str) -> np.ndarray:
         return np.clip(np.trunc(wide), info.min, info.max).astype(target)
     if values.dtype == np.bool_:
         values = values.astype(np.int8)
+    if values.dtype == target:  # nothing to round: a plain copy (a bf16 round trip is exact)
+        return values.copy()
     if source_is_float and values.dtype != np.float64:
         # widen first: exact, and ml_dtypes casts between its own types through f32 anyway
         values = values.astype(np.float32)

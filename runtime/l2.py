@@ -23,13 +23,13 @@ least recently used first, over the whole cache (fully associative: no set confl
 
 `L2Cache.lines` turns a strided box into the blocks it touches, with per block the mask of the
 lines it reads and its bytes in each; the simulator caches that per decoded operand set, so a
-loop that revisits a tile pays for the geometry once and for a dict lookup per block after.
+loop that revisits a tile pays for the geometry once and for one vectorised lookup of its
+blocks after (`L2Cache` keeps its tags in sorted numpy arrays).
 """
 
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
 
 import numpy as np
 
@@ -101,37 +101,51 @@ def box_lines(address: int, shape: tuple[int, ...], strides: tuple[int, ...], it
 
 
 class Lines:
-    """What one transfer touches, per block: `blocks` (block numbers), `masks` (the lines it
-    touches, bit i = line i of the block), `full` (the lines it covers whole), `nbytes` (its
-    bytes in the block) and `offsets` (where the block's entries start in `line_nbytes`, its
-    bytes per touched line in line order; both None when every line is whole); `total` bytes
-    in all."""
+    """What one transfer touches, per block, as numpy arrays in block order: `blocks` (block
+    numbers, ascending), `masks` (the lines it touches, bit i = line i of the block), `full`
+    (the lines it covers whole); per touched line (only where some line is partial, else
+    None): `line_block` (its index in `blocks`), `line_bit` (its bit) and `line_nbytes` (its
+    bytes); `total` bytes in all and `lines` lines touched."""
 
-    __slots__ = ("blocks", "full", "line_nbytes", "lines", "masks", "nbytes", "offsets",
-                 "total")
+    __slots__ = ("_written_rows", "blocks", "full", "line_bit", "line_block", "line_nbytes",
+                 "lines", "masks", "total")
 
     def __init__(self, lines: np.ndarray, nbytes: np.ndarray, line_bytes: int, shift: int):
         blocks = lines >> shift
         # unsigned: a block of 64 lines uses bit 63
         bits = np.left_shift(np.uint64(1), (lines - (blocks << shift)).astype(np.uint64))
         cuts = np.flatnonzero(np.diff(blocks)) + 1
-        starts = np.concatenate(([0], cuts)) if lines.size else cuts
-        self.blocks = blocks[starts].tolist()
-        self.masks = np.bitwise_or.reduceat(bits, starts).tolist() if lines.size else []
-        full = np.where(nbytes == line_bytes, bits, 0)
-        self.full = np.bitwise_or.reduceat(full, starts).tolist() if lines.size else []
-        self.nbytes = np.add.reduceat(nbytes, starts).tolist() if lines.size else []
+        starts = np.concatenate(([0], cuts)).astype(np.int64) if lines.size else cuts
+        self.blocks = blocks[starts]
+        self.masks = np.bitwise_or.reduceat(bits, starts) if lines.size else \
+            np.zeros(0, np.uint64)
+        full = np.where(nbytes == line_bytes, bits, np.uint64(0))
+        self.full = np.bitwise_or.reduceat(full, starts) if lines.size else \
+            np.zeros(0, np.uint64)
         # per-line bytes only where some line is partial (a whole-line box needs none)
-        whole = bool((nbytes == line_bytes).all())
-        self.offsets = None if whole else starts.tolist()
-        self.line_nbytes = None if whole else nbytes.tolist()
+        if bool((nbytes == line_bytes).all()):
+            self.line_block = self.line_bit = self.line_nbytes = None
+        else:
+            self.line_block = np.cumsum(np.concatenate(([0], np.diff(blocks) != 0)))
+            self.line_bit = bits
+            self.line_nbytes = nbytes.astype(np.int64)
         self.total = int(nbytes.sum())
         self.lines = int(lines.size)  # lines touched: what the L2's bandwidth is charged by
+        self._written_rows = None
 
 
 class L2Cache:
     """The tags of a `size_bytes` cache of `line_bytes` lines in `block_bytes` blocks (both
-    powers of two, at most 64 lines a block: the machine loader checks)."""
+    powers of two, at most 64 lines a block: the machine loader checks).
+
+    The tags are numpy arrays indexed by block number, grown to the highest block touched:
+    `valid` (the mask of valid lines; 0: not resident), `ready` (when the last fill landed)
+    and `stamp` (the last use). A transfer is looked up all at once (one gather of its
+    blocks), its blocks stamped in the order they are touched, and least recently used means
+    smallest stamp: the same replacement as a list that moves each touched block to its end,
+    at numpy speed per transfer instead of Python speed per block."""
+
+    queue_slack = 65536  # stale LRU queue entries kept before the stamps are renumbered
 
     def __init__(self, size_bytes: int, line_bytes: int, block_bytes: int,
                  row_bytes: int | None = None):
@@ -140,16 +154,27 @@ class L2Cache:
         per_block = block_bytes // line_bytes
         per_row = min(per_block, max(1, (row_bytes or block_bytes) // line_bytes))
         ones = (1 << per_row) - 1
-        self.row_masks = tuple(ones << i for i in range(0, per_block, per_row))
+        self.row_masks = tuple(np.uint64(ones << i) for i in range(0, per_block, per_row))
         self.partial_rows = 0  # DRAM rows the last read touched only partly
         self.shift = (block_bytes // line_bytes).bit_length() - 1  # line -> block
         self.capacity = size_bytes // line_bytes  # in lines
         self.resident = 0  # valid lines
-        self.blocks: OrderedDict[int, list] = OrderedDict()  # block -> [valid mask, landed at]
+        self.valid = np.zeros(0, np.uint64)
+        self.ready = np.zeros(0, np.float64)
+        self.stamp = np.zeros(0, np.int64)
+        self.clock = 0  # stamps handed out so far
+        # the blocks in stamp order from stamp `_base` (the LRU queue; an entry whose block
+        # has a later stamp since, or is gone, is stale), appended in `_pending` chunks,
+        # scanned from `_head` by evictions: an eviction costs the entries it passes
+        self._order = np.zeros(0, np.int64)
+        self._pending: list[np.ndarray] = []
+        self._base = 0
+        self._head = 0
+        self._queued = 0  # entries in `_order[_head:]` and `_pending`
         self.read_bytes = 0
         self.hit_bytes = 0
         self.write_bytes = 0
-        self._filled: list[list] = []  # the entries the last read filled
+        self._filled = None  # the blocks the last read filled
 
     def lines(self, address: int, shape: tuple[int, ...], strides: tuple[int, ...],
               itemsize: int) -> Lines:
@@ -157,107 +182,154 @@ class L2Cache:
         lines, nbytes = box_lines(address, shape, strides, itemsize, self.line_bytes)
         return Lines(lines, nbytes, self.line_bytes, self.shift)
 
+    def resident_blocks(self) -> np.ndarray:
+        """The block numbers with a valid line, ascending."""
+        return np.flatnonzero(self.valid)
+
+    def _grow(self, blocks: np.ndarray) -> None:
+        """Make the tables reach the highest of `blocks` (ascending)."""
+        if not blocks.size or int(blocks[-1]) < self.valid.size:
+            return
+        size = max(int(blocks[-1]) + 1, 2 * self.valid.size, 1024)
+        grow = size - self.valid.size
+        self.valid = np.concatenate([self.valid, np.zeros(grow, np.uint64)])
+        self.ready = np.concatenate([self.ready, np.zeros(grow, np.float64)])
+        self.stamp = np.concatenate([self.stamp, np.zeros(grow, np.int64)])
+
     def read(self, box: Lines) -> tuple[int, float]:
         """Look up a read of `box` and fill the lines it misses (`landed` then says when their
         fills land). Return (HBM bytes: whole missed lines, the latest landing time of a line
         that hit)."""
         self.read_bytes += box.total
-        blocks = self.blocks
-        filled = self._filled
-        missed_lines = 0
-        missed_bytes = 0
-        partial = 0
-        hit_ready = 0.0
-        for index, block in enumerate(box.blocks):
-            wanted = box.masks[index]
-            entry = blocks.get(block)
-            if entry is None:
-                entry = blocks[block] = [wanted, 0.0]
-                missed_lines += wanted.bit_count()
-                missed_bytes += box.nbytes[index]
-                partial += self._partial(wanted, wanted)
-                filled.append(entry)
-                continue
-            blocks.move_to_end(block)
-            missing = wanted & ~entry[0]
-            if missing != wanted and entry[1] > hit_ready:
-                hit_ready = entry[1]
-            if missing:
-                partial += self._partial(missing, missing)
-                entry[0] |= missing
-                missed_lines += missing.bit_count()
-                missed_bytes += (missing.bit_count() * self.line_bytes
-                                 if box.line_nbytes is None else
-                                 _masked_bytes(wanted, missing, box.line_nbytes,
-                                               box.offsets[index]))
-                filled.append(entry)
+        blocks = box.blocks
+        self._grow(blocks)
+        have = self.valid[blocks]
+        self.stamp[blocks] = self._stamps(blocks)
+        wanted = box.masks
+        missing = wanted & ~have
+        hit = (have != 0) & (missing != wanted)
+        hit_ready = float(self.ready[blocks[hit]].max()) if hit.any() else 0.0
+        hit_ready = max(hit_ready, 0.0)
+        if not missing.any():  # every line hit
+            self.hit_bytes += box.total
+            self.partial_rows = 0
+            self._filled = None
+            return 0, hit_ready
+        self.ready[blocks[have == 0]] = 0.0  # a new block: nothing has landed yet
+        self.valid[blocks] = have | wanted
+        missed_lines = int(np.bitwise_count(missing).sum())
+        if box.line_nbytes is None:
+            missed_bytes = missed_lines * self.line_bytes
+        else:
+            missed_bytes = int(box.line_nbytes[(missing[box.line_block] & box.line_bit) != 0]
+                               .sum())
         self.hit_bytes += box.total - missed_bytes
-        self.partial_rows = partial
-        if missed_lines:
-            self.resident += missed_lines
-            self._evict()
+        self.partial_rows = _partial(missing, missing, self.row_masks)
+        self._filled = blocks[missing != 0]
+        self.resident += missed_lines
+        self._evict()
         return missed_lines * self.line_bytes, hit_ready
 
     def landed(self, time: float) -> None:
         """The fills of the last `read` land at `time`."""
-        for entry in self._filled:
-            entry[1] = time
-        self._filled = []
+        filled = self._filled
+        self._filled = None
+        if filled is None or not filled.size:
+            return
+        filled = filled[self.valid[filled] != 0]  # a block the read itself evicted is gone
+        self.ready[filled] = time
 
     def write(self, box: Lines, ready: float) -> None:
         """A write-through store of `box`, landed at `ready`: the lines it covers whole become
         valid; the others keep their state."""
         self.write_bytes += box.total
-        blocks = self.blocks
-        added = 0
-        for index, block in enumerate(box.blocks):
-            full = box.full[index]
-            entry = blocks.get(block)
-            if entry is None:
-                if full:
-                    blocks[block] = [full, ready]
-                    added += full.bit_count()
-                continue
-            blocks.move_to_end(block)
-            added += (full & ~entry[0]).bit_count()
-            entry[0] |= full
-            entry[1] = max(entry[1], ready)
+        blocks = box.blocks
+        self._grow(blocks)
+        have = self.valid[blocks]
+        full = box.full
+        stamps = self._stamps(blocks)
+        found = have != 0
+        touched = found | (full != 0)  # a block it covers no line of whole stays out
+        self.stamp[blocks[touched]] = stamps[touched]
+        old = blocks[found]
+        self.ready[old] = np.maximum(self.ready[old], ready)
+        self.ready[blocks[~found & touched]] = ready
+        self.valid[blocks] = have | full
+        added = int(np.bitwise_count(full & ~have).sum())
         if added:
             self.resident += added
             self._evict()
 
     def partly_written_rows(self, box: Lines) -> int:
         """The DRAM rows a write of `box` touches but does not cover whole."""
-        partial = 0
-        for index, mask in enumerate(box.masks):
-            partial += self._partial(mask, box.full[index])
-        return partial
+        if box._written_rows is None:
+            box._written_rows = _partial(box.masks, box.full, self.row_masks)
+        return box._written_rows
 
-    def _partial(self, touched: int, whole: int) -> int:
-        """DRAM rows of a block that `touched` (a line mask) touches but `whole` does not
-        cover completely."""
-        count = 0
-        for row in self.row_masks:
-            if touched & row and whole & row != row:
-                count += 1
-        return count
+    def _stamps(self, blocks: np.ndarray) -> np.ndarray:
+        """The next stamps, for a transfer's blocks in order, queued in the LRU queue. When
+        stale entries would far outnumber the resident lines, the resident blocks' stamps are
+        first renumbered 0, 1, ... in their order (nothing changes but the numbers) and the
+        queue rebuilt from them."""
+        if self._queued + blocks.size > 8 * self.resident + self.queue_slack:
+            live = np.flatnonzero(self.valid)
+            live = live[np.argsort(self.stamp[live], kind="stable")]
+            self.stamp[live] = np.arange(live.size, dtype=np.int64)
+            self.clock = live.size
+            self._order = live
+            self._pending = []
+            self._base = self._head = 0
+            self._queued = live.size
+        stamps = np.arange(self.clock, self.clock + blocks.size, dtype=np.int64)
+        self.clock += blocks.size
+        self._pending.append(blocks)
+        self._queued += blocks.size
+        return stamps
 
     def _evict(self) -> None:
-        """Drop least recently used blocks until the valid lines fit."""
-        blocks = self.blocks
-        while self.resident > self.capacity:
-            _, (mask, _) = blocks.popitem(last=False)
-            self.resident -= mask.bit_count()
+        """Drop least recently used blocks (smallest stamps) until the valid lines fit: walk
+        the LRU queue from its head, skipping stale entries."""
+        excess = self.resident - self.capacity
+        if excess <= 0:
+            return
+        order = self._order
+        position = self._head
+        consumed = 0
+        chunk = max(64, excess)
+        while excess > 0:  # the resident blocks' entries are ahead: it ends
+            if position + chunk > order.size and self._pending:  # (only then: copies once)
+                order = self._order = np.concatenate([order[position:], *self._pending])
+                self._base += position
+                position = 0
+                self._pending = []
+            blocks = order[position:position + chunk]
+            valid = self.valid[blocks]
+            live = np.flatnonzero((valid != 0) & (self.stamp[blocks] == self._base + position
+                                                  + np.arange(blocks.size)))
+            lines = np.cumsum(np.bitwise_count(valid[live]).astype(np.int64))
+            if lines.size and lines[-1] >= excess:
+                cut = int(np.searchsorted(lines, excess)) + 1  # the fewest oldest that do
+                self.valid[blocks[live[:cut]]] = 0
+                self.resident -= int(lines[cut - 1])
+                position += int(live[cut - 1]) + 1
+                consumed += int(live[cut - 1]) + 1
+                break
+            self.valid[blocks[live]] = 0
+            if lines.size:
+                excess -= int(lines[-1])
+                self.resident -= int(lines[-1])
+            position += blocks.size
+            consumed += blocks.size
+            chunk *= 2
+        self._queued -= consumed
+        self._head = position
 
 
-def _masked_bytes(wanted: int, missing: int, line_nbytes: list[int], position: int) -> int:
-    """The bytes under `missing` of `line_nbytes[position:]`, one per set bit of `wanted`."""
-    total = 0
-    bits = wanted
-    while bits:
-        low = bits & -bits
-        if missing & low:
-            total += line_nbytes[position]
-        position += 1
-        bits ^= low
-    return total
+def _partial(touched: np.ndarray, whole: np.ndarray, row_masks) -> int:
+    """DRAM rows, over blocks, that `touched` (line masks) touches but `whole` does not cover
+    completely."""
+    count = 0
+    for row in row_masks:
+        covered = whole & row
+        count += int(np.count_nonzero((touched & row != 0) & (covered != row)))
+    return count

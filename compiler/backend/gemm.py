@@ -260,7 +260,9 @@ def choose_gemm_tile(batch, m, n, k, in_dtype, acc_dtype, a_bytes, b_bytes, out_
                       + aligned(tile_n * epilogue_row_bytes))
             stride = aligned(max(acc_tile, l1_out))
             copies = 2 if stride + acc_tile <= machine.acc_bytes else 1
-            l1_out_total = l1_out + (stride if copies == 2 else 0)
+            # the second copy of the epilogue's L1 tiles sits one stride after the first;
+            # with no L1 tiles (a plain product) the ACC copies take no L1 at all
+            l1_out_total = l1_out + (stride if copies == 2 and l1_out else 0)
             budget = machine.l1_bytes - l1_out_total - 8 * ALIGN - setup_bytes
             # per k: two copies of the operand tiles (and of a prologue's row tiles)
             copies_ld = LD_COPIES_PROLOGUE if prologue_bytes else 2

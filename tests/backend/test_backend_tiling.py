@@ -117,3 +117,19 @@ def test_grouped_order_cuts_hbm_traffic_of_a_big_square_gemm():
     args = (1, 8192, 8192, 8192, tile.tile_m, tile.tile_n, 2, 2, 2)
     assert tile.group > 1
     assert hbm_traffic(*args, tile.group, target) * 4 < hbm_traffic(*args, 1, target)
+
+
+def test_a_plain_gemm_keeps_l1_for_its_operands_when_acc_is_double_buffered():
+    """The A100's ACC (256 KiB register file) holds two 128 x 256 f32 accumulators; a plain
+    product has no epilogue tiles in L1, so the second accumulator copy must not take L1 too
+    (it did: 128 KiB of the 164 KiB L1, leaving tile_k 20). Two copies of the operand tiles
+    fill the L1: tile_k = 164 KiB - 8 alignments over 2 (tile_m + tile_n) 2 B."""
+    from zhenwu.compiler.backend.gemm import choose_gemm_tile
+    from zhenwu.compiler.backend.lower import ALIGN
+
+    target = load_machine("a100")
+    tile = choose_gemm_tile(1, 8192, 4096, 4096, "f16", "f32", 2, 2, 2, 0, 0, 0, target)
+    assert tile.acc_copies == 2
+    cap = (target.l1_bytes - 8 * ALIGN) // (2 * (tile.tile_m + tile.tile_n) * 2) // 4 * 4
+    assert tile.tile_k > 100 and tile.tile_k <= cap
+    assert 2 * (tile.tile_m + tile.tile_n) * tile.tile_k * 2 <= target.l1_bytes
