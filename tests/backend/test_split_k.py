@@ -91,7 +91,7 @@ def test_split_products_match_the_reference(source, monkeypatch):
     from zhenwu.compiler.backend import gemm
 
     def four_ranges(batch, m, n, k, in_dtype, acc_dtype, a_bytes, b_bytes, out_bytes,
-                    full_bytes, row_bytes, epilogue_ops, machine, base):
+                    full_bytes, row_bytes, epilogue_ops, machine, base, b_k_major=False):
         return 4, gemm.choose_gemm_tile(batch * 4, m, n, k // 4, in_dtype, acc_dtype, a_bytes,
                                         b_bytes, 4, full_bytes, row_bytes, 0, machine,
                                         fixed=(16, 32, 64))
