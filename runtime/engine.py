@@ -65,6 +65,20 @@ class Timing:
         self.barrier_cycles = barrier_cycles
         self.kernel_launch_cycles = kernel_launch_cycles
 
+    @classmethod
+    def for_machine(cls, machine, l2=None) -> Timing:
+        """Every timing number of `machine`; each chip of a cluster is timed the same way."""
+        from zhenwu.runtime.bandwidth import HbmServer
+        return cls(cores=machine.cores, clock_hz=machine.clock_hz,
+                   queue_depth=machine.queue_depth,
+                   event_wake_latency=machine.event_wake_latency,
+                   hbm_bytes_per_cycle=machine.hbm_bytes_per_cycle, l2=l2,
+                   l2_bytes_per_cycle=machine.l2_bytes_per_cycle, l2_latency=machine.l2_latency,
+                   hbm=HbmServer.for_machine(machine),
+                   dma_window_bytes=machine.dma_window_bytes,
+                   barrier_cycles=machine.barrier_cycles,
+                   kernel_launch_cycles=machine.kernel_launch_cycles)
+
 
 class CoreState:
     """One core: scalar state, engine queues, events, timing and statistics.
@@ -557,7 +571,7 @@ class Simulator:
             else:
                 occupancy = self._gm_from_hbm(core, engine, bound.hbm_read, bound.hbm_write,
                                               now, occupancy)
-            if self.timing.dma_window_bytes:
+            if self.timing.dma_window_bytes and bound.net is None:
                 occupancy = self._in_flight(core, engine, bound.hbm_read + bound.hbm_write,
                                             now, occupancy, latency)
             region = self.kernel_of[op.address]
