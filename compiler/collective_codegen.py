@@ -527,8 +527,8 @@ def async_allreduce_start(group: tuple[int, ...], chip: int, buf: Region, core: 
                                waits=(f"{arrive}:{p - 1}",) if k == 1 else (),
                                sig=sent if k == p - 1 else None))
     comment = f"allreduce (async, direct on core {core}) over chips {list(group)}"
-    # not a kernel of its own (no launch): the lines run in the kernel region before them
-    return [f"{label}:", f"    GETID r0, core  # {comment}",
+    # a control-only region: no launch unless it is the program's first (runtime/engine.py)
+    return [f".kernel {label}", f"    GETID r0, core  # {comment}",
             f"    SUB r1, r0, {core}", f"    BNEZ r1, {label}_c{core}", *body,
             f"{label}_c{core}:"]
 
@@ -539,8 +539,8 @@ def async_allreduce_done(started: list[tuple[int, int]], label: str) -> list[str
     queue is past every wait on the collective's events); then `BAR.CHIP`, after which
     every core may read the results."""
     _, _, gathered, sent = ASYNC_EVENTS
-    # part of the kernel region before it (no launch of its own)
-    lines = [f"{label}:", "    GETID r0, core  # wait for asynchronous all-reduces"]
+    # a control-only region: no launch of its own after the kernels before it
+    lines = [f".kernel {label}", "    GETID r0, core  # wait for asynchronous all-reduces"]
     for core, p in started:
         lines += [f"    SUB r1, r0, {core}", f"    BNEZ r1, {label}_c{core}",
                   f"    WAIT.S E{gathered}:{p - 1}", f"    WAIT.S E{sent}",

@@ -117,6 +117,7 @@ class CoreState:
         self.s_block_since = 0
         self.races = CoreRaceDetector(n_engines, spaces) if race_check else None
         self.kernel: int | None = None  # index of the kernel region the scalar is in
+        self.launched = False  # the core has entered a kernel (was launched) already
         self.in_flight: list[tuple[int, int]] = []  # GM DMAs: (completion, bytes), sorted
         self.skipped_overlap = 0  # DMA/compute overlap of fast-forwarded periods
         self.scalar_ctx = None  # the ScalarContext the scalar instructions run against
@@ -218,6 +219,12 @@ class Simulator:
         for op in ops:
             region = op.kernel if op.kernel is not None else region
             self.kernel_of.append(region)
+        # regions with work for the matrix, vector or DMA engines; the others (scalar
+        # instructions, waits and NET transfers only: an asynchronous collective's start or
+        # wait) are launched grids only as a program's first region
+        self.engine_kernels = {self.kernel_of[index] for index, op in enumerate(ops)
+                               if op.kind == ENGINE
+                               and engines[op.engine] in ("MX", "VX", "LD", "ST")}
 
     # -- heap ------------------------------------------------------------------------------
 
@@ -794,6 +801,9 @@ class Simulator:
         if span[0] < 0 or t < span[0]:
             span[0] = t
         launch = self.timing.kernel_launch_cycles
+        if core.launched and index not in self.engine_kernels:
+            launch = 0  # a control-only region continues the running program
+        core.launched = True
         if launch:
             core.stall("kernel_launch", launch)
         return t + launch

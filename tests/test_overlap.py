@@ -59,35 +59,37 @@ def _hand_programs(comm: bool, compute: bool):
 def test_async_allreduce_overlaps_compute_cycles_by_hand():
     """All-reduce of 1000 f32 (4000 B) on 2 M890 chips on core 31's NET queue, `.async`.
 
-    The start and done regions are not kernels of their own: they pay no launch and run in
-    the kernel region around them. A chip barrier releases BARRIER (100) cycles after its
-    last arrival; a kernel's first instruction issues LAUNCH (3000) cycles after entry.
+    A kernel's first instruction issues LAUNCH (3000) cycles after a core enters it, except
+    a control-only region (scalar, waits and NET transfers: the start and done regions)
+    entered after the program's first region; a chip barrier releases BARRIER (100) cycles
+    after its last arrival.
 
-    Alone. Core 31: GETID, SUB, BNEZ; RSIG issues at 3, starts at 4 and lands on the peer
-    at 4 + 1 + 3000 (alpha 2 us) = 3005. The PUT.add (2000 B: ceil(2000 / 533.3 B/cycle) =
-    4 cycles), queued behind it, waits for the peer's RSIG (3005 + 4 wake = 3009) and lands
-    at 3009 + 4 + 3000 = 6013; the all-gather PUT waits for the peer's add (6017) and lands
-    at 6017 + 4 + 3000 = 9021 (there and, as its `.sig`, here). The scalar enqueued the
-    three by cycle 6; the done region: GETID 6, SUB 7, BNEZ 8, WAIT.S gathered wakes at
-    9025, WAIT.S sent 9026, BAR.CHIP at 9027 releases at 9028 + 100, HALT ends at 9129.
+    Alone. ar_start is the program's first region: launched. Core 31: GETID, SUB, BNEZ;
+    RSIG issues at 3003, starts at 3004 and lands on the peer at 3004 + 1 + 3000 (alpha
+    2 us) = 6005. The PUT.add (2000 B: ceil(2000 / 533.3 B/cycle) = 4 cycles), queued
+    behind it, waits for the peer's RSIG (6005 + 4 wake = 6009) and lands at 6009 + 4 +
+    3000 = 9013; the all-gather PUT waits for the peer's add (9017) and lands at 9017 + 4 +
+    3000 = 12021 (there and, as its `.sig`, here). ar_done is not launched: GETID 3006 ..,
+    WAIT.S gathered wakes at 12025, WAIT.S sent 12026, BAR.CHIP at 12027 releases at 12028 +
+    100, HALT ends at 12129.
 
     Compute alone: the launch, then GETID 3000, BNEZ 3001, LOOP 3002, the first MMA issues
     at 3003 and starts at 3004; 100 x 64 cycles, the last completes at 3004 + 6400 + 32
     (fill) = 9436; BAR.CHIP releases at 9437 + 100, HALT ends at 9538.
 
-    Both: the start region takes 3 cycles (6 on core 31, whose puts are then queued), so
-    the compute kernel is entered at 3 and its MMAs start at 3007 and end at 9439; its
-    BAR.CHIP releases at 9540 + 100 although core 31's NET queue still holds the `.async`
-    puts (landed at 9021); the done region: GETID 9540 .. WAIT.S 9544, BAR.CHIP at 9545
-    releases at 9646, HALT ends at 9647: the max, not the sum."""
+    Both: ar_start as above (core 0 leaves it at 3003, core 31 at 3006 with its puts
+    queued); the compute kernel is launched: its MMAs start at 6007 and end at 12439; its
+    BAR.CHIP releases at 12540 although core 31's NET queue still holds the `.async` puts
+    (landed at 12021); ar_done: WAIT.S .. BAR.CHIP at 12545 releases at 12646, HALT ends at
+    12647: the max of the two, not their sum."""
     comm = run_cluster(_hand_programs(True, False), M890, timing_only=True).report.cycles
     compute = run_cluster(_hand_programs(False, True), M890, timing_only=True).report.cycles
-    assert (comm, compute) == (9129, 9538)
+    assert (comm, compute) == (12129, 9538)
     xs = [np.arange(1000, dtype=np.float32) * (chip + 1) for chip in range(2)]
     both = run_cluster(_hand_programs(True, True), M890, [{"buf": x} for x in xs])
-    assert both.report.cycles == 9647 < comm + compute
+    assert both.report.cycles == 12647 < comm + compute
     kernels = {k.name: (k.start_cycle, k.cycles) for k in both.report.chips[0].kernels}
-    assert kernels == {"compute": (3, 9643)}
+    assert kernels["compute"] == (3003, 9537) and kernels["ar_done"] == (12540, 106)
     for out in both.outputs:
         np.testing.assert_array_equal(out["buf"], xs[0] + xs[1])
 
@@ -186,12 +188,11 @@ def test_overlapped_mlp_matches_the_reference(tmp_path, chunks):
     kinds = [op.kind for op in compiled.fn.ops]
     assert kinds.count(ROW_CHUNK) == chunks and kinds.count(ROW_JOIN) == 1
     assert [algorithm for _, algorithm, _ in compiled.collectives] == ["async"] * chunks
-    # chunk i's all-reduce starts before chunk i+1's kernels: the first done comes later,
-    # with a kernel between (start and done regions are labels inside kernel regions)
-    lines = [line.strip() for line in compiled.asm[0].splitlines()]
-    first_start = next(i for i, n in enumerate(lines) if n.endswith("_start:"))
-    first_done = next(i for i, n in enumerate(lines) if n.endswith("_done:"))
-    assert any(line.startswith(".kernel") for line in lines[first_start:first_done])
+    names = [k.name for k in result.report.chips[0].kernels]
+    # chunk i's all-reduce starts before chunk i+1's kernels: the first done comes later
+    first_start = next(i for i, n in enumerate(names) if n.endswith("_start"))
+    first_done = next(i for i, n in enumerate(names) if n.endswith("_done"))
+    assert first_done > first_start + 1
 
 
 def test_overlapped_qwen_block_cli(capsys):
