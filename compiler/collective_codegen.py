@@ -103,8 +103,9 @@ class _Emitter:
     def __init__(self, spec: CollectiveSpec, chip: int):
         self.spec = spec
         self.chip = chip
-        # each phase is a `.kernel` region of its own (reports time them)
-        self.lines: list[str] = [f".kernel {spec.label}_p0",
+        # the collective is one kernel (one launch, like a collective library's kernel); its
+        # phases are separated by chip barriers
+        self.lines: list[str] = [f".kernel {spec.label}",
                                  (f"    GETID r0, core  # {spec.kind} ({spec.algorithm}) over "
                                  f"chips {list(spec.group)}")]
         self.phase = 0
@@ -133,7 +134,6 @@ class _Emitter:
                            f"{label}_c{core}:"]
         self.lines.append("    BAR.CHIP")
         self.phase += 1
-        self.lines.append(f".kernel {self.spec.label}_p{self.phase}")
 
 
 def _put(peer: int, dst: Region, src: Region, event: int, *, add: bool = False,
@@ -350,7 +350,7 @@ def collective_asm(spec: CollectiveSpec, chip: int) -> list[str]:
             assert spec.dst is not None
             em.add_phase({0: [_put(chip, spec.dst, spec.src, em.events()[2]),
                               f"    WAIT.S E{em.events()[2]}"]})
-        return em.lines[:-1]
+        return em.lines
     if spec.algorithm == "direct":
         _direct(em, spec.kind, group, rank, spec.src, spec.dst, ready=True)
     elif spec.algorithm == "oneshot":
@@ -377,7 +377,7 @@ def collective_asm(spec: CollectiveSpec, chip: int) -> list[str]:
         _hierarchical(em, spec, rank)
     else:
         raise UsageError(f"no schedule for algorithm '{spec.algorithm}'")
-    return em.lines[:-1]  # no region after the last phase
+    return em.lines
 
 
 def _hierarchical(em: _Emitter, spec: CollectiveSpec, rank: int) -> None:
@@ -527,6 +527,7 @@ def async_allreduce_start(group: tuple[int, ...], chip: int, buf: Region, core: 
                                waits=(f"{arrive}:{p - 1}",) if k == 1 else (),
                                sig=sent if k == p - 1 else None))
     comment = f"allreduce (async, direct on core {core}) over chips {list(group)}"
+    # a control-only region: no launch unless it is the program's first (runtime/engine.py)
     return [f".kernel {label}", f"    GETID r0, core  # {comment}",
             f"    SUB r1, r0, {core}", f"    BNEZ r1, {label}_c{core}", *body,
             f"{label}_c{core}:"]
@@ -538,6 +539,7 @@ def async_allreduce_done(started: list[tuple[int, int]], label: str) -> list[str
     queue is past every wait on the collective's events); then `BAR.CHIP`, after which
     every core may read the results."""
     _, _, gathered, sent = ASYNC_EVENTS
+    # a control-only region: no launch of its own after the kernels before it
     lines = [f".kernel {label}", "    GETID r0, core  # wait for asynchronous all-reduces"]
     for core, p in started:
         lines += [f"    SUB r1, r0, {core}", f"    BNEZ r1, {label}_c{core}",

@@ -49,7 +49,7 @@ ring topology.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from zhenwu.isa.errors import UsageError
 from zhenwu.isa.machine import Machine
@@ -89,10 +89,11 @@ class CollectiveCost:
     algorithm: str
     phases: tuple[Phase, ...]
     pipeline: int = 1  # hierarchical all-reduce: chunks in flight through node and NIC
+    sync_seconds: float = 0.0  # the collective kernel's launch and its phases' chip barriers
 
     @property
     def seconds(self) -> float:
-        return sum(phase.seconds for phase in self.phases)
+        return sum(phase.seconds for phase in self.phases) + self.sync_seconds
 
     @property
     def chunks(self) -> int:
@@ -131,7 +132,19 @@ def collective_cost(kind: str, nbytes: int, chips: int, machine: Machine,
                     lowered_only: bool = False) -> CollectiveCost:
     """The estimate of `kind` over `chips` chips (or the chips `group` of a run of `chips`),
     with the cheapest algorithm or the one named (`lowered_only`: the cheapest the compiler
-    can lower, for a simulated run)."""
+    can lower, for a simulated run). A collective runs as one kernel: its launch and a chip
+    barrier after each phase are added to the phases' alpha-beta times."""
+    cost = _collective_cost(kind, nbytes, chips, machine, algorithm, group, lowered_only)
+    if not cost.phases:
+        return cost
+    barrier = machine.barrier_cycles / machine.clock_hz
+    barriers = sum(1 for phase in cost.phases if phase.algorithm != "signal")
+    return replace(cost, sync_seconds=machine.kernel_launch_seconds + barrier * barriers)
+
+
+def _collective_cost(kind: str, nbytes: int, chips: int, machine: Machine,
+                     algorithm: str | None, group: tuple[int, ...] | None,
+                     lowered_only: bool) -> CollectiveCost:
     _check(kind, nbytes, chips)
     group = tuple(range(chips)) if group is None else group
     if len(group) == 1:

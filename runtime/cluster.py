@@ -293,12 +293,7 @@ def run_cluster(programs: list[Program], machine, inputs: list[dict[str, np.ndar
                              ("L1", "ACC"), race_check=functional)
             core.scalar_ctx = ScalarContext(core, machine, program, chip=chip, chips=chips)
             cores.append(core)
-        timing = Timing(cores=machine.cores, clock_hz=machine.clock_hz,
-                        queue_depth=machine.queue_depth,
-                        event_wake_latency=machine.event_wake_latency,
-                        hbm_bytes_per_cycle=machine.hbm_bytes_per_cycle, l2=l2,
-                        l2_bytes_per_cycle=machine.l2_bytes_per_cycle,
-                        l2_latency=machine.l2_latency)
+        timing = Timing.for_machine(machine, l2)
         recorder = TraceRecorder(machine.clock_hz, list(CLUSTER_ENGINES), machine.cores,
                                  chip=chip, chips=chips) if trace else None
         recorders.append(recorder)

@@ -65,6 +65,20 @@ class Timing:
         self.barrier_cycles = barrier_cycles
         self.kernel_launch_cycles = kernel_launch_cycles
 
+    @classmethod
+    def for_machine(cls, machine, l2=None) -> Timing:
+        """Every timing number of `machine`; each chip of a cluster is timed the same way."""
+        from zhenwu.runtime.bandwidth import HbmServer
+        return cls(cores=machine.cores, clock_hz=machine.clock_hz,
+                   queue_depth=machine.queue_depth,
+                   event_wake_latency=machine.event_wake_latency,
+                   hbm_bytes_per_cycle=machine.hbm_bytes_per_cycle, l2=l2,
+                   l2_bytes_per_cycle=machine.l2_bytes_per_cycle, l2_latency=machine.l2_latency,
+                   hbm=HbmServer.for_machine(machine),
+                   dma_window_bytes=machine.dma_window_bytes,
+                   barrier_cycles=machine.barrier_cycles,
+                   kernel_launch_cycles=machine.kernel_launch_cycles)
+
 
 class CoreState:
     """One core: scalar state, engine queues, events, timing and statistics.
@@ -103,6 +117,7 @@ class CoreState:
         self.s_block_since = 0
         self.races = CoreRaceDetector(n_engines, spaces) if race_check else None
         self.kernel: int | None = None  # index of the kernel region the scalar is in
+        self.launched = False  # the core has entered a kernel (was launched) already
         self.in_flight: list[tuple[int, int]] = []  # GM DMAs: (completion, bytes), sorted
         self.skipped_overlap = 0  # DMA/compute overlap of fast-forwarded periods
         self.scalar_ctx = None  # the ScalarContext the scalar instructions run against
@@ -204,6 +219,12 @@ class Simulator:
         for op in ops:
             region = op.kernel if op.kernel is not None else region
             self.kernel_of.append(region)
+        # regions with work for the matrix, vector or DMA engines; the others (scalar
+        # instructions, waits and NET transfers only: an asynchronous collective's start or
+        # wait) are launched grids only as a program's first region
+        self.engine_kernels = {self.kernel_of[index] for index, op in enumerate(ops)
+                               if op.kind == ENGINE
+                               and engines[op.engine] in ("MX", "VX", "LD", "ST")}
 
     # -- heap ------------------------------------------------------------------------------
 
@@ -557,7 +578,7 @@ class Simulator:
             else:
                 occupancy = self._gm_from_hbm(core, engine, bound.hbm_read, bound.hbm_write,
                                               now, occupancy)
-            if self.timing.dma_window_bytes:
+            if self.timing.dma_window_bytes and bound.net is None:
                 occupancy = self._in_flight(core, engine, bound.hbm_read + bound.hbm_write,
                                             now, occupancy, latency)
             region = self.kernel_of[op.address]
@@ -780,6 +801,9 @@ class Simulator:
         if span[0] < 0 or t < span[0]:
             span[0] = t
         launch = self.timing.kernel_launch_cycles
+        if core.launched and index not in self.engine_kernels:
+            launch = 0  # a control-only region continues the running program
+        core.launched = True
         if launch:
             core.stall("kernel_launch", launch)
         return t + launch

@@ -14,7 +14,6 @@ import numpy as np
 from zhenwu.isa.dtypes import convert, np_dtype
 from zhenwu.isa.errors import ChipTrap, InputError
 from zhenwu.isa.program import ENGINES, NUM_EVENTS, Program
-from zhenwu.runtime.bandwidth import HbmServer
 from zhenwu.runtime.blas import single_blas_thread
 from zhenwu.runtime.context import ScalarContext
 from zhenwu.runtime.decode import decode_program
@@ -90,15 +89,7 @@ def run_program(program: Program, machine, inputs: dict[str, np.ndarray], *,
                          race_check=functional)
         core.scalar_ctx = ScalarContext(core, machine, program, chip=0, chips=1)
         cores.append(core)
-    timing = Timing(cores=machine.cores, clock_hz=machine.clock_hz,
-                    queue_depth=machine.queue_depth,
-                    event_wake_latency=machine.event_wake_latency,
-                    hbm_bytes_per_cycle=machine.hbm_bytes_per_cycle, l2=l2,
-                    l2_bytes_per_cycle=machine.l2_bytes_per_cycle, l2_latency=machine.l2_latency,
-                    hbm=HbmServer.for_machine(machine),
-                    dma_window_bytes=machine.dma_window_bytes,
-                    barrier_cycles=machine.barrier_cycles,
-                    kernel_launch_cycles=machine.kernel_launch_cycles)
+    timing = Timing.for_machine(machine, l2)
     recorder = TraceRecorder(machine.clock_hz, list(engines), machine.cores) if trace else None
     kernel_names = [name for name, _ in program.kernels]
     simulator = Simulator(

@@ -59,29 +59,37 @@ def _hand_programs(comm: bool, compute: bool):
 def test_async_allreduce_overlaps_compute_cycles_by_hand():
     """All-reduce of 1000 f32 (4000 B) on 2 M890 chips on core 31's NET queue, `.async`.
 
-    Alone. Core 31: GETID, SUB, BNEZ; RSIG issues at 3, starts at 4 and lands on the peer
-    at 4 + 1 + 3000 (alpha 2 us) = 3005. The PUT.add (2000 B: ceil(2000 / 533.3 B/cycle) =
-    4 cycles), queued behind it, waits for the peer's RSIG (3005 + 4 wake = 3009) and lands
-    at 3009 + 4 + 3000 = 6013; the all-gather PUT waits for the peer's add (6017) and lands
-    at 6017 + 4 + 3000 = 9021 (there and, as its `.sig`, here). The scalar enqueued the
-    three by cycle 6; the done region: GETID 6, SUB 7, BNEZ 8, WAIT.S gathered wakes at
-    9025, WAIT.S sent 9026, BAR.CHIP 9027 -> 9028, HALT ends at 9029.
+    A kernel's first instruction issues LAUNCH (3000) cycles after a core enters it, except
+    a control-only region (scalar, waits and NET transfers: the start and done regions)
+    entered after the program's first region; a chip barrier releases BARRIER (100) cycles
+    after its last arrival.
 
-    Compute alone: GETID 0, BNEZ 1, LOOP 2, the first MMA issues at 3 and starts at 4;
-    100 x 64 cycles, the last completes at 4 + 6400 + 32 (fill) = 6436; BAR.CHIP -> 6437,
-    HALT ends at 6438.
+    Alone. ar_start is the program's first region: launched. Core 31: GETID, SUB, BNEZ;
+    RSIG issues at 3003, starts at 3004 and lands on the peer at 3004 + 1 + 3000 (alpha
+    2 us) = 6005. The PUT.add (2000 B: ceil(2000 / 533.3 B/cycle) = 4 cycles), queued
+    behind it, waits for the peer's RSIG (6005 + 4 wake = 6009) and lands at 6009 + 4 +
+    3000 = 9013; the all-gather PUT waits for the peer's add (9017) and lands at 9017 + 4 +
+    3000 = 12021 (there and, as its `.sig`, here). ar_done is not launched: GETID 3006 ..,
+    WAIT.S gathered wakes at 12025, WAIT.S sent 12026, BAR.CHIP at 12027 releases at 12028 +
+    100, HALT ends at 12129.
 
-    Both: the start region takes 3 cycles (6 on core 31), so the MMAs start at 7 and end at
-    6439; the compute kernel's BAR.CHIP releases at 6440 although core 31's NET queue still
-    holds the `.async` puts; the done region waits as before: 9029 = max, not the sum."""
+    Compute alone: the launch, then GETID 3000, BNEZ 3001, LOOP 3002, the first MMA issues
+    at 3003 and starts at 3004; 100 x 64 cycles, the last completes at 3004 + 6400 + 32
+    (fill) = 9436; BAR.CHIP releases at 9437 + 100, HALT ends at 9538.
+
+    Both: ar_start as above (core 0 leaves it at 3003, core 31 at 3006 with its puts
+    queued); the compute kernel is launched: its MMAs start at 6007 and end at 12439; its
+    BAR.CHIP releases at 12540 although core 31's NET queue still holds the `.async` puts
+    (landed at 12021); ar_done: WAIT.S .. BAR.CHIP at 12545 releases at 12646, HALT ends at
+    12647: the max of the two, not their sum."""
     comm = run_cluster(_hand_programs(True, False), M890, timing_only=True).report.cycles
     compute = run_cluster(_hand_programs(False, True), M890, timing_only=True).report.cycles
-    assert (comm, compute) == (9029, 6438)
+    assert (comm, compute) == (12129, 9538)
     xs = [np.arange(1000, dtype=np.float32) * (chip + 1) for chip in range(2)]
     both = run_cluster(_hand_programs(True, True), M890, [{"buf": x} for x in xs])
-    assert both.report.cycles == 9029 < comm + compute
+    assert both.report.cycles == 12647 < comm + compute
     kernels = {k.name: (k.start_cycle, k.cycles) for k in both.report.chips[0].kernels}
-    assert kernels["compute"] == (3, 6437) and kernels["ar_done"][0] == 6440
+    assert kernels["compute"] == (3003, 9537) and kernels["ar_done"] == (12540, 106)
     for out in both.outputs:
         np.testing.assert_array_equal(out["buf"], xs[0] + xs[1])
 
@@ -96,11 +104,12 @@ def test_halt_waits_for_async_transfers_and_barriers_do_not():
         return [parse_assembly(text, "a.s"), parse_assembly(other, "b.s")]
 
     alpha = round(M890.cycles(M890.link_alpha))
+    launch = M890.kernel_launch_cycles  # the RSIG issues after the kernel's launch
     for option, barrier_waits in ((".async", False), ("", True)):
         chip0 = run_cluster(program(option), M890, timing_only=True).report.chips[0]
         after = next(k for k in chip0.kernels if k.name == "after")
-        assert (after.start_cycle > alpha) == barrier_waits
-        assert chip0.cycles > alpha  # HALT waits either way
+        assert (after.start_cycle > launch + alpha) == barrier_waits
+        assert chip0.cycles > launch + alpha  # HALT waits either way
 
 
 def test_async_option_round_trips_through_the_binary():

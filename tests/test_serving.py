@@ -171,11 +171,12 @@ def test_collectives_alpha_beta_by_hand():
     ready handshake, then a reduce-scatter and an all-gather, one alpha each; a send between
     nodes is one NIC message."""
     alpha, beta = 2e-6, 8 * 100e9
-    n = 1_000_000
+    launch, barrier = 2e-6, 100 / 1.5e9   # each collective is a launched kernel whose
+    n = 1_000_000                         # phases end in a chip barrier
     assert collective_seconds("all_reduce", n, 8, M890) == pytest.approx(
-        3 * alpha + 2 * 7 / 8 * n / beta)
+        3 * alpha + 2 * 7 / 8 * n / beta + launch + 2 * barrier)
     assert collective_seconds("all_to_all", n, 4, M890) == pytest.approx(
-        2 * alpha + 3 / 4 * n / beta)
+        2 * alpha + 3 / 4 * n / beta + launch + barrier)
     assert collective_seconds("send", n, 2, M890, across_nodes=True) == pytest.approx(
         8e-6 + n / 50e9)
     assert collective_seconds("all_reduce", n, 1, M890) == 0.0

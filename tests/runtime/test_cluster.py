@@ -26,13 +26,18 @@ done:
 """
 
 
+# every chip first pays the kernel launch (the machine file's kernel_launch_seconds, 2 us)
+LAUNCH = load_machine("m890").kernel_launch_cycles  # 3000
+
+
 def _run(text: str, chips: int, inputs=None, machine="m890", **options):
     program = parse_assembly(text, "test.s")
     return run_cluster([program] * chips, load_machine(machine), inputs, **options)
 
 
 def test_put_timing_by_hand_and_data():
-    """4 KiB from chip 0 to chip 1 through the M890 node switch, cycle by cycle.
+    """4 KiB from chip 0 to chip 1 through the M890 node switch, cycle by cycle, after
+    each chip's kernel launch (LAUNCH = 3000 cycles: every time below is LAUNCH later).
 
     The PUT issues at cycle 4 (GETID, BNEZ, GETID, BNEZ) and is in the NET queue at 5. It
     occupies NET ceil(4096 B / (800 GB/s / 1.5 GHz = 533.3 B/cycle)) = 8 cycles (both switch
@@ -43,20 +48,21 @@ def test_put_timing_by_hand_and_data():
     """
     data = np.arange(1024, dtype=np.float32)
     result = _run(PUT, 2, [{"buf": data}, {"buf": np.zeros(1024, np.float32)}])
-    assert [chip.cycles for chip in result.report.chips] == [3020, 3019]
-    assert result.report.cycles == 3020
+    assert [chip.cycles for chip in result.report.chips] == [LAUNCH + 3020, LAUNCH + 3019]
+    assert result.report.cycles == LAUNCH + 3020
     np.testing.assert_array_equal(result.outputs[1]["buf"], data)
     links = {link.name: link for link in result.report.links}
     assert links["chip0.tx"].bytes == links["chip1.rx"].bytes == 4096
     assert links["chip1.tx"].bytes == 0
     assert result.report.chips[0].net_bytes == 4096
     # timing-only gives the same cycles without data
-    assert _run(PUT, 2, timing_only=True).report.cycles == 3020
+    assert _run(PUT, 2, timing_only=True).report.cycles == LAUNCH + 3020
 
 
 def test_put_over_nic_between_nodes():
     """Chips 0 and 8 are in different nodes: 4096 B at 50 GB/s (33.3 B/cycle) = 123 cycles
-    of NET, then the NIC's alpha 8 us = 12000 cycles: lands at 5 + 123 + 12000 = 12128."""
+    of NET, then the NIC's alpha 8 us = 12000 cycles: lands at 5 + 123 + 12000 = 12128
+    after the launch."""
     text = PUT.replace("DMA.PUT 1,", "DMA.PUT 8,").replace("BNEZ r1, receiver",
                                                           "BNEZ r1, receiver")
     program = parse_assembly(text, "t.s")
@@ -64,7 +70,7 @@ def test_put_over_nic_between_nodes():
     receiver = parse_assembly(PUT, "r.s")
     programs = [program] + [idle] * 7 + [receiver]
     result = run_cluster(programs, load_machine("m890"), timing_only=True)
-    assert result.report.chips[8].cycles == 12128 + 4 + 1 + 1
+    assert result.report.chips[8].cycles == LAUNCH + 12128 + 4 + 1 + 1
     links = {link.name: link.bytes for link in result.report.links}
     assert links["nic0.tx"] == links["nic8.rx"] == 4096
 
@@ -72,7 +78,7 @@ def test_put_over_nic_between_nodes():
 def test_two_senders_share_a_receive_port():
     """Chips 1 and 2 each send 64 KiB to chip 0 at once: chip 0's switch port (533.3
     B/cycle) passes 128 KiB in 245.76 cycles, so the second PUT ends at 5 + 246 instead of
-    5 + 123: contention is real."""
+    5 + 123 (after the launch): contention is real."""
     text = """
 .tensor buf, f32, [65536], 0x0, inout
 .kernel k
@@ -92,8 +98,9 @@ done:
     result = _run(text, 3, timing_only=True)
     # PUTs issue at 5 (one more scalar instruction: MUL): in the queue at 6
     ends = sorted(chip.cycles for chip in result.report.chips[1:])
-    assert ends == [6 + 123 + 3000 + 4 + 1 + 1 + 1, 6 + 246 + 3000 + 4 + 1 + 1 + 1]
-    assert result.report.chips[0].cycles == 6 + 246 + 3000 + 4 + 1 + 1
+    assert ends == [LAUNCH + 6 + 123 + 3000 + 4 + 1 + 1 + 1,
+                    LAUNCH + 6 + 246 + 3000 + 4 + 1 + 1 + 1]
+    assert result.report.chips[0].cycles == LAUNCH + 6 + 246 + 3000 + 4 + 1 + 1
 
 
 def test_put_add_reduces_in_the_peer():
