@@ -15,16 +15,16 @@ cores, plus what a single accumulator cannot overlap (the epilogue and the store
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 import math
+from dataclasses import dataclass
 from math import ceil
 
 from zhenwu.compiler.backend.gemm_prologue import (
     g_view,
-    setup_statements,
     prologue_bytes,
     row_norm,
     setup_bytes,
+    setup_statements,
     step_statements,
 )
 from zhenwu.compiler.backend.kernel_ir import Buffer, Load, Mma, Nest, Store, Vec, View

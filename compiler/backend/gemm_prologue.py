@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from zhenwu.compiler.backend.kernel_ir import Reduce, Vec, View
 from zhenwu.compiler.backend.lower import elementwise_body
 
+
 def prologue_bytes(ld_copies: int) -> int:
     """L1 bytes per element of an A tile beyond the copies of the MX operand: the f32 tile
     of x (one per operand copy) and an f32 scratch tile (two copies)."""

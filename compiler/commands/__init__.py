@@ -5,9 +5,9 @@ from __future__ import annotations
 
 def compile_options(args):
     """The CompileOptions a command line asks for (-O, --tune, --disable-pass, --persistent)."""
-    from zhenwu.api import compile_options as options
-
     from dataclasses import replace
+
+    from zhenwu.api import compile_options as options
 
     chosen = options(int(args.opt), bool(getattr(args, "tune", False)),
                      getattr(args, "disable_pass", []) or [])

@@ -444,8 +444,8 @@ KERNEL_MATCHERS: dict[str, tuple] = {
     "attention": (match_attention, "flash-attention", "the score matrix never leaves the core"),
     # kind "matmul": the greedy pass below then adds the product's epilogue as usual
     "matmul": (match_norm_gemm, "RMSNorm-prologue matmul",
-               "each core sums the squares of the A rows it loads and scales the "
-               "accumulator's rows (compiler/passes/norm_gemm_match.py)"),
+               ("each core computes the scale of its A rows once and loads them scaled "
+                "at every k step (compiler/passes/norm_gemm_match.py)")),
 }
 
 

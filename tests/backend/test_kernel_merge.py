@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import pytest
 from backend_helpers import compile_and_run
-
 from zhenwu.compiler.backend.kernel_ir import Kernel, Load, Nest, Store, View
 from zhenwu.compiler.backend.merge import merge_all, merge_independent
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import pytest
 from backend_helpers import compile_and_run
-
 from zhenwu.compiler.frontend import load_program
 from zhenwu.compiler.passes import default_graph_pipeline, run_pipeline
 from zhenwu.compiler.passes.fuse import plan_fusion
@@ -50,7 +49,7 @@ def test_the_norm_is_the_products_prologue(source):
 
 
 def test_one_launch_fewer_than_the_row_kernel_and_the_product():
-    import zhenwu.compiler.passes.fuse as fuse
+    from zhenwu.compiler.passes import fuse
 
     _, fused, fused_run, _ = compile_and_run(RESIDUAL, opt_level=2)
     saved = fuse.KERNEL_MATCHERS.pop("matmul")

@@ -9,6 +9,7 @@ from collections import OrderedDict
 import numpy as np
 from zhenwu.runtime.l2 import box_lines
 
+
 class Lines:
     """What one transfer touches, per block: `blocks` (block numbers), `masks` (the lines it
     touches, bit i = line i of the block), `full` (the lines it covers whole), `nbytes` (its
