@@ -1,12 +1,10 @@
 """The RMSNorm-prologue GEMM matcher: `cast(x * rsqrt(sum(x*x)/K + eps) [* g], dt) @ w`.
 
 A root-mean-square normalisation of A's rows feeding a matrix product is one kernel with
-the product when A has few rows (a decode step's B rows of the model width): the product
-runs on `cast(x * g)` loaded tile by tile, each core accumulates the sums of squares of the
-A rows it loads anyway (one vector reduction per k step), and the epilogue scales the
-accumulator's rows by `rsqrt(sum / K + eps)`. The row scale commutes with the product:
-`(diag(s) (x * g)) @ w = diag(s) ((x * g) @ w)`; the value rounded to the MX dtype is
-`x * g` instead of `x * s * g` (one rounding each, of the same relative size).
+the product when A has few rows (a decode step's B rows of the model width): each core
+loads the rows once, computes their scale `rsqrt(sum(x*x) / K + eps)` with the graph's own
+ops in the graph's order, and writes each k step's MX operand as `cast(x * scale * g)`:
+the values the reference rounds, rounded once (compiler/backend/gemm_prologue.py).
 
 What the matcher proves (and refuses otherwise, leaving the ops to the greedy grouping):
 
