@@ -19,7 +19,8 @@ from pathlib import Path
 from zhenwu.isa.errors import ChipTrap, ZhenwuError
 
 # The pipelines every program is run through: -O0 and -O2; `seeded_pipelines` adds -O2 with a
-# random subset of the optional graph passes left out.
+# random subset of the optional graph passes left out, and for a quarter of the seeds -O2
+# with `--persistent` ("O2p": every kernel of the program merged into one).
 PIPELINES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("O0", ()),
     ("O2", ()),
@@ -28,10 +29,18 @@ OPTIONAL_PASSES = ("canonicalize", "constant-fold", "cse", "dce", "fuse", "hoist
 
 
 def seeded_pipelines(seed: int) -> tuple[tuple[str, tuple[str, ...]], ...]:
-    """-O0, -O2, and -O2 without a seed-chosen subset of the optional passes."""
+    """-O0, -O2, -O2 without a seed-chosen subset of the optional passes, and for some
+    seeds -O2 --persistent."""
     rng = random.Random(seed)
     disabled = tuple(p for p in OPTIONAL_PASSES if rng.random() < 0.4)
-    return PIPELINES + ((("O2", disabled),) if disabled else ())
+    persistent = rng.random() < 0.25
+    return (PIPELINES + ((("O2", disabled),) if disabled else ())
+            + ((("O2p", ()),) if persistent else ()))
+
+
+def _flags(name: str) -> str:
+    """The command-line flags of pipeline `name` ("O2p": -O2 --persistent)."""
+    return f"-{name[:2]}" + (" --persistent" if name.endswith("p") else "")
 
 
 class FuzzFailure(Exception):
@@ -66,13 +75,14 @@ def check_program(text: str, *, seed: int = 0, machine_name: str = "m890",
     want = evaluate(fn, inputs)
     for name, disabled in pipelines or seeded_pipelines(seed):
         level = int(name[1])
-        label = name + (f" --disable-pass {','.join(disabled)}" if disabled else "")
+        label = _flags(name)[1:] + (f" --disable-pass {','.join(disabled)}" if disabled else "")
 
         def fail(message: str, label=label, name=name, disabled=disabled) -> FuzzFailure:
             return FuzzFailure(label, message, name, disabled)
 
         try:
-            options = CompileOptions(opt_level=level, disabled_passes=disabled)
+            options = CompileOptions(opt_level=level, disabled_passes=disabled,
+                                     persistent=name.endswith("p"))
             compiled = compile_function(fn, machine, options)
             result = run_program(compiled.program, machine, compiled.program_inputs(inputs))
             got = compiled.graph_outputs(result)
@@ -136,7 +146,7 @@ def _record(out_dir: Path, record: list[int], marks: list[int], seed: int,
         "pipeline": failure.pipeline,
         "message": failure.message,
         "reproduce": f"zhenwu run {path} --seed {seed} --check"
-        + (f" -{failure.level}" if failure.level else "")
+        + (f" {_flags(failure.level)}" if failure.level else "")
         + (f" --disable-pass {','.join(failure.disabled)}" if failure.disabled else ""),
     }
     if bisect:

@@ -44,3 +44,34 @@ def test_reserved_parameters_are_never_picked_by_later_steps(seed):
     from zhenwu.compiler.fuzz.generator import random_program
 
     check_program(random_program(seed), seed=seed)
+
+
+def test_some_seeds_also_run_the_persistent_pipeline():
+    """A quarter of the seeds add -O2 --persistent ("O2p"); the others are unchanged."""
+    drawn = [campaign.seeded_pipelines(seed) for seed in range(200)]
+    with_persistent = [p for p in drawn if ("O2p", ()) in p]
+    assert 25 <= len(with_persistent) <= 75
+    assert all(p[:2] == campaign.PIPELINES for p in drawn)
+    assert campaign._flags("O2p") == "-O2 --persistent" and campaign._flags("O0") == "-O0"
+
+
+def test_the_persistent_pipeline_matches_the_reference():
+    """A program of several kernels, merged into one persistent kernel, checked against the
+    reference (a wrong merge would fail here)."""
+    text = ("fn main(x: f32[64, 96], w: f32[96, 64]) -> f32[64, 64] {\n"
+            "    h = softmax(x, axis=-1)\n"
+            "    return relu(h @ w) + 1.0\n}\n")
+    campaign.check_program(text, seed=3, pipelines=(("O2p", ()), ("O2", ())))
+
+
+def test_a_persistent_failure_reproduces_with_the_flag(tmp_path, monkeypatch):
+    def persistent_bug(text, *, seed=0, machine_name="m890", pipelines=None):
+        names = [name for name, _ in (pipelines or campaign.seeded_pipelines(seed))]
+        if "sigmoid(" in text and "O2p" in names:
+            raise FuzzFailure("O2 --persistent", "out0: relative error 1 > 0.0001", "O2p", ())
+
+    monkeypatch.setattr(campaign, "check_program", persistent_bug)
+    result = run_campaign(3.0, seed=5, out_dir=tmp_path)
+    assert result.failures
+    assert all(entry["reproduce"].endswith("--check -O2 --persistent")
+               for entry in result.failures)
