@@ -137,16 +137,18 @@ class _Emitter:
 
 
 def _put(peer: int, dst: Region, src: Region, event: int, *, add: bool = False,
-         waits: tuple[int | str, ...] = ()) -> str:
+         waits: tuple[int | str, ...] = (), sig: int | None = None,
+         detached: bool = False) -> str:
     """A DMA.PUT of a piece (a bare RSIG when the piece is empty: the event still counts).
-    A wait is an event index or `"k:n"` (event k reaching n)."""
-    wait = "".join(f" .wait E{w}" for w in waits)
+    A wait is an event index or `"k:n"` (event k reaching n); `detached`: `.async`."""
+    sync = (" .async" if detached else "") + "".join(f" .wait E{w}" for w in waits)
+    sync += f" .sig E{sig}" if sig is not None else ""
     if src.nbytes == 0:
-        return f"    RSIG {peer}, E{event}{wait}"
+        return f"    RSIG {peer}, E{event}{sync}"
     suffix = f".{src.dtype}" if add else ""
     option = " .add" if add else ""
     return (f"    DMA.PUT{suffix} {peer}, {dst.address()}, {src.address()}, {src.nbytes}, "
-            f"E{event}{option}{wait}")
+            f"E{event}{option}{sync}")
 
 
 # ---- direct -----------------------------------------------------------------------------
@@ -482,14 +484,7 @@ ASYNC_EVENTS = tuple(range(NUM_EVENTS - 4, NUM_EVENTS))  # ready, arrive, gather
 def _async_put(peer: int, dst: Region, src: Region, event: int, *, add: bool = False,
                waits: tuple[str, ...] = (), sig: int | None = None) -> str:
     """A `.async` DMA.PUT (a bare `.async` RSIG when the piece is empty)."""
-    sync = "".join(f" .wait E{w}" for w in waits) + (f" .sig E{sig}" if sig is not None
-                                                     else "")
-    if src.nbytes == 0:
-        return f"    RSIG {peer}, E{event} .async{sync}"
-    suffix = f".{src.dtype}" if add else ""
-    option = " .add" if add else ""
-    return (f"    DMA.PUT{suffix} {peer}, {dst.address()}, {src.address()}, {src.nbytes}, "
-            f"E{event}{option} .async{sync}")
+    return _put(peer, dst, src, event, add=add, waits=waits, sig=sig, detached=True)
 
 
 def async_allreduce_start(group: tuple[int, ...], chip: int, buf: Region, core: int,

@@ -44,7 +44,7 @@ def test_conflicting_run_flags_are_usage_errors_before_anything_runs(tmp_path, c
 
 
 def test_timing_only_with_o_on_assembly_writes_nothing(tmp_path, capsys):
-    status, _, err = zhenwu(capsys, "run", AXPY, "--timing-only", "-o", tmp_path / "o.npz")
+    status, _, _err = zhenwu(capsys, "run", AXPY, "--timing-only", "-o", tmp_path / "o.npz")
     assert status == 2 and not (tmp_path / "o.npz").exists()
 
 

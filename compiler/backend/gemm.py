@@ -116,17 +116,12 @@ def _row_penalty(machine) -> float:
                * (1 / machine.hbm_scattered_efficiency - 1 / machine.hbm_streaming_efficiency))
 
 
-def _partial_runs(rows_a, cols_b, depth, a_bytes, b_bytes, machine,
-                  b_k_major: bool = False) -> int:
+def _partial_runs(rows_a, cols_b, depth, a_bytes, b_bytes, machine) -> int:
     """DRAM rows one k step's operand tiles use partly: one per row of a tile whose rows
-    are not whole DRAM rows (A's rows are `depth` long; B's `cols_b`, or `depth` when B is
-    stored k-contiguous and read through a transpose)."""
+    are not whole DRAM rows (A's rows are `depth` long, B's `cols_b`: B n-contiguous)."""
     row = machine.hbm_row_bytes
-    if b_k_major:
-        b_runs = cols_b if (depth * b_bytes) % row else 0
-    else:
-        b_runs = depth if (cols_b * b_bytes) % row else 0
-    return (rows_a if (depth * a_bytes) % row else 0) + b_runs
+    return ((rows_a if (depth * a_bytes) % row else 0)
+            + (depth if (cols_b * b_bytes) % row else 0))
 
 
 def hbm_cycles(traffic: float, runs: float, machine) -> float:
@@ -197,6 +192,8 @@ def gemm_cost(batch, m, n, k, tile_m, tile_n, tile_k, acc_copies, a_bytes, b_byt
     serial = (max(mx.hbm_latency * min(1.0, over / step_bytes) + max(port, gm, hbm_share),
                   step_bytes * mx.hbm_latency / window)
               if over > 0 else 0.0)
+    # (B read along k through a transpose keeps the window model above: this one's DRAM-row
+    # charge assumes B's runs along n; one ISA-derived step model should replace both)
     if serial and steps * waves > 2 and not b_k_major:
         # a long stream of big steps: the next step's loads are in flight while this
         # step's land, so a step lasts its transfer (the window's rate, the HBM share
@@ -205,8 +202,8 @@ def gemm_cost(batch, m, n, k, tile_m, tile_n, tile_k, acc_copies, a_bytes, b_byt
         # transfer and one round trip
         transfer = max(port, step_bytes * mx.hbm_latency / window)
         serial = max(gm, transfer, (mx_cycles + transfer + mx.hbm_latency) / 2,
-                     hbm_share + _partial_runs(in_m, in_n, in_k, a_bytes, b_bytes, machine,
-                                               b_k_major) * active * _row_penalty(machine))
+                     hbm_share + _partial_runs(in_m, in_n, in_k, a_bytes, b_bytes, machine)
+                     * active * _row_penalty(machine))
     step = max(mx_cycles, port, gm, latency, serial) + 12  # scalar issue per step
     store = in_m * in_n * out_bytes
     drain = max(store / mx.st_bytes_per_cycle, active * store / mx.hbm_bytes_per_cycle)
