@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 import os
 import sys
-import zipfile
 from pathlib import Path
 
 from zhenwu.compiler.frontend import load_program
@@ -127,6 +126,8 @@ def load_npy(path: str) -> np.ndarray:
 
 def load_npz(path: str) -> dict[str, np.ndarray]:
     """Read every array of an .npz archive, keyed by name (never unpickling)."""
+    import zipfile  # (numpy reads .npz with it too; a compile never needs it)
+
     magic = _magic(path)
     if magic == b"\x93NUMPY":
         raise InputError(f"{path}: is a single .npy array, not an .npz archive; pass it with "

@@ -42,3 +42,38 @@ def test_compile_imports_no_numpy(tmp_path):
     assert "STATUS 0" in done.stdout, done.stdout + done.stderr
     assert "LOADED False False" in done.stdout, done.stdout
     assert (tmp_path / "out.s").read_text().count("MMA.f32.f32") == 2
+
+
+LAZY_PROBE = r"""
+import sys
+from zhenwu.compiler import cli
+from zhenwu.compiler.frontend import checker
+status = cli.main(["compile", sys.argv[1], "-o", sys.argv[2]])
+print("STATUS", status, "PRELUDE PARSED", bool(checker._PRELUDE),
+      "ZIPFILE", "zipfile" in sys.modules)
+"""
+
+
+def test_small_compile_skips_prelude_and_zipfile(tmp_path):
+    """A program that calls no prelude composite never parses the prelude, and a compile
+    never imports zipfile (only .npz inputs need it)."""
+    source = tmp_path / "mlp.zt"
+    source.write_text("fn main(x: f32[64, 64], w: f32[64, 64]) -> f32[64, 64] "
+                      "{ return relu(x @ w) }\n")
+    done = subprocess.run([sys.executable, "-c", LAZY_PROBE, str(source), str(tmp_path / "o.s")],
+                          check=False, capture_output=True, text=True, cwd=tmp_path,
+                          timeout=120)
+    assert "STATUS 0 PRELUDE PARSED False ZIPFILE False" in done.stdout, \
+        done.stdout + done.stderr
+
+
+def test_lazy_prelude_names_match_its_parse():
+    """The prelude's names come from a scan of its `fn` lines; they must be exactly the
+    functions its parse defines (else a composite would be missed or unknown)."""
+    from zhenwu.compiler.frontend import ast
+    from zhenwu.compiler.frontend.checker import PRELUDE, load_prelude
+
+    parsed = [item.name for item in load_prelude().items if isinstance(item, ast.FnDef)]
+    assert sorted(PRELUDE) == sorted(parsed)
+    assert "softmax" in PRELUDE and PRELUDE["softmax"].name == "softmax"
+    assert "nope" not in PRELUDE

@@ -48,6 +48,7 @@ from zhenwu.isa.instructions import INSTRUCTIONS
 NARROW = ("bf16", "f16", "fp8")
 MAX_TILE_K = 512
 TIE = 1e-3   # relative: costs this close are a tie
+FLOOR_SLACK = 1e-9   # rounding: `cost_floor` sums its terms in another order than gemm_cost
 # operand copies of a kernel with an RMSNorm prologue: its steps hand A through the vector
 # engine before the MMA, a longer chain per step that more copies keep off the loads' path
 # (a power of two: the copy index is then an AND, which timing-only fast-forward
@@ -225,6 +226,33 @@ def gemm_cost(batch, m, n, k, tile_m, tile_n, tile_k, acc_copies, a_bytes, b_byt
     return total
 
 
+def cost_floor(batch, m, n, k, tile_m, tile_n, least_steps, a_bytes, b_bytes, out_bytes,
+               rate, epilogue_ops, machine) -> float:
+    """A floor under `gemm_cost` for every k tile of an (tile_m, tile_n) tiling that takes
+    at least `least_steps` k steps. Per wave, the steps together cover the whole k: no less
+    MX work, load-port time and shared-bandwidth time than one step over all of k, and at
+    least half a round trip per step (the double buffer); plus the per-step issue, the two
+    round trips and the last store, which no k tile avoids. The search skips tilings whose
+    floor is out of reach of the best cost found: it visits fewer and chooses the same."""
+    mx = machine
+    tiles = batch * ceil(m / tile_m) * ceil(n / tile_n)
+    waves = ceil(tiles / mx.cores)
+    active = min(tiles, mx.cores)
+    k_units = round_up(k, mx.mx_k) / mx.mx_k
+    product = (tile_m / mx.mx_m) * (tile_n / mx.mx_n) * k_units / rate
+    in_m, in_n = min(tile_m, m), min(tile_n, n)
+    k_bytes = (in_m * a_bytes + in_n * b_bytes) * k
+    port = k_bytes / mx.ld_bytes_per_cycle
+    shared = mx.l2_bytes_per_cycle if mx.l2_bytes else mx.hbm_bytes_per_cycle
+    gm = active * k_bytes / shared
+    latency = (least_steps * mx.hbm_latency + port) / 2
+    store = in_m * in_n * out_bytes
+    drain = max(store / mx.st_bytes_per_cycle, active * store / mx.hbm_bytes_per_cycle)
+    epilogue = epilogue_ops * tile_m * tile_n * 4 / mx.vx_bytes_per_cycle
+    return (waves * (max(product, port, gm, latency) + 12 * least_steps)
+            + 2 * mx.hbm_latency + drain + epilogue)
+
+
 def choose_gemm_tile(batch, m, n, k, in_dtype, acc_dtype, a_bytes, b_bytes, out_bytes,
                      epilogue_full_bytes, epilogue_row_bytes, epilogue_ops, machine,
                      fixed: tuple[int, int, int] | None = None,
@@ -291,6 +319,10 @@ def choose_gemm_tile(batch, m, n, k, in_dtype, acc_dtype, a_bytes, b_bytes, out_
                     tiles_k = {whole}
             if fixed is not None:
                 tiles_k = {min(fixed[2], tk_cap)}
+            if ranked is None and best is not None and cost_floor(
+                    batch, m, n, k, tile_m, tile_n, least, a_bytes, b_bytes, out_bytes, rate,
+                    epilogue_ops, machine) > best.cycles * (1 + TIE) * (1 + FLOOR_SLACK):
+                continue   # no k tile of this tiling could beat (or tie) the best
             group, traffic = choose_group(batch, m, n, k, tile_m, tile_n, a_bytes, b_bytes,
                                           out_bytes, machine)
             for tile_k in sorted(tiles_k, reverse=True):

@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from zhenwu.compiler.frontend import ast
@@ -146,9 +149,9 @@ _VERBS = {**{name: op.verb for name, op in OPS.items() if op.verb}, "floordiv": 
 class Checker:
     """Checks one program and builds the Graph IR of its entry function."""
 
-    def __init__(self, module: ast.Module, prelude: ast.Module | None):
+    def __init__(self, module: ast.Module, prelude: ast.Module | Mapping[str, ast.FnDef] | None):
         self.module = module
-        self.prelude_fns: dict[str, ast.FnDef] = {}
+        self.prelude_fns: Mapping[str, ast.FnDef] = {}
         self.fns: dict[str, ast.FnDef] = {}
         self.consts: dict[str, object] = {}
         self.builder: GraphBuilder | None = None
@@ -156,10 +159,11 @@ class Checker:
         self.span_override: SourceSpan | None = None
         self.origin_counts: dict[str, int] = {}
         self.call_stack: list[str] = []
-        if prelude is not None:
-            for item in prelude.items:
-                if isinstance(item, ast.FnDef):
-                    self.prelude_fns[item.name] = item
+        if isinstance(prelude, ast.Module):
+            self.prelude_fns = {item.name: item for item in prelude.items
+                                if isinstance(item, ast.FnDef)}
+        elif prelude is not None:
+            self.prelude_fns = prelude
         for item in module.items:
             if isinstance(item, ast.FnDef):
                 if item.name in self.fns:
@@ -810,7 +814,7 @@ def check_module(module: ast.Module, *, entry: str | None = None,
                  shapes: dict[str, int] | None = None,
                  input_shapes: dict[str, tuple[int, ...]] | None = None) -> Function:
     """Check a parsed program and build the Graph IR of its entry function."""
-    checker = Checker(module, load_prelude())
+    checker = Checker(module, PRELUDE)
     return checker.check_entry(entry, dict(shapes or {}), input_shapes)
 
 
@@ -822,6 +826,39 @@ def load_prelude() -> ast.Module:
     if not _PRELUDE:
         _PRELUDE.append(parse_source(PRELUDE_PATH.read_text(), str(PRELUDE_PATH)))
     return _PRELUDE[0]
+
+
+class _LazyPrelude(Mapping):
+    """The prelude's composites by name, parsed on the first use of one: a program that
+    calls none (most small ones) never parses the prelude. The names come from a scan of
+    the file's `fn NAME(` lines, so lookups, suggestions and shadowing need no parse."""
+
+    @cached_property
+    def _names(self) -> tuple[str, ...]:
+        return tuple(re.findall(r"^fn\s+([A-Za-z_][A-Za-z0-9_]*)\s*\(",
+                                PRELUDE_PATH.read_text(), re.MULTILINE))
+
+    @cached_property
+    def _fns(self) -> dict[str, ast.FnDef]:
+        return {item.name: item for item in load_prelude().items
+                if isinstance(item, ast.FnDef)}
+
+    def __getitem__(self, name: str) -> ast.FnDef:
+        if name not in self._names:
+            raise KeyError(name)
+        return self._fns[name]
+
+    def __contains__(self, name) -> bool:
+        return name in self._names
+
+    def __iter__(self):
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+
+PRELUDE = _LazyPrelude()
 
 
 __all__ = ["DTYPES", "Checker", "DType", "Tensor", "check_module"]

@@ -18,16 +18,22 @@ from zhenwu.compiler.passes.pass_base import (
     run_pipeline,
 )
 
+_LOADED: list[bool] = []
+
 
 def load_all() -> None:
     """Import every module of this package so that each pass registers itself (a new pass
-    is a new module here with a `@register_pass` class; nothing else to edit)."""
+    is a new module here with a `@register_pass` class; nothing else to edit). Once per
+    process: listing the package's folder is most of a small compile's pass time."""
+    if _LOADED:
+        return
     import importlib
     import pkgutil
 
     for module in pkgutil.iter_modules(__path__):
         importlib.import_module(f"{__name__}.{module.name}")
     from zhenwu.compiler.passes import fuse  # noqa: F401
+    _LOADED.append(True)
 
 
 def default_graph_pipeline() -> list[GraphPass]:

@@ -133,3 +133,40 @@ def test_a_plain_gemm_keeps_l1_for_its_operands_when_acc_is_double_buffered():
     cap = (target.l1_bytes - 8 * ALIGN) // (2 * (tile.tile_m + tile.tile_n) * 2) // 4 * 4
     assert tile.tile_k > 100 and tile.tile_k <= cap
     assert 2 * (tile.tile_m + tile.tile_n) * tile.tile_k * 2 <= target.l1_bytes
+
+
+def test_tile_search_floor_prunes_without_changing_the_choice():
+    """`choose_gemm_tile` skips tilings whose `cost_floor` is out of reach of the best found
+    so far; with `ranked` (the tuner's full list) it visits every one. Both must choose the
+    same tile, on every machine, for products of many shapes, dtypes and options."""
+    import random
+
+    from zhenwu.compiler.backend.gemm import choose_gemm_tile, cost_floor, gemm_cost
+    from zhenwu.compiler.graph.dtypes import itemsize
+    from zhenwu.isa.machine import load_machine
+
+    rng = random.Random(7)
+    for name in ("m890", "z810e", "a100"):
+        machine = load_machine(name)
+        dtypes = ["bf16", "f32"] + (["fp8"] if machine.mx_rate("fp8") else [])
+        for _ in range(60):
+            m = rng.choice([1, 16, 100, 512, 4096])
+            n = rng.choice([64, 96, 1024, 5120])
+            k = rng.choice([16, 300, 512, 5120])
+            dtype = rng.choice(dtypes)
+            size = itemsize(dtype)
+            options = {"b_k_major": rng.random() < 0.3, "whole_rows": rng.random() < 0.3}
+            if rng.random() < 0.2:
+                options.update(prologue_bytes=4, setup_bytes=4096)
+            args = (rng.choice([1, 2, 8]), m, n, k, dtype, "f32", size, size,
+                    rng.choice([2, 4]), rng.choice([0, 8]), rng.choice([0, 4]),
+                    rng.choice([0, 3]), machine)
+            ranked = []
+            assert choose_gemm_tile(*args, **options) == choose_gemm_tile(
+                *args, ranked=ranked, **options), (name, args, options)
+    # the floor is below the cost of every k tile of a tiling
+    machine = load_machine("m890")
+    for tile_k in (64, 128, 256, 512):
+        cost = gemm_cost(1, 512, 512, 512, 128, 128, tile_k, 2, 4, 4, 4, 0.25, 1, machine)
+        steps = -(-512 // 512)
+        assert cost_floor(1, 512, 512, 512, 128, 128, steps, 4, 4, 4, 0.25, 1, machine) <= cost
