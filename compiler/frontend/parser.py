@@ -2,19 +2,20 @@
 
 The grammar (grammar.lark) is LALR; a small post-lexer drops newlines inside ( ) and [ ] as
 Python does. Syntax errors become Diagnostics saying what was found and what was expected.
+The parser is `_zt_lalr.py`, lark's stand-alone parser generated from the grammar
+(`python -m zhenwu.compiler.frontend.regen_parser` after editing it): a compile imports no
+lark and builds no tables.
 """
 
 from __future__ import annotations
 
 from functools import cache
-from pathlib import Path
 
-import lark
-from lark import Token, Transformer, v_args
+from zhenwu.compiler.frontend import _zt_lalr as lalr
 from zhenwu.compiler.frontend import ast
 from zhenwu.isa.errors import Diagnostic, SourceSpan, normalize_newlines, source_lines
 
-_GRAMMAR = Path(__file__).with_name("grammar.lark")
+Token, Transformer, v_args = lalr.Token, lalr.Transformer, lalr.v_args
 
 # How expected terminals are named in syntax errors.
 _FRIENDLY = {"NAME": "a name", "INT": "an integer", "FLOAT": "a number", "STRING": "a string",
@@ -48,12 +49,8 @@ class _NewlinesInBrackets:
 
 
 @cache
-def _lark() -> lark.Lark:
-    # cache=True keeps lark's grammar analysis in a file in the temp dir, keyed by the
-    # grammar's hash and lark's version: a fresh process then loads the tables instead of
-    # building them (about 0.3 s of every compile otherwise).
-    return lark.Lark(_GRAMMAR.read_text(), parser="lalr", propagate_positions=True,
-                     maybe_placeholders=True, postlex=_NewlinesInBrackets(), cache=True)
+def _lark() -> lalr.Lark:
+    return lalr.Lark_StandAlone(postlex=_NewlinesInBrackets())
 
 
 @cache
@@ -92,15 +89,15 @@ def _token_text(token: Token) -> str:
     return f"'{token.value}'"
 
 
-def _syntax_error(err: lark.exceptions.UnexpectedInput, file: str, text: str) -> Diagnostic:
+def _syntax_error(err: lalr.UnexpectedInput, file: str, text: str) -> Diagnostic:
     line, col = max(err.line, 1), max(err.column, 1)
-    if isinstance(err, lark.exceptions.UnexpectedCharacters):
+    if isinstance(err, lalr.UnexpectedCharacters):
         char = text[err.pos_in_stream] if err.pos_in_stream < len(text) else "?"
         message = f"unexpected character {char!r}"
         if char == "'":
             message += "; strings use double quotes"
         return Diagnostic(message, SourceSpan(file, line, col, line, col + 1, text))
-    if isinstance(err, lark.exceptions.UnexpectedToken):
+    if isinstance(err, lalr.UnexpectedToken):
         token = err.token
         if token.type == "$END":
             lines = source_lines(text)
@@ -373,13 +370,13 @@ def parse_source(text: str, file: str = "<input>") -> ast.Module:
     text = normalize_newlines(text)
     try:
         tree = _lark().parse(text)
-    except lark.exceptions.UnexpectedInput as err:
+    except lalr.UnexpectedInput as err:
         raise _syntax_error(err, file, text) from None
-    except lark.exceptions.VisitError as err:  # pragma: no cover - transformer bug
+    except lalr.VisitError as err:  # pragma: no cover - transformer bug
         raise err.orig_exc from None
     try:
         items = _ToAst(file, text).transform(tree)
-    except lark.exceptions.VisitError as err:
+    except lalr.VisitError as err:
         if isinstance(err.orig_exc, Diagnostic):
             raise err.orig_exc from None
         raise
