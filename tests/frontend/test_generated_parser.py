@@ -7,7 +7,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from zhenwu.compiler.frontend import _zt_lalr, parser, regen_parser
 
 ROOT = Path(__file__).resolve().parents[2]
