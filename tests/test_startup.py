@@ -77,3 +77,52 @@ def test_lazy_prelude_names_match_its_parse():
     assert sorted(PRELUDE) == sorted(parsed)
     assert "softmax" in PRELUDE and PRELUDE["softmax"].name == "softmax"
     assert "nope" not in PRELUDE
+
+
+MANY_PROBE = r"""
+import sys
+from zhenwu.compiler import cli
+for path in sys.argv[2:]:
+    assert cli.main(["compile", path, "-o", sys.argv[1]]) == 0, path
+print("NUMPY", "numpy" in sys.modules)
+"""
+
+
+def test_compiling_programs_with_constants_imports_no_numpy(tmp_path):
+    """Constants (a layernorm's eps, a softmax scale, a -inf mask) are rounded to their
+    dtype without numpy (`round_float`), so compiling these imports none."""
+    bench = ROOT / "samples" / "bench"
+    programs = [bench / "layernorm.zt", bench / "qwen_block.zt",
+                bench / "attention_causal_1024.zt",
+                bench / "attention_forms" / "attn_einsum_seq_major.zt"]
+    done = subprocess.run([sys.executable, "-c", MANY_PROBE, str(tmp_path / "o.bin"),
+                           *map(str, programs)], check=False, capture_output=True, text=True,
+                          cwd=tmp_path, timeout=300)
+    assert "NUMPY False" in done.stdout, done.stdout + done.stderr
+
+
+def test_round_float_is_numpy_s_rounding():
+    import math
+    import random
+    import struct
+
+    import numpy as np
+
+    from zhenwu.compiler.graph.dtypes import np_dtype, round_float
+
+    rng = random.Random(3)
+    values = [0.0, -0.0, 1e-45, 2.0**-150, 65504.0, 65519.0, 65520.0, 3.4e38, 3.5e38, 1e300,
+              math.pi, math.inf, -math.inf]
+    for _ in range(3000):
+        values.append(rng.choice((-1, 1)) * rng.random() * 2.0 ** rng.uniform(-150, 130))
+        # bf16 ties and their neighbours: the round-to-even cases
+        tie = struct.unpack("<f", struct.pack("<I", (rng.getrandbits(15) << 16) | 0x8000))[0]
+        values += [tie, -tie, tie * (1 + 2.0**-40), tie * (1 - 2.0**-40)]
+    with np.errstate(over="ignore"):
+        for dtype in ("f32", "f16", "bf16", "fp8"):
+            for value in values:
+                want = float(np.asarray(value).astype(np_dtype(dtype)))
+                got = round_float(value, dtype)
+                assert (got == want and math.copysign(1, got) == math.copysign(1, want)) or (
+                    math.isnan(got) and math.isnan(want)), (dtype, value, got, want)
+    assert math.isnan(round_float(math.nan, "bf16"))

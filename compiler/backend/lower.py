@@ -34,13 +34,18 @@ from zhenwu.compiler.backend.kernel_ir import (
     View,
 )
 from zhenwu.compiler.backend.tiling import MIN_TILE_ELEMS, map_tile, matmul_schedule, reduce_tile
-from zhenwu.compiler.graph.dtypes import is_float, is_int, itemsize, limits, np_dtype
+from zhenwu.compiler.graph.dtypes import (
+    is_float,
+    is_int,
+    itemsize,
+    limits,
+    round_float,
+)
 from zhenwu.compiler.graph.ir import TensorType
 from zhenwu.compiler.graph.opfacets import OUT
 from zhenwu.compiler.graph.ops import COMPARISONS, OPS
 from zhenwu.isa.errors import CompileError
 from zhenwu.isa.instructions import INSTRUCTIONS
-from zhenwu.isa.lazy import numpy as np
 
 ALIGN = 64  # bytes: alignment of every L1/ACC buffer
 
@@ -636,7 +641,7 @@ class Lowering:
             return None
         dtype = op.attrs["dtype"]
         if is_float(dtype):
-            return float(np.asarray(float(op.attrs["value"])).astype(np_dtype(dtype)))
+            return round_float(float(op.attrs["value"]), dtype)
         return clamp_value(op.attrs["value"], dtype)
 
     def lower_op(self, op) -> None:

@@ -8,6 +8,8 @@ both 16-bit floats.
 
 from __future__ import annotations
 
+import math
+import struct
 from functools import cache
 
 from zhenwu.isa.dtypes import DTYPES, FLOAT_DTYPES, INT_DTYPES
@@ -114,3 +116,29 @@ def value_preserving(source: str, target: str) -> bool:
     """Whether casting `source` to `target` keeps every value (no truncation, rounding,
     wrapping or saturation), so that the cast may be skipped or merged with a later one."""
     return source == target or target in _HOLDS.get(source, ())
+
+
+def round_float(value: float, dtype: str) -> float:
+    """`value` as float dtype `dtype` stores it, exactly as numpy's `astype` rounds it (the
+    nearest, ties to even; bf16 through f32, as ml_dtypes does). f32, f16 and bf16 are
+    rounded here without numpy, so that compiling a program with constants does not import
+    it; fp8 and values that overflow to inf take numpy's path."""
+    try:
+        if dtype == "f32":
+            return struct.unpack("<f", struct.pack("<f", value))[0]
+        if dtype == "f16":
+            return struct.unpack("<e", struct.pack("<e", value))[0]
+        if dtype == "bf16" and not math.isfinite(value):
+            return value   # inf, -inf and nan are bf16 values
+        if dtype == "bf16":
+            # as ml_dtypes converts: to f32 first, then the nearest bf16 (ties to even),
+            # which is the top half of the f32's bits
+            bits = struct.unpack("<I", struct.pack("<f", value))[0]
+            bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+            if bits & 0x7FFFFFFF >= 0x7F800000:
+                raise OverflowError   # rounds to inf: numpy's path
+            return struct.unpack("<f", struct.pack("<I", bits))[0]
+    except (OverflowError, struct.error):
+        pass
+    return float(np.asarray(float(value)).astype(np_dtype(dtype)))
+

@@ -38,11 +38,11 @@ index (the softmax's rows in row-major order).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from math import gcd
 
-from zhenwu.compiler.graph.dtypes import np_dtype, value_preserving
-from zhenwu.isa.lazy import numpy as np
+from zhenwu.compiler.graph.dtypes import round_float, value_preserving
 
 # The scores' dtypes the kernel reproduces: those with an infinity, whose products it
 # computes in f32 without overflowing where the program would not
@@ -145,7 +145,7 @@ def scalar_constant(value, producers) -> float | None:
         dtype = op.result.type.dtype
         if dtype not in SCORE_DTYPES:
             return None
-        return float(np.asarray(float(op.attrs["value"])).astype(np_dtype(dtype)))
+        return round_float(float(op.attrs["value"]), dtype)
     return None
 
 
@@ -160,7 +160,7 @@ def _scale_of(op, producers) -> tuple[object, float] | None:
         if c is None or scores.type.shape != op.result.type.shape:
             continue
         if op.kind == "div":
-            if c == 0 or not np.isfinite(c):
+            if c == 0 or not math.isfinite(c):
                 return None
             c = 1.0 / c
         return scores, c
