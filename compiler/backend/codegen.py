@@ -105,6 +105,7 @@ R_STEP_LOOP, R_STEP = 12, 13
 R_LD_COUNT, R_LD_OFF, R_OUT_COUNT, R_OUT_OFF = 14, 15, 16, 17
 MAX_AXES = R_STEP_LOOP - R_COORD
 R_STEPS, R_MIDDLE = 18, 19   # causal nests: this tile's key steps, and that minus two
+R_A_OFF = 20   # a step's byte offset into an MMA operand resident as whole rows
 
 
 # Text forms of operands, for emitters that still write instructions as text (the Emitter
@@ -335,7 +336,12 @@ def _compute(ctx: _NestContext, stmt, first_step: bool) -> Instruction:
         mode = [stmt.mode if stmt.mode else ("init" if first_step else "acc")]
         k = a.rows if stmt.trans_a else a.cols
         mode += ["tA"] if stmt.trans_a else []
-        return instruction(f"MMA.{stmt.in_dtype}.{stmt.acc_dtype}", t(stmt.dst), t(stmt.a),
+        a_tile = t(stmt.a)
+        axis = _resident_rows_axis(ctx, stmt)
+        if axis is not None:   # this step's k tile of the whole rows (one row: repeated)
+            k = ctx.nest.tile[axis]
+            a_tile = Tile(a.level, Addr(R_A_OFF, a.offset), 0 if a.rows == 1 else a.cols, 1)
+        return instruction(f"MMA.{stmt.in_dtype}.{stmt.acc_dtype}", t(stmt.dst), a_tile,
                            t(stmt.b), c.rows, c.cols, k, options=mode)
     raise TypeError(stmt)
 
@@ -366,6 +372,11 @@ def _emit_step(emit: Emitter, ctx: _NestContext, first: bool, last: bool,
         emit.op(f"DMA.LD.{buf.dtype}", ctx.tile(load.dst), ctx.ref(load.view, load.box),
                 options=pad, waits=[(E_LD_FREE, 1)] if index == 0 else [],
                 sigs=[(E_LD_FULL, 1)])
+    for stmt in compute:
+        axis = _resident_rows_axis(ctx, stmt) if isinstance(stmt, Mma) else None
+        if axis is not None:
+            size = itemsize(ctx.nest.buffer(stmt.a).dtype)
+            emit.op("MUL", Reg(R_A_OFF), Reg(R_COORD + axis), size)
     all_waits: list[list] = [[] for _ in compute]
     all_sigs: list[list] = [[] for _ in compute]
     for index, stmt in enumerate(compute):
@@ -510,6 +521,18 @@ def _causal_tile(emit: Emitter, nest: Nest, causal: tuple[int, int]) -> None:
     emit.op("MAX", Reg(R_STEPS), Reg(R_STEPS), 2)
     emit.op("MIN", Reg(R_STEPS), Reg(R_STEPS), grid[k_axis])
     emit.op("SUB", Reg(R_MIDDLE), Reg(R_STEPS), 2)
+
+
+def _resident_rows_axis(ctx: _NestContext, stmt: Mma) -> int | None:
+    """The reduction axis along which an MMA's A operand is read from whole rows resident
+    in a setup buffer (a map prologue's, compiler/backend/gemm.py), or None: A is a setup
+    buffer (not transposed) wider than the nest's k tile."""
+    if stmt.trans_a or stmt.a not in ctx.setup_buffers:
+        return None
+    red = [axis for axis, kind in enumerate(ctx.nest.kinds) if kind == "r"]
+    if len(red) != 1 or ctx.nest.buffer(stmt.a).cols == ctx.nest.tile[red[0]]:
+        return None
+    return red[0]
 
 
 def _read_only_by_mma(nest: Nest, names: frozenset[str]) -> bool:
