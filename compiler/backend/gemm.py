@@ -426,15 +426,21 @@ def lower_matmul_group(low, ops) -> None:
     choice = getattr(low, "gemm_tiles", {}).get(mm.id)
     ranked: list = []
     b_k_major = _k_contiguous(b_view, axis_map[ax_k])
+    # an RMSNorm's normalised rows may stay in L1 too (`norm_resident`, below)
+    rows_pro = _prologue_rows(m, machine)
+    norm_bytes = setup_bytes(rows_pro, k) if norm else 0
+    norm_extra = rows_pro * k * itemsize(in_dtype) + (4 * k if norm and norm.g is not None else 0)
+    norm_resident_fits = bool(norm) and norm_bytes + norm_extra <= machine.l1_bytes // 2
     tile = choose_gemm_tile(batch_count, m, n, k, in_dtype, acc_dtype, itemsize(a.dtype),
                             itemsize(b.dtype), itemsize(out.dtype), full_bytes, row_bytes,
                             n_vec, machine, fixed=choice, ranked=ranked, b_k_major=b_k_major,
                             prologue_bytes=(prologue_bytes(LD_COPIES_PROLOGUE) if norm else
                                             map_bytes(mapped, LD_COPIES_PROLOGUE) if mapped
                                             else 0),
-                            setup_bytes=(setup_bytes(_prologue_rows(m, machine), k) if norm else
-                                         map_setup_bytes(mapped, _prologue_rows(m, machine), k,
-                                                         in_dtype) if resident_fits else 0))
+                            setup_bytes=(norm_bytes + (norm_extra if norm_resident_fits else 0)
+                                         if norm else
+                                         map_setup_bytes(mapped, rows_pro, k, in_dtype)
+                                         if resident_fits else 0))
     # too few output tiles: split K across the cores, the partial sums added in a second
     # nest of the kernel (compiler/backend/split_k.py); not under an RMSNorm prologue
     split = None if choice is not None or norm or mapped else choose_split(
@@ -458,13 +464,17 @@ def lower_matmul_group(low, ops) -> None:
     # step's MMA reads its A tile from them (`resident`); else on each step's operand tiles
     resident = resident_fits and k % tile_k == 0
     stepped = mapped is not None and not resident
-    buffers, used = layout(([] if resident else [("a", "L1", in_dtype, tile_m, tile_k, "ld")])
+    # (likewise an RMSNorm's rows, scaled once per core)
+    norm_resident = norm_resident_fits and k % tile_k == 0
+    norm_stepped = norm is not None and not norm_resident
+    buffers, used = layout(([] if resident or norm_resident
+                            else [("a", "L1", in_dtype, tile_m, tile_k, "ld")])
                            + [("b", "L1", in_dtype, tile_k, tile_n, "ld")]
                            + ([("px", "L1", "f32", pro_rows, tile_k, "ld"),
-                               ("pg", "L1", "f32", 1, tile_k, "ld")] if norm else [])
+                               ("pg", "L1", "f32", 1, tile_k, "ld")] if norm_stepped else [])
                            + [(f"p{i}", "L1", home_dtype(mapped.dtype), pro_rows, tile_k, "ld")
                               for i in range(len(mapped.inputs) if stepped else 0)],
-                           copies={"ld": LD_COPIES_PROLOGUE} if norm or stepped else None)
+                           copies={"ld": LD_COPIES_PROLOGUE} if norm_stepped or stepped else None)
     dims = {"full": (tile_m, tile_n), "row": (1, tile_n), "col": (tile_m, 1), "one": (1, 1)}
     l1_out = []
     offset = used["L1"]
@@ -478,7 +488,7 @@ def lower_matmul_group(low, ops) -> None:
     if narrow_result:
         l1_out.append(Buffer("round", "L1", "bf16", tile_m, tile_n, offset))
         offset += aligned(tile_m * tile_n * 2)
-    if norm:   # the prologue's scratch tile
+    if norm_stepped:   # the prologue's scratch tile
         l1_out.append(Buffer("pt", "L1", "f32", pro_rows, tile_k, offset))
         offset += aligned(pro_rows * tile_k * 4)
     for index in range(len(mapped.ops) if stepped else 0):   # the map's values
@@ -528,7 +538,7 @@ def lower_matmul_group(low, ops) -> None:
                                                 part, buffers, step, tuple(final), machine.cores,
                                                 machine.mx_n), last.span)
         return
-    if norm:
+    if norm_stepped:
         box = (() if pro_rows == tile_m else
                tuple(pro_rows if axis == ax_m else nest_tile[axis] for axis in a_view.axes))
         loads = [Load("a", a_view), Load("b", b_view), Load("px", a_view, 0.0, box)]
@@ -542,6 +552,26 @@ def lower_matmul_group(low, ops) -> None:
         rows_view = View(a_view.tensor, a_view.dtype, a_view.offset, (ax_m, ax_m),
                          a_view.dims, a_view.strides, (0, 0))
         setup = (Load("X", rows_view, 0.0, (pro_rows, k)), *setup_statements(norm))
+    if norm_resident:
+        # once per core: X, the whole rows, their squares and scale as above, then the MX
+        # operand A = cast(X * ss * g) (the graph's order); each step's MMA reads its k
+        # columns (codegen's `_resident_rows_axis`), each step loads only its B tile
+        for buf_name, cols in (("X", k), ("sq", k), ("ss", 1)):
+            buffers.append(Buffer(buf_name, "L1", "f32", pro_rows, cols, _l1_end(buffers), 1, 0))
+        rows_view = View(a_view.tensor, a_view.dtype, a_view.offset, (ax_m, ax_m),
+                         a_view.dims, a_view.strides, (0, 0))
+        loads = [Load("X", rows_view, 0.0, (pro_rows, k))]
+        scaled = [Vec("MUL", "f32", "X", ("X", "ss"))]
+        if norm.g is not None:
+            buffers.append(Buffer("G", "L1", "f32", 1, k, _l1_end(buffers), 1, 0))
+            g = pro_views[0]
+            loads.append(Load("G", View(g.tensor, g.dtype, g.offset, (ax_m,), g.dims, g.strides,
+                                        (0,)), 0.0, (k,)))
+            scaled.append(Vec("MUL", "f32", "X", ("X", "G")))
+        buffers.append(Buffer("A", "L1", in_dtype, pro_rows, k, _l1_end(buffers), 1, 0))
+        scaled.append(Vec("CVT.f32", in_dtype, "A", ("X",)))
+        setup = (*loads, *setup_statements(norm), *scaled)
+        step = (Load("b", b_view), Mma(in_dtype, acc_dtype, "c", "A", "b"))
     if stepped:
         box = (() if pro_rows == tile_m else
                tuple(pro_rows if axis == ax_m else nest_tile[axis] for axis in a_view.axes))
