@@ -474,7 +474,7 @@ def lower_matmul_group(low, ops) -> None:
                                ("pg", "L1", "f32", 1, tile_k, "ld")] if norm_stepped else [])
                            + [(f"p{i}", "L1", home_dtype(mapped.dtype), pro_rows, tile_k, "ld")
                               for i in range(len(mapped.inputs) if stepped else 0)],
-                           copies={"ld": LD_COPIES_PROLOGUE} if norm_stepped or stepped else None)
+                           copies={"ld": LD_COPIES_PROLOGUE} if norm or mapped else None)
     dims = {"full": (tile_m, tile_n), "row": (1, tile_n), "col": (tile_m, 1), "one": (1, 1)}
     l1_out = []
     offset = used["L1"]
