@@ -52,8 +52,9 @@ from zhenwu.isa.instructions import INSTRUCTIONS
 NARROW = ("bf16", "f16", "fp8")
 MAX_TILE_K = 512
 TIE = 1e-3   # relative: costs this close are a tie
-# operand copies of a kernel with an RMSNorm prologue: its steps hand A through the vector
-# engine before the MMA, a longer chain per step that more copies keep off the loads' path
+# operand copies of a kernel with a prologue (RMSNorm or map): stepped, its steps hand A
+# through the vector engine before the MMA, a longer chain per step that more copies keep
+# off the loads' path; resident, B's loads run further ahead while the setup computes A
 # (a power of two: the copy index is then an AND, which timing-only fast-forward
 # extrapolates; with 3 copies it trapped out of bounds there, not in a full simulation)
 LD_COPIES_PROLOGUE = 4
