@@ -21,6 +21,7 @@ from math import ceil
 
 from zhenwu.compiler.backend.gemm_prologue import (
     g_view,
+    is_map,
     map_bytes,
     map_prologue,
     map_setup_bytes,
@@ -334,7 +335,11 @@ def lower_matmul_group(low, ops) -> None:
         lower_matmul_group(low, [mm] + epilogue)
         return
     # a map of few-row operands computed at every k step (gemm_prologue.py), or None
-    mapped = map_prologue(prologue) if norm is None else None
+    mapped = map_prologue(low, prologue) if norm is None and is_map(prologue) else None
+    if mapped is None and norm is None and is_map(prologue):
+        low.lower_elementwise(prologue)    # the map kernel, then the plain product
+        lower_matmul_group(low, [mm] + epilogue)
+        return
     # its whole rows may stay in L1 (the resident form, below) when they leave half of it
     resident_fits = mapped is not None and _map_fits(mapped, mm, machine)
     from zhenwu.compiler.backend.fusion import home_dtype

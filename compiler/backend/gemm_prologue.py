@@ -133,17 +133,28 @@ class MapPrologue:
     dtype: str
 
 
-def map_prologue(prologue) -> MapPrologue | None:
-    """The MapPrologue of a matmul group's prologue ops, or None when they are an RMSNorm
-    (`row_norm`) or only operand casts."""
-    if not prologue or any(op.kind in ("reduce_sum", "cast") for op in prologue):
-        return None
+def is_map(prologue) -> bool:
+    """Whether a matmul group's prologue ops are a map (the map-prologue matcher's), not an
+    RMSNorm (`row_norm`) or only operand casts."""
+    return bool(prologue) and not any(op.kind in ("reduce_sum", "cast") for op in prologue)
+
+
+def map_prologue(low, prologue) -> MapPrologue | None:
+    """The MapPrologue of a map's ops, or None when one of its scalar operands cannot be an
+    immediate of the op's vector instructions (the group is then lowered as the map kernel
+    and the plain product)."""
+    from zhenwu.compiler.backend.lower import may_be_immediate
+
     inner = {op.id for op in prologue}
     inputs: dict[int, object] = {}
     for op in prologue:
-        for value in op.inputs:
-            if value.id not in inner and tuple(value.type.shape):
+        for index, value in enumerate(op.inputs):
+            if value.id in inner:
+                continue
+            if tuple(value.type.shape):
                 inputs.setdefault(value.id, value)
+            elif low.immediate(value) is None or not may_be_immediate(op, index):
+                return None
     return MapPrologue(tuple(inputs.values()), tuple(prologue), prologue[-1].result.type.dtype)
 
 
