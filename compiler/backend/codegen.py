@@ -105,6 +105,8 @@ R_STEP_LOOP, R_STEP = 12, 13
 R_LD_COUNT, R_LD_OFF, R_OUT_COUNT, R_OUT_OFF = 14, 15, 16, 17
 MAX_AXES = R_STEP_LOOP - R_COORD
 R_STEPS, R_MIDDLE = 18, 19   # causal nests: this tile's key steps, and that minus two
+R_A_OFF = 20   # a step's byte offset into an MMA operand resident as whole rows
+R_CORE_SAVED, R_SHIFT = 21, 22   # a rotated nest: this core's own id, the rotation
 
 
 # Text forms of operands, for emitters that still write instructions as text (the Emitter
@@ -335,7 +337,12 @@ def _compute(ctx: _NestContext, stmt, first_step: bool) -> Instruction:
         mode = [stmt.mode if stmt.mode else ("init" if first_step else "acc")]
         k = a.rows if stmt.trans_a else a.cols
         mode += ["tA"] if stmt.trans_a else []
-        return instruction(f"MMA.{stmt.in_dtype}.{stmt.acc_dtype}", t(stmt.dst), t(stmt.a),
+        a_tile = t(stmt.a)
+        axis = _resident_rows_axis(ctx, stmt)
+        if axis is not None:   # this step's k tile of the whole rows (one row: repeated)
+            k = ctx.nest.tile[axis]
+            a_tile = Tile(a.level, Addr(R_A_OFF, a.offset), 0 if a.rows == 1 else a.cols, 1)
+        return instruction(f"MMA.{stmt.in_dtype}.{stmt.acc_dtype}", t(stmt.dst), a_tile,
                            t(stmt.b), c.rows, c.cols, k, options=mode)
     raise TypeError(stmt)
 
@@ -366,6 +373,11 @@ def _emit_step(emit: Emitter, ctx: _NestContext, first: bool, last: bool,
         emit.op(f"DMA.LD.{buf.dtype}", ctx.tile(load.dst), ctx.ref(load.view, load.box),
                 options=pad, waits=[(E_LD_FREE, 1)] if index == 0 else [],
                 sigs=[(E_LD_FULL, 1)])
+    for stmt in compute:
+        axis = _resident_rows_axis(ctx, stmt) if isinstance(stmt, Mma) else None
+        if axis is not None:
+            size = itemsize(ctx.nest.buffer(stmt.a).dtype)
+            emit.op("MUL", Reg(R_A_OFF), Reg(R_COORD + axis), size)
     all_waits: list[list] = [[] for _ in compute]
     all_sigs: list[list] = [[] for _ in compute]
     for index, stmt in enumerate(compute):
@@ -512,6 +524,18 @@ def _causal_tile(emit: Emitter, nest: Nest, causal: tuple[int, int]) -> None:
     emit.op("SUB", Reg(R_MIDDLE), Reg(R_STEPS), 2)
 
 
+def _resident_rows_axis(ctx: _NestContext, stmt: Mma) -> int | None:
+    """The reduction axis along which an MMA's A operand is read from whole rows resident
+    in a setup buffer (a map prologue's, compiler/backend/gemm.py), or None: A is a setup
+    buffer (not transposed) wider than the nest's k tile."""
+    if stmt.trans_a or stmt.a not in ctx.setup_buffers:
+        return None
+    red = [axis for axis, kind in enumerate(ctx.nest.kinds) if kind == "r"]
+    if len(red) != 1 or ctx.nest.buffer(stmt.a).cols == ctx.nest.tile[red[0]]:
+        return None
+    return red[0]
+
+
 def _read_only_by_mma(nest: Nest, names: frozenset[str]) -> bool:
     """Whether the buffers `names` are read by MMAs only (never by the vector engine or
     a store)."""
@@ -533,13 +557,21 @@ def _read_only_by_mma(nest: Nest, names: frozenset[str]) -> bool:
     return True
 
 
-def emit_nest(emit: Emitter, nest: Nest, tensors) -> None:
-    """The code of one nest (see the module docstring for the protocol)."""
+def emit_nest(emit: Emitter, nest: Nest, tensors, core_offset: int = 0) -> None:
+    """The code of one nest (see the module docstring for the protocol). `core_offset`:
+    deal the tiles from core `core_offset` (mod the cores) on (`emit_kernel`)."""
     if nest.schedule == "flash":
         from zhenwu.compiler.backend.flash_codegen import emit_flash_nest
 
         emit_flash_nest(emit, nest)
         return
+    if core_offset:   # r0 is this nest's core number: (core - offset) mod cores
+        emit.op("MOV", Reg(R_CORE_SAVED), Reg(R_CORE))
+        emit.op("LI", Reg(R_SHIFT), core_offset)
+        emit.op("REM", Reg(R_SHIFT), Reg(R_SHIFT), Reg(R_CORES))
+        emit.op("SUB", Reg(R_CORE), Reg(R_CORE), Reg(R_SHIFT))
+        emit.op("ADD", Reg(R_CORE), Reg(R_CORE), Reg(R_CORES))
+        emit.op("REM", Reg(R_CORE), Reg(R_CORE), Reg(R_CORES))
     if len(nest.extents) > MAX_AXES:
         raise ValueError(f"a nest with {len(nest.extents)} axes (at most {MAX_AXES})")
     descs = emit_descriptors(emit, nest)
@@ -669,14 +701,48 @@ def emit_nest(emit: Emitter, nest: Nest, tensors) -> None:
     emit.op("WAIT.S", Event(E_OUT_FREE, out_credits))
     if tile_loads:
         emit.op("WAIT.S", Event(E_EPI_FREE, out_credits))
+    if core_offset:
+        emit.op("MOV", Reg(R_CORE), Reg(R_CORE_SAVED))
+
+
+def _gm_accesses(nest: Nest) -> tuple[set[str], set[str]]:
+    """(GM tensors the nest loads, GM tensors it stores)."""
+    reads = {s.view.tensor for s in nest.setup + nest.init + nest.step + nest.final
+             if isinstance(s, Load)}
+    writes = {s.view.tensor for s in nest.final + nest.step if isinstance(s, Store)}
+    return reads, writes
+
+
+def _rotatable(nest: Nest) -> bool:
+    """A nest whose tiles may be dealt from any core on (r0 only numbers its tiles)."""
+    return nest.schedule in ("", "prefetch") and not nest.causal
 
 
 def emit_kernel(emit: Emitter, kernel: Kernel, tensors) -> None:
+    """The kernel's nests in order, a chip barrier after each that a later one may depend
+    on. Consecutive nests that neither read nor write a GM tensor another of them writes
+    (a horizontal fusion's, compiler/backend/merge.py) need none between them: each core
+    drains its engines at a nest's end (`BAR.CORE`), which orders the nests' use of its L1
+    and events; their tiles are dealt from the core after the previous nest's last tile on,
+    so that small nests run side by side on different cores instead of one after another."""
     emit.kernel(kernel.name)
-    for index, nest in enumerate(kernel.nests):
-        if index:  # a nest may read what every core's previous nest wrote
-            emit.op("BAR.CHIP")
-        emit_nest(emit, nest, tensors)
+    reads: set[str] = set()
+    writes: set[str] = set()
+    offset = 0
+    previous = None
+    for nest in kernel.nests:
+        r, w = _gm_accesses(nest)
+        if previous is not None:
+            if (_rotatable(nest) and _rotatable(previous)
+                    and not (r & writes or w & writes or w & reads)):
+                offset += previous.parallel_tiles
+            else:  # a nest may read what every core's previous nest wrote
+                emit.op("BAR.CHIP")
+                reads, writes, offset = set(), set(), 0
+        emit_nest(emit, nest, tensors, offset)
+        reads |= r
+        writes |= w
+        previous = nest
     emit.op("BAR.CHIP")
 
 

@@ -21,6 +21,11 @@ from math import ceil
 
 from zhenwu.compiler.backend.gemm_prologue import (
     g_view,
+    is_map,
+    map_bytes,
+    map_prologue,
+    map_setup_bytes,
+    map_statements,
     prologue_bytes,
     row_norm,
     setup_bytes,
@@ -49,8 +54,9 @@ NARROW = ("bf16", "f16", "fp8")
 MAX_TILE_K = 512
 TIE = 1e-3   # relative: costs this close are a tie
 FLOOR_SLACK = 1e-9   # rounding: `cost_floor` sums its terms in another order than gemm_cost
-# operand copies of a kernel with an RMSNorm prologue: its steps hand A through the vector
-# engine before the MMA, a longer chain per step that more copies keep off the loads' path
+# operand copies of a kernel with a prologue (RMSNorm or map): stepped, its steps hand A
+# through the vector engine before the MMA, a longer chain per step that more copies keep
+# off the loads' path; resident, B's loads run further ahead while the setup computes A
 # (a power of two: the copy index is then an AND, which timing-only fast-forward
 # extrapolates; with 3 copies it trapped out of bounds there, not in a full simulation)
 LD_COPIES_PROLOGUE = 4
@@ -360,13 +366,25 @@ def lower_matmul_group(low, ops) -> None:
         low.lower_elementwise(prologue)
         lower_matmul_group(low, [mm] + epilogue)
         return
+    # a map of few-row operands computed at every k step (gemm_prologue.py), or None
+    mapped = map_prologue(low, prologue) if norm is None and is_map(prologue) else None
+    if mapped is None and norm is None and is_map(prologue):
+        low.lower_elementwise(prologue)    # the map kernel, then the plain product
+        lower_matmul_group(low, [mm] + epilogue)
+        return
+    # its whole rows may stay in L1 (the resident form, below) when they leave half of it
+    resident_fits = mapped is not None and _map_fits(mapped, mm, machine)
+    from zhenwu.compiler.backend.fusion import home_dtype
     # operands produced by a cast in the group are loaded from the cast's source
-    casts = {} if norm else {op.result.id: op.inputs[0] for op in prologue}
-    a, b = (low.view_of(norm.x if norm and index == 0 else casts.get(v.id, v))
-            for index, v in enumerate(mm.inputs))
+    casts = {} if norm or mapped else {op.result.id: op.inputs[0] for op in prologue}
+    a_value = norm.x if norm else mapped.inputs[0] if mapped else casts.get(mm.inputs[0].id,
+                                                                               mm.inputs[0])
+    a = low.view_of(a_value)
+    b = low.view_of(casts.get(mm.inputs[1].id, mm.inputs[1]))
     out = low.new_tensor(f"t{last.id}", last.result.type, "temp", last.span)
     low.views[last.id] = out
     batch, m, n, k, a_view, b_view, c_view = matmul_views(a, b, out)
+    map_views = [matmul_views(low.view_of(v), b, out)[4] for v in mapped.inputs] if mapped else []
     nb = len(batch)
     ax_m, ax_n, ax_k = nb, nb + 1, nb + 2
     bat, zeros = tuple(range(nb)), (0,) * (nb + 2)
@@ -401,7 +419,7 @@ def lower_matmul_group(low, ops) -> None:
 
     extents = batch + (m, n, k)
     kinds = ("p",) * (nb + 2) + ("r",)
-    pro_views = [g_view(low, norm, ax_k, k)] if norm and norm.g is not None else []
+    pro_views = [g_view(low, norm, ax_k, k)] if norm and norm.g is not None else map_views
     extents, kinds, views, axis_map = simplify(extents, kinds, {ax_m, ax_n, ax_k},
                                                [a_view, b_view, c_view] + epi_views + pro_views)
     a_view, b_view, c_view = views[:3]
@@ -410,7 +428,7 @@ def lower_matmul_group(low, ops) -> None:
     ax_m, ax_n = axis_map[ax_m], axis_map[ax_n]
     nb = len(extents) - 3
     in_dtype, acc_dtype = mma_dtypes(mm.inputs[0].type.dtype, machine)
-    for cast in ([] if norm else prologue):  # fuse folds only exact casts
+    for cast in ([] if norm or mapped else prologue):  # fuse folds only exact casts
         source, target = cast.inputs[0].type.dtype, cast.attrs["dtype"]
         if not value_preserving(source, target) and target != in_dtype:
             raise CompileError(f"machine '{machine.name}' multiplies {target} as {in_dtype}: "
@@ -446,14 +464,24 @@ def lower_matmul_group(low, ops) -> None:
     choice = getattr(low, "gemm_tiles", {}).get(mm.id)
     ranked: list = []
     b_k_major = _k_contiguous(b_view, axis_map[ax_k])
+    # an RMSNorm's normalised rows may stay in L1 too (`norm_resident`, below)
+    rows_pro = _prologue_rows(m, machine)
+    norm_bytes = setup_bytes(rows_pro, k) if norm else 0
+    norm_extra = rows_pro * k * itemsize(in_dtype) + (4 * k if norm and norm.g is not None else 0)
+    norm_resident_fits = bool(norm) and norm_bytes + norm_extra <= machine.l1_bytes // 2
     tile = choose_gemm_tile(batch_count, m, n, k, in_dtype, acc_dtype, itemsize(a.dtype),
                             itemsize(b.dtype), itemsize(out.dtype), full_bytes, row_bytes,
                             n_vec, machine, fixed=choice, ranked=ranked, b_k_major=b_k_major,
-                            prologue_bytes=prologue_bytes(LD_COPIES_PROLOGUE) if norm else 0,
-                            setup_bytes=setup_bytes(_prologue_rows(m, machine), k) if norm else 0)
+                            prologue_bytes=(prologue_bytes(LD_COPIES_PROLOGUE) if norm else
+                                            map_bytes(mapped, LD_COPIES_PROLOGUE) if mapped
+                                            else 0),
+                            setup_bytes=(norm_bytes + (norm_extra if norm_resident_fits else 0)
+                                         if norm else
+                                         map_setup_bytes(mapped, rows_pro, k, in_dtype)
+                                         if resident_fits else 0))
     # too few output tiles: split K across the cores, the partial sums added in a second
     # nest of the kernel (compiler/backend/split_k.py); not under an RMSNorm prologue
-    split = None if choice is not None or norm else choose_split(
+    split = None if choice is not None or norm or mapped else choose_split(
         batch_count, m, n, k, in_dtype, acc_dtype, itemsize(a.dtype), itemsize(b.dtype),
         itemsize(out.dtype), full_bytes, row_bytes, n_vec, machine, tile, b_k_major)
     if split is not None:
@@ -470,11 +498,21 @@ def lower_matmul_group(low, ops) -> None:
     # tile's padding; else on whole tiles (a rows x 1 operand of a tile_m-row instruction
     # must have tile_m rows)
     pro_rows = 1 if m == 1 else tile_m
-    buffers, used = layout([("a", "L1", in_dtype, tile_m, tile_k, "ld"),
-                            ("b", "L1", in_dtype, tile_k, tile_n, "ld")]
+    # a map whose k tiles cut K evenly is computed once per core on whole rows, and each
+    # step's MMA reads its A tile from them (`resident`); else on each step's operand tiles
+    resident = resident_fits and k % tile_k == 0
+    stepped = mapped is not None and not resident
+    # (likewise an RMSNorm's rows, scaled once per core)
+    norm_resident = norm_resident_fits and k % tile_k == 0
+    norm_stepped = norm is not None and not norm_resident
+    buffers, used = layout(([] if resident or norm_resident
+                            else [("a", "L1", in_dtype, tile_m, tile_k, "ld")])
+                           + [("b", "L1", in_dtype, tile_k, tile_n, "ld")]
                            + ([("px", "L1", "f32", pro_rows, tile_k, "ld"),
-                               ("pg", "L1", "f32", 1, tile_k, "ld")] if norm else []),
-                           copies={"ld": LD_COPIES_PROLOGUE} if norm else None)
+                               ("pg", "L1", "f32", 1, tile_k, "ld")] if norm_stepped else [])
+                           + [(f"p{i}", "L1", home_dtype(mapped.dtype), pro_rows, tile_k, "ld")
+                              for i in range(len(mapped.inputs) if stepped else 0)],
+                           copies={"ld": LD_COPIES_PROLOGUE} if norm or mapped else None)
     dims = {"full": (tile_m, tile_n), "row": (1, tile_n), "col": (tile_m, 1), "one": (1, 1)}
     l1_out = []
     offset = used["L1"]
@@ -488,9 +526,13 @@ def lower_matmul_group(low, ops) -> None:
     if narrow_result:
         l1_out.append(Buffer("round", "L1", "bf16", tile_m, tile_n, offset))
         offset += aligned(tile_m * tile_n * 2)
-    if norm:   # the prologue's scratch tile
+    if norm_stepped:   # the prologue's scratch tile
         l1_out.append(Buffer("pt", "L1", "f32", pro_rows, tile_k, offset))
         offset += aligned(pro_rows * tile_k * 4)
+    for index in range(len(mapped.ops) if stepped else 0):   # the map's values
+        dtype = home_dtype(mapped.dtype)
+        l1_out.append(Buffer(f"q{index}", "L1", dtype, pro_rows, tile_k, offset))
+        offset += aligned(pro_rows * tile_k * itemsize(dtype))
     acc_tile = aligned(tile_m * tile_n * itemsize(acc_dtype))
     stride = aligned(max(acc_tile, offset - used["L1"])) if tile.acc_copies == 2 else 0
     copies = tile.acc_copies
@@ -534,7 +576,7 @@ def lower_matmul_group(low, ops) -> None:
                                                 part, buffers, step, tuple(final), machine.cores,
                                                 machine.mx_n), last.span)
         return
-    if norm:
+    if norm_stepped:
         box = (() if pro_rows == tile_m else
                tuple(pro_rows if axis == ax_m else nest_tile[axis] for axis in a_view.axes))
         loads = [Load("a", a_view), Load("b", b_view), Load("px", a_view, 0.0, box)]
@@ -548,8 +590,50 @@ def lower_matmul_group(low, ops) -> None:
         rows_view = View(a_view.tensor, a_view.dtype, a_view.offset, (ax_m, ax_m),
                          a_view.dims, a_view.strides, (0, 0))
         setup = (Load("X", rows_view, 0.0, (pro_rows, k)), *setup_statements(norm))
+    if norm_resident:
+        # once per core: X, the whole rows, their squares and scale as above, then the MX
+        # operand A = cast(X * ss * g) (the graph's order); each step's MMA reads its k
+        # columns (codegen's `_resident_rows_axis`), each step loads only its B tile
+        for buf_name, cols in (("X", k), ("sq", k), ("ss", 1)):
+            buffers.append(Buffer(buf_name, "L1", "f32", pro_rows, cols, _l1_end(buffers), 1, 0))
+        rows_view = View(a_view.tensor, a_view.dtype, a_view.offset, (ax_m, ax_m),
+                         a_view.dims, a_view.strides, (0, 0))
+        loads = [Load("X", rows_view, 0.0, (pro_rows, k))]
+        scaled = [Vec("MUL", "f32", "X", ("X", "ss"))]
+        if norm.g is not None:
+            buffers.append(Buffer("G", "L1", "f32", 1, k, _l1_end(buffers), 1, 0))
+            g = pro_views[0]
+            loads.append(Load("G", View(g.tensor, g.dtype, g.offset, (ax_m,), g.dims, g.strides,
+                                        (0,)), 0.0, (k,)))
+            scaled.append(Vec("MUL", "f32", "X", ("X", "G")))
+        buffers.append(Buffer("A", "L1", in_dtype, pro_rows, k, _l1_end(buffers), 1, 0))
+        scaled.append(Vec("CVT.f32", in_dtype, "A", ("X",)))
+        setup = (*loads, *setup_statements(norm), *scaled)
+        step = (Load("b", b_view), Mma(in_dtype, acc_dtype, "c", "A", "b"))
+    if stepped:
+        box = (() if pro_rows == tile_m else
+               tuple(pro_rows if axis == ax_m else nest_tile[axis] for axis in a_view.axes))
+        loads = [Load("a", a_view), Load("b", b_view)]
+        loads += [Load(f"p{i}", view, 0.0, box) for i, view in enumerate(pro_views)]
+        step = (*loads, *map_statements(mapped, low, in_dtype),
+                Mma(in_dtype, acc_dtype, "c", "a", "b"))
+    if resident:
+        # once per core: the operands' whole rows, the map on them, the MX operand `A`
+        # (its rows are one m tile: both view dims at coordinate 0)
+        dtype = home_dtype(mapped.dtype)
+        names = ([(f"P{i}", dtype) for i in range(len(mapped.inputs))]
+                 + [(f"Q{j}", dtype) for j in range(len(mapped.ops))] + [("A", in_dtype)])
+        for buf_name, buf_dtype in names:
+            buffers.append(Buffer(buf_name, "L1", buf_dtype, pro_rows, k, _l1_end(buffers),
+                                  1, 0))
+        setup = tuple(Load(f"P{i}", View(v.tensor, v.dtype, v.offset, (ax_m, ax_m), v.dims,
+                                         v.strides, (0, 0)), 0.0, (pro_rows, k))
+                      for i, v in enumerate(pro_views))
+        setup += tuple(map_statements(mapped, low, in_dtype, "P", "Q", "A"))
+        step = (Load("b", b_view), Mma(in_dtype, acc_dtype, "c", "A", "b"))
     nest = Nest(extents, nest_tile, kinds, tuple(buffers), (), step, tuple(final),
-                setup=setup if norm else (), group=tile.group if tile.group > 1 else 0)
+                setup=setup if norm or resident else (),
+                group=tile.group if tile.group > 1 else 0)
     low.kernel(name, group_ids, [nest], last.span)
 
 
@@ -558,6 +642,14 @@ def _prologue_fits(norm, mm, machine) -> bool:
     rank 2 (one m tile of A rows, read whole once per core) whose rows leave half of L1."""
     (rows, k), b_rank = mm.inputs[0].type.shape, len(mm.inputs[1].type.shape)
     return b_rank == 2 and setup_bytes(_prologue_rows(rows, machine), k) <= machine.l1_bytes // 2
+
+
+def _map_fits(mapped, mm, machine) -> bool:
+    """Whether a map prologue's whole rows (the resident form) leave half of L1."""
+    (rows, k) = mm.inputs[0].type.shape
+    in_dtype, _ = mma_dtypes(mm.inputs[0].type.dtype, machine)
+    return map_setup_bytes(mapped, _prologue_rows(rows, machine), k, in_dtype) <= (
+        machine.l1_bytes // 2)
 
 
 def _prologue_rows(m: int, machine) -> int:

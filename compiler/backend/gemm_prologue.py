@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from zhenwu.compiler.backend.kernel_ir import Reduce, Vec, View
 from zhenwu.compiler.backend.lower import elementwise_body
+from zhenwu.compiler.graph.dtypes import itemsize
 
 
 def prologue_bytes(ld_copies: int) -> int:
@@ -105,3 +106,88 @@ def step_statements(norm: RowNorm, in_dtype: str) -> list:
         out.append(Vec("MUL", "f32", "pt", ("pt", "pg")))
     out.append(Vec("CVT.f32", in_dtype, "a", ("pt",)))
     return out
+
+
+# ------------------------------------------------------------------ the map prologue
+
+
+@dataclass(frozen=True)
+class MapPrologue:
+    """A map of few-row operands as a product's A (compiler/passes/prologue_gemm_match.py):
+    its tensor operands (each [M, K] in `dtype`), its ops in program order, all computing in
+    `dtype`'s vector dtype. Two forms (compiler/backend/gemm.py):
+
+    - *resident* (when the k tiles cut K evenly and the whole rows leave half of L1): once
+      per core, `setup` loads the operands' whole rows (`P0`, `P1`, ...), computes each op
+      on them (`Q0`, ...) and the MX operand `A` (rows x K); each step loads only its B
+      tile, and its MMA reads the step's k columns of `A` (one row: repeated over the MX
+      tile's rows; codegen's `_resident_rows_axis`). The A rows are read from HBM once per
+      core, not once per k step and n tile (at a decode step's batch 1 they are read by all
+      cores at once, and the MMA would wait for them at every step);
+    - *stepped*: each k step loads its operand tiles (`p0`, ...), computes the ops (`q0`,
+      ...) and writes the MX operand `a` (also loaded first, as a step-load buffer, like the
+      RMSNorm prologue's)."""
+
+    inputs: tuple
+    ops: tuple
+    dtype: str
+
+
+def is_map(prologue) -> bool:
+    """Whether a matmul group's prologue ops are a map (the map-prologue matcher's), not an
+    RMSNorm (`row_norm`) or only operand casts."""
+    return bool(prologue) and not any(op.kind in ("reduce_sum", "cast") for op in prologue)
+
+
+def map_prologue(low, prologue) -> MapPrologue | None:
+    """The MapPrologue of a map's ops, or None when one of its scalar operands cannot be an
+    immediate of the op's vector instructions (the group is then lowered as the map kernel
+    and the plain product)."""
+    from zhenwu.compiler.backend.lower import may_be_immediate
+
+    inner = {op.id for op in prologue}
+    inputs: dict[int, object] = {}
+    for op in prologue:
+        for index, value in enumerate(op.inputs):
+            if value.id in inner:
+                continue
+            if tuple(value.type.shape):
+                inputs.setdefault(value.id, value)
+            elif low.immediate(value) is None or not may_be_immediate(op, index):
+                return None
+    return MapPrologue(tuple(inputs.values()), tuple(prologue), prologue[-1].result.type.dtype)
+
+
+def map_bytes(prologue: MapPrologue, ld_copies: int) -> int:
+    """L1 bytes per A element the map adds: its operand tiles (`ld_copies` each) and one
+    scratch tile per op (two copies), counted as f32."""
+    return 4 * ld_copies * len(prologue.inputs) + 4 * 2 * len(prologue.ops)
+
+
+def map_statements(prologue: MapPrologue, low, in_dtype: str, operand: str = "p",
+                   scratch: str = "q", result: str = "a") -> list:
+    """The map's ops in order on the operand tiles (`operand`0, `operand`1, ...), each into
+    its scratch tile (`scratch`0, ...), in the map's dtype (each instruction rounds as the
+    reference's op does), then its result into the MX operand `result`."""
+    from zhenwu.compiler.backend.fusion import home_dtype
+
+    compute = home_dtype(prologue.dtype)
+    names = {v.id: f"{operand}{i}" for i, v in enumerate(prologue.inputs)}
+    out: list = []
+    for index, op in enumerate(prologue.ops):
+        srcs = [names[v.id] if v.id in names else float(low.immediate(v)) for v in op.inputs]
+        out += elementwise_body(op.kind, op.attrs, compute)(srcs, f"{scratch}{index}", None)
+        names[op.result.id] = f"{scratch}{index}"
+    last = names[prologue.ops[-1].result.id]
+    out.append(Vec("COPY", in_dtype, result, (last,)) if compute == in_dtype
+               else Vec(f"CVT.{compute}", in_dtype, result, (last,)))
+    return out
+
+
+def map_setup_bytes(prologue: MapPrologue, rows: int, k: int, in_dtype: str) -> int:
+    """L1 bytes of the resident form: the operands' whole rows, each op's value (in the
+    map's vector dtype) and the MX operand, one copy each."""
+    from zhenwu.compiler.backend.fusion import home_dtype
+
+    per = itemsize(home_dtype(prologue.dtype)) * (len(prologue.inputs) + len(prologue.ops))
+    return rows * k * (per + itemsize(in_dtype))

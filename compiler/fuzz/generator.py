@@ -247,7 +247,7 @@ class ProgramBuilder:
              "concat", "softmax", "norm", "cast", "broadcast", "pad", "expand", "argmax",
              "conv", "pool", "einsum", "linear", "attention", "creation", "integer",
              "int_matmul", "nan_reduce", "weak_math", "attention_form", "gather",
-             "linear_combination", "rotary", "thin_linear", "norm_linear")
+             "linear_combination", "rotary", "thin_linear", "norm_linear", "map_linear")
         )
         getattr(self, f"step_{kind}")()
 
@@ -712,6 +712,38 @@ class ProgramBuilder:
             operand = a.name
             self.bind(f"{a.name} * 2.0", "bf16", (rows, k))
         self.bind(f"{operand} @ transpose({w.name})", "bf16", (rows, n))
+
+    def step_map_linear(self) -> None:
+        """A map of few-row operands feeding a product (SwiGLU's gate times up before the
+        down projection: the map-prologue matmul, compiler/passes/prologue_gemm_match.py) in
+        its spellings, on a fused gate/up product's halves or on two operands, or a form
+        that kernel refuses: many rows, a broadcast bias row, the map used again."""
+        rows = self.chooser.choice((1, 1, 2, 5, 80))
+        k = self.chooser.choice((16, 48, 64, 96))
+        n = self.chooser.choice((16, 40, 96))
+        if self.chooser.choice((True, False)):   # a fused gate/up weight, its two halves
+            dtype = "bf16"
+            x = self.new_param((rows, 32), dtype)
+            w = self.new_param((2 * k, 32), dtype)
+            gu = f"({x.name} @ transpose({w.name}))"   # one product after cse
+            g, u = f"{gu}[:, :{k}]", f"{gu}[:, {k}:]"
+        else:
+            dtype = self.chooser.choice(("bf16", "f32"))
+            g, u = (self.new_param((rows, k), dtype).name for _ in range(2))
+        form = self.chooser.choice(("silu", "swapped", "sigmoid", "bias", "reused"))
+        if form == "bias":
+            b = self.new_param((k,), dtype)
+            mapped = f"silu({g} + {b.name}) * {u}"
+        elif form == "swapped":
+            mapped = f"{u} * silu({g})"
+        elif form == "sigmoid":
+            mapped = f"{g} * sigmoid({g}) * {u}"
+        else:
+            mapped = f"silu({g}) * {u}"
+        if form == "reused":
+            mapped = self.bind(mapped, dtype, (rows, k)).name
+        wd = self.new_param((n, k), dtype)
+        self.bind(f"({mapped}) @ transpose({wd.name})", dtype, (rows, n))
 
     # -- the program -----------------------------------------------------------------------
     def text(self, outputs: list[Tensor]) -> str:

@@ -36,6 +36,7 @@ from zhenwu.compiler.graph.ops import OPS
 from zhenwu.compiler.passes.attention_match import match_attention
 from zhenwu.compiler.passes.norm_gemm_match import match_norm_gemm
 from zhenwu.compiler.passes.pass_base import GraphPass, register_pass
+from zhenwu.compiler.passes.prologue_gemm_match import match_map_gemm
 from zhenwu.isa.program import MAX_EVENT_COUNT, NUM_DESCS
 
 # The op table (compiler/graph/ops.py) says which ops a fused kernel computes: the
@@ -446,6 +447,11 @@ KERNEL_MATCHERS: dict[str, tuple] = {
     "matmul": (match_norm_gemm, "RMSNorm-prologue matmul",
                ("each core computes the scale of its A rows once and loads them scaled "
                 "at every k step (compiler/passes/norm_gemm_match.py)")),
+    # also kind "matmul" (a key of its own; the group's kind is the part before "@")
+    "matmul@map": (match_map_gemm, "map-prologue matmul",
+                   ("each core computes the map of the few A rows itself and the products "
+                    "read it from L1: the map's result is never stored "
+                    "(compiler/passes/prologue_gemm_match.py)")),
 }
 
 
@@ -459,7 +465,8 @@ def plan_fusion(fn: Function, decisions: list[str] | None = None) -> FusionPlan:
     members: dict[int, list[int]] = {}     # group number -> op ids
     kinds: dict[int, str] = {}
     decisions = list(decisions or [])
-    for kind, (matcher, name, why) in KERNEL_MATCHERS.items():
+    for key, (matcher, name, why) in KERNEL_MATCHERS.items():
+        kind = key.partition("@")[0]
         for ids, what in matcher(fn, users, producers, outputs):
             if any(i in group_of for i in ids):
                 continue  # an earlier matcher's kernel holds some of them
