@@ -52,6 +52,8 @@ ASYNC_EVENTS = tuple(range(NUM_EVENTS - 4, NUM_EVENTS))
 class ResourceError(CompileError):
     """A program needs more scalar registers or events at once than a core has."""
 
+    op_ids: tuple[int, ...] = ()   # the graph ops of the kernel that ran out (codegen sets)
+
 
 class _NumberFile:
     """Numbers 0..count-1 of one kind, taken by purpose and freed singly or by scope."""
