@@ -73,7 +73,7 @@ class FlashRegisters:
     kv_next: int
     kv_base: int      # K/V steps of this core's earlier tiles
     kv_t: int         # kv_base + t
-    first_o: int      # this step's P @ V is the tile's first (it initialises O)
+    first_o: int | None  # this step's P @ V is the tile's first (it initialises O)
     q: int | None     # this tile's copies of Q and O (two copies by tile parity)
     o: int | None
     o_last: int | None  # the previous tile's copy of O (its deferred last P @ V)
