@@ -28,9 +28,10 @@ events, whatever the timing (the functional simulator executes a transfer when i
   all-gather in each node.
 
 Events: each phase of a collective takes its own events from the collective's `EventFile`
-(compiler/backend/allocators.py; 4 per phase, or a block of more for rhd's steps), so a fast peer's signals for a later phase never meet a
-slower chip's earlier phase; every event is back to 0 when the collective ends (the
-interpreter checks it at HALT).
+(compiler/backend/allocators.py; 4 per phase, or a block of more for rhd's steps), so a
+fast peer's signals for a later phase never meet a slower chip's earlier phase; every event
+is back to 0 when the collective ends (the interpreter checks it at HALT). Registers, too,
+come from a `RegisterFile`: no number is written here.
 """
 
 from __future__ import annotations

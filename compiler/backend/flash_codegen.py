@@ -7,7 +7,9 @@ stream of step t is `S(t) = Q K(t)` then `O += P(t-1) V(t-1)`: the matrix engine
 next scores while the vector engine still works on this step's softmax. K and V rotate
 through three copies, and step t issues the loads of step t + 1 before its own work: they
 wait only for the P @ V of step t - 2, so their HBM/L2 latency hides behind this step's
-softmax instead of delaying the next step's scores. Events (`FlashEvents`, taken from the program's event file for this nest; all back to 0
+softmax instead of delaying the next step's scores.
+
+Events (`FlashEvents`, taken from the program's event file for this nest; all back to 0
 when the nest ends):
 
 - kv_full: K/V loaded (2 per step) -> S(t);  kv_free: K/V credits (3 copies, taken in turn
