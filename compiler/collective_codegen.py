@@ -27,16 +27,18 @@ events, whatever the timing (the functional simulator executes a transfer when i
   each chip's share among the chips of the same local rank in every node, a direct
   all-gather in each node.
 
-Events: each phase of a collective uses its own events from `event_base` (4 per phase, or a
-block of more for rhd's steps), so a fast peer's signals for a later phase never meet a
-slower chip's earlier phase; every event is back to 0 when the collective ends (the
-interpreter checks it at HALT).
+Events: each phase of a collective takes its own events from the collective's `EventFile`
+(compiler/backend/allocators.py; 4 per phase, or a block of more for rhd's steps), so a
+fast peer's signals for a later phase never meet a slower chip's earlier phase; every event
+is back to 0 when the collective ends (the interpreter checks it at HALT). Registers, too,
+come from a `RegisterFile`: no number is written here.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from zhenwu.compiler.backend.allocators import ASYNC_EVENTS, EventFile, RegisterFile
 from zhenwu.compiler.backend.emitter import assemble_lines
 from zhenwu.compiler.collectives import (
     EVENTS_PER_PHASE,
@@ -47,7 +49,7 @@ from zhenwu.compiler.collectives import (
 from zhenwu.isa.dtypes import itemsize
 from zhenwu.isa.errors import UsageError
 from zhenwu.isa.machine import Machine
-from zhenwu.isa.program import NUM_EVENTS, Program
+from zhenwu.isa.program import Program
 
 
 @dataclass(frozen=True)
@@ -90,50 +92,68 @@ class CollectiveSpec:
     src: Region
     dst: Region | None = None
     chips_per_node: int = 1
-    event_base: int = 0
     label: str = "coll"
     scratch: Region | None = None
     chunks: int = 1  # ring: each piece in this many pipelined chunks
     pipeline: int = 1  # hierarchical all-reduce: chunks in flight through node and NICs
 
 
+def _region_registers() -> tuple[int, int]:
+    """The registers of a collective region: this core's index and a lane test. A
+    collective region sets every register it reads (its own GETID) and leaves none for what
+    follows: a compute segment's program sets its own at its start."""
+    registers = RegisterFile()
+    return registers.take("core id"), registers.take("lane test")
+
+
 class _Emitter:
-    """Builds one chip's lines: per phase, a block per lane (core), then BAR.CHIP."""
+    """Builds one chip's lines: per phase, a block per lane (core), then BAR.CHIP. Each
+    phase takes its events from the collective's `EventFile` (all of them: a synchronous
+    collective runs after every asynchronous one ended), and keeps them to the end of the
+    collective, so a fast peer's signals for a later phase never meet a slower chip's
+    earlier phase. Every chip takes them in the same order, so an event a chip signals on
+    its peer has the number the peer waits on."""
 
     def __init__(self, spec: CollectiveSpec, chip: int):
         self.spec = spec
         self.chip = chip
+        self.core, self.lane = _region_registers()
+        self.event_file = EventFile(advice="a collective in fewer phases (fewer pipeline "
+                                    "chunks, or another algorithm) needs fewer")
+        self._phase_events: tuple[int, ...] | None = None
         # the collective is one kernel (one launch, like a collective library's kernel); its
         # phases are separated by chip barriers
         self.lines: list[str] = [f".kernel {spec.label}",
-                                 (f"    GETID r0, core  # {spec.kind} ({spec.algorithm}) over "
-                                 f"chips {list(spec.group)}")]
+                                 (f"    GETID r{self.core}, core  # {spec.kind} "
+                                  f"({spec.algorithm}) over chips {list(spec.group)}")]
         self.phase = 0
 
     def events(self) -> tuple[int, int, int, int]:
-        base = self.spec.event_base + EVENTS_PER_PHASE * self.phase
-        if base + EVENTS_PER_PHASE > NUM_EVENTS:
-            raise UsageError("a collective needs more events than the chip has")
-        return base, base + 1, base + 2, base + 3
+        """This phase's EVENTS_PER_PHASE events (ready, arrive, gathered, rsdone)."""
+        if self._phase_events is None:
+            self._phase_events = tuple(self.event_file.take_many(
+                EVENTS_PER_PHASE, f"event of {self.spec.label} phase {self.phase}"))
+        return self._phase_events
 
     def event_block(self, count: int) -> list[int]:
-        """`count` events for one phase that needs more than EVENTS_PER_PHASE (the phases
-        after it start past them)."""
-        base = self.spec.event_base + EVENTS_PER_PHASE * self.phase
-        if base + count > NUM_EVENTS:
-            raise UsageError("a collective needs more events than the chip has")
-        self.phase += -(-count // EVENTS_PER_PHASE) - 1
-        return list(range(base, base + count))
+        """`count` events for one phase that needs more than EVENTS_PER_PHASE."""
+        if self._phase_events is not None:
+            raise ValueError("event_block: this phase already took its events")
+        self._phase_events = tuple(self.event_file.take_many(
+            count, f"event of {self.spec.label} phase {self.phase}"))
+        return list(self._phase_events)
 
     def add_phase(self, lanes: dict[int, list[str]]) -> None:
         label = f"{self.spec.label}_p{self.phase}"
         for core, body in sorted(lanes.items()):
             if not body:
                 continue
-            self.lines += [f"    SUB r1, r0, {core}", f"    BNEZ r1, {label}_c{core}", *body,
+            self.lines += [f"    SUB r{self.lane}, r{self.core}, {core}",
+                           f"    BNEZ r{self.lane}, {label}_c{core}", *body,
                            f"{label}_c{core}:"]
         self.lines.append("    BAR.CHIP")
         self.phase += 1
+        self._phase_events = None
 
 
 def _put(peer: int, dst: Region, src: Region, event: int, *, add: bool = False,
@@ -476,9 +496,9 @@ def collective_programs(kind: str, nbytes: int, chips: int, machine: Machine,
 
 # ---- asynchronous all-reduce (overlapped with compute) ----------------------------------
 
-# the top events of every core: an asynchronous all-reduce runs on one core's NET queue while
-# that core's engines run later kernels, whose events (compiler/backend) start at E0
-ASYNC_EVENTS = tuple(range(NUM_EVENTS - 4, NUM_EVENTS))  # ready, arrive, gathered, sent
+# ASYNC_EVENTS (compiler/backend/allocators.py), the top events of every core: an
+# asynchronous all-reduce runs on one core's NET queue while that core's engines run later
+# kernels, whose event files never hand them out: ready, arrive, gathered, sent
 
 
 def _async_put(peer: int, dst: Region, src: Region, event: int, *, add: bool = False,
@@ -522,9 +542,10 @@ def async_allreduce_start(group: tuple[int, ...], chip: int, buf: Region, core: 
                                waits=(f"{arrive}:{p - 1}",) if k == 1 else (),
                                sig=sent if k == p - 1 else None))
     comment = f"allreduce (async, direct on core {core}) over chips {list(group)}"
+    here, lane = _region_registers()
     # a control-only region: no launch unless it is the program's first (runtime/engine.py)
-    return [f".kernel {label}", f"    GETID r0, core  # {comment}",
-            f"    SUB r1, r0, {core}", f"    BNEZ r1, {label}_c{core}", *body,
+    return [f".kernel {label}", f"    GETID r{here}, core  # {comment}",
+            f"    SUB r{lane}, r{here}, {core}", f"    BNEZ r{lane}, {label}_c{core}", *body,
             f"{label}_c{core}:"]
 
 
@@ -535,9 +556,10 @@ def async_allreduce_done(started: list[tuple[int, int]], label: str) -> list[str
     every core may read the results."""
     _, _, gathered, sent = ASYNC_EVENTS
     # a control-only region: no launch of its own after the kernels before it
-    lines = [f".kernel {label}", "    GETID r0, core  # wait for asynchronous all-reduces"]
+    here, lane = _region_registers()
+    lines = [f".kernel {label}", f"    GETID r{here}, core  # wait for asynchronous all-reduces"]
     for core, p in started:
-        lines += [f"    SUB r1, r0, {core}", f"    BNEZ r1, {label}_c{core}",
+        lines += [f"    SUB r{lane}, r{here}, {core}", f"    BNEZ r{lane}, {label}_c{core}",
                   f"    WAIT.S E{gathered}:{p - 1}", f"    WAIT.S E{sent}",
                   f"{label}_c{core}:"]
     return lines + ["    BAR.CHIP"]

@@ -5,27 +5,39 @@ c, c + cores, c + 2 cores, ...), with the reduction steps of a tile as an inner 
 generated code is compact: tile coordinates are computed with register arithmetic, never
 unrolled.
 
-Engines are ordered by four counting events per nest, reused by the next nest once this
-one has drained:
+Registers and events are never written as numbers: a nest takes what it needs from the
+program's `RegisterFile` and `EventFile` (compiler/backend/allocators.py) for its lifetime
+and gives them back at its end (`emit_nest`). Its registers are a `NestRegisters` (the tile
+loop's counters, one coordinate register per axis with more than one tile, the copy
+counters and offsets), its events a `NestEvents`. Engines are ordered by four counting
+events per nest (and, in fused nests, the others `NestEvents` lists):
 
-- `E_LD_FULL`: each load signals it; the first compute instruction of the step waits for
+- `ld_full`: each load signals it; the first compute instruction of the step waits for
   all the step's loads;
-- `E_LD_FREE`: credits for the copies of the load buffers (two, or more in an implicit
+- `ld_free`: credits for the copies of the load buffers (two, or more in an implicit
   GEMM; one `SIG.S` of that count at the start);
   the first load of a step takes one, the last compute instruction of the step returns it;
-- `E_OUT_FULL`: the last compute instruction of the tile's last step signals the stores;
-- `E_OUT_FREE`: credits for the two copies of the output buffers; the first instruction
+- `out_full`: the last compute instruction of the tile's last step signals the stores;
+- `out_free`: credits for the two copies of the output buffers; the first instruction
   writing them in a tile takes one, the last store of the tile returns it.
 
 At the end of a nest the scalar drains the core's queues (`BAR.CORE`), then takes both
-credits back (`WAIT.S`), so every event is 0 again and every engine's work is ordered before
-what follows. A `BAR.CHIP` ends each kernel.
+credits back (`WAIT.S`), so every event is 0 again (and may go to the next nest) and every
+engine's work is ordered before what follows. A `BAR.CHIP` ends each kernel.
+
+A nest with a schedule of its own (flash attention, compiler/backend/flash_codegen.py)
+builds on the public pieces here: `CodegenState` (the emitter and both files),
+`NestRegisters.take`, `NestContext` (tiles, operands, descriptor references and compute
+instructions of a nest, with `bases` saying which register addresses each buffer's current
+copy), `emit_descriptors`, `emit_tiles_of_core`, `emit_tile_coordinates`, `causal_axes`
+and `emit_causal_tile`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 
+from zhenwu.compiler.backend.allocators import EventFile, RegisterFile, ResourceError
 from zhenwu.compiler.backend.emitter import Emitter, fimm, instruction
 from zhenwu.compiler.backend.kernel_ir import (
     ColumnCopy,
@@ -51,35 +63,116 @@ from zhenwu.isa.program import (
     Instruction,
     IntList,
     Keyword,
+    LabelRef,
     Option,
     Program,
     Reg,
     Symbol,
     TensorDecl,
     Tile,
-    format_float,
 )
 
-E_LD_FULL, E_LD_FREE, E_OUT_FULL, E_OUT_FREE = 0, 1, 2, 3
-# Fused nests (compiler/backend/fusion.py) also use: setup loads (once per core, before the
-# tile loop; the scalar waits for them), epilogue loads in `final` (their own two credits),
-# and the hand-off from the last step to the epilogue's compute.
-E_SETUP, E_EPI_FULL, E_EPI_FREE, E_MID = 4, 5, 6, 7
-# A step whose compute moves between the matrix and vector engines (flash attention) hands
-# each result over with an event per switch.
-E_MX_TO_VX, E_VX_TO_MX = 8, 9
+
+@dataclass(frozen=True)
+class NestEvents:
+    """The events of one nest of the generic protocol (module docstring), taken from the
+    program's `EventFile` for the nest's lifetime: every one is 0 again when the nest
+    ends."""
+
+    ld_full: int      # the step's loads landed (the first compute waits for all of them)
+    ld_free: int      # credits for the copies of the step's load buffers
+    out_full: int     # the tile's output is computed (the first store waits)
+    out_free: int     # credits for the copies of the output buffers
+    # fused nests (compiler/backend/fusion.py): setup loads and compute (once per core,
+    # before the tile loop), epilogue loads in `final` (their own credits), and the hand-off
+    # from the last step to the epilogue's compute
+    setup: int
+    epi_full: int
+    epi_free: int
+    mid: int
+    # a step whose compute moves between the matrix and vector engines hands each result
+    # over with an event per switch
+    mx_to_vx: int
+    vx_to_mx: int
+
+    @classmethod
+    def take(cls, events: EventFile) -> NestEvents:
+        """All of them, from `events` (inside the nest's scope)."""
+        return cls(*(events.take(f"{field.name} of the nest") for field in fields(cls)))
+
+
+@dataclass
+class NestRegisters:
+    """The scalar registers of one nest's loops, taken from the program's `RegisterFile`
+    for the nest's lifetime (`take`). `core` and `cores` are the program's (set once by
+    GETID at its start); the rest hold this core's walk over its tiles and their steps."""
+
+    core: int                 # this core's index
+    cores: int                # the number of cores
+    mine: int                 # the number of tiles this core runs
+    tile_loop: int            # the tile loop's counter (0 .. mine - 1)
+    tile: int                 # the flat index of the current tile
+    coords: dict[int, int]    # nest axis -> its tile coordinate (axes of one tile: none)
+    step_loop: int            # the step loop's counter
+    step: int                 # the flat index of the current reduction step
+    steps: int | None = None  # causal nests: this tile's key steps
+    middle: int | None = None  # causal nests: that minus two (the step loop's trip count)
+    # the generic protocol's load and output copies: how many were used, and the byte
+    # offset of the current copy (None in a nest that addresses its copies itself)
+    ld_count: int | None = None
+    ld_off: int | None = None
+    out_count: int | None = None
+    out_off: int | None = None
+
+    @classmethod
+    def take(cls, regs: RegisterFile, program: ProgramRegisters, nest: Nest, *,
+             steps: bool, protocol: bool) -> NestRegisters:
+        """The registers of `nest`: a coordinate register for each axis with more than one
+        tile (and a causal nest's query axis); with `steps`, a causal tile's step counts;
+        with `protocol`, the generic protocol's copy counters and offsets."""
+        mine = regs.take("tiles of this core")
+        tile_loop = regs.take("tile loop counter")
+        tile = regs.take("tile index")
+        axes = [a for a, n in enumerate(nest.grid) if n > 1]
+        if nest.causal and nest.causal[0] not in axes:
+            axes = sorted(axes + [nest.causal[0]])
+        coords = {axis: regs.take(f"coordinate of axis {axis}") for axis in axes}
+        step_loop = regs.take("step loop counter")
+        step = regs.take("step index")
+        found = cls(program.core, program.cores, mine, tile_loop, tile, coords, step_loop, step)
+        if protocol:
+            found.ld_count = regs.take("load copies used")
+            found.ld_off = regs.take("offset of the load copy")
+            found.out_count = regs.take("output copies used")
+            found.out_off = regs.take("offset of the output copy")
+        if steps:
+            found.steps = regs.take("key steps of this tile")
+            found.middle = regs.take("key steps of this tile less two")
+        return found
+
+    def coord(self, axis: int) -> int:
+        return self.coords[axis]
+
+
+@dataclass(frozen=True)
+class ProgramRegisters:
+    """The registers every kernel of a program reads: set once at its start."""
+
+    core: int
+    cores: int
 
 
 def _engine(stmt) -> str:
     return "MX" if isinstance(stmt, Mma) else "VX"
 
 
-def _with_switches(compute: list, waits: list[list], sigs: list[list]) -> None:
+def _with_switches(compute: list, waits: list[list], sigs: list[list],
+                   events: NestEvents) -> None:
     """Add an event at every change of engine between consecutive compute statements."""
     for index in range(1, len(compute)):
         before, after = _engine(compute[index - 1]), _engine(compute[index])
         if before != after:
-            event = E_MX_TO_VX if before == "MX" else E_VX_TO_MX
+            event = events.mx_to_vx if before == "MX" else events.vx_to_mx
             sigs[index - 1].append((event, 1))
             waits[index].append((event, 1))
 
@@ -98,52 +191,37 @@ def _emit_engine(emit: Emitter, engine: str, text, waits: list, sigs: list) -> N
         emit.op(f"WAIT.{engine}", Event(event, count))
     emit(text, waits=waits[-2:], sigs=sigs)
 
-# scalar registers
-R_CORE, R_CORES, R_MINE, R_TILE_LOOP, R_TILE = 0, 1, 2, 3, 4
-R_COORD = 5            # r5.. : one coordinate register per nest axis (at most 7 axes)
-R_STEP_LOOP, R_STEP = 12, 13
-R_LD_COUNT, R_LD_OFF, R_OUT_COUNT, R_OUT_OFF = 14, 15, 16, 17
-MAX_AXES = R_STEP_LOOP - R_COORD
-R_STEPS, R_MIDDLE = 18, 19   # causal nests: this tile's key steps, and that minus two
-R_A_OFF = 20   # a step's byte offset into an MMA operand resident as whole rows
-R_CORE_SAVED, R_SHIFT = 21, 22   # a rotated nest: this core's own id, the rotation
-
-
-# Text forms of operands, for emitters that still write instructions as text (the Emitter
-# reads them, emitter.read_instruction); the ones here build typed operands.
-def _event(index: int, count: int) -> str:
-    return f"E{index}" if count == 1 else f"E{index}:{count}"
-
-
-def _imm(value: float) -> str:
-    return "#" + format_float(float(value))
-
-
-def _addr(reg: int | None, offset: int) -> str:
-    if reg is None:
-        return str(offset)
-    if offset == 0:
-        return f"r{reg}"
-    return f"r{reg}{'+' if offset > 0 else '-'}{abs(offset)}"
-
 
 @dataclass
-class _NestContext:
+class NestContext:
+    """What building one nest's instructions needs: the nest, its descriptors, its
+    registers and events, and where each buffer's current copy is. `bases[name]` is the
+    register holding the byte offset of buffer `name`'s current copy (added to the
+    buffer's own offset), None for a buffer at its offset; a name not in `bases` is at
+    `default_base`. A nest that moves its copies itself (flash attention) rebinds
+    `bases` as it goes. `instruction(stmt, first_step)` builds a compute statement."""
+
     nest: Nest
     descs: dict[View, int]
-    ld_buffers: set[str]
+    regs: NestRegisters
+    events: NestEvents | None = None
+    bases: dict[str, int | None] = field(default_factory=dict)
+    default_base: int | None = None
+    # buffers the nest's setup fills once per core, and the register holding a step's byte
+    # offset into an MMA operand resident there as whole rows (`_resident_rows_axis`)
     setup_buffers: frozenset[str] = frozenset()
+    a_off: int | None = None
 
     def coord(self, axis: int) -> int | None:
         """The register holding nest axis `axis`'s tile coordinate, None when it is 0."""
-        return None if self.nest.grid[axis] == 1 else R_COORD + axis
+        return None if self.nest.grid[axis] == 1 else self.regs.coord(axis)
+
+    def base(self, name: str) -> int | None:
+        return self.bases.get(name, self.default_base)
 
     def tile(self, name: str) -> Tile:
         buf = self.nest.buffer(name)
-        if name in self.setup_buffers:
-            return Tile(buf.level, Addr(None, buf.offset))
-        reg = R_LD_OFF if name in self.ld_buffers else R_OUT_OFF
-        return Tile(buf.level, Addr(reg, buf.offset))
+        return Tile(buf.level, Addr(self.base(name), buf.offset))
 
     def operand(self, name: str | Strided, dst) -> Tile:
         """Tile operand `name` of an instruction writing buffer `dst`: a 1 x cols buffer
@@ -153,12 +231,8 @@ class _NestContext:
             rs, cs = name.row_stride, name.col_stride
             buf = self.nest.buffer(name.buffer)
             start = buf.offset + name.offset * itemsize(buf.dtype)
-            name = name.buffer
-            if name in self.setup_buffers:
-                return Tile(buf.level, Addr(None, start), rs, cs)
-            reg = R_LD_OFF if name in self.ld_buffers else R_OUT_OFF
-            return Tile(buf.level, Addr(reg, start), rs, cs)
-        tile = _as_tile(self.tile(name))
+            return Tile(buf.level, Addr(self.base(name.buffer), start), rs, cs)
+        tile = self.tile(name)
         src = self.nest.buffer(name)
         if (src.rows, src.cols) == (dst.rows, dst.cols) or src.rows * src.cols == dst.rows * dst.cols:
             return tile
@@ -174,10 +248,7 @@ class _NestContext:
         start = buf.offset + col * itemsize(buf.dtype)
         row_stride = 0 if buf.rows == 1 else buf.cols
         col_stride = 0 if buf.cols == 1 else 1
-        if name in self.setup_buffers:
-            return Tile(buf.level, Addr(None, start), row_stride, col_stride)
-        reg = R_LD_OFF if name in self.ld_buffers else R_OUT_OFF
-        return Tile(buf.level, Addr(reg, start), row_stride, col_stride)
+        return Tile(buf.level, Addr(self.base(name), start), row_stride, col_stride)
 
     def ref(self, view: View, box: tuple[int, ...] = ()) -> DescRef:
         coords = []
@@ -185,14 +256,10 @@ class _NestContext:
             coords.append(Addr(self.coord(axis), -shift))
         return DescRef(self.descs[(view, box)], tuple(coords))
 
-
-def _as_tile(tile) -> Tile:
-    """A tile operand (a context that still writes its tiles as text gives a str)."""
-    if isinstance(tile, Tile):
-        return tile
-    from zhenwu.compiler.backend.emitter import read_operand
-
-    return read_operand(tile, ("tile",))
+    def instruction(self, stmt, first_step: bool) -> Instruction:
+        """The instruction of compute statement `stmt` (`first_step`: an MMA of no fixed
+        mode initialises its accumulator)."""
+        return _compute(self, stmt, first_step)
 
 
 def desc_key(view: View, box: tuple[int, ...] = ()) -> tuple:
@@ -230,7 +297,8 @@ def emit_descriptors(emit: Emitter, nest: Nest) -> dict[View, int]:
     return descs
 
 
-def _decompose(emit: Emitter, source: int, axes: list[int], nest: Nest) -> None:
+def emit_tile_coordinates(emit: Emitter, regs: NestRegisters, source: int, axes: list[int],
+                          nest: Nest) -> None:
     """Coordinates of the tile with flat index in register `source` along `axes` (the
     axes with more than one tile, outermost first): coord = (index / inner) % grid * tile."""
     grid, tile = nest.grid, nest.tile
@@ -240,7 +308,7 @@ def _decompose(emit: Emitter, source: int, axes: list[int], nest: Nest) -> None:
         plan.append((axis, inner))
         inner *= grid[axis]
     for position, (axis, below) in enumerate(reversed(plan)):
-        reg = R_COORD + axis
+        reg = regs.coord(axis)
         if below > 1:
             emit.op("DIV", Reg(reg), Reg(source), below)
         else:
@@ -260,9 +328,10 @@ def _grouped(nest: Nest, axes: list[int]) -> bool:
     return nest.grid[parallel[-2]] % nest.group == 0 and not nest.causal
 
 
-def _decompose_grouped(emit: Emitter, source: int, axes: list[int], nest: Nest) -> None:
-    """`_decompose` with the last two axes (m, n) in grouped order: of the flat index t,
-    the outer axes take t / (gm * gn) row-major; r = t % (gm * gn) is tile
+def _decompose_grouped(emit: Emitter, regs: RegisterFile, nest_regs: NestRegisters,
+                       source: int, axes: list[int], nest: Nest) -> None:
+    """`emit_tile_coordinates` with the last two axes (m, n) in grouped order: of the flat
+    index t, the outer axes take t / (gm * gn) row-major; r = t % (gm * gn) is tile
     (r / (G * gn) * G + r % G, r % (G * gn) / G) of m and n."""
     grid, tile = nest.grid, nest.tile
     m_axis, n_axis = axes[-2], axes[-1]
@@ -273,18 +342,20 @@ def _decompose_grouped(emit: Emitter, source: int, axes: list[int], nest: Nest) 
         plan.append((axis, below))
         below *= grid[axis]
     for position, (axis, below) in enumerate(reversed(plan)):
-        reg = R_COORD + axis
+        reg = nest_regs.coord(axis)
         emit.op("DIV", Reg(reg), Reg(source), below)
         if position > 0:
             emit.op("REM", Reg(reg), Reg(reg), grid[axis])
         if tile[axis] > 1:
             emit.op("MUL", Reg(reg), Reg(reg), tile[axis])
-    rm, rn, scratch = R_COORD + m_axis, R_COORD + n_axis, R_STEPS  # R_STEPS: causal only
-    emit.op("REM", Reg(rn), Reg(source), gm * gn)
-    emit.op("DIV", Reg(rm), Reg(rn), group * gn)
-    emit.op("MUL", Reg(rm), Reg(rm), group)
-    emit.op("REM", Reg(scratch), Reg(rn), group)
-    emit.op("ADD", Reg(rm), Reg(rm), Reg(scratch))
+    rm, rn = nest_regs.coord(m_axis), nest_regs.coord(n_axis)
+    with regs.scope("grouped tile order"):
+        scratch = regs.take("m within the group")
+        emit.op("REM", Reg(rn), Reg(source), gm * gn)
+        emit.op("DIV", Reg(rm), Reg(rn), group * gn)
+        emit.op("MUL", Reg(rm), Reg(rm), group)
+        emit.op("REM", Reg(scratch), Reg(rn), group)
+        emit.op("ADD", Reg(rm), Reg(rm), Reg(scratch))
     emit.op("REM", Reg(rn), Reg(rn), group * gn)
     emit.op("DIV", Reg(rn), Reg(rn), group)
     for reg, axis in ((rm, m_axis), (rn, n_axis)):
@@ -292,10 +363,8 @@ def _decompose_grouped(emit: Emitter, source: int, axes: list[int], nest: Nest) 
             emit.op("MUL", Reg(reg), Reg(reg), tile[axis])
 
 
-def _compute(ctx: _NestContext, stmt, first_step: bool) -> Instruction:
-    def t(name: str) -> Tile:
-        return _as_tile(ctx.tile(name))
-
+def _compute(ctx: NestContext, stmt, first_step: bool) -> Instruction:
+    t = ctx.tile
     if isinstance(stmt, Vec):
         buf = ctx.nest.buffer(stmt.dst)
         srcs = [fimm(s) if isinstance(s, (int, float)) else ctx.operand(s, buf)
@@ -341,134 +410,147 @@ def _compute(ctx: _NestContext, stmt, first_step: bool) -> Instruction:
         axis = _resident_rows_axis(ctx, stmt)
         if axis is not None:   # this step's k tile of the whole rows (one row: repeated)
             k = ctx.nest.tile[axis]
-            a_tile = Tile(a.level, Addr(R_A_OFF, a.offset), 0 if a.rows == 1 else a.cols, 1)
+            a_tile = Tile(a.level, Addr(ctx.a_off, a.offset), 0 if a.rows == 1 else a.cols, 1)
         return instruction(f"MMA.{stmt.in_dtype}.{stmt.acc_dtype}", t(stmt.dst), a_tile,
                            t(stmt.b), c.rows, c.cols, k, options=mode)
     raise TypeError(stmt)
 
 
-def _emit_step(emit: Emitter, ctx: _NestContext, first: bool, last: bool,
+def _copy_offset(emit: Emitter, off: int, count: int, copies: int, stride: int,
+                 advance: bool = True) -> None:
+    """off = (count mod copies) * stride, then count += 1: the byte offset of the next copy
+    of a buffer of `copies` copies `stride` bytes apart."""
+    if copies == 2:
+        emit.op("AND", Reg(off), Reg(count), 1)
+    else:
+        emit.op("REM", Reg(off), Reg(count), copies)
+    emit.op("MUL", Reg(off), Reg(off), stride)
+    if advance:
+        emit.op("ADD", Reg(count), Reg(count), 1)
+
+
+def _emit_step(emit: Emitter, ctx: NestContext, first: bool, last: bool,
                out_written_in_step: bool, epilogue: bool = False, tile_loads: int = 0,
                preloaded: bool = False) -> None:
     """One reduction step: its loads, then its compute. `preloaded`: the loads were issued
     a tile ahead (`_prefetch_next`); the compute reads the copy of this tile's index."""
+    regs, ev = ctx.regs, ctx.events
     loads = [s for s in ctx.nest.step if isinstance(s, Load)]
     compute = [s for s in ctx.nest.step if not isinstance(s, Load)]
     if loads and preloaded:
         buffer = ctx.nest.buffer(loads[0].dst)
-        emit(f"REM r{R_LD_OFF}, r{R_TILE_LOOP}, {buffer.copies}")
-        emit(f"MUL r{R_LD_OFF}, r{R_LD_OFF}, {buffer.stride}")
+        emit.op("REM", Reg(regs.ld_off), Reg(regs.tile_loop), buffer.copies)
+        emit.op("MUL", Reg(regs.ld_off), Reg(regs.ld_off), buffer.stride)
     if loads and not preloaded:
+        # two copies alternate; deeper buffering (an implicit GEMM's short steps hide the
+        # DMA latency) turns through them
         buffer = ctx.nest.buffer(loads[0].dst)
-        stride = buffer.stride
-        if buffer.copies == 2:
-            emit.op("AND", Reg(R_LD_OFF), Reg(R_LD_COUNT), 1)
-        else:  # deeper buffering (an implicit GEMM's short steps hide the DMA latency)
-            emit.op("REM", Reg(R_LD_OFF), Reg(R_LD_COUNT), buffer.copies)
-        emit.op("MUL", Reg(R_LD_OFF), Reg(R_LD_OFF), stride)
-        emit.op("ADD", Reg(R_LD_COUNT), Reg(R_LD_COUNT), 1)
+        _copy_offset(emit, regs.ld_off, regs.ld_count, buffer.copies, buffer.stride)
     for index, load in enumerate([] if preloaded else loads):
-        buf = ctx.nest.buffer(load.dst)
-        pad = [Option("pad", fimm(load.pad))] if load.pad != 0 else []
-        emit.op(f"DMA.LD.{buf.dtype}", ctx.tile(load.dst), ctx.ref(load.view, load.box),
-                options=pad, waits=[(E_LD_FREE, 1)] if index == 0 else [],
-                sigs=[(E_LD_FULL, 1)])
+        _emit_load(emit, ctx, load, [(ev.ld_free, 1)] if index == 0 else [],
+                   [(ev.ld_full, 1)])
     for stmt in compute:
         axis = _resident_rows_axis(ctx, stmt) if isinstance(stmt, Mma) else None
         if axis is not None:
             size = itemsize(ctx.nest.buffer(stmt.a).dtype)
-            emit.op("MUL", Reg(R_A_OFF), Reg(R_COORD + axis), size)
+            emit.op("MUL", Reg(ctx.a_off), Reg(regs.coord(axis)), size)
     all_waits: list[list] = [[] for _ in compute]
     all_sigs: list[list] = [[] for _ in compute]
     for index, stmt in enumerate(compute):
         waits, sigs = all_waits[index], all_sigs[index]
         if index == 0:
             if loads:
-                waits.append((E_LD_FULL, len(loads)))
+                waits.append((ev.ld_full, len(loads)))
             if first and out_written_in_step:
-                waits.append((E_OUT_FREE, 1))
+                waits.append((ev.out_free, 1))
             if first and tile_loads:
-                waits.append((E_EPI_FULL, tile_loads))
+                waits.append((ev.epi_full, tile_loads))
         if index == len(compute) - 1:
             if loads:
-                sigs.append((E_LD_FREE, 1))
+                sigs.append((ev.ld_free, 1))
             if last:
-                sigs.append((E_MID if epilogue else E_OUT_FULL, 1))
-    _with_switches(compute, all_waits, all_sigs)
+                sigs.append((ev.mid if epilogue else ev.out_full, 1))
+    _with_switches(compute, all_waits, all_sigs, ev)
     for stmt, waits, sigs in zip(compute, all_waits, all_sigs):
         _emit_engine(emit, _engine(stmt), _compute(ctx, stmt, first), waits, sigs)
 
 
-def _prefetch_loads(emit: Emitter, ctx: _NestContext, red_axes: list[int]) -> None:
+def _prefetch_loads(emit: Emitter, ctx: NestContext, red_axes: list[int]) -> None:
     """The step loads of the tile whose coordinates are in the registers, into the next
-    copy (R_LD_COUNT counts the tiles loaded)."""
+    copy (`ld_count` counts the tiles loaded)."""
+    regs, ev = ctx.regs, ctx.events
     loads = [s for s in ctx.nest.step if isinstance(s, Load)]
     buffer = ctx.nest.buffer(loads[0].dst)
     for axis in red_axes:
-        emit(f"LI r{R_COORD + axis}, 0")
-    emit(f"REM r{R_LD_OFF}, r{R_LD_COUNT}, {buffer.copies}")
-    emit(f"MUL r{R_LD_OFF}, r{R_LD_OFF}, {buffer.stride}")
-    emit(f"ADD r{R_LD_COUNT}, r{R_LD_COUNT}, 1")
+        emit.op("LI", Reg(regs.coord(axis)), 0)
+    emit.op("REM", Reg(regs.ld_off), Reg(regs.ld_count), buffer.copies)
+    emit.op("MUL", Reg(regs.ld_off), Reg(regs.ld_off), buffer.stride)
+    emit.op("ADD", Reg(regs.ld_count), Reg(regs.ld_count), 1)
     for index, load in enumerate(loads):
-        _emit_load(emit, ctx, load, [(E_LD_FREE, 1)] if index == 0 else [],
-                   [(E_LD_FULL, 1)])
+        _emit_load(emit, ctx, load, [(ev.ld_free, 1)] if index == 0 else [],
+                   [(ev.ld_full, 1)])
 
 
-def _prefetch_first(emit: Emitter, ctx: _NestContext, par_axes: list[int],
+def _prefetch_first(emit: Emitter, ctx: NestContext, par_axes: list[int],
                     red_axes: list[int]) -> None:
     """Schedule `prefetch` (a nest of one reduction step whose compute is many vector
     instructions, an im2col's gathers: the scalar waits for room in the vector queue and
     would issue the next tile's loads only once this tile's gathers run): the first tile's
     loads before the tile loop (when the core has a tile)."""
+    regs = ctx.regs
     label = f"prefetched_{len(emit.lines)}"
-    emit(f"BEQZ r{R_MINE}, {label}")
-    emit(f"MOV r{R_TILE}, r{R_CORE}")
-    _decompose(emit, R_TILE, par_axes, ctx.nest)
+    emit.op("BEQZ", Reg(regs.mine), LabelRef(label))
+    emit.op("MOV", Reg(regs.tile), Reg(regs.core))
+    emit_tile_coordinates(emit, regs, regs.tile, par_axes, ctx.nest)
     _prefetch_loads(emit, ctx, red_axes)
-    emit.raw(f"{label}:")
+    emit.label(label)
 
 
-def _prefetch_next(emit: Emitter, ctx: _NestContext, par_axes: list[int],
-                   red_axes: list[int]) -> None:
+def _prefetch_next(emit: Emitter, registers: RegisterFile, ctx: NestContext,
+                   par_axes: list[int], red_axes: list[int]) -> None:
     """At the top of tile i's iteration: the loads of tile i + 1 (when the core has one),
-    before tile i's compute fills the vector queue. R_STEP is free: one reduction step."""
+    before tile i's compute fills the vector queue."""
+    regs = ctx.regs
     label = f"prefetched_{len(emit.lines)}"
-    emit(f"ADD r{R_TILE}, r{R_TILE_LOOP}, 1")
-    emit(f"SLT r{R_STEP}, r{R_TILE}, r{R_MINE}")
-    emit(f"BEQZ r{R_STEP}, {label}")
-    emit(f"MUL r{R_TILE}, r{R_TILE}, r{R_CORES}")
-    emit(f"ADD r{R_TILE}, r{R_TILE}, r{R_CORE}")
-    _decompose(emit, R_TILE, par_axes, ctx.nest)
+    emit.op("ADD", Reg(regs.tile), Reg(regs.tile_loop), 1)
+    with registers.scope("next tile's prefetch"):
+        more = registers.take("the core has a next tile")
+        emit.op("SLT", Reg(more), Reg(regs.tile), Reg(regs.mine))
+        emit.op("BEQZ", Reg(more), LabelRef(label))
+    emit.op("MUL", Reg(regs.tile), Reg(regs.tile), Reg(regs.cores))
+    emit.op("ADD", Reg(regs.tile), Reg(regs.tile), Reg(regs.core))
+    emit_tile_coordinates(emit, regs, regs.tile, par_axes, ctx.nest)
     _prefetch_loads(emit, ctx, red_axes)
-    emit.raw(f"{label}:")
+    emit.label(label)
 
 
-def _emit_load(emit: Emitter, ctx: _NestContext, load: Load, waits, sigs) -> None:
+def _emit_load(emit: Emitter, ctx: NestContext, load: Load, waits, sigs) -> None:
     buf = ctx.nest.buffer(load.dst)
     pad = [Option("pad", fimm(load.pad))] if load.pad != 0 else []
     emit.op(f"DMA.LD.{buf.dtype}", ctx.tile(load.dst), ctx.ref(load.view, load.box),
             options=pad, waits=waits, sigs=sigs)
 
 
-def _emit_epilogue(emit: Emitter, ctx: _NestContext, compute: list, n_loads: int,
+def _emit_epilogue(emit: Emitter, ctx: NestContext, compute: list, n_loads: int,
                    release: bool = False) -> None:
-    """The `final` compute of a tile: after the last step (E_MID) and the tile's epilogue
-    loads (E_EPI_FULL); it hands the output to the stores (E_OUT_FULL) and returns the
-    tile loads' credit (E_EPI_FREE)."""
+    """The `final` compute of a tile: after the last step (`mid`) and the tile's epilogue
+    loads (`epi_full`); it hands the output to the stores (`out_full`) and returns the
+    tile loads' credit (`epi_free`)."""
+    ev = ctx.events
     for index, stmt in enumerate(compute):
         waits, sigs = [], []
         if index == 0:
-            waits.append((E_MID, 1))
+            waits.append((ev.mid, 1))
             if n_loads:
-                waits.append((E_EPI_FULL, n_loads))
+                waits.append((ev.epi_full, n_loads))
         if index == len(compute) - 1:
-            sigs.append((E_OUT_FULL, 1))
+            sigs.append((ev.out_full, 1))
             if n_loads or release:
-                sigs.append((E_EPI_FREE, 1))
+                sigs.append((ev.epi_free, 1))
         emit(_compute(ctx, stmt, False), waits=waits, sigs=sigs)
 
 
-def _causal(nest: Nest) -> tuple[int, int] | None:
+def causal_axes(nest: Nest) -> tuple[int, int] | None:
     """(query axis, key axis) when the nest skips key tiles past the diagonal: the key
     axis is the only reduction axis with more than one tile, and only the query axis and
     one axis before it (heads) have several parallel tiles."""
@@ -483,48 +565,63 @@ def _causal(nest: Nest) -> tuple[int, int] | None:
     return q_axis, k_axis
 
 
-def _causal_tile(emit: Emitter, nest: Nest, causal: tuple[int, int]) -> None:
-    """Tile coordinates of a causal nest. Tiles are ranked longest first (last query
-    block first) and dealt to the cores in a snake (0..n-1, n-1..0, ...), so every core gets
-    about the same number of key steps; then this tile's step count n (at least 2; a step
-    past the diagonal is fully masked and harmless)."""
+def emit_causal_tile(emit: Emitter, registers: RegisterFile, regs: NestRegisters, nest: Nest,
+                     causal: tuple[int, int]) -> None:
+    """Tile coordinates of a causal nest (`regs.tile` and the coordinates). Tiles are
+    ranked longest first (last query block first) and dealt to the cores in a snake
+    (0..n-1, n-1..0, ...), so every core gets about the same number of key steps; then this
+    tile's step count n (`regs.steps`, at least 2; a step past the diagonal is fully masked
+    and harmless) and n - 2 (`regs.middle`)."""
     q_axis, k_axis = causal
     grid, tile = nest.grid, nest.tile
     heads = [a for a, k in enumerate(nest.kinds) if k == "p" and grid[a] > 1 and a != q_axis]
     n_heads = grid[heads[0]] if heads else 1
-    # rank = loop * cores + (core if loop is even else cores - 1 - core)
-    emit.op("AND", Reg(R_TILE), Reg(R_TILE_LOOP), 1)
-    emit.op("SUB", Reg(R_STEP), Reg(R_CORES), 1)
-    emit.op("SUB", Reg(R_STEP), Reg(R_STEP), Reg(R_CORE))
-    emit.op("SUB", Reg(R_STEP), Reg(R_STEP), Reg(R_CORE))
-    emit.op("MUL", Reg(R_STEP), Reg(R_STEP), Reg(R_TILE))
-    # only whole rounds snake: a last partial round deals plainly (its ranks stay valid)
-    emit.op("LI", Reg(R_MIDDLE), nest.parallel_tiles)
-    emit.op("DIV", Reg(R_MIDDLE), Reg(R_MIDDLE), Reg(R_CORES))
-    emit.op("SLT", Reg(R_MIDDLE), Reg(R_TILE_LOOP), Reg(R_MIDDLE))
-    emit.op("MUL", Reg(R_STEP), Reg(R_STEP), Reg(R_MIDDLE))
-    emit.op("ADD", Reg(R_STEP), Reg(R_STEP), Reg(R_CORE))
-    emit.op("MUL", Reg(R_TILE), Reg(R_TILE_LOOP), Reg(R_CORES))
-    emit.op("ADD", Reg(R_TILE), Reg(R_TILE), Reg(R_STEP))
+    with registers.scope("causal tile order"):
+        odd, rank = registers.take("odd round"), registers.take("rank within the round")
+        # rank = loop * cores + (core if loop is even else cores - 1 - core)
+        emit.op("AND", Reg(odd), Reg(regs.tile_loop), 1)
+        emit.op("SUB", Reg(rank), Reg(regs.cores), 1)
+        emit.op("SUB", Reg(rank), Reg(rank), Reg(regs.core))
+        emit.op("SUB", Reg(rank), Reg(rank), Reg(regs.core))
+        emit.op("MUL", Reg(rank), Reg(rank), Reg(odd))
+        # only whole rounds snake: a last partial round deals plainly (its ranks stay valid)
+        emit.op("LI", Reg(regs.middle), nest.parallel_tiles)
+        emit.op("DIV", Reg(regs.middle), Reg(regs.middle), Reg(regs.cores))
+        emit.op("SLT", Reg(regs.middle), Reg(regs.tile_loop), Reg(regs.middle))
+        emit.op("MUL", Reg(rank), Reg(rank), Reg(regs.middle))
+        emit.op("ADD", Reg(rank), Reg(rank), Reg(regs.core))
+        emit.op("MUL", Reg(regs.tile), Reg(regs.tile_loop), Reg(regs.cores))
+        emit.op("ADD", Reg(regs.tile), Reg(regs.tile), Reg(rank))
     if heads:
-        emit.op("REM", Reg(R_COORD + heads[0]), Reg(R_TILE), n_heads)
+        head = regs.coord(heads[0])
+        emit.op("REM", Reg(head), Reg(regs.tile), n_heads)
         if tile[heads[0]] > 1:
-            emit.op("MUL", Reg(R_COORD + heads[0]), Reg(R_COORD + heads[0]), tile[heads[0]])
-    reg = R_COORD + q_axis
-    emit.op("DIV", Reg(reg), Reg(R_TILE), n_heads)
+            emit.op("MUL", Reg(head), Reg(head), tile[heads[0]])
+    reg = regs.coord(q_axis)
+    emit.op("DIV", Reg(reg), Reg(regs.tile), n_heads)
     emit.op("SUB", Reg(reg), Reg(reg), grid[q_axis] - 1)
     emit.op("MUL", Reg(reg), Reg(reg), -1)
     if tile[q_axis] > 1:
         emit.op("MUL", Reg(reg), Reg(reg), tile[q_axis])
     # n = clamp(ceil((q0 + tile_q) / tile_k), 2, key tiles)
-    emit.op("ADD", Reg(R_STEPS), Reg(reg), tile[q_axis] + tile[k_axis] - 1)
-    emit.op("DIV", Reg(R_STEPS), Reg(R_STEPS), tile[k_axis])
-    emit.op("MAX", Reg(R_STEPS), Reg(R_STEPS), 2)
-    emit.op("MIN", Reg(R_STEPS), Reg(R_STEPS), grid[k_axis])
-    emit.op("SUB", Reg(R_MIDDLE), Reg(R_STEPS), 2)
+    emit.op("ADD", Reg(regs.steps), Reg(reg), tile[q_axis] + tile[k_axis] - 1)
+    emit.op("DIV", Reg(regs.steps), Reg(regs.steps), tile[k_axis])
+    emit.op("MAX", Reg(regs.steps), Reg(regs.steps), 2)
+    emit.op("MIN", Reg(regs.steps), Reg(regs.steps), grid[k_axis])
+    emit.op("SUB", Reg(regs.middle), Reg(regs.steps), 2)
 
 
-def _resident_rows_axis(ctx: _NestContext, stmt: Mma) -> int | None:
+def emit_tiles_of_core(emit: Emitter, regs: NestRegisters, parallel_tiles: int) -> None:
+    """`regs.mine` = the number of tiles this core runs: core c takes tiles c, c + cores,
+    ... of `parallel_tiles`, so ceil((parallel_tiles - core) / cores)."""
+    emit.op("LI", Reg(regs.mine), parallel_tiles)
+    emit.op("SUB", Reg(regs.mine), Reg(regs.mine), Reg(regs.core))
+    emit.op("ADD", Reg(regs.mine), Reg(regs.mine), Reg(regs.cores))
+    emit.op("SUB", Reg(regs.mine), Reg(regs.mine), 1)
+    emit.op("DIV", Reg(regs.mine), Reg(regs.mine), Reg(regs.cores))
+
+
+def _resident_rows_axis(ctx: NestContext, stmt: Mma) -> int | None:
     """The reduction axis along which an MMA's A operand is read from whole rows resident
     in a setup buffer (a map prologue's, compiler/backend/gemm.py), or None: A is a setup
     buffer (not transposed) wider than the nest's k tile."""
@@ -557,30 +654,70 @@ def _read_only_by_mma(nest: Nest, names: frozenset[str]) -> bool:
     return True
 
 
-def emit_nest(emit: Emitter, nest: Nest, tensors, core_offset: int = 0) -> None:
-    """The code of one nest (see the module docstring for the protocol). `core_offset`:
-    deal the tiles from core `core_offset` (mod the cores) on (`emit_kernel`)."""
-    if nest.schedule == "flash":
-        from zhenwu.compiler.backend.flash_codegen import emit_flash_nest
+@dataclass
+class CodegenState:
+    """One program's code generation: the Emitter, the register and event files its
+    nests take from, and the registers every kernel reads (`program`)."""
 
-        emit_flash_nest(emit, nest)
-        return
-    if core_offset:   # r0 is this nest's core number: (core - offset) mod cores
-        emit.op("MOV", Reg(R_CORE_SAVED), Reg(R_CORE))
-        emit.op("LI", Reg(R_SHIFT), core_offset)
-        emit.op("REM", Reg(R_SHIFT), Reg(R_SHIFT), Reg(R_CORES))
-        emit.op("SUB", Reg(R_CORE), Reg(R_CORE), Reg(R_SHIFT))
-        emit.op("ADD", Reg(R_CORE), Reg(R_CORE), Reg(R_CORES))
-        emit.op("REM", Reg(R_CORE), Reg(R_CORE), Reg(R_CORES))
-    if len(nest.extents) > MAX_AXES:
-        raise ValueError(f"a nest with {len(nest.extents)} axes (at most {MAX_AXES})")
+    emit: Emitter
+    registers: RegisterFile
+    events: EventFile
+    program: ProgramRegisters
+
+    @classmethod
+    def new(cls, machine_name: str | None = None) -> CodegenState:
+        registers = RegisterFile(advice="each axis of a loop nest with more than one tile "
+                                 "keeps its coordinate in a register: a nest with fewer "
+                                 "tiled axes needs fewer")
+        program = ProgramRegisters(registers.take("core id"), registers.take("core count"))
+        # compute kernels leave the asynchronous collectives' events alone
+        events = EventFile(reserve_async=True)
+        return cls(Emitter(machine_name or None), registers, events, program)
+
+
+def emit_nest(state: CodegenState, nest: Nest, core_offset: int = 0) -> None:
+    """The code of one nest (see the module docstring for the protocol); its registers
+    and events are the nest's own, given back at its end. `core_offset`: deal the tiles
+    from core `core_offset` (mod the cores) on (`emit_kernel`; generic protocol only)."""
+    with state.registers.scope(f"a {len(nest.extents)}-axis nest"), \
+            state.events.scope("a nest"):
+        if nest.schedule == "flash":
+            from zhenwu.compiler.backend.flash_codegen import emit_flash_nest
+
+            emit_flash_nest(state, nest)
+        else:
+            _emit_protocol_nest(state, nest, core_offset)
+
+
+def _emit_protocol_nest(state: CodegenState, nest: Nest, core_offset: int = 0) -> None:
+    """A nest of the generic protocol (module docstring)."""
+    emit = state.emit
+    causal = causal_axes(nest)
+    regs = NestRegisters.take(state.registers, state.program, nest, steps=bool(causal),
+                              protocol=True)
+    if core_offset:   # this nest's core number: (core - offset) mod cores
+        rotated = state.registers.take("this nest's core number (rotated)")
+        with state.registers.scope("the rotation"):
+            shift = state.registers.take("the rotation mod the cores")
+            emit.op("LI", Reg(shift), core_offset)
+            emit.op("REM", Reg(shift), Reg(shift), Reg(regs.cores))
+            emit.op("SUB", Reg(rotated), Reg(regs.core), Reg(shift))
+        emit.op("ADD", Reg(rotated), Reg(rotated), Reg(regs.cores))
+        emit.op("REM", Reg(rotated), Reg(rotated), Reg(regs.cores))
+        regs.core = rotated
+    ev = NestEvents.take(state.events)
     descs = emit_descriptors(emit, nest)
     ld_buffers = {s.dst for s in nest.step if isinstance(s, Load)}
     setup_loads = [s for s in nest.setup if isinstance(s, Load)]
     # once per core: zeroing, or values of the setup loads (a GEMM prologue's row scale)
     setup_compute = [s for s in nest.setup if isinstance(s, (Vec, Reduce))]
-    ctx = _NestContext(nest, descs, ld_buffers,
-                       frozenset(s.dst for s in setup_loads + setup_compute))
+    setup_buffers = frozenset(s.dst for s in setup_loads + setup_compute)
+    bases: dict[str, int | None] = {name: regs.ld_off for name in ld_buffers}
+    bases.update({name: None for name in setup_buffers})
+    ctx = NestContext(nest, descs, regs, ev, bases, default_base=regs.out_off,
+                      setup_buffers=setup_buffers)
+    if any(isinstance(s, Mma) and _resident_rows_axis(ctx, s) is not None for s in nest.step):
+        ctx.a_off = state.registers.take("a step's offset into resident A rows")
     final_loads = [s for s in nest.final if isinstance(s, Load)]
     init_loads = [s for s in nest.init if isinstance(s, Load)]   # once per tile
     init_compute = [s for s in nest.init if not isinstance(s, Load)]
@@ -592,96 +729,89 @@ def emit_nest(emit: Emitter, nest: Nest, tensors, core_offset: int = 0) -> None:
     par_axes = [a for a, k in enumerate(nest.kinds) if k == "p" and grid[a] > 1]
     red_axes = [a for a, k in enumerate(nest.kinds) if k == "r" and grid[a] > 1]
     out_buffers = [b for b in nest.buffers
-                   if b.name not in ld_buffers and b.name not in ctx.setup_buffers]
+                   if b.name not in ld_buffers and b.name not in setup_buffers]
     out_stride = out_buffers[0].stride if out_buffers else 0
     # one credit per copy of the output buffers (a single-copy ACC tile takes one)
     out_credits = out_buffers[0].copies if out_buffers else 2
     for axis in nest.core_axes:  # this core's coordinate, the same for all its tiles
         if nest.grid[axis] > 1:
-            emit.op("REM", Reg(R_COORD + axis), Reg(R_CORE), nest.grid[axis])
+            emit.op("REM", Reg(regs.coord(axis)), Reg(regs.core), nest.grid[axis])
             if nest.tile[axis] > 1:
-                emit.op("MUL", Reg(R_COORD + axis), Reg(R_COORD + axis), nest.tile[axis])
+                emit.op("MUL", Reg(regs.coord(axis)), Reg(regs.coord(axis)), nest.tile[axis])
     for index, load in enumerate(setup_loads):
-        _emit_load(emit, ctx, load, [], [(E_SETUP, 1)])
+        _emit_load(emit, ctx, load, [], [(ev.setup, 1)])
     # compute reading a setup load waits for the loads first (one engine: the first waits)
     loaded = {s.dst for s in setup_loads}
     after_loads = any(name in loaded for stmt in setup_compute for name in _reads(stmt))
     for index, stmt in enumerate(setup_compute):
-        waits = [(E_SETUP, len(setup_loads))] if index == 0 and after_loads else []
-        emit(_compute(ctx, stmt, True), waits=waits, sigs=[(E_SETUP, 1)])
+        waits = [(ev.setup, len(setup_loads))] if index == 0 and after_loads else []
+        emit(_compute(ctx, stmt, True), waits=waits, sigs=[(ev.setup, 1)])
     if setup_loads or setup_compute:
         # only MMAs read them (resident weights): the matrix engine waits, and the scalar
         # goes on issuing the first tile's loads meanwhile
-        engine = "MX" if _read_only_by_mma(nest, ctx.setup_buffers) else "S"
+        engine = "MX" if _read_only_by_mma(nest, setup_buffers) else "S"
         pending = len(setup_compute) + (0 if after_loads else len(setup_loads))
-        emit.op(f"WAIT.{engine}", Event(E_SETUP, pending))
+        emit.op(f"WAIT.{engine}", Event(ev.setup, pending))
     # one credit per copy of the step's load buffers
     ld_credits = max((b.copies for b in nest.buffers if b.name in ld_buffers), default=2)
     if ld_buffers:
-        emit.op("SIG.S", Event(E_LD_FREE, ld_credits))
-    emit.op("SIG.S", Event(E_OUT_FREE, out_credits))
+        emit.op("SIG.S", Event(ev.ld_free, ld_credits))
+    emit.op("SIG.S", Event(ev.out_free, out_credits))
     if tile_loads:
-        emit.op("SIG.S", Event(E_EPI_FREE, out_credits))
-    emit.op("LI", Reg(R_MINE), nest.parallel_tiles)
-    emit.op("SUB", Reg(R_MINE), Reg(R_MINE), Reg(R_CORE))
-    emit.op("ADD", Reg(R_MINE), Reg(R_MINE), Reg(R_CORES))
-    emit.op("SUB", Reg(R_MINE), Reg(R_MINE), 1)
-    emit.op("DIV", Reg(R_MINE), Reg(R_MINE), Reg(R_CORES))
-    emit.op("LI", Reg(R_LD_COUNT), 0)
-    emit.op("LI", Reg(R_OUT_COUNT), 0)
+        emit.op("SIG.S", Event(ev.epi_free, out_credits))
+    emit_tiles_of_core(emit, regs, nest.parallel_tiles)
+    emit.op("LI", Reg(regs.ld_count), 0)
+    emit.op("LI", Reg(regs.out_count), 0)
     prefetch = (nest.schedule == "prefetch" and nest.reduction_steps == 1 and ld_buffers
                 and not nest.causal)
     if prefetch:
         _prefetch_first(emit, ctx, par_axes, red_axes)
-    emit.op("LOOP", Reg(R_TILE_LOOP), Reg(R_MINE))
+    emit.op("LOOP", Reg(regs.tile_loop), Reg(regs.mine))
     if prefetch:
-        _prefetch_next(emit, ctx, par_axes, red_axes)
-    causal = _causal(nest)
+        _prefetch_next(emit, state.registers, ctx, par_axes, red_axes)
     if causal:
-        _causal_tile(emit, nest, causal)
+        emit_causal_tile(emit, state.registers, regs, nest, causal)
     else:
-        emit.op("MUL", Reg(R_TILE), Reg(R_TILE_LOOP), Reg(R_CORES))
-        emit.op("ADD", Reg(R_TILE), Reg(R_TILE), Reg(R_CORE))
+        emit.op("MUL", Reg(regs.tile), Reg(regs.tile_loop), Reg(regs.cores))
+        emit.op("ADD", Reg(regs.tile), Reg(regs.tile), Reg(regs.core))
         if _grouped(nest, par_axes):
-            _decompose_grouped(emit, R_TILE, par_axes, nest)
+            _decompose_grouped(emit, state.registers, regs, regs.tile, par_axes, nest)
         else:
-            _decompose(emit, R_TILE, par_axes, nest)
-    if out_credits <= 2:
-        emit.op("AND", Reg(R_OUT_OFF), Reg(R_OUT_COUNT), 1)
-    else:  # deeper buffering: a short tile's store latency is hidden by later tiles
-        emit.op("REM", Reg(R_OUT_OFF), Reg(R_OUT_COUNT), out_credits)
-    emit.op("MUL", Reg(R_OUT_OFF), Reg(R_OUT_OFF), out_stride)
-    emit.op("ADD", Reg(R_OUT_COUNT), Reg(R_OUT_COUNT), 1)
+            emit_tile_coordinates(emit, regs, regs.tile, par_axes, nest)
+    # deeper buffering: a short tile's store latency is hidden by later tiles
+    _copy_offset(emit, regs.out_off, regs.out_count, max(2, out_credits),
+                 out_stride)
     for index, load in enumerate(tile_loads):
-        _emit_load(emit, ctx, load, [(E_EPI_FREE, 1)] if index == 0 else [], [(E_EPI_FULL, 1)])
+        _emit_load(emit, ctx, load, [(ev.epi_free, 1)] if index == 0 else [],
+                   [(ev.epi_full, 1)])
     for index, stmt in enumerate(init_compute):
-        emit(_compute(ctx, stmt, True), waits=[(E_OUT_FREE, 1)] if index == 0 else [])
+        emit(_compute(ctx, stmt, True), waits=[(ev.out_free, 1)] if index == 0 else [])
     out_in_step = not init_compute
     steps = nest.reduction_steps
     for axis in red_axes:
-        emit.op("LI", Reg(R_COORD + axis), 0)
+        emit.op("LI", Reg(regs.coord(axis)), 0)
     has_epi = bool(epilogue)
     _emit_step(emit, ctx, True, steps == 1, out_in_step, has_epi, len(init_loads),
                preloaded=bool(prefetch))
     if causal:  # steps 1 .. n-2 in a loop of this tile's length, then step n-1 (n >= 2)
-        emit.op("LOOP", Reg(R_STEP_LOOP), Reg(R_MIDDLE))
-        emit.op("ADD", Reg(R_STEP), Reg(R_STEP_LOOP), 1)
-        _decompose(emit, R_STEP, red_axes, nest)
+        emit.op("LOOP", Reg(regs.step_loop), Reg(regs.middle))
+        emit.op("ADD", Reg(regs.step), Reg(regs.step_loop), 1)
+        emit_tile_coordinates(emit, regs, regs.step, red_axes, nest)
         _emit_step(emit, ctx, False, False, out_in_step)
         emit.op("ENDLOOP")
-        emit.op("SUB", Reg(R_STEP), Reg(R_STEPS), 1)
-        _decompose(emit, R_STEP, red_axes, nest)
+        emit.op("SUB", Reg(regs.step), Reg(regs.steps), 1)
+        emit_tile_coordinates(emit, regs, regs.step, red_axes, nest)
         _emit_step(emit, ctx, False, True, out_in_step, has_epi)
         steps = 0
     if steps > 2:
-        emit.op("LOOP", Reg(R_STEP_LOOP), steps - 2)
-        emit.op("ADD", Reg(R_STEP), Reg(R_STEP_LOOP), 1)
-        _decompose(emit, R_STEP, red_axes, nest)
+        emit.op("LOOP", Reg(regs.step_loop), steps - 2)
+        emit.op("ADD", Reg(regs.step), Reg(regs.step_loop), 1)
+        emit_tile_coordinates(emit, regs, regs.step, red_axes, nest)
         _emit_step(emit, ctx, False, False, out_in_step)
         emit.op("ENDLOOP")
     if steps > 1:
-        emit.op("LI", Reg(R_STEP), steps - 1)
-        _decompose(emit, R_STEP, red_axes, nest)
+        emit.op("LI", Reg(regs.step), steps - 1)
+        emit_tile_coordinates(emit, regs, regs.step, red_axes, nest)
         _emit_step(emit, ctx, False, True, out_in_step, has_epi)
     if epilogue:
         _emit_epilogue(emit, ctx, epilogue, len(final_loads), bool(init_loads))
@@ -690,19 +820,17 @@ def emit_nest(emit: Emitter, nest: Nest, tensors, core_offset: int = 0) -> None:
         buf = nest.buffer(store.src)
         relu = ["relu"] if store.relu else []
         emit.op(f"DMA.ST.{buf.dtype}", ctx.ref(store.view), ctx.tile(store.src), options=relu,
-                waits=[(E_OUT_FULL, 1)] if index == 0 else [],
-                sigs=[(E_OUT_FREE, 1)] if index == len(stores) - 1 else [])
+                waits=[(ev.out_full, 1)] if index == 0 else [],
+                sigs=[(ev.out_free, 1)] if index == len(stores) - 1 else [])
     emit.op("ENDLOOP")
     # Drain first: a WAIT.S on the credits before the engines are done would take the
     # initial credits the engines still need (a deadlock).
     emit.op("BAR.CORE")
     if ld_buffers:
-        emit.op("WAIT.S", Event(E_LD_FREE, ld_credits))
-    emit.op("WAIT.S", Event(E_OUT_FREE, out_credits))
+        emit.op("WAIT.S", Event(ev.ld_free, ld_credits))
+    emit.op("WAIT.S", Event(ev.out_free, out_credits))
     if tile_loads:
-        emit.op("WAIT.S", Event(E_EPI_FREE, out_credits))
-    if core_offset:
-        emit.op("MOV", Reg(R_CORE), Reg(R_CORE_SAVED))
+        emit.op("WAIT.S", Event(ev.epi_free, out_credits))
 
 
 def _gm_accesses(nest: Nest) -> tuple[set[str], set[str]]:
@@ -714,17 +842,19 @@ def _gm_accesses(nest: Nest) -> tuple[set[str], set[str]]:
 
 
 def _rotatable(nest: Nest) -> bool:
-    """A nest whose tiles may be dealt from any core on (r0 only numbers its tiles)."""
+    """A nest whose tiles may be dealt from any core on (its core number only numbers its
+    tiles)."""
     return nest.schedule in ("", "prefetch") and not nest.causal
 
 
-def emit_kernel(emit: Emitter, kernel: Kernel, tensors) -> None:
+def emit_kernel(state: CodegenState, kernel: Kernel) -> None:
     """The kernel's nests in order, a chip barrier after each that a later one may depend
     on. Consecutive nests that neither read nor write a GM tensor another of them writes
     (a horizontal fusion's, compiler/backend/merge.py) need none between them: each core
     drains its engines at a nest's end (`BAR.CORE`), which orders the nests' use of its L1
     and events; their tiles are dealt from the core after the previous nest's last tile on,
     so that small nests run side by side on different cores instead of one after another."""
+    emit = state.emit
     emit.kernel(kernel.name)
     reads: set[str] = set()
     writes: set[str] = set()
@@ -739,7 +869,12 @@ def emit_kernel(emit: Emitter, kernel: Kernel, tensors) -> None:
             else:  # a nest may read what every core's previous nest wrote
                 emit.op("BAR.CHIP")
                 reads, writes, offset = set(), set(), 0
-        emit_nest(emit, nest, tensors, offset)
+        try:
+            emit_nest(state, nest, offset)
+        except ResourceError as err:
+            err.message = f"kernel '{kernel.name}': {err.message}"
+            err.op_ids = kernel.op_ids
+            raise
         reads |= r
         writes |= w
         previous = nest
@@ -748,14 +883,16 @@ def emit_kernel(emit: Emitter, kernel: Kernel, tensors) -> None:
 
 def generate_program(program: KernelProgram, machine_name: str | None = None) -> Program:
     """The isa Program of a planned kernel program (every tensor has an address), built
-    directly (no assembly text; a scalar tensor is declared with shape ())."""
-    emit = Emitter(machine_name or None)
+    directly (no assembly text; a scalar tensor is declared with shape ()). ResourceError
+    (a CompileError) when a nest needs more registers or events than a core has."""
+    state = CodegenState.new(machine_name)
+    emit = state.emit
     for t in program.tensors:
         emit.tensor(TensorDecl(t.name, t.dtype, tuple(t.shape), int(t.address), t.role))
-    emit.op("GETID", Reg(R_CORE), Keyword("core"))
-    emit.op("GETID", Reg(R_CORES), Keyword("cores"))
+    emit.op("GETID", Reg(state.program.core), Keyword("core"))
+    emit.op("GETID", Reg(state.program.cores), Keyword("cores"))
     for kernel in program.kernels:
-        emit_kernel(emit, kernel, program.tensors)
+        emit_kernel(state, kernel)
     emit.op("HALT")
     return emit.program()
 

@@ -15,9 +15,9 @@ small table-driven reader (the operand kinds of the instruction's `InstrDef` dec
 word is, as in the assembler) with a cache, since generated code repeats its lines; it
 falls back to the full assembler for anything it does not read, so a malformed line gets
 the assembler's diagnostic. `emit(instr)` appends an `Instruction` built elsewhere (what
-`codegen._compute` returns) with the given events. `assemble_lines(lines)` builds a whole
-program from generated text the same way (the collective and many-chip paths, which still
-write text).
+`codegen.NestContext.instruction` returns) with the given events. `assemble_lines(lines)`
+builds a whole program from generated text the same way (the collective and many-chip
+paths, which still write text).
 
 Every instruction is checked against its definition (`isa.instructions.validate`) as it
 is appended, as the assembler checks what it reads.

@@ -114,8 +114,23 @@ def compile_function(fn, machine, options: CompileOptions = CompileOptions(), me
         if param.span is not None:
             spans.setdefault(param.name, param.span)
     planned = plan_hbm(KernelProgram(tuple(tensors), tuple(kernels)), machine.hbm_bytes, spans)
-    program = generate_program(planned, machine.name)
+    program = _generate(planned, machine, graph)
     return CompiledProgram(graph, planned, program, spans)
+
+
+def _generate(planned: KernelProgram, machine, graph):
+    """`generate_program`; a kernel that needs more registers or events than a core has
+    is a CompileError at its first source op."""
+    from zhenwu.compiler.backend.allocators import ResourceError
+
+    try:
+        return generate_program(planned, machine.name)
+    except ResourceError as err:
+        if err.span is None:
+            spans = {op.id: op.span for op in graph.ops}
+            err.span = next((spans[i] for i in err.op_ids
+                             if spans.get(i) is not None), None)
+        raise
 
 
 # More tile steps than any simulation runs (the interpreter stops a program after 50 million
