@@ -37,6 +37,7 @@ _SPAN_LIMIT = 1 << 16  # (run, line) pairs expanded at once before the per-run p
 # ufunc reductions called directly (no Python wrapper: the L2 is looked up for every DMA)
 _max = np.maximum.reduce
 _sum = np.add.reduce
+_all = np.logical_and.reduce
 _TEMPLATES = 1 << 12  # box geometries kept by `L2Cache.lines` (cleared when full)
 
 
@@ -242,15 +243,16 @@ class L2Cache:
         have = self.valid[blocks]
         self.stamp[blocks] = self._stamps(blocks)
         wanted = box.masks
-        missing = wanted & ~have
+        got = wanted & have
         # a block it hit a line of (ready times are never negative: max from 0)
-        hit_ready = float(_max(self.ready[blocks], where=(wanted & have) != 0, initial=0.0))
-        missed_lines = int(_sum(np.bitwise_count(missing)))
-        if not missed_lines:  # every line hit
+        hit_ready = float(_max(self.ready[blocks], where=got != 0, initial=0.0))
+        if _all(got == wanted):  # every line hit
             self.hit_bytes += box.total
             self.partial_rows = 0
             self._filled = None
             return 0, hit_ready
+        missing = wanted ^ got  # wanted & ~have
+        missed_lines = int(_sum(np.bitwise_count(missing)))
         self.ready[blocks[have == 0]] = 0.0  # a new block: nothing has landed yet
         self.valid[blocks] = have | wanted
         if box.line_nbytes is None:
