@@ -539,7 +539,7 @@ class Simulator:
             return
         op, bound, dispatched, s_clock = queue[0]
         free = core.engine_free[engine]
-        ready = dispatched if dispatched > free else free
+        ready = max(free, dispatched)
         if ready > now:
             self._try_later(core, engine, ready)
             return
@@ -623,7 +623,7 @@ class Simulator:
                              {"address": op.address, "text": op.text,
                               "latency": latency})
         if queue:
-            self._try_later(core, engine, free if free > now else now)
+            self._try_later(core, engine, max(now, free))
         elif core.s_blocked is not None and core.s_blocked != "queue_full" \
                 and core.s_blocked != "wait_event":
             drain = self._drain_time(core, core.s_blocked == "drain")

@@ -164,12 +164,11 @@ class FastForward:
             return None
         cores = []
         regs = []
-        # (inlined _rel: this runs at every back edge of core 0, for every core)
         for core in sim.cores:
             if core.halted:
                 return None
             queues = tuple([
-                tuple([(op.address, (dispatched if dispatched > now else now) - t0,
+                tuple([(op.address, max(now, dispatched) - t0,
                         bound.occupancy, bound.latency, bound.hbm_read, bound.hbm_write)
                        for op, bound, dispatched, _ in queue]) if queue else ()
                 for queue in core.queues])
@@ -177,9 +176,9 @@ class FastForward:
             t = core.t
             cores.append((
                 core.pc, tuple(core.loops), core.kernel, core.s_blocked, core.s_block_engine,
-                (t if t > now else now) - t0, core.resume_pending,
-                tuple([(x if x > now else now) - t0 for x in core.engine_free]),
-                tuple([(x if x > now else now) - t0 for x in core.last_complete]),
+                max(now, t) - t0, core.resume_pending,
+                tuple([max(now, x) - t0 for x in core.engine_free]),
+                tuple([max(now, x) - t0 for x in core.last_complete]),
                 tuple(core.try_pending), tuple([b >= 0 for b in core.blocked_since]),
                 tuple(core.events), tuple([tuple(w) if w else () for w in core.waiters]),
                 queues, flight, tuple(core.descs),
