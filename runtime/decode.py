@@ -13,7 +13,8 @@ from operator import itemgetter
 
 from zhenwu.isa.errors import ChipTrap
 from zhenwu.isa.instructions import INSTRUCTIONS
-from zhenwu.isa.program import Event, Instruction, Program, Tile
+from zhenwu.isa.instructions.base import wrap64
+from zhenwu.isa.program import Event, Imm, Instruction, Program, Reg, Tile
 from zhenwu.runtime.context import EngineContext
 from zhenwu.runtime.memory import OutOfBounds, span_of
 from zhenwu.runtime.ops import BAR_CHIP, BAR_CORE, ENGINE, HALT, SCALAR, SIG_S, WAIT_S, Bound, Op
@@ -112,6 +113,11 @@ def _scalar_cycles(defn, instr: Instruction, machine) -> int:
 def _scalar_step(execute, instr: Instruction, index: int):
     """A closure running one scalar instruction on a core; returns the next pc."""
     following = index + 1
+    alu = getattr(execute, "alu", None)
+    if alu is not None:
+        step = _alu_step(alu, instr, following)
+        if step is not None:
+            return step
 
     def step(core) -> int:
         ctx = core.scalar_ctx
@@ -120,6 +126,31 @@ def _scalar_step(execute, instr: Instruction, index: int):
         execute(instr, ctx)
         return ctx.next_pc
 
+    return step
+
+
+def _alu_step(function, instr: Instruction, following: int):
+    """`rd = wrap64(function(ra, rb))` on the core's registers, with the operands resolved
+    once: the same as the instruction's `execute` without a context per step (None for an
+    operand form it does not know: the generic step runs it)."""
+    rd, ra, rb = instr.operands
+    if not (isinstance(rd, Reg) and isinstance(ra, Reg) and isinstance(rb, (Reg, Imm))):
+        return None
+    target, source = rd.index, ra.index
+    if isinstance(rb, Reg):
+        other = rb.index
+
+        def step(core) -> int:
+            regs = core.regs
+            regs[target] = wrap64(function(regs[source], regs[other]))
+            return following
+    else:
+        value = rb.value
+
+        def step(core) -> int:
+            regs = core.regs
+            regs[target] = wrap64(function(regs[source], value))
+            return following
     return step
 
 

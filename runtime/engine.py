@@ -297,7 +297,15 @@ class Simulator:
                     continue
             kind = op.kind
             if kind == SCALAR:
-                self._count(core, op, t)
+                # self._count(core, op, t), inlined: the trace and the budget checks only
+                # when they can apply
+                self.instructions += 1
+                self.idle_instructions += 1
+                self.executed += 1
+                core.busy[S_ENGINE] += op.cycles
+                if self.trace is not None or self.executed > self.max_instructions or \
+                        self.idle_instructions > self.max_idle_instructions:
+                    self._counted(core, op, t)
                 try:
                     core.pc = op.step(core)
                 except ChipTrap as err:
@@ -395,6 +403,10 @@ class Simulator:
         self.idle_instructions += 1
         self.executed += 1
         core.busy[S_ENGINE] += op.cycles
+        self._counted(core, op, t)
+
+    def _counted(self, core: CoreState, op: Op, t: int) -> None:
+        """The trace slice and budget checks of an instruction just counted."""
         if self.trace is not None:
             name = op.mnemonic if op.kind != ENGINE else "issue " + op.mnemonic
             self.trace.slice(core.index, S_ENGINE, name, t, op.cycles, {"address": op.address})
@@ -527,7 +539,7 @@ class Simulator:
             return
         op, bound, dispatched, s_clock = queue[0]
         free = core.engine_free[engine]
-        ready = max(dispatched, free)
+        ready = max(free, dispatched)
         if ready > now:
             self._try_later(core, engine, ready)
             return

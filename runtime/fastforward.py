@@ -167,19 +167,20 @@ class FastForward:
         for core in sim.cores:
             if core.halted:
                 return None
-            queues = tuple(
-                tuple((op.address, _rel(dispatched, now, t0), bound.occupancy, bound.latency,
-                       bound.hbm_read, bound.hbm_write) for op, bound, dispatched, _ in queue)
-                for queue in core.queues)
-            flight = tuple((_rel(done, now, t0), size) for done, size in core.in_flight
-                           if done > now)
+            queues = tuple([
+                tuple([(op.address, max(now, dispatched) - t0,
+                        bound.occupancy, bound.latency, bound.hbm_read, bound.hbm_write)
+                       for op, bound, dispatched, _ in queue]) if queue else ()
+                for queue in core.queues])
+            flight = tuple([(done - t0, size) for done, size in core.in_flight if done > now])
+            t = core.t
             cores.append((
                 core.pc, tuple(core.loops), core.kernel, core.s_blocked, core.s_block_engine,
-                _rel(core.t, now, t0), core.resume_pending,
-                tuple(_rel(x, now, t0) for x in core.engine_free),
-                tuple(_rel(x, now, t0) for x in core.last_complete),
-                tuple(core.try_pending), tuple(b >= 0 for b in core.blocked_since),
-                tuple(core.events), tuple(tuple(w) for w in core.waiters),
+                max(now, t) - t0, core.resume_pending,
+                tuple([max(now, x) - t0 for x in core.engine_free]),
+                tuple([max(now, x) - t0 for x in core.last_complete]),
+                tuple(core.try_pending), tuple([b >= 0 for b in core.blocked_since]),
+                tuple(core.events), tuple([tuple(w) if w else () for w in core.waiters]),
                 queues, flight, tuple(core.descs),
             ))
             regs.append(tuple(core.regs))
@@ -202,8 +203,10 @@ class FastForward:
         first, second = b["t"] - a["t"], c["t"] - b["t"]
         if first <= 0 or second <= 0:
             return None
-        exact = c["state"] == b["state"] == a["state"] and first == second and all(
-            abs(x - y) <= _TOLERANCE for x, y in zip(c["servers"], b["servers"]))
+        # (the equal periods first: comparing every core's state is the expensive part)
+        exact = first == second and all(
+            abs(x - y) <= _TOLERANCE for x, y in zip(c["servers"], b["servers"])) and \
+            c["state"] == b["state"] == a["state"]
         if not exact and not self._steady(a, b, c, first, second):
             return None
         # core 0's registers: the same delta over both periods, or dead at the top of the

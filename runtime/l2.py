@@ -34,6 +34,11 @@ import math
 import numpy as np
 
 _SPAN_LIMIT = 1 << 16  # (run, line) pairs expanded at once before the per-run path
+# ufunc reductions called directly (no Python wrapper: the L2 is looked up for every DMA)
+_max = np.maximum.reduce
+_sum = np.add.reduce
+_all = np.logical_and.reduce
+_TEMPLATES = 1 << 12  # box geometries kept by `L2Cache.lines` (cleared when full)
 
 
 def collapse(shape: tuple[int, ...], strides: tuple[int, ...],
@@ -107,7 +112,7 @@ class Lines:
     None): `line_block` (its index in `blocks`), `line_bit` (its bit) and `line_nbytes` (its
     bytes); `total` bytes in all and `lines` lines touched."""
 
-    __slots__ = ("_written_rows", "blocks", "full", "line_bit", "line_block", "line_nbytes",
+    __slots__ = ("_origin", "_written_rows", "blocks", "full", "line_bit", "line_block", "line_nbytes",
                  "lines", "masks", "total")
 
     def __init__(self, lines: np.ndarray, nbytes: np.ndarray, line_bytes: int, shift: int):
@@ -132,6 +137,23 @@ class Lines:
         self.total = int(nbytes.sum())
         self.lines = int(lines.size)  # lines touched: what the L2's bandwidth is charged by
         self._written_rows = None
+        self._origin = self  # the box this one is a shifted copy of (shares its rows)
+
+    def shifted(self, blocks: int) -> Lines:
+        """The same box moved by a whole number of `blocks`: its blocks move, everything
+        else (which lines of each block, their bytes, the DRAM rows it covers) is the same."""
+        moved = Lines.__new__(Lines)
+        moved.blocks = self.blocks + blocks
+        moved.masks = self.masks
+        moved.full = self.full
+        moved.line_block = self.line_block
+        moved.line_bit = self.line_bit
+        moved.line_nbytes = self.line_nbytes
+        moved.total = self.total
+        moved.lines = self.lines
+        moved._written_rows = self._written_rows
+        moved._origin = self._origin
+        return moved
 
 
 class L2Cache:
@@ -154,7 +176,8 @@ class L2Cache:
         per_block = block_bytes // line_bytes
         per_row = min(per_block, max(1, (row_bytes or block_bytes) // line_bytes))
         ones = (1 << per_row) - 1
-        self.row_masks = tuple(np.uint64(ones << i) for i in range(0, per_block, per_row))
+        self.row_masks = np.array([ones << i for i in range(0, per_block, per_row)],
+                                  dtype=np.uint64)
         self.partial_rows = 0  # DRAM rows the last read touched only partly
         self.shift = (block_bytes // line_bytes).bit_length() - 1  # line -> block
         self.capacity = size_bytes // line_bytes  # in lines
@@ -175,12 +198,26 @@ class L2Cache:
         self.hit_bytes = 0
         self.write_bytes = 0
         self._filled = None  # the blocks the last read filled
+        # box geometry at block offset 0.. by (offset, shape, strides, itemsize): `lines`
+        self._templates: dict[tuple, Lines] = {}
 
     def lines(self, address: int, shape: tuple[int, ...], strides: tuple[int, ...],
               itemsize: int) -> Lines:
-        """The `Lines` of a box (`strides` in bytes), ready for `read` and `write`."""
-        lines, nbytes = box_lines(address, shape, strides, itemsize, self.line_bytes)
-        return Lines(lines, nbytes, self.line_bytes, self.shift)
+        """The `Lines` of a box (`strides` in bytes), ready for `read` and `write`.
+
+        A box moved by whole blocks touches the same lines of its (moved) blocks, so the
+        geometry is worked out once per shape, strides and offset in a block; the other
+        boxes of that kind (the rows and tiles of a tensor) are shifted copies of it."""
+        block_bytes = self.line_bytes << self.shift
+        offset = address % block_bytes
+        key = (offset, shape, strides, itemsize)
+        template = self._templates.get(key)
+        if template is None:
+            if len(self._templates) >= _TEMPLATES:
+                self._templates.clear()
+            lines, nbytes = box_lines(offset, shape, strides, itemsize, self.line_bytes)
+            template = self._templates[key] = Lines(lines, nbytes, self.line_bytes, self.shift)
+        return template.shifted((address - offset) // block_bytes)
 
     def resident_blocks(self) -> np.ndarray:
         """The block numbers with a valid line, ascending."""
@@ -188,7 +225,7 @@ class L2Cache:
 
     def _grow(self, blocks: np.ndarray) -> None:
         """Make the tables reach the highest of `blocks` (ascending)."""
-        if not blocks.size or int(blocks[-1]) < self.valid.size:
+        if not blocks.size or blocks[-1] < self.valid.size:
             return
         size = max(int(blocks[-1]) + 1, 2 * self.valid.size, 1024)
         grow = size - self.valid.size
@@ -206,18 +243,18 @@ class L2Cache:
         have = self.valid[blocks]
         self.stamp[blocks] = self._stamps(blocks)
         wanted = box.masks
-        missing = wanted & ~have
-        hit = (have != 0) & (missing != wanted)
-        hit_ready = float(self.ready[blocks[hit]].max()) if hit.any() else 0.0
-        hit_ready = max(hit_ready, 0.0)
-        if not missing.any():  # every line hit
+        got = wanted & have
+        # a block it hit a line of (ready times are never negative: max from 0)
+        hit_ready = float(_max(self.ready[blocks], where=got != 0, initial=0.0))
+        if _all(got == wanted):  # every line hit
             self.hit_bytes += box.total
             self.partial_rows = 0
             self._filled = None
             return 0, hit_ready
+        missing = wanted ^ got  # wanted & ~have
+        missed_lines = int(_sum(np.bitwise_count(missing)))
         self.ready[blocks[have == 0]] = 0.0  # a new block: nothing has landed yet
         self.valid[blocks] = have | wanted
-        missed_lines = int(np.bitwise_count(missing).sum())
         if box.line_nbytes is None:
             missed_bytes = missed_lines * self.line_bytes
         else:
@@ -263,7 +300,10 @@ class L2Cache:
     def partly_written_rows(self, box: Lines) -> int:
         """The DRAM rows a write of `box` touches but does not cover whole."""
         if box._written_rows is None:
-            box._written_rows = _partial(box.masks, box.full, self.row_masks)
+            origin = box._origin
+            if origin._written_rows is None:
+                origin._written_rows = _partial(origin.masks, origin.full, self.row_masks)
+            box._written_rows = origin._written_rows
         return box._written_rows
 
     def _stamps(self, blocks: np.ndarray) -> np.ndarray:
@@ -328,8 +368,8 @@ class L2Cache:
 def _partial(touched: np.ndarray, whole: np.ndarray, row_masks) -> int:
     """DRAM rows, over blocks, that `touched` (line masks) touches but `whole` does not cover
     completely."""
-    count = 0
-    for row in row_masks:
-        covered = whole & row
-        count += int(np.count_nonzero((touched & row != 0) & (covered != row)))
-    return count
+    if len(row_masks) == 1:
+        row = row_masks[0]
+        return int(np.count_nonzero((touched & row != 0) & (whole & row != row)))
+    return int(np.count_nonzero((touched[:, None] & row_masks != 0)
+                                & (whole[:, None] & row_masks != row_masks)))

@@ -85,6 +85,9 @@ def _alu_execute(function):
         result = function(ctx.read_reg(ra.index), scalar_value(rb, ctx))
         ctx.write_reg(rd.index, wrap64(result))
 
+    # rd = wrap64(function(ra, rb)): an interpreter may apply it to its registers directly
+    # (runtime/decode.py does, to skip the context on its hottest path)
+    execute.alu = function
     return execute
 
 
