@@ -68,6 +68,10 @@ E_SETUP, E_EPI_FULL, E_EPI_FREE, E_MID = 4, 5, 6, 7
 # A step whose compute moves between the matrix and vector engines (flash attention) hands
 # each result over with an event per switch.
 E_MX_TO_VX, E_VX_TO_MX = 8, 9
+# A staged nest (`_staged`: vector work writes the matrix operands the step's MMA reads) frees
+# a copy of those operands when the MMA has run, apart from the accumulator's copy, which
+# its store frees.
+E_STAGE_FREE = 10
 
 
 def _engine(stmt) -> str:
@@ -340,11 +344,48 @@ def _compute(ctx: _NestContext, stmt, first_step: bool) -> Instruction:
     raise TypeError(stmt)
 
 
+def _staged(nest: Nest) -> bool:
+    """Whether the nest's one step is vector work staging the operands of a last MMA into
+    the accumulator, which the tile's stores then read directly (an im2col's gathers: the
+    patches in L1, the product in ACC). The staged operands are free again as soon as the
+    MMA has run, so the next tile's vector work needs only the MMA of the tile two copies
+    back, not its store and the store's round trip: the staging buffers get their own
+    credit (E_STAGE_FREE, returned by the MMA), and the accumulator's credit (E_OUT_FREE)
+    is taken by the MMA itself. The load buffers' credit is then returned by the last
+    vector statement (the MMA reads no load buffer). Refused: anything else in the tile
+    (init or epilogue compute, several steps, a store of another buffer), an MMA reading
+    a load buffer or writing what the vector work reads or writes."""
+    if nest.reduction_steps != 1 or nest.init or nest.causal or nest.schedule == "flash":
+        return False
+    compute = [s for s in nest.step if not isinstance(s, Load)]
+    if len(compute) < 2 or not isinstance(compute[-1], Mma):
+        return False
+    mma, staging = compute[-1], compute[:-1]
+    if any(isinstance(s, Mma) for s in staging):
+        return False
+    if nest.buffer(mma.dst).level != "ACC":
+        return False
+    ld_buffers = {s.dst for s in nest.step if isinstance(s, Load)}
+    if {mma.a, mma.b} & ld_buffers:
+        return False
+    touched = set()
+    for stmt in staging:
+        if not isinstance(stmt, (Vec, ColumnCopy)):
+            return False
+        touched |= {stmt.dst} | set(_reads(stmt) if isinstance(stmt, Vec) else [stmt.src])
+    if mma.dst in touched:
+        return False
+    return all(isinstance(s, Store) and s.src == mma.dst for s in nest.final)
+
+
 def _emit_step(emit: Emitter, ctx: _NestContext, first: bool, last: bool,
                out_written_in_step: bool, epilogue: bool = False, tile_loads: int = 0,
-               preloaded: bool = False) -> None:
+               preloaded: bool = False, staged: bool = False) -> None:
     """One reduction step: its loads, then its compute. `preloaded`: the loads were issued
-    a tile ahead (`_prefetch_next`); the compute reads the copy of this tile's index."""
+    a tile ahead (`_prefetch_next`); the compute reads the copy of this tile's index.
+    `staged` (`_staged`): the vector work waits for its staging copy (E_STAGE_FREE) and
+    returns the loads' credit, the MMA waits for the accumulator's copy and frees the
+    staging one."""
     loads = [s for s in ctx.nest.step if isinstance(s, Load)]
     compute = [s for s in ctx.nest.step if not isinstance(s, Load)]
     if loads and preloaded:
@@ -374,12 +415,17 @@ def _emit_step(emit: Emitter, ctx: _NestContext, first: bool, last: bool,
             if loads:
                 waits.append((E_LD_FULL, len(loads)))
             if first and out_written_in_step:
-                waits.append((E_OUT_FREE, 1))
+                waits.append((E_STAGE_FREE if staged else E_OUT_FREE, 1))
             if first and tile_loads:
                 waits.append((E_EPI_FULL, tile_loads))
+        if staged and index == len(compute) - 2 and loads:
+            sigs.append((E_LD_FREE, 1))
         if index == len(compute) - 1:
-            if loads:
+            if loads and not staged:
                 sigs.append((E_LD_FREE, 1))
+            if staged:
+                waits.append((E_OUT_FREE, 1))
+                sigs.append((E_STAGE_FREE, 1))
             if last:
                 sigs.append((E_MID if epilogue else E_OUT_FULL, 1))
     _with_switches(compute, all_waits, all_sigs)
@@ -590,6 +636,9 @@ def emit_nest(emit: Emitter, nest: Nest, tensors) -> None:
     emit.op("SIG.S", Event(E_OUT_FREE, out_credits))
     if tile_loads:
         emit.op("SIG.S", Event(E_EPI_FREE, out_credits))
+    staged = _staged(nest)
+    if staged:
+        emit.op("SIG.S", Event(E_STAGE_FREE, out_credits))
     emit.op("LI", Reg(R_MINE), nest.parallel_tiles)
     emit.op("SUB", Reg(R_MINE), Reg(R_MINE), Reg(R_CORE))
     emit.op("ADD", Reg(R_MINE), Reg(R_MINE), Reg(R_CORES))
@@ -630,7 +679,7 @@ def emit_nest(emit: Emitter, nest: Nest, tensors) -> None:
         emit.op("LI", Reg(R_COORD + axis), 0)
     has_epi = bool(epilogue)
     _emit_step(emit, ctx, True, steps == 1, out_in_step, has_epi, len(init_loads),
-               preloaded=bool(prefetch))
+               preloaded=bool(prefetch), staged=staged)
     if causal:  # steps 1 .. n-2 in a loop of this tile's length, then step n-1 (n >= 2)
         emit.op("LOOP", Reg(R_STEP_LOOP), Reg(R_MIDDLE))
         emit.op("ADD", Reg(R_STEP), Reg(R_STEP_LOOP), 1)
@@ -669,6 +718,8 @@ def emit_nest(emit: Emitter, nest: Nest, tensors) -> None:
     emit.op("WAIT.S", Event(E_OUT_FREE, out_credits))
     if tile_loads:
         emit.op("WAIT.S", Event(E_EPI_FREE, out_credits))
+    if staged:
+        emit.op("WAIT.S", Event(E_STAGE_FREE, out_credits))
 
 
 def emit_kernel(emit: Emitter, kernel: Kernel, tensors) -> None:

@@ -267,10 +267,11 @@ def im2col_rows(shape: ConvShape, attrs, in_bytes: int, acc_bytes: int, out_byte
         vx = gathers * (ceil(pixels * in_bytes / machine.vx_bytes_per_cycle) + 2)
         # (more gathers than the vector queue holds: the next tile's load is issued before
         # this tile's gathers, codegen's `prefetch` schedule, so its latency stays hidden)
-        # a copy of the patches and accumulator is free again once its tile's store has
-        # landed: gathers, MMA, store and its latency over the copies in flight
+        # a copy of the patches is free again once its MMA has run, an accumulator copy
+        # once its tile's store has landed (codegen's staged nest): gathers and MMA, or
+        # MMA, store and its latency, over the copies in flight
         store = tile_o * pixels * out_bytes / machine.st_bytes_per_cycle
-        turn = (mx + vx + store + machine.hbm_latency) / copies
+        turn = max(vx + mx, mx + store + machine.hbm_latency) / copies
         # an input copy is free again once its tile's MMA has run: load, its round trip,
         # gathers and MMA over the input copies in flight
         feed = (in_one / machine.ld_bytes_per_cycle + machine.hbm_latency + vx + mx) / ld_copies
