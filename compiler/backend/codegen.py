@@ -335,12 +335,15 @@ def _compute(ctx: _NestContext, stmt, first_step: bool) -> Instruction:
         return instruction(f"VR{stmt.op}.{stmt.dtype}", t(stmt.dst), src_tile, rows, cols,
                            options=("row", "acc"))
     if isinstance(stmt, Mma):
-        a, c = ctx.nest.buffer(stmt.a), ctx.nest.buffer(stmt.dst)
+        a, b, c = (ctx.nest.buffer(n) for n in (stmt.a, stmt.b, stmt.dst))
         mode = [stmt.mode if stmt.mode else ("init" if first_step else "acc")]
         k = a.rows if stmt.trans_a else a.cols
         mode += ["tA"] if stmt.trans_a else []
+        b_tile = t(stmt.b)
+        if b.cols != c.cols:  # B's rows are further apart than the product's width
+            b_tile = Tile(b_tile.space, b_tile.base, b.cols)
         return instruction(f"MMA.{stmt.in_dtype}.{stmt.acc_dtype}", t(stmt.dst), t(stmt.a),
-                           t(stmt.b), c.rows, c.cols, k, options=mode)
+                           b_tile, c.rows, c.cols, k, options=mode)
     raise TypeError(stmt)
 
 
@@ -365,7 +368,7 @@ def _staged(nest: Nest) -> bool:
         return False
     if nest.buffer(mma.dst).level != "ACC":
         return False
-    ld_buffers = {s.dst for s in nest.step if isinstance(s, Load)}
+    ld_buffers = _load_buffers(nest)
     if {mma.a, mma.b} & ld_buffers:
         return False
     touched = set()
@@ -579,6 +582,23 @@ def _read_only_by_mma(nest: Nest, names: frozenset[str]) -> bool:
     return True
 
 
+def _load_buffers(nest: Nest) -> set[str]:
+    """The buffers a step loads, and the read-only windows into one of them (a halo
+    conv's taps: no statement writes them; same level, copies and stride, starting inside
+    its first copy): all of them take the load copy's register."""
+    loaded = {s.dst for s in nest.step if isinstance(s, Load)}
+    written = {name for s in nest.statements() if not isinstance(s, Store)
+               for name in (getattr(s, "dst", None), getattr(s, "index", None)) if name}
+    spans = [(b.level, b.copies, b.stride, b.offset, b.offset + b.nbytes)
+             for b in nest.buffers if b.name in loaded]
+    views = {b.name for b in nest.buffers
+             if b.name not in written
+             and any((b.level, b.copies, b.stride) == (level, copies, stride)
+                    and start <= b.offset < end
+                    for level, copies, stride, start, end in spans)}
+    return loaded | views
+
+
 def emit_nest(emit: Emitter, nest: Nest, tensors) -> None:
     """The code of one nest (see the module docstring for the protocol)."""
     if nest.schedule == "flash":
@@ -589,7 +609,7 @@ def emit_nest(emit: Emitter, nest: Nest, tensors) -> None:
     if len(nest.extents) > MAX_AXES:
         raise ValueError(f"a nest with {len(nest.extents)} axes (at most {MAX_AXES})")
     descs = emit_descriptors(emit, nest)
-    ld_buffers = {s.dst for s in nest.step if isinstance(s, Load)}
+    ld_buffers = _load_buffers(nest)
     setup_loads = [s for s in nest.setup if isinstance(s, Load)]
     # once per core: zeroing, or values of the setup loads (a GEMM prologue's row scale)
     setup_compute = [s for s in nest.setup if isinstance(s, (Vec, Reduce))]
