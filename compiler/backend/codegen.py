@@ -508,14 +508,15 @@ def _emit_epilogue(emit: Emitter, ctx: _NestContext, compute: list, n_loads: int
 def _causal(nest: Nest) -> tuple[int, int] | None:
     """(query axis, key axis) when the nest skips key tiles past the diagonal: the key
     axis is the only reduction axis with more than one tile, and only the query axis and
-    one axis before it (heads) have several parallel tiles."""
+    axes before it (heads: batch, KV heads, the query heads of a group) have several
+    parallel tiles."""
     if not nest.causal:
         return None
     q_axis, k_axis = nest.causal
     grid = nest.grid
     red = [a for a, k in enumerate(nest.kinds) if k == "r" and grid[a] > 1]
     par = [a for a, k in enumerate(nest.kinds) if k == "p" and grid[a] > 1 and a != q_axis]
-    if red != [k_axis] or len(par) > 1 or (par and par[0] > q_axis):
+    if red != [k_axis] or any(a > q_axis for a in par):
         return None
     return q_axis, k_axis
 
@@ -528,7 +529,9 @@ def _causal_tile(emit: Emitter, nest: Nest, causal: tuple[int, int]) -> None:
     q_axis, k_axis = causal
     grid, tile = nest.grid, nest.tile
     heads = [a for a, k in enumerate(nest.kinds) if k == "p" and grid[a] > 1 and a != q_axis]
-    n_heads = grid[heads[0]] if heads else 1
+    n_heads = 1
+    for axis in heads:
+        n_heads *= grid[axis]
     # rank = loop * cores + (core if loop is even else cores - 1 - core)
     emit.op("AND", Reg(R_TILE), Reg(R_TILE_LOOP), 1)
     emit.op("SUB", Reg(R_STEP), Reg(R_CORES), 1)
@@ -543,11 +546,10 @@ def _causal_tile(emit: Emitter, nest: Nest, causal: tuple[int, int]) -> None:
     emit.op("ADD", Reg(R_STEP), Reg(R_STEP), Reg(R_CORE))
     emit.op("MUL", Reg(R_TILE), Reg(R_TILE_LOOP), Reg(R_CORES))
     emit.op("ADD", Reg(R_TILE), Reg(R_TILE), Reg(R_STEP))
-    if heads:
-        emit.op("REM", Reg(R_COORD + heads[0]), Reg(R_TILE), n_heads)
-        if tile[heads[0]] > 1:
-            emit.op("MUL", Reg(R_COORD + heads[0]), Reg(R_COORD + heads[0]), tile[heads[0]])
     reg = R_COORD + q_axis
+    if heads:  # the flat head index (in the query axis's register until it is computed)
+        emit.op("REM", Reg(reg), Reg(R_TILE), n_heads)
+        _decompose(emit, reg, heads, nest)
     emit.op("DIV", Reg(reg), Reg(R_TILE), n_heads)
     emit.op("SUB", Reg(reg), Reg(reg), grid[q_axis] - 1)
     emit.op("MUL", Reg(reg), Reg(reg), -1)
