@@ -138,7 +138,6 @@ def conv_cost(shape: ConvShape, tile_o, rows, cols, tile_c, acc_copies, ld_copie
         # whole rows of a stride-1 conv)
         run = in_pixels if cols >= shape.ow and shape.stride_one else min(cols, shape.ow)
         runs = shape.taps * in_c * in_pixels // run
-    step_bytes = runs * run * in_bytes + w_step
     # the caches move whole lines and the DMA port whole bursts, each run starting
     # anywhere in one; the weights are a run of (tap, channel) per output channel
     line_bytes = runs * (round_up(run * in_bytes, line) + line // 2)

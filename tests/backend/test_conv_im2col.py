@@ -106,7 +106,7 @@ def test_staged_gathers_wait_for_the_mma_not_the_store():
     chip with several tiles per core (the race detector on) and in the code."""
     from zhenwu.compiler.backend import codegen as cg
 
-    compiled, result = _run(_STEM)
+    compiled, _ = _run(_STEM)
     nest = _conv_nest(compiled)
     assert cg._staged(nest)
     assert nest.parallel_tiles >= 3 * 2
@@ -150,14 +150,14 @@ def test_staging_credit_saves_the_store_round_trip():
 
 @pytest.mark.parametrize("source", [
     # several reduction steps (a 3x3 conv over 256 channels: a tap's DMA per step)
-    "fn main(x: bf16[2, 256, 14, 14], w: bf16[256, 256, 3, 3]) -> bf16[2, 256, 14, 14] {\n"
-    "    return conv2d(x, w, padding=1)\n}\n",
+    ("fn main(x: bf16[2, 256, 14, 14], w: bf16[256, 256, 3, 3]) -> bf16[2, 256, 14, 14] {\n"
+     "    return conv2d(x, w, padding=1)\n}\n"),
     # an epilogue on the accumulator before the store (bias)
-    "fn main(x: bf16[2, 3, 64, 64], w: bf16[64, 3, 7, 7], b: f32[64, 1, 1]) "
-    "-> f32[2, 64, 32, 32] {\n    return conv2d(x, w, stride=2, padding=3) + b\n}\n",
+    ("fn main(x: bf16[2, 3, 64, 64], w: bf16[64, 3, 7, 7], b: f32[64, 1, 1]) "
+     "-> f32[2, 64, 32, 32] {\n    return conv2d(x, w, stride=2, padding=3) + b\n}\n"),
     # a plain GEMM: the MMA reads its load buffers
-    "fn main(a: bf16[256, 256], b: bf16[256, 256]) -> bf16[256, 256] {\n"
-    "    return a @ b\n}\n",
+    ("fn main(a: bf16[256, 256], b: bf16[256, 256]) -> bf16[256, 256] {\n"
+     "    return a @ b\n}\n"),
 ])
 def test_nests_that_are_not_staged(source):
     """The staged protocol refuses what it does not handle, and those nests still match
