@@ -547,7 +547,11 @@ def _causal_tile(emit: Emitter, nest: Nest, causal: tuple[int, int]) -> None:
     emit.op("MUL", Reg(R_TILE), Reg(R_TILE_LOOP), Reg(R_CORES))
     emit.op("ADD", Reg(R_TILE), Reg(R_TILE), Reg(R_STEP))
     reg = R_COORD + q_axis
-    if heads:  # the flat head index (in the query axis's register until it is computed)
+    if len(heads) == 1:
+        emit.op("REM", Reg(R_COORD + heads[0]), Reg(R_TILE), n_heads)
+        if tile[heads[0]] > 1:
+            emit.op("MUL", Reg(R_COORD + heads[0]), Reg(R_COORD + heads[0]), tile[heads[0]])
+    elif heads:  # the flat head index (in the query axis's register until it is computed)
         emit.op("REM", Reg(reg), Reg(R_TILE), n_heads)
         _decompose(emit, reg, heads, nest)
     emit.op("DIV", Reg(reg), Reg(R_TILE), n_heads)
