@@ -94,6 +94,10 @@ class NestEvents:
     # over with an event per switch
     mx_to_vx: int
     vx_to_mx: int
+    # a staged nest (`_staged`: vector work writes the matrix operands the step's MMA
+    # reads) frees a copy of those operands when the MMA has run, apart from the
+    # accumulator's copy, which its store frees
+    stage_free: int
 
     @classmethod
     def take(cls, events: EventFile) -> NestEvents:
@@ -402,7 +406,7 @@ def _compute(ctx: NestContext, stmt, first_step: bool) -> Instruction:
         return instruction(f"VR{stmt.op}.{stmt.dtype}", t(stmt.dst), src_tile, rows, cols,
                            options=("row", "acc"))
     if isinstance(stmt, Mma):
-        a, c = ctx.nest.buffer(stmt.a), ctx.nest.buffer(stmt.dst)
+        a, b, c = (ctx.nest.buffer(n) for n in (stmt.a, stmt.b, stmt.dst))
         mode = [stmt.mode if stmt.mode else ("init" if first_step else "acc")]
         k = a.rows if stmt.trans_a else a.cols
         mode += ["tA"] if stmt.trans_a else []
@@ -411,8 +415,11 @@ def _compute(ctx: NestContext, stmt, first_step: bool) -> Instruction:
         if axis is not None:   # this step's k tile of the whole rows (one row: repeated)
             k = ctx.nest.tile[axis]
             a_tile = Tile(a.level, Addr(ctx.a_off, a.offset), 0 if a.rows == 1 else a.cols, 1)
+        b_tile = t(stmt.b)
+        if b.cols != c.cols:  # B's rows are further apart than the product's width
+            b_tile = Tile(b_tile.space, b_tile.base, b.cols)
         return instruction(f"MMA.{stmt.in_dtype}.{stmt.acc_dtype}", t(stmt.dst), a_tile,
-                           t(stmt.b), c.rows, c.cols, k, options=mode)
+                           b_tile, c.rows, c.cols, k, options=mode)
     raise TypeError(stmt)
 
 
@@ -429,11 +436,48 @@ def _copy_offset(emit: Emitter, off: int, count: int, copies: int, stride: int,
         emit.op("ADD", Reg(count), Reg(count), 1)
 
 
+def _staged(nest: Nest) -> bool:
+    """Whether the nest's one step is vector work staging the operands of a last MMA into
+    the accumulator, which the tile's stores then read directly (an im2col's gathers: the
+    patches in L1, the product in ACC). The staged operands are free again as soon as the
+    MMA has run, so the next tile's vector work needs only the MMA of the tile two copies
+    back, not its store and the store's round trip: the staging buffers get their own
+    credit (`stage_free`, returned by the MMA), and the accumulator's credit (`out_free`)
+    is taken by the MMA itself. The load buffers' credit is then returned by the last
+    vector statement (the MMA reads no load buffer). Refused: anything else in the tile
+    (init or epilogue compute, several steps, a store of another buffer), an MMA reading
+    a load buffer or writing what the vector work reads or writes."""
+    if nest.reduction_steps != 1 or nest.init or nest.causal or nest.schedule == "flash":
+        return False
+    compute = [s for s in nest.step if not isinstance(s, Load)]
+    if len(compute) < 2 or not isinstance(compute[-1], Mma):
+        return False
+    mma, staging = compute[-1], compute[:-1]
+    if any(isinstance(s, Mma) for s in staging):
+        return False
+    if nest.buffer(mma.dst).level != "ACC":
+        return False
+    ld_buffers = _load_buffers(nest)
+    if {mma.a, mma.b} & ld_buffers:
+        return False
+    touched = set()
+    for stmt in staging:
+        if not isinstance(stmt, (Vec, ColumnCopy)):
+            return False
+        touched |= {stmt.dst} | set(_reads(stmt) if isinstance(stmt, Vec) else [stmt.src])
+    if mma.dst in touched:
+        return False
+    return all(isinstance(s, Store) and s.src == mma.dst for s in nest.final)
+
+
 def _emit_step(emit: Emitter, ctx: NestContext, first: bool, last: bool,
                out_written_in_step: bool, epilogue: bool = False, tile_loads: int = 0,
-               preloaded: bool = False) -> None:
+               preloaded: bool = False, staged: bool = False) -> None:
     """One reduction step: its loads, then its compute. `preloaded`: the loads were issued
-    a tile ahead (`_prefetch_next`); the compute reads the copy of this tile's index."""
+    a tile ahead (`_prefetch_next`); the compute reads the copy of this tile's index.
+    `staged` (`_staged`): the vector work waits for its staging copy (`stage_free`) and
+    returns the loads' credit, the MMA waits for the accumulator's copy and frees the
+    staging one."""
     regs, ev = ctx.regs, ctx.events
     loads = [s for s in ctx.nest.step if isinstance(s, Load)]
     compute = [s for s in ctx.nest.step if not isinstance(s, Load)]
@@ -462,12 +506,17 @@ def _emit_step(emit: Emitter, ctx: NestContext, first: bool, last: bool,
             if loads:
                 waits.append((ev.ld_full, len(loads)))
             if first and out_written_in_step:
-                waits.append((ev.out_free, 1))
+                waits.append((ev.stage_free if staged else ev.out_free, 1))
             if first and tile_loads:
                 waits.append((ev.epi_full, tile_loads))
+        if staged and index == len(compute) - 2 and loads:
+            sigs.append((ev.ld_free, 1))
         if index == len(compute) - 1:
-            if loads:
+            if loads and not staged:
                 sigs.append((ev.ld_free, 1))
+            if staged:
+                waits.append((ev.out_free, 1))
+                sigs.append((ev.stage_free, 1))
             if last:
                 sigs.append((ev.mid if epilogue else ev.out_full, 1))
     _with_switches(compute, all_waits, all_sigs, ev)
@@ -553,14 +602,15 @@ def _emit_epilogue(emit: Emitter, ctx: NestContext, compute: list, n_loads: int,
 def causal_axes(nest: Nest) -> tuple[int, int] | None:
     """(query axis, key axis) when the nest skips key tiles past the diagonal: the key
     axis is the only reduction axis with more than one tile, and only the query axis and
-    one axis before it (heads) have several parallel tiles."""
+    axes before it (heads: batch, KV heads, the query heads of a group) have several
+    parallel tiles."""
     if not nest.causal:
         return None
     q_axis, k_axis = nest.causal
     grid = nest.grid
     red = [a for a, k in enumerate(nest.kinds) if k == "r" and grid[a] > 1]
     par = [a for a, k in enumerate(nest.kinds) if k == "p" and grid[a] > 1 and a != q_axis]
-    if red != [k_axis] or len(par) > 1 or (par and par[0] > q_axis):
+    if red != [k_axis] or any(a > q_axis for a in par):
         return None
     return q_axis, k_axis
 
@@ -575,7 +625,9 @@ def emit_causal_tile(emit: Emitter, registers: RegisterFile, regs: NestRegisters
     q_axis, k_axis = causal
     grid, tile = nest.grid, nest.tile
     heads = [a for a, k in enumerate(nest.kinds) if k == "p" and grid[a] > 1 and a != q_axis]
-    n_heads = grid[heads[0]] if heads else 1
+    n_heads = 1
+    for axis in heads:
+        n_heads *= grid[axis]
     with registers.scope("causal tile order"):
         odd, rank = registers.take("odd round"), registers.take("rank within the round")
         # rank = loop * cores + (core if loop is even else cores - 1 - core)
@@ -592,12 +644,15 @@ def emit_causal_tile(emit: Emitter, registers: RegisterFile, regs: NestRegisters
         emit.op("ADD", Reg(rank), Reg(rank), Reg(regs.core))
         emit.op("MUL", Reg(regs.tile), Reg(regs.tile_loop), Reg(regs.cores))
         emit.op("ADD", Reg(regs.tile), Reg(regs.tile), Reg(rank))
-    if heads:
+    reg = regs.coord(q_axis)
+    if len(heads) == 1:
         head = regs.coord(heads[0])
         emit.op("REM", Reg(head), Reg(regs.tile), n_heads)
         if tile[heads[0]] > 1:
             emit.op("MUL", Reg(head), Reg(head), tile[heads[0]])
-    reg = regs.coord(q_axis)
+    elif heads:  # the flat head index (in the query axis's register until it is computed)
+        emit.op("REM", Reg(reg), Reg(regs.tile), n_heads)
+        emit_tile_coordinates(emit, regs, reg, heads, nest)
     emit.op("DIV", Reg(reg), Reg(regs.tile), n_heads)
     emit.op("SUB", Reg(reg), Reg(reg), grid[q_axis] - 1)
     emit.op("MUL", Reg(reg), Reg(reg), -1)
@@ -654,6 +709,23 @@ def _read_only_by_mma(nest: Nest, names: frozenset[str]) -> bool:
     return True
 
 
+def _load_buffers(nest: Nest) -> set[str]:
+    """The buffers a step loads, and the read-only windows into one of them (a halo
+    conv's taps: no statement writes them; same level, copies and stride, starting inside
+    its first copy): all of them take the load copy's register."""
+    loaded = {s.dst for s in nest.step if isinstance(s, Load)}
+    written = {name for s in nest.statements() if not isinstance(s, Store)
+               for name in (getattr(s, "dst", None), getattr(s, "index", None)) if name}
+    spans = [(b.level, b.copies, b.stride, b.offset, b.offset + b.nbytes)
+             for b in nest.buffers if b.name in loaded]
+    views = {b.name for b in nest.buffers
+             if b.name not in written
+             and any((b.level, b.copies, b.stride) == (level, copies, stride)
+                    and start <= b.offset < end
+                    for level, copies, stride, start, end in spans)}
+    return loaded | views
+
+
 @dataclass
 class CodegenState:
     """One program's code generation: the Emitter, the register and event files its
@@ -707,7 +779,7 @@ def _emit_protocol_nest(state: CodegenState, nest: Nest, core_offset: int = 0) -
         regs.core = rotated
     ev = NestEvents.take(state.events)
     descs = emit_descriptors(emit, nest)
-    ld_buffers = {s.dst for s in nest.step if isinstance(s, Load)}
+    ld_buffers = _load_buffers(nest)
     setup_loads = [s for s in nest.setup if isinstance(s, Load)]
     # once per core: zeroing, or values of the setup loads (a GEMM prologue's row scale)
     setup_compute = [s for s in nest.setup if isinstance(s, (Vec, Reduce))]
@@ -759,6 +831,9 @@ def _emit_protocol_nest(state: CodegenState, nest: Nest, core_offset: int = 0) -
     emit.op("SIG.S", Event(ev.out_free, out_credits))
     if tile_loads:
         emit.op("SIG.S", Event(ev.epi_free, out_credits))
+    staged = _staged(nest)
+    if staged:
+        emit.op("SIG.S", Event(ev.stage_free, out_credits))
     emit_tiles_of_core(emit, regs, nest.parallel_tiles)
     emit.op("LI", Reg(regs.ld_count), 0)
     emit.op("LI", Reg(regs.out_count), 0)
@@ -792,7 +867,7 @@ def _emit_protocol_nest(state: CodegenState, nest: Nest, core_offset: int = 0) -
         emit.op("LI", Reg(regs.coord(axis)), 0)
     has_epi = bool(epilogue)
     _emit_step(emit, ctx, True, steps == 1, out_in_step, has_epi, len(init_loads),
-               preloaded=bool(prefetch))
+               preloaded=bool(prefetch), staged=staged)
     if causal:  # steps 1 .. n-2 in a loop of this tile's length, then step n-1 (n >= 2)
         emit.op("LOOP", Reg(regs.step_loop), Reg(regs.middle))
         emit.op("ADD", Reg(regs.step), Reg(regs.step_loop), 1)
@@ -831,6 +906,8 @@ def _emit_protocol_nest(state: CodegenState, nest: Nest, core_offset: int = 0) -
     emit.op("WAIT.S", Event(ev.out_free, out_credits))
     if tile_loads:
         emit.op("WAIT.S", Event(ev.epi_free, out_credits))
+    if staged:
+        emit.op("WAIT.S", Event(ev.stage_free, out_credits))
 
 
 def _gm_accesses(nest: Nest) -> tuple[set[str], set[str]]:

@@ -33,7 +33,7 @@ operand (2-4) and accumulator (1-4) copies hide, over the candidates that fit L1
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from math import ceil, gcd
 
 from zhenwu.compiler.backend.gemm import NARROW, _candidates
@@ -66,6 +66,7 @@ class ConvTile:
     ld_copies: int
     cycles: float
     stationary: bool = False   # the core's weights loaded once, before its first tile
+    halo: bool = False         # one load a step of the input rows under the tile, halo in
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,10 @@ class ConvShape:
     cg: int
     taps: int
     stride_one: bool = True   # unit stride along the width (a box row is one run)
+    # a unit-stride conv's halo (dilated kernel extent - 1 along rows and columns) when its
+    # taps may read one input box a step (`halo_cols`), else 0
+    halo_rows: int = 0
+    halo_cols: int = 0
 
 
 def _pixel_blocks(oh: int, ow: int, unit: int) -> list[tuple[int, int]]:
@@ -100,7 +105,8 @@ def _pixel_blocks(oh: int, ow: int, unit: int) -> list[tuple[int, int]]:
 
 
 def conv_cost(shape: ConvShape, tile_o, rows, cols, tile_c, acc_copies, ld_copies, in_bytes,
-              out_bytes, rate, epilogue_ops, machine, stationary: bool = False) -> float:
+              out_bytes, rate, epilogue_ops, machine, stationary: bool = False,
+              halo: bool = False) -> float:
     """Estimated cycles of the nest (see the module docstring).
 
     A step lasts the longest of its MMA, its loads on the core's port, its share of HBM
@@ -121,14 +127,25 @@ def conv_cost(shape: ConvShape, tile_o, rows, cols, tile_c, acc_copies, ld_copie
     in_pixels = min(rows, shape.oh) * min(cols, shape.ow)
     in_c = min(tile_c, shape.cg)
     w_step = 0 if stationary else shape.taps * in_c * min(tile_o, shape.og) * in_bytes
-    step_bytes = shape.taps * in_c * in_pixels * in_bytes + w_step
-    transfer = step_bytes / mx.ld_bytes_per_cycle
-    # the caches move whole lines: a box of x is runs of `cols` pixels (one run per channel
-    # when it spans whole rows of a stride-1 conv), each starting anywhere in a line
     line = getattr(mx, "l2_line_bytes", 0) or 1
-    run = in_pixels if cols >= shape.ow and shape.stride_one else min(cols, shape.ow)
-    runs = shape.taps * in_c * in_pixels // run
+    if halo:
+        # one box a step: the input rows under the tile with their halo (whole input rows:
+        # one run per channel); the taps read it in L1
+        run = (min(rows, shape.oh) + shape.halo_rows) * (shape.ow + shape.halo_cols)
+        runs = in_c
+    else:
+        # a box of x per tap: runs of `cols` pixels (one run per channel when it spans
+        # whole rows of a stride-1 conv)
+        run = in_pixels if cols >= shape.ow and shape.stride_one else min(cols, shape.ow)
+        runs = shape.taps * in_c * in_pixels // run
+    # the caches move whole lines and the DMA port whole bursts, each run starting
+    # anywhere in one; the weights are a run of (tap, channel) per output channel
     line_bytes = runs * (round_up(run * in_bytes, line) + line // 2)
+    burst = getattr(mx, "dma_burst_bytes", 0) or 1
+    w_runs = 0 if stationary else min(tile_o, shape.og)
+    port_bytes = (runs * (round_up(run * in_bytes, burst) + burst // 2)
+                  + w_runs * (round_up(w_step // max(w_runs, 1), burst) + burst // 2))
+    transfer = port_bytes / mx.ld_bytes_per_cycle
     step_lines = line_bytes + w_step
     x_bytes = shape.n * shape.groups * shape.cg * shape.oh * shape.ow * in_bytes
     w_bytes = shape.groups * shape.og * shape.cg * shape.taps * in_bytes
@@ -208,8 +225,68 @@ def choose_conv_tile(shape: ConvShape, in_dtype: str, acc_dtype: str, out_bytes:
                     if best is None or cycles < best.cycles * 0.999:
                         best = ConvTile(tile_o, rows, cols, tile_c, copies, ld_copies, cycles,
                                         stationary)
+    halo = _best_halo_tile(shape, in_bytes, acc_elem, rate, out_bytes, epilogue_full_bytes,
+                           epilogue_row_bytes, epilogue_ops, machine)
+    if halo is not None and (best is None or halo.cycles < best.cycles * 0.999):
+        best = halo
     if best is None:
         raise CompileError("no implicit-GEMM tile of this conv2d fits the machine")
+    return best
+
+
+def halo_box_bytes(shape: ConvShape, rows: int, tile_c: int, in_bytes: int) -> int:
+    """L1 bytes of one copy of a halo tile's input box: tile_c channels of the input rows
+    under `rows` output rows, each row the output row and its halo; one spare row, since the
+    last tap of the last channel reads (halo_cols) elements past the box (the tile's
+    columns past the output width, which the store drops)."""
+    width = shape.ow + shape.halo_cols
+    return aligned((tile_c * (rows + shape.halo_rows) + 1) * width * in_bytes)
+
+
+def _best_halo_tile(shape: ConvShape, in_bytes, acc_elem, rate, out_bytes,
+                    epilogue_full_bytes, epilogue_row_bytes, epilogue_ops, machine):
+    """The cheapest halo tiling (`ConvTile.halo`), or None: a unit-stride conv whose
+    tile spans whole output rows plus the halo columns (cols = ow + halo), so that each
+    tap's operand is a contiguous window of one input box per channel (row stride the
+    box's channel size), read by one MMA per tap of K = tile_c (a multiple of the MX
+    depth); several reduction steps (a one-step conv keeps its weights stationary
+    instead), one group."""
+    if not shape.halo_cols and not shape.halo_rows:
+        return None
+    if shape.groups != 1 or shape.taps < 2 or not shape.stride_one:
+        return None
+    cols = shape.ow + shape.halo_cols
+    unit = machine.mx_n // gcd(cols, machine.mx_n)
+    best = None
+    for tile_o in _candidates(shape.og, machine.mx_m, 16 * machine.mx_m):
+        for rows in range(unit, shape.oh + unit, unit):
+            pixels = rows * cols
+            if pixels > 2 * MAX_PIXELS:
+                break
+            acc_tile = tile_o * pixels * acc_elem
+            if acc_tile > machine.acc_bytes:
+                break
+            l1_out = (aligned(tile_o * pixels * epilogue_full_bytes)
+                      + aligned(pixels * epilogue_row_bytes) + aligned(tile_o * 4))
+            stride = aligned(max(acc_tile, l1_out))
+            copies = max(c for c in ACC_COPIES
+                         if c == 1 or (c - 1) * stride + acc_tile <= machine.acc_bytes)
+            l1_out_total = l1_out + (copies - 1) * stride
+            for tile_c in range(machine.mx_k, shape.cg, machine.mx_k):
+                if shape.cg % tile_c or stationary_weights(shape, tile_o, tile_c, machine):
+                    continue
+                w_one = aligned(shape.taps * tile_c * tile_o * in_bytes)
+                x_one = halo_box_bytes(shape, rows, tile_c, in_bytes)
+                for ld_copies in sorted(LOAD_COPIES, reverse=True):
+                    if ld_copies * (w_one + x_one) + l1_out_total + 8 * ALIGN \
+                            > machine.l1_bytes:
+                        continue
+                    cycles = conv_cost(shape, tile_o, rows, cols, tile_c, copies, ld_copies,
+                                       in_bytes, out_bytes, rate, epilogue_ops, machine,
+                                       halo=True)
+                    if best is None or cycles < best.cycles * 0.999:
+                        best = ConvTile(tile_o, rows, cols, tile_c, copies, ld_copies, cycles,
+                                        False, True)
     return best
 
 
@@ -267,10 +344,11 @@ def im2col_rows(shape: ConvShape, attrs, in_bytes: int, acc_bytes: int, out_byte
         vx = gathers * (ceil(pixels * in_bytes / machine.vx_bytes_per_cycle) + 2)
         # (more gathers than the vector queue holds: the next tile's load is issued before
         # this tile's gathers, codegen's `prefetch` schedule, so its latency stays hidden)
-        # a copy of the patches and accumulator is free again once its tile's store has
-        # landed: gathers, MMA, store and its latency over the copies in flight
+        # a copy of the patches is free again once its MMA has run, an accumulator copy
+        # once its tile's store has landed (codegen's staged nest): gathers and MMA, or
+        # MMA, store and its latency, over the copies in flight
         store = tile_o * pixels * out_bytes / machine.st_bytes_per_cycle
-        turn = (mx + vx + store + machine.hbm_latency) / copies
+        turn = max(vx + mx, mx + store + machine.hbm_latency) / copies
         # an input copy is free again once its tile's MMA has run: load, its round trip,
         # gathers and MMA over the input copies in flight
         feed = (in_one / machine.ld_bytes_per_cycle + machine.hbm_latency + vx + mx) / ld_copies
@@ -412,6 +490,9 @@ def lower_conv_group(low, ops) -> None:
     oh, ow = out.shape[2:]
     taps = kh * kw
     shape = ConvShape(n, groups, og, oh, ow, cg, taps, attrs["strides"][1] == 1)
+    if tuple(attrs["strides"]) == (1, 1) and groups == 1:
+        (dh, dw) = attrs["dilation"]
+        shape = replace(shape, halo_rows=(kh - 1) * dh, halo_cols=(kw - 1) * dw)
     in_dtype, acc_dtype = mma_dtypes(conv.inputs[0].type.dtype, machine)
 
     # epilogue operands from outside the group: immediates or views over the output
@@ -475,7 +556,25 @@ def lower_conv_group(low, ops) -> None:
     w_bytes -= resident
     ld_stride = w_bytes + x_bytes
     ld_copies = tile.ld_copies
-    if im2col is not None:
+    if tile.halo:
+        # the input rows under the tile with their halo, loaded once a step after the
+        # weights; tap (i, j) of channel c is the window of rows x cols pixels from row
+        # i * dh, column j * dw of that channel's box (`h<tap>`, rows a channel apart), and
+        # the weights of the tap are tile_c rows of w (`w<tap>`)
+        (dh, dw) = attrs["dilation"]
+        box_rows = rows + shape.halo_rows
+        x_one = halo_box_bytes(shape, rows, tile_c, in_bytes)
+        ld_stride = w_bytes + x_one
+        buffers = [Buffer("xh", "L1", in_dtype, tile_c * box_rows + 1, cols, w_bytes,
+                          ld_copies, ld_stride)]
+        for t in range(taps):
+            i, j = divmod(t, kw)
+            buffers.append(Buffer(f"h{t}", "L1", in_dtype, tile_c, box_rows * cols,
+                                  w_bytes + (i * dh * cols + j * dw) * in_bytes, ld_copies,
+                                  ld_stride))
+            buffers.append(Buffer(f"w{t}", "L1", in_dtype, tile_c, tile_o,
+                                  t * tile_c * tile_o * in_bytes, ld_copies, ld_stride))
+    elif im2col is not None:
         # the input rows under the tile, loaded once a step; the patches are gathered from
         # them into the output region (one copy per accumulator)
         box = _im2col_box(rows, shape, iattrs)
@@ -484,7 +583,7 @@ def lower_conv_group(low, ops) -> None:
         buffers = [Buffer("xin", "L1", in_dtype, box_rows, box[4], 0, ld_copies, ld_stride)]
     else:
         buffers = [Buffer("x0", "L1", in_dtype, k_pad, pixels, w_bytes, ld_copies, ld_stride)]
-    for t in range(1, taps if im2col is None else 1):
+    for t in range(1, taps if im2col is None and not tile.halo else 1):
         buffers.append(Buffer(f"x{t}", "L1", in_dtype, tile_c, pixels,
                               w_bytes + t * tile_c * pixels * in_bytes, ld_copies, ld_stride))
     offset = ld_copies * ld_stride
@@ -499,7 +598,7 @@ def lower_conv_group(low, ops) -> None:
         offset += resident
     else:
         buffers.insert(0, Buffer("w", "L1", in_dtype, k_pad, tile_o, 0, ld_copies, ld_stride))
-    if k_pad > k and im2col is None:  # zero the padding rows of every copy, once per core
+    if k_pad > k and im2col is None and not tile.halo:  # zero the padding rows, once per core
         for copy in range(ld_copies):
             base = copy * ld_stride
             pads = [("zx", w_bytes, pixels)] + ([] if stationary else [("zw", 0, tile_o)])
@@ -569,9 +668,16 @@ def lower_conv_group(low, ops) -> None:
     if im2col is not None:
         step.append(Load("xin", _im2col_input_view(x, attrs), 0.0, box))
         step += _im2col_gathers(shape, iattrs, box, tile, in_dtype)
-    for t in range(taps if im2col is None else 0):
+    if tile.halo:
+        box = (1, 1, tile_c, rows + shape.halo_rows, cols)
+        step.append(Load("xh", _tap_view(x, (0, 0), attrs, (oh, ow), cg), 0.0, box))
+        # one product per tap, accumulating (the first initialises on the first step)
+        step += [Mma(in_dtype, acc_dtype, "c", f"w{t}", f"h{t}", "" if t == 0 else "acc",
+                     trans_a=True) for t in range(taps)]
+    for t in range(taps if im2col is None and not tile.halo else 0):
         step.append(Load(f"x{t}", _tap_view(x, divmod(t, kw), attrs, (oh, ow), cg)))
-    step.append(Mma(in_dtype, acc_dtype, "c", "w", "x0", trans_a=True))
+    if not tile.halo:
+        step.append(Mma(in_dtype, acc_dtype, "c", "w", "x0", trans_a=True))
     extents = (n, groups, oh, ow, og, cg, taps)
     nest_tile = (1, 1, rows, cols, tile_o, tile_c, taps)
     kinds = ("p",) * 5 + ("r", "r")

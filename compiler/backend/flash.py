@@ -33,6 +33,7 @@ from zhenwu.compiler.backend.lower import aligned, mma_dtypes
 from zhenwu.compiler.backend.tiling import round_up
 from zhenwu.compiler.graph.dtypes import itemsize
 from zhenwu.compiler.graph.ir import TensorType
+from zhenwu.isa.program import MAX_RANK as MAX_DESC_RANK
 
 MAX_TILE = 128
 # the head dims one kernel takes whole (Q, K, V and O tiles span the head dim): 64, 128, 256
@@ -210,6 +211,12 @@ def _lower_flash(low, ops) -> None:
     splits = 1 if shape.causal else _key_splits(low.machine, q4.shape[-3], seq_q, seq_k)
     if splits > 1:
         nests = _split_nests(low, m2, outer, q4, kt4, v4, o4, scale, splits, dtypes)
+    elif len(outer) + 1 + 2 <= MAX_DESC_RANK:
+        # one nest whose batch axes are the outer dims and the inner one (each view its own
+        # strides along them): every core takes tiles of every head, no barrier between
+        # heads (a causal nest deals its tiles longest first over all of them)
+        nests = [_flash_nest(low, q4, kt4, v4, o4, scale, shape.causal, shape.additive,
+                             dtypes=dtypes)]
     else:
         nests = [_flash_nest(low, _pick(q4, i), _pick(kt4, i), _pick(v4, i), _pick(o4, i),
                              scale, shape.causal, shape.additive, dtypes=dtypes)

@@ -441,7 +441,8 @@ class ProgramBuilder:
         self.bind(f"cast({idx.name}, f32)", "f32", idx.shape)
 
     def step_conv(self) -> None:
-        n, c, h, w = (self.chooser.choice((1, 2)), self.chooser.choice((1, 3, 4)),
+        # 64 channels: several channel steps (the halo tiling of a unit-stride conv)
+        n, c, h, w = (self.chooser.choice((1, 2)), self.chooser.choice((1, 3, 4, 64)),
                       self.chooser.choice((5, 7, 8)), self.chooser.choice((5, 6, 9)))
         o, k = self.chooser.choice((2, 4, 16)), self.chooser.choice((1, 3))
         stride, padding = self.chooser.integer(1, 2), self.chooser.integer(0, k // 2 + 1)

@@ -229,7 +229,8 @@ def test_attention_sample_with_strided_heads_is_one_flash_kernel():
     # x cast, three projections, attention, output projection: no copies of q, k, v or out
     # (the three projections are independent: one kernel of three nests, compiler/backend/
     # merge.py)
-    assert sum(len(k.nests) for k in compiled.kernels.kernels) == 7   # flash: two nests
+    # flash: one nest, batch and heads two axes of it (they do not merge into one stride)
+    assert sum(len(k.nests) for k in compiled.kernels.kernels) == 6
     assert compiled.kernel_count == 4
     scores = b * heads * s * s * 4
     assert result.report.hbm_write_bytes < scores
