@@ -102,7 +102,7 @@ _STEM = ("fn main(x: bf16[4, 3, 64, 64], w: bf16[64, 3, 7, 7]) -> bf16[4, 64, 32
 
 def test_staged_gathers_wait_for_the_mma_not_the_store():
     """The gathers of a tile wait for their patch copy (freed by the MMA two tiles back,
-    E_STAGE_FREE), the MMA for its accumulator copy (freed by the store): checked on the
+    `stage_free`), the MMA for its accumulator copy (freed by the store): checked on the
     chip with several tiles per core (the race detector on) and in the code."""
     from zhenwu.compiler.backend import codegen as cg
 
@@ -111,13 +111,17 @@ def test_staged_gathers_wait_for_the_mma_not_the_store():
     assert cg._staged(nest)
     assert nest.parallel_tiles >= 3 * 2
     text = compiled.asm_text
+    # a nest's events, as codegen takes them from the program's event file
+    from zhenwu.compiler.backend.allocators import EventFile
+
+    ev = cg.NestEvents.take(EventFile(reserve_async=True))
     gathers = [line for line in text.splitlines() if line.strip().startswith("VCOPY")]
-    assert f"E{cg.E_STAGE_FREE}" in gathers[0] and f"E{cg.E_OUT_FREE}" not in gathers[0]
+    assert f"E{ev.stage_free}" in gathers[0] and f"E{ev.out_free}" not in gathers[0]
     mma = next(line for line in text.splitlines() if line.strip().startswith("MMA"))
-    assert f".wait E{cg.E_OUT_FREE}" in mma and f".sig E{cg.E_STAGE_FREE}" in mma
+    assert f".wait E{ev.out_free}" in mma and f".sig E{ev.stage_free}" in mma
     # the load buffer's credit comes back with the last gather (the MMA reads no load)
-    assert f".sig E{cg.E_LD_FREE} " in gathers[-1] + " "
-    assert not re.search(rf"\bE{cg.E_LD_FREE}\b", mma)
+    assert f".sig E{ev.ld_free} " in gathers[-1] + " "
+    assert not re.search(rf"\bE{ev.ld_free}\b", mma)
 
 
 def test_staging_credit_saves_the_store_round_trip():
