@@ -246,6 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="points simulated at once (default: one per host CPU)")
     validate.add_argument("--fit", action="store_true",
                           help="print the host time per operator that fits best (default: off)")
+    validate.add_argument("--op", action="append", default=[], metavar="OP",
+                          help="only this operator type (matmul, softmax, layernorm, gelu); "
+                               "repeatable (default: all)")
 
     imp = sub.add_parser("import", help="write an ONNX model as a .zt program")
     imp.add_argument("model", help="model.onnx")

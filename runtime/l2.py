@@ -155,7 +155,9 @@ class L2Cache:
         per_row = min(per_block, max(1, (row_bytes or block_bytes) // line_bytes))
         ones = (1 << per_row) - 1
         self.row_masks = tuple(np.uint64(ones << i) for i in range(0, per_block, per_row))
-        self.partial_rows = 0  # DRAM rows the last read touched only partly
+        # a DRAM row's number: rows of a block or more hold `blocks_per_row` blocks
+        self.blocks_per_row = max(1, (row_bytes or block_bytes) // block_bytes)
+        self.partial_rows = _NO_ROWS  # the DRAM rows the last read touched only partly
         self.shift = (block_bytes // line_bytes).bit_length() - 1  # line -> block
         self.capacity = size_bytes // line_bytes  # in lines
         self.resident = 0  # valid lines
@@ -212,7 +214,7 @@ class L2Cache:
         hit_ready = max(hit_ready, 0.0)
         if not missing.any():  # every line hit
             self.hit_bytes += box.total
-            self.partial_rows = 0
+            self.partial_rows = _NO_ROWS
             self._filled = None
             return 0, hit_ready
         self.ready[blocks[have == 0]] = 0.0  # a new block: nothing has landed yet
@@ -224,7 +226,8 @@ class L2Cache:
             missed_bytes = int(box.line_nbytes[(missing[box.line_block] & box.line_bit) != 0]
                                .sum())
         self.hit_bytes += box.total - missed_bytes
-        self.partial_rows = _partial(missing, missing, self.row_masks)
+        self.partial_rows = _partial(blocks, missing, missing, self.row_masks,
+                                     self.blocks_per_row)
         self._filled = blocks[missing != 0]
         self.resident += missed_lines
         self._evict()
@@ -260,10 +263,12 @@ class L2Cache:
             self.resident += added
             self._evict()
 
-    def partly_written_rows(self, box: Lines) -> int:
-        """The DRAM rows a write of `box` touches but does not cover whole."""
+    def partly_written_rows(self, box: Lines) -> np.ndarray:
+        """The DRAM rows (numbers, ascending) a write of `box` touches but does not cover
+        whole."""
         if box._written_rows is None:
-            box._written_rows = _partial(box.masks, box.full, self.row_masks)
+            box._written_rows = _partial(box.blocks, box.masks, box.full, self.row_masks,
+                                         self.blocks_per_row)
         return box._written_rows
 
     def _stamps(self, blocks: np.ndarray) -> np.ndarray:
@@ -325,11 +330,21 @@ class L2Cache:
         self._head = position
 
 
-def _partial(touched: np.ndarray, whole: np.ndarray, row_masks) -> int:
-    """DRAM rows, over blocks, that `touched` (line masks) touches but `whole` does not cover
-    completely."""
-    count = 0
-    for row in row_masks:
+_NO_ROWS = np.zeros(0, dtype=np.int64)
+
+
+def _partial(blocks: np.ndarray, touched: np.ndarray, whole: np.ndarray, row_masks,
+             blocks_per_row: int) -> np.ndarray:
+    """The numbers of the DRAM rows, over `blocks`, that `touched` (line masks per block)
+    touches but `whole` does not cover completely (ascending; a row of several blocks once
+    per block it is partly touched in)."""
+    found = []
+    rows_per_block = len(row_masks)
+    for index, row in enumerate(row_masks):
         covered = whole & row
-        count += int(np.count_nonzero((touched & row != 0) & (covered != row)))
-    return count
+        partly = (touched & row != 0) & (covered != row)
+        if partly.any():
+            found.append(blocks[partly] // blocks_per_row * rows_per_block + index)
+    if not found:
+        return _NO_ROWS
+    return np.sort(np.concatenate(found)) if len(found) > 1 else found[0]

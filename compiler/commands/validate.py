@@ -104,6 +104,13 @@ def run(args) -> int:
         raise UsageError(f"no measurements for machine '{machine.name}' (looked in "
                          f"{directory})")
     points = load_points(directory)
+    wanted = getattr(args, "op", None) or []
+    if wanted:
+        known = list(dict.fromkeys(p["op"] for p in points))
+        for op in wanted:
+            if op not in known:
+                raise UsageError(f"no measured operator '{op}' (known: {', '.join(known)})")
+        points = [p for p in points if p["op"] in wanted]
     host = tomllib.loads((directory / "host.toml").read_text()) \
         if (directory / "host.toml").is_file() else {}
     spec = args.machine if args.machine.endswith(".toml") else machine.name
