@@ -46,6 +46,22 @@ def source(op: str, m: int, n: int, k: int, dtype: str) -> str:
     raise UsageError(f"unknown operator '{op}' in the measurements")
 
 
+def multipass_rows(point: dict) -> bool:
+    """Whether the measured kernel makes several passes over each row: the algorithm the
+    measurement ran, simulated as such (`CompileOptions.multipass_rows`). The measurements
+    are PyTorch's (README.md beside them). PyTorch's CUDA softmax over the last axis
+    (aten/src/ATen/native/cuda/SoftMax.cu, `host_softmax`) holds a row in registers and reads
+    it once when it has at most 1,024 elements of at most 4,096 bytes (`dispatch_softmax_
+    forward`, a warp per row); longer rows go to `cunn_SoftMaxForward`, a block per row that
+    reads the row three times: its maximum, the sum of exp(x - max), then exp(x - max) / sum
+    written out. Its layer norm and GELU are compiled as any program (docs/internals.md
+    section 3.6 says why)."""
+    if point["op"] != "softmax":
+        return False
+    itemsize = {"f16": 2, "bf16": 2, "f32": 4}[point["dtype"]]
+    return not (point["N"] <= 1024 and point["N"] * itemsize <= 4096)
+
+
 def load_points(directory: Path) -> list[dict]:
     points = []
     with open(directory / "measured.csv", newline="") as handle:
@@ -68,7 +84,8 @@ def simulate(point: dict, machine_spec: str) -> float:
     machine = load_machine(machine_spec)
     text = source(point["op"], point["M"], point["N"], point["K"], point["dtype"])
     fn = load_program(f"<{point['op']}>", text=text)
-    compiled = compile_function(fn, machine, CompileOptions())
+    compiled = compile_function(fn, machine,
+                                CompileOptions(multipass_rows=multipass_rows(point)))
     placeholders = {t.name: np.broadcast_to(np.zeros((), np.float32), tuple(t.shape))
                     for t in compiled.program.inputs}
     report = run_program(compiled.program, machine, placeholders, timing_only=True).report
