@@ -463,3 +463,16 @@ def test_multipass_rows_read_the_rows_once_per_pass(body, dtype, passes):
     # every pass reads x; only the last writes
     x_bytes = 70 * 384 * (4 if dtype == "f32" else 2)
     assert result.report.l2_read_bytes >= passes * x_bytes
+
+
+def test_multipass_rows_refuses_a_per_row_value_used_outside():
+    """A per-row value that is not a reduction (max * 2) leaves the group: the multipass
+    lowering refuses it and the row kernel reads the rows once, as without the option."""
+    source = ("fn main(x: f32[70, 384]) -> (f32[70, 384], f32[70, 1]) {\n"
+              "    m = max(x, axis=-1, keepdims=true) * 2.0\n"
+              "    return exp(x - m), m\n}\n")
+    _, compiled, _, _ = compile_and_run(source, opt_level=2, multipass_rows=True)
+    _, single, _, _ = compile_and_run(source, opt_level=2)
+    assert [len(k.nests) for k in compiled.kernels.kernels] == \
+        [len(k.nests) for k in single.kernels.kernels]
+    assert not any(k.name.startswith("row_wide") for k in compiled.kernels.kernels)
