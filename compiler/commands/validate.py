@@ -5,12 +5,14 @@ says where they come from); `host.toml` beside it the host-side time of one call
 operator type in those measurements (framework dispatch, Python, the launch: the measurements
 time a whole call), fitted once to the data and saying so. For every point the operator is
 written as a `.zt` program, compiled for the machine like any program (the compiler does not
-know it is being validated), and run timing-only; its simulated time plus the operator's host
+know it is being validated) with the compile options that give the algorithm the measured
+library ran (`multipass_rows`), and run timing-only; its simulated time plus the operator's host
 time is compared with the measured time. Printed: every point, the mean absolute error per
 operator and overall, and the wall time of it all.
 
-`--fit` prints, per operator type, the host time that minimises that operator's mean absolute
-error given the simulated times (how host.toml's constants were obtained).
+`--op OP` (repeatable) simulates one operator type only. `--fit` prints, per operator type,
+the host time that minimises that operator's mean absolute error given the simulated times
+(how host.toml's constants were obtained).
 """
 
 from __future__ import annotations
@@ -54,8 +56,8 @@ def multipass_rows(point: dict) -> bool:
     it once when it has at most 1,024 elements of at most 4,096 bytes (`dispatch_softmax_
     forward`, a warp per row); longer rows go to `cunn_SoftMaxForward`, a block per row that
     reads the row three times: its maximum, the sum of exp(x - max), then exp(x - max) / sum
-    written out. Its layer norm and GELU are compiled as any program (docs/internals.md
-    section 3.6 says why)."""
+    written out. Its layer norm and GELU are compiled as any program (docs/internals.md,
+    "Validation", says why and what this leaves out)."""
     if point["op"] != "softmax":
         return False
     itemsize = {"f16": 2, "bf16": 2, "f32": 4}[point["dtype"]]
