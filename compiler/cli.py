@@ -126,6 +126,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--persistent", action="store_true",
                      help="run every kernel as one persistent kernel, chip-wide barriers between "
                           "its phases: one launch (default: off; docs/internals.md)")
+    run.add_argument("--multipass-rows", action="store_true",
+                     help="softmax and norms as a pass over the rows per reduction plus one "
+                          "for the output, each reading the rows again, as GPU libraries' "
+                          "block-per-row kernels do (default: off: rows read once)")
     run.add_argument("--tune", action="store_true",
                      help="search tile sizes on the timing model (default: off)")
     run.add_argument("--disable-pass", action="append", default=[], metavar="PASS",
@@ -150,6 +154,10 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--persistent", action="store_true",
                       help="run every kernel as one persistent kernel, chip-wide barriers between "
                            "its phases: one launch (default: off; docs/internals.md)")
+    comp.add_argument("--multipass-rows", action="store_true",
+                      help="softmax and norms as a pass over the rows per reduction plus one "
+                           "for the output, each reading the rows again, as GPU libraries' "
+                           "block-per-row kernels do (default: off: rows read once)")
     comp.add_argument("--tune", action="store_true",
                       help="search tile sizes on the timing model (default: off)")
     comp.add_argument("--disable-pass", action="append", default=[], metavar="PASS",
@@ -246,6 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="points simulated at once (default: one per host CPU)")
     validate.add_argument("--fit", action="store_true",
                           help="print the host time per operator that fits best (default: off)")
+    validate.add_argument("--op", action="append", default=[], metavar="OP",
+                          help="only this operator type (matmul, softmax, layernorm, gelu); "
+                               "repeatable (default: all)")
 
     imp = sub.add_parser("import", help="write an ONNX model as a .zt program")
     imp.add_argument("model", help="model.onnx")

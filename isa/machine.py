@@ -129,6 +129,14 @@ _FIDELITY: dict[str, tuple[str, type, object, float, float]] = {
     "hbm_scattered_efficiency": ("hbm_scattered_efficiency", float, 0.40, 0.01, 1.0),
     # a DRAM row (page) of one pseudo-channel: 1 KiB in HBM2/2e/3 (JEDEC)
     "hbm_row_bytes": ("hbm_row_bytes", int, 1024, 32, 1 << 20),
+    # DRAM banks over all channels, each keeping the row it last opened (an open-page
+    # controller): a transfer that touches only part of a row pays no activation when that
+    # row is still open in its bank (another core touched it just before, as neighbouring
+    # cores reading adjacent column panels do). Rows interleave over the banks: row r is in
+    # bank r mod hbm_banks. HBM2e/HBM3: 16 banks per pseudo-channel, 16 pseudo-channels per
+    # stack (HBM2e) or 32 (HBM3) (JEDEC JESD235/JESD238); the default is 4 HBM2e stacks.
+    # 0: no row stays open (every partly touched row is an activation).
+    "hbm_banks": ("hbm_banks", int, 1024, 0, 1 << 20),
     # the HBM bus idles this long on every switch between reads and writes (tWTR + tRTW),
     # once per write batch of hbm_write_batch_bytes that the controllers gather (a write
     # queue of 64 entries of 32 B per channel, 32 channels)
@@ -204,6 +212,7 @@ class Machine:
     hbm_streaming_efficiency: float = 0.90
     hbm_scattered_efficiency: float = 0.40
     hbm_row_bytes: int = 1024
+    hbm_banks: int = 1024
     hbm_turnaround_seconds: float = 5e-9
     hbm_write_batch_bytes: int = 65536
     barrier_cycles: int = 100
@@ -380,7 +389,8 @@ def machine_rows(machine: Machine) -> list[tuple[str, str]]:
                                    f"{_binary(machine.dma_window_bytes)}")),
         ("HBM efficiency", (f"streaming {machine.hbm_streaming_efficiency:g}, scattered "
                            f"{machine.hbm_scattered_efficiency:g}, "
-                           f"{_binary(machine.hbm_row_bytes)} rows")),
+                           f"{_binary(machine.hbm_row_bytes)} rows, "
+                           f"{machine.hbm_banks} banks")),
         ("HBM read/write turnaround", (f"{machine.hbm_turnaround_seconds * 1e9:.3g} ns per "
                                       f"{_binary(machine.hbm_write_batch_bytes)} written")),
         ("barrier / kernel launch", (f"{machine.barrier_cycles} cycles / "

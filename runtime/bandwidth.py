@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 
 @dataclass
 class BandwidthServer:
@@ -51,7 +53,10 @@ class HbmServer(BandwidthServer):
       streams of whole DRAM rows reach).
     - Row hits: a transfer that covers a DRAM row whole streams it; every row it touches only
       partly is an activation the bus idles for, `row_penalty` cycles (derived from the
-      scattered efficiency: one burst per row then sustains exactly that fraction of peak).
+      scattered efficiency: one burst per row then sustains exactly that fraction of peak),
+      unless the row is still open: each of `banks` banks keeps the row it last opened
+      (row r is in bank r mod `banks`), so cores touching parts of the same row one after
+      the other pay its activation once (`banks` 0: every partly touched row pays).
     - Read/write turnaround: the controllers gather writes and drain them in batches of
       `write_batch` bytes; each drain while reads are also flowing idles the bus for two
       turnarounds (read to write and back), `turnaround` cycles each.
@@ -63,7 +68,8 @@ class HbmServer(BandwidthServer):
     _pending_writes: int = 0
     _reads_since_drain: bool = False
     turnarounds: int = 0
-    partial_rows: int = 0
+    partial_rows: int = 0  # activations paid for partly touched rows
+    open_rows: np.ndarray | None = None  # per bank, the row it holds open (-1: none)
 
     @classmethod
     def for_machine(cls, machine) -> HbmServer:
@@ -75,16 +81,33 @@ class HbmServer(BandwidthServer):
                                                       - 1 / streaming))
         server.turnaround = machine.hbm_turnaround_cycles
         server.write_batch = machine.hbm_write_batch_bytes
+        if machine.hbm_banks:
+            server.open_rows = np.full(machine.hbm_banks, -1, dtype=np.int64)
         return server
 
-    def transfer(self, start: float, read: int, write: int, partial_rows: int = 0) -> float:
-        """Reserve a transfer of `read` + `write` bytes touching `partial_rows` DRAM rows
-        partly, no earlier than `start`; return its end."""
+    def activations(self, rows) -> int:
+        """The activations a transfer touching parts of DRAM `rows` pays (an int: that many
+        rows, none of them open; an array of row numbers: those not open in their banks,
+        which then hold them open)."""
+        if isinstance(rows, int) or self.open_rows is None:
+            return rows if isinstance(rows, int) else int(rows.size)
+        if not rows.size:
+            return 0
+        banks = rows % self.open_rows.size
+        misses = int(np.count_nonzero(self.open_rows[banks] != rows))
+        self.open_rows[banks] = rows
+        return misses
+
+    def transfer(self, start: float, read: int, write: int, partial_rows=0) -> float:
+        """Reserve a transfer of `read` + `write` bytes touching DRAM rows partly (their
+        count, or an array of their row numbers: see `activations`), no earlier than `start`;
+        return its end."""
         nbytes = read + write
         if nbytes <= 0:
             return start
-        extra = partial_rows * self.row_penalty
-        self.partial_rows += partial_rows
+        activations = self.activations(partial_rows)
+        extra = activations * self.row_penalty
+        self.partial_rows += activations
         if read:
             self._reads_since_drain = True
         if write and self.write_batch:

@@ -178,7 +178,9 @@ class L2Cache:
         ones = (1 << per_row) - 1
         self.row_masks = np.array([ones << i for i in range(0, per_block, per_row)],
                                   dtype=np.uint64)
-        self.partial_rows = 0  # DRAM rows the last read touched only partly
+        # a DRAM row's number: rows of a block or more hold `blocks_per_row` blocks
+        self.blocks_per_row = max(1, (row_bytes or block_bytes) // block_bytes)
+        self.partial_rows = _NO_ROWS  # the DRAM rows the last read touched only partly
         self.shift = (block_bytes // line_bytes).bit_length() - 1  # line -> block
         self.capacity = size_bytes // line_bytes  # in lines
         self.resident = 0  # valid lines
@@ -248,7 +250,7 @@ class L2Cache:
         hit_ready = float(_max(self.ready[blocks], where=got != 0, initial=0.0))
         if _all(got == wanted):  # every line hit
             self.hit_bytes += box.total
-            self.partial_rows = 0
+            self.partial_rows = _NO_ROWS
             self._filled = None
             return 0, hit_ready
         missing = wanted ^ got  # wanted & ~have
@@ -261,7 +263,8 @@ class L2Cache:
             missed_bytes = int(box.line_nbytes[(missing[box.line_block] & box.line_bit) != 0]
                                .sum())
         self.hit_bytes += box.total - missed_bytes
-        self.partial_rows = _partial(missing, missing, self.row_masks)
+        self.partial_rows = _partial(blocks, missing, missing, self.row_masks,
+                                     self.blocks_per_row)
         self._filled = blocks[missing != 0]
         self.resident += missed_lines
         self._evict()
@@ -297,13 +300,23 @@ class L2Cache:
             self.resident += added
             self._evict()
 
-    def partly_written_rows(self, box: Lines) -> int:
-        """The DRAM rows a write of `box` touches but does not cover whole."""
+    def partly_written_rows(self, box: Lines) -> np.ndarray:
+        """The DRAM rows (numbers, ascending) a write of `box` touches but does not cover
+        whole."""
         if box._written_rows is None:
             origin = box._origin
-            if origin._written_rows is None:
-                origin._written_rows = _partial(origin.masks, origin.full, self.row_masks)
-            box._written_rows = origin._written_rows
+            if self.blocks_per_row == 1:
+                # a row within a block: the rows of a box moved by d blocks are its
+                # origin's, d rows-per-block later
+                if origin._written_rows is None:
+                    origin._written_rows = _partial(origin.blocks, origin.masks, origin.full,
+                                                    self.row_masks, 1)
+                moved = int(box.blocks[0] - origin.blocks[0]) if box.blocks.size else 0
+                box._written_rows = (origin._written_rows + moved * len(self.row_masks)
+                                     if moved else origin._written_rows)
+            else:
+                box._written_rows = _partial(box.blocks, box.masks, box.full, self.row_masks,
+                                             self.blocks_per_row)
         return box._written_rows
 
     def _stamps(self, blocks: np.ndarray) -> np.ndarray:
@@ -365,11 +378,21 @@ class L2Cache:
         self._head = position
 
 
-def _partial(touched: np.ndarray, whole: np.ndarray, row_masks) -> int:
-    """DRAM rows, over blocks, that `touched` (line masks) touches but `whole` does not cover
-    completely."""
-    if len(row_masks) == 1:
-        row = row_masks[0]
-        return int(np.count_nonzero((touched & row != 0) & (whole & row != row)))
-    return int(np.count_nonzero((touched[:, None] & row_masks != 0)
-                                & (whole[:, None] & row_masks != row_masks)))
+_NO_ROWS = np.zeros(0, dtype=np.int64)
+
+
+def _partial(blocks: np.ndarray, touched: np.ndarray, whole: np.ndarray, row_masks,
+             blocks_per_row: int) -> np.ndarray:
+    """The numbers of the DRAM rows, over `blocks`, that `touched` (line masks per block)
+    touches but `whole` does not cover completely (ascending; a row of several blocks once
+    per block it is partly touched in)."""
+    found = []
+    rows_per_block = len(row_masks)
+    for index, row in enumerate(row_masks):
+        covered = whole & row
+        partly = (touched & row != 0) & (covered != row)
+        if partly.any():
+            found.append(blocks[partly] // blocks_per_row * rows_per_block + index)
+    if not found:
+        return _NO_ROWS
+    return np.sort(np.concatenate(found)) if len(found) > 1 else found[0]

@@ -7,6 +7,7 @@ from zhenwu.compiler.commands.validate import (
     VALIDATION_DIR,
     _best_host,
     load_points,
+    multipass_rows,
     simulate,
     source,
 )
@@ -32,3 +33,26 @@ def test_host_time_fit_is_the_weighted_median():
     # minimise sum |s + c - m| / m: with equal measured times, the plain median of m - s
     assert _best_host([1.0, 2.0, 3.0], [10.0, 10.0, 10.0]) == 8.0
     assert _best_host([5.0], [4.0]) == 0.0  # never negative
+
+
+def test_softmax_is_simulated_as_the_measured_kernel_ran_it():
+    """PyTorch reads a softmax row once when it has at most 1,024 elements (a warp per row),
+    three times otherwise (a block per row): the validation compiles the same passes."""
+    from zhenwu.compiler.backend.pipeline import CompileOptions, compile_function
+    from zhenwu.compiler.frontend import load_program
+    from zhenwu.isa.machine import load_machine
+
+    def point(op, n, dtype="f16"):
+        return {"op": op, "M": 64, "N": n, "K": 0, "dtype": dtype}
+
+    assert not multipass_rows(point("softmax", 1024))
+    assert multipass_rows(point("softmax", 2048))
+    assert multipass_rows(point("softmax", 1024, "f32")) is False  # 4,096 bytes: still a warp
+    assert not multipass_rows(point("layernorm", 4096)) and not multipass_rows(point("gelu", 0))
+    machine = load_machine("a100")
+    for n, passes in ((1024, 1), (2048, 3)):
+        fn = load_program("<softmax>", text=source("softmax", 64, n, 0, "f16"))
+        compiled = compile_function(fn, machine, CompileOptions(
+            multipass_rows=multipass_rows(point("softmax", n))))
+        (kernel,) = compiled.kernels.kernels
+        assert len(kernel.nests) == passes

@@ -147,6 +147,8 @@ class RowTooLong(Exception):
 class FusedLowering(Lowering):
     """Lowering by fusion groups (see the module docstring)."""
 
+    multipass_rows = False  # every row group as `lower_wide_rows` (see `lower_fused`)
+
     def __init__(self, fn, machine, plan):
         super().__init__(fn, machine)
         self.plan = plan
@@ -183,6 +185,9 @@ class FusedLowering(Lowering):
         ops = [self.op_by_id[i] for i in group.op_ids]
         if lowering is not None:
             lowering(self, ops)
+            return
+        if self.multipass_rows and any(op.kind in ROW_REDUCE for op in ops) \
+                and self.lower_wide_rows(ops):
             return
         made = set(self.tensors)
         try:
@@ -946,9 +951,13 @@ def _drop_axis(view: View, axis: int) -> View:
                 view.shifts[:d] + view.shifts[d + 1:])
 
 
-def lower_fused(fn, machine, plan, gemm_tiles: dict | None = None):
+def lower_fused(fn, machine, plan, gemm_tiles: dict | None = None,
+                multipass_rows: bool = False):
     """(tensors, kernels, spans) of `fn` lowered by the groups of `plan`; `gemm_tiles`
-    overrides the cost model's tiling of some matmuls (from `--tune`)."""
+    overrides the cost model's tiling of some matmuls (from `--tune`); `multipass_rows`
+    lowers every row group with reductions as `lower_wide_rows` does (a pass per reduction,
+    then one for the output, each reading the rows again), also when its rows fit L1."""
     low = FusedLowering(fn, machine, plan)
     low.gemm_tiles = dict(gemm_tiles or {})
+    low.multipass_rows = multipass_rows
     return low.run()

@@ -30,6 +30,10 @@ class CompileOptions:
     tune: bool = False
     tune_candidates: int = 4     # tilings tried per matrix product: the model's and 3 more
     persistent: bool = False     # every kernel as one (compiler/backend/merge.py)
+    # row kernels (softmax, norms) as several passes over the rows, each reading them again:
+    # one per reduction, then one recomputing the output (as GPU libraries' one-block-per-row
+    # kernels do; `zhenwu validate` simulates PyTorch's softmax so). Default: rows read once.
+    multipass_rows: bool = False
 
 
 @dataclass
@@ -103,7 +107,8 @@ def compile_function(fn, machine, options: CompileOptions = CompileOptions(), me
             if measure is None:
                 raise ValueError("compile_function: tune=True needs a measure callable")
             tiles = tune_gemm_tiles(fused, machine, plan, options, measure)
-        tensors, kernels, spans = lower_fused(fused, machine, plan, tiles)
+        tensors, kernels, spans = lower_fused(fused, machine, plan, tiles,
+                                              multipass_rows=options.multipass_rows)
         kernels = merge_independent(kernels)   # horizontal fusion
     else:
         tensors, kernels, spans = lower_function(graph, machine)

@@ -5,12 +5,14 @@ says where they come from); `host.toml` beside it the host-side time of one call
 operator type in those measurements (framework dispatch, Python, the launch: the measurements
 time a whole call), fitted once to the data and saying so. For every point the operator is
 written as a `.zt` program, compiled for the machine like any program (the compiler does not
-know it is being validated), and run timing-only; its simulated time plus the operator's host
+know it is being validated) with the compile options that give the algorithm the measured
+library ran (`multipass_rows`), and run timing-only; its simulated time plus the operator's host
 time is compared with the measured time. Printed: every point, the mean absolute error per
 operator and overall, and the wall time of it all.
 
-`--fit` prints, per operator type, the host time that minimises that operator's mean absolute
-error given the simulated times (how host.toml's constants were obtained).
+`--op OP` (repeatable) simulates one operator type only. `--fit` prints, per operator type,
+the host time that minimises that operator's mean absolute error given the simulated times
+(how host.toml's constants were obtained).
 """
 
 from __future__ import annotations
@@ -46,6 +48,22 @@ def source(op: str, m: int, n: int, k: int, dtype: str) -> str:
     raise UsageError(f"unknown operator '{op}' in the measurements")
 
 
+def multipass_rows(point: dict) -> bool:
+    """Whether the measured kernel makes several passes over each row: the algorithm the
+    measurement ran, simulated as such (`CompileOptions.multipass_rows`). The measurements
+    are PyTorch's (README.md beside them). PyTorch's CUDA softmax over the last axis
+    (aten/src/ATen/native/cuda/SoftMax.cu, `host_softmax`) holds a row in registers and reads
+    it once when it has at most 1,024 elements of at most 4,096 bytes (`dispatch_softmax_
+    forward`, a warp per row); longer rows go to `cunn_SoftMaxForward`, a block per row that
+    reads the row three times: its maximum, the sum of exp(x - max), then exp(x - max) / sum
+    written out. Its layer norm and GELU are compiled as any program (docs/internals.md,
+    "Validation", says why and what this leaves out)."""
+    if point["op"] != "softmax":
+        return False
+    itemsize = {"f16": 2, "bf16": 2, "f32": 4}[point["dtype"]]
+    return not (point["N"] <= 1024 and point["N"] * itemsize <= 4096)
+
+
 def load_points(directory: Path) -> list[dict]:
     points = []
     with open(directory / "measured.csv", newline="") as handle:
@@ -68,7 +86,8 @@ def simulate(point: dict, machine_spec: str) -> float:
     machine = load_machine(machine_spec)
     text = source(point["op"], point["M"], point["N"], point["K"], point["dtype"])
     fn = load_program(f"<{point['op']}>", text=text)
-    compiled = compile_function(fn, machine, CompileOptions())
+    compiled = compile_function(fn, machine,
+                                CompileOptions(multipass_rows=multipass_rows(point)))
     placeholders = {t.name: np.broadcast_to(np.zeros((), np.float32), tuple(t.shape))
                     for t in compiled.program.inputs}
     report = run_program(compiled.program, machine, placeholders, timing_only=True).report
@@ -104,6 +123,13 @@ def run(args) -> int:
         raise UsageError(f"no measurements for machine '{machine.name}' (looked in "
                          f"{directory})")
     points = load_points(directory)
+    wanted = getattr(args, "op", None) or []
+    if wanted:
+        known = list(dict.fromkeys(p["op"] for p in points))
+        for op in wanted:
+            if op not in known:
+                raise UsageError(f"no measured operator '{op}' (known: {', '.join(known)})")
+        points = [p for p in points if p["op"] in wanted]
     host = tomllib.loads((directory / "host.toml").read_text()) \
         if (directory / "host.toml").is_file() else {}
     spec = args.machine if args.machine.endswith(".toml") else machine.name

@@ -20,7 +20,8 @@ from zhenwu.isa.errors import ChipTrap, ZhenwuError
 
 # The pipelines every program is run through: -O0 and -O2; `seeded_pipelines` adds -O2 with a
 # random subset of the optional graph passes left out, and for a quarter of the seeds -O2
-# with `--persistent` ("O2p": every kernel of the program merged into one).
+# with `--persistent` ("O2p": every kernel of the program merged into one), and for a fifth
+# -O2 with `--multipass-rows` ("O2m": row kernels as passes that re-read their rows).
 PIPELINES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("O0", ()),
     ("O2", ()),
@@ -30,17 +31,21 @@ OPTIONAL_PASSES = ("canonicalize", "constant-fold", "cse", "dce", "fuse", "hoist
 
 def seeded_pipelines(seed: int) -> tuple[tuple[str, tuple[str, ...]], ...]:
     """-O0, -O2, -O2 without a seed-chosen subset of the optional passes, and for some
-    seeds -O2 --persistent."""
+    seeds -O2 --persistent and -O2 --multipass-rows."""
     rng = random.Random(seed)
     disabled = tuple(p for p in OPTIONAL_PASSES if rng.random() < 0.4)
     persistent = rng.random() < 0.25
+    multipass = rng.random() < 0.2
     return (PIPELINES + ((("O2", disabled),) if disabled else ())
-            + ((("O2p", ()),) if persistent else ()))
+            + ((("O2p", ()),) if persistent else ())
+            + ((("O2m", ()),) if multipass else ()))
 
 
 def _flags(name: str) -> str:
-    """The command-line flags of pipeline `name` ("O2p": -O2 --persistent)."""
-    return f"-{name[:2]}" + (" --persistent" if name.endswith("p") else "")
+    """The command-line flags of pipeline `name` ("O2p": -O2 --persistent, "O2m": -O2
+    --multipass-rows)."""
+    return f"-{name[:2]}" + (" --persistent" if name.endswith("p") else "") + \
+        (" --multipass-rows" if name.endswith("m") else "")
 
 
 class FuzzFailure(Exception):
@@ -82,7 +87,8 @@ def check_program(text: str, *, seed: int = 0, machine_name: str = "m890",
 
         try:
             options = CompileOptions(opt_level=level, disabled_passes=disabled,
-                                     persistent=name.endswith("p"))
+                                     persistent=name.endswith("p"),
+                                     multipass_rows=name.endswith("m"))
             compiled = compile_function(fn, machine, options)
             result = run_program(compiled.program, machine, compiled.program_inputs(inputs))
             got = compiled.graph_outputs(result)

@@ -15,7 +15,7 @@ def machine(name: str = "m890"):
 
 def compile_and_run(source: str, *, machine_name: str = "m890", opt_level: int = 0,
                     seed: int = 0, shapes: dict[str, int] | None = None,
-                    persistent: bool = False):
+                    persistent: bool = False, multipass_rows: bool = False):
     """(fn, compiled, result, reference outputs); asserts every output is within tolerance."""
     from zhenwu.compiler.backend.pipeline import CompileOptions, compile_function
     from zhenwu.compiler.check import relative_error
@@ -29,7 +29,8 @@ def compile_and_run(source: str, *, machine_name: str = "m890", opt_level: int =
     inputs = prepare_inputs(fn, {}, seed)
     target = machine(machine_name)
     compiled = compile_function(fn, target, CompileOptions(opt_level=opt_level,
-                                                           persistent=persistent))
+                                                           persistent=persistent,
+                                                           multipass_rows=multipass_rows))
     result = run_program(compiled.program, target, compiled.program_inputs(inputs))
     want = evaluate(fn, inputs)
     got = compiled.graph_outputs(result)

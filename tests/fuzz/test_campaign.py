@@ -75,3 +75,14 @@ def test_a_persistent_failure_reproduces_with_the_flag(tmp_path, monkeypatch):
     assert result.failures
     assert all(entry["reproduce"].endswith("--check -O2 --persistent")
                for entry in result.failures)
+
+
+def test_some_seeds_also_run_the_multipass_rows_pipeline():
+    """A fifth of the seeds add -O2 --multipass-rows ("O2m"), checked like the others."""
+    drawn = [campaign.seeded_pipelines(seed) for seed in range(200)]
+    with_multipass = [p for p in drawn if ("O2m", ()) in p]
+    assert 20 <= len(with_multipass) <= 60
+    assert campaign._flags("O2m") == "-O2 --multipass-rows"
+    text = ("fn main(x: f32[40, 96], g: f32[96]) -> f32[40, 96] {\n"
+            "    return softmax(x, axis=-1) + rmsnorm(x, g)\n}\n")
+    campaign.check_program(text, seed=5, pipelines=(("O2m", ()),))

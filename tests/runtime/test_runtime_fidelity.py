@@ -196,3 +196,57 @@ def test_fast_forward_skips_and_is_off_with_a_trace():
         Simulator.run = original
     assert seen[0] is not None and seen[0].jumps >= 1 and seen[0].skipped_cycles > 0
     assert seen[1] is None
+
+
+# ---- open DRAM rows ---------------------------------------------------------------------
+
+
+def test_an_open_row_pays_no_second_activation():
+    # 4 banks (row r in bank r mod 4), each holding the row it last opened
+    machine = _machine(hbm_streaming_efficiency=0.8, hbm_scattered_efficiency=0.4, hbm_banks=4)
+    peak = machine.hbm_bytes_per_cycle
+    penalty = 64 / peak * (1 / 0.4 - 1 / 0.8)  # one activation: 64 B at 40 % instead of 80 %
+    stream = 128 / (0.8 * peak)
+    server = HbmServer.for_machine(machine)
+    assert server.transfer(0, 128, 0, np.array([0, 1])) == pytest.approx(stream + 2 * penalty)
+    # another core reads the other halves of rows 0 and 1: both still open
+    start = server.free_at
+    assert server.transfer(start, 128, 0, np.array([0, 1])) - start == pytest.approx(stream)
+    # row 4 is in bank 0: it closes row 0, which then pays again
+    for row in (4, 0):
+        start = server.free_at
+        assert server.transfer(start, 128, 0, np.array([row])) - start == \
+            pytest.approx(stream + penalty)
+    assert server.partial_rows == 4
+    # hbm_banks = 0: no row stays open, every partly touched row pays
+    closed = HbmServer.for_machine(_machine(hbm_scattered_efficiency=0.4, hbm_banks=0))
+    closed.transfer(0, 128, 0, np.array([0, 1]))
+    closed.transfer(closed.free_at, 128, 0, np.array([0, 1]))
+    assert closed.partial_rows == 4
+
+
+def test_cores_reading_halves_of_the_same_rows_share_their_activations():
+    # 2 cores read the two 512 B halves of the first 1 KiB DRAM row of each of 8 rows of x at
+    # the same time. Activations cost 64 B at 1 % of peak: each of core 0's 8 rows pays
+    # one; core 1's rows are still open, unless no bank keeps a row open
+    text = """\
+.tensor x, f32, [8, 1024], 0x0, in
+    GETID r0, core
+    DESC d0, x, f32, [8, 1024], [1024, 1], [8, 128]
+    MUL r1, r0, 128
+    DMA.LD L1[0], d0[0, r1]
+    HALT
+"""
+    cycles = {}
+    for banks in (0, 64):
+        machine = _machine(2, hbm_scattered_efficiency=0.01, hbm_banks=banks)
+        cycles[banks] = run_asm(text, machine=machine, timing_only=True).report.cycles
+    peak = M.hbm_bytes_per_cycle
+    penalty = 64 / peak * (1 / 0.01 - 1 / 0.90)
+    stream = 8 * 512 / (0.90 * peak)
+    core0 = stream + 8 * penalty  # HBM-bound: more than the port's 4096 / 256 = 16 cycles
+    assert core0 > 8 * 512 / M.ld_bytes_per_cycle
+    # core 1's transfer queues behind core 0's on the HBM server
+    shared, alone = core0 + stream, core0 + stream + 8 * penalty
+    assert cycles[0] - cycles[64] == math.ceil(alone) - math.ceil(shared)
+    assert cycles[64] == 1 + 1 + 1 + 1 + math.ceil(shared) + M.hbm_latency
