@@ -141,7 +141,8 @@ class Lines:
 
     def shifted(self, blocks: int) -> Lines:
         """The same box moved by a whole number of `blocks`: its blocks move, everything
-        else (which lines of each block, their bytes, the DRAM rows it covers) is the same."""
+        else (which lines of each block, their bytes) is the same; the DRAM rows it covers
+        partly are its origin's, moved (`L2Cache.partly_written_rows`)."""
         moved = Lines.__new__(Lines)
         moved.blocks = self.blocks + blocks
         moved.masks = self.masks
@@ -151,7 +152,7 @@ class Lines:
         moved.line_nbytes = self.line_nbytes
         moved.total = self.total
         moved.lines = self.lines
-        moved._written_rows = self._written_rows
+        moved._written_rows = None   # row numbers move with the blocks (`partly_written_rows`)
         moved._origin = self._origin
         return moved
 
@@ -305,15 +306,12 @@ class L2Cache:
         whole."""
         if box._written_rows is None:
             origin = box._origin
-            if self.blocks_per_row == 1:
-                # a row within a block: the rows of a box moved by d blocks are its
-                # origin's, d rows-per-block later
-                if origin._written_rows is None:
-                    origin._written_rows = _partial(origin.blocks, origin.masks, origin.full,
-                                                    self.row_masks, 1)
+            if self.blocks_per_row == 1 and box is not origin:
+                # rows within a block: a box moved by d blocks covers its origin's rows,
+                # d * rows-per-block later
+                rows = self.partly_written_rows(origin)
                 moved = int(box.blocks[0] - origin.blocks[0]) if box.blocks.size else 0
-                box._written_rows = (origin._written_rows + moved * len(self.row_masks)
-                                     if moved else origin._written_rows)
+                box._written_rows = rows + moved * len(self.row_masks) if moved else rows
             else:
                 box._written_rows = _partial(box.blocks, box.masks, box.full, self.row_masks,
                                              self.blocks_per_row)

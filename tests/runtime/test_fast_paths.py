@@ -90,7 +90,9 @@ def test_shifted_box_lines_equal_the_lines_worked_out_directly():
         stride = rng.choice([cols, cols + rng.randrange(0, 500), 0, 3 * block]) * item
         address = rng.randrange(0, 1 << 30)
         box = (address, (rows, cols), (stride, item), item)
-        cache.lines(address % block + block * rng.randrange(0, 9), *box[1:])  # the template
+        # the template, its written rows worked out first (a shifted copy must move them)
+        template = cache.lines(address % block + block * rng.randrange(0, 9), *box[1:])
+        cache.partly_written_rows(template)
         shifted, direct = cache.lines(*box), _plain_lines(cache, *box)
         for field in ("blocks", "masks", "full", "line_block", "line_bit", "line_nbytes"):
             mine, theirs = getattr(shifted, field), getattr(direct, field)
