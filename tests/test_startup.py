@@ -107,7 +107,6 @@ def test_round_float_is_numpy_s_rounding():
     import struct
 
     import numpy as np
-
     from zhenwu.compiler.graph.dtypes import np_dtype, round_float
 
     rng = random.Random(3)
