@@ -26,6 +26,17 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
+def _add_schedule_options(parser) -> None:
+    """The compile options `run` and `compile` share that change how kernels are scheduled."""
+    parser.add_argument("--persistent", action="store_true",
+                        help="run every kernel as one persistent kernel, chip-wide barriers "
+                             "between its phases: one launch (default: off; docs/internals.md)")
+    parser.add_argument("--multipass-rows", action="store_true",
+                        help="softmax and norms as a pass over the rows per reduction plus one "
+                             "for the output, each reading the rows again, as GPU libraries' "
+                             "block-per-row kernels do (default: off: rows read once)")
+
+
 def _add_machine(p: argparse.ArgumentParser) -> None:
     p.add_argument("--machine", default="m890",
                    help="the machine: m890, z810e, or a machine .toml file (default: m890)")
@@ -123,13 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max-instructions", type=int, default=None,
                      help="stop a runaway program after this many instructions (default: 50 "
                           "million in all and 2**18 in a row with no engine work; N sets both)")
-    run.add_argument("--persistent", action="store_true",
-                     help="run every kernel as one persistent kernel, chip-wide barriers between "
-                          "its phases: one launch (default: off; docs/internals.md)")
-    run.add_argument("--multipass-rows", action="store_true",
-                     help="softmax and norms as a pass over the rows per reduction plus one "
-                          "for the output, each reading the rows again, as GPU libraries' "
-                          "block-per-row kernels do (default: off: rows read once)")
+    _add_schedule_options(run)
     run.add_argument("--tune", action="store_true",
                      help="search tile sizes on the timing model (default: off)")
     run.add_argument("--disable-pass", action="append", default=[], metavar="PASS",
@@ -151,13 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("-O", dest="opt", choices=["0", "1", "2"], default="2",
                       help="optimisation level: -O0 one kernel per op, -O1/-O2 fused "
                            "(default: -O2)")
-    comp.add_argument("--persistent", action="store_true",
-                      help="run every kernel as one persistent kernel, chip-wide barriers between "
-                           "its phases: one launch (default: off; docs/internals.md)")
-    comp.add_argument("--multipass-rows", action="store_true",
-                      help="softmax and norms as a pass over the rows per reduction plus one "
-                           "for the output, each reading the rows again, as GPU libraries' "
-                           "block-per-row kernels do (default: off: rows read once)")
+    _add_schedule_options(comp)
     comp.add_argument("--tune", action="store_true",
                       help="search tile sizes on the timing model (default: off)")
     comp.add_argument("--disable-pass", action="append", default=[], metavar="PASS",

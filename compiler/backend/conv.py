@@ -184,6 +184,22 @@ def stationary_weights(shape: ConvShape, tile_o: int, tile_c: int, machine) -> b
             and (blocks == 1 or machine.cores % blocks == 0))
 
 
+def _output_tiles(tile_o: int, pixels: int, acc_elem: int, epilogue_full_bytes: int,
+                  epilogue_row_bytes: int, machine) -> tuple[int, int] | None:
+    """(accumulator copies, L1 bytes of the output side) of a tile of `tile_o` output
+    channels x `pixels`: as many ACC copies as fit (the epilogue's L1 tiles, one copy per
+    accumulator, a stride apart), or None when one accumulator does not fit ACC."""
+    acc_tile = tile_o * pixels * acc_elem
+    if acc_tile > machine.acc_bytes:
+        return None
+    l1_out = (aligned(tile_o * pixels * epilogue_full_bytes)
+              + aligned(pixels * epilogue_row_bytes) + aligned(tile_o * 4))
+    stride = aligned(max(acc_tile, l1_out))
+    copies = max(c for c in ACC_COPIES
+                 if c == 1 or (c - 1) * stride + acc_tile <= machine.acc_bytes)
+    return copies, l1_out + (copies - 1) * stride
+
+
 def choose_conv_tile(shape: ConvShape, in_dtype: str, acc_dtype: str, out_bytes: int,
                      epilogue_full_bytes: int, epilogue_row_bytes: int, epilogue_ops: int,
                      machine) -> ConvTile:
@@ -198,15 +214,11 @@ def choose_conv_tile(shape: ConvShape, in_dtype: str, acc_dtype: str, out_bytes:
     for tile_o in _candidates(shape.og, machine.mx_m, 16 * machine.mx_m):
         for rows, cols in _pixel_blocks(shape.oh, shape.ow, machine.mx_n):
             pixels = rows * cols
-            acc_tile = tile_o * pixels * acc_elem
-            if acc_tile > machine.acc_bytes:
+            out = _output_tiles(tile_o, pixels, acc_elem, epilogue_full_bytes,
+                                epilogue_row_bytes, machine)
+            if out is None:
                 continue
-            l1_out = (aligned(tile_o * pixels * epilogue_full_bytes)
-                      + aligned(pixels * epilogue_row_bytes) + aligned(tile_o * 4))
-            stride = aligned(max(acc_tile, l1_out))
-            copies = max(c for c in ACC_COPIES
-                         if c == 1 or (c - 1) * stride + acc_tile <= machine.acc_bytes)
-            l1_out_total = l1_out + (copies - 1) * stride
+            copies, l1_out_total = out
             for tile_c in sorted(cands_c):
                 k_pad = round_up(shape.taps * tile_c, machine.mx_k)
                 stationary = stationary_weights(shape, tile_o, tile_c, machine)
@@ -263,15 +275,11 @@ def _best_halo_tile(shape: ConvShape, in_bytes, acc_elem, rate, out_bytes,
             pixels = rows * cols
             if pixels > 2 * MAX_PIXELS:
                 break
-            acc_tile = tile_o * pixels * acc_elem
-            if acc_tile > machine.acc_bytes:
+            out = _output_tiles(tile_o, pixels, acc_elem, epilogue_full_bytes,
+                                epilogue_row_bytes, machine)
+            if out is None:
                 break
-            l1_out = (aligned(tile_o * pixels * epilogue_full_bytes)
-                      + aligned(pixels * epilogue_row_bytes) + aligned(tile_o * 4))
-            stride = aligned(max(acc_tile, l1_out))
-            copies = max(c for c in ACC_COPIES
-                         if c == 1 or (c - 1) * stride + acc_tile <= machine.acc_bytes)
-            l1_out_total = l1_out + (copies - 1) * stride
+            copies, l1_out_total = out
             for tile_c in range(machine.mx_k, shape.cg, machine.mx_k):
                 if shape.cg % tile_c or stationary_weights(shape, tile_o, tile_c, machine):
                     continue

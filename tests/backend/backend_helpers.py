@@ -15,8 +15,10 @@ def machine(name: str = "m890"):
 
 def compile_and_run(source: str, *, machine_name: str = "m890", opt_level: int = 0,
                     seed: int = 0, shapes: dict[str, int] | None = None,
-                    persistent: bool = False, multipass_rows: bool = False):
-    """(fn, compiled, result, reference outputs); asserts every output is within tolerance."""
+                    persistent: bool = False, multipass_rows: bool = False,
+                    cores: int | None = None):
+    """(fn, compiled, result, reference outputs); asserts every output is within tolerance.
+    `cores`: the machine cut to that many cores (several tiles per core at a small size)."""
     from zhenwu.compiler.backend.pipeline import CompileOptions, compile_function
     from zhenwu.compiler.check import relative_error
     from zhenwu.compiler.frontend import load_program
@@ -28,6 +30,10 @@ def compile_and_run(source: str, *, machine_name: str = "m890", opt_level: int =
     fn = load_program("test.zt", text=source, shapes=shapes or {})
     inputs = prepare_inputs(fn, {}, seed)
     target = machine(machine_name)
+    if cores is not None:
+        from dataclasses import replace
+
+        target = replace(target, cores=cores)
     compiled = compile_function(fn, target, CompileOptions(opt_level=opt_level,
                                                            persistent=persistent,
                                                            multipass_rows=multipass_rows))
@@ -42,3 +48,10 @@ def compile_and_run(source: str, *, machine_name: str = "m890", opt_level: int =
         assert err <= tol, (f"out{index} ({value.type}): relative error {err:.3g} > {tol:g}\n"
                             f"got {g!r}\nwant {w!r}")
     return fn, compiled, result, want
+
+
+def conv_nest(compiled):
+    """The first nest of the compiled program's conv kernel."""
+    kernel = next(k for k in compiled.kernels.kernels if k.name.startswith("conv"))
+    return kernel.nests[0]
+

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
+from backend_helpers import compile_and_run, conv_nest
 from zhenwu.compiler.backend.kernel_ir import Load, Mma
 from zhenwu.compiler.frontend import load_program
 
@@ -21,26 +22,9 @@ def _compile(source: str, machine):
 
 
 def _run(source: str, cores: int = 2):
-    from zhenwu.compiler.check import relative_error
-    from zhenwu.compiler.graph.dtypes import tolerance
-    from zhenwu.compiler.inputs import prepare_inputs
-    from zhenwu.compiler.reference import evaluate
-    from zhenwu.isa.machine import load_machine
-    from zhenwu.runtime import run_program
-
-    target = replace(load_machine("m890"), cores=cores)
-    fn, compiled = _compile(source, target)
-    inputs = prepare_inputs(fn, {}, 0)
-    result = run_program(compiled.program, target, compiled.program_inputs(inputs))
-    for got, want, value in zip(compiled.graph_outputs(result), evaluate(fn, inputs),
-                                fn.outputs):
-        assert relative_error(got, want) <= tolerance(value.type.dtype)
+    """(compiled, result) at -O2 on `cores` cores, checked against the reference."""
+    _, compiled, result, _ = compile_and_run(source, opt_level=2, cores=cores)
     return compiled, result
-
-
-def _conv_nest(compiled):
-    kernel = next(k for k in compiled.kernels.kernels if k.name.startswith("conv"))
-    return kernel.nests[0]
 
 
 def _out_hw(h, w, k, padding, dilation):
@@ -69,7 +53,7 @@ def test_halo_conv_matches_with_several_tiles_per_core(dtype, n, c, hw, o, k, pa
               f"{k[1]}], b: f32[{o}, 1, 1]) -> {out}[{n}, {o}, {oh}, {ow}] {{\n"
               f"    return {body}\n}}\n")
     compiled, _ = _run(source)
-    nest = _conv_nest(compiled)
+    nest = conv_nest(compiled)
     assert "xh" in {b.name for b in nest.buffers}
     # two loads a step (the weights, the input box) and one product per tap
     assert [s.dst for s in nest.step if isinstance(s, Load)] == ["w", "xh"]
@@ -98,7 +82,7 @@ def test_halo_tiling_is_chosen_where_it_is_faster(source, halo_cycles, tap_cycle
 
     def cycles() -> tuple[int, bool]:
         _, compiled = _compile(source, machine)
-        halo = "xh" in {b.name for b in _conv_nest(compiled).buffers}
+        halo = "xh" in {b.name for b in conv_nest(compiled).buffers}
         return run_program(compiled.program, machine, {}, timing_only=True).report.cycles, halo
 
     assert cycles() == (halo_cycles, True)

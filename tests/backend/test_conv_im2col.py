@@ -5,36 +5,17 @@ of its own. Checked against the reference evaluator with several tiles per core.
 from __future__ import annotations
 
 import re
-from dataclasses import replace
 
 import pytest
+from backend_helpers import compile_and_run, conv_nest
 from zhenwu.compiler.backend.kernel_ir import Load
 from zhenwu.compiler.frontend import load_program
 
 
 def _run(source: str, cores: int = 2):
-    from zhenwu.compiler.backend.pipeline import CompileOptions, compile_function
-    from zhenwu.compiler.check import relative_error
-    from zhenwu.compiler.graph.dtypes import tolerance
-    from zhenwu.compiler.inputs import prepare_inputs
-    from zhenwu.compiler.reference import evaluate
-    from zhenwu.isa.machine import load_machine
-    from zhenwu.runtime import run_program
-
-    fn = load_program("test.zt", text=source)
-    inputs = prepare_inputs(fn, {}, 0)
-    target = replace(load_machine("m890"), cores=cores)
-    compiled = compile_function(fn, target, CompileOptions(opt_level=2))
-    result = run_program(compiled.program, target, compiled.program_inputs(inputs))
-    for got, want, value in zip(compiled.graph_outputs(result), evaluate(fn, inputs),
-                                fn.outputs):
-        assert relative_error(got, want) <= tolerance(value.type.dtype)
+    """(compiled, result) at -O2 on `cores` cores, checked against the reference."""
+    _, compiled, result, _ = compile_and_run(source, opt_level=2, cores=cores)
     return compiled, result
-
-
-def _conv_nest(compiled):
-    kernel = next(k for k in compiled.kernels.kernels if k.name.startswith("conv"))
-    return kernel.nests[0]
 
 
 @pytest.mark.parametrize("shape, weights, args", [
@@ -49,7 +30,7 @@ def test_width_strided_conv_gathers_patches_in_l1(shape, weights, args):
     dtype = shape.split("[")[0]
     compiled, _ = _run(f"fn main(x: {shape}, w: {weights}, b: {dtype}[1, 1, 1]) -> f32[] {{\n"
                        f"    return cast(sum(relu(conv2d(x, w, {args}) + b)), f32)\n}}\n")
-    nest = _conv_nest(compiled)
+    nest = conv_nest(compiled)
     loads = [s for s in nest.step if isinstance(s, Load)]
     assert [s.dst for s in loads] == ["xin"]  # one load a step: the rows under the tile
     assert nest.parallel_tiles >= 2 * 2
@@ -60,7 +41,7 @@ def test_stem_conv_output_matches_with_several_tiles_per_core():
         "fn main(x: bf16[2, 3, 64, 64], w: bf16[64, 3, 7, 7]) -> bf16[2, 64, 16, 16] {\n"
         "    y = relu(conv2d(x, w, stride=2, padding=3))\n"
         "    return maxpool2d(y, 3, stride=2, padding=1)\n}\n")
-    nest = _conv_nest(compiled)
+    nest = conv_nest(compiled)
     assert nest.buffer("xin") is not None
     assert nest.parallel_tiles >= 2 * 2
     # 147 gathers a tile, more than the vector queue holds: the next tile's rows are
@@ -76,7 +57,7 @@ def test_the_prefetch_schedule_takes_nests_with_more_gathers_than_the_queue(chan
     compiled, _ = _run(
         f"fn main(x: bf16[3, {channels}, 32, 32], w: bf16[16, {channels}, 3, 3]) "
         f"-> bf16[3, 16, 16, 16] {{\n    return relu(conv2d(x, w, stride=2, padding=1))\n}}\n")
-    nest = _conv_nest(compiled)
+    nest = conv_nest(compiled)
     assert nest.buffer("xin") is not None and nest.schedule == schedule
 
 
@@ -84,7 +65,7 @@ def test_an_input_height_the_stride_does_not_divide_loads_taps():
     compiled, _ = _run(
         "fn main(x: bf16[2, 3, 33, 32], w: bf16[16, 3, 3, 3]) -> bf16[2, 16, 16, 15] {\n"
         "    return conv2d(x, w, stride=2)\n}\n")
-    loads = [s.dst for s in _conv_nest(compiled).step if isinstance(s, Load)]
+    loads = [s.dst for s in conv_nest(compiled).step if isinstance(s, Load)]
     assert "xin" not in loads and len(loads) == 9
 
 
@@ -92,7 +73,7 @@ def test_stride_one_convs_keep_their_tap_loads():
     compiled, _ = _run(
         "fn main(x: bf16[2, 16, 12, 12], w: bf16[16, 16, 3, 3]) -> bf16[2, 16, 12, 12] {\n"
         "    return conv2d(x, w, padding=1)\n}\n")
-    loads = [s.dst for s in _conv_nest(compiled).step if isinstance(s, Load)]
+    loads = [s.dst for s in conv_nest(compiled).step if isinstance(s, Load)]
     assert "xin" not in loads
 
 
@@ -107,7 +88,7 @@ def test_staged_gathers_wait_for_the_mma_not_the_store():
     from zhenwu.compiler.backend import codegen as cg
 
     compiled, _ = _run(_STEM)
-    nest = _conv_nest(compiled)
+    nest = conv_nest(compiled)
     assert cg._staged(nest)
     assert nest.parallel_tiles >= 3 * 2
     text = compiled.asm_text
@@ -177,7 +158,7 @@ def test_nests_that_are_not_staged(source):
                 if any(isinstance(s, Load) for s in nest.step) and nest.reduction_steps > 1:
                     assert not staged
     if "+ b" in source:
-        nest = _conv_nest(compiled)
+        nest = conv_nest(compiled)
         assert not cg._staged(nest)
     if "a @ b" in source:
         assert not any(cg._staged(n) for k in compiled.kernels.kernels for n in k.nests)
