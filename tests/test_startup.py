@@ -46,6 +46,7 @@ def test_compile_imports_no_numpy(tmp_path):
 
 LAZY_PROBE = r"""
 import sys
+sys.modules.pop("zipfile", None)  # some hosts import it at start-up (a site .pth file)
 from zhenwu.compiler import cli
 from zhenwu.compiler.frontend import checker
 status = cli.main(["compile", sys.argv[1], "-o", sys.argv[2]])
