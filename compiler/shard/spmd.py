@@ -240,6 +240,8 @@ def compile_spmd(spmd: SpmdFunction, machine, options, chips: int, measure=None,
             f"results and temporaries) but {machine.name} has {machine.hbm_bytes / 1e9:.3g} "
             f"GB: split more dims or use more chips", biggest.span if biggest else None)
 
+    code = {index: _segment_code(item, index, temp_base) for index, item in enumerate(segments)
+            if isinstance(item, Segment)}
     collectives: list[tuple[Op, str, int]] = []
     programs = []
     for chip in range(chips):
@@ -266,7 +268,7 @@ def compile_spmd(spmd: SpmdFunction, machine, options, chips: int, measure=None,
         for index, item in enumerate(segments):
             if isinstance(item, Segment):
                 pending.done_for(emit, {v.id for v in item.fn.params}, index)
-                _segment_body(emit, item, index, temp_base)
+                _append_segment(emit, code[index])
             elif item.kind == ROW_JOIN:
                 pending.done_for(emit, {v.id for v in item.inputs}, index)
             elif item.kind == "all_reduce" and "chunks" in item.attrs and \
@@ -306,12 +308,24 @@ def _check_fits(spmd: SpmdFunction, machine) -> None:
 _HALT = Instruction("HALT")
 
 
-def _segment_body(emit: Emitter, segment: Segment, index: int, temp_base: int) -> None:
-    """Append the segment's instructions (all but its HALT) to `emit` with its GM tensors
-    renamed (boundary names, or `s<i>_name` for its temporaries, declared at the shared
-    temporary region) and its kernels named `s<i>_name`."""
+@dataclass(frozen=True)
+class _SegmentCode:
+    """A segment's code as every chip's program holds it: its temporaries' declarations,
+    its instructions (all but its HALT) with the GM tensors renamed, and its markers, at
+    instruction indices from the segment's start."""
+
+    tensors: tuple[TensorDecl, ...]
+    instructions: tuple[Instruction, ...]
+    markers: tuple[Marker, ...]
+
+
+def _segment_code(segment: Segment, index: int, temp_base: int) -> _SegmentCode:
+    """The segment's code with its GM tensors renamed (boundary names, or `s<i>_name` for
+    its temporaries, declared at the shared temporary region) and its kernels named
+    `s<i>_name`."""
     program = segment.compiled.program
     rename = {}
+    temps = []
     outputs = iter(segment.fn.outputs)
     for t in program.tensors:
         if t.role == "in":
@@ -321,23 +335,34 @@ def _segment_body(emit: Emitter, segment: Segment, index: int, temp_base: int) -
             rename[t.name] = segment.names[next(outputs).id]
         else:
             rename[t.name] = f"s{index}_{t.name}"
-            emit.tensor(TensorDecl(rename[t.name], t.dtype, tuple(t.shape) or (1,),
-                                   temp_base + t.address, "temp"))
-    # where each of the segment's instructions lands (its markers move with them)
-    placed = []
+            temps.append(TensorDecl(rename[t.name], t.dtype, tuple(t.shape) or (1,),
+                                    temp_base + t.address, "temp"))
+    placed = []  # where each of the segment's instructions lands (markers move with them)
+    instructions: list[Instruction] = []
     for instr in program.instructions:
-        placed.append(len(emit.instructions))
-        if instr == _HALT:
+        placed.append(len(instructions))
+        if instr.mnemonic == "HALT" and instr == _HALT:
             continue
         if any(isinstance(op, Symbol) for op in instr.operands):
             instr = replace(instr, operands=tuple(
                 Symbol(rename.get(op.name, op.name), op.offset) if isinstance(op, Symbol)
                 else op for op in instr.operands))
-        emit.append(instr)
-    placed.append(len(emit.instructions))
-    for marker in program.markers:
-        name = f"s{index}_{marker.name}" if marker.kind == "kernel" else marker.name
-        emit.markers.append(Marker(placed[marker.index], marker.kind, name))
+        instructions.append(instr)
+    placed.append(len(instructions))
+    markers = tuple(Marker(placed[m.index], m.kind,
+                           f"s{index}_{m.name}" if m.kind == "kernel" else m.name)
+                    for m in program.markers)
+    return _SegmentCode(tuple(temps), tuple(instructions), markers)
+
+
+def _append_segment(emit: Emitter, code: _SegmentCode) -> None:
+    """Append a segment's code to a chip's program. Its instructions were checked when the
+    segment's program was built (renaming a tensor keeps them valid): they go straight into
+    the list."""
+    start = len(emit.instructions)
+    emit.tensors.extend(code.tensors)
+    emit.instructions.extend(code.instructions)
+    emit.markers.extend(replace(marker, index=start + marker.index) for marker in code.markers)
 
 
 def _scratch_bytes(op: Op, mesh, machine, chips: int) -> int:
