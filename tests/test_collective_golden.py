@@ -213,3 +213,49 @@ if __name__ == "__main__" and sys.argv[1:] == ["--write"]:
     with tempfile.TemporaryDirectory() as folder:
         GOLDEN.write_text(json.dumps(current(Path(folder)), indent=0, sort_keys=True,
                                      separators=(",", ":")) + "\n")
+
+
+def test_spmd_programs_hold_their_segments_code(tmp_path):
+    """Each chip's program holds every segment's instructions as compiled (its HALT
+    dropped), in kernels named `s<i>_<kernel>`, with GM tensor names that the chip's tensor
+    table declares (a segment's names renamed to the boundary or `s<i>_` names)."""
+    from dataclasses import replace
+
+    from zhenwu.compiler.backend.pipeline import CompileOptions
+    from zhenwu.compiler.frontend import load_program
+    from zhenwu.compiler.shard import compile_spmd, parse_mesh, shard_function
+    from zhenwu.isa.program import Symbol
+
+    def kernels(program) -> dict:
+        return {m.name: m.index for m in program.markers if m.kind == "kernel"}
+
+    def anonymous(instructions) -> list:
+        return [replace(i, operands=tuple(Symbol("?", op.offset) if isinstance(op, Symbol)
+                                          else op for op in i.operands))
+                for i in instructions if i.mnemonic != "HALT"]
+
+    _, text, shapes, mesh_text, chunks = SPMD_CASES[1]   # overlapped: async regions too
+    path = tmp_path / "prog.zt"
+    path.write_text(text)
+    mesh = parse_mesh(mesh_text)
+    compiled = compile_spmd(shard_function(load_program(str(path), shapes=shapes), mesh),
+                            M890, CompileOptions(), mesh.chips, overlap_chunks=chunks)
+    assert len(compiled.segments) >= 2
+    for program in compiled.programs:
+        declared = {t.name for t in program.tensors}
+        symbols = {op.name for i in program.instructions for op in i.operands
+                   if isinstance(op, Symbol)}
+        assert symbols <= declared
+        held = kernels(program)
+        everything = anonymous(program.instructions)
+        for segment in compiled.segments:
+            index = segment.fn.name.rsplit("_s", 1)[1]
+            own = segment.compiled.program
+            first, at = next(iter(kernels(own).items()))
+            start = held[f"s{index}_{first}"] - at   # its preamble before its first kernel
+            body = anonymous(own.instructions)
+            assert everything[start:start + len(body)] == body
+            for name, offset in kernels(own).items():
+                assert held[f"s{index}_{name}"] == start + offset
+        others = [name for name in held if not name.startswith("s")]
+        assert others and all(name.startswith(COLLECTIVE_KERNELS) for name in others)
