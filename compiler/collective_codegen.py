@@ -1,7 +1,12 @@
 """Collectives lowered to chip-to-chip DMAs (DMA.PUT, RSIG) and cross-chip events.
 
-    lines = collective_asm(spec, chip)       # the assembly lines of one chip's kernel body
+    emit_collective(emit, spec, chip)        # append one chip's kernel to an Emitter
+    program = collective_program(spec, chip, tensors)   # or as a program of its own
     programs, cost = collective_programs("allreduce", 64 << 20, 8, machine)   # a benchmark
+
+The kernels are built as `isa.program` instructions (the Emitter and `instruction` builder
+of compiler/backend/emitter.py, as compute codegen builds them); text is only printed from
+the built program (`isa.asm.print_program`).
 
 A `CollectiveSpec` says what to do: the kind, the algorithm (compiler/collectives.py chooses
 it by its alpha-beta cost), the group of chips, and the GM regions (a tensor name, a byte
@@ -32,14 +37,18 @@ Events: each phase of a collective takes its own events from the collective's `E
 fast peer's signals for a later phase never meet a slower chip's earlier phase; every event
 is back to 0 when the collective ends (the interpreter checks it at HALT). Registers, too,
 come from a `RegisterFile`: no number is written here.
+
+A lane's body is a list of `Instruction`s (`_put`, `_rsig`, `_wait`); `_Collective.add_phase`
+places each behind a branch on this core's index (`GETID`, `SUB`, `BNEZ` to a label after
+the body) and ends the phase with `BAR.CHIP`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from zhenwu.compiler.backend.allocators import ASYNC_EVENTS, EventFile, RegisterFile
-from zhenwu.compiler.backend.emitter import assemble_lines
+from zhenwu.compiler.backend.emitter import Emitter, instruction
 from zhenwu.compiler.collectives import (
     EVENTS_PER_PHASE,
     CollectiveCost,
@@ -49,7 +58,16 @@ from zhenwu.compiler.collectives import (
 from zhenwu.isa.dtypes import itemsize
 from zhenwu.isa.errors import UsageError
 from zhenwu.isa.machine import Machine
-from zhenwu.isa.program import Program
+from zhenwu.isa.program import (
+    Event,
+    Instruction,
+    Keyword,
+    LabelRef,
+    Program,
+    Reg,
+    Symbol,
+    TensorDecl,
+)
 
 
 @dataclass(frozen=True)
@@ -75,8 +93,9 @@ class Region:
         return Region(self.tensor, first.offset, last.offset + last.nbytes - first.offset,
                       self.dtype)
 
-    def address(self) -> str:
-        return f"{self.tensor}+{self.offset}" if self.offset else self.tensor
+    def symbol(self) -> Symbol:
+        """The region's start as a DMA.PUT address operand (`buf`, `buf+64`)."""
+        return Symbol(self.tensor, self.offset)
 
 
 @dataclass(frozen=True)
@@ -106,26 +125,38 @@ def _region_registers() -> tuple[int, int]:
     return registers.take("core id"), registers.take("lane test")
 
 
-class _Emitter:
-    """Builds one chip's lines: per phase, a block per lane (core), then BAR.CHIP. Each
-    phase takes its events from the collective's `EventFile` (all of them: a synchronous
-    collective runs after every asynchronous one ended), and keeps them to the end of the
-    collective, so a fast peer's signals for a later phase never meet a slower chip's
-    earlier phase. Every chip takes them in the same order, so an event a chip signals on
-    its peer has the number the peer waits on."""
+def _events(items) -> tuple[Event, ...]:
+    """Events from `Event`s or bare indices (count 1)."""
+    return tuple(item if isinstance(item, Event) else Event(item) for item in items)
 
-    def __init__(self, spec: CollectiveSpec, chip: int):
+
+def _on_core(emit: Emitter, here: int, lane: int, core: int, skip: str) -> None:
+    """Branch to label `skip` unless this core (register `here`) is `core` (`lane`: a
+    scratch register for the test)."""
+    emit.op("SUB", Reg(lane), Reg(here), core)
+    emit.op("BNEZ", Reg(lane), LabelRef(skip))
+
+
+class _Collective:
+    """Builds one chip's kernel into an Emitter: per phase, a block per lane (core), then
+    BAR.CHIP. Each phase takes its events from the collective's `EventFile` (all of them:
+    a synchronous collective runs after every asynchronous one ended), and keeps them to the
+    end of the collective, so a fast peer's signals for a later phase never meet a slower
+    chip's earlier phase. Every chip takes them in the same order, so an event a chip
+    signals on its peer has the number the peer waits on."""
+
+    def __init__(self, spec: CollectiveSpec, chip: int, emit: Emitter):
         self.spec = spec
         self.chip = chip
+        self.emit = emit
         self.core, self.lane = _region_registers()
         self.event_file = EventFile(advice="a collective in fewer phases (fewer pipeline "
                                     "chunks, or another algorithm) needs fewer")
         self._phase_events: tuple[int, ...] | None = None
         # the collective is one kernel (one launch, like a collective library's kernel); its
         # phases are separated by chip barriers
-        self.lines: list[str] = [f".kernel {spec.label}",
-                                 (f"    GETID r{self.core}, core  # {spec.kind} "
-                                  f"({spec.algorithm}) over chips {list(spec.group)}")]
+        emit.kernel(spec.label)
+        emit.op("GETID", Reg(self.core), Keyword("core"))
         self.phase = 0
 
     def events(self) -> tuple[int, int, int, int]:
@@ -143,45 +174,58 @@ class _Emitter:
             count, f"event of {self.spec.label} phase {self.phase}"))
         return list(self._phase_events)
 
-    def add_phase(self, lanes: dict[int, list[str]]) -> None:
+    def add_phase(self, lanes: dict[int, list[Instruction]]) -> None:
         label = f"{self.spec.label}_p{self.phase}"
         for core, body in sorted(lanes.items()):
             if not body:
                 continue
-            self.lines += [f"    SUB r{self.lane}, r{self.core}, {core}",
-                           f"    BNEZ r{self.lane}, {label}_c{core}", *body,
-                           f"{label}_c{core}:"]
-        self.lines.append("    BAR.CHIP")
+            skip = f"{label}_c{core}"
+            _on_core(self.emit, self.core, self.lane, core, skip)
+            for instr in body:
+                self.emit.append(instr)
+            self.emit.label(skip)
+        self.emit.op("BAR.CHIP")
         self.phase += 1
         self._phase_events = None
 
 
 def _put(peer: int, dst: Region, src: Region, event: int, *, add: bool = False,
-         waits: tuple[int | str, ...] = (), sig: int | None = None,
-         detached: bool = False) -> str:
+         waits: tuple[int | Event, ...] = (), sig: int | None = None,
+         detached: bool = False) -> Instruction:
     """A DMA.PUT of a piece (a bare RSIG when the piece is empty: the event still counts).
-    A wait is an event index or `"k:n"` (event k reaching n); `detached`: `.async`."""
-    sync = (" .async" if detached else "") + "".join(f" .wait E{w}" for w in waits)
-    sync += f" .sig E{sig}" if sig is not None else ""
+    A wait is an event index or an `Event` with its count; `detached`: `.async`."""
+    options = ("async",) if detached else ()
     if src.nbytes == 0:
-        return f"    RSIG {peer}, E{event}{sync}"
-    suffix = f".{src.dtype}" if add else ""
-    option = " .add" if add else ""
-    return (f"    DMA.PUT{suffix} {peer}, {dst.address()}, {src.address()}, {src.nbytes}, "
-            f"E{event}{option}{sync}")
+        instr = instruction("RSIG", peer, Event(event), options=options)
+    else:
+        name = f"DMA.PUT.{src.dtype}" if add else "DMA.PUT"
+        instr = instruction(name, peer, dst.symbol(), src.symbol(), src.nbytes, Event(event),
+                            options=(("add",) if add else ()) + options)
+    return replace(instr, waits=_events(waits), sigs=_events(() if sig is None else (sig,)))
+
+
+def _rsig(peer: int, event: int, *, detached: bool = False) -> Instruction:
+    """Signal `event` on chip `peer` (no data)."""
+    return instruction("RSIG", peer, Event(event), options=("async",) if detached else ())
+
+
+def _wait(engine: str, event: int, count: int = 1) -> Instruction:
+    """`WAIT.engine Eevent:count`."""
+    return instruction(f"WAIT.{engine}", Event(event, count))
 
 
 # ---- direct -----------------------------------------------------------------------------
 
 
-def _direct_ready(em: _Emitter, group: tuple[int, ...], rank: int) -> dict[int, list[str]]:
+def _direct_ready(em: _Collective, group: tuple[int, ...], rank: int
+                  ) -> dict[int, list[Instruction]]:
     """Lane k tells rank r-k (whose lane k writes into this chip) that this buffer is ready."""
     ready = em.events()[0]
     p = len(group)
-    return {k: [f"    RSIG {group[(rank - k) % p]}, E{ready}"] for k in range(1, p)}
+    return {k: [_rsig(group[(rank - k) % p], ready)] for k in range(1, p)}
 
 
-def _direct(em: _Emitter, kind: str, group: tuple[int, ...], rank: int, src: Region,
+def _direct(em: _Collective, kind: str, group: tuple[int, ...], rank: int, src: Region,
             dst: Region | None, ready: bool) -> None:
     """One direct phase (or two for all-reduce), lanes 1..p-1.
 
@@ -195,7 +239,7 @@ def _direct(em: _Emitter, kind: str, group: tuple[int, ...], rank: int, src: Reg
     p = len(group)
     ready_event, arrive, gathered, _ = em.events()
     waits = (ready_event,) if ready else ()
-    lanes: dict[int, list[str]] = {k: [] for k in range(1, p)}
+    lanes: dict[int, list[Instruction]] = {k: [] for k in range(1, p)}
     if ready:
         for k, body in _direct_ready(em, group, rank).items():
             lanes[k] += body
@@ -204,7 +248,7 @@ def _direct(em: _Emitter, kind: str, group: tuple[int, ...], rank: int, src: Reg
             piece = src.piece((rank + k) % p, p)
             lanes[k] += [_put(group[(rank + k) % p], piece, piece, arrive, add=True,
                               waits=waits),
-                         f"    WAIT.S E{arrive}"]
+                         _wait("S", arrive)]
         if kind == "allreduce":
             em.add_phase(lanes)
             lanes = {k: [] for k in range(1, p)}
@@ -215,26 +259,25 @@ def _direct(em: _Emitter, kind: str, group: tuple[int, ...], rank: int, src: Reg
         target = mine
         if kind == "allgather" and dst is not None:  # out of place: src is this chip's piece
             mine, target = src, dst.piece(rank, p)
-            lanes[0] = [_put(group[rank], target, mine, gathered), f"    WAIT.S E{gathered}"]
+            lanes[0] = [_put(group[rank], target, mine, gathered), _wait("S", gathered)]
         for k in range(1, p):
             lanes[k] += [_put(group[(rank + k) % p], target, mine, gathered, waits=waits),
-                         f"    WAIT.S E{gathered}"]
+                         _wait("S", gathered)]
     if kind == "alltoall":
         assert dst is not None
         for k in range(1, p):
             peer = (rank + k) % p
             lanes[k] += [_put(group[peer], dst.piece(rank, p), src.piece(peer, p), gathered,
-                              waits=waits), f"    WAIT.S E{gathered}"]
+                              waits=waits), _wait("S", gathered)]
         own = src.piece(rank, p)
-        lanes[0] = [_put(group[rank], dst.piece(rank, p), own, gathered),
-                    f"    WAIT.S E{gathered}"]
+        lanes[0] = [_put(group[rank], dst.piece(rank, p), own, gathered), _wait("S", gathered)]
     em.add_phase(lanes)
 
 
 # ---- ring -------------------------------------------------------------------------------
 
 
-def _ring(em: _Emitter, kind: str, group: tuple[int, ...], rank: int, src: Region,
+def _ring(em: _Collective, kind: str, group: tuple[int, ...], rank: int, src: Region,
           core: int = 0, chunks: int = 1) -> None:
     """One ring phase on one core. Reduce-scatter step s adds piece r-1-s into the right
     neighbour (rank r ends with piece r); all-gather step s writes piece r-s there. Each
@@ -247,27 +290,26 @@ def _ring(em: _Emitter, kind: str, group: tuple[int, ...], rank: int, src: Regio
 
 
 def _ring_body(events: tuple[int, int, int, int], kind: str, group: tuple[int, ...],
-               rank: int, src: Region, chunks: int = 1) -> list[str]:
-    """The lines of `_ring` on its core, with these 4 events."""
+               rank: int, src: Region, chunks: int = 1) -> list[Instruction]:
+    """The instructions of `_ring` on its core, with these 4 events."""
     p = len(group)
     ready, arrive, gathered, rsdone = events
     left, right = group[(rank - 1) % p], group[(rank + 1) % p]
-    body = [f"    RSIG {left}, E{ready}"]
+    body = [_rsig(left, ready)]
     if kind in ("allreduce", "reducescatter"):
         for step in range(p - 1):
             piece = src.piece((rank - 1 - step) % p, p)
             for chunk in range(chunks):
                 part = piece.piece(chunk, chunks)
                 if step:
-                    waits: tuple[int | str, ...] = (arrive,)
+                    waits: tuple[int | Event, ...] = (arrive,)
                 else:
                     waits = (ready,) if chunk == 0 else ()
                 body.append(_put(right, part, part, arrive, add=True, waits=waits))
         if kind == "reducescatter":  # in the NET queue: its puts consume E(arrive) too
-            body.append(f"    WAIT.NET E{arrive}:{chunks}" if chunks > 1
-                        else f"    WAIT.NET E{arrive}")
+            body.append(_wait("NET", arrive, chunks))
         else:
-            body.append(f"    RSIG {left}, E{rsdone}")
+            body.append(_rsig(left, rsdone))
     if kind in ("allreduce", "allgather"):
         for step in range(p - 1):
             piece = src.piece((rank - step) % p, p)
@@ -280,15 +322,14 @@ def _ring_body(events: tuple[int, int, int, int], kind: str, group: tuple[int, .
                 else:
                     waits = (ready,) if chunk == 0 else ()
                 body.append(_put(right, part, part, gathered, waits=waits))
-        body.append(f"    WAIT.NET E{gathered}:{chunks}" if chunks > 1
-                    else f"    WAIT.NET E{gathered}")
+        body.append(_wait("NET", gathered, chunks))
     return body
 
 
 # ---- one shot ---------------------------------------------------------------------------
 
 
-def _oneshot(em: _Emitter, group: tuple[int, ...], rank: int, buf: Region,
+def _oneshot(em: _Collective, group: tuple[int, ...], rank: int, buf: Region,
              scratch: Region) -> None:
     """All-reduce in one shot. Core 0 copies this chip's buffer to its scratch; after the
     barrier lane k says to rank r-k that this buffer may receive adds (its own data is
@@ -296,21 +337,21 @@ def _oneshot(em: _Emitter, group: tuple[int, ...], rank: int, buf: Region,
     buffer while the adds land; the result is there when the p-1 adds have landed."""
     p = len(group)
     copied = em.events()[2]
-    em.add_phase({0: [_put(group[rank], scratch, buf, copied), f"    WAIT.S E{copied}"]})
+    em.add_phase({0: [_put(group[rank], scratch, buf, copied), _wait("S", copied)]})
     ready, arrive, _, _ = em.events()
     lanes = {}
     for k in range(1, p):
-        lanes[k] = [f"    RSIG {group[(rank - k) % p]}, E{ready}",
+        lanes[k] = [_rsig(group[(rank - k) % p], ready),
                     _put(group[(rank + k) % p], buf, scratch, arrive, add=True,
                          waits=(ready,)),
-                    f"    WAIT.S E{arrive}"]
+                    _wait("S", arrive)]
     em.add_phase(lanes)
 
 
 # ---- recursive halving-doubling -------------------------------------------------------
 
 
-def _rhd(em: _Emitter, kind: str, group: tuple[int, ...], rank: int, buf: Region,
+def _rhd(em: _Collective, kind: str, group: tuple[int, ...], rank: int, buf: Region,
          core: int = 0) -> None:
     """Recursive halving-doubling on one core (a power-of-two group of p chips, pieces in
     rank order). Readiness: this chip tells each of its log2(p) partners that its buffer
@@ -328,8 +369,8 @@ def _rhd(em: _Emitter, kind: str, group: tuple[int, ...], rank: int, buf: Region
     steps = len(distances)
     events = em.event_block(1 + 2 * steps)
     ready, halving, doubling = events[0], events[1:1 + steps], events[1 + steps:]
-    all_ready = f"{ready}:{steps}"
-    body = [f"    RSIG {group[rank ^ d]}, E{ready}" for d in distances]
+    all_ready = Event(ready, steps)
+    body = [_rsig(group[rank ^ d], ready) for d in distances]
     if kind in ("allreduce", "reducescatter"):
         for step, d in enumerate(distances):
             partner = rank ^ d
@@ -339,26 +380,26 @@ def _rhd(em: _Emitter, kind: str, group: tuple[int, ...], rank: int, buf: Region
             body.append(_put(group[partner], region, region, halving[step], add=True,
                              waits=waits))
         if kind == "reducescatter":
-            body.append(f"    WAIT.NET E{halving[-1]}")
+            body.append(_wait("NET", halving[-1]))
     if kind in ("allreduce", "allgather"):
         for step, d in enumerate(distances[::-1]):
             partner = rank ^ d
             lo = rank // d * d
             region = buf.pieces(lo, lo + d, p)
             if step:
-                waits: tuple[int | str, ...] = (doubling[step - 1],)
+                waits: tuple[int | Event, ...] = (doubling[step - 1],)
             else:
                 waits = (halving[-1],) if kind == "allreduce" else (all_ready,)
             body.append(_put(group[partner], region, region, doubling[step], waits=waits))
-        body.append(f"    WAIT.NET E{doubling[-1]}")
+        body.append(_wait("NET", doubling[-1]))
     em.add_phase({core: body})
 
 
 # ---- the driver -------------------------------------------------------------------------
 
 
-def collective_asm(spec: CollectiveSpec, chip: int) -> list[str]:
-    """The assembly lines (a kernel body, ending with BAR.CHIP) of `spec` on `chip`."""
+def emit_collective(emit: Emitter, spec: CollectiveSpec, chip: int) -> None:
+    """Append `spec`'s kernel on `chip` to `emit` (a kernel ending with BAR.CHIP)."""
     group = spec.group
     if chip not in group:
         raise UsageError(f"chip {chip} is not in the collective's group {list(group)}")
@@ -366,13 +407,13 @@ def collective_asm(spec: CollectiveSpec, chip: int) -> list[str]:
     if spec.kind == "alltoall" and (spec.src.nbytes // itemsize(spec.src.dtype)) % len(group):
         raise UsageError(f"all-to-all of {spec.src.nbytes // itemsize(spec.src.dtype)} "
                          f"elements: not a whole number of blocks for {len(group)} chips")
-    em = _Emitter(spec, chip)
+    em = _Collective(spec, chip, emit)
     if len(group) == 1:
         if spec.kind == "alltoall":
             assert spec.dst is not None
-            em.add_phase({0: [_put(chip, spec.dst, spec.src, em.events()[2]),
-                              f"    WAIT.S E{em.events()[2]}"]})
-        return em.lines
+            copied = em.events()[2]
+            em.add_phase({0: [_put(chip, spec.dst, spec.src, copied), _wait("S", copied)]})
+        return
     if spec.algorithm == "direct":
         _direct(em, spec.kind, group, rank, spec.src, spec.dst, ready=True)
     elif spec.algorithm == "oneshot":
@@ -390,7 +431,7 @@ def collective_asm(spec: CollectiveSpec, chip: int) -> list[str]:
             buffer = spec.dst
             copied = em.events()[2]
             em.add_phase({0: [_put(chip, buffer.piece(rank, len(group)), spec.src, copied),
-                              f"    WAIT.S E{copied}"]})
+                              _wait("S", copied)]})
         if spec.algorithm == "ring":
             _ring(em, spec.kind, group, rank, buffer, chunks=spec.chunks)
         else:
@@ -399,10 +440,20 @@ def collective_asm(spec: CollectiveSpec, chip: int) -> list[str]:
         _hierarchical(em, spec, rank)
     else:
         raise UsageError(f"no schedule for algorithm '{spec.algorithm}'")
-    return em.lines
 
 
-def _hierarchical(em: _Emitter, spec: CollectiveSpec, rank: int) -> None:
+def collective_program(spec: CollectiveSpec, chip: int, tensors: list[TensorDecl],
+                       machine: str | None = None) -> Program:
+    """A program of its own: the `tensors`, `spec`'s kernel on `chip`, HALT."""
+    emit = Emitter(machine)
+    for tensor in tensors:
+        emit.tensor(tensor)
+    emit_collective(emit, spec, chip)
+    emit.op("HALT")
+    return emit.program()
+
+
+def _hierarchical(em: _Collective, spec: CollectiveSpec, rank: int) -> None:
     """Direct inside the node, ring across nodes (whole nodes of consecutive chips)."""
     per_node = spec.chips_per_node
     group = spec.group
@@ -429,8 +480,8 @@ def _hierarchical(em: _Emitter, spec: CollectiveSpec, rank: int) -> None:
         raise UsageError(f"{spec.kind} across nodes has no schedule yet (all-reduce has)")
 
 
-def _pipelined(em: _Emitter, spec: CollectiveSpec, node_group: tuple[int, ...], local: int,
-               cross: tuple[int, ...], node: int) -> None:
+def _pipelined(em: _Collective, spec: CollectiveSpec, node_group: tuple[int, ...],
+               local: int, cross: tuple[int, ...], node: int) -> None:
     """A hierarchical(ring) all-reduce in `spec.pipeline` chunks, in c + 2 stages (phases):
     stage t reduce-scatters chunk t in the node (lanes k = 1 .. c-1, as `_direct`: readiness
     to rank r-k, an add into rank r+k), all-reduces chunk t-1's share over the NICs (core 0,
@@ -443,14 +494,14 @@ def _pipelined(em: _Emitter, spec: CollectiveSpec, node_group: tuple[int, ...], 
     chunks = [spec.src.piece(j, spec.pipeline) for j in range(spec.pipeline)]
     for stage in range(spec.pipeline + 2):
         ready, arrive, gathered, _ = events = em.events()
-        lanes: dict[int, list[str]] = {}
+        lanes: dict[int, list[Instruction]] = {}
         if stage < spec.pipeline:
             for k in range(1, c):
                 piece = chunks[stage].piece((local + k) % c, c)
-                lanes[k] = [f"    RSIG {node_group[(local - k) % c]}, E{ready}",
+                lanes[k] = [_rsig(node_group[(local - k) % c], ready),
                             _put(node_group[(local + k) % c], piece, piece, arrive, add=True,
                                  waits=(ready,)),
-                            f"    WAIT.S E{arrive}"]
+                            _wait("S", arrive)]
         if 1 <= stage <= spec.pipeline:
             share = chunks[stage - 1].piece(local, c)
             lanes[0] = _ring_body(events, "allreduce", cross, node, share)
@@ -458,7 +509,7 @@ def _pipelined(em: _Emitter, spec: CollectiveSpec, node_group: tuple[int, ...], 
             mine = chunks[stage - 2].piece(local, c)
             for k in range(1, c):
                 lanes[c - 1 + k] = [_put(node_group[(local + k) % c], mine, mine, gathered),
-                                    f"    WAIT.S E{gathered}"]
+                                    _wait("S", gathered)]
         em.add_phase(lanes)
 
 
@@ -472,25 +523,22 @@ def collective_programs(kind: str, nbytes: int, chips: int, machine: Machine,
                            lowered_only=True)
     size = itemsize(dtype)
     elements = max(1, nbytes // size)
-    header = [f".tensor buf, {dtype}, [{elements}], 0x0, inout"]
+    tensors = [TensorDecl("buf", dtype, (elements,), 0, "inout")]
     dst = None
     if kind == "alltoall":
         out_at = -(-elements * size // 4096) * 4096
-        header.append(f".tensor out, {dtype}, [{elements}], {out_at:#x}, out")
+        tensors.append(TensorDecl("out", dtype, (elements,), out_at, "out"))
         dst = Region("out", 0, elements * size, dtype)
     scratch = None
     if cost.algorithm == "oneshot":
         at = -(-elements * size // 4096) * 4096
-        header.append(f".tensor scratch, {dtype}, [{elements}], {at:#x}, temp")
+        tensors.append(TensorDecl("scratch", dtype, (elements,), at, "temp"))
         scratch = Region("scratch", 0, elements * size, dtype)
     spec = CollectiveSpec(kind, cost.algorithm, tuple(range(chips)),
                           Region("buf", 0, elements * size, dtype), dst,
                           machine.chips_per_node, label=kind, scratch=scratch,
                           chunks=cost.chunks, pipeline=cost.pipeline)
-    programs = []
-    for chip in range(chips):
-        lines = header + collective_asm(spec, chip) + ["    HALT"]
-        programs.append(assemble_lines(lines, f"{kind}-chip{chip}.s"))
+    programs = [collective_program(spec, chip, tensors) for chip in range(chips)]
     return programs, cost
 
 
@@ -501,17 +549,11 @@ def collective_programs(kind: str, nbytes: int, chips: int, machine: Machine,
 # kernels, whose event files never hand them out: ready, arrive, gathered, sent
 
 
-def _async_put(peer: int, dst: Region, src: Region, event: int, *, add: bool = False,
-               waits: tuple[str, ...] = (), sig: int | None = None) -> str:
-    """A `.async` DMA.PUT (a bare `.async` RSIG when the piece is empty)."""
-    return _put(peer, dst, src, event, add=add, waits=waits, sig=sig, detached=True)
-
-
-def async_allreduce_start(group: tuple[int, ...], chip: int, buf: Region, core: int,
-                          label: str) -> list[str]:
-    """The start of an all-reduce of `buf` over `group` that runs on core `core`'s NET
-    queue while the chip goes on (a direct reduce-scatter then all-gather, every transfer
-    `.async`, ordered only by events, so no barrier waits for it):
+def emit_async_allreduce_start(emit: Emitter, group: tuple[int, ...], chip: int,
+                               buf: Region, core: int, label: str) -> None:
+    """Append the start of an all-reduce of `buf` over `group` that runs on core `core`'s
+    NET queue while the chip goes on (a direct reduce-scatter then all-gather, every
+    transfer `.async`, ordered only by events, so no barrier waits for it):
 
     - `RSIG .async` "ready" to every peer: this chip's buffer holds its contribution (the
       kernels that wrote it ended with the BAR.CHIP before this region);
@@ -525,41 +567,47 @@ def async_allreduce_start(group: tuple[int, ...], chip: int, buf: Region, core: 
     runs the same code, so all of a collective's transfers use the same core index and
     its events (`ASYNC_EVENTS`); a core hosts one collective at a time (the caller ends the
     previous one first), so a later collective's signals never meet an earlier one's waits.
-    `async_allreduce_done` waits for it."""
+    `emit_async_allreduce_done` waits for it."""
     if chip not in group:
         raise UsageError(f"chip {chip} is not in the collective's group {list(group)}")
     p = len(group)
     rank = group.index(chip)
     ready, arrive, gathered, sent = ASYNC_EVENTS
-    body = [f"    RSIG {group[(rank - k) % p]}, E{ready} .async" for k in range(1, p)]
-    for k in range(1, p):
-        piece = buf.piece((rank + k) % p, p)
-        body.append(_async_put(group[(rank + k) % p], piece, piece, arrive, add=True,
-                               waits=(f"{ready}:{p - 1}",) if k == 1 else ()))
-    mine = buf.piece(rank, p)
-    for k in range(1, p):
-        body.append(_async_put(group[(rank + k) % p], mine, mine, gathered,
-                               waits=(f"{arrive}:{p - 1}",) if k == 1 else (),
-                               sig=sent if k == p - 1 else None))
-    comment = f"allreduce (async, direct on core {core}) over chips {list(group)}"
     here, lane = _region_registers()
     # a control-only region: no launch unless it is the program's first (runtime/engine.py)
-    return [f".kernel {label}", f"    GETID r{here}, core  # {comment}",
-            f"    SUB r{lane}, r{here}, {core}", f"    BNEZ r{lane}, {label}_c{core}", *body,
-            f"{label}_c{core}:"]
+    emit.kernel(label)
+    emit.op("GETID", Reg(here), Keyword("core"))
+    skip = f"{label}_c{core}"
+    _on_core(emit, here, lane, core, skip)
+    for k in range(1, p):
+        emit.append(_rsig(group[(rank - k) % p], ready, detached=True))
+    for k in range(1, p):
+        piece = buf.piece((rank + k) % p, p)
+        emit.append(_put(group[(rank + k) % p], piece, piece, arrive, add=True,
+                         waits=(Event(ready, p - 1),) if k == 1 else (), detached=True))
+    mine = buf.piece(rank, p)
+    for k in range(1, p):
+        emit.append(_put(group[(rank + k) % p], mine, mine, gathered,
+                         waits=(Event(arrive, p - 1),) if k == 1 else (),
+                         sig=sent if k == p - 1 else None, detached=True))
+    emit.label(skip)
 
 
-def async_allreduce_done(started: list[tuple[int, int]], label: str) -> list[str]:
-    """Wait for the asynchronous all-reduces `started` ((core, group size) each): on its
-    core, every peer's piece has landed and this chip's last write has landed (so its NET
-    queue is past every wait on the collective's events); then `BAR.CHIP`, after which
-    every core may read the results."""
+def emit_async_allreduce_done(emit: Emitter, started: list[tuple[int, int]],
+                              label: str) -> None:
+    """Append the wait for the asynchronous all-reduces `started` ((core, group size)
+    each): on its core, every peer's piece has landed and this chip's last write has landed
+    (so its NET queue is past every wait on the collective's events); then `BAR.CHIP`,
+    after which every core may read the results."""
     _, _, gathered, sent = ASYNC_EVENTS
     # a control-only region: no launch of its own after the kernels before it
     here, lane = _region_registers()
-    lines = [f".kernel {label}", f"    GETID r{here}, core  # wait for asynchronous all-reduces"]
+    emit.kernel(label)
+    emit.op("GETID", Reg(here), Keyword("core"))
     for core, p in started:
-        lines += [f"    SUB r{lane}, r{here}, {core}", f"    BNEZ r{lane}, {label}_c{core}",
-                  f"    WAIT.S E{gathered}:{p - 1}", f"    WAIT.S E{sent}",
-                  f"{label}_c{core}:"]
-    return lines + ["    BAR.CHIP"]
+        skip = f"{label}_c{core}"
+        _on_core(emit, here, lane, core, skip)
+        emit.append(_wait("S", gathered, p - 1))
+        emit.append(_wait("S", sent))
+        emit.label(skip)
+    emit.op("BAR.CHIP")

@@ -291,8 +291,8 @@ def test_pipelined_hierarchical_allreduce():
     overlapping the NICs' all-reduce of the one before and the all-gather of the one before
     that), simulated within 1% of the model and 10% faster than the phases one after
     another; computed right with 2, 3 and 6 chunks."""
-    from zhenwu.compiler.collective_codegen import CollectiveSpec, Region, collective_asm
-    from zhenwu.isa.asm import parse_assembly
+    from zhenwu.compiler.collective_codegen import CollectiveSpec, Region, collective_program
+    from zhenwu.isa.program import TensorDecl
 
     nbytes = 64 << 20
     programs, cost = collective_programs("allreduce", nbytes, 16, M890)
@@ -307,9 +307,8 @@ def test_pipelined_hierarchical_allreduce():
         spec = CollectiveSpec("allreduce", "hierarchical(ring)", tuple(range(16)),
                               Region("buf", 0, n * 4, "f32"), None, 8, label="ar",
                               pipeline=pipeline)
-        programs = [parse_assembly("\n".join([f".tensor buf, f32, [{n}], 0x0, inout"]
-                                             + collective_asm(spec, chip) + ["    HALT"])
-                                   + "\n", f"chip{chip}.s") for chip in range(16)]
+        tensors = [TensorDecl("buf", "f32", (n,), 0, "inout")]
+        programs = [collective_program(spec, chip, tensors) for chip in range(16)]
         rng = np.random.default_rng(pipeline)
         xs = [rng.standard_normal(n).astype(np.float32) for _ in range(16)]
         result = run_cluster(programs, M890, [{"buf": x} for x in xs])

@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from zhenwu.compiler.backend.emitter import Emitter
 from zhenwu.compiler.backend.pipeline import CompileOptions
 from zhenwu.compiler.cli import main
 from zhenwu.compiler.collective_codegen import (
     Region,
-    async_allreduce_done,
-    async_allreduce_start,
+    emit_async_allreduce_done,
+    emit_async_allreduce_start,
 )
 from zhenwu.compiler.frontend import load_program
 from zhenwu.compiler.inputs import prepare_inputs
@@ -23,6 +24,7 @@ from zhenwu.compiler.shard.overlap import ROW_CHUNK, ROW_JOIN, chunk_count, find
 from zhenwu.isa.asm import parse_assembly
 from zhenwu.isa.errors import ChipTrap
 from zhenwu.isa.machine import load_machine
+from zhenwu.isa.program import TensorDecl
 from zhenwu.runtime.cluster import run_cluster
 
 M890 = load_machine("m890")
@@ -41,18 +43,20 @@ def _hand_programs(comm: bool, compute: bool):
     64 x 64 x 64 on core 0 in a kernel of their own (ending with BAR.CHIP) in between."""
     programs = []
     for chip in range(2):
-        lines = [".tensor buf, f32, [1000], 0x0, inout"]
+        emit = Emitter()
+        emit.tensor(TensorDecl("buf", "f32", (1000,), 0, "inout"))
         if comm:
-            lines += async_allreduce_start((0, 1), chip, Region("buf", 0, 4000, "f32"), 31,
-                                           label="ar_start")
-        if compute:
-            lines += [".kernel compute", "    GETID r0, core", "    BNEZ r0, compute_skip",
-                      "    LOOP r3, 100",
-                      "    MMA.bf16.f32 ACC[0], L1[0], L1[8192], 64, 64, 64 .init",
-                      "    ENDLOOP", "compute_skip:", "    BAR.CHIP"]
+            emit_async_allreduce_start(emit, (0, 1), chip, Region("buf", 0, 4000, "f32"), 31,
+                                       label="ar_start")
+        if compute:   # hand-written: the Emitter reads text lines too
+            emit.lines.extend([".kernel compute", "    GETID r0, core",
+                               "    BNEZ r0, compute_skip", "    LOOP r3, 100",
+                               "    MMA.bf16.f32 ACC[0], L1[0], L1[8192], 64, 64, 64 .init",
+                               "    ENDLOOP", "compute_skip:", "    BAR.CHIP"])
         if comm:
-            lines += async_allreduce_done([(31, 2)], label="ar_done")
-        programs.append(parse_assembly("\n".join(lines + ["    HALT"]) + "\n", f"c{chip}.s"))
+            emit_async_allreduce_done(emit, [(31, 2)], label="ar_done")
+        emit.op("HALT")
+        programs.append(emit.program())
     return programs
 
 

@@ -15,9 +15,9 @@ small table-driven reader (the operand kinds of the instruction's `InstrDef` dec
 word is, as in the assembler) with a cache, since generated code repeats its lines; it
 falls back to the full assembler for anything it does not read, so a malformed line gets
 the assembler's diagnostic. `emit(instr)` appends an `Instruction` built elsewhere (what
-`codegen.NestContext.instruction` returns) with the given events. `assemble_lines(lines)`
-builds a whole program from generated text the same way (the collective and many-chip
-paths, which still write text).
+`codegen.NestContext.instruction` returns) with the given events. The collective kernels
+and many-chip programs (compiler/collective_codegen.py, compiler/shard/spmd.py) are built
+with `op`/`append` too: nothing in the compiler writes assembly text to read it back.
 
 Every instruction is checked against its definition (`isa.instructions.validate`) as it
 is appended, as the assembler checks what it reads.
@@ -44,7 +44,7 @@ from zhenwu.isa.program import (
     TensorDecl,
 )
 
-__all__ = ["Emitter", "assemble_lines", "fimm", "instruction", "read_instruction"]
+__all__ = ["Emitter", "fimm", "instruction", "read_instruction"]
 
 
 class Emitter:
@@ -419,7 +419,7 @@ def _as_kind(arg: _Arg, kind: str):
         raise _Unread from None
 
 
-# ---- whole programs from generated text ------------------------------------------------
+# ---- lines that are not instructions ---------------------------------------------------
 
 
 def _place_line(emit: Emitter, line: str) -> bool:
@@ -445,18 +445,3 @@ def _place_line(emit: Emitter, line: str) -> bool:
         return True
     return False
 
-
-def assemble_lines(lines, filename: str = "<compiled>") -> Program:
-    """A program from generated assembly lines, equal to `parse_assembly` of their text;
-    any line the fast path does not take sends the whole text to the assembler (its
-    diagnostic names the line)."""
-    emit = Emitter()
-    try:
-        for line in lines:
-            if not _place_line(emit, line):
-                emit(line)
-        return emit.program()
-    except (AssemblyError, ValueError):
-        from zhenwu.isa.asm import parse_assembly
-
-        return parse_assembly("\n".join(lines) + "\n", filename)

@@ -84,13 +84,13 @@ def test_event_file_reads_the_isa_limit_and_reserves_the_asynchronous_events():
 
 
 def test_collective_out_of_events_is_a_diagnostic():
-    from zhenwu.compiler.collective_codegen import CollectiveSpec, Region, collective_asm
+    from zhenwu.compiler.collective_codegen import CollectiveSpec, Region, collective_program
 
     region = Region("buf", 0, 1 << 20, "f32")
     spec = CollectiveSpec("allreduce", "hierarchical(ring)", tuple(range(16)), region,
                           chips_per_node=8, pipeline=NUM_EVENTS)   # more stages than events
     with pytest.raises(ResourceError, match="out of events") as info:
-        collective_asm(spec, 0)
+        collective_program(spec, 0, [])
     assert "fewer pipeline chunks" in info.value.format()
 
 

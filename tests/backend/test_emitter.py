@@ -141,21 +141,26 @@ def test_text_reader_falls_back_to_the_assembler(line):
 
 def test_text_reader_desc_and_whole_programs():
     """DESC with a tensor base, and whole texts with labels, comments and directives
-    (`assemble_lines`, the collective and many-chip paths) as `parse_assembly` reads them."""
-    from zhenwu.compiler.backend.emitter import assemble_lines
+    appended to `Emitter.lines`, as `parse_assembly` reads them."""
+    from zhenwu.compiler.backend.emitter import Emitter
     from zhenwu.isa.asm import parse_assembly
+
+    def read(text: str):
+        emit = Emitter()
+        emit.lines.extend(text.splitlines())
+        return emit.program()
 
     text = (".machine m890\n.tensor x, f32, [64, 16], 0x0, in\n"
             "    DESC d0, x+64, f32, [64, 16], [16, 1], [8, 16]\n"
-            "top:  # a comment\n    GETID r0, core\n.kernel k\n    BNEZ r0, top\n    HALT\n")
-    assert assemble_lines(text.splitlines()) == parse_assembly(text)
+            "# a comment\ntop:\n    GETID r0, core\n.kernel k\n    BNEZ r0, top\n    HALT\n")
+    assert read(text) == parse_assembly(text)
     for path in sorted((ROOT / "samples/asm").glob("*.s")):
         text = path.read_text()
-        assert assemble_lines(text.splitlines()) == parse_assembly(text), path.name
+        assert read(text) == parse_assembly(text), path.name
 
 
 def test_text_path_gives_the_assemblers_diagnostics():
-    from zhenwu.compiler.backend.emitter import Emitter, assemble_lines, read_instruction
+    from zhenwu.compiler.backend.emitter import Emitter, read_instruction
     from zhenwu.isa.errors import AssemblyError
 
     with pytest.raises(AssemblyError, match="takes 3 operands"):
@@ -164,8 +169,10 @@ def test_text_path_gives_the_assemblers_diagnostics():
         Emitter()("FOO r1")
     with pytest.raises(AssemblyError, match="out of range"):
         read_instruction("ADD r40, r1, 1")
-    with pytest.raises(AssemblyError, match="prog.s:2:"):
-        assemble_lines(["    GETID r0, core", "    BNEZ r0, nowhere", "    HALT"], "prog.s")
+    emit = Emitter()
+    emit.lines.extend(["    GETID r0, core", "    BNEZ r0, nowhere", "    HALT"])
+    with pytest.raises(AssemblyError, match="unknown label 'nowhere'"):
+        emit.program()
 
 
 def test_typed_ops_refuse_malformed_instructions():
