@@ -1,0 +1,222 @@
+"""Software pipelining of a nest's loops: multi-buffering, prefetch and the hand-offs that let
+the DMA, the matrix engine (MX) and the vector engine (VX) work on different iterations at
+once (docs/internals.md section 5, "Pipelining").
+
+A loop over Kernel IR statements loads tiles, computes on them and stores. Its schedule is
+said with three things, and this module places every copy offset, wait and signal from
+them, so that no emitter writes an event by hand:
+
+- a `Ring` is a group of buffers that the loop turns through `copies` copies, `stride`
+  bytes apart (multi-buffering). `select` computes the byte offset of an iteration's copy
+  (copy = (iteration + shift) mod copies), `turn` that of the next one. A ring of loaded
+  buffers has a `full` event (each load signals it; a reader waits for all of a step's
+  loads) and a `free` event holding one credit per copy (`Pipeline.start` gives them,
+  a step's first load takes one, the step's last reader returns it, `Pipeline.drain`
+  takes them all back). A ring whose copies only compute writes (flash attention's scores
+  and probabilities) needs neither: the hand-offs order it.
+- a `Stage` is the instructions of one engine that run as a unit (a step's MMAs, a softmax
+  on VX, a tile's epilogue). `Stage.consume(ring, loads)` makes its first instruction wait
+  for a step's loads, `Stage.release(ring)` makes its last return the copy's credit,
+  `Stage.acquire(ring)` makes its first take a credit (the first writer of an output copy).
+- a `Handoff` is an event from one stage to another: `handoff(producer, consumer, at=...)`
+  makes the producer's last instruction signal it and the consumer's instruction `at` (its
+  first by default) wait for it. A stage whose instructions change engine gets a hand-off
+  at every switch (`Stage.switches`).
+
+`issue_loads` emits a step's loads into a ring's copy (the first takes a credit, each
+signals `full`); prefetch is issuing iteration i + 1's loads into copy i + 1 before
+iteration i's compute (`prefetch`), so their latency hides behind that compute: how far a
+loop prefetches and how late its last reader runs decide how many copies the ring needs,
+`copies_needed(lead, lag)` (flash attention: loads one step ahead, the last reader, P @ V,
+one step behind: three copies of K and V).
+
+The generic nest protocol (compiler/backend/codegen.py: the reduction-step loop, the tile
+loop's next-tile prefetch, the output and epilogue credits) and flash attention's key loop
+(compiler/backend/flash_codegen.py) are both scheduled with these pieces.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from zhenwu.compiler.backend.emitter import Emitter
+from zhenwu.isa.program import Event, Instruction, Reg
+
+EventCount = tuple[int, int]   # (event number, count)
+
+
+def copies_needed(lead: int, lag: int) -> int:
+    """The copies a ring needs when its loads are issued `lead` iterations ahead of the
+    iteration that first reads them and its last reader runs `lag` iterations behind: every
+    iteration from the newest load to the oldest reader holds a copy."""
+    return lead + lag + 1
+
+
+@dataclass(frozen=True)
+class Ring:
+    """Buffers that a loop turns through `copies` copies `stride` bytes apart (module
+    docstring). `credits`: the credits on `free` (default: one per copy)."""
+
+    copies: int
+    stride: int
+    full: int | None = None      # each load into the ring signals it
+    free: int | None = None      # credits for the copies free to fill
+    credits: int | None = None
+
+    @property
+    def credit_count(self) -> int:
+        return self.copies if self.credits is None else self.credits
+
+    def select(self, emit: Emitter, off: int, index: int, shift: int = 0,
+               modulo: bool = False) -> None:
+        """Register `off` = ((register `index` + shift) mod copies) * stride: the byte offset
+        of that iteration's copy. Two copies take the low bit, unless `modulo`."""
+        source = index
+        if shift:
+            if shift > 0:
+                emit.op("ADD", Reg(off), Reg(index), shift)
+            else:
+                emit.op("SUB", Reg(off), Reg(index), -shift)
+            source = off
+        if self.copies == 2 and not modulo:
+            emit.op("AND", Reg(off), Reg(source), 1)
+        else:
+            emit.op("REM", Reg(off), Reg(source), self.copies)
+        emit.op("MUL", Reg(off), Reg(off), self.stride)
+
+    def turn(self, emit: Emitter, off: int, count: int, modulo: bool = False) -> None:
+        """`off` = the copy of iteration `count` (a register), then count += 1."""
+        self.select(emit, off, count, modulo=modulo)
+        emit.op("ADD", Reg(count), Reg(count), 1)
+
+    def acquire(self) -> EventCount:
+        """What a copy's first writer waits for: a credit."""
+        return (self.free, 1)
+
+    def landed(self) -> EventCount:
+        """What each load into the ring signals."""
+        return (self.full, 1)
+
+    def ready(self, loads: int) -> EventCount:
+        """What a reader of a step's `loads` loads waits for."""
+        return (self.full, loads)
+
+    def release(self) -> EventCount:
+        """What a copy's last reader returns: its credit."""
+        return (self.free, 1)
+
+
+def issue_loads(ring: Ring, loads: list, emit_load: Callable[..., None],
+                credit: bool = True) -> None:
+    """A step's loads into the ring's current copy: the first takes a credit (`credit`),
+    each signals `full`. `emit_load(load, waits, sigs)` emits one."""
+    for index, load in enumerate(loads):
+        emit_load(load, [ring.acquire()] if credit and index == 0 else [], [ring.landed()])
+
+
+def prefetch(emit: Emitter, ring: Ring, off: int, index: int, loads: list,
+             emit_load: Callable[..., None], shift: int = 1,
+             advance: Callable[[], None] | None = None,
+             restore: Callable[[], None] | None = None, modulo: bool = False) -> None:
+    """The loads of iteration `index + shift` (register `index`), into that iteration's
+    copy, issued before this iteration's compute: `advance` moves the loop's coordinates to
+    that iteration (and `restore` back), the copy's offset goes to register `off`."""
+    if advance is not None:
+        advance()
+    ring.select(emit, off, index, shift, modulo=modulo)
+    issue_loads(ring, loads, emit_load)
+    if restore is not None:
+        restore()
+
+
+@dataclass
+class Stage:
+    """Instructions of one loop body that run in order (module docstring), with the waits
+    and signals placed on them. `engines[i]`: the engine of instruction i ("MX", "VX", ...:
+    a wait past the two an instruction carries becomes a `WAIT.<engine>` before it)."""
+
+    engines: list[str]
+    waits: list[list[EventCount]] = field(default_factory=list)
+    sigs: list[list[EventCount]] = field(default_factory=list)
+
+    def __post_init__(self):
+        self.waits = self.waits or [[] for _ in self.engines]
+        self.sigs = self.sigs or [[] for _ in self.engines]
+
+    def _index(self, at: int) -> int:
+        return at % len(self.engines)
+
+    def wait(self, event: EventCount, at: int = 0) -> Stage:
+        """Instruction `at` (the first by default; -1 the last) waits for `event`."""
+        self.waits[self._index(at)].append(event)
+        return self
+
+    def signal(self, event: EventCount, at: int = -1) -> Stage:
+        """Instruction `at` (the last by default) signals `event`."""
+        self.sigs[self._index(at)].append(event)
+        return self
+
+    def consume(self, ring: Ring, loads: int, at: int = 0) -> Stage:
+        """The stage reads the `loads` loads of a step into `ring`: it waits for them."""
+        return self.wait(ring.ready(loads), at)
+
+    def acquire(self, ring: Ring, at: int = 0) -> Stage:
+        """The stage is the first to write a copy of `ring`: it takes a credit."""
+        return self.wait(ring.acquire(), at)
+
+    def release(self, ring: Ring, at: int = -1) -> Stage:
+        """The stage is the last to read a copy of `ring`: it returns the credit."""
+        return self.signal(ring.release(), at)
+
+    def switches(self, mx_to_vx: int, vx_to_mx: int) -> Stage:
+        """A hand-off at every change of engine between consecutive instructions."""
+        for index in range(1, len(self.engines)):
+            before, after = self.engines[index - 1], self.engines[index]
+            if before != after:
+                event = mx_to_vx if before == "MX" else vx_to_mx
+                self.sigs[index - 1].append((event, 1))
+                self.waits[index].append((event, 1))
+        return self
+
+    def emit(self, emit: Emitter, instructions: list[Instruction]) -> None:
+        """The stage's instructions with their events; waits past the two an instruction
+        carries become WAITs of its engine before it."""
+        for engine, instr, waits, sigs in zip(self.engines, instructions, self.waits,
+                                              self.sigs):
+            for event, count in waits[:-2]:
+                emit.op(f"WAIT.{engine}", Event(event, count))
+            emit(instr, waits=waits[-2:], sigs=sigs)
+
+
+def handoff(event: int, producer: Stage, consumer: Stage, at: int = 0,
+            count: int = 1) -> None:
+    """`producer`'s last instruction signals `event`, `consumer`'s instruction `at` waits
+    for `count` of them."""
+    producer.signal((event, 1))
+    consumer.wait((event, count), at)
+
+
+@dataclass
+class Pipeline:
+    """The rings of one nest: `start` gives every ring's credits (in order), `drain` lets
+    every engine finish (`BAR.CORE`) and takes them back, so every event is 0 again."""
+
+    rings: list[Ring]
+
+    def start(self, emit: Emitter) -> None:
+        for ring in self.rings:
+            if ring.free is not None:
+                emit.op("SIG.S", Event(ring.free, ring.credit_count))
+
+    def drain(self, emit: Emitter) -> None:
+        # drain first: a WAIT.S on the credits before the engines are done would take the
+        # initial credits the engines still need (a deadlock)
+        emit.op("BAR.CORE")
+        for ring in self.rings:
+            if ring.free is not None:
+                emit.op("WAIT.S", Event(ring.free, ring.credit_count))
+
+
+__all__ = ["Pipeline", "Ring", "Stage", "copies_needed", "handoff", "issue_loads",
+           "prefetch"]
