@@ -90,6 +90,11 @@ class Ring:
         self.select(emit, off, count, modulo=modulo)
         emit.op("ADD", Reg(count), Reg(count), 1)
 
+    def other(self, emit: Emitter, off: int, current: int, stride: int) -> None:
+        """Of a two-copy ring: register `off` = the copy that register `current` is not
+        (register `stride` holds the stride)."""
+        emit.op("SUB", Reg(off), Reg(stride), Reg(current))
+
     def acquire(self) -> EventCount:
         """What a copy's first writer waits for: a credit."""
         return (self.free, 1)
@@ -179,14 +184,20 @@ class Stage:
                 self.waits[index].append((event, 1))
         return self
 
-    def emit(self, emit: Emitter, instructions: list[Instruction]) -> None:
+    def emit(self, emit: Emitter, instructions: list[Instruction],
+             conditional: set[int] = frozenset()) -> None:
         """The stage's instructions with their events; waits past the two an instruction
-        carries become WAITs of its engine before it."""
-        for engine, instr, waits, sigs in zip(self.engines, instructions, self.waits,
-                                              self.sigs):
-            for event, count in waits[:-2]:
+        carries become WAITs of its engine before it. An instruction whose index is in
+        `conditional` (predicated: it may not run) carries no event: its waits become
+        WAITs before it, and a signal on it is refused."""
+        for index, (engine, instr, waits, sigs) in enumerate(
+                zip(self.engines, instructions, self.waits, self.sigs)):
+            if index in conditional and sigs:
+                raise ValueError(f"a predicated instruction cannot signal: {instr}")
+            carried = 0 if index in conditional else min(2, len(waits))
+            for event, count in waits[:len(waits) - carried]:
                 emit.op(f"WAIT.{engine}", Event(event, count))
-            emit(instr, waits=waits[-2:], sigs=sigs)
+            emit(instr, waits=waits[len(waits) - carried:], sigs=sigs)
 
 
 def handoff(event: int, producer: Stage, consumer: Stage, at: int = 0,
