@@ -59,7 +59,13 @@ from zhenwu.compiler.backend.kernel_ir import (
     Vec,
     View,
 )
-from zhenwu.compiler.backend.pipelining import Pipeline, Ring, Stage, issue_loads
+from zhenwu.compiler.backend.pipelining import (
+    Pipeline,
+    Ring,
+    Stage,
+    issue_loads,
+    peeled_loop,
+)
 from zhenwu.compiler.graph.dtypes import itemsize
 from zhenwu.isa.program import (
     NUM_DESCS,
@@ -831,32 +837,22 @@ def _emit_protocol_nest(state: CodegenState, nest: Nest, core_offset: int = 0) -
         Stage([_engine(s) for s in init_compute]).acquire(rings.out).emit(
             emit, [_compute(ctx, stmt, True) for stmt in init_compute])
     out_in_step = not init_compute
-    steps = nest.reduction_steps
-    for axis in red_axes:
-        emit.op("LI", Reg(regs.coord(axis)), 0)
     has_epi = bool(epilogue)
-    _emit_step(emit, ctx, True, steps == 1, out_in_step, has_epi, len(init_loads),
-               preloaded=bool(prefetch), staged=staged)
-    if causal:  # steps 1 .. n-2 in a loop of this tile's length, then step n-1 (n >= 2)
-        emit.op("LOOP", Reg(regs.step_loop), Reg(regs.middle))
-        emit.op("ADD", Reg(regs.step), Reg(regs.step_loop), 1)
+
+    def reduction_step(first: bool, last: bool) -> None:
+        if first:
+            for axis in red_axes:
+                emit.op("LI", Reg(regs.coord(axis)), 0)
+            _emit_step(emit, ctx, True, last, out_in_step, has_epi, len(init_loads),
+                       preloaded=bool(prefetch), staged=staged)
+            return
         emit_tile_coordinates(emit, regs, regs.step, red_axes, nest)
-        _emit_step(emit, ctx, False, False, out_in_step)
-        emit.op("ENDLOOP")
-        emit.op("SUB", Reg(regs.step), Reg(regs.steps), 1)
-        emit_tile_coordinates(emit, regs, regs.step, red_axes, nest)
-        _emit_step(emit, ctx, False, True, out_in_step, has_epi)
-        steps = 0
-    if steps > 2:
-        emit.op("LOOP", Reg(regs.step_loop), steps - 2)
-        emit.op("ADD", Reg(regs.step), Reg(regs.step_loop), 1)
-        emit_tile_coordinates(emit, regs, regs.step, red_axes, nest)
-        _emit_step(emit, ctx, False, False, out_in_step)
-        emit.op("ENDLOOP")
-    if steps > 1:
-        emit.op("LI", Reg(regs.step), steps - 1)
-        emit_tile_coordinates(emit, regs, regs.step, red_axes, nest)
-        _emit_step(emit, ctx, False, True, out_in_step, has_epi)
+        _emit_step(emit, ctx, False, last, out_in_step, has_epi and last)
+
+    # a causal tile's steps are known at run time (n >= 2)
+    peeled_loop(emit, reduction_step, regs.step_loop, regs.step,
+                steps=None if causal else nest.reduction_steps,
+                registers=(regs.steps, regs.middle) if causal else None)
     if epilogue:
         _emit_epilogue(emit, ctx, epilogue, len(final_loads), bool(init_loads))
     stores = [s for s in nest.final if isinstance(s, Store)]

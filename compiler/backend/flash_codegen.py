@@ -57,6 +57,7 @@ from zhenwu.compiler.backend.pipelining import (
     copies_needed,
     handoff,
     issue_loads,
+    peeled_loop,
     prefetch,
 )
 from zhenwu.isa.program import LabelRef, Predicate, Reg
@@ -345,13 +346,6 @@ def emit_flash_nest(state: CodegenState, nest: Nest) -> None:
         stage.emit(emit, instrs, conditional={index for index, stmt in enumerate(stmts)
                                               if id(stmt) in predicated})
 
-    def key_loop_step(chain: list) -> None:
-        """Step t of 1 .. n-1: S(t), then P(t-1) @ V(t-1) on MX; the softmax of t on VX."""
-        scores, accumulate, softmax = key_step(chain, False)
-        mx_scores(scores)
-        mx_accumulate(accumulate, first=None)
-        vx_chain(softmax, chain)
-
     # credits: the K/V copies; the output tiles (and Q) free for the first tiles
     rings.pipeline.start(emit)
     emit_tiles_of_core(emit, regs, nest.parallel_tiles)
@@ -389,54 +383,56 @@ def emit_flash_nest(state: CodegenState, nest: Nest) -> None:
         else:
             emit.op("MUL", Reg(k_reg), Reg(value_reg), nest.tile[k_axis])
 
-    # step 0 (its K/V, and those of step 1)
-    step_coord(None, 0)
-    emit.op("LI", Reg(regs.step), 0)
-    parity_regs(regs.step)
-    loads(fr.kv_cur)
-    if not single:
-        prefetch_next()
-    first_chain = ([st for st in masked if not rescales_o(st)] if single else first_chain)
-    scores, _, softmax = key_step(first_chain, True)
-    mx_scores(scores)
-    if across_tiles:
-        label = f"flash_first_tile_{len(emit.lines)}"
-        emit.op("BEQZ", Reg(regs.tile_loop), LabelRef(label))
-        previous_tile_output(regs.tile_loop)
-        emit.label(label)
-    init_running()
-    if single:
-        vx_chain(softmax, first_chain)
-    else:
+    first_chain = [st for st in masked if not rescales_o(st)] if single else first_chain
+    first_predicated = first_predicated if not single else set()
+
+    def key_iteration(first: bool, last: bool) -> None:
+        """Key step t of the tile: the first loads its own K/V, every one but the last
+        prefetches step t + 1's; S(t) on MX, then P(t-1) @ V(t-1) (on the first step: the
+        previous tile's last), and the softmax of t on VX: the first's skips the key-bound
+        mask, the middle ones' every mask, the last's none."""
+        if first:
+            step_coord(None, 0)
+            emit.op("LI", Reg(regs.step), 0)
+        else:
+            step_coord(regs.step)
+        parity_regs(regs.step)
+        if first:
+            loads(fr.kv_cur)
+        if not last:
+            prefetch_next()
+        chain = first_chain if first else masked if last else plain
+        scores, accumulate, softmax = key_step(chain, first)
+        mx_scores(scores)
+        if not first:
+            mx_accumulate(accumulate, first=None)
+            vx_chain(softmax, chain)
+            return
+        if across_tiles:
+            label = f"flash_first_tile_{len(emit.lines)}"
+            emit.op("BEQZ", Reg(regs.tile_loop), LabelRef(label))
+            previous_tile_output(regs.tile_loop)
+            emit.label(label)
+        init_running()
         if first_predicated:
             if grid[q_axis] > 1:
                 emit.op("SLT", Reg(fr.diag), Reg(regs.coord(q_axis)), nest.tile[k_axis])
             else:
                 emit.op("LI", Reg(fr.diag), 1)
-        vx_chain(softmax, first_chain, first_predicated)
-    if deferred:
-        # the previous tile's O / l and store, on VX after this tile's first softmax (which
-        # its last P @ V overlaps), with that tile's coordinates swapped in
-        label = f"flash_first_epilogue_{len(emit.lines)}"
-        emit.op("BEQZ", Reg(regs.tile_loop), LabelRef(label))
-        swap_coords()
-        tile_output(fr.o_last)
-        swap_coords()
-        emit.label(label)
-    if not single:
-        # steps 1 .. n-2 unmasked (S(t), then O(t-1) on MX; the softmax of t on VX)
-        emit.op("LOOP", Reg(regs.step_loop), Reg(regs.middle))
-        emit.op("ADD", Reg(regs.step), Reg(regs.step_loop), 1)
-        step_coord(regs.step)
-        parity_regs(regs.step)
-        prefetch_next()
-        key_loop_step(plain)
-        emit.op("ENDLOOP")
-        # step n-1, masked (its K/V are loaded)
-        emit.op("SUB", Reg(regs.step), Reg(regs.steps), 1)
-        step_coord(regs.step)
-        parity_regs(regs.step)
-        key_loop_step(masked)
+        vx_chain(softmax, chain, first_predicated)
+        if deferred:
+            # the previous tile's O / l and store, on VX after this tile's first softmax
+            # (which its last P @ V overlaps), with that tile's coordinates swapped in
+            label = f"flash_first_epilogue_{len(emit.lines)}"
+            emit.op("BEQZ", Reg(regs.tile_loop), LabelRef(label))
+            swap_coords()
+            tile_output(fr.o_last)
+            swap_coords()
+            emit.label(label)
+
+    # the key steps of a tile (a causal tile's count is known at run time)
+    peeled_loop(emit, key_iteration, regs.step_loop, regs.step, steps=1 if single else None,
+                registers=None if single else (regs.steps, regs.middle))
     # the last step's P @ V: in the next tile's iteration (or after the loop) or at the
     # tile's end, and the epilogue waits for it
     emit.op("ADD", Reg(fr.kv_base), Reg(fr.kv_base), 1 if single else Reg(regs.steps))

@@ -23,7 +23,9 @@ them, so that no emitter writes an event by hand:
   first by default) wait for it. A stage whose instructions change engine gets a hand-off
   at every switch (`Stage.switches`).
 
-`issue_loads` emits a step's loads into a ring's copy (the first takes a credit, each
+`peeled_loop` emits the loop itself: its first and last iterations peeled off around a
+`LOOP` of the middle ones (a count known when compiling, or at run time: a causal tile's key
+steps). `issue_loads` emits a step's loads into a ring's copy (the first takes a credit, each
 signals `full`); prefetch is issuing iteration i + 1's loads into copy i + 1 before
 iteration i's compute (`prefetch`), so their latency hides behind that compute: how far a
 loop prefetches and how late its last reader runs decide how many copies the ring needs,
@@ -135,6 +137,34 @@ def prefetch(emit: Emitter, ring: Ring, off: int, index: int, loads: list,
         restore()
 
 
+def peeled_loop(emit: Emitter, body: Callable[[bool, bool], None], counter: int, index: int,
+                steps: int | None = None, registers: tuple[int, int] | None = None) -> None:
+    """Iterations 0 .. n-1 of a pipelined loop with the first and the last peeled off (the
+    first issues the prologue's loads, the last prefetches nothing and may be masked):
+    `body(first, last)` emits one iteration, with register `index` holding its number in
+    the middle ones and the last (the first sets its own). `steps`: n, known when compiling;
+    or `registers` (n, n - 2) holding a count known at run time, at least 2. `counter`: the
+    middle loop's counter register."""
+    body(True, steps == 1)
+    if registers is not None:
+        count, middle = registers
+        emit.op("LOOP", Reg(counter), Reg(middle))
+        emit.op("ADD", Reg(index), Reg(counter), 1)
+        body(False, False)
+        emit.op("ENDLOOP")
+        emit.op("SUB", Reg(index), Reg(count), 1)
+        body(False, True)
+        return
+    if steps > 2:
+        emit.op("LOOP", Reg(counter), steps - 2)
+        emit.op("ADD", Reg(index), Reg(counter), 1)
+        body(False, False)
+        emit.op("ENDLOOP")
+    if steps > 1:
+        emit.op("LI", Reg(index), steps - 1)
+        body(False, True)
+
+
 @dataclass
 class Stage:
     """Instructions of one loop body that run in order (module docstring), with the waits
@@ -230,4 +260,4 @@ class Pipeline:
 
 
 __all__ = ["Pipeline", "Ring", "Stage", "copies_needed", "handoff", "issue_loads",
-           "prefetch"]
+           "peeled_loop", "prefetch"]
