@@ -72,7 +72,6 @@ from zhenwu.isa.program import (
     Addr,
     DescRef,
     DReg,
-    Event,
     Instruction,
     IntList,
     Keyword,
@@ -791,20 +790,26 @@ def _emit_protocol_nest(state: CodegenState, nest: Nest, core_offset: int = 0) -
             emit.op("REM", Reg(regs.coord(axis)), Reg(regs.core), nest.grid[axis])
             if nest.tile[axis] > 1:
                 emit.op("MUL", Reg(regs.coord(axis)), Reg(regs.coord(axis)), nest.tile[axis])
-    for index, load in enumerate(setup_loads):
-        _emit_load(emit, ctx, load, [], [(ev.setup, 1)])
-    # compute reading a setup load waits for the loads first (one engine: the first waits)
+    # the setup's values stay resident (one copy, no credit); every load and compute
+    # signals `setup`, and compute reading a setup load waits for the loads first
+    resident = Ring(1, 0, full=ev.setup)
+    issue_loads(resident, setup_loads, lambda load, waits, sigs:
+                _emit_load(emit, ctx, load, waits, sigs), credit=False)
     loaded = {s.dst for s in setup_loads}
     after_loads = any(name in loaded for stmt in setup_compute for name in _reads(stmt))
-    for index, stmt in enumerate(setup_compute):
-        waits = [(ev.setup, len(setup_loads))] if index == 0 and after_loads else []
-        emit(_compute(ctx, stmt, True), waits=waits, sigs=[(ev.setup, 1)])
+    if setup_compute:
+        stage = Stage([_engine(s) for s in setup_compute])
+        if after_loads:
+            stage.consume(resident, len(setup_loads))
+        for index in range(len(setup_compute)):
+            stage.signal(resident.landed(), at=index)
+        stage.emit(emit, [_compute(ctx, stmt, True) for stmt in setup_compute])
     if setup_loads or setup_compute:
         # only MMAs read them (resident weights): the matrix engine waits, and the scalar
         # goes on issuing the first tile's loads meanwhile
         engine = "MX" if _read_only_by_mma(nest, setup_buffers) else "S"
         pending = len(setup_compute) + (0 if after_loads else len(setup_loads))
-        emit.op(f"WAIT.{engine}", Event(ev.setup, pending))
+        resident.wait_full(emit, engine, pending)
     staged = _staged(nest)
     ctx.rings = rings = _nest_rings(nest, ev, ld_buffers, out_stride, out_credits,
                                     bool(tile_loads), staged)

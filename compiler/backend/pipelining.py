@@ -97,6 +97,11 @@ class Ring:
         (register `stride` holds the stride)."""
         emit.op("SUB", Reg(off), Reg(stride), Reg(current))
 
+    def wait_full(self, emit: Emitter, engine: str, count: int) -> None:
+        """Engine `engine` waits for `count` signals of `full` before what follows (values
+        filled once, before a loop, for the readers on that engine)."""
+        emit.op(f"WAIT.{engine}", Event(self.full, count))
+
     def acquire(self) -> EventCount:
         """What a copy's first writer waits for: a credit."""
         return (self.free, 1)
