@@ -19,7 +19,7 @@ places the copies, credits and events. Its schedule (`FlashSchedule`):
 - stages: the scores S(t) on MX consume the step's two K/V loads (and, on a tile's first
   step, Q); the softmax on VX; P @ V on MX releases the K/V copy; the epilogue on VX and
   the stores;
-- hand-offs (`FlashHandoffs`): scores -> softmax (`s_ready`), softmax -> P @ V
+- hand-offs: scores -> softmax (`s_ready`), softmax -> P @ V
   (`vx_done`), P @ V -> the next softmax's O rescale (`o_acc`), the tile's last P @ V ->
   the epilogue (`o_done`).
 
@@ -35,7 +35,7 @@ other visited key tile lies wholly below it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from functools import partial
 
 from zhenwu.compiler.backend.codegen import (
@@ -68,43 +68,29 @@ KV_LEAD, KV_LAG = 1, 1
 
 
 @dataclass(frozen=True)
-class FlashHandoffs:
-    """The hand-offs between the stages of a flash nest (module docstring)."""
+class FlashSchedule:
+    """The rings and hand-offs of a flash nest (module docstring)."""
 
+    kv: Ring          # K and V (three copies)
+    sp: Ring          # S and P (two copies by step parity)
+    q: Ring           # Q and O (one or two copies by tile parity)
+    o: Ring
     s_ready: int      # S(t) -> the softmax of t
     vx_done: int      # the softmax of t (P(t), O rescaled) -> P(t) @ V(t)
     o_acc: int        # P(t-1) @ V(t-1) -> the O rescale of step t
     o_done: int       # the tile's last P @ V -> its epilogue
 
     @classmethod
-    def take(cls, events) -> FlashHandoffs:
-        return cls(*(events.take(f"flash {f.name}") for f in fields(cls)))
-
-
-@dataclass(frozen=True)
-class FlashSchedule:
-    """The rings of a flash nest (module docstring): K/V, S/P, Q and O."""
-
-    kv: Ring
-    sp: Ring
-    q: Ring
-    o: Ring
-
-    @classmethod
     def of(cls, nest: Nest, events) -> FlashSchedule:
-        """The rings of `nest`, their events taken from `events`."""
+        """The schedule of `nest`, its events taken from `events`."""
         kv_copies = copies_needed(KV_LEAD, KV_LAG)
         if nest.buffer("kt").copies != kv_copies or nest.buffer("vt").copies != kv_copies:
             raise ValueError(f"a flash nest's K and V need {kv_copies} copies")
-        q, o = nest.buffer("q"), nest.buffer("o")
-
-        def loaded(name: str, buf) -> Ring:
-            full, free = (events.take(f"flash {name} {what}") for what in ("full", "free"))
-            return Ring(buf.copies, buf.stride, full, free)
-
-        return cls(loaded("K/V", nest.buffer("kt")),
-                   Ring(2, nest.buffer("p").stride),
-                   loaded("Q", q), loaded("O", o))
+        kv, q, o = (Ring.loaded(nest.buffer(name), events, f"flash {name}")
+                    for name in ("kt", "q", "o"))
+        handoffs = (events.take(f"flash {name}")
+                    for name in ("s_ready", "vx_done", "o_acc", "o_done"))
+        return cls(kv, Ring(2, nest.buffer("p").stride), q, o, *handoffs)
 
     @property
     def pipeline(self) -> Pipeline:
@@ -134,8 +120,7 @@ def emit_flash_nest(state: CodegenState, nest: Nest) -> None:
     """The code of a flash nest (see the module docstring); inside the nest's register and
     event scope (`codegen.emit_nest`)."""
     emit, registers = state.emit, state.registers
-    rings = FlashSchedule.of(nest, state.events)
-    hand = FlashHandoffs.take(state.events)
+    rings = hand = FlashSchedule.of(nest, state.events)
     regs = NestRegisters.take(registers, state.program, nest, steps=True, protocol=False)
     descs = emit_descriptors(emit, nest)
     parity = {b.name for b in nest.buffers if b.copies in (2, 3)}
@@ -458,4 +443,4 @@ def emit_flash_nest(state: CodegenState, nest: Nest) -> None:
     rings.pipeline.drain(emit)
 
 
-__all__ = ["FlashHandoffs", "FlashRegisters", "FlashSchedule", "emit_flash_nest"]
+__all__ = ["FlashRegisters", "FlashSchedule", "emit_flash_nest"]

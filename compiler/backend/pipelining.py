@@ -66,6 +66,13 @@ class Ring:
     free: int | None = None      # credits for the copies free to fill
     credits: int | None = None
 
+    @classmethod
+    def loaded(cls, buffer, events, purpose: str) -> Ring:
+        """The ring of a Kernel IR buffer that loads fill (its copies and stride), with its
+        `full` and `free` events taken from `events` (an `EventFile`)."""
+        full, free = (events.take(f"{purpose} {what}") for what in ("full", "free"))
+        return cls(buffer.copies, buffer.stride, full, free)
+
     @property
     def credit_count(self) -> int:
         return self.copies if self.credits is None else self.credits
