@@ -862,7 +862,7 @@ def _emit_protocol_nest(state: CodegenState, nest: Nest, core_offset: int = 0) -
         _emit_epilogue(emit, ctx, epilogue, len(final_loads), bool(init_loads))
     stores = [s for s in nest.final if isinstance(s, Store)]
     if stores:  # the first waits for the tile's output, the last returns its copy
-        Stage(["DMA"] * len(stores)).consume(rings.out, 1).release(rings.out).emit(
+        Stage(["ST"] * len(stores)).consume(rings.out, 1).release(rings.out).emit(
             emit, [_store(ctx, store) for store in stores])
     emit.op("ENDLOOP")
     rings.pipeline.drain(emit)

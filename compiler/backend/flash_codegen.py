@@ -238,7 +238,7 @@ def emit_flash_nest(state: CodegenState, nest: Nest) -> None:
         accumulate = Stage(["MX"]).wait((hand.vx_done, 1)).release(rings.kv)
         finish = Stage(["VX"] * len(epilogue)).signal(rings.o.landed())
         handoff(hand.o_done, accumulate, finish)
-        store = Stage(["DMA"] * len(stores)).consume(rings.o, 1)
+        store = Stage(["ST"] * len(stores)).consume(rings.o, 1)
         store.release(rings.q).release(rings.o)
         return accumulate, finish, store
 

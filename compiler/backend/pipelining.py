@@ -4,7 +4,8 @@ once (docs/internals.md section 5, "Pipelining").
 
 A loop over Kernel IR statements loads tiles, computes on them and stores. Its schedule is
 said with three things, and this module places every copy offset, wait and signal from
-them, so that no emitter writes an event by hand:
+them, so that no emitter writes an event by hand (`Pipeline` gives and takes back the
+rings' credits around the whole nest):
 
 - a `Ring` is a group of buffers that the loop turns through `copies` copies, `stride`
   bytes apart (multi-buffering). `select` computes the byte offset of an iteration's copy
@@ -18,10 +19,11 @@ them, so that no emitter writes an event by hand:
   on VX, a tile's epilogue). `Stage.consume(ring, loads)` makes its first instruction wait
   for a step's loads, `Stage.release(ring)` makes its last return the copy's credit,
   `Stage.acquire(ring)` makes its first take a credit (the first writer of an output copy).
-- a `Handoff` is an event from one stage to another: `handoff(producer, consumer, at=...)`
-  makes the producer's last instruction signal it and the consumer's instruction `at` (its
-  first by default) wait for it. A stage whose instructions change engine gets a hand-off
-  at every switch (`Stage.switches`).
+- a hand-off is an event from one stage to another: `handoff(event, producer, consumer,
+  at=...)` makes the producer's last instruction signal it and the consumer's instruction
+  `at` (its first by default) wait for it; producer and consumer may be of different
+  iterations (counting events pair the n-th signal with the n-th wait). A stage whose
+  instructions change engine gets a hand-off at every switch (`Stage.switches`).
 
 `peeled_loop` emits the loop itself: its first and last iterations peeled off around a
 `LOOP` of the middle ones (a count known when compiling, or at run time: a causal tile's key
@@ -180,8 +182,9 @@ def peeled_loop(emit: Emitter, body: Callable[[bool, bool], None], counter: int,
 @dataclass
 class Stage:
     """Instructions of one loop body that run in order (module docstring), with the waits
-    and signals placed on them. `engines[i]`: the engine of instruction i ("MX", "VX", ...:
-    a wait past the two an instruction carries becomes a `WAIT.<engine>` before it)."""
+    and signals placed on them. `engines[i]`: the engine queue of instruction i ("LD", "MX",
+    "VX", "ST": a wait past the two an instruction carries becomes a `WAIT.<engine>` before
+    it)."""
 
     engines: list[str]
     waits: list[list[EventCount]] = field(default_factory=list)

@@ -15,6 +15,7 @@ from zhenwu.compiler.backend.pipelining import (
     copies_needed,
     handoff,
     issue_loads,
+    peeled_loop,
     prefetch,
 )
 from zhenwu.compiler.frontend import load_program
@@ -127,6 +128,27 @@ def test_prefetch_loads_the_next_iterations_copy_between_advance_and_restore():
     assert order == ["advance", ([(2, 1)], [(1, 1)]), "restore"]
     for iteration in range(5):
         assert _scalar(emit.instructions, {8: iteration})[7] == (iteration + 1) % 3 * 512
+
+
+@pytest.mark.parametrize("steps", [1, 2, 3, 6])
+def test_peeled_loop_runs_first_middle_and_last_iterations(steps):
+    emit, calls = Emitter(), []
+    peeled_loop(emit, lambda first, last: calls.append((first, last)), 3, 4, steps=steps)
+    want = [(True, steps == 1)] + ([(False, False)] if steps > 2 else [])
+    want += [(False, True)] if steps > 1 else []
+    assert calls == want
+    loops = [i for i in emit.instructions if i.mnemonic == "LOOP"]
+    assert [i.operands[1].value for i in loops] == ([steps - 2] if steps > 2 else [])
+
+
+def test_peeled_loop_with_a_count_known_at_run_time():
+    emit, calls = Emitter(), []
+    peeled_loop(emit, lambda first, last: calls.append((first, last)), 3, 4,
+                registers=(5, 6))
+    assert calls == [(True, False), (False, False), (False, True)]
+    assert [i.name for i in emit.instructions] == ["LOOP", "ADD", "ENDLOOP", "SUB"]
+    assert emit.instructions[0].operands == (Reg(3), Reg(6))
+    assert emit.instructions[-1].operands[:2] == (Reg(4), Reg(5))
 
 
 def _tile(space: str = "L1"):
