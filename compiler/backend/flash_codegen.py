@@ -200,11 +200,6 @@ def emit_flash_nest(state: CodegenState, nest: Nest) -> None:
         emit.op(f"DMA.LD.{nest.buffer(load.dst).dtype}", ctx.tile(load.dst),
                 ctx.ref(load.view), waits=waits, sigs=sigs)
 
-    def loads(slot: int) -> None:
-        """This step's K and V (the pipeline's prologue), into copy `slot`."""
-        bind(kt=slot, vt=slot)
-        issue_loads(rings.kv, kv_loads, emit_load)
-
     def step_ahead(sign: int) -> None:
         if k_reg is not None:
             emit.op("ADD" if sign > 0 else "SUB", Reg(k_reg), Reg(k_reg), nest.tile[k_axis])
@@ -241,10 +236,6 @@ def emit_flash_nest(state: CodegenState, nest: Nest) -> None:
         store = Stage(["ST"] * len(stores)).consume(rings.o, 1)
         store.release(rings.q).release(rings.o)
         return accumulate, finish, store
-
-    def mx_scores(stage: Stage) -> None:
-        bind(s=fr.cur, kt=fr.kv_cur)
-        stage.emit(emit, [ctx.instruction(mma_s, True)])
 
     def mx_accumulate(stage: Stage, first: bool | None = False) -> None:
         """O(t-1) += P(t-1) V(t-1); the tile's first P @ V initialises O (`first`: True,
@@ -353,21 +344,6 @@ def emit_flash_nest(state: CodegenState, nest: Nest) -> None:
     # the tile: Q, and the running max, sum and output
     issue_loads(rings.q, [q_load], emit_load)
 
-    def init_running() -> None:
-        """m, l and O of the tile, on VX after the previous tile's softmax; issued after
-        S(0), which must not wait with the scalar for room in the vector queue. The first
-        writes the tile's O copy: it takes its credit."""
-        Stage(["VX"] * len(init_vx)).acquire(rings.o).emit(
-            emit, [ctx.instruction(stmt, True) for stmt in init_vx])
-
-    def step_coord(value_reg: int | None, value: int | None = None) -> None:
-        if k_reg is None:
-            return
-        if value is not None:
-            emit.op("LI", Reg(k_reg), value * nest.tile[k_axis])
-        else:
-            emit.op("MUL", Reg(k_reg), Reg(value_reg), nest.tile[k_axis])
-
     first_chain = [st for st in masked if not rescales_o(st)] if single else first_chain
     first_predicated = first_predicated if not single else set()
 
@@ -376,19 +352,23 @@ def emit_flash_nest(state: CodegenState, nest: Nest) -> None:
         prefetches step t + 1's; S(t) on MX, then P(t-1) @ V(t-1) (on the first step: the
         previous tile's last), and the softmax of t on VX: the first's skips the key-bound
         mask, the middle ones' every mask, the last's none."""
+        if k_reg is not None:   # the key coordinate of step t
+            if first:
+                emit.op("LI", Reg(k_reg), 0)
+            else:
+                emit.op("MUL", Reg(k_reg), Reg(regs.step), nest.tile[k_axis])
         if first:
-            step_coord(None, 0)
             emit.op("LI", Reg(regs.step), 0)
-        else:
-            step_coord(regs.step)
         parity_regs(regs.step)
-        if first:
-            loads(fr.kv_cur)
+        if first:   # the pipeline's prologue: step 0's own K and V
+            bind(kt=fr.kv_cur, vt=fr.kv_cur)
+            issue_loads(rings.kv, kv_loads, emit_load)
         if not last:
             prefetch_next()
         chain = first_chain if first else masked if last else plain
         scores, accumulate, softmax = key_step(chain, first)
-        mx_scores(scores)
+        bind(s=fr.cur, kt=fr.kv_cur)
+        scores.emit(emit, [ctx.instruction(mma_s, True)])
         if not first:
             mx_accumulate(accumulate, first=None)
             vx_chain(softmax, chain)
@@ -398,7 +378,11 @@ def emit_flash_nest(state: CodegenState, nest: Nest) -> None:
             emit.op("BEQZ", Reg(regs.tile_loop), LabelRef(label))
             previous_tile_output(regs.tile_loop)
             emit.label(label)
-        init_running()
+        # m, l and O of the tile, on VX after the previous tile's softmax; issued after S(0),
+        # which must not wait with the scalar for room in the vector queue; the first takes
+        # the credit of the tile's O copy
+        Stage(["VX"] * len(init_vx)).acquire(rings.o).emit(
+            emit, [ctx.instruction(stmt, True) for stmt in init_vx])
         if first_predicated:
             if grid[q_axis] > 1:
                 emit.op("SLT", Reg(fr.diag), Reg(regs.coord(q_axis)), nest.tile[k_axis])
