@@ -25,6 +25,12 @@ At the end of a nest the scalar drains the core's queues (`BAR.CORE`), then take
 credits back (`WAIT.S`), so every event is 0 again (and may go to the next nest) and every
 engine's work is ordered before what follows. A `BAR.CHIP` ends each kernel.
 
+These copies, credits and hand-offs are placed by the pipelining step
+(compiler/backend/pipelining.py), not by hand: the load, output, epilogue and staging
+buffers are the nest's `NestRings`, a step's compute is a `Stage` that consumes the load
+ring's copy and releases it, and the next-tile prefetch issues loads into the ring's next
+copy.
+
 A nest with a schedule of its own (flash attention, compiler/backend/flash_codegen.py)
 builds on the public pieces here: `CodegenState` (the emitter and both files),
 `NestRegisters.take`, `NestContext` (tiles, operands, descriptor references and compute
@@ -53,13 +59,19 @@ from zhenwu.compiler.backend.kernel_ir import (
     Vec,
     View,
 )
+from zhenwu.compiler.backend.pipelining import (
+    Pipeline,
+    Ring,
+    Stage,
+    issue_loads,
+    peeled_loop,
+)
 from zhenwu.compiler.graph.dtypes import itemsize
 from zhenwu.isa.program import (
     NUM_DESCS,
     Addr,
     DescRef,
     DReg,
-    Event,
     Instruction,
     IntList,
     Keyword,
@@ -170,17 +182,6 @@ def _engine(stmt) -> str:
     return "MX" if isinstance(stmt, Mma) else "VX"
 
 
-def _with_switches(compute: list, waits: list[list], sigs: list[list],
-                   events: NestEvents) -> None:
-    """Add an event at every change of engine between consecutive compute statements."""
-    for index in range(1, len(compute)):
-        before, after = _engine(compute[index - 1]), _engine(compute[index])
-        if before != after:
-            event = events.mx_to_vx if before == "MX" else events.vx_to_mx
-            sigs[index - 1].append((event, 1))
-            waits[index].append((event, 1))
-
-
 def _reads(stmt) -> list[str]:
     """The buffers a Vec or Reduce statement reads."""
     if isinstance(stmt, Reduce):
@@ -189,11 +190,21 @@ def _reads(stmt) -> list[str]:
             if isinstance(src, (str, Strided))]
 
 
-def _emit_engine(emit: Emitter, engine: str, text, waits: list, sigs: list) -> None:
-    """An engine instruction; waits past the two an instruction carries become WAITs."""
-    for event, count in waits[:-2]:
-        emit.op(f"WAIT.{engine}", Event(event, count))
-    emit(text, waits=waits[-2:], sigs=sigs)
+@dataclass(frozen=True)
+class NestRings:
+    """The rings (compiler/backend/pipelining.py) of a nest of the generic protocol: the
+    step's load buffers (`ld`, None without step loads), the output buffers (`out`), the
+    tile's epilogue loads (`epi`) and a staged nest's staging buffers (`stage`)."""
+
+    ld: Ring | None
+    out: Ring
+    epi: Ring | None = None
+    stage: Ring | None = None
+
+    @property
+    def pipeline(self) -> Pipeline:
+        """Their credits, given at the nest's start and taken back at its end."""
+        return Pipeline([r for r in (self.ld, self.out, self.epi, self.stage) if r])
 
 
 @dataclass
@@ -215,6 +226,7 @@ class NestContext:
     # offset into an MMA operand resident there as whole rows (`_resident_rows_axis`)
     setup_buffers: frozenset[str] = frozenset()
     a_off: int | None = None
+    rings: NestRings | None = None   # the generic protocol's (None in a nest of its own)
 
     def coord(self, axis: int) -> int | None:
         """The register holding nest axis `axis`'s tile coordinate, None when it is 0."""
@@ -423,19 +435,6 @@ def _compute(ctx: NestContext, stmt, first_step: bool) -> Instruction:
     raise TypeError(stmt)
 
 
-def _copy_offset(emit: Emitter, off: int, count: int, copies: int, stride: int,
-                 advance: bool = True) -> None:
-    """off = (count mod copies) * stride, then count += 1: the byte offset of the next copy
-    of a buffer of `copies` copies `stride` bytes apart."""
-    if copies == 2:
-        emit.op("AND", Reg(off), Reg(count), 1)
-    else:
-        emit.op("REM", Reg(off), Reg(count), copies)
-    emit.op("MUL", Reg(off), Reg(off), stride)
-    if advance:
-        emit.op("ADD", Reg(count), Reg(count), 1)
-
-
 def _staged(nest: Nest) -> bool:
     """Whether the nest's one step is vector work staging the operands of a last MMA into
     the accumulator, which the tile's stores then read directly (an im2col's gathers: the
@@ -473,71 +472,56 @@ def _staged(nest: Nest) -> bool:
 def _emit_step(emit: Emitter, ctx: NestContext, first: bool, last: bool,
                out_written_in_step: bool, epilogue: bool = False, tile_loads: int = 0,
                preloaded: bool = False, staged: bool = False) -> None:
-    """One reduction step: its loads, then its compute. `preloaded`: the loads were issued
-    a tile ahead (`_prefetch_next`); the compute reads the copy of this tile's index.
-    `staged` (`_staged`): the vector work waits for its staging copy (`stage_free`) and
-    returns the loads' credit, the MMA waits for the accumulator's copy and frees the
-    staging one."""
-    regs, ev = ctx.regs, ctx.events
+    """One reduction step, pipelined on the nest's rings (compiler/backend/pipelining.py):
+    its loads into the next copy of the load ring, then its compute, which waits for them
+    and returns the copy. `preloaded`: the loads were issued a tile ahead (`_prefetch_next`);
+    the compute reads the copy of this tile's index. `staged` (`_staged`): the vector work
+    waits for its staging copy (`stage_free`) and returns the loads' copy, the MMA waits for
+    the accumulator's copy and frees the staging one."""
+    regs, ev, rings = ctx.regs, ctx.events, ctx.rings
     loads = [s for s in ctx.nest.step if isinstance(s, Load)]
     compute = [s for s in ctx.nest.step if not isinstance(s, Load)]
     if loads and preloaded:
-        buffer = ctx.nest.buffer(loads[0].dst)
-        emit.op("REM", Reg(regs.ld_off), Reg(regs.tile_loop), buffer.copies)
-        emit.op("MUL", Reg(regs.ld_off), Reg(regs.ld_off), buffer.stride)
+        rings.ld.select(emit, regs.ld_off, regs.tile_loop, modulo=True)
     if loads and not preloaded:
         # two copies alternate; deeper buffering (an implicit GEMM's short steps hide the
         # DMA latency) turns through them
-        buffer = ctx.nest.buffer(loads[0].dst)
-        _copy_offset(emit, regs.ld_off, regs.ld_count, buffer.copies, buffer.stride)
-    for index, load in enumerate([] if preloaded else loads):
-        _emit_load(emit, ctx, load, [(ev.ld_free, 1)] if index == 0 else [],
-                   [(ev.ld_full, 1)])
+        rings.ld.turn(emit, regs.ld_off, regs.ld_count)
+        issue_loads(rings.ld, loads, lambda load, waits, sigs:
+                    _emit_load(emit, ctx, load, waits, sigs))
     for stmt in compute:
         axis = _resident_rows_axis(ctx, stmt) if isinstance(stmt, Mma) else None
         if axis is not None:
             size = itemsize(ctx.nest.buffer(stmt.a).dtype)
             emit.op("MUL", Reg(ctx.a_off), Reg(regs.coord(axis)), size)
-    all_waits: list[list] = [[] for _ in compute]
-    all_sigs: list[list] = [[] for _ in compute]
-    for index, stmt in enumerate(compute):
-        waits, sigs = all_waits[index], all_sigs[index]
-        if index == 0:
-            if loads:
-                waits.append((ev.ld_full, len(loads)))
-            if first and out_written_in_step:
-                waits.append((ev.stage_free if staged else ev.out_free, 1))
-            if first and tile_loads:
-                waits.append((ev.epi_full, tile_loads))
-        if staged and index == len(compute) - 2 and loads:
-            sigs.append((ev.ld_free, 1))
-        if index == len(compute) - 1:
-            if loads and not staged:
-                sigs.append((ev.ld_free, 1))
-            if staged:
-                waits.append((ev.out_free, 1))
-                sigs.append((ev.stage_free, 1))
-            if last:
-                sigs.append((ev.mid if epilogue else ev.out_full, 1))
-    _with_switches(compute, all_waits, all_sigs, ev)
-    for stmt, waits, sigs in zip(compute, all_waits, all_sigs):
-        _emit_engine(emit, _engine(stmt), _compute(ctx, stmt, first), waits, sigs)
+    stage = Stage([_engine(s) for s in compute])
+    if loads:
+        stage.consume(rings.ld, len(loads))
+    if first and out_written_in_step:
+        stage.acquire(rings.stage if staged else rings.out)
+    if first and tile_loads:
+        stage.consume(rings.epi, tile_loads)
+    if staged:   # the MMA reads no load buffer: the last vector statement frees them
+        if loads:
+            stage.release(rings.ld, at=-2)
+        stage.acquire(rings.out, at=-1).release(rings.stage)
+    elif loads:
+        stage.release(rings.ld)
+    if last:
+        stage.signal((ev.mid, 1) if epilogue else rings.out.landed())
+    stage.switches(ev.mx_to_vx, ev.vx_to_mx)
+    stage.emit(emit, [_compute(ctx, stmt, first) for stmt in compute])
 
 
-def _prefetch_loads(emit: Emitter, ctx: NestContext, red_axes: list[int]) -> None:
+def _emit_prefetch(emit: Emitter, ctx: NestContext, red_axes: list[int]) -> None:
     """The step loads of the tile whose coordinates are in the registers, into the next
-    copy (`ld_count` counts the tiles loaded)."""
-    regs, ev = ctx.regs, ctx.events
-    loads = [s for s in ctx.nest.step if isinstance(s, Load)]
-    buffer = ctx.nest.buffer(loads[0].dst)
+    copy of the load ring (`ld_count` counts the tiles loaded)."""
+    regs = ctx.regs
     for axis in red_axes:
         emit.op("LI", Reg(regs.coord(axis)), 0)
-    emit.op("REM", Reg(regs.ld_off), Reg(regs.ld_count), buffer.copies)
-    emit.op("MUL", Reg(regs.ld_off), Reg(regs.ld_off), buffer.stride)
-    emit.op("ADD", Reg(regs.ld_count), Reg(regs.ld_count), 1)
-    for index, load in enumerate(loads):
-        _emit_load(emit, ctx, load, [(ev.ld_free, 1)] if index == 0 else [],
-                   [(ev.ld_full, 1)])
+    ctx.rings.ld.turn(emit, regs.ld_off, regs.ld_count, modulo=True)
+    issue_loads(ctx.rings.ld, [s for s in ctx.nest.step if isinstance(s, Load)],
+                lambda load, waits, sigs: _emit_load(emit, ctx, load, waits, sigs))
 
 
 def _prefetch_first(emit: Emitter, ctx: NestContext, par_axes: list[int],
@@ -551,7 +535,7 @@ def _prefetch_first(emit: Emitter, ctx: NestContext, par_axes: list[int],
     emit.op("BEQZ", Reg(regs.mine), LabelRef(label))
     emit.op("MOV", Reg(regs.tile), Reg(regs.core))
     emit_tile_coordinates(emit, regs, regs.tile, par_axes, ctx.nest)
-    _prefetch_loads(emit, ctx, red_axes)
+    _emit_prefetch(emit, ctx, red_axes)
     emit.label(label)
 
 
@@ -569,7 +553,7 @@ def _prefetch_next(emit: Emitter, registers: RegisterFile, ctx: NestContext,
     emit.op("MUL", Reg(regs.tile), Reg(regs.tile), Reg(regs.cores))
     emit.op("ADD", Reg(regs.tile), Reg(regs.tile), Reg(regs.core))
     emit_tile_coordinates(emit, regs, regs.tile, par_axes, ctx.nest)
-    _prefetch_loads(emit, ctx, red_axes)
+    _emit_prefetch(emit, ctx, red_axes)
     emit.label(label)
 
 
@@ -585,18 +569,14 @@ def _emit_epilogue(emit: Emitter, ctx: NestContext, compute: list, n_loads: int,
     """The `final` compute of a tile: after the last step (`mid`) and the tile's epilogue
     loads (`epi_full`); it hands the output to the stores (`out_full`) and returns the
     tile loads' credit (`epi_free`)."""
-    ev = ctx.events
-    for index, stmt in enumerate(compute):
-        waits, sigs = [], []
-        if index == 0:
-            waits.append((ev.mid, 1))
-            if n_loads:
-                waits.append((ev.epi_full, n_loads))
-        if index == len(compute) - 1:
-            sigs.append((ev.out_full, 1))
-            if n_loads or release:
-                sigs.append((ev.epi_free, 1))
-        emit(_compute(ctx, stmt, False), waits=waits, sigs=sigs)
+    ev, rings = ctx.events, ctx.rings
+    stage = Stage([_engine(s) for s in compute]).wait((ev.mid, 1))
+    if n_loads:
+        stage.consume(rings.epi, n_loads)
+    stage.signal(rings.out.landed())
+    if n_loads or release:
+        stage.release(rings.epi)
+    stage.emit(emit, [_compute(ctx, stmt, False) for stmt in compute])
 
 
 def causal_axes(nest: Nest) -> tuple[int, int] | None:
@@ -810,30 +790,30 @@ def _emit_protocol_nest(state: CodegenState, nest: Nest, core_offset: int = 0) -
             emit.op("REM", Reg(regs.coord(axis)), Reg(regs.core), nest.grid[axis])
             if nest.tile[axis] > 1:
                 emit.op("MUL", Reg(regs.coord(axis)), Reg(regs.coord(axis)), nest.tile[axis])
-    for index, load in enumerate(setup_loads):
-        _emit_load(emit, ctx, load, [], [(ev.setup, 1)])
-    # compute reading a setup load waits for the loads first (one engine: the first waits)
+    # the setup's values stay resident (one copy, no credit); every load and compute
+    # signals `setup`, and compute reading a setup load waits for the loads first
+    resident = Ring(1, 0, full=ev.setup)
+    issue_loads(resident, setup_loads, lambda load, waits, sigs:
+                _emit_load(emit, ctx, load, waits, sigs), credit=False)
     loaded = {s.dst for s in setup_loads}
     after_loads = any(name in loaded for stmt in setup_compute for name in _reads(stmt))
-    for index, stmt in enumerate(setup_compute):
-        waits = [(ev.setup, len(setup_loads))] if index == 0 and after_loads else []
-        emit(_compute(ctx, stmt, True), waits=waits, sigs=[(ev.setup, 1)])
+    if setup_compute:
+        stage = Stage([_engine(s) for s in setup_compute])
+        if after_loads:
+            stage.consume(resident, len(setup_loads))
+        for index in range(len(setup_compute)):
+            stage.signal(resident.landed(), at=index)
+        stage.emit(emit, [_compute(ctx, stmt, True) for stmt in setup_compute])
     if setup_loads or setup_compute:
         # only MMAs read them (resident weights): the matrix engine waits, and the scalar
         # goes on issuing the first tile's loads meanwhile
         engine = "MX" if _read_only_by_mma(nest, setup_buffers) else "S"
         pending = len(setup_compute) + (0 if after_loads else len(setup_loads))
-        emit.op(f"WAIT.{engine}", Event(ev.setup, pending))
-    # one credit per copy of the step's load buffers
-    ld_credits = max((b.copies for b in nest.buffers if b.name in ld_buffers), default=2)
-    if ld_buffers:
-        emit.op("SIG.S", Event(ev.ld_free, ld_credits))
-    emit.op("SIG.S", Event(ev.out_free, out_credits))
-    if tile_loads:
-        emit.op("SIG.S", Event(ev.epi_free, out_credits))
+        resident.wait_full(emit, engine, pending)
     staged = _staged(nest)
-    if staged:
-        emit.op("SIG.S", Event(ev.stage_free, out_credits))
+    ctx.rings = rings = _nest_rings(nest, ev, ld_buffers, out_stride, out_credits,
+                                    bool(tile_loads), staged)
+    rings.pipeline.start(emit)
     emit_tiles_of_core(emit, regs, nest.parallel_tiles)
     emit.op("LI", Reg(regs.ld_count), 0)
     emit.op("LI", Reg(regs.out_count), 0)
@@ -854,60 +834,62 @@ def _emit_protocol_nest(state: CodegenState, nest: Nest, core_offset: int = 0) -
         else:
             emit_tile_coordinates(emit, regs, regs.tile, par_axes, nest)
     # deeper buffering: a short tile's store latency is hidden by later tiles
-    _copy_offset(emit, regs.out_off, regs.out_count, max(2, out_credits),
-                 out_stride)
-    for index, load in enumerate(tile_loads):
-        _emit_load(emit, ctx, load, [(ev.epi_free, 1)] if index == 0 else [],
-                   [(ev.epi_full, 1)])
-    for index, stmt in enumerate(init_compute):
-        emit(_compute(ctx, stmt, True), waits=[(ev.out_free, 1)] if index == 0 else [])
+    rings.out.turn(emit, regs.out_off, regs.out_count)
+    if tile_loads:
+        issue_loads(rings.epi, tile_loads, lambda load, waits, sigs:
+                    _emit_load(emit, ctx, load, waits, sigs))
+    if init_compute:
+        Stage([_engine(s) for s in init_compute]).acquire(rings.out).emit(
+            emit, [_compute(ctx, stmt, True) for stmt in init_compute])
     out_in_step = not init_compute
-    steps = nest.reduction_steps
-    for axis in red_axes:
-        emit.op("LI", Reg(regs.coord(axis)), 0)
     has_epi = bool(epilogue)
-    _emit_step(emit, ctx, True, steps == 1, out_in_step, has_epi, len(init_loads),
-               preloaded=bool(prefetch), staged=staged)
-    if causal:  # steps 1 .. n-2 in a loop of this tile's length, then step n-1 (n >= 2)
-        emit.op("LOOP", Reg(regs.step_loop), Reg(regs.middle))
-        emit.op("ADD", Reg(regs.step), Reg(regs.step_loop), 1)
+
+    def reduction_step(first: bool, last: bool) -> None:
+        if first:
+            for axis in red_axes:
+                emit.op("LI", Reg(regs.coord(axis)), 0)
+            _emit_step(emit, ctx, True, last, out_in_step, has_epi, len(init_loads),
+                       preloaded=bool(prefetch), staged=staged)
+            return
         emit_tile_coordinates(emit, regs, regs.step, red_axes, nest)
-        _emit_step(emit, ctx, False, False, out_in_step)
-        emit.op("ENDLOOP")
-        emit.op("SUB", Reg(regs.step), Reg(regs.steps), 1)
-        emit_tile_coordinates(emit, regs, regs.step, red_axes, nest)
-        _emit_step(emit, ctx, False, True, out_in_step, has_epi)
-        steps = 0
-    if steps > 2:
-        emit.op("LOOP", Reg(regs.step_loop), steps - 2)
-        emit.op("ADD", Reg(regs.step), Reg(regs.step_loop), 1)
-        emit_tile_coordinates(emit, regs, regs.step, red_axes, nest)
-        _emit_step(emit, ctx, False, False, out_in_step)
-        emit.op("ENDLOOP")
-    if steps > 1:
-        emit.op("LI", Reg(regs.step), steps - 1)
-        emit_tile_coordinates(emit, regs, regs.step, red_axes, nest)
-        _emit_step(emit, ctx, False, True, out_in_step, has_epi)
+        _emit_step(emit, ctx, False, last, out_in_step, has_epi and last)
+
+    # a causal tile's steps are known at run time (n >= 2)
+    peeled_loop(emit, reduction_step, regs.step_loop, regs.step,
+                steps=None if causal else nest.reduction_steps,
+                registers=(regs.steps, regs.middle) if causal else None)
     if epilogue:
         _emit_epilogue(emit, ctx, epilogue, len(final_loads), bool(init_loads))
     stores = [s for s in nest.final if isinstance(s, Store)]
-    for index, store in enumerate(stores):
-        buf = nest.buffer(store.src)
-        relu = ["relu"] if store.relu else []
-        emit.op(f"DMA.ST.{buf.dtype}", ctx.ref(store.view), ctx.tile(store.src), options=relu,
-                waits=[(ev.out_full, 1)] if index == 0 else [],
-                sigs=[(ev.out_free, 1)] if index == len(stores) - 1 else [])
+    if stores:  # the first waits for the tile's output, the last returns its copy
+        Stage(["ST"] * len(stores)).consume(rings.out, 1).release(rings.out).emit(
+            emit, [_store(ctx, store) for store in stores])
     emit.op("ENDLOOP")
-    # Drain first: a WAIT.S on the credits before the engines are done would take the
-    # initial credits the engines still need (a deadlock).
-    emit.op("BAR.CORE")
-    if ld_buffers:
-        emit.op("WAIT.S", Event(ev.ld_free, ld_credits))
-    emit.op("WAIT.S", Event(ev.out_free, out_credits))
-    if tile_loads:
-        emit.op("WAIT.S", Event(ev.epi_free, out_credits))
-    if staged:
-        emit.op("WAIT.S", Event(ev.stage_free, out_credits))
+    rings.pipeline.drain(emit)
+
+
+def _store(ctx: NestContext, store: Store) -> Instruction:
+    buf = ctx.nest.buffer(store.src)
+    return instruction(f"DMA.ST.{buf.dtype}", ctx.ref(store.view), ctx.tile(store.src),
+                       options=["relu"] if store.relu else [])
+
+
+def _nest_rings(nest: Nest, ev: NestEvents, ld_buffers: set[str], out_stride: int,
+                out_credits: int, tile_loads: bool, staged: bool) -> NestRings:
+    """The rings of a nest of the generic protocol: the step's loads turn through their
+    buffers' copies (one credit per copy of the deepest), the outputs through at least two
+    (one credit per copy: a single-copy ACC tile takes one); the tile's epilogue loads and
+    a staged nest's staging buffers have a credit per output copy."""
+    ld = None
+    step_loads = [s for s in nest.step if isinstance(s, Load)]
+    if ld_buffers and step_loads:
+        first = nest.buffer(step_loads[0].dst)
+        credits = max(b.copies for b in nest.buffers if b.name in ld_buffers)
+        ld = Ring(first.copies, first.stride, ev.ld_full, ev.ld_free, credits)
+    out = Ring(max(2, out_credits), out_stride, ev.out_full, ev.out_free, out_credits)
+    epi = Ring(out_credits, 0, ev.epi_full, ev.epi_free) if tile_loads else None
+    stage = Ring(out_credits, 0, None, ev.stage_free) if staged else None
+    return NestRings(ld, out, epi, stage)
 
 
 def _gm_accesses(nest: Nest) -> tuple[set[str], set[str]]:

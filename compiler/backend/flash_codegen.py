@@ -9,17 +9,21 @@ through three copies, and step t issues the loads of step t + 1 before its own w
 wait only for the P @ V of step t - 2, so their HBM/L2 latency hides behind this step's
 softmax instead of delaying the next step's scores.
 
-Events (`FlashEvents`, taken from the program's event file for this nest; all back to 0
-when the nest ends):
+This module says what runs where; the pipelining step (compiler/backend/pipelining.py)
+places the copies, credits and events. Its schedule (`FlashSchedule`):
 
-- kv_full: K/V loaded (2 per step) -> S(t);  kv_free: K/V credits (3 copies, taken in turn
-  by every step of every tile of the core), returned by O(t-1);
-- q_full: Q loaded -> S(0);  q_free / o_free: the output tile is free (store done) -> Q
-  load / O init (Q and O have two copies by tile parity where the ACC has room: two
-  credits);
-- s_ready: S(t) ready -> VX(t);  vx_done: VX(t) done (P(t), O scaled) -> O(t);
-- o_acc: O(t-1) accumulated -> VX(t) scales O;  o_done: last O -> VX epilogue -> o_full ->
-  store.
+- rings: K/V (`kv`: loaded one step ahead, last read by P @ V one step behind, so
+  `copies_needed(1, 1)` = 3 copies, taken in turn by every step of every tile of the core),
+  S/P (`sp`: two copies by step parity, ordered by the hand-offs), Q and O (`q`, `o`: one
+  or two copies by tile parity where the ACC has room; the tile's store returns both);
+- stages: the scores S(t) on MX consume the step's two K/V loads (and, on a tile's first
+  step, Q); the softmax on VX; P @ V on MX releases the K/V copy; the epilogue on VX and
+  the stores;
+- hand-offs: scores -> softmax (`s_ready`), softmax -> P @ V
+  (`vx_done`), P @ V -> the next softmax's O rescale (`o_acc`), the tile's last P @ V ->
+  the epilogue (`o_done`).
+
+Every event is back at 0 when the nest ends (`Pipeline.drain`).
 
 Registers: the nest's `NestRegisters` (tile loop, coordinates, steps) and `FlashRegisters`
 (the copies of S/P, K/V, Q and O in use), from the program's register file.
@@ -31,7 +35,8 @@ other visited key tile lies wholly below it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
+from functools import partial
 
 from zhenwu.compiler.backend.codegen import (
     CodegenState,
@@ -43,24 +48,53 @@ from zhenwu.compiler.backend.codegen import (
     emit_tile_coordinates,
     emit_tiles_of_core,
 )
+from zhenwu.compiler.backend.emitter import instruction
 from zhenwu.compiler.backend.kernel_ir import Iota, Load, Nest, Store, Vec
-from zhenwu.isa.program import Event, LabelRef, Predicate, Reg
+from zhenwu.compiler.backend.pipelining import (
+    Pipeline,
+    Ring,
+    Stage,
+    copies_needed,
+    handoff,
+    issue_loads,
+    peeled_loop,
+    prefetch,
+)
+from zhenwu.isa.program import LabelRef, Predicate, Reg
+
+# K and V are loaded one key step ahead of the scores that read them first, and P @ V, their
+# last reader, runs one step behind
+KV_LEAD, KV_LAG = 1, 1
 
 
 @dataclass(frozen=True)
-class FlashEvents:
-    """The events of a flash nest (module docstring)."""
+class FlashSchedule:
+    """The rings and hand-offs of a flash nest (module docstring)."""
 
-    kv_full: int
-    kv_free: int
-    o_done: int
-    q_free: int
-    q_full: int
-    s_ready: int
-    vx_done: int
-    o_acc: int
-    o_full: int
-    o_free: int
+    kv: Ring          # K and V (three copies)
+    sp: Ring          # S and P (two copies by step parity)
+    q: Ring           # Q and O (one or two copies by tile parity)
+    o: Ring
+    s_ready: int      # S(t) -> the softmax of t
+    vx_done: int      # the softmax of t (P(t), O rescaled) -> P(t) @ V(t)
+    o_acc: int        # P(t-1) @ V(t-1) -> the O rescale of step t
+    o_done: int       # the tile's last P @ V -> its epilogue
+
+    @classmethod
+    def of(cls, nest: Nest, events) -> FlashSchedule:
+        """The schedule of `nest`, its events taken from `events`."""
+        kv_copies = copies_needed(KV_LEAD, KV_LAG)
+        if nest.buffer("kt").copies != kv_copies or nest.buffer("vt").copies != kv_copies:
+            raise ValueError(f"a flash nest's K and V need {kv_copies} copies")
+        kv, q, o = (Ring.loaded(nest.buffer(name), events, f"flash {name}")
+                    for name in ("kt", "q", "o"))
+        handoffs = (events.take(f"flash {name}")
+                    for name in ("s_ready", "vx_done", "o_acc", "o_done"))
+        return cls(kv, Ring(2, nest.buffer("p").stride), q, o, *handoffs)
+
+    @property
+    def pipeline(self) -> Pipeline:
+        return Pipeline([self.kv, self.q, self.o])
 
 
 @dataclass(frozen=True)
@@ -86,11 +120,11 @@ def emit_flash_nest(state: CodegenState, nest: Nest) -> None:
     """The code of a flash nest (see the module docstring); inside the nest's register and
     event scope (`codegen.emit_nest`)."""
     emit, registers = state.emit, state.registers
-    ev = FlashEvents(*(state.events.take(f"flash {f.name}") for f in fields(FlashEvents)))
+    rings = hand = FlashSchedule.of(nest, state.events)
     regs = NestRegisters.take(registers, state.program, nest, steps=True, protocol=False)
     descs = emit_descriptors(emit, nest)
     parity = {b.name for b in nest.buffers if b.copies in (2, 3)}
-    tile_copies = nest.buffer("o").copies  # Q and O: one copy per tile, or two by parity
+    tile_copies = rings.o.copies  # Q and O: one copy per tile, or two by parity
     ctx = NestContext(nest, descs, regs)
 
     def bind(**names: int | None) -> None:
@@ -128,8 +162,6 @@ def emit_flash_nest(state: CodegenState, nest: Nest) -> None:
     first_predicated = {id(st) for st in iotas + causal_mask} if causal_mask else set()
     epilogue = [s for s in nest.final if not isinstance(s, Store)]
     stores = [s for s in nest.final if isinstance(s, Store)]  # O last (a split's lse first)
-    stride = nest.buffer("p").stride
-    ring = nest.buffer("kt").stride
     grid = nest.grid
     causal = causal_axes(nest)
     k_axis = len(nest.extents) - 1       # [batch..., queries, head dim, keys]
@@ -149,57 +181,75 @@ def emit_flash_nest(state: CodegenState, nest: Nest) -> None:
         take("first key tile meets the diagonal") if first_predicated and not single
         else None)
 
+    kv_loads = [kt_load, v_load]
+
     def parity_regs(step_reg: int) -> None:
-        """cur = (t & 1) * stride, prev = ((t - 1) & 1) * stride for step t in a register;
-        kv_cur/prev/next = (t mod 3, t - 1 mod 3, t + 1 mod 3) * the ring stride."""
+        """The copies of step t (in a register): S/P by parity (cur, and prev the other
+        one), K/V of steps t and t - 1 in their ring (kv_cur, kv_prev)."""
         # S and P alternate by the core's step count, not the tile's: the next tile's S(0)
         # runs while the softmax still reads this tile's last S
         # the ring turns per core, not per tile: a tile's first loads go to the slot after
         # the previous tile's last, so a credit (returned in load order) frees that slot
         emit.op("ADD", Reg(fr.kv_t), Reg(step_reg), Reg(fr.kv_base))
-        emit.op("AND", Reg(fr.cur), Reg(fr.kv_t), 1)
-        emit.op("MUL", Reg(fr.cur), Reg(fr.cur), stride)
-        emit.op("SUB", Reg(fr.prev), Reg(fr.stride), Reg(fr.cur))
-        for reg, shift in ((fr.kv_cur, 0), (fr.kv_prev, 2), (fr.kv_next, 1)):
-            emit.op("ADD", Reg(reg), Reg(fr.kv_t), shift)
-            emit.op("REM", Reg(reg), Reg(reg), 3)
-            emit.op("MUL", Reg(reg), Reg(reg), ring)
+        rings.sp.select(emit, fr.cur, fr.kv_t)
+        rings.sp.other(emit, fr.prev, fr.cur, fr.stride)
+        rings.kv.select(emit, fr.kv_cur, fr.kv_t, modulo=True)
+        rings.kv.select(emit, fr.kv_prev, fr.kv_t, -1)
 
-    def loads(slot: int) -> None:
-        bind(kt=slot, vt=slot)
-        emit.op(f"DMA.LD.{nest.buffer('kt').dtype}", ctx.tile("kt"), ctx.ref(kt_load.view),
-                waits=[(ev.kv_free, 1)], sigs=[(ev.kv_full, 1)])
-        emit.op(f"DMA.LD.{nest.buffer('vt').dtype}", ctx.tile("vt"), ctx.ref(v_load.view),
-                sigs=[(ev.kv_full, 1)])
+    def emit_load(load: Load, waits, sigs) -> None:
+        emit.op(f"DMA.LD.{nest.buffer(load.dst).dtype}", ctx.tile(load.dst),
+                ctx.ref(load.view), waits=waits, sigs=sigs)
 
-    def prefetch() -> None:
+    def step_ahead(sign: int) -> None:
+        if k_reg is not None:
+            emit.op("ADD" if sign > 0 else "SUB", Reg(k_reg), Reg(k_reg), nest.tile[k_axis])
+
+    def prefetch_next() -> None:
         """The loads of step t + 1 (t in regs.step); the k coordinate is t's again after."""
-        if k_reg is not None:
-            emit.op("ADD", Reg(k_reg), Reg(k_reg), nest.tile[k_axis])
-        loads(fr.kv_next)
-        if k_reg is not None:
-            emit.op("SUB", Reg(k_reg), Reg(k_reg), nest.tile[k_axis])
+        bind(kt=fr.kv_next, vt=fr.kv_next)
+        prefetch(emit, rings.kv, fr.kv_next, fr.kv_t, kv_loads, emit_load, shift=KV_LEAD,
+                 advance=partial(step_ahead, 1), restore=partial(step_ahead, -1))
 
-    def mx_scores(first: bool) -> None:
-        bind(s=fr.cur, kt=fr.kv_cur)
-        waits = [(ev.kv_full, 2)] + ([(ev.q_full, 1)] if first else [])
-        emit(ctx.instruction(mma_s, True), waits=waits, sigs=[(ev.s_ready, 1)])
+    def key_step(chain: list, first: bool) -> tuple[Stage, Stage, Stage]:
+        """The stages of key step t and their hand-offs: S(t) on MX (it reads the step's K;
+        on a tile's first step also Q), the softmax of t on VX (`chain`), and P(t-1) @ V(t-1)
+        on MX, which releases that step's K/V copy and hands O to the next rescale."""
+        scores = Stage(["MX"]).consume(rings.kv, len(kv_loads))
+        if first:
+            scores.consume(rings.q, 1)
+        accumulate = Stage(["MX"]).release(rings.kv)
+        softmax = Stage(["VX"] * len(chain))
+        handoff(hand.s_ready, scores, softmax)
+        handoff(hand.vx_done, softmax, accumulate)
+        rescale = [i for i, s in enumerate(chain) if isinstance(s, Vec) and s.op == "MUL"
+                   and s.dst == "o"]
+        if not first and rescale:
+            handoff(hand.o_acc, accumulate, softmax, at=rescale[0])
+        return scores, accumulate, softmax
 
-    def mx_accumulate(last: bool, first: bool | None = False) -> None:
+    def tile_end() -> tuple[Stage, Stage, Stage]:
+        """The stages that end a tile: its last P @ V (MX), the epilogue O / l (VX) and
+        the stores, which return the tile's Q and O copies."""
+        accumulate = Stage(["MX"]).wait((hand.vx_done, 1)).release(rings.kv)
+        finish = Stage(["VX"] * len(epilogue)).signal(rings.o.landed())
+        handoff(hand.o_done, accumulate, finish)
+        store = Stage(["ST"] * len(stores)).consume(rings.o, 1)
+        store.release(rings.q).release(rings.o)
+        return accumulate, finish, store
+
+    def mx_accumulate(stage: Stage, first: bool | None = False) -> None:
         """O(t-1) += P(t-1) V(t-1); the tile's first P @ V initialises O (`first`: True,
-        or None when step t in regs.step decides: t == 1, a predicated pair)."""
+        or None when step t in regs.step decides: t == 1, a predicated pair, which carry
+        the same events)."""
         bind(p=fr.prev, vt=fr.kv_prev)
-        sigs = [(ev.kv_free, 1), (ev.o_done if last else ev.o_acc, 1)]
         init = ctx.instruction(replace(mma_o, mode="init"), False)
         acc = ctx.instruction(mma_o, False)
         if first is None:
             emit.op("SEQ", Reg(fr.first_o), Reg(regs.step), 1)
-            emit(replace(init, predicate=Predicate(fr.first_o)), waits=[(ev.vx_done, 1)],
-                 sigs=sigs)
-            emit(replace(acc, predicate=Predicate(fr.first_o, True)),
-                 waits=[(ev.vx_done, 1)], sigs=sigs)
+            stage.emit(emit, [replace(init, predicate=Predicate(fr.first_o))])
+            stage.emit(emit, [replace(acc, predicate=Predicate(fr.first_o, True))])
         else:
-            emit(init if first else acc, waits=[(ev.vx_done, 1)], sigs=sigs)
+            stage.emit(emit, [init if first else acc])
 
     def previous_tile_output(tile_count: int) -> None:
         """The last P @ V of the core's previous tile (`tile_count` - 1): P and V of the
@@ -207,16 +257,12 @@ def emit_flash_nest(state: CodegenState, nest: Nest) -> None:
         (deferred), so the matrix engine computes those scores while the vector engine
         still runs the previous tile's last softmax, instead of waiting for it."""
         emit.op("SUB", Reg(fr.kv_t), Reg(fr.kv_base), 1)
-        emit.op("AND", Reg(fr.prev), Reg(fr.kv_t), 1)
-        emit.op("MUL", Reg(fr.prev), Reg(fr.prev), stride)
-        emit.op("REM", Reg(fr.kv_prev), Reg(fr.kv_t), 3)
-        emit.op("MUL", Reg(fr.kv_prev), Reg(fr.kv_prev), ring)
+        rings.sp.select(emit, fr.prev, fr.kv_t)
+        rings.kv.select(emit, fr.kv_prev, fr.kv_t, modulo=True)
         if tile_copies == 2:
-            emit.op("SUB", Reg(fr.o_last), Reg(tile_count), 1)
-            emit.op("AND", Reg(fr.o_last), Reg(fr.o_last), 1)
-            emit.op("MUL", Reg(fr.o_last), Reg(fr.o_last), nest.buffer("o").stride)
+            rings.o.select(emit, fr.o_last, tile_count, -1)
             bind(o=fr.o_last)
-        mx_accumulate(True, first=single)
+        mx_accumulate(tile_end()[0], first=single)
         if tile_copies == 2:
             bind(o=fr.o)
 
@@ -225,20 +271,21 @@ def emit_flash_nest(state: CodegenState, nest: Nest) -> None:
         `o_reg`, the previous tile's (deferred): its O copy, its sum copied to `lprev`."""
         if o_reg is not None:
             bind(o=o_reg)
-        for index, stmt in enumerate(epilogue):
-            if o_reg is not None:
-                stmt = replace(stmt, srcs=tuple("lprev" if src == "l" else src
-                                                for src in stmt.srcs))
-            emit(ctx.instruction(stmt, False), waits=[(ev.o_done, 1)] if index == 0 else [],
-                 sigs=[(ev.o_full, 1)] if index == len(epilogue) - 1 else [])
-        for index, store in enumerate(stores):
-            last = index == len(stores) - 1
-            emit.op(f"DMA.ST.{nest.buffer(store.src).dtype}", ctx.ref(store.view),
-                    ctx.tile(store.src), waits=[(ev.o_full, 1)] if index == 0 else [],
-                    sigs=[(ev.q_free, 1), (ev.o_free, 1)] if last else [])
+        stmts = epilogue
+        if o_reg is not None:
+            stmts = [replace(stmt, srcs=tuple("lprev" if src == "l" else src
+                                               for src in stmt.srcs)) for stmt in epilogue]
+        _, finish, store = tile_end()
+        finish.emit(emit, [ctx.instruction(stmt, False) for stmt in stmts])
+        store.emit(emit, [instruction(f"DMA.ST.{nest.buffer(st.src).dtype}", ctx.ref(st.view),
+                                      ctx.tile(st.src)) for st in stores])
         if tile_copies == 2:
             bind(o=fr.o)
 
+    # A tile's last P @ V runs after the next tile's first scores (across the tile boundary)
+    # only when Q and O have a copy per tile parity: with one copy, the next tile's Q load
+    # waits for this tile's store, which waits for that P @ V (a deadlock on MX)
+    across_tiles = tile_copies == 2
     # The epilogue of a tile is deferred into the next tile's iteration (after its first
     # softmax) when O has a copy per tile parity, the only store is O's and registers are
     # left to save its coordinates: the vector engine then never waits for a tile's last
@@ -265,35 +312,20 @@ def emit_flash_nest(state: CodegenState, nest: Nest) -> None:
                 emit.op("MOV", Reg(reg), Reg(save))
                 emit.op("MOV", Reg(save), Reg(scratch))
 
-    def vx_chain(stmts: list, first: bool, predicated: set[int] = frozenset()) -> None:
+    def vx_chain(stage: Stage, stmts: list, predicated: set[int] = frozenset()) -> None:
         """The softmax of one step on VX; statements whose id is in `predicated` run only
-        where `fr.diag` is set (they carry no events: a predicated-off one has none)."""
+        where `fr.diag` is set (their waits go before them: a predicated-off one has none)."""
         bind(s=fr.cur, p=fr.cur)
-        scale_o = [i for i, s in enumerate(stmts) if isinstance(s, Vec) and s.op == "MUL"
-                   and s.dst == "o"]
-        ready_waited = bool(stmts) and id(stmts[0]) in predicated
-        if ready_waited:
-            emit.op("WAIT.VX", Event(ev.s_ready, 1))
-        for index, stmt in enumerate(stmts):
-            waits, sigs = [], []
-            if index == 0 and not ready_waited:
-                waits.append((ev.s_ready, 1))
-            if not first and scale_o and index == scale_o[0]:
-                waits.append((ev.o_acc, 1))
-            if index == len(stmts) - 1:
-                sigs.append((ev.vx_done, 1))
-            instr = ctx.instruction(stmt, False)
-            if id(stmt) in predicated:
-                assert not waits and not sigs
-                instr = replace(instr, predicate=Predicate(fr.diag))
-            emit(instr, waits=waits, sigs=sigs)
+        instrs = [ctx.instruction(stmt, False) for stmt in stmts]
+        instrs = [replace(instr, predicate=Predicate(fr.diag)) if id(stmt) in predicated
+                  else instr for stmt, instr in zip(stmts, instrs)]
+        stage.emit(emit, instrs, conditional={index for index, stmt in enumerate(stmts)
+                                              if id(stmt) in predicated})
 
-    # credits: three K/V copies; the output tiles (and Q) free for the first tiles
-    emit.op("SIG.S", Event(ev.kv_free, 3))
-    emit.op("SIG.S", Event(ev.q_free, tile_copies))
-    emit.op("SIG.S", Event(ev.o_free, tile_copies))
+    # credits: the K/V copies; the output tiles (and Q) free for the first tiles
+    rings.pipeline.start(emit)
     emit_tiles_of_core(emit, regs, nest.parallel_tiles)
-    emit.op("LI", Reg(fr.stride), stride)
+    emit.op("LI", Reg(fr.stride), rings.sp.stride)
     emit.op("LI", Reg(fr.kv_base), 0)
     emit.op("LOOP", Reg(regs.tile_loop), Reg(regs.mine))
     if causal:
@@ -306,79 +338,75 @@ def emit_flash_nest(state: CodegenState, nest: Nest) -> None:
         emit.op("LI", Reg(regs.steps), grid[k_axis])
         emit.op("LI", Reg(regs.middle), max(grid[k_axis] - 2, 0))
     if tile_copies == 2:
-        for reg, name in ((fr.q, "q"), (fr.o, "o")):
-            emit.op("AND", Reg(reg), Reg(regs.tile_loop), 1)
-            emit.op("MUL", Reg(reg), Reg(reg), nest.buffer(name).stride)
+        rings.q.select(emit, fr.q, regs.tile_loop)
+        rings.o.select(emit, fr.o, regs.tile_loop)
         bind(q=fr.q, o=fr.o)
     # the tile: Q, and the running max, sum and output
-    emit.op(f"DMA.LD.{nest.buffer('q').dtype}", ctx.tile("q"), ctx.ref(q_load.view),
-            waits=[(ev.q_free, 1)], sigs=[(ev.q_full, 1)])
+    issue_loads(rings.q, [q_load], emit_load)
 
-    def init_running() -> None:
-        """m, l and O of the tile, on VX after the previous tile's softmax; issued after
-        S(0), which must not wait with the scalar for room in the vector queue."""
-        for index, stmt in enumerate(init_vx):
-            emit(ctx.instruction(stmt, True), waits=[(ev.o_free, 1)] if index == 0 else [])
+    first_chain = [st for st in masked if not rescales_o(st)] if single else first_chain
+    first_predicated = first_predicated if not single else set()
 
-    def step_coord(value_reg: int | None, value: int | None = None) -> None:
-        if k_reg is None:
+    def key_iteration(first: bool, last: bool) -> None:
+        """Key step t of the tile: the first loads its own K/V, every one but the last
+        prefetches step t + 1's; S(t) on MX, then P(t-1) @ V(t-1) (on the first step: the
+        previous tile's last), and the softmax of t on VX: the first's skips the key-bound
+        mask, the middle ones' every mask, the last's none."""
+        if k_reg is not None:   # the key coordinate of step t
+            if first:
+                emit.op("LI", Reg(k_reg), 0)
+            else:
+                emit.op("MUL", Reg(k_reg), Reg(regs.step), nest.tile[k_axis])
+        if first:
+            emit.op("LI", Reg(regs.step), 0)
+        parity_regs(regs.step)
+        if first:   # the pipeline's prologue: step 0's own K and V
+            bind(kt=fr.kv_cur, vt=fr.kv_cur)
+            issue_loads(rings.kv, kv_loads, emit_load)
+        if not last:
+            prefetch_next()
+        chain = first_chain if first else masked if last else plain
+        scores, accumulate, softmax = key_step(chain, first)
+        bind(s=fr.cur, kt=fr.kv_cur)
+        scores.emit(emit, [ctx.instruction(mma_s, True)])
+        if not first:
+            mx_accumulate(accumulate, first=None)
+            vx_chain(softmax, chain)
             return
-        if value is not None:
-            emit.op("LI", Reg(k_reg), value * nest.tile[k_axis])
-        else:
-            emit.op("MUL", Reg(k_reg), Reg(value_reg), nest.tile[k_axis])
-
-    # step 0 (its K/V, and those of step 1)
-    step_coord(None, 0)
-    emit.op("LI", Reg(regs.step), 0)
-    parity_regs(regs.step)
-    loads(fr.kv_cur)
-    if not single:
-        prefetch()
-    mx_scores(True)
-    label = f"flash_first_tile_{len(emit.lines)}"
-    emit.op("BEQZ", Reg(regs.tile_loop), LabelRef(label))
-    previous_tile_output(regs.tile_loop)
-    emit.label(label)
-    init_running()
-    if single:
-        vx_chain([st for st in masked if not rescales_o(st)], True)
-    else:
+        if across_tiles:
+            label = f"flash_first_tile_{len(emit.lines)}"
+            emit.op("BEQZ", Reg(regs.tile_loop), LabelRef(label))
+            previous_tile_output(regs.tile_loop)
+            emit.label(label)
+        # m, l and O of the tile, on VX after the previous tile's softmax; issued after S(0),
+        # which must not wait with the scalar for room in the vector queue; the first takes
+        # the credit of the tile's O copy
+        Stage(["VX"] * len(init_vx)).acquire(rings.o).emit(
+            emit, [ctx.instruction(stmt, True) for stmt in init_vx])
         if first_predicated:
             if grid[q_axis] > 1:
                 emit.op("SLT", Reg(fr.diag), Reg(regs.coord(q_axis)), nest.tile[k_axis])
             else:
                 emit.op("LI", Reg(fr.diag), 1)
-        vx_chain(first_chain, True, first_predicated)
-    if deferred:
-        # the previous tile's O / l and store, on VX after this tile's first softmax (which
-        # its last P @ V overlaps), with that tile's coordinates swapped in
-        label = f"flash_first_epilogue_{len(emit.lines)}"
-        emit.op("BEQZ", Reg(regs.tile_loop), LabelRef(label))
-        swap_coords()
-        tile_output(fr.o_last)
-        swap_coords()
-        emit.label(label)
-    if not single:
-        # steps 1 .. n-2 unmasked (S(t), then O(t-1) on MX; the softmax of t on VX)
-        emit.op("LOOP", Reg(regs.step_loop), Reg(regs.middle))
-        emit.op("ADD", Reg(regs.step), Reg(regs.step_loop), 1)
-        step_coord(regs.step)
-        parity_regs(regs.step)
-        prefetch()
-        mx_scores(False)
-        mx_accumulate(False, first=None)
-        vx_chain(plain, False)
-        emit.op("ENDLOOP")
-        # step n-1, masked (its K/V are loaded)
-        emit.op("SUB", Reg(regs.step), Reg(regs.steps), 1)
-        step_coord(regs.step)
-        parity_regs(regs.step)
-        mx_scores(False)
-        mx_accumulate(False, first=None)
-        vx_chain(masked, False)
-    # the last step's P @ V: in the next tile's iteration (or after the loop), and the
-    # epilogue waits for it
+        vx_chain(softmax, chain, first_predicated)
+        if deferred:
+            # the previous tile's O / l and store, on VX after this tile's first softmax
+            # (which its last P @ V overlaps), with that tile's coordinates swapped in
+            label = f"flash_first_epilogue_{len(emit.lines)}"
+            emit.op("BEQZ", Reg(regs.tile_loop), LabelRef(label))
+            swap_coords()
+            tile_output(fr.o_last)
+            swap_coords()
+            emit.label(label)
+
+    # the key steps of a tile (a causal tile's count is known at run time)
+    peeled_loop(emit, key_iteration, regs.step_loop, regs.step, steps=1 if single else None,
+                registers=None if single else (regs.steps, regs.middle))
+    # the last step's P @ V: in the next tile's iteration (or after the loop) or at the
+    # tile's end, and the epilogue waits for it
+    emit.op("ADD", Reg(fr.kv_base), Reg(fr.kv_base), 1 if single else Reg(regs.steps))
+    if not across_tiles:
+        previous_tile_output(regs.tile_loop)
     if deferred:
         # this tile's sum and store coordinates, for its epilogue in the next iteration
         emit(ctx.instruction(Vec("COPY", "f32", "lprev", ("l",)), False))
@@ -386,20 +414,17 @@ def emit_flash_nest(state: CodegenState, nest: Nest) -> None:
             emit.op("MOV", Reg(save), Reg(reg))
     else:
         tile_output()
-    emit.op("ADD", Reg(fr.kv_base), Reg(fr.kv_base), 1 if single else Reg(regs.steps))
     emit.op("ENDLOOP")
-    label = f"flash_no_tile_{len(emit.lines)}"
-    emit.op("BEQZ", Reg(regs.mine), LabelRef(label))
-    previous_tile_output(regs.mine)
-    if deferred:
-        for reg, save in zip(store_coords, saved):
-            emit.op("MOV", Reg(reg), Reg(save))
-        tile_output(fr.o_last)
-    emit.label(label)
-    emit.op("BAR.CORE")
-    emit.op("WAIT.S", Event(ev.kv_free, 3))
-    emit.op("WAIT.S", Event(ev.q_free, tile_copies))
-    emit.op("WAIT.S", Event(ev.o_free, tile_copies))
+    if across_tiles:
+        label = f"flash_no_tile_{len(emit.lines)}"
+        emit.op("BEQZ", Reg(regs.mine), LabelRef(label))
+        previous_tile_output(regs.mine)
+        if deferred:
+            for reg, save in zip(store_coords, saved):
+                emit.op("MOV", Reg(reg), Reg(save))
+            tile_output(fr.o_last)
+        emit.label(label)
+    rings.pipeline.drain(emit)
 
 
-__all__ = ["FlashEvents", "FlashRegisters", "emit_flash_nest"]
+__all__ = ["FlashRegisters", "FlashSchedule", "emit_flash_nest"]
