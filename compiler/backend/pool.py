@@ -103,3 +103,29 @@ def lower_pool_group(low, ops) -> None:
     nest = Nest((n * c, oh, ow, 1), (1, rows, ow, 1), ("p",) * 4, tuple(buffers), (),
                 step, (Store(store, "out"),))
     low.kernel("maxpool", [op.id], [nest], op.span)
+
+
+# the dtypes of the one-kernel max pool (VMAX and the DMA's fill with the lowest value)
+POOL_DTYPES = ("bf16", "f16", "f32")
+VIEW_OPS = ("reshape", "transpose", "slice", "broadcast_to")
+
+
+def pool_refusal(op, producers, machine) -> str | None:
+    """Why the one-kernel max pool does not take maxpool2d `op` (None: it does): its dtype,
+    an input height that the stride does not divide (its rows are split into the stride's
+    phases), an input that is a view, or input rows that do not fit L1."""
+    (x,) = op.inputs
+    if x.type.dtype not in POOL_DTYPES:
+        return f"{x.type.dtype} has no one-kernel max pool"
+    size, stride = x.type.shape[2], op.attrs["strides"][0]
+    if size % stride:
+        return (f"the input height ({size}) is not a multiple of the stride ({stride}): its "
+                "rows cannot be split into the stride's phases")
+    source = producers.get(x.id)
+    if source is not None and source.kind in VIEW_OPS:
+        return "the input is a view"
+    try:
+        pool_tile(op.result.type.shape, op.attrs, itemsize(x.type.dtype), machine)
+    except CompileError:
+        return "one output row's input rows do not fit L1"
+    return None
