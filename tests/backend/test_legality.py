@@ -11,7 +11,7 @@ from math import prod
 import pytest
 from backend_helpers import compile_and_run, machine
 from zhenwu.compiler.backend import groups
-from zhenwu.compiler.backend.groups import FusedTarget, WholeOpLowering
+from zhenwu.compiler.backend.groups import FusedTarget
 from zhenwu.compiler.frontend import load_program
 from zhenwu.compiler.passes import default_graph_pipeline, get_pass, run_pipeline
 
@@ -123,37 +123,6 @@ def test_without_decompose_the_fused_lowering_still_legalizes_every_op():
     fn = load_program("t.zt", text=source)
     compiled = compile_function(fn, machine(), CompileOptions(disabled_passes=("decompose",)))
     assert [k.name for k in compiled.kernels.kernels] == ["maxpool_0", "matmul_1"]
-
-
-def test_a_registered_lowering_is_asked_first_and_falls_back_to_the_next(monkeypatch):
-    """A test-only lowering claims 2x2 max pools (group `pool2x2`, the pool kernel renamed);
-    a 3x3 one falls through to the max-pool lowering."""
-    from zhenwu.compiler.backend.pool import lower_pool_group
-
-    def lower(low, ops):
-        lower_pool_group(low, ops)
-        low.kernels[-1] = replace(low.kernels[-1], name=f"pool2x2_{len(low.kernels) - 1}")
-
-    def refusal(op, producers, machine):
-        return None if tuple(op.attrs["kernel"]) == (2, 2) else "not a 2x2 window"
-
-    monkeypatch.setattr(groups, "WHOLE_OP_LOWERINGS", list(groups.WHOLE_OP_LOWERINGS))
-    monkeypatch.setitem(groups.GROUP_LOWERINGS, "pool2x2", lower)
-    groups.register_whole_op_lowering(
-        WholeOpLowering("2x2-pool", "maxpool2d", "pool2x2", refusal, "one test kernel"),
-        first=True)
-    two = ("fn main(x: f32[2, 4, 8, 8]) -> f32[2, 4, 4, 4] {\n    return maxpool2d(x, 2)\n}\n")
-    _, compiled, _, _ = compile_and_run(two, opt_level=2, cores=2)
-    assert [k.name for k in compiled.kernels.kernels] == ["pool2x2_0"]
-    assert any("the 2x2-pool lowering claims it (one test kernel)" in d for d in _decisions(two))
-    _, compiled, _, _ = compile_and_run(POOL, opt_level=2, cores=2)
-    assert [k.name for k in compiled.kernels.kernels] == ["maxpool_0"]
-    with pytest.raises(ValueError, match="exists"):
-        groups.register_whole_op_lowering(
-            WholeOpLowering("2x2-pool", "maxpool2d", "pool2x2", refusal, ""))
-    with pytest.raises(ValueError, match="no group lowering"):
-        groups.register_whole_op_lowering(
-            WholeOpLowering("other", "avgpool2d", "nowhere", refusal, ""))
 
 
 def test_the_fuzzer_draws_claimed_and_refused_convs_and_pools():
