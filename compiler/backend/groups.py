@@ -83,6 +83,9 @@ WHOLE_OP_LOWERINGS: list[WholeOpLowering] = [
     WholeOpLowering("max-pool", "maxpool2d", "pool",
                     "zhenwu.compiler.backend.pool:pool_refusal",
                     "one kernel reading its input rows once, the padding filled by the DMA"),
+    WholeOpLowering("average-pool", "avgpool2d", "pool",
+                    "zhenwu.compiler.backend.pool:avgpool_refusal",
+                    "one kernel reading its input rows once, summing in f32"),
 ]
 
 

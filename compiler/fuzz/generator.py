@@ -470,6 +470,12 @@ class ProgramBuilder:
         kernel = self.chooser.integer(2, min(3, *x.shape[2:]))
         stride = self.chooser.integer(1, kernel)
         padding = self.chooser.integer(0, kernel // 2)
+        if self.chooser.integer(0, 2) == 0:
+            # an input the one-kernel pools claim whole (lowering by legality): a fresh
+            # tensor whose height the stride divides, unpadded (drawn values are often views
+            # or odd heights, which they refuse)
+            height = x.shape[2] + (-x.shape[2]) % stride
+            x, padding = self.new_param((x.shape[0], x.shape[1], height, x.shape[3])), 0
         op = self.chooser.choice(("maxpool2d", "avgpool2d"))
         oh = (x.shape[2] + 2 * padding - kernel) // stride + 1
         ow = (x.shape[3] + 2 * padding - kernel) // stride + 1

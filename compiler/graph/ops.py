@@ -988,8 +988,8 @@ for _kind, _doc in (("maxpool2d", "the maximum over each window (padding never w
     _register(OpDef(_kind, "reduce", _pool_infer(_kind), _pool_ref(_kind),
                     attrs=("kernel", "strides", "pads"), primitive=False, flop_rule=_pool_flops,
                     frontend=Frontend(_kind, "special", "x kernel stride padding"),
-                    kernel=("one kernel at -O1/-O2 where that lowering claims it "
-                            "(compiler/backend/pool.py); else " if _kind == "maxpool2d" else "")
+                    kernel="one kernel at -O1/-O2 where that lowering claims it "
+                    "(compiler/backend/pool.py; an average pool unpadded); else "
                     + _DECOMPOSED + " (pad, a strided slice per tap)",
                     fuzz=Fuzz(step="pool"), doc=_doc))
 _register(OpDef("einsum", "contraction", _einsum_infer, _einsum_ref, attrs=("spec",),

@@ -53,6 +53,44 @@ def test_a_claimed_pool_reaches_the_backend_whole():
     assert _kinds(compiled) == ["maxpool2d"]
 
 
+AVERAGE_POOLS = [
+    # x, kernel, stride, dtype
+    ((2, 8, 12, 12), 3, 2, "bf16"),
+    ((1, 3, 8, 10), (2, 3), (2, 1), "f16"),
+    ((2, 4, 16, 16), 2, 2, "f32"),
+]
+
+
+@pytest.mark.parametrize("x, kernel, stride, dtype", AVERAGE_POOLS)
+def test_an_unpadded_average_pool_is_one_kernel_with_the_decomposition_s_numbers(
+        x, kernel, stride, dtype):
+    """Summed in f32 in the decomposition's order and divided once: the -O0 program's
+    numbers bit for bit, in one kernel that reads the input once."""
+    import numpy as np
+
+    n, c, h, w = x
+    (kh, kw), (sh, sw) = ((kernel,) * 2 if isinstance(kernel, int) else kernel,
+                          (stride,) * 2 if isinstance(stride, int) else stride)
+    oh, ow = (h - kh) // sh + 1, (w - kw) // sw + 1
+    source = (f"fn main(x: {dtype}[{n}, {c}, {h}, {w}]) -> {dtype}[{n}, {c}, {oh}, {ow}] {{\n"
+              f"    return avgpool2d(x, {[kh, kw]}, stride={[sh, sw]})\n}}\n")
+    _, compiled, result, want = compile_and_run(source, opt_level=2, cores=2)
+    assert [k.name for k in compiled.kernels.kernels] == ["avgpool_0"]
+    assert result.report.hbm_write_bytes == want[0].nbytes
+    _, simple, plain, _ = compile_and_run(source, opt_level=0)
+    assert "avgpool2d" not in _kinds(simple)
+    got = compiled.graph_outputs(result)[0]
+    assert np.array_equal(got, simple.graph_outputs(plain)[0])
+
+
+def test_a_padded_average_pool_is_decomposed():
+    source = ("fn main(x: f32[1, 4, 8, 8]) -> f32[1, 4, 4, 4] {\n"
+              "    return avgpool2d(x, 3, stride=2, padding=1)\n}\n")
+    assert any(d.startswith("decompose %") and "it is padded" in d for d in _decisions(source))
+    _, compiled, _, _ = compile_and_run(source, opt_level=2)
+    assert "avgpool2d" not in _kinds(compiled)
+
+
 def test_o0_claims_nothing():
     _, compiled, _, _ = compile_and_run(CONV, opt_level=0)
     assert "conv2d" not in _kinds(compiled) and "matmul" in _kinds(compiled)
@@ -128,19 +166,20 @@ def test_without_decompose_the_fused_lowering_still_legalizes_every_op():
 def test_the_fuzzer_draws_claimed_and_refused_convs_and_pools():
     from collections import Counter
 
+    KINDS = ("conv2d", "maxpool2d", "avgpool2d")
     from zhenwu.compiler.fuzz import generator
 
     seen: Counter = Counter()
     for seed in range(400):
         text = generator.random_program(seed)
-        if "conv2d(" not in text and "maxpool2d(" not in text:
+        if not any(f"{kind}(" in text for kind in KINDS):
             continue
         for line in _decisions(text):
-            for kind in ("conv2d", "maxpool2d"):
+            for kind in KINDS:
                 if f" {kind} whole:" in line:
                     seen[kind, "claimed"] += 1
                 elif f" {kind} into primitives:" in line:
                     seen[kind, "refused"] += 1
-        if min(seen[k, w] for k in ("conv2d", "maxpool2d") for w in ("claimed", "refused")):
+        if min(seen[k, w] for k in KINDS for w in ("claimed", "refused")):
             break
-    assert all(seen[k, w] for k in ("conv2d", "maxpool2d") for w in ("claimed", "refused")), seen
+    assert all(seen[k, w] for k in KINDS for w in ("claimed", "refused")), seen
