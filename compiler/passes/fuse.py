@@ -1,6 +1,7 @@
 """`fuse`: group graph ops into kernels (docs/design.md section 5).
 
-The pass leaves the ops as they are and attaches a `FusionPlan` to the function
+The pass leaves the ops as they are (but for a whole op no lowering claims any more, see
+`fuse_function`) and attaches a `FusionPlan` to the function
 (`fn.attrs["fusion"]`): the kernels in execution order, each with the ids of the source ops
 it holds, and every fuse or no-fuse decision with its reason. The backend lowers each group
 as one kernel (`compiler/backend/fusion.py`).
@@ -569,7 +570,8 @@ def _group_order(fn: Function, members, group_of) -> list[int]:
 @register_pass
 @dataclass(frozen=True)
 class Fuse(GraphPass):
-    """Attach a `FusionPlan` (`fn.attrs["fusion"]`); the ops are unchanged."""
+    """Attach a `FusionPlan` (`fn.attrs["fusion"]`); the ops are unchanged but for a whole
+    op no lowering claims any more, decomposed (`fuse_function`)."""
 
     name = "fuse"
 
