@@ -154,6 +154,9 @@ def test_a_claimed_conv_stays_whole_and_logs_it():
      "    return conv2d(x, w)\n}\n"), "64 taps"),
     (("fn main(x: f32[1, 2, 6, 6], w: f32[3, 3, 2, 4]) -> f32[1, 4, 4, 4] {\n"
      "    return conv2d(x, transpose(w, [3, 2, 0, 1]))\n}\n"), "the weights are a view"),
+    # 5x5 stride-5 taps fall in 25 phases: one descriptor each, more than a kernel keeps
+    (("fn main(x: f32[1, 1, 10, 10], w: f32[1, 1, 5, 5]) -> f32[1, 1, 2, 2] {\n"
+     "    return conv2d(x, w, stride=5)\n}\n"), "25 tap phases"),
     # (an i32 conv's im2col product is split into i8 ones by split-int-matmul before fuse)
     (("fn main(x: i8[1, 2, 5, 5], w: i8[3, 2, 3, 3]) -> i8[1, 3, 3, 3] {\n"
      "    return conv2d(x, w)\n}\n"), "i8 has no implicit GEMM"),

@@ -91,6 +91,17 @@ def test_a_padded_average_pool_is_decomposed():
     assert "avgpool2d" not in _kinds(compiled)
 
 
+def test_the_roofline_counts_a_whole_conv_as_its_im2col_product():
+    from zhenwu.compiler.roofline import io_lower_bound_bytes, roofline
+
+    _, whole, _, _ = compile_and_run(CONV, opt_level=2, cores=2)
+    _, decomposed, _, _ = compile_and_run(CONV, opt_level=0)
+    assert roofline(whole.graph, machine()) == roofline(decomposed.graph, machine())
+    assert roofline(whole.graph, machine()).flops == 2 * 2 * 64 * 12 * 12 * 8 * 9
+    assert (io_lower_bound_bytes(whole.graph, machine())
+            == io_lower_bound_bytes(decomposed.graph, machine()))
+
+
 def test_o0_claims_nothing():
     _, compiled, _, _ = compile_and_run(CONV, opt_level=0)
     assert "conv2d" not in _kinds(compiled) and "matmul" in _kinds(compiled)
