@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-CONTRACTIONS = ("matmul",)
+CONTRACTIONS = ("matmul", "conv2d")   # a conv2d a backend lowering kept whole is a product
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,14 @@ class Roofline:
 
 
 def _matmul_dims(op) -> tuple[int, int, int, int]:
-    """(batch, M, N, K) of a numpy-semantics matmul op."""
+    """(batch, M, N, K) of a numpy-semantics matmul op, or of a conv2d as the batched
+    product its im2col is (batch N x groups, M the output channels of a group, N the
+    output pixels, K a group's input channels x taps)."""
+    if op.kind == "conv2d":
+        n, o, oh, ow = op.result.type.shape
+        _, cg, kh, kw = op.inputs[1].type.shape
+        groups = op.attrs["groups"]
+        return n * groups, o // groups, oh * ow, cg * kh * kw
     a, b = (v.type.shape for v in op.inputs)
     out = op.result.type.shape
     k = a[-1]

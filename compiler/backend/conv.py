@@ -42,6 +42,7 @@ from zhenwu.compiler.backend.lower import ALIGN, aligned, elementwise_body, mma_
 from zhenwu.compiler.backend.tiling import round_up
 from zhenwu.compiler.graph.dtypes import itemsize
 from zhenwu.isa.errors import CompileError
+from zhenwu.isa.program import MAX_EVENT_COUNT, NUM_DESCS
 
 EXACT = ("relu", "neg", "abs")   # f(round(x)) == round(f(x))
 # the output channels are the innermost parallel axis: when their tile count divides the
@@ -697,3 +698,38 @@ def lower_conv_group(low, ops) -> None:
                 tuple(setup), core_axes=(AX_O,) if stationary else (), schedule=schedule)
     low.kernel("conv" if not epilogue else "conv_fused", [op.id for op in ops], [nest],
                last.span)
+
+
+# --- legality: which conv2d ops this lowering takes whole (compiler/backend/groups.py) ---
+# An implicit-GEMM step waits for all its loads (one per tap and the weights) with one
+# event count, and a DMA descriptor register per distinct tap phase: ISA limits, not the
+# machine's (docs/internals.md section 3); 8 descriptors are kept for the other views of the
+# kernel (weights, output, epilogue operands).
+MAX_STEP_LOADS = MAX_EVENT_COUNT
+MAX_TAP_PHASES = NUM_DESCS - 8
+CONV_DTYPES = ("bf16", "f16", "f32")
+VIEW_OPS = ("reshape", "transpose", "slice", "broadcast_to")
+
+
+def implicit_gemm_refusal(op, producers, machine) -> str | None:
+    """Why the implicit GEMM does not take conv2d `op` (None: it does): its dtype, more
+    taps than one step's event counts, more tap phases than descriptors, or weights that
+    are a view (the taps of a kernel must be one stride apart)."""
+    x, w = op.inputs
+    attrs = op.attrs
+    if x.type.dtype not in CONV_DTYPES:
+        return f"{x.type.dtype} has no implicit GEMM"
+    _, _, kh, kw = w.type.shape
+    if kh * kw + 1 > MAX_STEP_LOADS:
+        return f"{kh * kw} taps are more loads per step than one event counts"
+    phases = set()
+    for i in range(kh):
+        for j in range(kw):
+            phases.add(((i * attrs["dilation"][0] - attrs["pads"][0][0]) % attrs["strides"][0],
+                        (j * attrs["dilation"][1] - attrs["pads"][1][0]) % attrs["strides"][1]))
+    if len(phases) > MAX_TAP_PHASES:
+        return f"{len(phases)} tap phases need more descriptors than there are"
+    source = producers.get(w.id)
+    if source is not None and source.kind in VIEW_OPS:
+        return "the weights are a view (the taps of a kernel must be one stride apart)"
+    return None

@@ -1,7 +1,7 @@
 """The backend pipeline: Graph IR function -> Kernel IR -> M890 program.
 
 Stages, in order (each has a text form): graph passes (the frontend's default pipeline,
-including `decompose`), `lower` (one kernel per non-view op, tiled for the machine), `hbm`
+including `decompose`, which at -O1/-O2 keeps whole the ops a fused lowering claims), `lower` (one kernel per non-view op, tiled for the machine), `hbm`
 (addresses), `codegen` (an `isa` Program, built directly: its assembly text is printed
 from it only when asked for, `CompiledProgram.asm_text`).
 
@@ -77,11 +77,26 @@ class CompiledProgram:
         return [np.reshape(v, out.type.shape) for v, out in zip(values, self.graph.outputs)]
 
 
-def graph_passes(fn, options: CompileOptions):
-    """The frontend's default graph pipeline (decompose and friends) for `options`."""
+def fuses(options: CompileOptions) -> bool:
+    """Whether `options` lower through fused kernels (-O1/-O2 with `fuse` enabled)."""
+    return options.opt_level >= 1 and "fuse" not in options.disabled_passes
+
+
+def graph_passes(fn, options: CompileOptions, machine=None):
+    """The frontend's default graph pipeline (decompose and friends) for `options`. When
+    the fused lowering runs, `decompose` keeps whole the ops one of its lowerings claims on
+    `machine` (lowering by legality, compiler/backend/groups.py); -O0 lowers primitives."""
     from zhenwu.compiler.passes import default_graph_pipeline, run_pipeline
 
-    return run_pipeline(fn, default_graph_pipeline(), disabled=options.disabled_passes)
+    target = None
+    if machine is not None and fuses(options):
+        from zhenwu.compiler.backend.groups import FusedTarget
+
+        target = FusedTarget(machine)
+    out = run_pipeline(fn, default_graph_pipeline(target), disabled=options.disabled_passes)
+    if target is not None:  # `fuse` asks it again (also when `decompose` was disabled)
+        out.attrs.setdefault("target", target)
+    return out
 
 
 def compile_function(fn, machine, options: CompileOptions = CompileOptions(), measure=None
@@ -92,13 +107,13 @@ def compile_function(fn, machine, options: CompileOptions = CompileOptions(), me
     (the backend does not import the runtime: the caller injects it)."""
     from zhenwu.compiler.shard.annotations import strip_pins
 
-    graph = graph_passes(strip_pins(fn), options)
-    if options.opt_level >= 1 and "fuse" not in options.disabled_passes:
+    graph = graph_passes(strip_pins(fn), options, machine)
+    if fuses(options):
         from zhenwu.compiler.backend.fusion import lower_fused
         from zhenwu.compiler.passes.fuse import fuse_function
 
-        # `graph` stays the primitives (the roofline counts its matmuls); the lowering
-        # reads it with the im2col of the convs it takes whole folded back into conv2d
+        # `graph` holds primitives and the ops a fused lowering claimed whole (conv2d,
+        # maxpool2d: `decompose` asked compiler/backend/groups.py)
         fused, plan = fuse_function(graph)
         tiles = {}
         if options.tune:

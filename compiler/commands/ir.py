@@ -46,7 +46,13 @@ def run(args) -> int:
     else:
         passes = default_graph_pipeline() if wants_passes else []
         if "fuse" in args.print_ir_after:
-            passes.append(get_pass("fuse"))  # -O2's grouping into kernels, after the graph passes
+            # -O2's grouping into kernels, after the graph passes as -O2 runs them: keeping
+            # whole the ops a fused lowering claims on the machine (lowering by legality)
+            from zhenwu.compiler.backend.groups import FusedTarget
+            from zhenwu.isa.machine import load_machine
+
+            target = FusedTarget(load_machine(getattr(args, "machine", None) or "m890"))
+            passes = default_graph_pipeline(target) + [get_pass("fuse")]
     for name in list(args.print_ir_after) + list(args.disable_pass):
         get_pass(name)  # unknown names are usage errors
     timings: list[tuple[str, float]] = []

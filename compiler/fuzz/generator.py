@@ -446,11 +446,20 @@ class ProgramBuilder:
                       self.chooser.choice((5, 7, 8)), self.chooser.choice((5, 6, 9)))
         o, k = self.chooser.choice((2, 4, 16)), self.chooser.choice((1, 3))
         stride, padding = self.chooser.integer(1, 2), self.chooser.integer(0, k // 2 + 1)
+        # forms the implicit GEMM claims whole, and two it refuses, which `decompose` writes
+        # as im2col (lowering by legality): weights that are a view, 8x8 = 64 taps
+        form = self.chooser.choice(("whole", "whole", "whole", "weights_view", "taps"))
+        if form == "taps":
+            k, padding = 8, self.chooser.integer(2, 4)   # h, w >= 5: an output pixel
         x = self.new_param((n, c, h, w))
-        wt = self.new_param((o, c, k, k), x.dtype)
+        if form == "weights_view":
+            wt = self.new_param((c, o, k, k), x.dtype)
+            weights = f"transpose({wt.name}, [1, 0, 2, 3])"
+        else:
+            weights = self.new_param((o, c, k, k), x.dtype).name
         oh = (h + 2 * padding - k) // stride + 1
         ow = (w + 2 * padding - k) // stride + 1
-        self.bind(f"conv2d({x.name}, {wt.name}, stride={stride}, padding={padding})",
+        self.bind(f"conv2d({x.name}, {weights}, stride={stride}, padding={padding})",
                   x.dtype, (n, o, oh, ow))
 
     def step_pool(self) -> None:
@@ -461,6 +470,12 @@ class ProgramBuilder:
         kernel = self.chooser.integer(2, min(3, *x.shape[2:]))
         stride = self.chooser.integer(1, kernel)
         padding = self.chooser.integer(0, kernel // 2)
+        if self.chooser.integer(0, 2) == 0:
+            # an input the one-kernel pools claim whole (lowering by legality): a fresh
+            # tensor whose height the stride divides, unpadded (drawn values are often views
+            # or odd heights, which they refuse)
+            height = x.shape[2] + (-x.shape[2]) % stride
+            x, padding = self.new_param((x.shape[0], x.shape[1], height, x.shape[3])), 0
         op = self.chooser.choice(("maxpool2d", "avgpool2d"))
         oh = (x.shape[2] + 2 * padding - kernel) // stride + 1
         ow = (x.shape[3] + 2 * padding - kernel) // stride + 1

@@ -980,15 +980,17 @@ _register(OpDef("conv2d", "contraction", _conv2d_infer, _conv2d_ref,
                 attrs=("strides", "pads", "dilation", "groups"), arity=2, primitive=False,
                 flop_rule=_conv2d_flops,
                 frontend=Frontend("conv2d", "special", "x w stride padding dilation groups"),
-                kernel=_DECOMPOSED + " (im2col); fuse folds it back into an implicit GEMM",
+                kernel="one implicit-GEMM kernel at -O1/-O2 where that lowering claims it "
+                "(compiler/backend/conv.py); else " + _DECOMPOSED + " (im2col)",
                 fuzz=Fuzz(step="conv"), doc="2-D convolution, x NCHW, w OIHW"))
 for _kind, _doc in (("maxpool2d", "the maximum over each window (padding never wins)"),
                     ("avgpool2d", "the mean over each window (padding not counted)")):
     _register(OpDef(_kind, "reduce", _pool_infer(_kind), _pool_ref(_kind),
                     attrs=("kernel", "strides", "pads"), primitive=False, flop_rule=_pool_flops,
                     frontend=Frontend(_kind, "special", "x kernel stride padding"),
-                    kernel=_DECOMPOSED + " (pad, a strided slice per tap); fuse folds a max "
-                    "pool back into one kernel (compiler/backend/pool.py)",
+                    kernel="one kernel at -O1/-O2 where that lowering claims it "
+                    "(compiler/backend/pool.py; an average pool unpadded); else "
+                    + _DECOMPOSED + " (pad, a strided slice per tap)",
                     fuzz=Fuzz(step="pool"), doc=_doc))
 _register(OpDef("einsum", "contraction", _einsum_infer, _einsum_ref, attrs=("spec",),
                 optional_attrs=("acc",), arity=None, primitive=False,

@@ -9,6 +9,8 @@ After `default_graph_pipeline()` a function holds only primitive op kinds.
 
 from __future__ import annotations
 
+import dataclasses
+
 from zhenwu.compiler.passes.pass_base import (
     PASSES,
     GraphPass,
@@ -36,13 +38,19 @@ def load_all() -> None:
     _LOADED.append(True)
 
 
-def default_graph_pipeline() -> list[GraphPass]:
-    """The graph passes of a normal compile, in order; the result is primitives only."""
+def default_graph_pipeline(target=None) -> list[GraphPass]:
+    """The graph passes of a normal compile, in order; the result is primitives only, but
+    for the ops a backend lowering of `target` claims whole (`decompose`'s target: lowering
+    by legality, compiler/passes/decompose.py)."""
     load_all()
     names = ["canonicalize", "constant-fold", "decompose", "split-int-matmul", "canonicalize",
              "hoist-scales",
              "constant-fold", "cse", "dce"]
-    return [get_pass(name) for name in names]
+    passes = [get_pass(name) for name in names]
+    if target is not None:
+        passes = [dataclasses.replace(p, target=target) if p.name == "decompose" else p
+                  for p in passes]
+    return passes
 
 
 load_all()

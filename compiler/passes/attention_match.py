@@ -316,12 +316,17 @@ def _scores_chain(x, producers, chain: list, ops: dict, why: list | None = None)
     return op, (None if scale == 1.0 else scale), mask, masker, additive
 
 
-def _origin_softmax(value, producers) -> bool:
-    """Whether `value` (past reshapes and casts) is the result of a `softmax` builtin."""
+def _softmax_like(value, producers) -> bool:
+    """Whether `value` (past reshapes and casts) is `e / sum(e)` of an `e = exp(...)`: a
+    softmax along some axes, the last or not (read from the ops, not from their origin)."""
     op = producers.get(value.id)
     while op is not None and op.kind in ("reshape", "cast"):
         op = producers.get(op.inputs[0].id)
-    return op is not None and (op.origin or "").startswith("softmax#")
+    if op is None or op.kind != "div":
+        return False
+    exp, total = (producers.get(v.id) for v in op.inputs)
+    return (exp is not None and total is not None and exp.kind == "exp"
+            and total.kind == "reduce_sum" and total.inputs[0] is exp.result)
 
 
 def _step_refusal(op, masked: bool) -> str:
@@ -358,14 +363,14 @@ def match_chain(m2, producers, why: list | None = None
             if not before or not now or before[-1] != now[-1]:
                 return _refuse(why, "a reshape between the softmax and the second product "
                                "changes the keys' dim",
-                               softmax=_origin_softmax(after.inputs[0], producers))
+                               softmax=_softmax_like(after.inputs[0], producers))
         chain.append(after)
         after = producers.get(after.inputs[0].id)
     if after is None:
         return _refuse(why, "no softmax feeds the product", softmax=False)
     ops = _softmax(after.result, producers)
     if ops is None:
-        if _origin_softmax(after.result, producers):
+        if _softmax_like(after.result, producers):
             return _refuse(why, "the softmax does not normalise the last axis (the keys)")
         return _refuse(why, "no softmax feeds the product", softmax=False)
     if not plain:

@@ -1,9 +1,18 @@
 """`decompose`: rewrite the non-primitive op kinds into primitives, one rule per kind.
 
 After this pass a function holds only the primitives of docs/internals.md section 2
-(`compiler.graph.ops.PRIMITIVES`). The new ops keep the span of the op they replace, and
-their origin is the replaced op's origin or `kind#n` (`conv2d#1`), so that fusion can find
-the group again.
+(`compiler.graph.ops.PRIMITIVES`), but for the ops its `target` keeps whole. The new ops keep
+the span of the op they replace, and their origin is the replaced op's origin or `kind#n`
+(`conv2d#1`, which remarks print).
+
+Lowering by legality: with a `target` (the backend's: `compiler.backend.groups.FusedTarget`
+at -O1/-O2), an op that a backend lowering claims for its shapes, dtypes, attributes and
+operands stays whole, and only the others are decomposed. `target.legalize(op, producers)`
+returns (the fused-kernel kind that lowers it, or None; a decision line, or None). The pass
+leaves the target in `fn.attrs["target"]`, where `fuse` asks it again which lowering takes
+each whole op (the graph passes after this one may have changed an operand), and the lines
+of the ops it decomposed in `fn.attrs["legality"]`, which start the fusion log. Without a
+target every rule applies (-O0, `zhenwu ir`): the target-independent primitives.
 
 - `conv2d` (NCHW/OIHW, stride, padding, dilation, groups): im2col. Pad, one strided slice
   per kernel tap, concat of the taps, reshape to [N, G, Cg*KH*KW, OH*OW], and one batched
@@ -214,12 +223,14 @@ DECOMPOSITIONS = {"conv2d": _conv2d, "maxpool2d": _pool, "avgpool2d": _pool,
 class Decompose(GraphPass):
     """Rewrite conv2d, pools, einsum and gather into primitive ops.
 
-    `kinds` names the op kinds to rewrite (all by default); a backend with its own rule
-    for one of them can keep it whole: `decompose{kinds=einsum,maxpool2d,avgpool2d}`.
+    `kinds` names the op kinds to rewrite (all by default): `decompose{kinds=einsum}` keeps
+    the others whole. `target` (set by the backend, not in pipeline text) keeps whole the
+    ops a backend lowering claims (see the module docstring).
     """
 
     name = "decompose"
     kinds: tuple[str, ...] = tuple(DECOMPOSITIONS)
+    target: object = None
 
     def apply(self, fn: Function) -> Function:
         counts: dict[str, int] = {}
@@ -227,14 +238,34 @@ class Decompose(GraphPass):
         if unknown:
             raise UsageError(f"decompose: no rule for {', '.join(sorted(unknown))} "
                              f"(rules: {', '.join(DECOMPOSITIONS)})")
+        if isinstance(self.target, str):
+            raise UsageError("decompose: the target is the backend's (-O1/-O2 set it), not "
+                             "an option of pipeline text")
+        decisions = list(fn.attrs.get("legality", ()))
 
         def lower(op: Op, rw: Rewriter) -> Value | None:
             rule = DECOMPOSITIONS.get(op.kind) if op.kind in self.kinds else None
             if rule is None:
                 return None
-            if op.origin is None:
-                counts[op.kind] = counts.get(op.kind, 0) + 1
-                op.origin = f"{op.kind}#{counts[op.kind]}"
-            return rule(op, rw)
+            if self.target is not None:
+                group, decision = self.target.legalize(op, rw.producers)
+                if group is not None:
+                    return None  # a backend lowering takes it whole
+                if decision is not None:
+                    decisions.append(decision)
+            return decompose_op(op, rw, counts)
 
-        return rewrite(fn, [lower])
+        out = rewrite(fn, [lower])
+        if self.target is not None:
+            out.attrs["target"] = self.target
+            out.attrs["legality"] = tuple(decisions)
+        return out
+
+
+def decompose_op(op: Op, rw: Rewriter, counts: dict[str, int]) -> Value:
+    """`op` written as primitives by its rule; an op without an origin gets `kind#n`
+    (`counts` numbers them)."""
+    if op.origin is None:
+        counts[op.kind] = counts.get(op.kind, 0) + 1
+        op.origin = f"{op.kind}#{counts[op.kind]}"
+    return DECOMPOSITIONS[op.kind](op, rw)

@@ -1,20 +1,24 @@
 """`fuse`: group graph ops into kernels (docs/design.md section 5).
 
-The pass leaves the ops as they are (but for convs, see `conv` below) and attaches a `FusionPlan` to the function
+The pass leaves the ops as they are (but for a whole op no lowering claims any more, see
+`fuse_function`) and attaches a `FusionPlan` to the function
 (`fn.attrs["fusion"]`): the kernels in execution order, each with the ids of the source ops
 it holds, and every fuse or no-fuse decision with its reason. The backend lowers each group
 as one kernel (`compiler/backend/fusion.py`).
 
-Groups (TVM's op patterns, on the primitives the `decompose` pass leaves):
+Groups (TVM's op patterns, on the primitives the `decompose` pass leaves and the ops it kept
+whole because a backend lowering claimed them, `fn.attrs["claims"]`: lowering by legality):
 - `elementwise`: a chain of elementwise ops with one iteration space (the result shape);
   operands from outside the group are read through broadcasting views, splat constants
   become immediates, and only values used outside the group are written to HBM;
 - `matmul`: a matrix product with an elementwise epilogue applied on the accumulator before
   the store (bias, activation, residual add, scale, a final cast);
 - `conv`: a conv2d lowered as an implicit GEMM (compiler/backend/conv.py) with the same
-  epilogue as a matmul; `decompose` writes every conv2d as im2col, and this pass folds the
-  im2col ops of a conv it can lower that way back into one `conv2d` op (`refold_convs`);
-- `pool`: a maxpool2d as one kernel (compiler/backend/pool.py), folded back likewise;
+  epilogue as a matmul; a conv2d the implicit GEMM refuses reaches this pass as the im2col
+  `decompose` wrote (pad, strided slices, concat, a batched matmul), fused as such;
+- `pool`: a maxpool2d as one kernel (compiler/backend/pool.py), likewise kept whole;
+- any other kind of a claimed op: the group the claiming lowering names
+  (compiler/backend/groups.py, `WHOLE_OP_LOWERINGS`);
 - `view`: shape ops that the backend turns into DMA views (no kernel);
 - `single`: an op lowered on its own (reductions, a concat along another axis, pad, ...).
 
@@ -30,30 +34,24 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from zhenwu.compiler.graph.dtypes import is_float, limits, value_preserving
-from zhenwu.compiler.graph.ir import Function, Op
+from zhenwu.compiler.graph.dtypes import is_float, value_preserving
+from zhenwu.compiler.graph.ir import Function
 from zhenwu.compiler.graph.ops import OPS
 from zhenwu.compiler.passes.attention_match import match_attention
 from zhenwu.compiler.passes.norm_gemm_match import match_norm_gemm
 from zhenwu.compiler.passes.pass_base import GraphPass, register_pass
 from zhenwu.compiler.passes.prologue_gemm_match import match_map_gemm
-from zhenwu.isa.program import MAX_EVENT_COUNT, NUM_DESCS
+from zhenwu.isa.program import NUM_DESCS
 
 # The op table (compiler/graph/ops.py) says which ops a fused kernel computes: the
 # elementwise ones with vector instructions, and the reductions a row kernel computes.
 ELEMENTWISE = frozenset(name for name, op in OPS.items()
                         if op.fusion == "elementwise" and op.vector is not None)
 VIEW_OPS = frozenset(("reshape", "transpose", "slice", "broadcast_to"))
-# An implicit-GEMM step waits for all its loads (one per tap and the weights) with one
-# event count, and a DMA descriptor register per distinct tap phase: ISA limits, not the
-# machine's (docs/internals.md section 3).
-MAX_STEP_LOADS = MAX_EVENT_COUNT
 # GM tensors one fused kernel may read and write: a nest has NUM_DESCS DMA descriptors (an
 # ISA limit); 8 are kept for the views a lowering adds (split tiles, epilogue operands)
 DESCS_KEPT_FOR_LOWERING = 8
 MAX_KERNEL_TENSORS = NUM_DESCS - DESCS_KEPT_FOR_LOWERING
-MAX_TAP_PHASES = NUM_DESCS - DESCS_KEPT_FOR_LOWERING
-CONV_DTYPES = ("bf16", "f16", "f32")
 
 
 @dataclass(frozen=True)
@@ -159,255 +157,6 @@ def epilogue_ok(op) -> bool:
     return all(is_float(v.type.dtype) for v in op.inputs)  # where's condition is a mask
 
 
-def _through_reshapes(value, producers, chain: list):
-    """(value, its producer) past reshapes, which are appended to `chain`."""
-    op = producers.get(value.id)
-    while op is not None and op.kind == "reshape":
-        chain.append(op)
-        value = op.inputs[0]
-        op = producers.get(value.id)
-    return value, op
-
-
-def match_im2col(mm, producers, users) -> tuple | None:
-    """(x, w, attrs, ops) when matmul `mm` is the product of a conv2d's im2col (as
-    `decompose` writes it: pad, one strided slice per tap, concat, reshapes, matmul,
-    reshape), else None. `ops` are the im2col ops the conv replaces."""
-    if mm.kind != "matmul" or not (mm.origin or "").startswith("conv2d#"):
-        return None
-    after = users.get(mm.id, [])
-    if len(after) != 1 or after[0].kind != "reshape" or after[0].result.type.rank != 4:
-        return None
-    final = after[0]
-    n, o, oh, ow = final.result.type.shape
-    w_flat, patches = mm.inputs
-    w_op, p_op = producers.get(w_flat.id), producers.get(patches.id)
-    if w_op is None or p_op is None or w_op.kind != "reshape" or p_op.kind != "reshape":
-        return None
-    w = w_op.inputs[0]
-    if w.type.rank != 4 or w_flat.type.rank != 3 or w.type.shape[0] != o:
-        return None
-    _, cg, kh, kw = w.type.shape
-    groups = w_flat.type.shape[0]
-    if groups < 1 or o % groups or w_flat.type.shape != (groups, o // groups, cg * kh * kw):
-        return None
-    if patches.type.shape != (n, groups, cg * kh * kw, oh * ow):
-        return None
-    ops = [mm, final, w_op, p_op]
-    if kh * kw == 1:
-        taps = [p_op.inputs[0]]
-    else:
-        cat = producers.get(p_op.inputs[0].id)
-        if cat is None or cat.kind != "concat" or cat.attrs["axis"] != 3:
-            return None
-        taps = list(cat.inputs)
-        ops.append(cat)
-        if len(taps) != kh * kw:
-            return None
-    c = cg * groups
-    src, slices = None, []
-    for tap in taps:
-        value, op = _through_reshapes(tap, producers, ops)
-        if value.type.shape != (n, c, oh, ow):
-            return None
-        if op is not None and op.kind == "slice":
-            ops.append(op)
-            value = op.inputs[0]
-            slices.append((tuple(op.attrs["starts"]), tuple(op.attrs["stops"]),
-                           tuple(op.attrs["steps"])))
-        else:
-            slices.append(None)  # an identity slice, removed by canonicalize
-        if src is not None and value is not src:
-            return None
-        src = value
-    steps = {s[2] for s in slices if s is not None}
-    if len(steps) > 1:
-        return None
-    strides = tuple(steps.pop()[2:]) if steps else (1, 1)
-    h, w_in = src.type.shape[2:]
-    full = ((0, 0, 0, 0), (n, c, h, w_in), (1, 1, 1, 1))
-    slices = [full if s is None else s for s in slices]
-    dilation = (slices[kw][0][2] if kh > 1 else 1, slices[1][0][3] if kw > 1 else 1)
-    if min(dilation) < 1:
-        return None
-    for index, (starts, stops, _) in enumerate(slices):
-        i, j = divmod(index, kw)
-        want = (0, 0, i * dilation[0], j * dilation[1])
-        if starts != want or stops != (n, c, want[2] + strides[0] * (oh - 1) + 1,
-                                       want[3] + strides[1] * (ow - 1) + 1):
-            return None
-    pads = ((0, 0), (0, 0))
-    x = src
-    pad = producers.get(src.id)
-    if (pad is not None and pad.kind == "pad" and float(pad.attrs["value"]) == 0.0
-            and tuple(pad.attrs["pads"][:2]) == ((0, 0), (0, 0))
-            and all(p >= 0 for pair in pad.attrs["pads"] for p in pair)):
-        x = pad.inputs[0]
-        pads = tuple(tuple(p) for p in pad.attrs["pads"][2:])
-        ops.append(pad)
-    if x.type.dtype != w.type.dtype or final.result.type.dtype != x.type.dtype:
-        return None
-    for axis, out in ((0, oh), (1, ow)):
-        size = x.type.shape[2 + axis] + sum(pads[axis])
-        if (size - dilation[axis] * ((kh, kw)[axis] - 1) - 1) // strides[axis] + 1 != out:
-            return None
-    attrs = {"strides": strides, "pads": pads, "dilation": dilation, "groups": groups}
-    return x, w, attrs, ops
-
-
-def match_maxpool(final, producers, users) -> tuple | None:
-    """(x, attrs, ops) when `final` ends the `maximum` chain of a maxpool2d's
-    decomposition (pad with the lowest value, one strided slice per tap), else None."""
-    if final.kind != "maximum" or not (final.origin or "").startswith("maxpool2d#"):
-        return None
-    chain, taps, op = [final], [], final
-    while True:
-        taps.append(op.inputs[1])
-        inner = producers.get(op.inputs[0].id)
-        if (inner is None or inner.kind != "maximum" or inner.origin != final.origin
-                or len(users.get(inner.id, [])) != 1):
-            taps.append(op.inputs[0])
-            break
-        chain.append(inner)
-        op = inner
-    taps.reverse()
-    n, c, oh, ow = final.result.type.shape if final.result.type.rank == 4 else (0,) * 4
-    if not n:
-        return None
-    src, slices = None, []
-    for tap in taps:
-        op = producers.get(tap.id)
-        if op is None or op.kind != "slice" or tap.type.shape != (n, c, oh, ow):
-            return None
-        if src is not None and op.inputs[0] is not src:
-            return None
-        src = op.inputs[0]
-        slices.append(op)
-    steps = {tuple(op.attrs["steps"]) for op in slices}
-    if len(steps) != 1:
-        return None
-    strides = tuple(steps.pop()[2:])
-    kw = sum(1 for op in slices if op.attrs["starts"][2] == 0)
-    if kw < 1 or len(slices) % kw:
-        return None
-    kh = len(slices) // kw
-    for index, op in enumerate(slices):
-        i, j = divmod(index, kw)
-        if tuple(op.attrs["starts"]) != (0, 0, i, j):
-            return None
-        if tuple(op.attrs["stops"]) != (n, c, i + strides[0] * (oh - 1) + 1,
-                                        j + strides[1] * (ow - 1) + 1):
-            return None
-    x, pads = src, ((0, 0), (0, 0))
-    pad = producers.get(src.id)
-    if (pad is not None and pad.kind == "pad"
-            and float(pad.attrs["value"]) == limits(src.type.dtype)[0]
-            and tuple(pad.attrs["pads"][:2]) == ((0, 0), (0, 0))):
-        x = pad.inputs[0]
-        pads = tuple(tuple(p) for p in pad.attrs["pads"][2:])
-        slices.append(pad)
-    for axis, out in ((0, oh), (1, ow)):
-        size = x.type.shape[2 + axis] + sum(pads[axis])
-        if (size - (kh, kw)[axis]) // strides[axis] + 1 != out:
-            return None
-        if max(pads[axis]) >= (kh, kw)[axis]:
-            return None
-    attrs = {"kernel": (kh, kw), "strides": strides, "pads": pads}
-    return x, attrs, chain + slices
-
-
-def pool_refusal(x, attrs, producers) -> str | None:
-    """Why the backend's one-kernel max pool does not take this window (None: it does)."""
-    if x.type.dtype not in CONV_DTYPES:
-        return f"{x.type.dtype} has no one-kernel max pool"
-    size, stride = x.type.shape[2], attrs["strides"][0]
-    if size % stride:
-        return (f"the input height ({size}) is not a multiple of the stride ({stride}): its "
-                "rows cannot be split into the stride's phases")
-    op = producers.get(x.id)
-    if op is not None and op.kind in VIEW_OPS:
-        return "the input is a view"
-    return None
-
-
-def implicit_gemm_refusal(x, w, attrs, producers) -> str | None:
-    """Why the backend's implicit GEMM does not take this conv2d (None: it does)."""
-    if x.type.dtype not in CONV_DTYPES:
-        return f"{x.type.dtype} has no implicit GEMM"
-    _, _, kh, kw = w.type.shape
-    if kh * kw + 1 > MAX_STEP_LOADS:
-        return f"{kh * kw} taps are more loads per step than one event counts"
-    phases = set()
-    for i in range(kh):
-        for j in range(kw):
-            phases.add(((i * attrs["dilation"][0] - attrs["pads"][0][0]) % attrs["strides"][0],
-                        (j * attrs["dilation"][1] - attrs["pads"][1][0]) % attrs["strides"][1]))
-    if len(phases) > MAX_TAP_PHASES:
-        return f"{len(phases)} tap phases need more descriptors than there are"
-    op = producers.get(w.id)
-    if op is not None and op.kind in VIEW_OPS:
-        return "the weights are a view (the taps of a kernel must be one stride apart)"
-    return None
-
-
-def refold_convs(fn: Function) -> tuple[Function, list[str]]:
-    """Fold the im2col of every conv2d that the backend lowers as an implicit GEMM back
-    into one `conv2d` op (same result value), and the taps of every max pool it lowers as
-    one kernel into one `maxpool2d` op; the others stay as `decompose` wrote them. Returns
-    the function and one decision line per window op."""
-    producers = fn.producers()
-    users = fn.users()
-    outputs = {v.id for v in fn.outputs}
-    replace: dict[int, Op] = {}      # final reshape id -> the conv2d op
-    removable: set[int] = set()
-    decisions = []
-    for mm in fn.ops:
-        found = match_im2col(mm, producers, users)
-        if found is None:
-            continue
-        x, w, attrs, ops = found
-        if mm.id in outputs:
-            continue
-        why = implicit_gemm_refusal(x, w, attrs, producers)
-        if why is not None:
-            decisions.append(f"no-fuse {mm.origin} as one implicit-GEMM kernel: {why}; "
-                             "it stays im2col")
-            continue
-        final = ops[1]
-        replace[final.id] = Op(final.id, "conv2d", (x, w), attrs, final.result, mm.span,
-                               mm.origin)
-        removable |= {op.id for op in ops if op is not final}
-        decisions.append(f"fold the im2col of {mm.origin} (%{mm.id}) into %{final.id} conv2d: "
-                         "one implicit-GEMM kernel, no patches in HBM")
-    for op in fn.ops:
-        found = match_maxpool(op, producers, users)
-        if found is None:
-            continue
-        x, attrs, ops = found
-        why = pool_refusal(x, attrs, producers)
-        if why is not None:
-            decisions.append(f"no-fuse {op.origin} as one pool kernel: {why}; its taps stay "
-                             "slices")
-            continue
-        replace[op.id] = Op(op.id, "maxpool2d", (x,), attrs, op.result, op.span, op.origin)
-        removable |= {o.id for o in ops if o is not op}
-        decisions.append(f"fold the taps of {op.origin} into %{op.id} maxpool2d: one kernel "
-                         "reading its input rows once, the padding filled by the DMA")
-    if not replace:
-        return fn, decisions
-    new_ops = [replace.get(op.id, op) for op in fn.ops]
-    # drop the im2col ops nothing reads any more (a pad or slice shared with other ops stays)
-    while True:
-        used = {v.id for op in new_ops for v in op.inputs} | outputs
-        dead = [op for op in new_ops if op.id in removable and op.id not in used]
-        if not dead:
-            break
-        dead_ids = {op.id for op in dead}
-        new_ops = [op for op in new_ops if op.id not in dead_ids]
-    # the conv2d sits where its last im2col op was: its inputs are defined before it
-    return Function(fn.name, list(fn.params), new_ops, list(fn.outputs), dict(fn.attrs)), decisions
-
-
 def conv_operand_ok(value, shape) -> bool:
     """An epilogue operand of a conv kernel: along the output's pixels (its last two dims)
     it is either whole or one value (its tile is rows of pixels, or a column per channel)."""
@@ -456,8 +205,10 @@ KERNEL_MATCHERS: dict[str, tuple] = {
 
 
 def plan_fusion(fn: Function, decisions: list[str] | None = None) -> FusionPlan:
-    """Group the ops of `fn` (primitives, and conv2d folded by `refold_convs`) into
-    kernels; see the module docstring. `decisions` starts the log."""
+    """Group the ops of `fn` (primitives, and the ops `decompose` kept whole for the
+    lowering that claimed them) into kernels; see the module docstring. `decisions` starts
+    the log."""
+    claims = fn.attrs.get("claims", {})
     producers = fn.producers()
     users = fn.users()
     outputs = {v.id for v in fn.outputs}
@@ -746,10 +497,8 @@ def plan_fusion(fn: Function, decisions: list[str] | None = None) -> FusionPlan:
                 space[group_of[op.id]] = tuple(v.type.shape)
                 decisions.append(f"fuse {where}: starts a row kernel over "
                                  f"{list(v.type.shape)}")
-        elif op.kind == "conv2d":
-            new_group(op, "conv")
-        elif op.kind == "maxpool2d":
-            new_group(op, "pool")
+        elif op.id in claims:
+            new_group(op, claims[op.id])  # kept whole for the lowering that claimed it
         elif op.kind == "matmul":
             new_group(op, "matmul")
             # a cast feeding only this product is done by the operand's DMA (it converts)
@@ -821,8 +570,8 @@ def _group_order(fn: Function, members, group_of) -> list[int]:
 @register_pass
 @dataclass(frozen=True)
 class Fuse(GraphPass):
-    """Attach a `FusionPlan` (`fn.attrs["fusion"]`); the ops are unchanged but for the
-    im2col of convs lowered whole, folded back into `conv2d` ops."""
+    """Attach a `FusionPlan` (`fn.attrs["fusion"]`); the ops are unchanged but for a whole
+    op no lowering claims any more, decomposed (`fuse_function`)."""
 
     name = "fuse"
 
@@ -834,7 +583,50 @@ class Fuse(GraphPass):
 
 
 def fuse_function(fn: Function) -> tuple[Function, FusionPlan]:
-    """The function with the convs the backend takes whole folded back (`refold_convs`),
-    and its fusion plan."""
-    fn, decisions = refold_convs(fn)
+    """The function and its fusion plan. The ops `decompose` kept whole are asked of its
+    target again (`fn.attrs["target"]`, lowering by legality): one a lowering still claims
+    is a group of that lowering's kind; one none claims any more (a later graph pass
+    changed an operand) is decomposed here, as `decompose` would have. The log starts with
+    these decisions."""
+    decisions = list(fn.attrs.get("legality", ()))
+    fn, claims = legalize_whole_ops(fn, decisions)
+    attrs = dict(fn.attrs)
+    attrs["claims"] = claims
+    fn = Function(fn.name, list(fn.params), list(fn.ops), list(fn.outputs), attrs)
     return fn, plan_fusion(fn, decisions)
+
+
+def legalize_whole_ops(fn: Function, decisions: list[str]) -> tuple[Function, dict[int, str]]:
+    """(the function, op id -> group kind of every whole op a lowering claims), the ops
+    none claims decomposed; appends a decision line per whole op to `decisions`."""
+    from zhenwu.compiler.passes.decompose import DECOMPOSITIONS, decompose_op
+    from zhenwu.compiler.passes.rewrite import rewrite
+
+    target = fn.attrs.get("target")
+    whole = [op for op in fn.ops if op.kind in DECOMPOSITIONS]
+    if target is None or not whole:
+        return fn, {}
+    claims: dict[int, str] = {}
+    refused: set[int] = set()
+    producers = fn.producers()
+    for op in whole:
+        group, decision = target.legalize(op, producers)
+        if group is not None:
+            claims[op.id] = group
+        else:
+            refused.add(op.id)
+        if decision is not None:
+            decisions.append(decision if group is not None else
+                             f"{decision} (after the graph passes)")
+    if not refused:
+        return fn, claims
+    counts: dict[str, int] = {}
+    for op in fn.ops:  # number the late decompositions after the origins there are
+        kind, _, number = (op.origin or "").partition("#")
+        if number.isdigit():
+            counts[kind] = max(counts.get(kind, 0), int(number))
+
+    def late(op, rw):
+        return decompose_op(op, rw, counts) if op.id in refused else None
+
+    return rewrite(fn, [late]), claims

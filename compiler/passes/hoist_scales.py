@@ -11,7 +11,9 @@ of fp8 saturates, of integers wraps: moving the scale could change them), and th
 value has no other user (else the multiply would run twice).
 
 - `view(x * c) -> view(x) * c` for reshape, transpose and broadcast_to;
-- `(a * c) @ b -> (a @ b) * c` and `a @ (b * c) -> (a @ b) * c`.
+- `(a * c) @ b -> (a @ b) * c` and `a @ (b * c) -> (a @ b) * c`, and the same for either
+  operand of a `conv2d` that `decompose` kept whole (its im2col product would be hoisted
+  so; the scale then runs in the conv kernel's epilogue).
 
 The result differs from the program's only by rounding: the product of scaled operands
 rounds c·a, the hoisted one rounds a·b·c.
@@ -60,9 +62,13 @@ def scale_through_view(op: Op, rw: Rewriter, single_use: set[int]) -> Value | No
 
 
 def scale_out_of_product(op: Op, rw: Rewriter, single_use: set[int]) -> Value | None:
-    """(a * c) @ b -> (a @ b) * c, and a @ (b * c) likewise."""
-    if op.kind != "matmul" or op.attrs or op.result.type.dtype not in SCALED_DTYPES:
+    """(a * c) @ b -> (a @ b) * c, and a @ (b * c) likewise; conv2d(x * c, w) ->
+    conv2d(x, w) * c (a conv a backend lowering kept whole is linear in each operand too,
+    its zero padding included)."""
+    if op.kind not in ("matmul", "conv2d") or op.result.type.dtype not in SCALED_DTYPES:
         return None
+    if op.kind == "matmul" and op.attrs:
+        return None  # an accumulation dtype of its own
     a, b = op.inputs
     if a.type.dtype != op.result.type.dtype or b.type.dtype != op.result.type.dtype:
         return None
@@ -73,7 +79,7 @@ def scale_out_of_product(op: Op, rw: Rewriter, single_use: set[int]) -> Value | 
         x, c = scaled
         operands = [a, b]
         operands[index] = x
-        product = rw.emit("matmul", operands)
+        product = rw.emit(op.kind, operands, dict(op.attrs) or None)
         result = rw.emit("mul", [product, c])
         single_use.add(rw.producer(result).id)
         return result

@@ -126,18 +126,26 @@ def test_an_operand_along_one_pixel_axis_stays_outside():
     assert compiled.kernel_count == 2
 
 
-def test_fuse_folds_im2col_back_and_logs_it():
+def fused_graph(source: str):
+    """The graph as -O2 fuses it: the graph passes with the fused lowering's target (which
+    keeps whole the ops it claims), then `fuse`."""
+    from backend_helpers import machine
+    from zhenwu.compiler.backend.groups import FusedTarget
     from zhenwu.compiler.frontend import load_program
     from zhenwu.compiler.passes import default_graph_pipeline, get_pass, run_pipeline
 
-    source = conv_program((1, 3, 8, 8), (4, 3, 3, 3), padding=1, bias=True, relu=True)
     fn = load_program("test.zt", text=source)
-    fused = run_pipeline(fn, default_graph_pipeline() + [get_pass("fuse")])
+    return run_pipeline(fn, default_graph_pipeline(FusedTarget(machine())) + [get_pass("fuse")])
+
+
+def test_a_claimed_conv_stays_whole_and_logs_it():
+    source = conv_program((1, 3, 8, 8), (4, 3, 3, 3), padding=1, bias=True, relu=True)
+    fused = fused_graph(source)
     text = fused.attrs["fusion"].format(fused)
     assert [op.kind for op in fused.ops if op.kind not in ("reshape",)] == [
         "conv2d", "add", "relu"]
     assert "kernel 0 conv:" in text and ":conv2d" in text and ":relu" in text
-    assert "fold the im2col of conv2d#1" in text
+    assert "keep %3 conv2d whole: the implicit-GEMM lowering claims it" in text
 
 
 @pytest.mark.parametrize("source, reason", [
@@ -146,19 +154,20 @@ def test_fuse_folds_im2col_back_and_logs_it():
      "    return conv2d(x, w)\n}\n"), "64 taps"),
     (("fn main(x: f32[1, 2, 6, 6], w: f32[3, 3, 2, 4]) -> f32[1, 4, 4, 4] {\n"
      "    return conv2d(x, transpose(w, [3, 2, 0, 1]))\n}\n"), "the weights are a view"),
+    # 5x5 stride-5 taps fall in 25 phases: one descriptor each, more than a kernel keeps
+    (("fn main(x: f32[1, 1, 10, 10], w: f32[1, 1, 5, 5]) -> f32[1, 1, 2, 2] {\n"
+     "    return conv2d(x, w, stride=5)\n}\n"), "25 tap phases"),
     # (an i32 conv's im2col product is split into i8 ones by split-int-matmul before fuse)
     (("fn main(x: i8[1, 2, 5, 5], w: i8[3, 2, 3, 3]) -> i8[1, 3, 3, 3] {\n"
      "    return conv2d(x, w)\n}\n"), "i8 has no implicit GEMM"),
 ])
-def test_convs_the_implicit_gemm_does_not_take_stay_im2col(source, reason):
-    from zhenwu.compiler.frontend import load_program
-    from zhenwu.compiler.passes import default_graph_pipeline, get_pass, run_pipeline
-
-    fn = load_program("test.zt", text=source)
-    fused = run_pipeline(fn, default_graph_pipeline() + [get_pass("fuse")])
+def test_convs_the_implicit_gemm_does_not_claim_are_decomposed(source, reason):
+    fused = fused_graph(source)
     plan = fused.attrs["fusion"]
-    assert any(reason in d and "stays im2col" in d for d in plan.decisions), plan.decisions
+    assert any(reason in d and d.startswith("decompose %") and "implicit-GEMM lowering refuses"
+               in d for d in plan.decisions), plan.decisions
     assert "conv2d" not in [op.kind for op in fused.ops]
+    assert "matmul" in [op.kind for op in fused.ops]   # the im2col's product
     _, compiled, _, _ = compile_and_run(source, opt_level=2)
     assert not any(k.name.startswith("conv") for k in compiled.kernels.kernels)
 

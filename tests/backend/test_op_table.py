@@ -10,6 +10,7 @@ from collections import Counter
 import numpy as np
 import pytest
 from backend_helpers import compile_and_run
+from backend_helpers import machine as compiled_machine
 from zhenwu.compiler.backend.kernel_ir import Vec
 from zhenwu.compiler.backend.lower import may_be_immediate
 from zhenwu.compiler.frontend import load_program
@@ -279,6 +280,48 @@ def test_a_fused_kernel_added_by_a_matcher_and_a_lowering(silu_kernel):
         "fn main(x: f32[96, 200]) -> (f32[96, 200], f32[96, 200]) {\n"
         "    s = sigmoid(x)\n    return x * s, s\n}\n", opt_level=2)
     assert [k.name for k in compiled.kernels.kernels] == ["fused_0"]
+
+
+def test_a_fused_kernel_of_a_whole_op_added_by_a_claim_and_a_lowering(monkeypatch):
+    """The walk-through's second form: a test-only lowering claims 2x2 max pools (group
+    `pool2x2`, the pool kernel renamed) ahead of the max-pool lowering; a 3x3 pool falls
+    through to that one."""
+    from dataclasses import replace
+
+    from zhenwu.compiler.backend import groups
+    from zhenwu.compiler.backend.groups import FusedTarget, WholeOpLowering
+    from zhenwu.compiler.backend.pool import lower_pool_group
+    from zhenwu.compiler.passes import default_graph_pipeline, get_pass, run_pipeline
+
+    def lower(low, ops):
+        lower_pool_group(low, ops)
+        low.kernels[-1] = replace(low.kernels[-1], name=f"pool2x2_{len(low.kernels) - 1}")
+
+    def refusal(op, producers, machine):
+        return None if tuple(op.attrs["kernel"]) == (2, 2) else "not a 2x2 window"
+
+    monkeypatch.setattr(groups, "WHOLE_OP_LOWERINGS", list(groups.WHOLE_OP_LOWERINGS))
+    monkeypatch.setitem(groups.GROUP_LOWERINGS, "pool2x2", lower)
+    groups.register_whole_op_lowering(
+        WholeOpLowering("2x2-pool", "maxpool2d", "pool2x2", refusal, "one test kernel"),
+        first=True)
+    two = ("fn main(x: f32[2, 4, 8, 8]) -> f32[2, 4, 4, 4] {\n    return maxpool2d(x, 2)\n}\n")
+    _, compiled, _, _ = compile_and_run(two, opt_level=2, cores=2)
+    assert [k.name for k in compiled.kernels.kernels] == ["pool2x2_0"]
+    fused = run_pipeline(load_program("t.zt", text=two),
+                         default_graph_pipeline(FusedTarget(compiled_machine())) + [get_pass("fuse")])
+    assert any("the 2x2-pool lowering claims it (one test kernel)" in d
+               for d in fused.attrs["fusion"].decisions)
+    three = ("fn main(x: f32[2, 4, 10, 10]) -> f32[2, 4, 4, 4] {\n"
+             "    return maxpool2d(x, 3, stride=2)\n}\n")
+    _, compiled, _, _ = compile_and_run(three, opt_level=2, cores=2)
+    assert [k.name for k in compiled.kernels.kernels] == ["maxpool_0"]
+    with pytest.raises(ValueError, match="exists"):
+        groups.register_whole_op_lowering(
+            WholeOpLowering("2x2-pool", "maxpool2d", "pool2x2", refusal, ""))
+    with pytest.raises(ValueError, match="no group lowering"):
+        groups.register_whole_op_lowering(
+            WholeOpLowering("other", "avgpool2d", "nowhere", refusal, ""))
 
 
 def test_a_vec_statement_names_an_instruction_of_the_isa():
