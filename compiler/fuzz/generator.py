@@ -459,7 +459,16 @@ class ProgramBuilder:
             weights = self.new_param((o, c, k, k), x.dtype).name
         oh = (h + 2 * padding - k) // stride + 1
         ow = (w + 2 * padding - k) // stride + 1
-        self.bind(f"conv2d({x.name}, {weights}, stride={stride}, padding={padding})",
+        source = x.name
+        if form == "whole" and self.chooser.integer(0, 3) == 0:
+            # the padding as an explicit zero pad, as ONNX exports often write it, maybe
+            # uneven (canonicalize folds it into the conv's own padding)
+            pads = [[self.chooser.integer(0, 2), self.chooser.integer(0, 2)] for _ in range(2)]
+            source = f"pad({x.name}, [[0, 0], [0, 0], {pads[0]}, {pads[1]}])"
+            padding = 0
+            oh = (h + sum(pads[0]) - k) // stride + 1
+            ow = (w + sum(pads[1]) - k) // stride + 1
+        self.bind(f"conv2d({source}, {weights}, stride={stride}, padding={padding})",
                   x.dtype, (n, o, oh, ow))
 
     def step_pool(self) -> None:
@@ -479,7 +488,13 @@ class ProgramBuilder:
         op = self.chooser.choice(("maxpool2d", "avgpool2d"))
         oh = (x.shape[2] + 2 * padding - kernel) // stride + 1
         ow = (x.shape[3] + 2 * padding - kernel) // stride + 1
-        self.bind(f"{op}({x.name}, {kernel}, stride={stride}, padding={padding})", x.dtype,
+        source = x.name
+        if op == "maxpool2d" and padding and x.dtype in FLOAT_DTYPES and self.chooser.integer(0, 1):
+            # the padding as an explicit -inf pad (canonicalize folds it into the pool's)
+            source = f"pad({x.name}, [[0, 0], [0, 0], [{padding}, {padding}], " \
+                     f"[{padding}, {padding}]], -inf)"
+            padding = 0
+        self.bind(f"{op}({source}, {kernel}, stride={stride}, padding={padding})", x.dtype,
                   x.shape[:2] + (oh, ow))
 
     def step_linear(self) -> None:

@@ -7,7 +7,8 @@ transpose of the last two dims moves before a reshape of the batch dims. Compari
 direction (`a <= b` is `b >= a`, `a < b` is `b > a`), and a select on `a > b` of integers
 swaps its branches to select on `b >= a`, so that however a causal mask is written
 (`j <= i`, or an upper-triangle bias `where(i < j, -inf, 0)`), the attention matcher reads
-`i >= j`. A widening cast moves below the view ops that follow it (`transpose(cast(k, f32))`
+`i >= j`. A zero pad feeding a conv2d (a lowest-value pad feeding a maxpool2d) becomes the
+op's own padding. A widening cast moves below the view ops that follow it (`transpose(cast(k, f32))`
 is `cast(transpose(k), f32)`), so that it meets the product it feeds, whose operand DMA does
 it; a cast that rounds moves above the views before it (`cast(reshape(broadcast_to(k)),
 bf16)` is `reshape(broadcast_to(cast(k, bf16)))`), so that it works on the smaller tensor,
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from zhenwu.compiler.graph.dtypes import is_float, value_preserving
+from zhenwu.compiler.graph.dtypes import is_float, limits, value_preserving
 from zhenwu.compiler.graph.ir import Op, Value
 from zhenwu.compiler.graph.ops import reshape_groups
 from zhenwu.compiler.passes.pass_base import GraphPass, register_pass
@@ -248,10 +249,45 @@ def cast_above_views(op: Op, rw: Rewriter) -> Value | None:
     return _same_type(op, result)
 
 
+def _window_padding_value(kind: str, dtype: str) -> float | None:
+    """What `kind`'s own padding fills with (compiler/graph/ops.py's references): conv2d
+    zeros, maxpool2d the lowest value (-inf for floats); None for a window op whose padding
+    is not a fill (avgpool2d leaves padding out of its count)."""
+    if kind == "conv2d":
+        return 0.0
+    if kind == "maxpool2d":
+        if is_float(dtype):
+            return float("-inf")
+        return float(limits(dtype)[0])
+    return None
+
+
+def pad_into_window(op: Op, rw: Rewriter) -> Value | None:
+    """conv2d(pad(x, 0), w) -> conv2d(x, w) with the pad added to its padding, and
+    maxpool2d(pad(x, -inf)) likewise: the op's own padding fills with what the pad did (an
+    explicit zero Pad before a Conv is how many ONNX exports spell padding). Only spatial,
+    non-negative pads; a pool keeps its padding under its kernel or the rule does not fire."""
+    fill = _window_padding_value(op.kind, op.result.type.dtype)
+    if fill is None:
+        return None
+    pad = rw.producer(op.inputs[0])
+    if pad is None or pad.kind != "pad" or float(pad.attrs["value"]) != fill:
+        return None
+    pads = tuple(tuple(p) for p in pad.attrs["pads"])
+    if pads[:2] != ((0, 0), (0, 0)) or any(p < 0 for pair in pads for p in pair):
+        return None
+    merged = tuple((lo + a, hi + b) for (lo, hi), (a, b) in zip(op.attrs["pads"], pads[2:]))
+    if op.kind == "maxpool2d" and any(max(merged[a]) >= op.attrs["kernel"][a]
+                                      for a in range(2)):
+        return None
+    attrs = {**op.attrs, "pads": merged}
+    return _same_type(op, rw.emit(op.kind, [pad.inputs[0], *op.inputs[1:]], attrs))
+
+
 RULES = [comparison_direction, negated_select, cast_below_view, cast_above_views, noop_shape,
          reshape_of_reshape, transpose_of_transpose, identity_operand, cast_round_trip,
          double_negation, square, batch_reshape_before_transpose,
-         transpose_above_broadcast_merge]
+         transpose_above_broadcast_merge, pad_into_window]
 
 
 @register_pass

@@ -194,3 +194,37 @@ def test_the_fuzzer_draws_claimed_and_refused_convs_and_pools():
         if min(seen[k, w] for k in KINDS for w in ("claimed", "refused")):
             break
     assert all(seen[k, w] for k in KINDS for w in ("claimed", "refused")), seen
+
+
+# an explicit pad before the window op, as ONNX exports write a Conv's padding
+PADDED_CONV = ("fn main(x: f32[2, 8, 12, 12], w: f32[64, 8, 3, 3]) -> f32[2, 64, 13, 11] {\n"
+               "    return conv2d(pad(x, [[0, 0], [0, 0], [2, 1], [0, 1]]), w, padding=[[0, 0], [0, 0]])\n}\n")
+PADDED_POOL = ("fn main(x: bf16[2, 8, 12, 12]) -> bf16[2, 8, 6, 6] {\n"
+               "    return maxpool2d(pad(x, [[0, 0], [0, 0], [1, 1], [1, 1]], -inf), 3, stride=2)\n}\n")
+
+
+@pytest.mark.parametrize("source, kind, pads", [
+    (PADDED_CONV, "conv2d", ((2, 1), (0, 1))),
+    (PADDED_POOL, "maxpool2d", ((1, 1), (1, 1))),
+])
+def test_an_explicit_pad_becomes_the_window_op_s_padding(source, kind, pads):
+    _, compiled, _, _ = compile_and_run(source, opt_level=2, cores=2)
+    (op,) = compiled.graph.ops
+    assert op.kind == kind and tuple(map(tuple, op.attrs["pads"])) == pads
+    assert len(compiled.kernels.kernels) == 1
+
+
+@pytest.mark.parametrize("source", [
+    # a pad that is not the op's own fill: ones before a conv, zeros before a max-pool
+    PADDED_CONV.replace("[0, 1]])", "[0, 1]], 1.0)"),
+    PADDED_POOL.replace(", -inf)", ")"),
+    # an average pool leaves its padding out of the count: an explicit zero pad is not that
+    PADDED_POOL.replace("maxpool2d", "avgpool2d").replace(", -inf)", ")"),
+    # the pool's padding would reach its kernel
+    PADDED_POOL.replace("[1, 1], [1, 1]], -inf), 3, stride=2)",
+                        "[2, 1], [1, 1]], -inf), 3, stride=2, padding=1)").replace(
+                            "6, 6]", "8, 7]"),
+])
+def test_a_pad_the_window_op_cannot_absorb_stays_and_matches_the_reference(source):
+    _, compiled, _, _ = compile_and_run(source, opt_level=2, cores=2)
+    assert "pad" in _kinds(compiled)
