@@ -709,6 +709,19 @@ def _read_only_by_mma(nest: Nest, names: frozenset[str]) -> bool:
     return True
 
 
+def _read_only_by_vector(nest: Nest, names: frozenset[str]) -> bool:
+    """Whether the buffers `names` are used by the vector engine only after the setup
+    (vector, reduction and column-copy statements; never an MMA, a store or a load)."""
+    for stmt in nest.init + nest.step + nest.final:
+        if isinstance(stmt, (Vec, Reduce, ColumnCopy, Iota)):
+            continue
+        used = ({stmt.src} if isinstance(stmt, Store) else {stmt.dst} if isinstance(stmt, Load)
+                else {stmt.a, stmt.b, stmt.dst} if isinstance(stmt, Mma) else set(names))
+        if used & names:
+            return False
+    return True
+
+
 def _load_buffers(nest: Nest) -> set[str]:
     """The buffers a step loads, and the read-only windows into one of them (a halo
     conv's taps: no statement writes them; same level, copies and stride, starting inside
@@ -810,6 +823,19 @@ def _emit_protocol_nest(state: CodegenState, nest: Nest, core_offset: int = 0) -
             emit.op("REM", Reg(regs.coord(axis)), Reg(regs.core), nest.grid[axis])
             if nest.tile[axis] > 1:
                 emit.op("MUL", Reg(regs.coord(axis)), Reg(regs.coord(axis)), nest.tile[axis])
+    # only MMAs read the setup's buffers (resident weights or rows): the matrix engine
+    # waits for them; only the vector engine reads them (a row kernel's weight row, rotary
+    # tables): it waits; either way the scalar goes on issuing the first tile's loads
+    wait_on = ("MX" if _read_only_by_mma(nest, setup_buffers)
+               else "VX" if _read_only_by_vector(nest, setup_buffers) else "S")
+    # a core with no tile of this nest skips a setup the vector engine or the scalar waits
+    # for (a small row nest beside others in a kernel runs on a few cores: the rest would
+    # wait for loads nothing reads); a product's setup goes first, its loads on the way
+    skip = bool(setup_loads or setup_compute) and wait_on != "MX"
+    no_tiles = f"setup_skipped_{len(emit.lines)}"
+    if skip:
+        emit_tiles_of_core(emit, regs, nest.parallel_tiles)
+        emit.op("BEQZ", Reg(regs.mine), LabelRef(no_tiles))
     for index, load in enumerate(setup_loads):
         _emit_load(emit, ctx, load, [], [(ev.setup, 1)])
     # compute reading a setup load waits for the loads first (one engine: the first waits)
@@ -819,11 +845,10 @@ def _emit_protocol_nest(state: CodegenState, nest: Nest, core_offset: int = 0) -
         waits = [(ev.setup, len(setup_loads))] if index == 0 and after_loads else []
         emit(_compute(ctx, stmt, True), waits=waits, sigs=[(ev.setup, 1)])
     if setup_loads or setup_compute:
-        # only MMAs read them (resident weights): the matrix engine waits, and the scalar
-        # goes on issuing the first tile's loads meanwhile
-        engine = "MX" if _read_only_by_mma(nest, setup_buffers) else "S"
         pending = len(setup_compute) + (0 if after_loads else len(setup_loads))
-        emit.op(f"WAIT.{engine}", Event(ev.setup, pending))
+        emit.op(f"WAIT.{wait_on}", Event(ev.setup, pending))
+    if skip:
+        emit.label(no_tiles)
     # one credit per copy of the step's load buffers
     ld_credits = max((b.copies for b in nest.buffers if b.name in ld_buffers), default=2)
     if ld_buffers:
@@ -834,7 +859,8 @@ def _emit_protocol_nest(state: CodegenState, nest: Nest, core_offset: int = 0) -
     staged = _staged(nest)
     if staged:
         emit.op("SIG.S", Event(ev.stage_free, out_credits))
-    emit_tiles_of_core(emit, regs, nest.parallel_tiles)
+    if not skip:
+        emit_tiles_of_core(emit, regs, nest.parallel_tiles)
     emit.op("LI", Reg(regs.ld_count), 0)
     emit.op("LI", Reg(regs.out_count), 0)
     prefetch = (nest.schedule == "prefetch" and nest.reduction_steps == 1 and ld_buffers
