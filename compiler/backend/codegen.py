@@ -748,16 +748,19 @@ class CodegenState:
     registers: RegisterFile
     events: EventFile
     program: ProgramRegisters
+    # the machine's cores when the caller knows them (a nest of at most one tile per core
+    # overlaps its setup with its tile's loads: `_emit_protocol_nest`); None: not known
+    cores: int | None = None
 
     @classmethod
-    def new(cls, machine_name: str | None = None) -> CodegenState:
+    def new(cls, machine_name: str | None = None, cores: int | None = None) -> CodegenState:
         registers = RegisterFile(advice="each axis of a loop nest with more than one tile "
                                  "keeps its coordinate in a register: a nest with fewer "
                                  "tiled axes needs fewer")
         program = ProgramRegisters(registers.take("core id"), registers.take("core count"))
         # compute kernels leave the asynchronous collectives' events alone
         events = EventFile(reserve_async=True)
-        return cls(Emitter(machine_name or None), registers, events, program)
+        return cls(Emitter(machine_name or None), registers, events, program, cores)
 
 
 def emit_nest(state: CodegenState, nest: Nest, core_offset: int = 0) -> None:
@@ -824,14 +827,17 @@ def _emit_protocol_nest(state: CodegenState, nest: Nest, core_offset: int = 0) -
             if nest.tile[axis] > 1:
                 emit.op("MUL", Reg(regs.coord(axis)), Reg(regs.coord(axis)), nest.tile[axis])
     # only MMAs read the setup's buffers (resident weights or rows): the matrix engine
-    # waits for them; only the vector engine reads them (a row kernel's weight row, rotary
-    # tables): it waits; either way the scalar goes on issuing the first tile's loads
+    # waits for them, and the scalar goes on issuing the first tile's loads meanwhile.
+    # A nest of at most one tile per core (small nests side by side in a kernel: decode's
+    # q/k norms and rotations) would otherwise pay a round trip for its setup and one for
+    # its tile: when only the vector engine reads the setup (a weight row, rotary tables)
+    # it waits instead, and a core without a tile skips the setup (its loads feed nothing).
+    # With more tiles per core the round trip is paid once and the order of the cores' HBM
+    # requests at the start decides more than it (softmax and norms over many rows)
+    one_wave = state.cores is not None and nest.parallel_tiles <= state.cores
     wait_on = ("MX" if _read_only_by_mma(nest, setup_buffers)
-               else "VX" if _read_only_by_vector(nest, setup_buffers) else "S")
-    # a core with no tile of this nest skips a setup the vector engine or the scalar waits
-    # for (a small row nest beside others in a kernel runs on a few cores: the rest would
-    # wait for loads nothing reads); a product's setup goes first, its loads on the way
-    skip = bool(setup_loads or setup_compute) and wait_on != "MX"
+               else "VX" if one_wave and _read_only_by_vector(nest, setup_buffers) else "S")
+    skip = bool(setup_loads or setup_compute) and wait_on == "VX"
     no_tiles = f"setup_skipped_{len(emit.lines)}"
     if skip:
         emit_tiles_of_core(emit, regs, nest.parallel_tiles)
@@ -984,11 +990,12 @@ def emit_kernel(state: CodegenState, kernel: Kernel) -> None:
     emit.op("BAR.CHIP")
 
 
-def generate_program(program: KernelProgram, machine_name: str | None = None) -> Program:
+def generate_program(program: KernelProgram, machine_name: str | None = None,
+                     cores: int | None = None) -> Program:
     """The isa Program of a planned kernel program (every tensor has an address), built
     directly (no assembly text; a scalar tensor is declared with shape ()). ResourceError
     (a CompileError) when a nest needs more registers or events than a core has."""
-    state = CodegenState.new(machine_name)
+    state = CodegenState.new(machine_name, cores)
     emit = state.emit
     for t in program.tensors:
         emit.tensor(TensorDecl(t.name, t.dtype, tuple(t.shape), int(t.address), t.role))
