@@ -35,7 +35,7 @@ and `emit_causal_tile`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 
 from zhenwu.compiler.backend.allocators import EventFile, RegisterFile, ResourceError
 from zhenwu.compiler.backend.emitter import Emitter, fimm, instruction
@@ -65,6 +65,7 @@ from zhenwu.isa.program import (
     Keyword,
     LabelRef,
     Option,
+    Predicate,
     Program,
     Reg,
     Symbol,
@@ -573,11 +574,12 @@ def _prefetch_next(emit: Emitter, registers: RegisterFile, ctx: NestContext,
     emit.label(label)
 
 
-def _emit_load(emit: Emitter, ctx: NestContext, load: Load, waits, sigs) -> None:
+def _emit_load(emit: Emitter, ctx: NestContext, load: Load, waits, sigs,
+               predicate: Predicate | None = None) -> None:
     buf = ctx.nest.buffer(load.dst)
     pad = [Option("pad", fimm(load.pad))] if load.pad != 0 else []
     emit.op(f"DMA.LD.{buf.dtype}", ctx.tile(load.dst), ctx.ref(load.view, load.box),
-            options=pad, waits=waits, sigs=sigs)
+            options=pad, waits=waits, sigs=sigs, predicate=predicate)
 
 
 def _emit_epilogue(emit: Emitter, ctx: NestContext, compute: list, n_loads: int,
@@ -838,23 +840,23 @@ def _emit_protocol_nest(state: CodegenState, nest: Nest, core_offset: int = 0) -
     wait_on = ("MX" if _read_only_by_mma(nest, setup_buffers)
                else "VX" if one_wave and _read_only_by_vector(nest, setup_buffers) else "S")
     skip = bool(setup_loads or setup_compute) and wait_on == "VX"
-    no_tiles = f"setup_skipped_{len(emit.lines)}"
+    # (predicated on this core's tile count: the setup and its wait run only when it is
+    # not 0; a predicated-off instruction neither waits nor signals)
+    only_with_tiles = Predicate(regs.mine) if skip else None
     if skip:
         emit_tiles_of_core(emit, regs, nest.parallel_tiles)
-        emit.op("BEQZ", Reg(regs.mine), LabelRef(no_tiles))
     for index, load in enumerate(setup_loads):
-        _emit_load(emit, ctx, load, [], [(ev.setup, 1)])
+        _emit_load(emit, ctx, load, [], [(ev.setup, 1)], only_with_tiles)
     # compute reading a setup load waits for the loads first (one engine: the first waits)
     loaded = {s.dst for s in setup_loads}
     after_loads = any(name in loaded for stmt in setup_compute for name in _reads(stmt))
     for index, stmt in enumerate(setup_compute):
         waits = [(ev.setup, len(setup_loads))] if index == 0 and after_loads else []
-        emit(_compute(ctx, stmt, True), waits=waits, sigs=[(ev.setup, 1)])
+        emit(replace(_compute(ctx, stmt, True), predicate=only_with_tiles), waits=waits,
+             sigs=[(ev.setup, 1)])
     if setup_loads or setup_compute:
         pending = len(setup_compute) + (0 if after_loads else len(setup_loads))
-        emit.op(f"WAIT.{wait_on}", Event(ev.setup, pending))
-    if skip:
-        emit.label(no_tiles)
+        emit.op(f"WAIT.{wait_on}", Event(ev.setup, pending), predicate=only_with_tiles)
     # one credit per copy of the step's load buffers
     ld_credits = max((b.copies for b in nest.buffers if b.name in ld_buffers), default=2)
     if ld_buffers:
