@@ -282,3 +282,47 @@ def test_ray_asked_but_missing_is_a_usage_error(tmp_path, monkeypatch, capsys):
 def test_tomllib_limits_in_a_model_file_are_diagnostics(text):
     with pytest.raises(ModelError, match="malformed TOML"):
         parse_model(text, "bad.toml")
+
+
+def test_decode_kernel_breakdown_by_hand():
+    from zhenwu.compiler.commands.bench_serving import format_breakdown, kernel_breakdown
+
+    qkv = gen.ProgramSpec("decode_qkv", "qkv source")
+    head = gen.ProgramSpec("lm_head", "head source")
+    records = {"qkv source": {"kernel_times": [{"name": "matmul_0", "cycles": 10_000,
+                                                "hbm_bytes": 2_400_000},
+                                               {"name": "row_1", "cycles": 4_000,
+                                                "hbm_bytes": 0}]},
+               "head source": {"kernel_times": [{"name": "matmul_0", "cycles": 9_000,
+                                                 "hbm_bytes": 4_800_000}]}}
+    rows = kernel_breakdown([(qkv, 64), (head, 1)], records, M890)
+    sustained = 4e12 / 1.5e9 * 0.9                  # 2,400 B/cycle on the M890
+    launch = 3000                                    # 2 us at 1.5 GHz
+    assert [(r["program"], r["kernel"], r["count"]) for r in rows] == [
+        ("decode_qkv", "matmul_0", 64), ("decode_qkv", "row_1", 64), ("lm_head", "matmul_0", 1)]
+    assert rows[0]["streaming_cycles"] == pytest.approx(2_400_000 / sustained)   # 1,000
+    assert rows[0]["other_cycles"] == pytest.approx(10_000 - 1_000 - launch)
+    assert rows[1]["other_cycles"] == pytest.approx(4_000 - launch)
+    assert rows[2]["other_cycles"] == pytest.approx(9_000 - 2_000 - launch)
+    lines = format_breakdown("m890", rows)
+    layer = next(line for line in lines if "a layer" in line).split()
+    assert layer[2:] == ["2", "14,000", "1,000", "6,000", "7,000"]
+    step = next(line for line in lines if "the step" in line).split()
+    assert step[2:] == [f"{64 * 14_000 + 9_000:,}", f"{64 * 1_000 + 2_000:,}",
+                        f"{(64 + 64 + 1) * launch:,}", f"{64 * 7_000 + 4_000:,}"]
+
+
+def test_simulation_record_times_each_kernel(tmp_path, monkeypatch):
+    from zhenwu.compiler.commands.serve_simulate import simulate_source
+
+    model = parse_model(TINY)
+    shard = gen.Shard(4, 2, 96, None, None, 64)
+    spec = gen.qkv(model, shard, gen.decode(1, 8), "bf16", "bf16")
+    record = simulate_source(spec.source, spec.name, M890)
+    times = record["kernel_times"]
+    assert len(times) == record["kernels"]
+    # the kernels run one after another: their cycles are the program's but for the
+    # cycles before the first kernel starts (the core-id reads)
+    assert 0 <= record["cycles"] - sum(k["cycles"] for k in times) < 10
+    assert sum(k["hbm_bytes"] for k in times) == (record["hbm_read_bytes"]
+                                                 + record["hbm_write_bytes"])

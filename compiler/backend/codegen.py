@@ -41,7 +41,7 @@ and `emit_causal_tile`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 
 from zhenwu.compiler.backend.allocators import EventFile, RegisterFile, ResourceError
 from zhenwu.compiler.backend.emitter import Emitter, fimm, instruction
@@ -72,11 +72,13 @@ from zhenwu.isa.program import (
     Addr,
     DescRef,
     DReg,
+    Event,
     Instruction,
     IntList,
     Keyword,
     LabelRef,
     Option,
+    Predicate,
     Program,
     Reg,
     Symbol,
@@ -557,11 +559,12 @@ def _prefetch_next(emit: Emitter, registers: RegisterFile, ctx: NestContext,
     emit.label(label)
 
 
-def _emit_load(emit: Emitter, ctx: NestContext, load: Load, waits, sigs) -> None:
+def _emit_load(emit: Emitter, ctx: NestContext, load: Load, waits, sigs,
+               predicate: Predicate | None = None) -> None:
     buf = ctx.nest.buffer(load.dst)
     pad = [Option("pad", fimm(load.pad))] if load.pad != 0 else []
     emit.op(f"DMA.LD.{buf.dtype}", ctx.tile(load.dst), ctx.ref(load.view, load.box),
-            options=pad, waits=waits, sigs=sigs)
+            options=pad, waits=waits, sigs=sigs, predicate=predicate)
 
 
 def _emit_epilogue(emit: Emitter, ctx: NestContext, compute: list, n_loads: int,
@@ -689,6 +692,19 @@ def _read_only_by_mma(nest: Nest, names: frozenset[str]) -> bool:
     return True
 
 
+def _read_only_by_vector(nest: Nest, names: frozenset[str]) -> bool:
+    """Whether the buffers `names` are used by the vector engine only after the setup
+    (vector, reduction and column-copy statements; never an MMA, a store or a load)."""
+    for stmt in nest.init + nest.step + nest.final:
+        if isinstance(stmt, (Vec, Reduce, ColumnCopy, Iota)):
+            continue
+        used = ({stmt.src} if isinstance(stmt, Store) else {stmt.dst} if isinstance(stmt, Load)
+                else {stmt.a, stmt.b, stmt.dst} if isinstance(stmt, Mma) else set(names))
+        if used & names:
+            return False
+    return True
+
+
 def _load_buffers(nest: Nest) -> set[str]:
     """The buffers a step loads, and the read-only windows into one of them (a halo
     conv's taps: no statement writes them; same level, copies and stride, starting inside
@@ -715,16 +731,19 @@ class CodegenState:
     registers: RegisterFile
     events: EventFile
     program: ProgramRegisters
+    # the machine's cores when the caller knows them (a nest of at most one tile per core
+    # overlaps its setup with its tile's loads: `_emit_protocol_nest`); None: not known
+    cores: int | None = None
 
     @classmethod
-    def new(cls, machine_name: str | None = None) -> CodegenState:
+    def new(cls, machine_name: str | None = None, cores: int | None = None) -> CodegenState:
         registers = RegisterFile(advice="each axis of a loop nest with more than one tile "
                                  "keeps its coordinate in a register: a nest with fewer "
                                  "tiled axes needs fewer")
         program = ProgramRegisters(registers.take("core id"), registers.take("core count"))
         # compute kernels leave the asynchronous collectives' events alone
         events = EventFile(reserve_async=True)
-        return cls(Emitter(machine_name or None), registers, events, program)
+        return cls(Emitter(machine_name or None), registers, events, program, cores)
 
 
 def emit_nest(state: CodegenState, nest: Nest, core_offset: int = 0) -> None:
@@ -790,11 +809,28 @@ def _emit_protocol_nest(state: CodegenState, nest: Nest, core_offset: int = 0) -
             emit.op("REM", Reg(regs.coord(axis)), Reg(regs.core), nest.grid[axis])
             if nest.tile[axis] > 1:
                 emit.op("MUL", Reg(regs.coord(axis)), Reg(regs.coord(axis)), nest.tile[axis])
+    # only MMAs read the setup's buffers (resident weights or rows): the matrix engine
+    # waits for them, and the scalar goes on issuing the first tile's loads meanwhile.
+    # A nest of at most one tile per core (small nests side by side in a kernel: decode's
+    # q/k norms and rotations) would otherwise pay a round trip for its setup and one for
+    # its tile: when only the vector engine reads the setup (a weight row, rotary tables)
+    # it waits instead, and a core without a tile skips the setup (its loads feed nothing).
+    # With more tiles per core the round trip is paid once and the order of the cores' HBM
+    # requests at the start decides more than it (softmax and norms over many rows)
+    one_wave = state.cores is not None and nest.parallel_tiles <= state.cores
+    wait_on = ("MX" if _read_only_by_mma(nest, setup_buffers)
+               else "VX" if one_wave and _read_only_by_vector(nest, setup_buffers) else "S")
+    skip = bool(setup_loads or setup_compute) and wait_on == "VX"
+    # (predicated on this core's tile count: the setup and its wait run only when it is
+    # not 0; a predicated-off instruction neither waits nor signals)
+    only_with_tiles = Predicate(regs.mine) if skip else None
+    if skip:
+        emit_tiles_of_core(emit, regs, nest.parallel_tiles)
     # the setup's values stay resident (one copy, no credit); every load and compute
     # signals `setup`, and compute reading a setup load waits for the loads first
     resident = Ring(1, 0, full=ev.setup)
     issue_loads(resident, setup_loads, lambda load, waits, sigs:
-                _emit_load(emit, ctx, load, waits, sigs), credit=False)
+                _emit_load(emit, ctx, load, waits, sigs, only_with_tiles), credit=False)
     loaded = {s.dst for s in setup_loads}
     after_loads = any(name in loaded for stmt in setup_compute for name in _reads(stmt))
     if setup_compute:
@@ -803,18 +839,20 @@ def _emit_protocol_nest(state: CodegenState, nest: Nest, core_offset: int = 0) -
             stage.consume(resident, len(setup_loads))
         for index in range(len(setup_compute)):
             stage.signal(resident.landed(), at=index)
-        stage.emit(emit, [_compute(ctx, stmt, True) for stmt in setup_compute])
+        stage.emit(emit, [replace(_compute(ctx, stmt, True), predicate=only_with_tiles)
+                          for stmt in setup_compute])
     if setup_loads or setup_compute:
-        # only MMAs read them (resident weights): the matrix engine waits, and the scalar
-        # goes on issuing the first tile's loads meanwhile
-        engine = "MX" if _read_only_by_mma(nest, setup_buffers) else "S"
         pending = len(setup_compute) + (0 if after_loads else len(setup_loads))
-        resident.wait_full(emit, engine, pending)
+        if only_with_tiles is None:
+            resident.wait_full(emit, wait_on, pending)
+        else:
+            emit.op(f"WAIT.{wait_on}", Event(ev.setup, pending), predicate=only_with_tiles)
     staged = _staged(nest)
     ctx.rings = rings = _nest_rings(nest, ev, ld_buffers, out_stride, out_credits,
                                     bool(tile_loads), staged)
     rings.pipeline.start(emit)
-    emit_tiles_of_core(emit, regs, nest.parallel_tiles)
+    if not skip:
+        emit_tiles_of_core(emit, regs, nest.parallel_tiles)
     emit.op("LI", Reg(regs.ld_count), 0)
     emit.op("LI", Reg(regs.out_count), 0)
     prefetch = (nest.schedule == "prefetch" and nest.reduction_steps == 1 and ld_buffers
@@ -940,11 +978,12 @@ def emit_kernel(state: CodegenState, kernel: Kernel) -> None:
     emit.op("BAR.CHIP")
 
 
-def generate_program(program: KernelProgram, machine_name: str | None = None) -> Program:
+def generate_program(program: KernelProgram, machine_name: str | None = None,
+                     cores: int | None = None) -> Program:
     """The isa Program of a planned kernel program (every tensor has an address), built
     directly (no assembly text; a scalar tensor is declared with shape ()). ResourceError
     (a CompileError) when a nest needs more registers or events than a core has."""
-    state = CodegenState.new(machine_name)
+    state = CodegenState.new(machine_name, cores)
     emit = state.emit
     for t in program.tensors:
         emit.tensor(TensorDecl(t.name, t.dtype, tuple(t.shape), int(t.address), t.role))

@@ -144,7 +144,7 @@ def _generate(planned: KernelProgram, machine, graph):
     from zhenwu.compiler.backend.allocators import ResourceError
 
     try:
-        return generate_program(planned, machine.name)
+        return generate_program(planned, machine.name, machine.cores)
     except ResourceError as err:
         if err.span is None:
             spans = {op.id: op.span for op in graph.ops}

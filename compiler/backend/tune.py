@@ -43,7 +43,7 @@ def _kernel_cycles(kernel, tensors, machine, measure: Measure) -> int:
 
     roles = [replace(t, role="in") if t.role == "temp" else t for t in tensors]
     planned = plan_hbm(KernelProgram(tuple(roles), (kernel,)), machine.hbm_bytes)
-    return measure(generate_program(planned, machine.name), machine)
+    return measure(generate_program(planned, machine.name, machine.cores), machine)
 
 
 def tune_gemm_tiles(graph, machine, plan, options, measure: Measure

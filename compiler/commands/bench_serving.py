@@ -11,7 +11,10 @@ On Qwen3-32B (samples/models/qwen3-32b.toml), one chip, bf16 weights and cache:
 - decode B=1 again compiled with `persistent=True` (every kernel of a program as one
   persistent kernel: one launch per program; compiler/backend/merge.py), reported beside;
 - the same on the 810E, and the M890 / 810E ratios (the announced 3x for compute-bound
-  prefill, the HBM bandwidth ratio for memory-bound decode).
+  prefill, the HBM bandwidth ratio for memory-bound decode);
+- where the decode step's time goes: each kernel of its programs with its cycles, its HBM
+  bytes at the sustained (streaming) rate, its launch, and the rest (the kernel's ramp, its
+  tail and the cores' imbalance), per layer (`kernel_breakdown`).
 
 Each program is simulated once, timing-only, through the serving cache (compiler/commands/
 serve_simulate.py): a run after `zhenwu serve` of the same shapes costs nothing.
@@ -45,6 +48,25 @@ def bench_programs(model):
     }
 
 
+def kernel_breakdown(uses, records: dict, machine) -> list[dict]:
+    """One entry per kernel of the programs `uses` ([(spec, count)]) from their simulation
+    `records` (keyed by source): its cycles (launch included), HBM bytes, the bytes' cycles at
+    the HBM's sustained rate (peak x streaming efficiency: what whole-row streams reach), the
+    launch, and `other_cycles`, what is left (the kernel's first loads' round trip and its
+    last stores, barriers, cores idle at the end of an uneven share of the tiles)."""
+    sustained = machine.hbm_bytes_per_cycle * machine.hbm_streaming_efficiency
+    launch = machine.kernel_launch_cycles
+    rows = []
+    for spec, count in uses:
+        for kernel in records[spec.source]["kernel_times"]:
+            streaming = kernel["hbm_bytes"] / sustained
+            rows.append({"program": spec.name, "kernel": kernel["name"], "count": count,
+                         "cycles": kernel["cycles"], "hbm_bytes": kernel["hbm_bytes"],
+                         "streaming_cycles": streaming, "launch_cycles": launch,
+                         "other_cycles": kernel["cycles"] - streaming - launch})
+    return rows
+
+
 def measure(machines, processes: int = 0, progress=None) -> list[dict]:
     """One row per machine: seconds and bounds of the three measurements."""
     model = load_model("qwen3-32b")
@@ -74,6 +96,9 @@ def measure(machines, processes: int = 0, progress=None) -> list[dict]:
         attention_bound = cache_bytes / m.hbm_bandwidth
         flops = sum(r["compute_cycles"] * c for r, c in detail["prefill"])
         compute_bound = m.seconds(flops)
+        kernels = kernel_breakdown(programs[m.name]["decode_b1"],
+                                   {spec.source: records[(spec.source, m.name)]
+                                    for spec, _ in programs[m.name]["decode_b1"]}, m)
         rows.append({
             "machine": m.name,
             "decode_b1_s": seconds["decode_b1"], "decode_b1_bound_s": decode_bound,
@@ -87,6 +112,7 @@ def measure(machines, processes: int = 0, progress=None) -> list[dict]:
             "attention_b64_ratio": seconds["attention_b64"] / attention_bound,
             "prefill_s": seconds["prefill"], "prefill_compute_bound_s": compute_bound,
             "prefill_efficiency": compute_bound / seconds["prefill"],
+            "decode_b1_kernels": kernels,
             "programs": {key: [{"name": r["name"], "cycles": r["cycles"], "count": c,
                                 "roofline_cycles": r["roofline_cycles"]} for r, c in recs]
                          for key, recs in detail.items()},
@@ -113,6 +139,8 @@ def format_rows(rows: list[dict]) -> str:
                      f"{r['decode_b1_kernels_per_layer']} kernels per layer without")
     lines.append("targets: decode within 1.15x of (weights + KV bytes) / HBM bandwidth; "
                  "attention within 1.2x of its bytes; prefill >= 0.8 of the compute roofline")
+    for r in rows:
+        lines += format_breakdown(r["machine"], r["decode_b1_kernels"])
     if len(rows) == 2:
         a, b = rows
         lines.append(
@@ -121,3 +149,29 @@ def format_rows(rows: list[dict]) -> str:
             f"(HBM bandwidth ratio {b['decode_b1_bound_s'] / a['decode_b1_bound_s']:.2f}x), "
             f"KV attention {b['attention_b64_s'] / a['attention_b64_s']:.2f}x")
     return "\n".join(lines)
+
+
+def format_breakdown(machine: str, kernels: list[dict]) -> list[str]:
+    """The decode step's kernels (`kernel_breakdown`) as table lines, then the sums over a
+    layer's kernels (each once) and over the whole step (each times its count)."""
+    keys = ("cycles", "streaming_cycles", "launch_cycles", "other_cycles")
+
+    def line(label: str, count, values) -> str:
+        cycles, streaming, launch, other = values
+        return (f"  {label:<41} {count:>5} {cycles:>12,} {streaming:>12,.0f} {launch:>10,} "
+                f"{other:>11,.0f}")
+
+    title = (f"{machine} decode B=1 per kernel (cycles; streaming: its HBM bytes at the "
+             "sustained rate; other: ramp, tail, imbalance):")
+    header = (f"  {'program':<12} {'kernel':<28} {'count':>5} {'cycles':>12} "
+              f"{'streaming':>12} {'launch':>10} {'other':>11}")
+    lines = [title, header]
+    for k in kernels:
+        lines.append(line(f"{k['program']:<12} {k['kernel'][:28]}", k["count"],
+                          [k[key] for key in keys]))
+    layers = max(k["count"] for k in kernels)
+    layer = [k for k in kernels if k["count"] == layers]
+    lines.append(line("a layer", len(layer), [sum(k[key] for k in layer) for key in keys]))
+    lines.append(line("the step", "", [sum(k[key] * k["count"] for k in kernels)
+                                       for key in keys]))
+    return lines

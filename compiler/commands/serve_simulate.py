@@ -8,8 +8,9 @@ The cache key is the SHA-256 of the program's source, the machine's numbers, the
 options and a fingerprint of the compiler's and simulator's own source files (a change to
 either recomputes). Records are small JSON files under `$ZHENWU_CACHE` (default
 `~/.cache/zhenwu`), in `serve/`. A record holds the simulated cycles and seconds, the FLOPs
-and HBM bytes, the kernel count, the roofline bound, and the bytes of every parameter and
-output (so that a warm run needs neither the compiler nor the simulator).
+and HBM bytes, the kernel count and each kernel's cycles and HBM bytes, the roofline bound,
+and the bytes of every parameter and output (so that a warm run needs neither the compiler
+nor the simulator).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ _ROOT = Path(__file__).resolve().parents[2]
 # what the simulated cycles depend on besides the program and the machine
 _FINGERPRINTED = ("compiler/backend", "compiler/passes", "compiler/frontend", "compiler/graph",
                   "runtime", "isa")
-RECORD_VERSION = 1
+RECORD_VERSION = 2   # 2: per-kernel times (`kernel_times`)
 
 
 def cache_dir() -> Path:
@@ -98,6 +99,10 @@ def simulate_source(source: str, name: str, machine, opt_level: int = 2,
         "compute_cycles": bound.compute_cycles,
         "compulsory_bytes": bound.compulsory_bytes,
         "instructions": report.instructions,
+        # each kernel's cycles (its launch included) and HBM bytes, in program order
+        "kernel_times": [{"name": k.name, "cycles": k.cycles,
+                          "hbm_bytes": k.hbm_read_bytes + k.hbm_write_bytes}
+                         for k in report.kernels],
         "param_bytes": {p.name: nbytes(p) for p in fn.params},
         "output_bytes": [nbytes(v) for v in fn.outputs],
         "compile_seconds": round(compile_seconds, 3),
