@@ -326,3 +326,52 @@ def test_simulation_record_times_each_kernel(tmp_path, monkeypatch):
     assert 0 <= record["cycles"] - sum(k["cycles"] for k in times) < 10
     assert sum(k["hbm_bytes"] for k in times) == (record["hbm_read_bytes"]
                                                  + record["hbm_write_bytes"])
+
+
+def test_decode_launched_by_program_or_by_kernel(tmp_path, monkeypatch, capsys):
+    """`--launch graph` (the default) compiles each decode program as one persistent kernel:
+    one launch per program, as engines replay a captured decode step; `--launch kernels`
+    launches every kernel. Prefill is launched by kernel either way."""
+    monkeypatch.setenv("ZHENWU_CACHE", str(tmp_path))
+    path = tmp_path / "tiny.toml"
+    path.write_text(TINY)
+    base = ["serve", str(path), "--prompt", "16", "--output", "4", "--json", "-j", "1"]
+    runs = {}
+    for launch in ("graph", "kernels"):
+        assert main(base + ["--launch", launch]) == 0
+        runs[launch] = json.loads(capsys.readouterr().out)
+    graph, kernels = runs["graph"], runs["kernels"]
+    assert graph["decode_launch"] == "graph" and kernels["decode_launch"] == "kernels"
+    assert graph["ttft_s"] == kernels["ttft_s"]
+    for program in graph["programs"]:
+        assert program["launches"] == (1 if program["phase"] == "decode" else program["kernels"])
+    assert all(p["launches"] == p["kernels"] for p in kernels["programs"])
+    assert sum(p["kernels"] > 1 for p in kernels["programs"] if p["phase"] == "decode") >= 2
+    # the launches saved are most of the difference (barriers replace them)
+    assert graph["tpot_s"] < kernels["tpot_s"]
+    with pytest.raises(SystemExit) as exit_:
+        main(base[:-3] + ["--launch", "eager"])
+    assert exit_.value.code == 2
+
+
+def test_bench_serving_decode_is_launched_as_serve_launches_it(monkeypatch):
+    """The headline decode figure is `zhenwu serve`'s default (persistent programs, one
+    launch each); the kernel-by-kernel figure is reported beside it."""
+    from zhenwu.compiler.commands import bench_serving
+
+    def fake_simulate_all(jobs, *, persistent=False, **_):
+        seconds = 1e-4 if persistent else 2e-4
+        return {(source, m.name): {"seconds": seconds, "cycles": 1, "kernels": 3,
+                                   "roofline_cycles": 1, "compute_cycles": 1.5e9,
+                                   "name": name, "kernel_times": [
+                                       {"name": "k", "cycles": 10, "hbm_bytes": 0}]}
+                for source, name, m in jobs}
+
+    monkeypatch.setattr(bench_serving, "simulate_all", fake_simulate_all)
+    (row,) = bench_serving.measure([M890])
+    layers = load_model(MODELS_DIR / "qwen3-32b.toml").layers
+    assert row["decode_b1_s"] == pytest.approx((2 * layers + 1) * 1e-4)
+    assert row["decode_b1_by_kernel_s"] == pytest.approx((2 * layers + 1) * 2e-4)
+    assert row["decode_b1_launch"] == "graph"
+    text = bench_serving.format_rows([row])
+    assert "launched by kernel" in text and "one launch per program" in text

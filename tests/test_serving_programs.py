@@ -6,7 +6,7 @@ from __future__ import annotations
 import ml_dtypes
 import numpy as np
 import pytest
-from zhenwu.compiler.backend.pipeline import compile_function
+from zhenwu.compiler.backend.pipeline import CompileOptions, compile_function
 from zhenwu.compiler.check import output_tolerance, relative_error
 from zhenwu.compiler.frontend import load_program
 from zhenwu.compiler.reference import evaluate
@@ -47,10 +47,11 @@ def bf16(a):
     return np.asarray(a, np.float32).astype(BF16)
 
 
-def run(spec: gen.ProgramSpec, inputs: dict) -> list[np.ndarray]:
-    """Compile and run `spec` functionally; check it against the reference evaluator too."""
+def run(spec: gen.ProgramSpec, inputs: dict, persistent: bool = False) -> list[np.ndarray]:
+    """Compile and run `spec` functionally; check it against the reference evaluator too.
+    `persistent`: as one persistent kernel (how `zhenwu serve` launches decode programs)."""
     fn = load_program(f"<{spec.name}>", text=spec.source)
-    compiled = compile_function(fn, MACHINE)
+    compiled = compile_function(fn, MACHINE, CompileOptions(persistent=persistent))
     result = run_program(compiled.program, MACHINE, compiled.program_inputs(inputs))
     outs = compiled.graph_outputs(result)
     for got, want, value in zip(outs, evaluate(fn, inputs), fn.outputs):
@@ -163,7 +164,8 @@ def attention_half(model, w, x, k_old, v_old, pos):
     return q, k_new, v_new, bf16(k_cache), bf16(v_cache)
 
 
-def test_dense_decode_step_matches_numpy():
+@pytest.mark.parametrize("persistent", [False, True])
+def test_dense_decode_step_matches_numpy(persistent):
     rng = np.random.default_rng(0)
     batch, pos = 3, 37
     w = weights(rng, DENSE, moe=False)
@@ -171,7 +173,7 @@ def test_dense_decode_step_matches_numpy():
     q, k_new, v_new, k_cache, v_cache = attention_half(DENSE, w, x, k_old, v_old, pos)
     attn = gen.layer_attention(DENSE, SHARD, gen.decode(batch, pos + 1), "bf16", "bf16")
     (out,) = run(attn, {"x": x, "q": bf16(q), "k_cache": k_cache, "v_cache": v_cache,
-                        **{n: program_weights(w)[n] for n in attn.weights}})
+                        **{n: program_weights(w)[n] for n in attn.weights}}, persistent)
     h, k_want, v_want = numpy_attention_step(DENSE, w, x, k_old, v_old, pos)
     f = lambda a: np.asarray(a, np.float32)
     m = rmsnorm(h, w["mlp_norm"])
@@ -181,7 +183,8 @@ def test_dense_decode_step_matches_numpy():
     assert relative_error(out, want) < 3e-2
 
 
-def test_moe_decode_step_matches_numpy():
+@pytest.mark.parametrize("persistent", [False, True])
+def test_moe_decode_step_matches_numpy(persistent):
     rng = np.random.default_rng(1)
     batch, pos, top_k = 4, 9, MOE.moe.top_k
     w = weights(rng, MOE, moe=True)
@@ -190,7 +193,8 @@ def test_moe_decode_step_matches_numpy():
     attn = gen.layer_attention(MOE, SHARD, gen.decode(batch, pos + 1), "bf16", "bf16")
     h, m, dense_gates = run(attn, {"x": x, "q": bf16(q), "k_cache": k_cache,
                                    "v_cache": v_cache,
-                                   **{n: program_weights(w)[n] for n in attn.weights}})
+                                   **{n: program_weights(w)[n] for n in attn.weights}},
+                            persistent)
     h_want, _, _ = numpy_attention_step(MOE, w, x, k_old, v_old, pos)
     assert relative_error(h, h_want) < 2e-2
     probs = np.exp(rmsnorm(h_want, w["mlp_norm"]) @ w["w_router"])
@@ -278,7 +282,7 @@ def test_expected_experts_hit():
     assert gen.expected_experts_hit(128, 8, 4096) == pytest.approx(128.0)
 
 
-@pytest.mark.parametrize("phase", ["prefill", "decode"])
+@pytest.mark.parametrize("phase", ["prefill", "decode", "decode --persistent"])
 def test_cli_check_runs_the_tiny_layer_programs(phase, tmp_path, capsys):
     """`zhenwu run PROGRAM --check` on the tiny model's layer programs (seeded random inputs,
     functional run with the race detector, compared with the reference evaluator). The MoE
@@ -292,7 +296,7 @@ def test_cli_check_runs_the_tiny_layer_programs(phase, tmp_path, capsys):
                  gen.layer_attention(DENSE, SHARD, step, "bf16", "bf16")):
         path = tmp_path / f"{spec.name}.zt"
         path.write_text(spec.source)
-        assert main(["run", str(path), "--check"]) == 0, spec.name
+        assert main(["run", str(path), "--check", *phase.split()[1:]]) == 0, spec.name
     assert "FAIL" not in capsys.readouterr().out
 
 

@@ -39,6 +39,10 @@ def add_parser(sub, add_machine) -> None:
                    help="weight dtype (default: the model file's)")
     p.add_argument("--kv-dtype", choices=["bf16", "f16"],
                    help="KV-cache dtype (default: the model file's)")
+    p.add_argument("--launch", choices=["graph", "kernels"], default="graph",
+                   help="decode steps: one launch per program (graph: its kernels one "
+                        "persistent kernel, as engines replay a captured decode step) or one "
+                        "per kernel (default: graph)")
     p.add_argument("--price-per-chip-hour", type=float, default=2.0, metavar="USD",
                    help="what a chip-hour costs, an assumption (default: 2.0)")
     p.add_argument("--compare", metavar="MACHINE",
@@ -122,7 +126,7 @@ def run(args) -> int:
     plan = _plan(args, model)
     base = Request(batch=args.batch, prompt=args.prompt, output=args.output,
                    weight_dtype=args.weight_dtype or model.weight_dtype,
-                   kv_dtype=args.kv_dtype or model.kv_dtype)
+                   kv_dtype=args.kv_dtype or model.kv_dtype, decode_launch=args.launch)
     key, points = _sweep_points(args.sweep)
     requests = [replace(base, **{key: value}) for value in points] if key else [base]
     if args.plot and not key:
@@ -135,20 +139,26 @@ def run(args) -> int:
     for machine, request in cases:
         check_fits(model, machine, plan, request)
     uses = {(m.name, r): layer_programs(model, plan, r) for m, r in cases}
-    jobs = [(use.spec.source, use.spec.name, machine) for machine, request in cases
-            for use in uses[(machine.name, request)]]
+    # one simulation per distinct (program, machine, launch mode): the same lm_head serves
+    # prefill (launched by kernel) and decode (maybe one persistent launch)
+    jobs: dict[bool, list] = {False: [], True: []}
+    for machine, request in cases:
+        for use in uses[(machine.name, request)]:
+            jobs[use.persistent].append((use.spec.source, use.spec.name, machine))
 
     def progress(done, total, name):
         print(f"\r[{done}/{total}] simulated {name:<24}", end="", file=sys.stderr, flush=True)
 
-    records = simulate_all(jobs, processes=args.jobs,
-                           ray_address=False if args.ray is None else (args.ray or None),
-                           progress=progress if sys.stderr.isatty() else None)
+    records = {persistent: simulate_all(
+        batch, processes=args.jobs, persistent=persistent,
+        ray_address=False if args.ray is None else (args.ray or None),
+        progress=progress if sys.stderr.isatty() else None)
+        for persistent, batch in jobs.items() if batch}
     if sys.stderr.isatty():
         print("\r" + " " * 50 + "\r", end="", file=sys.stderr, flush=True)
     estimates = []
     for machine, request in cases:
-        recs = [(use, records[(use.spec.source, machine.name)])
+        recs = [(use, records[use.persistent][(use.spec.source, machine.name)])
                 for use in uses[(machine.name, request)]]
         estimates.append(compose(model, machine, plan, request, recs,
                                  analytic_pieces(model, plan, request, machine),
@@ -174,7 +184,8 @@ def _summary(estimates) -> str:
             f"{m.parameters() / 1e9:.1f}B parameters, {m.active_parameters() / 1e9:.1f}B active; "
             f"tp={plan.tp} pp={plan.pp} ep={plan.ep} ({plan.chips} chip"
             f"{'s' if plan.chips > 1 else ''}); batch {r.batch}, "
-            f"prompt {r.prompt}, output {r.output}; weights {r.weight_dtype}, KV {r.kv_dtype}")
+            f"prompt {r.prompt}, output {r.output}; weights {r.weight_dtype}, KV {r.kv_dtype}; "
+            f"decode launched by {'program' if r.decode_launch == 'graph' else 'kernel'}")
     rows = [
         ("TTFT", lambda e: f"{e.ttft_s * 1e3:.2f} ms"),
         ("TPOT", lambda e: f"{e.tpot_s * 1e3:.3f} ms"),
@@ -216,19 +227,21 @@ def _programs_table(estimate) -> str:
     """Every figure's source: simulated programs and analytic pieces, with counts."""
     lines = [f"where the time goes on {estimate.machine.name} (per prefill / per decode step):",
              (f"{'phase':<8} {'program':<32} {'source':<10} {'cycles':>12} {'seconds':>11} "
-             f"{'count':>6} {'total s':>10} {'eff':>5}")]
+             f"{'count':>6} {'total s':>10} {'eff':>5} {'launches':>8}")]
     for use, rec in estimate.programs:
         eff = rec["roofline_cycles"] / rec["cycles"] if rec["cycles"] else 0.0
         lines.append(f"{use.phase:<8} {use.spec.name:<32} {'simulated':<10} "
                      f"{rec['cycles']:>12,} {rec['seconds']:>11.3e} {use.count:>6} "
-                     f"{rec['seconds'] * use.count:>10.3e} {eff:>5.2f}")
+                     f"{rec['seconds'] * use.count:>10.3e} {eff:>5.2f} "
+                     f"{1 if use.persistent else rec['kernels']:>8}")
     for piece in estimate.analytic:
         lines.append(f"{piece.phase:<8} {piece.name:<32} {'analytic':<10} {'-':>12} "
                      f"{piece.seconds:>11.3e} {piece.count:>6} "
                      f"{piece.seconds * piece.count:>10.3e} {'-':>5}")
     lines.append("simulated: compiled and run timing-only on one chip; analytic: an alpha-beta "
                  "formula from the machine's [link]/[nic] numbers (collectives) or the HBM "
-                 "bandwidth (embedding gather)")
+                 "bandwidth (embedding gather); launches: kernel launches per run (1: the "
+                 "program's kernels as one persistent kernel, --launch graph)")
     return "\n".join(lines)
 
 

@@ -36,7 +36,7 @@ inputs and outputs other than weights and cache).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from zhenwu.compiler.serving import programs as gen
 from zhenwu.compiler.serving.comm import collective_seconds
@@ -74,6 +74,11 @@ class Request:
     output: int = 256
     weight_dtype: str = "bf16"
     kv_dtype: str = "bf16"
+    # how a decode step's programs are launched: "graph", one launch per program (its
+    # kernels one persistent kernel, compiler/backend/merge.py), as serving engines replay a
+    # captured decode step (CUDA graphs); "kernels", one launch per kernel. Prefill always
+    # launches its kernels one by one: its long kernels hide their launches.
+    decode_launch: str = "graph"
 
     @property
     def context(self) -> int:
@@ -92,6 +97,7 @@ class ProgramUse:
     phase: str          # "prefill" or "decode"
     spec: gen.ProgramSpec
     count: int
+    persistent: bool = False   # compiled as one persistent kernel (one launch)
 
 
 @dataclass(frozen=True)
@@ -207,6 +213,9 @@ def layer_programs(model: ModelConfig, plan: Plan, request: Request) -> list[Pro
                                 count),
                      ProgramUse(step.phase, gen.moe_combine(model, step.rows), count)]
         uses.append(ProgramUse(step.phase, gen.lm_head(model, shard, head_rows, wdt), heads))
+    if request.decode_launch == "graph":
+        uses = [replace(use, persistent=True) if use.phase == "decode" else use
+                for use in uses]
     return uses
 
 
@@ -227,7 +236,7 @@ def analytic_pieces(model: ModelConfig, plan: Plan, request: Request, machine
     pieces = []
     for phase, rows, count in (("prefill", request.prompt, model.layers),
                                ("decode", micro, model.layers)):
-        def add(name, kind, nbytes, chips, n=count, nodes=across):
+        def add(name, kind, nbytes, chips, n=count, nodes=across, phase=phase):
             seconds = collective_seconds(kind, nbytes, chips, machine, across_nodes=nodes)
             if seconds:
                 pieces.append(AnalyticUse(phase, name, seconds, n))
@@ -303,6 +312,7 @@ class Estimate:
             "plan": {"tp": plan.tp, "pp": plan.pp, "ep": plan.ep},
             "batch": r.batch, "prompt": r.prompt, "output": r.output,
             "weight_dtype": r.weight_dtype, "kv_dtype": r.kv_dtype,
+            "decode_launch": r.decode_launch,
             "ttft_s": self.ttft_s,
             "tpot_s": self.tpot_s,
             "tokens_per_s": self.tokens_per_s,
@@ -321,6 +331,7 @@ class Estimate:
                  "seconds": rec["seconds"], "count": use.count,
                  "roofline_cycles": rec["roofline_cycles"], "kernels": rec["kernels"],
                  "hbm_bytes": rec["hbm_read_bytes"] + rec["hbm_write_bytes"],
+                 "launches": 1 if use.persistent else rec["kernels"],
                  "simulated": True}
                 for use, rec in self.programs
             ],
