@@ -56,12 +56,13 @@ def partials_fit(tile_m: int, tile_n: int, tile_k: int, in_dtype: str) -> bool:
 
 
 def choose_split(batch, m, n, k, in_dtype, acc_dtype, a_bytes, b_bytes, out_bytes,
-                 full_bytes, row_bytes, epilogue_ops, machine, base, b_k_major=False):
+                 full_bytes, row_bytes, epilogue, machine, base, b_k_major=False):
     """(splits, tile of nest 1) when splitting K is cheaper than `base` (the single product's
     `GemmTile`) by `MIN_GAIN`, else None. Splits are powers of two up to the cores, each
     range a multiple of the MX depth and at least two of them; `b_k_major`: B is read along
     k (priced as `base` was)."""
     from zhenwu.compiler.backend.gemm import choose_gemm_tile
+    from zhenwu.compiler.backend.tile_cost import VectorWork
 
     if acc_dtype != "f32" or batch * ceil(m / base.tile_m) * ceil(n / base.tile_n) \
             > machine.cores:
@@ -72,11 +73,10 @@ def choose_split(batch, m, n, k, in_dtype, acc_dtype, a_bytes, b_bytes, out_byte
             and k // splits >= 2 * machine.mx_k:
         chunk = k // splits
         tile = choose_gemm_tile(batch * splits, m, n, chunk, in_dtype, acc_dtype, a_bytes,
-                                b_bytes, 4, full_bytes, row_bytes, 0, machine,
+                                b_bytes, 4, full_bytes, row_bytes, VectorWork(), machine,
                                 b_k_major=b_k_major, whole_rows=True)
         if partials_fit(tile.tile_m, tile.tile_n, tile.tile_k, in_dtype):
-            epilogue = epilogue_ops * tile.tile_m * tile.tile_n * 4 / machine.vx_bytes_per_cycle
-            cycles = (tile.cycles + epilogue
+            cycles = (tile.cycles + epilogue.cycles(machine, tile.tile_m * tile.tile_n)
                       + combine_cycles(batch, m, n, splits, tile.tile_m, tile.tile_n, machine))
             if best is None or cycles < best[0]:
                 best = (cycles, splits, tile)
