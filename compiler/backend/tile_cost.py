@@ -125,6 +125,14 @@ def waves(tiles: int, machine) -> Waves:
     return Waves(tiles, min(tiles, machine.cores), ceil(tiles / machine.cores))
 
 
+def buffered(mma: float, transfer: float, trip: float, copies: int) -> float:
+    """The shortest period of a stream of steps whose operand loads have `copies` buffer
+    copies: the load of step i + copies may start only once step i's MMA has read its copy
+    (codegen's `ld_free` credit), so `copies` periods cover one MMA, one transfer and one
+    round trip (Little's law on the load buffers)."""
+    return (mma + transfer + trip) / copies
+
+
 def step_issue(machine, loads: int = 0) -> int:
     """Scalar cycles that issue a step (and `loads` extra per-tap loads of a conv)."""
     return machine.scalar_cycles * (STEP_SCALAR_INSTRUCTIONS + LOAD_SCALAR_INSTRUCTIONS * loads)
@@ -224,9 +232,9 @@ def product_cost(batch, m, n, k, tile_m, tile_n, tile_k, acc_copies, a_bytes, b_
     # re-reads come from it and HBM moves each operand about once (the floor below)
     shared = mx.l2_bytes_per_cycle if mx.l2_bytes else mx.hbm_bytes_per_cycle
     gm = active * step_bytes / shared
-    # two operand buffers in flight: a step's loads cannot arrive faster than one HBM
-    # round trip per two steps (Little's law on the double buffer)
-    latency = (trip + port) / 2
+    # two operand buffers in flight: a step's loads are issued once the product two steps
+    # back has run, so two steps cover a product, a transfer and a round trip
+    latency = buffered(mx_cycles, port, trip, 2)
     # and a core keeps at most its DMA window in flight: when two steps' loads do not fit
     # in it, a step's loads wait for the last step's to land (a round trip per step)
     window = mx.dma_window_bytes
@@ -253,7 +261,7 @@ def product_cost(batch, m, n, k, tile_m, tile_n, tile_k, acc_copies, a_bytes, b_
         # loaded again only once its product has run: two steps cover one product, one
         # transfer and one round trip
         transfer = max(port, step_bytes * trip / window)
-        serial = max(gm, transfer, (mx_cycles + transfer + trip) / 2,
+        serial = max(gm, transfer, buffered(mx_cycles, transfer, trip, 2),
                      hbm_share + _partial_runs(in_m, in_n, in_k, a_bytes, b_bytes, machine)
                      * active * _row_penalty(machine))
     step = max(mx_cycles, port, gm, latency, serial) + step_issue(machine)
@@ -280,8 +288,8 @@ def product_floor(batch, m, n, k, tile_m, tile_n, least_steps, a_bytes, b_bytes,
     """A floor under `product_cost` for every k tile of an (tile_m, tile_n) tiling that
     takes at least `least_steps` k steps. Per wave, the steps together cover the whole k: no
     less MX work (one MMA over all of k: the steps' MMAs round up each), load-port time
-    (likewise) and shared-bandwidth time than one step over all of k, and at least half a
-    round trip per step (the double buffer); plus the per-step issue, the two round trips
+    (likewise) and shared-bandwidth time than one step over all of k, and the double
+    buffer's period over them all (`buffered`: a round trip per step); plus the per-step issue, the two round trips
     and the last store, which no k tile avoids. The search skips tilings whose floor is out
     of reach of the best cost found: it visits fewer and chooses the same."""
     mx = machine
@@ -293,7 +301,7 @@ def product_floor(batch, m, n, k, tile_m, tile_n, least_steps, a_bytes, b_bytes,
     shared = mx.l2_bytes_per_cycle if mx.l2_bytes else mx.hbm_bytes_per_cycle
     gm = grid.active * k_bytes / shared
     trip = round_trip(machine)
-    latency = (least_steps * trip + port) / 2
+    latency = buffered(product, port, least_steps * trip, 2)
     drain = drain_cycles(machine, in_m * in_n * out_bytes, grid.active)
     vector = epilogue.cycles(machine, tile_m * tile_n)
     return (grid.waves * (max(product, port, gm, latency) + step_issue(machine) * least_steps)
@@ -376,8 +384,7 @@ def conv_cost(shape: ConvShape, tile_o, rows, cols, tile_c, acc_copies, ld_copie
     # every active core loads (and stores its last tile) through the L2 at once
     shared = active * (step_lines + store / steps) / reread
     written = active * store / steps / mx.hbm_bytes_per_cycle  # the L2 writes through
-    trip = round_trip(machine)
-    hidden = (mx_cycles + trip + transfer) / ld_copies
+    hidden = buffered(mx_cycles, transfer, round_trip(machine), ld_copies)
     step = (max(mx_cycles, transfer, shared, written, hidden)
             + step_issue(machine, loads=shape.taps + 1))
     drain = drain_cycles(machine, store, active)
@@ -386,7 +393,7 @@ def conv_cost(shape: ConvShape, tile_o, rows, cols, tile_c, acc_copies, ld_copie
     per_tile = steps * step
     per_tile = max(per_tile,
                    (per_tile + vector + drain + store_latency(machine)) / acc_copies)
-    total = grid.waves * per_tile + trip + transfer + drain + vector
+    total = grid.waves * per_tile + round_trip(machine) + transfer + drain + vector
     read_total = grid.tiles * steps * step_lines
     if stationary:  # each core's weights, once, before its first tile
         resident = shape.taps * in_c * min(tile_o, shape.og) * in_bytes
