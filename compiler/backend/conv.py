@@ -26,9 +26,10 @@ cores, tile t goes to core t % cores and every tile of a core has the same chann
 one reduction step (all input channels) the core's weights are loaded once, before its first
 tile (`Nest.core_axes`), and only the matrix engine waits for them.
 
-Tile sizes come from `choose_conv_tile`, a cost model of MX time, the load port, the core's
-share of L2 (re-reads) and HBM bandwidth per step, and the DMA and store latencies that the
-operand (2-4) and accumulator (1-4) copies hide, over the candidates that fit L1 and ACC.
+Tile sizes come from `choose_conv_tile`: the candidates that fit L1 and ACC, priced by the
+one tile-cost model (compiler/backend/tile_cost.py, `conv_cost`: an implicit-GEMM step's MX
+time, load port, share of L2 (re-reads) and HBM bandwidth, and the DMA and store latencies
+that the operand (2-4) and accumulator (1-4) copies hide).
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ tile's latency. Splitting K into `splits` ranges makes the ranges one more paral
   single-nest product would after its last k step.
 
 Both nests are one kernel (one launch). `choose_split` takes the split only when the GEMM
-cost model (compiler/backend/gemm.py) says the split product plus the combine is cheaper
+cost model (compiler/backend/tile_cost.py) says the split product plus the combine is cheaper
 than the product alone; each range is a multiple of the MX depth, and nest 2's partial tiles
 fit where nest 1's operand tiles were.
 """
