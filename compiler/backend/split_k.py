@@ -37,14 +37,16 @@ def combine_cycles(batch: int, m: int, n: int, splits: int, tile_m: int, tile_n:
     read back by nest 2's tiles (from the L2 when their rows are whole lines: a store
     fills only the lines it covers), nest 2's first load round trip, and the round trip
     of nest 1's first loads that nest 2's loads cannot hide (a tile per core, or few)."""
+    from zhenwu.compiler.backend.tile_cost import load_cycles, round_trip, waves
+
     part_bytes = splits * batch * m * n * 4
-    tiles = batch * ceil(m / tile_m) * ceil(n / tile_n)
-    active = min(tiles, machine.cores)
-    read = part_bytes / active / machine.ld_bytes_per_cycle
+    active = waves(batch * ceil(m / tile_m) * ceil(n / tile_n), machine).active
+    read = load_cycles(machine, part_bytes / active)
     written = part_bytes / (machine.hbm_bytes_per_cycle * machine.hbm_streaming_efficiency)
     whole_lines = machine.l2_bytes and (tile_n * 4) % machine.l2_line_bytes == 0
-    latency = machine.l2_latency if whole_lines else machine.hbm_latency
-    return 2 * machine.hbm_latency + machine.barrier_cycles + latency + read + written
+    trip = round_trip(machine)
+    latency = machine.l2_latency if whole_lines else trip
+    return 2 * trip + machine.barrier_cycles + latency + read + written
 
 
 def partials_fit(tile_m: int, tile_n: int, tile_k: int, in_dtype: str) -> bool:
