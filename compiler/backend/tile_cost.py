@@ -122,6 +122,7 @@ class Waves:
 
 
 def waves(tiles: int, machine) -> Waves:
+    """`tiles` output tiles dealt round-robin to the machine's cores."""
     return Waves(tiles, min(tiles, machine.cores), ceil(tiles / machine.cores))
 
 
