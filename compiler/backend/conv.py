@@ -26,9 +26,10 @@ cores, tile t goes to core t % cores and every tile of a core has the same chann
 one reduction step (all input channels) the core's weights are loaded once, before its first
 tile (`Nest.core_axes`), and only the matrix engine waits for them.
 
-Tile sizes come from `choose_conv_tile`, a cost model of MX time, the load port, the core's
-share of L2 (re-reads) and HBM bandwidth per step, and the DMA and store latencies that the
-operand (2-4) and accumulator (1-4) copies hide, over the candidates that fit L1 and ACC.
+Tile sizes come from `choose_conv_tile`: the candidates that fit L1 and ACC, priced by the
+one tile-cost model (compiler/backend/tile_cost.py, `conv_cost`: an implicit-GEMM step's MX
+time, load port, share of L2 (re-reads) and HBM bandwidth, and the DMA and store latencies
+that the operand (2-4) and accumulator (1-4) copies hide).
 """
 
 from __future__ import annotations
@@ -39,6 +40,19 @@ from math import ceil, gcd
 from zhenwu.compiler.backend.gemm import NARROW, _candidates
 from zhenwu.compiler.backend.kernel_ir import Buffer, Load, Mma, Nest, Store, Strided, Vec, View
 from zhenwu.compiler.backend.lower import ALIGN, aligned, elementwise_body, mma_dtypes
+from zhenwu.compiler.backend.tile_cost import (
+    ConvShape,
+    VectorWork,
+    conv_cost,
+    load_cycles,
+    mma_cycles,
+    round_trip,
+    store_cycles,
+    store_latency,
+    vector_cycles,
+    vector_work,
+    waves,
+)
 from zhenwu.compiler.backend.tiling import round_up
 from zhenwu.compiler.graph.dtypes import itemsize
 from zhenwu.isa.errors import CompileError
@@ -70,24 +84,6 @@ class ConvTile:
     halo: bool = False         # one load a step of the input rows under the tile, halo in
 
 
-@dataclass(frozen=True)
-class ConvShape:
-    """The sizes the tiler needs."""
-
-    n: int
-    groups: int
-    og: int
-    oh: int
-    ow: int
-    cg: int
-    taps: int
-    stride_one: bool = True   # unit stride along the width (a box row is one run)
-    # a unit-stride conv's halo (dilated kernel extent - 1 along rows and columns) when its
-    # taps may read one input box a step (`halo_cols`), else 0
-    halo_rows: int = 0
-    halo_cols: int = 0
-
-
 def _pixel_blocks(oh: int, ow: int, unit: int) -> list[tuple[int, int]]:
     """(rows, cols) pixel blocks with rows * cols a multiple of the MX width: whole output
     rows (cols = OW, or OW rounded up so that fewer rows make a multiple) or parts of one."""
@@ -103,77 +99,6 @@ def _pixel_blocks(oh: int, ow: int, unit: int) -> list[tuple[int, int]]:
                 break
             rows += base
     return out
-
-
-def conv_cost(shape: ConvShape, tile_o, rows, cols, tile_c, acc_copies, ld_copies, in_bytes,
-              out_bytes, rate, epilogue_ops, machine, stationary: bool = False,
-              halo: bool = False) -> float:
-    """Estimated cycles of the nest (see the module docstring).
-
-    A step lasts the longest of its MMA, its loads on the core's port, its share of HBM
-    bandwidth and the DMA latency the load buffers cannot hide: the load of step i + copies
-    starts when step i's MMA ends, so copies x period >= MMA + latency + transfer. The taps
-    re-read x and the tiles re-read w; when both fit the L2 those re-reads hit it, and HBM
-    carries each byte once.
-    """
-    mx = machine
-    tiles = (shape.n * shape.groups * ceil(shape.og / tile_o) * ceil(shape.oh / rows)
-             * ceil(shape.ow / cols))
-    active = min(tiles, mx.cores)
-    waves = ceil(tiles / mx.cores)
-    steps = ceil(shape.cg / tile_c)
-    pixels = rows * cols
-    k_pad = round_up(shape.taps * tile_c, mx.mx_k)
-    mx_cycles = (tile_o / mx.mx_m) * (pixels / mx.mx_n) * (k_pad / mx.mx_k) / rate
-    in_pixels = min(rows, shape.oh) * min(cols, shape.ow)
-    in_c = min(tile_c, shape.cg)
-    w_step = 0 if stationary else shape.taps * in_c * min(tile_o, shape.og) * in_bytes
-    line = getattr(mx, "l2_line_bytes", 0) or 1
-    if halo:
-        # one box a step: the input rows under the tile with their halo (whole input rows:
-        # one run per channel); the taps read it in L1
-        run = (min(rows, shape.oh) + shape.halo_rows) * (shape.ow + shape.halo_cols)
-        runs = in_c
-    else:
-        # a box of x per tap: runs of `cols` pixels (one run per channel when it spans
-        # whole rows of a stride-1 conv)
-        run = in_pixels if cols >= shape.ow and shape.stride_one else min(cols, shape.ow)
-        runs = shape.taps * in_c * in_pixels // run
-    # the caches move whole lines and the DMA port whole bursts, each run starting
-    # anywhere in one; the weights are a run of (tap, channel) per output channel
-    line_bytes = runs * (round_up(run * in_bytes, line) + line // 2)
-    burst = getattr(mx, "dma_burst_bytes", 0) or 1
-    w_runs = 0 if stationary else min(tile_o, shape.og)
-    port_bytes = (runs * (round_up(run * in_bytes, burst) + burst // 2)
-                  + w_runs * (round_up(w_step // max(w_runs, 1), burst) + burst // 2))
-    transfer = port_bytes / mx.ld_bytes_per_cycle
-    step_lines = line_bytes + w_step
-    x_bytes = shape.n * shape.groups * shape.cg * shape.oh * shape.ow * in_bytes
-    w_bytes = shape.groups * shape.og * shape.cg * shape.taps * in_bytes
-    out_total = shape.n * shape.groups * shape.og * shape.oh * shape.ow * out_bytes
-    # re-reads come from the L2 when x and w fit it (a machine without one: from HBM)
-    cached = 2 * (x_bytes + w_bytes) <= getattr(mx, "l2_bytes", 0)
-    reread = getattr(mx, "l2_bytes_per_cycle", 0) if cached else 0
-    reread = reread or mx.hbm_bytes_per_cycle
-    store = min(tile_o, shape.og) * in_pixels * out_bytes
-    # every active core loads (and stores its last tile) through the L2 at once
-    shared = active * (step_lines + store / steps) / reread
-    written = active * store / steps / mx.hbm_bytes_per_cycle  # the L2 writes through
-    hidden = (mx_cycles + mx.hbm_latency + transfer) / ld_copies
-    step = max(mx_cycles, transfer, shared, written, hidden) + 2 * (shape.taps + 1) + 12
-    drain = max(store / mx.st_bytes_per_cycle, active * store / mx.hbm_bytes_per_cycle)
-    epilogue = epilogue_ops * tile_o * pixels * 4 / mx.vx_bytes_per_cycle
-    # an accumulator copy is free again once its tile's store has landed
-    per_tile = steps * step
-    per_tile = max(per_tile, (per_tile + epilogue + drain + mx.hbm_latency) / acc_copies)
-    total = waves * per_tile + mx.hbm_latency + transfer + drain + epilogue
-    read_total = tiles * steps * step_lines
-    if stationary:  # each core's weights, once, before its first tile
-        resident = shape.taps * in_c * min(tile_o, shape.og) * in_bytes
-        total += resident / mx.ld_bytes_per_cycle
-        read_total += active * resident
-    return max(total, (x_bytes + w_bytes + out_total) / mx.hbm_bytes_per_cycle,
-               (read_total + out_total) / reread)
 
 
 def stationary_weights(shape: ConvShape, tile_o: int, tile_c: int, machine) -> bool:
@@ -202,12 +127,11 @@ def _output_tiles(tile_o: int, pixels: int, acc_elem: int, epilogue_full_bytes: 
 
 
 def choose_conv_tile(shape: ConvShape, in_dtype: str, acc_dtype: str, out_bytes: int,
-                     epilogue_full_bytes: int, epilogue_row_bytes: int, epilogue_ops: int,
+                     epilogue_full_bytes: int, epilogue_row_bytes: int, epilogue: VectorWork,
                      machine) -> ConvTile:
     """The cheapest tiling that fits L1 and ACC (every copy of every buffer)."""
     in_bytes = itemsize(in_dtype)
     acc_elem = itemsize(acc_dtype)
-    rate = machine.mx_rate(in_dtype) or 1.0
     unit_c = machine.mx_k
     cands_c = {shape.cg} | {c for c in _candidates(shape.cg, unit_c, shape.cg)
                             if c <= shape.cg}
@@ -233,13 +157,12 @@ def choose_conv_tile(shape: ConvShape, in_dtype: str, acc_dtype: str, out_bytes:
                     if l1 + l1_out_total + 8 * ALIGN > machine.l1_bytes:
                         continue
                     cycles = conv_cost(shape, tile_o, rows, cols, tile_c, copies, ld_copies,
-                                       in_bytes, out_bytes, rate, epilogue_ops, machine,
-                                       stationary)
+                                       in_dtype, out_bytes, epilogue, machine, stationary)
                     if best is None or cycles < best.cycles * 0.999:
                         best = ConvTile(tile_o, rows, cols, tile_c, copies, ld_copies, cycles,
                                         stationary)
-    halo = _best_halo_tile(shape, in_bytes, acc_elem, rate, out_bytes, epilogue_full_bytes,
-                           epilogue_row_bytes, epilogue_ops, machine)
+    halo = _best_halo_tile(shape, in_dtype, acc_elem, out_bytes, epilogue_full_bytes,
+                           epilogue_row_bytes, epilogue, machine)
     if halo is not None and (best is None or halo.cycles < best.cycles * 0.999):
         best = halo
     if best is None:
@@ -256,8 +179,8 @@ def halo_box_bytes(shape: ConvShape, rows: int, tile_c: int, in_bytes: int) -> i
     return aligned((tile_c * (rows + shape.halo_rows) + 1) * width * in_bytes)
 
 
-def _best_halo_tile(shape: ConvShape, in_bytes, acc_elem, rate, out_bytes,
-                    epilogue_full_bytes, epilogue_row_bytes, epilogue_ops, machine):
+def _best_halo_tile(shape: ConvShape, in_dtype, acc_elem, out_bytes,
+                    epilogue_full_bytes, epilogue_row_bytes, epilogue: VectorWork, machine):
     """The cheapest halo tiling (`ConvTile.halo`), or None: a unit-stride conv whose
     tile spans whole output rows plus the halo columns (cols = ow + halo), so that each
     tap's operand is a contiguous window of one input box per channel (row stride the
@@ -268,6 +191,7 @@ def _best_halo_tile(shape: ConvShape, in_bytes, acc_elem, rate, out_bytes,
         return None
     if shape.groups != 1 or shape.taps < 2 or not shape.stride_one:
         return None
+    in_bytes = itemsize(in_dtype)
     cols = shape.ow + shape.halo_cols
     unit = machine.mx_n // gcd(cols, machine.mx_n)
     best = None
@@ -291,8 +215,7 @@ def _best_halo_tile(shape: ConvShape, in_bytes, acc_elem, rate, out_bytes,
                             > machine.l1_bytes:
                         continue
                     cycles = conv_cost(shape, tile_o, rows, cols, tile_c, copies, ld_copies,
-                                       in_bytes, out_bytes, rate, epilogue_ops, machine,
-                                       halo=True)
+                                       in_dtype, out_bytes, epilogue, machine, halo=True)
                     if best is None or cycles < best.cycles * 0.999:
                         best = ConvTile(tile_o, rows, cols, tile_c, copies, ld_copies, cycles,
                                         False, True)
@@ -309,7 +232,7 @@ def im2col_in_l1(shape: ConvShape, attrs, x_height: int, tile: ConvTile) -> bool
             and tile.cols >= shape.ow and x_height % attrs["strides"][0] == 0)
 
 
-def im2col_rows(shape: ConvShape, attrs, in_bytes: int, acc_bytes: int, out_bytes: int,
+def im2col_rows(shape: ConvShape, attrs, in_dtype: str, acc_bytes: int, out_bytes: int,
                 epilogue_full_bytes: int, epilogue_row_bytes: int, machine,
                 consumed: bool = False) -> ConvTile | None:
     """Whole output rows per tile for an im2col in L1: the rows whose tiles take the fewest
@@ -318,8 +241,10 @@ def im2col_rows(shape: ConvShape, attrs, in_bytes: int, acc_bytes: int, out_byte
     (`consumed`), a tile whose stores are not whole L2 lines leaves it to HBM (the L2
     keeps only the lines a store covers): that reader's extra time counts too."""
     unit = machine.mx_n
+    in_bytes = itemsize(in_dtype)
     k_pad = round_up(shape.taps * shape.cg, machine.mx_k)
     tile_o = min(round_up(shape.og, machine.mx_m), 16 * machine.mx_m)
+    trip = round_trip(machine)
     best = None
     for rows in range(1, shape.oh + 1):
         pixels = rows * shape.ow
@@ -346,22 +271,21 @@ def im2col_rows(shape: ConvShape, attrs, in_bytes: int, acc_bytes: int, out_byte
         if not fitting:
             continue
         copies = max(fitting)
-        tiles = shape.n * ceil(shape.og / tile_o) * ceil(shape.oh / rows)
-        waves = ceil(tiles / machine.cores)
-        mx = tile_o * pixels * k_pad / (machine.mx_m * machine.mx_n * machine.mx_k)
-        gathers = shape.taps * shape.cg
-        vx = gathers * (ceil(pixels * in_bytes / machine.vx_bytes_per_cycle) + 2)
+        grid = waves(shape.n * ceil(shape.og / tile_o) * ceil(shape.oh / rows), machine)
+        mx = mma_cycles(machine, in_dtype, tile_o, pixels, k_pad)
+        gathers = shape.taps * shape.cg   # a vector copy each, issued by two scalar ones
+        vx = gathers * (vector_cycles(machine, pixels * in_bytes) + 2 * machine.scalar_cycles)
         # (more gathers than the vector queue holds: the next tile's load is issued before
         # this tile's gathers, codegen's `prefetch` schedule, so its latency stays hidden)
         # a copy of the patches is free again once its MMA has run, an accumulator copy
         # once its tile's store has landed (codegen's staged nest): gathers and MMA, or
         # MMA, store and its latency, over the copies in flight
-        store = tile_o * pixels * out_bytes / machine.st_bytes_per_cycle
-        turn = max(vx + mx, mx + store + machine.hbm_latency) / copies
+        store = store_cycles(machine, tile_o * pixels * out_bytes)
+        turn = max(vx + mx, mx + store + store_latency(machine)) / copies
         # an input copy is free again once its tile's MMA has run: load, its round trip,
         # gathers and MMA over the input copies in flight
-        feed = (in_one / machine.ld_bytes_per_cycle + machine.hbm_latency + vx + mx) / ld_copies
-        cycles = waves * max(mx, vx, turn, feed) + machine.hbm_latency
+        feed = (load_cycles(machine, in_one) + trip + vx + mx) / ld_copies
+        cycles = grid.waves * max(mx, vx, turn, feed) + trip
         line = machine.l2_line_bytes if machine.l2_bytes else 0
         if consumed and line and (rows * shape.ow * out_bytes) % line:
             out_total = shape.n * shape.og * shape.oh * shape.ow * out_bytes
@@ -534,13 +458,13 @@ def lower_conv_group(low, ops) -> None:
     rounded = [op for op in rounded if ops.index(op) < tail - 1]
     full_bytes = 4 * epi_kinds.count("full") + (2 if rounded else 0)
     row_bytes = 4 * epi_kinds.count("row")
-    n_vec = len(epilogue) + 2 * len(rounded)
+    work = vector_work([op.kind for op in epilogue], len(rounded))
     tile = choose_conv_tile(shape, in_dtype, acc_dtype, itemsize(out.dtype), full_bytes,
-                            row_bytes, n_vec, machine)
+                            row_bytes, work, machine)
     iattrs = dict(attrs, kernel_hw=(kh, kw))
     im2col = None
     if attrs["strides"][1] > 1 and groups == 1 and x.shape[2] % attrs["strides"][0] == 0:
-        im2col = im2col_rows(shape, iattrs, itemsize(in_dtype), itemsize(acc_dtype),
+        im2col = im2col_rows(shape, iattrs, in_dtype, itemsize(acc_dtype),
                              itemsize(out.dtype), full_bytes, row_bytes, machine,
                              consumed=last.result.id not in getattr(low, "output_ids", ()))
         if im2col is not None and im2col_in_l1(shape, attrs, x.shape[2], im2col):

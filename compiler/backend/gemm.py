@@ -8,16 +8,15 @@ runs, and the tile is stored once, cast to the output dtype on the way out.
 
 `choose_gemm_tile` picks (tile_m, tile_n, tile_k) from the machine description: every
 candidate that fits ACC (two accumulators when they fit, else one) and L1 (two copies of the
-operand tiles plus the epilogue's buffers) is costed as the slowest of MX time, the core's
-load port and its share of HBM bandwidth per k step, times the waves of tiles over the
-cores, plus what a single accumulator cannot overlap (the epilogue and the store).
+operand tiles plus the epilogue's buffers) is priced by the one tile-cost model
+(compiler/backend/tile_cost.py: `product_cost`, per k step from the ISA's MMA and DMA costs),
+and tilings whose `product_floor` is out of reach of the best found are skipped.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from math import ceil
 
 from zhenwu.compiler.backend.gemm_prologue import (
     g_view,
@@ -43,17 +42,22 @@ from zhenwu.compiler.backend.lower import (
     simplify,
 )
 from zhenwu.compiler.backend.split_k import choose_split, split_nests
+from zhenwu.compiler.backend.tile_cost import (
+    VectorWork,
+    choose_group,
+    product_cost,
+    product_floor,
+    vector_work,
+)
 from zhenwu.compiler.backend.tiling import round_up
 from zhenwu.compiler.graph.dtypes import itemsize, value_preserving
 from zhenwu.compiler.graph.ir import TensorType
-from zhenwu.compiler.graph.ops import OPS
 from zhenwu.isa.errors import CompileError
-from zhenwu.isa.instructions import INSTRUCTIONS
 
 NARROW = ("bf16", "f16", "fp8")
 MAX_TILE_K = 512
 TIE = 1e-3   # relative: costs this close are a tie
-FLOOR_SLACK = 1e-9   # rounding: `cost_floor` sums its terms in another order than gemm_cost
+FLOOR_SLACK = 1e-9   # rounding: `product_floor` sums its terms in another order than product_cost
 # operand copies of a kernel with a prologue (RMSNorm or map): stepped, its steps hand A
 # through the vector engine before the MMA, a longer chain per step that more copies keep
 # off the loads' path; resident, B's loads run further ahead while the setup computes A
@@ -94,173 +98,8 @@ def _candidates(extent: int, unit: int, cap: int, cores: int = 0) -> list[int]:
     return sorted(out)
 
 
-def hbm_traffic(batch, m, n, k, tile_m, tile_n, a_bytes, b_bytes, out_bytes, group,
-                machine) -> float:
-    """HBM bytes of the product in grouped tile order (`group` m tiles share each B panel
-    while they are loaded together; 1 is row-major). With an L2 (half of it counted: the
-    rest holds what streams through), an operand is read once when it fits, else B once per
-    group of m tiles, and A once when a group's A panels stay in L2 while the group walks
-    the n tiles, else once per wave of the cores over them. Without an L2 every tile reads
-    its panels from HBM."""
-    num_m, num_n = ceil(m / tile_m), ceil(n / tile_n)
-    a_total, b_total = batch * m * k * a_bytes, batch * k * n * b_bytes
-    c_total = batch * m * n * out_bytes
-    if not machine.l2_bytes:
-        return a_total * num_n + b_total * num_m + c_total
-    cap = machine.l2_bytes / 2
-    if (a_total + b_total) / batch <= cap:
-        return a_total + b_total + c_total
-    b_reads = b_total if b_total / batch <= cap else b_total * ceil(num_m / group)
-    columns = max(1, machine.cores // group)   # n tiles loaded at once
-    live = group * tile_m * k * a_bytes + min(columns, num_n) * k * tile_n * b_bytes
-    a_reads = a_total if live <= cap else a_total * ceil(num_n / columns)
-    return a_reads + b_reads + c_total
-
-
-def _row_penalty(machine) -> float:
-    """Cycles the HBM idles per DRAM row a transfer uses only partly (runtime/bandwidth.py)."""
-    return max(0.0, machine.dma_burst_bytes / machine.hbm_bytes_per_cycle
-               * (1 / machine.hbm_scattered_efficiency - 1 / machine.hbm_streaming_efficiency))
-
-
-def _partial_runs(rows_a, cols_b, depth, a_bytes, b_bytes, machine) -> int:
-    """DRAM rows one k step's operand tiles use partly: one per row of a tile whose rows
-    are not whole DRAM rows (A's rows are `depth` long, B's `cols_b`: B n-contiguous)."""
-    row = machine.hbm_row_bytes
-    return ((rows_a if (depth * a_bytes) % row else 0)
-            + (depth if (cols_b * b_bytes) % row else 0))
-
-
-def hbm_cycles(traffic: float, runs: float, machine) -> float:
-    """Cycles of `traffic` HBM bytes in `runs` contiguous runs that each end in a DRAM
-    row they cover only partly: the sustained (streaming) rate plus a row activation per
-    such run, as the simulator's HBM charges them (runtime/bandwidth.py)."""
-    peak = machine.hbm_bytes_per_cycle
-    streaming = machine.hbm_streaming_efficiency
-    penalty = max(0.0, machine.dma_burst_bytes / peak
-                  * (1 / machine.hbm_scattered_efficiency - 1 / streaming))
-    return traffic / (peak * streaming) + runs * penalty
-
-
-def choose_group(batch, m, n, k, tile_m, tile_n, a_bytes, b_bytes, out_bytes, machine
-                 ) -> tuple[int, float]:
-    """(group, HBM bytes): the grouped order with the least HBM traffic, among groups that
-    divide the m tiles; of equal ones, the wave closest to square."""
-    num_m = ceil(m / tile_m)
-    best = None
-    for group in range(1, num_m + 1):
-        if num_m % group:
-            continue
-        traffic = hbm_traffic(batch, m, n, k, tile_m, tile_n, a_bytes, b_bytes, out_bytes,
-                              group, machine)
-        columns = max(1, machine.cores // group)
-        shape = abs((group * tile_m) / (columns * tile_n) - 1)
-        key = (traffic, shape)
-        if best is None or key < best[0]:
-            best = (key, group)
-    return best[1], best[0][0]
-
-
-def gemm_cost(batch, m, n, k, tile_m, tile_n, tile_k, acc_copies, a_bytes, b_bytes, out_bytes,
-              rate, epilogue_ops, machine, traffic: float | None = None,
-              b_k_major: bool = False) -> float:
-    """Estimated cycles of the tiled product (see the module docstring)."""
-    mx = machine
-    tiles = batch * ceil(m / tile_m) * ceil(n / tile_n)
-    active = min(tiles, mx.cores)
-    waves = ceil(tiles / mx.cores)
-    steps = ceil(round_up(k, mx.mx_k) / tile_k)
-    mx_cycles = (tile_m / mx.mx_m) * (tile_n / mx.mx_n) * (tile_k / mx.mx_k) / rate
-    # in-bounds bytes only: a tile hanging over the edge loads what is inside
-    in_m, in_n, in_k = min(tile_m, m), min(tile_n, n), min(tile_k, k)
-    step_bytes = in_m * in_k * a_bytes + in_k * in_n * b_bytes
-    port = step_bytes / mx.ld_bytes_per_cycle
-    # operand panels are re-read by every tile of their row or column: with an L2, the
-    # re-reads come from it and HBM moves each operand about once (the floor below)
-    shared = mx.l2_bytes_per_cycle if mx.l2_bytes else mx.hbm_bytes_per_cycle
-    gm = active * step_bytes / shared
-    # two operand buffers in flight: a step's loads cannot arrive faster than one HBM
-    # round trip per two steps (Little's law on the double buffer)
-    latency = (mx.hbm_latency + port) / 2
-    # and a core keeps at most its DMA window in flight: when two steps' loads do not fit
-    # in it, a step's loads wait for the last step's to land (a round trip per step)
-    window = mx.dma_window_bytes
-    if traffic is None:
-        traffic = hbm_traffic(batch, m, n, k, tile_m, tile_n, a_bytes, b_bytes, out_bytes, 1,
-                              machine)
-    # the share of a step's bytes that come from HBM, at the active cores' share of it
-    requested = tiles * steps * step_bytes
-    from_hbm = min(1.0, traffic / requested) if requested else 1.0
-    hbm_share = active * step_bytes * from_hbm / (mx.hbm_bytes_per_cycle
-                                                  * mx.hbm_streaming_efficiency)
-    # (and stream at most a window per round trip); the wait is for the bytes over the
-    # window only, so two steps that just miss it wait a fraction of a round trip
-    over = 2 * step_bytes - window if window else 0
-    serial = (max(mx.hbm_latency * min(1.0, over / step_bytes) + max(port, gm, hbm_share),
-                  step_bytes * mx.hbm_latency / window)
-              if over > 0 else 0.0)
-    # (B read along k through a transpose keeps the window model above: this one's DRAM-row
-    # charge assumes B's runs along n; one ISA-derived step model should replace both)
-    if serial and steps * waves > 2 and not b_k_major:
-        # a long stream of big steps: the next step's loads are in flight while this
-        # step's land, so a step lasts its transfer (the window's rate, the HBM share
-        # with the DRAM rows its runs use partly), not a round trip more; but a buffer is
-        # loaded again only once its product has run: two steps cover one product, one
-        # transfer and one round trip
-        transfer = max(port, step_bytes * mx.hbm_latency / window)
-        serial = max(gm, transfer, (mx_cycles + transfer + mx.hbm_latency) / 2,
-                     hbm_share + _partial_runs(in_m, in_n, in_k, a_bytes, b_bytes, machine)
-                     * active * _row_penalty(machine))
-    step = max(mx_cycles, port, gm, latency, serial) + 12  # scalar issue per step
-    store = in_m * in_n * out_bytes
-    drain = max(store / mx.st_bytes_per_cycle, active * store / mx.hbm_bytes_per_cycle)
-    epilogue = epilogue_ops * tile_m * tile_n * 4 / mx.vx_bytes_per_cycle
-    exposed = drain + epilogue + mx.hbm_latency if acc_copies == 1 else 0.0
-    total = waves * (steps * step + exposed) + 2 * mx.hbm_latency + drain + epilogue
-    # the runs HBM serves: A's rows of a k tile, B's rows of an n tile (of a k tile when B
-    # is stored k-contiguous, [n, k] read through a transpose), C's rows of an n tile;
-    # one that is not whole DRAM rows ends in a partly used row
-    row = machine.hbm_row_bytes
-    runs = 0.0
-    b_run = (in_k if b_k_major else in_n) * b_bytes
-    for run_bytes, count in ((in_k * a_bytes, batch * m * k * a_bytes / max(in_k * a_bytes, 1)),
-                             (b_run, batch * k * n * b_bytes / max(b_run, 1)),
-                             (in_n * out_bytes, batch * m * n * out_bytes / max(in_n * out_bytes, 1))):
-        if run_bytes % row:
-            runs += count
-    total = max(total, hbm_cycles(traffic, runs, machine))
-    return total
-
-
-def cost_floor(batch, m, n, k, tile_m, tile_n, least_steps, a_bytes, b_bytes, out_bytes,
-               rate, epilogue_ops, machine) -> float:
-    """A floor under `gemm_cost` for every k tile of an (tile_m, tile_n) tiling that takes
-    at least `least_steps` k steps. Per wave, the steps together cover the whole k: no less
-    MX work, load-port time and shared-bandwidth time than one step over all of k, and at
-    least half a round trip per step (the double buffer); plus the per-step issue, the two
-    round trips and the last store, which no k tile avoids. The search skips tilings whose
-    floor is out of reach of the best cost found: it visits fewer and chooses the same."""
-    mx = machine
-    tiles = batch * ceil(m / tile_m) * ceil(n / tile_n)
-    waves = ceil(tiles / mx.cores)
-    active = min(tiles, mx.cores)
-    k_units = round_up(k, mx.mx_k) / mx.mx_k
-    product = (tile_m / mx.mx_m) * (tile_n / mx.mx_n) * k_units / rate
-    in_m, in_n = min(tile_m, m), min(tile_n, n)
-    k_bytes = (in_m * a_bytes + in_n * b_bytes) * k
-    port = k_bytes / mx.ld_bytes_per_cycle
-    shared = mx.l2_bytes_per_cycle if mx.l2_bytes else mx.hbm_bytes_per_cycle
-    gm = active * k_bytes / shared
-    latency = (least_steps * mx.hbm_latency + port) / 2
-    store = in_m * in_n * out_bytes
-    drain = max(store / mx.st_bytes_per_cycle, active * store / mx.hbm_bytes_per_cycle)
-    epilogue = epilogue_ops * tile_m * tile_n * 4 / mx.vx_bytes_per_cycle
-    return (waves * (max(product, port, gm, latency) + 12 * least_steps)
-            + 2 * mx.hbm_latency + drain + epilogue)
-
-
 def choose_gemm_tile(batch, m, n, k, in_dtype, acc_dtype, a_bytes, b_bytes, out_bytes,
-                     epilogue_full_bytes, epilogue_row_bytes, epilogue_ops, machine,
+                     epilogue_full_bytes, epilogue_row_bytes, epilogue: VectorWork, machine,
                      fixed: tuple[int, int, int] | None = None,
                      ranked: list | None = None, b_k_major: bool = False,
                      prologue_bytes: int = 0, setup_bytes: int = 0,
@@ -273,7 +112,6 @@ def choose_gemm_tile(batch, m, n, k, in_dtype, acc_dtype, a_bytes, b_bytes, out_
     DRAM row (a split-K product's few, wide tiles)."""
     in_bytes = itemsize(in_dtype)
     acc_elem = itemsize(acc_dtype)
-    rate = machine.mx_rate(in_dtype) or 1.0
     best = None
     cands_m = _candidates(m, machine.mx_m, 16 * machine.mx_m)
     cap_n = 16 * machine.mx_n
@@ -325,16 +163,16 @@ def choose_gemm_tile(batch, m, n, k, in_dtype, acc_dtype, a_bytes, b_bytes, out_
                     tiles_k = {whole}
             if fixed is not None:
                 tiles_k = {min(fixed[2], tk_cap)}
-            if ranked is None and best is not None and cost_floor(
-                    batch, m, n, k, tile_m, tile_n, least, a_bytes, b_bytes, out_bytes, rate,
-                    epilogue_ops, machine) > best.cycles * (1 + TIE) * (1 + FLOOR_SLACK):
+            if ranked is None and best is not None and product_floor(
+                    batch, m, n, k, tile_m, tile_n, least, a_bytes, b_bytes, out_bytes,
+                    in_dtype, epilogue, machine) > best.cycles * (1 + TIE) * (1 + FLOOR_SLACK):
                 continue   # no k tile of this tiling could beat (or tie) the best
             group, traffic = choose_group(batch, m, n, k, tile_m, tile_n, a_bytes, b_bytes,
                                           out_bytes, machine)
             for tile_k in sorted(tiles_k, reverse=True):
-                cycles = gemm_cost(batch, m, n, k, tile_m, tile_n, tile_k, copies, a_bytes,
-                                   b_bytes, out_bytes, rate, epilogue_ops, machine, traffic,
-                                   b_k_major)
+                cycles = product_cost(batch, m, n, k, tile_m, tile_n, tile_k, copies, a_bytes,
+                                      b_bytes, out_bytes, in_dtype, epilogue, machine, traffic,
+                                      b_k_major)
                 cand = GemmTile(tile_m, tile_n, tile_k, copies, cycles, group)
                 if ranked is not None:
                     ranked.append(cand)
@@ -346,7 +184,7 @@ def choose_gemm_tile(batch, m, n, k, in_dtype, acc_dtype, a_bytes, b_bytes, out_
     if best is None and prologue_bytes and _prologue_whole_rows:
         return choose_gemm_tile(batch, m, n, k, in_dtype, acc_dtype, a_bytes, b_bytes,
                                 out_bytes, epilogue_full_bytes, epilogue_row_bytes,
-                                epilogue_ops, machine, fixed, ranked, b_k_major,
+                                epilogue, machine, fixed, ranked, b_k_major,
                                 prologue_bytes, setup_bytes, _prologue_whole_rows=False,
                                 whole_rows=whole_rows)
     if best is None:  # the smallest MX tile always fits a real machine
@@ -457,13 +295,13 @@ def lower_matmul_group(low, ops) -> None:
     full_bytes = (4 * (shapes.count("full") + shapes.count("col") + n_side)
                   + (2 if narrow_result else 0))
     row_bytes = 4 * (shapes.count("row") + shapes.count("one"))
-    n_vec = sum(_vx_passes(op.kind, machine) for op in epilogue) + 2 * len(rounded)
+    work = vector_work([op.kind for op in epilogue], len(rounded))
     batch_count = 1
     for e in extents[:nb]:
         batch_count *= e
     choice = getattr(low, "gemm_tiles", {}).get(mm.id)
     ranked: list = []
-    b_k_major = _k_contiguous(b_view, axis_map[ax_k])
+    b_k_major = k_contiguous(b_view, axis_map[ax_k])
     # an RMSNorm's normalised rows may stay in L1 too (`norm_resident`, below)
     rows_pro = _prologue_rows(m, machine)
     norm_bytes = setup_bytes(rows_pro, k) if norm else 0
@@ -471,7 +309,7 @@ def lower_matmul_group(low, ops) -> None:
     norm_resident_fits = bool(norm) and norm_bytes + norm_extra <= machine.l1_bytes // 2
     tile = choose_gemm_tile(batch_count, m, n, k, in_dtype, acc_dtype, itemsize(a.dtype),
                             itemsize(b.dtype), itemsize(out.dtype), full_bytes, row_bytes,
-                            n_vec, machine, fixed=choice, ranked=ranked, b_k_major=b_k_major,
+                            work, machine, fixed=choice, ranked=ranked, b_k_major=b_k_major,
                             prologue_bytes=(prologue_bytes(LD_COPIES_PROLOGUE) if norm else
                                             map_bytes(mapped, LD_COPIES_PROLOGUE) if mapped
                                             else 0),
@@ -483,7 +321,7 @@ def lower_matmul_group(low, ops) -> None:
     # nest of the kernel (compiler/backend/split_k.py); not under an RMSNorm prologue
     split = None if choice is not None or norm or mapped else choose_split(
         batch_count, m, n, k, in_dtype, acc_dtype, itemsize(a.dtype), itemsize(b.dtype),
-        itemsize(out.dtype), full_bytes, row_bytes, n_vec, machine, tile, b_k_major)
+        itemsize(out.dtype), full_bytes, row_bytes, work, machine, tile, b_k_major)
     if split is not None:
         splits, tile = split
     low.gemm_ranked = getattr(low, "gemm_ranked", {})
@@ -669,7 +507,7 @@ def _l1_end(buffers) -> int:
     return aligned(end)
 
 
-def _k_contiguous(view: View, ax_k: int) -> bool:
+def k_contiguous(view: View, ax_k: int) -> bool:
     """Whether a B operand's view runs contiguously along k (a weight stored [n, k] and read
     through a transpose): its DMA rows are then k tiles, not n tiles."""
     return ax_k in view.axes and view.strides[view.axes.index(ax_k)] == 1
@@ -724,14 +562,3 @@ def _side_buffers(side: list, epilogue: list, shapes: list[str],
             where[op.id] = f"t{count}"
             count += 1
     return where
-
-
-def _vx_passes(kind: str, machine) -> float:
-    """An epilogue op's cost in full-tile f32 vector passes: an op its vector instruction
-    runs on the special-function unit (isa's `unit`) at the SFU's element rate, the rest at
-    the vector engine's bytes per cycle."""
-    vector = OPS[kind].vector
-    defn = INSTRUCTIONS[vector.steps[0].instr] if vector is not None else None
-    if defn is not None and defn.unit == "SFU":
-        return machine.vx_bytes_per_cycle / (4 * machine.sfu_elems_per_cycle)
-    return 1.0

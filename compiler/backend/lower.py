@@ -33,7 +33,7 @@ from zhenwu.compiler.backend.kernel_ir import (
     Vec,
     View,
 )
-from zhenwu.compiler.backend.tiling import MIN_TILE_ELEMS, map_tile, matmul_schedule, reduce_tile
+from zhenwu.compiler.backend.tiling import MIN_TILE_ELEMS, map_tile, reduce_tile
 from zhenwu.compiler.graph.dtypes import (
     is_float,
     is_int,
@@ -478,18 +478,25 @@ def matmul_views(a: TensorView, b: TensorView, out: TensorView
 
 
 def matmul_nest(a: TensorView, b: TensorView, out: TensorView, machine) -> Nest:
-    """out[..., m, n] = sum_k a[..., m, k] b[..., k, n] with numpy batch broadcasting."""
+    """out[..., m, n] = sum_k a[..., m, k] b[..., k, n] with numpy batch broadcasting: the
+    plain product (-O0, no epilogue), tiled as a GEMM kernel of no epilogue is
+    (`gemm.choose_gemm_tile`, priced by the one tile-cost model) and walked in its grouped
+    tile order."""
+    from zhenwu.compiler.backend.gemm import choose_gemm_tile, k_contiguous
+    from zhenwu.compiler.backend.tile_cost import VectorWork
+
     batch, m, n, k, a_view, b_view, c_view = matmul_views(a, b, out)
     nb = len(batch)
     ax_m, ax_n, ax_k = nb, nb + 1, nb + 2
     extents = batch + (m, n, k)
     kinds = ("p",) * (nb + 2) + ("r",)
-    extents, kinds, (a_view, b_view, c_view), _ = simplify(
+    extents, kinds, (a_view, b_view, c_view), axis_map = simplify(
         extents, kinds, {ax_m, ax_n, ax_k}, [a_view, b_view, c_view])
     nb = len(extents) - 3
     in_dtype, acc_dtype = mma_dtypes(a.dtype, machine)
-    plan = matmul_schedule(prod(extents[:nb]), m, n, k, in_dtype, itemsize(in_dtype),
-                           itemsize(acc_dtype), itemsize(out.dtype), machine)
+    plan = choose_gemm_tile(prod(extents[:nb]), m, n, k, in_dtype, acc_dtype, itemsize(a.dtype),
+                            itemsize(b.dtype), itemsize(out.dtype), 0, 0, VectorWork(), machine,
+                            b_k_major=k_contiguous(b_view, axis_map[ax_k]))
     tile_m, tile_n, tile_k = plan.tile_m, plan.tile_n, plan.tile_k
     tile = (1,) * nb + (tile_m, tile_n, tile_k)
     buffers, _ = layout([("a", "L1", in_dtype, tile_m, tile_k, "ld"),
@@ -497,7 +504,8 @@ def matmul_nest(a: TensorView, b: TensorView, out: TensorView, machine) -> Nest:
                          ("c", "ACC", acc_dtype, tile_m, tile_n, "out")],
                         copies={"out": plan.acc_copies})
     step = (Load("a", a_view), Load("b", b_view), Mma(in_dtype, acc_dtype, "c", "a", "b"))
-    return Nest(extents, tile, kinds, tuple(buffers), (), step, (Store(c_view, "c"),))
+    return Nest(extents, tile, kinds, tuple(buffers), (), step, (Store(c_view, "c"),),
+                group=plan.group if plan.group > 1 else 0)
 
 
 # ------------------------------------------------------------------ elementwise bodies

@@ -13,7 +13,7 @@ tile's latency. Splitting K into `splits` ranges makes the ranges one more paral
   single-nest product would after its last k step.
 
 Both nests are one kernel (one launch). `choose_split` takes the split only when the GEMM
-cost model (compiler/backend/gemm.py) says the split product plus the combine is cheaper
+cost model (compiler/backend/tile_cost.py) says the split product plus the combine is cheaper
 than the product alone; each range is a multiple of the MX depth, and nest 2's partial tiles
 fit where nest 1's operand tiles were.
 """
@@ -37,14 +37,16 @@ def combine_cycles(batch: int, m: int, n: int, splits: int, tile_m: int, tile_n:
     read back by nest 2's tiles (from the L2 when their rows are whole lines: a store
     fills only the lines it covers), nest 2's first load round trip, and the round trip
     of nest 1's first loads that nest 2's loads cannot hide (a tile per core, or few)."""
+    from zhenwu.compiler.backend.tile_cost import load_cycles, round_trip, waves
+
     part_bytes = splits * batch * m * n * 4
-    tiles = batch * ceil(m / tile_m) * ceil(n / tile_n)
-    active = min(tiles, machine.cores)
-    read = part_bytes / active / machine.ld_bytes_per_cycle
+    active = waves(batch * ceil(m / tile_m) * ceil(n / tile_n), machine).active
+    read = load_cycles(machine, part_bytes / active)
     written = part_bytes / (machine.hbm_bytes_per_cycle * machine.hbm_streaming_efficiency)
     whole_lines = machine.l2_bytes and (tile_n * 4) % machine.l2_line_bytes == 0
-    latency = machine.l2_latency if whole_lines else machine.hbm_latency
-    return 2 * machine.hbm_latency + machine.barrier_cycles + latency + read + written
+    trip = round_trip(machine)
+    latency = machine.l2_latency if whole_lines else trip
+    return 2 * trip + machine.barrier_cycles + latency + read + written
 
 
 def partials_fit(tile_m: int, tile_n: int, tile_k: int, in_dtype: str) -> bool:
@@ -56,12 +58,13 @@ def partials_fit(tile_m: int, tile_n: int, tile_k: int, in_dtype: str) -> bool:
 
 
 def choose_split(batch, m, n, k, in_dtype, acc_dtype, a_bytes, b_bytes, out_bytes,
-                 full_bytes, row_bytes, epilogue_ops, machine, base, b_k_major=False):
+                 full_bytes, row_bytes, epilogue, machine, base, b_k_major=False):
     """(splits, tile of nest 1) when splitting K is cheaper than `base` (the single product's
     `GemmTile`) by `MIN_GAIN`, else None. Splits are powers of two up to the cores, each
     range a multiple of the MX depth and at least two of them; `b_k_major`: B is read along
     k (priced as `base` was)."""
     from zhenwu.compiler.backend.gemm import choose_gemm_tile
+    from zhenwu.compiler.backend.tile_cost import VectorWork
 
     if acc_dtype != "f32" or batch * ceil(m / base.tile_m) * ceil(n / base.tile_n) \
             > machine.cores:
@@ -72,11 +75,10 @@ def choose_split(batch, m, n, k, in_dtype, acc_dtype, a_bytes, b_bytes, out_byte
             and k // splits >= 2 * machine.mx_k:
         chunk = k // splits
         tile = choose_gemm_tile(batch * splits, m, n, chunk, in_dtype, acc_dtype, a_bytes,
-                                b_bytes, 4, full_bytes, row_bytes, 0, machine,
+                                b_bytes, 4, full_bytes, row_bytes, VectorWork(), machine,
                                 b_k_major=b_k_major, whole_rows=True)
         if partials_fit(tile.tile_m, tile.tile_n, tile.tile_k, in_dtype):
-            epilogue = epilogue_ops * tile.tile_m * tile.tile_n * 4 / machine.vx_bytes_per_cycle
-            cycles = (tile.cycles + epilogue
+            cycles = (tile.cycles + epilogue.cycles(machine, tile.tile_m * tile.tile_n)
                       + combine_cycles(batch, m, n, splits, tile.tile_m, tile.tile_n, machine))
             if best is None or cycles < best[0]:
                 best = (cycles, splits, tile)

@@ -26,6 +26,11 @@ from zhenwu.isa.instructions.base import (
     scalar_value,
     tile_view,
 )
+from zhenwu.isa.instructions.costs import (
+    dma_copy_cost,
+    dma_load_cost,
+    dma_store_cost,
+)
 from zhenwu.isa.lazy import numpy as np
 from zhenwu.isa.machine import Machine
 from zhenwu.isa.program import DescRef, Descriptor, Instruction, Tile
@@ -155,9 +160,8 @@ def _dma_ld_cost(instr: Instruction, machine: Machine, ctx: ExecContext) -> Cost
     coords = box_coords(ref, desc, ctx)
     nbytes = in_bounds_elements(desc, coords) * itemsize(desc.dtype)
     box = gm_box(desc, coords)
-    moved = max(nbytes, burst_bytes(box, machine.dma_burst_bytes))
-    return Cost(max(1, ceil_div(moved, machine.ld_bytes_per_cycle)), machine.hbm_latency,
-                hbm_read=nbytes, gm=box)
+    return dma_load_cost(machine, max(nbytes, burst_bytes(box, machine.dma_burst_bytes)),
+                         nbytes, box)
 
 
 # ---- DMA.ST -------------------------------------------------------------------------
@@ -193,9 +197,8 @@ def _dma_st_cost(instr: Instruction, machine: Machine, ctx: ExecContext) -> Cost
     coords = box_coords(ref, desc, ctx)
     nbytes = in_bounds_elements(desc, coords) * itemsize(desc.dtype)
     box = gm_box(desc, coords)
-    moved = max(nbytes, burst_bytes(box, machine.dma_burst_bytes))
-    return Cost(max(1, ceil_div(moved, machine.st_bytes_per_cycle)), machine.hbm_latency,
-                hbm_write=nbytes, gm=box)
+    return dma_store_cost(machine, max(nbytes, burst_bytes(box, machine.dma_burst_bytes)),
+                          nbytes, box)
 
 
 # ---- DMA.MOV ------------------------------------------------------------------------
@@ -217,7 +220,7 @@ def _dma_mov(instr: Instruction, ctx: ExecContext) -> None:
 
 def _dma_mov_cost(instr: Instruction, machine: Machine, ctx: ExecContext) -> Cost:
     nbytes = positive_value(instr.operands[2], ctx, "DMA.MOV size")
-    return Cost(max(1, ceil_div(nbytes, machine.ld_bytes_per_cycle)), machine.sram_latency)
+    return dma_copy_cost(machine, nbytes)
 
 
 DEFS: list[InstrDef] = [

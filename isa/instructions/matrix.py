@@ -11,11 +11,11 @@ from zhenwu.isa.instructions.base import (
     OperandSpec,
     OptionSpec,
     SuffixSlot,
-    ceil_div,
     check_elements,
     positive_value,
     tile_view,
 )
+from zhenwu.isa.instructions.costs import mma_cost
 from zhenwu.isa.lazy import numpy as np
 from zhenwu.isa.machine import Machine
 from zhenwu.isa.program import Instruction
@@ -66,9 +66,7 @@ def _mma(instr: Instruction, ctx: ExecContext) -> None:
 
 def _mma_cost(instr: Instruction, machine: Machine, ctx: ExecContext) -> Cost:
     m, n, k = mma_dims(instr, machine, ctx)
-    blocks = (m // machine.mx_m) * (n // machine.mx_n) * (k // machine.mx_k)
-    rate = machine.mx_rate(instr.suffixes[0])
-    return Cost(max(1, ceil_div(blocks, rate)), machine.mx_fill_latency, flops=2 * m * n * k)
+    return mma_cost(machine, instr.suffixes[0], m, n, k)
 
 
 def _mma_check(instr: Instruction) -> str | None:

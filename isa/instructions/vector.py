@@ -22,7 +22,6 @@ from zhenwu.isa.instructions.base import (
     OperandSpec,
     OptionSpec,
     SuffixSlot,
-    ceil_div,
     check_elements,
     positive_value,
     read_source,
@@ -30,6 +29,7 @@ from zhenwu.isa.instructions.base import (
     tile_view,
     write_tile,
 )
+from zhenwu.isa.instructions.costs import sfu_cost, vx_cost
 from zhenwu.isa.lazy import numpy as np
 from zhenwu.isa.lazy import numpy_function as _np
 from zhenwu.isa.machine import Machine
@@ -68,9 +68,7 @@ def _vx_cost(at: int, elem_bytes, flops_per_elem: int):
 
     def cost(instr: Instruction, machine: Machine, ctx: ExecContext) -> Cost:
         rows, cols = _shape(instr, ctx, at)
-        work = rows * cols * elem_bytes(instr)
-        return Cost(max(1, ceil_div(work, machine.vx_bytes_per_cycle)), machine.vx_latency,
-                    flops=flops_per_elem * rows * cols)
+        return vx_cost(machine, rows * cols * elem_bytes(instr), flops_per_elem * rows * cols)
 
     return cost
 
@@ -268,9 +266,7 @@ def _unary(function):
 def _sfu_cost(trig: bool):
     def cost(instr: Instruction, machine: Machine, ctx: ExecContext) -> Cost:
         rows, cols = _shape(instr, ctx, 2)
-        rate = machine.sfu_trig_elems_per_cycle if trig else machine.sfu_elems_per_cycle
-        return Cost(max(1, ceil_div(rows * cols, rate)), machine.sfu_latency,
-                    flops=rows * cols)
+        return sfu_cost(machine, rows * cols, trig)
 
     return cost
 

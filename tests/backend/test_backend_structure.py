@@ -151,8 +151,9 @@ def test_same_program_twice_gives_the_same_asm_and_cycles():
 
 
 def test_single_buffered_accumulator_is_race_free():
-    """On a machine with little HBM bandwidth the cost model takes one big accumulator tile
-    (stores no longer overlap the next tile); several tiles per core reuse it, in order."""
+    """On a machine whose ACC holds one accumulator tile of the MX shape and not two, the
+    plain product's tile (the GEMM chooser's) has a single accumulator (stores no longer
+    overlap the next tile); several tiles per core reuse it, in order."""
     from dataclasses import replace
 
     import numpy as np
@@ -161,7 +162,9 @@ def test_single_buffered_accumulator_is_race_free():
     from zhenwu.compiler.reference import evaluate
     from zhenwu.runtime import run_program
 
-    target = replace(machine(), cores=2, acc_bytes=64 * 1024, hbm_bandwidth=1.5e9 * 64)
+    base = machine()
+    one_tile = base.mx_m * base.mx_n * 4   # f32
+    target = replace(base, cores=2, acc_bytes=one_tile + one_tile // 2, hbm_bandwidth=1.5e9 * 64)
     fn = load_program("t.zt", text="fn main(a: bf16[200, 300], b: bf16[300, 300]) -> "
                                    "f32[200, 300] {\n    return cast(a @ b, f32)\n}\n")
     compiled = compile_function(fn, target, CompileOptions(opt_level=0))

@@ -5,37 +5,64 @@ from __future__ import annotations
 from dataclasses import replace
 from math import ceil
 
+import numpy as np
 import pytest
-from zhenwu.compiler.backend.tiling import map_tile, matmul_tile, reduce_tile
+from zhenwu.compiler.backend.tile_cost import VectorWork
+from zhenwu.compiler.backend.tiling import map_tile, reduce_tile
 from zhenwu.isa.machine import load_machine
 
 MACHINES = ["m890", "z810e"]
 
 
+def _matmul_nest(batch, m, n, k, dtype, machine):
+    """The -O0 plain product's nest of a[batch, m, k] @ b[k, n]."""
+    from zhenwu.compiler.backend.lower import TensorView, matmul_nest
+
+    def view(name, shape):
+        strides = tuple(int(np.prod(shape[i + 1:])) for i in range(len(shape)))
+        return TensorView(name, dtype, 0, shape, strides)
+
+    return matmul_nest(view("a", (batch, m, k)), view("b", (k, n)), view("c", (batch, m, n)),
+                       machine)
+
+
 @pytest.mark.parametrize("name", MACHINES)
-@pytest.mark.parametrize("m,n,k", [(1, 1, 1), (7, 13, 17), (4096, 4096, 4096), (17, 4096, 33),
-                                   (100000, 16, 16)])
-def test_matmul_tile_fits(name, m, n, k):
+@pytest.mark.parametrize("batch,m,n,k", [(1, 1, 1, 1), (1, 7, 13, 17), (1, 4096, 4096, 4096),
+                                         (1, 17, 4096, 33), (1, 100000, 16, 16),
+                                         (12, 77, 33, 129), (1, 17, 4096, 4096)])
+def test_matmul_nest_tile_fits(name, batch, m, n, k):
+    """The plain product's tile (the GEMM chooser's) is made of MX blocks and every copy of
+    every buffer fits L1 and ACC."""
     machine = load_machine(name)
-    for in_bytes in (1, 2, 4):
-        tm, tn, tk = matmul_tile(1, m, n, k, in_bytes, 4, machine)
+    for dtype in ("bf16", "f32") + (("fp8",) if machine.mx_rate("fp8") else ()):
+        nest = _matmul_nest(batch, m, n, k, dtype, machine)
+        tm, tn, tk = nest.tile[-3:]
         assert tm % machine.mx_m == 0 and tn % machine.mx_n == 0 and tk % machine.mx_k == 0
-        assert 2 * tm * tn * 4 <= machine.acc_bytes
-        assert 2 * (tm * tk + tk * tn) * in_bytes <= machine.l1_bytes
+        for level, size in (("L1", machine.l1_bytes), ("ACC", machine.acc_bytes)):
+            used = [b for b in nest.buffers if b.level == level]
+            assert max(b.offset + b.footprint for b in used) <= size
 
 
-def test_matmul_tiles_feed_every_core():
+def test_matmul_nest_takes_the_gemm_kernels_tile():
+    """-O0's plain product and -O2's GEMM kernel of no epilogue choose from the one model:
+    the same tile, accumulator copies and grouped order; every core has a tile."""
+    from zhenwu.compiler.backend.gemm import choose_gemm_tile
+
     machine = load_machine("m890")
-    tm, tn, _ = matmul_tile(1, 4096, 4096, 4096, 2, 4, machine)
-    assert ceil(4096 / tm) * ceil(4096 / tn) >= machine.cores
-    tm, tn, _ = matmul_tile(1, 256, 256, 64, 2, 4, machine)
-    assert ceil(256 / tm) * ceil(256 / tn) >= machine.cores
+    for m, n, k in ((4096, 4096, 4096), (256, 256, 64), (64, 12288, 512)):
+        nest = _matmul_nest(1, m, n, k, "bf16", machine)
+        tile = choose_gemm_tile(1, m, n, k, "bf16", "f32", 2, 2, 2, 0, 0, VectorWork(), machine)
+        assert nest.tile[-3:] == (tile.tile_m, tile.tile_n, tile.tile_k)
+        assert nest.buffer("c").copies == tile.acc_copies
+        assert nest.group == (tile.group if tile.group > 1 else 0)
+        assert ceil(m / tile.tile_m) * ceil(n / tile.tile_n) >= machine.cores
 
 
 def test_tiles_follow_a_smaller_machine():
     small = replace(load_machine("m890"), l1_bytes=64 * 1024, acc_bytes=16 * 1024, cores=4)
-    tm, tn, tk = matmul_tile(1, 4096, 4096, 4096, 2, 4, small)
-    assert 2 * tm * tn * 4 <= small.acc_bytes
+    nest = _matmul_nest(1, 4096, 4096, 4096, "bf16", small)
+    tm, tn, tk = nest.tile[-3:]
+    assert nest.buffer("c").copies * tm * tn * 4 <= small.acc_bytes
     assert 2 * (tm * tk + tk * tn) * 2 <= small.l1_bytes
     tile = map_tile((1 << 20,), 24, small)
     assert tile[0] * 24 <= small.l1_bytes
@@ -58,27 +85,6 @@ def test_reduce_tile_fits(kept, reduced):
     assert 2 * rows * cols * 4 + 2 * rows * 4 <= machine.l1_bytes
 
 
-@pytest.mark.parametrize("name", MACHINES)
-@pytest.mark.parametrize("batch,m,n,k", [(1, 1, 1, 1), (1, 4096, 4096, 4096), (12, 77, 33, 129),
-                                         (1, 17, 4096, 4096)])
-def test_matmul_schedule_fits(name, batch, m, n, k):
-    from zhenwu.compiler.backend.tiling import matmul_schedule
-
-    machine = load_machine(name)
-    plan = matmul_schedule(batch, m, n, k, "bf16", 2, 4, 2, machine)
-    assert plan.tile_m % machine.mx_m == 0 and plan.tile_n % machine.mx_n == 0
-    assert plan.tile_k % machine.mx_k == 0 and plan.acc_copies in (1, 2)
-    assert plan.acc_copies * plan.tile_m * plan.tile_n * 4 <= machine.acc_bytes
-    assert 2 * (plan.tile_m + plan.tile_n) * plan.tile_k * 2 <= machine.l1_bytes
-
-
-def test_big_gemm_takes_the_intense_single_buffered_tile():
-    from zhenwu.compiler.backend.tiling import matmul_schedule
-
-    plan = matmul_schedule(1, 4096, 4096, 4096, "bf16", 2, 4, 2, load_machine("m890"))
-    assert (plan.tile_m, plan.tile_n, plan.acc_copies) == (256, 256, 1)
-
-
 def test_grouped_gemm_runs_every_tile_once():
     """A GEMM of 16 x 12 tiles on 32 cores in grouped order (several tiles per core, race
     checked): every tile computed once, exactly."""
@@ -97,10 +103,12 @@ def test_skinny_gemm_reads_its_big_operand_once():
     of M (or a group does), so B streams from HBM once, not once per m tile."""
     from math import ceil
 
-    from zhenwu.compiler.backend.gemm import choose_gemm_tile, hbm_traffic
+    from zhenwu.compiler.backend.gemm import choose_gemm_tile
+    from zhenwu.compiler.backend.tile_cost import hbm_traffic
 
     target = load_machine("a100")
-    tile = choose_gemm_tile(1, 64, 12288, 12288, "f16", "f32", 2, 2, 2, 0, 0, 0, target)
+    tile = choose_gemm_tile(1, 64, 12288, 12288, "f16", "f32", 2, 2, 2, 0, 0, VectorWork(),
+                            target)
     assert ceil(64 / tile.tile_m) <= tile.group
     once = 64 * 12288 * 2 + 12288 * 12288 * 2 + 64 * 12288 * 2
     assert hbm_traffic(1, 64, 12288, 12288, tile.tile_m, tile.tile_n, 2, 2, 2, tile.group,
@@ -110,10 +118,12 @@ def test_skinny_gemm_reads_its_big_operand_once():
 def test_grouped_order_cuts_hbm_traffic_of_a_big_square_gemm():
     """8192^3 f16 on the A100 (A and B 128 MiB each, L2 40 MiB): row-major order re-reads B
     once per m tile; the chosen group shares B panels and reads far less."""
-    from zhenwu.compiler.backend.gemm import choose_gemm_tile, hbm_traffic
+    from zhenwu.compiler.backend.gemm import choose_gemm_tile
+    from zhenwu.compiler.backend.tile_cost import hbm_traffic
 
     target = load_machine("a100")
-    tile = choose_gemm_tile(1, 8192, 8192, 8192, "f16", "f32", 2, 2, 2, 0, 0, 0, target)
+    tile = choose_gemm_tile(1, 8192, 8192, 8192, "f16", "f32", 2, 2, 2, 0, 0, VectorWork(),
+                            target)
     args = (1, 8192, 8192, 8192, tile.tile_m, tile.tile_n, 2, 2, 2)
     assert tile.group > 1
     assert hbm_traffic(*args, tile.group, target) * 4 < hbm_traffic(*args, 1, target)
@@ -128,7 +138,8 @@ def test_a_plain_gemm_keeps_l1_for_its_operands_when_acc_is_double_buffered():
     from zhenwu.compiler.backend.lower import ALIGN
 
     target = load_machine("a100")
-    tile = choose_gemm_tile(1, 8192, 4096, 4096, "f16", "f32", 2, 2, 2, 0, 0, 0, target)
+    tile = choose_gemm_tile(1, 8192, 4096, 4096, "f16", "f32", 2, 2, 2, 0, 0, VectorWork(),
+                            target)
     assert tile.acc_copies == 2
     cap = (target.l1_bytes - 8 * ALIGN) // (2 * (tile.tile_m + tile.tile_n) * 2) // 4 * 4
     assert tile.tile_k > 100 and tile.tile_k <= cap
@@ -136,12 +147,13 @@ def test_a_plain_gemm_keeps_l1_for_its_operands_when_acc_is_double_buffered():
 
 
 def test_tile_search_floor_prunes_without_changing_the_choice():
-    """`choose_gemm_tile` skips tilings whose `cost_floor` is out of reach of the best found
+    """`choose_gemm_tile` skips tilings whose `product_floor` is out of reach of the best found
     so far; with `ranked` (the tuner's full list) it visits every one. Both must choose the
     same tile, on every machine, for products of many shapes, dtypes and options."""
     import random
 
-    from zhenwu.compiler.backend.gemm import choose_gemm_tile, cost_floor, gemm_cost
+    from zhenwu.compiler.backend.gemm import choose_gemm_tile
+    from zhenwu.compiler.backend.tile_cost import product_cost, product_floor
     from zhenwu.compiler.graph.dtypes import itemsize
     from zhenwu.isa.machine import load_machine
 
@@ -160,13 +172,15 @@ def test_tile_search_floor_prunes_without_changing_the_choice():
                 options.update(prologue_bytes=4, setup_bytes=4096)
             args = (rng.choice([1, 2, 8]), m, n, k, dtype, "f32", size, size,
                     rng.choice([2, 4]), rng.choice([0, 8]), rng.choice([0, 4]),
-                    rng.choice([0, 3]), machine)
+                    VectorWork(rng.choice([0, 2]), rng.choice([0, 1])), machine)
             ranked = []
             assert choose_gemm_tile(*args, **options) == choose_gemm_tile(
                 *args, ranked=ranked, **options), (name, args, options)
     # the floor is below the cost of every k tile of a tiling
     machine = load_machine("m890")
     for tile_k in (64, 128, 256, 512):
-        cost = gemm_cost(1, 512, 512, 512, 128, 128, tile_k, 2, 4, 4, 4, 0.25, 1, machine)
-        steps = -(-512 // 512)
-        assert cost_floor(1, 512, 512, 512, 128, 128, steps, 4, 4, 4, 0.25, 1, machine) <= cost
+        cost = product_cost(1, 512, 512, 512, 128, 128, tile_k, 2, 4, 4, 4, "f32",
+                            VectorWork(1), machine)
+        steps = -(-512 // tile_k)
+        assert product_floor(1, 512, 512, 512, 128, 128, steps, 4, 4, 4, "f32", VectorWork(1),
+                             machine) <= cost

@@ -98,10 +98,11 @@ def test_halo_tiling_refuses_what_it_does_not_handle():
     """Strided convs, grouped convs and one-step convs (weights stationary) keep their
     tilings; 1 x 1 convs have no halo."""
     from zhenwu.compiler.backend.conv import ConvShape, _best_halo_tile
+    from zhenwu.compiler.backend.tile_cost import VectorWork
     from zhenwu.isa.machine import load_machine
 
     machine = load_machine("m890")
-    args = (2, 4, 1.0, 2, 0, 0, 0, machine)
+    args = ("bf16", 4, 2, 0, 0, VectorWork(), machine)
     ok = ConvShape(2, 1, 64, 14, 14, 64, 9, True, 2, 2)
     assert _best_halo_tile(ok, *args) is not None
     assert _best_halo_tile(ConvShape(2, 1, 64, 14, 14, 64, 9, True), *args) is None  # strided

@@ -89,11 +89,13 @@ def test_split_products_match_the_reference(source, monkeypatch):
     """Products split in four ranges of 16 x 32 tiles on four cores, several tiles per core
     (the split forced: the model gives each core one), run functionally."""
     from zhenwu.compiler.backend import gemm
+    from zhenwu.compiler.backend.tile_cost import VectorWork
 
     def four_ranges(batch, m, n, k, in_dtype, acc_dtype, a_bytes, b_bytes, out_bytes,
                     full_bytes, row_bytes, epilogue_ops, machine, base, b_k_major=False):
         return 4, gemm.choose_gemm_tile(batch * 4, m, n, k // 4, in_dtype, acc_dtype, a_bytes,
-                                        b_bytes, 4, full_bytes, row_bytes, 0, machine,
+                                        b_bytes, 4, full_bytes, row_bytes, VectorWork(),
+                                        machine,
                                         fixed=(16, 32, 64))
 
     monkeypatch.setattr(gemm, "choose_split", four_ranges)

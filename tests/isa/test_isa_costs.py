@@ -7,7 +7,7 @@ import pytest
 from seqrun import SeqContext
 from zhenwu.isa.asm import parse_assembly
 from zhenwu.isa.errors import ChipTrap
-from zhenwu.isa.instructions import INSTRUCTIONS, Cost
+from zhenwu.isa.instructions import INSTRUCTIONS, Cost, costs
 from zhenwu.isa.instructions.base import GMBox
 from zhenwu.isa.machine import load_machine
 
@@ -108,3 +108,36 @@ def test_engines():
     engines = [INSTRUCTIONS[i.mnemonic].engine_of(i) for i in program.instructions]
     assert engines == ["VX", "S", "LD", "VX", "MX", "S", "ST"]
     assert INSTRUCTIONS["VEXP"].unit == "SFU"
+
+
+# The per-step primitives (isa/instructions/costs.py) the compiler's tile models price tiles
+# with are the rules the simulator charges: each equals the InstrDef cost of one instruction.
+@pytest.mark.parametrize("machine", ["m890", "z810e", "a100"])
+@pytest.mark.parametrize("line, primitive", [
+    ("MMA.bf16.f32 ACC[0], L1[0], L1[0], 128, 64, 48 .init",
+     lambda m: costs.mma_cost(m, "bf16", 128, 64, 48)),
+    ("MMA.f32.f32 ACC[0], L1[0], L1[0], 16, 16, 32",
+     lambda m: costs.mma_cost(m, "f32", 16, 16, 32)),
+    # 16 x 32 bf16 in bounds, whole bursts
+    ("DMA.LD L1[0], d0[0, 0]", lambda m: costs.dma_load_cost(
+        m, 1024, 1024, GMBox(0, (16, 32), (64, 2), 2))),
+    # 8 rows of 32 B, each in a burst of its own: 8 bursts move, 256 bytes are written
+    ("DMA.ST d2[56, 56], ACC[0]", lambda m: costs.dma_store_cost(
+        m, 8 * m.dma_burst_bytes, 256, GMBox(0x1000 + (56 * 64 + 56) * 4, (8, 8), (256, 4),
+                                             4))),
+    ("DMA.MOV L1[0], ACC[0], 1000", lambda m: costs.dma_copy_cost(m, 1000)),
+    ("VADD.bf16 L1[0], L1[0], #1.0, 8, 1000", lambda m: costs.vx_cost(m, 8 * 1000 * 2, 8000)),
+    ("VFMA.f32 L1[0], L1[0], L1[0], L1[0], 3, 5", lambda m: costs.vx_cost(m, 60, 30)),
+    ("VEXP.f32 L1[0], L1[0], 16, 1000", lambda m: costs.sfu_cost(m, 16000)),
+    ("VSIN.bf16 L1[0], L1[0], 16, 1000", lambda m: costs.sfu_cost(m, 16000, trig=True)),
+])
+def test_primitives_are_the_simulators_costs(line, primitive, machine):
+    m = load_machine(machine)
+    assert primitive(m) == cost_of(line, machine)
+
+
+def test_mma_primitive_rounds_up_a_partial_pass():
+    """An fp8 MMA of an odd number of MX blocks takes a whole cycle for the last one."""
+    m = load_machine("m890")
+    assert costs.mma_cost(m, "fp8", 48, 16, 16).occupancy == 2 == cost_of(
+        "MMA.fp8.f32 ACC[0], L1[0], L1[0], 48, 16, 16").occupancy
