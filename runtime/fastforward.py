@@ -192,9 +192,14 @@ class FastForward:
         servers = tuple(_rel(s.free_at, now, t0) for s in sim.servers())
         pattern = (tuple(core.loops for core in sim.cores[:1]),
                    tuple(core.kernel for core in sim.cores))
+        # what a steady rhythm keeps from period to period, even when its times jitter: where
+        # every core is and how much work it has queued (a scalar racing ahead of its engines
+        # takes back edges a few cycles apart while its queues grow: no rhythm yet)
+        shape = tuple((c[0], c[1], c[2], c[3], tuple(len(q) for q in c[13]), len(c[14]))
+                      for c in cores)
         return {"t": t0, "now": now, "state": (tuple(cores), heap, regs[1:]),
                 "pattern": pattern, "servers": servers, "regs0": regs[0],
-                "counters": sim.counters()}
+                "counters": sim.counters(), "shape": shape}
 
     def _try(self, history, p: int, end: int, t: int) -> int | None:
         a, b, c = history[-1 - 2 * p], history[-1 - p], history[-1]
@@ -250,9 +255,13 @@ class FastForward:
 
     def _steady(self, a, b, c, first: int, second: int) -> bool:
         """Not the same state to the cycle (many cores sharing HBM jitter by a few cycles),
-        but the same rhythm: only for the outermost loop, with the two periods and the work
-        and HBM traffic done in them within REL_TOLERANCE of each other."""
+        but the same rhythm: only for the outermost loop, with every core at the same place
+        with the same backlog (queued instructions, DMAs in flight) at the three back edges,
+        and the two periods and the work and HBM traffic done in them within REL_TOLERANCE
+        of each other."""
         if len(self.sim.cores[0].loops) != 1:
+            return False
+        if not a["shape"] == b["shape"] == c["shape"]:
             return False
         if abs(second - first) > REL_TOLERANCE * second:
             return False

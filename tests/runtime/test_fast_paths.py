@@ -102,3 +102,22 @@ def test_shifted_box_lines_equal_the_lines_worked_out_directly():
         assert (shifted.total, shifted.lines) == (direct.total, direct.lines)
         assert cache.partly_written_rows(shifted).tolist() == \
             cache.partly_written_rows(direct).tolist()
+
+
+def test_fast_forward_waits_for_a_rhythm_not_a_racing_scalar():
+    """16 batches of q @ k (one k step per tile, 16 tiles per core): core 0's scalar queues
+    its first tiles' instructions and takes back edges 23 cycles apart while its engines
+    fall behind. Those periods look alike, but the backlog grows: jumping over them made
+    the kernel 22% fast (25,001 cycles against 31,904). A jump now needs every core at the
+    same place with the same backlog at the back edges it compares."""
+    from zhenwu.compiler.backend.pipeline import CompileOptions, compile_function
+    from zhenwu.compiler.frontend import load_program
+    from zhenwu.isa.machine import load_machine
+
+    machine = load_machine("m890")
+    source = ("fn main(q: bf16[16, 1024, 128], k: bf16[16, 128, 1024]) "
+              "-> bf16[16, 1024, 1024] { return q @ k }\n")
+    program = compile_function(load_program("<qk>", text=source), machine,
+                               CompileOptions()).program
+    full = _run(program, machine, timing_only=True, fast_forward=False)
+    assert _run(program, machine, timing_only=True, fast_forward=True)["cycles"] == full["cycles"]
