@@ -121,3 +121,21 @@ def test_fast_forward_waits_for_a_rhythm_not_a_racing_scalar():
                                CompileOptions()).program
     full = _run(program, machine, timing_only=True, fast_forward=False)
     assert _run(program, machine, timing_only=True, fast_forward=True)["cycles"] == full["cycles"]
+
+
+def test_multipass_softmax_fast_forwards_to_its_full_simulation():
+    """A 4096 x 4096 f16 softmax on the A100 read in three passes (validate's form): before
+    the backlog condition its first periods (scalars racing ahead) were taken for a rhythm
+    and the run was 13% fast (64.2 us against 73.6)."""
+    from zhenwu.compiler.backend.pipeline import CompileOptions, compile_function
+    from zhenwu.compiler.frontend import load_program
+    from zhenwu.isa.machine import load_machine
+
+    machine = load_machine("a100")
+    source = ("fn main(x: f16[4096, 4096]) -> f16[4096, 4096] {\n"
+              "    return cast(softmax(x, axis=-1), f16)\n}\n")
+    program = compile_function(load_program("<softmax>", text=source), machine,
+                               CompileOptions(multipass_rows=True)).program
+    full = _run(program, machine, timing_only=True, fast_forward=False)["cycles"]
+    fast = _run(program, machine, timing_only=True, fast_forward=True)["cycles"]
+    assert abs(fast - full) <= 0.02 * full
