@@ -14,9 +14,12 @@ evaluator itself (which rounds after every op) is several percent from the same 
 computed without narrow rounding. A fused kernel that keeps f32 inside then differs from the
 reference by more than the tolerance while being closer to the exact result. So when a float
 output misses its tolerance, `check_output` asks for the program evaluated without narrow
-rounding (`evaluate(..., widen=True)`) and accepts the output only if the reference is itself
-beyond the tolerance from it and the output is at most twice as far from it as the reference
-(`ILL_CONDITIONED_FACTOR`). Both distances are printed, so the verdict can be audited.
+rounding (`evaluate(..., widen=True)`) and accepts the output if it is within the tolerance
+of those exact values (the reference's own rounding made up part of the distance: a flash
+kernel that keeps f32 inside lands 0.014 from them while the reference is 0.0175 away and the
+two differ by 0.0227 > 0.02), or if the reference is itself beyond the tolerance from them and
+the output at most twice as far as the reference (`ILL_CONDITIONED_FACTOR`). Both distances
+are printed, so the verdict can be audited.
 """
 
 from __future__ import annotations
@@ -122,6 +125,12 @@ def check_output(fn, output, got: np.ndarray, want: np.ndarray, wide=None
         return err <= tol, summary
     exact = wide()
     ref_err, got_err = relative_error(want, exact), relative_error(got, exact)
+    if got_err <= tol:
+        # within the tolerance of the exact values: the reference's own rounding made up
+        # part of the distance between the two
+        return True, (f"{summary}; without narrow rounding the program gives values "
+                      f"{ref_err:.3g} from the reference's and {got_err:.3g} from this "
+                      f"output's: within the tolerance of the exact values, accepted")
     passes = tol < ref_err < float("inf") and got_err <= ILL_CONDITIONED_FACTOR * ref_err
     return passes, (f"{summary}; without narrow rounding the program gives values "
                     f"{ref_err:.3g} from the reference's and {got_err:.3g} from this output's"

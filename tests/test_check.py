@@ -107,7 +107,7 @@ def test_an_ill_conditioned_bf16_program_is_judged_against_its_unrounded_values(
     plain, _ = check_output(fn, output, got, want)
     passes, summary = check_output(fn, output, got, want, wide=lambda: wide)
     assert not plain                      # beyond bf16's tolerance of the reference...
-    assert passes and "ill-conditioned" in summary   # ...but no farther from the exact values
+    assert passes and "accepted" in summary   # ...but no farther from the exact values
     # a wrong output is still wrong: zeros, or the right values in the wrong rows
     assert not check_output(fn, output, np.zeros_like(got), want, wide=lambda: wide)[0]
     assert not check_output(fn, output, got[::-1].copy(), want, wide=lambda: wide)[0]
@@ -130,3 +130,21 @@ def test_cli_check_accepts_an_ill_conditioned_program_and_says_so(tmp_path, caps
     assert main(["run", str(src), "--shape", "S=37", "--shape", "D=48", "--check"]) == 0
     out = capsys.readouterr().out
     assert "ill-conditioned in its narrow dtypes, accepted ok" in out
+
+
+CLOSER_TO_EXACT = """fn main(p1: f32[], p2: bf16[40, 33, 4], p3: bf16[40, 16, 4], p4: bf16[40, 16, 4], p6: bf16[4, 1], p7: f32[1]) -> f32[40, 33, 1] {
+    v5 = softmax(p2 @ transpose(p3, [0, 2, 1]) * 0.5, axis=-1) @ p4
+    v8 = gelu(v5 @ p6 + p7)
+    return v8
+}
+"""
+
+
+def test_an_output_within_tolerance_of_the_exact_values_passes():
+    """Found by a 10-minute fuzz (seed 77): the flash kernel keeps f32 inside, its output
+    is 0.014 from the program computed without narrow rounding and the reference 0.0175, so
+    the two differ by 0.0227, over bf16's 0.02. The output is within the tolerance of the
+    exact values: accepted, as run --check and the fuzzer say."""
+    from zhenwu.compiler.fuzz.campaign import check_program
+
+    check_program(CLOSER_TO_EXACT, seed=1480619651, pipelines=[("O2", ())])
