@@ -38,7 +38,7 @@ WORK_TOLERANCE = 0.02    # ... when the work and traffic in them are this close
 
 
 def _rel(x, now, t0):
-    return (x if x > now else now) - t0
+    return max(now, x) - t0
 
 
 class LoopInfo:

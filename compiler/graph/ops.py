@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from functools import cache
 from math import prod
 
-from zhenwu.compiler.graph.dtypes import DTYPES, is_float, is_int, np_dtype, promote
+from zhenwu.compiler.graph.dtypes import DTYPES, is_float, is_int, limits, np_dtype, promote
 from zhenwu.compiler.graph.ir import TensorType
 from zhenwu.compiler.graph.opfacets import OUT, Frontend, Fuzz, Step, VectorLowering
 from zhenwu.isa.errors import Diagnostic
@@ -877,6 +877,16 @@ def _pool_infer(kind):
         return TensorType(x.dtype, x.shape[:2] + out)
 
     return infer
+
+
+def window_fill(kind: str, dtype: str) -> float | None:
+    """What a window op's own padding fills with: conv2d zeros, maxpool2d the lowest value
+    (-inf for floats); None for avgpool2d, whose padding is left out of its count."""
+    if kind == "conv2d":
+        return 0.0
+    if kind == "maxpool2d":
+        return float(limits(dtype)[0])   # as _pool_ref pads
+    return None
 
 
 def _pool_ref(kind):

@@ -20,9 +20,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from zhenwu.compiler.graph.dtypes import is_float, limits, value_preserving
+from zhenwu.compiler.graph.dtypes import is_float, value_preserving
 from zhenwu.compiler.graph.ir import Op, Value
-from zhenwu.compiler.graph.ops import reshape_groups
+from zhenwu.compiler.graph.ops import reshape_groups, window_fill
 from zhenwu.compiler.passes.pass_base import GraphPass, register_pass
 from zhenwu.compiler.passes.rewrite import Rewriter, rewrite
 
@@ -249,25 +249,12 @@ def cast_above_views(op: Op, rw: Rewriter) -> Value | None:
     return _same_type(op, result)
 
 
-def _window_padding_value(kind: str, dtype: str) -> float | None:
-    """What `kind`'s own padding fills with (compiler/graph/ops.py's references): conv2d
-    zeros, maxpool2d the lowest value (-inf for floats); None for a window op whose padding
-    is not a fill (avgpool2d leaves padding out of its count)."""
-    if kind == "conv2d":
-        return 0.0
-    if kind == "maxpool2d":
-        if is_float(dtype):
-            return float("-inf")
-        return float(limits(dtype)[0])
-    return None
-
-
 def pad_into_window(op: Op, rw: Rewriter) -> Value | None:
     """conv2d(pad(x, 0), w) -> conv2d(x, w) with the pad added to its padding, and
     maxpool2d(pad(x, -inf)) likewise: the op's own padding fills with what the pad did (an
     explicit zero Pad before a Conv is how many ONNX exports spell padding). Only spatial,
     non-negative pads; a pool keeps its padding under its kernel or the rule does not fire."""
-    fill = _window_padding_value(op.kind, op.result.type.dtype)
+    fill = window_fill(op.kind, op.result.type.dtype)
     if fill is None:
         return None
     pad = rw.producer(op.inputs[0])
