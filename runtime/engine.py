@@ -200,6 +200,9 @@ class Simulator:
         self.instructions = 0
         self.executed = 0  # instructions actually run (the budget; fast-forward skips some)
         self.fast_forward = None  # a runtime.fastforward.FastForward when enabled
+        # when a list (fast-forward sets it): every L2 transfer as (core, instruction
+        # address, is a read, Lines, landing time), for the jump to replay the L2's tags
+        self.l2_log = None
         self.engine_instructions = 0
         self.flops = 0
         # flops by the MX input dtype that did them (None: the other engines)
@@ -586,7 +589,7 @@ class Simulator:
         if bound.hbm_read or bound.hbm_write:
             read, written = self.hbm_read, self.hbm_write
             if bound.gm_lines is not None:
-                occupancy, latency = self._gm_through_l2(core, engine, bound, now)
+                occupancy, latency = self._gm_through_l2(core, engine, bound, now, op.address)
             else:
                 occupancy = self._gm_from_hbm(core, engine, bound.hbm_read, bound.hbm_write,
                                               now, occupancy)
@@ -682,7 +685,7 @@ class Simulator:
         return occupancy
 
     def _gm_through_l2(self, core: CoreState, engine: int, bound: Bound,
-                       now: int) -> tuple[int, int]:
+                       now: int, address: int) -> tuple[int, int]:
         """A DMA's GM bytes through the L2 (runtime/l2.py): every byte passes the L2 server,
         the bytes it misses (reads) or writes through also the HBM server. Returns the DMA's
         occupancy and latency: `l2_latency` for a read the L2 serves whole, and never before
@@ -704,12 +707,16 @@ class Simulator:
             else:
                 latency = self.timing.l2_latency
             self.l2.landed(now + occupancy + latency)
+            if self.l2_log is not None:
+                self.l2_log.append((core.index, address, True, lines, now + occupancy + latency))
             if hit_ready > now + occupancy + latency:  # a line it hit on is still filling
                 latency = math.ceil(hit_ready) - now - occupancy
         else:
             occupancy = self._gm_from_hbm(core, engine, 0, bound.hbm_write, now, occupancy,
                                           self.l2.partly_written_rows(lines))
             self.l2.write(lines, now + occupancy + latency)
+            if self.l2_log is not None:
+                self.l2_log.append((core.index, address, False, lines, now + occupancy + latency))
         return occupancy, latency
 
     def network(self, core: CoreState, engine: int, net, now: int, occupancy: int,

@@ -22,12 +22,25 @@ registers by n times their delta, and every counter (instructions, flops, bytes,
 stall cycles, DMA/compute overlap) by n times its growth over the last period. n stops two
 periods short of the end of any core's loop, so the end of the nest is simulated in full.
 
-What is not replayed: the L2's tags (the skipped iterations' lines are not entered: the first
-iterations after a jump may miss where they would have hit, a small pessimism), and the
-per-instruction trace (fast-forward is off when a trace is recorded).
+The L2's tags are replayed (`_replay_l2`): the cache after a jump holds what the skipped
+iterations would have left in it. The simulator logs every L2 transfer while fast-forward is
+on; each instruction's boxes in the last period, moved by its address step per period, are
+looked up again for the last periods that can still be in the cache (enough of them to fill
+it), oldest first, with their landing times moved too; the counters are left as the jump set
+them. The address step of an instruction is read from core 0's transfers: the issues of it in
+a period are known exactly (dispatched plus queued), and its boxes that far apart must all be
+one step apart. When a step cannot be read, or the periods to replay would take too long, the
+L2 is instead aged: the least recently used lines that many fills would have evicted are
+dropped (the skipped lines themselves are then missing: a pessimism, never an optimism).
+
+What is not replayed: the per-instruction trace (fast-forward is off when a trace is
+recorded).
 """
 
 from __future__ import annotations
+
+import math
+from copy import copy
 
 PERIODS = tuple(range(1, 17))  # back-edges per period tried
 MARGIN = 2               # periods left to simulate at the end of a loop
@@ -35,6 +48,8 @@ MIN_SKIP = 2             # periods worth jumping over at least
 _TOLERANCE = 1e-6        # cycles: servers' float free times compare within this
 REL_TOLERANCE = 0.002    # two periods this close (relative) count as the same timing
 WORK_TOLERANCE = 0.02    # ... when the work and traffic in them are this close
+REPLAY_BUDGET = 20_000   # L2 transfers looked up again at most per jump (the rest: aged)
+LOG_LIMIT = 1 << 20      # L2 transfers logged before the oldest are dropped
 
 
 def _rel(x, now, t0):
@@ -118,6 +133,11 @@ class FastForward:
         self.jumps = 0
         self._misses: dict[int, int] = {}
         self._countdown: dict[int, int] = {}
+        # the L2 transfers since `_log_base` (positions in snapshots are absolute)
+        self._log_base = 0
+        self.replays = self.aged = 0  # jumps whose L2 was replayed / only aged
+        if sim.l2 is not None:
+            sim.l2_log = []
 
     # -- the hook ---------------------------------------------------------------------------
 
@@ -137,6 +157,7 @@ class FastForward:
         limit = 2 * PERIODS[-1] + 1
         if len(history) > limit:
             del history[0]
+        self._trim_log()
         for p in PERIODS:
             if len(history) < 2 * p + 1:
                 break
@@ -196,9 +217,12 @@ class FastForward:
         # scalar racing ahead of its engines takes back edges a few cycles apart while its
         # queues grow by the instructions of an iteration each time
         backlog = sum(len(q) for c in cores for q in c[13]) + sum(len(c[14]) for c in cores)
+        log = sim.l2_log
         return {"t": t0, "now": now, "state": (tuple(cores), heap, regs[1:]),
                 "pattern": pattern, "servers": servers, "regs0": regs[0],
-                "counters": sim.counters(), "backlog": backlog}
+                "counters": sim.counters(), "backlog": backlog,
+                "log": None if log is None else self._log_base + len(log),
+                "queued": None if log is None else _queued_transfers(sim.cores[0])}
 
     def _try(self, history, p: int, end: int, t: int) -> int | None:
         a, b, c = history[-1 - 2 * p], history[-1 - p], history[-1]
@@ -248,6 +272,8 @@ class FastForward:
             period, before, window = (c["t"] - a["t"]) / 2, a["counters"], (a["t"], c["t"])
         shift = round(n * period)
         self._jump(n, shift, delta, before, c["counters"], window, 1 if exact else 2)
+        if sim.l2 is not None:
+            self._replay_l2(a, b, c, n, period)
         self.skipped_cycles += shift
         self.jumps += 1
         return t + shift
@@ -290,6 +316,123 @@ class FastForward:
             server.free_at += shift
         sim.now += shift
         sim.add_counters(before, after, n, window, periods)
+
+    # -- the L2 across a jump -----------------------------------------------------------------
+
+    def _trim_log(self) -> None:
+        """Drop the logged L2 transfers no snapshot kept can still ask for (all of them past
+        LOG_LIMIT: a jump over those periods then ages the L2 instead)."""
+        log = self.sim.l2_log
+        if log is None:
+            return
+        oldest = min((h[0]["log"] for h in self.history.values() if h),
+                     default=self._log_base + len(log))
+        drop = oldest - self._log_base
+        if len(log) > LOG_LIMIT:
+            drop = len(log)
+        if drop >= 4096 and drop * 2 >= len(log):
+            del log[:drop]
+            self._log_base += drop
+
+    def _replay_l2(self, a, b, c, n: int, period: float) -> None:
+        """Leave in the L2 what the n skipped periods would have (module docstring): look
+        the last period's transfers up again, each moved by its instruction's address step,
+        for the last periods whose lines can still be resident; age it for the rest."""
+        l2 = self.sim.l2
+        before, after = b["counters"]["l2"], c["counters"]["l2"]
+        fills = (after[0] - before[0] - (after[1] - before[1]) + after[2] - before[2])
+        fills = max(0, fills) / l2.line_bytes  # lines a period brings in (at most)
+        found = self._replayable(a, b, c)
+        if found is None:
+            self.aged += 1
+            l2.age(round(n * fills))
+            return
+        replay, steps = found
+        periods = n if fills <= 0 else min(n, math.ceil(l2.capacity / fills) + 1)
+        if fills <= 0:
+            periods = min(n, 1)
+        periods = min(periods, max(1, REPLAY_BUDGET // max(1, len(replay))))
+        l2.age(round((n - periods) * fills))
+        saved = (l2.read_bytes, l2.hit_bytes, l2.write_bytes, l2.partial_rows)
+        for k in range(n - periods + 1, n + 1):
+            moved = k * period
+            for is_read, (address, shape, strides, itemsize), step, time in replay:
+                lines = l2.lines(address + k * step, shape, strides, itemsize)
+                if is_read:
+                    l2.read(lines)
+                    l2.landed(time + moved)
+                else:
+                    l2.write(lines, time + moved)
+        l2.read_bytes, l2.hit_bytes, l2.write_bytes, l2.partial_rows = saved
+        self.replays += 1
+        # the transfers issued before the jump and not yet dispatched were bound to the
+        # addresses of the periods the jump skipped: move them to where they now are (else
+        # they would hit on the lines the replay just entered for those periods)
+        for core in self.sim.cores:
+            for queue in core.queues:
+                for i, (op, bound, dispatched, clock) in enumerate(queue):
+                    lines = bound.gm_lines
+                    if lines is None or lines.box is None:
+                        continue
+                    address, shape, strides, itemsize = lines.box
+                    moved = copy(bound)
+                    moved.gm_lines = l2.lines(address + n * steps.get(op.address, 0), shape,
+                                              strides, itemsize)
+                    queue[i] = (op, moved, dispatched, clock)
+
+    def _replayable(self, a, b, c):
+        """The last period's L2 transfers as (is a read, box, address step per period,
+        landing time), and the steps by instruction address; None when a step cannot be
+        read from core 0's transfers."""
+        log = self.sim.l2_log
+        base = self._log_base
+        if a["log"] is None or a["log"] < base:
+            return None
+        window = log[a["log"] - base:c["log"] - base]
+        split = b["log"] - a["log"]
+        # core 0's boxes per instruction over both periods, and its issues in each period
+        seen: dict[int, list] = {}
+        dispatched = ({}, {})
+        for position, (core, address, _, lines, _) in enumerate(window):
+            if core == 0:
+                seen.setdefault(address, []).append(lines.box)
+                counts = dispatched[position >= split]
+                counts[address] = counts.get(address, 0) + 1
+        steps: dict[int, int] = {}
+        for address, boxes in seen.items():
+            issued = [dispatched[i].get(address, 0) + snap["queued"].get(address, 0)
+                      - first["queued"].get(address, 0)
+                      for i, (first, snap) in enumerate(((a, b), (b, c)))]
+            m = issued[0]
+            if m != issued[1] or m <= 0 or len(boxes) <= m:
+                return None
+            step = None
+            for x, y in zip(boxes, boxes[m:]):
+                if x is None or y is None or x[1:] != y[1:]:
+                    return None
+                if step is None:
+                    step = y[0] - x[0]
+                elif y[0] - x[0] != step:
+                    return None
+            steps[address] = step
+        replay = []
+        for _, address, is_read, lines, time in window[split:]:
+            step = steps.get(address)
+            if step is None or lines.box is None:
+                return None
+            replay.append((is_read, lines.box, step, time))
+        return replay, steps
+
+
+def _queued_transfers(core) -> dict[int, int]:
+    """How many of each instruction going through the L2 the core has issued and not yet
+    dispatched (by address)."""
+    counts: dict[int, int] = {}
+    for queue in core.queues:
+        for op, bound, _, _ in queue:
+            if bound.gm_lines is not None:
+                counts[op.address] = counts.get(op.address, 0) + 1
+    return counts
 
 
 __all__ = ["FastForward", "LoopInfo"]

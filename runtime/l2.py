@@ -112,7 +112,8 @@ class Lines:
     None): `line_block` (its index in `blocks`), `line_bit` (its bit) and `line_nbytes` (its
     bytes); `total` bytes in all and `lines` lines touched."""
 
-    __slots__ = ("_origin", "_written_rows", "blocks", "full", "line_bit", "line_block", "line_nbytes",
+    __slots__ = ("_origin", "_written_rows", "blocks", "box", "full", "line_bit", "line_block",
+                 "line_nbytes",
                  "lines", "masks", "total")
 
     def __init__(self, lines: np.ndarray, nbytes: np.ndarray, line_bytes: int, shift: int):
@@ -138,6 +139,7 @@ class Lines:
         self.lines = int(lines.size)  # lines touched: what the L2's bandwidth is charged by
         self._written_rows = None
         self._origin = self  # the box this one is a shifted copy of (shares its rows)
+        self.box = None  # (address, shape, strides, itemsize) when made by `L2Cache.lines`
 
     def shifted(self, blocks: int) -> Lines:
         """The same box moved by a whole number of `blocks`: its blocks move, everything
@@ -154,6 +156,7 @@ class Lines:
         moved.lines = self.lines
         moved._written_rows = None   # row numbers move with the blocks (`partly_written_rows`)
         moved._origin = self._origin
+        moved.box = None
         return moved
 
 
@@ -220,7 +223,9 @@ class L2Cache:
                 self._templates.clear()
             lines, nbytes = box_lines(offset, shape, strides, itemsize, self.line_bytes)
             template = self._templates[key] = Lines(lines, nbytes, self.line_bytes, self.shift)
-        return template.shifted((address - offset) // block_bytes)
+        moved = template.shifted((address - offset) // block_bytes)
+        moved.box = (address, shape, strides, itemsize)
+        return moved
 
     def resident_blocks(self) -> np.ndarray:
         """The block numbers with a valid line, ascending."""
@@ -300,6 +305,19 @@ class L2Cache:
         if added:
             self.resident += added
             self._evict()
+
+    def age(self, lines: int) -> None:
+        """Make room as if `lines` new lines had been filled (and then forgotten): evict the
+        least recently used lines that many fills would have pushed out. Fast-forward calls
+        it for skipped fills whose tags it does not replay."""
+        if lines <= 0:
+            return
+        capacity = self.capacity
+        self.capacity = max(0, capacity - lines)
+        try:
+            self._evict()
+        finally:
+            self.capacity = capacity
 
     def partly_written_rows(self, box: Lines) -> np.ndarray:
         """The DRAM rows (numbers, ascending) a write of `box` touches but does not cover

@@ -19,12 +19,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from math import prod
+from math import lcm, prod
 
 from zhenwu.compiler.backend.groups import group_lowering
 from zhenwu.compiler.backend.kernel_ir import (
     Buffer,
     ColumnCopy,
+    Iota,
     Load,
     Nest,
     Reduce,
@@ -256,8 +257,10 @@ class FusedLowering(Lowering):
             return False
         made = self.kernels[first:]
         del self.kernels[first:]
-        self.kernel("row_wide", [op.id for op in ops], [n for k in made for n in k.nests],
-                    ops[-1].span)
+        passes = [n for k in made for n in k.nests]
+        if self.multipass_rows:  # the measured libraries' order: a row's passes together
+            passes = _row_groups(passes, self.machine)
+        self.kernel("row_wide", [op.id for op in ops], passes, ops[-1].span)
         return True
 
     # -------------------------------------------------------------- helpers
@@ -860,6 +863,78 @@ def _row_tile(extents: tuple[int, ...], specs: dict, machine, chunked: bool
             rows = min(rows, extents[-2]) if rows > 1 else 1
         tile[-2] = rows
     return tuple(tile)
+
+
+def _row_groups(passes: list[Nest], machine) -> list[Nest]:
+    """The passes of a wide-row kernel (`lower_wide_rows`) run group of rows by group of
+    rows: all passes over the first rows, then all over the next, each group as many rows
+    as keep the bytes the passes re-read within half the L2 (at least a row per core), so
+    that the second and later passes read the group from the L2 instead of HBM. One group
+    (the passes as they are) when the whole tensor fits, when there is no L2, or when the
+    nests cannot be cut along their first axis (a view shifted along it)."""
+    extents = passes[0].extents
+    if machine.l2_bytes <= 0 or len(extents) < 2 or any(
+            n.extents[0] != extents[0] or n.kinds[0] != "p" for n in passes):
+        return passes
+    unit = lcm(*(n.tile[0] for n in passes))  # whole tiles of every pass
+    # the bytes of one index of the first axis that the passes read (each tensor once)
+    per_index: dict[str, int] = {}
+    for nest in passes:
+        for stmt in nest.step:
+            if isinstance(stmt, Load) and 0 in stmt.view.axes:
+                view = stmt.view
+                size = itemsize(view.dtype) * prod(
+                    d for a, d in zip(view.axes, view.dims) if a != 0)
+                per_index[view.tensor] = max(per_index.get(view.tensor, 0), size)
+    row_bytes = sum(per_index.values())
+    if row_bytes <= 0:
+        return passes
+    fit = machine.l2_bytes // 2 // row_bytes
+    # a whole number of tiles for every core when the L2 allows
+    spread = unit * machine.cores
+    rows = fit // spread * spread if fit >= spread else max(unit, fit // unit * unit)
+    if rows >= extents[0]:
+        return passes
+    groups = []
+    for start in range(0, extents[0], rows):
+        count = min(rows, extents[0] - start)
+        sliced = [_first_rows(nest, start, count) for nest in passes]
+        if any(n is None for n in sliced):
+            return passes
+        groups += sliced
+    return groups
+
+
+def _first_rows(nest: Nest, start: int, count: int) -> Nest | None:
+    """`nest` over `count` indices of its first axis from `start` (every view along it
+    moved to start there), or None when a view along that axis is shifted or broadcast, or
+    an iota counts along it."""
+    def moved(view: View) -> View | None:
+        if 0 not in view.axes:
+            return view
+        i = view.axes.index(0)
+        if view.shifts[i] != 0 or view.strides[i] == 0 or view.dims[i] != nest.extents[0]:
+            return None
+        dims = view.dims[:i] + (count,) + view.dims[i + 1:]
+        return replace(view, offset=view.offset + start * view.strides[i], dims=dims)
+
+    def statement(stmt):
+        if isinstance(stmt, (Load, Store)):
+            view = moved(stmt.view)
+            return None if view is None else replace(stmt, view=view)
+        if isinstance(stmt, Iota) and stmt.axis == 0:
+            return None  # its values are coordinates along the cut axis
+        return stmt
+
+    parts = []
+    for part in (nest.init, nest.step, nest.final, nest.setup):
+        stmts = tuple(statement(s) for s in part)
+        if any(s is None for s in stmts):
+            return None
+        parts.append(stmts)
+    init, step, final, setup = parts
+    return replace(nest, extents=(count,) + nest.extents[1:], init=init, step=step,
+                   final=final, setup=setup)
 
 
 def _whole(view: View, tensor) -> bool:
