@@ -67,10 +67,11 @@ class LoopInfo:
         self.counters_at: list[tuple[int, ...]] = []
         stack: list[int] = []
         for index, instr in enumerate(instrs):
+            # (a core about to run an ENDLOOP is still inside its loop)
+            self.counters_at.append(tuple(instrs[s].operands[0].index for s in stack))
             if instr.mnemonic == "ENDLOOP":
                 stack.pop()
                 self.loop_of_end[index] = targets[index]
-            self.counters_at.append(tuple(instrs[s].operands[0].index for s in stack))
             if instr.mnemonic == "LOOP":
                 stack.append(index)
         self.counters_at.append(())

@@ -8,6 +8,7 @@ from zhenwu.compiler.commands.validate import (
     _best_host,
     load_points,
     multipass_rows,
+    predict,
     simulate,
     source,
 )
@@ -29,10 +30,18 @@ def test_each_operator_compiles_and_runs_on_the_a100(op, m, n, k):
     assert 0 < seconds < 1e-3
 
 
-def test_host_time_fit_is_the_weighted_median():
-    # minimise sum |s + c - m| / m: with equal measured times, the plain median of m - s
-    assert _best_host([1.0, 2.0, 3.0], [10.0, 10.0, 10.0]) == 8.0
-    assert _best_host([5.0], [4.0]) == 0.0  # never negative
+def test_host_time_fit_finds_the_time_before_and_beside_the_kernel():
+    """A call costs the host's time before the launch plus the longer of the kernel and the
+    host's time after it: the fit finds both when the data has them (20 us before, 20 us
+    after: the shortest kernel hides behind the host, the others do not)."""
+    us = 1e-6
+    before, after = _best_host([1 * us, 50 * us, 100 * us], [40 * us, 70 * us, 120 * us])
+    assert before == pytest.approx(20 * us) and after == pytest.approx(20 * us)
+    assert predict(1 * us, before, after) == pytest.approx(40 * us)
+    # times that grow with the kernel's from the first: only the time before the launch
+    # shows (the smallest time after it that fits, 0)
+    assert _best_host([11.0, 12.0, 13.0], [19.0, 20.0, 21.0]) == (8.0, 0.0)
+    assert _best_host([5.0], [4.0])[0] == 0.0  # never negative
 
 
 def test_softmax_is_simulated_as_the_measured_kernel_ran_it():

@@ -295,10 +295,11 @@ class _Descs(dict):
         return dict.__getitem__(self, desc_key(view, box))
 
 
-def emit_descriptors(emit: Emitter, nest: Nest) -> dict[View, int]:
+def emit_descriptors(emit: Emitter, nest: Nest, bases: dict | None = None) -> dict[View, int]:
     """One DESC per distinct GM view (up to shifts) and box the nest loads or stores,
     numbered d0, d1, ...; the box is the load's, else the nest's tile along the view's
-    axes."""
+    axes. `bases` (by GM tensor name): a register holding a byte offset every view of that
+    tensor moves by (a nest repeated in a loop, `emit_kernel`)."""
     descs: dict[View, int] = _Descs()
     for stmt in nest.statements():
         box = stmt.box if isinstance(stmt, Load) else ()
@@ -309,7 +310,9 @@ def emit_descriptors(emit: Emitter, nest: Nest) -> dict[View, int]:
     for (view, given), index in descs.items():
         box = list(given) or [nest.tile[a] for a in view.axes]
         byte_offset = view.offset * itemsize(view.dtype)
-        base = Symbol(view.tensor, byte_offset)
+        moved = None if bases is None else bases.get(view.tensor)
+        base = Symbol(view.tensor, byte_offset) if moved is None else \
+            Addr(moved[0], moved[1] + byte_offset)
         emit.op("DESC", DReg(index), base, Keyword(view.dtype), IntList(tuple(view.dims)),
                 IntList(tuple(view.strides)), IntList(tuple(box)))
     return descs
@@ -734,6 +737,10 @@ class CodegenState:
     # the machine's cores when the caller knows them (a nest of at most one tile per core
     # overlaps its setup with its tile's loads: `_emit_protocol_nest`); None: not known
     cores: int | None = None
+    # GM tensors' byte addresses (`generate_program`): a repeated nest's descriptors move
+    addresses: dict[str, int] = field(default_factory=dict)
+    # while emitting a loop of repeated nests: (register, tensor address) by tensor name
+    moved_bases: dict | None = None
 
     @classmethod
     def new(cls, machine_name: str | None = None, cores: int | None = None) -> CodegenState:
@@ -777,7 +784,7 @@ def _emit_protocol_nest(state: CodegenState, nest: Nest, core_offset: int = 0) -
         emit.op("REM", Reg(rotated), Reg(rotated), Reg(regs.cores))
         regs.core = rotated
     ev = NestEvents.take(state.events)
-    descs = emit_descriptors(emit, nest)
+    descs = emit_descriptors(emit, nest, state.moved_bases)
     ld_buffers = _load_buffers(nest)
     setup_loads = [s for s in nest.setup if isinstance(s, Load)]
     # once per core: zeroing, or values of the setup loads (a GEMM prologue's row scale)
@@ -957,7 +964,13 @@ def emit_kernel(state: CodegenState, kernel: Kernel) -> None:
     writes: set[str] = set()
     offset = 0
     previous = None
-    for nest in kernel.nests:
+    nests = list(kernel.nests)
+    repeat = _repetition(nests, state.addresses)
+    if repeat is not None:
+        period, count, steps = repeat
+        _emit_repeated(state, kernel, nests[:period], count, steps)
+        nests = nests[period * count:]  # (the loop ends each repeat with a barrier)
+    for nest in nests:
         r, w = _gm_accesses(nest)
         if previous is not None:
             if (_rotatable(nest) and _rotatable(previous)
@@ -978,12 +991,111 @@ def emit_kernel(state: CodegenState, kernel: Kernel) -> None:
     emit.op("BAR.CHIP")
 
 
+def _views(nest: Nest) -> list[View]:
+    return [s.view for s in nest.statements() if isinstance(s, (Load, Store))]
+
+
+def _at_zero(nest: Nest) -> Nest:
+    """`nest` with every GM view's offset 0 (what repeats of one nest have in common)."""
+    def zero(stmt):
+        if isinstance(stmt, (Load, Store)):
+            return replace(stmt, view=replace(stmt.view, offset=0))
+        return stmt
+    return replace(nest, setup=tuple(map(zero, nest.setup)), init=tuple(map(zero, nest.init)),
+                   step=tuple(map(zero, nest.step)), final=tuple(map(zero, nest.final)))
+
+
+def _repetition(nests: list[Nest], addresses: dict[str, int]
+                ) -> tuple[int, int, dict[str, int]] | None:
+    """(period, count, byte step by GM tensor) when the kernel's first `period * count`
+    nests are `count` (at least 2) repeats of its first `period`, each repeat the same
+    nests with every view of a tensor moved by the same bytes, a chip barrier before every
+    nest (each depends on the one before), and every tensor's address known: a row-group
+    kernel (`fusion._row_groups`). Emitted as a loop, its code does not grow with the
+    repeats, and the simulator's fast-forward can skip whole repeats."""
+    if len(nests) < 4 or any(not _rotatable(n) or n.schedule for n in nests):
+        return None
+    zeros = None
+    for period in range(1, len(nests) // 2 + 1):
+        if nests[period].extents != nests[0].extents:
+            continue
+        zeros = zeros or [_at_zero(n) for n in nests]
+        steps: dict[str, int] = {}
+        count = 1
+        while (count + 1) * period <= len(nests):
+            ok = True
+            for j in range(period):
+                first, this = nests[j], nests[count * period + j]
+                if zeros[count * period + j] != zeros[j]:
+                    ok = False
+                    break
+                for a, b in zip(_views(first), _views(this)):
+                    moved = b.offset - a.offset
+                    if moved % count:
+                        ok = False
+                        break
+                    step = moved // count * itemsize(a.dtype)
+                    if steps.setdefault(a.tensor, step) != step:
+                        ok = False
+                        break
+                if not ok:
+                    break
+            if not ok:
+                break
+            count += 1
+        if count < 2 or any(t not in addresses for t in steps):
+            continue
+        # a barrier before every nest of the run: each reads or writes what the one before
+        # wrote (the repeats' own order between them, too)
+        for before, after in zip(nests[:period * count], nests[1:period * count]):
+            r, w = _gm_accesses(after)
+            rb, wb = _gm_accesses(before)
+            if not (r & wb or w & wb or w & rb):
+                return None
+        return period, count, steps
+    return None
+
+
+def _emit_repeated(state: CodegenState, kernel: Kernel, nests: list[Nest], count: int,
+                   steps: dict[str, int]) -> None:
+    """LOOP `count` times over `nests` with a chip barrier after each, every descriptor of
+    a tensor based at (repeat index x its step) bytes from where the first repeat's is."""
+    emit = state.emit
+    with state.registers.scope("a loop of repeated nests"):
+        counter = state.registers.take("the repeat")
+        moved = {}
+        for tensor, step in steps.items():
+            if step == 0:
+                continue  # (a broadcast row the repeats share)
+            reg = state.registers.take(f"{tensor}'s offset in the repeat")
+            moved[tensor] = (reg, state.addresses[tensor], step)
+        emit.op("LOOP", Reg(counter), count)
+        for reg, _, step in moved.values():
+            emit.op("MUL", Reg(reg), Reg(counter), step)
+        state.moved_bases = {t: (reg, address) for t, (reg, address, _) in moved.items()}
+        try:
+            for index, nest in enumerate(nests):
+                if index:
+                    emit.op("BAR.CHIP")
+                try:
+                    emit_nest(state, nest)
+                except ResourceError as err:
+                    err.message = f"kernel '{kernel.name}': {err.message}"
+                    err.op_ids = kernel.op_ids
+                    raise
+            emit.op("BAR.CHIP")
+        finally:
+            state.moved_bases = None
+        emit.op("ENDLOOP")
+
+
 def generate_program(program: KernelProgram, machine_name: str | None = None,
                      cores: int | None = None) -> Program:
     """The isa Program of a planned kernel program (every tensor has an address), built
     directly (no assembly text; a scalar tensor is declared with shape ()). ResourceError
     (a CompileError) when a nest needs more registers or events than a core has."""
     state = CodegenState.new(machine_name, cores)
+    state.addresses = {t.name: int(t.address) for t in program.tensors}
     emit = state.emit
     for t in program.tensors:
         emit.tensor(TensorDecl(t.name, t.dtype, tuple(t.shape), int(t.address), t.role))

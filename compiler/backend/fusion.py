@@ -257,9 +257,7 @@ class FusedLowering(Lowering):
             return False
         made = self.kernels[first:]
         del self.kernels[first:]
-        passes = [n for k in made for n in k.nests]
-        if self.multipass_rows:  # the measured libraries' order: a row's passes together
-            passes = _row_groups(passes, self.machine)
+        passes = _row_groups([n for k in made for n in k.nests], self.machine)
         self.kernel("row_wide", [op.id for op in ops], passes, ops[-1].span)
         return True
 
@@ -868,10 +866,12 @@ def _row_tile(extents: tuple[int, ...], specs: dict, machine, chunked: bool
 def _row_groups(passes: list[Nest], machine) -> list[Nest]:
     """The passes of a wide-row kernel (`lower_wide_rows`) run group of rows by group of
     rows: all passes over the first rows, then all over the next, each group as many rows
-    as keep the bytes the passes re-read within half the L2 (at least a row per core), so
-    that the second and later passes read the group from the L2 instead of HBM. One group
-    (the passes as they are) when the whole tensor fits, when there is no L2, or when the
-    nests cannot be cut along their first axis (a view shifted along it)."""
+    as keep the bytes the passes re-read within half the L2, so that the second and later
+    passes read the group from the L2 instead of HBM, and the same whole number of every
+    pass's tiles for every core. One group (the passes as they are) when the whole tensor
+    fits, when there is no L2, when half the L2 holds too few rows for that, or when the
+    nests cannot be cut along their first axis (a view shifted along it). Consecutive
+    groups of one size become one loop (`codegen._repetition`)."""
     extents = passes[0].extents
     if machine.l2_bytes <= 0 or len(extents) < 2 or any(
             n.extents[0] != extents[0] or n.kinds[0] != "p" for n in passes):
@@ -889,11 +889,11 @@ def _row_groups(passes: list[Nest], machine) -> list[Nest]:
     row_bytes = sum(per_index.values())
     if row_bytes <= 0:
         return passes
-    fit = machine.l2_bytes // 2 // row_bytes
-    # a whole number of tiles for every core when the L2 allows
+    # a whole number of tiles for every core in every pass: when half the L2 holds fewer
+    # rows, a group would leave cores idle (the passes as they are)
     spread = unit * machine.cores
-    rows = fit // spread * spread if fit >= spread else max(unit, fit // unit * unit)
-    if rows >= extents[0]:
+    rows = machine.l2_bytes // 2 // row_bytes // spread * spread
+    if rows == 0 or rows >= extents[0]:
         return passes
     groups = []
     for start in range(0, extents[0], rows):

@@ -486,8 +486,9 @@ def test_multipass_rows_refuses_a_per_row_value_used_outside():
 def test_multipass_rows_run_their_passes_group_by_group(body, passes):
     """`multipass_rows` on rows that do not all fit half the L2: the passes run over a
     group of rows at a time (all passes over the first group, then the next), so that the
-    later passes re-read the group from the L2. 600 rows of 1,536 bytes in a 256 KiB L2 on
-    8 cores: 8 groups, several tiles per core in the reduction passes (race-checked); the result matches the reference, and HBM serves about one read of
+    later passes re-read the group from the L2. 2,000 rows of 1,536 bytes (3 MB) in a 2.5 MiB L2 on
+    8 cores: groups of 680, 680 and 640 rows (the first two one loop), several tiles per
+    core in every pass (race-checked); the result matches the reference, and HBM serves about one read of
     x instead of one per pass."""
     from dataclasses import replace
 
@@ -500,11 +501,11 @@ def test_multipass_rows_run_their_passes_group_by_group(body, passes):
     from zhenwu.isa.machine import load_machine
     from zhenwu.runtime import run_program
 
-    params = "x: f32[600, 384]" + (", g: f32[384], b: f32[384]" if "g" in body else "")
-    source = f"fn main({params}) -> f32[600, 384] {{\n    return {body}\n}}\n"
+    params = "x: f32[2000, 384]" + (", g: f32[384], b: f32[384]" if "g" in body else "")
+    source = f"fn main({params}) -> f32[2000, 384] {{\n    return {body}\n}}\n"
     fn = load_program("test.zt", text=source)
     inputs = prepare_inputs(fn, {}, 0)
-    machine = replace(load_machine("m890"), cores=8, l2_bytes=256 * 1024)
+    machine = replace(load_machine("m890"), cores=8, l2_bytes=5 << 19)
     want = evaluate(fn, inputs)[0]
     hbm = {}
     for grouped in (True, False):
@@ -513,10 +514,15 @@ def test_multipass_rows_run_their_passes_group_by_group(body, passes):
                                                                multipass_rows=True))
         (kernel,) = compiled.kernels.kernels
         groups, rest = divmod(len(kernel.nests), passes)
-        assert rest == 0 and groups == (8 if grouped else 1)
+        assert rest == 0 and groups == (3 if grouped else 1)
+        # the groups of 680 rows are one loop (its descriptors based on its counter), the
+        # last group follows: a barrier after each nest of the loop's body and of the last
+        # group
+        barriers = sum(i.mnemonic == "BAR.CHIP" for i in compiled.program.instructions)
+        assert barriers == (2 * passes if grouped else passes)
         result = run_program(compiled.program, machine, compiled.program_inputs(inputs))
         got = compiled.graph_outputs(result)[0]
         assert relative_error(got, want) <= tolerance("f32")
         hbm[grouped] = result.report.hbm_read_bytes
-    x_bytes = 600 * 384 * 4
+    x_bytes = 2000 * 384 * 4
     assert hbm[True] < 1.5 * x_bytes < 2 * x_bytes < hbm[False]
