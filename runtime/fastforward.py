@@ -26,12 +26,17 @@ The L2's tags are replayed (`_replay_l2`): the cache after a jump holds what the
 iterations would have left in it. The simulator logs every L2 transfer while fast-forward is
 on; each instruction's boxes in the last period, moved by its address step per period, are
 looked up again for the last periods that can still be in the cache (enough of them to fill
-it), oldest first, with their landing times moved too; the counters are left as the jump set
-them. The address step of an instruction is read from core 0's transfers: the issues of it in
-a period are known exactly (dispatched plus queued), and its boxes that far apart must all be
-one step apart. When a step cannot be read, or the periods to replay would take too long, the
-L2 is instead aged: the least recently used lines that many fills would have evicted are
-dropped (the skipped lines themselves are then missing: a pessimism, never an optimism).
+it), oldest first, with their landing times moved too, and the transfers queued before the
+jump are moved to the addresses they now read. When every skipped period was looked up, the
+L2 and HBM traffic counters take what the lookups found instead of the extrapolation. The
+address step of an instruction is read from core 0's transfers over three periods (a jump
+waits for them): the issues of it in a period are known exactly (dispatched plus queued),
+and its boxes that far apart must all be one step apart. When they are not (a GEMM's
+grouped tile order is not affine in the loop counter), the tags stay as they were and the
+traffic is extrapolated: the first tiles after the jump may then hit or miss where the
+skipped ones would not have. When the periods to replay would take too long
+(REPLAY_BUDGET), the earlier ones are aged instead: the least recently used lines their
+fills would have evicted are dropped.
 
 What is not replayed: the per-instruction trace (fast-forward is off when a trace is
 recorded).
@@ -48,8 +53,9 @@ MIN_SKIP = 2             # periods worth jumping over at least
 _TOLERANCE = 1e-6        # cycles: servers' float free times compare within this
 REL_TOLERANCE = 0.002    # two periods this close (relative) count as the same timing
 WORK_TOLERANCE = 0.02    # ... when the work and traffic in them are this close
-REPLAY_BUDGET = 20_000   # L2 transfers looked up again at most per jump (the rest: aged)
+REPLAY_BUDGET = 200_000  # L2 transfers looked up again at most per jump (the rest: aged)
 LOG_LIMIT = 1 << 20      # L2 transfers logged before the oldest are dropped
+REPLAY_PERIODS = 3       # periods whose transfers show an instruction's address step
 
 
 def _rel(x, now, t0):
@@ -136,7 +142,7 @@ class FastForward:
         self._countdown: dict[int, int] = {}
         # the L2 transfers since `_log_base` (positions in snapshots are absolute)
         self._log_base = 0
-        self.replays = self.aged = 0  # jumps whose L2 was replayed / only aged
+        self.replays = self.unreplayed = 0  # jumps whose L2 was replayed / was not
         if sim.l2 is not None:
             sim.l2_log = []
 
@@ -155,7 +161,7 @@ class FastForward:
             return t
         history = self.history.setdefault(end, [])
         history.append(snap)
-        limit = 2 * PERIODS[-1] + 1
+        limit = max(2, REPLAY_PERIODS) * PERIODS[-1] + 1
         if len(history) > limit:
             del history[0]
         self._trim_log()
@@ -267,14 +273,31 @@ class FastForward:
                 n = left if n is None else min(n, left)
         if n is None or n < MIN_SKIP:
             return None
+        if sim.l2 is not None and len(history) < REPLAY_PERIODS * p + 1:
+            return None  # one more period, to read the address steps the L2 replay needs
         if exact:
-            period, before, window = second, b["counters"], (b["t"], c["t"])
-        else:  # the average of the two periods (their growth halved below)
-            period, before, window = (c["t"] - a["t"]) / 2, a["counters"], (a["t"], c["t"])
+            period, before, window, periods = second, b["counters"], (b["t"], c["t"]), 1
+        else:
+            # the time of the two periods; the counters' growth averaged over every period
+            # before them that kept the rhythm (their HBM traffic may vary from period to
+            # period with the L2's hits while their time does not)
+            period = (c["t"] - a["t"]) / 2
+            periods = 2
+            while len(history) >= (periods + 1) * p + 1:
+                x, y = history[-1 - (periods + 1) * p], history[-1 - periods * p]
+                if x["pattern"] != c["pattern"] or \
+                        abs(y["t"] - x["t"] - period) > REL_TOLERANCE * period or \
+                        not _same_work(x, y, b, c):
+                    break
+                periods += 1
+            first = history[-1 - periods * p]
+            before, window = first["counters"], (first["t"], c["t"])
         shift = round(n * period)
-        self._jump(n, shift, delta, before, c["counters"], window, 1 if exact else 2)
+        grown = _traffic(sim)
+        self._jump(n, shift, delta, before, c["counters"], window, periods)
         if sim.l2 is not None:
-            self._replay_l2(a, b, c, n, period)
+            self._replay_l2([history[-1 - i * p] for i in range(REPLAY_PERIODS, -1, -1)], n,
+                            period, grown)
         self.skipped_cycles += shift
         self.jumps += 1
         return t + shift
@@ -282,21 +305,16 @@ class FastForward:
     def _steady(self, a, b, c, first: int, second: int) -> bool:
         """Not the same state to the cycle (many cores sharing HBM jitter by a few cycles),
         but the same rhythm: only for the outermost loop, with the cores' backlog (queued
-        instructions, DMAs in flight) growing by less than one per core per period, and the
-        two periods and the work and HBM traffic done in them within REL_TOLERANCE
-        of each other."""
+        instructions, DMAs in flight) growing by less than one per core per period, the two
+        periods within REL_TOLERANCE of each other and the same work done in them
+        (`_same_work`)."""
         if len(self.sim.cores[0].loops) != 1:
             return False
         cores = len(self.sim.cores)
         if c["backlog"] - b["backlog"] >= cores or b["backlog"] - a["backlog"] >= cores:
             return False
-        if abs(second - first) > REL_TOLERANCE * second:
+        if abs(second - first) > REL_TOLERANCE * second or not _same_work(a, b, b, c):
             return False
-        for key in ("engine_instructions", "flops", "hbm_read", "hbm_write"):
-            x = b["counters"][key] - a["counters"][key]
-            y = c["counters"][key] - b["counters"][key]
-            if abs(y - x) > WORK_TOLERANCE * max(x, y):
-                return False
         return c["counters"]["engine_instructions"] > b["counters"]["engine_instructions"]
 
     def _jump(self, n: int, shift: int, delta, before, after, window, periods: int) -> None:
@@ -335,18 +353,21 @@ class FastForward:
             del log[:drop]
             self._log_base += drop
 
-    def _replay_l2(self, a, b, c, n: int, period: float) -> None:
+    def _replay_l2(self, snaps: list, n: int, period: float, grown: tuple) -> None:
         """Leave in the L2 what the n skipped periods would have (module docstring): look
         the last period's transfers up again, each moved by its instruction's address step,
-        for the last periods whose lines can still be resident; age it for the rest."""
-        l2 = self.sim.l2
-        before, after = b["counters"]["l2"], c["counters"]["l2"]
+        for the last periods whose lines can still be resident; age it for the rest. When
+        every skipped period was looked up, their L2 and HBM traffic is what the lookups
+        found, not the jump's extrapolation (`grown`: the traffic counters before the jump):
+        with the same work in the same time, a period's hits vary with the tiles' turns."""
+        sim = self.sim
+        l2 = sim.l2
+        before, after = snaps[-2]["counters"]["l2"], snaps[-1]["counters"]["l2"]
         fills = (after[0] - before[0] - (after[1] - before[1]) + after[2] - before[2])
         fills = max(0, fills) / l2.line_bytes  # lines a period brings in (at most)
-        found = self._replayable(a, b, c)
-        if found is None:
-            self.aged += 1
-            l2.age(round(n * fills))
+        found = self._replayable(snaps)
+        if found is None:  # the tags stay as they were (the jump's counters extrapolated)
+            self.unreplayed += 1
             return
         replay, steps = found
         periods = n if fills <= 0 else min(n, math.ceil(l2.capacity / fills) + 1)
@@ -355,16 +376,36 @@ class FastForward:
         periods = min(periods, max(1, REPLAY_BUDGET // max(1, len(replay))))
         l2.age(round((n - periods) * fills))
         saved = (l2.read_bytes, l2.hit_bytes, l2.write_bytes, l2.partial_rows)
+        regions = sim.kernel_of
+        moved_bytes = [0, 0]  # HBM bytes the lookups read and wrote
+        by_region: dict[int, list[int]] = {}
         for k in range(n - periods + 1, n + 1):
             moved = k * period
-            for is_read, (address, shape, strides, itemsize), step, time in replay:
+            for is_read, (address, shape, strides, itemsize), step, time, at in replay:
                 lines = l2.lines(address + k * step, shape, strides, itemsize)
                 if is_read:
-                    l2.read(lines)
+                    missed = l2.read(lines)[0]
                     l2.landed(time + moved)
                 else:
                     l2.write(lines, time + moved)
-        l2.read_bytes, l2.hit_bytes, l2.write_bytes, l2.partial_rows = saved
+                    missed = lines.total
+                moved_bytes[not is_read] += missed
+                region = regions[at]
+                if region is not None:
+                    by_region.setdefault(region, [0, 0])[not is_read] += missed
+        if periods == n:  # the skipped periods' traffic, as looked up
+            read, hit, written = (x - y for x, y in zip(
+                (l2.read_bytes, l2.hit_bytes, l2.write_bytes), saved[:3]))
+            hbm_read, hbm_write, l2_read, l2_hit, l2_write, kernels = grown
+            l2.read_bytes, l2.hit_bytes, l2.write_bytes = l2_read + read, l2_hit + hit, \
+                l2_write + written
+            l2.partial_rows = saved[3]
+            sim.hbm_read, sim.hbm_write = hbm_read + moved_bytes[0], hbm_write + moved_bytes[1]
+            for region, (before, now) in enumerate(zip(kernels, sim.kernel_hbm)):
+                extra = by_region.get(region, (0, 0))
+                now[0], now[1] = before[0] + extra[0], before[1] + extra[1]
+        else:
+            l2.read_bytes, l2.hit_bytes, l2.write_bytes, l2.partial_rows = saved
         self.replays += 1
         # the transfers issued before the jump and not yet dispatched were bound to the
         # addresses of the periods the jump skipped: move them to where they now are (else
@@ -381,31 +422,43 @@ class FastForward:
                                               strides, itemsize)
                     queue[i] = (op, moved, dispatched, clock)
 
-    def _replayable(self, a, b, c):
+    def _replayable(self, snaps):
         """The last period's L2 transfers as (is a read, box, address step per period,
-        landing time), and the steps by instruction address; None when a step cannot be
-        read from core 0's transfers."""
+        landing time, instruction address), and the steps by instruction address; None when
+        a step cannot be read from core 0's transfers over the periods between `snaps`
+        (an instruction's boxes one period apart must all be one step apart, so a tile walk
+        that is not affine in the loop counter, a GEMM's grouped tile order, is not replayed
+        when three periods show it; the last two alone when the first still had other
+        issue counts)."""
         log = self.sim.l2_log
         base = self._log_base
-        if a["log"] is None or a["log"] < base:
+        if snaps[0]["log"] is None or snaps[0]["log"] < base:
             return None
-        window = log[a["log"] - base:c["log"] - base]
-        split = b["log"] - a["log"]
-        # core 0's boxes per instruction over both periods, and its issues in each period
+        window = log[snaps[0]["log"] - base:snaps[-1]["log"] - base]
+        splits = [snap["log"] - snaps[0]["log"] for snap in snaps[1:]]
+        # core 0's boxes per instruction over the periods, and its issues in each period
         seen: dict[int, list] = {}
-        dispatched = ({}, {})
+        dispatched: list[dict[int, int]] = [{} for _ in splits]
+        period = 0
         for position, (core, address, _, lines, _) in enumerate(window):
+            while position >= splits[period]:
+                period += 1
             if core == 0:
                 seen.setdefault(address, []).append(lines.box)
-                counts = dispatched[position >= split]
+                counts = dispatched[period]
                 counts[address] = counts.get(address, 0) + 1
+        issued = [{address: dispatched[i].get(address, 0) + snap["queued"].get(address, 0)
+                   - first["queued"].get(address, 0) for address in seen}
+                  for i, (first, snap) in enumerate(zip(snaps, snaps[1:]))]
+        if any(counts != issued[-1] for counts in issued[:-1]):
+            # an earlier period still filling the pipeline: the last two periods only
+            if len(snaps) <= 3:
+                return None
+            return self._replayable(snaps[-3:])
         steps: dict[int, int] = {}
         for address, boxes in seen.items():
-            issued = [dispatched[i].get(address, 0) + snap["queued"].get(address, 0)
-                      - first["queued"].get(address, 0)
-                      for i, (first, snap) in enumerate(((a, b), (b, c)))]
-            m = issued[0]
-            if m != issued[1] or m <= 0 or len(boxes) <= m:
+            m = issued[-1][address]
+            if m <= 0 or len(boxes) <= m:
                 return None
             step = None
             for x, y in zip(boxes, boxes[m:]):
@@ -417,12 +470,34 @@ class FastForward:
                     return None
             steps[address] = step
         replay = []
-        for _, address, is_read, lines, time in window[split:]:
+        for _, address, is_read, lines, time in window[splits[-2]:]:
             step = steps.get(address)
             if step is None or lines.box is None:
                 return None
-            replay.append((is_read, lines.box, step, time))
+            replay.append((is_read, lines.box, step, time, address))
         return replay, steps
+
+
+def _traffic(sim) -> tuple:
+    """The L2 and HBM traffic counters (HBM read and written, L2 read, hit and written, per
+    kernel HBM), before a jump adds to them."""
+    l2 = sim.l2
+    return (sim.hbm_read, sim.hbm_write,
+            *((l2.read_bytes, l2.hit_bytes, l2.write_bytes) if l2 is not None else (0, 0, 0)),
+            [list(moved) for moved in sim.kernel_hbm])
+
+
+def _same_work(a, b, c, d) -> bool:
+    """Whether the periods a..b and c..d did the same work (instructions and flops within
+    WORK_TOLERANCE). Their HBM traffic is not compared: with the same work in the same time
+    it varies with the L2's hits (a GEMM's tiles share operand panels in turns), and the
+    jump adds its average over the periods that kept the rhythm."""
+    for key in ("engine_instructions", "flops"):
+        x = b["counters"][key] - a["counters"][key]
+        y = d["counters"][key] - c["counters"][key]
+        if abs(y - x) > WORK_TOLERANCE * max(x, y):
+            return False
+    return True
 
 
 def _queued_transfers(core) -> dict[int, int]:

