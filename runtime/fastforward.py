@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import math
 from copy import copy
+from itertools import pairwise
 
 PERIODS = tuple(range(1, 17))  # back-edges per period tried
 MARGIN = 2               # periods left to simulate at the end of a loop
@@ -449,7 +450,7 @@ class FastForward:
                 counts[address] = counts.get(address, 0) + 1
         issued = [{address: dispatched[i].get(address, 0) + snap["queued"].get(address, 0)
                    - first["queued"].get(address, 0) for address in seen}
-                  for i, (first, snap) in enumerate(zip(snaps, snaps[1:]))]
+                  for i, (first, snap) in enumerate(pairwise(snaps))]
         if any(counts != issued[-1] for counts in issued[:-1]):
             # an earlier period still filling the pipeline: the last two periods only
             if len(snaps) <= 3:

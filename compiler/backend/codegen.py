@@ -42,6 +42,7 @@ and `emit_causal_tile`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace
+from itertools import pairwise
 
 from zhenwu.compiler.backend.allocators import EventFile, RegisterFile, ResourceError
 from zhenwu.compiler.backend.emitter import Emitter, fimm, instruction
@@ -1047,7 +1048,7 @@ def _repetition(nests: list[Nest], addresses: dict[str, int]
             continue
         # a barrier before every nest of the run: each reads or writes what the one before
         # wrote (the repeats' own order between them, too)
-        for before, after in zip(nests[:period * count], nests[1:period * count]):
+        for before, after in pairwise(nests[:period * count]):
             r, w = _gm_accesses(after)
             rb, wb = _gm_accesses(before)
             if not (r & wb or w & wb or w & rb):
