@@ -31,21 +31,43 @@ OPTIONAL_PASSES = ("canonicalize", "constant-fold", "cse", "dce", "fuse", "hoist
 
 def seeded_pipelines(seed: int) -> tuple[tuple[str, tuple[str, ...]], ...]:
     """-O0, -O2, -O2 without a seed-chosen subset of the optional passes, and for some
-    seeds -O2 --persistent and -O2 --multipass-rows."""
+    seeds -O2 --persistent, -O2 --multipass-rows, and -O2 --multipass-rows on the small-L2
+    machine of `pipeline_machine` ("O2g": passes group of rows by group of rows)."""
     rng = random.Random(seed)
     disabled = tuple(p for p in OPTIONAL_PASSES if rng.random() < 0.4)
     persistent = rng.random() < 0.25
     multipass = rng.random() < 0.2
+    grouped = rng.random() < 0.15
     return (PIPELINES + ((("O2", disabled),) if disabled else ())
             + ((("O2p", ()),) if persistent else ())
-            + ((("O2m", ()),) if multipass else ()))
+            + ((("O2m", ()),) if multipass else ())
+            + ((("O2g", ()),) if grouped else ()))
+
+
+# "O2g": --multipass-rows on a chip whose L2 is this small and that has this few cores, so
+# that the fuzzer's small tensors run their passes group of rows by group of rows, with the
+# repeated groups as one loop (fusion._row_groups, codegen._repetition)
+GROUPED_L2_BYTES = 256
+GROUPED_CORES = 2
+
+
+def pipeline_machine(name: str, machine):
+    """The machine pipeline `name` runs on (`machine`, or the small-L2 one of "O2g")."""
+    if not name.endswith("g"):
+        return machine
+    from dataclasses import replace
+
+    return replace(machine, l2_bytes=GROUPED_L2_BYTES, cores=GROUPED_CORES)
 
 
 def _flags(name: str) -> str:
     """The command-line flags of pipeline `name` ("O2p": -O2 --persistent, "O2m": -O2
-    --multipass-rows)."""
+    --multipass-rows, "O2g": the same on a machine file with the small L2 and few cores of
+    `pipeline_machine`)."""
     return f"-{name[:2]}" + (" --persistent" if name.endswith("p") else "") + \
-        (" --multipass-rows" if name.endswith("m") else "")
+        (" --multipass-rows" if name.endswith("m") else "") + \
+        (f" --multipass-rows --machine <m890 with l2_bytes = {GROUPED_L2_BYTES} and "
+         f"{GROUPED_CORES} cores>" if name.endswith("g") else "")
 
 
 class FuzzFailure(Exception):
@@ -88,9 +110,10 @@ def check_program(text: str, *, seed: int = 0, machine_name: str = "m890",
         try:
             options = CompileOptions(opt_level=level, disabled_passes=disabled,
                                      persistent=name.endswith("p"),
-                                     multipass_rows=name.endswith("m"))
-            compiled = compile_function(fn, machine, options)
-            result = run_program(compiled.program, machine, compiled.program_inputs(inputs))
+                                     multipass_rows=name.endswith(("m", "g")))
+            target = pipeline_machine(name, machine)
+            compiled = compile_function(fn, target, options)
+            result = run_program(compiled.program, target, compiled.program_inputs(inputs))
             got = compiled.graph_outputs(result)
         except ChipTrap as trap:
             raise fail(f"compiled code trapped: {trap.format()}") from trap

@@ -88,6 +88,31 @@ def test_some_seeds_also_run_the_multipass_rows_pipeline():
     campaign.check_program(text, seed=5, pipelines=(("O2m", ()),))
 
 
+def test_some_seeds_run_the_passes_group_by_group_on_a_small_l2(monkeypatch):
+    """About one seed in seven adds "O2g": --multipass-rows on a chip whose L2 is small enough
+    that the fuzzer's small tensors run their passes group of rows by group of rows, the
+    repeated groups as one loop (fusion._row_groups, codegen._repetition). This program (a
+    form the fuzzer drew) takes it: 24 groups of 4 rows, one loop."""
+    from zhenwu.compiler.backend import codegen
+
+    drawn = [campaign.seeded_pipelines(seed) for seed in range(200)]
+    assert 10 <= sum(("O2g", ()) in p for p in drawn) <= 50
+    assert "--multipass-rows" in campaign._flags("O2g")
+    loops = []
+    original = codegen._repetition
+
+    def recording(nests, addresses):
+        found = original(nests, addresses)
+        loops.append(found)
+        return found
+
+    monkeypatch.setattr(codegen, "_repetition", recording)
+    text = ("fn main(x: bf16[96, 16]) -> bf16[96, 1] {\n"
+            "    return max(x, axis=-1, keepdims=true)\n}\n")
+    campaign.check_program(text, seed=5, pipelines=(("O2g", ()),))
+    assert [found[1] for found in loops if found is not None] == [24]
+
+
 ILL_CONDITIONED = """fn main(x: bf16[16, 256], g: bf16[256]) -> bf16[16, 256] {
     return cos(rmsnorm(x, g) * 16.0)
 }
