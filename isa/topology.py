@@ -25,6 +25,7 @@ collectives (compiler/collectives.py) read these routes, so they agree on the ne
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import pairwise
 
 from zhenwu.isa.errors import MachineError
 from zhenwu.isa.machine import Machine, neighbours, torus_shape
@@ -107,7 +108,7 @@ class Topology:
             return Route((self._edge(src, dst),), machine.link_alpha)
         base = self.node_of(src) * self.per_node
         hops = [base + local for local in self._local_path(src - base, dst - base)]
-        channels = tuple(self._edge(a, b) for a, b in zip(hops, hops[1:]))
+        channels = tuple(self._edge(a, b) for a, b in pairwise(hops))
         return Route(channels, machine.link_alpha * len(channels))
 
     def _local_path(self, src: int, dst: int) -> list[int]:

@@ -341,7 +341,7 @@ class FastForward:
 
     def _trim_log(self) -> None:
         """Drop the logged L2 transfers no snapshot kept can still ask for (all of them past
-        LOG_LIMIT: a jump over those periods then ages the L2 instead)."""
+        LOG_LIMIT: a jump over those periods then leaves the L2's tags as they are)."""
         log = self.sim.l2_log
         if log is None:
             return
@@ -371,9 +371,8 @@ class FastForward:
             self.unreplayed += 1
             return
         replay, steps = found
-        periods = n if fills <= 0 else min(n, math.ceil(l2.capacity / fills) + 1)
-        if fills <= 0:
-            periods = min(n, 1)
+        # the last periods whose lines can still be resident (one when a period fills none)
+        periods = min(n, 1 if fills <= 0 else math.ceil(l2.capacity / fills) + 1)
         periods = min(periods, max(1, REPLAY_BUDGET // max(1, len(replay))))
         l2.age(round((n - periods) * fills))
         saved = (l2.read_bytes, l2.hit_bytes, l2.write_bytes, l2.partial_rows)
