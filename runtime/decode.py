@@ -223,15 +223,18 @@ def _engine_binder(defn, instr: Instruction, index: int, machine, program, funct
     read_descs = _getter(desc_reads)
 
     if not functional:
+        check = defn.bounds or execute
+
         def bind_timing(core) -> Bound:
             key = (read_regs(core.regs), read_descs(core.descs))
             bound = costs.get(key)
             if bound is not None:
                 return bound
-            # a new operand set: check its bounds from the addresses alone (the semantics
-            # run on a context that hands out zeros and checks every range it is asked for)
+            # a new operand set: check its bounds from the addresses alone (the instruction's
+            # `bounds`, or its semantics run on a context that hands out zeros and checks
+            # every range it is asked for)
             ctx = context(core)
-            execute(instr, ctx)
+            check(instr, ctx)
             return cost_of(core, key, ctx)
 
         return bind_timing

@@ -57,6 +57,7 @@ WORK_TOLERANCE = 0.02    # ... when the work and traffic in them are this close
 REPLAY_BUDGET = 200_000  # L2 transfers looked up again at most per jump (the rest: aged)
 LOG_LIMIT = 1 << 20      # L2 transfers logged before the oldest are dropped
 REPLAY_PERIODS = 3       # periods whose transfers show an instruction's address step
+INNER_PERIODS = 4        # periods an inner loop's rhythm must keep before a jump
 
 
 def _rel(x, now, t0):
@@ -291,6 +292,9 @@ class FastForward:
                         not _same_work(x, y, b, c):
                     break
                 periods += 1
+            if len(sim.cores[0].loops) > 1 and (
+                    periods < INNER_PERIODS or not _in_step(history, p, periods, delta, dead)):
+                return None
             first = history[-1 - periods * p]
             before, window = first["counters"], (first["t"], c["t"])
         shift = round(n * period)
@@ -309,8 +313,6 @@ class FastForward:
         instructions, DMAs in flight) growing by less than one per core per period, the two
         periods within REL_TOLERANCE of each other and the same work done in them
         (`_same_work`)."""
-        if len(self.sim.cores[0].loops) != 1:
-            return False
         cores = len(self.sim.cores)
         if c["backlog"] - b["backlog"] >= cores or b["backlog"] - a["backlog"] >= cores:
             return False
@@ -497,6 +499,19 @@ def _same_work(a, b, c, d) -> bool:
         y = d["counters"][key] - c["counters"][key]
         if abs(y - x) > WORK_TOLERANCE * max(x, y):
             return False
+    return True
+
+
+def _in_step(history, p: int, periods: int, delta, dead) -> bool:
+    """Whether every core's registers moved by core 0's `delta` in each of the last
+    `periods` periods (dead registers aside): all cores ran the same iterations of the
+    loop in them, none left it or crossed into another iteration of an outer loop."""
+    for i in range(periods):
+        x, y = history[-1 - (i + 1) * p]["state"][2], history[-1 - i * p]["state"][2]
+        for before, after in zip(x, y):
+            for r, (u, v) in enumerate(zip(before, after)):
+                if r not in dead and v - u != delta[r]:
+                    return False
     return True
 
 

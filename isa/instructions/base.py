@@ -160,6 +160,9 @@ class InstrDef:
     predicable: bool = True
     unit: str = ""  # "SFU" for the special-function unit of VX
     check: CheckFn | None = None  # more static rules: an error message or None
+    # what `execute` checks (operand ranges, ChipTrap/OutOfBounds) without touching data:
+    # a timing-only run calls it instead when `execute` would move data for nothing
+    bounds: ExecFn | None = None
 
     def engine_of(self, instr: Instruction) -> str:
         """The engine queue that runs `instr` (WAIT.<eng> names its engine in a suffix)."""

@@ -107,6 +107,16 @@ def _dma_ld(instr: Instruction, ctx: ExecContext) -> None:
     tile_view(ctx, dst, rows, cols, dtype)[...] = box.reshape(rows, cols)
 
 
+def _dma_ld_bounds(instr: Instruction, ctx: ExecContext) -> None:
+    """What `_dma_ld` checks, from the addresses alone (a timing-only run; the GM box is
+    checked with the cost)."""
+    dst, ref = instr.operands
+    desc = ctx.read_desc(ref.index)
+    box_coords(ref, desc, ctx)
+    rows, cols = _flat2d(_box_shape(desc, instr.has("T")))
+    tile_view(ctx, dst, rows, cols, _ld_dtype(instr, desc))
+
+
 def gm_box(desc: Descriptor, coords: tuple[int, ...]) -> GMBox | None:
     """The in-bounds GM part of the box at `coords` (None when it is empty)."""
     ranges = in_bounds(desc, coords)
@@ -191,6 +201,15 @@ def _dma_st(instr: Instruction, ctx: ExecContext) -> None:
     ctx.gm_write(_address(desc, lows), desc.dtype, part.shape, desc.strides, part)
 
 
+def _dma_st_bounds(instr: Instruction, ctx: ExecContext) -> None:
+    """What `_dma_st` checks, from the addresses alone (as `_dma_ld_bounds`)."""
+    ref, src = instr.operands
+    desc = ctx.read_desc(ref.index)
+    box_coords(ref, desc, ctx)
+    rows, cols = _flat2d(desc.box)
+    tile_view(ctx, src, rows, cols, _st_dtype(instr, src, desc))
+
+
 def _dma_st_cost(instr: Instruction, machine: Machine, ctx: ExecContext) -> Cost:
     ref, _ = instr.operands
     desc = ctx.read_desc(ref.index)
@@ -235,7 +254,7 @@ DEFS: list[InstrDef] = [
         suffixes=(SuffixSlot("dt", DTYPES, optional=True),),
         options=(OptionSpec("T", doc="transpose the last two box dims"),
                  OptionSpec("pad", takes_value=True, doc="the value of out-of-bounds elements")),
-        sync=True, cost=_dma_ld_cost, execute=_dma_ld,
+        sync=True, cost=_dma_ld_cost, execute=_dma_ld, bounds=_dma_ld_bounds,
         cost_doc="occupancy ceil(burst bytes / `ld_bytes_per_cycle`) (at least 1), where the "
         "burst bytes are the in-bounds bytes rounded up to the aligned `dma_burst_bytes` bursts "
         "each contiguous GM row touches; latency "
@@ -252,7 +271,7 @@ DEFS: list[InstrDef] = [
                   OperandSpec("src", ("tile",), "source tile")),
         suffixes=(SuffixSlot("dt", DTYPES, optional=True),),
         options=(OptionSpec("relu", doc="fused ReLU"),),
-        sync=True, cost=_dma_st_cost, execute=_dma_st,
+        sync=True, cost=_dma_st_cost, execute=_dma_st, bounds=_dma_st_bounds,
         cost_doc="occupancy ceil(burst bytes / `st_bytes_per_cycle`) (at least 1; burst bytes as "
         "for DMA.LD), latency "
         "`hbm_latency`; the in-bounds bytes (descriptor dtype) are GM writes, through the L2 to "

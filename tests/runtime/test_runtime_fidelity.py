@@ -143,6 +143,26 @@ def test_timing_only_traps_out_of_bounds_from_addresses():
         run_asm(gm, {}, timing_only=True)
 
 
+@pytest.mark.parametrize("body, message", [
+    ("DMA.LD L1[1048000], d0[0, 0]", "out-of-bounds"),          # the tile past L1
+    ("DMA.ST d0[0, 0], L1[1048000]", "out-of-bounds"),
+    ("DMA.LD L1[0], d0[0]", "rank 2 but 1 coordinates"),
+    ("DMA.ST d0[0, 0, 0], L1[0]", "rank 2 but 3 coordinates"),
+    ("DMA.LD L1[0], d1[0] .T", "rank 2 or more"),
+])
+def test_timing_only_dma_bounds_trap_as_the_functional_run(body, message):
+    # a timing-only run checks a DMA from its addresses alone (InstrDef.bounds), not by
+    # moving zeros: the same traps as the functional run
+    text = (".tensor x, f32, [16, 16], 0x0, in\n"
+            "DESC d0, x, f32, [16, 16], [16, 1], [16, 16]\n"
+            "DESC d1, x, f32, [256], [1], [16]\n"
+            f"{body}\nHALT\n")
+    inputs = {"x": np.zeros((16, 16), np.float32)}
+    for timing_only in (False, True):
+        with pytest.raises(ChipTrap, match=message):
+            run_asm(text, inputs, timing_only=timing_only)
+
+
 # ---- fast-forward -----------------------------------------------------------------------
 
 
