@@ -217,25 +217,47 @@ def _engine_binder(defn, instr: Instruction, index: int, machine, program, funct
             return costs[key]
         bound = costs[key] = Bound(cost.occupancy, cost.latency, cost.hbm_read, cost.hbm_write,
                                    cost.flops, gm_lines=lines, net=cost.net)
-        return bound
+        return bound, box
 
     read_regs = _getter(reg_reads)
     read_descs = _getter(desc_reads)
 
     if not functional:
         check = defn.bounds or execute
+        moves = defn.moves
+        # moves key -> (a bound, its box, the box's lowest and highest byte from its address)
+        moved: dict = {}
+        hbm_bytes = machine.hbm_bytes
 
         def bind_timing(core) -> Bound:
             key = (read_regs(core.regs), read_descs(core.descs))
             bound = costs.get(key)
             if bound is not None:
                 return bound
+            found = None if moves is None else moves(instr, core.scalar_ctx)
+            if found is not None:
+                like = moved.get(found[0])
+                address = found[1]
+                if like is not None and like[2] + address >= 0 and \
+                        like[3] + address <= hbm_bytes:
+                    # the cost of operands already bound, with the box moved
+                    bound, box = like[0], like[1]
+                    lines = None if bound.gm_lines is None else \
+                        l2.lines(address, box.shape, box.strides, box.itemsize)
+                    return Bound(bound.occupancy, bound.latency, bound.hbm_read,
+                                 bound.hbm_write, bound.flops, gm_lines=lines, net=bound.net)
             # a new operand set: check its bounds from the addresses alone (the instruction's
             # `bounds`, or its semantics run on a context that hands out zeros and checks
             # every range it is asked for)
             ctx = context(core)
             check(instr, ctx)
-            return cost_of(core, key, ctx)
+            bound, box = cost_of(core, key, ctx)
+            if found is not None and box is not None and box.address == found[1]:
+                if len(moved) >= _COST_CACHE_SIZE:
+                    moved.clear()
+                low, high = span_of(box.shape, box.strides, box.itemsize)
+                moved[found[0]] = (bound, box, low, high)
+            return bound
 
         return bind_timing
 

@@ -58,6 +58,8 @@ REPLAY_BUDGET = 200_000  # L2 transfers looked up again at most per jump (the re
 LOG_LIMIT = 1 << 20      # L2 transfers logged before the oldest are dropped
 REPLAY_PERIODS = 3       # periods whose transfers show an instruction's address step
 INNER_PERIODS = 4        # periods an inner loop's rhythm must keep before a jump
+JITTER = 0.01            # periods this close to their mean (over JITTER_PERIODS, with no
+JITTER_PERIODS = 4       # trend) count as the same rhythm too
 
 
 def _rel(x, now, t0):
@@ -244,7 +246,8 @@ class FastForward:
         exact = first == second and all(
             abs(x - y) <= _TOLERANCE for x, y in zip(c["servers"], b["servers"])) and \
             c["state"] == b["state"] == a["state"]
-        if not exact and not self._steady(a, b, c, first, second):
+        rhythm = None if exact else self._rhythm(history, p)
+        if not exact and rhythm is None:
             return None
         # core 0's registers: the same delta over both periods, or dead at the top of the
         # loop (recomputed before they are read); every core advances by core 0's deltas
@@ -280,18 +283,10 @@ class FastForward:
         if exact:
             period, before, window, periods = second, b["counters"], (b["t"], c["t"]), 1
         else:
-            # the time of the two periods; the counters' growth averaged over every period
-            # before them that kept the rhythm (their HBM traffic may vary from period to
-            # period with the L2's hits while their time does not)
-            period = (c["t"] - a["t"]) / 2
-            periods = 2
-            while len(history) >= (periods + 1) * p + 1:
-                x, y = history[-1 - (periods + 1) * p], history[-1 - periods * p]
-                if x["pattern"] != c["pattern"] or \
-                        abs(y["t"] - x["t"] - period) > REL_TOLERANCE * period or \
-                        not _same_work(x, y, b, c):
-                    break
-                periods += 1
+            # the counters' growth averaged over every period that kept the rhythm (their
+            # HBM traffic may vary from period to period with the L2's hits while their
+            # time does not)
+            periods, period = rhythm
             if len(sim.cores[0].loops) > 1 and (
                     periods < INNER_PERIODS or not _in_step(history, p, periods, delta, dead)):
                 return None
@@ -307,18 +302,51 @@ class FastForward:
         self.jumps += 1
         return t + shift
 
-    def _steady(self, a, b, c, first: int, second: int) -> bool:
+    def _rhythm(self, history, p: int) -> tuple[int, float] | None:
         """Not the same state to the cycle (many cores sharing HBM jitter by a few cycles),
-        but the same rhythm: only for the outermost loop, with the cores' backlog (queued
-        instructions, DMAs in flight) growing by less than one per core per period, the two
-        periods within REL_TOLERANCE of each other and the same work done in them
-        (`_same_work`)."""
+        but the same rhythm: (how many periods of p back edges kept it, their mean length),
+        or None. The cores' backlog (queued instructions, DMAs in flight) grows by less than
+        one per core per period, the periods do the same work (`_same_work`), and either
+        the last two are within REL_TOLERANCE of each other, or the last JITTER_PERIODS are
+        each within JITTER of their mean and the means of their two halves within
+        REL_TOLERANCE (periods that take turns at HBM: no trend, only jitter)."""
+        a, b, c = history[-1 - 2 * p], history[-1 - p], history[-1]
         cores = len(self.sim.cores)
         if c["backlog"] - b["backlog"] >= cores or b["backlog"] - a["backlog"] >= cores:
-            return False
-        if abs(second - first) > REL_TOLERANCE * second or not _same_work(a, b, b, c):
-            return False
-        return c["counters"]["engine_instructions"] > b["counters"]["engine_instructions"]
+            return None
+        if not _same_work(a, b, b, c) or \
+                c["counters"]["engine_instructions"] <= b["counters"]["engine_instructions"]:
+            return None
+
+        def length(i: int) -> int:  # the i-th period back (1 = the last)
+            return history[-1 - (i - 1) * p]["t"] - history[-1 - i * p]["t"]
+
+        def kept(i: int) -> bool:  # the i-th period back did the last one's work
+            x, y = history[-1 - i * p], history[-1 - (i - 1) * p]
+            return x["pattern"] == c["pattern"] and _same_work(x, y, b, c)
+
+        def extend(periods: int, period: float, tolerance: float) -> int:
+            while len(history) >= (periods + 1) * p + 1 and kept(periods + 1) and \
+                    abs(length(periods + 1) - period) <= tolerance * period:
+                periods += 1
+            return periods
+
+        first, second = length(2), length(1)
+        if abs(second - first) <= REL_TOLERANCE * second:
+            period = (first + second) / 2
+            return extend(2, period, REL_TOLERANCE), period
+        if len(history) < JITTER_PERIODS * p + 1 or \
+                not all(kept(i) for i in range(3, JITTER_PERIODS + 1)):
+            return None
+        lengths = [length(i) for i in range(1, JITTER_PERIODS + 1)]
+        period = sum(lengths) / JITTER_PERIODS
+        half = JITTER_PERIODS // 2
+        recent, older = sum(lengths[:half]) / half, sum(lengths[half:]) / half
+        if any(abs(x - period) > JITTER * period for x in lengths) or \
+                abs(recent - older) > REL_TOLERANCE * period:
+            return None
+        periods = extend(JITTER_PERIODS, period, JITTER)
+        return periods, (c["t"] - history[-1 - periods * p]["t"]) / periods
 
     def _jump(self, n: int, shift: int, delta, before, after, window, periods: int) -> None:
         sim = self.sim

@@ -163,6 +163,11 @@ class InstrDef:
     # what `execute` checks (operand ranges, ChipTrap/OutOfBounds) without touching data:
     # a timing-only run calls it instead when `execute` would move data for nothing
     bounds: ExecFn | None = None
+    # a timing-only shortcut for an instruction whose cost is the same wherever its GM box
+    # lies: (a key of everything else its cost and `bounds` depend on, the box's GM
+    # address), or None where that does not hold (a box the tensor's edge clips). Operands
+    # with the key of one already bound cost what it cost, with the box moved.
+    moves: Callable[[Instruction, ExecContext], tuple | None] | None = None
 
     def engine_of(self, instr: Instruction) -> str:
         """The engine queue that runs `instr` (WAIT.<eng> names its engine in a suffix)."""

@@ -117,6 +117,22 @@ def _dma_ld_bounds(instr: Instruction, ctx: ExecContext) -> None:
     tile_view(ctx, dst, rows, cols, _ld_dtype(instr, desc))
 
 
+def _moved_box(ref: DescRef, tile: Tile, ctx: ExecContext) -> tuple | None:
+    """`InstrDef.moves` of DMA.LD and DMA.ST: a box inside the tensor costs the same at
+    every GM address with the same offset in a burst (`burst_bytes`), given the descriptor
+    and the tile (which the bounds check reads)."""
+    desc = ctx.read_desc(ref.index)
+    if len(ref.coords) != len(desc.dims):
+        return None
+    coords = tuple(scalar_value(c, ctx) for c in ref.coords)
+    for c, b, d in zip(coords, desc.box, desc.dims):
+        if c < 0 or c + b > d:
+            return None
+    address = _address(desc, coords)
+    burst = max(1, ctx.machine.dma_burst_bytes)
+    return (desc, scalar_value(tile.base, ctx), address % burst), address
+
+
 def gm_box(desc: Descriptor, coords: tuple[int, ...]) -> GMBox | None:
     """The in-bounds GM part of the box at `coords` (None when it is empty)."""
     ranges = in_bounds(desc, coords)
@@ -255,6 +271,7 @@ DEFS: list[InstrDef] = [
         options=(OptionSpec("T", doc="transpose the last two box dims"),
                  OptionSpec("pad", takes_value=True, doc="the value of out-of-bounds elements")),
         sync=True, cost=_dma_ld_cost, execute=_dma_ld, bounds=_dma_ld_bounds,
+        moves=lambda instr, ctx: _moved_box(instr.operands[1], instr.operands[0], ctx),
         cost_doc="occupancy ceil(burst bytes / `ld_bytes_per_cycle`) (at least 1), where the "
         "burst bytes are the in-bounds bytes rounded up to the aligned `dma_burst_bytes` bursts "
         "each contiguous GM row touches; latency "
@@ -272,6 +289,7 @@ DEFS: list[InstrDef] = [
         suffixes=(SuffixSlot("dt", DTYPES, optional=True),),
         options=(OptionSpec("relu", doc="fused ReLU"),),
         sync=True, cost=_dma_st_cost, execute=_dma_st, bounds=_dma_st_bounds,
+        moves=lambda instr, ctx: _moved_box(instr.operands[0], instr.operands[1], ctx),
         cost_doc="occupancy ceil(burst bytes / `st_bytes_per_cycle`) (at least 1; burst bytes as "
         "for DMA.LD), latency "
         "`hbm_latency`; the in-bounds bytes (descriptor dtype) are GM writes, through the L2 to "

@@ -163,6 +163,65 @@ def test_timing_only_dma_bounds_trap_as_the_functional_run(body, message):
             run_asm(text, inputs, timing_only=timing_only)
 
 
+_ROWS = """\
+.tensor x, f32, [64, 4096], 0x0, in
+.tensor y, f32, [64, 4096], 0x100000, out
+    GETID r0, core
+    DESC d0, x, f32, [64, 4096], [4096, 1], [1, 4096]
+    DESC d1, y, f32, [64, 4096], [4096, 1], [1, 4096]
+    DESC d2, x+1040, f32, [32, 4096], [4096, 1], [1, 3000]
+    SIG.S E2
+    LOOP r1, 32
+    MUL r2, r1, 2
+    ADD r2, r2, r0
+    AND r3, r1, 1
+    MUL r3, r3, 16384
+    MUL r4, r1, 37
+    DMA.LD L1[r3], d0[r2, 0] .wait E2 .sig E0
+    DMA.ST d1[r2, 0], L1[r3] .wait E0 .sig E1
+    DMA.LD L1[65536], d2[r1, r4] .wait E1 .sig E2
+    ENDLOOP
+    WAIT.LD E2
+    HALT
+"""
+
+
+def test_a_moved_dma_costs_what_binding_it_afresh_costs(monkeypatch):
+    # timing-only runs bind a DMA whose box lies inside the tensor as a moved copy of one
+    # bound before with the same descriptor, tile and offset in a burst (InstrDef.moves):
+    # rows at every alignment, boxes the tensor's edge clips; the same cycles, traffic and
+    # L2 figures as binding every one afresh
+    from dataclasses import replace
+
+    from zhenwu.isa.instructions import INSTRUCTIONS
+
+    machine = machine_with(2)
+    # (fast-forward off: the functional run has none)
+    moved = run_asm(_ROWS, cores=None, machine=machine, timing_only=True,
+                    fast_forward=False).report
+    for name in ("DMA.LD", "DMA.ST"):
+        monkeypatch.setitem(INSTRUCTIONS, name, replace(INSTRUCTIONS[name], moves=None))
+    afresh = run_asm(_ROWS, cores=None, machine=machine, timing_only=True,
+                     fast_forward=False).report
+    functional = run_asm(_ROWS, cores=None, machine=machine).report
+    for report in (afresh, functional):
+        assert (moved.cycles, moved.hbm_read_bytes, moved.hbm_write_bytes) == \
+            (report.cycles, report.hbm_read_bytes, report.hbm_write_bytes)
+        assert (moved.l2_read_bytes, moved.l2_hit_bytes) == \
+            (report.l2_read_bytes, report.l2_hit_bytes)
+    assert moved.l2_read_bytes > 0 and moved.busy_cycles == afresh.busy_cycles
+
+
+def test_a_moved_dma_past_the_end_of_gm_traps():
+    # the rows of a descriptor that runs past the end of GM: the first rows are bound, the
+    # next ones moved, and the first row past the end traps as a fresh bind would
+    end = M.hbm_bytes
+    text = (f"DESC d0, {end - 1024}, f32, [64, 16], [16, 1], [1, 16]\n"
+            "LOOP r1, 64\nDMA.LD L1[0], d0[r1, 0] .sig E0\nWAIT.LD E0\nENDLOOP\nHALT\n")
+    with pytest.raises(ChipTrap, match="out-of-bounds"):
+        run_asm(text, {}, timing_only=True)
+
+
 # ---- fast-forward -----------------------------------------------------------------------
 
 
