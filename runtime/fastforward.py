@@ -249,18 +249,10 @@ class FastForward:
         rhythm = None if exact else self._rhythm(history, p)
         if not exact and rhythm is None:
             return None
-        # core 0's registers: the same delta over both periods, or dead at the top of the
-        # loop (recomputed before they are read); every core advances by core 0's deltas
-        # (an SPMD program: the loop-carried registers step alike on every core)
         dead = self.loops.dead_at_head(end)
-        delta = []
-        for r, (x, y, z) in enumerate(zip(a["regs0"], b["regs0"], c["regs0"])):
-            if z - y == y - x:
-                delta.append(z - y)
-            elif r in dead:
-                delta.append(0)
-            else:
-                return None
+        delta = _register_steps(history, p, self.loops.counters_at[end][-1], dead)
+        if delta is None:
+            return None
         # how many periods: every core's loop counters must stay inside their trip counts
         sim = self.sim
         n = None
@@ -528,6 +520,37 @@ def _same_work(a, b, c, d) -> bool:
         if abs(y - x) > WORK_TOLERANCE * max(x, y):
             return False
     return True
+
+
+def _register_steps(history, p: int, counter: int, dead) -> list[int] | None:
+    """Core 0's register steps per period of p back edges, read over every period of this
+    run of the loop in the history (its counter stepping alike; at least REPLAY_PERIODS):
+    a register must step alike in all of them, or be dead at the top of the loop
+    (recomputed before it is read). Every core advances by these steps (an SPMD program:
+    the loop-carried registers step alike on every core). A dead register steps 0: core 0
+    recomputes it, and a core caught between recomputing and reading it keeps the value of
+    its iteration, a valid one, where moving it would not be (a buffer index rotating over
+    three buffers steps alike twice out of three: a jump moved it once and left an MMA
+    reading past the end of L1). Two periods are not enough for a live register either."""
+    regs = [history[-1]["regs0"]]
+    for i in range(len(history) - 1 - p, -1, -p):
+        older = history[i]["regs0"]
+        if len(regs) >= 2 and \
+                regs[-1][counter] - older[counter] != regs[0][counter] - regs[1][counter]:
+            break
+        regs.append(older)
+    if len(regs) <= REPLAY_PERIODS:
+        return None
+    steps = []
+    for r in range(len(regs[0])):
+        step = regs[0][r] - regs[1][r]
+        if r in dead:
+            steps.append(0)
+        elif all(x[r] - y[r] == step for x, y in pairwise(regs)):
+            steps.append(step)
+        else:
+            return None
+    return steps
 
 
 def _in_step(history, p: int, periods: int, delta, dead) -> bool:

@@ -251,6 +251,47 @@ def test_fast_forward_agrees_with_the_full_simulation(m, n, k):
     assert fast.busy_cycles[0]["MX"] == full.busy_cycles[0]["MX"]
 
 
+_ROTATING = """\
+.tensor x, f32, [8192, 8192], 0x0, in
+    GETID r0, core
+    GETID r5, cores
+    DESC d0, x, f32, [8192, 8192], [8192, 1], [2, 8192]
+    MUL r6, r0, 300
+    LOOP r7, r6
+    NOP
+    ENDLOOP
+    LOOP r1, 120
+    ADD r3, r1, 2
+    REM r3, r3, 3
+    MUL r3, r3, 65536
+    MUL r4, r1, r5
+    ADD r4, r4, r0
+    MUL r4, r4, 2
+    DMA.LD L1[r3], d0[r4, 0] .sig E0
+    VADD.f32 L1[r3], L1[r3], L1[r3], 16, 1024 .wait E0 .sig E1
+    WAIT.S E1
+    VMUL.f32 L1[r3], L1[r3], L1[r3], 16, 1024 .sig E2
+    WAIT.S E2
+    ENDLOOP
+    HALT
+"""
+
+
+def test_a_jump_leaves_a_rotating_buffer_index_valid():
+    # r3 rotates over three 64 KiB buffers and is recomputed at the top of the loop; the
+    # cores start 300 cycles apart, so at core 0's back edge the others hold r3 between
+    # computing and reading it. Over the two periods before the first jump r3 stepped by
+    # 64 KiB twice: a jump once moved it by 113 steps and the next VMUL read past L1.
+    from zhenwu.runtime import run_program
+    from zhenwu.isa.asm import parse_assembly
+
+    machine = machine_with(4)
+    program = parse_assembly(_ROTATING, "rotating.s")
+    fast = run_program(program, machine, {}, timing_only=True).report
+    full = run_program(program, machine, {}, timing_only=True, fast_forward=False).report
+    assert fast.cycles == full.cycles
+
+
 def test_fast_forward_skips_and_is_off_with_a_trace():
     from zhenwu.runtime import run_program
     from zhenwu.runtime.engine import Simulator
