@@ -62,6 +62,11 @@ JITTER = 0.01            # periods this close to their mean (over JITTER_PERIODS
 JITTER_PERIODS = 4       # trend) count as the same rhythm too
 
 
+# scalar instructions whose result is affine in the registers they read (a loop counter
+# through them steps alike every iteration); any other write (REM, AND, DIV, SLT, ...) may wrap
+_AFFINE = frozenset({"ADD", "SUB", "MUL", "SHL", "MOV", "LI", "GETID"})
+
+
 def _rel(x, now, t0):
     return max(now, x) - t0
 
@@ -85,13 +90,22 @@ class LoopInfo:
             if instr.mnemonic == "LOOP":
                 stack.append(index)
         self.counters_at.append(())
-        self._dead: dict[int, frozenset[int]] = {}
+        self._dead: dict[int, tuple[frozenset[int], frozenset[int]]] = {}
         self._program = program
 
     def dead_at_head(self, end: int) -> frozenset[int]:
         """Registers the body of the loop closed at `end` writes before it reads them (in a
         straight line from the top, outside inner loops and before any branch): their values
         at the back edge do not matter."""
+        return self._scan(end)[0]
+
+    def wrapping_at_head(self, end: int) -> frozenset[int]:
+        """The registers of `dead_at_head` whose recomputation is not affine in what it reads
+        (REM, AND, DIV, a comparison, ... anywhere in its chain): a buffer index that
+        rotates. A jump cannot move such a register by a multiple of its step."""
+        return self._scan(end)[1]
+
+    def _scan(self, end: int) -> tuple[frozenset[int], frozenset[int]]:
         if end in self._dead:
             return self._dead[end]
         from zhenwu.isa.instructions import INSTRUCTIONS
@@ -100,6 +114,7 @@ class LoopInfo:
         start = self.loop_of_end[end]
         seen: set[int] = set()
         dead: set[int] = set()
+        wrapping: set[int] = set()  # written in the scan, not affine in what they read
         depth = 0
         for index in range(start + 1, end):
             instr = instrs[index]
@@ -118,6 +133,10 @@ class LoopInfo:
                 # rd = f(rd, ...) reads it too
                 if any(getattr(op, "index", None) == writes for op in instr.operands[1:]):
                     reads.add(writes)
+                if name in _AFFINE and not reads & wrapping:
+                    wrapping.discard(writes)
+                else:
+                    wrapping.add(writes)
             seen.update(reads)
             if writes is not None and writes not in seen:
                 dead.add(writes)
@@ -128,7 +147,7 @@ class LoopInfo:
                 depth += 1
             elif name == "ENDLOOP":
                 depth -= 1
-        self._dead[end] = frozenset(dead)
+        self._dead[end] = frozenset(dead), frozenset(dead & wrapping)
         return self._dead[end]
 
 
@@ -159,11 +178,11 @@ class FastForward:
         if countdown > 0:  # backing off a loop that has not settled
             self._countdown[end] = countdown - 1
             return t
-        snap = self._snapshot(t)
+        history = self.history.setdefault(end, [])
+        snap = self._snapshot(t, history)
         if snap is None:
             self.history.pop(end, None)
             return t
-        history = self.history.setdefault(end, [])
         history.append(snap)
         limit = max(2, REPLAY_PERIODS) * PERIODS[-1] + 1
         if len(history) > limit:
@@ -189,16 +208,45 @@ class FastForward:
 
     # -- snapshots --------------------------------------------------------------------------
 
-    def _snapshot(self, t0: int):
+    def _snapshot(self, t0: int, history: list):
         sim = self.sim
         now = sim.now
         if sim.chip_barrier:
             return None
-        cores = []
-        regs = []
+        if any(core.halted for core in sim.cores):
+            return None
+        regs = [tuple(core.regs) for core in sim.cores]
+        others = tuple(regs[1:])
+        # the whole state only when it can equal another's: the first of a history, or the
+        # other cores' registers as in a snapshot before (an exact match compares them
+        # absolutely; on a chip whose cores all loop it never happens, and the state is
+        # most of a snapshot's cost)
+        state = None
+        if not history or any(h["others"] == others for h in history):
+            state = (self._cores_state(now, t0), self._heap_state(t0), others)
+        servers = tuple(_rel(s.free_at, now, t0) for s in sim.servers())
+        pattern = (tuple(core.loops for core in sim.cores[:1]),
+                   tuple(core.kernel for core in sim.cores))
+        # the work the cores have queued and in flight: in a rhythm it stays about level; a
+        # scalar racing ahead of its engines takes back edges a few cycles apart while its
+        # queues grow by the instructions of an iteration each time
+        backlog = 0
         for core in sim.cores:
-            if core.halted:
-                return None
+            for queue in core.queues:
+                backlog += len(queue)
+            for done, _ in core.in_flight:
+                backlog += done > now
+        log = sim.l2_log
+        return {"t": t0, "now": now, "state": state, "others": others,
+                "pattern": pattern, "servers": servers, "regs0": regs[0],
+                "counters": sim.counters(), "backlog": backlog,
+                "log": None if log is None else self._log_base + len(log),
+                "queued": None if log is None else _queued_transfers(sim.cores[0])}
+
+    def _cores_state(self, now: int, t0: int) -> tuple:
+        """Every core's timing state relative to t0 (the module docstring)."""
+        cores = []
+        for core in self.sim.cores:
             queues = tuple([
                 tuple([(op.address, max(now, dispatched) - t0,
                         bound.occupancy, bound.latency, bound.hbm_read, bound.hbm_write)
@@ -215,25 +263,15 @@ class FastForward:
                 tuple(core.events), tuple([tuple(w) if w else () for w in core.waiters]),
                 queues, flight, tuple(core.descs),
             ))
-            regs.append(tuple(core.regs))
-        heap = tuple(sorted(
+        return tuple(cores)
+
+    def _heap_state(self, t0: int) -> tuple:
+        """The pending events relative to t0."""
+        return tuple(sorted(
             (time - t0, kind, core_index, engine,
              None if payload is None else (payload[0].address if isinstance(payload, tuple)
                                            else payload.address))
-            for time, _, kind, core_index, engine, payload in sim.heap))
-        servers = tuple(_rel(s.free_at, now, t0) for s in sim.servers())
-        pattern = (tuple(core.loops for core in sim.cores[:1]),
-                   tuple(core.kernel for core in sim.cores))
-        # the work the cores have queued and in flight: in a rhythm it stays about level; a
-        # scalar racing ahead of its engines takes back edges a few cycles apart while its
-        # queues grow by the instructions of an iteration each time
-        backlog = sum(len(q) for c in cores for q in c[13]) + sum(len(c[14]) for c in cores)
-        log = sim.l2_log
-        return {"t": t0, "now": now, "state": (tuple(cores), heap, regs[1:]),
-                "pattern": pattern, "servers": servers, "regs0": regs[0],
-                "counters": sim.counters(), "backlog": backlog,
-                "log": None if log is None else self._log_base + len(log),
-                "queued": None if log is None else _queued_transfers(sim.cores[0])}
+            for time, _, kind, core_index, engine, payload in self.sim.heap))
 
     def _try(self, history, p: int, end: int, t: int) -> int | None:
         a, b, c = history[-1 - 2 * p], history[-1 - p], history[-1]
@@ -243,14 +281,15 @@ class FastForward:
         if first <= 0 or second <= 0:
             return None
         # (the equal periods first: comparing every core's state is the expensive part)
-        exact = first == second and all(
+        exact = first == second and c["state"] is not None and all(
             abs(x - y) <= _TOLERANCE for x, y in zip(c["servers"], b["servers"])) and \
             c["state"] == b["state"] == a["state"]
         rhythm = None if exact else self._rhythm(history, p)
         if not exact and rhythm is None:
             return None
         dead = self.loops.dead_at_head(end)
-        delta = _register_steps(history, p, self.loops.counters_at[end][-1], dead)
+        delta = _register_steps(history, p, self.loops.counters_at[end][-1], dead,
+                                self.loops.wrapping_at_head(end))
         if delta is None:
             return None
         # how many periods: every core's loop counters must stay inside their trip counts
@@ -522,16 +561,16 @@ def _same_work(a, b, c, d) -> bool:
     return True
 
 
-def _register_steps(history, p: int, counter: int, dead) -> list[int] | None:
+def _register_steps(history, p: int, counter: int, dead, wrapping) -> list[int] | None:
     """Core 0's register steps per period of p back edges, read over every period of this
-    run of the loop in the history (its counter stepping alike; at least REPLAY_PERIODS):
-    a register must step alike in all of them, or be dead at the top of the loop
-    (recomputed before it is read). Every core advances by these steps (an SPMD program:
-    the loop-carried registers step alike on every core). A dead register steps 0: core 0
-    recomputes it, and a core caught between recomputing and reading it keeps the value of
-    its iteration, a valid one, where moving it would not be (a buffer index rotating over
-    three buffers steps alike twice out of three: a jump moved it once and left an MMA
-    reading past the end of L1). Two periods are not enough for a live register either."""
+    run of the loop in the history (its counter stepping alike; at least REPLAY_PERIODS).
+    Every core advances by these steps (an SPMD program: the loop-carried registers step
+    alike on every core). A live register must step alike in all of them. A register dead
+    at the top of the loop (recomputed before it is read) does not matter to core 0, but a
+    core caught between computing and reading it needs it right: it moves by its step when
+    its recomputation is affine and it stepped alike (a row address), else stays (a buffer
+    index rotating over three buffers steps alike twice out of three: a jump moved one by
+    113 steps and an MMA read past the end of L1; kept, it still names a valid buffer)."""
     regs = [history[-1]["regs0"]]
     for i in range(len(history) - 1 - p, -1, -p):
         older = history[i]["regs0"]
@@ -544,10 +583,12 @@ def _register_steps(history, p: int, counter: int, dead) -> list[int] | None:
     steps = []
     for r in range(len(regs[0])):
         step = regs[0][r] - regs[1][r]
-        if r in dead:
+        if r in wrapping:
             steps.append(0)
         elif all(x[r] - y[r] == step for x, y in pairwise(regs)):
             steps.append(step)
+        elif r in dead:
+            steps.append(0)
         else:
             return None
     return steps
@@ -558,7 +599,7 @@ def _in_step(history, p: int, periods: int, delta, dead) -> bool:
     `periods` periods (dead registers aside): all cores ran the same iterations of the
     loop in them, none left it or crossed into another iteration of an outer loop."""
     for i in range(periods):
-        x, y = history[-1 - (i + 1) * p]["state"][2], history[-1 - i * p]["state"][2]
+        x, y = history[-1 - (i + 1) * p]["others"], history[-1 - i * p]["others"]
         for before, after in zip(x, y):
             for r, (u, v) in enumerate(zip(before, after)):
                 if r not in dead and v - u != delta[r]:
