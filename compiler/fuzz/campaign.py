@@ -84,7 +84,10 @@ class FuzzFailure(Exception):
 
 def check_program(text: str, *, seed: int = 0, machine_name: str = "m890",
                   pipelines=None) -> None:
-    """Raise FuzzFailure unless every pipeline matches the reference evaluator on `text`."""
+    """Raise FuzzFailure unless every pipeline matches the reference evaluator on `text`,
+    and one of them (chosen by the seed) times the program alike in its functional run and
+    a timing-only one (`_check_timing_only`: the timing-only shortcuts, bounds from addresses
+    and moved DMA binds, against the run that executes everything)."""
     from zhenwu.compiler.backend.pipeline import CompileOptions, compile_function
     from zhenwu.compiler.check import check_outputs
     from zhenwu.compiler.frontend import load_program
@@ -100,7 +103,9 @@ def check_program(text: str, *, seed: int = 0, machine_name: str = "m890",
     machine = load_machine(machine_name)
     inputs = prepare_inputs(fn, {}, seed)  # the inputs `zhenwu run --seed` draws
     want = evaluate(fn, inputs)
-    for name, disabled in pipelines or seeded_pipelines(seed):
+    chosen = pipelines or seeded_pipelines(seed)
+    timed = chosen[seed % len(chosen)][0]  # the pipeline whose timing-only run is checked
+    for name, disabled in chosen:
         level = int(name[1])
         label = _flags(name)[1:] + (f" --disable-pass {','.join(disabled)}" if disabled else "")
 
@@ -119,12 +124,42 @@ def check_program(text: str, *, seed: int = 0, machine_name: str = "m890",
             raise fail(f"compiled code trapped: {trap.format()}") from trap
         except ZhenwuError as err:
             raise fail(f"rejected: {err.format()}") from err
+        try:
+            if name == timed:
+                _check_timing_only(compiled.program, target, result.report)
+        except ChipTrap as trap:
+            raise fail(f"the timing-only run trapped: {trap.format()}") from trap
+        except AssertionError as err:
+            raise fail(str(err)) from err
         if len(got) != len(want):
             raise fail(f"{len(got)} outputs, reference has {len(want)}")
         # the tolerance rule of `zhenwu run --check`, ill-conditioned outputs included
         for index, (passes, summary) in enumerate(check_outputs(fn, got, want, inputs)):
             if not passes:
                 raise fail(f"out{index}: {summary}")
+
+
+# a fast-forwarded run may differ from the full one by its extrapolation (within 1 % on the
+# bench and on large GEMMs); on the fuzzer's small programs only a gross error is a failure
+FAST_FORWARD_SLACK = 0.1
+
+
+def _check_timing_only(program, machine, functional) -> None:
+    """A timing-only run (no data; its DMAs bound as moved copies, bounds checked from the
+    addresses) must time the program exactly as the functional run did, and a fast-forwarded
+    one must not trap or stray far from it. AssertionError says what differs."""
+    from zhenwu.runtime import run_program
+
+    timing = run_program(program, machine, {}, timing_only=True, fast_forward=False).report
+    keys = ("cycles", "hbm_read_bytes", "hbm_write_bytes", "l2_read_bytes", "l2_hit_bytes",
+            "flops")
+    for key in keys:
+        if getattr(timing, key) != getattr(functional, key):
+            raise AssertionError(f"timing-only {key} {getattr(timing, key)} != functional "
+                                 f"{getattr(functional, key)}")
+    fast = run_program(program, machine, {}, timing_only=True).report
+    if abs(fast.cycles - timing.cycles) > FAST_FORWARD_SLACK * timing.cycles:
+        raise AssertionError(f"fast-forwarded cycles {fast.cycles} against {timing.cycles}")
 
 
 @dataclass

@@ -33,7 +33,7 @@ from zhenwu.isa.instructions.costs import sfu_cost, vx_cost
 from zhenwu.isa.lazy import numpy as np
 from zhenwu.isa.lazy import numpy_function as _np
 from zhenwu.isa.machine import Machine
-from zhenwu.isa.program import Instruction
+from zhenwu.isa.program import Instruction, Tile
 
 GROUP_VX = "vector"
 GROUP_SFU = "special functions"
@@ -112,6 +112,18 @@ def _binary(function_float, function_int=None):
             write_tile(ctx, dst, dtype, function(a, b))
 
     return execute
+
+
+def _binary_bounds(instr: Instruction, ctx: ExecContext) -> None:
+    """What `_binary`'s semantics check, from the addresses alone (`InstrDef.bounds`): the
+    shape and every tile operand's range (sources, then the destination), without the
+    arithmetic, whose data a timing-only run does not have (an integer VDIV would trap on
+    the zeros it is handed)."""
+    dtype = _dt(instr)
+    rows, cols = _shape(instr, ctx, 3)
+    for op in (*instr.operands[1:3], instr.operands[0]):
+        if isinstance(op, Tile):
+            tile_view(ctx, op, rows, cols, dtype)
 
 
 _BINARY = {
@@ -356,7 +368,7 @@ def _reduce_defs() -> list[InstrDef]:
 DEFS: list[InstrDef] = [
     *[
         _vx(name, opcode, summary, [DST, A, B, ROWS, COLS], _binary(f_float, f_int),
-            _vx_cost(3, _dt_bytes, 1), dtypes=dtypes)
+            _vx_cost(3, _dt_bytes, 1), dtypes=dtypes, bounds=_binary_bounds)
         for name, (opcode, summary, f_float, f_int, dtypes) in _BINARY.items()
     ],
     _vx("VFMA", 0x47, "dst = a * b + c (computed in f32 or 64-bit integers, not fused)",

@@ -138,3 +138,29 @@ def test_the_fuzzer_still_rejects_a_wrong_output(monkeypatch):
     monkeypatch.setattr(pipeline.CompiledProgram, "graph_outputs", wrong)
     with pytest.raises(campaign.FuzzFailure, match="out0"):
         campaign.check_program(ILL_CONDITIONED, seed=0, pipelines=[("O2", ())])
+
+
+ROWS = """\
+fn main(x: f32[64, 512]) -> f32[64, 512] {
+    return softmax(x, axis=-1)
+}
+"""
+
+
+def test_the_fuzzer_times_a_pipeline_timing_only_too(monkeypatch):
+    """A timing-only path that strays from the functional run is a failure: here a DMA.LD
+    bound in a timing-only run costs 100 cycles more."""
+    from dataclasses import replace
+
+    from zhenwu.isa.instructions import INSTRUCTIONS
+
+    campaign.check_program(ROWS, seed=0, pipelines=[("O2", ())])
+    definition = INSTRUCTIONS["DMA.LD"]
+
+    def slower(instr, machine, ctx):
+        cost = definition.cost(instr, machine, ctx)
+        return cost if ctx.functional else replace(cost, occupancy=cost.occupancy + 100)
+
+    monkeypatch.setitem(INSTRUCTIONS, "DMA.LD", replace(definition, cost=slower))
+    with pytest.raises(campaign.FuzzFailure, match="timing-only cycles"):
+        campaign.check_program(ROWS, seed=0, pipelines=[("O2", ())])

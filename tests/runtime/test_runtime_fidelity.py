@@ -163,6 +163,18 @@ def test_timing_only_dma_bounds_trap_as_the_functional_run(body, message):
             run_asm(text, inputs, timing_only=timing_only)
 
 
+def test_timing_only_integer_division_does_not_trap_on_the_zeros_it_has():
+    # a timing-only run has no data: an integer VDIV is checked from its addresses (its
+    # `bounds`), not run on zeros, which would divide by zero; its ranges still trap
+    text = "VDIV.i32 L1[0], L1[64], L1[128], 4, 4\nHALT\n"
+    assert run_asm(text, {}, timing_only=True).report.cycles > 0
+    with pytest.raises(ChipTrap, match="division by zero"):
+        run_asm(text, {})  # the functional run divides L1's zeros
+    with pytest.raises(ChipTrap, match="out-of-bounds"):
+        run_asm("VDIV.i32 L1[1048560], L1[64], L1[128], 4, 4\nHALT\n", {},
+                timing_only=True)
+
+
 _ROWS = """\
 .tensor x, f32, [64, 4096], 0x0, in
 .tensor y, f32, [64, 4096], 0x100000, out
