@@ -202,8 +202,11 @@ def _erf(x):
 
 def _gelu(x: np.ndarray, approximate: bool) -> np.ndarray:
     if approximate:
+        # 0.5 x (1 + tanh(u)) = x sigmoid(2u): the same function without the cancellation
+        # of 1 + tanh(u) for u < 0 (in f64 it is 0 from u = -19 on, gelu(-9) ~ -1e-28 is not)
         inner = np.sqrt(2.0 / np.pi) * (x + 0.044715 * x**3)
-        return 0.5 * x * (1.0 + np.tanh(inner))
+        e = np.exp(-2.0 * np.abs(inner))
+        return np.where(inner >= 0, x / (1.0 + e), x * e / (1.0 + e))
     return 0.5 * x * (1.0 + _erf(x.astype(np.float64) / np.sqrt(2.0)).astype(x.dtype))
 
 

@@ -232,7 +232,10 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 
 
 def _gelu_tanh(x: np.ndarray) -> np.ndarray:
-    return 0.5 * x * (1 + np.tanh(np.float32(_SQRT_2_OVER_PI) * (x + np.float32(0.044715) * x**3)))
+    # 0.5 x (1 + tanh(u)) computed as x sigmoid(2u), the same function: 1 + tanh(u) cancels
+    # to a few ulps of 1 for u < -4 (f32 lost every digit of gelu(-5.5)), sigmoid does not
+    u = np.float32(_SQRT_2_OVER_PI) * (x + np.float32(0.044715) * x**3)
+    return x * _sigmoid(2 * u)
 
 
 _UNARY = {
@@ -253,7 +256,8 @@ _SFU = {
     "VRCP": (0x74, "dst = 1 / src", lambda x: 1 / x),
     "VTANH": (0x75, "dst = tanh(src)", _np("tanh")),
     "VSIGM": (0x76, "dst = 1 / (1 + exp(-src))", _sigmoid),
-    "VGELU": (0x77, "dst = 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))) (the tanh form)",
+    "VGELU": (0x77, ("dst = 0.5·x·(1 + tanh(u)), u = √(2/π)·(x + 0.044715·x³) (the tanh "
+                     "form), evaluated as x·sigmoid(2u): no cancellation for negative x"),
               _gelu_tanh),
     "VERF": (0x78, "dst = erf(src)",
              lambda x: _erf(x.astype(np.float64)).astype(np.float64).astype(np.float32)),

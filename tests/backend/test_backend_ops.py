@@ -31,6 +31,28 @@ def test_gelu_erf_form():
     compile_and_run(_fn("x: f32[3, 5]", "f32[3, 5]", "gelu(x, approximate=false)"))
 
 
+@pytest.mark.parametrize("shift", [5.0, 6.0, 9.0, 30.0])
+def test_gelu_far_left_keeps_its_digits(shift):
+    # every output tiny: 1 + tanh(u) cancelled to a few ulps of 1 in f32 (VGELU) and to 0
+    # in f64 (the reference) past u = -19; both are x sigmoid(2u) now (fuzz seed 78)
+    compile_and_run(_fn("x: f32[4, 8]", "f32[4, 8]", f"gelu(0.0 - abs(x) * 0.01 - {shift})"))
+
+
+def test_gelu_far_left_values():
+    import numpy as np
+    from zhenwu.compiler.graph.ops import OPS
+    from zhenwu.isa.instructions.vector import _gelu_tanh
+
+    x = np.array([-5.5, -9.0, -30.0, 0.0, 2.0], np.float32)
+    u = np.sqrt(2 / np.pi) * (x.astype(np.float64) + 0.044715 * x.astype(np.float64) ** 3)
+    with np.errstate(over="ignore"):
+        exact = x * (1 / (1 + np.exp(-2 * u)))   # no cancellation in this form
+    reference = OPS["gelu"].reference([x], {"approximate": True})
+    for got in (reference, _gelu_tanh(x)):
+        assert np.allclose(got, exact, rtol=1e-5, atol=0)
+    assert _gelu_tanh(x)[1] < 0 and reference[1] < 0   # -1.4e-28, not -0
+
+
 @pytest.mark.parametrize("name", ["neg", "abs", "relu", "sign", "floor"])
 @pytest.mark.parametrize("dtype", ["i32", "i8"])
 def test_unary_int(name, dtype):
