@@ -247,16 +247,36 @@ def _compiled_gemm(m, n, k, machine):
                             CompileOptions()).program
 
 
-@pytest.mark.parametrize("m, n, k", [(2048, 2048, 512), (1024, 2048, 2048)])
-def test_fast_forward_agrees_with_the_full_simulation(m, n, k):
+def _fast_and_full(program, machine):
+    """The timing-only reports of `program` with and without fast-forward."""
     from zhenwu.runtime import run_program
 
-    machine = machine_with(2)
-    program = _compiled_gemm(m, n, k, machine)
     inputs = {t.name: np.broadcast_to(np.zeros((), np.float32), tuple(t.shape))
               for t in program.inputs}
     fast = run_program(program, machine, inputs, timing_only=True).report
     full = run_program(program, machine, inputs, timing_only=True, fast_forward=False).report
+    return fast, full
+
+
+def _jump_depths(monkeypatch) -> list[int]:
+    """Filled with core 0's loop depth at every fast-forward jump from now on."""
+    import zhenwu.runtime.fastforward as ff
+
+    depths = []
+    jump = ff.FastForward._jump
+
+    def spy(self, *args):
+        depths.append(len(self.sim.cores[0].loops))
+        return jump(self, *args)
+
+    monkeypatch.setattr(ff.FastForward, "_jump", spy)
+    return depths
+
+
+@pytest.mark.parametrize("m, n, k", [(2048, 2048, 512), (1024, 2048, 2048)])
+def test_fast_forward_agrees_with_the_full_simulation(m, n, k):
+    machine = machine_with(2)
+    fast, full = _fast_and_full(_compiled_gemm(m, n, k, machine), machine)
     assert abs(fast.cycles - full.cycles) <= 0.01 * full.cycles
     assert fast.flops == full.flops == 2 * m * n * k
     assert fast.instructions == full.instructions
@@ -289,18 +309,17 @@ _ROTATING = """\
 """
 
 
-def test_a_jump_leaves_a_rotating_buffer_index_valid():
+def test_a_jump_leaves_a_rotating_buffer_index_valid(monkeypatch):
     # r3 rotates over three 64 KiB buffers and is recomputed at the top of the loop; the
     # cores start 300 cycles apart, so at core 0's back edge the others hold r3 between
     # computing and reading it. Over the two periods before the first jump r3 stepped by
     # 64 KiB twice: a jump once moved it by 113 steps and the next VMUL read past L1.
     from zhenwu.isa.asm import parse_assembly
-    from zhenwu.runtime import run_program
 
+    depths = _jump_depths(monkeypatch)
     machine = machine_with(4)
-    program = parse_assembly(_ROTATING, "rotating.s")
-    fast = run_program(program, machine, {}, timing_only=True).report
-    full = run_program(program, machine, {}, timing_only=True, fast_forward=False).report
+    fast, full = _fast_and_full(parse_assembly(_ROTATING, "rotating.s"), machine)
+    assert depths  # the loop was jumped over
     assert fast.cycles == full.cycles
 
 
@@ -308,23 +327,9 @@ def test_a_jump_leaves_a_rotating_buffer_index_valid():
 def test_an_inner_loop_jumps_and_agrees_with_the_full_simulation(monkeypatch, m, n, k):
     # one or two tiles per core and a long k loop: only the k loop, inside the tile loop,
     # can jump (its rhythm held four periods with every core in the same k steps)
-    import zhenwu.runtime.fastforward as ff
-    from zhenwu.runtime import run_program
-
-    depths = []
-    jump = ff.FastForward._jump
-
-    def spy(self, *args):
-        depths.append(len(self.sim.cores[0].loops))
-        return jump(self, *args)
-
-    monkeypatch.setattr(ff.FastForward, "_jump", spy)
+    depths = _jump_depths(monkeypatch)
     machine = machine_with(2)
-    program = _compiled_gemm(m, n, k, machine)
-    inputs = {t.name: np.broadcast_to(np.zeros((), np.float32), tuple(t.shape))
-              for t in program.inputs}
-    fast = run_program(program, machine, inputs, timing_only=True).report
-    full = run_program(program, machine, inputs, timing_only=True, fast_forward=False).report
+    fast, full = _fast_and_full(_compiled_gemm(m, n, k, machine), machine)
     assert depths and min(depths) >= 2
     assert abs(fast.cycles - full.cycles) <= 0.01 * full.cycles
     assert fast.flops == full.flops >= 2 * m * n * k
